@@ -1,0 +1,382 @@
+//! A blocking client over a Unix stream socket: one typed method per
+//! operation, plus `send`/`receive` for pipelining.
+
+use std::io::{self, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::bytes::{Ciphertext, SecretBytes};
+use crate::codec::{self, DEFAULT_MAX_FRAME};
+use crate::error::{DecodeError, EncodeError, ErrorCode, FrameError};
+use crate::message::{
+    DataKey, EncryptionContext, Envelope, KeyInfo, Request, Response, StatusInfo, Unwrapped,
+    Wrapped,
+};
+
+/// The socket path a packaged daemon listens on.
+pub const DEFAULT_SOCKET: &str = "/run/hostkms/hostkms.sock";
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket could not be reached.
+    #[error("cannot connect to hostkms at {}: {}", path.display(), connect_hint(source))]
+    Connect {
+        /// The socket path tried.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// The connection failed while writing or reading.
+    #[error("connection to hostkms failed: {0}")]
+    Io(#[from] io::Error),
+    /// A frame could not be read.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// A response could not be decoded.
+    #[error("cannot decode the daemon's response: {0}")]
+    Decode(#[from] DecodeError),
+    /// A request could not be encoded.
+    #[error("cannot send the request: {0}")]
+    Encode(#[from] EncodeError),
+    /// The daemon closed the connection before answering.
+    #[error("the daemon closed the connection before answering")]
+    Closed,
+    /// The daemon refused the request.
+    #[error("{code}: {message}")]
+    Daemon {
+        /// The stable error code.
+        code: ErrorCode,
+        /// The daemon's explanation.
+        message: String,
+    },
+    /// The daemon answered with a response of the wrong kind.
+    #[error("unexpected response from the daemon: wanted {expected}, got {got}")]
+    UnexpectedResponse {
+        /// The kind of response the request calls for.
+        expected: &'static str,
+        /// The kind that came.
+        got: &'static str,
+    },
+    /// The response's id does not match the request's.
+    #[error("response id {got} does not match request id {expected}")]
+    IdMismatch {
+        /// The id of the oldest request without an answer.
+        expected: u64,
+        /// The id the response carried.
+        got: u64,
+    },
+}
+
+impl ClientError {
+    /// The daemon's error code, when the daemon refused the request.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Daemon { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+fn connect_hint(err: &io::Error) -> String {
+    match err.kind() {
+        io::ErrorKind::NotFound => {
+            "no socket there; is hostkmsd running, and is that its socket path?".to_string()
+        }
+        io::ErrorKind::PermissionDenied => "permission denied; the socket admits its owner \
+             and group only: ask an admin to add you to the socket's group (hostkms)"
+            .to_string(),
+        io::ErrorKind::ConnectionRefused => {
+            "nothing is listening there (a stale socket); is hostkmsd running?".to_string()
+        }
+        _ => err.to_string(),
+    }
+}
+
+/// A blocking connection to hostkmsd.
+///
+/// Requests are answered in order, so a caller may [`send`](Client::send)
+/// several and then [`receive`](Client::receive) their answers.
+#[derive(Debug)]
+pub struct Client {
+    stream: UnixStream,
+    next_id: u64,
+    in_flight: std::collections::VecDeque<u64>,
+    max_frame: u32,
+}
+
+impl Client {
+    /// Connects to the daemon's socket at `path`.
+    pub fn connect(path: impl AsRef<Path>) -> Result<Client, ClientError> {
+        let path = path.as_ref();
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Client::from_stream(stream))
+    }
+
+    /// Uses an already connected stream.
+    pub fn from_stream(stream: UnixStream) -> Client {
+        Client {
+            stream,
+            next_id: 1,
+            in_flight: std::collections::VecDeque::new(),
+            max_frame: DEFAULT_MAX_FRAME,
+        }
+    }
+
+    /// Limits how long one read or write may wait (`None`: forever).
+    pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<(), ClientError> {
+        self.stream.set_read_timeout(timeout)?;
+        self.stream.set_write_timeout(timeout)?;
+        Ok(())
+    }
+
+    /// Sends a request without waiting for its answer; returns its id.
+    pub fn send(&mut self, op: Request) -> Result<u64, ClientError> {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let frame = codec::encode_frame(&Envelope::new(id, op), self.max_frame)?;
+        self.stream.write_all(&frame)?;
+        self.in_flight.push_back(id);
+        Ok(id)
+    }
+
+    /// Receives the answer to the oldest request sent and not yet answered.
+    pub fn receive(&mut self) -> Result<Envelope<Response>, ClientError> {
+        let body =
+            codec::read_frame(&mut self.stream, self.max_frame)?.ok_or(ClientError::Closed)?;
+        let envelope: Envelope<Response> = codec::decode_body(&body)?;
+        match self.in_flight.pop_front() {
+            Some(expected) if expected != envelope.id => Err(ClientError::IdMismatch {
+                expected,
+                got: envelope.id,
+            }),
+            _ => Ok(envelope),
+        }
+    }
+
+    /// Sends one request and waits for its answer; a refusal becomes
+    /// [`ClientError::Daemon`].
+    pub fn call(&mut self, op: Request) -> Result<Response, ClientError> {
+        self.send(op)?;
+        match self.receive()?.op {
+            Response::Error(reply) => Err(ClientError::Daemon {
+                code: reply.code,
+                message: reply.message,
+            }),
+            response => Ok(response),
+        }
+    }
+
+    /// Checks that the daemon answers.
+    pub fn ping(&mut self) -> Result<(), ClientError> {
+        expect::pong(self.call(Request::Ping)?)
+    }
+
+    /// The daemon's health and counters.
+    pub fn status(&mut self) -> Result<StatusInfo, ClientError> {
+        expect::status(self.call(Request::Status)?)
+    }
+
+    /// Creates key `name` at version 1.
+    pub fn create_key(&mut self, name: &str) -> Result<KeyInfo, ClientError> {
+        expect::key(self.call(Request::CreateKey {
+            name: name.to_string(),
+        })?)
+    }
+
+    /// Encrypts `plaintext` under the latest version of `key`, bound to `context`.
+    pub fn wrap(
+        &mut self,
+        key: &str,
+        plaintext: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<Wrapped, ClientError> {
+        expect::wrapped(self.call(Request::Wrap {
+            key: key.to_string(),
+            plaintext: SecretBytes::from(plaintext),
+            context: context.clone(),
+        })?)
+    }
+
+    /// Decrypts `ciphertext`; with `key`, only if it belongs to that key.
+    pub fn unwrap(
+        &mut self,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+        key: Option<&str>,
+    ) -> Result<Unwrapped, ClientError> {
+        expect::unwrapped(self.call(Request::Unwrap {
+            ciphertext: Ciphertext::from(ciphertext),
+            context: context.clone(),
+            key: key.map(str::to_string),
+        })?)
+    }
+
+    /// A fresh `bytes`-long data key, in clear and wrapped under `key`.
+    pub fn generate_data_key(
+        &mut self,
+        key: &str,
+        bytes: u16,
+        context: &EncryptionContext,
+    ) -> Result<DataKey, ClientError> {
+        self.data_key(key, bytes, context, true)
+    }
+
+    /// A fresh `bytes`-long data key, only in its wrapped form.
+    pub fn generate_data_key_without_plaintext(
+        &mut self,
+        key: &str,
+        bytes: u16,
+        context: &EncryptionContext,
+    ) -> Result<DataKey, ClientError> {
+        self.data_key(key, bytes, context, false)
+    }
+
+    fn data_key(
+        &mut self,
+        key: &str,
+        bytes: u16,
+        context: &EncryptionContext,
+        include_plaintext: bool,
+    ) -> Result<DataKey, ClientError> {
+        expect::data_key(self.call(Request::GenerateDataKey {
+            key: key.to_string(),
+            bytes,
+            include_plaintext,
+            context: context.clone(),
+        })?)
+    }
+
+    /// Re-encrypts `ciphertext` under its key's latest version.
+    pub fn rewrap(
+        &mut self,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+        key: Option<&str>,
+    ) -> Result<Wrapped, ClientError> {
+        expect::wrapped(self.call(Request::Rewrap {
+            ciphertext: Ciphertext::from(ciphertext),
+            context: context.clone(),
+            key: key.map(str::to_string),
+        })?)
+    }
+
+    /// Adds a new latest version to `key`.
+    pub fn rotate(&mut self, key: &str) -> Result<KeyInfo, ClientError> {
+        expect::key(self.call(Request::Rotate {
+            key: key.to_string(),
+        })?)
+    }
+
+    /// Revokes one version of `key`, or the whole key when `version` is `None`.
+    pub fn revoke(&mut self, key: &str, version: Option<u32>) -> Result<KeyInfo, ClientError> {
+        expect::key(self.call(Request::Revoke {
+            key: key.to_string(),
+            version,
+        })?)
+    }
+
+    /// Stops every use of `key` until it is enabled again.
+    pub fn disable(&mut self, key: &str) -> Result<KeyInfo, ClientError> {
+        expect::key(self.call(Request::Disable {
+            key: key.to_string(),
+        })?)
+    }
+
+    /// Puts a disabled `key` back in service.
+    pub fn enable(&mut self, key: &str) -> Result<KeyInfo, ClientError> {
+        expect::key(self.call(Request::Enable {
+            key: key.to_string(),
+        })?)
+    }
+
+    /// Refuses unwraps of `key`'s versions below `version`.
+    pub fn set_min_decryption_version(
+        &mut self,
+        key: &str,
+        version: u32,
+    ) -> Result<KeyInfo, ClientError> {
+        expect::key(self.call(Request::SetMinDecryptionVersion {
+            key: key.to_string(),
+            version,
+        })?)
+    }
+
+    /// The keys this caller may see.
+    pub fn list_keys(&mut self) -> Result<Vec<KeyInfo>, ClientError> {
+        expect::keys(self.call(Request::ListKeys)?)
+    }
+
+    /// Metadata of `key`.
+    pub fn describe_key(&mut self, key: &str) -> Result<KeyInfo, ClientError> {
+        expect::key(self.call(Request::DescribeKey {
+            key: key.to_string(),
+        })?)
+    }
+}
+
+/// Turns a response into the value a request calls for.
+pub(crate) mod expect {
+    use super::ClientError;
+    use crate::message::{DataKey, KeyInfo, Response, StatusInfo, Unwrapped, Wrapped};
+
+    fn unexpected(expected: &'static str, got: &Response) -> ClientError {
+        ClientError::UnexpectedResponse {
+            expected,
+            got: got.kind(),
+        }
+    }
+
+    pub fn pong(response: Response) -> Result<(), ClientError> {
+        match response {
+            Response::Pong => Ok(()),
+            other => Err(unexpected("Pong", &other)),
+        }
+    }
+
+    pub fn status(response: Response) -> Result<StatusInfo, ClientError> {
+        match response {
+            Response::Status(status) => Ok(status),
+            other => Err(unexpected("Status", &other)),
+        }
+    }
+
+    pub fn key(response: Response) -> Result<KeyInfo, ClientError> {
+        match response {
+            Response::Key(key) => Ok(key),
+            other => Err(unexpected("Key", &other)),
+        }
+    }
+
+    pub fn keys(response: Response) -> Result<Vec<KeyInfo>, ClientError> {
+        match response {
+            Response::Keys(keys) => Ok(keys),
+            other => Err(unexpected("Keys", &other)),
+        }
+    }
+
+    pub fn wrapped(response: Response) -> Result<Wrapped, ClientError> {
+        match response {
+            Response::Wrapped(wrapped) => Ok(wrapped),
+            other => Err(unexpected("Wrapped", &other)),
+        }
+    }
+
+    pub fn unwrapped(response: Response) -> Result<Unwrapped, ClientError> {
+        match response {
+            Response::Unwrapped(unwrapped) => Ok(unwrapped),
+            other => Err(unexpected("Unwrapped", &other)),
+        }
+    }
+
+    pub fn data_key(response: Response) -> Result<DataKey, ClientError> {
+        match response {
+            Response::DataKey(data_key) => Ok(data_key),
+            other => Err(unexpected("DataKey", &other)),
+        }
+    }
+}

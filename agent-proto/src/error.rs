@@ -1,0 +1,242 @@
+//! Error codes carried on the wire, and the errors of encoding and decoding.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Why the daemon refused a request: a stable number on the wire.
+///
+/// The numbers are part of the protocol. A code is never renumbered or reused;
+/// new codes get new numbers. A code this library does not know (from a newer
+/// daemon) decodes as [`ErrorCode::Unrecognized`] and keeps its number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The request could not be decoded, or is not valid in this position.
+    BadRequest,
+    /// The frame's length prefix exceeds the receiver's limit.
+    FrameTooLarge,
+    /// The envelope's protocol version is outside the range the receiver speaks.
+    UnsupportedVersion,
+    /// No grant allows this peer this operation on this key.
+    PermissionDenied,
+    /// No key has that name (or the ciphertext names a key id that is unknown).
+    KeyNotFound,
+    /// A key with that name exists already (names are never reused).
+    KeyExists,
+    /// The whole key is revoked, for good.
+    KeyRevoked,
+    /// The key version that made the ciphertext is revoked, or below the key's
+    /// minimum decryption version.
+    VersionRevoked,
+    /// The key is disabled; an admin can enable it again.
+    KeyDisabled,
+    /// The ciphertext does not authenticate: wrong context, tampering,
+    /// truncation or wrong key all look the same.
+    InvalidCiphertext,
+    /// The plaintext exceeds the daemon's `max_plaintext`.
+    PlaintextTooLarge,
+    /// The daemon is at a limit (connections, load); try again later.
+    Busy,
+    /// The TPM is needed for this request and cannot be reached.
+    TpmUnavailable,
+    /// The daemon failed for a reason of its own; its log says more.
+    Internal,
+    /// The daemon understood the request but does not implement it yet.
+    NotImplemented,
+    /// A field of the request has a value outside its allowed range or form
+    /// (a key name, a data-key size, a version number).
+    InvalidArgument,
+    /// The key exists but has no such version.
+    VersionNotFound,
+    /// A code this library does not know, with its number.
+    Unrecognized(u16),
+}
+
+impl ErrorCode {
+    /// Every code this library knows, in numeric order.
+    pub const ALL: [ErrorCode; 17] = [
+        ErrorCode::BadRequest,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::PermissionDenied,
+        ErrorCode::KeyNotFound,
+        ErrorCode::KeyExists,
+        ErrorCode::KeyRevoked,
+        ErrorCode::VersionRevoked,
+        ErrorCode::KeyDisabled,
+        ErrorCode::InvalidCiphertext,
+        ErrorCode::PlaintextTooLarge,
+        ErrorCode::Busy,
+        ErrorCode::TpmUnavailable,
+        ErrorCode::Internal,
+        ErrorCode::NotImplemented,
+        ErrorCode::InvalidArgument,
+        ErrorCode::VersionNotFound,
+    ];
+
+    /// The code's number on the wire.
+    pub fn number(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest => 1,
+            ErrorCode::FrameTooLarge => 2,
+            ErrorCode::UnsupportedVersion => 3,
+            ErrorCode::PermissionDenied => 4,
+            ErrorCode::KeyNotFound => 5,
+            ErrorCode::KeyExists => 6,
+            ErrorCode::KeyRevoked => 7,
+            ErrorCode::VersionRevoked => 8,
+            ErrorCode::KeyDisabled => 9,
+            ErrorCode::InvalidCiphertext => 10,
+            ErrorCode::PlaintextTooLarge => 11,
+            ErrorCode::Busy => 12,
+            ErrorCode::TpmUnavailable => 13,
+            ErrorCode::Internal => 14,
+            ErrorCode::NotImplemented => 15,
+            ErrorCode::InvalidArgument => 16,
+            ErrorCode::VersionNotFound => 17,
+            ErrorCode::Unrecognized(n) => n,
+        }
+    }
+
+    /// The code for a number read off the wire.
+    pub fn from_number(number: u16) -> ErrorCode {
+        ErrorCode::ALL
+            .into_iter()
+            .find(|code| code.number() == number)
+            .unwrap_or(ErrorCode::Unrecognized(number))
+    }
+
+    /// A short lower-case name for messages, e.g. `permission denied`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad request",
+            ErrorCode::FrameTooLarge => "frame too large",
+            ErrorCode::UnsupportedVersion => "unsupported protocol version",
+            ErrorCode::PermissionDenied => "permission denied",
+            ErrorCode::KeyNotFound => "key not found",
+            ErrorCode::KeyExists => "key exists",
+            ErrorCode::KeyRevoked => "key revoked",
+            ErrorCode::VersionRevoked => "version revoked",
+            ErrorCode::KeyDisabled => "key disabled",
+            ErrorCode::InvalidCiphertext => "invalid ciphertext",
+            ErrorCode::PlaintextTooLarge => "plaintext too large",
+            ErrorCode::Busy => "busy",
+            ErrorCode::TpmUnavailable => "TPM unavailable",
+            ErrorCode::Internal => "internal error",
+            ErrorCode::NotImplemented => "not implemented",
+            ErrorCode::InvalidArgument => "invalid argument",
+            ErrorCode::VersionNotFound => "version not found",
+            ErrorCode::Unrecognized(_) => "unrecognized error",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ErrorCode::Unrecognized(n) => write!(f, "unrecognized error code {n}"),
+            code => f.write_str(code.name()),
+        }
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u16(self.number())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        u16::deserialize(deserializer).map(ErrorCode::from_number)
+    }
+}
+
+/// A frame or message that could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The length prefix announces more than the receiver accepts; nothing was
+    /// allocated for it.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    FrameTooLarge {
+        /// The announced body length.
+        len: u32,
+        /// The receiver's limit.
+        max: u32,
+    },
+    /// The envelope names a protocol version the receiver does not speak.
+    #[error(
+        "protocol version {got} is not supported; this side speaks versions {oldest} to {newest}",
+        oldest = crate::OLDEST_PROTOCOL_VERSION,
+        newest = crate::PROTOCOL_VERSION
+    )]
+    UnsupportedVersion {
+        /// The version the peer sent.
+        got: u16,
+        /// The request id, when the envelope got that far.
+        id: Option<u64>,
+    },
+    /// The body is truncated, has trailing bytes, or is not a valid message.
+    #[error("malformed message: {reason}")]
+    Malformed {
+        /// The request id, when the envelope got that far.
+        id: Option<u64>,
+        /// What the decoder found wrong.
+        reason: String,
+    },
+}
+
+impl DecodeError {
+    /// The wire error code that answers this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+            DecodeError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+            DecodeError::Malformed { .. } => ErrorCode::BadRequest,
+        }
+    }
+
+    /// The id of the request that failed, when it could be read, so that the
+    /// error response can echo it.
+    pub fn request_id(&self) -> Option<u64> {
+        match self {
+            DecodeError::FrameTooLarge { .. } => None,
+            DecodeError::UnsupportedVersion { id, .. } | DecodeError::Malformed { id, .. } => *id,
+        }
+    }
+}
+
+/// A message that could not be encoded into a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// The encoded message would exceed the frame limit.
+    #[error("message of {len} bytes exceeds the frame limit of {max} bytes")]
+    TooLarge {
+        /// The encoded length, or `u64::MAX` when it could not be computed.
+        len: u64,
+        /// The frame limit.
+        max: u32,
+    },
+    /// The serializer refused the message.
+    #[error("cannot encode message: {0}")]
+    Serialize(String),
+}
+
+/// Reading or writing a frame on a stream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The stream failed.
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The stream ended inside a frame.
+    #[error("connection closed in the middle of a frame ({got} of {expected} bytes)")]
+    Truncated {
+        /// Bytes of the frame (prefix included) that arrived.
+        got: usize,
+        /// Bytes the frame needed.
+        expected: usize,
+    },
+    /// The length prefix announced a frame over the limit.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}

@@ -1,0 +1,231 @@
+//! Property tests: whatever bytes arrive, decoding returns an error or a
+//! message, never panics, and never holds more memory than the frame limit.
+
+mod samples;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::io::Cursor;
+
+use agent_proto::codec::{self, DEFAULT_MAX_FRAME, LENGTH_PREFIX};
+use agent_proto::{
+    Ciphertext, EncryptionContext, Envelope, FrameError, Request, Response, SecretBytes,
+};
+use proptest::prelude::*;
+
+/// Counts this thread's live heap bytes and their peak while a measurement runs.
+struct MeteredAllocator;
+
+thread_local! {
+    static METERING: Cell<bool> = const { Cell::new(false) };
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
+}
+
+fn account(delta: isize) {
+    let _ = METERING.try_with(|metering| {
+        if metering.get() {
+            LIVE.with(|live| {
+                let now = live.get() + delta;
+                live.set(now);
+                PEAK.with(|peak| peak.set(peak.get().max(now)));
+            });
+        }
+    });
+}
+
+unsafe impl GlobalAlloc for MeteredAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        account(layout.size() as isize);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        account(-(layout.size() as isize));
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        account(new_size as isize - layout.size() as isize);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: MeteredAllocator = MeteredAllocator;
+
+/// Runs `f` and returns the peak of heap bytes it held at once.
+fn peak_heap<T>(f: impl FnOnce() -> T) -> usize {
+    LIVE.with(|l| l.set(0));
+    PEAK.with(|p| p.set(0));
+    METERING.with(|m| m.set(true));
+    let value = f();
+    drop(value);
+    METERING.with(|m| m.set(false));
+    PEAK.with(|p| p.get()).max(0) as usize
+}
+
+/// The most a decode may hold: the frame limit (serde pre-sizes sequences up
+/// to 1 MiB at most, checked against remaining bytes as it goes), plus a copy
+/// of the body's byte strings, plus small change.
+fn allowed_peak(body_len: usize) -> usize {
+    DEFAULT_MAX_FRAME as usize + 2 * body_len + 64 * 1024
+}
+
+fn arbitrary_context() -> impl Strategy<Value = EncryptionContext> {
+    proptest::collection::btree_map(".{0,12}", ".{0,24}", 0..4)
+}
+
+fn arbitrary_request() -> impl Strategy<Value = Request> {
+    let name = "[A-Za-z0-9._-]{1,32}";
+    let bytes = proptest::collection::vec(any::<u8>(), 0..256);
+    prop_oneof![
+        Just(Request::Ping),
+        Just(Request::Status),
+        Just(Request::ListKeys),
+        name.prop_map(|name| Request::CreateKey { name }),
+        (name, bytes.clone(), arbitrary_context()).prop_map(|(key, plaintext, context)| {
+            Request::Wrap {
+                key,
+                plaintext: SecretBytes::new(plaintext),
+                context,
+            }
+        }),
+        (
+            bytes.clone(),
+            arbitrary_context(),
+            proptest::option::of(name)
+        )
+            .prop_map(|(ciphertext, context, key)| Request::Unwrap {
+                ciphertext: Ciphertext::new(ciphertext),
+                context,
+                key,
+            }),
+        (name, any::<u16>(), any::<bool>(), arbitrary_context()).prop_map(
+            |(key, bytes, include_plaintext, context)| Request::GenerateDataKey {
+                key,
+                bytes,
+                include_plaintext,
+                context,
+            }
+        ),
+        (bytes, arbitrary_context(), proptest::option::of(name)).prop_map(
+            |(ciphertext, context, key)| Request::Rewrap {
+                ciphertext: Ciphertext::new(ciphertext),
+                context,
+                key,
+            }
+        ),
+        (name, proptest::option::of(any::<u32>()))
+            .prop_map(|(key, version)| Request::Revoke { key, version }),
+        (name, any::<u32>())
+            .prop_map(|(key, version)| Request::SetMinDecryptionVersion { key, version }),
+        name.prop_map(|key| Request::Rotate { key }),
+        name.prop_map(|key| Request::DescribeKey { key }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn arbitrary_bodies_never_panic_or_overallocate(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let peak = peak_heap(|| {
+            let _ = codec::decode_body::<Request>(&body);
+            let _ = codec::decode_body::<Response>(&body);
+        });
+        prop_assert!(peak <= allowed_peak(body.len()), "decode held {peak} bytes for a {}-byte body", body.len());
+    }
+
+    #[test]
+    fn bodies_behind_a_valid_header_never_panic_or_overallocate(
+        variant in 0u32..20,
+        rest in proptest::collection::vec(any::<u8>(), 0..1024),
+    ) {
+        // A valid envelope header so the decoder gets past the version check.
+        let mut body = 1u16.to_le_bytes().to_vec();
+        body.extend_from_slice(&3u64.to_le_bytes());
+        body.extend_from_slice(&variant.to_le_bytes());
+        body.extend_from_slice(&rest);
+        let peak = peak_heap(|| {
+            let _ = codec::decode_body::<Request>(&body);
+            let _ = codec::decode_body::<Response>(&body);
+        });
+        prop_assert!(peak <= allowed_peak(body.len()), "decode held {peak} bytes for a {}-byte body", body.len());
+    }
+
+    #[test]
+    fn arbitrary_length_prefixes_never_allocate_past_the_limit(
+        len in any::<u32>(),
+        max in 0u32..=(4 * DEFAULT_MAX_FRAME),
+        tail in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let mut stream = len.to_be_bytes().to_vec();
+        stream.extend_from_slice(&tail);
+        let mut result = None;
+        let peak = peak_heap(|| result = Some(codec::read_frame(&mut Cursor::new(&stream), max).map(|b| b.map(|b| b.len()))));
+        match result.expect("ran") {
+            Err(FrameError::Decode(err)) => {
+                prop_assert!(len > max);
+                prop_assert_eq!(err.code(), agent_proto::ErrorCode::FrameTooLarge);
+                prop_assert!(peak < 1024, "refusing a frame allocated {peak} bytes");
+            }
+            Err(FrameError::Truncated { .. }) => {
+                prop_assert!(len <= max && (len as usize) > tail.len());
+                prop_assert!(peak <= len as usize + 1024);
+            }
+            Ok(Some(got)) => {
+                prop_assert!(len <= max && (len as usize) <= tail.len());
+                prop_assert_eq!(got, len as usize);
+            }
+            other => prop_assert!(false, "unexpected {:?}", other),
+        }
+    }
+
+    #[test]
+    fn arbitrary_requests_round_trip(request in arbitrary_request(), id in any::<u64>()) {
+        let envelope = Envelope::new(id, request);
+        let frame = codec::encode_frame(&envelope, DEFAULT_MAX_FRAME).unwrap();
+        let decoded: Envelope<Request> = codec::decode_body(&frame[LENGTH_PREFIX..]).unwrap();
+        prop_assert_eq!(decoded, envelope);
+    }
+
+    #[test]
+    fn corrupted_valid_frames_never_panic(
+        which in 0usize..14,
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+        cut in any::<usize>(),
+    ) {
+        let request = samples::requests().swap_remove(which);
+        let frame = codec::encode_frame(&Envelope::new(1, request), DEFAULT_MAX_FRAME).unwrap();
+        let mut body = frame[LENGTH_PREFIX..].to_vec();
+        for (at, mask) in flips {
+            let at = at % body.len();
+            body[at] ^= mask;
+        }
+        body.truncate(cut % (body.len() + 1));
+        let peak = peak_heap(|| { let _ = codec::decode_body::<Request>(&body); });
+        prop_assert!(peak <= allowed_peak(body.len()));
+    }
+}
+
+/// The meter itself must see allocations, or the bounds above prove nothing.
+#[test]
+fn the_meter_sees_a_large_allocation() {
+    let peak = peak_heap(|| vec![1u8; 3 << 20]);
+    assert!(peak >= 3 << 20, "meter saw only {peak} bytes");
+    let body = {
+        let frame = codec::encode_frame(
+            &Envelope::new(1, Response::Keys(Vec::new())),
+            DEFAULT_MAX_FRAME,
+        )
+        .unwrap();
+        let mut body = frame[LENGTH_PREFIX..].to_vec();
+        // Claim 2^40 keys: serde may pre-size, but within the frame limit.
+        let n = body.len();
+        body[n - 8..].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        body
+    };
+    let peak = peak_heap(|| {
+        let _ = codec::decode_body::<Response>(&body);
+    });
+    assert!(peak <= allowed_peak(body.len()), "decode held {peak} bytes");
+}

@@ -1,0 +1,149 @@
+//! One sample of every request and response, shared by the codec tests.
+#![allow(dead_code)] // each test binary uses part of the samples
+
+use std::collections::BTreeMap;
+
+use agent_proto::{
+    Ciphertext, DataKey, EncryptionContext, ErrorCode, KeyInfo, KeyState, Operation, Request,
+    Response, SecretBytes, StatusInfo, Unwrapped, VersionInfo, VersionState, Wrapped,
+};
+
+pub fn context() -> EncryptionContext {
+    let mut context = EncryptionContext::new();
+    context.insert("table".to_string(), "users".to_string());
+    context.insert("db".to_string(), "main".to_string());
+    context
+}
+
+/// One request per operation, in wire order.
+pub fn requests() -> Vec<Request> {
+    let requests = vec![
+        Request::Ping,
+        Request::Status,
+        Request::CreateKey {
+            name: "app-db".to_string(),
+        },
+        Request::Wrap {
+            key: "app-db".to_string(),
+            plaintext: SecretBytes::from(&b"hello"[..]),
+            context: context(),
+        },
+        Request::Unwrap {
+            ciphertext: Ciphertext::from(&b"HKMS\x01opaque"[..]),
+            context: context(),
+            key: Some("app-db".to_string()),
+        },
+        Request::GenerateDataKey {
+            key: "app-db".to_string(),
+            bytes: 32,
+            include_plaintext: true,
+            context: EncryptionContext::new(),
+        },
+        Request::Rewrap {
+            ciphertext: Ciphertext::from(&b"HKMS\x01opaque"[..]),
+            context: context(),
+            key: None,
+        },
+        Request::Rotate {
+            key: "app-db".to_string(),
+        },
+        Request::Revoke {
+            key: "app-db".to_string(),
+            version: Some(1),
+        },
+        Request::Disable {
+            key: "app-db".to_string(),
+        },
+        Request::Enable {
+            key: "app-db".to_string(),
+        },
+        Request::SetMinDecryptionVersion {
+            key: "app-db".to_string(),
+            version: 2,
+        },
+        Request::ListKeys,
+        Request::DescribeKey {
+            key: "app-db".to_string(),
+        },
+    ];
+    let ops: Vec<Operation> = requests.iter().map(Request::operation).collect();
+    assert_eq!(ops, Operation::ALL, "a sample is missing for some request");
+    requests
+}
+
+fn key_info() -> KeyInfo {
+    KeyInfo {
+        id: [0x5a; 16],
+        name: "app-db".to_string(),
+        created: 1_764_000_000,
+        state: KeyState::Enabled,
+        latest_version: 2,
+        min_decryption_version: 1,
+        versions: vec![
+            VersionInfo {
+                version: 1,
+                created: 1_764_000_000,
+                state: VersionState::Revoked,
+                encryptions: 10,
+            },
+            VersionInfo {
+                version: 2,
+                created: 1_764_000_100,
+                state: VersionState::Enabled,
+                encryptions: 0,
+            },
+        ],
+    }
+}
+
+/// One response of every kind.
+pub fn responses() -> Vec<Response> {
+    let responses = vec![
+        Response::Pong,
+        Response::Status(StatusInfo {
+            daemon_version: "0.1.0".to_string(),
+            oldest_protocol: 1,
+            newest_protocol: 1,
+            uptime_secs: 12,
+            tpm_reachable: true,
+            root_key_loaded: true,
+            root_key_check: "0011223344556677".to_string(),
+            counters: BTreeMap::from([("keys".to_string(), 1)]),
+        }),
+        Response::Key(key_info()),
+        Response::Keys(vec![key_info(), key_info()]),
+        Response::Wrapped(Wrapped {
+            key: "app-db".to_string(),
+            version: 2,
+            ciphertext: Ciphertext::from(&b"HKMS\x01opaque"[..]),
+        }),
+        Response::Unwrapped(Unwrapped {
+            key: "app-db".to_string(),
+            version: 2,
+            plaintext: SecretBytes::from(&b"hello"[..]),
+        }),
+        Response::DataKey(DataKey {
+            key: "app-db".to_string(),
+            version: 2,
+            plaintext: Some(SecretBytes::from(vec![7u8; 32])),
+            ciphertext: Ciphertext::from(vec![9u8; 85]),
+        }),
+        Response::error(ErrorCode::KeyNotFound, "no key named \"x\""),
+    ];
+    // The match fails to compile when a response kind is added, pointing here.
+    let kinds: std::collections::BTreeSet<&str> = responses
+        .iter()
+        .map(|response| match response {
+            Response::Pong
+            | Response::Status(_)
+            | Response::Key(_)
+            | Response::Keys(_)
+            | Response::Wrapped(_)
+            | Response::Unwrapped(_)
+            | Response::DataKey(_)
+            | Response::Error(_) => response.kind(),
+        })
+        .collect();
+    assert_eq!(kinds.len(), 8, "a sample is missing for some response kind");
+    responses
+}
