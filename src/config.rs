@@ -1,0 +1,425 @@
+//! The daemon's configuration: one TOML file, safe defaults, strict
+//! validation with messages that name the file, the line and the fix.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::Deserialize;
+use toml::Spanned;
+use tss_esapi::tcti_ldr::TctiNameConf;
+
+/// Where the packaged daemon reads its configuration.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/hostkms/config.toml";
+/// Where the packaged daemon listens.
+pub const DEFAULT_SOCKET: &str = agent_proto::DEFAULT_SOCKET;
+/// Where the packaged daemon keeps its sealed root key and key store.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/hostkms";
+/// The kernel's TPM resource manager.
+pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
+/// Default socket permissions: owner and group.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+
+/// The validated configuration the daemon runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Path of the Unix socket to serve.
+    pub socket: PathBuf,
+    /// Permission bits of the socket file.
+    pub socket_mode: u32,
+    /// Directory of the sealed root key and the key store.
+    pub state_dir: PathBuf,
+    /// How to reach the TPM.
+    pub tcti: Tcti,
+    /// Largest frame body accepted or sent, in bytes.
+    pub max_frame: u32,
+}
+
+/// A configuration that cannot be used, with where and how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {}: {source}", path.display())]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or has an unknown or mistyped field.
+    #[error("config {}: {message}", path.display())]
+    Syntax {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's explanation, with line and column.
+        message: String,
+    },
+    /// A field has a value the daemon cannot use.
+    #[error("config {}{}: `{field}`: {problem}", origin.display(), line.map(|l| format!(" line {l}")).unwrap_or_default())]
+    Invalid {
+        /// The config file, or the command-line flag that set the value.
+        origin: PathBuf,
+        /// The line of the field in the file, when it came from the file.
+        line: Option<usize>,
+        /// The field's name.
+        field: &'static str,
+        /// What is wrong and what to write instead.
+        problem: String,
+    },
+}
+
+/// The file's fields. Unknown fields are errors, so a typo never passes as a
+/// default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    socket: Option<Spanned<PathBuf>>,
+    socket_mode: Option<Spanned<String>>,
+    state_dir: Option<Spanned<PathBuf>>,
+    tcti: Option<Spanned<String>>,
+    max_frame: Option<Spanned<i64>>,
+}
+
+/// Values given on the command line; each overrides its field in the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--socket`.
+    pub socket: Option<PathBuf>,
+    /// `--state-dir`.
+    pub state_dir: Option<PathBuf>,
+    /// `--tcti`.
+    pub tcti: Option<String>,
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`, then applies `overrides`.
+    ///
+    /// With `required == false` a missing file means "all defaults" (the
+    /// packaged default path); an explicitly named file must exist.
+    pub fn load(path: &Path, required: bool, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => String::new(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        Config::parse(&text, path, overrides)
+    }
+
+    /// Validates config text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let invalid =
+            |span: Option<std::ops::Range<usize>>, field, problem: String| ConfigError::Invalid {
+                origin: path.to_path_buf(),
+                line: span.map(|s| line_of(text, s.start)),
+                field,
+                problem,
+            };
+        let flag_invalid = |flag: &str, field, problem: String| ConfigError::Invalid {
+            origin: PathBuf::from(flag),
+            line: None,
+            field,
+            problem,
+        };
+
+        let tcti = match (&overrides.tcti, file.tcti) {
+            (Some(flag), _) => {
+                Tcti::from_str(flag).map_err(|p| flag_invalid("--tcti", "tcti", p))?
+            }
+            (None, Some(tcti)) => {
+                Tcti::from_str(tcti.get_ref()).map_err(|p| invalid(Some(tcti.span()), "tcti", p))?
+            }
+            (None, None) => Tcti::from_str(DEFAULT_TCTI).map_err(|p| invalid(None, "tcti", p))?,
+        };
+        let mut config = Config {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            socket_mode: DEFAULT_SOCKET_MODE,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            tcti,
+            max_frame: agent_proto::DEFAULT_MAX_FRAME,
+        };
+        if let Some(socket) = file.socket {
+            config.socket = socket.get_ref().clone();
+            check_absolute(&config.socket)
+                .map_err(|p| invalid(Some(socket.span()), "socket", p))?;
+        }
+        if let Some(mode) = file.socket_mode {
+            config.socket_mode = parse_mode(mode.get_ref())
+                .map_err(|p| invalid(Some(mode.span()), "socket_mode", p))?;
+        }
+        if let Some(dir) = file.state_dir {
+            config.state_dir = dir.get_ref().clone();
+            check_absolute(&config.state_dir)
+                .map_err(|p| invalid(Some(dir.span()), "state_dir", p))?;
+        }
+        if let Some(max) = file.max_frame {
+            config.max_frame = u32::try_from(*max.get_ref())
+                .ok()
+                .filter(|n| (1024..=64 << 20).contains(n))
+                .ok_or_else(|| {
+                    invalid(
+                        Some(max.span()),
+                        "max_frame",
+                        format!(
+                            "{} is out of range; give a byte count from 1024 to 67108864 (default {})",
+                            max.get_ref(),
+                            agent_proto::DEFAULT_MAX_FRAME
+                        ),
+                    )
+                })?;
+        }
+
+        if let Some(socket) = &overrides.socket {
+            check_not_empty(socket).map_err(|p| flag_invalid("--socket", "socket", p))?;
+            config.socket = socket.clone();
+        }
+        if let Some(dir) = &overrides.state_dir {
+            check_not_empty(dir).map_err(|p| flag_invalid("--state-dir", "state_dir", p))?;
+            config.state_dir = dir.clone();
+        }
+        Ok(config)
+    }
+}
+
+/// 1-based line number of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset)
+        .map_or(0, |before| before.bytes().filter(|&b| b == b'\n').count())
+        + 1
+}
+
+fn check_absolute(path: &Path) -> Result<(), String> {
+    if path.is_absolute() {
+        Ok(())
+    } else {
+        Err(format!(
+            "\"{}\" is a relative path; give an absolute path, so the meaning does not depend on the daemon's working directory",
+            path.display()
+        ))
+    }
+}
+
+fn check_not_empty(path: &Path) -> Result<(), String> {
+    if path.as_os_str().is_empty() {
+        Err("the path is empty".to_string())
+    } else {
+        Ok(())
+    }
+}
+
+fn parse_mode(text: &str) -> Result<u32, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode & !0o777 == 0 && mode & 0o600 == 0o600 && mode & 0o111 == 0 => Ok(mode),
+        Ok(_) => Err(format!(
+            "\"{text}\" is not a usable socket mode; give octal permission bits that let the owner read and write and grant no execute bit, e.g. \"0660\" (owner and group) or \"0666\" (everyone)"
+        )),
+        Err(_) => Err(format!(
+            "\"{text}\" is not an octal mode; write it as a string of octal digits, e.g. socket_mode = \"0660\""
+        )),
+    }
+}
+
+/// How to reach the TPM: a TCTI string as tpm2-tools and tpm2-tss spell it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tcti {
+    text: String,
+    conf: TctiNameConf,
+}
+
+impl Tcti {
+    /// The TCTI configuration tss-esapi opens.
+    pub fn name_conf(&self) -> TctiNameConf {
+        self.conf.clone()
+    }
+
+    /// The string, as tpm2-tools' `-T` takes it.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Display for Tcti {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+const TCTI_HELP: &str = "use \"device:/dev/tpmrm0\" (the kernel's resource manager), \
+     \"swtpm:host=127.0.0.1,port=2321\" (a software TPM), \
+     \"mssim:host=127.0.0.1,port=2321\" or \"tabrmd:\"";
+
+impl FromStr for Tcti {
+    type Err = String;
+
+    /// Accepts `device:PATH`, `swtpm:host=H,port=P`, `mssim:host=H,port=P` and
+    /// `tabrmd:[OPTIONS]`, and refuses anything tss-esapi would silently
+    /// misread (unknown options, a bad port, a relative device path).
+    fn from_str(text: &str) -> Result<Tcti, String> {
+        let (kind, args) = text.split_once(':').unwrap_or((text, ""));
+        match kind {
+            "device" => {
+                if !args.starts_with('/') {
+                    return Err(format!(
+                        "\"{text}\": a device TCTI needs an absolute path, e.g. \"device:/dev/tpmrm0\""
+                    ));
+                }
+            }
+            "swtpm" | "mssim" => {
+                for option in args.split(',').filter(|o| !o.is_empty()) {
+                    match option.split_once('=') {
+                        Some(("host", host)) if !host.is_empty() => {}
+                        Some(("port", port)) if port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+                        Some(("port", port)) => {
+                            return Err(format!(
+                                "\"{text}\": port \"{port}\" is not a TCP port (1 to 65535)"
+                            ));
+                        }
+                        _ => {
+                            return Err(format!(
+                                "\"{text}\": unknown option \"{option}\"; {kind} takes host=ADDRESS and port=NUMBER, e.g. \"{kind}:host=127.0.0.1,port=2321\""
+                            ));
+                        }
+                    }
+                }
+            }
+            "tabrmd" => {}
+            _ => {
+                return Err(format!(
+                    "\"{text}\" is not a TCTI this daemon supports; {TCTI_HELP}"
+                ));
+            }
+        }
+        let conf = TctiNameConf::from_str(text)
+            .map_err(|e| format!("\"{text}\" is not a valid TCTI ({e}); {TCTI_HELP}"))?;
+        Ok(Tcti {
+            text: text.to_string(),
+            conf,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(
+            text,
+            Path::new("/etc/hostkms/config.toml"),
+            &Overrides::default(),
+        )
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.socket, Path::new(DEFAULT_SOCKET));
+        assert_eq!(config.socket_mode, 0o660);
+        assert_eq!(config.state_dir, Path::new(DEFAULT_STATE_DIR));
+        assert_eq!(config.tcti.as_str(), DEFAULT_TCTI);
+        assert_eq!(config.max_frame, 1 << 20);
+    }
+
+    #[test]
+    fn every_field_is_read() {
+        let config = parse(
+            "socket = \"/tmp/s.sock\"\nsocket_mode = \"0666\"\nstate_dir = \"/tmp/st\"\n\
+             tcti = \"swtpm:host=127.0.0.1,port=4000\"\nmax_frame = 4096\n",
+        )
+        .unwrap();
+        assert_eq!(config.socket, Path::new("/tmp/s.sock"));
+        assert_eq!(config.socket_mode, 0o666);
+        assert_eq!(config.state_dir, Path::new("/tmp/st"));
+        assert_eq!(config.tcti.as_str(), "swtpm:host=127.0.0.1,port=4000");
+        assert_eq!(config.max_frame, 4096);
+    }
+
+    #[test]
+    fn unknown_field_names_file_line_and_field() {
+        let err = parse("socket = \"/tmp/s\"\nstate_directory = \"/x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/etc/hostkms/config.toml"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("unknown field `state_directory`"), "{err}");
+        assert!(
+            err.contains("state_dir"),
+            "the message lists the valid fields: {err}"
+        );
+    }
+
+    #[test]
+    fn bad_tcti_names_line_field_and_fix() {
+        let err = parse("\n\ntcti = \"usb:/dev/tpm0\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("`tcti`"), "{err}");
+        assert!(err.contains("device:/dev/tpmrm0"), "{err}");
+        for bad in [
+            "swtpm:host=127.0.0.1,prot=2321",
+            "swtpm:port=99999",
+            "device:dev/tpm0",
+            "device",
+        ] {
+            assert!(Tcti::from_str(bad).is_err(), "{bad} must be refused");
+        }
+        for good in [
+            "device:/dev/tpmrm0",
+            "swtpm:host=127.0.0.1,port=2321",
+            "swtpm:",
+            "mssim:port=1",
+            "tabrmd:",
+        ] {
+            assert!(Tcti::from_str(good).is_ok(), "{good} must be accepted");
+        }
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_field() {
+        for (text, field) in [
+            ("socket_mode = \"0777\"", "socket_mode"),
+            ("socket_mode = \"rw\"", "socket_mode"),
+            ("socket_mode = \"0060\"", "socket_mode"),
+            ("state_dir = \"relative/dir\"", "state_dir"),
+            ("socket = \"s.sock\"", "socket"),
+            ("max_frame = 10", "max_frame"),
+            ("max_frame = -1", "max_frame"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{field}`")), "{text}: {err}");
+            assert!(err.contains("line 1"), "{text}: {err}");
+        }
+        let err = parse("max_frame = \"big\"").unwrap_err().to_string();
+        assert!(err.contains("max_frame") && err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_the_file_and_are_named_in_errors() {
+        let overrides = Overrides {
+            socket: Some(PathBuf::from("/tmp/other.sock")),
+            state_dir: None,
+            tcti: Some("swtpm:port=5000".to_string()),
+        };
+        let config = Config::parse("socket = \"/tmp/s\"", Path::new("c.toml"), &overrides).unwrap();
+        assert_eq!(config.socket, Path::new("/tmp/other.sock"));
+        assert_eq!(config.tcti.as_str(), "swtpm:port=5000");
+        let overrides = Overrides {
+            tcti: Some("nonsense".to_string()),
+            ..Overrides::default()
+        };
+        let err = Config::parse("", Path::new("c.toml"), &overrides)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("config --tcti: `tcti`"), "{err}");
+    }
+}

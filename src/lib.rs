@@ -1,0 +1,18 @@
+//! hostkms: a TPM-backed key-management agent for one Linux host.
+//!
+//! The daemon `hostkmsd` seals a root key to the TPM and serves envelope
+//! encryption to local services over a Unix socket. This library is the
+//! daemon, so that tests and benchmarks drive the same code. Data flows one
+//! way: [`server`] (listener, peer credentials, framing) → [`service`]
+//! (the operations) → [`rootkey`] and [`tpm`] (the sealed root key).
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod daemon;
+pub mod locked;
+pub mod peer;
+pub mod rootkey;
+pub mod server;
+pub mod service;
+pub mod state_dir;
+pub mod tpm;

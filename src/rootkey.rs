@@ -1,0 +1,217 @@
+//! The root key: 256 bits sealed to the TPM in `root.pub`/`root.priv`,
+//! unsealed once at start into locked memory, never on disk in clear.
+//!
+//! Start-up either creates and seals a new root key (empty state dir) or
+//! unseals the existing one. Anything in between — a key store without its
+//! root blobs, one blob without the other, blobs this TPM cannot load — stops
+//! the daemon with an explanation; a new root key is never made over
+//! existing state.
+
+use hmac::{Hmac, KeyInit, Mac};
+use rand::TryRng;
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::config::Tcti;
+use crate::locked::LockedBytes;
+use crate::state_dir::{StateDir, StateDirError};
+use crate::tpm::{BlobError, BlobPart, SealedBlobs, Tpm, TpmError};
+
+/// Length of the root key in bytes.
+pub const ROOT_KEY_LEN: usize = 32;
+/// The sealed object's public part (TPM2B_PUBLIC), in the state dir.
+pub const ROOT_PUB: &str = "root.pub";
+/// The sealed object's private part (TPM2B_PRIVATE), in the state dir.
+pub const ROOT_PRIV: &str = "root.priv";
+/// The key store, whose keys are encrypted under the root key.
+pub const KEYSTORE_DB: &str = "keystore.db";
+
+/// A TPM2B blob is at most 2 + 65535 bytes.
+const MAX_BLOB: u64 = 2 + u16::MAX as u64;
+
+/// The unsealed root key, in locked memory that is wiped on drop. It has no
+/// `Display`, and its `Debug` shows only the check value.
+pub struct RootKey {
+    bytes: LockedBytes<ROOT_KEY_LEN>,
+}
+
+impl RootKey {
+    fn from_slice(secret: &[u8]) -> Result<RootKey, RootKeyError> {
+        if secret.len() != ROOT_KEY_LEN {
+            return Err(RootKeyError::WrongLength(secret.len()));
+        }
+        let mut bytes = LockedBytes::new();
+        bytes.expose_mut().copy_from_slice(secret);
+        Ok(RootKey { bytes })
+    }
+
+    /// A check value: the first 8 bytes of HMAC-SHA256(root key, "hostkms
+    /// root key check v1"), in hex. It identifies the key without revealing
+    /// it, so two runs (or a break-glass recovery) can be compared in logs.
+    pub fn check_value(&self) -> String {
+        check_value(self.bytes.expose())
+    }
+
+    /// Whether the key's page is locked in RAM (see [`LockedBytes`]).
+    pub fn is_locked(&self) -> bool {
+        self.bytes.is_locked()
+    }
+}
+
+/// The check value of raw root-key bytes; see [`RootKey::check_value`].
+pub fn check_value(key: &[u8]) -> String {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
+        return String::from("(no check value)");
+    };
+    mac.update(b"hostkms root key check v1");
+    mac.finalize().into_bytes()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl std::fmt::Debug for RootKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RootKey(<redacted>, check {})", self.check_value())
+    }
+}
+
+/// How the root key came to be in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The state dir was empty: a new root key was made and sealed.
+    Created,
+    /// The existing sealed root key was unsealed.
+    Unsealed,
+}
+
+/// Why the root key could not be created or unsealed, and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum RootKeyError {
+    /// The state directory is unusable.
+    #[error(transparent)]
+    StateDir(#[from] StateDirError),
+    /// A key store exists but the blobs that seal its root key do not.
+    #[error(
+        "{dir}/{KEYSTORE_DB} exists but {dir}/{ROOT_PUB} and {dir}/{ROOT_PRIV} are missing: the keys in the store are encrypted under the root key sealed in those files, so hostkms will not start (and will not make a new root key over them). Restore {ROOT_PUB} and {ROOT_PRIV} from the backup of this machine's state dir"
+    )]
+    StoreWithoutRootKey {
+        /// The state directory.
+        dir: String,
+    },
+    /// Only one of the two blobs is there.
+    #[error(
+        "{present} exists but {missing} does not; the root key needs both. Restore {missing} from backup. If this is a first start that was interrupted and no key store exists yet, remove {present} to create a new root key"
+    )]
+    HalfSealed {
+        /// The blob that exists.
+        present: String,
+        /// The blob that is missing.
+        missing: String,
+    },
+    /// A blob is not a valid TPM2B structure.
+    #[error("{path}: {source}. Restore it from backup; hostkms changed nothing")]
+    MalformedBlob {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        source: BlobError,
+    },
+    /// The TPM could not be reached.
+    #[error("{0}")]
+    TpmUnavailable(TpmError),
+    /// The TPM refused to load or unseal the blobs.
+    #[error(
+        "cannot unseal the root key from {public} and {private}: {source}. The blobs were sealed by another TPM, this TPM was cleared, or the files were altered. hostkms changed nothing; run it on the machine whose TPM sealed them, or restore this machine's state dir from backup (README: break-glass recovery)"
+    )]
+    Unseal {
+        /// The public blob.
+        public: String,
+        /// The private blob.
+        private: String,
+        /// The TPM's answer.
+        source: TpmError,
+    },
+    /// Sealing a new root key failed.
+    #[error("cannot seal a new root key: {0}")]
+    Seal(TpmError),
+    /// The unsealed secret has the wrong length.
+    #[error(
+        "the unsealed root key is {0} bytes, not {ROOT_KEY_LEN}: these blobs are not a hostkms root key"
+    )]
+    WrongLength(usize),
+    /// The operating system's RNG failed.
+    #[error("the operating system's random number generator failed: {0}")]
+    Random(String),
+}
+
+/// Creates and seals a root key in an empty state dir, or unseals the
+/// existing one.
+pub fn load_or_create(dir: &StateDir, tcti: &Tcti) -> Result<(RootKey, Origin), RootKeyError> {
+    let shown = |name: &str| dir.file(name).display().to_string();
+    match (dir.contains(ROOT_PUB), dir.contains(ROOT_PRIV)) {
+        (true, true) => unseal(dir, tcti).map(|key| (key, Origin::Unsealed)),
+        (false, false) if dir.contains(KEYSTORE_DB) => Err(RootKeyError::StoreWithoutRootKey {
+            dir: dir.path().display().to_string(),
+        }),
+        (false, false) => create(dir, tcti).map(|key| (key, Origin::Created)),
+        (true, false) => Err(RootKeyError::HalfSealed {
+            present: shown(ROOT_PUB),
+            missing: shown(ROOT_PRIV),
+        }),
+        (false, true) => Err(RootKeyError::HalfSealed {
+            present: shown(ROOT_PRIV),
+            missing: shown(ROOT_PUB),
+        }),
+    }
+}
+
+fn unseal(dir: &StateDir, tcti: &Tcti) -> Result<RootKey, RootKeyError> {
+    let public = dir.read(ROOT_PUB, MAX_BLOB)?;
+    let private = dir.read(ROOT_PRIV, MAX_BLOB)?;
+    let blobs = SealedBlobs::parse(public, private).map_err(|source| {
+        let name = match source.part() {
+            BlobPart::Public => ROOT_PUB,
+            BlobPart::Private => ROOT_PRIV,
+        };
+        RootKeyError::MalformedBlob {
+            path: dir.file(name).display().to_string(),
+            source,
+        }
+    })?;
+    let mut tpm = Tpm::open(tcti).map_err(RootKeyError::TpmUnavailable)?;
+    let secret = tpm.unseal(&blobs).map_err(|source| RootKeyError::Unseal {
+        public: dir.file(ROOT_PUB).display().to_string(),
+        private: dir.file(ROOT_PRIV).display().to_string(),
+        source,
+    })?;
+    RootKey::from_slice(&secret)
+}
+
+fn create(dir: &StateDir, tcti: &Tcti) -> Result<RootKey, RootKeyError> {
+    let mut tpm = Tpm::open(tcti).map_err(RootKeyError::TpmUnavailable)?;
+    let mut secret = Zeroizing::new([0u8; ROOT_KEY_LEN]);
+    rand::rngs::SysRng
+        .try_fill_bytes(secret.as_mut())
+        .map_err(|e| RootKeyError::Random(e.to_string()))?;
+    let tpm_random = tpm.random(ROOT_KEY_LEN).map_err(RootKeyError::Seal)?;
+    for (byte, mix) in secret.iter_mut().zip(tpm_random.iter()) {
+        *byte ^= mix;
+    }
+    let blobs = tpm.seal(secret.as_ref()).map_err(RootKeyError::Seal)?;
+    // Prove the blobs unseal to the same key before anything is written.
+    let unsealed = tpm.unseal(&blobs).map_err(RootKeyError::Seal)?;
+    if unsealed.as_slice() != secret.as_ref() {
+        return Err(RootKeyError::Seal(TpmError::BadAnswer {
+            step: "Unseal (check of the new root key)",
+            problem: "a different secret than was sealed".to_string(),
+        }));
+    }
+    drop(tpm);
+    // The private part first: a crash between the two writes leaves
+    // root.priv alone, which the next start explains instead of guessing.
+    dir.write_private(ROOT_PRIV, blobs.private_bytes())?;
+    dir.write_private(ROOT_PUB, blobs.public_bytes())?;
+    RootKey::from_slice(secret.as_ref())
+}

@@ -1,0 +1,287 @@
+//! The socket server: binds the Unix socket, reads each peer's credentials,
+//! frames requests and responses, and hands each request to the service.
+//! It knows nothing of cryptography.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_proto::codec::{self, FrameBuf};
+use agent_proto::{Envelope, ErrorCode, FrameError, PROTOCOL_VERSION, Request, Response};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::peer::Peer;
+use crate::service::Service;
+
+/// How long shutdown waits for connections to finish their current request.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// After refusing a bad frame, how long and how much unread input the
+/// daemon discards before closing, so the client reads the refusal rather
+/// than a connection reset.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// Why the socket could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Another daemon answers on the socket path.
+    #[error("another hostkmsd is already serving {}; stop it first, or give this one another socket path", path.display())]
+    AlreadyServing {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// Something other than a socket is at the path.
+    #[error("{} exists and is not a socket; hostkmsd will not delete it. Remove it or choose another socket path", path.display())]
+    NotASocket {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// Binding or preparing the socket failed.
+    #[error("cannot serve socket {}: {source}; check that its directory exists and is writable by the daemon's user", path.display())]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// The limits a connection runs under.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest frame body read or written.
+    pub max_frame: u32,
+}
+
+/// A socket this daemon bound; its path is removed again on drop, unless
+/// something else has replaced it meanwhile.
+#[derive(Debug)]
+pub struct BoundSocket {
+    listener: UnixListener,
+    path: PathBuf,
+    inode: (u64, u64),
+}
+
+impl BoundSocket {
+    /// Binds `path` with permission bits `mode`. A stale socket file (nobody
+    /// answers on it) is replaced; a live one is an error.
+    pub fn bind(path: &Path, mode: u32) -> Result<BoundSocket, ServerError> {
+        let bind_error = |source| ServerError::Bind {
+            path: path.to_path_buf(),
+            source,
+        };
+        clear_stale_socket(path)?;
+        let listener = UnixListener::bind(path).map_err(bind_error)?;
+        // The daemon's umask (077) keeps the socket private until this runs.
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(bind_error)?;
+        let meta = fs::metadata(path).map_err(bind_error)?;
+        Ok(BoundSocket {
+            listener,
+            path: path.to_path_buf(),
+            inode: (meta.dev(), meta.ino()),
+        })
+    }
+
+    /// The listening socket.
+    pub fn listener(&self) -> &UnixListener {
+        &self.listener
+    }
+}
+
+impl Drop for BoundSocket {
+    fn drop(&mut self) {
+        if let Ok(meta) = fs::symlink_metadata(&self.path) {
+            if (meta.dev(), meta.ino()) == self.inode {
+                let _ = fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+fn clear_stale_socket(path: &Path) -> Result<(), ServerError> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(ServerError::Bind {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(ServerError::NotASocket {
+            path: path.to_path_buf(),
+        });
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(ServerError::AlreadyServing {
+            path: path.to_path_buf(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            tracing::info!(socket = %path.display(), "replacing a stale socket file nobody answers on");
+            fs::remove_file(path).map_err(|source| ServerError::Bind {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+        Err(source) => Err(ServerError::Bind {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Accepts connections until `shutdown` is cancelled, then waits (up to
+/// [`DRAIN_TIMEOUT`]) for each connection to finish the request it is on.
+pub async fn serve(
+    listener: &UnixListener,
+    service: Arc<Service>,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let service = Arc::clone(&service);
+                let shutdown = shutdown.clone();
+                connections.spawn(serve_connection(stream, service, limits, shutdown));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: wait rather than spin.
+                tracing::warn!("accepting a connection failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    connections.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
+    }
+}
+
+/// Serves one connection: requests are read, answered and written in order.
+/// A bad frame is answered (when it can be) and ends this connection only.
+async fn serve_connection(
+    mut stream: UnixStream,
+    service: Arc<Service>,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
+    let peer = match stream.peer_cred() {
+        Ok(cred) => Peer {
+            uid: cred.uid(),
+            gid: cred.gid(),
+            pid: cred.pid(),
+        },
+        Err(e) => {
+            tracing::warn!("cannot read a connection's peer credentials, closing it: {e}");
+            return;
+        }
+    };
+    loop {
+        let frame = tokio::select! {
+            () = shutdown.cancelled() => return,
+            frame = codec::read_frame_async(&mut stream, limits.max_frame) => frame,
+        };
+        let (reply, keep_open) = match frame {
+            Ok(Some(body)) => answer(&body, &peer, &service).await,
+            Ok(None) => return,
+            Err(FrameError::Decode(e)) => {
+                (rejection(e.request_id(), e.code(), e.to_string()), false)
+            }
+            Err(FrameError::Truncated { .. }) | Err(FrameError::Io(_)) => return,
+        };
+        let frame = match codec::encode_frame(&reply, limits.max_frame) {
+            Ok(frame) => frame,
+            Err(e) => {
+                tracing::error!("cannot encode a response: {e}");
+                match codec::encode_frame(
+                    &rejection(
+                        Some(reply.id),
+                        ErrorCode::Internal,
+                        format!("the response could not be sent: {e}"),
+                    ),
+                    limits.max_frame,
+                ) {
+                    Ok(frame) => frame,
+                    Err(_) => return,
+                }
+            }
+        };
+        if let Err(e) = write_frame(&mut stream, &frame).await {
+            tracing::debug!("a client went away before its answer: {e}");
+            return;
+        }
+        if !keep_open {
+            linger(&mut stream).await;
+            return;
+        }
+    }
+}
+
+/// Closes our side for writing, then discards what the client still sends
+/// (bounded in time and bytes) so the refusal we wrote is not lost to a reset.
+async fn linger(stream: &mut UnixStream) {
+    use tokio::io::AsyncReadExt;
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let discard = async {
+        let mut buf = [0u8; 4096];
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, discard).await;
+}
+
+/// Decodes a request body and asks the service; an undecodable body gets an
+/// error reply and closes the connection, since the stream is out of step.
+async fn answer(body: &FrameBuf, peer: &Peer, service: &Service) -> (Envelope<Response>, bool) {
+    match codec::decode_body::<Request>(body) {
+        Ok(request) => {
+            let response = service.handle(peer, request.op).await;
+            (
+                Envelope {
+                    proto: request.proto,
+                    id: request.id,
+                    op: response,
+                },
+                true,
+            )
+        }
+        Err(e) => (rejection(e.request_id(), e.code(), e.to_string()), false),
+    }
+}
+
+fn rejection(id: Option<u64>, code: ErrorCode, message: String) -> Envelope<Response> {
+    Envelope {
+        proto: PROTOCOL_VERSION,
+        id: id.unwrap_or(0),
+        op: Response::error(code, message),
+    }
+}
+
+async fn write_frame(stream: &mut UnixStream, frame: &[u8]) -> io::Result<()> {
+    stream.write_all(frame).await?;
+    stream.flush().await
+}

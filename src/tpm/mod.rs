@@ -1,0 +1,280 @@
+//! Everything that speaks to the TPM (tss-esapi): the storage primary,
+//! sealing and unsealing the root key, and TPM randomness.
+//!
+//! A [`Tpm`] is one short conversation: opened for an operation and dropped
+//! after, so the daemon never holds the TPM across requests (a TPM without a
+//! resource manager serves one client at a time). Every command runs in an
+//! HMAC session salted with the primary key, with parameter encryption both
+//! ways, so secrets never cross the TPM interface in clear.
+
+mod primary;
+mod sealed;
+
+pub use primary::{PERSISTENT_SRK, tpm2_tools_ecc_template};
+pub use sealed::{BlobError, Part as BlobPart, SealedBlobs};
+
+use tss_esapi::Context;
+use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
+use tss_esapi::constants::SessionType;
+use tss_esapi::handles::ObjectHandle;
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::structures::{
+    Digest, KeyedHashScheme, PublicBuilder, PublicKeyedHashParameters, SensitiveData,
+    SymmetricDefinition,
+};
+use zeroize::Zeroizing;
+
+use crate::config::Tcti;
+
+/// A TPM operation that failed, with the TPM's response in words.
+#[derive(Debug, thiserror::Error)]
+pub enum TpmError {
+    /// The TCTI could not be opened.
+    #[error(
+        "cannot open the TPM at \"{tcti}\": {}; check that the TPM is there (ls -l /dev/tpmrm0) and that the daemon may open it (group tss), or for a software TPM that swtpm is running on that port",
+        describe(source)
+    )]
+    Open {
+        /// The TCTI string.
+        tcti: String,
+        /// The TSS error.
+        source: tss_esapi::Error,
+    },
+    /// A TPM command failed.
+    #[error("TPM {step} failed: {}", describe(source))]
+    Command {
+        /// What the daemon was doing.
+        step: &'static str,
+        /// The TSS error.
+        source: tss_esapi::Error,
+    },
+    /// The TPM answered with something unusable.
+    #[error("TPM {step} returned {problem}")]
+    BadAnswer {
+        /// What the daemon was doing.
+        step: &'static str,
+        /// What was wrong with the answer.
+        problem: String,
+    },
+}
+
+impl TpmError {
+    fn command(step: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmError {
+        move |source| TpmError::Command { step, source }
+    }
+}
+
+/// The TSS/TPM error in words, with its numeric code.
+pub fn describe(error: &tss_esapi::Error) -> String {
+    match error {
+        tss_esapi::Error::Tss2Error(rc) => match (rc.kind(), raw_response_code(rc)) {
+            (Some(kind), Some(raw)) => format!("{rc} (TPM response {kind:?}, {raw:#x})"),
+            (Some(kind), None) => format!("{rc} (TPM response {kind:?})"),
+            (None, Some(raw)) => describe_tss_layer_code(raw),
+            (None, None) => format!("{rc}"),
+        },
+        tss_esapi::Error::WrapperError(kind) => format!("{kind} (tss-esapi)"),
+    }
+}
+
+/// The raw TSS2_RC, which tss-esapi 7 exposes only through `Display`
+/// ("Response code value: 0x…").
+fn raw_response_code(rc: &tss_esapi::constants::response_code::Tss2ResponseCode) -> Option<u32> {
+    use tss_esapi::constants::response_code::Tss2ResponseCode as Rc;
+    let shown = match rc {
+        Rc::Success => return Some(0),
+        Rc::FormatZero(code) => code.to_string(),
+        Rc::FormatOne(code) => code.to_string(),
+    };
+    let hex = shown.rsplit("0x").next()?;
+    u32::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// Words for a response code from a TSS software layer (TCTI, ESAPI, ...),
+/// which tss-esapi does not describe (the TSS 2.0 "TSS2_RC" tables).
+fn describe_tss_layer_code(raw: u32) -> String {
+    let layer = match (raw >> 16) & 0xff {
+        0 => "TPM",
+        6 => "TSS feature API",
+        7 => "TSS enhanced system API",
+        8 => "TSS system API",
+        9 => "TSS marshalling",
+        10 => "TPM transport (TCTI)",
+        11 | 12 => "TPM resource manager",
+        _ => "TSS",
+    };
+    let what = match raw & 0xffff {
+        1 => "general failure",
+        2 => "not implemented",
+        3 => "bad context",
+        4 => "ABI mismatch",
+        5 => "bad reference",
+        6 => "insufficient buffer",
+        7 => "bad sequence",
+        8 => "no connection",
+        9 => "try again",
+        10 => "input/output error (nothing answers there, or the connection broke)",
+        11 => "bad value",
+        12 => "not permitted",
+        16 => "bad size",
+        17 => "malformed response",
+        21 => "not supported",
+        23 => "out of memory",
+        27 => "response authentication failed",
+        _ => "error",
+    };
+    format!("{layer}: {what} (response code {raw:#x})")
+}
+
+/// An open conversation with the TPM: the storage primary loaded and a
+/// salted, parameter-encrypting session started. Dropping it flushes both
+/// (tss-esapi's `Context` flushes every transient handle it created and
+/// closes the rest) and closes the TCTI.
+pub struct Tpm {
+    context: Context,
+    primary: primary::Primary,
+}
+
+impl std::fmt::Debug for Tpm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tpm")
+            .field("primary", &self.primary)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tpm {
+    /// Opens the TPM at `tcti`, loads the storage primary and starts the session.
+    pub fn open(tcti: &Tcti) -> Result<Tpm, TpmError> {
+        let mut context = Context::new(tcti.name_conf()).map_err(|source| TpmError::Open {
+            tcti: tcti.to_string(),
+            source,
+        })?;
+        let primary = primary::load(&mut context)
+            .map_err(TpmError::command("loading the storage primary key"))?;
+        start_salted_session(&mut context, primary)?;
+        Ok(Tpm { context, primary })
+    }
+
+    /// Whether the storage primary is the TPM's persistent SRK (0x81000001)
+    /// rather than the transient tpm2-tools template.
+    pub fn uses_persistent_srk(&self) -> bool {
+        self.primary.persistent
+    }
+
+    /// `n` bytes from the TPM's RNG (its answers are encrypted on the way out).
+    pub fn random(&mut self, n: usize) -> Result<Zeroizing<Vec<u8>>, TpmError> {
+        let mut out = Zeroizing::new(Vec::with_capacity(n));
+        while out.len() < n {
+            // GetRandom returns at most a digest's worth per call.
+            let want = (n - out.len()).min(32);
+            let chunk: Digest = self
+                .context
+                .get_random(want)
+                .map_err(TpmError::command("GetRandom"))?;
+            if chunk.is_empty() {
+                return Err(TpmError::BadAnswer {
+                    step: "GetRandom",
+                    problem: "no bytes".to_string(),
+                });
+            }
+            out.extend_from_slice(chunk.value());
+        }
+        out.truncate(n);
+        Ok(out)
+    }
+
+    /// Seals `secret` as a keyed-hash object under the storage primary and
+    /// returns its public and private blobs.
+    pub fn seal(&mut self, secret: &[u8]) -> Result<SealedBlobs, TpmError> {
+        let attributes = ObjectAttributesBuilder::new()
+            .with_fixed_tpm(true)
+            .with_fixed_parent(true)
+            .with_user_with_auth(true)
+            .build()
+            .map_err(TpmError::command("building the sealed object's attributes"))?;
+        let public = PublicBuilder::new()
+            .with_public_algorithm(PublicAlgorithm::KeyedHash)
+            .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+            .with_object_attributes(attributes)
+            .with_keyed_hash_parameters(PublicKeyedHashParameters::new(KeyedHashScheme::Null))
+            .with_keyed_hash_unique_identifier(Digest::default())
+            .build()
+            .map_err(TpmError::command("building the sealed object's template"))?;
+        let data = SensitiveData::try_from(secret.to_vec())
+            .map_err(TpmError::command("preparing the secret to seal"))?;
+        let created = self
+            .context
+            .create(self.primary.handle, public, None, Some(data), None, None)
+            .map_err(TpmError::command("Create (sealing the root key)"))?;
+        SealedBlobs::from_tpm(created.out_public, &created.out_private).map_err(|e| {
+            TpmError::BadAnswer {
+                step: "Create",
+                problem: e.to_string(),
+            }
+        })
+    }
+
+    /// Loads sealed blobs under the storage primary and unseals the secret.
+    pub fn unseal(&mut self, blobs: &SealedBlobs) -> Result<Zeroizing<Vec<u8>>, TpmError> {
+        let (public, private) = blobs.to_tpm().map_err(|e| TpmError::BadAnswer {
+            step: "Load",
+            problem: e.to_string(),
+        })?;
+        let object = self
+            .context
+            .load(self.primary.handle, private, public)
+            .map_err(TpmError::command("Load (of the sealed root key)"))?;
+        let unsealed = self.context.unseal(ObjectHandle::from(object));
+        // Flush before looking at the result: swtpm holds only 3 objects.
+        let flushed = self.context.flush_context(ObjectHandle::from(object));
+        let secret = unsealed.map_err(TpmError::command("Unseal"))?;
+        flushed.map_err(TpmError::command("FlushContext (of the sealed root key)"))?;
+        Ok(Zeroizing::new(secret.value().to_vec()))
+    }
+}
+
+/// Starts an HMAC session salted with the primary (so its secret is known
+/// only to the TPM and us), encrypting command and response parameters with
+/// AES-128-CFB, and makes it the context's session for every command.
+fn start_salted_session(context: &mut Context, primary: primary::Primary) -> Result<(), TpmError> {
+    let session = context
+        .start_auth_session(
+            Some(primary.handle),
+            None,
+            None,
+            SessionType::Hmac,
+            SymmetricDefinition::AES_128_CFB,
+            HashingAlgorithm::Sha256,
+        )
+        .map_err(TpmError::command("StartAuthSession (salted)"))?
+        .ok_or_else(|| TpmError::BadAnswer {
+            step: "StartAuthSession",
+            problem: "no session handle".to_string(),
+        })?;
+    let (attributes, mask) = SessionAttributesBuilder::new()
+        .with_decrypt(true)
+        .with_encrypt(true)
+        .with_continue_session(true)
+        .build();
+    context
+        .tr_sess_set_attributes(session, attributes, mask)
+        .map_err(TpmError::command(
+            "setting the session's encryption attributes",
+        ))?;
+    context.set_sessions((Some(session), None, None));
+    Ok(())
+}
+
+/// Checks that the TPM at `tcti` answers, with a GetRandom of one byte that
+/// is thrown away; cheaper than [`Tpm::open`] (no primary key, no session).
+pub fn probe(tcti: &Tcti) -> Result<(), TpmError> {
+    let mut context = Context::new(tcti.name_conf()).map_err(|source| TpmError::Open {
+        tcti: tcti.to_string(),
+        source,
+    })?;
+    context
+        .execute_without_session(|ctx| ctx.get_random(1))
+        .map(drop)
+        .map_err(TpmError::command("GetRandom (probe)"))
+}
