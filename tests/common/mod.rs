@@ -1,0 +1,460 @@
+//! Test harness: a private swtpm per test, the real `hostkmsd` binary
+//! against it, and helpers to read what they did. Everything is stopped on
+//! drop.
+#![allow(dead_code)] // each test binary uses part of the harness
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use agent_proto::Client;
+
+/// Path of the daemon binary under test.
+pub const HOSTKMSD: &str = env!("CARGO_BIN_EXE_hostkmsd");
+/// Path of the CLI binary under test.
+pub const HOSTKMS: &str = env!("CARGO_BIN_EXE_hostkms");
+
+/// A fresh private directory, removed on drop, with mode 0700 so a daemon
+/// state dir inside it is acceptable.
+pub fn private_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("hostkms-test-")
+        .tempdir()
+        .expect("create a temporary directory");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).expect("chmod tempdir");
+    dir
+}
+
+/// Two consecutive free loopback ports (swtpm's TPM port and, next to it,
+/// its control port, as the swtpm TCTI expects).
+fn free_port_pair() -> u16 {
+    loop {
+        let first = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = first.local_addr().expect("local addr").port();
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "{what} exited with {status} before listening on {port}"
+            ));
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    Err(format!("{what} did not listen on port {port} within 10 s"))
+}
+
+/// A private software TPM on loopback, with its own state directory.
+pub struct Swtpm {
+    child: Child,
+    /// The TPM command port; the control port is `port + 1`.
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Swtpm {
+    /// Starts swtpm on free ports and waits until it accepts connections.
+    pub fn start() -> Swtpm {
+        let dir = private_tempdir();
+        let mut last_error = String::new();
+        for _ in 0..20 {
+            let port = free_port_pair();
+            let log = fs::File::create(dir.path().join("swtpm.log")).expect("swtpm log");
+            let mut child = Command::new("swtpm")
+                .arg("socket")
+                .arg("--tpm2")
+                .arg("--tpmstate")
+                .arg(format!("dir={}", dir.path().display()))
+                .arg("--server")
+                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+                .arg("--ctrl")
+                .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+                .arg("--flags")
+                .arg("not-need-init,startup-clear")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .expect("swtpm must be installed: `make test` installs swtpm and swtpm-tools");
+            match wait_for_port(port, &mut child, "swtpm") {
+                Ok(()) => return Swtpm { child, port, dir },
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    last_error = e; // most likely a port taken meanwhile: try others
+                }
+            }
+        }
+        panic!("could not start swtpm: {last_error}");
+    }
+
+    /// The TCTI string for this TPM.
+    pub fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = &self.dir;
+    }
+}
+
+/// Where a test daemon lives: its config, state dir, socket and log.
+pub struct DaemonFiles {
+    /// Holds everything; removed on drop.
+    pub root: tempfile::TempDir,
+    /// The state directory (created by the daemon).
+    pub state_dir: PathBuf,
+    /// The socket path.
+    pub socket: PathBuf,
+    /// The config file.
+    pub config: PathBuf,
+}
+
+impl DaemonFiles {
+    /// Fresh paths, and a config file pointing at `tcti` with `extra` TOML appended.
+    pub fn new(tcti: &str, extra: &str) -> DaemonFiles {
+        let root = private_tempdir();
+        let state_dir = root.path().join("state");
+        let socket = root.path().join("hostkms.sock");
+        let config = root.path().join("config.toml");
+        let files = DaemonFiles {
+            state_dir,
+            socket,
+            config,
+            root,
+        };
+        files.write_config(tcti, extra);
+        files
+    }
+
+    /// Rewrites the config file.
+    pub fn write_config(&self, tcti: &str, extra: &str) {
+        let text = format!(
+            "socket = \"{}\"\nstate_dir = \"{}\"\ntcti = \"{tcti}\"\n{extra}\n",
+            self.socket.display(),
+            self.state_dir.display()
+        );
+        fs::write(&self.config, text).expect("write config");
+    }
+
+    /// A file in the state dir.
+    pub fn state_file(&self, name: &str) -> PathBuf {
+        self.state_dir.join(name)
+    }
+}
+
+/// A running `hostkmsd`.
+pub struct Daemon {
+    child: Option<Child>,
+    /// The socket it serves.
+    pub socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts hostkmsd with `files.config` and waits until it answers a Ping.
+    /// Returns the daemon's log as the error when it exits instead.
+    pub fn start(files: &DaemonFiles) -> Result<Daemon, String> {
+        Daemon::start_with_args(files, &[])
+    }
+
+    /// As [`Daemon::start`], with extra command-line arguments.
+    pub fn start_with_args(files: &DaemonFiles, args: &[&str]) -> Result<Daemon, String> {
+        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = files.root.path().join(format!("hostkmsd-{n}.log"));
+        let log_file = fs::File::create(&log).expect("daemon log");
+        let child = Command::new(HOSTKMSD)
+            .arg("--config")
+            .arg(&files.config)
+            .args(args)
+            .env("HOSTKMS_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log"))
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn hostkmsd");
+        let mut daemon = Daemon {
+            child: Some(child),
+            socket: files.socket.clone(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(child) = daemon.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    daemon.child = None;
+                    return Err(format!("hostkmsd exited with {status}:\n{}", daemon.log()));
+                }
+            }
+            if let Ok(mut client) = Client::connect(&daemon.socket) {
+                if client.ping().is_ok() {
+                    return Ok(daemon);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "hostkmsd did not answer within 20 s:\n{}",
+                    daemon.log()
+                ));
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A new client connection.
+    pub fn client(&self) -> Client {
+        let client = Client::connect(&self.socket).expect("connect to hostkmsd");
+        client
+            .set_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        client
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` and waits for the daemon to exit.
+    pub fn stop_with(mut self, signal: nix::sys::signal::Signal) -> (ExitStatus, String) {
+        let mut child = self.child.take().expect("daemon still running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal hostkmsd");
+        let status = wait_with_timeout(&mut child, Duration::from_secs(20));
+        (status, self.log())
+    }
+
+    /// SIGTERM, then wait; returns the exit status and the log.
+    pub fn stop(self) -> (ExitStatus, String) {
+        self.stop_with(nix::sys::signal::Signal::SIGTERM)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn wait_with_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process {} did not exit within {timeout:?}", child.id());
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs hostkmsd expecting it to exit by itself (a refused start); returns
+/// its output.
+pub fn run_daemon_to_exit(args: &[&str]) -> Output {
+    let mut child = Command::new(HOSTKMSD)
+        .args(args)
+        .env("HOSTKMS_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hostkmsd");
+    let status = wait_with_timeout(&mut child, Duration::from_secs(30));
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = out.read_to_end(&mut stdout);
+    }
+    if let Some(mut err) = child.stderr.take() {
+        let _ = err.read_to_end(&mut stderr);
+    }
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// Runs the `hostkms` CLI against `socket`; returns its output.
+pub fn cli(socket: &Path, args: &[&str]) -> Output {
+    Command::new(HOSTKMS)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("run hostkms")
+}
+
+/// Runs a tpm2-tools command against `tpm`, failing the test when it fails.
+pub fn tpm2(tpm_port: u16, tool: &str, args: &[&str]) -> Vec<u8> {
+    let output = Command::new(tool)
+        .args(args)
+        .env(
+            "TPM2TOOLS_TCTI",
+            format!("swtpm:host=127.0.0.1,port={tpm_port}"),
+        )
+        .env("TSS2_LOG", "all+none")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("{tool} must be installed (`make test` installs tpm2-tools): {e}")
+        });
+    assert!(
+        output.status.success(),
+        "{tool} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+/// Break-glass: recovers the sealed secret from `root.pub`/`root.priv` with
+/// tpm2-tools alone, as the README describes.
+pub fn break_glass_unseal(tpm_port: u16, state_dir: &Path, work: &Path) -> Vec<u8> {
+    let primary = work.join("primary.ctx");
+    let sealed = work.join("root.ctx");
+    let p = |path: &Path| path.display().to_string();
+    tpm2(
+        tpm_port,
+        "tpm2_createprimary",
+        &[
+            "-C",
+            "o",
+            "-g",
+            "sha256",
+            "-G",
+            "ecc256:aes128cfb",
+            "-c",
+            &p(&primary),
+        ],
+    );
+    tpm2(tpm_port, "tpm2_flushcontext", &["-t"]);
+    tpm2(
+        tpm_port,
+        "tpm2_load",
+        &[
+            "-C",
+            &p(&primary),
+            "-u",
+            &p(&state_dir.join("root.pub")),
+            "-r",
+            &p(&state_dir.join("root.priv")),
+            "-c",
+            &p(&sealed),
+        ],
+    );
+    tpm2(tpm_port, "tpm2_flushcontext", &["-t"]);
+    let secret = tpm2(tpm_port, "tpm2_unseal", &["-c", &p(&sealed)]);
+    tpm2(tpm_port, "tpm2_flushcontext", &["-t"]);
+    secret
+}
+
+/// A TCP relay in front of swtpm that records every byte in both
+/// directions, to check what crosses the TPM interface.
+pub struct RecordingRelay {
+    /// The port clients connect to; `port + 1` relays the control channel.
+    pub port: u16,
+    recorded: Arc<Mutex<Vec<u8>>>,
+}
+
+impl RecordingRelay {
+    /// Relays `port` and `port + 1` to `tpm.port` and `tpm.port + 1`.
+    pub fn start(tpm: &Swtpm) -> RecordingRelay {
+        let recorded = Arc::new(Mutex::new(Vec::new()));
+        loop {
+            let port = free_port_pair();
+            let (Ok(command), Ok(control)) = (
+                TcpListener::bind(("127.0.0.1", port)),
+                TcpListener::bind(("127.0.0.1", port + 1)),
+            ) else {
+                continue;
+            };
+            relay(command, tpm.port, Arc::clone(&recorded));
+            relay(control, tpm.port + 1, Arc::clone(&recorded));
+            return RecordingRelay { port, recorded };
+        }
+    }
+
+    /// The TCTI string that goes through the relay.
+    pub fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    /// Everything relayed so far.
+    pub fn recorded(&self) -> Vec<u8> {
+        self.recorded.lock().expect("recording").clone()
+    }
+}
+
+fn relay(listener: TcpListener, target: u16, recorded: Arc<Mutex<Vec<u8>>>) {
+    thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                continue;
+            };
+            for (mut from, mut to) in [
+                (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                ),
+                (server, client),
+            ] {
+                let recorded = Arc::clone(&recorded);
+                thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match from.read(&mut buf) {
+                            Ok(0) | Err(_) => {
+                                let _ = to.shutdown(std::net::Shutdown::Write);
+                                return;
+                            }
+                            Ok(n) => {
+                                recorded
+                                    .lock()
+                                    .expect("recording")
+                                    .extend_from_slice(&buf[..n]);
+                                if to.write_all(&buf[..n]).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        }
+    });
+}
+
+/// Whether `haystack` contains `needle` as a contiguous run.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
