@@ -1,0 +1,56 @@
+#!/bin/bash
+# `make run`: a private swtpm under target/dev/ and hostkmsd in the
+# foreground, its socket at target/dev/hostkms.sock. Ctrl-C stops both.
+# The swtpm state persists in target/dev/tpm, so the root key (sealed in
+# target/dev/state) survives between runs, as on a real machine.
+set -euo pipefail
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+dev="$top/target/dev"
+mkdir -p "$dev/tpm"
+chmod 700 "$dev"
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+port=""
+for candidate in $(seq 23210 2 23400); do
+    if ! port_in_use "$candidate" && ! port_in_use $((candidate + 1)); then
+        port=$candidate
+        break
+    fi
+done
+[ -n "$port" ] || { echo "no free loopback port pair between 23210 and 23401" >&2; exit 1; }
+
+swtpm socket --tpm2 --tpmstate "dir=$dev/tpm" \
+    --server "type=tcp,port=$port,bindaddr=127.0.0.1" \
+    --ctrl "type=tcp,port=$((port + 1)),bindaddr=127.0.0.1" \
+    --flags not-need-init,startup-clear >"$dev/swtpm.log" 2>&1 &
+swtpm_pid=$!
+trap 'kill "$swtpm_pid" 2>/dev/null || true; wait "$swtpm_pid" 2>/dev/null || true' EXIT
+
+for _ in $(seq 1 100); do
+    port_in_use "$port" && break
+    kill -0 "$swtpm_pid" 2>/dev/null || { cat "$dev/swtpm.log" >&2; exit 1; }
+    sleep 0.05
+done
+
+cat >"$dev/config.toml" <<CONFIG
+# Written by scripts/dev-run.sh for \`make run\`.
+socket = "$dev/hostkms.sock"
+state_dir = "$dev/state"
+tcti = "swtpm:host=127.0.0.1,port=$port"
+CONFIG
+
+cat <<MSG
+swtpm is listening on 127.0.0.1:$port (state in target/dev/tpm).
+hostkmsd is starting with target/dev/config.toml. In another terminal:
+
+    target/debug/hostkms --socket target/dev/hostkms.sock ping
+    target/debug/hostkms --socket target/dev/hostkms.sock status
+
+Ctrl-C stops hostkmsd and swtpm.
+MSG
+
+# Not exec: the EXIT trap must still stop swtpm when hostkmsd ends.
+"$top/target/debug/hostkmsd" --config "$dev/config.toml" || status=$?
+exit "${status:-0}"

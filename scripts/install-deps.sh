@@ -1,0 +1,24 @@
+#!/bin/sh
+# Installs the Debian packages hostkms builds and tests with, when missing.
+# As root it runs apt-get; otherwise it prints the exact command and fails.
+set -eu
+
+PACKAGES="swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config"
+
+missing=""
+for package in $PACKAGES; do
+    if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
+        missing="$missing $package"
+    fi
+done
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" -eq 0 ]; then
+    echo "installing:$missing"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
+else
+    echo "hostkms needs these Debian packages:$missing" >&2
+    echo "install them with: sudo apt-get update && sudo apt-get install -y$missing" >&2
+    exit 1
+fi
