@@ -108,25 +108,43 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<Envelope<T>, Deco
 pub fn read_frame<R: Read>(reader: &mut R, max_frame: u32) -> Result<Option<FrameBuf>, FrameError> {
     let mut prefix = [0u8; LENGTH_PREFIX];
     let got = read_full(reader, &mut prefix)?;
-    if got == 0 {
+    let Some(mut body) = body_buffer(got, prefix, max_frame)? else {
         return Ok(None);
-    }
-    if got < LENGTH_PREFIX {
-        return Err(FrameError::Truncated {
+    };
+    let got = read_full(reader, &mut body)?;
+    check_body_complete(got, body.len())?;
+    Ok(Some(body))
+}
+
+/// After `got` bytes of a length prefix: `None` at a clean end of stream,
+/// else a zeroed buffer for the body, allocated only once the length passed
+/// the limit.
+fn body_buffer(
+    got: usize,
+    prefix: [u8; LENGTH_PREFIX],
+    max_frame: u32,
+) -> Result<Option<FrameBuf>, FrameError> {
+    match got {
+        0 => Ok(None),
+        LENGTH_PREFIX => {
+            let len = body_length(prefix, max_frame)?;
+            Ok(Some(Zeroizing::new(vec![0u8; len])))
+        }
+        _ => Err(FrameError::Truncated {
             got,
             expected: LENGTH_PREFIX,
-        });
+        }),
     }
-    let len = body_length(prefix, max_frame)?;
-    let mut body = Zeroizing::new(vec![0u8; len]);
-    let got = read_full(reader, &mut body)?;
+}
+
+fn check_body_complete(got: usize, len: usize) -> Result<(), FrameError> {
     if got < len {
         return Err(FrameError::Truncated {
             got: LENGTH_PREFIX + got,
             expected: LENGTH_PREFIX + len,
         });
     }
-    Ok(Some(body))
+    Ok(())
 }
 
 /// Reads until `buf` is full or the stream ends; returns the bytes read.
@@ -154,24 +172,11 @@ where
 {
     let mut prefix = [0u8; LENGTH_PREFIX];
     let got = read_full_async(reader, &mut prefix).await?;
-    if got == 0 {
+    let Some(mut body) = body_buffer(got, prefix, max_frame)? else {
         return Ok(None);
-    }
-    if got < LENGTH_PREFIX {
-        return Err(FrameError::Truncated {
-            got,
-            expected: LENGTH_PREFIX,
-        });
-    }
-    let len = body_length(prefix, max_frame)?;
-    let mut body = Zeroizing::new(vec![0u8; len]);
+    };
     let got = read_full_async(reader, &mut body).await?;
-    if got < len {
-        return Err(FrameError::Truncated {
-            got: LENGTH_PREFIX + got,
-            expected: LENGTH_PREFIX + len,
-        });
-    }
+    check_body_complete(got, body.len())?;
     Ok(Some(body))
 }
 
