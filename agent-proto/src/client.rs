@@ -14,6 +14,162 @@ use crate::message::{
     Wrapped,
 };
 
+/// The typed operations, written once for the blocking client and once
+/// more, with `async`/`.await`, for the tokio client.
+macro_rules! typed_operations {
+    (blocking) => { typed_operations!(@emit [] []); };
+    (tokio) => { typed_operations!(@emit [async] [.await]); };
+    (@emit [$($async:tt)*] [$($await:tt)*]) => {
+    /// Checks that the daemon answers.
+    pub $($async)* fn ping(&mut self) -> Result<(), ClientError> {
+        expect::pong(self.call(Request::Ping)$($await)*?)
+    }
+
+    /// The daemon's health and counters.
+    pub $($async)* fn status(&mut self) -> Result<StatusInfo, ClientError> {
+        expect::status(self.call(Request::Status)$($await)*?)
+    }
+
+    /// Creates key `name` at version 1.
+    pub $($async)* fn create_key(&mut self, name: &str) -> Result<KeyInfo, ClientError> {
+        expect::key(self.call(Request::CreateKey {
+            name: name.to_string(),
+        })$($await)*?)
+    }
+
+    /// Encrypts `plaintext` under the latest version of `key`, bound to `context`.
+    pub $($async)* fn wrap(
+        &mut self,
+        key: &str,
+        plaintext: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<Wrapped, ClientError> {
+        expect::wrapped(self.call(Request::Wrap {
+            key: key.to_string(),
+            plaintext: SecretBytes::from(plaintext),
+            context: context.clone(),
+        })$($await)*?)
+    }
+
+    /// Decrypts `ciphertext`; with `key`, only if it belongs to that key.
+    pub $($async)* fn unwrap(
+        &mut self,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+        key: Option<&str>,
+    ) -> Result<Unwrapped, ClientError> {
+        expect::unwrapped(self.call(Request::Unwrap {
+            ciphertext: Ciphertext::from(ciphertext),
+            context: context.clone(),
+            key: key.map(str::to_string),
+        })$($await)*?)
+    }
+
+    /// A fresh `bytes`-long data key, in clear and wrapped under `key`.
+    pub $($async)* fn generate_data_key(
+        &mut self,
+        key: &str,
+        bytes: u16,
+        context: &EncryptionContext,
+    ) -> Result<DataKey, ClientError> {
+        self.data_key(key, bytes, context, true)$($await)*
+    }
+
+    /// A fresh `bytes`-long data key, only in its wrapped form.
+    pub $($async)* fn generate_data_key_without_plaintext(
+        &mut self,
+        key: &str,
+        bytes: u16,
+        context: &EncryptionContext,
+    ) -> Result<DataKey, ClientError> {
+        self.data_key(key, bytes, context, false)$($await)*
+    }
+
+    $($async)* fn data_key(
+        &mut self,
+        key: &str,
+        bytes: u16,
+        context: &EncryptionContext,
+        include_plaintext: bool,
+    ) -> Result<DataKey, ClientError> {
+        expect::data_key(self.call(Request::GenerateDataKey {
+            key: key.to_string(),
+            bytes,
+            include_plaintext,
+            context: context.clone(),
+        })$($await)*?)
+    }
+
+    /// Re-encrypts `ciphertext` under its key's latest version.
+    pub $($async)* fn rewrap(
+        &mut self,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+        key: Option<&str>,
+    ) -> Result<Wrapped, ClientError> {
+        expect::wrapped(self.call(Request::Rewrap {
+            ciphertext: Ciphertext::from(ciphertext),
+            context: context.clone(),
+            key: key.map(str::to_string),
+        })$($await)*?)
+    }
+
+    /// Adds a new latest version to `key`.
+    pub $($async)* fn rotate(&mut self, key: &str) -> Result<KeyInfo, ClientError> {
+        expect::key(self.call(Request::Rotate {
+            key: key.to_string(),
+        })$($await)*?)
+    }
+
+    /// Revokes one version of `key`, or the whole key when `version` is `None`.
+    pub $($async)* fn revoke(&mut self, key: &str, version: Option<u32>) -> Result<KeyInfo, ClientError> {
+        expect::key(self.call(Request::Revoke {
+            key: key.to_string(),
+            version,
+        })$($await)*?)
+    }
+
+    /// Stops every use of `key` until it is enabled again.
+    pub $($async)* fn disable(&mut self, key: &str) -> Result<KeyInfo, ClientError> {
+        expect::key(self.call(Request::Disable {
+            key: key.to_string(),
+        })$($await)*?)
+    }
+
+    /// Puts a disabled `key` back in service.
+    pub $($async)* fn enable(&mut self, key: &str) -> Result<KeyInfo, ClientError> {
+        expect::key(self.call(Request::Enable {
+            key: key.to_string(),
+        })$($await)*?)
+    }
+
+    /// Refuses unwraps of `key`'s versions below `version`.
+    pub $($async)* fn set_min_decryption_version(
+        &mut self,
+        key: &str,
+        version: u32,
+    ) -> Result<KeyInfo, ClientError> {
+        expect::key(self.call(Request::SetMinDecryptionVersion {
+            key: key.to_string(),
+            version,
+        })$($await)*?)
+    }
+
+    /// The keys this caller may see.
+    pub $($async)* fn list_keys(&mut self) -> Result<Vec<KeyInfo>, ClientError> {
+        expect::keys(self.call(Request::ListKeys)$($await)*?)
+    }
+
+    /// Metadata of `key`.
+    pub $($async)* fn describe_key(&mut self, key: &str) -> Result<KeyInfo, ClientError> {
+        expect::key(self.call(Request::DescribeKey {
+            key: key.to_string(),
+        })$($await)*?)
+    }
+    };
+}
+pub(crate) use typed_operations;
+
 /// The socket path a packaged daemon listens on.
 pub const DEFAULT_SOCKET: &str = "/run/hostkms/hostkms.sock";
 
@@ -171,152 +327,7 @@ impl Client {
         }
     }
 
-    /// Checks that the daemon answers.
-    pub fn ping(&mut self) -> Result<(), ClientError> {
-        expect::pong(self.call(Request::Ping)?)
-    }
-
-    /// The daemon's health and counters.
-    pub fn status(&mut self) -> Result<StatusInfo, ClientError> {
-        expect::status(self.call(Request::Status)?)
-    }
-
-    /// Creates key `name` at version 1.
-    pub fn create_key(&mut self, name: &str) -> Result<KeyInfo, ClientError> {
-        expect::key(self.call(Request::CreateKey {
-            name: name.to_string(),
-        })?)
-    }
-
-    /// Encrypts `plaintext` under the latest version of `key`, bound to `context`.
-    pub fn wrap(
-        &mut self,
-        key: &str,
-        plaintext: &[u8],
-        context: &EncryptionContext,
-    ) -> Result<Wrapped, ClientError> {
-        expect::wrapped(self.call(Request::Wrap {
-            key: key.to_string(),
-            plaintext: SecretBytes::from(plaintext),
-            context: context.clone(),
-        })?)
-    }
-
-    /// Decrypts `ciphertext`; with `key`, only if it belongs to that key.
-    pub fn unwrap(
-        &mut self,
-        ciphertext: &[u8],
-        context: &EncryptionContext,
-        key: Option<&str>,
-    ) -> Result<Unwrapped, ClientError> {
-        expect::unwrapped(self.call(Request::Unwrap {
-            ciphertext: Ciphertext::from(ciphertext),
-            context: context.clone(),
-            key: key.map(str::to_string),
-        })?)
-    }
-
-    /// A fresh `bytes`-long data key, in clear and wrapped under `key`.
-    pub fn generate_data_key(
-        &mut self,
-        key: &str,
-        bytes: u16,
-        context: &EncryptionContext,
-    ) -> Result<DataKey, ClientError> {
-        self.data_key(key, bytes, context, true)
-    }
-
-    /// A fresh `bytes`-long data key, only in its wrapped form.
-    pub fn generate_data_key_without_plaintext(
-        &mut self,
-        key: &str,
-        bytes: u16,
-        context: &EncryptionContext,
-    ) -> Result<DataKey, ClientError> {
-        self.data_key(key, bytes, context, false)
-    }
-
-    fn data_key(
-        &mut self,
-        key: &str,
-        bytes: u16,
-        context: &EncryptionContext,
-        include_plaintext: bool,
-    ) -> Result<DataKey, ClientError> {
-        expect::data_key(self.call(Request::GenerateDataKey {
-            key: key.to_string(),
-            bytes,
-            include_plaintext,
-            context: context.clone(),
-        })?)
-    }
-
-    /// Re-encrypts `ciphertext` under its key's latest version.
-    pub fn rewrap(
-        &mut self,
-        ciphertext: &[u8],
-        context: &EncryptionContext,
-        key: Option<&str>,
-    ) -> Result<Wrapped, ClientError> {
-        expect::wrapped(self.call(Request::Rewrap {
-            ciphertext: Ciphertext::from(ciphertext),
-            context: context.clone(),
-            key: key.map(str::to_string),
-        })?)
-    }
-
-    /// Adds a new latest version to `key`.
-    pub fn rotate(&mut self, key: &str) -> Result<KeyInfo, ClientError> {
-        expect::key(self.call(Request::Rotate {
-            key: key.to_string(),
-        })?)
-    }
-
-    /// Revokes one version of `key`, or the whole key when `version` is `None`.
-    pub fn revoke(&mut self, key: &str, version: Option<u32>) -> Result<KeyInfo, ClientError> {
-        expect::key(self.call(Request::Revoke {
-            key: key.to_string(),
-            version,
-        })?)
-    }
-
-    /// Stops every use of `key` until it is enabled again.
-    pub fn disable(&mut self, key: &str) -> Result<KeyInfo, ClientError> {
-        expect::key(self.call(Request::Disable {
-            key: key.to_string(),
-        })?)
-    }
-
-    /// Puts a disabled `key` back in service.
-    pub fn enable(&mut self, key: &str) -> Result<KeyInfo, ClientError> {
-        expect::key(self.call(Request::Enable {
-            key: key.to_string(),
-        })?)
-    }
-
-    /// Refuses unwraps of `key`'s versions below `version`.
-    pub fn set_min_decryption_version(
-        &mut self,
-        key: &str,
-        version: u32,
-    ) -> Result<KeyInfo, ClientError> {
-        expect::key(self.call(Request::SetMinDecryptionVersion {
-            key: key.to_string(),
-            version,
-        })?)
-    }
-
-    /// The keys this caller may see.
-    pub fn list_keys(&mut self) -> Result<Vec<KeyInfo>, ClientError> {
-        expect::keys(self.call(Request::ListKeys)?)
-    }
-
-    /// Metadata of `key`.
-    pub fn describe_key(&mut self, key: &str) -> Result<KeyInfo, ClientError> {
-        expect::key(self.call(Request::DescribeKey {
-            key: key.to_string(),
-        })?)
-    }
+    typed_operations!(blocking);
 }
 
 /// Turns a response into the value a request calls for.

@@ -30,12 +30,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "tokio")]
+mod async_client;
 mod bytes;
 mod client;
 pub mod codec;
 mod error;
 mod message;
 
+#[cfg(feature = "tokio")]
+pub use async_client::AsyncClient;
 pub use bytes::{Ciphertext, SecretBytes};
 pub use client::{Client, ClientError, DEFAULT_SOCKET};
 pub use codec::DEFAULT_MAX_FRAME;
