@@ -26,27 +26,43 @@ swtpm socket --tpm2 --tpmstate "dir=$dev/tpm" \
     --ctrl "type=tcp,port=$((port + 1)),bindaddr=127.0.0.1" \
     --flags not-need-init,startup-clear >"$dev/swtpm.log" 2>&1 &
 swtpm_pid=$!
-trap 'kill "$swtpm_pid" 2>/dev/null || true; wait "$swtpm_pid" 2>/dev/null || true' EXIT
+export TPM2TOOLS_TCTI="swtpm:host=127.0.0.1,port=$port" TSS2_LOG=all+none
+# TPM2_Shutdown before stopping swtpm: a TPM stopped without it counts an
+# unorderly shutdown against its dictionary-attack limit.
+stop_tpm() {
+    tpm2_shutdown --clear >/dev/null 2>&1 || true
+    kill "$swtpm_pid" 2>/dev/null || true
+    wait "$swtpm_pid" 2>/dev/null || true
+}
+trap stop_tpm EXIT
 
 for _ in $(seq 1 100); do
     port_in_use "$port" && break
     kill -0 "$swtpm_pid" 2>/dev/null || { cat "$dev/swtpm.log" >&2; exit 1; }
     sleep 0.05
 done
+# This development TPM's lockout authorization is empty: clear any lockout
+# left by earlier runs that ended uncleanly.
+tpm2_dictionarylockout --clear-lockout >/dev/null 2>&1 || true
 
 cat >"$dev/config.toml" <<CONFIG
 # Written by scripts/dev-run.sh for \`make run\`.
 socket = "$dev/hostkms.sock"
 state_dir = "$dev/state"
 tcti = "swtpm:host=127.0.0.1,port=$port"
+# You are the admin of your development daemon (root always is).
+admin_groups = ["$(id -gn)"]
 CONFIG
 
 cat <<MSG
 swtpm is listening on 127.0.0.1:$port (state in target/dev/tpm).
 hostkmsd is starting with target/dev/config.toml. In another terminal:
 
-    target/debug/hostkms --socket target/dev/hostkms.sock ping
-    target/debug/hostkms --socket target/dev/hostkms.sock status
+    export HOSTKMS_SOCKET=target/dev/hostkms.sock
+    target/debug/hostkms status
+    target/debug/hostkms create-key demo
+    echo -n 'my secret' | target/debug/hostkms wrap demo --context app=demo > demo.ct
+    target/debug/hostkms unwrap --context app=demo --in demo.ct
 
 Ctrl-C stops hostkmsd and swtpm.
 MSG

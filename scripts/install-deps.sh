@@ -3,7 +3,7 @@
 # As root it runs apt-get; otherwise it prints the exact command and fails.
 set -eu
 
-PACKAGES="swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config"
+PACKAGES="swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config sqlite3"
 
 missing=""
 for package in $PACKAGES; do

@@ -4,10 +4,13 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 use tss_esapi::tcti_ldr::TctiNameConf;
+
+use crate::policy::{GrantConfig, Policy};
 
 /// Where the packaged daemon reads its configuration.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/hostkms/config.toml";
@@ -19,9 +22,24 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/hostkms";
 pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
 /// Default socket permissions: owner and group.
 pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+/// The socket's group when it exists and none is configured.
+pub const DEFAULT_SOCKET_GROUP: &str = "hostkms";
+/// The admin group when none is configured.
+pub const DEFAULT_ADMIN_GROUP: &str = "hostkms-admin";
+/// Largest plaintext `Wrap` accepts by default: 64 KiB.
+pub const DEFAULT_MAX_PLAINTEXT: usize = 64 * 1024;
+/// Connections served at once by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// Seconds a connection may sit idle between requests by default.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 30;
+/// Seconds a started frame may take to arrive whole by default.
+pub const DEFAULT_FRAME_TIMEOUT_SECS: u64 = 5;
+/// Encryptions after which a key version rotates itself by default: 2^30,
+/// well below the 2^32 NIST SP 800-38D allows with random nonces.
+pub const DEFAULT_ROTATE_AFTER_ENCRYPTIONS: u64 = 1 << 30;
 
 /// The validated configuration the daemon runs with.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Path of the Unix socket to serve.
     pub socket: PathBuf,
@@ -33,6 +51,31 @@ pub struct Config {
     pub tcti: Tcti,
     /// Largest frame body accepted or sent, in bytes.
     pub max_frame: u32,
+    /// The socket file's group, when one is set (and exists).
+    pub socket_group: Option<SocketGroup>,
+    /// Who may do what with which key.
+    pub policy: Policy,
+    /// Admin groups named in the config that do not exist on this host.
+    pub missing_admin_groups: Vec<String>,
+    /// Largest plaintext `Wrap` accepts, in bytes.
+    pub max_plaintext: usize,
+    /// Connections served at once; more are answered `Busy` and closed.
+    pub max_connections: usize,
+    /// How long a connection may sit idle between requests.
+    pub idle_timeout: Duration,
+    /// How long a started frame may take to arrive whole.
+    pub frame_timeout: Duration,
+    /// Encryptions after which a key version rotates itself.
+    pub rotate_after_encryptions: u64,
+}
+
+/// The group the socket file is given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketGroup {
+    /// Its name.
+    pub name: String,
+    /// Its gid.
+    pub gid: u32,
 }
 
 /// A configuration that cannot be used, with where and how to fix it.
@@ -78,6 +121,15 @@ struct ConfigFile {
     state_dir: Option<Spanned<PathBuf>>,
     tcti: Option<Spanned<String>>,
     max_frame: Option<Spanned<i64>>,
+    socket_group: Option<Spanned<String>>,
+    admin_groups: Option<Vec<String>>,
+    #[serde(default)]
+    grant: Vec<Spanned<GrantConfig>>,
+    max_plaintext: Option<Spanned<i64>>,
+    max_connections: Option<Spanned<i64>>,
+    idle_timeout_secs: Option<Spanned<i64>>,
+    frame_timeout_secs: Option<Spanned<i64>>,
+    rotate_after_encryptions: Option<Spanned<i64>>,
 }
 
 /// Values given on the command line; each overrides its field in the file.
@@ -139,12 +191,112 @@ impl Config {
             }
             (None, None) => Tcti::from_str(DEFAULT_TCTI).map_err(|p| invalid(None, "tcti", p))?,
         };
+        let range = |value: &Option<Spanned<i64>>,
+                     field: &'static str,
+                     min: i64,
+                     max: i64,
+                     default: i64,
+                     unit: &str| {
+            match value {
+                None => Ok(default),
+                Some(v) if (min..=max).contains(v.get_ref()) => Ok(*v.get_ref()),
+                Some(v) => Err(invalid(
+                    Some(v.span()),
+                    field,
+                    format!(
+                        "{} is out of range; give {unit} from {min} to {max} (default {default})",
+                        v.get_ref()
+                    ),
+                )),
+            }
+        };
+        let max_frame = range(
+            &file.max_frame,
+            "max_frame",
+            1024,
+            64 << 20,
+            i64::from(agent_proto::DEFAULT_MAX_FRAME),
+            "a byte count",
+        )?;
+        let max_plaintext = range(
+            &file.max_plaintext,
+            "max_plaintext",
+            1,
+            max_frame / 2,
+            (DEFAULT_MAX_PLAINTEXT as i64).min(max_frame / 2),
+            "a byte count up to half of max_frame",
+        )?;
+        let max_connections = range(
+            &file.max_connections,
+            "max_connections",
+            1,
+            65536,
+            DEFAULT_MAX_CONNECTIONS as i64,
+            "a number of connections",
+        )?;
+        let idle_timeout = range(
+            &file.idle_timeout_secs,
+            "idle_timeout_secs",
+            1,
+            86400,
+            DEFAULT_IDLE_TIMEOUT_SECS as i64,
+            "seconds",
+        )?;
+        let frame_timeout = range(
+            &file.frame_timeout_secs,
+            "frame_timeout_secs",
+            1,
+            3600,
+            DEFAULT_FRAME_TIMEOUT_SECS as i64,
+            "seconds",
+        )?;
+        let rotate_after = range(
+            &file.rotate_after_encryptions,
+            "rotate_after_encryptions",
+            1,
+            1 << 32,
+            DEFAULT_ROTATE_AFTER_ENCRYPTIONS as i64,
+            "a number of encryptions",
+        )?;
+
+        let socket_group = match &file.socket_group {
+            Some(name) => Some(resolve_group(name.get_ref()).ok_or_else(|| {
+                invalid(
+                    Some(name.span()),
+                    "socket_group",
+                    format!("no group named \"{}\" exists on this host; create it (groupadd --system {0}) or remove the setting", name.get_ref()),
+                )
+            })?),
+            None => resolve_group(DEFAULT_SOCKET_GROUP),
+        };
+        let admin_groups = file
+            .admin_groups
+            .clone()
+            .unwrap_or_else(|| vec![DEFAULT_ADMIN_GROUP.to_string()]);
+        let grants: Vec<GrantConfig> = file.grant.iter().map(|g| g.get_ref().clone()).collect();
+        let (policy, missing_admin_groups) = Policy::new(&grants, &admin_groups).map_err(|e| {
+            let span = file.grant.get(e.grant.saturating_sub(1)).map(Spanned::span);
+            invalid(span, "grant", e.to_string())
+        })?;
+
         let mut config = Config {
             socket: PathBuf::from(DEFAULT_SOCKET),
             socket_mode: DEFAULT_SOCKET_MODE,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             tcti,
-            max_frame: agent_proto::DEFAULT_MAX_FRAME,
+            max_frame: max_frame as u32,
+            socket_group,
+            policy,
+            missing_admin_groups: if file.admin_groups.is_some() {
+                missing_admin_groups
+            } else {
+                Vec::new()
+            },
+            max_plaintext: max_plaintext as usize,
+            max_connections: max_connections as usize,
+            idle_timeout: Duration::from_secs(idle_timeout as u64),
+            frame_timeout: Duration::from_secs(frame_timeout as u64),
+            rotate_after_encryptions: rotate_after as u64,
         };
         if let Some(socket) = file.socket {
             config.socket = socket.get_ref().clone();
@@ -160,23 +312,6 @@ impl Config {
             check_absolute(&config.state_dir)
                 .map_err(|p| invalid(Some(dir.span()), "state_dir", p))?;
         }
-        if let Some(max) = file.max_frame {
-            config.max_frame = u32::try_from(*max.get_ref())
-                .ok()
-                .filter(|n| (1024..=64 << 20).contains(n))
-                .ok_or_else(|| {
-                    invalid(
-                        Some(max.span()),
-                        "max_frame",
-                        format!(
-                            "{} is out of range; give a byte count from 1024 to 67108864 (default {})",
-                            max.get_ref(),
-                            agent_proto::DEFAULT_MAX_FRAME
-                        ),
-                    )
-                })?;
-        }
-
         if let Some(socket) = &overrides.socket {
             check_not_empty(socket).map_err(|p| flag_invalid("--socket", "socket", p))?;
             config.socket = socket.clone();
@@ -187,6 +322,17 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// The group named `name`, if the host has one.
+fn resolve_group(name: &str) -> Option<SocketGroup> {
+    nix::unistd::Group::from_name(name)
+        .ok()
+        .flatten()
+        .map(|group| SocketGroup {
+            name: name.to_string(),
+            gid: group.gid.as_raw(),
+        })
 }
 
 /// 1-based line number of byte `offset` in `text`.

@@ -7,9 +7,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::keystore::{Kek, KeyStore, StoreError};
 use crate::rootkey::{self, Origin, RootKeyError};
 use crate::server::{self, BoundSocket, Limits, ServerError};
-use crate::service::Service;
+use crate::service::{Service, ServiceLimits};
 use crate::state_dir::{StateDir, StateDirError};
 
 /// Why the daemon stopped with a failure.
@@ -21,6 +22,9 @@ pub enum DaemonError {
     /// The root key could not be created or unsealed.
     #[error(transparent)]
     RootKey(#[from] RootKeyError),
+    /// The key store could not be opened.
+    #[error(transparent)]
+    KeyStore(#[from] StoreError),
     /// The socket could not be served.
     #[error(transparent)]
     Server(#[from] ServerError),
@@ -51,17 +55,50 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
             "could not lock the root key's page in RAM (RLIMIT_MEMLOCK?); it may be swapped out"
         );
     }
-    let service = Arc::new(Service::new(root_key, config.tcti.clone()));
+    for group in &config.missing_admin_groups {
+        tracing::warn!(
+            "admin group \"{group}\" does not exist on this host; only root is admin until it does"
+        );
+    }
+    let started = std::time::Instant::now();
+    let store = KeyStore::open(&state_dir, &root_key, config.tcti.clone())?;
+    let keys = store.keys();
+    tracing::info!(
+        keys = keys.len(),
+        versions = keys.version_count(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "loaded key store"
+    );
+    if Kek::unlocked_count() > 0 {
+        tracing::warn!(
+            unlocked = Kek::unlocked_count(),
+            "some KEKs could not be locked in RAM (RLIMIT_MEMLOCK); they may be swapped out. Raise LimitMEMLOCK"
+        );
+    }
     let limits = Limits {
         max_frame: config.max_frame,
+        max_connections: config.max_connections,
+        idle_timeout: config.idle_timeout,
+        frame_timeout: config.frame_timeout,
     };
+    let service = Arc::new(Service::new(
+        root_key,
+        store,
+        config.policy.clone(),
+        ServiceLimits {
+            max_plaintext: config.max_plaintext,
+            rotate_after: config.rotate_after_encryptions,
+        },
+        config.tcti.clone(),
+    ));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("hostkmsd")
         .build()?;
     runtime.block_on(async {
-        let socket = BoundSocket::bind(&config.socket, config.socket_mode)?;
+        let group = config.socket_group.as_ref().map(|group| group.gid);
+        let socket = BoundSocket::bind(&config.socket, config.socket_mode, group)?;
         let shutdown = CancellationToken::new();
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
@@ -78,7 +115,15 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
             mode = format_args!("{:04o}", config.socket_mode),
             "serving"
         );
-        server::serve(socket.listener(), service, limits, shutdown).await;
+        server::serve(socket.listener(), Arc::clone(&service), limits, shutdown).await;
+        let store_service = Arc::clone(&service);
+        match tokio::task::spawn_blocking(move || store_service.store().persist_counts()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(
+                "could not write exact encryption counts (the reserved upper bounds stand): {e}"
+            ),
+            Err(e) => tracing::warn!("could not write exact encryption counts: {e}"),
+        }
         tracing::info!("stopped");
         Ok(())
     })

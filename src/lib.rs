@@ -9,8 +9,11 @@
 
 pub mod config;
 pub mod daemon;
+pub mod envelope;
+pub mod keystore;
 pub mod locked;
 pub mod peer;
+pub mod policy;
 pub mod rootkey;
 pub mod server;
 pub mod service;

@@ -52,6 +52,11 @@ impl RootKey {
         check_value(self.bytes.expose())
     }
 
+    /// The key itself, for deriving the keys that protect the key store.
+    pub(crate) fn expose(&self) -> &[u8; ROOT_KEY_LEN] {
+        self.bytes.expose()
+    }
+
     /// Whether the key's page is locked in RAM (see [`LockedBytes`]).
     pub fn is_locked(&self) -> bool {
         self.bytes.is_locked()
@@ -121,6 +126,18 @@ pub enum RootKeyError {
     /// The TPM could not be reached.
     #[error("{0}")]
     TpmUnavailable(TpmError),
+    /// The TPM is in dictionary-attack lockout and refuses authorizations.
+    #[error(
+        "cannot unseal the root key from {public} and {private}: {source}. The TPM counts failed authorizations and unclean shutdowns and is locked out for now; the blobs are not at fault and hostkms changed nothing. Wait for the TPM's lockout recovery time, or clear it with `tpm2_dictionarylockout --clear-lockout` (needs the lockout authorization), then start hostkmsd again"
+    )]
+    Lockout {
+        /// The public blob.
+        public: String,
+        /// The private blob.
+        private: String,
+        /// The TPM's answer.
+        source: TpmError,
+    },
     /// The TPM refused to load or unseal the blobs.
     #[error(
         "cannot unseal the root key from {public} and {private}: {source}. The blobs were sealed by another TPM, this TPM was cleared, or the files were altered. hostkms changed nothing; run it on the machine whose TPM sealed them, or restore this machine's state dir from backup (README: break-glass recovery)"
@@ -181,10 +198,22 @@ fn unseal(dir: &StateDir, tcti: &Tcti) -> Result<RootKey, RootKeyError> {
         }
     })?;
     let mut tpm = Tpm::open(tcti).map_err(RootKeyError::TpmUnavailable)?;
-    let secret = tpm.unseal(&blobs).map_err(|source| RootKeyError::Unseal {
-        public: dir.file(ROOT_PUB).display().to_string(),
-        private: dir.file(ROOT_PRIV).display().to_string(),
-        source,
+    let secret = tpm.unseal(&blobs).map_err(|source| {
+        let public = dir.file(ROOT_PUB).display().to_string();
+        let private = dir.file(ROOT_PRIV).display().to_string();
+        if source.is_lockout() {
+            RootKeyError::Lockout {
+                public,
+                private,
+                source,
+            }
+        } else {
+            RootKeyError::Unseal {
+                public,
+                private,
+                source,
+            }
+        }
     })?;
     RootKey::from_slice(&secret)
 }

@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_proto::codec::{self, FrameBuf};
+use agent_proto::codec::{self, FrameBuf, LENGTH_PREFIX};
 use agent_proto::{Envelope, ErrorCode, FrameError, PROTOCOL_VERSION, Request, Response};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -52,11 +53,18 @@ pub enum ServerError {
     },
 }
 
-/// The limits a connection runs under.
+/// The limits connections run under.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Largest frame body read or written.
     pub max_frame: u32,
+    /// Connections served at once; more are answered `Busy` and closed.
+    pub max_connections: usize,
+    /// How long a connection may wait between requests before it is closed.
+    pub idle_timeout: Duration,
+    /// How long a frame may take to arrive once its first byte has, against
+    /// clients that send slowly to hold connections.
+    pub frame_timeout: Duration,
 }
 
 /// A socket this daemon bound; its path is removed again on drop, unless
@@ -69,9 +77,10 @@ pub struct BoundSocket {
 }
 
 impl BoundSocket {
-    /// Binds `path` with permission bits `mode`. A stale socket file (nobody
-    /// answers on it) is replaced; a live one is an error.
-    pub fn bind(path: &Path, mode: u32) -> Result<BoundSocket, ServerError> {
+    /// Binds `path` with permission bits `mode` and, when given, group
+    /// `gid`. A stale socket file (nobody answers on it) is replaced; a live
+    /// one is an error.
+    pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> Result<BoundSocket, ServerError> {
         let bind_error = |source| ServerError::Bind {
             path: path.to_path_buf(),
             source,
@@ -79,6 +88,10 @@ impl BoundSocket {
         clear_stale_socket(path)?;
         let listener = UnixListener::bind(path).map_err(bind_error)?;
         // The daemon's umask (077) keeps the socket private until this runs.
+        if let Some(gid) = gid {
+            nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+                .map_err(|e| bind_error(io::Error::from(e)))?;
+        }
         fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(bind_error)?;
         let meta = fs::metadata(path).map_err(bind_error)?;
         Ok(BoundSocket {
@@ -147,17 +160,30 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let connections = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, _)) => {
-                let service = Arc::clone(&service);
-                let shutdown = shutdown.clone();
-                connections.spawn(serve_connection(stream, service, limits, shutdown));
-            }
+            Ok((stream, _)) => match Arc::clone(&slots).try_acquire_owned() {
+                Ok(slot) => {
+                    let service = Arc::clone(&service);
+                    let shutdown = shutdown.clone();
+                    connections.spawn(async move {
+                        serve_connection(stream, service, limits, shutdown).await;
+                        drop(slot);
+                    });
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        "connection limit reached; refusing a connection with Busy"
+                    );
+                    connections.spawn(refuse_busy(stream, limits));
+                }
+            },
             Err(e) => {
                 // Out of file descriptors and the like: wait rather than spin.
                 tracing::warn!("accepting a connection failed: {e}");
@@ -174,6 +200,21 @@ pub async fn serve(
     }
 }
 
+/// Tells a connection over the limit why it is closed.
+async fn refuse_busy(mut stream: UnixStream, limits: Limits) {
+    let reply = rejection(
+        None,
+        ErrorCode::Busy,
+        format!(
+            "hostkmsd serves at most {} connections at once (max_connections); try again later",
+            limits.max_connections
+        ),
+    );
+    if let Ok(frame) = codec::encode_frame(&reply, limits.max_frame) {
+        let _ = tokio::time::timeout(LINGER, write_frame(&mut stream, &frame)).await;
+    }
+}
+
 /// Serves one connection: requests are read, answered and written in order.
 /// A bad frame is answered (when it can be) and ends this connection only.
 async fn serve_connection(
@@ -182,25 +223,48 @@ async fn serve_connection(
     limits: Limits,
     shutdown: CancellationToken,
 ) {
-    let peer = match stream.peer_cred() {
-        Ok(cred) => Peer {
-            uid: cred.uid(),
-            gid: cred.gid(),
-            pid: cred.pid(),
-        },
+    let peer = match stream
+        .peer_cred()
+        .and_then(|cred| Peer::of_socket(&stream, cred.uid(), cred.gid(), cred.pid()))
+    {
+        Ok(peer) => peer,
         Err(e) => {
             tracing::warn!("cannot read a connection's peer credentials, closing it: {e}");
             return;
         }
     };
     loop {
-        let frame = tokio::select! {
+        let mut prefix = [0u8; LENGTH_PREFIX];
+        let got = tokio::select! {
             () = shutdown.cancelled() => return,
-            frame = codec::read_frame_async(&mut stream, limits.max_frame) => frame,
+            read = tokio::time::timeout(limits.idle_timeout, stream.read(&mut prefix)) => match read {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(got)) => got,
+                Err(_) => {
+                    tracing::debug!(uid = peer.uid, "closing a connection idle for {:?}", limits.idle_timeout);
+                    return;
+                }
+            },
+        };
+        let frame = match tokio::time::timeout(
+            limits.frame_timeout,
+            read_rest_of_frame(&mut stream, prefix, got, limits.max_frame),
+        )
+        .await
+        {
+            Ok(frame) => frame,
+            Err(_) => {
+                tracing::warn!(
+                    uid = peer.uid,
+                    pid = peer.pid,
+                    "closing a connection whose frame did not arrive within {:?}",
+                    limits.frame_timeout
+                );
+                return;
+            }
         };
         let (reply, keep_open) = match frame {
-            Ok(Some(body)) => answer(&body, &peer, &service).await,
-            Ok(None) => return,
+            Ok(body) => answer(&body, &peer, &service).await,
             Err(FrameError::Decode(e)) => {
                 (rejection(e.request_id(), e.code(), e.to_string()), false)
             }
@@ -234,10 +298,34 @@ async fn serve_connection(
     }
 }
 
+/// Reads the rest of a frame whose first `got` prefix bytes are in `prefix`:
+/// the length is checked against the limit before the body is allocated.
+async fn read_rest_of_frame(
+    stream: &mut UnixStream,
+    mut prefix: [u8; LENGTH_PREFIX],
+    got: usize,
+    max_frame: u32,
+) -> Result<FrameBuf, FrameError> {
+    let truncated = |e: io::Error, got, expected| match e.kind() {
+        io::ErrorKind::UnexpectedEof => FrameError::Truncated { got, expected },
+        _ => FrameError::Io(e),
+    };
+    stream
+        .read_exact(&mut prefix[got..])
+        .await
+        .map_err(|e| truncated(e, got, LENGTH_PREFIX))?;
+    let len = codec::body_length(prefix, max_frame)?;
+    let mut body = FrameBuf::new(vec![0u8; len]);
+    stream
+        .read_exact(&mut body)
+        .await
+        .map_err(|e| truncated(e, LENGTH_PREFIX, LENGTH_PREFIX + len))?;
+    Ok(body)
+}
+
 /// Closes our side for writing, then discards what the client still sends
 /// (bounded in time and bytes) so the refusal we wrote is not lost to a reset.
 async fn linger(stream: &mut UnixStream) {
-    use tokio::io::AsyncReadExt;
     if stream.shutdown().await.is_err() {
         return;
     }

@@ -1,5 +1,10 @@
 //! The operations, free of any transport: a request and its peer in, a
 //! response out. The server frames them; this module decides them.
+//!
+//! Order of checks for every key operation: the grant first (so a peer
+//! without one learns nothing about the key), then the key's state, then
+//! the cryptography. Changes to the key store run on the blocking pool: they
+//! wait for SQLite to sync and, for new versions, possibly for the TPM.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,59 +12,517 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use agent_proto::{
-    ErrorCode, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, Request, Response, StatusInfo,
+    Ciphertext, DataKey, EncryptionContext, ErrorCode, KeyState, OLDEST_PROTOCOL_VERSION,
+    Operation, PROTOCOL_VERSION, Request, Response, SecretBytes, StatusInfo, Unwrapped, Wrapped,
 };
+use rand::TryRng;
+use zeroize::Zeroizing;
 
 use crate::config::Tcti;
+use crate::envelope::{self, InvalidCiphertext};
+use crate::keystore::{Key, KeyStore, StoreError, Version};
 use crate::peer::Peer;
+use crate::policy::Policy;
 use crate::rootkey::RootKey;
 use crate::tpm;
 
 /// How long a TPM probe result is reused before `Status` probes again.
 const TPM_PROBE_MAX_AGE: Duration = Duration::from_secs(10);
+/// Data-key lengths `GenerateDataKey` accepts.
+pub const DATA_KEY_LENGTHS: [u16; 4] = [16, 24, 32, 64];
+/// How often a wrap retries when its key version changes under it.
+const WRAP_ATTEMPTS: usize = 4;
+
+/// Limits the operations enforce.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceLimits {
+    /// Largest plaintext `Wrap` accepts.
+    pub max_plaintext: usize,
+    /// Encryptions after which a key version is replaced by a new one.
+    pub rotate_after: u64,
+}
+
+/// A refused request: the code and message the client receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The stable error code.
+    pub code: ErrorCode,
+    /// What failed, on what, and what to do.
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn invalid_ciphertext() -> Refusal {
+        Refusal::new(ErrorCode::InvalidCiphertext, InvalidCiphertext.to_string())
+    }
+}
+
+impl From<StoreError> for Refusal {
+    fn from(error: StoreError) -> Refusal {
+        let code = match &error {
+            StoreError::KeyNotFound(_) => ErrorCode::KeyNotFound,
+            StoreError::KeyExists(_) => ErrorCode::KeyExists,
+            StoreError::KeyRevoked(_) => ErrorCode::KeyRevoked,
+            StoreError::VersionNotFound { .. } => ErrorCode::VersionNotFound,
+            StoreError::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            StoreError::Changed(_) => ErrorCode::Busy,
+            StoreError::Tpm(_) => ErrorCode::TpmUnavailable,
+            StoreError::Tampered { .. }
+            | StoreError::WrongRootKey { .. }
+            | StoreError::Database { .. }
+            | StoreError::Random(_) => {
+                tracing::error!("key store failure: {error}");
+                return Refusal::new(
+                    ErrorCode::Internal,
+                    "the key store failed; nothing was changed. The daemon's log says why",
+                );
+            }
+        };
+        Refusal::new(code, error.to_string())
+    }
+}
 
 /// The daemon's state that requests act on.
 #[derive(Debug)]
 pub struct Service {
     root_key: RootKey,
+    store: Arc<KeyStore>,
+    policy: Policy,
+    limits: ServiceLimits,
     started: Instant,
     tpm_health: TpmHealth,
     requests: AtomicU64,
 }
 
 impl Service {
-    /// A service over an unsealed root key; `tcti` is probed for `Status`.
-    pub fn new(root_key: RootKey, tcti: Tcti) -> Service {
+    /// A service over an unsealed root key and its opened key store.
+    pub fn new(
+        root_key: RootKey,
+        store: KeyStore,
+        policy: Policy,
+        limits: ServiceLimits,
+        tcti: Tcti,
+    ) -> Service {
         Service {
             root_key,
+            store: Arc::new(store),
+            policy,
+            limits,
             started: Instant::now(),
             tpm_health: TpmHealth::new(tcti),
             requests: AtomicU64::new(0),
         }
     }
 
+    /// The key store, for start-up and shutdown bookkeeping.
+    pub fn store(&self) -> &KeyStore {
+        &self.store
+    }
+
     /// Answers one request from `peer`.
-    pub async fn handle(&self, _peer: &Peer, request: Request) -> Response {
+    pub async fn handle(&self, peer: &Peer, request: Request) -> Response {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        self.dispatch(peer, request)
+            .await
+            .unwrap_or_else(|refusal| Response::error(refusal.code, refusal.message))
+    }
+
+    async fn dispatch(&self, peer: &Peer, request: Request) -> Result<Response, Refusal> {
+        let op = request.operation();
         match request {
-            Request::Ping => Response::Pong,
-            Request::Status => Response::Status(self.status().await),
-            other => Response::error(
-                ErrorCode::NotImplemented,
-                format!(
-                    "operation \"{}\" is not implemented yet by this hostkmsd {}; only ping and status are served",
-                    other.operation(),
-                    env!("CARGO_PKG_VERSION")
-                ),
-            ),
+            Request::Ping => Ok(Response::Pong),
+            Request::Status => Ok(Response::Status(self.status().await)),
+            Request::CreateKey { name } => {
+                self.permit(peer, op, &name)?;
+                self.change(
+                    move |store| store.create(&name),
+                    |key| {
+                        tracing::info!(key = key.name(), id = %key.id(), "created key");
+                    },
+                )
+                .await
+            }
+            Request::Wrap {
+                key,
+                plaintext,
+                context,
+            } => self
+                .wrap(peer, &key, plaintext.expose(), &context)
+                .await
+                .map(Response::Wrapped),
+            Request::Unwrap {
+                ciphertext,
+                context,
+                key,
+            } => self
+                .decrypt(peer, op, &ciphertext, &context, key.as_deref())
+                .map(|mut decrypted| {
+                    Response::Unwrapped(Unwrapped {
+                        key: decrypted.key.name().to_string(),
+                        version: decrypted.version,
+                        // Moves the buffer, leaving no unwiped copy behind.
+                        plaintext: SecretBytes::new(std::mem::take(&mut *decrypted.plaintext)),
+                    })
+                }),
+            Request::GenerateDataKey {
+                key,
+                bytes,
+                include_plaintext,
+                context,
+            } => {
+                self.data_key(peer, &key, bytes, include_plaintext, &context)
+                    .await
+            }
+            Request::Rewrap {
+                ciphertext,
+                context,
+                key,
+            } => {
+                let decrypted = self.decrypt(peer, op, &ciphertext, &context, key.as_deref())?;
+                self.encrypt(decrypted.key.name(), &decrypted.plaintext, &context)
+                    .await
+                    .map(Response::Wrapped)
+            }
+            Request::Rotate { key } => {
+                self.permit(peer, op, &key)?;
+                self.change(
+                    move |store| store.rotate(&key),
+                    |key| {
+                        tracing::info!(
+                            key = key.name(),
+                            version = key.latest_version(),
+                            "rotated key"
+                        );
+                    },
+                )
+                .await
+            }
+            Request::Revoke { key, version } => {
+                self.permit(peer, op, &key)?;
+                self.change(
+                    move |store| store.revoke(&key, version),
+                    move |key| match version {
+                        Some(v) => tracing::info!(
+                            key = key.name(),
+                            version = v,
+                            "revoked key version; its KEK is deleted"
+                        ),
+                        None => {
+                            tracing::info!(key = key.name(), "revoked key; every KEK is deleted")
+                        }
+                    },
+                )
+                .await
+            }
+            Request::Disable { key } => {
+                self.permit(peer, op, &key)?;
+                self.change(
+                    move |store| store.set_enabled(&key, false),
+                    |key| {
+                        tracing::info!(key = key.name(), "disabled key");
+                    },
+                )
+                .await
+            }
+            Request::Enable { key } => {
+                self.permit(peer, op, &key)?;
+                self.change(
+                    move |store| store.set_enabled(&key, true),
+                    |key| {
+                        tracing::info!(key = key.name(), "enabled key");
+                    },
+                )
+                .await
+            }
+            Request::SetMinDecryptionVersion { key, version } => {
+                self.permit(peer, op, &key)?;
+                self.change(
+                    move |store| store.set_min_decryption_version(&key, version),
+                    move |key| {
+                        tracing::info!(key = key.name(), version, "set minimum decryption version");
+                    },
+                )
+                .await
+            }
+            Request::ListKeys => {
+                let keys = self.store.keys();
+                Ok(Response::Keys(
+                    keys.sorted()
+                        .into_iter()
+                        .filter(|key| self.policy.may_see(peer, key.name()))
+                        .map(|key| key.info())
+                        .collect(),
+                ))
+            }
+            Request::DescribeKey { key } => {
+                self.permit(peer, op, &key)?;
+                let keys = self.store.keys();
+                keys.by_name(&key)
+                    .map(|key| Response::Key(key.info()))
+                    .ok_or_else(|| StoreError::KeyNotFound(key).into())
+            }
         }
     }
 
+    /// Refuses `op` on `key` unless a grant (or admin rights) allows it.
+    fn permit(&self, peer: &Peer, op: Operation, key: &str) -> Result<(), Refusal> {
+        if self.policy.allows(peer, op, key) {
+            return Ok(());
+        }
+        tracing::warn!(uid = peer.uid, pid = peer.pid, op = %op, key, "denied");
+        let shown: String = key.chars().take(128).collect();
+        Err(Refusal::new(
+            ErrorCode::PermissionDenied,
+            format!("uid {} may not {op} with key {shown:?}", peer.uid),
+        ))
+    }
+
+    /// Runs a key-store change on the blocking pool and answers with the
+    /// key's new metadata; `log` records the change once it is durable.
+    async fn change(
+        &self,
+        change: impl FnOnce(&KeyStore) -> Result<Arc<Key>, StoreError> + Send + 'static,
+        log: impl FnOnce(&Key),
+    ) -> Result<Response, Refusal> {
+        let store = Arc::clone(&self.store);
+        let key = tokio::task::spawn_blocking(move || change(&store))
+            .await
+            .map_err(|e| {
+                Refusal::new(
+                    ErrorCode::Internal,
+                    format!("the change did not finish: {e}"),
+                )
+            })??;
+        log(&key);
+        Ok(Response::Key(key.info()))
+    }
+
+    /// Checks that `key` may be used for cryptography.
+    fn usable(key: &Key) -> Result<(), Refusal> {
+        match key.state() {
+            KeyState::Enabled => Ok(()),
+            KeyState::Disabled => Err(Refusal::new(
+                ErrorCode::KeyDisabled,
+                format!(
+                    "key \"{}\" is disabled; an admin can enable it again",
+                    key.name()
+                ),
+            )),
+            KeyState::Revoked => Err(StoreError::KeyRevoked(key.name().to_string()).into()),
+        }
+    }
+
+    async fn wrap(
+        &self,
+        peer: &Peer,
+        key: &str,
+        plaintext: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<Wrapped, Refusal> {
+        self.permit(peer, Operation::Wrap, key)?;
+        if plaintext.len() > self.limits.max_plaintext {
+            return Err(Refusal::new(
+                ErrorCode::PlaintextTooLarge,
+                format!(
+                    "a plaintext of {} bytes exceeds the limit of {} bytes (max_plaintext); wrap a data key instead and encrypt large data with it",
+                    plaintext.len(),
+                    self.limits.max_plaintext
+                ),
+            ));
+        }
+        self.encrypt(key, plaintext, context).await
+    }
+
+    async fn data_key(
+        &self,
+        peer: &Peer,
+        key: &str,
+        bytes: u16,
+        include_plaintext: bool,
+        context: &EncryptionContext,
+    ) -> Result<Response, Refusal> {
+        self.permit(peer, Operation::DataKey, key)?;
+        if !DATA_KEY_LENGTHS.contains(&bytes) {
+            return Err(Refusal::new(
+                ErrorCode::InvalidArgument,
+                format!("a data key of {bytes} bytes is not offered; ask for 16, 24, 32 or 64"),
+            ));
+        }
+        let mut data_key = Zeroizing::new(vec![0u8; usize::from(bytes)]);
+        rand::rngs::SysRng
+            .try_fill_bytes(&mut data_key)
+            .map_err(|e| {
+                Refusal::new(
+                    ErrorCode::Internal,
+                    format!("the OS random number generator failed: {e}"),
+                )
+            })?;
+        let wrapped = self.encrypt(key, &data_key, context).await?;
+        Ok(Response::DataKey(DataKey {
+            key: wrapped.key,
+            version: wrapped.version,
+            plaintext: include_plaintext.then(|| SecretBytes::new(std::mem::take(&mut *data_key))),
+            ciphertext: wrapped.ciphertext,
+        }))
+    }
+
+    /// Encrypts under the latest version of `key`: counts the encryption,
+    /// persists the count's reservation when it runs out, and rotates the key
+    /// when the version reaches its limit.
+    async fn encrypt(
+        &self,
+        key: &str,
+        plaintext: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<Wrapped, Refusal> {
+        for _ in 0..WRAP_ATTEMPTS {
+            let keys = self.store.keys();
+            let Some(current) = keys.by_name(key) else {
+                return Err(StoreError::KeyNotFound(key.to_string()).into());
+            };
+            Self::usable(current)?;
+            let Some(version) = current.latest().cloned() else {
+                return Err(Refusal::new(
+                    ErrorCode::Internal,
+                    format!("key \"{key}\" has no version"),
+                ));
+            };
+            let Some(count) = version.count_encryption(self.limits.rotate_after) else {
+                self.rotate_at_limit(current, &version).await?;
+                continue;
+            };
+            if !version.is_reserved(count) {
+                let store = Arc::clone(&self.store);
+                let (id, reserved_version) = (current.id(), Arc::clone(&version));
+                let reserved = tokio::task::spawn_blocking(move || {
+                    store.reserve(id, &reserved_version, count)
+                })
+                .await
+                .map_err(|e| {
+                    Refusal::new(
+                        ErrorCode::Internal,
+                        format!("the count did not persist: {e}"),
+                    )
+                })?;
+                match reserved {
+                    Ok(()) => {}
+                    Err(StoreError::Changed(_)) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let Some(cipher) = version.cipher() else {
+                continue; // revoked meanwhile: the next snapshot has a new latest
+            };
+            let ciphertext =
+                envelope::wrap(cipher, current.id(), version.number(), plaintext, context)
+                    .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
+            return Ok(Wrapped {
+                key: current.name().to_string(),
+                version: version.number(),
+                ciphertext: Ciphertext::new(ciphertext),
+            });
+        }
+        Err(Refusal::new(
+            ErrorCode::Busy,
+            format!("key \"{key}\" kept changing during the request; try again"),
+        ))
+    }
+
+    async fn rotate_at_limit(&self, key: &Key, version: &Version) -> Result<(), Refusal> {
+        let store = Arc::clone(&self.store);
+        let (id, number) = (key.id(), version.number());
+        let rotated = tokio::task::spawn_blocking(move || store.rotate_if_latest(id, number))
+            .await
+            .map_err(|e| {
+                Refusal::new(
+                    ErrorCode::Internal,
+                    format!("the rotation did not finish: {e}"),
+                )
+            })??;
+        if rotated.latest_version() > number {
+            tracing::info!(
+                key = key.name(),
+                version = number,
+                new_version = rotated.latest_version(),
+                encryptions = version.encryptions(),
+                "rotated key automatically: version reached its encryption limit"
+            );
+        }
+        Ok(())
+    }
+
+    /// Decrypts a ciphertext for `op` (unwrap or rewrap), after the grant,
+    /// key state and version checks.
+    fn decrypt(
+        &self,
+        peer: &Peer,
+        op: Operation,
+        ciphertext: &Ciphertext,
+        context: &EncryptionContext,
+        expected_key: Option<&str>,
+    ) -> Result<Decrypted, Refusal> {
+        let header = envelope::read_header(ciphertext.as_bytes())
+            .map_err(|_| Refusal::invalid_ciphertext())?;
+        let keys = self.store.keys();
+        let key = keys
+            .by_id(header.key_id)
+            .ok_or_else(Refusal::invalid_ciphertext)?;
+        if expected_key.is_some_and(|expected| expected != key.name()) {
+            return Err(Refusal::invalid_ciphertext());
+        }
+        self.permit(peer, op, key.name())?;
+        Self::usable(key)?;
+        let version = key
+            .version(header.version)
+            .ok_or_else(Refusal::invalid_ciphertext)?;
+        if version.is_revoked() {
+            return Err(Refusal::new(
+                ErrorCode::VersionRevoked,
+                format!(
+                    "version {} of key \"{}\" is revoked",
+                    header.version,
+                    key.name()
+                ),
+            ));
+        }
+        if header.version < key.min_decryption_version() {
+            return Err(Refusal::new(
+                ErrorCode::VersionRevoked,
+                format!(
+                    "version {} of key \"{}\" is below its minimum decryption version {}",
+                    header.version,
+                    key.name(),
+                    key.min_decryption_version()
+                ),
+            ));
+        }
+        let cipher = version.cipher().ok_or_else(Refusal::invalid_ciphertext)?;
+        let plaintext = envelope::unwrap(cipher, ciphertext.as_bytes(), context)
+            .map_err(|_| Refusal::invalid_ciphertext())?;
+        Ok(Decrypted {
+            key: Arc::clone(key),
+            version: header.version,
+            plaintext,
+        })
+    }
+
     async fn status(&self) -> StatusInfo {
-        let counters = BTreeMap::from([(
-            "requests".to_string(),
-            self.requests.load(Ordering::Relaxed),
-        )]);
+        let keys = self.store.keys();
+        let counters = BTreeMap::from([
+            ("keys".to_string(), keys.len() as u64),
+            ("versions".to_string(), keys.version_count() as u64),
+            (
+                "requests".to_string(),
+                self.requests.load(Ordering::Relaxed),
+            ),
+        ]);
         StatusInfo {
             daemon_version: env!("CARGO_PKG_VERSION").to_string(),
             oldest_protocol: OLDEST_PROTOCOL_VERSION,
@@ -71,6 +534,13 @@ impl Service {
             counters,
         }
     }
+}
+
+/// A ciphertext's plaintext and where it came from.
+struct Decrypted {
+    key: Arc<Key>,
+    version: u32,
+    plaintext: Zeroizing<Vec<u8>>,
 }
 
 /// Whether the TPM answers, probed at most every [`TPM_PROBE_MAX_AGE`] and

@@ -9,7 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use agent_proto::codec::{self, DEFAULT_MAX_FRAME};
-use agent_proto::{EncryptionContext, Envelope, ErrorCode, PROTOCOL_VERSION, Request, Response};
+use agent_proto::{Envelope, ErrorCode, PROTOCOL_VERSION, Request, Response};
 use common::{Daemon, DaemonFiles, Swtpm, cli, run_daemon_to_exit};
 use nix::sys::signal::Signal;
 
@@ -41,31 +41,6 @@ fn ping_and_status_over_the_socket() {
         .mode()
         & 0o777;
     assert_eq!(mode, 0o660, "the socket has the configured default mode");
-}
-
-#[test]
-fn key_operations_answer_not_implemented_never_a_fake_success() {
-    let (_tpm, _files, daemon) = started();
-    let mut client = daemon.client();
-    let context = EncryptionContext::new();
-    let failures = [
-        client.create_key("demo").err(),
-        client.wrap("demo", b"secret", &context).err(),
-        client.unwrap(b"HKMS", &context, None).err(),
-        client.generate_data_key("demo", 32, &context).err(),
-        client.rotate("demo").err(),
-        client.revoke("demo", None).err(),
-        client.list_keys().err(),
-    ];
-    for failure in failures {
-        let failure = failure.expect("must not succeed");
-        assert_eq!(failure.code(), Some(ErrorCode::NotImplemented), "{failure}");
-        assert!(
-            failure.to_string().contains("not implemented yet"),
-            "{failure}"
-        );
-    }
-    client.ping().expect("the connection stays usable");
 }
 
 #[test]
@@ -348,5 +323,69 @@ fn cli_connection_errors_say_what_and_exit_2() {
     assert!(
         stderr.contains("nope.sock") && stderr.contains("is hostkmsd running"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn connections_over_the_limit_get_busy_and_the_rest_keep_working() {
+    let (_tpm, _files, daemon) = {
+        let tpm = Swtpm::start();
+        let files = DaemonFiles::new(&tpm.tcti(), "max_connections = 2");
+        let daemon = Daemon::start(&files).expect("start");
+        (tpm, files, daemon)
+    };
+    // Daemon::start's readiness probe may hold a slot for a moment.
+    let admitted = || {
+        for _ in 0..100 {
+            let mut client = daemon.client();
+            if client.ping().is_ok() {
+                return client;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no slot became free");
+    };
+    let mut first = admitted();
+    let second = admitted();
+    let reply = decode_reply(&exchange_raw(&daemon, &[]));
+    assert_eq!(error_code(&reply), ErrorCode::Busy);
+    match reply.op {
+        Response::Error(e) => assert!(e.message.contains("at most 2 connections"), "{}", e.message),
+        _ => unreachable!(),
+    }
+    first.ping().expect("admitted connections are undisturbed");
+    drop(second);
+    admitted(); // the slot frees once the daemon sees the close
+}
+
+#[test]
+fn idle_and_slow_connections_are_closed_and_others_are_not_disturbed() {
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::new(&tpm.tcti(), "idle_timeout_secs = 1\nframe_timeout_secs = 1");
+    let daemon = Daemon::start(&files).expect("start");
+
+    let mut idle = daemon.client();
+    idle.ping().unwrap();
+    let mut slow = UnixStream::connect(&daemon.socket).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    slow.write_all(&[0, 0]).unwrap(); // half a length prefix, then nothing
+    let mut busy = daemon.client();
+    for _ in 0..8 {
+        busy.ping()
+            .expect("an active connection outlives the idle timeout");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let mut rest = Vec::new();
+    assert_eq!(
+        slow.read_to_end(&mut rest).unwrap_or(0),
+        0,
+        "the slow sender was cut off"
+    );
+    assert!(idle.ping().is_err(), "the idle connection was closed");
+    assert!(
+        daemon.log().contains("did not arrive within"),
+        "{}",
+        daemon.log()
     );
 }

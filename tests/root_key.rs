@@ -55,7 +55,7 @@ fn restart_unseals_the_same_root_key() {
 }
 
 #[test]
-fn state_dir_is_0700_and_blobs_are_0600() {
+fn state_dir_is_0700_and_its_files_0600() {
     let tpm = Swtpm::start();
     let files = DaemonFiles::new(&tpm.tcti(), "");
     let daemon = Daemon::start(&files).expect("start");
@@ -64,14 +64,16 @@ fn state_dir_is_0700_and_blobs_are_0600() {
     assert_eq!(mode(&files.state_dir), 0o700);
     assert_eq!(mode(&files.state_file("root.pub")), 0o600);
     assert_eq!(mode(&files.state_file("root.priv")), 0o600);
-    let entries: Vec<String> = fs::read_dir(&files.state_dir)
+    assert_eq!(mode(&files.state_file("keystore.db")), 0o600);
+    let mut entries: Vec<String> = fs::read_dir(&files.state_dir)
         .expect("read state dir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
+    entries.sort();
     assert_eq!(
-        entries.len(),
-        2,
-        "only the two blobs, no temporary files: {entries:?}"
+        entries,
+        ["keystore.db", "root.priv", "root.pub"],
+        "no temporary files"
     );
     drop(daemon);
 }
@@ -275,4 +277,42 @@ fn the_root_key_never_crosses_the_tpm_interface_in_clear() {
         common::contains(&relay.recorded(), &key),
         "the relay records unseal responses"
     );
+}
+
+#[test]
+fn a_tpm_in_dictionary_attack_lockout_is_explained_not_blamed_on_the_blobs() {
+    let tpm_state = common::private_tempdir();
+    let tpm = Swtpm::start_in(tpm_state.path());
+    // One strike: any unclean shutdown after a DA-protected use locks out.
+    common::tpm2(
+        tpm.port,
+        "tpm2_dictionarylockout",
+        &[
+            "--setup-parameters",
+            "--max-tries=1",
+            "--recovery-time=1000",
+            "--lockout-recovery-time=1000",
+        ],
+    );
+    let files = DaemonFiles::new(&tpm.tcti(), "");
+    let daemon = Daemon::start(&files).expect("start");
+    let check = root_key_check(&daemon);
+    assert!(daemon.stop().0.success());
+    tpm.crash();
+
+    let tpm = Swtpm::resume_in(tpm_state.path());
+    files.write_config(&tpm.tcti(), "");
+    let log = Daemon::start(&files)
+        .err()
+        .expect("a locked-out TPM refuses the storage key");
+    assert!(log.contains("locked out"), "{log}");
+    assert!(
+        log.contains("tpm2_dictionarylockout --clear-lockout"),
+        "{log}"
+    );
+    assert!(log.contains("the blobs are not at fault"), "{log}");
+
+    common::tpm2(tpm.port, "tpm2_dictionarylockout", &["--clear-lockout"]);
+    let daemon = Daemon::start(&files).expect("starts once the lockout is cleared");
+    assert_eq!(root_key_check(&daemon), check);
 }

@@ -82,14 +82,20 @@ fn harden_process() {
 }
 
 /// Logs to stderr at `info`, or as `HOSTKMS_LOG` says (tracing's filter
-/// syntax). tss-esapi's own log lines stay off by default: expected misses
-/// (no persistent SRK) look like errors there, and real failures are
-/// reported by the daemon in words.
+/// syntax). tss-esapi's own log lines stay off unless `HOSTKMS_LOG` names
+/// `tss_esapi`: expected misses (no persistent SRK) look like errors there,
+/// and real failures are reported by the daemon in words.
 fn init_logging() {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("HOSTKMS_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,tss_esapi=off"));
+    let mut directives = std::env::var("HOSTKMS_LOG").unwrap_or_else(|_| "info".to_string());
+    if !directives.contains("tss_esapi") {
+        directives.push_str(",tss_esapi=off");
+    }
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+        eprintln!("hostkmsd: warning: HOSTKMS_LOG={directives:?} is not a valid filter ({e}); logging at info");
+        EnvFilter::new("info,tss_esapi=off")
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

@@ -62,6 +62,18 @@ impl TpmError {
     fn command(step: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmError {
         move |source| TpmError::Command { step, source }
     }
+
+    /// Whether the TPM refused because it is in dictionary-attack lockout.
+    pub fn is_lockout(&self) -> bool {
+        use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
+        matches!(
+            self,
+            TpmError::Command {
+                source: tss_esapi::Error::Tss2Error(rc),
+                ..
+            } if rc.kind() == Some(Tss2ResponseCodeKind::Lockout)
+        )
+    }
 }
 
 /// The TSS/TPM error in words, with its numeric code.
@@ -185,12 +197,16 @@ impl Tpm {
     }
 
     /// Seals `secret` as a keyed-hash object under the storage primary and
-    /// returns its public and private blobs.
+    /// returns its public and private blobs. The object has an empty
+    /// authorization, so dictionary-attack protection would guard nothing:
+    /// it is marked noDA, and a TPM in lockout still unseals it (given a
+    /// parent that is noDA too, like a provisioned SRK).
     pub fn seal(&mut self, secret: &[u8]) -> Result<SealedBlobs, TpmError> {
         let attributes = ObjectAttributesBuilder::new()
             .with_fixed_tpm(true)
             .with_fixed_parent(true)
             .with_user_with_auth(true)
+            .with_no_da(true)
             .build()
             .map_err(TpmError::command("building the sealed object's attributes"))?;
         let public = PublicBuilder::new()

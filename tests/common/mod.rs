@@ -64,22 +64,54 @@ pub struct Swtpm {
     child: Child,
     /// The TPM command port; the control port is `port + 1`.
     pub port: u16,
-    dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
+    /// State that outlives this process: shut the TPM down orderly on drop.
+    kept: bool,
 }
 
 impl Swtpm {
-    /// Starts swtpm on free ports and waits until it accepts connections.
+    /// Starts swtpm on free ports with a fresh state directory (a new TPM)
+    /// and waits until it accepts connections.
     pub fn start() -> Swtpm {
         let dir = private_tempdir();
+        let mut tpm = Swtpm::launch(dir.path());
+        tpm._dir = Some(dir);
+        tpm
+    }
+
+    /// Starts swtpm with its state in `dir`, which may hold an earlier run's
+    /// state (the same TPM again). A TPM killed without TPM2_Shutdown counts
+    /// the unorderly shutdown against its dictionary-attack limit, so this
+    /// one clears any lockout at start and shuts down orderly on drop.
+    pub fn start_in(dir: &Path) -> Swtpm {
+        let tpm = Swtpm::resume_in(dir);
+        tpm2(tpm.port, "tpm2_dictionarylockout", &["--clear-lockout"]);
+        tpm
+    }
+
+    /// Starts swtpm on the state in `dir` as it is, lockout included.
+    pub fn resume_in(dir: &Path) -> Swtpm {
+        let mut tpm = Swtpm::launch(dir);
+        tpm.kept = true;
+        tpm
+    }
+
+    /// Stops swtpm without TPM2_Shutdown, as a power cut would.
+    pub fn crash(mut self) {
+        self.kept = false;
+    }
+
+    fn launch(dir: &Path) -> Swtpm {
+        fs::create_dir_all(dir).expect("swtpm state dir");
         let mut last_error = String::new();
         for _ in 0..20 {
             let port = free_port_pair();
-            let log = fs::File::create(dir.path().join("swtpm.log")).expect("swtpm log");
+            let log = fs::File::create(dir.join("swtpm.log")).expect("swtpm log");
             let mut child = Command::new("swtpm")
                 .arg("socket")
                 .arg("--tpm2")
                 .arg("--tpmstate")
-                .arg(format!("dir={}", dir.path().display()))
+                .arg(format!("dir={}", dir.display()))
                 .arg("--server")
                 .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
                 .arg("--ctrl")
@@ -92,7 +124,14 @@ impl Swtpm {
                 .spawn()
                 .expect("swtpm must be installed: `make test` installs swtpm and swtpm-tools");
             match wait_for_port(port, &mut child, "swtpm") {
-                Ok(()) => return Swtpm { child, port, dir },
+                Ok(()) => {
+                    return Swtpm {
+                        child,
+                        port,
+                        _dir: None,
+                        kept: false,
+                    };
+                }
                 Err(e) => {
                     let _ = child.kill();
                     let _ = child.wait();
@@ -111,9 +150,15 @@ impl Swtpm {
 
 impl Drop for Swtpm {
     fn drop(&mut self) {
+        if self.kept {
+            let _ = Command::new("tpm2_shutdown")
+                .arg("--clear")
+                .env("TPM2TOOLS_TCTI", self.tcti())
+                .env("TSS2_LOG", "all+none")
+                .output();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = &self.dir;
     }
 }
 
@@ -121,6 +166,9 @@ impl Drop for Swtpm {
 pub struct DaemonFiles {
     /// Holds everything; removed on drop.
     pub root: tempfile::TempDir,
+    /// A world-traversable directory for the socket, when other users must
+    /// reach it (see [`DaemonFiles::with_public_socket`]).
+    pub public: Option<tempfile::TempDir>,
     /// The state directory (created by the daemon).
     pub state_dir: PathBuf,
     /// The socket path.
@@ -141,7 +189,24 @@ impl DaemonFiles {
             socket,
             config,
             root,
+            public: None,
         };
+        files.write_config(tcti, extra);
+        files
+    }
+
+    /// Like [`DaemonFiles::new`], with the socket in a directory every user
+    /// can traverse (mode 0755), so a child running as another uid reaches
+    /// it and only the socket's own mode decides.
+    pub fn with_public_socket(tcti: &str, extra: &str) -> DaemonFiles {
+        let mut files = DaemonFiles::new(tcti, extra);
+        let public = tempfile::Builder::new()
+            .prefix("hostkms-sock-")
+            .tempdir()
+            .expect("socket directory");
+        fs::set_permissions(public.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+        files.socket = public.path().join("hostkms.sock");
+        files.public = Some(public);
         files.write_config(tcti, extra);
         files
     }
@@ -313,6 +378,42 @@ pub fn cli(socket: &Path, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run hostkms")
+}
+
+/// Runs the `hostkms` CLI as user `uid` (group `uid`, no supplementary
+/// groups), feeding `stdin`; returns its output.
+pub fn cli_as(uid: u32, socket: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new(HOSTKMS)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .uid(uid)
+        .gid(uid)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run hostkms as another user");
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin).expect("feed stdin");
+    }
+    child.wait_with_output().expect("hostkms output")
+}
+
+/// Runs `sqlite3 DB SQL`, failing the test when it fails.
+pub fn sqlite(db: &Path, sql: &str) -> String {
+    let output = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("sqlite3 must be installed (`make test` installs it)");
+    assert!(
+        output.status.success(),
+        "sqlite3 {sql}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// Runs a tpm2-tools command against `tpm`, failing the test when it fails.

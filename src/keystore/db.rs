@@ -1,0 +1,321 @@
+//! The key store's SQLite file: schema, rows, and their canonical encodings
+//! (what the row MACs cover).
+//!
+//! Durability: rollback journal with `synchronous=FULL`, so a committed
+//! transaction survives a crash; `secure_delete=ON`, so revoked KEKs are
+//! overwritten in place rather than left in free pages.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use crate::envelope::KeyId;
+
+/// Schema version written in the `meta` table.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE meta (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE keys (
+    id                     BLOB PRIMARY KEY CHECK (length(id) = 16),
+    name                   TEXT NOT NULL UNIQUE,
+    created                INTEGER NOT NULL,
+    state                  INTEGER NOT NULL,
+    latest_version         INTEGER NOT NULL,
+    min_decryption_version INTEGER NOT NULL,
+    mac                    BLOB NOT NULL
+);
+CREATE TABLE versions (
+    key_id               BLOB NOT NULL REFERENCES keys(id),
+    version              INTEGER NOT NULL,
+    created              INTEGER NOT NULL,
+    state                INTEGER NOT NULL,
+    encryptions_reserved INTEGER NOT NULL,
+    sealed_kek           BLOB,
+    mac                  BLOB NOT NULL,
+    PRIMARY KEY (key_id, version)
+);
+";
+
+/// A row of `keys` as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRow {
+    /// Random key id.
+    pub id: KeyId,
+    /// Key name.
+    pub name: String,
+    /// Creation time, Unix seconds.
+    pub created: u64,
+    /// 0 enabled, 1 disabled, 2 revoked.
+    pub state: u8,
+    /// Newest version.
+    pub latest_version: u32,
+    /// Lowest version that unwraps.
+    pub min_decryption_version: u32,
+}
+
+impl KeyRow {
+    /// The bytes the row's MAC covers: every field, fixed-width or length-prefixed.
+    pub fn canonical(&self) -> Vec<u8> {
+        let mut out = b"hostkms key row v1".to_vec();
+        out.extend_from_slice(&self.id.0);
+        out.extend_from_slice(&(self.name.len() as u32).to_be_bytes());
+        out.extend_from_slice(self.name.as_bytes());
+        out.extend_from_slice(&self.created.to_be_bytes());
+        out.push(self.state);
+        out.extend_from_slice(&self.latest_version.to_be_bytes());
+        out.extend_from_slice(&self.min_decryption_version.to_be_bytes());
+        out
+    }
+}
+
+/// A row of `versions` as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRow {
+    /// The key it belongs to.
+    pub key_id: KeyId,
+    /// Version number, from 1.
+    pub version: u32,
+    /// Creation time, Unix seconds.
+    pub created: u64,
+    /// 0 enabled, 1 revoked.
+    pub state: u8,
+    /// An upper bound of the encryptions this version has made, persisted
+    /// before they are made, so a crash never undercounts.
+    pub encryptions_reserved: u64,
+    /// The KEK sealed under the root key; `None` once revoked.
+    pub sealed_kek: Option<Vec<u8>>,
+}
+
+impl VersionRow {
+    /// The bytes the row's MAC covers.
+    pub fn canonical(&self) -> Vec<u8> {
+        let mut out = b"hostkms version row v1".to_vec();
+        out.extend_from_slice(&self.key_id.0);
+        out.extend_from_slice(&self.version.to_be_bytes());
+        out.extend_from_slice(&self.created.to_be_bytes());
+        out.push(self.state);
+        out.extend_from_slice(&self.encryptions_reserved.to_be_bytes());
+        let sealed = self.sealed_kek.as_deref().unwrap_or_default();
+        out.extend_from_slice(&(sealed.len() as u32).to_be_bytes());
+        out.extend_from_slice(sealed);
+        out
+    }
+}
+
+/// A row and its MAC, as read.
+#[derive(Debug, Clone)]
+pub struct Stored<R> {
+    /// The row.
+    pub row: R,
+    /// Its MAC as stored.
+    pub mac: Vec<u8>,
+}
+
+/// Why the database could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// SQLite failed.
+    #[error("{0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A value is outside what hostkms ever writes.
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+/// The open key-store database.
+#[derive(Debug)]
+pub struct Database {
+    conn: Connection,
+}
+
+fn column_u64(value: i64, what: &str) -> Result<u64, DbError> {
+    u64::try_from(value).map_err(|_| DbError::Corrupt(format!("{what} is negative ({value})")))
+}
+
+fn column_u32(value: i64, what: &str) -> Result<u32, DbError> {
+    u32::try_from(value).map_err(|_| DbError::Corrupt(format!("{what} is out of range ({value})")))
+}
+
+fn column_u8(value: i64, what: &str) -> Result<u8, DbError> {
+    u8::try_from(value).map_err(|_| DbError::Corrupt(format!("{what} is out of range ({value})")))
+}
+
+fn column_id(bytes: Vec<u8>) -> Result<KeyId, DbError> {
+    <[u8; 16]>::try_from(bytes.as_slice())
+        .map(KeyId)
+        .map_err(|_| DbError::Corrupt(format!("a key id is {} bytes, not 16", bytes.len())))
+}
+
+impl Database {
+    /// Opens `path`, creating the file (mode 0600) and schema if absent.
+    /// Returns the database and whether it was just created.
+    pub fn open(path: &Path) -> Result<(Database, bool), DbError> {
+        let fresh = !path.exists();
+        if fresh {
+            // Created 0600 before SQLite opens it, whatever the umask.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| DbError::Corrupt(format!("cannot create {}: {e}", path.display())))?;
+        }
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "secure_delete", "ON")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "journal_mode", "DELETE")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut db = Database { conn };
+        let has_schema: bool = db.conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+            [],
+            |row| row.get(0),
+        )?;
+        if !has_schema {
+            let tx = db.conn.transaction()?;
+            tx.execute_batch(SCHEMA)?;
+            tx.execute(
+                "INSERT INTO meta (name, value) VALUES ('schema_version', ?1)",
+                params![SCHEMA_VERSION.to_string()],
+            )?;
+            tx.commit()?;
+        }
+        let version = db.meta("schema_version")?;
+        if version.as_deref() != Some("1") {
+            return Err(DbError::Corrupt(format!(
+                "schema version {} is not one this hostkmsd reads (1)",
+                version.as_deref().unwrap_or("(none)")
+            )));
+        }
+        Ok((db, fresh || !has_schema))
+    }
+
+    /// A value of the `meta` table.
+    pub fn meta(&self, name: &str) -> Result<Option<String>, DbError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE name = ?1",
+                params![name],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Sets a value of the `meta` table.
+    pub fn set_meta(&mut self, name: &str, value: &str) -> Result<(), DbError> {
+        self.conn.execute(
+            "INSERT INTO meta (name, value) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            params![name, value],
+        )?;
+        Ok(())
+    }
+
+    /// Every key row and every version row.
+    #[allow(clippy::type_complexity)]
+    pub fn load(&self) -> Result<(Vec<Stored<KeyRow>>, Vec<Stored<VersionRow>>), DbError> {
+        let mut keys = Vec::new();
+        let mut statement = self.conn.prepare(
+            "SELECT id, name, created, state, latest_version, min_decryption_version, mac FROM keys",
+        )?;
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            keys.push(Stored {
+                row: KeyRow {
+                    id: column_id(row.get(0)?)?,
+                    name: row.get(1)?,
+                    created: column_u64(row.get(2)?, "a key's creation time")?,
+                    state: column_u8(row.get(3)?, "a key's state")?,
+                    latest_version: column_u32(row.get(4)?, "a key's latest version")?,
+                    min_decryption_version: column_u32(
+                        row.get(5)?,
+                        "a key's minimum decryption version",
+                    )?,
+                },
+                mac: row.get(6)?,
+            });
+        }
+        let mut versions = Vec::new();
+        let mut statement = self.conn.prepare(
+            "SELECT key_id, version, created, state, encryptions_reserved, sealed_kek, mac
+             FROM versions ORDER BY key_id, version",
+        )?;
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            versions.push(Stored {
+                row: VersionRow {
+                    key_id: column_id(row.get(0)?)?,
+                    version: column_u32(row.get(1)?, "a version number")?,
+                    created: column_u64(row.get(2)?, "a version's creation time")?,
+                    state: column_u8(row.get(3)?, "a version's state")?,
+                    encryptions_reserved: column_u64(row.get(4)?, "a version's encryption count")?,
+                    sealed_kek: row.get(5)?,
+                },
+                mac: row.get(6)?,
+            });
+        }
+        Ok((keys, versions))
+    }
+
+    /// Runs `change` in one transaction, committed (and synced) only when it
+    /// succeeds.
+    pub fn transaction<T>(
+        &mut self,
+        change: impl FnOnce(&Transaction<'_>) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        let tx = self.conn.transaction()?;
+        let value = change(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+}
+
+/// Inserts or replaces a key row.
+pub fn put_key(tx: &Transaction<'_>, row: &KeyRow, mac: &[u8]) -> Result<(), DbError> {
+    tx.execute(
+        "INSERT INTO keys (id, name, created, state, latest_version, min_decryption_version, mac)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name, created = excluded.created,
+             state = excluded.state, latest_version = excluded.latest_version,
+             min_decryption_version = excluded.min_decryption_version, mac = excluded.mac",
+        params![
+            row.id.0.as_slice(),
+            row.name,
+            row.created as i64,
+            row.state,
+            row.latest_version,
+            row.min_decryption_version,
+            mac
+        ],
+    )?;
+    Ok(())
+}
+
+/// Inserts or replaces a version row.
+pub fn put_version(tx: &Transaction<'_>, row: &VersionRow, mac: &[u8]) -> Result<(), DbError> {
+    let reserved = i64::try_from(row.encryptions_reserved)
+        .map_err(|_| DbError::Corrupt("an encryption count beyond 2^63".to_string()))?;
+    tx.execute(
+        "INSERT INTO versions (key_id, version, created, state, encryptions_reserved, sealed_kek, mac)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (key_id, version) DO UPDATE SET created = excluded.created,
+             state = excluded.state, encryptions_reserved = excluded.encryptions_reserved,
+             sealed_kek = excluded.sealed_kek, mac = excluded.mac",
+        params![
+            row.key_id.0.as_slice(),
+            row.version,
+            row.created as i64,
+            row.state,
+            reserved,
+            row.sealed_kek,
+            mac
+        ],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,411 @@
+//! Who may do what with which key: grants from the config, resolved once at
+//! start (names to ids, globs compiled), checked on every request.
+//!
+//! Nothing is allowed that no grant allows. uid 0 and members of
+//! `admin_groups` are admins and may do everything. `Ping`, `Status` and
+//! `ListKeys` need no grant; `ListKeys` shows a peer only the keys it holds
+//! a grant on.
+
+use std::collections::BTreeSet;
+
+use agent_proto::Operation;
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::Deserialize;
+
+use crate::peer::Peer;
+
+/// One `[[grant]]` table as written in the config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantConfig {
+    /// Glob patterns over key names.
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// User names.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Numeric user ids.
+    #[serde(default)]
+    pub uids: Vec<u32>,
+    /// Group names (primary or supplementary).
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// systemd unit names, e.g. `postgresql.service`.
+    #[serde(default)]
+    pub units: Vec<String>,
+    /// Operation names, e.g. `wrap`, `unwrap`, `datakey`.
+    #[serde(default)]
+    pub ops: Vec<String>,
+}
+
+/// A grant that cannot be used; `grant` counts from 1 in file order.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("grant #{grant}: `{field}`: {problem}")]
+pub struct GrantError {
+    /// Which `[[grant]]` table, from 1.
+    pub grant: usize,
+    /// The field at fault.
+    pub field: &'static str,
+    /// What is wrong and what to write instead.
+    pub problem: String,
+}
+
+/// Operations a grant may name. `ping`, `status` and `list` are open to
+/// every connected peer and need no grant.
+pub const GRANTABLE: [Operation; 11] = [
+    Operation::Create,
+    Operation::Wrap,
+    Operation::Unwrap,
+    Operation::DataKey,
+    Operation::Rewrap,
+    Operation::Rotate,
+    Operation::Revoke,
+    Operation::Disable,
+    Operation::Enable,
+    Operation::MinDecryptionVersion,
+    Operation::Describe,
+];
+
+/// One resolved grant.
+#[derive(Debug, Clone)]
+struct Grant {
+    keys: GlobSet,
+    uids: BTreeSet<u32>,
+    gids: BTreeSet<u32>,
+    units: BTreeSet<String>,
+    ops: BTreeSet<Operation>,
+}
+
+impl Grant {
+    fn covers_peer(&self, peer: &Peer) -> bool {
+        self.uids.contains(&peer.uid)
+            || self.gids.iter().any(|&gid| peer.in_group(gid))
+            || peer
+                .unit
+                .as_ref()
+                .is_some_and(|unit| self.units.contains(unit))
+    }
+}
+
+/// The access policy the daemon enforces.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    grants: Vec<Grant>,
+    admin_gids: BTreeSet<u32>,
+}
+
+/// Looks up a user or group name; `None` when the system does not know it.
+fn resolve(kind: &str, name: &str) -> Result<Option<u32>, String> {
+    let found = match kind {
+        "user" => nix::unistd::User::from_name(name).map(|u| u.map(|u| u.uid.as_raw())),
+        _ => nix::unistd::Group::from_name(name).map(|g| g.map(|g| g.gid.as_raw())),
+    };
+    found.map_err(|e| format!("cannot look up {kind} \"{name}\": {e}"))
+}
+
+impl Policy {
+    /// Resolves `grants` and `admin_groups`. Every problem names the grant
+    /// and the field. An admin group that does not exist is skipped (the
+    /// packaged default names `hostkms-admin`, which a host may not have)
+    /// and returned for the caller to log.
+    pub fn new(
+        grants: &[GrantConfig],
+        admin_groups: &[String],
+    ) -> Result<(Policy, Vec<String>), GrantError> {
+        let mut missing_admin_groups = Vec::new();
+        let mut admin_gids = BTreeSet::new();
+        for name in admin_groups {
+            match resolve("group", name) {
+                Ok(Some(gid)) => {
+                    admin_gids.insert(gid);
+                }
+                Ok(None) | Err(_) => missing_admin_groups.push(name.clone()),
+            }
+        }
+        let grants = grants
+            .iter()
+            .enumerate()
+            .map(|(i, grant)| resolve_grant(i + 1, grant))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((Policy { grants, admin_gids }, missing_admin_groups))
+    }
+
+    /// Whether `peer` is an admin: uid 0 or a member of an admin group.
+    pub fn is_admin(&self, peer: &Peer) -> bool {
+        peer.uid == 0 || self.admin_gids.iter().any(|&gid| peer.in_group(gid))
+    }
+
+    /// Whether `peer` may perform `op` on the key named `key`.
+    pub fn allows(&self, peer: &Peer, op: Operation, key: &str) -> bool {
+        match op {
+            Operation::Ping | Operation::Status | Operation::List => true,
+            _ => {
+                self.is_admin(peer)
+                    || self.grants.iter().any(|grant| {
+                        grant.ops.contains(&op)
+                            && grant.covers_peer(peer)
+                            && grant.keys.is_match(key)
+                    })
+            }
+        }
+    }
+
+    /// Whether `peer` holds any grant on `key` (what `ListKeys` shows it).
+    pub fn may_see(&self, peer: &Peer, key: &str) -> bool {
+        self.is_admin(peer)
+            || self
+                .grants
+                .iter()
+                .any(|grant| grant.covers_peer(peer) && grant.keys.is_match(key))
+    }
+}
+
+fn resolve_grant(index: usize, config: &GrantConfig) -> Result<Grant, GrantError> {
+    let error = |field, problem: String| GrantError {
+        grant: index,
+        field,
+        problem,
+    };
+    if config.keys.is_empty() {
+        return Err(error(
+            "keys",
+            "names no key; give glob patterns, e.g. keys = [\"app-*\"]".to_string(),
+        ));
+    }
+    let mut keys = GlobSetBuilder::new();
+    for pattern in &config.keys {
+        let glob = Glob::new(pattern).map_err(|e| {
+            error(
+                "keys",
+                format!("\"{pattern}\" is not a valid glob: {}", e.kind()),
+            )
+        })?;
+        keys.add(glob);
+    }
+    let keys = keys
+        .build()
+        .map_err(|e| error("keys", format!("the patterns cannot be compiled: {e}")))?;
+
+    let mut uids: BTreeSet<u32> = config.uids.iter().copied().collect();
+    for name in &config.users {
+        match resolve("user", name).map_err(|e| error("users", e))? {
+            Some(uid) => uids.insert(uid),
+            None => {
+                return Err(error(
+                    "users",
+                    format!(
+                        "no user named \"{name}\" exists on this host; create it, or grant by uid with uids = [...]"
+                    ),
+                ));
+            }
+        };
+    }
+    let mut gids = BTreeSet::new();
+    for name in &config.groups {
+        match resolve("group", name).map_err(|e| error("groups", e))? {
+            Some(gid) => gids.insert(gid),
+            None => {
+                return Err(error(
+                    "groups",
+                    format!("no group named \"{name}\" exists on this host"),
+                ));
+            }
+        };
+    }
+    let mut units = BTreeSet::new();
+    for unit in &config.units {
+        let valid = (unit.ends_with(".service") || unit.ends_with(".scope"))
+            && !unit.contains('/')
+            && unit.len() <= 256;
+        if !valid {
+            return Err(error(
+                "units",
+                format!(
+                    "\"{unit}\" is not a systemd service or scope name, e.g. \"postgresql.service\""
+                ),
+            ));
+        }
+        units.insert(unit.clone());
+    }
+    if uids.is_empty() && gids.is_empty() && units.is_empty() {
+        return Err(error(
+            "users",
+            "names no peer; give users, uids, groups or units".to_string(),
+        ));
+    }
+
+    if config.ops.is_empty() {
+        return Err(error(
+            "ops",
+            format!("names no operation; choose from {}", grantable_names()),
+        ));
+    }
+    let mut ops = BTreeSet::new();
+    for name in &config.ops {
+        match Operation::from_name(name).filter(|op| GRANTABLE.contains(op)) {
+            Some(op) => ops.insert(op),
+            None if matches!(name.as_str(), "ping" | "status" | "list") => {
+                return Err(error(
+                    "ops",
+                    format!(
+                        "\"{name}\" is open to every connected peer and needs no grant; remove it"
+                    ),
+                ));
+            }
+            None => {
+                return Err(error(
+                    "ops",
+                    format!(
+                        "unknown operation \"{name}\"; choose from {}",
+                        grantable_names()
+                    ),
+                ));
+            }
+        };
+    }
+    Ok(Grant {
+        keys,
+        uids,
+        gids,
+        units,
+        ops,
+    })
+}
+
+fn grantable_names() -> String {
+    GRANTABLE
+        .iter()
+        .map(|op| op.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(uid: u32, gid: u32, groups: &[u32], unit: Option<&str>) -> Peer {
+        Peer {
+            uid,
+            gid,
+            pid: None,
+            groups: groups.to_vec(),
+            unit: unit.map(str::to_string),
+        }
+    }
+
+    fn grant(keys: &[&str], ops: &[&str]) -> GrantConfig {
+        GrantConfig {
+            keys: keys.iter().map(|s| s.to_string()).collect(),
+            ops: ops.iter().map(|s| s.to_string()).collect(),
+            ..GrantConfig::default()
+        }
+    }
+
+    #[test]
+    fn grants_allow_exactly_what_they_name() {
+        let mut by_uid = grant(&["app-*"], &["wrap", "unwrap"]);
+        by_uid.uids = vec![1001];
+        let mut by_group = grant(&["shared"], &["describe"]);
+        by_group.groups = vec!["root".to_string()]; // gid 0 exists everywhere
+        let mut by_unit = grant(&["db-?"], &["datakey"]);
+        by_unit.units = vec!["postgresql.service".to_string()];
+        let (policy, _) = Policy::new(&[by_uid, by_group, by_unit], &[]).unwrap();
+
+        let app = peer(1001, 1001, &[], None);
+        assert!(policy.allows(&app, Operation::Wrap, "app-db"));
+        assert!(policy.allows(&app, Operation::Unwrap, "app-x"));
+        assert!(
+            !policy.allows(&app, Operation::DataKey, "app-db"),
+            "op not granted"
+        );
+        assert!(
+            !policy.allows(&app, Operation::Wrap, "other"),
+            "key not granted"
+        );
+        assert!(
+            !policy.allows(&app, Operation::Rotate, "app-db"),
+            "admin op"
+        );
+        assert!(policy.allows(&app, Operation::List, "anything"));
+        assert!(policy.may_see(&app, "app-db") && !policy.may_see(&app, "shared"));
+
+        let member = peer(2000, 2000, &[0], None);
+        assert!(
+            policy.allows(&member, Operation::Describe, "shared"),
+            "supplementary group"
+        );
+        let postgres = peer(3000, 3000, &[], Some("postgresql.service"));
+        assert!(policy.allows(&postgres, Operation::DataKey, "db-1"));
+        assert!(!policy.allows(&postgres, Operation::DataKey, "db-12"));
+        let stranger = peer(65534, 65534, &[], Some("other.service"));
+        for op in GRANTABLE {
+            assert!(!policy.allows(&stranger, op, "app-db"), "{op}");
+        }
+    }
+
+    #[test]
+    fn root_and_admin_groups_are_admins() {
+        let (policy, missing) =
+            Policy::new(&[], &["root".to_string(), "no-such-group-hk".to_string()]).unwrap();
+        assert_eq!(missing, vec!["no-such-group-hk".to_string()]);
+        assert!(policy.is_admin(&peer(0, 0, &[], None)));
+        assert!(policy.is_admin(&peer(1000, 1000, &[0], None)));
+        assert!(!policy.is_admin(&peer(1000, 1000, &[], None)));
+        assert!(policy.allows(&peer(0, 0, &[], None), Operation::Revoke, "anything"));
+    }
+
+    #[test]
+    fn bad_grants_name_the_grant_and_field() {
+        let cases: Vec<(GrantConfig, &str, &str)> = vec![
+            (
+                grant(&["a"], &["wrap", "frobnicate"]),
+                "ops",
+                "unknown operation \"frobnicate\"",
+            ),
+            (grant(&["a"], &["status"]), "ops", "needs no grant"),
+            (grant(&["a["], &["wrap"]), "keys", "not a valid glob"),
+            (grant(&[], &["wrap"]), "keys", "names no key"),
+            (
+                GrantConfig {
+                    users: vec!["no-such-user-hk".into()],
+                    ..grant(&["a"], &["wrap"])
+                },
+                "users",
+                "no user named",
+            ),
+            (
+                GrantConfig {
+                    groups: vec!["no-such-group-hk".into()],
+                    ..grant(&["a"], &["wrap"])
+                },
+                "groups",
+                "no group named",
+            ),
+            (
+                GrantConfig {
+                    units: vec!["postgres".into()],
+                    ..grant(&["a"], &["wrap"])
+                },
+                "units",
+                "not a systemd service",
+            ),
+        ];
+        for (mut config, field, needle) in cases {
+            if config.users.is_empty() && config.groups.is_empty() && config.units.is_empty() {
+                config.uids = vec![1];
+            }
+            let ok = GrantConfig {
+                uids: vec![1],
+                ..grant(&["x"], &["wrap"])
+            };
+            let err = Policy::new(&[ok, config], &[]).unwrap_err();
+            assert_eq!(err.grant, 2);
+            assert_eq!(err.field, field, "{err}");
+            assert!(err.to_string().contains(needle), "{err}");
+        }
+        let no_peer = grant(&["a"], &["wrap"]);
+        let err = Policy::new(&[no_peer], &[]).unwrap_err();
+        assert!(err.to_string().contains("names no peer"), "{err}");
+    }
+}
