@@ -1,0 +1,366 @@
+//! The command line: global flags, one subcommand per daemon operation, and
+//! the value parsers that reject bad input (contexts, sizes, durations)
+//! before anything is sent to the daemon.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use agent_proto::EncryptionContext;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::error::CliError;
+
+/// Operate a hostkms daemon: manage keys, wrap and unwrap data, benchmark.
+///
+/// Exit codes: 0 success, 1 the daemon refused the request, 2 usage,
+/// connection or local file errors.
+#[derive(Debug, Parser)]
+#[command(name = "hostkms", version, about)]
+pub struct Cli {
+    /// The daemon's socket.
+    #[arg(
+        long,
+        env = "HOSTKMS_SOCKET",
+        default_value = agent_proto::DEFAULT_SOCKET,
+        global = true,
+        value_name = "PATH"
+    )]
+    pub socket: PathBuf,
+    /// Print results as JSON (one document on standard output).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// One subcommand per operation of the daemon, plus `bench`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check that the daemon answers.
+    Ping,
+    /// Show the daemon's health: versions, uptime, TPM, root key.
+    Status,
+    /// Create a key at version 1.
+    CreateKey {
+        /// Key name: 1 to 128 of A-Z a-z 0-9 . _ -
+        name: String,
+    },
+    /// List the keys you may see.
+    List,
+    /// Show a key's metadata and versions.
+    Describe {
+        /// Key name.
+        name: String,
+    },
+    /// Add a new latest version to a key; older versions still unwrap.
+    Rotate {
+        /// Key name.
+        name: String,
+    },
+    /// Revoke one version of a key, or the whole key. Irreversible: the key
+    /// material is deleted and its ciphertexts never unwrap again.
+    Revoke {
+        /// Key name.
+        name: String,
+        /// Revoke only this version (default: the whole key).
+        #[arg(long, value_name = "N")]
+        version: Option<u32>,
+    },
+    /// Stop every use of a key until it is enabled again.
+    Disable {
+        /// Key name.
+        name: String,
+    },
+    /// Put a disabled key back in service.
+    Enable {
+        /// Key name.
+        name: String,
+    },
+    /// Refuse to unwrap ciphertexts of versions below N (reversible).
+    MinDecryptionVersion {
+        /// Key name.
+        name: String,
+        /// Lowest version that still unwraps.
+        version: u32,
+    },
+    /// Encrypt data (from --in or standard input) under a key's latest version.
+    Wrap(WrapArgs),
+    /// Decrypt a ciphertext (base64 or raw, from --in or standard input);
+    /// an --out file gets mode 0600.
+    Unwrap(UnwrapArgs),
+    /// Generate a fresh data key, in clear and wrapped under a key.
+    Datakey(DatakeyArgs),
+    /// Re-encrypt a ciphertext under its key's latest version, without
+    /// revealing the plaintext.
+    Rewrap(RewrapArgs),
+    /// Measure the daemon's throughput and latency against ping.
+    Bench(BenchArgs),
+}
+
+/// `--context KEY=VALUE`, repeatable: the encryption context bound to a
+/// ciphertext, which must be given again, identical, to unwrap it.
+#[derive(Debug, Args)]
+pub struct ContextArgs {
+    /// A KEY=VALUE pair of the encryption context; repeat for more pairs.
+    #[arg(long = "context", value_name = "KEY=VALUE", value_parser = parse_context_pair)]
+    pub pairs: Vec<(String, String)>,
+}
+
+impl ContextArgs {
+    /// The context these flags describe; a key given twice is a usage error.
+    pub fn context(&self) -> Result<EncryptionContext, CliError> {
+        context_from_pairs(&self.pairs).map_err(CliError::Usage)
+    }
+}
+
+/// Where the input comes from and where the output goes.
+#[derive(Debug, Args)]
+pub struct InOutArgs {
+    /// Read the input from FILE instead of standard input ("-": standard input).
+    #[arg(long = "in", value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// Write the output to FILE (replacing it) instead of standard output.
+    #[arg(long = "out", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// Arguments of `wrap`.
+#[derive(Debug, Args)]
+pub struct WrapArgs {
+    /// Key name.
+    pub name: String,
+    /// The encryption context.
+    #[command(flatten)]
+    pub context: ContextArgs,
+    /// Input and output files.
+    #[command(flatten)]
+    pub io: InOutArgs,
+    /// Write the raw ciphertext bytes instead of base64.
+    #[arg(long)]
+    pub binary: bool,
+}
+
+/// Arguments of `unwrap`.
+#[derive(Debug, Args)]
+pub struct UnwrapArgs {
+    /// Refuse the ciphertext unless it belongs to this key.
+    #[arg(long = "key", value_name = "NAME")]
+    pub key: Option<String>,
+    /// The encryption context the ciphertext was wrapped with.
+    #[command(flatten)]
+    pub context: ContextArgs,
+    /// Input and output files (an output file is created with mode 0600).
+    #[command(flatten)]
+    pub io: InOutArgs,
+}
+
+/// Arguments of `datakey`.
+#[derive(Debug, Args)]
+pub struct DatakeyArgs {
+    /// Key name.
+    pub name: String,
+    /// Data-key length in bytes: 16, 24, 32 or 64.
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = parse_data_key_len)]
+    pub bytes: u16,
+    /// Return only the wrapped data key, not the data key in clear.
+    #[arg(long)]
+    pub without_plaintext: bool,
+    /// The encryption context.
+    #[command(flatten)]
+    pub context: ContextArgs,
+}
+
+/// Arguments of `rewrap`.
+#[derive(Debug, Args)]
+pub struct RewrapArgs {
+    /// Refuse the ciphertext unless it belongs to this key.
+    #[arg(long = "key", value_name = "NAME")]
+    pub key: Option<String>,
+    /// The encryption context the ciphertext was wrapped with (kept).
+    #[command(flatten)]
+    pub context: ContextArgs,
+    /// Input and output files.
+    #[command(flatten)]
+    pub io: InOutArgs,
+    /// Write the raw ciphertext bytes instead of base64.
+    #[arg(long)]
+    pub binary: bool,
+}
+
+/// The operation `bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchOp {
+    /// Wrap `size` random bytes.
+    Wrap,
+    /// Unwrap one prepared ciphertext of `size` bytes.
+    Unwrap,
+    /// Generate a `size`-byte data key (with its plaintext).
+    Datakey,
+}
+
+impl BenchOp {
+    /// The operation's name as the command line spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BenchOp::Wrap => "wrap",
+            BenchOp::Unwrap => "unwrap",
+            BenchOp::Datakey => "datakey",
+        }
+    }
+}
+
+/// Arguments of `bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Concurrent connections, one OS thread each.
+    #[arg(long, value_name = "N", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub connections: u16,
+    /// The operation to measure.
+    #[arg(long, value_enum, default_value_t = BenchOp::Unwrap)]
+    pub op: BenchOp,
+    /// Measured seconds per phase (each phase also has a 0.5 s warm-up).
+    #[arg(long, value_name = "S", default_value = "5", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Plaintext size in bytes (for datakey: the data-key length, 16, 24, 32 or 64).
+    #[arg(long, value_name = "BYTES", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(0..=1_048_576))]
+    pub size: u32,
+    /// The key to use; created if missing.
+    #[arg(long, value_name = "NAME", default_value = "bench")]
+    pub key: String,
+}
+
+/// Parses one `KEY=VALUE` pair; the value may be empty or contain `=`.
+pub fn parse_context_pair(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        None => Err("expected KEY=VALUE, but there is no '='".to_string()),
+        Some(("", _)) => Err("expected KEY=VALUE, but KEY is empty".to_string()),
+        Some((key, value)) => Ok((key.to_string(), value.to_string())),
+    }
+}
+
+/// Builds a context from parsed pairs; a key given twice is an error that
+/// names both arguments.
+pub fn context_from_pairs(pairs: &[(String, String)]) -> Result<EncryptionContext, String> {
+    let mut context = EncryptionContext::new();
+    for (key, value) in pairs {
+        if let Some(first) = context.get(key) {
+            return Err(format!(
+                "invalid value '{key}={value}' for '--context <KEY=VALUE>': \
+                 key '{key}' is already given (as '{key}={first}'); each context key may appear once"
+            ));
+        }
+        context.insert(key.clone(), value.clone());
+    }
+    Ok(context)
+}
+
+/// Parses a data-key length: one of the sizes the daemon supports.
+pub fn parse_data_key_len(arg: &str) -> Result<u16, String> {
+    match arg.trim().parse::<u16>() {
+        Ok(n @ (16 | 24 | 32 | 64)) => Ok(n),
+        _ => Err("expected 16, 24, 32 or 64 (bytes)".to_string()),
+    }
+}
+
+/// The longest benchmark phase accepted, so that durations stay sane.
+const MAX_DURATION_SECS: f64 = 24.0 * 3600.0;
+
+/// Parses a positive number of seconds (fractions allowed) of at most a day.
+pub fn parse_duration(arg: &str) -> Result<Duration, String> {
+    let secs: f64 = arg
+        .trim()
+        .parse()
+        .map_err(|_| "expected a number of seconds, e.g. 5 or 0.5".to_string())?;
+    if !(secs > 0.0 && secs <= MAX_DURATION_SECS) {
+        return Err("expected more than 0 and at most 86400 seconds".to_string());
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(args: &[&str]) -> Vec<(String, String)> {
+        args.iter()
+            .map(|a| parse_context_pair(a).expect("valid pair"))
+            .collect()
+    }
+
+    #[test]
+    fn context_pairs_split_on_the_first_equals_sign() {
+        assert_eq!(
+            parse_context_pair("table=users"),
+            Ok(("table".to_string(), "users".to_string()))
+        );
+        assert_eq!(
+            parse_context_pair("expr=a=b"),
+            Ok(("expr".to_string(), "a=b".to_string()))
+        );
+        assert_eq!(
+            parse_context_pair("empty="),
+            Ok(("empty".to_string(), String::new()))
+        );
+    }
+
+    #[test]
+    fn context_pairs_without_equals_or_key_are_refused() {
+        assert!(
+            parse_context_pair("novalue")
+                .unwrap_err()
+                .contains("no '='")
+        );
+        assert!(
+            parse_context_pair("=value")
+                .unwrap_err()
+                .contains("KEY is empty")
+        );
+        assert!(parse_context_pair("").is_err());
+    }
+
+    #[test]
+    fn context_keys_may_appear_once() {
+        let context = context_from_pairs(&pairs(&["b=2", "a=1"])).expect("context");
+        assert_eq!(context.len(), 2);
+        assert_eq!(context.get("a").map(String::as_str), Some("1"));
+        let err = context_from_pairs(&pairs(&["a=1", "b=2", "a=3"])).unwrap_err();
+        assert!(err.contains("'a=3'") && err.contains("'a=1'"), "{err}");
+        assert!(err.contains("--context"), "{err}");
+        assert!(context_from_pairs(&[]).expect("empty").is_empty());
+    }
+
+    #[test]
+    fn context_flags_parse_through_clap() {
+        let cli = Cli::try_parse_from(["hostkms", "wrap", "k", "--context", "a=1"]).expect("parse");
+        let Command::Wrap(args) = cli.command else {
+            panic!("wrap expected")
+        };
+        assert_eq!(args.context.context().expect("context").len(), 1);
+        let err = Cli::try_parse_from(["hostkms", "wrap", "k", "--context", "novalue"])
+            .expect_err("refused");
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("--context"), "{err}");
+    }
+
+    #[test]
+    fn data_key_lengths_and_durations_are_checked() {
+        assert_eq!(parse_data_key_len("64"), Ok(64));
+        assert!(parse_data_key_len("33").is_err());
+        assert!(parse_data_key_len("x").is_err());
+        assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("NaN").is_err());
+        assert!(parse_duration("inf").is_err());
+        assert!(parse_duration("1e300").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

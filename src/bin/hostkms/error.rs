@@ -1,0 +1,142 @@
+//! Every way the CLI can fail, with messages that say what went wrong and
+//! what to do, and the exit code each failure maps to.
+
+use std::io;
+use std::path::Path;
+
+use agent_proto::ClientError;
+
+/// Why a command failed. No variant ever carries plaintext or key material.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The daemon refused the request, or the connection to it failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The command line is inconsistent in a way clap cannot check.
+    #[error("{0}")]
+    Usage(String),
+    /// An input file or standard input could not be read.
+    #[error("cannot read {what}: {source}")]
+    Read {
+        /// The file, or "standard input".
+        what: String,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// The input exceeds what one request can carry.
+    #[error(
+        "{what} holds more than {limit} bytes, the most one request can carry; \
+         wrap a data key (hostkms datakey) and encrypt large data with it instead"
+    )]
+    InputTooLarge {
+        /// The file, or "standard input".
+        what: String,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// An output file or standard output could not be written.
+    #[error("cannot write {what}: {source}")]
+    Write {
+        /// The file, or "standard output".
+        what: String,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// The operating system's random number generator failed.
+    #[error("cannot get random bytes from the operating system: {0}")]
+    Random(String),
+    /// A benchmark thread died unexpectedly.
+    #[error("a benchmark thread panicked; the results are incomplete")]
+    BenchThread,
+    /// Benchmark requests failed (the results were printed already).
+    #[error("benchmark: {errors} requests failed; first failure: {first}")]
+    BenchFailed {
+        /// How many requests failed, both phases together.
+        errors: u64,
+        /// The first failure seen.
+        first: String,
+    },
+}
+
+impl CliError {
+    /// The process exit code: 1 when the daemon refused a request (or
+    /// benchmark requests failed), 2 for usage, connection and local errors.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Client(ClientError::Daemon { .. }) | CliError::BenchFailed { .. } => 1,
+            _ => 2,
+        }
+    }
+
+    /// A read error naming `path` (or standard input when `None`).
+    pub fn read(path: Option<&Path>, source: io::Error) -> CliError {
+        CliError::Read {
+            what: describe(path, "standard input"),
+            source,
+        }
+    }
+
+    /// A write error naming `path` (or standard output when `None`).
+    pub fn write(path: Option<&Path>, source: io::Error) -> CliError {
+        CliError::Write {
+            what: describe(path, "standard output"),
+            source,
+        }
+    }
+}
+
+/// "file PATH", or `stdio` when there is no path.
+pub fn describe(path: Option<&Path>, stdio: &str) -> String {
+    match path {
+        Some(path) => format!("file {}", path.display()),
+        None => stdio.to_string(),
+    }
+}
+
+/// Replaces control characters (terminal escapes, newlines) in text that
+/// came from the daemon or the user, so that a message cannot forge output.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_proto::ErrorCode;
+
+    #[test]
+    fn daemon_refusals_exit_1_and_the_rest_exit_2() {
+        let refusal = CliError::from(ClientError::Daemon {
+            code: ErrorCode::PermissionDenied,
+            message: "uid 65534 may not unwrap with key \"app-db\"".to_string(),
+        });
+        assert_eq!(refusal.exit_code(), 1);
+        assert_eq!(
+            refusal.to_string(),
+            "permission denied: uid 65534 may not unwrap with key \"app-db\""
+        );
+        assert_eq!(CliError::Usage("x".into()).exit_code(), 2);
+        assert_eq!(CliError::from(ClientError::Closed).exit_code(), 2);
+        let read = CliError::read(
+            Some(Path::new("/nope")),
+            io::Error::from(io::ErrorKind::NotFound),
+        );
+        assert_eq!(read.exit_code(), 2);
+        assert!(read.to_string().starts_with("cannot read file /nope: "));
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(printable("plain text: ok"), "plain text: ok");
+        assert_eq!(printable("a\x1b[2Jb\nc"), "a\\u{1b}[2Jb\\nc");
+    }
+}

@@ -1,0 +1,199 @@
+//! `hostkms`: the operator and script CLI for hostkmsd. It parses the
+//! command line, calls the one matching method of `agent_proto::Client`
+//! and prints the answer for a human or, with `--json`, for a script.
+//!
+//! Exit codes: 0 success, 1 the daemon refused the request, 2 usage,
+//! connection or local I/O errors.
+
+mod args;
+mod bench;
+mod error;
+mod io;
+mod output;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use agent_proto::{Client, KeyInfo};
+use clap::Parser;
+
+use crate::args::{Cli, Command, DatakeyArgs, InOutArgs, RewrapArgs, UnwrapArgs, WrapArgs};
+use crate::error::{CliError, printable};
+use crate::io::{Sensitivity, base64_public, write_output, write_stdout};
+
+/// How long one request may wait for the daemon before the CLI gives up,
+/// so that a hung daemon cannot hang a script forever.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Parses the command line, runs the command, and turns a failure into
+/// `hostkms: <why>` on stderr and its exit code.
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let message = printable(&err.to_string());
+            let _ = writeln!(std::io::stderr(), "hostkms: {message}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+/// Connects to the daemon's socket with the CLI's request timeout.
+fn connect(socket: &Path) -> Result<Client, CliError> {
+    let client = Client::connect(socket)?;
+    client.set_timeout(Some(REQUEST_TIMEOUT))?;
+    Ok(client)
+}
+
+/// Runs one command. Local checks (usage, contexts, input files) come
+/// before the daemon is contacted, so they fail fast and hold no connection.
+fn run(cli: &Cli) -> Result<(), CliError> {
+    let json = cli.json;
+    let socket = cli.socket.as_path();
+    match &cli.command {
+        Command::Ping => {
+            connect(socket)?.ping()?;
+            write_stdout(if json { b"{\"ok\":true}\n" } else { b"pong\n" })
+        }
+        Command::Status => {
+            let status = connect(socket)?.status()?;
+            let text = if json {
+                output::json_line(&status).map_err(json_error)?
+            } else {
+                output::status_human(&status)
+            };
+            write_stdout(text.as_bytes())
+        }
+        Command::CreateKey { name } => print_key(&connect(socket)?.create_key(name)?, json),
+        Command::List => {
+            let keys = connect(socket)?.list_keys()?;
+            let text = if json {
+                output::keys_json(&keys).map_err(json_error)?
+            } else {
+                output::keys_human(&keys)
+            };
+            write_stdout(text.as_bytes())
+        }
+        Command::Describe { name } => print_key(&connect(socket)?.describe_key(name)?, json),
+        Command::Rotate { name } => print_key(&connect(socket)?.rotate(name)?, json),
+        Command::Revoke { name, version } => {
+            print_key(&connect(socket)?.revoke(name, *version)?, json)
+        }
+        Command::Disable { name } => print_key(&connect(socket)?.disable(name)?, json),
+        Command::Enable { name } => print_key(&connect(socket)?.enable(name)?, json),
+        Command::MinDecryptionVersion { name, version } => print_key(
+            &connect(socket)?.set_min_decryption_version(name, *version)?,
+            json,
+        ),
+        Command::Wrap(args) => wrap(socket, args, json),
+        Command::Unwrap(args) => unwrap(socket, args, json),
+        Command::Datakey(args) => datakey(socket, args, json),
+        Command::Rewrap(args) => rewrap(socket, args, json),
+        Command::Bench(args) => bench::run(socket, args, json),
+    }
+}
+
+/// Refuses `--binary` with `--json`: the JSON object carries base64.
+fn check_binary(binary: bool, json: bool) -> Result<(), CliError> {
+    if binary && json {
+        return Err(CliError::Usage(
+            "'--binary' and '--json' cannot be used together: with --json the \
+             ciphertext is printed in base64 inside a JSON object"
+                .to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// A JSON serialization failure, reported as an output error.
+fn json_error(err: serde_json::Error) -> CliError {
+    CliError::write(None, std::io::Error::other(err))
+}
+
+/// Prints a key's metadata.
+fn print_key(key: &KeyInfo, json: bool) -> Result<(), CliError> {
+    let text = if json {
+        output::key_json(key).map_err(json_error)?
+    } else {
+        output::key_human(key)
+    };
+    write_stdout(text.as_bytes())
+}
+
+/// The ciphertext named by `--in` (or standard input), base64 or raw.
+fn read_ciphertext(io: &InOutArgs) -> Result<Vec<u8>, CliError> {
+    let input = io::read_input(io.input.as_deref())?;
+    Ok(io::ciphertext_from_input(&input))
+}
+
+/// Prints (or writes to `--out`) a new ciphertext: base64 and a newline,
+/// the raw bytes with `--binary`, or a JSON object with `--json`.
+fn emit_wrapped(
+    wrapped: &agent_proto::Wrapped,
+    out: Option<&PathBuf>,
+    binary: bool,
+    json: bool,
+) -> Result<(), CliError> {
+    let out = out.map(PathBuf::as_path);
+    if json {
+        let text = output::wrapped_json(wrapped).map_err(json_error)?;
+        write_output(out, Sensitivity::Public, text.as_bytes())
+    } else if binary {
+        write_output(out, Sensitivity::Public, wrapped.ciphertext.as_bytes())
+    } else {
+        let mut text = base64_public(wrapped.ciphertext.as_bytes());
+        text.push('\n');
+        write_output(out, Sensitivity::Public, text.as_bytes())
+    }
+}
+
+/// `wrap`: encrypts the input under the key's latest version.
+fn wrap(socket: &Path, args: &WrapArgs, json: bool) -> Result<(), CliError> {
+    check_binary(args.binary, json)?;
+    let context = args.context.context()?;
+    let plaintext = io::read_input(args.io.input.as_deref())?;
+    let wrapped = connect(socket)?.wrap(&args.name, &plaintext, &context)?;
+    emit_wrapped(&wrapped, args.io.output.as_ref(), args.binary, json)
+}
+
+/// `unwrap`: decrypts the input and writes the raw plaintext (or JSON).
+fn unwrap(socket: &Path, args: &UnwrapArgs, json: bool) -> Result<(), CliError> {
+    let context = args.context.context()?;
+    let ciphertext = read_ciphertext(&args.io)?;
+    let unwrapped = connect(socket)?.unwrap(&ciphertext, &context, args.key.as_deref())?;
+    let out = args.io.output.as_deref();
+    if json {
+        let text = output::unwrapped_json(&unwrapped).map_err(json_error)?;
+        write_output(out, Sensitivity::Secret, &text)
+    } else {
+        write_output(out, Sensitivity::Secret, unwrapped.plaintext.expose())
+    }
+}
+
+/// `datakey`: a fresh data key, with or without its plaintext.
+fn datakey(socket: &Path, args: &DatakeyArgs, json: bool) -> Result<(), CliError> {
+    let context = args.context.context()?;
+    let mut client = connect(socket)?;
+    let data_key = if args.without_plaintext {
+        client.generate_data_key_without_plaintext(&args.name, args.bytes, &context)?
+    } else {
+        client.generate_data_key(&args.name, args.bytes, &context)?
+    };
+    if json {
+        write_stdout(&output::data_key_json(&data_key).map_err(json_error)?)
+    } else {
+        write_stdout(output::data_key_human(&data_key).as_bytes())
+    }
+}
+
+/// `rewrap`: re-encrypts the input under its key's latest version.
+fn rewrap(socket: &Path, args: &RewrapArgs, json: bool) -> Result<(), CliError> {
+    check_binary(args.binary, json)?;
+    let context = args.context.context()?;
+    let ciphertext = read_ciphertext(&args.io)?;
+    let wrapped = connect(socket)?.rewrap(&ciphertext, &context, args.key.as_deref())?;
+    emit_wrapped(&wrapped, args.io.output.as_ref(), args.binary, json)
+}

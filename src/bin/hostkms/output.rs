@@ -1,0 +1,457 @@
+//! Rendering of the daemon's answers: short human-readable blocks and
+//! tables, and JSON documents with stable field names for scripts.
+
+use std::fmt::Write as _;
+
+use agent_proto::{DataKey, KeyInfo, KeyState, StatusInfo, Unwrapped, VersionState, Wrapped};
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use crate::error::printable;
+use crate::io::{base64_public, base64_secret};
+
+/// A key state as the CLI prints it.
+pub fn key_state(state: KeyState) -> &'static str {
+    match state {
+        KeyState::Enabled => "enabled",
+        KeyState::Disabled => "disabled",
+        KeyState::Revoked => "revoked",
+    }
+}
+
+/// A version state as the CLI prints it.
+pub fn version_state(state: VersionState) -> &'static str {
+    match state {
+        VersionState::Enabled => "enabled",
+        VersionState::Revoked => "revoked",
+    }
+}
+
+/// A key id as 32 lower-case hex digits.
+pub fn hex_id(id: &[u8; 16]) -> String {
+    let mut out = String::with_capacity(32);
+    for byte in id {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}
+
+/// The proleptic Gregorian date (year, month 1-12, day 1-31) of a day
+/// counted from 1970-01-01 (Howard Hinnant's `civil_from_days`).
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // [0, 146096]
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
+    let mp = (5 * doy + 2) / 153; // [0, 11], March-based
+    let day = doy - (153 * mp + 2) / 5 + 1; // [1, 31]
+    let month = if mp < 10 { mp + 3 } else { mp - 9 }; // [1, 12]
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    // Both are in range by construction; the fallbacks are never taken.
+    let month = u32::try_from(month).unwrap_or(1);
+    let day = u32::try_from(day).unwrap_or(1);
+    (year, month, day)
+}
+
+/// Unix seconds as an RFC 3339 UTC timestamp, e.g. `2025-06-01T12:00:00Z`.
+pub fn rfc3339(unix_secs: u64) -> String {
+    // u64::MAX / 86400 fits in an i64, so this never fails.
+    let days = i64::try_from(unix_secs / 86_400).unwrap_or(i64::MAX / 2);
+    let secs_of_day = unix_secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs_of_day / 3600,
+        secs_of_day / 60 % 60,
+        secs_of_day % 60
+    )
+}
+
+/// One version of a key in JSON.
+#[derive(Debug, Serialize)]
+pub struct VersionJson {
+    /// Version number.
+    pub version: u32,
+    /// Creation time, Unix seconds.
+    pub created: u64,
+    /// "enabled" or "revoked".
+    pub state: &'static str,
+    /// Encryptions made with this version.
+    pub encryptions: u64,
+}
+
+/// A key's metadata in JSON.
+#[derive(Debug, Serialize)]
+pub struct KeyJson<'a> {
+    /// 32 hex digits.
+    pub id: String,
+    /// Key name.
+    pub name: &'a str,
+    /// Creation time, Unix seconds.
+    pub created: u64,
+    /// "enabled", "disabled" or "revoked".
+    pub state: &'static str,
+    /// The version new ciphertexts use.
+    pub latest_version: u32,
+    /// Versions below this refuse to unwrap.
+    pub min_decryption_version: u32,
+    /// Every version, oldest first.
+    pub versions: Vec<VersionJson>,
+}
+
+impl<'a> From<&'a KeyInfo> for KeyJson<'a> {
+    fn from(key: &'a KeyInfo) -> Self {
+        KeyJson {
+            id: hex_id(&key.id),
+            name: &key.name,
+            created: key.created,
+            state: key_state(key.state),
+            latest_version: key.latest_version,
+            min_decryption_version: key.min_decryption_version,
+            versions: key
+                .versions
+                .iter()
+                .map(|v| VersionJson {
+                    version: v.version,
+                    created: v.created,
+                    state: version_state(v.state),
+                    encryptions: v.encryptions,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Serializes a public value as one line of JSON.
+pub fn json_line<T: Serialize>(value: &T) -> Result<String, serde_json::Error> {
+    let mut text = serde_json::to_string(value)?;
+    text.push('\n');
+    Ok(text)
+}
+
+/// A key's metadata as JSON.
+pub fn key_json(key: &KeyInfo) -> Result<String, serde_json::Error> {
+    json_line(&KeyJson::from(key))
+}
+
+/// A list of keys as a JSON array.
+pub fn keys_json(keys: &[KeyInfo]) -> Result<String, serde_json::Error> {
+    json_line(&keys.iter().map(KeyJson::from).collect::<Vec<_>>())
+}
+
+/// A key's metadata as a readable block with one line per version.
+pub fn key_human(key: &KeyInfo) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "name:                    {}", printable(&key.name));
+    let _ = writeln!(out, "id:                      {}", hex_id(&key.id));
+    let _ = writeln!(out, "state:                   {}", key_state(key.state));
+    let _ = writeln!(out, "created:                 {}", rfc3339(key.created));
+    let _ = writeln!(out, "latest version:          {}", key.latest_version);
+    let _ = writeln!(
+        out,
+        "min decryption version:  {}",
+        key.min_decryption_version
+    );
+    let _ = writeln!(out, "versions:");
+    let _ = writeln!(
+        out,
+        "  {:<8} {:<9} {:<21} ENCRYPTIONS",
+        "VERSION", "STATE", "CREATED"
+    );
+    for v in &key.versions {
+        let _ = writeln!(
+            out,
+            "  {:<8} {:<9} {:<21} {}",
+            v.version,
+            version_state(v.state),
+            rfc3339(v.created),
+            v.encryptions
+        );
+    }
+    out
+}
+
+/// One line per key: name, state, latest version, id, in aligned columns.
+pub fn keys_human(keys: &[KeyInfo]) -> String {
+    let names: Vec<String> = keys.iter().map(|k| printable(&k.name)).collect();
+    let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (key, name) in keys.iter().zip(&names) {
+        let _ = writeln!(
+            out,
+            "{name:<width$}  {:<8}  v{:<5}  {}",
+            key_state(key.state),
+            key.latest_version,
+            hex_id(&key.id)
+        );
+    }
+    out
+}
+
+/// The daemon's status as aligned lines (tests rely on these labels).
+pub fn status_human(status: &StatusInfo) -> String {
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "daemon version:   {}",
+        printable(&status.daemon_version)
+    );
+    let _ = writeln!(
+        out,
+        "protocol:         {} to {}",
+        status.oldest_protocol, status.newest_protocol
+    );
+    let _ = writeln!(out, "uptime:           {} s", status.uptime_secs);
+    let _ = writeln!(out, "TPM reachable:    {}", yes_no(status.tpm_reachable));
+    let _ = writeln!(out, "root key loaded:  {}", yes_no(status.root_key_loaded));
+    let _ = writeln!(
+        out,
+        "root key check:   {}",
+        printable(&status.root_key_check)
+    );
+    for (name, value) in &status.counters {
+        let _ = writeln!(out, "{:<17} {value}", format!("{}:", printable(name)));
+    }
+    out
+}
+
+/// The answer to wrap or rewrap as JSON: key, version, base64 ciphertext.
+pub fn wrapped_json(wrapped: &Wrapped) -> Result<String, serde_json::Error> {
+    #[derive(Serialize)]
+    struct WrappedJson<'a> {
+        key: &'a str,
+        version: u32,
+        ciphertext: String,
+    }
+    json_line(&WrappedJson {
+        key: &wrapped.key,
+        version: wrapped.version,
+        ciphertext: base64_public(wrapped.ciphertext.as_bytes()),
+    })
+}
+
+/// Serializes a value that contains secrets into a wiped buffer sized up
+/// front (`estimate` bytes plus room for the rest) so it never reallocates.
+fn secret_json_line<T: Serialize>(
+    value: &T,
+    estimate: usize,
+) -> Result<Zeroizing<Vec<u8>>, serde_json::Error> {
+    let mut buf = Zeroizing::new(Vec::with_capacity(estimate.saturating_add(256)));
+    serde_json::to_writer(&mut *buf, value)?;
+    buf.push(b'\n');
+    Ok(buf)
+}
+
+/// The answer to unwrap as JSON: key, version, base64 plaintext (secret).
+pub fn unwrapped_json(unwrapped: &Unwrapped) -> Result<Zeroizing<Vec<u8>>, serde_json::Error> {
+    #[derive(Serialize)]
+    struct UnwrappedJson<'a> {
+        key: &'a str,
+        version: u32,
+        plaintext: &'a str,
+    }
+    let plaintext = base64_secret(unwrapped.plaintext.expose(), 0);
+    secret_json_line(
+        &UnwrappedJson {
+            key: &unwrapped.key,
+            version: unwrapped.version,
+            plaintext: &plaintext,
+        },
+        plaintext.len() + unwrapped.key.len() * 6,
+    )
+}
+
+/// A data key as JSON: key, version, plaintext (base64 or null), ciphertext.
+pub fn data_key_json(data_key: &DataKey) -> Result<Zeroizing<Vec<u8>>, serde_json::Error> {
+    #[derive(Serialize)]
+    struct DataKeyJson<'a> {
+        key: &'a str,
+        version: u32,
+        plaintext: Option<&'a str>,
+        ciphertext: String,
+    }
+    let plaintext = data_key
+        .plaintext
+        .as_ref()
+        .map(|p| base64_secret(p.expose(), 0));
+    let ciphertext = base64_public(data_key.ciphertext.as_bytes());
+    let estimate =
+        plaintext.as_ref().map_or(0, |p| p.len()) + ciphertext.len() + data_key.key.len() * 6;
+    secret_json_line(
+        &DataKeyJson {
+            key: &data_key.key,
+            version: data_key.version,
+            plaintext: plaintext.as_ref().map(|p| p.as_str()),
+            ciphertext,
+        },
+        estimate,
+    )
+}
+
+/// A data key as `key`, `version`, `plaintext` (when present) and
+/// `ciphertext` lines, in a wiped buffer.
+pub fn data_key_human(data_key: &DataKey) -> Zeroizing<String> {
+    let name = printable(&data_key.key);
+    let ciphertext = base64_public(data_key.ciphertext.as_bytes());
+    let plaintext_len = data_key
+        .plaintext
+        .as_ref()
+        .map_or(0, agent_proto::SecretBytes::len);
+    let capacity = name.len() + ciphertext.len() + plaintext_len * 4 / 3 + 64;
+    let mut out = Zeroizing::new(String::with_capacity(capacity));
+    out.push_str("key ");
+    out.push_str(&name);
+    out.push('\n');
+    let _ = writeln!(out, "version {}", data_key.version);
+    if let Some(plaintext) = &data_key.plaintext {
+        let encoded = base64_secret(plaintext.expose(), 0);
+        out.push_str("plaintext ");
+        out.push_str(&encoded);
+        out.push('\n');
+    }
+    out.push_str("ciphertext ");
+    out.push_str(&ciphertext);
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_proto::{Ciphertext, SecretBytes, VersionInfo};
+
+    #[test]
+    fn days_map_to_civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        assert_eq!(civil_from_days(59), (1970, 3, 1));
+        assert_eq!(civil_from_days(10_957), (2000, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29)); // leap day of a /400 year
+        assert_eq!(civil_from_days(47_540), (2100, 2, 28)); // 2100 is not a leap year
+        assert_eq!(civil_from_days(47_541), (2100, 3, 1));
+        assert_eq!(civil_from_days(-719_468), (0, 3, 1));
+    }
+
+    #[test]
+    fn unix_seconds_format_as_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_234_567_890), "2009-02-13T23:31:30Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(2_147_483_647), "2038-01-19T03:14:07Z");
+        assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
+        assert_eq!(rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
+        // Absurd values do not panic.
+        assert!(rfc3339(u64::MAX).ends_with('Z'));
+    }
+
+    #[test]
+    fn every_day_of_400_years_round_trips() {
+        // days_from_civil, written independently, must invert civil_from_days.
+        fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+            let y = if m <= 2 { y - 1 } else { y };
+            let era = y.div_euclid(400);
+            let yoe = y.rem_euclid(400);
+            let m = i64::from(m);
+            let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+            let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+            era * 146_097 + doe - 719_468
+        }
+        let mut previous = civil_from_days(-146_098);
+        for days in -146_097..146_097 {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+            assert!((1..=12).contains(&m) && (1..=31).contains(&d));
+            assert!((y, m, d) > previous);
+            previous = (y, m, d);
+        }
+    }
+
+    fn sample_key() -> KeyInfo {
+        KeyInfo {
+            id: [0xab; 16],
+            name: "app-db".to_string(),
+            created: 1_700_000_000,
+            state: KeyState::Disabled,
+            latest_version: 2,
+            min_decryption_version: 1,
+            versions: vec![
+                VersionInfo {
+                    version: 1,
+                    created: 1_700_000_000,
+                    state: VersionState::Revoked,
+                    encryptions: 3,
+                },
+                VersionInfo {
+                    version: 2,
+                    created: 1_700_086_400,
+                    state: VersionState::Enabled,
+                    encryptions: 0,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn keys_render_as_json() {
+        let value: serde_json::Value =
+            serde_json::from_str(&key_json(&sample_key()).expect("json")).expect("parse");
+        assert_eq!(value["id"], "ab".repeat(16));
+        assert_eq!(value["name"], "app-db");
+        assert_eq!(value["state"], "disabled");
+        assert_eq!(value["created"], 1_700_000_000u64);
+        assert_eq!(value["latest_version"], 2);
+        assert_eq!(value["min_decryption_version"], 1);
+        assert_eq!(value["versions"][0]["state"], "revoked");
+        assert_eq!(value["versions"][0]["encryptions"], 3);
+        assert_eq!(value["versions"][1]["version"], 2);
+        let list: serde_json::Value =
+            serde_json::from_str(&keys_json(&[sample_key()]).expect("json")).expect("parse");
+        assert_eq!(list.as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn keys_render_for_humans() {
+        let text = key_human(&sample_key());
+        assert!(text.contains("name:                    app-db\n"), "{text}");
+        assert!(text.contains(&"ab".repeat(16)), "{text}");
+        assert!(
+            text.contains("state:                   disabled\n"),
+            "{text}"
+        );
+        assert!(text.contains("2023-11-14T22:13:20Z"), "{text}");
+        assert!(
+            text.contains("  1        revoked   2023-11-14T22:13:20Z  3\n"),
+            "{text}"
+        );
+        let list = keys_human(&[sample_key()]);
+        assert_eq!(list.lines().count(), 1);
+        assert!(list.starts_with("app-db  disabled  v2"), "{list}");
+    }
+
+    #[test]
+    fn data_keys_render_with_and_without_plaintext() {
+        let mut data_key = DataKey {
+            key: "k".to_string(),
+            version: 3,
+            plaintext: Some(SecretBytes::from(&b"hello"[..])),
+            ciphertext: Ciphertext::from(&b"HKMS"[..]),
+        };
+        let text = data_key_human(&data_key);
+        assert_eq!(
+            text.as_str(),
+            "key k\nversion 3\nplaintext aGVsbG8=\nciphertext SEtNUw==\n"
+        );
+        let json: serde_json::Value =
+            serde_json::from_slice(&data_key_json(&data_key).expect("json")).expect("parse");
+        assert_eq!(json["plaintext"], "aGVsbG8=");
+        data_key.plaintext = None;
+        assert!(!data_key_human(&data_key).contains("plaintext"));
+        let json: serde_json::Value =
+            serde_json::from_slice(&data_key_json(&data_key).expect("json")).expect("parse");
+        assert!(json["plaintext"].is_null());
+        assert_eq!(json["ciphertext"], "SEtNUw==");
+    }
+}
