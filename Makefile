@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test deps build
+.PHONY: run test deps build bench
 
 deps:
 	./scripts/install-deps.sh
@@ -20,3 +20,11 @@ test: deps
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
+
+# Throughput and latency (hostkms bench) and start-up with 10,000 keys;
+# the figures go in BENCHMARKS.md. Not part of `make test`: timings are
+# compared as ratios within one run, never asserted.
+bench: deps
+	$(CARGO) build --release --bins
+	./scripts/bench.sh
+	$(CARGO) bench --bench startup

@@ -602,3 +602,51 @@ fn rows_edited_with_sqlite3_are_detected_at_start() {
         assert!(log.contains("restore keystore.db from backup"), "{log}");
     }
 }
+
+#[test]
+fn the_tokio_client_does_the_envelope_flow_and_pipelines() {
+    let (_tpm, _files, daemon) = started("");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut client = agent_proto::AsyncClient::connect(&daemon.socket)
+            .await
+            .expect("connect");
+        let ctx = context(&[("service", "async")]);
+        client.create_key("async-key").await.expect("create");
+        let data_key = client
+            .generate_data_key("async-key", 32, &ctx)
+            .await
+            .expect("datakey");
+        let unwrapped = client
+            .unwrap(data_key.ciphertext.as_bytes(), &ctx, Some("async-key"))
+            .await
+            .expect("unwrap");
+        assert_eq!(Some(unwrapped.plaintext), data_key.plaintext);
+        let (code, _) = refused(
+            client
+                .unwrap(
+                    data_key.ciphertext.as_bytes(),
+                    &EncryptionContext::new(),
+                    None,
+                )
+                .await,
+        );
+        assert_eq!(code, ErrorCode::InvalidCiphertext);
+
+        let ids: Vec<u64> = {
+            let mut ids = Vec::new();
+            for _ in 0..20 {
+                ids.push(client.send(agent_proto::Request::Ping).await.expect("send"));
+            }
+            ids
+        };
+        for id in ids {
+            let reply = client.receive().await.expect("receive");
+            assert_eq!(reply.id, id);
+            assert_eq!(reply.op, agent_proto::Response::Pong);
+        }
+    });
+}
