@@ -243,6 +243,24 @@ fn config_errors_name_the_file_the_line_and_the_fix() {
             &["line 1", "`socket_mode`", "0660"][..],
         ),
         ("state_dir = [1]\n", &["line 1", "state_dir"][..]),
+        (
+            "state_dir = \"/tmp/x\"\n\n[[grant]]\nkeys = [\"a\"]\nuids = [1]\nops = [\"frobnicate\"]\n",
+            &[
+                "line 3",
+                "grant #1",
+                "`ops`",
+                "unknown operation \"frobnicate\"",
+                "wrap",
+            ][..],
+        ),
+        (
+            "[[grant]]\nkeys = [\"a[\"]\nuids = [1]\nops = [\"wrap\"]\n",
+            &["line 1", "grant #1", "`keys`", "not a valid glob"][..],
+        ),
+        (
+            "[[grant]]\nkeys = [\"a\"]\nusers = [\"no-such-user-hk\"]\nops = [\"wrap\"]\n",
+            &["grant #1", "`users`", "no user named \"no-such-user-hk\""][..],
+        ),
     ];
     for (text, needles) in cases {
         std::fs::write(&config, text).unwrap();

@@ -188,3 +188,80 @@ fn with_mode_0660_another_user_cannot_connect_and_the_cli_says_so() {
     assert!(stderr.contains("permission denied"), "{stderr}");
     assert!(stderr.contains("group"), "says what to do: {stderr}");
 }
+
+/// A cgroup named like a systemd service, created for the test and removed
+/// when dropped, in the hierarchy `/proc/PID/cgroup` reports units from.
+struct UnitCgroup {
+    dir: std::path::PathBuf,
+}
+
+impl UnitCgroup {
+    fn new(unit: &str) -> UnitCgroup {
+        let root = [
+            "/sys/fs/cgroup/systemd",
+            "/sys/fs/cgroup/unified",
+            "/sys/fs/cgroup",
+        ]
+        .into_iter()
+        .map(std::path::Path::new)
+        .find(|root| root.join("cgroup.procs").exists())
+        .expect("a writable cgroup hierarchy (the test runs as root)");
+        let dir = root.join("hostkms-test.slice").join(unit);
+        std::fs::create_dir_all(&dir).expect("create the unit's cgroup");
+        UnitCgroup { dir }
+    }
+}
+
+impl Drop for UnitCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+        if let Some(parent) = self.dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+#[test]
+fn a_unit_grant_admits_the_units_processes_only() {
+    let unit = format!("hostkms-test-{}.service", std::process::id());
+    let s = setup(&format!("units = [\"{unit}\"]"), "0666");
+    let cgroup = UnitCgroup::new(&unit);
+    // The shell joins the unit's cgroup, then becomes nobody running the CLI.
+    let run_in_unit = |stdin: &str| {
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec setpriv --reuid={NOBODY} --regid={NOBODY} --clear-groups {} --socket {} unwrap --context svc=web",
+            cgroup.dir.display(),
+            common::HOSTKMS,
+            s.daemon.socket.display()
+        );
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("sh");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run_in_unit(&s.granted);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.stdout, b"granted plaintext");
+    assert_denied(&run_in_unit(&s.secret), "unwrap", "secret");
+
+    // The same user outside the unit holds no grant.
+    let out = cli_as(
+        NOBODY,
+        &s.daemon.socket,
+        &["unwrap", "--context", "svc=web"],
+        s.granted.as_bytes(),
+    );
+    assert_denied(&out, "unwrap", "app-db");
+}
