@@ -276,7 +276,8 @@ impl Service {
         if self.policy.allows(peer, op, key) {
             return Ok(());
         }
-        tracing::warn!(uid = peer.uid, pid = peer.pid, op = %op, key, "denied");
+        // Debug-formatted: the name is the peer's, unvalidated, and must not forge log lines.
+        tracing::warn!(uid = peer.uid, pid = peer.pid, op = %op, key = ?key, "denied");
         let shown: String = key.chars().take(128).collect();
         Err(Refusal::new(
             ErrorCode::PermissionDenied,
