@@ -1,14 +1,13 @@
 //! A tokio client over a Unix stream socket, with the same typed methods as
 //! the blocking [`Client`](crate::Client). Enabled by the `tokio` feature.
 
-use std::collections::VecDeque;
 use std::path::Path;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 use crate::bytes::{Ciphertext, SecretBytes};
-use crate::client::{ClientError, expect, typed_operations};
+use crate::client::{ClientError, Pipeline, expect, refusal_as_error, typed_operations};
 use crate::codec::{self, DEFAULT_MAX_FRAME};
 use crate::message::{
     DataKey, EncryptionContext, Envelope, KeyInfo, Request, Response, StatusInfo, Unwrapped,
@@ -36,8 +35,7 @@ use crate::message::{
 #[derive(Debug)]
 pub struct AsyncClient {
     stream: UnixStream,
-    next_id: u64,
-    in_flight: VecDeque<u64>,
+    pipeline: Pipeline,
     max_frame: u32,
 }
 
@@ -58,19 +56,16 @@ impl AsyncClient {
     pub fn from_stream(stream: UnixStream) -> AsyncClient {
         AsyncClient {
             stream,
-            next_id: 1,
-            in_flight: VecDeque::new(),
+            pipeline: Pipeline::new(),
             max_frame: DEFAULT_MAX_FRAME,
         }
     }
 
     /// Sends a request without waiting for its answer; returns its id.
     pub async fn send(&mut self, op: Request) -> Result<u64, ClientError> {
-        let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1);
-        let frame = codec::encode_frame(&Envelope::new(id, op), self.max_frame)?;
+        let (id, frame) = self.pipeline.frame(op, self.max_frame)?;
         self.stream.write_all(&frame).await?;
-        self.in_flight.push_back(id);
+        self.pipeline.sent(id);
         Ok(id)
     }
 
@@ -79,27 +74,14 @@ impl AsyncClient {
         let body = codec::read_frame_async(&mut self.stream, self.max_frame)
             .await?
             .ok_or(ClientError::Closed)?;
-        let envelope: Envelope<Response> = codec::decode_body(&body)?;
-        match self.in_flight.pop_front() {
-            Some(expected) if expected != envelope.id => Err(ClientError::IdMismatch {
-                expected,
-                got: envelope.id,
-            }),
-            _ => Ok(envelope),
-        }
+        self.pipeline.answer(&body)
     }
 
     /// Sends one request and waits for its answer; a refusal becomes
     /// [`ClientError::Daemon`].
     pub async fn call(&mut self, op: Request) -> Result<Response, ClientError> {
         self.send(op).await?;
-        match self.receive().await?.op {
-            Response::Error(reply) => Err(ClientError::Daemon {
-                code: reply.code,
-                message: reply.message,
-            }),
-            response => Ok(response),
-        }
+        refusal_as_error(self.receive().await?.op)
     }
 
     typed_operations!(tokio);

@@ -168,6 +168,7 @@ macro_rules! typed_operations {
     }
     };
 }
+#[cfg(feature = "tokio")]
 pub(crate) use typed_operations;
 
 /// The socket path a packaged daemon listens on.
@@ -257,9 +258,64 @@ fn connect_hint(err: &io::Error) -> String {
 #[derive(Debug)]
 pub struct Client {
     stream: UnixStream,
+    pipeline: Pipeline,
+    max_frame: u32,
+}
+
+/// Request ids of one connection: the next to assign, and those sent and
+/// not yet answered, oldest first (answers come in request order).
+#[derive(Debug)]
+pub(crate) struct Pipeline {
     next_id: u64,
     in_flight: std::collections::VecDeque<u64>,
-    max_frame: u32,
+}
+
+impl Pipeline {
+    pub(crate) fn new() -> Pipeline {
+        Pipeline {
+            next_id: 1,
+            in_flight: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The frame of `op` under a fresh id, and that id.
+    pub(crate) fn frame(
+        &mut self,
+        op: Request,
+        max_frame: u32,
+    ) -> Result<(u64, codec::FrameBuf), ClientError> {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        Ok((id, codec::encode_frame(&Envelope::new(id, op), max_frame)?))
+    }
+
+    /// Records that the request `id` went out.
+    pub(crate) fn sent(&mut self, id: u64) {
+        self.in_flight.push_back(id);
+    }
+
+    /// Decodes an answer and checks it answers the oldest request in flight.
+    pub(crate) fn answer(&mut self, body: &[u8]) -> Result<Envelope<Response>, ClientError> {
+        let envelope: Envelope<Response> = codec::decode_body(body)?;
+        match self.in_flight.pop_front() {
+            Some(expected) if expected != envelope.id => Err(ClientError::IdMismatch {
+                expected,
+                got: envelope.id,
+            }),
+            _ => Ok(envelope),
+        }
+    }
+}
+
+/// A response, or the daemon's refusal as [`ClientError::Daemon`].
+pub(crate) fn refusal_as_error(response: Response) -> Result<Response, ClientError> {
+    match response {
+        Response::Error(reply) => Err(ClientError::Daemon {
+            code: reply.code,
+            message: reply.message,
+        }),
+        response => Ok(response),
+    }
 }
 
 impl Client {
@@ -277,8 +333,7 @@ impl Client {
     pub fn from_stream(stream: UnixStream) -> Client {
         Client {
             stream,
-            next_id: 1,
-            in_flight: std::collections::VecDeque::new(),
+            pipeline: Pipeline::new(),
             max_frame: DEFAULT_MAX_FRAME,
         }
     }
@@ -292,11 +347,9 @@ impl Client {
 
     /// Sends a request without waiting for its answer; returns its id.
     pub fn send(&mut self, op: Request) -> Result<u64, ClientError> {
-        let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1);
-        let frame = codec::encode_frame(&Envelope::new(id, op), self.max_frame)?;
+        let (id, frame) = self.pipeline.frame(op, self.max_frame)?;
         self.stream.write_all(&frame)?;
-        self.in_flight.push_back(id);
+        self.pipeline.sent(id);
         Ok(id)
     }
 
@@ -304,27 +357,14 @@ impl Client {
     pub fn receive(&mut self) -> Result<Envelope<Response>, ClientError> {
         let body =
             codec::read_frame(&mut self.stream, self.max_frame)?.ok_or(ClientError::Closed)?;
-        let envelope: Envelope<Response> = codec::decode_body(&body)?;
-        match self.in_flight.pop_front() {
-            Some(expected) if expected != envelope.id => Err(ClientError::IdMismatch {
-                expected,
-                got: envelope.id,
-            }),
-            _ => Ok(envelope),
-        }
+        self.pipeline.answer(&body)
     }
 
     /// Sends one request and waits for its answer; a refusal becomes
     /// [`ClientError::Daemon`].
     pub fn call(&mut self, op: Request) -> Result<Response, ClientError> {
         self.send(op)?;
-        match self.receive()?.op {
-            Response::Error(reply) => Err(ClientError::Daemon {
-                code: reply.code,
-                message: reply.message,
-            }),
-            response => Ok(response),
-        }
+        refusal_as_error(self.receive()?.op)
     }
 
     typed_operations!(blocking);
