@@ -62,6 +62,9 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
     }
     let started = std::time::Instant::now();
     let store = KeyStore::open(&state_dir, &root_key, config.tcti.clone())?;
+    // The store holds the keys derived from the root key; the root key itself
+    // is needed no longer and is wiped here rather than kept for the daemon's life.
+    drop(root_key);
     let keys = store.keys();
     tracing::info!(
         keys = keys.len(),
@@ -82,7 +85,7 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
         frame_timeout: config.frame_timeout,
     };
     let service = Arc::new(Service::new(
-        root_key,
+        check,
         store,
         config.policy.clone(),
         ServiceLimits {

@@ -248,7 +248,7 @@ async fn serve_connection(
         };
         let frame = match tokio::time::timeout(
             limits.frame_timeout,
-            read_rest_of_frame(&mut stream, prefix, got, limits.max_frame),
+            codec::finish_frame_async(&mut stream, prefix, got, limits.max_frame),
         )
         .await
         {
@@ -296,31 +296,6 @@ async fn serve_connection(
             return;
         }
     }
-}
-
-/// Reads the rest of a frame whose first `got` prefix bytes are in `prefix`:
-/// the length is checked against the limit before the body is allocated.
-async fn read_rest_of_frame(
-    stream: &mut UnixStream,
-    mut prefix: [u8; LENGTH_PREFIX],
-    got: usize,
-    max_frame: u32,
-) -> Result<FrameBuf, FrameError> {
-    let truncated = |e: io::Error, got, expected| match e.kind() {
-        io::ErrorKind::UnexpectedEof => FrameError::Truncated { got, expected },
-        _ => FrameError::Io(e),
-    };
-    stream
-        .read_exact(&mut prefix[got..])
-        .await
-        .map_err(|e| truncated(e, got, LENGTH_PREFIX))?;
-    let len = codec::body_length(prefix, max_frame)?;
-    let mut body = FrameBuf::new(vec![0u8; len]);
-    stream
-        .read_exact(&mut body)
-        .await
-        .map_err(|e| truncated(e, LENGTH_PREFIX, LENGTH_PREFIX + len))?;
-    Ok(body)
 }
 
 /// Closes our side for writing, then discards what the client still sends

@@ -23,7 +23,6 @@ use crate::envelope::{self, InvalidCiphertext};
 use crate::keystore::{Key, KeyStore, StoreError, Version};
 use crate::peer::Peer;
 use crate::policy::Policy;
-use crate::rootkey::RootKey;
 use crate::tpm;
 
 /// How long a TPM probe result is reused before `Status` probes again.
@@ -92,7 +91,7 @@ impl From<StoreError> for Refusal {
 /// The daemon's state that requests act on.
 #[derive(Debug)]
 pub struct Service {
-    root_key: RootKey,
+    root_key_check: String,
     store: Arc<KeyStore>,
     policy: Policy,
     limits: ServiceLimits,
@@ -102,16 +101,17 @@ pub struct Service {
 }
 
 impl Service {
-    /// A service over an unsealed root key and its opened key store.
+    /// A service over a key store opened under the root key whose check
+    /// value is `root_key_check`.
     pub fn new(
-        root_key: RootKey,
+        root_key_check: String,
         store: KeyStore,
         policy: Policy,
         limits: ServiceLimits,
         tcti: Tcti,
     ) -> Service {
         Service {
-            root_key,
+            root_key_check,
             store: Arc::new(store),
             policy,
             limits,
@@ -531,7 +531,7 @@ impl Service {
             uptime_secs: self.started.elapsed().as_secs(),
             tpm_reachable: self.tpm_health.reachable().await,
             root_key_loaded: true,
-            root_key_check: self.root_key.check_value(),
+            root_key_check: self.root_key_check.clone(),
             counters,
         }
     }

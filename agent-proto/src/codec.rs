@@ -172,12 +172,35 @@ where
 {
     let mut prefix = [0u8; LENGTH_PREFIX];
     let got = read_full_async(reader, &mut prefix).await?;
-    let Some(mut body) = body_buffer(got, prefix, max_frame)? else {
+    if got == 0 {
         return Ok(None);
-    };
+    }
+    finish_frame_async(reader, prefix, got, max_frame)
+        .await
+        .map(Some)
+}
+
+/// Reads the rest of a frame whose first `got` (at least 1) length-prefix
+/// bytes are already in `prefix`: for a server that waits for a frame's
+/// first byte under one timeout and for the rest under another.
+#[cfg(feature = "tokio")]
+pub async fn finish_frame_async<R>(
+    reader: &mut R,
+    mut prefix: [u8; LENGTH_PREFIX],
+    got: usize,
+    max_frame: u32,
+) -> Result<FrameBuf, FrameError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let got = got + read_full_async(reader, &mut prefix[got.min(LENGTH_PREFIX)..]).await?;
+    let mut body = body_buffer(got, prefix, max_frame)?.ok_or(FrameError::Truncated {
+        got: 0,
+        expected: LENGTH_PREFIX,
+    })?;
     let got = read_full_async(reader, &mut body).await?;
     check_body_complete(got, body.len())?;
-    Ok(Some(body))
+    Ok(body)
 }
 
 #[cfg(feature = "tokio")]

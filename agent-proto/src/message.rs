@@ -418,7 +418,8 @@ pub struct StatusInfo {
     pub uptime_secs: u64,
     /// Whether the TPM answered the daemon's last probe.
     pub tpm_reachable: bool,
-    /// Whether the root key is unsealed and in memory.
+    /// Whether the root key was unsealed and the keys derived from it are in
+    /// memory (the root key itself is wiped once they are).
     pub root_key_loaded: bool,
     /// A check value of the root key (not the key; safe to compare and log),
     /// to tell whether two runs hold the same root key.

@@ -5,13 +5,14 @@
 //! labels, so the root key itself is never used for two purposes.
 
 use aes_gcm::aead::AeadInOut;
-use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
+use aes_gcm::{KeyInit, Nonce, Tag};
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use rand::TryRng;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
+use super::kek::Kek;
 use crate::envelope::KeyId;
 use crate::rootkey::RootKey;
 
@@ -22,7 +23,7 @@ pub const SEALED_KEK_LEN: usize = 12 + KEK_LEN + 16;
 
 /// Keys derived from the root key that protect the key store's contents.
 pub struct StoreSecrets {
-    kek_wrap: Aes256Gcm,
+    kek_wrap: Kek,
     row_mac: Hmac<Sha256>,
 }
 
@@ -49,7 +50,7 @@ impl StoreSecrets {
         let row_mac = <Hmac<Sha256> as KeyInit>::new_from_slice(row_mac.as_ref())
             .map_err(|e| format!("cannot key the row MAC: {e}"))?;
         Ok(StoreSecrets {
-            kek_wrap: Aes256Gcm::new(&(*kek_wrap).into()),
+            kek_wrap: Kek::new(&kek_wrap),
             row_mac,
         })
     }
@@ -71,6 +72,7 @@ impl StoreSecrets {
         sealed.extend_from_slice(kek);
         let tag = self
             .kek_wrap
+            .cipher()
             .encrypt_inout_detached(
                 &Nonce::from(nonce),
                 &kek_aad(id, version),
@@ -98,6 +100,7 @@ impl StoreSecrets {
         let mut kek = Zeroizing::new([0u8; KEK_LEN]);
         kek.copy_from_slice(&sealed[12..12 + KEK_LEN]);
         self.kek_wrap
+            .cipher()
             .decrypt_inout_detached(
                 &Nonce::from(nonce),
                 &kek_aad(id, version),
