@@ -57,7 +57,7 @@ hostkms="$top/target/release/hostkms --socket $work/hostkms.sock"
 
 echo "# $(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), kernel $(uname -r), $(date -u +%Y-%m-%dT%H:%MZ), ${duration} s per phase"
 for nice in $nices; do
-    HOSTKMS_LOG=warn nice -n "$nice" "$top/target/release/hostkmsd" --config "$work/config.toml" &
+    HOSTKMS_LOG=warn HOSTKMS_LOG_TARGET=stderr nice -n "$nice" "$top/target/release/hostkmsd" --config "$work/config.toml" &
     daemon_pid=$!
     for _ in $(seq 1 200); do $hostkms ping >/dev/null 2>&1 && break; sleep 0.05; done
     for run in $runs; do

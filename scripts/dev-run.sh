@@ -68,5 +68,6 @@ Ctrl-C stops hostkmsd and swtpm.
 MSG
 
 # Not exec: the EXIT trap must still stop swtpm when hostkmsd ends.
-"$top/target/debug/hostkmsd" --config "$dev/config.toml" || status=$?
+# stderr even on a host whose journald listens: you are watching this terminal.
+HOSTKMS_LOG_TARGET=stderr "$top/target/debug/hostkmsd" --config "$dev/config.toml" || status=$?
 exit "${status:-0}"

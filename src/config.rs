@@ -10,6 +10,10 @@ use serde::Deserialize;
 use toml::Spanned;
 use tss_esapi::tcti_ldr::TctiNameConf;
 
+use crate::monitor::{
+    AlertThresholds, DEFAULT_ALERT_DENIALS, DEFAULT_ALERT_INVALID_CIPHERTEXTS,
+    DEFAULT_ALERT_WINDOW_SECS, DEFAULT_ENCRYPTION_LIMIT_PERCENT,
+};
 use crate::policy::{GrantConfig, Policy};
 
 /// Where the packaged daemon reads its configuration.
@@ -67,6 +71,8 @@ pub struct Config {
     pub frame_timeout: Duration,
     /// Encryptions after which a key version rotates itself.
     pub rotate_after_encryptions: u64,
+    /// When the daemon raises alerts.
+    pub alerts: AlertThresholds,
 }
 
 /// The group the socket file is given.
@@ -130,6 +136,18 @@ struct ConfigFile {
     idle_timeout_secs: Option<Spanned<i64>>,
     frame_timeout_secs: Option<Spanned<i64>>,
     rotate_after_encryptions: Option<Spanned<i64>>,
+    #[serde(default)]
+    alerts: AlertsFile,
+}
+
+/// The `[alerts]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertsFile {
+    window_secs: Option<Spanned<i64>>,
+    denials: Option<Spanned<i64>>,
+    invalid_ciphertexts: Option<Spanned<i64>>,
+    encryption_limit_percent: Option<Spanned<i64>>,
 }
 
 /// Values given on the command line; each overrides its field in the file.
@@ -259,6 +277,41 @@ impl Config {
             "a number of encryptions",
         )?;
 
+        let alerts = AlertThresholds {
+            window: Duration::from_secs(range(
+                &file.alerts.window_secs,
+                "alerts.window_secs",
+                1,
+                86400,
+                DEFAULT_ALERT_WINDOW_SECS as i64,
+                "seconds",
+            )? as u64),
+            denials: range(
+                &file.alerts.denials,
+                "alerts.denials",
+                1,
+                1_000_000,
+                i64::from(DEFAULT_ALERT_DENIALS),
+                "a number of denials",
+            )? as u32,
+            invalid_ciphertexts: range(
+                &file.alerts.invalid_ciphertexts,
+                "alerts.invalid_ciphertexts",
+                1,
+                1_000_000,
+                i64::from(DEFAULT_ALERT_INVALID_CIPHERTEXTS),
+                "a number of failures",
+            )? as u32,
+            encryption_limit_percent: range(
+                &file.alerts.encryption_limit_percent,
+                "alerts.encryption_limit_percent",
+                1,
+                100,
+                i64::from(DEFAULT_ENCRYPTION_LIMIT_PERCENT),
+                "a percentage",
+            )? as u8,
+        };
+
         let socket_group = match &file.socket_group {
             Some(name) => Some(resolve_group(name.get_ref()).ok_or_else(|| {
                 invalid(
@@ -297,6 +350,7 @@ impl Config {
             idle_timeout: Duration::from_secs(idle_timeout as u64),
             frame_timeout: Duration::from_secs(frame_timeout as u64),
             rotate_after_encryptions: rotate_after as u64,
+            alerts,
         };
         if let Some(socket) = file.socket {
             config.socket = socket.get_ref().clone();

@@ -1,17 +1,28 @@
-//! The daemon's life: state dir and root key first, then the socket, then
-//! serving until SIGTERM or SIGINT.
+//! The daemon's life: state dir and root key first, then the socket (bound
+//! here, or passed by systemd), then serving until SIGTERM or SIGINT, with
+//! SIGHUP reloading the config's grants and limits.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::audit;
+use crate::config::{Config, Overrides};
 use crate::keystore::{Kek, KeyStore, StoreError};
 use crate::rootkey::{self, Origin, RootKeyError};
-use crate::server::{self, BoundSocket, Limits, ServerError};
+use crate::server::{self, BoundSocket, Heartbeat, Limits, LiveLimits, ServerError};
 use crate::service::{Service, ServiceLimits};
 use crate::state_dir::{StateDir, StateDirError};
+use crate::systemd::{self, ActivationError, Notifier};
+
+/// How often STATUS= is refreshed under systemd when the watchdog asks for
+/// nothing more often.
+const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Why the daemon stopped with a failure.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +36,9 @@ pub enum DaemonError {
     /// The key store could not be opened.
     #[error(transparent)]
     KeyStore(#[from] StoreError),
+    /// The socket systemd passed cannot be served.
+    #[error(transparent)]
+    Activation(#[from] ActivationError),
     /// The socket could not be served.
     #[error(transparent)]
     Server(#[from] ServerError),
@@ -33,8 +47,28 @@ pub enum DaemonError {
     Runtime(#[from] std::io::Error),
 }
 
+/// Where the config came from, so that SIGHUP can read it again.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    /// The config file.
+    pub path: PathBuf,
+    /// Whether the file must exist (it was named with `--config`).
+    pub required: bool,
+    /// The command-line values that override the file's.
+    pub overrides: Overrides,
+}
+
+impl ConfigSource {
+    fn load(&self) -> Result<Config, crate::config::ConfigError> {
+        Config::load(&self.path, self.required, &self.overrides)
+    }
+}
+
 /// Runs the daemon with `config` until SIGTERM or SIGINT.
-pub fn run(config: &Config) -> Result<(), DaemonError> {
+pub fn run(config: Config, source: ConfigSource) -> Result<(), DaemonError> {
+    // Read before anything can fail, so a bad passed socket is reported as such.
+    let activated = systemd::activated_listener()?;
+    let notifier = Notifier::from_env();
     let state_dir = StateDir::open(&config.state_dir)?;
     let (root_key, origin) = rootkey::load_or_create(&state_dir, &config.tcti)?;
     let check = root_key.check_value();
@@ -55,11 +89,7 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
             "could not lock the root key's page in RAM (RLIMIT_MEMLOCK?); it may be swapped out"
         );
     }
-    for group in &config.missing_admin_groups {
-        tracing::warn!(
-            "admin group \"{group}\" does not exist on this host; only root is admin until it does"
-        );
-    }
+    warn_missing_admin_groups(&config);
     let started = std::time::Instant::now();
     let store = KeyStore::open(&state_dir, &root_key, config.tcti.clone())?;
     // The store holds the keys derived from the root key; the root key itself
@@ -78,20 +108,13 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
             "some KEKs could not be locked in RAM (RLIMIT_MEMLOCK); they may be swapped out. Raise LimitMEMLOCK"
         );
     }
-    let limits = Limits {
-        max_frame: config.max_frame,
-        max_connections: config.max_connections,
-        idle_timeout: config.idle_timeout,
-        frame_timeout: config.frame_timeout,
-    };
+    let limits: LiveLimits = Arc::new(ArcSwap::from_pointee(server_limits(&config)));
     let service = Arc::new(Service::new(
         check,
         store,
         config.policy.clone(),
-        ServiceLimits {
-            max_plaintext: config.max_plaintext,
-            rotate_after: config.rotate_after_encryptions,
-        },
+        service_limits(&config),
+        config.alerts,
         config.tcti.clone(),
     ));
 
@@ -100,25 +123,57 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
         .thread_name("hostkmsd")
         .build()?;
     runtime.block_on(async {
-        let group = config.socket_group.as_ref().map(|group| group.gid);
-        let socket = BoundSocket::bind(&config.socket, config.socket_mode, group)?;
-        let shutdown = CancellationToken::new();
-        let mut terminate = signal(SignalKind::terminate())?;
-        let mut interrupt = signal(SignalKind::interrupt())?;
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
-                _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
+        let socket = match activated {
+            Some(listener) => Socket::Activated(UnixListener::from_std(listener)?),
+            None => {
+                let group = config.socket_group.as_ref().map(|group| group.gid);
+                Socket::Bound(BoundSocket::bind(
+                    &config.socket,
+                    config.socket_mode,
+                    group,
+                )?)
             }
-            stop.cancel();
-        });
-        tracing::info!(
-            socket = %config.socket.display(),
-            mode = format_args!("{:04o}", config.socket_mode),
-            "serving"
+        };
+        let shutdown = CancellationToken::new();
+        watch_signals(shutdown.clone(), notifier)?;
+        watch_reloads(
+            config.clone(),
+            source,
+            Arc::clone(&service),
+            Arc::clone(&limits),
+            notifier,
+        )?;
+
+        let keys = service.store().keys();
+        audit::ready(
+            keys.len(),
+            keys.version_count(),
+            &config.socket.display().to_string(),
+            matches!(socket, Socket::Activated(_)),
         );
-        server::serve(socket.listener(), Arc::clone(&service), limits, shutdown).await;
+        drop(keys);
+        notifier.ready(&status_line(&service));
+        let heartbeat = notifier.is_managed().then(|| {
+            let every = notifier
+                .watchdog_interval()
+                .map_or(STATUS_INTERVAL, |interval| interval.min(STATUS_INTERVAL));
+            let service = Arc::clone(&service);
+            Heartbeat {
+                every,
+                beat: Box::new(move || {
+                    notifier.watchdog();
+                    notifier.status(&status_line(&service));
+                }),
+            }
+        });
+        server::serve(
+            socket.listener(),
+            Arc::clone(&service),
+            limits,
+            shutdown,
+            heartbeat,
+        )
+        .await;
         let store_service = Arc::clone(&service);
         match tokio::task::spawn_blocking(move || store_service.store().persist_counts()).await {
             Ok(Ok(())) => {}
@@ -127,7 +182,126 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
             ),
             Err(e) => tracing::warn!("could not write exact encryption counts: {e}"),
         }
-        tracing::info!("stopped");
+        audit::stopped(service.monitor().requests());
         Ok(())
     })
+}
+
+/// The socket served: bound here (its path is removed again when it drops),
+/// or passed by systemd (which keeps owning the path).
+enum Socket {
+    Bound(BoundSocket),
+    Activated(UnixListener),
+}
+
+impl Socket {
+    fn listener(&self) -> &UnixListener {
+        match self {
+            Socket::Bound(bound) => bound.listener(),
+            Socket::Activated(listener) => listener,
+        }
+    }
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT, telling systemd first.
+fn watch_signals(shutdown: CancellationToken, notifier: Notifier) -> std::io::Result<()> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
+        }
+        notifier.stopping();
+        shutdown.cancel();
+    });
+    Ok(())
+}
+
+/// On each SIGHUP, reads the config again and puts its grants, limits and
+/// alert thresholds in force; an invalid config changes nothing.
+fn watch_reloads(
+    running: Config,
+    source: ConfigSource,
+    service: Arc<Service>,
+    limits: LiveLimits,
+    notifier: Notifier,
+) -> std::io::Result<()> {
+    let mut hangup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            notifier.reloading();
+            let reading = source.clone();
+            match tokio::task::spawn_blocking(move || reading.load()).await {
+                Ok(Ok(config)) => {
+                    warn_unreloadable(&running, &config);
+                    warn_missing_admin_groups(&config);
+                    limits.store(Arc::new(server_limits(&config)));
+                    let grants = config.policy.grant_count();
+                    let service_limits = service_limits(&config);
+                    service.reconfigure(config.policy, service_limits, config.alerts);
+                    audit::reloaded(&source.path, grants);
+                }
+                Ok(Err(e)) => audit::reload_failed(&e),
+                Err(e) => audit::reload_failed(&e),
+            }
+            notifier.ready(&status_line(&service));
+        }
+    });
+    Ok(())
+}
+
+/// Settings that only a restart changes: the socket, the state and the TPM.
+fn warn_unreloadable(running: &Config, loaded: &Config) {
+    let changed = [
+        ("socket", running.socket != loaded.socket),
+        ("socket_mode", running.socket_mode != loaded.socket_mode),
+        ("socket_group", running.socket_group != loaded.socket_group),
+        ("state_dir", running.state_dir != loaded.state_dir),
+        ("tcti", running.tcti != loaded.tcti),
+    ];
+    for (field, _) in changed.iter().filter(|(_, differs)| *differs) {
+        tracing::warn!(
+            "`{field}` changed in the config; a reload keeps the running value. Restart hostkmsd (systemctl restart hostkms) to apply it"
+        );
+    }
+}
+
+fn warn_missing_admin_groups(config: &Config) {
+    for group in &config.missing_admin_groups {
+        tracing::warn!(
+            "admin group \"{group}\" does not exist on this host; only root is admin until it does"
+        );
+    }
+}
+
+fn server_limits(config: &Config) -> Limits {
+    Limits {
+        max_frame: config.max_frame,
+        max_connections: config.max_connections,
+        idle_timeout: config.idle_timeout,
+        frame_timeout: config.frame_timeout,
+    }
+}
+
+fn service_limits(config: &Config) -> ServiceLimits {
+    ServiceLimits {
+        max_plaintext: config.max_plaintext,
+        rotate_after: config.rotate_after_encryptions,
+    }
+}
+
+/// The one line `systemctl status hostkms` shows.
+fn status_line(service: &Service) -> String {
+    let keys = service.store().keys();
+    let counters = service.monitor().counters();
+    let count = |name: &str| counters.get(name).copied().unwrap_or(0);
+    format!(
+        "serving {} keys ({} versions); {} requests, {} denied, {} alerts",
+        keys.len(),
+        keys.version_count(),
+        count("requests"),
+        count("denials"),
+        count("alerts"),
+    )
 }

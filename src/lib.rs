@@ -4,18 +4,24 @@
 //! encryption to local services over a Unix socket. This library is the
 //! daemon, so that tests and benchmarks drive the same code. Data flows one
 //! way: [`server`] (listener, peer credentials, framing) → [`service`]
-//! (the operations) → [`rootkey`] and [`tpm`] (the sealed root key).
+//! (the operations) → [`keystore`] and [`envelope`] → [`audit`] (one
+//! journal event per request). [`rootkey`] and [`tpm`] hold the sealed root
+//! key; [`systemd`] speaks to the service manager; [`monitor`] counts
+//! requests and raises alerts.
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod config;
 pub mod daemon;
 pub mod envelope;
 pub mod keystore;
 pub mod locked;
+pub mod monitor;
 pub mod peer;
 pub mod policy;
 pub mod rootkey;
 pub mod server;
 pub mod service;
 pub mod state_dir;
+pub mod systemd;
 pub mod tpm;

@@ -130,6 +130,11 @@ impl Policy {
         Ok((Policy { grants, admin_gids }, missing_admin_groups))
     }
 
+    /// How many grants the policy holds.
+    pub fn grant_count(&self) -> usize {
+        self.grants.len()
+    }
+
     /// Whether `peer` is an admin: uid 0 or a member of an admin group.
     pub fn is_admin(&self, peer: &Peer) -> bool {
         peer.uid == 0 || self.admin_gids.iter().any(|&gid| peer.in_group(gid))

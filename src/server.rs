@@ -7,13 +7,14 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use agent_proto::codec::{self, FrameBuf, LENGTH_PREFIX};
 use agent_proto::{Envelope, ErrorCode, FrameError, PROTOCOL_VERSION, Request, Response};
+use arc_swap::ArcSwap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -65,6 +66,28 @@ pub struct Limits {
     /// How long a frame may take to arrive once its first byte has, against
     /// clients that send slowly to hold connections.
     pub frame_timeout: Duration,
+}
+
+/// Limits that a reload may replace while connections are open: each
+/// connection reads them afresh for every frame.
+pub type LiveLimits = Arc<ArcSwap<Limits>>;
+
+/// A periodic call from the accept loop itself, so that a service manager's
+/// watchdog hears from the loop that serves, not from a side task that
+/// would keep ticking while the loop is wedged.
+pub struct Heartbeat {
+    /// How often.
+    pub every: Duration,
+    /// What to call.
+    pub beat: Box<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for Heartbeat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Heartbeat")
+            .field("every", &self.every)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A socket this daemon bound; its path is removed again on drop, unless
@@ -153,37 +176,54 @@ fn clear_stale_socket(path: &Path) -> Result<(), ServerError> {
 
 /// Accepts connections until `shutdown` is cancelled, then waits (up to
 /// [`DRAIN_TIMEOUT`]) for each connection to finish the request it is on.
+/// `heartbeat`, when given, is called from this loop at its interval.
 pub async fn serve(
     listener: &UnixListener,
     service: Arc<Service>,
-    limits: Limits,
+    limits: LiveLimits,
     shutdown: CancellationToken,
+    heartbeat: Option<Heartbeat>,
 ) {
     let connections = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut beat = heartbeat.as_ref().map(|heartbeat| {
+        let mut ticks = tokio::time::interval(heartbeat.every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks
+    });
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
+            () = next_beat(&mut beat) => {
+                if let Some(heartbeat) = &heartbeat {
+                    (heartbeat.beat)();
+                }
+                continue;
+            }
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, _)) => match Arc::clone(&slots).try_acquire_owned() {
-                Ok(slot) => {
-                    let service = Arc::clone(&service);
-                    let shutdown = shutdown.clone();
-                    connections.spawn(async move {
-                        serve_connection(stream, service, limits, shutdown).await;
-                        drop(slot);
-                    });
-                }
-                Err(_) => {
+            Ok((stream, _)) => {
+                let current = **limits.load();
+                // Only this loop adds connections, so the check cannot race
+                // another accept; closing ones only make room.
+                if open.load(Ordering::Acquire) >= current.max_connections {
                     tracing::warn!(
-                        max_connections = limits.max_connections,
+                        max_connections = current.max_connections,
                         "connection limit reached; refusing a connection with Busy"
                     );
-                    connections.spawn(refuse_busy(stream, limits));
+                    connections.spawn(refuse_busy(stream, current));
+                    continue;
                 }
-            },
+                let slot = ConnectionSlot::take(&open);
+                let service = Arc::clone(&service);
+                let limits = Arc::clone(&limits);
+                let shutdown = shutdown.clone();
+                connections.spawn(async move {
+                    serve_connection(stream, service, limits, shutdown).await;
+                    drop(slot);
+                });
+            }
             Err(e) => {
                 // Out of file descriptors and the like: wait rather than spin.
                 tracing::warn!("accepting a connection failed: {e}");
@@ -197,6 +237,32 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
+    }
+}
+
+/// The next tick of the heartbeat, or never when there is none.
+async fn next_beat(ticks: &mut Option<tokio::time::Interval>) {
+    match ticks {
+        Some(ticks) => {
+            ticks.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// One open connection, counted until dropped.
+struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl ConnectionSlot {
+    fn take(open: &Arc<AtomicUsize>) -> ConnectionSlot {
+        open.fetch_add(1, Ordering::AcqRel);
+        ConnectionSlot(Arc::clone(open))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -220,7 +286,7 @@ async fn refuse_busy(mut stream: UnixStream, limits: Limits) {
 async fn serve_connection(
     mut stream: UnixStream,
     service: Arc<Service>,
-    limits: Limits,
+    limits: LiveLimits,
     shutdown: CancellationToken,
 ) {
     let peer = match stream
@@ -234,6 +300,7 @@ async fn serve_connection(
         }
     };
     loop {
+        let limits = **limits.load();
         let mut prefix = [0u8; LENGTH_PREFIX];
         let got = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -266,6 +333,7 @@ async fn serve_connection(
         let (reply, keep_open) = match frame {
             Ok(body) => answer(&body, &peer, &service).await,
             Err(FrameError::Decode(e)) => {
+                tracing::warn!(uid = peer.uid, pid = peer.pid, "refused a bad frame: {e}");
                 (rejection(e.request_id(), e.code(), e.to_string()), false)
             }
             Err(FrameError::Truncated { .. }) | Err(FrameError::Io(_)) => return,
@@ -332,7 +400,14 @@ async fn answer(body: &FrameBuf, peer: &Peer, service: &Service) -> (Envelope<Re
                 true,
             )
         }
-        Err(e) => (rejection(e.request_id(), e.code(), e.to_string()), false),
+        Err(e) => {
+            tracing::warn!(
+                uid = peer.uid,
+                pid = peer.pid,
+                "refused an undecodable request: {e}"
+            );
+            (rejection(e.request_id(), e.code(), e.to_string()), false)
+        }
     }
 }
 

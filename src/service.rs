@@ -6,21 +6,22 @@
 //! the cryptography. Changes to the key store run on the blocking pool: they
 //! wait for SQLite to sync and, for new versions, possibly for the TPM.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use agent_proto::{
     Ciphertext, DataKey, EncryptionContext, ErrorCode, KeyState, OLDEST_PROTOCOL_VERSION,
     Operation, PROTOCOL_VERSION, Request, Response, SecretBytes, StatusInfo, Unwrapped, Wrapped,
 };
+use arc_swap::ArcSwap;
 use rand::TryRng;
 use zeroize::Zeroizing;
 
+use crate::audit::{self, Subject};
 use crate::config::Tcti;
 use crate::envelope::{self, InvalidCiphertext};
 use crate::keystore::{Key, KeyStore, StoreError, Version};
+use crate::monitor::{AlertKind, AlertThresholds, Monitor};
 use crate::peer::Peer;
 use crate::policy::Policy;
 use crate::tpm;
@@ -93,11 +94,11 @@ impl From<StoreError> for Refusal {
 pub struct Service {
     root_key_check: String,
     store: Arc<KeyStore>,
-    policy: Policy,
-    limits: ServiceLimits,
+    policy: ArcSwap<Policy>,
+    limits: ArcSwap<ServiceLimits>,
     started: Instant,
     tpm_health: TpmHealth,
-    requests: AtomicU64,
+    monitor: Monitor,
 }
 
 impl Service {
@@ -108,16 +109,17 @@ impl Service {
         store: KeyStore,
         policy: Policy,
         limits: ServiceLimits,
+        alerts: AlertThresholds,
         tcti: Tcti,
     ) -> Service {
         Service {
             root_key_check,
             store: Arc::new(store),
-            policy,
-            limits,
+            policy: ArcSwap::from_pointee(policy),
+            limits: ArcSwap::from_pointee(limits),
             started: Instant::now(),
             tpm_health: TpmHealth::new(tcti),
-            requests: AtomicU64::new(0),
+            monitor: Monitor::new(alerts),
         }
     }
 
@@ -126,35 +128,62 @@ impl Service {
         &self.store
     }
 
-    /// Answers one request from `peer`.
-    pub async fn handle(&self, peer: &Peer, request: Request) -> Response {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.dispatch(peer, request)
-            .await
-            .unwrap_or_else(|refusal| Response::error(refusal.code, refusal.message))
+    /// The request and alert counters.
+    pub fn monitor(&self) -> &Monitor {
+        &self.monitor
     }
 
-    async fn dispatch(&self, peer: &Peer, request: Request) -> Result<Response, Refusal> {
+    /// Puts a reloaded config's grants, limits and alert thresholds in
+    /// force. Requests already running finish under the old ones; every
+    /// later request, on old connections too, is decided by the new ones.
+    pub fn reconfigure(&self, policy: Policy, limits: ServiceLimits, alerts: AlertThresholds) {
+        self.policy.store(Arc::new(policy));
+        self.limits.store(Arc::new(limits));
+        self.monitor.set_thresholds(alerts);
+    }
+
+    /// Answers one request from `peer`, counts it and writes its audit event.
+    pub async fn handle(&self, peer: &Peer, request: Request) -> Response {
         let op = request.operation();
+        let mut subject = Subject::default();
+        let response = self
+            .dispatch(peer, request, &mut subject)
+            .await
+            .unwrap_or_else(|refusal| Response::error(refusal.code, refusal.message));
+        let code = match &response {
+            Response::Error(reply) => Some(reply.code),
+            _ => None,
+        };
+        audit::request(peer, op, &subject, code);
+        if let Some(alert) = self.monitor.record(peer.uid, op, code) {
+            audit::peer_alert(&alert);
+        }
+        response
+    }
+
+    async fn dispatch(
+        &self,
+        peer: &Peer,
+        request: Request,
+        subject: &mut Subject,
+    ) -> Result<Response, Refusal> {
+        let op = request.operation();
+        if let Some(key) = request.key_name() {
+            subject.set_key(key);
+        }
         match request {
             Request::Ping => Ok(Response::Pong),
             Request::Status => Ok(Response::Status(self.status().await)),
             Request::CreateKey { name } => {
                 self.permit(peer, op, &name)?;
-                self.change(
-                    move |store| store.create(&name),
-                    |key| {
-                        tracing::info!(key = key.name(), id = %key.id(), "created key");
-                    },
-                )
-                .await
+                self.change(move |store| store.create(&name), subject).await
             }
             Request::Wrap {
                 key,
                 plaintext,
                 context,
             } => self
-                .wrap(peer, &key, plaintext.expose(), &context)
+                .wrap(peer, &key, plaintext.expose(), &context, subject)
                 .await
                 .map(Response::Wrapped),
             Request::Unwrap {
@@ -162,7 +191,7 @@ impl Service {
                 context,
                 key,
             } => self
-                .decrypt(peer, op, &ciphertext, &context, key.as_deref())
+                .decrypt(peer, op, &ciphertext, &context, key.as_deref(), subject)
                 .map(|mut decrypted| {
                     Response::Unwrapped(Unwrapped {
                         key: decrypted.key.name().to_string(),
@@ -177,7 +206,7 @@ impl Service {
                 include_plaintext,
                 context,
             } => {
-                self.data_key(peer, &key, bytes, include_plaintext, &context)
+                self.data_key(peer, &key, bytes, include_plaintext, &context, subject)
                     .await
             }
             Request::Rewrap {
@@ -185,78 +214,59 @@ impl Service {
                 context,
                 key,
             } => {
-                let decrypted = self.decrypt(peer, op, &ciphertext, &context, key.as_deref())?;
-                self.encrypt(decrypted.key.name(), &decrypted.plaintext, &context)
-                    .await
-                    .map(Response::Wrapped)
+                let decrypted =
+                    self.decrypt(peer, op, &ciphertext, &context, key.as_deref(), subject)?;
+                self.encrypt(
+                    decrypted.key.name(),
+                    &decrypted.plaintext,
+                    &context,
+                    subject,
+                )
+                .await
+                .map(Response::Wrapped)
             }
             Request::Rotate { key } => {
                 self.permit(peer, op, &key)?;
-                self.change(
-                    move |store| store.rotate(&key),
-                    |key| {
-                        tracing::info!(
-                            key = key.name(),
-                            version = key.latest_version(),
-                            "rotated key"
-                        );
-                    },
-                )
-                .await
+                self.change(move |store| store.rotate(&key), subject).await
             }
             Request::Revoke { key, version } => {
                 self.permit(peer, op, &key)?;
-                self.change(
-                    move |store| store.revoke(&key, version),
-                    move |key| match version {
-                        Some(v) => tracing::info!(
-                            key = key.name(),
-                            version = v,
-                            "revoked key version; its KEK is deleted"
-                        ),
-                        None => {
-                            tracing::info!(key = key.name(), "revoked key; every KEK is deleted")
-                        }
-                    },
-                )
-                .await
+                let response = self
+                    .change(move |store| store.revoke(&key, version), subject)
+                    .await;
+                if let Some(version) = version {
+                    subject.set_version(version);
+                }
+                response
             }
             Request::Disable { key } => {
                 self.permit(peer, op, &key)?;
-                self.change(
-                    move |store| store.set_enabled(&key, false),
-                    |key| {
-                        tracing::info!(key = key.name(), "disabled key");
-                    },
-                )
-                .await
+                self.change(move |store| store.set_enabled(&key, false), subject)
+                    .await
             }
             Request::Enable { key } => {
                 self.permit(peer, op, &key)?;
-                self.change(
-                    move |store| store.set_enabled(&key, true),
-                    |key| {
-                        tracing::info!(key = key.name(), "enabled key");
-                    },
-                )
-                .await
+                self.change(move |store| store.set_enabled(&key, true), subject)
+                    .await
             }
             Request::SetMinDecryptionVersion { key, version } => {
                 self.permit(peer, op, &key)?;
-                self.change(
-                    move |store| store.set_min_decryption_version(&key, version),
-                    move |key| {
-                        tracing::info!(key = key.name(), version, "set minimum decryption version");
-                    },
-                )
-                .await
+                let response = self
+                    .change(
+                        move |store| store.set_min_decryption_version(&key, version),
+                        subject,
+                    )
+                    .await;
+                subject.set_version(version);
+                response
             }
             Request::ListKeys => {
                 let keys = self.store.keys();
+                let policy = self.policy.load();
                 Ok(Response::Keys(
                     keys.sorted()
                         .into_iter()
-                        .filter(|key| self.policy.may_see(peer, key.name()))
+                        .filter(|key| policy.may_see(peer, key.name()))
                         .map(|key| key.info())
                         .collect(),
                 ))
@@ -273,11 +283,9 @@ impl Service {
 
     /// Refuses `op` on `key` unless a grant (or admin rights) allows it.
     fn permit(&self, peer: &Peer, op: Operation, key: &str) -> Result<(), Refusal> {
-        if self.policy.allows(peer, op, key) {
+        if self.policy.load().allows(peer, op, key) {
             return Ok(());
         }
-        // Debug-formatted: the name is the peer's, unvalidated, and must not forge log lines.
-        tracing::warn!(uid = peer.uid, pid = peer.pid, op = %op, key = ?key, "denied");
         let shown: String = key.chars().take(128).collect();
         Err(Refusal::new(
             ErrorCode::PermissionDenied,
@@ -286,11 +294,11 @@ impl Service {
     }
 
     /// Runs a key-store change on the blocking pool and answers with the
-    /// key's new metadata; `log` records the change once it is durable.
+    /// key's new metadata; `subject` learns the key's latest version.
     async fn change(
         &self,
         change: impl FnOnce(&KeyStore) -> Result<Arc<Key>, StoreError> + Send + 'static,
-        log: impl FnOnce(&Key),
+        subject: &mut Subject,
     ) -> Result<Response, Refusal> {
         let store = Arc::clone(&self.store);
         let key = tokio::task::spawn_blocking(move || change(&store))
@@ -301,7 +309,7 @@ impl Service {
                     format!("the change did not finish: {e}"),
                 )
             })??;
-        log(&key);
+        subject.set_version(key.latest_version());
         Ok(Response::Key(key.info()))
     }
 
@@ -326,19 +334,21 @@ impl Service {
         key: &str,
         plaintext: &[u8],
         context: &EncryptionContext,
+        subject: &mut Subject,
     ) -> Result<Wrapped, Refusal> {
         self.permit(peer, Operation::Wrap, key)?;
-        if plaintext.len() > self.limits.max_plaintext {
+        let max_plaintext = self.limits.load().max_plaintext;
+        if plaintext.len() > max_plaintext {
             return Err(Refusal::new(
                 ErrorCode::PlaintextTooLarge,
                 format!(
                     "a plaintext of {} bytes exceeds the limit of {} bytes (max_plaintext); wrap a data key instead and encrypt large data with it",
                     plaintext.len(),
-                    self.limits.max_plaintext
+                    max_plaintext
                 ),
             ));
         }
-        self.encrypt(key, plaintext, context).await
+        self.encrypt(key, plaintext, context, subject).await
     }
 
     async fn data_key(
@@ -348,6 +358,7 @@ impl Service {
         bytes: u16,
         include_plaintext: bool,
         context: &EncryptionContext,
+        subject: &mut Subject,
     ) -> Result<Response, Refusal> {
         self.permit(peer, Operation::DataKey, key)?;
         if !DATA_KEY_LENGTHS.contains(&bytes) {
@@ -365,7 +376,7 @@ impl Service {
                     format!("the OS random number generator failed: {e}"),
                 )
             })?;
-        let wrapped = self.encrypt(key, &data_key, context).await?;
+        let wrapped = self.encrypt(key, &data_key, context, subject).await?;
         Ok(Response::DataKey(DataKey {
             key: wrapped.key,
             version: wrapped.version,
@@ -375,14 +386,17 @@ impl Service {
     }
 
     /// Encrypts under the latest version of `key`: counts the encryption,
-    /// persists the count's reservation when it runs out, and rotates the key
-    /// when the version reaches its limit.
+    /// persists the count's reservation when it runs out, raises the alert
+    /// when the version nears its limit, and rotates the key when it
+    /// reaches it.
     async fn encrypt(
         &self,
         key: &str,
         plaintext: &[u8],
         context: &EncryptionContext,
+        subject: &mut Subject,
     ) -> Result<Wrapped, Refusal> {
+        let rotate_after = self.limits.load().rotate_after;
         for _ in 0..WRAP_ATTEMPTS {
             let keys = self.store.keys();
             let Some(current) = keys.by_name(key) else {
@@ -395,10 +409,21 @@ impl Service {
                     format!("key \"{key}\" has no version"),
                 ));
             };
-            let Some(count) = version.count_encryption(self.limits.rotate_after) else {
+            let Some(count) = version.count_encryption(rotate_after) else {
                 self.rotate_at_limit(current, &version).await?;
                 continue;
             };
+            if count >= self.monitor.thresholds().encryption_alert_at(rotate_after)
+                && version.mark_limit_alerted()
+            {
+                self.monitor.count_alert(AlertKind::EncryptionLimit);
+                audit::encryption_limit_alert(
+                    current.name(),
+                    version.number(),
+                    count,
+                    rotate_after,
+                );
+            }
             if !version.is_reserved(count) {
                 let store = Arc::clone(&self.store);
                 let (id, reserved_version) = (current.id(), Arc::clone(&version));
@@ -424,6 +449,7 @@ impl Service {
             let ciphertext =
                 envelope::wrap(cipher, current.id(), version.number(), plaintext, context)
                     .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
+            subject.set_version(version.number());
             return Ok(Wrapped {
                 key: current.name().to_string(),
                 version: version.number(),
@@ -468,6 +494,7 @@ impl Service {
         ciphertext: &Ciphertext,
         context: &EncryptionContext,
         expected_key: Option<&str>,
+        subject: &mut Subject,
     ) -> Result<Decrypted, Refusal> {
         let header = envelope::read_header(ciphertext.as_bytes())
             .map_err(|_| Refusal::invalid_ciphertext())?;
@@ -478,6 +505,8 @@ impl Service {
         if expected_key.is_some_and(|expected| expected != key.name()) {
             return Err(Refusal::invalid_ciphertext());
         }
+        subject.set_key(key.name());
+        subject.set_version(header.version);
         self.permit(peer, op, key.name())?;
         Self::usable(key)?;
         let version = key
@@ -516,14 +545,9 @@ impl Service {
 
     async fn status(&self) -> StatusInfo {
         let keys = self.store.keys();
-        let counters = BTreeMap::from([
-            ("keys".to_string(), keys.len() as u64),
-            ("versions".to_string(), keys.version_count() as u64),
-            (
-                "requests".to_string(),
-                self.requests.load(Ordering::Relaxed),
-            ),
-        ]);
+        let mut counters = self.monitor.counters();
+        counters.insert("keys".to_string(), keys.len() as u64);
+        counters.insert("versions".to_string(), keys.version_count() as u64);
         StatusInfo {
             daemon_version: env!("CARGO_PKG_VERSION").to_string(),
             oldest_protocol: OLDEST_PROTOCOL_VERSION,

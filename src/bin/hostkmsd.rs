@@ -5,11 +5,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use hostkms::audit::LogTarget;
 use hostkms::config::{Config, DEFAULT_CONFIG_PATH, Overrides};
+use hostkms::daemon::ConfigSource;
+
+#[path = "shared/generate.rs"]
+mod generate;
 
 /// TPM-backed key-management daemon.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "hostkmsd", version, about)]
 struct Args {
     /// Config file (TOML). The default path may be absent (all defaults);
     /// a path given here must exist.
@@ -28,10 +33,23 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) =
+        generate::run_if_requested("hostkmsd", <Args as clap::CommandFactory>::command)
+    {
+        return code;
+    }
     let args = Args::parse();
     quiet_tss_logging();
     harden_process();
-    init_logging();
+    let directives = std::env::var("HOSTKMS_LOG").unwrap_or_else(|_| "info".to_string());
+    let target = std::env::var("HOSTKMS_LOG_TARGET").unwrap_or_default();
+    let target = LogTarget::parse(&target).unwrap_or_else(|| {
+        eprintln!(
+            "hostkmsd: warning: HOSTKMS_LOG_TARGET={target:?} is not auto, journal or stderr; using auto"
+        );
+        LogTarget::Auto
+    });
+    hostkms::audit::init(target, &directives);
 
     let overrides = Overrides {
         socket: args.socket,
@@ -42,14 +60,19 @@ fn main() -> ExitCode {
         Some(path) => (path, true),
         None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
     };
-    let config = match Config::load(&path, required, &overrides) {
+    let source = ConfigSource {
+        path,
+        required,
+        overrides,
+    };
+    let config = match Config::load(&source.path, source.required, &source.overrides) {
         Ok(config) => config,
         Err(e) => {
             tracing::error!("{e}");
             return ExitCode::from(2);
         }
     };
-    match hostkms::daemon::run(&config) {
+    match hostkms::daemon::run(config, source) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -70,35 +93,17 @@ fn quiet_tss_logging() {
 /// Keeps secrets out of core dumps and files private by default: no core
 /// dumps, no ptrace by other processes of the same user, umask 077.
 fn harden_process() {
-    use nix::sys::resource::{Resource, setrlimit};
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
     use nix::sys::stat::{Mode, umask};
-    if let Err(e) = setrlimit(Resource::RLIMIT_CORE, 0, 0) {
-        eprintln!("hostkmsd: warning: cannot disable core dumps: {e}");
+    // Under systemd LimitCORE=0 has done this already, and the unit's
+    // system-call filter may refuse setrlimit.
+    if getrlimit(Resource::RLIMIT_CORE) != Ok((0, 0)) {
+        if let Err(e) = setrlimit(Resource::RLIMIT_CORE, 0, 0) {
+            eprintln!("hostkmsd: warning: cannot disable core dumps: {e}");
+        }
     }
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         eprintln!("hostkmsd: warning: cannot mark the process non-dumpable: {e}");
     }
     umask(Mode::from_bits_truncate(0o077));
-}
-
-/// Logs to stderr at `info`, or as `HOSTKMS_LOG` says (tracing's filter
-/// syntax). tss-esapi's own log lines stay off unless `HOSTKMS_LOG` names
-/// `tss_esapi`: expected misses (no persistent SRK) look like errors there,
-/// and real failures are reported by the daemon in words.
-fn init_logging() {
-    use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-    let mut directives = std::env::var("HOSTKMS_LOG").unwrap_or_else(|_| "info".to_string());
-    if !directives.contains("tss_esapi") {
-        directives.push_str(",tss_esapi=off");
-    }
-    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|e| {
-        eprintln!("hostkmsd: warning: HOSTKMS_LOG={directives:?} is not a valid filter ({e}); logging at info");
-        EnvFilter::new("info,tss_esapi=off")
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
 }

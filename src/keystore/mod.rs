@@ -17,7 +17,7 @@ mod sealing;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -53,6 +53,8 @@ pub struct Version {
     sealed: Option<[u8; SEALED_KEK_LEN]>,
     encryptions: AtomicU64,
     reserved: AtomicU64,
+    /// Whether this process raised the near-the-limit alert for the version.
+    limit_alerted: AtomicBool,
 }
 
 impl std::fmt::Debug for Version {
@@ -97,6 +99,12 @@ impl Version {
             .map(|n| n + 1)
     }
 
+    /// Marks the near-the-limit alert as raised; true only for the first
+    /// caller, so the alert is raised once per version and process.
+    pub fn mark_limit_alerted(&self) -> bool {
+        !self.limit_alerted.swap(true, Ordering::Relaxed)
+    }
+
     /// Whether `count` encryptions are covered by the persisted reservation.
     pub fn is_reserved(&self, count: u64) -> bool {
         count <= self.reserved.load(Ordering::Relaxed)
@@ -111,6 +119,7 @@ impl Version {
             sealed: None,
             encryptions: AtomicU64::new(count),
             reserved: AtomicU64::new(self.reserved.load(Ordering::Relaxed).max(count)),
+            limit_alerted: AtomicBool::new(self.limit_alerted.load(Ordering::Relaxed)),
         }
     }
 
@@ -508,6 +517,7 @@ impl KeyStore {
             sealed: Some(sealed),
             encryptions: AtomicU64::new(0),
             reserved: AtomicU64::new(0),
+            limit_alerted: AtomicBool::new(false),
         })
     }
 
@@ -814,6 +824,7 @@ fn load_keys(
                 sealed,
                 encryptions: AtomicU64::new(version.encryptions_reserved),
                 reserved: AtomicU64::new(version.encryptions_reserved),
+                limit_alerted: AtomicBool::new(false),
             }));
         }
         if keys.by_name(&row.name).is_some() || keys.by_id(row.id).is_some() {

@@ -244,6 +244,16 @@ impl Daemon {
 
     /// As [`Daemon::start`], with extra command-line arguments.
     pub fn start_with_args(files: &DaemonFiles, args: &[&str]) -> Result<Daemon, String> {
+        Daemon::start_with_env(files, args, &[("HOSTKMS_LOG_TARGET", "stderr")])
+    }
+
+    /// As [`Daemon::start`], with extra arguments and environment variables
+    /// (`HOSTKMS_LOG_TARGET` chooses where it logs).
+    pub fn start_with_env(
+        files: &DaemonFiles,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Daemon, String> {
         static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = files.root.path().join(format!("hostkmsd-{n}.log"));
@@ -253,6 +263,7 @@ impl Daemon {
             .arg(&files.config)
             .args(args)
             .env("HOSTKMS_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log"))
             .stderr(log_file)
@@ -349,6 +360,7 @@ pub fn run_daemon_to_exit(args: &[&str]) -> Output {
     let mut child = Command::new(HOSTKMSD)
         .args(args)
         .env("HOSTKMS_LOG", "info")
+        .env("HOSTKMS_LOG_TARGET", "stderr")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -558,4 +570,61 @@ fn relay(listener: TcpListener, target: u16, recorded: Arc<Mutex<Vec<u8>>>) {
 /// Whether `haystack` contains `needle` as a contiguous run.
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Where journald listens; tracing-journald writes to this fixed path.
+pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// Makes sure a journald runs, starting one by hand (as on this machine,
+/// where systemd is not PID 1) when its socket is absent.
+pub fn ensure_journald() {
+    static STARTED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _once = STARTED.lock().unwrap_or_else(|e| e.into_inner());
+    if Path::new(JOURNAL_SOCKET).exists() {
+        return;
+    }
+    for dir in ["/run/systemd/journal", "/run/log/journal"] {
+        fs::create_dir_all(dir).expect("journal directories");
+    }
+    // --fork: setsid returns at once and journald outlives the test process.
+    let started = Command::new("setsid")
+        .args(["--fork", "/lib/systemd/systemd-journald"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("start systemd-journald");
+    assert!(started.success(), "setsid systemd-journald: {started}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !Path::new(JOURNAL_SOCKET).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "journald did not start within 10 s"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The journal's entries of process `pid`, as JSON objects.
+pub fn journal_of(pid: u32) -> Vec<serde_json::Value> {
+    let output = Command::new("journalctl")
+        .args(["--no-pager", "-o", "json", "--all"])
+        .arg(format!("_PID={pid}"))
+        .output()
+        .expect("run journalctl");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+/// Everything the journal holds of process `pid`, in the export format
+/// (binary fields raw), to search for bytes that must never be logged.
+pub fn journal_export_of(pid: u32) -> Vec<u8> {
+    Command::new("journalctl")
+        .args(["--no-pager", "-o", "export", "--all"])
+        .arg(format!("_PID={pid}"))
+        .output()
+        .expect("run journalctl")
+        .stdout
 }

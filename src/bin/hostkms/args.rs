@@ -39,8 +39,17 @@ pub struct Cli {
 pub enum Command {
     /// Check that the daemon answers.
     Ping,
-    /// Show the daemon's health: versions, uptime, TPM, root key.
+    /// Show the daemon's health: versions, uptime, TPM, root key, and its
+    /// counters (requests by operation and result, denials, alerts).
     Status,
+    /// Print the daemon's counters in the OpenMetrics text format, for
+    /// Prometheus or node_exporter's textfile collector.
+    Metrics {
+        /// Write to this file atomically (mode 0644, replaced whole, so a
+        /// collector never reads half of it) instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
     /// Create a key at version 1.
     CreateKey {
         /// Key name: 1 to 128 of A-Z a-z 0-9 . _ -

@@ -141,6 +141,20 @@ fn write_file(path: &Path, sensitivity: Sensitivity, bytes: &[u8]) -> io::Result
     file.flush()
 }
 
+/// Replaces `path` whole with `bytes`, readable by all (mode 0644): a
+/// metrics collector reading it meanwhile sees the old file or the new one,
+/// never half of one.
+pub fn write_public_atomically(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
+    let write = || -> io::Result<()> {
+        let mut file = atomic_write_file::AtomicWriteFile::open(path)?;
+        file.write_all(bytes)?;
+        file.as_file()
+            .set_permissions(fs::Permissions::from_mode(0o644))?;
+        file.commit()
+    };
+    write().map_err(|e| CliError::write(Some(path), e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,8 @@
 mod args;
 mod bench;
 mod error;
+#[path = "../shared/generate.rs"]
+mod generate;
 mod io;
 mod output;
 
@@ -30,6 +32,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Parses the command line, runs the command, and turns a failure into
 /// `hostkms: <why>` on stderr and its exit code.
 fn main() -> ExitCode {
+    if let Some(code) =
+        generate::run_if_requested("hostkms", <Cli as clap::CommandFactory>::command)
+    {
+        return code;
+    }
     let cli = Cli::parse();
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -66,6 +73,14 @@ fn run(cli: &Cli) -> Result<(), CliError> {
                 output::status_human(&status)
             };
             write_stdout(text.as_bytes())
+        }
+        Command::Metrics { out } => {
+            let status = connect(socket)?.status()?;
+            let text = output::metrics_openmetrics(&status);
+            match out {
+                Some(path) => io::write_public_atomically(path, text.as_bytes()),
+                None => write_stdout(text.as_bytes()),
+            }
         }
         Command::CreateKey { name } => print_key(&connect(socket)?.create_key(name)?, json),
         Command::List => {

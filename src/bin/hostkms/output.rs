@@ -211,10 +211,191 @@ pub fn status_human(status: &StatusInfo) -> String {
         "root key check:   {}",
         printable(&status.root_key_check)
     );
-    for (name, value) in &status.counters {
-        let _ = writeln!(out, "{:<17} {value}", format!("{}:", printable(name)));
+    let counter = |name: &str| status.counters.get(name).copied().unwrap_or(0);
+    for (label, name) in [
+        ("keys:", "keys"),
+        ("versions:", "versions"),
+        ("requests:", "requests"),
+        ("denials:", "denials"),
+        ("alerts:", "alerts"),
+    ] {
+        let _ = writeln!(out, "{label:<17} {}", counter(name));
+    }
+    let by_op = requests_by_operation(status);
+    if !by_op.is_empty() {
+        let _ = writeln!(out, "requests by operation:");
+        for (op, [ok, denied, error]) in by_op {
+            let _ = writeln!(
+                out,
+                "  {:<24} ok {ok:<8} denied {denied:<6} error {error}",
+                printable(op)
+            );
+        }
+    }
+    let alerts: Vec<_> = status
+        .counters
+        .iter()
+        .filter_map(|(name, value)| Some((name.strip_prefix("alerts.")?, *value)))
+        .filter(|(_, value)| *value > 0)
+        .collect();
+    if !alerts.is_empty() {
+        let _ = writeln!(out, "alerts by kind:");
+        for (kind, value) in alerts {
+            let _ = writeln!(out, "  {:<24} {value}", printable(kind));
+        }
     }
     out
+}
+
+/// The `requests.<op>.<result>` counters as (op, result, count).
+fn request_counters(status: &StatusInfo) -> impl Iterator<Item = (&str, &str, u64)> {
+    status.counters.iter().filter_map(|(name, value)| {
+        let (op, result) = name.strip_prefix("requests.")?.rsplit_once('.')?;
+        Some((op, result, *value))
+    })
+}
+
+/// The `requests.<op>.<result>` counters of operations that saw any
+/// request, as `[ok, denied, error]`.
+fn requests_by_operation(status: &StatusInfo) -> Vec<(&str, [u64; 3])> {
+    let mut by_op: Vec<(&str, [u64; 3])> = Vec::new();
+    for (op, result, value) in request_counters(status) {
+        let slot = match result {
+            "ok" => 0,
+            "denied" => 1,
+            "error" => 2,
+            _ => continue,
+        };
+        match by_op.iter_mut().find(|(known, _)| *known == op) {
+            Some((_, counts)) => counts[slot] += value,
+            None => {
+                let mut counts = [0; 3];
+                counts[slot] = value;
+                by_op.push((op, counts));
+            }
+        }
+    }
+    by_op.retain(|(_, counts)| counts.iter().any(|count| *count > 0));
+    by_op
+}
+
+/// The daemon's counters in the OpenMetrics text format, for a Prometheus
+/// scrape or node_exporter's textfile collector. Label values are escaped;
+/// the exposition ends with `# EOF`.
+pub fn metrics_openmetrics(status: &StatusInfo) -> String {
+    let mut out = String::new();
+    let counter = |name: &str| status.counters.get(name).copied().unwrap_or(0);
+    let family = |out: &mut String, name: &str, kind: &str, unit: Option<&str>, help: &str| {
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        if let Some(unit) = unit {
+            let _ = writeln!(out, "# UNIT {name} {unit}");
+        }
+        let _ = writeln!(out, "# HELP {name} {help}");
+    };
+    family(
+        &mut out,
+        "hostkms_requests",
+        "counter",
+        None,
+        "Requests answered since the daemon started, by operation and result.",
+    );
+    for (op, result, value) in request_counters(status) {
+        let _ = writeln!(
+            out,
+            "hostkms_requests_total{{op=\"{}\",result=\"{}\"}} {value}",
+            label_value(op),
+            label_value(result)
+        );
+    }
+    family(
+        &mut out,
+        "hostkms_denials",
+        "counter",
+        None,
+        "Requests denied for want of a grant since the daemon started.",
+    );
+    let _ = writeln!(out, "hostkms_denials_total {}", counter("denials"));
+    family(
+        &mut out,
+        "hostkms_alerts",
+        "counter",
+        None,
+        "Alerts raised since the daemon started, by kind.",
+    );
+    for (name, value) in &status.counters {
+        if let Some(kind) = name.strip_prefix("alerts.") {
+            let _ = writeln!(
+                out,
+                "hostkms_alerts_total{{kind=\"{}\"}} {value}",
+                label_value(kind)
+            );
+        }
+    }
+    let gauges = [
+        (
+            "hostkms_keys",
+            None,
+            "Keys in the key store, revoked ones included.",
+            counter("keys"),
+        ),
+        (
+            "hostkms_key_versions",
+            None,
+            "Key versions in the key store.",
+            counter("versions"),
+        ),
+        (
+            "hostkms_uptime_seconds",
+            Some("seconds"),
+            "Seconds since the daemon started.",
+            status.uptime_secs,
+        ),
+        (
+            "hostkms_tpm_reachable",
+            None,
+            "1 when the TPM answered the daemon's last probe, else 0.",
+            u64::from(status.tpm_reachable),
+        ),
+        (
+            "hostkms_root_key_loaded",
+            None,
+            "1 when the daemon holds an unsealed root key, else 0.",
+            u64::from(status.root_key_loaded),
+        ),
+    ];
+    for (name, unit, help, value) in gauges {
+        family(&mut out, name, "gauge", unit, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    family(
+        &mut out,
+        "hostkms_build",
+        "info",
+        None,
+        "The daemon's version.",
+    );
+    let _ = writeln!(
+        out,
+        "hostkms_build_info{{version=\"{}\"}} 1",
+        label_value(&status.daemon_version)
+    );
+    out.push_str("# EOF\n");
+    out
+}
+
+/// A label value as OpenMetrics escapes it: backslash, quote and newline.
+fn label_value(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            '"' => escaped.push_str("\\\""),
+            '\n' => escaped.push_str("\\n"),
+            c if c.is_control() => escaped.push('?'),
+            c => escaped.push(c),
+        }
+    }
+    escaped
 }
 
 /// The answer to wrap or rewrap as JSON: key, version, base64 ciphertext.

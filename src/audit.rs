@@ -1,0 +1,367 @@
+//! The audit trail: one structured event per request, plus alerts and the
+//! daemon's life events, each with a fixed `MESSAGE_ID` that
+//! `systemd/hostkms.catalog` explains.
+//!
+//! Events go through `tracing`. Where journald listens they are written to
+//! it natively, with every field its own journal field (`journalctl
+//! HOSTKMS_OP=unwrap`); elsewhere they are printed to stderr. No plaintext,
+//! key material or ciphertext body is ever a field: events carry names,
+//! numbers and outcomes only.
+
+use std::path::Path;
+use std::time::Duration;
+
+use agent_proto::{ErrorCode, Operation};
+use tracing::Level;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::{FilterExt, FilterFn, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::monitor::{AlertKind, Outcome, PeerAlert};
+use crate::peer::Peer;
+
+/// A request was answered.
+pub const REQUEST_OK: &str = "54ef972d04c94c4d82e172b091a4204e";
+/// A request was refused for want of a grant.
+pub const REQUEST_DENIED: &str = "ae4499d0098646569a7eaef5c366b9e7";
+/// A request was refused for another reason (`HOSTKMS_ERROR` says which).
+pub const REQUEST_FAILED: &str = "4fecfa9090084923a2dbb30f5ea9d08a";
+/// One peer was denied repeatedly within the alert window.
+pub const ALERT_REPEATED_DENIALS: &str = "03be2c8933e142a2b89d67c4df0731b9";
+/// One peer failed to decrypt repeatedly within the alert window.
+pub const ALERT_REPEATED_INVALID_CIPHERTEXTS: &str = "1a9d2af668fc48ac9ab2d4a888899de9";
+/// A key version neared its encryption limit.
+pub const ALERT_ENCRYPTION_LIMIT: &str = "a65fa18274d944968d01e53a1bbd32c0";
+/// The daemon unsealed its root key, loaded its keys and serves.
+pub const DAEMON_READY: &str = "3246e65abb4b411ab335889564bd4421";
+/// The daemon stopped cleanly.
+pub const DAEMON_STOPPED: &str = "03cf281e477a40c99f3000e0beee0cae";
+/// A SIGHUP put new grants and limits in force.
+pub const CONFIG_RELOADED: &str = "c8d9b9f895044afdab796f25231a8980";
+/// A SIGHUP found an invalid config; the old one stays in force.
+pub const CONFIG_RELOAD_FAILED: &str = "fd310359d92c424cafb28af3f8b58d68";
+
+/// The tracing target of request and life events.
+const AUDIT_TARGET: &str = "hostkms::audit";
+/// The tracing target of alerts, which journald receives at priority alert (1).
+const ALERT_TARGET: &str = "hostkms::alert";
+/// Where journald listens for native messages.
+const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+/// The journal's `SYSLOG_IDENTIFIER` for the daemon.
+const SYSLOG_IDENTIFIER: &str = "hostkmsd";
+/// The longest key name an event carries; longer (invalid) names are cut.
+const MAX_LOGGED_NAME: usize = 128;
+
+/// Where the daemon's events went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sink {
+    /// journald, natively, with structured fields.
+    Journal,
+    /// Standard error, as text.
+    Stderr,
+}
+
+/// Where the daemon is asked to log (`HOSTKMS_LOG_TARGET`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTarget {
+    /// journald when its socket is there, else stderr (the default).
+    Auto,
+    /// journald; stderr, with a warning, when it does not listen.
+    Journal,
+    /// stderr, even where journald listens (a daemon run by hand in a terminal).
+    Stderr,
+}
+
+impl LogTarget {
+    /// Reads `auto`, `journal` or `stderr`.
+    pub fn parse(text: &str) -> Option<LogTarget> {
+        match text {
+            "auto" | "" => Some(LogTarget::Auto),
+            "journal" => Some(LogTarget::Journal),
+            "stderr" => Some(LogTarget::Stderr),
+            _ => None,
+        }
+    }
+}
+
+/// Sends the daemon's log and audit events to journald when its socket is
+/// there (and `target` allows it), else to stderr. `directives` filters
+/// ordinary log lines (tracing's syntax, from `HOSTKMS_LOG`); audit events
+/// and alerts are never filtered out.
+pub fn init(target: LogTarget, directives: &str) -> Sink {
+    let mut directives = directives.to_string();
+    if !directives.contains("tss_esapi") {
+        // Expected misses (no persistent SRK) look like errors there; the
+        // daemon reports real TPM failures itself, in words.
+        directives.push_str(",tss_esapi=off");
+    }
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+        eprintln!(
+            "hostkmsd: warning: HOSTKMS_LOG={directives:?} is not a valid filter ({e}); logging at info"
+        );
+        EnvFilter::new("info,tss_esapi=off")
+    });
+    let journal = match target {
+        LogTarget::Stderr => None,
+        LogTarget::Auto if !Path::new(JOURNAL_SOCKET).exists() => None,
+        LogTarget::Auto | LogTarget::Journal => journal_layers(),
+    };
+    // Ordinary lines pass `filter`; audit events always pass.
+    let audit_and_filtered = ordinary_lines()
+        .and(filter)
+        .or(Targets::new().with_target(AUDIT_TARGET, Level::INFO));
+    match journal {
+        Some((main, alerts)) => {
+            let main = main.with_filter(audit_and_filtered);
+            let alerts = alerts.with_filter(Targets::new().with_target(ALERT_TARGET, Level::INFO));
+            tracing_subscriber::registry()
+                .with(main)
+                .with(alerts)
+                .init();
+            Sink::Journal
+        }
+        None => {
+            use std::io::IsTerminal;
+            let stderr = tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr)
+                .with_filter(
+                    audit_and_filtered.or(Targets::new().with_target(ALERT_TARGET, Level::INFO)),
+                );
+            tracing_subscriber::registry().with(stderr).init();
+            Sink::Stderr
+        }
+    }
+}
+
+/// Everything but audit events and alerts.
+fn ordinary_lines() -> FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
+    FilterFn::new(|meta: &tracing::Metadata<'_>| {
+        meta.target() != AUDIT_TARGET && meta.target() != ALERT_TARGET
+    })
+}
+
+/// Two journald writers: one for everything but alerts (INFO as
+/// informational, not notice), one that gives alerts priority alert.
+fn journal_layers() -> Option<(tracing_journald::Layer, tracing_journald::Layer)> {
+    use tracing_journald::{Priority, PriorityMappings};
+    let writer = |mappings: PriorityMappings| {
+        tracing_journald::layer().map(|layer| {
+            layer
+                .with_field_prefix(None)
+                .with_syslog_identifier(SYSLOG_IDENTIFIER.to_string())
+                .with_priority_mappings(mappings)
+        })
+    };
+    let ordinary = PriorityMappings {
+        info: Priority::Informational,
+        debug: Priority::Debug,
+        ..PriorityMappings::new()
+    };
+    let alerts = PriorityMappings {
+        error: Priority::Alert,
+        warn: Priority::Alert,
+        info: Priority::Alert,
+        ..PriorityMappings::new()
+    };
+    match (writer(ordinary), writer(alerts)) {
+        (Ok(main), Ok(alerts)) => Some((main, alerts)),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("hostkmsd: journald does not accept messages ({e}); logging to stderr");
+            None
+        }
+    }
+}
+
+/// What a request acted on, as far as the daemon learned it: filled in as
+/// the request goes, so a refused request still names what it asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subject {
+    key: Option<String>,
+    version: Option<u32>,
+}
+
+impl Subject {
+    /// Records the key's name. A name that is not a valid key name came
+    /// from the peer unchecked: it is cut and escaped so it cannot forge
+    /// journal fields or stderr lines.
+    pub fn set_key(&mut self, name: &str) {
+        let valid = crate::keystore::check_name(name).is_ok();
+        self.key = Some(if valid {
+            name.to_string()
+        } else {
+            let cut: String = name.chars().take(MAX_LOGGED_NAME).collect();
+            format!("{cut:?}")
+        });
+    }
+
+    /// Records the key version the request used or produced.
+    pub fn set_version(&mut self, version: u32) {
+        self.version = Some(version);
+    }
+
+    /// The key's name (escaped when invalid), if known.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    /// The key version, if known.
+    pub fn version(&self) -> Option<u32> {
+        self.version
+    }
+}
+
+/// The kebab-case name of an error code: the value of `HOSTKMS_ERROR`.
+pub fn error_name(code: ErrorCode) -> String {
+    code.name().replace(' ', "-").to_ascii_lowercase()
+}
+
+/// Logs one answered request: priority info when it succeeded, warning when
+/// denied, err when it failed.
+pub fn request(peer: &Peer, op: Operation, subject: &Subject, code: Option<ErrorCode>) {
+    let outcome = Outcome::of(code);
+    let error = code.map(error_name);
+    let key = subject.key();
+    let version = subject.version();
+    let unit = peer.unit.as_deref();
+    let pid = peer.pid;
+    let target = match (key, version) {
+        (Some(key), Some(v)) => format!(" {key} v{v}"),
+        (Some(key), None) => format!(" {key}"),
+        _ => String::new(),
+    };
+    let by = match unit {
+        Some(unit) => format!("uid {} ({unit})", peer.uid),
+        None => format!("uid {}", peer.uid),
+    };
+    macro_rules! event {
+        ($level:expr, $id:expr, $message:expr) => {
+            tracing::event!(
+                target: AUDIT_TARGET,
+                $level,
+                MESSAGE_ID = $id,
+                HOSTKMS_OP = op.as_str(),
+                HOSTKMS_KEY = key,
+                HOSTKMS_KEY_VERSION = version,
+                HOSTKMS_RESULT = outcome.as_str(),
+                HOSTKMS_ERROR = error.as_deref(),
+                HOSTKMS_PEER_UID = peer.uid,
+                HOSTKMS_PEER_PID = pid,
+                HOSTKMS_PEER_UNIT = unit,
+                "{}",
+                $message
+            )
+        };
+    }
+    match outcome {
+        Outcome::Ok => event!(Level::INFO, REQUEST_OK, format!("{op}{target} by {by}: ok")),
+        Outcome::Denied => event!(
+            Level::WARN,
+            REQUEST_DENIED,
+            format!("{op}{target} by {by}: denied, no grant allows it")
+        ),
+        Outcome::Failed => event!(
+            Level::ERROR,
+            REQUEST_FAILED,
+            format!(
+                "{op}{target} by {by}: {}",
+                code.map(ErrorCode::name).unwrap_or_default()
+            )
+        ),
+    }
+}
+
+/// Raises an alert for a peer that crossed a threshold.
+pub fn peer_alert(alert: &PeerAlert) {
+    let (id, what) = match alert.kind {
+        AlertKind::RepeatedDenials => (ALERT_REPEATED_DENIALS, "was denied"),
+        AlertKind::RepeatedInvalidCiphertexts => (
+            ALERT_REPEATED_INVALID_CIPHERTEXTS,
+            "failed to decrypt (invalid ciphertext)",
+        ),
+        AlertKind::EncryptionLimit => (ALERT_ENCRYPTION_LIMIT, "neared an encryption limit"),
+    };
+    tracing::event!(
+        target: ALERT_TARGET,
+        Level::ERROR,
+        MESSAGE_ID = id,
+        HOSTKMS_ALERT = alert.kind.as_str(),
+        HOSTKMS_PEER_UID = alert.uid,
+        HOSTKMS_COUNT = alert.count,
+        HOSTKMS_WINDOW_SECS = alert.window.as_secs(),
+        "alert: uid {} {what} {} times within {}",
+        alert.uid,
+        alert.count,
+        display_window(alert.window),
+    );
+}
+
+/// Raises the alert for a key version nearing its encryption limit.
+pub fn encryption_limit_alert(key: &str, version: u32, count: u64, limit: u64) {
+    tracing::event!(
+        target: ALERT_TARGET,
+        Level::ERROR,
+        MESSAGE_ID = ALERT_ENCRYPTION_LIMIT,
+        HOSTKMS_ALERT = AlertKind::EncryptionLimit.as_str(),
+        HOSTKMS_KEY = key,
+        HOSTKMS_KEY_VERSION = version,
+        HOSTKMS_COUNT = count,
+        HOSTKMS_LIMIT = limit,
+        "alert: version {version} of key {key} made {count} of its {limit} encryptions; it rotates itself at the limit, or rotate it now"
+    );
+}
+
+/// The daemon serves.
+pub fn ready(keys: usize, versions: usize, socket: &str, activated: bool) {
+    tracing::event!(
+        target: AUDIT_TARGET,
+        Level::INFO,
+        MESSAGE_ID = DAEMON_READY,
+        HOSTKMS_KEYS = keys,
+        HOSTKMS_VERSIONS = versions,
+        HOSTKMS_SOCKET = socket,
+        HOSTKMS_SOCKET_ACTIVATED = activated,
+        "serving {keys} keys ({versions} versions) on {socket}{}",
+        if activated { " (socket-activated)" } else { "" }
+    );
+}
+
+/// The daemon stopped cleanly.
+pub fn stopped(requests: u64) {
+    tracing::event!(
+        target: AUDIT_TARGET,
+        Level::INFO,
+        MESSAGE_ID = DAEMON_STOPPED,
+        HOSTKMS_REQUESTS = requests,
+        "stopped after {requests} requests"
+    );
+}
+
+/// A reload put new grants and limits in force.
+pub fn reloaded(path: &Path, grants: usize) {
+    tracing::event!(
+        target: AUDIT_TARGET,
+        Level::INFO,
+        MESSAGE_ID = CONFIG_RELOADED,
+        HOSTKMS_CONFIG = %path.display(),
+        HOSTKMS_GRANTS = grants,
+        "reloaded {}: {grants} grants and the limits are in force",
+        path.display()
+    );
+}
+
+/// A reload failed; the running config stays.
+pub fn reload_failed(problem: &dyn std::fmt::Display) {
+    tracing::event!(
+        target: AUDIT_TARGET,
+        Level::ERROR,
+        MESSAGE_ID = CONFIG_RELOAD_FAILED,
+        "reload failed, the running config stays in force: {problem}"
+    );
+}
+
+fn display_window(window: Duration) -> String {
+    format!("{} s", window.as_secs())
+}

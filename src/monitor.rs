@@ -1,0 +1,378 @@
+//! The daemon watching its own traffic: request counters for `hostkms
+//! status` and `hostkms metrics`, and the patterns that raise an alert
+//! (one peer denied again and again, one peer failing to decrypt again and
+//! again, a key version nearing its encryption limit).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use agent_proto::{ErrorCode, Operation};
+use arc_swap::ArcSwap;
+
+/// Default sliding window of the two per-peer alerts.
+pub const DEFAULT_ALERT_WINDOW_SECS: u64 = 60;
+/// Default denials of one uid within the window that raise an alert.
+pub const DEFAULT_ALERT_DENIALS: u32 = 10;
+/// Default invalid-ciphertext failures of one uid within the window that raise an alert.
+pub const DEFAULT_ALERT_INVALID_CIPHERTEXTS: u32 = 10;
+/// Default share of `rotate_after_encryptions` at which a version raises an alert.
+pub const DEFAULT_ENCRYPTION_LIMIT_PERCENT: u8 = 90;
+/// Peers tracked at once per pattern; beyond it the oldest windows are
+/// forgotten, so a flood of distinct uids cannot grow memory without bound.
+const MAX_TRACKED_PEERS: usize = 4096;
+
+/// When the daemon raises alerts (the config's `[alerts]` table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlertThresholds {
+    /// The sliding window of the per-peer alerts.
+    pub window: Duration,
+    /// Denials of one uid within the window that raise an alert.
+    pub denials: u32,
+    /// Invalid-ciphertext failures of one uid within the window that raise an alert.
+    pub invalid_ciphertexts: u32,
+    /// Percentage of `rotate_after_encryptions` at which a version raises an alert.
+    pub encryption_limit_percent: u8,
+}
+
+impl Default for AlertThresholds {
+    fn default() -> AlertThresholds {
+        AlertThresholds {
+            window: Duration::from_secs(DEFAULT_ALERT_WINDOW_SECS),
+            denials: DEFAULT_ALERT_DENIALS,
+            invalid_ciphertexts: DEFAULT_ALERT_INVALID_CIPHERTEXTS,
+            encryption_limit_percent: DEFAULT_ENCRYPTION_LIMIT_PERCENT,
+        }
+    }
+}
+
+impl AlertThresholds {
+    /// The encryption count at which a version limited to `limit` raises its alert.
+    pub fn encryption_alert_at(&self, limit: u64) -> u64 {
+        (limit.saturating_mul(u64::from(self.encryption_limit_percent)) / 100).clamp(1, limit)
+    }
+}
+
+/// How a request ended, as the audit trail and the counters name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered as asked.
+    Ok,
+    /// Refused for want of a grant.
+    Denied,
+    /// Refused for any other reason.
+    Failed,
+}
+
+impl Outcome {
+    /// Every outcome, in counter order.
+    pub const ALL: [Outcome; 3] = [Outcome::Ok, Outcome::Denied, Outcome::Failed];
+
+    /// The outcome of a request refused with `code`, or answered when `None`.
+    pub fn of(code: Option<ErrorCode>) -> Outcome {
+        match code {
+            None => Outcome::Ok,
+            Some(ErrorCode::PermissionDenied) => Outcome::Denied,
+            Some(_) => Outcome::Failed,
+        }
+    }
+
+    /// `ok`, `denied` or `error`: the value of `HOSTKMS_RESULT`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Denied => "denied",
+            Outcome::Failed => "error",
+        }
+    }
+}
+
+/// The patterns that raise an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertKind {
+    /// One uid was denied `denials` times within the window.
+    RepeatedDenials,
+    /// One uid failed `invalid_ciphertexts` decryptions within the window.
+    RepeatedInvalidCiphertexts,
+    /// A key version reached `encryption_limit_percent` of its encryption limit.
+    EncryptionLimit,
+}
+
+impl AlertKind {
+    /// Every kind, in counter order.
+    pub const ALL: [AlertKind; 3] = [
+        AlertKind::RepeatedDenials,
+        AlertKind::RepeatedInvalidCiphertexts,
+        AlertKind::EncryptionLimit,
+    ];
+
+    /// The kind's name in `HOSTKMS_ALERT` and the metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::RepeatedDenials => "repeated-denials",
+            AlertKind::RepeatedInvalidCiphertexts => "repeated-invalid-ciphertexts",
+            AlertKind::EncryptionLimit => "encryption-limit",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A peer pattern that crossed its threshold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAlert {
+    /// Which pattern.
+    pub kind: AlertKind,
+    /// The peer's uid.
+    pub uid: u32,
+    /// How many events within the window.
+    pub count: u32,
+    /// The window.
+    pub window: Duration,
+}
+
+/// Request and alert counters plus the per-peer alert windows.
+#[derive(Debug)]
+pub struct Monitor {
+    thresholds: ArcSwap<AlertThresholds>,
+    requests: [[AtomicU64; Outcome::ALL.len()]; Operation::ALL.len()],
+    alerts: [AtomicU64; AlertKind::ALL.len()],
+    denials: Mutex<PeerWindows>,
+    invalid_ciphertexts: Mutex<PeerWindows>,
+}
+
+impl Monitor {
+    /// A monitor with zero counts.
+    pub fn new(thresholds: AlertThresholds) -> Monitor {
+        Monitor {
+            thresholds: ArcSwap::from_pointee(thresholds),
+            requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            alerts: std::array::from_fn(|_| AtomicU64::new(0)),
+            denials: Mutex::new(PeerWindows::default()),
+            invalid_ciphertexts: Mutex::new(PeerWindows::default()),
+        }
+    }
+
+    /// The thresholds in force.
+    pub fn thresholds(&self) -> AlertThresholds {
+        **self.thresholds.load()
+    }
+
+    /// Puts new thresholds in force (a reload); the windows carry over.
+    pub fn set_thresholds(&self, thresholds: AlertThresholds) {
+        self.thresholds.store(std::sync::Arc::new(thresholds));
+    }
+
+    /// Counts one answered request and returns the alert it completes, if any.
+    pub fn record(&self, uid: u32, op: Operation, code: Option<ErrorCode>) -> Option<PeerAlert> {
+        let outcome = Outcome::of(code);
+        self.requests[op_index(op)][outcome as usize].fetch_add(1, Ordering::Relaxed);
+        let thresholds = self.thresholds();
+        let (kind, windows, threshold) = match code {
+            Some(ErrorCode::PermissionDenied) => (
+                AlertKind::RepeatedDenials,
+                &self.denials,
+                thresholds.denials,
+            ),
+            Some(ErrorCode::InvalidCiphertext) => (
+                AlertKind::RepeatedInvalidCiphertexts,
+                &self.invalid_ciphertexts,
+                thresholds.invalid_ciphertexts,
+            ),
+            _ => return None,
+        };
+        let mut windows = windows
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = windows.note(uid, Instant::now(), thresholds.window, threshold)?;
+        self.count_alert(kind);
+        Some(PeerAlert {
+            kind,
+            uid,
+            count,
+            window: thresholds.window,
+        })
+    }
+
+    /// Counts an alert raised elsewhere (the encryption limit).
+    pub fn count_alert(&self, kind: AlertKind) {
+        self.alerts[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every counter by name, for `Status`: `requests.<op>.<result>`,
+    /// `requests`, `denials`, `alerts.<kind>` and `alerts`.
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        let mut counters = BTreeMap::new();
+        let (mut total, mut denials) = (0, 0);
+        for (op, by_outcome) in Operation::ALL.iter().zip(&self.requests) {
+            for (outcome, count) in Outcome::ALL.iter().zip(by_outcome) {
+                let count = count.load(Ordering::Relaxed);
+                total += count;
+                if *outcome == Outcome::Denied {
+                    denials += count;
+                }
+                counters.insert(format!("requests.{op}.{}", outcome.as_str()), count);
+            }
+        }
+        counters.insert("requests".to_string(), total);
+        counters.insert("denials".to_string(), denials);
+        let mut alerts = 0;
+        for kind in AlertKind::ALL {
+            let count = self.alerts[kind.index()].load(Ordering::Relaxed);
+            alerts += count;
+            counters.insert(format!("alerts.{}", kind.as_str()), count);
+        }
+        counters.insert("alerts".to_string(), alerts);
+        counters
+    }
+
+    /// Requests answered so far, of every kind.
+    pub fn requests(&self) -> u64 {
+        self.requests
+            .iter()
+            .flatten()
+            .map(|count| count.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+fn op_index(op: Operation) -> usize {
+    Operation::ALL
+        .iter()
+        .position(|candidate| *candidate == op)
+        .unwrap_or(0)
+}
+
+/// Recent event times per uid, at most `threshold` each.
+#[derive(Debug, Default)]
+struct PeerWindows {
+    by_uid: HashMap<u32, VecDeque<Instant>>,
+}
+
+impl PeerWindows {
+    /// Notes one event of `uid` at `now`; when it is the `threshold`th within
+    /// `window`, clears the uid's window (one alert per burst) and returns the count.
+    fn note(&mut self, uid: u32, now: Instant, window: Duration, threshold: u32) -> Option<u32> {
+        let threshold = usize::try_from(threshold.max(1)).unwrap_or(usize::MAX);
+        if !self.by_uid.contains_key(&uid) && self.by_uid.len() >= MAX_TRACKED_PEERS {
+            self.forget_expired(now, window);
+            if self.by_uid.len() >= MAX_TRACKED_PEERS {
+                self.by_uid.clear();
+            }
+        }
+        let times = self.by_uid.entry(uid).or_default();
+        while times
+            .front()
+            .is_some_and(|first| now.duration_since(*first) > window)
+        {
+            times.pop_front();
+        }
+        times.push_back(now);
+        if times.len() < threshold {
+            return None;
+        }
+        let count = times.len();
+        self.by_uid.remove(&uid);
+        Some(u32::try_from(count).unwrap_or(u32::MAX))
+    }
+
+    fn forget_expired(&mut self, now: Instant, window: Duration) {
+        self.by_uid.retain(|_, times| {
+            times
+                .back()
+                .is_some_and(|last| now.duration_since(*last) <= window)
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_raises_one_alert_then_starts_over() {
+        let mut windows = PeerWindows::default();
+        let start = Instant::now();
+        let window = Duration::from_secs(60);
+        for i in 0..2 {
+            assert_eq!(
+                windows.note(7, start + Duration::from_secs(i), window, 3),
+                None
+            );
+        }
+        assert_eq!(
+            windows.note(7, start + Duration::from_secs(2), window, 3),
+            Some(3)
+        );
+        assert_eq!(
+            windows.note(7, start + Duration::from_secs(3), window, 3),
+            None
+        );
+    }
+
+    #[test]
+    fn events_outside_the_window_do_not_count() {
+        let mut windows = PeerWindows::default();
+        let start = Instant::now();
+        let window = Duration::from_secs(10);
+        for i in 0..10 {
+            assert_eq!(
+                windows.note(1, start + Duration::from_secs(i * 6), window, 3),
+                None,
+                "event {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn peers_are_counted_apart_and_memory_is_bounded() {
+        let mut windows = PeerWindows::default();
+        let now = Instant::now();
+        let window = Duration::from_secs(60);
+        assert_eq!(windows.note(1, now, window, 2), None);
+        assert_eq!(windows.note(2, now, window, 2), None);
+        assert_eq!(windows.note(1, now, window, 2), Some(2));
+        for uid in 10..10 + 3 * MAX_TRACKED_PEERS as u32 {
+            windows.note(uid, now, window, 5);
+        }
+        assert!(windows.by_uid.len() <= MAX_TRACKED_PEERS);
+    }
+
+    #[test]
+    fn the_encryption_alert_sits_below_the_limit() {
+        let thresholds = AlertThresholds::default();
+        assert_eq!(thresholds.encryption_alert_at(1 << 30), 966_367_641);
+        assert_eq!(thresholds.encryption_alert_at(5), 4);
+        assert_eq!(thresholds.encryption_alert_at(1), 1);
+    }
+
+    #[test]
+    fn counters_name_every_operation_and_result() {
+        let monitor = Monitor::new(AlertThresholds {
+            denials: 2,
+            ..AlertThresholds::default()
+        });
+        assert_eq!(monitor.record(5, Operation::Wrap, None), None);
+        assert_eq!(
+            monitor.record(5, Operation::Unwrap, Some(ErrorCode::PermissionDenied)),
+            None
+        );
+        let alert = monitor.record(5, Operation::Unwrap, Some(ErrorCode::PermissionDenied));
+        assert_eq!(
+            alert.map(|a| (a.kind, a.uid, a.count)),
+            Some((AlertKind::RepeatedDenials, 5, 2))
+        );
+        let counters = monitor.counters();
+        assert_eq!(counters["requests.wrap.ok"], 1);
+        assert_eq!(counters["requests.unwrap.denied"], 2);
+        assert_eq!(counters["requests.rotate.error"], 0);
+        assert_eq!(counters["requests"], 3);
+        assert_eq!(counters["denials"], 2);
+        assert_eq!(counters["alerts.repeated-denials"], 1);
+        assert_eq!(counters["alerts"], 1);
+        assert_eq!(monitor.requests(), 3);
+    }
+}

@@ -1,0 +1,189 @@
+//! The daemon's view of its own traffic: counters in `hostkms status`, the
+//! OpenMetrics text of `hostkms metrics`, and the alert raised when a key
+//! version nears its encryption limit.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use agent_proto::EncryptionContext;
+use common::{Daemon, DaemonFiles, Swtpm, cli, cli_as, ensure_journald, journal_of};
+
+const ALERT_ENCRYPTION_LIMIT: &str = "a65fa18274d944968d01e53a1bbd32c0";
+
+/// The samples of an OpenMetrics text: `name{labels}` → value.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .map(|line| {
+            let (name, value) = line.rsplit_once(' ').expect("a sample is NAME VALUE");
+            (name.to_string(), value.parse().expect("a numeric value"))
+        })
+        .collect()
+}
+
+#[test]
+fn status_and_metrics_count_requests_by_operation_and_result() {
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::with_public_socket(&tpm.tcti(), "socket_mode = \"0666\"");
+    let daemon = Daemon::start(&files).expect("start");
+    let mut client = daemon.client();
+    client.create_key("app-metrics").expect("create");
+    let ctx = EncryptionContext::new();
+    for _ in 0..3 {
+        client.wrap("app-metrics", b"counted", &ctx).expect("wrap");
+    }
+    client
+        .unwrap(b"not a ciphertext", &ctx, None)
+        .expect_err("garbage");
+    let denied = cli_as(65534, &files.socket, &["rotate", "app-metrics"], b"");
+    assert_eq!(denied.status.code(), Some(1));
+
+    let status = cli(&files.socket, &["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{status:?}");
+    for line in [
+        "keys:             1",
+        "versions:         1",
+        "denials:          1",
+        "alerts:           0",
+    ] {
+        assert!(text.contains(line), "{line:?} in:\n{text}");
+    }
+    let wrap_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("wrap "))
+        .unwrap_or_else(|| panic!("a wrap line in:\n{text}"));
+    assert_eq!(
+        wrap_line.split_whitespace().collect::<Vec<_>>(),
+        ["wrap", "ok", "3", "denied", "0", "error", "0"]
+    );
+
+    let metrics = cli(&files.socket, &["metrics"]);
+    assert!(metrics.status.success(), "{metrics:?}");
+    let text = String::from_utf8(metrics.stdout).expect("UTF-8");
+    assert_eq!(
+        text.lines().last(),
+        Some("# EOF"),
+        "OpenMetrics ends with # EOF"
+    );
+    assert!(text.contains("# TYPE hostkms_requests counter\n"), "{text}");
+    let values = samples(&text);
+    let get = |name: &str| {
+        *values
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} in:\n{text}"))
+    };
+    assert_eq!(get(r#"hostkms_requests_total{op="wrap",result="ok"}"#), 3.0);
+    assert_eq!(
+        get(r#"hostkms_requests_total{op="unwrap",result="error"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"hostkms_requests_total{op="rotate",result="denied"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"hostkms_requests_total{op="create",result="ok"}"#),
+        1.0
+    );
+    assert_eq!(get("hostkms_denials_total"), 1.0);
+    assert_eq!(get(r#"hostkms_alerts_total{kind="repeated-denials"}"#), 0.0);
+    assert_eq!(get("hostkms_keys"), 1.0);
+    assert_eq!(get("hostkms_key_versions"), 1.0);
+    assert_eq!(get("hostkms_tpm_reachable"), 1.0);
+    assert_eq!(get("hostkms_root_key_loaded"), 1.0);
+    assert!(get("hostkms_uptime_seconds") >= 0.0);
+    // Every sample belongs to a family declared before it.
+    let mut declared = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            declared.push(rest.split(' ').next().unwrap_or("").to_string());
+        } else if !line.starts_with('#') {
+            let name = line.split(['{', ' ']).next().unwrap_or("");
+            assert!(
+                declared
+                    .iter()
+                    .any(|family| name.starts_with(family.as_str())),
+                "{name} has no # TYPE before it"
+            );
+        }
+    }
+
+    // --out replaces a file whole, readable by a collector.
+    let out = files.root.path().join("hostkms.prom");
+    std::fs::write(&out, "stale").expect("stale file");
+    let written = cli(
+        &files.socket,
+        &["metrics", "--out", out.to_str().expect("path")],
+    );
+    assert!(written.status.success(), "{written:?}");
+    assert!(written.stdout.is_empty());
+    let file = std::fs::read_to_string(&out).expect("metrics file");
+    assert!(
+        file.ends_with("# EOF\n") && file.contains("hostkms_keys 1\n"),
+        "{file}"
+    );
+    let mode = std::fs::metadata(&out).expect("meta").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644);
+}
+
+#[test]
+fn a_version_near_its_encryption_limit_raises_one_alert() {
+    ensure_journald();
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::new(
+        &tpm.tcti(),
+        "rotate_after_encryptions = 10\n[alerts]\nencryption_limit_percent = 50\n",
+    );
+    let daemon =
+        Daemon::start_with_env(&files, &[], &[("HOSTKMS_LOG_TARGET", "journal")]).expect("start");
+    let pid = daemon.pid();
+    let mut client = daemon.client();
+    client.create_key("near-limit").expect("create");
+    let ctx = EncryptionContext::new();
+    for _ in 0..4 {
+        client.wrap("near-limit", b"x", &ctx).expect("wrap");
+    }
+    assert_eq!(
+        client.status().expect("status").counters["alerts.encryption-limit"],
+        0
+    );
+    for _ in 0..3 {
+        client.wrap("near-limit", b"x", &ctx).expect("wrap");
+    }
+    let status = client.status().expect("status");
+    assert_eq!(
+        status.counters["alerts.encryption-limit"], 1,
+        "once per version"
+    );
+    assert_eq!(status.counters["alerts"], 1);
+    drop(client);
+    let (exit, _) = daemon.stop();
+    assert!(exit.success());
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let alerts = loop {
+        let alerts: Vec<_> = journal_of(pid)
+            .into_iter()
+            .filter(|e| {
+                e.get("MESSAGE_ID").and_then(|v| v.as_str()) == Some(ALERT_ENCRYPTION_LIMIT)
+            })
+            .collect();
+        if !alerts.is_empty() || Instant::now() > deadline {
+            break alerts;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    let alert = &alerts[0];
+    let get = |name: &str| alert.get(name).and_then(|v| v.as_str());
+    assert_eq!(get("PRIORITY"), Some("1"));
+    assert_eq!(get("HOSTKMS_ALERT"), Some("encryption-limit"));
+    assert_eq!(get("HOSTKMS_KEY"), Some("near-limit"));
+    assert_eq!(get("HOSTKMS_KEY_VERSION"), Some("1"));
+    assert_eq!(get("HOSTKMS_COUNT"), Some("5"));
+    assert_eq!(get("HOSTKMS_LIMIT"), Some("10"));
+}

@@ -1,0 +1,373 @@
+//! hostkmsd as systemd runs it, without systemd as PID 1: socket activation
+//! through `systemd-socket-activate`, the notifications (READY, STATUS,
+//! WATCHDOG, RELOADING, STOPPING) received on a test NOTIFY_SOCKET, and a
+//! SIGHUP reload that changes what a connected peer may do.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixDatagram;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use std::os::unix::process::CommandExt;
+
+use agent_proto::{Client, ClientError};
+use common::{DaemonFiles, HOSTKMSD, Swtpm};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Waits for `path` to accept a connection and answer a Ping.
+fn ping_when_up(path: &std::path::Path, child: &mut Child, log: &std::path::Path) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "exited with {status}:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        if let Ok(mut client) = Client::connect(path) {
+            client
+                .set_timeout(Some(Duration::from_secs(20)))
+                .expect("timeout");
+            if client.ping().is_ok() {
+                return client;
+            }
+        }
+        assert!(Instant::now() < deadline, "no answer on {}", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    terminate_wait(child)
+}
+
+#[test]
+fn socket_activation_serves_the_passed_socket_and_binds_none() {
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::new(&tpm.tcti(), "");
+    let activated = files.root.path().join("activated.sock");
+    let log = files.root.path().join("activate.log");
+    let log_file = std::fs::File::create(&log).expect("log");
+    let mut child = Command::new("systemd-socket-activate")
+        .arg("--listen")
+        .arg(&activated)
+        .arg("--setenv=HOSTKMS_LOG_TARGET=stderr")
+        .arg(HOSTKMSD)
+        .arg("--config")
+        .arg(&files.config)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().expect("log"))
+        .stderr(log_file)
+        .spawn()
+        .expect("systemd-socket-activate (package systemd)");
+    // The first connection makes systemd-socket-activate exec the daemon.
+    let mut client = ping_when_up(&activated, &mut child, &log);
+    client.create_key("activated").expect("create a key");
+    assert!(
+        !files.socket.exists(),
+        "the daemon bound its configured socket {} although one was passed",
+        files.socket.display()
+    );
+    let status = terminate(&mut child);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "exit {status}:\n{text}");
+    assert!(text.contains("(socket-activated)"), "{text}");
+    assert!(
+        activated.exists(),
+        "the passed socket's path is systemd's: the daemon must not remove it"
+    );
+}
+
+#[test]
+fn a_passed_descriptor_that_is_no_unix_listener_is_refused_by_name() {
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::new(&tpm.tcti(), "");
+    // fd 3 is a regular file, and LISTEN_PID names the daemon itself.
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg("export LISTEN_PID=$$ LISTEN_FDS=1; exec \"$0\" --config \"$1\" 3<\"$1\"")
+        .arg(HOSTKMSD)
+        .arg(&files.config)
+        .env("HOSTKMS_LOG_TARGET", "stderr")
+        .output()
+        .expect("run hostkmsd");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is not a listening Unix stream socket"),
+        "{stderr}"
+    );
+    assert!(!files.socket.exists());
+}
+
+/// A service manager's notify socket, as the test plays systemd.
+struct NotifySocket {
+    socket: UnixDatagram,
+    path: std::path::PathBuf,
+}
+
+impl NotifySocket {
+    fn bind(dir: &std::path::Path) -> NotifySocket {
+        let path = dir.join("notify.sock");
+        let socket = UnixDatagram::bind(&path).expect("bind notify socket");
+        NotifySocket { socket, path }
+    }
+
+    /// The next message, within `timeout`.
+    fn next(&self, timeout: Duration) -> Option<String> {
+        self.socket
+            .set_read_timeout(Some(timeout))
+            .expect("timeout");
+        let mut buf = [0u8; 4096];
+        let n = self.socket.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// Messages until one satisfies `done`; panics naming what came instead.
+    fn until(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            if let Some(message) = self.next(Duration::from_millis(500)) {
+                if done(&message) {
+                    return message;
+                }
+                seen.push(message);
+            }
+        }
+        panic!("no {what} within 20 s; received: {seen:?}");
+    }
+}
+
+fn start_notified(files: &DaemonFiles, notify: &NotifySocket, watchdog_usec: u64) -> Child {
+    let log = files.root.path().join("notified.log");
+    let log_file = std::fs::File::create(log).expect("log");
+    Command::new(HOSTKMSD)
+        .arg("--config")
+        .arg(&files.config)
+        .env("HOSTKMS_LOG_TARGET", "stderr")
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env("WATCHDOG_USEC", watchdog_usec.to_string())
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().expect("log"))
+        .stderr(log_file)
+        .spawn()
+        .expect("spawn hostkmsd")
+}
+
+#[test]
+fn ready_status_watchdog_and_stopping_reach_the_service_manager() {
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::new(&tpm.tcti(), "");
+    let notify = NotifySocket::bind(files.root.path());
+    let mut child = start_notified(&files, &notify, 400_000);
+
+    let ready = notify.until("READY=1", |m| m.lines().any(|l| l == "READY=1"));
+    // READY comes only once the root key is sealed and the socket serves.
+    assert!(
+        files.state_file("root.priv").exists(),
+        "READY before the root key"
+    );
+    assert!(
+        ready.contains("STATUS=serving 0 keys (0 versions)"),
+        "{ready}"
+    );
+    let mut client = Client::connect(&files.socket).expect("serving when READY=1 arrives");
+    client.create_key("notified").expect("create");
+    client.ping().expect("ping");
+
+    // The watchdog is pinged at half of WATCHDOG_USEC, from the serving loop.
+    let first = Instant::now();
+    notify.until("WATCHDOG=1", |m| m.lines().any(|l| l == "WATCHDOG=1"));
+    notify.until("a second WATCHDOG=1", |m| {
+        m.lines().any(|l| l == "WATCHDOG=1")
+    });
+    assert!(first.elapsed() < Duration::from_secs(5));
+    let status = notify.until("STATUS= with the requests served", |m| {
+        m.contains("STATUS=serving 1 keys (1 versions); 2 requests")
+    });
+    assert!(status.contains("0 denied, 0 alerts"), "{status}");
+
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    notify.until("STOPPING=1", |m| m.lines().any(|l| l == "STOPPING=1"));
+    let exit = terminate_wait(&mut child);
+    assert!(exit.success(), "{exit}");
+}
+
+#[test]
+fn without_a_watchdog_no_watchdog_pings_are_sent() {
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::new(&tpm.tcti(), "");
+    let notify = NotifySocket::bind(files.root.path());
+    let log = files.root.path().join("plain.log");
+    let mut child = Command::new(HOSTKMSD)
+        .arg("--config")
+        .arg(&files.config)
+        .env("HOSTKMS_LOG_TARGET", "stderr")
+        .env("NOTIFY_SOCKET", &notify.path)
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log"))
+        .spawn()
+        .expect("spawn");
+    notify.until("READY=1", |m| m.lines().any(|l| l == "READY=1"));
+    let mut messages = Vec::new();
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        if let Some(m) = notify.next(Duration::from_millis(500)) {
+            messages.push(m);
+        }
+    }
+    assert!(
+        messages.iter().any(|m| m.starts_with("STATUS=")),
+        "STATUS is refreshed every 5 s: {messages:?}"
+    );
+    assert!(
+        !messages.iter().any(|m| m.contains("WATCHDOG=1")),
+        "{messages:?}"
+    );
+    terminate(&mut child);
+}
+
+fn terminate_wait(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("did not stop within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The environment variable that makes this test binary act as the reload
+/// test's unprivileged peer (see [`reload_changes_what_a_connected_peer_may_do`]).
+const PEER_SOCKET_ENV: &str = "HOSTKMS_TEST_RELOAD_PEER_SOCKET";
+/// What starts each of the peer's answer lines.
+const PEER_ANSWER: &str = "peer answer: ";
+
+/// A peer process that must run as another uid, and keep one connection
+/// across the reload: the test binary re-executes itself as uid 65534 with
+/// `PEER_SOCKET_ENV` set, and this entry point does the peer's part. Run
+/// without that variable (as every normal test run does), it returns at once.
+#[test]
+fn reload_peer_process() {
+    let Some(socket) = std::env::var_os(PEER_SOCKET_ENV) else {
+        return;
+    };
+    let mut client = Client::connect(std::path::Path::new(&socket)).expect("peer connects");
+    client
+        .set_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut stdin = BufReader::new(std::io::stdin());
+    let mut out = std::io::stdout();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if stdin.read_line(&mut line).expect("read command") == 0 {
+            return;
+        }
+        let answer = match client.describe_key(line.trim()) {
+            Ok(key) => format!("ok {}", key.name),
+            Err(ClientError::Daemon { code, .. }) => format!("refused {code:?}"),
+            Err(e) => format!("failed {e}"),
+        };
+        // On a line of its own: libtest's "test ... " banner has no newline yet.
+        writeln!(out, "\n{PEER_ANSWER}{answer}").expect("answer");
+        out.flush().expect("flush");
+    }
+}
+
+#[test]
+fn reload_changes_what_a_connected_peer_may_do() {
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::with_public_socket(&tpm.tcti(), "socket_mode = \"0666\"");
+    let notify = NotifySocket::bind(files.root.path());
+    let mut daemon = start_notified(&files, &notify, 0);
+    notify.until("READY=1", |m| m.lines().any(|l| l == "READY=1"));
+    let mut admin = Client::connect(&files.socket).expect("admin connects");
+    admin.create_key("app-reload").expect("create");
+
+    // The peer: this test binary again, as uid 65534, holding one connection.
+    let mut peer = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "reload_peer_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(PEER_SOCKET_ENV, &files.socket)
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the peer");
+    let mut to_peer = peer.stdin.take().expect("stdin");
+    let mut from_peer = BufReader::new(peer.stdout.take().expect("stdout"));
+    let mut ask = |key: &str| -> String {
+        writeln!(to_peer, "{key}").expect("ask the peer");
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert_ne!(
+                from_peer.read_line(&mut line).expect("peer answer"),
+                0,
+                "peer died"
+            );
+            // The test harness prints its own lines around the peer's answers.
+            if let Some(answer) = line.trim().strip_prefix(PEER_ANSWER) {
+                return answer.to_string();
+            }
+        }
+    };
+    assert_eq!(ask("app-reload"), "refused PermissionDenied");
+
+    // A config that grants uid 65534 describe on app-*: SIGHUP, RELOADING, READY.
+    files.write_config(
+        &tpm.tcti(),
+        "socket_mode = \"0666\"\n[[grant]]\nkeys = [\"app-*\"]\nuids = [65534]\nops = [\"describe\"]\n",
+    );
+    kill(Pid::from_raw(daemon.id() as i32), Signal::SIGHUP).expect("SIGHUP");
+    notify.until("RELOADING=1", |m| m.lines().any(|l| l == "RELOADING=1"));
+    notify.until("READY=1 after the reload", |m| {
+        m.lines().any(|l| l == "READY=1")
+    });
+    assert_eq!(
+        ask("app-reload"),
+        "ok app-reload",
+        "the same connection is now allowed"
+    );
+
+    // An invalid config changes nothing, and says why.
+    std::fs::write(
+        &files.config,
+        "socket_mode = \"0666\"\n[[grant]]\nkeys = [\"app-*\"]\nops = [\"fly\"]\n",
+    )
+    .expect("write bad config");
+    kill(Pid::from_raw(daemon.id() as i32), Signal::SIGHUP).expect("SIGHUP");
+    notify.until("READY=1 after the failed reload", |m| {
+        m.lines().any(|l| l == "READY=1")
+    });
+    assert_eq!(ask("app-reload"), "ok app-reload", "the old grant stays");
+    admin
+        .ping()
+        .expect("the admin's connection survived both reloads");
+
+    drop(to_peer);
+    let _ = peer.wait();
+    assert!(terminate(&mut daemon).success());
+    let log = std::fs::read_to_string(files.root.path().join("notified.log")).unwrap_or_default();
+    assert!(
+        log.contains("reload failed, the running config stays in force"),
+        "{log}"
+    );
+    assert!(log.contains("`grant`"), "the error names the field: {log}");
+}
