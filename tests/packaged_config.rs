@@ -1,0 +1,159 @@
+//! The default `/etc/hostkms/config.toml` of the Debian package
+//! (`packaging/config.toml`) against the real config parser: as shipped it
+//! is valid and means "all defaults", every value it shows commented out is
+//! the real default, and it documents every field the parser knows, so a
+//! field added to `src/config.rs` fails here until the packaged file shows it.
+
+use std::path::Path;
+
+use hostkms::config::{Config, ConfigError, Overrides};
+
+const PACKAGED: &str = include_str!("../packaging/config.toml");
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(
+        text,
+        Path::new("/etc/hostkms/config.toml"),
+        &Overrides::default(),
+    )
+}
+
+/// The settings of the packaged file with their `#` removed, up to the
+/// example grants. `socket_group` stays out: naming a group that this build
+/// host lacks is an error, while the default only uses it when it exists.
+fn uncommented_defaults() -> String {
+    let mut out = String::new();
+    for line in PACKAGED.lines() {
+        if line == "#[[grant]]" {
+            break;
+        }
+        let Some(setting) = line.strip_prefix('#') else {
+            continue;
+        };
+        let is_table = setting == "[alerts]";
+        let is_field = setting.split_once(" = ").is_some_and(|(key, _)| {
+            !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        });
+        if (is_table || is_field) && !setting.starts_with("socket_group ") {
+            out.push_str(setting);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The field names a table accepts, as the parser lists them when it
+/// refuses an unknown one.
+fn known_fields(table_prefix: &str) -> Vec<String> {
+    let err = parse(&format!("{table_prefix}zz_not_a_field = 1\n"))
+        .expect_err("an unknown field is refused")
+        .to_string();
+    let list = err
+        .split_once("expected one of")
+        .unwrap_or_else(|| panic!("the error lists the fields: {err}"))
+        .1;
+    list.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_packaged_config_as_shipped_is_all_defaults() {
+    let shipped = parse(PACKAGED).expect("the packaged config parses");
+    let defaults = parse("").expect("the empty config parses");
+    assert_eq!(format!("{shipped:?}"), format!("{defaults:?}"));
+}
+
+#[test]
+fn the_values_shown_in_the_packaged_config_are_the_defaults() {
+    let text = uncommented_defaults();
+    assert!(text.contains("tcti = "), "{text}");
+    assert!(text.contains("[alerts]\n"), "{text}");
+    let shown = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let defaults = parse("").expect("the empty config parses");
+    for (field, shown, default) in [
+        (
+            "socket",
+            format!("{:?}", shown.socket),
+            format!("{:?}", defaults.socket),
+        ),
+        (
+            "socket_mode",
+            format!("{:o}", shown.socket_mode),
+            format!("{:o}", defaults.socket_mode),
+        ),
+        (
+            "state_dir",
+            format!("{:?}", shown.state_dir),
+            format!("{:?}", defaults.state_dir),
+        ),
+        ("tcti", shown.tcti.to_string(), defaults.tcti.to_string()),
+        (
+            "max_frame",
+            shown.max_frame.to_string(),
+            defaults.max_frame.to_string(),
+        ),
+        (
+            "max_plaintext",
+            shown.max_plaintext.to_string(),
+            defaults.max_plaintext.to_string(),
+        ),
+        (
+            "max_connections",
+            shown.max_connections.to_string(),
+            defaults.max_connections.to_string(),
+        ),
+        (
+            "idle_timeout_secs",
+            format!("{:?}", shown.idle_timeout),
+            format!("{:?}", defaults.idle_timeout),
+        ),
+        (
+            "frame_timeout_secs",
+            format!("{:?}", shown.frame_timeout),
+            format!("{:?}", defaults.frame_timeout),
+        ),
+        (
+            "rotate_after_encryptions",
+            shown.rotate_after_encryptions.to_string(),
+            defaults.rotate_after_encryptions.to_string(),
+        ),
+        (
+            "alerts",
+            format!("{:?}", shown.alerts),
+            format!("{:?}", defaults.alerts),
+        ),
+    ] {
+        assert_eq!(
+            shown, default,
+            "packaging/config.toml shows a wrong default for {field}"
+        );
+    }
+}
+
+#[test]
+fn the_packaged_config_documents_every_field() {
+    let top = known_fields("");
+    assert!(top.iter().any(|f| f == "tcti"), "{top:?}");
+    let alerts = known_fields("[alerts]\n");
+    assert!(alerts.iter().any(|f| f == "denials"), "{alerts:?}");
+    for field in &top {
+        let shown = match field.as_str() {
+            "grant" => PACKAGED.contains("\n#[[grant]]\n"),
+            "alerts" => PACKAGED.contains("\n#[alerts]\n"),
+            _ => PACKAGED.contains(&format!("\n#{field} = ")),
+        };
+        assert!(
+            shown,
+            "packaging/config.toml does not show the field `{field}`"
+        );
+    }
+    for field in &alerts {
+        assert!(
+            PACKAGED.contains(&format!("\n#{field} = ")),
+            "packaging/config.toml does not show the field `alerts.{field}`"
+        );
+    }
+}
