@@ -148,7 +148,7 @@ pub fn run(config: Config, source: ConfigSource) -> Result<(), DaemonError> {
         audit::ready(
             keys.len(),
             keys.version_count(),
-            &config.socket.display().to_string(),
+            &socket.path(&config),
             matches!(socket, Socket::Activated(_)),
         );
         drop(keys);
@@ -195,6 +195,18 @@ enum Socket {
 }
 
 impl Socket {
+    /// Where clients connect: the configured path, or the one systemd bound.
+    fn path(&self, config: &Config) -> String {
+        match self {
+            Socket::Bound(_) => config.socket.display().to_string(),
+            Socket::Activated(listener) => listener
+                .local_addr()
+                .ok()
+                .and_then(|address| address.as_pathname().map(|p| p.display().to_string()))
+                .unwrap_or_else(|| "the socket systemd passed".to_string()),
+        }
+    }
+
     fn listener(&self) -> &UnixListener {
         match self {
             Socket::Bound(bound) => bound.listener(),

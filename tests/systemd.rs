@@ -75,7 +75,10 @@ fn socket_activation_serves_the_passed_socket_and_binds_none() {
     let status = terminate(&mut child);
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(status.success(), "exit {status}:\n{text}");
-    assert!(text.contains("(socket-activated)"), "{text}");
+    assert!(
+        text.contains(&format!("on {} (socket-activated)", activated.display())),
+        "the ready event names the passed socket: {text}"
+    );
     assert!(
         activated.exists(),
         "the passed socket's path is systemd's: the daemon must not remove it"
