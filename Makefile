@@ -15,11 +15,34 @@ build: deps
 run: build
 	./scripts/dev-run.sh
 
-# Formatting, lints, then every test (the swtpm tests included).
-test: deps
+# The systemd units, sysusers and journald catalog: systemd-analyze verify
+# (silent), security exposure (at most 1.0), catalog ids (scripts/check-units.sh).
+.PHONY: units
+units: deps
+	./scripts/check-units.sh
+
+# The Debian package target/debian/hostkms_<version>_amd64.deb, checked with
+# lintian (errors fail). cargo-deb is cached in target/tools. See packaging/README.md.
+.PHONY: deb
+deb: deps
+	./scripts/build-deb.sh
+
+# hostkms under a real systemd: boots a cached minimal Debian root
+# (target/e2e/) with systemd-nspawn, installs the .deb, and checks socket
+# activation, key operations, grants, restart, reload, the journald audit
+# trail, the watchdog and a clean stop. As root. See scripts/e2e.sh.
+.PHONY: e2e
+e2e: deb
+	./scripts/e2e.sh
+
+# The units check, formatting, lints, every cargo test (each starts its own
+# swtpm; the audit tests start a journald when none listens), then the
+# end-to-end test under a booted systemd.
+test: deps units
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
+	$(MAKE) e2e
 
 # Throughput and latency (hostkms bench) and start-up with 10,000 keys;
 # the figures go in BENCHMARKS.md. Not part of `make test`: timings are

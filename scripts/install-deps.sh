@@ -3,7 +3,12 @@
 # As root it runs apt-get; otherwise it prints the exact command and fails.
 set -eu
 
-PACKAGES="swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config sqlite3"
+PACKAGES="swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config sqlite3 systemd"
+
+# `make e2e` (scripts/e2e.sh): debootstrap makes the minimal Debian root,
+# systemd-container provides systemd-nspawn to boot it. nsenter and setpriv
+# come from util-linux, which every Debian has.
+PACKAGES="$PACKAGES debootstrap systemd-container"
 
 missing=""
 for package in $PACKAGES; do
