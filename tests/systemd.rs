@@ -257,12 +257,15 @@ const PEER_ANSWER: &str = "peer answer: ";
 
 /// A peer process that must run as another uid, and keep one connection
 /// across the reload: the test binary re-executes itself as uid 65534 with
-/// `PEER_SOCKET_ENV` set, and this entry point does the peer's part. Run
-/// without that variable (as every normal test run does), it returns at once.
+/// `PEER_SOCKET_ENV` set and runs this ignored entry point, which does the
+/// peer's part. It is not a test of its own.
 #[test]
+#[ignore = "the peer half of reload_changes_what_a_connected_peer_may_do, run by it"]
 fn reload_peer_process() {
     let Some(socket) = std::env::var_os(PEER_SOCKET_ENV) else {
-        return;
+        panic!(
+            "run only by reload_changes_what_a_connected_peer_may_do, with {PEER_SOCKET_ENV} set"
+        );
     };
     let mut client = Client::connect(std::path::Path::new(&socket)).expect("peer connects");
     client
@@ -302,6 +305,7 @@ fn reload_changes_what_a_connected_peer_may_do() {
         .args([
             "--exact",
             "reload_peer_process",
+            "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])
