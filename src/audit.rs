@@ -9,7 +9,6 @@
 //! numbers and outcomes only.
 
 use std::path::Path;
-use std::time::Duration;
 
 use agent_proto::{ErrorCode, Operation};
 use tracing::Level;
@@ -54,15 +53,6 @@ const SYSLOG_IDENTIFIER: &str = "hostkmsd";
 /// The longest key name an event carries; longer (invalid) names are cut.
 const MAX_LOGGED_NAME: usize = 128;
 
-/// Where the daemon's events went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sink {
-    /// journald, natively, with structured fields.
-    Journal,
-    /// Standard error, as text.
-    Stderr,
-}
-
 /// Where the daemon is asked to log (`HOSTKMS_LOG_TARGET`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogTarget {
@@ -90,7 +80,7 @@ impl LogTarget {
 /// there (and `target` allows it), else to stderr. `directives` filters
 /// ordinary log lines (tracing's syntax, from `HOSTKMS_LOG`); audit events
 /// and alerts are never filtered out.
-pub fn init(target: LogTarget, directives: &str) -> Sink {
+pub fn init(target: LogTarget, directives: &str) {
     let mut directives = directives.to_string();
     if !directives.contains("tss_esapi") {
         // Expected misses (no persistent SRK) look like errors there; the
@@ -120,7 +110,6 @@ pub fn init(target: LogTarget, directives: &str) -> Sink {
                 .with(main)
                 .with(alerts)
                 .init();
-            Sink::Journal
         }
         None => {
             use std::io::IsTerminal;
@@ -131,7 +120,6 @@ pub fn init(target: LogTarget, directives: &str) -> Sink {
                     audit_and_filtered.or(Targets::new().with_target(ALERT_TARGET, Level::INFO)),
                 );
             tracing_subscriber::registry().with(stderr).init();
-            Sink::Stderr
         }
     }
 }
@@ -291,10 +279,10 @@ pub fn peer_alert(alert: &PeerAlert) {
         HOSTKMS_PEER_UID = alert.uid,
         HOSTKMS_COUNT = alert.count,
         HOSTKMS_WINDOW_SECS = alert.window.as_secs(),
-        "alert: uid {} {what} {} times within {}",
+        "alert: uid {} {what} {} times within {} s",
         alert.uid,
         alert.count,
-        display_window(alert.window),
+        alert.window.as_secs(),
     );
 }
 
@@ -360,8 +348,4 @@ pub fn reload_failed(problem: &dyn std::fmt::Display) {
         MESSAGE_ID = CONFIG_RELOAD_FAILED,
         "reload failed, the running config stays in force: {problem}"
     );
-}
-
-fn display_window(window: Duration) -> String {
-    format!("{} s", window.as_secs())
 }

@@ -59,7 +59,8 @@ pub struct ConfigSource {
 }
 
 impl ConfigSource {
-    fn load(&self) -> Result<Config, crate::config::ConfigError> {
+    /// Reads and validates the config, as at start and on every SIGHUP.
+    pub fn load(&self) -> Result<Config, crate::config::ConfigError> {
         Config::load(&self.path, self.required, &self.overrides)
     }
 }
@@ -182,7 +183,7 @@ pub fn run(config: Config, source: ConfigSource) -> Result<(), DaemonError> {
             ),
             Err(e) => tracing::warn!("could not write exact encryption counts: {e}"),
         }
-        audit::stopped(service.monitor().requests());
+        audit::stopped(service.monitor().totals().requests);
         Ok(())
     })
 }
@@ -306,14 +307,13 @@ fn service_limits(config: &Config) -> ServiceLimits {
 /// The one line `systemctl status hostkms` shows.
 fn status_line(service: &Service) -> String {
     let keys = service.store().keys();
-    let counters = service.monitor().counters();
-    let count = |name: &str| counters.get(name).copied().unwrap_or(0);
+    let totals = service.monitor().totals();
     format!(
         "serving {} keys ({} versions); {} requests, {} denied, {} alerts",
         keys.len(),
         keys.version_count(),
-        count("requests"),
-        count("denials"),
-        count("alerts"),
+        totals.requests,
+        totals.denials,
+        totals.alerts,
     )
 }

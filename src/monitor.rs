@@ -206,37 +206,51 @@ impl Monitor {
     /// `requests`, `denials`, `alerts.<kind>` and `alerts`.
     pub fn counters(&self) -> BTreeMap<String, u64> {
         let mut counters = BTreeMap::new();
-        let (mut total, mut denials) = (0, 0);
         for (op, by_outcome) in Operation::ALL.iter().zip(&self.requests) {
             for (outcome, count) in Outcome::ALL.iter().zip(by_outcome) {
-                let count = count.load(Ordering::Relaxed);
-                total += count;
-                if *outcome == Outcome::Denied {
-                    denials += count;
-                }
-                counters.insert(format!("requests.{op}.{}", outcome.as_str()), count);
+                counters.insert(
+                    format!("requests.{op}.{}", outcome.as_str()),
+                    count.load(Ordering::Relaxed),
+                );
             }
         }
-        counters.insert("requests".to_string(), total);
-        counters.insert("denials".to_string(), denials);
-        let mut alerts = 0;
         for kind in AlertKind::ALL {
-            let count = self.alerts[kind.index()].load(Ordering::Relaxed);
-            alerts += count;
-            counters.insert(format!("alerts.{}", kind.as_str()), count);
+            counters.insert(
+                format!("alerts.{}", kind.as_str()),
+                self.alerts[kind.index()].load(Ordering::Relaxed),
+            );
         }
-        counters.insert("alerts".to_string(), alerts);
+        let totals = self.totals();
+        counters.insert("requests".to_string(), totals.requests);
+        counters.insert("denials".to_string(), totals.denials);
+        counters.insert("alerts".to_string(), totals.alerts);
         counters
     }
 
-    /// Requests answered so far, of every kind.
-    pub fn requests(&self) -> u64 {
-        self.requests
-            .iter()
-            .flatten()
-            .map(|count| count.load(Ordering::Relaxed))
-            .sum()
+    /// The sums over every operation and alert kind.
+    pub fn totals(&self) -> Totals {
+        let load = |count: &AtomicU64| count.load(Ordering::Relaxed);
+        Totals {
+            requests: self.requests.iter().flatten().map(load).sum(),
+            denials: self
+                .requests
+                .iter()
+                .map(|by_outcome| load(&by_outcome[Outcome::Denied as usize]))
+                .sum(),
+            alerts: self.alerts.iter().map(load).sum(),
+        }
     }
+}
+
+/// Requests, denials and alerts since the daemon started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    /// Requests answered, of every kind.
+    pub requests: u64,
+    /// Requests denied for want of a grant.
+    pub denials: u64,
+    /// Alerts raised, of every kind.
+    pub alerts: u64,
 }
 
 fn op_index(op: Operation) -> usize {
@@ -373,6 +387,13 @@ mod tests {
         assert_eq!(counters["denials"], 2);
         assert_eq!(counters["alerts.repeated-denials"], 1);
         assert_eq!(counters["alerts"], 1);
-        assert_eq!(monitor.requests(), 3);
+        assert_eq!(
+            monitor.totals(),
+            Totals {
+                requests: 3,
+                denials: 2,
+                alerts: 1
+            }
+        );
     }
 }

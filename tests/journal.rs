@@ -5,14 +5,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 use agent_proto::EncryptionContext;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use common::{
     Daemon, DaemonFiles, Swtpm, cli, cli_as, contains, ensure_journald, journal_export_of,
-    journal_of,
+    journal_when,
 };
 use serde_json::Value;
 
@@ -92,15 +91,7 @@ fn every_request_is_one_journal_event_with_its_fields_and_no_secret() {
     assert!(exit.success(), "{log}");
     assert!(log.is_empty(), "nothing went to stderr: {log}");
 
-    // journald may take a poll or two to make the last entries readable.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let entries = loop {
-        let entries = journal_of(pid);
-        if !with_id(&entries, DAEMON_STOPPED).is_empty() || Instant::now() > deadline {
-            break entries;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let entries = journal_when(pid, |entries| !with_id(entries, DAEMON_STOPPED).is_empty());
     assert_eq!(with_id(&entries, DAEMON_READY).len(), 1, "{entries:#?}");
     assert_eq!(with_id(&entries, DAEMON_STOPPED).len(), 1, "{entries:#?}");
 

@@ -6,10 +6,9 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::time::{Duration, Instant};
 
 use agent_proto::EncryptionContext;
-use common::{Daemon, DaemonFiles, Swtpm, cli, cli_as, ensure_journald, journal_of};
+use common::{Daemon, DaemonFiles, Swtpm, cli, cli_as, ensure_journald, journal_when};
 
 const ALERT_ENCRYPTION_LIMIT: &str = "a65fa18274d944968d01e53a1bbd32c0";
 
@@ -164,19 +163,13 @@ fn a_version_near_its_encryption_limit_raises_one_alert() {
     let (exit, _) = daemon.stop();
     assert!(exit.success());
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let alerts = loop {
-        let alerts: Vec<_> = journal_of(pid)
-            .into_iter()
-            .filter(|e| {
-                e.get("MESSAGE_ID").and_then(|v| v.as_str()) == Some(ALERT_ENCRYPTION_LIMIT)
-            })
-            .collect();
-        if !alerts.is_empty() || Instant::now() > deadline {
-            break alerts;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let is_alert = |e: &serde_json::Value| {
+        e.get("MESSAGE_ID").and_then(|v| v.as_str()) == Some(ALERT_ENCRYPTION_LIMIT)
     };
+    let alerts: Vec<_> = journal_when(pid, |entries| entries.iter().any(is_alert))
+        .into_iter()
+        .filter(is_alert)
+        .collect();
     assert_eq!(alerts.len(), 1, "{alerts:#?}");
     let alert = &alerts[0];
     let get = |name: &str| alert.get(name).and_then(|v| v.as_str());

@@ -93,53 +93,26 @@ fn a_granted_peer_uses_its_key_and_nothing_else() {
 
     let out = cli_as(NOBODY, socket, &["wrap", "app-db"], b"mine");
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_denied(
-        &cli_as(NOBODY, socket, &["wrap", "secret"], b"x"),
-        "wrap",
-        "secret",
-    );
-    assert_denied(
-        &cli_as(NOBODY, socket, &["datakey", "secret"], b""),
-        "datakey",
-        "secret",
-    );
-    assert_denied(
-        &cli_as(NOBODY, socket, &["describe", "secret"], b""),
-        "describe",
-        "secret",
-    );
-
-    // Admin operations, even on the granted key.
-    assert_denied(
-        &cli_as(NOBODY, socket, &["rotate", "app-db"], b""),
-        "rotate",
-        "app-db",
-    );
-    assert_denied(
-        &cli_as(NOBODY, socket, &["revoke", "app-db"], b""),
-        "revoke",
-        "app-db",
-    );
-    assert_denied(
-        &cli_as(NOBODY, socket, &["disable", "app-db"], b""),
-        "disable",
-        "app-db",
-    );
-    assert_denied(
-        &cli_as(NOBODY, socket, &["create-key", "app-new"], b""),
-        "create",
-        "app-new",
-    );
-    assert_denied(
-        &cli_as(
-            NOBODY,
-            socket,
+    // Keys without a grant, then admin operations, even on the granted key:
+    // (command line, the operation and key the refusal names).
+    let denied: [(&[&str], &str, &str); 8] = [
+        (&["wrap", "secret"], "wrap", "secret"),
+        (&["datakey", "secret"], "datakey", "secret"),
+        (&["describe", "secret"], "describe", "secret"),
+        (&["rotate", "app-db"], "rotate", "app-db"),
+        (&["revoke", "app-db"], "revoke", "app-db"),
+        (&["disable", "app-db"], "disable", "app-db"),
+        (&["create-key", "app-new"], "create", "app-new"),
+        (
             &["min-decryption-version", "app-db", "1"],
-            b"",
+            "min-decryption-version",
+            "app-db",
         ),
-        "min-decryption-version",
-        "app-db",
-    );
+    ];
+    for (args, op, key) in denied {
+        let stdin: &[u8] = if op == "wrap" { b"x" } else { b"" };
+        assert_denied(&cli_as(NOBODY, socket, args, stdin), op, key);
+    }
 
     // The list shows only keys the peer holds a grant on.
     let out = cli_as(NOBODY, socket, &["--json", "list"], b"");

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use std::os::unix::process::CommandExt;
 
 use agent_proto::{Client, ClientError};
-use common::{DaemonFiles, HOSTKMSD, Swtpm};
+use common::{DaemonFiles, HOSTKMSD, Swtpm, wait_with_timeout};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -42,7 +42,7 @@ fn ping_when_up(path: &std::path::Path, child: &mut Child, log: &std::path::Path
 
 fn terminate(child: &mut Child) -> std::process::ExitStatus {
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
-    terminate_wait(child)
+    wait_with_timeout(child, Duration::from_secs(20))
 }
 
 #[test]
@@ -146,20 +146,24 @@ impl NotifySocket {
     }
 }
 
-fn start_notified(files: &DaemonFiles, notify: &NotifySocket, watchdog_usec: u64) -> Child {
+/// Starts hostkmsd with `notify` as its NOTIFY_SOCKET and, when given,
+/// WATCHDOG_USEC; its output goes to `notified.log` in the test's directory.
+fn start_notified(files: &DaemonFiles, notify: &NotifySocket, watchdog_usec: Option<u64>) -> Child {
     let log = files.root.path().join("notified.log");
     let log_file = std::fs::File::create(log).expect("log");
-    Command::new(HOSTKMSD)
+    let mut command = Command::new(HOSTKMSD);
+    command
         .arg("--config")
         .arg(&files.config)
         .env("HOSTKMS_LOG_TARGET", "stderr")
         .env("NOTIFY_SOCKET", &notify.path)
-        .env("WATCHDOG_USEC", watchdog_usec.to_string())
         .stdin(Stdio::null())
         .stdout(log_file.try_clone().expect("log"))
-        .stderr(log_file)
-        .spawn()
-        .expect("spawn hostkmsd")
+        .stderr(log_file);
+    if let Some(usec) = watchdog_usec {
+        command.env("WATCHDOG_USEC", usec.to_string());
+    }
+    command.spawn().expect("spawn hostkmsd")
 }
 
 #[test]
@@ -167,7 +171,7 @@ fn ready_status_watchdog_and_stopping_reach_the_service_manager() {
     let tpm = Swtpm::start();
     let files = DaemonFiles::new(&tpm.tcti(), "");
     let notify = NotifySocket::bind(files.root.path());
-    let mut child = start_notified(&files, &notify, 400_000);
+    let mut child = start_notified(&files, &notify, Some(400_000));
 
     let ready = notify.until("READY=1", |m| m.lines().any(|l| l == "READY=1"));
     // READY comes only once the root key is sealed and the socket serves.
@@ -197,7 +201,7 @@ fn ready_status_watchdog_and_stopping_reach_the_service_manager() {
 
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
     notify.until("STOPPING=1", |m| m.lines().any(|l| l == "STOPPING=1"));
-    let exit = terminate_wait(&mut child);
+    let exit = wait_with_timeout(&mut child, Duration::from_secs(20));
     assert!(exit.success(), "{exit}");
 }
 
@@ -206,16 +210,7 @@ fn without_a_watchdog_no_watchdog_pings_are_sent() {
     let tpm = Swtpm::start();
     let files = DaemonFiles::new(&tpm.tcti(), "");
     let notify = NotifySocket::bind(files.root.path());
-    let log = files.root.path().join("plain.log");
-    let mut child = Command::new(HOSTKMSD)
-        .arg("--config")
-        .arg(&files.config)
-        .env("HOSTKMS_LOG_TARGET", "stderr")
-        .env("NOTIFY_SOCKET", &notify.path)
-        .stdin(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("log"))
-        .spawn()
-        .expect("spawn");
+    let mut child = start_notified(&files, &notify, None);
     notify.until("READY=1", |m| m.lines().any(|l| l == "READY=1"));
     let mut messages = Vec::new();
     let until = Instant::now() + Duration::from_secs(6);
@@ -233,20 +228,6 @@ fn without_a_watchdog_no_watchdog_pings_are_sent() {
         "{messages:?}"
     );
     terminate(&mut child);
-}
-
-fn terminate_wait(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("did not stop within 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// The environment variable that makes this test binary act as the reload
@@ -295,7 +276,7 @@ fn reload_changes_what_a_connected_peer_may_do() {
     let tpm = Swtpm::start();
     let files = DaemonFiles::with_public_socket(&tpm.tcti(), "socket_mode = \"0666\"");
     let notify = NotifySocket::bind(files.root.path());
-    let mut daemon = start_notified(&files, &notify, 0);
+    let mut daemon = start_notified(&files, &notify, None);
     notify.until("READY=1", |m| m.lines().any(|l| l == "READY=1"));
     let mut admin = Client::connect(&files.socket).expect("admin connects");
     admin.create_key("app-reload").expect("create");

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hostkms::audit::LogTarget;
-use hostkms::config::{Config, DEFAULT_CONFIG_PATH, Overrides};
+use hostkms::config::{DEFAULT_CONFIG_PATH, Overrides};
 use hostkms::daemon::ConfigSource;
 
 #[path = "shared/generate.rs"]
@@ -65,7 +65,7 @@ fn main() -> ExitCode {
         required,
         overrides,
     };
-    let config = match Config::load(&source.path, source.required, &source.overrides) {
+    let config = match source.load() {
         Ok(config) => config,
         Err(e) => {
             tracing::error!("{e}");

@@ -340,7 +340,8 @@ impl Drop for Daemon {
     }
 }
 
-fn wait_with_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
+/// Waits for `child` to exit; kills it and fails the test after `timeout`.
+pub fn wait_with_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().expect("wait") {
@@ -616,6 +617,23 @@ pub fn journal_of(pid: u32) -> Vec<serde_json::Value> {
         .lines()
         .filter_map(|line| serde_json::from_str(line).ok())
         .collect()
+}
+
+/// The journal's entries of process `pid` once `ready` holds for them, or
+/// after 10 s whatever is there: journald makes the last entries readable
+/// within a poll or two.
+pub fn journal_when(
+    pid: u32,
+    ready: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let entries = journal_of(pid);
+        if ready(&entries) || Instant::now() > deadline {
+            return entries;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Everything the journal holds of process `pid`, in the export format
