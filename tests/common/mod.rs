@@ -577,11 +577,13 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 
 /// Makes sure a journald runs, starting one by hand (as on this machine,
-/// where systemd is not PID 1) when its socket is absent.
+/// where systemd is not PID 1) when nothing listens on its socket. A socket
+/// file left by a journald that has since died refuses connections; the new
+/// journald replaces it.
 pub fn ensure_journald() {
     static STARTED: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _once = STARTED.lock().unwrap_or_else(|e| e.into_inner());
-    if Path::new(JOURNAL_SOCKET).exists() {
+    if journald_listens() {
         return;
     }
     for dir in ["/run/systemd/journal", "/run/log/journal"] {
@@ -597,13 +599,21 @@ pub fn ensure_journald() {
         .expect("start systemd-journald");
     assert!(started.success(), "setsid systemd-journald: {started}");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !Path::new(JOURNAL_SOCKET).exists() {
+    while !journald_listens() {
         assert!(
             Instant::now() < deadline,
-            "journald did not start within 10 s"
+            "journald did not listen on {JOURNAL_SOCKET} within 10 s"
         );
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Whether a journald accepts datagrams on its socket: connecting to a
+/// socket file whose journald has died is refused.
+fn journald_listens() -> bool {
+    std::os::unix::net::UnixDatagram::unbound()
+        .and_then(|socket| socket.connect(JOURNAL_SOCKET))
+        .is_ok()
 }
 
 /// The journal's entries of process `pid`, as JSON objects.
