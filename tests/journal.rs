@@ -53,7 +53,7 @@ fn every_request_is_one_journal_event_with_its_fields_and_no_secret() {
     );
     let daemon = Daemon::start_with_env(&files, &[], &[("HOSTKMS_LOG_TARGET", "journal")])
         .expect("start hostkmsd");
-    let pid = daemon.pid();
+    let journal = daemon.journal_scope();
     let key = format!("journal-{}", random_hex(4));
     let secret = format!("journal secret {}", random_hex(16));
     let context = EncryptionContext::from([("app".to_string(), "journal".to_string())]);
@@ -91,7 +91,9 @@ fn every_request_is_one_journal_event_with_its_fields_and_no_secret() {
     assert!(exit.success(), "{log}");
     assert!(log.is_empty(), "nothing went to stderr: {log}");
 
-    let entries = journal_when(pid, |entries| !with_id(entries, DAEMON_STOPPED).is_empty());
+    let entries = journal_when(&journal, |entries| {
+        !with_id(entries, DAEMON_STOPPED).is_empty()
+    });
     assert_eq!(with_id(&entries, DAEMON_READY).len(), 1, "{entries:#?}");
     assert_eq!(with_id(&entries, DAEMON_STOPPED).len(), 1, "{entries:#?}");
 
@@ -187,7 +189,7 @@ fn every_request_is_one_journal_event_with_its_fields_and_no_secret() {
     assert_eq!(field(decrypt_alerts[0], "PRIORITY"), Some("1"));
 
     // No secret, in clear or in base64, and no ciphertext body anywhere.
-    let export = journal_export_of(pid);
+    let export = journal_export_of(&journal);
     assert!(
         contains(&export, key.as_bytes()),
         "the export holds this daemon's events"

@@ -139,7 +139,7 @@ fn a_version_near_its_encryption_limit_raises_one_alert() {
     );
     let daemon =
         Daemon::start_with_env(&files, &[], &[("HOSTKMS_LOG_TARGET", "journal")]).expect("start");
-    let pid = daemon.pid();
+    let journal = daemon.journal_scope();
     let mut client = daemon.client();
     client.create_key("near-limit").expect("create");
     let ctx = EncryptionContext::new();
@@ -166,7 +166,7 @@ fn a_version_near_its_encryption_limit_raises_one_alert() {
     let is_alert = |e: &serde_json::Value| {
         e.get("MESSAGE_ID").and_then(|v| v.as_str()) == Some(ALERT_ENCRYPTION_LIMIT)
     };
-    let alerts: Vec<_> = journal_when(pid, |entries| entries.iter().any(is_alert))
+    let alerts: Vec<_> = journal_when(&journal, |entries| entries.iter().any(is_alert))
         .into_iter()
         .filter(is_alert)
         .collect();

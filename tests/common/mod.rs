@@ -233,6 +233,7 @@ pub struct Daemon {
     /// The socket it serves.
     pub socket: PathBuf,
     log: PathBuf,
+    started: std::time::SystemTime,
 }
 
 impl Daemon {
@@ -258,6 +259,7 @@ impl Daemon {
         let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = files.root.path().join(format!("hostkmsd-{n}.log"));
         let log_file = fs::File::create(&log).expect("daemon log");
+        let started = std::time::SystemTime::now();
         let child = Command::new(HOSTKMSD)
             .arg("--config")
             .arg(&files.config)
@@ -273,6 +275,7 @@ impl Daemon {
             child: Some(child),
             socket: files.socket.clone(),
             log,
+            started,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -309,6 +312,14 @@ impl Daemon {
     /// The daemon's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Which journal entries are this daemon's, to read them after it stops.
+    pub fn journal_scope(&self) -> JournalScope {
+        JournalScope {
+            pid: self.pid(),
+            since: self.started,
+        }
     }
 
     /// Everything the daemon logged so far.
@@ -616,29 +627,54 @@ fn journald_listens() -> bool {
         .is_ok()
 }
 
-/// The journal's entries of process `pid`, as JSON objects.
-pub fn journal_of(pid: u32) -> Vec<serde_json::Value> {
-    let output = Command::new("journalctl")
-        .args(["--no-pager", "-o", "json", "--all"])
-        .arg(format!("_PID={pid}"))
-        .output()
-        .expect("run journalctl");
+/// The journal entries of one daemon run: its pid, and only from when it
+/// started, because journald outlives test runs and pids (pid_max is 32768
+/// here) come round again.
+#[derive(Clone, Copy, Debug)]
+pub struct JournalScope {
+    pid: u32,
+    since: std::time::SystemTime,
+}
+
+impl JournalScope {
+    /// journalctl's match and time window for this run.
+    fn journalctl(&self, output: &str) -> Command {
+        let since = self
+            .since
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970");
+        let mut command = Command::new("journalctl");
+        command
+            .args(["--no-pager", "--all", "-o", output])
+            .arg(format!(
+                "--since=@{}.{:06}",
+                since.as_secs(),
+                since.subsec_micros()
+            ))
+            .arg(format!("_PID={}", self.pid));
+        command
+    }
+}
+
+/// The journal's entries of one daemon run, as JSON objects.
+pub fn journal_of(scope: &JournalScope) -> Vec<serde_json::Value> {
+    let output = scope.journalctl("json").output().expect("run journalctl");
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| serde_json::from_str(line).ok())
         .collect()
 }
 
-/// The journal's entries of process `pid` once `ready` holds for them, or
+/// The journal's entries of one daemon run once `ready` holds for them, or
 /// after 10 s whatever is there: journald makes the last entries readable
 /// within a poll or two.
 pub fn journal_when(
-    pid: u32,
+    scope: &JournalScope,
     ready: impl Fn(&[serde_json::Value]) -> bool,
 ) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let entries = journal_of(pid);
+        let entries = journal_of(scope);
         if ready(&entries) || Instant::now() > deadline {
             return entries;
         }
@@ -646,12 +682,11 @@ pub fn journal_when(
     }
 }
 
-/// Everything the journal holds of process `pid`, in the export format
+/// Everything the journal holds of one daemon run, in the export format
 /// (binary fields raw), to search for bytes that must never be logged.
-pub fn journal_export_of(pid: u32) -> Vec<u8> {
-    Command::new("journalctl")
-        .args(["--no-pager", "-o", "export", "--all"])
-        .arg(format!("_PID={pid}"))
+pub fn journal_export_of(scope: &JournalScope) -> Vec<u8> {
+    scope
+        .journalctl("export")
         .output()
         .expect("run journalctl")
         .stdout
