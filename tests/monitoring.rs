@@ -1,11 +1,12 @@
 //! The daemon's view of its own traffic: counters in `hostkms status`, the
-//! OpenMetrics text of `hostkms metrics`, and the alert raised when a key
-//! version nears its encryption limit.
+//! OpenMetrics text of `hostkms metrics`, the TPM's reachability, and the
+//! alert raised when a key version nears its encryption limit.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
 
 use agent_proto::EncryptionContext;
 use common::{Daemon, DaemonFiles, Swtpm, cli, cli_as, ensure_journald, journal_when};
@@ -179,4 +180,46 @@ fn a_version_near_its_encryption_limit_raises_one_alert() {
     assert_eq!(get("HOSTKMS_KEY_VERSION"), Some("1"));
     assert_eq!(get("HOSTKMS_COUNT"), Some("5"));
     assert_eq!(get("HOSTKMS_LIMIT"), Some("10"));
+}
+
+/// A TPM that stops answering shows in `status` and in the metrics within
+/// one probe period (10 s), while keys already unsealed keep serving.
+#[test]
+fn a_tpm_that_stops_answering_is_reported_unreachable() {
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::new(&tpm.tcti(), "");
+    let daemon = Daemon::start(&files).expect("start");
+    let mut client = daemon.client();
+    client.create_key("app-tpm-gone").expect("create");
+    assert!(client.status().expect("status").tpm_reachable);
+
+    drop(tpm);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.status().expect("status").tpm_reachable {
+        assert!(
+            Instant::now() < deadline,
+            "still reachable 30 s after swtpm stopped"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let metrics = cli(&files.socket, &["metrics"]);
+    assert!(metrics.status.success(), "{metrics:?}");
+    let values = samples(&String::from_utf8_lossy(&metrics.stdout));
+    assert_eq!(values.get("hostkms_tpm_reachable"), Some(&0.0));
+    let status = cli(&files.socket, &["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("TPM reachable:    no"), "{text}");
+
+    let ctx = EncryptionContext::new();
+    let wrapped = client
+        .wrap("app-tpm-gone", b"still served", &ctx)
+        .expect("wrap");
+    let unwrapped = client
+        .unwrap(wrapped.ciphertext.as_bytes(), &ctx, None)
+        .expect("unwrap");
+    assert_eq!(unwrapped.plaintext.expose(), b"still served");
+    drop(client);
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
+    assert!(log.contains("TPM probe failed"), "{log}");
 }
