@@ -20,8 +20,16 @@ done
 
 if [ "$(id -u)" -eq 0 ]; then
     echo "installing:$missing"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
+    # A mirror that drops a connection should not fail a CI run: three tries.
+    for attempt in 1 2 3; do
+        if apt-get update -qq &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing; then
+            exit 0
+        fi
+        echo "install-deps: apt-get failed (attempt $attempt of 3)" >&2
+        [ "$attempt" -lt 3 ] && sleep 5
+    done
+    exit 1
 else
     echo "hostkms needs these Debian packages:$missing" >&2
     echo "install them with: sudo apt-get update && sudo apt-get install -y$missing" >&2

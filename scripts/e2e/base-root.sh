@@ -68,14 +68,19 @@ tmp="$cache/building-$key"
 rm -rf "$cache"/building-*   # leftovers of interrupted builds
 echo "e2e: making a $SUITE root with debootstrap from $mirror (about a minute, once)" >&2
 start=$(date +%s)
-if ! debootstrap --variant=minbase --include="$packages" "$SUITE" "$tmp" "$mirror" \
-        >"$cache/debootstrap.log" 2>&1; then
-    echo "e2e: debootstrap failed; the end of $cache/debootstrap.log:" >&2
+# A mirror that drops a connection fails the whole debootstrap: try three
+# times, from scratch, before giving up.
+attempt=1
+until debootstrap --variant=minbase --include="$packages" "$SUITE" "$tmp" "$mirror" \
+        >"$cache/debootstrap.log" 2>&1; do
+    echo "e2e: debootstrap failed (attempt $attempt of 3); the end of $cache/debootstrap.log:" >&2
     tail -n 30 "$cache/debootstrap.log" >&2
     [ -f "$tmp/debootstrap/debootstrap.log" ] && tail -n 30 "$tmp/debootstrap/debootstrap.log" >&2
     rm -rf "$tmp"
-    exit 1
-fi
+    [ "$attempt" -lt 3 ] || exit 1
+    attempt=$((attempt + 1))
+    sleep 5
+done
 # No downloaded .debs in the cache: they are ~100 MB copied on every run.
 rm -rf "$tmp"/var/cache/apt/archives/*.deb "$tmp"/var/lib/apt/lists/*_Packages
 # A root without a machine-id gets a new one per boot; an empty file makes
