@@ -43,6 +43,10 @@ fn free_port_pair() -> u16 {
     }
 }
 
+/// Waits until `child` itself listens on `port` and `port + 1`. A plain
+/// connect is not enough: between [`free_port_pair`] and swtpm's bind,
+/// another test's swtpm may take the port, and this one would then exit
+/// while a connect still succeeded.
 fn wait_for_port(port: u16, child: &mut Child, what: &str) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
@@ -51,12 +55,65 @@ fn wait_for_port(port: u16, child: &mut Child, what: &str) -> Result<(), String>
                 "{what} exited with {status} before listening on {port}"
             ));
         }
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if listens_on(child.id(), port) && listens_on(child.id(), port + 1) {
             return Ok(());
         }
         thread::sleep(Duration::from_millis(10));
     }
     Err(format!("{what} did not listen on port {port} within 10 s"))
+}
+
+/// Whether process `pid` holds a socket listening on loopback `port`:
+/// the socket's inode in /proc/net/tcp is one of the process's fds.
+fn listens_on(pid: u32, port: u16) -> bool {
+    let local = format!("0100007F:{port:04X}");
+    let Ok(table) = fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st ... uid timeout inode
+            (fields.len() > 9 && fields[1] == local && fields[3] == "0A")
+                .then(|| format!("socket:[{}]", fields[9]))
+        })
+        .collect();
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        fs::read_link(fd.path()).is_ok_and(|target| {
+            inodes
+                .iter()
+                .any(|inode| target.as_os_str() == inode.as_str())
+        })
+    })
+}
+
+/// Keeps loopback `port` bound but not listening, for as long as the value
+/// lives: connections to it are refused at once, and no other test's swtpm
+/// can take the port. Fails the test if someone already listens there.
+pub fn refuse_port(port: u16) -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, setsockopt, socket, sockopt,
+    };
+    let socket = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("a TCP socket");
+    // Past connections of a stopped swtpm may linger in TIME_WAIT.
+    setsockopt(&socket, sockopt::ReuseAddr, &true).expect("SO_REUSEADDR");
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&socket),
+        &SockaddrIn::new(127, 0, 0, 1, port),
+    )
+    .unwrap_or_else(|e| panic!("hold port {port} closed: {e}"));
+    socket
 }
 
 /// A private software TPM on loopback, with its own state directory.
@@ -135,7 +192,9 @@ impl Swtpm {
                 Err(e) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    last_error = e; // most likely a port taken meanwhile: try others
+                    // Most likely a port taken meanwhile: try others.
+                    let log = fs::read_to_string(dir.join("swtpm.log")).unwrap_or_default();
+                    last_error = format!("{e}; its log:\n{log}");
                 }
             }
         }
@@ -286,6 +345,9 @@ impl Daemon {
                 }
             }
             if let Ok(mut client) = Client::connect(&daemon.socket) {
+                // A daemon that accepts but never answers must not hang
+                // the test past its deadline.
+                let _ = client.set_timeout(Some(Duration::from_secs(2)));
                 if client.ping().is_ok() {
                     return Ok(daemon);
                 }
@@ -332,8 +394,17 @@ impl Daemon {
         let mut child = self.child.take().expect("daemon still running");
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         nix::sys::signal::kill(pid, signal).expect("signal hostkmsd");
-        let status = wait_with_timeout(&mut child, Duration::from_secs(20));
-        (status, self.log())
+        match exit_within(&mut child, Duration::from_secs(20)) {
+            Some(status) => (status, self.log()),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "hostkmsd did not exit within 20 s of {signal}; its log:\n{}",
+                    self.log()
+                );
+            }
+        }
     }
 
     /// SIGTERM, then wait; returns the exit status and the log.
@@ -353,14 +424,21 @@ impl Drop for Daemon {
 
 /// Waits for `child` to exit; kills it and fails the test after `timeout`.
 pub fn wait_with_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
+    exit_within(child, timeout).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("process {} did not exit within {timeout:?}", child.id());
+    })
+}
+
+/// `child`'s exit status if it exits within `timeout`.
+fn exit_within(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().expect("wait") {
-            return status;
+            return Some(status);
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("process {} did not exit within {timeout:?}", child.id());
+            return None;
         }
         thread::sleep(Duration::from_millis(10));
     }
@@ -418,11 +496,25 @@ pub fn cli_as(uid: u32, socket: &Path, args: &[&str], stdin: &[u8]) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("run hostkms as another user");
-    if let Some(mut input) = child.stdin.take() {
-        input.write_all(stdin).expect("feed stdin");
+        .unwrap_or_else(|e| {
+            panic!(
+                "run {HOSTKMS} as uid {uid}: {e} \
+                 (every directory above the checkout's target/ must be searchable by others)"
+            )
+        });
+    // From a thread: a CLI that exits before reading all of its input must
+    // fail the test through its output, not through a broken pipe here.
+    let feeder = child.stdin.take().map(|mut input| {
+        let stdin = stdin.to_vec();
+        thread::spawn(move || {
+            let _ = input.write_all(&stdin);
+        })
+    });
+    let output = child.wait_with_output().expect("hostkms output");
+    if let Some(feeder) = feeder {
+        let _ = feeder.join();
     }
-    child.wait_with_output().expect("hostkms output")
+    output
 }
 
 /// Runs `sqlite3 DB SQL`, failing the test when it fails.
@@ -659,6 +751,11 @@ impl JournalScope {
 /// The journal's entries of one daemon run, as JSON objects.
 pub fn journal_of(scope: &JournalScope) -> Vec<serde_json::Value> {
     let output = scope.journalctl("json").output().expect("run journalctl");
+    assert!(
+        output.status.success(),
+        "journalctl: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| serde_json::from_str(line).ok())
@@ -685,9 +782,11 @@ pub fn journal_when(
 /// Everything the journal holds of one daemon run, in the export format
 /// (binary fields raw), to search for bytes that must never be logged.
 pub fn journal_export_of(scope: &JournalScope) -> Vec<u8> {
-    scope
-        .journalctl("export")
-        .output()
-        .expect("run journalctl")
-        .stdout
+    let output = scope.journalctl("export").output().expect("run journalctl");
+    assert!(
+        output.status.success(),
+        "journalctl: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
 }
