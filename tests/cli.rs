@@ -209,11 +209,14 @@ fn wrap_and_unwrap_round_trip_in_base64_and_raw() {
     ok(cli(socket, &["create-key", "app-db"]));
     let plaintext = b"the database password\n\x00\xff binary too";
     let context = ["--context", "table=users", "--context", "purpose=test"];
+    // Wraps with app-db so far: its encryption count in describe, at the end.
+    let mut wraps = 0u64;
 
     // Base64 through stdin and stdout.
     let mut args = vec!["wrap", "app-db"];
     args.extend(context);
     let text = ok_text(cli_stdin(socket, &args, plaintext));
+    wraps += 1;
     assert!(
         text.ends_with('\n') && text.lines().count() == 1,
         "{text:?}"
@@ -255,6 +258,7 @@ fn wrap_and_unwrap_round_trip_in_base64_and_raw() {
         ok(cli(socket, &args)).is_empty(),
         "nothing on stdout with --out"
     );
+    wraps += 1;
     let raw = fs::read(&sealed).expect("ciphertext file");
     assert!(raw.starts_with(b"HKMS"));
 
@@ -294,6 +298,7 @@ fn wrap_and_unwrap_round_trip_in_base64_and_raw() {
     ];
     args.extend(context);
     ok(cli_stdin(socket, &args, plaintext));
+    wraps += 1;
     let mut args = vec!["unwrap", "--in", sealed_b64.to_str().expect("path")];
     args.extend(context);
     assert_eq!(ok(cli(socket, &args)), plaintext);
@@ -302,6 +307,7 @@ fn wrap_and_unwrap_round_trip_in_base64_and_raw() {
     let mut args = vec!["--json", "wrap", "app-db"];
     args.extend(context);
     let wrapped = ok_json(cli_stdin(socket, &args, plaintext));
+    wraps += 1;
     assert_eq!(wrapped["key"], "app-db");
     assert_eq!(wrapped["version"], 1);
     let b64 = wrapped["ciphertext"].as_str().expect("ciphertext");
@@ -341,9 +347,14 @@ fn wrap_and_unwrap_round_trip_in_base64_and_raw() {
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(output.stdout.is_empty());
 
-    // The encryption count shows in describe.
+    // The encryption count shows in describe: one per wrap, none per unwrap
+    // or refusal.
     let key = ok_json(cli(socket, &["--json", "describe", "app-db"]));
-    assert!(key["versions"][0]["encryptions"].is_u64(), "{key}");
+    assert_eq!(
+        key["versions"][0]["encryptions"].as_u64(),
+        Some(wraps),
+        "the encryption count of app-db: {key}"
+    );
 }
 
 #[test]

@@ -3,10 +3,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agent_proto::codec::{self, DEFAULT_MAX_FRAME};
 use agent_proto::{Envelope, ErrorCode, PROTOCOL_VERSION, Request, Response};
@@ -229,22 +229,35 @@ fn a_file_in_place_of_the_socket_is_never_deleted() {
 fn config_errors_name_the_file_the_line_and_the_fix() {
     let dir = common::private_tempdir();
     let config = dir.path().join("config.toml");
+    // Every config names paths in `dir`, so a regression that accepted one
+    // would not touch /var/lib/hostkms or /run/hostkms.
+    let state_dir = format!("state_dir = \"{}\"\n", dir.path().join("state").display());
+    let socket = format!(
+        "socket = \"{}\"\n",
+        dir.path().join("hostkms.sock").display()
+    );
     let cases = [
         (
-            "state_dir = \"/tmp/x\"\nsockett = \"/tmp/s\"\n",
+            format!("{state_dir}sockett = \"/tmp/s\"\n{socket}"),
             &["line 2", "unknown field `sockett`"][..],
         ),
         (
-            "tcti = \"tpm0\"\n",
+            format!("tcti = \"tpm0\"\n{state_dir}{socket}"),
             &["line 1", "`tcti`", "device:/dev/tpmrm0"][..],
         ),
         (
-            "socket_mode = \"0777\"\n",
+            format!("socket_mode = \"0777\"\n{state_dir}{socket}"),
             &["line 1", "`socket_mode`", "0660"][..],
         ),
-        ("state_dir = [1]\n", &["line 1", "state_dir"][..]),
+        // The state dir is what is wrong here, so it stays unusable.
         (
-            "state_dir = \"/tmp/x\"\n\n[[grant]]\nkeys = [\"a\"]\nuids = [1]\nops = [\"frobnicate\"]\n",
+            format!("state_dir = [1]\n{socket}"),
+            &["line 1", "state_dir"][..],
+        ),
+        (
+            format!(
+                "{state_dir}{socket}[[grant]]\nkeys = [\"a\"]\nuids = [1]\nops = [\"frobnicate\"]\n"
+            ),
             &[
                 "line 3",
                 "grant #1",
@@ -254,16 +267,20 @@ fn config_errors_name_the_file_the_line_and_the_fix() {
             ][..],
         ),
         (
-            "[[grant]]\nkeys = [\"a[\"]\nuids = [1]\nops = [\"wrap\"]\n",
-            &["line 1", "grant #1", "`keys`", "not a valid glob"][..],
+            format!(
+                "{state_dir}{socket}[[grant]]\nkeys = [\"a[\"]\nuids = [1]\nops = [\"wrap\"]\n"
+            ),
+            &["line 3", "grant #1", "`keys`", "not a valid glob"][..],
         ),
         (
-            "[[grant]]\nkeys = [\"a\"]\nusers = [\"no-such-user-hk\"]\nops = [\"wrap\"]\n",
+            format!(
+                "{state_dir}{socket}[[grant]]\nkeys = [\"a\"]\nusers = [\"no-such-user-hk\"]\nops = [\"wrap\"]\n"
+            ),
             &["grant #1", "`users`", "no user named \"no-such-user-hk\""][..],
         ),
     ];
     for (text, needles) in cases {
-        std::fs::write(&config, text).unwrap();
+        std::fs::write(&config, &text).unwrap();
         let output = run_daemon_to_exit(&["--config", config.to_str().unwrap()]);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{text}: {stderr}");
@@ -288,7 +305,7 @@ fn config_errors_name_the_file_the_line_and_the_fix() {
         "{stderr}"
     );
 
-    std::fs::write(&config, "").unwrap();
+    std::fs::write(&config, format!("{state_dir}{socket}")).unwrap();
     let output = run_daemon_to_exit(&[
         "--config",
         config.to_str().unwrap(),
@@ -376,31 +393,66 @@ fn connections_over_the_limit_get_busy_and_the_rest_keep_working() {
     admitted(); // the slot frees once the daemon sees the close
 }
 
+/// Whether the daemon has closed `stream`, waiting up to `wait` for it: the
+/// end of the stream or a reset is a close, silence is not, and any data is
+/// a failure (the daemon owes `what` no answer).
+fn closed_by_daemon(stream: &mut UnixStream, wait: Duration, what: &str) -> bool {
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => true,
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => true,
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => false,
+        Ok(_) => panic!("the daemon sent data to the {what} connection instead of closing it"),
+        Err(e) => panic!("reading the {what} connection: {e}"),
+    }
+}
+
 #[test]
 fn idle_and_slow_connections_are_closed_and_others_are_not_disturbed() {
+    // The busy connection pings every 250 ms: only a stall of 3 s closes it.
+    let idle_timeout = Duration::from_secs(3);
     let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), "idle_timeout_secs = 1\nframe_timeout_secs = 1");
+    let files = DaemonFiles::new(
+        &tpm.tcti(),
+        &format!(
+            "idle_timeout_secs = {}\nframe_timeout_secs = 1",
+            idle_timeout.as_secs()
+        ),
+    );
     let daemon = Daemon::start(&files).expect("start");
 
-    let mut idle = daemon.client();
-    idle.ping().unwrap();
-    let mut slow = UnixStream::connect(&daemon.socket).unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(10)))
+    let mut idle = UnixStream::connect(&daemon.socket).unwrap();
+    agent_proto::Client::from_stream(idle.try_clone().unwrap())
+        .ping()
         .unwrap();
+    let mut slow = UnixStream::connect(&daemon.socket).unwrap();
     slow.write_all(&[0, 0]).unwrap(); // half a length prefix, then nothing
     let mut busy = daemon.client();
-    for _ in 0..8 {
+    let busy_since = Instant::now();
+
+    // Until both are closed, and the busy connection has outlived the idle
+    // timeout with a margin.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (mut idle_closed, mut slow_closed) = (false, false);
+    while !(idle_closed
+        && slow_closed
+        && busy_since.elapsed() > idle_timeout + Duration::from_secs(1))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "after 15 s: idle connection closed: {idle_closed}, slow sender cut off: {slow_closed}\n{}",
+            daemon.log()
+        );
         busy.ping()
             .expect("an active connection outlives the idle timeout");
-        std::thread::sleep(Duration::from_millis(250));
+        let poll = Duration::from_millis(50);
+        slow_closed = slow_closed || closed_by_daemon(&mut slow, poll, "slow");
+        idle_closed = idle_closed || closed_by_daemon(&mut idle, poll, "idle");
+        std::thread::sleep(Duration::from_millis(150));
     }
-    let mut rest = Vec::new();
-    assert_eq!(
-        slow.read_to_end(&mut rest).unwrap_or(0),
-        0,
-        "the slow sender was cut off"
-    );
-    assert!(idle.ping().is_err(), "the idle connection was closed");
+    busy.ping()
+        .expect("an active connection outlives the idle timeout");
     assert!(
         daemon.log().contains("did not arrive within"),
         "{}",

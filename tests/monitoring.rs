@@ -12,6 +12,7 @@ use agent_proto::EncryptionContext;
 use common::{Daemon, DaemonFiles, Swtpm, cli, cli_as, ensure_journald, journal_when};
 
 const ALERT_ENCRYPTION_LIMIT: &str = "a65fa18274d944968d01e53a1bbd32c0";
+const DAEMON_STOPPED: &str = "03cf281e477a40c99f3000e0beee0cae";
 
 /// The samples of an OpenMetrics text: `name{labels}` → value.
 fn samples(text: &str) -> BTreeMap<String, f64> {
@@ -28,6 +29,7 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
 fn status_and_metrics_count_requests_by_operation_and_result() {
     let tpm = Swtpm::start();
     let files = DaemonFiles::with_public_socket(&tpm.tcti(), "socket_mode = \"0666\"");
+    let started = Instant::now();
     let daemon = Daemon::start(&files).expect("start");
     let mut client = daemon.client();
     client.create_key("app-metrics").expect("create");
@@ -95,19 +97,36 @@ fn status_and_metrics_count_requests_by_operation_and_result() {
     assert_eq!(get("hostkms_key_versions"), 1.0);
     assert_eq!(get("hostkms_tpm_reachable"), 1.0);
     assert_eq!(get("hostkms_root_key_loaded"), 1.0);
-    assert!(get("hostkms_uptime_seconds") >= 0.0);
-    // Every sample belongs to a family declared before it.
-    let mut declared = Vec::new();
+    // Whole seconds since the daemon started: no more than this test has run.
+    let uptime = get("hostkms_uptime_seconds");
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(
+        uptime >= 0.0 && uptime.fract() == 0.0,
+        "hostkms_uptime_seconds {uptime} is a whole number of seconds"
+    );
+    assert!(
+        uptime <= elapsed + 1.0,
+        "hostkms_uptime_seconds {uptime} but the daemon was started {elapsed:.1} s ago"
+    );
+    // Every sample belongs to the family declared last before it: its name is
+    // the family's, with the suffix OpenMetrics gives samples of its type.
+    let mut family: Option<(&str, &str)> = None;
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
-            declared.push(rest.split(' ').next().unwrap_or("").to_string());
+            let (name, kind) = rest.split_once(' ').expect("# TYPE NAME KIND");
+            family = Some((name, kind));
         } else if !line.starts_with('#') {
             let name = line.split(['{', ' ']).next().unwrap_or("");
+            let (family, kind) = family.unwrap_or_else(|| panic!("{name} has no # TYPE before it"));
+            let suffix = name.strip_prefix(family).unwrap_or("not the family's");
+            let allowed: &[&str] = match kind {
+                "counter" => &["_total", "_created"],
+                "info" => &["_info"],
+                _ => &[""],
+            };
             assert!(
-                declared
-                    .iter()
-                    .any(|family| name.starts_with(family.as_str())),
-                "{name} has no # TYPE before it"
+                allowed.contains(&suffix),
+                "{name} is not a sample of the {kind} family {family} declared before it:\n{text}"
             );
         }
     }
@@ -167,10 +186,16 @@ fn a_version_near_its_encryption_limit_raises_one_alert() {
     let is_alert = |e: &serde_json::Value| {
         e.get("MESSAGE_ID").and_then(|v| v.as_str()) == Some(ALERT_ENCRYPTION_LIMIT)
     };
-    let alerts: Vec<_> = journal_when(&journal, |entries| entries.iter().any(is_alert))
-        .into_iter()
-        .filter(is_alert)
-        .collect();
+    // Counted once the daemon's last entry is readable, so a late duplicate counts.
+    let is_stopped = |e: &serde_json::Value| {
+        e.get("MESSAGE_ID").and_then(|v| v.as_str()) == Some(DAEMON_STOPPED)
+    };
+    let entries = journal_when(&journal, |entries| entries.iter().any(is_stopped));
+    assert!(
+        entries.iter().any(is_stopped),
+        "no DAEMON_STOPPED entry in the journal within 10 s: {entries:#?}"
+    );
+    let alerts: Vec<_> = entries.into_iter().filter(is_alert).collect();
     assert_eq!(alerts.len(), 1, "{alerts:#?}");
     let alert = &alerts[0];
     let get = |name: &str| alert.get(name).and_then(|v| v.as_str());
@@ -193,7 +218,10 @@ fn a_tpm_that_stops_answering_is_reported_unreachable() {
     client.create_key("app-tpm-gone").expect("create");
     assert!(client.status().expect("status").tpm_reachable);
 
+    let port = tpm.port;
     drop(tpm);
+    // Refused from now on, and not handed to another test's swtpm.
+    let _closed = (common::refuse_port(port), common::refuse_port(port + 1));
     let deadline = Instant::now() + Duration::from_secs(30);
     while client.status().expect("status").tpm_reachable {
         assert!(

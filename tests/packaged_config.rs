@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use hostkms::config::{Config, ConfigError, Overrides};
+use hostkms::config::{Config, ConfigError, DEFAULT_ADMIN_GROUP, Overrides};
 
 const PACKAGED: &str = include_str!("../packaging/config.toml");
 
@@ -42,6 +42,17 @@ fn uncommented_defaults() -> String {
     out
 }
 
+/// The default admin groups that do not exist on this host. The defaults
+/// report none missing, since only groups named in the file are reported,
+/// while the file's `admin_groups` line names them explicitly.
+fn missing_default_admin_groups() -> Vec<String> {
+    [DEFAULT_ADMIN_GROUP]
+        .into_iter()
+        .filter(|name| nix::unistd::Group::from_name(name).ok().flatten().is_none())
+        .map(str::to_string)
+        .collect()
+}
+
 /// The field names a table accepts, as the parser lists them when it
 /// refuses an unknown one.
 fn known_fields(table_prefix: &str) -> Vec<String> {
@@ -71,6 +82,7 @@ fn the_values_shown_in_the_packaged_config_are_the_defaults() {
     let text = uncommented_defaults();
     assert!(text.contains("tcti = "), "{text}");
     assert!(text.contains("[alerts]\n"), "{text}");
+    assert!(text.contains("\nadmin_groups = "), "{text}");
     let shown = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let defaults = parse("").expect("the empty config parses");
     for (field, shown, default) in [
@@ -124,6 +136,16 @@ fn the_values_shown_in_the_packaged_config_are_the_defaults() {
             "alerts",
             format!("{:?}", shown.alerts),
             format!("{:?}", defaults.alerts),
+        ),
+        (
+            "admin_groups (the admins it resolves to)",
+            format!("{:?}", shown.policy),
+            format!("{:?}", defaults.policy),
+        ),
+        (
+            "admin_groups (the groups this host lacks)",
+            format!("{:?}", shown.missing_admin_groups),
+            format!("{:?}", missing_default_admin_groups()),
         ),
     ] {
         assert_eq!(

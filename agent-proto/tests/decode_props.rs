@@ -190,7 +190,7 @@ proptest! {
 
     #[test]
     fn corrupted_valid_frames_never_panic(
-        which in 0usize..14,
+        which in 0..samples::requests().len(),
         flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
         cut in any::<usize>(),
     ) {
@@ -219,13 +219,31 @@ fn the_meter_sees_a_large_allocation() {
         )
         .unwrap();
         let mut body = frame[LENGTH_PREFIX..].to_vec();
-        // Claim 2^40 keys: serde may pre-size, but within the frame limit.
+        // The body ends with the key count, 0: it decodes to no keys, and a
+        // count of 1 with no key after it is refused.
         let n = body.len();
+        assert_eq!(
+            codec::decode_body::<Response>(&body).expect("the unpatched body decodes"),
+            Envelope::new(1, Response::Keys(Vec::new())),
+        );
+        assert_eq!(
+            body[n - 8..],
+            0u64.to_le_bytes(),
+            "the body ends with the key count"
+        );
+        body[n - 8..].copy_from_slice(&1u64.to_le_bytes());
+        assert!(
+            codec::decode_body::<Response>(&body).is_err(),
+            "the last 8 bytes are the key count"
+        );
+        // Claim 2^40 keys: serde may pre-size, but within the frame limit.
         body[n - 8..].copy_from_slice(&(1u64 << 40).to_le_bytes());
         body
     };
+    let mut decoded = None;
     let peak = peak_heap(|| {
-        let _ = codec::decode_body::<Response>(&body);
+        decoded = Some(codec::decode_body::<Response>(&body).is_err());
     });
+    assert_eq!(decoded, Some(true), "a claim of 2^40 keys is refused");
     assert!(peak <= allowed_peak(body.len()), "decode held {peak} bytes");
 }
