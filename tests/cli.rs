@@ -8,15 +8,13 @@
 mod common;
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::thread;
+use std::process::{Command, Output};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{Daemon, DaemonFiles, Swtpm, cli};
+use common::{Daemon, DaemonFiles, Swtpm, cli, cli_stdin};
 use serde_json::Value;
 
 /// A private swtpm and a daemon on it, with default config.
@@ -25,29 +23,6 @@ fn started() -> (Swtpm, DaemonFiles, Daemon) {
     let files = DaemonFiles::new(&tpm.tcti(), "");
     let daemon = Daemon::start(&files).unwrap_or_else(|log| panic!("hostkmsd: {log}"));
     (tpm, files, daemon)
-}
-
-/// Runs the CLI feeding `stdin` (written from a thread, so large inputs
-/// cannot deadlock against the output pipes).
-fn cli_stdin(socket: &Path, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(common::HOSTKMS)
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run hostkms");
-    let mut input = child.stdin.take().expect("stdin");
-    let data = stdin.to_vec();
-    let writer = thread::spawn(move || {
-        // The CLI may stop reading early (input too large): ignore EPIPE.
-        let _ = input.write_all(&data);
-    });
-    let output = child.wait_with_output().expect("hostkms output");
-    writer.join().expect("stdin writer");
-    output
 }
 
 fn stderr(output: &Output) -> String {

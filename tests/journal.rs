@@ -10,8 +10,8 @@ use agent_proto::EncryptionContext;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use common::{
-    Daemon, DaemonFiles, Swtpm, cli, cli_as, contains, ensure_journald, journal_export_of,
-    journal_when,
+    DAEMON_STOPPED, Daemon, DaemonFiles, Swtpm, cli, cli_as, contains, ensure_journald, field,
+    journal_export_of, journal_of_stopped, with_id,
 };
 use serde_json::Value;
 
@@ -21,18 +21,6 @@ const REQUEST_FAILED: &str = "4fecfa9090084923a2dbb30f5ea9d08a";
 const ALERT_REPEATED_DENIALS: &str = "03be2c8933e142a2b89d67c4df0731b9";
 const ALERT_REPEATED_INVALID_CIPHERTEXTS: &str = "1a9d2af668fc48ac9ab2d4a888899de9";
 const DAEMON_READY: &str = "3246e65abb4b411ab335889564bd4421";
-const DAEMON_STOPPED: &str = "03cf281e477a40c99f3000e0beee0cae";
-
-fn field<'a>(entry: &'a Value, name: &str) -> Option<&'a str> {
-    entry.get(name).and_then(Value::as_str)
-}
-
-fn with_id<'a>(entries: &'a [Value], id: &str) -> Vec<&'a Value> {
-    entries
-        .iter()
-        .filter(|e| field(e, "MESSAGE_ID") == Some(id))
-        .collect()
-}
 
 /// A fresh random value, so that a match in the journal can only come from this test.
 fn random_hex(bytes: usize) -> String {
@@ -91,9 +79,7 @@ fn every_request_is_one_journal_event_with_its_fields_and_no_secret() {
     assert!(exit.success(), "{log}");
     assert!(log.is_empty(), "nothing went to stderr: {log}");
 
-    let entries = journal_when(&journal, |entries| {
-        !with_id(entries, DAEMON_STOPPED).is_empty()
-    });
+    let entries = journal_of_stopped(&journal);
     assert_eq!(with_id(&entries, DAEMON_READY).len(), 1, "{entries:#?}");
     assert_eq!(with_id(&entries, DAEMON_STOPPED).len(), 1, "{entries:#?}");
 

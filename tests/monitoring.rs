@@ -9,10 +9,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use agent_proto::EncryptionContext;
-use common::{Daemon, DaemonFiles, Swtpm, cli, cli_as, ensure_journald, journal_when};
+use common::{
+    Daemon, DaemonFiles, Swtpm, cli, cli_as, ensure_journald, field, journal_of_stopped, with_id,
+};
 
 const ALERT_ENCRYPTION_LIMIT: &str = "a65fa18274d944968d01e53a1bbd32c0";
-const DAEMON_STOPPED: &str = "03cf281e477a40c99f3000e0beee0cae";
 
 /// The samples of an OpenMetrics text: `name{labels}` → value.
 fn samples(text: &str) -> BTreeMap<String, f64> {
@@ -183,22 +184,11 @@ fn a_version_near_its_encryption_limit_raises_one_alert() {
     let (exit, _) = daemon.stop();
     assert!(exit.success());
 
-    let is_alert = |e: &serde_json::Value| {
-        e.get("MESSAGE_ID").and_then(|v| v.as_str()) == Some(ALERT_ENCRYPTION_LIMIT)
-    };
     // Counted once the daemon's last entry is readable, so a late duplicate counts.
-    let is_stopped = |e: &serde_json::Value| {
-        e.get("MESSAGE_ID").and_then(|v| v.as_str()) == Some(DAEMON_STOPPED)
-    };
-    let entries = journal_when(&journal, |entries| entries.iter().any(is_stopped));
-    assert!(
-        entries.iter().any(is_stopped),
-        "no DAEMON_STOPPED entry in the journal within 10 s: {entries:#?}"
-    );
-    let alerts: Vec<_> = entries.into_iter().filter(is_alert).collect();
+    let entries = journal_of_stopped(&journal);
+    let alerts = with_id(&entries, ALERT_ENCRYPTION_LIMIT);
     assert_eq!(alerts.len(), 1, "{alerts:#?}");
-    let alert = &alerts[0];
-    let get = |name: &str| alert.get(name).and_then(|v| v.as_str());
+    let get = |name: &str| field(alerts[0], name);
     assert_eq!(get("PRIORITY"), Some("1"));
     assert_eq!(get("HOSTKMS_ALERT"), Some("encryption-limit"));
     assert_eq!(get("HOSTKMS_KEY"), Some("near-limit"));
@@ -218,10 +208,7 @@ fn a_tpm_that_stops_answering_is_reported_unreachable() {
     client.create_key("app-tpm-gone").expect("create");
     assert!(client.status().expect("status").tpm_reachable);
 
-    let port = tpm.port;
-    drop(tpm);
-    // Refused from now on, and not handed to another test's swtpm.
-    let _closed = (common::refuse_port(port), common::refuse_port(port + 1));
+    let _unplugged = tpm.unplug();
     let deadline = Instant::now() + Duration::from_secs(30);
     while client.status().expect("status").tpm_reachable {
         assert!(

@@ -211,15 +211,13 @@ fn one_blob_without_the_other_is_refused() {
 
 #[test]
 fn unreachable_tpm_is_a_clear_start_error() {
-    // Ports 1 and 2 (tcpmux, compressnet) are privileged and unused, so
-    // they refuse connections; a port freed by a stopped swtpm could be
-    // taken meanwhile by another test's swtpm.
-    let tcti = "swtpm:host=127.0.0.1,port=1";
-    assert!(std::net::TcpStream::connect("127.0.0.1:1").is_err());
-    let files = DaemonFiles::new(tcti, "");
+    let tpm = Swtpm::start();
+    let tcti = tpm.tcti();
+    let _unplugged = tpm.unplug();
+    let files = DaemonFiles::new(&tcti, "");
     let log = Daemon::start(&files).err().expect("must refuse");
     assert!(log.contains("cannot open the TPM at"), "{log}");
-    assert!(log.contains(tcti), "names the TCTI: {log}");
+    assert!(log.contains(&tcti), "names the TCTI: {log}");
     assert!(!files.state_file("root.priv").exists());
 }
 

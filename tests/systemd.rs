@@ -130,6 +130,12 @@ impl NotifySocket {
         Some(String::from_utf8_lossy(&buf[..n]).into_owned())
     }
 
+    /// Messages until one has `line` as one of its lines (an assignment such
+    /// as `READY=1`); returns that message.
+    fn until_line(&self, line: &str) -> String {
+        self.until(line, |m| m.lines().any(|l| l == line))
+    }
+
     /// Messages until one satisfies `done`; panics naming what came instead.
     fn until(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -173,7 +179,7 @@ fn ready_status_watchdog_and_stopping_reach_the_service_manager() {
     let notify = NotifySocket::bind(files.root.path());
     let mut child = start_notified(&files, &notify, Some(400_000));
 
-    let ready = notify.until("READY=1", |m| m.lines().any(|l| l == "READY=1"));
+    let ready = notify.until_line("READY=1");
     // READY comes only once the root key is sealed and the socket serves.
     assert!(
         files.state_file("root.priv").exists(),
@@ -194,11 +200,11 @@ fn ready_status_watchdog_and_stopping_reach_the_service_manager() {
     // changing the cadence, while a daemon pinging every 400 ms or slower,
     // which systemd would kill, has a median of 400 ms or more. Pings queued
     // before are drained first.
-    notify.until("WATCHDOG=1", |m| m.lines().any(|l| l == "WATCHDOG=1"));
+    notify.until_line("WATCHDOG=1");
     while notify.next(Duration::from_millis(1)).is_some() {}
     let mut pings = Vec::new();
     while pings.len() < 11 {
-        notify.until("WATCHDOG=1", |m| m.lines().any(|l| l == "WATCHDOG=1"));
+        notify.until_line("WATCHDOG=1");
         pings.push(Instant::now());
     }
     let mut gaps: Vec<Duration> = pings.windows(2).map(|w| w[1] - w[0]).collect();
@@ -215,7 +221,7 @@ fn ready_status_watchdog_and_stopping_reach_the_service_manager() {
     assert!(status.contains("0 denied, 0 alerts"), "{status}");
 
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
-    notify.until("STOPPING=1", |m| m.lines().any(|l| l == "STOPPING=1"));
+    notify.until_line("STOPPING=1");
     let exit = wait_with_timeout(&mut child, Duration::from_secs(20));
     assert!(exit.success(), "{exit}");
 }
@@ -226,7 +232,7 @@ fn without_a_watchdog_no_watchdog_pings_are_sent() {
     let files = DaemonFiles::new(&tpm.tcti(), "");
     let notify = NotifySocket::bind(files.root.path());
     let mut child = start_notified(&files, &notify, None);
-    notify.until("READY=1", |m| m.lines().any(|l| l == "READY=1"));
+    notify.until_line("READY=1");
     // Requests after READY show only in a STATUS sent after them: the
     // refresh due every 5 s, not the one the serving loop sends as it starts.
     let mut client = Client::connect(&files.socket).expect("serving when READY=1 arrives");
@@ -305,7 +311,7 @@ fn reload_changes_what_a_connected_peer_may_do() {
     let files = DaemonFiles::with_public_socket(&tpm.tcti(), "socket_mode = \"0666\"");
     let notify = NotifySocket::bind(files.root.path());
     let mut daemon = start_notified(&files, &notify, None);
-    notify.until("READY=1", |m| m.lines().any(|l| l == "READY=1"));
+    notify.until_line("READY=1");
     let mut admin = Client::connect(&files.socket).expect("admin connects");
     admin.create_key("app-reload").expect("create");
 
@@ -362,10 +368,8 @@ fn reload_changes_what_a_connected_peer_may_do() {
         "socket_mode = \"0666\"\n[[grant]]\nkeys = [\"app-*\"]\nuids = [65534]\nops = [\"describe\"]\n",
     );
     kill(Pid::from_raw(daemon.id() as i32), Signal::SIGHUP).expect("SIGHUP");
-    notify.until("RELOADING=1", |m| m.lines().any(|l| l == "RELOADING=1"));
-    notify.until("READY=1 after the reload", |m| {
-        m.lines().any(|l| l == "READY=1")
-    });
+    notify.until_line("RELOADING=1");
+    notify.until_line("READY=1");
     assert_eq!(
         ask("app-reload"),
         "ok app-reload",
@@ -379,9 +383,7 @@ fn reload_changes_what_a_connected_peer_may_do() {
     )
     .expect("write bad config");
     kill(Pid::from_raw(daemon.id() as i32), Signal::SIGHUP).expect("SIGHUP");
-    notify.until("READY=1 after the failed reload", |m| {
-        m.lines().any(|l| l == "READY=1")
-    });
+    notify.until_line("READY=1");
     assert_eq!(ask("app-reload"), "ok app-reload", "the old grant stays");
     admin
         .ping()

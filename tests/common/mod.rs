@@ -95,7 +95,7 @@ fn listens_on(pid: u32, port: u16) -> bool {
 /// Keeps loopback `port` bound but not listening, for as long as the value
 /// lives: connections to it are refused at once, and no other test's swtpm
 /// can take the port. Fails the test if someone already listens there.
-pub fn refuse_port(port: u16) -> std::os::fd::OwnedFd {
+fn refuse_port(port: u16) -> std::os::fd::OwnedFd {
     use nix::sys::socket::{
         AddressFamily, SockFlag, SockType, SockaddrIn, bind, setsockopt, socket, sockopt,
     };
@@ -115,6 +115,9 @@ pub fn refuse_port(port: u16) -> std::os::fd::OwnedFd {
     .unwrap_or_else(|e| panic!("hold port {port} closed: {e}"));
     socket
 }
+
+/// The closed ports of an unplugged TPM (see [`Swtpm::unplug`]).
+pub struct Unplugged(std::os::fd::OwnedFd, std::os::fd::OwnedFd);
 
 /// A private software TPM on loopback, with its own state directory.
 pub struct Swtpm {
@@ -156,6 +159,15 @@ impl Swtpm {
     /// Stops swtpm without TPM2_Shutdown, as a power cut would.
     pub fn crash(mut self) {
         self.kept = false;
+    }
+
+    /// Stops swtpm and keeps its two ports closed while the value lives, so
+    /// its TCTI is refused from then on: a freed port could otherwise be
+    /// handed to another test's swtpm, and this TPM would seem to come back.
+    pub fn unplug(self) -> Unplugged {
+        let port = self.port;
+        drop(self);
+        Unplugged(refuse_port(port), refuse_port(port + 1))
     }
 
     fn launch(dir: &Path) -> Swtpm {
@@ -482,38 +494,52 @@ pub fn cli(socket: &Path, args: &[&str]) -> Output {
         .expect("run hostkms")
 }
 
+/// Runs the `hostkms` CLI feeding `stdin`; returns its output.
+pub fn cli_stdin(socket: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    let mut command = Command::new(HOSTKMS);
+    command.arg("--socket").arg(socket).args(args);
+    output_feeding(command, stdin, "run hostkms")
+}
+
 /// Runs the `hostkms` CLI as user `uid` (group `uid`, no supplementary
 /// groups), feeding `stdin`; returns its output.
 pub fn cli_as(uid: u32, socket: &Path, args: &[&str], stdin: &[u8]) -> Output {
     use std::os::unix::process::CommandExt;
-    let mut child = Command::new(HOSTKMS)
+    let mut command = Command::new(HOSTKMS);
+    command
         .arg("--socket")
         .arg(socket)
         .args(args)
         .uid(uid)
-        .gid(uid)
+        .gid(uid);
+    output_feeding(
+        command,
+        stdin,
+        &format!(
+            "run {HOSTKMS} as uid {uid} (every directory above the checkout's \
+             target/ must be searchable by others)"
+        ),
+    )
+}
+
+/// Runs `command` with `stdin` as its input and returns its output. The
+/// input is written from a thread, so a large one cannot deadlock against
+/// the output pipes, and a command that stops reading early (input too
+/// large) fails through its output, not through a broken pipe here.
+fn output_feeding(mut command: Command, stdin: &[u8], what: &str) -> Output {
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "run {HOSTKMS} as uid {uid}: {e} \
-                 (every directory above the checkout's target/ must be searchable by others)"
-            )
-        });
-    // From a thread: a CLI that exits before reading all of its input must
-    // fail the test through its output, not through a broken pipe here.
-    let feeder = child.stdin.take().map(|mut input| {
-        let stdin = stdin.to_vec();
-        thread::spawn(move || {
-            let _ = input.write_all(&stdin);
-        })
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let mut input = child.stdin.take().expect("piped stdin");
+    let data = stdin.to_vec();
+    let writer = thread::spawn(move || {
+        let _ = input.write_all(&data);
     });
-    let output = child.wait_with_output().expect("hostkms output");
-    if let Some(feeder) = feeder {
-        let _ = feeder.join();
-    }
+    let output = child.wait_with_output().expect("the command's output");
+    writer.join().expect("stdin writer");
     output
 }
 
@@ -729,52 +755,66 @@ pub struct JournalScope {
 }
 
 impl JournalScope {
-    /// journalctl's match and time window for this run.
-    fn journalctl(&self, output: &str) -> Command {
+    /// journalctl's output for this run in `format`; fails the test when
+    /// journalctl fails, rather than reading that as no entries.
+    fn journalctl(&self, format: &str) -> Vec<u8> {
         let since = self
             .since
             .duration_since(std::time::UNIX_EPOCH)
             .expect("clock after 1970");
-        let mut command = Command::new("journalctl");
-        command
-            .args(["--no-pager", "--all", "-o", output])
+        let output = Command::new("journalctl")
+            .args(["--no-pager", "--all", "-o", format])
             .arg(format!(
                 "--since=@{}.{:06}",
                 since.as_secs(),
                 since.subsec_micros()
             ))
-            .arg(format!("_PID={}", self.pid));
-        command
+            .arg(format!("_PID={}", self.pid))
+            .output()
+            .expect("run journalctl");
+        assert!(
+            output.status.success(),
+            "journalctl: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output.stdout
     }
 }
 
-/// The journal's entries of one daemon run, as JSON objects.
-pub fn journal_of(scope: &JournalScope) -> Vec<serde_json::Value> {
-    let output = scope.journalctl("json").output().expect("run journalctl");
-    assert!(
-        output.status.success(),
-        "journalctl: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str(line).ok())
+/// The MESSAGE_ID of the event a daemon logs last, as it stops.
+pub const DAEMON_STOPPED: &str = "03cf281e477a40c99f3000e0beee0cae";
+
+/// The string field `name` of a journal entry.
+pub fn field<'a>(entry: &'a serde_json::Value, name: &str) -> Option<&'a str> {
+    entry.get(name).and_then(serde_json::Value::as_str)
+}
+
+/// The entries with MESSAGE_ID `id`.
+pub fn with_id<'a>(entries: &'a [serde_json::Value], id: &str) -> Vec<&'a serde_json::Value> {
+    entries
+        .iter()
+        .filter(|e| field(e, "MESSAGE_ID") == Some(id))
         .collect()
 }
 
-/// The journal's entries of one daemon run once `ready` holds for them, or
-/// after 10 s whatever is there: journald makes the last entries readable
-/// within a poll or two.
-pub fn journal_when(
-    scope: &JournalScope,
-    ready: impl Fn(&[serde_json::Value]) -> bool,
-) -> Vec<serde_json::Value> {
+/// Every journal entry of a daemon run that has stopped, as JSON objects:
+/// polled until its stop event is readable (journald indexes the last
+/// entries within a poll or two), so none is missed; fails after 10 s.
+pub fn journal_of_stopped(scope: &JournalScope) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let entries = journal_of(scope);
-        if ready(&entries) || Instant::now() > deadline {
+        let entries: Vec<serde_json::Value> = String::from_utf8_lossy(&scope.journalctl("json"))
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect();
+        if !with_id(&entries, DAEMON_STOPPED).is_empty() {
             return entries;
         }
+        assert!(
+            Instant::now() < deadline,
+            "no stop event of pid {} in the journal within 10 s: {entries:#?}",
+            scope.pid
+        );
         thread::sleep(Duration::from_millis(100));
     }
 }
@@ -782,11 +822,5 @@ pub fn journal_when(
 /// Everything the journal holds of one daemon run, in the export format
 /// (binary fields raw), to search for bytes that must never be logged.
 pub fn journal_export_of(scope: &JournalScope) -> Vec<u8> {
-    let output = scope.journalctl("export").output().expect("run journalctl");
-    assert!(
-        output.status.success(),
-        "journalctl: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output.stdout
+    scope.journalctl("export")
 }
