@@ -17,7 +17,7 @@ use crate::keystore::{Kek, KeyStore, StoreError};
 use crate::rootkey::{self, Origin, RootKeyError};
 use crate::server::{self, BoundSocket, Heartbeat, Limits, LiveLimits, ServerError};
 use crate::service::{Service, ServiceLimits};
-use crate::state_dir::{StateDir, StateDirError};
+use crate::state_dir::{StateDir, StateDirError, StateDirLock};
 use crate::systemd::{self, ActivationError, Notifier};
 
 /// How often STATUS= is refreshed under systemd when the watchdog asks for
@@ -71,6 +71,9 @@ pub fn run(config: Config, source: ConfigSource) -> Result<(), DaemonError> {
     let activated = systemd::activated_listener()?;
     let notifier = Notifier::from_env();
     let state_dir = StateDir::open(&config.state_dir)?;
+    // Held until this function returns: one daemon per state dir, or two
+    // would each acknowledge writes the other then overwrites.
+    let _lock = StateDirLock::acquire(&state_dir)?;
     let (root_key, origin) = rootkey::load_or_create(&state_dir, &config.tcti)?;
     let check = root_key.check_value();
     match origin {

@@ -1,5 +1,6 @@
 //! The daemon's state directory: created 0700, refused when others can reach
-//! it, and written only atomically with files of mode 0600.
+//! it, written only atomically with files of mode 0600, and held by one
+//! process at a time through [`StateDirLock`].
 
 use std::fs;
 use std::io::{Read, Write};
@@ -43,6 +44,32 @@ pub enum StateDirError {
     Write {
         /// The file.
         path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Another process holds the state dir's lock.
+    #[error(
+        "state dir {} is in use by {holder} (it holds the lock {}): two daemons on one state dir would each acknowledge writes the other then loses. Stop that process first, or give this daemon its own state_dir",
+        dir.display(), lock.display()
+    )]
+    Locked {
+        /// The state directory.
+        dir: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+        /// Who holds it, as far as the lock file says ("process 1234").
+        holder: String,
+    },
+    /// The lock file could not be opened, locked or written.
+    #[error(
+        "cannot lock state dir {} through {}: {source}; it must be a regular file (not a link) owned by the daemon's user, in a directory the daemon can write",
+        dir.display(), lock.display()
+    )]
+    Lock {
+        /// The state directory.
+        dir: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
         /// Why.
         source: std::io::Error,
     },
@@ -163,6 +190,86 @@ impl StateDir {
     }
 }
 
+/// The name of the lock file in the state dir.
+pub const LOCK_FILE: &str = "lock";
+
+/// Exclusive use of a state directory for as long as the value lives: an
+/// `flock` on [`LOCK_FILE`], which holds the holder's pid so a second
+/// process can say who has it (`flock` itself cannot). The daemon holds it
+/// for its whole life; any command that changes the state dir offline must
+/// take it too. The kernel releases it when the process dies, however it
+/// dies, so a crash never leaves a stale lock.
+#[derive(Debug)]
+pub struct StateDirLock {
+    file: fs::File,
+    path: PathBuf,
+}
+
+impl StateDirLock {
+    /// Takes the lock of `dir` without waiting, and records this process's
+    /// pid in it; fails with [`StateDirError::Locked`], naming the holder,
+    /// when another process has it.
+    pub fn acquire(dir: &StateDir) -> Result<StateDirLock, StateDirError> {
+        let path = dir.file(LOCK_FILE);
+        let lock_error = |source| StateDirError::Lock {
+            dir: dir.path().to_path_buf(),
+            lock: path.clone(),
+            source,
+        };
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(lock_error)?;
+        // SAFETY: flock on a file descriptor this function owns.
+        let locked = unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        };
+        if locked != 0 {
+            let error = std::io::Error::last_os_error();
+            if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(lock_error(error));
+            }
+            let mut recorded = String::new();
+            let _ = (&file).take(64).read_to_string(&mut recorded);
+            let holder = match recorded.trim().parse::<u32>() {
+                Ok(pid) => format!("process {pid}"),
+                Err(_) => "another process (it has not written its pid yet)".to_string(),
+            };
+            return Err(StateDirError::Locked {
+                dir: dir.path().to_path_buf(),
+                lock: path,
+                holder,
+            });
+        }
+        file.set_len(0).map_err(lock_error)?;
+        file.write_all(format!("{}\n", std::process::id()).as_bytes())
+            .map_err(lock_error)?;
+        file.sync_all().map_err(lock_error)?;
+        Ok(StateDirLock { file, path })
+    }
+
+    /// The lock file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for StateDirLock {
+    fn drop(&mut self) {
+        // The pid goes with the lock; the file stays, so that a process
+        // waiting for it never locks a file already unlinked.
+        let _ = self.file.set_len(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +302,25 @@ mod tests {
             err.contains("mode 0755") && err.contains("chmod 700"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn one_lock_holder_at_a_time_named_by_pid() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(&tmp.path().join("s")).unwrap();
+        let held = StateDirLock::acquire(&dir).unwrap();
+        assert_eq!(
+            fs::read_to_string(held.path()).unwrap(),
+            format!("{}\n", std::process::id())
+        );
+        assert_eq!(fs::metadata(held.path()).unwrap().mode() & 0o777, 0o600);
+        let err = StateDirLock::acquire(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("in use by process {}", std::process::id())),
+            "{err}"
+        );
+        drop(held);
+        StateDirLock::acquire(&dir).expect("free again once dropped");
     }
 
     #[test]
