@@ -65,6 +65,7 @@ fn state_dir_is_0700_and_its_files_0600() {
     assert_eq!(mode(&files.state_file("root.pub")), 0o600);
     assert_eq!(mode(&files.state_file("root.priv")), 0o600);
     assert_eq!(mode(&files.state_file("keystore.db")), 0o600);
+    assert_eq!(mode(&files.state_file("lock")), 0o600);
     let mut entries: Vec<String> = fs::read_dir(&files.state_dir)
         .expect("read state dir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
@@ -72,7 +73,7 @@ fn state_dir_is_0700_and_its_files_0600() {
     entries.sort();
     assert_eq!(
         entries,
-        ["keystore.db", "root.priv", "root.pub"],
+        ["keystore.db", "lock", "root.priv", "root.pub"],
         "no temporary files"
     );
     drop(daemon);
