@@ -47,6 +47,15 @@ pub enum StateDirError {
         /// Why.
         source: std::io::Error,
     },
+    /// A file in it is not one hostkmsd can trust: a link, not a regular
+    /// file, or owned by another user.
+    #[error("{} {problem}; hostkmsd changed nothing", path.display())]
+    Untrusted {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        problem: String,
+    },
     /// Another process holds the state dir's lock.
     #[error(
         "state dir {} is in use by {holder} (it holds the lock {}): two daemons on one state dir would each acknowledge writes the other then loses. Stop that process first, or give this daemon its own state_dir",
@@ -129,6 +138,7 @@ impl StateDir {
             }
         }
         fs::read_dir(path).map_err(|e| unusable(format!("cannot read it: {e}; it must be readable and writable by the daemon's user (mode 0700)")))?;
+        check_ancestors(path).map_err(unusable)?;
         Ok(StateDir {
             path: path.to_path_buf(),
         })
@@ -156,7 +166,7 @@ impl StateDir {
             path: path.clone(),
             source,
         };
-        let file = fs::File::open(&path).map_err(read_error)?;
+        let file = open_private(&path, false)?;
         let mut bytes = Vec::new();
         file.take(max + 1)
             .read_to_end(&mut bytes)
@@ -188,6 +198,128 @@ impl StateDir {
         file.write_all(bytes).map_err(write_error)?;
         file.commit().map_err(write_error)
     }
+}
+
+/// Refuses a state dir that others could swap for their own: every
+/// directory above it must belong to root or the daemon's user, and none
+/// may be writable by every user unless it has the sticky bit (as `/tmp`),
+/// which keeps others from renaming what they do not own. Checking only the
+/// parent would leave a world-writable grandparent free to replace the
+/// parent. Group-writable directories are accepted: their group is a set of
+/// users the administrator named.
+fn check_ancestors(path: &Path) -> Result<(), String> {
+    let real = fs::canonicalize(path).map_err(|e| {
+        format!("cannot resolve its path: {e}; check the permissions of its parent directories")
+    })?;
+    let euid = nix::unistd::geteuid().as_raw();
+    for ancestor in real.ancestors().skip(1) {
+        let meta = fs::symlink_metadata(ancestor).map_err(|e| {
+            format!(
+                "cannot inspect its parent directory {}: {e}",
+                ancestor.display()
+            )
+        })?;
+        let mode = meta.mode() & 0o7777;
+        if meta.uid() != 0 && meta.uid() != euid {
+            return Err(format!(
+                "lies below {}, which is owned by uid {}: that user could rename the state dir and put another in its place. Move the state dir below directories owned by root or the daemon's user (uid {euid}), or chown {} to one of them",
+                ancestor.display(),
+                meta.uid(),
+                ancestor.display()
+            ));
+        }
+        if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+            return Err(format!(
+                "lies below {}, which every user may write (mode {mode:04o}) without the sticky bit: anyone could rename the state dir and put another in its place. Run chmod o-w {} (or chmod +t), or move the state dir",
+                ancestor.display(),
+                ancestor.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Opens `path`, a file in a state dir, the way hostkmsd trusts its own
+/// files: never through a symbolic link (`O_NOFOLLOW`), only a regular
+/// file, only one owned by the daemon's user. A file that group or others
+/// may access is repaired to mode 0600 and the repair logged (see
+/// [`check_private`]). Opens for writing too when `write` is set.
+pub fn open_private(path: &Path, write: bool) -> Result<fs::File, StateDirError> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        // O_NONBLOCK: a FIFO put in place of a file must not hang the open.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|source| {
+            refused_link(path, source).unwrap_or_else(|source| StateDirError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        })?;
+    check_private(path, &file)?;
+    Ok(file)
+}
+
+/// The error for a symbolic link where a file was expected (`ELOOP` from
+/// an `O_NOFOLLOW` open); any other error is handed back.
+fn refused_link(path: &Path, error: std::io::Error) -> Result<StateDirError, std::io::Error> {
+    if error.raw_os_error() != Some(libc::ELOOP) {
+        return Err(error);
+    }
+    let target = fs::read_link(path)
+        .map(|target| format!(" (to {})", target.display()))
+        .unwrap_or_default();
+    Ok(StateDirError::Untrusted {
+        path: path.to_path_buf(),
+        problem: format!(
+            "is a symbolic link{target}: hostkmsd does not follow links in its state dir, since one can lead to a file other users can read or replace. Replace the link by the file itself (mode 0600, owned by the daemon's user)"
+        ),
+    })
+}
+
+/// Checks an open state-dir file: a regular file of the daemon's user. A
+/// file group or others may access is repaired to 0600 rather than refused:
+/// the state dir itself admits no one else (checked at open), so the loose
+/// mode exposed nothing yet; it comes from a copy or a restore made with a
+/// loose umask, and stopping the daemon over it would help no one. The
+/// repair is logged, so the operator learns of it.
+fn check_private(path: &Path, file: &fs::File) -> Result<(), StateDirError> {
+    let untrusted = |problem: String| StateDirError::Untrusted {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let meta = file.metadata().map_err(|source| StateDirError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !meta.file_type().is_file() {
+        return Err(untrusted(
+            "is not a regular file; move it away: hostkmsd keeps only regular files in its state dir".to_string(),
+        ));
+    }
+    let euid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != euid {
+        return Err(untrusted(format!(
+            "is owned by uid {}, but the daemon runs as uid {euid}: hostkmsd trusts only files its own user wrote. If the file is genuine (restored from this machine's backup), chown {euid} it",
+            meta.uid()
+        )));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o7077 != 0 {
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(|e| {
+                untrusted(format!(
+                    "has mode {mode:04o} and cannot be set to 0600 ({e}); run chmod 600 on it"
+                ))
+            })?;
+        tracing::warn!(
+            file = %path.display(),
+            "{} had mode {mode:04o}, open to group or others; set it to 0600 (was it copied or restored with a loose umask?)",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// The name of the lock file in the state dir.
@@ -222,9 +354,10 @@ impl StateDirLock {
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
             .open(&path)
-            .map_err(lock_error)?;
+            .map_err(|e| refused_link(&path, e).unwrap_or_else(lock_error))?;
+        check_private(&path, &file)?;
         // SAFETY: flock on a file descriptor this function owns.
         let locked = unsafe {
             libc::flock(
@@ -301,6 +434,27 @@ mod tests {
         assert!(
             err.contains("mode 0755") && err.contains("chmod 700"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn files_are_read_only_as_regular_private_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(&tmp.path().join("s")).unwrap();
+        let outside = tmp.path().join("outside");
+        fs::write(&outside, b"secret").unwrap();
+        std::os::unix::fs::symlink(&outside, dir.file("link")).unwrap();
+        let err = dir.read("link", 100).unwrap_err().to_string();
+        assert!(err.contains("is a symbolic link"), "{err}");
+        fs::create_dir(dir.file("sub")).unwrap();
+        let err = dir.read("sub", 100).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+        dir.write_private("loose", b"x").unwrap();
+        fs::set_permissions(dir.file("loose"), fs::Permissions::from_mode(0o664)).unwrap();
+        assert_eq!(dir.read("loose", 1).unwrap(), b"x");
+        assert_eq!(
+            fs::metadata(dir.file("loose")).unwrap().mode() & 0o777,
+            0o600
         );
     }
 

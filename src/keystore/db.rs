@@ -8,7 +8,7 @@
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 
 use crate::envelope::KeyId;
 
@@ -125,6 +125,10 @@ pub enum DbError {
     /// A value is outside what hostkms ever writes.
     #[error("{0}")]
     Corrupt(String),
+    /// The file (or its journal) is not one hostkmsd trusts: a link, not a
+    /// regular file, or another user's.
+    #[error("{0}")]
+    Untrusted(#[from] crate::state_dir::StateDirError),
 }
 
 /// The open key-store database.
@@ -153,9 +157,21 @@ fn column_id(bytes: Vec<u8>) -> Result<KeyId, DbError> {
 
 impl Database {
     /// Opens `path`, creating the file (mode 0600) and schema if absent.
-    /// Returns the database and whether it was just created.
+    /// Returns the database and whether it was just created. An existing
+    /// file, and a hot journal next to it, must pass the state dir's checks
+    /// ([`crate::state_dir::open_private`]); SQLite then opens it with
+    /// `SQLITE_OPEN_NOFOLLOW`, so a link swapped in between is refused too.
     pub fn open(path: &Path) -> Result<(Database, bool), DbError> {
-        let fresh = !path.exists();
+        // A dangling link counts as existing, and is refused below.
+        let fresh = std::fs::symlink_metadata(path).is_err();
+        if !fresh {
+            crate::state_dir::open_private(path, true)?;
+        }
+        let mut journal = path.as_os_str().to_owned();
+        journal.push("-journal");
+        if std::fs::symlink_metadata(&journal).is_ok() {
+            crate::state_dir::open_private(Path::new(&journal), true)?;
+        }
         if fresh {
             // Created 0600 before SQLite opens it, whatever the umask.
             std::fs::OpenOptions::new()
@@ -165,7 +181,10 @@ impl Database {
                 .open(path)
                 .map_err(|e| DbError::Corrupt(format!("cannot create {}: {e}", path.display())))?;
         }
-        let conn = Connection::open(path)?;
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+        )?;
         conn.pragma_update(None, "secure_delete", "ON")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "journal_mode", "DELETE")?;

@@ -273,22 +273,21 @@ impl Keys {
     }
 }
 
-/// Why a key-store operation failed.
+/// Why a key-store operation failed. Names a peer sent are shown quoted and
+/// escaped (`{:?}`), so a control character in one cannot forge output.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// No key has that name.
-    #[error("no key named \"{0}\"")]
+    #[error("no key named {0:?}")]
     KeyNotFound(String),
     /// The name is taken (names are never reused, even after revocation).
-    #[error(
-        "a key named \"{0}\" exists already; key names are never reused, even after revocation"
-    )]
+    #[error("a key named {0:?} exists already; key names are never reused, even after revocation")]
     KeyExists(String),
     /// The key is revoked for good.
-    #[error("key \"{0}\" is revoked")]
+    #[error("key {0:?} is revoked")]
     KeyRevoked(String),
     /// The key has no such version.
-    #[error("key \"{key}\" has no version {version}; its versions are 1 to {latest}")]
+    #[error("key {key:?} has no version {version}; its versions are 1 to {latest}")]
     VersionNotFound {
         /// The key.
         key: String,
@@ -301,7 +300,7 @@ pub enum StoreError {
     #[error("{0}")]
     InvalidArgument(String),
     /// The version changed (was revoked) while a request was using it.
-    #[error("key \"{0}\" changed while the request was using it")]
+    #[error("key {0:?} changed while the request was using it")]
     Changed(String),
     /// A row fails authentication or is inconsistent: edited outside hostkms.
     #[error(
