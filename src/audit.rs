@@ -18,6 +18,7 @@ use tracing_subscriber::filter::{FilterExt, FilterFn, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+use crate::monitor::flood::Suppressed;
 use crate::monitor::{AlertKind, Outcome, PeerAlert};
 use crate::peer::Peer;
 
@@ -27,6 +28,11 @@ pub const REQUEST_OK: &str = "54ef972d04c94c4d82e172b091a4204e";
 pub const REQUEST_DENIED: &str = "ae4499d0098646569a7eaef5c366b9e7";
 /// A request was refused for another reason (`HOSTKMS_ERROR` says which).
 pub const REQUEST_FAILED: &str = "4fecfa9090084923a2dbb30f5ea9d08a";
+/// A frame from a peer could not be decoded and was refused.
+pub const BAD_FRAME: &str = "25ca2e79038c454a964578eca0ad300f";
+/// The refusals of one peer, of one kind, that a window counted but did not
+/// log one by one (`HOSTKMS_COUNT` says how many).
+pub const REFUSALS_SUMMARIZED: &str = "cf5a105062ba4cfc9c310216444a36d7";
 /// One peer was denied repeatedly within the alert window.
 pub const ALERT_REPEATED_DENIALS: &str = "03be2c8933e142a2b89d67c4df0731b9";
 /// One peer failed to decrypt repeatedly within the alert window.
@@ -258,6 +264,54 @@ pub fn request(peer: &Peer, op: Operation, subject: &Subject, code: Option<Error
                 code.map(ErrorCode::name).unwrap_or_default()
             )
         ),
+    }
+}
+
+/// Logs a frame refused before it became a request (undecodable, too
+/// large), at priority warning.
+pub fn bad_frame(peer: &Peer, code: ErrorCode, problem: &dyn std::fmt::Display) {
+    let unit = peer.unit.as_deref();
+    let by = match peer.pid {
+        Some(pid) => format!("uid {} (pid {pid})", peer.uid),
+        None => format!("uid {}", peer.uid),
+    };
+    tracing::event!(
+        target: AUDIT_TARGET,
+        Level::WARN,
+        MESSAGE_ID = BAD_FRAME,
+        HOSTKMS_ERROR = error_name(code),
+        HOSTKMS_PEER_UID = peer.uid,
+        HOSTKMS_PEER_PID = peer.pid,
+        HOSTKMS_PEER_UNIT = unit,
+        "refused a bad frame from {by}: {problem}",
+    );
+}
+
+/// Logs, for each closed window, how many refusals of one peer it counted
+/// beyond those logged one by one, at priority warning.
+pub fn summarized(closed: &[Suppressed]) {
+    for window in closed {
+        let what = match window.kind {
+            crate::monitor::flood::Refused::Denied => "denied requests",
+            crate::monitor::flood::Refused::InvalidCiphertext => "invalid ciphertexts",
+            crate::monitor::flood::Refused::Failed => "failed requests",
+            crate::monitor::flood::Refused::BadFrame => "bad frames",
+        };
+        tracing::event!(
+            target: AUDIT_TARGET,
+            Level::WARN,
+            MESSAGE_ID = REFUSALS_SUMMARIZED,
+            HOSTKMS_EVENT = window.kind.as_str(),
+            HOSTKMS_PEER_UID = window.uid,
+            HOSTKMS_COUNT = window.suppressed,
+            HOSTKMS_LOGGED = window.logged,
+            HOSTKMS_WINDOW_SECS = window.over.as_secs(),
+            "uid {}: {} more {what} within {:.1} s, counted here rather than logged one by one ({} were)",
+            window.uid,
+            window.suppressed,
+            window.over.as_secs_f64(),
+            window.logged,
+        );
     }
 }
 

@@ -170,6 +170,7 @@ pub fn run(config: Config, source: ConfigSource) -> Result<(), DaemonError> {
                 }),
             }
         });
+        let summaries = tokio::spawn(log_closed_windows(Arc::clone(&service)));
         server::serve(
             socket.listener(),
             Arc::clone(&service),
@@ -178,6 +179,8 @@ pub fn run(config: Config, source: ConfigSource) -> Result<(), DaemonError> {
             heartbeat,
         )
         .await;
+        summaries.abort();
+        audit::summarized(&service.monitor().close_all_windows());
         let store_service = Arc::clone(&service);
         match tokio::task::spawn_blocking(move || store_service.store().persist_counts()).await {
             Ok(Ok(())) => {}
@@ -189,6 +192,21 @@ pub fn run(config: Config, source: ConfigSource) -> Result<(), DaemonError> {
         audit::stopped(service.monitor().totals().requests);
         Ok(())
     })
+}
+
+/// How often the audit windows are checked for ones that closed.
+const SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Logs the summary of each audit window as it closes, so a flood's count
+/// reaches the journal within a second of its window even when the peer
+/// has gone quiet.
+async fn log_closed_windows(service: Arc<Service>) {
+    let mut ticks = tokio::time::interval(SUMMARY_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        audit::summarized(&service.monitor().close_expired_windows());
+    }
 }
 
 /// The socket served: bound here (its path is removed again when it drops),

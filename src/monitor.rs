@@ -1,7 +1,11 @@
 //! The daemon watching its own traffic: request counters for `hostkms
-//! status` and `hostkms metrics`, and the patterns that raise an alert
-//! (one peer denied again and again, one peer failing to decrypt again and
-//! again, a key version nearing its encryption limit).
+//! status` and `hostkms metrics`, the patterns that raise an alert (one
+//! peer denied again and again, one peer failing to decrypt again and
+//! again, a key version nearing its encryption limit), once per burst, and
+//! the per-peer limit that keeps refusals from flooding the audit trail
+//! ([`flood`]).
+
+pub mod flood;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
@@ -10,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use agent_proto::{ErrorCode, Operation};
 use arc_swap::ArcSwap;
+
+use self::flood::{Admission, FloodGate, Refused, Suppressed};
 
 /// Default sliding window of the two per-peer alerts.
 pub const DEFAULT_ALERT_WINDOW_SECS: u64 = 60;
@@ -142,6 +148,7 @@ pub struct Monitor {
     alerts: [AtomicU64; AlertKind::ALL.len()],
     denials: Mutex<PeerWindows>,
     invalid_ciphertexts: Mutex<PeerWindows>,
+    flood: FloodGate,
 }
 
 impl Monitor {
@@ -153,7 +160,29 @@ impl Monitor {
             alerts: std::array::from_fn(|_| AtomicU64::new(0)),
             denials: Mutex::new(PeerWindows::default()),
             invalid_ciphertexts: Mutex::new(PeerWindows::default()),
+            flood: FloodGate::default(),
         }
+    }
+
+    /// Whether the audit trail logs one refusal of `uid` of `kind` one by
+    /// one, or only counts it for the summary of its window (the alert
+    /// window); plus the summaries of windows that closed meanwhile.
+    pub fn admit(&self, uid: u32, kind: Refused) -> Admission {
+        self.flood
+            .admit(uid, kind, Instant::now(), self.thresholds().window)
+    }
+
+    /// The summaries of the audit windows that have closed: called on a
+    /// timer, so that a count is logged even when its peer goes quiet.
+    pub fn close_expired_windows(&self) -> Vec<Suppressed> {
+        self.flood
+            .close_expired(Instant::now(), self.thresholds().window)
+    }
+
+    /// The summaries of every open audit window: called at shutdown, so no
+    /// count is lost.
+    pub fn close_all_windows(&self) -> Vec<Suppressed> {
+        self.flood.close_all(Instant::now())
     }
 
     /// The thresholds in force.
@@ -260,15 +289,27 @@ fn op_index(op: Operation) -> usize {
         .unwrap_or(0)
 }
 
-/// Recent event times per uid, at most `threshold` each.
+/// Per uid, the recent event times (at most `threshold`) and whether the
+/// current burst has raised its alert.
 #[derive(Debug, Default)]
 struct PeerWindows {
-    by_uid: HashMap<u32, VecDeque<Instant>>,
+    by_uid: HashMap<u32, Burst>,
+}
+
+/// One uid's events of one pattern.
+#[derive(Debug, Default)]
+struct Burst {
+    times: VecDeque<Instant>,
+    /// The alert of this burst was raised; no other until it ends.
+    alerted: bool,
+    last: Option<Instant>,
 }
 
 impl PeerWindows {
-    /// Notes one event of `uid` at `now`; when it is the `threshold`th within
-    /// `window`, clears the uid's window (one alert per burst) and returns the count.
+    /// Notes one event of `uid` at `now`. When it is the `threshold`th
+    /// within `window`, returns the count: the burst's one alert. A burst
+    /// ends when the uid has been quiet for a whole `window`; only then can
+    /// the next alert be raised, however long the burst goes on.
     fn note(&mut self, uid: u32, now: Instant, window: Duration, threshold: u32) -> Option<u32> {
         let threshold = usize::try_from(threshold.max(1)).unwrap_or(usize::MAX);
         if !self.by_uid.contains_key(&uid) && self.by_uid.len() >= MAX_TRACKED_PEERS {
@@ -277,27 +318,40 @@ impl PeerWindows {
                 self.by_uid.clear();
             }
         }
-        let times = self.by_uid.entry(uid).or_default();
-        while times
+        let burst = self.by_uid.entry(uid).or_default();
+        let quiet = burst
+            .last
+            .is_none_or(|last| now.duration_since(last) > window);
+        burst.last = Some(now);
+        if burst.alerted {
+            if !quiet {
+                return None;
+            }
+            burst.alerted = false;
+            burst.times.clear();
+        }
+        while burst
+            .times
             .front()
             .is_some_and(|first| now.duration_since(*first) > window)
         {
-            times.pop_front();
+            burst.times.pop_front();
         }
-        times.push_back(now);
-        if times.len() < threshold {
+        burst.times.push_back(now);
+        if burst.times.len() < threshold {
             return None;
         }
-        let count = times.len();
-        self.by_uid.remove(&uid);
+        let count = burst.times.len();
+        burst.times.clear();
+        burst.alerted = true;
         Some(u32::try_from(count).unwrap_or(u32::MAX))
     }
 
     fn forget_expired(&mut self, now: Instant, window: Duration) {
-        self.by_uid.retain(|_, times| {
-            times
-                .back()
-                .is_some_and(|last| now.duration_since(*last) <= window)
+        self.by_uid.retain(|_, burst| {
+            burst
+                .last
+                .is_some_and(|last| now.duration_since(last) <= window)
         });
     }
 }
@@ -307,24 +361,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_burst_raises_one_alert_then_starts_over() {
+    fn a_burst_raises_one_alert_however_long_it_lasts() {
         let mut windows = PeerWindows::default();
         let start = Instant::now();
         let window = Duration::from_secs(60);
+        let at = |ms: u64| start + Duration::from_millis(ms);
         for i in 0..2 {
-            assert_eq!(
-                windows.note(7, start + Duration::from_secs(i), window, 3),
-                None
-            );
+            assert_eq!(windows.note(7, at(i), window, 3), None);
         }
-        assert_eq!(
-            windows.note(7, start + Duration::from_secs(2), window, 3),
-            Some(3)
-        );
-        assert_eq!(
-            windows.note(7, start + Duration::from_secs(3), window, 3),
-            None
-        );
+        assert_eq!(windows.note(7, at(2), window, 3), Some(3));
+        // Ten minutes more of it, never a minute quiet: no second alert.
+        for i in 3..600_003 {
+            assert_eq!(windows.note(7, at(i), window, 3), None, "event {i}");
+        }
+        // Quiet for longer than the window: the next burst raises its own.
+        let next = 600_003 + 61_000;
+        assert_eq!(windows.note(7, at(next), window, 3), None);
+        assert_eq!(windows.note(7, at(next + 1), window, 3), None);
+        assert_eq!(windows.note(7, at(next + 2), window, 3), Some(3));
     }
 
     #[test]
@@ -349,6 +403,7 @@ mod tests {
         assert_eq!(windows.note(1, now, window, 2), None);
         assert_eq!(windows.note(2, now, window, 2), None);
         assert_eq!(windows.note(1, now, window, 2), Some(2));
+        assert_eq!(windows.note(2, now, window, 2), Some(2));
         for uid in 10..10 + 3 * MAX_TRACKED_PEERS as u32 {
             windows.note(uid, now, window, 5);
         }

@@ -333,7 +333,7 @@ async fn serve_connection(
         let (reply, keep_open) = match frame {
             Ok(body) => answer(&body, &peer, &service).await,
             Err(FrameError::Decode(e)) => {
-                tracing::warn!(uid = peer.uid, pid = peer.pid, "refused a bad frame: {e}");
+                service.refused_frame(&peer, e.code(), &e);
                 (rejection(e.request_id(), e.code(), e.to_string()), false)
             }
             Err(FrameError::Truncated { .. }) | Err(FrameError::Io(_)) => return,
@@ -401,11 +401,7 @@ async fn answer(body: &FrameBuf, peer: &Peer, service: &Service) -> (Envelope<Re
             )
         }
         Err(e) => {
-            tracing::warn!(
-                uid = peer.uid,
-                pid = peer.pid,
-                "refused an undecodable request: {e}"
-            );
+            service.refused_frame(peer, e.code(), &e);
             (rejection(e.request_id(), e.code(), e.to_string()), false)
         }
     }

@@ -21,6 +21,7 @@ use crate::audit::{self, Subject};
 use crate::config::Tcti;
 use crate::envelope::{self, InvalidCiphertext};
 use crate::keystore::{Key, KeyStore, StoreError, Version};
+use crate::monitor::flood::Refused;
 use crate::monitor::{AlertKind, AlertThresholds, Monitor};
 use crate::peer::Peer;
 use crate::policy::Policy;
@@ -154,11 +155,29 @@ impl Service {
             Response::Error(reply) => Some(reply.code),
             _ => None,
         };
-        audit::request(peer, op, &subject, code);
+        // A refusal may only be counted, in a later summary: see monitor::flood.
+        let logged = Refused::of(code).is_none_or(|kind| {
+            let admission = self.monitor.admit(peer.uid, kind);
+            audit::summarized(&admission.closed);
+            admission.log
+        });
+        if logged {
+            audit::request(peer, op, &subject, code);
+        }
         if let Some(alert) = self.monitor.record(peer.uid, op, code) {
             audit::peer_alert(&alert);
         }
         response
+    }
+
+    /// Audits a frame from `peer` the server refused before it became a
+    /// request, under the same per-peer limit as refused requests.
+    pub fn refused_frame(&self, peer: &Peer, code: ErrorCode, problem: &dyn std::fmt::Display) {
+        let admission = self.monitor.admit(peer.uid, Refused::BadFrame);
+        audit::summarized(&admission.closed);
+        if admission.log {
+            audit::bad_frame(peer, code, problem);
+        }
     }
 
     async fn dispatch(
