@@ -53,11 +53,26 @@ pub struct Refusal {
 }
 
 impl Refusal {
+    /// A refusal; control characters in `message` (from a name or value a
+    /// peer sent, wherever it came from) are escaped, so no client prints
+    /// them raw.
     fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
-        Refusal {
-            code,
-            message: message.into(),
-        }
+        let message: String = message.into();
+        let message = if message.chars().any(char::is_control) {
+            message
+                .chars()
+                .map(|c| {
+                    if c.is_control() {
+                        c.escape_default().collect()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect()
+        } else {
+            message
+        };
+        Refusal { code, message }
     }
 
     fn invalid_ciphertext() -> Refusal {
@@ -623,5 +638,18 @@ impl TpmHealth {
         };
         *last = (Instant::now(), answered);
         answered
+    }
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::*;
+
+    #[test]
+    fn refusals_escape_control_characters_only() {
+        let refusal = Refusal::new(ErrorCode::KeyNotFound, "key \"a\u{1b}[2J\nb\" — gone");
+        assert_eq!(refusal.message, "key \"a\\u{1b}[2J\\nb\" — gone");
+        let plain = Refusal::new(ErrorCode::KeyNotFound, "key \"ab\" — gone");
+        assert_eq!(plain.message, "key \"ab\" — gone");
     }
 }

@@ -116,6 +116,11 @@ impl StateDir {
                 )));
             }
             Ok(meta) => {
+                if meta.file_type().is_symlink() {
+                    return Err(unusable(
+                        "is a symbolic link; point state_dir at the directory itself".to_string(),
+                    ));
+                }
                 if !meta.is_dir() {
                     return Err(unusable(
                         "is not a directory; point state_dir at a directory".to_string(),
@@ -207,18 +212,29 @@ impl StateDir {
 /// parent would leave a world-writable grandparent free to replace the
 /// parent. Group-writable directories are accepted: their group is a set of
 /// users the administrator named.
+///
+/// The directories of the path as configured are checked as well as those
+/// of the path it resolves to: whoever may write the directory holding a
+/// symbolic link on the way (`/var/lib` -> `/data/lib`) may redirect it.
 fn check_ancestors(path: &Path) -> Result<(), String> {
     let real = fs::canonicalize(path).map_err(|e| {
         format!("cannot resolve its path: {e}; check the permissions of its parent directories")
     })?;
+    let given =
+        std::path::absolute(path).map_err(|e| format!("cannot make its path absolute: {e}"))?;
     let euid = nix::unistd::geteuid().as_raw();
-    for ancestor in real.ancestors().skip(1) {
+    for ancestor in given.ancestors().skip(1).chain(real.ancestors().skip(1)) {
         let meta = fs::symlink_metadata(ancestor).map_err(|e| {
             format!(
                 "cannot inspect its parent directory {}: {e}",
                 ancestor.display()
             )
         })?;
+        if meta.file_type().is_symlink() {
+            // A link's own mode means nothing; the directory holding it is
+            // checked as the next ancestor, and its target on the real path.
+            continue;
+        }
         let mode = meta.mode() & 0o7777;
         if meta.uid() != 0 && meta.uid() != euid {
             return Err(format!(
@@ -456,6 +472,22 @@ mod tests {
             fs::metadata(dir.file("loose")).unwrap().mode() & 0o777,
             0o600
         );
+    }
+
+    #[test]
+    fn a_link_on_the_way_is_checked_where_it_lies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let open = tmp.path().join("open");
+        let private = tmp.path().join("private");
+        fs::create_dir(&open).unwrap();
+        fs::create_dir(&private).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        std::os::unix::fs::symlink(&private, open.join("link")).unwrap();
+        let err = StateDir::open(&open.join("link/state"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("every user may write (mode 0777)"), "{err}");
+        StateDir::open(&private.join("state")).expect("the real path alone is fine");
     }
 
     #[test]
