@@ -13,12 +13,13 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use agent_proto::{Client, ErrorCode, Request, Response};
+use agent_proto::{Client, EncryptionContext, ErrorCode, Request, Response};
 use common::{Daemon, DaemonFiles, Swtpm, ensure_journald, field, journal_of_stopped, with_id};
 use serde_json::Value;
 
 const REQUEST_DENIED: &str = "ae4499d0098646569a7eaef5c366b9e7";
 const ALERT_REPEATED_DENIALS: &str = "03be2c8933e142a2b89d67c4df0731b9";
+const ALERT_REPEATED_INVALID_CIPHERTEXTS: &str = "1a9d2af668fc48ac9ab2d4a888899de9";
 const BAD_FRAME: &str = "25ca2e79038c454a964578eca0ad300f";
 const REFUSALS_SUMMARIZED: &str = "cf5a105062ba4cfc9c310216444a36d7";
 /// Refusals of one kind logged one by one per window (monitor::flood).
@@ -156,8 +157,8 @@ fn a_flood_of_denials_is_a_few_lines_exact_summaries_and_one_alert_per_burst() {
         "{summaries} summaries for {windows} windows"
     );
     assert!(
-        entries.len() < 200,
-        "the journal holds {} entries for 5,100 denials",
+        entries.len() <= (LOGGED_PER_WINDOW + 1) * windows + 20,
+        "the journal holds {} entries for 5,100 denials in {windows} windows",
         entries.len()
     );
 
@@ -221,5 +222,52 @@ fn a_flood_of_bad_frames_is_a_few_lines_and_an_exact_summary() {
         lines.len() as u64 + summarized_count,
         frames,
         "every bad frame is accounted for exactly"
+    );
+}
+
+#[test]
+fn a_flood_of_invalid_ciphertexts_is_summarized_exactly_with_one_alert() {
+    ensure_journald();
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::new(
+        &tpm.tcti(),
+        "[alerts]\nwindow_secs = 600\ninvalid_ciphertexts = 10\n",
+    );
+    let daemon = Daemon::start_with_env(&files, &[], &[("HOSTKMS_LOG_TARGET", "journal")])
+        .expect("start hostkmsd");
+    let journal = daemon.journal_scope();
+    let mut client = daemon.client();
+    client.create_key("flooded").expect("create");
+    let right = EncryptionContext::from([("app".to_string(), "right".to_string())]);
+    let wrong = EncryptionContext::from([("app".to_string(), "wrong".to_string())]);
+    let wrapped = client.wrap("flooded", b"data", &right).expect("wrap");
+
+    let attempts = 2000;
+    for _ in 0..attempts {
+        let err = client
+            .unwrap(wrapped.ciphertext.as_bytes(), &wrong, None)
+            .expect_err("the wrong context never unwraps");
+        assert_eq!(err.code(), Some(ErrorCode::InvalidCiphertext), "{err}");
+    }
+    let status = client.status().expect("status");
+    assert_eq!(status.counters["requests.unwrap.error"], attempts);
+    assert_eq!(status.counters["alerts.repeated-invalid-ciphertexts"], 1);
+    drop(client);
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
+    let entries = journal_of_stopped(&journal);
+
+    let lines: Vec<&Value> = entries
+        .iter()
+        .filter(|e| field(e, "HOSTKMS_ERROR") == Some("invalid-ciphertext"))
+        .collect();
+    let (summaries, summarized_count) = summarized(&entries, "invalid-ciphertext", "0");
+    assert_eq!(lines.len(), LOGGED_PER_WINDOW, "one window's first few");
+    assert_eq!(summaries, 1);
+    assert_eq!(lines.len() as u64 + summarized_count, attempts);
+    assert_eq!(
+        with_id(&entries, ALERT_REPEATED_INVALID_CIPHERTEXTS).len(),
+        1,
+        "one alert for the burst"
     );
 }
