@@ -164,7 +164,8 @@ impl StateDir {
         fs::symlink_metadata(self.file(name)).is_ok()
     }
 
-    /// Reads file `name`, refusing files longer than `max` bytes.
+    /// Reads file `name`, refusing files longer than `max` bytes and files
+    /// hostkmsd would not have written (see [`open_private`]).
     pub fn read(&self, name: &str, max: u64) -> Result<Vec<u8>, StateDirError> {
         let path = self.file(name);
         let read_error = |source| StateDirError::Read {
