@@ -259,8 +259,8 @@ fn check_ancestors(path: &Path) -> Result<(), String> {
 /// Opens `path`, a file in a state dir, the way hostkmsd trusts its own
 /// files: never through a symbolic link (`O_NOFOLLOW`), only a regular
 /// file, only one owned by the daemon's user. A file that group or others
-/// may access is repaired to mode 0600 and the repair logged (see
-/// [`check_private`]). Opens for writing too when `write` is set.
+/// may access is repaired to mode 0600 and the repair logged (the
+/// reasons are at `check_private`). Opens for writing too when `write` is set.
 pub fn open_private(path: &Path, write: bool) -> Result<fs::File, StateDirError> {
     let file = fs::OpenOptions::new()
         .read(true)
