@@ -34,6 +34,9 @@ pub const DEFAULT_ADMIN_GROUP: &str = "hostkms-admin";
 pub const DEFAULT_MAX_PLAINTEXT: usize = 64 * 1024;
 /// Connections served at once by default.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// Bytes all partly received frames may hold together by default (or
+/// twice `max_frame`, when that is more): 32 MiB.
+pub const DEFAULT_MAX_FRAME_MEMORY: usize = 32 << 20;
 /// Seconds a connection may sit idle between requests by default.
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 30;
 /// Seconds a started frame may take to arrive whole by default.
@@ -69,6 +72,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// How long a started frame may take to arrive whole.
     pub frame_timeout: Duration,
+    /// Bytes all partly received frames may hold together.
+    pub max_frame_memory: usize,
     /// Encryptions after which a key version rotates itself.
     pub rotate_after_encryptions: u64,
     /// When the daemon raises alerts.
@@ -135,6 +140,7 @@ struct ConfigFile {
     max_connections: Option<Spanned<i64>>,
     idle_timeout_secs: Option<Spanned<i64>>,
     frame_timeout_secs: Option<Spanned<i64>>,
+    max_frame_memory: Option<Spanned<i64>>,
     rotate_after_encryptions: Option<Spanned<i64>>,
     #[serde(default)]
     alerts: AlertsFile,
@@ -268,6 +274,14 @@ impl Config {
             DEFAULT_FRAME_TIMEOUT_SECS as i64,
             "seconds",
         )?;
+        let max_frame_memory = range(
+            &file.max_frame_memory,
+            "max_frame_memory",
+            max_frame,
+            1 << 34,
+            (DEFAULT_MAX_FRAME_MEMORY as i64).max(2 * max_frame),
+            "a byte count from max_frame",
+        )?;
         let rotate_after = range(
             &file.rotate_after_encryptions,
             "rotate_after_encryptions",
@@ -349,6 +363,7 @@ impl Config {
             max_connections: max_connections as usize,
             idle_timeout: Duration::from_secs(idle_timeout as u64),
             frame_timeout: Duration::from_secs(frame_timeout as u64),
+            max_frame_memory: max_frame_memory as usize,
             rotate_after_encryptions: rotate_after as u64,
             alerts,
         };
@@ -601,6 +616,23 @@ mod tests {
         }
         let err = parse("max_frame = \"big\"").unwrap_err().to_string();
         assert!(err.contains("max_frame") && err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn frame_memory_defaults_above_max_frame_and_is_checked() {
+        assert_eq!(parse("").unwrap().max_frame_memory, 32 << 20);
+        let big_frames = parse("max_frame = 67108864\nmax_plaintext = 65536").unwrap();
+        assert_eq!(big_frames.max_frame_memory, 128 << 20);
+        assert_eq!(
+            parse("max_frame_memory = 2097152")
+                .unwrap()
+                .max_frame_memory,
+            2 << 20
+        );
+        let err = parse("max_frame_memory = 1000").unwrap_err().to_string();
+        assert!(err.contains("`max_frame_memory`"), "{err}");
+        assert!(err.contains("from 1048576 to"), "{err}");
+        assert!(err.contains("/etc/hostkms/config.toml line 1"), "{err}");
     }
 
     #[test]

@@ -294,6 +294,7 @@ fn server_limits(config: &Config) -> Limits {
         max_connections: config.max_connections,
         idle_timeout: config.idle_timeout,
         frame_timeout: config.frame_timeout,
+        max_frame_memory: config.max_frame_memory,
     }
 }
 

@@ -18,6 +18,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::FrameMemory;
 use crate::peer::Peer;
 use crate::service::Service;
 
@@ -66,6 +67,9 @@ pub struct Limits {
     /// How long a frame may take to arrive once its first byte has, against
     /// clients that send slowly to hold connections.
     pub frame_timeout: Duration,
+    /// Bytes all partly received frames may hold together beyond the first
+    /// [`codec::BODY_STEP`] of each; a frame that needs more gets `Busy`.
+    pub max_frame_memory: usize,
 }
 
 /// Limits that a reload may replace while connections are open: each
@@ -186,6 +190,7 @@ pub async fn serve(
 ) {
     let connections = TaskTracker::new();
     let open = Arc::new(AtomicUsize::new(0));
+    let frame_memory = FrameMemory::new();
     let mut beat = heartbeat.as_ref().map(|heartbeat| {
         let mut ticks = tokio::time::interval(heartbeat.every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -218,9 +223,10 @@ pub async fn serve(
                 let slot = ConnectionSlot::take(&open);
                 let service = Arc::clone(&service);
                 let limits = Arc::clone(&limits);
+                let frame_memory = Arc::clone(&frame_memory);
                 let shutdown = shutdown.clone();
                 connections.spawn(async move {
-                    serve_connection(stream, service, limits, shutdown).await;
+                    serve_connection(stream, service, limits, frame_memory, shutdown).await;
                     drop(slot);
                 });
             }
@@ -287,6 +293,7 @@ async fn serve_connection(
     mut stream: UnixStream,
     service: Arc<Service>,
     limits: LiveLimits,
+    frame_memory: Arc<FrameMemory>,
     shutdown: CancellationToken,
 ) {
     let peer = match stream
@@ -313,9 +320,10 @@ async fn serve_connection(
                 }
             },
         };
+        let mut memory = frame_memory.for_frame(limits.max_frame_memory);
         let frame = match tokio::time::timeout(
             limits.frame_timeout,
-            codec::finish_frame_async(&mut stream, prefix, got, limits.max_frame),
+            codec::finish_frame_async(&mut stream, prefix, got, limits.max_frame, &mut memory),
         )
         .await
         {
@@ -336,8 +344,24 @@ async fn serve_connection(
                 tracing::warn!(uid = peer.uid, pid = peer.pid, "refused a bad frame: {e}");
                 (rejection(e.request_id(), e.code(), e.to_string()), false)
             }
+            Err(FrameError::OutOfMemory { len, id }) => {
+                tracing::warn!(
+                    uid = peer.uid,
+                    pid = peer.pid,
+                    held = frame_memory.held(),
+                    max_frame_memory = limits.max_frame_memory,
+                    "refused a {len}-byte frame with Busy: partly received frames hold all of max_frame_memory"
+                );
+                let message = format!(
+                    "hostkmsd holds its limit of {} bytes of partly received requests \
+                     (max_frame_memory); send the request again later",
+                    limits.max_frame_memory
+                );
+                (rejection(id, ErrorCode::Busy, message), false)
+            }
             Err(FrameError::Truncated { .. }) | Err(FrameError::Io(_)) => return,
         };
+        drop(memory);
         let frame = match codec::encode_frame(&reply, limits.max_frame) {
             Ok(frame) => frame,
             Err(e) => {
