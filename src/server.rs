@@ -29,6 +29,13 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// than a connection reset.
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 * 1024;
+/// How long a refused connection has to send its first request, whose id
+/// the `Busy` answer then carries.
+const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// Refused connections being answered at once; past this, a refusal is
+/// written without waiting for the request (id 0), so that a flood of
+/// connections cannot pile up waiting tasks.
+const MAX_REFUSALS_IN_FLIGHT: usize = 512;
 
 /// Why the socket could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -191,6 +198,7 @@ pub async fn serve(
     let connections = TaskTracker::new();
     let open = Arc::new(AtomicUsize::new(0));
     let frame_memory = FrameMemory::new();
+    let refusing = Arc::new(AtomicUsize::new(0));
     let mut beat = heartbeat.as_ref().map(|heartbeat| {
         let mut ticks = tokio::time::interval(heartbeat.every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -217,7 +225,14 @@ pub async fn serve(
                         max_connections = current.max_connections,
                         "connection limit reached; refusing a connection with Busy"
                     );
-                    connections.spawn(refuse_busy(stream, current));
+                    let refusing = Arc::clone(&refusing);
+                    let message = format!(
+                        "hostkmsd serves at most {} connections at once (max_connections); try again later",
+                        current.max_connections
+                    );
+                    connections.spawn(async move {
+                        refuse_busy(stream, &refusing, current.max_frame, message).await;
+                    });
                     continue;
                 }
                 let slot = ConnectionSlot::take(&open);
@@ -272,19 +287,69 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// Tells a connection over the limit why it is closed.
-async fn refuse_busy(mut stream: UnixStream, limits: Limits) {
-    let reply = rejection(
-        None,
-        ErrorCode::Busy,
-        format!(
-            "hostkmsd serves at most {} connections at once (max_connections); try again later",
-            limits.max_connections
-        ),
-    );
-    if let Ok(frame) = codec::encode_frame(&reply, limits.max_frame) {
-        let _ = tokio::time::timeout(LINGER, write_frame(&mut stream, &frame)).await;
+/// One refusal being answered, counted until dropped.
+struct Refusing<'a>(&'a AtomicUsize);
+
+impl Drop for Refusing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Tells a refused connection why, as the answer to its first request:
+/// reads that request's length prefix and id (waiting at most
+/// [`REFUSAL_READ_TIMEOUT`], reading no more than that), answers it `Busy`
+/// with its id, then lingers so the answer is not lost to a reset.
+/// `refusing` counts the refusals being answered.
+async fn refuse_busy(
+    mut stream: UnixStream,
+    refusing: &AtomicUsize,
+    max_frame: u32,
+    message: String,
+) {
+    let in_flight = refusing.fetch_add(1, Ordering::AcqRel);
+    let _counted = Refusing(refusing);
+    let id = if in_flight < MAX_REFUSALS_IN_FLIGHT {
+        tokio::time::timeout(REFUSAL_READ_TIMEOUT, first_request_id(&mut stream))
+            .await
+            .ok()
+            .flatten()
+    } else {
+        None
+    };
+    let reply = rejection(id, ErrorCode::Busy, message);
+    if let Ok(frame) = codec::encode_frame(&reply, max_frame) {
+        if !matches!(
+            tokio::time::timeout(LINGER, write_frame(&mut stream, &frame)).await,
+            Ok(Ok(()))
+        ) {
+            return;
+        }
+    }
+    if in_flight < MAX_REFUSALS_IN_FLIGHT {
+        linger(&mut stream).await;
+    }
+}
+
+/// The id of the request a connection sends first, read from its first 14
+/// bytes (length prefix, version, id) and nothing more; `None` when they do
+/// not arrive or the frame is too short to hold an id.
+async fn first_request_id(stream: &mut UnixStream) -> Option<u64> {
+    const ID_END: usize = LENGTH_PREFIX + 10;
+    let mut head = [0u8; ID_END];
+    let mut got = 0;
+    while got < ID_END {
+        match stream.read(&mut head[got..]).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got += n,
+        }
+    }
+    let (prefix, body) = head.split_at(LENGTH_PREFIX);
+    let len = u32::from_be_bytes(prefix.try_into().ok()?);
+    if len < 10 {
+        return None;
+    }
+    Some(u64::from_le_bytes(body.get(2..10)?.try_into().ok()?))
 }
 
 /// Serves one connection: requests are read, answered and written in order.
