@@ -18,7 +18,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admission::FrameMemory;
+use crate::admission::{Admission, FrameMemory, Refusal, SlotLimits};
 use crate::peer::Peer;
 use crate::service::Service;
 
@@ -69,14 +69,31 @@ pub struct Limits {
     pub max_frame: u32,
     /// Connections served at once; more are answered `Busy` and closed.
     pub max_connections: usize,
+    /// Connections one non-admin uid may hold at once.
+    pub max_connections_per_uid: usize,
+    /// Slots of `max_connections` that only admins may take.
+    pub admin_reserved_connections: usize,
     /// How long a connection may wait between requests before it is closed.
     pub idle_timeout: Duration,
     /// How long a frame may take to arrive once its first byte has, against
     /// clients that send slowly to hold connections.
     pub frame_timeout: Duration,
+    /// How long an answer may wait for the client to read it, against
+    /// clients that pipeline requests and never read the answers.
+    pub write_timeout: Duration,
     /// Bytes all partly received frames may hold together beyond the first
     /// [`codec::BODY_STEP`] of each; a frame that needs more gets `Busy`.
     pub max_frame_memory: usize,
+}
+
+impl Limits {
+    fn slots(&self) -> SlotLimits {
+        SlotLimits {
+            max_connections: self.max_connections,
+            max_connections_per_uid: self.max_connections_per_uid,
+            admin_reserved_connections: self.admin_reserved_connections,
+        }
+    }
 }
 
 /// Limits that a reload may replace while connections are open: each
@@ -196,9 +213,11 @@ pub async fn serve(
     heartbeat: Option<Heartbeat>,
 ) {
     let connections = TaskTracker::new();
-    let open = Arc::new(AtomicUsize::new(0));
-    let frame_memory = FrameMemory::new();
-    let refusing = Arc::new(AtomicUsize::new(0));
+    let shared = Arc::new(Shared {
+        admission: Admission::new(),
+        frame_memory: FrameMemory::new(),
+        refusing: AtomicUsize::new(0),
+    });
     let mut beat = heartbeat.as_ref().map(|heartbeat| {
         let mut ticks = tokio::time::interval(heartbeat.every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -217,33 +236,11 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, _)) => {
-                let current = **limits.load();
-                // Only this loop adds connections, so the check cannot race
-                // another accept; closing ones only make room.
-                if open.load(Ordering::Acquire) >= current.max_connections {
-                    tracing::warn!(
-                        max_connections = current.max_connections,
-                        "connection limit reached; refusing a connection with Busy"
-                    );
-                    let refusing = Arc::clone(&refusing);
-                    let message = format!(
-                        "hostkmsd serves at most {} connections at once (max_connections); try again later",
-                        current.max_connections
-                    );
-                    connections.spawn(async move {
-                        refuse_busy(stream, &refusing, current.max_frame, message).await;
-                    });
-                    continue;
-                }
-                let slot = ConnectionSlot::take(&open);
                 let service = Arc::clone(&service);
                 let limits = Arc::clone(&limits);
-                let frame_memory = Arc::clone(&frame_memory);
+                let shared = Arc::clone(&shared);
                 let shutdown = shutdown.clone();
-                connections.spawn(async move {
-                    serve_connection(stream, service, limits, frame_memory, shutdown).await;
-                    drop(slot);
-                });
+                connections.spawn(serve_connection(stream, service, limits, shared, shutdown));
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait rather than spin.
@@ -271,20 +268,12 @@ async fn next_beat(ticks: &mut Option<tokio::time::Interval>) {
     }
 }
 
-/// One open connection, counted until dropped.
-struct ConnectionSlot(Arc<AtomicUsize>);
-
-impl ConnectionSlot {
-    fn take(open: &Arc<AtomicUsize>) -> ConnectionSlot {
-        open.fetch_add(1, Ordering::AcqRel);
-        ConnectionSlot(Arc::clone(open))
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
+/// What all connections share: their slots, the memory of their partly
+/// received frames, and the count of refusals being answered.
+struct Shared {
+    admission: Arc<Admission>,
+    frame_memory: Arc<FrameMemory>,
+    refusing: AtomicUsize,
 }
 
 /// One refusal being answered, counted until dropped.
@@ -358,7 +347,7 @@ async fn serve_connection(
     mut stream: UnixStream,
     service: Arc<Service>,
     limits: LiveLimits,
-    frame_memory: Arc<FrameMemory>,
+    shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
     let peer = match stream
@@ -368,6 +357,19 @@ async fn serve_connection(
         Ok(peer) => peer,
         Err(e) => {
             tracing::warn!("cannot read a connection's peer credentials, closing it: {e}");
+            return;
+        }
+    };
+    let current = **limits.load();
+    let _slot = match shared
+        .admission
+        .admit(peer.uid, service.is_admin(&peer), &current.slots())
+    {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            log_refusal(&peer, &refusal);
+            let message = refusal.to_string();
+            refuse_busy(stream, &shared.refusing, current.max_frame, message).await;
             return;
         }
     };
@@ -385,7 +387,7 @@ async fn serve_connection(
                 }
             },
         };
-        let mut memory = frame_memory.for_frame(limits.max_frame_memory);
+        let mut memory = shared.frame_memory.for_frame(limits.max_frame_memory);
         let frame = match tokio::time::timeout(
             limits.frame_timeout,
             codec::finish_frame_async(&mut stream, prefix, got, limits.max_frame, &mut memory),
@@ -413,7 +415,7 @@ async fn serve_connection(
                 tracing::warn!(
                     uid = peer.uid,
                     pid = peer.pid,
-                    held = frame_memory.held(),
+                    held = shared.frame_memory.held(),
                     max_frame_memory = limits.max_frame_memory,
                     "refused a {len}-byte frame with Busy: partly received frames hold all of max_frame_memory"
                 );
@@ -444,15 +446,36 @@ async fn serve_connection(
                 }
             }
         };
-        if let Err(e) = write_frame(&mut stream, &frame).await {
-            tracing::debug!("a client went away before its answer: {e}");
-            return;
+        match tokio::time::timeout(limits.write_timeout, write_frame(&mut stream, &frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!("a client went away before its answer: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    uid = peer.uid,
+                    pid = peer.pid,
+                    "closing a connection that did not read its answers within {:?} (write_timeout_secs)",
+                    limits.write_timeout
+                );
+                return;
+            }
         }
         if !keep_open {
             linger(&mut stream).await;
             return;
         }
     }
+}
+
+/// Says in the log which peer was refused a connection, and why.
+fn log_refusal(peer: &Peer, refusal: &Refusal) {
+    tracing::warn!(
+        uid = peer.uid,
+        pid = peer.pid,
+        "refusing a connection with Busy: {refusal}"
+    );
 }
 
 /// Closes our side for writing, then discards what the client still sends

@@ -1,23 +1,284 @@
 //! The daemon's shared resources under a peer that tries to hold them all:
-//! the memory of partly received frames, and how a refused connection
-//! learns `Busy`.
+//! connection slots (per-uid cap, admin reserve, write timeout), the memory
+//! of partly received frames, and how a refused connection learns `Busy`.
 
 mod common;
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agent_proto::codec::{self, DEFAULT_MAX_FRAME, LENGTH_PREFIX};
 use agent_proto::{AsyncClient, Client, ClientError, Envelope, ErrorCode, Request, Response};
-use common::{Daemon, DaemonFiles, Swtpm, cli};
+use common::{Daemon, DaemonFiles, Swtpm, cli, cli_as};
+
+/// The limits these tests set that the daemon did not know before issue 8;
+/// kept apart so that the tests can be run against an older daemon.
+const WRITE_TIMEOUT: &str = "write_timeout_secs = 3\n";
+
+/// The environment variable that makes this test binary act as the slot
+/// holder of [`one_uid_cannot_hold_every_connection_slot`].
+const HOLDER_SOCKET_ENV: &str = "HOSTKMS_TEST_SLOT_HOLDER_SOCKET";
+/// The line the holder prints once all its connections have been tried.
+const HOLDER_READY: &str = "holder ready";
+/// What starts the holder's closing report line.
+const HOLDER_REPORT: &str = "holder report: ";
 
 /// The frame of a `Ping` with id `id`.
 fn ping_frame(id: u64) -> Vec<u8> {
     codec::encode_frame(&Envelope::new(id, Request::Ping), DEFAULT_MAX_FRAME)
         .expect("encode")
         .to_vec()
+}
+
+/// How one holder connection keeps its slot.
+#[derive(Clone, Copy)]
+enum Hold {
+    /// Pings every second and reads the answers: a legitimate idle client.
+    IdlePings,
+    /// Pipelines pings and never reads an answer.
+    UnreadAnswers,
+    /// Sends a frame one byte every half second.
+    SlowFrame,
+}
+
+/// Holds one connection by `how` until it breaks, then reconnects, until
+/// `stop`. Counts `Busy` answers seen.
+fn hold(socket: &str, how: Hold, stop: &AtomicBool, busy: &AtomicUsize) {
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(mut stream) = UnixStream::connect(socket) else {
+            thread::sleep(Duration::from_millis(200));
+            continue;
+        };
+        stream
+            .set_write_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        match how {
+            Hold::IdlePings => {
+                let mut client = Client::from_stream(stream);
+                client
+                    .set_timeout(Some(Duration::from_secs(30)))
+                    .expect("timeout");
+                while !stop.load(Ordering::Relaxed) {
+                    match client.ping() {
+                        Ok(()) => thread::sleep(Duration::from_secs(1)),
+                        Err(e) => {
+                            if e.code() == Some(ErrorCode::Busy) {
+                                busy.fetch_add(1, Ordering::Relaxed);
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
+            Hold::UnreadAnswers => {
+                let frames: Vec<u8> = (1..=1000).flat_map(ping_frame).collect();
+                while !stop.load(Ordering::Relaxed) && stream.write_all(&frames).is_ok() {}
+            }
+            Hold::SlowFrame => {
+                let mut frame = ping_frame(1);
+                frame.resize(LENGTH_PREFIX + 1000, 0);
+                frame[..LENGTH_PREFIX].copy_from_slice(&1000u32.to_be_bytes());
+                for byte in frame {
+                    if stop.load(Ordering::Relaxed) || stream.write_all(&[byte]).is_err() {
+                        break;
+                    }
+                    thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The slot holder: this test binary again, run as uid 65534 by
+/// [`one_uid_cannot_hold_every_connection_slot`]. It holds 300 connections
+/// (a third by each [`Hold`]) until its standard input closes, then prints
+/// how many `Busy` answers it saw. It is not a test of its own.
+#[test]
+#[ignore = "the attacker half of one_uid_cannot_hold_every_connection_slot, run by it"]
+fn slot_holder_process() {
+    let Ok(socket) = std::env::var(HOLDER_SOCKET_ENV) else {
+        panic!(
+            "run only by one_uid_cannot_hold_every_connection_slot, with {HOLDER_SOCKET_ENV} set"
+        );
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = Arc::new(AtomicUsize::new(0));
+    let holders: Vec<_> = (0..300)
+        .map(|n| {
+            let how = [Hold::SlowFrame, Hold::UnreadAnswers, Hold::IdlePings][n % 3];
+            let (socket, stop, busy) = (socket.clone(), Arc::clone(&stop), Arc::clone(&busy));
+            thread::spawn(move || hold(&socket, how, &stop, &busy))
+        })
+        .collect();
+    thread::sleep(Duration::from_secs(3));
+    println!("\n{HOLDER_READY}");
+    std::io::stdout().flush().expect("flush");
+    let mut rest = String::new();
+    let _ = std::io::stdin().read_to_string(&mut rest);
+    println!("\n{HOLDER_REPORT}busy={}", busy.load(Ordering::Relaxed));
+    std::io::stdout().flush().expect("flush");
+    // The holders may sit in 30 s writes: the report is all that is owed.
+    drop(holders);
+    std::process::exit(0);
+}
+
+#[test]
+fn one_uid_cannot_hold_every_connection_slot() {
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::with_public_socket(
+        &tpm.tcti(),
+        &format!(
+            "socket_mode = \"0666\"\n{WRITE_TIMEOUT}\
+             [[grant]]\nkeys = [\"conn-*\"]\nuids = [4242]\nops = [\"wrap\"]\n"
+        ),
+    );
+    let daemon = Daemon::start(&files).expect("start hostkmsd");
+    daemon.client().create_key("conn-app").expect("create");
+
+    let mut holder = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "slot_holder_process",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(HOLDER_SOCKET_ENV, &files.socket)
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the slot holder");
+    let to_holder = holder.stdin.take().expect("stdin");
+    let (lines_tx, lines) = mpsc::channel();
+    let from_holder = BufReader::new(holder.stdout.take().expect("stdout"));
+    thread::spawn(move || {
+        for line in from_holder.lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let until_line = |prefix: &str| -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("the slot holder never said {prefix:?}: {e}"),
+            }
+        }
+    };
+    until_line(HOLDER_READY);
+
+    // For longer than the write and frame timeouts, so that holders cut
+    // off by them reconnect meanwhile: root, a granted uid and root's
+    // library client are served all along.
+    let mut failures = Vec::new();
+    let until = Instant::now() + Duration::from_secs(12);
+    let mut rounds = 0;
+    while Instant::now() < until {
+        rounds += 1;
+        let ping = cli(&files.socket, &["ping"]);
+        if !ping.status.success() {
+            failures.push(format!(
+                "root's ping: {}",
+                String::from_utf8_lossy(&ping.stderr).trim()
+            ));
+        }
+        let wrap = cli_as(4242, &files.socket, &["wrap", "conn-app"], b"granted");
+        if !wrap.status.success() {
+            failures.push(format!(
+                "uid 4242's wrap: {}",
+                String::from_utf8_lossy(&wrap.stderr).trim()
+            ));
+        }
+        match Client::connect(&files.socket).and_then(|mut c| {
+            c.set_timeout(Some(Duration::from_secs(10)))?;
+            c.status()
+        }) {
+            Ok(_) => {}
+            Err(e) => failures.push(format!("root's status: {e}")),
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+    drop(to_holder);
+    let report = until_line(HOLDER_REPORT);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(
+        failures.is_empty(),
+        "while uid 65534 held connections, {} of {} rounds failed:\n{}",
+        failures.len(),
+        rounds,
+        failures.join("\n")
+    );
+    let busy: usize = report
+        .trim_start_matches(HOLDER_REPORT)
+        .trim_start_matches("busy=")
+        .parse()
+        .expect("a count");
+    assert!(
+        busy > 0,
+        "the holder was never refused, so it never reached its cap: {report}"
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains("max_connections_per_uid"),
+        "the refusals are logged with the limit:\n{log}"
+    );
+}
+
+#[test]
+fn a_client_that_never_reads_its_answers_is_disconnected() {
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::new(&tpm.tcti(), WRITE_TIMEOUT);
+    let daemon = Daemon::start(&files).expect("start hostkmsd");
+    let mut stream = UnixStream::connect(&daemon.socket).expect("connect");
+    let sent = 100_000u64;
+    let frames: Vec<u8> = (1..=sent).flat_map(ping_frame).collect();
+    let mut writer = stream.try_clone().expect("clone");
+    // From a thread: the daemon stops reading once its answers back up.
+    let writing = thread::spawn(move || {
+        let _ = writer.write_all(&frames);
+    });
+    // Long past the write timeout, reading nothing.
+    thread::sleep(Duration::from_secs(8));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answers = Vec::new();
+    let ended = match stream.read_to_end(&mut answers) {
+        Ok(_) => true,
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => true,
+        Err(e) => panic!(
+            "the daemon kept the connection open after {} bytes of answers: {e}",
+            answers.len()
+        ),
+    };
+    assert!(ended);
+    let answered = answers.len() / ping_frame(1).len();
+    assert!(
+        (answered as u64) < sent,
+        "all {sent} answers arrived: the stall was never cut off"
+    );
+    writing.join().expect("writer");
+    assert!(
+        daemon
+            .log()
+            .contains("did not read its answers within 3s (write_timeout_secs)"),
+        "{}",
+        daemon.log()
+    );
+    daemon.client().ping().expect("the daemon serves on");
 }
 
 /// `VmRSS` and `VmHWM` (peak) of process `pid`, in KiB.
