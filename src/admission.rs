@@ -88,6 +88,13 @@ impl Admission {
             });
         }
         if !admin {
+            // The peer's own cap first: it is the limit the peer can act on.
+            if open.by_uid.get(&uid).copied().unwrap_or(0) >= limits.max_connections_per_uid {
+                return Err(Refusal::PerUid {
+                    uid,
+                    max: limits.max_connections_per_uid,
+                });
+            }
             let unreserved = limits
                 .max_connections
                 .saturating_sub(limits.admin_reserved_connections);
@@ -95,12 +102,6 @@ impl Admission {
                 return Err(Refusal::ReservedForAdmins {
                     max: limits.max_connections,
                     reserved: limits.admin_reserved_connections,
-                });
-            }
-            if open.by_uid.get(&uid).copied().unwrap_or(0) >= limits.max_connections_per_uid {
-                return Err(Refusal::PerUid {
-                    uid,
-                    max: limits.max_connections_per_uid,
                 });
             }
         }
@@ -255,6 +256,15 @@ mod tests {
                 max: 10,
                 reserved: 2
             }
+        );
+        // A uid at its own cap is told so, not about the reserve.
+        let tight = SlotLimits {
+            max_connections_per_uid: 1,
+            ..LIMITS
+        };
+        assert_eq!(
+            admission.admit(1000, false, &tight).unwrap_err(),
+            Refusal::PerUid { uid: 1000, max: 1 }
         );
         held.push(admission.admit(0, true, &LIMITS).unwrap());
         held.push(admission.admit(0, true, &LIMITS).unwrap());

@@ -24,6 +24,9 @@ const WRITE_TIMEOUT: &str = "write_timeout_secs = 3\n";
 /// The environment variable that makes this test binary act as the slot
 /// holder of [`one_uid_cannot_hold_every_connection_slot`].
 const HOLDER_SOCKET_ENV: &str = "HOSTKMS_TEST_SLOT_HOLDER_SOCKET";
+/// Set to "pings" to make the holder hold by idle pings only (the default
+/// mixes every way of holding).
+const HOLDER_HOW_ENV: &str = "HOSTKMS_TEST_SLOT_HOLDER_HOW";
 /// The line the holder prints once all its connections have been tried.
 const HOLDER_READY: &str = "holder ready";
 /// What starts the holder's closing report line.
@@ -97,22 +100,25 @@ fn hold(socket: &str, how: Hold, stop: &AtomicBool, busy: &AtomicUsize) {
 }
 
 /// The slot holder: this test binary again, run as uid 65534 by
-/// [`one_uid_cannot_hold_every_connection_slot`]. It holds 300 connections
-/// (a third by each [`Hold`]) until its standard input closes, then prints
-/// how many `Busy` answers it saw. It is not a test of its own.
+/// [`SlotHolder::start`]. It holds 300 connections (a third by each
+/// [`Hold`]; or 80 by idle pings) until its standard input closes, then
+/// prints how many `Busy` answers it saw. It is not a test of its own.
 #[test]
-#[ignore = "the attacker half of one_uid_cannot_hold_every_connection_slot, run by it"]
+#[ignore = "the attacker half of the connection-slot tests, run by them"]
 fn slot_holder_process() {
     let Ok(socket) = std::env::var(HOLDER_SOCKET_ENV) else {
-        panic!(
-            "run only by one_uid_cannot_hold_every_connection_slot, with {HOLDER_SOCKET_ENV} set"
-        );
+        panic!("run only by the connection-slot tests, with {HOLDER_SOCKET_ENV} set");
     };
+    let pings_only = std::env::var(HOLDER_HOW_ENV).is_ok_and(|how| how == "pings");
     let stop = Arc::new(AtomicBool::new(false));
     let busy = Arc::new(AtomicUsize::new(0));
-    let holders: Vec<_> = (0..300)
+    let holders: Vec<_> = (0..if pings_only { 80 } else { 300 })
         .map(|n| {
-            let how = [Hold::SlowFrame, Hold::UnreadAnswers, Hold::IdlePings][n % 3];
+            let how = if pings_only {
+                Hold::IdlePings
+            } else {
+                [Hold::SlowFrame, Hold::UnreadAnswers, Hold::IdlePings][n % 3]
+            };
             let (socket, stop, busy) = (socket.clone(), Arc::clone(&stop), Arc::clone(&busy));
             thread::spawn(move || hold(&socket, how, &stop, &busy))
         })
@@ -129,6 +135,83 @@ fn slot_holder_process() {
     std::process::exit(0);
 }
 
+/// A running slot holder (uid 65534), stopped and reaped on drop.
+struct SlotHolder {
+    child: std::process::Child,
+    to_holder: Option<std::process::ChildStdin>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl SlotHolder {
+    /// Starts the holder against `socket`, holding `how` ("mixed" or
+    /// "pings"), and waits until it has tried all its connections.
+    fn start(socket: &std::path::Path, how: &str) -> SlotHolder {
+        let mut child = Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "slot_holder_process",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(HOLDER_SOCKET_ENV, socket)
+            .env(HOLDER_HOW_ENV, how)
+            .uid(65534)
+            .gid(65534)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the slot holder");
+        let to_holder = child.stdin.take();
+        let (lines_tx, lines) = mpsc::channel();
+        let from_holder = BufReader::new(child.stdout.take().expect("stdout"));
+        thread::spawn(move || {
+            for line in from_holder.lines().map_while(Result::ok) {
+                let _ = lines_tx.send(line);
+            }
+        });
+        let holder = SlotHolder {
+            child,
+            to_holder,
+            lines,
+        };
+        holder.until_line(HOLDER_READY);
+        holder
+    }
+
+    /// The holder's next line starting with `prefix`, within 60 s.
+    fn until_line(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("the slot holder never said {prefix:?}: {e}"),
+            }
+        }
+    }
+
+    /// Stops the holder; returns how many `Busy` answers it saw.
+    fn stop(mut self) -> usize {
+        drop(self.to_holder.take());
+        let report = self.until_line(HOLDER_REPORT);
+        report
+            .trim_start_matches(HOLDER_REPORT)
+            .trim_start_matches("busy=")
+            .parse()
+            .unwrap_or_else(|_| panic!("a count: {report}"))
+    }
+}
+
+impl Drop for SlotHolder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn one_uid_cannot_hold_every_connection_slot() {
     let tpm = Swtpm::start();
@@ -142,42 +225,7 @@ fn one_uid_cannot_hold_every_connection_slot() {
     let daemon = Daemon::start(&files).expect("start hostkmsd");
     daemon.client().create_key("conn-app").expect("create");
 
-    let mut holder = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--exact",
-            "slot_holder_process",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(HOLDER_SOCKET_ENV, &files.socket)
-        .uid(65534)
-        .gid(65534)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn the slot holder");
-    let to_holder = holder.stdin.take().expect("stdin");
-    let (lines_tx, lines) = mpsc::channel();
-    let from_holder = BufReader::new(holder.stdout.take().expect("stdout"));
-    thread::spawn(move || {
-        for line in from_holder.lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let until_line = |prefix: &str| -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) if line.starts_with(prefix) => return line,
-                Ok(_) => {}
-                Err(e) => panic!("the slot holder never said {prefix:?}: {e}"),
-            }
-        }
-    };
-    until_line(HOLDER_READY);
+    let holder = SlotHolder::start(&files.socket, "mixed");
 
     // For longer than the write and frame timeouts, so that holders cut
     // off by them reconnect meanwhile: root, a granted uid and root's
@@ -210,10 +258,7 @@ fn one_uid_cannot_hold_every_connection_slot() {
         }
         thread::sleep(Duration::from_millis(500));
     }
-    drop(to_holder);
-    let report = until_line(HOLDER_REPORT);
-    let _ = holder.kill();
-    let _ = holder.wait();
+    let busy = holder.stop();
     assert!(
         failures.is_empty(),
         "while uid 65534 held connections, {} of {} rounds failed:\n{}",
@@ -221,14 +266,9 @@ fn one_uid_cannot_hold_every_connection_slot() {
         rounds,
         failures.join("\n")
     );
-    let busy: usize = report
-        .trim_start_matches(HOLDER_REPORT)
-        .trim_start_matches("busy=")
-        .parse()
-        .expect("a count");
     assert!(
         busy > 0,
-        "the holder was never refused, so it never reached its cap: {report}"
+        "the holder was never refused, so it never reached its cap"
     );
     let log = daemon.log();
     assert!(
@@ -279,6 +319,69 @@ fn a_client_that_never_reads_its_answers_is_disconnected() {
         daemon.log()
     );
     daemon.client().ping().expect("the daemon serves on");
+}
+
+#[test]
+fn the_last_slots_are_for_admins_and_admins_are_not_capped_per_uid() {
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::with_public_socket(
+        &tpm.tcti(),
+        "socket_mode = \"0666\"\nmax_connections = 70\nadmin_reserved_connections = 6\n\
+         [[grant]]\nkeys = [\"conn-*\"]\nuids = [4242]\nops = [\"wrap\"]\n",
+    );
+    let daemon = Daemon::start(&files).expect("start hostkmsd");
+    daemon.client().create_key("conn-app").expect("create");
+    // uid 65534 takes its 64 (the default cap), which leaves only the 6
+    // reserved slots.
+    let holder = SlotHolder::start(&files.socket, "pings");
+
+    let capped = cli_as(65534, &files.socket, &["ping"], b"");
+    let stderr = String::from_utf8_lossy(&capped.stderr);
+    assert_eq!(capped.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("uid 65534 already holds 64 connections")
+            && stderr.contains("max_connections_per_uid"),
+        "{stderr}"
+    );
+    let granted = cli_as(4242, &files.socket, &["wrap", "conn-app"], b"x");
+    let stderr = String::from_utf8_lossy(&granted.stderr);
+    assert_eq!(granted.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("the last 6") && stderr.contains("admin_reserved_connections"),
+        "{stderr}"
+    );
+
+    // Root takes the 6 reserved slots: admins have no per-uid cap.
+    let mut admin: Vec<Client> = (0..6)
+        .map(|n| {
+            let mut client = daemon.client();
+            client
+                .ping()
+                .unwrap_or_else(|e| panic!("root's connection {n}: {e}"));
+            client
+        })
+        .collect();
+    let full = daemon.client().ping().expect_err("every slot is taken");
+    assert_eq!(full.code(), Some(ErrorCode::Busy), "{full}");
+    assert!(
+        full.to_string().contains("at most 70 connections"),
+        "{full}"
+    );
+    admin.pop();
+    let mut again = (0..100)
+        .find_map(|_| {
+            let mut client = daemon.client();
+            match client.ping() {
+                Ok(()) => Some(client),
+                Err(_) => {
+                    thread::sleep(Duration::from_millis(20));
+                    None
+                }
+            }
+        })
+        .expect("a closed admin connection frees its slot");
+    again.ping().expect("ping");
+    assert!(holder.stop() > 0, "the holder was refused past its cap");
 }
 
 /// `VmRSS` and `VmHWM` (peak) of process `pid`, in KiB.
