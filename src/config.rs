@@ -34,6 +34,17 @@ pub const DEFAULT_ADMIN_GROUP: &str = "hostkms-admin";
 pub const DEFAULT_MAX_PLAINTEXT: usize = 64 * 1024;
 /// Connections served at once by default.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// Connections one non-admin uid may hold at once by default (or
+/// `max_connections`, when that is lower): enough for `hostkms bench`'s 64.
+pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 64;
+/// Slots reserved for admins by default (or a quarter of
+/// `max_connections`, when that is less).
+pub const DEFAULT_ADMIN_RESERVED_CONNECTIONS: usize = 16;
+/// Seconds an answer may wait for its client to read it by default.
+pub const DEFAULT_WRITE_TIMEOUT_SECS: u64 = 10;
+/// Bytes all partly received frames may hold together by default (or
+/// twice `max_frame`, when that is more): 32 MiB.
+pub const DEFAULT_MAX_FRAME_MEMORY: usize = 32 << 20;
 /// Seconds a connection may sit idle between requests by default.
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 30;
 /// Seconds a started frame may take to arrive whole by default.
@@ -65,10 +76,18 @@ pub struct Config {
     pub max_plaintext: usize,
     /// Connections served at once; more are answered `Busy` and closed.
     pub max_connections: usize,
+    /// Connections one non-admin uid may hold at once.
+    pub max_connections_per_uid: usize,
+    /// Slots of `max_connections` only admins may take.
+    pub admin_reserved_connections: usize,
     /// How long a connection may sit idle between requests.
     pub idle_timeout: Duration,
     /// How long a started frame may take to arrive whole.
     pub frame_timeout: Duration,
+    /// How long an answer may wait for its client to read it.
+    pub write_timeout: Duration,
+    /// Bytes all partly received frames may hold together.
+    pub max_frame_memory: usize,
     /// Encryptions after which a key version rotates itself.
     pub rotate_after_encryptions: u64,
     /// When the daemon raises alerts.
@@ -133,8 +152,12 @@ struct ConfigFile {
     grant: Vec<Spanned<GrantConfig>>,
     max_plaintext: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
+    max_connections_per_uid: Option<Spanned<i64>>,
+    admin_reserved_connections: Option<Spanned<i64>>,
     idle_timeout_secs: Option<Spanned<i64>>,
     frame_timeout_secs: Option<Spanned<i64>>,
+    write_timeout_secs: Option<Spanned<i64>>,
+    max_frame_memory: Option<Spanned<i64>>,
     rotate_after_encryptions: Option<Spanned<i64>>,
     #[serde(default)]
     alerts: AlertsFile,
@@ -252,6 +275,22 @@ impl Config {
             DEFAULT_MAX_CONNECTIONS as i64,
             "a number of connections",
         )?;
+        let max_connections_per_uid = range(
+            &file.max_connections_per_uid,
+            "max_connections_per_uid",
+            1,
+            max_connections,
+            (DEFAULT_MAX_CONNECTIONS_PER_UID as i64).min(max_connections),
+            "a number of connections up to max_connections",
+        )?;
+        let admin_reserved_connections = range(
+            &file.admin_reserved_connections,
+            "admin_reserved_connections",
+            0,
+            max_connections - 1,
+            (DEFAULT_ADMIN_RESERVED_CONNECTIONS as i64).min(max_connections / 4),
+            "a number of connections below max_connections",
+        )?;
         let idle_timeout = range(
             &file.idle_timeout_secs,
             "idle_timeout_secs",
@@ -267,6 +306,22 @@ impl Config {
             3600,
             DEFAULT_FRAME_TIMEOUT_SECS as i64,
             "seconds",
+        )?;
+        let write_timeout = range(
+            &file.write_timeout_secs,
+            "write_timeout_secs",
+            1,
+            3600,
+            DEFAULT_WRITE_TIMEOUT_SECS as i64,
+            "seconds",
+        )?;
+        let max_frame_memory = range(
+            &file.max_frame_memory,
+            "max_frame_memory",
+            max_frame,
+            1 << 34,
+            (DEFAULT_MAX_FRAME_MEMORY as i64).max(2 * max_frame),
+            "a byte count from max_frame",
         )?;
         let rotate_after = range(
             &file.rotate_after_encryptions,
@@ -347,8 +402,12 @@ impl Config {
             },
             max_plaintext: max_plaintext as usize,
             max_connections: max_connections as usize,
+            max_connections_per_uid: max_connections_per_uid as usize,
+            admin_reserved_connections: admin_reserved_connections as usize,
             idle_timeout: Duration::from_secs(idle_timeout as u64),
             frame_timeout: Duration::from_secs(frame_timeout as u64),
+            write_timeout: Duration::from_secs(write_timeout as u64),
+            max_frame_memory: max_frame_memory as usize,
             rotate_after_encryptions: rotate_after as u64,
             alerts,
         };
@@ -601,6 +660,73 @@ mod tests {
         }
         let err = parse("max_frame = \"big\"").unwrap_err().to_string();
         assert!(err.contains("max_frame") && err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn connection_limits_default_within_max_connections_and_are_checked() {
+        let config = parse("").unwrap();
+        assert_eq!(config.max_connections_per_uid, 64);
+        assert_eq!(config.admin_reserved_connections, 16);
+        assert_eq!(config.write_timeout, Duration::from_secs(10));
+        // An old file with a small max_connections stays valid.
+        let small = parse("max_connections = 2").unwrap();
+        assert_eq!(small.max_connections_per_uid, 2);
+        assert_eq!(small.admin_reserved_connections, 0);
+        let set = parse(
+            "max_connections = 100\nmax_connections_per_uid = 10\n\
+             admin_reserved_connections = 5\nwrite_timeout_secs = 3\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                set.max_connections_per_uid,
+                set.admin_reserved_connections,
+                set.write_timeout
+            ),
+            (10, 5, Duration::from_secs(3))
+        );
+        for (text, field, allowed) in [
+            (
+                "max_connections = 10\nmax_connections_per_uid = 11",
+                "max_connections_per_uid",
+                "from 1 to 10",
+            ),
+            (
+                "max_connections = 10\nadmin_reserved_connections = 10",
+                "admin_reserved_connections",
+                "from 0 to 9",
+            ),
+            (
+                "write_timeout_secs = 0",
+                "write_timeout_secs",
+                "from 1 to 3600",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{field}`")), "{text}: {err}");
+            assert!(err.contains(allowed), "{text}: {err}");
+            assert!(
+                err.contains("/etc/hostkms/config.toml line"),
+                "{text}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn frame_memory_defaults_above_max_frame_and_is_checked() {
+        assert_eq!(parse("").unwrap().max_frame_memory, 32 << 20);
+        let big_frames = parse("max_frame = 67108864\nmax_plaintext = 65536").unwrap();
+        assert_eq!(big_frames.max_frame_memory, 128 << 20);
+        assert_eq!(
+            parse("max_frame_memory = 2097152")
+                .unwrap()
+                .max_frame_memory,
+            2 << 20
+        );
+        let err = parse("max_frame_memory = 1000").unwrap_err().to_string();
+        assert!(err.contains("`max_frame_memory`"), "{err}");
+        assert!(err.contains("from 1048576 to"), "{err}");
+        assert!(err.contains("/etc/hostkms/config.toml line 1"), "{err}");
     }
 
     #[test]

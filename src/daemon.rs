@@ -313,8 +313,12 @@ fn server_limits(config: &Config) -> Limits {
     Limits {
         max_frame: config.max_frame,
         max_connections: config.max_connections,
+        max_connections_per_uid: config.max_connections_per_uid,
+        admin_reserved_connections: config.admin_reserved_connections,
         idle_timeout: config.idle_timeout,
         frame_timeout: config.frame_timeout,
+        write_timeout: config.write_timeout,
+        max_frame_memory: config.max_frame_memory,
     }
 }
 

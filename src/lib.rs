@@ -10,6 +10,7 @@
 //! requests and raises alerts.
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod audit;
 pub mod config;
 pub mod daemon;

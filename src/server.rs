@@ -18,6 +18,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::{Admission, FrameMemory, Refusal, SlotLimits};
 use crate::peer::Peer;
 use crate::service::Service;
 
@@ -28,6 +29,13 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// than a connection reset.
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 * 1024;
+/// How long a refused connection has to send its first request, whose id
+/// the `Busy` answer then carries.
+const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// Refused connections being answered at once; past this, a refusal is
+/// written without waiting for the request (id 0), so that a flood of
+/// connections cannot pile up waiting tasks.
+const MAX_REFUSALS_IN_FLIGHT: usize = 512;
 
 /// Why the socket could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -61,11 +69,31 @@ pub struct Limits {
     pub max_frame: u32,
     /// Connections served at once; more are answered `Busy` and closed.
     pub max_connections: usize,
+    /// Connections one non-admin uid may hold at once.
+    pub max_connections_per_uid: usize,
+    /// Slots of `max_connections` that only admins may take.
+    pub admin_reserved_connections: usize,
     /// How long a connection may wait between requests before it is closed.
     pub idle_timeout: Duration,
     /// How long a frame may take to arrive once its first byte has, against
     /// clients that send slowly to hold connections.
     pub frame_timeout: Duration,
+    /// How long an answer may wait for the client to read it, against
+    /// clients that pipeline requests and never read the answers.
+    pub write_timeout: Duration,
+    /// Bytes all partly received frames may hold together beyond the first
+    /// [`codec::BODY_STEP`] of each; a frame that needs more gets `Busy`.
+    pub max_frame_memory: usize,
+}
+
+impl Limits {
+    fn slots(&self) -> SlotLimits {
+        SlotLimits {
+            max_connections: self.max_connections,
+            max_connections_per_uid: self.max_connections_per_uid,
+            admin_reserved_connections: self.admin_reserved_connections,
+        }
+    }
 }
 
 /// Limits that a reload may replace while connections are open: each
@@ -185,7 +213,11 @@ pub async fn serve(
     heartbeat: Option<Heartbeat>,
 ) {
     let connections = TaskTracker::new();
-    let open = Arc::new(AtomicUsize::new(0));
+    let shared = Arc::new(Shared {
+        admission: Admission::new(),
+        frame_memory: FrameMemory::new(),
+        refusing: AtomicUsize::new(0),
+    });
     let mut beat = heartbeat.as_ref().map(|heartbeat| {
         let mut ticks = tokio::time::interval(heartbeat.every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -204,25 +236,11 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, _)) => {
-                let current = **limits.load();
-                // Only this loop adds connections, so the check cannot race
-                // another accept; closing ones only make room.
-                if open.load(Ordering::Acquire) >= current.max_connections {
-                    tracing::warn!(
-                        max_connections = current.max_connections,
-                        "connection limit reached; refusing a connection with Busy"
-                    );
-                    connections.spawn(refuse_busy(stream, current));
-                    continue;
-                }
-                let slot = ConnectionSlot::take(&open);
                 let service = Arc::clone(&service);
                 let limits = Arc::clone(&limits);
+                let shared = Arc::clone(&shared);
                 let shutdown = shutdown.clone();
-                connections.spawn(async move {
-                    serve_connection(stream, service, limits, shutdown).await;
-                    drop(slot);
-                });
+                connections.spawn(serve_connection(stream, service, limits, shared, shutdown));
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait rather than spin.
@@ -250,35 +268,77 @@ async fn next_beat(ticks: &mut Option<tokio::time::Interval>) {
     }
 }
 
-/// One open connection, counted until dropped.
-struct ConnectionSlot(Arc<AtomicUsize>);
-
-impl ConnectionSlot {
-    fn take(open: &Arc<AtomicUsize>) -> ConnectionSlot {
-        open.fetch_add(1, Ordering::AcqRel);
-        ConnectionSlot(Arc::clone(open))
-    }
+/// What all connections share: their slots, the memory of their partly
+/// received frames, and the count of refusals being answered.
+struct Shared {
+    admission: Arc<Admission>,
+    frame_memory: Arc<FrameMemory>,
+    refusing: AtomicUsize,
 }
 
-impl Drop for ConnectionSlot {
+/// One refusal being answered, counted until dropped.
+struct Refusing<'a>(&'a AtomicUsize);
+
+impl Drop for Refusing<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// Tells a connection over the limit why it is closed.
-async fn refuse_busy(mut stream: UnixStream, limits: Limits) {
-    let reply = rejection(
-        None,
-        ErrorCode::Busy,
-        format!(
-            "hostkmsd serves at most {} connections at once (max_connections); try again later",
-            limits.max_connections
-        ),
-    );
-    if let Ok(frame) = codec::encode_frame(&reply, limits.max_frame) {
-        let _ = tokio::time::timeout(LINGER, write_frame(&mut stream, &frame)).await;
+/// Tells a refused connection why, as the answer to its first request:
+/// reads that request's length prefix and id (waiting at most
+/// [`REFUSAL_READ_TIMEOUT`], reading no more than that), answers it `Busy`
+/// with its id, then lingers so the answer is not lost to a reset.
+/// `refusing` counts the refusals being answered.
+async fn refuse_busy(
+    mut stream: UnixStream,
+    refusing: &AtomicUsize,
+    max_frame: u32,
+    message: String,
+) {
+    let in_flight = refusing.fetch_add(1, Ordering::AcqRel);
+    let _counted = Refusing(refusing);
+    let id = if in_flight < MAX_REFUSALS_IN_FLIGHT {
+        tokio::time::timeout(REFUSAL_READ_TIMEOUT, first_request_id(&mut stream))
+            .await
+            .ok()
+            .flatten()
+    } else {
+        None
+    };
+    let reply = rejection(id, ErrorCode::Busy, message);
+    if let Ok(frame) = codec::encode_frame(&reply, max_frame) {
+        if !matches!(
+            tokio::time::timeout(LINGER, write_frame(&mut stream, &frame)).await,
+            Ok(Ok(()))
+        ) {
+            return;
+        }
     }
+    if in_flight < MAX_REFUSALS_IN_FLIGHT {
+        linger(&mut stream).await;
+    }
+}
+
+/// The id of the request a connection sends first, read from its first 14
+/// bytes (length prefix, version, id) and nothing more; `None` when they do
+/// not arrive or the frame is too short to hold an id.
+async fn first_request_id(stream: &mut UnixStream) -> Option<u64> {
+    const ID_END: usize = LENGTH_PREFIX + 10;
+    let mut head = [0u8; ID_END];
+    let mut got = 0;
+    while got < ID_END {
+        match stream.read(&mut head[got..]).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got += n,
+        }
+    }
+    let (prefix, body) = head.split_at(LENGTH_PREFIX);
+    let len = u32::from_be_bytes(prefix.try_into().ok()?);
+    if len < 10 {
+        return None;
+    }
+    Some(u64::from_le_bytes(body.get(2..10)?.try_into().ok()?))
 }
 
 /// Serves one connection: requests are read, answered and written in order.
@@ -287,6 +347,7 @@ async fn serve_connection(
     mut stream: UnixStream,
     service: Arc<Service>,
     limits: LiveLimits,
+    shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
     let peer = match stream
@@ -296,6 +357,19 @@ async fn serve_connection(
         Ok(peer) => peer,
         Err(e) => {
             tracing::warn!("cannot read a connection's peer credentials, closing it: {e}");
+            return;
+        }
+    };
+    let current = **limits.load();
+    let _slot = match shared
+        .admission
+        .admit(peer.uid, service.is_admin(&peer), &current.slots())
+    {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            log_refusal(&peer, &refusal);
+            let message = refusal.to_string();
+            refuse_busy(stream, &shared.refusing, current.max_frame, message).await;
             return;
         }
     };
@@ -313,9 +387,10 @@ async fn serve_connection(
                 }
             },
         };
+        let mut memory = shared.frame_memory.for_frame(limits.max_frame_memory);
         let frame = match tokio::time::timeout(
             limits.frame_timeout,
-            codec::finish_frame_async(&mut stream, prefix, got, limits.max_frame),
+            codec::finish_frame_async(&mut stream, prefix, got, limits.max_frame, &mut memory),
         )
         .await
         {
@@ -336,8 +411,24 @@ async fn serve_connection(
                 service.refused_frame(&peer, e.code(), &e);
                 (rejection(e.request_id(), e.code(), e.to_string()), false)
             }
+            Err(FrameError::OutOfMemory { len, id }) => {
+                tracing::warn!(
+                    uid = peer.uid,
+                    pid = peer.pid,
+                    held = shared.frame_memory.held(),
+                    max_frame_memory = limits.max_frame_memory,
+                    "refused a {len}-byte frame with Busy: partly received frames hold all of max_frame_memory"
+                );
+                let message = format!(
+                    "hostkmsd holds its limit of {} bytes of partly received requests \
+                     (max_frame_memory); send the request again later",
+                    limits.max_frame_memory
+                );
+                (rejection(id, ErrorCode::Busy, message), false)
+            }
             Err(FrameError::Truncated { .. }) | Err(FrameError::Io(_)) => return,
         };
+        drop(memory);
         let frame = match codec::encode_frame(&reply, limits.max_frame) {
             Ok(frame) => frame,
             Err(e) => {
@@ -355,15 +446,36 @@ async fn serve_connection(
                 }
             }
         };
-        if let Err(e) = write_frame(&mut stream, &frame).await {
-            tracing::debug!("a client went away before its answer: {e}");
-            return;
+        match tokio::time::timeout(limits.write_timeout, write_frame(&mut stream, &frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!("a client went away before its answer: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    uid = peer.uid,
+                    pid = peer.pid,
+                    "closing a connection that did not read its answers within {:?} (write_timeout_secs)",
+                    limits.write_timeout
+                );
+                return;
+            }
         }
         if !keep_open {
             linger(&mut stream).await;
             return;
         }
     }
+}
+
+/// Says in the log which peer was refused a connection, and why.
+fn log_refusal(peer: &Peer, refusal: &Refusal) {
+    tracing::warn!(
+        uid = peer.uid,
+        pid = peer.pid,
+        "refusing a connection with Busy: {refusal}"
+    );
 }
 
 /// Closes our side for writing, then discards what the client still sends

@@ -149,6 +149,12 @@ impl Service {
         &self.monitor
     }
 
+    /// Whether `peer` is an admin under the grants in force: the server
+    /// exempts admins from the per-uid connection cap.
+    pub fn is_admin(&self, peer: &Peer) -> bool {
+        self.policy.load().is_admin(peer)
+    }
+
     /// Puts a reloaded config's grants, limits and alert thresholds in
     /// force. Requests already running finish under the old ones; every
     /// later request, on old connections too, is decided by the new ones.

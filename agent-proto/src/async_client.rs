@@ -7,7 +7,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 use crate::bytes::{Ciphertext, SecretBytes};
-use crate::client::{ClientError, Pipeline, expect, refusal_as_error, typed_operations};
+use crate::client::{
+    ClientError, Pipeline, closed_by_daemon, expect, refusal_as_error, typed_operations,
+};
 use crate::codec::{self, DEFAULT_MAX_FRAME};
 use crate::message::{
     DataKey, EncryptionContext, Envelope, KeyInfo, Request, Response, StatusInfo, Unwrapped,
@@ -79,9 +81,32 @@ impl AsyncClient {
 
     /// Sends one request and waits for its answer; a refusal becomes
     /// [`ClientError::Daemon`].
+    /// When the daemon closed the connection before the request went out,
+    /// the refusal it left (e.g. `Busy`) is returned.
     pub async fn call(&mut self, op: Request) -> Result<Response, ClientError> {
-        self.send(op).await?;
+        if let Err(err) = self.send(op).await {
+            return Err(self.refusal_after(err).await);
+        }
         refusal_as_error(self.receive().await?.op)
+    }
+
+    /// After a failed send: the refusal the daemon left before closing, if
+    /// any, else `err`.
+    async fn refusal_after(&mut self, err: ClientError) -> ClientError {
+        if !closed_by_daemon(&err) {
+            return err;
+        }
+        let left = codec::read_frame_async(&mut self.stream, self.max_frame).await;
+        match left.map(|body| body.map(|body| codec::decode_body::<Response>(&body))) {
+            Ok(Some(Ok(Envelope {
+                op: Response::Error(reply),
+                ..
+            }))) => ClientError::Daemon {
+                code: reply.code,
+                message: reply.message,
+            },
+            _ => err,
+        }
     }
 
     typed_operations!(tokio);

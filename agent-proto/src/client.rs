@@ -273,7 +273,7 @@ pub(crate) struct Pipeline {
 impl Pipeline {
     pub(crate) fn new() -> Pipeline {
         Pipeline {
-            next_id: 1,
+            next_id: CONNECTION_REFUSAL_ID + 1,
             in_flight: std::collections::VecDeque::new(),
         }
     }
@@ -285,7 +285,11 @@ impl Pipeline {
         max_frame: u32,
     ) -> Result<(u64, codec::FrameBuf), ClientError> {
         let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1);
+        // Never id 0: that id marks a refusal of the whole connection.
+        self.next_id = self
+            .next_id
+            .checked_add(1)
+            .unwrap_or(CONNECTION_REFUSAL_ID + 1);
         Ok((id, codec::encode_frame(&Envelope::new(id, op), max_frame)?))
     }
 
@@ -295,16 +299,37 @@ impl Pipeline {
     }
 
     /// Decodes an answer and checks it answers the oldest request in flight.
+    ///
+    /// An error with id 0 answers the connection rather than a request (the
+    /// daemon refused it before it could read a request id, see the spec's
+    /// "Refusals"): it is taken as the answer to the oldest request, since
+    /// this client never sends id 0.
     pub(crate) fn answer(&mut self, body: &[u8]) -> Result<Envelope<Response>, ClientError> {
         let envelope: Envelope<Response> = codec::decode_body(body)?;
+        let refuses_connection =
+            envelope.id == CONNECTION_REFUSAL_ID && matches!(envelope.op, Response::Error(_));
         match self.in_flight.pop_front() {
-            Some(expected) if expected != envelope.id => Err(ClientError::IdMismatch {
-                expected,
-                got: envelope.id,
-            }),
+            Some(expected) if expected != envelope.id && !refuses_connection => {
+                Err(ClientError::IdMismatch {
+                    expected,
+                    got: envelope.id,
+                })
+            }
             _ => Ok(envelope),
         }
     }
+}
+
+/// The id of an error that answers a whole connection, not one request.
+const CONNECTION_REFUSAL_ID: u64 = 0;
+
+/// Whether a failed write means the daemon closed the connection, in which
+/// case it may have left a refusal (`Busy`) to read.
+pub(crate) fn closed_by_daemon(err: &ClientError) -> bool {
+    matches!(err, ClientError::Io(e) if matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+    ))
 }
 
 /// A response, or the daemon's refusal as [`ClientError::Daemon`].
@@ -361,10 +386,32 @@ impl Client {
     }
 
     /// Sends one request and waits for its answer; a refusal becomes
-    /// [`ClientError::Daemon`].
+    /// [`ClientError::Daemon`]. When the daemon closed the connection before
+    /// the request went out, the refusal it left (e.g. `Busy`) is returned.
     pub fn call(&mut self, op: Request) -> Result<Response, ClientError> {
-        self.send(op)?;
+        if let Err(err) = self.send(op) {
+            return Err(self.refusal_after(err));
+        }
         refusal_as_error(self.receive()?.op)
+    }
+
+    /// After a failed send: the refusal the daemon left before closing, if
+    /// any, else `err`.
+    fn refusal_after(&mut self, err: ClientError) -> ClientError {
+        if !closed_by_daemon(&err) {
+            return err;
+        }
+        let left = codec::read_frame(&mut self.stream, self.max_frame);
+        match left.map(|body| body.map(|body| codec::decode_body::<Response>(&body))) {
+            Ok(Some(Ok(Envelope {
+                op: Response::Error(reply),
+                ..
+            }))) => ClientError::Daemon {
+                code: reply.code,
+                message: reply.message,
+            },
+            _ => err,
+        }
     }
 
     typed_operations!(blocking);
@@ -429,5 +476,57 @@ pub(crate) mod expect {
             Response::DataKey(data_key) => Ok(data_key),
             other => Err(unexpected("DataKey", &other)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::ErrorReply;
+
+    fn busy(id: u64) -> codec::FrameBuf {
+        codec::encode_frame(
+            &Envelope::new(
+                id,
+                Response::error(ErrorCode::Busy, "at most 1 connections"),
+            ),
+            DEFAULT_MAX_FRAME,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn an_error_with_id_0_refuses_the_oldest_request_and_other_ids_must_match() {
+        let mut pipeline = Pipeline::new();
+        pipeline.sent(1);
+        let refusal = pipeline.answer(&busy(0)[codec::LENGTH_PREFIX..]).unwrap();
+        assert!(matches!(
+            refusal.op,
+            Response::Error(ErrorReply {
+                code: ErrorCode::Busy,
+                ..
+            })
+        ));
+        pipeline.sent(2);
+        let pong =
+            codec::encode_frame(&Envelope::new(0, Response::Pong), DEFAULT_MAX_FRAME).unwrap();
+        assert!(matches!(
+            pipeline.answer(&pong[codec::LENGTH_PREFIX..]),
+            Err(ClientError::IdMismatch {
+                expected: 2,
+                got: 0
+            })
+        ));
+    }
+
+    #[test]
+    fn a_refusal_left_before_the_daemon_closed_is_read_after_a_broken_pipe() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut daemon = theirs;
+        daemon.write_all(&busy(0)).unwrap();
+        drop(daemon);
+        let mut client = Client::from_stream(ours);
+        let err = client.ping().unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Busy), "{err}");
     }
 }

@@ -4,7 +4,9 @@
 //! bincode 1.3.3 encoding of an [`Envelope`] with fixed options: fixed-width
 //! little-endian integers, a byte limit equal to the body length, trailing
 //! bytes rejected. Lengths are checked against a limit before anything is
-//! allocated, and buffers that held a message are zeroized when dropped.
+//! allocated, a body buffer grows only as its bytes arrive (a length prefix
+//! alone commits no memory), and buffers that held a message are zeroized
+//! when dropped.
 
 use std::io::{ErrorKind, Read};
 
@@ -77,10 +79,7 @@ pub fn body_length(prefix: [u8; LENGTH_PREFIX], max_frame: u32) -> Result<usize,
 /// The protocol version is checked before the rest is decoded, so a newer
 /// peer gets `UnsupportedVersion` rather than a decoding error.
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<Envelope<T>, DecodeError> {
-    let id = body
-        .get(2..10)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_le_bytes);
+    let id = request_id(body);
     let proto = match body.get(..2).and_then(|b| b.try_into().ok()) {
         Some(bytes) => u16::from_le_bytes(bytes),
         None => {
@@ -101,50 +100,148 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<Envelope<T>, Deco
         })
 }
 
+/// Memory that frame bodies may take, asked each time a body buffer grows.
+///
+/// A body buffer grows as its bytes arrive, never from the length prefix
+/// alone; a receiver that serves many peers bounds what all their partly
+/// received frames hold together by refusing a growth.
+pub trait BodyMemory {
+    /// Asks for `bytes` more for the body being read; `false` refuses, and
+    /// the read fails with [`FrameError::OutOfMemory`].
+    fn reserve(&mut self, bytes: usize) -> bool;
+}
+
+/// No bound beyond the frame limit: for a client, which reads one frame at
+/// a time from the daemon it chose.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Unbounded;
+
+impl BodyMemory for Unbounded {
+    fn reserve(&mut self, _bytes: usize) -> bool {
+        true
+    }
+}
+
+/// The first capacity of a body buffer, and the most one read adds to it.
+pub const BODY_STEP: usize = 16 * 1024;
+
+/// A body being received: its buffer grows (by doubling, with the memory's
+/// consent) only once the bytes already received fill it. A growth copies
+/// into a fresh buffer and wipes the old one, so no stray copy of a
+/// message is left in freed memory.
+struct Body {
+    buf: FrameBuf,
+    /// The declared body length.
+    len: usize,
+    /// Bytes received.
+    filled: usize,
+    /// Capacity asked for so far.
+    planned: usize,
+}
+
+impl Body {
+    fn new(len: usize) -> Body {
+        Body {
+            buf: Zeroizing::new(Vec::new()),
+            len,
+            filled: 0,
+            planned: 0,
+        }
+    }
+
+    fn is_complete(&self) -> bool {
+        self.filled == self.len
+    }
+
+    /// Where the next read goes: at most [`BODY_STEP`] bytes, within the
+    /// declared length.
+    fn window(&mut self, memory: &mut impl BodyMemory) -> Result<&mut [u8], FrameError> {
+        if self.filled == self.planned {
+            let planned = self.len.min(self.planned.saturating_mul(2).max(BODY_STEP));
+            if !memory.reserve(planned - self.planned) {
+                return Err(FrameError::OutOfMemory {
+                    len: self.len,
+                    id: request_id(&self.buf),
+                });
+            }
+            let mut grown = Zeroizing::new(Vec::with_capacity(planned));
+            grown.extend_from_slice(&self.buf);
+            self.buf = grown;
+            self.planned = planned;
+        }
+        let end = self.planned.min(self.filled + BODY_STEP);
+        self.buf.resize(end, 0);
+        Ok(&mut self.buf[self.filled..end])
+    }
+
+    /// Records that the last read put `n` bytes into the window.
+    fn received(&mut self, n: usize) {
+        self.filled += n;
+        self.buf.truncate(self.filled);
+    }
+
+    /// The whole body, or how far it got when the stream ended.
+    fn finish(self) -> Result<FrameBuf, FrameError> {
+        if !self.is_complete() {
+            return Err(FrameError::Truncated {
+                got: LENGTH_PREFIX + self.filled,
+                expected: LENGTH_PREFIX + self.len,
+            });
+        }
+        Ok(self.buf)
+    }
+}
+
+/// The request id in the first bytes of a body, when they have arrived.
+fn request_id(body: &[u8]) -> Option<u64> {
+    body.get(2..10)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+}
+
 /// Reads one frame body from a blocking stream.
 ///
-/// Returns `Ok(None)` when the stream ends cleanly between frames. The body
-/// buffer is allocated only after its length passed the limit.
+/// Returns `Ok(None)` when the stream ends cleanly between frames. The
+/// length is checked against the limit first, and the body buffer grows
+/// only as its bytes arrive.
 pub fn read_frame<R: Read>(reader: &mut R, max_frame: u32) -> Result<Option<FrameBuf>, FrameError> {
     let mut prefix = [0u8; LENGTH_PREFIX];
     let got = read_full(reader, &mut prefix)?;
-    let Some(mut body) = body_buffer(got, prefix, max_frame)? else {
+    let Some(mut body) = body_of(got, prefix, max_frame)? else {
         return Ok(None);
     };
-    let got = read_full(reader, &mut body)?;
-    check_body_complete(got, body.len())?;
-    Ok(Some(body))
+    while !body.is_complete() {
+        let window = body.window(&mut Unbounded)?;
+        let n = loop {
+            match reader.read(window) {
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                other => break other?,
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        body.received(n);
+    }
+    body.finish().map(Some)
 }
 
 /// After `got` bytes of a length prefix: `None` at a clean end of stream,
-/// else a zeroed buffer for the body, allocated only once the length passed
+/// else an empty body of the length the prefix declares, once that passed
 /// the limit.
-fn body_buffer(
+fn body_of(
     got: usize,
     prefix: [u8; LENGTH_PREFIX],
     max_frame: u32,
-) -> Result<Option<FrameBuf>, FrameError> {
+) -> Result<Option<Body>, FrameError> {
     match got {
         0 => Ok(None),
-        LENGTH_PREFIX => {
-            let len = body_length(prefix, max_frame)?;
-            Ok(Some(Zeroizing::new(vec![0u8; len])))
-        }
+        LENGTH_PREFIX => Ok(Some(Body::new(body_length(prefix, max_frame)?))),
         _ => Err(FrameError::Truncated {
             got,
             expected: LENGTH_PREFIX,
         }),
     }
-}
-
-fn check_body_complete(got: usize, len: usize) -> Result<(), FrameError> {
-    if got < len {
-        return Err(FrameError::Truncated {
-            got: LENGTH_PREFIX + got,
-            expected: LENGTH_PREFIX + len,
-        });
-    }
-    Ok(())
 }
 
 /// Reads until `buf` is full or the stream ends; returns the bytes read.
@@ -175,32 +272,46 @@ where
     if got == 0 {
         return Ok(None);
     }
-    finish_frame_async(reader, prefix, got, max_frame)
+    finish_frame_async(reader, prefix, got, max_frame, &mut Unbounded)
         .await
         .map(Some)
 }
 
 /// Reads the rest of a frame whose first `got` (at least 1) length-prefix
 /// bytes are already in `prefix`: for a server that waits for a frame's
-/// first byte under one timeout and for the rest under another.
+/// first byte under one timeout and for the rest under another. The body
+/// buffer grows as bytes arrive, each growth granted by `memory`.
 #[cfg(feature = "tokio")]
 pub async fn finish_frame_async<R>(
     reader: &mut R,
     mut prefix: [u8; LENGTH_PREFIX],
     got: usize,
     max_frame: u32,
+    memory: &mut impl BodyMemory,
 ) -> Result<FrameBuf, FrameError>
 where
     R: tokio::io::AsyncRead + Unpin,
 {
+    use tokio::io::AsyncReadExt;
     let got = got + read_full_async(reader, &mut prefix[got.min(LENGTH_PREFIX)..]).await?;
-    let mut body = body_buffer(got, prefix, max_frame)?.ok_or(FrameError::Truncated {
+    let mut body = body_of(got, prefix, max_frame)?.ok_or(FrameError::Truncated {
         got: 0,
         expected: LENGTH_PREFIX,
     })?;
-    let got = read_full_async(reader, &mut body).await?;
-    check_body_complete(got, body.len())?;
-    Ok(body)
+    while !body.is_complete() {
+        let window = body.window(memory)?;
+        let n = loop {
+            match reader.read(window).await {
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                other => break other?,
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        body.received(n);
+    }
+    body.finish()
 }
 
 #[cfg(feature = "tokio")]
@@ -219,4 +330,92 @@ where
         }
     }
     Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    /// Counts what a reader asked for, and refuses past a budget.
+    struct Budget {
+        left: usize,
+        asked: usize,
+    }
+
+    impl BodyMemory for Budget {
+        fn reserve(&mut self, bytes: usize) -> bool {
+            self.asked += bytes;
+            if bytes > self.left {
+                return false;
+            }
+            self.left -= bytes;
+            true
+        }
+    }
+
+    #[test]
+    fn a_large_prefix_commits_memory_only_for_bytes_that_arrive() {
+        let mut stream = (1u32 << 20).to_be_bytes().to_vec();
+        stream.extend_from_slice(&[7u8; 100]);
+        let err = read_frame(&mut Cursor::new(&stream), 1 << 20).unwrap_err();
+        assert!(
+            matches!(err, FrameError::Truncated { got: 104, expected } if expected == 4 + (1 << 20)),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_body_grows_within_its_memory_and_arrives_whole() {
+        let body: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let mut stream = (body.len() as u32).to_be_bytes().to_vec();
+        stream.extend_from_slice(&body);
+        let mut cursor = Cursor::new(&stream);
+        let mut prefix = [0u8; LENGTH_PREFIX];
+        std::io::Read::read_exact(&mut cursor, &mut prefix).unwrap();
+        let mut budget = Budget {
+            left: usize::MAX,
+            asked: 0,
+        };
+        let mut got = Body::new(body_length(prefix, 1 << 20).unwrap());
+        while !got.is_complete() {
+            let window = got.window(&mut budget).unwrap();
+            let n = std::io::Read::read(&mut cursor, window).unwrap();
+            got.received(n);
+        }
+        assert_eq!(&got.finish().unwrap()[..], &body[..]);
+        assert_eq!(budget.asked, body.len(), "asks add up to the body, no more");
+    }
+
+    #[test]
+    fn a_refused_growth_is_out_of_memory_with_the_request_id() {
+        let mut body = 1u16.to_le_bytes().to_vec();
+        body.extend_from_slice(&42u64.to_le_bytes());
+        body.resize(100_000, 9);
+        let mut budget = Budget {
+            left: BODY_STEP,
+            asked: 0,
+        };
+        let mut got = Body::new(body.len());
+        let mut cursor = Cursor::new(&body);
+        let err = loop {
+            match got.window(&mut budget) {
+                Ok(window) => {
+                    let n = std::io::Read::read(&mut cursor, window).unwrap();
+                    got.received(n);
+                }
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            matches!(
+                err,
+                FrameError::OutOfMemory {
+                    len: 100_000,
+                    id: Some(42)
+                }
+            ),
+            "{err:?}"
+        );
+    }
 }

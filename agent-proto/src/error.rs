@@ -239,4 +239,15 @@ pub enum FrameError {
     /// The length prefix announced a frame over the limit.
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    /// The receiver's memory for partly received frames is spent: other
+    /// peers' frames hold it. Only a receiver that bounds it says this.
+    #[error(
+        "no memory is left to receive a frame of {len} bytes: partly received frames hold the receiver's limit"
+    )]
+    OutOfMemory {
+        /// The declared body length.
+        len: usize,
+        /// The request id, when the body's first bytes had arrived.
+        id: Option<u64>,
+    },
 }

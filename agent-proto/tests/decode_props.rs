@@ -170,7 +170,9 @@ proptest! {
             }
             Err(FrameError::Truncated { .. }) => {
                 prop_assert!(len <= max && (len as usize) > tail.len());
-                prop_assert!(peak <= len as usize + 1024);
+                // The buffer grows as bytes arrive: a prefix alone commits
+                // at most one read's window, never the declared length.
+                prop_assert!(peak <= codec::BODY_STEP + 1024, "a truncated frame held {peak} bytes");
             }
             Ok(Some(got)) => {
                 prop_assert!(len <= max && (len as usize) <= tail.len());
@@ -178,6 +180,27 @@ proptest! {
             }
             other => prop_assert!(false, "unexpected {:?}", other),
         }
+    }
+
+    #[test]
+    fn prefixes_within_the_limit_commit_memory_only_as_bytes_arrive(
+        max in 1024u32..=(4 * DEFAULT_MAX_FRAME),
+        fraction in 0.0f64..=1.0,
+        tail in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let len = ((f64::from(max) * fraction) as u32).max(64);
+        let mut stream = len.to_be_bytes().to_vec();
+        stream.extend_from_slice(&tail);
+        let peak = peak_heap(|| {
+            let err = codec::read_frame(&mut Cursor::new(&stream), max).unwrap_err();
+            assert!(matches!(err, FrameError::Truncated { .. }), "{err:?}");
+        });
+        // One read's window at most, never the declared length.
+        prop_assert!(
+            peak <= codec::BODY_STEP + 1024,
+            "a {len}-byte prefix and {} bytes held {peak} bytes",
+            tail.len()
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::error::CliError;
 /// Operate a hostkms daemon: manage keys, wrap and unwrap data, benchmark.
 ///
 /// Exit codes: 0 success, 1 the daemon refused the request, 2 usage,
-/// connection or local file errors.
+/// connection or local file errors, 3 the daemon is busy (retry later).
 #[derive(Debug, Parser)]
 #[command(name = "hostkms", version, about)]
 pub struct Cli {

@@ -4,7 +4,7 @@
 use std::io;
 use std::path::Path;
 
-use agent_proto::ClientError;
+use agent_proto::{ClientError, ErrorCode};
 
 /// Why a command failed. No variant ever carries plaintext or key material.
 #[derive(Debug, thiserror::Error)]
@@ -60,9 +60,15 @@ pub enum CliError {
 
 impl CliError {
     /// The process exit code: 1 when the daemon refused a request (or
-    /// benchmark requests failed), 2 for usage, connection and local errors.
+    /// benchmark requests failed), 2 for usage, connection and local errors,
+    /// 3 when the daemon is busy: at a limit, so the same command may
+    /// succeed later (a script may retry on 3, never on 1).
     pub fn exit_code(&self) -> u8 {
         match self {
+            CliError::Client(ClientError::Daemon {
+                code: ErrorCode::Busy,
+                ..
+            }) => 3,
             CliError::Client(ClientError::Daemon { .. }) | CliError::BenchFailed { .. } => 1,
             _ => 2,
         }
@@ -111,7 +117,6 @@ pub fn printable(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agent_proto::ErrorCode;
 
     #[test]
     fn daemon_refusals_exit_1_and_the_rest_exit_2() {
@@ -124,6 +129,16 @@ mod tests {
             refusal.to_string(),
             "permission denied: uid 65534 may not unwrap with key \"app-db\""
         );
+        let busy = CliError::from(ClientError::Daemon {
+            code: ErrorCode::Busy,
+            message: "hostkmsd serves at most 1 connections at once".to_string(),
+        });
+        assert_eq!(
+            busy.exit_code(),
+            3,
+            "busy is worth a retry, unlike a refusal"
+        );
+        assert!(busy.to_string().starts_with("busy: "), "{busy}");
         assert_eq!(CliError::Usage("x".into()).exit_code(), 2);
         assert_eq!(CliError::from(ClientError::Closed).exit_code(), 2);
         let read = CliError::read(

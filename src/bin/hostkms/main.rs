@@ -3,7 +3,7 @@
 //! and prints the answer for a human or, with `--json`, for a script.
 //!
 //! Exit codes: 0 success, 1 the daemon refused the request, 2 usage,
-//! connection or local I/O errors.
+//! connection or local I/O errors, 3 the daemon is busy (retry later).
 
 mod args;
 mod bench;

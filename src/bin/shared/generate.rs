@@ -305,6 +305,11 @@ e.g. \fBhostkms: permission denied: uid 65534 may not unwrap with key "app\-db"\
 .B 2
 A usage, connection or local file error (a missing socket, or one the
 caller may not open, says which and why).
+.TP
+.B 3
+The daemon is busy: it is at a limit (connections, the connections one user
+may hold, memory for requests in transit) and refused the request with
+\fBhostkms: busy: \fR and the limit; the same command may succeed later.
 .SH ENVIRONMENT
 .TP
 .B HOSTKMS_SOCKET
