@@ -131,7 +131,10 @@ fn drive() -> Result<bool, String> {
     for panic in &report.first_panics {
         println!("decoder panic: {panic}");
     }
-    ok &= report.panics == 0;
+    if report.panics > 0 {
+        println!("decoder: FAILED: {} panics", report.panics);
+        ok = false;
+    }
 
     // Phase 2: the daemon.
     ok &= fuzz_daemon(&me, &hostkmsd, seed, frames, workers, rss_growth_mib)?;
@@ -240,7 +243,7 @@ fn fuzz_daemon(
     let mut last_report = Instant::now();
     loop {
         thread::sleep(Duration::from_millis(200));
-        if !daemon.alive() {
+        if !daemon_died && !daemon.alive() {
             daemon_died = true;
             println!("daemon: hostkmsd DIED; its log ends:\n{}", daemon.tail());
             for child in &mut children {
@@ -321,13 +324,31 @@ fn fuzz_daemon(
         println!("ping failed: {failure}");
     }
     drop(tpm);
-    let rss_ok = rss_max <= rss_start + rss_growth_mib * 1024;
-    Ok(alive
-        && exit == Some(0)
-        && log_panics == 0
-        && workers_failed == 0
-        && get("frames") >= frames.saturating_sub(get("write_errors"))
-        && pings_answered == pings_sent
-        && pings_sent > 0
-        && rss_ok)
+    let checks = [
+        (alive, "hostkmsd died"),
+        (exit == Some(0), "hostkmsd did not exit 0 on SIGTERM"),
+        (log_panics == 0, "hostkmsd's log has \"panicked\""),
+        (
+            workers_failed == 0,
+            "a worker failed (stall, undecodable answer, or no connection)",
+        ),
+        (
+            get("frames") + get("write_errors") >= frames,
+            "fewer frames were sent than asked",
+        ),
+        (
+            pings_sent > 0 && pings_answered == pings_sent,
+            "pings went unanswered",
+        ),
+        (
+            rss_max <= rss_start + rss_growth_mib * 1024,
+            "RSS grew past the bound",
+        ),
+    ];
+    for (passed, what) in checks {
+        if !passed {
+            println!("daemon: FAILED: {what}");
+        }
+    }
+    Ok(checks.iter().all(|(passed, _)| *passed))
 }
