@@ -4,8 +4,8 @@
 //! it kept answering a separate connection's pings meanwhile.
 //!
 //! Environment: `FUZZ_SEED` (a number; printed, random by default),
-//! `FUZZ_FRAMES` (per phase, default 1000000), `FUZZ_WORKERS` (client
-//! processes, default 4), `FUZZ_RSS_GROWTH_MIB` (allowed growth of the
+//! `FUZZ_FRAMES` (per phase, default 1000000), `FUZZ_WORKERS` (peer
+//! processes, default 4; one admin process sends 5% of the frames), `FUZZ_RSS_GROWTH_MIB` (allowed growth of the
 //! daemon's RSS over its start, default 64), `HOSTKMSD` (the daemon binary,
 //! default: next to this one), `FUZZ_KEEP` (keep the run's directories).
 //! Exits 1 on any panic, a dead daemon, an unanswered ping, a stalled
@@ -37,6 +37,12 @@ use crate::daemon::{Daemon, RssSampler, RunDir, Swtpm};
 /// The key the fuzzing uid holds a grant on, and one it does not.
 const KEY: &str = "fuzz";
 const OTHER: &str = "demo";
+/// The key the admin worker's seeds name (it may do anything to any key).
+const ADMIN_KEY: &str = "adm";
+/// The share of frames, in percent, the admin worker sends: requests that
+/// reach the key store's changes (create, rotate, revoke...) with hostile
+/// values. Small, because every change is a durable write.
+const ADMIN_PERCENT: u64 = 5;
 /// The unprivileged uid the workers run as when the driver is root.
 const NOBODY: u32 = 65534;
 
@@ -78,17 +84,18 @@ fn main() {
     }
 }
 
-/// `hostkms-fuzz worker SOCKET SEED INDEX FRAMES`.
+/// `hostkms-fuzz worker SOCKET SEED INDEX FRAMES peer|admin`.
 fn worker_main(args: &[String]) -> i32 {
-    let [socket, seed, index, frames] = args else {
-        eprintln!("usage: hostkms-fuzz worker SOCKET SEED INDEX FRAMES");
+    let [socket, seed, index, frames, role] = args else {
+        eprintln!("usage: hostkms-fuzz worker SOCKET SEED INDEX FRAMES peer|admin");
         return 2;
     };
     let (Ok(seed), Ok(index), Ok(frames)) = (seed.parse(), index.parse(), frames.parse()) else {
         eprintln!("hostkms-fuzz worker: SEED, INDEX and FRAMES are numbers");
         return 2;
     };
-    worker::run(Path::new(socket), seed, index, frames, KEY, OTHER)
+    let key = if role == "admin" { ADMIN_KEY } else { KEY };
+    worker::run(Path::new(socket), seed, index, frames, key, OTHER)
 }
 
 fn mib(kib: u64) -> f64 {
@@ -172,7 +179,7 @@ fn fuzz_daemon(
         admin
             .set_timeout(Some(Duration::from_secs(30)))
             .map_err(|e| e.to_string())?;
-        for key in [KEY, OTHER] {
+        for key in [KEY, OTHER, ADMIN_KEY] {
             admin.create_key(key).map_err(|e| {
                 format!("create key {key} (the driver must be an admin: root): {e}")
             })?;
@@ -182,7 +189,7 @@ fn fuzz_daemon(
             .map_err(|e| e.to_string())?;
     }
     println!(
-        "daemon: hostkmsd pid {} on {}, workers as uid {worker_uid}{}",
+        "daemon: hostkmsd pid {} on {}, {workers} workers as uid {worker_uid}{} and one admin worker",
         daemon.pid(),
         tpm.tcti(),
         if as_root {
@@ -197,8 +204,17 @@ fn fuzz_daemon(
     let stats: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let mut children = Vec::new();
     let mut readers = Vec::new();
-    for index in 0..workers {
-        let share = frames / workers + u64::from(index < frames % workers);
+    let admin_frames = frames * ADMIN_PERCENT / 100;
+    let peer_frames = frames - admin_frames;
+    // Workers 0..workers are peers (uid 65534 under root); one more, the
+    // driver's own uid (an admin), sends the admin share.
+    for index in 0..=workers {
+        let admin = index == workers;
+        let share = if admin {
+            admin_frames
+        } else {
+            peer_frames / workers + u64::from(index < peer_frames % workers)
+        };
         let mut command = Command::new(me);
         command
             .arg("worker")
@@ -206,9 +222,10 @@ fn fuzz_daemon(
             .arg(seed.to_string())
             .arg(index.to_string())
             .arg(share.to_string())
+            .arg(if admin { "admin" } else { "peer" })
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
-        if as_root {
+        if as_root && !admin {
             // std drops the supplementary groups too when root sets a uid.
             command.uid(NOBODY).gid(NOBODY);
         }
@@ -230,7 +247,11 @@ fn fuzz_daemon(
                 } else if let Some(fields) = line.strip_prefix("stats ") {
                     let mut stats = stats.lock().unwrap_or_else(|e| e.into_inner());
                     for (k, v) in fields.split(' ').filter_map(|f| f.split_once('=')) {
-                        *stats.entry(k.to_string()).or_default() += v.parse().unwrap_or(0);
+                        let v = v.parse().unwrap_or(0);
+                        *stats.entry(k.to_string()).or_default() += v;
+                        if admin {
+                            *stats.entry(format!("admin_{k}")).or_default() += v;
+                        }
                     }
                 } else {
                     println!("{line}");
@@ -289,11 +310,29 @@ fn fuzz_daemon(
         let scan = daemon.log.lock().unwrap_or_else(|e| e.into_inner());
         (scan.lines, scan.panics, scan.panic_lines.clone())
     };
+    if alive {
+        // What the admin worker's changes left in the key store.
+        let counters = Client::connect(&daemon.socket)
+            .and_then(|mut c| {
+                c.set_timeout(Some(Duration::from_secs(10)))?;
+                c.status()
+            })
+            .map(|status| status.counters);
+        match counters {
+            Ok(counters) => println!(
+                "daemon: key store at the end: {} keys, {} versions",
+                counters.get("keys").copied().unwrap_or(0),
+                counters.get("versions").copied().unwrap_or(0)
+            ),
+            Err(e) => println!("daemon: status at the end failed: {e}"),
+        }
+    }
     let exit = if alive { daemon.stop() } else { None };
     println!(
-        "daemon: {} frames ({} of them well-formed) in {:.1} s ({:.0}/s) on {} connections ({:.1} frames each); {} answers ({} successful, {} closing the connection), {} closed unanswered, {} stalls, {} undecodable answers, {} write errors",
+        "daemon: {} frames ({} of them well-formed, {} from the admin worker) in {:.1} s ({:.0}/s) on {} connections ({:.1} frames each); {} answers ({} successful, {} closing the connection), {} closed unanswered, {} stalls, {} undecodable answers, {} write errors",
         get("frames"),
         get("valid_frames"),
+        get("admin_frames"),
         seconds,
         get("frames") as f64 / seconds.max(1e-9),
         get("connections"),
