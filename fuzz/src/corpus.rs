@@ -1,0 +1,263 @@
+//! The frames mutations start from: the byte-exact example frames of the
+//! protocol's specification (agent-proto/README.md) and a valid frame of
+//! every request and every response type.
+
+use agent_proto::codec::encode_frame;
+use agent_proto::{
+    Ciphertext, DataKey, EncryptionContext, Envelope, ErrorCode, KeyInfo, KeyState, Request,
+    Response, SecretBytes, StatusInfo, Unwrapped, VersionInfo, VersionState, Wrapped,
+};
+
+/// The specification, whose example frames are seeds.
+const SPEC: &str = include_str!("../../agent-proto/README.md");
+
+/// The largest frame the fuzzed daemon accepts (its default).
+pub const MAX_FRAME: u32 = agent_proto::DEFAULT_MAX_FRAME;
+
+/// Whole frames (length prefix and body) to mutate.
+#[derive(Debug, Clone)]
+pub struct Corpus {
+    /// Request frames: what a client sends.
+    pub requests: Vec<Vec<u8>>,
+    /// Response frames: what a client decodes.
+    pub responses: Vec<Vec<u8>>,
+}
+
+/// The bytes of the example frame between `<!-- NAME -->` and
+/// `<!-- /NAME -->` in the specification: every two-digit hex token before
+/// a `#` comment.
+pub fn spec_frame(name: &str) -> Option<Vec<u8>> {
+    let start = SPEC.find(&format!("<!-- {name} -->"))?;
+    let end = start + SPEC[start..].find(&format!("<!-- /{name} -->"))?;
+    let bytes: Vec<u8> = SPEC[start..end]
+        .lines()
+        .flat_map(|line| line.split('#').next().unwrap_or("").split_whitespace())
+        .filter(|token| token.len() == 2)
+        .filter_map(|token| u8::from_str_radix(token, 16).ok())
+        .collect();
+    (!bytes.is_empty()).then_some(bytes)
+}
+
+fn frame<T: framing::Encodable>(id: u64, op: T) -> Vec<u8> {
+    op.frame(id)
+}
+
+/// Encoding through agent-proto's own encoder, for requests and responses.
+mod framing {
+    use super::*;
+
+    /// A message type the codec can frame.
+    pub trait Encodable {
+        /// The whole frame of this message with request id `id`.
+        fn frame(self, id: u64) -> Vec<u8>;
+    }
+
+    impl Encodable for Request {
+        fn frame(self, id: u64) -> Vec<u8> {
+            encode_frame(&Envelope::new(id, self), MAX_FRAME)
+                .map(|f| f.to_vec())
+                .unwrap_or_default()
+        }
+    }
+
+    impl Encodable for Response {
+        fn frame(self, id: u64) -> Vec<u8> {
+            encode_frame(&Envelope::new(id, self), MAX_FRAME)
+                .map(|f| f.to_vec())
+                .unwrap_or_default()
+        }
+    }
+}
+
+/// The context every seed request carries; ciphertexts made for the
+/// seeds must be wrapped with it, so that unmutated unwraps succeed.
+pub fn seed_context() -> EncryptionContext {
+    [("app", "fuzz"), ("table", "users")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// A valid request of every type, on `key` (a key the fuzzing peer holds a
+/// grant on) and `other` (one it does not); `ciphertexts` are real ones the
+/// daemon made, so unwrap and rewrap reach the decryption itself.
+pub fn request_frames(key: &str, other: &str, ciphertexts: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let ctx = seed_context();
+    let mut requests = vec![Request::Ping, Request::Status, Request::ListKeys];
+    for name in [key, other] {
+        requests.extend([
+            Request::CreateKey {
+                name: name.to_string(),
+            },
+            Request::Wrap {
+                key: name.to_string(),
+                plaintext: SecretBytes::new(b"fuzzing plaintext".to_vec()),
+                context: ctx.clone(),
+            },
+            Request::GenerateDataKey {
+                key: name.to_string(),
+                bytes: 32,
+                include_plaintext: true,
+                context: ctx.clone(),
+            },
+            Request::Rotate {
+                key: name.to_string(),
+            },
+            Request::Revoke {
+                key: name.to_string(),
+                version: Some(1),
+            },
+            Request::Disable {
+                key: name.to_string(),
+            },
+            Request::Enable {
+                key: name.to_string(),
+            },
+            Request::SetMinDecryptionVersion {
+                key: name.to_string(),
+                version: 1,
+            },
+            Request::DescribeKey {
+                key: name.to_string(),
+            },
+        ]);
+    }
+    let mut blobs: Vec<Vec<u8>> = ciphertexts.to_vec();
+    // A well-formed header with a made-up key id: the unknown-key path.
+    let mut made_up = b"HKMS\x01".to_vec();
+    made_up.extend_from_slice(&[0x11; 16]);
+    made_up.extend_from_slice(&1u32.to_be_bytes());
+    made_up.extend_from_slice(&[0x22; 12 + 5 + 16]);
+    blobs.push(made_up);
+    for blob in blobs {
+        for key_field in [None, Some(key.to_string()), Some(other.to_string())] {
+            requests.push(Request::Unwrap {
+                ciphertext: Ciphertext::new(blob.clone()),
+                context: ctx.clone(),
+                key: key_field.clone(),
+            });
+            requests.push(Request::Rewrap {
+                ciphertext: Ciphertext::new(blob.clone()),
+                context: ctx.clone(),
+                key: key_field,
+            });
+        }
+    }
+    let mut frames: Vec<Vec<u8>> = requests
+        .into_iter()
+        .enumerate()
+        .map(|(i, op)| frame(i as u64 + 1, op))
+        .collect();
+    frames.extend(spec_frame("request-frame"));
+    frames.retain(|f| !f.is_empty());
+    frames
+}
+
+/// A valid response of every type, and the specification's example.
+pub fn response_frames() -> Vec<Vec<u8>> {
+    let info = KeyInfo {
+        id: [7; 16],
+        name: "app-db".to_string(),
+        created: 1_700_000_000,
+        state: KeyState::Enabled,
+        latest_version: 2,
+        min_decryption_version: 1,
+        versions: vec![
+            VersionInfo {
+                version: 1,
+                created: 1_700_000_000,
+                state: VersionState::Revoked,
+                encryptions: 12,
+            },
+            VersionInfo {
+                version: 2,
+                created: 1_700_000_100,
+                state: VersionState::Enabled,
+                encryptions: 3,
+            },
+        ],
+    };
+    let responses = vec![
+        Response::Pong,
+        Response::Status(StatusInfo {
+            daemon_version: "0.1.0".to_string(),
+            oldest_protocol: 1,
+            newest_protocol: 1,
+            uptime_secs: 42,
+            tpm_reachable: true,
+            root_key_loaded: true,
+            root_key_check: "0011223344556677".to_string(),
+            counters: [("requests".to_string(), 9u64), ("keys".to_string(), 1)]
+                .into_iter()
+                .collect(),
+        }),
+        Response::Key(info.clone()),
+        Response::Keys(vec![info.clone(), info]),
+        Response::Wrapped(Wrapped {
+            key: "app-db".to_string(),
+            version: 1,
+            ciphertext: Ciphertext::new(vec![0x48; 58]),
+        }),
+        Response::Unwrapped(Unwrapped {
+            key: "app-db".to_string(),
+            version: 1,
+            plaintext: SecretBytes::new(b"hello".to_vec()),
+        }),
+        Response::DataKey(DataKey {
+            key: "app-db".to_string(),
+            version: 1,
+            plaintext: Some(SecretBytes::new(vec![9; 32])),
+            ciphertext: Ciphertext::new(vec![0x48; 85]),
+        }),
+        Response::error(ErrorCode::PermissionDenied, "permission denied"),
+    ];
+    let mut frames: Vec<Vec<u8>> = responses
+        .into_iter()
+        .enumerate()
+        .map(|(i, op)| frame(i as u64 + 1, op))
+        .collect();
+    frames.extend(spec_frame("response-frame"));
+    frames.retain(|f| !f.is_empty());
+    frames
+}
+
+impl Corpus {
+    /// Seeds for a peer granted `key` but not `other`.
+    pub fn new(key: &str, other: &str, ciphertexts: &[Vec<u8>]) -> Corpus {
+        Corpus {
+            requests: request_frames(key, other, ciphertexts),
+            responses: response_frames(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_specification_examples_are_found_and_decode() {
+        let request = spec_frame("request-frame").expect("request example");
+        assert_eq!(request.len(), 4 + 75);
+        let env: Envelope<Request> = agent_proto::codec::decode_body(&request[4..]).unwrap();
+        assert_eq!(env.id, 7);
+        let response = spec_frame("response-frame").expect("response example");
+        assert_eq!(response.len(), 4 + 98);
+        let env: Envelope<Response> = agent_proto::codec::decode_body(&response[4..]).unwrap();
+        assert_eq!(env.id, 7);
+    }
+
+    #[test]
+    fn every_request_type_has_a_valid_seed() {
+        let frames = request_frames("fuzz", "other", &[]);
+        let mut seen = std::collections::BTreeSet::new();
+        for f in &frames {
+            let env: Envelope<Request> = agent_proto::codec::decode_body(&f[4..]).unwrap();
+            seen.insert(env.op.operation());
+        }
+        assert_eq!(seen.len(), agent_proto::Operation::ALL.len());
+        for f in response_frames() {
+            let _: Envelope<Response> = agent_proto::codec::decode_body(&f[4..]).unwrap();
+        }
+    }
+}

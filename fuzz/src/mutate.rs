@@ -1,0 +1,396 @@
+//! Mutations of whole frames: bit flips, interesting bytes, truncation,
+//! extension, length-prefix lies, splices, huge counts, wrong variant
+//! indices, chunk insertion, deletion and duplication, and random bytes.
+
+use agent_proto::codec::encode_frame;
+use agent_proto::{Ciphertext, EncryptionContext, Envelope, Request, SecretBytes};
+
+use crate::corpus::MAX_FRAME;
+use crate::rng::Rng;
+
+/// One frame to send or decode, and whether a server must answer it.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// The bytes: a length prefix (perhaps a lie) and a body.
+    pub bytes: Vec<u8>,
+    /// Whether the mutation was left untouched (a valid frame).
+    pub valid: bool,
+}
+
+impl Frame {
+    /// Whether a server reading these bytes, and then the end of the
+    /// stream, must answer exactly once before closing or reading on: the
+    /// prefix is complete and either exceeds the limit (answered at once)
+    /// or equals the body length.
+    pub fn expects_one_answer(&self) -> bool {
+        match self.prefix() {
+            Some(len) => len > MAX_FRAME || len as usize == self.bytes.len() - 4,
+            None => false,
+        }
+    }
+
+    /// The length prefix, when all four bytes are there.
+    pub fn prefix(&self) -> Option<u32> {
+        self.bytes
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_be_bytes)
+    }
+}
+
+/// Values that break length and index arithmetic.
+const HUGE_U64: [u64; 9] = [
+    u64::MAX,
+    u64::MAX - 1,
+    1 << 63,
+    1 << 32,
+    (1 << 32) - 1,
+    1 << 31,
+    MAX_FRAME as u64 + 1,
+    0x7FFF_FFFF_FFFF_FFFF,
+    65_537,
+];
+
+const INTERESTING_BYTES: [u8; 8] = [0x00, 0x01, 0x02, 0x7f, 0x80, 0xfe, 0xff, 0x0e];
+
+/// Lies about the body length.
+fn lying_prefix(rng: &mut Rng, body_len: usize) -> u32 {
+    let len = body_len as u32;
+    match rng.below(8) {
+        0 => len.wrapping_add(1 + rng.below(16) as u32),
+        1 => len.saturating_sub(1 + rng.below(16) as u32),
+        2 => MAX_FRAME,
+        3 => MAX_FRAME + 1,
+        4 => u32::MAX,
+        5 => 0,
+        6 => rng.next_u64() as u32,
+        _ => len.wrapping_add(rng.below(4096) as u32),
+    }
+}
+
+/// Sets the prefix of `bytes` to its body length (when it has a prefix).
+fn fix_prefix(bytes: &mut [u8]) {
+    if bytes.len() >= 4 {
+        let len = (bytes.len() - 4) as u32;
+        bytes[..4].copy_from_slice(&len.to_be_bytes());
+    }
+}
+
+/// One mutation of `bytes` in place; returns whether it rewrote the prefix
+/// on purpose (so the caller does not fix it).
+fn mutate_once(rng: &mut Rng, bytes: &mut Vec<u8>, seeds: &[Vec<u8>]) -> bool {
+    let body_start = 4.min(bytes.len());
+    match rng.below(13) {
+        // Bit flips, anywhere in the body.
+        0 | 1 => {
+            for _ in 0..1 + rng.below(8) {
+                if bytes.len() > body_start {
+                    let i = body_start + rng.below(bytes.len() - body_start);
+                    bytes[i] ^= 1 << rng.below(8);
+                }
+            }
+            false
+        }
+        // An interesting byte.
+        2 => {
+            if bytes.len() > body_start {
+                let i = body_start + rng.below(bytes.len() - body_start);
+                bytes[i] = *rng.pick(&INTERESTING_BYTES);
+            }
+            false
+        }
+        // Truncation.
+        3 => {
+            let keep = rng.below(bytes.len() + 1);
+            bytes.truncate(keep);
+            false
+        }
+        // Random bytes appended.
+        4 => {
+            for _ in 0..1 + rng.below(64) {
+                bytes.push(rng.byte());
+            }
+            false
+        }
+        // A length-prefix lie.
+        5 => {
+            if bytes.len() < 4 {
+                bytes.resize(4, 0);
+            }
+            let prefix = lying_prefix(rng, bytes.len() - 4);
+            bytes[..4].copy_from_slice(&prefix.to_be_bytes());
+            true
+        }
+        // Splice: this frame's head, another seed's tail.
+        6 => {
+            let other = rng.pick(seeds);
+            let cut = rng.below(bytes.len() + 1);
+            let from = rng.below(other.len() + 1);
+            bytes.truncate(cut);
+            bytes.extend_from_slice(&other[from..]);
+            false
+        }
+        // A huge count or length where a u64 may be.
+        7 | 8 => {
+            if bytes.len() >= 8 {
+                let i = rng.below(bytes.len() - 7);
+                let value = *rng.pick(&HUGE_U64);
+                bytes[i..i + 8].copy_from_slice(&value.to_le_bytes());
+            }
+            false
+        }
+        // A variant index out of range or of another type (offset 14: after
+        // prefix, proto and id), or a bad protocol version.
+        9 => {
+            if bytes.len() >= 18 {
+                let value: u32 = match rng.below(4) {
+                    0 => rng.below(20) as u32,
+                    1 => u32::MAX,
+                    2 => 14 + rng.below(4) as u32,
+                    _ => rng.next_u64() as u32,
+                };
+                bytes[14..18].copy_from_slice(&value.to_le_bytes());
+            } else if bytes.len() >= 6 {
+                bytes[4..6].copy_from_slice(&(rng.below(4) as u16).to_le_bytes());
+            }
+            false
+        }
+        // A chunk of random bytes inserted.
+        10 => {
+            let at = rng.below(bytes.len() + 1);
+            let chunk: Vec<u8> = (0..1 + rng.below(32)).map(|_| rng.byte()).collect();
+            bytes.splice(at..at, chunk);
+            false
+        }
+        // A chunk deleted.
+        11 => {
+            if !bytes.is_empty() {
+                let at = rng.below(bytes.len());
+                let end = (at + 1 + rng.below(32)).min(bytes.len());
+                bytes.drain(at..end);
+            }
+            false
+        }
+        // A chunk duplicated.
+        _ => {
+            if !bytes.is_empty() {
+                let at = rng.below(bytes.len());
+                let end = (at + 1 + rng.below(64)).min(bytes.len());
+                let chunk = bytes[at..end].to_vec();
+                let to = rng.below(bytes.len() + 1);
+                bytes.splice(to..to, chunk);
+            }
+            false
+        }
+    }
+}
+
+/// Names a request may carry: the granted key, the other key, near misses,
+/// and hostile strings (control characters, globs, path tricks, long ones).
+fn random_name(rng: &mut Rng, names: &[&str]) -> String {
+    match rng.below(8) {
+        0..=2 => rng.pick(names).to_string(),
+        3 => format!(
+            "{}{}",
+            rng.pick(names),
+            rng.pick(&["*", "?", "\0", "\n", ".", "-1", "\u{202e}"])
+        ),
+        4 => String::new(),
+        5 => "a".repeat(100 + rng.below(200)),
+        6 => rng
+            .pick(&[
+                "../keystore.db",
+                "fuzz\n\u{1b}[31m",
+                "*",
+                "fuzz\0x",
+                "fuzz\r\nX: y",
+                "\u{ffff}",
+            ])
+            .to_string(),
+        _ => (0..rng.below(40))
+            .map(|_| char::from_u32(rng.below(0x3000) as u32).unwrap_or('x'))
+            .collect(),
+    }
+}
+
+fn random_bytes(rng: &mut Rng, max: usize) -> Vec<u8> {
+    (0..rng.below(max + 1)).map(|_| rng.byte()).collect()
+}
+
+fn random_context(rng: &mut Rng) -> EncryptionContext {
+    if rng.chance(50) {
+        return crate::corpus::seed_context();
+    }
+    (0..rng.below(6))
+        .map(|_| {
+            let n = rng.below(20);
+            let k: String = (0..n)
+                .map(|_| (b'a' + rng.below(26) as u8) as char)
+                .collect();
+            let v = if rng.chance(10) {
+                "\0\n".repeat(rng.below(50))
+            } else {
+                k.clone()
+            };
+            (k, v)
+        })
+        .collect()
+}
+
+fn random_ciphertext(rng: &mut Rng, blobs: &[Vec<u8>]) -> Vec<u8> {
+    if blobs.is_empty() || rng.chance(20) {
+        return random_bytes(rng, 200);
+    }
+    let mut blob = rng.pick(blobs).clone();
+    if blob.is_empty() {
+        return blob;
+    }
+    match rng.below(4) {
+        0 => {}
+        1 => {
+            let i = rng.below(blob.len());
+            blob[i] ^= 1 << rng.below(8);
+        }
+        2 => blob.truncate(rng.below(blob.len())),
+        _ => blob.extend(random_bytes(rng, 32)),
+    }
+    blob
+}
+
+fn random_version(rng: &mut Rng) -> u32 {
+    let random = rng.next_u64() as u32;
+    *rng.pick(&[0, 1, 2, 3, u32::MAX, u32::MAX - 1, random])
+}
+
+/// A well-formed request of a random type with hostile field values: it
+/// decodes, so it reaches the daemon's policy and operations and the
+/// connection stays open for the next frame.
+pub fn random_request(rng: &mut Rng, names: &[&str], blobs: &[Vec<u8>]) -> Request {
+    let plaintext_len = *rng.pick(&[0, 1, 16, 1000, 64 * 1024, 64 * 1024 + 1, 200_000]);
+    match rng.below(14) {
+        0 => Request::Ping,
+        1 => Request::Status,
+        2 => Request::CreateKey {
+            name: random_name(rng, names),
+        },
+        3 => Request::Wrap {
+            key: random_name(rng, names),
+            plaintext: SecretBytes::new(vec![0x5a; plaintext_len]),
+            context: random_context(rng),
+        },
+        4 => Request::Unwrap {
+            ciphertext: Ciphertext::new(random_ciphertext(rng, blobs)),
+            context: random_context(rng),
+            key: rng.chance(50).then(|| random_name(rng, names)),
+        },
+        5 => Request::GenerateDataKey {
+            key: random_name(rng, names),
+            bytes: *rng.pick(&[0, 1, 16, 24, 32, 64, 65, 4096, u16::MAX]),
+            include_plaintext: rng.chance(50),
+            context: random_context(rng),
+        },
+        6 => Request::Rewrap {
+            ciphertext: Ciphertext::new(random_ciphertext(rng, blobs)),
+            context: random_context(rng),
+            key: rng.chance(50).then(|| random_name(rng, names)),
+        },
+        7 => Request::Rotate {
+            key: random_name(rng, names),
+        },
+        8 => Request::Revoke {
+            key: random_name(rng, names),
+            version: rng.chance(50).then(|| random_version(rng)),
+        },
+        9 => Request::Disable {
+            key: random_name(rng, names),
+        },
+        10 => Request::Enable {
+            key: random_name(rng, names),
+        },
+        11 => Request::SetMinDecryptionVersion {
+            key: random_name(rng, names),
+            version: random_version(rng),
+        },
+        12 => Request::ListKeys,
+        _ => Request::DescribeKey {
+            key: random_name(rng, names),
+        },
+    }
+}
+
+/// A frame of [`random_request`] with a random id and protocol version 1.
+pub fn random_request_frame(rng: &mut Rng, names: &[&str], blobs: &[Vec<u8>]) -> Frame {
+    let request = random_request(rng, names, blobs);
+    let id = rng.next_u64();
+    let bytes = encode_frame(&Envelope::new(id, request), MAX_FRAME)
+        .map(|f| f.to_vec())
+        .unwrap_or_default();
+    Frame { bytes, valid: true }
+}
+
+/// The next frame from `seeds`: `valid_percent` of them unchanged (so a
+/// server keeps the connection open for the next), a few pure random
+/// bytes, the rest one to four mutations of a seed, with the prefix fixed
+/// up most of the time so the body reaches the decoder.
+pub fn next_frame(rng: &mut Rng, seeds: &[Vec<u8>], valid_percent: u64) -> Frame {
+    let seed = rng.pick(seeds);
+    if rng.chance(valid_percent) {
+        return Frame {
+            bytes: seed.clone(),
+            valid: true,
+        };
+    }
+    if rng.chance(3) {
+        let mut bytes: Vec<u8> = (0..rng.below(256)).map(|_| rng.byte()).collect();
+        if rng.chance(50) {
+            fix_prefix(&mut bytes);
+        }
+        return Frame {
+            bytes,
+            valid: false,
+        };
+    }
+    let mut bytes = seed.clone();
+    let mut prefix_set = false;
+    for _ in 0..1 + rng.below(4) {
+        prefix_set |= mutate_once(rng, &mut bytes, seeds);
+    }
+    if !prefix_set && rng.chance(80) {
+        fix_prefix(&mut bytes);
+    }
+    Frame {
+        bytes,
+        valid: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_gives_the_same_frames() {
+        let seeds = crate::corpus::request_frames("fuzz", "other", &[]);
+        let run = |seed| {
+            let mut rng = Rng::new(seed);
+            (0..1000)
+                .map(|_| next_frame(&mut rng, &seeds, 15).bytes)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(42), run(42));
+        assert_ne!(run(42), run(43));
+    }
+
+    #[test]
+    fn frames_are_valid_mutated_and_lying_in_useful_proportions() {
+        let seeds = crate::corpus::request_frames("fuzz", "other", &[]);
+        let mut rng = Rng::new(7);
+        let frames: Vec<Frame> = (0..10_000)
+            .map(|_| next_frame(&mut rng, &seeds, 15))
+            .collect();
+        let valid = frames.iter().filter(|f| f.valid).count();
+        let answered = frames.iter().filter(|f| f.expects_one_answer()).count();
+        assert!((1000..2000).contains(&valid), "{valid}");
+        assert!(answered > 6000 && answered < 9500, "{answered}");
+    }
+}
