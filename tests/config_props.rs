@@ -16,7 +16,11 @@ use proptest::prelude::*;
 const PATH: &str = "/etc/hostkms/config.toml";
 
 /// Every field name an `Invalid` error may carry.
-const FIELDS: [&str; 20] = [
+const FIELDS: [&str; 24] = [
+    "max_connections_per_uid",
+    "admin_reserved_connections",
+    "write_timeout_secs",
+    "max_frame_memory",
     "socket",
     "socket_mode",
     "state_dir",
@@ -105,7 +109,11 @@ fn toml_value() -> impl Strategy<Value = String> {
     ]
 }
 
-const KEYS: [&str; 24] = [
+const KEYS: [&str; 28] = [
+    "max_connections_per_uid",
+    "admin_reserved_connections",
+    "write_timeout_secs",
+    "max_frame_memory",
     "socket",
     "socket_mode",
     "state_dir",
