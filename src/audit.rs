@@ -214,15 +214,19 @@ pub fn request(peer: &Peer, op: Operation, subject: &Subject, code: Option<Error
     let key = subject.key();
     let version = subject.version();
     let unit = peer.unit.as_deref();
+    let user_unit = peer.user_unit.as_deref();
     let pid = peer.pid;
     let target = match (key, version) {
         (Some(key), Some(v)) => format!(" {key} v{v}"),
         (Some(key), None) => format!(" {key}"),
         _ => String::new(),
     };
-    let by = match unit {
-        Some(unit) => format!("uid {} ({unit})", peer.uid),
-        None => format!("uid {}", peer.uid),
+    let by = match (unit, user_unit) {
+        (Some(unit), Some(user_unit)) => {
+            format!("uid {} ({unit}, user unit {user_unit})", peer.uid)
+        }
+        (Some(unit), None) => format!("uid {} ({unit})", peer.uid),
+        (None, _) => format!("uid {}", peer.uid),
     };
     macro_rules! event {
         ($level:expr, $id:expr, $message:expr) => {
@@ -238,6 +242,7 @@ pub fn request(peer: &Peer, op: Operation, subject: &Subject, code: Option<Error
                 HOSTKMS_PEER_UID = peer.uid,
                 HOSTKMS_PEER_PID = pid,
                 HOSTKMS_PEER_UNIT = unit,
+                HOSTKMS_PEER_USER_UNIT = user_unit,
                 "{}",
                 $message
             )

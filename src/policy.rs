@@ -30,9 +30,13 @@ pub struct GrantConfig {
     /// Group names (primary or supplementary).
     #[serde(default)]
     pub groups: Vec<String>,
-    /// systemd unit names, e.g. `postgresql.service`.
+    /// System-manager unit names, e.g. `postgresql.service`.
     #[serde(default)]
     pub units: Vec<String>,
+    /// User-manager unit names, e.g. `backup.service` inside
+    /// `user@UID.service`; match only together with `users`/`uids`.
+    #[serde(default)]
+    pub user_units: Vec<String>,
     /// Operation names, e.g. `wrap`, `unwrap`, `datakey`.
     #[serde(default)]
     pub ops: Vec<String>,
@@ -73,11 +77,20 @@ struct Grant {
     uids: BTreeSet<u32>,
     gids: BTreeSet<u32>,
     units: BTreeSet<String>,
+    user_units: BTreeSet<String>,
     ops: BTreeSet<Operation>,
 }
 
 impl Grant {
     fn covers_peer(&self, peer: &Peer) -> bool {
+        if !self.user_units.is_empty() {
+            // The user's own units: the uid and the user unit together.
+            return self.uids.contains(&peer.uid)
+                && peer
+                    .user_unit
+                    .as_ref()
+                    .is_some_and(|unit| self.user_units.contains(unit));
+        }
         self.uids.contains(&peer.uid)
             || self.gids.iter().any(|&gid| peer.in_group(gid))
             || peer
@@ -217,25 +230,39 @@ fn resolve_grant(index: usize, config: &GrantConfig) -> Result<Grant, GrantError
             }
         };
     }
-    let mut units = BTreeSet::new();
-    for unit in &config.units {
-        let valid = (unit.ends_with(".service") || unit.ends_with(".scope"))
-            && !unit.contains('/')
-            && unit.len() <= 256;
-        if !valid {
+    let units = unit_names(&config.units).map_err(|unit| {
+        error(
+            "units",
+            format!(
+                "\"{unit}\" is not a systemd service or scope name, e.g. \"postgresql.service\""
+            ),
+        )
+    })?;
+    let user_units = unit_names(&config.user_units).map_err(|unit| {
+        error(
+            "user_units",
+            format!("\"{unit}\" is not a systemd service or scope name, e.g. \"backup.service\""),
+        )
+    })?;
+    if !user_units.is_empty() {
+        if !config.groups.is_empty() || !config.units.is_empty() {
             return Err(error(
-                "units",
-                format!(
-                    "\"{unit}\" is not a systemd service or scope name, e.g. \"postgresql.service\""
-                ),
+                "user_units",
+                "a grant with user_units matches users/uids and user_units together; put groups and units in a grant of their own".to_string(),
             ));
         }
-        units.insert(unit.clone());
+        if config.users.is_empty() && config.uids.is_empty() {
+            return Err(error(
+                "user_units",
+                "names units of user managers but not whose: a user unit matches only together with the user that runs it; add users = [...] or uids = [...] to this grant".to_string(),
+            ));
+        }
     }
     if uids.is_empty() && gids.is_empty() && units.is_empty() {
         return Err(error(
             "users",
-            "names no peer; give users, uids, groups or units".to_string(),
+            "names no peer; give users, uids, groups, units, or user_units with users/uids"
+                .to_string(),
         ));
     }
 
@@ -273,8 +300,23 @@ fn resolve_grant(index: usize, config: &GrantConfig) -> Result<Grant, GrantError
         uids,
         gids,
         units,
+        user_units,
         ops,
     })
+}
+
+/// Checks service and scope names; the first invalid one is the error.
+fn unit_names(names: &[String]) -> Result<BTreeSet<String>, &str> {
+    let mut units = BTreeSet::new();
+    for unit in names {
+        let valid = (unit.ends_with(".service") || unit.ends_with(".scope"))
+            && crate::peer::unit_name_valid(unit, true);
+        if !valid {
+            return Err(unit);
+        }
+        units.insert(unit.clone());
+    }
+    Ok(units)
 }
 
 fn grantable_names() -> String {
@@ -296,6 +338,16 @@ mod tests {
             pid: None,
             groups: groups.to_vec(),
             unit: unit.map(str::to_string),
+            user_unit: None,
+        }
+    }
+
+    /// A peer whose process runs in `user_unit` of uid's user manager.
+    fn user_peer(uid: u32, user_unit: &str) -> Peer {
+        Peer {
+            unit: Some(format!("user@{uid}.service")),
+            user_unit: Some(user_unit.to_string()),
+            ..peer(uid, uid, &[], None)
         }
     }
 
@@ -395,6 +447,24 @@ mod tests {
                 "units",
                 "not a systemd service",
             ),
+            (
+                GrantConfig {
+                    user_units: vec!["backup.service".into()],
+                    groups: vec!["root".into()],
+                    ..grant(&["a"], &["wrap"])
+                },
+                "user_units",
+                "users/uids and user_units together",
+            ),
+            (
+                GrantConfig {
+                    user_units: vec!["backup".into()],
+                    uids: vec![1],
+                    ..grant(&["a"], &["wrap"])
+                },
+                "user_units",
+                "not a systemd service",
+            ),
         ];
         for (mut config, field, needle) in cases {
             if config.users.is_empty() && config.groups.is_empty() && config.units.is_empty() {
@@ -412,5 +482,47 @@ mod tests {
         let no_peer = grant(&["a"], &["wrap"]);
         let err = Policy::new(&[no_peer], &[]).unwrap_err();
         assert!(err.to_string().contains("names no peer"), "{err}");
+        // user_units alone would match any user's unit of that name.
+        let whose = GrantConfig {
+            user_units: vec!["backup.service".into()],
+            ..grant(&["a"], &["wrap"])
+        };
+        let err = Policy::new(&[whose], &[]).unwrap_err();
+        assert_eq!(err.field, "user_units");
+        assert!(
+            err.to_string().contains("add users = [...] or uids"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unit_grants_match_system_units_and_user_units_need_the_uid_too() {
+        let mut system = grant(&["db"], &["unwrap"]);
+        system.units = vec!["postgresql.service".to_string()];
+        let mut users_own = grant(&["backup"], &["wrap"]);
+        users_own.uids = vec![1000];
+        users_own.user_units = vec!["backup.service".to_string()];
+        let (policy, _) = Policy::new(&[system, users_own], &[]).unwrap();
+
+        // A user's unit named like the system's is not the system's.
+        let impostor = user_peer(65534, "postgresql.service");
+        assert!(!policy.allows(&impostor, Operation::Unwrap, "db"));
+        let real = peer(70, 70, &[], Some("postgresql.service"));
+        assert!(policy.allows(&real, Operation::Unwrap, "db"));
+
+        // The user unit matches only for the grant's uid, and uid 1000
+        // outside that unit holds nothing.
+        assert!(policy.allows(
+            &user_peer(1000, "backup.service"),
+            Operation::Wrap,
+            "backup"
+        ));
+        assert!(!policy.allows(
+            &user_peer(1001, "backup.service"),
+            Operation::Wrap,
+            "backup"
+        ));
+        assert!(!policy.allows(&user_peer(1000, "other.service"), Operation::Wrap, "backup"));
+        assert!(!policy.allows(&peer(1000, 1000, &[], None), Operation::Wrap, "backup"));
     }
 }

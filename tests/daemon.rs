@@ -278,6 +278,17 @@ fn config_errors_name_the_file_the_line_and_the_fix() {
             ),
             &["grant #1", "`users`", "no user named \"no-such-user-hk\""][..],
         ),
+        (
+            format!(
+                "{state_dir}{socket}[[grant]]\nkeys = [\"a\"]\nuser_units = [\"x.service\"]\nops = [\"wrap\"]\n"
+            ),
+            &[
+                "line 3",
+                "grant #1",
+                "`user_units`",
+                "users = [...] or uids",
+            ][..],
+        ),
     ];
     for (text, needles) in cases {
         std::fs::write(&config, &text).unwrap();
