@@ -215,6 +215,7 @@ pub fn request(peer: &Peer, op: Operation, subject: &Subject, code: Option<Error
     let version = subject.version();
     let unit = peer.unit.as_deref();
     let user_unit = peer.user_unit.as_deref();
+    let unit_unknown = peer.unit_unknown.map(crate::peer::UnitUnknown::as_str);
     let pid = peer.pid;
     let target = match (key, version) {
         (Some(key), Some(v)) => format!(" {key} v{v}"),
@@ -243,6 +244,7 @@ pub fn request(peer: &Peer, op: Operation, subject: &Subject, code: Option<Error
                 HOSTKMS_PEER_PID = pid,
                 HOSTKMS_PEER_UNIT = unit,
                 HOSTKMS_PEER_USER_UNIT = user_unit,
+                HOSTKMS_PEER_UNIT_UNKNOWN = unit_unknown,
                 "{}",
                 $message
             )

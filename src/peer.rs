@@ -1,11 +1,14 @@
 //! Who is on the other end of a connection, as the kernel tells it.
 //!
 //! Identity comes from the socket itself (SO_PEERCRED, SO_PEERGROUPS), which
-//! the client cannot forge. The systemd unit is read from
-//! `/proc/PID/cgroup` right after connecting; a process cannot move itself
-//! out of its unit's cgroup, and a PID recycled within that instant is the
-//! only way to confuse it, which is why grants by uid or group are the
-//! stronger form.
+//! the client cannot forge. The systemd unit comes from the peer's cgroup,
+//! read through a pidfd that pins the process: `SO_PEERPIDFD` (Linux 6.5+)
+//! names the very process that connected; on older kernels `pidfd_open` on
+//! the SO_PEERCRED pid, right after accept, pins it (a pid that was reused
+//! between the peer's exit and that call is the remaining, small window).
+//! After reading `/proc/PID/cgroup` the daemon checks through the pidfd that
+//! the same process is still there; if it is not, or no pidfd could be had,
+//! the peer has no unit and only uid and group grants can match it.
 //!
 //! The unit is attributed the way systemd's `sd_pid_get_unit` does it: skip
 //! the leading slices, and the first component after them is the unit;
@@ -14,8 +17,11 @@
 //! unit its user manager runs it in is its *user unit* (`sd_pid_get_user_unit`).
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
+/// `SO_PEERPIDFD` (Linux 6.5+): a pidfd of the process that connected. Not
+/// yet in the libc crate; 77 on the architectures Debian builds hostkms for.
+const SO_PEERPIDFD: libc::c_int = 77;
 /// The longest unit name systemd accepts (`UNIT_NAME_MAX` - 1).
 const UNIT_NAME_MAX: usize = 255;
 
@@ -36,6 +42,35 @@ pub struct Peer {
     /// The user manager's unit the process runs in, inside
     /// `user@UID.service` (or a login session), if any.
     pub user_unit: Option<String>,
+    /// Why `unit` is `None`, when it is.
+    pub unit_unknown: Option<UnitUnknown>,
+}
+
+/// Why a peer has no unit: the audit records it (`HOSTKMS_PEER_UNIT_UNKNOWN`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnitUnknown {
+    /// The process that connected had exited (been reaped) before its
+    /// cgroup could be read and confirmed.
+    ProcessExited,
+    /// The kernel gave no pidfd for it (no pid, another pid namespace, or a
+    /// kernel without pidfds), so its cgroup could not be pinned.
+    NoPidfd,
+    /// Its `/proc/PID/cgroup` could not be read (e.g. `ProtectProc=` hides it).
+    CgroupUnreadable,
+    /// Its cgroup is in no systemd unit (e.g. the root cgroup).
+    NoUnit,
+}
+
+impl UnitUnknown {
+    /// The value of `HOSTKMS_PEER_UNIT_UNKNOWN`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnitUnknown::ProcessExited => "process-exited",
+            UnitUnknown::NoPidfd => "no-pidfd",
+            UnitUnknown::CgroupUnreadable => "cgroup-unreadable",
+            UnitUnknown::NoUnit => "no-unit",
+        }
+    }
 }
 
 impl Peer {
@@ -43,11 +78,21 @@ impl Peer {
     /// SO_PEERCRED values are `uid`, `gid` and `pid`.
     pub fn of_socket(socket: &impl AsFd, uid: u32, gid: u32, pid: Option<i32>) -> io::Result<Peer> {
         let groups = peer_groups(socket)?;
-        let attribution = pid
-            .filter(|&pid| pid > 0)
-            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok())
-            .and_then(|text| cgroup_path(&text).map(|path| attribute(shift(path, manager_root()))))
-            .unwrap_or_default();
+        let cgroup = match peer_pidfd(socket) {
+            PeerPidfd::Pinned { pidfd, pid } => pinned_cgroup(&pidfd, pid),
+            PeerPidfd::Exited => Err(UnitUnknown::ProcessExited),
+            PeerPidfd::Unsupported => cgroup_by_pid(pid),
+        };
+        let (attribution, unit_unknown) = match cgroup {
+            Ok(text) => {
+                let attribution = cgroup_path(&text)
+                    .map(|path| attribute(shift(path, manager_root())))
+                    .unwrap_or_default();
+                let unknown = attribution.unit.is_none().then_some(UnitUnknown::NoUnit);
+                (attribution, unknown)
+            }
+            Err(why) => (Attribution::default(), Some(why)),
+        };
         Ok(Peer {
             uid,
             gid,
@@ -55,12 +100,117 @@ impl Peer {
             groups,
             unit: attribution.unit,
             user_unit: attribution.user_unit,
+            unit_unknown,
         })
     }
 
     /// Whether the peer's primary or a supplementary group is `gid`.
     pub fn in_group(&self, gid: u32) -> bool {
         self.gid == gid || self.groups.contains(&gid)
+    }
+}
+
+/// What `SO_PEERPIDFD` gave.
+enum PeerPidfd {
+    /// A pidfd of the connecting process, and its pid in our namespace.
+    Pinned { pidfd: OwnedFd, pid: i32 },
+    /// The connecting process is gone.
+    Exited,
+    /// The kernel has no `SO_PEERPIDFD` (before 6.5), or no pid for it.
+    Unsupported,
+}
+
+/// The pidfd of the process that connected, from the socket itself.
+fn peer_pidfd(socket: &impl AsFd) -> PeerPidfd {
+    let mut fd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `fd` is a live c_int and `len` its exact size; the kernel
+    // writes at most `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&raw mut fd).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return match io::Error::last_os_error().raw_os_error() {
+            Some(libc::ESRCH) => PeerPidfd::Exited,
+            _ => PeerPidfd::Unsupported,
+        };
+    }
+    if fd < 0 {
+        return PeerPidfd::Unsupported;
+    }
+    // SAFETY: the kernel just gave us this new descriptor; we own it.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+    match pidfd_pid(&pidfd) {
+        Some(pid) if pid > 0 => PeerPidfd::Pinned { pidfd, pid },
+        // -1: the process has exited and been reaped.
+        Some(-1) => PeerPidfd::Exited,
+        // 0: in a pid namespace we cannot see into.
+        _ => PeerPidfd::Unsupported,
+    }
+}
+
+/// The pid a pidfd refers to, from `/proc/self/fdinfo/FD` (`Pid:`).
+fn pidfd_pid(pidfd: &OwnedFd) -> Option<i32> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).ok()?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("Pid:"))
+        .and_then(|pid| pid.trim().parse().ok())
+}
+
+/// The fallback for kernels without `SO_PEERPIDFD` (Debian 12's 6.1):
+/// pins the process by the SO_PEERCRED pid with `pidfd_open`, then reads
+/// its cgroup. The pid may have been reused between the peer's exit and
+/// this call; that window is what `SO_PEERPIDFD` closes.
+fn cgroup_by_pid(pid: Option<i32>) -> Result<String, UnitUnknown> {
+    let pid = pid.filter(|&pid| pid > 0).ok_or(UnitUnknown::NoPidfd)?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(match io::Error::last_os_error().raw_os_error() {
+            Some(libc::ESRCH) => UnitUnknown::ProcessExited,
+            _ => UnitUnknown::NoPidfd,
+        });
+    }
+    let fd = libc::c_int::try_from(fd).map_err(|_| UnitUnknown::NoPidfd)?;
+    // SAFETY: the kernel just gave us this new descriptor; we own it.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+    pinned_cgroup(&pidfd, pid)
+}
+
+/// Reads `/proc/PID/cgroup`, then confirms through `pidfd` that the process
+/// it pins is still there, so the text read was that process's and not a
+/// later one's that reused the pid.
+fn pinned_cgroup(pidfd: &OwnedFd, pid: i32) -> Result<String, UnitUnknown> {
+    let text = match std::fs::read_to_string(format!("/proc/{pid}/cgroup")) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(UnitUnknown::ProcessExited),
+        Err(_) => return Err(UnitUnknown::CgroupUnreadable),
+    };
+    // SAFETY: pidfd_send_signal with signal 0 only checks that the process
+    // exists (and that we may signal it); it sends nothing.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc == 0 {
+        return Ok(text);
+    }
+    match io::Error::last_os_error().raw_os_error() {
+        // Alive, but not ours to signal: another user's process.
+        Some(libc::EPERM) => Ok(text),
+        Some(libc::ESRCH) => Err(UnitUnknown::ProcessExited),
+        _ => Err(UnitUnknown::NoPidfd),
     }
 }
 
@@ -254,6 +404,8 @@ pub fn unit_name_valid(name: &str, instance: bool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
+    use std::process::Command;
 
     fn unit(path: &str) -> Option<String> {
         attribute(path).unit
@@ -382,6 +534,81 @@ mod tests {
         expected.sort_unstable();
         got.sort_unstable();
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn so_peerpidfd_pins_the_connecting_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let _client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        match peer_pidfd(&server) {
+            PeerPidfd::Pinned { pidfd, pid } => {
+                assert_eq!(pid, std::process::id() as i32);
+                let text = pinned_cgroup(&pidfd, pid).unwrap();
+                assert_eq!(text, std::fs::read_to_string("/proc/self/cgroup").unwrap());
+            }
+            PeerPidfd::Exited => panic!("this process has not exited"),
+            // Kernels before 6.5 lack SO_PEERPIDFD: the fallback is tested below.
+            PeerPidfd::Unsupported => assert!(
+                kernel_before(6, 5),
+                "SO_PEERPIDFD failed on a kernel that has it"
+            ),
+        }
+    }
+
+    /// Whether the running kernel is older than `major.minor`.
+    fn kernel_before(major: u32, minor: u32) -> bool {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let mut parts = release.trim().split(['.', '-']);
+        let mut number = || {
+            parts
+                .next()
+                .and_then(|p| p.parse::<u32>().ok())
+                .unwrap_or(0)
+        };
+        (number(), number()) < (major, minor)
+    }
+
+    #[test]
+    fn the_fallback_pins_a_live_process_and_refuses_an_exited_one() {
+        let mut live = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = live.id() as i32;
+        let text = cgroup_by_pid(Some(pid)).unwrap();
+        assert_eq!(
+            text,
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap()
+        );
+        live.kill().unwrap();
+        live.wait().unwrap();
+        assert_eq!(cgroup_by_pid(Some(pid)), Err(UnitUnknown::ProcessExited));
+        assert_eq!(cgroup_by_pid(None), Err(UnitUnknown::NoPidfd));
+        assert_eq!(cgroup_by_pid(Some(0)), Err(UnitUnknown::NoPidfd));
+    }
+
+    #[test]
+    fn a_reused_pid_is_caught_by_the_pidfd() {
+        // A pidfd of a process that has since exited and been reaped, and a
+        // pid that now names another, live process (this one): what a pid
+        // reused between accept and the /proc read looks like.
+        let mut gone = Command::new("true").spawn().unwrap();
+        // SAFETY: pidfd_open with a pid and no flags.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, gone.id() as i32, 0) };
+        gone.wait().unwrap();
+        if fd < 0 {
+            // Exited before pidfd_open: nothing to pin, which is the point.
+            return;
+        }
+        // SAFETY: the kernel gave us this descriptor.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
+        assert!(pidfd.as_raw_fd() >= 0);
+        let reused = std::process::id() as i32;
+        assert_eq!(
+            pinned_cgroup(&pidfd, reused),
+            Err(UnitUnknown::ProcessExited),
+            "the cgroup of the pid's new owner must not be taken for the peer's"
+        );
     }
 
     #[test]

@@ -339,6 +339,7 @@ mod tests {
             groups: groups.to_vec(),
             unit: unit.map(str::to_string),
             user_unit: None,
+            unit_unknown: None,
         }
     }
 

@@ -1,14 +1,16 @@
 //! Who the peer is: its systemd unit attributed as systemd does it (real
-//! cgroup2 directories, a CLI peer of uid 65534 started inside them).
+//! cgroup2 directories, a CLI peer of uid 65534 started inside them), and
+//! the process pinned by a pidfd.
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Output;
+use std::process::{Command, Output};
 
-use agent_proto::EncryptionContext;
+use agent_proto::{EncryptionContext, Envelope, Request, SecretBytes};
 use base64::Engine;
-use common::peer_identity::{TestCgroups, cli_in_cgroup};
+use common::peer_identity::{TestCgroups, cli_in_cgroup, join_cgroup_as, wait_for_text};
 use common::{Daemon, DaemonFiles, Swtpm, cli_as};
 
 const NOBODY: u32 = 65534;
@@ -169,4 +171,99 @@ fn user_units_are_granted_only_with_the_uid_that_runs_them() {
         s.app_db.as_bytes(),
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+}
+
+// ---- item 2: the peer pinned by a pidfd ---------------------------------------
+
+/// Starts a process that joins `dir` as `uid`, connects to `socket`,
+/// sends `frame` and exits without reading the answer; waits for it.
+fn send_and_exit(dir: &Path, uid: u32, socket: &Path, frame: Vec<u8>) {
+    // Everything the child needs is prepared before the fork.
+    // SAFETY: sockaddr_un is plain data; all-zero is a valid value.
+    let mut address: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    address.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let path = socket.as_os_str().as_encoded_bytes();
+    assert!(path.len() < address.sun_path.len(), "socket path too long");
+    for (slot, byte) in address.sun_path.iter_mut().zip(path) {
+        *slot = *byte as libc::c_char;
+    }
+    let mut command = Command::new("/bin/true");
+    join_cgroup_as(&mut command, dir, uid);
+    // SAFETY: between fork and exec the closure calls only socket, connect,
+    // write and _exit on data prepared before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            let connected = libc::connect(
+                fd,
+                (&raw const address).cast(),
+                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            );
+            let written = libc::write(fd, frame.as_ptr().cast(), frame.len());
+            libc::_exit(
+                if fd >= 0 && connected == 0 && written == frame.len() as isize {
+                    0
+                } else {
+                    3
+                },
+            );
+        });
+    }
+    let status = command.status().expect("spawn the peer");
+    assert!(
+        status.success(),
+        "the peer could not connect and send: {status}"
+    );
+}
+
+#[test]
+fn a_peer_gone_before_its_cgroup_is_confirmed_has_no_unit_and_the_audit_says_why() {
+    let s = setup(
+        "[[grant]]\nkeys = [\"app-*\"]\nunits = [\"postgresql.service\"]\nops = [\"wrap\"]\n",
+    );
+    let mut cgroups = TestCgroups::new();
+    let system = cgroups.make("system.slice/postgresql.service");
+    let request = Envelope::new(
+        7,
+        Request::Wrap {
+            key: "app-db".to_string(),
+            plaintext: SecretBytes::new(b"from a ghost".to_vec()),
+            context: context(),
+        },
+    );
+    let frame = agent_proto::codec::encode_frame(&request, agent_proto::DEFAULT_MAX_FRAME)
+        .expect("encode")
+        .to_vec();
+
+    // The daemon stopped: the peer connects (the kernel queues it), sends
+    // its request, exits and is reaped before the daemon accepts.
+    let pid = nix::unistd::Pid::from_raw(s.daemon.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    let sent = std::panic::catch_unwind(|| send_and_exit(&system, NOBODY, &s.daemon.socket, frame));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+    sent.expect("the peer sent its request");
+
+    let log = wait_for_text(
+        "the daemon audits the ghost's request",
+        || s.daemon.log(),
+        |log| log.contains(&format!("wrap app-db by uid {NOBODY}: denied")),
+    );
+    let line = log
+        .lines()
+        .find(|line| line.contains(&format!("wrap app-db by uid {NOBODY}: denied")))
+        .unwrap();
+    assert!(
+        line.contains("HOSTKMS_PEER_UNIT_UNKNOWN=\"process-exited\""),
+        "the audit says why the peer has no unit: {line}"
+    );
+
+    // A live peer in the same unit is granted, through the same path.
+    let out = cli_in_cgroup(
+        &system,
+        NOBODY,
+        &s.daemon.socket,
+        &["wrap", "app-db"],
+        b"alive",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }

@@ -141,3 +141,17 @@ pub fn cli_in_cgroup(dir: &Path, uid: u32, socket: &Path, args: &[&str], stdin: 
     writer.join().expect("stdin writer");
     output
 }
+
+/// Waits until `done` holds for the text `read` returns; fails after 10 s
+/// with that text.
+pub fn wait_for_text(what: &str, read: impl Fn() -> String, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = read();
+        if done(&text) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "{what} within 10 s:\n{text}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
