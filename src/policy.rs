@@ -5,6 +5,10 @@
 //! `admin_groups` are admins and may do everything. `Ping`, `Status` and
 //! `ListKeys` need no grant; `ListKeys` shows a peer only the keys it holds
 //! a grant on.
+//!
+//! A grant naming a user or group that does not resolve (deleted, or the
+//! lookup failed) is disabled, not the whole config refused: fail-closed
+//! for that grant, and every other grant still applies.
 
 use std::collections::BTreeSet;
 
@@ -70,6 +74,19 @@ pub const GRANTABLE: [Operation; 11] = [
     Operation::Describe,
 ];
 
+/// A grant put out of force because a name in it does not resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisabledGrant {
+    /// Which `[[grant]]` table, from 1.
+    pub grant: usize,
+    /// The field holding the name (`users` or `groups`).
+    pub field: &'static str,
+    /// The name that does not resolve.
+    pub name: String,
+    /// Why, and what to do.
+    pub problem: String,
+}
+
 /// One resolved grant.
 #[derive(Debug, Clone)]
 struct Grant {
@@ -105,6 +122,13 @@ impl Grant {
 pub struct Policy {
     grants: Vec<Grant>,
     admin_gids: BTreeSet<u32>,
+    disabled: Vec<DisabledGrant>,
+}
+
+/// Why a grant was not resolved: unusable (a config error) or disabled.
+enum Unresolved {
+    Invalid(GrantError),
+    Disabled(DisabledGrant),
 }
 
 /// Looks up a user or group name; `None` when the system does not know it.
@@ -135,17 +159,32 @@ impl Policy {
                 Ok(None) | Err(_) => missing_admin_groups.push(name.clone()),
             }
         }
-        let grants = grants
-            .iter()
-            .enumerate()
-            .map(|(i, grant)| resolve_grant(i + 1, grant))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((Policy { grants, admin_gids }, missing_admin_groups))
+        let mut resolved = Vec::new();
+        let mut disabled = Vec::new();
+        for (i, grant) in grants.iter().enumerate() {
+            match resolve_grant(i + 1, grant) {
+                Ok(grant) => resolved.push(grant),
+                Err(Unresolved::Disabled(grant)) => disabled.push(grant),
+                Err(Unresolved::Invalid(error)) => return Err(error),
+            }
+        }
+        let policy = Policy {
+            grants: resolved,
+            admin_gids,
+            disabled,
+        };
+        Ok((policy, missing_admin_groups))
     }
 
-    /// How many grants the policy holds.
+    /// How many grants the policy holds in force.
     pub fn grant_count(&self) -> usize {
         self.grants.len()
+    }
+
+    /// The grants put out of force because a user or group in them does
+    /// not resolve; the caller logs each as an error.
+    pub fn disabled(&self) -> &[DisabledGrant] {
+        &self.disabled
     }
 
     /// Whether `peer` is an admin: uid 0 or a member of an admin group.
@@ -178,12 +217,46 @@ impl Policy {
     }
 }
 
-fn resolve_grant(index: usize, config: &GrantConfig) -> Result<Grant, GrantError> {
-    let error = |field, problem: String| GrantError {
-        grant: index,
-        field,
-        problem,
+fn resolve_grant(index: usize, config: &GrantConfig) -> Result<Grant, Unresolved> {
+    let error = |field, problem: String| {
+        Unresolved::Invalid(GrantError {
+            grant: index,
+            field,
+            problem,
+        })
     };
+    if config.ops.is_empty() {
+        return Err(error(
+            "ops",
+            format!("names no operation; choose from {}", grantable_names()),
+        ));
+    }
+    let mut ops = BTreeSet::new();
+    for name in &config.ops {
+        match Operation::from_name(name).filter(|op| GRANTABLE.contains(op)) {
+            Some(op) => {
+                ops.insert(op);
+            }
+            None if matches!(name.as_str(), "ping" | "status" | "list") => {
+                return Err(error(
+                    "ops",
+                    format!(
+                        "\"{name}\" is open to every connected peer and needs no grant; remove it"
+                    ),
+                ));
+            }
+            None => {
+                return Err(error(
+                    "ops",
+                    format!(
+                        "unknown operation \"{name}\"; choose from {}",
+                        grantable_names()
+                    ),
+                ));
+            }
+        }
+    }
+
     if config.keys.is_empty() {
         return Err(error(
             "keys",
@@ -204,32 +277,6 @@ fn resolve_grant(index: usize, config: &GrantConfig) -> Result<Grant, GrantError
         .build()
         .map_err(|e| error("keys", format!("the patterns cannot be compiled: {e}")))?;
 
-    let mut uids: BTreeSet<u32> = config.uids.iter().copied().collect();
-    for name in &config.users {
-        match resolve("user", name).map_err(|e| error("users", e))? {
-            Some(uid) => uids.insert(uid),
-            None => {
-                return Err(error(
-                    "users",
-                    format!(
-                        "no user named \"{name}\" exists on this host; create it, or grant by uid with uids = [...]"
-                    ),
-                ));
-            }
-        };
-    }
-    let mut gids = BTreeSet::new();
-    for name in &config.groups {
-        match resolve("group", name).map_err(|e| error("groups", e))? {
-            Some(gid) => gids.insert(gid),
-            None => {
-                return Err(error(
-                    "groups",
-                    format!("no group named \"{name}\" exists on this host"),
-                ));
-            }
-        };
-    }
     let units = unit_names(&config.units).map_err(|unit| {
         error(
             "units",
@@ -258,7 +305,11 @@ fn resolve_grant(index: usize, config: &GrantConfig) -> Result<Grant, GrantError
             ));
         }
     }
-    if uids.is_empty() && gids.is_empty() && units.is_empty() {
+    if config.users.is_empty()
+        && config.uids.is_empty()
+        && config.groups.is_empty()
+        && units.is_empty()
+    {
         return Err(error(
             "users",
             "names no peer; give users, uids, groups, units, or user_units with users/uids"
@@ -266,31 +317,55 @@ fn resolve_grant(index: usize, config: &GrantConfig) -> Result<Grant, GrantError
         ));
     }
 
-    if config.ops.is_empty() {
-        return Err(error(
-            "ops",
-            format!("names no operation; choose from {}", grantable_names()),
-        ));
-    }
-    let mut ops = BTreeSet::new();
-    for name in &config.ops {
-        match Operation::from_name(name).filter(|op| GRANTABLE.contains(op)) {
-            Some(op) => ops.insert(op),
-            None if matches!(name.as_str(), "ping" | "status" | "list") => {
-                return Err(error(
-                    "ops",
+    // Names last: one that does not resolve disables this grant only.
+    let disabled = |field, name: &str, problem: String| {
+        Unresolved::Disabled(DisabledGrant {
+            grant: index,
+            field,
+            name: name.to_string(),
+            problem,
+        })
+    };
+    let mut uids: BTreeSet<u32> = config.uids.iter().copied().collect();
+    for name in &config.users {
+        match resolve("user", name) {
+            Ok(Some(uid)) => uids.insert(uid),
+            Ok(None) => {
+                return Err(disabled(
+                    "users",
+                    name,
                     format!(
-                        "\"{name}\" is open to every connected peer and needs no grant; remove it"
+                        "no user named \"{name}\" exists on this host; the grant is disabled until the name resolves at a reload. Create the user, or remove or fix the name and reload"
                     ),
                 ));
             }
-            None => {
-                return Err(error(
-                    "ops",
+            Err(e) => {
+                return Err(disabled(
+                    "users",
+                    name,
+                    format!("{e}; the grant is disabled until the name resolves at a reload"),
+                ));
+            }
+        };
+    }
+    let mut gids = BTreeSet::new();
+    for name in &config.groups {
+        match resolve("group", name) {
+            Ok(Some(gid)) => gids.insert(gid),
+            Ok(None) => {
+                return Err(disabled(
+                    "groups",
+                    name,
                     format!(
-                        "unknown operation \"{name}\"; choose from {}",
-                        grantable_names()
+                        "no group named \"{name}\" exists on this host; the grant is disabled until the name resolves at a reload. Create the group, or remove or fix the name and reload"
                     ),
+                ));
+            }
+            Err(e) => {
+                return Err(disabled(
+                    "groups",
+                    name,
+                    format!("{e}; the grant is disabled until the name resolves at a reload"),
                 ));
             }
         };
@@ -426,30 +501,6 @@ mod tests {
             (grant(&[], &["wrap"]), "keys", "names no key"),
             (
                 GrantConfig {
-                    users: vec!["no-such-user-hk".into()],
-                    ..grant(&["a"], &["wrap"])
-                },
-                "users",
-                "no user named",
-            ),
-            (
-                GrantConfig {
-                    groups: vec!["no-such-group-hk".into()],
-                    ..grant(&["a"], &["wrap"])
-                },
-                "groups",
-                "no group named",
-            ),
-            (
-                GrantConfig {
-                    units: vec!["postgres".into()],
-                    ..grant(&["a"], &["wrap"])
-                },
-                "units",
-                "not a systemd service",
-            ),
-            (
-                GrantConfig {
                     user_units: vec!["backup.service".into()],
                     groups: vec!["root".into()],
                     ..grant(&["a"], &["wrap"])
@@ -464,6 +515,14 @@ mod tests {
                     ..grant(&["a"], &["wrap"])
                 },
                 "user_units",
+                "not a systemd service",
+            ),
+            (
+                GrantConfig {
+                    units: vec!["postgres".into()],
+                    ..grant(&["a"], &["wrap"])
+                },
+                "units",
                 "not a systemd service",
             ),
         ];
@@ -525,5 +584,27 @@ mod tests {
         ));
         assert!(!policy.allows(&user_peer(1000, "other.service"), Operation::Wrap, "backup"));
         assert!(!policy.allows(&peer(1000, 1000, &[], None), Operation::Wrap, "backup"));
+    }
+
+    #[test]
+    fn a_grant_naming_an_unknown_user_or_group_is_disabled_and_the_rest_apply() {
+        let mut kept = grant(&["a"], &["wrap"]);
+        kept.uids = vec![1001];
+        let mut gone_user = grant(&["*"], &["unwrap"]);
+        gone_user.users = vec!["no-such-user-hk".into()];
+        gone_user.uids = vec![1002];
+        let mut gone_group = grant(&["*"], &["unwrap"]);
+        gone_group.groups = vec!["no-such-group-hk".into()];
+        let (policy, _) = Policy::new(&[kept, gone_user, gone_group], &[]).unwrap();
+        assert_eq!(policy.grant_count(), 1);
+        let disabled = policy.disabled();
+        assert_eq!(disabled.len(), 2);
+        assert_eq!((disabled[0].grant, disabled[0].field), (2, "users"));
+        assert_eq!(disabled[0].name, "no-such-user-hk");
+        assert!(disabled[0].problem.contains("disabled"), "{disabled:?}");
+        assert_eq!((disabled[1].grant, disabled[1].field), (3, "groups"));
+        assert!(policy.allows(&peer(1001, 1001, &[], None), Operation::Wrap, "a"));
+        // Fail-closed: the whole grant is out, its uids too.
+        assert!(!policy.allows(&peer(1002, 1002, &[], None), Operation::Unwrap, "a"));
     }
 }

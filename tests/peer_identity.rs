@@ -1,6 +1,7 @@
 //! Who the peer is: its systemd unit attributed as systemd does it (real
-//! cgroup2 directories, a CLI peer of uid 65534 started inside them), and
-//! the process pinned by a pidfd.
+//! cgroup2 directories, a CLI peer of uid 65534 started inside them), the
+//! process pinned by a pidfd, and grants of deleted users at reload and
+//! start.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::process::{Command, Output};
 
 use agent_proto::{EncryptionContext, Envelope, Request, SecretBytes};
 use base64::Engine;
-use common::peer_identity::{TestCgroups, cli_in_cgroup, join_cgroup_as, wait_for_text};
+use common::peer_identity::{TestCgroups, TestUser, cli_in_cgroup, join_cgroup_as, wait_for_text};
 use common::{Daemon, DaemonFiles, Swtpm, cli_as};
 
 const NOBODY: u32 = 65534;
@@ -266,4 +267,90 @@ fn a_peer_gone_before_its_cgroup_is_confirmed_has_no_unit_and_the_audit_says_why
         b"alive",
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+// ---- item 9: grants of users that no longer exist -----------------------------
+
+#[test]
+fn a_deleted_users_grant_is_disabled_at_reload_and_start_and_the_rest_apply() {
+    let user = TestUser::create(&format!("hkt{}", std::process::id()));
+    let grants = format!(
+        "[[grant]]\nkeys = [\"app-*\"]\nusers = [\"{}\"]\nops = [\"unwrap\"]\n\n[[grant]]\nkeys = [\"app-*\"]\nuids = [{NOBODY}]\nops = [\"unwrap\"]\n",
+        user.name
+    );
+    let s = setup(&grants);
+    let unwrap_as = |uid: u32| {
+        cli_as(
+            uid,
+            &s.daemon.socket,
+            &["unwrap", "--context", "svc=db"],
+            s.app_db.as_bytes(),
+        )
+    };
+    let out = unwrap_as(user.uid);
+    assert!(
+        out.status.success(),
+        "granted before: {}",
+        text(&out.stderr)
+    );
+
+    user.delete();
+    let pid = nix::unistd::Pid::from_raw(s.daemon.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    let log = wait_for_text(
+        "the reload finishes",
+        || s.daemon.log(),
+        |log| log.contains("reloaded") || log.contains("reload failed"),
+    );
+    assert!(
+        !log.contains("reload failed"),
+        "the rest of the config applies: {log}"
+    );
+    assert!(
+        log.contains("grant #1 is disabled") && log.contains(&format!("\"{}\"", user.name)),
+        "the error names the grant and the name: {log}"
+    );
+    let out = unwrap_as(user.uid);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the deleted user's uid keeps no grant: {}",
+        text(&out.stderr)
+    );
+    let out = unwrap_as(NOBODY);
+    assert!(
+        out.status.success(),
+        "other grants still work: {}",
+        text(&out.stderr)
+    );
+
+    // And at start: the daemon serves, with that grant out of force.
+    let Setup {
+        _tpm: tpm,
+        files,
+        daemon,
+        app_db,
+        ..
+    } = s;
+    let (status, _) = daemon.stop();
+    assert!(status.success());
+    let daemon = Daemon::start(&files).expect("a deleted user does not stop the daemon");
+    assert!(
+        daemon.log().contains("grant #1 is disabled"),
+        "{}",
+        daemon.log()
+    );
+    let unwrap_as = |uid: u32| {
+        cli_as(
+            uid,
+            &daemon.socket,
+            &["unwrap", "--context", "svc=db"],
+            app_db.as_bytes(),
+        )
+    };
+    let out = unwrap_as(user.uid);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let out = unwrap_as(NOBODY);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    drop(tpm);
 }

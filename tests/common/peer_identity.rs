@@ -1,6 +1,6 @@
 //! Helpers for the peer-identity tests: real cgroup2 directories laid out
-//! as systemd lays them out, and processes started inside them as another
-//! uid.
+//! as systemd lays them out, processes started inside them as another uid,
+//! and throw-away users.
 
 use std::ffi::CString;
 use std::fs;
@@ -140,6 +140,63 @@ pub fn cli_in_cgroup(dir: &Path, uid: u32, socket: &Path, args: &[&str], stdin: 
     let output = child.wait_with_output().expect("the CLI's output");
     writer.join().expect("stdin writer");
     output
+}
+
+/// A user made with `useradd` for one test and deleted on drop (if the
+/// test has not deleted it already).
+pub struct TestUser {
+    /// Its name.
+    pub name: String,
+    /// Its uid.
+    pub uid: u32,
+}
+
+impl TestUser {
+    /// Creates a system user without home directory named `name`.
+    pub fn create(name: &str) -> TestUser {
+        let _ = Command::new("userdel").arg(name).output();
+        let status = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+            ])
+            .arg(name)
+            .status()
+            .expect("useradd must be installed (the test runs as root)");
+        assert!(status.success(), "useradd {name}: {status}");
+        let uid = nix::unistd::User::from_name(name)
+            .expect("look up the new user")
+            .expect("the new user exists")
+            .uid
+            .as_raw();
+        TestUser {
+            name: name.to_string(),
+            uid,
+        }
+    }
+
+    /// Deletes the user now.
+    pub fn delete(&self) {
+        let status = Command::new("userdel")
+            .arg(&self.name)
+            .status()
+            .expect("run userdel");
+        assert!(status.success(), "userdel {}: {status}", self.name);
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        if nix::unistd::User::from_name(&self.name)
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            let _ = Command::new("userdel").arg(&self.name).output();
+        }
+    }
 }
 
 /// Waits until `done` holds for the text `read` returns; fails after 10 s
