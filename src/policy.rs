@@ -4,7 +4,8 @@
 //! Nothing is allowed that no grant allows. uid 0 and members of
 //! `admin_groups` are admins and may do everything. `Ping`, `Status` and
 //! `ListKeys` need no grant; `ListKeys` shows a peer only the keys it holds
-//! a grant on.
+//! a grant on, and `Status` shows the counters and the root key check value
+//! only to admins and to peers granted `metrics`.
 //!
 //! A grant naming a user or group that does not resolve (deleted, or the
 //! lookup failed) is disabled, not the whole config refused: fail-closed
@@ -58,8 +59,13 @@ pub struct GrantError {
     pub problem: String,
 }
 
-/// Operations a grant may name. `ping`, `status` and `list` are open to
-/// every connected peer and need no grant.
+/// The grantable permission that is no key operation: `Status` with its
+/// counters and the root key check value. A grant naming it allows it
+/// whatever its `keys` are, and may omit `keys` when it names nothing else.
+pub const METRICS: &str = "metrics";
+
+/// Operations a grant may name, besides [`METRICS`]. `ping`, `status` and
+/// `list` are open to every connected peer and need no grant.
 pub const GRANTABLE: [Operation; 11] = [
     Operation::Create,
     Operation::Wrap,
@@ -96,6 +102,7 @@ struct Grant {
     units: BTreeSet<String>,
     user_units: BTreeSet<String>,
     ops: BTreeSet<Operation>,
+    metrics: bool,
 }
 
 impl Grant {
@@ -210,10 +217,19 @@ impl Policy {
     /// Whether `peer` holds any grant on `key` (what `ListKeys` shows it).
     pub fn may_see(&self, peer: &Peer, key: &str) -> bool {
         self.is_admin(peer)
+            || self.grants.iter().any(|grant| {
+                !grant.ops.is_empty() && grant.covers_peer(peer) && grant.keys.is_match(key)
+            })
+    }
+
+    /// Whether `peer` may see the counters and the root key check value in
+    /// `Status`: admins, and peers granted [`METRICS`].
+    pub fn allows_metrics(&self, peer: &Peer) -> bool {
+        self.is_admin(peer)
             || self
                 .grants
                 .iter()
-                .any(|grant| grant.covers_peer(peer) && grant.keys.is_match(key))
+                .any(|grant| grant.metrics && grant.covers_peer(peer))
     }
 }
 
@@ -232,16 +248,18 @@ fn resolve_grant(index: usize, config: &GrantConfig) -> Result<Grant, Unresolved
         ));
     }
     let mut ops = BTreeSet::new();
+    let mut metrics = false;
     for name in &config.ops {
         match Operation::from_name(name).filter(|op| GRANTABLE.contains(op)) {
             Some(op) => {
                 ops.insert(op);
             }
+            None if name == METRICS => metrics = true,
             None if matches!(name.as_str(), "ping" | "status" | "list") => {
                 return Err(error(
                     "ops",
                     format!(
-                        "\"{name}\" is open to every connected peer and needs no grant; remove it"
+                        "\"{name}\" is open to every connected peer and needs no grant; remove it (\"metrics\" grants status's counters)"
                     ),
                 ));
             }
@@ -257,10 +275,10 @@ fn resolve_grant(index: usize, config: &GrantConfig) -> Result<Grant, Unresolved
         }
     }
 
-    if config.keys.is_empty() {
+    if config.keys.is_empty() && !ops.is_empty() {
         return Err(error(
             "keys",
-            "names no key; give glob patterns, e.g. keys = [\"app-*\"]".to_string(),
+            "names no key; give glob patterns, e.g. keys = [\"app-*\"] (only a grant of \"metrics\" alone may omit keys)".to_string(),
         ));
     }
     let mut keys = GlobSetBuilder::new();
@@ -377,6 +395,7 @@ fn resolve_grant(index: usize, config: &GrantConfig) -> Result<Grant, Unresolved
         units,
         user_units,
         ops,
+        metrics,
     })
 }
 
@@ -398,6 +417,7 @@ fn grantable_names() -> String {
     GRANTABLE
         .iter()
         .map(|op| op.as_str())
+        .chain([METRICS])
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -517,6 +537,7 @@ mod tests {
                 "user_units",
                 "not a systemd service",
             ),
+            (grant(&[], &["wrap", "metrics"]), "keys", "names no key"),
             (
                 GrantConfig {
                     units: vec!["postgres".into()],
@@ -606,5 +627,28 @@ mod tests {
         assert!(policy.allows(&peer(1001, 1001, &[], None), Operation::Wrap, "a"));
         // Fail-closed: the whole grant is out, its uids too.
         assert!(!policy.allows(&peer(1002, 1002, &[], None), Operation::Unwrap, "a"));
+    }
+
+    #[test]
+    fn metrics_is_granted_without_keys_and_shows_no_key() {
+        let mut metrics = grant(&[], &["metrics"]);
+        metrics.uids = vec![3000];
+        let mut with_keys = grant(&["*"], &["metrics"]);
+        with_keys.uids = vec![3001];
+        let mut wrap = grant(&["app-*"], &["wrap"]);
+        wrap.uids = vec![3002];
+        let (policy, _) = Policy::new(&[metrics, with_keys, wrap], &[]).unwrap();
+        assert!(policy.allows_metrics(&peer(3000, 3000, &[], None)));
+        assert!(policy.allows_metrics(&peer(3001, 3001, &[], None)));
+        assert!(!policy.allows_metrics(&peer(3002, 3002, &[], None)));
+        assert!(policy.allows_metrics(&peer(0, 0, &[], None)));
+        // A metrics grant is no grant on keys, whatever its patterns.
+        assert!(!policy.may_see(&peer(3001, 3001, &[], None), "app-db"));
+        for op in GRANTABLE {
+            assert!(
+                !policy.allows(&peer(3001, 3001, &[], None), op, "app-db"),
+                "{op}"
+            );
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Who the peer is: its systemd unit attributed as systemd does it (real
 //! cgroup2 directories, a CLI peer of uid 65534 started inside them), the
-//! process pinned by a pidfd, and grants of deleted users at reload and
-//! start.
+//! process pinned by a pidfd, grants of deleted users at reload and start,
+//! and what a peer without a grant may learn (key names, counters).
 
 mod common;
 
@@ -32,7 +32,6 @@ fn context() -> EncryptionContext {
 
 /// A daemon everyone may connect to (socket 0666) with `grants` appended
 /// to its config, and keys `app-db` and `secret`, with a ciphertext of each.
-#[allow(dead_code)] // the reload and oracle tests use the rest
 struct Setup {
     _tpm: Swtpm,
     files: DaemonFiles,
@@ -353,4 +352,149 @@ fn a_deleted_users_grant_is_disabled_at_reload_and_start_and_the_rest_apply() {
     let out = unwrap_as(NOBODY);
     assert!(out.status.success(), "{}", text(&out.stderr));
     drop(tpm);
+}
+
+// ---- item 10: what a peer without a grant learns -----------------------------
+
+/// The `secret` ciphertext with its key id changed: a well-formed
+/// ciphertext of a key this host does not have.
+fn unknown_key_ciphertext(secret: &[u8]) -> String {
+    let mut forged = secret.to_vec();
+    for byte in &mut forged[5..21] {
+        *byte ^= 0x5a;
+    }
+    b64(&forged)
+}
+
+#[test]
+fn a_peer_without_a_grant_learns_neither_the_name_nor_the_existence_of_a_key() {
+    let s = setup(&format!(
+        "[[grant]]\nkeys = [\"app-*\"]\nuids = [{NOBODY}]\nops = [\"unwrap\", \"rewrap\"]\n"
+    ));
+    let unknown = unknown_key_ciphertext(&s.secret_raw);
+    let run = |args: &[&str], stdin: &str| cli_as(NOBODY, &s.daemon.socket, args, stdin.as_bytes());
+
+    // An existing key it has no grant on, a key that does not exist, with
+    // and without a guessed --key, by unwrap and by rewrap: one answer.
+    let mut answers = Vec::new();
+    for op in ["unwrap", "rewrap"] {
+        for ciphertext in [&s.secret, &unknown] {
+            for guess in [None, Some("secret"), Some("app-db"), Some("nope")] {
+                let mut args = vec![op, "--context", "svc=db"];
+                if let Some(guess) = guess {
+                    args.extend(["--key", guess]);
+                }
+                let out = run(&args, ciphertext);
+                assert_eq!(
+                    out.status.code(),
+                    Some(1),
+                    "{args:?}: {}",
+                    text(&out.stderr)
+                );
+                let stderr = text(&out.stderr);
+                assert!(
+                    !stderr.contains("secret"),
+                    "{args:?} names the key: {stderr}"
+                );
+                assert!(out.stdout.is_empty());
+                answers.push((op, stderr));
+            }
+        }
+    }
+    for (op, stderr) in &answers {
+        assert_eq!(
+            stderr,
+            &format!(
+                "hostkms: permission denied: uid {NOBODY} holds no grant to {op} with the key this ciphertext names; an admin can grant it in the config's [[grant]] tables\n"
+            )
+        );
+    }
+
+    // Its own key still unwraps, and a wrong --key on it is named precisely.
+    let out = run(&["unwrap", "--context", "svc=db"], &s.app_db);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(
+        &["unwrap", "--context", "svc=db", "--key", "app-other"],
+        &s.app_db,
+    );
+    assert!(
+        text(&out.stderr).contains("invalid ciphertext"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Admins keep the precise answers.
+    let out = common::cli_stdin(
+        &s.daemon.socket,
+        &["unwrap", "--context", "svc=db"],
+        unknown.as_bytes(),
+    );
+    assert!(
+        text(&out.stderr).contains("invalid ciphertext"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The audit records the real key of the refused request.
+    assert!(
+        s.daemon
+            .log()
+            .contains(&format!("unwrap secret v1 by uid {NOBODY}: denied")),
+        "{}",
+        s.daemon.log()
+    );
+}
+
+#[test]
+fn status_shows_counters_only_to_admins_and_metrics_grants() {
+    let s = setup(&format!(
+        "[[grant]]\nuids = [{OTHER}]\nops = [\"metrics\"]\n\n[[grant]]\nkeys = [\"app-*\"]\nuids = [{NOBODY}]\nops = [\"unwrap\"]\n"
+    ));
+    // A granted peer without `metrics`: health only, and the CLI says so.
+    let out = cli_as(NOBODY, &s.daemon.socket, &["--json", "status"], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON status");
+    assert_eq!(status["counters"], serde_json::json!({}), "{status}");
+    assert_eq!(status["root_key_check"], "", "{status}");
+    assert_eq!(status["tpm_reachable"], true, "{status}");
+    assert_eq!(status["root_key_loaded"], true, "{status}");
+    assert!(
+        text(&out.stderr).contains("withheld"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = cli_as(NOBODY, &s.daemon.socket, &["status"], b"");
+    let human = text(&out.stdout);
+    assert!(human.contains("counters:         withheld"), "{human}");
+    assert!(!human.contains("requests:"), "{human}");
+    let out = cli_as(NOBODY, &s.daemon.socket, &["metrics"], b"");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+    assert!(
+        text(&out.stderr).contains(&format!("withheld its counters from uid {NOBODY}"))
+            && text(&out.stderr).contains("ops = [\"metrics\"]"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A `metrics` grant: counters and the check value, and no key.
+    let out = cli_as(OTHER, &s.daemon.socket, &["--json", "status"], b"");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON status");
+    assert_eq!(status["counters"]["keys"], 2, "{status}");
+    assert_eq!(
+        status["root_key_check"].as_str().map(str::len),
+        Some(16),
+        "{status}"
+    );
+    let out = cli_as(OTHER, &s.daemon.socket, &["metrics"], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("hostkms_requests"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = cli_as(OTHER, &s.daemon.socket, &["--json", "list"], b"");
+    assert_eq!(text(&out.stdout).trim(), "[]");
+    // Admins: everything.
+    let admin = s.daemon.client().status().unwrap();
+    assert_eq!(admin.root_key_check.len(), 16);
+    assert!(admin.counters["requests"] > 0);
 }
