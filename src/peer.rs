@@ -187,11 +187,24 @@ fn cgroup_by_pid(pid: Option<i32>) -> Result<String, UnitUnknown> {
 /// it pins is still there, so the text read was that process's and not a
 /// later one's that reused the pid.
 fn pinned_cgroup(pidfd: &OwnedFd, pid: i32) -> Result<String, UnitUnknown> {
-    let text = match std::fs::read_to_string(format!("/proc/{pid}/cgroup")) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(UnitUnknown::ProcessExited),
-        Err(_) => return Err(UnitUnknown::CgroupUnreadable),
-    };
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"));
+    let alive = still_there(pidfd);
+    match (text, alive) {
+        (Ok(text), Ok(())) => Ok(text),
+        (_, Err(why)) => Err(why),
+        // Mid-exit, a read can fail with ENOENT or ESRCH while the pidfd
+        // still answers.
+        (Err(e), Ok(())) if e.kind() == io::ErrorKind::NotFound => Err(UnitUnknown::ProcessExited),
+        (Err(e), Ok(())) if e.raw_os_error() == Some(libc::ESRCH) => {
+            Err(UnitUnknown::ProcessExited)
+        }
+        (Err(_), Ok(())) => Err(UnitUnknown::CgroupUnreadable),
+    }
+}
+
+/// Whether the process `pidfd` pins still exists (a zombie counts: its pid
+/// cannot be reused until it is reaped).
+fn still_there(pidfd: &OwnedFd) -> Result<(), UnitUnknown> {
     // SAFETY: pidfd_send_signal with signal 0 only checks that the process
     // exists (and that we may signal it); it sends nothing.
     let rc = unsafe {
@@ -204,11 +217,11 @@ fn pinned_cgroup(pidfd: &OwnedFd, pid: i32) -> Result<String, UnitUnknown> {
         )
     };
     if rc == 0 {
-        return Ok(text);
+        return Ok(());
     }
     match io::Error::last_os_error().raw_os_error() {
         // Alive, but not ours to signal: another user's process.
-        Some(libc::EPERM) => Ok(text),
+        Some(libc::EPERM) => Ok(()),
         Some(libc::ESRCH) => Err(UnitUnknown::ProcessExited),
         _ => Err(UnitUnknown::NoPidfd),
     }
@@ -595,11 +608,10 @@ mod tests {
         let mut gone = Command::new("true").spawn().unwrap();
         // SAFETY: pidfd_open with a pid and no flags.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, gone.id() as i32, 0) };
+        // Not yet reaped when pidfd_open ran (at worst a zombie), so the
+        // pidfd exists; reaping it now frees its pid.
+        assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
         gone.wait().unwrap();
-        if fd < 0 {
-            // Exited before pidfd_open: nothing to pin, which is the point.
-            return;
-        }
         // SAFETY: the kernel gave us this descriptor.
         let pidfd = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
         assert!(pidfd.as_raw_fd() >= 0);
