@@ -47,6 +47,8 @@ pub const DAEMON_STOPPED: &str = "03cf281e477a40c99f3000e0beee0cae";
 pub const CONFIG_RELOADED: &str = "c8d9b9f895044afdab796f25231a8980";
 /// A SIGHUP found an invalid config; the old one stays in force.
 pub const CONFIG_RELOAD_FAILED: &str = "fd310359d92c424cafb28af3f8b58d68";
+/// A grant names a user or group that does not resolve: it is out of force.
+pub const GRANT_DISABLED: &str = "9f10fe38bd23484c914438a7f0775736";
 
 /// The tracing target of request and life events.
 const AUDIT_TARGET: &str = "hostkms::audit";
@@ -220,15 +222,20 @@ pub fn request(peer: &Peer, op: Operation, subject: &Subject, code: Option<Error
     let key = subject.key();
     let version = subject.version();
     let unit = peer.unit.as_deref();
+    let user_unit = peer.user_unit.as_deref();
+    let unit_unknown = peer.unit_unknown.map(crate::peer::UnitUnknown::as_str);
     let pid = peer.pid;
     let target = match (key, version) {
         (Some(key), Some(v)) => format!(" {key} v{v}"),
         (Some(key), None) => format!(" {key}"),
         _ => String::new(),
     };
-    let by = match unit {
-        Some(unit) => format!("uid {} ({unit})", peer.uid),
-        None => format!("uid {}", peer.uid),
+    let by = match (unit, user_unit) {
+        (Some(unit), Some(user_unit)) => {
+            format!("uid {} ({unit}, user unit {user_unit})", peer.uid)
+        }
+        (Some(unit), None) => format!("uid {} ({unit})", peer.uid),
+        (None, _) => format!("uid {}", peer.uid),
     };
     macro_rules! event {
         ($level:expr, $id:expr, $message:expr) => {
@@ -244,6 +251,8 @@ pub fn request(peer: &Peer, op: Operation, subject: &Subject, code: Option<Error
                 HOSTKMS_PEER_UID = peer.uid,
                 HOSTKMS_PEER_PID = pid,
                 HOSTKMS_PEER_UNIT = unit,
+                HOSTKMS_PEER_USER_UNIT = user_unit,
+                HOSTKMS_PEER_UNIT_UNKNOWN = unit_unknown,
                 "{}",
                 $message
             )
@@ -401,5 +410,21 @@ pub fn reload_failed(problem: &dyn std::fmt::Display) {
         Level::ERROR,
         MESSAGE_ID = CONFIG_RELOAD_FAILED,
         "reload failed, the running config stays in force: {problem}"
+    );
+}
+
+/// A grant is out of force because `name` (in its field `field`) does not
+/// resolve; `problem` says where it is and what to do. Logged at start and
+/// at every reload for as long as the name does not resolve.
+pub fn grant_disabled(grant: usize, field: &str, name: &str, problem: &dyn std::fmt::Display) {
+    let shown: String = name.chars().take(MAX_LOGGED_NAME).collect();
+    tracing::event!(
+        target: AUDIT_TARGET,
+        Level::ERROR,
+        MESSAGE_ID = GRANT_DISABLED,
+        HOSTKMS_GRANT = grant,
+        HOSTKMS_GRANT_FIELD = field,
+        HOSTKMS_GRANT_NAME = %shown.escape_debug(),
+        "grant #{grant} is disabled, the rest of the config is in force: {problem}"
     );
 }

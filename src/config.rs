@@ -14,7 +14,7 @@ use crate::monitor::{
     AlertThresholds, DEFAULT_ALERT_DENIALS, DEFAULT_ALERT_INVALID_CIPHERTEXTS,
     DEFAULT_ALERT_WINDOW_SECS, DEFAULT_ENCRYPTION_LIMIT_PERCENT,
 };
-use crate::policy::{GrantConfig, Policy};
+use crate::policy::{DisabledGrant, GrantConfig, Policy};
 
 /// Where the packaged daemon reads its configuration.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/hostkms/config.toml";
@@ -72,6 +72,9 @@ pub struct Config {
     pub policy: Policy,
     /// Admin groups named in the config that do not exist on this host.
     pub missing_admin_groups: Vec<String>,
+    /// Grants out of force because a user or group in them does not
+    /// resolve; the daemon logs each as an error at start and reload.
+    pub disabled_grants: Vec<DisabledGrantAt>,
     /// Largest plaintext `Wrap` accepts, in bytes.
     pub max_plaintext: usize,
     /// Connections served at once; more are answered `Busy` and closed.
@@ -92,6 +95,31 @@ pub struct Config {
     pub rotate_after_encryptions: u64,
     /// When the daemon raises alerts.
     pub alerts: AlertThresholds,
+}
+
+/// A disabled grant and where the config file writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisabledGrantAt {
+    /// The grant and the name that does not resolve.
+    pub grant: DisabledGrant,
+    /// The config file.
+    pub origin: PathBuf,
+    /// The line its `[[grant]]` table starts on.
+    pub line: Option<usize>,
+}
+
+impl fmt::Display for DisabledGrantAt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config {}", self.origin.display())?;
+        if let Some(line) = self.line {
+            write!(f, " line {line}")?;
+        }
+        write!(
+            f,
+            ": grant #{}: `{}`: {}",
+            self.grant.grant, self.grant.field, self.grant.problem
+        )
+    }
 }
 
 /// The group the socket file is given.
@@ -387,6 +415,19 @@ impl Config {
             invalid(span, "grant", e.to_string())
         })?;
 
+        let disabled_grants = policy
+            .disabled()
+            .iter()
+            .map(|grant| DisabledGrantAt {
+                grant: grant.clone(),
+                origin: path.to_path_buf(),
+                line: file
+                    .grant
+                    .get(grant.grant.saturating_sub(1))
+                    .map(|g| line_of(text, g.span().start)),
+            })
+            .collect();
+
         let mut config = Config {
             socket: PathBuf::from(DEFAULT_SOCKET),
             socket_mode: DEFAULT_SOCKET_MODE,
@@ -400,6 +441,7 @@ impl Config {
             } else {
                 Vec::new()
             },
+            disabled_grants,
             max_plaintext: max_plaintext as usize,
             max_connections: max_connections as usize,
             max_connections_per_uid: max_connections_per_uid as usize,

@@ -94,6 +94,7 @@ pub fn run(config: Config, source: ConfigSource) -> Result<(), DaemonError> {
         );
     }
     warn_missing_admin_groups(&config);
+    log_disabled_grants(&config);
     let started = std::time::Instant::now();
     let store = KeyStore::open(&state_dir, &root_key, config.tcti.clone())?;
     // The store holds the keys derived from the root key; the root key itself
@@ -270,6 +271,7 @@ fn watch_reloads(
                 Ok(Ok(config)) => {
                     warn_unreloadable(&running, &config);
                     warn_missing_admin_groups(&config);
+                    log_disabled_grants(&config);
                     limits.store(Arc::new(server_limits(&config)));
                     let grants = config.policy.grant_count();
                     let service_limits = service_limits(&config);
@@ -305,6 +307,18 @@ fn warn_missing_admin_groups(config: &Config) {
     for group in &config.missing_admin_groups {
         tracing::warn!(
             "admin group \"{group}\" does not exist on this host; only root is admin until it does"
+        );
+    }
+}
+
+/// Logs each grant a name that does not resolve put out of force.
+fn log_disabled_grants(config: &Config) {
+    for disabled in &config.disabled_grants {
+        audit::grant_disabled(
+            disabled.grant.grant,
+            disabled.grant.field,
+            &disabled.grant.name,
+            disabled,
         );
     }
 }

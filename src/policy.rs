@@ -4,7 +4,12 @@
 //! Nothing is allowed that no grant allows. uid 0 and members of
 //! `admin_groups` are admins and may do everything. `Ping`, `Status` and
 //! `ListKeys` need no grant; `ListKeys` shows a peer only the keys it holds
-//! a grant on.
+//! a grant on, and `Status` shows the counters and the root key check value
+//! only to admins and to peers granted `metrics`.
+//!
+//! A grant naming a user or group that does not resolve (deleted, or the
+//! lookup failed) is disabled, not the whole config refused: fail-closed
+//! for that grant, and every other grant still applies.
 
 use std::collections::BTreeSet;
 
@@ -30,9 +35,13 @@ pub struct GrantConfig {
     /// Group names (primary or supplementary).
     #[serde(default)]
     pub groups: Vec<String>,
-    /// systemd unit names, e.g. `postgresql.service`.
+    /// System-manager unit names, e.g. `postgresql.service`.
     #[serde(default)]
     pub units: Vec<String>,
+    /// User-manager unit names, e.g. `backup.service` inside
+    /// `user@UID.service`; match only together with `users`/`uids`.
+    #[serde(default)]
+    pub user_units: Vec<String>,
     /// Operation names, e.g. `wrap`, `unwrap`, `datakey`.
     #[serde(default)]
     pub ops: Vec<String>,
@@ -50,8 +59,13 @@ pub struct GrantError {
     pub problem: String,
 }
 
-/// Operations a grant may name. `ping`, `status` and `list` are open to
-/// every connected peer and need no grant.
+/// The grantable permission that is no key operation: `Status` with its
+/// counters and the root key check value. A grant naming it allows it
+/// whatever its `keys` are, and may omit `keys` when it names nothing else.
+pub const METRICS: &str = "metrics";
+
+/// Operations a grant may name, besides [`METRICS`]. `ping`, `status` and
+/// `list` are open to every connected peer and need no grant.
 pub const GRANTABLE: [Operation; 11] = [
     Operation::Create,
     Operation::Wrap,
@@ -66,6 +80,19 @@ pub const GRANTABLE: [Operation; 11] = [
     Operation::Describe,
 ];
 
+/// A grant put out of force because a name in it does not resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisabledGrant {
+    /// Which `[[grant]]` table, from 1.
+    pub grant: usize,
+    /// The field holding the name (`users` or `groups`).
+    pub field: &'static str,
+    /// The name that does not resolve.
+    pub name: String,
+    /// Why, and what to do.
+    pub problem: String,
+}
+
 /// One resolved grant.
 #[derive(Debug, Clone)]
 struct Grant {
@@ -73,11 +100,21 @@ struct Grant {
     uids: BTreeSet<u32>,
     gids: BTreeSet<u32>,
     units: BTreeSet<String>,
+    user_units: BTreeSet<String>,
     ops: BTreeSet<Operation>,
+    metrics: bool,
 }
 
 impl Grant {
     fn covers_peer(&self, peer: &Peer) -> bool {
+        if !self.user_units.is_empty() {
+            // The user's own units: the uid and the user unit together.
+            return self.uids.contains(&peer.uid)
+                && peer
+                    .user_unit
+                    .as_ref()
+                    .is_some_and(|unit| self.user_units.contains(unit));
+        }
         self.uids.contains(&peer.uid)
             || self.gids.iter().any(|&gid| peer.in_group(gid))
             || peer
@@ -92,6 +129,13 @@ impl Grant {
 pub struct Policy {
     grants: Vec<Grant>,
     admin_gids: BTreeSet<u32>,
+    disabled: Vec<DisabledGrant>,
+}
+
+/// Why a grant was not resolved: unusable (a config error) or disabled.
+enum Unresolved {
+    Invalid(GrantError),
+    Disabled(DisabledGrant),
 }
 
 /// Looks up a user or group name; `None` when the system does not know it.
@@ -122,17 +166,32 @@ impl Policy {
                 Ok(None) | Err(_) => missing_admin_groups.push(name.clone()),
             }
         }
-        let grants = grants
-            .iter()
-            .enumerate()
-            .map(|(i, grant)| resolve_grant(i + 1, grant))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((Policy { grants, admin_gids }, missing_admin_groups))
+        let mut resolved = Vec::new();
+        let mut disabled = Vec::new();
+        for (i, grant) in grants.iter().enumerate() {
+            match resolve_grant(i + 1, grant) {
+                Ok(grant) => resolved.push(grant),
+                Err(Unresolved::Disabled(grant)) => disabled.push(grant),
+                Err(Unresolved::Invalid(error)) => return Err(error),
+            }
+        }
+        let policy = Policy {
+            grants: resolved,
+            admin_gids,
+            disabled,
+        };
+        Ok((policy, missing_admin_groups))
     }
 
-    /// How many grants the policy holds.
+    /// How many grants the policy holds in force.
     pub fn grant_count(&self) -> usize {
         self.grants.len()
+    }
+
+    /// The grants put out of force because a user or group in them does
+    /// not resolve; the caller logs each as an error.
+    pub fn disabled(&self) -> &[DisabledGrant] {
+        &self.disabled
     }
 
     /// Whether `peer` is an admin: uid 0 or a member of an admin group.
@@ -158,23 +217,68 @@ impl Policy {
     /// Whether `peer` holds any grant on `key` (what `ListKeys` shows it).
     pub fn may_see(&self, peer: &Peer, key: &str) -> bool {
         self.is_admin(peer)
+            || self.grants.iter().any(|grant| {
+                !grant.ops.is_empty() && grant.covers_peer(peer) && grant.keys.is_match(key)
+            })
+    }
+
+    /// Whether `peer` may see the counters and the root key check value in
+    /// `Status`: admins, and peers granted [`METRICS`].
+    pub fn allows_metrics(&self, peer: &Peer) -> bool {
+        self.is_admin(peer)
             || self
                 .grants
                 .iter()
-                .any(|grant| grant.covers_peer(peer) && grant.keys.is_match(key))
+                .any(|grant| grant.metrics && grant.covers_peer(peer))
     }
 }
 
-fn resolve_grant(index: usize, config: &GrantConfig) -> Result<Grant, GrantError> {
-    let error = |field, problem: String| GrantError {
-        grant: index,
-        field,
-        problem,
+fn resolve_grant(index: usize, config: &GrantConfig) -> Result<Grant, Unresolved> {
+    let error = |field, problem: String| {
+        Unresolved::Invalid(GrantError {
+            grant: index,
+            field,
+            problem,
+        })
     };
-    if config.keys.is_empty() {
+    if config.ops.is_empty() {
+        return Err(error(
+            "ops",
+            format!("names no operation; choose from {}", grantable_names()),
+        ));
+    }
+    let mut ops = BTreeSet::new();
+    let mut metrics = false;
+    for name in &config.ops {
+        match Operation::from_name(name).filter(|op| GRANTABLE.contains(op)) {
+            Some(op) => {
+                ops.insert(op);
+            }
+            None if name == METRICS => metrics = true,
+            None if matches!(name.as_str(), "ping" | "status" | "list") => {
+                return Err(error(
+                    "ops",
+                    format!(
+                        "\"{name}\" is open to every connected peer and needs no grant; remove it (\"metrics\" grants status's counters)"
+                    ),
+                ));
+            }
+            None => {
+                return Err(error(
+                    "ops",
+                    format!(
+                        "unknown operation \"{name}\"; choose from {}",
+                        grantable_names()
+                    ),
+                ));
+            }
+        }
+    }
+
+    if config.keys.is_empty() && !ops.is_empty() {
         return Err(error(
             "keys",
-            "names no key; give glob patterns, e.g. keys = [\"app-*\"]".to_string(),
+            "names no key; give glob patterns, e.g. keys = [\"app-*\"] (only a grant of \"metrics\" alone may omit keys)".to_string(),
         ));
     }
     let mut keys = GlobSetBuilder::new();
@@ -191,79 +295,95 @@ fn resolve_grant(index: usize, config: &GrantConfig) -> Result<Grant, GrantError
         .build()
         .map_err(|e| error("keys", format!("the patterns cannot be compiled: {e}")))?;
 
+    let units = unit_names(&config.units).map_err(|unit| {
+        error(
+            "units",
+            format!(
+                "\"{unit}\" is not a systemd service or scope name, e.g. \"postgresql.service\""
+            ),
+        )
+    })?;
+    let user_units = unit_names(&config.user_units).map_err(|unit| {
+        error(
+            "user_units",
+            format!("\"{unit}\" is not a systemd service or scope name, e.g. \"backup.service\""),
+        )
+    })?;
+    if !user_units.is_empty() {
+        if !config.groups.is_empty() || !config.units.is_empty() {
+            return Err(error(
+                "user_units",
+                "a grant with user_units matches users/uids and user_units together; put groups and units in a grant of their own".to_string(),
+            ));
+        }
+        if config.users.is_empty() && config.uids.is_empty() {
+            return Err(error(
+                "user_units",
+                "names units of user managers but not whose: a user unit matches only together with the user that runs it; add users = [...] or uids = [...] to this grant".to_string(),
+            ));
+        }
+    }
+    if config.users.is_empty()
+        && config.uids.is_empty()
+        && config.groups.is_empty()
+        && units.is_empty()
+    {
+        return Err(error(
+            "users",
+            "names no peer; give users, uids, groups, units, or user_units with users/uids"
+                .to_string(),
+        ));
+    }
+
+    // Names last: one that does not resolve disables this grant only.
+    let disabled = |field, name: &str, problem: String| {
+        Unresolved::Disabled(DisabledGrant {
+            grant: index,
+            field,
+            name: name.to_string(),
+            problem,
+        })
+    };
     let mut uids: BTreeSet<u32> = config.uids.iter().copied().collect();
     for name in &config.users {
-        match resolve("user", name).map_err(|e| error("users", e))? {
-            Some(uid) => uids.insert(uid),
-            None => {
-                return Err(error(
+        match resolve("user", name) {
+            Ok(Some(uid)) => uids.insert(uid),
+            Ok(None) => {
+                return Err(disabled(
                     "users",
+                    name,
                     format!(
-                        "no user named \"{name}\" exists on this host; create it, or grant by uid with uids = [...]"
+                        "no user named \"{name}\" exists on this host; the grant is disabled until the name resolves at a reload. Create the user, or remove or fix the name and reload"
                     ),
+                ));
+            }
+            Err(e) => {
+                return Err(disabled(
+                    "users",
+                    name,
+                    format!("{e}; the grant is disabled until the name resolves at a reload"),
                 ));
             }
         };
     }
     let mut gids = BTreeSet::new();
     for name in &config.groups {
-        match resolve("group", name).map_err(|e| error("groups", e))? {
-            Some(gid) => gids.insert(gid),
-            None => {
-                return Err(error(
+        match resolve("group", name) {
+            Ok(Some(gid)) => gids.insert(gid),
+            Ok(None) => {
+                return Err(disabled(
                     "groups",
-                    format!("no group named \"{name}\" exists on this host"),
-                ));
-            }
-        };
-    }
-    let mut units = BTreeSet::new();
-    for unit in &config.units {
-        let valid = (unit.ends_with(".service") || unit.ends_with(".scope"))
-            && !unit.contains('/')
-            && unit.len() <= 256;
-        if !valid {
-            return Err(error(
-                "units",
-                format!(
-                    "\"{unit}\" is not a systemd service or scope name, e.g. \"postgresql.service\""
-                ),
-            ));
-        }
-        units.insert(unit.clone());
-    }
-    if uids.is_empty() && gids.is_empty() && units.is_empty() {
-        return Err(error(
-            "users",
-            "names no peer; give users, uids, groups or units".to_string(),
-        ));
-    }
-
-    if config.ops.is_empty() {
-        return Err(error(
-            "ops",
-            format!("names no operation; choose from {}", grantable_names()),
-        ));
-    }
-    let mut ops = BTreeSet::new();
-    for name in &config.ops {
-        match Operation::from_name(name).filter(|op| GRANTABLE.contains(op)) {
-            Some(op) => ops.insert(op),
-            None if matches!(name.as_str(), "ping" | "status" | "list") => {
-                return Err(error(
-                    "ops",
+                    name,
                     format!(
-                        "\"{name}\" is open to every connected peer and needs no grant; remove it"
+                        "no group named \"{name}\" exists on this host; the grant is disabled until the name resolves at a reload. Create the group, or remove or fix the name and reload"
                     ),
                 ));
             }
-            None => {
-                return Err(error(
-                    "ops",
-                    format!(
-                        "unknown operation \"{name}\"; choose from {}",
-                        grantable_names()
-                    ),
+            Err(e) => {
+                return Err(disabled(
+                    "groups",
+                    name,
+                    format!("{e}; the grant is disabled until the name resolves at a reload"),
                 ));
             }
         };
@@ -273,14 +393,31 @@ fn resolve_grant(index: usize, config: &GrantConfig) -> Result<Grant, GrantError
         uids,
         gids,
         units,
+        user_units,
         ops,
+        metrics,
     })
+}
+
+/// Checks service and scope names; the first invalid one is the error.
+fn unit_names(names: &[String]) -> Result<BTreeSet<String>, &str> {
+    let mut units = BTreeSet::new();
+    for unit in names {
+        let valid = (unit.ends_with(".service") || unit.ends_with(".scope"))
+            && crate::peer::unit_name_valid(unit, true);
+        if !valid {
+            return Err(unit);
+        }
+        units.insert(unit.clone());
+    }
+    Ok(units)
 }
 
 fn grantable_names() -> String {
     GRANTABLE
         .iter()
         .map(|op| op.as_str())
+        .chain([METRICS])
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -296,6 +433,17 @@ mod tests {
             pid: None,
             groups: groups.to_vec(),
             unit: unit.map(str::to_string),
+            user_unit: None,
+            unit_unknown: None,
+        }
+    }
+
+    /// A peer whose process runs in `user_unit` of uid's user manager.
+    fn user_peer(uid: u32, user_unit: &str) -> Peer {
+        Peer {
+            unit: Some(format!("user@{uid}.service")),
+            user_unit: Some(user_unit.to_string()),
+            ..peer(uid, uid, &[], None)
         }
     }
 
@@ -373,20 +521,23 @@ mod tests {
             (grant(&[], &["wrap"]), "keys", "names no key"),
             (
                 GrantConfig {
-                    users: vec!["no-such-user-hk".into()],
+                    user_units: vec!["backup.service".into()],
+                    groups: vec!["root".into()],
                     ..grant(&["a"], &["wrap"])
                 },
-                "users",
-                "no user named",
+                "user_units",
+                "users/uids and user_units together",
             ),
             (
                 GrantConfig {
-                    groups: vec!["no-such-group-hk".into()],
+                    user_units: vec!["backup".into()],
+                    uids: vec![1],
                     ..grant(&["a"], &["wrap"])
                 },
-                "groups",
-                "no group named",
+                "user_units",
+                "not a systemd service",
             ),
+            (grant(&[], &["wrap", "metrics"]), "keys", "names no key"),
             (
                 GrantConfig {
                     units: vec!["postgres".into()],
@@ -412,5 +563,92 @@ mod tests {
         let no_peer = grant(&["a"], &["wrap"]);
         let err = Policy::new(&[no_peer], &[]).unwrap_err();
         assert!(err.to_string().contains("names no peer"), "{err}");
+        // user_units alone would match any user's unit of that name.
+        let whose = GrantConfig {
+            user_units: vec!["backup.service".into()],
+            ..grant(&["a"], &["wrap"])
+        };
+        let err = Policy::new(&[whose], &[]).unwrap_err();
+        assert_eq!(err.field, "user_units");
+        assert!(
+            err.to_string().contains("add users = [...] or uids"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unit_grants_match_system_units_and_user_units_need_the_uid_too() {
+        let mut system = grant(&["db"], &["unwrap"]);
+        system.units = vec!["postgresql.service".to_string()];
+        let mut users_own = grant(&["backup"], &["wrap"]);
+        users_own.uids = vec![1000];
+        users_own.user_units = vec!["backup.service".to_string()];
+        let (policy, _) = Policy::new(&[system, users_own], &[]).unwrap();
+
+        // A user's unit named like the system's is not the system's.
+        let impostor = user_peer(65534, "postgresql.service");
+        assert!(!policy.allows(&impostor, Operation::Unwrap, "db"));
+        let real = peer(70, 70, &[], Some("postgresql.service"));
+        assert!(policy.allows(&real, Operation::Unwrap, "db"));
+
+        // The user unit matches only for the grant's uid, and uid 1000
+        // outside that unit holds nothing.
+        assert!(policy.allows(
+            &user_peer(1000, "backup.service"),
+            Operation::Wrap,
+            "backup"
+        ));
+        assert!(!policy.allows(
+            &user_peer(1001, "backup.service"),
+            Operation::Wrap,
+            "backup"
+        ));
+        assert!(!policy.allows(&user_peer(1000, "other.service"), Operation::Wrap, "backup"));
+        assert!(!policy.allows(&peer(1000, 1000, &[], None), Operation::Wrap, "backup"));
+    }
+
+    #[test]
+    fn a_grant_naming_an_unknown_user_or_group_is_disabled_and_the_rest_apply() {
+        let mut kept = grant(&["a"], &["wrap"]);
+        kept.uids = vec![1001];
+        let mut gone_user = grant(&["*"], &["unwrap"]);
+        gone_user.users = vec!["no-such-user-hk".into()];
+        gone_user.uids = vec![1002];
+        let mut gone_group = grant(&["*"], &["unwrap"]);
+        gone_group.groups = vec!["no-such-group-hk".into()];
+        let (policy, _) = Policy::new(&[kept, gone_user, gone_group], &[]).unwrap();
+        assert_eq!(policy.grant_count(), 1);
+        let disabled = policy.disabled();
+        assert_eq!(disabled.len(), 2);
+        assert_eq!((disabled[0].grant, disabled[0].field), (2, "users"));
+        assert_eq!(disabled[0].name, "no-such-user-hk");
+        assert!(disabled[0].problem.contains("disabled"), "{disabled:?}");
+        assert_eq!((disabled[1].grant, disabled[1].field), (3, "groups"));
+        assert!(policy.allows(&peer(1001, 1001, &[], None), Operation::Wrap, "a"));
+        // Fail-closed: the whole grant is out, its uids too.
+        assert!(!policy.allows(&peer(1002, 1002, &[], None), Operation::Unwrap, "a"));
+    }
+
+    #[test]
+    fn metrics_is_granted_without_keys_and_shows_no_key() {
+        let mut metrics = grant(&[], &["metrics"]);
+        metrics.uids = vec![3000];
+        let mut with_keys = grant(&["*"], &["metrics"]);
+        with_keys.uids = vec![3001];
+        let mut wrap = grant(&["app-*"], &["wrap"]);
+        wrap.uids = vec![3002];
+        let (policy, _) = Policy::new(&[metrics, with_keys, wrap], &[]).unwrap();
+        assert!(policy.allows_metrics(&peer(3000, 3000, &[], None)));
+        assert!(policy.allows_metrics(&peer(3001, 3001, &[], None)));
+        assert!(!policy.allows_metrics(&peer(3002, 3002, &[], None)));
+        assert!(policy.allows_metrics(&peer(0, 0, &[], None)));
+        // A metrics grant is no grant on keys, whatever its patterns.
+        assert!(!policy.may_see(&peer(3001, 3001, &[], None), "app-db"));
+        for op in GRANTABLE {
+            assert!(
+                !policy.allows(&peer(3001, 3001, &[], None), op, "app-db"),
+                "{op}"
+            );
+        }
     }
 }

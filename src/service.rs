@@ -213,7 +213,7 @@ impl Service {
         }
         match request {
             Request::Ping => Ok(Response::Pong),
-            Request::Status => Ok(Response::Status(self.status().await)),
+            Request::Status => Ok(Response::Status(self.status(peer).await)),
             Request::CreateKey { name } => {
                 self.permit(peer, op, &name)?;
                 self.change(move |store| store.create(&name), subject).await
@@ -527,6 +527,13 @@ impl Service {
 
     /// Decrypts a ciphertext for `op` (unwrap or rewrap), after the grant,
     /// key state and version checks.
+    ///
+    /// The grant is checked before anything about the key is answered: a
+    /// peer that holds no grant for `op` on the key the ciphertext names, or
+    /// whose ciphertext names no key of this host, gets one and the same
+    /// refusal, which reveals neither the key's name nor whether it exists;
+    /// nor does the `key` the peer expects change it. Admins and covered
+    /// peers get the precise answers.
     fn decrypt(
         &self,
         peer: &Peer,
@@ -539,15 +546,29 @@ impl Service {
         let header = envelope::read_header(ciphertext.as_bytes())
             .map_err(|_| Refusal::invalid_ciphertext())?;
         let keys = self.store.keys();
-        let key = keys
-            .by_id(header.key_id)
-            .ok_or_else(Refusal::invalid_ciphertext)?;
+        let policy = self.policy.load();
+        let key = keys.by_id(header.key_id);
+        if let Some(key) = key {
+            // The audit records the real key; the peer may not learn it.
+            subject.set_key(key.name());
+            subject.set_version(header.version);
+        }
+        let key = match key {
+            Some(key) if policy.allows(peer, op, key.name()) => key,
+            None if policy.is_admin(peer) => return Err(Refusal::invalid_ciphertext()),
+            _ => {
+                return Err(Refusal::new(
+                    ErrorCode::PermissionDenied,
+                    format!(
+                        "uid {} holds no grant to {op} with the key this ciphertext names; an admin can grant it in the config's [[grant]] tables",
+                        peer.uid
+                    ),
+                ));
+            }
+        };
         if expected_key.is_some_and(|expected| expected != key.name()) {
             return Err(Refusal::invalid_ciphertext());
         }
-        subject.set_key(key.name());
-        subject.set_version(header.version);
-        self.permit(peer, op, key.name())?;
         Self::usable(key)?;
         let version = key
             .version(header.version)
@@ -583,11 +604,20 @@ impl Service {
         })
     }
 
-    async fn status(&self) -> StatusInfo {
-        let keys = self.store.keys();
-        let mut counters = self.monitor.counters();
-        counters.insert("keys".to_string(), keys.len() as u64);
-        counters.insert("versions".to_string(), keys.version_count() as u64);
+    /// The daemon's health for every peer; its counters (requests, denials,
+    /// keys, versions) and the root key check value only for admins and
+    /// peers granted `metrics`: to others an empty map and an empty check
+    /// value, in the same wire shape.
+    async fn status(&self, peer: &Peer) -> StatusInfo {
+        let (counters, root_key_check) = if self.policy.load().allows_metrics(peer) {
+            let keys = self.store.keys();
+            let mut counters = self.monitor.counters();
+            counters.insert("keys".to_string(), keys.len() as u64);
+            counters.insert("versions".to_string(), keys.version_count() as u64);
+            (counters, self.root_key_check.clone())
+        } else {
+            (Default::default(), String::new())
+        };
         StatusInfo {
             daemon_version: env!("CARGO_PKG_VERSION").to_string(),
             oldest_protocol: OLDEST_PROTOCOL_VERSION,
@@ -595,7 +625,7 @@ impl Service {
             uptime_secs: self.started.elapsed().as_secs(),
             tpm_reachable: self.tpm_health.reachable().await,
             root_key_loaded: true,
-            root_key_check: self.root_key_check.clone(),
+            root_key_check,
             counters,
         }
     }

@@ -380,6 +380,8 @@ fn peer(uid: u32) -> Peer {
         pid: None,
         groups: Vec::new(),
         unit: None,
+        user_unit: None,
+        unit_unknown: None,
     }
 }
 

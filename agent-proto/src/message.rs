@@ -424,6 +424,8 @@ pub struct StatusInfo {
     /// A check value of the root key (not the key; safe to compare and log),
     /// to tell whether two runs hold the same root key.
     pub root_key_check: String,
-    /// Named counters (keys, versions, requests by operation and result...).
+    /// Named counters (keys, versions, requests by operation and result...);
+    /// empty, like `root_key_check`, when the daemon withholds them from a
+    /// peer that is neither admin nor granted `metrics`.
     pub counters: BTreeMap<String, u64>,
 }

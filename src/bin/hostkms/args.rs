@@ -39,11 +39,12 @@ pub struct Cli {
 pub enum Command {
     /// Check that the daemon answers.
     Ping,
-    /// Show the daemon's health: versions, uptime, TPM, root key, and its
-    /// counters (requests by operation and result, denials, alerts).
+    /// Show the daemon's health: versions, uptime, TPM, root key, and (to
+    /// admins and peers granted "metrics") its counters and root key check.
     Status,
     /// Print the daemon's counters in the OpenMetrics text format, for
-    /// Prometheus or node_exporter's textfile collector.
+    /// Prometheus or node_exporter's textfile collector (needs an admin or
+    /// a "metrics" grant).
     Metrics {
         /// Write to this file atomically (mode 0644, replaced whole, so a
         /// collector never reads half of it) instead of standard output.

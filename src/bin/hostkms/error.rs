@@ -48,6 +48,18 @@ pub enum CliError {
     /// A benchmark thread died unexpectedly.
     #[error("a benchmark thread panicked; the results are incomplete")]
     BenchThread,
+    /// The daemon answered `Status` with its health only: this peer may not
+    /// see its counters, so there are no metrics to print.
+    #[error(
+        "the daemon withheld its counters from uid {uid}: only admins (root and \
+         members of admin_groups) and peers granted \"metrics\" see them. Run this \
+         as an admin, or have one add a [[grant]] with ops = [\"metrics\"] for this \
+         user and reload hostkms"
+    )]
+    CountersWithheld {
+        /// This process's effective uid.
+        uid: u32,
+    },
     /// Benchmark requests failed (the results were printed already).
     #[error("benchmark: {errors} requests failed; first failure: {first}")]
     BenchFailed {
@@ -69,7 +81,9 @@ impl CliError {
                 code: ErrorCode::Busy,
                 ..
             }) => 3,
-            CliError::Client(ClientError::Daemon { .. }) | CliError::BenchFailed { .. } => 1,
+            CliError::Client(ClientError::Daemon { .. })
+            | CliError::BenchFailed { .. }
+            | CliError::CountersWithheld { .. } => 1,
             _ => 2,
         }
     }

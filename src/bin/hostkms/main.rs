@@ -72,10 +72,25 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             } else {
                 output::status_human(&status)
             };
-            write_stdout(text.as_bytes())
+            write_stdout(text.as_bytes())?;
+            if output::counters_withheld(&status) {
+                // Health only: say why the rest is missing, off stdout so
+                // --json stays one document.
+                let withheld = CliError::CountersWithheld {
+                    uid: nix::unistd::geteuid().as_raw(),
+                };
+                let _ = writeln!(std::io::stderr(), "hostkms: note: {withheld}");
+            }
+            Ok(())
         }
         Command::Metrics { out } => {
             let status = connect(socket)?.status()?;
+            if output::counters_withheld(&status) {
+                // Zeros would read as "nothing happened" to a scraper.
+                return Err(CliError::CountersWithheld {
+                    uid: nix::unistd::geteuid().as_raw(),
+                });
+            }
             let text = output::metrics_openmetrics(&status);
             match out {
                 Some(path) => io::write_public_atomically(path, text.as_bytes()),

@@ -189,6 +189,13 @@ pub fn keys_human(keys: &[KeyInfo]) -> String {
     out
 }
 
+/// Whether the daemon answered with its health only: peers that are not
+/// admins and hold no `metrics` grant get no counters and no root key
+/// check value (an allowed peer always gets the `keys` counter).
+pub fn counters_withheld(status: &StatusInfo) -> bool {
+    status.counters.is_empty() && status.root_key_check.is_empty()
+}
+
 /// The daemon's status as aligned lines (tests rely on these labels).
 pub fn status_human(status: &StatusInfo) -> String {
     let yes_no = |b: bool| if b { "yes" } else { "no" };
@@ -206,6 +213,14 @@ pub fn status_human(status: &StatusInfo) -> String {
     let _ = writeln!(out, "uptime:           {} s", status.uptime_secs);
     let _ = writeln!(out, "TPM reachable:    {}", yes_no(status.tpm_reachable));
     let _ = writeln!(out, "root key loaded:  {}", yes_no(status.root_key_loaded));
+    if counters_withheld(status) {
+        let _ = writeln!(out, "root key check:   withheld");
+        let _ = writeln!(
+            out,
+            "counters:         withheld (admins and peers granted \"metrics\" see them)"
+        );
+        return out;
+    }
     let _ = writeln!(
         out,
         "root key check:   {}",
