@@ -305,6 +305,7 @@ pub fn summarized(closed: &[Suppressed]) {
             crate::monitor::flood::Refused::InvalidCiphertext => "invalid ciphertexts",
             crate::monitor::flood::Refused::Failed => "failed requests",
             crate::monitor::flood::Refused::BadFrame => "bad frames",
+            crate::monitor::flood::Refused::Connection => "refused or cut-off connections",
         };
         tracing::event!(
             target: AUDIT_TARGET,

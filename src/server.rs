@@ -18,7 +18,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admission::{Admission, FrameMemory, Refusal, SlotLimits};
+use crate::admission::{Admission, FrameMemory, SlotLimits};
 use crate::peer::Peer;
 use crate::service::Service;
 
@@ -367,7 +367,10 @@ async fn serve_connection(
     {
         Ok(slot) => slot,
         Err(refusal) => {
-            log_refusal(&peer, &refusal);
+            service.refused_connection(
+                &peer,
+                &format_args!("refusing a connection with Busy: {refusal}"),
+            );
             let message = refusal.to_string();
             refuse_busy(stream, &shared.refusing, current.max_frame, message).await;
             return;
@@ -396,11 +399,12 @@ async fn serve_connection(
         {
             Ok(frame) => frame,
             Err(_) => {
-                tracing::warn!(
-                    uid = peer.uid,
-                    pid = peer.pid,
-                    "closing a connection whose frame did not arrive within {:?}",
-                    limits.frame_timeout
+                service.refused_connection(
+                    &peer,
+                    &format_args!(
+                        "closing a connection whose frame did not arrive within {:?} (frame_timeout_secs)",
+                        limits.frame_timeout
+                    ),
                 );
                 return;
             }
@@ -412,12 +416,13 @@ async fn serve_connection(
                 (rejection(e.request_id(), e.code(), e.to_string()), false)
             }
             Err(FrameError::OutOfMemory { len, id }) => {
-                tracing::warn!(
-                    uid = peer.uid,
-                    pid = peer.pid,
-                    held = shared.frame_memory.held(),
-                    max_frame_memory = limits.max_frame_memory,
-                    "refused a {len}-byte frame with Busy: partly received frames hold all of max_frame_memory"
+                service.refused_connection(
+                    &peer,
+                    &format_args!(
+                        "refused a {len}-byte frame with Busy: partly received frames hold {} of max_frame_memory {} bytes",
+                        shared.frame_memory.held(),
+                        limits.max_frame_memory
+                    ),
                 );
                 let message = format!(
                     "hostkmsd holds its limit of {} bytes of partly received requests \
@@ -453,11 +458,12 @@ async fn serve_connection(
                 return;
             }
             Err(_) => {
-                tracing::warn!(
-                    uid = peer.uid,
-                    pid = peer.pid,
-                    "closing a connection that did not read its answers within {:?} (write_timeout_secs)",
-                    limits.write_timeout
+                service.refused_connection(
+                    &peer,
+                    &format_args!(
+                        "closing a connection that did not read its answers within {:?} (write_timeout_secs)",
+                        limits.write_timeout
+                    ),
                 );
                 return;
             }
@@ -467,15 +473,6 @@ async fn serve_connection(
             return;
         }
     }
-}
-
-/// Says in the log which peer was refused a connection, and why.
-fn log_refusal(peer: &Peer, refusal: &Refusal) {
-    tracing::warn!(
-        uid = peer.uid,
-        pid = peer.pid,
-        "refusing a connection with Busy: {refusal}"
-    );
 }
 
 /// Closes our side for writing, then discards what the client still sends

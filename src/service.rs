@@ -201,6 +201,17 @@ impl Service {
         }
     }
 
+    /// Logs a connection of `peer` the server refused or cut off (`why`
+    /// says which limit), under the same per-peer limit as refused
+    /// requests: a peer can open connections as fast as it likes.
+    pub fn refused_connection(&self, peer: &Peer, why: &dyn std::fmt::Display) {
+        let admission = self.monitor.admit(peer.uid, Refused::Connection);
+        audit::summarized(&admission.closed);
+        if admission.log {
+            tracing::warn!(uid = peer.uid, pid = peer.pid, "{why}");
+        }
+    }
+
     async fn dispatch(
         &self,
         peer: &Peer,

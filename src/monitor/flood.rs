@@ -30,6 +30,9 @@ pub enum Refused {
     Failed,
     /// A frame that could not be decoded, refused by the server.
     BadFrame,
+    /// A connection the server cut short or refused: over a connection
+    /// limit, out of frame memory, or too slow to send or to read.
+    Connection,
 }
 
 impl Refused {
@@ -43,7 +46,8 @@ impl Refused {
         }
     }
 
-    /// `denied`, `invalid-ciphertext`, `failed` or `bad-frame`: the value of
+    /// `denied`, `invalid-ciphertext`, `failed`, `bad-frame` or
+    /// `refused-connection`: the value of
     /// `HOSTKMS_EVENT` in a summary.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -51,6 +55,7 @@ impl Refused {
             Refused::InvalidCiphertext => "invalid-ciphertext",
             Refused::Failed => "failed",
             Refused::BadFrame => "bad-frame",
+            Refused::Connection => "refused-connection",
         }
     }
 }
