@@ -6,12 +6,20 @@
 //! resource manager serves one client at a time). Every command runs in an
 //! HMAC session salted with the primary key, with parameter encryption both
 //! ways, so secrets never cross the TPM interface in clear.
+//!
+//! The daemon talks to the TPM only through its [`TpmWorker`]: one thread,
+//! waited for with a deadline, so a TPM that stops answering costs a caller
+//! a bounded wait and never wedges anything else.
 
 mod primary;
 mod sealed;
+mod stale;
+mod worker;
 
 pub use primary::{PERSISTENT_SRK, tpm2_tools_ecc_template};
 pub use sealed::{BlobError, Part as BlobPart, SealedBlobs};
+pub use stale::{flush_stale, has_resource_manager};
+pub use worker::TpmWorker;
 
 use tss_esapi::Context;
 use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
@@ -48,6 +56,14 @@ pub enum TpmError {
         /// The TSS error.
         source: tss_esapi::Error,
     },
+    /// The TPM refused to load or unseal a sealed object (the root key).
+    #[error("TPM {step} failed: {}", describe(source))]
+    SealedObject {
+        /// What the daemon was doing.
+        step: &'static str,
+        /// The TSS error.
+        source: tss_esapi::Error,
+    },
     /// The TPM answered with something unusable.
     #[error("TPM {step} returned {problem}")]
     BadAnswer {
@@ -56,6 +72,54 @@ pub enum TpmError {
         /// What was wrong with the answer.
         problem: String,
     },
+    /// The TPM did not answer within the deadline.
+    #[error(
+        "the TPM at \"{tcti}\" did not answer within {secs} s ({task}); check that the TPM is working, or that swtpm is running and not stopped. TPM work fails at once until the TPM answers again; operations that need no TPM go on"
+    )]
+    Timeout {
+        /// The TCTI string.
+        tcti: String,
+        /// The deadline, in seconds.
+        secs: u64,
+        /// What the daemon asked the TPM to do.
+        task: &'static str,
+    },
+    /// An earlier TPM command has not come back; new ones are refused at once.
+    #[error(
+        "the TPM at \"{tcti}\" has not answered a command for {secs} s; check that the TPM is working, or that swtpm is running and not stopped. TPM work fails at once until the TPM answers again; operations that need no TPM go on"
+    )]
+    Stuck {
+        /// The TCTI string.
+        tcti: String,
+        /// How long the command has been waiting, in seconds.
+        secs: u64,
+    },
+    /// The TPM worker thread is gone (it panicked or could not be started).
+    #[error("the daemon's TPM worker thread is gone ({0}); restart hostkmsd")]
+    WorkerGone(String),
+}
+
+/// What a TPM failure means, to give advice that fits it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The TPM refused a sealed object's blobs as such: integrity, binding,
+    /// key, handle, attribute or policy failures on Load or Unseal. Another
+    /// TPM sealed them, this TPM was cleared, or the files were altered.
+    BlobRejected,
+    /// Dictionary-attack lockout.
+    Lockout,
+    /// No room for objects or sessions (stale handles, or other clients).
+    OutOfMemory,
+    /// The TPM asked to be retried: busy, yielded, self-testing, NV rate.
+    Busy,
+    /// The TPM is not operational: not started, failure mode, needs a reboot.
+    NotOperational,
+    /// The transport failed: nothing answers, or the connection broke.
+    Transport,
+    /// The TPM did not answer in time, or an earlier command is still out.
+    Timeout,
+    /// Anything else.
+    Other,
 }
 
 impl TpmError {
@@ -63,16 +127,117 @@ impl TpmError {
         move |source| TpmError::Command { step, source }
     }
 
+    fn sealed_object(step: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmError {
+        move |source| TpmError::SealedObject { step, source }
+    }
+
     /// Whether the TPM refused because it is in dictionary-attack lockout.
     pub fn is_lockout(&self) -> bool {
-        use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
-        matches!(
+        self.cause() == Cause::Lockout
+    }
+
+    /// What the failure means; [`Cause::BlobRejected`] only for a sealed
+    /// object's Load or Unseal refused for a reason that points at the blobs.
+    pub fn cause(&self) -> Cause {
+        use tss_esapi::constants::response_code::Tss2ResponseCodeKind as Kind;
+        let (source, sealed_object) = match self {
+            TpmError::Open { source, .. } | TpmError::Command { source, .. } => (source, false),
+            TpmError::SealedObject { source, .. } => (source, true),
+            TpmError::Timeout { .. } | TpmError::Stuck { .. } => return Cause::Timeout,
+            TpmError::BadAnswer { .. } | TpmError::WorkerGone(_) => return Cause::Other,
+        };
+        let tss_esapi::Error::Tss2Error(rc) = source else {
+            return Cause::Other;
+        };
+        match rc.kind() {
+            Some(
+                Kind::Integrity
+                | Kind::Binding
+                | Kind::Sensitive
+                | Kind::Key
+                | Kind::KeySize
+                | Kind::Size
+                | Kind::Value
+                | Kind::Attributes
+                | Kind::Type
+                | Kind::Hash
+                | Kind::Scheme
+                | Kind::Symmetric
+                | Kind::Asymmetric
+                | Kind::Handle
+                | Kind::Policy
+                | Kind::PolicyFail
+                | Kind::Pcr
+                | Kind::PcrChanged
+                | Kind::AuthFail
+                | Kind::BadAuth,
+            ) if sealed_object => Cause::BlobRejected,
+            Some(Kind::Lockout) => Cause::Lockout,
+            Some(
+                Kind::ObjectMemory
+                | Kind::SessionMemory
+                | Kind::Memory
+                | Kind::ObjectHandles
+                | Kind::SessionHandles
+                | Kind::TooManyContexts
+                | Kind::ContextGap,
+            ) => Cause::OutOfMemory,
+            Some(
+                Kind::Retry
+                | Kind::Yielded
+                | Kind::Canceled
+                | Kind::Testing
+                | Kind::NvRate
+                | Kind::NvUnavailable,
+            ) => Cause::Busy,
+            Some(
+                Kind::Initialize | Kind::Failure | Kind::Reboot | Kind::NeedsTest | Kind::Upgrade,
+            ) => Cause::NotOperational,
+            Some(_) => Cause::Other,
+            // A TSS layer's own code: the TCTI (10) or a resource manager (11, 12).
+            None => match raw_response_code(rc).map(|raw| (raw >> 16) & 0xff) {
+                Some(10..=12) => Cause::Transport,
+                _ => Cause::Other,
+            },
+        }
+    }
+
+    /// What to do about the failure, in a sentence that fits its cause
+    /// (empty when the message already says it).
+    pub fn advice(&self) -> &'static str {
+        if matches!(
             self,
-            TpmError::Command {
-                source: tss_esapi::Error::Tss2Error(rc),
-                ..
-            } if rc.kind() == Some(Tss2ResponseCodeKind::Lockout)
-        )
+            TpmError::Open { .. }
+                | TpmError::Timeout { .. }
+                | TpmError::Stuck { .. }
+                | TpmError::WorkerGone(_)
+        ) {
+            return "";
+        }
+        match self.cause() {
+            Cause::BlobRejected => {
+                "The TPM refused the sealed object itself: it was sealed by another TPM, this TPM was cleared, or the files were altered"
+            }
+            Cause::Lockout => {
+                "The TPM is in dictionary-attack lockout; wait for its recovery time or clear it with `tpm2_dictionarylockout --clear-lockout` (needs the lockout authorization)"
+            }
+            Cause::OutOfMemory => {
+                "The TPM has no room for more objects or sessions: another program holds them, or a program using a TPM without a resource manager died without flushing them (hostkmsd flushes those it finds and retries once). See what holds them with `tpm2_getcap handles-transient` and `tpm2_getcap handles-loaded-session`, and let programs that share the TPM use the kernel's resource manager (device:/dev/tpmrm0). Nothing is wrong with the sealed files"
+            }
+            Cause::Busy => {
+                "The TPM asked to be retried (busy, self-testing or rate-limiting its NV writes); try again in a moment. Nothing is wrong with the sealed files"
+            }
+            Cause::NotOperational => {
+                "The TPM is not operational (not started up, in failure mode, or waiting for a reboot or self-test); check it with `tpm2_selftest` and `tpm2_gettestresult`, or restart swtpm. Nothing is wrong with the sealed files"
+            }
+            Cause::Transport => {
+                "Nothing answered on the TPM's transport, or the connection broke: check that the TPM is there and the daemon may open it, or that swtpm is running on that port. Nothing is wrong with the sealed files"
+            }
+            Cause::Timeout => "",
+            Cause::Other => {
+                "Check the TPM with tpm2-tools (`tpm2_selftest`, `tpm2_getcap properties-variable`); hostkms changed nothing"
+            }
+        }
     }
 }
 
@@ -158,10 +323,7 @@ impl std::fmt::Debug for Tpm {
 impl Tpm {
     /// Opens the TPM at `tcti`, loads the storage primary and starts the session.
     pub fn open(tcti: &Tcti) -> Result<Tpm, TpmError> {
-        let mut context = Context::new(tcti.name_conf()).map_err(|source| TpmError::Open {
-            tcti: tcti.to_string(),
-            source,
-        })?;
+        let mut context = open_context(tcti)?;
         let primary = primary::load(&mut context)
             .map_err(TpmError::command("loading the storage primary key"))?;
         start_salted_session(&mut context, primary)?;
@@ -240,11 +402,11 @@ impl Tpm {
         let object = self
             .context
             .load(self.primary.handle, private, public)
-            .map_err(TpmError::command("Load (of the sealed root key)"))?;
+            .map_err(TpmError::sealed_object("Load (of the sealed root key)"))?;
         let unsealed = self.context.unseal(ObjectHandle::from(object));
         // Flush before looking at the result: swtpm holds only 3 objects.
         let flushed = self.context.flush_context(ObjectHandle::from(object));
-        let secret = unsealed.map_err(TpmError::command("Unseal"))?;
+        let secret = unsealed.map_err(TpmError::sealed_object("Unseal"))?;
         flushed.map_err(TpmError::command("FlushContext (of the sealed root key)"))?;
         Ok(Zeroizing::new(secret.value().to_vec()))
     }
@@ -282,13 +444,18 @@ fn start_salted_session(context: &mut Context, primary: primary::Primary) -> Res
     Ok(())
 }
 
+/// A bare ESAPI context on the TPM at `tcti`: no primary, no session.
+fn open_context(tcti: &Tcti) -> Result<Context, TpmError> {
+    Context::new(tcti.name_conf()).map_err(|source| TpmError::Open {
+        tcti: tcti.to_string(),
+        source,
+    })
+}
+
 /// Checks that the TPM at `tcti` answers, with a GetRandom of one byte that
 /// is thrown away; cheaper than [`Tpm::open`] (no primary key, no session).
 pub fn probe(tcti: &Tcti) -> Result<(), TpmError> {
-    let mut context = Context::new(tcti.name_conf()).map_err(|source| TpmError::Open {
-        tcti: tcti.to_string(),
-        source,
-    })?;
+    let mut context = open_context(tcti)?;
     context
         .execute_without_session(|ctx| ctx.get_random(1))
         .map(drop)

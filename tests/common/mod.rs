@@ -824,3 +824,4 @@ pub fn journal_of_stopped(scope: &JournalScope) -> Vec<serde_json::Value> {
 pub fn journal_export_of(scope: &JournalScope) -> Vec<u8> {
     scope.journalctl("export")
 }
+pub mod tpm_faults;
