@@ -461,3 +461,87 @@ pub fn probe(tcti: &Tcti) -> Result<(), TpmError> {
         .map(drop)
         .map_err(TpmError::command("GetRandom (probe)"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+    use tss_esapi::constants::response_code::Tss2ResponseCode;
+
+    fn rc(raw: u32) -> tss_esapi::Error {
+        tss_esapi::Error::Tss2Error(Tss2ResponseCode::from(raw))
+    }
+
+    fn command(raw: u32) -> TpmError {
+        TpmError::Command {
+            step: "CreatePrimary",
+            source: rc(raw),
+        }
+    }
+
+    fn sealed(raw: u32) -> TpmError {
+        TpmError::SealedObject {
+            step: "Load (of the sealed root key)",
+            source: rc(raw),
+        }
+    }
+
+    #[test]
+    fn only_blob_failures_on_the_sealed_object_blame_the_blobs() {
+        // TPM_RC_INTEGRITY, TPM_RC_BINDING, TPM_RC_HANDLE, TPM_RC_POLICY_FAIL
+        // (format one, on parameter/handle 1).
+        for raw in [0x1df, 0x1e5, 0x18b, 0x9d] {
+            assert_eq!(sealed(raw).cause(), Cause::BlobRejected, "{raw:#x}");
+            assert!(sealed(raw).advice().contains("another TPM"), "{raw:#x}");
+            // The same code outside Load/Unseal of the sealed object is not
+            // a statement about the blobs.
+            assert_eq!(command(raw).cause(), Cause::Other, "{raw:#x}");
+        }
+    }
+
+    #[test]
+    fn every_other_answer_is_named_for_what_it_is() {
+        let cases = [
+            (0x902, Cause::OutOfMemory),    // TPM_RC_OBJECT_MEMORY
+            (0x903, Cause::OutOfMemory),    // TPM_RC_SESSION_MEMORY
+            (0x921, Cause::Lockout),        // TPM_RC_LOCKOUT
+            (0x922, Cause::Busy),           // TPM_RC_RETRY
+            (0x90a, Cause::Busy),           // TPM_RC_TESTING
+            (0x101, Cause::NotOperational), // TPM_RC_FAILURE
+            (0x100, Cause::NotOperational), // TPM_RC_INITIALIZE
+            (0xa000a, Cause::Transport),    // TSS2_TCTI_RC_IO_ERROR
+        ];
+        for (raw, cause) in cases {
+            for error in [command(raw), sealed(raw)] {
+                assert_eq!(error.cause(), cause, "{raw:#x}");
+                let advice = error.advice();
+                assert!(!advice.is_empty(), "{raw:#x}");
+                assert!(!advice.contains("another TPM"), "{raw:#x}: {advice}");
+                assert!(!advice.contains("backup"), "{raw:#x}: {advice}");
+            }
+        }
+        let timeout = TpmError::Timeout {
+            tcti: "swtpm:port=1".to_string(),
+            secs: 3,
+            task: "probing the TPM",
+        };
+        assert_eq!(timeout.cause(), Cause::Timeout);
+        let shown = timeout.to_string();
+        assert!(shown.contains("did not answer within 3 s"), "{shown}");
+        assert!(!shown.contains("backup"), "{shown}");
+    }
+
+    #[test]
+    fn resource_managers_are_recognised() {
+        let tcti = |text: &str| Tcti::from_str(text).expect("TCTI");
+        assert!(has_resource_manager(&tcti("device:/dev/tpmrm0")));
+        assert!(has_resource_manager(&tcti("tabrmd:")));
+        assert!(!has_resource_manager(&tcti("device:/dev/tpm0")));
+        assert!(!has_resource_manager(&tcti(
+            "swtpm:host=127.0.0.1,port=2321"
+        )));
+        assert!(!has_resource_manager(&tcti(
+            "mssim:host=127.0.0.1,port=2321"
+        )));
+    }
+}
