@@ -204,7 +204,7 @@ fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Resul
             .unwrap_or(false);
         if !ended {
             tracing::warn!(
-                "the TPM did not finish its last command within {} s of the stop; exiting anyway",
+                "the TPM has not answered the daemon's last command (waited up to {} s unless it was already overdue); stopping without it",
                 TPM_SHUTDOWN_WAIT.as_secs()
             );
         }

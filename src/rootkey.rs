@@ -282,9 +282,10 @@ fn create(dir: &StateDir, tpm: &TpmWorker, timeout: Duration) -> Result<RootKey,
             Ok((secret, blobs))
         })
         .map_err(|e| match e {
-            TpmError::Open { .. } | TpmError::Timeout { .. } | TpmError::Stuck { .. } => {
-                RootKeyError::TpmUnavailable(e)
-            }
+            TpmError::Open { .. }
+            | TpmError::Timeout { .. }
+            | TpmError::Slow { .. }
+            | TpmError::Stuck { .. } => RootKeyError::TpmUnavailable(e),
             e => RootKeyError::Seal(e),
         })?;
     // The private part first: a crash between the two writes leaves

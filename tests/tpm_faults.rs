@@ -118,9 +118,10 @@ fn a_tpm_full_of_a_dead_process_objects_is_flushed_at_start() {
     client
         .create_key("after")
         .expect("create a key (TPM randomness) after the flush");
-    let log = daemon.log();
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
     assert!(
-        log.contains("flushed") && log.contains("stale"),
+        log.contains("flushed 6 stale"),
         "the log says what was flushed: {log}"
     );
 
@@ -290,10 +291,10 @@ fn a_hung_tpm_fails_tpm_work_within_the_bound_and_nothing_else_waits() {
     let daemon = Daemon::start(&files).expect("start");
     let context = EncryptionContext::new();
     let mut client = impatient(&daemon);
+    // Let the first background draw of TPM randomness finish.
+    thread::sleep(Duration::from_secs(3));
     client.create_key("k").expect("create");
     let before = client.wrap("k", b"before", &context).expect("wrap");
-    // Let the background refill of TPM randomness finish first.
-    thread::sleep(Duration::from_secs(2));
 
     tpm.pause();
     // New versions draw on the reserve of TPM randomness until it is
@@ -418,4 +419,29 @@ fn a_start_against_a_hung_tpm_gives_up_within_the_bound() {
     }
     tpm.resume();
     Daemon::start(&files).expect("starts once the TPM answers");
+}
+
+#[test]
+fn a_daemon_stops_cleanly_while_the_tpm_hangs() {
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::new(&tpm.tcti(), "tpm_timeout_secs = 3\n");
+    let daemon = Daemon::start(&files).expect("start");
+    let mut client = impatient(&daemon);
+    // Let the first background draw of TPM randomness finish.
+    thread::sleep(Duration::from_secs(3));
+    client.create_key("k").expect("create");
+    tpm.pause();
+    let mut stuck = false;
+    for _ in 0..1000 {
+        if client.rotate("k").is_err() {
+            stuck = true;
+            break;
+        }
+    }
+    assert!(stuck, "the reserve ran out without a TpmUnavailable");
+    // Daemon::stop fails the test unless the daemon exits within 20 s.
+    let (status, log) = daemon.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("stopped after"), "{log}");
+    assert!(log.contains("stopping without it"), "{log}");
 }

@@ -1,7 +1,7 @@
 //! TPM randomness for new KEKs, drawn in batches ahead of need so creating
 //! or rotating a key rarely waits on the TPM.
 //!
-//! The reserve holds up to two batches. When it falls below one batch a
+//! The reserve holds up to two batches. When it falls below half a batch a
 //! refill is queued on the TPM worker in the background; only a reserve
 //! that ran dry makes a caller wait for the TPM (with the request deadline).
 //! Each batch is drawn over the salted, encrypting session (never in clear
@@ -22,8 +22,8 @@ use crate::tpm::{Tpm, TpmError, TpmWorker};
 const BATCH: usize = 4096;
 /// Bytes the reserve holds at most.
 const CAPACITY: usize = 2 * BATCH;
-/// Below this many bytes a background refill is queued.
-const LOW_WATER: usize = BATCH;
+/// Below this many bytes (64 KEKs) a background refill is queued.
+const LOW_WATER: usize = BATCH / 2;
 
 /// The reserve's bytes; only the first `available` are unused.
 struct Pool {
@@ -107,12 +107,22 @@ impl TpmEntropy {
             if let Some(bytes) = taken {
                 return Ok(bytes);
             }
+            // Queued behind a background refill, this finds the reserve
+            // filled and draws nothing more.
+            let pool = Arc::clone(&self.pool);
             let fresh = self.tpm.call(
                 "drawing randomness for a new key version",
                 self.timeout,
-                draw_batch,
+                move |tcti| {
+                    if lock(&pool).available >= KEK_LEN {
+                        return Ok(None);
+                    }
+                    draw_batch(tcti).map(Some)
+                },
             )?;
-            lock(&self.pool).deposit(&fresh);
+            if let Some(fresh) = fresh {
+                lock(&self.pool).deposit(&fresh);
+            }
         }
     }
 

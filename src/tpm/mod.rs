@@ -84,6 +84,18 @@ pub enum TpmError {
         /// What the daemon asked the TPM to do.
         task: &'static str,
     },
+    /// The TPM kept answering, but too slowly to finish the work in time.
+    #[error(
+        "the TPM at \"{tcti}\" answers, but too slowly: {task} did not finish within {secs} s (a slow TPM, or much TPM work queued); try again, and check the TPM's load"
+    )]
+    Slow {
+        /// The TCTI string.
+        tcti: String,
+        /// How long the caller waited, in seconds.
+        secs: u64,
+        /// What the daemon asked the TPM to do.
+        task: &'static str,
+    },
     /// An earlier TPM command has not come back; new ones are refused at once.
     #[error(
         "the TPM at \"{tcti}\" has not answered a command for {secs} s; check that the TPM is working, or that swtpm is running and not stopped. TPM work fails at once until the TPM answers again; operations that need no TPM go on"
@@ -144,6 +156,7 @@ impl TpmError {
             TpmError::Open { source, .. } | TpmError::Command { source, .. } => (source, false),
             TpmError::SealedObject { source, .. } => (source, true),
             TpmError::Timeout { .. } | TpmError::Stuck { .. } => return Cause::Timeout,
+            TpmError::Slow { .. } => return Cause::Busy,
             TpmError::BadAnswer { .. } | TpmError::WorkerGone(_) => return Cause::Other,
         };
         let tss_esapi::Error::Tss2Error(rc) = source else {
@@ -209,6 +222,7 @@ impl TpmError {
             self,
             TpmError::Open { .. }
                 | TpmError::Timeout { .. }
+                | TpmError::Slow { .. }
                 | TpmError::Stuck { .. }
                 | TpmError::WorkerGone(_)
         ) {
@@ -326,7 +340,9 @@ impl Tpm {
         let mut context = open_context(tcti)?;
         let primary = primary::load(&mut context)
             .map_err(TpmError::command("loading the storage primary key"))?;
+        worker::answered();
         start_salted_session(&mut context, primary)?;
+        worker::answered();
         Ok(Tpm { context, primary })
     }
 
@@ -340,12 +356,14 @@ impl Tpm {
     pub fn random(&mut self, n: usize) -> Result<Zeroizing<Vec<u8>>, TpmError> {
         let mut out = Zeroizing::new(Vec::with_capacity(n));
         while out.len() < n {
-            // GetRandom returns at most a digest's worth per call.
-            let want = (n - out.len()).min(32);
+            // GetRandom returns at most a digest's worth per call (64 bytes
+            // on a TPM with SHA-512, 32 or 48 on most): ask for 64.
+            let want = (n - out.len()).min(64);
             let chunk: Digest = self
                 .context
                 .get_random(want)
                 .map_err(TpmError::command("GetRandom"))?;
+            worker::answered();
             if chunk.is_empty() {
                 return Err(TpmError::BadAnswer {
                     step: "GetRandom",

@@ -4,9 +4,11 @@
 //! swtpm) that stops answering blocks the calling thread forever. So every
 //! TPM conversation of the daemon runs here, one at a time, and callers
 //! wait for its answer with a deadline. When a deadline passes the caller
-//! gets [`TpmError::Timeout`] and the worker is marked stuck: every later
-//! call fails at once with [`TpmError::Stuck`] until the hung command comes
-//! back, so blocked threads never pile up behind a dead TPM.
+//! gets [`TpmError::Timeout`]; if the TPM has not answered any command for
+//! the whole deadline (it hangs, rather than being slow or busy with queued
+//! work), the worker is marked stuck: every later call fails at once with
+//! [`TpmError::Stuck`] until the hung command comes back, so blocked
+//! threads never pile up behind a dead TPM.
 //!
 //! A conversation that fails because the TPM is out of object or session
 //! memory (a TPM without a resource manager still holding a crashed
@@ -23,13 +25,38 @@ use crate::config::Tcti;
 
 type Job = Box<dyn FnOnce(&Tcti) + Send>;
 
+/// A caller waits at most this many times its timeout for a TPM that keeps
+/// answering but has not got to (or through) its work yet.
+const SLOW_FACTOR: u32 = 3;
+
 /// What the worker is doing, shared with the callers.
 #[derive(Debug, Default)]
 struct State {
-    /// When the conversation in progress started.
-    busy_since: Option<Instant>,
-    /// A caller gave up on the conversation in progress.
+    /// While a conversation runs: when it started or the TPM last answered
+    /// one of its commands, whichever is later. A long conversation that
+    /// keeps getting answers (a batch of randomness on a slow TPM) is slow,
+    /// not stuck.
+    waiting_since: Option<Instant>,
+    /// A caller gave up while the TPM had not answered for its whole deadline.
     stuck: bool,
+}
+
+std::thread_local! {
+    /// The worker's state, on the worker thread only, for [`answered`].
+    static WORKER: std::cell::RefCell<Option<Arc<Shared>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Records that the TPM just answered a command; called by [`super::Tpm`]
+/// after each one. Does nothing off the worker thread.
+pub(super) fn answered() {
+    WORKER.with(|worker| {
+        if let Some(shared) = worker.borrow().as_ref() {
+            let mut state = shared.state();
+            if state.waiting_since.is_some() {
+                state.waiting_since = Some(Instant::now());
+            }
+        }
+    });
 }
 
 #[derive(Debug)]
@@ -67,6 +94,7 @@ impl TpmWorker {
         thread::Builder::new()
             .name("hostkmsd-tpm".to_string())
             .spawn(move || {
+                WORKER.with(|slot| *slot.borrow_mut() = Some(Arc::clone(&worker)));
                 run(&worker, &queue);
                 drop(finishing);
             })
@@ -134,29 +162,59 @@ impl TpmWorker {
             }
             let _ = answer.send(with_flush_retry(tcti, task));
         }))?;
-        match answered.recv_timeout(timeout) {
-            Ok(result) => result,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                abandoned.store(true, Ordering::Relaxed);
-                let mut state = self.shared.state();
-                if !state.stuck {
-                    state.stuck = true;
-                    tracing::error!(
-                        tcti = %self.shared.tcti,
-                        task = what,
-                        timeout_secs = timeout.as_secs(),
-                        "the TPM did not answer in time; TPM work fails at once until it does"
-                    );
+        // Wait while the TPM keeps answering (the worker may be busy with
+        // queued work on a slow TPM), until it has been silent for
+        // `timeout`, and never longer than SLOW_FACTOR times `timeout`.
+        let started = Instant::now();
+        let cap = timeout * SLOW_FACTOR;
+        loop {
+            let silent_for = self
+                .shared
+                .state()
+                .waiting_since
+                .map_or(Duration::ZERO, |since| since.elapsed());
+            let wait = timeout
+                .saturating_sub(silent_for)
+                .max(Duration::from_millis(20))
+                .min(cap.saturating_sub(started.elapsed()));
+            match answered.recv_timeout(wait) {
+                Ok(result) => return result,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(TpmError::WorkerGone(
+                        "it stopped during the conversation".to_string(),
+                    ));
                 }
-                Err(TpmError::Timeout {
-                    tcti: self.shared.tcti.to_string(),
-                    secs: timeout.as_secs(),
-                    task: what,
-                })
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(TpmError::WorkerGone(
-                "it stopped during the conversation".to_string(),
-            )),
+            let mut state = self.shared.state();
+            let silent = state
+                .waiting_since
+                .is_some_and(|since| since.elapsed() >= timeout);
+            if !silent && started.elapsed() < cap {
+                continue;
+            }
+            abandoned.store(true, Ordering::Relaxed);
+            if !silent {
+                return Err(TpmError::Slow {
+                    tcti: self.shared.tcti.to_string(),
+                    secs: cap.as_secs(),
+                    task: what,
+                });
+            }
+            if !state.stuck {
+                state.stuck = true;
+                tracing::error!(
+                    tcti = %self.shared.tcti,
+                    task = what,
+                    timeout_secs = timeout.as_secs(),
+                    "the TPM did not answer in time; TPM work fails at once until it does"
+                );
+            }
+            return Err(TpmError::Timeout {
+                tcti: self.shared.tcti.to_string(),
+                secs: timeout.as_secs(),
+                task: what,
+            });
         }
     }
 
@@ -179,7 +237,7 @@ impl TpmWorker {
             let state = self.shared.state();
             if state.stuck {
                 let secs = state
-                    .busy_since
+                    .waiting_since
                     .map_or(0, |since| since.elapsed().as_secs());
                 return Err(TpmError::Stuck {
                     tcti: self.shared.tcti.to_string(),
@@ -201,10 +259,10 @@ impl TpmWorker {
 /// that a caller who gives up can say for how long the TPM has been silent.
 fn run(shared: &Shared, queue: &mpsc::Receiver<Job>) {
     while let Ok(job) = queue.recv() {
-        shared.state().busy_since = Some(Instant::now());
+        shared.state().waiting_since = Some(Instant::now());
         job(&shared.tcti);
         let mut state = shared.state();
-        let waited = state.busy_since.take().map(|since| since.elapsed());
+        let waited = state.waiting_since.take().map(|since| since.elapsed());
         if std::mem::take(&mut state.stuck) {
             tracing::warn!(
                 tcti = %shared.tcti,
