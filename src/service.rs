@@ -28,8 +28,9 @@ use crate::tpm::{self, TpmWorker};
 
 /// How long a TPM probe result is reused before `Status` probes again.
 const TPM_PROBE_MAX_AGE: Duration = Duration::from_secs(10);
-/// How long `Status` waits for a probe before answering "unreachable"; the
-/// probe goes on (up to the TPM timeout) and its answer is kept for later.
+/// How long `Status` waits for a probe; after that it answers with the last
+/// result (unless the TPM is known to hang), and the probe goes on (up to
+/// the TPM timeout) with its answer kept for later.
 const TPM_PROBE_WAIT: Duration = Duration::from_secs(2);
 /// Data-key lengths `GenerateDataKey` accepts.
 pub const DATA_KEY_LENGTHS: [u16; 4] = [16, 24, 32, 64];
@@ -633,7 +634,9 @@ impl TpmHealth {
                 tracing::warn!("TPM probe did not finish: {e}");
                 false
             }
-            Err(_) => false,
+            // Still waiting (a slow TPM, or queued behind other TPM work):
+            // the last answer stands until the TPM is known to hang.
+            Err(_) => answered && !self.tpm.is_stuck(),
         }
     }
 }

@@ -144,8 +144,10 @@ impl TpmWorker {
         self.shared.state().stuck
     }
 
-    /// Runs `task` (named `what` in errors) on the worker and waits at most
-    /// `timeout` for its result. Fails at once while the worker is stuck.
+    /// Runs `task` (named `what` in errors) on the worker and waits for its
+    /// result until the TPM has been silent for `timeout` ([`TpmError::Timeout`],
+    /// and the worker is stuck) or three times `timeout` have
+    /// passed ([`TpmError::Slow`]). Fails at once while the worker is stuck.
     pub fn call<T: Send + 'static>(
         &self,
         what: &'static str,
