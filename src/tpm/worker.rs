@@ -300,3 +300,70 @@ fn with_flush_retry<T>(
         result => result,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn worker() -> TpmWorker {
+        TpmWorker::start(Tcti::from_str("swtpm:host=127.0.0.1,port=9").expect("TCTI"))
+            .expect("worker")
+    }
+
+    #[test]
+    fn a_silent_tpm_times_out_then_fails_fast_until_it_answers() {
+        let worker = worker();
+        let (release, hung) = mpsc::channel::<()>();
+        let hung = Mutex::new(hung);
+        let started = Instant::now();
+        let result = worker.call("hanging", Duration::from_millis(300), move |_| {
+            let _ = hung.lock().expect("lock").recv();
+            Ok(())
+        });
+        assert!(
+            matches!(result, Err(TpmError::Timeout { .. })),
+            "{result:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(worker.is_stuck());
+
+        let started = Instant::now();
+        let result = worker.call("next", Duration::from_secs(30), |_| Ok(1));
+        assert!(matches!(result, Err(TpmError::Stuck { .. })), "{result:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "fails at once while stuck"
+        );
+
+        release.send(()).expect("release the hung command");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while worker.is_stuck() {
+            assert!(Instant::now() < deadline, "the worker stays stuck");
+            thread::sleep(Duration::from_millis(10));
+        }
+        let answer = worker.call("after", Duration::from_secs(10), |_| Ok(7));
+        assert_eq!(answer.expect("works again"), 7);
+        assert!(worker.shutdown(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_tpm_that_keeps_answering_is_slow_not_stuck() {
+        let worker = worker();
+        let timeout = Duration::from_secs(1);
+        let result = worker.call("a long batch", timeout, move |_| {
+            // Answers every 50 ms for four deadlines.
+            let until = Instant::now() + timeout * 4;
+            while Instant::now() < until {
+                thread::sleep(Duration::from_millis(50));
+                answered();
+            }
+            Ok(())
+        });
+        assert!(matches!(result, Err(TpmError::Slow { .. })), "{result:?}");
+        assert!(!worker.is_stuck(), "a slow TPM is not a hung one");
+        // A call queued behind the long batch waits for it.
+        let answer = worker.call("queued", Duration::from_secs(10), |_| Ok(()));
+        assert!(answer.is_ok(), "{answer:?}");
+    }
+}
