@@ -49,6 +49,12 @@ pub const DEFAULT_MAX_FRAME_MEMORY: usize = 32 << 20;
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 30;
 /// Seconds a started frame may take to arrive whole by default.
 pub const DEFAULT_FRAME_TIMEOUT_SECS: u64 = 5;
+/// Seconds a request waits for the TPM by default (creating or rotating a
+/// key when no TPM randomness is in reserve, the `Status` probe).
+pub const DEFAULT_TPM_TIMEOUT_SECS: u64 = 10;
+/// Seconds start-up waits for the TPM (flushing stale handles, unsealing or
+/// sealing the root key) by default.
+pub const DEFAULT_TPM_START_TIMEOUT_SECS: u64 = 30;
 /// Encryptions after which a key version rotates itself by default: 2^30,
 /// well below the 2^32 NIST SP 800-38D allows with random nonces.
 pub const DEFAULT_ROTATE_AFTER_ENCRYPTIONS: u64 = 1 << 30;
@@ -93,6 +99,10 @@ pub struct Config {
     pub max_frame_memory: usize,
     /// Encryptions after which a key version rotates itself.
     pub rotate_after_encryptions: u64,
+    /// How long a request waits for the TPM before answering `TpmUnavailable`.
+    pub tpm_timeout: Duration,
+    /// How long start-up waits for the TPM before giving up.
+    pub tpm_start_timeout: Duration,
     /// When the daemon raises alerts.
     pub alerts: AlertThresholds,
 }
@@ -187,6 +197,8 @@ struct ConfigFile {
     write_timeout_secs: Option<Spanned<i64>>,
     max_frame_memory: Option<Spanned<i64>>,
     rotate_after_encryptions: Option<Spanned<i64>>,
+    tpm_timeout_secs: Option<Spanned<i64>>,
+    tpm_start_timeout_secs: Option<Spanned<i64>>,
     #[serde(default)]
     alerts: AlertsFile,
 }
@@ -359,6 +371,22 @@ impl Config {
             DEFAULT_ROTATE_AFTER_ENCRYPTIONS as i64,
             "a number of encryptions",
         )?;
+        let tpm_timeout = range(
+            &file.tpm_timeout_secs,
+            "tpm_timeout_secs",
+            1,
+            600,
+            DEFAULT_TPM_TIMEOUT_SECS as i64,
+            "seconds",
+        )?;
+        let tpm_start_timeout = range(
+            &file.tpm_start_timeout_secs,
+            "tpm_start_timeout_secs",
+            1,
+            3600,
+            DEFAULT_TPM_START_TIMEOUT_SECS as i64,
+            "seconds",
+        )?;
 
         let alerts = AlertThresholds {
             window: Duration::from_secs(range(
@@ -451,6 +479,8 @@ impl Config {
             write_timeout: Duration::from_secs(write_timeout as u64),
             max_frame_memory: max_frame_memory as usize,
             rotate_after_encryptions: rotate_after as u64,
+            tpm_timeout: Duration::from_secs(tpm_timeout as u64),
+            tpm_start_timeout: Duration::from_secs(tpm_start_timeout as u64),
             alerts,
         };
         if let Some(socket) = file.socket {
@@ -642,6 +672,31 @@ mod tests {
         assert_eq!(config.state_dir, Path::new("/tmp/st"));
         assert_eq!(config.tcti.as_str(), "swtpm:host=127.0.0.1,port=4000");
         assert_eq!(config.max_frame, 4096);
+    }
+
+    #[test]
+    fn tpm_timeouts_default_parse_and_refuse_out_of_range() {
+        let config = parse("").unwrap();
+        assert_eq!(
+            config.tpm_timeout,
+            Duration::from_secs(DEFAULT_TPM_TIMEOUT_SECS)
+        );
+        assert_eq!(
+            config.tpm_start_timeout,
+            Duration::from_secs(DEFAULT_TPM_START_TIMEOUT_SECS)
+        );
+        let config = parse("tpm_timeout_secs = 3\ntpm_start_timeout_secs = 7\n").unwrap();
+        assert_eq!(config.tpm_timeout, Duration::from_secs(3));
+        assert_eq!(config.tpm_start_timeout, Duration::from_secs(7));
+        let err = parse("\ntpm_timeout_secs = 0\n").unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("`tpm_timeout_secs`"), "{err}");
+        assert!(err.contains("from 1 to 600"), "{err}");
+        let err = parse("tpm_start_timeout_secs = 4000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`tpm_start_timeout_secs`"), "{err}");
+        assert!(err.contains("from 1 to 3600"), "{err}");
     }
 
     #[test]

@@ -19,10 +19,13 @@ use crate::server::{self, BoundSocket, Heartbeat, Limits, LiveLimits, ServerErro
 use crate::service::{Service, ServiceLimits};
 use crate::state_dir::{StateDir, StateDirError, StateDirLock};
 use crate::systemd::{self, ActivationError, Notifier};
+use crate::tpm::{self, TpmWorker};
 
 /// How often STATUS= is refreshed under systemd when the watchdog asks for
 /// nothing more often.
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a stop waits for the TPM worker's last conversation.
+const TPM_SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
 /// Why the daemon stopped with a failure.
 #[derive(Debug, thiserror::Error)]
@@ -67,14 +70,26 @@ impl ConfigSource {
 
 /// Runs the daemon with `config` until SIGTERM or SIGINT.
 pub fn run(config: Config, source: ConfigSource) -> Result<(), DaemonError> {
+    let tpm =
+        Arc::new(TpmWorker::start(config.tcti.clone()).map_err(RootKeyError::TpmUnavailable)?);
+    let result = run_with(config, source, &tpm);
+    // On every way out: the process must not exit while the worker is in
+    // the TSS libraries (a background refill, say); a stuck one is left.
+    tpm.shutdown(TPM_SHUTDOWN_WAIT);
+    result
+}
+
+fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Result<(), DaemonError> {
     // Read before anything can fail, so a bad passed socket is reported as such.
     let activated = systemd::activated_listener()?;
     let notifier = Notifier::from_env();
     let state_dir = StateDir::open(&config.state_dir)?;
     // Held until this function returns: one daemon per state dir, or two
-    // would each acknowledge writes the other then overwrites.
+    // would each acknowledge writes the other then overwrites. Taken before
+    // the TPM is touched: a second daemon must not flush the first's handles.
     let _lock = StateDirLock::acquire(&state_dir)?;
-    let (root_key, origin) = rootkey::load_or_create(&state_dir, &config.tcti)?;
+    flush_stale_handles(tpm, config.tpm_start_timeout)?;
+    let (root_key, origin) = rootkey::load_or_create(&state_dir, tpm, config.tpm_start_timeout)?;
     let check = root_key.check_value();
     match origin {
         Origin::Created => tracing::info!(
@@ -96,7 +111,7 @@ pub fn run(config: Config, source: ConfigSource) -> Result<(), DaemonError> {
     warn_missing_admin_groups(&config);
     log_disabled_grants(&config);
     let started = std::time::Instant::now();
-    let store = KeyStore::open(&state_dir, &root_key, config.tcti.clone())?;
+    let store = KeyStore::open(&state_dir, &root_key, Arc::clone(tpm), config.tpm_timeout)?;
     // The store holds the keys derived from the root key; the root key itself
     // is needed no longer and is wiped here rather than kept for the daemon's life.
     drop(root_key);
@@ -120,7 +135,8 @@ pub fn run(config: Config, source: ConfigSource) -> Result<(), DaemonError> {
         config.policy.clone(),
         service_limits(&config),
         config.alerts,
-        config.tcti.clone(),
+        Arc::clone(tpm),
+        config.tpm_timeout,
     ));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -190,6 +206,16 @@ pub fn run(config: Config, source: ConfigSource) -> Result<(), DaemonError> {
             ),
             Err(e) => tracing::warn!("could not write exact encryption counts: {e}"),
         }
+        let worker = Arc::clone(tpm);
+        let ended = tokio::task::spawn_blocking(move || worker.shutdown(TPM_SHUTDOWN_WAIT))
+            .await
+            .unwrap_or(false);
+        if !ended {
+            tracing::warn!(
+                "the TPM has not answered the daemon's last command (waited up to {} s unless it was already overdue); stopping without it",
+                TPM_SHUTDOWN_WAIT.as_secs()
+            );
+        }
         audit::stopped(service.monitor().totals().requests);
         Ok(())
     })
@@ -208,6 +234,26 @@ async fn log_closed_windows(service: Arc<Service>) {
         ticks.tick().await;
         audit::summarized(&service.monitor().close_expired_windows());
     }
+}
+
+/// Flushes what a killed process (an earlier hostkmsd, most likely) left
+/// loaded in a TPM without a resource manager, which would otherwise fill
+/// its few object and session slots; see [`tpm::flush_stale`].
+fn flush_stale_handles(tpm: &TpmWorker, timeout: Duration) -> Result<(), RootKeyError> {
+    if tpm::has_resource_manager(tpm.tcti()) {
+        return Ok(());
+    }
+    let flushed = tpm
+        .call("flushing stale handles", timeout, tpm::flush_stale)
+        .map_err(RootKeyError::TpmUnavailable)?;
+    if flushed > 0 {
+        tracing::warn!(
+            flushed,
+            tcti = %tpm.tcti(),
+            "flushed {flushed} stale transient objects and sessions from the TPM (it has no resource manager; a process that used it died without flushing them)"
+        );
+    }
+    Ok(())
 }
 
 /// The socket served: bound here (its path is removed again when it drops),
@@ -295,6 +341,14 @@ fn warn_unreloadable(running: &Config, loaded: &Config) {
         ("socket_group", running.socket_group != loaded.socket_group),
         ("state_dir", running.state_dir != loaded.state_dir),
         ("tcti", running.tcti != loaded.tcti),
+        (
+            "tpm_timeout_secs",
+            running.tpm_timeout != loaded.tpm_timeout,
+        ),
+        (
+            "tpm_start_timeout_secs",
+            running.tpm_start_timeout != loaded.tpm_start_timeout,
+        ),
     ];
     for (field, _) in changed.iter().filter(|(_, differs)| *differs) {
         tracing::warn!(

@@ -12,10 +12,11 @@ use rand::TryRng;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use crate::config::Tcti;
+use std::time::Duration;
+
 use crate::locked::LockedBytes;
 use crate::state_dir::{StateDir, StateDirError};
-use crate::tpm::{BlobError, BlobPart, SealedBlobs, Tpm, TpmError};
+use crate::tpm::{BlobError, BlobPart, Cause, SealedBlobs, Tpm, TpmError, TpmWorker};
 
 /// Length of the root key in bytes.
 pub const ROOT_KEY_LEN: usize = 32;
@@ -123,8 +124,9 @@ pub enum RootKeyError {
         /// What is wrong with it.
         source: BlobError,
     },
-    /// The TPM could not be reached.
-    #[error("{0}")]
+    /// The TPM could not be reached, or failed before the sealed blobs
+    /// were given to it.
+    #[error("{error}{advice}", error = .0, advice = sentence(.0.advice()))]
     TpmUnavailable(TpmError),
     /// The TPM is in dictionary-attack lockout and refuses authorizations.
     #[error(
@@ -138,7 +140,22 @@ pub enum RootKeyError {
         /// The TPM's answer.
         source: TpmError,
     },
-    /// The TPM refused to load or unseal the blobs.
+    /// The TPM failed while loading or unsealing the blobs, for a reason
+    /// that does not point at the blobs (memory, busy, transport, ...).
+    #[error(
+        "cannot unseal the root key from {public} and {private}: {source}.{} hostkms changed nothing; start hostkmsd again once the TPM is sorted out",
+        sentence(.source.advice())
+    )]
+    TpmFailed {
+        /// The public blob.
+        public: String,
+        /// The private blob.
+        private: String,
+        /// The TPM's answer.
+        source: TpmError,
+    },
+    /// The TPM refused to load or unseal the blobs themselves (integrity,
+    /// binding, key, handle or policy failures).
     #[error(
         "cannot unseal the root key from {public} and {private}: {source}. The blobs were sealed by another TPM, this TPM was cleared, or the files were altered. hostkms changed nothing; run it on the machine whose TPM sealed them, or restore this machine's state dir from backup (README: break-glass recovery)"
     )]
@@ -151,7 +168,7 @@ pub enum RootKeyError {
         source: TpmError,
     },
     /// Sealing a new root key failed.
-    #[error("cannot seal a new root key: {0}")]
+    #[error("cannot seal a new root key: {error}{advice}", error = .0, advice = sentence(.0.advice()))]
     Seal(TpmError),
     /// The unsealed secret has the wrong length.
     #[error(
@@ -163,16 +180,29 @@ pub enum RootKeyError {
     Random(String),
 }
 
+/// `advice` as a sentence after a message: ". advice", or nothing.
+fn sentence(advice: &str) -> String {
+    if advice.is_empty() {
+        String::new()
+    } else {
+        format!(". {advice}")
+    }
+}
+
 /// Creates and seals a root key in an empty state dir, or unseals the
-/// existing one.
-pub fn load_or_create(dir: &StateDir, tcti: &Tcti) -> Result<(RootKey, Origin), RootKeyError> {
+/// existing one, through `tpm`, giving up after `timeout`.
+pub fn load_or_create(
+    dir: &StateDir,
+    tpm: &TpmWorker,
+    timeout: Duration,
+) -> Result<(RootKey, Origin), RootKeyError> {
     let shown = |name: &str| dir.file(name).display().to_string();
     match (dir.contains(ROOT_PUB), dir.contains(ROOT_PRIV)) {
-        (true, true) => unseal(dir, tcti).map(|key| (key, Origin::Unsealed)),
+        (true, true) => unseal(dir, tpm, timeout).map(|key| (key, Origin::Unsealed)),
         (false, false) if dir.contains(KEYSTORE_DB) => Err(RootKeyError::StoreWithoutRootKey {
             dir: dir.path().display().to_string(),
         }),
-        (false, false) => create(dir, tcti).map(|key| (key, Origin::Created)),
+        (false, false) => create(dir, tpm, timeout).map(|key| (key, Origin::Created)),
         (true, false) => Err(RootKeyError::HalfSealed {
             present: shown(ROOT_PUB),
             missing: shown(ROOT_PRIV),
@@ -184,7 +214,7 @@ pub fn load_or_create(dir: &StateDir, tcti: &Tcti) -> Result<(RootKey, Origin), 
     }
 }
 
-fn unseal(dir: &StateDir, tcti: &Tcti) -> Result<RootKey, RootKeyError> {
+fn unseal(dir: &StateDir, tpm: &TpmWorker, timeout: Duration) -> Result<RootKey, RootKeyError> {
     let public = dir.read(ROOT_PUB, MAX_BLOB)?;
     let private = dir.read(ROOT_PRIV, MAX_BLOB)?;
     let blobs = SealedBlobs::parse(public, private).map_err(|source| {
@@ -197,47 +227,67 @@ fn unseal(dir: &StateDir, tcti: &Tcti) -> Result<RootKey, RootKeyError> {
             source,
         }
     })?;
-    let mut tpm = Tpm::open(tcti).map_err(RootKeyError::TpmUnavailable)?;
-    let secret = tpm.unseal(&blobs).map_err(|source| {
-        let public = dir.file(ROOT_PUB).display().to_string();
-        let private = dir.file(ROOT_PRIV).display().to_string();
-        if source.is_lockout() {
-            RootKeyError::Lockout {
-                public,
-                private,
-                source,
+    let secret = tpm
+        .call("unsealing the root key", timeout, move |tcti| {
+            Tpm::open(tcti)?.unseal(&blobs)
+        })
+        .map_err(|source| {
+            let public = dir.file(ROOT_PUB).display().to_string();
+            let private = dir.file(ROOT_PRIV).display().to_string();
+            match source.cause() {
+                Cause::Lockout => RootKeyError::Lockout {
+                    public,
+                    private,
+                    source,
+                },
+                Cause::BlobRejected => RootKeyError::Unseal {
+                    public,
+                    private,
+                    source,
+                },
+                _ if matches!(source, TpmError::SealedObject { .. }) => RootKeyError::TpmFailed {
+                    public,
+                    private,
+                    source,
+                },
+                _ => RootKeyError::TpmUnavailable(source),
             }
-        } else {
-            RootKeyError::Unseal {
-                public,
-                private,
-                source,
-            }
-        }
-    })?;
+        })?;
     RootKey::from_slice(&secret)
 }
 
-fn create(dir: &StateDir, tcti: &Tcti) -> Result<RootKey, RootKeyError> {
-    let mut tpm = Tpm::open(tcti).map_err(RootKeyError::TpmUnavailable)?;
+fn create(dir: &StateDir, tpm: &TpmWorker, timeout: Duration) -> Result<RootKey, RootKeyError> {
     let mut secret = Zeroizing::new([0u8; ROOT_KEY_LEN]);
     rand::rngs::SysRng
         .try_fill_bytes(secret.as_mut())
         .map_err(|e| RootKeyError::Random(e.to_string()))?;
-    let tpm_random = tpm.random(ROOT_KEY_LEN).map_err(RootKeyError::Seal)?;
-    for (byte, mix) in secret.iter_mut().zip(tpm_random.iter()) {
-        *byte ^= mix;
-    }
-    let blobs = tpm.seal(secret.as_ref()).map_err(RootKeyError::Seal)?;
-    // Prove the blobs unseal to the same key before anything is written.
-    let unsealed = tpm.unseal(&blobs).map_err(RootKeyError::Seal)?;
-    if unsealed.as_slice() != secret.as_ref() {
-        return Err(RootKeyError::Seal(TpmError::BadAnswer {
-            step: "Unseal (check of the new root key)",
-            problem: "a different secret than was sealed".to_string(),
-        }));
-    }
-    drop(tpm);
+    let os_random = Zeroizing::new(*secret);
+    let (secret, blobs) = tpm
+        .call("sealing a new root key", timeout, move |tcti| {
+            let mut tpm = Tpm::open(tcti)?;
+            let mut secret = Zeroizing::new(*os_random);
+            let tpm_random = tpm.random(ROOT_KEY_LEN)?;
+            for (byte, mix) in secret.iter_mut().zip(tpm_random.iter()) {
+                *byte ^= mix;
+            }
+            let blobs = tpm.seal(secret.as_ref())?;
+            // Prove the blobs unseal to the same key before anything is written.
+            let unsealed = tpm.unseal(&blobs)?;
+            if unsealed.as_slice() != secret.as_ref() {
+                return Err(TpmError::BadAnswer {
+                    step: "Unseal (check of the new root key)",
+                    problem: "a different secret than was sealed".to_string(),
+                });
+            }
+            Ok((secret, blobs))
+        })
+        .map_err(|e| match e {
+            TpmError::Open { .. }
+            | TpmError::Timeout { .. }
+            | TpmError::Slow { .. }
+            | TpmError::Stuck { .. } => RootKeyError::TpmUnavailable(e),
+            e => RootKeyError::Seal(e),
+        })?;
     // The private part first: a crash between the two writes leaves
     // root.priv alone, which the next start explains instead of guessing.
     dir.write_private(ROOT_PRIV, blobs.private_bytes())?;

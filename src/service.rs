@@ -4,7 +4,8 @@
 //! Order of checks for every key operation: the grant first (so a peer
 //! without one learns nothing about the key), then the key's state, then
 //! the cryptography. Changes to the key store run on the blocking pool: they
-//! wait for SQLite to sync and, for new versions, possibly for the TPM.
+//! wait for SQLite to sync and, for new versions when no TPM randomness is in
+//! reserve, for the TPM (at most `tpm_timeout_secs`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,17 +19,20 @@ use rand::TryRng;
 use zeroize::Zeroizing;
 
 use crate::audit::{self, Subject};
-use crate::config::Tcti;
 use crate::envelope::{self, InvalidCiphertext};
 use crate::keystore::{Key, KeyStore, StoreError, Version};
 use crate::monitor::flood::Refused;
 use crate::monitor::{AlertKind, AlertThresholds, Monitor};
 use crate::peer::Peer;
 use crate::policy::Policy;
-use crate::tpm;
+use crate::tpm::{self, TpmWorker};
 
 /// How long a TPM probe result is reused before `Status` probes again.
 const TPM_PROBE_MAX_AGE: Duration = Duration::from_secs(10);
+/// How long `Status` waits for a probe; after that it answers with the last
+/// result (unless the TPM is known to hang), and the probe goes on (up to
+/// the TPM timeout) with its answer kept for later.
+const TPM_PROBE_WAIT: Duration = Duration::from_secs(2);
 /// Data-key lengths `GenerateDataKey` accepts.
 pub const DATA_KEY_LENGTHS: [u16; 4] = [16, 24, 32, 64];
 /// How often a wrap retries when its key version changes under it.
@@ -126,7 +130,8 @@ impl Service {
         policy: Policy,
         limits: ServiceLimits,
         alerts: AlertThresholds,
-        tcti: Tcti,
+        tpm: Arc<TpmWorker>,
+        tpm_timeout: Duration,
     ) -> Service {
         Service {
             root_key_check,
@@ -134,7 +139,7 @@ impl Service {
             policy: ArcSwap::from_pointee(policy),
             limits: ArcSwap::from_pointee(limits),
             started: Instant::now(),
-            tpm_health: TpmHealth::new(tcti),
+            tpm_health: TpmHealth::new(tpm, tpm_timeout),
             monitor: Monitor::new(alerts),
         }
     }
@@ -649,42 +654,71 @@ struct Decrypted {
     plaintext: Zeroizing<Vec<u8>>,
 }
 
-/// Whether the TPM answers, probed at most every [`TPM_PROBE_MAX_AGE`] and
-/// off the async threads, so `Status` cannot be used to keep the TPM busy.
+/// Whether the TPM answers, probed at most every [`TPM_PROBE_MAX_AGE`] on
+/// the TPM worker, so `Status` cannot be used to keep the TPM busy. No lock
+/// is held while the TPM is asked, one probe at most is out at a time, and
+/// `Status` waits for it at most [`TPM_PROBE_WAIT`].
 #[derive(Debug)]
 struct TpmHealth {
-    tcti: Arc<Tcti>,
-    last: tokio::sync::Mutex<(Instant, bool)>,
+    tpm: Arc<TpmWorker>,
+    timeout: Duration,
+    last: Arc<std::sync::Mutex<(Instant, bool)>>,
+    probing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl TpmHealth {
     /// The daemon just unsealed its root key, so the TPM answered at start.
-    fn new(tcti: Tcti) -> TpmHealth {
+    fn new(tpm: Arc<TpmWorker>, timeout: Duration) -> TpmHealth {
         TpmHealth {
-            tcti: Arc::new(tcti),
-            last: tokio::sync::Mutex::new((Instant::now(), true)),
+            tpm,
+            timeout,
+            last: Arc::new(std::sync::Mutex::new((Instant::now(), true))),
+            probing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
     }
 
+    fn last(&self) -> (Instant, bool) {
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     async fn reachable(&self) -> bool {
-        let mut last = self.last.lock().await;
-        if last.0.elapsed() < TPM_PROBE_MAX_AGE {
-            return last.1;
+        use std::sync::atomic::Ordering;
+        if self.tpm.is_stuck() {
+            return false;
         }
-        let tcti = Arc::clone(&self.tcti);
-        let answered = match tokio::task::spawn_blocking(move || tpm::probe(&tcti)).await {
-            Ok(Ok(())) => true,
+        let (probed, answered) = self.last();
+        if probed.elapsed() < TPM_PROBE_MAX_AGE || self.probing.swap(true, Ordering::AcqRel) {
+            return answered;
+        }
+        let (tpm, timeout) = (Arc::clone(&self.tpm), self.timeout);
+        let (last, probing) = (Arc::clone(&self.last), Arc::clone(&self.probing));
+        let probe = tokio::task::spawn_blocking(move || {
+            let answered = match tpm.call("probing the TPM", timeout, tpm::probe) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!("TPM probe failed: {e}");
+                    false
+                }
+            };
+            *last
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = (Instant::now(), answered);
+            probing.store(false, Ordering::Release);
+            answered
+        });
+        match tokio::time::timeout(TPM_PROBE_WAIT, probe).await {
+            Ok(Ok(answered)) => answered,
             Ok(Err(e)) => {
-                tracing::warn!("TPM probe failed: {e}");
-                false
-            }
-            Err(e) => {
                 tracing::warn!("TPM probe did not finish: {e}");
                 false
             }
-        };
-        *last = (Instant::now(), answered);
-        answered
+            // Still waiting (a slow TPM, or queued behind other TPM work):
+            // the last answer stands until the TPM is known to hang.
+            Err(_) => answered && !self.tpm.is_stuck(),
+        }
     }
 }
 

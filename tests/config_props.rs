@@ -16,7 +16,10 @@ use proptest::prelude::*;
 const PATH: &str = "/etc/hostkms/config.toml";
 
 /// Every field name an `Invalid` error may carry.
-const FIELDS: [&str; 24] = [
+const FIELDS: [&str; 27] = [
+    "tpm_timeout_secs",
+    "tpm_start_timeout_secs",
+    "user_units",
     "max_connections_per_uid",
     "admin_reserved_connections",
     "write_timeout_secs",
@@ -109,7 +112,10 @@ fn toml_value() -> impl Strategy<Value = String> {
     ]
 }
 
-const KEYS: [&str; 28] = [
+const KEYS: [&str; 31] = [
+    "tpm_timeout_secs",
+    "tpm_start_timeout_secs",
+    "user_units",
     "max_connections_per_uid",
     "admin_reserved_connections",
     "write_timeout_secs",

@@ -9,6 +9,10 @@
 //! Every row is authenticated under the root key; a row edited on disk stops
 //! the daemon at start with an error naming the key. KEKs are stored only
 //! sealed under the root key, and held in memory as ready ciphers.
+//!
+//! The writer lock is never held while waiting on the TPM: a new version's
+//! TPM randomness is taken before the lock, so a hung TPM cannot stop
+//! disable, enable or the encryption-count reservations that wraps need.
 
 mod db;
 mod entropy;
@@ -19,7 +23,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aes_gcm::Aes256Gcm;
 use agent_proto::{KeyInfo, KeyState, VersionInfo, VersionState};
@@ -29,11 +33,10 @@ use zeroize::Zeroizing;
 
 pub use kek::Kek;
 
-use crate::config::Tcti;
 use crate::envelope::KeyId;
 use crate::rootkey::{KEYSTORE_DB, RootKey};
 use crate::state_dir::StateDir;
-use crate::tpm::TpmError;
+use crate::tpm::{TpmError, TpmWorker};
 use db::{Database, DbError, KeyRow, Stored, VersionRow};
 use entropy::TpmEntropy;
 use sealing::{KEK_LEN, SEALED_KEK_LEN, StoreSecrets};
@@ -342,18 +345,18 @@ pub enum StoreError {
     Random(String),
 }
 
-/// The serialized side of the store: the database, the keys protecting it,
-/// and TPM randomness for new KEKs.
+/// The serialized side of the store: the database and the keys protecting it.
 struct Writer {
     db: Database,
     secrets: StoreSecrets,
-    entropy: TpmEntropy,
 }
 
 /// The key store.
 pub struct KeyStore {
     keys: ArcSwap<Keys>,
     writer: Mutex<Writer>,
+    /// TPM randomness for new KEKs, taken before the writer lock.
+    entropy: TpmEntropy,
     path: PathBuf,
 }
 
@@ -398,8 +401,14 @@ pub fn check_name(name: &str) -> Result<(), StoreError> {
 impl KeyStore {
     /// Opens (or creates) `keystore.db` in `dir` and loads every key,
     /// verifying each row and opening each KEK under `root`. New KEKs will
-    /// mix in randomness from the TPM at `tcti`.
-    pub fn open(dir: &StateDir, root: &RootKey, tcti: Tcti) -> Result<KeyStore, StoreError> {
+    /// mix in randomness from `tpm`, waiting for it at most `tpm_timeout`
+    /// when none is in reserve.
+    pub fn open(
+        dir: &StateDir,
+        root: &RootKey,
+        tpm: Arc<TpmWorker>,
+        tpm_timeout: Duration,
+    ) -> Result<KeyStore, StoreError> {
         let path = dir.file(KEYSTORE_DB);
         let shown = path.display().to_string();
         let db_error = |source| StoreError::Database {
@@ -433,11 +442,8 @@ impl KeyStore {
         let keys = load_keys(&shown, &secrets, key_rows, version_rows)?;
         Ok(KeyStore {
             keys: ArcSwap::from_pointee(keys),
-            writer: Mutex::new(Writer {
-                db,
-                secrets,
-                entropy: TpmEntropy::new(tcti),
-            }),
+            writer: Mutex::new(Writer { db, secrets }),
+            entropy: TpmEntropy::new(tpm, tpm_timeout),
             path,
         })
     }
@@ -494,11 +500,15 @@ impl KeyStore {
         Ok(key)
     }
 
-    /// A new version of key `id`: a KEK from the OS RNG XOR fresh TPM
-    /// randomness, sealed under the root key.
-    fn new_version(writer: &mut Writer, id: KeyId, number: u32) -> Result<Version, StoreError> {
+    /// A new version of key `id`: a KEK from the OS RNG XOR `tpm`
+    /// randomness (taken before the writer lock), sealed under the root key.
+    fn new_version(
+        writer: &mut Writer,
+        id: KeyId,
+        number: u32,
+        tpm: &[u8; KEK_LEN],
+    ) -> Result<Version, StoreError> {
         let mut material = random::<KEK_LEN>()?;
-        let tpm = writer.entropy.take()?;
         for (byte, mix) in material.iter_mut().zip(tpm.iter()) {
             *byte ^= mix;
         }
@@ -540,6 +550,10 @@ impl KeyStore {
     /// Creates key `name` at version 1.
     pub fn create(&self, name: &str) -> Result<Arc<Key>, StoreError> {
         check_name(name)?;
+        if self.keys.load().by_name(name).is_some() {
+            return Err(StoreError::KeyExists(name.to_string()));
+        }
+        let tpm = self.entropy.take()?;
         let mut writer = self.writer();
         if self.keys.load().by_name(name).is_some() {
             return Err(StoreError::KeyExists(name.to_string()));
@@ -550,7 +564,7 @@ impl KeyStore {
                 break id;
             }
         };
-        let version = Arc::new(Self::new_version(&mut writer, id, 1)?);
+        let version = Arc::new(Self::new_version(&mut writer, id, 1, &tpm)?);
         let key = Key {
             id,
             name: name.to_string(),
@@ -564,32 +578,53 @@ impl KeyStore {
 
     /// Adds a new latest version to key `name`.
     pub fn rotate(&self, name: &str) -> Result<Arc<Key>, StoreError> {
+        self.live(name)?;
+        let tpm = self.entropy.take()?;
         let mut writer = self.writer();
         let key = self.live(name)?;
-        self.rotate_locked(&mut writer, &key)
+        self.rotate_locked(&mut writer, &key, &tpm)
     }
 
     /// Rotates key `id` only if `version` is still its latest: what a version
     /// that reached its encryption limit asks for. Returns the current key.
     pub fn rotate_if_latest(&self, id: KeyId, version: u32) -> Result<Arc<Key>, StoreError> {
-        let mut writer = self.writer();
-        let key = self
-            .keys
-            .load()
-            .by_id(id)
-            .cloned()
-            .ok_or_else(|| StoreError::KeyNotFound(id.to_string()))?;
-        if key.state == KeyState::Revoked {
-            return Err(StoreError::KeyRevoked(key.name.clone()));
-        }
+        let current = || {
+            let key = self
+                .keys
+                .load()
+                .by_id(id)
+                .cloned()
+                .ok_or_else(|| StoreError::KeyNotFound(id.to_string()))?;
+            if key.state == KeyState::Revoked {
+                return Err(StoreError::KeyRevoked(key.name.clone()));
+            }
+            Ok(key)
+        };
+        let key = current()?;
         if key.latest_version() != version {
             return Ok(key);
         }
-        self.rotate_locked(&mut writer, &key)
+        let tpm = self.entropy.take()?;
+        let mut writer = self.writer();
+        let key = current()?;
+        if key.latest_version() != version {
+            return Ok(key);
+        }
+        self.rotate_locked(&mut writer, &key, &tpm)
     }
 
-    fn rotate_locked(&self, writer: &mut Writer, key: &Key) -> Result<Arc<Key>, StoreError> {
-        let version = Arc::new(Self::new_version(writer, key.id, key.latest_version() + 1)?);
+    fn rotate_locked(
+        &self,
+        writer: &mut Writer,
+        key: &Key,
+        tpm: &[u8; KEK_LEN],
+    ) -> Result<Arc<Key>, StoreError> {
+        let version = Arc::new(Self::new_version(
+            writer,
+            key.id,
+            key.latest_version() + 1,
+            tpm,
+        )?);
         let mut next = key.clone();
         next.versions.push(Arc::clone(&version));
         self.commit(writer, next, &[&version])
@@ -599,6 +634,30 @@ impl KeyStore {
     /// Revoking the latest version first adds a new one, so the key keeps
     /// working. Revoked KEKs are deleted from the store and from memory.
     pub fn revoke(&self, name: &str, version: Option<u32>) -> Result<Arc<Key>, StoreError> {
+        loop {
+            // Revoking the latest version needs TPM randomness for its
+            // successor: taken before the writer lock, and checked again
+            // under it (a rotation in between makes it unneeded).
+            let tpm = match version {
+                Some(number) if self.live(name)?.latest_version() == number => {
+                    Some(self.entropy.take()?)
+                }
+                _ => None,
+            };
+            if let Some(revoked) = self.revoke_with(name, version, tpm.as_deref())? {
+                return Ok(revoked);
+            }
+        }
+    }
+
+    /// [`KeyStore::revoke`] under the writer lock; `None` when it needs TPM
+    /// randomness it was not given.
+    fn revoke_with(
+        &self,
+        name: &str,
+        version: Option<u32>,
+        tpm: Option<&[u8; KEK_LEN]>,
+    ) -> Result<Option<Arc<Key>>, StoreError> {
         let mut writer = self.writer();
         let key = self.live(name)?;
         let mut next = Key::clone(&key);
@@ -623,10 +682,13 @@ impl KeyStore {
                     });
                 };
                 if old.is_revoked() {
-                    return Ok(key);
+                    return Ok(Some(key));
                 }
                 if number == latest {
-                    let fresh = Arc::new(Self::new_version(&mut writer, key.id, latest + 1)?);
+                    let Some(tpm) = tpm else {
+                        return Ok(None);
+                    };
+                    let fresh = Arc::new(Self::new_version(&mut writer, key.id, latest + 1, tpm)?);
                     next.versions.push(Arc::clone(&fresh));
                     changed.push(fresh);
                 }
@@ -636,7 +698,7 @@ impl KeyStore {
             }
         }
         let rows: Vec<&Version> = changed.iter().map(Arc::as_ref).collect();
-        self.commit(&mut writer, next, &rows)
+        self.commit(&mut writer, next, &rows).map(Some)
     }
 
     /// Disables (`enabled == false`) or enables key `name`.

@@ -6,12 +6,20 @@
 //! resource manager serves one client at a time). Every command runs in an
 //! HMAC session salted with the primary key, with parameter encryption both
 //! ways, so secrets never cross the TPM interface in clear.
+//!
+//! The daemon talks to the TPM only through its [`TpmWorker`]: one thread,
+//! waited for with a deadline, so a TPM that stops answering costs a caller
+//! a bounded wait and never wedges anything else.
 
 mod primary;
 mod sealed;
+mod stale;
+mod worker;
 
 pub use primary::{PERSISTENT_SRK, tpm2_tools_ecc_template};
 pub use sealed::{BlobError, Part as BlobPart, SealedBlobs};
+pub use stale::{flush_stale, has_resource_manager};
+pub use worker::TpmWorker;
 
 use tss_esapi::Context;
 use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
@@ -48,6 +56,14 @@ pub enum TpmError {
         /// The TSS error.
         source: tss_esapi::Error,
     },
+    /// The TPM refused to load or unseal a sealed object (the root key).
+    #[error("TPM {step} failed: {}", describe(source))]
+    SealedObject {
+        /// What the daemon was doing.
+        step: &'static str,
+        /// The TSS error.
+        source: tss_esapi::Error,
+    },
     /// The TPM answered with something unusable.
     #[error("TPM {step} returned {problem}")]
     BadAnswer {
@@ -56,6 +72,66 @@ pub enum TpmError {
         /// What was wrong with the answer.
         problem: String,
     },
+    /// The TPM did not answer within the deadline.
+    #[error(
+        "the TPM at \"{tcti}\" did not answer within {secs} s ({task}); check that the TPM is working, or that swtpm is running and not stopped. TPM work fails at once until the TPM answers again; operations that need no TPM go on"
+    )]
+    Timeout {
+        /// The TCTI string.
+        tcti: String,
+        /// The deadline, in seconds.
+        secs: u64,
+        /// What the daemon asked the TPM to do.
+        task: &'static str,
+    },
+    /// The TPM kept answering, but too slowly to finish the work in time.
+    #[error(
+        "the TPM at \"{tcti}\" answers, but too slowly: {task} did not finish within {secs} s (a slow TPM, or much TPM work queued); try again, and check the TPM's load"
+    )]
+    Slow {
+        /// The TCTI string.
+        tcti: String,
+        /// How long the caller waited, in seconds.
+        secs: u64,
+        /// What the daemon asked the TPM to do.
+        task: &'static str,
+    },
+    /// An earlier TPM command has not come back; new ones are refused at once.
+    #[error(
+        "the TPM at \"{tcti}\" has not answered a command for {secs} s; check that the TPM is working, or that swtpm is running and not stopped. TPM work fails at once until the TPM answers again; operations that need no TPM go on"
+    )]
+    Stuck {
+        /// The TCTI string.
+        tcti: String,
+        /// How long the command has been waiting, in seconds.
+        secs: u64,
+    },
+    /// The TPM worker thread is gone (it panicked or could not be started).
+    #[error("the daemon's TPM worker thread is gone ({0}); restart hostkmsd")]
+    WorkerGone(String),
+}
+
+/// What a TPM failure means, to give advice that fits it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The TPM refused a sealed object's blobs as such: integrity, binding,
+    /// key, handle, attribute or policy failures on Load or Unseal. Another
+    /// TPM sealed them, this TPM was cleared, or the files were altered.
+    BlobRejected,
+    /// Dictionary-attack lockout.
+    Lockout,
+    /// No room for objects or sessions (stale handles, or other clients).
+    OutOfMemory,
+    /// The TPM asked to be retried: busy, yielded, self-testing, NV rate.
+    Busy,
+    /// The TPM is not operational: not started, failure mode, needs a reboot.
+    NotOperational,
+    /// The transport failed: nothing answers, or the connection broke.
+    Transport,
+    /// The TPM did not answer in time, or an earlier command is still out.
+    Timeout,
+    /// Anything else.
+    Other,
 }
 
 impl TpmError {
@@ -63,16 +139,119 @@ impl TpmError {
         move |source| TpmError::Command { step, source }
     }
 
+    fn sealed_object(step: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmError {
+        move |source| TpmError::SealedObject { step, source }
+    }
+
     /// Whether the TPM refused because it is in dictionary-attack lockout.
     pub fn is_lockout(&self) -> bool {
-        use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
-        matches!(
+        self.cause() == Cause::Lockout
+    }
+
+    /// What the failure means; [`Cause::BlobRejected`] only for a sealed
+    /// object's Load or Unseal refused for a reason that points at the blobs.
+    pub fn cause(&self) -> Cause {
+        use tss_esapi::constants::response_code::Tss2ResponseCodeKind as Kind;
+        let (source, sealed_object) = match self {
+            TpmError::Open { source, .. } | TpmError::Command { source, .. } => (source, false),
+            TpmError::SealedObject { source, .. } => (source, true),
+            TpmError::Timeout { .. } | TpmError::Stuck { .. } => return Cause::Timeout,
+            TpmError::Slow { .. } => return Cause::Busy,
+            TpmError::BadAnswer { .. } | TpmError::WorkerGone(_) => return Cause::Other,
+        };
+        let tss_esapi::Error::Tss2Error(rc) = source else {
+            return Cause::Other;
+        };
+        match rc.kind() {
+            Some(
+                Kind::Integrity
+                | Kind::Binding
+                | Kind::Sensitive
+                | Kind::Key
+                | Kind::KeySize
+                | Kind::Size
+                | Kind::Value
+                | Kind::Attributes
+                | Kind::Type
+                | Kind::Hash
+                | Kind::Scheme
+                | Kind::Symmetric
+                | Kind::Asymmetric
+                | Kind::Handle
+                | Kind::Policy
+                | Kind::PolicyFail
+                | Kind::Pcr
+                | Kind::PcrChanged
+                | Kind::AuthFail
+                | Kind::BadAuth,
+            ) if sealed_object => Cause::BlobRejected,
+            Some(Kind::Lockout) => Cause::Lockout,
+            Some(
+                Kind::ObjectMemory
+                | Kind::SessionMemory
+                | Kind::Memory
+                | Kind::ObjectHandles
+                | Kind::SessionHandles
+                | Kind::TooManyContexts
+                | Kind::ContextGap,
+            ) => Cause::OutOfMemory,
+            Some(
+                Kind::Retry
+                | Kind::Yielded
+                | Kind::Canceled
+                | Kind::Testing
+                | Kind::NvRate
+                | Kind::NvUnavailable,
+            ) => Cause::Busy,
+            Some(
+                Kind::Initialize | Kind::Failure | Kind::Reboot | Kind::NeedsTest | Kind::Upgrade,
+            ) => Cause::NotOperational,
+            Some(_) => Cause::Other,
+            // A TSS layer's own code: the TCTI (10) or a resource manager (11, 12).
+            None => match raw_response_code(rc).map(|raw| (raw >> 16) & 0xff) {
+                Some(10..=12) => Cause::Transport,
+                _ => Cause::Other,
+            },
+        }
+    }
+
+    /// What to do about the failure, in a sentence that fits its cause
+    /// (empty when the message already says it).
+    pub fn advice(&self) -> &'static str {
+        if matches!(
             self,
-            TpmError::Command {
-                source: tss_esapi::Error::Tss2Error(rc),
-                ..
-            } if rc.kind() == Some(Tss2ResponseCodeKind::Lockout)
-        )
+            TpmError::Open { .. }
+                | TpmError::Timeout { .. }
+                | TpmError::Slow { .. }
+                | TpmError::Stuck { .. }
+                | TpmError::WorkerGone(_)
+        ) {
+            return "";
+        }
+        match self.cause() {
+            Cause::BlobRejected => {
+                "The TPM refused the sealed object itself: it was sealed by another TPM, this TPM was cleared, or the files were altered"
+            }
+            Cause::Lockout => {
+                "The TPM is in dictionary-attack lockout; wait for its recovery time or clear it with `tpm2_dictionarylockout --clear-lockout` (needs the lockout authorization)"
+            }
+            Cause::OutOfMemory => {
+                "The TPM has no room for more objects or sessions: another program holds them, or a program using a TPM without a resource manager died without flushing them (hostkmsd flushes those it finds and retries once). See what holds them with `tpm2_getcap handles-transient` and `tpm2_getcap handles-loaded-session`, and let programs that share the TPM use the kernel's resource manager (device:/dev/tpmrm0). Nothing is wrong with the sealed files"
+            }
+            Cause::Busy => {
+                "The TPM asked to be retried (busy, self-testing or rate-limiting its NV writes); try again in a moment. Nothing is wrong with the sealed files"
+            }
+            Cause::NotOperational => {
+                "The TPM is not operational (not started up, in failure mode, or waiting for a reboot or self-test); check it with `tpm2_selftest` and `tpm2_gettestresult`, or restart swtpm. Nothing is wrong with the sealed files"
+            }
+            Cause::Transport => {
+                "Nothing answered on the TPM's transport, or the connection broke: check that the TPM is there and the daemon may open it, or that swtpm is running on that port. Nothing is wrong with the sealed files"
+            }
+            Cause::Timeout => "",
+            Cause::Other => {
+                "Check the TPM with tpm2-tools (`tpm2_selftest`, `tpm2_getcap properties-variable`); hostkms changed nothing"
+            }
+        }
     }
 }
 
@@ -158,13 +337,12 @@ impl std::fmt::Debug for Tpm {
 impl Tpm {
     /// Opens the TPM at `tcti`, loads the storage primary and starts the session.
     pub fn open(tcti: &Tcti) -> Result<Tpm, TpmError> {
-        let mut context = Context::new(tcti.name_conf()).map_err(|source| TpmError::Open {
-            tcti: tcti.to_string(),
-            source,
-        })?;
+        let mut context = open_context(tcti)?;
         let primary = primary::load(&mut context)
             .map_err(TpmError::command("loading the storage primary key"))?;
+        worker::answered();
         start_salted_session(&mut context, primary)?;
+        worker::answered();
         Ok(Tpm { context, primary })
     }
 
@@ -178,12 +356,14 @@ impl Tpm {
     pub fn random(&mut self, n: usize) -> Result<Zeroizing<Vec<u8>>, TpmError> {
         let mut out = Zeroizing::new(Vec::with_capacity(n));
         while out.len() < n {
-            // GetRandom returns at most a digest's worth per call.
-            let want = (n - out.len()).min(32);
+            // GetRandom returns at most a digest's worth per call (64 bytes
+            // on a TPM with SHA-512, 32 or 48 on most): ask for 64.
+            let want = (n - out.len()).min(64);
             let chunk: Digest = self
                 .context
                 .get_random(want)
                 .map_err(TpmError::command("GetRandom"))?;
+            worker::answered();
             if chunk.is_empty() {
                 return Err(TpmError::BadAnswer {
                     step: "GetRandom",
@@ -240,11 +420,11 @@ impl Tpm {
         let object = self
             .context
             .load(self.primary.handle, private, public)
-            .map_err(TpmError::command("Load (of the sealed root key)"))?;
+            .map_err(TpmError::sealed_object("Load (of the sealed root key)"))?;
         let unsealed = self.context.unseal(ObjectHandle::from(object));
         // Flush before looking at the result: swtpm holds only 3 objects.
         let flushed = self.context.flush_context(ObjectHandle::from(object));
-        let secret = unsealed.map_err(TpmError::command("Unseal"))?;
+        let secret = unsealed.map_err(TpmError::sealed_object("Unseal"))?;
         flushed.map_err(TpmError::command("FlushContext (of the sealed root key)"))?;
         Ok(Zeroizing::new(secret.value().to_vec()))
     }
@@ -282,15 +462,104 @@ fn start_salted_session(context: &mut Context, primary: primary::Primary) -> Res
     Ok(())
 }
 
+/// A bare ESAPI context on the TPM at `tcti`: no primary, no session.
+fn open_context(tcti: &Tcti) -> Result<Context, TpmError> {
+    Context::new(tcti.name_conf()).map_err(|source| TpmError::Open {
+        tcti: tcti.to_string(),
+        source,
+    })
+}
+
 /// Checks that the TPM at `tcti` answers, with a GetRandom of one byte that
 /// is thrown away; cheaper than [`Tpm::open`] (no primary key, no session).
 pub fn probe(tcti: &Tcti) -> Result<(), TpmError> {
-    let mut context = Context::new(tcti.name_conf()).map_err(|source| TpmError::Open {
-        tcti: tcti.to_string(),
-        source,
-    })?;
+    let mut context = open_context(tcti)?;
     context
         .execute_without_session(|ctx| ctx.get_random(1))
         .map(drop)
         .map_err(TpmError::command("GetRandom (probe)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+    use tss_esapi::constants::response_code::Tss2ResponseCode;
+
+    fn rc(raw: u32) -> tss_esapi::Error {
+        tss_esapi::Error::Tss2Error(Tss2ResponseCode::from(raw))
+    }
+
+    fn command(raw: u32) -> TpmError {
+        TpmError::Command {
+            step: "CreatePrimary",
+            source: rc(raw),
+        }
+    }
+
+    fn sealed(raw: u32) -> TpmError {
+        TpmError::SealedObject {
+            step: "Load (of the sealed root key)",
+            source: rc(raw),
+        }
+    }
+
+    #[test]
+    fn only_blob_failures_on_the_sealed_object_blame_the_blobs() {
+        // TPM_RC_INTEGRITY, TPM_RC_BINDING, TPM_RC_HANDLE, TPM_RC_POLICY_FAIL
+        // (format one, on parameter/handle 1).
+        for raw in [0x1df, 0x1e5, 0x18b, 0x9d] {
+            assert_eq!(sealed(raw).cause(), Cause::BlobRejected, "{raw:#x}");
+            assert!(sealed(raw).advice().contains("another TPM"), "{raw:#x}");
+            // The same code outside Load/Unseal of the sealed object is not
+            // a statement about the blobs.
+            assert_eq!(command(raw).cause(), Cause::Other, "{raw:#x}");
+        }
+    }
+
+    #[test]
+    fn every_other_answer_is_named_for_what_it_is() {
+        let cases = [
+            (0x902, Cause::OutOfMemory),    // TPM_RC_OBJECT_MEMORY
+            (0x903, Cause::OutOfMemory),    // TPM_RC_SESSION_MEMORY
+            (0x921, Cause::Lockout),        // TPM_RC_LOCKOUT
+            (0x922, Cause::Busy),           // TPM_RC_RETRY
+            (0x90a, Cause::Busy),           // TPM_RC_TESTING
+            (0x101, Cause::NotOperational), // TPM_RC_FAILURE
+            (0x100, Cause::NotOperational), // TPM_RC_INITIALIZE
+            (0xa000a, Cause::Transport),    // TSS2_TCTI_RC_IO_ERROR
+        ];
+        for (raw, cause) in cases {
+            for error in [command(raw), sealed(raw)] {
+                assert_eq!(error.cause(), cause, "{raw:#x}");
+                let advice = error.advice();
+                assert!(!advice.is_empty(), "{raw:#x}");
+                assert!(!advice.contains("another TPM"), "{raw:#x}: {advice}");
+                assert!(!advice.contains("backup"), "{raw:#x}: {advice}");
+            }
+        }
+        let timeout = TpmError::Timeout {
+            tcti: "swtpm:port=1".to_string(),
+            secs: 3,
+            task: "probing the TPM",
+        };
+        assert_eq!(timeout.cause(), Cause::Timeout);
+        let shown = timeout.to_string();
+        assert!(shown.contains("did not answer within 3 s"), "{shown}");
+        assert!(!shown.contains("backup"), "{shown}");
+    }
+
+    #[test]
+    fn resource_managers_are_recognised() {
+        let tcti = |text: &str| Tcti::from_str(text).expect("TCTI");
+        assert!(has_resource_manager(&tcti("device:/dev/tpmrm0")));
+        assert!(has_resource_manager(&tcti("tabrmd:")));
+        assert!(!has_resource_manager(&tcti("device:/dev/tpm0")));
+        assert!(!has_resource_manager(&tcti(
+            "swtpm:host=127.0.0.1,port=2321"
+        )));
+        assert!(!has_resource_manager(&tcti(
+            "mssim:host=127.0.0.1,port=2321"
+        )));
+    }
 }

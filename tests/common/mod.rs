@@ -825,3 +825,4 @@ pub fn journal_export_of(scope: &JournalScope) -> Vec<u8> {
     scope.journalctl("export")
 }
 pub mod peer_identity;
+pub mod tpm_faults;

@@ -1,0 +1,88 @@
+//! Stale transient objects and sessions in a TPM without a resource
+//! manager, and flushing them.
+//!
+//! The kernel's resource manager (`/dev/tpmrm0`) and tpm2-abrmd give each
+//! client its own view and flush a client's objects when it goes away. A
+//! TPM reached directly (`/dev/tpm0`, swtpm, a simulator) keeps whatever a
+//! killed process had loaded, and with three object slots (swtpm) one crash
+//! in the middle of a conversation fills it. Such a TPM serves one client
+//! at a time, and hostkmsd opens it only for short conversations that flush
+//! what they load, so whatever is loaded when hostkmsd starts, or when the
+//! TPM reports it is out of memory, belongs to no live conversation of this
+//! daemon: hostkmsd flushes it. A program that shares such a TPM with
+//! hostkmsd and keeps objects loaded between its own connections would lose
+//! them; README (TPM) says to give such programs the resource manager.
+
+use tss_esapi::constants::CapabilityType;
+use tss_esapi::handles::TpmHandle;
+use tss_esapi::structures::CapabilityData;
+
+use super::{TpmError, open_context};
+use crate::config::Tcti;
+
+/// First handle of each range flushed: transient objects, loaded sessions
+/// (HMAC and policy), saved (context-swapped) sessions.
+const STALE_RANGES: [u32; 3] = [0x8000_0000, 0x0200_0000, 0x0300_0000];
+
+/// Whether `tcti` reaches the TPM through a resource manager, which
+/// virtualises and cleans up every client's handles by itself.
+pub fn has_resource_manager(tcti: &Tcti) -> bool {
+    let text = tcti.as_str();
+    match text
+        .split_once(':')
+        .map_or((text, ""), |(kind, rest)| (kind, rest))
+    {
+        ("tabrmd", _) => true,
+        ("device", path) => std::path::Path::new(path)
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.starts_with("tpmrm")),
+        _ => false,
+    }
+}
+
+/// Flushes every transient object and every loaded or saved session from
+/// the TPM at `tcti`; returns how many. Does nothing (returns 0) through a
+/// resource manager, where another client's handles are invisible anyway.
+pub fn flush_stale(tcti: &Tcti) -> Result<usize, TpmError> {
+    if has_resource_manager(tcti) {
+        return Ok(0);
+    }
+    let mut context = open_context(tcti)?;
+    let mut flushed = 0;
+    for first in STALE_RANGES {
+        // Handles flushed disappear from the list: ask again from the
+        // start of the range until it is empty (bounded: a TPM has a few
+        // dozen slots at most).
+        for _ in 0..64 {
+            let (data, _more) = context
+                .get_capability(CapabilityType::Handles, first, 64)
+                .map_err(TpmError::command("GetCapability (handles)"))?;
+            let CapabilityData::Handles(list) = data else {
+                return Err(TpmError::BadAnswer {
+                    step: "GetCapability (handles)",
+                    problem: "something other than a handle list".to_string(),
+                });
+            };
+            // The list starts at `first` but runs on into later ranges.
+            let handles: Vec<TpmHandle> = list
+                .into_inner()
+                .into_iter()
+                .filter(|handle| u32::from(*handle) >> 24 == first >> 24)
+                .collect();
+            if handles.is_empty() {
+                break;
+            }
+            for handle in handles {
+                let object = context
+                    .tr_from_tpm_public(handle)
+                    .map_err(TpmError::command("reading a stale handle"))?;
+                context
+                    .flush_context(object)
+                    .map_err(TpmError::command("FlushContext (of a stale handle)"))?;
+                flushed += 1;
+            }
+        }
+    }
+    Ok(flushed)
+}
