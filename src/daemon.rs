@@ -19,7 +19,7 @@ use crate::server::{self, BoundSocket, Heartbeat, Limits, LiveLimits, ServerErro
 use crate::service::{Service, ServiceLimits};
 use crate::state_dir::{StateDir, StateDirError, StateDirLock};
 use crate::systemd::{self, ActivationError, Notifier};
-use crate::tpm::{self, TpmWorker};
+use crate::tpm::TpmWorker;
 
 /// How often STATUS= is refreshed under systemd when the watchdog asks for
 /// nothing more often.
@@ -85,10 +85,8 @@ fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Resul
     let notifier = Notifier::from_env();
     let state_dir = StateDir::open(&config.state_dir)?;
     // Held until this function returns: one daemon per state dir, or two
-    // would each acknowledge writes the other then overwrites. Taken before
-    // the TPM is touched: a second daemon must not flush the first's handles.
+    // would each acknowledge writes the other then overwrites.
     let _lock = StateDirLock::acquire(&state_dir)?;
-    flush_stale_handles(tpm, config.tpm_start_timeout)?;
     let (root_key, origin) = rootkey::load_or_create(&state_dir, tpm, config.tpm_start_timeout)?;
     let check = root_key.check_value();
     match origin {
@@ -234,26 +232,6 @@ async fn log_closed_windows(service: Arc<Service>) {
         ticks.tick().await;
         audit::summarized(&service.monitor().close_expired_windows());
     }
-}
-
-/// Flushes what a killed process (an earlier hostkmsd, most likely) left
-/// loaded in a TPM without a resource manager, which would otherwise fill
-/// its few object and session slots; see [`tpm::flush_stale`].
-fn flush_stale_handles(tpm: &TpmWorker, timeout: Duration) -> Result<(), RootKeyError> {
-    if tpm::has_resource_manager(tpm.tcti()) {
-        return Ok(());
-    }
-    let flushed = tpm
-        .call("flushing stale handles", timeout, tpm::flush_stale)
-        .map_err(RootKeyError::TpmUnavailable)?;
-    if flushed > 0 {
-        tracing::warn!(
-            flushed,
-            tcti = %tpm.tcti(),
-            "flushed {flushed} stale transient objects and sessions from the TPM (it has no resource manager; a process that used it died without flushing them)"
-        );
-    }
-    Ok(())
 }
 
 /// The socket served: bound here (its path is removed again when it drops),

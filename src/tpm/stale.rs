@@ -5,13 +5,16 @@
 //! client its own view and flush a client's objects when it goes away. A
 //! TPM reached directly (`/dev/tpm0`, swtpm, a simulator) keeps whatever a
 //! killed process had loaded, and with three object slots (swtpm) one crash
-//! in the middle of a conversation fills it. Such a TPM serves one client
-//! at a time, and hostkmsd opens it only for short conversations that flush
-//! what they load, so whatever is loaded when hostkmsd starts, or when the
-//! TPM reports it is out of memory, belongs to no live conversation of this
-//! daemon: hostkmsd flushes it. A program that shares such a TPM with
-//! hostkmsd and keeps objects loaded between its own connections would lose
-//! them; README (TPM) says to give such programs the resource manager.
+//! in the middle of a conversation fills it.
+//!
+//! Such a TPM does not keep clients apart: libtss2's swtpm TCTI even
+//! connects anew for every command, so the commands of two clients
+//! interleave, and a flush can remove objects another client is using at
+//! that moment. hostkmsd therefore flushes only when the TPM has answered
+//! that it is out of object or session memory, where its own conversation
+//! would fail anyway (and whatever fills it is most likely a dead
+//! process's), never unconditionally at start. README (TPM) says to give
+//! hostkmsd the resource manager when other programs use the same TPM.
 
 use tss_esapi::constants::CapabilityType;
 use tss_esapi::handles::TpmHandle;
