@@ -80,6 +80,7 @@ pub fn run(config: Config, source: ConfigSource) -> Result<(), DaemonError> {
 }
 
 fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Result<(), DaemonError> {
+    raise_fd_limit(config.max_connections);
     // Read before anything can fail, so a bad passed socket is reported as such.
     let activated = systemd::activated_listener()?;
     let notifier = Notifier::from_env();
@@ -217,6 +218,40 @@ fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Resul
         audit::stopped(service.monitor().totals().requests);
         Ok(())
     })
+}
+
+/// File descriptors the daemon needs beyond its connections: the state
+/// dir, the key store, the TPM, journald, pidfds being read, and margin.
+const FDS_BESIDES_CONNECTIONS: u64 = 256;
+
+/// Raises the soft limit on open files towards the hard one, far enough for
+/// `max_connections` plus the refusals being answered: systemd starts
+/// services with a soft limit of 1024 (and a hard one far above), and at
+/// 1024 a flood of refused connections exhausted the descriptors, so that
+/// accepting failed and every client waited. Warns when even the hard
+/// limit is too low.
+fn raise_fd_limit(max_connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let needed =
+        (max_connections + server::MAX_REFUSALS_IN_FLIGHT) as u64 + FDS_BESIDES_CONNECTIONS;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft >= needed {
+        return;
+    }
+    let raised = needed.min(hard);
+    if raised > soft {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, raised, hard) {
+            tracing::warn!("cannot raise the open-file limit from {soft} to {raised}: {e}");
+            return;
+        }
+    }
+    if raised < needed {
+        tracing::warn!(
+            "the open-file limit is {raised}, but max_connections = {max_connections} with the refusals answered at once needs about {needed}; raise LimitNOFILE= for hostkms.service, or lower max_connections"
+        );
+    }
 }
 
 /// How often the audit windows are checked for ones that closed.

@@ -35,7 +35,7 @@ const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Refused connections being answered at once; past this, a refusal is
 /// written without waiting for the request (id 0), so that a flood of
 /// connections cannot pile up waiting tasks.
-const MAX_REFUSALS_IN_FLIGHT: usize = 512;
+pub const MAX_REFUSALS_IN_FLIGHT: usize = 512;
 
 /// Why the socket could not be served.
 #[derive(Debug, thiserror::Error)]
