@@ -30,6 +30,9 @@ pub const REQUEST_DENIED: &str = "ae4499d0098646569a7eaef5c366b9e7";
 pub const REQUEST_FAILED: &str = "4fecfa9090084923a2dbb30f5ea9d08a";
 /// A frame from a peer could not be decoded and was refused.
 pub const BAD_FRAME: &str = "25ca2e79038c454a964578eca0ad300f";
+/// A connection was refused `Busy` at a connection limit, or cut off by a
+/// frame, write or memory limit.
+pub const CONNECTION_REFUSED: &str = "84380fec6afc4b42895bd3dc67b7274e";
 /// The refusals of one peer, of one kind, that a window counted but did not
 /// log one by one (`HOSTKMS_COUNT` says how many).
 pub const REFUSALS_SUMMARIZED: &str = "cf5a105062ba4cfc9c310216444a36d7";
@@ -296,16 +299,34 @@ pub fn bad_frame(peer: &Peer, code: ErrorCode, problem: &dyn std::fmt::Display) 
     );
 }
 
-/// Logs, for each closed window, how many refusals of one peer it counted
-/// beyond those logged one by one, at priority warning.
+/// Logs a connection refused `Busy` at a connection limit or cut off by a
+/// frame, write or memory limit; `why` names the limit.
+pub fn connection_refused(peer: &Peer, why: &dyn std::fmt::Display) {
+    let unit = peer.unit.as_deref();
+    tracing::event!(
+        target: AUDIT_TARGET,
+        Level::WARN,
+        MESSAGE_ID = CONNECTION_REFUSED,
+        HOSTKMS_PEER_UID = peer.uid,
+        HOSTKMS_PEER_PID = peer.pid,
+        HOSTKMS_PEER_UNIT = unit,
+        "uid {}: {why}",
+        peer.uid,
+    );
+}
+
+/// Logs, for each closed window, how many refusals (or requests that need
+/// no grant) of one peer it counted beyond those logged one by one, at
+/// priority warning.
 pub fn summarized(closed: &[Suppressed]) {
     for window in closed {
         let what = match window.kind {
-            crate::monitor::flood::Refused::Denied => "denied requests",
-            crate::monitor::flood::Refused::InvalidCiphertext => "invalid ciphertexts",
-            crate::monitor::flood::Refused::Failed => "failed requests",
-            crate::monitor::flood::Refused::BadFrame => "bad frames",
-            crate::monitor::flood::Refused::Connection => "refused or cut-off connections",
+            crate::monitor::flood::Limited::Denied => "denied requests",
+            crate::monitor::flood::Limited::InvalidCiphertext => "invalid ciphertexts",
+            crate::monitor::flood::Limited::Failed => "failed requests",
+            crate::monitor::flood::Limited::BadFrame => "bad frames",
+            crate::monitor::flood::Limited::Connection => "refused or cut-off connections",
+            crate::monitor::flood::Limited::OpenRequest => "ping, status and list requests",
         };
         tracing::event!(
             target: AUDIT_TARGET,

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use agent_proto::{ErrorCode, Operation};
 use arc_swap::ArcSwap;
 
-use self::flood::{Admission, FloodGate, Refused, Suppressed};
+use self::flood::{Admission, FloodGate, Limited, Suppressed};
 
 /// Default sliding window of the two per-peer alerts.
 pub const DEFAULT_ALERT_WINDOW_SECS: u64 = 60;
@@ -167,7 +167,7 @@ impl Monitor {
     /// Whether the audit trail logs one refusal of `uid` of `kind` one by
     /// one, or only counts it for the summary of its window (the alert
     /// window); plus the summaries of windows that closed meanwhile.
-    pub fn admit(&self, uid: u32, kind: Refused) -> Admission {
+    pub fn admit(&self, uid: u32, kind: Limited) -> Admission {
         self.flood
             .admit(uid, kind, Instant::now(), self.thresholds().window)
     }

@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 use crate::audit::{self, Subject};
 use crate::envelope::{self, InvalidCiphertext};
 use crate::keystore::{Key, KeyStore, StoreError, Version};
-use crate::monitor::flood::Refused;
+use crate::monitor::flood::Limited;
 use crate::monitor::{AlertKind, AlertThresholds, Monitor};
 use crate::peer::Peer;
 use crate::policy::Policy;
@@ -181,8 +181,9 @@ impl Service {
             Response::Error(reply) => Some(reply.code),
             _ => None,
         };
-        // A refusal may only be counted, in a later summary: see monitor::flood.
-        let logged = Refused::of(code).is_none_or(|kind| {
+        // A refusal, or a request that needs no grant, may only be counted
+        // in a later summary: see monitor::flood.
+        let logged = Limited::of(op, code).is_none_or(|kind| {
             let admission = self.monitor.admit(peer.uid, kind);
             audit::summarized(&admission.closed);
             admission.log
@@ -199,7 +200,7 @@ impl Service {
     /// Audits a frame from `peer` the server refused before it became a
     /// request, under the same per-peer limit as refused requests.
     pub fn refused_frame(&self, peer: &Peer, code: ErrorCode, problem: &dyn std::fmt::Display) {
-        let admission = self.monitor.admit(peer.uid, Refused::BadFrame);
+        let admission = self.monitor.admit(peer.uid, Limited::BadFrame);
         audit::summarized(&admission.closed);
         if admission.log {
             audit::bad_frame(peer, code, problem);
@@ -210,10 +211,10 @@ impl Service {
     /// says which limit), under the same per-peer limit as refused
     /// requests: a peer can open connections as fast as it likes.
     pub fn refused_connection(&self, peer: &Peer, why: &dyn std::fmt::Display) {
-        let admission = self.monitor.admit(peer.uid, Refused::Connection);
+        let admission = self.monitor.admit(peer.uid, Limited::Connection);
         audit::summarized(&admission.closed);
         if admission.log {
-            tracing::warn!(uid = peer.uid, pid = peer.pid, "{why}");
+            audit::connection_refused(peer, why);
         }
     }
 

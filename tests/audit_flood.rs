@@ -27,8 +27,12 @@ const LOGGED_PER_WINDOW: usize = 5;
 
 /// Not a test: the flooding peer, which [`flood_as`] runs as another user
 /// by starting this test binary again with only this function selected.
-/// It sends `HOSTKMS_FLOOD_COUNT` describe requests, each for another key
-/// name, pipelined 100 at a time, and checks each is denied.
+/// `HOSTKMS_FLOOD_KIND` says what it sends, `HOSTKMS_FLOOD_COUNT` times:
+/// `describe` requests, each for another key name, pipelined 100 at a time
+/// and each denied; `ping` requests (which need no grant), pipelined the
+/// same way; or `connections`: it holds one connection and opens that many
+/// more, each of which must be refused `Busy` (the daemon under test allows
+/// one connection per uid).
 #[test]
 #[ignore = "a helper that flood_as runs as another uid"]
 fn flood_helper() {
@@ -37,6 +41,11 @@ fn flood_helper() {
         .expect("count")
         .parse()
         .expect("a number");
+    match std::env::var("HOSTKMS_FLOOD_KIND").as_deref() {
+        Ok("ping") => return ping_flood(&socket, count),
+        Ok("connections") => return connection_flood(&socket, count),
+        _ => {}
+    }
     let mut client = Client::connect(&socket).expect("connect");
     client.set_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut sent = 0;
@@ -59,12 +68,53 @@ fn flood_helper() {
     }
 }
 
+/// `count` pings on one connection, pipelined 100 at a time, each answered.
+fn ping_flood(socket: &str, count: usize) {
+    let mut client = Client::connect(socket).expect("connect");
+    client.set_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut sent = 0;
+    while sent < count {
+        let batch = (count - sent).min(100);
+        for _ in 0..batch {
+            client.send(Request::Ping).expect("send");
+        }
+        for _ in 0..batch {
+            match client.receive().expect("an answer").op {
+                Response::Pong => {}
+                other => panic!("expected Pong, got {other:?}"),
+            }
+        }
+        sent += batch;
+    }
+}
+
+/// Holds one connection, then opens `count` more, each refused `Busy`.
+fn connection_flood(socket: &str, count: usize) {
+    let mut held = Client::connect(socket).expect("connect");
+    held.ping().expect("the first connection is served");
+    for i in 0..count {
+        let mut extra = Client::connect(socket).expect("connect");
+        extra.set_timeout(Some(Duration::from_secs(10))).unwrap();
+        match extra.ping() {
+            Err(agent_proto::ClientError::Daemon { code, .. }) if code == ErrorCode::Busy => {}
+            other => panic!("connection {i} beyond the cap: expected Busy, got {other:?}"),
+        }
+    }
+    held.ping().expect("the held connection still serves");
+}
+
 /// Sends `count` requests that are denied, as `uid`, as fast as one
 /// connection goes.
 fn flood_as(uid: u32, socket: &Path, count: usize) {
+    flood_kind_as("describe", uid, socket, count);
+}
+
+/// Runs [`flood_helper`] as `uid` with `kind` and `count`.
+fn flood_kind_as(kind: &str, uid: u32, socket: &Path, count: usize) {
     let output = Command::new(std::env::current_exe().expect("this test binary"))
         .args(["flood_helper", "--exact", "--ignored", "--test-threads=1"])
         .env("HOSTKMS_FLOOD_SOCKET", socket)
+        .env("HOSTKMS_FLOOD_KIND", kind)
         .env("HOSTKMS_FLOOD_COUNT", count.to_string())
         .uid(uid)
         .gid(uid)
@@ -269,5 +319,92 @@ fn a_flood_of_invalid_ciphertexts_is_summarized_exactly_with_one_alert() {
         with_id(&entries, ALERT_REPEATED_INVALID_CIPHERTEXTS).len(),
         1,
         "one alert for the burst"
+    );
+}
+
+#[test]
+fn a_flood_of_pings_by_a_peer_without_a_grant_is_summarized_exactly() {
+    ensure_journald();
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::with_public_socket(
+        &tpm.tcti(),
+        "socket_mode = \"0666\"\n[alerts]\nwindow_secs = 600\n",
+    );
+    let daemon = Daemon::start_with_env(&files, &[], &[("HOSTKMS_LOG_TARGET", "journal")])
+        .expect("start hostkmsd");
+    let journal = daemon.journal_scope();
+
+    let pings = 3000;
+    flood_kind_as("ping", 65534, &files.socket, pings);
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
+    let entries = journal_of_stopped(&journal);
+
+    let lines: Vec<&Value> = entries
+        .iter()
+        .filter(|e| {
+            field(e, "HOSTKMS_OP") == Some("ping") && field(e, "HOSTKMS_PEER_UID") == Some("65534")
+        })
+        .collect();
+    let (summaries, summarized_count) = summarized(&entries, "open-request", "65534");
+    assert_eq!(
+        lines.len(),
+        LOGGED_PER_WINDOW,
+        "the first few pings of the window, one by one"
+    );
+    assert_eq!(summaries, 1, "one summary, written at shutdown");
+    assert_eq!(
+        lines.len() as u64 + summarized_count,
+        pings as u64,
+        "every ping is accounted for exactly"
+    );
+    assert!(
+        entries.len() < 50,
+        "the journal holds {} entries for {pings} pings",
+        entries.len()
+    );
+}
+
+#[test]
+fn refused_connections_are_audited_summarized_and_never_filtered_out() {
+    const CONNECTION_REFUSED: &str = "84380fec6afc4b42895bd3dc67b7274e";
+    ensure_journald();
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::with_public_socket(
+        &tpm.tcti(),
+        "socket_mode = \"0666\"\nmax_connections_per_uid = 1\n[alerts]\nwindow_secs = 600\n",
+    );
+    // A log filter that lets no ordinary line through: refusals are audit
+    // events, which no filter removes.
+    let daemon = Daemon::start_with_env(
+        &files,
+        &[],
+        &[("HOSTKMS_LOG_TARGET", "journal"), ("HOSTKMS_LOG", "error")],
+    )
+    .expect("start hostkmsd");
+    let journal = daemon.journal_scope();
+
+    let refused = 40;
+    flood_kind_as("connections", 65534, &files.socket, refused);
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
+    let entries = journal_of_stopped(&journal);
+
+    let lines = with_id(&entries, CONNECTION_REFUSED);
+    for line in &lines {
+        assert_eq!(field(line, "HOSTKMS_PEER_UID"), Some("65534"), "{line}");
+        assert_eq!(field(line, "PRIORITY"), Some("4"), "{line}");
+        assert!(
+            field(line, "MESSAGE").is_some_and(|m| m.contains("max_connections_per_uid")),
+            "the event names the limit: {line}"
+        );
+    }
+    let (summaries, summarized_count) = summarized(&entries, "refused-connection", "65534");
+    assert_eq!(lines.len(), LOGGED_PER_WINDOW, "the first few, one by one");
+    assert_eq!(summaries, 1, "one summary, written at shutdown");
+    assert_eq!(
+        lines.len() as u64 + summarized_count,
+        refused as u64,
+        "every refused connection is accounted for exactly"
     );
 }

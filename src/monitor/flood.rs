@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use agent_proto::ErrorCode;
+use agent_proto::{ErrorCode, Operation};
 
 /// Events of one kind that one peer gets logged one by one per window.
 pub const LOGGED_PER_WINDOW: u32 = 5;
@@ -17,11 +17,13 @@ pub const LOGGED_PER_WINDOW: u32 = 5;
 /// count is lost).
 const MAX_TRACKED: usize = 4096;
 
-/// The kinds of refusal the trail limits, each counted apart. Identity is
-/// the peer and the kind, not the key or operation: a peer that varies the
-/// key name of each request must not escape the limit.
+/// The kinds of event the trail limits per peer, each counted apart:
+/// refusals, and the requests any connected peer may make without a grant
+/// (ping, status, list), which a peer can send as fast as it likes.
+/// Identity is the peer and the kind, not the key or operation: a peer that
+/// varies the key name of each request must not escape the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Refused {
+pub enum Limited {
     /// Denied for want of a grant.
     Denied,
     /// A ciphertext that did not authenticate.
@@ -33,29 +35,37 @@ pub enum Refused {
     /// A connection the server cut short or refused: over a connection
     /// limit, out of frame memory, or too slow to send or to read.
     Connection,
+    /// An answered request that needs no grant: ping, status or list.
+    OpenRequest,
 }
 
-impl Refused {
-    /// The kind of refusal a request answered with `code` is; `None` for
-    /// an answered request, which is always logged.
-    pub fn of(code: Option<ErrorCode>) -> Option<Refused> {
-        match code? {
-            ErrorCode::PermissionDenied => Some(Refused::Denied),
-            ErrorCode::InvalidCiphertext => Some(Refused::InvalidCiphertext),
-            _ => Some(Refused::Failed),
+impl Limited {
+    /// The kind of a request of `op` answered with `code` (`None` when it
+    /// succeeded); `None` for an answered request that needed a grant (or
+    /// admin rights), which is always logged one by one.
+    pub fn of(op: Operation, code: Option<ErrorCode>) -> Option<Limited> {
+        match code {
+            Some(ErrorCode::PermissionDenied) => Some(Limited::Denied),
+            Some(ErrorCode::InvalidCiphertext) => Some(Limited::InvalidCiphertext),
+            Some(_) => Some(Limited::Failed),
+            None if matches!(op, Operation::Ping | Operation::Status | Operation::List) => {
+                Some(Limited::OpenRequest)
+            }
+            None => None,
         }
     }
 
-    /// `denied`, `invalid-ciphertext`, `failed`, `bad-frame` or
-    /// `refused-connection`: the value of
+    /// `denied`, `invalid-ciphertext`, `failed`, `bad-frame`,
+    /// `refused-connection` or `open-request`: the value of
     /// `HOSTKMS_EVENT` in a summary.
     pub fn as_str(self) -> &'static str {
         match self {
-            Refused::Denied => "denied",
-            Refused::InvalidCiphertext => "invalid-ciphertext",
-            Refused::Failed => "failed",
-            Refused::BadFrame => "bad-frame",
-            Refused::Connection => "refused-connection",
+            Limited::Denied => "denied",
+            Limited::InvalidCiphertext => "invalid-ciphertext",
+            Limited::Failed => "failed",
+            Limited::BadFrame => "bad-frame",
+            Limited::Connection => "refused-connection",
+            Limited::OpenRequest => "open-request",
         }
     }
 }
@@ -66,7 +76,7 @@ pub struct Suppressed {
     /// The peer's uid.
     pub uid: u32,
     /// The kind of refusal.
-    pub kind: Refused,
+    pub kind: Limited,
     /// Events logged one by one in the window.
     pub logged: u32,
     /// Events only counted: the summary's count.
@@ -94,12 +104,12 @@ struct Window {
 /// The open windows, per peer and kind.
 #[derive(Debug, Default)]
 pub struct FloodGate {
-    windows: Mutex<HashMap<(u32, Refused), Window>>,
+    windows: Mutex<HashMap<(u32, Limited), Window>>,
 }
 
 impl FloodGate {
     /// Notes one event of `uid` of `kind` at `now`, with windows `window` long.
-    pub fn admit(&self, uid: u32, kind: Refused, now: Instant, window: Duration) -> Admission {
+    pub fn admit(&self, uid: u32, kind: Limited, now: Instant, window: Duration) -> Admission {
         let mut windows = self.lock();
         let mut closed = Vec::new();
         let key = (uid, kind);
@@ -150,7 +160,7 @@ impl FloodGate {
         close(&mut self.lock(), |_| true, now)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, Refused), Window>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, Limited), Window>> {
         self.windows
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -160,11 +170,11 @@ impl FloodGate {
 /// Removes the windows `due` selects; returns the summaries of those that
 /// counted events, in a stable order.
 fn close(
-    windows: &mut HashMap<(u32, Refused), Window>,
+    windows: &mut HashMap<(u32, Limited), Window>,
     due: impl Fn(&Window) -> bool,
     now: Instant,
 ) -> Vec<Suppressed> {
-    let keys: Vec<(u32, Refused)> = windows
+    let keys: Vec<(u32, Limited)> = windows
         .iter()
         .filter(|(_, open)| due(open))
         .map(|(key, _)| *key)
@@ -182,7 +192,7 @@ fn close(
 }
 
 /// The summary of a window, when it counted anything beyond what it logged.
-fn summary((uid, kind): (u32, Refused), open: Window, now: Instant) -> Option<Suppressed> {
+fn summary((uid, kind): (u32, Limited), open: Window, now: Instant) -> Option<Suppressed> {
     (open.suppressed > 0).then(|| Suppressed {
         uid,
         kind,
@@ -205,7 +215,7 @@ mod tests {
         let mut summarized = 0;
         for i in 0..10_000u64 {
             let now = start + Duration::from_millis(i * 3); // 30 s: 3 windows
-            let admission = gate.admit(7, Refused::Denied, now, window);
+            let admission = gate.admit(7, Limited::Denied, now, window);
             logged += u64::from(admission.log);
             summarized += admission.closed.iter().map(|s| s.suppressed).sum::<u64>();
         }
@@ -222,16 +232,16 @@ mod tests {
         let now = Instant::now();
         let window = Duration::from_secs(1);
         for _ in 0..LOGGED_PER_WINDOW {
-            assert!(gate.admit(1, Refused::Denied, now, window).log);
+            assert!(gate.admit(1, Limited::Denied, now, window).log);
         }
-        assert!(!gate.admit(1, Refused::Denied, now, window).log);
-        assert!(gate.admit(1, Refused::BadFrame, now, window).log);
-        assert!(gate.admit(2, Refused::Denied, now, window).log);
+        assert!(!gate.admit(1, Limited::Denied, now, window).log);
+        assert!(gate.admit(1, Limited::BadFrame, now, window).log);
+        assert!(gate.admit(2, Limited::Denied, now, window).log);
         assert!(gate.close_expired(now, window).is_empty(), "still open");
         let later = now + Duration::from_secs(2);
         let closed = gate.close_expired(later, window);
         assert_eq!(closed.len(), 1, "{closed:?}");
-        assert_eq!((closed[0].uid, closed[0].kind), (1, Refused::Denied));
+        assert_eq!((closed[0].uid, closed[0].kind), (1, Limited::Denied));
         assert_eq!((closed[0].logged, closed[0].suppressed), (5, 1));
         assert!(gate.close_all(later).is_empty());
     }
@@ -244,7 +254,7 @@ mod tests {
         let mut counted = 0;
         for uid in 0..3 * MAX_TRACKED as u32 {
             for _ in 0..LOGGED_PER_WINDOW + 1 {
-                let admission = gate.admit(uid, Refused::Failed, now, window);
+                let admission = gate.admit(uid, Limited::Failed, now, window);
                 counted += admission.closed.iter().map(|s| s.suppressed).sum::<u64>();
             }
         }
