@@ -577,7 +577,7 @@ impl Service {
                 return Err(Refusal::new(
                     ErrorCode::PermissionDenied,
                     format!(
-                        "uid {} holds no grant to {op} with the key this ciphertext names; an admin can grant it in the config's [[grant]] tables",
+                        "uid {} holds no grant to {op} with the key this ciphertext names, or the ciphertext names no key of this host (damaged, or made on another host); if it is this host's, an admin can grant access in the config's [[grant]] tables",
                         peer.uid
                     ),
                 ));

@@ -405,7 +405,7 @@ fn a_peer_without_a_grant_learns_neither_the_name_nor_the_existence_of_a_key() {
         assert_eq!(
             stderr,
             &format!(
-                "hostkms: permission denied: uid {NOBODY} holds no grant to {op} with the key this ciphertext names; an admin can grant it in the config's [[grant]] tables\n"
+                "hostkms: permission denied: uid {NOBODY} holds no grant to {op} with the key this ciphertext names, or the ciphertext names no key of this host (damaged, or made on another host); if it is this host's, an admin can grant access in the config's [[grant]] tables\n"
             )
         );
     }
