@@ -58,7 +58,7 @@ pub enum StateDirError {
     },
     /// Another process holds the state dir's lock.
     #[error(
-        "state dir {} is in use by {holder} (it holds the lock {}): two daemons on one state dir would each acknowledge writes the other then loses. Stop that process first, or give this daemon its own state_dir",
+        "state dir {} is in use by {holder} (it holds the lock on the directory; {} records the holder's pid): two daemons on one state dir would each acknowledge writes the other then loses. Stop that process first, or give this daemon its own state_dir",
         dir.display(), lock.display()
     )]
     Locked {
@@ -66,12 +66,14 @@ pub enum StateDirError {
         dir: PathBuf,
         /// The lock file.
         lock: PathBuf,
-        /// Who holds it, as far as the lock file says ("process 1234").
+        /// Who holds it ("process 1234"), from the lock file or, when
+        /// that is gone, from the kernel's table of locks.
         holder: String,
     },
-    /// The lock file could not be opened, locked or written.
+    /// The state directory could not be locked, or the lock file (the
+    /// holder's pid) could not be opened or written.
     #[error(
-        "cannot lock state dir {} through {}: {source}; it must be a regular file (not a link) owned by the daemon's user, in a directory the daemon can write",
+        "cannot lock state dir {} (a lock on the directory itself, with the holder's pid in {}): {source}; the directory must be the daemon's own, and the lock file a regular file (not a link) owned by the daemon's user",
         dir.display(), lock.display()
     )]
     Lock {
@@ -322,6 +324,13 @@ fn check_private(path: &Path, file: &fs::File) -> Result<(), StateDirError> {
             meta.uid()
         )));
     }
+    if meta.nlink() > 1 {
+        return Err(untrusted(format!(
+            "has {} hard links: another path names this same file, so whatever writes there (another daemon with its own state dir and its own view of the keys) changes this daemon's state too. A hard-linked copy is not a backup. Remove the other links (find / -xdev -samefile {}), and make real copies instead: sqlite3 keystore.db \".backup COPY\" for the key store, cp for the other files",
+            meta.nlink(),
+            path.display()
+        )));
+    }
     let mode = meta.mode() & 0o7777;
     if mode & 0o7077 != 0 {
         file.set_permissions(fs::Permissions::from_mode(0o600))
@@ -339,25 +348,31 @@ fn check_private(path: &Path, file: &fs::File) -> Result<(), StateDirError> {
     Ok(())
 }
 
-/// The name of the lock file in the state dir.
+/// The name of the lock file in the state dir: the lock holder's pid, for
+/// messages only (the lock is on the directory).
 pub const LOCK_FILE: &str = "lock";
 
 /// Exclusive use of a state directory for as long as the value lives: an
-/// `flock` on [`LOCK_FILE`], which holds the holder's pid so a second
-/// process can say who has it (`flock` itself cannot). The daemon holds it
-/// for its whole life; any command that changes the state dir offline must
-/// take it too. The kernel releases it when the process dies, however it
-/// dies, so a crash never leaves a stale lock.
+/// `flock` on the directory itself, which no one can delete or replace
+/// while the holder runs (a lock on a file in it would be lost when the file
+/// is unlinked, letting a second daemon in). [`LOCK_FILE`] holds the
+/// holder's pid so a second process can say who has it (`flock` itself
+/// cannot). The daemon holds it for its whole life; any command that
+/// changes the state dir offline must take it too. The kernel releases it
+/// when the process dies, however it dies, so a crash never leaves a stale
+/// lock.
 #[derive(Debug)]
 pub struct StateDirLock {
+    /// The locked directory, open for as long as the lock is held.
+    _dir: fs::File,
     file: fs::File,
     path: PathBuf,
 }
 
 impl StateDirLock {
     /// Takes the lock of `dir` without waiting, and records this process's
-    /// pid in it; fails with [`StateDirError::Locked`], naming the holder,
-    /// when another process has it.
+    /// pid in [`LOCK_FILE`]; fails with [`StateDirError::Locked`], naming the
+    /// holder, when another process has it.
     pub fn acquire(dir: &StateDir) -> Result<StateDirLock, StateDirError> {
         let path = dir.file(LOCK_FILE);
         let lock_error = |source| StateDirError::Lock {
@@ -365,6 +380,29 @@ impl StateDirLock {
             lock: path.clone(),
             source,
         };
+        let locked_dir = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(dir.path())
+            .map_err(lock_error)?;
+        // SAFETY: flock on a file descriptor this function owns.
+        let locked = unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&locked_dir),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        };
+        if locked != 0 {
+            let error = std::io::Error::last_os_error();
+            if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(lock_error(error));
+            }
+            return Err(StateDirError::Locked {
+                dir: dir.path().to_path_buf(),
+                holder: holder(&path, &locked_dir),
+                lock: path,
+            });
+        }
         let mut file = fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -375,35 +413,15 @@ impl StateDirLock {
             .open(&path)
             .map_err(|e| refused_link(&path, e).unwrap_or_else(lock_error))?;
         check_private(&path, &file)?;
-        // SAFETY: flock on a file descriptor this function owns.
-        let locked = unsafe {
-            libc::flock(
-                std::os::fd::AsRawFd::as_raw_fd(&file),
-                libc::LOCK_EX | libc::LOCK_NB,
-            )
-        };
-        if locked != 0 {
-            let error = std::io::Error::last_os_error();
-            if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(lock_error(error));
-            }
-            let mut recorded = String::new();
-            let _ = (&file).take(64).read_to_string(&mut recorded);
-            let holder = match recorded.trim().parse::<u32>() {
-                Ok(pid) => format!("process {pid}"),
-                Err(_) => "another process (it has not written its pid yet)".to_string(),
-            };
-            return Err(StateDirError::Locked {
-                dir: dir.path().to_path_buf(),
-                lock: path,
-                holder,
-            });
-        }
         file.set_len(0).map_err(lock_error)?;
         file.write_all(format!("{}\n", std::process::id()).as_bytes())
             .map_err(lock_error)?;
         file.sync_all().map_err(lock_error)?;
-        Ok(StateDirLock { file, path })
+        Ok(StateDirLock {
+            _dir: locked_dir,
+            file,
+            path,
+        })
     }
 
     /// The lock file's path.
@@ -412,10 +430,60 @@ impl StateDirLock {
     }
 }
 
+/// Who holds the lock on the directory open as `dir`: the pid recorded in
+/// the lock file at `lock`, or, when that file was deleted or holds no pid,
+/// the pid the kernel lists for the directory's lock in `/proc/locks`.
+fn holder(lock: &Path, dir: &fs::File) -> String {
+    let mut recorded = String::new();
+    let read = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(lock)
+        .and_then(|file| file.take(64).read_to_string(&mut recorded));
+    if read.is_ok()
+        && let Ok(pid) = recorded.trim().parse::<u32>()
+    {
+        return format!("process {pid}");
+    }
+    let listed = dir.metadata().ok().and_then(|meta| {
+        let locks = fs::read_to_string("/proc/locks").ok()?;
+        flock_holder(&locks, meta.dev(), meta.ino())
+    });
+    match listed {
+        Some(pid) => format!("process {pid}"),
+        None => format!(
+            "another process (which one is unknown: {} holds no pid, and the kernel's lock table does not name it)",
+            lock.display()
+        ),
+    }
+}
+
+/// The pid holding an `flock` on inode `ino` of device `dev`, from the text
+/// of `/proc/locks` (`1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF`:
+/// major and minor in hex, the inode in decimal). Waiters (`->`) are skipped.
+fn flock_holder(locks: &str, dev: u64, ino: u64) -> Option<u32> {
+    // Linux's encoding of a dev_t (glibc's gnu_dev_major and gnu_dev_minor).
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [_, "FLOCK", _, _, pid, file, ..] = fields.as_slice() else {
+            return None;
+        };
+        let mut parts = file.split(':');
+        let found_major = u64::from_str_radix(parts.next()?, 16).ok()?;
+        let found_minor = u64::from_str_radix(parts.next()?, 16).ok()?;
+        let found_ino = parts.next()?.parse::<u64>().ok()?;
+        if (found_major, found_minor, found_ino) != (major, minor, ino) {
+            return None;
+        }
+        pid.parse::<u32>().ok().filter(|pid| *pid > 0)
+    })
+}
+
 impl Drop for StateDirLock {
     fn drop(&mut self) {
-        // The pid goes with the lock; the file stays, so that a process
-        // waiting for it never locks a file already unlinked.
+        // The pid goes with the lock (released when the directory closes).
         let _ = self.file.set_len(0);
     }
 }
@@ -508,6 +576,49 @@ mod tests {
         );
         drop(held);
         StateDirLock::acquire(&dir).expect("free again once dropped");
+    }
+
+    #[test]
+    fn deleting_the_lock_file_frees_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(&tmp.path().join("s")).unwrap();
+        let held = StateDirLock::acquire(&dir).unwrap();
+        fs::remove_file(held.path()).unwrap();
+        let err = StateDirLock::acquire(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("in use by process {}", std::process::id())),
+            "named from the kernel's lock table: {err}"
+        );
+        assert!(!dir.contains(LOCK_FILE), "the refused one wrote nothing");
+        drop(held);
+        StateDirLock::acquire(&dir).expect("free again once dropped");
+        assert!(dir.contains(LOCK_FILE));
+    }
+
+    #[test]
+    fn flock_holders_are_read_from_proc_locks() {
+        let dev = (0xfd << 8) | 0x01;
+        let locks = "1: POSIX  ADVISORY  WRITE 10 fd:01:99 0 EOF\n\
+                     2: FLOCK  ADVISORY  WRITE 4321 fd:01:1234 0 EOF\n\
+                     2: -> FLOCK  ADVISORY  WRITE 55 fd:01:1234 0 EOF\n";
+        assert_eq!(flock_holder(locks, dev, 1234), Some(4321));
+        assert_eq!(flock_holder(locks, dev, 99), None, "not an flock");
+        assert_eq!(flock_holder(locks, dev + 1, 1234), None, "another device");
+    }
+
+    #[test]
+    fn hard_linked_files_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(&tmp.path().join("s")).unwrap();
+        dir.write_private("x", b"abc").unwrap();
+        fs::hard_link(dir.file("x"), tmp.path().join("other")).unwrap();
+        let err = dir.read("x", 3).unwrap_err().to_string();
+        assert!(
+            err.contains("has 2 hard links") && err.contains("not a backup"),
+            "{err}"
+        );
+        fs::remove_file(tmp.path().join("other")).unwrap();
+        assert_eq!(dir.read("x", 3).unwrap(), b"abc");
     }
 
     #[test]

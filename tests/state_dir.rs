@@ -57,6 +57,61 @@ fn a_second_daemon_on_the_same_state_dir_is_refused_naming_the_first() {
     assert_eq!(key.latest_version, 2);
 }
 
+#[test]
+fn deleting_the_lock_file_does_not_free_the_state_dir() {
+    let tpm = Swtpm::start();
+    let first = DaemonFiles::new(&tpm.tcti(), "");
+    let second = sharing_state_dir(&tpm.tcti(), &first);
+    let a = Daemon::start(&first).expect("start the first daemon");
+    // An operator "clearing a stale lock" while the daemon runs.
+    fs::remove_file(first.state_file("lock")).expect("delete the lock file");
+
+    let refused = run_daemon_to_exit(&["--config", second.config.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "the second daemon ran: {stderr}");
+    assert!(
+        stderr.contains(&format!("in use by process {}", a.pid())),
+        "the refusal still names the first daemon's pid {}: {stderr}",
+        a.pid()
+    );
+    assert!(
+        !second.socket.exists(),
+        "the refused daemon never bound its socket"
+    );
+    a.client().ping().expect("the first daemon still answers");
+    let (status, log) = a.stop();
+    assert!(status.success(), "{log}");
+    Daemon::start(&second).expect("the state dir is free once the first daemon stopped");
+}
+
+#[test]
+fn a_hard_linked_key_store_is_refused() {
+    let tpm = Swtpm::start();
+    let files = prepared(&tpm);
+    let other = files.root.path().join("elsewhere.db");
+    fs::hard_link(files.state_file("keystore.db"), &other).expect("ln");
+    let log = refused(&files);
+    assert!(
+        log.contains("keystore.db has 2 hard links")
+            && log.contains("not a backup")
+            && log.contains(".backup"),
+        "{log}"
+    );
+    fs::remove_file(&other).expect("rm the other link");
+    let daemon = Daemon::start(&files).expect("start once the file has one link");
+    daemon
+        .client()
+        .describe_key("kept")
+        .expect("the key is there");
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+
+    // The root key blobs too.
+    fs::hard_link(files.state_file("root.priv"), &other).expect("ln");
+    let log = refused(&files);
+    assert!(log.contains("root.priv has 2 hard links"), "{log}");
+}
+
 /// A state dir with a root key and a key store in it, its daemon stopped.
 fn prepared(tpm: &Swtpm) -> DaemonFiles {
     let files = DaemonFiles::new(&tpm.tcti(), "");

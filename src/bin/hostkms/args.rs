@@ -130,7 +130,9 @@ pub struct InOutArgs {
     /// Read the input from FILE instead of standard input ("-": standard input).
     #[arg(long = "in", value_name = "FILE")]
     pub input: Option<PathBuf>,
-    /// Write the output to FILE (replacing it) instead of standard output.
+    /// Write the output to FILE instead of standard output: a new file,
+    /// renamed over FILE (a link there is replaced, not followed; a FIFO or
+    /// device is refused: redirect standard output to it instead).
     #[arg(long = "out", value_name = "FILE")]
     pub output: Option<PathBuf>,
 }

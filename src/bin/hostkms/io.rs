@@ -2,9 +2,11 @@
 //! base64-or-raw detection of ciphertext input, base64 encoding into wiped
 //! buffers, and writes to standard output or --out files (0600 for secrets).
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt as _, PermissionsExt};
+
+use atomic_write_file::unix::OpenOptionsExt as _;
 use std::path::Path;
 
 use base64::Engine;
@@ -21,7 +23,7 @@ pub const MAX_INPUT: usize = agent_proto::DEFAULT_MAX_FRAME as usize;
 pub const CIPHERTEXT_MAGIC: &[u8] = b"HKMS";
 
 /// Whether an output holds secret material (a plaintext): such files are
-/// created, or reset, with mode 0600.
+/// always new files of mode 0600.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sensitivity {
     /// A plaintext or a data key.
@@ -97,9 +99,9 @@ pub fn base64_public(bytes: &[u8]) -> String {
     STANDARD.encode(bytes)
 }
 
-/// Writes `bytes` to `path`, replacing its content, or to standard output
-/// when `path` is `None`. A regular file that receives a secret gets mode
-/// 0600 before anything is written to it, whether it is new or not.
+/// Writes `bytes` to `path`, or to standard output when `path` is `None`.
+/// A file is written as [`replace_file`] does: a secret gets a new file of
+/// mode 0600, a public output one of mode 0666 less the umask.
 pub fn write_output(
     path: Option<&Path>,
     sensitivity: Sensitivity,
@@ -107,7 +109,11 @@ pub fn write_output(
 ) -> Result<(), CliError> {
     match path {
         Some(path) => {
-            write_file(path, sensitivity, bytes).map_err(|e| CliError::write(Some(path), e))
+            let mode = match sensitivity {
+                Sensitivity::Secret => FileMode::Exactly(0o600),
+                Sensitivity::Public => FileMode::Umask(0o666),
+            };
+            replace_file(path, bytes, mode).map_err(|e| CliError::write(Some(path), e))
         }
         None => write_stdout(bytes),
     }
@@ -121,38 +127,114 @@ pub fn write_stdout(bytes: &[u8]) -> Result<(), CliError> {
         .map_err(|e| CliError::write(None, e))
 }
 
-/// Opens (creating or replacing) and writes one output file; see
-/// [`write_output`].
-fn write_file(path: &Path, sensitivity: Sensitivity, bytes: &[u8]) -> io::Result<()> {
-    let mut options = OpenOptions::new();
-    options.write(true).create(true);
-    match sensitivity {
-        // Not truncated at open: the mode is fixed first, then the content.
-        Sensitivity::Secret => options.truncate(false).mode(0o600),
-        Sensitivity::Public => options.truncate(true),
+/// The mode of a file [`replace_file`] makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileMode {
+    /// This mode, whatever the umask.
+    Exactly(u32),
+    /// This mode less the umask, as for any new file.
+    Umask(u32),
+}
+
+/// Replaces `path` whole with a new file holding `bytes`: a temporary file
+/// created in `path`'s directory (exclusively, with `mode`, owned by the
+/// caller) is written, synced and renamed over `path`. Whatever was at
+/// `path` is never written through: a symbolic link there is replaced, not
+/// followed (so root writing into a directory another user controls cannot
+/// be made to overwrite the link's target), and a file another user made is
+/// replaced by one of the caller's (so they keep no descriptor on the
+/// secret, and cannot have chosen its mode). Readers see the old file or
+/// the new one, never part of one; on failure the temporary file is removed
+/// and `path` is left as it was.
+///
+/// Refused, before anything is created: a `path` that is, or is a link to,
+/// something other than a regular file (a FIFO, a device, a directory):
+/// replacing it would break what uses it, and writing into it is what
+/// standard output is for.
+pub fn replace_file(path: &Path, bytes: &[u8], mode: FileMode) -> io::Result<()> {
+    refuse_non_regular(path)?;
+    let create_mode = match mode {
+        FileMode::Exactly(mode) | FileMode::Umask(mode) => mode,
     };
-    let mut file = options.open(path)?;
-    let regular = file.metadata()?.file_type().is_file();
-    if regular && sensitivity == Sensitivity::Secret {
-        file.set_permissions(fs::Permissions::from_mode(0o600))?;
-        file.set_len(0)?;
+    let mut file = atomic_write_file::AtomicWriteFile::options()
+        // The defaults copy the mode and owner of what is at `path`: the
+        // owner and mode of another user's file, or 0777 from a link.
+        .preserve_mode(false)
+        .preserve_owner(false)
+        .mode(create_mode)
+        .open(path)
+        .map_err(|e| explain_directory_error(path, e))?;
+    if let FileMode::Exactly(mode) = mode {
+        file.as_file()
+            .set_permissions(fs::Permissions::from_mode(mode))?;
     }
     file.write_all(bytes)?;
-    file.flush()
+    file.commit().map_err(|e| explain_directory_error(path, e))
+}
+
+/// Refuses a `path` that exists and is not a regular file, or is a link
+/// that leads to something other than a regular file (a dangling link is
+/// replaced like any other).
+fn refuse_non_regular(path: &Path) -> io::Result<()> {
+    let found = match fs::symlink_metadata(path) {
+        Ok(meta) => meta.file_type(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let (kind, through_link) = if found.is_symlink() {
+        match fs::metadata(path) {
+            Ok(target) => (target.file_type(), true),
+            Err(_) => return Ok(()),
+        }
+    } else {
+        (found, false)
+    };
+    if kind.is_file() {
+        return Ok(());
+    }
+    let what = if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "something"
+    };
+    let link = if through_link { "a link to " } else { "" };
+    Err(io::Error::other(format!(
+        "it is {link}{what}, not a regular file; --out only creates or replaces regular \
+         files, and would neither write into it nor replace it. To send the output \
+         there, leave out --out and redirect standard output (hostkms ... > {})",
+        path.display()
+    )))
+}
+
+/// Adds to a permission error that --out needs to write the directory.
+fn explain_directory_error(path: &Path, error: io::Error) -> io::Error {
+    if error.kind() != io::ErrorKind::PermissionDenied {
+        return error;
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.display().to_string(),
+        _ => ".".to_string(),
+    };
+    io::Error::new(
+        error.kind(),
+        format!(
+            "{error}; --out writes a new file in {dir} and renames it over the old one, \
+             so you need write permission on {dir} itself"
+        ),
+    )
 }
 
 /// Replaces `path` whole with `bytes`, readable by all (mode 0644): a
 /// metrics collector reading it meanwhile sees the old file or the new one,
-/// never half of one.
+/// never half of one. See [`replace_file`].
 pub fn write_public_atomically(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
-    let write = || -> io::Result<()> {
-        let mut file = atomic_write_file::AtomicWriteFile::open(path)?;
-        file.write_all(bytes)?;
-        file.as_file()
-            .set_permissions(fs::Permissions::from_mode(0o644))?;
-        file.commit()
-    };
-    write().map_err(|e| CliError::write(Some(path), e))
+    replace_file(path, bytes, FileMode::Exactly(0o644)).map_err(|e| CliError::write(Some(path), e))
 }
 
 #[cfg(test)]

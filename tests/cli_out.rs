@@ -1,0 +1,240 @@
+//! `--out FILE` as root, in a directory another user controls: the CLI
+//! never writes through what is already at FILE. A link there is replaced,
+//! not followed; a file another user made is replaced by a new one of the
+//! caller's; a FIFO or a device is refused, and nothing is written to it.
+
+mod common;
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::process::Output;
+
+use common::{Daemon, DaemonFiles, Swtpm, cli, cli_stdin};
+
+/// The uid (and gid) of the other user: nobody.
+const OTHER: u32 = 65534;
+
+const PLAINTEXT: &[u8] = b"DATA KEY BYTES";
+
+/// A daemon with key app-db, a ciphertext of [`PLAINTEXT`] under it in a
+/// file, and a directory owned by [`OTHER`] for the outputs.
+struct Setup {
+    _tpm: Swtpm,
+    files: DaemonFiles,
+    daemon: Daemon,
+    sealed: std::path::PathBuf,
+    service_dir: std::path::PathBuf,
+}
+
+fn setup() -> Setup {
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::new(&tpm.tcti(), "");
+    let daemon = Daemon::start(&files).unwrap_or_else(|log| panic!("hostkmsd: {log}"));
+    ok(cli(&daemon.socket, &["create-key", "app-db"]));
+    let text = ok(cli_stdin(
+        &daemon.socket,
+        &["wrap", "app-db", "--context", "a=b"],
+        PLAINTEXT,
+    ));
+    let sealed = files.root.path().join("sealed.b64");
+    fs::write(&sealed, text).expect("write the ciphertext");
+    let service_dir = files.root.path().join("service");
+    fs::create_dir(&service_dir).expect("mkdir");
+    fs::set_permissions(&service_dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::os::unix::fs::chown(&service_dir, Some(OTHER), Some(OTHER)).expect("chown");
+    // Every directory above must let nobody reach it, as in real life.
+    fs::set_permissions(files.root.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    Setup {
+        _tpm: tpm,
+        files,
+        daemon,
+        sealed,
+        service_dir,
+    }
+}
+
+impl Setup {
+    /// `hostkms unwrap --out out` of the ciphertext.
+    fn unwrap_to(&self, out: &Path) -> Output {
+        cli(
+            &self.daemon.socket,
+            &[
+                "unwrap",
+                "--context",
+                "a=b",
+                "--in",
+                self.sealed.to_str().expect("path"),
+                "--out",
+                out.to_str().expect("path"),
+            ],
+        )
+    }
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn ok(output: Output) -> Vec<u8> {
+    assert!(
+        output.status.success(),
+        "hostkms failed ({:?}): {}",
+        output.status.code(),
+        stderr(&output)
+    );
+    output.stdout
+}
+
+/// Asserts `path` is a regular file of root (this process's user), mode
+/// 0600, holding the plaintext.
+fn assert_private_plaintext(path: &Path) {
+    let meta = fs::symlink_metadata(path).expect("lstat");
+    assert!(
+        meta.file_type().is_file(),
+        "{} is a regular file",
+        path.display()
+    );
+    assert_eq!(
+        meta.uid(),
+        nix::unistd::geteuid().as_raw(),
+        "owned by the caller"
+    );
+    assert_eq!(meta.mode() & 0o7777, 0o600, "private");
+    assert_eq!(meta.nlink(), 1, "a new file, linked nowhere else");
+    assert_eq!(fs::read(path).expect("read"), PLAINTEXT);
+}
+
+/// No temporary file of an output is left in `dir`: only `names`.
+fn assert_only(dir: &Path, names: &[&str]) {
+    let mut found: Vec<String> = fs::read_dir(dir)
+        .expect("readdir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    found.sort();
+    let mut expected: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    expected.sort();
+    assert_eq!(found, expected, "what is left in {}", dir.display());
+}
+
+#[test]
+fn a_link_at_out_is_replaced_never_followed() {
+    let s = setup();
+    let victim = s.files.root.path().join("victim.conf");
+    fs::write(&victim, b"root-owned config, must survive\n").expect("write");
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = s.service_dir.join("secret.key");
+    std::os::unix::fs::symlink(&victim, &out).expect("symlink");
+    std::os::unix::fs::lchown(&out, Some(OTHER), Some(OTHER)).expect("lchown");
+
+    assert!(ok(s.unwrap_to(&out)).is_empty());
+    assert_eq!(
+        fs::read(&victim).expect("read"),
+        b"root-owned config, must survive\n",
+        "the link's target is untouched"
+    );
+    assert_eq!(fs::metadata(&victim).expect("stat").mode() & 0o777, 0o644);
+    assert_private_plaintext(&out);
+    assert_only(&s.service_dir, &["secret.key"]);
+
+    // A ciphertext (not secret) replaces a link the same way.
+    let public = s.service_dir.join("sealed.copy");
+    std::os::unix::fs::symlink(&victim, &public).expect("symlink");
+    let output = cli_stdin(
+        &s.daemon.socket,
+        &[
+            "wrap",
+            "app-db",
+            "--binary",
+            "--out",
+            public.to_str().expect("path"),
+        ],
+        b"x",
+    );
+    assert!(ok(output).is_empty());
+    assert!(
+        fs::symlink_metadata(&public)
+            .expect("lstat")
+            .file_type()
+            .is_file()
+    );
+    assert!(fs::read(&public).expect("read").starts_with(b"HKMS"));
+    assert_eq!(
+        fs::read(&victim).expect("read"),
+        b"root-owned config, must survive\n"
+    );
+}
+
+#[test]
+fn a_file_another_user_made_is_replaced_by_a_private_one() {
+    let s = setup();
+    let out = s.service_dir.join("secret.key");
+    fs::write(&out, b"theirs").expect("write");
+    fs::set_permissions(&out, fs::Permissions::from_mode(0o644)).expect("chmod");
+    std::os::unix::fs::chown(&out, Some(OTHER), Some(OTHER)).expect("chown");
+    // The other user keeps a descriptor open on the file they made.
+    let mut theirs = fs::File::open(&out).expect("open");
+    let old_inode = fs::metadata(&out).expect("stat").ino();
+
+    assert!(ok(s.unwrap_to(&out)).is_empty());
+    assert_private_plaintext(&out);
+    assert_ne!(
+        fs::metadata(&out).expect("stat").ino(),
+        old_inode,
+        "a new file"
+    );
+    let mut seen = Vec::new();
+    theirs.read_to_end(&mut seen).expect("read");
+    assert_eq!(seen, b"theirs", "nothing reached the file they hold open");
+    assert_only(&s.service_dir, &["secret.key"]);
+}
+
+#[test]
+fn a_fifo_or_a_link_to_one_is_refused_and_nothing_written() {
+    let s = setup();
+    let fifo = s.service_dir.join("secret.key");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o666)).expect("mkfifo");
+    // A reader is waiting, so an open for writing would not block.
+    let mut reader = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .expect("open the FIFO");
+
+    let output = s.unwrap_to(&fifo);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert!(err.contains(fifo.to_str().expect("path")), "{err}");
+    assert!(err.contains("not a regular file"), "{err}");
+    assert!(
+        err.contains("standard output"),
+        "suggests redirection: {err}"
+    );
+    assert!(output.stdout.is_empty());
+    let mut seen = [0u8; 64];
+    match reader.read(&mut seen) {
+        Ok(n) => assert_eq!(n, 0, "nothing was written into the FIFO"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}"),
+    }
+    assert!(
+        fs::symlink_metadata(&fifo)
+            .expect("lstat")
+            .file_type()
+            .is_fifo(),
+        "the FIFO is still there"
+    );
+
+    // A link to it is refused too: it would not lead to a file either.
+    let link = s.service_dir.join("link.key");
+    std::os::unix::fs::symlink(&fifo, &link).expect("symlink");
+    let output = s.unwrap_to(&link);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert!(err.contains("not a regular file"), "{err}");
+    match reader.read(&mut seen) {
+        Ok(n) => assert_eq!(n, 0, "nothing was written into the FIFO"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}"),
+    }
+    assert_only(&s.service_dir, &["secret.key", "link.key"]);
+}
