@@ -96,7 +96,10 @@ fn connection_flood(socket: &str, count: usize) {
         let mut extra = Client::connect(socket).expect("connect");
         extra.set_timeout(Some(Duration::from_secs(10))).unwrap();
         match extra.ping() {
-            Err(agent_proto::ClientError::Daemon { code, .. }) if code == ErrorCode::Busy => {}
+            Err(agent_proto::ClientError::Daemon {
+                code: ErrorCode::Busy,
+                ..
+            }) => {}
             other => panic!("connection {i} beyond the cap: expected Busy, got {other:?}"),
         }
     }
