@@ -1,13 +1,34 @@
 //! Who may hold the daemon's shared resources: connection slots (a cap per
-//! uid, a reserve for admins) and the memory of partly received frames. A
-//! peer that holds more than its share gets `Busy`, so that no single user
-//! can lock root and the granted services out.
+//! uid, a reserve for admins, a cap on all peers without a grant together)
+//! and the memory of partly received frames (none for peers without a
+//! grant). A peer that holds more than its share gets `Busy`, so that
+//! neither a single user nor many users without a grant can lock root and
+//! the granted services out.
+//!
+//! A peer without any grant (not an admin, covered by no grant in force)
+//! can only `Ping`, ask `Status` and `List`: requests of a few bytes. So
+//! all such peers together get `max_ungranted_connections` slots, and their
+//! frames never draw on the shared frame memory: each is read only up to
+//! its first [`BODY_STEP`] bytes, which the connection caps already bound.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use agent_proto::codec::{BODY_STEP, BodyMemory};
+
+/// What a peer is to admission: decided from the grants in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerClass {
+    /// uid 0 or a member of an admin group: no per-uid cap, and the
+    /// reserved slots.
+    Admin,
+    /// Covered by at least one grant in force: the per-uid cap.
+    Granted,
+    /// Covered by no grant: the per-uid cap, and all such peers together
+    /// `max_ungranted_connections`; no shared frame memory.
+    Ungranted,
+}
 
 /// The limits a connection is admitted under (read afresh at each admission,
 /// so that a reload applies to the next connection).
@@ -19,6 +40,8 @@ pub struct SlotLimits {
     pub max_connections_per_uid: usize,
     /// Slots of `max_connections` only admins may take.
     pub admin_reserved_connections: usize,
+    /// Connections all peers without a grant may hold together.
+    pub max_ungranted_connections: usize,
 }
 
 /// Why a connection was refused; the message says what to do.
@@ -52,6 +75,18 @@ pub enum Refusal {
         /// `max_connections_per_uid`.
         max: usize,
     },
+    /// Peers without a grant hold together as many connections as they may.
+    #[error(
+        "uid {uid} holds no grant, and peers without a grant already hold {max} connections, \
+         the most they may together (max_ungranted_connections); try again later, or ask the \
+         administrator for a grant if this program needs to use keys"
+    )]
+    Ungranted {
+        /// The peer's uid.
+        uid: u32,
+        /// `max_ungranted_connections`.
+        max: usize,
+    },
 }
 
 /// The connections open now, in total and by uid.
@@ -63,6 +98,8 @@ pub struct Admission {
 #[derive(Debug, Default)]
 struct OpenConnections {
     total: usize,
+    /// Of `total`, those of peers without a grant.
+    ungranted: usize,
     by_uid: HashMap<u32, usize>,
 }
 
@@ -72,13 +109,15 @@ impl Admission {
         Arc::new(Admission::default())
     }
 
-    /// Admits a connection of `uid` (an admin when `admin`) under `limits`,
-    /// or says why not. The slot is held until the returned value drops.
-    /// Admins are not capped per uid and may take the reserved slots.
+    /// Admits a connection of `uid` (of `class`) under `limits`, or says
+    /// why not. The slot is held until the returned value drops, in the
+    /// class it was admitted in. Admins are not capped per uid and may take
+    /// the reserved slots; peers without a grant share
+    /// `max_ungranted_connections`.
     pub fn admit(
         self: &Arc<Self>,
         uid: u32,
-        admin: bool,
+        class: PeerClass,
         limits: &SlotLimits,
     ) -> Result<Slot, Refusal> {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
@@ -87,12 +126,19 @@ impl Admission {
                 max: limits.max_connections,
             });
         }
-        if !admin {
+        let ungranted = class == PeerClass::Ungranted;
+        if class != PeerClass::Admin {
             // The peer's own cap first: it is the limit the peer can act on.
             if open.by_uid.get(&uid).copied().unwrap_or(0) >= limits.max_connections_per_uid {
                 return Err(Refusal::PerUid {
                     uid,
                     max: limits.max_connections_per_uid,
+                });
+            }
+            if ungranted && open.ungranted >= limits.max_ungranted_connections {
+                return Err(Refusal::Ungranted {
+                    uid,
+                    max: limits.max_ungranted_connections,
                 });
             }
             let unreserved = limits
@@ -106,10 +152,14 @@ impl Admission {
             }
         }
         open.total += 1;
+        if ungranted {
+            open.ungranted += 1;
+        }
         *open.by_uid.entry(uid).or_insert(0) += 1;
         Ok(Slot {
             admission: Arc::clone(self),
             uid,
+            ungranted,
         })
     }
 
@@ -127,6 +177,8 @@ impl Admission {
 pub struct Slot {
     admission: Arc<Admission>,
     uid: u32,
+    /// Counted among the connections of peers without a grant.
+    ungranted: bool,
 }
 
 impl Drop for Slot {
@@ -137,6 +189,9 @@ impl Drop for Slot {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         open.total = open.total.saturating_sub(1);
+        if self.ungranted {
+            open.ungranted = open.ungranted.saturating_sub(1);
+        }
         if let Some(count) = open.by_uid.get_mut(&self.uid) {
             *count = count.saturating_sub(1);
             if *count == 0 {
@@ -149,6 +204,8 @@ impl Drop for Slot {
 /// The memory all connections' partly received frames hold together,
 /// beyond the first [`BODY_STEP`] bytes of each (which the connection cap
 /// already bounds), so that a small request is never refused for memory.
+/// Frames of peers without a grant take none of it (see
+/// [`FrameMemory::for_small_frame`]).
 #[derive(Debug, Default)]
 pub struct FrameMemory {
     held: AtomicUsize,
@@ -165,6 +222,21 @@ impl FrameMemory {
         FrameReservation {
             memory: Arc::clone(self),
             limit,
+            shares: true,
+            asked: 0,
+            held: 0,
+        }
+    }
+
+    /// A reservation for one frame that takes nothing of the shared memory:
+    /// the frame may grow to [`BODY_STEP`] bytes and no further. For peers
+    /// without a grant, whose requests (`Ping`, `Status`, `List`) are a few
+    /// bytes, so that they cannot keep the memory full for everyone else.
+    pub fn for_small_frame(self: &Arc<Self>) -> FrameReservation {
+        FrameReservation {
+            memory: Arc::clone(self),
+            limit: 0,
+            shares: false,
             asked: 0,
             held: 0,
         }
@@ -182,6 +254,8 @@ impl FrameMemory {
 pub struct FrameReservation {
     memory: Arc<FrameMemory>,
     limit: usize,
+    /// Whether the frame may take of the shared memory at all.
+    shares: bool,
     /// Bytes the frame asked for in all.
     asked: usize,
     /// Of those, bytes taken from the shared memory.
@@ -193,6 +267,9 @@ impl BodyMemory for FrameReservation {
         let free = BODY_STEP.saturating_sub(self.asked).min(bytes);
         let shared = bytes - free;
         if shared > 0 {
+            if !self.shares {
+                return false;
+            }
             let taken =
                 self.memory
                     .held
@@ -224,22 +301,69 @@ mod tests {
         max_connections: 10,
         max_connections_per_uid: 3,
         admin_reserved_connections: 2,
+        max_ungranted_connections: 4,
     };
+
+    const GRANTED: PeerClass = PeerClass::Granted;
+
+    #[test]
+    fn ungranted_peers_share_their_own_cap_and_granted_peers_still_get_in() {
+        let admission = Admission::new();
+        let mut held: Vec<Slot> = (0..4)
+            .map(|uid| {
+                admission
+                    .admit(40000 + uid, PeerClass::Ungranted, &LIMITS)
+                    .unwrap()
+            })
+            .collect();
+        let refusal = admission
+            .admit(40009, PeerClass::Ungranted, &LIMITS)
+            .unwrap_err();
+        assert_eq!(refusal, Refusal::Ungranted { uid: 40009, max: 4 });
+        assert!(refusal.to_string().contains("max_ungranted_connections"));
+        // The granted peers' share is untouched: 4 more up to the reserve.
+        for uid in 0..4 {
+            held.push(admission.admit(1000 + uid, GRANTED, &LIMITS).unwrap());
+        }
+        assert_eq!(
+            admission.admit(1009, GRANTED, &LIMITS).unwrap_err(),
+            Refusal::ReservedForAdmins {
+                max: 10,
+                reserved: 2
+            }
+        );
+        // A slot keeps the class it was admitted in when given back.
+        held.remove(0);
+        assert!(
+            admission
+                .admit(40009, PeerClass::Ungranted, &LIMITS)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_small_frame_takes_no_shared_memory() {
+        let memory = FrameMemory::new();
+        let mut small = memory.for_small_frame();
+        assert!(small.reserve(BODY_STEP), "the first step is free");
+        assert!(!small.reserve(1), "and all it may have");
+        assert_eq!(memory.held(), 0);
+    }
 
     #[test]
     fn a_uid_is_capped_and_others_still_get_in() {
         let admission = Admission::new();
         let held: Vec<Slot> = (0..3)
-            .map(|_| admission.admit(65534, false, &LIMITS).unwrap())
+            .map(|_| admission.admit(65534, GRANTED, &LIMITS).unwrap())
             .collect();
         assert_eq!(
-            admission.admit(65534, false, &LIMITS).unwrap_err(),
+            admission.admit(65534, GRANTED, &LIMITS).unwrap_err(),
             Refusal::PerUid { uid: 65534, max: 3 }
         );
-        let other = admission.admit(1001, false, &LIMITS).unwrap();
+        let other = admission.admit(1001, GRANTED, &LIMITS).unwrap();
         drop(held);
         assert_eq!(admission.open(), 1);
-        let again = admission.admit(65534, false, &LIMITS);
+        let again = admission.admit(65534, GRANTED, &LIMITS);
         assert!(again.is_ok());
         drop(other);
     }
@@ -248,10 +372,10 @@ mod tests {
     fn the_reserve_is_for_admins_and_admins_are_not_capped_per_uid() {
         let admission = Admission::new();
         let mut held: Vec<Slot> = (0..8)
-            .map(|uid| admission.admit(1000 + uid, false, &LIMITS).unwrap())
+            .map(|uid| admission.admit(1000 + uid, GRANTED, &LIMITS).unwrap())
             .collect();
         assert_eq!(
-            admission.admit(2000, false, &LIMITS).unwrap_err(),
+            admission.admit(2000, GRANTED, &LIMITS).unwrap_err(),
             Refusal::ReservedForAdmins {
                 max: 10,
                 reserved: 2
@@ -263,23 +387,24 @@ mod tests {
             ..LIMITS
         };
         assert_eq!(
-            admission.admit(1000, false, &tight).unwrap_err(),
+            admission.admit(1000, GRANTED, &tight).unwrap_err(),
             Refusal::PerUid { uid: 1000, max: 1 }
         );
-        held.push(admission.admit(0, true, &LIMITS).unwrap());
-        held.push(admission.admit(0, true, &LIMITS).unwrap());
+        held.push(admission.admit(0, PeerClass::Admin, &LIMITS).unwrap());
+        held.push(admission.admit(0, PeerClass::Admin, &LIMITS).unwrap());
         assert_eq!(
-            admission.admit(0, true, &LIMITS).unwrap_err(),
+            admission.admit(0, PeerClass::Admin, &LIMITS).unwrap_err(),
             Refusal::Full { max: 10 }
         );
         let admins = SlotLimits {
             max_connections: 10,
             max_connections_per_uid: 1,
             admin_reserved_connections: 0,
+            max_ungranted_connections: 0,
         };
         let admission = Admission::new();
         let root: Vec<Slot> = (0..10)
-            .map(|_| admission.admit(0, true, &admins).unwrap())
+            .map(|_| admission.admit(0, PeerClass::Admin, &admins).unwrap())
             .collect();
         assert_eq!(root.len(), 10);
     }

@@ -40,6 +40,10 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 64;
 /// Slots reserved for admins by default (or a quarter of
 /// `max_connections`, when that is less).
 pub const DEFAULT_ADMIN_RESERVED_CONNECTIONS: usize = 16;
+/// Connections all peers without a grant may hold together by default (or
+/// `max_connections`, when that is lower): they can only ping, ask status
+/// and list, which needs few connections.
+pub const DEFAULT_MAX_UNGRANTED_CONNECTIONS: usize = 32;
 /// Seconds an answer may wait for its client to read it by default.
 pub const DEFAULT_WRITE_TIMEOUT_SECS: u64 = 10;
 /// Bytes all partly received frames may hold together by default (or
@@ -89,6 +93,8 @@ pub struct Config {
     pub max_connections_per_uid: usize,
     /// Slots of `max_connections` only admins may take.
     pub admin_reserved_connections: usize,
+    /// Connections all peers without a grant may hold together.
+    pub max_ungranted_connections: usize,
     /// How long a connection may sit idle between requests.
     pub idle_timeout: Duration,
     /// How long a started frame may take to arrive whole.
@@ -192,6 +198,7 @@ struct ConfigFile {
     max_connections: Option<Spanned<i64>>,
     max_connections_per_uid: Option<Spanned<i64>>,
     admin_reserved_connections: Option<Spanned<i64>>,
+    max_ungranted_connections: Option<Spanned<i64>>,
     idle_timeout_secs: Option<Spanned<i64>>,
     frame_timeout_secs: Option<Spanned<i64>>,
     write_timeout_secs: Option<Spanned<i64>>,
@@ -330,6 +337,14 @@ impl Config {
             max_connections - 1,
             (DEFAULT_ADMIN_RESERVED_CONNECTIONS as i64).min(max_connections / 4),
             "a number of connections below max_connections",
+        )?;
+        let max_ungranted_connections = range(
+            &file.max_ungranted_connections,
+            "max_ungranted_connections",
+            0,
+            max_connections,
+            (DEFAULT_MAX_UNGRANTED_CONNECTIONS as i64).min(max_connections),
+            "a number of connections up to max_connections",
         )?;
         let idle_timeout = range(
             &file.idle_timeout_secs,
@@ -474,6 +489,7 @@ impl Config {
             max_connections: max_connections as usize,
             max_connections_per_uid: max_connections_per_uid as usize,
             admin_reserved_connections: admin_reserved_connections as usize,
+            max_ungranted_connections: max_ungranted_connections as usize,
             idle_timeout: Duration::from_secs(idle_timeout as u64),
             frame_timeout: Duration::from_secs(frame_timeout as u64),
             write_timeout: Duration::from_secs(write_timeout as u64),
@@ -766,8 +782,16 @@ mod tests {
         assert_eq!(config.admin_reserved_connections, 16);
         assert_eq!(config.write_timeout, Duration::from_secs(10));
         // An old file with a small max_connections stays valid.
+        assert_eq!(config.max_ungranted_connections, 32);
         let small = parse("max_connections = 2").unwrap();
         assert_eq!(small.max_connections_per_uid, 2);
+        assert_eq!(small.max_ungranted_connections, 2);
+        assert_eq!(
+            parse("max_ungranted_connections = 0")
+                .unwrap()
+                .max_ungranted_connections,
+            0
+        );
         assert_eq!(small.admin_reserved_connections, 0);
         let set = parse(
             "max_connections = 100\nmax_connections_per_uid = 10\n\
@@ -792,6 +816,11 @@ mod tests {
                 "max_connections = 10\nadmin_reserved_connections = 10",
                 "admin_reserved_connections",
                 "from 0 to 9",
+            ),
+            (
+                "max_connections = 10\nmax_ungranted_connections = 11",
+                "max_ungranted_connections",
+                "from 0 to 10",
             ),
             (
                 "write_timeout_secs = 0",

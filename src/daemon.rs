@@ -396,6 +396,7 @@ fn server_limits(config: &Config) -> Limits {
         max_connections: config.max_connections,
         max_connections_per_uid: config.max_connections_per_uid,
         admin_reserved_connections: config.admin_reserved_connections,
+        max_ungranted_connections: config.max_ungranted_connections,
         idle_timeout: config.idle_timeout,
         frame_timeout: config.frame_timeout,
         write_timeout: config.write_timeout,

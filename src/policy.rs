@@ -199,6 +199,14 @@ impl Policy {
         peer.uid == 0 || self.admin_gids.iter().any(|&gid| peer.in_group(gid))
     }
 
+    /// Whether any grant in force covers `peer`, for any operation or for
+    /// [`METRICS`] (admins aside). A peer no grant covers can only `Ping`,
+    /// ask `Status` and `List`, and the server gives such peers a small
+    /// share of its connections and no shared frame memory.
+    pub fn grants_any(&self, peer: &Peer) -> bool {
+        self.grants.iter().any(|grant| grant.covers_peer(peer))
+    }
+
     /// Whether `peer` may perform `op` on the key named `key`.
     pub fn allows(&self, peer: &Peer, op: Operation, key: &str) -> bool {
         match op {

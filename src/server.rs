@@ -18,7 +18,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admission::{Admission, FrameMemory, SlotLimits};
+use crate::admission::{Admission, FrameMemory, PeerClass, SlotLimits};
 use crate::peer::Peer;
 use crate::service::Service;
 
@@ -73,6 +73,8 @@ pub struct Limits {
     pub max_connections_per_uid: usize,
     /// Slots of `max_connections` that only admins may take.
     pub admin_reserved_connections: usize,
+    /// Connections all peers without a grant may hold together.
+    pub max_ungranted_connections: usize,
     /// How long a connection may wait between requests before it is closed.
     pub idle_timeout: Duration,
     /// How long a frame may take to arrive once its first byte has, against
@@ -83,6 +85,7 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// Bytes all partly received frames may hold together beyond the first
     /// [`codec::BODY_STEP`] of each; a frame that needs more gets `Busy`.
+    /// Frames of peers without a grant take none of it.
     pub max_frame_memory: usize,
 }
 
@@ -92,6 +95,7 @@ impl Limits {
             max_connections: self.max_connections,
             max_connections_per_uid: self.max_connections_per_uid,
             admin_reserved_connections: self.admin_reserved_connections,
+            max_ungranted_connections: self.max_ungranted_connections,
         }
     }
 }
@@ -343,6 +347,13 @@ async fn first_request_id(stream: &mut UnixStream) -> Option<u64> {
 
 /// Serves one connection: requests are read, answered and written in order.
 /// A bad frame is answered (when it can be) and ends this connection only.
+///
+/// The peer's class (admin, granted, ungranted) is decided twice from the
+/// grants in force: at connect time for its slot, which keeps that class
+/// until the connection closes (a reload does not move open connections
+/// between shares; `idle_timeout` bounds how long that lasts), and afresh
+/// for each frame, so that a peer granted by a reload may send large
+/// requests on an open connection and one whose grant was removed may not.
 async fn serve_connection(
     mut stream: UnixStream,
     service: Arc<Service>,
@@ -363,7 +374,7 @@ async fn serve_connection(
     let current = **limits.load();
     let _slot = match shared
         .admission
-        .admit(peer.uid, service.is_admin(&peer), &current.slots())
+        .admit(peer.uid, service.peer_class(&peer), &current.slots())
     {
         Ok(slot) => slot,
         Err(refusal) => {
@@ -390,7 +401,15 @@ async fn serve_connection(
                 }
             },
         };
-        let mut memory = shared.frame_memory.for_frame(limits.max_frame_memory);
+        // A peer without a grant can send only Ping, Status and List: its
+        // frames take no shared memory, and one larger than BODY_STEP is
+        // refused rather than allowed to hold memory others need.
+        let ungranted = service.peer_class(&peer) == PeerClass::Ungranted;
+        let mut memory = if ungranted {
+            shared.frame_memory.for_small_frame()
+        } else {
+            shared.frame_memory.for_frame(limits.max_frame_memory)
+        };
         let frame = match tokio::time::timeout(
             limits.frame_timeout,
             codec::finish_frame_async(&mut stream, prefix, got, limits.max_frame, &mut memory),
@@ -414,6 +433,17 @@ async fn serve_connection(
             Err(FrameError::Decode(e)) => {
                 service.refused_frame(&peer, e.code(), &e);
                 (rejection(e.request_id(), e.code(), e.to_string()), false)
+            }
+            Err(FrameError::OutOfMemory { len, id }) if ungranted => {
+                let message = format!(
+                    "uid {} holds no grant, so hostkmsd reads at most {} bytes of each of its \
+                     requests (ping, status and list need less); this one has {len}. Ask the \
+                     administrator for a grant if this program needs to use keys",
+                    peer.uid,
+                    codec::BODY_STEP
+                );
+                service.refused_frame(&peer, ErrorCode::PermissionDenied, &message);
+                (rejection(id, ErrorCode::PermissionDenied, message), false)
             }
             Err(FrameError::OutOfMemory { len, id }) => {
                 service.refused_connection(

@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use rand::TryRng;
 use zeroize::Zeroizing;
 
+use crate::admission::PeerClass;
 use crate::audit::{self, Subject};
 use crate::envelope::{self, InvalidCiphertext};
 use crate::keystore::{Key, KeyStore, StoreError, Version};
@@ -154,10 +155,22 @@ impl Service {
         &self.monitor
     }
 
-    /// Whether `peer` is an admin under the grants in force: the server
-    /// exempts admins from the per-uid connection cap.
+    /// Whether `peer` is an admin under the grants in force.
     pub fn is_admin(&self, peer: &Peer) -> bool {
         self.policy.load().is_admin(peer)
+    }
+
+    /// What `peer` is to the server's admission under the grants in force:
+    /// an admin, covered by some grant, or covered by none.
+    pub fn peer_class(&self, peer: &Peer) -> PeerClass {
+        let policy = self.policy.load();
+        if policy.is_admin(peer) {
+            PeerClass::Admin
+        } else if policy.grants_any(peer) {
+            PeerClass::Granted
+        } else {
+            PeerClass::Ungranted
+        }
     }
 
     /// Puts a reloaded config's grants, limits and alert thresholds in

@@ -16,12 +16,13 @@ use proptest::prelude::*;
 const PATH: &str = "/etc/hostkms/config.toml";
 
 /// Every field name an `Invalid` error may carry.
-const FIELDS: [&str; 27] = [
+const FIELDS: [&str; 28] = [
     "tpm_timeout_secs",
     "tpm_start_timeout_secs",
     "user_units",
     "max_connections_per_uid",
     "admin_reserved_connections",
+    "max_ungranted_connections",
     "write_timeout_secs",
     "max_frame_memory",
     "socket",
@@ -112,12 +113,13 @@ fn toml_value() -> impl Strategy<Value = String> {
     ]
 }
 
-const KEYS: [&str; 31] = [
+const KEYS: [&str; 32] = [
     "tpm_timeout_secs",
     "tpm_start_timeout_secs",
     "user_units",
     "max_connections_per_uid",
     "admin_reserved_connections",
+    "max_ungranted_connections",
     "write_timeout_secs",
     "max_frame_memory",
     "socket",

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use agent_proto::codec::{self, DEFAULT_MAX_FRAME, LENGTH_PREFIX};
 use agent_proto::{AsyncClient, Client, ClientError, Envelope, ErrorCode, Request, Response};
-use common::{Daemon, DaemonFiles, Swtpm, cli, cli_as};
+use common::{Daemon, DaemonFiles, Swtpm, cli, cli_as, cli_stdin};
 
 /// The limits these tests set that the daemon did not know before issue 8;
 /// kept apart so that the tests can be run against an older daemon.
@@ -24,9 +24,14 @@ const WRITE_TIMEOUT: &str = "write_timeout_secs = 3\n";
 /// The environment variable that makes this test binary act as the slot
 /// holder of [`one_uid_cannot_hold_every_connection_slot`].
 const HOLDER_SOCKET_ENV: &str = "HOSTKMS_TEST_SLOT_HOLDER_SOCKET";
-/// Set to "pings" to make the holder hold by idle pings only (the default
-/// mixes every way of holding).
+/// Set to "pings" to make the holder hold by idle pings only, to "frames"
+/// to hold partly sent large frames that fill the default `max_frame_memory`
+/// (the default mixes every way of holding).
 const HOLDER_HOW_ENV: &str = "HOSTKMS_TEST_SLOT_HOLDER_HOW";
+/// How many connections the holder tries to hold, when not its default.
+const HOLDER_COUNT_ENV: &str = "HOSTKMS_TEST_SLOT_HOLDER_COUNT";
+/// The daemon's default `max_frame_memory`, which the "frames" holder fills.
+const DEFAULT_FRAME_MEMORY: usize = 32 << 20;
 /// The line the holder prints once all its connections have been tried.
 const HOLDER_READY: &str = "holder ready";
 /// What starts the holder's closing report line.
@@ -48,6 +53,9 @@ enum Hold {
     UnreadAnswers,
     /// Sends a frame one byte every half second.
     SlowFrame,
+    /// Sends all of a frame of this many body bytes but its last byte, then
+    /// waits: its body holds the daemon's frame memory.
+    PartialFrame(usize),
 }
 
 /// Holds one connection by `how` until it breaks, then reconnects, until
@@ -94,30 +102,70 @@ fn hold(socket: &str, how: Hold, stop: &AtomicBool, busy: &AtomicUsize) {
                     thread::sleep(Duration::from_millis(500));
                 }
             }
+            Hold::PartialFrame(len) => {
+                let mut frame = (len as u32).to_be_bytes().to_vec();
+                frame.extend_from_slice(&1u16.to_le_bytes());
+                frame.extend_from_slice(&7u64.to_le_bytes());
+                frame.resize(LENGTH_PREFIX + len - 1, 0xa5);
+                if stream.write_all(&frame).is_ok() {
+                    // Held until the daemon answers or closes, or the end.
+                    stream
+                        .set_read_timeout(Some(Duration::from_millis(200)))
+                        .expect("timeout");
+                    let mut byte = [0u8; 1];
+                    while !stop.load(Ordering::Relaxed) {
+                        match stream.read(&mut byte) {
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    ErrorKind::WouldBlock | ErrorKind::TimedOut
+                                ) => {}
+                            _ => break,
+                        }
+                    }
+                }
+            }
         }
         thread::sleep(Duration::from_millis(200));
     }
 }
 
-/// The slot holder: this test binary again, run as uid 65534 by
-/// [`SlotHolder::start`]. It holds 300 connections (a third by each
-/// [`Hold`]; or 80 by idle pings) until its standard input closes, then
-/// prints how many `Busy` answers it saw. It is not a test of its own.
+/// The slot holder: this test binary again, run as another uid by
+/// [`SlotHolder::start`]. It holds 300 connections (a third by each of the
+/// first three [`Hold`]s; or 80 by idle pings; or 33 partial frames that
+/// together fill the default `max_frame_memory` to the byte) until its
+/// standard input closes, then prints how many `Busy` answers it saw. It is
+/// not a test of its own.
 #[test]
 #[ignore = "the attacker half of the connection-slot tests, run by them"]
 fn slot_holder_process() {
     let Ok(socket) = std::env::var(HOLDER_SOCKET_ENV) else {
         panic!("run only by the connection-slot tests, with {HOLDER_SOCKET_ENV} set");
     };
-    let pings_only = std::env::var(HOLDER_HOW_ENV).is_ok_and(|how| how == "pings");
+    let how = std::env::var(HOLDER_HOW_ENV).unwrap_or_default();
+    // 32 frames of max_frame and one of the rest: each holds all but the
+    // first BODY_STEP of its body in the shared frame memory.
+    let frame = DEFAULT_MAX_FRAME as usize;
+    let held_by_full = 32 * (frame - codec::BODY_STEP);
+    let last = DEFAULT_FRAME_MEMORY - held_by_full + codec::BODY_STEP;
+    let default_count = match how.as_str() {
+        "pings" => 80,
+        "frames" => 33,
+        _ => 300,
+    };
+    let count = std::env::var(HOLDER_COUNT_ENV)
+        .ok()
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(default_count);
     let stop = Arc::new(AtomicBool::new(false));
     let busy = Arc::new(AtomicUsize::new(0));
-    let holders: Vec<_> = (0..if pings_only { 80 } else { 300 })
+    let holders: Vec<_> = (0..count)
         .map(|n| {
-            let how = if pings_only {
-                Hold::IdlePings
-            } else {
-                [Hold::SlowFrame, Hold::UnreadAnswers, Hold::IdlePings][n % 3]
+            let how = match how.as_str() {
+                "pings" => Hold::IdlePings,
+                "frames" if n == 32 => Hold::PartialFrame(last),
+                "frames" => Hold::PartialFrame(frame),
+                _ => [Hold::SlowFrame, Hold::UnreadAnswers, Hold::IdlePings][n % 3],
             };
             let (socket, stop, busy) = (socket.clone(), Arc::clone(&stop), Arc::clone(&busy));
             thread::spawn(move || hold(&socket, how, &stop, &busy))
@@ -135,7 +183,7 @@ fn slot_holder_process() {
     std::process::exit(0);
 }
 
-/// A running slot holder (uid 65534), stopped and reaped on drop.
+/// A running slot holder, stopped and reaped on drop.
 struct SlotHolder {
     child: std::process::Child,
     to_holder: Option<std::process::ChildStdin>,
@@ -143,10 +191,21 @@ struct SlotHolder {
 }
 
 impl SlotHolder {
-    /// Starts the holder against `socket`, holding `how` ("mixed" or
-    /// "pings"), and waits until it has tried all its connections.
+    /// Starts the holder as uid 65534 against `socket`, holding `how`
+    /// ("mixed", "pings" or "frames"), and waits until it has tried all its
+    /// connections.
     fn start(socket: &std::path::Path, how: &str) -> SlotHolder {
-        let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        SlotHolder::start_as(65534, socket, how, None)
+    }
+
+    /// As [`SlotHolder::start`], as `uid` (which needs no passwd entry),
+    /// trying `count` connections when given.
+    fn start_as(uid: u32, socket: &std::path::Path, how: &str, count: Option<usize>) -> SlotHolder {
+        let mut command = Command::new(std::env::current_exe().expect("test binary"));
+        if let Some(count) = count {
+            command.env(HOLDER_COUNT_ENV, count.to_string());
+        }
+        let mut child = command
             .args([
                 "--exact",
                 "slot_holder_process",
@@ -156,8 +215,8 @@ impl SlotHolder {
             ])
             .env(HOLDER_SOCKET_ENV, socket)
             .env(HOLDER_HOW_ENV, how)
-            .uid(65534)
-            .gid(65534)
+            .uid(uid)
+            .gid(uid)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -219,6 +278,7 @@ fn one_uid_cannot_hold_every_connection_slot() {
         &tpm.tcti(),
         &format!(
             "socket_mode = \"0666\"\n{WRITE_TIMEOUT}\
+             max_ungranted_connections = 256\n\
              [[grant]]\nkeys = [\"conn-*\"]\nuids = [4242]\nops = [\"wrap\"]\n"
         ),
     );
@@ -277,6 +337,117 @@ fn one_uid_cannot_hold_every_connection_slot() {
     );
 }
 
+/// Runs `hostkms wrap conn-app` on `plaintext` as `uid` (root: 0); `None`
+/// when it succeeded, else what it said.
+fn wrap_fails(uid: u32, socket: &std::path::Path, plaintext: &[u8]) -> Option<String> {
+    let output = if uid == 0 {
+        cli_stdin(socket, &["wrap", "conn-app"], plaintext)
+    } else {
+        cli_as(uid, socket, &["wrap", "conn-app"], plaintext)
+    };
+    (!output.status.success()).then(|| {
+        format!(
+            "uid {uid}'s wrap of {} bytes: {}",
+            plaintext.len(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )
+    })
+}
+
+/// Red-team finding F2: uids that hold no grant, however many, share
+/// `max_ungranted_connections` and cannot take the slots of granted peers.
+#[test]
+fn ungranted_uids_together_cannot_starve_a_granted_peer() {
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::with_public_socket(
+        &tpm.tcti(),
+        "socket_mode = \"0666\"\n\
+         [[grant]]\nkeys = [\"conn-*\"]\nuids = [4242]\nops = [\"wrap\"]\n",
+    );
+    let daemon = Daemon::start(&files).expect("start hostkmsd");
+    daemon.client().create_key("conn-app").expect("create");
+
+    // Four uids without a grant (only 65534 has a passwd entry), each
+    // trying to hold the per-uid cap of 64: 256 > the 240 unreserved slots.
+    let holders: Vec<SlotHolder> = [65534, 40001, 40002, 40003]
+        .into_iter()
+        .map(|uid| SlotHolder::start_as(uid, &files.socket, "pings", Some(64)))
+        .collect();
+
+    let mut failures = Vec::new();
+    let until = Instant::now() + Duration::from_secs(6);
+    let mut rounds = 0;
+    while Instant::now() < until {
+        rounds += 1;
+        failures.extend(wrap_fails(4242, &files.socket, b"granted"));
+        failures.extend(wrap_fails(0, &files.socket, b"root"));
+        thread::sleep(Duration::from_millis(300));
+    }
+    // The cap is on all ungranted peers together, and says so.
+    let refused = cli_as(40004, &files.socket, &["ping"], b"");
+    let stderr = String::from_utf8_lossy(&refused.stderr).to_string();
+    let busy: usize = holders.into_iter().map(SlotHolder::stop).sum();
+    assert!(
+        failures.is_empty(),
+        "while four ungranted uids held connections, {} of {} rounds failed:\n{}",
+        failures.len(),
+        rounds,
+        failures.join("\n")
+    );
+    assert!(busy > 0, "the holders were never refused");
+    assert_eq!(refused.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("max_ungranted_connections") && stderr.contains("grant"),
+        "{stderr}"
+    );
+    assert!(
+        daemon.log().contains("max_ungranted_connections"),
+        "the refusals are logged with the limit:\n{}",
+        daemon.log()
+    );
+}
+
+/// Red-team finding F3: a uid without a grant, holding partly sent large
+/// frames that would fill `max_frame_memory`, cannot make a granted peer's
+/// or root's large request `Busy`.
+#[test]
+fn an_ungranted_uid_cannot_take_the_frame_memory() {
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::with_public_socket(
+        &tpm.tcti(),
+        "socket_mode = \"0666\"\nframe_timeout_secs = 60\nidle_timeout_secs = 120\n\
+         [[grant]]\nkeys = [\"conn-*\"]\nuids = [4242]\nops = [\"wrap\"]\n",
+    );
+    let daemon = Daemon::start(&files).expect("start hostkmsd");
+    daemon.client().create_key("conn-app").expect("create");
+
+    let holder = SlotHolder::start_as(40001, &files.socket, "frames", None);
+    // Time for the daemon to take in what it will of the frames.
+    thread::sleep(Duration::from_secs(2));
+
+    let large = vec![0x5au8; 60 * 1024];
+    let mut failures = Vec::new();
+    for _ in 0..3 {
+        failures.extend(wrap_fails(4242, &files.socket, &large));
+        failures.extend(wrap_fails(0, &files.socket, &large));
+        thread::sleep(Duration::from_millis(500));
+    }
+    // Its own large frame is refused, saying why and what to do.
+    let own = cli_as(40001, &files.socket, &["wrap", "conn-app"], &large);
+    let own_stderr = String::from_utf8_lossy(&own.stderr).to_string();
+    holder.stop();
+    assert!(
+        failures.is_empty(),
+        "while uid 40001 held partial frames:\n{}",
+        failures.join("\n")
+    );
+    assert!(!own.status.success(), "{own_stderr}");
+    assert!(
+        own_stderr.contains("no grant") && own_stderr.contains("16384 bytes"),
+        "{own_stderr}"
+    );
+}
+
 #[test]
 fn a_client_that_never_reads_its_answers_is_disconnected() {
     let tpm = Swtpm::start();
@@ -327,12 +498,14 @@ fn the_last_slots_are_for_admins_and_admins_are_not_capped_per_uid() {
     let files = DaemonFiles::with_public_socket(
         &tpm.tcti(),
         "socket_mode = \"0666\"\nmax_connections = 70\nadmin_reserved_connections = 6\n\
+         max_ungranted_connections = 70\n\
          [[grant]]\nkeys = [\"conn-*\"]\nuids = [4242]\nops = [\"wrap\"]\n",
     );
     let daemon = Daemon::start(&files).expect("start hostkmsd");
     daemon.client().create_key("conn-app").expect("create");
-    // uid 65534 takes its 64 (the default cap), which leaves only the 6
-    // reserved slots.
+    // uid 65534 takes its 64 (the default cap; the cap on peers without a
+    // grant is raised out of the way), which leaves only the 6 reserved
+    // slots.
     let holder = SlotHolder::start(&files.socket, "pings");
 
     let capped = cli_as(65534, &files.socket, &["ping"], b"");
