@@ -8,7 +8,8 @@ use tokio::net::UnixStream;
 
 use crate::bytes::{Ciphertext, SecretBytes};
 use crate::client::{
-    ClientError, Pipeline, closed_by_daemon, expect, refusal_as_error, typed_operations,
+    ClientError, Pipeline, closed_by_daemon, expect, left_refusal, refusal_as_error,
+    typed_operations,
 };
 use crate::codec::{self, DEFAULT_MAX_FRAME};
 use crate::message::{
@@ -97,16 +98,7 @@ impl AsyncClient {
             return err;
         }
         let left = codec::read_frame_async(&mut self.stream, self.max_frame).await;
-        match left.map(|body| body.map(|body| codec::decode_body::<Response>(&body))) {
-            Ok(Some(Ok(Envelope {
-                op: Response::Error(reply),
-                ..
-            }))) => ClientError::Daemon {
-                code: reply.code,
-                message: reply.message,
-            },
-            _ => err,
-        }
+        left_refusal(left, err)
     }
 
     typed_operations!(tokio);

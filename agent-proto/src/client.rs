@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::bytes::{Ciphertext, SecretBytes};
-use crate::codec::{self, DEFAULT_MAX_FRAME};
+use crate::codec::{self, DEFAULT_MAX_FRAME, FrameBuf};
 use crate::error::{DecodeError, EncodeError, ErrorCode, FrameError};
 use crate::message::{
     DataKey, EncryptionContext, Envelope, KeyInfo, Request, Response, StatusInfo, Unwrapped,
@@ -332,6 +332,24 @@ pub(crate) fn closed_by_daemon(err: &ClientError) -> bool {
     ))
 }
 
+/// The refusal the daemon left before closing, read after a failed send
+/// (`left`), as [`ClientError::Daemon`]; `err` when there is none.
+pub(crate) fn left_refusal(
+    left: Result<Option<FrameBuf>, FrameError>,
+    err: ClientError,
+) -> ClientError {
+    match left.map(|body| body.map(|body| codec::decode_body::<Response>(&body))) {
+        Ok(Some(Ok(Envelope {
+            op: Response::Error(reply),
+            ..
+        }))) => ClientError::Daemon {
+            code: reply.code,
+            message: reply.message,
+        },
+        _ => err,
+    }
+}
+
 /// A response, or the daemon's refusal as [`ClientError::Daemon`].
 pub(crate) fn refusal_as_error(response: Response) -> Result<Response, ClientError> {
     match response {
@@ -401,17 +419,7 @@ impl Client {
         if !closed_by_daemon(&err) {
             return err;
         }
-        let left = codec::read_frame(&mut self.stream, self.max_frame);
-        match left.map(|body| body.map(|body| codec::decode_body::<Response>(&body))) {
-            Ok(Some(Ok(Envelope {
-                op: Response::Error(reply),
-                ..
-            }))) => ClientError::Daemon {
-                code: reply.code,
-                message: reply.message,
-            },
-            _ => err,
-        }
+        left_refusal(codec::read_frame(&mut self.stream, self.max_frame), err)
     }
 
     typed_operations!(blocking);
