@@ -225,15 +225,15 @@ fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Resul
 const FDS_BESIDES_CONNECTIONS: u64 = 256;
 
 /// Raises the soft limit on open files towards the hard one, far enough for
-/// `max_connections` plus the refusals being answered: systemd starts
+/// the connections the server holds open at most
+/// ([`server::max_open_connections`]) and its files: systemd starts
 /// services with a soft limit of 1024 (and a hard one far above), and at
 /// 1024 a flood of refused connections exhausted the descriptors, so that
 /// accepting failed and every client waited. Warns when even the hard
 /// limit is too low.
 fn raise_fd_limit(max_connections: usize) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let needed =
-        (max_connections + server::MAX_REFUSALS_IN_FLIGHT) as u64 + FDS_BESIDES_CONNECTIONS;
+    let needed = server::max_open_connections(max_connections) as u64 + FDS_BESIDES_CONNECTIONS;
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return;
     };
@@ -249,7 +249,7 @@ fn raise_fd_limit(max_connections: usize) {
     }
     if raised < needed {
         tracing::warn!(
-            "the open-file limit is {raised}, but max_connections = {max_connections} with the refusals answered at once needs about {needed}; raise LimitNOFILE= for hostkms.service, or lower max_connections"
+            "the open-file limit is {raised}, but max_connections = {max_connections} with the refusals answered at once needs about {needed}; raise LimitNOFILE= for hostkms.service, or lower max_connections (past the limit, accepting connections fails and every client waits)"
         );
     }
 }

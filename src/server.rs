@@ -15,6 +15,7 @@ use agent_proto::{Envelope, ErrorCode, FrameError, PROTOCOL_VERSION, Request, Re
 use arc_swap::ArcSwap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -35,7 +36,19 @@ const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Refused connections being answered at once; past this, a refusal is
 /// written without waiting for the request (id 0), so that a flood of
 /// connections cannot pile up waiting tasks.
-pub const MAX_REFUSALS_IN_FLIGHT: usize = 512;
+const MAX_REFUSALS_IN_FLIGHT: usize = 512;
+/// Connections accepted beyond the served and the refused ones: those whose
+/// peer is being identified and admitted, or whose refusal is being written.
+const ACCEPT_MARGIN: usize = 64;
+
+/// The most connections the daemon holds open at once under
+/// `max_connections`: served ones, refusals being answered, and a margin
+/// for those being admitted. The accept loop waits for room past it, so a
+/// flood of connections waits in the kernel's backlog instead of taking
+/// every file descriptor (one per connection).
+pub fn max_open_connections(max_connections: usize) -> usize {
+    max_connections + MAX_REFUSALS_IN_FLIGHT + ACCEPT_MARGIN
+}
 
 /// Why the socket could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +234,8 @@ pub async fn serve(
         admission: Admission::new(),
         frame_memory: FrameMemory::new(),
         refusing: AtomicUsize::new(0),
+        open: AtomicUsize::new(0),
+        closed: Notify::new(),
     });
     let mut beat = heartbeat.as_ref().map(|heartbeat| {
         let mut ticks = tokio::time::interval(heartbeat.every);
@@ -236,15 +251,19 @@ pub async fn serve(
                 }
                 continue;
             }
-            accepted = listener.accept() => accepted,
+            accepted = accept_with_room(listener, &shared, max_open_connections(limits.load().max_connections)) => accepted,
         };
         match accepted {
             Ok((stream, _)) => {
                 let service = Arc::clone(&service);
                 let limits = Arc::clone(&limits);
+                let open = OpenConnection::count(&shared);
                 let shared = Arc::clone(&shared);
                 let shutdown = shutdown.clone();
-                connections.spawn(serve_connection(stream, service, limits, shared, shutdown));
+                connections.spawn(async move {
+                    serve_connection(stream, service, limits, shared, shutdown).await;
+                    drop(open);
+                });
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait rather than spin.
@@ -272,12 +291,47 @@ async fn next_beat(ticks: &mut Option<tokio::time::Interval>) {
     }
 }
 
+/// Accepts the next connection once fewer than `room` are open, waiting
+/// for one to close before that (the backlog holds the rest meanwhile).
+async fn accept_with_room(
+    listener: &UnixListener,
+    shared: &Shared,
+    room: usize,
+) -> io::Result<(UnixStream, tokio::net::unix::SocketAddr)> {
+    while shared.open.load(Ordering::Acquire) >= room {
+        // A close between the check and this wait leaves a stored permit,
+        // so no wake-up is lost.
+        shared.closed.notified().await;
+    }
+    listener.accept().await
+}
+
 /// What all connections share: their slots, the memory of their partly
-/// received frames, and the count of refusals being answered.
+/// received frames, the count of refusals being answered, and the count of
+/// open connections with the signal that one closed.
 struct Shared {
     admission: Arc<Admission>,
     frame_memory: Arc<FrameMemory>,
     refusing: AtomicUsize,
+    open: AtomicUsize,
+    closed: Notify,
+}
+
+/// One accepted connection, counted in [`Shared::open`] until dropped.
+struct OpenConnection(Arc<Shared>);
+
+impl OpenConnection {
+    fn count(shared: &Arc<Shared>) -> OpenConnection {
+        shared.open.fetch_add(1, Ordering::AcqRel);
+        OpenConnection(Arc::clone(shared))
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.closed.notify_one();
+    }
 }
 
 /// One refusal being answered, counted until dropped.

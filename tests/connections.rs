@@ -743,3 +743,58 @@ fn refused_connections_are_answered_busy_by_every_client() {
         .ping()
         .expect("the admitted connection is undisturbed");
 }
+
+/// The descriptors `pid` has open.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(Iterator::count)
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_flood_of_connections_cannot_exhaust_the_daemons_file_descriptors() {
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::with_public_socket(&tpm.tcti(), "socket_mode = \"0666\"\n");
+    let daemon = Daemon::start(&files).expect("start hostkmsd");
+    // systemd's default soft limit, as the daemon would have under a unit
+    // that sets no LimitNOFILE (the unit's filter forbids raising it).
+    let limited = Command::new("prlimit")
+        .arg(format!("--pid={}", daemon.pid()))
+        .arg("--nofile=1024:1024")
+        .status()
+        .expect("run prlimit");
+    assert!(limited.success(), "prlimit failed");
+
+    // 1,500 connections from uid 65534, held and renewed by every method.
+    let holder = SlotHolder::start_as(65534, &files.socket, "mixed", Some(1500));
+    let mut most_fds = 0;
+    for round in 0..8 {
+        let asked = Instant::now();
+        let mut client = daemon.client();
+        client
+            .set_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        client
+            .ping()
+            .unwrap_or_else(|e| panic!("round {round}: root was not served: {e}"));
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "round {round}: root waited {:?} for a ping",
+            asked.elapsed()
+        );
+        most_fds = most_fds.max(open_fds(daemon.pid()));
+        thread::sleep(Duration::from_millis(500));
+    }
+    holder.stop();
+    let log = daemon.log();
+    assert!(
+        !log.contains("accepting a connection failed"),
+        "the daemon ran out of descriptors (at most {most_fds} seen open):\n{}",
+        log.lines()
+            .filter(|l| l.contains("accepting"))
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(most_fds < 1000, "the daemon held {most_fds} descriptors");
+}
