@@ -199,12 +199,16 @@ impl Policy {
         peer.uid == 0 || self.admin_gids.iter().any(|&gid| peer.in_group(gid))
     }
 
-    /// Whether any grant in force covers `peer`, for any operation or for
-    /// [`METRICS`] (admins aside). A peer no grant covers can only `Ping`,
-    /// ask `Status` and `List`, and the server gives such peers a small
-    /// share of its connections and no shared frame memory.
-    pub fn grants_any(&self, peer: &Peer) -> bool {
-        self.grants.iter().any(|grant| grant.covers_peer(peer))
+    /// Whether a grant in force lets `peer` use keys: one that covers it
+    /// and names a key operation (admins aside). Any other peer, one that
+    /// holds only [`METRICS`] included, sends nothing but `Ping`, `Status`
+    /// and `List`, all tiny; the server gives such peers together a small
+    /// share of its connections and no shared frame memory, so that a
+    /// monitoring account cannot crowd out the services either.
+    pub fn grants_key_operations(&self, peer: &Peer) -> bool {
+        self.grants
+            .iter()
+            .any(|grant| !grant.ops.is_empty() && grant.covers_peer(peer))
     }
 
     /// Whether `peer` may perform `op` on the key named `key`.
@@ -650,8 +654,12 @@ mod tests {
         assert!(policy.allows_metrics(&peer(3001, 3001, &[], None)));
         assert!(!policy.allows_metrics(&peer(3002, 3002, &[], None)));
         assert!(policy.allows_metrics(&peer(0, 0, &[], None)));
-        // A metrics grant is no grant on keys, whatever its patterns.
+        // A metrics grant is no grant on keys, whatever its patterns, and
+        // puts its peer among those that send only tiny requests.
         assert!(!policy.may_see(&peer(3001, 3001, &[], None), "app-db"));
+        assert!(!policy.grants_key_operations(&peer(3000, 3000, &[], None)));
+        assert!(!policy.grants_key_operations(&peer(3001, 3001, &[], None)));
+        assert!(policy.grants_key_operations(&peer(3002, 3002, &[], None)));
         for op in GRANTABLE {
             assert!(
                 !policy.allows(&peer(3001, 3001, &[], None), op, "app-db"),

@@ -166,7 +166,7 @@ impl Service {
         let policy = self.policy.load();
         if policy.is_admin(peer) {
             PeerClass::Admin
-        } else if policy.grants_any(peer) {
+        } else if policy.grants_key_operations(peer) {
             PeerClass::Granted
         } else {
             PeerClass::Ungranted
