@@ -195,6 +195,8 @@ fn a_fifo_or_a_link_to_one_is_refused_and_nothing_written() {
     let s = setup();
     let fifo = s.service_dir.join("secret.key");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o666)).expect("mkfifo");
+    // Planted by the other user, as an attacker would.
+    std::os::unix::fs::chown(&fifo, Some(OTHER), Some(OTHER)).expect("chown");
     // A reader is waiting, so an open for writing would not block.
     let mut reader = fs::OpenOptions::new()
         .read(true)
@@ -210,6 +212,10 @@ fn a_fifo_or_a_link_to_one_is_refused_and_nothing_written() {
     assert!(
         err.contains("standard output"),
         "suggests redirection: {err}"
+    );
+    assert!(
+        err.contains("owned by uid 65534") && err.contains("only if you know who reads"),
+        "says who owns it rather than advise writing into it: {err}"
     );
     assert!(output.stdout.is_empty());
     let mut seen = [0u8; 64];

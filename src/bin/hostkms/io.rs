@@ -181,14 +181,15 @@ fn refuse_non_regular(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
-    let (kind, through_link) = if found.is_symlink() {
+    let (meta, through_link) = if found.is_symlink() {
         match fs::metadata(path) {
-            Ok(target) => (target.file_type(), true),
+            Ok(target) => (target, true),
             Err(_) => return Ok(()),
         }
     } else {
-        (found, false)
+        (fs::symlink_metadata(path)?, false)
     };
+    let kind = meta.file_type();
     if kind.is_file() {
         return Ok(());
     }
@@ -204,10 +205,15 @@ fn refuse_non_regular(path: &Path) -> io::Result<()> {
         "something"
     };
     let link = if through_link { "a link to " } else { "" };
+    // Whoever made it decides who reads what is written into it: a FIFO
+    // another user planted hands them the output. Say who owns it rather
+    // than suggest writing into it.
+    let owner = std::os::unix::fs::MetadataExt::uid(&meta);
     Err(io::Error::other(format!(
-        "it is {link}{what}, not a regular file; --out only creates or replaces regular \
-         files, and would neither write into it nor replace it. To send the output \
-         there, leave out --out and redirect standard output (hostkms ... > {})",
+        "it is {link}{what} owned by uid {owner}, not a regular file; --out only creates or \
+         replaces regular files, and writes neither into it nor over it. Choose another \
+         path; or, only if you know who reads {} and trust them, leave out --out and \
+         redirect standard output there",
         path.display()
     )))
 }
