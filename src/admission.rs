@@ -77,9 +77,10 @@ pub enum Refusal {
     },
     /// Peers without a grant hold together as many connections as they may.
     #[error(
-        "uid {uid} holds no grant, and peers without a grant already hold {max} connections, \
-         the most they may together (max_ungranted_connections); try again later, or ask the \
-         administrator for a grant if this program needs to use keys"
+        "uid {uid} holds no grant for a key operation, and peers without one already hold {max} \
+         connections, the most they may together (max_ungranted_connections{}); ask the \
+         administrator for a grant if this program needs to use keys",
+        if *max == 0 { " = 0: this daemon serves only admins and granted peers" } else { "; try again later" }
     )]
     Ungranted {
         /// The peer's uid.
