@@ -18,7 +18,7 @@ use tracing_subscriber::filter::{FilterExt, FilterFn, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::monitor::flood::Suppressed;
+use crate::monitor::flood::{Limited, Suppressed};
 use crate::monitor::{AlertKind, Outcome, PeerAlert};
 use crate::peer::Peer;
 
@@ -321,12 +321,12 @@ pub fn connection_refused(peer: &Peer, why: &dyn std::fmt::Display) {
 pub fn summarized(closed: &[Suppressed]) {
     for window in closed {
         let what = match window.kind {
-            crate::monitor::flood::Limited::Denied => "denied requests",
-            crate::monitor::flood::Limited::InvalidCiphertext => "invalid ciphertexts",
-            crate::monitor::flood::Limited::Failed => "failed requests",
-            crate::monitor::flood::Limited::BadFrame => "bad frames",
-            crate::monitor::flood::Limited::Connection => "refused or cut-off connections",
-            crate::monitor::flood::Limited::OpenRequest => "ping, status and list requests",
+            Limited::Denied => "denied requests",
+            Limited::InvalidCiphertext => "invalid ciphertexts",
+            Limited::Failed => "failed requests",
+            Limited::BadFrame => "bad frames",
+            Limited::Connection => "refused or cut-off connections",
+            Limited::OpenRequest => "ping, status and list requests",
         };
         tracing::event!(
             target: AUDIT_TARGET,

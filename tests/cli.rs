@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{Daemon, DaemonFiles, Swtpm, cli, cli_stdin};
+use common::{Daemon, DaemonFiles, Swtpm, cli, cli_stdin, ok, stderr};
 use serde_json::Value;
 
 /// A private swtpm and a daemon on it, with default config.
@@ -23,21 +23,6 @@ fn started() -> (Swtpm, DaemonFiles, Daemon) {
     let files = DaemonFiles::new(&tpm.tcti(), "");
     let daemon = Daemon::start(&files).unwrap_or_else(|log| panic!("hostkmsd: {log}"));
     (tpm, files, daemon)
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// The stdout of a successful run.
-fn ok(output: Output) -> Vec<u8> {
-    assert!(
-        output.status.success(),
-        "hostkms failed ({:?}): {}",
-        output.status.code(),
-        stderr(&output)
-    );
-    output.stdout
 }
 
 /// The stdout of a successful run, as text.

@@ -11,7 +11,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt
 use std::path::Path;
 use std::process::Output;
 
-use common::{Daemon, DaemonFiles, Swtpm, cli, cli_stdin};
+use common::{Daemon, DaemonFiles, Swtpm, cli, cli_stdin, ok, stderr};
 
 /// The uid (and gid) of the other user: nobody.
 const OTHER: u32 = 65534;
@@ -71,20 +71,6 @@ impl Setup {
             ],
         )
     }
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn ok(output: Output) -> Vec<u8> {
-    assert!(
-        output.status.success(),
-        "hostkms failed ({:?}): {}",
-        output.status.code(),
-        stderr(&output)
-    );
-    output.stdout
 }
 
 /// Asserts `path` is a regular file of root (this process's user), mode

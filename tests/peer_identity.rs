@@ -10,21 +10,12 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use agent_proto::{EncryptionContext, Envelope, Request, SecretBytes};
-use base64::Engine;
 use common::peer_identity::{TestCgroups, TestUser, cli_in_cgroup, join_cgroup_as, wait_for_text};
-use common::{Daemon, DaemonFiles, Swtpm, cli_as};
+use common::{Daemon, DaemonFiles, Swtpm, b64, cli_as, text};
 
 const NOBODY: u32 = 65534;
 /// A second unprivileged uid with no passwd entry (setuid needs none).
 const OTHER: u32 = 65533;
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 fn context() -> EncryptionContext {
     EncryptionContext::from([("svc".to_string(), "db".to_string())])

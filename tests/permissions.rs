@@ -4,14 +4,9 @@
 mod common;
 
 use agent_proto::EncryptionContext;
-use base64::Engine;
-use common::{Daemon, DaemonFiles, Swtpm, cli_as};
+use common::{Daemon, DaemonFiles, Swtpm, b64, cli_as, text};
 
 const NOBODY: u32 = 65534;
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
 
 struct Setup {
     _tpm: Swtpm,
@@ -51,10 +46,6 @@ fn setup(grant_peer: &str, socket_mode: &str) -> Setup {
         granted,
         secret,
     }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// The one refusal a peer without a grant on a ciphertext's key gets: it

@@ -484,6 +484,33 @@ pub fn run_daemon_to_exit(args: &[&str]) -> Output {
     }
 }
 
+/// Bytes a command printed, as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A command's standard error, as text.
+pub fn stderr(output: &Output) -> String {
+    text(&output.stderr)
+}
+
+/// The stdout of a run that must have succeeded.
+pub fn ok(output: Output) -> Vec<u8> {
+    assert!(
+        output.status.success(),
+        "hostkms failed ({:?}): {}",
+        output.status.code(),
+        stderr(&output)
+    );
+    output.stdout
+}
+
+/// Standard base64, as the CLI reads and prints it.
+pub fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 /// Runs the `hostkms` CLI against `socket`; returns its output.
 pub fn cli(socket: &Path, args: &[&str]) -> Output {
     Command::new(HOSTKMS)
