@@ -33,6 +33,7 @@
 #[cfg(feature = "tokio")]
 mod async_client;
 mod bytes;
+pub mod ciphertext;
 mod client;
 pub mod codec;
 mod error;

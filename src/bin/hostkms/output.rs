@@ -633,7 +633,7 @@ mod tests {
             key: "k".to_string(),
             version: 3,
             plaintext: Some(SecretBytes::from(&b"hello"[..])),
-            ciphertext: Ciphertext::from(&b"HKMS"[..]),
+            ciphertext: Ciphertext::from(&agent_proto::ciphertext::MAGIC[..]),
         };
         let text = data_key_human(&data_key);
         assert_eq!(
