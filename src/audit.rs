@@ -187,7 +187,7 @@ impl Subject {
     /// from the peer unchecked: it is cut and escaped so it cannot forge
     /// journal fields or stderr lines.
     pub fn set_key(&mut self, name: &str) {
-        let valid = crate::keystore::check_name(name).is_ok();
+        let valid = agent_proto::key_name::check(name).is_ok();
         self.key = Some(if valid {
             name.to_string()
         } else {
@@ -449,4 +449,29 @@ pub fn grant_disabled(grant: usize, field: &str, name: &str, problem: &dyn std::
         HOSTKMS_GRANT_NAME = %shown.escape_debug(),
         "grant #{grant} is disabled, the rest of the config is in force: {problem}"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_valid_key_name_is_logged_as_it_is_and_any_other_escaped_and_cut() {
+        let mut subject = Subject::default();
+        subject.set_key("app-db.v2_X");
+        assert_eq!(subject.key(), Some("app-db.v2_X"));
+        let longest = "k".repeat(agent_proto::key_name::MAX_LEN);
+        subject.set_key(&longest);
+        assert_eq!(subject.key(), Some(longest.as_str()));
+        subject.set_key("x\nHOSTKMS_RESULT=ok");
+        assert_eq!(subject.key(), Some("\"x\\nHOSTKMS_RESULT=ok\""));
+        subject.set_key("");
+        assert_eq!(subject.key(), Some("\"\""));
+        let long = "y".repeat(agent_proto::key_name::MAX_LEN + 1);
+        subject.set_key(&long);
+        assert_eq!(
+            subject.key(),
+            Some(format!("{:?}", "y".repeat(MAX_LOGGED_NAME)).as_str())
+        );
+    }
 }

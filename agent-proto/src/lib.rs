@@ -37,6 +37,7 @@ pub mod ciphertext;
 mod client;
 pub mod codec;
 mod error;
+pub mod key_name;
 mod message;
 
 #[cfg(feature = "tokio")]
