@@ -10,6 +10,7 @@
 
 use std::path::Path;
 
+use agent_proto::counters::RequestResult;
 use agent_proto::{ErrorCode, Operation};
 use tracing::Level;
 use tracing_subscriber::EnvFilter;
@@ -19,7 +20,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::monitor::flood::{Limited, Suppressed};
-use crate::monitor::{AlertKind, Outcome, PeerAlert};
+use crate::monitor::{AlertKind, PeerAlert};
 use crate::peer::Peer;
 
 /// A request was answered.
@@ -220,7 +221,7 @@ pub fn error_name(code: ErrorCode) -> String {
 /// Logs one answered request: priority info when it succeeded, warning when
 /// denied, err when it failed.
 pub fn request(peer: &Peer, op: Operation, subject: &Subject, code: Option<ErrorCode>) {
-    let outcome = Outcome::of(code);
+    let outcome = RequestResult::of(code);
     let error = code.map(error_name);
     let key = subject.key();
     let version = subject.version();
@@ -262,13 +263,13 @@ pub fn request(peer: &Peer, op: Operation, subject: &Subject, code: Option<Error
         };
     }
     match outcome {
-        Outcome::Ok => event!(Level::INFO, REQUEST_OK, format!("{op}{target} by {by}: ok")),
-        Outcome::Denied => event!(
+        RequestResult::Ok => event!(Level::INFO, REQUEST_OK, format!("{op}{target} by {by}: ok")),
+        RequestResult::Denied => event!(
             Level::WARN,
             REQUEST_DENIED,
             format!("{op}{target} by {by}: denied, no grant allows it")
         ),
-        Outcome::Failed => event!(
+        RequestResult::Error => event!(
             Level::ERROR,
             REQUEST_FAILED,
             format!(

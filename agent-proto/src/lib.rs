@@ -36,6 +36,7 @@ mod bytes;
 pub mod ciphertext;
 mod client;
 pub mod codec;
+pub mod counters;
 mod error;
 pub mod key_name;
 mod message;
