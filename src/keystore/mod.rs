@@ -45,9 +45,6 @@ use sealing::{KEK_LEN, SEALED_KEK_LEN, StoreSecrets};
 /// overcount by, and how often a busy version writes its count.
 pub const RESERVATION_STEP: u64 = 1 << 14;
 
-/// Longest key name (the rule is agent-proto's, shared with the clients).
-pub const MAX_NAME_LEN: usize = agent_proto::key_name::MAX_LEN;
-
 /// One version of a key: its KEK (until revoked) and its encryption count.
 pub struct Version {
     number: u32,
