@@ -221,6 +221,50 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_parse_or_are_refused_without_panic(
+            prefix in 0usize..3,
+            tail in proptest::collection::vec(proptest::num::u8::ANY, 0..80),
+        ) {
+            // Random bytes, or after the magic, or after magic and format.
+            let prefix: &[u8] = [&b""[..], &MAGIC[..], &b"HKMS\x01"[..]][prefix];
+            let bytes = [prefix, &tail].concat();
+            match Header::parse(&bytes) {
+                Ok(header) => {
+                    proptest::prop_assert!(bytes.len() >= OVERHEAD);
+                    proptest::prop_assert_eq!(&header.to_bytes()[..], &bytes[..HEADER_LEN]);
+                }
+                Err(HeaderError::BadMagic) => {
+                    let seen = bytes.len().min(4);
+                    proptest::prop_assert_ne!(&bytes[..seen], &MAGIC[..seen]);
+                }
+                Err(HeaderError::UnsupportedFormat(format)) => {
+                    proptest::prop_assert_eq!(&bytes[..4], &MAGIC[..]);
+                    proptest::prop_assert_eq!(bytes[4], format);
+                    proptest::prop_assert_ne!(format, FORMAT_VERSION);
+                }
+                Err(HeaderError::TooShort { len }) => {
+                    proptest::prop_assert_eq!(len, bytes.len());
+                    proptest::prop_assert!(len < OVERHEAD);
+                }
+            }
+        }
+
+        #[test]
+        fn every_header_round_trips_whatever_follows(
+            key_id in proptest::array::uniform16(proptest::num::u8::ANY),
+            version in proptest::num::u32::ANY,
+            nonce in proptest::array::uniform12(proptest::num::u8::ANY),
+            rest in proptest::collection::vec(proptest::num::u8::ANY, TAG_LEN..100),
+        ) {
+            let header = Header { key_id, version, nonce };
+            let mut blob = header.to_bytes().to_vec();
+            blob.extend_from_slice(&rest);
+            proptest::prop_assert_eq!(Header::parse(&blob), Ok(header));
+        }
+    }
+
     #[test]
     fn errors_say_what_is_wrong() {
         assert_eq!(
