@@ -44,7 +44,7 @@ pub enum RequestResult {
 }
 
 impl RequestResult {
-    /// Every result, in counter order.
+    /// Every result, in declaration order (`ALL[r as usize] == r`).
     pub const ALL: [RequestResult; 3] = [
         RequestResult::Ok,
         RequestResult::Denied,
@@ -216,6 +216,11 @@ mod tests {
             assert_eq!(result.to_string(), result.as_str());
         }
         assert_eq!(RequestResult::from_name("failed"), None);
+        // `ALL` is in declaration order: the daemon indexes its counters
+        // with `result as usize` and names them by position in `ALL`.
+        for (index, result) in RequestResult::ALL.into_iter().enumerate() {
+            assert_eq!(result as usize, index, "{result}");
+        }
     }
 
     #[test]
