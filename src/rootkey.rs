@@ -46,6 +46,16 @@ impl RootKey {
         Ok(RootKey { bytes })
     }
 
+    /// A root key made of `bytes`, without a TPM: for tests of what lies
+    /// above the root key (key store, service, server). Only in tests and
+    /// with the `test-util` feature, which release builds never enable.
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn from_bytes_for_tests(bytes: [u8; ROOT_KEY_LEN]) -> RootKey {
+        let mut locked = LockedBytes::new();
+        locked.expose_mut().copy_from_slice(&bytes);
+        RootKey { bytes: locked }
+    }
+
     /// A check value: the first 8 bytes of HMAC-SHA256(root key, "hostkms
     /// root key check v1"), in hex. It identifies the key without revealing
     /// it, so two runs (or a break-glass recovery) can be compared in logs.

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use aes_gcm::Aes256Gcm;
 use agent_proto::{KeyInfo, KeyState, VersionInfo, VersionState};
@@ -36,9 +36,11 @@ pub use kek::Kek;
 use crate::envelope::KeyId;
 use crate::rootkey::{KEYSTORE_DB, RootKey};
 use crate::state_dir::StateDir;
-use crate::tpm::{TpmError, TpmWorker};
+use crate::tpm::TpmError;
 use db::{Database, DbError, KeyRow, Stored, VersionRow};
-use entropy::TpmEntropy;
+#[cfg(any(test, feature = "test-util"))]
+pub use entropy::TestEntropy;
+pub use entropy::{EntropySource, TpmEntropy};
 use sealing::{KEK_LEN, SEALED_KEK_LEN, StoreSecrets};
 
 /// Encryptions reserved (persisted) ahead of use: the most a crash can
@@ -356,7 +358,7 @@ pub struct KeyStore {
     keys: ArcSwap<Keys>,
     writer: Mutex<Writer>,
     /// TPM randomness for new KEKs, taken before the writer lock.
-    entropy: TpmEntropy,
+    entropy: Arc<dyn EntropySource>,
     path: PathBuf,
 }
 
@@ -401,13 +403,12 @@ pub fn check_name(name: &str) -> Result<(), StoreError> {
 impl KeyStore {
     /// Opens (or creates) `keystore.db` in `dir` and loads every key,
     /// verifying each row and opening each KEK under `root`. New KEKs will
-    /// mix in randomness from `tpm`, waiting for it at most `tpm_timeout`
-    /// when none is in reserve.
+    /// mix OS randomness with randomness from `entropy` (in the daemon a
+    /// [`TpmEntropy`]), which is started once the store has loaded.
     pub fn open(
         dir: &StateDir,
         root: &RootKey,
-        tpm: Arc<TpmWorker>,
-        tpm_timeout: Duration,
+        entropy: Arc<dyn EntropySource>,
     ) -> Result<KeyStore, StoreError> {
         let path = dir.file(KEYSTORE_DB);
         let shown = path.display().to_string();
@@ -440,10 +441,11 @@ impl KeyStore {
         }
         let (key_rows, version_rows) = db.load().map_err(db_error)?;
         let keys = load_keys(&shown, &secrets, key_rows, version_rows)?;
+        entropy.start();
         Ok(KeyStore {
             keys: ArcSwap::from_pointee(keys),
             writer: Mutex::new(Writer { db, secrets }),
-            entropy: TpmEntropy::new(tpm, tpm_timeout),
+            entropy,
             path,
         })
     }
