@@ -15,17 +15,11 @@ use zeroize::Zeroizing;
 use std::time::Duration;
 
 use crate::locked::LockedBytes;
-use crate::state_dir::{StateDir, StateDirError};
+use crate::state_dir::{KEYSTORE_DB, ROOT_PRIV, ROOT_PUB, StateDir, StateDirError};
 use crate::tpm::{BlobError, BlobPart, Cause, SealedBlobs, Tpm, TpmError, TpmWorker};
 
 /// Length of the root key in bytes.
 pub const ROOT_KEY_LEN: usize = 32;
-/// The sealed object's public part (TPM2B_PUBLIC), in the state dir.
-pub const ROOT_PUB: &str = "root.pub";
-/// The sealed object's private part (TPM2B_PRIVATE), in the state dir.
-pub const ROOT_PRIV: &str = "root.priv";
-/// The key store, whose keys are encrypted under the root key.
-pub const KEYSTORE_DB: &str = "keystore.db";
 
 /// A TPM2B blob is at most 2 + 65535 bytes.
 const MAX_BLOB: u64 = 2 + u16::MAX as u64;

@@ -34,8 +34,8 @@ use zeroize::Zeroizing;
 pub use kek::Kek;
 
 use crate::envelope::KeyId;
-use crate::rootkey::{KEYSTORE_DB, RootKey};
-use crate::state_dir::StateDir;
+use crate::rootkey::RootKey;
+use crate::state_dir::{KEYSTORE_DB, ROOT_PRIV, ROOT_PUB, StateDir};
 use crate::tpm::TpmError;
 use db::{Database, DbError, KeyRow, Stored, VersionRow};
 #[cfg(any(test, feature = "test-util"))]
@@ -309,7 +309,7 @@ pub enum StoreError {
     Changed(String),
     /// A row fails authentication or is inconsistent: edited outside hostkms.
     #[error(
-        "{path}: the row of key {key} {detail}; the key store was changed outside hostkms. hostkmsd will not trust it: restore keystore.db from backup"
+        "{path}: the row of key {key} {detail}; the key store was changed outside hostkms. hostkmsd will not trust it: restore {KEYSTORE_DB} from backup"
     )]
     Tampered {
         /// The key store file.
@@ -321,7 +321,7 @@ pub enum StoreError {
     },
     /// The store was written under a different root key.
     #[error(
-        "{path} was written under root key {store_check}, but the unsealed root key is {root_check}: the key store and root.pub/root.priv do not belong together. Restore the matching pair from backup"
+        "{path} was written under root key {store_check}, but the unsealed root key is {root_check}: the key store and {ROOT_PUB}/{ROOT_PRIV} do not belong together. Restore the matching pair from backup"
     )]
     WrongRootKey {
         /// The key store file.
