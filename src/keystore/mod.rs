@@ -18,6 +18,8 @@ mod db;
 mod entropy;
 mod kek;
 mod sealing;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
