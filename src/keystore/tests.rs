@@ -8,10 +8,12 @@ use std::sync::Arc;
 use agent_proto::{EncryptionContext, KeyState};
 use rusqlite::Connection;
 
-use super::db::{self, Database};
+use super::db::{self, Database, DbError};
 use super::sealing::StoreSecrets;
 use super::*;
 use crate::envelope;
+use crate::rootkey::RootKey;
+use crate::state_dir::{KEYSTORE_DB, StateDir};
 
 const ROOT: [u8; 32] = [0x42; 32];
 
