@@ -13,10 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit;
 use crate::config::{Config, Overrides};
-use crate::keystore::{Kek, KeyStore, StoreError};
+use crate::keystore::{Kek, KeyStore, StoreError, TpmEntropy};
 use crate::rootkey::{self, Origin, RootKeyError};
 use crate::server::{self, BoundSocket, Heartbeat, Limits, LiveLimits, ServerError};
-use crate::service::{Service, ServiceLimits};
+use crate::service::{Service, ServiceLimits, WorkerProbe};
 use crate::state_dir::{StateDir, StateDirError, StateDirLock};
 use crate::systemd::{self, ActivationError, Notifier};
 use crate::tpm::TpmWorker;
@@ -110,7 +110,8 @@ fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Resul
     warn_missing_admin_groups(&config);
     log_disabled_grants(&config);
     let started = std::time::Instant::now();
-    let store = KeyStore::open(&state_dir, &root_key, Arc::clone(tpm), config.tpm_timeout)?;
+    let entropy = Arc::new(TpmEntropy::new(Arc::clone(tpm), config.tpm_timeout));
+    let store = KeyStore::open(&state_dir, &root_key, entropy)?;
     // The store holds the keys derived from the root key; the root key itself
     // is needed no longer and is wiped here rather than kept for the daemon's life.
     drop(root_key);
@@ -134,8 +135,7 @@ fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Resul
         config.policy.clone(),
         service_limits(&config),
         config.alerts,
-        Arc::clone(tpm),
-        config.tpm_timeout,
+        Arc::new(WorkerProbe::new(Arc::clone(tpm), config.tpm_timeout)),
     ));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
