@@ -30,13 +30,13 @@ use crate::server::Limits;
 use crate::service::ServiceLimits;
 use crate::tpm::Tcti;
 
-/// The keys [`listener`] reads.
+/// The keys the `listener` section reads.
 pub const LISTENER_KEYS: &[&str] = &["socket", "socket_mode", "socket_group"];
-/// The keys [`state_dir`] reads.
+/// The keys the `state_dir` section reads.
 pub const STATE_DIR_KEYS: &[&str] = &["state_dir"];
-/// The keys [`tpm`] reads.
+/// The keys the `tpm` section reads.
 pub const TPM_KEYS: &[&str] = &["tcti", "tpm_timeout_secs", "tpm_start_timeout_secs"];
-/// The keys [`server`] reads.
+/// The keys the `server` section reads.
 pub const SERVER_KEYS: &[&str] = &[
     "max_frame",
     "max_connections",
@@ -48,11 +48,11 @@ pub const SERVER_KEYS: &[&str] = &[
     "write_timeout_secs",
     "max_frame_memory",
 ];
-/// The keys [`service`] reads.
+/// The keys the `service` section reads.
 pub const SERVICE_KEYS: &[&str] = &["max_plaintext", "rotate_after_encryptions"];
-/// The keys [`access`] reads: a list and the `[[grant]]` tables.
+/// The keys the `access` section reads: a list and the `[[grant]]` tables.
 pub const ACCESS_KEYS: &[&str] = &["admin_groups", "grant"];
-/// The keys [`alerts`] reads: the `[alerts]` table.
+/// The keys the `alerts` section reads: the `[alerts]` table.
 pub const ALERTS_KEYS: &[&str] = &["alerts"];
 
 /// Every top-level key of the config file, by the field of
