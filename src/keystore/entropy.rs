@@ -89,7 +89,7 @@ fn lock(pool: &Mutex<Pool>) -> std::sync::MutexGuard<'_, Pool> {
 }
 
 /// One batch of TPM randomness, in one conversation.
-fn draw_batch(tcti: &crate::config::Tcti) -> Result<Zeroizing<Vec<u8>>, TpmError> {
+fn draw_batch(tcti: &crate::tpm::Tcti) -> Result<Zeroizing<Vec<u8>>, TpmError> {
     Tpm::open(tcti)?.random(BATCH)
 }
 
