@@ -8,7 +8,7 @@
 mod args;
 mod bench;
 mod error;
-#[path = "../shared/generate.rs"]
+#[path = "../../src/bin/shared/generate.rs"]
 mod generate;
 mod io;
 mod output;
