@@ -51,7 +51,7 @@ test: deps units
 # the figures go in BENCHMARKS.md. Not part of `make test`: timings are
 # compared as ratios within one run, never asserted.
 bench: deps
-	$(CARGO) build --release --bins
+	$(CARGO) build --release --bins -p hostkms -p hostkms-cli
 	./scripts/bench.sh
 	$(CARGO) bench --bench startup
 

@@ -5,13 +5,7 @@
 //! Exit codes: 0 success, 1 the daemon refused the request, 2 usage,
 //! connection or local I/O errors, 3 the daemon is busy (retry later).
 
-mod args;
-mod bench;
-mod error;
-#[path = "../../src/bin/shared/generate.rs"]
-mod generate;
-mod io;
-mod output;
+use hostkms_cli::{args, bench, error, io, output};
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -32,11 +26,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Parses the command line, runs the command, and turns a failure into
 /// `hostkms: <why>` on stderr and its exit code.
 fn main() -> ExitCode {
-    if let Some(code) =
-        generate::run_if_requested("hostkms", <Cli as clap::CommandFactory>::command)
-    {
-        return code;
-    }
     let cli = Cli::parse();
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
