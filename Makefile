@@ -37,10 +37,13 @@ e2e: deb
 
 # The units check, formatting, lints, every cargo test (each starts its own
 # swtpm; the audit tests start a journald when none listens), then the
-# end-to-end test under a booted systemd.
+# end-to-end test under a booted systemd. The tests run the CLI, a binary of
+# another package (hostkms-cli) that `cargo test` does not build, so every
+# binary of the workspace is built first.
 test: deps units
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 	$(MAKE) e2e
 
@@ -48,7 +51,7 @@ test: deps units
 # the figures go in BENCHMARKS.md. Not part of `make test`: timings are
 # compared as ratios within one run, never asserted.
 bench: deps
-	$(CARGO) build --release --bins
+	$(CARGO) build --release --bins -p hostkms -p hostkms-cli
 	./scripts/bench.sh
 	$(CARGO) bench --bench startup
 

@@ -12,6 +12,7 @@
 
 pub mod admission;
 pub mod audit;
+pub mod cli_args;
 pub mod config;
 pub mod daemon;
 pub mod envelope;

@@ -37,36 +37,23 @@ pub fn hex_id(id: &[u8; 16]) -> String {
     out
 }
 
-/// The proleptic Gregorian date (year, month 1-12, day 1-31) of a day
-/// counted from 1970-01-01 (Howard Hinnant's `civil_from_days`).
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // [0, 11], March-based
-    let day = doy - (153 * mp + 2) / 5 + 1; // [1, 31]
-    let month = if mp < 10 { mp + 3 } else { mp - 9 }; // [1, 12]
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    // Both are in range by construction; the fallbacks are never taken.
-    let month = u32::try_from(month).unwrap_or(1);
-    let day = u32::try_from(day).unwrap_or(1);
-    (year, month, day)
-}
-
 /// Unix seconds as an RFC 3339 UTC timestamp, e.g. `2025-06-01T12:00:00Z`.
+/// A time after the year 9999, which only a corrupt answer can hold, is
+/// printed as the count it is, e.g. `253402300800 s after
+/// 1970-01-01T00:00:00Z`.
 pub fn rfc3339(unix_secs: u64) -> String {
-    // u64::MAX / 86400 fits in an i64, so this never fails.
-    let days = i64::try_from(unix_secs / 86_400).unwrap_or(i64::MAX / 2);
-    let secs_of_day = unix_secs % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs_of_day / 3600,
-        secs_of_day / 60 % 60,
-        secs_of_day % 60
-    )
+    // Unix time has no leap seconds: the UTC calendar time is the epoch's
+    // plus the seconds. (jiff's Timestamp stops a day short of year 10000.)
+    const EPOCH: jiff::civil::DateTime = jiff::civil::DateTime::constant(1970, 1, 1, 0, 0, 0, 0);
+    i64::try_from(unix_secs)
+        .ok()
+        .and_then(|secs| {
+            EPOCH
+                .checked_add(jiff::SignedDuration::from_secs(secs))
+                .ok()
+        })
+        .and_then(|time| jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", time).ok())
+        .unwrap_or_else(|| format!("{unix_secs} s after 1970-01-01T00:00:00Z"))
 }
 
 /// One version of a key in JSON.
@@ -521,15 +508,13 @@ mod tests {
     use agent_proto::{Ciphertext, SecretBytes, VersionInfo};
 
     #[test]
-    fn days_map_to_civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
-        assert_eq!(civil_from_days(59), (1970, 3, 1));
-        assert_eq!(civil_from_days(10_957), (2000, 1, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29)); // leap day of a /400 year
-        assert_eq!(civil_from_days(47_540), (2100, 2, 28)); // 2100 is not a leap year
-        assert_eq!(civil_from_days(47_541), (2100, 3, 1));
-        assert_eq!(civil_from_days(-719_468), (0, 3, 1));
+    fn days_map_to_calendar_dates() {
+        let midnight = |days: u64| rfc3339(days * 86_400);
+        assert_eq!(midnight(59), "1970-03-01T00:00:00Z");
+        assert_eq!(midnight(10_957), "2000-01-01T00:00:00Z");
+        assert_eq!(midnight(11_016), "2000-02-29T00:00:00Z"); // leap day of a /400 year
+        assert_eq!(midnight(47_540), "2100-02-28T00:00:00Z"); // 2100 is not a leap year
+        assert_eq!(midnight(47_541), "2100-03-01T00:00:00Z");
     }
 
     #[test]
@@ -541,13 +526,18 @@ mod tests {
         assert_eq!(rfc3339(2_147_483_647), "2038-01-19T03:14:07Z");
         assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
         assert_eq!(rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
-        // Absurd values do not panic.
+        // Absurd values do not panic, and say what they are.
+        assert_eq!(
+            rfc3339(253_402_300_800),
+            "253402300800 s after 1970-01-01T00:00:00Z"
+        );
         assert!(rfc3339(u64::MAX).ends_with('Z'));
     }
 
     #[test]
     fn every_day_of_400_years_round_trips() {
-        // days_from_civil, written independently, must invert civil_from_days.
+        // days_from_civil, written independently, must invert the date
+        // printed for every day of 400 years from 1970.
         fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
             let y = if m <= 2 { y - 1 } else { y };
             let era = y.div_euclid(400);
@@ -557,12 +547,23 @@ mod tests {
             let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
             era * 146_097 + doe - 719_468
         }
-        let mut previous = civil_from_days(-146_098);
-        for days in -146_097..146_097 {
-            let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days);
-            assert!((1..=12).contains(&m) && (1..=31).contains(&d));
-            assert!((y, m, d) > previous);
+        let mut previous = (1969, 12, 31);
+        for days in 0..146_097_u64 {
+            // A different second of each day.
+            let secs_of_day = days * 7_919 % 86_400;
+            let text = rfc3339(days * 86_400 + secs_of_day);
+            let (date, time) = text.split_once('T').expect("date and time");
+            let (h, m, s) = (secs_of_day / 3600, secs_of_day / 60 % 60, secs_of_day % 60);
+            assert_eq!(time, format!("{h:02}:{m:02}:{s:02}Z"), "{text}");
+            let mut fields = date.split('-').map(|f| f.parse::<i64>().expect(date));
+            let (y, m, d) = (
+                fields.next().expect(date),
+                u32::try_from(fields.next().expect(date)).expect(date),
+                u32::try_from(fields.next().expect(date)).expect(date),
+            );
+            assert_eq!(days_from_civil(y, m, d), days as i64, "{text}");
+            assert!((1..=12).contains(&m) && (1..=31).contains(&d), "{text}");
+            assert!((y, m, d) > previous, "{text}");
             previous = (y, m, d);
         }
     }
