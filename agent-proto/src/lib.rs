@@ -28,7 +28,6 @@
 //! # }
 //! ```
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
 
 #[cfg(feature = "tokio")]
 mod async_client;
