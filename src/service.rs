@@ -642,8 +642,11 @@ impl Service {
         let (counters, root_key_check) = if self.policy.load().allows_metrics(peer) {
             let keys = self.store.keys();
             let mut counters = self.monitor.counters();
-            counters.insert("keys".to_string(), keys.len() as u64);
-            counters.insert("versions".to_string(), keys.version_count() as u64);
+            counters.insert(agent_proto::counters::KEYS.to_string(), keys.len() as u64);
+            counters.insert(
+                agent_proto::counters::VERSIONS.to_string(),
+                keys.version_count() as u64,
+            );
             (counters, self.root_key_check.clone())
         } else {
             (Default::default(), String::new())

@@ -45,9 +45,6 @@ use sealing::{KEK_LEN, SEALED_KEK_LEN, StoreSecrets};
 /// overcount by, and how often a busy version writes its count.
 pub const RESERVATION_STEP: u64 = 1 << 14;
 
-/// Longest key name.
-pub const MAX_NAME_LEN: usize = 128;
-
 /// One version of a key: its KEK (until revoked) and its encryption count.
 pub struct Version {
     number: u32,
@@ -383,19 +380,10 @@ fn random<const N: usize>() -> Result<Zeroizing<[u8; N]>, StoreError> {
     Ok(bytes)
 }
 
-/// Checks a key name: `[A-Za-z0-9._-]{1,128}`.
+/// Checks a key name: `[A-Za-z0-9._-]{1,128}`, the rule of
+/// [`agent_proto::key_name`].
 pub fn check_name(name: &str) -> Result<(), StoreError> {
-    let valid = (1..=MAX_NAME_LEN).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if valid {
-        return Ok(());
-    }
-    let shown: String = name.chars().take(64).collect();
-    Err(StoreError::InvalidArgument(format!(
-        "{shown:?} is not a valid key name: use 1 to {MAX_NAME_LEN} characters from A-Z a-z 0-9 . _ -"
-    )))
+    agent_proto::key_name::check(name).map_err(|e| StoreError::InvalidArgument(e.to_string()))
 }
 
 impl KeyStore {

@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+use agent_proto::counters::{self, RequestResult};
 use agent_proto::{DataKey, KeyInfo, KeyState, StatusInfo, Unwrapped, VersionState, Wrapped};
 use serde::Serialize;
 use zeroize::Zeroizing;
@@ -228,11 +229,11 @@ pub fn status_human(status: &StatusInfo) -> String {
     );
     let counter = |name: &str| status.counters.get(name).copied().unwrap_or(0);
     for (label, name) in [
-        ("keys:", "keys"),
-        ("versions:", "versions"),
-        ("requests:", "requests"),
-        ("denials:", "denials"),
-        ("alerts:", "alerts"),
+        ("keys:", counters::KEYS),
+        ("versions:", counters::VERSIONS),
+        ("requests:", counters::REQUESTS),
+        ("denials:", counters::DENIALS),
+        ("alerts:", counters::ALERTS),
     ] {
         let _ = writeln!(out, "{label:<17} {}", counter(name));
     }
@@ -250,7 +251,7 @@ pub fn status_human(status: &StatusInfo) -> String {
     let alerts: Vec<_> = status
         .counters
         .iter()
-        .filter_map(|(name, value)| Some((name.strip_prefix("alerts.")?, *value)))
+        .filter_map(|(name, value)| Some((counters::alert_counter_kind(name)?, *value)))
         .filter(|(_, value)| *value > 0)
         .collect();
     if !alerts.is_empty() {
@@ -262,10 +263,11 @@ pub fn status_human(status: &StatusInfo) -> String {
     out
 }
 
-/// The `requests.<op>.<result>` counters as (op, result, count).
+/// The `requests.<op>.<result>` counters as (op, result, count), with the
+/// names as the daemon spelled them: a newer daemon's operations show too.
 fn request_counters(status: &StatusInfo) -> impl Iterator<Item = (&str, &str, u64)> {
     status.counters.iter().filter_map(|(name, value)| {
-        let (op, result) = name.strip_prefix("requests.")?.rsplit_once('.')?;
+        let (op, result) = counters::request_counter_parts(name)?;
         Some((op, result, *value))
     })
 }
@@ -275,11 +277,11 @@ fn request_counters(status: &StatusInfo) -> impl Iterator<Item = (&str, &str, u6
 fn requests_by_operation(status: &StatusInfo) -> Vec<(&str, [u64; 3])> {
     let mut by_op: Vec<(&str, [u64; 3])> = Vec::new();
     for (op, result, value) in request_counters(status) {
-        let slot = match result {
-            "ok" => 0,
-            "denied" => 1,
-            "error" => 2,
-            _ => continue,
+        let slot = match RequestResult::from_name(result) {
+            Some(RequestResult::Ok) => 0,
+            Some(RequestResult::Denied) => 1,
+            Some(RequestResult::Error) => 2,
+            None => continue,
         };
         match by_op.iter_mut().find(|(known, _)| *known == op) {
             Some((_, counts)) => counts[slot] += value,
@@ -329,7 +331,7 @@ pub fn metrics_openmetrics(status: &StatusInfo) -> String {
         None,
         "Requests denied for want of a grant since the daemon started.",
     );
-    let _ = writeln!(out, "hostkms_denials_total {}", counter("denials"));
+    let _ = writeln!(out, "hostkms_denials_total {}", counter(counters::DENIALS));
     family(
         &mut out,
         "hostkms_alerts",
@@ -338,7 +340,7 @@ pub fn metrics_openmetrics(status: &StatusInfo) -> String {
         "Alerts raised since the daemon started, by kind.",
     );
     for (name, value) in &status.counters {
-        if let Some(kind) = name.strip_prefix("alerts.") {
+        if let Some(kind) = counters::alert_counter_kind(name) {
             let _ = writeln!(
                 out,
                 "hostkms_alerts_total{{kind=\"{}\"}} {value}",
@@ -351,13 +353,13 @@ pub fn metrics_openmetrics(status: &StatusInfo) -> String {
             "hostkms_keys",
             None,
             "Keys in the key store, revoked ones included.",
-            counter("keys"),
+            counter(counters::KEYS),
         ),
         (
             "hostkms_key_versions",
             None,
             "Key versions in the key store.",
-            counter("versions"),
+            counter(counters::VERSIONS),
         ),
         (
             "hostkms_uptime_seconds",
@@ -627,13 +629,107 @@ mod tests {
         assert!(list.starts_with("app-db  disabled  v2"), "{list}");
     }
 
+    /// A status as the daemon sends it to an admin, with a few counts set,
+    /// plus the counter of an operation only a newer daemon knows.
+    fn sample_status() -> StatusInfo {
+        use agent_proto::Operation;
+        let mut counters = std::collections::BTreeMap::new();
+        for op in Operation::ALL {
+            for result in RequestResult::ALL {
+                counters.insert(counters::request_counter(op, result), 0);
+            }
+        }
+        counters.insert(
+            counters::request_counter(Operation::Wrap, RequestResult::Ok),
+            3,
+        );
+        counters.insert(
+            counters::request_counter(Operation::Rotate, RequestResult::Denied),
+            1,
+        );
+        counters.insert(
+            counters::request_counter(Operation::MinDecryptionVersion, RequestResult::Error),
+            2,
+        );
+        counters.insert("requests.recover.ok".to_string(), 5);
+        counters.insert(counters::alert_counter("repeated-denials"), 2);
+        counters.insert(counters::alert_counter("encryption-limit"), 0);
+        for (name, value) in [
+            (counters::REQUESTS, 11),
+            (counters::DENIALS, 1),
+            (counters::ALERTS, 2),
+            (counters::KEYS, 4),
+            (counters::VERSIONS, 6),
+        ] {
+            counters.insert(name.to_string(), value);
+        }
+        StatusInfo {
+            daemon_version: "0.1.0".to_string(),
+            oldest_protocol: 1,
+            newest_protocol: 1,
+            uptime_secs: 42,
+            tpm_reachable: true,
+            root_key_loaded: true,
+            root_key_check: "abcd".to_string(),
+            counters,
+        }
+    }
+
+    #[test]
+    fn status_shows_counters_by_operation_and_kind() {
+        let text = status_human(&sample_status());
+        for line in [
+            "keys:             4\n",
+            "versions:         6\n",
+            "requests:         11\n",
+            "denials:          1\n",
+            "alerts:           2\n",
+            "requests by operation:\n",
+            "  wrap                     ok 3        denied 0      error 0\n",
+            "  rotate                   ok 0        denied 1      error 0\n",
+            "  min-decryption-version   ok 0        denied 0      error 2\n",
+            "  recover                  ok 5        denied 0      error 0\n",
+            "alerts by kind:\n  repeated-denials         2\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+        assert!(
+            !text.contains("unwrap"),
+            "operations without requests are left out: {text}"
+        );
+        assert!(!text.contains("encryption-limit"), "{text}");
+    }
+
+    #[test]
+    fn metrics_label_every_request_and_alert_counter() {
+        let text = metrics_openmetrics(&sample_status());
+        for line in [
+            "hostkms_requests_total{op=\"wrap\",result=\"ok\"} 3\n",
+            "hostkms_requests_total{op=\"unwrap\",result=\"error\"} 0\n",
+            "hostkms_requests_total{op=\"recover\",result=\"ok\"} 5\n",
+            "hostkms_denials_total 1\n",
+            "hostkms_alerts_total{kind=\"repeated-denials\"} 2\n",
+            "hostkms_alerts_total{kind=\"encryption-limit\"} 0\n",
+            "hostkms_keys 4\n",
+            "hostkms_key_versions 6\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+        let requests = text
+            .lines()
+            .filter(|line| line.starts_with("hostkms_requests_total{"))
+            .count();
+        assert_eq!(requests, 14 * 3 + 1);
+        assert!(text.ends_with("# EOF\n"));
+    }
+
     #[test]
     fn data_keys_render_with_and_without_plaintext() {
         let mut data_key = DataKey {
             key: "k".to_string(),
             version: 3,
             plaintext: Some(SecretBytes::from(&b"hello"[..])),
-            ciphertext: Ciphertext::from(&b"HKMS"[..]),
+            ciphertext: Ciphertext::from(&agent_proto::ciphertext::MAGIC[..]),
         };
         let text = data_key_human(&data_key);
         assert_eq!(
