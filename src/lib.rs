@@ -8,7 +8,6 @@
 //! journal event per request). [`rootkey`] and [`tpm`] hold the sealed root
 //! key; [`systemd`] speaks to the service manager; [`monitor`] counts
 //! requests and raises alerts.
-#![warn(missing_docs)]
 
 pub mod admission;
 pub mod audit;

@@ -394,7 +394,8 @@ impl StateDirLock {
             .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(dir.path())
             .map_err(lock_error)?;
-        // SAFETY: flock on a file descriptor this function owns.
+        // SAFETY: flock(2) takes no pointer; the descriptor is `locked_dir`'s,
+        // which is open and outlives the call.
         let locked = unsafe {
             libc::flock(
                 std::os::fd::AsRawFd::as_raw_fd(&locked_dir),

@@ -33,7 +33,6 @@
 //! # }
 //! ```
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
 
 #[cfg(feature = "tokio")]
 mod async_client;

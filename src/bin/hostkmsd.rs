@@ -58,7 +58,9 @@ fn main() -> ExitCode {
 /// itself, in words, so tss logging stays off unless TSS2_LOG asks for it.
 fn quiet_tss_logging() {
     if std::env::var_os("TSS2_LOG").is_none() {
-        // SAFETY: called first in main, before any other thread exists.
+        // SAFETY: main calls this before the tokio runtime or any other
+        // thread starts (only argument parsing runs before it), so no other
+        // thread can read or write the environment meanwhile.
         unsafe { std::env::set_var("TSS2_LOG", "all+none") };
     }
 }
