@@ -682,3 +682,6 @@ mod refusal_tests {
         assert_eq!(plain.message, "key \"ab\" — gone");
     }
 }
+
+#[cfg(test)]
+mod tests;
