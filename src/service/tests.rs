@@ -1470,3 +1470,44 @@ async fn a_metrics_grant_alone_does_not_make_a_peer_granted() {
     assert!(fixture.service.is_admin(&admin()));
     assert!(!fixture.service.is_admin(&peer(APP)));
 }
+
+#[tokio::test]
+async fn repeated_denials_and_invalid_ciphertexts_alert_once_per_peer_and_burst() {
+    // The default thresholds: 10 of either within 60 s.
+    let fixture = Fixture::with_app_grant(&["unwrap"]);
+    fixture.create("secret").await;
+    let garbage = Ciphertext::new(vec![0; OVERHEAD]);
+    let ctx = EncryptionContext::new();
+    for _ in 0..9 {
+        assert_eq!(
+            fixture.call(&peer(STRANGER), describe("secret")).await,
+            denied(STRANGER, "describe", "secret")
+        );
+        assert_eq!(
+            fixture.call(&peer(APP), unwrap(&garbage, &ctx, None)).await,
+            invalid()
+        );
+    }
+    let alerts = |fixture: &Fixture| {
+        let counters = counters_now(fixture);
+        (
+            counters["alerts.repeated-denials"],
+            counters["alerts.repeated-invalid-ciphertexts"],
+        )
+    };
+    assert_eq!(alerts(&fixture), (0, 0), "below the thresholds");
+    for _ in 0..16 {
+        fixture.call(&peer(STRANGER), describe("secret")).await;
+        fixture.call(&peer(APP), unwrap(&garbage, &ctx, None)).await;
+    }
+    assert_eq!(alerts(&fixture), (1, 1), "one alert per burst");
+    // Another peer's refusals are its own burst.
+    for _ in 0..10 {
+        fixture.call(&peer(STRANGER + 1), describe("secret")).await;
+    }
+    assert_eq!(alerts(&fixture), (2, 1));
+    let counters = counters_now(&fixture);
+    assert_eq!(counters["requests.describe.denied"], 35);
+    assert_eq!(counters["requests.unwrap.error"], 25);
+    assert_eq!((counters["denials"], counters["alerts"]), (35, 3));
+}
