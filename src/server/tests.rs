@@ -13,7 +13,7 @@
 //! Peers are this process. When the tests run as root (uid 0, always an
 //! admin), a thread that switches its own uid to `nobody` connects as the
 //! non-admin peer; otherwise the tests' own uid is that peer, and the tests
-//! that need an admin and a non-admin at once say so and do nothing.
+//! that need two identities at once say so and do nothing.
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsFd;
@@ -59,28 +59,51 @@ fn limits() -> Limits {
     }
 }
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
+/// The uid a thread of this process can switch to, to connect as a peer
+/// that is neither this process's uid nor an admin: `nobody`, when the
+/// tests run as root and may change uids (not, say, root in a user
+/// namespace that maps no `nobody`).
+fn switched_uid() -> Option<u32> {
+    static SWITCHED: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *SWITCHED.get_or_init(|| {
+        if !nix::unistd::geteuid().is_root() {
+            return None;
+        }
+        std::thread::spawn(|| switch_thread_uid(NOBODY).ok().map(|()| NOBODY))
+            .join()
+            .ok()
+            .flatten()
+    })
 }
 
-/// The uid of the non-admin peer: `nobody` when the tests run as root,
-/// else the tests' own.
-fn user_uid() -> u32 {
-    if is_root() {
-        65534
-    } else {
-        nix::unistd::geteuid().as_raw()
-    }
+/// `nobody`, the peer a root test process connects as.
+const NOBODY: u32 = 65534;
+
+/// The uid of the non-admin peer: [`switched_uid`], or else the tests'
+/// own uid when that is not root; `None` when neither is possible.
+fn user_uid() -> Option<u32> {
+    let own = nix::unistd::geteuid();
+    switched_uid().or((!own.is_root()).then_some(own.as_raw()))
 }
 
-/// A grant of every key operation on every key to `uid`.
+/// Says why a test that needs `what` does nothing here.
+fn skipped(what: &str) {
+    eprintln!(
+        "skipped: needs {what}; uid {} cannot connect as another uid",
+        nix::unistd::geteuid()
+    );
+}
+
+/// A grant of every key operation on every key, and of the metrics, to `uid`.
 fn grant_all(uid: u32) -> GrantConfig {
     GrantConfig {
         keys: vec!["*".to_string()],
         uids: vec![uid],
         ops: crate::policy::GRANTABLE
             .iter()
-            .map(|op| op.as_str().to_string())
+            .map(|op| op.as_str())
+            .chain([crate::policy::METRICS])
+            .map(str::to_string)
             .collect(),
         ..GrantConfig::default()
     }
@@ -157,9 +180,9 @@ impl Harness {
         UnixStream::connect(&self.socket).await.expect("connect")
     }
 
-    /// A connection of the non-admin peer [`user_uid`].
-    fn connect_user(&self) -> UnixStream {
-        let stream = connect_as(&self.socket, user_uid());
+    /// A connection as `uid` (see [`connect_as`]).
+    fn connect_user(&self, uid: u32) -> UnixStream {
+        let stream = connect_as(&self.socket, uid);
         stream.set_nonblocking(true).expect("nonblocking");
         UnixStream::from_std(stream).expect("register")
     }
@@ -196,22 +219,33 @@ fn connect_as(socket: &Path, uid: u32) -> StdStream {
     }
     let socket = socket.to_path_buf();
     std::thread::spawn(move || {
-        // SAFETY: setresuid takes three integers and touches no memory; as
-        // a raw system call it changes the calling thread's credentials
-        // only, and this thread ends right after connecting.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_setresuid,
-                libc::c_long::from(uid),
-                libc::c_long::from(uid),
-                0 as libc::c_long,
-            )
-        };
-        assert_eq!(rc, 0, "setresuid: {}", std::io::Error::last_os_error());
+        switch_thread_uid(uid).expect("setresuid");
         StdStream::connect(&socket).expect("connect as another uid")
     })
     .join()
     .expect("the connecting thread")
+}
+
+/// Switches the calling thread's (and only its) uids to `uid`: the raw
+/// system call, not libc's `setresuid`, which changes every thread. For a
+/// thread that ends right after.
+fn switch_thread_uid(uid: u32) -> std::io::Result<()> {
+    // SAFETY: setresuid takes three integers and touches no memory of
+    // this process; as a raw system call it changes the credentials of the
+    // calling thread alone.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_setresuid,
+            libc::c_long::from(uid),
+            libc::c_long::from(uid),
+            0 as libc::c_long,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// The frame of `request` with id `id`.
@@ -531,13 +565,11 @@ async fn a_frame_past_the_shared_frame_memory_is_answered_busy() {
 
 #[tokio::test]
 async fn a_peer_without_a_grant_may_send_only_small_frames() {
+    let Some(uid) = switched_uid() else {
+        return skipped("a peer without a grant");
+    };
     let server = Harness::start(&[], limits()).await;
-    let uid = user_uid();
-    if !is_root() {
-        eprintln!("as uid {uid} the tests' own uid is granted: this needs root");
-        return;
-    }
-    let mut stream = server.connect_user();
+    let mut stream = server.connect_user(uid);
     ping(&mut stream, 1).await;
     send(&mut stream, &wrap_frame_of(2, BODY_STEP)).await;
     assert_eq!(
@@ -564,7 +596,7 @@ async fn a_peer_without_a_grant_may_send_only_small_frames() {
     assert_closed(&mut stream).await;
     // A granted peer's frame of that size is read.
     let server = Harness::start(&[grant_all(uid)], limits()).await;
-    let mut stream = server.connect_user();
+    let mut stream = server.connect_user(uid);
     send(&mut stream, &wrap_frame_of(4, len)).await;
     assert_eq!(
         reply(&mut stream).await,
@@ -584,7 +616,9 @@ async fn refused(stream: &mut UnixStream, id: u64, refusal: admission::Refusal) 
 
 #[tokio::test]
 async fn one_uid_may_hold_max_connections_per_uid() {
-    let uid = user_uid();
+    let Some(uid) = user_uid() else {
+        return skipped("a peer that is no admin");
+    };
     let server = Harness::start(
         &[grant_all(uid)],
         Limits {
@@ -593,17 +627,17 @@ async fn one_uid_may_hold_max_connections_per_uid() {
         },
     )
     .await;
-    let mut first = server.connect_user();
+    let mut first = server.connect_user(uid);
     ping(&mut first, 1).await;
-    let mut second = server.connect_user();
+    let mut second = server.connect_user(uid);
     ping(&mut second, 2).await;
-    let mut third = server.connect_user();
+    let mut third = server.connect_user(uid);
     refused(&mut third, 3, admission::Refusal::PerUid { uid, max: 2 }).await;
     // The held connections still work, and a slot given back is taken again.
     ping(&mut first, 4).await;
     drop(second);
     let mut fourth = loop {
-        let mut stream = server.connect_user();
+        let mut stream = server.connect_user(uid);
         send(&mut stream, &frame(5, Request::Ping)).await;
         match reply(&mut stream).await.op {
             Response::Pong => break stream,
@@ -617,19 +651,17 @@ async fn one_uid_may_hold_max_connections_per_uid() {
 
 #[tokio::test]
 async fn peers_without_a_grant_share_max_ungranted_connections() {
-    let uid = user_uid();
+    let Some(uid) = switched_uid() else {
+        return skipped("a peer without a grant");
+    };
     let ungranted = |max| Limits {
         max_ungranted_connections: max,
         ..limits()
     };
     let server = Harness::start(&[], ungranted(1)).await;
-    if !is_root() {
-        eprintln!("as uid {uid} the tests' own uid is granted: this needs root");
-        return;
-    }
-    let mut first = server.connect_user();
+    let mut first = server.connect_user(uid);
     ping(&mut first, 1).await;
-    let mut second = server.connect_user();
+    let mut second = server.connect_user(uid);
     refused(
         &mut second,
         2,
@@ -641,7 +673,7 @@ async fn peers_without_a_grant_share_max_ungranted_connections() {
     ping(&mut admin, 3).await;
 
     let server = Harness::start(&[], ungranted(0)).await;
-    let mut stream = server.connect_user();
+    let mut stream = server.connect_user(uid);
     refused(
         &mut stream,
         4,
@@ -652,7 +684,9 @@ async fn peers_without_a_grant_share_max_ungranted_connections() {
 
 #[tokio::test]
 async fn the_last_slots_are_for_admins_and_every_slot_counts() {
-    let uid = user_uid();
+    let Some(uid) = switched_uid() else {
+        return skipped("an admin and a peer that is no admin");
+    };
     let server = Harness::start(
         &[grant_all(uid)],
         Limits {
@@ -662,17 +696,13 @@ async fn the_last_slots_are_for_admins_and_every_slot_counts() {
         },
     )
     .await;
-    if !is_root() {
-        eprintln!("as uid {uid} there is no admin peer: this needs root");
-        return;
-    }
     let mut held = Vec::new();
     for id in 1..=2 {
-        let mut stream = server.connect_user();
+        let mut stream = server.connect_user(uid);
         ping(&mut stream, id).await;
         held.push(stream);
     }
-    let mut third = server.connect_user();
+    let mut third = server.connect_user(uid);
     refused(
         &mut third,
         3,
