@@ -27,6 +27,8 @@ use crate::monitor::{AlertKind, AlertThresholds, Monitor};
 use crate::peer::Peer;
 use crate::policy::Policy;
 
+#[cfg(test)]
+mod encrypt_limit_tests;
 mod health;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
