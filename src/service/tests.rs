@@ -1385,44 +1385,6 @@ async fn changes_that_need_tpm_randomness_are_refused_while_the_tpm_hangs() {
 }
 
 #[tokio::test]
-async fn a_version_rotates_itself_at_its_encryption_limit_and_alerts_once_near_it() {
-    let fixture = Fixture::new(
-        &[],
-        ServiceLimits {
-            max_plaintext: 1000,
-            rotate_after: 5,
-        },
-    );
-    let root = admin();
-    fixture.create("k").await;
-    let ctx = EncryptionContext::new();
-    let mut versions = Vec::new();
-    for i in 0..12u8 {
-        versions.push(fixture.wrap(&root, "k", &[i], &ctx).await.version);
-    }
-    assert_eq!(versions, [1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 3, 3]);
-    assert_eq!(fixture.counts("k").await, [5, 5, 2]);
-    // 90 % of 5 is 4: versions 1 and 2 each crossed it once.
-    assert_eq!(counters_now(&fixture)["alerts.encryption-limit"], 2);
-    // Data keys and rewraps count against the same limit.
-    let Response::DataKey(got) = fixture.call(&root, data_key("k", 16, false, &ctx)).await else {
-        panic!("expected DataKey");
-    };
-    assert_eq!(got.version, 3);
-    for _ in 0..2 {
-        let Response::Wrapped(_) = fixture
-            .call(&root, rewrap(&got.ciphertext, &ctx, None))
-            .await
-        else {
-            panic!("expected Wrapped");
-        };
-    }
-    assert_eq!(fixture.counts("k").await, [5, 5, 5]);
-    assert_eq!(counters_now(&fixture)["alerts.encryption-limit"], 3);
-    assert_eq!(fixture.wrap(&root, "k", b"x", &ctx).await.version, 4);
-}
-
-#[tokio::test]
 async fn a_reconfiguration_applies_to_the_next_request() {
     let fixture = Fixture::new(&[], LIMITS);
     let app = peer(APP);
