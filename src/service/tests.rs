@@ -258,6 +258,19 @@ fn describe(key: &str) -> Request {
     }
 }
 
+/// A `ListKeys` of every key the peer may see.
+fn list_all() -> Request {
+    Request::ListKeys
+}
+
+/// The keys a `ListKeys` answer lists.
+fn listed(response: Response) -> Vec<KeyInfo> {
+    match response {
+        Response::Keys(keys) => keys,
+        other => panic!("expected Keys, got {other:?}"),
+    }
+}
+
 /// `info` with its state, latest and minimum version and its versions'
 /// states and counts replaced: what a change to the key is expected to
 /// answer (id, name and creation times stay).
@@ -1185,28 +1198,27 @@ async fn list_shows_each_peer_the_keys_it_holds_a_grant_on_sorted() {
     for name in ["zeta", "app-b", "shared", "app-a", "other"] {
         fixture.create(name).await;
     }
-    let names = |response: Response| match response {
-        Response::Keys(keys) => keys.into_iter().map(|k| k.name).collect::<Vec<_>>(),
-        other => panic!("expected Keys, got {other:?}"),
+    let names = |response: Response| {
+        listed(response)
+            .into_iter()
+            .map(|k| k.name)
+            .collect::<Vec<_>>()
     };
     assert_eq!(
-        names(fixture.call(&admin(), Request::ListKeys).await),
+        names(fixture.call(&admin(), list_all()).await),
         ["app-a", "app-b", "other", "shared", "zeta"]
     );
     assert_eq!(
-        names(fixture.call(&peer(APP), Request::ListKeys).await),
+        names(fixture.call(&peer(APP), list_all()).await),
         ["app-a", "app-b", "shared"]
     );
-    assert!(names(fixture.call(&peer(STRANGER), Request::ListKeys).await).is_empty());
+    assert!(names(fixture.call(&peer(STRANGER), list_all()).await).is_empty());
     assert!(
-        names(fixture.call(&peer(MONITOR), Request::ListKeys).await).is_empty(),
+        names(fixture.call(&peer(MONITOR), list_all()).await).is_empty(),
         "metrics shows no key"
     );
     // The listed metadata is what describe answers.
-    let Response::Keys(listed) = fixture.call(&admin(), Request::ListKeys).await else {
-        panic!("expected Keys");
-    };
-    for info in listed {
+    for info in listed(fixture.call(&admin(), list_all()).await) {
         assert_eq!(
             fixture.call(&admin(), describe(&info.name)).await,
             Response::Key(info)
@@ -1373,11 +1385,11 @@ async fn changes_that_need_tpm_randomness_are_refused_while_the_tpm_hangs() {
     key_info(fixture.call(&root, revoke("old", Some(1))).await);
     key_info(fixture.call(&root, revoke("old", None)).await);
     assert_eq!(
-        fixture.call(&root, Request::ListKeys).await,
-        Response::Keys(vec![
+        listed(fixture.call(&root, list_all()).await),
+        vec![
             expected(&info, KeyState::Enabled, 1, &[(ENABLED, 2)]),
             key_info(fixture.call(&root, describe("old")).await),
-        ]),
+        ],
         "nothing was created or rotated"
     );
     fixture.entropy.set_unavailable(false);
