@@ -1485,3 +1485,219 @@ async fn repeated_denials_and_invalid_ciphertexts_alert_once_per_peer_and_burst(
     assert_eq!(counters["requests.unwrap.error"], 25);
     assert_eq!((counters["denials"], counters["alerts"]), (35, 3));
 }
+
+/// The audit events written on this thread (the runtime's, in a
+/// current-thread `#[tokio::test]`) while it captures, each as its fields.
+#[derive(Clone, Default)]
+struct AuditLog(Arc<std::sync::Mutex<Vec<BTreeMap<String, String>>>>);
+
+std::thread_local! {
+    /// Where this thread's audit events go, while a test captures them.
+    static CAPTURING: std::cell::RefCell<Option<AuditLog>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Ends a capture when dropped.
+struct Capturing;
+
+impl Drop for Capturing {
+    fn drop(&mut self) {
+        CAPTURING.with(|sink| sink.borrow_mut().take());
+    }
+}
+
+impl AuditLog {
+    /// Captures this thread's audit events until the guard drops.
+    ///
+    /// The subscriber is the process's global one, installed once, and
+    /// routes each event to the capture of the thread that wrote it: a
+    /// thread-scoped subscriber instead can lose events, since a callsite
+    /// that another test thread registers at the same moment may cache
+    /// "nobody listens".
+    fn capture() -> (AuditLog, Capturing) {
+        use tracing_subscriber::layer::SubscriberExt;
+        static INSTALLED: std::sync::Once = std::sync::Once::new();
+        INSTALLED.call_once(|| {
+            tracing::subscriber::set_global_default(
+                tracing_subscriber::registry().with(AuditRouter),
+            )
+            .expect("no other global subscriber in the unit tests");
+        });
+        tracing::callsite::rebuild_interest_cache();
+        let log = AuditLog::default();
+        CAPTURING.with(|sink| *sink.borrow_mut() = Some(log.clone()));
+        (log, Capturing)
+    }
+
+    /// Takes the events captured so far.
+    fn take(&self) -> Vec<BTreeMap<String, String>> {
+        std::mem::take(&mut *self.0.lock().expect("audit log"))
+    }
+}
+
+/// Hands each audit event to the capture of the thread that wrote it.
+struct AuditRouter;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AuditRouter {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Fields<'a>(&'a mut BTreeMap<String, String>);
+        impl tracing::field::Visit for Fields<'_> {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                self.0.insert(field.name().to_string(), value.to_string());
+            }
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0
+                    .insert(field.name().to_string(), format!("{value:?}"));
+            }
+        }
+        if event.metadata().target() != "hostkms::audit" {
+            return;
+        }
+        CAPTURING.with(|sink| {
+            if let Some(log) = sink.borrow().as_ref() {
+                let mut fields = BTreeMap::new();
+                event.record(&mut Fields(&mut fields));
+                log.0.lock().expect("audit log").push(fields);
+            }
+        });
+    }
+}
+
+/// The fields of a request's audit event that these tests check.
+fn audit_fields(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// `event` without the fields every request event has that these tests
+/// do not check (message, message id, pid, the unit-unknown reason).
+fn checked(mut event: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    for field in [
+        "message",
+        "MESSAGE_ID",
+        "HOSTKMS_PEER_PID",
+        "HOSTKMS_PEER_UNIT_UNKNOWN",
+    ] {
+        event.remove(field);
+    }
+    event
+}
+
+#[tokio::test]
+async fn each_request_writes_one_audit_event_naming_the_real_key_and_no_secret() {
+    let fixture = Fixture::with_app_grant(&["wrap", "unwrap"]);
+    fixture.create("app-k").await;
+    fixture.create("secret-k").await;
+    let ctx = context(&[("purpose", "audit")]);
+    let theirs = fixture
+        .wrap(&admin(), "secret-k", b"their secret", &ctx)
+        .await
+        .ciphertext;
+    let (log, _guard) = AuditLog::capture();
+
+    let mine = fixture
+        .wrap(&peer(APP), "app-k", b"my secret", &ctx)
+        .await
+        .ciphertext;
+    // The peer learns nothing of the key its ciphertext names; the audit
+    // trail records it.
+    let answer = fixture.call(&peer(APP), unwrap(&theirs, &ctx, None)).await;
+    assert_eq!(answer, denied_ciphertext(APP, "unwrap"));
+    assert!(matches!(
+        fixture
+            .call(&peer(APP), unwrap(&mine, &ctx, Some("app-k")))
+            .await,
+        Response::Unwrapped(_)
+    ));
+    key_info(fixture.call(&admin(), revoke("app-k", Some(1))).await);
+    fixture.call(&peer(STRANGER), describe("bad\nname")).await;
+
+    let events = log.take();
+    let uid = |uid: u32| uid.to_string();
+    assert_eq!(
+        events.iter().cloned().map(checked).collect::<Vec<_>>(),
+        [
+            audit_fields(&[
+                ("HOSTKMS_OP", "wrap"),
+                ("HOSTKMS_KEY", "app-k"),
+                ("HOSTKMS_KEY_VERSION", "1"),
+                ("HOSTKMS_RESULT", "ok"),
+                ("HOSTKMS_PEER_UID", &uid(APP)),
+            ]),
+            audit_fields(&[
+                ("HOSTKMS_OP", "unwrap"),
+                ("HOSTKMS_KEY", "secret-k"),
+                ("HOSTKMS_KEY_VERSION", "1"),
+                ("HOSTKMS_RESULT", "denied"),
+                ("HOSTKMS_ERROR", "permission-denied"),
+                ("HOSTKMS_PEER_UID", &uid(APP)),
+            ]),
+            audit_fields(&[
+                ("HOSTKMS_OP", "unwrap"),
+                ("HOSTKMS_KEY", "app-k"),
+                ("HOSTKMS_KEY_VERSION", "1"),
+                ("HOSTKMS_RESULT", "ok"),
+                ("HOSTKMS_PEER_UID", &uid(APP)),
+            ]),
+            // Revoking the latest version makes version 2; the event names
+            // the version revoked.
+            audit_fields(&[
+                ("HOSTKMS_OP", "revoke"),
+                ("HOSTKMS_KEY", "app-k"),
+                ("HOSTKMS_KEY_VERSION", "1"),
+                ("HOSTKMS_RESULT", "ok"),
+                ("HOSTKMS_PEER_UID", "0"),
+            ]),
+            // A name that is no key name is escaped, so it cannot forge a field.
+            audit_fields(&[
+                ("HOSTKMS_OP", "describe"),
+                ("HOSTKMS_KEY", "\"bad\\nname\""),
+                ("HOSTKMS_RESULT", "denied"),
+                ("HOSTKMS_ERROR", "permission-denied"),
+                ("HOSTKMS_PEER_UID", &uid(STRANGER)),
+            ]),
+        ]
+    );
+    for event in &events {
+        let text = format!("{event:?}");
+        for secret in ["my secret", "their secret"] {
+            assert!(!text.contains(secret), "{text}");
+        }
+        assert_eq!(event["HOSTKMS_PEER_PID"], "4242");
+        assert_eq!(event["HOSTKMS_PEER_UNIT_UNKNOWN"], "no-unit");
+    }
+    assert!(
+        events[1]["message"].starts_with("unwrap secret-k v1 by uid 1000: denied"),
+        "{:?}",
+        events[1]["message"]
+    );
+}
+
+#[tokio::test]
+async fn a_peers_refusals_past_the_first_few_of_a_window_are_not_logged_one_by_one() {
+    let fixture = Fixture::new(&[], LIMITS);
+    let (log, _guard) = AuditLog::capture();
+    for _ in 0..crate::monitor::flood::LOGGED_PER_WINDOW + 3 {
+        assert_eq!(
+            fixture.call(&peer(STRANGER), describe("k")).await,
+            denied(STRANGER, "describe", "k")
+        );
+    }
+    let events = log.take();
+    assert_eq!(
+        events.len(),
+        crate::monitor::flood::LOGGED_PER_WINDOW as usize
+    );
+    // Another peer's are its own; an admin's answered request always is.
+    fixture.call(&peer(STRANGER + 1), describe("k")).await;
+    fixture.create("k").await;
+    let events = log.take();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[1]["HOSTKMS_OP"], "create");
+    assert_eq!(
+        counters_now(&fixture)["requests.describe.denied"],
+        u64::from(crate::monitor::flood::LOGGED_PER_WINDOW) + 4,
+        "every refusal is counted"
+    );
+}
