@@ -966,3 +966,43 @@ async fn the_heartbeat_beats_from_the_accept_loop_at_its_interval() {
     let mut stream = server.connect_std();
     settled_ping(&mut stream, 1).await;
 }
+
+#[tokio::test]
+async fn binding_replaces_a_stale_socket_and_refuses_a_live_one_or_a_file() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("hostkms.sock");
+    // A socket file nobody answers on (its listener is gone) is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
+    assert!(path.exists());
+    let bound = BoundSocket::bind(&path, 0o660, None).expect("replaces the stale socket");
+    let meta = fs::metadata(&path).expect("socket");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    // A live one is another daemon's.
+    let err = BoundSocket::bind(&path, 0o660, None).unwrap_err();
+    assert!(
+        matches!(&err, ServerError::AlreadyServing { path: p } if *p == path),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("another hostkmsd is already serving")
+    );
+    drop(bound);
+    assert!(!path.exists(), "removed when dropped");
+
+    // Anything but a socket is left alone.
+    fs::write(&path, b"not a socket").expect("file");
+    let err = BoundSocket::bind(&path, 0o660, None).unwrap_err();
+    assert!(matches!(err, ServerError::NotASocket { .. }), "{err}");
+    assert_eq!(fs::read(&path).expect("kept"), b"not a socket");
+    fs::remove_file(&path).expect("rm");
+
+    // A socket that replaced ours meanwhile is not removed with ours.
+    let bound = BoundSocket::bind(&path, 0o660, None).expect("bind");
+    fs::remove_file(&path).expect("rm");
+    let other = std::os::unix::net::UnixListener::bind(&path).expect("another socket");
+    drop(bound);
+    assert!(path.exists(), "the other socket stays");
+    drop(other);
+}
