@@ -298,3 +298,28 @@ fn create(dir: &StateDir, tpm: &TpmWorker, timeout: Duration) -> Result<RootKey,
     dir.write_private(ROOT_PUB, blobs.public_bytes())?;
     RootKey::from_slice(secret.as_ref())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_root_key_from_bytes_shows_only_its_check_value() {
+        let key = RootKey::from_bytes_for_tests([0xab; ROOT_KEY_LEN]);
+        assert_eq!(key.expose(), &[0xab; ROOT_KEY_LEN]);
+        assert_eq!(key.check_value(), check_value(&[0xab; ROOT_KEY_LEN]));
+        assert_eq!(key.check_value().len(), 16);
+        let shown = format!("{key:?}");
+        assert_eq!(
+            shown,
+            format!("RootKey(<redacted>, check {})", key.check_value())
+        );
+    }
+
+    #[test]
+    fn different_root_keys_have_different_check_values() {
+        let a = RootKey::from_bytes_for_tests([1; ROOT_KEY_LEN]);
+        let b = RootKey::from_bytes_for_tests([2; ROOT_KEY_LEN]);
+        assert_ne!(a.check_value(), b.check_value());
+    }
+}

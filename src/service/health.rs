@@ -2,7 +2,11 @@
 //! daemon implementation on the TPM worker, and the cache in front of it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock is the system's monotonic clock, except under tokio's
+// paused test time, which lets tests age the cached answer.
+use tokio::time::Instant;
 
 use crate::tpm::{self, TpmError, TpmWorker};
 
@@ -203,5 +207,93 @@ impl TpmProbe for TestProbe {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health() -> (Arc<TpmHealth>, Arc<TestProbe>) {
+        let probe = Arc::new(TestProbe::new());
+        (Arc::new(TpmHealth::new(probe.clone())), probe)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fresh_answer_is_reused_without_asking_the_tpm() {
+        let (health, probe) = health();
+        assert!(health.reachable().await);
+        tokio::time::advance(TPM_PROBE_MAX_AGE - Duration::from_secs(1)).await;
+        probe.set_failing(true);
+        assert!(health.reachable().await);
+        assert_eq!(probe.probes(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_old_answer_is_renewed_then_cached_again() {
+        let (health, probe) = health();
+        probe.set_failing(true);
+        tokio::time::advance(TPM_PROBE_MAX_AGE).await;
+        assert!(!health.reachable().await);
+        assert!(!health.reachable().await);
+        assert_eq!(probe.probes(), 1);
+        probe.set_failing(false);
+        tokio::time::advance(TPM_PROBE_MAX_AGE).await;
+        assert!(health.reachable().await);
+        assert_eq!(probe.probes(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_tpm_is_unreachable_without_a_probe() {
+        let (health, probe) = health();
+        probe.set_stuck(true);
+        assert!(!health.reachable().await);
+        assert_eq!(probe.probes(), 0);
+    }
+
+    /// Releases a hanging probe however the test ends, so the runtime's
+    /// blocking pool can shut down.
+    struct Release(Arc<TestProbe>);
+
+    impl Drop for Release {
+        fn drop(&mut self) {
+            self.0.set_hanging(false);
+        }
+    }
+
+    /// `reachable()` in a task; once it has answered or started a probe,
+    /// paused time is moved past the wait (a probe running on the blocking
+    /// pool stops tokio from advancing paused time by itself).
+    async fn reachable_past_the_wait(health: &Arc<TpmHealth>, probe: &TestProbe) -> bool {
+        let before = probe.probes();
+        let task = tokio::spawn({
+            let health = Arc::clone(health);
+            async move { health.reachable().await }
+        });
+        // A bound against a lost wake-up only, not a timed assertion.
+        let give_up = std::time::Instant::now() + Duration::from_secs(30);
+        while !task.is_finished() && probe.probes() == before {
+            assert!(std::time::Instant::now() < give_up, "reachable() stalled");
+            tokio::task::yield_now().await;
+        }
+        tokio::time::advance(TPM_PROBE_WAIT + Duration::from_secs(1)).await;
+        task.await.unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_probe_is_waited_for_briefly_and_one_at_a_time() {
+        let (health, probe) = health();
+        let _release = Release(probe.clone());
+        probe.set_hanging(true);
+        tokio::time::advance(TPM_PROBE_MAX_AGE).await;
+        // The last answer stands while the probe is out ...
+        assert!(reachable_past_the_wait(&health, &probe).await);
+        assert_eq!(probe.probes(), 1);
+        // ... and a second Status does not queue a second probe.
+        assert!(reachable_past_the_wait(&health, &probe).await);
+        assert_eq!(probe.probes(), 1);
+        // A TPM known to hang is unreachable at once.
+        probe.set_stuck(true);
+        assert!(!health.reachable().await);
     }
 }
