@@ -687,3 +687,6 @@ mod refusal_tests {
         assert_eq!(plain.message, "key \"ab\" — gone");
     }
 }
+
+#[cfg(test)]
+mod tests;
