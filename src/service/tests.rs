@@ -16,11 +16,11 @@ use agent_proto::{
 
 use super::testing::{TEST_ROOT_KEY, TestServiceBuilder};
 use super::*;
-use crate::envelope::{HEADER_LEN, OVERHEAD};
 use crate::keystore::TestEntropy;
 use crate::monitor::AlertThresholds;
 use crate::peer::{Peer, UnitUnknown};
 use crate::policy::{GrantConfig, Policy};
+use agent_proto::ciphertext::{HEADER_LEN, OVERHEAD};
 
 /// The uid of the one non-admin peer most tests use.
 const APP: u32 = 1000;
