@@ -41,7 +41,8 @@ e2e: deb
 # workspace lints of Cargo.toml included), and the tests that need no root
 # and no TPM: every unit test of the workspace and agent-proto's own tests
 # (all features, so its tokio client too). Not the integration tests of the
-# daemon package: each starts swtpm. About a minute on a warm cache.
+# daemon package: each starts swtpm. On a warm cache and 2 cores: 30 s with
+# nothing changed, under 2 minutes after an edit.
 .PHONY: check
 check:
 	$(CARGO) fmt --all --check
