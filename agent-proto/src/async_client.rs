@@ -1,20 +1,21 @@
 //! A tokio client over a Unix stream socket, with the same typed methods as
 //! the blocking [`Client`](crate::Client). Enabled by the `tokio` feature.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 use crate::bytes::{Ciphertext, SecretBytes};
 use crate::client::{
-    ClientError, Pipeline, closed_by_daemon, expect, left_refusal, refusal_as_error,
-    typed_operations,
+    ClientError, LIST_PAGE, Pipeline, closed_by_daemon, expect, fallback_version, left_refusal,
+    refusal_as_error, typed_operations,
 };
 use crate::codec::{self, DEFAULT_MAX_FRAME};
+use crate::error::ErrorCode;
 use crate::message::{
-    DataKey, EncryptionContext, Envelope, KeyInfo, Request, Response, StatusInfo, Unwrapped,
-    Wrapped,
+    DataKey, EncryptionContext, Envelope, KeyInfo, KeyPage, OLDEST_PROTOCOL_VERSION,
+    PROTOCOL_VERSION, Request, Response, StatusInfo, Unwrapped, Wrapped,
 };
 
 /// An async connection to hostkmsd.
@@ -35,38 +36,63 @@ use crate::message::{
 /// # Ok(())
 /// # }
 /// ```
+///
+/// It speaks the newest protocol version both sides know, falling back as
+/// the blocking [`Client`](crate::Client) does.
 #[derive(Debug)]
 pub struct AsyncClient {
     stream: UnixStream,
     pipeline: Pipeline,
     max_frame: u32,
+    proto: u16,
+    path: Option<PathBuf>,
 }
 
 impl AsyncClient {
     /// Connects to the daemon's socket at `path`.
     pub async fn connect(path: impl AsRef<Path>) -> Result<AsyncClient, ClientError> {
         let path = path.as_ref();
-        let stream = UnixStream::connect(path)
-            .await
-            .map_err(|source| ClientError::Connect {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        Ok(AsyncClient::from_stream(stream))
+        let mut client = AsyncClient::from_stream(open(path).await?);
+        client.path = Some(path.to_path_buf());
+        Ok(client)
     }
 
-    /// Uses an already connected stream.
+    /// Uses an already connected stream (no fallback to an older protocol
+    /// version: that needs a new connection).
     pub fn from_stream(stream: UnixStream) -> AsyncClient {
         AsyncClient {
             stream,
             pipeline: Pipeline::new(),
             max_frame: DEFAULT_MAX_FRAME,
+            proto: PROTOCOL_VERSION,
+            path: None,
         }
+    }
+
+    /// Sets the largest frame body this client sends or accepts (default
+    /// [`DEFAULT_MAX_FRAME`]).
+    pub fn set_max_frame(&mut self, max_frame: u32) {
+        self.max_frame = max_frame;
+    }
+
+    /// The largest frame body this client sends or accepts.
+    pub fn max_frame(&self) -> u32 {
+        self.max_frame
+    }
+
+    /// The protocol version this client speaks on its connection.
+    pub fn protocol(&self) -> u16 {
+        self.proto
+    }
+
+    /// Speaks protocol version `proto` from now on (no negotiation).
+    pub fn set_protocol(&mut self, proto: u16) {
+        self.proto = proto;
     }
 
     /// Sends a request without waiting for its answer; returns its id.
     pub async fn send(&mut self, op: Request) -> Result<u64, ClientError> {
-        let (id, frame) = self.pipeline.frame(op, self.max_frame)?;
+        let (id, frame) = self.pipeline.frame(op, self.proto, self.max_frame)?;
         self.stream.write_all(&frame).await?;
         self.pipeline.sent(id);
         Ok(id)
@@ -84,11 +110,32 @@ impl AsyncClient {
     /// [`ClientError::Daemon`].
     /// When the daemon closed the connection before the request went out,
     /// the refusal it left (e.g. `Busy`) is returned.
+    /// When the daemon speaks only an older protocol version, the client
+    /// reconnects and retries once in that version.
     pub async fn call(&mut self, op: Request) -> Result<Response, ClientError> {
+        let retry =
+            (self.proto > OLDEST_PROTOCOL_VERSION && self.path.is_some()).then(|| op.clone());
+        let err = match self.call_once(op).await {
+            Err(err) => err,
+            answered => return answered,
+        };
+        match (fallback_version(&err, self.proto), retry, self.path.clone()) {
+            (Some(proto), Some(op), Some(path)) => {
+                self.proto = proto;
+                self.stream = open(&path).await?;
+                self.pipeline.reset();
+                self.call_once(op).await
+            }
+            _ => Err(err),
+        }
+    }
+
+    async fn call_once(&mut self, op: Request) -> Result<Response, ClientError> {
+        let operation = op.operation();
         if let Err(err) = self.send(op).await {
             return Err(self.refusal_after(err).await);
         }
-        refusal_as_error(self.receive().await?.op)
+        refusal_as_error(self.receive().await?.op, operation)
     }
 
     /// After a failed send: the refusal the daemon left before closing, if
@@ -102,4 +149,14 @@ impl AsyncClient {
     }
 
     typed_operations!(tokio);
+}
+
+/// Connects to the daemon's socket at `path`.
+async fn open(path: &Path) -> Result<UnixStream, ClientError> {
+    UnixStream::connect(path)
+        .await
+        .map_err(|source| ClientError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })
 }

@@ -8,11 +8,16 @@ use std::time::Duration;
 
 use crate::bytes::{Ciphertext, SecretBytes};
 use crate::codec::{self, DEFAULT_MAX_FRAME, FrameBuf};
-use crate::error::{DecodeError, EncodeError, ErrorCode, FrameError};
-use crate::message::{
-    DataKey, EncryptionContext, Envelope, KeyInfo, Request, Response, StatusInfo, Unwrapped,
-    Wrapped,
+use crate::error::{
+    BINCODE_UNKNOWN_VARIANT, DecodeError, EncodeError, ErrorCode, FrameError, UNKNOWN_REQUEST,
 };
+use crate::message::{
+    DataKey, EncryptionContext, Envelope, KeyInfo, KeyPage, OLDEST_PROTOCOL_VERSION, Operation,
+    PROTOCOL_VERSION, Request, Response, StatusInfo, Unwrapped, Wrapped,
+};
+
+/// Keys a page that [`Client::list_keys`] asks for.
+pub const LIST_PAGE: u32 = 512;
 
 /// The typed operations, written once for the blocking client and once
 /// more, with `async`/`.await`, for the tokio client.
@@ -155,9 +160,46 @@ macro_rules! typed_operations {
         })$($await)*?)
     }
 
-    /// The keys this caller may see.
+    /// Every key this caller may see, in name order. Pages through the
+    /// daemon's list (protocol 2) with [`LIST_PAGE`] keys a page, halving
+    /// the page when one would exceed the daemon's frame limit; a
+    /// protocol-1 daemon answers every key at once.
     pub $($async)* fn list_keys(&mut self) -> Result<Vec<KeyInfo>, ClientError> {
-        expect::keys(self.call(Request::ListKeys)$($await)*?)
+        let mut keys = Vec::new();
+        let mut after = None;
+        let mut limit = LIST_PAGE;
+        loop {
+            let page = match self.list_page(after.clone(), Some(limit))$($await)* {
+                Err(e) if e.code() == Some(ErrorCode::FrameTooLarge) && limit > 1 => {
+                    limit /= 2;
+                    continue;
+                }
+                Err(ClientError::DaemonTooOld { .. })
+                    if after.is_none() && self.protocol() == crate::v1::VERSION =>
+                {
+                    self.list_page(None, None)$($await)*?
+                }
+                page => page?,
+            };
+            keys.extend(page.keys);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(keys),
+            }
+        }
+    }
+
+    /// One page of the keys this caller may see: at most `limit` keys
+    /// (`None`: all) whose names follow `after` (`None`: from the first).
+    /// Pass the page's [`KeyPage::next`] as `after` for the next page. A
+    /// protocol-1 daemon can only answer `after: None, limit: None`; other
+    /// pages are [`ClientError::DaemonTooOld`] there.
+    pub $($async)* fn list_page(
+        &mut self,
+        after: Option<String>,
+        limit: Option<u32>,
+    ) -> Result<KeyPage, ClientError> {
+        expect::keys(self.call(Request::ListKeys { after, limit })$($await)*?)
     }
 
     /// Metadata of `key`.
@@ -216,6 +258,16 @@ pub enum ClientError {
         /// The kind that came.
         got: &'static str,
     },
+    /// The request cannot be expressed in the protocol the daemon speaks,
+    /// or the daemon does not know it (it answered `BadRequest` saying so):
+    /// the daemon is older than this client.
+    #[error("daemon too old for {operation}: {reason}; upgrade hostkmsd")]
+    DaemonTooOld {
+        /// The operation the daemon cannot perform.
+        operation: Operation,
+        /// Why: the version the daemon speaks, or the daemon's answer.
+        reason: String,
+    },
     /// The response's id does not match the request's.
     #[error("response id {got} does not match request id {expected}")]
     IdMismatch {
@@ -255,11 +307,21 @@ fn connect_hint(err: &io::Error) -> String {
 ///
 /// Requests are answered in order, so a caller may [`send`](Client::send)
 /// several and then [`receive`](Client::receive) their answers.
+///
+/// A client speaks the newest protocol version both sides know: it sends
+/// version [`PROTOCOL_VERSION`] and, when the daemon answers
+/// `UnsupportedVersion` to a [`call`](Client::call), reconnects (the daemon
+/// closed the connection), speaks the daemon's newest version from then on
+/// and sends the request once more. A client made with
+/// [`from_stream`](Client::from_stream) has no path to reconnect to and
+/// returns that answer instead.
 #[derive(Debug)]
 pub struct Client {
     stream: UnixStream,
     pipeline: Pipeline,
     max_frame: u32,
+    proto: u16,
+    path: Option<PathBuf>,
 }
 
 /// Request ids of one connection: the next to assign, and those sent and
@@ -278,10 +340,13 @@ impl Pipeline {
         }
     }
 
-    /// The frame of `op` under a fresh id, and that id.
+    /// The frame of `op` in protocol `proto` under a fresh id, and that id.
+    /// A request `proto` cannot express is [`ClientError::DaemonTooOld`]
+    /// (the client speaks an older version only to an older daemon).
     pub(crate) fn frame(
         &mut self,
         op: Request,
+        proto: u16,
         max_frame: u32,
     ) -> Result<(u64, codec::FrameBuf), ClientError> {
         let id = self.next_id;
@@ -290,7 +355,20 @@ impl Pipeline {
             .next_id
             .checked_add(1)
             .unwrap_or(CONNECTION_REFUSAL_ID + 1);
-        Ok((id, codec::encode_frame(&Envelope::new(id, op), max_frame)?))
+        let operation = op.operation();
+        match codec::encode_request(Envelope { proto, id, op }, max_frame) {
+            Ok(frame) => Ok((id, frame)),
+            Err(EncodeError::NotInVersion { proto, reason }) => Err(ClientError::DaemonTooOld {
+                operation,
+                reason: format!("the daemon speaks protocol version {proto}, which {reason}"),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Forgets the requests in flight: their connection is gone.
+    pub(crate) fn reset(&mut self) {
+        self.in_flight.clear();
     }
 
     /// Records that the request `id` went out.
@@ -305,7 +383,7 @@ impl Pipeline {
     /// "Refusals"): it is taken as the answer to the oldest request, since
     /// this client never sends id 0.
     pub(crate) fn answer(&mut self, body: &[u8]) -> Result<Envelope<Response>, ClientError> {
-        let envelope: Envelope<Response> = codec::decode_body(body)?;
+        let envelope = codec::decode_response(body)?;
         let refuses_connection =
             envelope.id == CONNECTION_REFUSAL_ID && matches!(envelope.op, Response::Error(_));
         match self.in_flight.pop_front() {
@@ -338,7 +416,7 @@ pub(crate) fn left_refusal(
     left: Result<Option<FrameBuf>, FrameError>,
     err: ClientError,
 ) -> ClientError {
-    match left.map(|body| body.map(|body| codec::decode_body::<Response>(&body))) {
+    match left.map(|body| body.map(|body| codec::decode_response(&body))) {
         Ok(Some(Ok(Envelope {
             op: Response::Error(reply),
             ..
@@ -350,9 +428,25 @@ pub(crate) fn left_refusal(
     }
 }
 
-/// A response, or the daemon's refusal as [`ClientError::Daemon`].
-pub(crate) fn refusal_as_error(response: Response) -> Result<Response, ClientError> {
+/// A response, or the daemon's refusal as [`ClientError::Daemon`]; a
+/// `BadRequest` that says the daemon does not know the request (this
+/// library's [`UNKNOWN_REQUEST`], or bincode's text from a protocol-1
+/// daemon) is [`ClientError::DaemonTooOld`].
+pub(crate) fn refusal_as_error(
+    response: Response,
+    operation: Operation,
+) -> Result<Response, ClientError> {
     match response {
+        Response::Error(reply)
+            if reply.code == ErrorCode::BadRequest
+                && (reply.message.contains(UNKNOWN_REQUEST)
+                    || reply.message.contains(BINCODE_UNKNOWN_VARIANT)) =>
+        {
+            Err(ClientError::DaemonTooOld {
+                operation,
+                reason: format!("it does not know the request ({})", reply.message),
+            })
+        }
         Response::Error(reply) => Err(ClientError::Daemon {
             code: reply.code,
             message: reply.message,
@@ -361,23 +455,50 @@ pub(crate) fn refusal_as_error(response: Response) -> Result<Response, ClientErr
     }
 }
 
+/// The version to retry in after `err` answered a request sent in `proto`:
+/// the newest the daemon speaks, when `err` is `UnsupportedVersion` and
+/// that is older than `proto` and one this library speaks. The daemon's
+/// message names its range as "versions OLDEST to NEWEST" (the spec's
+/// rule, and the text of every daemon since version 1); without that, the
+/// version below `proto`.
+pub(crate) fn fallback_version(err: &ClientError, proto: u16) -> Option<u16> {
+    let ClientError::Daemon {
+        code: ErrorCode::UnsupportedVersion,
+        message,
+    } = err
+    else {
+        return None;
+    };
+    let newest = message
+        .rsplit_once(" to ")
+        .and_then(|(_, rest)| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<u16>().ok()
+        })
+        .unwrap_or(proto.saturating_sub(1));
+    (OLDEST_PROTOCOL_VERSION..proto)
+        .contains(&newest)
+        .then_some(newest)
+}
+
 impl Client {
     /// Connects to the daemon's socket at `path`.
     pub fn connect(path: impl AsRef<Path>) -> Result<Client, ClientError> {
         let path = path.as_ref();
-        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Ok(Client::from_stream(stream))
+        let mut client = Client::from_stream(open(path)?);
+        client.path = Some(path.to_path_buf());
+        Ok(client)
     }
 
-    /// Uses an already connected stream.
+    /// Uses an already connected stream (no fallback to an older protocol
+    /// version: that needs a new connection, see [`Client`]).
     pub fn from_stream(stream: UnixStream) -> Client {
         Client {
             stream,
             pipeline: Pipeline::new(),
             max_frame: DEFAULT_MAX_FRAME,
+            proto: PROTOCOL_VERSION,
+            path: None,
         }
     }
 
@@ -388,9 +509,33 @@ impl Client {
         Ok(())
     }
 
+    /// Sets the largest frame body this client sends or accepts (default
+    /// [`DEFAULT_MAX_FRAME`]); raise it, with the daemon's `max_frame`, to
+    /// exchange larger messages.
+    pub fn set_max_frame(&mut self, max_frame: u32) {
+        self.max_frame = max_frame;
+    }
+
+    /// The largest frame body this client sends or accepts.
+    pub fn max_frame(&self) -> u32 {
+        self.max_frame
+    }
+
+    /// The protocol version this client speaks on its connection: the
+    /// newest it knows, or the daemon's newest once it fell back to it.
+    pub fn protocol(&self) -> u16 {
+        self.proto
+    }
+
+    /// Speaks protocol version `proto` from now on (no negotiation): for
+    /// tests, and for a caller that knows its daemon's version.
+    pub fn set_protocol(&mut self, proto: u16) {
+        self.proto = proto;
+    }
+
     /// Sends a request without waiting for its answer; returns its id.
     pub fn send(&mut self, op: Request) -> Result<u64, ClientError> {
-        let (id, frame) = self.pipeline.frame(op, self.max_frame)?;
+        let (id, frame) = self.pipeline.frame(op, self.proto, self.max_frame)?;
         self.stream.write_all(&frame)?;
         self.pipeline.sent(id);
         Ok(id)
@@ -406,11 +551,34 @@ impl Client {
     /// Sends one request and waits for its answer; a refusal becomes
     /// [`ClientError::Daemon`]. When the daemon closed the connection before
     /// the request went out, the refusal it left (e.g. `Busy`) is returned.
+    /// When the daemon speaks only an older protocol version, the client
+    /// reconnects and retries once in that version (see [`Client`]).
     pub fn call(&mut self, op: Request) -> Result<Response, ClientError> {
+        let retry =
+            (self.proto > OLDEST_PROTOCOL_VERSION && self.path.is_some()).then(|| op.clone());
+        let err = match self.call_once(op) {
+            Err(err) => err,
+            answered => return answered,
+        };
+        match (fallback_version(&err, self.proto), retry, self.path.clone()) {
+            (Some(proto), Some(op), Some(path)) => {
+                let timeout = self.stream.read_timeout()?;
+                self.proto = proto;
+                self.stream = open(&path)?;
+                self.pipeline.reset();
+                self.set_timeout(timeout)?;
+                self.call_once(op)
+            }
+            _ => Err(err),
+        }
+    }
+
+    fn call_once(&mut self, op: Request) -> Result<Response, ClientError> {
+        let operation = op.operation();
         if let Err(err) = self.send(op) {
             return Err(self.refusal_after(err));
         }
-        refusal_as_error(self.receive()?.op)
+        refusal_as_error(self.receive()?.op, operation)
     }
 
     /// After a failed send: the refusal the daemon left before closing, if
@@ -425,10 +593,18 @@ impl Client {
     typed_operations!(blocking);
 }
 
+/// Connects to the daemon's socket at `path`.
+fn open(path: &Path) -> Result<UnixStream, ClientError> {
+    UnixStream::connect(path).map_err(|source| ClientError::Connect {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Turns a response into the value a request calls for.
 pub(crate) mod expect {
     use super::ClientError;
-    use crate::message::{DataKey, KeyInfo, Response, StatusInfo, Unwrapped, Wrapped};
+    use crate::message::{DataKey, KeyInfo, KeyPage, Response, StatusInfo, Unwrapped, Wrapped};
 
     fn unexpected(expected: &'static str, got: &Response) -> ClientError {
         ClientError::UnexpectedResponse {
@@ -458,9 +634,9 @@ pub(crate) mod expect {
         }
     }
 
-    pub fn keys(response: Response) -> Result<Vec<KeyInfo>, ClientError> {
+    pub fn keys(response: Response) -> Result<KeyPage, ClientError> {
         match response {
-            Response::Keys(keys) => Ok(keys),
+            Response::Keys(page) => Ok(page),
             other => Err(unexpected("Keys", &other)),
         }
     }

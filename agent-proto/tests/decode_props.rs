@@ -9,7 +9,7 @@ use std::io::Cursor;
 
 use agent_proto::codec::{self, DEFAULT_MAX_FRAME, LENGTH_PREFIX};
 use agent_proto::{
-    Ciphertext, EncryptionContext, Envelope, FrameError, Request, Response, SecretBytes,
+    Ciphertext, EncryptionContext, Envelope, FrameError, Request, Response, SecretBytes, v1,
 };
 use proptest::prelude::*;
 
@@ -80,7 +80,11 @@ fn arbitrary_request() -> impl Strategy<Value = Request> {
     prop_oneof![
         Just(Request::Ping),
         Just(Request::Status),
-        Just(Request::ListKeys),
+        (
+            proptest::option::of(name),
+            proptest::option::of(any::<u32>())
+        )
+            .prop_map(|(after, limit)| Request::ListKeys { after, limit }),
         name.prop_map(|name| Request::CreateKey { name }),
         (name, bytes.clone(), arbitrary_context()).prop_map(|(key, plaintext, context)| {
             Request::Wrap {
@@ -123,32 +127,35 @@ fn arbitrary_request() -> impl Strategy<Value = Request> {
     ]
 }
 
+/// Every decoder a body may meet: the current shapes, and each version's.
+fn decode_every_way(body: &[u8]) {
+    let _ = codec::decode_body::<Request>(body);
+    let _ = codec::decode_body::<Response>(body);
+    let _ = codec::decode_request(body);
+    let _ = codec::decode_response(body);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
     #[test]
     fn arbitrary_bodies_never_panic_or_overallocate(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
-        let peak = peak_heap(|| {
-            let _ = codec::decode_body::<Request>(&body);
-            let _ = codec::decode_body::<Response>(&body);
-        });
+        let peak = peak_heap(|| decode_every_way(&body));
         prop_assert!(peak <= allowed_peak(body.len()), "decode held {peak} bytes for a {}-byte body", body.len());
     }
 
     #[test]
     fn bodies_behind_a_valid_header_never_panic_or_overallocate(
+        proto in 1u16..=2,
         variant in 0u32..20,
         rest in proptest::collection::vec(any::<u8>(), 0..1024),
     ) {
         // A valid envelope header so the decoder gets past the version check.
-        let mut body = 1u16.to_le_bytes().to_vec();
+        let mut body = proto.to_le_bytes().to_vec();
         body.extend_from_slice(&3u64.to_le_bytes());
         body.extend_from_slice(&variant.to_le_bytes());
         body.extend_from_slice(&rest);
-        let peak = peak_heap(|| {
-            let _ = codec::decode_body::<Request>(&body);
-            let _ = codec::decode_body::<Response>(&body);
-        });
+        let peak = peak_heap(|| decode_every_way(&body));
         prop_assert!(peak <= allowed_peak(body.len()), "decode held {peak} bytes for a {}-byte body", body.len());
     }
 
@@ -225,7 +232,7 @@ proptest! {
             body[at] ^= mask;
         }
         body.truncate(cut % (body.len() + 1));
-        let peak = peak_heap(|| { let _ = codec::decode_body::<Request>(&body); });
+        let peak = peak_heap(|| decode_every_way(&body));
         prop_assert!(peak <= allowed_peak(body.len()));
     }
 }
@@ -237,7 +244,7 @@ fn the_meter_sees_a_large_allocation() {
     assert!(peak >= 3 << 20, "meter saw only {peak} bytes");
     let body = {
         let frame = codec::encode_frame(
-            &Envelope::new(1, Response::Keys(Vec::new())),
+            &Envelope::new(1, v1::Response::Keys(Vec::new())),
             DEFAULT_MAX_FRAME,
         )
         .unwrap();
@@ -246,8 +253,8 @@ fn the_meter_sees_a_large_allocation() {
         // count of 1 with no key after it is refused.
         let n = body.len();
         assert_eq!(
-            codec::decode_body::<Response>(&body).expect("the unpatched body decodes"),
-            Envelope::new(1, Response::Keys(Vec::new())),
+            codec::decode_body::<v1::Response>(&body).expect("the unpatched body decodes"),
+            Envelope::new(1, v1::Response::Keys(Vec::new())),
         );
         assert_eq!(
             body[n - 8..],
@@ -256,7 +263,7 @@ fn the_meter_sees_a_large_allocation() {
         );
         body[n - 8..].copy_from_slice(&1u64.to_le_bytes());
         assert!(
-            codec::decode_body::<Response>(&body).is_err(),
+            codec::decode_body::<v1::Response>(&body).is_err(),
             "the last 8 bytes are the key count"
         );
         // Claim 2^40 keys: serde may pre-size, but within the frame limit.
@@ -265,7 +272,7 @@ fn the_meter_sees_a_large_allocation() {
     };
     let mut decoded = None;
     let peak = peak_heap(|| {
-        decoded = Some(codec::decode_body::<Response>(&body).is_err());
+        decoded = Some(codec::decode_body::<v1::Response>(&body).is_err());
     });
     assert_eq!(decoded, Some(true), "a claim of 2^40 keys is refused");
     assert!(peak <= allowed_peak(body.len()), "decode held {peak} bytes");
