@@ -160,3 +160,43 @@ async fn open(path: &Path) -> Result<UnixStream, ClientError> {
             source,
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::tests::{Fake, NAMES, paging_daemon};
+
+    #[tokio::test]
+    async fn the_async_client_falls_back_to_version_1_and_lists_every_key() {
+        let daemon = Fake::start(1, paging_daemon);
+        let mut client = AsyncClient::connect(&daemon.path).await.unwrap();
+        client.ping().await.unwrap();
+        assert_eq!(client.protocol(), 1);
+        let names: Vec<String> = client
+            .list_keys()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.name)
+            .collect();
+        assert_eq!(names, NAMES);
+        assert!(daemon.seen().iter().all(|(proto, _)| *proto == 1));
+    }
+
+    #[tokio::test]
+    async fn the_async_client_pages_a_version_2_daemon() {
+        let daemon = Fake::start(2, paging_daemon);
+        let mut client = AsyncClient::connect(&daemon.path).await.unwrap();
+        client.set_max_frame(4 << 20);
+        assert_eq!(client.max_frame(), 4 << 20);
+        let names: Vec<String> = client
+            .list_keys()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.name)
+            .collect();
+        assert_eq!(names, NAMES);
+        assert_eq!(client.protocol(), 2);
+    }
+}

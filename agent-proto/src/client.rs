@@ -664,7 +664,7 @@ pub(crate) mod expect {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::message::ErrorReply;
 
@@ -712,5 +712,233 @@ mod tests {
         let mut client = Client::from_stream(ours);
         let err = client.ping().unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::Busy), "{err}");
+    }
+
+    /// A fake daemon on a socket in a fresh directory: it serves
+    /// connections one after another, speaking versions 1 to `newest` as
+    /// `answer` says, and records the `proto` and request of every frame.
+    /// Like a real daemon, it answers a version it does not speak with
+    /// `UnsupportedVersion` and closes the connection.
+    pub(crate) struct Fake {
+        pub(crate) path: PathBuf,
+        seen: std::sync::Arc<std::sync::Mutex<Vec<(u16, Request)>>>,
+    }
+
+    impl Fake {
+        pub(crate) fn start(newest: u16, answer: fn(&Request) -> Response) -> Fake {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "agent-proto-fake-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir(&dir).unwrap();
+            let path = dir.join("sock");
+            let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+            let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let log = std::sync::Arc::clone(&seen);
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let mut stream = stream.unwrap();
+                    while let Ok(Some(body)) = codec::read_frame(&mut stream, DEFAULT_MAX_FRAME) {
+                        let proto = u16::from_le_bytes([body[0], body[1]]);
+                        let id = u64::from_le_bytes(body[2..10].try_into().unwrap());
+                        if proto > newest {
+                            let refusal = Response::error(
+                                ErrorCode::UnsupportedVersion,
+                                format!(
+                                    "protocol version {proto} is not supported; this side speaks versions 1 to {newest}"
+                                ),
+                            );
+                            let frame = codec::encode_response(
+                                Envelope {
+                                    proto: 1,
+                                    id,
+                                    op: refusal,
+                                },
+                                DEFAULT_MAX_FRAME,
+                            )
+                            .unwrap();
+                            stream.write_all(&frame).unwrap();
+                            break;
+                        }
+                        let request = codec::decode_request(&body).unwrap();
+                        log.lock().unwrap().push((proto, request.op.clone()));
+                        let op = answer(&request.op);
+                        let frame =
+                            codec::encode_response(Envelope { proto, id, op }, DEFAULT_MAX_FRAME)
+                                .unwrap();
+                        stream.write_all(&frame).unwrap();
+                    }
+                }
+            });
+            Fake { path, seen }
+        }
+
+        pub(crate) fn seen(&self) -> Vec<(u16, Request)> {
+            self.seen.lock().unwrap().clone()
+        }
+    }
+
+    impl Drop for Fake {
+        fn drop(&mut self) {
+            if let Some(dir) = self.path.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    fn key(name: &str) -> KeyInfo {
+        KeyInfo {
+            id: [1; 16],
+            name: name.to_string(),
+            created: 0,
+            state: crate::message::KeyState::Enabled,
+            latest_version: 1,
+            min_decryption_version: 1,
+            versions: Vec::new(),
+        }
+    }
+
+    pub(crate) const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
+
+    /// Pages of [`NAMES`] as a daemon of version 2 answers them; a page of
+    /// more than 2 keys "exceeds the frame".
+    pub(crate) fn paging_daemon(request: &Request) -> Response {
+        match request {
+            Request::Ping => Response::Pong,
+            Request::ListKeys {
+                limit: Some(limit), ..
+            } if *limit > 2 => Response::error(ErrorCode::FrameTooLarge, "page too large"),
+            Request::ListKeys { after, limit } => {
+                let rest: Vec<_> = NAMES
+                    .iter()
+                    .filter(|name| after.as_deref().is_none_or(|after| **name > after))
+                    .collect();
+                let take = limit.map_or(rest.len(), |l| l as usize).min(rest.len());
+                let keys: Vec<KeyInfo> = rest[..take].iter().map(|name| key(name)).collect();
+                let next = (take < rest.len()).then(|| keys[take - 1].name.clone());
+                Response::Keys(KeyPage { keys, next })
+            }
+            _ => Response::error(ErrorCode::NotImplemented, "fake"),
+        }
+    }
+
+    #[test]
+    fn a_client_falls_back_to_a_version_1_daemon_and_stays_there() {
+        let daemon = Fake::start(1, paging_daemon);
+        let mut client = Client::connect(&daemon.path).unwrap();
+        assert_eq!(client.protocol(), PROTOCOL_VERSION);
+        client.ping().unwrap();
+        assert_eq!(client.protocol(), 1);
+        client.ping().unwrap();
+        assert_eq!(
+            daemon.seen(),
+            vec![(1, Request::Ping), (1, Request::Ping)],
+            "the version-2 frame was refused, then every request went in version 1"
+        );
+    }
+
+    #[test]
+    fn list_keys_on_a_version_1_daemon_gets_every_key_at_once() {
+        let daemon = Fake::start(1, paging_daemon);
+        let mut client = Client::connect(&daemon.path).unwrap();
+        let names: Vec<String> = client
+            .list_keys()
+            .unwrap()
+            .into_iter()
+            .map(|k| k.name)
+            .collect();
+        assert_eq!(names, NAMES);
+        let all = Request::ListKeys {
+            after: None,
+            limit: None,
+        };
+        assert_eq!(daemon.seen(), vec![(1, all)]);
+    }
+
+    #[test]
+    fn a_page_a_version_1_daemon_cannot_serve_is_daemon_too_old_and_not_sent() {
+        let daemon = Fake::start(1, paging_daemon);
+        let mut client = Client::connect(&daemon.path).unwrap();
+        let err = client.list_page(Some("a".into()), Some(2)).unwrap_err();
+        assert!(matches!(err, ClientError::DaemonTooOld { .. }), "{err:?}");
+        assert!(err.to_string().contains("upgrade hostkmsd"), "{err}");
+        assert!(daemon.seen().is_empty(), "{:?}", daemon.seen());
+    }
+
+    #[test]
+    fn list_keys_pages_and_halves_a_page_that_exceeds_the_frame() {
+        let daemon = Fake::start(2, paging_daemon);
+        let mut client = Client::connect(&daemon.path).unwrap();
+        let names: Vec<String> = client
+            .list_keys()
+            .unwrap()
+            .into_iter()
+            .map(|k| k.name)
+            .collect();
+        assert_eq!(names, NAMES);
+        let seen = daemon.seen();
+        assert!(seen.iter().all(|(proto, _)| *proto == 2), "{seen:?}");
+        // 512, 256, ..., 4 refused; then pages of 2: a-b, c-d, e.
+        let limits: Vec<_> = seen
+            .iter()
+            .map(|(_, request)| match request {
+                Request::ListKeys { limit, .. } => limit.unwrap(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(limits, [512, 256, 128, 64, 32, 16, 8, 4, 2, 2, 2]);
+    }
+
+    #[test]
+    fn a_client_without_a_path_does_not_fall_back() {
+        let daemon = Fake::start(1, paging_daemon);
+        let mut client = Client::from_stream(UnixStream::connect(&daemon.path).unwrap());
+        let err = client.ping().unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::UnsupportedVersion), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_request_answer_is_daemon_too_old() {
+        for message in [
+            // This daemon's words, and bincode's from a protocol-1 daemon.
+            "unknown request variant 14 in protocol version 2 (this side knows 0 to 13): ...",
+            "malformed message: invalid value: integer `14`, expected variant index 0 <= i < 14",
+        ] {
+            let err = refusal_as_error(
+                Response::error(ErrorCode::BadRequest, message),
+                Operation::Ping,
+            )
+            .unwrap_err();
+            assert!(matches!(err, ClientError::DaemonTooOld { .. }), "{err:?}");
+        }
+        let err = refusal_as_error(
+            Response::error(ErrorCode::BadRequest, "malformed message: io error"),
+            Operation::Ping,
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::BadRequest));
+    }
+
+    #[test]
+    fn the_fallback_version_is_the_daemons_newest_below_ours() {
+        let refusal = |message: &str| ClientError::Daemon {
+            code: ErrorCode::UnsupportedVersion,
+            message: message.to_string(),
+        };
+        let v1_words = "protocol version 2 is not supported; this side speaks versions 1 to 1";
+        assert_eq!(fallback_version(&refusal(v1_words), 2), Some(1));
+        assert_eq!(fallback_version(&refusal("no range given"), 2), Some(1));
+        assert_eq!(fallback_version(&refusal(v1_words), 1), None);
+        let newer = "protocol version 2 is not supported; this side speaks versions 3 to 4";
+        assert_eq!(fallback_version(&refusal(newer), 2), None);
+        let busy = ClientError::Daemon {
+            code: ErrorCode::Busy,
+            message: v1_words.to_string(),
+        };
+        assert_eq!(fallback_version(&busy, 2), None);
     }
 }
