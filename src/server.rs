@@ -615,14 +615,13 @@ async fn answer(body: &FrameBuf, peer: &Peer, service: &Service, max_frame: u32)
         Ok(request) => request,
         Err(e) => {
             service.refused_frame(peer, e.code(), &e);
-            let head = RequestHead {
+            let head = e.request_id().map(|id| RequestHead {
                 proto: body
                     .get(..2)
                     .and_then(|b| b.try_into().ok())
                     .map(u16::from_le_bytes),
-                id: e.request_id().unwrap_or(0),
-            };
-            let head = e.request_id().map(|_| head);
+                id,
+            });
             return (
                 Reply::Rejection(rejection(head, e.code(), e.to_string())),
                 false,

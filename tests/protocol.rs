@@ -188,6 +188,12 @@ fn the_specs_version_1_frames_work_against_a_version_2_daemon() {
     let names: Vec<&str> = page.keys.iter().map(|key| key.name.as_str()).collect();
     assert_eq!(names, ["app-dc"]);
     assert_eq!(page.next.as_deref(), Some("app-dc"));
+
+    // A page of no keys is a mistake, not an empty answer.
+    let err = admin.list_page(None, Some(0)).unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidArgument), "{err}");
+    let after_last = admin.list_page(Some("app-dd".into()), Some(5)).unwrap();
+    assert!(after_last.keys.is_empty() && after_last.next.is_none());
 }
 
 /// How many keys the large-store test makes.
@@ -338,7 +344,13 @@ fn ten_thousand_keys_page_for_version_2_and_are_a_clear_audited_error_for_versio
     assert_eq!(last.keys.len(), 1);
     assert_eq!(last.next, None);
 
-    // So does the CLI's `list`.
+    // Asking version 2 for every key at once is the same clear error, with
+    // what to do instead.
+    let err = admin.list_page(None, None).unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::FrameTooLarge), "{err}");
+    assert!(err.to_string().contains("fewer keys a page"), "{err}");
+
+    // The CLI's `list` pages too.
     let out = common::ok(common::cli(&files.socket, &["list", "--json"]));
     let listed: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
     let listed = listed.as_array().expect("an array of keys");
@@ -381,13 +393,12 @@ fn ten_thousand_keys_page_for_version_2_and_are_a_clear_audited_error_for_versio
         .collect();
     assert_eq!(
         failed_lists.len(),
-        1,
-        "the version-1 ListKeys is audited as failed: {failed_lists:#?}"
+        2,
+        "the version-1 ListKeys and the all-at-once version-2 one are audited as failed: {failed_lists:#?}"
     );
-    assert_eq!(
-        field(failed_lists[0], "HOSTKMS_ERROR"),
-        Some("frame-too-large")
-    );
+    for failed in failed_lists {
+        assert_eq!(field(failed, "HOSTKMS_ERROR"), Some("frame-too-large"));
+    }
     eprintln!(
         "{MANY} keys: daemon ready in {:.1} s, listed by version 2 in pages in {:.2} s",
         ready_in.as_secs_f64(),
