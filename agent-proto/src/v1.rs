@@ -24,72 +24,112 @@ pub const REQUEST_VARIANTS: u32 = 14;
 
 /// A version-1 request: [`crate::Request`] as it was, with `ListKeys`
 /// without fields (every key in one answer).
-#[allow(missing_docs)] // the fields are those of crate::Request
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
+    /// As [`crate::Request::Ping`].
     Ping,
+    /// As [`crate::Request::Status`].
     Status,
+    /// As [`crate::Request::CreateKey`].
     CreateKey {
+        /// As in [`crate::Request::CreateKey`].
         name: String,
     },
+    /// As [`crate::Request::Wrap`].
     Wrap {
+        /// As in [`crate::Request::Wrap`].
         key: String,
+        /// As in [`crate::Request::Wrap`].
         plaintext: SecretBytes,
+        /// As in [`crate::Request::Wrap`].
         context: EncryptionContext,
     },
+    /// As [`crate::Request::Unwrap`].
     Unwrap {
+        /// As in [`crate::Request::Unwrap`].
         ciphertext: Ciphertext,
+        /// As in [`crate::Request::Unwrap`].
         context: EncryptionContext,
+        /// As in [`crate::Request::Unwrap`].
         key: Option<String>,
     },
+    /// As [`crate::Request::GenerateDataKey`].
     GenerateDataKey {
+        /// As in [`crate::Request::GenerateDataKey`].
         key: String,
+        /// As in [`crate::Request::GenerateDataKey`].
         bytes: u16,
+        /// As in [`crate::Request::GenerateDataKey`].
         include_plaintext: bool,
+        /// As in [`crate::Request::GenerateDataKey`].
         context: EncryptionContext,
     },
+    /// As [`crate::Request::Rewrap`].
     Rewrap {
+        /// As in [`crate::Request::Rewrap`].
         ciphertext: Ciphertext,
+        /// As in [`crate::Request::Rewrap`].
         context: EncryptionContext,
+        /// As in [`crate::Request::Rewrap`].
         key: Option<String>,
     },
+    /// As [`crate::Request::Rotate`].
     Rotate {
+        /// As in [`crate::Request::Rotate`].
         key: String,
     },
+    /// As [`crate::Request::Revoke`].
     Revoke {
+        /// As in [`crate::Request::Revoke`].
         key: String,
+        /// As in [`crate::Request::Revoke`].
         version: Option<u32>,
     },
+    /// As [`crate::Request::Disable`].
     Disable {
+        /// As in [`crate::Request::Disable`].
         key: String,
     },
+    /// As [`crate::Request::Enable`].
     Enable {
+        /// As in [`crate::Request::Enable`].
         key: String,
     },
+    /// As [`crate::Request::SetMinDecryptionVersion`].
     SetMinDecryptionVersion {
+        /// As in [`crate::Request::SetMinDecryptionVersion`].
         key: String,
+        /// As in [`crate::Request::SetMinDecryptionVersion`].
         version: u32,
     },
     /// Every key the caller may see, in one answer.
     ListKeys,
+    /// As [`crate::Request::DescribeKey`].
     DescribeKey {
+        /// As in [`crate::Request::DescribeKey`].
         key: String,
     },
 }
 
 /// A version-1 response: [`crate::Response`] as it was, with `Keys`
 /// carrying every key and no page.
-#[allow(missing_docs)] // the fields are those of crate::Response
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
+    /// As [`crate::Response::Pong`].
     Pong,
+    /// As [`crate::Response::Status`].
     Status(StatusInfo),
+    /// As [`crate::Response::Key`].
     Key(KeyInfo),
     /// Every key the caller may see.
     Keys(Vec<KeyInfo>),
+    /// As [`crate::Response::Wrapped`].
     Wrapped(Wrapped),
+    /// As [`crate::Response::Unwrapped`].
     Unwrapped(Unwrapped),
+    /// As [`crate::Response::DataKey`].
     DataKey(DataKey),
+    /// As [`crate::Response::Error`].
     Error(ErrorReply),
 }
 
