@@ -3,7 +3,14 @@
 //!
 //! The order of enum variants and struct fields is the wire format (bincode
 //! encodes a variant by its index and a struct field by its position): append,
-//! never reorder or remove. The README of this crate is the specification.
+//! never reorder or remove. The README of this crate is the specification;
+//! its "Compatibility and evolution" section says what needs a new protocol
+//! version. In short: a new request variant is appended here (and refused
+//! as `NotInV1` by the conversion to every older version, which the
+//! compiler asks for); any other change to a shape bumps
+//! [`PROTOCOL_VERSION`], after the shape as it was is copied into a frozen
+//! module like [`crate::v1`], with conversions, and the codec's versioned
+//! functions learn the new number.
 
 use std::collections::BTreeMap;
 use std::fmt;
