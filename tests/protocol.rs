@@ -189,6 +189,16 @@ fn the_specs_version_1_frames_work_against_a_version_2_daemon() {
     assert_eq!(names, ["app-dc"]);
     assert_eq!(page.next.as_deref(), Some("app-dc"));
 
+    // The CLI's frame limit is settable, within the daemon's own bounds.
+    let out = common::cli(&files.socket, &["--max-frame", "1000", "ping"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = common::ok(common::cli(
+        &files.socket,
+        &["--max-frame", "4194304", "list", "--json"],
+    ));
+    let listed: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
+    assert_eq!(listed.as_array().map(Vec::len), Some(3));
+
     // A page of no keys is a mistake, not an empty answer.
     let err = admin.list_page(None, Some(0)).unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::InvalidArgument), "{err}");
