@@ -8,8 +8,8 @@ use tokio::net::UnixStream;
 
 use crate::bytes::{Ciphertext, SecretBytes};
 use crate::client::{
-    ClientError, LIST_PAGE, Pipeline, closed_by_daemon, expect, fallback_version, left_refusal,
-    refusal_as_error, typed_operations,
+    ClientError, LIST_PAGE, Pipeline, closed_by_daemon, closes_connection, expect,
+    fallback_version, left_refusal, refusal_as_error, typed_operations,
 };
 use crate::codec::{self, DEFAULT_MAX_FRAME};
 use crate::error::ErrorCode;
@@ -46,6 +46,9 @@ pub struct AsyncClient {
     max_frame: u32,
     proto: u16,
     path: Option<PathBuf>,
+    /// The daemon closed the connection after `BadRequest`: the next call
+    /// opens a new one (when the client has a path).
+    reopen: bool,
 }
 
 impl AsyncClient {
@@ -66,6 +69,7 @@ impl AsyncClient {
             max_frame: DEFAULT_MAX_FRAME,
             proto: PROTOCOL_VERSION,
             path: None,
+            reopen: false,
         }
     }
 
@@ -113,6 +117,9 @@ impl AsyncClient {
     /// When the daemon speaks only an older protocol version, the client
     /// reconnects and retries once in that version.
     pub async fn call(&mut self, op: Request) -> Result<Response, ClientError> {
+        if let (true, Some(path)) = (self.reopen, self.path.clone()) {
+            self.reconnect(&path).await?;
+        }
         let retry =
             (self.proto > OLDEST_PROTOCOL_VERSION && self.path.is_some()).then(|| op.clone());
         let err = match self.call_once(op).await {
@@ -122,12 +129,19 @@ impl AsyncClient {
         match (fallback_version(&err, self.proto), retry, self.path.clone()) {
             (Some(proto), Some(op), Some(path)) => {
                 self.proto = proto;
-                self.stream = open(&path).await?;
-                self.pipeline.reset();
+                self.reconnect(&path).await?;
                 self.call_once(op).await
             }
             _ => Err(err),
         }
+    }
+
+    /// Replaces the connection the daemon closed with a new one.
+    async fn reconnect(&mut self, path: &Path) -> Result<(), ClientError> {
+        self.stream = open(path).await?;
+        self.pipeline.reset();
+        self.reopen = false;
+        Ok(())
     }
 
     async fn call_once(&mut self, op: Request) -> Result<Response, ClientError> {
@@ -135,7 +149,9 @@ impl AsyncClient {
         if let Err(err) = self.send(op).await {
             return Err(self.refusal_after(err).await);
         }
-        refusal_as_error(self.receive().await?.op, operation)
+        let answer = self.receive().await?.op;
+        self.reopen = closes_connection(&answer);
+        refusal_as_error(answer, operation)
     }
 
     /// After a failed send: the refusal the daemon left before closing, if
@@ -164,7 +180,7 @@ async fn open(path: &Path) -> Result<UnixStream, ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::tests::{Fake, NAMES, paging_daemon};
+    use crate::client::tests::{Fake, NAMES, paging_daemon, too_old_for_rotate};
 
     #[tokio::test]
     async fn the_async_client_falls_back_to_version_1_and_lists_every_key() {
@@ -181,6 +197,15 @@ mod tests {
             .collect();
         assert_eq!(names, NAMES);
         assert!(daemon.seen().iter().all(|(proto, _)| *proto == 1));
+    }
+
+    #[tokio::test]
+    async fn after_daemon_too_old_the_async_client_reconnects() {
+        let daemon = Fake::start(2, too_old_for_rotate);
+        let mut client = AsyncClient::connect(&daemon.path).await.unwrap();
+        let err = client.rotate("a").await.unwrap_err();
+        assert!(matches!(err, ClientError::DaemonTooOld { .. }), "{err:?}");
+        client.ping().await.expect("a ping on a new connection");
     }
 
     #[tokio::test]

@@ -322,6 +322,9 @@ pub struct Client {
     max_frame: u32,
     proto: u16,
     path: Option<PathBuf>,
+    /// The daemon closes a connection after `BadRequest`: the next call
+    /// opens a new one (when the client has a path to reconnect to).
+    reopen: bool,
 }
 
 /// Request ids of one connection: the next to assign, and those sent and
@@ -455,6 +458,13 @@ pub(crate) fn refusal_as_error(
     }
 }
 
+/// Whether the daemon closes the connection after this answer: it does
+/// after `BadRequest` (the stream is out of step), e.g. a request variant
+/// it does not know.
+pub(crate) fn closes_connection(answer: &Response) -> bool {
+    matches!(answer, Response::Error(reply) if reply.code == ErrorCode::BadRequest)
+}
+
 /// The version to retry in after `err` answered a request sent in `proto`:
 /// the newest the daemon speaks, when `err` is `UnsupportedVersion` and
 /// that is older than `proto` and one this library speaks. The daemon's
@@ -499,6 +509,7 @@ impl Client {
             max_frame: DEFAULT_MAX_FRAME,
             proto: PROTOCOL_VERSION,
             path: None,
+            reopen: false,
         }
     }
 
@@ -554,6 +565,9 @@ impl Client {
     /// When the daemon speaks only an older protocol version, the client
     /// reconnects and retries once in that version (see [`Client`]).
     pub fn call(&mut self, op: Request) -> Result<Response, ClientError> {
+        if let (true, Some(path)) = (self.reopen, self.path.clone()) {
+            self.reconnect(&path)?;
+        }
         let retry =
             (self.proto > OLDEST_PROTOCOL_VERSION && self.path.is_some()).then(|| op.clone());
         let err = match self.call_once(op) {
@@ -562,15 +576,22 @@ impl Client {
         };
         match (fallback_version(&err, self.proto), retry, self.path.clone()) {
             (Some(proto), Some(op), Some(path)) => {
-                let timeout = self.stream.read_timeout()?;
                 self.proto = proto;
-                self.stream = open(&path)?;
-                self.pipeline.reset();
-                self.set_timeout(timeout)?;
+                self.reconnect(&path)?;
                 self.call_once(op)
             }
             _ => Err(err),
         }
+    }
+
+    /// Replaces the connection the daemon closed with a new one, keeping
+    /// the timeouts.
+    fn reconnect(&mut self, path: &Path) -> Result<(), ClientError> {
+        let timeout = self.stream.read_timeout()?;
+        self.stream = open(path)?;
+        self.pipeline.reset();
+        self.reopen = false;
+        self.set_timeout(timeout)
     }
 
     fn call_once(&mut self, op: Request) -> Result<Response, ClientError> {
@@ -578,7 +599,9 @@ impl Client {
         if let Err(err) = self.send(op) {
             return Err(self.refusal_after(err));
         }
-        refusal_as_error(self.receive()?.op, operation)
+        let answer = self.receive()?.op;
+        self.reopen = closes_connection(&answer);
+        refusal_as_error(answer, operation)
     }
 
     /// After a failed send: the refusal the daemon left before closing, if
@@ -767,10 +790,15 @@ pub(crate) mod tests {
                         let request = codec::decode_request(&body).unwrap();
                         log.lock().unwrap().push((proto, request.op.clone()));
                         let op = answer(&request.op);
+                        // As the real daemon: closed after BadRequest.
+                        let close = matches!(&op, Response::Error(reply) if reply.code == ErrorCode::BadRequest);
                         let frame =
                             codec::encode_response(Envelope { proto, id, op }, DEFAULT_MAX_FRAME)
                                 .unwrap();
                         stream.write_all(&frame).unwrap();
+                        if close {
+                            break;
+                        }
                     }
                 }
             });
@@ -899,6 +927,29 @@ pub(crate) mod tests {
         let mut client = Client::from_stream(UnixStream::connect(&daemon.path).unwrap());
         let err = client.ping().unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::UnsupportedVersion), "{err}");
+    }
+
+    /// A daemon that does not know `Rotate` (as one older than the client
+    /// would not know a request appended later): `BadRequest`, then closed.
+    pub(crate) fn too_old_for_rotate(request: &Request) -> Response {
+        match request {
+            Request::Rotate { .. } => Response::error(
+                ErrorCode::BadRequest,
+                "unknown request variant 7 in protocol version 2 (this side knows 0 to 6): \
+                 the daemon is older than the client; upgrade hostkmsd",
+            ),
+            other => paging_daemon(other),
+        }
+    }
+
+    #[test]
+    fn after_daemon_too_old_the_next_call_has_a_new_connection() {
+        let daemon = Fake::start(2, too_old_for_rotate);
+        let mut client = Client::connect(&daemon.path).unwrap();
+        let err = client.rotate("a").unwrap_err();
+        assert!(matches!(err, ClientError::DaemonTooOld { .. }), "{err:?}");
+        client.ping().expect("a ping on a new connection");
+        assert_eq!(client.protocol(), 2);
     }
 
     #[test]
