@@ -17,8 +17,45 @@ use agent_proto::Client;
 
 /// Path of the daemon binary under test.
 pub const HOSTKMSD: &str = env!("CARGO_BIN_EXE_hostkmsd");
-/// Path of the CLI binary under test.
-pub const HOSTKMS: &str = env!("CARGO_BIN_EXE_hostkms");
+/// The CLI binary under test, `hostkms`, usable wherever its path is
+/// (`Command::new(HOSTKMS)`, `format!("{HOSTKMS}")`).
+pub const HOSTKMS: CliBinary = CliBinary;
+
+/// The `hostkms` binary of the `hostkms-cli` package. Cargo gives a test
+/// only the paths of its own package's binaries, so this one is found next
+/// to `hostkmsd`, in the same target directory; `cargo test` does not
+/// build it, `cargo build --workspace --bins` (as the Makefile does) does.
+#[derive(Debug, Clone, Copy)]
+pub struct CliBinary;
+
+impl CliBinary {
+    /// The binary's path; panics with what to run when it is not built.
+    pub fn path(self) -> &'static Path {
+        static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        PATH.get_or_init(|| {
+            let path = Path::new(HOSTKMSD).with_file_name("hostkms");
+            assert!(
+                path.is_file(),
+                "{} is missing: the CLI is its own package (hostkms-cli); \
+                 run `cargo build --workspace --bins` first",
+                path.display()
+            );
+            path
+        })
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for CliBinary {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.path().as_os_str()
+    }
+}
+
+impl std::fmt::Display for CliBinary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.path().display().fmt(f)
+    }
+}
 
 /// A fresh private directory, removed on drop, with mode 0700 so a daemon
 /// state dir inside it is acceptable.
