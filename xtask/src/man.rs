@@ -90,10 +90,16 @@ pub fn render(page: &Page, command: clap::Command, date: &str) -> std::io::Resul
         .collect();
     if !subcommands.is_empty() {
         out.push_str(".SH COMMANDS\n");
-        out.push_str(
-            "Every command also takes the global options above \
-             (\\fB\\-\\-socket\\fR, \\fB\\-\\-json\\fR).\n",
-        );
+        let globals: Vec<String> = command
+            .get_arguments()
+            .filter(|arg| arg.is_global_set() && !arg.is_hide_set())
+            .filter_map(|arg| arg.get_long())
+            .map(|long| format!("\\fB\\-\\-{}\\fR", long.replace('-', "\\-")))
+            .collect();
+        out.push_str(&format!(
+            "Every command also takes the global options above ({}).\n",
+            globals.join(", ")
+        ));
         for sub in subcommands {
             out.push_str(&subcommand(sub)?);
         }
@@ -214,6 +220,10 @@ mod tests {
         assert!(page.contains("binary"), "{page}");
         assert!(page.contains(".SH EXIT STATUS"), "{page}");
         assert_eq!(page.matches(PREAMBLE[0]).count(), 1, "{page}");
+        assert!(
+            page.contains("global options above (\\fB\\-\\-socket\\fR).\n"),
+            "{page}"
+        );
         let wrap = page.split(".SS \"hostkms wrap\"").nth(1).unwrap();
         assert!(!wrap.contains(".SH SYNOPSIS"), "{wrap}");
         let wrap = wrap.split(".SH EXIT").next().unwrap();
@@ -236,6 +246,13 @@ mod tests {
         }
         assert!(
             cli.ends_with("\\fBhostkmsd\\fR(8), \\fBsystemctl\\fR(1), \\fBjournalctl\\fR(1)\n")
+        );
+        // Every global option of the real CLI is named once, in words.
+        assert!(
+            cli.contains(
+                "global options above (\\fB\\-\\-socket\\fR, \\fB\\-\\-json\\fR, \\fB\\-\\-max\\-frame\\fR).\n"
+            ),
+            "{cli}"
         );
         let daemon = text(&HOSTKMSD, hostkms::cli_args::command());
         assert!(daemon.starts_with(&format!(
