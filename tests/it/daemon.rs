@@ -279,7 +279,7 @@ fn config_errors_name_the_file_the_line_and_the_fix() {
             &["line 3", "grant #1", "`keys`", "not a valid glob"][..],
         ),
         // A user name that does not resolve disables its grant only (the
-        // daemon starts): tests/peer_identity.rs.
+        // daemon starts): peer_identity.rs.
         (
             format!(
                 "{state_dir}{socket}[[grant]]\nkeys = [\"a\"]\nuser_units = [\"x.service\"]\nops = [\"wrap\"]\n"

@@ -49,7 +49,7 @@ fn setup(grant_peer: Grant, socket_mode: &str) -> Setup {
 }
 
 /// The one refusal a peer without a grant on a ciphertext's key gets: it
-/// names neither the key nor whether it exists (tests/peer_identity.rs).
+/// names neither the key nor whether it exists (peer_identity.rs).
 fn assert_ciphertext_denied(output: &std::process::Output, op: &str) {
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{op}: {stderr}");
