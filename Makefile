@@ -37,12 +37,10 @@ e2e: deb
 
 # The units check, formatting, lints, every cargo test (each starts its own
 # swtpm; the audit tests start a journald when none listens), then the
-# end-to-end test under a booted systemd. The integration tests (tests/it)
-# run the `hostkms` CLI next to `hostkmsd`, so every binary is built first.
+# end-to-end test under a booted systemd.
 test: deps units
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 	$(MAKE) e2e
 
