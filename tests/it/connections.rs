@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    Daemon, DaemonConfig, DaemonFiles, Grant, Swtpm, cli, cli_as, cli_stdin, helper_test,
+    Daemon, DaemonConfig, DaemonFiles, Grant, Harness, Swtpm, cli, cli_as, cli_stdin, helper_test,
 };
 use agent_proto::codec::{self, DEFAULT_MAX_FRAME, LENGTH_PREFIX};
 use agent_proto::{AsyncClient, Client, ClientError, Envelope, ErrorCode, Request, Response};
@@ -672,9 +672,11 @@ fn outcome(result: Result<(), ClientError>) -> String {
 
 #[test]
 fn refused_connections_are_answered_busy_by_every_client() {
-    let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new().max_connections(1));
-    let daemon = Daemon::start(&files).expect("start hostkmsd");
+    let Harness {
+        tpm: _tpm,
+        files: _files,
+        daemon,
+    } = Harness::start(DaemonConfig::new().max_connections(1));
     // Hold the one slot (the readiness probe may still hold it a moment).
     let mut holder = loop {
         let mut client = daemon.client();

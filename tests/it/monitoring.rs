@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    Alerts, Daemon, DaemonConfig, DaemonFiles, Swtpm, cli, cli_as, ensure_journald, field,
+    Alerts, Daemon, DaemonConfig, DaemonFiles, Harness, Swtpm, cli, cli_as, ensure_journald, field,
     journal_of_stopped, with_id,
 };
 use agent_proto::EncryptionContext;
@@ -203,9 +203,7 @@ fn a_version_near_its_encryption_limit_raises_one_alert() {
 /// one probe period (10 s), while keys already unsealed keep serving.
 #[test]
 fn a_tpm_that_stops_answering_is_reported_unreachable() {
-    let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
-    let daemon = Daemon::start(&files).expect("start");
+    let Harness { tpm, files, daemon } = Harness::start(DaemonConfig::new());
     let mut client = daemon.client();
     client.create_key("app-tpm-gone").expect("create");
     assert!(client.status().expect("status").tpm_reachable);

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::thread;
 
-use crate::harness::{Daemon, DaemonConfig, DaemonFiles, Harness, Swtpm};
+use crate::harness::{Daemon, DaemonConfig, DaemonFiles, Harness};
 use agent_proto::{Client, ClientError, EncryptionContext, ErrorCode, KeyState, VersionState};
 
 fn context(pairs: &[(&str, &str)]) -> EncryptionContext {
@@ -364,9 +364,7 @@ fn every_tampering_and_every_wrong_context_is_invalid_ciphertext() {
 
 #[test]
 fn a_name_created_again_never_decrypts_the_old_keys_ciphertexts() {
-    let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
-    let daemon = Daemon::start(&files).unwrap();
+    let Harness { tpm, files, daemon } = Harness::start(DaemonConfig::new());
     let mut client = daemon.client();
     client.create_key("k").unwrap();
     let blob = client

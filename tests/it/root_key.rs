@@ -5,7 +5,7 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use crate::harness::{Daemon, DaemonConfig, DaemonFiles, RecordingRelay, Swtpm};
+use crate::harness::{Daemon, DaemonConfig, DaemonFiles, Harness, RecordingRelay, Swtpm};
 use hostkms::rootkey::check_value;
 
 fn root_key_check(daemon: &Daemon) -> String {
@@ -54,9 +54,11 @@ fn restart_unseals_the_same_root_key() {
 
 #[test]
 fn state_dir_is_0700_and_its_files_0600() {
-    let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
-    let daemon = Daemon::start(&files).expect("start");
+    let Harness {
+        tpm: _tpm,
+        files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
     let mode =
         |path: &std::path::Path| fs::metadata(path).expect("stat").permissions().mode() & 0o777;
     assert_eq!(mode(&files.state_dir), 0o700);
@@ -179,9 +181,11 @@ fn corrupt_root_pub_is_refused() {
 
 #[test]
 fn key_store_without_root_blobs_is_refused() {
-    let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
-    let daemon = Daemon::start(&files).expect("start");
+    let Harness {
+        tpm: _tpm,
+        files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
     assert!(daemon.stop().0.success());
     fs::write(files.state_file("keystore.db"), b"").unwrap();
     fs::remove_file(files.state_file("root.pub")).unwrap();
@@ -197,9 +201,11 @@ fn key_store_without_root_blobs_is_refused() {
 
 #[test]
 fn one_blob_without_the_other_is_refused() {
-    let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
-    let daemon = Daemon::start(&files).expect("start");
+    let Harness {
+        tpm: _tpm,
+        files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
     assert!(daemon.stop().0.success());
     fs::remove_file(files.state_file("root.pub")).unwrap();
     let log = Daemon::start(&files).err().expect("must refuse");
@@ -222,9 +228,7 @@ fn unreachable_tpm_is_a_clear_start_error() {
 
 #[test]
 fn break_glass_with_tpm2_tools_alone_recovers_the_root_key() {
-    let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
-    let daemon = Daemon::start(&files).expect("start");
+    let Harness { tpm, files, daemon } = Harness::start(DaemonConfig::new());
     let daemon_check = root_key_check(&daemon);
     // The daemon holds no TPM connection or handle between requests.
     let recovered =

@@ -6,7 +6,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 
-use crate::harness::{Daemon, DaemonConfig, DaemonFiles, Swtpm, cli, run_daemon_to_exit};
+use crate::harness::{Daemon, DaemonConfig, DaemonFiles, Harness, Swtpm, cli, run_daemon_to_exit};
 
 /// Daemon files whose state dir is `other`'s, with a socket of their own.
 fn sharing_state_dir(tcti: &str, other: &DaemonFiles) -> DaemonFiles {
@@ -258,9 +258,11 @@ fn a_state_dir_below_a_directory_others_can_write_is_refused() {
 
 #[test]
 fn control_characters_of_a_key_name_are_escaped_in_errors() {
-    let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
-    let daemon = Daemon::start(&files).expect("start");
+    let Harness {
+        tpm: _tpm,
+        files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
     let name = "evil\u{1b}[31m\nFAKE: granted\u{7}";
 
     let err = daemon.client().describe_key(name).expect_err("no such key");

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Daemon, DaemonConfig, DaemonFiles, Swtpm, helper_test};
+use crate::harness::{Daemon, DaemonConfig, DaemonFiles, Harness, Swtpm, helper_test};
 use agent_proto::EncryptionContext;
 use nix::sys::signal::Signal;
 
@@ -87,9 +87,7 @@ fn fill_tpm_with_stale_handles(tpm: &Swtpm) {
 
 #[test]
 fn a_tpm_full_of_a_dead_process_objects_is_flushed_at_start() {
-    let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
-    let daemon = Daemon::start(&files).expect("first start");
+    let Harness { tpm, files, daemon } = Harness::start(DaemonConfig::new());
     let context = EncryptionContext::new();
     let wrapped = daemon
         .client()
@@ -415,9 +413,11 @@ fn a_start_against_a_hung_tpm_gives_up_within_the_bound() {
 
 #[test]
 fn a_daemon_stops_cleanly_while_the_tpm_hangs() {
-    let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new().tpm_timeout_secs(3));
-    let daemon = Daemon::start(&files).expect("start");
+    let Harness {
+        tpm,
+        files: _files,
+        daemon,
+    } = Harness::start(DaemonConfig::new().tpm_timeout_secs(3));
     let mut client = impatient(&daemon);
     // Let the first background draw of TPM randomness finish.
     thread::sleep(Duration::from_secs(3));
