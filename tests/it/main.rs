@@ -3,13 +3,16 @@
 //! and the real `hostkmsd` (and `hostkms`) binaries, or the library's
 //! config parser in process. See `harness` for what a test can start.
 //!
-//! The tests share this one process (two test threads in CI): nothing here
-//! changes process-wide state (environment, current directory, umask,
-//! rlimits, signal dispositions, uid); every swtpm and daemon has its own
-//! ports and directories; what must not run concurrently (the shared cgroup
-//! paths of `peer_identity`, starting journald) takes a lock in the harness.
-//! Tests that run a half of themselves as a child process re-run this
-//! binary with their full test path (`module::test`), see `self_exec`.
+//! The tests share this one process (as many test threads as CPUs, as
+//! before): nothing here changes process-wide state (environment, current
+//! directory, umask, rlimits, signal dispositions, uid: other uids, cgroups
+//! and rlimits are set on child processes only); every swtpm and daemon has
+//! its own ports and directories, and what a test counts (fds, memory,
+//! connections, journal entries) is its own daemon's; what must not run
+//! concurrently (the shared cgroup paths of `peer_identity`, starting
+//! journald) takes a lock in the harness. Tests that run a half of
+//! themselves as a child process re-run this binary with their full test
+//! path (`module::test`), see `harness::process::helper_test`.
 
 mod harness;
 
