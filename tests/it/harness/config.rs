@@ -42,6 +42,8 @@ impl DaemonConfig {
     }
 
     integer_settings! {
+        /// `max_frame`, in bytes.
+        max_frame,
         /// `max_connections`.
         max_connections,
         /// `max_connections_per_uid`.
@@ -219,6 +221,7 @@ mod tests {
     fn everything() -> DaemonConfig {
         DaemonConfig::new()
             .socket_mode("0666")
+            .max_frame(4096)
             .max_connections(70)
             .max_connections_per_uid(9)
             .max_ungranted_connections(8)
