@@ -1,5 +1,7 @@
-# The two commands of the README. Both install the Debian packages a fresh
-# machine lacks (scripts/install-deps.sh) before anything else.
+# The commands of the README. `make check` is the quick tier a contributor
+# runs before every commit: no root, no apt, no swtpm. `make run` and
+# `make test` install the Debian packages a fresh machine lacks
+# (scripts/install-deps.sh) before anything else.
 
 CARGO ?= cargo
 
@@ -35,12 +37,45 @@ deb: deps
 e2e: deb
 	./scripts/e2e.sh
 
-# The units check, formatting, lints, every cargo test (each starts its own
-# swtpm; the audit tests start a journald when none listens), then the
-# end-to-end test under a booted systemd.
-test: deps units
+# The quick tier, a strict subset of `make test`: formatting, lints (the
+# workspace lints of Cargo.toml included), and the tests that need no root
+# and no TPM: every unit test of the workspace and agent-proto's own tests
+# (all features, so its tokio client too). Not the integration tests of the
+# daemon package: each starts swtpm. About a minute on a warm cache.
+.PHONY: check
+check:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test --workspace --lib --bins
+	$(CARGO) test -p agent-proto --all-features
+
+# shellcheck on every shell script, found by its #! line (scripts/shellcheck.sh).
+.PHONY: shellcheck
+shellcheck:
+	./scripts/shellcheck.sh
+
+# The dependency tree against deny.toml: licenses, bans (duplicate versions
+# warn), sources (crates.io only). Offline; cargo-deny is installed once into
+# target/tools at a pinned version (scripts/deny.sh).
+.PHONY: deny
+deny:
+	./scripts/deny.sh licenses bans sources
+
+# Known vulnerabilities, unsound and unmaintained crates, from the RustSec
+# advisory database, which cargo-deny fetches: for a machine with access to
+# it, so not part of `make test`. Accepted advisories are in deny.toml.
+.PHONY: audit
+audit:
+	./scripts/deny.sh advisories
+
+# Everything: the units check, shellcheck, the dependency check, the quick
+# tier, every cargo test (each integration test starts its own swtpm; the
+# audit tests start a journald when none listens), then the end-to-end test
+# under a booted systemd. The integration tests run the CLI, a binary of
+# another package (hostkms-cli) that `cargo test` does not build, so every
+# binary of the workspace is built first.
+test: deps units shellcheck deny check
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 	$(MAKE) e2e
 
@@ -48,7 +83,7 @@ test: deps units
 # the figures go in BENCHMARKS.md. Not part of `make test`: timings are
 # compared as ratios within one run, never asserted.
 bench: deps
-	$(CARGO) build --release --bins
+	$(CARGO) build --release --bins -p hostkms -p hostkms-cli
 	./scripts/bench.sh
 	$(CARGO) bench --bench startup
 

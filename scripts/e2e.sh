@@ -22,8 +22,14 @@ elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (debootstrap and systemd-nspawn need it)"
 
+# The newest package by modification time. ls -t is the one portable way to
+# sort by mtime, and the names are ours (hostkms_<version>_amd64.deb: no
+# spaces, no newlines), so find's safety buys nothing here.
+# shellcheck disable=SC2012
 deb=${1:-$(ls -t "$top"/target/debian/hostkms_*_amd64.deb 2>/dev/null | head -n 1 || true)}
-[ -n "$deb" ] && [ -f "$deb" ] || die "no .deb to install: run \`make deb\` first or pass its path"
+if [ -z "$deb" ] || [ ! -f "$deb" ]; then
+    die "no .deb to install: run \`make deb\` first or pass its path"
+fi
 deb=$(cd "$(dirname "$deb")" && pwd)/$(basename "$deb")
 
 # --- The per-run root ---------------------------------------------------------
@@ -472,7 +478,10 @@ wedged=$(in_ct systemctl show -p MainPID --value hostkms.service)
 sleep 5
 expect_eq "a healthy hostkmsd outlives a 2 s watchdog (5 s on its pings)" "$wedged" \
     "$(in_ct systemctl show -p MainPID --value hostkms.service)"
-# sh's kill: the minimal root has no /bin/kill (procps).
+# sh's kill: the minimal root has no /bin/kill (procps). The single quotes
+# are meant: "$1" is expanded by the container's sh, which gets the pid as
+# its first argument.
+# shellcheck disable=SC2016
 in_ct sh -c 'kill -STOP "$1"' sh "$wedged"
 t=$(date +%s.%N)
 new_pid=$wedged

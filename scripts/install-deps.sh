@@ -10,6 +10,9 @@ PACKAGES="swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config sqlite3 systemd"
 # come from util-linux, which every Debian has.
 PACKAGES="$PACKAGES debootstrap systemd-container"
 
+# `make shellcheck` (in make test): the static check of every shell script.
+PACKAGES="$PACKAGES shellcheck"
+
 missing=""
 for package in $PACKAGES; do
     if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
@@ -22,6 +25,9 @@ if [ "$(id -u)" -eq 0 ]; then
     echo "installing:$missing"
     # A mirror that drops a connection should not fail a CI run: three tries.
     for attempt in 1 2 3; do
+        # $missing unquoted on purpose: one word per package (Debian package
+        # names have no spaces or glob characters).
+        # shellcheck disable=SC2086
         if apt-get update -qq &&
             DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing; then
             exit 0

@@ -10,6 +10,7 @@
 
 use std::path::Path;
 
+use agent_proto::counters::RequestResult;
 use agent_proto::{ErrorCode, Operation};
 use tracing::Level;
 use tracing_subscriber::EnvFilter;
@@ -19,7 +20,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::monitor::flood::{Limited, Suppressed};
-use crate::monitor::{AlertKind, Outcome, PeerAlert};
+use crate::monitor::{AlertKind, PeerAlert};
 use crate::peer::Peer;
 
 /// A request was answered.
@@ -187,7 +188,7 @@ impl Subject {
     /// from the peer unchecked: it is cut and escaped so it cannot forge
     /// journal fields or stderr lines.
     pub fn set_key(&mut self, name: &str) {
-        let valid = crate::keystore::check_name(name).is_ok();
+        let valid = agent_proto::key_name::check(name).is_ok();
         self.key = Some(if valid {
             name.to_string()
         } else {
@@ -220,7 +221,7 @@ pub fn error_name(code: ErrorCode) -> String {
 /// Logs one answered request: priority info when it succeeded, warning when
 /// denied, err when it failed.
 pub fn request(peer: &Peer, op: Operation, subject: &Subject, code: Option<ErrorCode>) {
-    let outcome = Outcome::of(code);
+    let outcome = RequestResult::of(code);
     let error = code.map(error_name);
     let key = subject.key();
     let version = subject.version();
@@ -262,13 +263,13 @@ pub fn request(peer: &Peer, op: Operation, subject: &Subject, code: Option<Error
         };
     }
     match outcome {
-        Outcome::Ok => event!(Level::INFO, REQUEST_OK, format!("{op}{target} by {by}: ok")),
-        Outcome::Denied => event!(
+        RequestResult::Ok => event!(Level::INFO, REQUEST_OK, format!("{op}{target} by {by}: ok")),
+        RequestResult::Denied => event!(
             Level::WARN,
             REQUEST_DENIED,
             format!("{op}{target} by {by}: denied, no grant allows it")
         ),
-        Outcome::Failed => event!(
+        RequestResult::Error => event!(
             Level::ERROR,
             REQUEST_FAILED,
             format!(
@@ -449,4 +450,29 @@ pub fn grant_disabled(grant: usize, field: &str, name: &str, problem: &dyn std::
         HOSTKMS_GRANT_NAME = %shown.escape_debug(),
         "grant #{grant} is disabled, the rest of the config is in force: {problem}"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_valid_key_name_is_logged_as_it_is_and_any_other_escaped_and_cut() {
+        let mut subject = Subject::default();
+        subject.set_key("app-db.v2_X");
+        assert_eq!(subject.key(), Some("app-db.v2_X"));
+        let longest = "k".repeat(agent_proto::key_name::MAX_LEN);
+        subject.set_key(&longest);
+        assert_eq!(subject.key(), Some(longest.as_str()));
+        subject.set_key("x\nHOSTKMS_RESULT=ok");
+        assert_eq!(subject.key(), Some("\"x\\nHOSTKMS_RESULT=ok\""));
+        subject.set_key("");
+        assert_eq!(subject.key(), Some("\"\""));
+        let long = "y".repeat(agent_proto::key_name::MAX_LEN + 1);
+        subject.set_key(&long);
+        assert_eq!(
+            subject.key(),
+            Some(format!("{:?}", "y".repeat(MAX_LOGGED_NAME)).as_str())
+        );
+    }
 }

@@ -12,11 +12,14 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit;
-use crate::config::{Config, Overrides};
-use crate::keystore::{Kek, KeyStore, StoreError};
-use crate::rootkey::{self, Origin, RootKeyError};
-use crate::server::{self, BoundSocket, Heartbeat, Limits, LiveLimits, ServerError};
-use crate::service::{Service, ServiceLimits};
+use crate::config::{
+    AccessConfig, Config, LISTENER_KEYS, ListenerConfig, Overrides, STATE_DIR_KEYS, TPM_KEYS,
+    TpmConfig,
+};
+use crate::keystore::{Kek, KeyStore, StoreError, TpmEntropy};
+use crate::rootkey::{self, Origin, RootKey, RootKeyError};
+use crate::server::{self, BoundSocket, Heartbeat, LiveLimits, ServerError};
+use crate::service::{Service, WorkerProbe};
 use crate::state_dir::{StateDir, StateDirError, StateDirLock};
 use crate::systemd::{self, ActivationError, Notifier};
 use crate::tpm::TpmWorker;
@@ -71,7 +74,7 @@ impl ConfigSource {
 /// Runs the daemon with `config` until SIGTERM or SIGINT.
 pub fn run(config: Config, source: ConfigSource) -> Result<(), DaemonError> {
     let tpm =
-        Arc::new(TpmWorker::start(config.tcti.clone()).map_err(RootKeyError::TpmUnavailable)?);
+        Arc::new(TpmWorker::start(config.tpm.tcti.clone()).map_err(RootKeyError::TpmUnavailable)?);
     let result = run_with(config, source, &tpm);
     // On every way out: the process must not exit while the worker is in
     // the TSS libraries (a background refill, say); a stuck one is left.
@@ -79,8 +82,9 @@ pub fn run(config: Config, source: ConfigSource) -> Result<(), DaemonError> {
     result
 }
 
+/// The daemon's life after the TPM worker has started, step by step.
 fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Result<(), DaemonError> {
-    raise_fd_limit(config.max_connections);
+    raise_fd_limit(config.server.max_connections);
     // Read before anything can fail, so a bad passed socket is reported as such.
     let activated = systemd::activated_listener()?;
     let notifier = Notifier::from_env();
@@ -88,7 +92,54 @@ fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Resul
     // Held until this function returns: one daemon per state dir, or two
     // would each acknowledge writes the other then overwrites.
     let _lock = StateDirLock::acquire(&state_dir)?;
-    let (root_key, origin) = rootkey::load_or_create(&state_dir, tpm, config.tpm_start_timeout)?;
+    let root_key = load_root_key(&state_dir, tpm, &config.tpm)?;
+    warn_missing_admin_groups(&config.access);
+    log_disabled_grants(&config.access);
+    let check = root_key.check_value();
+    let store = open_store(&state_dir, &root_key, tpm, &config.tpm)?;
+    // The store holds the keys derived from the root key; the root key itself
+    // is needed no longer and is wiped here rather than kept for the daemon's life.
+    drop(root_key);
+    let service = Arc::new(Service::new(
+        check,
+        store,
+        config.access.policy.clone(),
+        config.service,
+        config.alerts,
+        Arc::new(WorkerProbe::new(Arc::clone(tpm), config.tpm.timeout)),
+    ));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("hostkmsd")
+        .build()?;
+    runtime.block_on(async {
+        let socket = bind_listener(activated, &config.listener)?;
+        let shutdown = CancellationToken::new();
+        watch_signals(shutdown.clone(), notifier)?;
+        let limits: LiveLimits = Arc::new(ArcSwap::from_pointee(config.server));
+        let reloader = Reloader {
+            running: config.clone(),
+            source,
+            service: Arc::clone(&service),
+            limits: Arc::clone(&limits),
+        };
+        watch_reloads(reloader, notifier)?;
+        announce_ready(&service, &socket, &config.listener, notifier);
+        serve(&socket, &service, limits, shutdown, notifier).await;
+        stop(&service, tpm).await;
+        Ok(())
+    })
+}
+
+/// Unseals the root key from the state dir, or creates and seals one in
+/// an empty state dir, and logs which, with its check value.
+fn load_root_key(
+    state_dir: &StateDir,
+    tpm: &TpmWorker,
+    settings: &TpmConfig,
+) -> Result<RootKey, DaemonError> {
+    let (root_key, origin) = rootkey::load_or_create(state_dir, tpm, settings.start_timeout)?;
     let check = root_key.check_value();
     match origin {
         Origin::Created => tracing::info!(
@@ -107,13 +158,19 @@ fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Resul
             "could not lock the root key's page in RAM (RLIMIT_MEMLOCK?); it may be swapped out"
         );
     }
-    warn_missing_admin_groups(&config);
-    log_disabled_grants(&config);
+    Ok(root_key)
+}
+
+/// Opens (and verifies) the key store under `root_key`, and logs its size.
+fn open_store(
+    state_dir: &StateDir,
+    root_key: &RootKey,
+    tpm: &Arc<TpmWorker>,
+    settings: &TpmConfig,
+) -> Result<KeyStore, DaemonError> {
     let started = std::time::Instant::now();
-    let store = KeyStore::open(&state_dir, &root_key, Arc::clone(tpm), config.tpm_timeout)?;
-    // The store holds the keys derived from the root key; the root key itself
-    // is needed no longer and is wiped here rather than kept for the daemon's life.
-    drop(root_key);
+    let entropy = Arc::new(TpmEntropy::new(Arc::clone(tpm), settings.timeout));
+    let store = KeyStore::open(state_dir, root_key, entropy)?;
     let keys = store.keys();
     tracing::info!(
         keys = keys.len(),
@@ -121,103 +178,110 @@ fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Resul
         elapsed_ms = started.elapsed().as_millis() as u64,
         "loaded key store"
     );
+    drop(keys);
     if Kek::unlocked_count() > 0 {
         tracing::warn!(
             unlocked = Kek::unlocked_count(),
             "some KEKs could not be locked in RAM (RLIMIT_MEMLOCK); they may be swapped out. Raise LimitMEMLOCK"
         );
     }
-    let limits: LiveLimits = Arc::new(ArcSwap::from_pointee(server_limits(&config)));
-    let service = Arc::new(Service::new(
-        check,
-        store,
-        config.policy.clone(),
-        service_limits(&config),
-        config.alerts,
-        Arc::clone(tpm),
-        config.tpm_timeout,
-    ));
+    Ok(store)
+}
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("hostkmsd")
-        .build()?;
-    runtime.block_on(async {
-        let socket = match activated {
-            Some(listener) => Socket::Activated(UnixListener::from_std(listener)?),
-            None => {
-                let group = config.socket_group.as_ref().map(|group| group.gid);
-                Socket::Bound(BoundSocket::bind(
-                    &config.socket,
-                    config.socket_mode,
-                    group,
-                )?)
-            }
-        };
-        let shutdown = CancellationToken::new();
-        watch_signals(shutdown.clone(), notifier)?;
-        watch_reloads(
-            config.clone(),
-            source,
-            Arc::clone(&service),
-            Arc::clone(&limits),
-            notifier,
-        )?;
-
-        let keys = service.store().keys();
-        audit::ready(
-            keys.len(),
-            keys.version_count(),
-            &socket.path(&config),
-            matches!(socket, Socket::Activated(_)),
-        );
-        drop(keys);
-        notifier.ready(&status_line(&service));
-        let heartbeat = notifier.is_managed().then(|| {
-            let every = notifier
-                .watchdog_interval()
-                .map_or(STATUS_INTERVAL, |interval| interval.min(STATUS_INTERVAL));
-            let service = Arc::clone(&service);
-            Heartbeat {
-                every,
-                beat: Box::new(move || {
-                    notifier.watchdog();
-                    notifier.status(&status_line(&service));
-                }),
-            }
-        });
-        let summaries = tokio::spawn(log_closed_windows(Arc::clone(&service)));
-        server::serve(
-            socket.listener(),
-            Arc::clone(&service),
-            limits,
-            shutdown,
-            heartbeat,
-        )
-        .await;
-        summaries.abort();
-        audit::summarized(&service.monitor().close_all_windows());
-        let store_service = Arc::clone(&service);
-        match tokio::task::spawn_blocking(move || store_service.store().persist_counts()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(
-                "could not write exact encryption counts (the reserved upper bounds stand): {e}"
-            ),
-            Err(e) => tracing::warn!("could not write exact encryption counts: {e}"),
+/// The socket systemd passed, or the configured one bound here. Needs the
+/// runtime.
+fn bind_listener(
+    activated: Option<std::os::unix::net::UnixListener>,
+    listener: &ListenerConfig,
+) -> Result<Socket, DaemonError> {
+    Ok(match activated {
+        Some(listener) => Socket::Activated(UnixListener::from_std(listener)?),
+        None => {
+            let group = listener.socket_group.as_ref().map(|group| group.gid);
+            Socket::Bound(BoundSocket::bind(
+                &listener.socket,
+                listener.socket_mode,
+                group,
+            )?)
         }
-        let worker = Arc::clone(tpm);
-        let ended = tokio::task::spawn_blocking(move || worker.shutdown(TPM_SHUTDOWN_WAIT))
-            .await
-            .unwrap_or(false);
-        if !ended {
-            tracing::warn!(
-                "the TPM has not answered the daemon's last command (waited up to {} s unless it was already overdue); stopping without it",
-                TPM_SHUTDOWN_WAIT.as_secs()
-            );
-        }
-        audit::stopped(service.monitor().totals().requests);
-        Ok(())
     })
+}
+
+/// Writes the ready event to the journal and tells systemd.
+fn announce_ready(
+    service: &Service,
+    socket: &Socket,
+    listener: &ListenerConfig,
+    notifier: Notifier,
+) {
+    let keys = service.store().keys();
+    audit::ready(
+        keys.len(),
+        keys.version_count(),
+        &socket.path(listener),
+        matches!(socket, Socket::Activated(_)),
+    );
+    drop(keys);
+    notifier.ready(&status_line(service));
+}
+
+/// Serves the socket until `shutdown`, with the watchdog heartbeat under
+/// systemd and the audit windows summarised as they close.
+async fn serve(
+    socket: &Socket,
+    service: &Arc<Service>,
+    limits: LiveLimits,
+    shutdown: CancellationToken,
+    notifier: Notifier,
+) {
+    let heartbeat = notifier.is_managed().then(|| {
+        let every = notifier
+            .watchdog_interval()
+            .map_or(STATUS_INTERVAL, |interval| interval.min(STATUS_INTERVAL));
+        let service = Arc::clone(service);
+        Heartbeat {
+            every,
+            beat: Box::new(move || {
+                notifier.watchdog();
+                notifier.status(&status_line(&service));
+            }),
+        }
+    });
+    let summaries = tokio::spawn(log_closed_windows(Arc::clone(service)));
+    server::serve(
+        socket.listener(),
+        Arc::clone(service),
+        limits,
+        shutdown,
+        heartbeat,
+    )
+    .await;
+    summaries.abort();
+}
+
+/// After serving: the last audit summaries, the exact encryption counts,
+/// the TPM worker's last conversation, and the stop event.
+async fn stop(service: &Arc<Service>, tpm: &Arc<TpmWorker>) {
+    audit::summarized(&service.monitor().close_all_windows());
+    let store_service = Arc::clone(service);
+    match tokio::task::spawn_blocking(move || store_service.store().persist_counts()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(
+            "could not write exact encryption counts (the reserved upper bounds stand): {e}"
+        ),
+        Err(e) => tracing::warn!("could not write exact encryption counts: {e}"),
+    }
+    let worker = Arc::clone(tpm);
+    let ended = tokio::task::spawn_blocking(move || worker.shutdown(TPM_SHUTDOWN_WAIT))
+        .await
+        .unwrap_or(false);
+    if !ended {
+        tracing::warn!(
+            "the TPM has not answered the daemon's last command (waited up to {} s unless it was already overdue); stopping without it",
+            TPM_SHUTDOWN_WAIT.as_secs()
+        );
+    }
+    audit::stopped(service.monitor().totals().requests);
 }
 
 /// File descriptors the daemon needs beyond its connections: the state
@@ -278,9 +342,9 @@ enum Socket {
 
 impl Socket {
     /// Where clients connect: the configured path, or the one systemd bound.
-    fn path(&self, config: &Config) -> String {
+    fn path(&self, listener: &ListenerConfig) -> String {
         match self {
-            Socket::Bound(_) => config.socket.display().to_string(),
+            Socket::Bound(_) => listener.socket.display().to_string(),
             Socket::Activated(listener) => listener
                 .local_addr()
                 .ok()
@@ -312,66 +376,80 @@ fn watch_signals(shutdown: CancellationToken, notifier: Notifier) -> std::io::Re
     Ok(())
 }
 
-/// On each SIGHUP, reads the config again and puts its grants, limits and
-/// alert thresholds in force; an invalid config changes nothing.
-fn watch_reloads(
+/// What a reload needs: the config running since start (what a reload
+/// cannot change stays as it), where to read the new one, and where to put
+/// its grants and limits in force.
+struct Reloader {
     running: Config,
     source: ConfigSource,
     service: Arc<Service>,
     limits: LiveLimits,
-    notifier: Notifier,
-) -> std::io::Result<()> {
+}
+
+impl Reloader {
+    /// Puts `loaded`'s grants, limits and alert thresholds in force, and
+    /// warns of what only a restart applies.
+    fn apply(&self, loaded: Config) {
+        for keys in restart_needed(&self.running, &loaded) {
+            tracing::warn!(
+                "{} changed in the config; a reload keeps the running value. Restart hostkmsd (systemctl restart hostkms) to apply it",
+                one_of(keys)
+            );
+        }
+        warn_missing_admin_groups(&loaded.access);
+        log_disabled_grants(&loaded.access);
+        self.limits.store(Arc::new(loaded.server));
+        let grants = loaded.access.policy.grant_count();
+        self.service
+            .reconfigure(loaded.access.policy, loaded.service, loaded.alerts);
+        audit::reloaded(&self.source.path, grants);
+    }
+}
+
+/// On each SIGHUP, reads the config again and puts its grants, limits and
+/// alert thresholds in force; an invalid config changes nothing.
+fn watch_reloads(reloader: Reloader, notifier: Notifier) -> std::io::Result<()> {
     let mut hangup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
             notifier.reloading();
-            let reading = source.clone();
+            let reading = reloader.source.clone();
             match tokio::task::spawn_blocking(move || reading.load()).await {
-                Ok(Ok(config)) => {
-                    warn_unreloadable(&running, &config);
-                    warn_missing_admin_groups(&config);
-                    log_disabled_grants(&config);
-                    limits.store(Arc::new(server_limits(&config)));
-                    let grants = config.policy.grant_count();
-                    let service_limits = service_limits(&config);
-                    service.reconfigure(config.policy, service_limits, config.alerts);
-                    audit::reloaded(&source.path, grants);
-                }
+                Ok(Ok(config)) => reloader.apply(config),
                 Ok(Err(e)) => audit::reload_failed(&e),
                 Err(e) => audit::reload_failed(&e),
             }
-            notifier.ready(&status_line(&service));
+            notifier.ready(&status_line(&reloader.service));
         }
     });
     Ok(())
 }
 
-/// Settings that only a restart changes: the socket, the state and the TPM.
-fn warn_unreloadable(running: &Config, loaded: &Config) {
-    let changed = [
-        ("socket", running.socket != loaded.socket),
-        ("socket_mode", running.socket_mode != loaded.socket_mode),
-        ("socket_group", running.socket_group != loaded.socket_group),
-        ("state_dir", running.state_dir != loaded.state_dir),
-        ("tcti", running.tcti != loaded.tcti),
-        (
-            "tpm_timeout_secs",
-            running.tpm_timeout != loaded.tpm_timeout,
-        ),
-        (
-            "tpm_start_timeout_secs",
-            running.tpm_start_timeout != loaded.tpm_start_timeout,
-        ),
-    ];
-    for (field, _) in changed.iter().filter(|(_, differs)| *differs) {
-        tracing::warn!(
-            "`{field}` changed in the config; a reload keeps the running value. Restart hostkmsd (systemctl restart hostkms) to apply it"
-        );
+/// The sections only a restart changes (the listener, the state dir, the
+/// TPM) that differ in `loaded`, each as the keys it reads. Whole sections
+/// are compared, so a key added to one of them is covered without more code.
+fn restart_needed(running: &Config, loaded: &Config) -> Vec<&'static [&'static str]> {
+    [
+        (running.listener != loaded.listener, LISTENER_KEYS),
+        (running.state_dir != loaded.state_dir, STATE_DIR_KEYS),
+        (running.tpm != loaded.tpm, TPM_KEYS),
+    ]
+    .into_iter()
+    .filter_map(|(changed, keys)| changed.then_some(keys))
+    .collect()
+}
+
+/// `keys` quoted for a message: "`a`", "`a` or `b`", "`a`, `b` or `c`".
+fn one_of(keys: &[&str]) -> String {
+    let quoted: Vec<String> = keys.iter().map(|key| format!("`{key}`")).collect();
+    match quoted.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => quoted.concat(),
     }
 }
 
-fn warn_missing_admin_groups(config: &Config) {
-    for group in &config.missing_admin_groups {
+fn warn_missing_admin_groups(access: &AccessConfig) {
+    for group in &access.missing_admin_groups {
         tracing::warn!(
             "admin group \"{group}\" does not exist on this host; only root is admin until it does"
         );
@@ -379,35 +457,14 @@ fn warn_missing_admin_groups(config: &Config) {
 }
 
 /// Logs each grant a name that does not resolve put out of force.
-fn log_disabled_grants(config: &Config) {
-    for disabled in &config.disabled_grants {
+fn log_disabled_grants(access: &AccessConfig) {
+    for disabled in &access.disabled_grants {
         audit::grant_disabled(
             disabled.grant.grant,
             disabled.grant.field,
             &disabled.grant.name,
             disabled,
         );
-    }
-}
-
-fn server_limits(config: &Config) -> Limits {
-    Limits {
-        max_frame: config.max_frame,
-        max_connections: config.max_connections,
-        max_connections_per_uid: config.max_connections_per_uid,
-        admin_reserved_connections: config.admin_reserved_connections,
-        max_ungranted_connections: config.max_ungranted_connections,
-        idle_timeout: config.idle_timeout,
-        frame_timeout: config.frame_timeout,
-        write_timeout: config.write_timeout,
-        max_frame_memory: config.max_frame_memory,
-    }
-}
-
-fn service_limits(config: &Config) -> ServiceLimits {
-    ServiceLimits {
-        max_plaintext: config.max_plaintext,
-        rotate_after: config.rotate_after_encryptions,
     }
 }
 
@@ -423,4 +480,67 @@ fn status_line(service: &Service) -> String {
         totals.denials,
         totals.alerts,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::parse(
+            text,
+            Path::new("/etc/hostkms/config.toml"),
+            &Overrides::default(),
+        )
+        .expect("a valid config")
+    }
+
+    #[test]
+    fn only_restart_sections_that_changed_are_reported() {
+        let running = config("socket_mode = \"0660\"\nmax_connections = 10\n");
+        let reloadable = config(
+            "socket_mode = \"0660\"\nmax_connections = 20\nmax_plaintext = 100\n\
+             [alerts]\ndenials = 3\n[[grant]]\nkeys = [\"a\"]\nuids = [5]\nops = [\"wrap\"]\n",
+        );
+        assert!(restart_needed(&running, &reloadable).is_empty());
+        for (text, keys) in [
+            ("socket_mode = \"0666\"", LISTENER_KEYS),
+            (
+                "socket = \"/tmp/other.sock\"\nsocket_mode = \"0660\"",
+                LISTENER_KEYS,
+            ),
+            (
+                "state_dir = \"/srv/kms\"\nsocket_mode = \"0660\"",
+                STATE_DIR_KEYS,
+            ),
+            (
+                "tcti = \"swtpm:port=4000\"\nsocket_mode = \"0660\"",
+                TPM_KEYS,
+            ),
+            (
+                "tpm_start_timeout_secs = 1\nsocket_mode = \"0660\"",
+                TPM_KEYS,
+            ),
+        ] {
+            assert_eq!(
+                restart_needed(&running, &config(text)),
+                vec![keys],
+                "{text}"
+            );
+        }
+        let everything = config("socket_mode = \"0600\"\nstate_dir = \"/srv\"\ntcti = \"tabrmd:\"");
+        assert_eq!(
+            restart_needed(&running, &everything),
+            vec![LISTENER_KEYS, STATE_DIR_KEYS, TPM_KEYS]
+        );
+    }
+
+    #[test]
+    fn keys_are_listed_as_alternatives() {
+        assert_eq!(one_of(&["state_dir"]), "`state_dir`");
+        assert_eq!(one_of(&["a", "b"]), "`a` or `b`");
+        assert_eq!(one_of(&["a", "b", "c"]), "`a`, `b` or `c`");
+    }
 }

@@ -1,4 +1,6 @@
-//! The ciphertext format and AES-256-GCM wrap/unwrap under a KEK.
+//! AES-256-GCM wrap/unwrap under a KEK, in the ciphertext format that
+//! [`agent_proto::ciphertext`] defines (the one definition the clients
+//! share):
 //!
 //! ```text
 //! "HKMS" | format u8 = 1 | key id [16] | version u32 BE | nonce [12] | ciphertext | tag [16]
@@ -14,21 +16,9 @@ use std::fmt;
 use aes_gcm::aead::AeadInOut;
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use agent_proto::EncryptionContext;
+use agent_proto::ciphertext::{self, HEADER_LEN, NONCE_LEN, OVERHEAD, TAG_LEN};
 use rand::TryRng;
 use zeroize::Zeroizing;
-
-/// The magic bytes every ciphertext starts with.
-pub const MAGIC: [u8; 4] = *b"HKMS";
-/// The format byte of this layout.
-pub const FORMAT: u8 = 1;
-/// Bytes of the nonce.
-pub const NONCE_LEN: usize = 12;
-/// Bytes of the header: magic, format, key id, version, nonce.
-pub const HEADER_LEN: usize = 4 + 1 + 16 + 4 + NONCE_LEN;
-/// Bytes of the GCM tag.
-pub const TAG_LEN: usize = 16;
-/// Bytes a ciphertext adds to its plaintext.
-pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
 
 /// A key's random 128-bit id, given at creation and carried by every
 /// ciphertext, so a name deleted and created again never decrypts the old
@@ -70,12 +60,11 @@ pub struct Header {
 
 /// Reads the header of `blob`; anything malformed is [`InvalidCiphertext`].
 pub fn read_header(blob: &[u8]) -> Result<Header, InvalidCiphertext> {
-    if blob.len() < OVERHEAD || blob[..4] != MAGIC || blob[4] != FORMAT {
-        return Err(InvalidCiphertext);
-    }
-    let key_id = KeyId(blob[5..21].try_into().map_err(|_| InvalidCiphertext)?);
-    let version = u32::from_be_bytes(blob[21..25].try_into().map_err(|_| InvalidCiphertext)?);
-    Ok(Header { key_id, version })
+    let header = ciphertext::Header::parse(blob).map_err(|_| InvalidCiphertext)?;
+    Ok(Header {
+        key_id: KeyId(header.key_id),
+        version: header.version,
+    })
 }
 
 /// Encrypts `plaintext` under `kek` (key `key_id`, `version`) with a random
@@ -87,16 +76,17 @@ pub fn wrap(
     plaintext: &[u8],
     context: &EncryptionContext,
 ) -> Result<Vec<u8>, NonceError> {
-    let mut blob = Vec::with_capacity(OVERHEAD + plaintext.len());
-    blob.extend_from_slice(&MAGIC);
-    blob.push(FORMAT);
-    blob.extend_from_slice(&key_id.0);
-    blob.extend_from_slice(&version.to_be_bytes());
     let mut nonce = [0u8; NONCE_LEN];
     rand::rngs::SysRng
         .try_fill_bytes(&mut nonce)
         .map_err(|e| NonceError(e.to_string()))?;
-    blob.extend_from_slice(&nonce);
+    let header = ciphertext::Header {
+        key_id: key_id.0,
+        version,
+        nonce,
+    };
+    let mut blob = Vec::with_capacity(OVERHEAD + plaintext.len());
+    blob.extend_from_slice(&header.to_bytes());
     blob.extend_from_slice(plaintext);
     let aad = associated_data(&blob[..HEADER_LEN], context);
     let (_, body) = blob.split_at_mut(HEADER_LEN);
@@ -115,20 +105,18 @@ pub fn unwrap(
     blob: &[u8],
     context: &EncryptionContext,
 ) -> Result<Zeroizing<Vec<u8>>, InvalidCiphertext> {
-    read_header(blob)?;
-    let (header, rest) = blob.split_at(HEADER_LEN);
-    let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
-    let nonce: [u8; NONCE_LEN] = header[HEADER_LEN - NONCE_LEN..]
-        .try_into()
-        .map_err(|_| InvalidCiphertext)?;
-    let tag: [u8; TAG_LEN] = tag.try_into().map_err(|_| InvalidCiphertext)?;
+    let parsed = ciphertext::Header::parse(blob).map_err(|_| InvalidCiphertext)?;
+    let (header, rest) = blob.split_at_checked(HEADER_LEN).ok_or(InvalidCiphertext)?;
+    let (body, tag) = rest
+        .split_last_chunk::<TAG_LEN>()
+        .ok_or(InvalidCiphertext)?;
     let aad = associated_data(header, context);
     let mut plaintext = Zeroizing::new(body.to_vec());
     kek.decrypt_inout_detached(
-        &Nonce::from(nonce),
+        &Nonce::from(parsed.nonce),
         &aad,
         plaintext.as_mut_slice().into(),
-        &Tag::from(tag),
+        &Tag::from(*tag),
     )
     .map_err(|_| InvalidCiphertext)?;
     Ok(plaintext)
@@ -187,6 +175,25 @@ mod tests {
         assert_eq!(unwrap(&kek(1), &blob, &ctx).unwrap().as_slice(), b"hello");
         let again = wrap(&kek(1), id, 7, b"hello", &ctx).unwrap();
         assert_ne!(blob, again, "fresh nonce per wrap");
+    }
+
+    #[test]
+    fn the_header_is_the_one_clients_read() {
+        let ctx = context(&[("app", "demo")]);
+        let blob = wrap(&kek(3), KeyId([0x5a; 16]), 0x0102_0304, b"", &ctx).unwrap();
+        // Byte for byte the specified layout, written out by hand.
+        let mut expected = b"HKMS\x01".to_vec();
+        expected.extend_from_slice(&[0x5a; 16]);
+        expected.extend_from_slice(&[1, 2, 3, 4]);
+        assert_eq!(blob.len(), 37 + 16);
+        assert_eq!(&blob[..25], &expected[..]);
+        // What a client reads from it, with agent-proto alone.
+        let header = ciphertext::Header::parse(&blob).unwrap();
+        assert_eq!(header.key_id, [0x5a; 16]);
+        assert_eq!(header.version, 0x0102_0304);
+        assert_eq!(header.nonce[..], blob[25..37]);
+        assert_eq!(header.to_bytes()[..], blob[..37]);
+        assert_eq!(unwrap(&kek(3), &blob, &ctx).unwrap().as_slice(), b"");
     }
 
     #[test]

@@ -8,10 +8,10 @@
 //! journal event per request). [`rootkey`] and [`tpm`] hold the sealed root
 //! key; [`systemd`] speaks to the service manager; [`monitor`] counts
 //! requests and raises alerts.
-#![warn(missing_docs)]
 
 pub mod admission;
 pub mod audit;
+pub mod cli_args;
 pub mod config;
 pub mod daemon;
 pub mod envelope;

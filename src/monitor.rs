@@ -12,6 +12,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use agent_proto::counters::{
+    ALERTS, DENIALS, REQUESTS, RequestResult, alert_counter, request_counter,
+};
 use agent_proto::{ErrorCode, Operation};
 use arc_swap::ArcSwap;
 
@@ -57,40 +60,6 @@ impl AlertThresholds {
     /// The encryption count at which a version limited to `limit` raises its alert.
     pub fn encryption_alert_at(&self, limit: u64) -> u64 {
         (limit.saturating_mul(u64::from(self.encryption_limit_percent)) / 100).clamp(1, limit)
-    }
-}
-
-/// How a request ended, as the audit trail and the counters name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Answered as asked.
-    Ok,
-    /// Refused for want of a grant.
-    Denied,
-    /// Refused for any other reason.
-    Failed,
-}
-
-impl Outcome {
-    /// Every outcome, in counter order.
-    pub const ALL: [Outcome; 3] = [Outcome::Ok, Outcome::Denied, Outcome::Failed];
-
-    /// The outcome of a request refused with `code`, or answered when `None`.
-    pub fn of(code: Option<ErrorCode>) -> Outcome {
-        match code {
-            None => Outcome::Ok,
-            Some(ErrorCode::PermissionDenied) => Outcome::Denied,
-            Some(_) => Outcome::Failed,
-        }
-    }
-
-    /// `ok`, `denied` or `error`: the value of `HOSTKMS_RESULT`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Denied => "denied",
-            Outcome::Failed => "error",
-        }
     }
 }
 
@@ -144,7 +113,7 @@ pub struct PeerAlert {
 #[derive(Debug)]
 pub struct Monitor {
     thresholds: ArcSwap<AlertThresholds>,
-    requests: [[AtomicU64; Outcome::ALL.len()]; Operation::ALL.len()],
+    requests: [[AtomicU64; RequestResult::ALL.len()]; Operation::ALL.len()],
     alerts: [AtomicU64; AlertKind::ALL.len()],
     denials: Mutex<PeerWindows>,
     invalid_ciphertexts: Mutex<PeerWindows>,
@@ -197,8 +166,8 @@ impl Monitor {
 
     /// Counts one answered request and returns the alert it completes, if any.
     pub fn record(&self, uid: u32, op: Operation, code: Option<ErrorCode>) -> Option<PeerAlert> {
-        let outcome = Outcome::of(code);
-        self.requests[op_index(op)][outcome as usize].fetch_add(1, Ordering::Relaxed);
+        let result = RequestResult::of(code);
+        self.requests[op_index(op)][result as usize].fetch_add(1, Ordering::Relaxed);
         let thresholds = self.thresholds();
         let (kind, windows, threshold) = match code {
             Some(ErrorCode::PermissionDenied) => (
@@ -232,27 +201,25 @@ impl Monitor {
     }
 
     /// Every counter by name, for `Status`: `requests.<op>.<result>`,
-    /// `requests`, `denials`, `alerts.<kind>` and `alerts`.
+    /// `requests`, `denials`, `alerts.<kind>` and `alerts`, as
+    /// [`agent_proto::counters`] spells them.
     pub fn counters(&self) -> BTreeMap<String, u64> {
         let mut counters = BTreeMap::new();
-        for (op, by_outcome) in Operation::ALL.iter().zip(&self.requests) {
-            for (outcome, count) in Outcome::ALL.iter().zip(by_outcome) {
-                counters.insert(
-                    format!("requests.{op}.{}", outcome.as_str()),
-                    count.load(Ordering::Relaxed),
-                );
+        for (op, by_result) in Operation::ALL.into_iter().zip(&self.requests) {
+            for (result, count) in RequestResult::ALL.into_iter().zip(by_result) {
+                counters.insert(request_counter(op, result), count.load(Ordering::Relaxed));
             }
         }
         for kind in AlertKind::ALL {
             counters.insert(
-                format!("alerts.{}", kind.as_str()),
+                alert_counter(kind.as_str()),
                 self.alerts[kind.index()].load(Ordering::Relaxed),
             );
         }
         let totals = self.totals();
-        counters.insert("requests".to_string(), totals.requests);
-        counters.insert("denials".to_string(), totals.denials);
-        counters.insert("alerts".to_string(), totals.alerts);
+        counters.insert(REQUESTS.to_string(), totals.requests);
+        counters.insert(DENIALS.to_string(), totals.denials);
+        counters.insert(ALERTS.to_string(), totals.alerts);
         counters
     }
 
@@ -264,7 +231,7 @@ impl Monitor {
             denials: self
                 .requests
                 .iter()
-                .map(|by_outcome| load(&by_outcome[Outcome::Denied as usize]))
+                .map(|by_result| load(&by_result[RequestResult::Denied as usize]))
                 .sum(),
             alerts: self.alerts.iter().map(load).sum(),
         }
@@ -359,6 +326,7 @@ impl PeerWindows {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use agent_proto::counters::{alert_counter_kind, parse_request_counter};
 
     #[test]
     fn a_burst_raises_one_alert_however_long_it_lasts() {
@@ -442,6 +410,24 @@ mod tests {
         assert_eq!(counters["denials"], 2);
         assert_eq!(counters["alerts.repeated-denials"], 1);
         assert_eq!(counters["alerts"], 1);
+        // Exactly the names the clients parse back: every operation and
+        // result, every alert kind, and the three totals.
+        let mut requests = 0;
+        for name in counters.keys() {
+            if let Some((op, result)) = parse_request_counter(name) {
+                assert_eq!(*name, request_counter(op, result));
+                requests += 1;
+            } else if let Some(kind) = alert_counter_kind(name) {
+                assert!(AlertKind::ALL.iter().any(|k| k.as_str() == kind), "{name}");
+            } else {
+                assert!(
+                    [REQUESTS, DENIALS, ALERTS].contains(&name.as_str()),
+                    "{name}"
+                );
+            }
+        }
+        assert_eq!(requests, Operation::ALL.len() * RequestResult::ALL.len());
+        assert_eq!(counters.len(), requests + AlertKind::ALL.len() + 3);
         assert_eq!(
             monitor.totals(),
             Totals {

@@ -144,7 +144,9 @@ fn peer_pidfd(socket: &impl AsFd) -> PeerPidfd {
     if fd < 0 {
         return PeerPidfd::Unsupported;
     }
-    // SAFETY: the kernel just gave us this new descriptor; we own it.
+    // SAFETY: `fd` (>= 0) is the new descriptor getsockopt(SO_PEERPIDFD)
+    // just created for this process; nothing else holds it, so the OwnedFd
+    // is its only owner and closes it exactly once.
     let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
     match pidfd_pid(&pidfd) {
         Some(pid) if pid > 0 => PeerPidfd::Pinned { pidfd, pid },
@@ -169,7 +171,9 @@ fn pidfd_pid(pidfd: &OwnedFd) -> Option<i32> {
 /// this call; that window is what `SO_PEERPIDFD` closes.
 fn cgroup_by_pid(pid: Option<i32>) -> Result<String, UnitUnknown> {
     let pid = pid.filter(|&pid| pid > 0).ok_or(UnitUnknown::NoPidfd)?;
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    // SAFETY: pidfd_open(2) takes two integers (a pid and flags 0) and no
+    // pointer, so no memory of ours is read or written; any pid is valid
+    // input (a wrong one gives -1).
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
         return Err(match io::Error::last_os_error().raw_os_error() {
@@ -178,7 +182,8 @@ fn cgroup_by_pid(pid: Option<i32>) -> Result<String, UnitUnknown> {
         });
     }
     let fd = libc::c_int::try_from(fd).map_err(|_| UnitUnknown::NoPidfd)?;
-    // SAFETY: the kernel just gave us this new descriptor; we own it.
+    // SAFETY: `fd` (>= 0) is the new descriptor pidfd_open just created for
+    // this process; nothing else holds it, so the OwnedFd is its only owner.
     let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
     pinned_cgroup(&pidfd, pid)
 }
@@ -606,13 +611,14 @@ mod tests {
         // pid that now names another, live process (this one): what a pid
         // reused between accept and the /proc read looks like.
         let mut gone = Command::new("true").spawn().unwrap();
-        // SAFETY: pidfd_open with a pid and no flags.
+        // SAFETY: pidfd_open(2) takes two integers and no pointer.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, gone.id() as i32, 0) };
         // Not yet reaped when pidfd_open ran (at worst a zombie), so the
         // pidfd exists; reaping it now frees its pid.
         assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
         gone.wait().unwrap();
-        // SAFETY: the kernel gave us this descriptor.
+        // SAFETY: `fd` (checked >= 0) is the new descriptor pidfd_open created;
+        // nothing else holds it.
         let pidfd = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
         assert!(pidfd.as_raw_fd() >= 0);
         let reused = std::process::id() as i32;

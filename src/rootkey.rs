@@ -15,17 +15,11 @@ use zeroize::Zeroizing;
 use std::time::Duration;
 
 use crate::locked::LockedBytes;
-use crate::state_dir::{StateDir, StateDirError};
+use crate::state_dir::{KEYSTORE_DB, ROOT_PRIV, ROOT_PUB, StateDir, StateDirError};
 use crate::tpm::{BlobError, BlobPart, Cause, SealedBlobs, Tpm, TpmError, TpmWorker};
 
 /// Length of the root key in bytes.
 pub const ROOT_KEY_LEN: usize = 32;
-/// The sealed object's public part (TPM2B_PUBLIC), in the state dir.
-pub const ROOT_PUB: &str = "root.pub";
-/// The sealed object's private part (TPM2B_PRIVATE), in the state dir.
-pub const ROOT_PRIV: &str = "root.priv";
-/// The key store, whose keys are encrypted under the root key.
-pub const KEYSTORE_DB: &str = "keystore.db";
 
 /// A TPM2B blob is at most 2 + 65535 bytes.
 const MAX_BLOB: u64 = 2 + u16::MAX as u64;
@@ -44,6 +38,16 @@ impl RootKey {
         let mut bytes = LockedBytes::new();
         bytes.expose_mut().copy_from_slice(secret);
         Ok(RootKey { bytes })
+    }
+
+    /// A root key made of `bytes`, without a TPM: for tests of what lies
+    /// above the root key (key store, service, server). Only in tests and
+    /// with the `test-util` feature, which release builds never enable.
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn from_bytes_for_tests(bytes: [u8; ROOT_KEY_LEN]) -> RootKey {
+        let mut locked = LockedBytes::new();
+        locked.expose_mut().copy_from_slice(&bytes);
+        RootKey { bytes: locked }
     }
 
     /// A check value: the first 8 bytes of HMAC-SHA256(root key, "hostkms
@@ -293,4 +297,29 @@ fn create(dir: &StateDir, tpm: &TpmWorker, timeout: Duration) -> Result<RootKey,
     dir.write_private(ROOT_PRIV, blobs.private_bytes())?;
     dir.write_private(ROOT_PUB, blobs.public_bytes())?;
     RootKey::from_slice(secret.as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_root_key_from_bytes_shows_only_its_check_value() {
+        let key = RootKey::from_bytes_for_tests([0xab; ROOT_KEY_LEN]);
+        assert_eq!(key.expose(), &[0xab; ROOT_KEY_LEN]);
+        assert_eq!(key.check_value(), check_value(&[0xab; ROOT_KEY_LEN]));
+        assert_eq!(key.check_value().len(), 16);
+        let shown = format!("{key:?}");
+        assert_eq!(
+            shown,
+            format!("RootKey(<redacted>, check {})", key.check_value())
+        );
+    }
+
+    #[test]
+    fn different_root_keys_have_different_check_values() {
+        let a = RootKey::from_bytes_for_tests([1; ROOT_KEY_LEN]);
+        let b = RootKey::from_bytes_for_tests([2; ROOT_KEY_LEN]);
+        assert_ne!(a.check_value(), b.check_value());
+    }
 }

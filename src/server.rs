@@ -612,3 +612,6 @@ async fn write_frame(stream: &mut UnixStream, frame: &[u8]) -> io::Result<()> {
     stream.write_all(frame).await?;
     stream.flush().await
 }
+
+#[cfg(test)]
+mod tests;

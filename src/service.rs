@@ -8,7 +8,7 @@
 //! reserve, for the TPM (at most `tpm_timeout_secs`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use agent_proto::{
     Ciphertext, DataKey, EncryptionContext, ErrorCode, KeyState, OLDEST_PROTOCOL_VERSION,
@@ -26,14 +26,18 @@ use crate::monitor::flood::Limited;
 use crate::monitor::{AlertKind, AlertThresholds, Monitor};
 use crate::peer::Peer;
 use crate::policy::Policy;
-use crate::tpm::{self, TpmWorker};
 
-/// How long a TPM probe result is reused before `Status` probes again.
-const TPM_PROBE_MAX_AGE: Duration = Duration::from_secs(10);
-/// How long `Status` waits for a probe; after that it answers with the last
-/// result (unless the TPM is known to hang), and the probe goes on (up to
-/// the TPM timeout) with its answer kept for later.
-const TPM_PROBE_WAIT: Duration = Duration::from_secs(2);
+#[cfg(test)]
+mod encrypt_limit_tests;
+mod health;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
+
+#[cfg(any(test, feature = "test-util"))]
+pub use health::TestProbe;
+use health::TpmHealth;
+pub use health::{TpmProbe, WorkerProbe};
+
 /// Data-key lengths `GenerateDataKey` accepts.
 pub const DATA_KEY_LENGTHS: [u16; 4] = [16, 24, 32, 64];
 /// How often a wrap retries when its key version changes under it.
@@ -124,15 +128,15 @@ pub struct Service {
 
 impl Service {
     /// A service over a key store opened under the root key whose check
-    /// value is `root_key_check`.
+    /// value is `root_key_check`; `Status` asks `tpm` whether the TPM
+    /// answers (in the daemon a [`WorkerProbe`]).
     pub fn new(
         root_key_check: String,
         store: KeyStore,
         policy: Policy,
         limits: ServiceLimits,
         alerts: AlertThresholds,
-        tpm: Arc<TpmWorker>,
-        tpm_timeout: Duration,
+        tpm: Arc<dyn TpmProbe>,
     ) -> Service {
         Service {
             root_key_check,
@@ -140,7 +144,7 @@ impl Service {
             policy: ArcSwap::from_pointee(policy),
             limits: ArcSwap::from_pointee(limits),
             started: Instant::now(),
-            tpm_health: TpmHealth::new(tpm, tpm_timeout),
+            tpm_health: TpmHealth::new(tpm),
             monitor: Monitor::new(alerts),
         }
     }
@@ -642,8 +646,11 @@ impl Service {
         let (counters, root_key_check) = if self.policy.load().allows_metrics(peer) {
             let keys = self.store.keys();
             let mut counters = self.monitor.counters();
-            counters.insert("keys".to_string(), keys.len() as u64);
-            counters.insert("versions".to_string(), keys.version_count() as u64);
+            counters.insert(agent_proto::counters::KEYS.to_string(), keys.len() as u64);
+            counters.insert(
+                agent_proto::counters::VERSIONS.to_string(),
+                keys.version_count() as u64,
+            );
             (counters, self.root_key_check.clone())
         } else {
             (Default::default(), String::new())
@@ -668,74 +675,6 @@ struct Decrypted {
     plaintext: Zeroizing<Vec<u8>>,
 }
 
-/// Whether the TPM answers, probed at most every [`TPM_PROBE_MAX_AGE`] on
-/// the TPM worker, so `Status` cannot be used to keep the TPM busy. No lock
-/// is held while the TPM is asked, one probe at most is out at a time, and
-/// `Status` waits for it at most [`TPM_PROBE_WAIT`].
-#[derive(Debug)]
-struct TpmHealth {
-    tpm: Arc<TpmWorker>,
-    timeout: Duration,
-    last: Arc<std::sync::Mutex<(Instant, bool)>>,
-    probing: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl TpmHealth {
-    /// The daemon just unsealed its root key, so the TPM answered at start.
-    fn new(tpm: Arc<TpmWorker>, timeout: Duration) -> TpmHealth {
-        TpmHealth {
-            tpm,
-            timeout,
-            last: Arc::new(std::sync::Mutex::new((Instant::now(), true))),
-            probing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-        }
-    }
-
-    fn last(&self) -> (Instant, bool) {
-        *self
-            .last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    async fn reachable(&self) -> bool {
-        use std::sync::atomic::Ordering;
-        if self.tpm.is_stuck() {
-            return false;
-        }
-        let (probed, answered) = self.last();
-        if probed.elapsed() < TPM_PROBE_MAX_AGE || self.probing.swap(true, Ordering::AcqRel) {
-            return answered;
-        }
-        let (tpm, timeout) = (Arc::clone(&self.tpm), self.timeout);
-        let (last, probing) = (Arc::clone(&self.last), Arc::clone(&self.probing));
-        let probe = tokio::task::spawn_blocking(move || {
-            let answered = match tpm.call("probing the TPM", timeout, tpm::probe) {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!("TPM probe failed: {e}");
-                    false
-                }
-            };
-            *last
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = (Instant::now(), answered);
-            probing.store(false, Ordering::Release);
-            answered
-        });
-        match tokio::time::timeout(TPM_PROBE_WAIT, probe).await {
-            Ok(Ok(answered)) => answered,
-            Ok(Err(e)) => {
-                tracing::warn!("TPM probe did not finish: {e}");
-                false
-            }
-            // Still waiting (a slow TPM, or queued behind other TPM work):
-            // the last answer stands until the TPM is known to hang.
-            Err(_) => answered && !self.tpm.is_stuck(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod refusal_tests {
     use super::*;
@@ -748,3 +687,6 @@ mod refusal_tests {
         assert_eq!(plain.message, "key \"ab\" — gone");
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -10,6 +10,19 @@ use std::path::{Path, PathBuf};
 use atomic_write_file::AtomicWriteFile;
 use atomic_write_file::unix::OpenOptionsExt as _;
 
+// The state dir's files, named here so the modules that write them
+// (rootkey, keystore, the lock) need not import each other for a file name.
+
+/// The sealed root key's public part (TPM2B_PUBLIC).
+pub const ROOT_PUB: &str = "root.pub";
+/// The sealed root key's private part (TPM2B_PRIVATE).
+pub const ROOT_PRIV: &str = "root.priv";
+/// The key store (SQLite), whose keys are encrypted under the root key.
+pub const KEYSTORE_DB: &str = "keystore.db";
+/// The name of the lock file in the state dir: the lock holder's pid, for
+/// messages only (the lock is on the directory).
+pub const LOCK_FILE: &str = "lock";
+
 /// A state directory that is problematic, with what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum StateDirError {
@@ -348,10 +361,6 @@ fn check_private(path: &Path, file: &fs::File) -> Result<(), StateDirError> {
     Ok(())
 }
 
-/// The name of the lock file in the state dir: the lock holder's pid, for
-/// messages only (the lock is on the directory).
-pub const LOCK_FILE: &str = "lock";
-
 /// Exclusive use of a state directory for as long as the value lives: an
 /// `flock` on the directory itself, which no one can delete or replace
 /// while the holder runs (a lock on a file in it would be lost when the file
@@ -385,7 +394,8 @@ impl StateDirLock {
             .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(dir.path())
             .map_err(lock_error)?;
-        // SAFETY: flock on a file descriptor this function owns.
+        // SAFETY: flock(2) takes no pointer; the descriptor is `locked_dir`'s,
+        // which is open and outlives the call.
         let locked = unsafe {
             libc::flock(
                 std::os::fd::AsRawFd::as_raw_fd(&locked_dir),

@@ -62,8 +62,9 @@ pub fn activated_listener() -> Result<Option<UnixListener>, ActivationError> {
 }
 
 fn check_unix_listener(fd: RawFd) -> Result<(), String> {
-    // SAFETY: the descriptor stays open for the duration of this borrow; it
-    // is only queried here.
+    // SAFETY: `fd` is one of LISTEN_FDS, open in this process, and nothing
+    // closes or takes it before `activated_listener` wraps it after this check
+    // returns, so it stays open for the whole borrow; it is only queried.
     let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     let kind = nix::sys::socket::getsockopt(&borrowed, sockopt::SockType)
         .map_err(|e| format!("not a socket: {e}"))?;

@@ -8,6 +8,11 @@
 //! The format is specified in this crate's README; [`codec`] is the one
 //! place it is implemented.
 //!
+//! The other contracts the daemon and its clients must agree on are here
+//! too, each the one place it is written: the ciphertext header
+//! ([`ciphertext`]), the key-name rule ([`key_name`]) and the names of the
+//! `Status` counters ([`counters`]).
+//!
 //! ```no_run
 //! use agent_proto::{Client, EncryptionContext};
 //!
@@ -28,14 +33,16 @@
 //! # }
 //! ```
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
 
 #[cfg(feature = "tokio")]
 mod async_client;
 mod bytes;
+pub mod ciphertext;
 mod client;
 pub mod codec;
+pub mod counters;
 mod error;
+pub mod key_name;
 mod message;
 
 #[cfg(feature = "tokio")]

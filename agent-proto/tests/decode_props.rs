@@ -34,17 +34,29 @@ fn account(delta: isize) {
     });
 }
 
+// SAFETY: every block of memory comes from and goes back to `System`
+// unchanged (same pointer, same layout), so `System` upholds GlobalAlloc's
+// contract for us; the bookkeeping in `account` touches only const-initialised
+// thread-local Cells, so it neither allocates (no re-entry) nor unwinds.
 unsafe impl GlobalAlloc for MeteredAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         account(layout.size() as isize);
+        // SAFETY: the caller guarantees `layout` has a non-zero size
+        // (GlobalAlloc::alloc's precondition), which `System` needs too.
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         account(-(layout.size() as isize));
+        // SAFETY: `ptr` was returned by this allocator, i.e. by `System`
+        // (alloc and realloc forward to it), with this same `layout`, as the
+        // caller guarantees.
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         account(new_size as isize - layout.size() as isize);
+        // SAFETY: `ptr` came from `System` with `layout` (see dealloc), and the
+        // caller guarantees `new_size` is non-zero and fits `layout`'s
+        // alignment without overflowing isize, as `System.realloc` requires.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }

@@ -6,38 +6,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hostkms::audit::LogTarget;
+use hostkms::cli_args::Args;
 use hostkms::config::{DEFAULT_CONFIG_PATH, Overrides};
 use hostkms::daemon::ConfigSource;
 
-#[path = "shared/generate.rs"]
-mod generate;
-
-/// TPM-backed key-management daemon.
-#[derive(Debug, Parser)]
-#[command(name = "hostkmsd", version, about)]
-struct Args {
-    /// Config file (TOML). The default path may be absent (all defaults);
-    /// a path given here must exist.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Socket path, overriding `socket` in the config.
-    #[arg(long, value_name = "PATH")]
-    socket: Option<PathBuf>,
-    /// State directory, overriding `state_dir` in the config.
-    #[arg(long, value_name = "DIR")]
-    state_dir: Option<PathBuf>,
-    /// TPM TCTI string, overriding `tcti` in the config
-    /// (e.g. "device:/dev/tpmrm0", "swtpm:host=127.0.0.1,port=2321").
-    #[arg(long, value_name = "TCTI")]
-    tcti: Option<String>,
-}
-
 fn main() -> ExitCode {
-    if let Some(code) =
-        generate::run_if_requested("hostkmsd", <Args as clap::CommandFactory>::command)
-    {
-        return code;
-    }
     let args = Args::parse();
     quiet_tss_logging();
     harden_process();
@@ -85,7 +58,9 @@ fn main() -> ExitCode {
 /// itself, in words, so tss logging stays off unless TSS2_LOG asks for it.
 fn quiet_tss_logging() {
     if std::env::var_os("TSS2_LOG").is_none() {
-        // SAFETY: called first in main, before any other thread exists.
+        // SAFETY: main calls this before the tokio runtime or any other
+        // thread starts (only argument parsing runs before it), so no other
+        // thread can read or write the environment meanwhile.
         unsafe { std::env::set_var("TSS2_LOG", "all+none") };
     }
 }

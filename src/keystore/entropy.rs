@@ -1,7 +1,10 @@
-//! TPM randomness for new KEKs, drawn in batches ahead of need so creating
-//! or rotating a key rarely waits on the TPM.
+//! Randomness for new KEKs: the [`EntropySource`] the key store draws from,
+//! and its daemon implementation [`TpmEntropy`], TPM randomness drawn in
+//! batches ahead of need so creating or rotating a key rarely waits on the
+//! TPM. Each KEK is OS randomness XOR one draw (see the key store), so a
+//! source only adds to the OS RNG, never replaces it.
 //!
-//! The reserve holds up to two batches. When it falls below half a batch a
+//! The TPM reserve holds up to two batches. When it falls below half a batch a
 //! refill is queued on the TPM worker in the background; only a reserve
 //! that ran dry makes a caller wait for the TPM (with the request deadline).
 //! Each batch is drawn over the salted, encrypting session (never in clear
@@ -51,7 +54,21 @@ impl Pool {
     }
 }
 
-/// A reserve of TPM randomness.
+/// Where the key store gets the second, independent half of each new KEK's
+/// randomness. The store calls [`EntropySource::take`] before it takes its
+/// writer lock, so a source may block (at most its own deadline) without
+/// holding up other changes.
+pub trait EntropySource: Send + Sync + std::fmt::Debug {
+    /// 32 bytes that no one else gets, or why the TPM could not supply them
+    /// (the store refuses the change with `TpmUnavailable`).
+    fn take(&self) -> Result<Zeroizing<[u8; KEK_LEN]>, TpmError>;
+
+    /// Called once when the store has loaded: a source that keeps a reserve
+    /// starts filling it now. Does nothing by default.
+    fn start(&self) {}
+}
+
+/// A reserve of TPM randomness, the daemon's [`EntropySource`].
 pub struct TpmEntropy {
     tpm: Arc<TpmWorker>,
     timeout: Duration,
@@ -72,15 +89,16 @@ fn lock(pool: &Mutex<Pool>) -> std::sync::MutexGuard<'_, Pool> {
 }
 
 /// One batch of TPM randomness, in one conversation.
-fn draw_batch(tcti: &crate::config::Tcti) -> Result<Zeroizing<Vec<u8>>, TpmError> {
+fn draw_batch(tcti: &crate::tpm::Tcti) -> Result<Zeroizing<Vec<u8>>, TpmError> {
     Tpm::open(tcti)?.random(BATCH)
 }
 
 impl TpmEntropy {
-    /// A reserve filled from `tpm`, starting with a background refill;
+    /// An empty reserve filled from `tpm`: the first background refill is
+    /// queued by [`EntropySource::start`] (when the key store has loaded);
     /// a caller that finds it empty waits at most `timeout` for the TPM.
     pub fn new(tpm: Arc<TpmWorker>, timeout: Duration) -> TpmEntropy {
-        let entropy = TpmEntropy {
+        TpmEntropy {
             tpm,
             timeout,
             pool: Arc::new(Mutex::new(Pool {
@@ -88,14 +106,18 @@ impl TpmEntropy {
                 available: 0,
             })),
             refilling: Arc::new(AtomicBool::new(false)),
-        };
-        entropy.refill_in_background();
-        entropy
+        }
+    }
+}
+
+impl EntropySource for TpmEntropy {
+    fn start(&self) {
+        self.refill_in_background();
     }
 
     /// 32 bytes of TPM randomness that no one else gets. Waits for the TPM
     /// (at most the timeout) only when the reserve is empty.
-    pub fn take(&self) -> Result<Zeroizing<[u8; KEK_LEN]>, TpmError> {
+    fn take(&self) -> Result<Zeroizing<[u8; KEK_LEN]>, TpmError> {
         loop {
             let (taken, low) = {
                 let mut pool = lock(&self.pool);
@@ -125,7 +147,9 @@ impl TpmEntropy {
             }
         }
     }
+}
 
+impl TpmEntropy {
     /// Queues one refill on the TPM worker unless one is queued already
     /// (or the TPM is not answering: then the next `take` reports it).
     fn refill_in_background(&self) {
@@ -149,5 +173,53 @@ impl TpmEntropy {
         if queued.is_err() {
             failed.store(false, Ordering::Release);
         }
+    }
+}
+
+/// An [`EntropySource`] for tests, without a TPM: OS randomness, or on
+/// demand the error of a TPM that stopped answering. Tests and the
+/// `test-util` feature only; never in a release build.
+#[cfg(any(test, feature = "test-util"))]
+#[derive(Debug, Default)]
+pub struct TestEntropy {
+    unavailable: AtomicBool,
+    taken: std::sync::atomic::AtomicUsize,
+}
+
+#[cfg(any(test, feature = "test-util"))]
+impl TestEntropy {
+    /// A source that answers (until [`TestEntropy::set_unavailable`]).
+    pub fn new() -> TestEntropy {
+        TestEntropy::default()
+    }
+
+    /// Makes every later `take` fail as a hung TPM does (`true`), or answer
+    /// again (`false`).
+    pub fn set_unavailable(&self, unavailable: bool) {
+        self.unavailable.store(unavailable, Ordering::Relaxed);
+    }
+
+    /// How many draws were answered so far (one per new key version).
+    pub fn taken(&self) -> usize {
+        self.taken.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(any(test, feature = "test-util"))]
+impl EntropySource for TestEntropy {
+    fn take(&self) -> Result<Zeroizing<[u8; KEK_LEN]>, TpmError> {
+        use rand::TryRng;
+        if self.unavailable.load(Ordering::Relaxed) {
+            return Err(TpmError::Stuck {
+                tcti: "test entropy".to_string(),
+                secs: 0,
+            });
+        }
+        let mut bytes = Zeroizing::new([0u8; KEK_LEN]);
+        rand::rngs::SysRng
+            .try_fill_bytes(bytes.as_mut())
+            .map_err(|e| TpmError::WorkerGone(format!("the OS RNG failed: {e}")))?;
+        self.taken.fetch_add(1, Ordering::Relaxed);
+        Ok(bytes)
     }
 }

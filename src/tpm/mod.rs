@@ -14,11 +14,13 @@
 mod primary;
 mod sealed;
 mod stale;
+mod tcti;
 mod worker;
 
 pub use primary::{PERSISTENT_SRK, tpm2_tools_ecc_template};
 pub use sealed::{BlobError, Part as BlobPart, SealedBlobs};
 pub use stale::{flush_stale, has_resource_manager};
+pub use tcti::Tcti;
 pub use worker::TpmWorker;
 
 use tss_esapi::Context;
@@ -31,8 +33,6 @@ use tss_esapi::structures::{
     SymmetricDefinition,
 };
 use zeroize::Zeroizing;
-
-use crate::config::Tcti;
 
 /// A TPM operation that failed, with the TPM's response in words.
 #[derive(Debug, thiserror::Error)]

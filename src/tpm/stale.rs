@@ -20,8 +20,7 @@ use tss_esapi::constants::CapabilityType;
 use tss_esapi::handles::TpmHandle;
 use tss_esapi::structures::CapabilityData;
 
-use super::{TpmError, open_context};
-use crate::config::Tcti;
+use super::{Tcti, TpmError, open_context};
 
 /// First handle of each range flushed: transient objects, loaded sessions
 /// (HMAC and policy), saved (context-swapped) sessions.

@@ -20,8 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{Cause, TpmError, flush_stale, has_resource_manager};
-use crate::config::Tcti;
+use super::{Cause, Tcti, TpmError, flush_stale, has_resource_manager};
 
 type Job = Box<dyn FnOnce(&Tcti) + Send>;
 

@@ -396,33 +396,33 @@ proptest! {
                 prop_assert!(bad.is_empty(), "accepted {bad:?} in:\n{text}");
                 let s = |key: &str| config.get(key).map(|f| f.value.clone());
                 let socket = s("socket").unwrap_or("/run/hostkms/hostkms.sock".into());
-                prop_assert_eq!(parsed.socket.to_str(), Some(socket.as_str()));
+                prop_assert_eq!(parsed.listener.socket.to_str(), Some(socket.as_str()));
                 let state_dir = s("state_dir").unwrap_or("/var/lib/hostkms".into());
                 prop_assert_eq!(parsed.state_dir.to_str(), Some(state_dir.as_str()));
                 let tcti = s("tcti").unwrap_or("device:/dev/tpmrm0".into());
-                prop_assert_eq!(parsed.tcti.as_str(), tcti.as_str());
+                prop_assert_eq!(parsed.tpm.tcti.as_str(), tcti.as_str());
                 let mode = s("socket_mode").unwrap_or("0660".into());
                 prop_assert_eq!(
-                    parsed.socket_mode,
+                    parsed.listener.socket_mode,
                     u32::from_str_radix(mode.trim_start_matches("0o"), 8).expect("octal")
                 );
                 let max_frame = config.int("max_frame", 1 << 20);
-                prop_assert_eq!(i64::from(parsed.max_frame), max_frame);
+                prop_assert_eq!(i64::from(parsed.server.max_frame), max_frame);
                 prop_assert_eq!(
-                    parsed.max_plaintext as i64,
+                    parsed.service.max_plaintext as i64,
                     config.int("max_plaintext", (64 * 1024).min(max_frame / 2))
                 );
-                prop_assert_eq!(parsed.max_connections as i64, config.int("max_connections", 256));
+                prop_assert_eq!(parsed.server.max_connections as i64, config.int("max_connections", 256));
                 prop_assert_eq!(
-                    parsed.idle_timeout,
+                    parsed.server.idle_timeout,
                     Duration::from_secs(config.int("idle_timeout_secs", 30) as u64)
                 );
                 prop_assert_eq!(
-                    parsed.frame_timeout,
+                    parsed.server.frame_timeout,
                     Duration::from_secs(config.int("frame_timeout_secs", 5) as u64)
                 );
                 prop_assert_eq!(
-                    parsed.rotate_after_encryptions as i64,
+                    parsed.service.rotate_after as i64,
                     config.int("rotate_after_encryptions", 1 << 30)
                 );
                 let alerts = &parsed.alerts;
@@ -442,18 +442,18 @@ proptest! {
                 // The grant reads back as written: its uid may do its ops on
                 // app-* keys, and nothing else; another uid may do nothing.
                 if let Some((uid, ops)) = &config.grant {
-                    prop_assert_eq!(parsed.policy.grant_count(), 1);
+                    prop_assert_eq!(parsed.access.policy.grant_count(), 1);
                     for op in hostkms::policy::GRANTABLE {
                         prop_assert_eq!(
-                            parsed.policy.allows(&peer(*uid), op, "app-db"),
+                            parsed.access.policy.allows(&peer(*uid), op, "app-db"),
                             ops.contains(&op),
                             "{} for uid {}", op, uid
                         );
-                        prop_assert!(!parsed.policy.allows(&peer(*uid), op, "other"));
-                        prop_assert!(!parsed.policy.allows(&peer(uid + 1), op, "app-db"));
+                        prop_assert!(!parsed.access.policy.allows(&peer(*uid), op, "other"));
+                        prop_assert!(!parsed.access.policy.allows(&peer(uid + 1), op, "app-db"));
                     }
                 } else {
-                    prop_assert_eq!(parsed.policy.grant_count(), 0);
+                    prop_assert_eq!(parsed.access.policy.grant_count(), 0);
                 }
             }
             Err(e) => {

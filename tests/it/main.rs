@@ -19,6 +19,7 @@ mod harness;
 mod audit_flood;
 mod cli;
 mod cli_out;
+mod config;
 mod config_props;
 mod connections;
 mod daemon;

@@ -2,7 +2,7 @@
 //! (`packaging/config.toml`) against the real config parser: as shipped it
 //! is valid and means "all defaults", every value it shows commented out is
 //! the real default, and it documents every field the parser knows, so a
-//! field added to `src/config.rs` fails here until the packaged file shows it.
+//! field added to `src/config/` fails here until the packaged file shows it.
 
 use std::path::Path;
 
@@ -88,49 +88,53 @@ fn the_values_shown_in_the_packaged_config_are_the_defaults() {
     for (field, shown, default) in [
         (
             "socket",
-            format!("{:?}", shown.socket),
-            format!("{:?}", defaults.socket),
+            format!("{:?}", shown.listener.socket),
+            format!("{:?}", defaults.listener.socket),
         ),
         (
             "socket_mode",
-            format!("{:o}", shown.socket_mode),
-            format!("{:o}", defaults.socket_mode),
+            format!("{:o}", shown.listener.socket_mode),
+            format!("{:o}", defaults.listener.socket_mode),
         ),
         (
             "state_dir",
             format!("{:?}", shown.state_dir),
             format!("{:?}", defaults.state_dir),
         ),
-        ("tcti", shown.tcti.to_string(), defaults.tcti.to_string()),
+        (
+            "tcti",
+            shown.tpm.tcti.to_string(),
+            defaults.tpm.tcti.to_string(),
+        ),
         (
             "max_frame",
-            shown.max_frame.to_string(),
-            defaults.max_frame.to_string(),
+            shown.server.max_frame.to_string(),
+            defaults.server.max_frame.to_string(),
         ),
         (
             "max_plaintext",
-            shown.max_plaintext.to_string(),
-            defaults.max_plaintext.to_string(),
+            shown.service.max_plaintext.to_string(),
+            defaults.service.max_plaintext.to_string(),
         ),
         (
             "max_connections",
-            shown.max_connections.to_string(),
-            defaults.max_connections.to_string(),
+            shown.server.max_connections.to_string(),
+            defaults.server.max_connections.to_string(),
         ),
         (
             "idle_timeout_secs",
-            format!("{:?}", shown.idle_timeout),
-            format!("{:?}", defaults.idle_timeout),
+            format!("{:?}", shown.server.idle_timeout),
+            format!("{:?}", defaults.server.idle_timeout),
         ),
         (
             "frame_timeout_secs",
-            format!("{:?}", shown.frame_timeout),
-            format!("{:?}", defaults.frame_timeout),
+            format!("{:?}", shown.server.frame_timeout),
+            format!("{:?}", defaults.server.frame_timeout),
         ),
         (
             "rotate_after_encryptions",
-            shown.rotate_after_encryptions.to_string(),
-            defaults.rotate_after_encryptions.to_string(),
+            shown.service.rotate_after.to_string(),
+            defaults.service.rotate_after.to_string(),
         ),
         (
             "alerts",
@@ -139,12 +143,12 @@ fn the_values_shown_in_the_packaged_config_are_the_defaults() {
         ),
         (
             "admin_groups (the admins it resolves to)",
-            format!("{:?}", shown.policy),
-            format!("{:?}", defaults.policy),
+            format!("{:?}", shown.access.policy),
+            format!("{:?}", defaults.access.policy),
         ),
         (
             "admin_groups (the groups this host lacks)",
-            format!("{:?}", shown.missing_admin_groups),
+            format!("{:?}", shown.access.missing_admin_groups),
             format!("{:?}", missing_default_admin_groups()),
         ),
     ] {

@@ -18,7 +18,8 @@ pub fn hostkms() -> &'static Path {
         let path = Path::new(HOSTKMSD).with_file_name("hostkms");
         assert!(
             path.is_file(),
-            "the hostkms CLI is not at {}: run `cargo build --workspace --bins` first",
+            "the hostkms CLI is not at {}: it is a binary of another package \
+             (hostkms-cli); run `cargo build --workspace --bins` first",
             path.display()
         );
         path

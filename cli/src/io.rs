@@ -9,6 +9,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt as _, PermissionsExt};
 use atomic_write_file::unix::OpenOptionsExt as _;
 use std::path::Path;
 
+use agent_proto::ciphertext;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use zeroize::Zeroizing;
@@ -18,9 +19,6 @@ use crate::error::{CliError, describe};
 /// The most bytes one input may hold: the daemon's frame limit, since a
 /// larger input could never fit in a request.
 pub const MAX_INPUT: usize = agent_proto::DEFAULT_MAX_FRAME as usize;
-
-/// The first bytes of every ciphertext the daemon makes.
-pub const CIPHERTEXT_MAGIC: &[u8] = b"HKMS";
 
 /// Whether an output holds secret material (a plaintext): such files are
 /// always new files of mode 0600.
@@ -76,11 +74,12 @@ pub fn read_bounded(
 }
 
 /// The ciphertext an input holds: when the input, without surrounding
-/// whitespace, is standard base64 of bytes starting with `HKMS`, the decoded
-/// bytes; otherwise the input as it is (a raw ciphertext).
+/// whitespace, is standard base64 of bytes starting with the ciphertext
+/// magic (`HKMS`, [`ciphertext::MAGIC`]), the decoded bytes; otherwise the
+/// input as it is (a raw ciphertext).
 pub fn ciphertext_from_input(input: &[u8]) -> Vec<u8> {
     match STANDARD.decode(input.trim_ascii()) {
-        Ok(decoded) if decoded.starts_with(CIPHERTEXT_MAGIC) => decoded,
+        Ok(decoded) if decoded.starts_with(&ciphertext::MAGIC) => decoded,
         _ => input.to_vec(),
     }
 }
@@ -248,8 +247,14 @@ mod tests {
     use super::*;
 
     fn ciphertext() -> Vec<u8> {
-        let mut bytes = b"HKMS\x01".to_vec();
+        let header = ciphertext::Header {
+            key_id: [7; 16],
+            version: 1,
+            nonce: [9; 12],
+        };
+        let mut bytes = header.to_bytes().to_vec();
         bytes.extend((0u8..=255).cycle().take(60));
+        assert!(ciphertext::Header::parse(&bytes).is_ok());
         bytes
     }
 

@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+use agent_proto::counters::{self, RequestResult};
 use agent_proto::{DataKey, KeyInfo, KeyState, StatusInfo, Unwrapped, VersionState, Wrapped};
 use serde::Serialize;
 use zeroize::Zeroizing;
@@ -36,36 +37,23 @@ pub fn hex_id(id: &[u8; 16]) -> String {
     out
 }
 
-/// The proleptic Gregorian date (year, month 1-12, day 1-31) of a day
-/// counted from 1970-01-01 (Howard Hinnant's `civil_from_days`).
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // [0, 11], March-based
-    let day = doy - (153 * mp + 2) / 5 + 1; // [1, 31]
-    let month = if mp < 10 { mp + 3 } else { mp - 9 }; // [1, 12]
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    // Both are in range by construction; the fallbacks are never taken.
-    let month = u32::try_from(month).unwrap_or(1);
-    let day = u32::try_from(day).unwrap_or(1);
-    (year, month, day)
-}
-
 /// Unix seconds as an RFC 3339 UTC timestamp, e.g. `2025-06-01T12:00:00Z`.
+/// A time after the year 9999, which only a corrupt answer can hold, is
+/// printed as the count it is, e.g. `253402300800 s after
+/// 1970-01-01T00:00:00Z`.
 pub fn rfc3339(unix_secs: u64) -> String {
-    // u64::MAX / 86400 fits in an i64, so this never fails.
-    let days = i64::try_from(unix_secs / 86_400).unwrap_or(i64::MAX / 2);
-    let secs_of_day = unix_secs % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs_of_day / 3600,
-        secs_of_day / 60 % 60,
-        secs_of_day % 60
-    )
+    // Unix time has no leap seconds: the UTC calendar time is the epoch's
+    // plus the seconds. (jiff's Timestamp stops a day short of year 10000.)
+    const EPOCH: jiff::civil::DateTime = jiff::civil::DateTime::constant(1970, 1, 1, 0, 0, 0, 0);
+    i64::try_from(unix_secs)
+        .ok()
+        .and_then(|secs| {
+            EPOCH
+                .checked_add(jiff::SignedDuration::from_secs(secs))
+                .ok()
+        })
+        .and_then(|time| jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", time).ok())
+        .unwrap_or_else(|| format!("{unix_secs} s after 1970-01-01T00:00:00Z"))
 }
 
 /// One version of a key in JSON.
@@ -228,11 +216,11 @@ pub fn status_human(status: &StatusInfo) -> String {
     );
     let counter = |name: &str| status.counters.get(name).copied().unwrap_or(0);
     for (label, name) in [
-        ("keys:", "keys"),
-        ("versions:", "versions"),
-        ("requests:", "requests"),
-        ("denials:", "denials"),
-        ("alerts:", "alerts"),
+        ("keys:", counters::KEYS),
+        ("versions:", counters::VERSIONS),
+        ("requests:", counters::REQUESTS),
+        ("denials:", counters::DENIALS),
+        ("alerts:", counters::ALERTS),
     ] {
         let _ = writeln!(out, "{label:<17} {}", counter(name));
     }
@@ -250,7 +238,7 @@ pub fn status_human(status: &StatusInfo) -> String {
     let alerts: Vec<_> = status
         .counters
         .iter()
-        .filter_map(|(name, value)| Some((name.strip_prefix("alerts.")?, *value)))
+        .filter_map(|(name, value)| Some((counters::alert_counter_kind(name)?, *value)))
         .filter(|(_, value)| *value > 0)
         .collect();
     if !alerts.is_empty() {
@@ -262,10 +250,11 @@ pub fn status_human(status: &StatusInfo) -> String {
     out
 }
 
-/// The `requests.<op>.<result>` counters as (op, result, count).
+/// The `requests.<op>.<result>` counters as (op, result, count), with the
+/// names as the daemon spelled them: a newer daemon's operations show too.
 fn request_counters(status: &StatusInfo) -> impl Iterator<Item = (&str, &str, u64)> {
     status.counters.iter().filter_map(|(name, value)| {
-        let (op, result) = name.strip_prefix("requests.")?.rsplit_once('.')?;
+        let (op, result) = counters::request_counter_parts(name)?;
         Some((op, result, *value))
     })
 }
@@ -275,11 +264,11 @@ fn request_counters(status: &StatusInfo) -> impl Iterator<Item = (&str, &str, u6
 fn requests_by_operation(status: &StatusInfo) -> Vec<(&str, [u64; 3])> {
     let mut by_op: Vec<(&str, [u64; 3])> = Vec::new();
     for (op, result, value) in request_counters(status) {
-        let slot = match result {
-            "ok" => 0,
-            "denied" => 1,
-            "error" => 2,
-            _ => continue,
+        let slot = match RequestResult::from_name(result) {
+            Some(RequestResult::Ok) => 0,
+            Some(RequestResult::Denied) => 1,
+            Some(RequestResult::Error) => 2,
+            None => continue,
         };
         match by_op.iter_mut().find(|(known, _)| *known == op) {
             Some((_, counts)) => counts[slot] += value,
@@ -329,7 +318,7 @@ pub fn metrics_openmetrics(status: &StatusInfo) -> String {
         None,
         "Requests denied for want of a grant since the daemon started.",
     );
-    let _ = writeln!(out, "hostkms_denials_total {}", counter("denials"));
+    let _ = writeln!(out, "hostkms_denials_total {}", counter(counters::DENIALS));
     family(
         &mut out,
         "hostkms_alerts",
@@ -338,7 +327,7 @@ pub fn metrics_openmetrics(status: &StatusInfo) -> String {
         "Alerts raised since the daemon started, by kind.",
     );
     for (name, value) in &status.counters {
-        if let Some(kind) = name.strip_prefix("alerts.") {
+        if let Some(kind) = counters::alert_counter_kind(name) {
             let _ = writeln!(
                 out,
                 "hostkms_alerts_total{{kind=\"{}\"}} {value}",
@@ -351,13 +340,13 @@ pub fn metrics_openmetrics(status: &StatusInfo) -> String {
             "hostkms_keys",
             None,
             "Keys in the key store, revoked ones included.",
-            counter("keys"),
+            counter(counters::KEYS),
         ),
         (
             "hostkms_key_versions",
             None,
             "Key versions in the key store.",
-            counter("versions"),
+            counter(counters::VERSIONS),
         ),
         (
             "hostkms_uptime_seconds",
@@ -519,15 +508,13 @@ mod tests {
     use agent_proto::{Ciphertext, SecretBytes, VersionInfo};
 
     #[test]
-    fn days_map_to_civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
-        assert_eq!(civil_from_days(59), (1970, 3, 1));
-        assert_eq!(civil_from_days(10_957), (2000, 1, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29)); // leap day of a /400 year
-        assert_eq!(civil_from_days(47_540), (2100, 2, 28)); // 2100 is not a leap year
-        assert_eq!(civil_from_days(47_541), (2100, 3, 1));
-        assert_eq!(civil_from_days(-719_468), (0, 3, 1));
+    fn days_map_to_calendar_dates() {
+        let midnight = |days: u64| rfc3339(days * 86_400);
+        assert_eq!(midnight(59), "1970-03-01T00:00:00Z");
+        assert_eq!(midnight(10_957), "2000-01-01T00:00:00Z");
+        assert_eq!(midnight(11_016), "2000-02-29T00:00:00Z"); // leap day of a /400 year
+        assert_eq!(midnight(47_540), "2100-02-28T00:00:00Z"); // 2100 is not a leap year
+        assert_eq!(midnight(47_541), "2100-03-01T00:00:00Z");
     }
 
     #[test]
@@ -539,13 +526,18 @@ mod tests {
         assert_eq!(rfc3339(2_147_483_647), "2038-01-19T03:14:07Z");
         assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
         assert_eq!(rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
-        // Absurd values do not panic.
+        // Absurd values do not panic, and say what they are.
+        assert_eq!(
+            rfc3339(253_402_300_800),
+            "253402300800 s after 1970-01-01T00:00:00Z"
+        );
         assert!(rfc3339(u64::MAX).ends_with('Z'));
     }
 
     #[test]
     fn every_day_of_400_years_round_trips() {
-        // days_from_civil, written independently, must invert civil_from_days.
+        // days_from_civil, written independently, must invert the date
+        // printed for every day of 400 years from 1970.
         fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
             let y = if m <= 2 { y - 1 } else { y };
             let era = y.div_euclid(400);
@@ -555,12 +547,23 @@ mod tests {
             let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
             era * 146_097 + doe - 719_468
         }
-        let mut previous = civil_from_days(-146_098);
-        for days in -146_097..146_097 {
-            let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days);
-            assert!((1..=12).contains(&m) && (1..=31).contains(&d));
-            assert!((y, m, d) > previous);
+        let mut previous = (1969, 12, 31);
+        for days in 0..146_097_u64 {
+            // A different second of each day.
+            let secs_of_day = days * 7_919 % 86_400;
+            let text = rfc3339(days * 86_400 + secs_of_day);
+            let (date, time) = text.split_once('T').expect("date and time");
+            let (h, m, s) = (secs_of_day / 3600, secs_of_day / 60 % 60, secs_of_day % 60);
+            assert_eq!(time, format!("{h:02}:{m:02}:{s:02}Z"), "{text}");
+            let mut fields = date.split('-').map(|f| f.parse::<i64>().expect(date));
+            let (y, m, d) = (
+                fields.next().expect(date),
+                u32::try_from(fields.next().expect(date)).expect(date),
+                u32::try_from(fields.next().expect(date)).expect(date),
+            );
+            assert_eq!(days_from_civil(y, m, d), days as i64, "{text}");
+            assert!((1..=12).contains(&m) && (1..=31).contains(&d), "{text}");
+            assert!((y, m, d) > previous, "{text}");
             previous = (y, m, d);
         }
     }
@@ -627,13 +630,107 @@ mod tests {
         assert!(list.starts_with("app-db  disabled  v2"), "{list}");
     }
 
+    /// A status as the daemon sends it to an admin, with a few counts set,
+    /// plus the counter of an operation only a newer daemon knows.
+    fn sample_status() -> StatusInfo {
+        use agent_proto::Operation;
+        let mut counters = std::collections::BTreeMap::new();
+        for op in Operation::ALL {
+            for result in RequestResult::ALL {
+                counters.insert(counters::request_counter(op, result), 0);
+            }
+        }
+        counters.insert(
+            counters::request_counter(Operation::Wrap, RequestResult::Ok),
+            3,
+        );
+        counters.insert(
+            counters::request_counter(Operation::Rotate, RequestResult::Denied),
+            1,
+        );
+        counters.insert(
+            counters::request_counter(Operation::MinDecryptionVersion, RequestResult::Error),
+            2,
+        );
+        counters.insert("requests.recover.ok".to_string(), 5);
+        counters.insert(counters::alert_counter("repeated-denials"), 2);
+        counters.insert(counters::alert_counter("encryption-limit"), 0);
+        for (name, value) in [
+            (counters::REQUESTS, 11),
+            (counters::DENIALS, 1),
+            (counters::ALERTS, 2),
+            (counters::KEYS, 4),
+            (counters::VERSIONS, 6),
+        ] {
+            counters.insert(name.to_string(), value);
+        }
+        StatusInfo {
+            daemon_version: "0.1.0".to_string(),
+            oldest_protocol: 1,
+            newest_protocol: 1,
+            uptime_secs: 42,
+            tpm_reachable: true,
+            root_key_loaded: true,
+            root_key_check: "abcd".to_string(),
+            counters,
+        }
+    }
+
+    #[test]
+    fn status_shows_counters_by_operation_and_kind() {
+        let text = status_human(&sample_status());
+        for line in [
+            "keys:             4\n",
+            "versions:         6\n",
+            "requests:         11\n",
+            "denials:          1\n",
+            "alerts:           2\n",
+            "requests by operation:\n",
+            "  wrap                     ok 3        denied 0      error 0\n",
+            "  rotate                   ok 0        denied 1      error 0\n",
+            "  min-decryption-version   ok 0        denied 0      error 2\n",
+            "  recover                  ok 5        denied 0      error 0\n",
+            "alerts by kind:\n  repeated-denials         2\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+        assert!(
+            !text.contains("unwrap"),
+            "operations without requests are left out: {text}"
+        );
+        assert!(!text.contains("encryption-limit"), "{text}");
+    }
+
+    #[test]
+    fn metrics_label_every_request_and_alert_counter() {
+        let text = metrics_openmetrics(&sample_status());
+        for line in [
+            "hostkms_requests_total{op=\"wrap\",result=\"ok\"} 3\n",
+            "hostkms_requests_total{op=\"unwrap\",result=\"error\"} 0\n",
+            "hostkms_requests_total{op=\"recover\",result=\"ok\"} 5\n",
+            "hostkms_denials_total 1\n",
+            "hostkms_alerts_total{kind=\"repeated-denials\"} 2\n",
+            "hostkms_alerts_total{kind=\"encryption-limit\"} 0\n",
+            "hostkms_keys 4\n",
+            "hostkms_key_versions 6\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+        let requests = text
+            .lines()
+            .filter(|line| line.starts_with("hostkms_requests_total{"))
+            .count();
+        assert_eq!(requests, 14 * 3 + 1);
+        assert!(text.ends_with("# EOF\n"));
+    }
+
     #[test]
     fn data_keys_render_with_and_without_plaintext() {
         let mut data_key = DataKey {
             key: "k".to_string(),
             version: 3,
             plaintext: Some(SecretBytes::from(&b"hello"[..])),
-            ciphertext: Ciphertext::from(&b"HKMS"[..]),
+            ciphertext: Ciphertext::from(&agent_proto::ciphertext::MAGIC[..]),
         };
         let text = data_key_human(&data_key);
         assert_eq!(

@@ -5,14 +5,6 @@
 //! Exit codes: 0 success, 1 the daemon refused the request, 2 usage,
 //! connection or local I/O errors, 3 the daemon is busy (retry later).
 
-mod args;
-mod bench;
-mod error;
-#[path = "../shared/generate.rs"]
-mod generate;
-mod io;
-mod output;
-
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,10 +12,10 @@ use std::time::Duration;
 
 use agent_proto::{Client, KeyInfo};
 use clap::Parser;
-
-use crate::args::{Cli, Command, DatakeyArgs, InOutArgs, RewrapArgs, UnwrapArgs, WrapArgs};
-use crate::error::{CliError, printable};
-use crate::io::{Sensitivity, base64_public, write_output, write_stdout};
+use hostkms_cli::args::{Cli, Command, DatakeyArgs, InOutArgs, RewrapArgs, UnwrapArgs, WrapArgs};
+use hostkms_cli::error::{CliError, printable};
+use hostkms_cli::io::{Sensitivity, base64_public, write_output, write_stdout};
+use hostkms_cli::{bench, io, output};
 
 /// How long one request may wait for the daemon before the CLI gives up,
 /// so that a hung daemon cannot hang a script forever.
@@ -32,11 +24,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Parses the command line, runs the command, and turns a failure into
 /// `hostkms: <why>` on stderr and its exit code.
 fn main() -> ExitCode {
-    if let Some(code) =
-        generate::run_if_requested("hostkms", <Cli as clap::CommandFactory>::command)
-    {
-        return code;
-    }
     let cli = Cli::parse();
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,

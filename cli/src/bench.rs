@@ -8,6 +8,7 @@ use std::sync::{Barrier, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use agent_proto::ciphertext::MAGIC;
 use agent_proto::{Client, ClientError, EncryptionContext, ErrorCode};
 use rand::TryRng;
 use serde_json::json;
@@ -15,7 +16,7 @@ use zeroize::Zeroizing;
 
 use crate::args::{BenchArgs, BenchOp};
 use crate::error::{CliError, printable};
-use crate::io::{CIPHERTEXT_MAGIC, write_stdout};
+use crate::io::write_stdout;
 
 /// Time each phase runs before it starts counting, so that connection
 /// set-up and cold caches do not skew the numbers.
@@ -277,7 +278,7 @@ pub fn run(socket: &Path, args: &BenchArgs, json: bool) -> Result<(), CliError> 
     let op = run_phase(socket, connections, args.duration, |client| match args.op {
         BenchOp::Wrap => {
             let wrapped = client.wrap(key, &payload, &context)?;
-            if wrapped.ciphertext.as_bytes().starts_with(CIPHERTEXT_MAGIC) {
+            if wrapped.ciphertext.as_bytes().starts_with(&MAGIC) {
                 Ok(())
             } else {
                 Err(check_failed(
@@ -298,7 +299,7 @@ pub fn run(socket: &Path, args: &BenchArgs, json: bool) -> Result<(), CliError> 
         BenchOp::Datakey => {
             let data_key = client.generate_data_key(key, data_key_len, &context)?;
             let plaintext_ok = data_key.plaintext.as_ref().is_some_and(|p| p.len() == size);
-            if plaintext_ok && data_key.ciphertext.as_bytes().starts_with(CIPHERTEXT_MAGIC) {
+            if plaintext_ok && data_key.ciphertext.as_bytes().starts_with(&MAGIC) {
                 Ok(())
             } else {
                 Err(check_failed(

@@ -1,0 +1,19 @@
+//! The `hostkms` CLI as a library: its command line, I/O, output rendering,
+//! errors and `bench`, used by the `hostkms` binary (src/main.rs), and its
+//! clap definition, [`command`], from which `cargo xtask` renders the man
+//! page and shell completions.
+//!
+//! It depends on `agent-proto` only, never on the daemon crate, so building
+//! it needs neither libtss2 nor SQLite.
+
+pub mod args;
+pub mod bench;
+pub mod error;
+pub mod io;
+pub mod output;
+
+/// The clap definition of the `hostkms` command line, for generating its
+/// man page and completions (xtask) from the same source as the parser.
+pub fn command() -> clap::Command {
+    <args::Cli as clap::CommandFactory>::command()
+}

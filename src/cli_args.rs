@@ -1,0 +1,59 @@
+//! The command line of `hostkmsd`, here rather than in the binary so that
+//! `cargo xtask` renders the daemon's man page from the same clap
+//! definition the daemon parses (the Debian package ships it).
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// TPM-backed key-management daemon.
+#[derive(Debug, Parser)]
+#[command(name = "hostkmsd", version, about)]
+pub struct Args {
+    /// Config file (TOML). The default path may be absent (all defaults);
+    /// a path given here must exist.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Socket path, overriding `socket` in the config.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// State directory, overriding `state_dir` in the config.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// TPM TCTI string, overriding `tcti` in the config
+    /// (e.g. "device:/dev/tpmrm0", "swtpm:host=127.0.0.1,port=2321").
+    #[arg(long, value_name = "TCTI")]
+    pub tcti: Option<String>,
+}
+
+/// The clap definition of the `hostkmsd` command line, for its man page.
+pub fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn overrides_parse_and_misspelt_options_are_refused() {
+        let args = Args::try_parse_from([
+            "hostkmsd",
+            "--config",
+            "/etc/x.toml",
+            "--tcti",
+            "swtpm:port=2321",
+        ])
+        .expect("parse");
+        assert_eq!(args.config, Some(PathBuf::from("/etc/x.toml")));
+        assert_eq!(args.tcti.as_deref(), Some("swtpm:port=2321"));
+        assert!(args.socket.is_none() && args.state_dir.is_none());
+        let err = Args::try_parse_from(["hostkmsd", "--sockett", "/x"]).expect_err("refused");
+        assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
+    }
+}

@@ -1,0 +1,74 @@
+//! Why a key-store operation failed: [`StoreError`].
+
+use super::db::DbError;
+use crate::state_dir::{KEYSTORE_DB, ROOT_PRIV, ROOT_PUB};
+use crate::tpm::TpmError;
+
+/// Why a key-store operation failed. Names a peer sent are shown quoted and
+/// escaped (`{:?}`), so a control character in one cannot forge output.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No key has that name.
+    #[error("no key named {0:?}")]
+    KeyNotFound(String),
+    /// The name is taken (names are never reused, even after revocation).
+    #[error("a key named {0:?} exists already; key names are never reused, even after revocation")]
+    KeyExists(String),
+    /// The key is revoked for good.
+    #[error("key {0:?} is revoked")]
+    KeyRevoked(String),
+    /// The key has no such version.
+    #[error("key {key:?} has no version {version}; its versions are 1 to {latest}")]
+    VersionNotFound {
+        /// The key.
+        key: String,
+        /// The version asked for.
+        version: u32,
+        /// The newest version.
+        latest: u32,
+    },
+    /// A value of the request is out of range.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The version changed (was revoked) while a request was using it.
+    #[error("key {0:?} changed while the request was using it")]
+    Changed(String),
+    /// A row fails authentication or is inconsistent: edited outside hostkms.
+    #[error(
+        "{path}: the row of key {key} {detail}; the key store was changed outside hostkms. hostkmsd will not trust it: restore {KEYSTORE_DB} from backup"
+    )]
+    Tampered {
+        /// The key store file.
+        path: String,
+        /// The key, by name and id as stored.
+        key: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The store was written under a different root key.
+    #[error(
+        "{path} was written under root key {store_check}, but the unsealed root key is {root_check}: the key store and {ROOT_PUB}/{ROOT_PRIV} do not belong together. Restore the matching pair from backup"
+    )]
+    WrongRootKey {
+        /// The key store file.
+        path: String,
+        /// The check value recorded in the store.
+        store_check: String,
+        /// The check value of the unsealed root key.
+        root_check: String,
+    },
+    /// SQLite failed.
+    #[error("key store {path}: {source}")]
+    Database {
+        /// The key store file.
+        path: String,
+        /// Why.
+        source: DbError,
+    },
+    /// The TPM could not supply randomness for a new KEK.
+    #[error("cannot draw TPM randomness for a new key version: {0}")]
+    Tpm(#[from] TpmError),
+    /// The operating system's RNG failed.
+    #[error("the operating system's random number generator failed: {0}")]
+    Random(String),
+}

@@ -1,0 +1,177 @@
+//! Opening the store: the root key's check value, then every row verified
+//! under the root key and assembled into keys. A row edited on disk stops
+//! the open with [`StoreError::Tampered`] naming the key.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+
+use agent_proto::KeyState;
+use arc_swap::ArcSwap;
+
+use super::db::{Database, DbError, KeyRow, Stored, VersionRow};
+use super::sealing::{SEALED_KEK_LEN, StoreSecrets};
+use super::{EntropySource, Kek, Key, KeyStore, Keys, StoreError, Version, Writer};
+use crate::envelope::KeyId;
+use crate::rootkey::RootKey;
+use crate::state_dir::{KEYSTORE_DB, StateDir};
+
+impl KeyStore {
+    /// Opens (or creates) `keystore.db` in `dir` and loads every key,
+    /// verifying each row and opening each KEK under `root`. New KEKs will
+    /// mix OS randomness with randomness from `entropy` (in the daemon a
+    /// [`TpmEntropy`](super::TpmEntropy)), which is started once the store has loaded.
+    pub fn open(
+        dir: &StateDir,
+        root: &RootKey,
+        entropy: Arc<dyn EntropySource>,
+    ) -> Result<KeyStore, StoreError> {
+        let path = dir.file(KEYSTORE_DB);
+        let shown = path.display().to_string();
+        let db_error = |source| StoreError::Database {
+            path: shown.clone(),
+            source,
+        };
+        let secrets = StoreSecrets::derive(root).map_err(|e| db_error(DbError::Corrupt(e)))?;
+        let (mut db, created) = Database::open(&path).map_err(db_error)?;
+        let root_check = root.check_value();
+        match db.meta("root_key_check").map_err(db_error)? {
+            Some(store_check) if store_check != root_check => {
+                return Err(StoreError::WrongRootKey {
+                    path: shown,
+                    store_check,
+                    root_check,
+                });
+            }
+            Some(_) => {}
+            None if created => db
+                .set_meta("root_key_check", &root_check)
+                .map_err(db_error)?,
+            None => {
+                return Err(StoreError::Tampered {
+                    path: shown,
+                    key: "(none)".to_string(),
+                    detail: "table meta lacks the root key check value".to_string(),
+                });
+            }
+        }
+        let (key_rows, version_rows) = db.load().map_err(db_error)?;
+        let keys = load_keys(&shown, &secrets, key_rows, version_rows)?;
+        entropy.start();
+        Ok(KeyStore {
+            keys: ArcSwap::from_pointee(keys),
+            writer: Mutex::new(Writer { db, secrets }),
+            entropy,
+            path,
+        })
+    }
+}
+
+/// Verifies and assembles every key from its rows.
+fn load_keys(
+    path: &str,
+    secrets: &StoreSecrets,
+    key_rows: Vec<Stored<KeyRow>>,
+    version_rows: Vec<Stored<VersionRow>>,
+) -> Result<Keys, StoreError> {
+    let tampered = |row: &KeyRow, detail: String| StoreError::Tampered {
+        path: path.to_string(),
+        key: format!("\"{}\" (id {})", row.name, row.id),
+        detail,
+    };
+    let mut versions_by_key: HashMap<KeyId, Vec<Stored<VersionRow>>> = HashMap::new();
+    for stored in version_rows {
+        versions_by_key
+            .entry(stored.row.key_id)
+            .or_default()
+            .push(stored);
+    }
+    let mut keys = Keys::default();
+    for Stored { row, mac } in key_rows {
+        if !secrets.row_mac_matches(&row.canonical(), &mac) {
+            return Err(tampered(
+                &row,
+                "fails authentication under the root key".to_string(),
+            ));
+        }
+        let state = match row.state {
+            0 => KeyState::Enabled,
+            1 => KeyState::Disabled,
+            2 => KeyState::Revoked,
+            other => return Err(tampered(&row, format!("has an unknown state {other}"))),
+        };
+        let mut stored_versions = versions_by_key.remove(&row.id).unwrap_or_default();
+        stored_versions.sort_by_key(|v| v.row.version);
+        let numbers: Vec<u32> = stored_versions.iter().map(|v| v.row.version).collect();
+        let expected: Vec<u32> = (1..=row.latest_version).collect();
+        if numbers != expected {
+            return Err(tampered(
+                &row,
+                format!(
+                    "lists versions 1 to {} but the store holds {numbers:?}",
+                    row.latest_version
+                ),
+            ));
+        }
+        if !(1..=row.latest_version).contains(&row.min_decryption_version) {
+            return Err(tampered(
+                &row,
+                "has an impossible minimum decryption version".to_string(),
+            ));
+        }
+        let mut versions = Vec::with_capacity(stored_versions.len());
+        for Stored { row: version, mac } in stored_versions {
+            let which =
+                |detail: &str| tampered(&row, format!("version {}: {detail}", version.version));
+            if !secrets.row_mac_matches(&version.canonical(), &mac) {
+                return Err(which("fails authentication under the root key"));
+            }
+            let kek = match (version.state, &version.sealed_kek) {
+                (0, Some(sealed)) => {
+                    let material = secrets
+                        .open_kek(row.id, version.version, sealed)
+                        .map_err(|_| which("its KEK does not open under the root key"))?;
+                    let sealed: [u8; SEALED_KEK_LEN] = sealed
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| which("its sealed KEK has the wrong length"))?;
+                    Some((Kek::new(&material), sealed))
+                }
+                (1, None) => None,
+                _ => return Err(which("its state and KEK disagree")),
+            };
+            if state == KeyState::Revoked && kek.is_some() {
+                return Err(which("is live in a revoked key"));
+            }
+            let (kek, sealed) = kek.map_or((None, None), |(k, s)| (Some(k), Some(s)));
+            versions.push(Arc::new(Version {
+                number: version.version,
+                created: version.created,
+                kek,
+                sealed,
+                encryptions: AtomicU64::new(version.encryptions_reserved),
+                reserved: AtomicU64::new(version.encryptions_reserved),
+                limit_alerted: AtomicBool::new(false),
+            }));
+        }
+        if keys.by_name(&row.name).is_some() || keys.by_id(row.id).is_some() {
+            return Err(tampered(&row, "appears twice".to_string()));
+        }
+        keys.insert(Arc::new(Key {
+            id: row.id,
+            name: row.name,
+            created: row.created,
+            state,
+            min_decryption_version: row.min_decryption_version,
+            versions,
+        }));
+    }
+    if let Some((id, _)) = versions_by_key.into_iter().next() {
+        return Err(StoreError::Tampered {
+            path: path.to_string(),
+            key: format!("id {id}"),
+            detail: "has versions but no key row".to_string(),
+        });
+    }
+    Ok(keys)
+}

@@ -1,0 +1,249 @@
+//! The in-memory model: a [`Key`] and its [`Version`]s as one snapshot
+//! ([`Keys`]) sees them, the rows they are stored as, and the key-name rule.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use aes_gcm::Aes256Gcm;
+use agent_proto::{KeyInfo, KeyState, VersionInfo, VersionState};
+
+use super::db::{KeyRow, VersionRow};
+use super::error::StoreError;
+use super::kek::Kek;
+use super::sealing::SEALED_KEK_LEN;
+use crate::envelope::KeyId;
+
+/// Checks a key name: `[A-Za-z0-9._-]{1,128}`, the rule of
+/// [`agent_proto::key_name`].
+pub fn check_name(name: &str) -> Result<(), StoreError> {
+    agent_proto::key_name::check(name).map_err(|e| StoreError::InvalidArgument(e.to_string()))
+}
+
+/// One version of a key: its KEK (until revoked) and its encryption count.
+pub struct Version {
+    pub(super) number: u32,
+    pub(super) created: u64,
+    pub(super) kek: Option<Kek>,
+    pub(super) sealed: Option<[u8; SEALED_KEK_LEN]>,
+    pub(super) encryptions: AtomicU64,
+    pub(super) reserved: AtomicU64,
+    /// Whether this process raised the near-the-limit alert for the version.
+    pub(super) limit_alerted: AtomicBool,
+}
+
+impl std::fmt::Debug for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Version")
+            .field("number", &self.number)
+            .field("revoked", &self.is_revoked())
+            .field("encryptions", &self.encryptions())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Version {
+    /// The version number, from 1.
+    pub fn number(&self) -> u32 {
+        self.number
+    }
+
+    /// The KEK's cipher; `None` once the version is revoked.
+    pub fn cipher(&self) -> Option<&Aes256Gcm> {
+        self.kek.as_ref().map(Kek::cipher)
+    }
+
+    /// Whether the version is revoked (its KEK deleted).
+    pub fn is_revoked(&self) -> bool {
+        self.kek.is_none()
+    }
+
+    /// Encryptions made so far (after a crash: an upper bound).
+    pub fn encryptions(&self) -> u64 {
+        self.encryptions.load(Ordering::Relaxed)
+    }
+
+    /// Counts one encryption if fewer than `limit` were made; returns the
+    /// new count, or `None` when the version has reached its limit.
+    pub fn count_encryption(&self, limit: u64) -> Option<u64> {
+        self.encryptions
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|n| n + 1)
+    }
+
+    /// Marks the near-the-limit alert as raised; true only for the first
+    /// caller, so the alert is raised once per version and process.
+    pub fn mark_limit_alerted(&self) -> bool {
+        !self.limit_alerted.swap(true, Ordering::Relaxed)
+    }
+
+    /// Whether `count` encryptions are covered by the persisted reservation.
+    pub fn is_reserved(&self, count: u64) -> bool {
+        count <= self.reserved.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn revoked_copy(&self) -> Version {
+        let count = self.encryptions();
+        Version {
+            number: self.number,
+            created: self.created,
+            kek: None,
+            sealed: None,
+            encryptions: AtomicU64::new(count),
+            reserved: AtomicU64::new(self.reserved.load(Ordering::Relaxed).max(count)),
+            limit_alerted: AtomicBool::new(self.limit_alerted.load(Ordering::Relaxed)),
+        }
+    }
+
+    pub(super) fn row(&self, key_id: KeyId) -> VersionRow {
+        VersionRow {
+            key_id,
+            version: self.number,
+            created: self.created,
+            state: u8::from(self.is_revoked()),
+            encryptions_reserved: self.reserved.load(Ordering::Relaxed),
+            sealed_kek: self.sealed.map(|s| s.to_vec()),
+        }
+    }
+
+    fn info(&self) -> VersionInfo {
+        VersionInfo {
+            version: self.number,
+            created: self.created,
+            state: if self.is_revoked() {
+                VersionState::Revoked
+            } else {
+                VersionState::Enabled
+            },
+            encryptions: self.encryptions(),
+        }
+    }
+}
+
+/// A key as one snapshot sees it.
+#[derive(Debug, Clone)]
+pub struct Key {
+    pub(super) id: KeyId,
+    pub(super) name: String,
+    pub(super) created: u64,
+    pub(super) state: KeyState,
+    pub(super) min_decryption_version: u32,
+    /// Version `n` at index `n - 1`; never empty.
+    pub(super) versions: Vec<Arc<Version>>,
+}
+
+impl Key {
+    /// The key's random id.
+    pub fn id(&self) -> KeyId {
+        self.id
+    }
+
+    /// The key's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Enabled, disabled or revoked.
+    pub fn state(&self) -> KeyState {
+        self.state
+    }
+
+    /// Versions below this refuse to unwrap.
+    pub fn min_decryption_version(&self) -> u32 {
+        self.min_decryption_version
+    }
+
+    /// The number of the newest version.
+    pub fn latest_version(&self) -> u32 {
+        self.versions.len() as u32
+    }
+
+    /// The newest version, which new ciphertexts use.
+    pub fn latest(&self) -> Option<&Arc<Version>> {
+        self.versions.last()
+    }
+
+    /// Version `number`, if it exists.
+    pub fn version(&self, number: u32) -> Option<&Arc<Version>> {
+        number
+            .checked_sub(1)
+            .and_then(|i| self.versions.get(i as usize))
+    }
+
+    /// Metadata for clients; never key material.
+    pub fn info(&self) -> KeyInfo {
+        KeyInfo {
+            id: self.id.0,
+            name: self.name.clone(),
+            created: self.created,
+            state: self.state,
+            latest_version: self.latest_version(),
+            min_decryption_version: self.min_decryption_version,
+            versions: self.versions.iter().map(|v| v.info()).collect(),
+        }
+    }
+
+    pub(super) fn row(&self) -> KeyRow {
+        KeyRow {
+            id: self.id,
+            name: self.name.clone(),
+            created: self.created,
+            state: match self.state {
+                KeyState::Enabled => 0,
+                KeyState::Disabled => 1,
+                KeyState::Revoked => 2,
+            },
+            latest_version: self.latest_version(),
+            min_decryption_version: self.min_decryption_version,
+        }
+    }
+}
+
+/// Every key, by name and by id: one immutable snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct Keys {
+    pub(super) by_name: HashMap<String, Arc<Key>>,
+    pub(super) by_id: HashMap<KeyId, Arc<Key>>,
+}
+
+impl Keys {
+    /// The key named `name`.
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Key>> {
+        self.by_name.get(name)
+    }
+
+    /// The key with id `id`.
+    pub fn by_id(&self, id: KeyId) -> Option<&Arc<Key>> {
+        self.by_id.get(&id)
+    }
+
+    /// Every key, sorted by name.
+    pub fn sorted(&self) -> Vec<&Arc<Key>> {
+        let mut keys: Vec<&Arc<Key>> = self.by_name.values().collect();
+        keys.sort_by(|a, b| a.name.cmp(&b.name));
+        keys
+    }
+
+    /// How many keys there are.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Whether there are no keys.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// How many versions all keys have together.
+    pub fn version_count(&self) -> usize {
+        self.by_name.values().map(|k| k.versions.len()).sum()
+    }
+
+    pub(super) fn insert(&mut self, key: Arc<Key>) {
+        self.by_id.insert(key.id, Arc::clone(&key));
+        self.by_name.insert(key.name.clone(), key);
+    }
+}

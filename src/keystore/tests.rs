@@ -1,0 +1,564 @@
+//! The key store in-process, without a TPM: a root key from bytes and
+//! [`TestEntropy`]. Changes must survive a reopen; a row edited on disk
+//! must stop the store from opening, with the error naming the key.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use agent_proto::{EncryptionContext, KeyState};
+use rusqlite::Connection;
+
+use super::db::{self, Database, DbError};
+use super::sealing::StoreSecrets;
+use super::*;
+use crate::envelope;
+use crate::rootkey::RootKey;
+use crate::state_dir::{KEYSTORE_DB, StateDir};
+
+const ROOT: [u8; 32] = [0x42; 32];
+
+/// A state dir (created 0700 below a tempdir, which may be 0755).
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    entropy: Arc<TestEntropy>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        Fixture {
+            _tmp: tmp,
+            dir,
+            entropy: Arc::new(TestEntropy::new()),
+        }
+    }
+
+    fn open_with(&self, root: [u8; 32]) -> Result<KeyStore, StoreError> {
+        let dir = StateDir::open(&self.dir).unwrap();
+        let root = RootKey::from_bytes_for_tests(root);
+        KeyStore::open(&dir, &root, self.entropy.clone())
+    }
+
+    fn open(&self) -> Result<KeyStore, StoreError> {
+        self.open_with(ROOT)
+    }
+
+    fn db_path(&self) -> PathBuf {
+        self.dir.join(KEYSTORE_DB)
+    }
+
+    /// Runs `sql` on the file directly, as someone editing it would.
+    fn edit(&self, sql: &str) {
+        let conn = Connection::open(self.db_path()).unwrap();
+        conn.execute_batch("PRAGMA foreign_keys = OFF;").unwrap();
+        conn.execute_batch(sql).unwrap();
+    }
+
+    /// Rewrites rows with valid MACs (as only a holder of the root key
+    /// could), to reach the loader's checks behind the MACs.
+    fn forge(&self, change: impl FnOnce(&mut Vec<db::KeyRow>, &mut Vec<db::VersionRow>)) {
+        let root = RootKey::from_bytes_for_tests(ROOT);
+        let secrets = StoreSecrets::derive(&root).unwrap();
+        let (mut database, _) = Database::open(&self.db_path()).unwrap();
+        let (keys, versions) = database.load().unwrap();
+        let mut keys: Vec<db::KeyRow> = keys.into_iter().map(|s| s.row).collect();
+        let mut versions: Vec<db::VersionRow> = versions.into_iter().map(|s| s.row).collect();
+        change(&mut keys, &mut versions);
+        database
+            .transaction(|tx| {
+                tx.execute_batch("DELETE FROM versions; DELETE FROM keys;")?;
+                for row in &keys {
+                    db::put_key(tx, row, &secrets.row_mac(&row.canonical()))?;
+                }
+                for row in &versions {
+                    db::put_version(tx, row, &secrets.row_mac(&row.canonical()))?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+}
+
+fn id_hex(store: &KeyStore, name: &str) -> String {
+    store.keys().by_name(name).unwrap().id().to_string()
+}
+
+/// The `(key, detail)` of a `Tampered` refusal; panics on anything else.
+fn tampered(result: Result<KeyStore, StoreError>) -> (String, String) {
+    match result {
+        Err(StoreError::Tampered { key, detail, .. }) => (key, detail),
+        Err(other) => panic!("expected Tampered, got {other}"),
+        Ok(_) => panic!("expected Tampered, but the store opened"),
+    }
+}
+
+/// A store with key "a" at versions 1 and 2, and key "b" at version 1.
+fn two_keys(fixture: &Fixture) -> (String, String) {
+    let store = fixture.open().unwrap();
+    store.create("a").unwrap();
+    store.rotate("a").unwrap();
+    store.create("b").unwrap();
+    (id_hex(&store, "a"), id_hex(&store, "b"))
+}
+
+fn wrap(store: &KeyStore, name: &str, plaintext: &[u8]) -> Vec<u8> {
+    let keys = store.keys();
+    let key = keys.by_name(name).unwrap();
+    let version = key.latest().unwrap();
+    envelope::wrap(
+        version.cipher().unwrap(),
+        key.id(),
+        version.number(),
+        plaintext,
+        &EncryptionContext::new(),
+    )
+    .unwrap()
+}
+
+fn unwrap_with(store: &KeyStore, name: &str, version: u32, blob: &[u8]) -> Option<Vec<u8>> {
+    let keys = store.keys();
+    let version = keys.by_name(name)?.version(version)?.clone();
+    let plaintext = envelope::unwrap(version.cipher()?, blob, &EncryptionContext::new()).ok()?;
+    Some(plaintext.to_vec())
+}
+
+// --- Persistence across reopen -------------------------------------------
+
+#[test]
+fn changes_survive_a_reopen() {
+    let fixture = Fixture::new();
+    let store = fixture.open().unwrap();
+    store.create("rotated").unwrap();
+    store.rotate("rotated").unwrap();
+    store.rotate("rotated").unwrap();
+    store.set_min_decryption_version("rotated", 2).unwrap();
+    store.create("disabled").unwrap();
+    store.set_enabled("disabled", false).unwrap();
+    store.create("revoked").unwrap();
+    store.revoke("revoked", None).unwrap();
+    store.create("old-version-revoked").unwrap();
+    store.rotate("old-version-revoked").unwrap();
+    store.revoke("old-version-revoked", Some(1)).unwrap();
+    let blob = wrap(&store, "rotated", b"kept secret");
+    let before: Vec<_> = store.keys().sorted().iter().map(|k| k.info()).collect();
+    drop(store);
+
+    let store = fixture.open().unwrap();
+    let after: Vec<_> = store.keys().sorted().iter().map(|k| k.info()).collect();
+    assert_eq!(before, after);
+    let keys = store.keys();
+    let rotated = keys.by_name("rotated").unwrap();
+    assert_eq!(rotated.latest_version(), 3);
+    assert_eq!(rotated.min_decryption_version(), 2);
+    assert_eq!(
+        keys.by_name("disabled").unwrap().state(),
+        KeyState::Disabled
+    );
+    let revoked = keys.by_name("revoked").unwrap();
+    assert_eq!(revoked.state(), KeyState::Revoked);
+    assert!(revoked.version(1).unwrap().is_revoked());
+    let partly = keys.by_name("old-version-revoked").unwrap();
+    assert!(partly.version(1).unwrap().is_revoked());
+    assert!(!partly.version(2).unwrap().is_revoked());
+    // The KEK itself persisted: a ciphertext from before unwraps after.
+    assert_eq!(
+        unwrap_with(&store, "rotated", 3, &blob).as_deref(),
+        Some(&b"kept secret"[..])
+    );
+}
+
+#[test]
+fn enabling_again_and_revoking_the_latest_version_survive_a_reopen() {
+    let fixture = Fixture::new();
+    let store = fixture.open().unwrap();
+    store.create("k").unwrap();
+    store.set_enabled("k", false).unwrap();
+    store.set_enabled("k", true).unwrap();
+    let blob = wrap(&store, "k", b"v1");
+    // Revoking the latest version first adds a new one.
+    let key = store.revoke("k", Some(1)).unwrap();
+    assert_eq!(key.latest_version(), 2);
+    drop(store);
+
+    let store = fixture.open().unwrap();
+    let keys = store.keys();
+    let key = keys.by_name("k").unwrap();
+    assert_eq!(key.state(), KeyState::Enabled);
+    assert_eq!(key.latest_version(), 2);
+    assert!(key.version(1).unwrap().is_revoked());
+    assert!(key.version(1).unwrap().cipher().is_none());
+    assert_eq!(unwrap_with(&store, "k", 1, &blob), None);
+}
+
+#[test]
+fn revoked_names_stay_taken_after_a_reopen() {
+    let fixture = Fixture::new();
+    let store = fixture.open().unwrap();
+    store.create("gone").unwrap();
+    store.revoke("gone", None).unwrap();
+    drop(store);
+    let store = fixture.open().unwrap();
+    assert!(matches!(
+        store.create("gone"),
+        Err(StoreError::KeyExists(_))
+    ));
+    assert!(matches!(
+        store.rotate("gone"),
+        Err(StoreError::KeyRevoked(_))
+    ));
+}
+
+#[test]
+fn encryption_counts_reopen_at_their_reservation_after_a_crash_and_exact_after_persisting() {
+    let fixture = Fixture::new();
+    let store = fixture.open().unwrap();
+    store.create("k").unwrap();
+    let keys = store.keys();
+    let key = keys.by_name("k").unwrap();
+    let version = key.latest().unwrap();
+    for expected in 1..=5 {
+        assert_eq!(version.count_encryption(u64::MAX), Some(expected));
+    }
+    assert!(!version.is_reserved(5));
+    store.reserve(key.id(), version, 5).unwrap();
+    assert!(version.is_reserved(5 + RESERVATION_STEP));
+    assert!(!version.is_reserved(5 + RESERVATION_STEP + 1));
+    drop((keys, store));
+
+    // No clean shutdown: the count is the persisted upper bound.
+    let store = fixture.open().unwrap();
+    let count = |store: &KeyStore| {
+        store
+            .keys()
+            .by_name("k")
+            .unwrap()
+            .latest()
+            .unwrap()
+            .encryptions()
+    };
+    assert_eq!(count(&store), 5 + RESERVATION_STEP);
+    drop(store);
+
+    // A clean shutdown writes the exact count.
+    let store = fixture.open().unwrap();
+    let keys = store.keys();
+    let version = keys.by_name("k").unwrap().latest().unwrap();
+    version.count_encryption(u64::MAX).unwrap();
+    store.persist_counts().unwrap();
+    drop((keys, store));
+    let store = fixture.open().unwrap();
+    assert_eq!(count(&store), 5 + RESERVATION_STEP + 1);
+}
+
+#[test]
+fn a_reservation_for_a_replaced_version_is_refused_as_changed() {
+    let fixture = Fixture::new();
+    let store = fixture.open().unwrap();
+    store.create("k").unwrap();
+    let keys = store.keys();
+    let key = keys.by_name("k").unwrap();
+    let version = Arc::clone(key.latest().unwrap());
+    version.count_encryption(u64::MAX).unwrap();
+    store.revoke("k", Some(1)).unwrap();
+    assert!(matches!(
+        store.reserve(key.id(), &version, 1),
+        Err(StoreError::Changed(_))
+    ));
+}
+
+#[test]
+fn the_version_count_limit_stops_counting() {
+    let fixture = Fixture::new();
+    let store = fixture.open().unwrap();
+    store.create("k").unwrap();
+    let keys = store.keys();
+    let version = keys.by_name("k").unwrap().latest().unwrap();
+    assert_eq!(version.count_encryption(2), Some(1));
+    assert_eq!(version.count_encryption(2), Some(2));
+    assert_eq!(version.count_encryption(2), None);
+    assert_eq!(version.encryptions(), 2);
+}
+
+#[test]
+fn rotate_if_latest_rotates_once_however_many_ask() {
+    let fixture = Fixture::new();
+    let store = fixture.open().unwrap();
+    let id = store.create("k").unwrap().id();
+    assert_eq!(store.rotate_if_latest(id, 1).unwrap().latest_version(), 2);
+    // A second caller that saw version 1 at its limit finds it replaced.
+    assert_eq!(store.rotate_if_latest(id, 1).unwrap().latest_version(), 2);
+    assert_eq!(fixture.entropy.taken(), 2);
+}
+
+#[test]
+fn new_versions_need_the_entropy_source_but_other_changes_do_not() {
+    let fixture = Fixture::new();
+    let store = fixture.open().unwrap();
+    store.create("k").unwrap();
+    fixture.entropy.set_unavailable(true);
+    assert!(matches!(store.create("other"), Err(StoreError::Tpm(_))));
+    assert!(matches!(store.rotate("k"), Err(StoreError::Tpm(_))));
+    assert!(matches!(
+        store.revoke("k", Some(1)),
+        Err(StoreError::Tpm(_))
+    ));
+    store.set_enabled("k", false).unwrap();
+    store.set_enabled("k", true).unwrap();
+    store.revoke("k", None).unwrap();
+    assert!(store.keys().by_name("other").is_none());
+}
+
+// --- Tamper detection at open -------------------------------------------
+
+#[test]
+fn an_untouched_store_opens() {
+    let fixture = Fixture::new();
+    two_keys(&fixture);
+    let store = fixture.open().unwrap();
+    assert_eq!(store.keys().len(), 2);
+    assert_eq!(store.keys().version_count(), 3);
+}
+
+#[test]
+fn edited_key_rows_fail_authentication() {
+    for edit in [
+        "UPDATE keys SET name = 'renamed' WHERE name = 'a'",
+        "UPDATE keys SET created = created + 1 WHERE name = 'a'",
+        "UPDATE keys SET state = 0 WHERE name = 'a'",
+        "UPDATE keys SET min_decryption_version = 1 WHERE name = 'a'",
+        "UPDATE keys SET latest_version = 1 WHERE name = 'a'",
+        "UPDATE keys SET mac = (SELECT mac FROM keys WHERE name = 'b') WHERE name = 'a'",
+    ] {
+        let fixture = Fixture::new();
+        let (a, _) = two_keys(&fixture);
+        {
+            // Give the edits of state and minimum version something to undo.
+            let store = fixture.open().unwrap();
+            store.set_enabled("a", false).unwrap();
+            store.set_min_decryption_version("a", 2).unwrap();
+        }
+        fixture.edit(edit);
+        let (key, detail) = tampered(fixture.open());
+        assert!(key.contains(&a), "{edit}: {key}");
+        assert_eq!(detail, "fails authentication under the root key", "{edit}");
+    }
+}
+
+#[test]
+fn edited_version_rows_fail_authentication() {
+    for edit in [
+        // The count: rolled back so more encryptions fit under the limit.
+        "UPDATE versions SET encryptions_reserved = 0 WHERE version = 2",
+        "UPDATE versions SET created = 0 WHERE version = 2",
+        "UPDATE versions SET state = 1, sealed_kek = NULL WHERE version = 2",
+        // The sealed KEKs of versions 1 and 2 swapped.
+        "UPDATE versions SET sealed_kek = CASE version WHEN 1 THEN \
+             (SELECT sealed_kek FROM versions v WHERE v.key_id = versions.key_id AND v.version = 2) \
+             ELSE (SELECT sealed_kek FROM versions v WHERE v.key_id = versions.key_id AND v.version = 1) END \
+         WHERE key_id = (SELECT id FROM keys WHERE name = 'a')",
+        // The sealed KEK of key b put in version 2 of key a.
+        "UPDATE versions SET sealed_kek = \
+             (SELECT sealed_kek FROM versions v JOIN keys k ON k.id = v.key_id WHERE k.name = 'b') \
+         WHERE version = 2",
+    ] {
+        let fixture = Fixture::new();
+        let (a, _) = two_keys(&fixture);
+        {
+            let store = fixture.open().unwrap();
+            let keys = store.keys();
+            let key = keys.by_name("a").unwrap();
+            let version = key.latest().unwrap();
+            version.count_encryption(u64::MAX).unwrap();
+            store.reserve(key.id(), version, 1).unwrap();
+        }
+        fixture.edit(edit);
+        let (key, detail) = tampered(fixture.open());
+        assert!(key.contains(&a), "{edit}: {key}");
+        assert!(
+            detail.starts_with("version ")
+                && detail.ends_with("fails authentication under the root key"),
+            "{edit}: {detail}"
+        );
+    }
+}
+
+#[test]
+fn rows_swapped_with_their_macs_fail_authentication() {
+    let fixture = Fixture::new();
+    let (a, _) = two_keys(&fixture);
+    // Versions 1 and 2 of key a trade everything but their numbers: each
+    // MAC covers the version number, so neither verifies.
+    fixture.edit(
+        "UPDATE versions SET version = 3 WHERE version = 1 AND key_id = (SELECT id FROM keys WHERE name = 'a');
+         UPDATE versions SET version = 1 WHERE version = 2 AND key_id = (SELECT id FROM keys WHERE name = 'a');
+         UPDATE versions SET version = 2 WHERE version = 3 AND key_id = (SELECT id FROM keys WHERE name = 'a');",
+    );
+    let (key, detail) = tampered(fixture.open());
+    assert!(key.contains(&a));
+    assert_eq!(detail, "version 1: fails authentication under the root key");
+}
+
+#[test]
+fn a_deleted_version_row_is_refused() {
+    let fixture = Fixture::new();
+    let (a, _) = two_keys(&fixture);
+    fixture.edit(
+        "DELETE FROM versions WHERE version = 1 AND key_id = (SELECT id FROM keys WHERE name = 'a')",
+    );
+    let (key, detail) = tampered(fixture.open());
+    assert!(key.contains(&a));
+    assert_eq!(detail, "lists versions 1 to 2 but the store holds [2]");
+}
+
+#[test]
+fn an_added_version_row_is_refused() {
+    let fixture = Fixture::new();
+    let (a, _) = two_keys(&fixture);
+    fixture.edit(
+        "INSERT INTO versions (key_id, version, created, state, encryptions_reserved, sealed_kek, mac)
+         SELECT key_id, 3, created, state, encryptions_reserved, sealed_kek, mac FROM versions
+         WHERE version = 2 AND key_id = (SELECT id FROM keys WHERE name = 'a')",
+    );
+    let (key, detail) = tampered(fixture.open());
+    assert!(key.contains(&a));
+    assert_eq!(
+        detail,
+        "lists versions 1 to 2 but the store holds [1, 2, 3]"
+    );
+}
+
+#[test]
+fn versions_without_their_key_row_are_refused() {
+    let fixture = Fixture::new();
+    let (_, b) = two_keys(&fixture);
+    fixture.edit("DELETE FROM keys WHERE name = 'b'");
+    let (key, detail) = tampered(fixture.open());
+    assert_eq!(key, format!("id {b}"));
+    assert_eq!(detail, "has versions but no key row");
+}
+
+#[test]
+fn an_added_key_row_is_refused() {
+    let fixture = Fixture::new();
+    two_keys(&fixture);
+    // A copy of key b under a new id and name, with b's MAC.
+    fixture.edit(
+        "INSERT INTO keys (id, name, created, state, latest_version, min_decryption_version, mac)
+         SELECT zeroblob(16), 'copy', created, state, latest_version, min_decryption_version, mac
+         FROM keys WHERE name = 'b'",
+    );
+    let (key, detail) = tampered(fixture.open());
+    assert!(key.contains("\"copy\""), "{key}");
+    assert_eq!(detail, "fails authentication under the root key");
+}
+
+#[test]
+fn the_root_key_check_value_must_be_there_and_match() {
+    let fixture = Fixture::new();
+    two_keys(&fixture);
+    assert!(matches!(
+        fixture.open_with([0x43; 32]),
+        Err(StoreError::WrongRootKey { .. })
+    ));
+    fixture.edit("UPDATE meta SET value = 'ffffffffffffffff' WHERE name = 'root_key_check'");
+    match fixture.open() {
+        Err(StoreError::WrongRootKey {
+            store_check,
+            root_check,
+            ..
+        }) => {
+            assert_eq!(store_check, "ffffffffffffffff");
+            assert_eq!(
+                root_check,
+                RootKey::from_bytes_for_tests(ROOT).check_value()
+            );
+        }
+        other => panic!("expected WrongRootKey, got {other:?}"),
+    }
+    fixture.edit("DELETE FROM meta WHERE name = 'root_key_check'");
+    let (key, detail) = tampered(fixture.open());
+    assert_eq!(key, "(none)");
+    assert_eq!(detail, "table meta lacks the root key check value");
+}
+
+#[test]
+fn out_of_range_values_are_refused_as_corrupt() {
+    let fixture = Fixture::new();
+    two_keys(&fixture);
+    fixture.edit("UPDATE versions SET encryptions_reserved = -1 WHERE version = 2");
+    assert!(matches!(
+        fixture.open(),
+        Err(StoreError::Database {
+            source: DbError::Corrupt(_),
+            ..
+        })
+    ));
+}
+
+// Behind the MACs: rows forged with the root key, which the loader's
+// consistency checks still refuse.
+
+#[test]
+fn a_sealed_kek_moved_to_another_version_does_not_open_even_with_a_valid_mac() {
+    let fixture = Fixture::new();
+    let (a, _) = two_keys(&fixture);
+    fixture.forge(|keys, versions| {
+        let id = keys.iter().find(|k| k.name == "a").unwrap().id;
+        let pos = |n: u32| {
+            versions
+                .iter()
+                .position(|v| v.key_id == id && v.version == n)
+                .unwrap()
+        };
+        let (one, two) = (pos(1), pos(2));
+        let first = versions[one].sealed_kek.take();
+        versions[one].sealed_kek = versions[two].sealed_kek.replace(first.unwrap());
+    });
+    let (key, detail) = tampered(fixture.open());
+    assert!(key.contains(&a));
+    assert_eq!(
+        detail,
+        "version 1: its KEK does not open under the root key"
+    );
+}
+
+#[test]
+fn forged_rows_that_contradict_themselves_are_refused() {
+    type Forgery = fn(&mut Vec<db::KeyRow>, &mut Vec<db::VersionRow>);
+    let cases: [(Forgery, &str); 5] = [
+        (|keys, _| keys[0].state = 7, "has an unknown state 7"),
+        (
+            |keys, _| keys[0].min_decryption_version = 0,
+            "has an impossible minimum decryption version",
+        ),
+        (
+            |keys, _| keys[0].min_decryption_version = keys[0].latest_version + 1,
+            "has an impossible minimum decryption version",
+        ),
+        (
+            |keys, versions| {
+                let id = keys[0].id;
+                let v = versions.iter_mut().find(|v| v.key_id == id).unwrap();
+                v.state = 1;
+            },
+            "version 1: its state and KEK disagree",
+        ),
+        (
+            |keys, _| keys[0].state = 2,
+            "version 1: is live in a revoked key",
+        ),
+    ];
+    for (forge, expected) in cases {
+        let fixture = Fixture::new();
+        let store = fixture.open().unwrap();
+        store.create("only").unwrap();
+        let id = id_hex(&store, "only");
+        drop(store);
+        fixture.forge(forge);
+        let (key, detail) = tampered(fixture.open());
+        assert!(key.contains(&id), "{expected}: {key}");
+        assert_eq!(detail, expected);
+    }
+}

@@ -1,0 +1,369 @@
+//! The changes: create, rotate (on demand or at the encryption limit),
+//! revoke, disable and enable, the minimum decryption version, and the
+//! encryption-count reservations. Each is serialized under the writer
+//! lock, written in one durable transaction, then published as a new
+//! snapshot; TPM randomness for a new version is taken before the lock.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use agent_proto::KeyState;
+use rand::TryRng;
+use zeroize::Zeroizing;
+
+use super::db::{self, VersionRow};
+use super::sealing::{KEK_LEN, SEALED_KEK_LEN};
+use super::{Kek, Key, KeyStore, Keys, RESERVATION_STEP, StoreError, Version, Writer, check_name};
+use crate::envelope::KeyId;
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn random<const N: usize>() -> Result<Zeroizing<[u8; N]>, StoreError> {
+    let mut bytes = Zeroizing::new([0u8; N]);
+    rand::rngs::SysRng
+        .try_fill_bytes(bytes.as_mut())
+        .map_err(|e| StoreError::Random(e.to_string()))?;
+    Ok(bytes)
+}
+
+impl KeyStore {
+    /// Writes `key`'s row and `versions`' rows in one durable transaction,
+    /// then publishes `key` in a new snapshot.
+    fn commit(
+        &self,
+        writer: &mut Writer,
+        key: Key,
+        versions: &[&Version],
+    ) -> Result<Arc<Key>, StoreError> {
+        let key_row = key.row();
+        let key_mac = writer.secrets.row_mac(&key_row.canonical());
+        let version_rows: Vec<(VersionRow, [u8; 32])> = versions
+            .iter()
+            .map(|v| {
+                let row = v.row(key.id);
+                let mac = writer.secrets.row_mac(&row.canonical());
+                (row, mac)
+            })
+            .collect();
+        writer
+            .db
+            .transaction(|tx| {
+                db::put_key(tx, &key_row, &key_mac)?;
+                for (row, mac) in &version_rows {
+                    db::put_version(tx, row, mac)?;
+                }
+                Ok(())
+            })
+            .map_err(|e| self.db_error(e))?;
+        let key = Arc::new(key);
+        let mut next = Keys::clone(&self.keys.load());
+        next.insert(Arc::clone(&key));
+        self.keys.store(Arc::new(next));
+        Ok(key)
+    }
+
+    /// A new version of key `id`: a KEK from the OS RNG XOR `tpm`
+    /// randomness (taken before the writer lock), sealed under the root key.
+    fn new_version(
+        writer: &mut Writer,
+        id: KeyId,
+        number: u32,
+        tpm: &[u8; KEK_LEN],
+    ) -> Result<Version, StoreError> {
+        let mut material = random::<KEK_LEN>()?;
+        for (byte, mix) in material.iter_mut().zip(tpm.iter()) {
+            *byte ^= mix;
+        }
+        let sealed = writer
+            .secrets
+            .seal_kek(id, number, &material)
+            .map_err(StoreError::Random)?;
+        let sealed: [u8; SEALED_KEK_LEN] = sealed
+            .try_into()
+            .map_err(|_| StoreError::Random("a sealed KEK of the wrong length".to_string()))?;
+        Ok(Version {
+            number,
+            created: now(),
+            kek: Some(Kek::new(&material)),
+            sealed: Some(sealed),
+            encryptions: AtomicU64::new(0),
+            reserved: AtomicU64::new(0),
+            limit_alerted: AtomicBool::new(false),
+        })
+    }
+
+    /// The current key named `name`, for a change.
+    fn current(&self, name: &str) -> Result<Arc<Key>, StoreError> {
+        self.keys
+            .load()
+            .by_name(name)
+            .cloned()
+            .ok_or_else(|| StoreError::KeyNotFound(name.to_string()))
+    }
+
+    fn live(&self, name: &str) -> Result<Arc<Key>, StoreError> {
+        let key = self.current(name)?;
+        if key.state == KeyState::Revoked {
+            return Err(StoreError::KeyRevoked(key.name.clone()));
+        }
+        Ok(key)
+    }
+
+    /// Creates key `name` at version 1.
+    pub fn create(&self, name: &str) -> Result<Arc<Key>, StoreError> {
+        check_name(name)?;
+        if self.keys.load().by_name(name).is_some() {
+            return Err(StoreError::KeyExists(name.to_string()));
+        }
+        let tpm = self.entropy.take()?;
+        let mut writer = self.writer();
+        if self.keys.load().by_name(name).is_some() {
+            return Err(StoreError::KeyExists(name.to_string()));
+        }
+        let id = loop {
+            let id = KeyId(*random::<16>()?);
+            if self.keys.load().by_id(id).is_none() {
+                break id;
+            }
+        };
+        let version = Arc::new(Self::new_version(&mut writer, id, 1, &tpm)?);
+        let key = Key {
+            id,
+            name: name.to_string(),
+            created: now(),
+            state: KeyState::Enabled,
+            min_decryption_version: 1,
+            versions: vec![Arc::clone(&version)],
+        };
+        self.commit(&mut writer, key, &[&version])
+    }
+
+    /// Adds a new latest version to key `name`.
+    pub fn rotate(&self, name: &str) -> Result<Arc<Key>, StoreError> {
+        self.live(name)?;
+        let tpm = self.entropy.take()?;
+        let mut writer = self.writer();
+        let key = self.live(name)?;
+        self.rotate_locked(&mut writer, &key, &tpm)
+    }
+
+    /// Rotates key `id` only if `version` is still its latest: what a version
+    /// that reached its encryption limit asks for. Returns the current key.
+    pub fn rotate_if_latest(&self, id: KeyId, version: u32) -> Result<Arc<Key>, StoreError> {
+        let current = || {
+            let key = self
+                .keys
+                .load()
+                .by_id(id)
+                .cloned()
+                .ok_or_else(|| StoreError::KeyNotFound(id.to_string()))?;
+            if key.state == KeyState::Revoked {
+                return Err(StoreError::KeyRevoked(key.name.clone()));
+            }
+            Ok(key)
+        };
+        let key = current()?;
+        if key.latest_version() != version {
+            return Ok(key);
+        }
+        let tpm = self.entropy.take()?;
+        let mut writer = self.writer();
+        let key = current()?;
+        if key.latest_version() != version {
+            return Ok(key);
+        }
+        self.rotate_locked(&mut writer, &key, &tpm)
+    }
+
+    fn rotate_locked(
+        &self,
+        writer: &mut Writer,
+        key: &Key,
+        tpm: &[u8; KEK_LEN],
+    ) -> Result<Arc<Key>, StoreError> {
+        let version = Arc::new(Self::new_version(
+            writer,
+            key.id,
+            key.latest_version() + 1,
+            tpm,
+        )?);
+        let mut next = key.clone();
+        next.versions.push(Arc::clone(&version));
+        self.commit(writer, next, &[&version])
+    }
+
+    /// Revokes version `version` of key `name`, or with `None` the whole key.
+    /// Revoking the latest version first adds a new one, so the key keeps
+    /// working. Revoked KEKs are deleted from the store and from memory.
+    pub fn revoke(&self, name: &str, version: Option<u32>) -> Result<Arc<Key>, StoreError> {
+        loop {
+            // Revoking the latest version needs TPM randomness for its
+            // successor: taken before the writer lock, and checked again
+            // under it (a rotation in between makes it unneeded).
+            let tpm = match version {
+                Some(number) if self.live(name)?.latest_version() == number => {
+                    Some(self.entropy.take()?)
+                }
+                _ => None,
+            };
+            if let Some(revoked) = self.revoke_with(name, version, tpm.as_deref())? {
+                return Ok(revoked);
+            }
+        }
+    }
+
+    /// [`KeyStore::revoke`] under the writer lock; `None` when it needs TPM
+    /// randomness it was not given.
+    fn revoke_with(
+        &self,
+        name: &str,
+        version: Option<u32>,
+        tpm: Option<&[u8; KEK_LEN]>,
+    ) -> Result<Option<Arc<Key>>, StoreError> {
+        let mut writer = self.writer();
+        let key = self.live(name)?;
+        let mut next = Key::clone(&key);
+        let mut changed: Vec<Arc<Version>> = Vec::new();
+        match version {
+            None => {
+                next.state = KeyState::Revoked;
+                for slot in &mut next.versions {
+                    if !slot.is_revoked() {
+                        *slot = Arc::new(slot.revoked_copy());
+                        changed.push(Arc::clone(slot));
+                    }
+                }
+            }
+            Some(number) => {
+                let latest = key.latest_version();
+                let Some(old) = key.version(number) else {
+                    return Err(StoreError::VersionNotFound {
+                        key: key.name.clone(),
+                        version: number,
+                        latest,
+                    });
+                };
+                if old.is_revoked() {
+                    return Ok(Some(key));
+                }
+                if number == latest {
+                    let Some(tpm) = tpm else {
+                        return Ok(None);
+                    };
+                    let fresh = Arc::new(Self::new_version(&mut writer, key.id, latest + 1, tpm)?);
+                    next.versions.push(Arc::clone(&fresh));
+                    changed.push(fresh);
+                }
+                let revoked = Arc::new(old.revoked_copy());
+                next.versions[number as usize - 1] = Arc::clone(&revoked);
+                changed.push(revoked);
+            }
+        }
+        let rows: Vec<&Version> = changed.iter().map(Arc::as_ref).collect();
+        self.commit(&mut writer, next, &rows).map(Some)
+    }
+
+    /// Disables (`enabled == false`) or enables key `name`.
+    pub fn set_enabled(&self, name: &str, enabled: bool) -> Result<Arc<Key>, StoreError> {
+        let mut writer = self.writer();
+        let key = self.live(name)?;
+        let state = if enabled {
+            KeyState::Enabled
+        } else {
+            KeyState::Disabled
+        };
+        if key.state == state {
+            return Ok(key);
+        }
+        let mut next = Key::clone(&key);
+        next.state = state;
+        self.commit(&mut writer, next, &[])
+    }
+
+    /// Makes versions below `version` of key `name` refuse to unwrap.
+    pub fn set_min_decryption_version(
+        &self,
+        name: &str,
+        version: u32,
+    ) -> Result<Arc<Key>, StoreError> {
+        let mut writer = self.writer();
+        let key = self.live(name)?;
+        let latest = key.latest_version();
+        if !(1..=latest).contains(&version) {
+            return Err(StoreError::InvalidArgument(format!(
+                "minimum decryption version {version} of key \"{}\" must be between 1 and its latest version {latest}",
+                key.name
+            )));
+        }
+        let mut next = Key::clone(&key);
+        next.min_decryption_version = version;
+        self.commit(&mut writer, next, &[])
+    }
+
+    /// Persists a reservation covering `count` encryptions of `version` of
+    /// key `id`, before a ciphertext beyond the old reservation leaves.
+    pub fn reserve(&self, id: KeyId, version: &Arc<Version>, count: u64) -> Result<(), StoreError> {
+        let mut writer = self.writer();
+        if version.is_reserved(count) {
+            return Ok(());
+        }
+        let keys = self.keys.load();
+        let current = keys.by_id(id).and_then(|k| k.version(version.number));
+        let Some(current) = current.filter(|current| Arc::ptr_eq(current, version)) else {
+            let name = keys
+                .by_id(id)
+                .map_or_else(|| id.to_string(), |k| k.name.clone());
+            return Err(StoreError::Changed(name));
+        };
+        let reserved = count + RESERVATION_STEP;
+        let mut row = current.row(id);
+        row.encryptions_reserved = reserved;
+        let mac = writer.secrets.row_mac(&row.canonical());
+        writer
+            .db
+            .transaction(|tx| db::put_version(tx, &row, &mac))
+            .map_err(|e| self.db_error(e))?;
+        current.reserved.store(reserved, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes the exact encryption counts (at a clean shutdown), so the next
+    /// start does not round them up to their reservations.
+    pub fn persist_counts(&self) -> Result<(), StoreError> {
+        let mut writer = self.writer();
+        let keys = self.keys.load();
+        let mut rows = Vec::new();
+        for key in keys.by_name.values() {
+            for version in &key.versions {
+                let count = version.encryptions();
+                if count != version.reserved.load(Ordering::Relaxed) {
+                    let mut row = version.row(key.id);
+                    row.encryptions_reserved = count;
+                    let mac = writer.secrets.row_mac(&row.canonical());
+                    rows.push((row, mac, Arc::clone(version)));
+                }
+            }
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        writer
+            .db
+            .transaction(|tx| {
+                rows.iter()
+                    .try_for_each(|(row, mac, _)| db::put_version(tx, row, mac))
+            })
+            .map_err(|e| self.db_error(e))?;
+        for (row, _, version) in rows {
+            version
+                .reserved
+                .store(row.encryptions_reserved, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
