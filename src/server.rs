@@ -11,7 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use agent_proto::codec::{self, FrameBuf, LENGTH_PREFIX};
-use agent_proto::{Envelope, ErrorCode, FrameError, PROTOCOL_VERSION, Request, Response};
+use agent_proto::{
+    EncodeError, Envelope, ErrorCode, FrameError, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    Response,
+};
 use arc_swap::ArcSwap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -21,7 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admission::{Admission, FrameMemory, PeerClass, SlotLimits};
 use crate::peer::Peer;
-use crate::service::Service;
+use crate::service::{Service, outcome_of};
 
 /// How long shutdown waits for connections to finish their current request.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -356,15 +359,15 @@ async fn refuse_busy(
 ) {
     let in_flight = refusing.fetch_add(1, Ordering::AcqRel);
     let _counted = Refusing(refusing);
-    let id = if in_flight < MAX_REFUSALS_IN_FLIGHT {
-        tokio::time::timeout(REFUSAL_READ_TIMEOUT, first_request_id(&mut stream))
+    let head = if in_flight < MAX_REFUSALS_IN_FLIGHT {
+        tokio::time::timeout(REFUSAL_READ_TIMEOUT, first_request_head(&mut stream))
             .await
             .ok()
             .flatten()
     } else {
         None
     };
-    let reply = rejection(id, ErrorCode::Busy, message);
+    let reply = rejection(head, ErrorCode::Busy, message);
     if let Ok(frame) = codec::encode_frame(&reply, max_frame) {
         if !matches!(
             tokio::time::timeout(LINGER, write_frame(&mut stream, &frame)).await,
@@ -378,10 +381,10 @@ async fn refuse_busy(
     }
 }
 
-/// The id of the request a connection sends first, read from its first 14
-/// bytes (length prefix, version, id) and nothing more; `None` when they do
-/// not arrive or the frame is too short to hold an id.
-async fn first_request_id(stream: &mut UnixStream) -> Option<u64> {
+/// The version and id of the request a connection sends first, read from
+/// its first 14 bytes (length prefix, version, id) and nothing more; `None`
+/// when they do not arrive or the frame is too short to hold an id.
+async fn first_request_head(stream: &mut UnixStream) -> Option<RequestHead> {
     const ID_END: usize = LENGTH_PREFIX + 10;
     let mut head = [0u8; ID_END];
     let mut got = 0;
@@ -396,7 +399,10 @@ async fn first_request_id(stream: &mut UnixStream) -> Option<u64> {
     if len < 10 {
         return None;
     }
-    Some(u64::from_le_bytes(body.get(2..10)?.try_into().ok()?))
+    Some(RequestHead {
+        proto: Some(u16::from_le_bytes(body.get(..2)?.try_into().ok()?)),
+        id: u64::from_le_bytes(body.get(2..10)?.try_into().ok()?),
+    })
 }
 
 /// Serves one connection: requests are read, answered and written in order.
@@ -483,10 +489,13 @@ async fn serve_connection(
             }
         };
         let (reply, keep_open) = match frame {
-            Ok(body) => answer(&body, &peer, &service).await,
+            Ok(body) => answer(&body, &peer, &service, limits.max_frame).await,
             Err(FrameError::Decode(e)) => {
                 service.refused_frame(&peer, e.code(), &e);
-                (rejection(e.request_id(), e.code(), e.to_string()), false)
+                (
+                    Reply::Rejection(rejection(head_of(e.request_id()), e.code(), e.to_string())),
+                    false,
+                )
             }
             Err(FrameError::OutOfMemory { len, id }) if ungranted => {
                 let message = format!(
@@ -497,7 +506,10 @@ async fn serve_connection(
                     codec::BODY_STEP
                 );
                 service.refused_frame(&peer, ErrorCode::PermissionDenied, &message);
-                (rejection(id, ErrorCode::PermissionDenied, message), false)
+                (
+                    Reply::Rejection(rejection(head_of(id), ErrorCode::PermissionDenied, message)),
+                    false,
+                )
             }
             Err(FrameError::OutOfMemory { len, id }) => {
                 service.refused_connection(
@@ -513,27 +525,23 @@ async fn serve_connection(
                      (max_frame_memory); send the request again later",
                     limits.max_frame_memory
                 );
-                (rejection(id, ErrorCode::Busy, message), false)
+                (
+                    Reply::Rejection(rejection(head_of(id), ErrorCode::Busy, message)),
+                    false,
+                )
             }
             Err(FrameError::Truncated { .. }) | Err(FrameError::Io(_)) => return,
         };
         drop(memory);
-        let frame = match codec::encode_frame(&reply, limits.max_frame) {
-            Ok(frame) => frame,
-            Err(e) => {
-                tracing::error!("cannot encode a response: {e}");
-                match codec::encode_frame(
-                    &rejection(
-                        Some(reply.id),
-                        ErrorCode::Internal,
-                        format!("the response could not be sent: {e}"),
-                    ),
-                    limits.max_frame,
-                ) {
+        let frame = match reply {
+            Reply::Encoded(Some(frame)) => frame,
+            Reply::Rejection(rejection) => {
+                match codec::encode_frame(&rejection, limits.max_frame) {
                     Ok(frame) => frame,
                     Err(_) => return,
                 }
             }
+            Reply::Encoded(None) => return,
         };
         match tokio::time::timeout(limits.write_timeout, write_frame(&mut stream, &frame)).await {
             Ok(Ok(())) => {}
@@ -578,32 +586,127 @@ async fn linger(stream: &mut UnixStream) {
     let _ = tokio::time::timeout(LINGER, discard).await;
 }
 
-/// Decodes a request body and asks the service; an undecodable body gets an
-/// error reply and closes the connection, since the stream is out of step.
-async fn answer(body: &FrameBuf, peer: &Peer, service: &Service) -> (Envelope<Response>, bool) {
-    match codec::decode_body::<Request>(body) {
-        Ok(request) => {
-            let response = service.handle(peer, request.op).await;
-            (
-                Envelope {
-                    proto: request.proto,
-                    id: request.id,
-                    op: response,
-                },
-                true,
-            )
-        }
+/// What goes back for a frame: an answer already encoded (`None` when not
+/// even an error could be), or a rejection of a frame that did not decode.
+enum Reply {
+    Encoded(Option<FrameBuf>),
+    Rejection(Envelope<Response>),
+}
+
+/// The version and id of a request, as far as they were read.
+#[derive(Debug, Clone, Copy)]
+struct RequestHead {
+    proto: Option<u16>,
+    id: u64,
+}
+
+/// The head of a request whose id (and nothing else) is known.
+fn head_of(id: Option<u64>) -> Option<RequestHead> {
+    id.map(|id| RequestHead { proto: None, id })
+}
+
+/// Decodes a request body in its own protocol version, asks the service,
+/// encodes the answer in that version and only then completes the
+/// request's audit event, with the outcome the client gets. An
+/// undecodable body gets an error reply and closes the connection, since
+/// the stream is out of step.
+async fn answer(body: &FrameBuf, peer: &Peer, service: &Service, max_frame: u32) -> (Reply, bool) {
+    let request = match codec::decode_request(body) {
+        Ok(request) => request,
         Err(e) => {
             service.refused_frame(peer, e.code(), &e);
-            (rejection(e.request_id(), e.code(), e.to_string()), false)
+            let head = e.request_id().map(|id| RequestHead {
+                proto: body
+                    .get(..2)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u16::from_le_bytes),
+                id,
+            });
+            return (
+                Reply::Rejection(rejection(head, e.code(), e.to_string())),
+                false,
+            );
+        }
+    };
+    let (response, audit) = service.decide(peer, request.op).await;
+    let mut outcome = outcome_of(&response);
+    let listed = match &response {
+        Response::Keys(page) => Some(page.keys.len()),
+        _ => None,
+    };
+    let reply = Envelope {
+        proto: request.proto,
+        id: request.id,
+        op: response,
+    };
+    let frame = match codec::encode_response(reply, max_frame) {
+        Ok(frame) => Some(frame),
+        Err(e) => {
+            let (code, message) = unsendable(&e, request.proto, listed);
+            outcome = Some(code);
+            let head = RequestHead {
+                proto: Some(request.proto),
+                id: request.id,
+            };
+            codec::encode_frame(&rejection(Some(head), code, message), max_frame).ok()
+        }
+    };
+    service.complete(peer, audit, outcome);
+    (Reply::Encoded(frame), true)
+}
+
+/// The error that replaces an answer that cannot be encoded: for a list of
+/// keys over the frame limit, `FrameTooLarge` and what to do (page, or a
+/// smaller page); for anything else, `Internal`.
+fn unsendable(error: &EncodeError, proto: u16, listed: Option<usize>) -> (ErrorCode, String) {
+    match (error, listed) {
+        (EncodeError::TooLarge { len, max }, Some(keys)) if proto == agent_proto::v1::VERSION => {
+            tracing::warn!(
+                "a protocol-1 ListKeys of {keys} keys ({len} bytes) exceeds max_frame ({max} bytes)"
+            );
+            (
+                ErrorCode::FrameTooLarge,
+                format!(
+                    "the list of {keys} keys takes {len} bytes, more than the frame limit of \
+                     {max} bytes (max_frame): it exceeds the frame. Use a client that speaks \
+                     protocol 2, which lists keys in pages"
+                ),
+            )
+        }
+        (EncodeError::TooLarge { len, max }, Some(keys)) => {
+            tracing::warn!(
+                "a ListKeys page of {keys} keys ({len} bytes) exceeds max_frame ({max} bytes)"
+            );
+            (
+                ErrorCode::FrameTooLarge,
+                format!(
+                    "this page of {keys} keys takes {len} bytes, more than the frame limit of \
+                     {max} bytes (max_frame); ask for fewer keys a page (limit)"
+                ),
+            )
+        }
+        (e, _) => {
+            tracing::error!("cannot encode a response: {e}");
+            (
+                ErrorCode::Internal,
+                format!("the response could not be sent: {e}"),
+            )
         }
     }
 }
 
-fn rejection(id: Option<u64>, code: ErrorCode, message: String) -> Envelope<Response> {
+/// An error answering a request that never reached the service. It goes in
+/// the request's version when this daemon speaks it, else in the oldest:
+/// `Error` has the same index and shape in every version, so any client
+/// reads it.
+fn rejection(head: Option<RequestHead>, code: ErrorCode, message: String) -> Envelope<Response> {
+    let proto = head
+        .and_then(|head| head.proto)
+        .filter(|proto| (OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(proto))
+        .unwrap_or(OLDEST_PROTOCOL_VERSION);
     Envelope {
-        proto: PROTOCOL_VERSION,
-        id: id.unwrap_or(0),
+        proto,
+        id: head.map_or(0, |head| head.id),
         op: Response::error(code, message),
     }
 }

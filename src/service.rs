@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use agent_proto::{
-    Ciphertext, DataKey, EncryptionContext, ErrorCode, KeyState, OLDEST_PROTOCOL_VERSION,
+    Ciphertext, DataKey, EncryptionContext, ErrorCode, KeyPage, KeyState, OLDEST_PROTOCOL_VERSION,
     Operation, PROTOCOL_VERSION, Request, Response, SecretBytes, StatusInfo, Unwrapped, Wrapped,
 };
 use arc_swap::ArcSwap;
@@ -114,6 +114,25 @@ impl From<StoreError> for Refusal {
     }
 }
 
+/// The audit event of a request that is decided but not yet answered: the
+/// server encodes the answer first and then completes the event
+/// ([`Service::complete`]) with the outcome the client actually got, so
+/// that an answer that could not be sent is not journaled as "ok".
+#[derive(Debug)]
+#[must_use = "a request's audit event is written only when it is completed"]
+pub struct PendingAudit {
+    op: Operation,
+    subject: Subject,
+}
+
+/// The outcome a response carries: its error code, `None` for success.
+pub fn outcome_of(response: &Response) -> Option<ErrorCode> {
+    match response {
+        Response::Error(reply) => Some(reply.code),
+        _ => None,
+    }
+}
+
 /// The daemon's state that requests act on.
 #[derive(Debug)]
 pub struct Service {
@@ -186,18 +205,34 @@ impl Service {
         self.monitor.set_thresholds(alerts);
     }
 
-    /// Answers one request from `peer`, counts it and writes its audit event.
+    /// Answers one request from `peer`, counts it and writes its audit
+    /// event with the response's outcome: [`Service::decide`] and
+    /// [`Service::complete`] in one, for a caller that sends the response
+    /// as it is.
     pub async fn handle(&self, peer: &Peer, request: Request) -> Response {
+        let (response, audit) = self.decide(peer, request).await;
+        self.complete(peer, audit, outcome_of(&response));
+        response
+    }
+
+    /// Decides one request from `peer`: its response, and its audit event
+    /// still to be written once the response is encoded and the real
+    /// outcome is known.
+    pub async fn decide(&self, peer: &Peer, request: Request) -> (Response, PendingAudit) {
         let op = request.operation();
         let mut subject = Subject::default();
         let response = self
             .dispatch(peer, request, &mut subject)
             .await
             .unwrap_or_else(|refusal| Response::error(refusal.code, refusal.message));
-        let code = match &response {
-            Response::Error(reply) => Some(reply.code),
-            _ => None,
-        };
+        (response, PendingAudit { op, subject })
+    }
+
+    /// Counts a decided request and writes its audit event, with `code` the
+    /// outcome the client got (`None`: success): the response's own, or the
+    /// error that replaced it when it could not be encoded.
+    pub fn complete(&self, peer: &Peer, audit: PendingAudit, code: Option<ErrorCode>) {
+        let PendingAudit { op, subject } = audit;
         // A refusal, or a request that needs no grant, may only be counted
         // in a later summary: see monitor::flood.
         let logged = Limited::of(op, code).is_none_or(|kind| {
@@ -211,7 +246,6 @@ impl Service {
         if let Some(alert) = self.monitor.record(peer.uid, op, code) {
             audit::peer_alert(&alert);
         }
-        response
     }
 
     /// Audits a frame from `peer` the server refused before it became a
@@ -334,17 +368,7 @@ impl Service {
                 subject.set_version(version);
                 response
             }
-            Request::ListKeys => {
-                let keys = self.store.keys();
-                let policy = self.policy.load();
-                Ok(Response::Keys(
-                    keys.sorted()
-                        .into_iter()
-                        .filter(|key| policy.may_see(peer, key.name()))
-                        .map(|key| key.info())
-                        .collect(),
-                ))
-            }
+            Request::ListKeys { after, limit } => self.list(peer, after.as_deref(), limit),
             Request::DescribeKey { key } => {
                 self.permit(peer, op, &key)?;
                 let keys = self.store.keys();
@@ -353,6 +377,39 @@ impl Service {
                     .ok_or_else(|| StoreError::KeyNotFound(key).into())
             }
         }
+    }
+
+    /// One page of the keys `peer` may see, in name order: at most `limit`
+    /// (all when `None`) whose names follow `after`.
+    fn list(
+        &self,
+        peer: &Peer,
+        after: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Response, Refusal> {
+        let limit = match limit {
+            Some(0) => {
+                return Err(Refusal::new(
+                    ErrorCode::InvalidArgument,
+                    "a ListKeys limit must be at least 1 (or none, for every key)",
+                ));
+            }
+            Some(limit) => usize::try_from(limit).unwrap_or(usize::MAX),
+            None => usize::MAX,
+        };
+        let keys = self.store.keys();
+        let policy = self.policy.load();
+        let mut visible = keys
+            .sorted()
+            .into_iter()
+            .filter(|key| after.is_none_or(|after| key.name() > after))
+            .filter(|key| policy.may_see(peer, key.name()));
+        let page: Vec<_> = visible.by_ref().take(limit).map(|key| key.info()).collect();
+        let next = match visible.next() {
+            Some(_) => page.last().map(|key| key.name.clone()),
+            None => None,
+        };
+        Ok(Response::Keys(KeyPage { keys: page, next }))
     }
 
     /// Refuses `op` on `key` unless a grant (or admin rights) allows it.

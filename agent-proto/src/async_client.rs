@@ -1,20 +1,21 @@
 //! A tokio client over a Unix stream socket, with the same typed methods as
 //! the blocking [`Client`](crate::Client). Enabled by the `tokio` feature.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 use crate::bytes::{Ciphertext, SecretBytes};
 use crate::client::{
-    ClientError, Pipeline, closed_by_daemon, expect, left_refusal, refusal_as_error,
-    typed_operations,
+    ClientError, LIST_PAGE, Pipeline, closed_by_daemon, closes_connection, expect,
+    fallback_version, left_refusal, refusal_as_error, typed_operations,
 };
 use crate::codec::{self, DEFAULT_MAX_FRAME};
+use crate::error::ErrorCode;
 use crate::message::{
-    DataKey, EncryptionContext, Envelope, KeyInfo, Request, Response, StatusInfo, Unwrapped,
-    Wrapped,
+    DataKey, EncryptionContext, Envelope, KeyInfo, KeyPage, OLDEST_PROTOCOL_VERSION,
+    PROTOCOL_VERSION, Request, Response, StatusInfo, Unwrapped, Wrapped,
 };
 
 /// An async connection to hostkmsd.
@@ -35,38 +36,67 @@ use crate::message::{
 /// # Ok(())
 /// # }
 /// ```
+///
+/// It speaks the newest protocol version both sides know, falling back as
+/// the blocking [`Client`](crate::Client) does.
 #[derive(Debug)]
 pub struct AsyncClient {
     stream: UnixStream,
     pipeline: Pipeline,
     max_frame: u32,
+    proto: u16,
+    path: Option<PathBuf>,
+    /// The daemon closed the connection after `BadRequest`: the next call
+    /// opens a new one (when the client has a path).
+    reopen: bool,
 }
 
 impl AsyncClient {
     /// Connects to the daemon's socket at `path`.
     pub async fn connect(path: impl AsRef<Path>) -> Result<AsyncClient, ClientError> {
         let path = path.as_ref();
-        let stream = UnixStream::connect(path)
-            .await
-            .map_err(|source| ClientError::Connect {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        Ok(AsyncClient::from_stream(stream))
+        let mut client = AsyncClient::from_stream(open(path).await?);
+        client.path = Some(path.to_path_buf());
+        Ok(client)
     }
 
-    /// Uses an already connected stream.
+    /// Uses an already connected stream (no fallback to an older protocol
+    /// version: that needs a new connection).
     pub fn from_stream(stream: UnixStream) -> AsyncClient {
         AsyncClient {
             stream,
             pipeline: Pipeline::new(),
             max_frame: DEFAULT_MAX_FRAME,
+            proto: PROTOCOL_VERSION,
+            path: None,
+            reopen: false,
         }
+    }
+
+    /// Sets the largest frame body this client sends or accepts (default
+    /// [`DEFAULT_MAX_FRAME`]).
+    pub fn set_max_frame(&mut self, max_frame: u32) {
+        self.max_frame = max_frame;
+    }
+
+    /// The largest frame body this client sends or accepts.
+    pub fn max_frame(&self) -> u32 {
+        self.max_frame
+    }
+
+    /// The protocol version this client speaks on its connection.
+    pub fn protocol(&self) -> u16 {
+        self.proto
+    }
+
+    /// Speaks protocol version `proto` from now on (no negotiation).
+    pub fn set_protocol(&mut self, proto: u16) {
+        self.proto = proto;
     }
 
     /// Sends a request without waiting for its answer; returns its id.
     pub async fn send(&mut self, op: Request) -> Result<u64, ClientError> {
-        let (id, frame) = self.pipeline.frame(op, self.max_frame)?;
+        let (id, frame) = self.pipeline.frame(op, self.proto, self.max_frame)?;
         self.stream.write_all(&frame).await?;
         self.pipeline.sent(id);
         Ok(id)
@@ -84,11 +114,44 @@ impl AsyncClient {
     /// [`ClientError::Daemon`].
     /// When the daemon closed the connection before the request went out,
     /// the refusal it left (e.g. `Busy`) is returned.
+    /// When the daemon speaks only an older protocol version, the client
+    /// reconnects and retries once in that version.
     pub async fn call(&mut self, op: Request) -> Result<Response, ClientError> {
+        if let (true, Some(path)) = (self.reopen, self.path.clone()) {
+            self.reconnect(&path).await?;
+        }
+        let retry =
+            (self.proto > OLDEST_PROTOCOL_VERSION && self.path.is_some()).then(|| op.clone());
+        let err = match self.call_once(op).await {
+            Err(err) => err,
+            answered => return answered,
+        };
+        match (fallback_version(&err, self.proto), retry, self.path.clone()) {
+            (Some(proto), Some(op), Some(path)) => {
+                self.proto = proto;
+                self.reconnect(&path).await?;
+                self.call_once(op).await
+            }
+            _ => Err(err),
+        }
+    }
+
+    /// Replaces the connection the daemon closed with a new one.
+    async fn reconnect(&mut self, path: &Path) -> Result<(), ClientError> {
+        self.stream = open(path).await?;
+        self.pipeline.reset();
+        self.reopen = false;
+        Ok(())
+    }
+
+    async fn call_once(&mut self, op: Request) -> Result<Response, ClientError> {
+        let operation = op.operation();
         if let Err(err) = self.send(op).await {
             return Err(self.refusal_after(err).await);
         }
-        refusal_as_error(self.receive().await?.op)
+        let answer = self.receive().await?.op;
+        self.reopen = closes_connection(&answer);
+        refusal_as_error(answer, operation)
     }
 
     /// After a failed send: the refusal the daemon left before closing, if
@@ -102,4 +165,63 @@ impl AsyncClient {
     }
 
     typed_operations!(tokio);
+}
+
+/// Connects to the daemon's socket at `path`.
+async fn open(path: &Path) -> Result<UnixStream, ClientError> {
+    UnixStream::connect(path)
+        .await
+        .map_err(|source| ClientError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::tests::{Fake, NAMES, paging_daemon, too_old_for_rotate};
+
+    #[tokio::test]
+    async fn the_async_client_falls_back_to_version_1_and_lists_every_key() {
+        let daemon = Fake::start(1, paging_daemon);
+        let mut client = AsyncClient::connect(&daemon.path).await.unwrap();
+        client.ping().await.unwrap();
+        assert_eq!(client.protocol(), 1);
+        let names: Vec<String> = client
+            .list_keys()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.name)
+            .collect();
+        assert_eq!(names, NAMES);
+        assert!(daemon.seen().iter().all(|(proto, _)| *proto == 1));
+    }
+
+    #[tokio::test]
+    async fn after_daemon_too_old_the_async_client_reconnects() {
+        let daemon = Fake::start(2, too_old_for_rotate);
+        let mut client = AsyncClient::connect(&daemon.path).await.unwrap();
+        let err = client.rotate("a").await.unwrap_err();
+        assert!(matches!(err, ClientError::DaemonTooOld { .. }), "{err:?}");
+        client.ping().await.expect("a ping on a new connection");
+    }
+
+    #[tokio::test]
+    async fn the_async_client_pages_a_version_2_daemon() {
+        let daemon = Fake::start(2, paging_daemon);
+        let mut client = AsyncClient::connect(&daemon.path).await.unwrap();
+        client.set_max_frame(4 << 20);
+        assert_eq!(client.max_frame(), 4 << 20);
+        let names: Vec<String> = client
+            .list_keys()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.name)
+            .collect();
+        assert_eq!(names, NAMES);
+        assert_eq!(client.protocol(), 2);
+    }
 }

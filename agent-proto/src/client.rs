@@ -8,11 +8,16 @@ use std::time::Duration;
 
 use crate::bytes::{Ciphertext, SecretBytes};
 use crate::codec::{self, DEFAULT_MAX_FRAME, FrameBuf};
-use crate::error::{DecodeError, EncodeError, ErrorCode, FrameError};
-use crate::message::{
-    DataKey, EncryptionContext, Envelope, KeyInfo, Request, Response, StatusInfo, Unwrapped,
-    Wrapped,
+use crate::error::{
+    BINCODE_UNKNOWN_VARIANT, DecodeError, EncodeError, ErrorCode, FrameError, UNKNOWN_REQUEST,
 };
+use crate::message::{
+    DataKey, EncryptionContext, Envelope, KeyInfo, KeyPage, OLDEST_PROTOCOL_VERSION, Operation,
+    PROTOCOL_VERSION, Request, Response, StatusInfo, Unwrapped, Wrapped,
+};
+
+/// Keys a page that [`Client::list_keys`] asks for.
+pub const LIST_PAGE: u32 = 512;
 
 /// The typed operations, written once for the blocking client and once
 /// more, with `async`/`.await`, for the tokio client.
@@ -155,9 +160,46 @@ macro_rules! typed_operations {
         })$($await)*?)
     }
 
-    /// The keys this caller may see.
+    /// Every key this caller may see, in name order. Pages through the
+    /// daemon's list (protocol 2) with [`LIST_PAGE`] keys a page, halving
+    /// the page when one would exceed the daemon's frame limit; a
+    /// protocol-1 daemon answers every key at once.
     pub $($async)* fn list_keys(&mut self) -> Result<Vec<KeyInfo>, ClientError> {
-        expect::keys(self.call(Request::ListKeys)$($await)*?)
+        let mut keys = Vec::new();
+        let mut after = None;
+        let mut limit = LIST_PAGE;
+        loop {
+            let page = match self.list_page(after.clone(), Some(limit))$($await)* {
+                Err(e) if e.code() == Some(ErrorCode::FrameTooLarge) && limit > 1 => {
+                    limit /= 2;
+                    continue;
+                }
+                Err(ClientError::DaemonTooOld { .. })
+                    if after.is_none() && self.protocol() == crate::v1::VERSION =>
+                {
+                    self.list_page(None, None)$($await)*?
+                }
+                page => page?,
+            };
+            keys.extend(page.keys);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(keys),
+            }
+        }
+    }
+
+    /// One page of the keys this caller may see: at most `limit` keys
+    /// (`None`: all) whose names follow `after` (`None`: from the first).
+    /// Pass the page's [`KeyPage::next`] as `after` for the next page. A
+    /// protocol-1 daemon can only answer `after: None, limit: None`; other
+    /// pages are [`ClientError::DaemonTooOld`] there.
+    pub $($async)* fn list_page(
+        &mut self,
+        after: Option<String>,
+        limit: Option<u32>,
+    ) -> Result<KeyPage, ClientError> {
+        expect::keys(self.call(Request::ListKeys { after, limit })$($await)*?)
     }
 
     /// Metadata of `key`.
@@ -216,6 +258,16 @@ pub enum ClientError {
         /// The kind that came.
         got: &'static str,
     },
+    /// The request cannot be expressed in the protocol the daemon speaks,
+    /// or the daemon does not know it (it answered `BadRequest` saying so):
+    /// the daemon is older than this client.
+    #[error("daemon too old for {operation}: {reason}; upgrade hostkmsd")]
+    DaemonTooOld {
+        /// The operation the daemon cannot perform.
+        operation: Operation,
+        /// Why: the version the daemon speaks, or the daemon's answer.
+        reason: String,
+    },
     /// The response's id does not match the request's.
     #[error("response id {got} does not match request id {expected}")]
     IdMismatch {
@@ -255,11 +307,24 @@ fn connect_hint(err: &io::Error) -> String {
 ///
 /// Requests are answered in order, so a caller may [`send`](Client::send)
 /// several and then [`receive`](Client::receive) their answers.
+///
+/// A client speaks the newest protocol version both sides know: it sends
+/// version [`PROTOCOL_VERSION`] and, when the daemon answers
+/// `UnsupportedVersion` to a [`call`](Client::call), reconnects (the daemon
+/// closed the connection), speaks the daemon's newest version from then on
+/// and sends the request once more. A client made with
+/// [`from_stream`](Client::from_stream) has no path to reconnect to and
+/// returns that answer instead.
 #[derive(Debug)]
 pub struct Client {
     stream: UnixStream,
     pipeline: Pipeline,
     max_frame: u32,
+    proto: u16,
+    path: Option<PathBuf>,
+    /// The daemon closes a connection after `BadRequest`: the next call
+    /// opens a new one (when the client has a path to reconnect to).
+    reopen: bool,
 }
 
 /// Request ids of one connection: the next to assign, and those sent and
@@ -278,10 +343,13 @@ impl Pipeline {
         }
     }
 
-    /// The frame of `op` under a fresh id, and that id.
+    /// The frame of `op` in protocol `proto` under a fresh id, and that id.
+    /// A request `proto` cannot express is [`ClientError::DaemonTooOld`]
+    /// (the client speaks an older version only to an older daemon).
     pub(crate) fn frame(
         &mut self,
         op: Request,
+        proto: u16,
         max_frame: u32,
     ) -> Result<(u64, codec::FrameBuf), ClientError> {
         let id = self.next_id;
@@ -290,7 +358,20 @@ impl Pipeline {
             .next_id
             .checked_add(1)
             .unwrap_or(CONNECTION_REFUSAL_ID + 1);
-        Ok((id, codec::encode_frame(&Envelope::new(id, op), max_frame)?))
+        let operation = op.operation();
+        match codec::encode_request(Envelope { proto, id, op }, max_frame) {
+            Ok(frame) => Ok((id, frame)),
+            Err(EncodeError::NotInVersion { proto, reason }) => Err(ClientError::DaemonTooOld {
+                operation,
+                reason: format!("the daemon speaks protocol version {proto}, which {reason}"),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Forgets the requests in flight: their connection is gone.
+    pub(crate) fn reset(&mut self) {
+        self.in_flight.clear();
     }
 
     /// Records that the request `id` went out.
@@ -305,7 +386,7 @@ impl Pipeline {
     /// "Refusals"): it is taken as the answer to the oldest request, since
     /// this client never sends id 0.
     pub(crate) fn answer(&mut self, body: &[u8]) -> Result<Envelope<Response>, ClientError> {
-        let envelope: Envelope<Response> = codec::decode_body(body)?;
+        let envelope = codec::decode_response(body)?;
         let refuses_connection =
             envelope.id == CONNECTION_REFUSAL_ID && matches!(envelope.op, Response::Error(_));
         match self.in_flight.pop_front() {
@@ -338,7 +419,7 @@ pub(crate) fn left_refusal(
     left: Result<Option<FrameBuf>, FrameError>,
     err: ClientError,
 ) -> ClientError {
-    match left.map(|body| body.map(|body| codec::decode_body::<Response>(&body))) {
+    match left.map(|body| body.map(|body| codec::decode_response(&body))) {
         Ok(Some(Ok(Envelope {
             op: Response::Error(reply),
             ..
@@ -350,9 +431,25 @@ pub(crate) fn left_refusal(
     }
 }
 
-/// A response, or the daemon's refusal as [`ClientError::Daemon`].
-pub(crate) fn refusal_as_error(response: Response) -> Result<Response, ClientError> {
+/// A response, or the daemon's refusal as [`ClientError::Daemon`]; a
+/// `BadRequest` that says the daemon does not know the request (this
+/// library's [`UNKNOWN_REQUEST`], or bincode's text from a protocol-1
+/// daemon) is [`ClientError::DaemonTooOld`].
+pub(crate) fn refusal_as_error(
+    response: Response,
+    operation: Operation,
+) -> Result<Response, ClientError> {
     match response {
+        Response::Error(reply)
+            if reply.code == ErrorCode::BadRequest
+                && (reply.message.contains(UNKNOWN_REQUEST)
+                    || reply.message.contains(BINCODE_UNKNOWN_VARIANT)) =>
+        {
+            Err(ClientError::DaemonTooOld {
+                operation,
+                reason: format!("it does not know the request ({})", reply.message),
+            })
+        }
         Response::Error(reply) => Err(ClientError::Daemon {
             code: reply.code,
             message: reply.message,
@@ -361,23 +458,58 @@ pub(crate) fn refusal_as_error(response: Response) -> Result<Response, ClientErr
     }
 }
 
+/// Whether the daemon closes the connection after this answer: it does
+/// after `BadRequest` (the stream is out of step), e.g. a request variant
+/// it does not know.
+pub(crate) fn closes_connection(answer: &Response) -> bool {
+    matches!(answer, Response::Error(reply) if reply.code == ErrorCode::BadRequest)
+}
+
+/// The version to retry in after `err` answered a request sent in `proto`:
+/// the newest the daemon speaks, when `err` is `UnsupportedVersion` and
+/// that is older than `proto` and one this library speaks. The daemon's
+/// message names its range as "versions OLDEST to NEWEST" (the spec's
+/// rule, and the text of every daemon since version 1); without that, the
+/// version below `proto`.
+pub(crate) fn fallback_version(err: &ClientError, proto: u16) -> Option<u16> {
+    let ClientError::Daemon {
+        code: ErrorCode::UnsupportedVersion,
+        message,
+    } = err
+    else {
+        return None;
+    };
+    let newest = message
+        .rsplit_once(" to ")
+        .and_then(|(_, rest)| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<u16>().ok()
+        })
+        .unwrap_or(proto.saturating_sub(1));
+    (OLDEST_PROTOCOL_VERSION..proto)
+        .contains(&newest)
+        .then_some(newest)
+}
+
 impl Client {
     /// Connects to the daemon's socket at `path`.
     pub fn connect(path: impl AsRef<Path>) -> Result<Client, ClientError> {
         let path = path.as_ref();
-        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Ok(Client::from_stream(stream))
+        let mut client = Client::from_stream(open(path)?);
+        client.path = Some(path.to_path_buf());
+        Ok(client)
     }
 
-    /// Uses an already connected stream.
+    /// Uses an already connected stream (no fallback to an older protocol
+    /// version: that needs a new connection, see [`Client`]).
     pub fn from_stream(stream: UnixStream) -> Client {
         Client {
             stream,
             pipeline: Pipeline::new(),
             max_frame: DEFAULT_MAX_FRAME,
+            proto: PROTOCOL_VERSION,
+            path: None,
+            reopen: false,
         }
     }
 
@@ -388,9 +520,33 @@ impl Client {
         Ok(())
     }
 
+    /// Sets the largest frame body this client sends or accepts (default
+    /// [`DEFAULT_MAX_FRAME`]); raise it, with the daemon's `max_frame`, to
+    /// exchange larger messages.
+    pub fn set_max_frame(&mut self, max_frame: u32) {
+        self.max_frame = max_frame;
+    }
+
+    /// The largest frame body this client sends or accepts.
+    pub fn max_frame(&self) -> u32 {
+        self.max_frame
+    }
+
+    /// The protocol version this client speaks on its connection: the
+    /// newest it knows, or the daemon's newest once it fell back to it.
+    pub fn protocol(&self) -> u16 {
+        self.proto
+    }
+
+    /// Speaks protocol version `proto` from now on (no negotiation): for
+    /// tests, and for a caller that knows its daemon's version.
+    pub fn set_protocol(&mut self, proto: u16) {
+        self.proto = proto;
+    }
+
     /// Sends a request without waiting for its answer; returns its id.
     pub fn send(&mut self, op: Request) -> Result<u64, ClientError> {
-        let (id, frame) = self.pipeline.frame(op, self.max_frame)?;
+        let (id, frame) = self.pipeline.frame(op, self.proto, self.max_frame)?;
         self.stream.write_all(&frame)?;
         self.pipeline.sent(id);
         Ok(id)
@@ -406,11 +562,46 @@ impl Client {
     /// Sends one request and waits for its answer; a refusal becomes
     /// [`ClientError::Daemon`]. When the daemon closed the connection before
     /// the request went out, the refusal it left (e.g. `Busy`) is returned.
+    /// When the daemon speaks only an older protocol version, the client
+    /// reconnects and retries once in that version (see [`Client`]).
     pub fn call(&mut self, op: Request) -> Result<Response, ClientError> {
+        if let (true, Some(path)) = (self.reopen, self.path.clone()) {
+            self.reconnect(&path)?;
+        }
+        let retry =
+            (self.proto > OLDEST_PROTOCOL_VERSION && self.path.is_some()).then(|| op.clone());
+        let err = match self.call_once(op) {
+            Err(err) => err,
+            answered => return answered,
+        };
+        match (fallback_version(&err, self.proto), retry, self.path.clone()) {
+            (Some(proto), Some(op), Some(path)) => {
+                self.proto = proto;
+                self.reconnect(&path)?;
+                self.call_once(op)
+            }
+            _ => Err(err),
+        }
+    }
+
+    /// Replaces the connection the daemon closed with a new one, keeping
+    /// the timeouts.
+    fn reconnect(&mut self, path: &Path) -> Result<(), ClientError> {
+        let timeout = self.stream.read_timeout()?;
+        self.stream = open(path)?;
+        self.pipeline.reset();
+        self.reopen = false;
+        self.set_timeout(timeout)
+    }
+
+    fn call_once(&mut self, op: Request) -> Result<Response, ClientError> {
+        let operation = op.operation();
         if let Err(err) = self.send(op) {
             return Err(self.refusal_after(err));
         }
-        refusal_as_error(self.receive()?.op)
+        let answer = self.receive()?.op;
+        self.reopen = closes_connection(&answer);
+        refusal_as_error(answer, operation)
     }
 
     /// After a failed send: the refusal the daemon left before closing, if
@@ -425,10 +616,18 @@ impl Client {
     typed_operations!(blocking);
 }
 
+/// Connects to the daemon's socket at `path`.
+fn open(path: &Path) -> Result<UnixStream, ClientError> {
+    UnixStream::connect(path).map_err(|source| ClientError::Connect {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Turns a response into the value a request calls for.
 pub(crate) mod expect {
     use super::ClientError;
-    use crate::message::{DataKey, KeyInfo, Response, StatusInfo, Unwrapped, Wrapped};
+    use crate::message::{DataKey, KeyInfo, KeyPage, Response, StatusInfo, Unwrapped, Wrapped};
 
     fn unexpected(expected: &'static str, got: &Response) -> ClientError {
         ClientError::UnexpectedResponse {
@@ -458,9 +657,9 @@ pub(crate) mod expect {
         }
     }
 
-    pub fn keys(response: Response) -> Result<Vec<KeyInfo>, ClientError> {
+    pub fn keys(response: Response) -> Result<KeyPage, ClientError> {
         match response {
-            Response::Keys(keys) => Ok(keys),
+            Response::Keys(page) => Ok(page),
             other => Err(unexpected("Keys", &other)),
         }
     }
@@ -488,7 +687,7 @@ pub(crate) mod expect {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::message::ErrorReply;
 
@@ -536,5 +735,261 @@ mod tests {
         let mut client = Client::from_stream(ours);
         let err = client.ping().unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::Busy), "{err}");
+    }
+
+    /// A fake daemon on a socket in a fresh directory: it serves
+    /// connections one after another, speaking versions 1 to `newest` as
+    /// `answer` says, and records the `proto` and request of every frame.
+    /// Like a real daemon, it answers a version it does not speak with
+    /// `UnsupportedVersion` and closes the connection.
+    pub(crate) struct Fake {
+        pub(crate) path: PathBuf,
+        seen: std::sync::Arc<std::sync::Mutex<Vec<(u16, Request)>>>,
+    }
+
+    impl Fake {
+        pub(crate) fn start(newest: u16, answer: fn(&Request) -> Response) -> Fake {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "agent-proto-fake-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir(&dir).unwrap();
+            let path = dir.join("sock");
+            let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+            let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let log = std::sync::Arc::clone(&seen);
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let mut stream = stream.unwrap();
+                    while let Ok(Some(body)) = codec::read_frame(&mut stream, DEFAULT_MAX_FRAME) {
+                        let proto = u16::from_le_bytes([body[0], body[1]]);
+                        let id = u64::from_le_bytes(body[2..10].try_into().unwrap());
+                        if proto > newest {
+                            let refusal = Response::error(
+                                ErrorCode::UnsupportedVersion,
+                                format!(
+                                    "protocol version {proto} is not supported; this side speaks versions 1 to {newest}"
+                                ),
+                            );
+                            let frame = codec::encode_response(
+                                Envelope {
+                                    proto: 1,
+                                    id,
+                                    op: refusal,
+                                },
+                                DEFAULT_MAX_FRAME,
+                            )
+                            .unwrap();
+                            stream.write_all(&frame).unwrap();
+                            break;
+                        }
+                        let request = codec::decode_request(&body).unwrap();
+                        log.lock().unwrap().push((proto, request.op.clone()));
+                        let op = answer(&request.op);
+                        // As the real daemon: closed after BadRequest.
+                        let close = matches!(&op, Response::Error(reply) if reply.code == ErrorCode::BadRequest);
+                        let frame =
+                            codec::encode_response(Envelope { proto, id, op }, DEFAULT_MAX_FRAME)
+                                .unwrap();
+                        stream.write_all(&frame).unwrap();
+                        if close {
+                            break;
+                        }
+                    }
+                }
+            });
+            Fake { path, seen }
+        }
+
+        pub(crate) fn seen(&self) -> Vec<(u16, Request)> {
+            self.seen.lock().unwrap().clone()
+        }
+    }
+
+    impl Drop for Fake {
+        fn drop(&mut self) {
+            if let Some(dir) = self.path.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    fn key(name: &str) -> KeyInfo {
+        KeyInfo {
+            id: [1; 16],
+            name: name.to_string(),
+            created: 0,
+            state: crate::message::KeyState::Enabled,
+            latest_version: 1,
+            min_decryption_version: 1,
+            versions: Vec::new(),
+        }
+    }
+
+    pub(crate) const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
+
+    /// Pages of [`NAMES`] as a daemon of version 2 answers them; a page of
+    /// more than 2 keys "exceeds the frame".
+    pub(crate) fn paging_daemon(request: &Request) -> Response {
+        match request {
+            Request::Ping => Response::Pong,
+            Request::ListKeys {
+                limit: Some(limit), ..
+            } if *limit > 2 => Response::error(ErrorCode::FrameTooLarge, "page too large"),
+            Request::ListKeys { after, limit } => {
+                let rest: Vec<_> = NAMES
+                    .iter()
+                    .filter(|name| after.as_deref().is_none_or(|after| **name > after))
+                    .collect();
+                let take = limit.map_or(rest.len(), |l| l as usize).min(rest.len());
+                let keys: Vec<KeyInfo> = rest[..take].iter().map(|name| key(name)).collect();
+                let next = (take < rest.len()).then(|| keys[take - 1].name.clone());
+                Response::Keys(KeyPage { keys, next })
+            }
+            _ => Response::error(ErrorCode::NotImplemented, "fake"),
+        }
+    }
+
+    #[test]
+    fn a_client_falls_back_to_a_version_1_daemon_and_stays_there() {
+        let daemon = Fake::start(1, paging_daemon);
+        let mut client = Client::connect(&daemon.path).unwrap();
+        assert_eq!(client.protocol(), PROTOCOL_VERSION);
+        client.ping().unwrap();
+        assert_eq!(client.protocol(), 1);
+        client.ping().unwrap();
+        assert_eq!(
+            daemon.seen(),
+            vec![(1, Request::Ping), (1, Request::Ping)],
+            "the version-2 frame was refused, then every request went in version 1"
+        );
+    }
+
+    #[test]
+    fn list_keys_on_a_version_1_daemon_gets_every_key_at_once() {
+        let daemon = Fake::start(1, paging_daemon);
+        let mut client = Client::connect(&daemon.path).unwrap();
+        let names: Vec<String> = client
+            .list_keys()
+            .unwrap()
+            .into_iter()
+            .map(|k| k.name)
+            .collect();
+        assert_eq!(names, NAMES);
+        let all = Request::ListKeys {
+            after: None,
+            limit: None,
+        };
+        assert_eq!(daemon.seen(), vec![(1, all)]);
+    }
+
+    #[test]
+    fn a_page_a_version_1_daemon_cannot_serve_is_daemon_too_old_and_not_sent() {
+        let daemon = Fake::start(1, paging_daemon);
+        let mut client = Client::connect(&daemon.path).unwrap();
+        let err = client.list_page(Some("a".into()), Some(2)).unwrap_err();
+        assert!(matches!(err, ClientError::DaemonTooOld { .. }), "{err:?}");
+        assert!(err.to_string().contains("upgrade hostkmsd"), "{err}");
+        assert!(daemon.seen().is_empty(), "{:?}", daemon.seen());
+    }
+
+    #[test]
+    fn list_keys_pages_and_halves_a_page_that_exceeds_the_frame() {
+        let daemon = Fake::start(2, paging_daemon);
+        let mut client = Client::connect(&daemon.path).unwrap();
+        let names: Vec<String> = client
+            .list_keys()
+            .unwrap()
+            .into_iter()
+            .map(|k| k.name)
+            .collect();
+        assert_eq!(names, NAMES);
+        let seen = daemon.seen();
+        assert!(seen.iter().all(|(proto, _)| *proto == 2), "{seen:?}");
+        // 512, 256, ..., 4 refused; then pages of 2: a-b, c-d, e.
+        let limits: Vec<_> = seen
+            .iter()
+            .map(|(_, request)| match request {
+                Request::ListKeys { limit, .. } => limit.unwrap(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(limits, [512, 256, 128, 64, 32, 16, 8, 4, 2, 2, 2]);
+    }
+
+    #[test]
+    fn a_client_without_a_path_does_not_fall_back() {
+        let daemon = Fake::start(1, paging_daemon);
+        let mut client = Client::from_stream(UnixStream::connect(&daemon.path).unwrap());
+        let err = client.ping().unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::UnsupportedVersion), "{err}");
+    }
+
+    /// A daemon that does not know `Rotate` (as one older than the client
+    /// would not know a request appended later): `BadRequest`, then closed.
+    pub(crate) fn too_old_for_rotate(request: &Request) -> Response {
+        match request {
+            Request::Rotate { .. } => Response::error(
+                ErrorCode::BadRequest,
+                "unknown request variant 7 in protocol version 2 (this side knows 0 to 6): \
+                 the daemon is older than the client; upgrade hostkmsd",
+            ),
+            other => paging_daemon(other),
+        }
+    }
+
+    #[test]
+    fn after_daemon_too_old_the_next_call_has_a_new_connection() {
+        let daemon = Fake::start(2, too_old_for_rotate);
+        let mut client = Client::connect(&daemon.path).unwrap();
+        let err = client.rotate("a").unwrap_err();
+        assert!(matches!(err, ClientError::DaemonTooOld { .. }), "{err:?}");
+        client.ping().expect("a ping on a new connection");
+        assert_eq!(client.protocol(), 2);
+    }
+
+    #[test]
+    fn an_unknown_request_answer_is_daemon_too_old() {
+        for message in [
+            // This daemon's words, and bincode's from a protocol-1 daemon.
+            "unknown request variant 14 in protocol version 2 (this side knows 0 to 13): ...",
+            "malformed message: invalid value: integer `14`, expected variant index 0 <= i < 14",
+        ] {
+            let err = refusal_as_error(
+                Response::error(ErrorCode::BadRequest, message),
+                Operation::Ping,
+            )
+            .unwrap_err();
+            assert!(matches!(err, ClientError::DaemonTooOld { .. }), "{err:?}");
+        }
+        let err = refusal_as_error(
+            Response::error(ErrorCode::BadRequest, "malformed message: io error"),
+            Operation::Ping,
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::BadRequest));
+    }
+
+    #[test]
+    fn the_fallback_version_is_the_daemons_newest_below_ours() {
+        let refusal = |message: &str| ClientError::Daemon {
+            code: ErrorCode::UnsupportedVersion,
+            message: message.to_string(),
+        };
+        let v1_words = "protocol version 2 is not supported; this side speaks versions 1 to 1";
+        assert_eq!(fallback_version(&refusal(v1_words), 2), Some(1));
+        assert_eq!(fallback_version(&refusal("no range given"), 2), Some(1));
+        assert_eq!(fallback_version(&refusal(v1_words), 1), None);
+        let newer = "protocol version 2 is not supported; this side speaks versions 3 to 4";
+        assert_eq!(fallback_version(&refusal(newer), 2), None);
+        let busy = ClientError::Daemon {
+            code: ErrorCode::Busy,
+            message: v1_words.to_string(),
+        };
+        assert_eq!(fallback_version(&busy, 2), None);
     }
 }

@@ -16,7 +16,8 @@ use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
 use crate::error::{DecodeError, EncodeError, FrameError};
-use crate::message::{Envelope, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION};
+use crate::message::{Envelope, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, Request, Response};
+use crate::v1;
 
 /// Bytes of the length prefix.
 pub const LENGTH_PREFIX: usize = 4;
@@ -74,11 +75,22 @@ pub fn body_length(prefix: [u8; LENGTH_PREFIX], max_frame: u32) -> Result<usize,
     Ok(len as usize)
 }
 
-/// Decodes a frame body (without its length prefix) into an envelope.
+/// Decodes a frame body (without its length prefix) into an envelope of
+/// the current version's shapes.
 ///
 /// The protocol version is checked before the rest is decoded, so a newer
-/// peer gets `UnsupportedVersion` rather than a decoding error.
+/// peer gets `UnsupportedVersion` rather than a decoding error. Any
+/// supported `proto` is accepted, but the body is read with the current
+/// shapes: a receiver whose peer may speak an older version uses
+/// [`decode_request`] or [`decode_response`], which read each version's own.
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<Envelope<T>, DecodeError> {
+    let (_, id) = envelope_head(body)?;
+    decode_as(body, id)
+}
+
+/// The `proto` of a body, checked against the supported range, and its
+/// request id when the body is long enough to hold one.
+fn envelope_head(body: &[u8]) -> Result<(u16, Option<u64>), DecodeError> {
     let id = request_id(body);
     let proto = match body.get(..2).and_then(|b| b.try_into().ok()) {
         Some(bytes) => u16::from_le_bytes(bytes),
@@ -92,12 +104,138 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<Envelope<T>, Deco
     if !(OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&proto) {
         return Err(DecodeError::UnsupportedVersion { got: proto, id });
     }
+    Ok((proto, id))
+}
+
+fn decode_as<T: DeserializeOwned>(
+    body: &[u8],
+    id: Option<u64>,
+) -> Result<Envelope<T>, DecodeError> {
     bincode_options(body.len() as u64)
         .deserialize(body)
         .map_err(|e| DecodeError::Malformed {
             id,
             reason: e.to_string(),
         })
+}
+
+/// Decodes a request body in the version its envelope names, converted to
+/// the current [`Request`]; the envelope keeps the peer's `proto`, in which
+/// the answer must go back (see [`encode_response`]).
+///
+/// A request variant this side does not know in that version (one a newer
+/// peer appended) is [`DecodeError::UnknownRequest`], answered `BadRequest`
+/// with a message that says the daemon is too old.
+pub fn decode_request(body: &[u8]) -> Result<Envelope<Request>, DecodeError> {
+    let (proto, id) = envelope_head(body)?;
+    let known = if proto == v1::VERSION {
+        v1::REQUEST_VARIANTS
+    } else {
+        Request::VARIANTS
+    };
+    if let Some(index) = body
+        .get(10..14)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_le_bytes)
+    {
+        if index >= known {
+            return Err(DecodeError::UnknownRequest {
+                id,
+                proto,
+                index,
+                known,
+            });
+        }
+    }
+    if proto == v1::VERSION {
+        let old: Envelope<v1::Request> = decode_as(body, id)?;
+        return Ok(Envelope {
+            proto: old.proto,
+            id: old.id,
+            op: old.op.into(),
+        });
+    }
+    decode_as(body, id)
+}
+
+/// Decodes a response body in the version its envelope names, converted to
+/// the current [`Response`]: a client that fell back to an older daemon's
+/// version reads its answers this way.
+pub fn decode_response(body: &[u8]) -> Result<Envelope<Response>, DecodeError> {
+    let (proto, id) = envelope_head(body)?;
+    if proto == v1::VERSION {
+        let old: Envelope<v1::Response> = decode_as(body, id)?;
+        return Ok(Envelope {
+            proto: old.proto,
+            id: old.id,
+            op: old.op.into(),
+        });
+    }
+    decode_as(body, id)
+}
+
+/// Encodes a request as a whole frame in the version its envelope names:
+/// a request that version cannot express (e.g. a paginated `ListKeys` in
+/// version 1) is [`EncodeError::NotInVersion`].
+pub fn encode_request(
+    envelope: Envelope<Request>,
+    max_frame: u32,
+) -> Result<FrameBuf, EncodeError> {
+    match envelope.proto {
+        v1::VERSION => {
+            let op = v1::Request::try_from(envelope.op).map_err(|e| EncodeError::NotInVersion {
+                proto: v1::VERSION,
+                reason: e.to_string(),
+            })?;
+            encode_frame(
+                &Envelope {
+                    proto: envelope.proto,
+                    id: envelope.id,
+                    op,
+                },
+                max_frame,
+            )
+        }
+        PROTOCOL_VERSION => encode_frame(&envelope, max_frame),
+        proto => Err(unspoken(proto)),
+    }
+}
+
+/// Encodes a response as a whole frame in the version its envelope names
+/// (the version of the request it answers); an answer that version cannot
+/// express is [`EncodeError::NotInVersion`].
+pub fn encode_response(
+    envelope: Envelope<Response>,
+    max_frame: u32,
+) -> Result<FrameBuf, EncodeError> {
+    match envelope.proto {
+        v1::VERSION => {
+            let op =
+                v1::Response::try_from(envelope.op).map_err(|e| EncodeError::NotInVersion {
+                    proto: v1::VERSION,
+                    reason: e.to_string(),
+                })?;
+            encode_frame(
+                &Envelope {
+                    proto: envelope.proto,
+                    id: envelope.id,
+                    op,
+                },
+                max_frame,
+            )
+        }
+        PROTOCOL_VERSION => encode_frame(&envelope, max_frame),
+        proto => Err(unspoken(proto)),
+    }
+}
+
+fn unspoken(proto: u16) -> EncodeError {
+    EncodeError::NotInVersion {
+        proto,
+        reason: format!(
+            "this side speaks versions {OLDEST_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"
+        ),
+    }
 }
 
 /// Memory that frame bodies may take, asked each time a body buffer grows.

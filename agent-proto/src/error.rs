@@ -152,6 +152,16 @@ impl<'de> Deserialize<'de> for ErrorCode {
     }
 }
 
+/// The start of the message with which a daemon answers a request variant
+/// it does not know (`BadRequest`): clients take it to mean "daemon too old".
+pub const UNKNOWN_REQUEST: &str = "unknown request variant";
+
+/// The text bincode 1.3.3 (frozen) gives for an unknown enum variant, which
+/// protocol-1 daemons, older than [`UNKNOWN_REQUEST`], answer an unknown
+/// request variant with. A request carries no other enum, so in the answer
+/// to a well-formed request it can only mean the request's variant.
+pub(crate) const BINCODE_UNKNOWN_VARIANT: &str = "expected variant index";
+
 /// A frame or message that could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -176,6 +186,25 @@ pub enum DecodeError {
         /// The request id, when the envelope got that far.
         id: Option<u64>,
     },
+    /// The request names a variant this side does not know in its version:
+    /// the peer is newer (new requests are appended, see the spec's
+    /// "Compatibility and evolution"). The message starts with
+    /// [`UNKNOWN_REQUEST`], which clients look for.
+    #[error(
+        "unknown request variant {index} in protocol version {proto} (this side knows 0 to {last}): \
+         the daemon is older than the client; upgrade hostkmsd",
+        last = known.saturating_sub(1)
+    )]
+    UnknownRequest {
+        /// The request id, when the envelope got that far.
+        id: Option<u64>,
+        /// The envelope's protocol version.
+        proto: u16,
+        /// The variant index the peer sent.
+        index: u32,
+        /// How many request variants this side knows in `proto`.
+        known: u32,
+    },
     /// The body is truncated, has trailing bytes, or is not a valid message.
     #[error("malformed message: {reason}")]
     Malformed {
@@ -192,7 +221,9 @@ impl DecodeError {
         match self {
             DecodeError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
             DecodeError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
-            DecodeError::Malformed { .. } => ErrorCode::BadRequest,
+            DecodeError::Malformed { .. } | DecodeError::UnknownRequest { .. } => {
+                ErrorCode::BadRequest
+            }
         }
     }
 
@@ -201,7 +232,9 @@ impl DecodeError {
     pub fn request_id(&self) -> Option<u64> {
         match self {
             DecodeError::FrameTooLarge { .. } => None,
-            DecodeError::UnsupportedVersion { id, .. } | DecodeError::Malformed { id, .. } => *id,
+            DecodeError::UnsupportedVersion { id, .. }
+            | DecodeError::Malformed { id, .. }
+            | DecodeError::UnknownRequest { id, .. } => *id,
         }
     }
 }
@@ -220,6 +253,15 @@ pub enum EncodeError {
     /// The serializer refused the message.
     #[error("cannot encode message: {0}")]
     Serialize(String),
+    /// The message cannot be expressed in the protocol version it is to be
+    /// sent in (e.g. a paginated `ListKeys` to a version-1 daemon).
+    #[error("protocol version {proto} cannot carry this message: {reason}")]
+    NotInVersion {
+        /// The version the message was to be sent in.
+        proto: u16,
+        /// What that version lacks.
+        reason: String,
+    },
 }
 
 /// Reading or writing a frame on a stream failed.

@@ -44,17 +44,18 @@ pub mod counters;
 mod error;
 pub mod key_name;
 mod message;
+pub mod v1;
 
 #[cfg(feature = "tokio")]
 pub use async_client::AsyncClient;
 pub use bytes::{Ciphertext, SecretBytes};
 pub use client::{Client, ClientError, DEFAULT_SOCKET};
 pub use codec::DEFAULT_MAX_FRAME;
-pub use error::{DecodeError, EncodeError, ErrorCode, FrameError};
+pub use error::{DecodeError, EncodeError, ErrorCode, FrameError, UNKNOWN_REQUEST};
 pub use message::{
-    DataKey, EncryptionContext, Envelope, ErrorReply, KeyInfo, KeyState, OLDEST_PROTOCOL_VERSION,
-    Operation, PROTOCOL_VERSION, Request, Response, StatusInfo, Unwrapped, VersionInfo,
-    VersionState, Wrapped,
+    DataKey, EncryptionContext, Envelope, ErrorReply, KeyInfo, KeyPage, KeyState,
+    OLDEST_PROTOCOL_VERSION, Operation, PROTOCOL_VERSION, Request, Response, StatusInfo, Unwrapped,
+    VersionInfo, VersionState, Wrapped,
 };
 
 /// The README's examples, compiled as doctests so the specification's code stays true.

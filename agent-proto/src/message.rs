@@ -3,7 +3,14 @@
 //!
 //! The order of enum variants and struct fields is the wire format (bincode
 //! encodes a variant by its index and a struct field by its position): append,
-//! never reorder or remove. The README of this crate is the specification.
+//! never reorder or remove. The README of this crate is the specification;
+//! its "Compatibility and evolution" section says what needs a new protocol
+//! version. In short: a new request variant is appended here (and refused
+//! as `NotInV1` by the conversion to every older version, which the
+//! compiler asks for); any other change to a shape bumps
+//! [`PROTOCOL_VERSION`], after the shape as it was is copied into a frozen
+//! module like [`crate::v1`], with conversions, and the codec's versioned
+//! functions learn the new number.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,10 +20,12 @@ use serde::{Deserialize, Serialize};
 use crate::bytes::{Ciphertext, SecretBytes};
 use crate::error::ErrorCode;
 
-/// The protocol version this library speaks and sends.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this library speaks and sends: the newest it knows.
+/// Version 2 made `ListKeys` paginated; version 1 is frozen in [`crate::v1`].
+pub const PROTOCOL_VERSION: u16 = 2;
 
-/// The oldest protocol version this library accepts.
+/// The oldest protocol version this library accepts: a daemon keeps serving
+/// every version it ever spoke, and a client falls back to it.
 pub const OLDEST_PROTOCOL_VERSION: u16 = 1;
 
 /// Every frame body: the protocol version, a request id the response echoes,
@@ -128,8 +137,18 @@ pub enum Request {
         /// Lowest version that still unwraps.
         version: u32,
     },
-    /// Metadata of the keys the caller may see.
-    ListKeys,
+    /// Metadata of the keys the caller may see, one page at a time, in
+    /// name order (byte order of the UTF-8). Version 2; version 1's
+    /// `ListKeys` had no fields and is `ListKeys { after: None, limit: None }`.
+    ListKeys {
+        /// Start after this name (exclusive): the previous page's
+        /// [`KeyPage::next`]. `None` starts at the first key.
+        after: Option<String>,
+        /// At most this many keys (at least 1). `None`: every key after
+        /// `after`, which may exceed the frame limit (the answer is then
+        /// `FrameTooLarge`).
+        limit: Option<u32>,
+    },
     /// Metadata of one key.
     DescribeKey {
         /// Key name.
@@ -223,6 +242,9 @@ impl fmt::Display for Operation {
 }
 
 impl Request {
+    /// How many request variants this version has: one per [`Operation`].
+    pub const VARIANTS: u32 = Operation::ALL.len() as u32;
+
     /// The operation this request performs.
     pub fn operation(&self) -> Operation {
         match self {
@@ -238,7 +260,7 @@ impl Request {
             Request::Disable { .. } => Operation::Disable,
             Request::Enable { .. } => Operation::Enable,
             Request::SetMinDecryptionVersion { .. } => Operation::MinDecryptionVersion,
-            Request::ListKeys => Operation::List,
+            Request::ListKeys { .. } => Operation::List,
             Request::DescribeKey { .. } => Operation::Describe,
         }
     }
@@ -257,7 +279,7 @@ impl Request {
             | Request::SetMinDecryptionVersion { key, .. }
             | Request::DescribeKey { key } => Some(key),
             Request::Unwrap { key, .. } | Request::Rewrap { key, .. } => key.as_deref(),
-            Request::Ping | Request::Status | Request::ListKeys => None,
+            Request::Ping | Request::Status | Request::ListKeys { .. } => None,
         }
     }
 }
@@ -272,8 +294,9 @@ pub enum Response {
     /// Metadata of one key: answer to `CreateKey`, `Rotate`, `Revoke`,
     /// `Disable`, `Enable`, `SetMinDecryptionVersion` and `DescribeKey`.
     Key(KeyInfo),
-    /// Answer to `ListKeys`.
-    Keys(Vec<KeyInfo>),
+    /// Answer to `ListKeys`: one page of keys (version 2; version 1 carried
+    /// a bare `Vec<KeyInfo>` of every key).
+    Keys(KeyPage),
     /// A new ciphertext: answer to `Wrap` and `Rewrap`.
     Wrapped(Wrapped),
     /// Answer to `Unwrap`.
@@ -403,6 +426,16 @@ pub struct KeyInfo {
     pub min_decryption_version: u32,
     /// Every version, oldest first.
     pub versions: Vec<VersionInfo>,
+}
+
+/// One page of a key listing, the answer to [`Request::ListKeys`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyPage {
+    /// The keys of this page, in name order.
+    pub keys: Vec<KeyInfo>,
+    /// When more keys follow: the name to pass as `after` for the next page
+    /// (the last name of this page). `None`: this page is the last.
+    pub next: Option<String>,
 }
 
 /// The daemon's health, as `Status` reports it.

@@ -7,8 +7,8 @@ use std::io::Cursor;
 
 use agent_proto::codec::{self, DEFAULT_MAX_FRAME, LENGTH_PREFIX};
 use agent_proto::{
-    Ciphertext, DecodeError, Envelope, ErrorCode, FrameError, PROTOCOL_VERSION, Request, Response,
-    SecretBytes, Wrapped,
+    Ciphertext, DecodeError, Envelope, ErrorCode, FrameError, KeyInfo, KeyPage, KeyState,
+    PROTOCOL_VERSION, Request, Response, SecretBytes, VersionInfo, VersionState, Wrapped, v1,
 };
 
 fn round_trip<T>(op: T)
@@ -124,8 +124,8 @@ fn unknown_protocol_version_names_the_supported_range() {
     assert_eq!(err.code(), ErrorCode::UnsupportedVersion);
     assert_eq!(err.request_id(), Some(5));
     let message = err.to_string();
-    assert!(message.contains("version 2 is not supported"), "{message}");
-    assert!(message.contains("versions 1 to 1"), "{message}");
+    assert!(message.contains("version 3 is not supported"), "{message}");
+    assert!(message.contains("versions 1 to 2"), "{message}");
 }
 
 #[test]
@@ -194,18 +194,19 @@ fn readme_hex(name: &str) -> Vec<u8> {
         .collect()
 }
 
-/// The README's example request, built with the library.
+/// The README's example request, a version-1 frame, built with the library.
 pub fn readme_request() -> Envelope<Request> {
     let mut context = agent_proto::EncryptionContext::new();
     context.insert("table".into(), "users".into());
-    Envelope::new(
-        7,
-        Request::Wrap {
+    Envelope {
+        proto: v1::VERSION,
+        id: 7,
+        op: Request::Wrap {
             key: "app-db".into(),
             plaintext: SecretBytes::from(&b"hello"[..]),
             context,
         },
-    )
+    }
 }
 
 /// The README's example response, built with the library.
@@ -216,24 +217,219 @@ pub fn readme_response() -> Envelope<Response> {
     ciphertext.extend_from_slice(&[0x22; 12]); // nonce
     ciphertext.extend_from_slice(&[0x33; 5]); // encrypted "hello"
     ciphertext.extend_from_slice(&[0x44; 16]); // tag
-    Envelope::new(
-        7,
-        Response::Wrapped(Wrapped {
+    Envelope {
+        proto: v1::VERSION,
+        id: 7,
+        op: Response::Wrapped(Wrapped {
             key: "app-db".into(),
             version: 1,
             ciphertext: Ciphertext::new(ciphertext),
         }),
-    )
+    }
 }
 
 #[test]
 fn readme_request_frame_is_what_the_code_produces() {
-    let frame = codec::encode_frame(&readme_request(), DEFAULT_MAX_FRAME).unwrap();
+    let frame = codec::encode_request(readme_request(), DEFAULT_MAX_FRAME).unwrap();
     assert_eq!(frame.as_slice(), readme_hex("request-frame").as_slice());
 }
 
 #[test]
 fn readme_response_frame_is_what_the_code_produces() {
-    let frame = codec::encode_frame(&readme_response(), DEFAULT_MAX_FRAME).unwrap();
+    let frame = codec::encode_response(readme_response(), DEFAULT_MAX_FRAME).unwrap();
     assert_eq!(frame.as_slice(), readme_hex("response-frame").as_slice());
+}
+
+#[test]
+fn readme_v1_list_request_frame_is_the_frozen_v1_encoding() {
+    let envelope = Envelope {
+        proto: v1::VERSION,
+        id: 8,
+        op: v1::Request::ListKeys,
+    };
+    let frame = codec::encode_frame(&envelope, DEFAULT_MAX_FRAME).unwrap();
+    assert_eq!(
+        frame.as_slice(),
+        readme_hex("v1-list-request-frame").as_slice()
+    );
+    // The current library sends the same bytes for the same request in version 1.
+    let now = Envelope {
+        proto: v1::VERSION,
+        id: 8,
+        op: Request::ListKeys {
+            after: None,
+            limit: None,
+        },
+    };
+    let frame = codec::encode_request(now.clone(), DEFAULT_MAX_FRAME).unwrap();
+    assert_eq!(
+        frame.as_slice(),
+        readme_hex("v1-list-request-frame").as_slice()
+    );
+    let decoded = codec::decode_request(&frame[LENGTH_PREFIX..]).unwrap();
+    assert_eq!(decoded, now);
+}
+
+/// The README's version-2 `ListKeys` request and its answer, built with the library.
+fn readme_v2_list() -> (Envelope<Request>, Envelope<Response>) {
+    let request = Envelope::new(
+        9,
+        Request::ListKeys {
+            after: Some("app-db".into()),
+            limit: Some(1),
+        },
+    );
+    let page = KeyPage {
+        keys: vec![KeyInfo {
+            id: [0x55; 16],
+            name: "app-dc".into(),
+            created: 1_764_000_000,
+            state: KeyState::Enabled,
+            latest_version: 1,
+            min_decryption_version: 1,
+            versions: vec![VersionInfo {
+                version: 1,
+                created: 1_764_000_000,
+                state: VersionState::Enabled,
+                encryptions: 3,
+            }],
+        }],
+        next: Some("app-dc".into()),
+    };
+    (request, Envelope::new(9, Response::Keys(page)))
+}
+
+#[test]
+fn readme_v2_list_frames_are_what_the_code_produces() {
+    let (request, response) = readme_v2_list();
+    let frame = codec::encode_request(request.clone(), DEFAULT_MAX_FRAME).unwrap();
+    assert_eq!(
+        frame.as_slice(),
+        readme_hex("v2-list-request-frame").as_slice()
+    );
+    assert_eq!(
+        codec::decode_request(&frame[LENGTH_PREFIX..]).unwrap(),
+        request
+    );
+    let frame = codec::encode_response(response.clone(), DEFAULT_MAX_FRAME).unwrap();
+    assert_eq!(
+        frame.as_slice(),
+        readme_hex("v2-list-response-frame").as_slice()
+    );
+    assert_eq!(
+        codec::decode_response(&frame[LENGTH_PREFIX..]).unwrap(),
+        response
+    );
+}
+
+#[test]
+fn readme_v1_frames_decode_with_the_versioned_decoders() {
+    let request = readme_hex("request-frame");
+    let decoded = codec::decode_request(&request[LENGTH_PREFIX..]).unwrap();
+    assert_eq!(decoded.proto, 1);
+    assert_eq!(decoded.op, readme_request().op);
+    let response = readme_hex("response-frame");
+    let decoded = codec::decode_response(&response[LENGTH_PREFIX..]).unwrap();
+    assert_eq!(decoded.proto, 1);
+    assert_eq!(decoded.op, readme_response().op);
+}
+
+#[test]
+fn a_request_variant_unknown_in_its_version_says_the_daemon_is_too_old() {
+    for (proto, known) in [(1u16, v1::REQUEST_VARIANTS), (2, Request::VARIANTS)] {
+        let mut body = body_of(
+            &codec::encode_frame(
+                &Envelope {
+                    proto,
+                    id: 11,
+                    op: Request::Ping,
+                },
+                DEFAULT_MAX_FRAME,
+            )
+            .unwrap(),
+        );
+        body[10..14].copy_from_slice(&known.to_le_bytes());
+        let err = codec::decode_request(&body).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::BadRequest);
+        assert_eq!(err.request_id(), Some(11));
+        let message = err.to_string();
+        assert!(
+            message.starts_with(agent_proto::UNKNOWN_REQUEST),
+            "{message}"
+        );
+        assert!(message.contains("upgrade hostkmsd"), "{message}");
+        // The last known variant still decodes as far as its (absent) fields.
+        body[10..14].copy_from_slice(&(known - 1).to_le_bytes());
+        let err = codec::decode_request(&body).unwrap_err();
+        assert!(
+            !err.to_string().contains(agent_proto::UNKNOWN_REQUEST),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_version_1_daemon_names_an_unknown_variant_in_bincode_words() {
+    // What today's protocol-1 daemons answer (they decode the frozen v1
+    // enum with bincode 1.3.3): the client's "daemon too old" detection
+    // depends on this text.
+    let mut body = body_of(
+        &codec::encode_frame(
+            &Envelope {
+                proto: 1,
+                id: 3,
+                op: v1::Request::Ping,
+            },
+            DEFAULT_MAX_FRAME,
+        )
+        .unwrap(),
+    );
+    body[10..14].copy_from_slice(&14u32.to_le_bytes());
+    let err = codec::decode_body::<v1::Request>(&body).unwrap_err();
+    assert!(err.to_string().contains("expected variant index"), "{err}");
+}
+
+#[test]
+fn a_page_version_1_cannot_carry_is_refused_not_cut() {
+    let (request, response) = readme_v2_list();
+    let err = codec::encode_request(
+        Envelope {
+            proto: 1,
+            ..request
+        },
+        DEFAULT_MAX_FRAME,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, agent_proto::EncodeError::NotInVersion { proto: 1, .. }),
+        "{err}"
+    );
+    let err = codec::encode_response(
+        Envelope {
+            proto: 1,
+            ..response
+        },
+        DEFAULT_MAX_FRAME,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, agent_proto::EncodeError::NotInVersion { proto: 1, .. }),
+        "{err}"
+    );
+    // The last page (no `next`) is every key: version 1 carries it.
+    let all = Envelope {
+        proto: 1,
+        id: 4,
+        op: Response::Keys(KeyPage {
+            keys: Vec::new(),
+            next: None,
+        }),
+    };
+    let frame = codec::encode_response(all.clone(), DEFAULT_MAX_FRAME).unwrap();
+    let old: Envelope<v1::Response> = codec::decode_body(&frame[LENGTH_PREFIX..]).unwrap();
+    assert_eq!(old.op, v1::Response::Keys(Vec::new()));
+    assert_eq!(
+        codec::decode_response(&frame[LENGTH_PREFIX..]).unwrap(),
+        all
+    );
 }

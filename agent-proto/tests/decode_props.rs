@@ -9,7 +9,7 @@ use std::io::Cursor;
 
 use agent_proto::codec::{self, DEFAULT_MAX_FRAME, LENGTH_PREFIX};
 use agent_proto::{
-    Ciphertext, EncryptionContext, Envelope, FrameError, Request, Response, SecretBytes,
+    Ciphertext, EncryptionContext, Envelope, FrameError, Request, Response, SecretBytes, v1,
 };
 use proptest::prelude::*;
 
@@ -92,7 +92,11 @@ fn arbitrary_request() -> impl Strategy<Value = Request> {
     prop_oneof![
         Just(Request::Ping),
         Just(Request::Status),
-        Just(Request::ListKeys),
+        (
+            proptest::option::of(name),
+            proptest::option::of(any::<u32>())
+        )
+            .prop_map(|(after, limit)| Request::ListKeys { after, limit }),
         name.prop_map(|name| Request::CreateKey { name }),
         (name, bytes.clone(), arbitrary_context()).prop_map(|(key, plaintext, context)| {
             Request::Wrap {
@@ -135,32 +139,35 @@ fn arbitrary_request() -> impl Strategy<Value = Request> {
     ]
 }
 
+/// Every decoder a body may meet: the current shapes, and each version's.
+fn decode_every_way(body: &[u8]) {
+    let _ = codec::decode_body::<Request>(body);
+    let _ = codec::decode_body::<Response>(body);
+    let _ = codec::decode_request(body);
+    let _ = codec::decode_response(body);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
     #[test]
     fn arbitrary_bodies_never_panic_or_overallocate(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
-        let peak = peak_heap(|| {
-            let _ = codec::decode_body::<Request>(&body);
-            let _ = codec::decode_body::<Response>(&body);
-        });
+        let peak = peak_heap(|| decode_every_way(&body));
         prop_assert!(peak <= allowed_peak(body.len()), "decode held {peak} bytes for a {}-byte body", body.len());
     }
 
     #[test]
     fn bodies_behind_a_valid_header_never_panic_or_overallocate(
+        proto in 1u16..=2,
         variant in 0u32..20,
         rest in proptest::collection::vec(any::<u8>(), 0..1024),
     ) {
         // A valid envelope header so the decoder gets past the version check.
-        let mut body = 1u16.to_le_bytes().to_vec();
+        let mut body = proto.to_le_bytes().to_vec();
         body.extend_from_slice(&3u64.to_le_bytes());
         body.extend_from_slice(&variant.to_le_bytes());
         body.extend_from_slice(&rest);
-        let peak = peak_heap(|| {
-            let _ = codec::decode_body::<Request>(&body);
-            let _ = codec::decode_body::<Response>(&body);
-        });
+        let peak = peak_heap(|| decode_every_way(&body));
         prop_assert!(peak <= allowed_peak(body.len()), "decode held {peak} bytes for a {}-byte body", body.len());
     }
 
@@ -237,7 +244,7 @@ proptest! {
             body[at] ^= mask;
         }
         body.truncate(cut % (body.len() + 1));
-        let peak = peak_heap(|| { let _ = codec::decode_body::<Request>(&body); });
+        let peak = peak_heap(|| decode_every_way(&body));
         prop_assert!(peak <= allowed_peak(body.len()));
     }
 }
@@ -249,7 +256,7 @@ fn the_meter_sees_a_large_allocation() {
     assert!(peak >= 3 << 20, "meter saw only {peak} bytes");
     let body = {
         let frame = codec::encode_frame(
-            &Envelope::new(1, Response::Keys(Vec::new())),
+            &Envelope::new(1, v1::Response::Keys(Vec::new())),
             DEFAULT_MAX_FRAME,
         )
         .unwrap();
@@ -258,8 +265,8 @@ fn the_meter_sees_a_large_allocation() {
         // count of 1 with no key after it is refused.
         let n = body.len();
         assert_eq!(
-            codec::decode_body::<Response>(&body).expect("the unpatched body decodes"),
-            Envelope::new(1, Response::Keys(Vec::new())),
+            codec::decode_body::<v1::Response>(&body).expect("the unpatched body decodes"),
+            Envelope::new(1, v1::Response::Keys(Vec::new())),
         );
         assert_eq!(
             body[n - 8..],
@@ -268,7 +275,7 @@ fn the_meter_sees_a_large_allocation() {
         );
         body[n - 8..].copy_from_slice(&1u64.to_le_bytes());
         assert!(
-            codec::decode_body::<Response>(&body).is_err(),
+            codec::decode_body::<v1::Response>(&body).is_err(),
             "the last 8 bytes are the key count"
         );
         // Claim 2^40 keys: serde may pre-size, but within the frame limit.
@@ -277,8 +284,87 @@ fn the_meter_sees_a_large_allocation() {
     };
     let mut decoded = None;
     let peak = peak_heap(|| {
-        decoded = Some(codec::decode_body::<Response>(&body).is_err());
+        decoded = Some(codec::decode_body::<v1::Response>(&body).is_err());
     });
     assert_eq!(decoded, Some(true), "a claim of 2^40 keys is refused");
     assert!(peak <= allowed_peak(body.len()), "decode held {peak} bytes");
+}
+
+fn arbitrary_key_info() -> impl Strategy<Value = agent_proto::KeyInfo> {
+    (any::<[u8; 16]>(), "[a-z]{1,8}", any::<u64>(), 0u32..4).prop_map(
+        |(id, name, created, versions)| agent_proto::KeyInfo {
+            id,
+            name,
+            created,
+            state: agent_proto::KeyState::Enabled,
+            latest_version: versions,
+            min_decryption_version: 1,
+            versions: (1..=versions)
+                .map(|version| agent_proto::VersionInfo {
+                    version,
+                    created,
+                    state: agent_proto::VersionState::Enabled,
+                    encryptions: u64::from(version),
+                })
+                .collect(),
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// Every request version 1 can express survives the trip down to
+    /// version 1 and back up, on the wire too; the only one it cannot is a
+    /// ListKeys page.
+    #[test]
+    fn requests_convert_to_version_1_and_back_or_are_pages(request in arbitrary_request(), id in any::<u64>()) {
+        match v1::Request::try_from(request.clone()) {
+            Ok(old) => {
+                prop_assert_eq!(Request::from(old), request.clone());
+                let frame = codec::encode_request(Envelope { proto: 1, id, op: request.clone() }, DEFAULT_MAX_FRAME).unwrap();
+                let back = codec::decode_request(&frame[LENGTH_PREFIX..]).unwrap();
+                prop_assert_eq!(back, Envelope { proto: 1, id, op: request });
+            }
+            Err(_) => {
+                let is_page = matches!(&request, Request::ListKeys { after, limit } if after.is_some() || limit.is_some());
+                prop_assert!(is_page, "{:?} did not convert", request);
+                let sent = codec::encode_request(Envelope { proto: 1, id, op: request }, DEFAULT_MAX_FRAME);
+                prop_assert!(sent.is_err());
+            }
+        }
+    }
+
+    /// A version-1 list is the last page of a version-2 one, and back; a page
+    /// with more to follow does not go down to version 1.
+    #[test]
+    fn key_lists_convert_between_versions(
+        keys in proptest::collection::vec(arbitrary_key_info(), 0..5),
+        next in proptest::option::of("[a-z]{1,8}"),
+        id in any::<u64>(),
+    ) {
+        let up = Response::from(v1::Response::Keys(keys.clone()));
+        prop_assert_eq!(&up, &Response::Keys(agent_proto::KeyPage { keys: keys.clone(), next: None }));
+        prop_assert_eq!(v1::Response::try_from(up).unwrap(), v1::Response::Keys(keys.clone()));
+        let page = Response::Keys(agent_proto::KeyPage { keys, next: next.clone() });
+        let sent = codec::encode_response(Envelope { proto: 1, id, op: page.clone() }, DEFAULT_MAX_FRAME);
+        match next {
+            None => {
+                let frame = sent.unwrap();
+                prop_assert_eq!(codec::decode_response(&frame[LENGTH_PREFIX..]).unwrap().op, page);
+            }
+            Some(_) => prop_assert!(sent.is_err()),
+        }
+    }
+}
+
+#[test]
+fn every_sample_response_but_a_partial_page_converts_to_version_1_and_back() {
+    for response in samples::responses() {
+        let partial = matches!(&response, Response::Keys(page) if page.next.is_some());
+        match v1::Response::try_from(response.clone()) {
+            Ok(old) => assert_eq!(Response::from(old), response),
+            Err(_) => assert!(partial, "{response:?} did not convert"),
+        }
+    }
 }

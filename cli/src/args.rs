@@ -29,6 +29,17 @@ pub struct Cli {
     /// Print results as JSON (one document on standard output).
     #[arg(long, global = true)]
     pub json: bool,
+    /// The largest frame the CLI sends or accepts, in bytes: raise it with
+    /// the daemon's `max_frame` to wrap or read larger messages.
+    #[arg(
+        long,
+        env = "HOSTKMS_MAX_FRAME",
+        default_value_t = agent_proto::DEFAULT_MAX_FRAME,
+        value_parser = clap::value_parser!(u32).range(1024..=(64 << 20)),
+        global = true,
+        value_name = "BYTES"
+    )]
+    pub max_frame: u32,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

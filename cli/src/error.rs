@@ -71,8 +71,8 @@ pub enum CliError {
 }
 
 impl CliError {
-    /// The process exit code: 1 when the daemon refused a request (or
-    /// benchmark requests failed), 2 for usage, connection and local errors,
+    /// The process exit code: 1 when the daemon refused a request, or is
+    /// too old for it (or benchmark requests failed), 2 for usage, connection and local errors,
     /// 3 when the daemon is busy: at a limit, so the same command may
     /// succeed later (a script may retry on 3, never on 1).
     pub fn exit_code(&self) -> u8 {
@@ -82,6 +82,7 @@ impl CliError {
                 ..
             }) => 3,
             CliError::Client(ClientError::Daemon { .. })
+            | CliError::Client(ClientError::DaemonTooOld { .. })
             | CliError::BenchFailed { .. }
             | CliError::CountersWithheld { .. } => 1,
             _ => 2,

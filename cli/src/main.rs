@@ -35,11 +35,20 @@ fn main() -> ExitCode {
     }
 }
 
-/// Connects to the daemon's socket with the CLI's request timeout.
-fn connect(socket: &Path) -> Result<Client, CliError> {
-    let client = Client::connect(socket)?;
-    client.set_timeout(Some(REQUEST_TIMEOUT))?;
-    Ok(client)
+/// The daemon a command talks to: its socket and the frame limit to use.
+struct Daemon<'a> {
+    socket: &'a Path,
+    max_frame: u32,
+}
+
+impl Daemon<'_> {
+    /// Connects with the CLI's request timeout and frame limit.
+    fn connect(&self) -> Result<Client, CliError> {
+        let mut client = Client::connect(self.socket)?;
+        client.set_timeout(Some(REQUEST_TIMEOUT))?;
+        client.set_max_frame(self.max_frame);
+        Ok(client)
+    }
 }
 
 /// Runs one command. Local checks (usage, contexts, input files) come
@@ -47,13 +56,17 @@ fn connect(socket: &Path) -> Result<Client, CliError> {
 fn run(cli: &Cli) -> Result<(), CliError> {
     let json = cli.json;
     let socket = cli.socket.as_path();
+    let daemon = &Daemon {
+        socket,
+        max_frame: cli.max_frame,
+    };
     match &cli.command {
         Command::Ping => {
-            connect(socket)?.ping()?;
+            daemon.connect()?.ping()?;
             write_stdout(if json { b"{\"ok\":true}\n" } else { b"pong\n" })
         }
         Command::Status => {
-            let status = connect(socket)?.status()?;
+            let status = daemon.connect()?.status()?;
             let text = if json {
                 output::json_line(&status).map_err(json_error)?
             } else {
@@ -71,7 +84,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Metrics { out } => {
-            let status = connect(socket)?.status()?;
+            let status = daemon.connect()?.status()?;
             if output::counters_withheld(&status) {
                 // Zeros would read as "nothing happened" to a scraper.
                 return Err(CliError::CountersWithheld {
@@ -84,9 +97,9 @@ fn run(cli: &Cli) -> Result<(), CliError> {
                 None => write_stdout(text.as_bytes()),
             }
         }
-        Command::CreateKey { name } => print_key(&connect(socket)?.create_key(name)?, json),
+        Command::CreateKey { name } => print_key(&daemon.connect()?.create_key(name)?, json),
         Command::List => {
-            let keys = connect(socket)?.list_keys()?;
+            let keys = daemon.connect()?.list_keys()?;
             let text = if json {
                 output::keys_json(&keys).map_err(json_error)?
             } else {
@@ -94,21 +107,23 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             };
             write_stdout(text.as_bytes())
         }
-        Command::Describe { name } => print_key(&connect(socket)?.describe_key(name)?, json),
-        Command::Rotate { name } => print_key(&connect(socket)?.rotate(name)?, json),
+        Command::Describe { name } => print_key(&daemon.connect()?.describe_key(name)?, json),
+        Command::Rotate { name } => print_key(&daemon.connect()?.rotate(name)?, json),
         Command::Revoke { name, version } => {
-            print_key(&connect(socket)?.revoke(name, *version)?, json)
+            print_key(&daemon.connect()?.revoke(name, *version)?, json)
         }
-        Command::Disable { name } => print_key(&connect(socket)?.disable(name)?, json),
-        Command::Enable { name } => print_key(&connect(socket)?.enable(name)?, json),
+        Command::Disable { name } => print_key(&daemon.connect()?.disable(name)?, json),
+        Command::Enable { name } => print_key(&daemon.connect()?.enable(name)?, json),
         Command::MinDecryptionVersion { name, version } => print_key(
-            &connect(socket)?.set_min_decryption_version(name, *version)?,
+            &daemon
+                .connect()?
+                .set_min_decryption_version(name, *version)?,
             json,
         ),
-        Command::Wrap(args) => wrap(socket, args, json),
-        Command::Unwrap(args) => unwrap(socket, args, json),
-        Command::Datakey(args) => datakey(socket, args, json),
-        Command::Rewrap(args) => rewrap(socket, args, json),
+        Command::Wrap(args) => wrap(daemon, args, json),
+        Command::Unwrap(args) => unwrap(daemon, args, json),
+        Command::Datakey(args) => datakey(daemon, args, json),
+        Command::Rewrap(args) => rewrap(daemon, args, json),
         Command::Bench(args) => bench::run(socket, args, json),
     }
 }
@@ -168,19 +183,21 @@ fn emit_wrapped(
 }
 
 /// `wrap`: encrypts the input under the key's latest version.
-fn wrap(socket: &Path, args: &WrapArgs, json: bool) -> Result<(), CliError> {
+fn wrap(daemon: &Daemon, args: &WrapArgs, json: bool) -> Result<(), CliError> {
     check_binary(args.binary, json)?;
     let context = args.context.context()?;
     let plaintext = io::read_input(args.io.input.as_deref())?;
-    let wrapped = connect(socket)?.wrap(&args.name, &plaintext, &context)?;
+    let wrapped = daemon.connect()?.wrap(&args.name, &plaintext, &context)?;
     emit_wrapped(&wrapped, args.io.output.as_ref(), args.binary, json)
 }
 
 /// `unwrap`: decrypts the input and writes the raw plaintext (or JSON).
-fn unwrap(socket: &Path, args: &UnwrapArgs, json: bool) -> Result<(), CliError> {
+fn unwrap(daemon: &Daemon, args: &UnwrapArgs, json: bool) -> Result<(), CliError> {
     let context = args.context.context()?;
     let ciphertext = read_ciphertext(&args.io)?;
-    let unwrapped = connect(socket)?.unwrap(&ciphertext, &context, args.key.as_deref())?;
+    let unwrapped = daemon
+        .connect()?
+        .unwrap(&ciphertext, &context, args.key.as_deref())?;
     let out = args.io.output.as_deref();
     if json {
         let text = output::unwrapped_json(&unwrapped).map_err(json_error)?;
@@ -191,9 +208,9 @@ fn unwrap(socket: &Path, args: &UnwrapArgs, json: bool) -> Result<(), CliError> 
 }
 
 /// `datakey`: a fresh data key, with or without its plaintext.
-fn datakey(socket: &Path, args: &DatakeyArgs, json: bool) -> Result<(), CliError> {
+fn datakey(daemon: &Daemon, args: &DatakeyArgs, json: bool) -> Result<(), CliError> {
     let context = args.context.context()?;
-    let mut client = connect(socket)?;
+    let mut client = daemon.connect()?;
     let data_key = if args.without_plaintext {
         client.generate_data_key_without_plaintext(&args.name, args.bytes, &context)?
     } else {
@@ -207,10 +224,12 @@ fn datakey(socket: &Path, args: &DatakeyArgs, json: bool) -> Result<(), CliError
 }
 
 /// `rewrap`: re-encrypts the input under its key's latest version.
-fn rewrap(socket: &Path, args: &RewrapArgs, json: bool) -> Result<(), CliError> {
+fn rewrap(daemon: &Daemon, args: &RewrapArgs, json: bool) -> Result<(), CliError> {
     check_binary(args.binary, json)?;
     let context = args.context.context()?;
     let ciphertext = read_ciphertext(&args.io)?;
-    let wrapped = connect(socket)?.rewrap(&ciphertext, &context, args.key.as_deref())?;
+    let wrapped = daemon
+        .connect()?
+        .rewrap(&ciphertext, &context, args.key.as_deref())?;
     emit_wrapped(&wrapped, args.io.output.as_ref(), args.binary, json)
 }

@@ -4,8 +4,8 @@
 
 use agent_proto::codec::encode_frame;
 use agent_proto::{
-    Ciphertext, DataKey, EncryptionContext, Envelope, ErrorCode, KeyInfo, KeyState, Request,
-    Response, SecretBytes, StatusInfo, Unwrapped, VersionInfo, VersionState, Wrapped,
+    Ciphertext, DataKey, EncryptionContext, Envelope, ErrorCode, KeyInfo, KeyPage, KeyState,
+    Request, Response, SecretBytes, StatusInfo, Unwrapped, VersionInfo, VersionState, Wrapped,
 };
 
 /// The specification, whose example frames are seeds.
@@ -83,7 +83,18 @@ pub fn seed_context() -> EncryptionContext {
 /// daemon made, so unwrap and rewrap reach the decryption itself.
 pub fn request_frames(key: &str, other: &str, ciphertexts: &[Vec<u8>]) -> Vec<Vec<u8>> {
     let ctx = seed_context();
-    let mut requests = vec![Request::Ping, Request::Status, Request::ListKeys];
+    let mut requests = vec![
+        Request::Ping,
+        Request::Status,
+        Request::ListKeys {
+            after: None,
+            limit: None,
+        },
+        Request::ListKeys {
+            after: Some(key.to_string()),
+            limit: Some(2),
+        },
+    ];
     for name in [key, other] {
         requests.extend([
             Request::CreateKey {
@@ -148,7 +159,13 @@ pub fn request_frames(key: &str, other: &str, ciphertexts: &[Vec<u8>]) -> Vec<Ve
         .enumerate()
         .map(|(i, op)| frame(i as u64 + 1, op))
         .collect();
-    frames.extend(spec_frame("request-frame"));
+    for name in [
+        "request-frame",
+        "v1-list-request-frame",
+        "v2-list-request-frame",
+    ] {
+        frames.extend(spec_frame(name));
+    }
     frames.retain(|f| !f.is_empty());
     frames
 }
@@ -182,7 +199,7 @@ pub fn response_frames() -> Vec<Vec<u8>> {
         Response::Status(StatusInfo {
             daemon_version: "0.1.0".to_string(),
             oldest_protocol: 1,
-            newest_protocol: 1,
+            newest_protocol: 2,
             uptime_secs: 42,
             tpm_reachable: true,
             root_key_loaded: true,
@@ -192,7 +209,10 @@ pub fn response_frames() -> Vec<Vec<u8>> {
                 .collect(),
         }),
         Response::Key(info.clone()),
-        Response::Keys(vec![info.clone(), info]),
+        Response::Keys(KeyPage {
+            keys: vec![info.clone(), info],
+            next: Some("app-db".to_string()),
+        }),
         Response::Wrapped(Wrapped {
             key: "app-db".to_string(),
             version: 1,
@@ -217,6 +237,7 @@ pub fn response_frames() -> Vec<Vec<u8>> {
         .map(|(i, op)| frame(i as u64 + 1, op))
         .collect();
     frames.extend(spec_frame("response-frame"));
+    frames.extend(spec_frame("v2-list-response-frame"));
     frames.retain(|f| !f.is_empty());
     frames
 }
@@ -239,11 +260,11 @@ mod tests {
     fn the_specification_examples_are_found_and_decode() {
         let request = spec_frame("request-frame").expect("request example");
         assert_eq!(request.len(), 4 + 75);
-        let env: Envelope<Request> = agent_proto::codec::decode_body(&request[4..]).unwrap();
+        let env = agent_proto::codec::decode_request(&request[4..]).unwrap();
         assert_eq!(env.id, 7);
         let response = spec_frame("response-frame").expect("response example");
         assert_eq!(response.len(), 4 + 98);
-        let env: Envelope<Response> = agent_proto::codec::decode_body(&response[4..]).unwrap();
+        let env = agent_proto::codec::decode_response(&response[4..]).unwrap();
         assert_eq!(env.id, 7);
     }
 
@@ -252,12 +273,12 @@ mod tests {
         let frames = request_frames("fuzz", "other", &[]);
         let mut seen = std::collections::BTreeSet::new();
         for f in &frames {
-            let env: Envelope<Request> = agent_proto::codec::decode_body(&f[4..]).unwrap();
+            let env = agent_proto::codec::decode_request(&f[4..]).unwrap();
             seen.insert(env.op.operation());
         }
         assert_eq!(seen.len(), agent_proto::Operation::ALL.len());
         for f in response_frames() {
-            let _: Envelope<Response> = agent_proto::codec::decode_body(&f[4..]).unwrap();
+            let _ = agent_proto::codec::decode_response(&f[4..]).unwrap();
         }
     }
 }

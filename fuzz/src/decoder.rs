@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use agent_proto::codec::{decode_body, read_frame};
+use agent_proto::codec::{decode_body, decode_request, decode_response, read_frame};
 use agent_proto::{Request, Response};
 
 use crate::corpus::{Corpus, MAX_FRAME};
@@ -66,8 +66,10 @@ fn decode_everything(bytes: &[u8], rng: Rng) -> Outcome {
     loop {
         match read_frame(&mut reader, MAX_FRAME) {
             Ok(Some(body)) => {
-                outcome.requests += u64::from(decode_body::<Request>(&body).is_ok());
-                outcome.responses += u64::from(decode_body::<Response>(&body).is_ok());
+                outcome.requests += u64::from(decode_request(&body).is_ok());
+                outcome.responses += u64::from(decode_response(&body).is_ok());
+                let _ = decode_body::<Request>(&body);
+                let _ = decode_body::<Response>(&body);
             }
             Ok(None) => break,
             Err(_) => {
@@ -80,6 +82,8 @@ fn decode_everything(bytes: &[u8], rng: Rng) -> Outcome {
     let body = bytes.get(4..).unwrap_or_default();
     let _ = decode_body::<Request>(body);
     let _ = decode_body::<Response>(body);
+    let _ = decode_request(body);
+    let _ = decode_response(body);
     outcome
 }
 

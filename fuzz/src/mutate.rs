@@ -2,7 +2,7 @@
 //! extension, length-prefix lies, splices, huge counts, wrong variant
 //! indices, chunk insertion, deletion and duplication, and random bytes.
 
-use agent_proto::codec::encode_frame;
+use agent_proto::codec::encode_request;
 use agent_proto::{Ciphertext, EncryptionContext, Envelope, Request, SecretBytes};
 
 use crate::corpus::MAX_FRAME;
@@ -311,20 +311,36 @@ pub fn random_request(rng: &mut Rng, names: &[&str], blobs: &[Vec<u8>]) -> Reque
             key: random_name(rng, names),
             version: random_version(rng),
         },
-        12 => Request::ListKeys,
+        12 => Request::ListKeys {
+            after: rng.chance(50).then(|| random_name(rng, names)),
+            limit: rng.chance(50).then(|| random_version(rng)),
+        },
         _ => Request::DescribeKey {
             key: random_name(rng, names),
         },
     }
 }
 
-/// A frame of [`random_request`] with a random id and protocol version 1.
+/// A frame of [`random_request`] with a random id, in protocol version 1
+/// or 2 (version 2 when version 1 cannot express the request).
 pub fn random_request_frame(rng: &mut Rng, names: &[&str], blobs: &[Vec<u8>]) -> Frame {
     let request = random_request(rng, names, blobs);
     let id = rng.next_u64();
-    let bytes = encode_frame(&Envelope::new(id, request), MAX_FRAME)
-        .map(|f| f.to_vec())
-        .unwrap_or_default();
+    let proto = if rng.chance(50) && agent_proto::v1::Request::try_from(request.clone()).is_ok() {
+        agent_proto::v1::VERSION
+    } else {
+        agent_proto::PROTOCOL_VERSION
+    };
+    let bytes = encode_request(
+        Envelope {
+            proto,
+            id,
+            op: request,
+        },
+        MAX_FRAME,
+    )
+    .map(|f| f.to_vec())
+    .unwrap_or_default();
     Frame { bytes, valid: true }
 }
 

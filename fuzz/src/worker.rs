@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use agent_proto::codec::{decode_body, read_frame};
+use agent_proto::codec::{decode_response, read_frame};
 use agent_proto::{Client, ErrorCode, FrameError, Response};
 
 use crate::corpus::{Corpus, MAX_FRAME, seed_context};
@@ -191,7 +191,7 @@ pub fn run(socket: &Path, seed: u64, index: u64, frames: u64, key: &str, other: 
         stats.valid_frames += u64::from(frame.valid);
         if frame.expects_one_answer() {
             match read_frame(&mut conn, MAX_FRAME) {
-                Ok(Some(body)) => match decode_body::<Response>(&body) {
+                Ok(Some(body)) => match decode_response(&body) {
                     Ok(envelope) => {
                         stats.answers += 1;
                         match envelope.op {

@@ -248,11 +248,24 @@ fn switch_thread_uid(uid: u32) -> std::io::Result<()> {
     }
 }
 
-/// The frame of `request` with id `id`.
+/// The frame of `request` with id `id`, in protocol version 1 (as a
+/// version-1 client sends it; the server answers in the same version).
 fn frame(id: u64, request: Request) -> Vec<u8> {
-    codec::encode_frame(&Envelope::new(id, request), DEFAULT_MAX_FRAME)
-        .expect("encode")
-        .to_vec()
+    frame_in(V1, id, request)
+}
+
+/// The frame of `request` with id `id` in protocol version `proto`.
+fn frame_in(proto: u16, id: u64, request: Request) -> Vec<u8> {
+    codec::encode_request(
+        Envelope {
+            proto,
+            id,
+            op: request,
+        },
+        DEFAULT_MAX_FRAME,
+    )
+    .expect("encode")
+    .to_vec()
 }
 
 /// A frame of a `Wrap` whose body is exactly `body_len` bytes.
@@ -283,7 +296,16 @@ fn head(proto: u16, id: u64) -> Vec<u8> {
 }
 
 fn decode(body: &[u8]) -> Envelope<Response> {
-    codec::decode_body(body).expect("a response the client decodes")
+    codec::decode_response(body).expect("a response the client decodes")
+}
+
+/// A `Pong` answering a version-1 `Ping` with `id`.
+fn pong(id: u64) -> Envelope<Response> {
+    Envelope {
+        proto: V1,
+        id,
+        op: Response::Pong,
+    }
 }
 
 /// An error answer in version 1 with `id`.
@@ -326,7 +348,7 @@ async fn send(stream: &mut UnixStream, bytes: &[u8]) {
 
 async fn ping(stream: &mut UnixStream, id: u64) {
     send(stream, &frame(id, Request::Ping)).await;
-    assert_eq!(reply(stream).await, Envelope::new(id, Response::Pong));
+    assert_eq!(reply(stream).await, pong(id));
 }
 
 fn key_of(envelope: Envelope<Response>) -> agent_proto::KeyInfo {
@@ -357,6 +379,20 @@ async fn a_request_is_answered_in_its_envelope() {
         panic!("expected Status");
     };
     assert_eq!(status.counters["keys"], 1);
+    // The same connection may speak the current version: each request is
+    // answered in its own.
+    send(
+        &mut stream,
+        &frame_in(
+            PROTOCOL_VERSION,
+            8,
+            Request::DescribeKey { key: "k".into() },
+        ),
+    )
+    .await;
+    let answer = reply(&mut stream).await;
+    assert_eq!((answer.proto, answer.id), (PROTOCOL_VERSION, 8));
+    assert_eq!(key_of(answer).name, "k");
 }
 
 #[tokio::test]
@@ -396,7 +432,7 @@ async fn pipelined_requests_are_answered_in_order_and_errors_keep_the_connection
     assert_eq!(key_of(answers.next().unwrap()).latest_version, 1);
     assert!(matches!(answers.next().unwrap().op, Response::Wrapped(ref w) if w.version == 1));
     assert_eq!(key_of(answers.next().unwrap()).versions[0].encryptions, 1);
-    assert_eq!(answers.next().unwrap(), Envelope::new(103, Response::Pong));
+    assert_eq!(answers.next().unwrap(), pong(103));
     assert_eq!(
         answers.next().unwrap(),
         error(104, ErrorCode::KeyNotFound, "no key named \"nope\"")
@@ -478,11 +514,7 @@ async fn a_truncated_frame_ends_the_connection_without_an_answer() {
         send(&mut stream, &bytes).await;
         stream.shutdown().await.expect("shut down writing");
         for _ in 0..answered {
-            assert_eq!(
-                reply(&mut stream).await,
-                Envelope::new(9, Response::Pong),
-                "{case}"
-            );
+            assert_eq!(reply(&mut stream).await, pong(9), "{case}");
         }
         assert_closed(&mut stream).await;
     }
@@ -810,10 +842,7 @@ async fn settled_reply(stream: &mut StdStream) -> Envelope<Response> {
 
 async fn settled_ping(stream: &mut StdStream, id: u64) {
     stream.write_all(&frame(id, Request::Ping)).expect("send");
-    assert_eq!(
-        settled_reply(stream).await,
-        Envelope::new(id, Response::Pong)
-    );
+    assert_eq!(settled_reply(stream).await, pong(id));
 }
 
 #[tokio::test(start_paused = true)]
@@ -859,10 +888,7 @@ async fn a_frame_must_arrive_whole_within_frame_timeout() {
     settle().await;
     advance(Duration::from_secs(4)).await;
     stream.write_all(&whole[3..]).expect("send");
-    assert_eq!(
-        settled_reply(&mut stream).await,
-        Envelope::new(1, Response::Pong)
-    );
+    assert_eq!(settled_reply(&mut stream).await, pong(1));
 }
 
 /// Writes as much of `bytes` (from `*sent` on) as the socket takes now.

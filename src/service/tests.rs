@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use agent_proto::{
-    Ciphertext, EncryptionContext, ErrorCode, KeyInfo, KeyState, OLDEST_PROTOCOL_VERSION,
+    Ciphertext, EncryptionContext, ErrorCode, KeyInfo, KeyPage, KeyState, OLDEST_PROTOCOL_VERSION,
     PROTOCOL_VERSION, Request, Response, SecretBytes, StatusInfo, VersionState, Wrapped,
 };
 
@@ -258,17 +258,36 @@ fn describe(key: &str) -> Request {
     }
 }
 
-/// A `ListKeys` of every key the peer may see.
+/// A `ListKeys` of every key the peer may see (no page limit, as a
+/// protocol-1 `ListKeys` arrives).
 fn list_all() -> Request {
-    Request::ListKeys
+    Request::ListKeys {
+        after: None,
+        limit: None,
+    }
 }
 
-/// The keys a `ListKeys` answer lists.
-fn listed(response: Response) -> Vec<KeyInfo> {
+/// A `ListKeys` page: at most `limit` keys after `after`.
+fn list_page(after: Option<&str>, limit: u32) -> Request {
+    Request::ListKeys {
+        after: after.map(str::to_string),
+        limit: Some(limit),
+    }
+}
+
+/// The page a `ListKeys` answer carries.
+fn page(response: Response) -> KeyPage {
     match response {
-        Response::Keys(keys) => keys,
+        Response::Keys(page) => page,
         other => panic!("expected Keys, got {other:?}"),
     }
+}
+
+/// The keys a `ListKeys` answer of every key lists: one last page.
+fn listed(response: Response) -> Vec<KeyInfo> {
+    let page = page(response);
+    assert_eq!(page.next, None, "a list without a limit is one last page");
+    page.keys
 }
 
 /// `info` with its state, latest and minimum version and its versions'
@@ -1224,6 +1243,40 @@ async fn list_shows_each_peer_the_keys_it_holds_a_grant_on_sorted() {
             Response::Key(info)
         );
     }
+
+    // In pages: `limit` keys the peer may see, after `after` (exclusive),
+    // and `next` while more follow.
+    let page_names = |page: &KeyPage| page.keys.iter().map(|k| k.name.clone()).collect::<Vec<_>>();
+    let first = page(fixture.call(&admin(), list_page(None, 2)).await);
+    assert_eq!(page_names(&first), ["app-a", "app-b"]);
+    assert_eq!(first.next.as_deref(), Some("app-b"));
+    let second = page(fixture.call(&admin(), list_page(Some("app-b"), 2)).await);
+    assert_eq!(page_names(&second), ["other", "shared"]);
+    assert_eq!(second.next.as_deref(), Some("shared"));
+    let last = page(fixture.call(&admin(), list_page(Some("shared"), 2)).await);
+    assert_eq!(page_names(&last), ["zeta"]);
+    assert_eq!(last.next, None, "the last page says so");
+    let exact = page(fixture.call(&admin(), list_page(Some("other"), 3)).await);
+    assert_eq!(page_names(&exact), ["shared", "zeta"]);
+    assert_eq!(
+        exact.next, None,
+        "no next when the page ends at the last key"
+    );
+    // `after` need not name a key; a page counts only keys the peer may see.
+    let app = page(fixture.call(&peer(APP), list_page(Some("app-a0"), 1)).await);
+    assert_eq!(page_names(&app), ["app-b"]);
+    assert_eq!(app.next.as_deref(), Some("app-b"));
+    let app = page(fixture.call(&peer(APP), list_page(Some("app-b"), 1)).await);
+    assert_eq!(page_names(&app), ["shared"]);
+    assert_eq!(app.next, None);
+    assert_eq!(
+        fixture.call(&admin(), list_page(None, 0)).await,
+        refusal(
+            ErrorCode::InvalidArgument,
+            "a ListKeys limit must be at least 1 (or none, for every key)"
+        ),
+        "a page of no keys"
+    );
 }
 
 /// The status fields that do not depend on who asks.

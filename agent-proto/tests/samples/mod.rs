@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use agent_proto::{
-    Ciphertext, DataKey, EncryptionContext, ErrorCode, KeyInfo, KeyState, Operation, Request,
-    Response, SecretBytes, StatusInfo, Unwrapped, VersionInfo, VersionState, Wrapped,
+    Ciphertext, DataKey, EncryptionContext, ErrorCode, KeyInfo, KeyPage, KeyState, Operation,
+    Request, Response, SecretBytes, StatusInfo, Unwrapped, VersionInfo, VersionState, Wrapped,
 };
 
 pub fn context() -> EncryptionContext {
@@ -61,7 +61,10 @@ pub fn requests() -> Vec<Request> {
             key: "app-db".to_string(),
             version: 2,
         },
-        Request::ListKeys,
+        Request::ListKeys {
+            after: Some("app-a".to_string()),
+            limit: Some(100),
+        },
         Request::DescribeKey {
             key: "app-db".to_string(),
         },
@@ -103,7 +106,7 @@ pub fn responses() -> Vec<Response> {
         Response::Status(StatusInfo {
             daemon_version: "0.1.0".to_string(),
             oldest_protocol: 1,
-            newest_protocol: 1,
+            newest_protocol: 2,
             uptime_secs: 12,
             tpm_reachable: true,
             root_key_loaded: true,
@@ -111,7 +114,10 @@ pub fn responses() -> Vec<Response> {
             counters: BTreeMap::from([("keys".to_string(), 1)]),
         }),
         Response::Key(key_info()),
-        Response::Keys(vec![key_info(), key_info()]),
+        Response::Keys(KeyPage {
+            keys: vec![key_info(), key_info()],
+            next: Some("app-db".to_string()),
+        }),
         Response::Wrapped(Wrapped {
             key: "app-db".to_string(),
             version: 2,

@@ -1,0 +1,305 @@
+//! Protocol version 1, frozen: the request and response enums exactly as
+//! version-1 peers encode them, and their conversions to and from the
+//! current version.
+//!
+//! Only the enums whose shape changed since version 1 are copied here
+//! (`Request` and `Response`, for the paginated `ListKeys` of version 2);
+//! the structures they carry are unchanged and shared with the current
+//! version. Never edit these enums: a version-1 client built years ago
+//! encodes them this way. A later version that changes a shared structure
+//! copies that structure here first.
+
+use serde::{Deserialize, Serialize};
+
+use crate::bytes::{Ciphertext, SecretBytes};
+use crate::message::{
+    DataKey, EncryptionContext, ErrorReply, KeyInfo, KeyPage, StatusInfo, Unwrapped, Wrapped,
+};
+
+/// This module's protocol version.
+pub const VERSION: u16 = 1;
+
+/// How many request variants version 1 has (indexes 0 to 13).
+pub const REQUEST_VARIANTS: u32 = 14;
+
+/// A version-1 request: [`crate::Request`] as it was, with `ListKeys`
+/// without fields (every key in one answer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// As [`crate::Request::Ping`].
+    Ping,
+    /// As [`crate::Request::Status`].
+    Status,
+    /// As [`crate::Request::CreateKey`].
+    CreateKey {
+        /// As in [`crate::Request::CreateKey`].
+        name: String,
+    },
+    /// As [`crate::Request::Wrap`].
+    Wrap {
+        /// As in [`crate::Request::Wrap`].
+        key: String,
+        /// As in [`crate::Request::Wrap`].
+        plaintext: SecretBytes,
+        /// As in [`crate::Request::Wrap`].
+        context: EncryptionContext,
+    },
+    /// As [`crate::Request::Unwrap`].
+    Unwrap {
+        /// As in [`crate::Request::Unwrap`].
+        ciphertext: Ciphertext,
+        /// As in [`crate::Request::Unwrap`].
+        context: EncryptionContext,
+        /// As in [`crate::Request::Unwrap`].
+        key: Option<String>,
+    },
+    /// As [`crate::Request::GenerateDataKey`].
+    GenerateDataKey {
+        /// As in [`crate::Request::GenerateDataKey`].
+        key: String,
+        /// As in [`crate::Request::GenerateDataKey`].
+        bytes: u16,
+        /// As in [`crate::Request::GenerateDataKey`].
+        include_plaintext: bool,
+        /// As in [`crate::Request::GenerateDataKey`].
+        context: EncryptionContext,
+    },
+    /// As [`crate::Request::Rewrap`].
+    Rewrap {
+        /// As in [`crate::Request::Rewrap`].
+        ciphertext: Ciphertext,
+        /// As in [`crate::Request::Rewrap`].
+        context: EncryptionContext,
+        /// As in [`crate::Request::Rewrap`].
+        key: Option<String>,
+    },
+    /// As [`crate::Request::Rotate`].
+    Rotate {
+        /// As in [`crate::Request::Rotate`].
+        key: String,
+    },
+    /// As [`crate::Request::Revoke`].
+    Revoke {
+        /// As in [`crate::Request::Revoke`].
+        key: String,
+        /// As in [`crate::Request::Revoke`].
+        version: Option<u32>,
+    },
+    /// As [`crate::Request::Disable`].
+    Disable {
+        /// As in [`crate::Request::Disable`].
+        key: String,
+    },
+    /// As [`crate::Request::Enable`].
+    Enable {
+        /// As in [`crate::Request::Enable`].
+        key: String,
+    },
+    /// As [`crate::Request::SetMinDecryptionVersion`].
+    SetMinDecryptionVersion {
+        /// As in [`crate::Request::SetMinDecryptionVersion`].
+        key: String,
+        /// As in [`crate::Request::SetMinDecryptionVersion`].
+        version: u32,
+    },
+    /// Every key the caller may see, in one answer.
+    ListKeys,
+    /// As [`crate::Request::DescribeKey`].
+    DescribeKey {
+        /// As in [`crate::Request::DescribeKey`].
+        key: String,
+    },
+}
+
+/// A version-1 response: [`crate::Response`] as it was, with `Keys`
+/// carrying every key and no page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// As [`crate::Response::Pong`].
+    Pong,
+    /// As [`crate::Response::Status`].
+    Status(StatusInfo),
+    /// As [`crate::Response::Key`].
+    Key(KeyInfo),
+    /// Every key the caller may see.
+    Keys(Vec<KeyInfo>),
+    /// As [`crate::Response::Wrapped`].
+    Wrapped(Wrapped),
+    /// As [`crate::Response::Unwrapped`].
+    Unwrapped(Unwrapped),
+    /// As [`crate::Response::DataKey`].
+    DataKey(DataKey),
+    /// As [`crate::Response::Error`].
+    Error(ErrorReply),
+}
+
+/// A current message that version 1 cannot express.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotInV1 {
+    /// A `ListKeys` with `after` or `limit`: version 1 lists every key at once.
+    #[error("protocol version 1 has no paginated ListKeys (after or limit given)")]
+    PagedListKeys,
+    /// A page of keys with more to follow: version 1 answers every key at once.
+    #[error("protocol version 1 cannot carry a partial page of keys")]
+    PartialKeyPage,
+}
+
+impl From<Request> for crate::Request {
+    fn from(request: Request) -> crate::Request {
+        use crate::Request as Now;
+        match request {
+            Request::Ping => Now::Ping,
+            Request::Status => Now::Status,
+            Request::CreateKey { name } => Now::CreateKey { name },
+            Request::Wrap {
+                key,
+                plaintext,
+                context,
+            } => Now::Wrap {
+                key,
+                plaintext,
+                context,
+            },
+            Request::Unwrap {
+                ciphertext,
+                context,
+                key,
+            } => Now::Unwrap {
+                ciphertext,
+                context,
+                key,
+            },
+            Request::GenerateDataKey {
+                key,
+                bytes,
+                include_plaintext,
+                context,
+            } => Now::GenerateDataKey {
+                key,
+                bytes,
+                include_plaintext,
+                context,
+            },
+            Request::Rewrap {
+                ciphertext,
+                context,
+                key,
+            } => Now::Rewrap {
+                ciphertext,
+                context,
+                key,
+            },
+            Request::Rotate { key } => Now::Rotate { key },
+            Request::Revoke { key, version } => Now::Revoke { key, version },
+            Request::Disable { key } => Now::Disable { key },
+            Request::Enable { key } => Now::Enable { key },
+            Request::SetMinDecryptionVersion { key, version } => {
+                Now::SetMinDecryptionVersion { key, version }
+            }
+            Request::ListKeys => Now::ListKeys {
+                after: None,
+                limit: None,
+            },
+            Request::DescribeKey { key } => Now::DescribeKey { key },
+        }
+    }
+}
+
+impl TryFrom<crate::Request> for Request {
+    type Error = NotInV1;
+
+    fn try_from(request: crate::Request) -> Result<Request, NotInV1> {
+        use crate::Request as Now;
+        Ok(match request {
+            Now::Ping => Request::Ping,
+            Now::Status => Request::Status,
+            Now::CreateKey { name } => Request::CreateKey { name },
+            Now::Wrap {
+                key,
+                plaintext,
+                context,
+            } => Request::Wrap {
+                key,
+                plaintext,
+                context,
+            },
+            Now::Unwrap {
+                ciphertext,
+                context,
+                key,
+            } => Request::Unwrap {
+                ciphertext,
+                context,
+                key,
+            },
+            Now::GenerateDataKey {
+                key,
+                bytes,
+                include_plaintext,
+                context,
+            } => Request::GenerateDataKey {
+                key,
+                bytes,
+                include_plaintext,
+                context,
+            },
+            Now::Rewrap {
+                ciphertext,
+                context,
+                key,
+            } => Request::Rewrap {
+                ciphertext,
+                context,
+                key,
+            },
+            Now::Rotate { key } => Request::Rotate { key },
+            Now::Revoke { key, version } => Request::Revoke { key, version },
+            Now::Disable { key } => Request::Disable { key },
+            Now::Enable { key } => Request::Enable { key },
+            Now::SetMinDecryptionVersion { key, version } => {
+                Request::SetMinDecryptionVersion { key, version }
+            }
+            Now::ListKeys {
+                after: None,
+                limit: None,
+            } => Request::ListKeys,
+            Now::ListKeys { .. } => return Err(NotInV1::PagedListKeys),
+            Now::DescribeKey { key } => Request::DescribeKey { key },
+        })
+    }
+}
+
+impl From<Response> for crate::Response {
+    fn from(response: Response) -> crate::Response {
+        use crate::Response as Now;
+        match response {
+            Response::Pong => Now::Pong,
+            Response::Status(status) => Now::Status(status),
+            Response::Key(key) => Now::Key(key),
+            Response::Keys(keys) => Now::Keys(KeyPage { keys, next: None }),
+            Response::Wrapped(wrapped) => Now::Wrapped(wrapped),
+            Response::Unwrapped(unwrapped) => Now::Unwrapped(unwrapped),
+            Response::DataKey(data_key) => Now::DataKey(data_key),
+            Response::Error(reply) => Now::Error(reply),
+        }
+    }
+}
+
+impl TryFrom<crate::Response> for Response {
+    type Error = NotInV1;
+
+    fn try_from(response: crate::Response) -> Result<Response, NotInV1> {
+        use crate::Response as Now;
+        Ok(match response {
+            Now::Pong => Response::Pong,
+            Now::Status(status) => Response::Status(status),
+            Now::Key(key) => Response::Key(key),
+            Now::Keys(KeyPage { keys, next: None }) => Response::Keys(keys),
+            Now::Keys(KeyPage { next: Some(_), .. }) => return Err(NotInV1::PartialKeyPage),
+            Now::Wrapped(wrapped) => Response::Wrapped(wrapped),
+            Now::Unwrapped(unwrapped) => Response::Unwrapped(unwrapped),
+            Now::DataKey(data_key) => Response::DataKey(data_key),
+            Now::Error(reply) => Response::Error(reply),
+        })
+    }
+}
