@@ -29,6 +29,7 @@ mod operations;
 mod packaged_config;
 mod peer_identity;
 mod permissions;
+mod protocol;
 mod root_key;
 mod state_dir;
 mod systemd;
