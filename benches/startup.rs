@@ -7,10 +7,8 @@
 //! the time from spawning it to its first answered `Ping` (root key unsealed,
 //! every row verified and every KEK opened), and its resident memory.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::fs;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -19,6 +17,9 @@ use std::time::{Duration, Instant};
 use agent_proto::Client;
 
 const RUNS: usize = 5;
+
+/// The daemon under test.
+const HOSTKMSD: &str = env!("CARGO_BIN_EXE_hostkmsd");
 
 fn main() {
     let keys: usize = std::env::args()
@@ -83,7 +84,7 @@ fn config(cache: &Path, port: u16) -> PathBuf {
 }
 
 fn spawn_daemon(cache: &Path, port: u16) -> Child {
-    Command::new(common::HOSTKMSD)
+    Command::new(HOSTKMSD)
         .arg("--config")
         .arg(config(cache, port))
         .env("HOSTKMS_LOG", "warn")
@@ -121,7 +122,7 @@ fn populate(cache: &Path, keys: usize) {
         "populating {keys} keys x 2 versions in {} (once)...",
         cache.display()
     );
-    let tpm = common::Swtpm::start_in(&cache.join("tpm"));
+    let tpm = Swtpm::start_in(&cache.join("tpm"));
     let mut daemon = spawn_daemon(cache, tpm.port);
     let mut client = wait_for_ping(&cache.join("hostkms.sock"), &mut daemon);
     let started = Instant::now();
@@ -138,7 +139,7 @@ fn populate(cache: &Path, keys: usize) {
 
 /// One start: time to the first answered Ping, then VmRSS and VmHWM in KiB.
 fn measure(cache: &Path, keys: usize) -> (Duration, u64, u64) {
-    let tpm = common::Swtpm::start_in(&cache.join("tpm"));
+    let tpm = Swtpm::start_in(&cache.join("tpm"));
     let socket = cache.join("hostkms.sock");
     let started = Instant::now();
     let mut daemon = spawn_daemon(cache, tpm.port);
@@ -161,4 +162,81 @@ fn measure(cache: &Path, keys: usize) -> (Duration, u64, u64) {
     stop(daemon);
     drop(tpm);
     (elapsed, rss, hwm)
+}
+
+/// The cached TPM: swtpm on the state in a directory of the cache, shut
+/// down orderly on drop so that the next start finds no lockout. (The
+/// integration tests' harness has more; the benchmark needs only this.)
+struct Swtpm {
+    child: Child,
+    port: u16,
+}
+
+impl Swtpm {
+    /// Starts swtpm on `dir`'s state, waits until it answers, and clears
+    /// any dictionary-attack lockout an unorderly stop left.
+    fn start_in(dir: &Path) -> Swtpm {
+        fs::create_dir_all(dir).expect("swtpm state dir");
+        let port = free_port_pair();
+        let child = Command::new("swtpm")
+            .arg("socket")
+            .arg("--tpm2")
+            .arg("--tpmstate")
+            .arg(format!("dir={}", dir.display()))
+            .arg("--server")
+            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+            .arg("--flags")
+            .arg("not-need-init,startup-clear")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("swtpm must be installed");
+        let tpm = Swtpm { child, port };
+        let started = Instant::now();
+        while !tpm.tool("tpm2_dictionarylockout", &["--clear-lockout"]) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "swtpm did not answer on port {port} within 10 s"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        tpm
+    }
+
+    /// Runs a tpm2-tools command against this TPM; whether it succeeded.
+    fn tool(&self, tool: &str, args: &[&str]) -> bool {
+        Command::new(tool)
+            .args(args)
+            .env(
+                "TPM2TOOLS_TCTI",
+                format!("swtpm:host=127.0.0.1,port={}", self.port),
+            )
+            .env("TSS2_LOG", "all+none")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        self.tool("tpm2_shutdown", &["--clear"]);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two consecutive free loopback ports (swtpm's command and control ports).
+fn free_port_pair() -> u16 {
+    loop {
+        let first = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = first.local_addr().expect("local addr").port();
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
 }

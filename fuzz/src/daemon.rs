@@ -1,5 +1,5 @@
 //! The processes under test: a private swtpm on free loopback ports and the
-//! real `hostkmsd` binary on it, as tests/common starts them, with the
+//! real `hostkmsd` binary on it, as tests/it/harness starts them, with the
 //! daemon's log scanned as it is written and its memory sampled.
 
 use std::fs;

@@ -2,8 +2,6 @@
 //! connection slots (per-uid cap, admin reserve, write timeout), the memory
 //! of partly received frames, and how a refused connection learns `Busy`.
 
-mod common;
-
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -13,13 +11,15 @@ use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::harness::{
+    Daemon, DaemonConfig, DaemonFiles, Grant, Harness, Swtpm, cli, cli_as, cli_stdin, helper_test,
+};
 use agent_proto::codec::{self, DEFAULT_MAX_FRAME, LENGTH_PREFIX};
 use agent_proto::{AsyncClient, Client, ClientError, Envelope, ErrorCode, Request, Response};
-use common::{Daemon, DaemonFiles, Swtpm, cli, cli_as, cli_stdin};
 
 /// The limits these tests set that the daemon did not know before issue 8;
 /// kept apart so that the tests can be run against an older daemon.
-const WRITE_TIMEOUT: &str = "write_timeout_secs = 3\n";
+const WRITE_TIMEOUT_SECS: u64 = 3;
 
 /// The environment variable that makes this test binary act as the slot
 /// holder of [`one_uid_cannot_hold_every_connection_slot`].
@@ -201,18 +201,12 @@ impl SlotHolder {
     /// As [`SlotHolder::start`], as `uid` (which needs no passwd entry),
     /// trying `count` connections when given.
     fn start_as(uid: u32, socket: &std::path::Path, how: &str, count: Option<usize>) -> SlotHolder {
-        let mut command = Command::new(std::env::current_exe().expect("test binary"));
+        let mut command = helper_test(module_path!(), "slot_holder_process");
         if let Some(count) = count {
             command.env(HOLDER_COUNT_ENV, count.to_string());
         }
         let mut child = command
-            .args([
-                "--exact",
-                "slot_holder_process",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+            .arg("--nocapture")
             .env(HOLDER_SOCKET_ENV, socket)
             .env(HOLDER_HOW_ENV, how)
             .uid(uid)
@@ -276,11 +270,11 @@ fn one_uid_cannot_hold_every_connection_slot() {
     let tpm = Swtpm::start();
     let files = DaemonFiles::with_public_socket(
         &tpm.tcti(),
-        &format!(
-            "socket_mode = \"0666\"\n{WRITE_TIMEOUT}\
-             max_ungranted_connections = 256\n\
-             [[grant]]\nkeys = [\"conn-*\"]\nuids = [4242]\nops = [\"wrap\"]\n"
-        ),
+        &DaemonConfig::new()
+            .socket_mode("0666")
+            .write_timeout_secs(WRITE_TIMEOUT_SECS)
+            .max_ungranted_connections(256)
+            .grant(Grant::new().keys(&["conn-*"]).uids(&[4242]).ops(&["wrap"])),
     );
     let daemon = Daemon::start(&files).expect("start hostkmsd");
     daemon.client().create_key("conn-app").expect("create");
@@ -361,8 +355,9 @@ fn ungranted_uids_together_cannot_starve_a_granted_peer() {
     let tpm = Swtpm::start();
     let files = DaemonFiles::with_public_socket(
         &tpm.tcti(),
-        "socket_mode = \"0666\"\n\
-         [[grant]]\nkeys = [\"conn-*\"]\nuids = [4242]\nops = [\"wrap\"]\n",
+        &DaemonConfig::new()
+            .socket_mode("0666")
+            .grant(Grant::new().keys(&["conn-*"]).uids(&[4242]).ops(&["wrap"])),
     );
     let daemon = Daemon::start(&files).expect("start hostkmsd");
     daemon.client().create_key("conn-app").expect("create");
@@ -415,8 +410,11 @@ fn an_ungranted_uid_cannot_take_the_frame_memory() {
     let tpm = Swtpm::start();
     let files = DaemonFiles::with_public_socket(
         &tpm.tcti(),
-        "socket_mode = \"0666\"\nframe_timeout_secs = 60\nidle_timeout_secs = 120\n\
-         [[grant]]\nkeys = [\"conn-*\"]\nuids = [4242]\nops = [\"wrap\"]\n",
+        &DaemonConfig::new()
+            .socket_mode("0666")
+            .frame_timeout_secs(60)
+            .idle_timeout_secs(120)
+            .grant(Grant::new().keys(&["conn-*"]).uids(&[4242]).ops(&["wrap"])),
     );
     let daemon = Daemon::start(&files).expect("start hostkmsd");
     daemon.client().create_key("conn-app").expect("create");
@@ -451,7 +449,10 @@ fn an_ungranted_uid_cannot_take_the_frame_memory() {
 #[test]
 fn a_client_that_never_reads_its_answers_is_disconnected() {
     let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), WRITE_TIMEOUT);
+    let files = DaemonFiles::new(
+        &tpm.tcti(),
+        &DaemonConfig::new().write_timeout_secs(WRITE_TIMEOUT_SECS),
+    );
     let daemon = Daemon::start(&files).expect("start hostkmsd");
     let mut stream = UnixStream::connect(&daemon.socket).expect("connect");
     let sent = 100_000u64;
@@ -497,9 +498,12 @@ fn the_last_slots_are_for_admins_and_admins_are_not_capped_per_uid() {
     let tpm = Swtpm::start();
     let files = DaemonFiles::with_public_socket(
         &tpm.tcti(),
-        "socket_mode = \"0666\"\nmax_connections = 70\nadmin_reserved_connections = 6\n\
-         max_ungranted_connections = 70\n\
-         [[grant]]\nkeys = [\"conn-*\"]\nuids = [4242]\nops = [\"wrap\"]\n",
+        &DaemonConfig::new()
+            .socket_mode("0666")
+            .max_connections(70)
+            .admin_reserved_connections(6)
+            .max_ungranted_connections(70)
+            .grant(Grant::new().keys(&["conn-*"]).uids(&[4242]).ops(&["wrap"])),
     );
     let daemon = Daemon::start(&files).expect("start hostkmsd");
     daemon.client().create_key("conn-app").expect("create");
@@ -576,7 +580,10 @@ fn almost_complete_large_frames_cannot_commit_the_daemons_memory() {
     let tpm = Swtpm::start();
     let files = DaemonFiles::new(
         &tpm.tcti(),
-        "max_connections = 400\nframe_timeout_secs = 60\nidle_timeout_secs = 120",
+        &DaemonConfig::new()
+            .max_connections(400)
+            .frame_timeout_secs(60)
+            .idle_timeout_secs(120),
     );
     let daemon = Daemon::start(&files).expect("start hostkmsd");
     let mut client = daemon.client();
@@ -665,9 +672,11 @@ fn outcome(result: Result<(), ClientError>) -> String {
 
 #[test]
 fn refused_connections_are_answered_busy_by_every_client() {
-    let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), "max_connections = 1");
-    let daemon = Daemon::start(&files).expect("start hostkmsd");
+    let Harness {
+        tpm: _tpm,
+        files: _files,
+        daemon,
+    } = Harness::start(DaemonConfig::new().max_connections(1));
     // Hold the one slot (the readiness probe may still hold it a moment).
     let mut holder = loop {
         let mut client = daemon.client();
@@ -754,7 +763,8 @@ fn open_fds(pid: u32) -> usize {
 #[test]
 fn a_flood_of_connections_cannot_exhaust_the_daemons_file_descriptors() {
     let tpm = Swtpm::start();
-    let files = DaemonFiles::with_public_socket(&tpm.tcti(), "socket_mode = \"0666\"\n");
+    let files =
+        DaemonFiles::with_public_socket(&tpm.tcti(), &DaemonConfig::new().socket_mode("0666"));
     let daemon = Daemon::start(&files).expect("start hostkmsd");
     // systemd's default soft limit, as the daemon would have under a unit
     // that sets no LimitNOFILE (the unit's filter forbids raising it).

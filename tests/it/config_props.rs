@@ -3,7 +3,6 @@
 //! of the syntax error; random valid configs read back exactly the values
 //! written, and a random out-of-range value is refused naming its field
 //! and line.
-mod common;
 
 use std::path::Path;
 use std::time::Duration;

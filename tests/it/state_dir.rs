@@ -2,26 +2,24 @@
 //! only when they are what hostkmsd itself writes: regular files (no links)
 //! of the daemon's user, private, in a directory no one else can swap out.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 
-use common::{Daemon, DaemonFiles, Swtpm, cli, run_daemon_to_exit};
+use crate::harness::{Daemon, DaemonConfig, DaemonFiles, Harness, Swtpm, cli, run_daemon_to_exit};
 
 /// Daemon files whose state dir is `other`'s, with a socket of their own.
 fn sharing_state_dir(tcti: &str, other: &DaemonFiles) -> DaemonFiles {
-    let mut files = DaemonFiles::new(tcti, "");
+    let mut files = DaemonFiles::new(tcti, &DaemonConfig::new());
     files.state_dir = other.state_dir.clone();
-    files.write_config(tcti, "");
+    files.write_config(tcti, &DaemonConfig::new());
     files
 }
 
 #[test]
 fn a_second_daemon_on_the_same_state_dir_is_refused_naming_the_first() {
     let tpm = Swtpm::start();
-    let first = DaemonFiles::new(&tpm.tcti(), "");
+    let first = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
     let second = sharing_state_dir(&tpm.tcti(), &first);
     assert_ne!(first.socket, second.socket);
     let a = Daemon::start(&first).expect("start the first daemon");
@@ -60,7 +58,7 @@ fn a_second_daemon_on_the_same_state_dir_is_refused_naming_the_first() {
 #[test]
 fn deleting_the_lock_file_does_not_free_the_state_dir() {
     let tpm = Swtpm::start();
-    let first = DaemonFiles::new(&tpm.tcti(), "");
+    let first = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
     let second = sharing_state_dir(&tpm.tcti(), &first);
     let a = Daemon::start(&first).expect("start the first daemon");
     // An operator "clearing a stale lock" while the daemon runs.
@@ -114,7 +112,7 @@ fn a_hard_linked_key_store_is_refused() {
 
 /// A state dir with a root key and a key store in it, its daemon stopped.
 fn prepared(tpm: &Swtpm) -> DaemonFiles {
-    let files = DaemonFiles::new(&tpm.tcti(), "");
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
     let daemon = Daemon::start(&files).expect("first start");
     daemon.client().create_key("kept").expect("create");
     let (status, log) = daemon.stop();
@@ -234,7 +232,7 @@ fn state_files_of_another_user_are_refused() {
 #[test]
 fn a_state_dir_below_a_directory_others_can_write_is_refused() {
     let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), "");
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
     // The state dir's parent is files.root (a private tempdir).
     let parent = files.root.path();
     assert_eq!(files.state_dir.parent(), Some(parent));
@@ -260,9 +258,11 @@ fn a_state_dir_below_a_directory_others_can_write_is_refused() {
 
 #[test]
 fn control_characters_of_a_key_name_are_escaped_in_errors() {
-    let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), "");
-    let daemon = Daemon::start(&files).expect("start");
+    let Harness {
+        tpm: _tpm,
+        files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
     let name = "evil\u{1b}[31m\nFAKE: granted\u{7}";
 
     let err = daemon.client().describe_key(name).expect_err("no such key");

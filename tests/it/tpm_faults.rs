@@ -2,17 +2,14 @@
 //! daemon's objects and sessions in a TPM without a resource manager, and a
 //! TPM that stops answering (a SIGSTOPped swtpm).
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::harness::{Daemon, DaemonConfig, DaemonFiles, Harness, Swtpm, helper_test};
 use agent_proto::EncryptionContext;
-use common::{Daemon, DaemonFiles, Swtpm};
 use nix::sys::signal::Signal;
 
 /// Environment variable that turns [`leave_objects_loaded`] from a no-op
@@ -67,13 +64,8 @@ fn leave_objects_loaded() {
 
 /// Runs [`leave_objects_loaded`] against `tpm` in a child process.
 fn fill_tpm_with_stale_handles(tpm: &Swtpm) {
-    let output = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--exact",
-            "leave_objects_loaded",
-            "--ignored",
-            "--nocapture",
-        ])
+    let output = helper_test(module_path!(), "leave_objects_loaded")
+        .arg("--nocapture")
         .env(LEAK_TCTI, tpm.tcti())
         .env("TSS2_LOG", "all+none")
         .output()
@@ -84,7 +76,7 @@ fn fill_tpm_with_stale_handles(tpm: &Swtpm) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    let handles = common::tpm2(tpm.port, "tpm2_getcap", &["handles-transient"]);
+    let handles = crate::harness::tpm2_tools::tpm2(tpm.port, "tpm2_getcap", &["handles-transient"]);
     assert_eq!(
         String::from_utf8_lossy(&handles).matches("0x80").count(),
         3,
@@ -95,9 +87,7 @@ fn fill_tpm_with_stale_handles(tpm: &Swtpm) {
 
 #[test]
 fn a_tpm_full_of_a_dead_process_objects_is_flushed_at_start() {
-    let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), "");
-    let daemon = Daemon::start(&files).expect("first start");
+    let Harness { tpm, files, daemon } = Harness::start(DaemonConfig::new());
     let context = EncryptionContext::new();
     let wrapped = daemon
         .client()
@@ -127,7 +117,7 @@ fn a_tpm_full_of_a_dead_process_objects_is_flushed_at_start() {
 
     // A first start (sealing a new root key) is freed the same way.
     fill_tpm_with_stale_handles(&tpm);
-    let fresh = DaemonFiles::new(&tpm.tcti(), "");
+    let fresh = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
     Daemon::start(&fresh).unwrap_or_else(|log| panic!("first start on a full TPM:\n{log}"));
 }
 
@@ -148,7 +138,7 @@ fn rotations_acked(acknowledged: &Mutex<Acknowledged>) -> u64 {
 fn twenty_kill_9s_during_rotations_and_wraps_lose_nothing_acknowledged() {
     const KEYS: [&str; 3] = ["k0", "k1", "k2"];
     let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), "");
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
     let acknowledged = Arc::new(Mutex::new(Acknowledged::default()));
     {
         let daemon = Daemon::start(&files).expect("first start");
@@ -286,7 +276,7 @@ fn a_hung_tpm_fails_tpm_work_within_the_bound_and_nothing_else_waits() {
     let tpm = Swtpm::start();
     let files = DaemonFiles::new(
         &tpm.tcti(),
-        &format!("tpm_timeout_secs = {TPM_TIMEOUT_SECS}\n"),
+        &DaemonConfig::new().tpm_timeout_secs(TPM_TIMEOUT_SECS),
     );
     let daemon = Daemon::start(&files).expect("start");
     let context = EncryptionContext::new();
@@ -395,14 +385,14 @@ fn a_hung_tpm_fails_tpm_work_within_the_bound_and_nothing_else_waits() {
 fn a_start_against_a_hung_tpm_gives_up_within_the_bound() {
     let tpm = Swtpm::start();
     // Once with a root key to unseal, once on an empty state dir.
-    let files = DaemonFiles::new(&tpm.tcti(), "tpm_start_timeout_secs = 3\n");
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new().tpm_start_timeout_secs(3));
     drop(Daemon::start(&files).expect("first start"));
-    let fresh = DaemonFiles::new(&tpm.tcti(), "tpm_start_timeout_secs = 3\n");
+    let fresh = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new().tpm_start_timeout_secs(3));
     tpm.pause();
     for files in [&files, &fresh] {
         let started = Instant::now();
         let output =
-            common::run_daemon_to_exit(&["--config", files.config.to_str().expect("path")]);
+            crate::harness::run_daemon_to_exit(&["--config", files.config.to_str().expect("path")]);
         let took = started.elapsed();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{stderr}");
@@ -423,9 +413,11 @@ fn a_start_against_a_hung_tpm_gives_up_within_the_bound() {
 
 #[test]
 fn a_daemon_stops_cleanly_while_the_tpm_hangs() {
-    let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), "tpm_timeout_secs = 3\n");
-    let daemon = Daemon::start(&files).expect("start");
+    let Harness {
+        tpm,
+        files: _files,
+        daemon,
+    } = Harness::start(DaemonConfig::new().tpm_timeout_secs(3));
     let mut client = impatient(&daemon);
     // Let the first background draw of TPM randomness finish.
     thread::sleep(Duration::from_secs(3));

@@ -3,8 +3,6 @@
 //! WATCHDOG, RELOADING, STOPPING) received on a test NOTIFY_SOCKET, and a
 //! SIGHUP reload that changes what a connected peer may do.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Command, Stdio};
@@ -12,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use std::os::unix::process::CommandExt;
 
+use crate::harness::{
+    DaemonConfig, DaemonFiles, Grant, HOSTKMSD, Swtpm, helper_test, wait_with_timeout,
+};
 use agent_proto::{Client, ClientError};
-use common::{DaemonFiles, HOSTKMSD, Swtpm, wait_with_timeout};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -48,7 +48,7 @@ fn terminate(child: &mut Child) -> std::process::ExitStatus {
 #[test]
 fn socket_activation_serves_the_passed_socket_and_binds_none() {
     let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), "");
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
     let activated = files.root.path().join("activated.sock");
     let log = files.root.path().join("activate.log");
     let log_file = std::fs::File::create(&log).expect("log");
@@ -88,7 +88,7 @@ fn socket_activation_serves_the_passed_socket_and_binds_none() {
 #[test]
 fn a_passed_descriptor_that_is_no_unix_listener_is_refused_by_name() {
     let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), "");
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
     // fd 3 is a regular file, and LISTEN_PID names the daemon itself.
     let output = Command::new("sh")
         .arg("-c")
@@ -175,7 +175,7 @@ fn start_notified(files: &DaemonFiles, notify: &NotifySocket, watchdog_usec: Opt
 #[test]
 fn ready_status_watchdog_and_stopping_reach_the_service_manager() {
     let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), "");
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
     let notify = NotifySocket::bind(files.root.path());
     let mut child = start_notified(&files, &notify, Some(400_000));
 
@@ -229,7 +229,7 @@ fn ready_status_watchdog_and_stopping_reach_the_service_manager() {
 #[test]
 fn without_a_watchdog_no_watchdog_pings_are_sent() {
     let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), "");
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
     let notify = NotifySocket::bind(files.root.path());
     let mut child = start_notified(&files, &notify, None);
     notify.until_line("READY=1");
@@ -308,7 +308,8 @@ fn reload_peer_process() {
 #[test]
 fn reload_changes_what_a_connected_peer_may_do() {
     let tpm = Swtpm::start();
-    let files = DaemonFiles::with_public_socket(&tpm.tcti(), "socket_mode = \"0666\"");
+    let files =
+        DaemonFiles::with_public_socket(&tpm.tcti(), &DaemonConfig::new().socket_mode("0666"));
     let notify = NotifySocket::bind(files.root.path());
     let mut daemon = start_notified(&files, &notify, None);
     notify.until_line("READY=1");
@@ -316,14 +317,8 @@ fn reload_changes_what_a_connected_peer_may_do() {
     admin.create_key("app-reload").expect("create");
 
     // The peer: this test binary again, as uid 65534, holding one connection.
-    let mut peer = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--exact",
-            "reload_peer_process",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let mut peer = helper_test(module_path!(), "reload_peer_process")
+        .arg("--nocapture")
         .env(PEER_SOCKET_ENV, &files.socket)
         .uid(65534)
         .gid(65534)
@@ -365,7 +360,9 @@ fn reload_changes_what_a_connected_peer_may_do() {
     // A config that grants uid 65534 describe on app-*: SIGHUP, RELOADING, READY.
     files.write_config(
         &tpm.tcti(),
-        "socket_mode = \"0666\"\n[[grant]]\nkeys = [\"app-*\"]\nuids = [65534]\nops = [\"describe\"]\n",
+        &DaemonConfig::new()
+            .socket_mode("0666")
+            .grant(Grant::to_uid(65534).keys(&["app-*"]).ops(&["describe"])),
     );
     kill(Pid::from_raw(daemon.id() as i32), Signal::SIGHUP).expect("SIGHUP");
     notify.until_line("RELOADING=1");

@@ -1,28 +1,23 @@
 //! hostkmsd's first form over its real socket: Ping, Status, refusals of
 //! what is not built yet, bad frames, config errors, signals, and the CLI.
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use crate::harness::{Daemon, DaemonConfig, DaemonFiles, Harness, Swtpm, cli, run_daemon_to_exit};
 use agent_proto::codec::{self, DEFAULT_MAX_FRAME};
 use agent_proto::{Envelope, ErrorCode, PROTOCOL_VERSION, Request, Response};
-use common::{Daemon, DaemonFiles, Swtpm, cli, run_daemon_to_exit};
 use nix::sys::signal::Signal;
-
-fn started() -> (Swtpm, DaemonFiles, Daemon) {
-    let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), "");
-    let daemon = Daemon::start(&files).expect("start hostkmsd");
-    (tpm, files, daemon)
-}
 
 #[test]
 fn ping_and_status_over_the_socket() {
-    let (_tpm, files, daemon) = started();
+    let Harness {
+        tpm: _tpm,
+        files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
     let mut client = daemon.client();
     client.ping().expect("ping");
     let status = client.status().expect("status");
@@ -45,7 +40,11 @@ fn ping_and_status_over_the_socket() {
 
 #[test]
 fn pipelined_requests_are_answered_in_order() {
-    let (_tpm, _files, daemon) = started();
+    let Harness {
+        tpm: _tpm,
+        files: _files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
     let mut client = daemon.client();
     let ids: Vec<u64> = (0..50)
         .map(|i| {
@@ -98,7 +97,11 @@ fn error_code(reply: &Envelope<Response>) -> ErrorCode {
 
 #[test]
 fn malformed_frames_get_errors_and_the_daemon_keeps_serving() {
-    let (_tpm, _files, daemon) = started();
+    let Harness {
+        tpm: _tpm,
+        files: _files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
     let mut bystander = daemon.client();
 
     // Oversized length: refused before reading.
@@ -177,7 +180,11 @@ fn malformed_frames_get_errors_and_the_daemon_keeps_serving() {
 #[test]
 fn sigterm_and_sigint_stop_cleanly_and_remove_the_socket() {
     for signal in [Signal::SIGTERM, Signal::SIGINT] {
-        let (_tpm, files, daemon) = started();
+        let Harness {
+            tpm: _tpm,
+            files,
+            daemon,
+        } = Harness::start(DaemonConfig::new());
         let mut idle = daemon.client();
         idle.ping().unwrap();
         let (status, log) = daemon.stop_with(signal);
@@ -189,9 +196,8 @@ fn sigterm_and_sigint_stop_cleanly_and_remove_the_socket() {
 
 #[test]
 fn a_live_daemon_on_the_socket_is_a_start_error_and_a_stale_socket_is_replaced() {
-    let (tpm, files, daemon) = started();
-    let second = DaemonFiles::new(&tpm.tcti(), "");
-    second.write_config(&tpm.tcti(), "");
+    let Harness { tpm, files, daemon } = Harness::start(DaemonConfig::new());
+    let second = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
     let output = run_daemon_to_exit(&[
         "--config",
         second.config.to_str().unwrap(),
@@ -223,7 +229,7 @@ fn a_live_daemon_on_the_socket_is_a_start_error_and_a_stale_socket_is_replaced()
 #[test]
 fn a_file_in_place_of_the_socket_is_never_deleted() {
     let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), "");
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
     std::fs::write(&files.socket, b"precious").unwrap();
     let log = Daemon::start(&files).err().expect("must refuse");
     assert!(log.contains("is not a socket"), "{log}");
@@ -232,7 +238,7 @@ fn a_file_in_place_of_the_socket_is_never_deleted() {
 
 #[test]
 fn config_errors_name_the_file_the_line_and_the_fix() {
-    let dir = common::private_tempdir();
+    let dir = crate::harness::private_tempdir();
     let config = dir.path().join("config.toml");
     // Every config names paths in `dir`, so a regression that accepted one
     // would not touch /var/lib/hostkms or /run/hostkms.
@@ -278,7 +284,7 @@ fn config_errors_name_the_file_the_line_and_the_fix() {
             &["line 3", "grant #1", "`keys`", "not a valid glob"][..],
         ),
         // A user name that does not resolve disables its grant only (the
-        // daemon starts): tests/peer_identity.rs.
+        // daemon starts): peer_identity.rs.
         (
             format!(
                 "{state_dir}{socket}[[grant]]\nkeys = [\"a\"]\nuser_units = [\"x.service\"]\nops = [\"wrap\"]\n"
@@ -332,7 +338,7 @@ fn config_errors_name_the_file_the_line_and_the_fix() {
 #[test]
 fn state_dir_open_to_others_is_refused() {
     let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), "");
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
     std::fs::create_dir(&files.state_dir).unwrap();
     std::fs::set_permissions(&files.state_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let log = Daemon::start(&files).err().expect("must refuse");
@@ -344,7 +350,11 @@ fn state_dir_open_to_others_is_refused() {
 
 #[test]
 fn cli_ping_and_status() {
-    let (_tpm, _files, daemon) = started();
+    let Harness {
+        tpm: _tpm,
+        files: _files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
     let output = cli(&daemon.socket, &["ping"]);
     assert!(output.status.success());
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "pong");
@@ -363,7 +373,7 @@ fn cli_ping_and_status() {
 
 #[test]
 fn cli_connection_errors_say_what_and_exit_2() {
-    let dir = common::private_tempdir();
+    let dir = crate::harness::private_tempdir();
     let output = cli(&dir.path().join("nope.sock"), &["ping"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2));
@@ -375,12 +385,11 @@ fn cli_connection_errors_say_what_and_exit_2() {
 
 #[test]
 fn connections_over_the_limit_get_busy_and_the_rest_keep_working() {
-    let (_tpm, _files, daemon) = {
-        let tpm = Swtpm::start();
-        let files = DaemonFiles::new(&tpm.tcti(), "max_connections = 2");
-        let daemon = Daemon::start(&files).expect("start");
-        (tpm, files, daemon)
-    };
+    let Harness {
+        tpm: _tpm,
+        files: _files,
+        daemon,
+    } = Harness::start(DaemonConfig::new().max_connections(2));
     // Daemon::start's readiness probe may hold a slot for a moment.
     let admitted = || {
         for _ in 0..100 {
@@ -427,10 +436,9 @@ fn idle_and_slow_connections_are_closed_and_others_are_not_disturbed() {
     let tpm = Swtpm::start();
     let files = DaemonFiles::new(
         &tpm.tcti(),
-        &format!(
-            "idle_timeout_secs = {}\nframe_timeout_secs = 1",
-            idle_timeout.as_secs()
-        ),
+        &DaemonConfig::new()
+            .idle_timeout_secs(idle_timeout.as_secs())
+            .frame_timeout_secs(1),
     );
     let daemon = Daemon::start(&files).expect("start");
 

@@ -4,8 +4,6 @@
 //! pages by a version-2 client while a version-1 `ListKeys` gets a clear
 //! error, which the audit trail records as the failure it was.
 
-mod common;
-
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -13,11 +11,14 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::harness::{
+    Daemon, DaemonConfig, DaemonFiles, Harness, Swtpm, cli, ensure_journald, field,
+    journal_of_stopped, ok, with_id,
+};
 use agent_proto::codec::{self, DEFAULT_MAX_FRAME, LENGTH_PREFIX};
 use agent_proto::{
     Client, EncryptionContext, Envelope, ErrorCode, PROTOCOL_VERSION, Request, Response, v1,
 };
-use common::{Daemon, DaemonFiles, Swtpm, ensure_journald, field, journal_of_stopped, with_id};
 
 /// The audit event of a refused request (`systemd/hostkms.catalog`).
 const REQUEST_FAILED: &str = "4fecfa9090084923a2dbb30f5ea9d08a";
@@ -25,7 +26,7 @@ const REQUEST_FAILED: &str = "4fecfa9090084923a2dbb30f5ea9d08a";
 /// The hex bytes between `<!-- NAME -->` and `<!-- /NAME -->` in the
 /// protocol's specification: what a version-1 client written from it sends.
 fn spec_frame(name: &str) -> Vec<u8> {
-    let spec = include_str!("../agent-proto/README.md");
+    let spec = include_str!("../../agent-proto/README.md");
     let open = format!("<!-- {name} -->");
     let close = format!("<!-- /{name} -->");
     let start = spec.find(&open).expect("example in the spec") + open.len();
@@ -90,9 +91,11 @@ fn v1_frame(id: u64, op: v1::Request) -> Vec<u8> {
 
 #[test]
 fn the_specs_version_1_frames_work_against_a_version_2_daemon() {
-    let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), "");
-    let daemon = Daemon::start(&files).expect("start hostkmsd");
+    let Harness {
+        tpm: _tpm,
+        files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
     let mut admin = daemon.client();
     let status = admin.status().expect("status");
     assert_eq!(
@@ -190,9 +193,9 @@ fn the_specs_version_1_frames_work_against_a_version_2_daemon() {
     assert_eq!(page.next.as_deref(), Some("app-dc"));
 
     // The CLI's frame limit is settable, within the daemon's own bounds.
-    let out = common::cli(&files.socket, &["--max-frame", "1000", "ping"]);
+    let out = cli(&files.socket, &["--max-frame", "1000", "ping"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let out = common::ok(common::cli(
+    let out = ok(cli(
         &files.socket,
         &["--max-frame", "4194304", "list", "--json"],
     ));
@@ -277,7 +280,7 @@ impl BulkStore {
         let tpm = Swtpm::start_in(&self.dir.join("tpm"));
         let mut files = self.files(&tpm);
         files.state_dir = scratch.path().join("state");
-        files.write_config(&tpm.tcti(), "");
+        files.write_config(&tpm.tcti(), &DaemonConfig::new());
         let daemon = Daemon::start(&files).expect("start hostkmsd");
         let started = Instant::now();
         create_many(&mut daemon.client());
@@ -301,9 +304,9 @@ impl BulkStore {
 
     /// Daemon files whose state dir is the cached one.
     fn files(&self, tpm: &Swtpm) -> DaemonFiles {
-        let mut files = DaemonFiles::new(&tpm.tcti(), "");
+        let mut files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
         files.state_dir = self.dir.join("state");
-        files.write_config(&tpm.tcti(), "");
+        files.write_config(&tpm.tcti(), &DaemonConfig::new());
         files
     }
 
@@ -361,7 +364,7 @@ fn ten_thousand_keys_page_for_version_2_and_are_a_clear_audited_error_for_versio
     assert!(err.to_string().contains("fewer keys a page"), "{err}");
 
     // The CLI's `list` pages too.
-    let out = common::ok(common::cli(&files.socket, &["list", "--json"]));
+    let out = ok(cli(&files.socket, &["list", "--json"]));
     let listed: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
     let listed = listed.as_array().expect("an array of keys");
     assert_eq!(listed.len(), MANY);

@@ -2,12 +2,10 @@
 //! every start, refused when anything about it is off, recoverable with
 //! tpm2-tools alone, and never on the TPM wire in clear.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use common::{Daemon, DaemonFiles, RecordingRelay, Swtpm};
+use crate::harness::{Daemon, DaemonConfig, DaemonFiles, Harness, RecordingRelay, Swtpm};
 use hostkms::rootkey::check_value;
 
 fn root_key_check(daemon: &Daemon) -> String {
@@ -24,7 +22,7 @@ fn file_bytes(files: &DaemonFiles) -> (Vec<u8>, Vec<u8>) {
 #[test]
 fn restart_unseals_the_same_root_key() {
     let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), "");
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
 
     let first = Daemon::start(&files).expect("first start");
     let created = root_key_check(&first);
@@ -56,9 +54,11 @@ fn restart_unseals_the_same_root_key() {
 
 #[test]
 fn state_dir_is_0700_and_its_files_0600() {
-    let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), "");
-    let daemon = Daemon::start(&files).expect("start");
+    let Harness {
+        tpm: _tpm,
+        files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
     let mode =
         |path: &std::path::Path| fs::metadata(path).expect("stat").permissions().mode() & 0o777;
     assert_eq!(mode(&files.state_dir), 0o700);
@@ -82,14 +82,14 @@ fn state_dir_is_0700_and_its_files_0600() {
 #[test]
 fn another_tpm_cannot_unseal_the_blobs_and_the_daemon_refuses_to_start() {
     let first_tpm = Swtpm::start();
-    let files = DaemonFiles::new(&first_tpm.tcti(), "");
+    let files = DaemonFiles::new(&first_tpm.tcti(), &DaemonConfig::new());
     let daemon = Daemon::start(&files).expect("start on the first TPM");
     let first_check = root_key_check(&daemon);
     assert!(daemon.stop().0.success());
     let blobs = file_bytes(&files);
 
     let other_tpm = Swtpm::start();
-    files.write_config(&other_tpm.tcti(), "");
+    files.write_config(&other_tpm.tcti(), &DaemonConfig::new());
     let log = match Daemon::start(&files) {
         Ok(_) => panic!("a different TPM must not unseal the root key"),
         Err(log) => log,
@@ -112,7 +112,7 @@ fn another_tpm_cannot_unseal_the_blobs_and_the_daemon_refuses_to_start() {
 
     // A fresh state dir on the other TPM gets a different root key: the
     // check value tells keys apart.
-    let fresh = DaemonFiles::new(&other_tpm.tcti(), "");
+    let fresh = DaemonFiles::new(&other_tpm.tcti(), &DaemonConfig::new());
     let daemon = Daemon::start(&fresh).expect("fresh start on the other TPM");
     assert_ne!(root_key_check(&daemon), first_check);
 }
@@ -138,7 +138,7 @@ fn refused_start(files: &DaemonFiles, tpm: &Swtpm, damage: impl FnOnce(&DaemonFi
 #[test]
 fn truncated_root_priv_is_refused_with_a_clear_error() {
     let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), "");
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
     let log = refused_start(&files, &tpm, |files| {
         let path = files.state_file("root.priv");
         let bytes = fs::read(&path).unwrap();
@@ -152,7 +152,7 @@ fn truncated_root_priv_is_refused_with_a_clear_error() {
 #[test]
 fn bit_flipped_root_priv_is_refused_by_the_tpm() {
     let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), "");
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
     let log = refused_start(&files, &tpm, |files| {
         let path = files.state_file("root.priv");
         let mut bytes = fs::read(&path).unwrap();
@@ -167,7 +167,7 @@ fn bit_flipped_root_priv_is_refused_by_the_tpm() {
 #[test]
 fn corrupt_root_pub_is_refused() {
     let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), "");
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
     let log = refused_start(&files, &tpm, |files| {
         let path = files.state_file("root.pub");
         let mut bytes = fs::read(&path).unwrap();
@@ -181,9 +181,11 @@ fn corrupt_root_pub_is_refused() {
 
 #[test]
 fn key_store_without_root_blobs_is_refused() {
-    let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), "");
-    let daemon = Daemon::start(&files).expect("start");
+    let Harness {
+        tpm: _tpm,
+        files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
     assert!(daemon.stop().0.success());
     fs::write(files.state_file("keystore.db"), b"").unwrap();
     fs::remove_file(files.state_file("root.pub")).unwrap();
@@ -199,9 +201,11 @@ fn key_store_without_root_blobs_is_refused() {
 
 #[test]
 fn one_blob_without_the_other_is_refused() {
-    let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), "");
-    let daemon = Daemon::start(&files).expect("start");
+    let Harness {
+        tpm: _tpm,
+        files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
     assert!(daemon.stop().0.success());
     fs::remove_file(files.state_file("root.pub")).unwrap();
     let log = Daemon::start(&files).err().expect("must refuse");
@@ -215,7 +219,7 @@ fn unreachable_tpm_is_a_clear_start_error() {
     let tpm = Swtpm::start();
     let tcti = tpm.tcti();
     let _unplugged = tpm.unplug();
-    let files = DaemonFiles::new(&tcti, "");
+    let files = DaemonFiles::new(&tcti, &DaemonConfig::new());
     let log = Daemon::start(&files).err().expect("must refuse");
     assert!(log.contains("cannot open the TPM at"), "{log}");
     assert!(log.contains(&tcti), "names the TCTI: {log}");
@@ -224,12 +228,11 @@ fn unreachable_tpm_is_a_clear_start_error() {
 
 #[test]
 fn break_glass_with_tpm2_tools_alone_recovers_the_root_key() {
-    let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), "");
-    let daemon = Daemon::start(&files).expect("start");
+    let Harness { tpm, files, daemon } = Harness::start(DaemonConfig::new());
     let daemon_check = root_key_check(&daemon);
     // The daemon holds no TPM connection or handle between requests.
-    let recovered = common::break_glass_unseal(tpm.port, &files.state_dir, files.root.path());
+    let recovered =
+        crate::harness::break_glass_unseal(tpm.port, &files.state_dir, files.root.path());
     assert_eq!(recovered.len(), 32, "the root key is 32 bytes");
     assert_ne!(recovered, vec![0u8; 32]);
     assert_eq!(
@@ -244,7 +247,7 @@ fn break_glass_with_tpm2_tools_alone_recovers_the_root_key() {
 fn the_root_key_never_crosses_the_tpm_interface_in_clear() {
     let tpm = Swtpm::start();
     let relay = RecordingRelay::start(&tpm);
-    let files = DaemonFiles::new(&relay.tcti(), "");
+    let files = DaemonFiles::new(&relay.tcti(), &DaemonConfig::new());
     // Create (seal), then restart (unseal), all through the relay.
     let daemon = Daemon::start(&files).expect("create through the relay");
     assert!(daemon.stop().0.success());
@@ -253,7 +256,7 @@ fn the_root_key_never_crosses_the_tpm_interface_in_clear() {
     assert!(daemon.stop().0.success());
 
     // Learn the key out of band, straight from swtpm.
-    let key = common::break_glass_unseal(tpm.port, &files.state_dir, files.root.path());
+    let key = crate::harness::break_glass_unseal(tpm.port, &files.state_dir, files.root.path());
     assert_eq!(check_value(&key), check);
 
     let wire = relay.recorded();
@@ -264,7 +267,7 @@ fn the_root_key_never_crosses_the_tpm_interface_in_clear() {
     );
     for window in key.windows(8) {
         assert!(
-            !common::contains(&wire, window),
+            !crate::harness::contains(&wire, window),
             "8 bytes of the root key crossed the wire in clear"
         );
     }
@@ -273,19 +276,19 @@ fn the_root_key_never_crosses_the_tpm_interface_in_clear() {
     // the relay sees what matters.
     let work = files.root.path().join("control");
     fs::create_dir(&work).unwrap();
-    common::break_glass_unseal(relay.port, &files.state_dir, &work);
+    crate::harness::break_glass_unseal(relay.port, &files.state_dir, &work);
     assert!(
-        common::contains(&relay.recorded(), &key),
+        crate::harness::contains(&relay.recorded(), &key),
         "the relay records unseal responses"
     );
 }
 
 #[test]
 fn a_tpm_in_dictionary_attack_lockout_is_explained_not_blamed_on_the_blobs() {
-    let tpm_state = common::private_tempdir();
+    let tpm_state = crate::harness::private_tempdir();
     let tpm = Swtpm::start_in(tpm_state.path());
     // One strike: any unclean shutdown after a DA-protected use locks out.
-    common::tpm2(
+    crate::harness::tpm2_tools::tpm2(
         tpm.port,
         "tpm2_dictionarylockout",
         &[
@@ -295,14 +298,14 @@ fn a_tpm_in_dictionary_attack_lockout_is_explained_not_blamed_on_the_blobs() {
             "--lockout-recovery-time=1000",
         ],
     );
-    let files = DaemonFiles::new(&tpm.tcti(), "");
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
     let daemon = Daemon::start(&files).expect("start");
     let check = root_key_check(&daemon);
     assert!(daemon.stop().0.success());
     tpm.crash();
 
     let tpm = Swtpm::resume_in(tpm_state.path());
-    files.write_config(&tpm.tcti(), "");
+    files.write_config(&tpm.tcti(), &DaemonConfig::new());
     let log = Daemon::start(&files)
         .err()
         .expect("a locked-out TPM refuses the storage key");
@@ -313,7 +316,7 @@ fn a_tpm_in_dictionary_attack_lockout_is_explained_not_blamed_on_the_blobs() {
     );
     assert!(log.contains("the blobs are not at fault"), "{log}");
 
-    common::tpm2(tpm.port, "tpm2_dictionarylockout", &["--clear-lockout"]);
+    crate::harness::tpm2_tools::tpm2(tpm.port, "tpm2_dictionarylockout", &["--clear-lockout"]);
     let daemon = Daemon::start(&files).expect("starts once the lockout is cleared");
     assert_eq!(root_key_check(&daemon), check);
 }

@@ -2,17 +2,15 @@
 //! structured fields, denials at priority warning, failures at err, an alert
 //! after a burst of denials, and none of the secret bytes the test used.
 
-mod common;
-
 use std::collections::BTreeMap;
 
+use crate::harness::{
+    Alerts, Daemon, DaemonConfig, DaemonFiles, Swtpm, cli, cli_as, contains, ensure_journald,
+    field, journal::DAEMON_STOPPED, journal_export_of, journal_of_stopped, with_id,
+};
 use agent_proto::EncryptionContext;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{
-    DAEMON_STOPPED, Daemon, DaemonFiles, Swtpm, cli, cli_as, contains, ensure_journald, field,
-    journal_export_of, journal_of_stopped, with_id,
-};
 use serde_json::Value;
 
 const REQUEST_OK: &str = "54ef972d04c94c4d82e172b091a4204e";
@@ -37,7 +35,12 @@ fn every_request_is_one_journal_event_with_its_fields_and_no_secret() {
     let tpm = Swtpm::start();
     let files = DaemonFiles::with_public_socket(
         &tpm.tcti(),
-        "socket_mode = \"0666\"\n[alerts]\nwindow_secs = 600\ndenials = 3\ninvalid_ciphertexts = 2\n",
+        &DaemonConfig::new().socket_mode("0666").alerts(
+            Alerts::new()
+                .window_secs(600)
+                .denials(3)
+                .invalid_ciphertexts(2),
+        ),
     );
     let daemon = Daemon::start_with_env(&files, &[], &[("HOSTKMS_LOG_TARGET", "journal")])
         .expect("start hostkmsd");

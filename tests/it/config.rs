@@ -4,13 +4,11 @@
 //! (listener, TPM) it keeps the running values and says which keys to
 //! restart for.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
+use crate::harness::{Daemon, DaemonConfig, DaemonFiles, Harness};
 use agent_proto::{ClientError, EncryptionContext, ErrorCode};
-use common::{Daemon, DaemonFiles, Swtpm};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -39,9 +37,7 @@ fn log_once_it_says(daemon: &Daemon, text: &str) -> String {
 
 #[test]
 fn a_reload_applies_the_limit_sections_and_names_the_keys_only_a_restart_applies() {
-    let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), "max_plaintext = 4000");
-    let daemon = Daemon::start(&files).expect("start hostkmsd");
+    let Harness { tpm, files, daemon } = Harness::start(DaemonConfig::new().max_plaintext(4000));
     let mode = |files: &DaemonFiles| {
         std::fs::metadata(&files.socket)
             .expect("the socket")
@@ -59,7 +55,11 @@ fn a_reload_applies_the_limit_sections_and_names_the_keys_only_a_restart_applies
 
     files.write_config(
         &tpm.tcti(),
-        "max_frame = 2048\nmax_plaintext = 100\nsocket_mode = \"0600\"\ntpm_timeout_secs = 7",
+        &DaemonConfig::new()
+            .max_frame(2048)
+            .max_plaintext(100)
+            .socket_mode("0600")
+            .tpm_timeout_secs(7),
     );
     kill(Pid::from_raw(daemon.pid() as i32), Signal::SIGHUP).expect("SIGHUP");
     let log = log_once_it_says(&daemon, "reloaded");

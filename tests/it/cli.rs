@@ -5,25 +5,15 @@
 //! The daemon runs as root in these tests and root is an admin, so every
 //! operation is allowed.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use crate::harness::{DaemonConfig, Harness, cli, cli_stdin, ok, stderr};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{Daemon, DaemonFiles, Swtpm, cli, cli_stdin, ok, stderr};
 use serde_json::Value;
-
-/// A private swtpm and a daemon on it, with default config.
-fn started() -> (Swtpm, DaemonFiles, Daemon) {
-    let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), "");
-    let daemon = Daemon::start(&files).unwrap_or_else(|log| panic!("hostkmsd: {log}"));
-    (tpm, files, daemon)
-}
 
 /// The stdout of a successful run, as text.
 fn ok_text(output: Output) -> String {
@@ -80,7 +70,11 @@ fn is_rfc3339_utc(s: &str) -> bool {
 
 #[test]
 fn keys_are_created_listed_and_described() {
-    let (_tpm, _files, daemon) = started();
+    let Harness {
+        tpm: _tpm,
+        files: _files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
     let socket = &daemon.socket;
 
     let text = ok_text(cli(socket, &["create-key", "app-db"]));
@@ -153,7 +147,7 @@ fn keys_are_created_listed_and_described() {
     assert_refused(&cli(socket, &["describe", "nope"]), "key not found");
 
     // The socket may come from HOSTKMS_SOCKET instead of --socket.
-    let output = Command::new(common::HOSTKMS)
+    let output = Command::new(crate::harness::hostkms())
         .arg("list")
         .env("HOSTKMS_SOCKET", socket)
         .output()
@@ -163,7 +157,11 @@ fn keys_are_created_listed_and_described() {
 
 #[test]
 fn wrap_and_unwrap_round_trip_in_base64_and_raw() {
-    let (_tpm, files, daemon) = started();
+    let Harness {
+        tpm: _tpm,
+        files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
     let socket = &daemon.socket;
     let dir = files.root.path();
     ok(cli(socket, &["create-key", "app-db"]));
@@ -319,7 +317,11 @@ fn wrap_and_unwrap_round_trip_in_base64_and_raw() {
 
 #[test]
 fn data_keys_with_and_without_plaintext() {
-    let (_tpm, _files, daemon) = started();
+    let Harness {
+        tpm: _tpm,
+        files: _files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
     let socket = &daemon.socket;
     ok(cli(socket, &["create-key", "app-db"]));
 
@@ -391,7 +393,11 @@ fn data_keys_with_and_without_plaintext() {
 
 #[test]
 fn rotate_rewrap_and_revoke_a_version() {
-    let (_tpm, files, daemon) = started();
+    let Harness {
+        tpm: _tpm,
+        files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
     let socket = &daemon.socket;
     let dir = files.root.path();
     ok(cli(socket, &["create-key", "app-db"]));
@@ -475,7 +481,11 @@ fn rotate_rewrap_and_revoke_a_version() {
 
 #[test]
 fn disable_enable_and_min_decryption_version() {
-    let (_tpm, _files, daemon) = started();
+    let Harness {
+        tpm: _tpm,
+        files: _files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
     let socket = &daemon.socket;
     ok(cli(socket, &["create-key", "app-db"]));
     let v1 = ok(cli_stdin(socket, &["wrap", "app-db"], b"one"));
@@ -511,7 +521,7 @@ fn disable_enable_and_min_decryption_version() {
 #[test]
 fn usage_and_local_errors_exit_2_before_contacting_the_daemon() {
     // No daemon: these must fail on their own, naming what is wrong.
-    let dir = common::private_tempdir();
+    let dir = crate::harness::private_tempdir();
     let socket = dir.path().join("no-daemon.sock");
 
     let output = cli(&socket, &["wrap", "k", "--context", "novalue"]);
@@ -553,7 +563,11 @@ fn usage_and_local_errors_exit_2_before_contacting_the_daemon() {
 
 #[test]
 fn bench_prints_one_json_object() {
-    let (_tpm, _files, daemon) = started();
+    let Harness {
+        tpm: _tpm,
+        files: _files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
     let socket = &daemon.socket;
     let report = ok_json(cli(
         socket,
@@ -599,7 +613,11 @@ fn bench_prints_one_json_object() {
 
 #[test]
 fn bench_measures_wrap_and_datakey_too() {
-    let (_tpm, _files, daemon) = started();
+    let Harness {
+        tpm: _tpm,
+        files: _files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
     let socket = &daemon.socket;
     for (op, size) in [("wrap", "100"), ("datakey", "64")] {
         let report = ok_json(cli(

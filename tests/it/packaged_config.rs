@@ -8,7 +8,7 @@ use std::path::Path;
 
 use hostkms::config::{Config, ConfigError, DEFAULT_ADMIN_GROUP, Overrides};
 
-const PACKAGED: &str = include_str!("../packaging/config.toml");
+const PACKAGED: &str = include_str!("../../packaging/config.toml");
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::parse(

@@ -123,7 +123,7 @@ pub fn join_cgroup_as(command: &mut Command, dir: &Path, uid: u32) {
 /// Runs the `hostkms` CLI as `uid` inside the cgroup `dir`, feeding
 /// `stdin`; returns its output.
 pub fn cli_in_cgroup(dir: &Path, uid: u32, socket: &Path, args: &[&str], stdin: &[u8]) -> Output {
-    let mut command = Command::new(super::HOSTKMS);
+    let mut command = Command::new(super::hostkms());
     command.arg("--socket").arg(socket).args(args);
     join_cgroup_as(&mut command, dir, uid);
     let mut child = command

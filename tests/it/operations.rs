@@ -2,14 +2,12 @@
 //! daemon and a real swtpm: semantics, persistence across restarts,
 //! tampering, and concurrency.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::thread;
 
+use crate::harness::{Daemon, DaemonConfig, DaemonFiles, Harness};
 use agent_proto::{Client, ClientError, EncryptionContext, ErrorCode, KeyState, VersionState};
-use common::{Daemon, DaemonFiles, Swtpm};
 
 fn context(pairs: &[(&str, &str)]) -> EncryptionContext {
     pairs
@@ -25,13 +23,6 @@ fn refused<T: std::fmt::Debug>(result: Result<T, ClientError>) -> (ErrorCode, St
     }
 }
 
-fn started(extra: &str) -> (Swtpm, DaemonFiles, Daemon) {
-    let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), extra);
-    let daemon = Daemon::start(&files).expect("start hostkmsd");
-    (tpm, files, daemon)
-}
-
 fn restart(files: &DaemonFiles, daemon: Daemon) -> Daemon {
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
@@ -40,7 +31,11 @@ fn restart(files: &DaemonFiles, daemon: Daemon) -> Daemon {
 
 #[test]
 fn every_operation_through_the_client_library() {
-    let (_tpm, files, daemon) = started("");
+    let Harness {
+        tpm: _tpm,
+        files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
     let mut client = daemon.client();
     let ctx = context(&[("table", "users")]);
 
@@ -162,7 +157,11 @@ fn every_operation_through_the_client_library() {
 
 #[test]
 fn rotation_keeps_old_ciphertexts_and_revocation_ends_them() {
-    let (_tpm, _files, daemon) = started("");
+    let Harness {
+        tpm: _tpm,
+        files: _files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
     let mut client = daemon.client();
     let ctx = EncryptionContext::new();
     client.create_key("k").unwrap();
@@ -261,7 +260,11 @@ fn rotation_keeps_old_ciphertexts_and_revocation_ends_them() {
 
 #[test]
 fn minimum_decryption_version_refuses_older_versions_until_lowered() {
-    let (_tpm, _files, daemon) = started("");
+    let Harness {
+        tpm: _tpm,
+        files: _files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
     let mut client = daemon.client();
     let ctx = EncryptionContext::new();
     client.create_key("k").unwrap();
@@ -284,7 +287,11 @@ fn minimum_decryption_version_refuses_older_versions_until_lowered() {
 
 #[test]
 fn every_tampering_and_every_wrong_context_is_invalid_ciphertext() {
-    let (_tpm, _files, daemon) = started("");
+    let Harness {
+        tpm: _tpm,
+        files: _files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
     let mut client = daemon.client();
     let ctx = context(&[("db", "main"), ("table", "users")]);
     client.create_key("k").unwrap();
@@ -357,9 +364,7 @@ fn every_tampering_and_every_wrong_context_is_invalid_ciphertext() {
 
 #[test]
 fn a_name_created_again_never_decrypts_the_old_keys_ciphertexts() {
-    let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), "");
-    let daemon = Daemon::start(&files).unwrap();
+    let Harness { tpm, files, daemon } = Harness::start(DaemonConfig::new());
     let mut client = daemon.client();
     client.create_key("k").unwrap();
     let blob = client
@@ -369,7 +374,7 @@ fn a_name_created_again_never_decrypts_the_old_keys_ciphertexts() {
     drop(client);
     drop(daemon);
     // A fresh state dir on the same TPM: a new root key and a new key "k".
-    let fresh = DaemonFiles::new(&tpm.tcti(), "");
+    let fresh = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
     let daemon = Daemon::start(&fresh).unwrap();
     let mut client = daemon.client();
     client.create_key("k").unwrap();
@@ -382,7 +387,11 @@ fn a_name_created_again_never_decrypts_the_old_keys_ciphertexts() {
 
 #[test]
 fn everything_survives_a_restart() {
-    let (_tpm, files, daemon) = started("");
+    let Harness {
+        tpm: _tpm,
+        files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
     let ctx = context(&[("purpose", "restart")]);
     let mut client = daemon.client();
     client.create_key("a").unwrap();
@@ -460,7 +469,11 @@ fn everything_survives_a_restart() {
 
 #[test]
 fn a_version_rotates_itself_at_its_encryption_limit() {
-    let (_tpm, _files, daemon) = started("rotate_after_encryptions = 5");
+    let Harness {
+        tpm: _tpm,
+        files: _files,
+        daemon,
+    } = Harness::start(DaemonConfig::new().rotate_after_encryptions(5));
     let mut client = daemon.client();
     let ctx = EncryptionContext::new();
     client.create_key("k").unwrap();
@@ -480,7 +493,11 @@ fn a_version_rotates_itself_at_its_encryption_limit() {
 
 #[test]
 fn plaintext_limit_is_enforced() {
-    let (_tpm, _files, daemon) = started("max_plaintext = 1000");
+    let Harness {
+        tpm: _tpm,
+        files: _files,
+        daemon,
+    } = Harness::start(DaemonConfig::new().max_plaintext(1000));
     let mut client = daemon.client();
     client.create_key("k").unwrap();
     client
@@ -496,7 +513,11 @@ fn plaintext_limit_is_enforced() {
 
 #[test]
 fn two_hundred_concurrent_clients_get_correct_results() {
-    let (_tpm, _files, daemon) = started("");
+    let Harness {
+        tpm: _tpm,
+        files: _files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
     let mut admin = daemon.client();
     admin.create_key("shared").unwrap();
     let socket = Arc::new(daemon.socket.clone());
@@ -526,7 +547,11 @@ fn two_hundred_concurrent_clients_get_correct_results() {
 
 #[test]
 fn key_store_file_is_private_and_revoked_material_is_gone_from_it() {
-    let (_tpm, files, daemon) = started("");
+    let Harness {
+        tpm: _tpm,
+        files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
     let mut client = daemon.client();
     client.create_key("k").unwrap();
     client.rotate("k").unwrap();
@@ -535,7 +560,7 @@ fn key_store_file_is_private_and_revoked_material_is_gone_from_it() {
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&db).unwrap().permissions())
             & 0o777;
     assert_eq!(mode, 0o600);
-    let sealed_hex = common::sqlite(
+    let sealed_hex = crate::harness::sqlite(
         &db,
         "SELECT hex(sealed_kek) FROM versions WHERE version = 1",
     );
@@ -544,11 +569,14 @@ fn key_store_file_is_private_and_revoked_material_is_gone_from_it() {
         .map(|i| u8::from_str_radix(&sealed_hex.trim()[i..i + 2], 16).unwrap())
         .collect::<Vec<u8>>();
     assert_eq!(sealed.len(), 60);
-    assert!(common::contains(&std::fs::read(&db).unwrap(), &sealed));
+    assert!(crate::harness::contains(
+        &std::fs::read(&db).unwrap(),
+        &sealed
+    ));
     client.revoke("k", Some(1)).unwrap();
     let bytes = std::fs::read(&db).unwrap();
     assert!(
-        !common::contains(&bytes, &sealed[12..44]),
+        !crate::harness::contains(&bytes, &sealed[12..44]),
         "secure_delete overwrote the revoked KEK"
     );
 }
@@ -556,14 +584,18 @@ fn key_store_file_is_private_and_revoked_material_is_gone_from_it() {
 /// Edits `keystore.db` behind the daemon's back and expects the next start
 /// to refuse, naming the key.
 fn tampered_start(sql: &str) -> String {
-    let (_tpm, files, daemon) = started("");
+    let Harness {
+        tpm: _tpm,
+        files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
     let mut client = daemon.client();
     client.create_key("app-db").unwrap();
     client.rotate("app-db").unwrap();
     client.create_key("bystander").unwrap();
     drop(client);
     assert!(daemon.stop().0.success());
-    common::sqlite(&files.state_file("keystore.db"), sql);
+    crate::harness::sqlite(&files.state_file("keystore.db"), sql);
     match Daemon::start(&files) {
         Ok(_) => panic!("a keystore edited with `{sql}` must be refused"),
         Err(log) => log,
@@ -605,7 +637,11 @@ fn rows_edited_with_sqlite3_are_detected_at_start() {
 
 #[test]
 fn the_tokio_client_does_the_envelope_flow_and_pipelines() {
-    let (_tpm, _files, daemon) = started("");
+    let Harness {
+        tpm: _tpm,
+        files: _files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -3,15 +3,15 @@
 //! not followed; a file another user made is replaced by a new one of the
 //! caller's; a FIFO or a device is refused, and nothing is written to it.
 
-mod common;
-
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::process::Output;
 
-use common::{Daemon, DaemonFiles, Swtpm, cli, cli_stdin, ok, stderr};
+use crate::harness::{
+    Daemon, DaemonConfig, DaemonFiles, Harness, Swtpm, cli, cli_stdin, ok, stderr,
+};
 
 /// The uid (and gid) of the other user: nobody.
 const OTHER: u32 = 65534;
@@ -29,9 +29,7 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), "");
-    let daemon = Daemon::start(&files).unwrap_or_else(|log| panic!("hostkmsd: {log}"));
+    let Harness { tpm, files, daemon } = Harness::start(DaemonConfig::new());
     ok(cli(&daemon.socket, &["create-key", "app-db"]));
     let text = ok(cli_stdin(
         &daemon.socket,

@@ -3,18 +3,18 @@
 //! whose counts add up exactly to the rest; one alert per burst, a second
 //! only after a quiet window; the counters count every request.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::harness::{
+    Alerts, Daemon, DaemonConfig, DaemonFiles, Swtpm, ensure_journald, field, helper_test,
+    journal_of_stopped, with_id,
+};
 use agent_proto::{Client, EncryptionContext, ErrorCode, Request, Response};
-use common::{Daemon, DaemonFiles, Swtpm, ensure_journald, field, journal_of_stopped, with_id};
 use serde_json::Value;
 
 const REQUEST_DENIED: &str = "ae4499d0098646569a7eaef5c366b9e7";
@@ -114,8 +114,7 @@ fn flood_as(uid: u32, socket: &Path, count: usize) {
 
 /// Runs [`flood_helper`] as `uid` with `kind` and `count`.
 fn flood_kind_as(kind: &str, uid: u32, socket: &Path, count: usize) {
-    let output = Command::new(std::env::current_exe().expect("this test binary"))
-        .args(["flood_helper", "--exact", "--ignored", "--test-threads=1"])
+    let output = helper_test(module_path!(), "flood_helper")
         .env("HOSTKMS_FLOOD_SOCKET", socket)
         .env("HOSTKMS_FLOOD_KIND", kind)
         .env("HOSTKMS_FLOOD_COUNT", count.to_string())
@@ -163,7 +162,9 @@ fn a_flood_of_denials_is_a_few_lines_exact_summaries_and_one_alert_per_burst() {
     let window = Duration::from_secs(2);
     let files = DaemonFiles::with_public_socket(
         &tpm.tcti(),
-        "socket_mode = \"0666\"\n[alerts]\nwindow_secs = 2\ndenials = 10\n",
+        &DaemonConfig::new()
+            .socket_mode("0666")
+            .alerts(Alerts::new().window_secs(2).denials(10)),
     );
     let daemon = Daemon::start_with_env(&files, &[], &[("HOSTKMS_LOG_TARGET", "journal")])
         .expect("start hostkmsd");
@@ -232,7 +233,10 @@ fn a_flood_of_denials_is_a_few_lines_exact_summaries_and_one_alert_per_burst() {
 fn a_flood_of_bad_frames_is_a_few_lines_and_an_exact_summary() {
     ensure_journald();
     let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), "[alerts]\nwindow_secs = 600\n");
+    let files = DaemonFiles::new(
+        &tpm.tcti(),
+        &DaemonConfig::new().alerts(Alerts::new().window_secs(600)),
+    );
     let daemon = Daemon::start_with_env(&files, &[], &[("HOSTKMS_LOG_TARGET", "journal")])
         .expect("start hostkmsd");
     let journal = daemon.journal_scope();
@@ -284,7 +288,7 @@ fn a_flood_of_invalid_ciphertexts_is_summarized_exactly_with_one_alert() {
     let tpm = Swtpm::start();
     let files = DaemonFiles::new(
         &tpm.tcti(),
-        "[alerts]\nwindow_secs = 600\ninvalid_ciphertexts = 10\n",
+        &DaemonConfig::new().alerts(Alerts::new().window_secs(600).invalid_ciphertexts(10)),
     );
     let daemon = Daemon::start_with_env(&files, &[], &[("HOSTKMS_LOG_TARGET", "journal")])
         .expect("start hostkmsd");
@@ -331,7 +335,9 @@ fn a_flood_of_pings_by_a_peer_without_a_grant_is_summarized_exactly() {
     let tpm = Swtpm::start();
     let files = DaemonFiles::with_public_socket(
         &tpm.tcti(),
-        "socket_mode = \"0666\"\n[alerts]\nwindow_secs = 600\n",
+        &DaemonConfig::new()
+            .socket_mode("0666")
+            .alerts(Alerts::new().window_secs(600)),
     );
     let daemon = Daemon::start_with_env(&files, &[], &[("HOSTKMS_LOG_TARGET", "journal")])
         .expect("start hostkmsd");
@@ -375,7 +381,10 @@ fn refused_connections_are_audited_summarized_and_never_filtered_out() {
     let tpm = Swtpm::start();
     let files = DaemonFiles::with_public_socket(
         &tpm.tcti(),
-        "socket_mode = \"0666\"\nmax_connections_per_uid = 1\n[alerts]\nwindow_secs = 600\n",
+        &DaemonConfig::new()
+            .socket_mode("0666")
+            .max_connections_per_uid(1)
+            .alerts(Alerts::new().window_secs(600)),
     );
     // A log filter that lets no ordinary line through: refusals are audit
     // events, which no filter removes.

@@ -2,16 +2,15 @@
 //! OpenMetrics text of `hostkms metrics`, the TPM's reachability, and the
 //! alert raised when a key version nears its encryption limit.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use agent_proto::EncryptionContext;
-use common::{
-    Daemon, DaemonFiles, Swtpm, cli, cli_as, ensure_journald, field, journal_of_stopped, with_id,
+use crate::harness::{
+    Alerts, Daemon, DaemonConfig, DaemonFiles, Harness, Swtpm, cli, cli_as, ensure_journald, field,
+    journal_of_stopped, with_id,
 };
+use agent_proto::EncryptionContext;
 
 const ALERT_ENCRYPTION_LIMIT: &str = "a65fa18274d944968d01e53a1bbd32c0";
 
@@ -29,7 +28,8 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
 #[test]
 fn status_and_metrics_count_requests_by_operation_and_result() {
     let tpm = Swtpm::start();
-    let files = DaemonFiles::with_public_socket(&tpm.tcti(), "socket_mode = \"0666\"");
+    let files =
+        DaemonFiles::with_public_socket(&tpm.tcti(), &DaemonConfig::new().socket_mode("0666"));
     let started = Instant::now();
     let daemon = Daemon::start(&files).expect("start");
     let mut client = daemon.client();
@@ -156,7 +156,9 @@ fn a_version_near_its_encryption_limit_raises_one_alert() {
     let tpm = Swtpm::start();
     let files = DaemonFiles::new(
         &tpm.tcti(),
-        "rotate_after_encryptions = 10\n[alerts]\nencryption_limit_percent = 50\n",
+        &DaemonConfig::new()
+            .rotate_after_encryptions(10)
+            .alerts(Alerts::new().encryption_limit_percent(50)),
     );
     let daemon =
         Daemon::start_with_env(&files, &[], &[("HOSTKMS_LOG_TARGET", "journal")]).expect("start");
@@ -201,9 +203,7 @@ fn a_version_near_its_encryption_limit_raises_one_alert() {
 /// one probe period (10 s), while keys already unsealed keep serving.
 #[test]
 fn a_tpm_that_stops_answering_is_reported_unreachable() {
-    let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), "");
-    let daemon = Daemon::start(&files).expect("start");
+    let Harness { tpm, files, daemon } = Harness::start(DaemonConfig::new());
     let mut client = daemon.client();
     client.create_key("app-tpm-gone").expect("create");
     assert!(client.status().expect("status").tpm_reachable);

@@ -3,15 +3,15 @@
 //! process pinned by a pidfd, grants of deleted users at reload and start,
 //! and what a peer without a grant may learn (key names, counters).
 
-mod common;
-
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use crate::harness::peer_identity::{
+    TestCgroups, TestUser, cli_in_cgroup, join_cgroup_as, wait_for_text,
+};
+use crate::harness::{Daemon, DaemonConfig, DaemonFiles, Grant, Swtpm, b64, cli_as, text};
 use agent_proto::{EncryptionContext, Envelope, Request, SecretBytes};
-use common::peer_identity::{TestCgroups, TestUser, cli_in_cgroup, join_cgroup_as, wait_for_text};
-use common::{Daemon, DaemonFiles, Swtpm, b64, cli_as, text};
 
 const NOBODY: u32 = 65534;
 /// A second unprivileged uid with no passwd entry (setuid needs none).
@@ -21,8 +21,8 @@ fn context() -> EncryptionContext {
     EncryptionContext::from([("svc".to_string(), "db".to_string())])
 }
 
-/// A daemon everyone may connect to (socket 0666) with `grants` appended
-/// to its config, and keys `app-db` and `secret`, with a ciphertext of each.
+/// A daemon everyone may connect to (socket 0666) with `grants` in its
+/// config, and keys `app-db` and `secret`, with a ciphertext of each.
 struct Setup {
     _tpm: Swtpm,
     files: DaemonFiles,
@@ -32,10 +32,14 @@ struct Setup {
     secret_raw: Vec<u8>,
 }
 
-fn setup(grants: &str) -> Setup {
+fn setup(grants: &[Grant]) -> Setup {
     let tpm = Swtpm::start();
-    let files =
-        DaemonFiles::with_public_socket(&tpm.tcti(), &format!("socket_mode = \"0666\"\n{grants}"));
+    let config = grants
+        .iter()
+        .fold(DaemonConfig::new().socket_mode("0666"), |config, grant| {
+            config.grant(grant.clone())
+        });
+    let files = DaemonFiles::with_public_socket(&tpm.tcti(), &config);
     let daemon = Daemon::start(&files).expect("start hostkmsd");
     let mut admin = daemon.client();
     admin.create_key("app-db").unwrap();
@@ -75,9 +79,10 @@ fn unwrap_in(dir: &Path, uid: u32, s: &Setup, ciphertext: &str) -> Output {
 
 #[test]
 fn a_user_unit_named_like_a_system_unit_does_not_get_its_grant() {
-    let s = setup(
-        "[[grant]]\nkeys = [\"app-*\"]\nunits = [\"postgresql.service\"]\nops = [\"unwrap\"]\n",
-    );
+    let s = setup(&[Grant::new()
+        .keys(&["app-*"])
+        .units(&["postgresql.service"])
+        .ops(&["unwrap"])]);
     let mut cgroups = TestCgroups::new();
     let impostor = cgroups.make(&format!(
         "user.slice/user-{NOBODY}.slice/user@{NOBODY}.service/app.slice/postgresql.service"
@@ -128,9 +133,10 @@ fn a_user_unit_named_like_a_system_unit_does_not_get_its_grant() {
 
 #[test]
 fn user_units_are_granted_only_with_the_uid_that_runs_them() {
-    let s = setup(&format!(
-        "[[grant]]\nkeys = [\"app-*\"]\nuids = [{NOBODY}]\nuser_units = [\"postgresql.service\"]\nops = [\"unwrap\"]\n"
-    ));
+    let s = setup(&[Grant::to_uid(NOBODY)
+        .keys(&["app-*"])
+        .user_units(&["postgresql.service"])
+        .ops(&["unwrap"])]);
     let mut cgroups = TestCgroups::new();
     let own = cgroups.make(&format!(
         "user.slice/user-{NOBODY}.slice/user@{NOBODY}.service/app.slice/postgresql.service"
@@ -209,9 +215,10 @@ fn send_and_exit(dir: &Path, uid: u32, socket: &Path, frame: Vec<u8>) {
 
 #[test]
 fn a_peer_gone_before_its_cgroup_is_confirmed_has_no_unit_and_the_audit_says_why() {
-    let s = setup(
-        "[[grant]]\nkeys = [\"app-*\"]\nunits = [\"postgresql.service\"]\nops = [\"wrap\"]\n",
-    );
+    let s = setup(&[Grant::new()
+        .keys(&["app-*"])
+        .units(&["postgresql.service"])
+        .ops(&["wrap"])]);
     let mut cgroups = TestCgroups::new();
     let system = cgroups.make("system.slice/postgresql.service");
     let request = Envelope::new(
@@ -264,11 +271,13 @@ fn a_peer_gone_before_its_cgroup_is_confirmed_has_no_unit_and_the_audit_says_why
 #[test]
 fn a_deleted_users_grant_is_disabled_at_reload_and_start_and_the_rest_apply() {
     let user = TestUser::create(&format!("hkt{}", std::process::id()));
-    let grants = format!(
-        "[[grant]]\nkeys = [\"app-*\"]\nusers = [\"{}\"]\nops = [\"unwrap\"]\n\n[[grant]]\nkeys = [\"app-*\"]\nuids = [{NOBODY}]\nops = [\"unwrap\"]\n",
-        user.name
-    );
-    let s = setup(&grants);
+    let s = setup(&[
+        Grant::new()
+            .keys(&["app-*"])
+            .users(&[&user.name])
+            .ops(&["unwrap"]),
+        Grant::to_uid(NOBODY).keys(&["app-*"]).ops(&["unwrap"]),
+    ]);
     let unwrap_as = |uid: u32| {
         cli_as(
             uid,
@@ -359,9 +368,9 @@ fn unknown_key_ciphertext(secret: &[u8]) -> String {
 
 #[test]
 fn a_peer_without_a_grant_learns_neither_the_name_nor_the_existence_of_a_key() {
-    let s = setup(&format!(
-        "[[grant]]\nkeys = [\"app-*\"]\nuids = [{NOBODY}]\nops = [\"unwrap\", \"rewrap\"]\n"
-    ));
+    let s = setup(&[Grant::to_uid(NOBODY)
+        .keys(&["app-*"])
+        .ops(&["unwrap", "rewrap"])]);
     let unknown = unknown_key_ciphertext(&s.secret_raw);
     let run = |args: &[&str], stdin: &str| cli_as(NOBODY, &s.daemon.socket, args, stdin.as_bytes());
 
@@ -414,7 +423,7 @@ fn a_peer_without_a_grant_learns_neither_the_name_nor_the_existence_of_a_key() {
         text(&out.stderr)
     );
     // Admins keep the precise answers.
-    let out = common::cli_stdin(
+    let out = crate::harness::cli_stdin(
         &s.daemon.socket,
         &["unwrap", "--context", "svc=db"],
         unknown.as_bytes(),
@@ -436,9 +445,10 @@ fn a_peer_without_a_grant_learns_neither_the_name_nor_the_existence_of_a_key() {
 
 #[test]
 fn status_shows_counters_only_to_admins_and_metrics_grants() {
-    let s = setup(&format!(
-        "[[grant]]\nuids = [{OTHER}]\nops = [\"metrics\"]\n\n[[grant]]\nkeys = [\"app-*\"]\nuids = [{NOBODY}]\nops = [\"unwrap\"]\n"
-    ));
+    let s = setup(&[
+        Grant::to_uid(OTHER).ops(&["metrics"]),
+        Grant::to_uid(NOBODY).keys(&["app-*"]).ops(&["unwrap"]),
+    ]);
     // A granted peer without `metrics`: health only, and the CLI says so.
     let out = cli_as(NOBODY, &s.daemon.socket, &["--json", "status"], b"");
     assert!(out.status.success(), "{}", text(&out.stderr));

@@ -1,10 +1,8 @@
 //! Access control against a real peer: a child process running as uid
 //! 65534 (nobody) uses the CLI on the daemon's socket.
 
-mod common;
-
+use crate::harness::{Daemon, DaemonConfig, DaemonFiles, Grant, Swtpm, b64, cli_as, text};
 use agent_proto::EncryptionContext;
-use common::{Daemon, DaemonFiles, Swtpm, b64, cli_as, text};
 
 const NOBODY: u32 = 65534;
 
@@ -18,12 +16,14 @@ struct Setup {
 
 /// A daemon whose socket everyone may open (0666), with one grant for
 /// `app-db`, and a ciphertext of each of two keys.
-fn setup(grant_peer: &str, socket_mode: &str) -> Setup {
+fn setup(grant_peer: Grant, socket_mode: &str) -> Setup {
     let tpm = Swtpm::start();
-    let extra = format!(
-        "socket_mode = \"{socket_mode}\"\n\n[[grant]]\nkeys = [\"app-*\"]\n{grant_peer}\nops = [\"wrap\", \"unwrap\", \"datakey\", \"rewrap\", \"describe\"]\n"
+    let config = DaemonConfig::new().socket_mode(socket_mode).grant(
+        grant_peer
+            .keys(&["app-*"])
+            .ops(&["wrap", "unwrap", "datakey", "rewrap", "describe"]),
     );
-    let files = DaemonFiles::with_public_socket(&tpm.tcti(), &extra);
+    let files = DaemonFiles::with_public_socket(&tpm.tcti(), &config);
     let daemon = Daemon::start(&files).expect("start");
     let mut admin = daemon.client();
     let ctx = EncryptionContext::from([("svc".to_string(), "web".to_string())]);
@@ -49,7 +49,7 @@ fn setup(grant_peer: &str, socket_mode: &str) -> Setup {
 }
 
 /// The one refusal a peer without a grant on a ciphertext's key gets: it
-/// names neither the key nor whether it exists (tests/peer_identity.rs).
+/// names neither the key nor whether it exists (peer_identity.rs).
 fn assert_ciphertext_denied(output: &std::process::Output, op: &str) {
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{op}: {stderr}");
@@ -74,7 +74,7 @@ fn assert_denied(output: &std::process::Output, op: &str, key: &str) {
 
 #[test]
 fn a_granted_peer_uses_its_key_and_nothing_else() {
-    let s = setup(&format!("uids = [{NOBODY}]"), "0666");
+    let s = setup(Grant::to_uid(NOBODY), "0666");
     let socket = &s.daemon.socket;
 
     let out = cli_as(
@@ -141,7 +141,7 @@ fn a_granted_peer_uses_its_key_and_nothing_else() {
 
 #[test]
 fn a_group_grant_admits_the_groups_members() {
-    let s = setup("groups = [\"nogroup\"]", "0666");
+    let s = setup(Grant::new().groups(&["nogroup"]), "0666");
     let out = cli_as(
         NOBODY,
         &s.daemon.socket,
@@ -154,7 +154,7 @@ fn a_group_grant_admits_the_groups_members() {
 
 #[test]
 fn with_mode_0660_another_user_cannot_connect_and_the_cli_says_so() {
-    let s = setup(&format!("uids = [{NOBODY}]"), "0660");
+    let s = setup(Grant::to_uid(NOBODY), "0660");
     let out = cli_as(NOBODY, &s.daemon.socket, &["unwrap"], s.granted.as_bytes());
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
@@ -201,14 +201,14 @@ impl Drop for UnitCgroup {
 #[test]
 fn a_unit_grant_admits_the_units_processes_only() {
     let unit = format!("hostkms-test-{}.service", std::process::id());
-    let s = setup(&format!("units = [\"{unit}\"]"), "0666");
+    let s = setup(Grant::new().units(&[&unit]), "0666");
     let cgroup = UnitCgroup::new(&unit);
     // The shell joins the unit's cgroup, then becomes nobody running the CLI.
     let run_in_unit = |stdin: &str| {
         let script = format!(
             "echo $$ > {}/cgroup.procs && exec setpriv --reuid={NOBODY} --regid={NOBODY} --clear-groups {} --socket {} unwrap --context svc=web",
             cgroup.dir.display(),
-            common::HOSTKMS,
+            crate::harness::hostkms().display(),
             s.daemon.socket.display()
         );
         let mut child = std::process::Command::new("sh")
