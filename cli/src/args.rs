@@ -30,7 +30,7 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
     /// The largest frame the CLI sends or accepts, in bytes: raise it with
-    /// the daemon's `max_frame` to wrap or read larger messages.
+    /// the daemon's max_frame setting to wrap or read larger messages.
     #[arg(
         long,
         env = "HOSTKMS_MAX_FRAME",
