@@ -17,18 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use agent_proto::codec::{BODY_STEP, BodyMemory};
 
-/// What a peer is to admission: decided from the grants in force.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PeerClass {
-    /// uid 0 or a member of an admin group: no per-uid cap, and the
-    /// reserved slots.
-    Admin,
-    /// Covered by at least one grant in force: the per-uid cap.
-    Granted,
-    /// Covered by no grant: the per-uid cap, and all such peers together
-    /// `max_ungranted_connections`; no shared frame memory.
-    Ungranted,
-}
+use crate::policy::PeerClass;
 
 /// The limits a connection is admitted under (read afresh at each admission,
 /// so that a reload applies to the next connection).

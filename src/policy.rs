@@ -80,6 +80,21 @@ pub const GRANTABLE: [Operation; 11] = [
     Operation::Describe,
 ];
 
+/// What a peer is to the server's admission, decided from the grants in
+/// force: the policy owns it so that the layers above (server, admission)
+/// ask the policy, never the other way round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerClass {
+    /// uid 0 or a member of an admin group: no per-uid cap, and the
+    /// reserved slots.
+    Admin,
+    /// Covered by at least one grant in force: the per-uid cap.
+    Granted,
+    /// Covered by no grant: the per-uid cap, and all such peers together
+    /// `max_ungranted_connections`; no shared frame memory.
+    Ungranted,
+}
+
 /// A grant put out of force because a name in it does not resolve.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DisabledGrant {
@@ -192,6 +207,18 @@ impl Policy {
     /// not resolve; the caller logs each as an error.
     pub fn disabled(&self) -> &[DisabledGrant] {
         &self.disabled
+    }
+
+    /// What `peer` is to the server's admission: admin, covered by a grant
+    /// of key operations, or neither.
+    pub fn class_of(&self, peer: &Peer) -> PeerClass {
+        if self.is_admin(peer) {
+            PeerClass::Admin
+        } else if self.grants_key_operations(peer) {
+            PeerClass::Granted
+        } else {
+            PeerClass::Ungranted
+        }
     }
 
     /// Whether `peer` is an admin: uid 0 or a member of an admin group.

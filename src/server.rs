@@ -22,8 +22,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admission::{Admission, FrameMemory, PeerClass, SlotLimits};
+use crate::admission::{Admission, FrameMemory, SlotLimits};
 use crate::peer::Peer;
+use crate::policy::PeerClass;
 use crate::service::{Service, outcome_of};
 
 /// How long shutdown waits for connections to finish their current request.

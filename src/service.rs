@@ -18,14 +18,13 @@ use arc_swap::ArcSwap;
 use rand::TryRng;
 use zeroize::Zeroizing;
 
-use crate::admission::PeerClass;
 use crate::audit::{self, Subject};
 use crate::envelope::{self, InvalidCiphertext};
 use crate::keystore::{Key, KeyStore, StoreError, Version};
 use crate::monitor::flood::Limited;
 use crate::monitor::{AlertKind, AlertThresholds, Monitor};
 use crate::peer::Peer;
-use crate::policy::Policy;
+use crate::policy::{PeerClass, Policy};
 
 #[cfg(test)]
 mod encrypt_limit_tests;
@@ -186,14 +185,7 @@ impl Service {
     /// What `peer` is to the server's admission under the grants in force:
     /// an admin, covered by some grant, or covered by none.
     pub fn peer_class(&self, peer: &Peer) -> PeerClass {
-        let policy = self.policy.load();
-        if policy.is_admin(peer) {
-            PeerClass::Admin
-        } else if policy.grants_key_operations(peer) {
-            PeerClass::Granted
-        } else {
-            PeerClass::Ungranted
-        }
+        self.policy.load().class_of(peer)
     }
 
     /// Puts a reloaded config's grants, limits and alert thresholds in
