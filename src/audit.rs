@@ -220,9 +220,20 @@ pub fn error_name(code: ErrorCode) -> String {
 
 /// Logs one answered request: priority info when it succeeded, warning when
 /// denied, err when it failed.
-pub fn request(peer: &Peer, op: Operation, subject: &Subject, code: Option<ErrorCode>) {
+pub fn request(
+    peer: &Peer,
+    op: Operation,
+    subject: &Subject,
+    code: Option<ErrorCode>,
+    unsent: Option<ErrorCode>,
+) {
     let outcome = RequestResult::of(code);
     let error = code.map(error_name);
+    let answer_error = unsent.map(error_name);
+    let lost = answer_error
+        .as_deref()
+        .map(|e| format!(" (the answer was not sent: {e})"))
+        .unwrap_or_default();
     let key = subject.key();
     let version = subject.version();
     let unit = peer.unit.as_deref();
@@ -252,6 +263,7 @@ pub fn request(peer: &Peer, op: Operation, subject: &Subject, code: Option<Error
                 HOSTKMS_KEY_VERSION = version,
                 HOSTKMS_RESULT = outcome.as_str(),
                 HOSTKMS_ERROR = error.as_deref(),
+                HOSTKMS_ANSWER_ERROR = answer_error.as_deref(),
                 HOSTKMS_PEER_UID = peer.uid,
                 HOSTKMS_PEER_PID = pid,
                 HOSTKMS_PEER_UNIT = unit,
@@ -263,6 +275,11 @@ pub fn request(peer: &Peer, op: Operation, subject: &Subject, code: Option<Error
         };
     }
     match outcome {
+        RequestResult::Ok if unsent.is_some() => event!(
+            Level::WARN,
+            REQUEST_OK,
+            format!("{op}{target} by {by}: ok{lost}")
+        ),
         RequestResult::Ok => event!(Level::INFO, REQUEST_OK, format!("{op}{target} by {by}: ok")),
         RequestResult::Denied => event!(
             Level::WARN,

@@ -629,8 +629,9 @@ async fn answer(body: &FrameBuf, peer: &Peer, service: &Service, max_frame: u32)
             );
         }
     };
+    let op = request.op.operation();
     let (response, audit) = service.decide(peer, request.op).await;
-    let mut outcome = outcome_of(&response);
+    let outcome = outcome_of(&response);
     let listed = match &response {
         Response::Keys(page) => Some(page.keys.len()),
         _ => None,
@@ -641,10 +642,19 @@ async fn answer(body: &FrameBuf, peer: &Peer, service: &Service, max_frame: u32)
         op: response,
     };
     let frame = match codec::encode_response(reply, max_frame) {
-        Ok(frame) => Some(frame),
+        Ok(frame) => {
+            service.complete(peer, audit, outcome);
+            Some(frame)
+        }
         Err(e) => {
-            let (code, message) = unsendable(&e, request.proto, listed);
-            outcome = Some(code);
+            let unanswered = Unanswered {
+                op,
+                proto: request.proto,
+                listed,
+                changed_keys: audit.changed_keys(),
+            };
+            let (code, message) = unsendable(&e, &unanswered);
+            service.complete_unsent(peer, audit, code);
             let head = RequestHead {
                 proto: Some(request.proto),
                 id: request.id,
@@ -652,16 +662,33 @@ async fn answer(body: &FrameBuf, peer: &Peer, service: &Service, max_frame: u32)
             codec::encode_frame(&rejection(Some(head), code, message), max_frame).ok()
         }
     };
-    service.complete(peer, audit, outcome);
     (Reply::Encoded(frame), true)
 }
 
+/// A decided request whose answer could not be encoded: what the error
+/// that replaces the answer must say.
+struct Unanswered {
+    op: agent_proto::Operation,
+    proto: u16,
+    /// The keys of a `ListKeys` answer.
+    listed: Option<usize>,
+    /// The request changed the key store, and the change stands.
+    changed_keys: bool,
+}
+
 /// The error that replaces an answer that cannot be encoded: for a list of
-/// keys over the frame limit, `FrameTooLarge` and what to do (page, or a
-/// smaller page); for anything else, `Internal`.
-fn unsendable(error: &EncodeError, proto: u16, listed: Option<usize>) -> (ErrorCode, String) {
-    match (error, listed) {
-        (EncodeError::TooLarge { len, max }, Some(keys)) if proto == agent_proto::v1::VERSION => {
+/// keys over the frame limit, `FrameTooLarge` and what to do (page, a
+/// smaller page, or a larger frame when one key alone does not fit); for a
+/// key change that was made but whose answer is too large, `FrameTooLarge`
+/// saying the change stands; for anything else, `Internal`.
+fn unsendable(error: &EncodeError, request: &Unanswered) -> (ErrorCode, String) {
+    let too_large = match error {
+        EncodeError::TooLarge { len, max } => Some((*len, *max)),
+        _ => None,
+    };
+    let raise = "raise max_frame in the daemon's config and the client's (hostkms --max-frame)";
+    match (too_large, request.listed) {
+        (Some((len, max)), Some(keys)) if request.proto == agent_proto::v1::VERSION => {
             tracing::warn!(
                 "a protocol-1 ListKeys of {keys} keys ({len} bytes) exceeds max_frame ({max} bytes)"
             );
@@ -674,7 +701,19 @@ fn unsendable(error: &EncodeError, proto: u16, listed: Option<usize>) -> (ErrorC
                 ),
             )
         }
-        (EncodeError::TooLarge { len, max }, Some(keys)) => {
+        (Some((len, max)), Some(keys)) if keys <= 1 => {
+            tracing::warn!(
+                "a ListKeys page of one key ({len} bytes) exceeds max_frame ({max} bytes)"
+            );
+            (
+                ErrorCode::FrameTooLarge,
+                format!(
+                    "the description of one key alone takes {len} bytes, more than the frame \
+                     limit of {max} bytes (max_frame), so no page can hold it: {raise}"
+                ),
+            )
+        }
+        (Some((len, max)), Some(keys)) => {
             tracing::warn!(
                 "a ListKeys page of {keys} keys ({len} bytes) exceeds max_frame ({max} bytes)"
             );
@@ -686,11 +725,39 @@ fn unsendable(error: &EncodeError, proto: u16, listed: Option<usize>) -> (ErrorC
                 ),
             )
         }
-        (e, _) => {
-            tracing::error!("cannot encode a response: {e}");
+        (Some((len, max)), None) if request.changed_keys => {
+            tracing::warn!(
+                "the answer to a {} ({len} bytes) exceeds max_frame ({max} bytes); the change was made",
+                request.op
+            );
+            (
+                ErrorCode::FrameTooLarge,
+                format!(
+                    "the {} was done and stands, but its answer (the key's description, {len} \
+                     bytes) exceeds the frame limit of {max} bytes (max_frame): {raise} to \
+                     see the key",
+                    request.op
+                ),
+            )
+        }
+        (Some((len, max)), None) => {
+            tracing::warn!(
+                "the answer to a {} ({len} bytes) exceeds max_frame ({max} bytes)",
+                request.op
+            );
+            (
+                ErrorCode::FrameTooLarge,
+                format!(
+                    "the answer takes {len} bytes, more than the frame limit of {max} bytes \
+                     (max_frame): {raise}"
+                ),
+            )
+        }
+        _ => {
+            tracing::error!("cannot encode a response: {error}");
             (
                 ErrorCode::Internal,
-                format!("the response could not be sent: {e}"),
+                format!("the response could not be sent: {error}"),
             )
         }
     }

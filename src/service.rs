@@ -122,6 +122,26 @@ impl From<StoreError> for Refusal {
 pub struct PendingAudit {
     op: Operation,
     subject: Subject,
+    decided: Option<ErrorCode>,
+}
+
+impl PendingAudit {
+    /// Whether the decided request changed the key store (a key created,
+    /// rotated, revoked, disabled, enabled or given a minimum version): the
+    /// change is durable before the answer is encoded, so it stands even
+    /// when the answer is lost.
+    pub fn changed_keys(&self) -> bool {
+        self.decided.is_none()
+            && matches!(
+                self.op,
+                Operation::Create
+                    | Operation::Rotate
+                    | Operation::Revoke
+                    | Operation::Disable
+                    | Operation::Enable
+                    | Operation::MinDecryptionVersion
+            )
+    }
 }
 
 /// The outcome a response carries: its error code, `None` for success.
@@ -217,14 +237,45 @@ impl Service {
             .dispatch(peer, request, &mut subject)
             .await
             .unwrap_or_else(|refusal| Response::error(refusal.code, refusal.message));
-        (response, PendingAudit { op, subject })
+        let decided = outcome_of(&response);
+        (
+            response,
+            PendingAudit {
+                op,
+                subject,
+                decided,
+            },
+        )
     }
 
     /// Counts a decided request and writes its audit event, with `code` the
     /// outcome the client got (`None`: success): the response's own, or the
     /// error that replaced it when it could not be encoded.
     pub fn complete(&self, peer: &Peer, audit: PendingAudit, code: Option<ErrorCode>) {
-        let PendingAudit { op, subject } = audit;
+        self.journal(peer, audit, code, None);
+    }
+
+    /// Completes the audit event of a request whose answer could not be
+    /// encoded and was replaced by the error `sent`. A change to the key
+    /// store was made all the same: it is journaled and counted as done
+    /// (never as a failure, which a peer could push out of the journal
+    /// with a few cheap errors), with the lost answer named beside it.
+    pub fn complete_unsent(&self, peer: &Peer, audit: PendingAudit, sent: ErrorCode) {
+        if audit.changed_keys() {
+            self.journal(peer, audit, None, Some(sent));
+        } else {
+            self.journal(peer, audit, Some(sent), None);
+        }
+    }
+
+    fn journal(
+        &self,
+        peer: &Peer,
+        audit: PendingAudit,
+        code: Option<ErrorCode>,
+        unsent: Option<ErrorCode>,
+    ) {
+        let PendingAudit { op, subject, .. } = audit;
         // A refusal, or a request that needs no grant, may only be counted
         // in a later summary: see monitor::flood.
         let logged = Limited::of(op, code).is_none_or(|kind| {
@@ -233,7 +284,7 @@ impl Service {
             admission.log
         });
         if logged {
-            audit::request(peer, op, &subject, code);
+            audit::request(peer, op, &subject, code, unsent);
         }
         if let Some(alert) = self.monitor.record(peer.uid, op, code) {
             audit::peer_alert(&alert);
@@ -389,12 +440,19 @@ impl Service {
             Some(limit) => usize::try_from(limit).unwrap_or(usize::MAX),
             None => usize::MAX,
         };
-        let keys = self.store.keys();
         let policy = self.policy.load();
+        if policy.class_of(peer) == PeerClass::Ungranted {
+            // No grant covers the peer, so it sees no key: answered without
+            // walking the store, which a peer with no grant could otherwise
+            // make the daemon do on every request.
+            return Ok(Response::Keys(KeyPage {
+                keys: Vec::new(),
+                next: None,
+            }));
+        }
+        let keys = self.store.keys();
         let mut visible = keys
-            .sorted()
-            .into_iter()
-            .filter(|key| after.is_none_or(|after| key.name() > after))
+            .after(after)
             .filter(|key| policy.may_see(peer, key.name()));
         let page: Vec<_> = visible.by_ref().take(limit).map(|key| key.info()).collect();
         let next = match visible.next() {

@@ -1,7 +1,7 @@
 //! The in-memory model: a [`Key`] and its [`Version`]s as one snapshot
 //! ([`Keys`]) sees them, the rows they are stored as, and the key-name rule.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -205,7 +205,7 @@ impl Key {
 /// Every key, by name and by id: one immutable snapshot.
 #[derive(Debug, Clone, Default)]
 pub struct Keys {
-    pub(super) by_name: HashMap<String, Arc<Key>>,
+    pub(super) by_name: BTreeMap<String, Arc<Key>>,
     pub(super) by_id: HashMap<KeyId, Arc<Key>>,
 }
 
@@ -222,9 +222,21 @@ impl Keys {
 
     /// Every key, sorted by name.
     pub fn sorted(&self) -> Vec<&Arc<Key>> {
-        let mut keys: Vec<&Arc<Key>> = self.by_name.values().collect();
-        keys.sort_by(|a, b| a.name.cmp(&b.name));
-        keys
+        self.by_name.values().collect()
+    }
+
+    /// The keys named after `after` (all, with `None`), in name order,
+    /// found without walking the ones before: a page of `ListKeys` costs
+    /// its own size, not the store's.
+    pub fn after<'a>(&'a self, after: Option<&str>) -> impl Iterator<Item = &'a Arc<Key>> + 'a {
+        use std::ops::Bound;
+        let start = match after {
+            Some(name) => Bound::Excluded(name.to_string()),
+            None => Bound::Unbounded,
+        };
+        self.by_name
+            .range((start, Bound::Unbounded))
+            .map(|(_, key)| key)
     }
 
     /// How many keys there are.

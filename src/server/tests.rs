@@ -1032,3 +1032,92 @@ async fn binding_replaces_a_stale_socket_and_refuses_a_live_one_or_a_file() {
     assert!(path.exists(), "the other socket stays");
     drop(other);
 }
+
+/// A key change whose answer (the key's description) outgrows the frame
+/// is still made: the client is told it stands and how to see the key,
+/// never `Internal`, and a key alone too large for any page is named as
+/// such rather than "ask for fewer keys".
+#[tokio::test]
+async fn a_change_whose_answer_outgrows_the_frame_stands_and_says_so() {
+    let small = Limits {
+        max_frame: 4096,
+        ..limits()
+    };
+    let harness = Harness::start(&[], small).await;
+    let mut stream = harness.connect().await;
+    let name = "grown".to_string();
+    send(
+        &mut stream,
+        &frame(1, Request::CreateKey { name: name.clone() }),
+    )
+    .await;
+    key_of(reply(&mut stream).await);
+    // Each version adds its metadata to the key's description: rotate
+    // until the description no longer fits in 4 KiB.
+    let mut id = 2;
+    loop {
+        send(
+            &mut stream,
+            &frame(id, Request::Rotate { key: name.clone() }),
+        )
+        .await;
+        let answer = reply(&mut stream).await;
+        id += 1;
+        if let Response::Error(error) = answer.op {
+            assert_eq!(error.code, ErrorCode::FrameTooLarge, "{}", error.message);
+            assert!(
+                error.message.contains("rotate was done and stands"),
+                "{}",
+                error.message
+            );
+            break;
+        }
+        assert!(id < 1000, "the description never outgrew 4 KiB");
+    }
+    send(
+        &mut stream,
+        &frame(
+            id,
+            Request::Revoke {
+                key: name.clone(),
+                version: Some(2),
+            },
+        ),
+    )
+    .await;
+    let Response::Error(error) = reply(&mut stream).await.op else {
+        panic!("the revoke's answer cannot fit");
+    };
+    assert_eq!(error.code, ErrorCode::FrameTooLarge);
+    assert!(
+        error.message.contains("revoke was done and stands"),
+        "{}",
+        error.message
+    );
+    assert!(error.message.contains("--max-frame"), "{}", error.message);
+    send(
+        &mut stream,
+        &frame_in(
+            2,
+            id + 1,
+            Request::ListKeys {
+                after: None,
+                limit: Some(1),
+            },
+        ),
+    )
+    .await;
+    let Response::Error(error) = reply(&mut stream).await.op else {
+        panic!("a page of that one key cannot fit");
+    };
+    assert_eq!(error.code, ErrorCode::FrameTooLarge);
+    assert!(error.message.contains("one key alone"), "{}", error.message);
+    assert!(!error.message.contains("fewer keys"), "{}", error.message);
+
+    // With room for the answer, the key shows the revoke was made.
+    harness.set_limits(limits());
+    let mut stream = harness.connect().await;
+    send(&mut stream, &frame(1, Request::DescribeKey { key: name })).await;
+    let info = key_of(reply(&mut stream).await);
+    assert_eq!(info.versions[1].state, agent_proto::VersionState::Revoked);
+}

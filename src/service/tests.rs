@@ -1754,3 +1754,48 @@ async fn a_peers_refusals_past_the_first_few_of_a_window_are_not_logged_one_by_o
         "every refusal is counted"
     );
 }
+
+/// A key change whose answer could not be sent was made all the same: its
+/// audit event says ok and names the lost answer, and it is never counted
+/// as a failure (which a peer's cheap errors could push out of the
+/// journal). A read whose answer was lost failed, and says so.
+#[tokio::test]
+async fn a_change_whose_answer_was_lost_is_journaled_as_done() {
+    let fixture = Fixture::with_app_grant(&["rotate", "describe"]);
+    fixture.create("app-k").await;
+    let (log, _guard) = AuditLog::capture();
+    // More cheap failures than a window logs one by one.
+    for _ in 0..6 {
+        fixture.call(&peer(APP), describe("app-missing")).await;
+    }
+    log.take();
+
+    let (_, pending) = fixture.service.decide(&peer(APP), rotate("app-k")).await;
+    assert!(pending.changed_keys());
+    fixture
+        .service
+        .complete_unsent(&peer(APP), pending, ErrorCode::FrameTooLarge);
+    let (_, pending) = fixture.service.decide(&peer(APP), describe("app-k")).await;
+    assert!(!pending.changed_keys());
+    fixture
+        .service
+        .complete_unsent(&peer(APP), pending, ErrorCode::FrameTooLarge);
+
+    let events: Vec<_> = log.take().into_iter().map(checked).collect();
+    let uid = APP.to_string();
+    assert_eq!(
+        events,
+        [audit_fields(&[
+            ("HOSTKMS_OP", "rotate"),
+            ("HOSTKMS_KEY", "app-k"),
+            ("HOSTKMS_KEY_VERSION", "2"),
+            ("HOSTKMS_RESULT", "ok"),
+            ("HOSTKMS_ANSWER_ERROR", "frame-too-large"),
+            ("HOSTKMS_PEER_UID", &uid),
+        ])],
+        "the lost describe is a failure past the window's five, summarized later"
+    );
+    let counters = counters_now(&fixture);
+    assert_eq!(counters["requests.rotate.ok"], 1);
+    assert_eq!(counters["requests.describe.error"], 7);
+}
