@@ -180,7 +180,23 @@ async fn open(path: &Path) -> Result<UnixStream, ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::tests::{Fake, NAMES, paging_daemon, too_old_for_rotate};
+    use crate::client::tests::{Fake, NAMES, paging_daemon, stuck_cursor, too_old_for_rotate};
+
+    #[tokio::test]
+    async fn the_async_client_refuses_a_cursor_that_does_not_advance() {
+        let daemon = Fake::start(2, stuck_cursor);
+        let mut client = AsyncClient::connect(&daemon.path).await.unwrap();
+        let err = tokio::time::timeout(std::time::Duration::from_secs(10), client.list_keys())
+            .await
+            .expect("list_keys returned instead of following the cursor forever")
+            .unwrap_err();
+        assert!(
+            matches!(&err, ClientError::ListCursorStuck { after: Some(after), next, .. }
+                if after == "a" && next == "a"),
+            "{err:?}"
+        );
+        assert_eq!(daemon.seen().len(), 2, "refused at the second page");
+    }
 
     #[tokio::test]
     async fn the_async_client_falls_back_to_version_1_and_lists_every_key() {

@@ -163,7 +163,8 @@ macro_rules! typed_operations {
     /// Every key this caller may see, in name order. Pages through the
     /// daemon's list (protocol 2) with [`LIST_PAGE`] keys a page, halving
     /// the page when one would exceed the daemon's frame limit; a
-    /// protocol-1 daemon answers every key at once.
+    /// protocol-1 daemon answers every key at once. A page whose `next`
+    /// does not advance the listing is [`ClientError::ListCursorStuck`].
     pub $($async)* fn list_keys(&mut self) -> Result<Vec<KeyInfo>, ClientError> {
         let mut keys = Vec::new();
         let mut after = None;
@@ -181,6 +182,7 @@ macro_rules! typed_operations {
                 }
                 page => page?,
             };
+            crate::client::check_cursor(after.as_deref(), &page)?;
             keys.extend(page.keys);
             match page.next {
                 Some(next) => after = Some(next),
@@ -268,6 +270,23 @@ pub enum ClientError {
         /// Why: the version the daemon speaks, or the daemon's answer.
         reason: String,
     },
+    /// A `ListKeys` page whose `next` cursor does not move the listing
+    /// forward: not after the cursor the page was asked for, or before the
+    /// page's last key. Following it could ask for the same pages forever.
+    #[error(
+        "the daemon's ListKeys cursor did not advance: the page after {} ended at {} \
+         and answered next {next:?}; stopped listing",
+        show_name(.after.as_deref(), "the start"),
+        show_name(.last.as_deref(), "no key")
+    )]
+    ListCursorStuck {
+        /// The cursor the page was asked for (`None`: the first page).
+        after: Option<String>,
+        /// The last key name on the page, if it had any keys.
+        last: Option<String>,
+        /// The cursor the daemon answered.
+        next: String,
+    },
     /// The response's id does not match the request's.
     #[error("response id {got} does not match request id {expected}")]
     IdMismatch {
@@ -276,6 +295,12 @@ pub enum ClientError {
         /// The id the response carried.
         got: u64,
     },
+}
+
+/// A key name in an error message, quoted and escaped; `none` in its place
+/// when there is none.
+fn show_name(name: Option<&str>, none: &str) -> String {
+    name.map_or_else(|| none.to_string(), |name| format!("{name:?}"))
 }
 
 impl ClientError {
@@ -616,6 +641,26 @@ impl Client {
     typed_operations!(blocking);
 }
 
+/// Checks that a `ListKeys` page asked for after `after` moves the listing
+/// forward: its `next`, if any, must follow `after` and not precede the
+/// page's last key (the daemon sends that key's name). A cursor that stays
+/// put would have [`Client::list_keys`] ask for the same page forever,
+/// its memory growing with every answer.
+pub(crate) fn check_cursor(after: Option<&str>, page: &KeyPage) -> Result<(), ClientError> {
+    let Some(next) = page.next.as_deref() else {
+        return Ok(());
+    };
+    let last = page.keys.last().map(|key| key.name.as_str());
+    if after.is_some_and(|after| next <= after) || last.is_some_and(|last| next < last) {
+        return Err(ClientError::ListCursorStuck {
+            after: after.map(str::to_string),
+            last: last.map(str::to_string),
+            next: next.to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// Connects to the daemon's socket at `path`.
 fn open(path: &Path) -> Result<UnixStream, ClientError> {
     UnixStream::connect(path).map_err(|source| ClientError::Connect {
@@ -852,6 +897,71 @@ pub(crate) mod tests {
             }
             _ => Response::error(ErrorCode::NotImplemented, "fake"),
         }
+    }
+
+    /// A daemon whose every `ListKeys` page is key "a" with `next` "a":
+    /// a cursor that never advances.
+    pub(crate) fn stuck_cursor(request: &Request) -> Response {
+        match request {
+            Request::ListKeys { .. } => Response::Keys(KeyPage {
+                keys: vec![key("a")],
+                next: Some("a".to_string()),
+            }),
+            other => paging_daemon(other),
+        }
+    }
+
+    /// A daemon whose first page ends at key "b" but sends `next` "a",
+    /// which would ask for "b" again.
+    fn cursor_behind_its_page(request: &Request) -> Response {
+        match request {
+            Request::ListKeys { .. } => Response::Keys(KeyPage {
+                keys: vec![key("b")],
+                next: Some("a".to_string()),
+            }),
+            other => paging_daemon(other),
+        }
+    }
+
+    /// `list_keys` against `daemon`, given 10 seconds to return.
+    fn list_keys_within_10s(daemon: &Fake) -> Result<Vec<KeyInfo>, ClientError> {
+        let path = daemon.path.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut client = Client::connect(&path).unwrap();
+            let _ = tx.send(client.list_keys());
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("list_keys returned instead of following the cursor forever")
+    }
+
+    #[test]
+    fn list_keys_refuses_a_cursor_that_does_not_advance() {
+        let daemon = Fake::start(2, stuck_cursor);
+        let err = list_keys_within_10s(&daemon).unwrap_err();
+        assert!(
+            matches!(&err, ClientError::ListCursorStuck { after: Some(after), next, .. }
+                if after == "a" && next == "a"),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "the daemon's ListKeys cursor did not advance: the page after \"a\" ended at \"a\" \
+             and answered next \"a\"; stopped listing"
+        );
+        assert_eq!(daemon.seen().len(), 2, "refused at the second page");
+    }
+
+    #[test]
+    fn list_keys_refuses_a_cursor_before_the_last_key_of_its_page() {
+        let daemon = Fake::start(2, cursor_behind_its_page);
+        let err = list_keys_within_10s(&daemon).unwrap_err();
+        assert!(
+            matches!(&err, ClientError::ListCursorStuck { after: None, last: Some(last), next }
+                if last == "b" && next == "a"),
+            "{err:?}"
+        );
+        assert_eq!(daemon.seen().len(), 1, "refused at the first page");
     }
 
     #[test]

@@ -48,9 +48,13 @@ pub fn encode_frame<T: Serialize>(
         len,
         max: max_frame,
     };
-    let len = bincode_options(u64::from(max_frame))
+    // Sized without the byte limit, so that a message over it reports its
+    // real length: sizing only counts, it allocates nothing.
+    let len = bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_little_endian()
         .serialized_size(envelope)
-        .map_err(|_| too_large(u64::MAX))?;
+        .map_err(|e| EncodeError::Serialize(e.to_string()))?;
     let body_len = u32::try_from(len)
         .ok()
         .filter(|&n| n <= max_frame)

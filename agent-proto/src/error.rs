@@ -245,7 +245,7 @@ pub enum EncodeError {
     /// The encoded message would exceed the frame limit.
     #[error("message of {len} bytes exceeds the frame limit of {max} bytes")]
     TooLarge {
-        /// The encoded length, or `u64::MAX` when it could not be computed.
+        /// The encoded length of the message body.
         len: u64,
         /// The frame limit.
         max: u32,

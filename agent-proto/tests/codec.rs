@@ -153,6 +153,30 @@ fn encoding_refuses_a_message_over_the_limit() {
 }
 
 #[test]
+fn a_message_over_the_limit_reports_its_real_encoded_length() {
+    let envelope = Envelope::new(
+        1,
+        Request::Wrap {
+            key: "k".into(),
+            plaintext: SecretBytes::new(vec![0u8; 2048]),
+            context: Default::default(),
+        },
+    );
+    let frame = codec::encode_frame(&envelope, DEFAULT_MAX_FRAME).expect("fits 1 MiB");
+    let real = (frame.len() - LENGTH_PREFIX) as u64;
+    let err = codec::encode_frame(&envelope, 1024).unwrap_err();
+    assert!(
+        matches!(err, agent_proto::EncodeError::TooLarge { len, max: 1024 } if len == real),
+        "wanted TooLarge {{ len: {real}, max: 1024 }}, got {err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains(&format!("message of {real} bytes exceeds")),
+        "{err}"
+    );
+}
+
+#[test]
 fn secrets_and_ciphertexts_never_print_their_bytes() {
     let request = Request::Wrap {
         key: "k".into(),
