@@ -498,7 +498,7 @@ async fn serve_connection(
                     false,
                 )
             }
-            Err(FrameError::OutOfMemory { len, id }) if ungranted => {
+            Err(FrameError::OutOfMemory { len, id, proto }) if ungranted => {
                 let message = format!(
                     "uid {} holds no grant, so hostkmsd reads at most {} bytes of each of its \
                      requests (ping, status and list need less); this one has {len}. Ask the \
@@ -508,11 +508,15 @@ async fn serve_connection(
                 );
                 service.refused_frame(&peer, ErrorCode::PermissionDenied, &message);
                 (
-                    Reply::Rejection(rejection(head_of(id), ErrorCode::PermissionDenied, message)),
+                    Reply::Rejection(rejection(
+                        head_in(proto, id),
+                        ErrorCode::PermissionDenied,
+                        message,
+                    )),
                     false,
                 )
             }
-            Err(FrameError::OutOfMemory { len, id }) => {
+            Err(FrameError::OutOfMemory { len, id, proto }) => {
                 service.refused_connection(
                     &peer,
                     &format_args!(
@@ -527,7 +531,7 @@ async fn serve_connection(
                     limits.max_frame_memory
                 );
                 (
-                    Reply::Rejection(rejection(head_of(id), ErrorCode::Busy, message)),
+                    Reply::Rejection(rejection(head_in(proto, id), ErrorCode::Busy, message)),
                     false,
                 )
             }
@@ -603,7 +607,12 @@ struct RequestHead {
 
 /// The head of a request whose id (and nothing else) is known.
 fn head_of(id: Option<u64>) -> Option<RequestHead> {
-    id.map(|id| RequestHead { proto: None, id })
+    head_in(None, id)
+}
+
+/// The head of a request whose id, and maybe version, are known.
+fn head_in(proto: Option<u16>, id: Option<u64>) -> Option<RequestHead> {
+    id.map(|id| RequestHead { proto, id })
 }
 
 /// Decodes a request body in its own protocol version, asks the service,

@@ -304,6 +304,11 @@ impl Body {
                 return Err(FrameError::OutOfMemory {
                     len: self.len,
                     id: request_id(&self.buf),
+                    proto: self
+                        .buf
+                        .get(..2)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u16::from_le_bytes),
                 });
             }
             let mut grown = Zeroizing::new(Vec::with_capacity(planned));
@@ -554,7 +559,8 @@ mod tests {
                 err,
                 FrameError::OutOfMemory {
                     len: 100_000,
-                    id: Some(42)
+                    id: Some(42),
+                    proto: Some(_),
                 }
             ),
             "{err:?}"

@@ -291,5 +291,8 @@ pub enum FrameError {
         len: usize,
         /// The request id, when the body's first bytes had arrived.
         id: Option<u64>,
+        /// The request's protocol version, when its first two bytes had
+        /// arrived: the refusal is answered in it.
+        proto: Option<u16>,
     },
 }

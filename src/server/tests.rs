@@ -1121,3 +1121,26 @@ async fn a_change_whose_answer_outgrows_the_frame_stands_and_says_so() {
     let info = key_of(reply(&mut stream).await);
     assert_eq!(info.versions[1].state, agent_proto::VersionState::Revoked);
 }
+
+/// A refusal made before the whole frame arrived is answered in the
+/// request's own protocol version when its first bytes named one.
+#[tokio::test]
+async fn an_early_refusal_answers_in_the_requests_version() {
+    let Some(uid) = switched_uid() else {
+        return skipped("a peer without a grant");
+    };
+    let server = Harness::start(&[], limits()).await;
+    let mut stream = server.connect_user(uid);
+    let big = Request::Wrap {
+        key: "k".to_string(),
+        plaintext: SecretBytes::new(vec![0x42; 2 * BODY_STEP]),
+        context: Default::default(),
+    };
+    send(&mut stream, &frame_in(2, 7, big)).await;
+    let answer = reply(&mut stream).await;
+    assert_eq!((answer.proto, answer.id), (2, 7), "{answer:?}");
+    assert!(
+        matches!(&answer.op, Response::Error(e) if e.code == ErrorCode::PermissionDenied),
+        "{answer:?}"
+    );
+}
