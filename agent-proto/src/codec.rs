@@ -151,15 +151,7 @@ pub fn decode_request(body: &[u8]) -> Result<Envelope<Request>, DecodeError> {
             });
         }
     }
-    if proto == v1::VERSION {
-        let old: Envelope<v1::Request> = decode_as(body, id)?;
-        return Ok(Envelope {
-            proto: old.proto,
-            id: old.id,
-            op: old.op.into(),
-        });
-    }
-    decode_as(body, id)
+    decode_in::<Request, v1::Request>(body, proto, id)
 }
 
 /// Decodes a response body in the version its envelope names, converted to
@@ -167,8 +159,18 @@ pub fn decode_request(body: &[u8]) -> Result<Envelope<Request>, DecodeError> {
 /// version reads its answers this way.
 pub fn decode_response(body: &[u8]) -> Result<Envelope<Response>, DecodeError> {
     let (proto, id) = envelope_head(body)?;
+    decode_in::<Response, v1::Response>(body, proto, id)
+}
+
+/// Decodes a body of version `proto` as `T`, through the frozen version-1
+/// shape `V1` when the body is in version 1.
+fn decode_in<T, V1>(body: &[u8], proto: u16, id: Option<u64>) -> Result<Envelope<T>, DecodeError>
+where
+    T: DeserializeOwned,
+    V1: DeserializeOwned + Into<T>,
+{
     if proto == v1::VERSION {
-        let old: Envelope<v1::Response> = decode_as(body, id)?;
+        let old: Envelope<V1> = decode_as(body, id)?;
         return Ok(Envelope {
             proto: old.proto,
             id: old.id,
@@ -185,24 +187,7 @@ pub fn encode_request(
     envelope: Envelope<Request>,
     max_frame: u32,
 ) -> Result<FrameBuf, EncodeError> {
-    match envelope.proto {
-        v1::VERSION => {
-            let op = v1::Request::try_from(envelope.op).map_err(|e| EncodeError::NotInVersion {
-                proto: v1::VERSION,
-                reason: e.to_string(),
-            })?;
-            encode_frame(
-                &Envelope {
-                    proto: envelope.proto,
-                    id: envelope.id,
-                    op,
-                },
-                max_frame,
-            )
-        }
-        PROTOCOL_VERSION => encode_frame(&envelope, max_frame),
-        proto => Err(unspoken(proto)),
-    }
+    encode_in::<Request, v1::Request>(envelope, max_frame)
 }
 
 /// Encodes a response as a whole frame in the version its envelope names
@@ -212,13 +197,24 @@ pub fn encode_response(
     envelope: Envelope<Response>,
     max_frame: u32,
 ) -> Result<FrameBuf, EncodeError> {
+    encode_in::<Response, v1::Response>(envelope, max_frame)
+}
+
+/// Encodes `envelope` in the version it names, through the frozen
+/// version-1 shape `V1` for version 1; a message that version cannot
+/// express is [`EncodeError::NotInVersion`].
+fn encode_in<T, V1>(envelope: Envelope<T>, max_frame: u32) -> Result<FrameBuf, EncodeError>
+where
+    T: Serialize,
+    V1: Serialize + TryFrom<T>,
+    V1::Error: std::fmt::Display,
+{
     match envelope.proto {
         v1::VERSION => {
-            let op =
-                v1::Response::try_from(envelope.op).map_err(|e| EncodeError::NotInVersion {
-                    proto: v1::VERSION,
-                    reason: e.to_string(),
-                })?;
+            let op = V1::try_from(envelope.op).map_err(|e| EncodeError::NotInVersion {
+                proto: v1::VERSION,
+                reason: e.to_string(),
+            })?;
             encode_frame(
                 &Envelope {
                     proto: envelope.proto,
