@@ -685,7 +685,9 @@ struct Unanswered {
     changed_keys: bool,
 }
 
-/// The error that replaces an answer that cannot be encoded: for a list of
+/// The error that replaces an answer that cannot be encoded (the request's
+/// audit event records it, under the per-peer flood limit: no log line of
+/// its own, which a peer could repeat without bound): for a list of
 /// keys over the frame limit, `FrameTooLarge` and what to do (page, a
 /// smaller page, or a larger frame when one key alone does not fit); for a
 /// key change that was made but whose answer is too large, `FrameTooLarge`
@@ -697,71 +699,44 @@ fn unsendable(error: &EncodeError, request: &Unanswered) -> (ErrorCode, String) 
     };
     let raise = "raise max_frame in the daemon's config and the client's (hostkms --max-frame)";
     match (too_large, request.listed) {
-        (Some((len, max)), Some(keys)) if request.proto == agent_proto::v1::VERSION => {
-            tracing::warn!(
-                "a protocol-1 ListKeys of {keys} keys ({len} bytes) exceeds max_frame ({max} bytes)"
-            );
-            (
-                ErrorCode::FrameTooLarge,
-                format!(
-                    "the list of {keys} keys takes {len} bytes, more than the frame limit of \
+        (Some((len, max)), Some(keys)) if request.proto == agent_proto::v1::VERSION => (
+            ErrorCode::FrameTooLarge,
+            format!(
+                "the list of {keys} keys takes {len} bytes, more than the frame limit of \
                      {max} bytes (max_frame): it exceeds the frame. Use a client that speaks \
                      protocol 2, which lists keys in pages"
-                ),
-            )
-        }
-        (Some((len, max)), Some(keys)) if keys <= 1 => {
-            tracing::warn!(
-                "a ListKeys page of one key ({len} bytes) exceeds max_frame ({max} bytes)"
-            );
-            (
-                ErrorCode::FrameTooLarge,
-                format!(
-                    "the description of one key alone takes {len} bytes, more than the frame \
+            ),
+        ),
+        (Some((len, max)), Some(keys)) if keys <= 1 => (
+            ErrorCode::FrameTooLarge,
+            format!(
+                "the description of one key alone takes {len} bytes, more than the frame \
                      limit of {max} bytes (max_frame), so no page can hold it: {raise}"
-                ),
-            )
-        }
-        (Some((len, max)), Some(keys)) => {
-            tracing::warn!(
-                "a ListKeys page of {keys} keys ({len} bytes) exceeds max_frame ({max} bytes)"
-            );
-            (
-                ErrorCode::FrameTooLarge,
-                format!(
-                    "this page of {keys} keys takes {len} bytes, more than the frame limit of \
+            ),
+        ),
+        (Some((len, max)), Some(keys)) => (
+            ErrorCode::FrameTooLarge,
+            format!(
+                "this page of {keys} keys takes {len} bytes, more than the frame limit of \
                      {max} bytes (max_frame); ask for fewer keys a page (limit)"
-                ),
-            )
-        }
-        (Some((len, max)), None) if request.changed_keys => {
-            tracing::warn!(
-                "the answer to a {} ({len} bytes) exceeds max_frame ({max} bytes); the change was made",
-                request.op
-            );
-            (
-                ErrorCode::FrameTooLarge,
-                format!(
-                    "the {} was done and stands, but its answer (the key's description, {len} \
+            ),
+        ),
+        (Some((len, max)), None) if request.changed_keys => (
+            ErrorCode::FrameTooLarge,
+            format!(
+                "the {} was done and stands, but its answer (the key's description, {len} \
                      bytes) exceeds the frame limit of {max} bytes (max_frame): {raise} to \
                      see the key",
-                    request.op
-                ),
-            )
-        }
-        (Some((len, max)), None) => {
-            tracing::warn!(
-                "the answer to a {} ({len} bytes) exceeds max_frame ({max} bytes)",
                 request.op
-            );
-            (
-                ErrorCode::FrameTooLarge,
-                format!(
-                    "the answer takes {len} bytes, more than the frame limit of {max} bytes \
+            ),
+        ),
+        (Some((len, max)), None) => (
+            ErrorCode::FrameTooLarge,
+            format!(
+                "the answer takes {len} bytes, more than the frame limit of {max} bytes \
                      (max_frame): {raise}"
-                ),
-            )
-        }
+            ),
+        ),
         _ => {
             tracing::error!("cannot encode a response: {error}");
             (

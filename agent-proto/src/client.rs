@@ -651,7 +651,10 @@ pub(crate) fn check_cursor(after: Option<&str>, page: &KeyPage) -> Result<(), Cl
         return Ok(());
     };
     let last = page.keys.last().map(|key| key.name.as_str());
-    if after.is_some_and(|after| next <= after) || last.is_some_and(|last| next < last) {
+    // A page with a cursor holds keys, the last one at or before the
+    // cursor: an empty page that points further would let a daemon keep a
+    // client listing forever.
+    if after.is_some_and(|after| next <= after) || last.is_none_or(|last| next < last) {
         return Err(ClientError::ListCursorStuck {
             after: after.map(str::to_string),
             last: last.map(str::to_string),
@@ -923,6 +926,17 @@ pub(crate) mod tests {
         }
     }
 
+    /// A hostile daemon: empty pages whose cursor always moves on.
+    fn empty_pages_moving_on(request: &Request) -> Response {
+        match request {
+            Request::ListKeys { after, .. } => Response::Keys(KeyPage {
+                keys: Vec::new(),
+                next: Some(format!("{}a", after.as_deref().unwrap_or(""))),
+            }),
+            other => paging_daemon(other),
+        }
+    }
+
     /// `list_keys` against `daemon`, given 10 seconds to return.
     fn list_keys_within_10s(daemon: &Fake) -> Result<Vec<KeyInfo>, ClientError> {
         let path = daemon.path.clone();
@@ -959,6 +973,18 @@ pub(crate) mod tests {
         assert!(
             matches!(&err, ClientError::ListCursorStuck { after: None, last: Some(last), next }
                 if last == "b" && next == "a"),
+            "{err:?}"
+        );
+        assert_eq!(daemon.seen().len(), 1, "refused at the first page");
+    }
+
+    #[test]
+    fn list_keys_refuses_an_empty_page_that_points_further() {
+        let daemon = Fake::start(2, empty_pages_moving_on);
+        let err = list_keys_within_10s(&daemon).unwrap_err();
+        assert!(
+            matches!(&err, ClientError::ListCursorStuck { after: None, last: None, next }
+                if next == "a"),
             "{err:?}"
         );
         assert_eq!(daemon.seen().len(), 1, "refused at the first page");
