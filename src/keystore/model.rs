@@ -220,11 +220,6 @@ impl Keys {
         self.by_id.get(&id)
     }
 
-    /// Every key, sorted by name.
-    pub fn sorted(&self) -> Vec<&Arc<Key>> {
-        self.by_name.values().collect()
-    }
-
     /// The keys named after `after` (all, with `None`), in name order,
     /// found without walking the ones before: a page of `ListKeys` costs
     /// its own size, not the store's.
