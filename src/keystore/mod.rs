@@ -26,7 +26,9 @@ mod error;
 mod kek;
 mod loader;
 mod model;
+mod rollback;
 mod sealing;
+mod secrets_shim;
 #[cfg(test)]
 mod tests;
 mod writers;
@@ -42,6 +44,11 @@ pub use entropy::{EntropySource, TpmEntropy};
 pub use error::StoreError;
 pub use kek::Kek;
 pub use model::{Key, Keys, Version, check_name};
+pub use rollback::{
+    MAX_CATCH_UP, RollbackAccepted, RollbackError, RollbackRow, RollbackStart, RollbackState,
+    key_set_digest,
+};
+pub use secrets_shim::SecretName;
 
 use db::{Database, DbError};
 use sealing::StoreSecrets;
@@ -54,6 +61,12 @@ pub const RESERVATION_STEP: u64 = 1 << 14;
 struct Writer {
     db: Database,
     secrets: StoreSecrets,
+    /// The store's binding to its TPM counter; `None` until bound.
+    rollback: Option<rollback::RollbackRow>,
+    /// Whether the store was created by this open.
+    fresh: bool,
+    /// Opened for `accept-rollback`: why a start would have refused it.
+    rollback_problem: String,
 }
 
 /// The key store.
@@ -63,6 +76,8 @@ pub struct KeyStore {
     /// TPM randomness for new KEKs, taken before the writer lock.
     entropy: Arc<dyn EntropySource>,
     path: PathBuf,
+    /// The binding to the TPM counter, and the increments pending.
+    rollback: rollback::Rollback,
 }
 
 impl std::fmt::Debug for KeyStore {

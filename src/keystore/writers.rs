@@ -14,7 +14,9 @@ use zeroize::Zeroizing;
 
 use super::db::{self, VersionRow};
 use super::sealing::{KEK_LEN, SEALED_KEK_LEN};
-use super::{Kek, Key, KeyStore, Keys, RESERVATION_STEP, StoreError, Version, Writer, check_name};
+use super::{
+    Kek, Key, KeyStore, Keys, RESERVATION_STEP, StoreError, Version, Writer, check_name, rollback,
+};
 use crate::envelope::KeyId;
 
 fn now() -> u64 {
@@ -33,12 +35,16 @@ fn random<const N: usize>() -> Result<Zeroizing<[u8; N]>, StoreError> {
 
 impl KeyStore {
     /// Writes `key`'s row and `versions`' rows in one durable transaction,
-    /// then publishes `key` in a new snapshot.
+    /// with the store's rollback binding (`S + 1` when the change
+    /// `reduces_access`, and the digest of the new snapshot), then publishes
+    /// `key` in a new snapshot. The TPM counter is counted up afterwards,
+    /// in the background.
     fn commit(
         &self,
         writer: &mut Writer,
         key: Key,
         versions: &[&Version],
+        reduces_access: bool,
     ) -> Result<Arc<Key>, StoreError> {
         let key_row = key.row();
         let key_mac = writer.secrets.row_mac(&key_row.canonical());
@@ -50,6 +56,10 @@ impl KeyStore {
                 (row, mac)
             })
             .collect();
+        let key = Arc::new(key);
+        let mut next = Keys::clone(&self.keys.load());
+        next.insert(Arc::clone(&key));
+        let rollback = Self::next_rollback_row(writer, &next, reduces_access);
         writer
             .db
             .transaction(|tx| {
@@ -57,13 +67,17 @@ impl KeyStore {
                 for (row, mac) in &version_rows {
                     db::put_version(tx, row, mac)?;
                 }
+                if let Some((_, text)) = &rollback {
+                    rollback::put_row(tx, text)?;
+                }
                 Ok(())
             })
             .map_err(|e| self.db_error(e))?;
-        let key = Arc::new(key);
-        let mut next = Keys::clone(&self.keys.load());
-        next.insert(Arc::clone(&key));
         self.keys.store(Arc::new(next));
+        if let Some((row, _)) = rollback {
+            writer.rollback = Some(row);
+            self.rollback.record(&row);
+        }
         Ok(key)
     }
 
@@ -140,7 +154,7 @@ impl KeyStore {
             min_decryption_version: 1,
             versions: vec![Arc::clone(&version)],
         };
-        self.commit(&mut writer, key, &[&version])
+        self.commit(&mut writer, key, &[&version], false)
     }
 
     /// Adds a new latest version to key `name`.
@@ -194,7 +208,7 @@ impl KeyStore {
         )?);
         let mut next = key.clone();
         next.versions.push(Arc::clone(&version));
-        self.commit(writer, next, &[&version])
+        self.commit(writer, next, &[&version], false)
     }
 
     /// Revokes version `version` of key `name`, or with `None` the whole key.
@@ -265,7 +279,7 @@ impl KeyStore {
             }
         }
         let rows: Vec<&Version> = changed.iter().map(Arc::as_ref).collect();
-        self.commit(&mut writer, next, &rows).map(Some)
+        self.commit(&mut writer, next, &rows, true).map(Some)
     }
 
     /// Disables (`enabled == false`) or enables key `name`.
@@ -282,7 +296,7 @@ impl KeyStore {
         }
         let mut next = Key::clone(&key);
         next.state = state;
-        self.commit(&mut writer, next, &[])
+        self.commit(&mut writer, next, &[], !enabled)
     }
 
     /// Makes versions below `version` of key `name` refuse to unwrap.
@@ -301,8 +315,10 @@ impl KeyStore {
             )));
         }
         let mut next = Key::clone(&key);
+        // Raising it takes access away; lowering it gives access back.
+        let reduces_access = version > key.min_decryption_version;
         next.min_decryption_version = version;
-        self.commit(&mut writer, next, &[])
+        self.commit(&mut writer, next, &[], reduces_access)
     }
 
     /// Persists a reservation covering `count` encryptions of `version` of

@@ -4,12 +4,17 @@
 //! older keystore.db, a deleted key and a missing counter, and catching up
 //! on increments a hung TPM held back.
 
+use std::fs;
+use std::process::{Command, Output};
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
+use agent_proto::EncryptionContext;
 use hostkms::tpm::{NV_COUNTER_FIRST, NvCounterError, Tcti, Tpm};
 
-use crate::harness::Swtpm;
+use crate::harness::process::output_feeding;
 use crate::harness::tpm2_tools::tpm2;
+use crate::harness::{Daemon, DaemonConfig, DaemonFiles, HOSTKMSD, Harness, Swtpm, sqlite, text};
 
 fn open(tpm: &Swtpm) -> Tpm {
     Tpm::open(&Tcti::from_str(&tpm.tcti()).expect("TCTI")).expect("open the TPM")
@@ -132,4 +137,241 @@ fn a_new_counter_starts_where_the_tpm_says_not_at_zero() {
     let (again, later) = open(&swtpm).nv_counter_define(&[2u8; 32]).expect("define");
     assert_eq!(again, index);
     assert!(later >= first + 3, "{later} < {}", first + 3);
+}
+
+/// Runs `hostkmsd accept-rollback --config FILE`; returns its output.
+fn accept_rollback(files: &DaemonFiles) -> Output {
+    let config = files.config.to_str().expect("config path");
+    let mut command = Command::new(HOSTKMSD);
+    command
+        .args(["accept-rollback", "--config", config])
+        .env("HOSTKMS_LOG", "info")
+        .env("HOSTKMS_LOG_TARGET", "stderr");
+    output_feeding(command, b"", "hostkmsd accept-rollback")
+}
+
+/// A start that must be refused; returns the daemon's log.
+fn refused_start(files: &DaemonFiles) -> String {
+    match Daemon::start(files) {
+        Ok(daemon) => panic!("hostkmsd started: {}", daemon.log()),
+        Err(log) => log,
+    }
+}
+
+fn stop(daemon: Daemon) -> String {
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    log
+}
+
+fn context() -> EncryptionContext {
+    EncryptionContext::new()
+}
+
+#[test]
+fn an_older_keystore_put_back_is_refused_until_accepted() {
+    let Harness {
+        tpm: _tpm,
+        files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
+    let mut client = daemon.client();
+    client.create_key("k").expect("create");
+    let old = client.wrap("k", b"old secret", &context()).expect("wrap");
+    client.rotate("k").expect("rotate");
+    stop(daemon);
+    let copy = files.root.path().join("keystore.db.copy");
+    fs::copy(files.state_file("keystore.db"), &copy).expect("copy the store");
+
+    let daemon = Daemon::start(&files).expect("start");
+    daemon
+        .client()
+        .revoke("k", Some(1))
+        .expect("revoke version 1");
+    assert!(
+        daemon
+            .client()
+            .unwrap(old.ciphertext.as_bytes(), &context(), None)
+            .is_err()
+    );
+    stop(daemon);
+
+    fs::copy(&copy, files.state_file("keystore.db")).expect("put the old store back");
+    let log = refused_start(&files);
+    assert!(log.contains("a rollback was detected"), "{log}");
+    assert!(log.contains("records counter"), "{log}");
+    assert!(
+        log.contains("hostkmsd accept-rollback --config FILE"),
+        "{log}"
+    );
+    // Refused again: nothing changed by the refusal.
+    let log = refused_start(&files);
+    assert!(log.contains("a rollback was detected"), "{log}");
+
+    let output = accept_rollback(&files);
+    let stdout = text(&output.stdout);
+    let stderr = text(&output.stderr);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("accepted"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "the store recorded 1, the TPM is at 2 (an older copy of the store: a rollback)"
+        ),
+        "says what it accepts: {stdout}"
+    );
+    assert!(
+        stdout.contains("\"k\" (enabled") && stdout.contains("live versions [1, 2]"),
+        "says the revoked version is live again: {stdout}"
+    );
+    assert!(stderr.contains("accept-rollback:"), "audited: {stderr}");
+
+    let daemon = Daemon::start(&files).expect("starts once accepted");
+    let opened = daemon
+        .client()
+        .unwrap(old.ciphertext.as_bytes(), &context(), None)
+        .expect("the accepted copy has version 1 live");
+    assert_eq!(opened.plaintext.expose(), b"old secret");
+    // Revoked again, and the binding goes on from the accepted value.
+    daemon.client().revoke("k", Some(1)).expect("revoke again");
+    stop(daemon);
+    let daemon = Daemon::start(&files).expect("restart");
+    assert!(
+        daemon
+            .client()
+            .unwrap(old.ciphertext.as_bytes(), &context(), None)
+            .is_err()
+    );
+}
+
+#[test]
+fn a_deleted_key_or_a_replayed_row_is_refused() {
+    let Harness {
+        tpm: _tpm,
+        files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
+    let mut client = daemon.client();
+    client.create_key("kept").expect("create");
+    client.create_key("gone").expect("create");
+    client.rotate("kept").expect("rotate");
+    stop(daemon);
+    let db = files.state_file("keystore.db");
+    let copy = files.root.path().join("keystore.db.copy");
+    fs::copy(&db, &copy).expect("copy the store");
+
+    // A key's rows deleted (re-MACing is impossible without the root key).
+    sqlite(
+        &db,
+        "DELETE FROM versions WHERE key_id = (SELECT id FROM keys WHERE name = 'gone');
+         DELETE FROM keys WHERE name = 'gone';",
+    );
+    let log = refused_start(&files);
+    assert!(
+        log.contains("a key or version was deleted or replayed"),
+        "{log}"
+    );
+
+    // A revoked version's older row put back.
+    fs::copy(&copy, &db).expect("the whole store back");
+    let daemon = Daemon::start(&files).expect("start");
+    daemon.client().revoke("kept", Some(1)).expect("revoke");
+    stop(daemon);
+    sqlite(
+        &db,
+        &format!(
+            "ATTACH '{}' AS old;
+             INSERT OR REPLACE INTO versions SELECT * FROM old.versions
+               WHERE key_id = (SELECT id FROM keys WHERE name = 'kept') AND version = 1;",
+            copy.display()
+        ),
+    );
+    let log = refused_start(&files);
+    assert!(
+        log.contains("a key or version was deleted or replayed"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_missing_counter_is_refused_and_not_defined_again() {
+    let Harness { tpm, files, daemon } = Harness::start(DaemonConfig::new());
+    daemon.client().create_key("k").expect("create");
+    stop(daemon);
+    let index = format!("{NV_COUNTER_FIRST:#x}");
+    tpm2(tpm.port, "tpm2_nvundefine", &["-C", "o", &index]);
+
+    let log = refused_start(&files);
+    assert!(log.contains("has no NV index 0x01004b00"), "{log}");
+    assert!(log.contains("accept-rollback"), "{log}");
+    let defined = text(&tpm2(tpm.port, "tpm2_getcap", &["handles-nv-index"]));
+    assert!(!defined.contains("0x1004B00"), "defined again: {defined}");
+
+    let output = accept_rollback(&files);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    assert!(stdout.contains("bound to a new counter"), "{stdout}");
+    let daemon = Daemon::start(&files).expect("starts once accepted");
+    daemon.client().describe_key("k").expect("the key is there");
+}
+
+#[test]
+fn the_first_value_is_the_tpms_and_a_crash_before_the_increment_is_caught_up() {
+    let tpm = Swtpm::start();
+    // Another counter on the TPM, counted up and deleted: the store's
+    // counter starts at the highest value any counter had, not at 0 or 1.
+    let other = "0x1500100";
+    tpm2(
+        tpm.port,
+        "tpm2_nvdefine",
+        &[
+            "-C",
+            "o",
+            "-s",
+            "8",
+            "-a",
+            "ownerread|ownerwrite|nt=counter",
+            other,
+        ],
+    );
+    for _ in 0..6 {
+        tpm2(tpm.port, "tpm2_nvincrement", &["-C", "o", other]);
+    }
+    tpm2(tpm.port, "tpm2_nvundefine", &["-C", "o", other]);
+
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new().tpm_timeout_secs(3));
+    let daemon = Daemon::start(&files).expect("start");
+    let log = daemon.log();
+    let first: u64 = log
+        .split("counter=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the log names the first value: {log}"));
+    assert!(first >= 6, "started at {first}: {log}");
+    let mut client = daemon.client();
+    client.create_key("k").expect("create");
+    client.rotate("k").expect("rotate");
+
+    // The TPM hangs; the revocation is committed and answered at once, its
+    // increment waits; then the daemon dies before the TPM answers.
+    tpm.pause();
+    let started = Instant::now();
+    client
+        .revoke("k", Some(1))
+        .expect("revoke with the TPM hung");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(daemon);
+    tpm.resume();
+
+    let daemon = Daemon::start(&files).expect("a store one ahead starts");
+    let log = daemon.log();
+    assert!(log.contains("brought it level"), "{log}");
+    stop(daemon);
+    let daemon = Daemon::start(&files).expect("and is level after");
+    let log = daemon.log();
+    assert!(log.contains("matches its TPM rollback counter"), "{log}");
 }

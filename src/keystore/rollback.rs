@@ -1,0 +1,788 @@
+//! Rollback-proof revocation: the key store bound to a TPM NV counter.
+//!
+//! The store records, in one row of `meta` MACed under the root key, the
+//! NV index of its counter ([`crate::tpm::NV_COUNTER_FIRST`]..), the value
+//! `S` the counter must have, and a digest of every key's id, state and
+//! minimum decryption version and every version's number and state. Every
+//! change writes the row in its own transaction: a change that takes access
+//! away (revoke, disable, minimum decryption version) with `S + 1`, every
+//! other change with `S` and the new digest. After the commit, and never
+//! under the writer lock or before the client's answer, a background thread
+//! counts the TPM's counter up to `S` (read first, so never past it); while
+//! the TPM is away the increments are pending, shown in `Status`.
+//!
+//! At start, after the rows are verified: a digest that does not match the
+//! rows (a key or version deleted, or an older row put back) is refused by
+//! the loader; then the counter `T` is read. `S == T`: fine. `S > T`:
+//! increments a crash or a hung TPM held back, caught up (at most
+//! [`MAX_CATCH_UP`]). `S < T`: an older copy of the store was put back,
+//! refused until an operator runs `hostkmsd accept-rollback`. A counter
+//! that is missing, has other attributes or refuses the store's
+//! authorization value is refused, never defined again silently.
+//!
+//! The counter's authorization value is 32 random bytes kept as the sealed
+//! secret [`SecretName::RollbackAuth`], so no other process with access to
+//! the TPM can count it up and lock the daemon out.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
+
+use rand::TryRng;
+use rusqlite::Transaction;
+use sha2::{Digest as _, Sha256};
+use zeroize::Zeroizing;
+
+use super::db::DbError;
+use super::sealing::StoreSecrets;
+use super::{KeyStore, Keys, SecretName, StoreError};
+use crate::tpm::{NV_AUTH_LEN, NvCounterError, Tcti, Tpm, TpmWorker};
+
+/// The `meta` row that holds the binding.
+pub(super) const ROLLBACK_META: &str = "rollback";
+
+/// The most increments a start catches up on; a store further ahead of its
+/// counter than this is refused (no crash or TPM outage leaves so many).
+pub const MAX_CATCH_UP: u64 = 1024;
+
+/// The binding as recorded in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RollbackRow {
+    /// The NV index of the store's counter.
+    pub index: u32,
+    /// The value the counter must have: `S`.
+    pub counter: u64,
+    /// The digest of every key and version ([`key_set_digest`]).
+    pub digest: [u8; 32],
+}
+
+impl RollbackRow {
+    /// The bytes the row's MAC covers.
+    fn canonical(&self) -> Vec<u8> {
+        let mut out = b"hostkms rollback row v1".to_vec();
+        out.extend_from_slice(&self.index.to_be_bytes());
+        out.extend_from_slice(&self.counter.to_be_bytes());
+        out.extend_from_slice(&self.digest);
+        out
+    }
+
+    /// The row as stored in `meta`: "1 INDEX COUNTER DIGEST MAC", hex but
+    /// for the counter, MACed under the root key.
+    pub(super) fn encode(&self, secrets: &StoreSecrets) -> String {
+        format!(
+            "1 {:08x} {} {} {}",
+            self.index,
+            self.counter,
+            hex(&self.digest),
+            hex(&secrets.row_mac(&self.canonical()))
+        )
+    }
+
+    /// Reads a stored row and checks its MAC.
+    pub(super) fn decode(text: &str, secrets: &StoreSecrets) -> Result<RollbackRow, String> {
+        let fields: Vec<&str> = text.split(' ').collect();
+        let [version, index, counter, digest, mac] = fields.as_slice() else {
+            return Err(format!("has {} fields, not 5", fields.len()));
+        };
+        if *version != "1" {
+            return Err(format!(
+                "has format {version:?}, which this hostkmsd does not read"
+            ));
+        }
+        let index = u32::from_str_radix(index, 16).map_err(|_| "has a bad NV index".to_string())?;
+        let counter = counter
+            .parse::<u64>()
+            .map_err(|_| "has a bad counter value".to_string())?;
+        let digest: [u8; 32] = unhex(digest)
+            .and_then(|d| d.try_into().ok())
+            .ok_or_else(|| "has a bad digest".to_string())?;
+        let mac = unhex(mac).ok_or_else(|| "has a bad MAC".to_string())?;
+        let row = RollbackRow {
+            index,
+            counter,
+            digest,
+        };
+        if !secrets.row_mac_matches(&row.canonical(), &mac) {
+            return Err("fails authentication under the root key".to_string());
+        }
+        Ok(row)
+    }
+}
+
+/// Lower-case hex.
+pub(super) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Bytes from hex; `None` for anything else.
+pub(super) fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// SHA-256 over every key, in id order: its id, state and minimum
+/// decryption version, and each version's number and state. A deleted key
+/// or version, or an older row put back (a revoked version live again, a
+/// disabled key enabled, a lower minimum version), changes it.
+pub fn key_set_digest(keys: &Keys) -> [u8; 32] {
+    let mut ids: Vec<_> = keys.by_id.keys().copied().collect();
+    ids.sort_by_key(|id| id.0);
+    let mut hash = Sha256::new();
+    hash.update(b"hostkms key set v1");
+    hash.update((ids.len() as u64).to_be_bytes());
+    for id in ids {
+        let Some(key) = keys.by_id(id) else { continue };
+        hash.update(key.id.0);
+        hash.update([key.row().state]);
+        hash.update(key.min_decryption_version.to_be_bytes());
+        hash.update(key.latest_version().to_be_bytes());
+        for version in &key.versions {
+            hash.update(version.number.to_be_bytes());
+            hash.update([u8::from(version.is_revoked())]);
+        }
+    }
+    hash.finalize().into()
+}
+
+/// Why the store's binding to its counter refuses the start.
+#[derive(Debug, thiserror::Error)]
+pub enum RollbackError {
+    /// The counter is ahead of the store: an older copy was put back.
+    #[error(
+        "a rollback was detected: {path} records counter {store} but the TPM's NV counter {index:#010x} is at {tpm}; an older copy of the state dir was put back, which may bring revoked keys back. If you restored an old backup on purpose, run `hostkmsd accept-rollback --config FILE` (service stopped): it accepts this copy as it is, and every version revoked after the copy was taken is live again until you revoke it again. Otherwise put the newest keystore.db back"
+    )]
+    Behind {
+        /// The key store file.
+        path: String,
+        /// The NV index.
+        index: u32,
+        /// `S`, recorded in the store.
+        store: u64,
+        /// `T`, read from the TPM.
+        tpm: u64,
+    },
+    /// The rows do not match the recorded digest.
+    #[error(
+        "a deletion or rollback was detected: the keys and versions in {path} do not match the digest recorded with them; a key or version was deleted or replayed (an older row put back). Put the newest keystore.db back; if you want this store as it is, run `hostkmsd accept-rollback --config FILE` (service stopped)"
+    )]
+    Digest {
+        /// The key store file.
+        path: String,
+    },
+    /// The row itself is damaged or forged.
+    #[error(
+        "{path}: the rollback binding {detail}; the key store was changed outside hostkms. Put the newest keystore.db back, or run `hostkmsd accept-rollback --config FILE` (service stopped) to bind this store again"
+    )]
+    Row {
+        /// The key store file.
+        path: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The store is much further ahead of its counter than any crash leaves it.
+    #[error(
+        "{path} records counter {store} but the TPM's NV counter {index:#010x} is at {tpm}: more than {MAX_CATCH_UP} increments behind, which no crash or TPM outage explains; the counter was probably replaced. Check the TPM, then run `hostkmsd accept-rollback --config FILE` (service stopped) to bind this store again"
+    )]
+    FarAhead {
+        /// The key store file.
+        path: String,
+        /// The NV index.
+        index: u32,
+        /// `S`.
+        store: u64,
+        /// `T`.
+        tpm: u64,
+    },
+    /// The store is bound but its counter's authorization value is gone.
+    #[error(
+        "{path} is bound to NV counter {index:#010x} but holds no authorization value for it; the key store was changed outside hostkms. Put the newest keystore.db back, or run `hostkmsd accept-rollback --config FILE` (service stopped) to bind this store to a new counter"
+    )]
+    AuthMissing {
+        /// The key store file.
+        path: String,
+        /// The NV index.
+        index: u32,
+    },
+    /// The counter cannot be used as it is.
+    #[error(
+        "{path}: {source}. Run `hostkmsd accept-rollback --config FILE` (service stopped) to bind this store to a new counter, once you are sure the store is the newest (a rollback would go unnoticed)"
+    )]
+    Counter {
+        /// The key store file.
+        path: String,
+        /// What is wrong with the counter.
+        source: NvCounterError,
+    },
+    /// The TPM could not be asked.
+    #[error("{path}: cannot check the key store's rollback counter: {source}")]
+    Tpm {
+        /// The key store file.
+        path: String,
+        /// The TPM failure.
+        source: NvCounterError,
+    },
+}
+
+/// What [`KeyStore::rollback_status`] reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RollbackState {
+    /// Whether the store is bound to a counter.
+    pub bound: bool,
+    /// The counter's NV index (0 when unbound).
+    pub nv_index: u32,
+    /// `S`: the value the counter must reach.
+    pub store_counter: u64,
+    /// Increments committed but not yet made in the TPM.
+    pub pending_increments: u64,
+}
+
+/// What the start check did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RollbackStart {
+    /// A new store, or one from before the binding, bound to a new counter.
+    Bound {
+        /// The new counter's index.
+        index: u32,
+        /// Its first value.
+        counter: u64,
+        /// Whether the store existed already (it had no binding).
+        existing: bool,
+    },
+    /// The store and its counter agree.
+    Level {
+        /// The index.
+        index: u32,
+        /// The value.
+        counter: u64,
+    },
+    /// The counter was behind (crash after a commit) and was brought level.
+    CaughtUp {
+        /// The index.
+        index: u32,
+        /// The counter's value before.
+        from: u64,
+        /// Its value now.
+        to: u64,
+    },
+}
+
+/// What `accept-rollback` accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollbackAccepted {
+    /// The binding found in the store, if it was readable.
+    pub previous: Option<RollbackRow>,
+    /// Why the store was refused (empty: it was not).
+    pub problem: String,
+    /// The counter's index now.
+    pub index: u32,
+    /// The counter's value now, recorded as the store's.
+    pub counter: u64,
+    /// Whether a new counter was defined (the old one was unusable).
+    pub new_counter: bool,
+}
+
+/// The live binding, shared with the catch-up thread.
+#[derive(Debug, Default)]
+pub(super) struct Rollback {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    bound: AtomicBool,
+    index: AtomicU32,
+    /// `S`.
+    target: AtomicU64,
+    /// The counter's last known value `T`.
+    level: AtomicU64,
+    /// Whether the catch-up thread runs; wakes it.
+    running: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl Rollback {
+    /// Records the binding as the store's row says (at open and after each change).
+    pub(super) fn record(&self, row: &RollbackRow) {
+        let shared = &self.shared;
+        shared.index.store(row.index, Ordering::SeqCst);
+        shared.target.fetch_max(row.counter, Ordering::SeqCst);
+        shared.bound.store(true, Ordering::SeqCst);
+        let _guard = shared
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        shared.wake.notify_all();
+    }
+
+    fn state(&self) -> RollbackState {
+        let shared = &self.shared;
+        let target = shared.target.load(Ordering::SeqCst);
+        RollbackState {
+            bound: shared.bound.load(Ordering::SeqCst),
+            nv_index: shared.index.load(Ordering::SeqCst),
+            store_counter: target,
+            pending_increments: target.saturating_sub(shared.level.load(Ordering::SeqCst)),
+        }
+    }
+
+    /// Waits until no increment is pending, or `wait` has passed; returns
+    /// how many are still pending.
+    fn settle(&self, wait: Duration) -> u64 {
+        let shared = &self.shared;
+        let deadline = std::time::Instant::now() + wait;
+        let mut running = shared
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let pending = self.state().pending_increments;
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if pending == 0 || !*running || left.is_zero() {
+                return pending;
+            }
+            running = shared
+                .wake
+                .wait_timeout(running, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Starts the thread that counts the TPM's counter up to `S` after
+    /// each change that took access away; the counter is at `level`.
+    fn start_catch_up(
+        &self,
+        level: u64,
+        auth: Zeroizing<Vec<u8>>,
+        tpm: Arc<TpmWorker>,
+        timeout: Duration,
+    ) -> Result<(), std::io::Error> {
+        let shared = Arc::clone(&self.shared);
+        shared.level.store(level, Ordering::SeqCst);
+        let mut running = shared
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if *running {
+            return Ok(());
+        }
+        let thread = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("hostkmsd-nv".to_string())
+            .spawn(move || catch_up(&thread, &auth, &tpm, timeout))?;
+        *running = true;
+        Ok(())
+    }
+}
+
+/// Back-off between attempts while the TPM does not count.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// The catch-up thread: whenever the counter is below `S`, counts it up
+/// one at a time (each a TPM conversation that reads first, so never past
+/// `S`), retrying with back-off while the TPM is away.
+fn catch_up(shared: &Shared, auth: &Zeroizing<Vec<u8>>, tpm: &TpmWorker, timeout: Duration) {
+    let mut backoff = RETRY_FIRST;
+    let mut failing = false;
+    loop {
+        {
+            let mut running = shared
+                .running
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            while shared.level.load(Ordering::SeqCst) >= shared.target.load(Ordering::SeqCst) {
+                running = shared
+                    .wake
+                    .wait(running)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+        }
+        let index = shared.index.load(Ordering::SeqCst);
+        let target = shared.target.load(Ordering::SeqCst);
+        let auth = Zeroizing::new(auth.to_vec());
+        let result = tpm.call("counting the rollback counter up", timeout, move |tcti| {
+            Ok(Tpm::open(tcti)?.nv_counter_raise(index, &auth, target))
+        });
+        match result.map_err(NvCounterError::from).and_then(|r| r) {
+            Ok(value) => {
+                shared.level.fetch_max(value, Ordering::SeqCst);
+                {
+                    let _guard = shared
+                        .running
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    shared.wake.notify_all();
+                }
+                if failing {
+                    failing = false;
+                    tracing::warn!(
+                        nv_index = format_args!("{index:#010x}"),
+                        counter = value,
+                        "the TPM counts the rollback counter again"
+                    );
+                }
+                backoff = RETRY_FIRST;
+            }
+            Err(error) => {
+                if !failing {
+                    failing = true;
+                    tracing::error!(
+                        nv_index = format_args!("{index:#010x}"),
+                        pending = target.saturating_sub(shared.level.load(Ordering::SeqCst)),
+                        "cannot count the rollback counter up ({error}); revocations are in force, but their rollback protection waits until the TPM counts again. Retrying"
+                    );
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// 32 random bytes for a new counter's authorization value.
+fn new_auth() -> Result<Zeroizing<Vec<u8>>, StoreError> {
+    let mut bytes = Zeroizing::new(vec![0u8; NV_AUTH_LEN]);
+    rand::rngs::SysRng
+        .try_fill_bytes(bytes.as_mut_slice())
+        .map_err(|e| StoreError::Random(e.to_string()))?;
+    Ok(bytes)
+}
+
+/// Runs one counter conversation on the worker.
+fn on_tpm<T: Send + 'static>(
+    tpm: &TpmWorker,
+    what: &'static str,
+    timeout: Duration,
+    mut task: impl FnMut(&mut Tpm) -> Result<T, NvCounterError> + Send + 'static,
+) -> Result<T, NvCounterError> {
+    tpm.call(what, timeout, move |tcti: &Tcti| {
+        let mut open = Tpm::open(tcti)?;
+        Ok(task(&mut open))
+    })
+    .map_err(NvCounterError::from)
+    .and_then(|result| result)
+}
+
+/// Writes the binding row (outside a change: at start and at accept).
+fn write_row(store: &KeyStore, row: &RollbackRow) -> Result<(), StoreError> {
+    let mut writer = store.writer();
+    let text = row.encode(&writer.secrets);
+    writer
+        .db
+        .set_meta(ROLLBACK_META, &text)
+        .map_err(|e| store.db_error(e))?;
+    writer.rollback = Some(*row);
+    drop(writer);
+    store.rollback.record(row);
+    Ok(())
+}
+
+/// Writes the binding row inside a change's transaction.
+pub(super) fn put_row(tx: &Transaction<'_>, text: &str) -> Result<(), DbError> {
+    tx.execute(
+        "INSERT INTO meta (name, value) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        rusqlite::params![ROLLBACK_META, text],
+    )?;
+    Ok(())
+}
+
+impl KeyStore {
+    /// The binding's state, for `Status`.
+    pub fn rollback_status(&self) -> RollbackState {
+        self.rollback.state()
+    }
+
+    /// At a clean stop: waits at most `wait` for the increments still
+    /// pending, so a copy of the stopped store is protected; returns how
+    /// many are left (the next start catches those up).
+    pub fn settle_rollback_counter(&self, wait: Duration) -> u64 {
+        self.rollback.settle(wait)
+    }
+
+    /// The row a change writes: `S + 1` when it takes access away, and the
+    /// digest of `next`, the snapshot it publishes. `None` while unbound.
+    pub(super) fn next_rollback_row(
+        writer: &super::Writer,
+        next: &Keys,
+        reduces_access: bool,
+    ) -> Option<(RollbackRow, String)> {
+        let current = writer.rollback?;
+        let row = RollbackRow {
+            index: current.index,
+            counter: current.counter + u64::from(reduces_access),
+            digest: key_set_digest(next),
+        };
+        let text = row.encode(&writer.secrets);
+        Some((row, text))
+    }
+
+    /// Checks the store against its TPM counter at start (the digest was
+    /// checked when the store opened), binds a new or older store to a new
+    /// counter, brings a counter a crash left behind level, and starts the
+    /// thread that counts it up after each change that takes access away.
+    pub fn bind_rollback(
+        &self,
+        tpm: &Arc<TpmWorker>,
+        start_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<RollbackStart, StoreError> {
+        let path = self.path.display().to_string();
+        let tpm_error = |source| {
+            StoreError::Rollback(RollbackError::Tpm {
+                path: path.clone(),
+                source,
+            })
+        };
+        let (row, fresh) = {
+            let writer = self.writer();
+            (writer.rollback, writer.fresh)
+        };
+        let Some(row) = row else {
+            let auth = new_auth()?;
+            self.put_secret(SecretName::RollbackAuth, &auth)?;
+            let define_auth = Zeroizing::new(auth.to_vec());
+            let (index, counter) = on_tpm(
+                tpm,
+                "defining the rollback counter",
+                start_timeout,
+                move |open| open.nv_counter_define(&define_auth),
+            )
+            .map_err(|source| match source {
+                NvCounterError::Tpm(_) => tpm_error(source),
+                other => StoreError::Rollback(RollbackError::Counter {
+                    path: path.clone(),
+                    source: other,
+                }),
+            })?;
+            let digest = key_set_digest(&self.keys());
+            write_row(
+                self,
+                &RollbackRow {
+                    index,
+                    counter,
+                    digest,
+                },
+            )?;
+            self.start_catch_up(counter, auth, tpm, timeout)?;
+            return Ok(RollbackStart::Bound {
+                index,
+                counter,
+                existing: !fresh,
+            });
+        };
+        let auth = self.secret(SecretName::RollbackAuth)?.ok_or_else(|| {
+            StoreError::Rollback(RollbackError::AuthMissing {
+                path: path.clone(),
+                index: row.index,
+            })
+        })?;
+        let counter_error = |source: NvCounterError| match source {
+            NvCounterError::Tpm(_) => tpm_error(source),
+            other => StoreError::Rollback(RollbackError::Counter {
+                path: path.clone(),
+                source: other,
+            }),
+        };
+        let index = row.index;
+        let read_auth = Zeroizing::new(auth.to_vec());
+        let tpm_value = on_tpm(
+            tpm,
+            "reading the rollback counter",
+            start_timeout,
+            move |open| open.nv_counter_read(index, &read_auth),
+        )
+        .map_err(counter_error)?;
+        let started = if row.counter == tpm_value {
+            RollbackStart::Level {
+                index,
+                counter: tpm_value,
+            }
+        } else if row.counter < tpm_value {
+            return Err(StoreError::Rollback(RollbackError::Behind {
+                path,
+                index,
+                store: row.counter,
+                tpm: tpm_value,
+            }));
+        } else if row.counter - tpm_value > MAX_CATCH_UP {
+            return Err(StoreError::Rollback(RollbackError::FarAhead {
+                path,
+                index,
+                store: row.counter,
+                tpm: tpm_value,
+            }));
+        } else {
+            let mut value = tpm_value;
+            while value < row.counter {
+                let raise_auth = Zeroizing::new(auth.to_vec());
+                let target = row.counter;
+                value = on_tpm(
+                    tpm,
+                    "bringing the rollback counter level",
+                    start_timeout,
+                    move |open| open.nv_counter_raise(index, &raise_auth, target),
+                )
+                .map_err(counter_error)?;
+            }
+            RollbackStart::CaughtUp {
+                index,
+                from: tpm_value,
+                to: value,
+            }
+        };
+        self.start_catch_up(row.counter, auth, tpm, timeout)?;
+        Ok(started)
+    }
+
+    fn start_catch_up(
+        &self,
+        level: u64,
+        auth: Zeroizing<Vec<u8>>,
+        tpm: &Arc<TpmWorker>,
+        timeout: Duration,
+    ) -> Result<(), StoreError> {
+        self.rollback
+            .start_catch_up(level, auth, Arc::clone(tpm), timeout)
+            .map_err(|e| {
+                StoreError::Random(format!("cannot start the rollback counter's thread: {e}"))
+            })
+    }
+
+    /// Accepts the store as it is (`hostkmsd accept-rollback`): records the
+    /// counter's current value and the digest of the rows as they are, or
+    /// binds the store to a new counter when its own is missing, not
+    /// hostkms's, refuses the store's authorization value, or the store
+    /// had no binding. The store must have been opened with
+    /// [`KeyStore::open_accepting_rollback`].
+    pub fn accept_rollback(
+        &self,
+        tpm: &Arc<TpmWorker>,
+        timeout: Duration,
+    ) -> Result<RollbackAccepted, StoreError> {
+        let path = self.path.display().to_string();
+        let (previous, problem) = {
+            let writer = self.writer();
+            (writer.rollback, writer.rollback_problem.clone())
+        };
+        let auth = self.secret(SecretName::RollbackAuth)?;
+        let current = match (previous, auth) {
+            (Some(row), Some(auth)) => {
+                let index = row.index;
+                let read_auth = Zeroizing::new(auth.to_vec());
+                match on_tpm(tpm, "reading the rollback counter", timeout, move |open| {
+                    open.nv_counter_read(index, &read_auth)
+                }) {
+                    Ok(value) => Some((index, value)),
+                    Err(error @ NvCounterError::Tpm(_)) => {
+                        return Err(StoreError::Rollback(RollbackError::Tpm {
+                            path,
+                            source: error,
+                        }));
+                    }
+                    Err(error) => {
+                        tracing::warn!("{error}; binding the store to a new counter");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let (index, counter, new_counter) = match current {
+            Some((index, counter)) => (index, counter, false),
+            None => {
+                let auth = new_auth()?;
+                self.put_secret(SecretName::RollbackAuth, &auth)?;
+                let (index, counter) =
+                    on_tpm(tpm, "defining the rollback counter", timeout, move |open| {
+                        open.nv_counter_define(&auth)
+                    })
+                    .map_err(|source| {
+                        StoreError::Rollback(RollbackError::Counter {
+                            path: path.clone(),
+                            source,
+                        })
+                    })?;
+                (index, counter, true)
+            }
+        };
+        let digest = key_set_digest(&self.keys());
+        write_row(
+            self,
+            &RollbackRow {
+                index,
+                counter,
+                digest,
+            },
+        )?;
+        Ok(RollbackAccepted {
+            previous,
+            problem,
+            index,
+            counter,
+            new_counter,
+        })
+    }
+}
+
+/// The binding found at open: checked against the rows unless `accepting`.
+pub(super) struct LoadedBinding {
+    /// The row, when present and authentic.
+    pub row: Option<RollbackRow>,
+    /// In accept mode: why the start would have refused (empty if not).
+    pub problem: String,
+}
+
+/// Reads and checks the binding row at open: its MAC, then the digest of
+/// the loaded rows. With `accepting`, problems are returned, not raised.
+pub(super) fn load_binding(
+    path: &str,
+    text: Option<String>,
+    secrets: &StoreSecrets,
+    keys: &Keys,
+    accepting: bool,
+) -> Result<LoadedBinding, StoreError> {
+    let Some(text) = text else {
+        return Ok(LoadedBinding {
+            row: None,
+            problem: String::new(),
+        });
+    };
+    let error = match RollbackRow::decode(&text, secrets) {
+        Ok(row) if row.digest == key_set_digest(keys) => {
+            return Ok(LoadedBinding {
+                row: Some(row),
+                problem: String::new(),
+            });
+        }
+        Ok(row) => {
+            let error = RollbackError::Digest {
+                path: path.to_string(),
+            };
+            if accepting {
+                return Ok(LoadedBinding {
+                    row: Some(row),
+                    problem: error.to_string(),
+                });
+            }
+            error
+        }
+        Err(detail) => RollbackError::Row {
+            path: path.to_string(),
+            detail,
+        },
+    };
+    if accepting {
+        return Ok(LoadedBinding {
+            row: None,
+            problem: error.to_string(),
+        });
+    }
+    Err(StoreError::Rollback(error))
+}
