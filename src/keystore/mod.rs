@@ -18,17 +18,19 @@
 //! key-name rule), `error` ([`StoreError`]), `loader` (open and tamper
 //! verification), `writers` (every change), `db` (SQLite rows and their
 //! canonical encodings), `sealing` (the keys derived from the root key),
-//! `entropy` ([`EntropySource`] and the TPM reserve), `kek` (a KEK in memory).
+//! `entropy` ([`EntropySource`] and the TPM reserve), `kek` (a KEK in memory),
+//! `material` (keys in clear for recovery and transfer, the change sink,
+//! and the sealed secrets).
 
 mod db;
 mod entropy;
 mod error;
 mod kek;
 mod loader;
+mod material;
 mod model;
 mod rollback;
 mod sealing;
-mod secrets_shim;
 #[cfg(test)]
 mod tests;
 mod writers;
@@ -43,12 +45,11 @@ pub use entropy::TestEntropy;
 pub use entropy::{EntropySource, TpmEntropy};
 pub use error::StoreError;
 pub use kek::Kek;
+pub use material::{Change, ChangeSink, KeyMaterial, SecretName, VersionMaterial};
 pub use model::{Key, Keys, Version, check_name};
 pub use rollback::{
-    MAX_CATCH_UP, RollbackAccepted, RollbackError, RollbackRow, RollbackStart, RollbackState,
-    key_set_digest,
+    MAX_CATCH_UP, RollbackAccepted, RollbackError, RollbackRow, RollbackStart, key_set_digest,
 };
-pub use secrets_shim::SecretName;
 
 use db::{Database, DbError};
 use sealing::StoreSecrets;
@@ -67,6 +68,8 @@ struct Writer {
     fresh: bool,
     /// Opened for `accept-rollback`: why a start would have refused it.
     rollback_problem: String,
+    /// The `secrets` table, verified and still sealed, by name.
+    sealed: std::collections::BTreeMap<String, Vec<u8>>,
 }
 
 /// The key store.
@@ -75,6 +78,8 @@ pub struct KeyStore {
     writer: Mutex<Writer>,
     /// TPM randomness for new KEKs, taken before the writer lock.
     entropy: Arc<dyn EntropySource>,
+    /// Told of every change before it is answered (the recovery directory).
+    sink: std::sync::OnceLock<Arc<dyn ChangeSink>>,
     path: PathBuf,
     /// The binding to the TPM counter, and the increments pending.
     rollback: rollback::Rollback,

@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
+use agent_proto::RollbackStatus;
 use rand::TryRng;
 use rusqlite::Transaction;
 use sha2::{Digest as _, Sha256};
@@ -228,19 +229,6 @@ pub enum RollbackError {
     },
 }
 
-/// What [`KeyStore::rollback_status`] reports.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RollbackState {
-    /// Whether the store is bound to a counter.
-    pub bound: bool,
-    /// The counter's NV index (0 when unbound).
-    pub nv_index: u32,
-    /// `S`: the value the counter must reach.
-    pub store_counter: u64,
-    /// Increments committed but not yet made in the TPM.
-    pub pending_increments: u64,
-}
-
 /// What the start check did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RollbackStart {
@@ -319,10 +307,10 @@ impl Rollback {
         shared.wake.notify_all();
     }
 
-    fn state(&self) -> RollbackState {
+    fn state(&self) -> RollbackStatus {
         let shared = &self.shared;
         let target = shared.target.load(Ordering::SeqCst);
-        RollbackState {
+        RollbackStatus {
             bound: shared.bound.load(Ordering::SeqCst),
             nv_index: shared.index.load(Ordering::SeqCst),
             store_counter: target,
@@ -382,7 +370,7 @@ impl Rollback {
 
 /// Back-off between attempts while the TPM does not count.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
-const RETRY_MAX: Duration = Duration::from_secs(30);
+const RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// The catch-up thread: whenever the counter is below `S`, counts it up
 /// one at a time (each a TPM conversation that reads first, so never past
@@ -494,8 +482,9 @@ pub(super) fn put_row(tx: &Transaction<'_>, text: &str) -> Result<(), DbError> {
 }
 
 impl KeyStore {
-    /// The binding's state, for `Status`.
-    pub fn rollback_status(&self) -> RollbackState {
+    /// What `Status` says about rollback protection: the binding, and the
+    /// increments committed but not yet made in the TPM.
+    pub fn rollback_status(&self) -> RollbackStatus {
         self.rollback.state()
     }
 

@@ -15,7 +15,8 @@ use zeroize::Zeroizing;
 use super::db::{self, VersionRow};
 use super::sealing::{KEK_LEN, SEALED_KEK_LEN};
 use super::{
-    Kek, Key, KeyStore, Keys, RESERVATION_STEP, StoreError, Version, Writer, check_name, rollback,
+    Change, Kek, Key, KeyStore, Keys, RESERVATION_STEP, StoreError, Version, Writer, check_name,
+    rollback,
 };
 use crate::envelope::KeyId;
 
@@ -37,14 +38,15 @@ impl KeyStore {
     /// Writes `key`'s row and `versions`' rows in one durable transaction,
     /// with the store's rollback binding (`S + 1` when the change
     /// `reduces_access`, and the digest of the new snapshot), then publishes
-    /// `key` in a new snapshot. The TPM counter is counted up afterwards,
-    /// in the background.
-    fn commit(
+    /// `key` in a new snapshot, and tells the change sink (the recovery
+    /// directory) before returning, so before the answer. The TPM counter
+    /// is counted up afterwards, in the background.
+    pub(super) fn commit(
         &self,
         writer: &mut Writer,
         key: Key,
         versions: &[&Version],
-        reduces_access: bool,
+        change: Change,
     ) -> Result<Arc<Key>, StoreError> {
         let key_row = key.row();
         let key_mac = writer.secrets.row_mac(&key_row.canonical());
@@ -59,7 +61,7 @@ impl KeyStore {
         let key = Arc::new(key);
         let mut next = Keys::clone(&self.keys.load());
         next.insert(Arc::clone(&key));
-        let rollback = Self::next_rollback_row(writer, &next, reduces_access);
+        let rollback = Self::next_rollback_row(writer, &next, change.reduces_access());
         writer
             .db
             .transaction(|tx| {
@@ -78,6 +80,7 @@ impl KeyStore {
             writer.rollback = Some(row);
             self.rollback.record(&row);
         }
+        self.notify(writer, &key, change);
         Ok(key)
     }
 
@@ -154,7 +157,7 @@ impl KeyStore {
             min_decryption_version: 1,
             versions: vec![Arc::clone(&version)],
         };
-        self.commit(&mut writer, key, &[&version], false)
+        self.commit(&mut writer, key, &[&version], Change::Create)
     }
 
     /// Adds a new latest version to key `name`.
@@ -208,7 +211,7 @@ impl KeyStore {
         )?);
         let mut next = key.clone();
         next.versions.push(Arc::clone(&version));
-        self.commit(writer, next, &[&version], false)
+        self.commit(writer, next, &[&version], Change::Rotate)
     }
 
     /// Revokes version `version` of key `name`, or with `None` the whole key.
@@ -279,7 +282,8 @@ impl KeyStore {
             }
         }
         let rows: Vec<&Version> = changed.iter().map(Arc::as_ref).collect();
-        self.commit(&mut writer, next, &rows, true).map(Some)
+        self.commit(&mut writer, next, &rows, Change::Revoke)
+            .map(Some)
     }
 
     /// Disables (`enabled == false`) or enables key `name`.
@@ -296,7 +300,12 @@ impl KeyStore {
         }
         let mut next = Key::clone(&key);
         next.state = state;
-        self.commit(&mut writer, next, &[], !enabled)
+        let change = if enabled {
+            Change::Enable
+        } else {
+            Change::Disable
+        };
+        self.commit(&mut writer, next, &[], change)
     }
 
     /// Makes versions below `version` of key `name` refuse to unwrap.
@@ -315,10 +324,8 @@ impl KeyStore {
             )));
         }
         let mut next = Key::clone(&key);
-        // Raising it takes access away; lowering it gives access back.
-        let reduces_access = version > key.min_decryption_version;
         next.min_decryption_version = version;
-        self.commit(&mut writer, next, &[], reduces_access)
+        self.commit(&mut writer, next, &[], Change::MinDecryptionVersion)
     }
 
     /// Persists a reservation covering `count` encryptions of `version` of

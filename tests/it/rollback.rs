@@ -14,7 +14,9 @@ use hostkms::tpm::{NV_COUNTER_FIRST, NvCounterError, Tcti, Tpm};
 
 use crate::harness::process::output_feeding;
 use crate::harness::tpm2_tools::tpm2;
-use crate::harness::{Daemon, DaemonConfig, DaemonFiles, HOSTKMSD, Harness, Swtpm, sqlite, text};
+use crate::harness::{
+    Daemon, DaemonConfig, DaemonFiles, HOSTKMSD, Harness, Swtpm, cli, ok, sqlite, text,
+};
 
 fn open(tpm: &Swtpm) -> Tpm {
     Tpm::open(&Tcti::from_str(&tpm.tcti()).expect("TCTI")).expect("open the TPM")
@@ -349,6 +351,8 @@ fn the_first_value_is_the_tpms_and_a_crash_before_the_increment_is_caught_up() {
         .unwrap_or_else(|| panic!("the log names the first value: {log}"));
     assert!(first >= 6, "started at {first}: {log}");
     let mut client = daemon.client();
+    let status = client.status().expect("status").rollback;
+    assert!(status.bound && status.store_counter == first, "{status:?}");
     client.create_key("k").expect("create");
     client.rotate("k").expect("rotate");
 
@@ -374,4 +378,56 @@ fn the_first_value_is_the_tpms_and_a_crash_before_the_increment_is_caught_up() {
     let daemon = Daemon::start(&files).expect("and is level after");
     let log = daemon.log();
     assert!(log.contains("matches its TPM rollback counter"), "{log}");
+}
+
+#[test]
+fn a_revocation_answers_at_once_on_a_hung_tpm_and_its_increment_catches_up() {
+    let Harness { tpm, files, daemon } = Harness::start(DaemonConfig::new().tpm_timeout_secs(3));
+    let mut client = daemon.client();
+    client.create_key("k").expect("create");
+    client.rotate("k").expect("rotate");
+    let before = client.status().expect("status").rollback;
+    assert!(before.bound, "{before:?}");
+    assert_eq!(before.nv_index, NV_COUNTER_FIRST);
+    assert_eq!(before.pending_increments, 0, "{before:?}");
+
+    tpm.pause();
+    let started = Instant::now();
+    client
+        .revoke("k", Some(1))
+        .expect("revoke with the TPM hung");
+    client.disable("k").expect("disable with the TPM hung");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the revocation waited for the TPM: {:?}",
+        started.elapsed()
+    );
+    let during = client.status().expect("status").rollback;
+    assert_eq!(during.store_counter, before.store_counter + 2, "{during:?}");
+    assert_eq!(during.pending_increments, 2, "{during:?}");
+    let shown = text(&ok(cli(&files.socket, &["status"])));
+    assert!(shown.contains("2 increments pending"), "{shown}");
+
+    // Past the TPM deadline: the increment fails and is retried.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(client.status().expect("status").rollback.pending_increments, 2);
+    tpm.resume();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let now = client.status().expect("status").rollback;
+        if now.pending_increments == 0 {
+            assert_eq!(now.store_counter, during.store_counter);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never caught up: {now:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = stop(daemon);
+    assert!(log.contains("counts the rollback counter again"), "{log}");
+    let daemon = Daemon::start(&files).expect("restart");
+    assert!(
+        daemon.log().contains("matches its TPM rollback counter"),
+        "{}",
+        daemon.log()
+    );
 }
