@@ -199,6 +199,17 @@ pub enum RollbackError {
         /// `T`.
         tpm: u64,
     },
+    /// A store with keys but no binding, on a TPM that holds hostkms
+    /// counters: its binding may have been removed to hide a rollback.
+    #[error(
+        "{path} holds keys but has no rollback binding, while this TPM holds hostkms rollback counters ({indices}): the binding may have been removed from an older copy of the store to hide a rollback. If this store was made by a hostkms from before rollback protection (or you accept it as it is), run `hostkmsd accept-rollback --config FILE` (service stopped) to bind it; otherwise put the newest keystore.db back"
+    )]
+    Unbound {
+        /// The key store file.
+        path: String,
+        /// The hostkms counters the TPM holds.
+        indices: String,
+    },
     /// The store is bound but its counter's authorization value is gone.
     #[error(
         "{path} is bound to NV counter {index:#010x} but holds no authorization value for it; the key store was changed outside hostkms. Put the newest keystore.db back, or run `hostkmsd accept-rollback --config FILE` (service stopped) to bind this store to a new counter"
@@ -534,6 +545,26 @@ impl KeyStore {
             (writer.rollback, writer.fresh)
         };
         let Some(row) = row else {
+            // A store with keys and no binding is one from before rollback
+            // protection, or one whose binding was deleted to hide a
+            // rollback: the latter is refused where the TPM shows that
+            // hostkms bound a store to it. An empty store has nothing a
+            // rollback could bring back (a first start cut short after
+            // defining its counter included).
+            if !fresh && !self.keys().is_empty() {
+                let defined = on_tpm(tpm, "listing NV indices", start_timeout, |open| {
+                    open.nv_counters_defined()
+                })
+                .map_err(&tpm_error)?;
+                if !defined.is_empty() {
+                    let indices: Vec<String> =
+                        defined.iter().map(|i| format!("{i:#010x}")).collect();
+                    return Err(StoreError::Rollback(RollbackError::Unbound {
+                        path,
+                        indices: indices.join(", "),
+                    }));
+                }
+            }
             let auth = new_auth()?;
             self.put_secret(SecretName::RollbackAuth, &auth)?;
             let define_auth = Zeroizing::new(auth.to_vec());

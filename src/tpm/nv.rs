@@ -270,9 +270,9 @@ impl Tpm {
         Ok(u64::from_be_bytes(bytes))
     }
 
-    /// The first index of hostkms's range that is not defined, from the
-    /// TPM's list of NV indices.
-    fn nv_first_free(&mut self) -> Result<u32, NvCounterError> {
+    /// The indices of hostkms's range that are defined, from the TPM's
+    /// list of NV indices.
+    pub fn nv_counters_defined(&mut self) -> Result<Vec<u32>, NvCounterError> {
         let mut taken = Vec::new();
         let mut from = NV_COUNTER_FIRST;
         // At most 256 handles in the range; a TPM answers in pages.
@@ -309,6 +309,12 @@ impl Tpm {
             }
             from = last + 1;
         }
+        Ok(taken)
+    }
+
+    /// The first index of hostkms's range that is not defined.
+    fn nv_first_free(&mut self) -> Result<u32, NvCounterError> {
+        let taken = self.nv_counters_defined()?;
         (NV_COUNTER_FIRST..=NV_COUNTER_LAST)
             .find(|index| !taken.contains(index))
             .ok_or(NvCounterError::NoFreeIndex)

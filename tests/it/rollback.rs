@@ -410,7 +410,10 @@ fn a_revocation_answers_at_once_on_a_hung_tpm_and_its_increment_catches_up() {
 
     // Past the TPM deadline: the increment fails and is retried.
     std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(client.status().expect("status").rollback.pending_increments, 2);
+    assert_eq!(
+        client.status().expect("status").rollback.pending_increments,
+        2
+    );
     tpm.resume();
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
@@ -430,4 +433,35 @@ fn a_revocation_answers_at_once_on_a_hung_tpm_and_its_increment_catches_up() {
         "{}",
         daemon.log()
     );
+}
+
+#[test]
+fn an_older_copy_with_its_binding_removed_is_refused() {
+    let Harness {
+        tpm: _tpm,
+        files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
+    let mut client = daemon.client();
+    client.create_key("k").expect("create");
+    client.rotate("k").expect("rotate");
+    stop(daemon);
+    let db = files.state_file("keystore.db");
+    let copy = files.root.path().join("keystore.db.copy");
+    fs::copy(&db, &copy).expect("copy the store");
+    let daemon = Daemon::start(&files).expect("start");
+    daemon.client().revoke("k", Some(1)).expect("revoke");
+    stop(daemon);
+
+    // The older copy, its binding row deleted so that it looks like a
+    // store from before rollback protection.
+    fs::copy(&copy, &db).expect("put the old store back");
+    sqlite(&db, "DELETE FROM meta WHERE name = 'rollback';");
+    let log = refused_start(&files);
+    assert!(log.contains("has no rollback binding"), "{log}");
+    assert!(log.contains("0x01004b00"), "{log}");
+
+    let output = accept_rollback(&files);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    Daemon::start(&files).expect("starts once accepted");
 }
