@@ -806,3 +806,234 @@ pub(super) fn load_binding(
     }
     Err(StoreError::Rollback(error))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use rusqlite::Connection;
+
+    use super::*;
+    use crate::keystore::TestEntropy;
+    use crate::rootkey::RootKey;
+    use crate::state_dir::{KEYSTORE_DB, StateDir};
+
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        dir: PathBuf,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("state");
+            Fixture { _tmp: tmp, dir }
+        }
+
+        fn open_with(&self, root: [u8; 32], accepting: bool) -> Result<KeyStore, StoreError> {
+            let dir = StateDir::open(&self.dir).unwrap();
+            let root = RootKey::from_bytes_for_tests(root);
+            let entropy = Arc::new(TestEntropy::new());
+            if accepting {
+                KeyStore::open_accepting_rollback(&dir, &root, entropy)
+            } else {
+                KeyStore::open(&dir, &root, entropy)
+            }
+        }
+
+        fn open(&self) -> Result<KeyStore, StoreError> {
+            self.open_with([0x42; 32], false)
+        }
+
+        fn edit(&self, sql: &str) {
+            let conn = Connection::open(self.dir.join(KEYSTORE_DB)).unwrap();
+            conn.execute_batch("PRAGMA foreign_keys = OFF;").unwrap();
+            conn.execute_batch(sql).unwrap();
+        }
+
+        fn stored_row(&self) -> String {
+            let conn = Connection::open(self.dir.join(KEYSTORE_DB)).unwrap();
+            conn.query_row(
+                "SELECT value FROM meta WHERE name = 'rollback'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap()
+        }
+    }
+
+    /// Binds `store` as the start would, without a TPM.
+    fn bind(store: &KeyStore, counter: u64) {
+        let digest = key_set_digest(&store.keys());
+        write_row(
+            store,
+            &RollbackRow {
+                index: crate::tpm::NV_COUNTER_FIRST,
+                counter,
+                digest,
+            },
+        )
+        .unwrap();
+    }
+
+    fn is_digest_error(result: Result<KeyStore, StoreError>) -> bool {
+        matches!(
+            result,
+            Err(StoreError::Rollback(RollbackError::Digest { .. }))
+        )
+    }
+
+    #[test]
+    fn the_row_is_authenticated_under_the_root_key_field_by_field() {
+        let secrets = StoreSecrets::derive(&RootKey::from_bytes_for_tests([1; 32])).unwrap();
+        let other = StoreSecrets::derive(&RootKey::from_bytes_for_tests([2; 32])).unwrap();
+        let row = RollbackRow {
+            index: 0x0100_4b07,
+            counter: 12,
+            digest: [9; 32],
+        };
+        let text = row.encode(&secrets);
+        assert_eq!(RollbackRow::decode(&text, &secrets), Ok(row));
+        assert!(
+            RollbackRow::decode(&text, &other).is_err(),
+            "another root key"
+        );
+        let fields: Vec<&str> = text.split(' ').collect();
+        for (i, edited) in [
+            (1, "01004b08".to_string()),
+            (2, "13".to_string()),
+            (3, "08".repeat(32)),
+        ] {
+            let mut changed = fields.clone();
+            changed[i] = &edited;
+            let decoded = RollbackRow::decode(&changed.join(" "), &secrets);
+            assert!(decoded.is_err(), "field {i} edited: {decoded:?}");
+        }
+        for bad in [
+            "",
+            "1 2 3",
+            "2 01004b00 1 00 00",
+            "1 zz 1 00 00",
+            "1 01004b00 -1 00 00",
+        ] {
+            assert!(RollbackRow::decode(bad, &secrets).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_digest_follows_every_key_version_and_state() {
+        let fixture = Fixture::new();
+        let store = fixture.open().unwrap();
+        let empty = key_set_digest(&store.keys());
+        store.create("a").unwrap();
+        store.create("b").unwrap();
+        let two = key_set_digest(&store.keys());
+        assert_ne!(two, empty);
+        // Independent of the order the keys were added in.
+        let mut reordered = Keys::default();
+        let keys = store.keys();
+        for name in ["b", "a"] {
+            reordered.insert(Arc::clone(keys.by_name(name).unwrap()));
+        }
+        assert_eq!(key_set_digest(&reordered), two);
+        let mut seen = vec![empty, two];
+        store.rotate("a").unwrap();
+        seen.push(key_set_digest(&store.keys()));
+        store.revoke("a", Some(1)).unwrap();
+        seen.push(key_set_digest(&store.keys()));
+        store.set_min_decryption_version("a", 2).unwrap();
+        seen.push(key_set_digest(&store.keys()));
+        store.set_enabled("b", false).unwrap();
+        seen.push(key_set_digest(&store.keys()));
+        store.revoke("b", None).unwrap();
+        seen.push(key_set_digest(&store.keys()));
+        let mut unique = seen.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), seen.len(), "every change changes the digest");
+        // Encryption counts are not part of it.
+        let before = key_set_digest(&store.keys());
+        let key = store.keys().by_name("a").cloned().unwrap();
+        let latest = Arc::clone(key.latest().unwrap());
+        store.reserve(key.id(), &latest, 5).unwrap();
+        assert_eq!(key_set_digest(&store.keys()), before);
+    }
+
+    #[test]
+    fn changes_taking_access_away_count_up_and_every_change_rewrites_the_digest() {
+        let fixture = Fixture::new();
+        let store = fixture.open().unwrap();
+        store.create("k").unwrap();
+        bind(&store, 40);
+        let counter = || store.rollback_status().store_counter;
+        assert_eq!(counter(), 40);
+        store.rotate("k").unwrap();
+        assert_eq!(counter(), 40, "a rotation gives no access away");
+        store.revoke("k", Some(1)).unwrap();
+        assert_eq!(counter(), 41);
+        store.set_enabled("k", false).unwrap();
+        assert_eq!(counter(), 42);
+        store.set_enabled("k", true).unwrap();
+        assert_eq!(counter(), 42);
+        store.set_min_decryption_version("k", 2).unwrap();
+        assert_eq!(counter(), 43);
+        store.create("other").unwrap();
+        assert_eq!(counter(), 43);
+        // Nothing counts the TPM here: every increment is pending.
+        assert_eq!(store.rollback_status().pending_increments, 43);
+        let digest = key_set_digest(&store.keys());
+        drop(store);
+        let reopened = fixture.open().unwrap();
+        assert_eq!(reopened.rollback_status().store_counter, 43);
+        let secrets = StoreSecrets::derive(&RootKey::from_bytes_for_tests([0x42; 32])).unwrap();
+        let row = RollbackRow::decode(&fixture.stored_row(), &secrets).unwrap();
+        assert_eq!(row.digest, digest);
+    }
+
+    #[test]
+    fn a_deleted_key_or_version_fails_the_open() {
+        let fixture = Fixture::new();
+        let store = fixture.open().unwrap();
+        store.create("a").unwrap();
+        store.create("b").unwrap();
+        store.rotate("b").unwrap();
+        bind(&store, 1);
+        drop(store);
+        fixture.open().expect("the bound store opens");
+        let copy = fixture.dir.join("copy.db");
+        std::fs::copy(fixture.dir.join(KEYSTORE_DB), &copy).unwrap();
+
+        fixture.edit(
+            "DELETE FROM versions WHERE key_id = (SELECT id FROM keys WHERE name = 'a');
+             DELETE FROM keys WHERE name = 'a';",
+        );
+        assert!(is_digest_error(fixture.open()));
+        // accept-rollback opens it, and says why a start would not.
+        let accepting = fixture.open_with([0x42; 32], true).unwrap();
+        assert!(
+            accepting
+                .writer()
+                .rollback_problem
+                .contains("deleted or replayed"),
+            "{}",
+            accepting.writer().rollback_problem
+        );
+        drop(accepting);
+
+        std::fs::copy(&copy, fixture.dir.join(KEYSTORE_DB)).unwrap();
+        fixture.edit(
+            "DELETE FROM versions WHERE version = 2;
+             UPDATE keys SET latest_version = 1 WHERE name = 'b';",
+        );
+        // The key row no longer authenticates: refused before the digest.
+        assert!(fixture.open().is_err());
+
+        std::fs::copy(&copy, fixture.dir.join(KEYSTORE_DB)).unwrap();
+        fixture.edit("UPDATE meta SET value = 'x' WHERE name = 'rollback';");
+        assert!(matches!(
+            fixture.open(),
+            Err(StoreError::Rollback(RollbackError::Row { .. }))
+        ));
+    }
+}
