@@ -11,7 +11,9 @@ use arc_swap::ArcSwap;
 
 use super::db::{Database, DbError, KeyRow, SecretRow, Stored, VersionRow};
 use super::sealing::{SEALED_KEK_LEN, StoreSecrets};
-use super::{EntropySource, Kek, Key, KeyStore, Keys, StoreError, Version, Writer, rollback};
+use super::{
+    EntropySource, Kek, Key, KeyStore, Keys, SecretName, StoreError, Version, Writer, rollback,
+};
 use crate::envelope::KeyId;
 use crate::rootkey::RootKey;
 use crate::state_dir::{KEYSTORE_DB, StateDir};
@@ -82,14 +84,26 @@ impl KeyStore {
         }
         let (key_rows, version_rows) = db.load().map_err(db_error)?;
         let keys = load_keys(&shown, &secrets, key_rows, version_rows)?;
+        let sealed = load_secrets(&shown, &secrets, db.load_secrets().map_err(db_error)?)?;
+        let auth_name = SecretName::RollbackAuth.as_str();
+        let auth =
+            match sealed.get(auth_name) {
+                Some(value) => Some(secrets.open_secret(auth_name, value).map_err(|_| {
+                    StoreError::Tampered {
+                        path: shown.clone(),
+                        key: format!("(secret {auth_name:?})"),
+                        detail: "does not open under the root key".to_string(),
+                    }
+                })?),
+                None => None,
+            };
         let binding = rollback::load_binding(
             &shown,
             db.meta(rollback::ROLLBACK_META).map_err(db_error)?,
-            &secrets,
+            auth.as_deref().map(Vec::as_slice),
             &keys,
             accepting,
         )?;
-        let sealed = load_secrets(&shown, &secrets, db.load_secrets().map_err(db_error)?)?;
         entropy.start();
         let store = KeyStore {
             keys: ArcSwap::from_pointee(keys),
@@ -97,6 +111,7 @@ impl KeyStore {
                 db,
                 secrets,
                 rollback: binding.row,
+                rollback_key: binding.key,
                 fresh: created,
                 rollback_problem: binding.problem,
                 sealed,

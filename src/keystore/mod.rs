@@ -64,6 +64,8 @@ struct Writer {
     secrets: StoreSecrets,
     /// The store's binding to its TPM counter; `None` until bound.
     rollback: Option<rollback::RollbackRow>,
+    /// The key that MACs the binding row; `None` until bound.
+    rollback_key: Option<rollback::RowKey>,
     /// Whether the store was created by this open.
     fresh: bool,
     /// Opened for `accept-rollback`: why a start would have refused it.

@@ -1,6 +1,6 @@
 //! Rollback-proof revocation: the key store bound to a TPM NV counter.
 //!
-//! The store records, in one row of `meta` MACed under the root key, the
+//! The store records, in one row of `meta`, the
 //! NV index of its counter ([`crate::tpm::NV_COUNTER_FIRST`]..), the value
 //! `S` the counter must have, and a digest of every key's id, state and
 //! minimum decryption version and every version's number and state. Every
@@ -22,20 +22,25 @@
 //!
 //! The counter's authorization value is 32 random bytes kept as the sealed
 //! secret [`SecretName::RollbackAuth`], so no other process with access to
-//! the TPM can count it up and lock the daemon out.
+//! the TPM can count it up and lock the daemon out. The row is MACed with a
+//! key derived from that value (HKDF-SHA256): only a holder of the root key
+//! can read it, so only the daemon can write a row that verifies, and a
+//! root-key rotation, which re-seals the secret, leaves the row valid
+//! without knowing of it.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use agent_proto::RollbackStatus;
+use hkdf::Hkdf;
+use hmac::{Hmac, KeyInit, Mac};
 use rand::TryRng;
 use rusqlite::Transaction;
 use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 
 use super::db::DbError;
-use super::sealing::StoreSecrets;
 use super::{KeyStore, Keys, SecretName, StoreError};
 use crate::tpm::{NV_AUTH_LEN, NvCounterError, Tcti, Tpm, TpmWorker};
 
@@ -45,6 +50,43 @@ pub(super) const ROLLBACK_META: &str = "rollback";
 /// The most increments a start catches up on; a store further ahead of its
 /// counter than this is refused (no crash or TPM outage leaves so many).
 pub const MAX_CATCH_UP: u64 = 1024;
+
+/// The key that MACs the binding row: HMAC-SHA256 under
+/// HKDF-SHA256(the counter's authorization value, salt "hostkms rollback
+/// v1", info "row mac").
+#[derive(Clone)]
+pub(super) struct RowKey(Hmac<Sha256>);
+
+impl std::fmt::Debug for RowKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RowKey(<redacted>)")
+    }
+}
+
+impl RowKey {
+    /// The row key of a counter whose authorization value is `auth`.
+    pub(super) fn derive(auth: &[u8]) -> Result<RowKey, StoreError> {
+        let hkdf = Hkdf::<Sha256>::new(Some(b"hostkms rollback v1"), auth);
+        let mut key = Zeroizing::new([0u8; 32]);
+        hkdf.expand(b"row mac", key.as_mut())
+            .map_err(|e| StoreError::Random(format!("cannot derive the rollback row key: {e}")))?;
+        <Hmac<Sha256> as KeyInit>::new_from_slice(key.as_ref())
+            .map(RowKey)
+            .map_err(|e| StoreError::Random(format!("cannot key the rollback row MAC: {e}")))
+    }
+
+    fn mac(&self, bytes: &[u8]) -> [u8; 32] {
+        let mut mac = self.0.clone();
+        mac.update(bytes);
+        mac.finalize().into_bytes().into()
+    }
+
+    fn matches(&self, bytes: &[u8], tag: &[u8]) -> bool {
+        let mut mac = self.0.clone();
+        mac.update(bytes);
+        mac.verify_slice(tag).is_ok()
+    }
+}
 
 /// The binding as recorded in the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,19 +110,19 @@ impl RollbackRow {
     }
 
     /// The row as stored in `meta`: "1 INDEX COUNTER DIGEST MAC", hex but
-    /// for the counter, MACed under the root key.
-    pub(super) fn encode(&self, secrets: &StoreSecrets) -> String {
+    /// for the counter, MACed under the row key.
+    pub(super) fn encode(&self, key: &RowKey) -> String {
         format!(
             "1 {:08x} {} {} {}",
             self.index,
             self.counter,
             hex(&self.digest),
-            hex(&secrets.row_mac(&self.canonical()))
+            hex(&key.mac(&self.canonical()))
         )
     }
 
     /// Reads a stored row and checks its MAC.
-    pub(super) fn decode(text: &str, secrets: &StoreSecrets) -> Result<RollbackRow, String> {
+    pub(super) fn decode(text: &str, key: &RowKey) -> Result<RollbackRow, String> {
         let fields: Vec<&str> = text.split(' ').collect();
         let [version, index, counter, digest, mac] = fields.as_slice() else {
             return Err(format!("has {} fields, not 5", fields.len()));
@@ -103,8 +145,11 @@ impl RollbackRow {
             counter,
             digest,
         };
-        if !secrets.row_mac_matches(&row.canonical(), &mac) {
-            return Err("fails authentication under the root key".to_string());
+        if !key.matches(&row.canonical(), &mac) {
+            return Err(
+                "fails authentication under the key derived from the counter's authorization value"
+                    .to_string(),
+            );
         }
         Ok(row)
     }
@@ -469,9 +514,10 @@ fn on_tpm<T: Send + 'static>(
 }
 
 /// Writes the binding row (outside a change: at start and at accept).
-fn write_row(store: &KeyStore, row: &RollbackRow) -> Result<(), StoreError> {
+fn write_row(store: &KeyStore, row: &RollbackRow, key: RowKey) -> Result<(), StoreError> {
     let mut writer = store.writer();
-    let text = row.encode(&writer.secrets);
+    let text = row.encode(&key);
+    writer.rollback_key = Some(key);
     writer
         .db
         .set_meta(ROLLBACK_META, &text)
@@ -482,7 +528,8 @@ fn write_row(store: &KeyStore, row: &RollbackRow) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Writes the binding row inside a change's transaction.
+/// Writes the binding row inside a change's transaction (commit, and root-key
+/// rotation, restore or import when they write rows themselves).
 pub(super) fn put_row(tx: &Transaction<'_>, text: &str) -> Result<(), DbError> {
     tx.execute(
         "INSERT INTO meta (name, value) VALUES (?1, ?2)
@@ -514,13 +561,24 @@ impl KeyStore {
         reduces_access: bool,
     ) -> Option<(RollbackRow, String)> {
         let current = writer.rollback?;
+        let key = writer.rollback_key.as_ref()?;
         let row = RollbackRow {
             index: current.index,
             counter: current.counter + u64::from(reduces_access),
             digest: key_set_digest(next),
         };
-        let text = row.encode(&writer.secrets);
+        let text = row.encode(key);
         Some((row, text))
+    }
+
+    /// After a transaction that wrote the row from
+    /// [`KeyStore::next_rollback_row`] committed: the binding in memory
+    /// follows, and the catch-up thread learns of a new `S`. For every
+    /// writer of keys (commit; restore and import if they write rows in
+    /// their own transaction).
+    pub(super) fn rollback_committed(&self, writer: &mut super::Writer, row: RollbackRow) {
+        writer.rollback = Some(row);
+        self.rollback.record(&row);
     }
 
     /// Checks the store against its TPM counter at start (the digest was
@@ -589,6 +647,7 @@ impl KeyStore {
                     counter,
                     digest,
                 },
+                RowKey::derive(&auth)?,
             )?;
             self.start_catch_up(counter, auth, tpm, timeout)?;
             return Ok(RollbackStart::Bound {
@@ -692,7 +751,7 @@ impl KeyStore {
             (writer.rollback, writer.rollback_problem.clone())
         };
         let auth = self.secret(SecretName::RollbackAuth)?;
-        let current = match (previous, auth) {
+        let current = match (previous, &auth) {
             (Some(row), Some(auth)) => {
                 let index = row.index;
                 let read_auth = Zeroizing::new(auth.to_vec());
@@ -714,14 +773,15 @@ impl KeyStore {
             }
             _ => None,
         };
-        let (index, counter, new_counter) = match current {
-            Some((index, counter)) => (index, counter, false),
-            None => {
+        let (index, counter, new_counter, auth) = match (current, auth) {
+            (Some((index, counter)), Some(auth)) => (index, counter, false, auth),
+            _ => {
                 let auth = new_auth()?;
                 self.put_secret(SecretName::RollbackAuth, &auth)?;
+                let define_auth = Zeroizing::new(auth.to_vec());
                 let (index, counter) =
                     on_tpm(tpm, "defining the rollback counter", timeout, move |open| {
-                        open.nv_counter_define(&auth)
+                        open.nv_counter_define(&define_auth)
                     })
                     .map_err(|source| {
                         StoreError::Rollback(RollbackError::Counter {
@@ -729,7 +789,7 @@ impl KeyStore {
                             source,
                         })
                     })?;
-                (index, counter, true)
+                (index, counter, true, auth)
             }
         };
         let digest = key_set_digest(&self.keys());
@@ -740,6 +800,7 @@ impl KeyStore {
                 counter,
                 digest,
             },
+            RowKey::derive(&auth)?,
         )?;
         Ok(RollbackAccepted {
             previous,
@@ -755,6 +816,8 @@ impl KeyStore {
 pub(super) struct LoadedBinding {
     /// The row, when present and authentic.
     pub row: Option<RollbackRow>,
+    /// The key that MACs it, when the store holds the counter's authorization.
+    pub key: Option<RowKey>,
     /// In accept mode: why the start would have refused (empty if not).
     pub problem: String,
 }
@@ -764,32 +827,33 @@ pub(super) struct LoadedBinding {
 pub(super) fn load_binding(
     path: &str,
     text: Option<String>,
-    secrets: &StoreSecrets,
+    auth: Option<&[u8]>,
     keys: &Keys,
     accepting: bool,
 ) -> Result<LoadedBinding, StoreError> {
-    let Some(text) = text else {
-        return Ok(LoadedBinding {
-            row: None,
-            problem: String::new(),
-        });
+    let key = auth.map(RowKey::derive).transpose()?;
+    let loaded = |row, problem: String| LoadedBinding {
+        row,
+        key: key.clone(),
+        problem,
     };
-    let error = match RollbackRow::decode(&text, secrets) {
+    let Some(text) = text else {
+        return Ok(loaded(None, String::new()));
+    };
+    let decoded = match &key {
+        Some(key) => RollbackRow::decode(&text, key),
+        None => Err("has no counter authorization value to verify it with".to_string()),
+    };
+    let error = match decoded {
         Ok(row) if row.digest == key_set_digest(keys) => {
-            return Ok(LoadedBinding {
-                row: Some(row),
-                problem: String::new(),
-            });
+            return Ok(loaded(Some(row), String::new()));
         }
         Ok(row) => {
             let error = RollbackError::Digest {
                 path: path.to_string(),
             };
             if accepting {
-                return Ok(LoadedBinding {
-                    row: Some(row),
-                    problem: error.to_string(),
-                });
+                return Ok(loaded(Some(row), error.to_string()));
             }
             error
         }
@@ -799,10 +863,7 @@ pub(super) fn load_binding(
         },
     };
     if accepting {
-        return Ok(LoadedBinding {
-            row: None,
-            problem: error.to_string(),
-        });
+        return Ok(loaded(None, error.to_string()));
     }
     Err(StoreError::Rollback(error))
 }
@@ -863,8 +924,11 @@ mod tests {
         }
     }
 
+    const AUTH: [u8; 32] = [0x17; 32];
+
     /// Binds `store` as the start would, without a TPM.
     fn bind(store: &KeyStore, counter: u64) {
+        store.put_secret(SecretName::RollbackAuth, &AUTH).unwrap();
         let digest = key_set_digest(&store.keys());
         write_row(
             store,
@@ -873,6 +937,7 @@ mod tests {
                 counter,
                 digest,
             },
+            RowKey::derive(&AUTH).unwrap(),
         )
         .unwrap();
     }
@@ -885,9 +950,9 @@ mod tests {
     }
 
     #[test]
-    fn the_row_is_authenticated_under_the_root_key_field_by_field() {
-        let secrets = StoreSecrets::derive(&RootKey::from_bytes_for_tests([1; 32])).unwrap();
-        let other = StoreSecrets::derive(&RootKey::from_bytes_for_tests([2; 32])).unwrap();
+    fn the_row_is_authenticated_under_the_counters_key_field_by_field() {
+        let secrets = RowKey::derive(&[1; 32]).unwrap();
+        let other = RowKey::derive(&[2; 32]).unwrap();
         let row = RollbackRow {
             index: 0x0100_4b07,
             counter: 12,
@@ -897,7 +962,7 @@ mod tests {
         assert_eq!(RollbackRow::decode(&text, &secrets), Ok(row));
         assert!(
             RollbackRow::decode(&text, &other).is_err(),
-            "another root key"
+            "another counter's key"
         );
         let fields: Vec<&str> = text.split(' ').collect();
         for (i, edited) in [
@@ -986,8 +1051,8 @@ mod tests {
         drop(store);
         let reopened = fixture.open().unwrap();
         assert_eq!(reopened.rollback_status().store_counter, 43);
-        let secrets = StoreSecrets::derive(&RootKey::from_bytes_for_tests([0x42; 32])).unwrap();
-        let row = RollbackRow::decode(&fixture.stored_row(), &secrets).unwrap();
+        let key = RowKey::derive(&AUTH).unwrap();
+        let row = RollbackRow::decode(&fixture.stored_row(), &key).unwrap();
         assert_eq!(row.digest, digest);
     }
 

@@ -77,8 +77,7 @@ impl KeyStore {
             .map_err(|e| self.db_error(e))?;
         self.keys.store(Arc::new(next));
         if let Some((row, _)) = rollback {
-            writer.rollback = Some(row);
-            self.rollback.record(&row);
+            self.rollback_committed(writer, row);
         }
         self.notify(writer, &key, change);
         Ok(key)
