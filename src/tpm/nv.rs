@@ -142,6 +142,34 @@ fn kind(error: &tss_esapi::Error) -> Option<Kind> {
     }
 }
 
+/// Runs `attempt`, trying again after `sleep`ing with doubling back-off
+/// while the TPM answers `TPM_RC_NV_RATE` or `TPM_RC_RETRY`, at most
+/// [`RATE_TRIES`] times in all; then its last answer stands.
+fn retry_nv_rate<T>(
+    mut attempt: impl FnMut() -> tss_esapi::Result<T>,
+    mut sleep: impl FnMut(Duration),
+) -> tss_esapi::Result<T> {
+    let mut backoff = RATE_BACKOFF;
+    let mut tries = 1;
+    loop {
+        match attempt() {
+            Err(error)
+                if tries < RATE_TRIES
+                    && matches!(kind(&error), Some(Kind::NvRate | Kind::Retry)) =>
+            {
+                tracing::debug!(
+                    "the TPM throttles NV writes ({}); retrying",
+                    describe(&error)
+                );
+                sleep(backoff);
+                backoff *= 2;
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Tpm {
     /// Runs `command`, trying again with back-off while the TPM answers
     /// `TPM_RC_NV_RATE` or `TPM_RC_RETRY`, at most [`RATE_TRIES`] times.
@@ -149,27 +177,15 @@ impl Tpm {
         &mut self,
         mut command: impl FnMut(&mut tss_esapi::Context) -> tss_esapi::Result<T>,
     ) -> tss_esapi::Result<T> {
-        let mut backoff = RATE_BACKOFF;
-        let mut tries = 1;
-        loop {
-            let result = command(&mut self.context);
-            worker::answered();
-            match result {
-                Err(error)
-                    if tries < RATE_TRIES
-                        && matches!(kind(&error), Some(Kind::NvRate | Kind::Retry)) =>
-                {
-                    tracing::debug!(
-                        "the TPM throttles NV writes ({}); retrying",
-                        describe(&error)
-                    );
-                    std::thread::sleep(backoff);
-                    backoff *= 2;
-                    tries += 1;
-                }
-                other => return other,
-            }
-        }
+        let context = &mut self.context;
+        retry_nv_rate(
+            || {
+                let result = command(context);
+                worker::answered();
+                result
+            },
+            std::thread::sleep,
+        )
     }
 
     /// Opens the defined index `index`, or says it is missing.
@@ -421,6 +437,50 @@ mod tests {
         assert!(attributes.auth_write() && attributes.auth_read());
         assert!(!attributes.owner_write() && !attributes.policy_write());
         assert!(!attributes.pp_write());
+    }
+
+    fn rc(raw: u32) -> tss_esapi::Error {
+        tss_esapi::Error::Tss2Error(tss_esapi::constants::response_code::Tss2ResponseCode::from(
+            raw,
+        ))
+    }
+
+    #[test]
+    fn nv_rate_is_retried_with_back_off_a_bounded_number_of_times() {
+        const NV_RATE: u32 = 0x920;
+        // Throttled twice, then counted.
+        let mut answers = vec![Err(rc(NV_RATE)), Err(rc(NV_RATE)), Ok(7)].into_iter();
+        let mut slept = Vec::new();
+        let result = retry_nv_rate(|| answers.next().unwrap_or(Ok(0)), |wait| slept.push(wait));
+        assert_eq!(result.ok(), Some(7));
+        assert_eq!(slept, [RATE_BACKOFF, RATE_BACKOFF * 2]);
+
+        // Throttled for good: the last answer stands after RATE_TRIES tries.
+        let mut tries = 0;
+        let mut slept = Vec::new();
+        let result: tss_esapi::Result<()> = retry_nv_rate(
+            || {
+                tries += 1;
+                Err(rc(NV_RATE))
+            },
+            |wait| slept.push(wait),
+        );
+        assert!(matches!(kind(&result.unwrap_err()), Some(Kind::NvRate)));
+        assert_eq!(tries, RATE_TRIES);
+        assert_eq!(slept.len() as u32, RATE_TRIES - 1);
+        assert!(slept.iter().sum::<Duration>() < Duration::from_secs(5));
+
+        // Anything else is not retried.
+        let mut tries = 0;
+        let result: tss_esapi::Result<()> = retry_nv_rate(
+            || {
+                tries += 1;
+                Err(rc(0x98e)) // TPM_RC_AUTH_FAIL
+            },
+            |_| panic!("slept"),
+        );
+        assert!(result.is_err());
+        assert_eq!(tries, 1);
     }
 
     #[test]

@@ -177,6 +177,12 @@ fn an_older_keystore_put_back_is_refused_until_accepted() {
         files,
         daemon,
     } = Harness::start(DaemonConfig::new());
+    // Offline only: refused while the daemon holds the state dir.
+    let output = accept_rollback(&files);
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("is in use by"), "{stderr}");
+
     let mut client = daemon.client();
     client.create_key("k").expect("create");
     let old = client.wrap("k", b"old secret", &context()).expect("wrap");
