@@ -32,11 +32,13 @@ pub struct Args {
 /// Offline tasks on the state dir, run with the daemon stopped.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Accept the key store as it is after its rollback protection refused
-    /// it (an older copy restored on purpose, or its TPM counter deleted):
-    /// records the TPM counter's current value, or binds the store to a new
-    /// counter, audits it and prints what is in force. Versions revoked
-    /// after the copy was taken are live again until revoked again.
+    /// Accept the key store as it is after its rollback protection refused it.
+    ///
+    /// For an older copy restored on purpose, or a store whose TPM counter
+    /// was deleted. Run with the daemon stopped: records the TPM counter's
+    /// current value (or binds the store to a new counter), audits it and
+    /// prints what is in force. Versions revoked after the copy was taken
+    /// are live again until revoked again.
     AcceptRollback,
 }
 
