@@ -20,7 +20,8 @@
 //! canonical encodings), `sealing` (the keys derived from the root key),
 //! `entropy` ([`EntropySource`] and the TPM reserve), `kek` (a KEK in memory),
 //! `material` (keys in clear for recovery and transfer, the change sink,
-//! and the sealed secrets).
+//! and the sealed secrets), `rollback` (the binding to a TPM NV counter:
+//! its row, the key-set digest, the start check, the background increments).
 
 mod db;
 mod entropy;
