@@ -471,3 +471,60 @@ fn an_older_copy_with_its_binding_removed_is_refused() {
     assert!(output.status.success(), "{}", text(&output.stderr));
     Daemon::start(&files).expect("starts once accepted");
 }
+
+/// Defines NV indices of `size` bytes with `attributes` from `first` on
+/// until the TPM refuses one; returns how many it took.
+fn fill_nv(tpm: &Swtpm, first: u32, size: u32, attributes: &str) -> u32 {
+    for n in 0..2000 {
+        let index = format!("{:#x}", first + n);
+        let output = Command::new("tpm2_nvdefine")
+            .args([
+                "-C",
+                "o",
+                "-s",
+                &size.to_string(),
+                "-a",
+                "ownerread|ownerwrite",
+                &index,
+            ])
+            .env("TPM2TOOLS_TCTI", tpm.tcti())
+            .env("TSS2_LOG", "all+none")
+            .output()
+            .expect("tpm2_nvdefine");
+        if !output.status.success() {
+            let stderr = text(&output.stderr);
+            assert!(stderr.contains("0x14B"), "not NV space: {stderr}");
+            return n;
+        }
+    }
+    panic!("the TPM never ran out of NV space");
+}
+
+#[test]
+fn a_tpm_without_free_nv_space_refuses_the_start_and_says_what_to_do() {
+    let tpm = Swtpm::start();
+    // Ordinary indices until none fits, then counters like hostkms's own
+    // (swtpm keeps room for counters apart) until none fits either.
+    let plain = "ownerread|ownerwrite";
+    let big = fill_nv(&tpm, 0x0150_0000, 2048, plain);
+    fill_nv(&tpm, 0x0160_0000, 1, plain);
+    assert!(big > 0, "no NV index fitted at all");
+    let mut defined = 0;
+    let full = loop {
+        match open(&tpm).nv_counter_define(&[3u8; 32]) {
+            Ok(_) if defined < 256 => defined += 1,
+            Ok(_) => panic!("the TPM never ran out of room for counters"),
+            Err(error) => break error,
+        }
+    };
+    assert!(matches!(full, NvCounterError::NoSpace { .. }), "{full}");
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
+    let log = refused_start(&files);
+    assert!(log.contains("no NV space left"), "{log}");
+    assert!(log.contains("tpm2_getcap properties-variable"), "{log}");
+    assert!(log.contains("tpm2_nvundefine"), "{log}");
+
+    // Room made: the same state dir starts.
+    tpm2(tpm.port, "tpm2_nvundefine", &["-C", "o", "0x1500000"]);
+    Daemon::start(&files).expect("starts once there is room");
+}
