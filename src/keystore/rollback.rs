@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
-use agent_proto::RollbackStatus;
+use agent_proto::{KeyState, RollbackStatus};
 use hkdf::Hkdf;
 use hmac::{Hmac, KeyInit, Mac};
 use rand::TryRng;
@@ -171,20 +171,24 @@ pub(super) fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// SHA-256 over every key, in id order: its id, state and minimum
-/// decryption version, and each version's number and state. A deleted key
-/// or version, or an older row put back (a revoked version live again, a
-/// disabled key enabled, a lower minimum version), changes it.
+/// SHA-256 over every key, in name order (names are unique and never
+/// change): its id, state and minimum decryption version, and each
+/// version's number and state. A deleted key or version, or an older row
+/// put back (a revoked version live again, a disabled key enabled, a lower
+/// minimum version), changes it. Linear in the number of keys, like the
+/// snapshot copy every change makes.
 pub fn key_set_digest(keys: &Keys) -> [u8; 32] {
-    let mut ids: Vec<_> = keys.by_id.keys().copied().collect();
-    ids.sort_by_key(|id| id.0);
     let mut hash = Sha256::new();
     hash.update(b"hostkms key set v1");
-    hash.update((ids.len() as u64).to_be_bytes());
-    for id in ids {
-        let Some(key) = keys.by_id(id) else { continue };
+    hash.update((keys.by_name.len() as u64).to_be_bytes());
+    for key in keys.by_name.values() {
+        let state: u8 = match key.state {
+            KeyState::Enabled => 0,
+            KeyState::Disabled => 1,
+            KeyState::Revoked => 2,
+        };
         hash.update(key.id.0);
-        hash.update([key.row().state]);
+        hash.update([state]);
         hash.update(key.min_decryption_version.to_be_bytes());
         hash.update(key.latest_version().to_be_bytes());
         for version in &key.versions {
