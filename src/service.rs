@@ -25,6 +25,7 @@ use crate::monitor::flood::Limited;
 use crate::monitor::{AlertKind, AlertThresholds, Monitor};
 use crate::peer::Peer;
 use crate::policy::{PeerClass, Policy};
+use crate::rootkey::{RootKeyError, RootSealer};
 
 #[cfg(test)]
 mod encrypt_limit_tests;
@@ -98,6 +99,13 @@ impl From<StoreError> for Refusal {
             StoreError::InvalidArgument(_) => ErrorCode::InvalidArgument,
             StoreError::Changed(_) => ErrorCode::Busy,
             StoreError::Tpm(_) => ErrorCode::TpmUnavailable,
+            StoreError::RotationRunning => ErrorCode::Busy,
+            StoreError::RootKey(e) => match e.as_ref() {
+                RootKeyError::TpmUnavailable(_) => ErrorCode::TpmUnavailable,
+                RootKeyError::RotationPending { .. } => ErrorCode::Busy,
+                _ => ErrorCode::Internal,
+            },
+            StoreError::RootKeyNotInPlace { .. } => ErrorCode::Internal,
             StoreError::Tampered { .. }
             | StoreError::WrongRootKey { .. }
             | StoreError::Database { .. }
@@ -155,8 +163,9 @@ pub fn outcome_of(response: &Response) -> Option<ErrorCode> {
 /// The daemon's state that requests act on.
 #[derive(Debug)]
 pub struct Service {
-    root_key_check: String,
     store: Arc<KeyStore>,
+    /// Seals new root keys for `RotateRoot`; `None` where there is no TPM.
+    root_sealer: Option<Arc<dyn RootSealer>>,
     policy: ArcSwap<Policy>,
     limits: ArcSwap<ServiceLimits>,
     started: Instant,
@@ -165,11 +174,10 @@ pub struct Service {
 }
 
 impl Service {
-    /// A service over a key store opened under the root key whose check
-    /// value is `root_key_check`; `Status` asks `tpm` whether the TPM
-    /// answers (in the daemon a [`WorkerProbe`]).
+    /// A service over a key store opened under the root key; `Status` asks
+    /// `tpm` whether the TPM answers (in the daemon a [`WorkerProbe`]).
+    /// Without [`Service::with_root_sealer`] it cannot rotate the root key.
     pub fn new(
-        root_key_check: String,
         store: KeyStore,
         policy: Policy,
         limits: ServiceLimits,
@@ -177,14 +185,21 @@ impl Service {
         tpm: Arc<dyn TpmProbe>,
     ) -> Service {
         Service {
-            root_key_check,
             store: Arc::new(store),
+            root_sealer: None,
             policy: ArcSwap::from_pointee(policy),
             limits: ArcSwap::from_pointee(limits),
             started: Instant::now(),
             tpm_health: TpmHealth::new(tpm),
             monitor: Monitor::new(alerts),
         }
+    }
+
+    /// The service with `sealer` to seal new root keys for `RotateRoot`
+    /// (in the daemon a [`crate::rootkey::TpmRootSealer`]).
+    pub fn with_root_sealer(mut self, sealer: Arc<dyn RootSealer>) -> Service {
+        self.root_sealer = Some(sealer);
+        self
     }
 
     /// The key store, for start-up and shutdown bookkeeping.
@@ -758,7 +773,7 @@ impl Service {
                 agent_proto::counters::VERSIONS.to_string(),
                 keys.version_count() as u64,
             );
-            (counters, self.root_key_check.clone())
+            (counters, self.store.root_key_check().to_string())
         } else {
             (Default::default(), String::new())
         };

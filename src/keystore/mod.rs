@@ -26,6 +26,7 @@ mod error;
 mod kek;
 mod loader;
 mod model;
+mod reseal;
 mod sealing;
 #[cfg(test)]
 mod tests;
@@ -42,6 +43,7 @@ pub use entropy::{EntropySource, TpmEntropy};
 pub use error::StoreError;
 pub use kek::Kek;
 pub use model::{Key, Keys, Version, check_name};
+pub use reseal::RootRotation;
 
 use db::{Database, DbError};
 use sealing::StoreSecrets;
@@ -63,6 +65,11 @@ pub struct KeyStore {
     /// TPM randomness for new KEKs, taken before the writer lock.
     entropy: Arc<dyn EntropySource>,
     path: PathBuf,
+    /// The check value of the root key the store is sealed under.
+    root_key_check: ArcSwap<String>,
+    /// Held for a whole root-key rotation, TPM work included, so two never
+    /// overlap; the writer lock is taken only for the re-sealing itself.
+    rotation: Mutex<()>,
 }
 
 impl std::fmt::Debug for KeyStore {
@@ -75,6 +82,12 @@ impl std::fmt::Debug for KeyStore {
 }
 
 impl KeyStore {
+    /// The check value of the root key the store is sealed under (see
+    /// [`crate::rootkey::RootKey::check_value`]); changes with a rotation.
+    pub fn root_key_check(&self) -> Arc<String> {
+        self.root_key_check.load_full()
+    }
+
     /// The current snapshot of every key.
     pub fn keys(&self) -> Arc<Keys> {
         self.keys.load_full()
