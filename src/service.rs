@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 
 use crate::audit::{self, Subject};
 use crate::envelope::{self, InvalidCiphertext};
-use crate::keystore::{Key, KeyStore, StoreError, Version};
+use crate::keystore::{Key, KeyStore, RootRotation, StoreError, Version};
 use crate::monitor::flood::Limited;
 use crate::monitor::{AlertKind, AlertThresholds, Monitor};
 use crate::peer::Peer;
@@ -487,6 +487,69 @@ impl Service {
             ErrorCode::PermissionDenied,
             format!("uid {} may not {op} with key {shown:?}", peer.uid),
         ))
+    }
+
+    /// Rotates the root key for `peer`, an admin (no grant can allow it):
+    /// the key store's [`KeyStore::rotate_root`] on the blocking pool, with
+    /// the rotation audited. Status shows the new check value from then on.
+    #[allow(dead_code)] // answers Request::RotateRoot once protocol 3 is merged
+    async fn rotate_root(&self, peer: &Peer) -> Result<RootRotation, Refusal> {
+        if !self.is_admin(peer) {
+            return Err(Refusal::new(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "uid {} may not rotate the root key: only admins (root and the admin_groups) may, and no grant can allow it",
+                    peer.uid
+                ),
+            ));
+        }
+        let Some(sealer) = self.root_sealer.clone() else {
+            return Err(Refusal::new(
+                ErrorCode::Internal,
+                "this service has no TPM to seal a new root key to",
+            ));
+        };
+        let store = Arc::clone(&self.store);
+        let rotated = tokio::task::spawn_blocking(move || store.rotate_root(sealer.as_ref()))
+            .await
+            .map_err(|e| {
+                Refusal::new(
+                    ErrorCode::Internal,
+                    format!("the root-key rotation did not finish: {e}"),
+                )
+            })?;
+        match rotated {
+            Ok(rotation) => {
+                audit::root_key_rotated(
+                    peer,
+                    &rotation.old_check,
+                    &rotation.new_check,
+                    rotation.keys,
+                    rotation.versions,
+                    true,
+                );
+                Ok(rotation)
+            }
+            Err(error) => {
+                if let StoreError::RootKeyNotInPlace {
+                    old_check,
+                    new_check,
+                    ..
+                } = &error
+                {
+                    let keys = self.store.keys();
+                    audit::root_key_rotated(
+                        peer,
+                        old_check,
+                        new_check,
+                        keys.len() as u32,
+                        keys.version_count() as u32,
+                        false,
+                    );
+                }
+                Err(error.into())
+            }
+        }
     }
 
     /// Runs a key-store change on the blocking pool and answers with the
