@@ -31,6 +31,7 @@ mod peer_identity;
 mod permissions;
 mod protocol;
 mod root_key;
+mod rotate_root;
 mod state_dir;
 mod systemd;
 mod tpm_faults;
