@@ -135,7 +135,8 @@ pub struct PendingAudit {
 
 impl PendingAudit {
     /// Whether the decided request changed the key store (a key created,
-    /// rotated, revoked, disabled, enabled or given a minimum version): the
+    /// rotated, revoked, disabled, enabled or given a minimum version, or
+    /// the store re-sealed under a new root key): the
     /// change is durable before the answer is encoded, so it stands even
     /// when the answer is lost.
     pub fn changed_keys(&self) -> bool {
@@ -148,6 +149,7 @@ impl PendingAudit {
                     | Operation::Disable
                     | Operation::Enable
                     | Operation::MinDecryptionVersion
+                    | Operation::RotateRoot
             )
     }
 }
@@ -434,6 +436,22 @@ impl Service {
                     .map(|key| Response::Key(key.info()))
                     .ok_or_else(|| StoreError::KeyNotFound(key).into())
             }
+            Request::RotateRoot => {
+                let rotation = self.rotate_root(peer).await?;
+                Ok(Response::RootRotated(agent_proto::RootRotation {
+                    old_check: rotation.old_check,
+                    new_check: rotation.new_check,
+                    keys: rotation.keys,
+                    versions: rotation.versions,
+                }))
+            }
+            // Owned by the engineers of issue 10's parts, who replace these.
+            Request::TransportKey | Request::ExportKey { .. } | Request::ImportKey { .. } => {
+                Err(Refusal::new(
+                    ErrorCode::NotImplemented,
+                    format!("{op} is not implemented by this daemon yet"),
+                ))
+            }
         }
     }
 
@@ -492,7 +510,6 @@ impl Service {
     /// Rotates the root key for `peer`, an admin (no grant can allow it):
     /// the key store's [`KeyStore::rotate_root`] on the blocking pool, with
     /// the rotation audited. Status shows the new check value from then on.
-    #[allow(dead_code)] // answers Request::RotateRoot once protocol 3 is merged
     async fn rotate_root(&self, peer: &Peer) -> Result<RootRotation, Refusal> {
         if !self.is_admin(peer) {
             return Err(Refusal::new(
@@ -828,6 +845,13 @@ impl Service {
     /// peers granted `metrics`: to others an empty map and an empty check
     /// value, in the same wire shape.
     async fn status(&self, peer: &Peer) -> StatusInfo {
+        // What protects the keys (recovery, rollback) goes with the counters:
+        // to admins and peers granted `metrics`.
+        let (recovery, rollback) = if self.policy.load().allows_metrics(peer) {
+            (self.store.recovery_status(), self.store.rollback_status())
+        } else {
+            Default::default()
+        };
         let (counters, root_key_check) = if self.policy.load().allows_metrics(peer) {
             let keys = self.store.keys();
             let mut counters = self.monitor.counters();
@@ -849,6 +873,8 @@ impl Service {
             root_key_loaded: true,
             root_key_check,
             counters,
+            recovery,
+            rollback,
         }
     }
 }

@@ -12,7 +12,7 @@
 
 use std::sync::{Arc, TryLockError};
 
-use super::db::{self, DbError, KeyRow, ROOT_KEY_CHECK, Stored, VersionRow};
+use super::db::{self, DbError, KeyRow, ROOT_KEY_CHECK, SecretRow, Stored, VersionRow};
 use super::sealing::{SEALED_KEK_LEN, StoreSecrets};
 use super::{KeyStore, StoreError, Writer};
 use crate::envelope::KeyId;
@@ -36,6 +36,7 @@ pub struct RootRotation {
 struct Resealed {
     keys: Vec<(KeyRow, [u8; 32])>,
     versions: Vec<(VersionRow, [u8; 32])>,
+    secrets: Vec<(SecretRow, [u8; 32])>,
     sealed: Vec<(KeyId, u32, [u8; SEALED_KEK_LEN])>,
 }
 
@@ -81,6 +82,11 @@ impl KeyStore {
         // Committed: from here on the store is sealed under the new key,
         // whatever happens to the files.
         writer.secrets = secrets;
+        writer.sealed = resealed
+            .secrets
+            .iter()
+            .map(|(row, _)| (row.name.clone(), row.sealed.clone()))
+            .collect();
         let keys = self.keys.load();
         for (id, number, sealed) in &resealed.sealed {
             if let Some(version) = keys.by_id(*id).and_then(|key| key.version(*number)) {
@@ -106,9 +112,11 @@ impl KeyStore {
         }
     }
 
-    /// The transaction: every row read, verified under the root key in
-    /// force (a row edited on disk is refused, never re-authenticated),
-    /// re-sealed and re-MACed under `next`, with the new check value.
+    /// The transaction: every row (keys, versions, secrets) read, verified
+    /// under the root key in force (a row edited on disk is refused, never
+    /// re-authenticated), re-sealed and re-MACed under `next`, with the new
+    /// check value. A table added later that is MACed or sealed under the
+    /// root key must be re-sealed here too.
     fn reseal_locked(
         &self,
         writer: &mut Writer,
@@ -116,13 +124,10 @@ impl KeyStore {
         new_check: &str,
     ) -> Result<Resealed, StoreError> {
         let (key_rows, version_rows) = writer.db.load().map_err(|e| self.db_error(e))?;
-        let resealed = reseal_rows(
-            &self.path.display().to_string(),
-            &writer.secrets,
-            next,
-            key_rows,
-            version_rows,
-        )?;
+        let secret_rows = writer.db.load_secrets().map_err(|e| self.db_error(e))?;
+        let path = self.path.display().to_string();
+        let mut resealed = reseal_rows(&path, &writer.secrets, next, key_rows, version_rows)?;
+        resealed.secrets = reseal_secrets(&path, &writer.secrets, next, secret_rows)?;
         writer
             .db
             .transaction(|tx| {
@@ -131,6 +136,9 @@ impl KeyStore {
                 }
                 for (row, mac) in &resealed.versions {
                     db::put_version(tx, row, mac)?;
+                }
+                for (row, mac) in &resealed.secrets {
+                    db::put_secret(tx, row, mac)?;
                 }
                 db::put_meta(tx, ROOT_KEY_CHECK, new_check)
             })
@@ -206,8 +214,39 @@ fn reseal_rows(
     Ok(Resealed {
         keys,
         versions,
+        secrets: Vec::new(),
         sealed,
     })
+}
+
+/// Every sealed secret verified and opened under `current`, sealed again
+/// under `next`.
+fn reseal_secrets(
+    path: &str,
+    current: &StoreSecrets,
+    next: &StoreSecrets,
+    rows: Vec<Stored<SecretRow>>,
+) -> Result<Vec<(SecretRow, [u8; 32])>, StoreError> {
+    let mut resealed = Vec::with_capacity(rows.len());
+    for Stored { mut row, mac } in rows {
+        let tampered = |detail: &str| StoreError::Tampered {
+            path: path.to_string(),
+            key: format!("(secret {:?})", row.name),
+            detail: detail.to_string(),
+        };
+        if !current.row_mac_matches(&row.canonical(), &mac) {
+            return Err(tampered("fails authentication under the root key"));
+        }
+        let secret = current
+            .open_secret(&row.name, &row.sealed)
+            .map_err(|_| tampered("does not open under the root key"))?;
+        row.sealed = next
+            .seal_secret(&row.name, &secret)
+            .map_err(StoreError::Random)?;
+        let mac = next.row_mac(&row.canonical());
+        resealed.push((row, mac));
+    }
+    Ok(resealed)
 }
 
 #[cfg(test)]

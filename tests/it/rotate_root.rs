@@ -68,7 +68,7 @@ fn populate(daemon: &Daemon) -> Vec<Sealed> {
         let plaintext = format!("{key} secret {n}").into_bytes();
         let wrapped = client.wrap(key, &plaintext, &context).expect("wrap");
         sealed.push(Sealed {
-            ciphertext: wrapped.ciphertext.to_vec(),
+            ciphertext: wrapped.ciphertext.as_bytes().to_vec(),
             plaintext: live.then_some(plaintext),
         });
     };
@@ -94,7 +94,7 @@ fn assert_unwraps(daemon: &Daemon, sealed: &[Sealed], when: &str) {
                 let unwrapped = result
                     .unwrap_or_else(|e| panic!("{when}: ciphertext {n} does not unwrap: {e}"));
                 assert_eq!(
-                    unwrapped.plaintext.to_vec(),
+                    unwrapped.plaintext.expose().to_vec(),
                     *plaintext,
                     "{when}: ciphertext {n}"
                 );
@@ -137,7 +137,7 @@ fn rotate_root_reseals_the_store_under_a_new_key_and_every_ciphertext_still_unwr
 
     let out = cli(&daemon.socket, &["rotate-root"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let printed = text(&out);
+    let printed = text(&out.stdout);
     let new_check = status_check(&daemon);
     assert_ne!(new_check, old_check, "status shows the new check value");
     assert!(
@@ -161,7 +161,7 @@ fn rotate_root_reseals_the_store_under_a_new_key_and_every_ciphertext_still_unwr
         let plaintext = format!("{key} after").into_bytes();
         let wrapped = client.wrap(key, &plaintext, &context).expect("wrap");
         sealed.push(Sealed {
-            ciphertext: wrapped.ciphertext.to_vec(),
+            ciphertext: wrapped.ciphertext.as_bytes().to_vec(),
             plaintext: Some(plaintext),
         });
     }
@@ -346,7 +346,13 @@ fn place(files: &DaemonFiles, from: &Path, name: &str, as_name: &str) {
 fn state_files(files: &DaemonFiles) -> Vec<(String, Vec<u8>)> {
     let mut all: Vec<(String, Vec<u8>)> = fs::read_dir(&files.state_dir)
         .expect("state dir")
-        .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .filter(|name| name != "lock")
         .map(|name| {
             let bytes = fs::read(files.state_file(&name)).expect("read");
@@ -381,7 +387,8 @@ fn a_start_completes_or_discards_the_rotation_a_crash_left_at_each_step() {
         daemon = Daemon::start(&files).expect("restart");
     }
     drop(daemon);
-    let (old_check, new_check, newer_check) = (checks[0].clone(), checks[1].clone(), checks[2].clone());
+    let (old_check, new_check, newer_check) =
+        (checks[0].clone(), checks[1].clone(), checks[2].clone());
 
     // Each crash point: the files it leaves, and which key must win.
     // (root.pub, root.priv, keystore.db from snapshot; next blobs from `new`)
@@ -503,7 +510,9 @@ fn a_start_completes_or_discards_the_rotation_a_crash_left_at_each_step() {
     place(&files, &new, "root.pub", "root-next.pub");
     place(&files, &new, "root.priv", "root-next.priv");
     let before = state_files(&files);
-    let refused = Daemon::start(&files).err().expect("a start on a foreign store");
+    let refused = Daemon::start(&files)
+        .err()
+        .expect("a start on a foreign store");
     assert!(
         refused.contains("interrupted root-key rotation")
             && refused.contains(&newer_check)
