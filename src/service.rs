@@ -900,4 +900,6 @@ mod refusal_tests {
 }
 
 #[cfg(test)]
+mod rotate_root_tests;
+#[cfg(test)]
 mod tests;

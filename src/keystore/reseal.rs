@@ -258,7 +258,7 @@ mod tests {
 
     use super::*;
     use crate::envelope;
-    use crate::keystore::TestEntropy;
+    use crate::keystore::{SecretName, TestEntropy};
     use crate::rootkey::{RootKey, RootKeyError};
     use crate::state_dir::{KEYSTORE_DB, StateDir};
 
@@ -444,6 +444,31 @@ mod tests {
 
     fn rotation_id(store: &KeyStore, name: &str) -> KeyId {
         store.keys().by_name(name).unwrap().id()
+    }
+
+    #[test]
+    fn sealed_secrets_are_resealed_with_the_keys() {
+        let fixture = Fixture::new();
+        populated(&fixture);
+        let store = fixture.open_with(OLD).unwrap();
+        store
+            .put_secret(SecretName::TransportKey, b"transport secret")
+            .unwrap();
+        store
+            .put_secret(SecretName::RollbackAuth, b"nv auth")
+            .unwrap();
+        store.rotate_root(&FakeSealer::default()).unwrap();
+        let read = |store: &KeyStore, name| store.secret(name).unwrap().unwrap().to_vec();
+        assert_eq!(read(&store, SecretName::TransportKey), b"transport secret");
+        // A secret written after the rotation is sealed under the new key.
+        store
+            .put_secret(SecretName::RecoveryBundle, b"bundle")
+            .unwrap();
+        drop(store);
+        let store = fixture.open_with(NEW).unwrap();
+        assert_eq!(read(&store, SecretName::TransportKey), b"transport secret");
+        assert_eq!(read(&store, SecretName::RollbackAuth), b"nv auth");
+        assert_eq!(read(&store, SecretName::RecoveryBundle), b"bundle");
     }
 
     #[test]
