@@ -531,3 +531,80 @@ fn a_start_completes_or_discards_the_rotation_a_crash_left_at_each_step() {
     );
     assert_eq!(state_files(&files), before, "nothing changed");
 }
+
+#[test]
+fn on_a_hung_tpm_rotate_root_fails_in_time_while_other_changes_go_on() {
+    const TPM_TIMEOUT_SECS: u64 = 5;
+    // Far more than any prompt answer takes here, far less than "forever".
+    const PROMPT: Duration = Duration::from_secs(10);
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::new(
+        &tpm.tcti(),
+        &DaemonConfig::new().tpm_timeout_secs(TPM_TIMEOUT_SECS),
+    );
+    let daemon = Daemon::start(&files).expect("start");
+    let sealed = populate(&daemon);
+    thread::sleep(SETTLE);
+    let check = status_check(&daemon);
+    let blobs = root_blobs(&files);
+
+    tpm.pause();
+    let socket = daemon.socket.clone();
+    let asking = thread::spawn(move || {
+        let mut client = agent_proto::Client::connect(&socket).expect("connect");
+        client
+            .set_timeout(Some(Duration::from_secs(120)))
+            .expect("timeout");
+        let started = Instant::now();
+        let result = client.rotate_root();
+        (result, started.elapsed())
+    });
+    thread::sleep(Duration::from_millis(500));
+    // The rotation waits on the TPM without the writer lock: changes that
+    // need no TPM answer at once, and a second rotation is told to wait.
+    let mut client = daemon.client();
+    let started = Instant::now();
+    client.disable("b").expect("disable during a hung rotation");
+    client.enable("b").expect("enable during a hung rotation");
+    let second = client.rotate_root().expect_err("a second rotation");
+    assert!(
+        started.elapsed() < PROMPT,
+        "changes waited {:?} behind a rotation on a hung TPM",
+        started.elapsed()
+    );
+    assert_eq!(second.code(), Some(ErrorCode::Busy), "{second}");
+    assert!(
+        !asking.is_finished(),
+        "the changes were answered only after the rotation gave up on the TPM"
+    );
+
+    let (result, took) = asking.join().expect("asking thread");
+    let error = result.expect_err("a rotation on a hung TPM");
+    assert_eq!(error.code(), Some(ErrorCode::TpmUnavailable), "{error}");
+    assert!(
+        took < Duration::from_secs(3 * TPM_TIMEOUT_SECS) + PROMPT,
+        "the rotation took {took:?}, past its TPM deadline"
+    );
+    tpm.resume();
+    assert_eq!(status_check(&daemon), check, "the old key stays in force");
+    assert_eq!(root_blobs(&files), blobs);
+    assert!(next_blobs_left(&files).is_empty());
+    assert_eq!(store_check(&files), check);
+    assert_unwraps(&daemon, &sealed, "after a failed rotation");
+
+    // Once the TPM answers again, so does the rotation.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let rotation = loop {
+        match client.rotate_root() {
+            Ok(rotation) => break rotation,
+            Err(e) if Instant::now() < deadline => {
+                assert_eq!(e.code(), Some(ErrorCode::TpmUnavailable), "{e}");
+                thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("the TPM answers again, but the rotation still fails: {e}"),
+        }
+    };
+    assert_eq!(rotation.old_check, check);
+    assert_eq!(status_check(&daemon), rotation.new_check);
+    assert_consistent(&daemon, &files, &sealed, "after the TPM recovered");
+}
