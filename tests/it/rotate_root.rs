@@ -608,3 +608,36 @@ fn on_a_hung_tpm_rotate_root_fails_in_time_while_other_changes_go_on() {
     assert_eq!(status_check(&daemon), rotation.new_check);
     assert_consistent(&daemon, &files, &sealed, "after the TPM recovered");
 }
+
+#[test]
+fn a_row_edited_behind_the_daemons_back_stops_the_rotation_and_the_next_key_is_deleted() {
+    let Harness {
+        tpm: _tpm,
+        files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
+    populate(&daemon);
+    let check = status_check(&daemon);
+    let blobs = root_blobs(&files);
+    // Someone with write access to the state dir edits a key's row; a
+    // rotation must not re-authenticate it under the new key.
+    sqlite(
+        &files.state_file("keystore.db"),
+        "UPDATE keys SET state = 1 WHERE name = 'b'",
+    );
+    let out = cli(&daemon.socket, &["rotate-root"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(status_check(&daemon), check, "the old key stays in force");
+    assert_eq!(store_check(&files), check);
+    assert_eq!(root_blobs(&files), blobs);
+    assert!(
+        next_blobs_left(&files).is_empty(),
+        "the next key is deleted: {:?}",
+        next_blobs_left(&files)
+    );
+    let (_, log) = daemon.stop();
+    assert!(
+        log.contains("fails authentication under the root key"),
+        "the log names the edited row: {log}"
+    );
+}
