@@ -641,3 +641,33 @@ fn a_row_edited_behind_the_daemons_back_stops_the_rotation_and_the_next_key_is_d
         "the log names the edited row: {log}"
     );
 }
+
+#[test]
+fn a_next_blob_planted_as_a_symlink_is_refused_not_followed() {
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
+    let daemon = Daemon::start(&files).expect("start");
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
+    let before = state_files(&files);
+    let target = files.root.path().join("elsewhere");
+    fs::write(&target, b"not a blob").expect("target");
+    std::os::unix::fs::symlink(&target, files.state_file("root-next.pub")).expect("symlink");
+
+    let refused = Daemon::start(&files)
+        .err()
+        .expect("a start with a planted link");
+    assert!(
+        refused.contains("root-next.pub") && refused.contains("symbolic link"),
+        "the refusal names the link: {refused}"
+    );
+    assert_eq!(fs::read(&target).expect("target"), b"not a blob");
+    assert!(
+        fs::symlink_metadata(files.state_file("root-next.pub"))
+            .expect("the link stays")
+            .file_type()
+            .is_symlink()
+    );
+    fs::remove_file(files.state_file("root-next.pub")).expect("remove link");
+    assert_eq!(state_files(&files), before, "nothing else changed");
+}
