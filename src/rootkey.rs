@@ -426,6 +426,11 @@ pub fn seal_next(
 /// renames `root-next.priv` over `root.priv`, then `root-next.pub` over
 /// `root.pub`, each durably. A start after a crash in between finishes it.
 pub fn promote_next(dir: &StateDir) -> Result<(), RootKeyError> {
+    // The store's commit is the deletion of its journal in this directory,
+    // which SQLite does not sync (synchronous=FULL): made durable here,
+    // before the old blobs go, so a power cut cannot bring back an old
+    // store beside the new key alone.
+    dir.sync()?;
     if dir.contains(ROOT_NEXT_PRIV) {
         dir.replace(ROOT_NEXT_PRIV, ROOT_PRIV)?;
     }

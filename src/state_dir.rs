@@ -265,9 +265,10 @@ impl StateDir {
         }
     }
 
-    /// Syncs the directory itself: its entries (renames, removals) are
-    /// durable afterwards.
-    fn sync(&self) -> Result<(), StateDirError> {
+    /// Syncs the directory itself: its entries (renames, removals, and the
+    /// deletion of SQLite's journal that commits a transaction) are durable
+    /// afterwards.
+    pub fn sync(&self) -> Result<(), StateDirError> {
         fs::File::open(&self.path)
             .and_then(|dir| dir.sync_all())
             .map_err(|source| StateDirError::Update {
