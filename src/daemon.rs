@@ -148,7 +148,7 @@ fn load_root_key(
     } else {
         None
     };
-    let (root_key, origin) = rootkey::load_or_create(
+    let (root_key, origin) = rootkey::load_or_complete(
         state_dir,
         tpm,
         settings.start_timeout,

@@ -18,7 +18,8 @@
 //!    `root-next.pub` over `root.pub`, and the directory synced.
 //!
 //! The key store's recorded check value decides which key is in force. A
-//! start that finds `root-next.*` ([`rotation_interrupted`]) unseals the
+//! start ([`load_or_complete`]) that finds `root-next.*`
+//! ([`rotation_interrupted`]) unseals the
 //! candidate pairs and keeps the one the store matches: the old pair (the
 //! transaction never committed: the next blobs are deleted) or the new one
 //! (it committed: the renames are finished). `root-next.pub` alone means
@@ -226,9 +227,10 @@ pub enum RootKeyError {
         /// Each candidate pair and what it unsealed to, or why it did not.
         found: String,
     },
-    /// A rotation was asked for while next blobs of an earlier one remain.
+    /// Next blobs of an earlier rotation remain: a rotation, or an offline
+    /// command, waits until a start of the daemon has decided about them.
     #[error(
-        "{dir} holds {left} from an earlier root-key rotation that did not finish; restart hostkmsd (it completes or discards that rotation at start), then rotate again"
+        "{dir} holds {left} from an earlier root-key rotation that did not finish; start hostkmsd once (it completes or discards that rotation at start, and logs which), then try again"
     )]
     RotationPending {
         /// The state directory.
@@ -248,17 +250,35 @@ fn sentence(advice: &str) -> String {
 }
 
 /// Whether `root-next.*` show a root-key rotation that was interrupted:
-/// then [`load_or_create`] needs the key store's recorded check value.
+/// then [`load_or_complete`] needs the key store's recorded check value.
 pub fn rotation_interrupted(dir: &StateDir) -> bool {
     dir.contains(ROOT_NEXT_PUB) || dir.contains(ROOT_NEXT_PRIV)
 }
 
 /// Creates and seals a root key in an empty state dir, or unseals the
-/// existing one, through `tpm`, giving up after `timeout`. When an
-/// interrupted rotation left next blobs ([`rotation_interrupted`]),
-/// `store_check` (the check value the key store records; `None` when there
-/// is no store) decides whether it is completed or discarded.
+/// existing one, through `tpm`, giving up after `timeout`. Next blobs of an
+/// interrupted rotation ([`rotation_interrupted`]) are refused: only the
+/// daemon's start ([`load_or_complete`]), which reads the key store, decides
+/// about them.
 pub fn load_or_create(
+    dir: &StateDir,
+    tpm: &TpmWorker,
+    timeout: Duration,
+) -> Result<(RootKey, Origin), RootKeyError> {
+    if rotation_interrupted(dir) {
+        return Err(RootKeyError::RotationPending {
+            dir: dir.path().display().to_string(),
+            left: next_blobs_left(dir),
+        });
+    }
+    load_or_create_blobs(dir, tpm, timeout)
+}
+
+/// As [`load_or_create`], and when an interrupted rotation left next blobs
+/// ([`rotation_interrupted`]), completes or discards it: `store_check`
+/// (the check value the key store records; `None` when there is no store)
+/// says which key is in force. What the daemon's start uses.
+pub fn load_or_complete(
     dir: &StateDir,
     tpm: &TpmWorker,
     timeout: Duration,
@@ -267,6 +287,15 @@ pub fn load_or_create(
     if rotation_interrupted(dir) {
         return complete_rotation(dir, tpm, timeout, store_check);
     }
+    load_or_create_blobs(dir, tpm, timeout)
+}
+
+/// The root blobs unsealed, or made in an empty state dir.
+fn load_or_create_blobs(
+    dir: &StateDir,
+    tpm: &TpmWorker,
+    timeout: Duration,
+) -> Result<(RootKey, Origin), RootKeyError> {
     let shown = |name: &str| dir.file(name).display().to_string();
     match (dir.contains(ROOT_PUB), dir.contains(ROOT_PRIV)) {
         (true, true) => unseal(dir, tpm, timeout).map(|key| (key, Origin::Unsealed)),
