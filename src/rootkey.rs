@@ -634,6 +634,59 @@ mod tests {
         );
     }
 
+    /// A worker on a TPM that is not there: any TPM call fails, so a test
+    /// that passes proves nothing was asked of the TPM.
+    fn absent_tpm() -> TpmWorker {
+        let tcti = "swtpm:host=127.0.0.1,port=9".parse().unwrap();
+        TpmWorker::start(tcti).unwrap()
+    }
+
+    #[test]
+    fn offline_commands_refuse_next_blobs_and_leave_them_for_the_daemon() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(&tmp.path().join("state")).unwrap();
+        for name in [ROOT_PUB, ROOT_PRIV, KEYSTORE_DB, ROOT_NEXT_PRIV] {
+            dir.write_private(name, b"x").unwrap();
+        }
+        let tpm = absent_tpm();
+        let error = load_or_create(&dir, &tpm, Duration::from_secs(1)).unwrap_err();
+        assert!(
+            matches!(error, RootKeyError::RotationPending { .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("start hostkmsd once"), "{error}");
+        assert!(dir.contains(ROOT_NEXT_PRIV), "left for the daemon");
+        // A new rotation waits for that start too, before any TPM work.
+        let error = seal_next(&dir, &tpm, Duration::from_secs(1)).unwrap_err();
+        assert!(
+            matches!(error, RootKeyError::RotationPending { .. }),
+            "{error}"
+        );
+        tpm.shutdown(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn without_a_store_an_interrupted_rotation_is_not_guessed_at() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(&tmp.path().join("state")).unwrap();
+        for name in [ROOT_PUB, ROOT_PRIV, ROOT_NEXT_PUB, ROOT_NEXT_PRIV] {
+            dir.write_private(name, b"x").unwrap();
+        }
+        let tpm = absent_tpm();
+        let error = load_or_complete(&dir, &tpm, Duration::from_secs(1), None).unwrap_err();
+        let shown = error.to_string();
+        assert!(
+            matches!(error, RootKeyError::RotationUndecidable { .. }),
+            "{shown}"
+        );
+        assert!(shown.contains("there is no key store"), "{shown}");
+        assert!(shown.contains("changed nothing"), "{shown}");
+        for name in [ROOT_PUB, ROOT_PRIV, ROOT_NEXT_PUB, ROOT_NEXT_PRIV] {
+            assert!(dir.contains(name), "{name} kept");
+        }
+        tpm.shutdown(Duration::from_secs(1));
+    }
+
     #[test]
     fn different_root_keys_have_different_check_values() {
         let a = RootKey::from_bytes_for_tests([1; ROOT_KEY_LEN]);
