@@ -171,6 +171,15 @@ fn rotate_root_reseals_the_store_under_a_new_key_and_every_ciphertext_still_unwr
     client.disable("b").expect("disable after rotation");
     drop(client);
 
+    // Scripts get one JSON document; a second rotation starts from the first.
+    let out = cli(&daemon.socket, &["--json", "rotate-root"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(json["old_check"], new_check.as_str(), "{json}");
+    let new_check = json["new_check"].as_str().expect("new_check").to_string();
+    assert_eq!(json["keys"], 4, "{json}");
+    assert_eq!(status_check(&daemon), new_check);
+
     let (exit, log) = daemon.stop();
     assert!(exit.success(), "{log}");
     assert!(
