@@ -107,9 +107,23 @@ pub struct KeyRow {
 }
 
 impl KeyRow {
-    /// The bytes the row's MAC covers: every field, fixed-width or length-prefixed.
+    /// The bytes the row's MAC covers in a store not (yet) bound to a
+    /// rollback counter: every field, fixed-width or length-prefixed.
+    #[cfg(test)]
     pub fn canonical(&self) -> Vec<u8> {
-        let mut out = b"hostkms key row v1".to_vec();
+        self.canonical_as(false)
+    }
+
+    /// The bytes the row's MAC covers; `bound`: the store is bound to a
+    /// rollback counter, and the row says so under its own label ("hostkms
+    /// key row v1 bound"), so a bound store cannot pass for an unbound one
+    /// without the root key.
+    pub fn canonical_as(&self, bound: bool) -> Vec<u8> {
+        let mut out = if bound {
+            b"hostkms key row v1 bound".to_vec()
+        } else {
+            b"hostkms key row v1".to_vec()
+        };
         out.extend_from_slice(&self.id.0);
         out.extend_from_slice(&(self.name.len() as u32).to_be_bytes());
         out.extend_from_slice(self.name.as_bytes());

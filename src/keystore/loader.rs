@@ -81,7 +81,8 @@ impl KeyStore {
             }
         }
         let (key_rows, version_rows) = db.load().map_err(db_error)?;
-        let keys = load_keys(&shown, &secrets, key_rows, version_rows)?;
+        // `bound_rows`: some key row is MACed as part of a bound store.
+        let (keys, bound_rows) = load_keys(&shown, &secrets, key_rows, version_rows)?;
         let sealed = load_secrets(&shown, &secrets, db.load_secrets().map_err(db_error)?)?;
         let auth_name = SecretName::RollbackAuth.as_str();
         let auth =
@@ -100,6 +101,7 @@ impl KeyStore {
             db.meta(rollback::ROLLBACK_META).map_err(db_error)?,
             auth.as_deref().map(Vec::as_slice),
             &keys,
+            bound_rows,
             accepting,
         )?;
         entropy.start();
@@ -122,7 +124,7 @@ impl KeyStore {
             rotation: Mutex::new(()),
         };
         if let Some(row) = binding.row {
-            store.rollback.record(&row);
+            store.rollback.opened(&row);
         }
         Ok(store)
     }
@@ -169,13 +171,14 @@ fn load_secrets(
     Ok(sealed)
 }
 
-/// Verifies and assembles every key from its rows.
+/// Verifies and assembles every key from its rows; also says whether any
+/// key row carries the label of a store bound to a rollback counter.
 fn load_keys(
     path: &str,
     secrets: &StoreSecrets,
     key_rows: Vec<Stored<KeyRow>>,
     version_rows: Vec<Stored<VersionRow>>,
-) -> Result<Keys, StoreError> {
+) -> Result<(Keys, bool), StoreError> {
     let tampered = |row: &KeyRow, detail: String| StoreError::Tampered {
         path: path.to_string(),
         key: format!("\"{}\" (id {})", row.name, row.id),
@@ -189,13 +192,18 @@ fn load_keys(
             .push(stored);
     }
     let mut keys = Keys::default();
+    let mut bound_rows = false;
     for Stored { row, mac } in key_rows {
-        if !secrets.row_mac_matches(&row.canonical(), &mac) {
+        let Some(bound) = [true, false]
+            .into_iter()
+            .find(|bound| secrets.row_mac_matches(&row.canonical_as(*bound), &mac))
+        else {
             return Err(tampered(
                 &row,
                 "fails authentication under the root key".to_string(),
             ));
-        }
+        };
+        bound_rows |= bound;
         let state = match row.state {
             0 => KeyState::Enabled,
             1 => KeyState::Disabled,
@@ -275,5 +283,5 @@ fn load_keys(
             detail: "has versions but no key row".to_string(),
         });
     }
-    Ok(keys)
+    Ok((keys, bound_rows))
 }

@@ -128,6 +128,11 @@ impl KeyStore {
         let path = self.path.display().to_string();
         let mut resealed = reseal_rows(&path, &writer.secrets, next, key_rows, version_rows)?;
         resealed.secrets = reseal_secrets(&path, &writer.secrets, next, secret_rows)?;
+        // A rotation takes access away (the retired root key and every
+        // state dir sealed under it): `S + 1` in its transaction, so a
+        // pre-rotation state dir put back is refused as a rollback once the
+        // TPM has counted.
+        let rollback = self.next_rollback_row(writer, &self.keys.load(), true);
         writer
             .db
             .transaction(|tx| {
@@ -140,9 +145,15 @@ impl KeyStore {
                 for (row, mac) in &resealed.secrets {
                     db::put_secret(tx, row, mac)?;
                 }
+                if let Some((_, text)) = &rollback {
+                    super::rollback::put_row(tx, text)?;
+                }
                 db::put_meta(tx, ROOT_KEY_CHECK, new_check)
             })
             .map_err(|e| self.db_error(e))?;
+        if let Some((row, _)) = rollback {
+            self.rollback_committed(writer, row);
+        }
         Ok(resealed)
     }
 }
@@ -173,13 +184,17 @@ fn reseal_rows(
     };
     let mut keys = Vec::with_capacity(key_rows.len());
     for Stored { row, mac } in key_rows {
-        if !current.row_mac_matches(&row.canonical(), &mac) {
+        // A row keeps its label: bound stays bound.
+        let Some(bound) = [true, false]
+            .into_iter()
+            .find(|bound| current.row_mac_matches(&row.canonical_as(*bound), &mac))
+        else {
             return Err(tampered(
                 format!("\"{}\" (id {})", row.name, row.id),
                 "fails authentication under the root key".to_string(),
             ));
-        }
-        let mac = next.row_mac(&row.canonical());
+        };
+        let mac = next.row_mac(&row.canonical_as(bound));
         keys.push((row, mac));
     }
     let mut versions = Vec::with_capacity(version_rows.len());

@@ -51,6 +51,11 @@ pub(super) const ROLLBACK_META: &str = "rollback";
 /// counter than this is refused (no crash or TPM outage leaves so many).
 pub const MAX_CATCH_UP: u64 = 1024;
 
+/// The most increments the running daemon lets pend while the TPM does not
+/// count; beyond, changes that take access away are coalesced (see
+/// [`KeyStore::next_rollback_row`]). Well below [`MAX_CATCH_UP`].
+pub const MAX_PENDING: u64 = 64;
+
 /// The key that MACs the binding row: HMAC-SHA256 under
 /// HKDF-SHA256(the counter's authorization value, salt "hostkms rollback
 /// v1", info "row mac").
@@ -236,7 +241,7 @@ pub enum RollbackError {
     },
     /// The store is much further ahead of its counter than any crash leaves it.
     #[error(
-        "{path} records counter {store} but the TPM's NV counter {index:#010x} is at {tpm}: more than {MAX_CATCH_UP} increments behind, which no crash or TPM outage explains; the counter was probably replaced. Check the TPM, then run `hostkmsd accept-rollback --config FILE` (service stopped) to bind this store again"
+        "{path} records counter {store} but the TPM's NV counter {index:#010x} is at {tpm}: more than {MAX_CATCH_UP} increments behind, which neither a crash nor a TPM outage explains (the daemon never lets more than {MAX_PENDING} pend); the counter was probably replaced or the store was written by another program. Check the TPM, then run `hostkmsd accept-rollback --config FILE` (service stopped) to bind this store again"
     )]
     FarAhead {
         /// The key store file.
@@ -259,6 +264,14 @@ pub enum RollbackError {
         /// The hostkms counters the TPM holds.
         indices: String,
     },
+    /// Key rows say the store was bound, but its binding row is gone.
+    #[error(
+        "{path} was bound to a TPM rollback counter (its key rows say so, under the root key) but its rollback binding has been removed from the file: an older copy of the store may have been put back with the binding deleted to hide the rollback. Put the newest keystore.db back; if you want this store as it is, run `hostkmsd accept-rollback --config FILE` (service stopped): every version revoked after the copy was taken is live again until you revoke it again"
+    )]
+    BindingRemoved {
+        /// The key store file.
+        path: String,
+    },
     /// The store is bound but its counter's authorization value is gone.
     #[error(
         "{path} is bound to NV counter {index:#010x} but holds no authorization value for it; the key store was changed outside hostkms. Put the newest keystore.db back, or run `hostkmsd accept-rollback --config FILE` (service stopped) to bind this store to a new counter"
@@ -270,9 +283,7 @@ pub enum RollbackError {
         index: u32,
     },
     /// The counter cannot be used as it is.
-    #[error(
-        "{path}: {source}. Run `hostkmsd accept-rollback --config FILE` (service stopped) to bind this store to a new counter, once you are sure the store is the newest (a rollback would go unnoticed)"
-    )]
+    #[error("{path}: {source}. {}", counter_advice(.source))]
     Counter {
         /// The key store file.
         path: String,
@@ -287,6 +298,22 @@ pub enum RollbackError {
         /// The TPM failure.
         source: NvCounterError,
     },
+}
+
+/// What to do about a counter that cannot be used: a counter that is gone
+/// or not ours is replaced by `accept-rollback`; a TPM with no room for a
+/// new one needs room first (`accept-rollback` itself meets that error).
+fn counter_advice(source: &NvCounterError) -> &'static str {
+    match source {
+        NvCounterError::Missing { .. }
+        | NvCounterError::Attributes { .. }
+        | NvCounterError::AuthFailed { .. } => {
+            "Run `hostkmsd accept-rollback --config FILE` (service stopped) to bind this store to a new counter, once you are sure the store is the newest (a rollback would go unnoticed)"
+        }
+        _ => {
+            "Once that is fixed, run the same command again (hostkmsd, or `hostkmsd accept-rollback --config FILE` if that is what failed)"
+        }
+    }
 }
 
 /// What the start check did.
@@ -365,6 +392,13 @@ impl Rollback {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         shared.wake.notify_all();
+    }
+
+    /// Records the binding found when the store opened: until the start
+    /// check reads the TPM, the counter is taken to be level with it.
+    pub(super) fn opened(&self, row: &RollbackRow) {
+        self.shared.level.fetch_max(row.counter, Ordering::SeqCst);
+        self.record(row);
     }
 
     fn state(&self) -> RollbackStatus {
@@ -477,7 +511,7 @@ fn catch_up(shared: &Shared, auth: &Zeroizing<Vec<u8>>, tpm: &TpmWorker, timeout
                 }
                 backoff = RETRY_FIRST;
             }
-            Err(error) => {
+            Err(error @ NvCounterError::Tpm(_)) => {
                 if !failing {
                     failing = true;
                     tracing::error!(
@@ -488,6 +522,22 @@ fn catch_up(shared: &Shared, auth: &Zeroizing<Vec<u8>>, tpm: &TpmWorker, timeout
                 }
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(RETRY_MAX);
+            }
+            Err(error) => {
+                // Not the TPM being away: the counter is gone or is no
+                // longer ours (undefined, or defined again by another TPM
+                // user). Retrying cannot help, and the next start refuses.
+                if !failing {
+                    failing = true;
+                    tracing::error!(
+                        target: "hostkms::alert",
+                        nv_index = format_args!("{index:#010x}"),
+                        pending = target.saturating_sub(shared.level.load(Ordering::SeqCst)),
+                        permanent = true,
+                        "the rollback counter is unusable for good: {error}. Revocations are in force, but no longer protected against rollback, and the next start of hostkmsd is refused. Stop hostkmsd, make sure the state dir is the newest copy, then run `hostkmsd accept-rollback --config FILE` to bind the store to a new counter"
+                    );
+                }
+                std::thread::sleep(RETRY_MAX);
             }
         }
     }
@@ -518,13 +568,33 @@ fn on_tpm<T: Send + 'static>(
 }
 
 /// Writes the binding row (outside a change: at start and at accept).
+///
+/// In the same transaction every key row is MACed again under the label of a
+/// bound store ([`super::db::KeyRow::canonical_as`]), so a copy taken from
+/// now on cannot pass for a store from before the binding by losing its
+/// binding row: rewriting a key row takes the root key.
 fn write_row(store: &KeyStore, row: &RollbackRow, key: RowKey) -> Result<(), StoreError> {
     let mut writer = store.writer();
     let text = row.encode(&key);
     writer.rollback_key = Some(key);
+    let keys = store.keys();
+    let key_rows: Vec<_> = keys
+        .by_name
+        .values()
+        .map(|key| {
+            let row = key.row();
+            let mac = writer.secrets.row_mac(&row.canonical_as(true));
+            (row, mac)
+        })
+        .collect();
     writer
         .db
-        .set_meta(ROLLBACK_META, &text)
+        .transaction(|tx| {
+            for (row, mac) in &key_rows {
+                super::db::put_key(tx, row, mac)?;
+            }
+            put_row(tx, &text)
+        })
         .map_err(|e| store.db_error(e))?;
     writer.rollback = Some(*row);
     drop(writer);
@@ -559,16 +629,26 @@ impl KeyStore {
 
     /// The row a change writes: `S + 1` when it takes access away, and the
     /// digest of `next`, the snapshot it publishes. `None` while unbound.
+    ///
+    /// Pending increments are bounded: while [`MAX_PENDING`] are owed (the
+    /// TPM does not count), a further change that takes access away keeps
+    /// `S` where it is instead of adding one, so no TPM outage, however
+    /// long, leaves the store further ahead than a start catches up on.
+    /// What that costs: a copy taken during the outage, after the first
+    /// [`MAX_PENDING`] such changes, is not told apart from a later one.
     pub(super) fn next_rollback_row(
+        &self,
         writer: &super::Writer,
         next: &Keys,
         reduces_access: bool,
     ) -> Option<(RollbackRow, String)> {
         let current = writer.rollback?;
         let key = writer.rollback_key.as_ref()?;
+        let pending = self.rollback.state().pending_increments;
+        let step = u64::from(reduces_access && pending < MAX_PENDING);
         let row = RollbackRow {
             index: current.index,
-            counter: current.counter + u64::from(reduces_access),
+            counter: current.counter + step,
             digest: key_set_digest(next),
         };
         let text = row.encode(key);
@@ -833,6 +913,7 @@ pub(super) fn load_binding(
     text: Option<String>,
     auth: Option<&[u8]>,
     keys: &Keys,
+    bound_rows: bool,
     accepting: bool,
 ) -> Result<LoadedBinding, StoreError> {
     let key = auth.map(RowKey::derive).transpose()?;
@@ -842,6 +923,18 @@ pub(super) fn load_binding(
         problem,
     };
     let Some(text) = text else {
+        // Key rows MACed as part of a bound store, but no binding row: the
+        // row was deleted (with the counter undefined, perhaps) to pass an
+        // older copy off as a store from before rollback protection.
+        if bound_rows {
+            let error = RollbackError::BindingRemoved {
+                path: path.to_string(),
+            };
+            if accepting {
+                return Ok(loaded(None, error.to_string()));
+            }
+            return Err(StoreError::Rollback(error));
+        }
         return Ok(loaded(None, String::new()));
     };
     let decoded = match &key {
@@ -1058,6 +1151,58 @@ mod tests {
         let key = RowKey::derive(&AUTH).unwrap();
         let row = RollbackRow::decode(&fixture.stored_row(), &key).unwrap();
         assert_eq!(row.digest, digest);
+    }
+
+    #[test]
+    fn a_bound_store_cannot_lose_its_binding_row_and_pass_for_an_unbound_one() {
+        let fixture = Fixture::new();
+        let store = fixture.open().unwrap();
+        store.create("a").unwrap();
+        drop(store);
+        // Before the binding (the upgrade path): no row, and it opens.
+        let store = fixture
+            .open()
+            .expect("a store from before the binding opens");
+        assert!(!store.rollback_status().bound);
+        bind(&store, 3);
+        store.create("b").unwrap();
+        drop(store);
+        fixture.open().expect("the bound store opens");
+        let copy = fixture.dir.join("copy.db");
+        std::fs::copy(fixture.dir.join(KEYSTORE_DB), &copy).unwrap();
+
+        // Every key row, the one from before the binding too, says "bound".
+        fixture.edit("DELETE FROM meta WHERE name = 'rollback';");
+        assert!(matches!(
+            fixture.open(),
+            Err(StoreError::Rollback(RollbackError::BindingRemoved { .. }))
+        ));
+        for name in ["a", "b"] {
+            std::fs::copy(&copy, fixture.dir.join(KEYSTORE_DB)).unwrap();
+            let other = if name == "a" { "b" } else { "a" };
+            fixture.edit(&format!(
+                "DELETE FROM meta WHERE name = 'rollback';
+                 DELETE FROM versions WHERE key_id = (SELECT id FROM keys WHERE name = '{other}');
+                 DELETE FROM keys WHERE name = '{other}';"
+            ));
+            assert!(
+                matches!(
+                    fixture.open(),
+                    Err(StoreError::Rollback(RollbackError::BindingRemoved { .. }))
+                ),
+                "key {name} alone"
+            );
+        }
+        // accept-rollback opens it and says why a start would not.
+        let accepting = fixture.open_with([0x42; 32], true).unwrap();
+        assert!(
+            accepting
+                .writer()
+                .rollback_problem
+                .contains("has been removed"),
+            "{}",
+            accepting.writer().rollback_problem
+        );
     }
 
     #[test]

@@ -49,7 +49,9 @@ impl KeyStore {
         change: Change,
     ) -> Result<Arc<Key>, StoreError> {
         let key_row = key.row();
-        let key_mac = writer.secrets.row_mac(&key_row.canonical());
+        let key_mac = writer
+            .secrets
+            .row_mac(&key_row.canonical_as(writer.rollback.is_some()));
         let version_rows: Vec<(VersionRow, [u8; 32])> = versions
             .iter()
             .map(|v| {
@@ -61,7 +63,7 @@ impl KeyStore {
         let key = Arc::new(key);
         let mut next = Keys::clone(&self.keys.load());
         next.insert(Arc::clone(&key));
-        let rollback = Self::next_rollback_row(writer, &next, change.reduces_access());
+        let rollback = self.next_rollback_row(writer, &next, change.reduces_access());
         writer
             .db
             .transaction(|tx| {

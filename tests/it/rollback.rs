@@ -463,9 +463,12 @@ fn an_older_copy_with_its_binding_removed_is_refused() {
     // store from before rollback protection.
     fs::copy(&copy, &db).expect("put the old store back");
     sqlite(&db, "DELETE FROM meta WHERE name = 'rollback';");
+    // The key rows say the store was bound: refused before the TPM is asked.
     let log = refused_start(&files);
-    assert!(log.contains("has no rollback binding"), "{log}");
-    assert!(log.contains("0x01004b00"), "{log}");
+    assert!(
+        log.contains("its rollback binding has been removed"),
+        "{log}"
+    );
 
     let output = accept_rollback(&files);
     assert!(output.status.success(), "{}", text(&output.stderr));
@@ -543,7 +546,9 @@ fn a_root_key_rotation_keeps_the_binding() {
     client.rotate_root().expect("rotate the root key");
     client.disable("k").expect("disable after the rotation");
     let after = client.status().expect("status").rollback;
-    assert_eq!(after.store_counter, before.store_counter + 1, "{after:?}");
+    // The rotation counts (it takes the retired root key's access away),
+    // and so does the disable.
+    assert_eq!(after.store_counter, before.store_counter + 2, "{after:?}");
     stop(daemon);
     let daemon = Daemon::start(&files).expect("starts after a root-key rotation");
     assert!(
@@ -551,4 +556,172 @@ fn a_root_key_rotation_keeps_the_binding() {
         "{}",
         daemon.log()
     );
+}
+
+/// Copies every file of the state dir (the root-key blobs and keystore.db)
+/// to `to`, or back.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    fs::create_dir_all(to).expect("mkdir");
+    for entry in fs::read_dir(to).expect("read_dir") {
+        let path = entry.expect("entry").path();
+        if path.is_file() {
+            fs::remove_file(&path).expect("rm");
+        }
+    }
+    for entry in fs::read_dir(from).expect("read_dir") {
+        let path = entry.expect("entry").path();
+        if path.is_file() {
+            fs::copy(&path, to.join(path.file_name().expect("name"))).expect("copy");
+        }
+    }
+}
+
+#[test]
+fn an_older_copy_with_its_binding_removed_and_its_counter_undefined_is_refused() {
+    let Harness { tpm, files, daemon } = Harness::start(DaemonConfig::new());
+    let mut client = daemon.client();
+    client.create_key("k").expect("create");
+    let old = client.wrap("k", b"old secret", &context()).expect("wrap");
+    client.rotate("k").expect("rotate");
+    stop(daemon);
+    let db = files.state_file("keystore.db");
+    let copy = files.root.path().join("keystore.db.copy");
+    fs::copy(&db, &copy).expect("copy the store");
+    let daemon = Daemon::start(&files).expect("start");
+    daemon.client().revoke("k", Some(1)).expect("revoke");
+    stop(daemon);
+
+    // The older copy with its binding row deleted, and the counter gone
+    // from the TPM (any TPM user with the empty owner authorization can
+    // undefine it): nothing on the TPM says a store was bound.
+    fs::copy(&copy, &db).expect("put the old store back");
+    sqlite(&db, "DELETE FROM meta WHERE name = 'rollback';");
+    let index = format!("{NV_COUNTER_FIRST:#x}");
+    tpm2(tpm.port, "tpm2_nvundefine", &["-C", "o", &index]);
+    let log = refused_start(&files);
+    assert!(
+        log.contains("its rollback binding has been removed"),
+        "{log}"
+    );
+    assert!(log.contains("accept-rollback"), "{log}");
+    // Refused again: the refusal bound nothing.
+    refused_start(&files);
+    let defined = text(&tpm2(tpm.port, "tpm2_getcap", &["handles-nv-index"]));
+    assert!(!defined.contains("0x1004B"), "bound anew: {defined}");
+
+    let output = accept_rollback(&files);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let daemon = Daemon::start(&files).expect("starts once accepted");
+    daemon
+        .client()
+        .unwrap(old.ciphertext.as_bytes(), &context(), None)
+        .expect("the accepted copy has version 1 live");
+}
+
+#[test]
+fn a_state_dir_from_before_a_root_key_rotation_is_refused() {
+    let Harness {
+        tpm: _tpm,
+        files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
+    daemon.client().create_key("k").expect("create");
+    stop(daemon);
+    let before = files.root.path().join("state.before");
+    copy_dir(&files.state_dir, &before);
+    let daemon = Daemon::start(&files).expect("start");
+    let mut client = daemon.client();
+    let counted = client.status().expect("status").rollback.store_counter;
+    client.rotate_root().expect("rotate the root key");
+    let after = client.status().expect("status").rollback;
+    assert_eq!(after.store_counter, counted + 1, "{after:?}");
+    stop(daemon);
+
+    // The pre-rotation state dir (old root blobs, old store) put back.
+    copy_dir(&before, &files.state_dir);
+    let log = refused_start(&files);
+    assert!(log.contains("a rollback was detected"), "{log}");
+}
+
+#[test]
+fn pending_increments_stay_bounded_while_the_tpm_hangs() {
+    let Harness { tpm, files, daemon } = Harness::start(DaemonConfig::new().tpm_timeout_secs(3));
+    let mut client = daemon.client();
+    client.create_key("k").expect("create");
+    let before = client.status().expect("status").rollback;
+    tpm.pause();
+    for _ in 0..70 {
+        client.disable("k").expect("disable with the TPM hung");
+        client.enable("k").expect("enable with the TPM hung");
+    }
+    let during = client.status().expect("status").rollback;
+    assert_eq!(during.pending_increments, 64, "{during:?}");
+    assert_eq!(
+        during.store_counter,
+        before.store_counter + 64,
+        "{during:?}"
+    );
+    let (_, log) = daemon.stop();
+    // The stop says what is at risk, at error severity.
+    assert!(log.contains("ERROR"), "{log}");
+    assert!(
+        log.contains("increments of the TPM rollback counter pending"),
+        "{log}"
+    );
+    assert!(log.contains("is not detected"), "{log}");
+    tpm.resume();
+    let daemon = Daemon::start(&files).expect("the next start catches up");
+    assert_eq!(
+        daemon
+            .client()
+            .status()
+            .expect("status")
+            .rollback
+            .pending_increments,
+        0
+    );
+}
+
+#[test]
+fn a_counter_undefined_under_the_running_daemon_is_reported_as_permanent() {
+    let Harness {
+        tpm,
+        files: _files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
+    let mut client = daemon.client();
+    client.create_key("k").expect("create");
+    client.rotate("k").expect("rotate");
+    let index = format!("{NV_COUNTER_FIRST:#x}");
+    tpm2(tpm.port, "tpm2_nvundefine", &["-C", "o", &index]);
+    client.revoke("k", Some(1)).expect("revoke");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !daemon.log().contains("unusable for good") {
+        assert!(Instant::now() < deadline, "{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = daemon.log();
+    assert!(log.contains("has no NV index 0x01004b00"), "{log}");
+    assert!(log.contains("accept-rollback"), "{log}");
+}
+
+#[test]
+fn accept_rollback_prints_its_error_on_stderr_whatever_the_log_target() {
+    let Harness {
+        tpm: _tpm,
+        files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
+    let config = files.config.to_str().expect("config path");
+    let mut command = Command::new(HOSTKMSD);
+    command
+        .args(["accept-rollback", "--config", config])
+        .env("HOSTKMS_LOG", "info")
+        .env("HOSTKMS_LOG_TARGET", "journal")
+        .env_remove("JOURNAL_STREAM");
+    let output = output_feeding(command, b"", "hostkmsd accept-rollback");
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("is in use by"), "{stderr}");
+    stop(daemon);
 }
