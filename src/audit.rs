@@ -98,7 +98,10 @@ impl LogTarget {
 /// there (and `target` allows it), else to stderr. `directives` filters
 /// ordinary log lines (tracing's syntax, from `HOSTKMS_LOG`); audit events
 /// and alerts are never filtered out.
-pub fn init(target: LogTarget, directives: &str) {
+///
+/// Returns whether the log goes to the journal (not stderr), so a command
+/// run by hand can print its error on stderr as well.
+pub fn init(target: LogTarget, directives: &str) -> bool {
     let mut directives = directives.to_string();
     if !directives.contains("tss_esapi") {
         // Expected misses (no persistent SRK) look like errors there; the
@@ -128,6 +131,7 @@ pub fn init(target: LogTarget, directives: &str) {
                 .with(main)
                 .with(alerts)
                 .init();
+            true
         }
         None => {
             use std::io::IsTerminal;
@@ -138,6 +142,7 @@ pub fn init(target: LogTarget, directives: &str) {
                     audit_and_filtered.or(Targets::new().with_target(ALERT_TARGET, Level::INFO)),
                 );
             tracing_subscriber::registry().with(stderr).init();
+            false
         }
     }
 }

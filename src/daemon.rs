@@ -347,9 +347,9 @@ async fn stop(service: &Arc<Service>, tpm: &Arc<TpmWorker>) {
     .await
     .unwrap_or(0);
     if pending > 0 {
-        tracing::warn!(
+        tracing::error!(
             pending,
-            "stopping with {pending} increments of the TPM rollback counter pending (the TPM does not answer); the next start makes them"
+            "stopping with {pending} increments of the TPM rollback counter pending (the TPM does not answer): the revocations, disables and minimum-version changes they stand for are not yet protected against rollback. Until the next start makes them, an older copy of the state dir put back is not detected: guard the state dir and its backups, and start hostkmsd again once the TPM answers"
         );
     }
     let worker = Arc::clone(tpm);

@@ -22,7 +22,17 @@ fn main() -> ExitCode {
         );
         LogTarget::Auto
     });
-    hostkms::audit::init(target, &directives);
+    let to_journal = hostkms::audit::init(target, &directives);
+    // An error the operator must see: logged, and on stderr too when the
+    // log went to the journal and stderr is not the journal (a command run
+    // by hand; systemd sets JOURNAL_STREAM when stderr is the journal).
+    let stderr_is_journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let report = |what: &str, e: &dyn std::fmt::Display, offline: bool| {
+        tracing::error!("{e}");
+        if to_journal && (offline || !stderr_is_journal) {
+            eprintln!("hostkmsd{what}: error: {e}");
+        }
+    };
 
     let overrides = Overrides {
         socket: args.socket,
@@ -42,7 +52,7 @@ fn main() -> ExitCode {
     let config = match source.load() {
         Ok(config) => config,
         Err(e) => {
-            tracing::error!("{e}");
+            report("", &e, command.is_some());
             return ExitCode::from(2);
         }
     };
@@ -53,7 +63,8 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                tracing::error!("{e}");
+                // An offline operator command: its error always on stderr.
+                report(" accept-rollback", &e, true);
                 ExitCode::FAILURE
             }
         };
@@ -61,7 +72,7 @@ fn main() -> ExitCode {
     match hostkms::daemon::run(config, source) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
+            report("", &e, false);
             ExitCode::FAILURE
         }
     }
