@@ -45,8 +45,16 @@ impl WorkerProbe {
 }
 
 impl TpmProbe for WorkerProbe {
+    /// Stuck, or held: a conversation (the rollback counter's, a request's)
+    /// has had no answer for [`TPM_PROBE_WAIT`] or more, far longer than
+    /// any TPM command of hostkms's takes, so the TPM is not answering now
+    /// even before that call reaches its deadline.
     fn is_stuck(&self) -> bool {
         self.tpm.is_stuck()
+            || self
+                .tpm
+                .silent_for()
+                .is_some_and(|silent| silent >= TPM_PROBE_WAIT)
     }
 
     fn probe(&self) -> Result<(), TpmError> {

@@ -138,6 +138,15 @@ impl TpmWorker {
         &self.shared.tcti
     }
 
+    /// While a conversation runs: how long the TPM has not answered any of
+    /// its commands. `None` while the worker is idle.
+    pub fn silent_for(&self) -> Option<Duration> {
+        self.shared
+            .state()
+            .waiting_since
+            .map(|since| since.elapsed())
+    }
+
     /// Whether a TPM command is overdue, so that TPM work fails at once.
     pub fn is_stuck(&self) -> bool {
         self.shared.state().stuck

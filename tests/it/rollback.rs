@@ -725,3 +725,41 @@ fn accept_rollback_prints_its_error_on_stderr_whatever_the_log_target() {
     assert!(stderr.contains("is in use by"), "{stderr}");
     stop(daemon);
 }
+
+#[test]
+fn the_tpm_is_unreachable_in_status_while_a_call_waits_on_a_held_tpm() {
+    // A TPM deadline long enough that the worker is not yet marked stuck.
+    let Harness {
+        tpm,
+        files: _files,
+        daemon,
+    } = Harness::start(DaemonConfig::new().tpm_timeout_secs(30));
+    let mut client = daemon.client();
+    client.create_key("k").expect("create");
+    client.rotate("k").expect("rotate");
+    assert!(client.status().expect("status").tpm_reachable);
+    tpm.pause();
+    // The revocation answers; its counter increment waits on the TPM.
+    client
+        .revoke("k", Some(1))
+        .expect("revoke with the TPM held");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = client.status().expect("status");
+        if !status.tpm_reachable {
+            assert_eq!(status.rollback.pending_increments, 1);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the TPM shown reachable while held: {status:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    tpm.resume();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !client.status().expect("status").tpm_reachable {
+        assert!(Instant::now() < deadline, "never reachable again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
