@@ -595,7 +595,8 @@ async fn linger(stream: &mut UnixStream) {
 /// even an error could be), or a rejection of a frame that did not decode.
 enum Reply {
     Encoded(Option<FrameBuf>),
-    Rejection(Envelope<Response>),
+    /// Boxed: a `Response` (with its `StatusInfo`) is far larger than a frame.
+    Rejection(Box<Envelope<Response>>),
 }
 
 /// The version and id of a request, as far as they were read.
@@ -751,16 +752,20 @@ fn unsendable(error: &EncodeError, request: &Unanswered) -> (ErrorCode, String) 
 /// the request's version when this daemon speaks it, else in the oldest:
 /// `Error` has the same index and shape in every version, so any client
 /// reads it.
-fn rejection(head: Option<RequestHead>, code: ErrorCode, message: String) -> Envelope<Response> {
+fn rejection(
+    head: Option<RequestHead>,
+    code: ErrorCode,
+    message: String,
+) -> Box<Envelope<Response>> {
     let proto = head
         .and_then(|head| head.proto)
         .filter(|proto| (OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(proto))
         .unwrap_or(OLDEST_PROTOCOL_VERSION);
-    Envelope {
+    Box::new(Envelope {
         proto,
         id: head.map_or(0, |head| head.id),
         op: Response::error(code, message),
-    }
+    })
 }
 
 async fn write_frame(stream: &mut UnixStream, frame: &[u8]) -> io::Result<()> {

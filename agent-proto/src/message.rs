@@ -561,6 +561,10 @@ pub struct RollbackStatus {
     /// Increments the TPM still owes (it was unreachable when access was
     /// taken away); until they happen, rollback protection lags.
     pub pending_increments: u64,
+    /// A problem the running daemon found with its counter that retrying
+    /// cannot fix (it was undefined, or redefined by another TPM user), and
+    /// what to do; empty otherwise.
+    pub problem: String,
 }
 
 /// The answer to [`Request::RotateRoot`].

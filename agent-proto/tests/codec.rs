@@ -363,6 +363,7 @@ fn readme_v3_status() -> Envelope<Response> {
                 nv_index: 0x0100_4b00,
                 store_counter: 2,
                 pending_increments: 0,
+                problem: String::new(),
             },
         }),
     )

@@ -279,6 +279,9 @@ fn rollback_line(rollback: &agent_proto::RollbackStatus) -> String {
             rollback.pending_increments
         );
     }
+    if !rollback.problem.is_empty() {
+        let _ = write!(line, "; PROBLEM: {}", rollback.problem);
+    }
     line
 }
 

@@ -375,6 +375,8 @@ struct Shared {
     target: AtomicU64,
     /// The counter's last known value `T`.
     level: AtomicU64,
+    /// A problem with the counter retrying cannot fix, for `Status`.
+    problem: Mutex<String>,
     /// Whether the catch-up thread runs; wakes it.
     running: Mutex<bool>,
     wake: Condvar,
@@ -409,6 +411,11 @@ impl Rollback {
             nv_index: shared.index.load(Ordering::SeqCst),
             store_counter: target,
             pending_increments: target.saturating_sub(shared.level.load(Ordering::SeqCst)),
+            problem: shared
+                .problem
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
         }
     }
 
@@ -501,6 +508,11 @@ fn catch_up(shared: &Shared, auth: &Zeroizing<Vec<u8>>, tpm: &TpmWorker, timeout
                         .unwrap_or_else(PoisonError::into_inner);
                     shared.wake.notify_all();
                 }
+                shared
+                    .problem
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clear();
                 if failing {
                     failing = false;
                     tracing::warn!(
@@ -527,6 +539,13 @@ fn catch_up(shared: &Shared, auth: &Zeroizing<Vec<u8>>, tpm: &TpmWorker, timeout
                 // Not the TPM being away: the counter is gone or is no
                 // longer ours (undefined, or defined again by another TPM
                 // user). Retrying cannot help, and the next start refuses.
+                let advice = format!(
+                    "{error}. Rollback protection has stopped and the next start will be refused: stop hostkmsd, make sure the state dir is the newest copy, then run `hostkmsd accept-rollback --config FILE` to bind the store to a new counter"
+                );
+                *shared
+                    .problem
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = advice;
                 if !failing {
                     failing = true;
                     tracing::error!(

@@ -703,6 +703,15 @@ fn a_counter_undefined_under_the_running_daemon_is_reported_as_permanent() {
     let log = daemon.log();
     assert!(log.contains("has no NV index 0x01004b00"), "{log}");
     assert!(log.contains("accept-rollback"), "{log}");
+    // Status says it too, with what to do.
+    let rollback = client.status().expect("status").rollback;
+    assert!(
+        rollback.problem.contains("has no NV index 0x01004b00")
+            && rollback.problem.contains("accept-rollback"),
+        "{rollback:?}"
+    );
+    let shown = text(&ok(cli(&daemon.socket, &["status"])));
+    assert!(shown.contains("PROBLEM: "), "{shown}");
 }
 
 #[test]

@@ -136,6 +136,7 @@ pub fn responses() -> Vec<Response> {
                 nv_index: 0x0100_4b00,
                 store_counter: 7,
                 pending_increments: 0,
+                problem: String::new(),
             },
         }),
         Response::Key(key_info()),
