@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     // An error the operator must see: logged, and on stderr too when the
     // log went to the journal and stderr is not the journal (a command run
     // by hand; systemd sets JOURNAL_STREAM when stderr is the journal).
-    let stderr_is_journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let stderr_is_journal = stderr_is_the_journal();
     let report = |what: &str, e: &dyn std::fmt::Display, offline: bool| {
         tracing::error!("{e}");
         if to_journal && (offline || !stderr_is_journal) {
@@ -75,6 +75,22 @@ fn main() -> ExitCode {
             report("", &e, false);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Whether stderr is the journal's stream: systemd says which one in
+/// `JOURNAL_STREAM` ("DEVICE:INODE"), and stderr must still be it.
+fn stderr_is_the_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    match std::fs::metadata("/proc/self/fd/2") {
+        Ok(meta) => dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino()),
+        Err(_) => false,
     }
 }
 

@@ -716,11 +716,7 @@ fn a_counter_undefined_under_the_running_daemon_is_reported_as_permanent() {
 
 #[test]
 fn accept_rollback_prints_its_error_on_stderr_whatever_the_log_target() {
-    let Harness {
-        tpm: _tpm,
-        files,
-        daemon,
-    } = Harness::start(DaemonConfig::new());
+    let Harness { tpm, files, daemon } = Harness::start(DaemonConfig::new());
     let config = files.config.to_str().expect("config path");
     let mut command = Command::new(HOSTKMSD);
     command
@@ -733,6 +729,23 @@ fn accept_rollback_prints_its_error_on_stderr_whatever_the_log_target() {
     let stderr = text(&output.stderr);
     assert!(stderr.contains("is in use by"), "{stderr}");
     stop(daemon);
+
+    // A refused start run by hand, logging to the journal while its stderr
+    // is not the journal's stream (JOURNAL_STREAM names another file).
+    let index = format!("{NV_COUNTER_FIRST:#x}");
+    tpm2(tpm.port, "tpm2_nvundefine", &["-C", "o", &index]);
+    let log = match Daemon::start_with_env(
+        &files,
+        &[],
+        &[("HOSTKMS_LOG_TARGET", "journal"), ("JOURNAL_STREAM", "0:0")],
+    ) {
+        Ok(daemon) => panic!("hostkmsd started: {}", daemon.log()),
+        Err(log) => log,
+    };
+    assert!(
+        log.contains("hostkmsd: error:") && log.contains("has no NV index"),
+        "{log}"
+    );
 }
 
 #[test]
