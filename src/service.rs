@@ -108,6 +108,7 @@ impl From<StoreError> for Refusal {
             StoreError::RootKeyNotInPlace { .. } => ErrorCode::Internal,
             StoreError::Tampered { .. }
             | StoreError::WrongRootKey { .. }
+            | StoreError::Rollback(_)
             | StoreError::Database { .. }
             | StoreError::Random(_) => {
                 tracing::error!("key store failure: {error}");

@@ -20,7 +20,8 @@
 //! canonical encodings), `sealing` (the keys derived from the root key),
 //! `entropy` ([`EntropySource`] and the TPM reserve), `kek` (a KEK in memory),
 //! `material` (keys in clear for recovery and transfer, the change sink,
-//! and the sealed secrets).
+//! and the sealed secrets), `rollback` (the binding to a TPM NV counter:
+//! its row, the key-set digest, the start check, the background increments).
 
 mod db;
 mod entropy;
@@ -30,6 +31,7 @@ mod loader;
 mod material;
 mod model;
 mod reseal;
+mod rollback;
 mod sealing;
 #[cfg(test)]
 mod tests;
@@ -48,6 +50,9 @@ pub use kek::Kek;
 pub use material::{Change, ChangeSink, KeyMaterial, SecretName, VersionMaterial};
 pub use model::{Key, Keys, Version, check_name};
 pub use reseal::RootRotation;
+pub use rollback::{
+    MAX_CATCH_UP, RollbackAccepted, RollbackError, RollbackRow, RollbackStart, key_set_digest,
+};
 
 use db::{Database, DbError};
 use sealing::StoreSecrets;
@@ -60,6 +65,14 @@ pub const RESERVATION_STEP: u64 = 1 << 14;
 struct Writer {
     db: Database,
     secrets: StoreSecrets,
+    /// The store's binding to its TPM counter; `None` until bound.
+    rollback: Option<rollback::RollbackRow>,
+    /// The key that MACs the binding row; `None` until bound.
+    rollback_key: Option<rollback::RowKey>,
+    /// Whether the store was created by this open.
+    fresh: bool,
+    /// Opened for `accept-rollback`: why a start would have refused it.
+    rollback_problem: String,
     /// The `secrets` table, verified and still sealed, by name.
     sealed: std::collections::BTreeMap<String, Vec<u8>>,
 }
@@ -78,6 +91,8 @@ pub struct KeyStore {
     /// Held for a whole root-key rotation, TPM work included, so two never
     /// overlap; the writer lock is taken only for the re-sealing itself.
     rotation: Mutex<()>,
+    /// The binding to the TPM counter, and the increments pending.
+    rollback: rollback::Rollback,
 }
 
 impl std::fmt::Debug for KeyStore {
