@@ -117,9 +117,9 @@ impl KeyStore {
             entropy,
             sink: std::sync::OnceLock::new(),
             path,
+            rollback: rollback::Rollback::default(),
             root_key_check: ArcSwap::from_pointee(root_check),
             rotation: Mutex::new(()),
-            rollback: rollback::Rollback::default(),
         };
         if let Some(row) = binding.row {
             store.rollback.record(&row);

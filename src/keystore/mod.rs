@@ -86,13 +86,13 @@ pub struct KeyStore {
     /// Told of every change before it is answered (the recovery directory).
     sink: std::sync::OnceLock<Arc<dyn ChangeSink>>,
     path: PathBuf,
+    /// The binding to the TPM counter, and the increments pending.
+    rollback: rollback::Rollback,
     /// The check value of the root key the store is sealed under.
     root_key_check: ArcSwap<String>,
     /// Held for a whole root-key rotation, TPM work included, so two never
     /// overlap; the writer lock is taken only for the re-sealing itself.
     rotation: Mutex<()>,
-    /// The binding to the TPM counter, and the increments pending.
-    rollback: rollback::Rollback,
 }
 
 impl std::fmt::Debug for KeyStore {
