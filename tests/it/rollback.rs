@@ -527,3 +527,28 @@ fn a_tpm_without_free_nv_space_refuses_the_start_and_says_what_to_do() {
     tpm2(tpm.port, "tpm2_nvundefine", &["-C", "o", "0x1500000"]);
     Daemon::start(&files).expect("starts once there is room");
 }
+
+#[test]
+fn a_root_key_rotation_keeps_the_binding() {
+    let Harness {
+        tpm: _tpm,
+        files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
+    let mut client = daemon.client();
+    client.create_key("k").expect("create");
+    client.rotate("k").expect("rotate");
+    client.revoke("k", Some(1)).expect("revoke");
+    let before = client.status().expect("status").rollback;
+    client.rotate_root().expect("rotate the root key");
+    client.disable("k").expect("disable after the rotation");
+    let after = client.status().expect("status").rollback;
+    assert_eq!(after.store_counter, before.store_counter + 1, "{after:?}");
+    stop(daemon);
+    let daemon = Daemon::start(&files).expect("starts after a root-key rotation");
+    assert!(
+        daemon.log().contains("matches its TPM rollback counter"),
+        "{}",
+        daemon.log()
+    );
+}
