@@ -601,6 +601,26 @@ mod tests {
     }
 
     #[test]
+    fn a_changed_recovery_table_needs_a_restart() {
+        let recipient = crate::recovery::escrow::BundleIdentity::generate()
+            .unwrap()
+            .recipient()
+            .to_string();
+        let running = config("");
+        let with = |dir: &str| {
+            config(&format!(
+                "[recovery]\nrecipients = [\"{recipient}\"]\ndir = \"{dir}\"\n"
+            ))
+        };
+        assert_eq!(restart_needed(&running, &with("/a")), vec![RECOVERY_KEYS]);
+        assert_eq!(
+            restart_needed(&with("/a"), &with("/b")),
+            vec![RECOVERY_KEYS]
+        );
+        assert!(restart_needed(&with("/a"), &with("/a")).is_empty());
+    }
+
+    #[test]
     fn keys_are_listed_as_alternatives() {
         assert_eq!(one_of(&["state_dir"]), "`state_dir`");
         assert_eq!(one_of(&["a", "b"]), "`a` or `b`");
