@@ -647,6 +647,39 @@ mod tests {
         assert!(writer.status().current);
     }
 
+    #[test]
+    fn a_failed_write_is_kept_and_retried() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("r");
+        let (writer, _) = RecoveryWriter::start(
+            config(&dir),
+            BundleIdentity::generate().unwrap(),
+            &[material(1)],
+        )
+        .unwrap();
+        fs::rename(dir.join(KEYS_DIR), dir.join("aside")).unwrap();
+        fs::write(dir.join(KEYS_DIR), b"in the way").unwrap();
+        writer.key_changed(&material(2), Change::Create);
+        let status = writer.status();
+        assert!(
+            !status.current && status.problem.contains("lags behind"),
+            "{status:?}"
+        );
+        assert!(!writer.retry(), "still in the way");
+        fs::remove_file(dir.join(KEYS_DIR)).unwrap();
+        fs::rename(dir.join("aside"), dir.join(KEYS_DIR)).unwrap();
+        assert!(writer.retry());
+        assert!(writer.status().current && writer.status().problem.is_empty());
+        assert!(
+            dir.join(KEYS_DIR)
+                .join(key_file_name(material(2).id))
+                .exists()
+        );
+        let manifest = fs::read(dir.join(MANIFEST_FILE)).unwrap();
+        let manifest = UnverifiedManifest::parse(&manifest).unwrap();
+        assert_eq!(manifest.claimed().keys.len(), 2);
+    }
+
     /// One change among `keys` keys: one record encrypted, two durable
     /// writes (its file, the whole MANIFEST); prints the times.
     fn one_change_among(keys: u32) {
