@@ -215,6 +215,7 @@ pub fn status_human(status: &StatusInfo) -> String {
         printable(&status.root_key_check)
     );
     recovery_human(&mut out, &status.recovery);
+    let _ = writeln!(out, "rollback counter: {}", rollback_line(&status.rollback));
     let counter = |name: &str| status.counters.get(name).copied().unwrap_or(0);
     for (label, name) in [
         ("keys:", counters::KEYS),
@@ -285,6 +286,26 @@ fn recovery_human(out: &mut String, recovery: &agent_proto::RecoveryStatus) {
             printable(&recovery.problem)
         );
     }
+}
+
+/// The key store's binding to its TPM NV counter, in one line.
+fn rollback_line(rollback: &agent_proto::RollbackStatus) -> String {
+    if !rollback.bound {
+        return "not bound (an older copy of keystore.db put back would not be noticed)"
+            .to_string();
+    }
+    let mut line = format!(
+        "NV index {:#010x}, at {}",
+        rollback.nv_index, rollback.store_counter
+    );
+    if rollback.pending_increments > 0 {
+        let _ = write!(
+            line,
+            "; {} increments pending (the TPM has not made them yet: until it does, putting an older keystore.db back would go unnoticed)",
+            rollback.pending_increments
+        );
+    }
+    line
 }
 
 /// The `requests.<op>.<result>` counters as (op, result, count), with the
@@ -402,6 +423,30 @@ pub fn metrics_openmetrics(status: &StatusInfo) -> String {
             None,
             "1 when the daemon holds an unsealed root key, else 0.",
             u64::from(status.root_key_loaded),
+        ),
+        (
+            "hostkms_recovery_configured",
+            None,
+            "1 when the keys are escrowed to offline custodians ([recovery]), else 0: with 0, losing the TPM loses every key.",
+            u64::from(status.recovery.configured),
+        ),
+        (
+            "hostkms_recovery_current",
+            None,
+            "1 when every acknowledged key change is in the recovery directory, else 0.",
+            u64::from(status.recovery.configured && status.recovery.current),
+        ),
+        (
+            "hostkms_rollback_bound",
+            None,
+            "1 when the key store is bound to a TPM NV counter against rollback, else 0.",
+            u64::from(status.rollback.bound),
+        ),
+        (
+            "hostkms_rollback_pending_increments",
+            None,
+            "TPM counter increments still owed; rollback protection lags until 0.",
+            status.rollback.pending_increments,
         ),
     ];
     for (name, unit, help, value) in gauges {
@@ -716,6 +761,27 @@ mod tests {
     }
 
     #[test]
+    fn status_shows_the_rollback_binding_and_pending_increments() {
+        let mut status = sample_status();
+        assert!(
+            status_human(&status).contains("rollback counter: not bound"),
+            "{}",
+            status_human(&status)
+        );
+        status.rollback.bound = true;
+        status.rollback.nv_index = 0x0100_4b00;
+        status.rollback.store_counter = 7;
+        let text = status_human(&status);
+        assert!(
+            text.contains("rollback counter: NV index 0x01004b00, at 7\n"),
+            "{text}"
+        );
+        status.rollback.pending_increments = 2;
+        let text = status_human(&status);
+        assert!(text.contains("at 7; 2 increments pending"), "{text}");
+    }
+
+    #[test]
     fn status_shows_counters_by_operation_and_kind() {
         let text = status_human(&sample_status());
         for line in [
@@ -760,6 +826,28 @@ mod tests {
             .filter(|line| line.starts_with("hostkms_requests_total{"))
             .count();
         assert_eq!(requests, agent_proto::Operation::ALL.len() * 3 + 1);
+        for line in [
+            "hostkms_recovery_configured 0\n",
+            "hostkms_recovery_current 0\n",
+            "hostkms_rollback_bound 0\n",
+            "hostkms_rollback_pending_increments 0\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+        let mut protected = sample_status();
+        protected.recovery.configured = true;
+        protected.recovery.current = true;
+        protected.rollback.bound = true;
+        protected.rollback.pending_increments = 2;
+        let text = metrics_openmetrics(&protected);
+        for line in [
+            "hostkms_recovery_configured 1\n",
+            "hostkms_recovery_current 1\n",
+            "hostkms_rollback_bound 1\n",
+            "hostkms_rollback_pending_increments 2\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
         assert!(text.ends_with("# EOF\n"));
     }
 

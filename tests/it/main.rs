@@ -31,6 +31,7 @@ mod peer_identity;
 mod permissions;
 mod protocol;
 mod recovery;
+mod rollback;
 mod root_key;
 mod state_dir;
 mod systemd;
