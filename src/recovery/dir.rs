@@ -534,6 +534,11 @@ impl RecoveryWriter {
         self.state().lagging.is_empty()
     }
 
+    /// The directory.
+    pub fn dir_path(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// The bundle identity's recipient.
     pub fn bundle_recipient(&self) -> &str {
         self.bundle.recipient()
