@@ -208,7 +208,17 @@ fn start_recovery(
     let started = std::time::Instant::now();
     let dir = config.dir.clone();
     let (custodians, threshold) = (config.recipients.len(), config.threshold);
-    let writer = recovery::start(config, store)?;
+    let (recipients, escrow_dir) = (config.recipients.clone(), dir.display().to_string());
+    let (writer, escrowed) = recovery::start(config, store)?;
+    if escrowed {
+        audit::recovery_escrowed(
+            &escrow_dir,
+            writer.bundle_recipient(),
+            None,
+            &recipients,
+            threshold,
+        );
+    }
     tracing::info!(
         dir = %dir.display(),
         custodians,

@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::audit;
 use crate::config::Config;
 use crate::keystore::{KeyStore, StoreError, TpmEntropy};
 use crate::recovery::{self, StartError};
@@ -80,7 +81,18 @@ fn rotate(
     drop(root_key);
     store.bind_rollback(tpm, config.tpm.start_timeout, config.tpm.timeout)?;
     let dir = recovery_config.dir.clone();
+    let (recipients, threshold) = (
+        recovery_config.recipients.clone(),
+        recovery_config.threshold,
+    );
     let (old, new) = recovery::rotate_bundle(recovery_config, &store)?;
+    audit::recovery_escrowed(
+        &dir.display().to_string(),
+        &new,
+        old.as_deref(),
+        &recipients,
+        threshold,
+    );
     tracing::warn!(
         old_bundle_recipient = old.as_deref().unwrap_or("(none)"),
         new_bundle_recipient = new.as_str(),

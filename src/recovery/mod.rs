@@ -126,8 +126,12 @@ fn writer_problem(writer: &RecoveryWriter) -> String {
 
 /// Starts recovery for `store`: the bundle identity, the directory brought
 /// level with the store (under its writer lock), and the writer installed as
-/// the store's change sink. Logs what reconciling did.
-pub fn start(config: RecoveryConfig, store: &KeyStore) -> Result<Arc<RecoveryWriter>, StartError> {
+/// the store's change sink. Logs what reconciling did; true when the bundle
+/// identity was escrowed anew (for the audit trail).
+pub fn start(
+    config: RecoveryConfig,
+    store: &KeyStore,
+) -> Result<(Arc<RecoveryWriter>, bool), StartError> {
     let (bundle, created) = bundle_identity(store)?;
     if created {
         tracing::info!(
@@ -165,5 +169,5 @@ pub fn start(config: RecoveryConfig, store: &KeyStore) -> Result<Arc<RecoveryWri
         );
     }
     store.set_change_sink(Arc::clone(&writer) as Arc<dyn crate::keystore::ChangeSink>);
-    Ok(writer)
+    Ok((writer, report.escrowed))
 }

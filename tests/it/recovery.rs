@@ -512,6 +512,19 @@ fn changing_the_custodians_re_escrows_the_same_bundle() {
     assert_matches(&after, &daemon.client().describe_key("app-db").unwrap());
     let status = daemon.client().status().unwrap().recovery;
     assert_eq!((status.custodians, status.threshold), (3, 2));
+    // Audited, with the custodians' fingerprints.
+    let log = daemon.log();
+    assert!(
+        log.contains(&format!(
+            "escrowed in {} to 3 custodians, 2 of whom must join",
+            dir.display()
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&agefile::fingerprint(&next[1].recipient)),
+        "{log}"
+    );
 }
 
 #[test]
@@ -730,6 +743,11 @@ fn rotate_bundle_re_encrypts_every_record_to_a_new_escrowed_identity() {
     assert!(
         report.contains(&format!("{} -> ", before.bundle.recipient())),
         "{report}"
+    );
+    assert!(
+        text(&out.stderr).contains(&format!("(it replaces {})", before.bundle.recipient())),
+        "audited: {}",
+        text(&out.stderr)
     );
 
     let after = open(&dir, &ids).unwrap();
