@@ -33,6 +33,7 @@ mod protocol;
 mod recovery;
 mod rollback;
 mod root_key;
+mod rotate_root;
 mod state_dir;
 mod systemd;
 mod tpm_faults;
