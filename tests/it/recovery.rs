@@ -782,3 +782,30 @@ fn rotate_bundle_re_encrypts_every_record_to_a_new_escrowed_identity() {
         daemon.log()
     );
 }
+
+#[test]
+fn a_root_key_rotation_keeps_the_bundle_identity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("recovery");
+    let custodians = custodians(1);
+    let Harness {
+        tpm: _tpm,
+        files,
+        daemon,
+    } = Harness::start(config(&dir, &custodians, 1));
+    daemon.client().create_key("app-db").unwrap();
+    let before = daemon.client().status().unwrap().recovery;
+    daemon.client().rotate_root().unwrap();
+    let (_, _) = daemon.stop();
+    let daemon = Daemon::start(&files).unwrap();
+    let after = daemon.client().status().unwrap().recovery;
+    assert_eq!(after.bundle_recipient, before.bundle_recipient);
+    assert!(after.current, "{after:?}");
+    let log = daemon.log();
+    assert!(!log.contains("escrowed in"), "no new escrow: {log}");
+    assert!(!log.contains("does not authenticate"), "{log}");
+    assert_matches(
+        &open(&dir, &[custodians[0].identity.clone()]).unwrap(),
+        &daemon.client().describe_key("app-db").unwrap(),
+    );
+}
