@@ -380,8 +380,8 @@ pub struct Reconciled {
     pub escrowed: bool,
     /// Key files written because they were missing or differed.
     pub rewritten: Vec<String>,
-    /// Key files that did not authenticate (planted or edited), rewritten
-    /// or removed.
+    /// Files (key files, the MANIFEST) that did not authenticate under the
+    /// bundle identity (planted, edited, or of another bundle): rewritten.
     pub untrusted: Vec<String>,
     /// Files for no key of the store, removed.
     pub removed: Vec<String>,
@@ -401,12 +401,24 @@ impl RecoveryWriter {
         escrow::check_custodians(&config.recipients, config.threshold)?;
         let dir = RecoveryDir::open(&config.dir, config.group.as_ref().map(|g| g.gid))?;
         let mut report = Reconciled::default();
-        let old = dir
-            .read(MANIFEST_FILE, super::manifest::MAX_MANIFEST_LEN)
-            .ok()
-            .flatten()
-            .and_then(|text| UnverifiedManifest::parse(&text).ok())
-            .and_then(|m| m.verify(&bundle.manifest_mac_key()).ok());
+        let old = match dir.read(MANIFEST_FILE, super::manifest::MAX_MANIFEST_LEN) {
+            Ok(None) => None,
+            Ok(Some(text)) => {
+                let verified = UnverifiedManifest::parse(&text)
+                    .ok()
+                    .and_then(|m| m.verify(&bundle.manifest_mac_key()).ok());
+                if verified.is_none() {
+                    report.untrusted.push(MANIFEST_FILE.to_string());
+                }
+                verified
+            }
+            Err(problem) => {
+                report
+                    .untrusted
+                    .push(format!("{MANIFEST_FILE} ({problem})"));
+                None
+            }
+        };
         let mut lagging = Lagging::default();
 
         // Escrow: again when anything about it changed or a file is gone.

@@ -450,6 +450,16 @@ fn a_planted_key_file_is_detected_and_replaced_from_the_store() {
     };
     let key_path = dir.join(format!("keys/{}.age", hex(&info.id)));
     fs::write(&key_path, planted(&forged)).unwrap();
+    // And a MANIFEST that lists a key that is not there.
+    let mut manifest = genuine.manifest.clone();
+    manifest.keys[0].revision = 99;
+    fs::write(
+        dir.join("MANIFEST"),
+        manifest
+            .encode(&MacKey::derive(&[7; 32], escrow::MANIFEST_MAC_LABEL))
+            .unwrap(),
+    )
+    .unwrap();
     let mut stranger = forged.clone();
     stranger.id = hostkms::envelope::KeyId([0x5a; 16]);
     let stranger_path = dir.join(format!("keys/{}.age", hex(&[0x5a; 16])));
@@ -478,6 +488,10 @@ fn a_planted_key_file_is_detected_and_replaced_from_the_store() {
         "{log}"
     );
     assert!(log.contains("names no key of the store; removed"), "{log}");
+    assert!(
+        log.contains("recovery file MANIFEST does not authenticate"),
+        "{log}"
+    );
     assert!(!stranger_path.exists());
     let repaired = open(&dir, &ids).unwrap();
     assert_matches(&repaired, &daemon.client().describe_key("app-db").unwrap());
