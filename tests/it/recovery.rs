@@ -637,6 +637,16 @@ fn backup_writes_the_directory_as_one_tar_manifest_first() {
     } = Harness::start(config(&dir, &custodians, 1));
     let a = daemon.client().create_key("a").unwrap();
     let b = daemon.client().create_key("b").unwrap();
+    let human = text(&ok(cli(&files.socket, &["status"])));
+    assert!(
+        human.contains("recoverable:      yes, by 1 of 1 custodians"),
+        "{human}"
+    );
+    assert!(human.contains("recovery current: yes"), "{human}");
+    assert!(
+        human.contains(&format!("recovery dir:     {}", dir.display())),
+        "{human}"
+    );
     let out_path = tmp.path().join("backup.tar");
     ok(cli(
         &files.socket,
