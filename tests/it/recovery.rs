@@ -833,3 +833,34 @@ fn a_root_key_rotation_keeps_the_bundle_identity() {
         &daemon.client().describe_key("app-db").unwrap(),
     );
 }
+
+#[test]
+fn backup_by_a_user_who_cannot_read_the_directory_says_how_to_fix_it() {
+    // A peer that may read status (a "metrics" grant) but is neither root
+    // nor in the directory's group.
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = tmp.path().join("recovery");
+    let custodians = custodians(1);
+    let config = config(&dir, &custodians, 1)
+        .socket_mode("0666")
+        .grant(crate::harness::Grant::to_uid(65534).ops(&["metrics"]));
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::with_public_socket(&tpm.tcti(), &config);
+    let daemon = Daemon::start(&files).unwrap();
+    daemon.client().create_key("app-db").unwrap();
+    let out = crate::harness::cli_as(
+        65534,
+        &files.socket,
+        &["backup", "--out", "/tmp/hostkms-backup-never-written.tar"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("Permission denied"), "{err}");
+    assert!(
+        err.contains("run hostkms backup as root or as a member of the recovery directory's group"),
+        "{err}"
+    );
+    assert!(!Path::new("/tmp/hostkms-backup-never-written.tar").exists());
+}
