@@ -673,6 +673,8 @@ mod tests {
             root_key_loaded: true,
             root_key_check: "abcd".to_string(),
             counters,
+            recovery: Default::default(),
+            rollback: Default::default(),
         }
     }
 
@@ -720,7 +722,7 @@ mod tests {
             .lines()
             .filter(|line| line.starts_with("hostkms_requests_total{"))
             .count();
-        assert_eq!(requests, 14 * 3 + 1);
+        assert_eq!(requests, agent_proto::Operation::ALL.len() * 3 + 1);
         assert!(text.ends_with("# EOF\n"));
     }
 
