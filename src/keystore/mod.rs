@@ -20,7 +20,7 @@
 //! canonical encodings), `sealing` (the keys derived from the root key),
 //! `entropy` ([`EntropySource`] and the TPM reserve), `kek` (a KEK in memory),
 //! `material` (keys in clear for recovery and transfer, the change sink,
-//! and the sealed secrets).
+//! and the sealed secrets), `restore` (a backup's keys imported at once).
 
 mod db;
 mod entropy;
@@ -29,6 +29,7 @@ mod kek;
 mod loader;
 mod material;
 mod model;
+mod restore;
 mod sealing;
 #[cfg(test)]
 mod tests;
@@ -46,6 +47,7 @@ pub use error::StoreError;
 pub use kek::Kek;
 pub use material::{Change, ChangeSink, KeyMaterial, SecretName, VersionMaterial};
 pub use model::{Key, Keys, Version, check_name};
+pub use restore::{RestoreRefused, Restored, RestoredKey};
 
 use db::{Database, DbError};
 use sealing::StoreSecrets;
