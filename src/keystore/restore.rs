@@ -11,9 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use agent_proto::KeyState;
 
-use super::db::{self, VersionRow};
 use super::sealing::SEALED_KEK_LEN;
-use super::{Change, Kek, Key, KeyMaterial, KeyStore, Keys, StoreError, Version, check_name};
+use super::{Change, Kek, Key, KeyMaterial, KeyStore, StoreError, Version, check_name};
 use crate::envelope::KeyId;
 
 /// A key of a restore: its name and id.
@@ -174,58 +173,23 @@ impl KeyStore {
                 name: material.name.clone(),
                 id: material.id,
             });
-            adding.push((
-                Key {
-                    id: material.id,
-                    name: material.name.clone(),
-                    created: material.created,
-                    state: material.state,
-                    min_decryption_version: material.min_decryption_version,
-                    versions,
-                },
-                material,
-            ));
+            adding.push(Key {
+                id: material.id,
+                name: material.name.clone(),
+                created: material.created,
+                state: material.state,
+                min_decryption_version: material.min_decryption_version,
+                versions,
+            });
         }
-        let rows: Vec<_> = adding
-            .iter()
-            .map(|(key, _)| {
-                let key_row = key.row();
-                let key_mac = writer.secrets.row_mac(&key_row.canonical());
-                let version_rows: Vec<(VersionRow, [u8; 32])> = key
-                    .versions
-                    .iter()
-                    .map(|v| {
-                        let row = v.row(key.id);
-                        let mac = writer.secrets.row_mac(&row.canonical());
-                        (row, mac)
-                    })
-                    .collect();
-                (key_row, key_mac, version_rows)
+        let changed = adding
+            .into_iter()
+            .map(|key| {
+                let numbers = (1..=key.latest_version()).collect();
+                (key, numbers)
             })
             .collect();
-        writer
-            .db
-            .transaction(|tx| {
-                for (key_row, key_mac, version_rows) in &rows {
-                    db::put_key(tx, key_row, key_mac)?;
-                    for (row, mac) in version_rows {
-                        db::put_version(tx, row, mac)?;
-                    }
-                }
-                Ok(())
-            })
-            .map_err(|e| self.db_error(e))?;
-        let mut next = Keys::clone(&current);
-        let mut added = Vec::with_capacity(adding.len());
-        for (key, _) in adding {
-            let key = Arc::new(key);
-            next.insert(Arc::clone(&key));
-            added.push(key);
-        }
-        self.keys.store(Arc::new(next));
-        for key in &added {
-            self.notify(&writer, key, Change::Restore);
-        }
+        self.commit_keys(&mut writer, changed, Change::Restore)?;
         Ok(restored)
     }
 }
