@@ -4,7 +4,8 @@
 //! Everything in a backup is untrusted until the bundle identity has
 //! authenticated it, so reading it is bounded and literal: only `MANIFEST`,
 //! `custodians/NAME` and `keys/NAME` are read, each at most
-//! [`MAX_FILE`] bytes and all together at most [`MAX_TOTAL`]; a symbolic
+//! [`MAX_FILE`] bytes ([`MAX_MANIFEST`] for the MANIFEST) and all together
+//! at most [`MAX_TOTAL`]; a symbolic
 //! link, a hard link, a device or a FIFO in their place is refused, never
 //! followed (`O_NOFOLLOW` on every open in a directory, and only regular
 //! entries in a tar); a tar path that climbs (`..`) or is absolute is
@@ -20,6 +21,9 @@ use nix::dir::Dir;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
+use crate::recovery::manifest::MAX_MANIFEST_LEN;
+use crate::recovery::record::MAX_RECORD_LEN;
+
 /// The manifest's file name.
 pub const MANIFEST: &str = "MANIFEST";
 /// The directory of the escrowed bundle identity (or its shares).
@@ -27,9 +31,11 @@ pub const CUSTODIANS: &str = "custodians";
 /// The directory of the key records.
 pub const KEYS: &str = "keys";
 
-/// The largest file a backup may hold: a key record with a million
-/// versions stays far below it.
-pub const MAX_FILE: u64 = 64 << 20;
+/// The largest key or custodian file a backup may hold: the largest key
+/// record, and room for its age encryption.
+pub const MAX_FILE: u64 = MAX_RECORD_LEN as u64 + (1 << 20);
+/// The largest MANIFEST a backup may hold.
+pub const MAX_MANIFEST: u64 = MAX_MANIFEST_LEN as u64;
 /// The most all files of a backup may hold together.
 pub const MAX_TOTAL: u64 = 1 << 30;
 /// The most files a backup may hold.
@@ -73,7 +79,7 @@ pub enum BackupError {
     },
     /// The backup is larger than any hostkms writes.
     #[error(
-        "backup {}: {problem}; it is not a hostkms recovery directory (restore reads at most {MAX_FILES} files of {MAX_FILE} bytes each, {MAX_TOTAL} bytes in all)",
+        "backup {}: {problem}; it is not a hostkms recovery directory (restore reads at most {MAX_FILES} files, each key or custodian file at most {MAX_FILE} bytes, the MANIFEST at most {MAX_MANIFEST}, {MAX_TOTAL} bytes in all)",
         origin.display()
     )]
     TooLarge {
@@ -251,20 +257,21 @@ impl Backup {
         if !meta.is_file() {
             return Err(self.refused(relative, "is not a regular file"));
         }
-        if meta.len() > MAX_FILE {
+        let max = limit(relative);
+        if meta.len() > max {
             return Err(BackupError::TooLarge {
                 origin: self.origin.clone(),
                 problem: format!("{relative} is {} bytes", meta.len()),
             });
         }
         let mut bytes = Vec::new();
-        file.take(MAX_FILE + 1)
+        file.take(max + 1)
             .read_to_end(&mut bytes)
             .map_err(read_error)?;
-        if bytes.len() as u64 > MAX_FILE {
+        if bytes.len() as u64 > max {
             return Err(BackupError::TooLarge {
                 origin: self.origin.clone(),
-                problem: format!("{relative} grew past {MAX_FILE} bytes while read"),
+                problem: format!("{relative} grew past {max} bytes while read"),
             });
         }
         Ok(bytes)
@@ -310,7 +317,12 @@ impl Backup {
                 });
             }
             let size = entry.size();
-            if size > MAX_FILE {
+            let max = if components.last().is_some_and(|last| last == MANIFEST) {
+                MAX_MANIFEST
+            } else {
+                MAX_FILE
+            };
+            if size > max {
                 return Err(BackupError::TooLarge {
                     origin: self.origin.clone(),
                     problem: format!("tar entry {shown:?} is {size} bytes"),
@@ -322,7 +334,7 @@ impl Backup {
             }
             let mut bytes = Vec::new();
             entry
-                .take(MAX_FILE + 1)
+                .take(max + 1)
                 .read_to_end(&mut bytes)
                 .map_err(read_error)?;
             entries.push((components, bytes));
@@ -345,6 +357,15 @@ impl Backup {
             }
         }
         Ok(())
+    }
+}
+
+/// The most bytes the file at `relative` may have.
+fn limit(relative: &str) -> u64 {
+    if relative == MANIFEST {
+        MAX_MANIFEST
+    } else {
+        MAX_FILE
     }
 }
 
