@@ -290,6 +290,13 @@ impl Backup {
         let mut entries: Vec<(Vec<String>, Vec<u8>)> = Vec::new();
         for entry in archive.entries().map_err(read_error)? {
             let entry = entry.map_err(read_error)?;
+            let kind = entry.header().entry_type();
+            if kind.is_dir() {
+                // Nothing is made from a tar: a directory entry (`./`, as
+                // `tar -C DIR .` writes, or `keys/`) only names what the
+                // files below it say again.
+                continue;
+            }
             let shown = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
             let components = tar_path(&entry).ok_or_else(|| {
                 self.refused(
@@ -297,10 +304,6 @@ impl Backup {
                     "has an absolute path, a \"..\" or a name that is not UTF-8; hostkms backup writes none",
                 )
             })?;
-            let kind = entry.header().entry_type();
-            if kind.is_dir() {
-                continue;
-            }
             if !(kind.is_file() || kind.is_contiguous()) {
                 return Err(self.refused(
                     &format!("tar entry {shown:?}"),
@@ -550,6 +553,16 @@ mod tests {
         assert_eq!(backup.file(MANIFEST), Some(&b"m"[..]));
         assert_eq!(backup.file("keys/aa.age"), Some(&b"k"[..]));
         assert_eq!(backup.file("custodians/1.age"), Some(&b"c"[..]));
+
+        let dotted = tar_of(&[
+            ("./", tar::EntryType::Directory, b""),
+            ("./MANIFEST", regular, b"m"),
+            ("./keys/", tar::EntryType::Directory, b""),
+            ("./keys/aa.age", regular, b"k"),
+        ]);
+        let backup = read_tar(dotted).expect("read `tar -C DIR .`");
+        assert_eq!(backup.file(MANIFEST), Some(&b"m"[..]));
+        assert_eq!(backup.file("keys/aa.age"), Some(&b"k"[..]));
 
         let nested = tar_of(&[
             ("hostkms-recovery/", tar::EntryType::Directory, b""),
