@@ -798,3 +798,51 @@ fn a_tampered_planted_stale_or_incomplete_backup_imports_nothing() {
     let daemon = host.start();
     assert_answers_as_on_a(&old, &mut daemon.client());
 }
+
+#[test]
+fn run_as_root_it_writes_as_the_daemons_user_after_reading_roots_files() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let old = written_host(1, 1, 1);
+    let tpm = Swtpm::start();
+    // A state dir another user can reach: below a 0755 directory.
+    let public = tempfile::Builder::new()
+        .prefix("hostkms-restore-")
+        .tempdir()
+        .expect("tempdir");
+    fs::set_permissions(public.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
+    files.state_dir = public.path().join("state");
+    files.write_config(&tpm.tcti(), &DaemonConfig::new());
+    let host = NewHost { tpm, files };
+    // The backup and the identity are root's own (in a 0700 directory):
+    // read before the restore becomes the daemon's user.
+    let out = host.restore(&[
+        "--user",
+        "nobody",
+        "--identity",
+        path(&old.custodians[0].key),
+        path(&old.backup),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        text(&out.stdout).contains("owned by uid 65534"),
+        "{}",
+        text(&out.stdout)
+    );
+    let mut seen = vec![host.files.state_dir.clone()];
+    for entry in fs::read_dir(&host.files.state_dir).expect("state dir") {
+        seen.push(entry.expect("entry").path());
+    }
+    assert!(seen.len() >= 4, "root blobs and the store: {seen:?}");
+    for path in &seen {
+        let meta = fs::symlink_metadata(path).expect("stat");
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{path:?}");
+    }
+    let mode = fs::metadata(&host.files.state_dir).expect("stat").mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    assert!(
+        text(&out.stdout).contains("restored 5 keys"),
+        "{}",
+        text(&out.stdout)
+    );
+}
