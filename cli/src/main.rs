@@ -125,7 +125,32 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Datakey(args) => datakey(daemon, args, json),
         Command::Rewrap(args) => rewrap(daemon, args, json),
         Command::Bench(args) => bench::run(socket, args, json),
+        Command::Backup { out, force } => backup(daemon, out, *force, json),
     }
+}
+
+/// `backup`: the recovery directory named by the daemon's status, as a tar.
+fn backup(daemon: &Daemon, out: &Path, force: bool, json: bool) -> Result<(), CliError> {
+    let status = daemon.connect()?.status()?;
+    if output::counters_withheld(&status) {
+        return Err(CliError::CountersWithheld {
+            uid: nix::unistd::geteuid().as_raw(),
+        });
+    }
+    if !status.recovery.configured {
+        return Err(CliError::NotRecoverable);
+    }
+    let dir = PathBuf::from(&status.recovery.dir);
+    hostkms_cli::backup::write_backup(&dir, out, force)?;
+    let text = if json {
+        format!(
+            "{}\n",
+            serde_json::json!({ "dir": status.recovery.dir, "out": out.display().to_string() })
+        )
+    } else {
+        format!("wrote a backup of {} to {}\n", dir.display(), out.display())
+    };
+    write_stdout(text.as_bytes())
 }
 
 /// Refuses `--binary` with `--json`: the JSON object carries base64.

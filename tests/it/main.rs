@@ -30,6 +30,7 @@ mod packaged_config;
 mod peer_identity;
 mod permissions;
 mod protocol;
+mod recovery;
 mod restore_drill;
 mod root_key;
 mod state_dir;
