@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use crate::harness::{
-    DaemonConfig, DaemonFiles, HOSTKMSD, Swtpm, private_tempdir, sqlite, stderr, text,
+    DaemonConfig, DaemonFiles, HOSTKMSD, Harness, Swtpm, cli, private_tempdir, sqlite, stderr, text,
 };
 use agent_proto::{Client, ClientError, EncryptionContext, ErrorCode, KeyInfo, KeyState};
 use hostkms::envelope::KeyId;
@@ -153,6 +153,95 @@ struct OldHost {
     /// wrote the backup itself.
     material: Vec<KeyMaterial>,
     bundle_text: Option<String>,
+}
+
+/// Runs host A: `custodians` custodians, `threshold` of them to recover;
+/// `per_version` ciphertexts for each live version of each key.
+fn old_host(custodian_count: usize, threshold: usize, per_version: usize) -> OldHost {
+    let work = private_tempdir();
+    let custodians = custodians(work.path(), custodian_count);
+    let recovery_dir = work.path().join("recovery");
+    let recipients: Vec<String> = custodians.iter().map(|c| c.recipient.clone()).collect();
+    let config = DaemonConfig::new().recovery(&recipients, threshold as u64, &recovery_dir);
+    let Harness { tpm, files, daemon } = Harness::start(config);
+    let mut client = daemon.client();
+    let mut samples = Vec::new();
+    let mut wrap_some = |client: &mut Client, key: &str| {
+        for _ in 0..per_version {
+            let n = samples.len();
+            let plaintext = format!("secret {n} of {key}").into_bytes();
+            let wrapped = client
+                .wrap(key, &plaintext, &context(n))
+                .unwrap_or_else(|e| panic!("wrap {key}: {e}"));
+            samples.push(Sample {
+                key: key.to_string(),
+                version: wrapped.version,
+                context: context(n),
+                plaintext,
+                ciphertext: wrapped.ciphertext.as_bytes().to_vec(),
+                on_a: Err(ErrorCode::Internal),
+            });
+        }
+    };
+    for key in ["app-db", "app-files", "app-cold", "app-gone", "app-plain"] {
+        client.create_key(key).expect("create");
+        wrap_some(&mut client, key);
+    }
+    for _ in 0..2 {
+        for key in ["app-db", "app-files"] {
+            client.rotate(key).expect("rotate");
+            wrap_some(&mut client, key);
+        }
+    }
+    // app-db: version 1 revoked for good; app-files: versions below 2
+    // refused (reversibly); app-cold disabled; app-gone revoked whole.
+    client.revoke("app-db", Some(1)).expect("revoke a version");
+    client
+        .set_min_decryption_version("app-files", 2)
+        .expect("min decryption version");
+    client.disable("app-cold").expect("disable");
+    client.revoke("app-gone", None).expect("revoke a key");
+    for sample in &mut samples {
+        sample.on_a = unwrap_outcome(&mut client, sample);
+    }
+    let keys = describe_all(&mut client);
+    let status = client.status().expect("status");
+    assert!(
+        status.recovery.configured && status.recovery.current,
+        "A's recovery directory is current: {:?}",
+        status.recovery
+    );
+    let backup = work.path().join("backup.tar");
+    let out = cli(
+        &files.socket,
+        &["backup", "--out", backup.to_str().expect("utf-8 path")],
+    );
+    assert!(out.status.success(), "hostkms backup: {}", stderr(&out));
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    // The machine is gone: its TPM (and with it the storage key that
+    // sealed the root key) and its state dir.
+    drop(tpm);
+    fs::remove_dir_all(&files.state_dir).expect("destroy A's state dir");
+    drop(files);
+    let manifest = fs::read_to_string(recovery_dir.join("MANIFEST")).expect("MANIFEST");
+    let bundle_recipient = manifest
+        .split("\"bundle_recipient\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the MANIFEST names its bundle recipient")
+        .to_string();
+    OldHost {
+        work,
+        custodians,
+        backup,
+        recovery_dir,
+        samples,
+        keys,
+        bundle_recipient,
+        material: Vec::new(),
+        bundle_text: None,
+    }
 }
 
 /// 32 bytes from the OS.
@@ -368,8 +457,12 @@ struct NewHost {
 }
 
 fn new_host() -> NewHost {
+    new_host_with(&DaemonConfig::new())
+}
+
+fn new_host_with(config: &DaemonConfig) -> NewHost {
     let tpm = Swtpm::start();
-    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
+    let files = DaemonFiles::new(&tpm.tcti(), config);
     NewHost { tpm, files }
 }
 
@@ -430,6 +523,45 @@ fn assert_answers_as_on_a(old: &OldHost, client: &mut Client) {
     let mut described = describe_all(client);
     described.retain(|name, _| old.keys.contains_key(name));
     assert_eq!(described, old.keys, "ids, names, versions, states");
+}
+
+#[test]
+fn drill_a_lost_host_is_restored_with_two_of_three_custodians() {
+    let old = old_host(3, 2, 40);
+    assert!(old.samples.len() >= 300, "{}", old.samples.len());
+    restore_on_two_hosts(&old);
+
+    // The restored host escrows afresh: custodians put the old bundle
+    // identity together, so it counts as exposed and is not adopted.
+    let recipients: Vec<String> = old.custodians.iter().map(|c| c.recipient.clone()).collect();
+    let new_dir = old.work.path().join("recovery-d");
+    let d = new_host_with(&DaemonConfig::new().recovery(&recipients, 2, &new_dir));
+    let out = d.restore(&[
+        "--identity",
+        path(&old.custodians[1].key),
+        "--identity",
+        path(&old.custodians[2].key),
+        path(&old.backup),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        text(&out.stdout).contains("counts as exposed"),
+        "{}",
+        text(&out.stdout)
+    );
+    let daemon = d.start();
+    let mut client = daemon.client();
+    let recovery = client.status().expect("status").recovery;
+    assert!(recovery.configured && recovery.current, "{recovery:?}");
+    assert_ne!(
+        recovery.bundle_recipient, old.bundle_recipient,
+        "a new bundle identity, not the exposed one"
+    );
+    let keys = fs::read_dir(new_dir.join("keys"))
+        .expect("D's recovery dir")
+        .count();
+    assert_eq!(keys, 5, "every restored key is escrowed anew");
+    assert_answers_as_on_a(&old, &mut client);
 }
 
 #[test]
