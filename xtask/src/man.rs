@@ -262,7 +262,17 @@ mod tests {
         assert!(daemon.contains(".SH DESCRIPTION\n\\fBhostkmsd\\fR seals a root key"));
         assert!(daemon.contains("\\-\\-state\\-dir"), "{daemon}");
         assert!(daemon.contains(".SH SIGNALS") && daemon.contains(".I /var/lib/hostkms"));
-        assert!(!daemon.contains(".SH COMMANDS"), "{daemon}");
+        // The offline tasks (restore, ...) are documented like the CLI's commands.
+        for sub in hostkms::cli_args::command()
+            .get_subcommands()
+            .filter(|s| s.get_name() != "help")
+        {
+            let title = format!(".SS \"hostkmsd {}\"", sub.get_name().replace('-', "\\-"));
+            assert!(
+                daemon.contains(&title),
+                "no {title} in hostkmsd.8: {daemon}"
+            );
+        }
         assert_eq!(HOSTKMSD.file_name(), "hostkmsd.8");
     }
 
