@@ -57,6 +57,12 @@ pub const GRANT_DISABLED: &str = "9f10fe38bd23484c914438a7f0775736";
 pub const KEYS_RESTORED: &str = "7725a34402704e0ca1961764a810e6a6";
 /// `hostkmsd restore` refused or failed; the store is as it was.
 pub const RESTORE_FAILED: &str = "cb05f1bc80be4862bc959b256cdd4f63";
+/// The root key was rotated: the key store is sealed under a new root key.
+pub const ROOT_KEY_ROTATED: &str = "9da5932d438442bd826e39170b2844a8";
+
+/// An operator accepted a key store its rollback binding refused
+/// (`hostkmsd accept-rollback`).
+pub const ROLLBACK_ACCEPTED: &str = "e443d75e72c74b83b7b5c0c86a8f686f";
 
 /// The tracing target of request and life events.
 const AUDIT_TARGET: &str = "hostkms::audit";
@@ -434,6 +440,35 @@ pub fn stopped(requests: u64) {
     );
 }
 
+/// `hostkmsd accept-rollback` accepted the key store at `path` as it is.
+pub fn rollback_accepted(
+    path: &str,
+    accepted: &crate::keystore::RollbackAccepted,
+    keys: usize,
+    versions: usize,
+) {
+    let previous = accepted
+        .previous
+        .map_or_else(|| "none".to_string(), |row| row.counter.to_string());
+    tracing::event!(
+        target: AUDIT_TARGET,
+        Level::WARN,
+        MESSAGE_ID = ROLLBACK_ACCEPTED,
+        HOSTKMS_KEY_STORE = path,
+        HOSTKMS_NV_INDEX = format_args!("{:#010x}", accepted.index),
+        HOSTKMS_STORE_COUNTER = %previous,
+        HOSTKMS_TPM_COUNTER = accepted.counter,
+        HOSTKMS_NEW_COUNTER = accepted.new_counter,
+        HOSTKMS_KEYS = keys,
+        HOSTKMS_VERSIONS = versions,
+        HOSTKMS_PROBLEM = %accepted.problem,
+        "accept-rollback: {path} accepted as it is ({keys} keys, {versions} versions); rollback counter {:#010x} at {} (the store had recorded {previous}){}",
+        accepted.index,
+        accepted.counter,
+        if accepted.new_counter { ", a new counter" } else { "" }
+    );
+}
+
 /// A reload put new grants and limits in force.
 pub fn reloaded(path: &Path, grants: usize) {
     tracing::event!(
@@ -454,6 +489,40 @@ pub fn reload_failed(problem: &dyn std::fmt::Display) {
         Level::ERROR,
         MESSAGE_ID = CONFIG_RELOAD_FAILED,
         "reload failed, the running config stays in force: {problem}"
+    );
+}
+
+/// The root key was rotated by `peer`: the key store (`keys` keys,
+/// `versions` versions) is sealed under the root key `new_check` instead
+/// of `old_check`. `in_place` is false when the new key's blobs are still
+/// `root-next.*` (the next start renames them).
+pub fn root_key_rotated(
+    peer: &Peer,
+    old_check: &str,
+    new_check: &str,
+    keys: u32,
+    versions: u32,
+    in_place: bool,
+) {
+    let pending = if in_place {
+        ""
+    } else {
+        "; its blobs are still root-next.*, the next start puts them in place"
+    };
+    tracing::event!(
+        target: AUDIT_TARGET,
+        Level::WARN,
+        MESSAGE_ID = ROOT_KEY_ROTATED,
+        HOSTKMS_OLD_ROOT_KEY_CHECK = old_check,
+        HOSTKMS_ROOT_KEY_CHECK = new_check,
+        HOSTKMS_KEYS = keys,
+        HOSTKMS_VERSIONS = versions,
+        HOSTKMS_ROOT_BLOBS_IN_PLACE = in_place,
+        HOSTKMS_PEER_UID = peer.uid,
+        HOSTKMS_PEER_PID = peer.pid,
+        HOSTKMS_PEER_UNIT = peer.unit.as_deref(),
+        "root key rotated by uid {}: {keys} keys ({versions} versions) re-sealed under root key {new_check}, was {old_check}{pending}",
+        peer.uid
     );
 }
 

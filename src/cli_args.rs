@@ -25,20 +25,29 @@ pub struct Args {
     /// (e.g. "device:/dev/tpmrm0", "swtpm:host=127.0.0.1,port=2321").
     #[arg(long, value_name = "TCTI", global = true)]
     pub tcti: Option<String>,
-    /// An offline task instead of serving.
+    /// An offline task instead of serving (the daemon must be stopped).
     #[command(subcommand)]
     pub command: Option<Command>,
 }
 
-/// The offline tasks of `hostkmsd`: each runs with the service stopped
-/// (it takes the state dir's lock, so it refuses while a daemon runs).
+/// Offline tasks on the state dir, run with the daemon stopped.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Restore every key of a recovery directory, or of a `hostkms backup`
-    /// tar, into this host's store, sealed under this host's TPM. Needs as
-    /// many custodians as the bundle's threshold, each as an age identity
-    /// file (--identity) or as the share its custodian decrypted with
-    /// `age -d` (--share).
+    /// Accept the key store as it is after its rollback protection refused it.
+    ///
+    /// For an older copy restored on purpose, or a store whose TPM counter
+    /// was deleted. Run with the daemon stopped: records the TPM counter's
+    /// current value (or binds the store to a new counter), audits it and
+    /// prints what is in force. Versions revoked after the copy was taken
+    /// are live again until revoked again.
+    AcceptRollback,
+    /// Restore the keys of a recovery directory or backup tar onto this host.
+    ///
+    /// Every key of the recovery directory, or of a `hostkms backup` tar, is
+    /// imported into this host's store, sealed under this host's TPM, in one
+    /// transaction. Needs as many custodians as the bundle's threshold, each
+    /// as an age identity file (--identity) or as the share its custodian
+    /// decrypted with `age -d` (--share). Run with the daemon stopped.
     Restore(RestoreArgs),
 }
 
@@ -132,5 +141,13 @@ mod tests {
         let err = Args::try_parse_from(["hostkmsd", "restore", "--identity", "a.key"])
             .expect_err("BACKUP is required");
         assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn accept_rollback_takes_the_config_after_it() {
+        let args = Args::try_parse_from(["hostkmsd", "accept-rollback", "--config", "/etc/x.toml"])
+            .expect("parse");
+        assert!(matches!(args.command, Some(Command::AcceptRollback)));
+        assert_eq!(args.config, Some(PathBuf::from("/etc/x.toml")));
     }
 }

@@ -16,9 +16,9 @@ use crate::config::{
     AccessConfig, Config, LISTENER_KEYS, ListenerConfig, Overrides, RECOVERY_KEYS, STATE_DIR_KEYS,
     TPM_KEYS, TpmConfig,
 };
-use crate::keystore::{Kek, KeyStore, StoreError, TpmEntropy};
+use crate::keystore::{Kek, KeyStore, RollbackStart, StoreError, TpmEntropy};
 use crate::recovery::{self, RecoveryConfig, dir::RecoveryWriter};
-use crate::rootkey::{self, Origin, RootKey, RootKeyError};
+use crate::rootkey::{self, Origin, RootKey, RootKeyError, TpmRootSealer};
 use crate::server::{self, BoundSocket, Heartbeat, LiveLimits, ServerError};
 use crate::service::{Service, WorkerProbe};
 use crate::state_dir::{StateDir, StateDirError, StateDirLock};
@@ -99,20 +99,23 @@ fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Resul
     let root_key = load_root_key(&state_dir, tpm, &config.tpm)?;
     warn_missing_admin_groups(&config.access);
     log_disabled_grants(&config.access);
-    let check = root_key.check_value();
     let store = open_store(&state_dir, &root_key, tpm, &config.tpm)?;
+    check_rollback(&store, tpm, &config.tpm)?;
     // The store holds the keys derived from the root key; the root key itself
     // is needed no longer and is wiped here rather than kept for the daemon's life.
     drop(root_key);
     let recovery = start_recovery(config.recovery.clone(), &store)?;
-    let service = Arc::new(Service::new(
-        check,
-        store,
-        config.access.policy.clone(),
-        config.service,
-        config.alerts,
-        Arc::new(WorkerProbe::new(Arc::clone(tpm), config.tpm.timeout)),
-    ));
+    let sealer = TpmRootSealer::new(state_dir.clone(), Arc::clone(tpm), config.tpm.timeout);
+    let service = Arc::new(
+        Service::new(
+            store,
+            config.access.policy.clone(),
+            config.service,
+            config.alerts,
+            Arc::new(WorkerProbe::new(Arc::clone(tpm), config.tpm.timeout)),
+        )
+        .with_root_sealer(Arc::new(sealer)),
+    );
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -145,7 +148,19 @@ fn load_root_key(
     tpm: &TpmWorker,
     settings: &TpmConfig,
 ) -> Result<RootKey, DaemonError> {
-    let (root_key, origin) = rootkey::load_or_create(state_dir, tpm, settings.start_timeout)?;
+    // Only an interrupted root-key rotation needs the store's word on
+    // which root key is in force.
+    let store_check = if rootkey::rotation_interrupted(state_dir) {
+        KeyStore::recorded_root_key_check(state_dir)?
+    } else {
+        None
+    };
+    let (root_key, origin) = rootkey::load_or_complete(
+        state_dir,
+        tpm,
+        settings.start_timeout,
+        store_check.as_deref(),
+    )?;
     let check = root_key.check_value();
     match origin {
         Origin::Created => tracing::info!(
@@ -157,6 +172,16 @@ fn load_root_key(
             root_key_check = %check,
             state_dir = %state_dir.path().display(),
             "unsealed root key"
+        ),
+        Origin::RotationDiscarded => tracing::warn!(
+            root_key_check = %check,
+            state_dir = %state_dir.path().display(),
+            "unsealed root key; an interrupted root-key rotation was rolled back, this key stays in force"
+        ),
+        Origin::RotationCompleted => tracing::warn!(
+            root_key_check = %check,
+            state_dir = %state_dir.path().display(),
+            "unsealed root key; an interrupted root-key rotation was completed, this new key is in force"
         ),
     }
     if !root_key.is_locked() {
@@ -242,6 +267,48 @@ async fn watch_recovery(writer: Option<Arc<RecoveryWriter>>) {
     }
 }
 
+/// Checks the key store against its TPM rollback counter (binding a new
+/// store to a new one), before anything is served, and logs what it found.
+fn check_rollback(
+    store: &KeyStore,
+    tpm: &Arc<TpmWorker>,
+    settings: &TpmConfig,
+) -> Result<(), DaemonError> {
+    match store.bind_rollback(tpm, settings.start_timeout, settings.timeout)? {
+        RollbackStart::Bound {
+            index,
+            counter,
+            existing: false,
+        } => tracing::info!(
+            nv_index = format_args!("{index:#010x}"),
+            counter,
+            "bound the new key store to a TPM NV counter (rollback protection)"
+        ),
+        RollbackStart::Bound {
+            index,
+            counter,
+            existing: true,
+        } => tracing::warn!(
+            nv_index = format_args!("{index:#010x}"),
+            counter,
+            "the key store had no rollback binding (made before hostkms had one); bound it to a new TPM NV counter. Rollbacks to copies older than now are detected from here on"
+        ),
+        RollbackStart::Level { index, counter } => tracing::info!(
+            nv_index = format_args!("{index:#010x}"),
+            counter,
+            "the key store matches its TPM rollback counter"
+        ),
+        RollbackStart::CaughtUp { index, from, to } => tracing::warn!(
+            nv_index = format_args!("{index:#010x}"),
+            from,
+            to,
+            "the TPM rollback counter was {} behind the key store (changes committed before a crash or while the TPM was away); brought it level",
+            to - from
+        ),
+    }
+    Ok(())
+}
+
 /// The socket systemd passed, or the configured one bound here. Needs the
 /// runtime.
 fn bind_listener(
@@ -324,6 +391,20 @@ async fn stop(service: &Arc<Service>, tpm: &Arc<TpmWorker>) {
             "could not write exact encryption counts (the reserved upper bounds stand): {e}"
         ),
         Err(e) => tracing::warn!("could not write exact encryption counts: {e}"),
+    }
+    let store_service = Arc::clone(service);
+    let pending = tokio::task::spawn_blocking(move || {
+        store_service
+            .store()
+            .settle_rollback_counter(TPM_SHUTDOWN_WAIT)
+    })
+    .await
+    .unwrap_or(0);
+    if pending > 0 {
+        tracing::warn!(
+            pending,
+            "stopping with {pending} increments of the TPM rollback counter pending (the TPM does not answer); the next start makes them"
+        );
     }
     let worker = Arc::clone(tpm);
     let ended = tokio::task::spawn_blocking(move || worker.shutdown(TPM_SHUTDOWN_WAIT))

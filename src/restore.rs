@@ -132,7 +132,8 @@ pub fn run(config: &Config, options: &RestoreOptions) -> Result<RestoreReport, R
     // Held until the import is done: no daemon may serve (and write) this
     // store meanwhile, and none may start on a half-made root key.
     let _lock = StateDirLock::acquire(&state_dir)?;
-    let tpm = TpmWorker::start(config.tpm.tcti.clone()).map_err(RootKeyError::TpmUnavailable)?;
+    let tpm =
+        Arc::new(TpmWorker::start(config.tpm.tcti.clone()).map_err(RootKeyError::TpmUnavailable)?);
     let result = import(&state_dir, &tpm, config, opened.keys, options.merge);
     tpm.shutdown(TPM_SHUTDOWN_WAIT);
     let (restored, root_key_check, root_key_origin) = result?;
@@ -151,7 +152,7 @@ pub fn run(config: &Config, options: &RestoreOptions) -> Result<RestoreReport, R
 /// `keys` in one transaction.
 fn import(
     state_dir: &StateDir,
-    tpm: &TpmWorker,
+    tpm: &Arc<TpmWorker>,
     config: &Config,
     keys: Vec<crate::keystore::KeyMaterial>,
     merge: bool,
@@ -160,8 +161,22 @@ fn import(
     let check = root_key.check_value();
     let store = KeyStore::open(state_dir, &root_key, Arc::new(NoNewVersions))?;
     drop(root_key);
-    let restored = store.restore(keys, merge)?;
-    Ok((restored, check, origin))
+    // Bound to its TPM counter before the import, as the daemon binds a
+    // store at start: a new store gets its counter now, so the import's
+    // transaction records the digest of the keys it brings, and a store to
+    // merge into must first pass the rollback check (keys are never merged
+    // into a rolled-back store).
+    let bound = store.bind_rollback(tpm, config.tpm.start_timeout, config.tpm.timeout)?;
+    tracing::info!(?bound, "the key store is bound to its TPM rollback counter");
+    let restored = store.restore(keys, merge);
+    let pending = store.settle_rollback_counter(TPM_SHUTDOWN_WAIT);
+    if pending > 0 {
+        tracing::warn!(
+            pending,
+            "the TPM rollback counter has {pending} increments pending; the daemon's next start makes them"
+        );
+    }
+    Ok((restored?, check, origin))
 }
 
 /// Reads each of `paths` whole, into memory that is wiped on drop.
@@ -320,7 +335,9 @@ pub fn summary(report: &RestoreReport, options: &RestoreOptions, config: &Config
         report.root_key_check,
         match report.root_key_origin {
             Origin::Created => "created and sealed to this TPM by the restore",
-            Origin::Unsealed => "unsealed from the state dir",
+            Origin::Unsealed | Origin::RotationDiscarded | Origin::RotationCompleted => {
+                "unsealed from the state dir"
+            }
         },
     );
     for key in &restored.added {

@@ -4,7 +4,9 @@
 use std::fmt::Write as _;
 
 use agent_proto::counters::{self, RequestResult};
-use agent_proto::{DataKey, KeyInfo, KeyState, StatusInfo, Unwrapped, VersionState, Wrapped};
+use agent_proto::{
+    DataKey, KeyInfo, KeyState, RootRotation, StatusInfo, Unwrapped, VersionState, Wrapped,
+};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
@@ -177,6 +179,15 @@ pub fn keys_human(keys: &[KeyInfo]) -> String {
     out
 }
 
+/// A root-key rotation for a human: both check values and what was
+/// re-sealed.
+pub fn root_rotation_human(rotation: &RootRotation) -> String {
+    format!(
+        "root key rotated\n  old check value: {}\n  new check value: {}\n  re-sealed:       {} keys, {} versions\nciphertexts are unaffected; back up the state dir again (root.pub, root.priv and keystore.db together)\n",
+        rotation.old_check, rotation.new_check, rotation.keys, rotation.versions
+    )
+}
+
 /// Whether the daemon answered with its health only: peers that are not
 /// admins and hold no `metrics` grant get no counters and no root key
 /// check value (an allowed peer always gets the `keys` counter).
@@ -215,6 +226,7 @@ pub fn status_human(status: &StatusInfo) -> String {
         printable(&status.root_key_check)
     );
     recovery_human(&mut out, &status.recovery);
+    let _ = writeln!(out, "rollback counter: {}", rollback_line(&status.rollback));
     let counter = |name: &str| status.counters.get(name).copied().unwrap_or(0);
     for (label, name) in [
         ("keys:", counters::KEYS),
@@ -285,6 +297,26 @@ fn recovery_human(out: &mut String, recovery: &agent_proto::RecoveryStatus) {
             printable(&recovery.problem)
         );
     }
+}
+
+/// The key store's binding to its TPM NV counter, in one line.
+fn rollback_line(rollback: &agent_proto::RollbackStatus) -> String {
+    if !rollback.bound {
+        return "not bound (an older copy of keystore.db put back would not be noticed)"
+            .to_string();
+    }
+    let mut line = format!(
+        "NV index {:#010x}, at {}",
+        rollback.nv_index, rollback.store_counter
+    );
+    if rollback.pending_increments > 0 {
+        let _ = write!(
+            line,
+            "; {} increments pending (the TPM has not made them yet: until it does, putting an older keystore.db back would go unnoticed)",
+            rollback.pending_increments
+        );
+    }
+    line
 }
 
 /// The `requests.<op>.<result>` counters as (op, result, count), with the
@@ -737,6 +769,27 @@ mod tests {
             recovery: Default::default(),
             rollback: Default::default(),
         }
+    }
+
+    #[test]
+    fn status_shows_the_rollback_binding_and_pending_increments() {
+        let mut status = sample_status();
+        assert!(
+            status_human(&status).contains("rollback counter: not bound"),
+            "{}",
+            status_human(&status)
+        );
+        status.rollback.bound = true;
+        status.rollback.nv_index = 0x0100_4b00;
+        status.rollback.store_counter = 7;
+        let text = status_human(&status);
+        assert!(
+            text.contains("rollback counter: NV index 0x01004b00, at 7\n"),
+            "{text}"
+        );
+        status.rollback.pending_increments = 2;
+        let text = status_human(&status);
+        assert!(text.contains("at 7; 2 increments pending"), "{text}");
     }
 
     #[test]

@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         required,
         overrides,
     };
+    let command = args.command;
     let config = match source.load() {
         Ok(config) => config,
         Err(e) => {
@@ -45,8 +46,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(Command::Restore(restore)) = args.command {
-        return run_restore(&config, restore);
+    match command {
+        Some(Command::Restore(restore)) => return run_restore(&config, restore),
+        Some(Command::AcceptRollback) => {
+            return match hostkms::accept_rollback::run(&config) {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    tracing::error!("{e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        None => {}
     }
     match hostkms::daemon::run(config, source) {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,9 +9,11 @@ use std::sync::{Arc, Mutex};
 use agent_proto::KeyState;
 use arc_swap::ArcSwap;
 
-use super::db::{Database, DbError, KeyRow, SecretRow, Stored, VersionRow};
+use super::db::{Database, DbError, KeyRow, ROOT_KEY_CHECK, SecretRow, Stored, VersionRow};
 use super::sealing::{SEALED_KEK_LEN, StoreSecrets};
-use super::{EntropySource, Kek, Key, KeyStore, Keys, StoreError, Version, Writer};
+use super::{
+    EntropySource, Kek, Key, KeyStore, Keys, SecretName, StoreError, Version, Writer, rollback,
+};
 use crate::envelope::KeyId;
 use crate::rootkey::RootKey;
 use crate::state_dir::{KEYSTORE_DB, StateDir};
@@ -21,10 +23,35 @@ impl KeyStore {
     /// verifying each row and opening each KEK under `root`. New KEKs will
     /// mix OS randomness with randomness from `entropy` (in the daemon a
     /// [`TpmEntropy`](super::TpmEntropy)), which is started once the store has loaded.
+    ///
+    /// A store bound to a TPM counter must match the digest of its keys
+    /// recorded with the binding ([`StoreError::Rollback`] when a key or
+    /// version was deleted or replayed); the counter itself is checked by
+    /// [`KeyStore::bind_rollback`].
     pub fn open(
         dir: &StateDir,
         root: &RootKey,
         entropy: Arc<dyn EntropySource>,
+    ) -> Result<KeyStore, StoreError> {
+        KeyStore::open_with(dir, root, entropy, false)
+    }
+
+    /// Opens the store for `hostkmsd accept-rollback`: as
+    /// [`KeyStore::open`], but a binding that does not match the rows is
+    /// kept as a problem to report rather than refused.
+    pub fn open_accepting_rollback(
+        dir: &StateDir,
+        root: &RootKey,
+        entropy: Arc<dyn EntropySource>,
+    ) -> Result<KeyStore, StoreError> {
+        KeyStore::open_with(dir, root, entropy, true)
+    }
+
+    fn open_with(
+        dir: &StateDir,
+        root: &RootKey,
+        entropy: Arc<dyn EntropySource>,
+        accepting: bool,
     ) -> Result<KeyStore, StoreError> {
         let path = dir.file(KEYSTORE_DB);
         let shown = path.display().to_string();
@@ -35,7 +62,7 @@ impl KeyStore {
         let secrets = StoreSecrets::derive(root).map_err(|e| db_error(DbError::Corrupt(e)))?;
         let (mut db, created) = Database::open(&path).map_err(db_error)?;
         let root_check = root.check_value();
-        match db.meta("root_key_check").map_err(db_error)? {
+        match db.meta(ROOT_KEY_CHECK).map_err(db_error)? {
             Some(store_check) if store_check != root_check => {
                 return Err(StoreError::WrongRootKey {
                     path: shown,
@@ -44,9 +71,7 @@ impl KeyStore {
                 });
             }
             Some(_) => {}
-            None if created => db
-                .set_meta("root_key_check", &root_check)
-                .map_err(db_error)?,
+            None if created => db.set_meta(ROOT_KEY_CHECK, &root_check).map_err(db_error)?,
             None => {
                 return Err(StoreError::Tampered {
                     path: shown,
@@ -58,18 +83,68 @@ impl KeyStore {
         let (key_rows, version_rows) = db.load().map_err(db_error)?;
         let keys = load_keys(&shown, &secrets, key_rows, version_rows)?;
         let sealed = load_secrets(&shown, &secrets, db.load_secrets().map_err(db_error)?)?;
+        let auth_name = SecretName::RollbackAuth.as_str();
+        let auth =
+            match sealed.get(auth_name) {
+                Some(value) => Some(secrets.open_secret(auth_name, value).map_err(|_| {
+                    StoreError::Tampered {
+                        path: shown.clone(),
+                        key: format!("(secret {auth_name:?})"),
+                        detail: "does not open under the root key".to_string(),
+                    }
+                })?),
+                None => None,
+            };
+        let binding = rollback::load_binding(
+            &shown,
+            db.meta(rollback::ROLLBACK_META).map_err(db_error)?,
+            auth.as_deref().map(Vec::as_slice),
+            &keys,
+            accepting,
+        )?;
         entropy.start();
-        Ok(KeyStore {
+        let store = KeyStore {
             keys: ArcSwap::from_pointee(keys),
             writer: Mutex::new(Writer {
                 db,
                 secrets,
+                rollback: binding.row,
+                rollback_key: binding.key,
+                fresh: created,
+                rollback_problem: binding.problem,
                 sealed,
             }),
             entropy,
             sink: std::sync::OnceLock::new(),
             path,
-        })
+            rollback: rollback::Rollback::default(),
+            root_key_check: ArcSwap::from_pointee(root_check),
+            rotation: Mutex::new(()),
+        };
+        if let Some(row) = binding.row {
+            store.rollback.record(&row);
+        }
+        Ok(store)
+    }
+}
+
+impl KeyStore {
+    /// The root key check value `keystore.db` in `dir` records, read
+    /// without any key: `None` when there is no store. What decides, at a
+    /// start after an interrupted root-key rotation, which root key is in
+    /// force. Opening the database rolls back a transaction a crash cut
+    /// short, so the value is the committed one.
+    pub fn recorded_root_key_check(dir: &StateDir) -> Result<Option<String>, StoreError> {
+        if !dir.contains(KEYSTORE_DB) {
+            return Ok(None);
+        }
+        let path = dir.file(KEYSTORE_DB);
+        let db_error = |source| StoreError::Database {
+            path: path.display().to_string(),
+            source,
+        };
+        let (db, _) = Database::open(&path).map_err(db_error)?;
+        db.meta(ROOT_KEY_CHECK).map_err(db_error)
     }
 }
 
@@ -175,7 +250,7 @@ fn load_keys(
                 number: version.version,
                 created: version.created,
                 kek,
-                sealed,
+                sealed: Mutex::new(sealed),
                 encryptions: AtomicU64::new(version.encryptions_reserved),
                 reserved: AtomicU64::new(version.encryptions_reserved),
                 limit_alerted: AtomicBool::new(false),

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use agent_proto::{KeyState, RecoveryStatus, RollbackStatus};
+use agent_proto::{KeyState, RecoveryStatus};
 use zeroize::Zeroizing;
 
 use super::db::{self, SecretRow};
@@ -137,8 +137,8 @@ pub(super) fn material_of(secrets: &StoreSecrets, key: &Key) -> Result<KeyMateri
         .versions
         .iter()
         .map(|version| {
-            let kek = match &version.sealed {
-                Some(sealed) => Some(secrets.open_kek(key.id, version.number, sealed).map_err(
+            let kek = match version.sealed_kek() {
+                Some(sealed) => Some(secrets.open_kek(key.id, version.number, &sealed).map_err(
                     |_| StoreError::Tampered {
                         path: String::from("(memory)"),
                         key: format!("\"{}\" (id {})", key.name, key.id),
@@ -217,11 +217,6 @@ impl KeyStore {
         self.sink
             .get()
             .map_or_else(RecoveryStatus::default, |sink| sink.status())
-    }
-
-    /// What `Status` says about rollback protection.
-    pub fn rollback_status(&self) -> RollbackStatus {
-        RollbackStatus::default()
     }
 
     /// The secret `name`, unsealed, if the store holds one.

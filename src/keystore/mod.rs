@@ -20,7 +20,9 @@
 //! canonical encodings), `sealing` (the keys derived from the root key),
 //! `entropy` ([`EntropySource`] and the TPM reserve), `kek` (a KEK in memory),
 //! `material` (keys in clear for recovery and transfer, the change sink,
-//! and the sealed secrets), `restore` (a backup's keys imported at once).
+//! and the sealed secrets), `restore` (a backup's keys imported at once),
+//! `rollback` (the binding to a TPM NV counter: its row, the key-set digest,
+//! the start check, the background increments).
 
 mod db;
 mod entropy;
@@ -29,7 +31,9 @@ mod kek;
 mod loader;
 mod material;
 mod model;
+mod reseal;
 mod restore;
+mod rollback;
 mod sealing;
 #[cfg(test)]
 mod tests;
@@ -47,7 +51,11 @@ pub use error::StoreError;
 pub use kek::Kek;
 pub use material::{Change, ChangeSink, KeyMaterial, SecretName, VersionMaterial};
 pub use model::{Key, Keys, Version, check_name};
+pub use reseal::RootRotation;
 pub use restore::{RestoreRefused, Restored, RestoredKey};
+pub use rollback::{
+    MAX_CATCH_UP, RollbackAccepted, RollbackError, RollbackRow, RollbackStart, key_set_digest,
+};
 
 use db::{Database, DbError};
 use sealing::StoreSecrets;
@@ -60,6 +68,14 @@ pub const RESERVATION_STEP: u64 = 1 << 14;
 struct Writer {
     db: Database,
     secrets: StoreSecrets,
+    /// The store's binding to its TPM counter; `None` until bound.
+    rollback: Option<rollback::RollbackRow>,
+    /// The key that MACs the binding row; `None` until bound.
+    rollback_key: Option<rollback::RowKey>,
+    /// Whether the store was created by this open.
+    fresh: bool,
+    /// Opened for `accept-rollback`: why a start would have refused it.
+    rollback_problem: String,
     /// The `secrets` table, verified and still sealed, by name.
     sealed: std::collections::BTreeMap<String, Vec<u8>>,
 }
@@ -73,6 +89,13 @@ pub struct KeyStore {
     /// Told of every change before it is answered (the recovery directory).
     sink: std::sync::OnceLock<Arc<dyn ChangeSink>>,
     path: PathBuf,
+    /// The binding to the TPM counter, and the increments pending.
+    rollback: rollback::Rollback,
+    /// The check value of the root key the store is sealed under.
+    root_key_check: ArcSwap<String>,
+    /// Held for a whole root-key rotation, TPM work included, so two never
+    /// overlap; the writer lock is taken only for the re-sealing itself.
+    rotation: Mutex<()>,
 }
 
 impl std::fmt::Debug for KeyStore {
@@ -85,6 +108,12 @@ impl std::fmt::Debug for KeyStore {
 }
 
 impl KeyStore {
+    /// The check value of the root key the store is sealed under (see
+    /// [`crate::rootkey::RootKey::check_value`]); changes with a rotation.
+    pub fn root_key_check(&self) -> Arc<String> {
+        self.root_key_check.load_full()
+    }
+
     /// The current snapshot of every key.
     pub fn keys(&self) -> Arc<Keys> {
         self.keys.load_full()

@@ -6,8 +6,8 @@
 //! unwraps here and nothing revoked there comes back.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
 
 use agent_proto::KeyState;
 
@@ -156,7 +156,7 @@ impl KeyStore {
                     number: version.number,
                     created: version.created,
                     kek,
-                    sealed,
+                    sealed: Mutex::new(sealed),
                     // The old host's counts are not in the record: each
                     // version counts afresh here. Only the latest version
                     // encrypts, and it rotates itself at

@@ -16,6 +16,7 @@ use super::db::{self, VersionRow};
 use super::sealing::{KEK_LEN, SEALED_KEK_LEN};
 use super::{
     Change, Kek, Key, KeyStore, Keys, RESERVATION_STEP, StoreError, Version, Writer, check_name,
+    rollback,
 };
 use crate::envelope::KeyId;
 
@@ -35,8 +36,11 @@ fn random<const N: usize>() -> Result<Zeroizing<[u8; N]>, StoreError> {
 
 impl KeyStore {
     /// Writes `key`'s row and `versions`' rows in one durable transaction,
-    /// publishes `key` in a new snapshot, and tells the change sink (the
-    /// recovery directory) before returning, so before the answer.
+    /// with the store's rollback binding (`S + 1` when the change
+    /// `reduces_access`, and the digest of the new snapshot), then publishes
+    /// `key` in a new snapshot, and tells the change sink (the recovery
+    /// directory) before returning, so before the answer. The TPM counter
+    /// is counted up afterwards, in the background.
     pub(super) fn commit(
         &self,
         writer: &mut Writer,
@@ -79,18 +83,6 @@ impl KeyStore {
             }
             rows.push((key_row, key_mac, version_rows));
         }
-        writer
-            .db
-            .transaction(|tx| {
-                for (key_row, key_mac, version_rows) in &rows {
-                    db::put_key(tx, key_row, key_mac)?;
-                    for (row, mac) in version_rows {
-                        db::put_version(tx, row, mac)?;
-                    }
-                }
-                Ok(())
-            })
-            .map_err(|e| self.db_error(e))?;
         let mut next = Keys::clone(&self.keys.load());
         let committed: Vec<Arc<Key>> = changed
             .into_iter()
@@ -100,7 +92,26 @@ impl KeyStore {
                 key
             })
             .collect();
+        let rollback = Self::next_rollback_row(writer, &next, change.reduces_access());
+        writer
+            .db
+            .transaction(|tx| {
+                for (key_row, key_mac, version_rows) in &rows {
+                    db::put_key(tx, key_row, key_mac)?;
+                    for (row, mac) in version_rows {
+                        db::put_version(tx, row, mac)?;
+                    }
+                }
+                if let Some((_, text)) = &rollback {
+                    rollback::put_row(tx, text)?;
+                }
+                Ok(())
+            })
+            .map_err(|e| self.db_error(e))?;
         self.keys.store(Arc::new(next));
+        if let Some((row, _)) = rollback {
+            self.rollback_committed(writer, row);
+        }
         for key in &committed {
             self.notify(writer, key, change);
         }
@@ -130,7 +141,7 @@ impl KeyStore {
             number,
             created: now(),
             kek: Some(Kek::new(&material)),
-            sealed: Some(sealed),
+            sealed: std::sync::Mutex::new(Some(sealed)),
             encryptions: AtomicU64::new(0),
             reserved: AtomicU64::new(0),
             limit_alerted: AtomicBool::new(false),

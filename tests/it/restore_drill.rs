@@ -593,6 +593,16 @@ fn restore_on_two_hosts(old: &OldHost) {
     let daemon = b.start();
     let mut client = daemon.client();
     assert_answers_as_on_a(old, &mut client);
+    // The restore bound the new store to B's TPM counter, with the digest
+    // of the keys it brought: the daemon's start finds them level.
+    assert!(client.status().expect("status").rollback.bound);
+    assert!(
+        daemon
+            .log()
+            .contains("the key store matches its TPM rollback counter"),
+        "{}",
+        daemon.log()
+    );
     assert_eq!(
         client.describe_key("app-cold").expect("describe").state,
         KeyState::Disabled

@@ -262,6 +262,12 @@ mod tests {
         assert!(daemon.contains(".SH DESCRIPTION\n\\fBhostkmsd\\fR seals a root key"));
         assert!(daemon.contains("\\-\\-state\\-dir"), "{daemon}");
         assert!(daemon.contains(".SH SIGNALS") && daemon.contains(".I /var/lib/hostkms"));
+        // The daemon's offline tasks are its commands.
+        assert!(daemon.contains(".SH COMMANDS"), "{daemon}");
+        assert!(
+            daemon.contains(".SS \"hostkmsd accept\\-rollback\""),
+            "{daemon}"
+        );
         // The offline tasks (restore, ...) are documented like the CLI's commands.
         for sub in hostkms::cli_args::command()
             .get_subcommands()
