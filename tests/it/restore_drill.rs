@@ -988,3 +988,100 @@ fn run_as_root_it_writes_as_the_daemons_user_after_reading_roots_files() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn restore_killed_at_any_moment_leaves_all_keys_or_none() {
+    use std::time::Instant;
+    let work = private_tempdir();
+    let custodian = custodians(work.path(), 1).remove(0);
+    let bundle = escrow::BundleIdentity::generate().expect("bundle");
+    let keys: Vec<KeyMaterial> = (0..1000)
+        .map(|n| {
+            let mut id = [0u8; 16];
+            id.copy_from_slice(&random_kek()[..16]);
+            KeyMaterial {
+                id: KeyId(id),
+                name: format!("key-{n:05}"),
+                created: 1_700_000_000,
+                state: KeyState::Enabled,
+                min_decryption_version: 1,
+                versions: vec![VersionMaterial {
+                    number: 1,
+                    created: 1_700_000_000,
+                    kek: Some(random_kek()),
+                }],
+            }
+        })
+        .collect();
+    let dir = work.path().join("recovery");
+    write_recovery_dir(
+        &dir,
+        &bundle,
+        std::slice::from_ref(&custodian.recipient),
+        1,
+        &keys,
+        1,
+    );
+    // How long a whole restore takes here, to spread the kills over it.
+    let probe = new_host();
+    let started = Instant::now();
+    let out = probe.restore(&["--identity", path(&custodian.key), path(&dir)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let whole = started.elapsed();
+    let all = format!("{}\n", keys.len());
+    assert_eq!(
+        sqlite(
+            &probe.files.state_file("keystore.db"),
+            "SELECT count(*) FROM keys"
+        ),
+        all
+    );
+    let mut interrupted = 0;
+    for step in 1..=5 {
+        let host = new_host();
+        let mut child = Command::new(HOSTKMSD)
+            .arg("restore")
+            .arg("--config")
+            .arg(&host.files.config)
+            .arg("--identity")
+            .arg(&custodian.key)
+            .arg(&dir)
+            .env("HOSTKMS_LOG_TARGET", "stderr")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn restore");
+        std::thread::sleep(whole.mul_f64(f64::from(step) / 6.0));
+        let _ = child.kill();
+        let _ = child.wait();
+        let db = host.files.state_file("keystore.db");
+        let count = if db.exists() {
+            sqlite(&db, "SELECT count(*) FROM keys")
+        } else {
+            "0\n".to_string()
+        };
+        assert!(
+            count == "0\n" || count == all,
+            "kill -9 at step {step}/6 of {whole:?} left {count} keys"
+        );
+        // Whatever the kill left, the restore completes or the store is
+        // already whole; then the daemon serves every key.
+        if count == "0\n" {
+            interrupted += 1;
+            let out = host.restore(&["--identity", path(&custodian.key), path(&dir)]);
+            assert!(out.status.success(), "step {step}: {}", stderr(&out));
+        }
+        let daemon = host.start();
+        assert_eq!(
+            daemon.client().list_keys().expect("list").len(),
+            keys.len(),
+            "step {step}"
+        );
+        let (status, log) = daemon.stop();
+        assert!(status.success(), "{log}");
+    }
+    assert!(
+        interrupted > 0,
+        "no kill landed before the restore was done"
+    );
+}
