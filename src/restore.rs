@@ -41,6 +41,9 @@ pub use open::{CustodianInput, OpenError, Opened};
 /// few identities and comments is far smaller.
 pub const MAX_CUSTODIAN_FILE: u64 = 64 << 10;
 
+/// The user the Debian package's hostkmsd runs as (systemd/hostkms.service).
+const PACKAGED_USER: &str = "hostkms";
+
 /// How long the restore waits for the TPM worker's last conversation.
 const TPM_SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
@@ -356,8 +359,20 @@ pub fn summary(report: &RestoreReport, options: &RestoreOptions, config: &Config
         ));
     }
     out.push_str(&format!(
-        "\nthe files are owned by uid {}, the daemon's user.\ncustodians {} put together bundle identity {}: it counts as exposed now and this host does not use it. Configure [recovery] in the config before starting hostkmsd: its first start escrows a bundle identity of its own and writes its recovery directory. Then retire the old host's backups (README: Backup and recovery).",
-        report.owner,
+        "\nthe files are owned by uid {} (the state dir's owner, or --user).",
+        report.owner
+    ));
+    if report.owner == 0 && options.user.is_none() {
+        if let Ok(Some(user)) = nix::unistd::User::from_name(PACKAGED_USER) {
+            out.push_str(&format!(
+                "\nnote: the files are root's, but the packaged hostkmsd runs as {PACKAGED_USER} (uid {}): run chown -R {PACKAGED_USER}: {} before starting it, or restore into an empty state dir with --user {PACKAGED_USER}",
+                user.uid,
+                config.state_dir.display()
+            ));
+        }
+    }
+    out.push_str(&format!(
+        "\ncustodians {} put together bundle identity {}: it counts as exposed now and this host does not use it. Configure [recovery] in the config before starting hostkmsd: its first start escrows a bundle identity of its own and writes its recovery directory. Then retire the old host's backups (README: Backup and recovery).",
         report.custodians.join(", "),
         report.bundle_fingerprint,
     ));
