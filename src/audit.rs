@@ -63,6 +63,10 @@ pub const ROOT_KEY_ROTATED: &str = "9da5932d438442bd826e39170b2844a8";
 /// An operator accepted a key store its rollback binding refused
 /// (`hostkmsd accept-rollback`).
 pub const ROLLBACK_ACCEPTED: &str = "e443d75e72c74b83b7b5c0c86a8f686f";
+/// The recovery bundle identity was escrowed to custodians: at the first
+/// start with `[recovery]`, after the custodians or threshold changed, or
+/// after `hostkmsd rotate-bundle` made a new one.
+pub const RECOVERY_ESCROWED: &str = "98d6c8c8c8bd47a19a8b17745e87228b";
 
 /// The tracing target of request and life events.
 const AUDIT_TARGET: &str = "hostkms::audit";
@@ -604,6 +608,36 @@ pub fn restore_failed(backup: &Path, problem: &dyn std::fmt::Display) {
         HOSTKMS_BACKUP = %backup.display(),
         "restore from {} imported nothing: {problem}",
         backup.display()
+    );
+}
+
+/// Audits the escrow of the recovery bundle identity `bundle_recipient` to
+/// `custodians` (their recipients, named with their fingerprints), k of
+/// which must join; `previous` is the identity it replaces, if rotated.
+pub fn recovery_escrowed(
+    dir: &str,
+    bundle_recipient: &str,
+    previous: Option<&str>,
+    custodians: &[String],
+    threshold: u32,
+) {
+    let named: Vec<String> = custodians
+        .iter()
+        .map(|r| format!("{r} ({})", crate::recovery::agefile::fingerprint(r)))
+        .collect();
+    let named = named.join(", ");
+    tracing::event!(
+        target: AUDIT_TARGET,
+        Level::WARN,
+        MESSAGE_ID = RECOVERY_ESCROWED,
+        HOSTKMS_RECOVERY_DIR = dir,
+        HOSTKMS_BUNDLE_RECIPIENT = bundle_recipient,
+        HOSTKMS_PREVIOUS_BUNDLE_RECIPIENT = previous.unwrap_or(""),
+        HOSTKMS_CUSTODIANS = %named,
+        HOSTKMS_THRESHOLD = threshold,
+        "recovery bundle identity {bundle_recipient} escrowed in {dir} to {} custodians, {threshold} of whom must join: {named}{}",
+        custodians.len(),
+        previous.map(|p| format!(" (it replaces {p})")).unwrap_or_default()
     );
 }
 

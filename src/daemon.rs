@@ -232,7 +232,17 @@ fn start_recovery(
     let started = std::time::Instant::now();
     let dir = config.dir.clone();
     let (custodians, threshold) = (config.recipients.len(), config.threshold);
-    let writer = recovery::start(config, store)?;
+    let (recipients, escrow_dir) = (config.recipients.clone(), dir.display().to_string());
+    let (writer, escrowed) = recovery::start(config, store)?;
+    if escrowed {
+        audit::recovery_escrowed(
+            &escrow_dir,
+            writer.bundle_recipient(),
+            None,
+            &recipients,
+            threshold,
+        );
+    }
     tracing::info!(
         dir = %dir.display(),
         custodians,
@@ -679,6 +689,26 @@ mod tests {
             restart_needed(&running, &everything),
             vec![LISTENER_KEYS, STATE_DIR_KEYS, TPM_KEYS]
         );
+    }
+
+    #[test]
+    fn a_changed_recovery_table_needs_a_restart() {
+        let recipient = crate::recovery::escrow::BundleIdentity::generate()
+            .unwrap()
+            .recipient()
+            .to_string();
+        let running = config("");
+        let with = |dir: &str| {
+            config(&format!(
+                "[recovery]\nrecipients = [\"{recipient}\"]\ndir = \"{dir}\"\n"
+            ))
+        };
+        assert_eq!(restart_needed(&running, &with("/a")), vec![RECOVERY_KEYS]);
+        assert_eq!(
+            restart_needed(&with("/a"), &with("/b")),
+            vec![RECOVERY_KEYS]
+        );
+        assert!(restart_needed(&with("/a"), &with("/a")).is_empty());
     }
 
     #[test]

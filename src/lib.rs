@@ -24,6 +24,7 @@ pub mod policy;
 pub mod recovery;
 pub mod restore;
 pub mod rootkey;
+pub mod rotate_bundle;
 pub mod server;
 pub mod service;
 pub mod state_dir;

@@ -60,6 +60,18 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Some(Command::RotateBundle) => {
+            return match hostkms::rotate_bundle::run(&config) {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    tracing::error!("{e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         None => {}
     }
     match hostkms::daemon::run(config, source) {

@@ -50,6 +50,12 @@ pub const DIR_MODE: u32 = 0o750;
 /// The files' mode.
 pub const FILE_MODE: u32 = 0o640;
 
+/// The suffix of a batch write's temporary files (`.<name>.tmp`).
+const TEMP_SUFFIX: &str = ".tmp";
+
+/// Lagging key files beyond this many are written as one batch.
+const BATCH_FROM: usize = 16;
+
 /// The largest key file read back: a record of the largest size, and age's
 /// header and 16-byte tag per 64 KiB chunk.
 const MAX_KEY_FILE: usize = MAX_RECORD_LEN + MAX_RECORD_LEN / 4096 + 64 * 1024;
@@ -203,19 +209,69 @@ impl RecoveryDir {
         file.as_file()
             .set_permissions(fs::Permissions::from_mode(FILE_MODE))
             .map_err(write_error)?;
-        if let Some(gid) = self.gid {
-            let owned = file.as_file().metadata().map_err(write_error)?;
-            if owned.gid() != gid {
-                std::os::unix::fs::fchown(file.as_file(), None, Some(gid)).map_err(|e| {
-                    write_error(std::io::Error::new(
-                        e.kind(),
-                        format!("cannot give it to group {gid} ({e}): the daemon's user must be a member of [recovery] group"),
-                    ))
-                })?;
-            }
-        }
+        self.give_to_group(file.as_file()).map_err(write_error)?;
         file.write_all(bytes).map_err(write_error)?;
         file.commit().map_err(write_error)
+    }
+
+    /// Writes many files of subdirectory `sub` at once, for reconciling a
+    /// large store: each a temporary file renamed over its name (a reader
+    /// still sees whole files), then one `syncfs` for all of them instead
+    /// of two fsyncs each (at 10,000 keys, minutes of fsyncs at start). A
+    /// crash before the `syncfs` may leave a file empty: the next start
+    /// checks every file and writes it again.
+    pub fn write_batch<'a>(
+        &self,
+        sub: &str,
+        files: impl Iterator<Item = (String, &'a [u8])>,
+    ) -> Result<(), RecoveryError> {
+        let dir = self.path.join(sub);
+        for (name, bytes) in files {
+            let path = dir.join(&name);
+            let temp = dir.join(format!(".{name}{TEMP_SUFFIX}"));
+            let write_error = |source| RecoveryError::Write {
+                path: path.clone(),
+                source,
+            };
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(FILE_MODE)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&temp)
+                .map_err(write_error)?;
+            file.set_permissions(fs::Permissions::from_mode(FILE_MODE))
+                .map_err(write_error)?;
+            self.give_to_group(&file).map_err(write_error)?;
+            file.write_all(bytes).map_err(write_error)?;
+            drop(file);
+            fs::rename(&temp, &path).map_err(write_error)?;
+        }
+        let handle = fs::File::open(&dir).map_err(|source| RecoveryError::Write {
+            path: dir.clone(),
+            source,
+        })?;
+        nix::unistd::syncfs(&handle).map_err(|e| RecoveryError::Write {
+            path: dir.clone(),
+            source: e.into(),
+        })
+    }
+
+    /// Gives `file` to the configured group, when it has another.
+    fn give_to_group(&self, file: &fs::File) -> std::io::Result<()> {
+        let Some(gid) = self.gid else {
+            return Ok(());
+        };
+        if file.metadata()?.gid() == gid {
+            return Ok(());
+        }
+        std::os::unix::fs::fchown(file, None, Some(gid)).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot give it to group {gid} ({e}): the daemon's user must be a member of [recovery] group"),
+            )
+        })
     }
 
     /// Reads `name` (never through a symbolic link, only a regular file),
@@ -430,6 +486,11 @@ impl RecoveryWriter {
             entries.push(ManifestKey::of(material, revision));
         }
         for name in dir.list(KEYS_DIR)? {
+            if name.starts_with('.') && name.ends_with(TEMP_SUFFIX) {
+                // A batch write's leftover from a crash.
+                dir.remove(&format!("{KEYS_DIR}/{name}"))?;
+                continue;
+            }
             if name.ends_with(".age") && !known.contains(&name) {
                 dir.remove(&format!("{KEYS_DIR}/{name}"))?;
                 report.removed.push(name);
@@ -473,6 +534,11 @@ impl RecoveryWriter {
         self.state().lagging.is_empty()
     }
 
+    /// The directory.
+    pub fn dir_path(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// The bundle identity's recipient.
     pub fn bundle_recipient(&self) -> &str {
         self.bundle.recipient()
@@ -513,6 +579,15 @@ impl RecoveryWriter {
                 self.dir
                     .write(&format!("{CUSTODIANS_DIR}/{}", file.name), &file.contents)?;
             }
+        }
+        if state.lagging.keys.len() >= BATCH_FROM {
+            let files = state
+                .lagging
+                .keys
+                .iter()
+                .map(|(id, file)| (key_file_name(KeyId(*id)), file.as_slice()));
+            self.dir.write_batch(KEYS_DIR, files)?;
+            state.lagging.keys.clear();
         }
         while let Some((&id, file)) = state.lagging.keys.first_key_value() {
             self.dir
@@ -642,9 +717,45 @@ mod tests {
         assert_eq!(first.rewritten.len(), 3);
         assert!(writer.is_current());
         drop(writer);
+        let leftover = config.dir.join(KEYS_DIR).join(".0001.age.tmp");
+        fs::write(&leftover, b"a crash's leftover").unwrap();
         let (writer, second) = RecoveryWriter::start(config, bundle, &all).unwrap();
         assert_eq!(second, Reconciled::default(), "nothing to do");
         assert!(writer.status().current);
+        assert!(!leftover.exists());
+    }
+
+    #[test]
+    fn a_failed_write_is_kept_and_retried() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("r");
+        let (writer, _) = RecoveryWriter::start(
+            config(&dir),
+            BundleIdentity::generate().unwrap(),
+            &[material(1)],
+        )
+        .unwrap();
+        fs::rename(dir.join(KEYS_DIR), dir.join("aside")).unwrap();
+        fs::write(dir.join(KEYS_DIR), b"in the way").unwrap();
+        writer.key_changed(&material(2), Change::Create);
+        let status = writer.status();
+        assert!(
+            !status.current && status.problem.contains("lags behind"),
+            "{status:?}"
+        );
+        assert!(!writer.retry(), "still in the way");
+        fs::remove_file(dir.join(KEYS_DIR)).unwrap();
+        fs::rename(dir.join("aside"), dir.join(KEYS_DIR)).unwrap();
+        assert!(writer.retry());
+        assert!(writer.status().current && writer.status().problem.is_empty());
+        assert!(
+            dir.join(KEYS_DIR)
+                .join(key_file_name(material(2).id))
+                .exists()
+        );
+        let manifest = fs::read(dir.join(MANIFEST_FILE)).unwrap();
+        let manifest = UnverifiedManifest::parse(&manifest).unwrap();
+        assert_eq!(manifest.claimed().keys.len(), 2);
     }
 
     /// One change among `keys` keys: one record encrypted, two durable
@@ -652,14 +763,17 @@ mod tests {
     fn one_change_among(keys: u32) {
         let tmp = tempfile::tempdir().unwrap();
         let all: Vec<KeyMaterial> = (0..keys).map(material).collect();
+        let config = config(&tmp.path().join("r"));
+        let bundle = BundleIdentity::generate().unwrap();
         let started = std::time::Instant::now();
-        let (writer, _) = RecoveryWriter::start(
-            config(&tmp.path().join("r")),
-            BundleIdentity::generate().unwrap(),
-            &all,
-        )
-        .unwrap();
+        let (writer, _) =
+            RecoveryWriter::start(config.clone(), bundle_copy(&bundle), &all).unwrap();
         let reconcile = started.elapsed();
+        drop(writer);
+        let started = std::time::Instant::now();
+        let (writer, again) = RecoveryWriter::start(config, bundle, &all).unwrap();
+        let restart = started.elapsed();
+        assert_eq!(again, Reconciled::default());
         let mut changed = material(keys / 2);
         changed.state = KeyState::Disabled;
         let started = std::time::Instant::now();
@@ -669,7 +783,7 @@ mod tests {
         }
         let per_change = started.elapsed() / rounds;
         eprintln!(
-            "{keys} keys: first reconcile (every file written) {reconcile:?}; one change {per_change:?}"
+            "{keys} keys: first reconcile (every file written) {reconcile:?}; a restart (every file checked) {restart:?}; one change {per_change:?}"
         );
         assert!(writer.is_current());
         assert!(per_change < std::time::Duration::from_secs(10));

@@ -83,10 +83,55 @@ pub fn bundle_identity(store: &KeyStore) -> Result<(BundleIdentity, bool), Start
     Ok((bundle, true))
 }
 
+/// Replaces the bundle identity (rare, admin-initiated, daemon stopped):
+/// a new one is generated and sealed in the store (durably, first), then the
+/// directory is rewritten under it: the new identity escrowed to the
+/// configured custodians, every key record re-encrypted and re-authenticated,
+/// the MANIFEST. Copies taken before still open with the old identity's
+/// escrow. Returns the old recipient (if any) and the new one.
+pub fn rotate_bundle(
+    config: RecoveryConfig,
+    store: &KeyStore,
+) -> Result<(Option<String>, String), StartError> {
+    let old = match store.secret(SecretName::RecoveryBundle)? {
+        Some(text) => {
+            let text = std::str::from_utf8(&text).map_err(|_| escrow::EscrowError::BadBundle)?;
+            Some(BundleIdentity::from_text(text)?.recipient().to_string())
+        }
+        None => None,
+    };
+    let bundle = BundleIdentity::generate()?;
+    let new = bundle.recipient().to_string();
+    store.put_secret(SecretName::RecoveryBundle, bundle.to_text().as_bytes())?;
+    // Every old file fails to open under the new identity and is rewritten:
+    // expected here, so the reconcile report is not logged as tampering.
+    let (writer, _) =
+        store.with_all_material(|all| RecoveryWriter::start(config, bundle, all))??;
+    if !writer.is_current() {
+        return Err(StartError::Dir(RecoveryError::Unusable {
+            path: writer.dir_path().to_path_buf(),
+            problem: format!(
+                "the new bundle identity is sealed, but the directory could not be rewritten: {}; the daemon finishes it at its next start",
+                writer_problem(&writer)
+            ),
+        }));
+    }
+    Ok((old, new))
+}
+
+fn writer_problem(writer: &RecoveryWriter) -> String {
+    use crate::keystore::ChangeSink;
+    writer.status().problem
+}
+
 /// Starts recovery for `store`: the bundle identity, the directory brought
 /// level with the store (under its writer lock), and the writer installed as
-/// the store's change sink. Logs what reconciling did.
-pub fn start(config: RecoveryConfig, store: &KeyStore) -> Result<Arc<RecoveryWriter>, StartError> {
+/// the store's change sink. Logs what reconciling did; true when the bundle
+/// identity was escrowed anew (for the audit trail).
+pub fn start(
+    config: RecoveryConfig,
+    store: &KeyStore,
+) -> Result<(Arc<RecoveryWriter>, bool), StartError> {
     let (bundle, created) = bundle_identity(store)?;
     if created {
         tracing::info!(
@@ -124,5 +169,5 @@ pub fn start(config: RecoveryConfig, store: &KeyStore) -> Result<Arc<RecoveryWri
         );
     }
     store.set_change_sink(Arc::clone(&writer) as Arc<dyn crate::keystore::ChangeSink>);
-    Ok(writer)
+    Ok((writer, report.escrowed))
 }

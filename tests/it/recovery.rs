@@ -512,6 +512,19 @@ fn changing_the_custodians_re_escrows_the_same_bundle() {
     assert_matches(&after, &daemon.client().describe_key("app-db").unwrap());
     let status = daemon.client().status().unwrap().recovery;
     assert_eq!((status.custodians, status.threshold), (3, 2));
+    // Audited, with the custodians' fingerprints.
+    let log = daemon.log();
+    assert!(
+        log.contains(&format!(
+            "escrowed in {} to 3 custodians, 2 of whom must join",
+            dir.display()
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&agefile::fingerprint(&next[1].recipient)),
+        "{log}"
+    );
 }
 
 #[test]
@@ -698,4 +711,74 @@ fn a_failed_write_leaves_the_change_and_says_not_current_until_it_is_retried() {
     let opened = open(&dir, &[custodians[0].identity.clone()]).unwrap();
     assert_matches(&opened, &b);
     assert_matches(&opened, &c);
+}
+
+#[test]
+fn rotate_bundle_re_encrypts_every_record_to_a_new_escrowed_identity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("recovery");
+    let custodians = custodians(1);
+    let ids = [custodians[0].identity.clone()];
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::new(&tpm.tcti(), &config(&dir, &custodians, 1));
+    let daemon = Daemon::start(&files).unwrap();
+    let info = daemon.client().create_key("app-db").unwrap();
+    let wrapped = daemon
+        .client()
+        .wrap("app-db", b"kept", &EncryptionContext::new())
+        .unwrap();
+    let before = open(&dir, &ids).unwrap();
+    let key_path = dir.join(format!("keys/{}.age", hex(&info.id)));
+    let old_file = fs::read(&key_path).unwrap();
+
+    // Refused while the daemon holds the state dir.
+    let config_path = files.config.to_str().unwrap();
+    let out = crate::harness::run_daemon_to_exit(&["rotate-bundle", "--config", config_path]);
+    assert!(!out.status.success());
+    let (_, _) = daemon.stop();
+
+    let out = crate::harness::run_daemon_to_exit(&["rotate-bundle", "--config", config_path]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    assert!(
+        report.contains(&format!("{} -> ", before.bundle.recipient())),
+        "{report}"
+    );
+    assert!(
+        text(&out.stderr).contains(&format!("(it replaces {})", before.bundle.recipient())),
+        "audited: {}",
+        text(&out.stderr)
+    );
+
+    let after = open(&dir, &ids).unwrap();
+    assert_ne!(after.bundle.recipient(), before.bundle.recipient());
+    assert!(record::same_material(
+        &after.records[&hex(&info.id)].material,
+        &before.records[&hex(&info.id)].material
+    ));
+    assert_eq!(
+        unwrap_with_record(
+            &after.records[&hex(&info.id)],
+            wrapped.ciphertext.as_bytes()
+        )
+        .as_deref(),
+        Some(&b"kept"[..])
+    );
+    // The new files are not for the old identity, nor the old ones for the new.
+    let new_file = fs::read(&key_path).unwrap();
+    let old_identity = std::slice::from_ref(before.bundle.age_identity());
+    let new_identity = std::slice::from_ref(after.bundle.age_identity());
+    assert!(agefile::decrypt(old_identity, &new_file, 1 << 20).is_err());
+    assert!(agefile::decrypt(new_identity, &old_file, 1 << 20).is_err());
+
+    // The daemon starts on it with nothing to repair and reports the new one.
+    let daemon = Daemon::start(&files).unwrap();
+    let status = daemon.client().status().unwrap().recovery;
+    assert_eq!(status.bundle_recipient, after.bundle.recipient());
+    assert!(status.current);
+    assert!(
+        !daemon.log().contains("does not authenticate"),
+        "{}",
+        daemon.log()
+    );
 }
