@@ -590,6 +590,28 @@ fn restore_on_two_hosts(old: &OldHost) {
         "{}",
         text(&out.stdout)
     );
+    // The audit event (on stderr here; the journal under systemd), with
+    // what came in and who opened it.
+    let audit = stderr(&out);
+    let custodian = |n: usize| fingerprint(&old.custodians[n].recipient);
+    let revoked: usize = old
+        .keys
+        .values()
+        .map(|k| k.matches(":Revoked").count())
+        .sum();
+    assert!(revoked >= 2, "the drill revokes versions: {:?}", old.keys);
+    for field in [
+        "MESSAGE_ID=\"7725a34402704e0ca1961764a810e6a6\"".to_string(),
+        "HOSTKMS_KEYS=5".to_string(),
+        format!("HOSTKMS_REVOKED_VERSIONS={revoked}"),
+        format!("HOSTKMS_CUSTODIANS=\"{},{}\"", custodian(0), custodian(2)),
+        format!(
+            "HOSTKMS_BUNDLE_FINGERPRINT=\"{}\"",
+            fingerprint(&old.bundle_recipient)
+        ),
+    ] {
+        assert!(audit.contains(&field), "{field} in {audit}");
+    }
     let daemon = b.start();
     let mut client = daemon.client();
     assert_answers_as_on_a(old, &mut client);
@@ -708,6 +730,10 @@ fn too_few_or_wrong_custodians_are_refused_naming_the_ones_needed() {
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
         let message = stderr(&out);
         assert!(message.contains('2'), "{args:?} says how many: {message}");
+        assert!(
+            message.contains("MESSAGE_ID=\"cb05f1bc80be4862bc959b256cdd4f63\""),
+            "{args:?} is audited as a failed restore: {message}"
+        );
         for custodian in &old.custodians {
             assert!(
                 message.contains(&fingerprint(&custodian.recipient)),
