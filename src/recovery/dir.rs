@@ -116,6 +116,10 @@ impl RecoveryDir {
             path: path.to_path_buf(),
             gid,
         };
+        check_ancestors(path).map_err(|problem| RecoveryError::Unusable {
+            path: path.to_path_buf(),
+            problem,
+        })?;
         dir.prepare(path, gid)?;
         for sub in [KEYS_DIR, CUSTODIANS_DIR] {
             dir.prepare(&path.join(sub), gid)?;
@@ -331,6 +335,46 @@ impl RecoveryDir {
     }
 }
 
+/// Refuses a recovery directory that another user could swap for their
+/// own while the daemon runs: every directory above it (on the path as
+/// given and as resolved) must belong to root or the daemon's user, and
+/// none may be writable by every user without the sticky bit (as `/tmp`).
+fn check_ancestors(path: &Path) -> Result<(), String> {
+    let given =
+        std::path::absolute(path).map_err(|e| format!("cannot make its path absolute: {e}"))?;
+    let parent = given.parent().unwrap_or(&given);
+    let real = fs::canonicalize(parent).map_err(|e| {
+        format!(
+            "cannot resolve its parent {}: {e}; create it or choose another [recovery] dir",
+            parent.display()
+        )
+    })?;
+    let euid = nix::unistd::geteuid().as_raw();
+    for ancestor in given.ancestors().skip(1).chain(real.ancestors()) {
+        let meta = fs::symlink_metadata(ancestor)
+            .map_err(|e| format!("cannot inspect {}: {e}", ancestor.display()))?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        if meta.uid() != 0 && meta.uid() != euid {
+            return Err(format!(
+                "lies below {}, owned by uid {}: that user could rename the recovery directory and put another in its place. Move it below directories owned by root or the daemon's user",
+                ancestor.display(),
+                meta.uid()
+            ));
+        }
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+            return Err(format!(
+                "lies below {}, which every user may write (mode {mode:04o}) without the sticky bit: anyone could put another directory in its place. Run chmod o-w {} (or chmod +t), or move it",
+                ancestor.display(),
+                ancestor.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// What lags behind the store, kept until written.
 #[derive(Default)]
 struct Lagging {
@@ -380,8 +424,8 @@ pub struct Reconciled {
     pub escrowed: bool,
     /// Key files written because they were missing or differed.
     pub rewritten: Vec<String>,
-    /// Key files that did not authenticate (planted or edited), rewritten
-    /// or removed.
+    /// Files (key files, the MANIFEST) that did not authenticate under the
+    /// bundle identity (planted, edited, or of another bundle): rewritten.
     pub untrusted: Vec<String>,
     /// Files for no key of the store, removed.
     pub removed: Vec<String>,
@@ -401,12 +445,24 @@ impl RecoveryWriter {
         escrow::check_custodians(&config.recipients, config.threshold)?;
         let dir = RecoveryDir::open(&config.dir, config.group.as_ref().map(|g| g.gid))?;
         let mut report = Reconciled::default();
-        let old = dir
-            .read(MANIFEST_FILE, super::manifest::MAX_MANIFEST_LEN)
-            .ok()
-            .flatten()
-            .and_then(|text| UnverifiedManifest::parse(&text).ok())
-            .and_then(|m| m.verify(&bundle.manifest_mac_key()).ok());
+        let old = match dir.read(MANIFEST_FILE, super::manifest::MAX_MANIFEST_LEN) {
+            Ok(None) => None,
+            Ok(Some(text)) => {
+                let verified = UnverifiedManifest::parse(&text)
+                    .ok()
+                    .and_then(|m| m.verify(&bundle.manifest_mac_key()).ok());
+                if verified.is_none() {
+                    report.untrusted.push(MANIFEST_FILE.to_string());
+                }
+                verified
+            }
+            Err(problem) => {
+                report
+                    .untrusted
+                    .push(format!("{MANIFEST_FILE} ({problem})"));
+                None
+            }
+        };
         let mut lagging = Lagging::default();
 
         // Escrow: again when anything about it changed or a file is gone.
@@ -723,6 +779,19 @@ mod tests {
         assert_eq!(second, Reconciled::default(), "nothing to do");
         assert!(writer.status().current);
         assert!(!leftover.exists());
+    }
+
+    #[test]
+    fn a_directory_below_a_world_writable_one_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let open = tmp.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = RecoveryDir::open(&open.join("r"), None).unwrap_err();
+        assert!(err.to_string().contains("without the sticky bit"), "{err}");
+        assert!(!open.join("r").exists(), "nothing created");
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
+        RecoveryDir::open(&open.join("r"), None).unwrap();
     }
 
     #[test]

@@ -152,7 +152,7 @@ pub fn start(
     for name in &report.untrusted {
         tracing::warn!(
             dir = %dir.display(),
-            "recovery key file {name} does not authenticate under the bundle identity (planted, edited or unreadable); rewritten from the key store"
+            "recovery file {name} does not authenticate under the bundle identity (planted, edited or unreadable); rewritten from the key store"
         );
     }
     for name in &report.removed {

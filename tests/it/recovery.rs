@@ -450,6 +450,16 @@ fn a_planted_key_file_is_detected_and_replaced_from_the_store() {
     };
     let key_path = dir.join(format!("keys/{}.age", hex(&info.id)));
     fs::write(&key_path, planted(&forged)).unwrap();
+    // And a MANIFEST that lists a key that is not there.
+    let mut manifest = genuine.manifest.clone();
+    manifest.keys[0].revision = 99;
+    fs::write(
+        dir.join("MANIFEST"),
+        manifest
+            .encode(&MacKey::derive(&[7; 32], escrow::MANIFEST_MAC_LABEL))
+            .unwrap(),
+    )
+    .unwrap();
     let mut stranger = forged.clone();
     stranger.id = hostkms::envelope::KeyId([0x5a; 16]);
     let stranger_path = dir.join(format!("keys/{}.age", hex(&[0x5a; 16])));
@@ -478,6 +488,10 @@ fn a_planted_key_file_is_detected_and_replaced_from_the_store() {
         "{log}"
     );
     assert!(log.contains("names no key of the store; removed"), "{log}");
+    assert!(
+        log.contains("recovery file MANIFEST does not authenticate"),
+        "{log}"
+    );
     assert!(!stranger_path.exists());
     let repaired = open(&dir, &ids).unwrap();
     assert_matches(&repaired, &daemon.client().describe_key("app-db").unwrap());
@@ -623,6 +637,16 @@ fn backup_writes_the_directory_as_one_tar_manifest_first() {
     } = Harness::start(config(&dir, &custodians, 1));
     let a = daemon.client().create_key("a").unwrap();
     let b = daemon.client().create_key("b").unwrap();
+    let human = text(&ok(cli(&files.socket, &["status"])));
+    assert!(
+        human.contains("recoverable:      yes, by 1 of 1 custodians"),
+        "{human}"
+    );
+    assert!(human.contains("recovery current: yes"), "{human}");
+    assert!(
+        human.contains(&format!("recovery dir:     {}", dir.display())),
+        "{human}"
+    );
     let out_path = tmp.path().join("backup.tar");
     ok(cli(
         &files.socket,
@@ -780,5 +804,32 @@ fn rotate_bundle_re_encrypts_every_record_to_a_new_escrowed_identity() {
         !daemon.log().contains("does not authenticate"),
         "{}",
         daemon.log()
+    );
+}
+
+#[test]
+fn a_root_key_rotation_keeps_the_bundle_identity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("recovery");
+    let custodians = custodians(1);
+    let Harness {
+        tpm: _tpm,
+        files,
+        daemon,
+    } = Harness::start(config(&dir, &custodians, 1));
+    daemon.client().create_key("app-db").unwrap();
+    let before = daemon.client().status().unwrap().recovery;
+    daemon.client().rotate_root().unwrap();
+    let (_, _) = daemon.stop();
+    let daemon = Daemon::start(&files).unwrap();
+    let after = daemon.client().status().unwrap().recovery;
+    assert_eq!(after.bundle_recipient, before.bundle_recipient);
+    assert!(after.current, "{after:?}");
+    let log = daemon.log();
+    assert!(!log.contains("escrowed in"), "no new escrow: {log}");
+    assert!(!log.contains("does not authenticate"), "{log}");
+    assert_matches(
+        &open(&dir, &[custodians[0].identity.clone()]).unwrap(),
+        &daemon.client().describe_key("app-db").unwrap(),
     );
 }
