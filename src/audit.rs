@@ -53,6 +53,10 @@ pub const CONFIG_RELOADED: &str = "c8d9b9f895044afdab796f25231a8980";
 pub const CONFIG_RELOAD_FAILED: &str = "fd310359d92c424cafb28af3f8b58d68";
 /// A grant names a user or group that does not resolve: it is out of force.
 pub const GRANT_DISABLED: &str = "9f10fe38bd23484c914438a7f0775736";
+/// `hostkmsd restore` imported the keys of a backup into this host's store.
+pub const KEYS_RESTORED: &str = "7725a34402704e0ca1961764a810e6a6";
+/// `hostkmsd restore` refused or failed; the store is as it was.
+pub const RESTORE_FAILED: &str = "cb05f1bc80be4862bc959b256cdd4f63";
 /// The root key was rotated: the key store is sealed under a new root key.
 pub const ROOT_KEY_ROTATED: &str = "9da5932d438442bd826e39170b2844a8";
 
@@ -539,6 +543,71 @@ pub fn grant_disabled(grant: usize, field: &str, name: &str, problem: &dyn std::
         HOSTKMS_GRANT_FIELD = field,
         HOSTKMS_GRANT_NAME = %shown.escape_debug(),
         "grant #{grant} is disabled, the rest of the config is in force: {problem}"
+    );
+}
+
+/// What one `hostkmsd restore` did, for its audit event.
+#[derive(Debug, Clone)]
+pub struct RestoreRecord<'a> {
+    /// The backup it read.
+    pub backup: &'a Path,
+    /// The state dir it wrote.
+    pub state_dir: &'a Path,
+    /// The fingerprint of the bundle identity's recipient.
+    pub bundle: &'a str,
+    /// The fingerprints of the custodians whose identities or shares
+    /// opened it, comma-separated.
+    pub custodians: &'a str,
+    /// The names of the keys added, comma-separated.
+    pub keys: &'a str,
+    /// How many keys were added.
+    pub added: usize,
+    /// How many versions they hold.
+    pub versions: usize,
+    /// Of those, how many are revoked (tombstones).
+    pub revoked_versions: usize,
+    /// The backup's keys left as the store had them (`--merge`).
+    pub kept: usize,
+    /// The check value of this host's root key, which now seals them.
+    pub root_key_check: &'a str,
+}
+
+/// `hostkmsd restore` imported keys.
+pub fn keys_restored(record: &RestoreRecord<'_>) {
+    tracing::event!(
+        target: AUDIT_TARGET,
+        Level::INFO,
+        MESSAGE_ID = KEYS_RESTORED,
+        HOSTKMS_BACKUP = %record.backup.display(),
+        HOSTKMS_STATE_DIR = %record.state_dir.display(),
+        HOSTKMS_BUNDLE_FINGERPRINT = record.bundle,
+        HOSTKMS_CUSTODIANS = record.custodians,
+        HOSTKMS_KEYS = record.added,
+        HOSTKMS_VERSIONS = record.versions,
+        HOSTKMS_REVOKED_VERSIONS = record.revoked_versions,
+        HOSTKMS_KEPT = record.kept,
+        HOSTKMS_KEY_NAMES = record.keys,
+        HOSTKMS_ROOT_KEY_CHECK = record.root_key_check,
+        "restored {} keys ({} versions, {} of them revoked) from {} into {} under root key {}; {} keys of the backup were already in the store and kept as they were",
+        record.added,
+        record.versions,
+        record.revoked_versions,
+        record.backup.display(),
+        record.state_dir.display(),
+        record.root_key_check,
+        record.kept,
+    );
+}
+
+/// `hostkmsd restore` imported nothing, because of `problem`.
+pub fn restore_failed(backup: &Path, problem: &dyn std::fmt::Display) {
+    tracing::event!(
+        target: AUDIT_TARGET,
+        Level::ERROR,
+        MESSAGE_ID = RESTORE_FAILED,
+        HOSTKMS_BACKUP = %backup.display(),
+        "restore from {} imported nothing: {problem}",
+        backup.display()
     );
 }
 

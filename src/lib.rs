@@ -22,6 +22,7 @@ pub mod monitor;
 pub mod peer;
 pub mod policy;
 pub mod recovery;
+pub mod restore;
 pub mod rootkey;
 pub mod rotate_bundle;
 pub mod server;

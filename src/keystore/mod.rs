@@ -20,8 +20,9 @@
 //! canonical encodings), `sealing` (the keys derived from the root key),
 //! `entropy` ([`EntropySource`] and the TPM reserve), `kek` (a KEK in memory),
 //! `material` (keys in clear for recovery and transfer, the change sink,
-//! and the sealed secrets), `rollback` (the binding to a TPM NV counter:
-//! its row, the key-set digest, the start check, the background increments).
+//! and the sealed secrets), `restore` (a backup's keys imported at once),
+//! `rollback` (the binding to a TPM NV counter: its row, the key-set digest,
+//! the start check, the background increments).
 
 mod db;
 mod entropy;
@@ -31,6 +32,7 @@ mod loader;
 mod material;
 mod model;
 mod reseal;
+mod restore;
 mod rollback;
 mod sealing;
 #[cfg(test)]
@@ -50,6 +52,7 @@ pub use kek::Kek;
 pub use material::{Change, ChangeSink, KeyMaterial, SecretName, VersionMaterial};
 pub use model::{Key, Keys, Version, check_name};
 pub use reseal::RootRotation;
+pub use restore::{RestoreRefused, Restored, RestoredKey};
 pub use rollback::{
     MAX_CATCH_UP, RollbackAccepted, RollbackError, RollbackRow, RollbackStart, key_set_digest,
 };

@@ -31,6 +31,7 @@ mod peer_identity;
 mod permissions;
 mod protocol;
 mod recovery;
+mod restore_drill;
 mod rollback;
 mod root_key;
 mod rotate_root;
