@@ -19,11 +19,13 @@ use std::path::{Path, PathBuf};
 use crate::monitor::AlertThresholds;
 use crate::server::Limits;
 use crate::service::ServiceLimits;
+use crate::transfer::Peers;
 
 use file::{ConfigFile, Source};
 pub use sections::{
     ACCESS_KEYS, ALERTS_KEYS, AccessConfig, DisabledGrantAt, LISTENER_KEYS, ListenerConfig,
-    SECTIONS, SERVER_KEYS, SERVICE_KEYS, STATE_DIR_KEYS, SocketGroup, TPM_KEYS, TpmConfig,
+    SECTIONS, SERVER_KEYS, SERVICE_KEYS, STATE_DIR_KEYS, SocketGroup, TPM_KEYS, TRANSFER_KEYS,
+    TpmConfig,
 };
 
 /// Where the packaged daemon reads its configuration.
@@ -91,6 +93,9 @@ pub struct Config {
     pub access: AccessConfig,
     /// When the daemon raises alerts.
     pub alerts: AlertThresholds,
+    /// The hosts keys may be exported to and imported from: the
+    /// `[[transfer]]` tables.
+    pub transfer: Peers,
 }
 
 /// A configuration that cannot be used, with where and how to fix it.
@@ -168,6 +173,7 @@ impl Config {
         let listener = sections::listener(&file, &source, overrides)?;
         let access = sections::access(&file, &source)?;
         let state_dir = sections::state_dir(&file, &source, overrides)?;
+        let transfer = sections::transfer(&file, &source)?;
         Ok(Config {
             listener,
             state_dir,
@@ -176,6 +182,7 @@ impl Config {
             service,
             access,
             alerts,
+            transfer,
         })
     }
 }
