@@ -64,9 +64,10 @@ pub struct GrantError {
 /// whatever its `keys` are, and may omit `keys` when it names nothing else.
 pub const METRICS: &str = "metrics";
 
-/// Operations a grant may name, besides [`METRICS`]. `ping`, `status` and
-/// `list` are open to every connected peer and need no grant.
-pub const GRANTABLE: [Operation; 11] = [
+/// Operations a grant may name, besides [`METRICS`]. `ping`, `status`,
+/// `list` and `transport-key` (a public key) are open to every connected
+/// peer and need no grant; `rotate-root` is for admins only.
+pub const GRANTABLE: [Operation; 13] = [
     Operation::Create,
     Operation::Wrap,
     Operation::Unwrap,
@@ -78,6 +79,8 @@ pub const GRANTABLE: [Operation; 11] = [
     Operation::Enable,
     Operation::MinDecryptionVersion,
     Operation::Describe,
+    Operation::Export,
+    Operation::Import,
 ];
 
 /// What a peer is to the server's admission, decided from the grants in
@@ -241,7 +244,8 @@ impl Policy {
     /// Whether `peer` may perform `op` on the key named `key`.
     pub fn allows(&self, peer: &Peer, op: Operation, key: &str) -> bool {
         match op {
-            Operation::Ping | Operation::Status | Operation::List => true,
+            Operation::Ping | Operation::Status | Operation::List | Operation::TransportKey => true,
+            Operation::RotateRoot => self.is_admin(peer),
             _ => {
                 self.is_admin(peer)
                     || self.grants.iter().any(|grant| {
@@ -294,12 +298,18 @@ fn resolve_grant(index: usize, config: &GrantConfig) -> Result<Grant, Unresolved
                 ops.insert(op);
             }
             None if name == METRICS => metrics = true,
-            None if matches!(name.as_str(), "ping" | "status" | "list") => {
+            None if matches!(name.as_str(), "ping" | "status" | "list" | "transport-key") => {
                 return Err(error(
                     "ops",
                     format!(
                         "\"{name}\" is open to every connected peer and needs no grant; remove it (\"metrics\" grants status's counters)"
                     ),
+                ));
+            }
+            None if name == Operation::RotateRoot.as_str() => {
+                return Err(error(
+                    "ops",
+                    "\"rotate-root\" is for admins only (root or a member of an admin group) and cannot be granted; remove it".to_string(),
                 ));
             }
             None => {

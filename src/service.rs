@@ -419,6 +419,14 @@ impl Service {
                     .map(|key| Response::Key(key.info()))
                     .ok_or_else(|| StoreError::KeyNotFound(key).into())
             }
+            // Owned by the engineers of issue 10's parts, who replace these.
+            Request::RotateRoot
+            | Request::TransportKey
+            | Request::ExportKey { .. }
+            | Request::ImportKey { .. } => Err(Refusal::new(
+                ErrorCode::NotImplemented,
+                format!("{op} is not implemented by this daemon yet"),
+            )),
         }
     }
 
@@ -750,6 +758,13 @@ impl Service {
     /// peers granted `metrics`: to others an empty map and an empty check
     /// value, in the same wire shape.
     async fn status(&self, peer: &Peer) -> StatusInfo {
+        // What protects the keys (recovery, rollback) goes with the counters:
+        // to admins and peers granted `metrics`.
+        let (recovery, rollback) = if self.policy.load().allows_metrics(peer) {
+            (self.store.recovery_status(), self.store.rollback_status())
+        } else {
+            Default::default()
+        };
         let (counters, root_key_check) = if self.policy.load().allows_metrics(peer) {
             let keys = self.store.keys();
             let mut counters = self.monitor.counters();
@@ -771,6 +786,8 @@ impl Service {
             root_key_loaded: true,
             root_key_check,
             counters,
+            recovery,
+            rollback,
         }
     }
 }

@@ -12,8 +12,9 @@ use crate::error::{
     BINCODE_UNKNOWN_VARIANT, DecodeError, EncodeError, ErrorCode, FrameError, UNKNOWN_REQUEST,
 };
 use crate::message::{
-    DataKey, EncryptionContext, Envelope, KeyInfo, KeyPage, OLDEST_PROTOCOL_VERSION, Operation,
-    PROTOCOL_VERSION, Request, Response, StatusInfo, Unwrapped, Wrapped,
+    DataKey, EncryptionContext, Envelope, ExportedFile, KeyInfo, KeyPage, OLDEST_PROTOCOL_VERSION,
+    Operation, PROTOCOL_VERSION, Request, Response, RootRotation, StatusInfo, TransportKeyInfo,
+    Unwrapped, Wrapped,
 };
 
 /// Keys a page that [`Client::list_keys`] asks for.
@@ -208,6 +209,31 @@ macro_rules! typed_operations {
     pub $($async)* fn describe_key(&mut self, key: &str) -> Result<KeyInfo, ClientError> {
         expect::key(self.call(Request::DescribeKey {
             key: key.to_string(),
+        })$($await)*?)
+    }
+
+    /// Seals a new root key and re-seals every key under it (admin only).
+    pub $($async)* fn rotate_root(&mut self) -> Result<RootRotation, ClientError> {
+        expect::root_rotated(self.call(Request::RotateRoot)$($await)*?)
+    }
+
+    /// This host's transport key, which other hosts export keys to.
+    pub $($async)* fn transport_key(&mut self) -> Result<TransportKeyInfo, ClientError> {
+        expect::transport_key(self.call(Request::TransportKey)$($await)*?)
+    }
+
+    /// Exports `key` to `destination`, a host pinned in the daemon's config.
+    pub $($async)* fn export_key(&mut self, key: &str, destination: &str) -> Result<ExportedFile, ClientError> {
+        expect::exported(self.call(Request::ExportKey {
+            key: key.to_string(),
+            destination: destination.to_string(),
+        })$($await)*?)
+    }
+
+    /// Imports a key from a file another host exported to this host.
+    pub $($async)* fn import_key(&mut self, file: &[u8]) -> Result<KeyInfo, ClientError> {
+        expect::key(self.call(Request::ImportKey {
+            file: file.to_vec(),
         })$($await)*?)
     }
     };
@@ -675,7 +701,10 @@ fn open(path: &Path) -> Result<UnixStream, ClientError> {
 /// Turns a response into the value a request calls for.
 pub(crate) mod expect {
     use super::ClientError;
-    use crate::message::{DataKey, KeyInfo, KeyPage, Response, StatusInfo, Unwrapped, Wrapped};
+    use crate::message::{
+        DataKey, ExportedFile, KeyInfo, KeyPage, Response, RootRotation, StatusInfo,
+        TransportKeyInfo, Unwrapped, Wrapped,
+    };
 
     fn unexpected(expected: &'static str, got: &Response) -> ClientError {
         ClientError::UnexpectedResponse {
@@ -730,6 +759,27 @@ pub(crate) mod expect {
         match response {
             Response::DataKey(data_key) => Ok(data_key),
             other => Err(unexpected("DataKey", &other)),
+        }
+    }
+
+    pub fn root_rotated(response: Response) -> Result<RootRotation, ClientError> {
+        match response {
+            Response::RootRotated(rotation) => Ok(rotation),
+            other => Err(unexpected("RootRotated", &other)),
+        }
+    }
+
+    pub fn transport_key(response: Response) -> Result<TransportKeyInfo, ClientError> {
+        match response {
+            Response::TransportKey(info) => Ok(info),
+            other => Err(unexpected("TransportKey", &other)),
+        }
+    }
+
+    pub fn exported(response: Response) -> Result<ExportedFile, ClientError> {
+        match response {
+            Response::Exported(file) => Ok(file),
+            other => Err(unexpected("Exported", &other)),
         }
     }
 }

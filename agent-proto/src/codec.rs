@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 
 use crate::error::{DecodeError, EncodeError, FrameError};
 use crate::message::{Envelope, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, Request, Response};
-use crate::v1;
+use crate::{v1, v2};
 
 /// Bytes of the length prefix.
 pub const LENGTH_PREFIX: usize = 4;
@@ -132,10 +132,10 @@ fn decode_as<T: DeserializeOwned>(
 /// with a message that says the daemon is too old.
 pub fn decode_request(body: &[u8]) -> Result<Envelope<Request>, DecodeError> {
     let (proto, id) = envelope_head(body)?;
-    let known = if proto == v1::VERSION {
-        v1::REQUEST_VARIANTS
-    } else {
-        Request::VARIANTS
+    let known = match proto {
+        v1::VERSION => v1::REQUEST_VARIANTS,
+        v2::VERSION => v2::REQUEST_VARIANTS,
+        _ => Request::VARIANTS,
     };
     if let Some(index) = body
         .get(10..14)
@@ -151,7 +151,11 @@ pub fn decode_request(body: &[u8]) -> Result<Envelope<Request>, DecodeError> {
             });
         }
     }
-    decode_in::<Request, v1::Request>(body, proto, id)
+    match proto {
+        v1::VERSION => decode_via::<Request, v1::Request>(body, id),
+        v2::VERSION => decode_via::<Request, v2::Request>(body, id),
+        _ => decode_as(body, id),
+    }
 }
 
 /// Decodes a response body in the version its envelope names, converted to
@@ -159,25 +163,25 @@ pub fn decode_request(body: &[u8]) -> Result<Envelope<Request>, DecodeError> {
 /// version reads its answers this way.
 pub fn decode_response(body: &[u8]) -> Result<Envelope<Response>, DecodeError> {
     let (proto, id) = envelope_head(body)?;
-    decode_in::<Response, v1::Response>(body, proto, id)
+    match proto {
+        v1::VERSION => decode_via::<Response, v1::Response>(body, id),
+        v2::VERSION => decode_via::<Response, v2::Response>(body, id),
+        _ => decode_as(body, id),
+    }
 }
 
-/// Decodes a body of version `proto` as `T`, through the frozen version-1
-/// shape `V1` when the body is in version 1.
-fn decode_in<T, V1>(body: &[u8], proto: u16, id: Option<u64>) -> Result<Envelope<T>, DecodeError>
+/// Decodes a body with the frozen shape `Old` of an older version and
+/// converts it to the current `T`; the envelope keeps its `proto`.
+fn decode_via<T, Old>(body: &[u8], id: Option<u64>) -> Result<Envelope<T>, DecodeError>
 where
-    T: DeserializeOwned,
-    V1: DeserializeOwned + Into<T>,
+    Old: DeserializeOwned + Into<T>,
 {
-    if proto == v1::VERSION {
-        let old: Envelope<V1> = decode_as(body, id)?;
-        return Ok(Envelope {
-            proto: old.proto,
-            id: old.id,
-            op: old.op.into(),
-        });
-    }
-    decode_as(body, id)
+    let old: Envelope<Old> = decode_as(body, id)?;
+    Ok(Envelope {
+        proto: old.proto,
+        id: old.id,
+        op: old.op.into(),
+    })
 }
 
 /// Encodes a request as a whole frame in the version its envelope names:
@@ -187,7 +191,12 @@ pub fn encode_request(
     envelope: Envelope<Request>,
     max_frame: u32,
 ) -> Result<FrameBuf, EncodeError> {
-    encode_in::<Request, v1::Request>(envelope, max_frame)
+    match envelope.proto {
+        v1::VERSION => encode_via::<Request, v1::Request>(envelope, max_frame),
+        v2::VERSION => encode_via::<Request, v2::Request>(envelope, max_frame),
+        PROTOCOL_VERSION => encode_frame(&envelope, max_frame),
+        proto => Err(unspoken(proto)),
+    }
 }
 
 /// Encodes a response as a whole frame in the version its envelope names
@@ -197,36 +206,35 @@ pub fn encode_response(
     envelope: Envelope<Response>,
     max_frame: u32,
 ) -> Result<FrameBuf, EncodeError> {
-    encode_in::<Response, v1::Response>(envelope, max_frame)
-}
-
-/// Encodes `envelope` in the version it names, through the frozen
-/// version-1 shape `V1` for version 1; a message that version cannot
-/// express is [`EncodeError::NotInVersion`].
-fn encode_in<T, V1>(envelope: Envelope<T>, max_frame: u32) -> Result<FrameBuf, EncodeError>
-where
-    T: Serialize,
-    V1: Serialize + TryFrom<T>,
-    V1::Error: std::fmt::Display,
-{
     match envelope.proto {
-        v1::VERSION => {
-            let op = V1::try_from(envelope.op).map_err(|e| EncodeError::NotInVersion {
-                proto: v1::VERSION,
-                reason: e.to_string(),
-            })?;
-            encode_frame(
-                &Envelope {
-                    proto: envelope.proto,
-                    id: envelope.id,
-                    op,
-                },
-                max_frame,
-            )
-        }
+        v1::VERSION => encode_via::<Response, v1::Response>(envelope, max_frame),
+        v2::VERSION => encode_via::<Response, v2::Response>(envelope, max_frame),
         PROTOCOL_VERSION => encode_frame(&envelope, max_frame),
         proto => Err(unspoken(proto)),
     }
+}
+
+/// Encodes `envelope` through the frozen shape `Old` of the older version
+/// it names; a message that version cannot express is
+/// [`EncodeError::NotInVersion`].
+fn encode_via<T, Old>(envelope: Envelope<T>, max_frame: u32) -> Result<FrameBuf, EncodeError>
+where
+    Old: Serialize + TryFrom<T>,
+    Old::Error: std::fmt::Display,
+{
+    let proto = envelope.proto;
+    let op = Old::try_from(envelope.op).map_err(|e| EncodeError::NotInVersion {
+        proto,
+        reason: e.to_string(),
+    })?;
+    encode_frame(
+        &Envelope {
+            proto,
+            id: envelope.id,
+            op,
+        },
+        max_frame,
+    )
 }
 
 fn unspoken(proto: u16) -> EncodeError {

@@ -45,6 +45,7 @@ mod error;
 pub mod key_name;
 mod message;
 pub mod v1;
+pub mod v2;
 
 #[cfg(feature = "tokio")]
 pub use async_client::AsyncClient;
@@ -53,9 +54,10 @@ pub use client::{Client, ClientError, DEFAULT_SOCKET};
 pub use codec::DEFAULT_MAX_FRAME;
 pub use error::{DecodeError, EncodeError, ErrorCode, FrameError, UNKNOWN_REQUEST};
 pub use message::{
-    DataKey, EncryptionContext, Envelope, ErrorReply, KeyInfo, KeyPage, KeyState,
-    OLDEST_PROTOCOL_VERSION, Operation, PROTOCOL_VERSION, Request, Response, StatusInfo, Unwrapped,
-    VersionInfo, VersionState, Wrapped,
+    DataKey, EncryptionContext, Envelope, ErrorReply, ExportedFile, KeyInfo, KeyPage, KeyState,
+    OLDEST_PROTOCOL_VERSION, Operation, PROTOCOL_VERSION, RecoveryStatus, Request, Response,
+    RollbackStatus, RootRotation, StatusInfo, TransportKeyInfo, Unwrapped, VersionInfo,
+    VersionState, Wrapped,
 };
 
 /// The README's examples, compiled as doctests so the specification's code stays true.

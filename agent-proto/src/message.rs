@@ -21,8 +21,10 @@ use crate::bytes::{Ciphertext, SecretBytes};
 use crate::error::ErrorCode;
 
 /// The protocol version this library speaks and sends: the newest it knows.
-/// Version 2 made `ListKeys` paginated; version 1 is frozen in [`crate::v1`].
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version 3 added recovery and rollback protection to [`StatusInfo`];
+/// version 2 (paginated `ListKeys`) is frozen in [`crate::v2`], version 1 in
+/// [`crate::v1`].
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The oldest protocol version this library accepts: a daemon keeps serving
 /// every version it ever spoke, and a client falls back to it.
@@ -154,6 +156,28 @@ pub enum Request {
         /// Key name.
         key: String,
     },
+    /// Seal a new root key to the TPM and re-seal every key under it
+    /// (admin only). Ciphertexts are unaffected. Answered with
+    /// [`Response::RootRotated`].
+    RotateRoot,
+    /// This host's transport key: the age recipient other hosts export keys
+    /// to. Answered with [`Response::TransportKey`].
+    TransportKey,
+    /// Export `key`'s live versions, encrypted to the transport key of
+    /// `destination`, a host pinned in the daemon's config (`[[transfer]]`).
+    /// Answered with [`Response::Exported`].
+    ExportKey {
+        /// Key name.
+        key: String,
+        /// The `name` of a `[[transfer]]` destination in the daemon's config.
+        destination: String,
+    },
+    /// Import a key from a file another host exported to this host's
+    /// transport key. Answered with [`Response::Key`].
+    ImportKey {
+        /// The exported file, as `ExportKey` returned it.
+        file: Vec<u8>,
+    },
 }
 
 /// The operation a request performs: the names grants use in the config and
@@ -188,11 +212,19 @@ pub enum Operation {
     List,
     /// [`Request::DescribeKey`].
     Describe,
+    /// [`Request::RotateRoot`]; admin only, never grantable.
+    RotateRoot,
+    /// [`Request::TransportKey`].
+    TransportKey,
+    /// [`Request::ExportKey`].
+    Export,
+    /// [`Request::ImportKey`].
+    Import,
 }
 
 impl Operation {
     /// Every operation, in wire order.
-    pub const ALL: [Operation; 14] = [
+    pub const ALL: [Operation; 18] = [
         Operation::Ping,
         Operation::Status,
         Operation::Create,
@@ -207,6 +239,10 @@ impl Operation {
         Operation::MinDecryptionVersion,
         Operation::List,
         Operation::Describe,
+        Operation::RotateRoot,
+        Operation::TransportKey,
+        Operation::Export,
+        Operation::Import,
     ];
 
     /// The operation's name in config grants and audit events.
@@ -226,6 +262,10 @@ impl Operation {
             Operation::MinDecryptionVersion => "min-decryption-version",
             Operation::List => "list",
             Operation::Describe => "describe",
+            Operation::RotateRoot => "rotate-root",
+            Operation::TransportKey => "transport-key",
+            Operation::Export => "export",
+            Operation::Import => "import",
         }
     }
 
@@ -262,6 +302,10 @@ impl Request {
             Request::SetMinDecryptionVersion { .. } => Operation::MinDecryptionVersion,
             Request::ListKeys { .. } => Operation::List,
             Request::DescribeKey { .. } => Operation::Describe,
+            Request::RotateRoot => Operation::RotateRoot,
+            Request::TransportKey => Operation::TransportKey,
+            Request::ExportKey { .. } => Operation::Export,
+            Request::ImportKey { .. } => Operation::Import,
         }
     }
 
@@ -277,9 +321,15 @@ impl Request {
             | Request::Disable { key }
             | Request::Enable { key }
             | Request::SetMinDecryptionVersion { key, .. }
-            | Request::DescribeKey { key } => Some(key),
+            | Request::DescribeKey { key }
+            | Request::ExportKey { key, .. } => Some(key),
             Request::Unwrap { key, .. } | Request::Rewrap { key, .. } => key.as_deref(),
-            Request::Ping | Request::Status | Request::ListKeys { .. } => None,
+            Request::Ping
+            | Request::Status
+            | Request::ListKeys { .. }
+            | Request::RotateRoot
+            | Request::TransportKey
+            | Request::ImportKey { .. } => None,
         }
     }
 }
@@ -305,6 +355,12 @@ pub enum Response {
     DataKey(DataKey),
     /// The request failed.
     Error(ErrorReply),
+    /// Answer to `RotateRoot`.
+    RootRotated(RootRotation),
+    /// Answer to `TransportKey`.
+    TransportKey(TransportKeyInfo),
+    /// Answer to `ExportKey`.
+    Exported(ExportedFile),
 }
 
 impl Response {
@@ -319,6 +375,9 @@ impl Response {
             Response::Unwrapped(_) => "Unwrapped",
             Response::DataKey(_) => "DataKey",
             Response::Error(_) => "Error",
+            Response::RootRotated(_) => "RootRotated",
+            Response::TransportKey(_) => "TransportKey",
+            Response::Exported(_) => "Exported",
         }
     }
 
@@ -461,4 +520,78 @@ pub struct StatusInfo {
     /// empty, like `root_key_check`, when the daemon withholds them from a
     /// peer that is neither admin nor granted `metrics`.
     pub counters: BTreeMap<String, u64>,
+    /// Whether the keys can be recovered without this TPM (version 3).
+    pub recovery: RecoveryStatus,
+    /// Whether the key store is bound to a TPM counter against rollback
+    /// (version 3).
+    pub rollback: RollbackStatus,
+}
+
+/// Whether this host's keys are escrowed to offline custodians, so that
+/// losing the TPM loses no key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryStatus {
+    /// Whether `[recovery]` is configured. `false`: the keys die with this
+    /// TPM.
+    pub configured: bool,
+    /// The recovery directory (what a backup agent copies).
+    pub dir: String,
+    /// How many custodians (age recipients) the bundle identity is escrowed to.
+    pub custodians: u32,
+    /// How many of them must join to recover.
+    pub threshold: u32,
+    /// The bundle identity's age recipient (`age1…`); public.
+    pub bundle_recipient: String,
+    /// Whether every acknowledged key change is in the directory.
+    pub current: bool,
+    /// What is wrong when it is not current; empty otherwise.
+    pub problem: String,
+}
+
+/// The key store's binding to a TPM NV counter, which makes a copy of an
+/// older store (bringing revoked keys back) refuse to load.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackStatus {
+    /// Whether the store is bound to a TPM NV counter.
+    pub bound: bool,
+    /// The NV index (0 when not bound).
+    pub nv_index: u32,
+    /// The counter value the store records.
+    pub store_counter: u64,
+    /// Increments the TPM still owes (it was unreachable when access was
+    /// taken away); until they happen, rollback protection lags.
+    pub pending_increments: u64,
+}
+
+/// The answer to [`Request::RotateRoot`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootRotation {
+    /// Check value of the root key before.
+    pub old_check: String,
+    /// Check value of the new root key, now in force.
+    pub new_check: String,
+    /// Keys re-sealed.
+    pub keys: u32,
+    /// Key versions re-sealed.
+    pub versions: u32,
+}
+
+/// This host's transport key: public, safe to print and paste.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransportKeyInfo {
+    /// The age recipient (`age1…`) that other hosts export keys to.
+    pub recipient: String,
+    /// The first 16 hex digits of SHA-256 over `recipient`.
+    pub fingerprint: String,
+}
+
+/// A key exported to another host: an age file only that host's daemon opens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportedFile {
+    /// Key name.
+    pub key: String,
+    /// The `[[transfer]]` destination it was encrypted to.
+    pub destination: String,
+    /// The age file.
+    pub file: Vec<u8>,
 }

@@ -4,8 +4,9 @@
 //!
 //! Only the enums whose shape changed since version 1 are copied here
 //! (`Request` and `Response`, for the paginated `ListKeys` of version 2);
-//! the structures they carry are unchanged and shared with the current
-//! version. Never edit these enums: a version-1 client built years ago
+//! the structures they carry are shared with the current version, except
+//! `StatusInfo`, which version 3 extended: version 1 carries the frozen
+//! [`crate::v2::StatusInfo`]. Never edit these enums: a version-1 client built years ago
 //! encodes them this way. A later version that changes a shared structure
 //! copies that structure here first.
 
@@ -13,8 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::bytes::{Ciphertext, SecretBytes};
 use crate::message::{
-    DataKey, EncryptionContext, ErrorReply, KeyInfo, KeyPage, StatusInfo, Unwrapped, Wrapped,
+    DataKey, EncryptionContext, ErrorReply, KeyInfo, KeyPage, Unwrapped, Wrapped,
 };
+use crate::v2::StatusInfo;
 
 /// This module's protocol version.
 pub const VERSION: u16 = 1;
@@ -142,6 +144,12 @@ pub enum NotInV1 {
     /// A page of keys with more to follow: version 1 answers every key at once.
     #[error("protocol version 1 cannot carry a partial page of keys")]
     PartialKeyPage,
+    /// A request appended after version 1.
+    #[error("protocol version 1 has no {0} request (upgrade the daemon or the client)")]
+    Request(crate::Operation),
+    /// A response appended after version 1.
+    #[error("protocol version 1 has no {0} response")]
+    Response(&'static str),
 }
 
 impl From<Request> for crate::Request {
@@ -265,6 +273,10 @@ impl TryFrom<crate::Request> for Request {
             } => Request::ListKeys,
             Now::ListKeys { .. } => return Err(NotInV1::PagedListKeys),
             Now::DescribeKey { key } => Request::DescribeKey { key },
+            request @ (Now::RotateRoot
+            | Now::TransportKey
+            | Now::ExportKey { .. }
+            | Now::ImportKey { .. }) => return Err(NotInV1::Request(request.operation())),
         })
     }
 }
@@ -274,7 +286,7 @@ impl From<Response> for crate::Response {
         use crate::Response as Now;
         match response {
             Response::Pong => Now::Pong,
-            Response::Status(status) => Now::Status(status),
+            Response::Status(status) => Now::Status(status.into()),
             Response::Key(key) => Now::Key(key),
             Response::Keys(keys) => Now::Keys(KeyPage { keys, next: None }),
             Response::Wrapped(wrapped) => Now::Wrapped(wrapped),
@@ -292,7 +304,7 @@ impl TryFrom<crate::Response> for Response {
         use crate::Response as Now;
         Ok(match response {
             Now::Pong => Response::Pong,
-            Now::Status(status) => Response::Status(status),
+            Now::Status(status) => Response::Status(status.into()),
             Now::Key(key) => Response::Key(key),
             Now::Keys(KeyPage { keys, next: None }) => Response::Keys(keys),
             Now::Keys(KeyPage { next: Some(_), .. }) => return Err(NotInV1::PartialKeyPage),
@@ -300,6 +312,9 @@ impl TryFrom<crate::Response> for Response {
             Now::Unwrapped(unwrapped) => Response::Unwrapped(unwrapped),
             Now::DataKey(data_key) => Response::DataKey(data_key),
             Now::Error(reply) => Response::Error(reply),
+            response @ (Now::RootRotated(_) | Now::TransportKey(_) | Now::Exported(_)) => {
+                return Err(NotInV1::Response(response.kind()));
+            }
         })
     }
 }

@@ -8,7 +8,7 @@ use std::io::Cursor;
 use agent_proto::codec::{self, DEFAULT_MAX_FRAME, LENGTH_PREFIX};
 use agent_proto::{
     Ciphertext, DecodeError, Envelope, ErrorCode, FrameError, KeyInfo, KeyPage, KeyState,
-    PROTOCOL_VERSION, Request, Response, SecretBytes, VersionInfo, VersionState, Wrapped, v1,
+    PROTOCOL_VERSION, Request, Response, SecretBytes, VersionInfo, VersionState, Wrapped, v1, v2,
 };
 
 fn round_trip<T>(op: T)
@@ -124,8 +124,15 @@ fn unknown_protocol_version_names_the_supported_range() {
     assert_eq!(err.code(), ErrorCode::UnsupportedVersion);
     assert_eq!(err.request_id(), Some(5));
     let message = err.to_string();
-    assert!(message.contains("version 3 is not supported"), "{message}");
-    assert!(message.contains("versions 1 to 2"), "{message}");
+    let newer = PROTOCOL_VERSION + 1;
+    assert!(
+        message.contains(&format!("version {newer} is not supported")),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("versions 1 to {PROTOCOL_VERSION}")),
+        "{message}"
+    );
 }
 
 #[test]
@@ -296,13 +303,14 @@ fn readme_v1_list_request_frame_is_the_frozen_v1_encoding() {
 
 /// The README's version-2 `ListKeys` request and its answer, built with the library.
 fn readme_v2_list() -> (Envelope<Request>, Envelope<Response>) {
-    let request = Envelope::new(
-        9,
-        Request::ListKeys {
+    let request = Envelope {
+        proto: v2::VERSION,
+        id: 9,
+        op: Request::ListKeys {
             after: Some("app-db".into()),
             limit: Some(1),
         },
-    );
+    };
     let page = KeyPage {
         keys: vec![KeyInfo {
             id: [0x55; 16],
@@ -320,7 +328,113 @@ fn readme_v2_list() -> (Envelope<Request>, Envelope<Response>) {
         }],
         next: Some("app-dc".into()),
     };
-    (request, Envelope::new(9, Response::Keys(page)))
+    let response = Envelope {
+        proto: v2::VERSION,
+        id: 9,
+        op: Response::Keys(page),
+    };
+    (request, response)
+}
+
+/// The README's version-3 `Status` answer, built with the library.
+fn readme_v3_status() -> Envelope<Response> {
+    Envelope::new(
+        10,
+        Response::Status(agent_proto::StatusInfo {
+            daemon_version: "0.1.0".into(),
+            oldest_protocol: 1,
+            newest_protocol: 3,
+            uptime_secs: 5,
+            tpm_reachable: true,
+            root_key_loaded: true,
+            root_key_check: "0011223344556677".into(),
+            counters: Default::default(),
+            recovery: agent_proto::RecoveryStatus {
+                configured: true,
+                dir: "/r".into(),
+                custodians: 3,
+                threshold: 2,
+                bundle_recipient: "age1b".into(),
+                current: true,
+                problem: String::new(),
+            },
+            rollback: agent_proto::RollbackStatus {
+                bound: true,
+                nv_index: 0x0100_4b00,
+                store_counter: 2,
+                pending_increments: 0,
+            },
+        }),
+    )
+}
+
+#[test]
+fn readme_v3_status_frame_is_what_the_code_produces() {
+    let response = readme_v3_status();
+    let frame = codec::encode_response(response.clone(), DEFAULT_MAX_FRAME).unwrap();
+    assert_eq!(
+        frame.as_slice(),
+        readme_hex("v3-status-response-frame").as_slice()
+    );
+    assert_eq!(
+        codec::decode_response(&frame[LENGTH_PREFIX..]).unwrap(),
+        response
+    );
+}
+
+#[test]
+fn a_version_3_status_answered_in_version_2_drops_only_the_new_fields() {
+    let mut response = readme_v3_status();
+    response.proto = v2::VERSION;
+    let frame = codec::encode_response(response.clone(), DEFAULT_MAX_FRAME).unwrap();
+    let old: Envelope<v2::Response> = codec::decode_body(&frame[LENGTH_PREFIX..]).unwrap();
+    let v2::Response::Status(old) = old.op else {
+        panic!("not a status: {old:?}");
+    };
+    assert_eq!(old.root_key_check, "0011223344556677");
+    assert_eq!(old.newest_protocol, 3);
+    // Read back by a current client, a version-2 status says recovery is
+    // unknown to the daemon rather than pretending it is configured.
+    let Response::Status(now) = codec::decode_response(&frame[LENGTH_PREFIX..]).unwrap().op else {
+        panic!("not a status");
+    };
+    assert!(!now.recovery.configured);
+    assert!(
+        now.recovery.problem.contains("upgrade hostkmsd"),
+        "{:?}",
+        now.recovery
+    );
+    assert!(!now.rollback.bound);
+}
+
+#[test]
+fn requests_appended_in_version_3_are_unknown_to_versions_1_and_2() {
+    for proto in [v1::VERSION, v2::VERSION] {
+        for op in [Request::RotateRoot, Request::TransportKey] {
+            let err = codec::encode_request(Envelope { proto, id: 5, op }, DEFAULT_MAX_FRAME)
+                .unwrap_err();
+            assert!(
+                matches!(err, agent_proto::EncodeError::NotInVersion { .. }),
+                "{err}"
+            );
+        }
+        let err = codec::encode_response(
+            Envelope {
+                proto,
+                id: 5,
+                op: Response::TransportKey(agent_proto::TransportKeyInfo {
+                    recipient: "age1x".into(),
+                    fingerprint: "00".into(),
+                }),
+            },
+            DEFAULT_MAX_FRAME,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, agent_proto::EncodeError::NotInVersion { .. }),
+            "{err}"
+        );
+    }
 }
 
 #[test]
@@ -360,7 +474,11 @@ fn readme_v1_frames_decode_with_the_versioned_decoders() {
 
 #[test]
 fn a_request_variant_unknown_in_its_version_says_the_daemon_is_too_old() {
-    for (proto, known) in [(1u16, v1::REQUEST_VARIANTS), (2, Request::VARIANTS)] {
+    for (proto, known) in [
+        (1u16, v1::REQUEST_VARIANTS),
+        (2, v2::REQUEST_VARIANTS),
+        (3, Request::VARIANTS),
+    ] {
         let mut body = body_of(
             &codec::encode_frame(
                 &Envelope {

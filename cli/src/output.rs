@@ -366,6 +366,30 @@ pub fn metrics_openmetrics(status: &StatusInfo) -> String {
             "1 when the daemon holds an unsealed root key, else 0.",
             u64::from(status.root_key_loaded),
         ),
+        (
+            "hostkms_recovery_configured",
+            None,
+            "1 when the keys are escrowed to offline custodians ([recovery]), else 0: with 0, losing the TPM loses every key.",
+            u64::from(status.recovery.configured),
+        ),
+        (
+            "hostkms_recovery_current",
+            None,
+            "1 when every acknowledged key change is in the recovery directory, else 0.",
+            u64::from(status.recovery.configured && status.recovery.current),
+        ),
+        (
+            "hostkms_rollback_bound",
+            None,
+            "1 when the key store is bound to a TPM NV counter against rollback, else 0.",
+            u64::from(status.rollback.bound),
+        ),
+        (
+            "hostkms_rollback_pending_increments",
+            None,
+            "TPM counter increments still owed; rollback protection lags until 0.",
+            status.rollback.pending_increments,
+        ),
     ];
     for (name, unit, help, value) in gauges {
         family(&mut out, name, "gauge", unit, help);
@@ -673,6 +697,8 @@ mod tests {
             root_key_loaded: true,
             root_key_check: "abcd".to_string(),
             counters,
+            recovery: Default::default(),
+            rollback: Default::default(),
         }
     }
 
@@ -720,7 +746,29 @@ mod tests {
             .lines()
             .filter(|line| line.starts_with("hostkms_requests_total{"))
             .count();
-        assert_eq!(requests, 14 * 3 + 1);
+        assert_eq!(requests, agent_proto::Operation::ALL.len() * 3 + 1);
+        for line in [
+            "hostkms_recovery_configured 0\n",
+            "hostkms_recovery_current 0\n",
+            "hostkms_rollback_bound 0\n",
+            "hostkms_rollback_pending_increments 0\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+        let mut protected = sample_status();
+        protected.recovery.configured = true;
+        protected.recovery.current = true;
+        protected.rollback.bound = true;
+        protected.rollback.pending_increments = 2;
+        let text = metrics_openmetrics(&protected);
+        for line in [
+            "hostkms_recovery_configured 1\n",
+            "hostkms_recovery_current 1\n",
+            "hostkms_rollback_bound 1\n",
+            "hostkms_rollback_pending_increments 2\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
         assert!(text.ends_with("# EOF\n"));
     }
 

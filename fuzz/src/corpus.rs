@@ -94,6 +94,12 @@ pub fn request_frames(key: &str, other: &str, ciphertexts: &[Vec<u8>]) -> Vec<Ve
             after: Some(key.to_string()),
             limit: Some(2),
         },
+        // A peer that is not admin: refused without touching the TPM.
+        Request::RotateRoot,
+        Request::TransportKey,
+        Request::ImportKey {
+            file: b"age-encryption.org/v1\n".to_vec(),
+        },
     ];
     for name in [key, other] {
         requests.extend([
@@ -130,6 +136,10 @@ pub fn request_frames(key: &str, other: &str, ciphertexts: &[Vec<u8>]) -> Vec<Ve
             },
             Request::DescribeKey {
                 key: name.to_string(),
+            },
+            Request::ExportKey {
+                key: name.to_string(),
+                destination: name.to_string(),
             },
         ]);
     }
@@ -207,6 +217,8 @@ pub fn response_frames() -> Vec<Vec<u8>> {
             counters: [("requests".to_string(), 9u64), ("keys".to_string(), 1)]
                 .into_iter()
                 .collect(),
+            recovery: Default::default(),
+            rollback: Default::default(),
         }),
         Response::Key(info.clone()),
         Response::Keys(KeyPage {

@@ -41,6 +41,50 @@ CREATE TABLE versions (
 );
 ";
 
+/// The `secrets` table: secrets the daemon keeps besides keys (the recovery
+/// bundle identity, the transport key, the NV counter's authorization),
+/// each sealed under the root key. Added to schema 1 in place: a daemon
+/// that predates it ignores the table.
+const SECRETS_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS secrets (
+    name   TEXT PRIMARY KEY,
+    sealed BLOB NOT NULL,
+    mac    BLOB NOT NULL
+);
+";
+
+/// A row of `secrets` as stored: a secret sealed under the root key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretRow {
+    /// The secret's name ([`super::SecretName::as_str`]).
+    pub name: String,
+    /// nonce ‖ AES-256-GCM(secret) ‖ tag.
+    pub sealed: Vec<u8>,
+}
+
+impl std::fmt::Debug for SecretRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "SecretRow({:?}, {} sealed bytes)",
+            self.name,
+            self.sealed.len()
+        )
+    }
+}
+
+impl SecretRow {
+    /// The bytes the row's MAC covers.
+    pub fn canonical(&self) -> Vec<u8> {
+        let mut out = b"hostkms secret row v1".to_vec();
+        out.extend_from_slice(&(self.name.len() as u32).to_be_bytes());
+        out.extend_from_slice(self.name.as_bytes());
+        out.extend_from_slice(&(self.sealed.len() as u32).to_be_bytes());
+        out.extend_from_slice(&self.sealed);
+        out
+    }
+}
+
 /// A row of `keys` as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRow {
@@ -204,6 +248,7 @@ impl Database {
             )?;
             tx.commit()?;
         }
+        db.conn.execute_batch(SECRETS_SCHEMA)?;
         let version = db.meta("schema_version")?;
         if version.as_deref() != Some("1") {
             return Err(DbError::Corrupt(format!(
@@ -282,6 +327,25 @@ impl Database {
         Ok((keys, versions))
     }
 
+    /// Every row of `secrets`.
+    pub fn load_secrets(&self) -> Result<Vec<Stored<SecretRow>>, DbError> {
+        let mut statement = self
+            .conn
+            .prepare("SELECT name, sealed, mac FROM secrets ORDER BY name")?;
+        let mut rows = statement.query([])?;
+        let mut secrets = Vec::new();
+        while let Some(row) = rows.next()? {
+            secrets.push(Stored {
+                row: SecretRow {
+                    name: row.get(0)?,
+                    sealed: row.get(1)?,
+                },
+                mac: row.get(2)?,
+            });
+        }
+        Ok(secrets)
+    }
+
     /// Runs `change` in one transaction, committed (and synced) only when it
     /// succeeds.
     pub fn transaction<T>(
@@ -335,6 +399,16 @@ pub fn put_version(tx: &Transaction<'_>, row: &VersionRow, mac: &[u8]) -> Result
             row.sealed_kek,
             mac
         ],
+    )?;
+    Ok(())
+}
+
+/// Inserts or replaces a secret row.
+pub fn put_secret(tx: &Transaction<'_>, row: &SecretRow, mac: &[u8]) -> Result<(), DbError> {
+    tx.execute(
+        "INSERT INTO secrets (name, sealed, mac) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO UPDATE SET sealed = excluded.sealed, mac = excluded.mac",
+        params![row.name, row.sealed, mac],
     )?;
     Ok(())
 }

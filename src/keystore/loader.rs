@@ -2,14 +2,14 @@
 //! under the root key and assembled into keys. A row edited on disk stops
 //! the open with [`StoreError::Tampered`] naming the key.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 
 use agent_proto::KeyState;
 use arc_swap::ArcSwap;
 
-use super::db::{Database, DbError, KeyRow, Stored, VersionRow};
+use super::db::{Database, DbError, KeyRow, SecretRow, Stored, VersionRow};
 use super::sealing::{SEALED_KEK_LEN, StoreSecrets};
 use super::{EntropySource, Kek, Key, KeyStore, Keys, StoreError, Version, Writer};
 use crate::envelope::KeyId;
@@ -57,14 +57,41 @@ impl KeyStore {
         }
         let (key_rows, version_rows) = db.load().map_err(db_error)?;
         let keys = load_keys(&shown, &secrets, key_rows, version_rows)?;
+        let sealed = load_secrets(&shown, &secrets, db.load_secrets().map_err(db_error)?)?;
         entropy.start();
         Ok(KeyStore {
             keys: ArcSwap::from_pointee(keys),
-            writer: Mutex::new(Writer { db, secrets }),
+            writer: Mutex::new(Writer {
+                db,
+                secrets,
+                sealed,
+            }),
             entropy,
+            sink: std::sync::OnceLock::new(),
             path,
         })
     }
+}
+
+/// Verifies every row of `secrets` and keeps them sealed, by name: each is
+/// opened only when asked for.
+fn load_secrets(
+    path: &str,
+    secrets: &StoreSecrets,
+    rows: Vec<Stored<SecretRow>>,
+) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+    let mut sealed = BTreeMap::new();
+    for Stored { row, mac } in rows {
+        if !secrets.row_mac_matches(&row.canonical(), &mac) {
+            return Err(StoreError::Tampered {
+                path: path.to_string(),
+                key: format!("(secret {:?})", row.name),
+                detail: "fails authentication under the root key".to_string(),
+            });
+        }
+        sealed.insert(row.name, row.sealed);
+    }
+    Ok(sealed)
 }
 
 /// Verifies and assembles every key from its rows.

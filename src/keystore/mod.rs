@@ -18,13 +18,16 @@
 //! key-name rule), `error` ([`StoreError`]), `loader` (open and tamper
 //! verification), `writers` (every change), `db` (SQLite rows and their
 //! canonical encodings), `sealing` (the keys derived from the root key),
-//! `entropy` ([`EntropySource`] and the TPM reserve), `kek` (a KEK in memory).
+//! `entropy` ([`EntropySource`] and the TPM reserve), `kek` (a KEK in memory),
+//! `material` (keys in clear for recovery and transfer, the change sink,
+//! and the sealed secrets).
 
 mod db;
 mod entropy;
 mod error;
 mod kek;
 mod loader;
+mod material;
 mod model;
 mod sealing;
 #[cfg(test)]
@@ -41,6 +44,7 @@ pub use entropy::TestEntropy;
 pub use entropy::{EntropySource, TpmEntropy};
 pub use error::StoreError;
 pub use kek::Kek;
+pub use material::{Change, ChangeSink, KeyMaterial, SecretName, VersionMaterial};
 pub use model::{Key, Keys, Version, check_name};
 
 use db::{Database, DbError};
@@ -54,6 +58,8 @@ pub const RESERVATION_STEP: u64 = 1 << 14;
 struct Writer {
     db: Database,
     secrets: StoreSecrets,
+    /// The `secrets` table, verified and still sealed, by name.
+    sealed: std::collections::BTreeMap<String, Vec<u8>>,
 }
 
 /// The key store.
@@ -62,6 +68,8 @@ pub struct KeyStore {
     writer: Mutex<Writer>,
     /// TPM randomness for new KEKs, taken before the writer lock.
     entropy: Arc<dyn EntropySource>,
+    /// Told of every change before it is answered (the recovery directory).
+    sink: std::sync::OnceLock<Arc<dyn ChangeSink>>,
     path: PathBuf,
 }
 

@@ -111,6 +111,56 @@ impl StoreSecrets {
         Ok(kek)
     }
 
+    /// Encrypts a secret named `name` for the `secrets` table: nonce ‖
+    /// AES-256-GCM(secret) ‖ tag, with AAD "hostkms secret v1" ‖ name, so a
+    /// sealed secret moved to another name does not open.
+    pub fn seal_secret(&self, name: &str, secret: &[u8]) -> Result<Vec<u8>, String> {
+        let mut nonce = [0u8; 12];
+        rand::rngs::SysRng
+            .try_fill_bytes(&mut nonce)
+            .map_err(|e| format!("the operating system's random number generator failed: {e}"))?;
+        let mut sealed = Vec::with_capacity(12 + secret.len() + 16);
+        sealed.extend_from_slice(&nonce);
+        sealed.extend_from_slice(secret);
+        let tag = self
+            .kek_wrap
+            .cipher()
+            .encrypt_inout_detached(
+                &Nonce::from(nonce),
+                &secret_aad(name),
+                (&mut sealed[12..]).into(),
+            )
+            .map_err(|_| "AES-GCM refused to encrypt a secret".to_string())?;
+        sealed.extend_from_slice(&tag);
+        Ok(sealed)
+    }
+
+    /// Decrypts a secret sealed by [`StoreSecrets::seal_secret`] under `name`.
+    pub fn open_secret(
+        &self,
+        name: &str,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, SealedKekInvalid> {
+        if sealed.len() < 12 + 16 {
+            return Err(SealedKekInvalid);
+        }
+        let nonce: [u8; 12] = sealed[..12].try_into().map_err(|_| SealedKekInvalid)?;
+        let tag: [u8; 16] = sealed[sealed.len() - 16..]
+            .try_into()
+            .map_err(|_| SealedKekInvalid)?;
+        let mut secret = Zeroizing::new(sealed[12..sealed.len() - 16].to_vec());
+        self.kek_wrap
+            .cipher()
+            .decrypt_inout_detached(
+                &Nonce::from(nonce),
+                &secret_aad(name),
+                secret.as_mut_slice().into(),
+                &Tag::from(tag),
+            )
+            .map_err(|_| SealedKekInvalid)?;
+        Ok(secret)
+    }
+
     /// HMAC-SHA256 of a row's canonical encoding.
     pub fn row_mac(&self, row: &[u8]) -> [u8; 32] {
         let mut mac = self.row_mac.clone();
@@ -124,6 +174,13 @@ impl StoreSecrets {
         mac.update(row);
         mac.verify_slice(tag).is_ok()
     }
+}
+
+/// AAD of a sealed secret: a label and the secret's name.
+fn secret_aad(name: &str) -> Vec<u8> {
+    let mut aad = b"hostkms secret v1".to_vec();
+    aad.extend_from_slice(name.as_bytes());
+    aad
 }
 
 /// AAD of a sealed KEK: key id ‖ version (big endian).

@@ -562,3 +562,137 @@ fn forged_rows_that_contradict_themselves_are_refused() {
         assert_eq!(detail, expected);
     }
 }
+
+#[test]
+fn sealed_secrets_survive_a_reopen_and_open_only_under_their_root_key() {
+    let fixture = Fixture::new();
+    let store = fixture.open().unwrap();
+    assert!(store.secret(SecretName::TransportKey).unwrap().is_none());
+    store
+        .put_secret(SecretName::TransportKey, b"AGE-SECRET-KEY-1TEST")
+        .unwrap();
+    store
+        .put_secret(SecretName::RollbackAuth, &[7u8; 32])
+        .unwrap();
+    drop(store);
+    // Never in clear on disk.
+    let bytes = std::fs::read(fixture.db_path()).unwrap();
+    assert!(
+        !bytes
+            .windows(b"AGE-SECRET-KEY-1TEST".len())
+            .any(|w| w == b"AGE-SECRET-KEY-1TEST")
+    );
+    let store = fixture.open().unwrap();
+    assert_eq!(
+        store
+            .secret(SecretName::TransportKey)
+            .unwrap()
+            .unwrap()
+            .as_slice(),
+        b"AGE-SECRET-KEY-1TEST"
+    );
+    assert_eq!(
+        store
+            .secret(SecretName::RollbackAuth)
+            .unwrap()
+            .unwrap()
+            .as_slice(),
+        &[7u8; 32]
+    );
+    assert!(store.secret(SecretName::RecoveryBundle).unwrap().is_none());
+}
+
+#[test]
+fn a_secret_moved_to_another_name_or_edited_stops_the_open() {
+    let fixture = Fixture::new();
+    let store = fixture.open().unwrap();
+    store
+        .put_secret(SecretName::TransportKey, b"transport")
+        .unwrap();
+    drop(store);
+    fixture.edit("UPDATE secrets SET name = 'recovery bundle identity';");
+    let err = fixture.open().unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Tampered { key, .. } if key.contains("recovery bundle identity")),
+        "{err}"
+    );
+    fixture.edit("UPDATE secrets SET name = 'transport key', sealed = zeroblob(40);");
+    let err = fixture.open().unwrap_err();
+    assert!(matches!(err, StoreError::Tampered { .. }), "{err}");
+}
+
+/// A change as the sink saw it: key name, kind, each version's KEK.
+type Seen = (String, Change, Vec<Option<[u8; 32]>>);
+
+/// Records what the store told it.
+#[derive(Debug, Default)]
+struct RecordingSink {
+    seen: std::sync::Mutex<Vec<Seen>>,
+}
+
+impl ChangeSink for RecordingSink {
+    fn key_changed(&self, key: &KeyMaterial, change: Change) {
+        let keks = key
+            .versions
+            .iter()
+            .map(|v| v.kek.as_ref().map(|k| **k))
+            .collect();
+        self.seen
+            .lock()
+            .unwrap()
+            .push((key.name.clone(), change, keks));
+    }
+
+    fn status(&self) -> agent_proto::RecoveryStatus {
+        agent_proto::RecoveryStatus {
+            configured: true,
+            ..Default::default()
+        }
+    }
+}
+
+#[test]
+fn every_change_reaches_the_sink_with_its_material_before_it_returns() {
+    let fixture = Fixture::new();
+    let store = fixture.open().unwrap();
+    let sink = Arc::new(RecordingSink::default());
+    assert!(!store.recovery_status().configured);
+    assert!(store.set_change_sink(sink.clone()));
+    assert!(store.recovery_status().configured);
+    store.create("app").unwrap();
+    store.rotate("app").unwrap();
+    store.revoke("app", Some(1)).unwrap();
+    store.set_enabled("app", false).unwrap();
+    store.set_enabled("app", true).unwrap();
+    store.set_min_decryption_version("app", 2).unwrap();
+    let seen = sink.seen.lock().unwrap();
+    let changes: Vec<Change> = seen.iter().map(|(_, change, _)| *change).collect();
+    assert_eq!(
+        changes,
+        [
+            Change::Create,
+            Change::Rotate,
+            Change::Revoke,
+            Change::Disable,
+            Change::Enable,
+            Change::MinDecryptionVersion
+        ]
+    );
+    // After the revocation, version 1 has no material; 2 keeps its KEK.
+    let (_, _, after_revoke) = &seen[2];
+    assert_eq!(after_revoke.len(), 2);
+    assert!(after_revoke[0].is_none());
+    let (_, _, after_rotate) = &seen[1];
+    assert_eq!(after_revoke[1], after_rotate[1]);
+    assert!(after_rotate[1].is_some());
+    // The material is the KEK itself: it wraps what the store's key unwraps.
+    let material = store
+        .material(store.keys().by_name("app").unwrap())
+        .unwrap();
+    assert_eq!(
+        material.versions[1].kek.as_ref().map(|k| **k),
+        after_rotate[1]
+    );
+    assert!(!format!("{material:?}").contains(&format!("{:?}", after_rotate[1].unwrap())));
+    assert!(Change::Revoke.reduces_access() && !Change::Rotate.reduces_access());
+}

@@ -14,7 +14,9 @@ use zeroize::Zeroizing;
 
 use super::db::{self, VersionRow};
 use super::sealing::{KEK_LEN, SEALED_KEK_LEN};
-use super::{Kek, Key, KeyStore, Keys, RESERVATION_STEP, StoreError, Version, Writer, check_name};
+use super::{
+    Change, Kek, Key, KeyStore, Keys, RESERVATION_STEP, StoreError, Version, Writer, check_name,
+};
 use crate::envelope::KeyId;
 
 fn now() -> u64 {
@@ -33,12 +35,14 @@ fn random<const N: usize>() -> Result<Zeroizing<[u8; N]>, StoreError> {
 
 impl KeyStore {
     /// Writes `key`'s row and `versions`' rows in one durable transaction,
-    /// then publishes `key` in a new snapshot.
-    fn commit(
+    /// publishes `key` in a new snapshot, and tells the change sink (the
+    /// recovery directory) before returning, so before the answer.
+    pub(super) fn commit(
         &self,
         writer: &mut Writer,
         key: Key,
         versions: &[&Version],
+        change: Change,
     ) -> Result<Arc<Key>, StoreError> {
         let key_row = key.row();
         let key_mac = writer.secrets.row_mac(&key_row.canonical());
@@ -64,6 +68,7 @@ impl KeyStore {
         let mut next = Keys::clone(&self.keys.load());
         next.insert(Arc::clone(&key));
         self.keys.store(Arc::new(next));
+        self.notify(writer, &key, change);
         Ok(key)
     }
 
@@ -140,7 +145,7 @@ impl KeyStore {
             min_decryption_version: 1,
             versions: vec![Arc::clone(&version)],
         };
-        self.commit(&mut writer, key, &[&version])
+        self.commit(&mut writer, key, &[&version], Change::Create)
     }
 
     /// Adds a new latest version to key `name`.
@@ -194,7 +199,7 @@ impl KeyStore {
         )?);
         let mut next = key.clone();
         next.versions.push(Arc::clone(&version));
-        self.commit(writer, next, &[&version])
+        self.commit(writer, next, &[&version], Change::Rotate)
     }
 
     /// Revokes version `version` of key `name`, or with `None` the whole key.
@@ -265,7 +270,8 @@ impl KeyStore {
             }
         }
         let rows: Vec<&Version> = changed.iter().map(Arc::as_ref).collect();
-        self.commit(&mut writer, next, &rows).map(Some)
+        self.commit(&mut writer, next, &rows, Change::Revoke)
+            .map(Some)
     }
 
     /// Disables (`enabled == false`) or enables key `name`.
@@ -282,7 +288,12 @@ impl KeyStore {
         }
         let mut next = Key::clone(&key);
         next.state = state;
-        self.commit(&mut writer, next, &[])
+        let change = if enabled {
+            Change::Enable
+        } else {
+            Change::Disable
+        };
+        self.commit(&mut writer, next, &[], change)
     }
 
     /// Makes versions below `version` of key `name` refuse to unwrap.
@@ -302,7 +313,7 @@ impl KeyStore {
         }
         let mut next = Key::clone(&key);
         next.min_decryption_version = version;
-        self.commit(&mut writer, next, &[])
+        self.commit(&mut writer, next, &[], Change::MinDecryptionVersion)
     }
 
     /// Persists a reservation covering `count` encryptions of `version` of

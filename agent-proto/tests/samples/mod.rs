@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 
 use agent_proto::{
-    Ciphertext, DataKey, EncryptionContext, ErrorCode, KeyInfo, KeyPage, KeyState, Operation,
-    Request, Response, SecretBytes, StatusInfo, Unwrapped, VersionInfo, VersionState, Wrapped,
+    Ciphertext, DataKey, EncryptionContext, ErrorCode, ExportedFile, KeyInfo, KeyPage, KeyState,
+    Operation, RecoveryStatus, Request, Response, RollbackStatus, RootRotation, SecretBytes,
+    StatusInfo, TransportKeyInfo, Unwrapped, VersionInfo, VersionState, Wrapped,
 };
 
 pub fn context() -> EncryptionContext {
@@ -68,6 +69,15 @@ pub fn requests() -> Vec<Request> {
         Request::DescribeKey {
             key: "app-db".to_string(),
         },
+        Request::RotateRoot,
+        Request::TransportKey,
+        Request::ExportKey {
+            key: "app-db".to_string(),
+            destination: "db-replica-2".to_string(),
+        },
+        Request::ImportKey {
+            file: b"age-encryption.org/v1\n...".to_vec(),
+        },
     ];
     let ops: Vec<Operation> = requests.iter().map(Request::operation).collect();
     assert_eq!(ops, Operation::ALL, "a sample is missing for some request");
@@ -112,6 +122,21 @@ pub fn responses() -> Vec<Response> {
             root_key_loaded: true,
             root_key_check: "0011223344556677".to_string(),
             counters: BTreeMap::from([("keys".to_string(), 1)]),
+            recovery: RecoveryStatus {
+                configured: true,
+                dir: "/var/lib/hostkms-recovery".to_string(),
+                custodians: 3,
+                threshold: 2,
+                bundle_recipient: "age1bundle".to_string(),
+                current: true,
+                problem: String::new(),
+            },
+            rollback: RollbackStatus {
+                bound: true,
+                nv_index: 0x0100_4b00,
+                store_counter: 7,
+                pending_increments: 0,
+            },
         }),
         Response::Key(key_info()),
         Response::Keys(KeyPage {
@@ -135,6 +160,21 @@ pub fn responses() -> Vec<Response> {
             ciphertext: Ciphertext::from(vec![9u8; 85]),
         }),
         Response::error(ErrorCode::KeyNotFound, "no key named \"x\""),
+        Response::RootRotated(RootRotation {
+            old_check: "0011223344556677".to_string(),
+            new_check: "8899aabbccddeeff".to_string(),
+            keys: 2,
+            versions: 5,
+        }),
+        Response::TransportKey(TransportKeyInfo {
+            recipient: "age1transport".to_string(),
+            fingerprint: "0123456789abcdef".to_string(),
+        }),
+        Response::Exported(ExportedFile {
+            key: "app-db".to_string(),
+            destination: "db-replica-2".to_string(),
+            file: b"age-encryption.org/v1\n...".to_vec(),
+        }),
     ];
     // The match fails to compile when a response kind is added, pointing here.
     let kinds: std::collections::BTreeSet<&str> = responses
@@ -147,9 +187,16 @@ pub fn responses() -> Vec<Response> {
             | Response::Wrapped(_)
             | Response::Unwrapped(_)
             | Response::DataKey(_)
-            | Response::Error(_) => response.kind(),
+            | Response::Error(_)
+            | Response::RootRotated(_)
+            | Response::TransportKey(_)
+            | Response::Exported(_) => response.kind(),
         })
         .collect();
-    assert_eq!(kinds.len(), 8, "a sample is missing for some response kind");
+    assert_eq!(
+        kinds.len(),
+        11,
+        "a sample is missing for some response kind"
+    );
     responses
 }

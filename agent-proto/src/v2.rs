@@ -1,0 +1,374 @@
+//! Protocol version 2, frozen: the request and response enums and the
+//! status structure exactly as version-2 peers encode them, and their
+//! conversions to and from the current version.
+//!
+//! Version 3 appended requests (and their responses) and appended the
+//! recovery and rollback fields to `StatusInfo`; everything else is shared
+//! with the current version. Never edit these shapes: a version-2 client
+//! built today encodes them this way. Version 1 ([`crate::v1`]) carries
+//! this module's [`StatusInfo`] too.
+
+use serde::{Deserialize, Serialize};
+
+use crate::bytes::{Ciphertext, SecretBytes};
+use crate::message::{
+    DataKey, EncryptionContext, ErrorReply, KeyInfo, KeyPage, Operation, RecoveryStatus,
+    RollbackStatus, Unwrapped, Wrapped,
+};
+
+/// This module's protocol version.
+pub const VERSION: u16 = 2;
+
+/// How many request variants version 2 has (indexes 0 to 13).
+pub const REQUEST_VARIANTS: u32 = 14;
+
+/// A version-2 request: [`crate::Request`] as it was, before the requests
+/// of version 3 were appended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// As [`crate::Request::Ping`].
+    Ping,
+    /// As [`crate::Request::Status`].
+    Status,
+    /// As [`crate::Request::CreateKey`].
+    CreateKey {
+        /// As in [`crate::Request::CreateKey`].
+        name: String,
+    },
+    /// As [`crate::Request::Wrap`].
+    Wrap {
+        /// As in [`crate::Request::Wrap`].
+        key: String,
+        /// As in [`crate::Request::Wrap`].
+        plaintext: SecretBytes,
+        /// As in [`crate::Request::Wrap`].
+        context: EncryptionContext,
+    },
+    /// As [`crate::Request::Unwrap`].
+    Unwrap {
+        /// As in [`crate::Request::Unwrap`].
+        ciphertext: Ciphertext,
+        /// As in [`crate::Request::Unwrap`].
+        context: EncryptionContext,
+        /// As in [`crate::Request::Unwrap`].
+        key: Option<String>,
+    },
+    /// As [`crate::Request::GenerateDataKey`].
+    GenerateDataKey {
+        /// As in [`crate::Request::GenerateDataKey`].
+        key: String,
+        /// As in [`crate::Request::GenerateDataKey`].
+        bytes: u16,
+        /// As in [`crate::Request::GenerateDataKey`].
+        include_plaintext: bool,
+        /// As in [`crate::Request::GenerateDataKey`].
+        context: EncryptionContext,
+    },
+    /// As [`crate::Request::Rewrap`].
+    Rewrap {
+        /// As in [`crate::Request::Rewrap`].
+        ciphertext: Ciphertext,
+        /// As in [`crate::Request::Rewrap`].
+        context: EncryptionContext,
+        /// As in [`crate::Request::Rewrap`].
+        key: Option<String>,
+    },
+    /// As [`crate::Request::Rotate`].
+    Rotate {
+        /// As in [`crate::Request::Rotate`].
+        key: String,
+    },
+    /// As [`crate::Request::Revoke`].
+    Revoke {
+        /// As in [`crate::Request::Revoke`].
+        key: String,
+        /// As in [`crate::Request::Revoke`].
+        version: Option<u32>,
+    },
+    /// As [`crate::Request::Disable`].
+    Disable {
+        /// As in [`crate::Request::Disable`].
+        key: String,
+    },
+    /// As [`crate::Request::Enable`].
+    Enable {
+        /// As in [`crate::Request::Enable`].
+        key: String,
+    },
+    /// As [`crate::Request::SetMinDecryptionVersion`].
+    SetMinDecryptionVersion {
+        /// As in [`crate::Request::SetMinDecryptionVersion`].
+        key: String,
+        /// As in [`crate::Request::SetMinDecryptionVersion`].
+        version: u32,
+    },
+    /// As [`crate::Request::ListKeys`].
+    ListKeys {
+        /// As in [`crate::Request::ListKeys`].
+        after: Option<String>,
+        /// As in [`crate::Request::ListKeys`].
+        limit: Option<u32>,
+    },
+    /// As [`crate::Request::DescribeKey`].
+    DescribeKey {
+        /// As in [`crate::Request::DescribeKey`].
+        key: String,
+    },
+}
+
+/// A version-2 response: [`crate::Response`] as it was, with the
+/// version-2 [`StatusInfo`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// As [`crate::Response::Pong`].
+    Pong,
+    /// As [`crate::Response::Status`].
+    Status(StatusInfo),
+    /// As [`crate::Response::Key`].
+    Key(KeyInfo),
+    /// As [`crate::Response::Keys`].
+    Keys(KeyPage),
+    /// As [`crate::Response::Wrapped`].
+    Wrapped(Wrapped),
+    /// As [`crate::Response::Unwrapped`].
+    Unwrapped(Unwrapped),
+    /// As [`crate::Response::DataKey`].
+    DataKey(DataKey),
+    /// As [`crate::Response::Error`].
+    Error(ErrorReply),
+}
+
+/// The daemon's health as version 2 reported it: [`crate::StatusInfo`]
+/// without the recovery and rollback fields of version 3. Version 1 uses
+/// it too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusInfo {
+    /// As in [`crate::StatusInfo`].
+    pub daemon_version: String,
+    /// As in [`crate::StatusInfo`].
+    pub oldest_protocol: u16,
+    /// As in [`crate::StatusInfo`].
+    pub newest_protocol: u16,
+    /// As in [`crate::StatusInfo`].
+    pub uptime_secs: u64,
+    /// As in [`crate::StatusInfo`].
+    pub tpm_reachable: bool,
+    /// As in [`crate::StatusInfo`].
+    pub root_key_loaded: bool,
+    /// As in [`crate::StatusInfo`].
+    pub root_key_check: String,
+    /// As in [`crate::StatusInfo`].
+    pub counters: std::collections::BTreeMap<String, u64>,
+}
+
+/// What a daemon of version 1 or 2 says about recovery, which it never
+/// had: not configured, and why the client cannot tell more.
+fn recovery_of_older_daemon() -> RecoveryStatus {
+    RecoveryStatus {
+        problem: "the daemon speaks protocol 2 or older and has no recovery: upgrade hostkmsd"
+            .to_string(),
+        ..RecoveryStatus::default()
+    }
+}
+
+impl From<StatusInfo> for crate::StatusInfo {
+    fn from(status: StatusInfo) -> crate::StatusInfo {
+        crate::StatusInfo {
+            daemon_version: status.daemon_version,
+            oldest_protocol: status.oldest_protocol,
+            newest_protocol: status.newest_protocol,
+            uptime_secs: status.uptime_secs,
+            tpm_reachable: status.tpm_reachable,
+            root_key_loaded: status.root_key_loaded,
+            root_key_check: status.root_key_check,
+            counters: status.counters,
+            recovery: recovery_of_older_daemon(),
+            rollback: RollbackStatus::default(),
+        }
+    }
+}
+
+impl From<crate::StatusInfo> for StatusInfo {
+    fn from(status: crate::StatusInfo) -> StatusInfo {
+        StatusInfo {
+            daemon_version: status.daemon_version,
+            oldest_protocol: status.oldest_protocol,
+            newest_protocol: status.newest_protocol,
+            uptime_secs: status.uptime_secs,
+            tpm_reachable: status.tpm_reachable,
+            root_key_loaded: status.root_key_loaded,
+            root_key_check: status.root_key_check,
+            counters: status.counters,
+        }
+    }
+}
+
+/// A current message that version 2 cannot express.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotInV2 {
+    /// A request appended after version 2.
+    #[error("protocol version 2 has no {0} request (upgrade the daemon or the client)")]
+    Request(Operation),
+    /// A response appended after version 2.
+    #[error("protocol version 2 has no {0} response")]
+    Response(&'static str),
+}
+
+impl From<Request> for crate::Request {
+    fn from(request: Request) -> crate::Request {
+        use crate::Request as Now;
+        match request {
+            Request::Ping => Now::Ping,
+            Request::Status => Now::Status,
+            Request::CreateKey { name } => Now::CreateKey { name },
+            Request::Wrap {
+                key,
+                plaintext,
+                context,
+            } => Now::Wrap {
+                key,
+                plaintext,
+                context,
+            },
+            Request::Unwrap {
+                ciphertext,
+                context,
+                key,
+            } => Now::Unwrap {
+                ciphertext,
+                context,
+                key,
+            },
+            Request::GenerateDataKey {
+                key,
+                bytes,
+                include_plaintext,
+                context,
+            } => Now::GenerateDataKey {
+                key,
+                bytes,
+                include_plaintext,
+                context,
+            },
+            Request::Rewrap {
+                ciphertext,
+                context,
+                key,
+            } => Now::Rewrap {
+                ciphertext,
+                context,
+                key,
+            },
+            Request::Rotate { key } => Now::Rotate { key },
+            Request::Revoke { key, version } => Now::Revoke { key, version },
+            Request::Disable { key } => Now::Disable { key },
+            Request::Enable { key } => Now::Enable { key },
+            Request::SetMinDecryptionVersion { key, version } => {
+                Now::SetMinDecryptionVersion { key, version }
+            }
+            Request::ListKeys { after, limit } => Now::ListKeys { after, limit },
+            Request::DescribeKey { key } => Now::DescribeKey { key },
+        }
+    }
+}
+
+impl TryFrom<crate::Request> for Request {
+    type Error = NotInV2;
+
+    fn try_from(request: crate::Request) -> Result<Request, NotInV2> {
+        use crate::Request as Now;
+        Ok(match request {
+            Now::Ping => Request::Ping,
+            Now::Status => Request::Status,
+            Now::CreateKey { name } => Request::CreateKey { name },
+            Now::Wrap {
+                key,
+                plaintext,
+                context,
+            } => Request::Wrap {
+                key,
+                plaintext,
+                context,
+            },
+            Now::Unwrap {
+                ciphertext,
+                context,
+                key,
+            } => Request::Unwrap {
+                ciphertext,
+                context,
+                key,
+            },
+            Now::GenerateDataKey {
+                key,
+                bytes,
+                include_plaintext,
+                context,
+            } => Request::GenerateDataKey {
+                key,
+                bytes,
+                include_plaintext,
+                context,
+            },
+            Now::Rewrap {
+                ciphertext,
+                context,
+                key,
+            } => Request::Rewrap {
+                ciphertext,
+                context,
+                key,
+            },
+            Now::Rotate { key } => Request::Rotate { key },
+            Now::Revoke { key, version } => Request::Revoke { key, version },
+            Now::Disable { key } => Request::Disable { key },
+            Now::Enable { key } => Request::Enable { key },
+            Now::SetMinDecryptionVersion { key, version } => {
+                Request::SetMinDecryptionVersion { key, version }
+            }
+            Now::ListKeys { after, limit } => Request::ListKeys { after, limit },
+            Now::DescribeKey { key } => Request::DescribeKey { key },
+            request @ (Now::RotateRoot
+            | Now::TransportKey
+            | Now::ExportKey { .. }
+            | Now::ImportKey { .. }) => return Err(NotInV2::Request(request.operation())),
+        })
+    }
+}
+
+impl From<Response> for crate::Response {
+    fn from(response: Response) -> crate::Response {
+        use crate::Response as Now;
+        match response {
+            Response::Pong => Now::Pong,
+            Response::Status(status) => Now::Status(status.into()),
+            Response::Key(key) => Now::Key(key),
+            Response::Keys(page) => Now::Keys(page),
+            Response::Wrapped(wrapped) => Now::Wrapped(wrapped),
+            Response::Unwrapped(unwrapped) => Now::Unwrapped(unwrapped),
+            Response::DataKey(data_key) => Now::DataKey(data_key),
+            Response::Error(reply) => Now::Error(reply),
+        }
+    }
+}
+
+impl TryFrom<crate::Response> for Response {
+    type Error = NotInV2;
+
+    fn try_from(response: crate::Response) -> Result<Response, NotInV2> {
+        use crate::Response as Now;
+        Ok(match response {
+            Now::Pong => Response::Pong,
+            Now::Status(status) => Response::Status(status.into()),
+            Now::Key(key) => Response::Key(key),
+            Now::Keys(page) => Response::Keys(page),
+            Now::Wrapped(wrapped) => Response::Wrapped(wrapped),
+            Now::Unwrapped(unwrapped) => Response::Unwrapped(unwrapped),
+            Now::DataKey(data_key) => Response::DataKey(data_key),
+            Now::Error(reply) => Response::Error(reply),
+            response @ (Now::RootRotated(_) | Now::TransportKey(_) | Now::Exported(_)) => {
+                return Err(NotInV2::Response(response.kind()));
+            }
+        })
+    }
+}

@@ -1,0 +1,264 @@
+//! Keys with their material in clear, for what must carry them beyond this
+//! TPM (the recovery directory, export to another host, restore and
+//! import); the change sink that hears of every change before it is
+//! answered; and the secrets the store keeps sealed besides keys.
+
+use std::sync::Arc;
+
+use agent_proto::{KeyState, RecoveryStatus, RollbackStatus};
+use zeroize::Zeroizing;
+
+use super::db::{self, SecretRow};
+use super::sealing::{KEK_LEN, StoreSecrets};
+use super::{Key, KeyStore, StoreError, Writer};
+use crate::envelope::KeyId;
+
+/// One key with every version's KEK in clear (in zeroizing memory): what a
+/// recovery record or an export file holds. Its `Debug` shows no KEK.
+#[derive(Clone)]
+pub struct KeyMaterial {
+    /// The key's random id, which its ciphertexts carry.
+    pub id: KeyId,
+    /// The key's name.
+    pub name: String,
+    /// Creation time, Unix seconds.
+    pub created: u64,
+    /// Enabled, disabled or revoked.
+    pub state: KeyState,
+    /// Versions below this refuse to unwrap.
+    pub min_decryption_version: u32,
+    /// Version `n` at index `n - 1`.
+    pub versions: Vec<VersionMaterial>,
+}
+
+/// One version of a [`KeyMaterial`].
+#[derive(Clone)]
+pub struct VersionMaterial {
+    /// The version number, from 1.
+    pub number: u32,
+    /// Creation time, Unix seconds.
+    pub created: u64,
+    /// The KEK; `None` once the version is revoked (a tombstone).
+    pub kek: Option<Zeroizing<[u8; KEK_LEN]>>,
+}
+
+impl std::fmt::Debug for KeyMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyMaterial")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("state", &self.state)
+            .field("min_decryption_version", &self.min_decryption_version)
+            .field("versions", &self.versions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for VersionMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kek = if self.kek.is_some() {
+            "<redacted>"
+        } else {
+            "revoked"
+        };
+        write!(f, "VersionMaterial({}, {kek})", self.number)
+    }
+}
+
+/// What a change to the store did, for whoever must follow it (the
+/// recovery directory, the rollback counter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// A key was created.
+    Create,
+    /// A key got a new latest version.
+    Rotate,
+    /// A version or a whole key was revoked.
+    Revoke,
+    /// A key was disabled.
+    Disable,
+    /// A key was enabled.
+    Enable,
+    /// A key's minimum decryption version changed.
+    MinDecryptionVersion,
+    /// A key was restored from a recovery directory.
+    Restore,
+    /// A key was imported from another host.
+    Import,
+}
+
+impl Change {
+    /// Whether the change takes access away: what rollback protection must
+    /// make impossible to undo by putting an older store back.
+    pub fn reduces_access(self) -> bool {
+        matches!(
+            self,
+            Change::Revoke | Change::Disable | Change::MinDecryptionVersion
+        )
+    }
+}
+
+/// Hears of every change to the store, after it is durable and before it
+/// is answered, with the writer lock held: the recovery directory, which
+/// must never lag an acknowledged change.
+pub trait ChangeSink: Send + Sync + std::fmt::Debug {
+    /// `key` (as it is now, with its material) changed by `change`.
+    fn key_changed(&self, key: &KeyMaterial, change: Change);
+
+    /// What `Status` says about recovery.
+    fn status(&self) -> RecoveryStatus;
+}
+
+/// The secrets the store keeps sealed under the root key besides keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretName {
+    /// The recovery bundle identity (an age X25519 identity).
+    RecoveryBundle,
+    /// This host's transport key (an age X25519 identity).
+    TransportKey,
+    /// The authorization of the TPM NV counter that binds the store.
+    RollbackAuth,
+}
+
+impl SecretName {
+    /// The name in the `secrets` table (part of the sealing's AAD).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretName::RecoveryBundle => "recovery bundle identity",
+            SecretName::TransportKey => "transport key",
+            SecretName::RollbackAuth => "rollback counter auth",
+        }
+    }
+}
+
+/// `key` with every version's KEK opened under the store's secrets.
+pub(super) fn material_of(secrets: &StoreSecrets, key: &Key) -> Result<KeyMaterial, StoreError> {
+    let versions = key
+        .versions
+        .iter()
+        .map(|version| {
+            let kek = match &version.sealed {
+                Some(sealed) => Some(secrets.open_kek(key.id, version.number, sealed).map_err(
+                    |_| StoreError::Tampered {
+                        path: String::from("(memory)"),
+                        key: format!("\"{}\" (id {})", key.name, key.id),
+                        detail: format!(
+                            "version {}: its KEK no longer opens under the root key",
+                            version.number
+                        ),
+                    },
+                )?),
+                None => None,
+            };
+            Ok(VersionMaterial {
+                number: version.number,
+                created: version.created,
+                kek,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(KeyMaterial {
+        id: key.id,
+        name: key.name.clone(),
+        created: key.created,
+        state: key.state,
+        min_decryption_version: key.min_decryption_version,
+        versions,
+    })
+}
+
+impl KeyStore {
+    /// `key` with its material in clear, for a recovery record or an export.
+    pub fn material(&self, key: &Key) -> Result<KeyMaterial, StoreError> {
+        let writer = self.writer();
+        material_of(&writer.secrets, key)
+    }
+
+    /// Runs `f` over every key's material under the writer lock: a
+    /// consistent view no change can interleave with (the recovery
+    /// directory's reconcile at start).
+    pub fn with_all_material<R>(
+        &self,
+        f: impl FnOnce(&[KeyMaterial]) -> R,
+    ) -> Result<R, StoreError> {
+        let writer = self.writer();
+        let keys = self.keys.load();
+        let all = keys
+            .by_name
+            .values()
+            .map(|key| material_of(&writer.secrets, key))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(f(&all))
+    }
+
+    /// Installs the sink told of every change from now on; only the first
+    /// call counts (returns false for a later one).
+    pub fn set_change_sink(&self, sink: Arc<dyn ChangeSink>) -> bool {
+        self.sink.set(sink).is_ok()
+    }
+
+    /// Tells the sink (if any) of `key`'s change; called by `commit` with the
+    /// writer lock held, after the change is durable.
+    pub(super) fn notify(&self, writer: &Writer, key: &Key, change: Change) {
+        let Some(sink) = self.sink.get() else {
+            return;
+        };
+        match material_of(&writer.secrets, key) {
+            Ok(material) => sink.key_changed(&material, change),
+            Err(e) => tracing::error!(
+                "cannot hand key \"{}\" to the recovery directory: {e}",
+                key.name
+            ),
+        }
+    }
+
+    /// What `Status` says about recovery: the sink's word, or not configured.
+    pub fn recovery_status(&self) -> RecoveryStatus {
+        self.sink
+            .get()
+            .map_or_else(RecoveryStatus::default, |sink| sink.status())
+    }
+
+    /// What `Status` says about rollback protection.
+    pub fn rollback_status(&self) -> RollbackStatus {
+        RollbackStatus::default()
+    }
+
+    /// The secret `name`, unsealed, if the store holds one.
+    pub fn secret(&self, name: SecretName) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        let writer = self.writer();
+        let Some(sealed) = writer.sealed.get(name.as_str()) else {
+            return Ok(None);
+        };
+        writer
+            .secrets
+            .open_secret(name.as_str(), sealed)
+            .map(Some)
+            .map_err(|_| StoreError::Tampered {
+                path: self.path.display().to_string(),
+                key: format!("(secret {:?})", name.as_str()),
+                detail: "does not open under the root key".to_string(),
+            })
+    }
+
+    /// Stores (or replaces) the secret `name`, sealed under the root key, in
+    /// one durable transaction.
+    pub fn put_secret(&self, name: SecretName, value: &[u8]) -> Result<(), StoreError> {
+        let mut writer = self.writer();
+        let sealed = writer
+            .secrets
+            .seal_secret(name.as_str(), value)
+            .map_err(StoreError::Random)?;
+        let row = SecretRow {
+            name: name.as_str().to_string(),
+            sealed,
+        };
+        let mac = writer.secrets.row_mac(&row.canonical());
+        writer
+            .db
+            .transaction(|tx| db::put_secret(tx, &row, &mac))
+            .map_err(|e| self.db_error(e))?;
+        writer.sealed.insert(row.name, row.sealed);
+        Ok(())
+    }
+}
