@@ -92,7 +92,7 @@ impl From<StoreError> for Refusal {
     fn from(error: StoreError) -> Refusal {
         let code = match &error {
             StoreError::KeyNotFound(_) => ErrorCode::KeyNotFound,
-            StoreError::KeyExists(_) => ErrorCode::KeyExists,
+            StoreError::KeyExists(_) | StoreError::ImportRefused(_) => ErrorCode::KeyExists,
             StoreError::KeyRevoked(_) => ErrorCode::KeyRevoked,
             StoreError::VersionNotFound { .. } => ErrorCode::VersionNotFound,
             StoreError::InvalidArgument(_) => ErrorCode::InvalidArgument,
