@@ -265,6 +265,17 @@ impl Policy {
             })
     }
 
+    /// Whether `peer` may perform `op` on some key: an admin, or covered by
+    /// a grant naming `op` (what `import` asks before it opens a file whose
+    /// key it cannot yet name).
+    pub fn allows_on_some_key(&self, peer: &Peer, op: Operation) -> bool {
+        self.is_admin(peer)
+            || self
+                .grants
+                .iter()
+                .any(|grant| grant.ops.contains(&op) && grant.covers_peer(peer))
+    }
+
     /// Whether `peer` may see the counters and the root key check value in
     /// `Status`: admins, and peers granted [`METRICS`].
     pub fn allows_metrics(&self, peer: &Peer) -> bool {

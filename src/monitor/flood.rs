@@ -48,7 +48,11 @@ impl Limited {
             Some(ErrorCode::PermissionDenied) => Some(Limited::Denied),
             Some(ErrorCode::InvalidCiphertext) => Some(Limited::InvalidCiphertext),
             Some(_) => Some(Limited::Failed),
-            None if matches!(op, Operation::Ping | Operation::Status | Operation::List) => {
+            None if matches!(
+                op,
+                Operation::Ping | Operation::Status | Operation::List | Operation::TransportKey
+            ) =>
+            {
                 Some(Limited::OpenRequest)
             }
             None => None,

@@ -32,9 +32,11 @@
 
 mod file;
 mod peers;
+mod record;
 
 pub use file::{ExportFile, FileError, MAX_RECORD, open, seal};
 pub use peers::{MAX_PEER_NAME, Peer, PeerConfig, PeerError, Peers, check_peer_name};
+pub use record::{RecordError, decode_record, encode_record};
 
 use std::str::FromStr;
 
@@ -42,11 +44,35 @@ use age::secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use crate::keystore::{KeyStore, SecretName, StoreError};
+
 /// A recipient's fingerprint: the first 16 hex digits of SHA-256 over the
 /// recipient string (`age1…`), as the manifest, status, audit and CLI show it.
 pub fn fingerprint(recipient: &str) -> String {
     let digest = Sha256::digest(recipient.as_bytes());
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Why the transport key could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportKeyError {
+    /// The key store could not read or write the sealed secret.
+    #[error("cannot load or store the transport key: {0}")]
+    Store(#[from] StoreError),
+    /// The sealed secret is not a transport key.
+    #[error(transparent)]
+    Invalid(#[from] TransportKeyInvalid),
+}
+
+/// This host's transport key from the store's sealed secrets, or a new one
+/// generated and sealed there (durably) at first start; `true` when new.
+pub fn load_or_create(store: &KeyStore) -> Result<(TransportKey, bool), TransportKeyError> {
+    if let Some(sealed) = store.secret(SecretName::TransportKey)? {
+        return Ok((TransportKey::from_sealed(&sealed)?, false));
+    }
+    let (key, sealed) = TransportKey::generate()?;
+    store.put_secret(SecretName::TransportKey, &sealed)?;
+    Ok((key, true))
 }
 
 /// The sealed transport key does not parse: the store's secret is damaged.
