@@ -34,3 +34,4 @@ mod root_key;
 mod state_dir;
 mod systemd;
 mod tpm_faults;
+mod transfer;
