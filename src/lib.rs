@@ -20,6 +20,7 @@ pub mod locked;
 pub mod monitor;
 pub mod peer;
 pub mod policy;
+pub mod recovery;
 pub mod rootkey;
 pub mod server;
 pub mod service;
