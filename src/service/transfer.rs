@@ -13,7 +13,7 @@ use super::{Refusal, Service};
 use crate::audit::{self, Subject, Transfer};
 use crate::keystore::{KeyMaterial, StoreError};
 use crate::peer::Peer;
-use crate::transfer::{self, FileError, TransportKey};
+use crate::transfer::{self, ExportFile, FileError, TransportKey};
 
 impl Service {
     fn transport(&self) -> Result<&Arc<TransportKey>, Refusal> {
@@ -79,9 +79,7 @@ impl Service {
                 return Err(StoreError::KeyRevoked(name.clone()).into());
             }
             let material = store.material(key)?;
-            let record = transfer::encode_record(&material)
-                .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
-            let file = transfer::seal(&transport, &target, &record)
+            let file = transfer::seal(&transport, &target, &material)
                 .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
             Ok::<_, Refusal>((Summary::of(&material), file))
         })
@@ -130,18 +128,8 @@ impl Service {
         }
         let transport = Arc::clone(self.transport()?);
         let peers = self.transfer.load_full();
-        let (opened, material) = tokio::task::spawn_blocking(move || {
-            let opened = transfer::open(&transport, &peers, &file).map_err(file_refusal)?;
-            let material = transfer::decode_record(&opened.record).map_err(|e| {
-                Refusal::new(
-                    ErrorCode::InvalidArgument,
-                    format!(
-                        "the export file's key record from transfer peer \"{}\" is not readable: {e}",
-                        opened.source.name()
-                    ),
-                )
-            })?;
-            Ok::<_, Refusal>((opened, material))
+        let opened = tokio::task::spawn_blocking(move || {
+            transfer::open(&transport, &peers, &file).map_err(file_refusal)
         })
         .await
         .map_err(|e| {
@@ -150,6 +138,7 @@ impl Service {
                 format!("the import did not finish: {e}"),
             )
         })??;
+        let ExportFile { source, material } = opened;
         subject.set_key(&material.name);
         if !policy.allows(peer, Operation::Import, &material.name) {
             return Err(Refusal::new(
@@ -160,7 +149,6 @@ impl Service {
                 ),
             ));
         }
-        let source = &opened.source;
         if !source.covers(&material.name) {
             return Err(Refusal::new(
                 ErrorCode::PermissionDenied,
@@ -220,7 +208,8 @@ fn file_refusal(error: FileError) -> Refusal {
         FileError::NotAgeFile(_)
         | FileError::NotForThisHost { .. }
         | FileError::Tampered(_)
-        | FileError::UnsupportedFormat(_) => ErrorCode::InvalidArgument,
+        | FileError::UnsupportedFormat(_)
+        | FileError::Record(_) => ErrorCode::InvalidArgument,
     };
     Refusal::new(code, error.to_string())
 }

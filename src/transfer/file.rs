@@ -1,30 +1,32 @@
 //! The export file: an age file to the destination's transport key whose
 //! plaintext is a short header (format, source and destination transport
-//! keys, the MAC) and the key record. See the module docs of
-//! [`crate::transfer`] for the layout and why the MAC is there.
+//! keys) and the key record, MACed under the two hosts' X25519 agreement.
+//! See the module docs of [`crate::transfer`] for the layout and why.
 
 use std::io::{Read, Write};
 
 use hkdf::Hkdf;
-use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
 use super::{Peer, Peers, TransportKey, fingerprint};
+use crate::keystore::KeyMaterial;
+use crate::recovery::record::{self, MAX_RECORD_LEN, MacKey, RecordError};
 
 /// The first line of the plaintext: the format and its version.
 const MAGIC: &str = "hostkms-transfer 1";
 /// HKDF salt of the MAC key.
 const SALT: &[u8] = b"hostkms transfer v1";
-/// The largest record a file may carry: 16 MiB, far above any key's.
-pub const MAX_RECORD: usize = 16 << 20;
+/// The record's revision in an export file (revisions count the writes of
+/// the recovery directory's records; an export is one write).
+const EXPORT_REVISION: u64 = 1;
 
 /// Why an export file was refused. Never shows key material.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    /// age could not encrypt (an I/O error into memory: not expected).
-    #[error("cannot encrypt the export file: {0}")]
+    /// The file could not be made (the record or age refused: not expected).
+    #[error("cannot write the export file: {0}")]
     Encrypt(String),
     /// The file is not an age file, or is cut short.
     #[error(
@@ -43,7 +45,7 @@ pub enum FileError {
     },
     /// The file decrypts but its content is damaged or was altered.
     #[error(
-        "the export file fails authentication ({0}): it was altered, damaged, or not made by a hostkms daemon; do not import it, export the key again"
+        "the export file fails authentication ({0}): it was altered, damaged, or not made by the pinned peer's hostkms; do not import it, export the key again"
     )]
     Tampered(String),
     /// The file is of a newer format than this daemon reads.
@@ -61,32 +63,36 @@ pub enum FileError {
         /// Its fingerprint.
         fingerprint: String,
     },
+    /// The record authenticates but cannot be used (a newer record format,
+    /// inconsistent material).
+    #[error("the export file's key record cannot be used: {0}")]
+    Record(RecordError),
 }
 
-/// An export file that opened: who sent it and the record it carries.
+/// An export file that opened: who sent it and the key it carries.
 pub struct ExportFile {
     /// The pinned peer whose transport key made the file.
     pub source: Peer,
-    /// The key record, authenticated.
-    pub record: Zeroizing<Vec<u8>>,
+    /// The key, authenticated.
+    pub material: KeyMaterial,
 }
 
 impl std::fmt::Debug for ExportFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ExportFile")
             .field("source", &self.source.name())
-            .field("record_len", &self.record.len())
-            .finish_non_exhaustive()
+            .field("material", &self.material)
+            .finish()
     }
 }
 
-/// The export file carrying `record` from this host (`transport`) to
-/// `destination`: age-encrypted to its transport key, authenticated by
-/// the MAC of the two hosts' X25519 agreement.
+/// The export file carrying `material` from this host (`transport`) to
+/// `destination`: age-encrypted to its transport key, the record MACed
+/// under the two hosts' X25519 agreement.
 pub fn seal(
     transport: &TransportKey,
     destination: &Peer,
-    record: &[u8],
+    material: &KeyMaterial,
 ) -> Result<Vec<u8>, FileError> {
     let header = header(transport.recipient(), destination.transport_key());
     let key = mac_key(
@@ -96,11 +102,12 @@ pub fn seal(
         destination.transport_key(),
     )
     .map_err(FileError::Encrypt)?;
-    let tag = mac(&key, &header, record);
-    let mut plaintext = Zeroizing::new(Vec::with_capacity(header.len() + record.len() + 80));
+    let record = record::encode(material, EXPORT_REVISION, &key)
+        .map_err(|e| FileError::Encrypt(e.to_string()))?;
+    let mut plaintext = Zeroizing::new(Vec::with_capacity(header.len() + record.len() + 1));
     plaintext.extend_from_slice(header.as_bytes());
-    plaintext.extend_from_slice(format!("mac {}\n\n", hex(&tag)).as_bytes());
-    plaintext.extend_from_slice(record);
+    plaintext.push(b'\n');
+    plaintext.extend_from_slice(&record);
     let recipient: &dyn age::Recipient = destination.recipient();
     let encryptor = age::Encryptor::with_recipients(std::iter::once(recipient))
         .map_err(|e| FileError::Encrypt(e.to_string()))?;
@@ -116,7 +123,7 @@ pub fn seal(
 }
 
 /// Opens an export file made for this host (`transport`) by one of the
-/// pinned `peers`, checking its MAC; the record is not parsed here.
+/// pinned `peers`, and reads its record under their MAC key.
 pub fn open(transport: &TransportKey, peers: &Peers, file: &[u8]) -> Result<ExportFile, FileError> {
     let decryptor =
         age::Decryptor::new_buffered(file).map_err(|e| FileError::NotAgeFile(e.to_string()))?;
@@ -133,15 +140,17 @@ pub fn open(transport: &TransportKey, peers: &Peers, file: &[u8]) -> Result<Expo
             | age::DecryptError::Io(_) => FileError::NotAgeFile(e.to_string()),
             other => FileError::Tampered(other.to_string()),
         })?;
-    // The plaintext is never longer than the file.
-    let mut plaintext = Zeroizing::new(Vec::with_capacity(file.len().min(MAX_RECORD)));
+    // The plaintext is never longer than the file, nor than a record and
+    // its header.
+    let bound = file.len().min(MAX_RECORD_LEN + 1024);
+    let mut plaintext = Zeroizing::new(Vec::with_capacity(bound));
     reader
-        .take(file.len() as u64)
+        .take(bound as u64)
         .read_to_end(&mut plaintext)
         .map_err(|e| FileError::Tampered(format!("the age payload does not decrypt: {e}")))?;
     let split =
         find(&plaintext, b"\n\n").ok_or_else(|| FileError::Tampered("no header".to_string()))?;
-    let (head, record) = (&plaintext[..split + 1], &plaintext[split + 2..]);
+    let (head, text) = (&plaintext[..split + 1], &plaintext[split + 2..]);
     let head = std::str::from_utf8(head)
         .map_err(|_| FileError::Tampered("the header is not text".to_string()))?;
     let mut lines = head.lines();
@@ -162,7 +171,6 @@ pub fn open(transport: &TransportKey, peers: &Peers, file: &[u8]) -> Result<Expo
     };
     let source_key = field(lines.next(), "source")?;
     let destination = field(lines.next(), "destination")?;
-    let tag = field(lines.next(), "mac")?;
     if lines.next().is_some() {
         return Err(FileError::Tampered("unknown header lines".to_string()));
     }
@@ -170,9 +178,6 @@ pub fn open(transport: &TransportKey, peers: &Peers, file: &[u8]) -> Result<Expo
         return Err(FileError::Tampered(
             "it names another destination than this host's transport key".to_string(),
         ));
-    }
-    if record.len() > MAX_RECORD {
-        return Err(FileError::Tampered("the record is too large".to_string()));
     }
     let Some(source) = peers.by_transport_key(&source_key) else {
         return Err(FileError::UnknownSource {
@@ -187,25 +192,23 @@ pub fn open(transport: &TransportKey, peers: &Peers, file: &[u8]) -> Result<Expo
         transport.recipient(),
     )
     .map_err(FileError::Tampered)?;
-    let header = header(source.transport_key(), transport.recipient());
-    let tag = unhex(&tag).ok_or_else(|| FileError::Tampered("a malformed MAC".to_string()))?;
-    let mut check = <Hmac<Sha256> as KeyInit>::new_from_slice(key.as_ref())
-        .map_err(|e| FileError::Tampered(e.to_string()))?;
-    check.update(header.as_bytes());
-    check.update(record);
-    check.verify_slice(&tag).map_err(|_| {
-        FileError::Tampered(format!(
-            "its MAC does not verify under the transport key of peer \"{}\"",
+    let record = record::decode(text, &key).map_err(|e| match e {
+        RecordError::BadMac { .. } => FileError::Tampered(format!(
+            "its key record does not verify under the transport key of peer \"{}\"",
             source.name()
-        ))
+        )),
+        RecordError::Malformed { .. } | RecordError::TooLarge { .. } => {
+            FileError::Tampered(e.to_string())
+        }
+        other => FileError::Record(other),
     })?;
     Ok(ExportFile {
         source: source.clone(),
-        record: Zeroizing::new(record.to_vec()),
+        material: record.material,
     })
 }
 
-/// The first three header lines, which the MAC covers.
+/// The header lines.
 fn header(source: &str, destination: &str) -> String {
     format!("{MAGIC}\nsource {source}\ndestination {destination}\n")
 }
@@ -217,7 +220,7 @@ fn mac_key(
     theirs: &str,
     source: &str,
     destination: &str,
-) -> Result<Zeroizing<[u8; 32]>, String> {
+) -> Result<MacKey, String> {
     let public = raw_recipient(theirs)?;
     let secret = StaticSecret::from(*ours.secret());
     let shared = secret.diffie_hellman(&PublicKey::from(public));
@@ -225,15 +228,11 @@ fn mac_key(
         return Err("the peer's transport key is a low-order point".to_string());
     }
     let hkdf = Hkdf::<Sha256>::new(Some(SALT), shared.as_bytes());
-    let mut info = Vec::with_capacity(source.len() + destination.len() + 32);
-    info.extend_from_slice(b"source ");
-    info.extend_from_slice(source.as_bytes());
-    info.extend_from_slice(b" destination ");
-    info.extend_from_slice(destination.as_bytes());
+    let info = format!("source {source} destination {destination}");
     let mut key = Zeroizing::new([0u8; 32]);
-    hkdf.expand(&info, key.as_mut())
+    hkdf.expand(info.as_bytes(), key.as_mut())
         .map_err(|_| "HKDF refused 32 bytes".to_string())?;
-    Ok(key)
+    Ok(MacKey::from_bytes(key))
 }
 
 /// The 32 bytes of an `age1…` recipient.
@@ -248,31 +247,6 @@ fn raw_recipient(recipient: &str) -> Result<[u8; 32], String> {
         .map_err(|_| "a transport key of the wrong length".to_string())
 }
 
-fn mac(key: &[u8; 32], header: &str, record: &[u8]) -> [u8; 32] {
-    // HMAC takes keys of any length; 32 bytes always.
-    let mut mac = match <Hmac<Sha256> as KeyInit>::new_from_slice(key) {
-        Ok(mac) => mac,
-        Err(_) => return [0u8; 32],
-    };
-    mac.update(header.as_bytes());
-    mac.update(record);
-    mac.finalize().into_bytes().into()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() != 64 || !text.is_ascii() {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-        .collect()
-}
-
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
@@ -280,7 +254,10 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope::KeyId;
+    use crate::keystore::VersionMaterial;
     use crate::transfer::PeerConfig;
+    use agent_proto::KeyState;
 
     fn pin(name: &str, key: &TransportKey) -> Peers {
         Peers::new(&[PeerConfig {
@@ -298,22 +275,45 @@ mod tests {
         )
     }
 
+    fn material(kek: u8) -> KeyMaterial {
+        KeyMaterial {
+            id: KeyId([9; 16]),
+            name: "app-db".to_string(),
+            created: 1,
+            state: KeyState::Enabled,
+            min_decryption_version: 1,
+            versions: vec![
+                VersionMaterial {
+                    number: 1,
+                    created: 1,
+                    kek: None,
+                },
+                VersionMaterial {
+                    number: 2,
+                    created: 2,
+                    kek: Some(Zeroizing::new([kek; 32])),
+                },
+            ],
+        }
+    }
+
     #[test]
     fn a_file_from_a_pinned_source_opens_on_its_destination() {
         let (a, b) = hosts();
-        let file = seal(&a, pin("b", &b).by_name("b").unwrap(), b"the record").unwrap();
+        let file = seal(&a, pin("b", &b).by_name("b").unwrap(), &material(7)).unwrap();
         let opened = open(&b, &pin("a", &a), &file).unwrap();
         assert_eq!(opened.source.name(), "a");
-        assert_eq!(&opened.record[..], b"the record");
-        // The plaintext is not in the file.
-        assert!(find(&file, b"the record").is_none());
+        assert_eq!(opened.material.name, "app-db");
+        assert!(opened.material.versions[0].kek.is_none());
+        assert_eq!(opened.material.versions[1].kek.as_deref(), Some(&[7u8; 32]));
+        assert!(find(&file, b"app-db").is_none(), "nothing in clear");
     }
 
     #[test]
     fn a_file_for_another_host_is_refused_naming_this_hosts_key() {
         let (a, b) = hosts();
         let c = TransportKey::generate().unwrap().0;
-        let file = seal(&a, pin("b", &b).by_name("b").unwrap(), b"r").unwrap();
+        let file = seal(&a, pin("b", &b).by_name("b").unwrap(), &material(1)).unwrap();
         let err = open(&c, &pin("a", &a), &file).unwrap_err();
         assert!(matches!(err, FileError::NotForThisHost { .. }), "{err}");
         assert!(err.to_string().contains(c.fingerprint()), "{err}");
@@ -323,27 +323,25 @@ mod tests {
     fn a_file_from_an_unpinned_source_is_refused() {
         let (a, b) = hosts();
         let c = TransportKey::generate().unwrap().0;
-        let file = seal(&c, pin("b", &b).by_name("b").unwrap(), b"r").unwrap();
+        let file = seal(&c, pin("b", &b).by_name("b").unwrap(), &material(1)).unwrap();
         let err = open(&b, &pin("a", &a), &file).unwrap_err();
         assert!(matches!(err, FileError::UnknownSource { .. }), "{err}");
         assert!(err.to_string().contains(c.fingerprint()), "{err}");
     }
 
     /// Someone who knows only the public transport keys encrypts a file to
-    /// B claiming to come from A: the MAC does not verify.
+    /// B claiming to come from A: the record's MAC does not verify.
     #[test]
     fn a_forged_file_claiming_a_pinned_source_is_refused() {
         let (a, b) = hosts();
         let forger = TransportKey::generate().unwrap().0;
-        let header = header(a.recipient(), b.recipient());
         let key = mac_key(&forger, b.recipient(), a.recipient(), b.recipient()).unwrap();
-        let tag = mac(&key, &header, b"planted");
-        let text = format!("{header}mac {}\n\nplanted", hex(&tag));
-        let file = age::encrypt(
-            pin("b", &b).by_name("b").unwrap().recipient(),
-            text.as_bytes(),
-        )
-        .unwrap();
+        let record = record::encode(&material(3), 1, &key).unwrap();
+        let mut text = header(a.recipient(), b.recipient()).into_bytes();
+        text.push(b'\n');
+        text.extend_from_slice(&record);
+        let to_b = pin("b", &b);
+        let file = age::encrypt(to_b.by_name("b").unwrap().recipient(), &text).unwrap();
         let err = open(&b, &pin("a", &a), &file).unwrap_err();
         assert!(matches!(err, FileError::Tampered(_)), "{err}");
     }
@@ -351,7 +349,7 @@ mod tests {
     #[test]
     fn a_flipped_bit_or_a_cut_file_is_refused() {
         let (a, b) = hosts();
-        let file = seal(&a, pin("b", &b).by_name("b").unwrap(), &[7u8; 2000]).unwrap();
+        let file = seal(&a, pin("b", &b).by_name("b").unwrap(), &material(5)).unwrap();
         let peers = pin("a", &a);
         for at in [10, file.len() / 2, file.len() - 1] {
             let mut bad = file.clone();
@@ -365,14 +363,15 @@ mod tests {
     }
 
     /// A → B and B → A derive different MAC keys: a file cannot be
-    /// reflected.
+    /// reflected; both ends of A → B derive the same one.
     #[test]
     fn the_direction_is_bound() {
         let (a, b) = hosts();
-        let ab = mac_key(&a, b.recipient(), a.recipient(), b.recipient()).unwrap();
-        let ba = mac_key(&a, b.recipient(), b.recipient(), a.recipient()).unwrap();
-        let ab_on_b = mac_key(&b, a.recipient(), a.recipient(), b.recipient()).unwrap();
-        assert_eq!(*ab, *ab_on_b);
-        assert_ne!(*ab, *ba);
+        let tag = |key: MacKey| key.tag_hex(b"x");
+        let ab = tag(mac_key(&a, b.recipient(), a.recipient(), b.recipient()).unwrap());
+        let ba = tag(mac_key(&a, b.recipient(), b.recipient(), a.recipient()).unwrap());
+        let ab_on_b = tag(mac_key(&b, a.recipient(), a.recipient(), b.recipient()).unwrap());
+        assert_eq!(ab, ab_on_b);
+        assert_ne!(ab, ba);
     }
 }

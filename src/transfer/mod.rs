@@ -14,44 +14,35 @@
 //! hostkms-transfer 1
 //! source age1…            the exporting host's transport key
 //! destination age1…       the importing host's transport key
-//! mac <64 hex digits>     HMAC-SHA256, see below
 //!
-//! <the key record>        the recovery record format (format 1)
+//! { "format": 1, … }      the key record (crate::recovery::record, format 1)
 //! ```
 //!
 //! age has no sender authentication: anyone who knows a host's public
-//! transport key can encrypt a file to it. So the file is authenticated
-//! by the MAC, keyed by HKDF-SHA256 over X25519(source secret,
-//! destination public) (= X25519(destination secret, source public)),
-//! salt "hostkms transfer v1", info "source ‖ destination" transport
-//! keys: only the holder of one of the two transport keys can make it. The
-//! importer takes the file only when its `source` is the transport key of a
-//! peer pinned in its own config whose globs cover the key, and the MAC
-//! verifies under the key it derives from its own secret and that pinned
-//! public key.
+//! transport key can encrypt a file to it. So the record's MAC (the
+//! recovery record's own `mac` field) is keyed not by the bundle identity
+//! but by HKDF-SHA256 over X25519(source secret, destination public)
+//! (= X25519(destination secret, source public)), salt "hostkms transfer
+//! v1", info "source <age1…> destination <age1…>": only the holder of one
+//! of the two transport keys can make it, and a changed `source` or
+//! `destination` line changes the key. The importer takes the file only
+//! when its `source` is the transport key of a peer pinned in its own
+//! config whose globs cover the key, and the record verifies under the key
+//! it derives from its own secret and that pinned public key.
 
 mod file;
 mod peers;
-mod record;
 
-pub use file::{ExportFile, FileError, MAX_RECORD, open, seal};
+pub use crate::recovery::agefile::fingerprint;
+pub use file::{ExportFile, FileError, open, seal};
 pub use peers::{MAX_PEER_NAME, Peer, PeerConfig, PeerError, Peers, check_peer_name};
-pub use record::{RecordError, decode_record, encode_record};
 
 use std::str::FromStr;
 
 use age::secrecy::ExposeSecret;
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::keystore::{KeyStore, SecretName, StoreError};
-
-/// A recipient's fingerprint: the first 16 hex digits of SHA-256 over the
-/// recipient string (`age1…`), as the manifest, status, audit and CLI show it.
-pub fn fingerprint(recipient: &str) -> String {
-    let digest = Sha256::digest(recipient.as_bytes());
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// Why the transport key could not be had.
 #[derive(Debug, thiserror::Error)]

@@ -9,9 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use agent_proto::{ClientError, EncryptionContext, ErrorCode};
+use agent_proto::{ClientError, EncryptionContext, ErrorCode, KeyState};
+use hostkms::envelope::KeyId;
+use hostkms::keystore::{KeyMaterial, VersionMaterial};
+use hostkms::recovery::record::{self, MacKey};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use zeroize::Zeroizing;
 
 use crate::harness::{
     Daemon, DaemonConfig, DaemonFiles, Grant, Swtpm, cli, cli_as, ok, stderr, text,
@@ -441,16 +445,27 @@ fn a_file_for_another_host_a_changed_byte_an_unpinned_source_or_a_planted_file_i
 
     // Planted: whoever knows the two public transport keys writes a file
     // to B that claims to come from A, with a key of their choosing.
-    let record = format!(
-        "{{\"format\":\"hostkms key record\",\"version\":1,\"id\":\"{}\",\"name\":\"app-planted\",\"created\":1,\"state\":\"enabled\",\"min_decryption_version\":1,\"versions\":[{{\"number\":1,\"created\":1,\"kek\":\"{}\"}}]}}",
-        "ab".repeat(16),
-        "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE="
-    );
+    let planted_key = KeyMaterial {
+        id: KeyId([0xab; 16]),
+        name: "app-planted".to_string(),
+        created: 1,
+        state: KeyState::Enabled,
+        min_decryption_version: 1,
+        versions: vec![VersionMaterial {
+            number: 1,
+            created: 1,
+            kek: Some(Zeroizing::new([0x41; 32])),
+        }],
+    };
+    // The forger's best MAC key: anything but the X25519 agreement of A
+    // and B, which takes a secret it lacks.
+    let guess = MacKey::from_bytes(Zeroizing::new([0x42; 32]));
+    let record = record::encode(&planted_key, 1, &guess).unwrap();
     let plaintext = format!(
-        "hostkms-transfer 1\nsource {}\ndestination {}\nmac {}\n\n{record}",
+        "hostkms-transfer 1\nsource {}\ndestination {}\n\n{}",
         a.recipient,
         b.recipient,
-        "00".repeat(32)
+        String::from_utf8(record.to_vec()).unwrap()
     );
     let to_b: age::x25519::Recipient = b.recipient.parse().unwrap();
     let planted = age::encrypt(&to_b, plaintext.as_bytes()).unwrap();
