@@ -558,6 +558,22 @@ mod tests {
     }
 
     #[test]
+    fn an_import_grant_on_some_key_is_what_import_asks_first() {
+        let mut importer = grant(&["app-*"], &["import"]);
+        importer.uids = vec![1001];
+        let mut wrapper = grant(&["app-*"], &["wrap", "export"]);
+        wrapper.uids = vec![1002];
+        let (policy, _) = Policy::new(&[importer, wrapper], &[]).unwrap();
+        let (imports, wraps) = (peer(1001, 1001, &[], None), peer(1002, 1002, &[], None));
+        assert!(policy.allows_on_some_key(&imports, Operation::Import));
+        assert!(!policy.allows_on_some_key(&wraps, Operation::Import));
+        assert!(policy.allows_on_some_key(&peer(0, 0, &[], None), Operation::Import));
+        assert!(policy.allows(&imports, Operation::Import, "app-db"));
+        assert!(!policy.allows(&imports, Operation::Import, "payroll"));
+        assert!(policy.allows(&wraps, Operation::Export, "app-db"));
+    }
+
+    #[test]
     fn root_and_admin_groups_are_admins() {
         let (policy, missing) =
             Policy::new(&[], &["root".to_string(), "no-such-group-hk".to_string()]).unwrap();

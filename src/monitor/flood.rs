@@ -211,6 +211,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn requests_any_peer_may_send_are_limited_and_changes_are_not() {
+        for op in [
+            Operation::Ping,
+            Operation::Status,
+            Operation::List,
+            Operation::TransportKey,
+        ] {
+            assert_eq!(Limited::of(op, None), Some(Limited::OpenRequest), "{op}");
+        }
+        for op in [Operation::Export, Operation::Import, Operation::Wrap] {
+            assert_eq!(Limited::of(op, None), None, "{op}");
+        }
+    }
+
+    #[test]
     fn a_flood_logs_a_few_and_counts_the_rest_exactly() {
         let gate = FloodGate::default();
         let start = Instant::now();
