@@ -341,6 +341,33 @@ fn a_key_id_that_clashes_is_refused_and_a_version_revoked_here_never_comes_back(
     assert!(message.contains(&hex(ours.id)), "{message}");
     assert_eq!(on_b.describe_key("app-db").unwrap().id, ours.id);
 
+    // The same key rotated apart on the two hosts: version 2 differs, and
+    // the import is refused rather than either version overwritten.
+    on_a.create_key("app-split").unwrap();
+    let file = out_file(&dir, "app-split");
+    ok(export(&a, "app-split", "b", &file));
+    ok(import(&b, &file));
+    on_a.rotate("app-split").unwrap();
+    let on_b_v2 = on_b.rotate("app-split").unwrap();
+    let b_v2 = on_b
+        .wrap("app-split", b"B's v2", &ctx)
+        .unwrap()
+        .ciphertext
+        .into_bytes();
+    ok(export(&a, "app-split", "b", &file));
+    refused(
+        &import(&b, &file),
+        "its version 2 holds different key material",
+    );
+    assert_eq!(
+        on_b.describe_key("app-split").unwrap().latest_version,
+        on_b_v2.latest_version
+    );
+    assert_eq!(
+        on_b.unwrap(&b_v2, &ctx, None).unwrap().plaintext.expose(),
+        b"B's v2"
+    );
+
     // A version B revoked stays revoked when A sends its key again.
     on_a.create_key("app-x").unwrap();
     let v1 = on_a
