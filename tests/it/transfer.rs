@@ -226,6 +226,24 @@ fn a_key_exported_to_a_pinned_peer_unwraps_there_and_importing_again_changes_not
         stderr(&again)
     );
     ok(export(&a, "app-db", "b", &file));
+    // A symbolic link at FILE is an existing file without --force, and is
+    // replaced, never followed, with it.
+    let victim = out_file(&dir, "victim");
+    std::fs::write(&victim, b"keep me").unwrap();
+    let link = out_file(&dir, "link");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let out = a.cli(&[
+        "export",
+        "app-db",
+        "--to",
+        "b",
+        "--out",
+        link.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    ok(export(&a, "app-db", "b", &link));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_file());
 
     // Both sides audited, with the peer and its fingerprint.
     let log_a = a.daemon.log();
