@@ -18,7 +18,8 @@ use nix::unistd::Pid;
 use zeroize::Zeroizing;
 
 use crate::harness::{
-    Daemon, DaemonConfig, DaemonFiles, Grant, Swtpm, cli, cli_as, ok, stderr, text,
+    Daemon, DaemonConfig, DaemonFiles, Grant, Swtpm, cli, cli_as, ensure_journald, field,
+    journal_of_stopped, ok, stderr, text, with_id,
 };
 
 const NOBODY: u32 = 65534;
@@ -40,13 +41,19 @@ impl Host {
 
     /// With `public`, a socket other uids can reach (mode 0666).
     fn start_with(config: DaemonConfig, public: bool) -> Host {
+        Host::start_logging(config, public, "stderr")
+    }
+
+    /// Logging to `target` (`stderr` or `journal`).
+    fn start_logging(config: DaemonConfig, public: bool, target: &str) -> Host {
         let tpm = Swtpm::start();
         let files = if public {
             DaemonFiles::with_public_socket(&tpm.tcti(), &config)
         } else {
             DaemonFiles::new(&tpm.tcti(), &config)
         };
-        let daemon = Daemon::start(&files).unwrap_or_else(|log| panic!("start hostkmsd: {log}"));
+        let daemon = Daemon::start_with_env(&files, &[], &[("HOSTKMS_LOG_TARGET", target)])
+            .unwrap_or_else(|log| panic!("start hostkmsd: {log}"));
         let printed = text(&ok(cli(&daemon.socket, &["transport-key"])));
         let line = |label: &str| {
             printed
@@ -521,4 +528,71 @@ fn a_file_for_another_host_a_changed_byte_an_unpinned_source_or_a_planted_file_i
 
     // The genuine file still imports.
     ok(import(&b, &file));
+}
+
+/// The audit trail of both directions in a real journald: the export and
+/// the import events with the key, the peer's name and its transport key's
+/// fingerprint, at priority warning.
+#[test]
+fn exports_and_imports_are_journal_events_naming_the_peer_and_its_fingerprint() {
+    const KEY_EXPORTED: &str = "12c4e514adcf4786ba7cc953997b64a2";
+    const KEY_IMPORTED: &str = "de27b4d0ea4d4deea0179c5860a70ad8";
+    ensure_journald();
+    let b = Host::start(DaemonConfig::new());
+    let a = Host::start_logging(
+        DaemonConfig::new().transfer("db-b", &b.recipient, &["app-*"]),
+        false,
+        "journal",
+    );
+    b.reconfigure(DaemonConfig::new().transfer("db-a", &a.recipient, &["app-*"]));
+    let dir = tempfile::tempdir().unwrap();
+    a.daemon.client().create_key("app-out").unwrap();
+    let file = out_file(&dir, "out");
+    ok(export(&a, "app-out", "db-b", &file));
+    ok(import(&b, &file));
+    let mut on_b = b.daemon.client();
+    on_b.create_key("app-in").unwrap();
+    on_b.rotate("app-in").unwrap();
+    ok(export(&b, "app-in", "db-a", &file));
+    ok(import(&a, &file));
+
+    let Host { daemon, .. } = a;
+    let scope = daemon.journal_scope();
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    let entries = journal_of_stopped(&scope);
+    let exported = with_id(&entries, KEY_EXPORTED);
+    assert_eq!(exported.len(), 1, "{entries:#?}");
+    let imported = with_id(&entries, KEY_IMPORTED);
+    assert_eq!(imported.len(), 1, "{entries:#?}");
+    for (event, key, versions) in [(exported[0], "app-out", "1"), (imported[0], "app-in", "2")] {
+        assert_eq!(field(event, "HOSTKMS_KEY"), Some(key), "{event}");
+        assert_eq!(
+            field(event, "HOSTKMS_KEY_VERSION"),
+            Some(versions),
+            "{event}"
+        );
+        assert_eq!(
+            field(event, "HOSTKMS_TRANSFER_PEER"),
+            Some("db-b"),
+            "{event}"
+        );
+        assert_eq!(
+            field(event, "HOSTKMS_TRANSFER_FINGERPRINT"),
+            Some(b.fingerprint.as_str()),
+            "{event}"
+        );
+        assert_eq!(field(event, "HOSTKMS_PEER_UID"), Some("0"), "{event}");
+        assert_eq!(field(event, "PRIORITY"), Some("4"), "{event}");
+    }
+    assert_eq!(field(imported[0], "HOSTKMS_ADDED_VERSIONS"), Some("2"));
+    // And the requests themselves, as every request is.
+    let ops: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| field(e, "HOSTKMS_OP"))
+        .collect();
+    assert!(
+        ops.contains(&"export") && ops.contains(&"import"),
+        "{ops:?}"
+    );
 }
