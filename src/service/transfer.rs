@@ -69,8 +69,9 @@ impl Service {
         let transport = Arc::clone(self.transport()?);
         let store = Arc::clone(&self.store);
         let target = target.clone();
+        let fingerprint = target.fingerprint().to_string();
         let name = key.to_string();
-        let (material, file) = tokio::task::spawn_blocking(move || {
+        let (summary, file) = tokio::task::spawn_blocking(move || {
             let keys = store.keys();
             let key = keys
                 .by_name(&name)
@@ -90,17 +91,12 @@ impl Service {
                 format!("the export did not finish: {e}"),
             )
         })??;
-        let peers = self.transfer.load();
-        let fingerprint = peers
-            .by_name(destination)
-            .map(|p| p.fingerprint().to_string())
-            .unwrap_or_default();
         audit::exported(
             peer,
             &Transfer {
                 key,
-                latest_version: material.latest_version,
-                live_versions: material.live_versions,
+                latest_version: summary.latest_version,
+                live_versions: summary.live_versions,
                 peer_name: destination,
                 peer_fingerprint: &fingerprint,
             },
