@@ -153,6 +153,10 @@ fn out_file(dir: &tempfile::TempDir, name: &str) -> PathBuf {
 #[test]
 fn a_key_exported_to_a_pinned_peer_unwraps_there_and_importing_again_changes_nothing() {
     let (a, b) = pair(&["app-db*"]);
+    let json: serde_json::Value =
+        serde_json::from_slice(&ok(b.cli(&["--json", "transport-key"]))).unwrap();
+    assert_eq!(json["recipient"], b.recipient.as_str());
+    assert_eq!(json["fingerprint"], b.fingerprint.as_str());
     let ctx = EncryptionContext::from([("table".to_string(), "users".to_string())]);
     let mut on_a = a.daemon.client();
     on_a.create_key("app-db").unwrap();
