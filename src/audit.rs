@@ -58,6 +58,9 @@ pub const GRANT_DISABLED: &str = "9f10fe38bd23484c914438a7f0775736";
 pub const KEY_EXPORTED: &str = "12c4e514adcf4786ba7cc953997b64a2";
 /// A key's material was imported from a pinned transfer peer.
 pub const KEY_IMPORTED: &str = "de27b4d0ea4d4deea0179c5860a70ad8";
+/// An operator accepted a key store its rollback binding refused
+/// (`hostkmsd accept-rollback`).
+pub const ROLLBACK_ACCEPTED: &str = "e443d75e72c74b83b7b5c0c86a8f686f";
 
 /// The tracing target of request and life events.
 const AUDIT_TARGET: &str = "hostkms::audit";
@@ -504,6 +507,35 @@ pub fn stopped(requests: u64) {
         MESSAGE_ID = DAEMON_STOPPED,
         HOSTKMS_REQUESTS = requests,
         "stopped after {requests} requests"
+    );
+}
+
+/// `hostkmsd accept-rollback` accepted the key store at `path` as it is.
+pub fn rollback_accepted(
+    path: &str,
+    accepted: &crate::keystore::RollbackAccepted,
+    keys: usize,
+    versions: usize,
+) {
+    let previous = accepted
+        .previous
+        .map_or_else(|| "none".to_string(), |row| row.counter.to_string());
+    tracing::event!(
+        target: AUDIT_TARGET,
+        Level::WARN,
+        MESSAGE_ID = ROLLBACK_ACCEPTED,
+        HOSTKMS_KEY_STORE = path,
+        HOSTKMS_NV_INDEX = format_args!("{:#010x}", accepted.index),
+        HOSTKMS_STORE_COUNTER = %previous,
+        HOSTKMS_TPM_COUNTER = accepted.counter,
+        HOSTKMS_NEW_COUNTER = accepted.new_counter,
+        HOSTKMS_KEYS = keys,
+        HOSTKMS_VERSIONS = versions,
+        HOSTKMS_PROBLEM = %accepted.problem,
+        "accept-rollback: {path} accepted as it is ({keys} keys, {versions} versions); rollback counter {:#010x} at {} (the store had recorded {previous}){}",
+        accepted.index,
+        accepted.counter,
+        if accepted.new_counter { ", a new counter" } else { "" }
     );
 }
 

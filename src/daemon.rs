@@ -16,7 +16,7 @@ use crate::config::{
     AccessConfig, Config, LISTENER_KEYS, ListenerConfig, Overrides, STATE_DIR_KEYS, TPM_KEYS,
     TpmConfig,
 };
-use crate::keystore::{Kek, KeyStore, StoreError, TpmEntropy};
+use crate::keystore::{Kek, KeyStore, RollbackStart, StoreError, TpmEntropy};
 use crate::rootkey::{self, Origin, RootKey, RootKeyError};
 use crate::server::{self, BoundSocket, Heartbeat, LiveLimits, ServerError};
 use crate::service::{Service, WorkerProbe};
@@ -97,6 +97,7 @@ fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Resul
     log_disabled_grants(&config.access);
     let check = root_key.check_value();
     let store = open_store(&state_dir, &root_key, tpm, &config.tpm)?;
+    check_rollback(&store, tpm, &config.tpm)?;
     // The store holds the keys derived from the root key; the root key itself
     // is needed no longer and is wiped here rather than kept for the daemon's life.
     drop(root_key);
@@ -212,6 +213,48 @@ fn load_transport_key(service: &Service) {
     }
 }
 
+/// Checks the key store against its TPM rollback counter (binding a new
+/// store to a new one), before anything is served, and logs what it found.
+fn check_rollback(
+    store: &KeyStore,
+    tpm: &Arc<TpmWorker>,
+    settings: &TpmConfig,
+) -> Result<(), DaemonError> {
+    match store.bind_rollback(tpm, settings.start_timeout, settings.timeout)? {
+        RollbackStart::Bound {
+            index,
+            counter,
+            existing: false,
+        } => tracing::info!(
+            nv_index = format_args!("{index:#010x}"),
+            counter,
+            "bound the new key store to a TPM NV counter (rollback protection)"
+        ),
+        RollbackStart::Bound {
+            index,
+            counter,
+            existing: true,
+        } => tracing::warn!(
+            nv_index = format_args!("{index:#010x}"),
+            counter,
+            "the key store had no rollback binding (made before hostkms had one); bound it to a new TPM NV counter. Rollbacks to copies older than now are detected from here on"
+        ),
+        RollbackStart::Level { index, counter } => tracing::info!(
+            nv_index = format_args!("{index:#010x}"),
+            counter,
+            "the key store matches its TPM rollback counter"
+        ),
+        RollbackStart::CaughtUp { index, from, to } => tracing::warn!(
+            nv_index = format_args!("{index:#010x}"),
+            from,
+            to,
+            "the TPM rollback counter was {} behind the key store (changes committed before a crash or while the TPM was away); brought it level",
+            to - from
+        ),
+    }
+    Ok(())
+}
+
 /// The socket systemd passed, or the configured one bound here. Needs the
 /// runtime.
 fn bind_listener(
@@ -294,6 +337,20 @@ async fn stop(service: &Arc<Service>, tpm: &Arc<TpmWorker>) {
             "could not write exact encryption counts (the reserved upper bounds stand): {e}"
         ),
         Err(e) => tracing::warn!("could not write exact encryption counts: {e}"),
+    }
+    let store_service = Arc::clone(service);
+    let pending = tokio::task::spawn_blocking(move || {
+        store_service
+            .store()
+            .settle_rollback_counter(TPM_SHUTDOWN_WAIT)
+    })
+    .await
+    .unwrap_or(0);
+    if pending > 0 {
+        tracing::warn!(
+            pending,
+            "stopping with {pending} increments of the TPM rollback counter pending (the TPM does not answer); the next start makes them"
+        );
     }
     let worker = Arc::clone(tpm);
     let ended = tokio::task::spawn_blocking(move || worker.shutdown(TPM_SHUTDOWN_WAIT))

@@ -9,6 +9,7 @@
 //! key; [`systemd`] speaks to the service manager; [`monitor`] counts
 //! requests and raises alerts.
 
+pub mod accept_rollback;
 pub mod admission;
 pub mod audit;
 pub mod cli_args;

@@ -102,6 +102,7 @@ impl From<StoreError> for Refusal {
             StoreError::Tpm(_) => ErrorCode::TpmUnavailable,
             StoreError::Tampered { .. }
             | StoreError::WrongRootKey { .. }
+            | StoreError::Rollback(_)
             | StoreError::Database { .. }
             | StoreError::Random(_) => {
                 tracing::error!("key store failure: {error}");

@@ -214,6 +214,7 @@ pub fn status_human(status: &StatusInfo) -> String {
         "root key check:   {}",
         printable(&status.root_key_check)
     );
+    let _ = writeln!(out, "rollback counter: {}", rollback_line(&status.rollback));
     let counter = |name: &str| status.counters.get(name).copied().unwrap_or(0);
     for (label, name) in [
         ("keys:", counters::KEYS),
@@ -248,6 +249,26 @@ pub fn status_human(status: &StatusInfo) -> String {
         }
     }
     out
+}
+
+/// The key store's binding to its TPM NV counter, in one line.
+fn rollback_line(rollback: &agent_proto::RollbackStatus) -> String {
+    if !rollback.bound {
+        return "not bound (an older copy of keystore.db put back would not be noticed)"
+            .to_string();
+    }
+    let mut line = format!(
+        "NV index {:#010x}, at {}",
+        rollback.nv_index, rollback.store_counter
+    );
+    if rollback.pending_increments > 0 {
+        let _ = write!(
+            line,
+            "; {} increments pending (the TPM has not made them yet: until it does, putting an older keystore.db back would go unnoticed)",
+            rollback.pending_increments
+        );
+    }
+    line
 }
 
 /// The `requests.<op>.<result>` counters as (op, result, count), with the
@@ -700,6 +721,27 @@ mod tests {
             recovery: Default::default(),
             rollback: Default::default(),
         }
+    }
+
+    #[test]
+    fn status_shows_the_rollback_binding_and_pending_increments() {
+        let mut status = sample_status();
+        assert!(
+            status_human(&status).contains("rollback counter: not bound"),
+            "{}",
+            status_human(&status)
+        );
+        status.rollback.bound = true;
+        status.rollback.nv_index = 0x0100_4b00;
+        status.rollback.store_counter = 7;
+        let text = status_human(&status);
+        assert!(
+            text.contains("rollback counter: NV index 0x01004b00, at 7\n"),
+            "{text}"
+        );
+        status.rollback.pending_increments = 2;
+        let text = status_human(&status);
+        assert!(text.contains("at 7; 2 increments pending"), "{text}");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hostkms::audit::LogTarget;
-use hostkms::cli_args::Args;
+use hostkms::cli_args::{Args, Command};
 use hostkms::config::{DEFAULT_CONFIG_PATH, Overrides};
 use hostkms::daemon::ConfigSource;
 
@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         required,
         overrides,
     };
+    let command = args.command;
     let config = match source.load() {
         Ok(config) => config,
         Err(e) => {
@@ -45,6 +46,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::AcceptRollback) = command {
+        return match hostkms::accept_rollback::run(&config) {
+            Ok(report) => {
+                print!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match hostkms::daemon::run(config, source) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -61,6 +61,10 @@ pub enum StoreError {
         /// The check value of the unsealed root key.
         root_check: String,
     },
+    /// The store's binding to its TPM counter refuses it: a rollback or a
+    /// deletion was detected, or the counter is unusable.
+    #[error(transparent)]
+    Rollback(#[from] super::rollback::RollbackError),
     /// SQLite failed.
     #[error("key store {path}: {source}")]
     Database {

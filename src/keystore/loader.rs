@@ -11,7 +11,9 @@ use arc_swap::ArcSwap;
 
 use super::db::{Database, DbError, KeyRow, SecretRow, Stored, VersionRow};
 use super::sealing::{SEALED_KEK_LEN, StoreSecrets};
-use super::{EntropySource, Kek, Key, KeyStore, Keys, StoreError, Version, Writer};
+use super::{
+    EntropySource, Kek, Key, KeyStore, Keys, SecretName, StoreError, Version, Writer, rollback,
+};
 use crate::envelope::KeyId;
 use crate::rootkey::RootKey;
 use crate::state_dir::{KEYSTORE_DB, StateDir};
@@ -21,10 +23,35 @@ impl KeyStore {
     /// verifying each row and opening each KEK under `root`. New KEKs will
     /// mix OS randomness with randomness from `entropy` (in the daemon a
     /// [`TpmEntropy`](super::TpmEntropy)), which is started once the store has loaded.
+    ///
+    /// A store bound to a TPM counter must match the digest of its keys
+    /// recorded with the binding ([`StoreError::Rollback`] when a key or
+    /// version was deleted or replayed); the counter itself is checked by
+    /// [`KeyStore::bind_rollback`].
     pub fn open(
         dir: &StateDir,
         root: &RootKey,
         entropy: Arc<dyn EntropySource>,
+    ) -> Result<KeyStore, StoreError> {
+        KeyStore::open_with(dir, root, entropy, false)
+    }
+
+    /// Opens the store for `hostkmsd accept-rollback`: as
+    /// [`KeyStore::open`], but a binding that does not match the rows is
+    /// kept as a problem to report rather than refused.
+    pub fn open_accepting_rollback(
+        dir: &StateDir,
+        root: &RootKey,
+        entropy: Arc<dyn EntropySource>,
+    ) -> Result<KeyStore, StoreError> {
+        KeyStore::open_with(dir, root, entropy, true)
+    }
+
+    fn open_with(
+        dir: &StateDir,
+        root: &RootKey,
+        entropy: Arc<dyn EntropySource>,
+        accepting: bool,
     ) -> Result<KeyStore, StoreError> {
         let path = dir.file(KEYSTORE_DB);
         let shown = path.display().to_string();
@@ -58,18 +85,46 @@ impl KeyStore {
         let (key_rows, version_rows) = db.load().map_err(db_error)?;
         let keys = load_keys(&shown, &secrets, key_rows, version_rows)?;
         let sealed = load_secrets(&shown, &secrets, db.load_secrets().map_err(db_error)?)?;
+        let auth_name = SecretName::RollbackAuth.as_str();
+        let auth =
+            match sealed.get(auth_name) {
+                Some(value) => Some(secrets.open_secret(auth_name, value).map_err(|_| {
+                    StoreError::Tampered {
+                        path: shown.clone(),
+                        key: format!("(secret {auth_name:?})"),
+                        detail: "does not open under the root key".to_string(),
+                    }
+                })?),
+                None => None,
+            };
+        let binding = rollback::load_binding(
+            &shown,
+            db.meta(rollback::ROLLBACK_META).map_err(db_error)?,
+            auth.as_deref().map(Vec::as_slice),
+            &keys,
+            accepting,
+        )?;
         entropy.start();
-        Ok(KeyStore {
+        let store = KeyStore {
             keys: ArcSwap::from_pointee(keys),
             writer: Mutex::new(Writer {
                 db,
                 secrets,
+                rollback: binding.row,
+                rollback_key: binding.key,
+                fresh: created,
+                rollback_problem: binding.problem,
                 sealed,
             }),
             entropy,
             sink: std::sync::OnceLock::new(),
             path,
-        })
+            rollback: rollback::Rollback::default(),
+        };
+        if let Some(row) = binding.row {
+            store.rollback.record(&row);
+        }
+        Ok(store)
     }
 }
 

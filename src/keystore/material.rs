@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use agent_proto::{KeyState, RecoveryStatus, RollbackStatus};
+use agent_proto::{KeyState, RecoveryStatus};
 use zeroize::Zeroizing;
 
 use super::db::{self, SecretRow};
@@ -217,11 +217,6 @@ impl KeyStore {
         self.sink
             .get()
             .map_or_else(RecoveryStatus::default, |sink| sink.status())
-    }
-
-    /// What `Status` says about rollback protection.
-    pub fn rollback_status(&self) -> RollbackStatus {
-        RollbackStatus::default()
     }
 
     /// The secret `name`, unsealed, if the store holds one.

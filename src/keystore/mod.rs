@@ -20,7 +20,9 @@
 //! canonical encodings), `sealing` (the keys derived from the root key),
 //! `entropy` ([`EntropySource`] and the TPM reserve), `kek` (a KEK in memory),
 //! `material` (keys in clear for recovery and transfer, the change sink,
-//! and the sealed secrets), `import` (a key from another host).
+//! and the sealed secrets), `import` (a key from another host),
+//! `rollback` (the binding to a TPM NV counter:
+//! its row, the key-set digest, the start check, the background increments).
 
 mod db;
 mod entropy;
@@ -32,6 +34,7 @@ mod kek;
 mod loader;
 mod material;
 mod model;
+mod rollback;
 mod sealing;
 #[cfg(test)]
 mod tests;
@@ -50,6 +53,9 @@ pub use import::Imported;
 pub use kek::Kek;
 pub use material::{Change, ChangeSink, KeyMaterial, SecretName, VersionMaterial};
 pub use model::{Key, Keys, Version, check_name};
+pub use rollback::{
+    MAX_CATCH_UP, RollbackAccepted, RollbackError, RollbackRow, RollbackStart, key_set_digest,
+};
 
 use db::{Database, DbError};
 use sealing::StoreSecrets;
@@ -62,6 +68,14 @@ pub const RESERVATION_STEP: u64 = 1 << 14;
 struct Writer {
     db: Database,
     secrets: StoreSecrets,
+    /// The store's binding to its TPM counter; `None` until bound.
+    rollback: Option<rollback::RollbackRow>,
+    /// The key that MACs the binding row; `None` until bound.
+    rollback_key: Option<rollback::RowKey>,
+    /// Whether the store was created by this open.
+    fresh: bool,
+    /// Opened for `accept-rollback`: why a start would have refused it.
+    rollback_problem: String,
     /// The `secrets` table, verified and still sealed, by name.
     sealed: std::collections::BTreeMap<String, Vec<u8>>,
 }
@@ -75,6 +89,8 @@ pub struct KeyStore {
     /// Told of every change before it is answered (the recovery directory).
     sink: std::sync::OnceLock<Arc<dyn ChangeSink>>,
     path: PathBuf,
+    /// The binding to the TPM counter, and the increments pending.
+    rollback: rollback::Rollback,
 }
 
 impl std::fmt::Debug for KeyStore {

@@ -16,6 +16,7 @@ use super::db::{self, VersionRow};
 use super::sealing::{KEK_LEN, SEALED_KEK_LEN};
 use super::{
     Change, Kek, Key, KeyStore, Keys, RESERVATION_STEP, StoreError, Version, Writer, check_name,
+    rollback,
 };
 use crate::envelope::KeyId;
 
@@ -35,8 +36,11 @@ fn random<const N: usize>() -> Result<Zeroizing<[u8; N]>, StoreError> {
 
 impl KeyStore {
     /// Writes `key`'s row and `versions`' rows in one durable transaction,
-    /// publishes `key` in a new snapshot, and tells the change sink (the
-    /// recovery directory) before returning, so before the answer.
+    /// with the store's rollback binding (`S + 1` when the change
+    /// `reduces_access`, and the digest of the new snapshot), then publishes
+    /// `key` in a new snapshot, and tells the change sink (the recovery
+    /// directory) before returning, so before the answer. The TPM counter
+    /// is counted up afterwards, in the background.
     pub(super) fn commit(
         &self,
         writer: &mut Writer,
@@ -54,6 +58,10 @@ impl KeyStore {
                 (row, mac)
             })
             .collect();
+        let key = Arc::new(key);
+        let mut next = Keys::clone(&self.keys.load());
+        next.insert(Arc::clone(&key));
+        let rollback = Self::next_rollback_row(writer, &next, change.reduces_access());
         writer
             .db
             .transaction(|tx| {
@@ -61,13 +69,16 @@ impl KeyStore {
                 for (row, mac) in &version_rows {
                     db::put_version(tx, row, mac)?;
                 }
+                if let Some((_, text)) = &rollback {
+                    rollback::put_row(tx, text)?;
+                }
                 Ok(())
             })
             .map_err(|e| self.db_error(e))?;
-        let key = Arc::new(key);
-        let mut next = Keys::clone(&self.keys.load());
-        next.insert(Arc::clone(&key));
         self.keys.store(Arc::new(next));
+        if let Some((row, _)) = rollback {
+            self.rollback_committed(writer, row);
+        }
         self.notify(writer, &key, change);
         Ok(key)
     }

@@ -11,12 +11,14 @@
 //! waited for with a deadline, so a TPM that stops answering costs a caller
 //! a bounded wait and never wedges anything else.
 
+mod nv;
 mod primary;
 mod sealed;
 mod stale;
 mod tcti;
 mod worker;
 
+pub use nv::{NV_AUTH_LEN, NV_COUNTER_FIRST, NV_COUNTER_LAST, NvCounterError};
 pub use primary::{PERSISTENT_SRK, tpm2_tools_ecc_template};
 pub use sealed::{BlobError, Part as BlobPart, SealedBlobs};
 pub use stale::{flush_stale, has_resource_manager};

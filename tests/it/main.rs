@@ -30,6 +30,7 @@ mod packaged_config;
 mod peer_identity;
 mod permissions;
 mod protocol;
+mod rollback;
 mod root_key;
 mod state_dir;
 mod systemd;

@@ -262,7 +262,12 @@ mod tests {
         assert!(daemon.contains(".SH DESCRIPTION\n\\fBhostkmsd\\fR seals a root key"));
         assert!(daemon.contains("\\-\\-state\\-dir"), "{daemon}");
         assert!(daemon.contains(".SH SIGNALS") && daemon.contains(".I /var/lib/hostkms"));
-        assert!(!daemon.contains(".SH COMMANDS"), "{daemon}");
+        // The daemon's offline tasks are its commands.
+        assert!(daemon.contains(".SH COMMANDS"), "{daemon}");
+        assert!(
+            daemon.contains(".SS \"hostkmsd accept\\-rollback\""),
+            "{daemon}"
+        );
         assert_eq!(HOSTKMSD.file_name(), "hostkmsd.8");
     }
 
