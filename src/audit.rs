@@ -53,6 +53,8 @@ pub const CONFIG_RELOADED: &str = "c8d9b9f895044afdab796f25231a8980";
 pub const CONFIG_RELOAD_FAILED: &str = "fd310359d92c424cafb28af3f8b58d68";
 /// A grant names a user or group that does not resolve: it is out of force.
 pub const GRANT_DISABLED: &str = "9f10fe38bd23484c914438a7f0775736";
+/// The root key was rotated: the key store is sealed under a new root key.
+pub const ROOT_KEY_ROTATED: &str = "9da5932d438442bd826e39170b2844a8";
 
 /// A key's material was exported to a pinned transfer peer.
 pub const KEY_EXPORTED: &str = "12c4e514adcf4786ba7cc953997b64a2";
@@ -559,6 +561,40 @@ pub fn reload_failed(problem: &dyn std::fmt::Display) {
         Level::ERROR,
         MESSAGE_ID = CONFIG_RELOAD_FAILED,
         "reload failed, the running config stays in force: {problem}"
+    );
+}
+
+/// The root key was rotated by `peer`: the key store (`keys` keys,
+/// `versions` versions) is sealed under the root key `new_check` instead
+/// of `old_check`. `in_place` is false when the new key's blobs are still
+/// `root-next.*` (the next start renames them).
+pub fn root_key_rotated(
+    peer: &Peer,
+    old_check: &str,
+    new_check: &str,
+    keys: u32,
+    versions: u32,
+    in_place: bool,
+) {
+    let pending = if in_place {
+        ""
+    } else {
+        "; its blobs are still root-next.*, the next start puts them in place"
+    };
+    tracing::event!(
+        target: AUDIT_TARGET,
+        Level::WARN,
+        MESSAGE_ID = ROOT_KEY_ROTATED,
+        HOSTKMS_OLD_ROOT_KEY_CHECK = old_check,
+        HOSTKMS_ROOT_KEY_CHECK = new_check,
+        HOSTKMS_KEYS = keys,
+        HOSTKMS_VERSIONS = versions,
+        HOSTKMS_ROOT_BLOBS_IN_PLACE = in_place,
+        HOSTKMS_PEER_UID = peer.uid,
+        HOSTKMS_PEER_PID = peer.pid,
+        HOSTKMS_PEER_UNIT = peer.unit.as_deref(),
+        "root key rotated by uid {}: {keys} keys ({versions} versions) re-sealed under root key {new_check}, was {old_check}{pending}",
+        peer.uid
     );
 }
 

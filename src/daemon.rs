@@ -17,7 +17,7 @@ use crate::config::{
     TpmConfig,
 };
 use crate::keystore::{Kek, KeyStore, RollbackStart, StoreError, TpmEntropy};
-use crate::rootkey::{self, Origin, RootKey, RootKeyError};
+use crate::rootkey::{self, Origin, RootKey, RootKeyError, TpmRootSealer};
 use crate::server::{self, BoundSocket, Heartbeat, LiveLimits, ServerError};
 use crate::service::{Service, WorkerProbe};
 use crate::state_dir::{StateDir, StateDirError, StateDirLock};
@@ -95,20 +95,22 @@ fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Resul
     let root_key = load_root_key(&state_dir, tpm, &config.tpm)?;
     warn_missing_admin_groups(&config.access);
     log_disabled_grants(&config.access);
-    let check = root_key.check_value();
     let store = open_store(&state_dir, &root_key, tpm, &config.tpm)?;
     check_rollback(&store, tpm, &config.tpm)?;
     // The store holds the keys derived from the root key; the root key itself
     // is needed no longer and is wiped here rather than kept for the daemon's life.
     drop(root_key);
-    let service = Arc::new(Service::new(
-        check,
-        store,
-        config.access.policy.clone(),
-        config.service,
-        config.alerts,
-        Arc::new(WorkerProbe::new(Arc::clone(tpm), config.tpm.timeout)),
-    ));
+    let sealer = TpmRootSealer::new(state_dir.clone(), Arc::clone(tpm), config.tpm.timeout);
+    let service = Arc::new(
+        Service::new(
+            store,
+            config.access.policy.clone(),
+            config.service,
+            config.alerts,
+            Arc::new(WorkerProbe::new(Arc::clone(tpm), config.tpm.timeout)),
+        )
+        .with_root_sealer(Arc::new(sealer)),
+    );
     service.set_transfer_peers(config.transfer.clone());
     load_transport_key(&service);
 
@@ -142,7 +144,19 @@ fn load_root_key(
     tpm: &TpmWorker,
     settings: &TpmConfig,
 ) -> Result<RootKey, DaemonError> {
-    let (root_key, origin) = rootkey::load_or_create(state_dir, tpm, settings.start_timeout)?;
+    // Only an interrupted root-key rotation needs the store's word on
+    // which root key is in force.
+    let store_check = if rootkey::rotation_interrupted(state_dir) {
+        KeyStore::recorded_root_key_check(state_dir)?
+    } else {
+        None
+    };
+    let (root_key, origin) = rootkey::load_or_complete(
+        state_dir,
+        tpm,
+        settings.start_timeout,
+        store_check.as_deref(),
+    )?;
     let check = root_key.check_value();
     match origin {
         Origin::Created => tracing::info!(
@@ -154,6 +168,16 @@ fn load_root_key(
             root_key_check = %check,
             state_dir = %state_dir.path().display(),
             "unsealed root key"
+        ),
+        Origin::RotationDiscarded => tracing::warn!(
+            root_key_check = %check,
+            state_dir = %state_dir.path().display(),
+            "unsealed root key; an interrupted root-key rotation was rolled back, this key stays in force"
+        ),
+        Origin::RotationCompleted => tracing::warn!(
+            root_key_check = %check,
+            state_dir = %state_dir.path().display(),
+            "unsealed root key; an interrupted root-key rotation was completed, this new key is in force"
         ),
     }
     if !root_key.is_locked() {

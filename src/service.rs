@@ -20,11 +20,12 @@ use zeroize::Zeroizing;
 
 use crate::audit::{self, Subject};
 use crate::envelope::{self, InvalidCiphertext};
-use crate::keystore::{Key, KeyStore, StoreError, Version};
+use crate::keystore::{Key, KeyStore, RootRotation, StoreError, Version};
 use crate::monitor::flood::Limited;
 use crate::monitor::{AlertKind, AlertThresholds, Monitor};
 use crate::peer::Peer;
 use crate::policy::{PeerClass, Policy};
+use crate::rootkey::{RootKeyError, RootSealer};
 use crate::transfer::{Peers, TransportKey};
 
 #[cfg(test)]
@@ -100,6 +101,13 @@ impl From<StoreError> for Refusal {
             StoreError::InvalidArgument(_) => ErrorCode::InvalidArgument,
             StoreError::Changed(_) => ErrorCode::Busy,
             StoreError::Tpm(_) => ErrorCode::TpmUnavailable,
+            StoreError::RotationRunning => ErrorCode::Busy,
+            StoreError::RootKey(e) => match e.as_ref() {
+                RootKeyError::TpmUnavailable(_) => ErrorCode::TpmUnavailable,
+                RootKeyError::RotationPending { .. } => ErrorCode::Busy,
+                _ => ErrorCode::Internal,
+            },
+            StoreError::RootKeyNotInPlace { .. } => ErrorCode::Internal,
             StoreError::Tampered { .. }
             | StoreError::WrongRootKey { .. }
             | StoreError::Rollback(_)
@@ -130,7 +138,8 @@ pub struct PendingAudit {
 
 impl PendingAudit {
     /// Whether the decided request changed the key store (a key created,
-    /// rotated, revoked, disabled, enabled or given a minimum version): the
+    /// rotated, revoked, disabled, enabled or given a minimum version, or
+    /// the store re-sealed under a new root key): the
     /// change is durable before the answer is encoded, so it stands even
     /// when the answer is lost.
     pub fn changed_keys(&self) -> bool {
@@ -144,6 +153,7 @@ impl PendingAudit {
                     | Operation::Enable
                     | Operation::MinDecryptionVersion
                     | Operation::Import
+                    | Operation::RotateRoot
             )
     }
 }
@@ -159,8 +169,9 @@ pub fn outcome_of(response: &Response) -> Option<ErrorCode> {
 /// The daemon's state that requests act on.
 #[derive(Debug)]
 pub struct Service {
-    root_key_check: String,
     store: Arc<KeyStore>,
+    /// Seals new root keys for `RotateRoot`; `None` where there is no TPM.
+    root_sealer: Option<Arc<dyn RootSealer>>,
     policy: ArcSwap<Policy>,
     limits: ArcSwap<ServiceLimits>,
     started: Instant,
@@ -173,11 +184,10 @@ pub struct Service {
 }
 
 impl Service {
-    /// A service over a key store opened under the root key whose check
-    /// value is `root_key_check`; `Status` asks `tpm` whether the TPM
-    /// answers (in the daemon a [`WorkerProbe`]).
+    /// A service over a key store opened under the root key; `Status` asks
+    /// `tpm` whether the TPM answers (in the daemon a [`WorkerProbe`]).
+    /// Without [`Service::with_root_sealer`] it cannot rotate the root key.
     pub fn new(
-        root_key_check: String,
         store: KeyStore,
         policy: Policy,
         limits: ServiceLimits,
@@ -185,8 +195,8 @@ impl Service {
         tpm: Arc<dyn TpmProbe>,
     ) -> Service {
         Service {
-            root_key_check,
             store: Arc::new(store),
+            root_sealer: None,
             policy: ArcSwap::from_pointee(policy),
             limits: ArcSwap::from_pointee(limits),
             started: Instant::now(),
@@ -207,6 +217,13 @@ impl Service {
     /// counts (returns false for a later one).
     pub fn set_transport_key(&self, key: TransportKey) -> bool {
         self.transport.set(Arc::new(key)).is_ok()
+    }
+
+    /// The service with `sealer` to seal new root keys for `RotateRoot`
+    /// (in the daemon a [`crate::rootkey::TpmRootSealer`]).
+    pub fn with_root_sealer(mut self, sealer: Arc<dyn RootSealer>) -> Service {
+        self.root_sealer = Some(sealer);
+        self
     }
 
     /// The key store, for start-up and shutdown bookkeeping.
@@ -444,11 +461,15 @@ impl Service {
             Request::TransportKey => self.transport_key_info(),
             Request::ExportKey { key, destination } => self.export(peer, &key, &destination).await,
             Request::ImportKey { file } => self.import(peer, file, subject).await,
-            // Owned by the engineers of issue 10's parts, who replace these.
-            Request::RotateRoot => Err(Refusal::new(
-                ErrorCode::NotImplemented,
-                format!("{op} is not implemented by this daemon yet"),
-            )),
+            Request::RotateRoot => {
+                let rotation = self.rotate_root(peer).await?;
+                Ok(Response::RootRotated(agent_proto::RootRotation {
+                    old_check: rotation.old_check,
+                    new_check: rotation.new_check,
+                    keys: rotation.keys,
+                    versions: rotation.versions,
+                }))
+            }
         }
     }
 
@@ -502,6 +523,68 @@ impl Service {
             ErrorCode::PermissionDenied,
             format!("uid {} may not {op} with key {shown:?}", peer.uid),
         ))
+    }
+
+    /// Rotates the root key for `peer`, an admin (no grant can allow it):
+    /// the key store's [`KeyStore::rotate_root`] on the blocking pool, with
+    /// the rotation audited. Status shows the new check value from then on.
+    async fn rotate_root(&self, peer: &Peer) -> Result<RootRotation, Refusal> {
+        if !self.is_admin(peer) {
+            return Err(Refusal::new(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "uid {} may not rotate the root key: only admins (root and the admin_groups) may, and no grant can allow it",
+                    peer.uid
+                ),
+            ));
+        }
+        let Some(sealer) = self.root_sealer.clone() else {
+            return Err(Refusal::new(
+                ErrorCode::Internal,
+                "this service has no TPM to seal a new root key to",
+            ));
+        };
+        let store = Arc::clone(&self.store);
+        let rotated = tokio::task::spawn_blocking(move || store.rotate_root(sealer.as_ref()))
+            .await
+            .map_err(|e| {
+                Refusal::new(
+                    ErrorCode::Internal,
+                    format!("the root-key rotation did not finish: {e}"),
+                )
+            })?;
+        match rotated {
+            Ok(rotation) => {
+                audit::root_key_rotated(
+                    peer,
+                    &rotation.old_check,
+                    &rotation.new_check,
+                    rotation.keys,
+                    rotation.versions,
+                    true,
+                );
+                Ok(rotation)
+            }
+            Err(error) => {
+                if let StoreError::RootKeyNotInPlace {
+                    old_check,
+                    new_check,
+                    ..
+                } = &error
+                {
+                    let keys = self.store.keys();
+                    audit::root_key_rotated(
+                        peer,
+                        old_check,
+                        new_check,
+                        keys.len() as u32,
+                        keys.version_count() as u32,
+                        false,
+                    );
+                }
+                Err(error.into())
+            }
+        }
     }
 
     /// Runs a key-store change on the blocking pool and answers with the
@@ -795,7 +878,7 @@ impl Service {
                 agent_proto::counters::VERSIONS.to_string(),
                 keys.version_count() as u64,
             );
-            (counters, self.root_key_check.clone())
+            (counters, self.store.root_key_check().to_string())
         } else {
             (Default::default(), String::new())
         };
@@ -834,5 +917,7 @@ mod refusal_tests {
     }
 }
 
+#[cfg(test)]
+mod rotate_root_tests;
 #[cfg(test)]
 mod tests;

@@ -17,6 +17,13 @@ use atomic_write_file::unix::OpenOptionsExt as _;
 pub const ROOT_PUB: &str = "root.pub";
 /// The sealed root key's private part (TPM2B_PRIVATE).
 pub const ROOT_PRIV: &str = "root.priv";
+/// The public part of the next root key while a root-key rotation is
+/// under way: written before the key store is re-sealed, renamed over
+/// [`ROOT_PUB`] once it has been (see `rootkey` for the protocol).
+pub const ROOT_NEXT_PUB: &str = "root-next.pub";
+/// The private part of the next root key while a rotation is under way;
+/// renamed over [`ROOT_PRIV`] once the key store has been re-sealed.
+pub const ROOT_NEXT_PRIV: &str = "root-next.priv";
 /// The key store (SQLite), whose keys are encrypted under the root key.
 pub const KEYSTORE_DB: &str = "keystore.db";
 /// The name of the lock file in the state dir: the lock holder's pid, for
@@ -56,6 +63,17 @@ pub enum StateDirError {
     #[error("cannot write {}: {source}; nothing was replaced", path.display())]
     Write {
         /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file in it could not be renamed or removed, or the directory
+    /// could not be synced afterwards.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Update {
+        /// What was being done ("rename root-next.priv over root.priv").
+        action: String,
+        /// The file (or the directory, for a failed sync).
         path: PathBuf,
         /// Why.
         source: std::io::Error,
@@ -218,6 +236,46 @@ impl StateDir {
             .map_err(write_error)?;
         file.write_all(bytes).map_err(write_error)?;
         file.commit().map_err(write_error)
+    }
+
+    /// Renames file `from` over file `to` (atomically: `to` is the old file
+    /// or the new one, never neither) and syncs the directory, so the rename
+    /// survives a crash once this returns.
+    pub fn replace(&self, from: &str, to: &str) -> Result<(), StateDirError> {
+        fs::rename(self.file(from), self.file(to)).map_err(|source| StateDirError::Update {
+            action: format!("rename {from} over {to} in"),
+            path: self.path.clone(),
+            source,
+        })?;
+        self.sync()
+    }
+
+    /// Removes file `name` if it exists, and syncs the directory so the
+    /// removal survives a crash once this returns.
+    pub fn remove(&self, name: &str) -> Result<(), StateDirError> {
+        let path = self.file(name);
+        match fs::remove_file(&path) {
+            Ok(()) => self.sync(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StateDirError::Update {
+                action: "remove".to_string(),
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Syncs the directory itself: its entries (renames, removals, and the
+    /// deletion of SQLite's journal that commits a transaction) are durable
+    /// afterwards.
+    pub fn sync(&self) -> Result<(), StateDirError> {
+        fs::File::open(&self.path)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|source| StateDirError::Update {
+                action: "sync the directory".to_string(),
+                path: self.path.clone(),
+                source,
+            })
     }
 }
 
@@ -519,6 +577,23 @@ mod tests {
         assert_eq!(dir.read("x", 10).unwrap(), b"defg");
         let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary files are left behind");
+    }
+
+    #[test]
+    fn replaces_and_removes_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(&tmp.path().join("s")).unwrap();
+        dir.write_private("a", b"old").unwrap();
+        dir.write_private("b", b"new").unwrap();
+        dir.replace("b", "a").unwrap();
+        assert_eq!(dir.read("a", 10).unwrap(), b"new");
+        assert!(!dir.contains("b"));
+        let missing = dir.replace("b", "a").unwrap_err().to_string();
+        assert!(missing.contains("rename b over a in"), "{missing}");
+        assert_eq!(dir.read("a", 10).unwrap(), b"new");
+        dir.remove("a").unwrap();
+        assert!(!dir.contains("a"));
+        dir.remove("a").unwrap();
     }
 
     #[test]

@@ -62,6 +62,10 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// Rotate the root key (admins only): seal a new root key to the TPM
+    /// and re-seal every key under it. Ciphertexts are unaffected. Prints
+    /// the old and the new root key check value.
+    RotateRoot,
     /// Create a key at version 1.
     CreateKey {
         /// Key name: 1 to 128 of A-Z a-z 0-9 . _ -

@@ -99,6 +99,15 @@ fn run(cli: &Cli) -> Result<(), CliError> {
                 None => write_stdout(text.as_bytes()),
             }
         }
+        Command::RotateRoot => {
+            let rotation = daemon.connect()?.rotate_root()?;
+            let text = if json {
+                output::json_line(&rotation).map_err(json_error)?
+            } else {
+                output::root_rotation_human(&rotation)
+            };
+            write_stdout(text.as_bytes())
+        }
         Command::CreateKey { name } => print_key(&daemon.connect()?.create_key(name)?, json),
         Command::List => {
             let keys = daemon.connect()?.list_keys()?;

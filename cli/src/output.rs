@@ -4,7 +4,9 @@
 use std::fmt::Write as _;
 
 use agent_proto::counters::{self, RequestResult};
-use agent_proto::{DataKey, KeyInfo, KeyState, StatusInfo, Unwrapped, VersionState, Wrapped};
+use agent_proto::{
+    DataKey, KeyInfo, KeyState, RootRotation, StatusInfo, Unwrapped, VersionState, Wrapped,
+};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
@@ -175,6 +177,15 @@ pub fn keys_human(keys: &[KeyInfo]) -> String {
         );
     }
     out
+}
+
+/// A root-key rotation for a human: both check values and what was
+/// re-sealed.
+pub fn root_rotation_human(rotation: &RootRotation) -> String {
+    format!(
+        "root key rotated\n  old check value: {}\n  new check value: {}\n  re-sealed:       {} keys, {} versions\nciphertexts are unaffected; back up the state dir again (root.pub, root.priv and keystore.db together)\n",
+        rotation.old_check, rotation.new_check, rotation.keys, rotation.versions
+    )
 }
 
 /// Whether the daemon answered with its health only: peers that are not

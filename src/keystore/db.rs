@@ -12,6 +12,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 
 use crate::envelope::KeyId;
 
+/// The `meta` entry holding the check value of the root key the store is
+/// sealed under.
+pub const ROOT_KEY_CHECK: &str = "root_key_check";
+
 /// Schema version written in the `meta` table.
 pub const SCHEMA_VERSION: i64 = 1;
 
@@ -357,6 +361,16 @@ impl Database {
         tx.commit()?;
         Ok(value)
     }
+}
+
+/// Sets a value of the `meta` table within a transaction.
+pub fn put_meta(tx: &Transaction<'_>, name: &str, value: &str) -> Result<(), DbError> {
+    tx.execute(
+        "INSERT INTO meta (name, value) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        params![name, value],
+    )?;
+    Ok(())
 }
 
 /// Inserts or replaces a key row.

@@ -1,7 +1,8 @@
 //! Why a key-store operation failed: [`StoreError`].
 
 use super::db::DbError;
-use crate::state_dir::{KEYSTORE_DB, ROOT_PRIV, ROOT_PUB};
+use crate::rootkey::RootKeyError;
+use crate::state_dir::{KEYSTORE_DB, ROOT_NEXT_PRIV, ROOT_NEXT_PUB, ROOT_PRIV, ROOT_PUB};
 use crate::tpm::TpmError;
 
 /// Why a key-store operation failed. Names a peer sent are shown quoted and
@@ -79,4 +80,24 @@ pub enum StoreError {
     /// The operating system's RNG failed.
     #[error("the operating system's random number generator failed: {0}")]
     Random(String),
+    /// A new root key could not be sealed for a rotation; the old one
+    /// stays in force.
+    #[error("cannot rotate the root key: {0}; the root key in force is unchanged")]
+    RootKey(Box<RootKeyError>),
+    /// A root-key rotation is already running.
+    #[error("a root-key rotation is already running; wait for it to finish")]
+    RotationRunning,
+    /// The store committed to the new root key, but its blobs could not be
+    /// renamed into place.
+    #[error(
+        "the key store is re-sealed under the new root key {new_check} (was {old_check}), which is in force, but its blobs could not be put in place: {source}. Leave {ROOT_NEXT_PRIV} and {ROOT_NEXT_PUB} where they are: the next start of hostkmsd finishes the renames"
+    )]
+    RootKeyNotInPlace {
+        /// The check value of the root key that was in force.
+        old_check: String,
+        /// The check value of the root key now in force.
+        new_check: String,
+        /// Why the rename failed.
+        source: Box<RootKeyError>,
+    },
 }

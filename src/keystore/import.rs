@@ -170,7 +170,7 @@ impl KeyStore {
             number,
             created,
             kek,
-            sealed,
+            sealed: std::sync::Mutex::new(sealed),
             encryptions: AtomicU64::new(0),
             reserved: AtomicU64::new(0),
             limit_alerted: AtomicBool::new(false),

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use agent_proto::KeyState;
 use arc_swap::ArcSwap;
 
-use super::db::{Database, DbError, KeyRow, SecretRow, Stored, VersionRow};
+use super::db::{Database, DbError, KeyRow, ROOT_KEY_CHECK, SecretRow, Stored, VersionRow};
 use super::sealing::{SEALED_KEK_LEN, StoreSecrets};
 use super::{
     EntropySource, Kek, Key, KeyStore, Keys, SecretName, StoreError, Version, Writer, rollback,
@@ -62,7 +62,7 @@ impl KeyStore {
         let secrets = StoreSecrets::derive(root).map_err(|e| db_error(DbError::Corrupt(e)))?;
         let (mut db, created) = Database::open(&path).map_err(db_error)?;
         let root_check = root.check_value();
-        match db.meta("root_key_check").map_err(db_error)? {
+        match db.meta(ROOT_KEY_CHECK).map_err(db_error)? {
             Some(store_check) if store_check != root_check => {
                 return Err(StoreError::WrongRootKey {
                     path: shown,
@@ -71,9 +71,7 @@ impl KeyStore {
                 });
             }
             Some(_) => {}
-            None if created => db
-                .set_meta("root_key_check", &root_check)
-                .map_err(db_error)?,
+            None if created => db.set_meta(ROOT_KEY_CHECK, &root_check).map_err(db_error)?,
             None => {
                 return Err(StoreError::Tampered {
                     path: shown,
@@ -120,11 +118,33 @@ impl KeyStore {
             sink: std::sync::OnceLock::new(),
             path,
             rollback: rollback::Rollback::default(),
+            root_key_check: ArcSwap::from_pointee(root_check),
+            rotation: Mutex::new(()),
         };
         if let Some(row) = binding.row {
             store.rollback.record(&row);
         }
         Ok(store)
+    }
+}
+
+impl KeyStore {
+    /// The root key check value `keystore.db` in `dir` records, read
+    /// without any key: `None` when there is no store. What decides, at a
+    /// start after an interrupted root-key rotation, which root key is in
+    /// force. Opening the database rolls back a transaction a crash cut
+    /// short, so the value is the committed one.
+    pub fn recorded_root_key_check(dir: &StateDir) -> Result<Option<String>, StoreError> {
+        if !dir.contains(KEYSTORE_DB) {
+            return Ok(None);
+        }
+        let path = dir.file(KEYSTORE_DB);
+        let db_error = |source| StoreError::Database {
+            path: path.display().to_string(),
+            source,
+        };
+        let (db, _) = Database::open(&path).map_err(db_error)?;
+        db.meta(ROOT_KEY_CHECK).map_err(db_error)
     }
 }
 
@@ -230,7 +250,7 @@ fn load_keys(
                 number: version.version,
                 created: version.created,
                 kek,
-                sealed,
+                sealed: Mutex::new(sealed),
                 encryptions: AtomicU64::new(version.encryptions_reserved),
                 reserved: AtomicU64::new(version.encryptions_reserved),
                 limit_alerted: AtomicBool::new(false),

@@ -137,8 +137,8 @@ pub(super) fn material_of(secrets: &StoreSecrets, key: &Key) -> Result<KeyMateri
         .versions
         .iter()
         .map(|version| {
-            let kek = match &version.sealed {
-                Some(sealed) => Some(secrets.open_kek(key.id, version.number, sealed).map_err(
+            let kek = match version.sealed_kek() {
+                Some(sealed) => Some(secrets.open_kek(key.id, version.number, &sealed).map_err(
                     |_| StoreError::Tampered {
                         path: String::from("(memory)"),
                         key: format!("\"{}\" (id {})", key.name, key.id),

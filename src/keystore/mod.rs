@@ -34,6 +34,7 @@ mod kek;
 mod loader;
 mod material;
 mod model;
+mod reseal;
 mod rollback;
 mod sealing;
 #[cfg(test)]
@@ -53,6 +54,7 @@ pub use import::Imported;
 pub use kek::Kek;
 pub use material::{Change, ChangeSink, KeyMaterial, SecretName, VersionMaterial};
 pub use model::{Key, Keys, Version, check_name};
+pub use reseal::RootRotation;
 pub use rollback::{
     MAX_CATCH_UP, RollbackAccepted, RollbackError, RollbackRow, RollbackStart, key_set_digest,
 };
@@ -91,6 +93,11 @@ pub struct KeyStore {
     path: PathBuf,
     /// The binding to the TPM counter, and the increments pending.
     rollback: rollback::Rollback,
+    /// The check value of the root key the store is sealed under.
+    root_key_check: ArcSwap<String>,
+    /// Held for a whole root-key rotation, TPM work included, so two never
+    /// overlap; the writer lock is taken only for the re-sealing itself.
+    rotation: Mutex<()>,
 }
 
 impl std::fmt::Debug for KeyStore {
@@ -103,6 +110,12 @@ impl std::fmt::Debug for KeyStore {
 }
 
 impl KeyStore {
+    /// The check value of the root key the store is sealed under (see
+    /// [`crate::rootkey::RootKey::check_value`]); changes with a rotation.
+    pub fn root_key_check(&self) -> Arc<String> {
+        self.root_key_check.load_full()
+    }
+
     /// The current snapshot of every key.
     pub fn keys(&self) -> Arc<Keys> {
         self.keys.load_full()

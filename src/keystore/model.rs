@@ -2,8 +2,8 @@
 //! ([`Keys`]) sees them, the rows they are stored as, and the key-name rule.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use aes_gcm::Aes256Gcm;
 use agent_proto::{KeyInfo, KeyState, VersionInfo, VersionState};
@@ -25,7 +25,9 @@ pub struct Version {
     pub(super) number: u32,
     pub(super) created: u64,
     pub(super) kek: Option<Kek>,
-    pub(super) sealed: Option<[u8; SEALED_KEK_LEN]>,
+    /// The KEK sealed under the root key in force, as stored; replaced when
+    /// the root key is rotated (under the writer lock, like every write).
+    pub(super) sealed: Mutex<Option<[u8; SEALED_KEK_LEN]>>,
     pub(super) encryptions: AtomicU64,
     pub(super) reserved: AtomicU64,
     /// Whether this process raised the near-the-limit alert for the version.
@@ -91,11 +93,21 @@ impl Version {
             number: self.number,
             created: self.created,
             kek: None,
-            sealed: None,
+            sealed: Mutex::new(None),
             encryptions: AtomicU64::new(count),
             reserved: AtomicU64::new(self.reserved.load(Ordering::Relaxed).max(count)),
             limit_alerted: AtomicBool::new(self.limit_alerted.load(Ordering::Relaxed)),
         }
+    }
+
+    /// The sealed KEK as stored; `None` once revoked.
+    pub(super) fn sealed_kek(&self) -> Option<[u8; SEALED_KEK_LEN]> {
+        *self.sealed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Replaces the sealed KEK after the root key's rotation re-sealed it.
+    pub(super) fn set_sealed_kek(&self, sealed: [u8; SEALED_KEK_LEN]) {
+        *self.sealed.lock().unwrap_or_else(PoisonError::into_inner) = Some(sealed);
     }
 
     pub(super) fn row(&self, key_id: KeyId) -> VersionRow {
@@ -105,7 +117,7 @@ impl Version {
             created: self.created,
             state: u8::from(self.is_revoked()),
             encryptions_reserved: self.reserved.load(Ordering::Relaxed),
-            sealed_kek: self.sealed.map(|s| s.to_vec()),
+            sealed_kek: self.sealed_kek().map(|s| s.to_vec()),
         }
     }
 

@@ -106,7 +106,7 @@ impl KeyStore {
             number,
             created: now(),
             kek: Some(Kek::new(&material)),
-            sealed: Some(sealed),
+            sealed: std::sync::Mutex::new(Some(sealed)),
             encryptions: AtomicU64::new(0),
             reserved: AtomicU64::new(0),
             limit_alerted: AtomicBool::new(false),

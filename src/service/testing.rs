@@ -103,10 +103,8 @@ impl TestServiceBuilder {
     pub fn build(&self, dir: &Path, policy: Policy) -> Result<Service, TestServiceError> {
         let state_dir = StateDir::open(dir)?;
         let root = RootKey::from_bytes_for_tests(self.root_key);
-        let check = root.check_value();
         let store = KeyStore::open(&state_dir, &root, self.entropy.clone())?;
         Ok(Service::new(
-            check,
             store,
             policy,
             self.limits,

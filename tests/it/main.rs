@@ -32,6 +32,7 @@ mod permissions;
 mod protocol;
 mod rollback;
 mod root_key;
+mod rotate_root;
 mod state_dir;
 mod systemd;
 mod tpm_faults;
