@@ -600,3 +600,34 @@ fn exports_and_imports_are_journal_events_naming_the_peer_and_its_fingerprint() 
         "{ops:?}"
     );
 }
+
+/// The transport key is one of the store's sealed secrets: a root-key
+/// rotation re-seals it, so after the rotation and a restart the host has
+/// the same transport key, and a file exported to it before still imports.
+#[test]
+fn the_transport_key_survives_a_root_key_rotation() {
+    let (a, b) = pair(&["app-*"]);
+    let ctx = EncryptionContext::new();
+    let mut on_a = a.daemon.client();
+    on_a.create_key("app-r").unwrap();
+    let ciphertext = on_a
+        .wrap("app-r", b"before", &ctx)
+        .unwrap()
+        .ciphertext
+        .into_bytes();
+    let dir = tempfile::tempdir().unwrap();
+    let file = out_file(&dir, "app-r");
+    ok(export(&a, "app-r", "b", &file));
+    let rotation = b.daemon.client().rotate_root().unwrap();
+    assert_ne!(rotation.old_check, rotation.new_check);
+    let b = restart(b);
+    ok(import(&b, &file));
+    let mut on_b = b.daemon.client();
+    assert_eq!(
+        on_b.unwrap(&ciphertext, &ctx, None)
+            .unwrap()
+            .plaintext
+            .expose(),
+        b"before"
+    );
+}
