@@ -63,6 +63,10 @@ pub const KEY_IMPORTED: &str = "de27b4d0ea4d4deea0179c5860a70ad8";
 /// An operator accepted a key store its rollback binding refused
 /// (`hostkmsd accept-rollback`).
 pub const ROLLBACK_ACCEPTED: &str = "e443d75e72c74b83b7b5c0c86a8f686f";
+/// The recovery bundle identity was escrowed to custodians: at the first
+/// start with `[recovery]`, after the custodians or threshold changed, or
+/// after `hostkmsd rotate-bundle` made a new one.
+pub const RECOVERY_ESCROWED: &str = "98d6c8c8c8bd47a19a8b17745e87228b";
 
 /// The tracing target of request and life events.
 const AUDIT_TARGET: &str = "hostkms::audit";
@@ -611,6 +615,36 @@ pub fn grant_disabled(grant: usize, field: &str, name: &str, problem: &dyn std::
         HOSTKMS_GRANT_FIELD = field,
         HOSTKMS_GRANT_NAME = %shown.escape_debug(),
         "grant #{grant} is disabled, the rest of the config is in force: {problem}"
+    );
+}
+
+/// Audits the escrow of the recovery bundle identity `bundle_recipient` to
+/// `custodians` (their recipients, named with their fingerprints), k of
+/// which must join; `previous` is the identity it replaces, if rotated.
+pub fn recovery_escrowed(
+    dir: &str,
+    bundle_recipient: &str,
+    previous: Option<&str>,
+    custodians: &[String],
+    threshold: u32,
+) {
+    let named: Vec<String> = custodians
+        .iter()
+        .map(|r| format!("{r} ({})", crate::recovery::agefile::fingerprint(r)))
+        .collect();
+    let named = named.join(", ");
+    tracing::event!(
+        target: AUDIT_TARGET,
+        Level::WARN,
+        MESSAGE_ID = RECOVERY_ESCROWED,
+        HOSTKMS_RECOVERY_DIR = dir,
+        HOSTKMS_BUNDLE_RECIPIENT = bundle_recipient,
+        HOSTKMS_PREVIOUS_BUNDLE_RECIPIENT = previous.unwrap_or(""),
+        HOSTKMS_CUSTODIANS = %named,
+        HOSTKMS_THRESHOLD = threshold,
+        "recovery bundle identity {bundle_recipient} escrowed in {dir} to {} custodians, {threshold} of whom must join: {named}{}",
+        custodians.len(),
+        previous.map(|p| format!(" (it replaces {p})")).unwrap_or_default()
     );
 }
 

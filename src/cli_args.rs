@@ -40,6 +40,14 @@ pub enum Command {
     /// prints what is in force. Versions revoked after the copy was taken
     /// are live again until revoked again.
     AcceptRollback,
+    /// Replace the recovery bundle identity (rare; say, after a custodian's
+    /// copy may have leaked).
+    ///
+    /// Run with the daemon stopped: seals a new bundle identity in the key
+    /// store, escrows it to the configured [recovery] custodians and
+    /// re-encrypts every key file of the recovery directory to it. Copies
+    /// of the directory taken before still open with the old identity.
+    RotateBundle,
 }
 
 /// The clap definition of the `hostkmsd` command line, for its man page.

@@ -23,6 +23,7 @@ pub mod peer;
 pub mod policy;
 pub mod recovery;
 pub mod rootkey;
+pub mod rotate_bundle;
 pub mod server;
 pub mod service;
 pub mod state_dir;

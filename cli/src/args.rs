@@ -121,6 +121,18 @@ pub enum Command {
     Rewrap(RewrapArgs),
     /// Measure the daemon's throughput and latency against ping.
     Bench(BenchArgs),
+    /// Write the recovery directory the daemon names in its status as one
+    /// tar file (MANIFEST, custodians/, keys/; everything in it is
+    /// encrypted to the custodians), mode 0600. Run as root or as a member
+    /// of the recovery directory's group.
+    Backup {
+        /// The tar file to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print this host's transport key (age1…) and its fingerprint: what
     /// another host's root pins in a [[transfer]] table to export keys here
     /// and to import keys from here.

@@ -160,6 +160,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
                 })?;
             print_key(&daemon.connect()?.import_key(&bytes)?, json)
         }
+        Command::Backup { out, force } => backup(daemon, out, *force, json),
     }
 }
 
@@ -197,6 +198,30 @@ fn export(daemon: &Daemon, args: &ExportArgs, json: bool) -> Result<(), CliError
             args.out.display(),
             exported.file.len()
         )
+    };
+    write_stdout(text.as_bytes())
+}
+
+/// `backup`: the recovery directory named by the daemon's status, as a tar.
+fn backup(daemon: &Daemon, out: &Path, force: bool, json: bool) -> Result<(), CliError> {
+    let status = daemon.connect()?.status()?;
+    if output::counters_withheld(&status) {
+        return Err(CliError::CountersWithheld {
+            uid: nix::unistd::geteuid().as_raw(),
+        });
+    }
+    if !status.recovery.configured {
+        return Err(CliError::NotRecoverable);
+    }
+    let dir = PathBuf::from(&status.recovery.dir);
+    hostkms_cli::backup::write_backup(&dir, out, force)?;
+    let text = if json {
+        format!(
+            "{}\n",
+            serde_json::json!({ "dir": status.recovery.dir, "out": out.display().to_string() })
+        )
+    } else {
+        format!("wrote a backup of {} to {}\n", dir.display(), out.display())
     };
     write_stdout(text.as_bytes())
 }

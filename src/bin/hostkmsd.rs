@@ -58,6 +58,18 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Command::RotateBundle) = command {
+        return match hostkms::rotate_bundle::run(&config) {
+            Ok(report) => {
+                print!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match hostkms::daemon::run(config, source) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

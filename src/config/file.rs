@@ -54,6 +54,18 @@ pub(super) struct ConfigFile {
     // transfer
     #[serde(default)]
     pub transfer: Vec<Spanned<PeerConfig>>,
+    // recovery
+    pub recovery: Option<Spanned<RecoveryFile>>,
+}
+
+/// The `[recovery]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RecoveryFile {
+    pub recipients: Option<Spanned<Vec<Spanned<String>>>>,
+    pub threshold: Option<Spanned<i64>>,
+    pub dir: Option<Spanned<PathBuf>>,
+    pub group: Option<Spanned<String>>,
 }
 
 /// The `[alerts]` table.

@@ -15,7 +15,7 @@ use proptest::prelude::*;
 const PATH: &str = "/etc/hostkms/config.toml";
 
 /// The top-level fields of the config file.
-const TOP_LEVEL: [&str; 22] = [
+const TOP_LEVEL: [&str; 23] = [
     "socket",
     "socket_mode",
     "socket_group",
@@ -38,6 +38,7 @@ const TOP_LEVEL: [&str; 22] = [
     "grant",
     "alerts",
     "transfer",
+    "recovery",
 ];
 
 /// The fields of the `[alerts]` table.
@@ -62,8 +63,11 @@ const GRANT_FIELDS: [&str; 7] = [
 /// The fields of a `[[transfer]]` table.
 const TRANSFER_FIELDS: [&str; 3] = ["name", "transport_key", "keys"];
 
+/// The fields of the `[recovery]` table.
+const RECOVERY_FIELDS: [&str; 4] = ["recipients", "threshold", "dir", "group"];
+
 /// Whether `field` is a name an `Invalid` error may carry: a top-level
-/// field, `alerts.<field>`, or a grant's field.
+/// field, `alerts.<field>`, `recovery.<field>`, or a grant's field.
 fn is_config_field(field: &str) -> bool {
     TOP_LEVEL.contains(&field)
         || GRANT_FIELDS.contains(&field)
@@ -71,6 +75,9 @@ fn is_config_field(field: &str) -> bool {
         || field
             .strip_prefix("alerts.")
             .is_some_and(|field| ALERT_FIELDS.contains(&field))
+        || field
+            .strip_prefix("recovery.")
+            .is_some_and(|field| RECOVERY_FIELDS.contains(&field))
 }
 
 fn parse(text: &str) -> Result<Config, ConfigError> {

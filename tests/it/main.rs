@@ -30,6 +30,7 @@ mod packaged_config;
 mod peer_identity;
 mod permissions;
 mod protocol;
+mod recovery;
 mod rollback;
 mod root_key;
 mod rotate_root;

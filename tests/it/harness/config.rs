@@ -16,6 +16,7 @@ pub struct DaemonConfig {
     alerts: Table,
     grants: Vec<Grant>,
     transfers: Vec<Table>,
+    recovery: Table,
 }
 
 /// Setters of top-level integer settings, named like the TOML field.
@@ -93,6 +94,23 @@ impl DaemonConfig {
         self
     }
 
+    /// The `[recovery]` table: the custodians' age recipients, the
+    /// threshold and the directory.
+    pub fn recovery(mut self, recipients: &[String], threshold: u64, dir: &Path) -> Self {
+        let recipients = recipients.iter().map(|r| Value::from(r.as_str()));
+        self.recovery
+            .insert("recipients".into(), Value::Array(recipients.collect()));
+        self.recovery.insert("threshold".into(), integer(threshold));
+        self.recovery.insert("dir".into(), Value::from(path(dir)));
+        self
+    }
+
+    /// `group` of the `[recovery]` table (set [`DaemonConfig::recovery`] too).
+    pub fn recovery_group(mut self, group: &str) -> Self {
+        self.recovery.insert("group".into(), Value::from(group));
+        self
+    }
+
     fn integer(mut self, name: &str, value: u64) -> Self {
         self.top.insert(name.into(), integer(value));
         self
@@ -115,6 +133,9 @@ impl DaemonConfig {
         if !self.transfers.is_empty() {
             let transfers = self.transfers.iter().cloned().map(Value::Table);
             table.insert("transfer".into(), Value::Array(transfers.collect()));
+        }
+        if !self.recovery.is_empty() {
+            table.insert("recovery".into(), Value::Table(self.recovery.clone()));
         }
         toml::to_string(&table).expect("a config renders as TOML")
     }
