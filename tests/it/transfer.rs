@@ -631,3 +631,30 @@ fn the_transport_key_survives_a_root_key_rotation() {
         b"before"
     );
 }
+
+/// An import is a key change like any other: on a host with a recovery
+/// directory, the imported key's record and the MANIFEST are written
+/// before the import is answered.
+#[test]
+fn an_imported_key_is_in_the_recovery_directory_when_the_import_is_answered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recovery_dir = tmp.path().join("recovery");
+    let custodian = age::x25519::Identity::generate().to_public().to_string();
+    let with_recovery =
+        || DaemonConfig::new().recovery(std::slice::from_ref(&custodian), 1, &recovery_dir);
+    let a = Host::start(DaemonConfig::new());
+    let b = Host::start(with_recovery());
+    a.reconfigure(DaemonConfig::new().transfer("b", &b.recipient, &["app-*"]));
+    b.reconfigure(with_recovery().transfer("a", &a.recipient, &["app-*"]));
+    let info = a.daemon.client().create_key("app-escrowed").unwrap();
+    let id = hex(info.id);
+    let record = recovery_dir.join("keys").join(format!("{id}.age"));
+    assert!(!record.exists());
+    let dir = tempfile::tempdir().unwrap();
+    let file = out_file(&dir, "app-escrowed");
+    ok(export(&a, "app-escrowed", "b", &file));
+    ok(import(&b, &file));
+    assert!(record.is_file(), "{} after the import", record.display());
+    let manifest = std::fs::read_to_string(recovery_dir.join("MANIFEST")).unwrap();
+    assert!(manifest.contains(&id), "{manifest}");
+}
