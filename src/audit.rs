@@ -60,6 +60,10 @@ pub const RESTORE_FAILED: &str = "cb05f1bc80be4862bc959b256cdd4f63";
 /// The root key was rotated: the key store is sealed under a new root key.
 pub const ROOT_KEY_ROTATED: &str = "9da5932d438442bd826e39170b2844a8";
 
+/// A key's material was exported to a pinned transfer peer.
+pub const KEY_EXPORTED: &str = "12c4e514adcf4786ba7cc953997b64a2";
+/// A key's material was imported from a pinned transfer peer.
+pub const KEY_IMPORTED: &str = "de27b4d0ea4d4deea0179c5860a70ad8";
 /// An operator accepted a key store its rollback binding refused
 /// (`hostkmsd accept-rollback`).
 pub const ROLLBACK_ACCEPTED: &str = "e443d75e72c74b83b7b5c0c86a8f686f";
@@ -415,6 +419,78 @@ pub fn encryption_limit_alert(key: &str, version: u32, count: u64, limit: u64) {
         HOSTKMS_COUNT = count,
         HOSTKMS_LIMIT = limit,
         "alert: version {version} of key {key} made {count} of its {limit} encryptions; it rotates itself at the limit, or rotate it now"
+    );
+}
+
+/// What moved between hosts, for [`exported`] and [`imported`]: the key,
+/// its versions that carried material, and the peer's name and
+/// transport-key fingerprint.
+#[derive(Debug, Clone, Copy)]
+pub struct Transfer<'a> {
+    /// The key's name.
+    pub key: &'a str,
+    /// The key's newest version in the file.
+    pub latest_version: u32,
+    /// How many versions carried material (the rest are tombstones).
+    pub live_versions: usize,
+    /// The `[[transfer]]` peer's name.
+    pub peer_name: &'a str,
+    /// The fingerprint of the peer's transport key.
+    pub peer_fingerprint: &'a str,
+}
+
+/// Logs an export of a key's material to a pinned peer, at priority
+/// notice: key material left the host for good.
+pub fn exported(peer: &Peer, transfer: &Transfer<'_>) {
+    let Transfer {
+        key,
+        latest_version,
+        live_versions,
+        peer_name,
+        peer_fingerprint,
+    } = *transfer;
+    tracing::event!(
+        target: AUDIT_TARGET,
+        Level::WARN,
+        MESSAGE_ID = KEY_EXPORTED,
+        HOSTKMS_KEY = key,
+        HOSTKMS_KEY_VERSION = latest_version,
+        HOSTKMS_LIVE_VERSIONS = live_versions,
+        HOSTKMS_TRANSFER_PEER = peer_name,
+        HOSTKMS_TRANSFER_FINGERPRINT = peer_fingerprint,
+        HOSTKMS_PEER_UID = peer.uid,
+        HOSTKMS_PEER_PID = peer.pid,
+        HOSTKMS_PEER_UNIT = peer.unit.as_deref(),
+        "exported key {key} (versions up to {latest_version}, {live_versions} with material) to transfer peer {peer_name} (transport key {peer_fingerprint}) for uid {}",
+        peer.uid,
+    );
+}
+
+/// Logs an import of a key's material from a pinned peer; `added` counts
+/// the versions the store did not have.
+pub fn imported(peer: &Peer, transfer: &Transfer<'_>, added: usize) {
+    let Transfer {
+        key,
+        latest_version,
+        live_versions,
+        peer_name,
+        peer_fingerprint,
+    } = *transfer;
+    tracing::event!(
+        target: AUDIT_TARGET,
+        Level::WARN,
+        MESSAGE_ID = KEY_IMPORTED,
+        HOSTKMS_KEY = key,
+        HOSTKMS_KEY_VERSION = latest_version,
+        HOSTKMS_LIVE_VERSIONS = live_versions,
+        HOSTKMS_ADDED_VERSIONS = added,
+        HOSTKMS_TRANSFER_PEER = peer_name,
+        HOSTKMS_TRANSFER_FINGERPRINT = peer_fingerprint,
+        HOSTKMS_PEER_UID = peer.uid,
+        HOSTKMS_PEER_PID = peer.pid,
+        HOSTKMS_PEER_UNIT = peer.unit.as_deref(),
+        "imported key {key} (versions up to {latest_version}, {added} new) from transfer peer {peer_name} (transport key {peer_fingerprint}) for uid {}",
+        peer.uid,
     );
 }
 

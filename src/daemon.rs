@@ -116,6 +116,8 @@ fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Resul
         )
         .with_root_sealer(Arc::new(sealer)),
     );
+    service.set_transfer_peers(config.transfer.clone());
+    load_transport_key(&service);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -217,6 +219,28 @@ fn open_store(
         );
     }
     Ok(store)
+}
+
+/// Loads this host's transport key (or makes and seals one at first
+/// start) and logs its recipient. Without it the daemon still serves every
+/// other request; transfer requests then fail, naming this log.
+fn load_transport_key(service: &Service) {
+    match crate::transfer::load_or_create(service.store()) {
+        Ok((key, created)) => {
+            tracing::info!(
+                transport_key = key.recipient(),
+                fingerprint = key.fingerprint(),
+                "{} transport key {} (fingerprint {})",
+                if created { "created" } else { "loaded" },
+                key.recipient(),
+                key.fingerprint()
+            );
+            service.set_transport_key(key);
+        }
+        Err(e) => tracing::error!(
+            "no transport key: keys cannot be exported or imported until this is fixed: {e}"
+        ),
+    }
 }
 
 /// Starts the recovery directory when `[recovery]` is configured (its writer
@@ -547,6 +571,7 @@ impl Reloader {
         let grants = loaded.access.policy.grant_count();
         self.service
             .reconfigure(loaded.access.policy, loaded.service, loaded.alerts);
+        self.service.set_transfer_peers(loaded.transfer);
         audit::reloaded(&self.source.path, grants);
     }
 }

@@ -30,3 +30,4 @@ pub mod service;
 pub mod state_dir;
 pub mod systemd;
 pub mod tpm;
+pub mod transfer;

@@ -20,12 +20,13 @@ use crate::monitor::AlertThresholds;
 use crate::recovery::RecoveryConfig;
 use crate::server::Limits;
 use crate::service::ServiceLimits;
+use crate::transfer::Peers;
 
 use file::{ConfigFile, Source};
 pub use sections::{
     ACCESS_KEYS, ALERTS_KEYS, AccessConfig, DisabledGrantAt, LISTENER_KEYS, ListenerConfig,
     RECOVERY_KEYS, SECTIONS, SERVER_KEYS, SERVICE_KEYS, STATE_DIR_KEYS, SocketGroup, TPM_KEYS,
-    TpmConfig,
+    TRANSFER_KEYS, TpmConfig,
 };
 
 /// Where the packaged daemon reads its configuration.
@@ -96,6 +97,9 @@ pub struct Config {
     pub access: AccessConfig,
     /// When the daemon raises alerts.
     pub alerts: AlertThresholds,
+    /// The hosts keys may be exported to and imported from: the
+    /// `[[transfer]]` tables.
+    pub transfer: Peers,
     /// The recovery directory and custodians; `None`: keys are not
     /// recoverable if the TPM is lost. Only a restart changes it.
     pub recovery: Option<RecoveryConfig>,
@@ -176,6 +180,7 @@ impl Config {
         let listener = sections::listener(&file, &source, overrides)?;
         let access = sections::access(&file, &source)?;
         let state_dir = sections::state_dir(&file, &source, overrides)?;
+        let transfer = sections::transfer(&file, &source)?;
         let recovery = sections::recovery(&file, &source)?;
         Ok(Config {
             listener,
@@ -185,6 +190,7 @@ impl Config {
             service,
             access,
             alerts,
+            transfer,
             recovery,
         })
     }

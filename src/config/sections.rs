@@ -30,6 +30,7 @@ use crate::recovery::{RecoveryConfig, RecoveryGroup, escrow};
 use crate::server::Limits;
 use crate::service::ServiceLimits;
 use crate::tpm::Tcti;
+use crate::transfer::{PeerConfig, Peers};
 
 /// The keys the `listener` section reads.
 pub const LISTENER_KEYS: &[&str] = &["socket", "socket_mode", "socket_group"];
@@ -55,13 +56,15 @@ pub const SERVICE_KEYS: &[&str] = &["max_plaintext", "rotate_after_encryptions"]
 pub const ACCESS_KEYS: &[&str] = &["admin_groups", "grant"];
 /// The keys the `alerts` section reads: the `[alerts]` table.
 pub const ALERTS_KEYS: &[&str] = &["alerts"];
+/// The keys the `transfer` section reads: the `[[transfer]]` tables.
+pub const TRANSFER_KEYS: &[&str] = &["transfer"];
 /// The keys the `recovery` section reads: the `[recovery]` table.
 pub const RECOVERY_KEYS: &[&str] = &["recovery"];
 
 /// Every top-level key of the config file, by the field of
 /// [`Config`](super::Config) (the section) that holds its value. Each key
 /// is in exactly one section.
-pub const SECTIONS: [(&str, &[&str]); 8] = [
+pub const SECTIONS: [(&str, &[&str]); 9] = [
     ("listener", LISTENER_KEYS),
     ("state_dir", STATE_DIR_KEYS),
     ("tpm", TPM_KEYS),
@@ -69,6 +72,7 @@ pub const SECTIONS: [(&str, &[&str]); 8] = [
     ("service", SERVICE_KEYS),
     ("access", ACCESS_KEYS),
     ("alerts", ALERTS_KEYS),
+    ("transfer", TRANSFER_KEYS),
     ("recovery", RECOVERY_KEYS),
 ];
 
@@ -421,6 +425,19 @@ pub(super) fn access(file: &ConfigFile, source: &Source<'_>) -> Result<AccessCon
             Vec::new()
         },
         disabled_grants,
+    })
+}
+
+/// The pinned transfer peers: the `[[transfer]]` tables (none by default:
+/// nothing can be exported or imported).
+pub(super) fn transfer(file: &ConfigFile, source: &Source<'_>) -> Result<Peers, ConfigError> {
+    let tables: Vec<PeerConfig> = file.transfer.iter().map(|t| t.get_ref().clone()).collect();
+    Peers::new(&tables).map_err(|e| {
+        let span = file
+            .transfer
+            .get(e.peer.saturating_sub(1))
+            .map(Spanned::span);
+        source.invalid(span, "transfer", e.to_string())
     })
 }
 

@@ -342,6 +342,32 @@ fn a_state_dir_flag_overrides_the_file_and_an_empty_one_is_refused() {
     assert!(err.contains("empty"), "{err}");
 }
 
+#[test]
+fn transfer_tables_pin_peers_and_a_bad_one_names_its_line() {
+    let key = age::x25519::Identity::generate().to_public().to_string();
+    let config = parse(&format!(
+        "[[transfer]]\nname = \"db-replica-2\"\ntransport_key = \"{key}\"\nkeys = [\"app-db*\"]\n"
+    ))
+    .unwrap();
+    let peer = config.transfer.by_name("db-replica-2").unwrap();
+    assert!(peer.covers("app-db-1"));
+    assert!(parse("").unwrap().transfer.is_empty());
+
+    let err = parse(&format!(
+        "max_frame = 4096\n\n[[transfer]]\nname = \"ok\"\ntransport_key = \"{key}\"\nkeys = [\"a*\"]\n\n\
+         [[transfer]]\nname = \"bad\"\ntransport_key = \"age1nope\"\nkeys = [\"a*\"]\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("line 8"), "{err}");
+    assert!(err.contains("`transfer`"), "{err}");
+    assert!(err.contains("transfer #2: `transport_key`"), "{err}");
+    let unknown = parse("[[transfer]]\nname = \"x\"\ndestination = \"y\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(unknown.contains("destination"), "{unknown}");
+}
+
 /// Two valid age recipients, from generated identities.
 fn two_recipients() -> [String; 2] {
     [(); 2].map(|()| {

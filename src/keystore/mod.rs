@@ -20,13 +20,17 @@
 //! canonical encodings), `sealing` (the keys derived from the root key),
 //! `entropy` ([`EntropySource`] and the TPM reserve), `kek` (a KEK in memory),
 //! `material` (keys in clear for recovery and transfer, the change sink,
-//! and the sealed secrets), `restore` (a backup's keys imported at once),
-//! `rollback` (the binding to a TPM NV counter: its row, the key-set digest,
-//! the start check, the background increments).
+//! and the sealed secrets), `import` (a key from another host), `restore`
+//! (a backup's keys imported at once), `rollback` (the binding to a TPM NV
+//! counter: its row, the key-set digest, the start check, the background
+//! increments).
 
 mod db;
 mod entropy;
 mod error;
+mod import;
+#[cfg(test)]
+mod import_tests;
 mod kek;
 mod loader;
 mod material;
@@ -48,6 +52,7 @@ use arc_swap::ArcSwap;
 pub use entropy::TestEntropy;
 pub use entropy::{EntropySource, TpmEntropy};
 pub use error::StoreError;
+pub use import::Imported;
 pub use kek::Kek;
 pub use material::{Change, ChangeSink, KeyMaterial, SecretName, VersionMaterial};
 pub use model::{Key, Keys, Version, check_name};

@@ -38,3 +38,4 @@ mod rotate_root;
 mod state_dir;
 mod systemd;
 mod tpm_faults;
+mod transfer;

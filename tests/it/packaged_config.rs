@@ -168,6 +168,7 @@ fn the_packaged_config_documents_every_field() {
     for field in &top {
         let shown = match field.as_str() {
             "grant" => PACKAGED.contains("\n#[[grant]]\n"),
+            "transfer" => PACKAGED.contains("\n#[[transfer]]\n"),
             "alerts" => PACKAGED.contains("\n#[alerts]\n"),
             "recovery" => PACKAGED.contains("\n#[recovery]\n"),
             _ => PACKAGED.contains(&format!("\n#{field} = ")),

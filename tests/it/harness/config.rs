@@ -15,6 +15,7 @@ pub struct DaemonConfig {
     top: Table,
     alerts: Table,
     grants: Vec<Grant>,
+    transfers: Vec<Table>,
     recovery: Table,
 }
 
@@ -81,6 +82,18 @@ impl DaemonConfig {
         self
     }
 
+    /// Appends a `[[transfer]]` table: the peer `name` with transport key
+    /// `transport_key`, for the keys `keys` match.
+    pub fn transfer(mut self, name: &str, transport_key: &str, keys: &[&str]) -> Self {
+        let mut table = Table::new();
+        table.insert("name".into(), Value::from(name));
+        table.insert("transport_key".into(), Value::from(transport_key));
+        let keys = keys.iter().map(|&k| Value::from(k)).collect();
+        table.insert("keys".into(), Value::Array(keys));
+        self.transfers.push(table);
+        self
+    }
+
     /// The `[recovery]` table: the custodians' age recipients, the
     /// threshold and the directory.
     pub fn recovery(mut self, recipients: &[String], threshold: u64, dir: &Path) -> Self {
@@ -116,6 +129,10 @@ impl DaemonConfig {
         if !self.grants.is_empty() {
             let grants = self.grants.iter().map(|g| Value::Table(g.0.clone()));
             table.insert("grant".into(), Value::Array(grants.collect()));
+        }
+        if !self.transfers.is_empty() {
+            let transfers = self.transfers.iter().cloned().map(Value::Table);
+            table.insert("transfer".into(), Value::Array(transfers.collect()));
         }
         if !self.recovery.is_empty() {
             table.insert("recovery".into(), Value::Table(self.recovery.clone()));
