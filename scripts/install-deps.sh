@@ -10,6 +10,10 @@ PACKAGES="swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config sqlite3 systemd"
 # come from util-linux, which every Debian has.
 PACKAGES="$PACKAGES debootstrap systemd-container"
 
+# tests/it/recovery.rs: the recovery directory opens with the age CLI alone
+# (age -d), as README "Backup and recovery" documents.
+PACKAGES="$PACKAGES age"
+
 # `make shellcheck` (in make test): the static check of every shell script.
 PACKAGES="$PACKAGES shellcheck"
 

@@ -53,12 +53,24 @@ pub const CONFIG_RELOADED: &str = "c8d9b9f895044afdab796f25231a8980";
 pub const CONFIG_RELOAD_FAILED: &str = "fd310359d92c424cafb28af3f8b58d68";
 /// A grant names a user or group that does not resolve: it is out of force.
 pub const GRANT_DISABLED: &str = "9f10fe38bd23484c914438a7f0775736";
+/// `hostkmsd restore` imported the keys of a backup into this host's store.
+pub const KEYS_RESTORED: &str = "7725a34402704e0ca1961764a810e6a6";
+/// `hostkmsd restore` refused or failed; the store is as it was.
+pub const RESTORE_FAILED: &str = "cb05f1bc80be4862bc959b256cdd4f63";
 /// The root key was rotated: the key store is sealed under a new root key.
 pub const ROOT_KEY_ROTATED: &str = "9da5932d438442bd826e39170b2844a8";
 
+/// A key's material was exported to a pinned transfer peer.
+pub const KEY_EXPORTED: &str = "12c4e514adcf4786ba7cc953997b64a2";
+/// A key's material was imported from a pinned transfer peer.
+pub const KEY_IMPORTED: &str = "de27b4d0ea4d4deea0179c5860a70ad8";
 /// An operator accepted a key store its rollback binding refused
 /// (`hostkmsd accept-rollback`).
 pub const ROLLBACK_ACCEPTED: &str = "e443d75e72c74b83b7b5c0c86a8f686f";
+/// The recovery bundle identity was escrowed to custodians: at the first
+/// start with `[recovery]`, after the custodians or threshold changed, or
+/// after `hostkmsd rotate-bundle` made a new one.
+pub const RECOVERY_ESCROWED: &str = "98d6c8c8c8bd47a19a8b17745e87228b";
 
 /// The tracing target of request and life events.
 const AUDIT_TARGET: &str = "hostkms::audit";
@@ -415,6 +427,78 @@ pub fn encryption_limit_alert(key: &str, version: u32, count: u64, limit: u64) {
     );
 }
 
+/// What moved between hosts, for [`exported`] and [`imported`]: the key,
+/// its versions that carried material, and the peer's name and
+/// transport-key fingerprint.
+#[derive(Debug, Clone, Copy)]
+pub struct Transfer<'a> {
+    /// The key's name.
+    pub key: &'a str,
+    /// The key's newest version in the file.
+    pub latest_version: u32,
+    /// How many versions carried material (the rest are tombstones).
+    pub live_versions: usize,
+    /// The `[[transfer]]` peer's name.
+    pub peer_name: &'a str,
+    /// The fingerprint of the peer's transport key.
+    pub peer_fingerprint: &'a str,
+}
+
+/// Logs an export of a key's material to a pinned peer, at priority
+/// notice: key material left the host for good.
+pub fn exported(peer: &Peer, transfer: &Transfer<'_>) {
+    let Transfer {
+        key,
+        latest_version,
+        live_versions,
+        peer_name,
+        peer_fingerprint,
+    } = *transfer;
+    tracing::event!(
+        target: AUDIT_TARGET,
+        Level::WARN,
+        MESSAGE_ID = KEY_EXPORTED,
+        HOSTKMS_KEY = key,
+        HOSTKMS_KEY_VERSION = latest_version,
+        HOSTKMS_LIVE_VERSIONS = live_versions,
+        HOSTKMS_TRANSFER_PEER = peer_name,
+        HOSTKMS_TRANSFER_FINGERPRINT = peer_fingerprint,
+        HOSTKMS_PEER_UID = peer.uid,
+        HOSTKMS_PEER_PID = peer.pid,
+        HOSTKMS_PEER_UNIT = peer.unit.as_deref(),
+        "exported key {key} (versions up to {latest_version}, {live_versions} with material) to transfer peer {peer_name} (transport key {peer_fingerprint}) for uid {}",
+        peer.uid,
+    );
+}
+
+/// Logs an import of a key's material from a pinned peer; `added` counts
+/// the versions the store did not have.
+pub fn imported(peer: &Peer, transfer: &Transfer<'_>, added: usize) {
+    let Transfer {
+        key,
+        latest_version,
+        live_versions,
+        peer_name,
+        peer_fingerprint,
+    } = *transfer;
+    tracing::event!(
+        target: AUDIT_TARGET,
+        Level::WARN,
+        MESSAGE_ID = KEY_IMPORTED,
+        HOSTKMS_KEY = key,
+        HOSTKMS_KEY_VERSION = latest_version,
+        HOSTKMS_LIVE_VERSIONS = live_versions,
+        HOSTKMS_ADDED_VERSIONS = added,
+        HOSTKMS_TRANSFER_PEER = peer_name,
+        HOSTKMS_TRANSFER_FINGERPRINT = peer_fingerprint,
+        HOSTKMS_PEER_UID = peer.uid,
+        HOSTKMS_PEER_PID = peer.pid,
+        HOSTKMS_PEER_UNIT = peer.unit.as_deref(),
+        "imported key {key} (versions up to {latest_version}, {added} new) from transfer peer {peer_name} (transport key {peer_fingerprint}) for uid {}",
+        peer.uid,
+    );
+}
+
 /// The daemon serves.
 pub fn ready(keys: usize, versions: usize, socket: &str, activated: bool) {
     tracing::event!(
@@ -540,6 +624,101 @@ pub fn grant_disabled(grant: usize, field: &str, name: &str, problem: &dyn std::
         HOSTKMS_GRANT_FIELD = field,
         HOSTKMS_GRANT_NAME = %shown.escape_debug(),
         "grant #{grant} is disabled, the rest of the config is in force: {problem}"
+    );
+}
+
+/// What one `hostkmsd restore` did, for its audit event.
+#[derive(Debug, Clone)]
+pub struct RestoreRecord<'a> {
+    /// The backup it read.
+    pub backup: &'a Path,
+    /// The state dir it wrote.
+    pub state_dir: &'a Path,
+    /// The fingerprint of the bundle identity's recipient.
+    pub bundle: &'a str,
+    /// The fingerprints of the custodians whose identities or shares
+    /// opened it, comma-separated.
+    pub custodians: &'a str,
+    /// The names of the keys added, comma-separated.
+    pub keys: &'a str,
+    /// How many keys were added.
+    pub added: usize,
+    /// How many versions they hold.
+    pub versions: usize,
+    /// Of those, how many are revoked (tombstones).
+    pub revoked_versions: usize,
+    /// The backup's keys left as the store had them (`--merge`).
+    pub kept: usize,
+    /// The check value of this host's root key, which now seals them.
+    pub root_key_check: &'a str,
+}
+
+/// `hostkmsd restore` imported keys.
+pub fn keys_restored(record: &RestoreRecord<'_>) {
+    tracing::event!(
+        target: AUDIT_TARGET,
+        Level::INFO,
+        MESSAGE_ID = KEYS_RESTORED,
+        HOSTKMS_BACKUP = %record.backup.display(),
+        HOSTKMS_STATE_DIR = %record.state_dir.display(),
+        HOSTKMS_BUNDLE_FINGERPRINT = record.bundle,
+        HOSTKMS_CUSTODIANS = record.custodians,
+        HOSTKMS_KEYS = record.added,
+        HOSTKMS_VERSIONS = record.versions,
+        HOSTKMS_REVOKED_VERSIONS = record.revoked_versions,
+        HOSTKMS_KEPT = record.kept,
+        HOSTKMS_KEY_NAMES = record.keys,
+        HOSTKMS_ROOT_KEY_CHECK = record.root_key_check,
+        "restored {} keys ({} versions, {} of them revoked) from {} into {} under root key {}; {} keys of the backup were already in the store and kept as they were",
+        record.added,
+        record.versions,
+        record.revoked_versions,
+        record.backup.display(),
+        record.state_dir.display(),
+        record.root_key_check,
+        record.kept,
+    );
+}
+
+/// `hostkmsd restore` imported nothing, because of `problem`.
+pub fn restore_failed(backup: &Path, problem: &dyn std::fmt::Display) {
+    tracing::event!(
+        target: AUDIT_TARGET,
+        Level::ERROR,
+        MESSAGE_ID = RESTORE_FAILED,
+        HOSTKMS_BACKUP = %backup.display(),
+        "restore from {} imported nothing: {problem}",
+        backup.display()
+    );
+}
+
+/// Audits the escrow of the recovery bundle identity `bundle_recipient` to
+/// `custodians` (their recipients, named with their fingerprints), k of
+/// which must join; `previous` is the identity it replaces, if rotated.
+pub fn recovery_escrowed(
+    dir: &str,
+    bundle_recipient: &str,
+    previous: Option<&str>,
+    custodians: &[String],
+    threshold: u32,
+) {
+    let named: Vec<String> = custodians
+        .iter()
+        .map(|r| format!("{r} ({})", crate::recovery::agefile::fingerprint(r)))
+        .collect();
+    let named = named.join(", ");
+    tracing::event!(
+        target: AUDIT_TARGET,
+        Level::WARN,
+        MESSAGE_ID = RECOVERY_ESCROWED,
+        HOSTKMS_RECOVERY_DIR = dir,
+        HOSTKMS_BUNDLE_RECIPIENT = bundle_recipient,
+        HOSTKMS_PREVIOUS_BUNDLE_RECIPIENT = previous.unwrap_or(""),
+        HOSTKMS_CUSTODIANS = %named,
+        HOSTKMS_THRESHOLD = threshold,
+        "recovery bundle identity {bundle_recipient} escrowed in {dir} to {} custodians, {threshold} of whom must join: {named}{}",
+        custodians.len(),
+        previous.map(|p| format!(" (it replaces {p})")).unwrap_or_default()
     );
 }
 

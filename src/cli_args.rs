@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-/// TPM-backed key-management daemon.
+/// TPM-backed key-management daemon. Without a subcommand it serves; the
+/// subcommands are offline tasks run with the service stopped.
 #[derive(Debug, Parser)]
 #[command(name = "hostkmsd", version, about)]
 pub struct Args {
@@ -40,6 +41,49 @@ pub enum Command {
     /// prints what is in force. Versions revoked after the copy was taken
     /// are live again until revoked again.
     AcceptRollback,
+    /// Replace the recovery bundle identity (rare; say, after a custodian's
+    /// copy may have leaked).
+    ///
+    /// Run with the daemon stopped: seals a new bundle identity in the key
+    /// store, escrows it to the configured [recovery] custodians and
+    /// re-encrypts every key file of the recovery directory to it. Copies
+    /// of the directory taken before still open with the old identity.
+    RotateBundle,
+    /// Restore the keys of a recovery directory or backup tar onto this host.
+    ///
+    /// Every key of the recovery directory, or of a `hostkms backup` tar, is
+    /// imported into this host's store, sealed under this host's TPM, in one
+    /// transaction. Needs as many custodians as the bundle's threshold, each
+    /// as an age identity file (--identity) or as the share its custodian
+    /// decrypted with `age -d` (--share). Run with the daemon stopped.
+    Restore(RestoreArgs),
+}
+
+/// The arguments of `hostkmsd restore`.
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// A custodian's age identity file (from age-keygen); repeat for each
+    /// custodian taking part.
+    #[arg(long = "identity", value_name = "FILE")]
+    pub identities: Vec<PathBuf>,
+    /// A share of the bundle identity, as its custodian decrypted it with
+    /// `age -d -i CUSTODIAN.key custodians/N.age`; repeat for each share.
+    #[arg(long = "share", value_name = "FILE")]
+    pub shares: Vec<PathBuf>,
+    /// Add the backup's keys to a store that already holds keys. An
+    /// existing key id is never overwritten (it is kept as it is and
+    /// skipped); a backup key whose name another key holds is refused.
+    #[arg(long)]
+    pub merge: bool,
+    /// The user the daemon runs as (default: the owner of the state dir,
+    /// or, for a state dir not yet made, the user running the restore).
+    /// When run as root, the restore writes as this user, so every file it
+    /// leaves is that user's.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// The recovery directory, or a tar file written by `hostkms backup`.
+    #[arg(value_name = "BACKUP")]
+    pub backup: PathBuf,
 }
 
 /// The clap definition of the `hostkmsd` command line, for its man page.
@@ -69,9 +113,42 @@ mod tests {
         assert_eq!(args.config, Some(PathBuf::from("/etc/x.toml")));
         assert_eq!(args.tcti.as_deref(), Some("swtpm:port=2321"));
         assert!(args.socket.is_none() && args.state_dir.is_none());
-        assert!(args.command.is_none());
+        assert!(args.command.is_none(), "plain hostkmsd serves");
         let err = Args::try_parse_from(["hostkmsd", "--sockett", "/x"]).expect_err("refused");
         assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
+    }
+
+    #[test]
+    fn restore_takes_identities_shares_and_the_config_after_the_subcommand() {
+        let args = Args::try_parse_from([
+            "hostkmsd",
+            "restore",
+            "--config",
+            "/etc/x.toml",
+            "--identity",
+            "a.key",
+            "--share",
+            "b.share",
+            "--identity",
+            "c.key",
+            "--merge",
+            "/backup.tar",
+        ])
+        .expect("parse");
+        assert_eq!(args.config, Some(PathBuf::from("/etc/x.toml")));
+        let Some(Command::Restore(restore)) = args.command else {
+            panic!("restore expected");
+        };
+        assert_eq!(
+            restore.identities,
+            [PathBuf::from("a.key"), PathBuf::from("c.key")]
+        );
+        assert_eq!(restore.shares, [PathBuf::from("b.share")]);
+        assert!(restore.merge);
+        assert_eq!(restore.backup, PathBuf::from("/backup.tar"));
+        let err = Args::try_parse_from(["hostkmsd", "restore", "--identity", "a.key"])
+            .expect_err("BACKUP is required");
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
     }
 
     #[test]

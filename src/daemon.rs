@@ -13,10 +13,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit;
 use crate::config::{
-    AccessConfig, Config, LISTENER_KEYS, ListenerConfig, Overrides, STATE_DIR_KEYS, TPM_KEYS,
-    TpmConfig,
+    AccessConfig, Config, LISTENER_KEYS, ListenerConfig, Overrides, RECOVERY_KEYS, STATE_DIR_KEYS,
+    TPM_KEYS, TpmConfig,
 };
 use crate::keystore::{Kek, KeyStore, RollbackStart, StoreError, TpmEntropy};
+use crate::recovery::{self, RecoveryConfig, dir::RecoveryWriter};
 use crate::rootkey::{self, Origin, RootKey, RootKeyError, TpmRootSealer};
 use crate::server::{self, BoundSocket, Heartbeat, LiveLimits, ServerError};
 use crate::service::{Service, WorkerProbe};
@@ -48,6 +49,9 @@ pub enum DaemonError {
     /// The socket could not be served.
     #[error(transparent)]
     Server(#[from] ServerError),
+    /// The recovery directory could not be set up.
+    #[error(transparent)]
+    Recovery(#[from] recovery::StartError),
     /// The async runtime or the signal handlers could not be set up.
     #[error("cannot start the runtime: {0}")]
     Runtime(#[from] std::io::Error),
@@ -100,6 +104,7 @@ fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Resul
     // The store holds the keys derived from the root key; the root key itself
     // is needed no longer and is wiped here rather than kept for the daemon's life.
     drop(root_key);
+    let recovery = start_recovery(config.recovery.clone(), &store)?;
     let sealer = TpmRootSealer::new(state_dir.clone(), Arc::clone(tpm), config.tpm.timeout);
     let service = Arc::new(
         Service::new(
@@ -111,6 +116,8 @@ fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Resul
         )
         .with_root_sealer(Arc::new(sealer)),
     );
+    service.set_transfer_peers(config.transfer.clone());
+    load_transport_key(&service);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -128,6 +135,7 @@ fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Resul
             limits: Arc::clone(&limits),
         };
         watch_reloads(reloader, notifier)?;
+        tokio::spawn(watch_recovery(recovery));
         announce_ready(&service, &socket, &config.listener, notifier);
         serve(&socket, &service, limits, shutdown, notifier).await;
         stop(&service, tpm).await;
@@ -211,6 +219,86 @@ fn open_store(
         );
     }
     Ok(store)
+}
+
+/// Loads this host's transport key (or makes and seals one at first
+/// start) and logs its recipient. Without it the daemon still serves every
+/// other request; transfer requests then fail, naming this log.
+fn load_transport_key(service: &Service) {
+    match crate::transfer::load_or_create(service.store()) {
+        Ok((key, created)) => {
+            tracing::info!(
+                transport_key = key.recipient(),
+                fingerprint = key.fingerprint(),
+                "{} transport key {} (fingerprint {})",
+                if created { "created" } else { "loaded" },
+                key.recipient(),
+                key.fingerprint()
+            );
+            service.set_transport_key(key);
+        }
+        Err(e) => tracing::error!(
+            "no transport key: keys cannot be exported or imported until this is fixed: {e}"
+        ),
+    }
+}
+
+/// Starts the recovery directory when `[recovery]` is configured (its writer
+/// then hears of every key change); without it, says the keys are not
+/// recoverable.
+fn start_recovery(
+    config: Option<RecoveryConfig>,
+    store: &KeyStore,
+) -> Result<Option<Arc<RecoveryWriter>>, DaemonError> {
+    let Some(config) = config else {
+        return Ok(None);
+    };
+    let started = std::time::Instant::now();
+    let dir = config.dir.clone();
+    let (custodians, threshold) = (config.recipients.len(), config.threshold);
+    let (recipients, escrow_dir) = (config.recipients.clone(), dir.display().to_string());
+    let (writer, escrowed) = recovery::start(config, store)?;
+    if escrowed {
+        audit::recovery_escrowed(
+            &escrow_dir,
+            writer.bundle_recipient(),
+            None,
+            &recipients,
+            threshold,
+        );
+    }
+    tracing::info!(
+        dir = %dir.display(),
+        custodians,
+        threshold,
+        bundle_recipient = writer.bundle_recipient(),
+        current = writer.is_current(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "recovery directory reconciled with the key store"
+    );
+    Ok(Some(writer))
+}
+
+/// With a recovery directory: writes what lags every
+/// [`recovery::RETRY_INTERVAL`]. Without one: warns now and once a day that
+/// the keys are not recoverable.
+async fn watch_recovery(writer: Option<Arc<RecoveryWriter>>) {
+    let Some(writer) = writer else {
+        let mut ticks = tokio::time::interval(recovery::NOT_RECOVERABLE_INTERVAL);
+        loop {
+            ticks.tick().await;
+            tracing::warn!("{}", recovery::NOT_RECOVERABLE);
+        }
+    };
+    let mut ticks = tokio::time::interval(recovery::RETRY_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if !writer.is_current() {
+            let retrying = Arc::clone(&writer);
+            let _ = tokio::task::spawn_blocking(move || retrying.retry()).await;
+        }
+    }
 }
 
 /// Checks the key store against its TPM rollback counter (binding a new
@@ -483,6 +571,7 @@ impl Reloader {
         let grants = loaded.access.policy.grant_count();
         self.service
             .reconfigure(loaded.access.policy, loaded.service, loaded.alerts);
+        self.service.set_transfer_peers(loaded.transfer);
         audit::reloaded(&self.source.path, grants);
     }
 }
@@ -514,6 +603,7 @@ fn restart_needed(running: &Config, loaded: &Config) -> Vec<&'static [&'static s
         (running.listener != loaded.listener, LISTENER_KEYS),
         (running.state_dir != loaded.state_dir, STATE_DIR_KEYS),
         (running.tpm != loaded.tpm, TPM_KEYS),
+        (running.recovery != loaded.recovery, RECOVERY_KEYS),
     ]
     .into_iter()
     .filter_map(|(changed, keys)| changed.then_some(keys))
@@ -553,8 +643,16 @@ fn log_disabled_grants(access: &AccessConfig) {
 fn status_line(service: &Service) -> String {
     let keys = service.store().keys();
     let totals = service.monitor().totals();
+    let recovery = service.store().recovery_status();
+    let recovery = if !recovery.configured {
+        "keys NOT recoverable (no [recovery])"
+    } else if recovery.current {
+        "recovery dir current"
+    } else {
+        "recovery dir NOT current"
+    };
     format!(
-        "serving {} keys ({} versions); {} requests, {} denied, {} alerts",
+        "serving {} keys ({} versions); {} requests, {} denied, {} alerts; {recovery}",
         keys.len(),
         keys.version_count(),
         totals.requests,
@@ -616,6 +714,26 @@ mod tests {
             restart_needed(&running, &everything),
             vec![LISTENER_KEYS, STATE_DIR_KEYS, TPM_KEYS]
         );
+    }
+
+    #[test]
+    fn a_changed_recovery_table_needs_a_restart() {
+        let recipient = crate::recovery::escrow::BundleIdentity::generate()
+            .unwrap()
+            .recipient()
+            .to_string();
+        let running = config("");
+        let with = |dir: &str| {
+            config(&format!(
+                "[recovery]\nrecipients = [\"{recipient}\"]\ndir = \"{dir}\"\n"
+            ))
+        };
+        assert_eq!(restart_needed(&running, &with("/a")), vec![RECOVERY_KEYS]);
+        assert_eq!(
+            restart_needed(&with("/a"), &with("/b")),
+            vec![RECOVERY_KEYS]
+        );
+        assert!(restart_needed(&with("/a"), &with("/a")).is_empty());
     }
 
     #[test]

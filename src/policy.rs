@@ -265,6 +265,17 @@ impl Policy {
             })
     }
 
+    /// Whether `peer` may perform `op` on some key: an admin, or covered by
+    /// a grant naming `op` (what `import` asks before it opens a file whose
+    /// key it cannot yet name).
+    pub fn allows_on_some_key(&self, peer: &Peer, op: Operation) -> bool {
+        self.is_admin(peer)
+            || self
+                .grants
+                .iter()
+                .any(|grant| grant.ops.contains(&op) && grant.covers_peer(peer))
+    }
+
     /// Whether `peer` may see the counters and the root key check value in
     /// `Status`: admins, and peers granted [`METRICS`].
     pub fn allows_metrics(&self, peer: &Peer) -> bool {
@@ -544,6 +555,22 @@ mod tests {
         for op in GRANTABLE {
             assert!(!policy.allows(&stranger, op, "app-db"), "{op}");
         }
+    }
+
+    #[test]
+    fn an_import_grant_on_some_key_is_what_import_asks_first() {
+        let mut importer = grant(&["app-*"], &["import"]);
+        importer.uids = vec![1001];
+        let mut wrapper = grant(&["app-*"], &["wrap", "export"]);
+        wrapper.uids = vec![1002];
+        let (policy, _) = Policy::new(&[importer, wrapper], &[]).unwrap();
+        let (imports, wraps) = (peer(1001, 1001, &[], None), peer(1002, 1002, &[], None));
+        assert!(policy.allows_on_some_key(&imports, Operation::Import));
+        assert!(!policy.allows_on_some_key(&wraps, Operation::Import));
+        assert!(policy.allows_on_some_key(&peer(0, 0, &[], None), Operation::Import));
+        assert!(policy.allows(&imports, Operation::Import, "app-db"));
+        assert!(!policy.allows(&imports, Operation::Import, "payroll"));
+        assert!(policy.allows(&wraps, Operation::Export, "app-db"));
     }
 
     #[test]

@@ -398,7 +398,7 @@ fn seal_new(
         let blobs = tpm.seal(secret.as_ref())?;
         // Prove the blobs unseal to the same key before anything is written.
         let unsealed = tpm.unseal(&blobs)?;
-        if unsealed.as_slice() != secret.as_ref() {
+        if unsealed.as_slice() != &secret[..] {
             return Err(TpmError::BadAnswer {
                 step: "Unseal (check of the new root key)",
                 problem: "a different secret than was sealed".to_string(),

@@ -26,12 +26,14 @@ use crate::monitor::{AlertKind, AlertThresholds, Monitor};
 use crate::peer::Peer;
 use crate::policy::{PeerClass, Policy};
 use crate::rootkey::{RootKeyError, RootSealer};
+use crate::transfer::{Peers, TransportKey};
 
 #[cfg(test)]
 mod encrypt_limit_tests;
 mod health;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
+mod transfer;
 
 #[cfg(any(test, feature = "test-util"))]
 pub use health::TestProbe;
@@ -93,7 +95,7 @@ impl From<StoreError> for Refusal {
     fn from(error: StoreError) -> Refusal {
         let code = match &error {
             StoreError::KeyNotFound(_) => ErrorCode::KeyNotFound,
-            StoreError::KeyExists(_) => ErrorCode::KeyExists,
+            StoreError::KeyExists(_) | StoreError::ImportRefused(_) => ErrorCode::KeyExists,
             StoreError::KeyRevoked(_) => ErrorCode::KeyRevoked,
             StoreError::VersionNotFound { .. } => ErrorCode::VersionNotFound,
             StoreError::InvalidArgument(_) => ErrorCode::InvalidArgument,
@@ -150,6 +152,7 @@ impl PendingAudit {
                     | Operation::Disable
                     | Operation::Enable
                     | Operation::MinDecryptionVersion
+                    | Operation::Import
                     | Operation::RotateRoot
             )
     }
@@ -174,6 +177,10 @@ pub struct Service {
     started: Instant,
     tpm_health: TpmHealth,
     monitor: Monitor,
+    /// The pinned transfer peers (`[[transfer]]`), replaced on reload.
+    transfer: ArcSwap<Peers>,
+    /// This host's transport key, set once at start.
+    transport: std::sync::OnceLock<Arc<TransportKey>>,
 }
 
 impl Service {
@@ -195,7 +202,21 @@ impl Service {
             started: Instant::now(),
             tpm_health: TpmHealth::new(tpm),
             monitor: Monitor::new(alerts),
+            transfer: ArcSwap::from_pointee(Peers::default()),
+            transport: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Puts the config's pinned transfer peers in force (at start and on
+    /// every reload).
+    pub fn set_transfer_peers(&self, peers: Peers) {
+        self.transfer.store(Arc::new(peers));
+    }
+
+    /// Gives the service this host's transport key; only the first call
+    /// counts (returns false for a later one).
+    pub fn set_transport_key(&self, key: TransportKey) -> bool {
+        self.transport.set(Arc::new(key)).is_ok()
     }
 
     /// The service with `sealer` to seal new root keys for `RotateRoot`
@@ -437,6 +458,9 @@ impl Service {
                     .map(|key| Response::Key(key.info()))
                     .ok_or_else(|| StoreError::KeyNotFound(key).into())
             }
+            Request::TransportKey => self.transport_key_info(),
+            Request::ExportKey { key, destination } => self.export(peer, &key, &destination).await,
+            Request::ImportKey { file } => self.import(peer, file, subject).await,
             Request::RotateRoot => {
                 let rotation = self.rotate_root(peer).await?;
                 Ok(Response::RootRotated(agent_proto::RootRotation {
@@ -445,13 +469,6 @@ impl Service {
                     keys: rotation.keys,
                     versions: rotation.versions,
                 }))
-            }
-            // Owned by the engineers of issue 10's parts, who replace these.
-            Request::TransportKey | Request::ExportKey { .. } | Request::ImportKey { .. } => {
-                Err(Refusal::new(
-                    ErrorCode::NotImplemented,
-                    format!("{op} is not implemented by this daemon yet"),
-                ))
             }
         }
     }

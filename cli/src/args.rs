@@ -121,6 +121,49 @@ pub enum Command {
     Rewrap(RewrapArgs),
     /// Measure the daemon's throughput and latency against ping.
     Bench(BenchArgs),
+    /// Write the recovery directory the daemon names in its status as one
+    /// tar file (MANIFEST, custodians/, keys/; everything in it is
+    /// encrypted to the custodians), mode 0600. Run as root or as a member
+    /// of the recovery directory's group.
+    Backup {
+        /// The tar file to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print this host's transport key (age1…) and its fingerprint: what
+    /// another host's root pins in a [[transfer]] table to export keys here
+    /// and to import keys from here.
+    TransportKey,
+    /// Export a key to a host pinned in the daemon's config ([[transfer]]):
+    /// its versions (revoked ones as numbers only) in a file only that
+    /// host's daemon can open. The key is never in clear outside the daemons.
+    Export(ExportArgs),
+    /// Import a key from a file a pinned host exported to this host: adds
+    /// the key, or the versions this host lacks; never brings back a version
+    /// revoked here.
+    Import {
+        /// The file `hostkms export` wrote on the other host.
+        file: PathBuf,
+    },
+}
+
+/// Arguments of `export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Key name.
+    pub name: String,
+    /// The destination: the `name` of a [[transfer]] table in the daemon's config.
+    #[arg(long = "to", value_name = "DEST")]
+    pub to: String,
+    /// Write the export file here (mode 0600).
+    #[arg(long = "out", value_name = "FILE")]
+    pub out: PathBuf,
+    /// Replace FILE if it exists.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `--context KEY=VALUE`, repeatable: the encryption context bound to a

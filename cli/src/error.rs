@@ -60,6 +60,11 @@ pub enum CliError {
         /// This process's effective uid.
         uid: u32,
     },
+    /// The daemon has no recovery directory to back up.
+    #[error(
+        "the daemon has no [recovery] section: its keys are not escrowed and there is no recovery directory to back up. Configure [recovery] (custodians' age recipients) in its config and restart it"
+    )]
+    NotRecoverable,
     /// Benchmark requests failed (the results were printed already).
     #[error("benchmark: {errors} requests failed; first failure: {first}")]
     BenchFailed {
@@ -84,7 +89,8 @@ impl CliError {
             CliError::Client(ClientError::Daemon { .. })
             | CliError::Client(ClientError::DaemonTooOld { .. })
             | CliError::BenchFailed { .. }
-            | CliError::CountersWithheld { .. } => 1,
+            | CliError::CountersWithheld { .. }
+            | CliError::NotRecoverable => 1,
             _ => 2,
         }
     }

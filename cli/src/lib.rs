@@ -7,6 +7,7 @@
 //! it needs neither libtss2 nor SQLite.
 
 pub mod args;
+pub mod backup;
 pub mod bench;
 pub mod error;
 pub mod io;

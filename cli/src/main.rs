@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use agent_proto::{Client, KeyInfo};
 use clap::Parser;
-use hostkms_cli::args::{Cli, Command, DatakeyArgs, InOutArgs, RewrapArgs, UnwrapArgs, WrapArgs};
+use hostkms_cli::args::{
+    Cli, Command, DatakeyArgs, ExportArgs, InOutArgs, RewrapArgs, UnwrapArgs, WrapArgs,
+};
 use hostkms_cli::error::{CliError, printable};
 use hostkms_cli::io::{Sensitivity, base64_public, write_output, write_stdout};
 use hostkms_cli::{bench, io, output};
@@ -134,7 +136,94 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Datakey(args) => datakey(daemon, args, json),
         Command::Rewrap(args) => rewrap(daemon, args, json),
         Command::Bench(args) => bench::run(socket, args, json),
+        Command::TransportKey => {
+            let info = daemon.connect()?.transport_key()?;
+            let text = if json {
+                output::json_line(&info).map_err(json_error)?
+            } else {
+                format!(
+                    "recipient: {}\nfingerprint: {}\n",
+                    info.recipient, info.fingerprint
+                )
+            };
+            write_stdout(text.as_bytes())
+        }
+        Command::Export(args) => export(daemon, args, json),
+        Command::Import { file } => {
+            // The daemon refuses more than a frame; so does the CLI, first.
+            let bytes = std::fs::File::open(file)
+                .and_then(|mut f| io::read_bounded(&mut f, daemon.max_frame as usize))
+                .map_err(|e| CliError::read(Some(file), e))?
+                .ok_or_else(|| CliError::InputTooLarge {
+                    what: file.display().to_string(),
+                    limit: daemon.max_frame as usize,
+                })?;
+            print_key(&daemon.connect()?.import_key(&bytes)?, json)
+        }
+        Command::Backup { out, force } => backup(daemon, out, *force, json),
     }
+}
+
+/// `export`: refuses to replace FILE without --force (checked before and
+/// after the daemon's answer), then writes the daemon's file with mode 0600.
+fn export(daemon: &Daemon, args: &ExportArgs, json: bool) -> Result<(), CliError> {
+    let exists = |path: &Path| std::fs::symlink_metadata(path).is_ok();
+    let refuse = || {
+        CliError::Usage(format!(
+            "{} exists; give --force to replace it, or another --out",
+            args.out.display()
+        ))
+    };
+    if !args.force && exists(&args.out) {
+        return Err(refuse());
+    }
+    let exported = daemon.connect()?.export_key(&args.name, &args.to)?;
+    if !args.force && exists(&args.out) {
+        return Err(refuse());
+    }
+    write_output(Some(&args.out), Sensitivity::Secret, &exported.file)?;
+    let text = if json {
+        output::json_line(&serde_json::json!({
+            "key": exported.key,
+            "destination": exported.destination,
+            "file": args.out.display().to_string(),
+            "bytes": exported.file.len(),
+        }))
+        .map_err(json_error)?
+    } else {
+        format!(
+            "exported key {} to {}: {} ({} bytes); import it there with: hostkms import FILE\n",
+            exported.key,
+            exported.destination,
+            args.out.display(),
+            exported.file.len()
+        )
+    };
+    write_stdout(text.as_bytes())
+}
+
+/// `backup`: the recovery directory named by the daemon's status, as a tar.
+fn backup(daemon: &Daemon, out: &Path, force: bool, json: bool) -> Result<(), CliError> {
+    let status = daemon.connect()?.status()?;
+    if output::counters_withheld(&status) {
+        return Err(CliError::CountersWithheld {
+            uid: nix::unistd::geteuid().as_raw(),
+        });
+    }
+    if !status.recovery.configured {
+        return Err(CliError::NotRecoverable);
+    }
+    let dir = PathBuf::from(&status.recovery.dir);
+    hostkms_cli::backup::write_backup(&dir, out, force)?;
+    let text = if json {
+        format!(
+            "{}\n",
+            serde_json::json!({ "dir": status.recovery.dir, "out": out.display().to_string() })
+        )
+    } else {
+        format!("wrote a backup of {} to {}\n", dir.display(), out.display())
+    };
+    write_stdout(text.as_bytes())
 }
 
 /// Refuses `--binary` with `--json`: the JSON object carries base64.

@@ -225,6 +225,7 @@ pub fn status_human(status: &StatusInfo) -> String {
         "root key check:   {}",
         printable(&status.root_key_check)
     );
+    recovery_human(&mut out, &status.recovery);
     let _ = writeln!(out, "rollback counter: {}", rollback_line(&status.rollback));
     let counter = |name: &str| status.counters.get(name).copied().unwrap_or(0);
     for (label, name) in [
@@ -260,6 +261,42 @@ pub fn status_human(status: &StatusInfo) -> String {
         }
     }
     out
+}
+
+/// The recovery lines of `status`: whether a lost TPM loses the keys.
+fn recovery_human(out: &mut String, recovery: &agent_proto::RecoveryStatus) {
+    if !recovery.configured {
+        let why = if recovery.problem.is_empty() {
+            "no [recovery] configured".to_string()
+        } else {
+            printable(&recovery.problem)
+        };
+        let _ = writeln!(
+            out,
+            "recoverable:      NO: keys are lost if this TPM is lost ({why})"
+        );
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "recoverable:      yes, by {} of {} custodians",
+        recovery.threshold, recovery.custodians
+    );
+    let _ = writeln!(out, "recovery dir:     {}", printable(&recovery.dir));
+    let _ = writeln!(
+        out,
+        "bundle recipient: {}",
+        printable(&recovery.bundle_recipient)
+    );
+    if recovery.current {
+        let _ = writeln!(out, "recovery current: yes");
+    } else {
+        let _ = writeln!(
+            out,
+            "recovery current: NO: {}",
+            printable(&recovery.problem)
+        );
+    }
 }
 
 /// The key store's binding to its TPM NV counter, in one line.

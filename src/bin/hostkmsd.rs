@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hostkms::audit::LogTarget;
-use hostkms::cli_args::{Args, Command};
+use hostkms::cli_args::{Args, Command, RestoreArgs};
 use hostkms::config::{DEFAULT_CONFIG_PATH, Overrides};
 use hostkms::daemon::ConfigSource;
 
@@ -56,18 +56,34 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(Command::AcceptRollback) = command {
-        return match hostkms::accept_rollback::run(&config) {
-            Ok(report) => {
-                print!("{report}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                // An offline operator command: its error always on stderr.
-                report(" accept-rollback", &e, true);
-                ExitCode::FAILURE
-            }
-        };
+    match command {
+        Some(Command::Restore(restore)) => return run_restore(&config, restore),
+        Some(Command::AcceptRollback) => {
+            return match hostkms::accept_rollback::run(&config) {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    // An offline operator command: its error always on stderr.
+                    report(" accept-rollback", &e, true);
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::RotateBundle) => {
+            return match hostkms::rotate_bundle::run(&config) {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    report(" rotate-bundle", &e, true);
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        None => {}
     }
     match hostkms::daemon::run(config, source) {
         Ok(()) => ExitCode::SUCCESS,
@@ -91,6 +107,44 @@ fn stderr_is_the_journal() -> bool {
     match std::fs::metadata("/proc/self/fd/2") {
         Ok(meta) => dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino()),
         Err(_) => false,
+    }
+}
+
+/// `hostkmsd restore`: prints what it did (or why it did nothing) for the
+/// operator at the terminal, and audits it. Exits 0 when the keys are
+/// restored, 1 when nothing was imported.
+fn run_restore(config: &hostkms::config::Config, args: RestoreArgs) -> ExitCode {
+    let options = hostkms::restore::RestoreOptions {
+        backup: args.backup,
+        identities: args.identities,
+        shares: args.shares,
+        merge: args.merge,
+        user: args.user,
+    };
+    match hostkms::restore::run(config, &options) {
+        Ok(report) => {
+            let restored = &report.restored;
+            let names: Vec<&str> = restored.added.iter().map(|k| k.name.as_str()).collect();
+            hostkms::audit::keys_restored(&hostkms::audit::RestoreRecord {
+                backup: &options.backup,
+                state_dir: &config.state_dir,
+                bundle: &report.bundle_fingerprint,
+                custodians: &report.custodians.join(","),
+                keys: &names.join(","),
+                added: restored.added.len(),
+                versions: restored.versions,
+                revoked_versions: restored.revoked_versions,
+                kept: restored.kept.len(),
+                root_key_check: &report.root_key_check,
+            });
+            println!("{}", hostkms::restore::summary(&report, &options, config));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            hostkms::audit::restore_failed(&options.backup, &e);
+            eprintln!("hostkmsd restore: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use toml::Spanned;
 
 use super::ConfigError;
 use crate::policy::GrantConfig;
+use crate::transfer::PeerConfig;
 
 /// The file's fields, grouped by the section of [`super::Config`] that
 /// reads them ([`super::SECTIONS`]). The file stays flat: a new key keeps
@@ -50,6 +51,21 @@ pub(super) struct ConfigFile {
     // alerts
     #[serde(default)]
     pub alerts: AlertsFile,
+    // transfer
+    #[serde(default)]
+    pub transfer: Vec<Spanned<PeerConfig>>,
+    // recovery
+    pub recovery: Option<Spanned<RecoveryFile>>,
+}
+
+/// The `[recovery]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RecoveryFile {
+    pub recipients: Option<Spanned<Vec<Spanned<String>>>>,
+    pub threshold: Option<Spanned<i64>>,
+    pub dir: Option<Spanned<PathBuf>>,
+    pub group: Option<Spanned<String>>,
 }
 
 /// The `[alerts]` table.

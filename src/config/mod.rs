@@ -17,13 +17,16 @@ mod sections;
 use std::path::{Path, PathBuf};
 
 use crate::monitor::AlertThresholds;
+use crate::recovery::RecoveryConfig;
 use crate::server::Limits;
 use crate::service::ServiceLimits;
+use crate::transfer::Peers;
 
 use file::{ConfigFile, Source};
 pub use sections::{
     ACCESS_KEYS, ALERTS_KEYS, AccessConfig, DisabledGrantAt, LISTENER_KEYS, ListenerConfig,
-    SECTIONS, SERVER_KEYS, SERVICE_KEYS, STATE_DIR_KEYS, SocketGroup, TPM_KEYS, TpmConfig,
+    RECOVERY_KEYS, SECTIONS, SERVER_KEYS, SERVICE_KEYS, STATE_DIR_KEYS, SocketGroup, TPM_KEYS,
+    TRANSFER_KEYS, TpmConfig,
 };
 
 /// Where the packaged daemon reads its configuration.
@@ -32,6 +35,9 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/hostkms/config.toml";
 pub const DEFAULT_SOCKET: &str = agent_proto::DEFAULT_SOCKET;
 /// Where the packaged daemon keeps its sealed root key and key store.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/hostkms";
+/// Where the recovery directory is by default: outside the 0700 state dir,
+/// so a backup agent in the recovery group can copy it.
+pub const DEFAULT_RECOVERY_DIR: &str = "/var/lib/hostkms-recovery";
 /// The kernel's TPM resource manager.
 pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
 /// Default socket permissions: owner and group.
@@ -91,6 +97,12 @@ pub struct Config {
     pub access: AccessConfig,
     /// When the daemon raises alerts.
     pub alerts: AlertThresholds,
+    /// The hosts keys may be exported to and imported from: the
+    /// `[[transfer]]` tables.
+    pub transfer: Peers,
+    /// The recovery directory and custodians; `None`: keys are not
+    /// recoverable if the TPM is lost. Only a restart changes it.
+    pub recovery: Option<RecoveryConfig>,
 }
 
 /// A configuration that cannot be used, with where and how to fix it.
@@ -168,6 +180,8 @@ impl Config {
         let listener = sections::listener(&file, &source, overrides)?;
         let access = sections::access(&file, &source)?;
         let state_dir = sections::state_dir(&file, &source, overrides)?;
+        let transfer = sections::transfer(&file, &source)?;
+        let recovery = sections::recovery(&file, &source)?;
         Ok(Config {
             listener,
             state_dir,
@@ -176,6 +190,8 @@ impl Config {
             service,
             access,
             alerts,
+            transfer,
+            recovery,
         })
     }
 }

@@ -16,8 +16,8 @@ use super::{
     ConfigError, DEFAULT_ADMIN_GROUP, DEFAULT_ADMIN_RESERVED_CONNECTIONS,
     DEFAULT_FRAME_TIMEOUT_SECS, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_UID, DEFAULT_MAX_FRAME_MEMORY, DEFAULT_MAX_PLAINTEXT,
-    DEFAULT_MAX_UNGRANTED_CONNECTIONS, DEFAULT_ROTATE_AFTER_ENCRYPTIONS, DEFAULT_SOCKET,
-    DEFAULT_SOCKET_GROUP, DEFAULT_SOCKET_MODE, DEFAULT_STATE_DIR, DEFAULT_TCTI,
+    DEFAULT_MAX_UNGRANTED_CONNECTIONS, DEFAULT_RECOVERY_DIR, DEFAULT_ROTATE_AFTER_ENCRYPTIONS,
+    DEFAULT_SOCKET, DEFAULT_SOCKET_GROUP, DEFAULT_SOCKET_MODE, DEFAULT_STATE_DIR, DEFAULT_TCTI,
     DEFAULT_TPM_START_TIMEOUT_SECS, DEFAULT_TPM_TIMEOUT_SECS, DEFAULT_WRITE_TIMEOUT_SECS,
     Overrides,
 };
@@ -26,9 +26,11 @@ use crate::monitor::{
     DEFAULT_ALERT_WINDOW_SECS, DEFAULT_ENCRYPTION_LIMIT_PERCENT,
 };
 use crate::policy::{DisabledGrant, GrantConfig, Policy};
+use crate::recovery::{RecoveryConfig, RecoveryGroup, escrow};
 use crate::server::Limits;
 use crate::service::ServiceLimits;
 use crate::tpm::Tcti;
+use crate::transfer::{PeerConfig, Peers};
 
 /// The keys the `listener` section reads.
 pub const LISTENER_KEYS: &[&str] = &["socket", "socket_mode", "socket_group"];
@@ -54,11 +56,15 @@ pub const SERVICE_KEYS: &[&str] = &["max_plaintext", "rotate_after_encryptions"]
 pub const ACCESS_KEYS: &[&str] = &["admin_groups", "grant"];
 /// The keys the `alerts` section reads: the `[alerts]` table.
 pub const ALERTS_KEYS: &[&str] = &["alerts"];
+/// The keys the `transfer` section reads: the `[[transfer]]` tables.
+pub const TRANSFER_KEYS: &[&str] = &["transfer"];
+/// The keys the `recovery` section reads: the `[recovery]` table.
+pub const RECOVERY_KEYS: &[&str] = &["recovery"];
 
 /// Every top-level key of the config file, by the field of
 /// [`Config`](super::Config) (the section) that holds its value. Each key
 /// is in exactly one section.
-pub const SECTIONS: [(&str, &[&str]); 7] = [
+pub const SECTIONS: [(&str, &[&str]); 9] = [
     ("listener", LISTENER_KEYS),
     ("state_dir", STATE_DIR_KEYS),
     ("tpm", TPM_KEYS),
@@ -66,6 +72,8 @@ pub const SECTIONS: [(&str, &[&str]); 7] = [
     ("service", SERVICE_KEYS),
     ("access", ACCESS_KEYS),
     ("alerts", ALERTS_KEYS),
+    ("transfer", TRANSFER_KEYS),
+    ("recovery", RECOVERY_KEYS),
 ];
 
 /// Where clients connect: the socket file and who may open it. Only a
@@ -418,6 +426,105 @@ pub(super) fn access(file: &ConfigFile, source: &Source<'_>) -> Result<AccessCon
         },
         disabled_grants,
     })
+}
+
+/// The pinned transfer peers: the `[[transfer]]` tables (none by default:
+/// nothing can be exported or imported).
+pub(super) fn transfer(file: &ConfigFile, source: &Source<'_>) -> Result<Peers, ConfigError> {
+    let tables: Vec<PeerConfig> = file.transfer.iter().map(|t| t.get_ref().clone()).collect();
+    Peers::new(&tables).map_err(|e| {
+        let span = file
+            .transfer
+            .get(e.peer.saturating_sub(1))
+            .map(Spanned::span);
+        source.invalid(span, "transfer", e.to_string())
+    })
+}
+
+/// The recovery directory and its custodians: the `[recovery]` table, or
+/// `None` when the file has none (the keys are then not recoverable, which
+/// the daemon says). `recipients` must be age X25519 recipients, each once;
+/// `threshold` 1..=their number (default 1); `dir` absolute (default
+/// [`DEFAULT_RECOVERY_DIR`]); `group` an existing group.
+pub(super) fn recovery(
+    file: &ConfigFile,
+    source: &Source<'_>,
+) -> Result<Option<RecoveryConfig>, ConfigError> {
+    let Some(table) = &file.recovery else {
+        return Ok(None);
+    };
+    let table_line = Some(table.span());
+    let table = table.get_ref();
+    let Some(recipients) = &table.recipients else {
+        return Err(source.invalid(
+            table_line,
+            "recovery.recipients",
+            "[recovery] names no custodians; list their age recipients (made with age-keygen, private keys kept offline): recipients = [\"age1…\", …]".to_string(),
+        ));
+    };
+    let mut parsed = Vec::with_capacity(recipients.get_ref().len());
+    for recipient in recipients.get_ref() {
+        let text = recipient.get_ref().trim();
+        if escrow::check_custodians(&[text.to_string()], 1).is_err() {
+            return Err(source.invalid(
+                Some(recipient.span()),
+                "recovery.recipients",
+                format!("{:?} is not an age X25519 recipient; give the age1… line age-keygen prints as \"public key\"", recipient.get_ref()),
+            ));
+        }
+        if parsed.iter().any(|r: &String| r == text) {
+            return Err(source.invalid(
+                Some(recipient.span()),
+                "recovery.recipients",
+                format!("{text:?} is listed twice; name each custodian once"),
+            ));
+        }
+        parsed.push(text.to_string());
+    }
+    if parsed.is_empty() || parsed.len() > escrow::MAX_CUSTODIANS {
+        return Err(source.invalid(
+            Some(recipients.span()),
+            "recovery.recipients",
+            format!(
+                "{} custodians; name from 1 to {} age recipients",
+                parsed.len(),
+                escrow::MAX_CUSTODIANS
+            ),
+        ));
+    }
+    let threshold = source.int(
+        &table.threshold,
+        "recovery.threshold",
+        Bounds {
+            min: 1,
+            max: parsed.len() as i64,
+            default: 1,
+            unit: "a count of custodians (at most the number of recipients)",
+        },
+    )? as u32;
+    let dir = absolute_path(source, &table.dir, "recovery.dir", DEFAULT_RECOVERY_DIR)?;
+    let group = match &table.group {
+        Some(name) => {
+            let group = resolve_group(name.get_ref()).ok_or_else(|| {
+                source.invalid(
+                    Some(name.span()),
+                    "recovery.group",
+                    format!("no group named \"{}\" exists on this host; create it (groupadd --system {0}) or remove the setting", name.get_ref()),
+                )
+            })?;
+            Some(RecoveryGroup {
+                name: group.name,
+                gid: group.gid,
+            })
+        }
+        None => None,
+    };
+    Ok(Some(RecoveryConfig {
+        recipients: parsed,
+        threshold,
+        dir,
+        group,
+    }))
 }
 
 /// The absolute path `value` of `field`, or `default` when unset.

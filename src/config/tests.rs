@@ -341,3 +341,121 @@ fn a_state_dir_flag_overrides_the_file_and_an_empty_one_is_refused() {
     assert!(err.starts_with("config --state-dir: `state_dir`"), "{err}");
     assert!(err.contains("empty"), "{err}");
 }
+
+#[test]
+fn transfer_tables_pin_peers_and_a_bad_one_names_its_line() {
+    let key = age::x25519::Identity::generate().to_public().to_string();
+    let config = parse(&format!(
+        "[[transfer]]\nname = \"db-replica-2\"\ntransport_key = \"{key}\"\nkeys = [\"app-db*\"]\n"
+    ))
+    .unwrap();
+    let peer = config.transfer.by_name("db-replica-2").unwrap();
+    assert!(peer.covers("app-db-1"));
+    assert!(parse("").unwrap().transfer.is_empty());
+
+    let err = parse(&format!(
+        "max_frame = 4096\n\n[[transfer]]\nname = \"ok\"\ntransport_key = \"{key}\"\nkeys = [\"a*\"]\n\n\
+         [[transfer]]\nname = \"bad\"\ntransport_key = \"age1nope\"\nkeys = [\"a*\"]\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("line 8"), "{err}");
+    assert!(err.contains("`transfer`"), "{err}");
+    assert!(err.contains("transfer #2: `transport_key`"), "{err}");
+    let unknown = parse("[[transfer]]\nname = \"x\"\ndestination = \"y\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(unknown.contains("destination"), "{unknown}");
+}
+
+/// Two valid age recipients, from generated identities.
+fn two_recipients() -> [String; 2] {
+    [(); 2].map(|()| {
+        crate::recovery::escrow::BundleIdentity::generate()
+            .unwrap()
+            .recipient()
+            .to_string()
+    })
+}
+
+#[test]
+fn recovery_is_off_without_its_table_and_read_with_defaults() {
+    assert!(parse("").unwrap().recovery.is_none());
+    let [a, b] = two_recipients();
+    let config = parse(&format!("[recovery]\nrecipients = [\"{a}\", \"{b}\"]\n")).unwrap();
+    let recovery = config.recovery.unwrap();
+    assert_eq!(recovery.recipients, [a.clone(), b.clone()]);
+    assert_eq!(recovery.threshold, 1);
+    assert_eq!(recovery.dir, Path::new(DEFAULT_RECOVERY_DIR));
+    assert_eq!(recovery.group, None);
+    let config = parse(&format!(
+        "[recovery]\nrecipients = [\"{a}\", \"{b}\"]\nthreshold = 2\ndir = \"/srv/rec\"\ngroup = \"root\"\n"
+    ))
+    .unwrap();
+    let recovery = config.recovery.unwrap();
+    assert_eq!(
+        (recovery.threshold, recovery.dir),
+        (2, PathBuf::from("/srv/rec"))
+    );
+    assert_eq!(recovery.group.map(|g| g.gid), Some(0));
+}
+
+#[test]
+fn bad_recovery_settings_name_the_field_line_and_fix() {
+    let [a, b] = two_recipients();
+    for (text, field, says) in [
+        (
+            "[recovery]\n".to_string(),
+            "recovery.recipients",
+            "names no custodians",
+        ),
+        (
+            "[recovery]\nrecipients = []\n".to_string(),
+            "recovery.recipients",
+            "0 custodians",
+        ),
+        (
+            "[recovery]\nrecipients = [\"age1nope\"]\n".to_string(),
+            "recovery.recipients",
+            "not an age X25519 recipient",
+        ),
+        (
+            format!("[recovery]\nrecipients = [\"{a}\", \"{b}\", \"{a}\"]\n"),
+            "recovery.recipients",
+            "listed twice",
+        ),
+        (
+            format!("[recovery]\nrecipients = [\"{a}\", \"{b}\"]\nthreshold = 3\n"),
+            "recovery.threshold",
+            "from 1 to 2",
+        ),
+        (
+            format!("[recovery]\nrecipients = [\"{a}\"]\nthreshold = 0\n"),
+            "recovery.threshold",
+            "out of range",
+        ),
+        (
+            format!("[recovery]\nrecipients = [\"{a}\"]\ndir = \"rel/dir\"\n"),
+            "recovery.dir",
+            "relative path",
+        ),
+        (
+            format!("[recovery]\nrecipients = [\"{a}\"]\ngroup = \"no-such-group-hkms\"\n"),
+            "recovery.group",
+            "no group named",
+        ),
+    ] {
+        let err = parse(&text).unwrap_err();
+        let ConfigError::Invalid {
+            field: got, line, ..
+        } = &err
+        else {
+            panic!("{text}: {err}");
+        };
+        assert_eq!(*got, field, "{text}: {err}");
+        assert!(line.is_some(), "{text}: {err}");
+        assert!(err.to_string().contains(says), "{text}: {err}");
+    }
+    let err = parse("[recovery]\nrecipients = []\nthresold = 2\n").unwrap_err();
+    assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
+}

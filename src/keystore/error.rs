@@ -28,6 +28,10 @@ pub enum StoreError {
         /// The newest version.
         latest: u32,
     },
+    /// An imported key clashes with this store's keys (a name held by
+    /// another id, or different material for a version both have).
+    #[error("{0}")]
+    ImportRefused(String),
     /// A value of the request is out of range.
     #[error("{0}")]
     InvalidArgument(String),

@@ -20,17 +20,23 @@
 //! canonical encodings), `sealing` (the keys derived from the root key),
 //! `entropy` ([`EntropySource`] and the TPM reserve), `kek` (a KEK in memory),
 //! `material` (keys in clear for recovery and transfer, the change sink,
-//! and the sealed secrets), `rollback` (the binding to a TPM NV counter:
-//! its row, the key-set digest, the start check, the background increments).
+//! and the sealed secrets), `import` (a key from another host), `restore`
+//! (a backup's keys imported at once), `rollback` (the binding to a TPM NV
+//! counter: its row, the key-set digest, the start check, the background
+//! increments).
 
 mod db;
 mod entropy;
 mod error;
+mod import;
+#[cfg(test)]
+mod import_tests;
 mod kek;
 mod loader;
 mod material;
 mod model;
 mod reseal;
+mod restore;
 mod rollback;
 mod sealing;
 #[cfg(test)]
@@ -46,10 +52,12 @@ use arc_swap::ArcSwap;
 pub use entropy::TestEntropy;
 pub use entropy::{EntropySource, TpmEntropy};
 pub use error::StoreError;
+pub use import::Imported;
 pub use kek::Kek;
 pub use material::{Change, ChangeSink, KeyMaterial, SecretName, VersionMaterial};
 pub use model::{Key, Keys, Version, check_name};
 pub use reseal::RootRotation;
+pub use restore::{RestoreRefused, Restored, RestoredKey};
 pub use rollback::{
     MAX_CATCH_UP, RollbackAccepted, RollbackError, RollbackRow, RollbackStart, key_set_digest,
 };

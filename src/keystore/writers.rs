@@ -48,28 +48,61 @@ impl KeyStore {
         versions: &[&Version],
         change: Change,
     ) -> Result<Arc<Key>, StoreError> {
-        let key_row = key.row();
-        let key_mac = writer
-            .secrets
-            .row_mac(&key_row.canonical_as(writer.rollback.is_some()));
-        let version_rows: Vec<(VersionRow, [u8; 32])> = versions
-            .iter()
-            .map(|v| {
-                let row = v.row(key.id);
+        let name = key.name.clone();
+        let numbers = versions.iter().map(|v| v.number).collect();
+        let mut committed = self.commit_keys(writer, vec![(key, numbers)], change)?;
+        committed.pop().ok_or(StoreError::Changed(name))
+    }
+
+    /// [`KeyStore::commit`] of several keys at once, in one transaction:
+    /// each key's row and the rows of its versions numbered in the list
+    /// (those the change made or altered), then one new snapshot, then the
+    /// change sink told of each key. Every change to the store's keys goes
+    /// through here, so whatever must follow every change (the recovery
+    /// directory, the rollback binding) is in one place.
+    pub(super) fn commit_keys(
+        &self,
+        writer: &mut Writer,
+        changed: Vec<(Key, Vec<u32>)>,
+        change: Change,
+    ) -> Result<Vec<Arc<Key>>, StoreError> {
+        let mut rows = Vec::with_capacity(changed.len());
+        for (key, numbers) in &changed {
+            let key_row = key.row();
+            let key_mac = writer
+                .secrets
+                .row_mac(&key_row.canonical_as(writer.rollback.is_some()));
+            let mut version_rows: Vec<(VersionRow, [u8; 32])> = Vec::with_capacity(numbers.len());
+            for &number in numbers {
+                let version = key.version(number).ok_or(StoreError::VersionNotFound {
+                    key: key.name.clone(),
+                    version: number,
+                    latest: key.latest_version(),
+                })?;
+                let row = version.row(key.id);
                 let mac = writer.secrets.row_mac(&row.canonical());
-                (row, mac)
+                version_rows.push((row, mac));
+            }
+            rows.push((key_row, key_mac, version_rows));
+        }
+        let mut next = Keys::clone(&self.keys.load());
+        let committed: Vec<Arc<Key>> = changed
+            .into_iter()
+            .map(|(key, _)| {
+                let key = Arc::new(key);
+                next.insert(Arc::clone(&key));
+                key
             })
             .collect();
-        let key = Arc::new(key);
-        let mut next = Keys::clone(&self.keys.load());
-        next.insert(Arc::clone(&key));
         let rollback = self.next_rollback_row(writer, &next, change.reduces_access());
         writer
             .db
             .transaction(|tx| {
-                db::put_key(tx, &key_row, &key_mac)?;
-                for (row, mac) in &version_rows {
-                    db::put_version(tx, row, mac)?;
+                for (key_row, key_mac, version_rows) in &rows {
+                    db::put_key(tx, key_row, key_mac)?;
+                    for (row, mac) in version_rows {
+                        db::put_version(tx, row, mac)?;
+                    }
                 }
                 if let Some((_, text)) = &rollback {
                     rollback::put_row(tx, text)?;
@@ -81,8 +114,10 @@ impl KeyStore {
         if let Some((row, _)) = rollback {
             self.rollback_committed(writer, row);
         }
-        self.notify(writer, &key, change);
-        Ok(key)
+        for key in &committed {
+            self.notify(writer, key, change);
+        }
+        Ok(committed)
     }
 
     /// A new version of key `id`: a KEK from the OS RNG XOR `tpm`

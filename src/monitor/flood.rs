@@ -48,7 +48,11 @@ impl Limited {
             Some(ErrorCode::PermissionDenied) => Some(Limited::Denied),
             Some(ErrorCode::InvalidCiphertext) => Some(Limited::InvalidCiphertext),
             Some(_) => Some(Limited::Failed),
-            None if matches!(op, Operation::Ping | Operation::Status | Operation::List) => {
+            None if matches!(
+                op,
+                Operation::Ping | Operation::Status | Operation::List | Operation::TransportKey
+            ) =>
+            {
                 Some(Limited::OpenRequest)
             }
             None => None,
@@ -205,6 +209,21 @@ fn summary((uid, kind): (u32, Limited), open: Window, now: Instant) -> Option<Su
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_any_peer_may_send_are_limited_and_changes_are_not() {
+        for op in [
+            Operation::Ping,
+            Operation::Status,
+            Operation::List,
+            Operation::TransportKey,
+        ] {
+            assert_eq!(Limited::of(op, None), Some(Limited::OpenRequest), "{op}");
+        }
+        for op in [Operation::Export, Operation::Import, Operation::Wrap] {
+            assert_eq!(Limited::of(op, None), None, "{op}");
+        }
+    }
 
     #[test]
     fn a_flood_logs_a_few_and_counts_the_rest_exactly() {

@@ -15,7 +15,7 @@ use proptest::prelude::*;
 const PATH: &str = "/etc/hostkms/config.toml";
 
 /// The top-level fields of the config file.
-const TOP_LEVEL: [&str; 21] = [
+const TOP_LEVEL: [&str; 23] = [
     "socket",
     "socket_mode",
     "socket_group",
@@ -37,6 +37,8 @@ const TOP_LEVEL: [&str; 21] = [
     "tpm_start_timeout_secs",
     "grant",
     "alerts",
+    "transfer",
+    "recovery",
 ];
 
 /// The fields of the `[alerts]` table.
@@ -58,14 +60,24 @@ const GRANT_FIELDS: [&str; 7] = [
     "ops",
 ];
 
+/// The fields of a `[[transfer]]` table.
+const TRANSFER_FIELDS: [&str; 3] = ["name", "transport_key", "keys"];
+
+/// The fields of the `[recovery]` table.
+const RECOVERY_FIELDS: [&str; 4] = ["recipients", "threshold", "dir", "group"];
+
 /// Whether `field` is a name an `Invalid` error may carry: a top-level
-/// field, `alerts.<field>`, or a grant's field.
+/// field, `alerts.<field>`, `recovery.<field>`, or a grant's field.
 fn is_config_field(field: &str) -> bool {
     TOP_LEVEL.contains(&field)
         || GRANT_FIELDS.contains(&field)
+        || TRANSFER_FIELDS.contains(&field)
         || field
             .strip_prefix("alerts.")
             .is_some_and(|field| ALERT_FIELDS.contains(&field))
+        || field
+            .strip_prefix("recovery.")
+            .is_some_and(|field| RECOVERY_FIELDS.contains(&field))
 }
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -136,7 +148,13 @@ fn toml_value() -> impl Strategy<Value = String> {
 
 /// Every key the TOML-ish text may use, in any table.
 fn keys() -> Vec<&'static str> {
-    [&TOP_LEVEL[..], &ALERT_FIELDS[..], &GRANT_FIELDS[..]].concat()
+    [
+        &TOP_LEVEL[..],
+        &ALERT_FIELDS[..],
+        &GRANT_FIELDS[..],
+        &TRANSFER_FIELDS[..],
+    ]
+    .concat()
 }
 
 /// A line of TOML-ish text: a known key with a value of any type, a table
@@ -145,7 +163,7 @@ fn toml_line() -> impl Strategy<Value = String> {
     prop_oneof![
         6 => (proptest::sample::select(keys()), toml_value())
             .prop_map(|(k, v)| format!("{k} = {v}")),
-        2 => proptest::sample::select(&["[alerts]", "[[grant]]", "[grant]", "[[alerts]]", "[other]", "[alerts.x]", "[", "[[grant]"][..])
+        2 => proptest::sample::select(&["[alerts]", "[[grant]]", "[[transfer]]", "[grant]", "[[alerts]]", "[other]", "[alerts.x]", "[", "[[grant]"][..])
             .prop_map(str::to_string),
         1 => "#.{0,20}",
         1 => Just(String::new()),

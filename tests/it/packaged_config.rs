@@ -168,7 +168,9 @@ fn the_packaged_config_documents_every_field() {
     for field in &top {
         let shown = match field.as_str() {
             "grant" => PACKAGED.contains("\n#[[grant]]\n"),
+            "transfer" => PACKAGED.contains("\n#[[transfer]]\n"),
             "alerts" => PACKAGED.contains("\n#[alerts]\n"),
+            "recovery" => PACKAGED.contains("\n#[recovery]\n"),
             _ => PACKAGED.contains(&format!("\n#{field} = ")),
         };
         assert!(
@@ -180,6 +182,18 @@ fn the_packaged_config_documents_every_field() {
         assert!(
             PACKAGED.contains(&format!("\n#{field} = ")),
             "packaging/config.toml does not show the field `alerts.{field}`"
+        );
+    }
+    let recovery = known_fields("[recovery]\n");
+    assert!(recovery.iter().any(|f| f == "recipients"), "{recovery:?}");
+    let table = PACKAGED
+        .split_once("\n#[recovery]\n")
+        .expect("the packaged config shows [recovery]")
+        .1;
+    for field in &recovery {
+        assert!(
+            table.contains(&format!("\n#{field} = ")) || table.starts_with(&format!("#{field} = ")),
+            "packaging/config.toml does not show the field `recovery.{field}`"
         );
     }
 }

@@ -268,6 +268,17 @@ mod tests {
             daemon.contains(".SS \"hostkmsd accept\\-rollback\""),
             "{daemon}"
         );
+        // The offline tasks (restore, ...) are documented like the CLI's commands.
+        for sub in hostkms::cli_args::command()
+            .get_subcommands()
+            .filter(|s| s.get_name() != "help")
+        {
+            let title = format!(".SS \"hostkmsd {}\"", sub.get_name().replace('-', "\\-"));
+            assert!(
+                daemon.contains(&title),
+                "no {title} in hostkmsd.8: {daemon}"
+            );
+        }
         assert_eq!(HOSTKMSD.file_name(), "hostkmsd.8");
     }
 

@@ -15,6 +15,8 @@ pub struct DaemonConfig {
     top: Table,
     alerts: Table,
     grants: Vec<Grant>,
+    transfers: Vec<Table>,
+    recovery: Table,
 }
 
 /// Setters of top-level integer settings, named like the TOML field.
@@ -80,6 +82,35 @@ impl DaemonConfig {
         self
     }
 
+    /// Appends a `[[transfer]]` table: the peer `name` with transport key
+    /// `transport_key`, for the keys `keys` match.
+    pub fn transfer(mut self, name: &str, transport_key: &str, keys: &[&str]) -> Self {
+        let mut table = Table::new();
+        table.insert("name".into(), Value::from(name));
+        table.insert("transport_key".into(), Value::from(transport_key));
+        let keys = keys.iter().map(|&k| Value::from(k)).collect();
+        table.insert("keys".into(), Value::Array(keys));
+        self.transfers.push(table);
+        self
+    }
+
+    /// The `[recovery]` table: the custodians' age recipients, the
+    /// threshold and the directory.
+    pub fn recovery(mut self, recipients: &[String], threshold: u64, dir: &Path) -> Self {
+        let recipients = recipients.iter().map(|r| Value::from(r.as_str()));
+        self.recovery
+            .insert("recipients".into(), Value::Array(recipients.collect()));
+        self.recovery.insert("threshold".into(), integer(threshold));
+        self.recovery.insert("dir".into(), Value::from(path(dir)));
+        self
+    }
+
+    /// `group` of the `[recovery]` table (set [`DaemonConfig::recovery`] too).
+    pub fn recovery_group(mut self, group: &str) -> Self {
+        self.recovery.insert("group".into(), Value::from(group));
+        self
+    }
+
     fn integer(mut self, name: &str, value: u64) -> Self {
         self.top.insert(name.into(), integer(value));
         self
@@ -98,6 +129,13 @@ impl DaemonConfig {
         if !self.grants.is_empty() {
             let grants = self.grants.iter().map(|g| Value::Table(g.0.clone()));
             table.insert("grant".into(), Value::Array(grants.collect()));
+        }
+        if !self.transfers.is_empty() {
+            let transfers = self.transfers.iter().cloned().map(Value::Table);
+            table.insert("transfer".into(), Value::Array(transfers.collect()));
+        }
+        if !self.recovery.is_empty() {
+            table.insert("recovery".into(), Value::Table(self.recovery.clone()));
         }
         toml::to_string(&table).expect("a config renders as TOML")
     }

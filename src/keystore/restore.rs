@@ -1,0 +1,454 @@
+//! Restoring keys from a backup: [`KeyStore::restore`] imports the keys of a
+//! recovery bundle (their material in clear, as the bundle identity opened
+//! them) in one transaction, each KEK sealed under this store's root key,
+//! keeping ids, names, creation times, states, minimum decryption versions
+//! and revoked versions as tombstones, so every ciphertext of the old host
+//! unwraps here and nothing revoked there comes back.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+
+use agent_proto::KeyState;
+
+use super::sealing::SEALED_KEK_LEN;
+use super::{Change, Kek, Key, KeyMaterial, KeyStore, StoreError, Version, check_name};
+use crate::envelope::KeyId;
+
+/// A key of a restore: its name and id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoredKey {
+    /// The key's name.
+    pub name: String,
+    /// The key's id.
+    pub id: KeyId,
+}
+
+/// What a restore did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Restored {
+    /// The keys added to the store.
+    pub added: Vec<RestoredKey>,
+    /// The versions the added keys hold, live and revoked.
+    pub versions: usize,
+    /// Of those, the revoked ones, kept as tombstones.
+    pub revoked_versions: usize,
+    /// The backup's keys left out under `--merge` because the store holds
+    /// a key with their id already (never overwritten): each with the name
+    /// the store knows it by.
+    pub kept: Vec<RestoredKey>,
+}
+
+/// Why a restore imported nothing. The store is as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreRefused {
+    /// The store holds keys and no merge was asked for.
+    #[error(
+        "the key store {path} holds {keys} keys already; restore changed nothing. Restore into a new state dir (an empty store), or pass --merge to add the backup's keys to these (a key whose id the store holds is kept as it is, never overwritten)"
+    )]
+    NotEmpty {
+        /// The key store file.
+        path: String,
+        /// How many keys it holds.
+        keys: usize,
+    },
+    /// A backup key's name is held by another key of the store.
+    #[error(
+        "the backup's key {backup_name:?} (id {backup_id}) has the name of another key in the store, {store_name:?} (id {store_id}); names are never reused, so restore changed nothing. Restore into a new state dir instead of merging into this one"
+    )]
+    NameTaken {
+        /// The backup key's name (the same as the store's).
+        backup_name: String,
+        /// The backup key's id.
+        backup_id: KeyId,
+        /// The store key's name.
+        store_name: String,
+        /// The store key's id.
+        store_id: KeyId,
+    },
+    /// A backup key is not one hostkms could have written.
+    #[error(
+        "the backup's key {name:?} (id {id}) {problem}; hostkms writes no such key, so restore changed nothing"
+    )]
+    Invalid {
+        /// The key's name.
+        name: String,
+        /// The key's id.
+        id: KeyId,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The key store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl KeyStore {
+    /// Imports `keys` in one durable transaction: all of them or, on any
+    /// refusal or failure, none. A store that holds keys is refused unless
+    /// `merge`; with `merge`, a key whose id the store holds is left as the
+    /// store has it (reported in [`Restored::kept`]) and a key whose name
+    /// another key of the store holds refuses the whole restore. Each
+    /// added key is then reported to the change sink as
+    /// [`Change::Restore`].
+    pub fn restore(&self, keys: Vec<KeyMaterial>, merge: bool) -> Result<Restored, RestoreRefused> {
+        let mut writer = self.writer();
+        let current = self.keys.load_full();
+        if !merge && !current.is_empty() {
+            return Err(RestoreRefused::NotEmpty {
+                path: self.path.display().to_string(),
+                keys: current.len(),
+            });
+        }
+        let mut restored = Restored::default();
+        let mut ids = HashSet::new();
+        let mut names = HashSet::new();
+        let mut adding = Vec::new();
+        for material in keys {
+            let invalid = |problem: String| RestoreRefused::Invalid {
+                name: material.name.clone(),
+                id: material.id,
+                problem,
+            };
+            if !ids.insert(material.id) {
+                return Err(invalid("appears twice in the backup".to_string()));
+            }
+            if !names.insert(material.name.clone()) {
+                return Err(invalid(
+                    "shares its name with another key of the backup".to_string(),
+                ));
+            }
+            if let Some(existing) = current.by_id(material.id) {
+                restored.kept.push(RestoredKey {
+                    name: existing.name.clone(),
+                    id: existing.id,
+                });
+                continue;
+            }
+            if let Some(existing) = current.by_name(&material.name) {
+                return Err(RestoreRefused::NameTaken {
+                    backup_name: material.name.clone(),
+                    backup_id: material.id,
+                    store_name: existing.name.clone(),
+                    store_id: existing.id,
+                });
+            }
+            check_material(&material).map_err(invalid)?;
+            let mut versions = Vec::with_capacity(material.versions.len());
+            for version in &material.versions {
+                let (kek, sealed) = match &version.kek {
+                    Some(kek) => {
+                        let sealed = writer
+                            .secrets
+                            .seal_kek(material.id, version.number, kek)
+                            .map_err(StoreError::Random)?;
+                        let sealed: [u8; SEALED_KEK_LEN] = sealed.try_into().map_err(|_| {
+                            StoreError::Random("a sealed KEK of the wrong length".to_string())
+                        })?;
+                        (Some(Kek::new(kek)), Some(sealed))
+                    }
+                    None => {
+                        restored.revoked_versions += 1;
+                        (None, None)
+                    }
+                };
+                versions.push(Arc::new(Version {
+                    number: version.number,
+                    created: version.created,
+                    kek,
+                    sealed: Mutex::new(sealed),
+                    // The old host's counts are not in the record: each
+                    // version counts afresh here. Only the latest version
+                    // encrypts, and it rotates itself at
+                    // rotate_after_encryptions (2^30 by default) on either
+                    // host, so together they stay below the 2^32 random
+                    // nonces NIST SP 800-38D allows a key.
+                    encryptions: AtomicU64::new(0),
+                    reserved: AtomicU64::new(0),
+                    limit_alerted: AtomicBool::new(false),
+                }));
+            }
+            restored.versions += versions.len();
+            restored.added.push(RestoredKey {
+                name: material.name.clone(),
+                id: material.id,
+            });
+            adding.push(Key {
+                id: material.id,
+                name: material.name.clone(),
+                created: material.created,
+                state: material.state,
+                min_decryption_version: material.min_decryption_version,
+                versions,
+            });
+        }
+        let changed = adding
+            .into_iter()
+            .map(|key| {
+                let numbers = (1..=key.latest_version()).collect();
+                (key, numbers)
+            })
+            .collect();
+        self.commit_keys(&mut writer, changed, Change::Restore)?;
+        Ok(restored)
+    }
+}
+
+/// Checks that `material` is a key hostkms could have written: a valid
+/// name, versions numbered 1 to n, a minimum decryption version among them,
+/// and no live version in a revoked key.
+fn check_material(material: &KeyMaterial) -> Result<(), String> {
+    check_name(&material.name).map_err(|e| e.to_string())?;
+    if material.versions.is_empty() {
+        return Err("has no versions".to_string());
+    }
+    for (index, version) in material.versions.iter().enumerate() {
+        if version.number as usize != index + 1 {
+            return Err(format!(
+                "lists version {} where version {} belongs",
+                version.number,
+                index + 1
+            ));
+        }
+    }
+    let latest = material.versions.len() as u32;
+    if !(1..=latest).contains(&material.min_decryption_version) {
+        return Err(format!(
+            "has minimum decryption version {} outside its versions 1 to {latest}",
+            material.min_decryption_version
+        ));
+    }
+    if material.state == KeyState::Revoked && material.versions.iter().any(|v| v.kek.is_some()) {
+        return Err("is revoked but holds a live version".to_string());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use agent_proto::{EncryptionContext, KeyState};
+    use zeroize::Zeroizing;
+
+    use super::*;
+    use crate::envelope;
+    use crate::keystore::{TestEntropy, VersionMaterial};
+    use crate::rootkey::RootKey;
+    use crate::state_dir::StateDir;
+
+    /// A store in a fresh state dir under root key `root`.
+    struct Host {
+        _tmp: tempfile::TempDir,
+        dir: std::path::PathBuf,
+        root: [u8; 32],
+    }
+
+    impl Host {
+        fn new(root: u8) -> Host {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("state");
+            Host {
+                _tmp: tmp,
+                dir,
+                root: [root; 32],
+            }
+        }
+
+        fn open(&self) -> KeyStore {
+            let dir = StateDir::open(&self.dir).unwrap();
+            KeyStore::open(
+                &dir,
+                &RootKey::from_bytes_for_tests(self.root),
+                Arc::new(TestEntropy::new()),
+            )
+            .unwrap()
+        }
+    }
+
+    fn ctx() -> EncryptionContext {
+        [("a".to_string(), "b".to_string())].into_iter().collect()
+    }
+
+    fn wrap(store: &KeyStore, name: &str, plaintext: &[u8]) -> Vec<u8> {
+        let keys = store.keys();
+        let key = keys.by_name(name).unwrap();
+        let version = key.latest().unwrap();
+        envelope::wrap(
+            version.cipher().unwrap(),
+            key.id(),
+            version.number(),
+            plaintext,
+            &ctx(),
+        )
+        .unwrap()
+    }
+
+    fn unwrap(store: &KeyStore, name: &str, ciphertext: &[u8]) -> Option<Vec<u8>> {
+        let keys = store.keys();
+        let key = keys.by_name(name).unwrap();
+        let header = envelope::read_header(ciphertext).ok()?;
+        let cipher = key.version(header.version)?.cipher()?;
+        envelope::unwrap(cipher, ciphertext, &ctx())
+            .ok()
+            .map(|p| p.to_vec())
+    }
+
+    /// Host A with a rotated key whose version 1 is revoked, a disabled
+    /// key and a revoked key: its keys' material, and a ciphertext of each
+    /// live version.
+    fn old_host() -> (Vec<KeyMaterial>, Vec<(String, Vec<u8>)>) {
+        let a = Host::new(1);
+        let store = a.open();
+        let mut samples = Vec::new();
+        for name in ["db", "cold", "gone"] {
+            store.create(name).unwrap();
+            samples.push((name.to_string(), wrap(&store, name, name.as_bytes())));
+        }
+        store.rotate("db").unwrap();
+        samples.push(("db".to_string(), wrap(&store, "db", b"db v2")));
+        store.revoke("db", Some(1)).unwrap();
+        store.set_min_decryption_version("db", 2).unwrap();
+        store.set_enabled("cold", false).unwrap();
+        store.revoke("gone", None).unwrap();
+        let material = store.with_all_material(|keys| keys.to_vec()).unwrap();
+        (material, samples)
+    }
+
+    #[test]
+    fn a_restore_keeps_ids_names_versions_states_and_unwraps_under_another_root_key() {
+        let (material, samples) = old_host();
+        let b = Host::new(2);
+        let store = b.open();
+        let restored = store.restore(material.clone(), false).unwrap();
+        assert_eq!(restored.added.len(), 3);
+        assert_eq!(restored.versions, 4);
+        assert_eq!(restored.revoked_versions, 2, "db v1 and gone v1");
+        assert!(restored.kept.is_empty());
+        // After a reopen: durable, and every row verifies under B's root key.
+        drop(store);
+        let store = b.open();
+        for original in &material {
+            let keys = store.keys();
+            let key = keys.by_id(original.id).unwrap();
+            assert_eq!(key.name(), original.name);
+            assert_eq!(key.state(), original.state);
+            assert_eq!(
+                key.min_decryption_version(),
+                original.min_decryption_version
+            );
+            assert_eq!(key.latest_version() as usize, original.versions.len());
+            for version in &original.versions {
+                assert_eq!(
+                    key.version(version.number).unwrap().is_revoked(),
+                    version.kek.is_none()
+                );
+            }
+        }
+        assert_eq!(
+            store.keys().by_name("cold").unwrap().state(),
+            KeyState::Disabled
+        );
+        assert_eq!(
+            store.keys().by_name("gone").unwrap().state(),
+            KeyState::Revoked
+        );
+        for (name, ciphertext) in &samples {
+            let opened = unwrap(&store, name, ciphertext);
+            match name.as_str() {
+                "gone" => assert_eq!(opened, None, "a revoked key stays revoked"),
+                "db" if envelope::read_header(ciphertext).unwrap().version == 1 => {
+                    assert_eq!(opened, None, "a revoked version stays revoked")
+                }
+                _ => assert!(opened.is_some(), "{name}"),
+            }
+        }
+        assert_eq!(
+            unwrap(&store, "db", &samples[3].1).as_deref(),
+            Some(&b"db v2"[..])
+        );
+    }
+
+    #[test]
+    fn a_store_with_keys_needs_merge_which_keeps_existing_ids_and_refuses_taken_names() {
+        let (material, _) = old_host();
+        let b = Host::new(2);
+        let store = b.open();
+        store.create("local").unwrap();
+        let err = store.restore(material.clone(), false).unwrap_err();
+        assert!(
+            matches!(err, RestoreRefused::NotEmpty { keys: 1, .. }),
+            "{err}"
+        );
+        assert_eq!(store.keys().len(), 1);
+
+        let restored = store.restore(material.clone(), true).unwrap();
+        assert_eq!(restored.added.len(), 3);
+        let again = store.restore(material.clone(), true).unwrap();
+        assert!(again.added.is_empty());
+        assert_eq!(
+            again.kept.len(),
+            3,
+            "existing ids are kept, not overwritten"
+        );
+
+        let c = Host::new(3);
+        let store = c.open();
+        let taken = store.create("db").unwrap();
+        let err = store.restore(material, true).unwrap_err();
+        let RestoreRefused::NameTaken {
+            store_id,
+            backup_name,
+            ..
+        } = &err
+        else {
+            panic!("{err}");
+        };
+        assert_eq!((*store_id, backup_name.as_str()), (taken.id(), "db"));
+        assert!(err.to_string().contains(&taken.id().to_string()), "{err}");
+        drop(store);
+        assert_eq!(c.open().keys().len(), 1, "nothing imported");
+    }
+
+    #[test]
+    fn an_impossible_key_imports_nothing() {
+        let (material, _) = old_host();
+        let b = Host::new(2);
+        let kek = || Some(Zeroizing::new([7u8; 32]));
+        let mut broken = material.clone();
+        broken[1].versions[0].number = 2;
+        let mut revoked_live = material.clone();
+        let gone = revoked_live
+            .iter_mut()
+            .find(|k| k.state == KeyState::Revoked)
+            .unwrap();
+        gone.versions[0].kek = kek();
+        let mut min_too_high = material.clone();
+        min_too_high[0].min_decryption_version = 9;
+        let mut bad_name = material.clone();
+        bad_name[0].name = "has space".to_string();
+        let mut twice = material.clone();
+        twice.push(material[0].clone());
+        let mut no_versions = material.clone();
+        no_versions[2].versions.clear();
+        let _ = VersionMaterial {
+            number: 1,
+            created: 0,
+            kek: kek(),
+        };
+        for keys in [
+            broken,
+            revoked_live,
+            min_too_high,
+            bad_name,
+            twice,
+            no_versions,
+        ] {
+            let store = b.open();
+            let err = store.restore(keys, false).unwrap_err();
+            assert!(matches!(err, RestoreRefused::Invalid { .. }), "{err}");
+            assert!(store.keys().is_empty());
+        }
+        drop(b.open());
+    }
+}

@@ -1,0 +1,780 @@
+//! The key record: one key's material ([`KeyMaterial`]) as versioned,
+//! authenticated JSON text.
+//!
+//! It is the plaintext inside `keys/<id hex>.age` of the recovery directory
+//! and inside an export file, so a person with the age identity can read it
+//! with `age -d` alone. Format 1 (every field is required unless said
+//! otherwise; unknown fields are refused, so nothing unauthenticated rides
+//! along):
+//!
+//! ```json
+//! {
+//!   "format": 1,
+//!   "id": "<32 lower-case hex digits: the key id of every ciphertext header>",
+//!   "name": "<the key name>",
+//!   "created": <unix seconds>,
+//!   "state": "enabled" | "disabled" | "revoked",
+//!   "min_decryption_version": <1..=the number of versions>,
+//!   "revision": <u64, +1 for every write of this key's record>,
+//!   "versions": [
+//!     { "version": 1, "created": <unix seconds>, "state": "enabled" | "revoked",
+//!       "secret": "<base64 of the 32-byte KEK; absent when revoked>" }
+//!   ],
+//!   "mac": "<64 hex digits>"
+//! }
+//! ```
+//!
+//! Version `n` is at index `n - 1`. A revoked key has every version revoked.
+//! `mac` is HMAC-SHA256 over the record's canonical text: the same object
+//! without `mac`, serialized compactly (no white space) with the fields in
+//! the order above and the versions' fields in the order above. Its key is
+//! derived with HKDF-SHA256 (no salt) from a secret under a label: for the
+//! recovery directory the bundle identity's 32-byte X25519 secret and
+//! [`RECORD_MAC_LABEL`] ([`MacKey::for_records`]); an export file uses a key
+//! of its own ([`MacKey::from_bytes`]). So a file planted by someone who knows
+//! only the public bundle recipient is refused.
+//!
+//! Evolution: a change of shape (key types, deletion dates, tags) is a new
+//! format number; its reader is added beside [`decode`]'s format-1 arm and
+//! converts to the current [`KeyMaterial`], so every earlier format stays
+//! readable. A format newer than this build is refused with "upgrade".
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hkdf::Hkdf;
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use agent_proto::KeyState;
+
+use crate::envelope::KeyId;
+use crate::keystore::{KeyMaterial, VersionMaterial};
+
+/// The record format this build writes; it reads every format from 1 to this.
+pub const RECORD_FORMAT: u32 = 1;
+
+/// HKDF label of the MAC key of the recovery directory's key records.
+pub const RECORD_MAC_LABEL: &str = "hostkms recovery record mac v1";
+
+/// The largest record text accepted (a key with about 300,000 versions).
+pub const MAX_RECORD_LEN: usize = 64 << 20;
+
+/// Length of a KEK, the secret of a version.
+const SECRET_LEN: usize = 32;
+
+/// A key that authenticates record (or manifest) text: HMAC-SHA256.
+pub struct MacKey(Zeroizing<[u8; 32]>);
+
+impl std::fmt::Debug for MacKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MacKey(<redacted>)")
+    }
+}
+
+impl MacKey {
+    /// HKDF-SHA256 (no salt) of `secret` with `label` as info.
+    pub fn derive(secret: &[u8], label: &str) -> MacKey {
+        let hkdf = Hkdf::<Sha256>::new(None, secret);
+        let mut key = Zeroizing::new([0u8; 32]);
+        // Expanding 32 bytes from SHA-256 HKDF cannot exceed its 8160-byte bound.
+        let _ = hkdf.expand(label.as_bytes(), key.as_mut());
+        MacKey(key)
+    }
+
+    /// The MAC key of the recovery directory's key records, from the bundle
+    /// identity's 32-byte secret.
+    pub fn for_records(bundle_secret: &[u8; 32]) -> MacKey {
+        MacKey::derive(bundle_secret, RECORD_MAC_LABEL)
+    }
+
+    /// A MAC key given whole (an export file's, for example).
+    pub fn from_bytes(key: Zeroizing<[u8; 32]>) -> MacKey {
+        MacKey(key)
+    }
+
+    fn hmac(&self) -> Hmac<Sha256> {
+        // HMAC takes a key of any length; 32 bytes is never refused.
+        <Hmac<Sha256> as KeyInit>::new_from_slice(self.0.as_ref())
+            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"))
+    }
+
+    /// The tag of `text`, as 64 lower-case hex digits.
+    pub fn tag_hex(&self, text: &[u8]) -> String {
+        let mut mac = self.hmac();
+        mac.update(text);
+        hex(&mac.finalize().into_bytes())
+    }
+
+    /// Whether `tag_hex` is the tag of `text`, compared in constant time.
+    pub fn verify_hex(&self, text: &[u8], tag_hex: &str) -> bool {
+        let Some(tag) = unhex::<32>(tag_hex) else {
+            return false;
+        };
+        let mut mac = self.hmac();
+        mac.update(text);
+        mac.verify_slice(&tag).is_ok()
+    }
+}
+
+/// A key record read back: the key's material and the record's revision.
+#[derive(Debug)]
+pub struct Record {
+    /// The key, with its KEKs (revoked versions have none).
+    pub material: KeyMaterial,
+    /// How many times this key's record was written (+1 per write).
+    pub revision: u64,
+}
+
+/// Why a record cannot be written or read. Never shows secret text: a
+/// malformed record is reported by position only.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// Longer than [`MAX_RECORD_LEN`].
+    #[error("the key record is {len} bytes, more than the {MAX_RECORD_LEN} a record may have")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+    },
+    /// Not JSON of a known shape.
+    #[error(
+        "the key record is not a valid record of format {format}: {kind} at line {line}, column {column}"
+    )]
+    Malformed {
+        /// The format it claims (0 when unreadable).
+        format: u32,
+        /// syntax error, wrong data, or cut short.
+        kind: &'static str,
+        /// Where.
+        line: usize,
+        /// Where.
+        column: usize,
+    },
+    /// Written by a newer hostkms.
+    #[error(
+        "the key record is in format {found}, newer than this hostkms reads (formats 1 to {RECORD_FORMAT}): read it with a newer hostkms"
+    )]
+    NewerFormat {
+        /// The format it has.
+        found: u32,
+    },
+    /// Format 0: never written by any hostkms.
+    #[error("the key record claims format 0, which no hostkms writes")]
+    FormatZero,
+    /// The MAC does not match.
+    #[error(
+        "the key record of key {id} ({name:?}) does not authenticate: it was edited, planted by someone who knows only the public bundle recipient, or belongs to another recovery bundle; do not use it"
+    )]
+    BadMac {
+        /// The id it claims.
+        id: String,
+        /// The name it claims.
+        name: String,
+    },
+    /// Authenticated but inconsistent, or material that cannot be written.
+    #[error("the key record of key {id} ({name:?}) is inconsistent: {detail}")]
+    Invalid {
+        /// The id it claims.
+        id: String,
+        /// The name it claims.
+        name: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// serde_json refused to write (never expected).
+    #[error("cannot write the key record of key {id}: {detail}")]
+    Serialize {
+        /// The key.
+        id: String,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// A key state as records and the MANIFEST spell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateV1 {
+    /// In service.
+    Enabled,
+    /// Stopped until an admin enables it.
+    Disabled,
+    /// Revoked for good.
+    Revoked,
+}
+
+impl From<KeyState> for StateV1 {
+    fn from(state: KeyState) -> StateV1 {
+        match state {
+            KeyState::Enabled => StateV1::Enabled,
+            KeyState::Disabled => StateV1::Disabled,
+            KeyState::Revoked => StateV1::Revoked,
+        }
+    }
+}
+
+impl From<StateV1> for KeyState {
+    fn from(state: StateV1) -> KeyState {
+        match state {
+            StateV1::Enabled => KeyState::Enabled,
+            StateV1::Disabled => KeyState::Disabled,
+            StateV1::Revoked => KeyState::Revoked,
+        }
+    }
+}
+
+/// A version state as records and the MANIFEST spell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionStateV1 {
+    /// Its secret exists.
+    Enabled,
+    /// Its secret is gone.
+    Revoked,
+}
+
+impl VersionStateV1 {
+    /// The state of `version`.
+    pub fn of(version: &VersionMaterial) -> VersionStateV1 {
+        if version.kek.is_some() {
+            VersionStateV1::Enabled
+        } else {
+            VersionStateV1::Revoked
+        }
+    }
+}
+
+/// Format 1, field for field; `mac` absent in the canonical text.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordV1 {
+    format: u32,
+    id: String,
+    name: String,
+    created: u64,
+    state: StateV1,
+    min_decryption_version: u32,
+    revision: u64,
+    versions: Vec<VersionV1>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionV1 {
+    version: u32,
+    created: u64,
+    state: VersionStateV1,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    secret: Option<Zeroizing<String>>,
+}
+
+/// Only the format number, read first to choose the reader.
+#[derive(Deserialize)]
+struct FormatProbe {
+    format: u32,
+}
+
+/// Writes `material` as a format-1 record with `revision`, authenticated
+/// under `key`. The text is pretty-printed JSON in a zeroizing buffer.
+pub fn encode(
+    material: &KeyMaterial,
+    revision: u64,
+    key: &MacKey,
+) -> Result<Zeroizing<Vec<u8>>, RecordError> {
+    let id = material.id.to_string();
+    let invalid = |detail: String| RecordError::Invalid {
+        id: id.clone(),
+        name: material.name.clone(),
+        detail,
+    };
+    check_material(material).map_err(invalid)?;
+    let mut record = RecordV1 {
+        format: RECORD_FORMAT,
+        id: id.clone(),
+        name: material.name.clone(),
+        created: material.created,
+        state: material.state.into(),
+        min_decryption_version: material.min_decryption_version,
+        revision,
+        versions: material
+            .versions
+            .iter()
+            .map(|v| VersionV1 {
+                version: v.number,
+                created: v.created,
+                state: VersionStateV1::of(v),
+                secret: v
+                    .kek
+                    .as_ref()
+                    .map(|kek| Zeroizing::new(BASE64.encode(kek.as_slice()))),
+            })
+            .collect(),
+        mac: None,
+    };
+    let canonical = canonical(&record).map_err(|detail| RecordError::Serialize {
+        id: id.clone(),
+        detail,
+    })?;
+    record.mac = Some(key.tag_hex(&canonical));
+    // Sized ahead so the buffer holding secrets is not reallocated (a
+    // reallocation would leave a copy behind in freed memory).
+    let mut text = Zeroizing::new(Vec::with_capacity(2 * canonical.len() + 1024));
+    serde_json::to_writer_pretty(&mut *text, &record).map_err(|e| RecordError::Serialize {
+        id: id.clone(),
+        detail: e.to_string(),
+    })?;
+    text.push(b'\n');
+    Ok(text)
+}
+
+/// Reads a record of any format this build knows, checks its MAC under
+/// `key` and its consistency, and returns the key's material.
+pub fn decode(text: &[u8], key: &MacKey) -> Result<Record, RecordError> {
+    if text.len() > MAX_RECORD_LEN {
+        return Err(RecordError::TooLarge { len: text.len() });
+    }
+    let probe: FormatProbe = serde_json::from_slice(text).map_err(|e| malformed(0, &e))?;
+    match probe.format {
+        0 => Err(RecordError::FormatZero),
+        1 => decode_v1(text, key),
+        found => Err(RecordError::NewerFormat { found }),
+    }
+}
+
+fn decode_v1(text: &[u8], key: &MacKey) -> Result<Record, RecordError> {
+    let mut record: RecordV1 = serde_json::from_slice(text).map_err(|e| malformed(1, &e))?;
+    let claimed_id = record.id.clone();
+    let claimed_name = record.name.clone();
+    let mac = record.mac.take().unwrap_or_default();
+    let canonical = canonical(&record).map_err(|detail| RecordError::Serialize {
+        id: claimed_id.clone(),
+        detail,
+    })?;
+    if !key.verify_hex(&canonical, &mac) {
+        return Err(RecordError::BadMac {
+            id: claimed_id,
+            name: claimed_name,
+        });
+    }
+    let invalid = |detail: String| RecordError::Invalid {
+        id: claimed_id.clone(),
+        name: claimed_name.clone(),
+        detail,
+    };
+    let id = unhex::<16>(&record.id)
+        .filter(|_| record.id.bytes().all(|b| !b.is_ascii_uppercase()))
+        .map(KeyId)
+        .ok_or_else(|| invalid("its id is not 32 lower-case hex digits".into()))?;
+    let mut versions = Vec::with_capacity(record.versions.len());
+    for v in &record.versions {
+        let kek = match (v.state, &v.secret) {
+            (VersionStateV1::Enabled, Some(secret)) => {
+                Some(decode_secret(secret).ok_or_else(|| {
+                    invalid(format!(
+                        "version {} has a secret that is not 32 bytes of base64",
+                        v.version
+                    ))
+                })?)
+            }
+            (VersionStateV1::Revoked, None) => None,
+            (VersionStateV1::Enabled, None) => {
+                return Err(invalid(format!(
+                    "version {} is enabled but has no secret",
+                    v.version
+                )));
+            }
+            (VersionStateV1::Revoked, Some(_)) => {
+                return Err(invalid(format!(
+                    "version {} is revoked but has a secret",
+                    v.version
+                )));
+            }
+        };
+        versions.push(VersionMaterial {
+            number: v.version,
+            created: v.created,
+            kek,
+        });
+    }
+    let material = KeyMaterial {
+        id,
+        name: record.name.clone(),
+        created: record.created,
+        state: record.state.into(),
+        min_decryption_version: record.min_decryption_version,
+        versions,
+    };
+    check_material(&material).map_err(invalid)?;
+    Ok(Record {
+        material,
+        revision: record.revision,
+    })
+}
+
+/// The rules every key's material keeps (the key store's own invariants).
+fn check_material(material: &KeyMaterial) -> Result<(), String> {
+    agent_proto::key_name::check(&material.name).map_err(|e| e.to_string())?;
+    if material.versions.is_empty() {
+        return Err("it has no versions".into());
+    }
+    for (index, v) in material.versions.iter().enumerate() {
+        if u64::from(v.number) != index as u64 + 1 {
+            return Err(format!(
+                "its versions are not numbered 1, 2, …: entry {} is version {}",
+                index + 1,
+                v.number
+            ));
+        }
+    }
+    let latest = material.versions.len();
+    if material.min_decryption_version == 0 || material.min_decryption_version as usize > latest {
+        return Err(format!(
+            "its minimum decryption version {} is not between 1 and its latest version {latest}",
+            material.min_decryption_version
+        ));
+    }
+    if material.state == KeyState::Revoked && material.versions.iter().any(|v| v.kek.is_some()) {
+        return Err("it is revoked but a version still has its secret".into());
+    }
+    Ok(())
+}
+
+/// Whether two keys' materials are the same: every field and every KEK.
+pub fn same_material(a: &KeyMaterial, b: &KeyMaterial) -> bool {
+    a.id == b.id
+        && a.name == b.name
+        && a.created == b.created
+        && a.state == b.state
+        && a.min_decryption_version == b.min_decryption_version
+        && a.versions.len() == b.versions.len()
+        && a.versions.iter().zip(&b.versions).all(|(x, y)| {
+            x.number == y.number
+                && x.created == y.created
+                && match (&x.kek, &y.kek) {
+                    (Some(x), Some(y)) => x.as_slice() == y.as_slice(),
+                    (None, None) => true,
+                    _ => false,
+                }
+        })
+}
+
+/// The canonical text: compact JSON of the record without its MAC.
+fn canonical(record: &RecordV1) -> Result<Zeroizing<Vec<u8>>, String> {
+    let estimate = 256 + record.versions.len() * 160;
+    let mut text = Zeroizing::new(Vec::with_capacity(estimate));
+    serde_json::to_writer(&mut *text, record).map_err(|e| e.to_string())?;
+    Ok(text)
+}
+
+fn decode_secret(text: &str) -> Option<Zeroizing<[u8; SECRET_LEN]>> {
+    let mut buf = Zeroizing::new([0u8; SECRET_LEN + 8]);
+    let len = BASE64.decode_slice(text.as_bytes(), buf.as_mut()).ok()?;
+    if len != SECRET_LEN {
+        return None;
+    }
+    let mut kek = Zeroizing::new([0u8; SECRET_LEN]);
+    kek.copy_from_slice(&buf[..SECRET_LEN]);
+    Some(kek)
+}
+
+fn malformed(format: u32, e: &serde_json::Error) -> RecordError {
+    RecordError::Malformed {
+        format,
+        kind: classify(e),
+        line: e.line(),
+        column: e.column(),
+    }
+}
+
+/// serde_json's error category, without its message (which may quote text).
+pub(crate) fn classify(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Io => "a read error",
+        serde_json::error::Category::Syntax => "a JSON syntax error",
+        serde_json::error::Category::Data => "a missing, unknown or mistyped field",
+        serde_json::error::Category::Eof => "the text ends too early",
+    }
+}
+
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `N` bytes from exactly `2 N` hex digits (either case).
+pub(crate) fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    let text = text.as_bytes();
+    if text.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, pair) in text.chunks_exact(2).enumerate() {
+        let digit = |c: u8| (c as char).to_digit(16);
+        out[i] = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type JsonEdit = Box<dyn Fn(&mut serde_json::Value)>;
+    type MaterialEdit = Box<dyn Fn(&mut KeyMaterial)>;
+
+    fn material() -> KeyMaterial {
+        KeyMaterial {
+            id: KeyId([0xab; 16]),
+            name: "app-db".into(),
+            created: 1_700_000_000,
+            state: KeyState::Enabled,
+            min_decryption_version: 2,
+            versions: vec![
+                VersionMaterial {
+                    number: 1,
+                    created: 1_700_000_000,
+                    kek: None,
+                },
+                VersionMaterial {
+                    number: 2,
+                    created: 1_700_000_100,
+                    kek: Some(Zeroizing::new([7; 32])),
+                },
+                VersionMaterial {
+                    number: 3,
+                    created: 1_700_000_200,
+                    kek: Some(Zeroizing::new([9; 32])),
+                },
+            ],
+        }
+    }
+
+    fn key() -> MacKey {
+        MacKey::for_records(&[1; 32])
+    }
+
+    fn edit(text: &[u8], f: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+        let mut value: serde_json::Value = serde_json::from_slice(text).unwrap();
+        f(&mut value);
+        serde_json::to_vec_pretty(&value).unwrap()
+    }
+
+    #[test]
+    fn round_trip_keeps_every_field_and_secret() {
+        let text = encode(&material(), 5, &key()).unwrap();
+        let record = decode(&text, &key()).unwrap();
+        assert_eq!(record.revision, 5);
+        assert!(same_material(&record.material, &material()));
+        assert_eq!(record.material.id, KeyId([0xab; 16]));
+        assert_eq!(record.material.min_decryption_version, 2);
+        assert!(record.material.versions[0].kek.is_none());
+        assert_eq!(record.material.versions[2].kek.as_deref(), Some(&[9; 32]));
+    }
+
+    #[test]
+    fn the_text_is_the_documented_shape() {
+        let text = encode(&material(), 5, &key()).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&text).unwrap();
+        assert_eq!(value["format"], 1);
+        assert_eq!(value["id"], "abababababababababababababababab");
+        assert_eq!(value["name"], "app-db");
+        assert_eq!(value["state"], "enabled");
+        assert_eq!(value["revision"], 5);
+        assert_eq!(value["min_decryption_version"], 2);
+        let versions = value["versions"].as_array().unwrap();
+        assert_eq!(versions[0]["state"], "revoked");
+        assert!(
+            versions[0].get("secret").is_none(),
+            "a revoked version's secret is gone"
+        );
+        assert_eq!(versions[1]["secret"], BASE64.encode([7u8; 32]));
+        assert_eq!(value["mac"].as_str().unwrap().len(), 64);
+    }
+
+    #[test]
+    fn the_mac_is_over_the_compact_text_without_it() {
+        let text = encode(&material(), 5, &key()).unwrap();
+        let mut value: serde_json::Value = serde_json::from_slice(&text).unwrap();
+        let mac = value.as_object_mut().unwrap().remove("mac").unwrap();
+        // serde_json::Value keeps insertion order only with preserve_order;
+        // rebuild the canonical text from the typed record instead.
+        let record: RecordV1 = serde_json::from_value(value).unwrap();
+        let canonical = canonical(&record).unwrap();
+        assert!(key().verify_hex(&canonical, mac.as_str().unwrap()));
+        assert!(canonical.starts_with(br#"{"format":1,"id":"abab"#));
+    }
+
+    #[test]
+    fn any_edit_is_refused() {
+        let text = encode(&material(), 5, &key()).unwrap();
+        let edits: Vec<JsonEdit> = vec![
+            Box::new(|v| v["name"] = "other".into()),
+            Box::new(|v| v["state"] = "disabled".into()),
+            Box::new(|v| v["min_decryption_version"] = 1.into()),
+            Box::new(|v| v["revision"] = 6.into()),
+            Box::new(|v| v["versions"][1]["secret"] = BASE64.encode([8u8; 32]).into()),
+            Box::new(|v| {
+                // A revoked version brought back.
+                v["versions"][0]["state"] = "enabled".into();
+                v["versions"][0]["secret"] = BASE64.encode([8u8; 32]).into();
+            }),
+            Box::new(|v| {
+                v["versions"].as_array_mut().unwrap().pop();
+            }),
+        ];
+        for f in edits {
+            let edited = edit(&text, f);
+            assert!(
+                matches!(decode(&edited, &key()), Err(RecordError::BadMac { .. })),
+                "{}",
+                String::from_utf8_lossy(&edited)
+            );
+        }
+    }
+
+    #[test]
+    fn a_record_planted_without_the_bundle_secret_is_refused() {
+        // Someone who knows only the public recipient can encrypt to it, but
+        // cannot derive the MAC key.
+        let planted = encode(&material(), 9, &MacKey::for_records(&[2; 32])).unwrap();
+        let err = decode(&planted, &key()).unwrap_err();
+        assert!(matches!(err, RecordError::BadMac { .. }), "{err}");
+        assert!(err.to_string().contains("does not authenticate"));
+        let no_mac = edit(&planted, |v| {
+            v.as_object_mut().unwrap().remove("mac");
+        });
+        assert!(matches!(
+            decode(&no_mac, &key()),
+            Err(RecordError::BadMac { .. })
+        ));
+    }
+
+    #[test]
+    fn the_transfer_variant_uses_its_own_key() {
+        let transfer = MacKey::from_bytes(Zeroizing::new([3; 32]));
+        let text = encode(&material(), 1, &transfer).unwrap();
+        assert!(decode(&text, &transfer).is_ok());
+        assert!(decode(&text, &key()).is_err());
+        assert!(decode(&text, &MacKey::derive(&[3; 32], RECORD_MAC_LABEL)).is_err());
+    }
+
+    #[test]
+    fn formats_are_checked_before_anything_else() {
+        let text = encode(&material(), 5, &key()).unwrap();
+        let newer = edit(&text, |v| v["format"] = 2.into());
+        assert!(matches!(
+            decode(&newer, &key()),
+            Err(RecordError::NewerFormat { found: 2 })
+        ));
+        assert!(
+            decode(&newer, &key())
+                .unwrap_err()
+                .to_string()
+                .contains("newer hostkms")
+        );
+        let zero = edit(&text, |v| v["format"] = 0.into());
+        assert!(matches!(
+            decode(&zero, &key()),
+            Err(RecordError::FormatZero)
+        ));
+        let unknown_field = edit(&text, |v| v["tags"] = "x".into());
+        assert!(matches!(
+            decode(&unknown_field, &key()),
+            Err(RecordError::Malformed { format: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_text_is_an_error_that_quotes_no_content() {
+        let text = encode(&material(), 5, &key()).unwrap();
+        let secret = BASE64.encode([7u8; 32]);
+        // The secret where a number belongs.
+        let edited = edit(&text, |v| v["created"] = secret.clone().into());
+        let err = decode(&edited, &key()).unwrap_err();
+        assert!(matches!(err, RecordError::Malformed { .. }), "{err}");
+        assert!(!err.to_string().contains(&secret));
+        for bad in [
+            &b""[..],
+            b"{",
+            b"[]",
+            b"null",
+            b"{\"format\":\"1\"}",
+            &[0xff; 10],
+        ] {
+            assert!(
+                matches!(decode(bad, &key()), Err(RecordError::Malformed { .. })),
+                "{bad:?}"
+            );
+        }
+        let huge = vec![b' '; MAX_RECORD_LEN + 1];
+        assert!(matches!(
+            decode(&huge, &key()),
+            Err(RecordError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn inconsistent_material_is_refused_even_when_authenticated() {
+        let cases: Vec<MaterialEdit> = vec![
+            Box::new(|m| m.min_decryption_version = 0),
+            Box::new(|m| m.min_decryption_version = 4),
+            Box::new(|m| m.versions[1].number = 3),
+            Box::new(|m| m.versions.clear()),
+            Box::new(|m| m.name = "bad name".into()),
+            Box::new(|m| m.state = KeyState::Revoked),
+        ];
+        for f in cases {
+            let mut m = material();
+            f(&mut m);
+            // encode refuses it ...
+            assert!(matches!(
+                encode(&m, 1, &key()),
+                Err(RecordError::Invalid { .. })
+            ));
+        }
+        // ... and decode refuses a MACed record that breaks a rule.
+        let text = encode(&material(), 5, &key()).unwrap();
+        let cases: Vec<JsonEdit> = vec![
+            Box::new(|v| v["versions"][1]["secret"] = "AAAA".into()),
+            Box::new(|v| {
+                v["versions"][1].as_object_mut().unwrap().remove("secret");
+            }),
+            Box::new(|v| v["versions"][0]["secret"] = BASE64.encode([1u8; 32]).into()),
+            Box::new(|v| v["id"] = "ABABABABABABABABABABABABABABABAB".into()),
+            Box::new(|v| v["id"] = "abab".into()),
+            Box::new(|v| v["versions"][2]["version"] = 7.into()),
+        ];
+        for f in cases {
+            let mut value: serde_json::Value = serde_json::from_slice(&text).unwrap();
+            value.as_object_mut().unwrap().remove("mac");
+            f(&mut value);
+            let mut record: RecordV1 = serde_json::from_value(value).unwrap();
+            record.mac = Some(key().tag_hex(&canonical(&record).unwrap()));
+            let resigned = serde_json::to_vec(&record).unwrap();
+            let err = decode(&resigned, &key()).unwrap_err();
+            assert!(matches!(err, RecordError::Invalid { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn same_material_sees_every_difference() {
+        assert!(same_material(&material(), &material()));
+        let mut m = material();
+        m.versions[2].kek = Some(Zeroizing::new([10; 32]));
+        assert!(!same_material(&m, &material()));
+        let mut m = material();
+        m.versions[2].kek = None;
+        assert!(!same_material(&m, &material()));
+        let mut m = material();
+        m.state = KeyState::Disabled;
+        assert!(!same_material(&m, &material()));
+    }
+
+    #[test]
+    fn debug_of_the_mac_key_is_redacted() {
+        assert_eq!(format!("{:?}", key()), "MacKey(<redacted>)");
+    }
+}
