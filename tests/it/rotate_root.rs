@@ -382,8 +382,28 @@ fn state_files(files: &DaemonFiles) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn a_start_completes_or_discards_the_rotation_a_crash_left_at_each_step() {
-    let tpm = Swtpm::start();
+    // The TPM's state is snapshotted with each generation: a crash before
+    // a rotation's commit leaves the rollback counter where the old store
+    // says (a rotation counts it once committed), so each crash point runs
+    // on the TPM of the store it leaves.
+    let tpm_home = crate::harness::private_tempdir();
+    let tpm_dir = tpm_home.path().join("tpm");
+    fs::create_dir_all(&tpm_dir).expect("tpm dir");
+    let mut tpm = Swtpm::start_in(&tpm_dir);
     let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
+    let tpm_as_of = |tpm: Swtpm, generation: &Path| -> Swtpm {
+        drop(tpm);
+        for entry in fs::read_dir(&tpm_dir).expect("tpm dir") {
+            fs::remove_file(entry.expect("entry").path()).expect("rm");
+        }
+        for entry in fs::read_dir(generation.join("tpm")).expect("tpm snapshot") {
+            let path = entry.expect("entry").path();
+            fs::copy(&path, tpm_dir.join(path.file_name().expect("name"))).expect("copy");
+        }
+        let tpm = Swtpm::start_in(&tpm_dir);
+        files.write_config(&tpm.tcti(), &DaemonConfig::new());
+        tpm
+    };
     let work = files.root.path().join("snapshots");
     let (old, new, newer) = (work.join("old"), work.join("new"), work.join("newer"));
 
@@ -401,6 +421,15 @@ fn a_start_completes_or_discards_the_rotation_a_crash_left_at_each_step() {
         let (exit, log) = daemon.stop();
         assert!(exit.success(), "{log}");
         snapshot(&files, snapshot_dir);
+        drop(tpm);
+        let tpm_snapshot = snapshot_dir.join("tpm");
+        fs::create_dir_all(&tpm_snapshot).expect("tpm snapshot");
+        for entry in fs::read_dir(&tpm_dir).expect("tpm dir") {
+            let path = entry.expect("entry").path();
+            fs::copy(&path, tpm_snapshot.join(path.file_name().expect("name"))).expect("copy");
+        }
+        tpm = Swtpm::start_in(&tpm_dir);
+        files.write_config(&tpm.tcti(), &DaemonConfig::new());
         daemon = Daemon::start(&files).expect("restart");
     }
     drop(daemon);
@@ -482,6 +511,7 @@ fn a_start_completes_or_discards_the_rotation_a_crash_left_at_each_step() {
         place(&files, dir_of(crash.root_pub), "root.pub", "root.pub");
         place(&files, dir_of(crash.root_priv), "root.priv", "root.priv");
         place(&files, dir_of(crash.store), "keystore.db", "keystore.db");
+        tpm = tpm_as_of(tpm, dir_of(crash.store));
         if crash.next_pub {
             place(&files, &new, "root.pub", "root-next.pub");
         }
@@ -524,6 +554,7 @@ fn a_start_completes_or_discards_the_rotation_a_crash_left_at_each_step() {
     place(&files, &old, "root.pub", "root.pub");
     place(&files, &old, "root.priv", "root.priv");
     place(&files, &newer, "keystore.db", "keystore.db");
+    let _tpm = tpm_as_of(tpm, &newer);
     place(&files, &new, "root.pub", "root-next.pub");
     place(&files, &new, "root.priv", "root-next.priv");
     let before = state_files(&files);
