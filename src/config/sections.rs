@@ -465,6 +465,18 @@ pub(super) fn recovery(
     let mut parsed = Vec::with_capacity(recipients.get_ref().len());
     for recipient in recipients.get_ref() {
         let text = recipient.get_ref().trim();
+        let secret = text
+            .get(..15)
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case("AGE-SECRET-KEY-"));
+        if secret {
+            // Never echoed: at threshold 1 it opens every copy of the
+            // recovery directory, and the error goes to the journal.
+            return Err(source.invalid(
+                Some(recipient.span()),
+                "recovery.recipients",
+                "holds an age secret key, not a recipient: remove it from the config and treat it as exposed (make the custodian a new key with age-keygen, kept offline); give the age1… line age-keygen prints as \"public key\"".to_string(),
+            ));
+        }
         if escrow::check_custodians(&[text.to_string()], 1).is_err() {
             return Err(source.invalid(
                 Some(recipient.span()),

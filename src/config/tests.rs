@@ -401,6 +401,21 @@ fn recovery_is_off_without_its_table_and_read_with_defaults() {
 }
 
 #[test]
+fn a_secret_key_pasted_as_a_custodian_is_refused_without_being_echoed() {
+    let secret = "AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ";
+    for pasted in [secret.to_string(), secret.to_lowercase()] {
+        let err = parse(&format!("[recovery]\nrecipients = [\"{pasted}\"]\n")).unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.contains("secret key"), "{shown}");
+        assert!(shown.contains("treat it as exposed"), "{shown}");
+        assert!(
+            !shown.to_uppercase().contains("QQQQ"),
+            "a secret echoed: {shown}"
+        );
+    }
+}
+
+#[test]
 fn bad_recovery_settings_name_the_field_line_and_fix() {
     let [a, b] = two_recipients();
     for (text, field, says) in [
