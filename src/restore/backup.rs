@@ -51,6 +51,8 @@ pub struct Backup {
     pub files: BTreeMap<String, Vec<u8>>,
     /// Files the backup holds that restore does not read.
     pub ignored: Vec<String>,
+    /// The bytes of `files` together, kept as they are added.
+    pub(super) total_bytes: u64,
 }
 
 /// Why a backup could not be read.
@@ -164,8 +166,8 @@ impl Backup {
                 problem: format!("it holds more than {MAX_FILES} files"),
             });
         }
-        let total: u64 = self.files.values().map(|f| f.len() as u64).sum();
-        if total + bytes.len() as u64 > MAX_TOTAL {
+        let total = self.total_bytes + bytes.len() as u64;
+        if total > MAX_TOTAL {
             return Err(BackupError::TooLarge {
                 origin: self.origin.clone(),
                 problem: format!("its files hold more than {MAX_TOTAL} bytes"),
@@ -174,6 +176,7 @@ impl Backup {
         if self.files.insert(relative.clone(), bytes).is_some() {
             return Err(self.refused(&relative, "appears twice"));
         }
+        self.total_bytes = total;
         Ok(())
     }
 
@@ -288,6 +291,9 @@ impl Backup {
         };
         let mut archive = tar::Archive::new(file);
         let mut entries: Vec<(Vec<String>, Vec<u8>)> = Vec::new();
+        // Counted as entries are read, so a tar of many large (or sparse)
+        // entries is refused before it is in memory, not after.
+        let mut total: u64 = 0;
         for entry in archive.entries().map_err(read_error)? {
             let entry = entry.map_err(read_error)?;
             let kind = entry.header().entry_type();
@@ -334,6 +340,13 @@ impl Backup {
             if !wanted(&components) && !wanted(components.get(1..).unwrap_or_default()) {
                 self.ignored.push(components.join("/"));
                 continue;
+            }
+            total = total.saturating_add(size);
+            if total > MAX_TOTAL {
+                return Err(BackupError::TooLarge {
+                    origin: self.origin.clone(),
+                    problem: format!("its files hold more than {MAX_TOTAL} bytes"),
+                });
             }
             let mut bytes = Vec::new();
             entry
