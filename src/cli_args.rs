@@ -81,6 +81,14 @@ pub struct RestoreArgs {
     /// leaves is that user's.
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
+    /// The bundle identity the backup must be made for: its recipient
+    /// (`age1…`) or fingerprint, as written down when the old host escrowed
+    /// it (`hostkms status` on that host, its journal's escrow event). A
+    /// backup is only as good as this: anyone can make a backup whose
+    /// custodian files the real custodians open, so the restore refuses
+    /// every bundle but the one named here.
+    #[arg(long, value_name = "RECIPIENT|FINGERPRINT")]
+    pub bundle: String,
     /// The recovery directory, or a tar file written by `hostkms backup`.
     #[arg(value_name = "BACKUP")]
     pub backup: PathBuf,
@@ -132,6 +140,8 @@ mod tests {
             "--identity",
             "c.key",
             "--merge",
+            "--bundle",
+            "0123456789abcdef",
             "/backup.tar",
         ])
         .expect("parse");
@@ -145,9 +155,14 @@ mod tests {
         );
         assert_eq!(restore.shares, [PathBuf::from("b.share")]);
         assert!(restore.merge);
+        assert_eq!(restore.bundle, "0123456789abcdef");
         assert_eq!(restore.backup, PathBuf::from("/backup.tar"));
         let err = Args::try_parse_from(["hostkmsd", "restore", "--identity", "a.key"])
             .expect_err("BACKUP is required");
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        let err =
+            Args::try_parse_from(["hostkmsd", "restore", "--identity", "a.key", "/backup.tar"])
+                .expect_err("--bundle is required: a backup cannot vouch for itself");
         assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
     }
 

@@ -60,6 +60,9 @@ pub struct RestoreOptions {
     pub merge: bool,
     /// The daemon's user, when named.
     pub user: Option<String>,
+    /// The bundle identity the backup must be made for: its recipient
+    /// (`age1…`) or fingerprint, known from outside the backup.
+    pub bundle: String,
 }
 
 /// What a restore did.
@@ -101,6 +104,18 @@ pub enum RestoreError {
     /// not verify under it.
     #[error(transparent)]
     Open(#[from] OpenError),
+    /// The backup's bundle identity is not the one the operator named.
+    #[error(
+        "the backup {backup} was made for bundle identity {found} (fingerprint), not {expected} as --bundle says: it is not the backup of the host you meant, or it was forged (anyone can make a backup whose custodian files your custodians open, so the bundle is checked against what you wrote down when it was escrowed). Restore changed nothing; find the backup of that bundle, or check the value given to --bundle"
+    )]
+    WrongBundle {
+        /// The backup.
+        backup: String,
+        /// The fingerprint of the bundle it was made for.
+        found: String,
+        /// What --bundle named.
+        expected: String,
+    },
     /// The daemon's user could not be found or become.
     #[error("{0}; restore changed nothing")]
     User(String),
@@ -118,6 +133,18 @@ pub enum RestoreError {
     Refused(#[from] RestoreRefused),
 }
 
+/// Whether `pinned` (a recipient `age1…` or a fingerprint, as the
+/// operator wrote it down) names the bundle whose fingerprint is `found`.
+fn bundle_matches(pinned: &str, found: &str) -> bool {
+    let pinned = pinned.trim();
+    let pinned = if pinned.starts_with("age1") {
+        crate::recovery::agefile::fingerprint(pinned)
+    } else {
+        pinned.to_ascii_lowercase()
+    };
+    !pinned.is_empty() && pinned == found.to_ascii_lowercase()
+}
+
 /// Runs the restore `options` asks for into the state dir of `config`.
 pub fn run(config: &Config, options: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     let backup = Backup::read(&options.backup)?;
@@ -129,6 +156,13 @@ pub fn run(config: &Config, options: &RestoreOptions) -> Result<RestoreReport, R
         &inputs(&options.shares, &shares),
     )?;
     drop((identities, shares));
+    if !bundle_matches(&options.bundle, &opened.bundle_fingerprint) {
+        return Err(RestoreError::WrongBundle {
+            backup: options.backup.display().to_string(),
+            found: opened.bundle_fingerprint.clone(),
+            expected: options.bundle.trim().to_string(),
+        });
+    }
     let owner = DaemonUser::resolve(options.user.as_deref(), &config.state_dir)?;
     owner.become_owner(&config.state_dir)?;
     let state_dir = StateDir::open(&config.state_dir)?;
@@ -396,6 +430,19 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
+
+    #[test]
+    fn the_named_bundle_matches_by_recipient_or_fingerprint_only() {
+        let recipient = "age1qyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqs3290gq";
+        let found = crate::recovery::agefile::fingerprint(recipient);
+        assert!(bundle_matches(recipient, &found));
+        assert!(bundle_matches(&format!(" {recipient}\n"), &found));
+        assert!(bundle_matches(&found, &found));
+        assert!(bundle_matches(&found.to_uppercase(), &found));
+        assert!(!bundle_matches("", &found));
+        assert!(!bundle_matches(&found[..15], &found));
+        assert!(!bundle_matches("age1other", &found));
+    }
 
     #[test]
     fn the_daemon_user_is_the_one_named_else_the_state_dirs_owner_else_the_caller() {

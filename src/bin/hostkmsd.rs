@@ -120,6 +120,7 @@ fn run_restore(config: &hostkms::config::Config, args: RestoreArgs) -> ExitCode 
         shares: args.shares,
         merge: args.merge,
         user: args.user,
+        bundle: args.bundle,
     };
     match hostkms::restore::run(config, &options) {
         Ok(report) => {

@@ -467,12 +467,15 @@ fn new_host_with(config: &DaemonConfig) -> NewHost {
 }
 
 impl NewHost {
-    /// `hostkmsd restore --config ... ARGS`.
-    fn restore(&self, args: &[&str]) -> Output {
+    /// `hostkmsd restore --config ... --bundle BUNDLE ARGS`: `bundle` is
+    /// what the operator wrote down when the old host escrowed it.
+    fn restore(&self, bundle: &str, args: &[&str]) -> Output {
         Command::new(HOSTKMSD)
             .arg("restore")
             .arg("--config")
             .arg(&self.files.config)
+            .arg("--bundle")
+            .arg(bundle)
             .args(args)
             .env("HOSTKMS_LOG_TARGET", "stderr")
             .env("HOSTKMS_LOG", "info")
@@ -536,13 +539,16 @@ fn drill_a_lost_host_is_restored_with_two_of_three_custodians() {
     let recipients: Vec<String> = old.custodians.iter().map(|c| c.recipient.clone()).collect();
     let new_dir = old.work.path().join("recovery-d");
     let d = new_host_with(&DaemonConfig::new().recovery(&recipients, 2, &new_dir));
-    let out = d.restore(&[
-        "--identity",
-        path(&old.custodians[1].key),
-        "--identity",
-        path(&old.custodians[2].key),
-        path(&old.backup),
-    ]);
+    let out = d.restore(
+        &old.bundle_recipient,
+        &[
+            "--identity",
+            path(&old.custodians[1].key),
+            "--identity",
+            path(&old.custodians[2].key),
+            path(&old.backup),
+        ],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         text(&out.stdout).contains("counts as exposed"),
@@ -577,13 +583,16 @@ fn restore_on_two_hosts(old: &OldHost) {
 
     // Host B: two custodians' identity files.
     let b = new_host();
-    let out = b.restore(&[
-        "--identity",
-        path(&old.custodians[0].key),
-        "--identity",
-        path(&old.custodians[2].key),
-        backup,
-    ]);
+    let out = b.restore(
+        &old.bundle_recipient,
+        &[
+            "--identity",
+            path(&old.custodians[0].key),
+            "--identity",
+            path(&old.custodians[2].key),
+            backup,
+        ],
+    );
     assert!(out.status.success(), "restore: {}", stderr(&out));
     assert!(
         text(&out.stdout).contains("restored 5 keys"),
@@ -672,13 +681,16 @@ fn restore_on_two_hosts(old: &OldHost) {
         shares.push(share_path);
     }
     let c = new_host();
-    let out = c.restore(&[
-        "--share",
-        path(&shares[0]),
-        "--share",
-        path(&shares[1]),
-        backup,
-    ]);
+    let out = c.restore(
+        &old.bundle_recipient,
+        &[
+            "--share",
+            path(&shares[0]),
+            "--share",
+            path(&shares[1]),
+            backup,
+        ],
+    );
     assert!(
         out.status.success(),
         "restore with shares: {}",
@@ -726,7 +738,7 @@ fn too_few_or_wrong_custodians_are_refused_naming_the_ones_needed() {
         ],
         vec![backup],
     ] {
-        let out = host.restore(&args);
+        let out = host.restore(&old.bundle_recipient, &args);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
         let message = stderr(&out);
         assert!(message.contains('2'), "{args:?} says how many: {message}");
@@ -745,7 +757,10 @@ fn too_few_or_wrong_custodians_are_refused_naming_the_ones_needed() {
             "{args:?}: a refused restore touches no state dir"
         );
     }
-    let out = host.restore(&["--identity", path(&stranger), backup]);
+    let out = host.restore(
+        &old.bundle_recipient,
+        &["--identity", path(&stranger), backup],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains(&fingerprint(&public_key(&stranger))),
@@ -767,12 +782,15 @@ fn a_store_with_keys_needs_merge_which_keeps_its_keys_and_refuses_a_taken_name()
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
 
-    let out = host.restore(&["--identity", identity, backup]);
+    let out = host.restore(&old.bundle_recipient, &["--identity", identity, backup]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("--merge"), "{}", stderr(&out));
     assert_eq!(host.stored_names(), "b-local\n", "nothing imported");
 
-    let out = host.restore(&["--merge", "--identity", identity, backup]);
+    let out = host.restore(
+        &old.bundle_recipient,
+        &["--merge", "--identity", identity, backup],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let daemon = host.start();
     let mut client = daemon.client();
@@ -795,7 +813,10 @@ fn a_store_with_keys_needs_merge_which_keeps_its_keys_and_refuses_a_taken_name()
 
     // Again: every key id is there already, so each is kept as it is.
     let before = fs::read(host.files.state_file("keystore.db")).expect("db");
-    let out = host.restore(&["--merge", "--identity", identity, backup]);
+    let out = host.restore(
+        &old.bundle_recipient,
+        &["--merge", "--identity", identity, backup],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         text(&out.stdout).contains("restored 0 keys"),
@@ -813,7 +834,10 @@ fn a_store_with_keys_needs_merge_which_keeps_its_keys_and_refuses_a_taken_name()
     let daemon = other.start();
     let taken = daemon.client().create_key("app-db").expect("create");
     drop(daemon);
-    let out = other.restore(&["--merge", "--identity", identity, backup]);
+    let out = other.restore(
+        &old.bundle_recipient,
+        &["--merge", "--identity", identity, backup],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let message = stderr(&out);
     let hex = |id: &[u8]| id.iter().map(|b| format!("{b:02x}")).collect::<String>();
@@ -830,11 +854,14 @@ fn restore_refuses_while_the_daemon_runs() {
     let old = written_host(1, 1, 1);
     let host = new_host();
     let daemon = host.start();
-    let out = host.restore(&[
-        "--identity",
-        path(&old.custodians[0].key),
-        path(&old.backup),
-    ]);
+    let out = host.restore(
+        &old.bundle_recipient,
+        &[
+            "--identity",
+            path(&old.custodians[0].key),
+            path(&old.backup),
+        ],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("in use by"), "{}", stderr(&out));
     assert!(daemon.client().list_keys().expect("list").is_empty());
@@ -941,7 +968,10 @@ fn a_tampered_planted_stale_or_incomplete_backup_imports_nothing() {
         (&stale, "older than revision 5 the MANIFEST lists"),
         (&incomplete, "is missing"),
     ] {
-        let out = host.restore(&["--merge", "--identity", identity, path(dir)]);
+        let out = host.restore(
+            &old.bundle_recipient,
+            &["--merge", "--identity", identity, path(dir)],
+        );
         assert_eq!(out.status.code(), Some(1), "{dir:?}: {}", stderr(&out));
         assert!(stderr(&out).contains(expected), "{dir:?}: {}", stderr(&out));
         assert_eq!(
@@ -961,7 +991,10 @@ fn a_tampered_planted_stale_or_incomplete_backup_imports_nothing() {
         .find(|k| k.name == "app-db")
         .expect("app-db");
     write_record(&newer, &bundle, current, 6);
-    let out = host.restore(&["--merge", "--identity", identity, path(&newer)]);
+    let out = host.restore(
+        &old.bundle_recipient,
+        &["--merge", "--identity", identity, path(&newer)],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let daemon = host.start();
     assert_answers_as_on_a(&old, &mut daemon.client());
@@ -984,13 +1017,16 @@ fn run_as_root_it_writes_as_the_daemons_user_after_reading_roots_files() {
     let host = NewHost { tpm, files };
     // The backup and the identity are root's own (in a 0700 directory):
     // read before the restore becomes the daemon's user.
-    let out = host.restore(&[
-        "--user",
-        "nobody",
-        "--identity",
-        path(&old.custodians[0].key),
-        path(&old.backup),
-    ]);
+    let out = host.restore(
+        &old.bundle_recipient,
+        &[
+            "--user",
+            "nobody",
+            "--identity",
+            path(&old.custodians[0].key),
+            path(&old.backup),
+        ],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         text(&out.stdout).contains("owned by uid 65534"),
@@ -1051,7 +1087,10 @@ fn restore_killed_at_any_moment_leaves_all_keys_or_none() {
     // How long a whole restore takes here, to spread the kills over it.
     let probe = new_host();
     let started = Instant::now();
-    let out = probe.restore(&["--identity", path(&custodian.key), path(&dir)]);
+    let out = probe.restore(
+        bundle.recipient(),
+        &["--identity", path(&custodian.key), path(&dir)],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let whole = started.elapsed();
     let all = format!("{}\n", keys.len());
@@ -1069,6 +1108,8 @@ fn restore_killed_at_any_moment_leaves_all_keys_or_none() {
             .arg("restore")
             .arg("--config")
             .arg(&host.files.config)
+            .arg("--bundle")
+            .arg(bundle.recipient())
             .arg("--identity")
             .arg(&custodian.key)
             .arg(&dir)
@@ -1094,7 +1135,10 @@ fn restore_killed_at_any_moment_leaves_all_keys_or_none() {
         // already whole; then the daemon serves every key.
         if count == "0\n" {
             interrupted += 1;
-            let out = host.restore(&["--identity", path(&custodian.key), path(&dir)]);
+            let out = host.restore(
+                bundle.recipient(),
+                &["--identity", path(&custodian.key), path(&dir)],
+            );
             assert!(out.status.success(), "step {step}: {}", stderr(&out));
         }
         let daemon = host.start();
@@ -1110,4 +1154,68 @@ fn restore_killed_at_any_moment_leaves_all_keys_or_none() {
         interrupted > 0,
         "no kill landed before the restore was done"
     );
+}
+
+/// Anyone can make a backup whose custodian files the real custodians open:
+/// the custodians' recipients are public (every MANIFEST lists them), and age
+/// says nothing of who encrypted a file. So the bundle the backup was made
+/// for is checked against the one the operator names, written down when the
+/// old host escrowed it; a forged backup would otherwise plant keys whose
+/// secrets its maker knows.
+#[test]
+fn a_backup_forged_for_the_real_custodians_is_refused_by_the_named_bundle() {
+    let work = private_tempdir();
+    let custodian = custodians(work.path(), 1).remove(0);
+    let genuine = escrow::BundleIdentity::generate().expect("bundle");
+    let forged = escrow::BundleIdentity::generate().expect("bundle");
+    let keys = vec![KeyMaterial {
+        id: KeyId([0x77; 16]),
+        name: "app-db".to_string(),
+        created: 1_700_000_000,
+        state: KeyState::Enabled,
+        min_decryption_version: 1,
+        versions: vec![VersionMaterial {
+            number: 1,
+            created: 1_700_000_000,
+            kek: Some(random_kek()),
+        }],
+    }];
+    let dir = work.path().join("forged");
+    write_recovery_dir(
+        &dir,
+        &forged,
+        std::slice::from_ref(&custodian.recipient),
+        1,
+        &keys,
+        1,
+    );
+    let host = new_host();
+    let identity = path(&custodian.key);
+    for named in [
+        genuine.recipient().to_string(),
+        fingerprint(genuine.recipient()),
+    ] {
+        let out = host.restore(&named, &["--identity", identity, path(&dir)]);
+        let message = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{message}");
+        assert!(message.contains("or it was forged"), "{message}");
+        assert!(
+            message.contains(&fingerprint(forged.recipient())),
+            "names the bundle the backup was made for: {message}"
+        );
+        assert!(
+            message.contains("MESSAGE_ID=\"cb05f1bc80be4862bc959b256cdd4f63\""),
+            "audited as a failed restore: {message}"
+        );
+        assert!(
+            !host.files.state_dir.exists(),
+            "a refused restore touches no state dir"
+        );
+    }
+    // The same backup restores when the operator names its own bundle.
+    let out = host.restore(
+        &fingerprint(forged.recipient()).to_uppercase(),
+        &["--identity", identity, path(&dir)],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
 }
