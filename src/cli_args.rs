@@ -82,7 +82,7 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
     /// The bundle identity the backup must be made for: its recipient
-    /// (`age1…`) or fingerprint, as written down when the old host escrowed
+    /// (`age1...`) or fingerprint, as written down when the old host escrowed
     /// it (`hostkms status` on that host, its journal's escrow event). A
     /// backup is only as good as this: anyone can make a backup whose
     /// custodian files the real custodians open, so the restore refuses

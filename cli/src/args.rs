@@ -133,7 +133,7 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Print this host's transport key (age1…) and its fingerprint: what
+    /// Print this host's transport key (age1...) and its fingerprint: what
     /// another host's root pins in a [[transfer]] table to export keys here
     /// and to import keys from here.
     TransportKey,

@@ -280,6 +280,16 @@ mod tests {
             );
         }
         assert_eq!(HOSTKMSD.file_name(), "hostkmsd.8");
+        // groff (and so `make deb`) refuses characters outside ASCII, such
+        // as an ellipsis in a help text: caught here, in `make check`.
+        for (name, page) in [("hostkms.1", &cli), ("hostkmsd.8", &daemon)] {
+            let odd: Vec<(usize, &str)> = page
+                .lines()
+                .enumerate()
+                .filter(|(_, line)| !line.is_ascii())
+                .collect();
+            assert!(odd.is_empty(), "{name} has non-ASCII lines: {odd:?}");
+        }
     }
 
     #[test]
