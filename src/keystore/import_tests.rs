@@ -1,55 +1,18 @@
 //! [`KeyStore::import_key`] between two stores under different root keys,
 //! as two hosts would hold them.
 
-use std::sync::Arc;
-
 use agent_proto::{EncryptionContext, KeyState};
 
+use super::test_host::{self, Host};
 use super::*;
 use crate::envelope;
-use crate::rootkey::RootKey;
-use crate::state_dir::StateDir;
-
-struct Host {
-    _tmp: tempfile::TempDir,
-    dir: std::path::PathBuf,
-    root: [u8; 32],
-}
-
-impl Host {
-    fn new(root: u8) -> Host {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("state");
-        Host {
-            _tmp: tmp,
-            dir,
-            root: [root; 32],
-        }
-    }
-
-    fn open(&self) -> KeyStore {
-        let dir = StateDir::open(&self.dir).unwrap();
-        let root = RootKey::from_bytes_for_tests(self.root);
-        KeyStore::open(&dir, &root, Arc::new(TestEntropy::new())).unwrap()
-    }
-}
 
 fn material(store: &KeyStore, name: &str) -> KeyMaterial {
     store.material(store.keys().by_name(name).unwrap()).unwrap()
 }
 
 fn wrap(store: &KeyStore, name: &str, plaintext: &[u8]) -> Vec<u8> {
-    let keys = store.keys();
-    let key = keys.by_name(name).unwrap();
-    let version = key.latest().unwrap();
-    envelope::wrap(
-        version.cipher().unwrap(),
-        key.id(),
-        version.number(),
-        plaintext,
-        &EncryptionContext::default(),
-    )
-    .unwrap()
+    test_host::wrap(store, name, plaintext, &EncryptionContext::default())
 }
 
 fn unwrap(store: &KeyStore, ciphertext: &[u8]) -> Option<Vec<u8>> {

@@ -40,6 +40,8 @@ mod restore;
 mod rollback;
 mod sealing;
 #[cfg(test)]
+mod test_host;
+#[cfg(test)]
 mod tests;
 mod writers;
 

@@ -226,62 +226,21 @@ fn check_material(material: &KeyMaterial) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use agent_proto::{EncryptionContext, KeyState};
     use zeroize::Zeroizing;
 
     use super::*;
     use crate::envelope;
-    use crate::keystore::{TestEntropy, VersionMaterial};
-    use crate::rootkey::RootKey;
-    use crate::state_dir::StateDir;
-
-    /// A store in a fresh state dir under root key `root`.
-    struct Host {
-        _tmp: tempfile::TempDir,
-        dir: std::path::PathBuf,
-        root: [u8; 32],
-    }
-
-    impl Host {
-        fn new(root: u8) -> Host {
-            let tmp = tempfile::tempdir().unwrap();
-            let dir = tmp.path().join("state");
-            Host {
-                _tmp: tmp,
-                dir,
-                root: [root; 32],
-            }
-        }
-
-        fn open(&self) -> KeyStore {
-            let dir = StateDir::open(&self.dir).unwrap();
-            KeyStore::open(
-                &dir,
-                &RootKey::from_bytes_for_tests(self.root),
-                Arc::new(TestEntropy::new()),
-            )
-            .unwrap()
-        }
-    }
+    use crate::keystore::VersionMaterial;
+    use crate::keystore::test_host::{self, Host};
 
     fn ctx() -> EncryptionContext {
         [("a".to_string(), "b".to_string())].into_iter().collect()
     }
 
     fn wrap(store: &KeyStore, name: &str, plaintext: &[u8]) -> Vec<u8> {
-        let keys = store.keys();
-        let key = keys.by_name(name).unwrap();
-        let version = key.latest().unwrap();
-        envelope::wrap(
-            version.cipher().unwrap(),
-            key.id(),
-            version.number(),
-            plaintext,
-            &ctx(),
-        )
-        .unwrap()
+        test_host::wrap(store, name, plaintext, &ctx())
     }
 
     fn unwrap(store: &KeyStore, name: &str, ciphertext: &[u8]) -> Option<Vec<u8>> {
