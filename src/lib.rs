@@ -31,3 +31,4 @@ pub mod state_dir;
 pub mod systemd;
 pub mod tpm;
 pub mod transfer;
+pub mod version_key;

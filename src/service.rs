@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use agent_proto::{
-    Ciphertext, DataKey, EncryptionContext, ErrorCode, KeyPage, KeyState, OLDEST_PROTOCOL_VERSION,
-    Operation, PROTOCOL_VERSION, Request, Response, SecretBytes, StatusInfo, Unwrapped, Wrapped,
+    Ciphertext, DataKey, EncryptionContext, ErrorCode, KeyPage, KeyState, KeyType,
+    OLDEST_PROTOCOL_VERSION, Operation, PROTOCOL_VERSION, Request, Response, SecretBytes,
+    StatusInfo, Unwrapped, Wrapped,
 };
 use arc_swap::ArcSwap;
 use rand::TryRng;
@@ -84,6 +85,18 @@ impl Refusal {
             message
         };
         Refusal { code, message }
+    }
+
+    /// `op` asked of a key whose type does not perform it.
+    fn wrong_key_type(key: &Key, op: Operation) -> Refusal {
+        let error = crate::version_key::KeyUseError::WrongKeyType {
+            key_type: key.key_type(),
+            operation: op,
+        };
+        Refusal::new(
+            ErrorCode::WrongKeyType,
+            format!("key \"{}\": {error}", key.name()),
+        )
     }
 
     fn invalid_ciphertext() -> Refusal {
@@ -364,9 +377,10 @@ impl Service {
         match request {
             Request::Ping => Ok(Response::Pong),
             Request::Status => Ok(Response::Status(self.status(peer).await)),
-            Request::CreateKey { name } => {
+            Request::CreateKey { name, key_type } => {
                 self.permit(peer, op, &name)?;
-                self.change(move |store| store.create(&name), subject).await
+                self.change(move |store| store.create_typed(&name, key_type), subject)
+                    .await
             }
             Request::Wrap {
                 key,
@@ -460,6 +474,15 @@ impl Service {
             }
             Request::TransportKey => self.transport_key_info(),
             Request::ExportKey { key, destination } => self.export(peer, &key, &destination).await,
+            Request::Mac { .. }
+            | Request::VerifyMac { .. }
+            | Request::Sign { .. }
+            | Request::Verify { .. }
+            | Request::GetPublicKey { .. }
+            | Request::GenerateRandom { .. } => Err(Refusal::new(
+                ErrorCode::NotImplemented,
+                format!("this daemon does not perform {op} yet"),
+            )),
             Request::ImportKey { file } => self.import(peer, file, subject).await,
             Request::RotateRoot => {
                 let rotation = self.rotate_root(peer).await?;
@@ -697,6 +720,9 @@ impl Service {
                 return Err(StoreError::KeyNotFound(key.to_string()).into());
             };
             Self::usable(current)?;
+            if current.key_type() != KeyType::Aes256Gcm {
+                return Err(Refusal::wrong_key_type(current, Operation::Wrap));
+            }
             let Some(version) = current.latest().cloned() else {
                 return Err(Refusal::new(
                     ErrorCode::Internal,
@@ -824,6 +850,9 @@ impl Service {
             return Err(Refusal::invalid_ciphertext());
         }
         Self::usable(key)?;
+        if key.key_type() != KeyType::Aes256Gcm {
+            return Err(Refusal::wrong_key_type(key, op));
+        }
         let version = key
             .version(header.version)
             .ok_or_else(Refusal::invalid_ciphertext)?;

@@ -12,9 +12,9 @@ use crate::error::{
     BINCODE_UNKNOWN_VARIANT, DecodeError, EncodeError, ErrorCode, FrameError, UNKNOWN_REQUEST,
 };
 use crate::message::{
-    DataKey, EncryptionContext, Envelope, ExportedFile, KeyInfo, KeyPage, OLDEST_PROTOCOL_VERSION,
-    Operation, PROTOCOL_VERSION, Request, Response, RootRotation, StatusInfo, TransportKeyInfo,
-    Unwrapped, Wrapped,
+    DataKey, EncryptionContext, Envelope, ExportedFile, KeyInfo, KeyPage, KeyType,
+    OLDEST_PROTOCOL_VERSION, Operation, PROTOCOL_VERSION, Request, Response, RootRotation,
+    StatusInfo, TransportKeyInfo, Unwrapped, Wrapped,
 };
 
 /// Keys a page that [`Client::list_keys`] asks for.
@@ -40,6 +40,7 @@ macro_rules! typed_operations {
     pub $($async)* fn create_key(&mut self, name: &str) -> Result<KeyInfo, ClientError> {
         expect::key(self.call(Request::CreateKey {
             name: name.to_string(),
+            key_type: KeyType::Aes256Gcm,
         })$($await)*?)
     }
 
@@ -925,6 +926,7 @@ pub(crate) mod tests {
             latest_version: 1,
             min_decryption_version: 1,
             versions: Vec::new(),
+            key_type: crate::message::KeyType::Aes256Gcm,
         }
     }
 

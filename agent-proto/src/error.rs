@@ -48,13 +48,16 @@ pub enum ErrorCode {
     InvalidArgument,
     /// The key exists but has no such version.
     VersionNotFound,
+    /// The operation does not fit the key's type (wrap with a signing key,
+    /// sign with an AES key); the message names the type and what it does.
+    WrongKeyType,
     /// A code this library does not know, with its number.
     Unrecognized(u16),
 }
 
 impl ErrorCode {
     /// Every code this library knows, in numeric order.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::BadRequest,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnsupportedVersion,
@@ -72,6 +75,7 @@ impl ErrorCode {
         ErrorCode::NotImplemented,
         ErrorCode::InvalidArgument,
         ErrorCode::VersionNotFound,
+        ErrorCode::WrongKeyType,
     ];
 
     /// The code's number on the wire.
@@ -94,6 +98,7 @@ impl ErrorCode {
             ErrorCode::NotImplemented => 15,
             ErrorCode::InvalidArgument => 16,
             ErrorCode::VersionNotFound => 17,
+            ErrorCode::WrongKeyType => 18,
             ErrorCode::Unrecognized(n) => n,
         }
     }
@@ -126,6 +131,7 @@ impl ErrorCode {
             ErrorCode::NotImplemented => "not implemented",
             ErrorCode::InvalidArgument => "invalid argument",
             ErrorCode::VersionNotFound => "version not found",
+            ErrorCode::WrongKeyType => "wrong key type",
             ErrorCode::Unrecognized(_) => "unrecognized error",
         }
     }

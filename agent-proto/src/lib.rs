@@ -55,9 +55,10 @@ pub use codec::DEFAULT_MAX_FRAME;
 pub use error::{DecodeError, EncodeError, ErrorCode, FrameError, UNKNOWN_REQUEST};
 pub use message::{
     DataKey, EncryptionContext, Envelope, ErrorReply, ExportedFile, KeyInfo, KeyPage, KeyState,
-    OLDEST_PROTOCOL_VERSION, Operation, PROTOCOL_VERSION, RecoveryStatus, Request, Response,
-    RollbackStatus, RootRotation, StatusInfo, TransportKeyInfo, Unwrapped, VersionInfo,
-    VersionState, Wrapped,
+    KeyType, MAX_RANDOM_BYTES, MacTag, OLDEST_PROTOCOL_VERSION, Operation, PROTOCOL_VERSION,
+    PublicKeyInfo, RecoveryStatus, Request, Response, RollbackStatus, RootRotation, SignInput,
+    Signature, StatusInfo, TransportKeyInfo, Unwrapped, Verification, VersionInfo, VersionState,
+    Wrapped,
 };
 
 /// The README's examples, compiled as doctests so the specification's code stays true.

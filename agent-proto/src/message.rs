@@ -65,10 +65,13 @@ pub enum Request {
     Ping,
     /// Daemon health and counters; answered with [`Response::Status`].
     Status,
-    /// Create a key named `name` at version 1.
+    /// Create a key named `name` at version 1, of type `key_type` for life
+    /// (version 4; before, every key was [`KeyType::Aes256Gcm`]).
     CreateKey {
         /// `[A-Za-z0-9._-]{1,128}`.
         name: String,
+        /// What the key is for: every version has this type.
+        key_type: KeyType,
     },
     /// Encrypt `plaintext` under the latest version of `key`.
     Wrap {
@@ -178,6 +181,165 @@ pub enum Request {
         /// The exported file, as `ExportKey` returned it.
         file: Vec<u8>,
     },
+    /// An HMAC tag of `data` under the latest version of an HMAC `key`.
+    /// Answered with [`Response::Mac`].
+    Mac {
+        /// Key name.
+        key: String,
+        /// At most the daemon's `max_plaintext` bytes.
+        data: SecretBytes,
+    },
+    /// Whether `tag` is the HMAC of `data` under `key`: under `version`
+    /// when given, else under any live version at or above the minimum
+    /// decryption version. Answered with [`Response::Verified`].
+    VerifyMac {
+        /// Key name.
+        key: String,
+        /// At most the daemon's `max_plaintext` bytes.
+        data: SecretBytes,
+        /// The tag to check (compared in constant time).
+        tag: Vec<u8>,
+        /// Check against this version only.
+        version: Option<u32>,
+    },
+    /// A signature under the latest version of a signing `key`. Answered
+    /// with [`Response::Signature`].
+    Sign {
+        /// Key name.
+        key: String,
+        /// The message, or (ECDSA P-256 only) its SHA-256 digest.
+        input: SignInput,
+    },
+    /// Whether `signature` is `key`'s over `input`: under `version` when
+    /// given, else under any live version at or above the minimum
+    /// decryption version. Answered with [`Response::Verified`].
+    Verify {
+        /// Key name.
+        key: String,
+        /// The message, or (ECDSA P-256 only) its SHA-256 digest.
+        input: SignInput,
+        /// The signature in its standard encoding.
+        signature: Vec<u8>,
+        /// Check against this version only.
+        version: Option<u32>,
+    },
+    /// The public key of a signing key's `version` (the latest when
+    /// `None`). Answered with [`Response::PublicKey`].
+    GetPublicKey {
+        /// Key name.
+        key: String,
+        /// Which version; `None`: the latest.
+        version: Option<u32>,
+    },
+    /// `bytes` random bytes (1 to [`MAX_RANDOM_BYTES`]): the OS RNG mixed
+    /// with the TPM's. Answered with [`Response::Random`].
+    GenerateRandom {
+        /// How many bytes.
+        bytes: u16,
+    },
+}
+
+/// Most bytes one [`Request::GenerateRandom`] returns.
+pub const MAX_RANDOM_BYTES: u16 = 1024;
+
+/// What a signature covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SignInput {
+    /// The message itself (at most the daemon's `max_plaintext` bytes);
+    /// every signing key type takes it.
+    Message(SecretBytes),
+    /// A SHA-256 digest (32 bytes) of a message too large to send: ECDSA
+    /// P-256 only, which signs the digest as it would the message's.
+    Digest(Vec<u8>),
+}
+
+impl SignInput {
+    /// The bytes sent: the message or the digest.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            SignInput::Message(message) => message.expose(),
+            SignInput::Digest(digest) => digest,
+        }
+    }
+}
+
+/// What a key is for: fixed when it is created, the same for every version.
+/// The order of variants is the wire format (append only).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum KeyType {
+    /// AES-256-GCM: wraps data (every key before protocol version 4).
+    #[default]
+    Aes256Gcm,
+    /// HMAC-SHA256: tags data.
+    HmacSha256,
+    /// HMAC-SHA512: tags data.
+    HmacSha512,
+    /// Ed25519 (RFC 8032, pure): signs messages.
+    Ed25519,
+    /// ECDSA over NIST P-256 with SHA-256: signs messages or digests.
+    EcdsaP256,
+    /// ML-DSA-65 (FIPS 204, post-quantum): signs messages.
+    MlDsa65,
+}
+
+impl KeyType {
+    /// Every key type, in wire order.
+    pub const ALL: [KeyType; 6] = [
+        KeyType::Aes256Gcm,
+        KeyType::HmacSha256,
+        KeyType::HmacSha512,
+        KeyType::Ed25519,
+        KeyType::EcdsaP256,
+        KeyType::MlDsa65,
+    ];
+
+    /// The type's name in the CLI, the config and audit events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyType::Aes256Gcm => "aes256-gcm",
+            KeyType::HmacSha256 => "hmac-sha256",
+            KeyType::HmacSha512 => "hmac-sha512",
+            KeyType::Ed25519 => "ed25519",
+            KeyType::EcdsaP256 => "ecdsa-p256",
+            KeyType::MlDsa65 => "ml-dsa-65",
+        }
+    }
+
+    /// The type named `name`, as [`KeyType::as_str`] spells it.
+    pub fn from_name(name: &str) -> Option<KeyType> {
+        KeyType::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+
+    /// The cryptographic operations a key of this type performs (every type
+    /// also has the lifecycle ones: rotate, revoke, describe...).
+    pub fn operations(self) -> &'static [Operation] {
+        match self {
+            KeyType::Aes256Gcm => &[
+                Operation::Wrap,
+                Operation::Unwrap,
+                Operation::DataKey,
+                Operation::Rewrap,
+            ],
+            KeyType::HmacSha256 | KeyType::HmacSha512 => &[Operation::Mac, Operation::VerifyMac],
+            KeyType::Ed25519 | KeyType::EcdsaP256 | KeyType::MlDsa65 => {
+                &[Operation::Sign, Operation::Verify, Operation::PublicKey]
+            }
+        }
+    }
+
+    /// Whether a key of this type signs (and so has a public key).
+    pub fn is_signing(self) -> bool {
+        matches!(
+            self,
+            KeyType::Ed25519 | KeyType::EcdsaP256 | KeyType::MlDsa65
+        )
+    }
+}
+
+impl fmt::Display for KeyType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The operation a request performs: the names grants use in the config and
@@ -220,11 +382,23 @@ pub enum Operation {
     Export,
     /// [`Request::ImportKey`].
     Import,
+    /// [`Request::Mac`].
+    Mac,
+    /// [`Request::VerifyMac`].
+    VerifyMac,
+    /// [`Request::Sign`].
+    Sign,
+    /// [`Request::Verify`].
+    Verify,
+    /// [`Request::GetPublicKey`].
+    PublicKey,
+    /// [`Request::GenerateRandom`]; names no key.
+    Random,
 }
 
 impl Operation {
     /// Every operation, in wire order.
-    pub const ALL: [Operation; 18] = [
+    pub const ALL: [Operation; 24] = [
         Operation::Ping,
         Operation::Status,
         Operation::Create,
@@ -243,6 +417,12 @@ impl Operation {
         Operation::TransportKey,
         Operation::Export,
         Operation::Import,
+        Operation::Mac,
+        Operation::VerifyMac,
+        Operation::Sign,
+        Operation::Verify,
+        Operation::PublicKey,
+        Operation::Random,
     ];
 
     /// The operation's name in config grants and audit events.
@@ -266,6 +446,12 @@ impl Operation {
             Operation::TransportKey => "transport-key",
             Operation::Export => "export",
             Operation::Import => "import",
+            Operation::Mac => "mac",
+            Operation::VerifyMac => "verify-mac",
+            Operation::Sign => "sign",
+            Operation::Verify => "verify",
+            Operation::PublicKey => "public-key",
+            Operation::Random => "random",
         }
     }
 
@@ -306,6 +492,12 @@ impl Request {
             Request::TransportKey => Operation::TransportKey,
             Request::ExportKey { .. } => Operation::Export,
             Request::ImportKey { .. } => Operation::Import,
+            Request::Mac { .. } => Operation::Mac,
+            Request::VerifyMac { .. } => Operation::VerifyMac,
+            Request::Sign { .. } => Operation::Sign,
+            Request::Verify { .. } => Operation::Verify,
+            Request::GetPublicKey { .. } => Operation::PublicKey,
+            Request::GenerateRandom { .. } => Operation::Random,
         }
     }
 
@@ -313,7 +505,7 @@ impl Request {
     /// `key` names none: the ciphertext says which key).
     pub fn key_name(&self) -> Option<&str> {
         match self {
-            Request::CreateKey { name } => Some(name),
+            Request::CreateKey { name, .. } => Some(name),
             Request::Wrap { key, .. }
             | Request::GenerateDataKey { key, .. }
             | Request::Rotate { key }
@@ -322,14 +514,20 @@ impl Request {
             | Request::Enable { key }
             | Request::SetMinDecryptionVersion { key, .. }
             | Request::DescribeKey { key }
-            | Request::ExportKey { key, .. } => Some(key),
+            | Request::ExportKey { key, .. }
+            | Request::Mac { key, .. }
+            | Request::VerifyMac { key, .. }
+            | Request::Sign { key, .. }
+            | Request::Verify { key, .. }
+            | Request::GetPublicKey { key, .. } => Some(key),
             Request::Unwrap { key, .. } | Request::Rewrap { key, .. } => key.as_deref(),
             Request::Ping
             | Request::Status
             | Request::ListKeys { .. }
             | Request::RotateRoot
             | Request::TransportKey
-            | Request::ImportKey { .. } => None,
+            | Request::ImportKey { .. }
+            | Request::GenerateRandom { .. } => None,
         }
     }
 }
@@ -361,6 +559,16 @@ pub enum Response {
     TransportKey(TransportKeyInfo),
     /// Answer to `ExportKey`.
     Exported(ExportedFile),
+    /// Answer to `Mac`.
+    Mac(MacTag),
+    /// Answer to `VerifyMac` and `Verify`.
+    Verified(Verification),
+    /// Answer to `Sign`.
+    Signature(Signature),
+    /// Answer to `GetPublicKey`.
+    PublicKey(PublicKeyInfo),
+    /// Answer to `GenerateRandom`.
+    Random(SecretBytes),
 }
 
 impl Response {
@@ -378,6 +586,11 @@ impl Response {
             Response::RootRotated(_) => "RootRotated",
             Response::TransportKey(_) => "TransportKey",
             Response::Exported(_) => "Exported",
+            Response::Mac(_) => "Mac",
+            Response::Verified(_) => "Verified",
+            Response::Signature(_) => "Signature",
+            Response::PublicKey(_) => "PublicKey",
+            Response::Random(_) => "Random",
         }
     }
 
@@ -485,6 +698,9 @@ pub struct KeyInfo {
     pub min_decryption_version: u32,
     /// Every version, oldest first.
     pub versions: Vec<VersionInfo>,
+    /// What the key is for (version 4; older daemons have only
+    /// [`KeyType::Aes256Gcm`] keys).
+    pub key_type: KeyType,
 }
 
 /// One page of a key listing, the answer to [`Request::ListKeys`].
@@ -598,4 +814,56 @@ pub struct ExportedFile {
     pub destination: String,
     /// The age file.
     pub file: Vec<u8>,
+}
+
+/// An HMAC tag, the answer to [`Request::Mac`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MacTag {
+    /// Key name.
+    pub key: String,
+    /// The key version that made the tag.
+    pub version: u32,
+    /// The plain HMAC (32 bytes for HMAC-SHA256, 64 for HMAC-SHA512).
+    pub tag: Vec<u8>,
+}
+
+/// The answer to [`Request::VerifyMac`] and [`Request::Verify`]. A tag or
+/// signature that does not check is `valid: false`, never an error, and
+/// never says why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verification {
+    /// Key name.
+    pub key: String,
+    /// Whether the tag or signature is the key's over the data.
+    pub valid: bool,
+    /// The version it checked under when valid.
+    pub version: Option<u32>,
+}
+
+/// A signature, the answer to [`Request::Sign`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signature {
+    /// Key name.
+    pub key: String,
+    /// The key version that signed.
+    pub version: u32,
+    /// The standard encoding: Ed25519 64 bytes, ECDSA ASN.1 DER, ML-DSA
+    /// as FIPS 204 defines it.
+    pub signature: Vec<u8>,
+}
+
+/// A signing key version's public key, the answer to [`Request::GetPublicKey`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicKeyInfo {
+    /// Key name.
+    pub key: String,
+    /// The version.
+    pub version: u32,
+    /// The key's type.
+    pub key_type: KeyType,
+    /// Whether the version is revoked: its public key stays retrievable,
+    /// for audit, though hostkms no longer signs or verifies with it.
+    pub revoked: bool,
+    /// SubjectPublicKeyInfo, DER.
+    pub spki_der: Vec<u8>,
 }

@@ -158,7 +158,10 @@ impl From<Request> for crate::Request {
         match request {
             Request::Ping => Now::Ping,
             Request::Status => Now::Status,
-            Request::CreateKey { name } => Now::CreateKey { name },
+            Request::CreateKey { name } => Now::CreateKey {
+                name,
+                key_type: crate::KeyType::Aes256Gcm,
+            },
             Request::Wrap {
                 key,
                 plaintext,
@@ -221,7 +224,10 @@ impl TryFrom<crate::Request> for Request {
         Ok(match request {
             Now::Ping => Request::Ping,
             Now::Status => Request::Status,
-            Now::CreateKey { name } => Request::CreateKey { name },
+            Now::CreateKey {
+                name,
+                key_type: crate::KeyType::Aes256Gcm,
+            } => Request::CreateKey { name },
             Now::Wrap {
                 key,
                 plaintext,
@@ -276,7 +282,14 @@ impl TryFrom<crate::Request> for Request {
             request @ (Now::RotateRoot
             | Now::TransportKey
             | Now::ExportKey { .. }
-            | Now::ImportKey { .. }) => return Err(NotInV1::Request(request.operation())),
+            | Now::ImportKey { .. }
+            | Now::CreateKey { .. }
+            | Now::Mac { .. }
+            | Now::VerifyMac { .. }
+            | Now::Sign { .. }
+            | Now::Verify { .. }
+            | Now::GetPublicKey { .. }
+            | Now::GenerateRandom { .. }) => return Err(NotInV1::Request(request.operation())),
         })
     }
 }
@@ -312,7 +325,14 @@ impl TryFrom<crate::Response> for Response {
             Now::Unwrapped(unwrapped) => Response::Unwrapped(unwrapped),
             Now::DataKey(data_key) => Response::DataKey(data_key),
             Now::Error(reply) => Response::Error(reply),
-            response @ (Now::RootRotated(_) | Now::TransportKey(_) | Now::Exported(_)) => {
+            response @ (Now::RootRotated(_)
+            | Now::TransportKey(_)
+            | Now::Exported(_)
+            | Now::Mac(_)
+            | Now::Verified(_)
+            | Now::Signature(_)
+            | Now::PublicKey(_)
+            | Now::Random(_)) => {
                 return Err(NotInV1::Response(response.kind()));
             }
         })

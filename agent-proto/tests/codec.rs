@@ -325,6 +325,7 @@ fn readme_v2_list() -> (Envelope<Request>, Envelope<Response>) {
                 state: VersionState::Enabled,
                 encryptions: 3,
             }],
+            key_type: agent_proto::KeyType::Aes256Gcm,
         }],
         next: Some("app-dc".into()),
     };

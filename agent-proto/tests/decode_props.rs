@@ -97,7 +97,10 @@ fn arbitrary_request() -> impl Strategy<Value = Request> {
             proptest::option::of(any::<u32>())
         )
             .prop_map(|(after, limit)| Request::ListKeys { after, limit }),
-        name.prop_map(|name| Request::CreateKey { name }),
+        name.prop_map(|name| Request::CreateKey {
+            name,
+            key_type: agent_proto::KeyType::Aes256Gcm
+        }),
         (name, bytes.clone(), arbitrary_context()).prop_map(|(key, plaintext, context)| {
             Request::Wrap {
                 key,
@@ -311,6 +314,7 @@ fn arbitrary_key_info() -> impl Strategy<Value = agent_proto::KeyInfo> {
                     encryptions: u64::from(version),
                 })
                 .collect(),
+            key_type: agent_proto::KeyType::Aes256Gcm,
         },
     )
 }

@@ -686,6 +686,7 @@ mod tests {
                     encryptions: 0,
                 },
             ],
+            key_type: agent_proto::KeyType::Aes256Gcm,
         }
     }
 

@@ -105,6 +105,7 @@ pub fn request_frames(key: &str, other: &str, ciphertexts: &[Vec<u8>]) -> Vec<Ve
         requests.extend([
             Request::CreateKey {
                 name: name.to_string(),
+                key_type: agent_proto::KeyType::Aes256Gcm,
             },
             Request::Wrap {
                 key: name.to_string(),
@@ -203,6 +204,7 @@ pub fn response_frames() -> Vec<Vec<u8>> {
                 encryptions: 3,
             },
         ],
+        key_type: agent_proto::KeyType::Aes256Gcm,
     };
     let responses = vec![
         Response::Pong,

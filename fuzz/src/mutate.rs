@@ -273,6 +273,7 @@ pub fn random_request(rng: &mut Rng, names: &[&str], blobs: &[Vec<u8>]) -> Reque
         1 => Request::Status,
         2 => Request::CreateKey {
             name: random_name(rng, names),
+            key_type: agent_proto::KeyType::Aes256Gcm,
         },
         3 => Request::Wrap {
             key: random_name(rng, names),

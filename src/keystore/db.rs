@@ -49,6 +49,10 @@ CREATE TABLE versions (
 /// bundle identity, the transport key, the NV counter's authorization),
 /// each sealed under the root key. Added to schema 1 in place: a daemon
 /// that predates it ignores the table.
+/// The key-type column (issue 11): 0 for AES-256-GCM, every key a store
+/// made before it; see [`KeyRow::key_type`]. Added to schema 1 in place.
+const KEY_TYPE_COLUMN: &str = "ALTER TABLE keys ADD COLUMN key_type INTEGER NOT NULL DEFAULT 0";
+
 const SECRETS_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS secrets (
     name   TEXT PRIMARY KEY,
@@ -104,6 +108,9 @@ pub struct KeyRow {
     pub latest_version: u32,
     /// Lowest version that unwraps.
     pub min_decryption_version: u32,
+    /// The key's type, by its wire index ([`agent_proto::KeyType::ALL`]):
+    /// 0 (AES-256-GCM) for every key made before types existed.
+    pub key_type: u8,
 }
 
 impl KeyRow {
@@ -118,11 +125,18 @@ impl KeyRow {
     /// rollback counter, and the row says so under its own label ("hostkms
     /// key row v1 bound"), so a bound store cannot pass for an unbound one
     /// without the root key.
+    ///
+    /// An AES-256-GCM key's row is encoded as before types existed (label
+    /// "v1"), so existing stores verify unchanged; any other type's row is
+    /// labelled "v2" and ends with the type, so no row's type can be
+    /// changed without the root key.
     pub fn canonical_as(&self, bound: bool) -> Vec<u8> {
-        let mut out = if bound {
-            b"hostkms key row v1 bound".to_vec()
-        } else {
-            b"hostkms key row v1".to_vec()
+        let typed = self.key_type != 0;
+        let mut out = match (typed, bound) {
+            (false, false) => b"hostkms key row v1".to_vec(),
+            (false, true) => b"hostkms key row v1 bound".to_vec(),
+            (true, false) => b"hostkms key row v2".to_vec(),
+            (true, true) => b"hostkms key row v2 bound".to_vec(),
         };
         out.extend_from_slice(&self.id.0);
         out.extend_from_slice(&(self.name.len() as u32).to_be_bytes());
@@ -131,6 +145,9 @@ impl KeyRow {
         out.push(self.state);
         out.extend_from_slice(&self.latest_version.to_be_bytes());
         out.extend_from_slice(&self.min_decryption_version.to_be_bytes());
+        if typed {
+            out.push(self.key_type);
+        }
         out
     }
 }
@@ -267,6 +284,14 @@ impl Database {
             tx.commit()?;
         }
         db.conn.execute_batch(SECRETS_SCHEMA)?;
+        let has_key_type: bool = db.conn.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('keys') WHERE name = 'key_type'",
+            [],
+            |row| row.get(0),
+        )?;
+        if !has_key_type {
+            db.conn.execute_batch(KEY_TYPE_COLUMN)?;
+        }
         let version = db.meta("schema_version")?;
         if version.as_deref() != Some("1") {
             return Err(DbError::Corrupt(format!(
@@ -304,7 +329,8 @@ impl Database {
     pub fn load(&self) -> Result<(Vec<Stored<KeyRow>>, Vec<Stored<VersionRow>>), DbError> {
         let mut keys = Vec::new();
         let mut statement = self.conn.prepare(
-            "SELECT id, name, created, state, latest_version, min_decryption_version, mac FROM keys",
+            "SELECT id, name, created, state, latest_version, min_decryption_version, mac, key_type
+             FROM keys",
         )?;
         let mut rows = statement.query([])?;
         while let Some(row) = rows.next()? {
@@ -319,6 +345,7 @@ impl Database {
                         row.get(5)?,
                         "a key's minimum decryption version",
                     )?,
+                    key_type: column_u8(row.get(7)?, "a key's type")?,
                 },
                 mac: row.get(6)?,
             });
@@ -390,11 +417,13 @@ pub fn put_meta(tx: &Transaction<'_>, name: &str, value: &str) -> Result<(), DbE
 /// Inserts or replaces a key row.
 pub fn put_key(tx: &Transaction<'_>, row: &KeyRow, mac: &[u8]) -> Result<(), DbError> {
     tx.execute(
-        "INSERT INTO keys (id, name, created, state, latest_version, min_decryption_version, mac)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+        "INSERT INTO keys (id, name, created, state, latest_version, min_decryption_version, mac,
+             key_type)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT (id) DO UPDATE SET name = excluded.name, created = excluded.created,
              state = excluded.state, latest_version = excluded.latest_version,
-             min_decryption_version = excluded.min_decryption_version, mac = excluded.mac",
+             min_decryption_version = excluded.min_decryption_version, mac = excluded.mac,
+             key_type = excluded.key_type",
         params![
             row.id.0.as_slice(),
             row.name,
@@ -402,7 +431,8 @@ pub fn put_key(tx: &Transaction<'_>, row: &KeyRow, mac: &[u8]) -> Result<(), DbE
             row.state,
             row.latest_version,
             row.min_decryption_version,
-            mac
+            mac,
+            row.key_type
         ],
     )?;
     Ok(())

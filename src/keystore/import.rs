@@ -9,8 +9,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use agent_proto::KeyState;
 
 use super::sealing::{KEK_LEN, SEALED_KEK_LEN};
-use super::{Change, Kek, Key, KeyMaterial, KeyStore, StoreError, Version, Writer, check_name};
+use super::{Change, Key, KeyMaterial, KeyStore, StoreError, Version, Writer, check_name};
 use crate::envelope::KeyId;
+use crate::version_key::VersionKey;
+use agent_proto::KeyType;
 
 /// What an import did.
 #[derive(Debug, Clone)]
@@ -62,12 +64,22 @@ impl KeyStore {
         let versions = material
             .versions
             .iter()
-            .map(|v| Self::imported_version(writer, material.id, v.number, v.created, &v.kek))
+            .map(|v| {
+                Self::imported_version(
+                    writer,
+                    material.id,
+                    material.key_type,
+                    v.number,
+                    v.created,
+                    &v.kek,
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let key = Key {
             id: material.id,
             name: material.name.clone(),
             created: material.created,
+            key_type: material.key_type,
             state: material.state,
             min_decryption_version: material.min_decryption_version,
             versions: versions.into_iter().map(Arc::new).collect(),
@@ -101,6 +113,12 @@ impl KeyStore {
                 material.name
             )));
         }
+        if existing.key_type != material.key_type {
+            return Err(refuse(format!(
+                "is an {} key here but an {} key in the file: the same id with another type is not the same key",
+                existing.key_type, material.key_type
+            )));
+        }
         if existing.state == KeyState::Revoked {
             return Err(StoreError::KeyRevoked(existing.name.clone()));
         }
@@ -121,8 +139,15 @@ impl KeyStore {
             .iter()
             .filter(|v| v.number > latest)
             .map(|v| {
-                Self::imported_version(writer, existing.id, v.number, v.created, &v.kek)
-                    .map(Arc::new)
+                Self::imported_version(
+                    writer,
+                    existing.id,
+                    existing.key_type,
+                    v.number,
+                    v.created,
+                    &v.kek,
+                )
+                .map(Arc::new)
             })
             .collect::<Result<_, _>>()?;
         if new.is_empty() {
@@ -149,6 +174,7 @@ impl KeyStore {
     fn imported_version(
         writer: &mut Writer,
         id: KeyId,
+        key_type: KeyType,
         number: u32,
         created: u64,
         kek: &Option<zeroize::Zeroizing<[u8; KEK_LEN]>>,
@@ -162,14 +188,17 @@ impl KeyStore {
                 let sealed: [u8; SEALED_KEK_LEN] = sealed.try_into().map_err(|_| {
                     StoreError::Random("a sealed KEK of the wrong length".to_string())
                 })?;
-                (Some(Kek::new(material)), Some(sealed))
+                let key = VersionKey::from_seed(key_type, material).map_err(|e| {
+                    StoreError::InvalidArgument(format!("version {number} of the key: {e}"))
+                })?;
+                (Some(key), Some(sealed))
             }
             None => (None, None),
         };
         Ok(Version {
             number,
             created,
-            kek,
+            key: kek,
             sealed: std::sync::Mutex::new(sealed),
             encryptions: AtomicU64::new(0),
             reserved: AtomicU64::new(0),

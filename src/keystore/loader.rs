@@ -12,11 +12,12 @@ use arc_swap::ArcSwap;
 use super::db::{Database, DbError, KeyRow, ROOT_KEY_CHECK, SecretRow, Stored, VersionRow};
 use super::sealing::{SEALED_KEK_LEN, StoreSecrets};
 use super::{
-    EntropySource, Kek, Key, KeyStore, Keys, SecretName, StoreError, Version, Writer, rollback,
+    EntropySource, Key, KeyStore, Keys, SecretName, StoreError, Version, Writer, rollback,
 };
 use crate::envelope::KeyId;
 use crate::rootkey::RootKey;
 use crate::state_dir::{KEYSTORE_DB, StateDir};
+use crate::version_key::VersionKey;
 
 impl KeyStore {
     /// Opens (or creates) `keystore.db` in `dir` and loads every key,
@@ -204,6 +205,12 @@ fn load_keys(
             ));
         };
         bound_rows |= bound;
+        let Some(key_type) = super::model::key_type_of(row.key_type) else {
+            return Err(tampered(
+                &row,
+                format!("has an unknown key type {}", row.key_type),
+            ));
+        };
         let state = match row.state {
             0 => KeyState::Enabled,
             1 => KeyState::Disabled,
@@ -245,7 +252,9 @@ fn load_keys(
                         .as_slice()
                         .try_into()
                         .map_err(|_| which("its sealed KEK has the wrong length"))?;
-                    Some((Kek::new(&material), sealed))
+                    let key = VersionKey::from_seed(key_type, &material)
+                        .map_err(|e| which(&format!("its secret does not load: {e}")))?;
+                    Some((key, sealed))
                 }
                 (1, None) => None,
                 _ => return Err(which("its state and KEK disagree")),
@@ -253,11 +262,11 @@ fn load_keys(
             if state == KeyState::Revoked && kek.is_some() {
                 return Err(which("is live in a revoked key"));
             }
-            let (kek, sealed) = kek.map_or((None, None), |(k, s)| (Some(k), Some(s)));
+            let (key, sealed) = kek.map_or((None, None), |(k, s)| (Some(k), Some(s)));
             versions.push(Arc::new(Version {
                 number: version.version,
                 created: version.created,
-                kek,
+                key,
                 sealed: Mutex::new(sealed),
                 encryptions: AtomicU64::new(version.encryptions_reserved),
                 reserved: AtomicU64::new(version.encryptions_reserved),
@@ -271,6 +280,7 @@ fn load_keys(
             id: row.id,
             name: row.name,
             created: row.created,
+            key_type,
             state,
             min_decryption_version: row.min_decryption_version,
             versions,

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use agent_proto::{KeyState, RecoveryStatus};
+use agent_proto::{KeyState, KeyType, RecoveryStatus};
 use zeroize::Zeroizing;
 
 use super::db::{self, SecretRow};
@@ -23,6 +23,8 @@ pub struct KeyMaterial {
     pub name: String,
     /// Creation time, Unix seconds.
     pub created: u64,
+    /// What the key is for; every version has it.
+    pub key_type: KeyType,
     /// Enabled, disabled or revoked.
     pub state: KeyState,
     /// Versions below this refuse to unwrap.
@@ -38,7 +40,8 @@ pub struct VersionMaterial {
     pub number: u32,
     /// Creation time, Unix seconds.
     pub created: u64,
-    /// The KEK; `None` once the version is revoked (a tombstone).
+    /// The version's 32-byte secret (KEK, HMAC key or signing seed);
+    /// `None` once the version is revoked (a tombstone).
     pub kek: Option<Zeroizing<[u8; KEK_LEN]>>,
 }
 
@@ -47,6 +50,7 @@ impl std::fmt::Debug for KeyMaterial {
         f.debug_struct("KeyMaterial")
             .field("id", &self.id)
             .field("name", &self.name)
+            .field("key_type", &self.key_type)
             .field("state", &self.state)
             .field("min_decryption_version", &self.min_decryption_version)
             .field("versions", &self.versions)
@@ -161,6 +165,7 @@ pub(super) fn material_of(secrets: &StoreSecrets, key: &Key) -> Result<KeyMateri
         id: key.id,
         name: key.name.clone(),
         created: key.created,
+        key_type: key.key_type,
         state: key.state,
         min_decryption_version: key.min_decryption_version,
         versions,

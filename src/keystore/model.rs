@@ -6,13 +6,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use aes_gcm::Aes256Gcm;
-use agent_proto::{KeyInfo, KeyState, VersionInfo, VersionState};
+use agent_proto::{KeyInfo, KeyState, KeyType, Operation, VersionInfo, VersionState};
 
 use super::db::{KeyRow, VersionRow};
 use super::error::StoreError;
-use super::kek::Kek;
 use super::sealing::SEALED_KEK_LEN;
 use crate::envelope::KeyId;
+use crate::version_key::VersionKey;
 
 /// Checks a key name: `[A-Za-z0-9._-]{1,128}`, the rule of
 /// [`agent_proto::key_name`].
@@ -20,11 +20,12 @@ pub fn check_name(name: &str) -> Result<(), StoreError> {
     agent_proto::key_name::check(name).map_err(|e| StoreError::InvalidArgument(e.to_string()))
 }
 
-/// One version of a key: its KEK (until revoked) and its encryption count.
+/// One version of a key: its secret (until revoked) and its encryption count.
 pub struct Version {
     pub(super) number: u32,
     pub(super) created: u64,
-    pub(super) kek: Option<Kek>,
+    /// The KEK, HMAC key or signing key; `None` once revoked.
+    pub(super) key: Option<VersionKey>,
     /// The KEK sealed under the root key in force, as stored; replaced when
     /// the root key is rotated (under the writer lock, like every write).
     pub(super) sealed: Mutex<Option<[u8; SEALED_KEK_LEN]>>,
@@ -50,14 +51,22 @@ impl Version {
         self.number
     }
 
-    /// The KEK's cipher; `None` once the version is revoked.
+    /// The KEK's cipher; `None` once the version is revoked, or when the
+    /// key is not an AES-256-GCM key.
     pub fn cipher(&self) -> Option<&Aes256Gcm> {
-        self.kek.as_ref().map(Kek::cipher)
+        self.key
+            .as_ref()
+            .and_then(|key| key.cipher(Operation::Wrap).ok())
     }
 
-    /// Whether the version is revoked (its KEK deleted).
+    /// The version's secret in usable form; `None` once revoked.
+    pub fn key(&self) -> Option<&VersionKey> {
+        self.key.as_ref()
+    }
+
+    /// Whether the version is revoked (its secret deleted).
     pub fn is_revoked(&self) -> bool {
-        self.kek.is_none()
+        self.key.is_none()
     }
 
     /// Encryptions made so far (after a crash: an upper bound).
@@ -92,7 +101,7 @@ impl Version {
         Version {
             number: self.number,
             created: self.created,
-            kek: None,
+            key: None,
             sealed: Mutex::new(None),
             encryptions: AtomicU64::new(count),
             reserved: AtomicU64::new(self.reserved.load(Ordering::Relaxed).max(count)),
@@ -141,6 +150,8 @@ pub struct Key {
     pub(super) id: KeyId,
     pub(super) name: String,
     pub(super) created: u64,
+    /// Fixed at creation; every version has it.
+    pub(super) key_type: KeyType,
     pub(super) state: KeyState,
     pub(super) min_decryption_version: u32,
     /// Version `n` at index `n - 1`; never empty.
@@ -156,6 +167,11 @@ impl Key {
     /// The key's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// What the key is for.
+    pub fn key_type(&self) -> KeyType {
+        self.key_type
     }
 
     /// Enabled, disabled or revoked.
@@ -195,6 +211,7 @@ impl Key {
             latest_version: self.latest_version(),
             min_decryption_version: self.min_decryption_version,
             versions: self.versions.iter().map(|v| v.info()).collect(),
+            key_type: self.key_type,
         }
     }
 
@@ -210,8 +227,22 @@ impl Key {
             },
             latest_version: self.latest_version(),
             min_decryption_version: self.min_decryption_version,
+            key_type: key_type_index(self.key_type),
         }
     }
+}
+
+/// A key type's wire index, as the `keys` table stores it.
+pub(super) fn key_type_index(key_type: KeyType) -> u8 {
+    KeyType::ALL
+        .iter()
+        .position(|t| *t == key_type)
+        .map_or(0, |i| i as u8)
+}
+
+/// The key type stored as `index`, if it is one.
+pub(super) fn key_type_of(index: u8) -> Option<KeyType> {
+    KeyType::ALL.get(usize::from(index)).copied()
 }
 
 /// Every key, by name and by id: one immutable snapshot.

@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 use agent_proto::KeyState;
 
 use super::sealing::SEALED_KEK_LEN;
-use super::{Change, Kek, Key, KeyMaterial, KeyStore, StoreError, Version, check_name};
+use super::{Change, Key, KeyMaterial, KeyStore, StoreError, Version, check_name};
 use crate::envelope::KeyId;
+use crate::version_key::VersionKey;
 
 /// A key of a restore: its name and id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,7 +146,9 @@ impl KeyStore {
                         let sealed: [u8; SEALED_KEK_LEN] = sealed.try_into().map_err(|_| {
                             StoreError::Random("a sealed KEK of the wrong length".to_string())
                         })?;
-                        (Some(Kek::new(kek)), Some(sealed))
+                        let key = VersionKey::from_seed(material.key_type, kek)
+                            .map_err(|e| invalid(format!("version {}: {e}", version.number)))?;
+                        (Some(key), Some(sealed))
                     }
                     None => {
                         restored.revoked_versions += 1;
@@ -155,7 +158,7 @@ impl KeyStore {
                 versions.push(Arc::new(Version {
                     number: version.number,
                     created: version.created,
-                    kek,
+                    key: kek,
                     sealed: Mutex::new(sealed),
                     // The old host's counts are not in the record: each
                     // version counts afresh here. Only the latest version
@@ -177,6 +180,7 @@ impl KeyStore {
                 id: material.id,
                 name: material.name.clone(),
                 created: material.created,
+                key_type: material.key_type,
                 state: material.state,
                 min_decryption_version: material.min_decryption_version,
                 versions,

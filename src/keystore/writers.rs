@@ -8,17 +8,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use agent_proto::KeyState;
+use agent_proto::{KeyState, KeyType};
 use rand::TryRng;
 use zeroize::Zeroizing;
 
 use super::db::{self, VersionRow};
 use super::sealing::{KEK_LEN, SEALED_KEK_LEN};
 use super::{
-    Change, Kek, Key, KeyStore, Keys, RESERVATION_STEP, StoreError, Version, Writer, check_name,
+    Change, Key, KeyStore, Keys, RESERVATION_STEP, StoreError, Version, Writer, check_name,
     rollback,
 };
 use crate::envelope::KeyId;
+use crate::version_key::VersionKey;
 
 fn now() -> u64 {
     SystemTime::now()
@@ -120,18 +121,28 @@ impl KeyStore {
         Ok(committed)
     }
 
-    /// A new version of key `id`: a KEK from the OS RNG XOR `tpm`
-    /// randomness (taken before the writer lock), sealed under the root key.
+    /// A new version of key `id`, of `key_type`: a secret from the OS RNG
+    /// XOR `tpm` randomness (taken before the writer lock), sealed under
+    /// the root key. A secret that is no valid key of the type (an ECDSA
+    /// scalar out of range, about 2^-32) is drawn again from the OS RNG.
     fn new_version(
         writer: &mut Writer,
         id: KeyId,
         number: u32,
+        key_type: KeyType,
         tpm: &[u8; KEK_LEN],
     ) -> Result<Version, StoreError> {
-        let mut material = random::<KEK_LEN>()?;
-        for (byte, mix) in material.iter_mut().zip(tpm.iter()) {
-            *byte ^= mix;
-        }
+        let material = loop {
+            let mut material = random::<KEK_LEN>()?;
+            for (byte, mix) in material.iter_mut().zip(tpm.iter()) {
+                *byte ^= mix;
+            }
+            if VersionKey::seed_is_valid(key_type, &material) {
+                break material;
+            }
+        };
+        let key = VersionKey::from_seed(key_type, &material)
+            .map_err(|e| StoreError::Random(e.to_string()))?;
         let sealed = writer
             .secrets
             .seal_kek(id, number, &material)
@@ -142,7 +153,7 @@ impl KeyStore {
         Ok(Version {
             number,
             created: now(),
-            kek: Some(Kek::new(&material)),
+            key: Some(key),
             sealed: std::sync::Mutex::new(Some(sealed)),
             encryptions: AtomicU64::new(0),
             reserved: AtomicU64::new(0),
@@ -167,8 +178,13 @@ impl KeyStore {
         Ok(key)
     }
 
-    /// Creates key `name` at version 1.
+    /// Creates AES-256-GCM key `name` at version 1.
     pub fn create(&self, name: &str) -> Result<Arc<Key>, StoreError> {
+        self.create_typed(name, KeyType::Aes256Gcm)
+    }
+
+    /// Creates key `name` of `key_type` at version 1.
+    pub fn create_typed(&self, name: &str, key_type: KeyType) -> Result<Arc<Key>, StoreError> {
         check_name(name)?;
         if self.keys.load().by_name(name).is_some() {
             return Err(StoreError::KeyExists(name.to_string()));
@@ -184,11 +200,12 @@ impl KeyStore {
                 break id;
             }
         };
-        let version = Arc::new(Self::new_version(&mut writer, id, 1, &tpm)?);
+        let version = Arc::new(Self::new_version(&mut writer, id, 1, key_type, &tpm)?);
         let key = Key {
             id,
             name: name.to_string(),
             created: now(),
+            key_type,
             state: KeyState::Enabled,
             min_decryption_version: 1,
             versions: vec![Arc::clone(&version)],
@@ -243,6 +260,7 @@ impl KeyStore {
             writer,
             key.id,
             key.latest_version() + 1,
+            key.key_type,
             tpm,
         )?);
         let mut next = key.clone();
@@ -308,7 +326,13 @@ impl KeyStore {
                     let Some(tpm) = tpm else {
                         return Ok(None);
                     };
-                    let fresh = Arc::new(Self::new_version(&mut writer, key.id, latest + 1, tpm)?);
+                    let fresh = Arc::new(Self::new_version(
+                        &mut writer,
+                        key.id,
+                        latest + 1,
+                        key.key_type,
+                        tpm,
+                    )?);
                     next.versions.push(Arc::clone(&fresh));
                     changed.push(fresh);
                 }

@@ -745,6 +745,7 @@ mod tests {
                 created: 1,
                 kek: Some(Zeroizing::new([i as u8; 32])),
             }],
+            key_type: agent_proto::KeyType::Aes256Gcm,
         }
     }
 

@@ -364,6 +364,7 @@ mod tests {
                     kek: Some(Zeroizing::new([n; 32])),
                 },
             ],
+            key_type: agent_proto::KeyType::Aes256Gcm,
         }
     }
 

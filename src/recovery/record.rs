@@ -403,6 +403,8 @@ fn decode_v1(text: &[u8], key: &MacKey) -> Result<Record, RecordError> {
         id,
         name: record.name.clone(),
         created: record.created,
+        // Format 1 records predate key types: every key was AES-256-GCM.
+        key_type: agent_proto::KeyType::Aes256Gcm,
         state: record.state.into(),
         min_decryption_version: record.min_decryption_version,
         versions,
@@ -549,6 +551,7 @@ mod tests {
                     kek: Some(Zeroizing::new([9; 32])),
                 },
             ],
+            key_type: agent_proto::KeyType::Aes256Gcm,
         }
     }
 

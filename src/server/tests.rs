@@ -365,7 +365,13 @@ async fn a_request_is_answered_in_its_envelope() {
     ping(&mut stream, 7).await;
     send(
         &mut stream,
-        &frame(u64::MAX, Request::CreateKey { name: "k".into() }),
+        &frame(
+            u64::MAX,
+            Request::CreateKey {
+                name: "k".into(),
+                key_type: agent_proto::KeyType::Aes256Gcm,
+            },
+        ),
     )
     .await;
     let answer = reply(&mut stream).await;
@@ -401,7 +407,10 @@ async fn pipelined_requests_are_answered_in_order_and_errors_keep_the_connection
     let mut stream = server.connect().await;
     let describe = |key: &str| Request::DescribeKey { key: key.into() };
     let requests = [
-        Request::CreateKey { name: "k".into() },
+        Request::CreateKey {
+            name: "k".into(),
+            key_type: agent_proto::KeyType::Aes256Gcm,
+        },
         Request::Wrap {
             key: "k".into(),
             plaintext: SecretBytes::new(b"x".to_vec()),
@@ -909,7 +918,13 @@ async fn a_client_that_does_not_read_its_answers_is_closed_after_write_timeout()
     let mut stream = server.connect_std();
     // Big answers, pipelined and never read, until the server is stuck
     // writing one and the client cannot send any more.
-    let create = frame(1, Request::CreateKey { name: "k".into() });
+    let create = frame(
+        1,
+        Request::CreateKey {
+            name: "k".into(),
+            key_type: agent_proto::KeyType::Aes256Gcm,
+        },
+    );
     stream.write_all(&create).expect("send");
     let Response::Key(_) = settled_reply(&mut stream).await.op else {
         panic!("create");
@@ -1048,7 +1063,13 @@ async fn a_change_whose_answer_outgrows_the_frame_stands_and_says_so() {
     let name = "grown".to_string();
     send(
         &mut stream,
-        &frame(1, Request::CreateKey { name: name.clone() }),
+        &frame(
+            1,
+            Request::CreateKey {
+                name: name.clone(),
+                key_type: agent_proto::KeyType::Aes256Gcm,
+            },
+        ),
     )
     .await;
     key_of(reply(&mut stream).await);

@@ -179,6 +179,7 @@ fn key_info(response: Response) -> KeyInfo {
 fn create(name: &str) -> Request {
     Request::CreateKey {
         name: name.to_string(),
+        key_type: agent_proto::KeyType::Aes256Gcm,
     }
 }
 
@@ -365,6 +366,7 @@ async fn create_answers_version_one_and_refuses_taken_and_invalid_names() {
                 state: ENABLED,
                 encryptions: 0,
             }],
+            key_type: agent_proto::KeyType::Aes256Gcm,
         }
     );
     assert_ne!(info.id, [0; 16], "a random id");

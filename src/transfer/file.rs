@@ -294,6 +294,7 @@ mod tests {
                     kek: Some(Zeroizing::new([kek; 32])),
                 },
             ],
+            key_type: agent_proto::KeyType::Aes256Gcm,
         }
     }
 

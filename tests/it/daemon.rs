@@ -123,6 +123,7 @@ fn malformed_frames_get_errors_and_the_daemon_keeps_serving() {
             99,
             Request::CreateKey {
                 name: "x".repeat(40),
+                key_type: agent_proto::KeyType::Aes256Gcm,
             },
         ),
         DEFAULT_MAX_FRAME,

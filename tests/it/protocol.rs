@@ -279,6 +279,7 @@ fn create_many(client: &mut Client) {
             client
                 .send(Request::CreateKey {
                     name: bulk_name(sent),
+                    key_type: agent_proto::KeyType::Aes256Gcm,
                 })
                 .expect("send CreateKey");
             sent += 1;

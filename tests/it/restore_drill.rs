@@ -293,6 +293,7 @@ fn written_host(custodian_count: usize, threshold: u32, revision: u64) -> OldHos
                     kek: Some(random_kek()),
                 })
                 .collect(),
+            key_type: agent_proto::KeyType::Aes256Gcm,
         };
         for version in &material.versions {
             let kek = version.kek.as_ref().expect("live");
@@ -1072,6 +1073,7 @@ fn restore_killed_at_any_moment_leaves_all_keys_or_none() {
                     created: 1_700_000_000,
                     kek: Some(random_kek()),
                 }],
+                key_type: agent_proto::KeyType::Aes256Gcm,
             }
         })
         .collect();
@@ -1179,6 +1181,7 @@ fn a_backup_forged_for_the_real_custodians_is_refused_by_the_named_bundle() {
             created: 1_700_000_000,
             kek: Some(random_kek()),
         }],
+        key_type: agent_proto::KeyType::Aes256Gcm,
     }];
     let dir = work.path().join("forged");
     write_recovery_dir(

@@ -512,6 +512,7 @@ fn a_file_for_another_host_a_changed_byte_an_unpinned_source_or_a_planted_file_i
             created: 1,
             kek: Some(Zeroizing::new([0x41; 32])),
         }],
+        key_type: agent_proto::KeyType::Aes256Gcm,
     };
     // The forger's best MAC key: anything but the X25519 agreement of A
     // and B, which takes a secret it lacks.

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 use agent_proto::{
     Ciphertext, DataKey, EncryptionContext, ErrorCode, ExportedFile, KeyInfo, KeyPage, KeyState,
-    Operation, RecoveryStatus, Request, Response, RollbackStatus, RootRotation, SecretBytes,
-    StatusInfo, TransportKeyInfo, Unwrapped, VersionInfo, VersionState, Wrapped,
+    KeyType, MacTag, Operation, PublicKeyInfo, RecoveryStatus, Request, Response, RollbackStatus,
+    RootRotation, SecretBytes, SignInput, Signature, StatusInfo, TransportKeyInfo, Unwrapped,
+    Verification, VersionInfo, VersionState, Wrapped,
 };
 
 pub fn context() -> EncryptionContext {
@@ -23,6 +24,7 @@ pub fn requests() -> Vec<Request> {
         Request::Status,
         Request::CreateKey {
             name: "app-db".to_string(),
+            key_type: agent_proto::KeyType::Aes256Gcm,
         },
         Request::Wrap {
             key: "app-db".to_string(),
@@ -78,6 +80,31 @@ pub fn requests() -> Vec<Request> {
         Request::ImportKey {
             file: b"age-encryption.org/v1\n...".to_vec(),
         },
+        Request::Mac {
+            key: "webhooks".to_string(),
+            data: SecretBytes::from(&b"payload"[..]),
+        },
+        Request::VerifyMac {
+            key: "webhooks".to_string(),
+            data: SecretBytes::from(&b"payload"[..]),
+            tag: vec![0x5a; 32],
+            version: Some(1),
+        },
+        Request::Sign {
+            key: "release".to_string(),
+            input: SignInput::Message(SecretBytes::from(&b"hi\n"[..])),
+        },
+        Request::Verify {
+            key: "release".to_string(),
+            input: SignInput::Digest(vec![0x11; 32]),
+            signature: vec![0x30, 0x44],
+            version: None,
+        },
+        Request::GetPublicKey {
+            key: "release".to_string(),
+            version: Some(2),
+        },
+        Request::GenerateRandom { bytes: 32 },
     ];
     let ops: Vec<Operation> = requests.iter().map(Request::operation).collect();
     assert_eq!(ops, Operation::ALL, "a sample is missing for some request");
@@ -106,6 +133,7 @@ fn key_info() -> KeyInfo {
                 encryptions: 0,
             },
         ],
+        key_type: agent_proto::KeyType::Aes256Gcm,
     }
 }
 
@@ -176,6 +204,29 @@ pub fn responses() -> Vec<Response> {
             destination: "db-replica-2".to_string(),
             file: b"age-encryption.org/v1\n...".to_vec(),
         }),
+        Response::Mac(MacTag {
+            key: "webhooks".to_string(),
+            version: 1,
+            tag: vec![0x5a; 32],
+        }),
+        Response::Verified(Verification {
+            key: "release".to_string(),
+            valid: true,
+            version: Some(2),
+        }),
+        Response::Signature(Signature {
+            key: "release".to_string(),
+            version: 2,
+            signature: vec![0x77; 64],
+        }),
+        Response::PublicKey(PublicKeyInfo {
+            key: "release".to_string(),
+            version: 2,
+            key_type: KeyType::Ed25519,
+            revoked: false,
+            spki_der: vec![0x30, 0x2a],
+        }),
+        Response::Random(SecretBytes::from(vec![0x42; 16])),
     ];
     // The match fails to compile when a response kind is added, pointing here.
     let kinds: std::collections::BTreeSet<&str> = responses
@@ -191,12 +242,17 @@ pub fn responses() -> Vec<Response> {
             | Response::Error(_)
             | Response::RootRotated(_)
             | Response::TransportKey(_)
-            | Response::Exported(_) => response.kind(),
+            | Response::Exported(_)
+            | Response::Mac(_)
+            | Response::Verified(_)
+            | Response::Signature(_)
+            | Response::PublicKey(_)
+            | Response::Random(_) => response.kind(),
         })
         .collect();
     assert_eq!(
         kinds.len(),
-        11,
+        16,
         "a sample is missing for some response kind"
     );
     responses
