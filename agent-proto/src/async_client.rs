@@ -14,9 +14,9 @@ use crate::client::{
 use crate::codec::{self, DEFAULT_MAX_FRAME};
 use crate::error::ErrorCode;
 use crate::message::{
-    DataKey, EncryptionContext, Envelope, ExportedFile, KeyInfo, KeyPage, KeyType,
-    OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, Request, Response, RootRotation, StatusInfo,
-    TransportKeyInfo, Unwrapped, Wrapped,
+    DataKey, EncryptionContext, Envelope, ExportedFile, KeyInfo, KeyPage, KeyType, MacTag,
+    OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, PublicKeyInfo, Request, Response, RootRotation,
+    SignInput, Signature, StatusInfo, TransportKeyInfo, Unwrapped, Verification, Wrapped,
 };
 
 /// An async connection to hostkmsd.
