@@ -261,7 +261,7 @@ pub fn run(socket: &Path, args: &BenchArgs, json: bool) -> Result<(), CliError> 
     let operation = args.op.operation();
     if !key_type.operations().contains(&operation) {
         return Err(CliError::Usage(format!(
-            "'--op {}' needs a key type that can {}: {}; a {key_type} key does {}",
+            "'--op {}' needs a key type that can {}: {}; keys of type {key_type} do {}",
             args.op.as_str(),
             args.op.as_str(),
             types_for(operation),
