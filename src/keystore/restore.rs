@@ -155,10 +155,17 @@ impl KeyStore {
                         (None, None)
                     }
                 };
+                let public_key = super::model::checked_public_key(
+                    material.key_type,
+                    kek.as_ref(),
+                    version.public_key.as_deref(),
+                )
+                .map_err(|e| invalid(format!("version {} {e}", version.number)))?;
                 versions.push(Arc::new(Version {
                     number: version.number,
                     created: version.created,
                     key: kek,
+                    public_key,
                     sealed: Mutex::new(sealed),
                     // The old host's counts are not in the record: each
                     // version counts afresh here. Only the latest version
@@ -398,6 +405,7 @@ mod tests {
             number: 1,
             created: 0,
             kek: kek(),
+            public_key: None,
         };
         for keys in [
             broken,

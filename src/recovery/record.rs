@@ -397,6 +397,7 @@ fn decode_v1(text: &[u8], key: &MacKey) -> Result<Record, RecordError> {
             number: v.version,
             created: v.created,
             kek,
+            public_key: None,
         });
     }
     let material = KeyMaterial {
@@ -539,16 +540,19 @@ mod tests {
                     number: 1,
                     created: 1_700_000_000,
                     kek: None,
+                    public_key: None,
                 },
                 VersionMaterial {
                     number: 2,
                     created: 1_700_000_100,
                     kek: Some(Zeroizing::new([7; 32])),
+                    public_key: None,
                 },
                 VersionMaterial {
                     number: 3,
                     created: 1_700_000_200,
                     kek: Some(Zeroizing::new([9; 32])),
+                    public_key: None,
                 },
             ],
             key_type: agent_proto::KeyType::Aes256Gcm,
