@@ -181,7 +181,9 @@ impl KeyStore {
             None => (None, None),
         };
         let public_key = checked_public_key(key_type, kek.as_ref(), version.public_key.as_deref())
-            .map_err(|e| StoreError::InvalidArgument(format!("version {number} of the key {e}")))?;
+            .map_err(|e| {
+                StoreError::InvalidArgument(format!("version {number} of the key: {e}"))
+            })?;
         Ok(Version {
             number,
             created: version.created,
