@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use agent_proto::{EncryptionContext, KeyState, KeyType};
+use agent_proto::{EncryptionContext, KeyState, KeyType, SecretBytes, SignInput};
 use rusqlite::Connection;
 
 use super::db::{self, Database, DbError};
@@ -700,11 +700,10 @@ fn every_change_reaches_the_sink_with_its_material_before_it_returns() {
 // --- Key types (issue 11) -------------------------------------------------
 
 /// What a version does with a fixed input, whatever its type: a wrap of
-/// it (AES: random nonces, so [`reproduces`] unwraps it), its tag (HMAC) or
-/// its signature (every signing type here signs deterministically). The
-/// same output after a reopen means the same secret.
+/// it, its tag or its signature; [`reproduces`] checks it after a reopen
+/// (unwraps it, recomputes the tag, verifies the signature: ML-DSA signs
+/// hedged, so signatures differ each time).
 fn fingerprint(version: &Version) -> Vec<u8> {
-    use agent_proto::{SecretBytes, SignInput};
     let key = version.key().expect("a live version");
     match key.key_type() {
         KeyType::Aes256Gcm => envelope::wrap(
@@ -731,7 +730,13 @@ fn reproduces(version: &Version, fingerprint: &[u8]) -> bool {
             &EncryptionContext::new(),
         )
         .is_ok_and(|p| *p == *b"probe"),
-        Some(_) => self::fingerprint(version) == fingerprint,
+        Some(KeyType::HmacSha256 | KeyType::HmacSha512) => {
+            self::fingerprint(version) == fingerprint
+        }
+        Some(_) => version.key().is_some_and(|key| {
+            let probe = SignInput::Message(SecretBytes::new(b"probe".to_vec()));
+            key.verify(&probe, fingerprint) == Ok(true)
+        }),
         None => false,
     }
 }
