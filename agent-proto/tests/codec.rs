@@ -9,6 +9,7 @@ use agent_proto::codec::{self, DEFAULT_MAX_FRAME, LENGTH_PREFIX};
 use agent_proto::{
     Ciphertext, DecodeError, Envelope, ErrorCode, FrameError, KeyInfo, KeyPage, KeyState,
     PROTOCOL_VERSION, Request, Response, SecretBytes, VersionInfo, VersionState, Wrapped, v1, v2,
+    v3,
 };
 
 fn round_trip<T>(op: T)
@@ -339,9 +340,10 @@ fn readme_v2_list() -> (Envelope<Request>, Envelope<Response>) {
 
 /// The README's version-3 `Status` answer, built with the library.
 fn readme_v3_status() -> Envelope<Response> {
-    Envelope::new(
-        10,
-        Response::Status(agent_proto::StatusInfo {
+    Envelope {
+        proto: v3::VERSION,
+        id: 10,
+        op: Response::Status(agent_proto::StatusInfo {
             daemon_version: "0.1.0".into(),
             oldest_protocol: 1,
             newest_protocol: 3,
@@ -367,7 +369,7 @@ fn readme_v3_status() -> Envelope<Response> {
                 problem: String::new(),
             },
         }),
-    )
+    }
 }
 
 #[test]
@@ -479,7 +481,8 @@ fn a_request_variant_unknown_in_its_version_says_the_daemon_is_too_old() {
     for (proto, known) in [
         (1u16, v1::REQUEST_VARIANTS),
         (2, v2::REQUEST_VARIANTS),
-        (3, Request::VARIANTS),
+        (3, v3::REQUEST_VARIANTS),
+        (4, Request::VARIANTS),
     ] {
         let mut body = body_of(
             &codec::encode_frame(
