@@ -30,6 +30,7 @@ mod packaged_config;
 mod peer_identity;
 mod permissions;
 mod protocol;
+mod random;
 mod recovery;
 mod restore_drill;
 mod rollback;
