@@ -19,6 +19,15 @@ const ML_DSA_65_SEED_PRIV: &str = include_str!("testdata/ML-DSA-65-seed.priv");
 /// The public key of that seed, SubjectPublicKeyInfo PEM, same origin.
 const ML_DSA_65_PUB: &str = include_str!("testdata/ML-DSA-65.pub");
 
+/// A signature of [`OPENSSL_MESSAGE`] by the seed 00..1f made by another
+/// implementation, OpenSSL 4.0's ML-DSA-65 (hedged, empty context), through
+/// Python's cryptography 48:
+/// `MLDSA65PrivateKey.from_seed_bytes(bytes(range(32))).sign(message)`,
+/// base64. (Its `public_key()` is the LAMPS example above too.)
+const ML_DSA_65_OPENSSL_SIGNATURE: &str = include_str!("testdata/ML-DSA-65-openssl.sig.b64");
+/// The message OpenSSL signed.
+const OPENSSL_MESSAGE: &[u8] = b"signed by OpenSSL's ML-DSA-65 for the hostkms known-answer test\n";
+
 /// The encoded length of an ML-DSA-65 signature (FIPS 204, table 2).
 const ML_DSA_65_SIGNATURE_LEN: usize = 3309;
 
@@ -512,4 +521,50 @@ proptest! {
             );
         }
     }
+}
+
+#[test]
+fn ml_dsa_65_verifies_a_signature_openssl_made() {
+    let signature: Vec<u8> = base64::engine::general_purpose::STANDARD
+        .decode(
+            ML_DSA_65_OPENSSL_SIGNATURE
+                .split_whitespace()
+                .collect::<String>(),
+        )
+        .expect("base64 fixture");
+    assert_eq!(signature.len(), ML_DSA_65_SIGNATURE_LEN);
+    let ours = key(KeyType::MlDsa65, &counting_seed());
+    assert_eq!(ours.verify(&message(OPENSSL_MESSAGE), &signature), Ok(true));
+    assert_eq!(
+        ours.verify(&message(&OPENSSL_MESSAGE[1..]), &signature),
+        Ok(false)
+    );
+    assert_eq!(
+        ours.verify(&message(OPENSSL_MESSAGE), &flip(&signature, 100)),
+        Ok(false)
+    );
+}
+
+/// Deterministic ML-DSA (FIPS 204 with rnd = 0^32, empty context) is one
+/// exact signature per key and message, so any conformant implementation
+/// gives these bytes. Ours of [`OPENSSL_MESSAGE`] by the seed 00..1f was
+/// checked once with OpenSSL 4.0 (Python cryptography 48:
+/// `load_pem_public_key(ML-DSA-65.pub).verify(signature, message)`); its
+/// SHA-256 is pinned here, so a change of the signing code or the crate
+/// that changes the signature fails.
+#[test]
+fn ml_dsa_65_deterministic_signature_is_the_one_openssl_verified() {
+    let ours = key(KeyType::MlDsa65, &counting_seed());
+    let signature = ours.sign(&message(OPENSSL_MESSAGE)).expect("signs");
+    assert_eq!(signature.len(), ML_DSA_65_SIGNATURE_LEN);
+    assert_eq!(
+        sha2::Sha256::digest(&signature).to_vec(),
+        hex("714b1f8c54e8c587cfe364f106c85dcb638934a82532b78d8ea59345dd87a706")
+    );
+}
+
+fn flip(bytes: &[u8], at: usize) -> Vec<u8> {
+    let mut flipped = bytes.to_vec();
+    flipped[at] ^= 1;
+    flipped
 }
