@@ -232,8 +232,8 @@ impl VersionKey {
 
     /// A signature over `input` in the type's standard encoding: Ed25519
     /// 64 bytes (RFC 8032, pure); ECDSA P-256 with SHA-256, ASN.1 DER
-    /// (RFC 6979 nonces); ML-DSA-65 as FIPS 204 encodes it (empty
-    /// context).
+    /// (RFC 6979 nonces); ML-DSA-65 as FIPS 204 encodes it (hedged,
+    /// empty context).
     pub fn sign(&self, input: &SignInput) -> Result<Vec<u8>, KeyUseError> {
         use signature::Signer;
         match (&self.0, input) {
@@ -261,8 +261,11 @@ impl VersionKey {
                 // Zeroized when dropped at the end of this arm.
                 let key =
                     ml_dsa::SigningKey::<ml_dsa::MlDsa65>::from_seed(&(*seed.expose()).into());
+                // The hedged variant FIPS 204 recommends: fresh randomness
+                // from the OS mixed into each signature's nonce.
                 let signature: ml_dsa::Signature<ml_dsa::MlDsa65> = key
-                    .try_sign(message.expose())
+                    .expanded_key()
+                    .sign_randomized(message.expose(), &[], &mut rand::rngs::SysRng)
                     .map_err(|_| KeyUseError::Signer(KeyType::MlDsa65))?;
                 Ok(signature.encode().to_vec())
             }

@@ -12,9 +12,10 @@ use crate::error::{
     BINCODE_UNKNOWN_VARIANT, DecodeError, EncodeError, ErrorCode, FrameError, UNKNOWN_REQUEST,
 };
 use crate::message::{
-    DataKey, EncryptionContext, Envelope, ExportedFile, KeyInfo, KeyPage, KeyType,
-    OLDEST_PROTOCOL_VERSION, Operation, PROTOCOL_VERSION, Request, Response, RootRotation,
-    StatusInfo, TransportKeyInfo, Unwrapped, Wrapped,
+    DataKey, EncryptionContext, Envelope, ExportedFile, KeyInfo, KeyPage, KeyType, MacTag,
+    OLDEST_PROTOCOL_VERSION, Operation, PROTOCOL_VERSION, PublicKeyInfo, Request, Response,
+    RootRotation, SignInput, Signature, StatusInfo, TransportKeyInfo, Unwrapped, Verification,
+    Wrapped,
 };
 
 /// Keys a page that [`Client::list_keys`] asks for.
@@ -42,6 +43,165 @@ macro_rules! typed_operations {
             name: name.to_string(),
             key_type: KeyType::Aes256Gcm,
         })$($await)*?)
+    }
+
+    /// Creates key `name` of type `key_type` (fixed for the key's life) at
+    /// version 1.
+    ///
+    /// Errors: [`ClientError::DaemonTooOld`] for any type but
+    /// [`KeyType::Aes256Gcm`] when the daemon speaks only protocol 3 or
+    /// older; the daemon's refusals (`KeyExists`, `InvalidKeyName`,
+    /// `PermissionDenied`...) as [`ClientError::Daemon`].
+    pub $($async)* fn create_key_of_type(
+        &mut self,
+        name: &str,
+        key_type: KeyType,
+    ) -> Result<KeyInfo, ClientError> {
+        expect::key(self.call(Request::CreateKey {
+            name: name.to_string(),
+            key_type,
+        })$($await)*?)
+    }
+
+    /// The HMAC tag of `data` under the latest version of HMAC key `key`,
+    /// with the version that made it.
+    ///
+    /// Errors: `WrongKeyType` when `key` is not an HMAC key,
+    /// `PlaintextTooLarge` above the daemon's `max_plaintext`, the usual
+    /// key and permission refusals; [`ClientError::DaemonTooOld`] against a
+    /// daemon older than protocol 4.
+    pub $($async)* fn mac(&mut self, key: &str, data: &[u8]) -> Result<MacTag, ClientError> {
+        expect::mac(self.call(Request::Mac {
+            key: key.to_string(),
+            data: SecretBytes::from(data),
+        })$($await)*?)
+    }
+
+    /// Whether `tag` is the HMAC of `data` under `key`: under `version`
+    /// when given, else under any live version at or above the minimum
+    /// decryption version. A tag that does not match is `valid: false`.
+    ///
+    /// Errors: `WrongKeyType` when `key` is not an HMAC key,
+    /// `VersionRevoked`/`VersionNotFound` for an explicit `version` that
+    /// cannot be used, `KeyDisabled`/`KeyRevoked`, `PlaintextTooLarge`,
+    /// `InvalidArgument` for a tag over 64 bytes;
+    /// [`ClientError::DaemonTooOld`] against a daemon older than protocol 4.
+    pub $($async)* fn verify_mac(
+        &mut self,
+        key: &str,
+        data: &[u8],
+        tag: &[u8],
+        version: Option<u32>,
+    ) -> Result<Verification, ClientError> {
+        expect::verified(self.call(Request::VerifyMac {
+            key: key.to_string(),
+            data: SecretBytes::from(data),
+            tag: tag.to_vec(),
+            version,
+        })$($await)*?)
+    }
+
+    /// A signature of `message` under the latest version of signing key
+    /// `key`, with the version that made it.
+    ///
+    /// Errors: `WrongKeyType` when `key` does not sign,
+    /// `PlaintextTooLarge` above the daemon's `max_plaintext` (an
+    /// ecdsa-p256 key can sign a digest instead: [`Self::sign_digest`]),
+    /// the usual key and permission refusals; [`ClientError::DaemonTooOld`]
+    /// against a daemon older than protocol 4.
+    pub $($async)* fn sign(&mut self, key: &str, message: &[u8]) -> Result<Signature, ClientError> {
+        expect::signature(self.call(Request::Sign {
+            key: key.to_string(),
+            input: SignInput::Message(SecretBytes::from(message)),
+        })$($await)*?)
+    }
+
+    /// A signature of a message's 32-byte SHA-256 `digest` under the latest
+    /// version of ecdsa-p256 key `key` (the same signature as over the
+    /// message itself).
+    ///
+    /// Errors: `InvalidArgument` when `digest` is not 32 bytes or `key` is
+    /// not an ecdsa-p256 key that signs digests (`WrongKeyType` when it does
+    /// not sign at all), the usual key and permission refusals;
+    /// [`ClientError::DaemonTooOld`] against a daemon older than protocol 4.
+    pub $($async)* fn sign_digest(&mut self, key: &str, digest: &[u8]) -> Result<Signature, ClientError> {
+        expect::signature(self.call(Request::Sign {
+            key: key.to_string(),
+            input: SignInput::Digest(digest.to_vec()),
+        })$($await)*?)
+    }
+
+    /// Whether `signature` is `key`'s over `message`: under `version` when
+    /// given, else under any live version at or above the minimum
+    /// decryption version. A signature that does not check is
+    /// `valid: false`.
+    ///
+    /// Errors: `WrongKeyType` when `key` does not sign,
+    /// `VersionRevoked`/`VersionNotFound` for an explicit `version` that
+    /// cannot be used, `KeyDisabled`/`KeyRevoked`, `PlaintextTooLarge`,
+    /// `InvalidArgument` for a signature over 8 KiB;
+    /// [`ClientError::DaemonTooOld`] against a daemon older than protocol 4.
+    pub $($async)* fn verify(
+        &mut self,
+        key: &str,
+        message: &[u8],
+        signature: &[u8],
+        version: Option<u32>,
+    ) -> Result<Verification, ClientError> {
+        expect::verified(self.call(Request::Verify {
+            key: key.to_string(),
+            input: SignInput::Message(SecretBytes::from(message)),
+            signature: signature.to_vec(),
+            version,
+        })$($await)*?)
+    }
+
+    /// Whether `signature` is ecdsa-p256 key `key`'s over a message whose
+    /// SHA-256 is `digest`, as [`Self::verify`] checks a message.
+    ///
+    /// Errors: those of [`Self::verify`], and `InvalidArgument` when
+    /// `digest` is not 32 bytes or `key` is not an ecdsa-p256 key.
+    pub $($async)* fn verify_digest(
+        &mut self,
+        key: &str,
+        digest: &[u8],
+        signature: &[u8],
+        version: Option<u32>,
+    ) -> Result<Verification, ClientError> {
+        expect::verified(self.call(Request::Verify {
+            key: key.to_string(),
+            input: SignInput::Digest(digest.to_vec()),
+            signature: signature.to_vec(),
+            version,
+        })$($await)*?)
+    }
+
+    /// The public key (SubjectPublicKeyInfo DER) of signing key `key`'s
+    /// `version`, the latest when `None`. A revoked version's public key
+    /// stays retrievable (`revoked: true`).
+    ///
+    /// Errors: `WrongKeyType` when `key` does not sign, `VersionNotFound`,
+    /// the usual key and permission refusals; [`ClientError::DaemonTooOld`]
+    /// against a daemon older than protocol 4.
+    pub $($async)* fn public_key(
+        &mut self,
+        key: &str,
+        version: Option<u32>,
+    ) -> Result<PublicKeyInfo, ClientError> {
+        expect::public_key(self.call(Request::GetPublicKey {
+            key: key.to_string(),
+            version,
+        })$($await)*?)
+    }
+
+    /// `bytes` random bytes (1 to [`crate::MAX_RANDOM_BYTES`]) from the OS
+    /// RNG mixed with the TPM's.
+    ///
+    /// Errors: `InvalidArgument` for a count outside 1..=1024,
+    /// `PermissionDenied` without a grant of `random`;
+    /// [`ClientError::DaemonTooOld`] against a daemon older than protocol 4.
+    pub $($async)* fn random(&mut self, bytes: u16) -> Result<SecretBytes, ClientError> {
+        expect::random(self.call(Request::GenerateRandom { bytes })$($await)*?)
     }
 
     /// Encrypts `plaintext` under the latest version of `key`, bound to `context`.
@@ -702,9 +862,10 @@ fn open(path: &Path) -> Result<UnixStream, ClientError> {
 /// Turns a response into the value a request calls for.
 pub(crate) mod expect {
     use super::ClientError;
+    use crate::bytes::SecretBytes;
     use crate::message::{
-        DataKey, ExportedFile, KeyInfo, KeyPage, Response, RootRotation, StatusInfo,
-        TransportKeyInfo, Unwrapped, Wrapped,
+        DataKey, ExportedFile, KeyInfo, KeyPage, MacTag, PublicKeyInfo, Response, RootRotation,
+        Signature, StatusInfo, TransportKeyInfo, Unwrapped, Verification, Wrapped,
     };
 
     fn unexpected(expected: &'static str, got: &Response) -> ClientError {
@@ -781,6 +942,41 @@ pub(crate) mod expect {
         match response {
             Response::Exported(file) => Ok(file),
             other => Err(unexpected("Exported", &other)),
+        }
+    }
+
+    pub fn mac(response: Response) -> Result<MacTag, ClientError> {
+        match response {
+            Response::Mac(tag) => Ok(tag),
+            other => Err(unexpected("Mac", &other)),
+        }
+    }
+
+    pub fn verified(response: Response) -> Result<Verification, ClientError> {
+        match response {
+            Response::Verified(verification) => Ok(verification),
+            other => Err(unexpected("Verified", &other)),
+        }
+    }
+
+    pub fn signature(response: Response) -> Result<Signature, ClientError> {
+        match response {
+            Response::Signature(signature) => Ok(signature),
+            other => Err(unexpected("Signature", &other)),
+        }
+    }
+
+    pub fn public_key(response: Response) -> Result<PublicKeyInfo, ClientError> {
+        match response {
+            Response::PublicKey(info) => Ok(info),
+            other => Err(unexpected("PublicKey", &other)),
+        }
+    }
+
+    pub fn random(response: Response) -> Result<SecretBytes, ClientError> {
+        match response {
+            Response::Random(bytes) => Ok(bytes),
+            other => Err(unexpected("Random", &other)),
         }
     }
 }
@@ -1160,6 +1356,256 @@ pub(crate) mod tests {
         )
         .unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::BadRequest));
+    }
+
+    /// A daemon of the newest version that answers the key-type requests
+    /// with values made from what they asked, so a test sees each client
+    /// method send its request and read its answer.
+    fn key_type_daemon(request: &Request) -> Response {
+        let key_name = request.key_name().unwrap_or("").to_string();
+        match request {
+            Request::CreateKey { name, key_type } => Response::Key(KeyInfo {
+                key_type: *key_type,
+                ..key(name)
+            }),
+            Request::Mac { data, .. } => Response::Mac(MacTag {
+                key: key_name,
+                version: 2,
+                tag: data.expose().to_vec(),
+            }),
+            Request::VerifyMac {
+                data, tag, version, ..
+            } => Response::Verified(Verification {
+                key: key_name,
+                valid: data.expose() == tag.as_slice(),
+                version: *version,
+            }),
+            Request::Sign { input, .. } => Response::Signature(Signature {
+                key: key_name,
+                version: match input {
+                    SignInput::Message(_) => 1,
+                    SignInput::Digest(_) => 2,
+                },
+                signature: input.bytes().to_vec(),
+            }),
+            Request::Verify {
+                input,
+                signature,
+                version,
+                ..
+            } => Response::Verified(Verification {
+                key: key_name,
+                valid: matches!(input, SignInput::Digest(_))
+                    && input.bytes() == signature.as_slice(),
+                version: *version,
+            }),
+            Request::GetPublicKey { version, .. } => Response::PublicKey(PublicKeyInfo {
+                key: key_name,
+                version: version.unwrap_or(3),
+                key_type: KeyType::Ed25519,
+                revoked: false,
+                spki_der: vec![0x30],
+            }),
+            Request::GenerateRandom { bytes } => {
+                Response::Random(SecretBytes::from(vec![7; usize::from(*bytes)]))
+            }
+            other => paging_daemon(other),
+        }
+    }
+
+    #[test]
+    fn the_key_type_methods_send_their_request_and_read_its_answer() {
+        let daemon = Fake::start(PROTOCOL_VERSION, key_type_daemon);
+        let mut client = Client::connect(&daemon.path).unwrap();
+        let created = client.create_key_of_type("rel", KeyType::MlDsa65).unwrap();
+        assert_eq!(
+            (created.name.as_str(), created.key_type),
+            ("rel", KeyType::MlDsa65)
+        );
+        assert_eq!(
+            client.create_key("db").unwrap().key_type,
+            KeyType::Aes256Gcm
+        );
+        let tag = client.mac("h", b"data").unwrap();
+        assert_eq!(
+            (tag.key.as_str(), tag.version, tag.tag.as_slice()),
+            ("h", 2, &b"data"[..])
+        );
+        let checked = client.verify_mac("h", b"data", b"data", Some(4)).unwrap();
+        assert_eq!((checked.valid, checked.version), (true, Some(4)));
+        assert!(
+            !client
+                .verify_mac("h", b"data", b"other", None)
+                .unwrap()
+                .valid
+        );
+        let signed = client.sign("rel", b"msg").unwrap();
+        assert_eq!(
+            (signed.version, signed.signature.as_slice()),
+            (1, &b"msg"[..])
+        );
+        let signed = client.sign_digest("rel", &[9; 32]).unwrap();
+        assert_eq!((signed.version, signed.signature), (2, vec![9; 32]));
+        assert!(!client.verify("rel", b"msg", b"msg", None).unwrap().valid);
+        assert!(
+            client
+                .verify_digest("rel", b"d", b"d", Some(1))
+                .unwrap()
+                .valid
+        );
+        let public = client.public_key("rel", Some(5)).unwrap();
+        assert_eq!((public.version, public.key_type), (5, KeyType::Ed25519));
+        assert_eq!(client.random(3).unwrap().expose(), &[7, 7, 7]);
+        let seen: Vec<Operation> = daemon.seen().iter().map(|(_, r)| r.operation()).collect();
+        assert_eq!(
+            seen,
+            [
+                Operation::Create,
+                Operation::Create,
+                Operation::Mac,
+                Operation::VerifyMac,
+                Operation::VerifyMac,
+                Operation::Sign,
+                Operation::Sign,
+                Operation::Verify,
+                Operation::Verify,
+                Operation::PublicKey,
+                Operation::Random,
+            ]
+        );
+    }
+
+    #[test]
+    fn a_key_type_method_answered_with_another_kind_is_unexpected_response() {
+        let daemon = Fake::start(PROTOCOL_VERSION, |_| Response::Pong);
+        let mut client = Client::connect(&daemon.path).unwrap();
+        let err = client.sign("rel", b"msg").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClientError::UnexpectedResponse {
+                    expected: "Signature",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    /// A version-3 daemon: it answers the requests version 3 has, with
+    /// keys of the only type it knows.
+    pub(crate) fn version_3_daemon(request: &Request) -> Response {
+        let name = request.key_name().unwrap_or("k").to_string();
+        match request {
+            Request::CreateKey { .. }
+            | Request::Rotate { .. }
+            | Request::Revoke { .. }
+            | Request::Disable { .. }
+            | Request::Enable { .. }
+            | Request::SetMinDecryptionVersion { .. }
+            | Request::DescribeKey { .. } => Response::Key(key(&name)),
+            Request::Wrap { key, .. } | Request::Rewrap { key: Some(key), .. } => {
+                Response::Wrapped(crate::message::Wrapped {
+                    key: key.clone(),
+                    version: 1,
+                    ciphertext: Ciphertext::from(&b"HKMS\x01"[..]),
+                })
+            }
+            Request::TransportKey => Response::TransportKey(TransportKeyInfo {
+                recipient: "age1x".to_string(),
+                fingerprint: "00".to_string(),
+            }),
+            other => paging_daemon(other),
+        }
+    }
+
+    #[test]
+    fn a_version_4_client_keeps_every_version_3_request_working_with_a_version_3_daemon() {
+        let daemon = Fake::start(3, version_3_daemon);
+        let mut client = Client::connect(&daemon.path).unwrap();
+        assert_eq!(client.protocol(), 4);
+        client.ping().unwrap();
+        assert_eq!(client.protocol(), 3, "fell back to the daemon's version");
+        let created = client.create_key("db").unwrap();
+        assert_eq!(
+            (created.name.as_str(), created.key_type),
+            ("db", KeyType::Aes256Gcm)
+        );
+        let created = client
+            .create_key_of_type("db2", KeyType::Aes256Gcm)
+            .unwrap();
+        assert_eq!(created.key_type, KeyType::Aes256Gcm);
+        let context = EncryptionContext::new();
+        assert_eq!(client.wrap("db", b"hi", &context).unwrap().version, 1);
+        client.rewrap(b"HKMS", &context, Some("db")).unwrap();
+        client.rotate("db").unwrap();
+        client.revoke("db", Some(1)).unwrap();
+        client.disable("db").unwrap();
+        client.enable("db").unwrap();
+        client.set_min_decryption_version("db", 1).unwrap();
+        let described = client.describe_key("db").unwrap();
+        assert_eq!(
+            described.key_type,
+            KeyType::Aes256Gcm,
+            "a version-3 key is AES"
+        );
+        assert_eq!(client.list_keys().unwrap().len(), NAMES.len());
+        client.transport_key().unwrap();
+        let seen = daemon.seen();
+        assert!(seen.iter().all(|(proto, _)| *proto == 3), "{seen:?}");
+        assert_eq!(
+            seen[1].1,
+            Request::CreateKey {
+                name: "db".to_string(),
+                key_type: KeyType::Aes256Gcm
+            }
+        );
+    }
+
+    #[test]
+    fn a_key_type_request_to_a_version_3_daemon_is_daemon_too_old_and_not_sent() {
+        let daemon = Fake::start(3, version_3_daemon);
+        let mut client = Client::connect(&daemon.path).unwrap();
+        client.ping().unwrap();
+        let sent = daemon.seen().len();
+        let refusals = [
+            (
+                Operation::Create,
+                client.create_key_of_type("rel", KeyType::Ed25519).err(),
+            ),
+            (Operation::Mac, client.mac("h", b"d").err()),
+            (
+                Operation::VerifyMac,
+                client.verify_mac("h", b"d", b"t", None).err(),
+            ),
+            (Operation::Sign, client.sign("rel", b"m").err()),
+            (Operation::Sign, client.sign_digest("rel", &[0; 32]).err()),
+            (
+                Operation::Verify,
+                client.verify("rel", b"m", b"s", Some(1)).err(),
+            ),
+            (
+                Operation::Verify,
+                client.verify_digest("rel", &[0; 32], b"s", None).err(),
+            ),
+            (Operation::PublicKey, client.public_key("rel", None).err()),
+            (Operation::Random, client.random(16).err()),
+        ];
+        for (expected, err) in refusals {
+            match err {
+                Some(ClientError::DaemonTooOld { operation, reason }) => {
+                    assert_eq!(operation, expected);
+                    assert!(reason.contains("protocol version 3"), "{reason}");
+                    if operation == Operation::Create {
+                        assert!(reason.contains("ed25519"), "names the type: {reason}");
+                    }
+                }
+                other => panic!("{expected}: {other:?}"),
+            }
+        }
+        assert_eq!(daemon.seen().len(), sent, "nothing was sent");
+        assert_eq!(client.protocol(), 3);
+        client.ping().expect("the connection is still good");
     }
 
     #[test]
