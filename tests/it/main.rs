@@ -25,6 +25,7 @@ mod config_props;
 mod connections;
 mod daemon;
 mod journal;
+mod key_types;
 mod monitoring;
 mod operations;
 mod packaged_config;
