@@ -181,7 +181,28 @@ async fn open(path: &Path) -> Result<UnixStream, ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::tests::{Fake, NAMES, paging_daemon, stuck_cursor, too_old_for_rotate};
+    use crate::client::tests::{
+        Fake, NAMES, paging_daemon, stuck_cursor, too_old_for_rotate, version_3_daemon,
+    };
+
+    #[tokio::test]
+    async fn the_async_client_falls_back_to_version_3_and_refuses_key_types_there() {
+        let daemon = Fake::start(3, version_3_daemon);
+        let mut client = AsyncClient::connect(&daemon.path).await.unwrap();
+        let key = client.create_key("db").await.unwrap();
+        assert_eq!((client.protocol(), key.key_type), (3, KeyType::Aes256Gcm));
+        let err = client
+            .create_key_of_type("rel", KeyType::MlDsa65)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ClientError::DaemonTooOld { reason, .. } if reason.contains("ml-dsa-65")),
+            "{err:?}"
+        );
+        let err = client.sign("rel", b"m").await.unwrap_err();
+        assert!(matches!(err, ClientError::DaemonTooOld { .. }), "{err:?}");
+        assert_eq!(daemon.seen().len(), 1, "only the AES CreateKey went out");
+    }
 
     #[tokio::test]
     async fn the_async_client_refuses_a_cursor_that_does_not_advance() {

@@ -1492,6 +1492,122 @@ pub(crate) mod tests {
         );
     }
 
+    /// A version-3 daemon: it answers the requests version 3 has, with
+    /// keys of the only type it knows.
+    pub(crate) fn version_3_daemon(request: &Request) -> Response {
+        let name = request.key_name().unwrap_or("k").to_string();
+        match request {
+            Request::CreateKey { .. }
+            | Request::Rotate { .. }
+            | Request::Revoke { .. }
+            | Request::Disable { .. }
+            | Request::Enable { .. }
+            | Request::SetMinDecryptionVersion { .. }
+            | Request::DescribeKey { .. } => Response::Key(key(&name)),
+            Request::Wrap { key, .. } | Request::Rewrap { key: Some(key), .. } => {
+                Response::Wrapped(crate::message::Wrapped {
+                    key: key.clone(),
+                    version: 1,
+                    ciphertext: Ciphertext::from(&b"HKMS\x01"[..]),
+                })
+            }
+            Request::TransportKey => Response::TransportKey(TransportKeyInfo {
+                recipient: "age1x".to_string(),
+                fingerprint: "00".to_string(),
+            }),
+            other => paging_daemon(other),
+        }
+    }
+
+    #[test]
+    fn a_version_4_client_keeps_every_version_3_request_working_with_a_version_3_daemon() {
+        let daemon = Fake::start(3, version_3_daemon);
+        let mut client = Client::connect(&daemon.path).unwrap();
+        assert_eq!(client.protocol(), 4);
+        client.ping().unwrap();
+        assert_eq!(client.protocol(), 3, "fell back to the daemon's version");
+        let created = client.create_key("db").unwrap();
+        assert_eq!(
+            (created.name.as_str(), created.key_type),
+            ("db", KeyType::Aes256Gcm)
+        );
+        let created = client
+            .create_key_of_type("db2", KeyType::Aes256Gcm)
+            .unwrap();
+        assert_eq!(created.key_type, KeyType::Aes256Gcm);
+        let context = EncryptionContext::new();
+        assert_eq!(client.wrap("db", b"hi", &context).unwrap().version, 1);
+        client.rewrap(b"HKMS", &context, Some("db")).unwrap();
+        client.rotate("db").unwrap();
+        client.revoke("db", Some(1)).unwrap();
+        client.disable("db").unwrap();
+        client.enable("db").unwrap();
+        client.set_min_decryption_version("db", 1).unwrap();
+        let described = client.describe_key("db").unwrap();
+        assert_eq!(
+            described.key_type,
+            KeyType::Aes256Gcm,
+            "a version-3 key is AES"
+        );
+        assert_eq!(client.list_keys().unwrap().len(), NAMES.len());
+        client.transport_key().unwrap();
+        let seen = daemon.seen();
+        assert!(seen.iter().all(|(proto, _)| *proto == 3), "{seen:?}");
+        assert_eq!(
+            seen[1].1,
+            Request::CreateKey {
+                name: "db".to_string(),
+                key_type: KeyType::Aes256Gcm
+            }
+        );
+    }
+
+    #[test]
+    fn a_key_type_request_to_a_version_3_daemon_is_daemon_too_old_and_not_sent() {
+        let daemon = Fake::start(3, version_3_daemon);
+        let mut client = Client::connect(&daemon.path).unwrap();
+        client.ping().unwrap();
+        let sent = daemon.seen().len();
+        let refusals = [
+            (
+                Operation::Create,
+                client.create_key_of_type("rel", KeyType::Ed25519).err(),
+            ),
+            (Operation::Mac, client.mac("h", b"d").err()),
+            (
+                Operation::VerifyMac,
+                client.verify_mac("h", b"d", b"t", None).err(),
+            ),
+            (Operation::Sign, client.sign("rel", b"m").err()),
+            (Operation::Sign, client.sign_digest("rel", &[0; 32]).err()),
+            (
+                Operation::Verify,
+                client.verify("rel", b"m", b"s", Some(1)).err(),
+            ),
+            (
+                Operation::Verify,
+                client.verify_digest("rel", &[0; 32], b"s", None).err(),
+            ),
+            (Operation::PublicKey, client.public_key("rel", None).err()),
+            (Operation::Random, client.random(16).err()),
+        ];
+        for (expected, err) in refusals {
+            match err {
+                Some(ClientError::DaemonTooOld { operation, reason }) => {
+                    assert_eq!(operation, expected);
+                    assert!(reason.contains("protocol version 3"), "{reason}");
+                    if operation == Operation::Create {
+                        assert!(reason.contains("ed25519"), "names the type: {reason}");
+                    }
+                }
+                other => panic!("{expected}: {other:?}"),
+            }
+        }
+        assert_eq!(daemon.seen().len(), sent, "nothing was sent");
+        assert_eq!(client.protocol(), 3);
+        client.ping().expect("the connection is still good");
+    }
+
     #[test]
     fn the_fallback_version_is_the_daemons_newest_below_ours() {
         let refusal = |message: &str| ClientError::Daemon {

@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 
 use crate::error::{DecodeError, EncodeError, FrameError};
 use crate::message::{Envelope, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, Request, Response};
-use crate::{v1, v2};
+use crate::{v1, v2, v3};
 
 /// Bytes of the length prefix.
 pub const LENGTH_PREFIX: usize = 4;
@@ -135,6 +135,7 @@ pub fn decode_request(body: &[u8]) -> Result<Envelope<Request>, DecodeError> {
     let known = match proto {
         v1::VERSION => v1::REQUEST_VARIANTS,
         v2::VERSION => v2::REQUEST_VARIANTS,
+        v3::VERSION => v3::REQUEST_VARIANTS,
         _ => Request::VARIANTS,
     };
     if let Some(index) = body
@@ -154,6 +155,7 @@ pub fn decode_request(body: &[u8]) -> Result<Envelope<Request>, DecodeError> {
     match proto {
         v1::VERSION => decode_via::<Request, v1::Request>(body, id),
         v2::VERSION => decode_via::<Request, v2::Request>(body, id),
+        v3::VERSION => decode_via::<Request, v3::Request>(body, id),
         _ => decode_as(body, id),
     }
 }
@@ -166,6 +168,7 @@ pub fn decode_response(body: &[u8]) -> Result<Envelope<Response>, DecodeError> {
     match proto {
         v1::VERSION => decode_via::<Response, v1::Response>(body, id),
         v2::VERSION => decode_via::<Response, v2::Response>(body, id),
+        v3::VERSION => decode_via::<Response, v3::Response>(body, id),
         _ => decode_as(body, id),
     }
 }
@@ -194,6 +197,7 @@ pub fn encode_request(
     match envelope.proto {
         v1::VERSION => encode_via::<Request, v1::Request>(envelope, max_frame),
         v2::VERSION => encode_via::<Request, v2::Request>(envelope, max_frame),
+        v3::VERSION => encode_via::<Request, v3::Request>(envelope, max_frame),
         PROTOCOL_VERSION => encode_frame(&envelope, max_frame),
         proto => Err(unspoken(proto)),
     }
@@ -209,6 +213,7 @@ pub fn encode_response(
     match envelope.proto {
         v1::VERSION => encode_via::<Response, v1::Response>(envelope, max_frame),
         v2::VERSION => encode_via::<Response, v2::Response>(envelope, max_frame),
+        v3::VERSION => encode_via::<Response, v3::Response>(envelope, max_frame),
         PROTOCOL_VERSION => encode_frame(&envelope, max_frame),
         proto => Err(unspoken(proto)),
     }

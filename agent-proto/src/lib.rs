@@ -46,6 +46,7 @@ pub mod key_name;
 mod message;
 pub mod v1;
 pub mod v2;
+pub mod v3;
 
 #[cfg(feature = "tokio")]
 pub use async_client::AsyncClient;

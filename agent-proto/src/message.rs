@@ -21,10 +21,12 @@ use crate::bytes::{Ciphertext, SecretBytes};
 use crate::error::ErrorCode;
 
 /// The protocol version this library speaks and sends: the newest it knows.
-/// Version 3 added recovery and rollback protection to [`StatusInfo`];
-/// version 2 (paginated `ListKeys`) is frozen in [`crate::v2`], version 1 in
+/// Version 4 added key types ([`KeyType`] in `CreateKey` and [`KeyInfo`],
+/// and the requests that MAC, sign, verify and give random bytes); version
+/// 3 (recovery and rollback in [`StatusInfo`]) is frozen in [`crate::v3`],
+/// version 2 (paginated `ListKeys`) in [`crate::v2`], version 1 in
 /// [`crate::v1`].
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The oldest protocol version this library accepts: a daemon keeps serving
 /// every version it ever spoke, and a client falls back to it.

@@ -5,18 +5,18 @@
 //! Only the enums whose shape changed since version 1 are copied here
 //! (`Request` and `Response`, for the paginated `ListKeys` of version 2);
 //! the structures they carry are shared with the current version, except
-//! `StatusInfo`, which version 3 extended: version 1 carries the frozen
-//! [`crate::v2::StatusInfo`]. Never edit these enums: a version-1 client built years ago
+//! `StatusInfo`, which version 3 extended (version 1 carries the frozen
+//! [`crate::v2::StatusInfo`]), and `KeyInfo`, which version 4 extended
+//! (version 1 carries the frozen [`crate::v3::KeyInfo`]). Never edit these enums: a version-1 client built years ago
 //! encodes them this way. A later version that changes a shared structure
 //! copies that structure here first.
 
 use serde::{Deserialize, Serialize};
 
 use crate::bytes::{Ciphertext, SecretBytes};
-use crate::message::{
-    DataKey, EncryptionContext, ErrorReply, KeyInfo, KeyPage, Unwrapped, Wrapped,
-};
+use crate::message::{DataKey, EncryptionContext, ErrorReply, KeyType, Unwrapped, Wrapped};
 use crate::v2::StatusInfo;
+use crate::v3::{KeyInfo, KeyPage};
 
 /// This module's protocol version.
 pub const VERSION: u16 = 1;
@@ -147,6 +147,13 @@ pub enum NotInV1 {
     /// A request appended after version 1.
     #[error("protocol version 1 has no {0} request (upgrade the daemon or the client)")]
     Request(crate::Operation),
+    /// A `CreateKey` of a type other than AES-256-GCM, the only type
+    /// version 1 knows.
+    #[error(
+        "protocol version 1 creates only aes256-gcm keys, not {0} keys (creating one needs \
+         protocol version 4)"
+    )]
+    KeyType(KeyType),
     /// A response appended after version 1.
     #[error("protocol version 1 has no {0} response")]
     Response(&'static str),
@@ -160,7 +167,7 @@ impl From<Request> for crate::Request {
             Request::Status => Now::Status,
             Request::CreateKey { name } => Now::CreateKey {
                 name,
-                key_type: crate::KeyType::Aes256Gcm,
+                key_type: KeyType::Aes256Gcm,
             },
             Request::Wrap {
                 key,
@@ -226,8 +233,9 @@ impl TryFrom<crate::Request> for Request {
             Now::Status => Request::Status,
             Now::CreateKey {
                 name,
-                key_type: crate::KeyType::Aes256Gcm,
+                key_type: KeyType::Aes256Gcm,
             } => Request::CreateKey { name },
+            Now::CreateKey { key_type, .. } => return Err(NotInV1::KeyType(key_type)),
             Now::Wrap {
                 key,
                 plaintext,
@@ -283,7 +291,6 @@ impl TryFrom<crate::Request> for Request {
             | Now::TransportKey
             | Now::ExportKey { .. }
             | Now::ImportKey { .. }
-            | Now::CreateKey { .. }
             | Now::Mac { .. }
             | Now::VerifyMac { .. }
             | Now::Sign { .. }
@@ -300,8 +307,8 @@ impl From<Response> for crate::Response {
         match response {
             Response::Pong => Now::Pong,
             Response::Status(status) => Now::Status(status.into()),
-            Response::Key(key) => Now::Key(key),
-            Response::Keys(keys) => Now::Keys(KeyPage { keys, next: None }),
+            Response::Key(key) => Now::Key(key.into()),
+            Response::Keys(keys) => Now::Keys(KeyPage { keys, next: None }.into()),
             Response::Wrapped(wrapped) => Now::Wrapped(wrapped),
             Response::Unwrapped(unwrapped) => Now::Unwrapped(unwrapped),
             Response::DataKey(data_key) => Now::DataKey(data_key),
@@ -318,9 +325,13 @@ impl TryFrom<crate::Response> for Response {
         Ok(match response {
             Now::Pong => Response::Pong,
             Now::Status(status) => Response::Status(status.into()),
-            Now::Key(key) => Response::Key(key),
-            Now::Keys(KeyPage { keys, next: None }) => Response::Keys(keys),
-            Now::Keys(KeyPage { next: Some(_), .. }) => return Err(NotInV1::PartialKeyPage),
+            Now::Key(key) => Response::Key(key.into()),
+            Now::Keys(crate::KeyPage { keys, next: None }) => {
+                Response::Keys(keys.into_iter().map(Into::into).collect())
+            }
+            Now::Keys(crate::KeyPage { next: Some(_), .. }) => {
+                return Err(NotInV1::PartialKeyPage);
+            }
             Now::Wrapped(wrapped) => Response::Wrapped(wrapped),
             Now::Unwrapped(unwrapped) => Response::Unwrapped(unwrapped),
             Now::DataKey(data_key) => Response::DataKey(data_key),

@@ -4,7 +4,9 @@
 //!
 //! Version 3 appended requests (and their responses) and appended the
 //! recovery and rollback fields to `StatusInfo`; everything else is shared
-//! with the current version. Never edit these shapes: a version-2 client
+//! with the current version, except `KeyInfo` and `KeyPage`, which version
+//! 4 extended: version 2 carries the frozen [`crate::v3::KeyInfo`] and
+//! [`crate::v3::KeyPage`]. Never edit these shapes: a version-2 client
 //! built today encodes them this way. Version 1 ([`crate::v1`]) carries
 //! this module's [`StatusInfo`] too.
 
@@ -12,9 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::bytes::{Ciphertext, SecretBytes};
 use crate::message::{
-    DataKey, EncryptionContext, ErrorReply, KeyInfo, KeyPage, Operation, RecoveryStatus,
-    RollbackStatus, Unwrapped, Wrapped,
+    DataKey, EncryptionContext, ErrorReply, KeyType, Operation, RecoveryStatus, RollbackStatus,
+    Unwrapped, Wrapped,
 };
+use crate::v3::{KeyInfo, KeyPage};
 
 /// This module's protocol version.
 pub const VERSION: u16 = 2;
@@ -209,6 +212,13 @@ pub enum NotInV2 {
     /// A request appended after version 2.
     #[error("protocol version 2 has no {0} request (upgrade the daemon or the client)")]
     Request(Operation),
+    /// A `CreateKey` of a type other than AES-256-GCM, the only type
+    /// version 2 knows.
+    #[error(
+        "protocol version 2 creates only aes256-gcm keys, not {0} keys (creating one needs \
+         protocol version 4)"
+    )]
+    KeyType(KeyType),
     /// A response appended after version 2.
     #[error("protocol version 2 has no {0} response")]
     Response(&'static str),
@@ -222,7 +232,7 @@ impl From<Request> for crate::Request {
             Request::Status => Now::Status,
             Request::CreateKey { name } => Now::CreateKey {
                 name,
-                key_type: crate::KeyType::Aes256Gcm,
+                key_type: KeyType::Aes256Gcm,
             },
             Request::Wrap {
                 key,
@@ -285,8 +295,9 @@ impl TryFrom<crate::Request> for Request {
             Now::Status => Request::Status,
             Now::CreateKey {
                 name,
-                key_type: crate::KeyType::Aes256Gcm,
+                key_type: KeyType::Aes256Gcm,
             } => Request::CreateKey { name },
+            Now::CreateKey { key_type, .. } => return Err(NotInV2::KeyType(key_type)),
             Now::Wrap {
                 key,
                 plaintext,
@@ -338,7 +349,6 @@ impl TryFrom<crate::Request> for Request {
             | Now::TransportKey
             | Now::ExportKey { .. }
             | Now::ImportKey { .. }
-            | Now::CreateKey { .. }
             | Now::Mac { .. }
             | Now::VerifyMac { .. }
             | Now::Sign { .. }
@@ -355,8 +365,8 @@ impl From<Response> for crate::Response {
         match response {
             Response::Pong => Now::Pong,
             Response::Status(status) => Now::Status(status.into()),
-            Response::Key(key) => Now::Key(key),
-            Response::Keys(page) => Now::Keys(page),
+            Response::Key(key) => Now::Key(key.into()),
+            Response::Keys(page) => Now::Keys(page.into()),
             Response::Wrapped(wrapped) => Now::Wrapped(wrapped),
             Response::Unwrapped(unwrapped) => Now::Unwrapped(unwrapped),
             Response::DataKey(data_key) => Now::DataKey(data_key),
@@ -373,8 +383,8 @@ impl TryFrom<crate::Response> for Response {
         Ok(match response {
             Now::Pong => Response::Pong,
             Now::Status(status) => Response::Status(status.into()),
-            Now::Key(key) => Response::Key(key),
-            Now::Keys(page) => Response::Keys(page),
+            Now::Key(key) => Response::Key(key.into()),
+            Now::Keys(page) => Response::Keys(page.into()),
             Now::Wrapped(wrapped) => Response::Wrapped(wrapped),
             Now::Unwrapped(unwrapped) => Response::Unwrapped(unwrapped),
             Now::DataKey(data_key) => Response::DataKey(data_key),

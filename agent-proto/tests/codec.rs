@@ -9,6 +9,7 @@ use agent_proto::codec::{self, DEFAULT_MAX_FRAME, LENGTH_PREFIX};
 use agent_proto::{
     Ciphertext, DecodeError, Envelope, ErrorCode, FrameError, KeyInfo, KeyPage, KeyState,
     PROTOCOL_VERSION, Request, Response, SecretBytes, VersionInfo, VersionState, Wrapped, v1, v2,
+    v3,
 };
 
 fn round_trip<T>(op: T)
@@ -339,9 +340,10 @@ fn readme_v2_list() -> (Envelope<Request>, Envelope<Response>) {
 
 /// The README's version-3 `Status` answer, built with the library.
 fn readme_v3_status() -> Envelope<Response> {
-    Envelope::new(
-        10,
-        Response::Status(agent_proto::StatusInfo {
+    Envelope {
+        proto: v3::VERSION,
+        id: 10,
+        op: Response::Status(agent_proto::StatusInfo {
             daemon_version: "0.1.0".into(),
             oldest_protocol: 1,
             newest_protocol: 3,
@@ -367,7 +369,7 @@ fn readme_v3_status() -> Envelope<Response> {
                 problem: String::new(),
             },
         }),
-    )
+    }
 }
 
 #[test]
@@ -479,7 +481,8 @@ fn a_request_variant_unknown_in_its_version_says_the_daemon_is_too_old() {
     for (proto, known) in [
         (1u16, v1::REQUEST_VARIANTS),
         (2, v2::REQUEST_VARIANTS),
-        (3, Request::VARIANTS),
+        (3, v3::REQUEST_VARIANTS),
+        (4, Request::VARIANTS),
     ] {
         let mut body = body_of(
             &codec::encode_frame(
@@ -576,4 +579,311 @@ fn a_page_version_1_cannot_carry_is_refused_not_cut() {
         codec::decode_response(&frame[LENGTH_PREFIX..]).unwrap(),
         all
     );
+}
+
+/// The README's version-4 example frames, each built with the library, by
+/// the name of its hex block.
+fn readme_v4_frames() -> Vec<(&'static str, Frame)> {
+    use agent_proto::{KeyType, SignInput, Signature, Verification};
+    fn v4<T>(id: u64, op: T) -> Envelope<T> {
+        Envelope { proto: 4, id, op }
+    }
+    vec![
+        (
+            "v4-create-key-request-frame",
+            Frame::Request(v4(
+                12,
+                Request::CreateKey {
+                    name: "rel".into(),
+                    key_type: KeyType::Ed25519,
+                },
+            )),
+        ),
+        (
+            "v4-create-key-response-frame",
+            Frame::Response(v4(12, Response::Key(readme_v4_key()))),
+        ),
+        (
+            "v4-mac-request-frame",
+            Frame::Request(v4(
+                13,
+                Request::Mac {
+                    key: "hooks".into(),
+                    data: SecretBytes::from(&b"hi"[..]),
+                },
+            )),
+        ),
+        (
+            "v4-verify-mac-request-frame",
+            Frame::Request(v4(
+                14,
+                Request::VerifyMac {
+                    key: "hooks".into(),
+                    data: SecretBytes::from(&b"hi"[..]),
+                    tag: vec![0xaa; 32],
+                    version: Some(1),
+                },
+            )),
+        ),
+        (
+            "v4-sign-request-frame",
+            Frame::Request(v4(
+                15,
+                Request::Sign {
+                    key: "rel".into(),
+                    input: SignInput::Message(SecretBytes::from(&b"hi\n"[..])),
+                },
+            )),
+        ),
+        (
+            "v4-signature-response-frame",
+            Frame::Response(v4(
+                15,
+                Response::Signature(Signature {
+                    key: "rel".into(),
+                    version: 1,
+                    signature: vec![0x77; 64],
+                }),
+            )),
+        ),
+        (
+            "v4-verify-request-frame",
+            Frame::Request(v4(
+                16,
+                Request::Verify {
+                    key: "p256".into(),
+                    input: SignInput::Digest(vec![0x11; 32]),
+                    signature: vec![0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01],
+                    version: None,
+                },
+            )),
+        ),
+        (
+            "v4-verified-response-frame",
+            Frame::Response(v4(
+                16,
+                Response::Verified(Verification {
+                    key: "p256".into(),
+                    valid: false,
+                    version: None,
+                }),
+            )),
+        ),
+        (
+            "v4-public-key-request-frame",
+            Frame::Request(v4(
+                17,
+                Request::GetPublicKey {
+                    key: "rel".into(),
+                    version: Some(2),
+                },
+            )),
+        ),
+        (
+            "v4-random-request-frame",
+            Frame::Request(v4(18, Request::GenerateRandom { bytes: 32 })),
+        ),
+    ]
+}
+
+/// A request or a response, for the table of README frames.
+enum Frame {
+    Request(Envelope<Request>),
+    Response(Envelope<Response>),
+}
+
+/// The key of the README's version-4 `CreateKey` answer.
+fn readme_v4_key() -> KeyInfo {
+    KeyInfo {
+        id: [0x66; 16],
+        name: "rel".into(),
+        created: 1_764_000_000,
+        state: KeyState::Enabled,
+        latest_version: 1,
+        min_decryption_version: 1,
+        versions: vec![VersionInfo {
+            version: 1,
+            created: 1_764_000_000,
+            state: VersionState::Enabled,
+            encryptions: 0,
+        }],
+        key_type: agent_proto::KeyType::Ed25519,
+    }
+}
+
+#[test]
+fn readme_v4_frames_are_what_the_code_produces() {
+    let frames = readme_v4_frames();
+    assert_eq!(frames.len(), 10, "one README frame per example");
+    for (name, frame) in frames {
+        match frame {
+            Frame::Request(request) => {
+                let bytes = codec::encode_request(request.clone(), DEFAULT_MAX_FRAME).unwrap();
+                assert_eq!(bytes.as_slice(), readme_hex(name).as_slice(), "{name}");
+                let back = codec::decode_request(&bytes[LENGTH_PREFIX..]).unwrap();
+                assert_eq!(back, request, "{name}");
+            }
+            Frame::Response(response) => {
+                let bytes = codec::encode_response(response.clone(), DEFAULT_MAX_FRAME).unwrap();
+                assert_eq!(bytes.as_slice(), readme_hex(name).as_slice(), "{name}");
+                let back = codec::decode_response(&bytes[LENGTH_PREFIX..]).unwrap();
+                assert_eq!(back, response, "{name}");
+            }
+        }
+    }
+}
+
+#[test]
+fn every_new_request_of_version_4_has_a_readme_frame() {
+    let shown: Vec<agent_proto::Operation> = readme_v4_frames()
+        .into_iter()
+        .filter_map(|(_, frame)| match frame {
+            Frame::Request(request) => Some(request.op.operation()),
+            Frame::Response(_) => None,
+        })
+        .collect();
+    for request in samples::requests() {
+        let new_in_v4 = request.operation() >= agent_proto::Operation::Mac
+            || request.operation() == agent_proto::Operation::Create;
+        if new_in_v4 {
+            assert!(
+                shown.contains(&request.operation()),
+                "the README shows no {} frame",
+                request.operation()
+            );
+        }
+    }
+}
+
+#[test]
+fn the_readme_v4_key_answered_in_version_3_is_the_version_3_key_without_its_type() {
+    let answer = Envelope {
+        proto: v3::VERSION,
+        id: 12,
+        op: Response::Key(readme_v4_key()),
+    };
+    let frame = codec::encode_response(answer, DEFAULT_MAX_FRAME).unwrap();
+    let v4 = readme_hex("v4-create-key-response-frame");
+    // The same bytes but the proto, the length and the trailing key_type.
+    assert_eq!(frame.len(), v4.len() - 4);
+    assert_eq!(
+        &frame[..4],
+        &((v4.len() - 4 - LENGTH_PREFIX) as u32).to_be_bytes()
+    );
+    assert_eq!(&frame[4..6], &3u16.to_le_bytes());
+    assert_eq!(&frame[6..], &v4[6..v4.len() - 4]);
+    let old: Envelope<v3::Response> = codec::decode_body(&frame[LENGTH_PREFIX..]).unwrap();
+    assert!(matches!(old.op, v3::Response::Key(ref key) if key.name == "rel"));
+    let Response::Key(now) = codec::decode_response(&frame[LENGTH_PREFIX..]).unwrap().op else {
+        panic!("not a key");
+    };
+    assert_eq!(now.key_type, agent_proto::KeyType::Aes256Gcm);
+}
+
+#[test]
+fn requests_appended_in_version_4_are_not_sent_in_versions_1_to_3() {
+    for proto in [v1::VERSION, v2::VERSION, v3::VERSION] {
+        for request in samples::requests() {
+            let create_typed = matches!(
+                &request,
+                Request::CreateKey { key_type, .. } if *key_type != agent_proto::KeyType::Aes256Gcm
+            );
+            if request.operation() < agent_proto::Operation::Mac && !create_typed {
+                continue;
+            }
+            let err = codec::encode_request(
+                Envelope {
+                    proto,
+                    id: 5,
+                    op: request.clone(),
+                },
+                DEFAULT_MAX_FRAME,
+            )
+            .unwrap_err();
+            assert!(
+                matches!(err, agent_proto::EncodeError::NotInVersion { proto: p, .. } if p == proto),
+                "{err}"
+            );
+        }
+        for response in samples::responses() {
+            let appended = matches!(
+                response,
+                Response::Mac(_)
+                    | Response::Verified(_)
+                    | Response::Signature(_)
+                    | Response::PublicKey(_)
+                    | Response::Random(_)
+            );
+            let sent = codec::encode_response(
+                Envelope {
+                    proto,
+                    id: 5,
+                    op: response.clone(),
+                },
+                DEFAULT_MAX_FRAME,
+            );
+            if appended {
+                assert!(sent.is_err(), "{response:?} went out in version {proto}");
+            } else if proto == v3::VERSION {
+                assert!(sent.is_ok(), "{response:?} did not go out in version 3");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_typed_create_key_cannot_go_to_an_older_version_and_says_which_type() {
+    for key_type in agent_proto::KeyType::ALL {
+        for proto in [v1::VERSION, v2::VERSION, v3::VERSION] {
+            let sent = codec::encode_request(
+                Envelope {
+                    proto,
+                    id: 6,
+                    op: Request::CreateKey {
+                        name: "k".into(),
+                        key_type,
+                    },
+                },
+                DEFAULT_MAX_FRAME,
+            );
+            match (key_type, sent) {
+                (agent_proto::KeyType::Aes256Gcm, sent) => {
+                    let frame = sent.expect("an AES key goes to every version");
+                    let back = codec::decode_request(&frame[LENGTH_PREFIX..]).unwrap();
+                    assert_eq!(back.proto, proto);
+                }
+                (_, Ok(_)) => panic!("a {key_type} key went out in version {proto}"),
+                (_, Err(err)) => {
+                    let message = err.to_string();
+                    assert!(message.contains(key_type.as_str()), "{message}");
+                    assert!(message.contains("aes256-gcm"), "{message}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn wrong_key_type_goes_to_older_clients_as_code_18_with_its_message() {
+    for proto in [v1::VERSION, v2::VERSION, v3::VERSION] {
+        let refusal = Envelope {
+            proto,
+            id: 9,
+            op: Response::error(
+                ErrorCode::WrongKeyType,
+                "key \"rel\" is an ed25519 key: it does sign, verify, public-key",
+            ),
+        };
+        let frame = codec::encode_response(refusal, DEFAULT_MAX_FRAME).unwrap();
+        let body = &frame[LENGTH_PREFIX..];
+        // Response variant 7 (Error), then code 18 as u16: the shape every
+        // version shares, which an older client reads as an unknown code.
+        assert_eq!(&body[10..14], &7u32.to_le_bytes());
+        assert_eq!(&body[14..16], &18u16.to_le_bytes());
+        let Response::Error(reply) = codec::decode_response(body).unwrap().op else {
+            panic!("not an error");
+        };
+        assert_eq!(reply.code, ErrorCode::WrongKeyType);
+        assert!(reply.message.contains("ed25519"));
+    }
 }

@@ -5,7 +5,8 @@
 use agent_proto::codec::encode_frame;
 use agent_proto::{
     Ciphertext, DataKey, EncryptionContext, Envelope, ErrorCode, KeyInfo, KeyPage, KeyState,
-    Request, Response, SecretBytes, StatusInfo, Unwrapped, VersionInfo, VersionState, Wrapped,
+    KeyType, MacTag, PublicKeyInfo, Request, Response, SecretBytes, SignInput, Signature,
+    StatusInfo, Unwrapped, Verification, VersionInfo, VersionState, Wrapped,
 };
 
 /// The specification, whose example frames are seeds.
@@ -69,6 +70,89 @@ mod framing {
     }
 }
 
+/// The keys of every type but AES-256-GCM that the driver creates beside
+/// `key` (named `key-TYPE`, so a grant on `key*` covers them), for the
+/// MAC and signing requests to reach real keys of each type.
+pub fn typed_keys(key: &str) -> Vec<(String, KeyType)> {
+    KeyType::ALL
+        .into_iter()
+        .filter(|key_type| *key_type != KeyType::Aes256Gcm)
+        .map(|key_type| (format!("{key}-{key_type}"), key_type))
+        .collect()
+}
+
+/// The example frames of the specification that are requests.
+const SPEC_REQUESTS: [&str; 10] = [
+    "request-frame",
+    "v1-list-request-frame",
+    "v2-list-request-frame",
+    "v4-create-key-request-frame",
+    "v4-mac-request-frame",
+    "v4-verify-mac-request-frame",
+    "v4-sign-request-frame",
+    "v4-verify-request-frame",
+    "v4-public-key-request-frame",
+    "v4-random-request-frame",
+];
+
+/// The example frames of the specification that are responses.
+const SPEC_RESPONSES: [&str; 6] = [
+    "response-frame",
+    "v2-list-response-frame",
+    "v3-status-response-frame",
+    "v4-create-key-response-frame",
+    "v4-signature-response-frame",
+    "v4-verified-response-frame",
+];
+
+/// The MAC and signing requests on `name`, valid in shape whatever its
+/// type (a key of another type answers `WrongKeyType`).
+fn key_type_requests(name: &str) -> Vec<Request> {
+    let message = || SecretBytes::new(b"fuzzing message".to_vec());
+    vec![
+        Request::Mac {
+            key: name.to_string(),
+            data: message(),
+        },
+        Request::VerifyMac {
+            key: name.to_string(),
+            data: message(),
+            tag: vec![0x5a; 32],
+            version: None,
+        },
+        Request::VerifyMac {
+            key: name.to_string(),
+            data: message(),
+            tag: vec![0x5a; 64],
+            version: Some(1),
+        },
+        Request::Sign {
+            key: name.to_string(),
+            input: SignInput::Message(message()),
+        },
+        Request::Sign {
+            key: name.to_string(),
+            input: SignInput::Digest(vec![0x11; 32]),
+        },
+        Request::Verify {
+            key: name.to_string(),
+            input: SignInput::Message(message()),
+            signature: vec![0x77; 64],
+            version: None,
+        },
+        Request::Verify {
+            key: name.to_string(),
+            input: SignInput::Digest(vec![0x11; 32]),
+            signature: vec![0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01],
+            version: Some(1),
+        },
+        Request::GetPublicKey {
+            key: name.to_string(),
+            version: None,
+        },
+    ]
+}
+
 /// The context every seed request carries; ciphertexts made for the
 /// seeds must be wrapped with it, so that unmutated unwraps succeed.
 pub fn seed_context() -> EncryptionContext {
@@ -100,7 +184,21 @@ pub fn request_frames(key: &str, other: &str, ciphertexts: &[Vec<u8>]) -> Vec<Ve
         Request::ImportKey {
             file: b"age-encryption.org/v1\n".to_vec(),
         },
+        Request::GenerateRandom { bytes: 32 },
+        Request::GenerateRandom { bytes: 0 },
+        Request::GenerateRandom {
+            bytes: agent_proto::MAX_RANDOM_BYTES + 1,
+        },
     ];
+    for (name, key_type) in typed_keys(key) {
+        requests.push(Request::CreateKey {
+            name: format!("{name}-new"),
+            key_type,
+        });
+        requests.extend(key_type_requests(&name));
+    }
+    requests.extend(key_type_requests(key));
+    requests.extend(key_type_requests(other));
     for name in [key, other] {
         requests.extend([
             Request::CreateKey {
@@ -170,11 +268,7 @@ pub fn request_frames(key: &str, other: &str, ciphertexts: &[Vec<u8>]) -> Vec<Ve
         .enumerate()
         .map(|(i, op)| frame(i as u64 + 1, op))
         .collect();
-    for name in [
-        "request-frame",
-        "v1-list-request-frame",
-        "v2-list-request-frame",
-    ] {
+    for name in SPEC_REQUESTS {
         frames.extend(spec_frame(name));
     }
     frames.retain(|f| !f.is_empty());
@@ -244,14 +338,54 @@ pub fn response_frames() -> Vec<Vec<u8>> {
             ciphertext: Ciphertext::new(vec![0x48; 85]),
         }),
         Response::error(ErrorCode::PermissionDenied, "permission denied"),
+        Response::error(ErrorCode::WrongKeyType, "an ed25519 key does not wrap"),
+        Response::RootRotated(agent_proto::RootRotation {
+            old_check: "0011223344556677".to_string(),
+            new_check: "8899aabbccddeeff".to_string(),
+            keys: 3,
+            versions: 4,
+        }),
+        Response::TransportKey(agent_proto::TransportKeyInfo {
+            recipient: "age1transport".to_string(),
+            fingerprint: "0123456789abcdef".to_string(),
+        }),
+        Response::Exported(agent_proto::ExportedFile {
+            key: "app-db".to_string(),
+            destination: "replica".to_string(),
+            file: b"age-encryption.org/v1\n".to_vec(),
+        }),
+        Response::Mac(MacTag {
+            key: "hooks".to_string(),
+            version: 1,
+            tag: vec![0x5a; 32],
+        }),
+        Response::Verified(Verification {
+            key: "rel".to_string(),
+            valid: true,
+            version: Some(1),
+        }),
+        Response::Signature(Signature {
+            key: "rel".to_string(),
+            version: 1,
+            signature: vec![0x77; 64],
+        }),
+        Response::PublicKey(PublicKeyInfo {
+            key: "rel".to_string(),
+            version: 1,
+            key_type: KeyType::Ed25519,
+            revoked: true,
+            spki_der: vec![0x30, 0x2a],
+        }),
+        Response::Random(SecretBytes::new(vec![0x42; 32])),
     ];
     let mut frames: Vec<Vec<u8>> = responses
         .into_iter()
         .enumerate()
         .map(|(i, op)| frame(i as u64 + 1, op))
         .collect();
-    frames.extend(spec_frame("response-frame"));
-    frames.extend(spec_frame("v2-list-response-frame"));
+    for name in SPEC_RESPONSES {
+        frames.extend(spec_frame(name));
+    }
     frames.retain(|f| !f.is_empty());
     frames
 }
@@ -291,8 +425,34 @@ mod tests {
             seen.insert(env.op.operation());
         }
         assert_eq!(seen.len(), agent_proto::Operation::ALL.len());
-        for f in response_frames() {
-            let _ = agent_proto::codec::decode_response(&f[4..]).unwrap();
+        let kinds: std::collections::BTreeSet<&str> = response_frames()
+            .iter()
+            .map(|f| {
+                agent_proto::codec::decode_response(&f[4..])
+                    .unwrap()
+                    .op
+                    .kind()
+            })
+            .collect();
+        assert_eq!(kinds.len(), 16, "a seed of every response kind: {kinds:?}");
+    }
+
+    #[test]
+    fn every_specification_example_is_a_seed() {
+        for name in SPEC_REQUESTS {
+            let frame = spec_frame(name).unwrap_or_else(|| panic!("no {name} in the spec"));
+            agent_proto::codec::decode_request(&frame[4..]).unwrap();
         }
+        for name in SPEC_RESPONSES {
+            let frame = spec_frame(name).unwrap_or_else(|| panic!("no {name} in the spec"));
+            agent_proto::codec::decode_response(&frame[4..]).unwrap();
+        }
+        let spec = include_str!("../../agent-proto/README.md");
+        let examples = spec.matches("-frame -->").count();
+        assert_eq!(
+            examples,
+            2 * (SPEC_REQUESTS.len() + SPEC_RESPONSES.len()),
+            "an example frame of the spec is not a seed"
+        );
     }
 }

@@ -171,7 +171,7 @@ fn fuzz_daemon(
     let dir = RunDir::create()?;
     let tpm = Swtpm::start(&dir.root.join("tpm"))?;
     let grant = format!(
-        "[[grant]]\nuids = [{worker_uid}]\nkeys = [\"{KEY}*\"]\nops = [\"wrap\", \"unwrap\", \"datakey\", \"rewrap\", \"describe\"]\n"
+        "[[grant]]\nuids = [{worker_uid}]\nkeys = [\"{KEY}*\"]\nops = [\"wrap\", \"unwrap\", \"datakey\", \"rewrap\", \"describe\", \"mac\", \"verify-mac\", \"sign\", \"verify\", \"public-key\", \"random\"]\n"
     );
     let mut daemon = Daemon::start(hostkmsd, &dir, &tpm.tcti(), &grant)?;
     {
@@ -183,6 +183,14 @@ fn fuzz_daemon(
             admin.create_key(key).map_err(|e| {
                 format!("create key {key} (the driver must be an admin: root): {e}")
             })?;
+        }
+        for (key, key_type) in crate::corpus::typed_keys(KEY)
+            .into_iter()
+            .chain(crate::corpus::typed_keys(ADMIN_KEY))
+        {
+            admin
+                .create_key_of_type(&key, key_type)
+                .map_err(|e| format!("create {key_type} key {key}: {e}"))?;
         }
         admin
             .wrap(OTHER, b"not yours", &seed_context())

@@ -3,7 +3,9 @@
 //! indices, chunk insertion, deletion and duplication, and random bytes.
 
 use agent_proto::codec::encode_request;
-use agent_proto::{Ciphertext, EncryptionContext, Envelope, Request, SecretBytes};
+use agent_proto::{
+    Ciphertext, EncryptionContext, Envelope, KeyType, Request, SecretBytes, SignInput,
+};
 
 use crate::corpus::MAX_FRAME;
 use crate::rng::Rng;
@@ -143,15 +145,18 @@ fn mutate_once(rng: &mut Rng, bytes: &mut Vec<u8>, seeds: &[Vec<u8>]) -> bool {
         // prefix, proto and id), or a bad protocol version.
         9 => {
             if bytes.len() >= 18 {
+                // Near the ends of each version's variants (14 and 18 are
+                // the first unknown to versions 1-2 and 3).
                 let value: u32 = match rng.below(4) {
-                    0 => rng.below(20) as u32,
+                    0 => rng.below(Request::VARIANTS as usize + 4) as u32,
                     1 => u32::MAX,
-                    2 => 14 + rng.below(4) as u32,
+                    2 => *rng.pick(&[12, 13, 14, 15, 16, 17, 18, 19, 22, 23, 24, 25]),
                     _ => rng.next_u64() as u32,
                 };
                 bytes[14..18].copy_from_slice(&value.to_le_bytes());
             } else if bytes.len() >= 6 {
-                bytes[4..6].copy_from_slice(&(rng.below(4) as u16).to_le_bytes());
+                let proto = rng.below(agent_proto::PROTOCOL_VERSION as usize + 2) as u16;
+                bytes[4..6].copy_from_slice(&proto.to_le_bytes());
             }
             false
         }
@@ -257,6 +262,32 @@ fn random_ciphertext(rng: &mut Rng, blobs: &[Vec<u8>]) -> Vec<u8> {
     blob
 }
 
+fn random_key_type(rng: &mut Rng) -> KeyType {
+    *rng.pick(&KeyType::ALL)
+}
+
+/// A message or a digest, of lengths around the limits (digests must be
+/// exactly 32 bytes).
+fn random_sign_input(rng: &mut Rng, message_len: usize) -> SignInput {
+    if rng.chance(50) {
+        SignInput::Message(SecretBytes::new(vec![0x5a; message_len]))
+    } else {
+        let len = *rng.pick(&[0, 1, 31, 32, 32, 33, 64, 4096]);
+        SignInput::Digest(random_bytes_of(rng, len))
+    }
+}
+
+/// Tags and signatures: empty, the right sizes of each type, just past the
+/// limits (64 bytes, 8 KiB), and random.
+fn random_tag_or_signature(rng: &mut Rng) -> Vec<u8> {
+    let len = *rng.pick(&[0, 1, 32, 64, 65, 70, 72, 3309, 8192, 8193, 70_000]);
+    random_bytes_of(rng, len)
+}
+
+fn random_bytes_of(rng: &mut Rng, len: usize) -> Vec<u8> {
+    (0..len).map(|_| rng.byte()).collect()
+}
+
 fn random_version(rng: &mut Rng) -> u32 {
     let random = rng.next_u64() as u32;
     *rng.pick(&[0, 1, 2, 3, u32::MAX, u32::MAX - 1, random])
@@ -268,12 +299,12 @@ fn random_version(rng: &mut Rng) -> u32 {
 pub fn random_request(rng: &mut Rng, names: &[&str], blobs: &[Vec<u8>]) -> Request {
     let plaintext_len = *rng.pick(&[0, 1, 16, 1000, 64 * 1024, 64 * 1024 + 1, 200_000]);
     // RotateRoot (admin only, a TPM seal each time) is left to its own tests.
-    match rng.below(17) {
+    match rng.below(23) {
         0 => Request::Ping,
         1 => Request::Status,
         2 => Request::CreateKey {
             name: random_name(rng, names),
-            key_type: agent_proto::KeyType::Aes256Gcm,
+            key_type: random_key_type(rng),
         },
         3 => Request::Wrap {
             key: random_name(rng, names),
@@ -325,21 +356,55 @@ pub fn random_request(rng: &mut Rng, names: &[&str], blobs: &[Vec<u8>]) -> Reque
         15 => Request::ImportKey {
             file: random_ciphertext(rng, blobs),
         },
+        16 => Request::Mac {
+            key: random_name(rng, names),
+            data: SecretBytes::new(vec![0x5a; plaintext_len]),
+        },
+        17 => Request::VerifyMac {
+            key: random_name(rng, names),
+            data: SecretBytes::new(vec![0x5a; plaintext_len]),
+            tag: random_tag_or_signature(rng),
+            version: rng.chance(50).then(|| random_version(rng)),
+        },
+        18 => Request::Sign {
+            key: random_name(rng, names),
+            input: random_sign_input(rng, plaintext_len),
+        },
+        19 => Request::Verify {
+            key: random_name(rng, names),
+            input: random_sign_input(rng, plaintext_len),
+            signature: random_tag_or_signature(rng),
+            version: rng.chance(50).then(|| random_version(rng)),
+        },
+        20 => Request::GetPublicKey {
+            key: random_name(rng, names),
+            version: rng.chance(50).then(|| random_version(rng)),
+        },
+        21 => Request::GenerateRandom {
+            bytes: *rng.pick(&[0, 1, 32, 1024, 1025, 4096, u16::MAX]),
+        },
         _ => Request::DescribeKey {
             key: random_name(rng, names),
         },
     }
 }
 
-/// A frame of [`random_request`] with a random id, in protocol version 1
-/// or the newest (when version 1 cannot express the request).
+/// A frame of [`random_request`] with a random id, in a random protocol
+/// version that can express the request (the newest when no older one can).
 pub fn random_request_frame(rng: &mut Rng, names: &[&str], blobs: &[Vec<u8>]) -> Frame {
     let request = random_request(rng, names, blobs);
     let id = rng.next_u64();
-    let proto = if rng.chance(50) && agent_proto::v1::Request::try_from(request.clone()).is_ok() {
-        agent_proto::v1::VERSION
-    } else {
-        agent_proto::PROTOCOL_VERSION
+    let proto = match rng.below(4) {
+        0 if agent_proto::v1::Request::try_from(request.clone()).is_ok() => {
+            agent_proto::v1::VERSION
+        }
+        1 if agent_proto::v2::Request::try_from(request.clone()).is_ok() => {
+            agent_proto::v2::VERSION
+        }
+        2 if agent_proto::v3::Request::try_from(request.clone()).is_ok() => {
+            agent_proto::v3::VERSION
+        }
+        _ => agent_proto::PROTOCOL_VERSION,
     };
     let bytes = encode_request(
         Envelope {
@@ -418,5 +483,25 @@ mod tests {
         let answered = frames.iter().filter(|f| f.expects_one_answer()).count();
         assert!((1000..2000).contains(&valid), "{valid}");
         assert!(answered > 6000 && answered < 9500, "{answered}");
+    }
+
+    #[test]
+    fn structured_requests_cover_every_request_but_rotate_root_in_every_version() {
+        let mut rng = Rng::new(11);
+        let mut seen = std::collections::BTreeSet::new();
+        let mut protos = std::collections::BTreeSet::new();
+        for _ in 0..5_000 {
+            let frame = random_request_frame(&mut rng, &["fuzz", "demo"], &[]);
+            assert!(!frame.bytes.is_empty(), "every structured request encodes");
+            let request = agent_proto::codec::decode_request(&frame.bytes[4..]).unwrap();
+            protos.insert(request.proto);
+            seen.insert(request.op.operation());
+        }
+        let missing: Vec<_> = agent_proto::Operation::ALL
+            .into_iter()
+            .filter(|op| !seen.contains(op) && *op != agent_proto::Operation::RotateRoot)
+            .collect();
+        assert!(missing.is_empty(), "never generated: {missing:?}");
+        assert_eq!(protos.len(), agent_proto::PROTOCOL_VERSION as usize);
     }
 }

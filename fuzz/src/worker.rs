@@ -140,6 +140,14 @@ pub fn run(socket: &Path, seed: u64, index: u64, frames: u64, key: &str, other: 
         }
     };
     let seeds = Corpus::new(key, other, &blobs).requests;
+    let typed: Vec<String> = crate::corpus::typed_keys(key)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    let names: Vec<&str> = [key, other]
+        .into_iter()
+        .chain(typed.iter().map(String::as_str))
+        .collect();
     let mut rng = Rng::derive(seed, index);
     let mut stats = WorkerStats::default();
     let mut anomalies = 0;
@@ -160,7 +168,7 @@ pub fn run(socket: &Path, seed: u64, index: u64, frames: u64, key: &str, other: 
             let _ = out.flush();
         }
         let frame = if rng.chance(STRUCTURED_PERCENT) {
-            random_request_frame(&mut rng, &[key, other], &blobs)
+            random_request_frame(&mut rng, &names, &blobs)
         } else {
             next_frame(&mut rng, &seeds, VALID_PERCENT)
         };
