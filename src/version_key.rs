@@ -18,6 +18,7 @@ use sha2::{Sha256, Sha512};
 use zeroize::Zeroizing;
 
 use crate::keystore::Kek;
+use crate::locked::LockedBytes;
 
 /// Length of every version's secret: the KEK, HMAC key or signing seed.
 pub const SEED_LEN: usize = 32;
@@ -78,8 +79,11 @@ impl<T> Locked<T> {
             let ptr = NonNull::from(value.as_ref()).cast::<c_void>();
             // SAFETY: the range is the live allocation just made; mlock only
             // changes whether the kernel may swap those pages out. A failure
-            // (RLIMIT_MEMLOCK) leaves the value usable, merely swappable.
-            let _ = unsafe { nix::sys::mman::mlock(ptr, std::mem::size_of::<T>()) };
+            // (RLIMIT_MEMLOCK) leaves the value usable, merely swappable,
+            // and is counted like an unlocked KEK.
+            if unsafe { nix::sys::mman::mlock(ptr, std::mem::size_of::<T>()) }.is_err() {
+                Kek::note_unlocked();
+            }
         }
         Locked { value }
     }
@@ -108,8 +112,13 @@ enum Secret {
     Ed25519(Locked<ed25519_dalek::SigningKey>),
     /// An ECDSA P-256 signing key.
     EcdsaP256(Locked<p256::ecdsa::SigningKey>),
-    /// An ML-DSA-65 signing key.
-    MlDsa65(Locked<ml_dsa::SigningKey<ml_dsa::MlDsa65>>),
+    /// An ML-DSA-65 key: its seed, locked (the expanded signing key lives
+    /// on heap buffers of the crate's own that cannot be locked, so it is
+    /// made for each signature and wiped after it), and the public key.
+    MlDsa65(
+        LockedBytes<SEED_LEN>,
+        Box<ml_dsa::VerifyingKey<ml_dsa::MlDsa65>>,
+    ),
 }
 
 impl std::fmt::Debug for VersionKey {
@@ -137,9 +146,16 @@ impl VersionKey {
             KeyType::EcdsaP256 => Secret::EcdsaP256(Locked::new(
                 p256::ecdsa::SigningKey::from_slice(seed).map_err(|_| SeedInvalid(key_type))?,
             )),
-            KeyType::MlDsa65 => Secret::MlDsa65(Locked::new(
-                ml_dsa::SigningKey::<ml_dsa::MlDsa65>::from_seed(&(*seed).into()),
-            )),
+            KeyType::MlDsa65 => {
+                let mut locked = LockedBytes::<SEED_LEN>::new();
+                if !locked.is_locked() {
+                    Kek::note_unlocked();
+                }
+                locked.expose_mut().copy_from_slice(seed);
+                let signing = ml_dsa::SigningKey::<ml_dsa::MlDsa65>::from_seed(&(*seed).into());
+                let verifying: &ml_dsa::VerifyingKey<ml_dsa::MlDsa65> = AsRef::as_ref(&signing);
+                Secret::MlDsa65(locked, Box::new(verifying.clone()))
+            }
         }))
     }
 
@@ -161,7 +177,7 @@ impl VersionKey {
             Secret::HmacSha512(_) => KeyType::HmacSha512,
             Secret::Ed25519(_) => KeyType::Ed25519,
             Secret::EcdsaP256(_) => KeyType::EcdsaP256,
-            Secret::MlDsa65(_) => KeyType::MlDsa65,
+            Secret::MlDsa65(..) => KeyType::MlDsa65,
         }
     }
 
@@ -216,8 +232,8 @@ impl VersionKey {
 
     /// A signature over `input` in the type's standard encoding: Ed25519
     /// 64 bytes (RFC 8032, pure); ECDSA P-256 with SHA-256, ASN.1 DER
-    /// (RFC 6979 nonces, low S); ML-DSA-65 as FIPS 204 encodes it (empty
-    /// context).
+    /// (RFC 6979 nonces); ML-DSA-65 as FIPS 204 encodes it (hedged,
+    /// empty context).
     pub fn sign(&self, input: &SignInput) -> Result<Vec<u8>, KeyUseError> {
         use signature::Signer;
         match (&self.0, input) {
@@ -241,13 +257,19 @@ impl VersionKey {
                     .map_err(|_| KeyUseError::Signer(KeyType::EcdsaP256))?;
                 Ok(signature.to_der().as_bytes().to_vec())
             }
-            (Secret::MlDsa65(key), SignInput::Message(message)) => {
+            (Secret::MlDsa65(seed, _), SignInput::Message(message)) => {
+                // Zeroized when dropped at the end of this arm.
+                let key =
+                    ml_dsa::SigningKey::<ml_dsa::MlDsa65>::from_seed(&(*seed.expose()).into());
+                // The hedged variant FIPS 204 recommends: fresh randomness
+                // from the OS mixed into each signature's nonce.
                 let signature: ml_dsa::Signature<ml_dsa::MlDsa65> = key
-                    .try_sign(message.expose())
+                    .expanded_key()
+                    .sign_randomized(message.expose(), &[], &mut rand::rngs::SysRng)
                     .map_err(|_| KeyUseError::Signer(KeyType::MlDsa65))?;
                 Ok(signature.encode().to_vec())
             }
-            (Secret::Ed25519(_) | Secret::MlDsa65(_), SignInput::Digest(_)) => {
+            (Secret::Ed25519(_) | Secret::MlDsa65(..), SignInput::Digest(_)) => {
                 Err(KeyUseError::Digest("this key type signs messages only"))
             }
             _ => Err(self.wrong(Operation::Sign)),
@@ -290,17 +312,16 @@ impl VersionKey {
                     .verify_prehash(digest, &signature)
                     .is_ok())
             }
-            (Secret::MlDsa65(key), SignInput::Message(message)) => {
+            (Secret::MlDsa65(_, verifying), SignInput::Message(message)) => {
                 let Ok(encoded) = signature.try_into() else {
                     return Ok(false);
                 };
                 let Some(signature) = ml_dsa::Signature::<ml_dsa::MlDsa65>::decode(encoded) else {
                     return Ok(false);
                 };
-                let verifying: &ml_dsa::VerifyingKey<ml_dsa::MlDsa65> = AsRef::as_ref(&**key);
                 Ok(verifying.verify(message.expose(), &signature).is_ok())
             }
-            (Secret::Ed25519(_) | Secret::MlDsa65(_), SignInput::Digest(_)) => {
+            (Secret::Ed25519(_) | Secret::MlDsa65(..), SignInput::Digest(_)) => {
                 Err(KeyUseError::Digest("this key type verifies messages only"))
             }
             _ => Err(self.wrong(Operation::Verify)),
@@ -314,12 +335,12 @@ impl VersionKey {
         let der = match &self.0 {
             Secret::Ed25519(key) => key.verifying_key().to_public_key_der(),
             Secret::EcdsaP256(key) => key.verifying_key().to_public_key_der(),
-            Secret::MlDsa65(key) => {
-                let verifying: &ml_dsa::VerifyingKey<ml_dsa::MlDsa65> = AsRef::as_ref(&**key);
-                verifying.to_public_key_der()
-            }
+            Secret::MlDsa65(_, verifying) => verifying.to_public_key_der(),
             _ => return None,
         };
         der.ok().map(|doc| Zeroizing::new(doc.as_bytes().to_vec()))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -40,9 +40,15 @@ impl Kek {
         &self.cipher
     }
 
-    /// How many KEKs so far could not be locked in RAM.
+    /// How many key secrets (KEKs and the other types' keys) so far could
+    /// not be locked in RAM.
     pub fn unlocked_count() -> usize {
         UNLOCKED.load(Ordering::Relaxed)
+    }
+
+    /// Counts a key secret of another type that could not be locked in RAM.
+    pub(crate) fn note_unlocked() {
+        UNLOCKED.fetch_add(1, Ordering::Relaxed);
     }
 }
 
