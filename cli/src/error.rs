@@ -48,7 +48,7 @@ pub enum CliError {
     },
     /// `verify` or `verify-mac`: the daemon checked, and the signature or
     /// tag is not the key's over the input.
-    #[error("invalid: the {what} is not key {key}'s over this input{versions}")]
+    #[error("invalid: this {what} is not valid for key {key} over this input{versions}")]
     NotVerified {
         /// "signature" or "tag".
         what: &'static str,
@@ -186,6 +186,16 @@ mod tests {
         );
         assert!(busy.to_string().starts_with("busy: "), "{busy}");
         assert_eq!(CliError::Usage("x".into()).exit_code(), 2);
+        let invalid = CliError::NotVerified {
+            what: "signature",
+            key: "rel".to_string(),
+            versions: " (version 2)".to_string(),
+        };
+        assert_eq!(invalid.exit_code(), 1, "an invalid signature fails closed");
+        assert_eq!(
+            invalid.to_string(),
+            "invalid: this signature is not valid for key rel over this input (version 2)"
+        );
         assert_eq!(CliError::from(ClientError::Closed).exit_code(), 2);
         let read = CliError::read(
             Some(Path::new("/nope")),
