@@ -52,7 +52,8 @@ const WRAP_ATTEMPTS: usize = 4;
 /// Limits the operations enforce.
 #[derive(Debug, Clone, Copy)]
 pub struct ServiceLimits {
-    /// Largest plaintext `Wrap` accepts.
+    /// Largest plaintext `Wrap` accepts, and the largest data `Mac` and
+    /// `VerifyMac` and message `Sign` and `Verify` take.
     pub max_plaintext: usize,
     /// Encryptions after which a key version is replaced by a new one.
     pub rotate_after: u64,
