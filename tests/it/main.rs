@@ -18,12 +18,14 @@ mod harness;
 
 mod audit_flood;
 mod cli;
+mod cli_key_types;
 mod cli_out;
 mod config;
 mod config_props;
 mod connections;
 mod daemon;
 mod journal;
+mod key_types;
 mod monitoring;
 mod operations;
 mod packaged_config;
