@@ -260,10 +260,12 @@ impl Service {
                 latest: key.latest_version(),
             })?;
         let Some(spki_der) = public_key_der(found) else {
+            // Every version of a signing key has one; a store without it
+            // was damaged past its row MACs.
             return Err(Refusal::new(
-                ErrorCode::VersionRevoked,
+                ErrorCode::Internal,
                 format!(
-                    "version {number} of key \"{}\" is revoked and this store kept no copy of its public key",
+                    "the key store holds no public key for version {number} of key \"{}\"",
                     key.name()
                 ),
             ));
@@ -339,13 +341,10 @@ fn mix_random(source: &dyn EntropySource, bytes: u16) -> Result<SecretBytes, Ref
     Ok(SecretBytes::new(std::mem::take(&mut *out)))
 }
 
-/// The public key of `version`: the live secret's, else (revoked) the copy
-/// the store keeps.
+/// The public key of `version`, which the store keeps in clear (it is
+/// public) for revoked versions too.
 fn public_key_der(version: &Version) -> Option<Vec<u8>> {
-    version
-        .key()
-        .and_then(VersionKey::public_key_der)
-        .map(|der| der.to_vec())
+    version.public_key_der().map(<[u8]>::to_vec)
 }
 
 /// The latest version of an enabled key and its secret. An enabled key's

@@ -719,6 +719,16 @@ async fn a_revoked_or_below_minimum_version_verifies_nothing() {
             )
         );
         assert_eq!(fixture.sign(&app, &name, message(b"x")).await.version, 2);
+        // Its public key stays retrievable, for audit, marked revoked.
+        let public = fixture.public_key(&app, &name, Some(1)).await;
+        assert_eq!((public.version, public.revoked), (1, true));
+        assert!(verifies_with_spki(
+            key_type,
+            &public.spki_der,
+            b"v1",
+            &old.signature
+        ));
+        assert!(!fixture.public_key(&app, &name, Some(2)).await.revoked);
     }
 
     fixture.create("app-mac", KeyType::HmacSha512).await;
@@ -846,6 +856,14 @@ async fn a_disabled_or_revoked_key_signs_and_verifies_nothing_but_keeps_its_publ
     assert_eq!(code(&got), Some(ErrorCode::KeyRevoked), "{got:?}");
     let got_sign = fixture.call(&app, sign("app-ed", message(b"m"))).await;
     assert_eq!(code(&got_sign), Some(ErrorCode::KeyRevoked), "{got_sign:?}");
+    assert_eq!(
+        fixture.public_key(&app, "app-ed", None).await,
+        PublicKeyInfo {
+            revoked: true,
+            ..public
+        },
+        "a revoked key's public key stays retrievable, for audit"
+    );
 }
 
 #[tokio::test]
