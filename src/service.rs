@@ -491,7 +491,7 @@ impl Service {
             }
             Request::TransportKey => self.transport_key_info(),
             Request::ExportKey { key, destination } => self.export(peer, &key, &destination).await,
-            Request::Mac { key, data } => self.mac(peer, &key, &data, subject),
+            Request::Mac { key, data } => self.mac(peer, &key, data, subject).await,
             Request::VerifyMac {
                 key,
                 data,

@@ -279,6 +279,20 @@ fn verifies_with_spki(key_type: KeyType, spki: &[u8], msg: &[u8], signature: &[u
     }
 }
 
+#[test]
+fn only_short_macs_and_single_ed25519_operations_run_on_the_request_task() {
+    use super::signing::{INLINE_BYTES, runs_inline};
+    assert!(runs_inline(KeyType::HmacSha256, 3, INLINE_BYTES));
+    assert!(!runs_inline(KeyType::HmacSha512, 4, 32));
+    assert!(!runs_inline(KeyType::HmacSha256, 1, INLINE_BYTES + 1));
+    assert!(runs_inline(KeyType::Ed25519, 1, 32));
+    assert!(!runs_inline(KeyType::Ed25519, 2, 32));
+    assert!(!runs_inline(KeyType::Ed25519, 1, INLINE_BYTES + 1));
+    for key_type in [KeyType::EcdsaP256, KeyType::MlDsa65, KeyType::Aes256Gcm] {
+        assert!(!runs_inline(key_type, 1, 0), "{key_type}");
+    }
+}
+
 #[tokio::test]
 async fn every_signing_type_signs_and_verifies_and_its_public_key_checks_the_signature() {
     let fixture = Fixture::granting(&["sign", "verify", "public-key"]);
