@@ -440,6 +440,7 @@ fn verified(key: &Key, matched: Option<u32>, subject: &mut Subject) -> Response 
     if let Some(number) = matched {
         subject.set_version(number);
     }
+    subject.set_verified(matched.is_some());
     Response::Verified(Verification {
         key: key.name().to_string(),
         valid: matched.is_some(),
