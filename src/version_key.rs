@@ -341,3 +341,6 @@ impl VersionKey {
         der.ok().map(|doc| Zeroizing::new(doc.as_bytes().to_vec()))
     }
 }
+
+#[cfg(test)]
+mod tests;
