@@ -1363,3 +1363,59 @@ fn signing_and_hmac_keys_are_restored_on_a_new_host_with_their_types_and_public_
         other => panic!("expected VersionRevoked, got {other:?}"),
     }
 }
+
+#[test]
+fn a_merge_that_brings_a_store_keys_id_under_another_type_imports_nothing() {
+    let old = written_host(1, 1, 1);
+    let identity = path(&old.custodians[0].key);
+    let host = new_host();
+    let out = host.restore(
+        &old.bundle_recipient,
+        &["--identity", identity, path(&old.backup)],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let names = host.stored_names();
+
+    // A second backup, MACed and escrowed as a real one: app-plain's id as
+    // an hmac-sha256 key, and a key the store does not have.
+    let plain = old
+        .material
+        .iter()
+        .find(|k| k.name == "app-plain")
+        .expect("app-plain");
+    let mut retyped = plain.clone();
+    retyped.key_type = KeyType::HmacSha256;
+    let mut fresh = plain.clone();
+    fresh.id = KeyId([0x5a; 16]);
+    fresh.name = "app-new".to_string();
+    let bundle = escrow::BundleIdentity::generate().expect("bundle");
+    let dir = old.work.path().join("recovery-retyped");
+    let recipients = [old.custodians[0].recipient.clone()];
+    write_recovery_dir(&dir, &bundle, &recipients, 1, &[retyped, fresh], 1);
+    let backup = old.work.path().join("retyped.tar");
+    let tar = Command::new("tar")
+        .arg("-cf")
+        .arg(&backup)
+        .arg("-C")
+        .arg(&dir)
+        .arg(".")
+        .output()
+        .expect("tar");
+    assert!(tar.status.success(), "tar -cf: {}", stderr(&tar));
+
+    let out = host.restore(
+        bundle.recipient(),
+        &["--merge", "--identity", identity, path(&backup)],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let message = stderr(&out);
+    assert!(
+        message.contains("hmac-sha256") && message.contains("aes256-gcm"),
+        "names both types: {message}"
+    );
+    assert!(message.contains(&plain.id.to_string()), "{message}");
+    assert_eq!(host.stored_names(), names, "nothing imported");
+    let daemon = host.start();
+    let info = daemon.client().describe_key("app-plain").expect("describe");
+    assert_eq!(info.key_type, KeyType::Aes256Gcm);
+}
