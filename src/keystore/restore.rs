@@ -16,13 +16,15 @@ use super::{Change, Key, KeyMaterial, KeyStore, StoreError, Version, check_name}
 use crate::envelope::KeyId;
 use crate::version_key::VersionKey;
 
-/// A key of a restore: its name and id.
+/// A key of a restore: its name, id and type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoredKey {
     /// The key's name.
     pub name: String,
     /// The key's id.
     pub id: KeyId,
+    /// The key's type.
+    pub key_type: KeyType,
 }
 
 /// What a restore did.
@@ -149,6 +151,7 @@ impl KeyStore {
                 restored.kept.push(RestoredKey {
                     name: existing.name.clone(),
                     id: existing.id,
+                    key_type: existing.key_type,
                 });
                 continue;
             }
@@ -208,6 +211,7 @@ impl KeyStore {
             restored.added.push(RestoredKey {
                 name: material.name.clone(),
                 id: material.id,
+                key_type: material.key_type,
             });
             adding.push(Key {
                 id: material.id,

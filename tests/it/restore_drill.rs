@@ -1294,6 +1294,20 @@ fn signing_and_hmac_keys_are_restored_on_a_new_host_with_their_types_and_public_
         &["--identity", path(&custodian.key), path(&backup)],
     );
     assert!(out.status.success(), "restore: {}", stderr(&out));
+    let printed = text(&out.stdout);
+    for (name, key_type) in [
+        ("rel", "ed25519"),
+        ("pq", "ml-dsa-65"),
+        ("tok", "hmac-sha256"),
+    ] {
+        assert!(
+            printed.lines().any(
+                |line| line.starts_with(&format!("  restored \"{name}\" (id "))
+                    && line.ends_with(&format!(", {key_type})"))
+            ),
+            "{printed}"
+        );
+    }
     let daemon = b.start();
     let mut client = daemon.client();
     let types: BTreeMap<String, KeyType> = client
