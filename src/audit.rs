@@ -5,8 +5,9 @@
 //! Events go through `tracing`. Where journald listens they are written to
 //! it natively, with every field its own journal field (`journalctl
 //! HOSTKMS_OP=unwrap`); elsewhere they are printed to stderr. No plaintext,
-//! key material or ciphertext body is ever a field: events carry names,
-//! numbers and outcomes only.
+//! key material or ciphertext body is ever a field, nor MAC data, a message,
+//! a tag, a signature or random bytes: events carry names, numbers and
+//! outcomes only.
 
 use std::path::Path;
 
@@ -204,6 +205,7 @@ fn journal_layers() -> Option<(tracing_journald::Layer, tracing_journald::Layer)
 pub struct Subject {
     key: Option<String>,
     version: Option<u32>,
+    verified: Option<bool>,
 }
 
 impl Subject {
@@ -234,6 +236,19 @@ impl Subject {
     pub fn version(&self) -> Option<u32> {
         self.version
     }
+
+    /// Records whether the signature or tag a `Verify` or `VerifyMac`
+    /// checked was valid (`HOSTKMS_VERIFIED`): an invalid one is answered,
+    /// not refused, so only this field shows forgeries being tried.
+    pub fn set_verified(&mut self, valid: bool) {
+        self.verified = Some(valid);
+    }
+
+    /// Whether a checked signature or tag was valid; `None` for any other
+    /// request.
+    pub fn verified(&self) -> Option<bool> {
+        self.verified
+    }
 }
 
 /// The kebab-case name of an error code: the value of `HOSTKMS_ERROR`.
@@ -259,6 +274,10 @@ pub fn request(
         .unwrap_or_default();
     let key = subject.key();
     let version = subject.version();
+    let verified = subject
+        .verified()
+        .map(|valid| if valid { "valid" } else { "invalid" });
+    let checked = verified.map(|v| format!(" ({v})")).unwrap_or_default();
     let unit = peer.unit.as_deref();
     let user_unit = peer.user_unit.as_deref();
     let unit_unknown = peer.unit_unknown.map(crate::peer::UnitUnknown::as_str);
@@ -287,6 +306,7 @@ pub fn request(
                 HOSTKMS_RESULT = outcome.as_str(),
                 HOSTKMS_ERROR = error.as_deref(),
                 HOSTKMS_ANSWER_ERROR = answer_error.as_deref(),
+                HOSTKMS_VERIFIED = verified,
                 HOSTKMS_PEER_UID = peer.uid,
                 HOSTKMS_PEER_PID = pid,
                 HOSTKMS_PEER_UNIT = unit,
@@ -303,7 +323,11 @@ pub fn request(
             REQUEST_OK,
             format!("{op}{target} by {by}: ok{lost}")
         ),
-        RequestResult::Ok => event!(Level::INFO, REQUEST_OK, format!("{op}{target} by {by}: ok")),
+        RequestResult::Ok => event!(
+            Level::INFO,
+            REQUEST_OK,
+            format!("{op}{target} by {by}: ok{checked}")
+        ),
         RequestResult::Denied => event!(
             Level::WARN,
             REQUEST_DENIED,

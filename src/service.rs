@@ -52,7 +52,8 @@ const WRAP_ATTEMPTS: usize = 4;
 /// Limits the operations enforce.
 #[derive(Debug, Clone, Copy)]
 pub struct ServiceLimits {
-    /// Largest plaintext `Wrap` accepts.
+    /// Largest plaintext `Wrap` accepts, and the largest data `Mac` and
+    /// `VerifyMac` and message `Sign` and `Verify` take.
     pub max_plaintext: usize,
     /// Encryptions after which a key version is replaced by a new one.
     pub rotate_after: u64,
@@ -490,7 +491,7 @@ impl Service {
             }
             Request::TransportKey => self.transport_key_info(),
             Request::ExportKey { key, destination } => self.export(peer, &key, &destination).await,
-            Request::Mac { key, data } => self.mac(peer, &key, &data, subject),
+            Request::Mac { key, data } => self.mac(peer, &key, data, subject).await,
             Request::VerifyMac {
                 key,
                 data,

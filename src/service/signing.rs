@@ -15,12 +15,15 @@
 //! encryption limit: that limit is AES-GCM's bound on random nonces, which
 //! HMAC and signatures do not have.
 //!
-//! Where the cryptography runs: HMAC and Ed25519 (tens of microseconds) on
-//! the request's task when at most [`INLINE_CANDIDATES`] versions are
-//! tried; ECDSA P-256 (about a tenth of a millisecond) and ML-DSA-65 (up to
-//! milliseconds, signing retries by rejection sampling), and any check
-//! against more versions, on the blocking pool, so one peer's requests
-//! never stall the runtime's threads.
+//! Where the cryptography runs ([`runs_inline`]): a MAC (about 4 µs) or an
+//! Ed25519 signature or check (about 25 and 70 µs, BENCHMARKS.md) over at
+//! most [`INLINE_BYTES`] runs on the request's task, within the budget of
+//! about 100 µs a task may hold a runtime thread; anything longer goes to
+//! the blocking pool (one thread hop, about 10 µs): ECDSA P-256 (about 150
+//! µs to sign, 270 µs to verify), ML-DSA-65 (1.4 ms to sign, the key being
+//! expanded from its seed for each signature and FIPS 204's loop retrying
+//! a random number of times; 270 µs to verify), larger data, and checks
+//! against several versions.
 
 use std::sync::Arc;
 
@@ -41,9 +44,9 @@ use crate::version_key::{DIGEST_LEN, KeyUseError, VersionKey};
 pub const MAX_SIGNATURE_LEN: usize = 8 * 1024;
 /// Longest tag `VerifyMac` accepts (HMAC-SHA512's are 64 bytes).
 pub const MAX_TAG_LEN: usize = 64;
-/// Most versions an HMAC or Ed25519 check tries on the request's task;
-/// more go to the blocking pool.
-pub const INLINE_CANDIDATES: usize = 2;
+/// Most bytes of data or message an operation on the request's task
+/// hashes; more go to the blocking pool.
+pub const INLINE_BYTES: usize = 16 * 1024;
 /// Bytes of TPM randomness per draw from the random reserve.
 const DRAW: usize = 32;
 
@@ -120,11 +123,11 @@ impl Service {
     }
 
     /// `Mac`: the HMAC tag of `data` under the latest version of `name`.
-    pub(super) fn mac(
+    pub(super) async fn mac(
         &self,
         peer: &Peer,
         name: &str,
-        data: &SecretBytes,
+        data: SecretBytes,
         subject: &mut Subject,
     ) -> Result<Response, Refusal> {
         let key = self.typed_key(peer, Operation::Mac, name)?;
@@ -133,10 +136,17 @@ impl Service {
             "data",
             "mac and verify-mac take at most that much in one request; an admin can raise max_plaintext in the config",
         )?;
-        let (version, secret) = latest_live(&key)?;
-        let tag = secret
-            .mac(data.expose())
-            .map_err(|e| use_refusal(&key, e))?;
+        let (version, _) = latest_live(&key)?;
+        let version = Arc::clone(version);
+        let tagger = Arc::clone(&version);
+        let inline = runs_inline(key.key_type(), 1, data.len());
+        let tag = run(inline, move || match tagger.key() {
+            Some(secret) => secret.mac(data.expose()).map(Some),
+            None => Ok(None),
+        })
+        .await?
+        .map_err(|e| use_refusal(&key, e))?
+        .ok_or_else(|| no_live_version(&key))?;
         subject.set_version(version.number());
         Ok(Response::Mac(MacTag {
             key: key.name().to_string(),
@@ -171,7 +181,7 @@ impl Service {
             ));
         }
         let candidates = candidates(&key, version, subject)?;
-        let inline = candidates.len() <= INLINE_CANDIDATES;
+        let inline = runs_inline(key.key_type(), candidates.len(), data.len());
         let matched = run(inline, move || {
             first_match(&candidates, |secret| secret.verify_mac(data.expose(), &tag))
         })
@@ -193,7 +203,7 @@ impl Service {
         let (version, _) = latest_live(&key)?;
         let version = Arc::clone(version);
         let signer = Arc::clone(&version);
-        let inline = key.key_type() == KeyType::Ed25519;
+        let inline = runs_inline(key.key_type(), 1, input.bytes().len());
         let signature = run(inline, move || match signer.key() {
             Some(secret) => secret.sign(&input).map(Some),
             None => Ok(None),
@@ -231,7 +241,7 @@ impl Service {
             ));
         }
         let candidates = candidates(&key, version, subject)?;
-        let inline = key.key_type() == KeyType::Ed25519 && candidates.len() <= INLINE_CANDIDATES;
+        let inline = runs_inline(key.key_type(), candidates.len(), input.bytes().len());
         let matched = run(inline, move || {
             first_match(&candidates, |secret| secret.verify(&input, &signature))
         })
@@ -260,10 +270,12 @@ impl Service {
                 latest: key.latest_version(),
             })?;
         let Some(spki_der) = public_key_der(found) else {
+            // Every version of a signing key has one; a store without it
+            // was damaged past its row MACs.
             return Err(Refusal::new(
-                ErrorCode::VersionRevoked,
+                ErrorCode::Internal,
                 format!(
-                    "version {number} of key \"{}\" is revoked and this store kept no copy of its public key",
+                    "the key store holds no public key for version {number} of key \"{}\"",
                     key.name()
                 ),
             ));
@@ -339,13 +351,10 @@ fn mix_random(source: &dyn EntropySource, bytes: u16) -> Result<SecretBytes, Ref
     Ok(SecretBytes::new(std::mem::take(&mut *out)))
 }
 
-/// The public key of `version`: the live secret's, else (revoked) the copy
-/// the store keeps.
+/// The public key of `version`, which the store keeps in clear (it is
+/// public) for revoked versions too.
 fn public_key_der(version: &Version) -> Option<Vec<u8>> {
-    version
-        .key()
-        .and_then(VersionKey::public_key_der)
-        .map(|der| der.to_vec())
+    version.public_key_der().map(<[u8]>::to_vec)
 }
 
 /// The latest version of an enabled key and its secret. An enabled key's
@@ -431,6 +440,7 @@ fn verified(key: &Key, matched: Option<u32>, subject: &mut Subject) -> Response 
     if let Some(number) = matched {
         subject.set_version(number);
     }
+    subject.set_verified(matched.is_some());
     Response::Verified(Verification {
         key: key.name().to_string(),
         valid: matched.is_some(),
@@ -447,6 +457,19 @@ fn use_refusal(key: &Key, error: KeyUseError) -> Refusal {
         KeyUseError::Signer(_) => ErrorCode::Internal,
     };
     Refusal::new(code, format!("key \"{}\": {error}", key.name()))
+}
+
+/// Whether an operation of `key_type` over `len` bytes with `versions`
+/// versions is short enough (about 100 µs at most) for the request's task:
+/// up to three MACs, or one Ed25519 signature or check, over at most
+/// [`INLINE_BYTES`].
+pub fn runs_inline(key_type: KeyType, versions: usize, len: usize) -> bool {
+    let cost = match key_type {
+        KeyType::HmacSha256 | KeyType::HmacSha512 => 1,
+        KeyType::Ed25519 => 3,
+        _ => return false,
+    };
+    len <= INLINE_BYTES && versions.saturating_mul(cost) <= 3
 }
 
 /// Runs `work` here when `inline`, else on the blocking pool.

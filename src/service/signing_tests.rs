@@ -279,6 +279,20 @@ fn verifies_with_spki(key_type: KeyType, spki: &[u8], msg: &[u8], signature: &[u
     }
 }
 
+#[test]
+fn only_short_macs_and_single_ed25519_operations_run_on_the_request_task() {
+    use super::signing::{INLINE_BYTES, runs_inline};
+    assert!(runs_inline(KeyType::HmacSha256, 3, INLINE_BYTES));
+    assert!(!runs_inline(KeyType::HmacSha512, 4, 32));
+    assert!(!runs_inline(KeyType::HmacSha256, 1, INLINE_BYTES + 1));
+    assert!(runs_inline(KeyType::Ed25519, 1, 32));
+    assert!(!runs_inline(KeyType::Ed25519, 2, 32));
+    assert!(!runs_inline(KeyType::Ed25519, 1, INLINE_BYTES + 1));
+    for key_type in [KeyType::EcdsaP256, KeyType::MlDsa65, KeyType::Aes256Gcm] {
+        assert!(!runs_inline(key_type, 1, 0), "{key_type}");
+    }
+}
+
 #[tokio::test]
 async fn every_signing_type_signs_and_verifies_and_its_public_key_checks_the_signature() {
     let fixture = Fixture::granting(&["sign", "verify", "public-key"]);
@@ -719,6 +733,16 @@ async fn a_revoked_or_below_minimum_version_verifies_nothing() {
             )
         );
         assert_eq!(fixture.sign(&app, &name, message(b"x")).await.version, 2);
+        // Its public key stays retrievable, for audit, marked revoked.
+        let public = fixture.public_key(&app, &name, Some(1)).await;
+        assert_eq!((public.version, public.revoked), (1, true));
+        assert!(verifies_with_spki(
+            key_type,
+            &public.spki_der,
+            b"v1",
+            &old.signature
+        ));
+        assert!(!fixture.public_key(&app, &name, Some(2)).await.revoked);
     }
 
     fixture.create("app-mac", KeyType::HmacSha512).await;
@@ -846,6 +870,14 @@ async fn a_disabled_or_revoked_key_signs_and_verifies_nothing_but_keeps_its_publ
     assert_eq!(code(&got), Some(ErrorCode::KeyRevoked), "{got:?}");
     let got_sign = fixture.call(&app, sign("app-ed", message(b"m"))).await;
     assert_eq!(code(&got_sign), Some(ErrorCode::KeyRevoked), "{got_sign:?}");
+    assert_eq!(
+        fixture.public_key(&app, "app-ed", None).await,
+        PublicKeyInfo {
+            revoked: true,
+            ..public
+        },
+        "a revoked key's public key stays retrievable, for audit"
+    );
 }
 
 #[tokio::test]

@@ -1801,3 +1801,132 @@ async fn a_change_whose_answer_was_lost_is_journaled_as_done() {
     assert_eq!(counters["requests.rotate.ok"], 1);
     assert_eq!(counters["requests.describe.error"], 7);
 }
+
+#[tokio::test]
+async fn sign_verify_mac_and_random_events_name_key_version_and_validity_never_the_bytes() {
+    use agent_proto::{KeyType, SignInput};
+    let fixture = Fixture::new(
+        &[grant(
+            &[APP],
+            &["app-*"],
+            &["sign", "verify", "mac", "random"],
+        )],
+        LIMITS,
+    );
+    for (name, key_type) in [
+        ("app-rel", KeyType::Ed25519),
+        ("app-tok", KeyType::HmacSha256),
+    ] {
+        key_info(
+            fixture
+                .call(
+                    &admin(),
+                    Request::CreateKey {
+                        name: name.to_string(),
+                        key_type,
+                    },
+                )
+                .await,
+        );
+    }
+    let message = b"release secret message".to_vec();
+    let input = || SignInput::Message(SecretBytes::new(message.clone()));
+    let (log, _guard) = AuditLog::capture();
+    let app = peer(APP);
+    let Response::Signature(signature) = fixture
+        .call(
+            &app,
+            Request::Sign {
+                key: "app-rel".into(),
+                input: input(),
+            },
+        )
+        .await
+    else {
+        panic!("expected Signature");
+    };
+    for signature in [signature.signature.clone(), vec![0u8; 64]] {
+        fixture
+            .call(
+                &app,
+                Request::Verify {
+                    key: "app-rel".into(),
+                    input: input(),
+                    signature,
+                    version: None,
+                },
+            )
+            .await;
+    }
+    let Response::Mac(tag) = fixture
+        .call(
+            &app,
+            Request::Mac {
+                key: "app-tok".into(),
+                data: SecretBytes::new(message.clone()),
+            },
+        )
+        .await
+    else {
+        panic!("expected Mac");
+    };
+    let Response::Random(random) = fixture
+        .call(&app, Request::GenerateRandom { bytes: 64 })
+        .await
+    else {
+        panic!("expected Random");
+    };
+
+    let events = log.take();
+    let uid = APP.to_string();
+    assert_eq!(
+        events.iter().cloned().map(checked).collect::<Vec<_>>(),
+        [
+            audit_fields(&[
+                ("HOSTKMS_OP", "sign"),
+                ("HOSTKMS_KEY", "app-rel"),
+                ("HOSTKMS_KEY_VERSION", "1"),
+                ("HOSTKMS_RESULT", "ok"),
+                ("HOSTKMS_PEER_UID", &uid),
+            ]),
+            audit_fields(&[
+                ("HOSTKMS_OP", "verify"),
+                ("HOSTKMS_KEY", "app-rel"),
+                ("HOSTKMS_KEY_VERSION", "1"),
+                ("HOSTKMS_RESULT", "ok"),
+                ("HOSTKMS_VERIFIED", "valid"),
+                ("HOSTKMS_PEER_UID", &uid),
+            ]),
+            audit_fields(&[
+                ("HOSTKMS_OP", "verify"),
+                ("HOSTKMS_KEY", "app-rel"),
+                ("HOSTKMS_RESULT", "ok"),
+                ("HOSTKMS_VERIFIED", "invalid"),
+                ("HOSTKMS_PEER_UID", &uid),
+            ]),
+            audit_fields(&[
+                ("HOSTKMS_OP", "mac"),
+                ("HOSTKMS_KEY", "app-tok"),
+                ("HOSTKMS_KEY_VERSION", "1"),
+                ("HOSTKMS_RESULT", "ok"),
+                ("HOSTKMS_PEER_UID", &uid),
+            ]),
+            audit_fields(&[
+                ("HOSTKMS_OP", "random"),
+                ("HOSTKMS_RESULT", "ok"),
+                ("HOSTKMS_PEER_UID", &uid),
+            ]),
+        ]
+    );
+    assert!(
+        events[2]["message"].ends_with(": ok (invalid)"),
+        "{:?}",
+        events[2]["message"]
+    );
+    let text = format!("{events:?}");
+    assert!(!text.contains("release secret message"), "{text}");
+    for bytes in [&signature.signature[..], &tag.tag[..], random.expose()] {
+        assert!(!text.contains(&format!("{:?}", &bytes[..8])), "{text}");
+        assert!(!text.contains(&format!("{:02x}{:02x}{:02x}", bytes[0], bytes[1], bytes[2])));
+    }
+}
