@@ -1256,6 +1256,7 @@ fn signing_and_hmac_keys_are_restored_on_a_new_host_with_their_types_and_public_
         .expect("create rel");
     let old_signature = a.sign("rel", b"release 1.0").expect("sign v1");
     assert_eq!(old_signature.version, 1);
+    let rel_v1 = a.public_key("rel", Some(1)).expect("public key").spki_der;
     a.rotate("rel").expect("rotate");
     let signature = a.sign("rel", b"release 2.0").expect("sign v2");
     assert_eq!(signature.version, 2);
@@ -1334,6 +1335,20 @@ fn signing_and_hmac_keys_are_restored_on_a_new_host_with_their_types_and_public_
     assert_eq!(
         client.public_key("rel", None).expect("public key").spki_der,
         rel_v2
+    );
+    // The revoked version's public key stays retrievable, for audit.
+    let revoked = client.public_key("rel", Some(1)).expect("public key of v1");
+    assert!(revoked.revoked);
+    assert_eq!(revoked.spki_der, rel_v1);
+    let verifying_v1 =
+        ed25519_dalek::VerifyingKey::from_public_key_der(&revoked.spki_der).expect("SPKI");
+    let signature_v1 =
+        ed25519_dalek::Signature::from_slice(&old_signature.signature).expect("64 bytes");
+    assert!(
+        verifying_v1
+            .verify_strict(b"release 1.0", &signature_v1)
+            .is_ok(),
+        "an old release signature still checks outside hostkms"
     );
     assert_eq!(
         client

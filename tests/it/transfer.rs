@@ -711,6 +711,15 @@ fn an_exported_signing_key_arrives_with_its_type_and_every_versions_public_key()
         );
     }
     assert_ne!(lines[0], lines[1]);
+    // And the daemon answers them, the revoked one marked so.
+    for version in [1, 2] {
+        let (there, here) = (
+            on_a.public_key("rel", Some(version)).unwrap(),
+            on_b.public_key("rel", Some(version)).unwrap(),
+        );
+        assert_eq!(here.spki_der, there.spki_der);
+        assert_eq!(here.revoked, version == 1);
+    }
 
     let tags = on_b.describe_key("rel-tags").unwrap();
     assert_eq!(tags.key_type, KeyType::HmacSha512);
