@@ -7,13 +7,14 @@
 # compare against the Ping floor measured in the same run, never across runs.
 #
 #   BENCH_DURATION=10            seconds per phase (Ping, then the operation)
-#   BENCH_RUNS="unwrap:16 ..."   operation:connections pairs
+#   BENCH_RUNS="unwrap:16 ..."   operation[/key type]:connections, e.g.
+#                                sign/ml-dsa-65:16 (hostkms bench --type)
 #   BENCH_NICE="0 -10"           daemon nice values to run with
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 duration=${BENCH_DURATION:-10}
-runs=${BENCH_RUNS:-"unwrap:16 unwrap:1 wrap:16 datakey:16 unwrap:64"}
+runs=${BENCH_RUNS:-"unwrap:16 unwrap:1 wrap:16 datakey:16 unwrap:64 sign/ed25519:16 sign/ecdsa-p256:16 sign/ml-dsa-65:16 verify/ed25519:16 verify/ecdsa-p256:16 verify/ml-dsa-65:16 mac/hmac-sha256:16"}
 nices=${BENCH_NICE:-"0 -10"}
 work=$(mktemp -d /tmp/hostkms-bench.XXXXXX)
 chmod 700 "$work"
@@ -62,8 +63,13 @@ for nice in $nices; do
     for _ in $(seq 1 200); do $hostkms ping >/dev/null 2>&1 && break; sleep 0.05; done
     for run in $runs; do
         op=${run%%:*} connections=${run##*:}
+        type_args=()
+        if [[ $op == */* ]]; then
+            type_args=(--type "${op#*/}")
+            op=${op%%/*}
+        fi
         echo -n "{\"daemon_nice\":$nice,"
-        $hostkms --json bench --op "$op" --connections "$connections" --duration "$duration" --size 32 | sed 's/^{//'
+        $hostkms --json bench --op "$op" "${type_args[@]}" --connections "$connections" --duration "$duration" --size 32 | sed 's/^{//'
     done
     echo "# daemon RSS after the runs at nice $nice: $(awk '/VmRSS/ {print $2, $3}' "/proc/$daemon_pid/status")"
     stop_daemon

@@ -114,7 +114,11 @@ fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Resul
             config.alerts,
             Arc::new(WorkerProbe::new(Arc::clone(tpm), config.tpm.timeout)),
         )
-        .with_root_sealer(Arc::new(sealer)),
+        .with_root_sealer(Arc::new(sealer))
+        .with_random_source(Arc::new(TpmEntropy::for_random(
+            Arc::clone(tpm),
+            config.tpm.timeout,
+        ))),
     );
     service.set_transfer_peers(config.transfer.clone());
     load_transport_key(&service);

@@ -5,7 +5,9 @@
 //! `admin_groups` are admins and may do everything. `Ping`, `Status` and
 //! `ListKeys` need no grant; `ListKeys` shows a peer only the keys it holds
 //! a grant on, and `Status` shows the counters and the root key check value
-//! only to admins and to peers granted `metrics`.
+//! only to admins and to peers granted `metrics`. `GenerateRandom` names no
+//! key: admins may, and so may peers covered by any grant whose ops list
+//! `random`, whatever its `keys` (a grant of `random` alone may omit them).
 //!
 //! A grant naming a user or group that does not resolve (deleted, or the
 //! lookup failed) is disabled, not the whole config refused: fail-closed
@@ -66,8 +68,9 @@ pub const METRICS: &str = "metrics";
 
 /// Operations a grant may name, besides [`METRICS`]. `ping`, `status`,
 /// `list` and `transport-key` (a public key) are open to every connected
-/// peer and need no grant; `rotate-root` is for admins only.
-pub const GRANTABLE: [Operation; 13] = [
+/// peer and need no grant; `rotate-root` is for admins only. `random`
+/// names no key: a grant listing it allows it whatever its `keys`.
+pub const GRANTABLE: [Operation; 19] = [
     Operation::Create,
     Operation::Wrap,
     Operation::Unwrap,
@@ -81,6 +84,12 @@ pub const GRANTABLE: [Operation; 13] = [
     Operation::Describe,
     Operation::Export,
     Operation::Import,
+    Operation::Mac,
+    Operation::VerifyMac,
+    Operation::Sign,
+    Operation::Verify,
+    Operation::PublicKey,
+    Operation::Random,
 ];
 
 /// What a peer is to the server's admission, decided from the grants in
@@ -246,6 +255,7 @@ impl Policy {
         match op {
             Operation::Ping | Operation::Status | Operation::List | Operation::TransportKey => true,
             Operation::RotateRoot => self.is_admin(peer),
+            Operation::Random => self.allows_random(peer),
             _ => {
                 self.is_admin(peer)
                     || self.grants.iter().any(|grant| {
@@ -257,12 +267,21 @@ impl Policy {
         }
     }
 
-    /// Whether `peer` holds any grant on `key` (what `ListKeys` shows it).
+    /// Whether `peer` holds any grant on `key` (what `ListKeys` shows it):
+    /// one naming an operation on keys (`random` names none).
     pub fn may_see(&self, peer: &Peer, key: &str) -> bool {
         self.is_admin(peer)
             || self.grants.iter().any(|grant| {
-                !grant.ops.is_empty() && grant.covers_peer(peer) && grant.keys.is_match(key)
+                grant.ops.iter().any(|&op| op != Operation::Random)
+                    && grant.covers_peer(peer)
+                    && grant.keys.is_match(key)
             })
+    }
+
+    /// Whether `peer` may ask for random bytes: an admin, or covered by a
+    /// grant whose ops list `random` (its `keys` do not matter).
+    pub fn allows_random(&self, peer: &Peer) -> bool {
+        self.allows_on_some_key(peer, Operation::Random)
     }
 
     /// Whether `peer` may perform `op` on some key: an admin, or covered by
@@ -335,10 +354,10 @@ fn resolve_grant(index: usize, config: &GrantConfig) -> Result<Grant, Unresolved
         }
     }
 
-    if config.keys.is_empty() && !ops.is_empty() {
+    if config.keys.is_empty() && ops.iter().any(|&op| op != Operation::Random) {
         return Err(error(
             "keys",
-            "names no key; give glob patterns, e.g. keys = [\"app-*\"] (only a grant of \"metrics\" alone may omit keys)".to_string(),
+            "names no key; give glob patterns, e.g. keys = [\"app-*\"] (only a grant of \"metrics\" or \"random\" alone may omit keys)".to_string(),
         ));
     }
     let mut keys = GlobSetBuilder::new();
@@ -703,6 +722,71 @@ mod tests {
         assert!(policy.allows(&peer(1001, 1001, &[], None), Operation::Wrap, "a"));
         // Fail-closed: the whole grant is out, its uids too.
         assert!(!policy.allows(&peer(1002, 1002, &[], None), Operation::Unwrap, "a"));
+    }
+
+    #[test]
+    fn the_key_type_ops_are_grantable_each_on_its_own() {
+        let names = ["sign", "verify", "mac", "verify-mac", "public-key"];
+        let mut grants = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let mut one = grant(&["rel-*"], &[name]);
+            one.uids = vec![4000 + i as u32];
+            grants.push(one);
+        }
+        let (policy, _) = Policy::new(&grants, &[]).unwrap();
+        for (i, name) in names.iter().enumerate() {
+            let holder = peer(4000 + i as u32, 4000 + i as u32, &[], None);
+            for other in names {
+                let op = Operation::from_name(other).unwrap();
+                assert_eq!(
+                    policy.allows(&holder, op, "rel-1"),
+                    *name == other,
+                    "{name} holder asking {other}"
+                );
+            }
+            let op = Operation::from_name(name).unwrap();
+            assert!(
+                !policy.allows(&holder, op, "other"),
+                "{name} outside its keys"
+            );
+            assert!(policy.may_see(&holder, "rel-1"), "{name} shows the key");
+            assert!(!policy.allows_random(&holder));
+        }
+    }
+
+    #[test]
+    fn random_is_granted_whatever_the_keys_and_shows_no_key() {
+        let mut alone = grant(&[], &["random"]);
+        alone.uids = vec![5000];
+        let mut with_keys = grant(&["app-*"], &["random"]);
+        with_keys.uids = vec![5001];
+        let mut beside = grant(&["app-*"], &["random", "wrap"]);
+        beside.uids = vec![5002];
+        let mut without = grant(&["*"], &["wrap", "sign", "mac"]);
+        without.uids = vec![5003];
+        let (policy, _) = Policy::new(&[alone, with_keys, beside, without], &[]).unwrap();
+        for uid in [5000, 5001, 5002] {
+            let holder = peer(uid, uid, &[], None);
+            assert!(policy.allows_random(&holder), "{uid}");
+            assert!(policy.allows(&holder, Operation::Random, "any name at all"));
+            assert!(policy.grants_key_operations(&holder));
+        }
+        assert!(!policy.allows_random(&peer(5003, 5003, &[], None)));
+        assert!(!policy.allows_random(&peer(6000, 6000, &[], None)));
+        assert!(policy.allows_random(&peer(0, 0, &[], None)), "admins may");
+        // A grant of random alone is on no key, whatever its patterns.
+        assert!(!policy.may_see(&peer(5001, 5001, &[], None), "app-db"));
+        assert!(policy.may_see(&peer(5002, 5002, &[], None), "app-db"));
+        assert!(!policy.allows(&peer(5001, 5001, &[], None), Operation::Wrap, "app-db"));
+        // Beside an op on keys, the keys are needed again.
+        let mut keyless = grant(&[], &["random", "sign"]);
+        keyless.uids = vec![1];
+        let err = Policy::new(&[keyless], &[]).unwrap_err();
+        assert_eq!(err.field, "keys", "{err}");
+        assert!(
+            err.to_string().contains("\"random\" alone may omit keys"),
+            "{err}"
+        );
     }
 
     #[test]

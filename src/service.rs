@@ -3,7 +3,8 @@
 //!
 //! Order of checks for every key operation: the grant first (so a peer
 //! without one learns nothing about the key), then the key's state, then
-//! the cryptography. Changes to the key store run on the blocking pool: they
+//! its type (`WrongKeyType`), then sizes, then the cryptography. The HMAC
+//! and signing operations and `GenerateRandom` are in `signing`. Changes to the key store run on the blocking pool: they
 //! wait for SQLite to sync and, for new versions when no TPM randomness is in
 //! reserve, for the TPM (at most `tpm_timeout_secs`).
 
@@ -21,7 +22,7 @@ use zeroize::Zeroizing;
 
 use crate::audit::{self, Subject};
 use crate::envelope::{self, InvalidCiphertext};
-use crate::keystore::{Key, KeyStore, RootRotation, StoreError, Version};
+use crate::keystore::{EntropySource, Key, KeyStore, RootRotation, StoreError, Version};
 use crate::monitor::flood::Limited;
 use crate::monitor::{AlertKind, AlertThresholds, Monitor};
 use crate::peer::Peer;
@@ -32,6 +33,7 @@ use crate::transfer::{Peers, TransportKey};
 #[cfg(test)]
 mod encrypt_limit_tests;
 mod health;
+mod signing;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 mod transfer;
@@ -40,6 +42,7 @@ mod transfer;
 pub use health::TestProbe;
 use health::TpmHealth;
 pub use health::{TpmProbe, WorkerProbe};
+pub use signing::{MAX_SIGNATURE_LEN, MAX_TAG_LEN};
 
 /// Data-key lengths `GenerateDataKey` accepts.
 pub const DATA_KEY_LENGTHS: [u16; 4] = [16, 24, 32, 64];
@@ -185,6 +188,9 @@ pub struct Service {
     store: Arc<KeyStore>,
     /// Seals new root keys for `RotateRoot`; `None` where there is no TPM.
     root_sealer: Option<Arc<dyn RootSealer>>,
+    /// The TPM randomness `GenerateRandom` mixes in: a reserve of its own,
+    /// never the one new key versions draw from. `None`: no TPM.
+    random: Option<Arc<dyn EntropySource>>,
     policy: ArcSwap<Policy>,
     limits: ArcSwap<ServiceLimits>,
     started: Instant,
@@ -210,6 +216,7 @@ impl Service {
         Service {
             store: Arc::new(store),
             root_sealer: None,
+            random: None,
             policy: ArcSwap::from_pointee(policy),
             limits: ArcSwap::from_pointee(limits),
             started: Instant::now(),
@@ -236,6 +243,15 @@ impl Service {
     /// (in the daemon a [`crate::rootkey::TpmRootSealer`]).
     pub fn with_root_sealer(mut self, sealer: Arc<dyn RootSealer>) -> Service {
         self.root_sealer = Some(sealer);
+        self
+    }
+
+    /// The service with `source` as the TPM randomness `GenerateRandom`
+    /// mixes into the OS RNG's (in the daemon a second
+    /// [`crate::keystore::TpmEntropy`], apart from the key store's). Without
+    /// it `GenerateRandom` is refused.
+    pub fn with_random_source(mut self, source: Arc<dyn EntropySource>) -> Service {
+        self.random = Some(source);
         self
     }
 
@@ -474,15 +490,28 @@ impl Service {
             }
             Request::TransportKey => self.transport_key_info(),
             Request::ExportKey { key, destination } => self.export(peer, &key, &destination).await,
-            Request::Mac { .. }
-            | Request::VerifyMac { .. }
-            | Request::Sign { .. }
-            | Request::Verify { .. }
-            | Request::GetPublicKey { .. }
-            | Request::GenerateRandom { .. } => Err(Refusal::new(
-                ErrorCode::NotImplemented,
-                format!("this daemon does not perform {op} yet"),
-            )),
+            Request::Mac { key, data } => self.mac(peer, &key, &data, subject),
+            Request::VerifyMac {
+                key,
+                data,
+                tag,
+                version,
+            } => {
+                self.verify_mac(peer, &key, data, tag, version, subject)
+                    .await
+            }
+            Request::Sign { key, input } => self.sign(peer, &key, input, subject).await,
+            Request::Verify {
+                key,
+                input,
+                signature,
+                version,
+            } => {
+                self.verify(peer, &key, input, signature, version, subject)
+                    .await
+            }
+            Request::GetPublicKey { key, version } => self.public_key(peer, &key, version, subject),
+            Request::GenerateRandom { bytes } => self.random(peer, bytes).await,
             Request::ImportKey { file } => self.import(peer, file, subject).await,
             Request::RotateRoot => {
                 let rotation = self.rotate_root(peer).await?;
@@ -948,5 +977,7 @@ mod refusal_tests {
 
 #[cfg(test)]
 mod rotate_root_tests;
+#[cfg(test)]
+mod signing_tests;
 #[cfg(test)]
 mod tests;

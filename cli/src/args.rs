@@ -5,15 +5,18 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use agent_proto::EncryptionContext;
+use agent_proto::{EncryptionContext, KeyType, MAX_RANDOM_BYTES, Operation};
+use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::error::CliError;
 
-/// Operate a hostkms daemon: manage keys, wrap and unwrap data, benchmark.
+/// Operate a hostkms daemon: manage keys, wrap and unwrap data, make and
+/// check MACs and signatures, benchmark.
 ///
-/// Exit codes: 0 success, 1 the daemon refused the request, 2 usage,
-/// connection or local file errors, 3 the daemon is busy (retry later).
+/// Exit codes: 0 success, 1 the daemon refused the request (or, for verify
+/// and verify-mac, the signature or tag is invalid), 2 usage, connection or
+/// local file errors, 3 the daemon is busy (retry later).
 #[derive(Debug, Parser)]
 #[command(name = "hostkms", version, about)]
 pub struct Cli {
@@ -66,10 +69,13 @@ pub enum Command {
     /// and re-seal every key under it. Ciphertexts are unaffected. Prints
     /// the old and the new root key check value.
     RotateRoot,
-    /// Create a key at version 1.
+    /// Create a key at version 1, of one type for life.
     CreateKey {
         /// Key name: 1 to 128 of A-Z a-z 0-9 . _ -
         name: String,
+        /// What the key is for; every version of it has this type.
+        #[arg(long = "type", value_name = "TYPE", default_value = "aes256-gcm")]
+        key_type: KeyTypeArg,
     },
     /// List the keys you may see.
     List,
@@ -119,6 +125,24 @@ pub enum Command {
     /// Re-encrypt a ciphertext under its key's latest version, without
     /// revealing the plaintext.
     Rewrap(RewrapArgs),
+    /// Compute an HMAC tag of data (from --in or standard input) under an
+    /// HMAC key's latest version: base64 out, raw with --binary.
+    Mac(MacArgs),
+    /// Check an HMAC tag of data (from --in or standard input): exit 0 and
+    /// "valid (version N)", or exit 1 and "invalid".
+    VerifyMac(VerifyMacArgs),
+    /// Sign a message (from --in or standard input) with a signing key's
+    /// latest version: base64 out, raw with --binary.
+    Sign(SignArgs),
+    /// Check a signature of a message (from --in or standard input): exit 0
+    /// and "valid (version N)", or exit 1 and "invalid".
+    Verify(VerifyArgs),
+    /// Print a signing key's public key (SubjectPublicKeyInfo) as PEM, for
+    /// openssl and other verifiers; a revoked version's stays available.
+    PublicKey(PublicKeyArgs),
+    /// Print N random bytes (1 to 1024) from the daemon: the OS RNG mixed
+    /// with the TPM's. Base64 by default.
+    Random(RandomArgs),
     /// Measure the daemon's throughput and latency against ping.
     Bench(BenchArgs),
     /// Write the recovery directory the daemon names in its status as one
@@ -258,6 +282,155 @@ pub struct RewrapArgs {
     pub binary: bool,
 }
 
+/// A key type as the command line spells it (`--type`): the names of
+/// [`KeyType::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyTypeArg(pub KeyType);
+
+impl KeyTypeArg {
+    /// Every key type, in wire order.
+    const ALL: [KeyTypeArg; 6] = [
+        KeyTypeArg(KeyType::Aes256Gcm),
+        KeyTypeArg(KeyType::HmacSha256),
+        KeyTypeArg(KeyType::HmacSha512),
+        KeyTypeArg(KeyType::Ed25519),
+        KeyTypeArg(KeyType::EcdsaP256),
+        KeyTypeArg(KeyType::MlDsa65),
+    ];
+}
+
+impl ValueEnum for KeyTypeArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        let help = match self.0 {
+            KeyType::Aes256Gcm => "wraps data: wrap, unwrap, datakey, rewrap",
+            KeyType::HmacSha256 => "HMAC-SHA256 tags: mac, verify-mac",
+            KeyType::HmacSha512 => "HMAC-SHA512 tags: mac, verify-mac",
+            KeyType::Ed25519 => "Ed25519 signatures (RFC 8032): sign, verify, public-key",
+            KeyType::EcdsaP256 => {
+                "ECDSA P-256 with SHA-256 signatures (DER): sign, verify, public-key"
+            }
+            KeyType::MlDsa65 => {
+                "ML-DSA-65 post-quantum signatures (FIPS 204): sign, verify, public-key"
+            }
+        };
+        Some(PossibleValue::new(self.0.as_str()).help(help))
+    }
+}
+
+/// Arguments of `mac`.
+#[derive(Debug, Args)]
+pub struct MacArgs {
+    /// Key name.
+    pub name: String,
+    /// Input and output files.
+    #[command(flatten)]
+    pub io: InOutArgs,
+    /// Write the raw tag bytes instead of base64.
+    #[arg(long)]
+    pub binary: bool,
+}
+
+/// Arguments of `verify-mac`.
+#[derive(Debug, Args)]
+pub struct VerifyMacArgs {
+    /// Key name.
+    pub name: String,
+    /// The tag to check: base64 text, or a file holding it in base64 or raw.
+    #[arg(long, value_name = "TAG")]
+    pub tag: String,
+    /// Check against this version only (default: every live version at or
+    /// above the key's minimum decryption version).
+    #[arg(long, value_name = "N")]
+    pub version: Option<u32>,
+    /// Read the data from FILE instead of standard input ("-": standard input).
+    #[arg(long = "in", value_name = "FILE")]
+    pub input: Option<PathBuf>,
+}
+
+/// Arguments of `sign`.
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// Key name.
+    pub name: String,
+    /// Input and output files.
+    #[command(flatten)]
+    pub io: InOutArgs,
+    /// The input is a SHA-256 digest of the message (32 raw bytes or 64 hex
+    /// digits), not the message: ecdsa-p256 keys only, for messages too
+    /// large to send.
+    #[arg(long)]
+    pub digest: bool,
+    /// Write the raw signature bytes instead of base64.
+    #[arg(long)]
+    pub binary: bool,
+}
+
+/// Arguments of `verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Key name.
+    pub name: String,
+    /// The signature to check: base64 text, or a file holding it in base64
+    /// or raw (as `sign` or `sign --binary` wrote it).
+    #[arg(long, value_name = "SIG")]
+    pub signature: String,
+    /// Check against this version only (default: every live version at or
+    /// above the key's minimum decryption version).
+    #[arg(long, value_name = "N")]
+    pub version: Option<u32>,
+    /// Read the message from FILE instead of standard input ("-": standard input).
+    #[arg(long = "in", value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// The input is a SHA-256 digest of the message (32 raw bytes or 64 hex
+    /// digits): ecdsa-p256 keys only.
+    #[arg(long)]
+    pub digest: bool,
+}
+
+/// Arguments of `public-key`.
+#[derive(Debug, Args)]
+pub struct PublicKeyArgs {
+    /// Key name.
+    pub name: String,
+    /// This version's public key (default: the latest version's).
+    #[arg(long, value_name = "N")]
+    pub version: Option<u32>,
+    /// Write the PEM to FILE instead of standard output.
+    #[arg(long = "out", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// How `random` prints its bytes.
+#[derive(Debug, Args)]
+#[group(multiple = false)]
+pub struct RandomEncoding {
+    /// Print lower-case hex.
+    #[arg(long)]
+    pub hex: bool,
+    /// Print standard base64 (the default).
+    #[arg(long)]
+    pub base64: bool,
+    /// Write the raw bytes.
+    #[arg(long)]
+    pub binary: bool,
+}
+
+/// Arguments of `random`.
+#[derive(Debug, Args)]
+pub struct RandomArgs {
+    /// How many bytes: 1 to 1024.
+    #[arg(value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_RANDOM_BYTES)))]
+    pub bytes: u16,
+    /// The encoding.
+    #[command(flatten)]
+    pub encoding: RandomEncoding,
+}
+
 /// The operation `bench` measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BenchOp {
@@ -267,6 +440,12 @@ pub enum BenchOp {
     Unwrap,
     /// Generate a `size`-byte data key (with its plaintext).
     Datakey,
+    /// Sign `size` random bytes (with a key of `--type`, default ed25519).
+    Sign,
+    /// Verify one prepared signature over `size` bytes.
+    Verify,
+    /// Compute an HMAC tag of `size` random bytes (hmac-sha256 by default).
+    Mac,
 }
 
 impl BenchOp {
@@ -276,6 +455,30 @@ impl BenchOp {
             BenchOp::Wrap => "wrap",
             BenchOp::Unwrap => "unwrap",
             BenchOp::Datakey => "datakey",
+            BenchOp::Sign => "sign",
+            BenchOp::Verify => "verify",
+            BenchOp::Mac => "mac",
+        }
+    }
+
+    /// The daemon operation measured.
+    pub fn operation(self) -> Operation {
+        match self {
+            BenchOp::Wrap => Operation::Wrap,
+            BenchOp::Unwrap => Operation::Unwrap,
+            BenchOp::Datakey => Operation::DataKey,
+            BenchOp::Sign => Operation::Sign,
+            BenchOp::Verify => Operation::Verify,
+            BenchOp::Mac => Operation::Mac,
+        }
+    }
+
+    /// The key type used when `--type` is not given.
+    pub fn default_key_type(self) -> KeyType {
+        match self {
+            BenchOp::Wrap | BenchOp::Unwrap | BenchOp::Datakey => KeyType::Aes256Gcm,
+            BenchOp::Sign | BenchOp::Verify => KeyType::Ed25519,
+            BenchOp::Mac => KeyType::HmacSha256,
         }
     }
 }
@@ -297,9 +500,31 @@ pub struct BenchArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 32,
           value_parser = clap::value_parser!(u32).range(0..=1_048_576))]
     pub size: u32,
-    /// The key to use; created if missing.
-    #[arg(long, value_name = "NAME", default_value = "bench")]
-    pub key: String,
+    /// The type of the key to use (default: aes256-gcm for wrap, unwrap and
+    /// datakey, ed25519 for sign and verify, hmac-sha256 for mac).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub key_type: Option<KeyTypeArg>,
+    /// The key to use; created if missing (default: "bench" for an
+    /// aes256-gcm key, else "bench-TYPE").
+    #[arg(long, value_name = "NAME")]
+    pub key: Option<String>,
+}
+
+impl BenchArgs {
+    /// The key type the benchmark uses.
+    pub fn key_type(&self) -> KeyType {
+        self.key_type
+            .map_or_else(|| self.op.default_key_type(), |t| t.0)
+    }
+
+    /// The name of the key the benchmark uses.
+    pub fn key_name(&self) -> String {
+        match (&self.key, self.key_type()) {
+            (Some(name), _) => name.clone(),
+            (None, KeyType::Aes256Gcm) => "bench".to_string(),
+            (None, key_type) => format!("bench-{key_type}"),
+        }
+    }
 }
 
 /// Parses one `KEY=VALUE` pair; the value may be empty or contain `=`.
@@ -426,6 +651,75 @@ mod tests {
         assert!(parse_duration("NaN").is_err());
         assert!(parse_duration("inf").is_err());
         assert!(parse_duration("1e300").is_err());
+    }
+
+    #[test]
+    fn key_types_are_spelled_as_the_protocol_names_them() {
+        let names: Vec<&str> = KeyTypeArg::ALL.iter().map(|t| t.0.as_str()).collect();
+        let expected: Vec<&str> = KeyType::ALL.iter().map(|t| t.as_str()).collect();
+        assert_eq!(names, expected);
+        let cli = Cli::try_parse_from(["hostkms", "create-key", "k", "--type", "ml-dsa-65"])
+            .expect("parse");
+        let Command::CreateKey { key_type, .. } = cli.command else {
+            panic!("create-key expected")
+        };
+        assert_eq!(key_type.0, KeyType::MlDsa65);
+        let cli = Cli::try_parse_from(["hostkms", "create-key", "k"]).expect("parse");
+        let Command::CreateKey { key_type, .. } = cli.command else {
+            panic!("create-key expected")
+        };
+        assert_eq!(key_type.0, KeyType::Aes256Gcm, "the default");
+        let err = Cli::try_parse_from(["hostkms", "create-key", "k", "--type", "rsa"])
+            .expect_err("refused");
+        assert_eq!(err.exit_code(), 2);
+        let text = err.to_string();
+        for name in expected {
+            assert!(text.contains(name), "{name} missing from: {text}");
+        }
+    }
+
+    #[test]
+    fn random_sizes_and_encodings_are_checked() {
+        for good in ["1", "1024"] {
+            assert!(
+                Cli::try_parse_from(["hostkms", "random", good]).is_ok(),
+                "{good}"
+            );
+        }
+        for bad in ["0", "1025", "-1", "x"] {
+            assert!(
+                Cli::try_parse_from(["hostkms", "random", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(Cli::try_parse_from(["hostkms", "random", "8", "--hex", "--binary"]).is_err());
+    }
+
+    #[test]
+    fn bench_keys_follow_the_operation_and_type() {
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args).expect("parse");
+            let Command::Bench(bench) = cli.command else {
+                panic!("bench expected")
+            };
+            (bench.key_type(), bench.key_name())
+        };
+        assert_eq!(
+            parse(&["hostkms", "bench"]),
+            (KeyType::Aes256Gcm, "bench".to_string())
+        );
+        assert_eq!(
+            parse(&["hostkms", "bench", "--op", "sign"]),
+            (KeyType::Ed25519, "bench-ed25519".to_string())
+        );
+        assert_eq!(
+            parse(&["hostkms", "bench", "--op", "verify", "--type", "ecdsa-p256"]),
+            (KeyType::EcdsaP256, "bench-ecdsa-p256".to_string())
+        );
+        assert_eq!(
+            parse(&["hostkms", "bench", "--op", "mac", "--key", "m"]),
+            (KeyType::HmacSha256, "m".to_string())
+        );
     }
 
     #[test]

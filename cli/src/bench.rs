@@ -1,6 +1,8 @@
 //! `hostkms bench`: drives a running daemon with N blocking connections (one
 //! OS thread each), first with `ping` to measure the transport, then with
-//! the chosen operation, and reports throughput and latency percentiles.
+//! the chosen operation (wrap, unwrap, datakey, sign, verify or mac, with a
+//! key of the type it needs), and reports throughput and latency
+//! percentiles.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -9,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use agent_proto::ciphertext::MAGIC;
-use agent_proto::{Client, ClientError, EncryptionContext, ErrorCode};
+use agent_proto::{Client, ClientError, EncryptionContext, ErrorCode, KeyType, Operation};
 use rand::TryRng;
 use serde_json::json;
 use zeroize::Zeroizing;
@@ -255,20 +257,46 @@ pub fn run(socket: &Path, args: &BenchArgs, json: bool) -> Result<(), CliError> 
         _ => 0,
     };
     let connections = usize::from(args.connections);
-    let key = args.key.as_str();
+    let key_type = args.key_type();
+    let operation = args.op.operation();
+    if !key_type.operations().contains(&operation) {
+        return Err(CliError::Usage(format!(
+            "'--op {}' needs a key type that can {}: {}; keys of type {key_type} do {}",
+            args.op.as_str(),
+            args.op.as_str(),
+            types_for(operation),
+            ops_of(key_type)
+        )));
+    }
+    let key_name = args.key_name();
+    let key = key_name.as_str();
     let context = EncryptionContext::from([("purpose".to_string(), "hostkms bench".to_string())]);
 
-    // Set-up on one connection: the key, and the ciphertext unwrap measures.
+    // Set-up on one connection: the key, and the ciphertext unwrap or the
+    // signature verify measures.
     let mut setup = connect(socket)?;
-    match setup.create_key(key) {
+    match setup.create_key_of_type(key, key_type) {
         Ok(_) => {}
-        Err(e) if e.code() == Some(ErrorCode::KeyExists) => {}
+        Err(e) if e.code() == Some(ErrorCode::KeyExists) => {
+            let existing = setup.describe_key(key)?.key_type;
+            if existing != key_type {
+                return Err(CliError::Usage(format!(
+                    "key {} exists and is of type {existing}, not {key_type}: give \
+                     another --key (or leave it out for bench-{key_type})",
+                    printable(key)
+                )));
+            }
+        }
         Err(e) => return Err(e.into()),
     }
     let payload = random_bytes(size)?;
     let ciphertext = match args.op {
         BenchOp::Unwrap => setup.wrap(key, &payload, &context)?.ciphertext,
-        BenchOp::Wrap | BenchOp::Datakey => agent_proto::Ciphertext::default(),
+        _ => agent_proto::Ciphertext::default(),
+    };
+    let signature = match args.op {
+        BenchOp::Verify => setup.sign(key, &payload)?.signature,
+        _ => Vec::new(),
     };
     drop(setup);
 
@@ -307,6 +335,29 @@ pub fn run(socket: &Path, args: &BenchArgs, json: bool) -> Result<(), CliError> 
                 ))
             }
         }
+        BenchOp::Sign => {
+            if client.sign(key, &payload)?.signature.is_empty() {
+                Err(check_failed("sign returned an empty signature"))
+            } else {
+                Ok(())
+            }
+        }
+        BenchOp::Verify => {
+            if client.verify(key, &payload, &signature, None)?.valid {
+                Ok(())
+            } else {
+                Err(check_failed(
+                    "verify found the signature made at set-up invalid",
+                ))
+            }
+        }
+        BenchOp::Mac => {
+            if client.mac(key, &payload)?.tag.is_empty() {
+                Err(check_failed("mac returned an empty tag"))
+            } else {
+                Ok(())
+            }
+        }
     })?;
 
     let text = if json {
@@ -330,6 +381,22 @@ pub fn run(socket: &Path, args: &BenchArgs, json: bool) -> Result<(), CliError> 
     Ok(())
 }
 
+/// The key types whose keys perform `operation`, for a usage message.
+fn types_for(operation: Operation) -> String {
+    let names: Vec<&str> = KeyType::ALL
+        .into_iter()
+        .filter(|t| t.operations().contains(&operation))
+        .map(KeyType::as_str)
+        .collect();
+    names.join(", ")
+}
+
+/// The operations a key type performs, for a usage message.
+fn ops_of(key_type: KeyType) -> String {
+    let names: Vec<&str> = key_type.operations().iter().map(|op| op.as_str()).collect();
+    names.join(", ")
+}
+
 /// op ops/s ÷ ping ops/s (0 when ping measured nothing).
 fn ratio(ping: &PhaseResult, op: &PhaseResult) -> f64 {
     let ping_rate = ping.ops_per_sec();
@@ -350,7 +417,8 @@ fn round(value: f64, digits: i32) -> f64 {
 fn render_json(args: &BenchArgs, ping: &PhaseResult, op: &PhaseResult) -> String {
     let value = json!({
         "op": args.op.as_str(),
-        "key": args.key,
+        "key": args.key_name(),
+        "type": args.key_type().as_str(),
         "connections": args.connections,
         "duration_secs": args.duration.as_secs_f64(),
         "size": args.size,
@@ -388,11 +456,12 @@ fn render_human(args: &BenchArgs, ping: &PhaseResult, op: &PhaseResult) -> Strin
         )
     };
     let mut out = format!(
-        "{:<15}{} of {} bytes with key {}, {} connections, {} s per phase after {} s warm-up\n",
+        "{:<15}{} of {} bytes with {} key {}, {} connections, {} s per phase after {} s warm-up\n",
         "bench:",
         args.op.as_str(),
         args.size,
-        printable(&args.key),
+        args.key_type(),
+        printable(&args.key_name()),
         args.connections,
         args.duration.as_secs_f64(),
         WARMUP.as_secs_f64()

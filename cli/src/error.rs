@@ -34,6 +34,29 @@ pub enum CliError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// A message to sign or MAC exceeds what one request can carry.
+    #[error(
+        "{what} holds more than {limit} bytes, the most one request can carry (the \
+         daemon's own limit, max_plaintext, is 64 KiB unless raised); an ecdsa-p256 key \
+         can sign the SHA-256 digest of a larger message instead (sign --digest)"
+    )]
+    MessageTooLarge {
+        /// The file, or "standard input".
+        what: String,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// `verify` or `verify-mac`: the daemon checked, and the signature or
+    /// tag is not the key's over the input.
+    #[error("invalid: the {what} is not key {key}'s over this input{versions}")]
+    NotVerified {
+        /// "signature" or "tag".
+        what: &'static str,
+        /// The key name.
+        key: String,
+        /// Which versions were tried, for the message.
+        versions: String,
+    },
     /// An output file or standard output could not be written.
     #[error("cannot write {what}: {source}")]
     Write {
@@ -77,7 +100,8 @@ pub enum CliError {
 
 impl CliError {
     /// The process exit code: 1 when the daemon refused a request, or is
-    /// too old for it (or benchmark requests failed), 2 for usage, connection and local errors,
+    /// too old for it (or benchmark requests failed, or a signature or tag
+    /// is invalid), 2 for usage, connection and local errors,
     /// 3 when the daemon is busy: at a limit, so the same command may
     /// succeed later (a script may retry on 3, never on 1).
     pub fn exit_code(&self) -> u8 {
@@ -89,6 +113,7 @@ impl CliError {
             CliError::Client(ClientError::Daemon { .. })
             | CliError::Client(ClientError::DaemonTooOld { .. })
             | CliError::BenchFailed { .. }
+            | CliError::NotVerified { .. }
             | CliError::CountersWithheld { .. }
             | CliError::NotRecoverable => 1,
             _ => 2,

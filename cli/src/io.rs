@@ -48,6 +48,97 @@ pub fn read_input(path: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, CliError> {
     }
 }
 
+/// Reads a message to sign, verify or MAC from `path` (standard input
+/// when `None` or "-"): like [`read_input`], but too large a message gets
+/// advice that fits signing rather than wrapping.
+pub fn read_message(path: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, CliError> {
+    read_input(path).map_err(|err| match err {
+        CliError::InputTooLarge { what, limit } => CliError::MessageTooLarge { what, limit },
+        other => other,
+    })
+}
+
+/// The most bytes a `--signature` or `--tag` file may hold: far more than
+/// any signature (an ML-DSA-65 one is 3,309 bytes), in base64 or raw.
+pub const MAX_SIGNATURE_FILE: usize = 64 * 1024;
+
+/// The bytes a `--signature` or `--tag` argument (`flag`) stands for: when
+/// `arg` names an existing file, its contents, decoded when they are base64
+/// (surrounding whitespace ignored) and taken as raw bytes otherwise; else
+/// `arg` itself as base64 text.
+pub fn bytes_from_arg(flag: &str, arg: &str) -> Result<Vec<u8>, CliError> {
+    let path = Path::new(arg);
+    if path.is_file() {
+        let contents = fs::File::open(path)
+            .and_then(|mut file| read_bounded(&mut file, MAX_SIGNATURE_FILE))
+            .map_err(|e| CliError::read(Some(path), e))?
+            .ok_or_else(|| {
+                CliError::Usage(format!(
+                    "{flag} {}: the file holds more than {MAX_SIGNATURE_FILE} bytes, \
+                     more than any signature or tag",
+                    path.display()
+                ))
+            })?;
+        return Ok(match STANDARD.decode(contents.trim_ascii()) {
+            Ok(decoded) if !decoded.is_empty() => decoded,
+            _ => contents.to_vec(),
+        });
+    }
+    match STANDARD.decode(arg.trim()) {
+        Ok(decoded) if !decoded.is_empty() => Ok(decoded),
+        Ok(_) => Err(CliError::Usage(format!(
+            "{flag} is empty: give the base64 text, or a file that holds it"
+        ))),
+        Err(err) => Err(CliError::Usage(format!(
+            "{flag} '{}' is neither a file nor standard base64 ({err}): give the \
+             base64 text that sign or mac printed, or the file it was written to",
+            crate::error::printable(arg)
+        ))),
+    }
+}
+
+/// The SHA-256 digest an input of `sign --digest` or `verify --digest`
+/// holds: 32 raw bytes, or 64 hex digits as the first word (so that the
+/// output of `sha256sum FILE` or `openssl dgst -sha256 -r` works too).
+pub fn digest_from_input(input: &[u8]) -> Result<Vec<u8>, CliError> {
+    if input.len() == 32 {
+        return Ok(input.to_vec());
+    }
+    let word = input
+        .split(|b| b.is_ascii_whitespace())
+        .find(|word| !word.is_empty())
+        .unwrap_or_default();
+    if word.len() == 64 && word.iter().all(u8::is_ascii_hexdigit) {
+        let decoded: Option<Vec<u8>> = word
+            .chunks_exact(2)
+            .map(|pair| {
+                std::str::from_utf8(pair)
+                    .ok()
+                    .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+            })
+            .collect();
+        if let Some(digest) = decoded {
+            return Ok(digest);
+        }
+    }
+    Err(CliError::Usage(format!(
+        "--digest: the input is {} bytes, not a SHA-256 digest: give its 32 raw bytes \
+         (openssl dgst -sha256 -binary FILE) or 64 hex digits (sha256sum FILE)",
+        input.len()
+    )))
+}
+
+/// Lower-case hex of `bytes` in a buffer that is wiped when dropped.
+pub fn hex_secret(bytes: &[u8]) -> Zeroizing<String> {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Zeroizing::new(String::with_capacity(bytes.len() * 2 + 1));
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    out
+}
+
 /// Reads at most `limit + 1` bytes into one buffer allocated up front (so
 /// no partial copy of a secret is left behind by a reallocation); `None`
 /// when the reader holds more than `limit` bytes.
@@ -326,6 +417,68 @@ mod tests {
         write_output(Some(&fresh), Sensitivity::Secret, b"x").expect("write");
         let mode = fs::metadata(&fresh).expect("stat").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn signatures_are_base64_text_or_a_file_in_base64_or_raw() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let raw: Vec<u8> = (0u8..64).map(|b| b.wrapping_mul(37) ^ 0x80).collect();
+        let text = STANDARD.encode(&raw);
+        assert_eq!(bytes_from_arg("--signature", &text).expect("text"), raw);
+        let b64_file = dir.path().join("sig.b64");
+        fs::write(&b64_file, format!("{text}\n")).expect("write");
+        let b64_arg = b64_file.to_str().expect("utf-8");
+        assert_eq!(bytes_from_arg("--signature", b64_arg).expect("file"), raw);
+        let raw_file = dir.path().join("sig.bin");
+        fs::write(&raw_file, &raw).expect("write");
+        let raw_arg = raw_file.to_str().expect("utf-8");
+        assert_eq!(bytes_from_arg("--signature", raw_arg).expect("raw"), raw);
+
+        let err = bytes_from_arg("--signature", "not base64!").unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            err.to_string()
+                .contains("neither a file nor standard base64"),
+            "{err}"
+        );
+        let missing = dir.path().join("missing.sig");
+        let err = bytes_from_arg("--tag", missing.to_str().expect("utf-8")).unwrap_err();
+        assert!(err.to_string().starts_with("--tag "), "{err}");
+        assert!(bytes_from_arg("--tag", "").is_err());
+        let big = dir.path().join("big");
+        fs::write(&big, vec![b'A'; MAX_SIGNATURE_FILE + 1]).expect("write");
+        let err = bytes_from_arg("--signature", big.to_str().expect("utf-8")).unwrap_err();
+        assert!(err.to_string().contains("more than"), "{err}");
+    }
+
+    #[test]
+    fn digests_are_32_raw_bytes_or_64_hex_digits() {
+        let digest: Vec<u8> = (0u8..32).collect();
+        assert_eq!(digest_from_input(&digest).expect("raw"), digest);
+        let hex = hex_secret(&digest);
+        assert_eq!(hex.len(), 64);
+        assert_eq!(digest_from_input(hex.as_bytes()).expect("hex"), digest);
+        let sha256sum = format!("{}  -\n", hex.as_str());
+        assert_eq!(
+            digest_from_input(sha256sum.as_bytes()).expect("sha256sum"),
+            digest
+        );
+        for bad in [
+            &b""[..],
+            &[0u8; 31][..],
+            &[0u8; 33][..],
+            &[b'g'; 64][..],
+            &[b'+'; 64][..],
+        ] {
+            let err = digest_from_input(bad).unwrap_err();
+            assert!(err.to_string().contains("SHA-256 digest"), "{err}");
+        }
+    }
+
+    #[test]
+    fn hex_is_lower_case() {
+        assert_eq!(hex_secret(&[0x00, 0xab, 0xff]).as_str(), "00abff");
+        assert_eq!(hex_secret(&[]).as_str(), "");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! command line, calls the one matching method of `agent_proto::Client`
 //! and prints the answer for a human or, with `--json`, for a script.
 //!
-//! Exit codes: 0 success, 1 the daemon refused the request, 2 usage,
+//! Exit codes: 0 success, 1 the daemon refused the request (or, for
+//! `verify` and `verify-mac`, the signature or tag is invalid), 2 usage,
 //! connection or local I/O errors, 3 the daemon is busy (retry later).
 
 use std::io::Write as _;
@@ -13,7 +14,8 @@ use std::time::Duration;
 use agent_proto::{Client, KeyInfo};
 use clap::Parser;
 use hostkms_cli::args::{
-    Cli, Command, DatakeyArgs, ExportArgs, InOutArgs, RewrapArgs, UnwrapArgs, WrapArgs,
+    Cli, Command, DatakeyArgs, ExportArgs, InOutArgs, MacArgs, PublicKeyArgs, RandomArgs,
+    RewrapArgs, SignArgs, UnwrapArgs, VerifyArgs, VerifyMacArgs, WrapArgs,
 };
 use hostkms_cli::error::{CliError, printable};
 use hostkms_cli::io::{Sensitivity, base64_public, write_output, write_stdout};
@@ -108,7 +110,10 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             };
             write_stdout(text.as_bytes())
         }
-        Command::CreateKey { name } => print_key(&daemon.connect()?.create_key(name)?, json),
+        Command::CreateKey { name, key_type } => print_key(
+            &daemon.connect()?.create_key_of_type(name, key_type.0)?,
+            json,
+        ),
         Command::List => {
             let keys = daemon.connect()?.list_keys()?;
             let text = if json {
@@ -135,6 +140,12 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Unwrap(args) => unwrap(daemon, args, json),
         Command::Datakey(args) => datakey(daemon, args, json),
         Command::Rewrap(args) => rewrap(daemon, args, json),
+        Command::Mac(args) => mac(daemon, args, json),
+        Command::VerifyMac(args) => verify_mac(daemon, args, json),
+        Command::Sign(args) => sign(daemon, args, json),
+        Command::Verify(args) => verify(daemon, args, json),
+        Command::PublicKey(args) => public_key(daemon, args, json),
+        Command::Random(args) => random(daemon, args, json),
         Command::Bench(args) => bench::run(socket, args, json),
         Command::TransportKey => {
             let info = daemon.connect()?.transport_key()?;
@@ -228,14 +239,172 @@ fn backup(daemon: &Daemon, out: &Path, force: bool, json: bool) -> Result<(), Cl
 
 /// Refuses `--binary` with `--json`: the JSON object carries base64.
 fn check_binary(binary: bool, json: bool) -> Result<(), CliError> {
+    check_binary_of(binary, json, "ciphertext")
+}
+
+/// Refuses `--binary` with `--json` for an output named `what`.
+fn check_binary_of(binary: bool, json: bool, what: &str) -> Result<(), CliError> {
     if binary && json {
-        return Err(CliError::Usage(
+        return Err(CliError::Usage(format!(
             "'--binary' and '--json' cannot be used together: with --json the \
-             ciphertext is printed in base64 inside a JSON object"
+             {what} is printed in base64 inside a JSON object"
+        )));
+    }
+    Ok(())
+}
+
+/// Writes public bytes (a tag, a signature) to `--out` or standard output:
+/// base64 and a newline, or the raw bytes with `--binary`.
+fn emit_public(out: Option<&Path>, bytes: &[u8], binary: bool) -> Result<(), CliError> {
+    if binary {
+        write_output(out, Sensitivity::Public, bytes)
+    } else {
+        let mut text = base64_public(bytes);
+        text.push('\n');
+        write_output(out, Sensitivity::Public, text.as_bytes())
+    }
+}
+
+/// `mac`: an HMAC tag of the input under the key's latest version.
+fn mac(daemon: &Daemon, args: &MacArgs, json: bool) -> Result<(), CliError> {
+    check_binary_of(args.binary, json, "tag")?;
+    let data = io::read_message(args.io.input.as_deref())?;
+    let tag = daemon.connect()?.mac(&args.name, &data)?;
+    let out = args.io.output.as_deref();
+    if json {
+        let text = output::mac_json(&tag).map_err(json_error)?;
+        write_output(out, Sensitivity::Public, text.as_bytes())
+    } else {
+        emit_public(out, &tag.tag, args.binary)
+    }
+}
+
+/// Prints a verification, and turns an invalid one into exit code 1.
+fn report_verification(
+    verification: &agent_proto::Verification,
+    what: &'static str,
+    version: Option<u32>,
+    json: bool,
+) -> Result<(), CliError> {
+    let text = if json {
+        output::verification_json(verification).map_err(json_error)?
+    } else {
+        output::verification_human(verification)
+    };
+    write_stdout(text.as_bytes())?;
+    if verification.valid {
+        return Ok(());
+    }
+    Err(CliError::NotVerified {
+        what,
+        key: printable(&verification.key),
+        versions: match version {
+            Some(version) => format!(" (version {version})"),
+            None => {
+                " (under any live version at or above its minimum decryption version)".to_string()
+            }
+        },
+    })
+}
+
+/// `verify-mac`: whether the tag is the key's HMAC of the input.
+fn verify_mac(daemon: &Daemon, args: &VerifyMacArgs, json: bool) -> Result<(), CliError> {
+    let tag = io::bytes_from_arg("--tag", &args.tag)?;
+    let data = io::read_message(args.input.as_deref())?;
+    let verification = daemon
+        .connect()?
+        .verify_mac(&args.name, &data, &tag, args.version)?;
+    report_verification(&verification, "tag", args.version, json)
+}
+
+/// `sign`: a signature of the input (or of the digest it holds) under the
+/// key's latest version.
+fn sign(daemon: &Daemon, args: &SignArgs, json: bool) -> Result<(), CliError> {
+    check_binary_of(args.binary, json, "signature")?;
+    let input = io::read_message(args.io.input.as_deref())?;
+    let signature = if args.digest {
+        let digest = io::digest_from_input(&input)?;
+        daemon.connect()?.sign_digest(&args.name, &digest)?
+    } else {
+        daemon.connect()?.sign(&args.name, &input)?
+    };
+    let out = args.io.output.as_deref();
+    if json {
+        let text = output::signature_json(&signature).map_err(json_error)?;
+        write_output(out, Sensitivity::Public, text.as_bytes())
+    } else {
+        emit_public(out, &signature.signature, args.binary)
+    }
+}
+
+/// `verify`: whether the signature is the key's over the input (or over
+/// the digest it holds).
+fn verify(daemon: &Daemon, args: &VerifyArgs, json: bool) -> Result<(), CliError> {
+    let signature = io::bytes_from_arg("--signature", &args.signature)?;
+    let input = io::read_message(args.input.as_deref())?;
+    let verification = if args.digest {
+        let digest = io::digest_from_input(&input)?;
+        daemon
+            .connect()?
+            .verify_digest(&args.name, &digest, &signature, args.version)?
+    } else {
+        daemon
+            .connect()?
+            .verify(&args.name, &input, &signature, args.version)?
+    };
+    report_verification(&verification, "signature", args.version, json)
+}
+
+/// `public-key`: the version's public key as PEM (or JSON); a note on
+/// standard error when the version is revoked.
+fn public_key(daemon: &Daemon, args: &PublicKeyArgs, json: bool) -> Result<(), CliError> {
+    let info = daemon.connect()?.public_key(&args.name, args.version)?;
+    let pem = output::public_key_pem(&info.spki_der)
+        .map_err(|e| CliError::write(args.output.as_deref(), std::io::Error::other(e)))?;
+    let text = if json {
+        output::public_key_json(&info, &pem).map_err(json_error)?
+    } else {
+        pem
+    };
+    write_output(args.output.as_deref(), Sensitivity::Public, text.as_bytes())?;
+    if info.revoked {
+        let _ = writeln!(
+            std::io::stderr(),
+            "hostkms: note: version {} of key {} is revoked: hostkms no longer signs or \
+             verifies with it; its public key is shown for audit",
+            info.version,
+            printable(&info.key)
+        );
+    }
+    Ok(())
+}
+
+/// `random`: N bytes from the daemon, base64 (default), hex or raw.
+fn random(daemon: &Daemon, args: &RandomArgs, json: bool) -> Result<(), CliError> {
+    let encoding = &args.encoding;
+    if json && (encoding.hex || encoding.binary) {
+        return Err(CliError::Usage(
+            "'--json' prints the bytes in base64 inside a JSON object: leave out \
+             '--hex' and '--binary'"
                 .to_string(),
         ));
     }
-    Ok(())
+    let bytes = daemon.connect()?.random(args.bytes)?;
+    if json {
+        let encoded = io::base64_secret(bytes.expose(), 0);
+        let text = output::random_json(bytes.len(), &encoded).map_err(json_error)?;
+        write_stdout(&text)
+    } else if encoding.binary {
+        write_stdout(bytes.expose())
+    } else if encoding.hex {
+        let mut text = io::hex_secret(bytes.expose());
+        text.push('\n');
+        write_stdout(text.as_bytes())
+    } else {
+        let mut text = io::base64_secret(bytes.expose(), 1);
+        text.push('\n');
+        write_stdout(text.as_bytes())
+    }
 }
 
 /// A JSON serialization failure, reported as an output error.

@@ -5,7 +5,8 @@ use std::fmt::Write as _;
 
 use agent_proto::counters::{self, RequestResult};
 use agent_proto::{
-    DataKey, KeyInfo, KeyState, RootRotation, StatusInfo, Unwrapped, VersionState, Wrapped,
+    DataKey, KeyInfo, KeyState, MacTag, PublicKeyInfo, RootRotation, Signature, StatusInfo,
+    Unwrapped, Verification, VersionState, Wrapped,
 };
 use serde::Serialize;
 use zeroize::Zeroizing;
@@ -78,6 +79,9 @@ pub struct KeyJson<'a> {
     pub id: String,
     /// Key name.
     pub name: &'a str,
+    /// The key type: "aes256-gcm", "hmac-sha256", "ed25519", ...
+    #[serde(rename = "type")]
+    pub key_type: &'static str,
     /// Creation time, Unix seconds.
     pub created: u64,
     /// "enabled", "disabled" or "revoked".
@@ -95,6 +99,7 @@ impl<'a> From<&'a KeyInfo> for KeyJson<'a> {
         KeyJson {
             id: hex_id(&key.id),
             name: &key.name,
+            key_type: key.key_type.as_str(),
             created: key.created,
             state: key_state(key.state),
             latest_version: key.latest_version,
@@ -135,6 +140,7 @@ pub fn key_human(key: &KeyInfo) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "name:                    {}", printable(&key.name));
     let _ = writeln!(out, "id:                      {}", hex_id(&key.id));
+    let _ = writeln!(out, "type:                    {}", key.key_type);
     let _ = writeln!(out, "state:                   {}", key_state(key.state));
     let _ = writeln!(out, "created:                 {}", rfc3339(key.created));
     let _ = writeln!(out, "latest version:          {}", key.latest_version);
@@ -162,7 +168,8 @@ pub fn key_human(key: &KeyInfo) -> String {
     out
 }
 
-/// One line per key: name, state, latest version, id, in aligned columns.
+/// One line per key: name, state, type, latest version, id, in aligned
+/// columns.
 pub fn keys_human(keys: &[KeyInfo]) -> String {
     let names: Vec<String> = keys.iter().map(|k| printable(&k.name)).collect();
     let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
@@ -170,8 +177,9 @@ pub fn keys_human(keys: &[KeyInfo]) -> String {
     for (key, name) in keys.iter().zip(&names) {
         let _ = writeln!(
             out,
-            "{name:<width$}  {:<8}  v{:<5}  {}",
+            "{name:<width$}  {:<8}  {:<11}  v{:<5}  {}",
             key_state(key.state),
+            key.key_type.as_str(),
             key.latest_version,
             hex_id(&key.id)
         );
@@ -513,6 +521,79 @@ pub fn wrapped_json(wrapped: &Wrapped) -> Result<String, serde_json::Error> {
     })
 }
 
+/// The answer to mac as JSON: key, version, base64 tag.
+pub fn mac_json(mac: &MacTag) -> Result<String, serde_json::Error> {
+    #[derive(Serialize)]
+    struct MacJson<'a> {
+        key: &'a str,
+        version: u32,
+        tag: String,
+    }
+    json_line(&MacJson {
+        key: &mac.key,
+        version: mac.version,
+        tag: base64_public(&mac.tag),
+    })
+}
+
+/// The answer to sign as JSON: key, version, base64 signature.
+pub fn signature_json(signature: &Signature) -> Result<String, serde_json::Error> {
+    #[derive(Serialize)]
+    struct SignatureJson<'a> {
+        key: &'a str,
+        version: u32,
+        signature: String,
+    }
+    json_line(&SignatureJson {
+        key: &signature.key,
+        version: signature.version,
+        signature: base64_public(&signature.signature),
+    })
+}
+
+/// The answer to verify or verify-mac as JSON: key, valid, and the version
+/// that verified (null when invalid).
+pub fn verification_json(verification: &Verification) -> Result<String, serde_json::Error> {
+    json_line(&serde_json::json!({
+        "key": verification.key,
+        "valid": verification.valid,
+        "version": verification.version,
+    }))
+}
+
+/// The answer to verify or verify-mac for a human: `valid (version N)` or
+/// `invalid`.
+pub fn verification_human(verification: &Verification) -> String {
+    match (verification.valid, verification.version) {
+        (true, Some(version)) => format!("valid (version {version})\n"),
+        (true, None) => "valid\n".to_string(),
+        (false, _) => "invalid\n".to_string(),
+    }
+}
+
+/// A public key (SubjectPublicKeyInfo DER) as PEM: `-----BEGIN PUBLIC
+/// KEY-----`, base64 in lines of 64, the end line, what openssl reads.
+pub fn public_key_pem(spki_der: &[u8]) -> Result<String, pem_rfc7468::Error> {
+    let mut pem = pem_rfc7468::encode_string("PUBLIC KEY", pem_rfc7468::LineEnding::LF, spki_der)?;
+    if !pem.ends_with('\n') {
+        pem.push('\n');
+    }
+    Ok(pem)
+}
+
+/// A public key as JSON: key, version, type, revoked, the PEM and the DER
+/// in base64.
+pub fn public_key_json(info: &PublicKeyInfo, pem: &str) -> Result<String, serde_json::Error> {
+    json_line(&serde_json::json!({
+        "key": info.key,
+        "version": info.version,
+        "type": info.key_type.as_str(),
+        "revoked": info.revoked,
+        "pem": pem,
+        "spki_der": base64_public(&info.spki_der),
+    }))
+}
+
 /// Serializes a value that contains secrets into a wiped buffer sized up
 /// front (`estimate` bytes plus room for the rest) so it never reallocates.
 fn secret_json_line<T: Serialize>(
@@ -568,6 +649,23 @@ pub fn data_key_json(data_key: &DataKey) -> Result<Zeroizing<Vec<u8>>, serde_jso
             ciphertext,
         },
         estimate,
+    )
+}
+
+/// Random bytes as JSON: how many, and the bytes in base64 (a wiped
+/// buffer: random bytes are often made into keys).
+pub fn random_json(bytes: usize, base64: &str) -> Result<Zeroizing<Vec<u8>>, serde_json::Error> {
+    #[derive(Serialize)]
+    struct RandomJson<'a> {
+        bytes: usize,
+        random: &'a str,
+    }
+    secret_json_line(
+        &RandomJson {
+            bytes,
+            random: base64,
+        },
+        base64.len(),
     )
 }
 
@@ -696,6 +794,7 @@ mod tests {
             serde_json::from_str(&key_json(&sample_key()).expect("json")).expect("parse");
         assert_eq!(value["id"], "ab".repeat(16));
         assert_eq!(value["name"], "app-db");
+        assert_eq!(value["type"], "aes256-gcm");
         assert_eq!(value["state"], "disabled");
         assert_eq!(value["created"], 1_700_000_000u64);
         assert_eq!(value["latest_version"], 2);
@@ -724,7 +823,59 @@ mod tests {
         );
         let list = keys_human(&[sample_key()]);
         assert_eq!(list.lines().count(), 1);
-        assert!(list.starts_with("app-db  disabled  v2"), "{list}");
+        assert!(
+            list.starts_with("app-db  disabled  aes256-gcm   v2"),
+            "{list}"
+        );
+        let mut signing = sample_key();
+        signing.key_type = agent_proto::KeyType::MlDsa65;
+        assert!(
+            key_human(&signing).contains("type:                    ml-dsa-65\n"),
+            "{}",
+            key_human(&signing)
+        );
+        assert!(
+            keys_human(&[signing]).starts_with("app-db  disabled  ml-dsa-65    v2"),
+            "{list}"
+        );
+    }
+
+    #[test]
+    fn verifications_render_with_their_version() {
+        let mut verification = Verification {
+            key: "rel".to_string(),
+            valid: true,
+            version: Some(2),
+        };
+        assert_eq!(verification_human(&verification), "valid (version 2)\n");
+        let json: serde_json::Value =
+            serde_json::from_str(&verification_json(&verification).expect("json")).expect("parse");
+        assert_eq!(
+            json,
+            serde_json::json!({"key": "rel", "valid": true, "version": 2})
+        );
+        verification.valid = false;
+        verification.version = None;
+        assert_eq!(verification_human(&verification), "invalid\n");
+        let json: serde_json::Value =
+            serde_json::from_str(&verification_json(&verification).expect("json")).expect("parse");
+        assert_eq!(json["valid"], false);
+        assert!(json["version"].is_null());
+    }
+
+    #[test]
+    fn public_keys_render_as_pem_in_lines_of_64() {
+        let der: Vec<u8> = (0u8..=99).collect();
+        let pem = public_key_pem(&der).expect("pem");
+        let lines: Vec<&str> = pem.lines().collect();
+        assert_eq!(lines.first(), Some(&"-----BEGIN PUBLIC KEY-----"));
+        assert_eq!(lines.last(), Some(&"-----END PUBLIC KEY-----"));
+        assert!(pem.ends_with("-----\n"));
+        let body: String = lines[1..lines.len() - 1].concat();
+        assert!(lines[1..lines.len() - 1].iter().all(|l| l.len() <= 64));
+        assert_eq!(body, base64_public(&der));
+        let (label, decoded) = pem_rfc7468::decode_vec(pem.as_bytes()).expect("decode");
+        assert_eq!((label, decoded), ("PUBLIC KEY", der));
     }
 
     /// A status as the daemon sends it to an admin, with a few counts set,

@@ -45,14 +45,20 @@ CREATE TABLE versions (
 );
 ";
 
-/// The `secrets` table: secrets the daemon keeps besides keys (the recovery
-/// bundle identity, the transport key, the NV counter's authorization),
-/// each sealed under the root key. Added to schema 1 in place: a daemon
-/// that predates it ignores the table.
 /// The key-type column (issue 11): 0 for AES-256-GCM, every key a store
 /// made before it; see [`KeyRow::key_type`]. Added to schema 1 in place.
 const KEY_TYPE_COLUMN: &str = "ALTER TABLE keys ADD COLUMN key_type INTEGER NOT NULL DEFAULT 0";
 
+/// The public-key column (issue 11): a signing version's public key
+/// (SubjectPublicKeyInfo DER, in clear: it is public), kept when the
+/// version is revoked; NULL for AES and HMAC versions and every row made
+/// before it. See [`VersionRow::public_key`]. Added to schema 1 in place.
+const PUBLIC_KEY_COLUMN: &str = "ALTER TABLE versions ADD COLUMN public_key BLOB";
+
+/// The `secrets` table: secrets the daemon keeps besides keys (the recovery
+/// bundle identity, the transport key, the NV counter's authorization),
+/// each sealed under the root key. Added to schema 1 in place: a daemon
+/// that predates it ignores the table.
 const SECRETS_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS secrets (
     name   TEXT PRIMARY KEY,
@@ -168,12 +174,24 @@ pub struct VersionRow {
     pub encryptions_reserved: u64,
     /// The KEK sealed under the root key; `None` once revoked.
     pub sealed_kek: Option<Vec<u8>>,
+    /// A signing version's public key (SubjectPublicKeyInfo DER), kept
+    /// after revocation; `None` for AES and HMAC versions.
+    pub public_key: Option<Vec<u8>>,
 }
 
 impl VersionRow {
-    /// The bytes the row's MAC covers.
+    /// The bytes the row's MAC covers. A row without a public key (every
+    /// AES and HMAC version, every row made before public keys were kept)
+    /// is encoded as before (label "v1"), so existing stores verify
+    /// unchanged; a row with one is labelled "v2" and ends with it,
+    /// length-prefixed, so no public key can be swapped, added or removed
+    /// without the root key.
     pub fn canonical(&self) -> Vec<u8> {
-        let mut out = b"hostkms version row v1".to_vec();
+        let mut out = if self.public_key.is_some() {
+            b"hostkms version row v2".to_vec()
+        } else {
+            b"hostkms version row v1".to_vec()
+        };
         out.extend_from_slice(&self.key_id.0);
         out.extend_from_slice(&self.version.to_be_bytes());
         out.extend_from_slice(&self.created.to_be_bytes());
@@ -182,6 +200,10 @@ impl VersionRow {
         let sealed = self.sealed_kek.as_deref().unwrap_or_default();
         out.extend_from_slice(&(sealed.len() as u32).to_be_bytes());
         out.extend_from_slice(sealed);
+        if let Some(public_key) = &self.public_key {
+            out.extend_from_slice(&(public_key.len() as u32).to_be_bytes());
+            out.extend_from_slice(public_key);
+        }
         out
     }
 }
@@ -292,6 +314,14 @@ impl Database {
         if !has_key_type {
             db.conn.execute_batch(KEY_TYPE_COLUMN)?;
         }
+        let has_public_key: bool = db.conn.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('versions') WHERE name = 'public_key'",
+            [],
+            |row| row.get(0),
+        )?;
+        if !has_public_key {
+            db.conn.execute_batch(PUBLIC_KEY_COLUMN)?;
+        }
         let version = db.meta("schema_version")?;
         if version.as_deref() != Some("1") {
             return Err(DbError::Corrupt(format!(
@@ -352,7 +382,8 @@ impl Database {
         }
         let mut versions = Vec::new();
         let mut statement = self.conn.prepare(
-            "SELECT key_id, version, created, state, encryptions_reserved, sealed_kek, mac
+            "SELECT key_id, version, created, state, encryptions_reserved, sealed_kek, mac,
+                 public_key
              FROM versions ORDER BY key_id, version",
         )?;
         let mut rows = statement.query([])?;
@@ -365,6 +396,7 @@ impl Database {
                     state: column_u8(row.get(3)?, "a version's state")?,
                     encryptions_reserved: column_u64(row.get(4)?, "a version's encryption count")?,
                     sealed_kek: row.get(5)?,
+                    public_key: row.get(7)?,
                 },
                 mac: row.get(6)?,
             });
@@ -443,11 +475,13 @@ pub fn put_version(tx: &Transaction<'_>, row: &VersionRow, mac: &[u8]) -> Result
     let reserved = i64::try_from(row.encryptions_reserved)
         .map_err(|_| DbError::Corrupt("an encryption count beyond 2^63".to_string()))?;
     tx.execute(
-        "INSERT INTO versions (key_id, version, created, state, encryptions_reserved, sealed_kek, mac)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+        "INSERT INTO versions (key_id, version, created, state, encryptions_reserved, sealed_kek, mac,
+             public_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT (key_id, version) DO UPDATE SET created = excluded.created,
              state = excluded.state, encryptions_reserved = excluded.encryptions_reserved,
-             sealed_kek = excluded.sealed_kek, mac = excluded.mac",
+             sealed_kek = excluded.sealed_kek, mac = excluded.mac,
+             public_key = excluded.public_key",
         params![
             row.key_id.0.as_slice(),
             row.version,
@@ -455,7 +489,8 @@ pub fn put_version(tx: &Transaction<'_>, row: &VersionRow, mac: &[u8]) -> Result
             row.state,
             reserved,
             row.sealed_kek,
-            mac
+            mac,
+            row.public_key
         ],
     )?;
     Ok(())

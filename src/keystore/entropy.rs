@@ -9,7 +9,9 @@
 //! that ran dry makes a caller wait for the TPM (with the request deadline).
 //! Each batch is drawn over the salted, encrypting session (never in clear
 //! on the TPM interface), kept in locked memory, and every byte is used for
-//! one KEK only and wiped as it is taken.
+//! one KEK only and wiped as it is taken. `GenerateRandom` draws from a
+//! second reserve of the same kind ([`TpmEntropy::for_random`]), never this
+//! one.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -68,9 +70,15 @@ pub trait EntropySource: Send + Sync + std::fmt::Debug {
     fn start(&self) {}
 }
 
-/// A reserve of TPM randomness, the daemon's [`EntropySource`].
+/// A reserve of TPM randomness, the daemon's [`EntropySource`]. The
+/// daemon keeps two: the key store's, for new key versions
+/// ([`TpmEntropy::new`]), and `GenerateRandom`'s
+/// ([`TpmEntropy::for_random`]), so callers of the latter cannot drain the
+/// former.
 pub struct TpmEntropy {
     tpm: Arc<TpmWorker>,
+    /// What a draw is for, in TPM errors.
+    purpose: &'static str,
     timeout: Duration,
     pool: Arc<Mutex<Pool>>,
     refilling: Arc<AtomicBool>,
@@ -98,8 +106,22 @@ impl TpmEntropy {
     /// queued by [`EntropySource::start`] (when the key store has loaded);
     /// a caller that finds it empty waits at most `timeout` for the TPM.
     pub fn new(tpm: Arc<TpmWorker>, timeout: Duration) -> TpmEntropy {
+        TpmEntropy::with_purpose(tpm, timeout, "drawing randomness for a new key version")
+    }
+
+    /// A reserve of its own for `GenerateRandom`, filled from `tpm` like
+    /// the key store's ([`TpmEntropy::new`]) but apart from it: random
+    /// bytes handed to peers never come from, nor empty, the reserve new
+    /// key versions draw from. Filled at the first request (nothing to
+    /// [`EntropySource::start`]), then in the background as it runs low.
+    pub fn for_random(tpm: Arc<TpmWorker>, timeout: Duration) -> TpmEntropy {
+        TpmEntropy::with_purpose(tpm, timeout, "drawing randomness for random bytes")
+    }
+
+    fn with_purpose(tpm: Arc<TpmWorker>, timeout: Duration, purpose: &'static str) -> TpmEntropy {
         TpmEntropy {
             tpm,
+            purpose,
             timeout,
             pool: Arc::new(Mutex::new(Pool {
                 bytes: LockedBytes::new(),
@@ -132,16 +154,12 @@ impl EntropySource for TpmEntropy {
             // Queued behind a background refill, this finds the reserve
             // filled and draws nothing more.
             let pool = Arc::clone(&self.pool);
-            let fresh = self.tpm.call(
-                "drawing randomness for a new key version",
-                self.timeout,
-                move |tcti| {
-                    if lock(&pool).available >= KEK_LEN {
-                        return Ok(None);
-                    }
-                    draw_batch(tcti).map(Some)
-                },
-            )?;
+            let fresh = self.tpm.call(self.purpose, self.timeout, move |tcti| {
+                if lock(&pool).available >= KEK_LEN {
+                    return Ok(None);
+                }
+                draw_batch(tcti).map(Some)
+            })?;
             if let Some(fresh) = fresh {
                 lock(&self.pool).deposit(&fresh);
             }

@@ -8,8 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use agent_proto::KeyState;
 
+use super::model::checked_public_key;
 use super::sealing::{KEK_LEN, SEALED_KEK_LEN};
-use super::{Change, Key, KeyMaterial, KeyStore, StoreError, Version, Writer, check_name};
+use super::{
+    Change, Key, KeyMaterial, KeyStore, StoreError, Version, VersionMaterial, Writer, check_name,
+};
 use crate::envelope::KeyId;
 use crate::version_key::VersionKey;
 use agent_proto::KeyType;
@@ -64,16 +67,7 @@ impl KeyStore {
         let versions = material
             .versions
             .iter()
-            .map(|v| {
-                Self::imported_version(
-                    writer,
-                    material.id,
-                    material.key_type,
-                    v.number,
-                    v.created,
-                    &v.kek,
-                )
-            })
+            .map(|v| Self::imported_version(writer, material.id, material.key_type, v))
             .collect::<Result<Vec<_>, _>>()?;
         let key = Key {
             id: material.id,
@@ -139,15 +133,7 @@ impl KeyStore {
             .iter()
             .filter(|v| v.number > latest)
             .map(|v| {
-                Self::imported_version(
-                    writer,
-                    existing.id,
-                    existing.key_type,
-                    v.number,
-                    v.created,
-                    &v.kek,
-                )
-                .map(Arc::new)
+                Self::imported_version(writer, existing.id, existing.key_type, v).map(Arc::new)
             })
             .collect::<Result<_, _>>()?;
         if new.is_empty() {
@@ -170,16 +156,15 @@ impl KeyStore {
     }
 
     /// A version from another host: its KEK sealed under this root key, or
-    /// a tombstone.
+    /// a tombstone; a signing version with its public key.
     fn imported_version(
         writer: &mut Writer,
         id: KeyId,
         key_type: KeyType,
-        number: u32,
-        created: u64,
-        kek: &Option<zeroize::Zeroizing<[u8; KEK_LEN]>>,
+        version: &VersionMaterial,
     ) -> Result<Version, StoreError> {
-        let (kek, sealed) = match kek {
+        let number = version.number;
+        let (kek, sealed) = match &version.kek {
             Some(material) => {
                 let sealed = writer
                     .secrets
@@ -195,10 +180,15 @@ impl KeyStore {
             }
             None => (None, None),
         };
+        let public_key = checked_public_key(key_type, kek.as_ref(), version.public_key.as_deref())
+            .map_err(|e| {
+                StoreError::InvalidArgument(format!("version {number} of the key: {e}"))
+            })?;
         Ok(Version {
             number,
-            created,
+            created: version.created,
             key: kek,
+            public_key,
             sealed: std::sync::Mutex::new(sealed),
             encryptions: AtomicU64::new(0),
             reserved: AtomicU64::new(0),

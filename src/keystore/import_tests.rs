@@ -218,3 +218,56 @@ fn material_no_store_could_hold_is_refused() {
     }
     assert!(fresh.keys().is_empty());
 }
+
+#[test]
+fn an_imported_signing_key_keeps_its_type_and_public_keys_and_signs_the_same() {
+    use agent_proto::{KeyType, SecretBytes, SignInput};
+    let (a, b) = (Host::new(1), Host::new(2));
+    let (store_a, store_b) = (a.open(), b.open());
+    store_a.create_typed("rel", KeyType::EcdsaP256).unwrap();
+    store_a.rotate("rel").unwrap();
+    store_a.revoke("rel", Some(1)).unwrap();
+    let file = material(&store_a, "rel");
+    let imported = store_b.import_key(&file).unwrap();
+    assert_eq!(imported.key.key_type(), KeyType::EcdsaP256);
+    drop(store_b);
+    let store_b = b.open();
+    let (keys_a, keys_b) = (store_a.keys(), store_b.keys());
+    let (there, here) = (
+        keys_a.by_name("rel").unwrap(),
+        keys_b.by_name("rel").unwrap(),
+    );
+    assert_eq!(here.key_type(), KeyType::EcdsaP256);
+    for number in [1, 2] {
+        let public_key = here.version(number).unwrap().public_key_der();
+        assert!(public_key.is_some(), "version {number}");
+        assert_eq!(public_key, there.version(number).unwrap().public_key_der());
+    }
+    let message = || SignInput::Message(SecretBytes::new(b"release 1.0".to_vec()));
+    let sign = |key: &Key| {
+        key.latest()
+            .unwrap()
+            .key()
+            .unwrap()
+            .sign(&message())
+            .unwrap()
+    };
+    // RFC 6979: the same key signs the same message the same way.
+    assert_eq!(sign(here), sign(there));
+}
+
+#[test]
+fn a_key_of_another_type_under_an_existing_id_is_refused() {
+    use agent_proto::KeyType;
+    let (a, b) = (Host::new(1), Host::new(2));
+    let (store_a, store_b) = (a.open(), b.open());
+    store_a.create_typed("tok", KeyType::HmacSha256).unwrap();
+    store_b.import_key(&material(&store_a, "tok")).unwrap();
+    store_a.rotate("tok").unwrap();
+    let mut retyped = material(&store_a, "tok");
+    retyped.key_type = KeyType::HmacSha512;
+    let err = store_b.import_key(&retyped).unwrap_err();
+    assert!(matches!(err, StoreError::ImportRefused(_)), "{err}");
+    assert!(err.to_string().contains("hmac-sha512"), "{err}");
+    assert_eq!(store_b.keys().by_name("tok").unwrap().latest_version(), 1);
+}

@@ -263,10 +263,17 @@ fn load_keys(
                 return Err(which("is live in a revoked key"));
             }
             let (key, sealed) = kek.map_or((None, None), |(k, s)| (Some(k), Some(s)));
+            let public_key = super::model::checked_public_key(
+                key_type,
+                key.as_ref(),
+                version.public_key.as_deref(),
+            )
+            .map_err(which)?;
             versions.push(Arc::new(Version {
                 number: version.version,
                 created: version.created,
                 key,
+                public_key,
                 sealed: Mutex::new(sealed),
                 encryptions: AtomicU64::new(version.encryptions_reserved),
                 reserved: AtomicU64::new(version.encryptions_reserved),

@@ -43,6 +43,9 @@ pub struct VersionMaterial {
     /// The version's 32-byte secret (KEK, HMAC key or signing seed);
     /// `None` once the version is revoked (a tombstone).
     pub kek: Option<Zeroizing<[u8; KEK_LEN]>>,
+    /// A signing version's public key (SubjectPublicKeyInfo DER), revoked
+    /// versions included; `None` for AES and HMAC keys.
+    pub public_key: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for KeyMaterial {
@@ -158,6 +161,7 @@ pub(super) fn material_of(secrets: &StoreSecrets, key: &Key) -> Result<KeyMateri
                 number: version.number,
                 created: version.created,
                 kek,
+                public_key: version.public_key_der().map(<[u8]>::to_vec),
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;

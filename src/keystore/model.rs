@@ -26,6 +26,9 @@ pub struct Version {
     pub(super) created: u64,
     /// The KEK, HMAC key or signing key; `None` once revoked.
     pub(super) key: Option<VersionKey>,
+    /// A signing version's public key (SubjectPublicKeyInfo DER), kept
+    /// when the version is revoked; `None` for AES and HMAC versions.
+    pub(super) public_key: Option<Arc<[u8]>>,
     /// The KEK sealed under the root key in force, as stored; replaced when
     /// the root key is rotated (under the writer lock, like every write).
     pub(super) sealed: Mutex<Option<[u8; SEALED_KEK_LEN]>>,
@@ -62,6 +65,14 @@ impl Version {
     /// The version's secret in usable form; `None` once revoked.
     pub fn key(&self) -> Option<&VersionKey> {
         self.key.as_ref()
+    }
+
+    /// The version's public key as SubjectPublicKeyInfo DER: for every
+    /// version of a signing key, revoked ones included (a revoked
+    /// version's signatures can still be checked outside hostkms, for
+    /// audit); `None` for AES and HMAC keys.
+    pub fn public_key_der(&self) -> Option<&[u8]> {
+        self.public_key.as_deref()
     }
 
     /// Whether the version is revoked (its secret deleted).
@@ -102,6 +113,7 @@ impl Version {
             number: self.number,
             created: self.created,
             key: None,
+            public_key: self.public_key.clone(),
             sealed: Mutex::new(None),
             encryptions: AtomicU64::new(count),
             reserved: AtomicU64::new(self.reserved.load(Ordering::Relaxed).max(count)),
@@ -127,6 +139,7 @@ impl Version {
             state: u8::from(self.is_revoked()),
             encryptions_reserved: self.reserved.load(Ordering::Relaxed),
             sealed_kek: self.sealed_kek().map(|s| s.to_vec()),
+            public_key: self.public_key.as_deref().map(<[u8]>::to_vec),
         }
     }
 
@@ -229,6 +242,43 @@ impl Key {
             min_decryption_version: self.min_decryption_version,
             key_type: key_type_index(self.key_type),
         }
+    }
+}
+
+/// The public key of `key`, as a [`Version`] keeps it; `None` for AES and
+/// HMAC keys.
+pub(super) fn public_key_of(key: &VersionKey) -> Option<Arc<[u8]>> {
+    key.public_key_der().map(|der| Arc::from(der.as_slice()))
+}
+
+/// The public key a version of `key_type` keeps, checked against what it
+/// was given (`stored`: a row's column, a record's field): a live version's
+/// must be the one its secret gives; a revoked signing version's is taken
+/// as given and must be there; an AES or HMAC version has none. The error
+/// says what is wrong, for a message naming the key and version.
+pub(super) fn checked_public_key(
+    key_type: KeyType,
+    key: Option<&VersionKey>,
+    stored: Option<&[u8]>,
+) -> Result<Option<Arc<[u8]>>, &'static str> {
+    match (key, stored) {
+        (Some(key), stored) => {
+            let derived = public_key_of(key);
+            if derived.as_deref() != stored {
+                return Err(match stored {
+                    Some(_) if derived.is_none() => "has a public key but its key type has none",
+                    Some(_) => "its public key is not the one its secret gives",
+                    None => "lacks its public key",
+                });
+            }
+            Ok(derived)
+        }
+        (None, Some(_)) if !key_type.is_signing() => {
+            Err("has a public key but its key type has none")
+        }
+        (None, Some(stored)) => Ok(Some(Arc::from(stored))),
+        (None, None) if key_type.is_signing() => Err("lacks its public key"),
+        (None, None) => Ok(None),
     }
 }
 

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 
-use agent_proto::KeyState;
+use agent_proto::{KeyState, KeyType};
 
 use super::sealing::SEALED_KEK_LEN;
 use super::{Change, Key, KeyMaterial, KeyStore, StoreError, Version, check_name};
@@ -67,6 +67,23 @@ pub enum RestoreRefused {
         /// The store key's id.
         store_id: KeyId,
     },
+    /// A backup key has the id of a key of the store of another type: not
+    /// the same key, whatever its id says.
+    #[error(
+        "the backup's key {name:?} (id {id}) is an {backup_type} key, but the store's key with that id, {store_name:?}, is an {store_type} key; a key's type never changes, so they are not the same key and restore changed nothing. Restore into a new state dir instead of merging into this one"
+    )]
+    TypeDiffers {
+        /// The backup key's name.
+        name: String,
+        /// The id both have.
+        id: KeyId,
+        /// The backup key's type.
+        backup_type: KeyType,
+        /// The store key's name.
+        store_name: String,
+        /// The store key's type.
+        store_type: KeyType,
+    },
     /// A backup key is not one hostkms could have written.
     #[error(
         "the backup's key {name:?} (id {id}) {problem}; hostkms writes no such key, so restore changed nothing"
@@ -120,6 +137,15 @@ impl KeyStore {
                 ));
             }
             if let Some(existing) = current.by_id(material.id) {
+                if existing.key_type != material.key_type {
+                    return Err(RestoreRefused::TypeDiffers {
+                        name: material.name.clone(),
+                        id: material.id,
+                        backup_type: material.key_type,
+                        store_name: existing.name.clone(),
+                        store_type: existing.key_type,
+                    });
+                }
                 restored.kept.push(RestoredKey {
                     name: existing.name.clone(),
                     id: existing.id,
@@ -155,10 +181,17 @@ impl KeyStore {
                         (None, None)
                     }
                 };
+                let public_key = super::model::checked_public_key(
+                    material.key_type,
+                    kek.as_ref(),
+                    version.public_key.as_deref(),
+                )
+                .map_err(|e| invalid(format!("version {}: {e}", version.number)))?;
                 versions.push(Arc::new(Version {
                     number: version.number,
                     created: version.created,
                     key: kek,
+                    public_key,
                     sealed: Mutex::new(sealed),
                     // The old host's counts are not in the record: each
                     // version counts afresh here. Only the latest version
@@ -398,6 +431,7 @@ mod tests {
             number: 1,
             created: 0,
             kek: kek(),
+            public_key: None,
         };
         for keys in [
             broken,
@@ -413,5 +447,112 @@ mod tests {
             assert!(store.keys().is_empty());
         }
         drop(b.open());
+    }
+
+    /// Host A with an ed25519 key (version 1 revoked) and an hmac-sha512
+    /// key: their material.
+    fn typed_host() -> Vec<KeyMaterial> {
+        let a = Host::new(1);
+        let store = a.open();
+        store.create_typed("rel", KeyType::Ed25519).unwrap();
+        store.rotate("rel").unwrap();
+        store.revoke("rel", Some(1)).unwrap();
+        store.create_typed("tok", KeyType::HmacSha512).unwrap();
+        store.with_all_material(|keys| keys.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_restore_keeps_each_key_type_secret_and_public_key_revoked_ones_included() {
+        let material = typed_host();
+        let b = Host::new(2);
+        let store = b.open();
+        store.restore(material.clone(), false).unwrap();
+        drop(store);
+        let store = b.open();
+        let keys = store.keys();
+        let rel = keys.by_name("rel").unwrap();
+        assert_eq!(rel.key_type(), KeyType::Ed25519);
+        let original = material.iter().find(|k| k.name == "rel").unwrap();
+        assert!(original.versions[0].kek.is_none());
+        for (version, original) in rel.versions.iter().zip(&original.versions) {
+            assert_eq!(
+                version.public_key_der(),
+                original.public_key.as_deref(),
+                "version {}",
+                version.number()
+            );
+            assert!(version.public_key_der().is_some());
+        }
+        assert!(rel.version(1).unwrap().is_revoked());
+        let tok = keys.by_name("tok").unwrap();
+        assert_eq!(tok.key_type(), KeyType::HmacSha512);
+        let original = material.iter().find(|k| k.name == "tok").unwrap();
+        let seed = original.versions[0].kek.as_ref().unwrap();
+        let expected = VersionKey::from_seed(KeyType::HmacSha512, seed)
+            .unwrap()
+            .mac(b"m")
+            .unwrap();
+        let restored = tok.latest().unwrap().key().unwrap().mac(b"m").unwrap();
+        assert_eq!(restored, expected, "the same HMAC key");
+    }
+
+    #[test]
+    fn merging_a_key_into_a_store_key_of_another_type_with_its_id_is_refused() {
+        let material = typed_host();
+        let b = Host::new(2);
+        let store = b.open();
+        store.restore(material.clone(), false).unwrap();
+        let mut retyped = material.clone();
+        let tok = retyped.iter_mut().find(|k| k.name == "tok").unwrap();
+        tok.key_type = KeyType::HmacSha256;
+        let err = store.restore(retyped, true).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                RestoreRefused::TypeDiffers {
+                    backup_type: KeyType::HmacSha256,
+                    store_type: KeyType::HmacSha512,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("hmac-sha512"), "{err}");
+    }
+
+    #[test]
+    fn a_key_whose_public_keys_contradict_its_type_or_secret_imports_nothing() {
+        let material = typed_host();
+        let rel = material.iter().position(|k| k.name == "rel").unwrap();
+        let tok = material.iter().position(|k| k.name == "tok").unwrap();
+        let mut wrong_public = material.clone();
+        wrong_public[rel].versions[1].public_key = wrong_public[rel].versions[0].public_key.clone();
+        let mut revoked_without = material.clone();
+        revoked_without[rel].versions[0].public_key = None;
+        let mut hmac_with = material.clone();
+        hmac_with[tok].versions[0].public_key = Some(vec![0x30, 0x00]);
+        let mut retyped = material.clone();
+        retyped[tok].key_type = KeyType::Ed25519;
+        let b = Host::new(2);
+        for (keys, expected) in [
+            (
+                wrong_public,
+                "version 2: its public key is not the one its secret gives",
+            ),
+            (revoked_without, "version 1: lacks its public key"),
+            (
+                hmac_with,
+                "version 1: has a public key but its key type has none",
+            ),
+            (retyped, "version 1: lacks its public key"),
+        ] {
+            let store = b.open();
+            let err = store.restore(keys, false).unwrap_err();
+            let RestoreRefused::Invalid { problem, .. } = &err else {
+                panic!("{err}");
+            };
+            assert_eq!(problem, expected);
+            assert!(store.keys().is_empty());
+        }
     }
 }

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
-use agent_proto::{KeyState, RollbackStatus};
+use agent_proto::{KeyState, KeyType, RollbackStatus};
 use hkdf::Hkdf;
 use hmac::{Hmac, KeyInit, Mac};
 use rand::TryRng;
@@ -180,8 +180,12 @@ pub(super) fn unhex(text: &str) -> Option<Vec<u8>> {
 /// change): its id, state and minimum decryption version, and each
 /// version's number and state. A deleted key or version, or an older row
 /// put back (a revoked version live again, a disabled key enabled, a lower
-/// minimum version), changes it. Linear in the number of keys, like the
-/// snapshot copy every change makes.
+/// minimum version), changes it. A key of another type than AES-256-GCM
+/// adds its type, and each of its versions its public key if it has one,
+/// so a copy with a key's type or public key swapped is not the same
+/// store; an AES key adds nothing, so the digests of stores made before
+/// key types stay valid. Linear in the number of keys, like the snapshot
+/// copy every change makes.
 pub fn key_set_digest(keys: &Keys) -> [u8; 32] {
     let mut hash = Sha256::new();
     hash.update(b"hostkms key set v1");
@@ -196,9 +200,18 @@ pub fn key_set_digest(keys: &Keys) -> [u8; 32] {
         hash.update([state]);
         hash.update(key.min_decryption_version.to_be_bytes());
         hash.update(key.latest_version().to_be_bytes());
+        let typed = key.key_type != KeyType::Aes256Gcm;
+        if typed {
+            hash.update([super::model::key_type_index(key.key_type)]);
+        }
         for version in &key.versions {
             hash.update(version.number.to_be_bytes());
             hash.update([u8::from(version.is_revoked())]);
+            if typed {
+                let public_key = version.public_key_der().unwrap_or_default();
+                hash.update((public_key.len() as u32).to_be_bytes());
+                hash.update(public_key);
+            }
         }
     }
     hash.finalize().into()
@@ -1100,6 +1113,66 @@ mod tests {
         ] {
             assert!(RollbackRow::decode(bad, &secrets).is_err(), "{bad:?}");
         }
+    }
+
+    /// The digest as it was before key types (commit c7ec9ad), to show
+    /// that an AES-only store's recorded digest stays valid.
+    fn digest_before_key_types(keys: &Keys) -> [u8; 32] {
+        let mut hash = Sha256::new();
+        hash.update(b"hostkms key set v1");
+        hash.update((keys.by_name.len() as u64).to_be_bytes());
+        for key in keys.by_name.values() {
+            let state: u8 = match key.state {
+                KeyState::Enabled => 0,
+                KeyState::Disabled => 1,
+                KeyState::Revoked => 2,
+            };
+            hash.update(key.id.0);
+            hash.update([state]);
+            hash.update(key.min_decryption_version.to_be_bytes());
+            hash.update(key.latest_version().to_be_bytes());
+            for version in &key.versions {
+                hash.update(version.number.to_be_bytes());
+                hash.update([u8::from(version.is_revoked())]);
+            }
+        }
+        hash.finalize().into()
+    }
+
+    #[test]
+    fn an_aes_only_store_keeps_its_digest_and_a_typed_key_adds_its_type_and_public_keys() {
+        let fixture = Fixture::new();
+        let store = fixture.open().unwrap();
+        store.create("a").unwrap();
+        store.rotate("a").unwrap();
+        store.revoke("a", Some(1)).unwrap();
+        store.create("b").unwrap();
+        store.set_enabled("b", false).unwrap();
+        assert_eq!(
+            key_set_digest(&store.keys()),
+            digest_before_key_types(&store.keys())
+        );
+
+        store.create_typed("sig", KeyType::Ed25519).unwrap();
+        store.revoke("sig", None).unwrap();
+        let keys = store.keys();
+        let typed = key_set_digest(&keys);
+        assert_ne!(typed, digest_before_key_types(&keys));
+        // The same key under another type is another store.
+        let sig = keys.by_name("sig").unwrap();
+        let mut retyped = Keys::clone(&keys);
+        let mut key = crate::keystore::Key::clone(sig);
+        key.key_type = KeyType::MlDsa65;
+        retyped.insert(Arc::new(key));
+        assert_ne!(key_set_digest(&retyped), typed);
+        // ... and so is a revoked version with another public key.
+        let mut swapped = Keys::clone(&keys);
+        let mut key = crate::keystore::Key::clone(sig);
+        let mut version = key.versions[0].revoked_copy();
+        version.public_key = Some(Arc::from(&b"another public key"[..]));
+        key.versions[0] = Arc::new(version);
+        swapped.insert(Arc::new(key));
+        assert_ne!(key_set_digest(&swapped), typed);
     }
 
     #[test]

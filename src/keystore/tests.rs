@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use agent_proto::{EncryptionContext, KeyState};
+use agent_proto::{EncryptionContext, KeyState, KeyType, SecretBytes, SignInput};
 use rusqlite::Connection;
 
 use super::db::{self, Database, DbError};
@@ -695,4 +695,385 @@ fn every_change_reaches_the_sink_with_its_material_before_it_returns() {
     );
     assert!(!format!("{material:?}").contains(&format!("{:?}", after_rotate[1].unwrap())));
     assert!(Change::Revoke.reduces_access() && !Change::Rotate.reduces_access());
+}
+
+// --- Key types (issue 11) -------------------------------------------------
+
+/// What a version does with a fixed input, whatever its type: a wrap of
+/// it, its tag or its signature; [`reproduces`] checks it after a reopen
+/// (unwraps it, recomputes the tag, verifies the signature: ML-DSA signs
+/// hedged, so signatures differ each time).
+fn fingerprint(version: &Version) -> Vec<u8> {
+    let key = version.key().expect("a live version");
+    match key.key_type() {
+        KeyType::Aes256Gcm => envelope::wrap(
+            version.cipher().unwrap(),
+            envelope::KeyId([1; 16]),
+            version.number(),
+            b"probe",
+            &EncryptionContext::new(),
+        )
+        .unwrap(),
+        KeyType::HmacSha256 | KeyType::HmacSha512 => key.mac(b"probe").unwrap(),
+        _ => key
+            .sign(&SignInput::Message(SecretBytes::new(b"probe".to_vec())))
+            .unwrap(),
+    }
+}
+
+/// Whether `version` reproduces `fingerprint` (an AES version: unwraps it).
+fn reproduces(version: &Version, fingerprint: &[u8]) -> bool {
+    match version.key().map(|k| k.key_type()) {
+        Some(KeyType::Aes256Gcm) => envelope::unwrap(
+            version.cipher().unwrap(),
+            fingerprint,
+            &EncryptionContext::new(),
+        )
+        .is_ok_and(|p| *p == *b"probe"),
+        Some(KeyType::HmacSha256 | KeyType::HmacSha512) => {
+            self::fingerprint(version) == fingerprint
+        }
+        Some(_) => version.key().is_some_and(|key| {
+            let probe = SignInput::Message(SecretBytes::new(b"probe".to_vec()));
+            key.verify(&probe, fingerprint) == Ok(true)
+        }),
+        None => false,
+    }
+}
+
+#[test]
+fn every_key_type_survives_a_reopen_with_its_type_secret_and_public_key() {
+    let fixture = Fixture::new();
+    let store = fixture.open().unwrap();
+    let mut before = Vec::new();
+    for key_type in KeyType::ALL {
+        let name = key_type.as_str();
+        let created = store.create_typed(name, key_type).unwrap();
+        assert_eq!(created.key_type(), key_type);
+        let key = store.rotate(name).unwrap();
+        assert_eq!(key.key_type(), key_type, "rotation keeps the type");
+        let versions: Vec<_> = key
+            .versions
+            .iter()
+            .map(|v| {
+                assert_eq!(v.key().unwrap().key_type(), key_type);
+                let public_key = v.public_key_der().map(<[u8]>::to_vec);
+                assert_eq!(public_key.is_some(), key_type.is_signing(), "{name}");
+                assert_eq!(
+                    public_key.as_deref(),
+                    v.key()
+                        .unwrap()
+                        .public_key_der()
+                        .as_deref()
+                        .map(Vec::as_slice)
+                );
+                (public_key, fingerprint(v))
+            })
+            .collect();
+        assert_ne!(
+            versions[0], versions[1],
+            "{name}: each version its own secret"
+        );
+        before.push((name, key_type, key.info(), versions));
+    }
+    drop(store);
+
+    let store = fixture.open().unwrap();
+    let keys = store.keys();
+    for (name, key_type, info, versions) in before {
+        let key = keys.by_name(name).unwrap();
+        assert_eq!(key.key_type(), key_type);
+        assert_eq!(key.info(), info);
+        assert_eq!(key.info().key_type, key_type);
+        for (version, (public_key, fingerprint)) in key.versions.iter().zip(versions) {
+            assert_eq!(version.public_key_der(), public_key.as_deref(), "{name}");
+            assert!(reproduces(version, &fingerprint), "{name}");
+        }
+    }
+}
+
+#[test]
+fn a_revoked_signing_version_keeps_its_public_key_across_a_reopen() {
+    let fixture = Fixture::new();
+    let store = fixture.open().unwrap();
+    let mut kept = Vec::new();
+    for key_type in [KeyType::Ed25519, KeyType::EcdsaP256, KeyType::MlDsa65] {
+        let name = key_type.as_str();
+        store.create_typed(name, key_type).unwrap();
+        let key = store.rotate(name).unwrap();
+        let v1 = key.version(1).unwrap().public_key_der().unwrap().to_vec();
+        let v2 = key.version(2).unwrap().public_key_der().unwrap().to_vec();
+        let key = store.revoke(name, Some(1)).unwrap();
+        let revoked = key.version(1).unwrap();
+        assert!(revoked.is_revoked() && revoked.key().is_none());
+        assert_eq!(revoked.public_key_der(), Some(v1.as_slice()));
+        kept.push((name, v1, v2));
+    }
+    // A whole key revoked keeps every version's public key too.
+    store.create_typed("gone", KeyType::Ed25519).unwrap();
+    let gone = store
+        .keys()
+        .by_name("gone")
+        .unwrap()
+        .latest()
+        .unwrap()
+        .public_key_der()
+        .unwrap()
+        .to_vec();
+    let key = store.revoke("gone", None).unwrap();
+    assert_eq!(
+        key.version(1).unwrap().public_key_der(),
+        Some(gone.as_slice())
+    );
+    // HMAC and AES keys have none, live or revoked.
+    for key_type in [KeyType::HmacSha256, KeyType::Aes256Gcm] {
+        let name = format!("{key_type}-revoked");
+        store.create_typed(&name, key_type).unwrap();
+        let key = store.revoke(&name, Some(1)).unwrap();
+        assert!(key.versions.iter().all(|v| v.public_key_der().is_none()));
+    }
+    drop(store);
+
+    let store = fixture.open().unwrap();
+    let keys = store.keys();
+    for (name, v1, v2) in kept {
+        let key = keys.by_name(name).unwrap();
+        assert!(key.version(1).unwrap().is_revoked());
+        assert_eq!(
+            key.version(1).unwrap().public_key_der(),
+            Some(v1.as_slice())
+        );
+        assert_eq!(
+            key.version(2).unwrap().public_key_der(),
+            Some(v2.as_slice())
+        );
+        assert_eq!(key.latest_version(), 2);
+    }
+    let gone_key = keys.by_name("gone").unwrap();
+    assert_eq!(gone_key.state(), KeyState::Revoked);
+    assert_eq!(
+        gone_key.version(1).unwrap().public_key_der(),
+        Some(gone.as_slice())
+    );
+}
+
+/// The schema of the store before key types (commit c7ec9ad): no
+/// `key_type`, no `public_key`.
+const SCHEMA_BEFORE_TYPES: &str = "
+CREATE TABLE keys (
+    id                     BLOB PRIMARY KEY CHECK (length(id) = 16),
+    name                   TEXT NOT NULL UNIQUE,
+    created                INTEGER NOT NULL,
+    state                  INTEGER NOT NULL,
+    latest_version         INTEGER NOT NULL,
+    min_decryption_version INTEGER NOT NULL,
+    mac                    BLOB NOT NULL
+);
+CREATE TABLE versions (
+    key_id               BLOB NOT NULL REFERENCES keys(id),
+    version              INTEGER NOT NULL,
+    created              INTEGER NOT NULL,
+    state                INTEGER NOT NULL,
+    encryptions_reserved INTEGER NOT NULL,
+    sealed_kek           BLOB,
+    mac                  BLOB NOT NULL,
+    PRIMARY KEY (key_id, version)
+);";
+
+#[test]
+fn a_store_from_before_key_types_opens_and_its_keys_are_aes() {
+    let fixture = Fixture::new();
+    let store = fixture.open().unwrap();
+    store.create("old").unwrap();
+    store.rotate("old").unwrap();
+    store.revoke("old", Some(1)).unwrap();
+    store.create("other").unwrap();
+    let blob = wrap(&store, "old", b"from before");
+    let info: Vec<_> = store.keys().after(None).map(|k| k.info()).collect();
+    drop(store);
+    // The rows moved into tables of the old schema, MACs as they are: what
+    // a hostkmsd from before this change wrote.
+    fixture.edit(&format!(
+        "ALTER TABLE keys RENAME TO keys_new; ALTER TABLE versions RENAME TO versions_new;
+         {SCHEMA_BEFORE_TYPES}
+         INSERT INTO keys SELECT id, name, created, state, latest_version,
+             min_decryption_version, mac FROM keys_new;
+         INSERT INTO versions SELECT key_id, version, created, state, encryptions_reserved,
+             sealed_kek, mac FROM versions_new;
+         DROP TABLE versions_new; DROP TABLE keys_new;"
+    ));
+    let columns = |table: &str| -> Vec<String> {
+        let conn = Connection::open(fixture.db_path()).unwrap();
+        let mut statement = conn
+            .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))
+            .unwrap();
+        statement
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert!(!columns("keys").contains(&"key_type".to_string()));
+    assert!(!columns("versions").contains(&"public_key".to_string()));
+
+    let store = fixture.open().unwrap();
+    assert!(columns("keys").contains(&"key_type".to_string()));
+    assert!(columns("versions").contains(&"public_key".to_string()));
+    let after: Vec<_> = store.keys().after(None).map(|k| k.info()).collect();
+    assert_eq!(after, info);
+    assert!(
+        store
+            .keys()
+            .after(None)
+            .all(|k| k.key_type() == KeyType::Aes256Gcm)
+    );
+    assert_eq!(
+        unwrap_with(&store, "old", 2, &blob).as_deref(),
+        Some(&b"from before"[..])
+    );
+    // It keeps working: a change writes its rows as before, and reopens.
+    store.rotate("old").unwrap();
+    drop(store);
+    let store = fixture.open().unwrap();
+    assert_eq!(store.keys().by_name("old").unwrap().latest_version(), 3);
+}
+
+/// A store with ed25519 key "sig" (versions 1 and 2), ed25519 key "other"
+/// and hmac-sha256 key "mac".
+fn typed_keys(fixture: &Fixture) -> String {
+    let store = fixture.open().unwrap();
+    store.create_typed("sig", KeyType::Ed25519).unwrap();
+    store.rotate("sig").unwrap();
+    store.create_typed("other", KeyType::Ed25519).unwrap();
+    store.create_typed("mac", KeyType::HmacSha256).unwrap();
+    id_hex(&store, "sig")
+}
+
+#[test]
+fn an_edited_key_type_or_public_key_fails_authentication() {
+    for (edit, name) in [
+        // Another signing type, or AES: the row's type is MACed.
+        ("UPDATE keys SET key_type = 4 WHERE name = 'sig'", "sig"),
+        ("UPDATE keys SET key_type = 0 WHERE name = 'sig'", "sig"),
+        // An HMAC key passed off as AES (label v2 to v1).
+        ("UPDATE keys SET key_type = 0 WHERE name = 'mac'", "mac"),
+        // The public key of another key swapped in.
+        (
+            "UPDATE versions SET public_key = \
+                 (SELECT public_key FROM versions v JOIN keys k ON k.id = v.key_id WHERE k.name = 'other') \
+             WHERE version = 1 AND key_id = (SELECT id FROM keys WHERE name = 'sig')",
+            "sig",
+        ),
+        // The public key removed, or one added to an HMAC version.
+        (
+            "UPDATE versions SET public_key = NULL \
+             WHERE key_id = (SELECT id FROM keys WHERE name = 'sig')",
+            "sig",
+        ),
+        (
+            "UPDATE versions SET public_key = x'00' \
+             WHERE key_id = (SELECT id FROM keys WHERE name = 'mac')",
+            "mac",
+        ),
+    ] {
+        let fixture = Fixture::new();
+        typed_keys(&fixture);
+        let id = {
+            let store = fixture.open().unwrap();
+            // Revoked: its public key is no longer checked against a secret.
+            store.revoke("sig", Some(1)).unwrap();
+            id_hex(&store, name)
+        };
+        fixture.edit(edit);
+        let (key, detail) = tampered(fixture.open());
+        assert!(key.contains(&id), "{edit}: {key}");
+        assert!(
+            detail.ends_with("fails authentication under the root key"),
+            "{edit}: {detail}"
+        );
+    }
+}
+
+#[test]
+fn forged_typed_rows_that_contradict_their_secrets_are_refused() {
+    type Forgery = fn(&mut Vec<db::KeyRow>, &mut Vec<db::VersionRow>);
+    let cases: [(Forgery, &str, &str); 6] = [
+        (
+            |keys, _| keys.iter_mut().find(|k| k.name == "sig").unwrap().key_type = 9,
+            "sig",
+            "has an unknown key type 9",
+        ),
+        (
+            |keys, versions| {
+                let other = keys.iter().find(|k| k.name == "other").unwrap().id;
+                let sig = keys.iter().find(|k| k.name == "sig").unwrap().id;
+                let theirs = versions
+                    .iter()
+                    .find(|v| v.key_id == other)
+                    .unwrap()
+                    .public_key
+                    .clone();
+                let mine = versions
+                    .iter_mut()
+                    .find(|v| v.key_id == sig && v.version == 2)
+                    .unwrap();
+                mine.public_key = theirs;
+            },
+            "sig",
+            "version 2: its public key is not the one its secret gives",
+        ),
+        (
+            |keys, versions| {
+                let sig = keys.iter().find(|k| k.name == "sig").unwrap().id;
+                let mine = versions
+                    .iter_mut()
+                    .find(|v| v.key_id == sig && v.version == 2)
+                    .unwrap();
+                mine.public_key = None;
+            },
+            "sig",
+            "version 2: lacks its public key",
+        ),
+        (
+            |keys, versions| {
+                // Version 1 of "sig" is revoked by the fixture below.
+                let sig = keys.iter().find(|k| k.name == "sig").unwrap().id;
+                let mine = versions
+                    .iter_mut()
+                    .find(|v| v.key_id == sig && v.version == 1)
+                    .unwrap();
+                mine.public_key = None;
+            },
+            "sig",
+            "version 1: lacks its public key",
+        ),
+        (
+            |keys, versions| {
+                let mac = keys.iter().find(|k| k.name == "mac").unwrap().id;
+                let mine = versions.iter_mut().find(|v| v.key_id == mac).unwrap();
+                mine.public_key = Some(vec![0x30, 0x00]);
+            },
+            "mac",
+            "version 1: has a public key but its key type has none",
+        ),
+        (
+            // The HMAC key's secret read as an Ed25519 key (type forged).
+            |keys, _| keys.iter_mut().find(|k| k.name == "mac").unwrap().key_type = 3,
+            "mac",
+            "version 1: lacks its public key",
+        ),
+    ];
+    for (forge, name, expected) in cases {
+        let fixture = Fixture::new();
+        typed_keys(&fixture);
+        let id = {
+            let store = fixture.open().unwrap();
+            store.revoke("sig", Some(1)).unwrap();
+            id_hex(&store, name)
+        };
+        fixture.forge(forge);
+        let (key, detail) = tampered(fixture.open());
+        assert!(key.contains(&id), "{expected}: {key}");
+        assert_eq!(detail, expected);
+    }
 }

@@ -153,6 +153,7 @@ impl KeyStore {
         Ok(Version {
             number,
             created: now(),
+            public_key: super::model::public_key_of(&key),
             key: Some(key),
             sealed: std::sync::Mutex::new(Some(sealed)),
             encryptions: AtomicU64::new(0),

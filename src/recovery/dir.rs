@@ -744,6 +744,7 @@ mod tests {
                 number: 1,
                 created: 1,
                 kek: Some(Zeroizing::new([i as u8; 32])),
+                public_key: None,
             }],
             key_type: agent_proto::KeyType::Aes256Gcm,
         }

@@ -3,9 +3,9 @@
 //!
 //! It is the plaintext inside `keys/<id hex>.age` of the recovery directory
 //! and inside an export file, so a person with the age identity can read it
-//! with `age -d` alone. Format 1 (every field is required unless said
-//! otherwise; unknown fields are refused, so nothing unauthenticated rides
-//! along):
+//! with `age -d` alone. Format 1, the record of an AES-256-GCM key (every
+//! field is required unless said otherwise; unknown fields are refused, so
+//! nothing unauthenticated rides along):
 //!
 //! ```json
 //! {
@@ -24,10 +24,39 @@
 //! }
 //! ```
 //!
+//! Format 2 (issue 11), the record of a key of any other type: format 1
+//! with `"format": 2`, the key's type after its name, and each version of a
+//! signing key (ed25519, ecdsa-p256, ml-dsa-65) with its public key, kept
+//! when the version is revoked so a restored revoked version still has it:
+//!
+//! ```json
+//! {
+//!   "format": 2,
+//!   "id": "…", "name": "…",
+//!   "type": "aes256-gcm" | "hmac-sha256" | "hmac-sha512" | "ed25519" | "ecdsa-p256" | "ml-dsa-65",
+//!   "created": …, "state": …, "min_decryption_version": …, "revision": …,
+//!   "versions": [
+//!     { "version": 1, "created": …, "state": "enabled" | "revoked",
+//!       "secret": "<base64 of the 32-byte secret: HMAC key, Ed25519 secret key,
+//!                  ECDSA scalar or ML-DSA seed; absent when revoked>",
+//!       "public_key": "<base64 of the SubjectPublicKeyInfo DER; signing keys only>" }
+//!   ],
+//!   "mac": "<64 hex digits>"
+//! }
+//! ```
+//!
+//! Writers emit format 1 for AES-256-GCM keys (so a hostkms from before
+//! key types still restores them) and format 2 for every other type;
+//! readers take both. A format-1 record with a `type` or `public_key` is
+//! refused (format 1 has no such field); a format-2 record without a
+//! `type`, with a type this build does not know, without the public key of
+//! a signing version or with one on a version of another type is refused.
+//!
 //! Version `n` is at index `n - 1`. A revoked key has every version revoked.
 //! `mac` is HMAC-SHA256 over the record's canonical text: the same object
 //! without `mac`, serialized compactly (no white space) with the fields in
-//! the order above and the versions' fields in the order above. Its key is
+//! the order above and the versions' fields in the order above (so it
+//! covers `type` and `public_key` too). Its key is
 //! derived with HKDF-SHA256 (no salt) from a secret under a label: for the
 //! recovery directory the bundle identity's 32-byte X25519 secret and
 //! [`RECORD_MAC_LABEL`] ([`MacKey::for_records`]); an export file uses a key
@@ -35,7 +64,7 @@
 //! only the public bundle recipient is refused.
 //!
 //! Evolution: a change of shape (key types, deletion dates, tags) is a new
-//! format number; its reader is added beside [`decode`]'s format-1 arm and
+//! format number; its reader is added beside [`decode`]'s arms and
 //! converts to the current [`KeyMaterial`], so every earlier format stays
 //! readable. A format newer than this build is refused with "upgrade".
 
@@ -47,13 +76,22 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use agent_proto::KeyState;
+use agent_proto::{KeyState, KeyType};
 
 use crate::envelope::KeyId;
 use crate::keystore::{KeyMaterial, VersionMaterial};
 
-/// The record format this build writes; it reads every format from 1 to this.
-pub const RECORD_FORMAT: u32 = 1;
+/// The newest record format this build writes (for keys of every type but
+/// AES-256-GCM, whose records stay in [`RECORD_FORMAT_AES`]); it reads
+/// every format from 1 to this.
+pub const RECORD_FORMAT: u32 = 2;
+
+/// The record format of an AES-256-GCM key: 1, which every hostkms reads.
+pub const RECORD_FORMAT_AES: u32 = 1;
+
+/// The longest public key a record may carry, in bytes of DER (an ML-DSA-65
+/// SubjectPublicKeyInfo is 1,974).
+pub const MAX_PUBLIC_KEY_LEN: usize = 4096;
 
 /// HKDF label of the MAC key of the recovery directory's key records.
 pub const RECORD_MAC_LABEL: &str = "hostkms recovery record mac v1";
@@ -245,13 +283,16 @@ impl VersionStateV1 {
     }
 }
 
-/// Format 1, field for field; `mac` absent in the canonical text.
+/// Formats 1 and 2, field for field (format 1 has no `type` and no
+/// `public_key`, absent from its text); `mac` absent in the canonical text.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RecordV1 {
     format: u32,
     id: String,
     name: String,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    key_type: Option<String>,
     created: u64,
     state: StateV1,
     min_decryption_version: u32,
@@ -269,6 +310,8 @@ struct VersionV1 {
     state: VersionStateV1,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     secret: Option<Zeroizing<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    public_key: Option<String>,
 }
 
 /// Only the format number, read first to choose the reader.
@@ -277,8 +320,10 @@ struct FormatProbe {
     format: u32,
 }
 
-/// Writes `material` as a format-1 record with `revision`, authenticated
-/// under `key`. The text is pretty-printed JSON in a zeroizing buffer.
+/// Writes `material` as a record with `revision`, authenticated under
+/// `key`: format 1 for an AES-256-GCM key, format 2 (with its type and
+/// public keys) for any other. The text is pretty-printed JSON in a
+/// zeroizing buffer.
 pub fn encode(
     material: &KeyMaterial,
     revision: u64,
@@ -291,10 +336,16 @@ pub fn encode(
         detail,
     };
     check_material(material).map_err(invalid)?;
+    let typed = material.key_type != KeyType::Aes256Gcm;
     let mut record = RecordV1 {
-        format: RECORD_FORMAT,
+        format: if typed {
+            RECORD_FORMAT
+        } else {
+            RECORD_FORMAT_AES
+        },
         id: id.clone(),
         name: material.name.clone(),
+        key_type: typed.then(|| material.key_type.as_str().to_string()),
         created: material.created,
         state: material.state.into(),
         min_decryption_version: material.min_decryption_version,
@@ -310,6 +361,7 @@ pub fn encode(
                     .kek
                     .as_ref()
                     .map(|kek| Zeroizing::new(BASE64.encode(kek.as_slice()))),
+                public_key: v.public_key.as_deref().map(|der| BASE64.encode(der)),
             })
             .collect(),
         mac: None,
@@ -339,13 +391,15 @@ pub fn decode(text: &[u8], key: &MacKey) -> Result<Record, RecordError> {
     let probe: FormatProbe = serde_json::from_slice(text).map_err(|e| malformed(0, &e))?;
     match probe.format {
         0 => Err(RecordError::FormatZero),
-        1 => decode_v1(text, key),
+        format @ (1 | 2) => decode_v1_or_v2(text, format, key),
         found => Err(RecordError::NewerFormat { found }),
     }
 }
 
-fn decode_v1(text: &[u8], key: &MacKey) -> Result<Record, RecordError> {
-    let mut record: RecordV1 = serde_json::from_slice(text).map_err(|e| malformed(1, &e))?;
+/// Reads format 1 or 2 (`format`, as probed): one shape, format 1 without
+/// the fields of key types.
+fn decode_v1_or_v2(text: &[u8], format: u32, key: &MacKey) -> Result<Record, RecordError> {
+    let mut record: RecordV1 = serde_json::from_slice(text).map_err(|e| malformed(format, &e))?;
     let claimed_id = record.id.clone();
     let claimed_name = record.name.clone();
     let mac = record.mac.take().unwrap_or_default();
@@ -368,6 +422,22 @@ fn decode_v1(text: &[u8], key: &MacKey) -> Result<Record, RecordError> {
         .filter(|_| record.id.bytes().all(|b| !b.is_ascii_uppercase()))
         .map(KeyId)
         .ok_or_else(|| invalid("its id is not 32 lower-case hex digits".into()))?;
+    let key_type = match (format, &record.key_type) {
+        // Format 1 records predate key types: every key was AES-256-GCM.
+        (1, None) => KeyType::Aes256Gcm,
+        (1, Some(_)) => {
+            return Err(invalid(
+                "it is in format 1 but names a key type, which only format 2 has".into(),
+            ));
+        }
+        (_, None) => return Err(invalid("it is in format 2 but names no key type".into())),
+        (_, Some(name)) => KeyType::from_name(name).ok_or_else(|| {
+            invalid(format!(
+                "its key type {name:?} is not one this hostkms knows ({}): read it with a newer hostkms",
+                KeyType::ALL.map(KeyType::as_str).join(", ")
+            ))
+        })?,
+    };
     let mut versions = Vec::with_capacity(record.versions.len());
     for v in &record.versions {
         let kek = match (v.state, &v.secret) {
@@ -393,18 +463,39 @@ fn decode_v1(text: &[u8], key: &MacKey) -> Result<Record, RecordError> {
                 )));
             }
         };
+        let public_key = match &v.public_key {
+            None if key_type.is_signing() => {
+                return Err(invalid(format!(
+                    "version {} of its {key_type} key has no public key",
+                    v.version
+                )));
+            }
+            None => None,
+            Some(_) if !key_type.is_signing() => {
+                return Err(invalid(format!(
+                    "version {} has a public key, which {key_type} keys do not have",
+                    v.version
+                )));
+            }
+            Some(text) => Some(decode_public_key(text).ok_or_else(|| {
+                invalid(format!(
+                    "version {} has a public key that is not base64 of 1 to {MAX_PUBLIC_KEY_LEN} bytes",
+                    v.version
+                ))
+            })?),
+        };
         versions.push(VersionMaterial {
             number: v.version,
             created: v.created,
             kek,
+            public_key,
         });
     }
     let material = KeyMaterial {
         id,
         name: record.name.clone(),
         created: record.created,
-        // Format 1 records predate key types: every key was AES-256-GCM.
-        key_type: agent_proto::KeyType::Aes256Gcm,
+        key_type,
         state: record.state.into(),
         min_decryption_version: record.min_decryption_version,
         versions,
@@ -441,13 +532,39 @@ fn check_material(material: &KeyMaterial) -> Result<(), String> {
     if material.state == KeyState::Revoked && material.versions.iter().any(|v| v.kek.is_some()) {
         return Err("it is revoked but a version still has its secret".into());
     }
+    for v in &material.versions {
+        match &v.public_key {
+            None if material.key_type.is_signing() => {
+                return Err(format!(
+                    "version {} of its {} key has no public key",
+                    v.number, material.key_type
+                ));
+            }
+            Some(_) if !material.key_type.is_signing() => {
+                return Err(format!(
+                    "version {} has a public key, which {} keys do not have",
+                    v.number, material.key_type
+                ));
+            }
+            Some(der) if der.is_empty() || der.len() > MAX_PUBLIC_KEY_LEN => {
+                return Err(format!(
+                    "version {} has a public key of {} bytes, not 1 to {MAX_PUBLIC_KEY_LEN}",
+                    v.number,
+                    der.len()
+                ));
+            }
+            _ => {}
+        }
+    }
     Ok(())
 }
 
-/// Whether two keys' materials are the same: every field and every KEK.
+/// Whether two keys' materials are the same: every field, every KEK and
+/// every public key.
 pub fn same_material(a: &KeyMaterial, b: &KeyMaterial) -> bool {
     a.id == b.id
         && a.name == b.name
+        && a.key_type == b.key_type
         && a.created == b.created
         && a.state == b.state
         && a.min_decryption_version == b.min_decryption_version
@@ -455,6 +572,7 @@ pub fn same_material(a: &KeyMaterial, b: &KeyMaterial) -> bool {
         && a.versions.iter().zip(&b.versions).all(|(x, y)| {
             x.number == y.number
                 && x.created == y.created
+                && x.public_key == y.public_key
                 && match (&x.kek, &y.kek) {
                     (Some(x), Some(y)) => x.as_slice() == y.as_slice(),
                     (None, None) => true,
@@ -480,6 +598,14 @@ fn decode_secret(text: &str) -> Option<Zeroizing<[u8; SECRET_LEN]>> {
     let mut kek = Zeroizing::new([0u8; SECRET_LEN]);
     kek.copy_from_slice(&buf[..SECRET_LEN]);
     Some(kek)
+}
+
+fn decode_public_key(text: &str) -> Option<Vec<u8>> {
+    if text.len() > MAX_PUBLIC_KEY_LEN.div_ceil(3) * 4 {
+        return None;
+    }
+    let der = BASE64.decode(text.as_bytes()).ok()?;
+    (1..=MAX_PUBLIC_KEY_LEN).contains(&der.len()).then_some(der)
 }
 
 fn malformed(format: u32, e: &serde_json::Error) -> RecordError {
@@ -539,16 +665,19 @@ mod tests {
                     number: 1,
                     created: 1_700_000_000,
                     kek: None,
+                    public_key: None,
                 },
                 VersionMaterial {
                     number: 2,
                     created: 1_700_000_100,
                     kek: Some(Zeroizing::new([7; 32])),
+                    public_key: None,
                 },
                 VersionMaterial {
                     number: 3,
                     created: 1_700_000_200,
                     kek: Some(Zeroizing::new([9; 32])),
+                    public_key: None,
                 },
             ],
             key_type: agent_proto::KeyType::Aes256Gcm,
@@ -667,10 +796,10 @@ mod tests {
     #[test]
     fn formats_are_checked_before_anything_else() {
         let text = encode(&material(), 5, &key()).unwrap();
-        let newer = edit(&text, |v| v["format"] = 2.into());
+        let newer = edit(&text, |v| v["format"] = 3.into());
         assert!(matches!(
             decode(&newer, &key()),
-            Err(RecordError::NewerFormat { found: 2 })
+            Err(RecordError::NewerFormat { found: 3 })
         ));
         assert!(
             decode(&newer, &key())
@@ -779,5 +908,230 @@ mod tests {
     #[test]
     fn debug_of_the_mac_key_is_redacted() {
         assert_eq!(format!("{:?}", key()), "MacKey(<redacted>)");
+    }
+
+    /// An ed25519 key: version 1 revoked, version 2 live, each with its
+    /// public key as the store keeps it.
+    fn signing_material() -> KeyMaterial {
+        let public_key = |seed: u8| {
+            crate::version_key::VersionKey::from_seed(KeyType::Ed25519, &[seed; 32])
+                .unwrap()
+                .public_key_der()
+                .map(|der| der.to_vec())
+        };
+        KeyMaterial {
+            id: KeyId([0xcd; 16]),
+            name: "release".into(),
+            created: 1_700_000_000,
+            key_type: KeyType::Ed25519,
+            state: KeyState::Enabled,
+            min_decryption_version: 1,
+            versions: vec![
+                VersionMaterial {
+                    number: 1,
+                    created: 1_700_000_000,
+                    kek: None,
+                    public_key: public_key(5),
+                },
+                VersionMaterial {
+                    number: 2,
+                    created: 1_700_000_100,
+                    kek: Some(Zeroizing::new([6; 32])),
+                    public_key: public_key(6),
+                },
+            ],
+        }
+    }
+
+    /// `text` edited by `f` and MACed again under [`key`], as only a holder
+    /// of the MAC key could.
+    fn resigned(text: &[u8], f: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+        let mut value: serde_json::Value = serde_json::from_slice(text).unwrap();
+        value.as_object_mut().unwrap().remove("mac");
+        f(&mut value);
+        let mut record: RecordV1 = serde_json::from_value(value).unwrap();
+        record.mac = Some(key().tag_hex(&canonical(&record).unwrap()));
+        serde_json::to_vec(&record).unwrap()
+    }
+
+    #[test]
+    fn a_key_of_another_type_is_written_in_format_2_with_its_type_and_public_keys() {
+        let signing = signing_material();
+        let text = encode(&signing, 3, &key()).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&text).unwrap();
+        assert_eq!(value["format"], 2);
+        assert_eq!(value["type"], "ed25519");
+        let versions = value["versions"].as_array().unwrap();
+        assert!(versions[0].get("secret").is_none());
+        for (json, version) in versions.iter().zip(&signing.versions) {
+            assert_eq!(
+                json["public_key"],
+                BASE64.encode(version.public_key.as_ref().unwrap())
+            );
+        }
+        let record = decode(&text, &key()).unwrap();
+        assert!(same_material(&record.material, &signing));
+        assert_eq!(record.material.key_type, KeyType::Ed25519);
+        assert_eq!(
+            record.material.versions[0].public_key,
+            signing.versions[0].public_key
+        );
+        // The canonical text puts the type after the name.
+        let mut value = value;
+        value.as_object_mut().unwrap().remove("mac");
+        let record: RecordV1 = serde_json::from_value(value).unwrap();
+        let canonical = canonical(&record).unwrap();
+        assert!(
+            canonical.starts_with(br#"{"format":2,"id":"cdcd"#)
+                && canonical
+                    .windows(br#""name":"release","type":"ed25519","created""#.len())
+                    .any(|w| w == br#""name":"release","type":"ed25519","created""#),
+            "{}",
+            String::from_utf8_lossy(&canonical)
+        );
+        // An HMAC key: format 2, its type, no public key.
+        let mut hmac = signing.clone();
+        hmac.key_type = KeyType::HmacSha512;
+        hmac.versions.iter_mut().for_each(|v| v.public_key = None);
+        let text = encode(&hmac, 1, &key()).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&text).unwrap();
+        assert_eq!(
+            (value["format"].clone(), value["type"].clone()),
+            (2.into(), "hmac-sha512".into())
+        );
+        assert!(value["versions"][1].get("public_key").is_none());
+        assert!(same_material(
+            &decode(&text, &key()).unwrap().material,
+            &hmac
+        ));
+        // An AES key stays in format 1, without a type.
+        let text = encode(&material(), 1, &key()).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&text).unwrap();
+        assert_eq!(value["format"], 1);
+        assert!(value.get("type").is_none());
+    }
+
+    #[test]
+    fn the_mac_covers_the_type_and_the_public_keys() {
+        let text = encode(&signing_material(), 3, &key()).unwrap();
+        let other = BASE64.encode(signing_material().versions[1].public_key.as_ref().unwrap());
+        let edits: Vec<JsonEdit> = vec![
+            Box::new(|v| v["type"] = "ecdsa-p256".into()),
+            Box::new(move |v| v["versions"][0]["public_key"] = other.clone().into()),
+            Box::new(|v| {
+                v["versions"][0]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("public_key");
+            }),
+            // Passed off as an AES key's format-1 record.
+            Box::new(|v| {
+                v["format"] = 1.into();
+                v.as_object_mut().unwrap().remove("type");
+                for version in v["versions"].as_array_mut().unwrap() {
+                    version.as_object_mut().unwrap().remove("public_key");
+                }
+            }),
+        ];
+        for f in edits {
+            let edited = edit(&text, f);
+            assert!(
+                matches!(decode(&edited, &key()), Err(RecordError::BadMac { .. })),
+                "{}",
+                String::from_utf8_lossy(&edited)
+            );
+        }
+    }
+
+    #[test]
+    fn type_fields_that_contradict_the_format_or_the_type_are_refused_even_when_authenticated() {
+        let typed = encode(&signing_material(), 3, &key()).unwrap();
+        let aes = encode(&material(), 3, &key()).unwrap();
+        let cases: Vec<(&[u8], JsonEdit, &str)> = vec![
+            (
+                &aes,
+                Box::new(|v| v["type"] = "ed25519".into()),
+                "format 1 but names a key type",
+            ),
+            (
+                &aes,
+                Box::new(|v| v["versions"][1]["public_key"] = "MAA=".into()),
+                "which aes256-gcm keys do not have",
+            ),
+            (
+                &typed,
+                Box::new(|v| {
+                    v.as_object_mut().unwrap().remove("type");
+                }),
+                "format 2 but names no key type",
+            ),
+            (
+                &typed,
+                Box::new(|v| v["type"] = "rsa-4096".into()),
+                "\"rsa-4096\" is not one this hostkms knows",
+            ),
+            (
+                &typed,
+                Box::new(|v| {
+                    v["versions"][0]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("public_key");
+                }),
+                "version 1 of its ed25519 key has no public key",
+            ),
+            (
+                &typed,
+                Box::new(|v| v["type"] = "hmac-sha256".into()),
+                "version 1 has a public key, which hmac-sha256 keys do not have",
+            ),
+            (
+                &typed,
+                Box::new(|v| v["versions"][1]["public_key"] = "not base64!".into()),
+                "version 2 has a public key that is not base64",
+            ),
+            (
+                &typed,
+                Box::new(|v| v["versions"][1]["public_key"] = "".into()),
+                "version 2 has a public key that is not base64",
+            ),
+            (
+                &typed,
+                Box::new(|v| {
+                    v["versions"][1]["public_key"] =
+                        BASE64.encode(vec![0u8; MAX_PUBLIC_KEY_LEN + 1]).into()
+                }),
+                "version 2 has a public key that is not base64",
+            ),
+        ];
+        for (text, f, expected) in cases {
+            let err = decode(&resigned(text, f), &key()).unwrap_err();
+            assert!(
+                matches!(err, RecordError::Invalid { .. }),
+                "{expected}: {err}"
+            );
+            assert!(err.to_string().contains(expected), "{expected}: {err}");
+        }
+        // And the writer refuses material that breaks the same rules.
+        let mut missing = signing_material();
+        missing.versions[0].public_key = None;
+        let mut extra = material();
+        extra.versions[1].public_key = Some(vec![0x30]);
+        for material in [missing, extra] {
+            assert!(matches!(
+                encode(&material, 1, &key()),
+                Err(RecordError::Invalid { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn same_material_sees_the_type_and_public_keys() {
+        let mut m = signing_material();
+        m.key_type = KeyType::EcdsaP256;
+        assert!(!same_material(&m, &signing_material()));
+        let mut m = signing_material();
+        m.versions[0].public_key = m.versions[1].public_key.clone();
+        assert!(!same_material(&m, &signing_material()));
     }
 }

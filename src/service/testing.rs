@@ -1,6 +1,6 @@
 //! A whole [`Service`] in-process, without swtpm or the daemon: a root key
 //! from fixed bytes, a key store in a temporary directory fed by
-//! [`TestEntropy`], and a [`TestProbe`] for `Status`. For unit tests of the
+//! [`TestEntropy`] (and `GenerateRandom` by another), and a [`TestProbe`] for `Status`. For unit tests of the
 //! service and the server; only in tests and with the `test-util` feature.
 //!
 //! ```ignore
@@ -43,6 +43,7 @@ pub struct TestServiceBuilder {
     limits: ServiceLimits,
     alerts: AlertThresholds,
     entropy: Arc<TestEntropy>,
+    random: Arc<TestEntropy>,
     probe: Arc<TestProbe>,
 }
 
@@ -64,6 +65,7 @@ impl TestServiceBuilder {
             },
             alerts: AlertThresholds::default(),
             entropy: Arc::new(TestEntropy::new()),
+            random: Arc::new(TestEntropy::new()),
             probe: Arc::new(TestProbe::new()),
         }
     }
@@ -91,6 +93,11 @@ impl TestServiceBuilder {
         Arc::clone(&self.entropy)
     }
 
+    /// The source `GenerateRandom` mixes in, apart from the store's.
+    pub fn random(&self) -> Arc<TestEntropy> {
+        Arc::clone(&self.random)
+    }
+
     /// The probe `Status` asks.
     pub fn probe(&self) -> Arc<TestProbe> {
         Arc::clone(&self.probe)
@@ -104,13 +111,10 @@ impl TestServiceBuilder {
         let state_dir = StateDir::open(dir)?;
         let root = RootKey::from_bytes_for_tests(self.root_key);
         let store = KeyStore::open(&state_dir, &root, self.entropy.clone())?;
-        Ok(Service::new(
-            store,
-            policy,
-            self.limits,
-            self.alerts,
-            self.probe.clone(),
-        ))
+        Ok(
+            Service::new(store, policy, self.limits, self.alerts, self.probe.clone())
+                .with_random_source(self.random.clone()),
+        )
     }
 }
 

@@ -287,11 +287,13 @@ mod tests {
                     number: 1,
                     created: 1,
                     kek: None,
+                    public_key: None,
                 },
                 VersionMaterial {
                     number: 2,
                     created: 2,
                     kek: Some(Zeroizing::new([kek; 32])),
+                    public_key: None,
                 },
             ],
             key_type: agent_proto::KeyType::Aes256Gcm,

@@ -16,12 +16,12 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
 
 /// The stdout of a successful run, as text.
-fn ok_text(output: Output) -> String {
+pub(crate) fn ok_text(output: Output) -> String {
     String::from_utf8(ok(output)).expect("UTF-8 output")
 }
 
 /// The stdout of a successful run, as exactly one JSON document.
-fn ok_json(output: Output) -> Value {
+pub(crate) fn ok_json(output: Output) -> Value {
     let stdout = ok(output);
     let mut documents = serde_json::Deserializer::from_slice(&stdout).into_iter::<Value>();
     let value = documents
@@ -33,7 +33,7 @@ fn ok_json(output: Output) -> Value {
 }
 
 /// Asserts a refusal by the daemon: exit 1 and `hostkms: <what>` on stderr.
-fn assert_refused(output: &Output, what: &str) {
+pub(crate) fn assert_refused(output: &Output, what: &str) {
     let err = stderr(output);
     assert_eq!(output.status.code(), Some(1), "{err}");
     assert!(err.starts_with(&format!("hostkms: {what}: ")), "{err}");
@@ -44,7 +44,7 @@ fn assert_refused(output: &Output, what: &str) {
 }
 
 /// Asserts a usage or local error: exit 2, the daemon not needed.
-fn assert_usage(output: &Output, needles: &[&str]) {
+pub(crate) fn assert_usage(output: &Output, needles: &[&str]) {
     let err = stderr(output);
     assert_eq!(output.status.code(), Some(2), "{err}");
     for needle in needles {
@@ -537,7 +537,7 @@ fn usage_and_local_errors_exit_2_before_contacting_the_daemon() {
     let output = cli_stdin(&socket, &["--json", "wrap", "k", "--binary"], b"x");
     assert_usage(&output, &["--binary", "--json"]);
     assert_usage(&cli(&socket, &["revoke"]), &["NAME"]);
-    assert_usage(&cli(&socket, &["bench", "--op", "sign"]), &["--op"]);
+    assert_usage(&cli(&socket, &["bench", "--op", "encrypt"]), &["--op"]);
     assert_usage(
         &cli(&socket, &["bench", "--op", "datakey", "--size", "20"]),
         &["--size"],

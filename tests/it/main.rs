@@ -18,6 +18,7 @@ mod harness;
 
 mod audit_flood;
 mod cli;
+mod cli_key_types;
 mod cli_out;
 mod config;
 mod config_props;
@@ -31,6 +32,7 @@ mod packaged_config;
 mod peer_identity;
 mod permissions;
 mod protocol;
+mod random;
 mod recovery;
 mod restore_drill;
 mod rollback;

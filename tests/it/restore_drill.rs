@@ -291,6 +291,7 @@ fn written_host(custodian_count: usize, threshold: u32, revision: u64) -> OldHos
                     number,
                     created: 1_700_000_100 + u64::from(number),
                     kek: Some(random_kek()),
+                    public_key: None,
                 })
                 .collect(),
             key_type: agent_proto::KeyType::Aes256Gcm,
@@ -1072,6 +1073,7 @@ fn restore_killed_at_any_moment_leaves_all_keys_or_none() {
                     number: 1,
                     created: 1_700_000_000,
                     kek: Some(random_kek()),
+                    public_key: None,
                 }],
                 key_type: agent_proto::KeyType::Aes256Gcm,
             }
@@ -1180,6 +1182,7 @@ fn a_backup_forged_for_the_real_custodians_is_refused_by_the_named_bundle() {
             number: 1,
             created: 1_700_000_000,
             kek: Some(random_kek()),
+            public_key: None,
         }],
         key_type: agent_proto::KeyType::Aes256Gcm,
     }];

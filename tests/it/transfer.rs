@@ -511,6 +511,7 @@ fn a_file_for_another_host_a_changed_byte_an_unpinned_source_or_a_planted_file_i
             number: 1,
             created: 1,
             kek: Some(Zeroizing::new([0x41; 32])),
+            public_key: None,
         }],
         key_type: agent_proto::KeyType::Aes256Gcm,
     };
