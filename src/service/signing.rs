@@ -339,13 +339,10 @@ fn mix_random(source: &dyn EntropySource, bytes: u16) -> Result<SecretBytes, Ref
     Ok(SecretBytes::new(std::mem::take(&mut *out)))
 }
 
-/// The public key of `version`: the live secret's, else (revoked) the copy
-/// the store keeps.
+/// The public key of `version` as the store keeps it (D2), revoked
+/// versions included.
 fn public_key_der(version: &Version) -> Option<Vec<u8>> {
-    version
-        .key()
-        .and_then(VersionKey::public_key_der)
-        .map(|der| der.to_vec())
+    version.public_key_der().map(<[u8]>::to_vec)
 }
 
 /// The latest version of an enabled key and its secret. An enabled key's
