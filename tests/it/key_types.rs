@@ -1027,3 +1027,121 @@ fn a_restart_keeps_types_public_keys_and_signatures() {
         }
     }
 }
+
+/// Messages and data beyond `max_plaintext` are refused with advice that
+/// fits the key type (D4): ECDSA P-256 signs the digest instead, which
+/// openssl verifies as the signature of the whole message; the other types
+/// are told the limit and that only ecdsa-p256 keys take a digest.
+#[test]
+fn messages_beyond_max_plaintext_are_refused_with_advice_that_fits_the_type() {
+    let Harness {
+        tpm: _tpm,
+        files: _files,
+        daemon,
+    } = Harness::start(DaemonConfig::new().max_plaintext(1024));
+    let mut client = daemon.client();
+    let at_limit = vec![b'a'; 1024];
+    let beyond = vec![b'b'; 1025];
+
+    for key_type in SIGNING_TYPES {
+        let name = format!("rel-{key_type}");
+        client.create_key_of_type(&name, key_type).unwrap();
+        let signed = client.sign(&name, &at_limit).unwrap();
+        assert_valid(
+            client
+                .verify(&name, &at_limit, &signed.signature, None)
+                .unwrap(),
+            1,
+        );
+        let message = refused(client.sign(&name, &beyond), ErrorCode::PlaintextTooLarge);
+        assert!(message.contains("1024"), "names the limit: {message}");
+        assert!(message.contains("digest"), "{message}");
+        if key_type != KeyType::EcdsaP256 {
+            assert!(message.contains("ecdsa-p256"), "{message}");
+            assert!(!message.contains("hash it yourself"), "{message}");
+        }
+        refused(
+            client.verify(&name, &beyond, &signed.signature, None),
+            ErrorCode::PlaintextTooLarge,
+        );
+    }
+
+    // A large message through ECDSA's digest path: openssl verifies the
+    // signature against the message itself.
+    let large = vec![b'c'; 100_000];
+    let digest = sha2::Sha256::digest(&large).to_vec();
+    let signed = client.sign_digest("rel-ecdsa-p256", &digest).unwrap();
+    let public = client.public_key("rel-ecdsa-p256", None).unwrap();
+    let dir = private_tempdir();
+    assert!(openssl_verifies(
+        dir.path(),
+        KeyType::EcdsaP256,
+        &pem(&public.spki_der),
+        &large,
+        &signed.signature
+    ));
+
+    for key_type in HMAC_TYPES {
+        let name = format!("tokens-{key_type}");
+        client.create_key_of_type(&name, key_type).unwrap();
+        let tag = client.mac(&name, &at_limit).unwrap().tag;
+        assert_valid(client.verify_mac(&name, &at_limit, &tag, None).unwrap(), 1);
+        refused(client.mac(&name, &beyond), ErrorCode::PlaintextTooLarge);
+        refused(
+            client.verify_mac(&name, &beyond, &tag, None),
+            ErrorCode::PlaintextTooLarge,
+        );
+    }
+}
+
+/// What the new operations carry (data, tags, signatures, random bytes)
+/// never reaches the daemon's log or audit trail (D6).
+#[test]
+fn the_log_carries_no_data_tags_signatures_or_random_bytes() {
+    let Harness {
+        tpm: _tpm,
+        files: _files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
+    let mut client = daemon.client();
+    let data = b"log-canary-0c3f9a5e data that must not be logged";
+    let mut secrets: Vec<Vec<u8>> = vec![data.to_vec()];
+
+    client
+        .create_key_of_type("hm", KeyType::HmacSha256)
+        .unwrap();
+    let tag = client.mac("hm", data).unwrap().tag;
+    client.verify_mac("hm", data, &tag, None).unwrap();
+    client
+        .verify_mac("hm", data, &flip_last_bit(&tag), None)
+        .unwrap();
+    secrets.push(tag);
+    for key_type in SIGNING_TYPES {
+        let name = format!("rel-{key_type}");
+        client.create_key_of_type(&name, key_type).unwrap();
+        let signature = client.sign(&name, data).unwrap().signature;
+        client.verify(&name, data, &signature, None).unwrap();
+        client
+            .verify(&name, data, &flip_last_bit(&signature), Some(1))
+            .unwrap();
+        secrets.push(signature);
+    }
+    secrets.push(client.random(64).unwrap().expose().to_vec());
+    // A refusal about the data names no data either.
+    refused(client.sign("hm", data), ErrorCode::WrongKeyType);
+
+    let log = daemon.log();
+    assert!(
+        log.contains("rel-ed25519"),
+        "the log records the requests: {log}"
+    );
+    for secret in &secrets {
+        for encoded in [STANDARD.encode(secret), hex(secret)] {
+            assert!(!log.contains(&encoded), "{encoded} is in the log:\n{log}");
+        }
+    }
+    assert!(
+        !log.contains("log-canary"),
+        "the data is in the log:\n{log}"
+    );
+}
