@@ -984,6 +984,13 @@ fn a_restart_keeps_types_public_keys_and_signatures() {
         };
         before.push((name, key_type, output, public));
     }
+    // A revoked version's public key survives too (D2).
+    client
+        .create_key_of_type("audit", KeyType::Ed25519)
+        .unwrap();
+    let revoked_public = client.public_key("audit", Some(1)).unwrap().spki_der;
+    client.rotate("audit").unwrap();
+    client.revoke("audit", Some(1)).unwrap();
     drop(client);
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
@@ -996,6 +1003,9 @@ fn a_restart_keeps_types_public_keys_and_signatures() {
         .into_iter()
         .map(|k| (k.name, k.key_type))
         .collect();
+    let audit = client.public_key("audit", Some(1)).unwrap();
+    assert!(audit.revoked);
+    assert_eq!(audit.spki_der, revoked_public);
     for (name, key_type, output, public) in before {
         assert_eq!(listed.get(&name), Some(&key_type), "{name}");
         assert_eq!(client.describe_key(&name).unwrap().key_type, key_type);
