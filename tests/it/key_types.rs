@@ -1155,3 +1155,59 @@ fn the_log_carries_no_data_tags_signatures_or_random_bytes() {
         "the data is in the log:\n{log}"
     );
 }
+
+/// A client of protocol 3, from before key types, keeps working with a
+/// daemon that holds them (D7): AES keys as before; an operation on a
+/// typed key that does not fit it answers error 18, WrongKeyType; the new
+/// requests and types fail in the client, naming what the daemon's
+/// protocol cannot carry, before anything is sent.
+#[test]
+fn a_protocol_3_client_keeps_working_beside_typed_keys() {
+    let Harness {
+        tpm: _tpm,
+        files: _files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
+    let mut admin = daemon.client();
+    admin.create_key_of_type("ed", KeyType::Ed25519).unwrap();
+    let signature = admin.sign("ed", MESSAGE).unwrap().signature;
+
+    let mut old = daemon.client();
+    old.set_protocol(3);
+    let ctx = agent_proto::EncryptionContext::new();
+    old.create_key("aes").unwrap();
+    let wrapped = old.wrap("aes", MESSAGE, &ctx).unwrap();
+    assert_eq!(
+        old.unwrap(wrapped.ciphertext.as_bytes(), &ctx, None)
+            .unwrap()
+            .plaintext
+            .expose(),
+        MESSAGE
+    );
+    let message = refused(old.wrap("ed", MESSAGE, &ctx), ErrorCode::WrongKeyType);
+    assert!(message.contains("ed25519"), "{message}");
+    assert_eq!(ErrorCode::WrongKeyType.number(), 18);
+    let names: Vec<String> = old
+        .list_keys()
+        .unwrap()
+        .into_iter()
+        .map(|k| k.name)
+        .collect();
+    assert_eq!(names, ["aes", "ed"]);
+
+    for result in [
+        old.sign("ed", MESSAGE).map(|_| ()),
+        old.verify("ed", MESSAGE, &signature, None).map(|_| ()),
+        old.create_key_of_type("ed2", KeyType::Ed25519).map(|_| ()),
+        old.random(16).map(|_| ()),
+    ] {
+        match result {
+            Err(ClientError::DaemonTooOld { .. }) => {}
+            other => panic!("a protocol 3 client cannot send this: {other:?}"),
+        }
+    }
+    assert_eq!(old.protocol(), 3);
+    // The same requests from a current client on the same daemon work.
+    assert_valid(admin.verify("ed", MESSAGE, &signature, None).unwrap(), 1);
+    assert!(admin.describe_key("ed2").is_err(), "nothing was created");
+}
