@@ -17,7 +17,7 @@ use crate::harness::{
 };
 use agent_proto::codec::{self, DEFAULT_MAX_FRAME, LENGTH_PREFIX};
 use agent_proto::{
-    Client, EncryptionContext, Envelope, ErrorCode, PROTOCOL_VERSION, Request, Response, v1, v2,
+    Client, EncryptionContext, Envelope, ErrorCode, PROTOCOL_VERSION, Request, Response, v1, v2, v3,
 };
 
 /// The audit event of a refused request (`systemd/hostkms.catalog`).
@@ -120,6 +120,104 @@ fn a_frozen_version_2_client_gets_version_2_answers_from_the_current_daemon() {
     );
     assert!(
         matches!(&answer.op, v2::Response::Keys(page) if page.keys.is_empty()),
+        "{answer:?}"
+    );
+}
+
+#[test]
+fn a_frozen_version_3_client_keeps_working_against_the_version_4_daemon() {
+    let Harness {
+        tpm: _tpm,
+        files: _files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
+    let mut admin = Client::connect(&daemon.socket).expect("connect");
+    admin
+        .create_key_of_type("rel", agent_proto::KeyType::Ed25519)
+        .expect("an ed25519 key");
+    let mut stream = UnixStream::connect(&daemon.socket).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut ask = |id: u64, op: v3::Request| {
+        let frame = codec::encode_frame(
+            &Envelope {
+                proto: v3::VERSION,
+                id,
+                op,
+            },
+            DEFAULT_MAX_FRAME,
+        )
+        .expect("encode");
+        stream.write_all(&frame).expect("send");
+        let body = codec::read_frame(&mut stream, DEFAULT_MAX_FRAME)
+            .expect("read")
+            .expect("an answer");
+        assert_eq!(u16::from_le_bytes([body[0], body[1]]), v3::VERSION);
+        // decode_body refuses trailing bytes: a KeyInfo with the type
+        // appended would not decode.
+        codec::decode_body::<v3::Response>(&body).expect("a version-3 answer")
+    };
+    // A version-3 CreateKey makes an AES key, described in version 3's shape.
+    let answer = ask(
+        1,
+        v3::Request::CreateKey {
+            name: "db".to_string(),
+        },
+    );
+    assert!(
+        matches!(&answer.op, v3::Response::Key(key) if key.name == "db"),
+        "{answer:?}"
+    );
+    assert_eq!(
+        admin.describe_key("db").expect("describe").key_type,
+        agent_proto::KeyType::Aes256Gcm
+    );
+    let context = EncryptionContext::new();
+    let answer = ask(
+        2,
+        v3::Request::Wrap {
+            key: "db".to_string(),
+            plaintext: agent_proto::SecretBytes::from(&b"hello"[..]),
+            context: context.clone(),
+        },
+    );
+    assert!(
+        matches!(&answer.op, v3::Response::Wrapped(w) if w.key == "db"),
+        "{answer:?}"
+    );
+    // The listing shows the ed25519 key too, without its type.
+    let answer = ask(
+        3,
+        v3::Request::ListKeys {
+            after: None,
+            limit: None,
+        },
+    );
+    let v3::Response::Keys(page) = &answer.op else {
+        panic!("not a list: {answer:?}");
+    };
+    let names: Vec<&str> = page.keys.iter().map(|key| key.name.as_str()).collect();
+    assert_eq!(names, ["db", "rel"]);
+    // A wrap with the ed25519 key: error code 18 with the daemon's words,
+    // which an older library reads as a code it does not know.
+    let answer = ask(
+        4,
+        v3::Request::Wrap {
+            key: "rel".to_string(),
+            plaintext: agent_proto::SecretBytes::from(&b"hello"[..]),
+            context,
+        },
+    );
+    let v3::Response::Error(reply) = &answer.op else {
+        panic!("not a refusal: {answer:?}");
+    };
+    assert_eq!(reply.code.number(), 18, "{reply:?}");
+    assert!(reply.message.contains("ed25519"), "{reply:?}");
+    // The connection is still good, and Status says the daemon speaks 4.
+    let answer = ask(5, v3::Request::Status);
+    assert!(
+        matches!(&answer.op, v3::Response::Status(s) if s.newest_protocol == 4),
         "{answer:?}"
     );
 }
