@@ -42,7 +42,7 @@ mod transfer;
 pub use health::TestProbe;
 use health::TpmHealth;
 pub use health::{TpmProbe, WorkerProbe};
-pub use signing::{MAX_SIGNATURE_LEN, MAX_TAG_LEN};
+pub use signing::{MAX_SIGNATURE_LEN, MAX_TAG_LEN, MAX_VERSIONS_TRIED};
 
 /// Data-key lengths `GenerateDataKey` accepts.
 pub const DATA_KEY_LENGTHS: [u16; 4] = [16, 24, 32, 64];
