@@ -161,8 +161,9 @@ fn ed25519_rfc8032_test_vectors() {
 }
 
 /// RFC 6979 appendix A.2.5: ECDSA P-256 with SHA-256, deterministic
-/// nonces. p256 does not normalise S (its `NORMALIZE_S` is false), so the
-/// signature is exactly the RFC's (r, s), DER-encoded.
+/// nonces. hostkms normalizes S low, so the signature is the RFC's (r, s)
+/// with s replaced by n - s where s is high ("sample"), DER-encoded; the
+/// RFC's own high-S form does not verify.
 #[test]
 fn ecdsa_p256_rfc6979_test_vectors() {
     use p256::pkcs8::DecodePublicKey;
@@ -202,9 +203,20 @@ fn ecdsa_p256_rfc6979_test_vectors() {
     for (msg, r, s) in vectors {
         let signature = ours.sign(&message(msg.as_bytes())).expect("signs");
         let decoded = p256::ecdsa::Signature::from_der(&signature).expect("DER signature");
-        let (got_r, got_s) = decoded.split_bytes();
-        assert_eq!(got_r.as_slice(), hex(r).as_slice(), "r of {msg:?}");
-        assert_eq!(got_s.as_slice(), hex(s).as_slice(), "s of {msg:?}");
+        let rfc = p256::ecdsa::Signature::from_scalars(
+            <[u8; 32]>::try_from(hex(r).as_slice()).expect("32-byte r"),
+            <[u8; 32]>::try_from(hex(s).as_slice()).expect("32-byte s"),
+        )
+        .expect("the RFC's signature is well formed");
+        assert_eq!(decoded, rfc.normalize_s(), "(r, low s) of {msg:?}");
+        let high = p256::ecdsa::Signature::from_scalars(decoded.r(), -*decoded.s())
+            .expect("the high-S twin is well formed");
+        assert!(
+            !ours
+                .verify(&message(msg.as_bytes()), high.to_der().as_bytes())
+                .expect("ecdsa-p256 verifies"),
+            "the high-S twin of {msg:?} does not verify"
+        );
 
         // The digest path signs the SHA-256 of the message the same way.
         let digest = sha2::Sha256::digest(msg.as_bytes()).to_vec();
