@@ -30,7 +30,10 @@ pub const DIGEST_LEN: usize = 32;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyUseError {
     /// The operation is not one this key type performs.
-    #[error("a key of type {key_type} cannot {operation}; it supports {}", supported(*key_type))]
+    #[error(
+        "the {operation} operation does not fit a key of type {key_type}; that type supports {}",
+        supported(*key_type)
+    )]
     WrongKeyType {
         /// The key's type.
         key_type: KeyType,

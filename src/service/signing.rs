@@ -102,7 +102,7 @@ impl Service {
             }
             SignInput::Digest(digest) => {
                 let problem = if key.key_type() != KeyType::EcdsaP256 {
-                    Some(format!("a {} key cannot take a digest", key.key_type()))
+                    Some(format!("a key of type {} takes no digest", key.key_type()))
                 } else if digest.len() != DIGEST_LEN {
                     Some(format!("the digest is {} bytes long", digest.len()))
                 } else {

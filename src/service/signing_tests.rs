@@ -240,7 +240,9 @@ fn denied(uid: u32, op: &str, key: &str) -> Response {
 fn wrong_type(key: &str, key_type: &str, op: &str, supported: &str) -> Response {
     refused(
         ErrorCode::WrongKeyType,
-        &format!("key \"{key}\": a key of type {key_type} cannot {op}; it supports {supported}"),
+        &format!(
+            "key \"{key}\": the {op} operation does not fit a key of type {key_type}; that type supports {supported}"
+        ),
     )
 }
 
@@ -462,7 +464,7 @@ async fn ecdsa_signs_a_sha256_digest_as_it_signs_the_message_and_only_ecdsa_take
                 refused(
                     ErrorCode::InvalidArgument,
                     &format!(
-                        "key \"{name}\": a {key_type} key cannot take a digest: only ecdsa-p256 keys {op} a pre-hashed digest, and it must be a 32-byte SHA-256 digest; send the message instead"
+                        "key \"{name}\": a key of type {key_type} takes no digest: only ecdsa-p256 keys {op} a pre-hashed digest, and it must be a 32-byte SHA-256 digest; send the message instead"
                     ),
                 )
             );
@@ -565,7 +567,7 @@ async fn an_operation_that_does_not_fit_the_key_type_is_wrong_key_type_naming_wh
                 context: ctx.clone(),
             },
             "hmac-sha256",
-            "wrap",
+            "datakey",
             hmac,
         ),
         (
