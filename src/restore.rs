@@ -378,12 +378,15 @@ pub fn summary(report: &RestoreReport, options: &RestoreOptions, config: &Config
         },
     );
     for key in &restored.added {
-        out.push_str(&format!("\n  restored {:?} (id {})", key.name, key.id));
+        out.push_str(&format!(
+            "\n  restored {:?} (id {}, {})",
+            key.name, key.id, key.key_type
+        ));
     }
     for key in &restored.kept {
         out.push_str(&format!(
-            "\n  kept {:?} (id {}) as the store had it: its id was there already",
-            key.name, key.id
+            "\n  kept {:?} (id {}, {}) as the store had it: its id was there already",
+            key.name, key.id, key.key_type
         ));
     }
     if !report.ignored.is_empty() {

@@ -42,7 +42,7 @@ mod transfer;
 pub use health::TestProbe;
 use health::TpmHealth;
 pub use health::{TpmProbe, WorkerProbe};
-pub use signing::{MAX_SIGNATURE_LEN, MAX_TAG_LEN};
+pub use signing::{MAX_SIGNATURE_LEN, MAX_TAG_LEN, MAX_VERSIONS_TRIED};
 
 /// Data-key lengths `GenerateDataKey` accepts.
 pub const DATA_KEY_LENGTHS: [u16; 4] = [16, 24, 32, 64];
@@ -438,6 +438,7 @@ impl Service {
                 let decrypted =
                     self.decrypt(peer, op, &ciphertext, &context, key.as_deref(), subject)?;
                 self.encrypt(
+                    op,
                     decrypted.key.name(),
                     &decrypted.plaintext,
                     &context,
@@ -695,7 +696,8 @@ impl Service {
                 ),
             ));
         }
-        self.encrypt(key, plaintext, context, subject).await
+        self.encrypt(Operation::Wrap, key, plaintext, context, subject)
+            .await
     }
 
     async fn data_key(
@@ -723,7 +725,9 @@ impl Service {
                     format!("the OS random number generator failed: {e}"),
                 )
             })?;
-        let wrapped = self.encrypt(key, &data_key, context, subject).await?;
+        let wrapped = self
+            .encrypt(Operation::DataKey, key, &data_key, context, subject)
+            .await?;
         Ok(Response::DataKey(DataKey {
             key: wrapped.key,
             version: wrapped.version,
@@ -738,6 +742,7 @@ impl Service {
     /// reaches it.
     async fn encrypt(
         &self,
+        op: Operation,
         key: &str,
         plaintext: &[u8],
         context: &EncryptionContext,
@@ -751,7 +756,7 @@ impl Service {
             };
             Self::usable(current)?;
             if current.key_type() != KeyType::Aes256Gcm {
-                return Err(Refusal::wrong_key_type(current, Operation::Wrap));
+                return Err(Refusal::wrong_key_type(current, op));
             }
             let Some(version) = current.latest().cloned() else {
                 return Err(Refusal::new(

@@ -30,7 +30,10 @@ pub const DIGEST_LEN: usize = 32;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyUseError {
     /// The operation is not one this key type performs.
-    #[error("a key of type {key_type} cannot {operation}; it supports {}", supported(*key_type))]
+    #[error(
+        "the {operation} operation does not fit a key of type {key_type}; that type supports {}",
+        supported(*key_type)
+    )]
     WrongKeyType {
         /// The key's type.
         key_type: KeyType,
@@ -64,6 +67,14 @@ fn supported(key_type: KeyType) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the seed is not a valid {0} private key")]
 pub struct SeedInvalid(pub KeyType);
+
+/// A DER ECDSA P-256 signature in low-S form, the only form hostkms makes:
+/// `None` for a malformed one or its high-S twin (n - s), so a signature's
+/// bytes cannot be altered and still verify.
+fn low_s_ecdsa(der: &[u8]) -> Option<p256::ecdsa::Signature> {
+    let signature = p256::ecdsa::Signature::from_der(der).ok()?;
+    (signature.normalize_s() == signature).then_some(signature)
+}
 
 /// A value on a heap allocation of its own, locked in RAM (best effort,
 /// like [`Kek`]) so it is never swapped out; the value zeroizes itself on
@@ -232,7 +243,8 @@ impl VersionKey {
 
     /// A signature over `input` in the type's standard encoding: Ed25519
     /// 64 bytes (RFC 8032, pure); ECDSA P-256 with SHA-256, ASN.1 DER
-    /// (RFC 6979 nonces); ML-DSA-65 as FIPS 204 encodes it (hedged,
+    /// (RFC 6979 nonces, S normalized low
+    /// as BIP 62 has it; a high-S twin does not verify); ML-DSA-65 as FIPS 204 encodes it (hedged,
     /// empty context).
     pub fn sign(&self, input: &SignInput) -> Result<Vec<u8>, KeyUseError> {
         use signature::Signer;
@@ -245,7 +257,7 @@ impl VersionKey {
                 let signature: p256::ecdsa::Signature = key
                     .try_sign(message.expose())
                     .map_err(|_| KeyUseError::Signer(KeyType::EcdsaP256))?;
-                Ok(signature.to_der().as_bytes().to_vec())
+                Ok(signature.normalize_s().to_der().as_bytes().to_vec())
             }
             (Secret::EcdsaP256(key), SignInput::Digest(digest)) => {
                 use signature::hazmat::PrehashSigner;
@@ -255,7 +267,7 @@ impl VersionKey {
                 let signature: p256::ecdsa::Signature = key
                     .sign_prehash(digest)
                     .map_err(|_| KeyUseError::Signer(KeyType::EcdsaP256))?;
-                Ok(signature.to_der().as_bytes().to_vec())
+                Ok(signature.normalize_s().to_der().as_bytes().to_vec())
             }
             (Secret::MlDsa65(seed, _), SignInput::Message(message)) => {
                 // Zeroized when dropped at the end of this arm.
@@ -291,7 +303,7 @@ impl VersionKey {
                     .is_ok())
             }
             (Secret::EcdsaP256(key), SignInput::Message(message)) => {
-                let Ok(signature) = p256::ecdsa::Signature::from_der(signature) else {
+                let Some(signature) = low_s_ecdsa(signature) else {
                     return Ok(false);
                 };
                 Ok(key
@@ -304,7 +316,7 @@ impl VersionKey {
                 if digest.len() != DIGEST_LEN {
                     return Err(KeyUseError::Digest("the digest has the wrong length"));
                 }
-                let Ok(signature) = p256::ecdsa::Signature::from_der(signature) else {
+                let Some(signature) = low_s_ecdsa(signature) else {
                     return Ok(false);
                 };
                 Ok(key

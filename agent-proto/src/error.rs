@@ -197,8 +197,8 @@ pub enum DecodeError {
     /// "Compatibility and evolution"). The message starts with
     /// [`UNKNOWN_REQUEST`], which clients look for.
     #[error(
-        "unknown request variant {index} in protocol version {proto} (this side knows 0 to {last}): \
-         the daemon is older than the client; upgrade hostkmsd",
+        "unknown request variant {index} in protocol version {proto} (this side knows 0 to {last}): {}",
+        unknown_request_advice(*proto, *index),
         last = known.saturating_sub(1)
     )]
     UnknownRequest {
@@ -219,6 +219,20 @@ pub enum DecodeError {
         /// What the decoder found wrong.
         reason: String,
     },
+}
+
+/// What to do about an unknown request variant: a variant this side knows
+/// in a newer protocol version was sent under an older version's label (a
+/// client bug, not an old daemon); any other is from a newer peer.
+fn unknown_request_advice(proto: u16, index: u32) -> String {
+    if proto < crate::PROTOCOL_VERSION && index < crate::Request::VARIANTS {
+        format!(
+            "that request came in a later protocol version; send it as version {} (the newest this side speaks)",
+            crate::PROTOCOL_VERSION
+        )
+    } else {
+        "the daemon is older than the client; upgrade hostkmsd".to_string()
+    }
 }
 
 impl DecodeError {

@@ -254,7 +254,8 @@ pub(super) fn public_key_of(key: &VersionKey) -> Option<Arc<[u8]>> {
 /// The public key a version of `key_type` keeps, checked against what it
 /// was given (`stored`: a row's column, a record's field): a live version's
 /// must be the one its secret gives; a revoked signing version's is taken
-/// as given and must be there; an AES or HMAC version has none. The error
+/// as given and must be there, a SubjectPublicKeyInfo of the key's type;
+/// an AES or HMAC version has none. The error
 /// says what is wrong, for a message naming the key and version.
 pub(super) fn checked_public_key(
     key_type: KeyType,
@@ -276,9 +277,25 @@ pub(super) fn checked_public_key(
         (None, Some(_)) if !key_type.is_signing() => {
             Err("has a public key but its key type has none")
         }
+        (None, Some(stored)) if !is_public_key_of(key_type, stored) => {
+            Err("its public key is not a public key of its key type")
+        }
         (None, Some(stored)) => Ok(Some(Arc::from(stored))),
         (None, None) if key_type.is_signing() => Err("lacks its public key"),
         (None, None) => Ok(None),
+    }
+}
+
+/// Whether `der` is a SubjectPublicKeyInfo of a `key_type` public key.
+fn is_public_key_of(key_type: KeyType, der: &[u8]) -> bool {
+    use p256::pkcs8::DecodePublicKey;
+    match key_type {
+        KeyType::Ed25519 => ed25519_dalek::VerifyingKey::from_public_key_der(der).is_ok(),
+        KeyType::EcdsaP256 => p256::ecdsa::VerifyingKey::from_public_key_der(der).is_ok(),
+        KeyType::MlDsa65 => {
+            ml_dsa::VerifyingKey::<ml_dsa::MlDsa65>::from_public_key_der(der).is_ok()
+        }
+        KeyType::Aes256Gcm | KeyType::HmacSha256 | KeyType::HmacSha512 => false,
     }
 }
 

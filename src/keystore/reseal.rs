@@ -457,6 +457,48 @@ mod tests {
         assert_eq!(store.keys().by_name("b").unwrap().latest_version(), 2);
     }
 
+    #[test]
+    fn a_rotation_keeps_key_types_and_public_keys_revoked_ones_included() {
+        use agent_proto::{KeyType, SecretBytes, SignInput};
+        let fixture = Fixture::new();
+        let store = fixture.open_with(OLD).unwrap();
+        store.create_typed("sig", KeyType::EcdsaP256).unwrap();
+        store.rotate("sig").unwrap();
+        store.revoke("sig", Some(1)).unwrap();
+        store.create_typed("tag", KeyType::HmacSha512).unwrap();
+        let public_keys = |store: &KeyStore| -> Vec<Option<Vec<u8>>> {
+            let keys = store.keys();
+            keys.by_name("sig")
+                .unwrap()
+                .versions
+                .iter()
+                .map(|v| v.public_key_der().map(<[u8]>::to_vec))
+                .collect()
+        };
+        let before = public_keys(&store);
+        assert!(before.iter().all(Option::is_some));
+        let tag = |store: &KeyStore| {
+            let keys = store.keys();
+            let version = Arc::clone(keys.by_name("tag").unwrap().latest().unwrap());
+            version.key().unwrap().mac(b"m").unwrap()
+        };
+        let tag_before = tag(&store);
+        store.rotate_root(&FakeSealer::default()).unwrap();
+        drop(store);
+
+        let store = fixture.open_with(NEW).unwrap();
+        assert_eq!(public_keys(&store), before);
+        assert_eq!(tag(&store), tag_before);
+        let keys = store.keys();
+        let sig = keys.by_name("sig").unwrap();
+        assert_eq!(sig.key_type(), KeyType::EcdsaP256);
+        assert_eq!(keys.by_name("tag").unwrap().key_type(), KeyType::HmacSha512);
+        let message = SignInput::Message(SecretBytes::new(b"m".to_vec()));
+        let key = sig.latest().unwrap().key().unwrap();
+        let signature = key.sign(&message).unwrap();
+        assert_eq!(key.verify(&message, &signature), Ok(true));
+    }
+
     fn rotation_id(store: &KeyStore, name: &str) -> KeyId {
         store.keys().by_name(name).unwrap().id()
     }

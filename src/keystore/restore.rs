@@ -16,13 +16,15 @@ use super::{Change, Key, KeyMaterial, KeyStore, StoreError, Version, check_name}
 use crate::envelope::KeyId;
 use crate::version_key::VersionKey;
 
-/// A key of a restore: its name and id.
+/// A key of a restore: its name, id and type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoredKey {
     /// The key's name.
     pub name: String,
     /// The key's id.
     pub id: KeyId,
+    /// The key's type.
+    pub key_type: KeyType,
 }
 
 /// What a restore did.
@@ -149,6 +151,7 @@ impl KeyStore {
                 restored.kept.push(RestoredKey {
                     name: existing.name.clone(),
                     id: existing.id,
+                    key_type: existing.key_type,
                 });
                 continue;
             }
@@ -208,6 +211,7 @@ impl KeyStore {
             restored.added.push(RestoredKey {
                 name: material.name.clone(),
                 id: material.id,
+                key_type: material.key_type,
             });
             adding.push(Key {
                 id: material.id,
@@ -533,6 +537,16 @@ mod tests {
         hmac_with[tok].versions[0].public_key = Some(vec![0x30, 0x00]);
         let mut retyped = material.clone();
         retyped[tok].key_type = KeyType::Ed25519;
+        let mut other_algorithm = material.clone();
+        other_algorithm[rel].versions[0].public_key = Some(
+            VersionKey::from_seed(KeyType::EcdsaP256, &[3; 32])
+                .unwrap()
+                .public_key_der()
+                .unwrap()
+                .to_vec(),
+        );
+        let mut garbage = material.clone();
+        garbage[rel].versions[0].public_key = Some(vec![0x30, 0x00]);
         let b = Host::new(2);
         for (keys, expected) in [
             (
@@ -545,6 +559,14 @@ mod tests {
                 "version 1: has a public key but its key type has none",
             ),
             (retyped, "version 1: lacks its public key"),
+            (
+                other_algorithm,
+                "version 1: its public key is not a public key of its key type",
+            ),
+            (
+                garbage,
+                "version 1: its public key is not a public key of its key type",
+            ),
         ] {
             let store = b.open();
             let err = store.restore(keys, false).unwrap_err();

@@ -102,7 +102,7 @@ impl Service {
             }
             SignInput::Digest(digest) => {
                 let problem = if key.key_type() != KeyType::EcdsaP256 {
-                    Some(format!("a {} key cannot take a digest", key.key_type()))
+                    Some(format!("a key of type {} takes no digest", key.key_type()))
                 } else if digest.len() != DIGEST_LEN {
                     Some(format!("the digest is {} bytes long", digest.len()))
                 } else {
@@ -180,13 +180,16 @@ impl Service {
                 ),
             ));
         }
-        let candidates = candidates(&key, version, subject)?;
-        let inline = runs_inline(key.key_type(), candidates.len(), data.len());
+        let Candidates { versions, untried } = candidates(&key, version, subject)?;
+        let inline = runs_inline(key.key_type(), versions.len(), data.len());
         let matched = run(inline, move || {
-            first_match(&candidates, |secret| secret.verify_mac(data.expose(), &tag))
+            first_match(&versions, |secret| secret.verify_mac(data.expose(), &tag))
         })
         .await?
         .map_err(|e| use_refusal(&key, e))?;
+        if matched.is_none() && untried > 0 {
+            return Err(untried_versions(&key, untried));
+        }
         Ok(verified(&key, matched, subject))
     }
 
@@ -240,13 +243,16 @@ impl Service {
                 ),
             ));
         }
-        let candidates = candidates(&key, version, subject)?;
-        let inline = runs_inline(key.key_type(), candidates.len(), input.bytes().len());
+        let Candidates { versions, untried } = candidates(&key, version, subject)?;
+        let inline = runs_inline(key.key_type(), versions.len(), input.bytes().len());
         let matched = run(inline, move || {
-            first_match(&candidates, |secret| secret.verify(&input, &signature))
+            first_match(&versions, |secret| secret.verify(&input, &signature))
         })
         .await?
         .map_err(|e| use_refusal(&key, e))?;
+        if matched.is_none() && untried > 0 {
+            return Err(untried_versions(&key, untried));
+        }
         Ok(verified(&key, matched, subject))
     }
 
@@ -375,23 +381,39 @@ fn no_live_version(key: &Key) -> Refusal {
     )
 }
 
+/// Most versions one check without a named version tries: a peer holding
+/// only `verify` could otherwise make every request cost as many
+/// signature checks as the key has versions (an ML-DSA key of 200 versions:
+/// about a second of CPU each).
+pub const MAX_VERSIONS_TRIED: usize = 8;
+
+/// The versions a check tries, and how many live versions it leaves
+/// untried beyond [`MAX_VERSIONS_TRIED`].
+struct Candidates {
+    versions: Vec<Arc<Version>>,
+    untried: usize,
+}
+
 /// The versions a check tries: `version` alone when given (refused when
-/// missing, revoked or below the minimum decryption version), else every
-/// live version at or above the minimum, newest first. `subject` learns a
-/// given version.
+/// missing, revoked or below the minimum decryption version), else the
+/// [`MAX_VERSIONS_TRIED`] newest live versions at or above the minimum,
+/// newest first. `subject` learns a given version.
 fn candidates(
     key: &Key,
     version: Option<u32>,
     subject: &mut Subject,
-) -> Result<Vec<Arc<Version>>, Refusal> {
+) -> Result<Candidates, Refusal> {
     let Some(number) = version else {
         let min = key.min_decryption_version();
-        return Ok((min.max(1)..=key.latest_version())
+        let mut live = (min.max(1)..=key.latest_version())
             .rev()
             .filter_map(|n| key.version(n))
-            .filter(|v| !v.is_revoked())
-            .cloned()
-            .collect());
+            .filter(|v| !v.is_revoked());
+        let versions: Vec<_> = live.by_ref().take(MAX_VERSIONS_TRIED).cloned().collect();
+        return Ok(Candidates {
+            versions,
+            untried: live.count(),
+        });
     };
     subject.set_version(number);
     let found = key
@@ -417,7 +439,27 @@ fn candidates(
             ),
         ));
     }
-    Ok(vec![Arc::clone(found)])
+    Ok(Candidates {
+        versions: vec![Arc::clone(found)],
+        untried: 0,
+    })
+}
+
+/// A check that matched none of the versions it tried while older live
+/// versions were left untried: the caller must name the version.
+fn untried_versions(key: &Key, untried: usize) -> Refusal {
+    Refusal::new(
+        ErrorCode::InvalidArgument,
+        format!(
+            "no match under the {MAX_VERSIONS_TRIED} newest live versions of key \"{}\", and {untried} older live {} not tried (one request tries at most {MAX_VERSIONS_TRIED}); name the version to check (--version N, or the request's version field), or retire old versions with min-decryption-version",
+            key.name(),
+            if untried == 1 {
+                "version was"
+            } else {
+                "versions were"
+            }
+        ),
+    )
 }
 
 /// The number of the first of `candidates` whose secret `check` accepts.

@@ -240,7 +240,9 @@ fn denied(uid: u32, op: &str, key: &str) -> Response {
 fn wrong_type(key: &str, key_type: &str, op: &str, supported: &str) -> Response {
     refused(
         ErrorCode::WrongKeyType,
-        &format!("key \"{key}\": a key of type {key_type} cannot {op}; it supports {supported}"),
+        &format!(
+            "key \"{key}\": the {op} operation does not fit a key of type {key_type}; that type supports {supported}"
+        ),
     )
 }
 
@@ -462,7 +464,7 @@ async fn ecdsa_signs_a_sha256_digest_as_it_signs_the_message_and_only_ecdsa_take
                 refused(
                     ErrorCode::InvalidArgument,
                     &format!(
-                        "key \"{name}\": a {key_type} key cannot take a digest: only ecdsa-p256 keys {op} a pre-hashed digest, and it must be a 32-byte SHA-256 digest; send the message instead"
+                        "key \"{name}\": a key of type {key_type} takes no digest: only ecdsa-p256 keys {op} a pre-hashed digest, and it must be a 32-byte SHA-256 digest; send the message instead"
                     ),
                 )
             );
@@ -565,7 +567,7 @@ async fn an_operation_that_does_not_fit_the_key_type_is_wrong_key_type_naming_wh
                 context: ctx.clone(),
             },
             "hmac-sha256",
-            "wrap",
+            "datakey",
             hmac,
         ),
         (
@@ -696,6 +698,97 @@ async fn after_rotate_old_signatures_verify_under_version_one_and_new_ones_carry
             .call(&app, verify_mac("app-mac", b"d", &new.tag, None))
             .await,
         valid("app-mac", 2)
+    );
+}
+
+#[tokio::test]
+async fn a_check_without_a_version_tries_at_most_the_newest_versions_then_asks_for_one() {
+    let fixture = Fixture::granting(&["sign", "verify", "mac", "verify-mac"]);
+    let app = peer(APP);
+    let tried = MAX_VERSIONS_TRIED as u32;
+    fixture.create("app-many", KeyType::Ed25519).await;
+    fixture.create("app-many-mac", KeyType::HmacSha256).await;
+    let first = fixture.sign(&app, "app-many", message(b"old")).await;
+    let first_tag = fixture.mac(&app, "app-many-mac", b"old").await;
+    for _ in 0..tried {
+        for name in ["app-many", "app-many-mac"] {
+            fixture
+                .admin_call(Request::Rotate { key: name.into() })
+                .await;
+        }
+    }
+    // Version 1 is now the (tried + 1)th newest: a check without a version
+    // does not reach it, and says so rather than answer "invalid".
+    let untried = refused(
+        ErrorCode::InvalidArgument,
+        &format!(
+            "no match under the {tried} newest live versions of key \"app-many\", and 1 older live version was not tried (one request tries at most {tried}); name the version to check (--version N, or the request's version field), or retire old versions with min-decryption-version"
+        ),
+    );
+    assert_eq!(
+        fixture
+            .call(
+                &app,
+                verify("app-many", message(b"old"), &first.signature, None)
+            )
+            .await,
+        untried
+    );
+    assert_eq!(
+        code(
+            &fixture
+                .call(
+                    &app,
+                    verify_mac("app-many-mac", b"old", &first_tag.tag, None)
+                )
+                .await
+        ),
+        Some(ErrorCode::InvalidArgument)
+    );
+    // Named, it checks; the newest still check without a version.
+    assert_eq!(
+        fixture
+            .call(
+                &app,
+                verify("app-many", message(b"old"), &first.signature, Some(1))
+            )
+            .await,
+        valid("app-many", 1)
+    );
+    assert_eq!(
+        fixture
+            .call(
+                &app,
+                verify_mac("app-many-mac", b"old", &first_tag.tag, Some(1))
+            )
+            .await,
+        valid("app-many-mac", 1)
+    );
+    let newest = fixture.sign(&app, "app-many", message(b"new")).await;
+    assert_eq!(
+        fixture
+            .call(
+                &app,
+                verify("app-many", message(b"new"), &newest.signature, None)
+            )
+            .await,
+        valid("app-many", tried + 1)
+    );
+    // Retiring the old version brings the count within the limit again.
+    fixture
+        .admin_call(Request::SetMinDecryptionVersion {
+            key: "app-many".into(),
+            version: 2,
+        })
+        .await;
+    assert_eq!(
+        fixture
+            .call(
+                &app,
+                verify("app-many", message(b"old"), &first.signature, None)
+            )
+            .await,
+        invalid("app-many")
     );
 }
 

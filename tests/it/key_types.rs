@@ -8,6 +8,8 @@
 //! is `WrongKeyType`; a tampered input is `valid: false`, never an error;
 //! a peer (uid 65534) granted only `verify` verifies and cannot sign; the
 //! `random` grant rules; a restart keeps types, public keys and secrets.
+//! Everything goes through the agent-proto client, the CLI where the
+//! issue names a command.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -15,10 +17,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use age::x25519::Identity;
-use agent_proto::{
-    Client, ClientError, ErrorCode, KeyInfo, KeyType, MacTag, PublicKeyInfo, Request, Response,
-    SecretBytes, SignInput, Signature, Verification,
-};
+use agent_proto::{Client, ClientError, ErrorCode, KeyType, Verification};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use hostkms::recovery::agefile;
@@ -36,142 +35,6 @@ const NOBODY: u32 = 65534;
 const MESSAGE: &[u8] = b"hostkms release 1.0.0\n";
 const SIGNING_TYPES: [KeyType; 3] = [KeyType::Ed25519, KeyType::EcdsaP256, KeyType::MlDsa65];
 const HMAC_TYPES: [KeyType; 2] = [KeyType::HmacSha256, KeyType::HmacSha512];
-
-/// The requests of issue 11, one function each, with the shape of the
-/// agent-proto client methods (written against the raw requests so this
-/// file does not wait for the client).
-mod ops {
-    use super::*;
-
-    fn unexpected(response: Response) -> ClientError {
-        ClientError::UnexpectedResponse {
-            expected: "the answer to the request",
-            got: response.kind(),
-        }
-    }
-
-    pub fn create_key_of_type(
-        client: &mut Client,
-        name: &str,
-        key_type: KeyType,
-    ) -> Result<KeyInfo, ClientError> {
-        match client.call(Request::CreateKey {
-            name: name.to_string(),
-            key_type,
-        })? {
-            Response::Key(info) => Ok(info),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    pub fn mac(client: &mut Client, key: &str, data: &[u8]) -> Result<MacTag, ClientError> {
-        match client.call(Request::Mac {
-            key: key.to_string(),
-            data: SecretBytes::new(data.to_vec()),
-        })? {
-            Response::Mac(tag) => Ok(tag),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    pub fn verify_mac(
-        client: &mut Client,
-        key: &str,
-        data: &[u8],
-        tag: &[u8],
-        version: Option<u32>,
-    ) -> Result<Verification, ClientError> {
-        match client.call(Request::VerifyMac {
-            key: key.to_string(),
-            data: SecretBytes::new(data.to_vec()),
-            tag: tag.to_vec(),
-            version,
-        })? {
-            Response::Verified(verification) => Ok(verification),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    pub fn sign_input(
-        client: &mut Client,
-        key: &str,
-        input: SignInput,
-    ) -> Result<Signature, ClientError> {
-        match client.call(Request::Sign {
-            key: key.to_string(),
-            input,
-        })? {
-            Response::Signature(signature) => Ok(signature),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    pub fn sign(client: &mut Client, key: &str, message: &[u8]) -> Result<Signature, ClientError> {
-        sign_input(
-            client,
-            key,
-            SignInput::Message(SecretBytes::new(message.to_vec())),
-        )
-    }
-
-    pub fn sign_digest(
-        client: &mut Client,
-        key: &str,
-        digest: &[u8],
-    ) -> Result<Signature, ClientError> {
-        sign_input(client, key, SignInput::Digest(digest.to_vec()))
-    }
-
-    pub fn verify_input(
-        client: &mut Client,
-        key: &str,
-        input: SignInput,
-        signature: &[u8],
-        version: Option<u32>,
-    ) -> Result<Verification, ClientError> {
-        match client.call(Request::Verify {
-            key: key.to_string(),
-            input,
-            signature: signature.to_vec(),
-            version,
-        })? {
-            Response::Verified(verification) => Ok(verification),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    pub fn verify(
-        client: &mut Client,
-        key: &str,
-        message: &[u8],
-        signature: &[u8],
-        version: Option<u32>,
-    ) -> Result<Verification, ClientError> {
-        let input = SignInput::Message(SecretBytes::new(message.to_vec()));
-        verify_input(client, key, input, signature, version)
-    }
-
-    pub fn public_key(
-        client: &mut Client,
-        key: &str,
-        version: Option<u32>,
-    ) -> Result<PublicKeyInfo, ClientError> {
-        match client.call(Request::GetPublicKey {
-            key: key.to_string(),
-            version,
-        })? {
-            Response::PublicKey(info) => Ok(info),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    pub fn random(client: &mut Client, bytes: u16) -> Result<SecretBytes, ClientError> {
-        match client.call(Request::GenerateRandom { bytes })? {
-            Response::Random(random) => Ok(random),
-            other => Err(unexpected(other)),
-        }
-    }
-}
 
 /// The daemon's refusal of `result`, which must carry `code`; returns its
 /// message.
@@ -293,11 +156,11 @@ fn ed25519_and_ecdsa_p256_signatures_verify_with_openssl() {
 
     for key_type in [KeyType::Ed25519, KeyType::EcdsaP256] {
         let name = format!("rel-{key_type}");
-        let info = ops::create_key_of_type(&mut client, &name, key_type).unwrap();
+        let info = client.create_key_of_type(&name, key_type).unwrap();
         assert_eq!(info.key_type, key_type);
-        let signed = ops::sign(&mut client, &name, MESSAGE).unwrap();
+        let signed = client.sign(&name, MESSAGE).unwrap();
         assert_eq!((signed.key.as_str(), signed.version), (name.as_str(), 1));
-        let public = ops::public_key(&mut client, &name, None).unwrap();
+        let public = client.public_key(&name, None).unwrap();
         assert_eq!(
             (public.version, public.key_type, public.revoked),
             (1, key_type, false)
@@ -329,7 +192,9 @@ fn ed25519_and_ecdsa_p256_signatures_verify_with_openssl() {
             "openssl accepts a tampered {key_type} signature"
         );
         assert_valid(
-            ops::verify(&mut client, &name, MESSAGE, &signed.signature, None).unwrap(),
+            client
+                .verify(&name, MESSAGE, &signed.signature, None)
+                .unwrap(),
             1,
         );
     }
@@ -337,8 +202,8 @@ fn ed25519_and_ecdsa_p256_signatures_verify_with_openssl() {
     // An ECDSA signature of the SHA-256 digest is a signature of the
     // message to openssl, and to hostkms either way.
     let digest = sha2::Sha256::digest(MESSAGE).to_vec();
-    let by_digest = ops::sign_digest(&mut client, "rel-ecdsa-p256", &digest).unwrap();
-    let public = ops::public_key(&mut client, "rel-ecdsa-p256", Some(1)).unwrap();
+    let by_digest = client.sign_digest("rel-ecdsa-p256", &digest).unwrap();
+    let public = client.public_key("rel-ecdsa-p256", Some(1)).unwrap();
     assert!(openssl_verifies(
         dir.path(),
         KeyType::EcdsaP256,
@@ -347,25 +212,15 @@ fn ed25519_and_ecdsa_p256_signatures_verify_with_openssl() {
         &by_digest.signature
     ));
     assert_valid(
-        ops::verify(
-            &mut client,
-            "rel-ecdsa-p256",
-            MESSAGE,
-            &by_digest.signature,
-            None,
-        )
-        .unwrap(),
+        client
+            .verify("rel-ecdsa-p256", MESSAGE, &by_digest.signature, None)
+            .unwrap(),
         1,
     );
     assert_valid(
-        ops::verify_input(
-            &mut client,
-            "rel-ecdsa-p256",
-            SignInput::Digest(digest),
-            &by_digest.signature,
-            None,
-        )
-        .unwrap(),
+        client
+            .verify_digest("rel-ecdsa-p256", &digest, &by_digest.signature, None)
+            .unwrap(),
         1,
     );
 }
@@ -395,7 +250,7 @@ fn the_cli_signs_and_hands_out_the_pem_that_openssl_verifies_with() {
         assert_eq!(client.describe_key(&name).unwrap().key_type, key_type);
 
         let pem_text = String::from_utf8(ok(cli(socket, &["public-key", &name]))).unwrap();
-        let public = ops::public_key(&mut client, &name, None).unwrap();
+        let public = client.public_key(&name, None).unwrap();
         assert_eq!(
             pem_text,
             pem(&public.spki_der),
@@ -459,8 +314,8 @@ fn ml_dsa_65_signatures_verify_outside_the_daemon_with_the_ml_dsa_crate() {
         daemon,
     } = Harness::start(DaemonConfig::new());
     let mut client = daemon.client();
-    ops::create_key_of_type(&mut client, "pq", KeyType::MlDsa65).unwrap();
-    let signed = ops::sign(&mut client, "pq", MESSAGE).unwrap();
+    client.create_key_of_type("pq", KeyType::MlDsa65).unwrap();
+    let signed = client.sign("pq", MESSAGE).unwrap();
     assert_eq!(signed.version, 1);
     assert_eq!(
         signed.signature.len(),
@@ -468,18 +323,14 @@ fn ml_dsa_65_signatures_verify_outside_the_daemon_with_the_ml_dsa_crate() {
         "FIPS 204 ML-DSA-65 signature size"
     );
     assert_valid(
-        ops::verify(&mut client, "pq", MESSAGE, &signed.signature, None).unwrap(),
+        client
+            .verify("pq", MESSAGE, &signed.signature, None)
+            .unwrap(),
         1,
     );
-    assert_invalid(ops::verify(
-        &mut client,
-        "pq",
-        b"other",
-        &signed.signature,
-        None,
-    ));
+    assert_invalid(client.verify("pq", b"other", &signed.signature, None));
 
-    let public = ops::public_key(&mut client, "pq", None).unwrap();
+    let public = client.public_key("pq", None).unwrap();
     assert_eq!(public.key_type, KeyType::MlDsa65);
     let key = ml_dsa::VerifyingKey::<ml_dsa::MlDsa65>::from_public_key_der(&public.spki_der)
         .expect("the daemon's ML-DSA-65 public key is a valid SPKI");
@@ -580,8 +431,8 @@ fn hmac_tags_are_what_python_computes_with_the_recovered_key() {
         (KeyType::HmacSha512, "sha512"),
     ] {
         let name = format!("tokens-{key_type}");
-        ops::create_key_of_type(&mut client, &name, key_type).unwrap();
-        let tag = ops::mac(&mut client, &name, MESSAGE).unwrap();
+        client.create_key_of_type(&name, key_type).unwrap();
+        let tag = client.mac(&name, MESSAGE).unwrap();
         assert_eq!((tag.key.as_str(), tag.version), (name.as_str(), 1));
         assert_eq!(tag.tag.len(), if digest == "sha256" { 32 } else { 64 });
         tags.push((name, key_type, digest, tag.tag));
@@ -600,10 +451,7 @@ fn hmac_tags_are_what_python_computes_with_the_recovered_key() {
             hex(&tag),
             "{key_type}: the daemon's tag is a plain HMAC of the data"
         );
-        assert_valid(
-            ops::verify_mac(&mut client, &name, MESSAGE, &tag, None).unwrap(),
-            1,
-        );
+        assert_valid(client.verify_mac(&name, MESSAGE, &tag, None).unwrap(), 1);
     }
 }
 
@@ -621,19 +469,19 @@ fn rotate_and_revoke_decide_which_signatures_verify() {
 
     for key_type in SIGNING_TYPES {
         let name = format!("rel-{key_type}");
-        ops::create_key_of_type(&mut client, &name, key_type).unwrap();
-        let first = ops::sign(&mut client, &name, MESSAGE).unwrap();
-        let public_1 = ops::public_key(&mut client, &name, Some(1)).unwrap();
+        client.create_key_of_type(&name, key_type).unwrap();
+        let first = client.sign(&name, MESSAGE).unwrap();
+        let public_1 = client.public_key(&name, Some(1)).unwrap();
         assert_eq!(first.version, 1);
 
         let info = client.rotate(&name).unwrap();
         assert_eq!((info.latest_version, info.key_type), (2, key_type));
-        let second = ops::sign(&mut client, &name, MESSAGE).unwrap();
+        let second = client.sign(&name, MESSAGE).unwrap();
         assert_eq!(
             second.version, 2,
             "{key_type}: new signatures carry version 2"
         );
-        let public_2 = ops::public_key(&mut client, &name, None).unwrap();
+        let public_2 = client.public_key(&name, None).unwrap();
         assert_eq!(public_2.version, 2);
         assert_ne!(
             public_1.spki_der, public_2.spki_der,
@@ -642,77 +490,67 @@ fn rotate_and_revoke_decide_which_signatures_verify() {
 
         // Both verify, each by its own version; not by the other's.
         assert_valid(
-            ops::verify(&mut client, &name, MESSAGE, &first.signature, None).unwrap(),
+            client
+                .verify(&name, MESSAGE, &first.signature, None)
+                .unwrap(),
             1,
         );
         assert_valid(
-            ops::verify(&mut client, &name, MESSAGE, &second.signature, None).unwrap(),
+            client
+                .verify(&name, MESSAGE, &second.signature, None)
+                .unwrap(),
             2,
         );
         assert_valid(
-            ops::verify(&mut client, &name, MESSAGE, &first.signature, Some(1)).unwrap(),
+            client
+                .verify(&name, MESSAGE, &first.signature, Some(1))
+                .unwrap(),
             1,
         );
-        assert_invalid(ops::verify(
-            &mut client,
-            &name,
-            MESSAGE,
-            &first.signature,
-            Some(2),
-        ));
+        assert_invalid(client.verify(&name, MESSAGE, &first.signature, Some(2)));
         refused(
-            ops::verify(&mut client, &name, MESSAGE, &first.signature, Some(3)),
+            client.verify(&name, MESSAGE, &first.signature, Some(3)),
             ErrorCode::VersionNotFound,
         );
 
         let info = client.revoke(&name, Some(1)).unwrap();
         assert_eq!(info.key_type, key_type);
-        assert_invalid(ops::verify(
-            &mut client,
-            &name,
-            MESSAGE,
-            &first.signature,
-            None,
-        ));
+        assert_invalid(client.verify(&name, MESSAGE, &first.signature, None));
         refused(
-            ops::verify(&mut client, &name, MESSAGE, &first.signature, Some(1)),
+            client.verify(&name, MESSAGE, &first.signature, Some(1)),
             ErrorCode::VersionRevoked,
         );
         assert_valid(
-            ops::verify(&mut client, &name, MESSAGE, &second.signature, None).unwrap(),
+            client
+                .verify(&name, MESSAGE, &second.signature, None)
+                .unwrap(),
             2,
         );
-        assert_eq!(ops::sign(&mut client, &name, MESSAGE).unwrap().version, 2);
+        assert_eq!(client.sign(&name, MESSAGE).unwrap().version, 2);
 
         // The revoked version's public key stays for audit, marked revoked.
-        let revoked = ops::public_key(&mut client, &name, Some(1)).unwrap();
+        let revoked = client.public_key(&name, Some(1)).unwrap();
         assert!(revoked.revoked, "{key_type}");
         assert_eq!(revoked.version, 1);
         assert_eq!(revoked.spki_der, public_1.spki_der, "{key_type}");
-        assert!(!ops::public_key(&mut client, &name, None).unwrap().revoked);
+        assert!(!client.public_key(&name, None).unwrap().revoked);
 
         // Verify counts as use of the key: a disabled key verifies nothing.
         client.disable(&name).unwrap();
         refused(
-            ops::verify(&mut client, &name, MESSAGE, &second.signature, None),
+            client.verify(&name, MESSAGE, &second.signature, None),
             ErrorCode::KeyDisabled,
         );
-        refused(
-            ops::sign(&mut client, &name, MESSAGE),
-            ErrorCode::KeyDisabled,
-        );
+        refused(client.sign(&name, MESSAGE), ErrorCode::KeyDisabled);
         client.enable(&name).unwrap();
 
         // A revoked key signs and verifies nothing.
         client.revoke(&name, None).unwrap();
         refused(
-            ops::verify(&mut client, &name, MESSAGE, &second.signature, None),
+            client.verify(&name, MESSAGE, &second.signature, None),
             ErrorCode::KeyRevoked,
         );
-        refused(
-            ops::sign(&mut client, &name, MESSAGE),
-            ErrorCode::KeyRevoked,
-        );
+        refused(client.sign(&name, MESSAGE), ErrorCode::KeyRevoked);
     }
 }
 
@@ -727,10 +565,10 @@ fn hmac_versions_follow_rotation_revocation_and_the_minimum_version() {
 
     for key_type in HMAC_TYPES {
         let name = format!("tokens-{key_type}");
-        ops::create_key_of_type(&mut client, &name, key_type).unwrap();
-        let first = ops::mac(&mut client, &name, MESSAGE).unwrap();
+        client.create_key_of_type(&name, key_type).unwrap();
+        let first = client.mac(&name, MESSAGE).unwrap();
         client.rotate(&name).unwrap();
-        let second = ops::mac(&mut client, &name, MESSAGE).unwrap();
+        let second = client.mac(&name, MESSAGE).unwrap();
         assert_eq!((first.version, second.version), (1, 2));
         assert_ne!(
             first.tag, second.tag,
@@ -738,53 +576,39 @@ fn hmac_versions_follow_rotation_revocation_and_the_minimum_version() {
         );
 
         assert_valid(
-            ops::verify_mac(&mut client, &name, MESSAGE, &first.tag, None).unwrap(),
+            client.verify_mac(&name, MESSAGE, &first.tag, None).unwrap(),
             1,
         );
         assert_valid(
-            ops::verify_mac(&mut client, &name, MESSAGE, &second.tag, None).unwrap(),
+            client
+                .verify_mac(&name, MESSAGE, &second.tag, None)
+                .unwrap(),
             2,
         );
-        assert_invalid(ops::verify_mac(
-            &mut client,
-            &name,
-            MESSAGE,
-            &first.tag,
-            Some(2),
-        ));
+        assert_invalid(client.verify_mac(&name, MESSAGE, &first.tag, Some(2)));
 
         // Below the minimum version: not tried, and refused when named.
         client.set_min_decryption_version(&name, 2).unwrap();
-        assert_invalid(ops::verify_mac(
-            &mut client,
-            &name,
-            MESSAGE,
-            &first.tag,
-            None,
-        ));
+        assert_invalid(client.verify_mac(&name, MESSAGE, &first.tag, None));
         refused(
-            ops::verify_mac(&mut client, &name, MESSAGE, &first.tag, Some(1)),
+            client.verify_mac(&name, MESSAGE, &first.tag, Some(1)),
             ErrorCode::VersionRevoked,
         );
         assert_valid(
-            ops::verify_mac(&mut client, &name, MESSAGE, &second.tag, None).unwrap(),
+            client
+                .verify_mac(&name, MESSAGE, &second.tag, None)
+                .unwrap(),
             2,
         );
 
         client.rotate(&name).unwrap();
         client.revoke(&name, Some(2)).unwrap();
-        assert_invalid(ops::verify_mac(
-            &mut client,
-            &name,
-            MESSAGE,
-            &second.tag,
-            None,
-        ));
+        assert_invalid(client.verify_mac(&name, MESSAGE, &second.tag, None));
         refused(
-            ops::verify_mac(&mut client, &name, MESSAGE, &second.tag, Some(2)),
+            client.verify_mac(&name, MESSAGE, &second.tag, Some(2)),
             ErrorCode::VersionRevoked,
         );
-        assert_eq!(ops::mac(&mut client, &name, MESSAGE).unwrap().version, 3);
+        assert_eq!(client.mac(&name, MESSAGE).unwrap().version, 3);
     }
 }
 
@@ -799,10 +623,12 @@ fn an_operation_outside_the_keys_type_is_wrong_key_type() {
     } = Harness::start(DaemonConfig::new());
     let mut client = daemon.client();
     client.create_key("aes").unwrap();
-    ops::create_key_of_type(&mut client, "ed", KeyType::Ed25519).unwrap();
-    ops::create_key_of_type(&mut client, "ec", KeyType::EcdsaP256).unwrap();
-    ops::create_key_of_type(&mut client, "pq", KeyType::MlDsa65).unwrap();
-    ops::create_key_of_type(&mut client, "hm", KeyType::HmacSha256).unwrap();
+    client.create_key_of_type("ed", KeyType::Ed25519).unwrap();
+    client.create_key_of_type("ec", KeyType::EcdsaP256).unwrap();
+    client.create_key_of_type("pq", KeyType::MlDsa65).unwrap();
+    client
+        .create_key_of_type("hm", KeyType::HmacSha256)
+        .unwrap();
     let ctx = agent_proto::EncryptionContext::new();
 
     let message = refused(client.wrap("ed", b"data", &ctx), ErrorCode::WrongKeyType);
@@ -817,44 +643,26 @@ fn an_operation_outside_the_keys_type_is_wrong_key_type() {
     );
     refused(client.wrap("hm", b"data", &ctx), ErrorCode::WrongKeyType);
 
-    let message = refused(
-        ops::sign(&mut client, "aes", MESSAGE),
-        ErrorCode::WrongKeyType,
-    );
+    let message = refused(client.sign("aes", MESSAGE), ErrorCode::WrongKeyType);
     assert!(message.contains("aes256-gcm"), "{message}");
     assert!(message.contains("wrap"), "{message}");
+    refused(client.sign("hm", MESSAGE), ErrorCode::WrongKeyType);
     refused(
-        ops::sign(&mut client, "hm", MESSAGE),
+        client.verify("aes", MESSAGE, &[0; 64], None),
         ErrorCode::WrongKeyType,
     );
     refused(
-        ops::verify(&mut client, "aes", MESSAGE, &[0; 64], None),
+        client.verify("hm", MESSAGE, &[0; 32], None),
         ErrorCode::WrongKeyType,
     );
-    refused(
-        ops::verify(&mut client, "hm", MESSAGE, &[0; 32], None),
-        ErrorCode::WrongKeyType,
-    );
-    refused(
-        ops::public_key(&mut client, "hm", None),
-        ErrorCode::WrongKeyType,
-    );
-    refused(
-        ops::public_key(&mut client, "aes", None),
-        ErrorCode::WrongKeyType,
-    );
+    refused(client.public_key("hm", None), ErrorCode::WrongKeyType);
+    refused(client.public_key("aes", None), ErrorCode::WrongKeyType);
 
-    let message = refused(
-        ops::mac(&mut client, "ec", MESSAGE),
-        ErrorCode::WrongKeyType,
-    );
+    let message = refused(client.mac("ec", MESSAGE), ErrorCode::WrongKeyType);
     assert!(message.contains("ecdsa-p256"), "{message}");
+    refused(client.mac("aes", MESSAGE), ErrorCode::WrongKeyType);
     refused(
-        ops::mac(&mut client, "aes", MESSAGE),
-        ErrorCode::WrongKeyType,
-    );
-    refused(
-        ops::verify_mac(&mut client, "ed", MESSAGE, &[0; 32], None),
+        client.verify_mac("ed", MESSAGE, &[0; 32], None),
         ErrorCode::WrongKeyType,
     );
 
@@ -862,21 +670,18 @@ fn an_operation_outside_the_keys_type_is_wrong_key_type() {
     // so this is a bad argument, not the wrong type (D4).
     let digest = sha2::Sha256::digest(MESSAGE).to_vec();
     refused(
-        ops::sign_digest(&mut client, "ed", &digest),
+        client.sign_digest("ed", &digest),
         ErrorCode::InvalidArgument,
     );
     refused(
-        ops::sign_digest(&mut client, "pq", &digest),
+        client.sign_digest("pq", &digest),
         ErrorCode::InvalidArgument,
     );
     refused(
-        ops::sign_digest(&mut client, "ec", &digest[..31]),
+        client.sign_digest("ec", &digest[..31]),
         ErrorCode::InvalidArgument,
     );
-    refused(
-        ops::sign_digest(&mut client, "aes", &digest),
-        ErrorCode::WrongKeyType,
-    );
+    refused(client.sign_digest("aes", &digest), ErrorCode::WrongKeyType);
 
     // The CLI: a refusal, exit 1, saying what went wrong.
     let socket = &daemon.socket;
@@ -910,10 +715,12 @@ fn tampered_inputs_are_invalid_never_errors() {
 
     for key_type in SIGNING_TYPES {
         let name = format!("rel-{key_type}");
-        ops::create_key_of_type(&mut client, &name, key_type).unwrap();
-        ops::create_key_of_type(&mut client, &format!("other-{key_type}"), key_type).unwrap();
-        let signed = ops::sign(&mut client, &name, MESSAGE).unwrap();
-        let foreign = ops::sign(&mut client, &format!("other-{key_type}"), MESSAGE).unwrap();
+        client.create_key_of_type(&name, key_type).unwrap();
+        client
+            .create_key_of_type(&format!("other-{key_type}"), key_type)
+            .unwrap();
+        let signed = client.sign(&name, MESSAGE).unwrap();
+        let foreign = client.sign(&format!("other-{key_type}"), MESSAGE).unwrap();
         let sig = &signed.signature;
         let forged: [Vec<u8>; 6] = [
             flip_last_bit(sig),
@@ -928,52 +735,34 @@ fn tampered_inputs_are_invalid_never_errors() {
             foreign.signature,
         ];
         for forged in &forged {
-            assert_invalid(ops::verify(&mut client, &name, MESSAGE, forged, None));
-            assert_invalid(ops::verify(&mut client, &name, MESSAGE, forged, Some(1)));
+            assert_invalid(client.verify(&name, MESSAGE, forged, None));
+            assert_invalid(client.verify(&name, MESSAGE, forged, Some(1)));
         }
-        assert_invalid(ops::verify(
-            &mut client,
-            &name,
-            &flip_last_bit(MESSAGE),
-            sig,
-            None,
-        ));
-        assert_invalid(ops::verify(&mut client, &name, b"", sig, None));
+        assert_invalid(client.verify(&name, &flip_last_bit(MESSAGE), sig, None));
+        assert_invalid(client.verify(&name, b"", sig, None));
         // Oversized signatures are refused before any work (D4).
         refused(
-            ops::verify(&mut client, &name, MESSAGE, &vec![0; 8 * 1024 + 1], None),
+            client.verify(&name, MESSAGE, &vec![0; 8 * 1024 + 1], None),
             ErrorCode::InvalidArgument,
         );
     }
 
     for key_type in HMAC_TYPES {
         let name = format!("tokens-{key_type}");
-        ops::create_key_of_type(&mut client, &name, key_type).unwrap();
-        let tag = ops::mac(&mut client, &name, MESSAGE).unwrap().tag;
+        client.create_key_of_type(&name, key_type).unwrap();
+        let tag = client.mac(&name, MESSAGE).unwrap().tag;
         for forged in [
             flip_last_bit(&tag),
             tag[..16].to_vec(),
             Vec::new(),
             vec![0; tag.len()],
         ] {
-            assert_invalid(ops::verify_mac(&mut client, &name, MESSAGE, &forged, None));
-            assert_invalid(ops::verify_mac(
-                &mut client,
-                &name,
-                MESSAGE,
-                &forged,
-                Some(1),
-            ));
+            assert_invalid(client.verify_mac(&name, MESSAGE, &forged, None));
+            assert_invalid(client.verify_mac(&name, MESSAGE, &forged, Some(1)));
         }
-        assert_invalid(ops::verify_mac(
-            &mut client,
-            &name,
-            &flip_last_bit(MESSAGE),
-            &tag,
-            None,
-        ));
+        assert_invalid(client.verify_mac(&name, &flip_last_bit(MESSAGE), &tag, None));
         refused(
-            ops::verify_mac(&mut client, &name, MESSAGE, &[0; 65], None),
+            client.verify_mac(&name, MESSAGE, &[0; 65], None),
             ErrorCode::InvalidArgument,
         );
     }
@@ -1025,11 +814,15 @@ fn a_peer_granted_only_verify_verifies_and_cannot_sign() {
         Grant::to_uid(NOBODY).keys(&["tokens"]).ops(&["verify-mac"]),
     ]);
     let mut admin = daemon.client();
-    ops::create_key_of_type(&mut admin, "rel", KeyType::Ed25519).unwrap();
-    ops::create_key_of_type(&mut admin, "published", KeyType::EcdsaP256).unwrap();
-    ops::create_key_of_type(&mut admin, "tokens", KeyType::HmacSha256).unwrap();
-    let signature = ops::sign(&mut admin, "rel", MESSAGE).unwrap().signature;
-    let tag = ops::mac(&mut admin, "tokens", MESSAGE).unwrap().tag;
+    admin.create_key_of_type("rel", KeyType::Ed25519).unwrap();
+    admin
+        .create_key_of_type("published", KeyType::EcdsaP256)
+        .unwrap();
+    admin
+        .create_key_of_type("tokens", KeyType::HmacSha256)
+        .unwrap();
+    let signature = admin.sign("rel", MESSAGE).unwrap().signature;
+    let tag = admin.mac("tokens", MESSAGE).unwrap().tag;
 
     run_peer(
         "verify-only",
@@ -1063,14 +856,14 @@ fn random_bytes_for_admins_and_peers_granted_random() {
             .ops(&["verify", "sign"]),
     ]);
     let mut admin = daemon.client();
-    let a = ops::random(&mut admin, 32).unwrap();
-    let b = ops::random(&mut admin, 32).unwrap();
+    let a = admin.random(32).unwrap();
+    let b = admin.random(32).unwrap();
     assert_eq!((a.len(), b.len()), (32, 32));
     assert_ne!(a.expose(), b.expose(), "two draws of 256 bits differ");
-    assert_eq!(ops::random(&mut admin, 1).unwrap().len(), 1);
-    assert_eq!(ops::random(&mut admin, 1024).unwrap().len(), 1024);
-    refused(ops::random(&mut admin, 0), ErrorCode::InvalidArgument);
-    refused(ops::random(&mut admin, 1025), ErrorCode::InvalidArgument);
+    assert_eq!(admin.random(1).unwrap().len(), 1);
+    assert_eq!(admin.random(1024).unwrap().len(), 1024);
+    refused(admin.random(0), ErrorCode::InvalidArgument);
+    refused(admin.random(1025), ErrorCode::InvalidArgument);
 
     run_peer("random", &daemon.socket, &[]);
 
@@ -1119,54 +912,39 @@ fn peer_process() {
         Ok("verify-only") => {
             let signature = env_bytes(PEER_SIGNATURE_ENV);
             let tag = env_bytes(PEER_TAG_ENV);
-            assert_valid(
-                ops::verify(&mut client, "rel", MESSAGE, &signature, None).unwrap(),
-                1,
-            );
-            assert_invalid(ops::verify(&mut client, "rel", b"forged", &signature, None));
-            refused(
-                ops::sign(&mut client, "rel", MESSAGE),
-                ErrorCode::PermissionDenied,
-            );
+            assert_valid(client.verify("rel", MESSAGE, &signature, None).unwrap(), 1);
+            assert_invalid(client.verify("rel", b"forged", &signature, None));
+            refused(client.sign("rel", MESSAGE), ErrorCode::PermissionDenied);
             // Fetching the public key is its own grant.
-            refused(
-                ops::public_key(&mut client, "rel", None),
-                ErrorCode::PermissionDenied,
-            );
+            refused(client.public_key("rel", None), ErrorCode::PermissionDenied);
             refused(
                 client.wrap("rel", b"x", &agent_proto::EncryptionContext::new()),
                 ErrorCode::PermissionDenied,
             );
 
-            let public = ops::public_key(&mut client, "published", None).unwrap();
+            let public = client.public_key("published", None).unwrap();
             assert_eq!(public.key_type, KeyType::EcdsaP256);
             assert!(!public.spki_der.is_empty());
             refused(
-                ops::sign(&mut client, "published", MESSAGE),
+                client.sign("published", MESSAGE),
                 ErrorCode::PermissionDenied,
             );
             refused(
-                ops::verify(&mut client, "published", MESSAGE, &signature, None),
+                client.verify("published", MESSAGE, &signature, None),
                 ErrorCode::PermissionDenied,
             );
 
-            assert_valid(
-                ops::verify_mac(&mut client, "tokens", MESSAGE, &tag, None).unwrap(),
-                1,
-            );
-            refused(
-                ops::mac(&mut client, "tokens", MESSAGE),
-                ErrorCode::PermissionDenied,
-            );
+            assert_valid(client.verify_mac("tokens", MESSAGE, &tag, None).unwrap(), 1);
+            refused(client.mac("tokens", MESSAGE), ErrorCode::PermissionDenied);
             // No grant lists random.
-            refused(ops::random(&mut client, 16), ErrorCode::PermissionDenied);
+            refused(client.random(16), ErrorCode::PermissionDenied);
         }
         Ok("random") => {
-            assert_eq!(ops::random(&mut client, 64).unwrap().len(), 64);
-            refused(ops::random(&mut client, 1025), ErrorCode::InvalidArgument);
+            assert_eq!(client.random(64).unwrap().len(), 64);
+            refused(client.random(1025), ErrorCode::InvalidArgument);
             // The random grant gives nothing else, even on the keys it names.
             refused(
-                ops::create_key_of_type(&mut client, "nothing-1", KeyType::Ed25519),
+                client.create_key_of_type("nothing-1", KeyType::Ed25519),
                 ErrorCode::PermissionDenied,
             );
         }
@@ -1175,7 +953,9 @@ fn peer_process() {
 }
 
 /// After a restart every key keeps its type, its public keys and its
-/// secret: deterministic signatures and tags come out the same.
+/// secret: its public keys are the same, old signatures verify, Ed25519
+/// and ECDSA (deterministic) sign and HMAC tags come out the same, and a
+/// new ML-DSA (hedged) signature verifies under the same public key.
 #[test]
 fn a_restart_keeps_types_public_keys_and_signatures() {
     let Harness {
@@ -1187,24 +967,30 @@ fn a_restart_keeps_types_public_keys_and_signatures() {
     let mut before = Vec::new();
     for key_type in KeyType::ALL {
         let name = format!("k-{key_type}");
-        ops::create_key_of_type(&mut client, &name, key_type).unwrap();
-        // The output that identifies the secret: a tag, a signature (all
-        // three signing types sign deterministically), a public key.
+        client.create_key_of_type(&name, key_type).unwrap();
+        // What identifies the secret: a tag, a signature, a public key.
         let (output, public) = if key_type.is_signing() {
-            let signature = ops::sign(&mut client, &name, MESSAGE).unwrap().signature;
+            let signature = client.sign(&name, MESSAGE).unwrap().signature;
             (
                 signature,
-                Some(ops::public_key(&mut client, &name, None).unwrap().spki_der),
+                Some(client.public_key(&name, None).unwrap().spki_der),
             )
         } else if key_type == KeyType::Aes256Gcm {
             let ctx = agent_proto::EncryptionContext::new();
             let wrapped = client.wrap(&name, MESSAGE, &ctx).unwrap();
             (wrapped.ciphertext.as_bytes().to_vec(), None)
         } else {
-            (ops::mac(&mut client, &name, MESSAGE).unwrap().tag, None)
+            (client.mac(&name, MESSAGE).unwrap().tag, None)
         };
         before.push((name, key_type, output, public));
     }
+    // A revoked version's public key survives too (D2).
+    client
+        .create_key_of_type("audit", KeyType::Ed25519)
+        .unwrap();
+    let revoked_public = client.public_key("audit", Some(1)).unwrap().spki_der;
+    client.rotate("audit").unwrap();
+    client.revoke("audit", Some(1)).unwrap();
     drop(client);
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
@@ -1217,24 +1003,25 @@ fn a_restart_keeps_types_public_keys_and_signatures() {
         .into_iter()
         .map(|k| (k.name, k.key_type))
         .collect();
+    let audit = client.public_key("audit", Some(1)).unwrap();
+    assert!(audit.revoked);
+    assert_eq!(audit.spki_der, revoked_public);
     for (name, key_type, output, public) in before {
         assert_eq!(listed.get(&name), Some(&key_type), "{name}");
         assert_eq!(client.describe_key(&name).unwrap().key_type, key_type);
         if key_type.is_signing() {
             assert_eq!(
-                Some(ops::public_key(&mut client, &name, None).unwrap().spki_der),
+                Some(client.public_key(&name, None).unwrap().spki_der),
                 public,
                 "{name}"
             );
-            assert_valid(
-                ops::verify(&mut client, &name, MESSAGE, &output, None).unwrap(),
-                1,
-            );
-            assert_eq!(
-                ops::sign(&mut client, &name, MESSAGE).unwrap().signature,
-                output,
-                "{name}: the same secret signs the same way"
-            );
+            assert_valid(client.verify(&name, MESSAGE, &output, None).unwrap(), 1);
+            let again = client.sign(&name, MESSAGE).unwrap().signature;
+            if key_type == KeyType::MlDsa65 {
+                assert_valid(client.verify(&name, MESSAGE, &again, Some(1)).unwrap(), 1);
+            } else {
+                assert_eq!(again, output, "{name}: the same secret signs the same way");
+            }
         } else if key_type == KeyType::Aes256Gcm {
             let ctx = agent_proto::EncryptionContext::new();
             assert_eq!(
@@ -1246,11 +1033,181 @@ fn a_restart_keeps_types_public_keys_and_signatures() {
                 MESSAGE
             );
         } else {
-            assert_eq!(
-                ops::mac(&mut client, &name, MESSAGE).unwrap().tag,
-                output,
-                "{name}"
-            );
+            assert_eq!(client.mac(&name, MESSAGE).unwrap().tag, output, "{name}");
         }
     }
+}
+
+/// Messages and data beyond `max_plaintext` are refused with advice that
+/// fits the key type (D4): ECDSA P-256 signs the digest instead, which
+/// openssl verifies as the signature of the whole message; the other types
+/// are told the limit and that only ecdsa-p256 keys take a digest.
+#[test]
+fn messages_beyond_max_plaintext_are_refused_with_advice_that_fits_the_type() {
+    let Harness {
+        tpm: _tpm,
+        files: _files,
+        daemon,
+    } = Harness::start(DaemonConfig::new().max_plaintext(1024));
+    let mut client = daemon.client();
+    let at_limit = vec![b'a'; 1024];
+    let beyond = vec![b'b'; 1025];
+
+    for key_type in SIGNING_TYPES {
+        let name = format!("rel-{key_type}");
+        client.create_key_of_type(&name, key_type).unwrap();
+        let signed = client.sign(&name, &at_limit).unwrap();
+        assert_valid(
+            client
+                .verify(&name, &at_limit, &signed.signature, None)
+                .unwrap(),
+            1,
+        );
+        let message = refused(client.sign(&name, &beyond), ErrorCode::PlaintextTooLarge);
+        assert!(message.contains("1024"), "names the limit: {message}");
+        assert!(message.contains("digest"), "{message}");
+        if key_type != KeyType::EcdsaP256 {
+            assert!(message.contains("ecdsa-p256"), "{message}");
+            assert!(!message.contains("hash it yourself"), "{message}");
+        }
+        refused(
+            client.verify(&name, &beyond, &signed.signature, None),
+            ErrorCode::PlaintextTooLarge,
+        );
+    }
+
+    // A large message through ECDSA's digest path: openssl verifies the
+    // signature against the message itself.
+    let large = vec![b'c'; 100_000];
+    let digest = sha2::Sha256::digest(&large).to_vec();
+    let signed = client.sign_digest("rel-ecdsa-p256", &digest).unwrap();
+    let public = client.public_key("rel-ecdsa-p256", None).unwrap();
+    let dir = private_tempdir();
+    assert!(openssl_verifies(
+        dir.path(),
+        KeyType::EcdsaP256,
+        &pem(&public.spki_der),
+        &large,
+        &signed.signature
+    ));
+
+    for key_type in HMAC_TYPES {
+        let name = format!("tokens-{key_type}");
+        client.create_key_of_type(&name, key_type).unwrap();
+        let tag = client.mac(&name, &at_limit).unwrap().tag;
+        assert_valid(client.verify_mac(&name, &at_limit, &tag, None).unwrap(), 1);
+        refused(client.mac(&name, &beyond), ErrorCode::PlaintextTooLarge);
+        refused(
+            client.verify_mac(&name, &beyond, &tag, None),
+            ErrorCode::PlaintextTooLarge,
+        );
+    }
+}
+
+/// What the new operations carry (data, tags, signatures, random bytes)
+/// never reaches the daemon's log or audit trail (D6).
+#[test]
+fn the_log_carries_no_data_tags_signatures_or_random_bytes() {
+    let Harness {
+        tpm: _tpm,
+        files: _files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
+    let mut client = daemon.client();
+    let data = b"log-canary-0c3f9a5e data that must not be logged";
+    let mut secrets: Vec<Vec<u8>> = vec![data.to_vec()];
+
+    client
+        .create_key_of_type("hm", KeyType::HmacSha256)
+        .unwrap();
+    let tag = client.mac("hm", data).unwrap().tag;
+    client.verify_mac("hm", data, &tag, None).unwrap();
+    client
+        .verify_mac("hm", data, &flip_last_bit(&tag), None)
+        .unwrap();
+    secrets.push(tag);
+    for key_type in SIGNING_TYPES {
+        let name = format!("rel-{key_type}");
+        client.create_key_of_type(&name, key_type).unwrap();
+        let signature = client.sign(&name, data).unwrap().signature;
+        client.verify(&name, data, &signature, None).unwrap();
+        client
+            .verify(&name, data, &flip_last_bit(&signature), Some(1))
+            .unwrap();
+        secrets.push(signature);
+    }
+    secrets.push(client.random(64).unwrap().expose().to_vec());
+    // A refusal about the data names no data either.
+    refused(client.sign("hm", data), ErrorCode::WrongKeyType);
+
+    let log = daemon.log();
+    assert!(
+        log.contains("rel-ed25519"),
+        "the log records the requests: {log}"
+    );
+    for secret in &secrets {
+        for encoded in [STANDARD.encode(secret), hex(secret)] {
+            assert!(!log.contains(&encoded), "{encoded} is in the log:\n{log}");
+        }
+    }
+    assert!(
+        !log.contains("log-canary"),
+        "the data is in the log:\n{log}"
+    );
+}
+
+/// A client of protocol 3, from before key types, keeps working with a
+/// daemon that holds them (D7): AES keys as before; an operation on a
+/// typed key that does not fit it answers error 18, WrongKeyType; the new
+/// requests and types fail in the client, naming what the daemon's
+/// protocol cannot carry, before anything is sent.
+#[test]
+fn a_protocol_3_client_keeps_working_beside_typed_keys() {
+    let Harness {
+        tpm: _tpm,
+        files: _files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
+    let mut admin = daemon.client();
+    admin.create_key_of_type("ed", KeyType::Ed25519).unwrap();
+    let signature = admin.sign("ed", MESSAGE).unwrap().signature;
+
+    let mut old = daemon.client();
+    old.set_protocol(3);
+    let ctx = agent_proto::EncryptionContext::new();
+    old.create_key("aes").unwrap();
+    let wrapped = old.wrap("aes", MESSAGE, &ctx).unwrap();
+    assert_eq!(
+        old.unwrap(wrapped.ciphertext.as_bytes(), &ctx, None)
+            .unwrap()
+            .plaintext
+            .expose(),
+        MESSAGE
+    );
+    let message = refused(old.wrap("ed", MESSAGE, &ctx), ErrorCode::WrongKeyType);
+    assert!(message.contains("ed25519"), "{message}");
+    assert_eq!(ErrorCode::WrongKeyType.number(), 18);
+    let names: Vec<String> = old
+        .list_keys()
+        .unwrap()
+        .into_iter()
+        .map(|k| k.name)
+        .collect();
+    assert_eq!(names, ["aes", "ed"]);
+
+    for result in [
+        old.sign("ed", MESSAGE).map(|_| ()),
+        old.verify("ed", MESSAGE, &signature, None).map(|_| ()),
+        old.create_key_of_type("ed2", KeyType::Ed25519).map(|_| ()),
+        old.random(16).map(|_| ()),
+    ] {
+        match result {
+            Err(ClientError::DaemonTooOld { .. }) => {}
+            other => panic!("a protocol 3 client cannot send this: {other:?}"),
+        }
+    }
+    assert_eq!(old.protocol(), 3);
+    // The same requests from a current client on the same daemon work.
+    assert_valid(admin.verify("ed", MESSAGE, &signature, None).unwrap(), 1);
+    assert!(admin.describe_key("ed2").is_err(), "nothing was created");
 }

@@ -14,16 +14,17 @@ use std::process::Command;
 
 use age::secrecy::ExposeSecret;
 use age::x25519::Identity;
-use agent_proto::{EncryptionContext, KeyInfo, KeyState, VersionState};
+use agent_proto::{EncryptionContext, KeyInfo, KeyState, KeyType, VersionState};
 use hostkms::keystore::Kek;
 use hostkms::recovery::agefile;
 use hostkms::recovery::escrow::{self, BundleIdentity, EscrowFile, Share};
 use hostkms::recovery::manifest::{Manifest, UnverifiedManifest};
 use hostkms::recovery::record::{self, MacKey, Record, RecordError, StateV1};
+use hostkms::version_key::VersionKey;
 use nix::sys::signal::Signal;
 use zeroize::Zeroizing;
 
-use crate::harness::{Daemon, DaemonConfig, DaemonFiles, Harness, Swtpm, cli, ok, text};
+use crate::harness::{Daemon, DaemonConfig, DaemonFiles, Harness, Swtpm, cli, ok, sqlite, text};
 
 /// A custodian: an age identity kept "offline" (here, in the test).
 struct Custodian {
@@ -127,6 +128,7 @@ fn assert_matches(opened: &Opened, info: &KeyInfo) {
         .unwrap_or_else(|| panic!("no record of {}", info.name));
     let m = &record.material;
     assert_eq!(m.name, info.name);
+    assert_eq!(m.key_type, info.key_type, "{}", info.name);
     assert_eq!(m.state, info.state, "{}", info.name);
     assert_eq!(m.created, info.created);
     assert_eq!(m.min_decryption_version, info.min_decryption_version);
@@ -863,4 +865,98 @@ fn backup_by_a_user_who_cannot_read_the_directory_says_how_to_fix_it() {
         "{err}"
     );
     assert!(!Path::new("/tmp/hostkms-backup-never-written.tar").exists());
+}
+
+/// The record of `info` in `dir` as JSON, decrypted with the bundle
+/// identity: what a custodian reads with `age -d`.
+fn record_json(opened: &Opened, dir: &Path, info: &KeyInfo) -> serde_json::Value {
+    let file = fs::read(dir.join("keys").join(format!("{}.age", hex(&info.id)))).unwrap();
+    let plain = agefile::decrypt(
+        std::slice::from_ref(opened.bundle.age_identity()),
+        &file,
+        1 << 20,
+    )
+    .unwrap();
+    serde_json::from_slice(&plain).unwrap()
+}
+
+/// The public key column of each version of `name`, hex, from the store.
+fn stored_public_keys(files: &DaemonFiles, name: &str) -> Vec<String> {
+    sqlite(
+        &files.state_file("keystore.db"),
+        &format!(
+            "SELECT hex(public_key) FROM versions \
+             WHERE key_id = (SELECT id FROM keys WHERE name = '{name}') ORDER BY version"
+        ),
+    )
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+#[test]
+fn a_signing_key_is_escrowed_in_format_2_with_its_type_and_every_versions_public_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("recovery");
+    let custodians = custodians(1);
+    let Harness {
+        tpm: _tpm,
+        files,
+        daemon,
+    } = Harness::start(config(&dir, &custodians, 1));
+    let ids = [custodians[0].identity.clone()];
+    let mut client = daemon.client();
+    let mut revisions: BTreeMap<String, u64> = BTreeMap::new();
+    let mut check =
+        |info: &KeyInfo, what: &str| check_after(&dir, &ids, &mut revisions, info, what);
+
+    let info = client
+        .create_key_of_type("rel", KeyType::EcdsaP256)
+        .unwrap();
+    check(&info, "create");
+    let info = client.rotate("rel").unwrap();
+    check(&info, "rotate");
+    let info = client.revoke("rel", Some(1)).unwrap();
+    let opened = check(&info, "revoke of version 1");
+    let record = &opened.records[&hex(&info.id)];
+    assert_eq!(record.material.key_type, KeyType::EcdsaP256);
+    let hex_upper = |der: &[u8]| der.iter().map(|b| format!("{b:02X}")).collect::<String>();
+    let in_record: Vec<String> = record
+        .material
+        .versions
+        .iter()
+        .map(|v| hex_upper(v.public_key.as_deref().expect("every version's public key")))
+        .collect();
+    // The revoked version's public key too, and each the store's.
+    assert_eq!(in_record, stored_public_keys(&files, "rel"));
+    assert_ne!(in_record[0], in_record[1]);
+    assert!(record.material.versions[0].kek.is_none());
+    // The live version's public key is the one its secret gives.
+    let live = &record.material.versions[1];
+    let derived = VersionKey::from_seed(KeyType::EcdsaP256, live.kek.as_ref().unwrap())
+        .unwrap()
+        .public_key_der()
+        .unwrap();
+    assert_eq!(live.public_key.as_deref(), Some(derived.as_slice()));
+    let json = record_json(&opened, &dir, &info);
+    assert_eq!(json["format"], 2);
+    assert_eq!(json["type"], "ecdsa-p256");
+    assert!(json["versions"][0].get("secret").is_none());
+    assert!(json["versions"][0]["public_key"].is_string());
+
+    let tags = client
+        .create_key_of_type("tags", KeyType::HmacSha256)
+        .unwrap();
+    let opened = check(&tags, "create of an HMAC key");
+    let json = record_json(&opened, &dir, &tags);
+    assert_eq!(
+        (&json["format"], &json["type"]),
+        (&2.into(), &"hmac-sha256".into())
+    );
+    assert!(json["versions"][0].get("public_key").is_none());
+    let aes = client.create_key("plain").unwrap();
+    let opened = check(&aes, "create of an AES key");
+    let json = record_json(&opened, &dir, &aes);
+    assert_eq!(json["format"], 1, "an AES key's record stays in format 1");
+    assert!(json.get("type").is_none());
 }

@@ -19,9 +19,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use crate::harness::{
-    DaemonConfig, DaemonFiles, HOSTKMSD, Harness, Swtpm, cli, private_tempdir, sqlite, stderr, text,
+    DaemonConfig, DaemonFiles, HOSTKMSD, Harness, Swtpm, cli, ok, private_tempdir, sqlite, stderr,
+    text,
 };
-use agent_proto::{Client, ClientError, EncryptionContext, ErrorCode, KeyInfo, KeyState};
+use agent_proto::{Client, ClientError, EncryptionContext, ErrorCode, KeyInfo, KeyState, KeyType};
 use hostkms::envelope::KeyId;
 use hostkms::keystore::{KeyMaterial, VersionMaterial};
 use hostkms::recovery::manifest::{Manifest, ManifestKey};
@@ -1224,4 +1225,226 @@ fn a_backup_forged_for_the_real_custodians_is_refused_by_the_named_bundle() {
         &["--identity", identity, path(&dir)],
     );
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Each version of key `name` and its public key column, hex, straight
+/// from the store file (the column is in clear): one line per version.
+fn stored_public_keys(files: &DaemonFiles, name: &str) -> String {
+    sqlite(
+        &files.state_file("keystore.db"),
+        &format!(
+            "SELECT version, hex(public_key) FROM versions \
+             WHERE key_id = (SELECT id FROM keys WHERE name = '{name}') ORDER BY version"
+        ),
+    )
+}
+
+#[test]
+fn signing_and_hmac_keys_are_restored_on_a_new_host_with_their_types_and_public_keys() {
+    use p256::pkcs8::DecodePublicKey;
+    let work = private_tempdir();
+    let custodian = custodians(work.path(), 1).remove(0);
+    let recovery_dir = work.path().join("recovery");
+    let config =
+        DaemonConfig::new().recovery(std::slice::from_ref(&custodian.recipient), 1, &recovery_dir);
+
+    // Host A: an ed25519 key signed with at versions 1 and 2, then version
+    // 1 revoked; an ml-dsa-65 key; an hmac-sha256 key and a tag.
+    let Harness { tpm, files, daemon } = Harness::start(config);
+    let mut a = daemon.client();
+    a.create_key_of_type("rel", KeyType::Ed25519)
+        .expect("create rel");
+    let old_signature = a.sign("rel", b"release 1.0").expect("sign v1");
+    assert_eq!(old_signature.version, 1);
+    let rel_v1 = a.public_key("rel", Some(1)).expect("public key").spki_der;
+    a.rotate("rel").expect("rotate");
+    let signature = a.sign("rel", b"release 2.0").expect("sign v2");
+    assert_eq!(signature.version, 2);
+    a.revoke("rel", Some(1)).expect("revoke v1");
+    a.create_key_of_type("pq", KeyType::MlDsa65)
+        .expect("create pq");
+    let pq_signature = a.sign("pq", b"post-quantum").expect("sign pq");
+    a.create_key_of_type("tok", KeyType::HmacSha256)
+        .expect("create tok");
+    let tag = a.mac("tok", b"token 42").expect("mac");
+    let public_on_a = |a: &mut Client, key: &str, version: u32| {
+        a.public_key(key, Some(version))
+            .unwrap_or_else(|e| panic!("public key of {key} v{version}: {e}"))
+            .spki_der
+    };
+    let rel_v2 = public_on_a(&mut a, "rel", 2);
+    let pq_v1 = public_on_a(&mut a, "pq", 1);
+    let stored_on_a: Vec<String> = ["rel", "pq", "tok"]
+        .iter()
+        .map(|name| stored_public_keys(&files, name))
+        .collect();
+    let bundle_recipient = a.status().expect("status").recovery.bundle_recipient;
+    let backup = work.path().join("backup.tar");
+    ok(cli(&files.socket, &["backup", "--out", path(&backup)]));
+    drop(a);
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    drop(tpm);
+    fs::remove_dir_all(&files.state_dir).expect("destroy A's state dir");
+    drop(files);
+
+    // Host B: another TPM, an empty state dir.
+    let b = new_host();
+    let out = b.restore(
+        &bundle_recipient,
+        &["--identity", path(&custodian.key), path(&backup)],
+    );
+    assert!(out.status.success(), "restore: {}", stderr(&out));
+    let printed = text(&out.stdout);
+    for (name, key_type) in [
+        ("rel", "ed25519"),
+        ("pq", "ml-dsa-65"),
+        ("tok", "hmac-sha256"),
+    ] {
+        assert!(
+            printed.lines().any(
+                |line| line.starts_with(&format!("  restored \"{name}\" (id "))
+                    && line.ends_with(&format!(", {key_type})"))
+            ),
+            "{printed}"
+        );
+    }
+    let daemon = b.start();
+    let mut client = daemon.client();
+    let types: BTreeMap<String, KeyType> = client
+        .list_keys()
+        .expect("list")
+        .iter()
+        .map(|key| (key.name.clone(), key.key_type))
+        .collect();
+    assert_eq!(
+        types,
+        BTreeMap::from([
+            ("pq".to_string(), KeyType::MlDsa65),
+            ("rel".to_string(), KeyType::Ed25519),
+            ("tok".to_string(), KeyType::HmacSha256),
+        ])
+    );
+    // The same public keys, the revoked version's included.
+    let stored_on_b: Vec<String> = ["rel", "pq", "tok"]
+        .iter()
+        .map(|name| stored_public_keys(&b.files, name))
+        .collect();
+    assert_eq!(stored_on_b, stored_on_a);
+    assert_eq!(stored_on_b[0].lines().count(), 2, "{}", stored_on_b[0]);
+    assert_eq!(
+        client.public_key("rel", None).expect("public key").spki_der,
+        rel_v2
+    );
+    // The revoked version's public key stays retrievable, for audit.
+    let revoked = client.public_key("rel", Some(1)).expect("public key of v1");
+    assert!(revoked.revoked);
+    assert_eq!(revoked.spki_der, rel_v1);
+    let verifying_v1 =
+        ed25519_dalek::VerifyingKey::from_public_key_der(&revoked.spki_der).expect("SPKI");
+    let signature_v1 =
+        ed25519_dalek::Signature::from_slice(&old_signature.signature).expect("64 bytes");
+    assert!(
+        verifying_v1
+            .verify_strict(b"release 1.0", &signature_v1)
+            .is_ok(),
+        "an old release signature still checks outside hostkms"
+    );
+    assert_eq!(
+        client
+            .public_key("pq", Some(1))
+            .expect("public key")
+            .spki_der,
+        pq_v1
+    );
+    // The same secrets: A's signatures and tag verify on B, B's new
+    // signature verifies under A's public key outside hostkms, B's tag is
+    // A's (HMAC is deterministic).
+    let checks = [
+        client.verify("rel", b"release 2.0", &signature.signature, None),
+        client.verify("pq", b"post-quantum", &pq_signature.signature, None),
+        client.verify_mac("tok", b"token 42", &tag.tag, None),
+    ];
+    for check in checks {
+        assert!(check.expect("verify").valid);
+    }
+    let on_b = client.sign("rel", b"release 2.1").expect("sign on B");
+    assert_eq!(on_b.version, 2);
+    let verifying = ed25519_dalek::VerifyingKey::from_public_key_der(&rel_v2).expect("A's SPKI");
+    let on_b_signature = ed25519_dalek::Signature::from_slice(&on_b.signature).expect("64 bytes");
+    assert!(
+        verifying
+            .verify_strict(b"release 2.1", &on_b_signature)
+            .is_ok(),
+        "B signs with A's key"
+    );
+    assert_eq!(
+        client.mac("tok", b"token 42").expect("mac on B").tag,
+        tag.tag
+    );
+    // Revoked on A, revoked on B: its signatures no longer verify here.
+    let old = client
+        .verify("rel", b"release 1.0", &old_signature.signature, None)
+        .expect("verify");
+    assert!(!old.valid);
+    match client.verify("rel", b"release 1.0", &old_signature.signature, Some(1)) {
+        Err(ClientError::Daemon { code, .. }) => assert_eq!(code, ErrorCode::VersionRevoked),
+        other => panic!("expected VersionRevoked, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_merge_that_brings_a_store_keys_id_under_another_type_imports_nothing() {
+    let old = written_host(1, 1, 1);
+    let identity = path(&old.custodians[0].key);
+    let host = new_host();
+    let out = host.restore(
+        &old.bundle_recipient,
+        &["--identity", identity, path(&old.backup)],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let names = host.stored_names();
+
+    // A second backup, MACed and escrowed as a real one: app-plain's id as
+    // an hmac-sha256 key, and a key the store does not have.
+    let plain = old
+        .material
+        .iter()
+        .find(|k| k.name == "app-plain")
+        .expect("app-plain");
+    let mut retyped = plain.clone();
+    retyped.key_type = KeyType::HmacSha256;
+    let mut fresh = plain.clone();
+    fresh.id = KeyId([0x5a; 16]);
+    fresh.name = "app-new".to_string();
+    let bundle = escrow::BundleIdentity::generate().expect("bundle");
+    let dir = old.work.path().join("recovery-retyped");
+    let recipients = [old.custodians[0].recipient.clone()];
+    write_recovery_dir(&dir, &bundle, &recipients, 1, &[retyped, fresh], 1);
+    let backup = old.work.path().join("retyped.tar");
+    let tar = Command::new("tar")
+        .arg("-cf")
+        .arg(&backup)
+        .arg("-C")
+        .arg(&dir)
+        .arg(".")
+        .output()
+        .expect("tar");
+    assert!(tar.status.success(), "tar -cf: {}", stderr(&tar));
+
+    let out = host.restore(
+        bundle.recipient(),
+        &["--merge", "--identity", identity, path(&backup)],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let message = stderr(&out);
+    assert!(
+        message.contains("hmac-sha256") && message.contains("aes256-gcm"),
+        "names both types: {message}"
+    );
+    assert!(message.contains(&plain.id.to_string()), "{message}");
+    assert_eq!(host.stored_names(), names, "nothing imported");
+    let daemon = host.start();
+    let info = daemon.client().describe_key("app-plain").expect("describe");
+    assert_eq!(info.key_type, KeyType::Aes256Gcm);
 }

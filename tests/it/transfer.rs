@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use agent_proto::{ClientError, EncryptionContext, ErrorCode, KeyState};
+use agent_proto::{ClientError, EncryptionContext, ErrorCode, KeyState, KeyType, VersionState};
 use hostkms::envelope::KeyId;
 use hostkms::keystore::{KeyMaterial, VersionMaterial};
 use hostkms::recovery::record::{self, MacKey};
@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 
 use crate::harness::{
     Daemon, DaemonConfig, DaemonFiles, Grant, Swtpm, cli, cli_as, ensure_journald, field,
-    journal_of_stopped, ok, stderr, text, with_id,
+    journal_of_stopped, ok, sqlite, stderr, text, with_id,
 };
 
 const NOBODY: u32 = 65534;
@@ -659,4 +659,73 @@ fn an_imported_key_is_in_the_recovery_directory_when_the_import_is_answered() {
     assert!(record.is_file(), "{} after the import", record.display());
     let manifest = std::fs::read_to_string(recovery_dir.join("MANIFEST")).unwrap();
     assert!(manifest.contains(&id), "{manifest}");
+}
+
+/// Each version of key `name` in `host`'s store and its public key column,
+/// hex, straight from the file: "1 302A…\n2 302A…\n" (empty for none).
+fn stored_public_keys(host: &Host, name: &str) -> String {
+    sqlite(
+        &host.files.state_file("keystore.db"),
+        &format!(
+            "SELECT version, hex(public_key) FROM versions \
+             WHERE key_id = (SELECT id FROM keys WHERE name = '{name}') ORDER BY version"
+        ),
+    )
+}
+
+#[test]
+fn an_exported_signing_key_arrives_with_its_type_and_every_versions_public_key() {
+    let (a, b) = pair(&["rel*"]);
+    let (mut on_a, mut on_b) = (a.daemon.client(), b.daemon.client());
+    on_a.create_key_of_type("rel", KeyType::Ed25519).unwrap();
+    on_a.rotate("rel").unwrap();
+    on_a.revoke("rel", Some(1)).unwrap();
+    on_a.create_key_of_type("rel-tags", KeyType::HmacSha512)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["rel", "rel-tags"] {
+        let file = out_file(&dir, name);
+        ok(export(&a, name, "b", &file));
+        ok(import(&b, &file));
+    }
+
+    let (there, here) = (
+        on_a.describe_key("rel").unwrap(),
+        on_b.describe_key("rel").unwrap(),
+    );
+    assert_eq!(here.key_type, KeyType::Ed25519);
+    assert_eq!((here.id, here.latest_version), (there.id, 2));
+    assert_eq!(here.versions[0].state, VersionState::Revoked);
+    // The revoked version's public key came along: B can still show it.
+    let public_keys = stored_public_keys(&b, "rel");
+    assert_eq!(public_keys, stored_public_keys(&a, "rel"));
+    let lines: Vec<&str> = public_keys.lines().collect();
+    assert_eq!(lines.len(), 2, "{public_keys}");
+    for (number, line) in lines.iter().enumerate() {
+        let (version, der) = line.split_once('|').unwrap();
+        assert_eq!(version, (number + 1).to_string());
+        // An Ed25519 SubjectPublicKeyInfo: 12 bytes of header, 32 of key.
+        assert!(
+            der.starts_with("302A300506032B6570032100") && der.len() == 88,
+            "{line}"
+        );
+    }
+    assert_ne!(lines[0], lines[1]);
+    // And the daemon answers them, the revoked one marked so.
+    for version in [1, 2] {
+        let (there, here) = (
+            on_a.public_key("rel", Some(version)).unwrap(),
+            on_b.public_key("rel", Some(version)).unwrap(),
+        );
+        assert_eq!(here.spki_der, there.spki_der);
+        assert_eq!(here.revoked, version == 1);
+    }
+
+    let tags = on_b.describe_key("rel-tags").unwrap();
+    assert_eq!(tags.key_type, KeyType::HmacSha512);
+    assert_eq!(
+        stored_public_keys(&b, "rel-tags"),
+        "1|\n",
+        "an HMAC key has none"
+    );
 }
