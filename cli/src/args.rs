@@ -342,8 +342,8 @@ pub struct VerifyMacArgs {
     /// The tag to check: base64 text, or a file holding it in base64 or raw.
     #[arg(long, value_name = "TAG")]
     pub tag: String,
-    /// Check against this version only (default: every live version at or
-    /// above the key's minimum decryption version).
+    /// Check against this version only (default: the 8 newest live
+    /// versions at or above the key's minimum version).
     #[arg(long, value_name = "N")]
     pub version: Option<u32>,
     /// Read the data from FILE instead of standard input ("-": standard input).
@@ -378,8 +378,8 @@ pub struct VerifyArgs {
     /// or raw (as `sign` or `sign --binary` wrote it).
     #[arg(long, value_name = "SIG")]
     pub signature: String,
-    /// Check against this version only (default: every live version at or
-    /// above the key's minimum decryption version).
+    /// Check against this version only (default: the 8 newest live
+    /// versions at or above the key's minimum version).
     #[arg(long, value_name = "N")]
     pub version: Option<u32>,
     /// Read the message from FILE instead of standard input ("-": standard input).

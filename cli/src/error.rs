@@ -37,8 +37,9 @@ pub enum CliError {
     /// A message to sign or MAC exceeds what one request can carry.
     #[error(
         "{what} holds more than {limit} bytes, the most one request can carry (the \
-         daemon's own limit, max_plaintext, is 64 KiB unless raised); an ecdsa-p256 key \
-         can sign the SHA-256 digest of a larger message instead (sign --digest)"
+         daemon's own limit, max_plaintext, is 64 KiB unless raised). mac and verify-mac \
+         take no more; to sign a larger message, use an ecdsa-p256 key, which signs its \
+         SHA-256 digest (sign --digest, verify --digest)"
     )]
     MessageTooLarge {
         /// The file, or "standard input".

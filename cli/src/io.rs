@@ -68,7 +68,9 @@ pub const MAX_SIGNATURE_FILE: usize = 64 * 1024;
 /// `arg` itself as base64 text.
 pub fn bytes_from_arg(flag: &str, arg: &str) -> Result<Vec<u8>, CliError> {
     let path = Path::new(arg);
-    if path.is_file() {
+    // Any file but a directory: a pipe (`<(...)`, /dev/stdin) holds a
+    // signature as well as a regular file; the read is bounded either way.
+    if std::fs::metadata(path).is_ok_and(|meta| !meta.is_dir()) {
         let contents = fs::File::open(path)
             .and_then(|mut file| read_bounded(&mut file, MAX_SIGNATURE_FILE))
             .map_err(|e| CliError::read(Some(path), e))?

@@ -300,9 +300,9 @@ fn report_verification(
         key: printable(&verification.key),
         versions: match version {
             Some(version) => format!(" (version {version})"),
-            None => {
-                " (under any live version at or above its minimum decryption version)".to_string()
-            }
+            None => " (under the newest live versions at or above its minimum version, up to 8; \
+                 name an older one with --version)"
+                .to_string(),
         },
     })
 }

@@ -10,6 +10,7 @@
 //! operation is allowed.
 
 use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -369,6 +370,28 @@ fn sign_and_verify_with_every_signing_type() {
         assert_eq!(
             json,
             serde_json::json!({"key": name, "valid": true, "version": 1})
+        );
+        // A pipe holds a signature as well as a file (`--signature <(...)`).
+        let fifo = dir.join(format!("{key_type}.fifo"));
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        let writer = {
+            let (fifo, raw) = (fifo.clone(), raw.clone());
+            std::thread::spawn(move || fs::write(fifo, raw))
+        };
+        let args = ["verify", &name, "--signature", fifo.to_str().expect("path")];
+        let output = cli_stdin(socket, &args, message);
+        // A CLI that never opened the pipe left the writer blocked in open:
+        // a reader of our own releases it, so the test fails, never hangs.
+        let _release = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo);
+        writer.join().expect("writer").expect("fifo written");
+        assert_eq!(
+            ok_text(output),
+            "valid (version 1)\n",
+            "{key_type} via a pipe"
         );
 
         // A tampered message or signature: invalid, exit 1, never why.
