@@ -78,7 +78,7 @@ macro_rules! typed_operations {
     }
 
     /// Whether `tag` is the HMAC of `data` under `key`: under `version`
-    /// when given, else under any live version at or above the minimum
+    /// when given, else under the 8 newest live versions at or above the minimum
     /// decryption version. A tag that does not match is `valid: false`.
     ///
     /// Errors: `WrongKeyType` when `key` is not an HMAC key,
@@ -132,7 +132,7 @@ macro_rules! typed_operations {
     }
 
     /// Whether `signature` is `key`'s over `message`: under `version` when
-    /// given, else under any live version at or above the minimum
+    /// given, else under the 8 newest live versions at or above the minimum
     /// decryption version. A signature that does not check is
     /// `valid: false`.
     ///

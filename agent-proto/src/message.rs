@@ -192,7 +192,7 @@ pub enum Request {
         data: SecretBytes,
     },
     /// Whether `tag` is the HMAC of `data` under `key`: under `version`
-    /// when given, else under any live version at or above the minimum
+    /// when given, else under the 8 newest live versions at or above the minimum
     /// decryption version. Answered with [`Response::Verified`].
     VerifyMac {
         /// Key name.
@@ -213,7 +213,7 @@ pub enum Request {
         input: SignInput,
     },
     /// Whether `signature` is `key`'s over `input`: under `version` when
-    /// given, else under any live version at or above the minimum
+    /// given, else under the 8 newest live versions at or above the minimum
     /// decryption version. Answered with [`Response::Verified`].
     Verify {
         /// Key name.
