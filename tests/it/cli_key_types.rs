@@ -707,7 +707,13 @@ fn bench_measures_sign_verify_and_mac() {
         assert_eq!(report["key"], key);
         assert!(report["ops"].as_u64() > Some(0), "{report}");
         assert_eq!(report["errors"], 0, "{report}");
-        assert!(report["ratio_to_ping"].as_f64() > Some(0.0), "{report}");
+        // A ratio, not a figure to hold to: under a loaded test run one
+        // debug-build ML-DSA signature can take half a second, and the
+        // ratio rounds to 0.0 (timings are for BENCHMARKS.md, not tests).
+        assert!(
+            report["ratio_to_ping"].as_f64().is_some_and(|r| r >= 0.0),
+            "{report}"
+        );
         let described = ok_json(cli(socket, &["--json", "describe", key]));
         assert_eq!(
             Some(described["type"].clone()),
