@@ -994,6 +994,20 @@ fn an_edited_key_type_or_public_key_fails_authentication() {
     }
 }
 
+/// Version `number` of the key named `name` among forged rows.
+fn version_row<'a>(
+    keys: &[db::KeyRow],
+    versions: &'a mut [db::VersionRow],
+    name: &str,
+    number: u32,
+) -> &'a mut db::VersionRow {
+    let id = keys.iter().find(|k| k.name == name).unwrap().id;
+    versions
+        .iter_mut()
+        .find(|v| v.key_id == id && v.version == number)
+        .unwrap()
+}
+
 #[test]
 fn forged_typed_rows_that_contradict_their_secrets_are_refused() {
     type Forgery = fn(&mut Vec<db::KeyRow>, &mut Vec<db::VersionRow>);
@@ -1005,53 +1019,26 @@ fn forged_typed_rows_that_contradict_their_secrets_are_refused() {
         ),
         (
             |keys, versions| {
-                let other = keys.iter().find(|k| k.name == "other").unwrap().id;
-                let sig = keys.iter().find(|k| k.name == "sig").unwrap().id;
-                let theirs = versions
-                    .iter()
-                    .find(|v| v.key_id == other)
-                    .unwrap()
-                    .public_key
-                    .clone();
-                let mine = versions
-                    .iter_mut()
-                    .find(|v| v.key_id == sig && v.version == 2)
-                    .unwrap();
-                mine.public_key = theirs;
+                let theirs = version_row(keys, versions, "other", 1).public_key.clone();
+                version_row(keys, versions, "sig", 2).public_key = theirs;
             },
             "sig",
             "version 2: its public key is not the one its secret gives",
         ),
         (
-            |keys, versions| {
-                let sig = keys.iter().find(|k| k.name == "sig").unwrap().id;
-                let mine = versions
-                    .iter_mut()
-                    .find(|v| v.key_id == sig && v.version == 2)
-                    .unwrap();
-                mine.public_key = None;
-            },
+            |keys, versions| version_row(keys, versions, "sig", 2).public_key = None,
             "sig",
             "version 2: lacks its public key",
         ),
         (
-            |keys, versions| {
-                // Version 1 of "sig" is revoked by the fixture below.
-                let sig = keys.iter().find(|k| k.name == "sig").unwrap().id;
-                let mine = versions
-                    .iter_mut()
-                    .find(|v| v.key_id == sig && v.version == 1)
-                    .unwrap();
-                mine.public_key = None;
-            },
+            // Version 1 of "sig" is revoked by the fixture below.
+            |keys, versions| version_row(keys, versions, "sig", 1).public_key = None,
             "sig",
             "version 1: lacks its public key",
         ),
         (
             |keys, versions| {
-                let mac = keys.iter().find(|k| k.name == "mac").unwrap().id;
-                let mine = versions.iter_mut().find(|v| v.key_id == mac).unwrap();
-                mine.public_key = Some(vec![0x30, 0x00]);
+                version_row(keys, versions, "mac", 1).public_key = Some(vec![0x30, 0x00]);
             },
             "mac",
             "version 1: has a public key but its key type has none",
