@@ -9,8 +9,8 @@
 //!
 //! `Mac` and `Sign` use the latest version; `VerifyMac` and `Verify` check
 //! the version given (refused when it is revoked or below the minimum
-//! decryption version), or else every live version at or above the minimum,
-//! newest first. A tag or signature that does not check is `valid: false`,
+//! decryption version), or else the [`MAX_VERSIONS_TRIED`] newest live
+//! versions at or above the minimum, newest first. A tag or signature that does not check is `valid: false`,
 //! never an error, and never says why. Neither counts toward a version's
 //! encryption limit: that limit is AES-GCM's bound on random nonces, which
 //! HMAC and signatures do not have.
