@@ -192,6 +192,11 @@ pub struct Service {
     /// The TPM randomness `GenerateRandom` mixes in: a reserve of its own,
     /// never the one new key versions draw from. `None`: no TPM.
     random: Option<Arc<dyn EntropySource>>,
+    /// One `GenerateRandom` draws at a time (the others wait here, holding
+    /// no thread), so random requests queue at most one draw on the TPM
+    /// worker and the key-creation reserve's refills are never stuck behind
+    /// a crowd of them.
+    random_gate: tokio::sync::Semaphore,
     policy: ArcSwap<Policy>,
     limits: ArcSwap<ServiceLimits>,
     started: Instant,
@@ -218,6 +223,7 @@ impl Service {
             store: Arc::new(store),
             root_sealer: None,
             random: None,
+            random_gate: tokio::sync::Semaphore::new(1),
             policy: ArcSwap::from_pointee(policy),
             limits: ArcSwap::from_pointee(limits),
             started: Instant::now(),

@@ -321,6 +321,11 @@ impl Service {
                 "this daemon has no TPM randomness reserve for random bytes",
             ));
         };
+        let _turn = self
+            .random_gate
+            .acquire()
+            .await
+            .map_err(|_| Refusal::new(ErrorCode::Internal, "the random reserve is closed"))?;
         let mixed = tokio::task::spawn_blocking(move || mix_random(source.as_ref(), bytes))
             .await
             .map_err(|e| {

@@ -1278,6 +1278,53 @@ async fn random_bytes_draw_from_a_reserve_of_their_own_never_the_key_stores() {
     ));
 }
 
+/// A random source that takes its time and counts how many draws overlap.
+#[derive(Debug, Default)]
+struct SlowSource {
+    inside: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+impl EntropySource for SlowSource {
+    fn take(&self) -> Result<Zeroizing<[u8; 32]>, crate::tpm::TpmError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.inside.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(now, SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        self.inside.fetch_sub(1, SeqCst);
+        Ok(Zeroizing::new([7u8; 32]))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_requests_draw_one_at_a_time_so_key_refills_are_never_queued_behind_them() {
+    let (policy, _) = Policy::new(&[], &[]).expect("no grants");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let source = Arc::new(SlowSource::default());
+    let service = Arc::new(
+        TestServiceBuilder::new()
+            .limits(LIMITS)
+            .build(&tmp.path().join("state"), policy)
+            .expect("test service")
+            .with_random_source(Arc::clone(&source) as Arc<dyn EntropySource>),
+    );
+    let requests: Vec<_> = (0..8)
+        .map(|_| {
+            let service = Arc::clone(&service);
+            tokio::spawn(async move { service.handle(&admin(), random(64)).await })
+        })
+        .collect();
+    for request in requests {
+        let response = request.await.expect("request task");
+        assert!(matches!(response, Response::Random(_)), "{response:?}");
+    }
+    assert_eq!(
+        source.most.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "random requests drew from the TPM reserve one at a time"
+    );
+}
+
 #[tokio::test]
 async fn keys_of_every_type_survive_a_restart_and_old_signatures_still_verify() {
     let tmp = tempfile::tempdir().expect("tempdir");
