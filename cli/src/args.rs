@@ -97,6 +97,10 @@ pub enum Command {
         /// Revoke only this version (default: the whole key).
         #[arg(long, value_name = "N")]
         version: Option<u32>,
+        /// Confirm revoking the whole key (needed without --version; on a
+        /// terminal, typing the key's name confirms instead).
+        #[arg(long)]
+        yes: bool,
     },
     /// Stop every use of a key until it is enabled again.
     Disable {

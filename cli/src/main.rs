@@ -125,8 +125,21 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         }
         Command::Describe { name } => print_key(&daemon.connect()?.describe_key(name)?, json),
         Command::Rotate { name } => print_key(&daemon.connect()?.rotate(name)?, json),
-        Command::Revoke { name, version } => {
-            print_key(&daemon.connect()?.revoke(name, *version)?, json)
+        Command::Revoke { name, version, yes } => {
+            if version.is_none() && !yes {
+                confirm_whole_key_revocation(name)?;
+            }
+            let key = daemon.connect()?.revoke(name, *version)?;
+            print_key(&key, json)?;
+            if version.is_none() {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "hostkms: key {} is revoked: the key material of its {} versions is destroyed for good",
+                    printable(&key.name),
+                    key.versions.len()
+                );
+            }
+            Ok(())
         }
         Command::Disable { name } => print_key(&daemon.connect()?.disable(name)?, json),
         Command::Enable { name } => print_key(&daemon.connect()?.enable(name)?, json),
@@ -405,6 +418,37 @@ fn random(daemon: &Daemon, args: &RandomArgs, json: bool) -> Result<(), CliError
         text.push('\n');
         write_stdout(text.as_bytes())
     }
+}
+
+/// Asks before `revoke NAME` destroys a whole key: on a terminal, the
+/// operator types the key's name; elsewhere `--yes` is required.
+fn confirm_whole_key_revocation(name: &str) -> Result<(), CliError> {
+    use std::io::{BufRead, IsTerminal};
+    let what = format!(
+        "revoke without --version destroys the key material of every version of key {} for good: \
+         nothing wrapped, signed or tagged with it can be opened or checked by hostkms again",
+        printable(name)
+    );
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::Usage(format!(
+            "{what}; add --yes to confirm, or --version N to revoke one version. Nothing was revoked"
+        )));
+    }
+    let _ = write!(
+        std::io::stderr(),
+        "hostkms: {what}.\nType the key's name to confirm: "
+    );
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| CliError::read(None, e))?;
+    if answer.trim_end_matches(['\n', '\r']) != name {
+        return Err(CliError::Usage(
+            "the name typed is not the key's: nothing was revoked".to_string(),
+        ));
+    }
+    Ok(())
 }
 
 /// A JSON serialization failure, reported as an output error.

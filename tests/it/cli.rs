@@ -477,6 +477,32 @@ fn rotate_rewrap_and_revoke_a_version() {
     );
     let text = ok_text(cli(socket, &["describe", "app-db"]));
     assert!(text.contains("revoked"), "{text}");
+
+    // The whole key: without --version, destroying it needs --yes (the
+    // tests' stdin is no terminal, so nothing can be typed instead), and
+    // without it nothing is revoked.
+    let output = cli(socket, &["revoke", "app-db"]);
+    assert_usage(
+        &output,
+        &[
+            "every version of key app-db",
+            "--yes",
+            "Nothing was revoked",
+        ],
+    );
+    let key = ok_json(cli(socket, &["--json", "describe", "app-db"]));
+    assert_eq!(key["state"], "enabled");
+    let output = cli(socket, &["--json", "revoke", "app-db", "--yes"]);
+    let key: serde_json::Value =
+        serde_json::from_slice(&ok(output.clone())).expect("revoke --json");
+    assert_eq!(key["state"], "revoked");
+    assert!(
+        stderr(&output).contains("key material of its 2 versions is destroyed"),
+        "{}",
+        stderr(&output)
+    );
+    let output = cli_stdin(socket, &["unwrap", "--context", "a=b"], v2.as_bytes());
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
 }
 
 #[test]

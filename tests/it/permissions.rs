@@ -104,7 +104,7 @@ fn a_granted_peer_uses_its_key_and_nothing_else() {
         (&["datakey", "secret"], "datakey", "secret"),
         (&["describe", "secret"], "describe", "secret"),
         (&["rotate", "app-db"], "rotate", "app-db"),
-        (&["revoke", "app-db"], "revoke", "app-db"),
+        (&["revoke", "app-db", "--yes"], "revoke", "app-db"),
         (&["disable", "app-db"], "disable", "app-db"),
         (&["create-key", "app-new"], "create", "app-new"),
         (
