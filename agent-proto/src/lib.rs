@@ -33,6 +33,7 @@
 //! # }
 //! ```
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "tokio")]
 mod async_client;
@@ -51,7 +52,10 @@ pub mod v3;
 #[cfg(feature = "tokio")]
 pub use async_client::AsyncClient;
 pub use bytes::{Ciphertext, SecretBytes};
-pub use client::{Client, ClientError, DEFAULT_SOCKET};
+pub use client::{
+    Client, ClientError, DEFAULT_SOCKET, DEFAULT_TIMEOUT, RECONNECT_BACKOFF, SOCKET_ENV,
+    default_socket,
+};
 pub use codec::DEFAULT_MAX_FRAME;
 pub use error::{DecodeError, EncodeError, ErrorCode, FrameError, UNKNOWN_REQUEST};
 pub use message::{
