@@ -1,10 +1,11 @@
 //! A blocking client over a Unix stream socket: one typed method per
 //! operation, plus `send`/`receive` for pipelining.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::bytes::{Ciphertext, SecretBytes};
 use crate::codec::{self, DEFAULT_MAX_FRAME, FrameBuf};
@@ -28,16 +29,34 @@ macro_rules! typed_operations {
     (tokio) => { typed_operations!(@emit [async] [.await]); };
     (@emit [$($async:tt)*] [$($await:tt)*]) => {
     /// Checks that the daemon answers.
+    ///
+    /// # Errors
+    ///
+    /// Only the connection errors of [`Client::call`](crate::Client::call)
+    /// (`MayHaveExecuted`, `TimedOut`, `Connect`), and `Busy`.
     pub $($async)* fn ping(&mut self) -> Result<(), ClientError> {
         expect::pong(self.call(Request::Ping)$($await)*?)
     }
 
     /// The daemon's health and counters.
+    ///
+    /// # Errors
+    ///
+    /// `PermissionDenied` when the peer may not read the daemon's status, and
+    /// the connection errors of [`Client::call`](crate::Client::call)
+    /// (`MayHaveExecuted`, `TimedOut`, `Connect`).
     pub $($async)* fn status(&mut self) -> Result<StatusInfo, ClientError> {
         expect::status(self.call(Request::Status)$($await)*?)
     }
 
     /// Creates key `name` at version 1.
+    ///
+    /// # Errors
+    ///
+    /// `KeyExists` (names are never reused), `InvalidKeyName`/`InvalidArgument`
+    /// for a bad name, `PermissionDenied`, `TpmUnavailable`, and the connection
+    /// errors of [`Client::call`](crate::Client::call) (`MayHaveExecuted`,
+    /// `TimedOut`, `Connect`).
     pub $($async)* fn create_key(&mut self, name: &str) -> Result<KeyInfo, ClientError> {
         expect::key(self.call(Request::CreateKey {
             name: name.to_string(),
@@ -48,10 +67,14 @@ macro_rules! typed_operations {
     /// Creates key `name` of type `key_type` (fixed for the key's life) at
     /// version 1.
     ///
-    /// Errors: [`ClientError::DaemonTooOld`] for any type but
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::DaemonTooOld`] for any type but
     /// [`KeyType::Aes256Gcm`] when the daemon speaks only protocol 3 or
     /// older; the daemon's refusals (`KeyExists`, `InvalidKeyName`,
     /// `PermissionDenied`...) as [`ClientError::Daemon`].
+    /// And the connection errors of [`Client::call`](crate::Client::call).
     pub $($async)* fn create_key_of_type(
         &mut self,
         name: &str,
@@ -66,10 +89,14 @@ macro_rules! typed_operations {
     /// The HMAC tag of `data` under the latest version of HMAC key `key`,
     /// with the version that made it.
     ///
-    /// Errors: `WrongKeyType` when `key` is not an HMAC key,
+    ///
+    /// # Errors
+    ///
+    /// `WrongKeyType` when `key` is not an HMAC key,
     /// `PlaintextTooLarge` above the daemon's `max_plaintext`, the usual
     /// key and permission refusals; [`ClientError::DaemonTooOld`] against a
     /// daemon older than protocol 4.
+    /// And the connection errors of [`Client::call`](crate::Client::call).
     pub $($async)* fn mac(&mut self, key: &str, data: &[u8]) -> Result<MacTag, ClientError> {
         expect::mac(self.call(Request::Mac {
             key: key.to_string(),
@@ -78,14 +105,19 @@ macro_rules! typed_operations {
     }
 
     /// Whether `tag` is the HMAC of `data` under `key`: under `version`
-    /// when given, else under the 8 newest live versions at or above the minimum
+    /// when given, else under the 8 newest live versions at or above the
+    /// minimum
     /// decryption version. A tag that does not match is `valid: false`.
     ///
-    /// Errors: `WrongKeyType` when `key` is not an HMAC key,
+    ///
+    /// # Errors
+    ///
+    /// `WrongKeyType` when `key` is not an HMAC key,
     /// `VersionRevoked`/`VersionNotFound` for an explicit `version` that
     /// cannot be used, `KeyDisabled`/`KeyRevoked`, `PlaintextTooLarge`,
     /// `InvalidArgument` for a tag over 64 bytes;
     /// [`ClientError::DaemonTooOld`] against a daemon older than protocol 4.
+    /// And the connection errors of [`Client::call`](crate::Client::call).
     pub $($async)* fn verify_mac(
         &mut self,
         key: &str,
@@ -104,11 +136,15 @@ macro_rules! typed_operations {
     /// A signature of `message` under the latest version of signing key
     /// `key`, with the version that made it.
     ///
-    /// Errors: `WrongKeyType` when `key` does not sign,
+    ///
+    /// # Errors
+    ///
+    /// `WrongKeyType` when `key` does not sign,
     /// `PlaintextTooLarge` above the daemon's `max_plaintext` (an
     /// ecdsa-p256 key can sign a digest instead: [`Self::sign_digest`]),
     /// the usual key and permission refusals; [`ClientError::DaemonTooOld`]
     /// against a daemon older than protocol 4.
+    /// And the connection errors of [`Client::call`](crate::Client::call).
     pub $($async)* fn sign(&mut self, key: &str, message: &[u8]) -> Result<Signature, ClientError> {
         expect::signature(self.call(Request::Sign {
             key: key.to_string(),
@@ -120,10 +156,14 @@ macro_rules! typed_operations {
     /// version of ecdsa-p256 key `key` (the same signature as over the
     /// message itself).
     ///
-    /// Errors: `InvalidArgument` when `digest` is not 32 bytes or `key` is
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` when `digest` is not 32 bytes or `key` is
     /// not an ecdsa-p256 key that signs digests (`WrongKeyType` when it does
     /// not sign at all), the usual key and permission refusals;
     /// [`ClientError::DaemonTooOld`] against a daemon older than protocol 4.
+    /// And the connection errors of [`Client::call`](crate::Client::call).
     pub $($async)* fn sign_digest(&mut self, key: &str, digest: &[u8]) -> Result<Signature, ClientError> {
         expect::signature(self.call(Request::Sign {
             key: key.to_string(),
@@ -136,11 +176,15 @@ macro_rules! typed_operations {
     /// decryption version. A signature that does not check is
     /// `valid: false`.
     ///
-    /// Errors: `WrongKeyType` when `key` does not sign,
+    ///
+    /// # Errors
+    ///
+    /// `WrongKeyType` when `key` does not sign,
     /// `VersionRevoked`/`VersionNotFound` for an explicit `version` that
     /// cannot be used, `KeyDisabled`/`KeyRevoked`, `PlaintextTooLarge`,
     /// `InvalidArgument` for a signature over 8 KiB;
     /// [`ClientError::DaemonTooOld`] against a daemon older than protocol 4.
+    /// And the connection errors of [`Client::call`](crate::Client::call).
     pub $($async)* fn verify(
         &mut self,
         key: &str,
@@ -159,8 +203,12 @@ macro_rules! typed_operations {
     /// Whether `signature` is ecdsa-p256 key `key`'s over a message whose
     /// SHA-256 is `digest`, as [`Self::verify`] checks a message.
     ///
-    /// Errors: those of [`Self::verify`], and `InvalidArgument` when
+    ///
+    /// # Errors
+    ///
+    /// those of [`Self::verify`], and `InvalidArgument` when
     /// `digest` is not 32 bytes or `key` is not an ecdsa-p256 key.
+    /// And the connection errors of [`Client::call`](crate::Client::call).
     pub $($async)* fn verify_digest(
         &mut self,
         key: &str,
@@ -180,9 +228,13 @@ macro_rules! typed_operations {
     /// `version`, the latest when `None`. A revoked version's public key
     /// stays retrievable (`revoked: true`).
     ///
-    /// Errors: `WrongKeyType` when `key` does not sign, `VersionNotFound`,
+    ///
+    /// # Errors
+    ///
+    /// `WrongKeyType` when `key` does not sign, `VersionNotFound`,
     /// the usual key and permission refusals; [`ClientError::DaemonTooOld`]
     /// against a daemon older than protocol 4.
+    /// And the connection errors of [`Client::call`](crate::Client::call).
     pub $($async)* fn public_key(
         &mut self,
         key: &str,
@@ -197,14 +249,27 @@ macro_rules! typed_operations {
     /// `bytes` random bytes (1 to [`crate::MAX_RANDOM_BYTES`]) from the OS
     /// RNG mixed with the TPM's.
     ///
-    /// Errors: `InvalidArgument` for a count outside 1..=1024,
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` for a count outside 1..=1024,
     /// `PermissionDenied` without a grant of `random`;
     /// [`ClientError::DaemonTooOld`] against a daemon older than protocol 4.
+    /// And the connection errors of [`Client::call`](crate::Client::call).
     pub $($async)* fn random(&mut self, bytes: u16) -> Result<SecretBytes, ClientError> {
         expect::random(self.call(Request::GenerateRandom { bytes })$($await)*?)
     }
 
-    /// Encrypts `plaintext` under the latest version of `key`, bound to `context`.
+    /// Encrypts `plaintext` under the latest version of `key`, bound to
+    /// `context`.
+    ///
+    /// # Errors
+    ///
+    /// `KeyNotFound`, `PermissionDenied`, `KeyDisabled`/`KeyRevoked`,
+    /// `WrongKeyType` for a key that does not encrypt, `PlaintextTooLarge`,
+    /// `TpmUnavailable`, and the connection errors of
+    /// [`Client::call`](crate::Client::call) (`MayHaveExecuted`, `TimedOut`,
+    /// `Connect`).
     pub $($async)* fn wrap(
         &mut self,
         key: &str,
@@ -219,6 +284,14 @@ macro_rules! typed_operations {
     }
 
     /// Decrypts `ciphertext`; with `key`, only if it belongs to that key.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidCiphertext` (wrong context, tampered, or another key's when
+    /// `key` is given), `VersionRevoked`, `KeyDisabled`/`KeyRevoked`,
+    /// `PermissionDenied`, `TpmUnavailable`, and the connection errors of
+    /// [`Client::call`](crate::Client::call) (`MayHaveExecuted`, `TimedOut`,
+    /// `Connect`).
     pub $($async)* fn unwrap(
         &mut self,
         ciphertext: &[u8],
@@ -233,6 +306,13 @@ macro_rules! typed_operations {
     }
 
     /// A fresh `bytes`-long data key, in clear and wrapped under `key`.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` for a length other than 16, 24, 32 or 64, the key
+    /// refusals of [`Self::wrap`], and the connection errors of
+    /// [`Client::call`](crate::Client::call) (`MayHaveExecuted`, `TimedOut`,
+    /// `Connect`).
     pub $($async)* fn generate_data_key(
         &mut self,
         key: &str,
@@ -243,6 +323,10 @@ macro_rules! typed_operations {
     }
 
     /// A fresh `bytes`-long data key, only in its wrapped form.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`Self::generate_data_key`].
     pub $($async)* fn generate_data_key_without_plaintext(
         &mut self,
         key: &str,
@@ -268,6 +352,10 @@ macro_rules! typed_operations {
     }
 
     /// Re-encrypts `ciphertext` under its key's latest version.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`Self::unwrap`] and [`Self::wrap`].
     pub $($async)* fn rewrap(
         &mut self,
         ciphertext: &[u8],
@@ -282,6 +370,14 @@ macro_rules! typed_operations {
     }
 
     /// Adds a new latest version to `key`.
+    ///
+    /// # Errors
+    ///
+    /// `KeyNotFound`, `PermissionDenied`, `KeyDisabled`/`KeyRevoked`,
+    /// `TpmUnavailable`, and the connection errors of
+    /// [`Client::call`](crate::Client::call) (`MayHaveExecuted`, `TimedOut`,
+    /// `Connect`). A lost `rotate` may have added a version: check with
+    /// [`Self::describe_key`].
     pub $($async)* fn rotate(&mut self, key: &str) -> Result<KeyInfo, ClientError> {
         expect::key(self.call(Request::Rotate {
             key: key.to_string(),
@@ -289,6 +385,12 @@ macro_rules! typed_operations {
     }
 
     /// Revokes one version of `key`, or the whole key when `version` is `None`.
+    ///
+    /// # Errors
+    ///
+    /// `KeyNotFound`, `VersionNotFound`, `PermissionDenied`, and the connection
+    /// errors of [`Client::call`](crate::Client::call) (`MayHaveExecuted`,
+    /// `TimedOut`, `Connect`).
     pub $($async)* fn revoke(&mut self, key: &str, version: Option<u32>) -> Result<KeyInfo, ClientError> {
         expect::key(self.call(Request::Revoke {
             key: key.to_string(),
@@ -297,6 +399,12 @@ macro_rules! typed_operations {
     }
 
     /// Stops every use of `key` until it is enabled again.
+    ///
+    /// # Errors
+    ///
+    /// `KeyNotFound`, `KeyRevoked`, `PermissionDenied`, and the connection
+    /// errors of [`Client::call`](crate::Client::call) (`MayHaveExecuted`,
+    /// `TimedOut`, `Connect`).
     pub $($async)* fn disable(&mut self, key: &str) -> Result<KeyInfo, ClientError> {
         expect::key(self.call(Request::Disable {
             key: key.to_string(),
@@ -304,6 +412,12 @@ macro_rules! typed_operations {
     }
 
     /// Puts a disabled `key` back in service.
+    ///
+    /// # Errors
+    ///
+    /// `KeyNotFound`, `KeyRevoked`, `PermissionDenied`, and the connection
+    /// errors of [`Client::call`](crate::Client::call) (`MayHaveExecuted`,
+    /// `TimedOut`, `Connect`).
     pub $($async)* fn enable(&mut self, key: &str) -> Result<KeyInfo, ClientError> {
         expect::key(self.call(Request::Enable {
             key: key.to_string(),
@@ -311,6 +425,13 @@ macro_rules! typed_operations {
     }
 
     /// Refuses unwraps of `key`'s versions below `version`.
+    ///
+    /// # Errors
+    ///
+    /// `KeyNotFound`, `VersionNotFound`/`InvalidArgument` for a version the key
+    /// lacks, `PermissionDenied`, and the connection errors of
+    /// [`Client::call`](crate::Client::call) (`MayHaveExecuted`, `TimedOut`,
+    /// `Connect`).
     pub $($async)* fn set_min_decryption_version(
         &mut self,
         key: &str,
@@ -327,6 +448,13 @@ macro_rules! typed_operations {
     /// the page when one would exceed the daemon's frame limit; a
     /// protocol-1 daemon answers every key at once. A page whose `next`
     /// does not advance the listing is [`ClientError::ListCursorStuck`].
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::ListCursorStuck`], the daemon's refusals of
+    /// [`Self::list_page`], and the connection errors of
+    /// [`Client::call`](crate::Client::call) (`MayHaveExecuted`, `TimedOut`,
+    /// `Connect`).
     pub $($async)* fn list_keys(&mut self) -> Result<Vec<KeyInfo>, ClientError> {
         let mut keys = Vec::new();
         let mut after = None;
@@ -358,6 +486,13 @@ macro_rules! typed_operations {
     /// Pass the page's [`KeyPage::next`] as `after` for the next page. A
     /// protocol-1 daemon can only answer `after: None, limit: None`; other
     /// pages are [`ClientError::DaemonTooOld`] there.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::DaemonTooOld`] for a page a protocol-1 daemon cannot
+    /// give, `FrameTooLarge` for a page over the daemon's frame limit, and the
+    /// connection errors of [`Client::call`](crate::Client::call)
+    /// (`MayHaveExecuted`, `TimedOut`, `Connect`).
     pub $($async)* fn list_page(
         &mut self,
         after: Option<String>,
@@ -367,6 +502,12 @@ macro_rules! typed_operations {
     }
 
     /// Metadata of `key`.
+    ///
+    /// # Errors
+    ///
+    /// `KeyNotFound`, `PermissionDenied`, and the connection errors of
+    /// [`Client::call`](crate::Client::call) (`MayHaveExecuted`, `TimedOut`,
+    /// `Connect`).
     pub $($async)* fn describe_key(&mut self, key: &str) -> Result<KeyInfo, ClientError> {
         expect::key(self.call(Request::DescribeKey {
             key: key.to_string(),
@@ -374,16 +515,36 @@ macro_rules! typed_operations {
     }
 
     /// Seals a new root key and re-seals every key under it (admin only).
+    ///
+    /// # Errors
+    ///
+    /// `PermissionDenied` for a peer that is not an admin, `TpmUnavailable`,
+    /// `Internal`, and the connection errors of
+    /// [`Client::call`](crate::Client::call) (`MayHaveExecuted`, `TimedOut`,
+    /// `Connect`).
     pub $($async)* fn rotate_root(&mut self) -> Result<RootRotation, ClientError> {
         expect::root_rotated(self.call(Request::RotateRoot)$($await)*?)
     }
 
     /// This host's transport key, which other hosts export keys to.
+    ///
+    /// # Errors
+    ///
+    /// `TpmUnavailable`, `Internal`, and the connection errors of
+    /// [`Client::call`](crate::Client::call) (`MayHaveExecuted`, `TimedOut`,
+    /// `Connect`).
     pub $($async)* fn transport_key(&mut self) -> Result<TransportKeyInfo, ClientError> {
         expect::transport_key(self.call(Request::TransportKey)$($await)*?)
     }
 
     /// Exports `key` to `destination`, a host pinned in the daemon's config.
+    ///
+    /// # Errors
+    ///
+    /// `KeyNotFound`, `PermissionDenied`, `InvalidArgument` for a destination
+    /// the config does not pin, and the connection errors of
+    /// [`Client::call`](crate::Client::call) (`MayHaveExecuted`, `TimedOut`,
+    /// `Connect`).
     pub $($async)* fn export_key(&mut self, key: &str, destination: &str) -> Result<ExportedFile, ClientError> {
         expect::exported(self.call(Request::ExportKey {
             key: key.to_string(),
@@ -392,6 +553,13 @@ macro_rules! typed_operations {
     }
 
     /// Imports a key from a file another host exported to this host.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` for a file not made for this host, `KeyExists`,
+    /// `PermissionDenied`, `TpmUnavailable`, and the connection errors of
+    /// [`Client::call`](crate::Client::call) (`MayHaveExecuted`, `TimedOut`,
+    /// `Connect`).
     pub $($async)* fn import_key(&mut self, file: &[u8]) -> Result<KeyInfo, ClientError> {
         expect::key(self.call(Request::ImportKey {
             file: file.to_vec(),
@@ -404,6 +572,36 @@ pub(crate) use typed_operations;
 
 /// The socket path a packaged daemon listens on.
 pub const DEFAULT_SOCKET: &str = "/run/hostkms/hostkms.sock";
+
+/// The environment variable that names the daemon's socket for
+/// [`Client::connect_default`] (the CLI reads it too).
+pub const SOCKET_ENV: &str = "HOSTKMS_SOCKET";
+
+/// How long a new client lets one request take, writing it and reading its
+/// answer together (see [`Client::set_timeout`]).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The pauses before each new connection a call opens when its request
+/// provably never reached the daemon (see [`Client`]): at most this many
+/// retries, then the error.
+pub const RECONNECT_BACKOFF: [Duration; 3] = [
+    Duration::from_millis(50),
+    Duration::from_millis(200),
+    Duration::from_millis(800),
+];
+
+/// The socket a client connects to by default: `$HOSTKMS_SOCKET` when it is
+/// set and not empty, else [`DEFAULT_SOCKET`].
+pub fn default_socket() -> PathBuf {
+    socket_from(std::env::var_os(SOCKET_ENV))
+}
+
+/// The socket `HOSTKMS_SOCKET`'s value `var` names, [`DEFAULT_SOCKET`]
+/// when unset or empty.
+fn socket_from(var: Option<std::ffi::OsString>) -> PathBuf {
+    var.filter(|path| !path.is_empty())
+        .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), PathBuf::from)
+}
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
@@ -482,6 +680,36 @@ pub enum ClientError {
         /// The id the response carried.
         got: u64,
     },
+    /// The connection failed after (part of) the request was written and
+    /// before its whole answer came: the daemon may or may not have carried
+    /// the request out. The client does not send it again; the caller
+    /// should check its effect (e.g. `describe_key` after a `create_key`)
+    /// before repeating a request that is not idempotent. The client's next
+    /// call opens a new connection.
+    #[error(
+        "the connection to hostkms failed after {operation} was sent ({source}): \
+         the daemon may or may not have carried it out; check its effect before sending it again"
+    )]
+    MayHaveExecuted {
+        /// The operation that was sent.
+        operation: Operation,
+        /// How the connection failed.
+        source: Box<ClientError>,
+    },
+    /// The request's whole answer did not come within the client's timeout
+    /// ([`Client::set_timeout`]): the daemon may or may not have carried
+    /// the request out, as for [`ClientError::MayHaveExecuted`]. The
+    /// client's next call opens a new connection.
+    #[error(
+        "no answer to {operation} within {after:?}: the daemon may or may not have carried it out; \
+         check its effect before sending it again, or raise the client's timeout"
+    )]
+    TimedOut {
+        /// The operation that was sent.
+        operation: Operation,
+        /// The timeout that passed.
+        after: Duration,
+    },
 }
 
 /// A key name in an error message, quoted and escaped; `none` in its place
@@ -527,6 +755,24 @@ fn connect_hint(err: &io::Error) -> String {
 /// and sends the request once more. A client made with
 /// [`from_stream`](Client::from_stream) has no path to reconnect to and
 /// returns that answer instead.
+///
+/// # Connection losses
+///
+/// The daemon closes a connection idle for its `idle_timeout_secs`
+/// (default 30 s) and every connection when it stops. A [`call`](Client::call)
+/// (and so every typed method) of a client made with
+/// [`connect`](Client::connect) reconnects by itself when its request
+/// provably never reached the daemon: the connection was found closed
+/// before the request was written, or the write of its first byte failed
+/// with a broken pipe or reset. It waits [`RECONNECT_BACKOFF`] before each
+/// new connection and gives up with the last error after those retries.
+/// Once any byte of a request was written, a lost connection is
+/// [`ClientError::MayHaveExecuted`] and a late answer
+/// [`ClientError::TimedOut`]: the request is never sent twice.
+///
+/// [`send`](Client::send) and [`receive`](Client::receive) never reconnect
+/// nor retry: when either fails, every request sent and not answered may or
+/// may not have been carried out, and the connection should be dropped.
 #[derive(Debug)]
 pub struct Client {
     stream: UnixStream,
@@ -534,9 +780,58 @@ pub struct Client {
     max_frame: u32,
     proto: u16,
     path: Option<PathBuf>,
-    /// The daemon closes a connection after `BadRequest`: the next call
-    /// opens a new one (when the client has a path to reconnect to).
+    /// The daemon closes a connection after `BadRequest`, and a lost or
+    /// late answer leaves it out of step: the next call opens a new one
+    /// (when the client has a path to reconnect to).
     reopen: bool,
+    /// The per-request timeout in nanoseconds, [`NO_TIMEOUT`] for none.
+    timeout: AtomicU64,
+}
+
+/// [`Client::timeout`] stored: none.
+const NO_TIMEOUT: u64 = u64::MAX;
+
+/// How a call's attempt failed: before its request could reach the daemon
+/// (another connection may carry it), or for good.
+pub(crate) enum Failure {
+    /// The request provably never reached the daemon.
+    Unsent(ClientError),
+    /// Report this error.
+    Final(ClientError),
+}
+
+impl Failure {
+    pub(crate) fn into_error(self) -> ClientError {
+        match self {
+            Failure::Unsent(err) | Failure::Final(err) => err,
+        }
+    }
+}
+
+/// Whether an I/O error is a socket timeout (`EAGAIN` under `SO_RCVTIMEO`).
+pub(crate) fn is_timeout(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Whether a failed write of a request's first byte shows the daemon had
+/// closed the connection, so the request never reached it.
+pub(crate) fn unsent(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::NotConnected
+    )
+}
+
+/// The error of a request whose connection failed with `err` after the
+/// request was (partly) written.
+pub(crate) fn lost(operation: Operation, err: ClientError) -> ClientError {
+    ClientError::MayHaveExecuted {
+        operation,
+        source: Box::new(err),
+    }
 }
 
 /// Request ids of one connection: the next to assign, and those sent and
@@ -581,6 +876,11 @@ impl Pipeline {
         }
     }
 
+    /// Whether every request sent was answered.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.in_flight.is_empty()
+    }
+
     /// Forgets the requests in flight: their connection is gone.
     pub(crate) fn reset(&mut self) {
         self.in_flight.clear();
@@ -616,30 +916,18 @@ impl Pipeline {
 /// The id of an error that answers a whole connection, not one request.
 const CONNECTION_REFUSAL_ID: u64 = 0;
 
-/// Whether a failed write means the daemon closed the connection, in which
-/// case it may have left a refusal (`Busy`) to read.
-pub(crate) fn closed_by_daemon(err: &ClientError) -> bool {
-    matches!(err, ClientError::Io(e) if matches!(
-        e.kind(),
-        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-    ))
-}
-
-/// The refusal the daemon left before closing, read after a failed send
-/// (`left`), as [`ClientError::Daemon`]; `err` when there is none.
-pub(crate) fn left_refusal(
-    left: Result<Option<FrameBuf>, FrameError>,
-    err: ClientError,
-) -> ClientError {
+/// The refusal the daemon left before closing, as [`ClientError::Daemon`],
+/// if `left` is one.
+pub(crate) fn refusal_left(left: Result<Option<FrameBuf>, FrameError>) -> Option<ClientError> {
     match left.map(|body| body.map(|body| codec::decode_response(&body))) {
         Ok(Some(Ok(Envelope {
             op: Response::Error(reply),
             ..
-        }))) => ClientError::Daemon {
+        }))) => Some(ClientError::Daemon {
             code: reply.code,
             message: reply.message,
-        },
-        _ => err,
+        }),
+        _ => None,
     }
 }
 
@@ -705,6 +993,11 @@ pub(crate) fn fallback_version(err: &ClientError, proto: u16) -> Option<u16> {
 
 impl Client {
     /// Connects to the daemon's socket at `path`.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Connect`] when the socket cannot be reached (no
+    /// daemon, no permission).
     pub fn connect(path: impl AsRef<Path>) -> Result<Client, ClientError> {
         let path = path.as_ref();
         let mut client = Client::from_stream(open(path)?);
@@ -712,8 +1005,19 @@ impl Client {
         Ok(client)
     }
 
+    /// Connects to the socket `$HOSTKMS_SOCKET` names, else to
+    /// [`DEFAULT_SOCKET`] (see [`default_socket`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Connect`] when the socket cannot be reached.
+    pub fn connect_default() -> Result<Client, ClientError> {
+        Client::connect(default_socket())
+    }
+
     /// Uses an already connected stream (no fallback to an older protocol
-    /// version: that needs a new connection, see [`Client`]).
+    /// version and no reconnection: those need a new connection, see
+    /// [`Client`]).
     pub fn from_stream(stream: UnixStream) -> Client {
         Client {
             stream,
@@ -722,14 +1026,43 @@ impl Client {
             proto: PROTOCOL_VERSION,
             path: None,
             reopen: false,
+            timeout: AtomicU64::new(nanos(Some(DEFAULT_TIMEOUT))),
         }
     }
 
-    /// Limits how long one read or write may wait (`None`: forever).
+    /// Limits how long one request may take, writing it and reading its
+    /// whole answer (`None`: forever; default [`DEFAULT_TIMEOUT`]). A
+    /// request that outlasts it is [`ClientError::TimedOut`]. For
+    /// [`send`](Client::send) and [`receive`](Client::receive) it bounds
+    /// each of them.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Io`] (`InvalidInput`) for a zero timeout.
     pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<(), ClientError> {
-        self.stream.set_read_timeout(timeout)?;
-        self.stream.set_write_timeout(timeout)?;
+        if timeout == Some(Duration::ZERO) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a zero timeout").into());
+        }
+        self.timeout.store(nanos(timeout), Ordering::Relaxed);
         Ok(())
+    }
+
+    /// [`set_timeout`](Client::set_timeout) as a builder.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`set_timeout`](Client::set_timeout).
+    pub fn with_timeout(self, timeout: Option<Duration>) -> Result<Client, ClientError> {
+        self.set_timeout(timeout)?;
+        Ok(self)
+    }
+
+    /// The per-request timeout (`None`: none).
+    pub fn timeout(&self) -> Option<Duration> {
+        match self.timeout.load(Ordering::Relaxed) {
+            NO_TIMEOUT => None,
+            nanos => Some(Duration::from_nanos(nanos)),
+        }
     }
 
     /// Sets the largest frame body this client sends or accepts (default
@@ -757,75 +1090,260 @@ impl Client {
     }
 
     /// Sends a request without waiting for its answer; returns its id.
+    /// Never reconnects nor retries (see [`Client`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::DaemonTooOld`] or [`ClientError::Encode`] when the
+    /// request cannot be encoded; [`ClientError::Io`] when the write fails
+    /// or outlasts the timeout (the daemon may have read part of it: drop
+    /// the connection).
     pub fn send(&mut self, op: Request) -> Result<u64, ClientError> {
         let (id, frame) = self.pipeline.frame(op, self.proto, self.max_frame)?;
-        self.stream.write_all(&frame)?;
+        self.timed().write_all(&frame)?;
         self.pipeline.sent(id);
         Ok(id)
     }
 
     /// Receives the answer to the oldest request sent and not yet answered.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Closed`] when the daemon closed the connection,
+    /// [`ClientError::Frame`] when the read fails or outlasts the timeout,
+    /// [`ClientError::Decode`] or [`ClientError::IdMismatch`] for an answer
+    /// that is not one.
     pub fn receive(&mut self) -> Result<Envelope<Response>, ClientError> {
         let body =
-            codec::read_frame(&mut self.stream, self.max_frame)?.ok_or(ClientError::Closed)?;
+            codec::read_frame(&mut self.timed(), self.max_frame)?.ok_or(ClientError::Closed)?;
         self.pipeline.answer(&body)
+    }
+
+    /// The stream, each read and write bounded by the timeout from now.
+    fn timed(&self) -> Timed<'_> {
+        Timed {
+            stream: &self.stream,
+            deadline: self.timeout().map(|timeout| Instant::now() + timeout),
+        }
     }
 
     /// Sends one request and waits for its answer; a refusal becomes
     /// [`ClientError::Daemon`]. When the daemon closed the connection before
-    /// the request went out, the refusal it left (e.g. `Busy`) is returned.
-    /// When the daemon speaks only an older protocol version, the client
-    /// reconnects and retries once in that version (see [`Client`]).
+    /// the request went out, the refusal it left (e.g. `Busy`) is returned;
+    /// without one, the client reconnects and sends the request again (see
+    /// [`Client`]). When the daemon speaks only an older protocol version,
+    /// the client reconnects and retries once in that version.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Daemon`] for the daemon's refusal;
+    /// [`ClientError::DaemonTooOld`] for a request the daemon is too old
+    /// for; [`ClientError::MayHaveExecuted`] or [`ClientError::TimedOut`]
+    /// when the request went out and no answer came; [`ClientError::Connect`]
+    /// or [`ClientError::Io`] when no connection could carry it.
     pub fn call(&mut self, op: Request) -> Result<Response, ClientError> {
+        let mut pauses = RECONNECT_BACKOFF.iter();
+        loop {
+            match self.call_negotiated(op.clone()) {
+                Ok(answer) => return Ok(answer),
+                Err(Failure::Unsent(err)) => match (pauses.next(), &self.path) {
+                    (Some(pause), Some(_)) => {
+                        std::thread::sleep(*pause);
+                        self.reopen = true;
+                    }
+                    _ => return Err(err),
+                },
+                Err(failure) => return Err(failure.into_error()),
+            }
+        }
+    }
+
+    /// One attempt of [`call`](Client::call), falling back to an older
+    /// protocol version when the daemon asks for it.
+    fn call_negotiated(&mut self, op: Request) -> Result<Response, Failure> {
         if let (true, Some(path)) = (self.reopen, self.path.clone()) {
-            self.reconnect(&path)?;
+            self.reconnect(&path).map_err(Failure::Unsent)?;
         }
         let retry =
             (self.proto > OLDEST_PROTOCOL_VERSION && self.path.is_some()).then(|| op.clone());
         let err = match self.call_once(op) {
-            Err(err) => err,
+            Err(Failure::Final(err)) => err,
             answered => return answered,
         };
         match (fallback_version(&err, self.proto), retry, self.path.clone()) {
             (Some(proto), Some(op), Some(path)) => {
                 self.proto = proto;
-                self.reconnect(&path)?;
+                self.reconnect(&path).map_err(Failure::Unsent)?;
                 self.call_once(op)
             }
-            _ => Err(err),
+            _ => Err(Failure::Final(err)),
         }
     }
 
-    /// Replaces the connection the daemon closed with a new one, keeping
-    /// the timeouts.
+    /// Replaces the connection the daemon closed with a new one.
     fn reconnect(&mut self, path: &Path) -> Result<(), ClientError> {
-        let timeout = self.stream.read_timeout()?;
         self.stream = open(path)?;
         self.pipeline.reset();
         self.reopen = false;
-        self.set_timeout(timeout)
+        Ok(())
     }
 
-    fn call_once(&mut self, op: Request) -> Result<Response, ClientError> {
+    fn call_once(&mut self, op: Request) -> Result<Response, Failure> {
         let operation = op.operation();
-        if let Err(err) = self.send(op) {
-            return Err(self.refusal_after(err));
+        let (id, frame) = self
+            .pipeline
+            .frame(op, self.proto, self.max_frame)
+            .map_err(Failure::Final)?;
+        self.probe()?;
+        let timeout = self.timeout();
+        let deadline = timeout.map(|timeout| Instant::now() + timeout);
+        let timed = |stream| Timed { stream, deadline };
+        let written = write_counted(&mut timed(&self.stream), &frame);
+        let late = |client: &mut Client| {
+            client.reopen = true;
+            ClientError::TimedOut {
+                operation,
+                after: timeout.unwrap_or_default(),
+            }
+        };
+        match written {
+            Ok(()) => {}
+            Err((0, err)) if unsent(&err) => {
+                let left = codec::read_frame(&mut self.timed(), self.max_frame);
+                return Err(match refusal_left(left) {
+                    Some(refusal) => Failure::Final(refusal),
+                    None => Failure::Unsent(err.into()),
+                });
+            }
+            Err((_, err)) if is_timeout(&err) => return Err(Failure::Final(late(self))),
+            Err((0, err)) => return Err(Failure::Final(err.into())),
+            Err((_, err)) => {
+                self.reopen = true;
+                return Err(Failure::Final(lost(operation, err.into())));
+            }
         }
-        let answer = self.receive()?.op;
+        self.pipeline.sent(id);
+        let body = match codec::read_frame(&mut timed(&self.stream), self.max_frame) {
+            Ok(Some(body)) => body,
+            Ok(None) => {
+                self.reopen = true;
+                return Err(Failure::Final(lost(operation, ClientError::Closed)));
+            }
+            Err(FrameError::Io(err)) if is_timeout(&err) => {
+                return Err(Failure::Final(late(self)));
+            }
+            Err(err) => {
+                self.reopen = true;
+                return Err(Failure::Final(lost(operation, err.into())));
+            }
+        };
+        let answer = self.pipeline.answer(&body).map_err(Failure::Final)?.op;
         self.reopen = closes_connection(&answer);
-        refusal_as_error(answer, operation)
+        refusal_as_error(answer, operation).map_err(Failure::Final)
     }
 
-    /// After a failed send: the refusal the daemon left before closing, if
-    /// any, else `err`.
-    fn refusal_after(&mut self, err: ClientError) -> ClientError {
-        if !closed_by_daemon(&err) {
-            return err;
+    /// Before a call writes its request: whether the daemon closed the
+    /// connection meanwhile (idle timeout, restart), so the request can go
+    /// on a new one, or left a refusal on it. Only an idle connection is
+    /// probed: on one with answers pending the bytes are theirs.
+    fn probe(&mut self) -> Result<(), Failure> {
+        if !self.pipeline.is_idle() {
+            return Ok(());
         }
-        left_refusal(codec::read_frame(&mut self.stream, self.max_frame), err)
+        let mut first = [0u8; 1];
+        self.stream
+            .set_nonblocking(true)
+            .map_err(|e| Failure::Final(e.into()))?;
+        let got = (&self.stream).read(&mut first);
+        self.stream
+            .set_nonblocking(false)
+            .map_err(|e| Failure::Final(e.into()))?;
+        match got {
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(())
+            }
+            Ok(0) => Err(Failure::Unsent(ClientError::Closed)),
+            Err(err) if unsent(&err) => Err(Failure::Unsent(err.into())),
+            Err(err) => Err(Failure::Final(err.into())),
+            Ok(_) => {
+                // The daemon spoke first: a refusal it left before closing.
+                self.reopen = true;
+                let left = codec::read_frame(&mut (&first[..]).chain(self.timed()), self.max_frame);
+                Err(Failure::Final(
+                    refusal_left(left).unwrap_or(ClientError::Closed),
+                ))
+            }
+        }
     }
 
     typed_operations!(blocking);
+}
+
+/// A timeout as stored in [`Client::timeout`].
+fn nanos(timeout: Option<Duration>) -> u64 {
+    timeout.map_or(NO_TIMEOUT, |t| {
+        u64::try_from(t.as_nanos()).unwrap_or(NO_TIMEOUT - 1)
+    })
+}
+
+/// Writes `frame`; on failure, how many bytes went out and why.
+fn write_counted(out: &mut impl Write, frame: &[u8]) -> Result<(), (usize, io::Error)> {
+    let mut written = 0;
+    while written < frame.len() {
+        match out.write(&frame[written..]) {
+            Ok(0) => return Err((written, io::ErrorKind::WriteZero.into())),
+            Ok(n) => written += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err((written, err)),
+        }
+    }
+    Ok(())
+}
+
+/// A stream whose reads and writes end by a deadline.
+struct Timed<'a> {
+    stream: &'a UnixStream,
+    deadline: Option<Instant>,
+}
+
+impl Timed<'_> {
+    /// The time left, as a socket timeout; an error once it is spent.
+    fn left(&self) -> io::Result<Option<Duration>> {
+        let Some(deadline) = self.deadline else {
+            return Ok(None);
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the request timed out",
+            ));
+        }
+        Ok(Some(left))
+    }
+}
+
+impl Read for Timed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.set_read_timeout(self.left()?)?;
+        (&*self.stream).read(buf)
+    }
+}
+
+impl Write for Timed<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.set_write_timeout(self.left()?)?;
+        (&*self.stream).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Checks that a `ListKeys` page asked for after `after` moves the listing
@@ -1625,5 +2143,206 @@ pub(crate) mod tests {
             message: v1_words.to_string(),
         };
         assert_eq!(fallback_version(&busy, 2), None);
+    }
+
+    /// What a [`Scripted`] daemon does with one connection.
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) enum Conn {
+        /// Answers this many requests (`Pong` to a ping, a key to the
+        /// rest), then closes the connection as the idle timeout does.
+        Answer(usize),
+        /// Reads one request and closes without answering: the daemon died
+        /// while serving it.
+        Swallow,
+        /// Reads one request and holds the connection this long unanswered.
+        Stall(Duration),
+    }
+
+    /// A daemon that serves connections one after another, each as the
+    /// next [`Conn`] of its script says, and records every request it
+    /// read. Past the script it answers everything.
+    pub(crate) struct Scripted {
+        pub(crate) path: PathBuf,
+        seen: std::sync::Arc<std::sync::Mutex<Vec<Request>>>,
+    }
+
+    impl Scripted {
+        pub(crate) fn start(script: &[Conn]) -> Scripted {
+            let fake = Fake::start(PROTOCOL_VERSION, |_| Response::Pong);
+            // Only its fresh directory: a new listener replaces its socket.
+            let path = fake.path.with_file_name("scripted");
+            std::mem::forget(fake);
+            let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+            let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let log = std::sync::Arc::clone(&seen);
+            let script: Vec<Conn> = script.to_vec();
+            let mut script = script.into_iter();
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let mut stream = stream.unwrap();
+                    let conn = script.next().unwrap_or(Conn::Answer(usize::MAX));
+                    let mut answered = 0;
+                    while let Ok(Some(body)) = codec::read_frame(&mut stream, DEFAULT_MAX_FRAME) {
+                        let request = codec::decode_request(&body).unwrap();
+                        log.lock().unwrap().push(request.op.clone());
+                        match conn {
+                            Conn::Swallow => break,
+                            Conn::Stall(time) => {
+                                std::thread::sleep(time);
+                                break;
+                            }
+                            Conn::Answer(_) => {}
+                        }
+                        let op = match request.op {
+                            Request::Ping => Response::Pong,
+                            _ => Response::Key(key("k")),
+                        };
+                        let frame = codec::encode_response(
+                            Envelope {
+                                proto: request.proto,
+                                id: request.id,
+                                op,
+                            },
+                            DEFAULT_MAX_FRAME,
+                        )
+                        .unwrap();
+                        stream.write_all(&frame).unwrap();
+                        answered += 1;
+                        if matches!(conn, Conn::Answer(n) if answered >= n) {
+                            break;
+                        }
+                    }
+                }
+            });
+            Scripted { path, seen }
+        }
+
+        pub(crate) fn seen(&self) -> Vec<Request> {
+            self.seen.lock().unwrap().clone()
+        }
+
+        /// Gives the daemon time to close a connection its script ends.
+        pub(crate) fn settle(&self) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn create(name: &str) -> Request {
+        Request::CreateKey {
+            name: name.to_string(),
+            key_type: KeyType::Aes256Gcm,
+        }
+    }
+
+    #[test]
+    fn a_call_after_the_daemon_closed_an_idle_connection_reconnects() {
+        let daemon = Scripted::start(&[Conn::Answer(1), Conn::Answer(1)]);
+        let mut client = Client::connect(&daemon.path).unwrap();
+        client.ping().unwrap();
+        daemon.settle();
+        client
+            .ping()
+            .expect("a new connection carries the second ping");
+        client.create_key("k").expect("and the next call after it");
+        assert_eq!(
+            daemon.seen(),
+            vec![Request::Ping, Request::Ping, create("k")],
+            "each request went out once"
+        );
+    }
+
+    #[test]
+    fn a_request_lost_after_it_was_written_is_reported_and_not_sent_again() {
+        let daemon = Scripted::start(&[Conn::Swallow]);
+        let mut client = Client::connect(&daemon.path).unwrap();
+        let err = client.create_key("k").unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                ClientError::MayHaveExecuted {
+                    operation: Operation::Create,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("may or may not"), "{err}");
+        assert_eq!(daemon.seen(), vec![create("k")], "not replayed");
+        client.ping().expect("the next call opens a new connection");
+    }
+
+    #[test]
+    fn a_late_answer_times_out_and_is_not_sent_again() {
+        let daemon = Scripted::start(&[Conn::Stall(Duration::from_secs(2))]);
+        let mut client = Client::connect(&daemon.path).unwrap();
+        assert_eq!(client.timeout(), Some(DEFAULT_TIMEOUT));
+        client
+            .set_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let started = Instant::now();
+        let err = client.create_key("k").unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                ClientError::TimedOut {
+                    operation: Operation::Create,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(daemon.seen(), vec![create("k")], "not replayed");
+        // The fake serves one connection at a time: the stall ends first.
+        client.set_timeout(Some(Duration::from_secs(10))).unwrap();
+        client.ping().expect("the next call opens a new connection");
+    }
+
+    #[test]
+    fn reconnection_gives_up_after_its_retries() {
+        let daemon = Scripted::start(&[Conn::Answer(1)]);
+        let mut client = Client::connect(&daemon.path).unwrap();
+        client.ping().unwrap();
+        std::fs::remove_file(&daemon.path).unwrap();
+        daemon.settle();
+        let started = Instant::now();
+        let err = client.ping().unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Connect { source, .. } if source.kind() == io::ErrorKind::NotFound),
+            "{err:?}"
+        );
+        let paused: Duration = RECONNECT_BACKOFF.iter().sum();
+        assert!(started.elapsed() >= paused, "{:?}", started.elapsed());
+        assert_eq!(daemon.seen(), vec![Request::Ping]);
+    }
+
+    #[test]
+    fn a_client_without_a_path_reports_a_closed_connection() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        drop(theirs);
+        let mut client = Client::from_stream(ours);
+        let err = client.ping().unwrap_err();
+        assert!(matches!(err, ClientError::Closed), "{err:?}");
+    }
+
+    #[test]
+    fn the_default_socket_is_hostkms_socket_else_the_packaged_one() {
+        assert_eq!(socket_from(None), PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(socket_from(Some("".into())), PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(
+            socket_from(Some("/tmp/k.sock".into())),
+            PathBuf::from("/tmp/k.sock")
+        );
+        assert!(
+            Client::set_timeout(
+                &Client::from_stream(UnixStream::pair().unwrap().0),
+                Some(Duration::ZERO)
+            )
+            .is_err()
+        );
     }
 }

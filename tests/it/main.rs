@@ -20,6 +20,7 @@ mod audit_flood;
 mod cli;
 mod cli_key_types;
 mod cli_out;
+mod client_reconnect;
 mod config;
 mod config_props;
 mod connections;
