@@ -16,7 +16,7 @@ use crate::config::{
     AccessConfig, Config, LISTENER_KEYS, ListenerConfig, Overrides, RECOVERY_KEYS, STATE_DIR_KEYS,
     TPM_KEYS, TpmConfig,
 };
-use crate::keystore::{Kek, KeyStore, RollbackStart, StoreError, TpmEntropy};
+use crate::keystore::{KeyStore, RollbackStart, StoreError, TpmEntropy};
 use crate::recovery::{self, RecoveryConfig, dir::RecoveryWriter};
 use crate::rootkey::{self, Origin, RootKey, RootKeyError, TpmRootSealer};
 use crate::server::{self, BoundSocket, Heartbeat, LiveLimits, ServerError};
@@ -216,10 +216,11 @@ fn open_store(
         "loaded key store"
     );
     drop(keys);
-    if Kek::unlocked_count() > 0 {
+    let unlocked = crate::locked::unlocked_count();
+    if unlocked > 0 {
         tracing::warn!(
-            unlocked = Kek::unlocked_count(),
-            "some KEKs could not be locked in RAM (RLIMIT_MEMLOCK); they may be swapped out. Raise LimitMEMLOCK"
+            unlocked,
+            "some key secrets could not be locked in RAM (RLIMIT_MEMLOCK); they may be swapped out. Raise LimitMEMLOCK"
         );
     }
     Ok(store)

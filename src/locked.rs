@@ -3,6 +3,8 @@
 use std::ffi::c_void;
 use std::ptr::NonNull;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use zeroize::Zeroize;
 
 /// One page of its own, so locking and unlocking it touches no other data.
@@ -70,6 +72,60 @@ impl<const N: usize> Drop for LockedBytes<N> {
 impl<const N: usize> std::fmt::Debug for LockedBytes<N> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "LockedBytes<{N}>(<redacted>)")
+    }
+}
+
+/// How many key secrets could not be locked in RAM (RLIMIT_MEMLOCK
+/// reached): the daemon warns at start when any could not.
+static UNLOCKED: AtomicUsize = AtomicUsize::new(0);
+
+/// How many key secrets so far could not be locked in RAM.
+pub fn unlocked_count() -> usize {
+    UNLOCKED.load(Ordering::Relaxed)
+}
+
+/// Counts a key secret that could not be locked in RAM.
+pub fn note_unlocked() {
+    UNLOCKED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A value on a heap allocation of its own, locked with `mlock` (best
+/// effort: a failure is counted by [`note_unlocked`]) so it is never
+/// swapped out. For key material in the form a crate uses (an AES-GCM
+/// cipher, an HMAC state, a signing key), which zeroizes itself on drop.
+/// The lock is not undone on drop: the allocation is wiped by the value and
+/// may be reused, and unlocking could unlock a neighbour on the same page.
+pub struct LockedBox<T> {
+    value: Box<T>,
+}
+
+impl<T> LockedBox<T> {
+    /// `value`, moved to a locked allocation of its own.
+    pub fn new(value: T) -> LockedBox<T> {
+        let value = Box::new(value);
+        if std::mem::size_of::<T>() > 0 {
+            let ptr = NonNull::from(value.as_ref()).cast::<c_void>();
+            // SAFETY: the range is the live allocation just made; mlock only
+            // changes whether the kernel may swap those pages out. A failure
+            // leaves the value usable, merely swappable.
+            if unsafe { nix::sys::mman::mlock(ptr, std::mem::size_of::<T>()) }.is_err() {
+                note_unlocked();
+            }
+        }
+        LockedBox { value }
+    }
+}
+
+impl<T> std::ops::Deref for LockedBox<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T> std::fmt::Debug for LockedBox<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LockedBox(<redacted>)")
     }
 }
 

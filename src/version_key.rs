@@ -8,9 +8,6 @@
 //! Each primitive comes from a kept RustCrypto/dalek crate; nothing here is
 //! cryptography of our own, only the choice of which call to make.
 
-use std::ffi::c_void;
-use std::ptr::NonNull;
-
 use aes_gcm::Aes256Gcm;
 use agent_proto::{KeyType, Operation, SignInput};
 use hmac::{Hmac, KeyInit, Mac};
@@ -18,7 +15,7 @@ use sha2::{Sha256, Sha512};
 use zeroize::Zeroizing;
 
 use crate::keystore::Kek;
-use crate::locked::LockedBytes;
+use crate::locked::{LockedBox, LockedBytes};
 
 /// Length of every version's secret: the KEK, HMAC key or signing seed.
 pub const SEED_LEN: usize = 32;
@@ -76,37 +73,6 @@ fn low_s_ecdsa(der: &[u8]) -> Option<p256::ecdsa::Signature> {
     (signature.normalize_s() == signature).then_some(signature)
 }
 
-/// A value on a heap allocation of its own, locked in RAM (best effort,
-/// like [`Kek`]) so it is never swapped out; the value zeroizes itself on
-/// drop (every type held here does).
-struct Locked<T> {
-    value: Box<T>,
-}
-
-impl<T> Locked<T> {
-    fn new(value: T) -> Locked<T> {
-        let value = Box::new(value);
-        if std::mem::size_of::<T>() > 0 {
-            let ptr = NonNull::from(value.as_ref()).cast::<c_void>();
-            // SAFETY: the range is the live allocation just made; mlock only
-            // changes whether the kernel may swap those pages out. A failure
-            // (RLIMIT_MEMLOCK) leaves the value usable, merely swappable,
-            // and is counted like an unlocked KEK.
-            if unsafe { nix::sys::mman::mlock(ptr, std::mem::size_of::<T>()) }.is_err() {
-                Kek::note_unlocked();
-            }
-        }
-        Locked { value }
-    }
-}
-
-impl<T> std::ops::Deref for Locked<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.value
-    }
-}
-
 /// One key version's secret, in the form its type uses. Opaque: the
 /// secret leaves only as what its operations return.
 pub struct VersionKey(Secret);
@@ -116,13 +82,13 @@ enum Secret {
     /// An AES-256-GCM KEK.
     Aes256Gcm(Kek),
     /// An HMAC-SHA256 key.
-    HmacSha256(Locked<Hmac<Sha256>>),
+    HmacSha256(LockedBox<Hmac<Sha256>>),
     /// An HMAC-SHA512 key (32 bytes: 256-bit strength, as every other type).
-    HmacSha512(Locked<Hmac<Sha512>>),
+    HmacSha512(LockedBox<Hmac<Sha512>>),
     /// An Ed25519 signing key.
-    Ed25519(Locked<ed25519_dalek::SigningKey>),
+    Ed25519(LockedBox<ed25519_dalek::SigningKey>),
     /// An ECDSA P-256 signing key.
-    EcdsaP256(Locked<p256::ecdsa::SigningKey>),
+    EcdsaP256(LockedBox<p256::ecdsa::SigningKey>),
     /// An ML-DSA-65 key: its seed, locked (the expanded signing key lives
     /// on heap buffers of the crate's own that cannot be locked, so it is
     /// made for each signature and wiped after it), and the public key.
@@ -143,24 +109,24 @@ impl VersionKey {
     pub fn from_seed(key_type: KeyType, seed: &[u8; SEED_LEN]) -> Result<VersionKey, SeedInvalid> {
         Ok(VersionKey(match key_type {
             KeyType::Aes256Gcm => Secret::Aes256Gcm(Kek::new(seed)),
-            KeyType::HmacSha256 => Secret::HmacSha256(Locked::new(
+            KeyType::HmacSha256 => Secret::HmacSha256(LockedBox::new(
                 <Hmac<Sha256> as KeyInit>::new_from_slice(seed)
                     .map_err(|_| SeedInvalid(key_type))?,
             )),
-            KeyType::HmacSha512 => Secret::HmacSha512(Locked::new(
+            KeyType::HmacSha512 => Secret::HmacSha512(LockedBox::new(
                 <Hmac<Sha512> as KeyInit>::new_from_slice(seed)
                     .map_err(|_| SeedInvalid(key_type))?,
             )),
             KeyType::Ed25519 => {
-                Secret::Ed25519(Locked::new(ed25519_dalek::SigningKey::from_bytes(seed)))
+                Secret::Ed25519(LockedBox::new(ed25519_dalek::SigningKey::from_bytes(seed)))
             }
-            KeyType::EcdsaP256 => Secret::EcdsaP256(Locked::new(
+            KeyType::EcdsaP256 => Secret::EcdsaP256(LockedBox::new(
                 p256::ecdsa::SigningKey::from_slice(seed).map_err(|_| SeedInvalid(key_type))?,
             )),
             KeyType::MlDsa65 => {
                 let mut locked = LockedBytes::<SEED_LEN>::new();
                 if !locked.is_locked() {
-                    Kek::note_unlocked();
+                    crate::locked::note_unlocked();
                 }
                 locked.expose_mut().copy_from_slice(seed);
                 let signing = ml_dsa::SigningKey::<ml_dsa::MlDsa65>::from_seed(&(*seed).into());
