@@ -143,6 +143,7 @@ fn report(state_dir: &StateDir, store: &KeyStore, accepted: &RollbackAccepted) -
             KeyState::Enabled => "enabled",
             KeyState::Disabled => "disabled",
             KeyState::Revoked => "revoked",
+            KeyState::PendingDeletion => "pending deletion",
         };
         let _ = writeln!(
             out,

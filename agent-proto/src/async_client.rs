@@ -16,9 +16,10 @@ use crate::client::{
 use crate::codec::{self, DEFAULT_MAX_FRAME};
 use crate::error::{ErrorCode, FrameError};
 use crate::message::{
-    DataKey, EncryptionContext, Envelope, ExportedFile, KeyInfo, KeyPage, KeyType, MacTag,
-    OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, PublicKeyInfo, Request, Response, RootRotation,
-    SignInput, Signature, StatusInfo, TransportKeyInfo, Unwrapped, Verification, Wrapped,
+    DataKey, EncryptionContext, Envelope, ExportedFile, KeyInfo, KeyPage, KeySettings, KeyType,
+    MacTag, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, PublicKeyInfo, Request, Response,
+    RootRotation, SignInput, Signature, StatusInfo, TransportKeyInfo, Unwrapped, Verification,
+    Wrapped,
 };
 
 /// An async connection to hostkmsd.

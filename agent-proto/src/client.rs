@@ -13,8 +13,8 @@ use crate::error::{
     BINCODE_UNKNOWN_VARIANT, DecodeError, EncodeError, ErrorCode, FrameError, UNKNOWN_REQUEST,
 };
 use crate::message::{
-    DataKey, EncryptionContext, Envelope, ExportedFile, KeyInfo, KeyPage, KeyType, MacTag,
-    OLDEST_PROTOCOL_VERSION, Operation, PROTOCOL_VERSION, PublicKeyInfo, Request, Response,
+    DataKey, EncryptionContext, Envelope, ExportedFile, KeyInfo, KeyPage, KeySettings, KeyType,
+    MacTag, OLDEST_PROTOCOL_VERSION, Operation, PROTOCOL_VERSION, PublicKeyInfo, Request, Response,
     RootRotation, SignInput, Signature, StatusInfo, TransportKeyInfo, Unwrapped, Verification,
     Wrapped,
 };
@@ -61,6 +61,7 @@ macro_rules! typed_operations {
         expect::key(self.call(Request::CreateKey {
             name: name.to_string(),
             key_type: KeyType::Aes256Gcm,
+            settings: KeySettings::default(),
         })$($await)*?)
     }
 
@@ -83,6 +84,7 @@ macro_rules! typed_operations {
         expect::key(self.call(Request::CreateKey {
             name: name.to_string(),
             key_type,
+            settings: KeySettings::default(),
         })$($await)*?)
     }
 
@@ -366,6 +368,7 @@ macro_rules! typed_operations {
             ciphertext: Ciphertext::from(ciphertext),
             context: context.clone(),
             key: key.map(str::to_string),
+            destination: None,
         })$($await)*?)
     }
 
@@ -1641,6 +1644,11 @@ pub(crate) mod tests {
             min_decryption_version: 1,
             versions: Vec::new(),
             key_type: crate::message::KeyType::Aes256Gcm,
+            description: String::new(),
+            tags: Default::default(),
+            rotation_period: None,
+            next_rotation: None,
+            deletion_date: None,
         }
     }
 
@@ -1882,7 +1890,7 @@ pub(crate) mod tests {
     fn key_type_daemon(request: &Request) -> Response {
         let key_name = request.key_name().unwrap_or("").to_string();
         match request {
-            Request::CreateKey { name, key_type } => Response::Key(KeyInfo {
+            Request::CreateKey { name, key_type, .. } => Response::Key(KeyInfo {
                 key_type: *key_type,
                 ..key(name)
             }),
@@ -2075,7 +2083,8 @@ pub(crate) mod tests {
             seen[1].1,
             Request::CreateKey {
                 name: "db".to_string(),
-                key_type: KeyType::Aes256Gcm
+                key_type: KeyType::Aes256Gcm,
+                settings: KeySettings::default(),
             }
         );
     }
@@ -2231,6 +2240,7 @@ pub(crate) mod tests {
         Request::CreateKey {
             name: name.to_string(),
             key_type: KeyType::Aes256Gcm,
+            settings: KeySettings::default(),
         }
     }
 

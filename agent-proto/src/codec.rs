@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 
 use crate::error::{DecodeError, EncodeError, FrameError};
 use crate::message::{Envelope, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, Request, Response};
-use crate::{v1, v2, v3};
+use crate::{v1, v2, v3, v4};
 
 /// Bytes of the length prefix.
 pub const LENGTH_PREFIX: usize = 4;
@@ -136,6 +136,7 @@ pub fn decode_request(body: &[u8]) -> Result<Envelope<Request>, DecodeError> {
         v1::VERSION => v1::REQUEST_VARIANTS,
         v2::VERSION => v2::REQUEST_VARIANTS,
         v3::VERSION => v3::REQUEST_VARIANTS,
+        v4::VERSION => v4::REQUEST_VARIANTS,
         _ => Request::VARIANTS,
     };
     if let Some(index) = body
@@ -153,9 +154,10 @@ pub fn decode_request(body: &[u8]) -> Result<Envelope<Request>, DecodeError> {
         }
     }
     match proto {
-        v1::VERSION => decode_via::<Request, v1::Request>(body, id),
-        v2::VERSION => decode_via::<Request, v2::Request>(body, id),
-        v3::VERSION => decode_via::<Request, v3::Request>(body, id),
+        v1::VERSION => decode_via::<Request, v4::Request, v1::Request>(body, id),
+        v2::VERSION => decode_via::<Request, v4::Request, v2::Request>(body, id),
+        v3::VERSION => decode_via::<Request, v4::Request, v3::Request>(body, id),
+        v4::VERSION => decode_via::<Request, v4::Request, v4::Request>(body, id),
         _ => decode_as(body, id),
     }
 }
@@ -166,24 +168,28 @@ pub fn decode_request(body: &[u8]) -> Result<Envelope<Request>, DecodeError> {
 pub fn decode_response(body: &[u8]) -> Result<Envelope<Response>, DecodeError> {
     let (proto, id) = envelope_head(body)?;
     match proto {
-        v1::VERSION => decode_via::<Response, v1::Response>(body, id),
-        v2::VERSION => decode_via::<Response, v2::Response>(body, id),
-        v3::VERSION => decode_via::<Response, v3::Response>(body, id),
+        v1::VERSION => decode_via::<Response, v4::Response, v1::Response>(body, id),
+        v2::VERSION => decode_via::<Response, v4::Response, v2::Response>(body, id),
+        v3::VERSION => decode_via::<Response, v4::Response, v3::Response>(body, id),
+        v4::VERSION => decode_via::<Response, v4::Response, v4::Response>(body, id),
         _ => decode_as(body, id),
     }
 }
 
 /// Decodes a body with the frozen shape `Old` of an older version and
-/// converts it to the current `T`; the envelope keeps its `proto`.
-fn decode_via<T, Old>(body: &[u8], id: Option<u64>) -> Result<Envelope<T>, DecodeError>
+/// converts it to the current `T` through `Mid`, the shape of version 4
+/// (which versions 1 to 3 convert to; for version 4 itself `Old` is `Mid`);
+/// the envelope keeps its `proto`.
+fn decode_via<T, Mid, Old>(body: &[u8], id: Option<u64>) -> Result<Envelope<T>, DecodeError>
 where
-    Old: DeserializeOwned + Into<T>,
+    Old: DeserializeOwned + Into<Mid>,
+    Mid: Into<T>,
 {
     let old: Envelope<Old> = decode_as(body, id)?;
     Ok(Envelope {
         proto: old.proto,
         id: old.id,
-        op: old.op.into(),
+        op: old.op.into().into(),
     })
 }
 
@@ -195,9 +201,10 @@ pub fn encode_request(
     max_frame: u32,
 ) -> Result<FrameBuf, EncodeError> {
     match envelope.proto {
-        v1::VERSION => encode_via::<Request, v1::Request>(envelope, max_frame),
-        v2::VERSION => encode_via::<Request, v2::Request>(envelope, max_frame),
-        v3::VERSION => encode_via::<Request, v3::Request>(envelope, max_frame),
+        v1::VERSION => encode_via::<Request, v4::Request, v1::Request>(envelope, max_frame),
+        v2::VERSION => encode_via::<Request, v4::Request, v2::Request>(envelope, max_frame),
+        v3::VERSION => encode_via::<Request, v4::Request, v3::Request>(envelope, max_frame),
+        v4::VERSION => encode_via::<Request, v4::Request, v4::Request>(envelope, max_frame),
         PROTOCOL_VERSION => encode_frame(&envelope, max_frame),
         proto => Err(unspoken(proto)),
     }
@@ -211,27 +218,29 @@ pub fn encode_response(
     max_frame: u32,
 ) -> Result<FrameBuf, EncodeError> {
     match envelope.proto {
-        v1::VERSION => encode_via::<Response, v1::Response>(envelope, max_frame),
-        v2::VERSION => encode_via::<Response, v2::Response>(envelope, max_frame),
-        v3::VERSION => encode_via::<Response, v3::Response>(envelope, max_frame),
+        v1::VERSION => encode_via::<Response, v4::Response, v1::Response>(envelope, max_frame),
+        v2::VERSION => encode_via::<Response, v4::Response, v2::Response>(envelope, max_frame),
+        v3::VERSION => encode_via::<Response, v4::Response, v3::Response>(envelope, max_frame),
+        v4::VERSION => encode_via::<Response, v4::Response, v4::Response>(envelope, max_frame),
         PROTOCOL_VERSION => encode_frame(&envelope, max_frame),
         proto => Err(unspoken(proto)),
     }
 }
 
-/// Encodes `envelope` through the frozen shape `Old` of the older version
+/// Encodes `envelope` through `Mid` (version 4's shape) to the frozen shape `Old` of the older version
 /// it names; a message that version cannot express is
 /// [`EncodeError::NotInVersion`].
-fn encode_via<T, Old>(envelope: Envelope<T>, max_frame: u32) -> Result<FrameBuf, EncodeError>
+fn encode_via<T, Mid, Old>(envelope: Envelope<T>, max_frame: u32) -> Result<FrameBuf, EncodeError>
 where
-    Old: Serialize + TryFrom<T>,
+    Mid: TryFrom<T>,
+    Mid::Error: std::fmt::Display,
+    Old: Serialize + TryFrom<Mid>,
     Old::Error: std::fmt::Display,
 {
     let proto = envelope.proto;
-    let op = Old::try_from(envelope.op).map_err(|e| EncodeError::NotInVersion {
-        proto,
-        reason: e.to_string(),
-    })?;
+    let not_in = |reason: String| EncodeError::NotInVersion { proto, reason };
+    let mid = Mid::try_from(envelope.op).map_err(|e| not_in(e.to_string()))?;
+    let op = Old::try_from(mid).map_err(|e| not_in(e.to_string()))?;
     encode_frame(
         &Envelope {
             proto,

@@ -51,13 +51,17 @@ pub enum ErrorCode {
     /// The operation does not fit the key's type (wrap with a signing key,
     /// sign with an AES key); the message names the type and what it does.
     WrongKeyType,
+    /// The key is scheduled for deletion (version 5): the message names the
+    /// date; an admin can cancel the deletion until then. Version-4 and
+    /// older clients get `KeyDisabled` instead.
+    KeyPendingDeletion,
     /// A code this library does not know, with its number.
     Unrecognized(u16),
 }
 
 impl ErrorCode {
     /// Every code this library knows, in numeric order.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::BadRequest,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnsupportedVersion,
@@ -76,6 +80,7 @@ impl ErrorCode {
         ErrorCode::InvalidArgument,
         ErrorCode::VersionNotFound,
         ErrorCode::WrongKeyType,
+        ErrorCode::KeyPendingDeletion,
     ];
 
     /// The code's number on the wire.
@@ -99,6 +104,7 @@ impl ErrorCode {
             ErrorCode::InvalidArgument => 16,
             ErrorCode::VersionNotFound => 17,
             ErrorCode::WrongKeyType => 18,
+            ErrorCode::KeyPendingDeletion => 19,
             ErrorCode::Unrecognized(n) => n,
         }
     }
@@ -132,6 +138,7 @@ impl ErrorCode {
             ErrorCode::InvalidArgument => "invalid argument",
             ErrorCode::VersionNotFound => "version not found",
             ErrorCode::WrongKeyType => "wrong key type",
+            ErrorCode::KeyPendingDeletion => "key pending deletion",
             ErrorCode::Unrecognized(_) => "unrecognized error",
         }
     }

@@ -116,6 +116,7 @@ mod message;
 pub mod v1;
 pub mod v2;
 pub mod v3;
+pub mod v4;
 
 #[cfg(feature = "tokio")]
 pub use async_client::AsyncClient;
@@ -127,11 +128,13 @@ pub use client::{
 pub use codec::DEFAULT_MAX_FRAME;
 pub use error::{DecodeError, EncodeError, ErrorCode, FrameError, UNKNOWN_REQUEST};
 pub use message::{
-    DataKey, EncryptionContext, Envelope, ErrorReply, ExportedFile, KeyInfo, KeyPage, KeyState,
-    KeyType, MAX_RANDOM_BYTES, MacTag, OLDEST_PROTOCOL_VERSION, Operation, PROTOCOL_VERSION,
-    PublicKeyInfo, RecoveryStatus, Request, Response, RollbackStatus, RootRotation, SignInput,
-    Signature, StatusInfo, TransportKeyInfo, Unwrapped, Verification, VersionInfo, VersionState,
-    Wrapped,
+    DEFAULT_DELETION_DAYS, DataKey, EncryptionContext, Envelope, ErrorReply, ExportedFile, KeyInfo,
+    KeyPage, KeySettings, KeyState, KeyType, MAX_BATCH_ITEMS, MAX_DELETION_DAYS,
+    MAX_DESCRIPTION_BYTES, MAX_RANDOM_BYTES, MAX_TAGS, MIN_DELETION_DAYS, MIN_ROTATION_PERIOD_SECS,
+    MacTag, OLDEST_PROTOCOL_VERSION, Operation, PROTOCOL_VERSION, PublicKeyInfo, RecoveryStatus,
+    Request, Response, RewrapDestination, RollbackStatus, RootRotation, RotationSetting, SignInput,
+    Signature, StatusInfo, TransportKeyInfo, UnwrapItem, Unwrapped, Verification, VersionInfo,
+    VersionState, WrapItem, Wrapped,
 };
 
 /// The README's examples, compiled as doctests so the specification's code stays true.

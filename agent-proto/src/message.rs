@@ -21,12 +21,14 @@ use crate::bytes::{Ciphertext, SecretBytes};
 use crate::error::ErrorCode;
 
 /// The protocol version this library speaks and sends: the newest it knows.
-/// Version 4 added key types ([`KeyType`] in `CreateKey` and [`KeyInfo`],
+/// Version 5 added the key lifecycle (deletion with a waiting period,
+/// rotation by age), key metadata, rewrap to another key or context and
+/// batch wrap and unwrap; version 4 (frozen in [`crate::v4`]) added key types ([`KeyType`] in `CreateKey` and [`KeyInfo`],
 /// and the requests that MAC, sign, verify and give random bytes); version
 /// 3 (recovery and rollback in [`StatusInfo`]) is frozen in [`crate::v3`],
 /// version 2 (paginated `ListKeys`) in [`crate::v2`], version 1 in
 /// [`crate::v1`].
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The oldest protocol version this library accepts: a daemon keeps serving
 /// every version it ever spoke, and a client falls back to it.
@@ -74,6 +76,9 @@ pub enum Request {
         name: String,
         /// What the key is for: every version has this type.
         key_type: KeyType,
+        /// Rotation period, description and tags (version 5; before, a key
+        /// had none).
+        settings: KeySettings,
     },
     /// Encrypt `plaintext` under the latest version of `key`.
     Wrap {
@@ -104,15 +109,22 @@ pub enum Request {
         /// Bound to the wrapped data key.
         context: EncryptionContext,
     },
-    /// Re-encrypt a ciphertext under its key's latest version; the plaintext
-    /// never leaves the daemon.
+    /// Re-encrypt a ciphertext under its key's latest version, or (version
+    /// 5) under another key or with another context; the plaintext never
+    /// leaves the daemon.
     Rewrap {
         /// The ciphertext blob.
         ciphertext: Ciphertext,
-        /// The context it was wrapped with (kept for the new ciphertext).
+        /// The context it was wrapped with (kept for the new ciphertext
+        /// unless `destination` gives another).
         context: EncryptionContext,
         /// When given, the ciphertext must belong to this key.
         key: Option<String>,
+        /// Where the new ciphertext goes (version 5): `None` re-encrypts
+        /// under the source key's latest version with the same context,
+        /// which needs the `rewrap` grant on the key; a destination needs
+        /// `unwrap` on the source key and `wrap` on the destination key.
+        destination: Option<RewrapDestination>,
     },
     /// Add a new latest version to `key`.
     Rotate {
@@ -239,6 +251,132 @@ pub enum Request {
         /// How many bytes.
         bytes: u16,
     },
+    /// Put `key` in state [`KeyState::PendingDeletion`] for `days` days
+    /// ([`MIN_DELETION_DAYS`] to [`MAX_DELETION_DAYS`]), after which the
+    /// daemon deletes every version's secret. Answered with
+    /// [`Response::Key`].
+    ScheduleDeletion {
+        /// Key name.
+        key: String,
+        /// The waiting period in days.
+        days: u16,
+    },
+    /// Take `key` out of [`KeyState::PendingDeletion`]; it becomes
+    /// disabled. Answered with [`Response::Key`].
+    CancelDeletion {
+        /// Key name.
+        key: String,
+    },
+    /// Rotate `key` every `period` seconds (at least
+    /// [`MIN_ROTATION_PERIOD_SECS`]), or never by age with `None`. Answered
+    /// with [`Response::Key`].
+    SetRotationPeriod {
+        /// Key name.
+        key: String,
+        /// Seconds between rotations; `None`: off.
+        period: Option<u64>,
+    },
+    /// Change `key`'s description and tags. Answered with [`Response::Key`].
+    UpdateKeyMetadata {
+        /// Key name.
+        key: String,
+        /// The new description; `None` keeps the current one.
+        description: Option<String>,
+        /// Tags to add or replace.
+        set_tags: BTreeMap<String, String>,
+        /// Tags to remove (by tag name); removing an absent tag is no error.
+        remove_tags: Vec<String>,
+    },
+    /// Encrypt up to [`MAX_BATCH_ITEMS`] plaintexts under the latest
+    /// version of `key`, each with its own context. Answered with
+    /// [`Response::WrappedBatch`]: one result per item, in order.
+    WrapBatch {
+        /// Key name.
+        key: String,
+        /// The items.
+        items: Vec<WrapItem>,
+    },
+    /// Decrypt up to [`MAX_BATCH_ITEMS`] ciphertexts, each with its own
+    /// context. Answered with [`Response::UnwrappedBatch`]: one result per
+    /// item, in order.
+    UnwrapBatch {
+        /// When given, every ciphertext must belong to this key.
+        key: Option<String>,
+        /// The items.
+        items: Vec<UnwrapItem>,
+    },
+}
+
+/// Fewest days a [`Request::ScheduleDeletion`] waits.
+pub const MIN_DELETION_DAYS: u16 = 7;
+
+/// Most days a [`Request::ScheduleDeletion`] waits.
+pub const MAX_DELETION_DAYS: u16 = 30;
+
+/// The waiting period `hostkms schedule-deletion` asks for unless told.
+pub const DEFAULT_DELETION_DAYS: u16 = 30;
+
+/// The shortest rotation period: one hour.
+pub const MIN_ROTATION_PERIOD_SECS: u64 = 3600;
+
+/// Most items in one [`Request::WrapBatch`] or [`Request::UnwrapBatch`].
+pub const MAX_BATCH_ITEMS: usize = 1000;
+
+/// What a new key starts with besides its name and type (version 5).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeySettings {
+    /// Rotation by age.
+    pub rotation: RotationSetting,
+    /// Free text for humans (at most [`MAX_DESCRIPTION_BYTES`] bytes).
+    pub description: String,
+    /// Tags (at most [`MAX_TAGS`]; names `[A-Za-z0-9._-]{1,64}`, values at
+    /// most 256 bytes).
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Whether a new key rotates by age.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RotationSetting {
+    /// The daemon's configured default (`[keys] rotation_period`).
+    #[default]
+    DaemonDefault,
+    /// Never by age.
+    Off,
+    /// Every this many seconds (at least [`MIN_ROTATION_PERIOD_SECS`]).
+    Every(u64),
+}
+
+/// Longest key description, in bytes.
+pub const MAX_DESCRIPTION_BYTES: usize = 1024;
+
+/// Most tags on one key.
+pub const MAX_TAGS: usize = 32;
+
+/// Where a [`Request::Rewrap`] puts the new ciphertext (version 5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RewrapDestination {
+    /// The destination key (an AES-256-GCM key); `None`: the source key.
+    pub key: Option<String>,
+    /// The new ciphertext's context; `None`: the source context.
+    pub context: Option<EncryptionContext>,
+}
+
+/// One plaintext of a [`Request::WrapBatch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrapItem {
+    /// At most the daemon's `max_plaintext` bytes.
+    pub plaintext: SecretBytes,
+    /// Bound to this item's ciphertext.
+    pub context: EncryptionContext,
+}
+
+/// One ciphertext of a [`Request::UnwrapBatch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnwrapItem {
+    /// The ciphertext blob.
+    pub ciphertext: Ciphertext,
+    /// The context it was wrapped with.
+    pub context: EncryptionContext,
 }
 
 /// Most bytes one [`Request::GenerateRandom`] returns.
@@ -396,11 +534,23 @@ pub enum Operation {
     PublicKey,
     /// [`Request::GenerateRandom`]; names no key.
     Random,
+    /// [`Request::ScheduleDeletion`].
+    ScheduleDeletion,
+    /// [`Request::CancelDeletion`].
+    CancelDeletion,
+    /// [`Request::SetRotationPeriod`].
+    SetRotationPeriod,
+    /// [`Request::UpdateKeyMetadata`].
+    UpdateMetadata,
+    /// [`Request::WrapBatch`]; each item needs the `wrap` grant.
+    WrapBatch,
+    /// [`Request::UnwrapBatch`]; each item needs the `unwrap` grant on its key.
+    UnwrapBatch,
 }
 
 impl Operation {
     /// Every operation, in wire order.
-    pub const ALL: [Operation; 24] = [
+    pub const ALL: [Operation; 30] = [
         Operation::Ping,
         Operation::Status,
         Operation::Create,
@@ -425,6 +575,12 @@ impl Operation {
         Operation::Verify,
         Operation::PublicKey,
         Operation::Random,
+        Operation::ScheduleDeletion,
+        Operation::CancelDeletion,
+        Operation::SetRotationPeriod,
+        Operation::UpdateMetadata,
+        Operation::WrapBatch,
+        Operation::UnwrapBatch,
     ];
 
     /// The operation's name in config grants and audit events.
@@ -454,6 +610,12 @@ impl Operation {
             Operation::Verify => "verify",
             Operation::PublicKey => "public-key",
             Operation::Random => "random",
+            Operation::ScheduleDeletion => "schedule-deletion",
+            Operation::CancelDeletion => "cancel-deletion",
+            Operation::SetRotationPeriod => "set-rotation-period",
+            Operation::UpdateMetadata => "set-metadata",
+            Operation::WrapBatch => "wrap-batch",
+            Operation::UnwrapBatch => "unwrap-batch",
         }
     }
 
@@ -500,6 +662,12 @@ impl Request {
             Request::Verify { .. } => Operation::Verify,
             Request::GetPublicKey { .. } => Operation::PublicKey,
             Request::GenerateRandom { .. } => Operation::Random,
+            Request::ScheduleDeletion { .. } => Operation::ScheduleDeletion,
+            Request::CancelDeletion { .. } => Operation::CancelDeletion,
+            Request::SetRotationPeriod { .. } => Operation::SetRotationPeriod,
+            Request::UpdateKeyMetadata { .. } => Operation::UpdateMetadata,
+            Request::WrapBatch { .. } => Operation::WrapBatch,
+            Request::UnwrapBatch { .. } => Operation::UnwrapBatch,
         }
     }
 
@@ -521,8 +689,15 @@ impl Request {
             | Request::VerifyMac { key, .. }
             | Request::Sign { key, .. }
             | Request::Verify { key, .. }
-            | Request::GetPublicKey { key, .. } => Some(key),
-            Request::Unwrap { key, .. } | Request::Rewrap { key, .. } => key.as_deref(),
+            | Request::GetPublicKey { key, .. }
+            | Request::ScheduleDeletion { key, .. }
+            | Request::CancelDeletion { key }
+            | Request::SetRotationPeriod { key, .. }
+            | Request::UpdateKeyMetadata { key, .. }
+            | Request::WrapBatch { key, .. } => Some(key),
+            Request::Unwrap { key, .. }
+            | Request::Rewrap { key, .. }
+            | Request::UnwrapBatch { key, .. } => key.as_deref(),
             Request::Ping
             | Request::Status
             | Request::ListKeys { .. }
@@ -571,6 +746,10 @@ pub enum Response {
     PublicKey(PublicKeyInfo),
     /// Answer to `GenerateRandom`.
     Random(SecretBytes),
+    /// Answer to `WrapBatch`: one result per item, in the items' order.
+    WrappedBatch(Vec<Result<Wrapped, ErrorReply>>),
+    /// Answer to `UnwrapBatch`: one result per item, in the items' order.
+    UnwrappedBatch(Vec<Result<Unwrapped, ErrorReply>>),
 }
 
 impl Response {
@@ -593,6 +772,8 @@ impl Response {
             Response::Signature(_) => "Signature",
             Response::PublicKey(_) => "PublicKey",
             Response::Random(_) => "Random",
+            Response::WrappedBatch(_) => "WrappedBatch",
+            Response::UnwrappedBatch(_) => "UnwrappedBatch",
         }
     }
 
@@ -659,6 +840,11 @@ pub enum KeyState {
     Disabled,
     /// Revoked for good; its material is deleted.
     Revoked,
+    /// Scheduled for deletion (version 5): every use is refused with
+    /// `KeyPendingDeletion` until an admin cancels (the key becomes
+    /// disabled) or the date in [`KeyInfo::deletion_date`] passes (the key
+    /// becomes revoked). Version-4 and older peers see it as `Disabled`.
+    PendingDeletion,
 }
 
 /// Whether a key version can be used.
@@ -703,6 +889,19 @@ pub struct KeyInfo {
     /// What the key is for (version 4; older daemons have only
     /// [`KeyType::Aes256Gcm`] keys).
     pub key_type: KeyType,
+    /// Free text for humans (version 5).
+    pub description: String,
+    /// Tags (version 5).
+    pub tags: BTreeMap<String, String>,
+    /// Seconds between rotations by age; `None`: never by age (version 5).
+    pub rotation_period: Option<u64>,
+    /// When the next rotation by age is due, seconds since the Unix epoch
+    /// (version 5).
+    pub next_rotation: Option<u64>,
+    /// When a key pending deletion is deleted, seconds since the Unix
+    /// epoch (at the earliest: see the spec's "Deletion" section); `None`
+    /// unless the state is `PendingDeletion` (version 5).
+    pub deletion_date: Option<u64>,
 }
 
 /// One page of a key listing, the answer to [`Request::ListKeys`].

@@ -24,114 +24,114 @@ pub const VERSION: u16 = 1;
 /// How many request variants version 1 has (indexes 0 to 13).
 pub const REQUEST_VARIANTS: u32 = 14;
 
-/// A version-1 request: [`crate::Request`] as it was, with `ListKeys`
+/// A version-1 request: [`crate::v4::Request`] as it was, with `ListKeys`
 /// without fields (every key in one answer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    /// As [`crate::Request::Ping`].
+    /// As [`crate::v4::Request::Ping`].
     Ping,
-    /// As [`crate::Request::Status`].
+    /// As [`crate::v4::Request::Status`].
     Status,
-    /// As [`crate::Request::CreateKey`].
+    /// As [`crate::v4::Request::CreateKey`].
     CreateKey {
-        /// As in [`crate::Request::CreateKey`].
+        /// As in [`crate::v4::Request::CreateKey`].
         name: String,
     },
-    /// As [`crate::Request::Wrap`].
+    /// As [`crate::v4::Request::Wrap`].
     Wrap {
-        /// As in [`crate::Request::Wrap`].
+        /// As in [`crate::v4::Request::Wrap`].
         key: String,
-        /// As in [`crate::Request::Wrap`].
+        /// As in [`crate::v4::Request::Wrap`].
         plaintext: SecretBytes,
-        /// As in [`crate::Request::Wrap`].
+        /// As in [`crate::v4::Request::Wrap`].
         context: EncryptionContext,
     },
-    /// As [`crate::Request::Unwrap`].
+    /// As [`crate::v4::Request::Unwrap`].
     Unwrap {
-        /// As in [`crate::Request::Unwrap`].
+        /// As in [`crate::v4::Request::Unwrap`].
         ciphertext: Ciphertext,
-        /// As in [`crate::Request::Unwrap`].
+        /// As in [`crate::v4::Request::Unwrap`].
         context: EncryptionContext,
-        /// As in [`crate::Request::Unwrap`].
+        /// As in [`crate::v4::Request::Unwrap`].
         key: Option<String>,
     },
-    /// As [`crate::Request::GenerateDataKey`].
+    /// As [`crate::v4::Request::GenerateDataKey`].
     GenerateDataKey {
-        /// As in [`crate::Request::GenerateDataKey`].
+        /// As in [`crate::v4::Request::GenerateDataKey`].
         key: String,
-        /// As in [`crate::Request::GenerateDataKey`].
+        /// As in [`crate::v4::Request::GenerateDataKey`].
         bytes: u16,
-        /// As in [`crate::Request::GenerateDataKey`].
+        /// As in [`crate::v4::Request::GenerateDataKey`].
         include_plaintext: bool,
-        /// As in [`crate::Request::GenerateDataKey`].
+        /// As in [`crate::v4::Request::GenerateDataKey`].
         context: EncryptionContext,
     },
-    /// As [`crate::Request::Rewrap`].
+    /// As [`crate::v4::Request::Rewrap`].
     Rewrap {
-        /// As in [`crate::Request::Rewrap`].
+        /// As in [`crate::v4::Request::Rewrap`].
         ciphertext: Ciphertext,
-        /// As in [`crate::Request::Rewrap`].
+        /// As in [`crate::v4::Request::Rewrap`].
         context: EncryptionContext,
-        /// As in [`crate::Request::Rewrap`].
+        /// As in [`crate::v4::Request::Rewrap`].
         key: Option<String>,
     },
-    /// As [`crate::Request::Rotate`].
+    /// As [`crate::v4::Request::Rotate`].
     Rotate {
-        /// As in [`crate::Request::Rotate`].
+        /// As in [`crate::v4::Request::Rotate`].
         key: String,
     },
-    /// As [`crate::Request::Revoke`].
+    /// As [`crate::v4::Request::Revoke`].
     Revoke {
-        /// As in [`crate::Request::Revoke`].
+        /// As in [`crate::v4::Request::Revoke`].
         key: String,
-        /// As in [`crate::Request::Revoke`].
+        /// As in [`crate::v4::Request::Revoke`].
         version: Option<u32>,
     },
-    /// As [`crate::Request::Disable`].
+    /// As [`crate::v4::Request::Disable`].
     Disable {
-        /// As in [`crate::Request::Disable`].
+        /// As in [`crate::v4::Request::Disable`].
         key: String,
     },
-    /// As [`crate::Request::Enable`].
+    /// As [`crate::v4::Request::Enable`].
     Enable {
-        /// As in [`crate::Request::Enable`].
+        /// As in [`crate::v4::Request::Enable`].
         key: String,
     },
-    /// As [`crate::Request::SetMinDecryptionVersion`].
+    /// As [`crate::v4::Request::SetMinDecryptionVersion`].
     SetMinDecryptionVersion {
-        /// As in [`crate::Request::SetMinDecryptionVersion`].
+        /// As in [`crate::v4::Request::SetMinDecryptionVersion`].
         key: String,
-        /// As in [`crate::Request::SetMinDecryptionVersion`].
+        /// As in [`crate::v4::Request::SetMinDecryptionVersion`].
         version: u32,
     },
     /// Every key the caller may see, in one answer.
     ListKeys,
-    /// As [`crate::Request::DescribeKey`].
+    /// As [`crate::v4::Request::DescribeKey`].
     DescribeKey {
-        /// As in [`crate::Request::DescribeKey`].
+        /// As in [`crate::v4::Request::DescribeKey`].
         key: String,
     },
 }
 
-/// A version-1 response: [`crate::Response`] as it was, with `Keys`
+/// A version-1 response: [`crate::v4::Response`] as it was, with `Keys`
 /// carrying every key and no page.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    /// As [`crate::Response::Pong`].
+    /// As [`crate::v4::Response::Pong`].
     Pong,
-    /// As [`crate::Response::Status`].
+    /// As [`crate::v4::Response::Status`].
     Status(StatusInfo),
-    /// As [`crate::Response::Key`].
+    /// As [`crate::v4::Response::Key`].
     Key(KeyInfo),
     /// Every key the caller may see.
     Keys(Vec<KeyInfo>),
-    /// As [`crate::Response::Wrapped`].
+    /// As [`crate::v4::Response::Wrapped`].
     Wrapped(Wrapped),
-    /// As [`crate::Response::Unwrapped`].
+    /// As [`crate::v4::Response::Unwrapped`].
     Unwrapped(Unwrapped),
-    /// As [`crate::Response::DataKey`].
+    /// As [`crate::v4::Response::DataKey`].
     DataKey(DataKey),
-    /// As [`crate::Response::Error`].
+    /// As [`crate::v4::Response::Error`].
     Error(ErrorReply),
 }
 
@@ -159,9 +159,9 @@ pub enum NotInV1 {
     Response(&'static str),
 }
 
-impl From<Request> for crate::Request {
-    fn from(request: Request) -> crate::Request {
-        use crate::Request as Now;
+impl From<Request> for crate::v4::Request {
+    fn from(request: Request) -> crate::v4::Request {
+        use crate::v4::Request as Now;
         match request {
             Request::Ping => Now::Ping,
             Request::Status => Now::Status,
@@ -223,11 +223,11 @@ impl From<Request> for crate::Request {
     }
 }
 
-impl TryFrom<crate::Request> for Request {
+impl TryFrom<crate::v4::Request> for Request {
     type Error = NotInV1;
 
-    fn try_from(request: crate::Request) -> Result<Request, NotInV1> {
-        use crate::Request as Now;
+    fn try_from(request: crate::v4::Request) -> Result<Request, NotInV1> {
+        use crate::v4::Request as Now;
         Ok(match request {
             Now::Ping => Request::Ping,
             Now::Status => Request::Status,
@@ -301,9 +301,9 @@ impl TryFrom<crate::Request> for Request {
     }
 }
 
-impl From<Response> for crate::Response {
-    fn from(response: Response) -> crate::Response {
-        use crate::Response as Now;
+impl From<Response> for crate::v4::Response {
+    fn from(response: Response) -> crate::v4::Response {
+        use crate::v4::Response as Now;
         match response {
             Response::Pong => Now::Pong,
             Response::Status(status) => Now::Status(status.into()),
@@ -317,19 +317,19 @@ impl From<Response> for crate::Response {
     }
 }
 
-impl TryFrom<crate::Response> for Response {
+impl TryFrom<crate::v4::Response> for Response {
     type Error = NotInV1;
 
-    fn try_from(response: crate::Response) -> Result<Response, NotInV1> {
-        use crate::Response as Now;
+    fn try_from(response: crate::v4::Response) -> Result<Response, NotInV1> {
+        use crate::v4::Response as Now;
         Ok(match response {
             Now::Pong => Response::Pong,
             Now::Status(status) => Response::Status(status.into()),
             Now::Key(key) => Response::Key(key.into()),
-            Now::Keys(crate::KeyPage { keys, next: None }) => {
+            Now::Keys(crate::v4::KeyPage { keys, next: None }) => {
                 Response::Keys(keys.into_iter().map(Into::into).collect())
             }
-            Now::Keys(crate::KeyPage { next: Some(_), .. }) => {
+            Now::Keys(crate::v4::KeyPage { next: Some(_), .. }) => {
                 return Err(NotInV1::PartialKeyPage);
             }
             Now::Wrapped(wrapped) => Response::Wrapped(wrapped),

@@ -24,162 +24,162 @@ pub const VERSION: u16 = 3;
 /// How many request variants version 3 has (indexes 0 to 17).
 pub const REQUEST_VARIANTS: u32 = 18;
 
-/// A version-3 request: [`crate::Request`] as it was, with `CreateKey`
+/// A version-3 request: [`crate::v4::Request`] as it was, with `CreateKey`
 /// without a type (every key was [`KeyType::Aes256Gcm`]) and before the
 /// key-type requests of version 4 were appended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    /// As [`crate::Request::Ping`].
+    /// As [`crate::v4::Request::Ping`].
     Ping,
-    /// As [`crate::Request::Status`].
+    /// As [`crate::v4::Request::Status`].
     Status,
-    /// As [`crate::Request::CreateKey`].
+    /// As [`crate::v4::Request::CreateKey`].
     CreateKey {
-        /// As in [`crate::Request::CreateKey`].
+        /// As in [`crate::v4::Request::CreateKey`].
         name: String,
     },
-    /// As [`crate::Request::Wrap`].
+    /// As [`crate::v4::Request::Wrap`].
     Wrap {
-        /// As in [`crate::Request::Wrap`].
+        /// As in [`crate::v4::Request::Wrap`].
         key: String,
-        /// As in [`crate::Request::Wrap`].
+        /// As in [`crate::v4::Request::Wrap`].
         plaintext: SecretBytes,
-        /// As in [`crate::Request::Wrap`].
+        /// As in [`crate::v4::Request::Wrap`].
         context: EncryptionContext,
     },
-    /// As [`crate::Request::Unwrap`].
+    /// As [`crate::v4::Request::Unwrap`].
     Unwrap {
-        /// As in [`crate::Request::Unwrap`].
+        /// As in [`crate::v4::Request::Unwrap`].
         ciphertext: Ciphertext,
-        /// As in [`crate::Request::Unwrap`].
+        /// As in [`crate::v4::Request::Unwrap`].
         context: EncryptionContext,
-        /// As in [`crate::Request::Unwrap`].
+        /// As in [`crate::v4::Request::Unwrap`].
         key: Option<String>,
     },
-    /// As [`crate::Request::GenerateDataKey`].
+    /// As [`crate::v4::Request::GenerateDataKey`].
     GenerateDataKey {
-        /// As in [`crate::Request::GenerateDataKey`].
+        /// As in [`crate::v4::Request::GenerateDataKey`].
         key: String,
-        /// As in [`crate::Request::GenerateDataKey`].
+        /// As in [`crate::v4::Request::GenerateDataKey`].
         bytes: u16,
-        /// As in [`crate::Request::GenerateDataKey`].
+        /// As in [`crate::v4::Request::GenerateDataKey`].
         include_plaintext: bool,
-        /// As in [`crate::Request::GenerateDataKey`].
+        /// As in [`crate::v4::Request::GenerateDataKey`].
         context: EncryptionContext,
     },
-    /// As [`crate::Request::Rewrap`].
+    /// As [`crate::v4::Request::Rewrap`].
     Rewrap {
-        /// As in [`crate::Request::Rewrap`].
+        /// As in [`crate::v4::Request::Rewrap`].
         ciphertext: Ciphertext,
-        /// As in [`crate::Request::Rewrap`].
+        /// As in [`crate::v4::Request::Rewrap`].
         context: EncryptionContext,
-        /// As in [`crate::Request::Rewrap`].
+        /// As in [`crate::v4::Request::Rewrap`].
         key: Option<String>,
     },
-    /// As [`crate::Request::Rotate`].
+    /// As [`crate::v4::Request::Rotate`].
     Rotate {
-        /// As in [`crate::Request::Rotate`].
+        /// As in [`crate::v4::Request::Rotate`].
         key: String,
     },
-    /// As [`crate::Request::Revoke`].
+    /// As [`crate::v4::Request::Revoke`].
     Revoke {
-        /// As in [`crate::Request::Revoke`].
+        /// As in [`crate::v4::Request::Revoke`].
         key: String,
-        /// As in [`crate::Request::Revoke`].
+        /// As in [`crate::v4::Request::Revoke`].
         version: Option<u32>,
     },
-    /// As [`crate::Request::Disable`].
+    /// As [`crate::v4::Request::Disable`].
     Disable {
-        /// As in [`crate::Request::Disable`].
+        /// As in [`crate::v4::Request::Disable`].
         key: String,
     },
-    /// As [`crate::Request::Enable`].
+    /// As [`crate::v4::Request::Enable`].
     Enable {
-        /// As in [`crate::Request::Enable`].
+        /// As in [`crate::v4::Request::Enable`].
         key: String,
     },
-    /// As [`crate::Request::SetMinDecryptionVersion`].
+    /// As [`crate::v4::Request::SetMinDecryptionVersion`].
     SetMinDecryptionVersion {
-        /// As in [`crate::Request::SetMinDecryptionVersion`].
+        /// As in [`crate::v4::Request::SetMinDecryptionVersion`].
         key: String,
-        /// As in [`crate::Request::SetMinDecryptionVersion`].
+        /// As in [`crate::v4::Request::SetMinDecryptionVersion`].
         version: u32,
     },
-    /// As [`crate::Request::ListKeys`].
+    /// As [`crate::v4::Request::ListKeys`].
     ListKeys {
-        /// As in [`crate::Request::ListKeys`].
+        /// As in [`crate::v4::Request::ListKeys`].
         after: Option<String>,
-        /// As in [`crate::Request::ListKeys`].
+        /// As in [`crate::v4::Request::ListKeys`].
         limit: Option<u32>,
     },
-    /// As [`crate::Request::DescribeKey`].
+    /// As [`crate::v4::Request::DescribeKey`].
     DescribeKey {
-        /// As in [`crate::Request::DescribeKey`].
+        /// As in [`crate::v4::Request::DescribeKey`].
         key: String,
     },
-    /// As [`crate::Request::RotateRoot`].
+    /// As [`crate::v4::Request::RotateRoot`].
     RotateRoot,
-    /// As [`crate::Request::TransportKey`].
+    /// As [`crate::v4::Request::TransportKey`].
     TransportKey,
-    /// As [`crate::Request::ExportKey`].
+    /// As [`crate::v4::Request::ExportKey`].
     ExportKey {
-        /// As in [`crate::Request::ExportKey`].
+        /// As in [`crate::v4::Request::ExportKey`].
         key: String,
-        /// As in [`crate::Request::ExportKey`].
+        /// As in [`crate::v4::Request::ExportKey`].
         destination: String,
     },
-    /// As [`crate::Request::ImportKey`].
+    /// As [`crate::v4::Request::ImportKey`].
     ImportKey {
-        /// As in [`crate::Request::ImportKey`].
+        /// As in [`crate::v4::Request::ImportKey`].
         file: Vec<u8>,
     },
 }
 
-/// A version-3 response: [`crate::Response`] as it was, with the
+/// A version-3 response: [`crate::v4::Response`] as it was, with the
 /// version-3 [`KeyInfo`] and [`KeyPage`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    /// As [`crate::Response::Pong`].
+    /// As [`crate::v4::Response::Pong`].
     Pong,
-    /// As [`crate::Response::Status`].
+    /// As [`crate::v4::Response::Status`].
     Status(StatusInfo),
-    /// As [`crate::Response::Key`].
+    /// As [`crate::v4::Response::Key`].
     Key(KeyInfo),
-    /// As [`crate::Response::Keys`].
+    /// As [`crate::v4::Response::Keys`].
     Keys(KeyPage),
-    /// As [`crate::Response::Wrapped`].
+    /// As [`crate::v4::Response::Wrapped`].
     Wrapped(Wrapped),
-    /// As [`crate::Response::Unwrapped`].
+    /// As [`crate::v4::Response::Unwrapped`].
     Unwrapped(Unwrapped),
-    /// As [`crate::Response::DataKey`].
+    /// As [`crate::v4::Response::DataKey`].
     DataKey(DataKey),
-    /// As [`crate::Response::Error`].
+    /// As [`crate::v4::Response::Error`].
     Error(ErrorReply),
-    /// As [`crate::Response::RootRotated`].
+    /// As [`crate::v4::Response::RootRotated`].
     RootRotated(RootRotation),
-    /// As [`crate::Response::TransportKey`].
+    /// As [`crate::v4::Response::TransportKey`].
     TransportKey(TransportKeyInfo),
-    /// As [`crate::Response::Exported`].
+    /// As [`crate::v4::Response::Exported`].
     Exported(ExportedFile),
 }
 
-/// A key's metadata as versions 1 to 3 reported it: [`crate::KeyInfo`]
+/// A key's metadata as versions 1 to 3 reported it: [`crate::v4::KeyInfo`]
 /// without the key's type.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyInfo {
-    /// As in [`crate::KeyInfo`].
+    /// As in [`crate::v4::KeyInfo`].
     pub id: [u8; 16],
-    /// As in [`crate::KeyInfo`].
+    /// As in [`crate::v4::KeyInfo`].
     pub name: String,
-    /// As in [`crate::KeyInfo`].
+    /// As in [`crate::v4::KeyInfo`].
     pub created: u64,
-    /// As in [`crate::KeyInfo`].
+    /// As in [`crate::v4::KeyInfo`].
     pub state: KeyState,
-    /// As in [`crate::KeyInfo`].
+    /// As in [`crate::v4::KeyInfo`].
     pub latest_version: u32,
-    /// As in [`crate::KeyInfo`].
+    /// As in [`crate::v4::KeyInfo`].
     pub min_decryption_version: u32,
-    /// As in [`crate::KeyInfo`].
+    /// As in [`crate::v4::KeyInfo`].
     pub versions: Vec<VersionInfo>,
 }
 
@@ -187,17 +187,17 @@ pub struct KeyInfo {
 /// version-3 [`KeyInfo`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyPage {
-    /// As in [`crate::KeyPage`].
+    /// As in [`crate::v4::KeyPage`].
     pub keys: Vec<KeyInfo>,
-    /// As in [`crate::KeyPage`].
+    /// As in [`crate::v4::KeyPage`].
     pub next: Option<String>,
 }
 
 /// Key metadata from a daemon of version 3 or older: every key it has is
 /// an AES-256-GCM key.
-impl From<KeyInfo> for crate::KeyInfo {
-    fn from(key: KeyInfo) -> crate::KeyInfo {
-        crate::KeyInfo {
+impl From<KeyInfo> for crate::v4::KeyInfo {
+    fn from(key: KeyInfo) -> crate::v4::KeyInfo {
+        crate::v4::KeyInfo {
             id: key.id,
             name: key.name,
             created: key.created,
@@ -214,8 +214,8 @@ impl From<KeyInfo> for crate::KeyInfo {
 /// (such a client cannot name it; an operation that does not fit the type
 /// is refused with `WrongKeyType`, code 18, which it reads as an unknown
 /// code with the daemon's message).
-impl From<crate::KeyInfo> for KeyInfo {
-    fn from(key: crate::KeyInfo) -> KeyInfo {
+impl From<crate::v4::KeyInfo> for KeyInfo {
+    fn from(key: crate::v4::KeyInfo) -> KeyInfo {
         KeyInfo {
             id: key.id,
             name: key.name,
@@ -228,17 +228,17 @@ impl From<crate::KeyInfo> for KeyInfo {
     }
 }
 
-impl From<KeyPage> for crate::KeyPage {
-    fn from(page: KeyPage) -> crate::KeyPage {
-        crate::KeyPage {
+impl From<KeyPage> for crate::v4::KeyPage {
+    fn from(page: KeyPage) -> crate::v4::KeyPage {
+        crate::v4::KeyPage {
             keys: page.keys.into_iter().map(Into::into).collect(),
             next: page.next,
         }
     }
 }
 
-impl From<crate::KeyPage> for KeyPage {
-    fn from(page: crate::KeyPage) -> KeyPage {
+impl From<crate::v4::KeyPage> for KeyPage {
+    fn from(page: crate::v4::KeyPage) -> KeyPage {
         KeyPage {
             keys: page.keys.into_iter().map(Into::into).collect(),
             next: page.next,
@@ -264,9 +264,9 @@ pub enum NotInV3 {
     Response(&'static str),
 }
 
-impl From<Request> for crate::Request {
-    fn from(request: Request) -> crate::Request {
-        use crate::Request as Now;
+impl From<Request> for crate::v4::Request {
+    fn from(request: Request) -> crate::v4::Request {
+        use crate::v4::Request as Now;
         match request {
             Request::Ping => Now::Ping,
             Request::Status => Now::Status,
@@ -329,11 +329,11 @@ impl From<Request> for crate::Request {
     }
 }
 
-impl TryFrom<crate::Request> for Request {
+impl TryFrom<crate::v4::Request> for Request {
     type Error = NotInV3;
 
-    fn try_from(request: crate::Request) -> Result<Request, NotInV3> {
-        use crate::Request as Now;
+    fn try_from(request: crate::v4::Request) -> Result<Request, NotInV3> {
+        use crate::v4::Request as Now;
         Ok(match request {
             Now::Ping => Request::Ping,
             Now::Status => Request::Status,
@@ -403,9 +403,9 @@ impl TryFrom<crate::Request> for Request {
     }
 }
 
-impl From<Response> for crate::Response {
-    fn from(response: Response) -> crate::Response {
-        use crate::Response as Now;
+impl From<Response> for crate::v4::Response {
+    fn from(response: Response) -> crate::v4::Response {
+        use crate::v4::Response as Now;
         match response {
             Response::Pong => Now::Pong,
             Response::Status(status) => Now::Status(status),
@@ -422,11 +422,11 @@ impl From<Response> for crate::Response {
     }
 }
 
-impl TryFrom<crate::Response> for Response {
+impl TryFrom<crate::v4::Response> for Response {
     type Error = NotInV3;
 
-    fn try_from(response: crate::Response) -> Result<Response, NotInV3> {
-        use crate::Response as Now;
+    fn try_from(response: crate::v4::Response) -> Result<Response, NotInV3> {
+        use crate::v4::Response as Now;
         Ok(match response {
             Now::Pong => Response::Pong,
             Now::Status(status) => Response::Status(status),

@@ -327,6 +327,11 @@ fn readme_v2_list() -> (Envelope<Request>, Envelope<Response>) {
                 encryptions: 3,
             }],
             key_type: agent_proto::KeyType::Aes256Gcm,
+            description: String::new(),
+            tags: Default::default(),
+            rotation_period: None,
+            next_rotation: None,
+            deletion_date: None,
         }],
         next: Some("app-dc".into()),
     };
@@ -605,6 +610,7 @@ fn readme_v4_frames() -> Vec<(&'static str, Frame)> {
                 Request::CreateKey {
                     name: "rel".into(),
                     key_type: KeyType::Ed25519,
+                    settings: Default::default(),
                 },
             )),
         ),
@@ -717,6 +723,11 @@ fn readme_v4_key() -> KeyInfo {
             encryptions: 0,
         }],
         key_type: agent_proto::KeyType::Ed25519,
+        description: String::new(),
+        tags: Default::default(),
+        rotation_period: None,
+        next_rotation: None,
+        deletion_date: None,
     }
 }
 
@@ -851,6 +862,7 @@ fn a_typed_create_key_cannot_go_to_an_older_version_and_says_which_type() {
                     op: Request::CreateKey {
                         name: "k".into(),
                         key_type,
+                        settings: Default::default(),
                     },
                 },
                 DEFAULT_MAX_FRAME,

@@ -98,8 +98,11 @@ fn arbitrary_request() -> impl Strategy<Value = Request> {
             proptest::option::of(any::<u32>())
         )
             .prop_map(|(after, limit)| Request::ListKeys { after, limit }),
-        (name, arbitrary_key_type())
-            .prop_map(|(name, key_type)| Request::CreateKey { name, key_type }),
+        (name, arbitrary_key_type()).prop_map(|(name, key_type)| Request::CreateKey {
+            name,
+            key_type,
+            settings: Default::default()
+        }),
         (name, bytes.clone(), arbitrary_context()).prop_map(|(key, plaintext, context)| {
             Request::Wrap {
                 key,
@@ -134,6 +137,7 @@ fn arbitrary_request() -> impl Strategy<Value = Request> {
                 ciphertext: Ciphertext::new(ciphertext),
                 context,
                 key,
+                destination: None,
             }),
         (name, proptest::option::of(any::<u32>()))
             .prop_map(|(key, version)| Request::Revoke { key, version }),
@@ -380,6 +384,11 @@ fn arbitrary_key_info() -> impl Strategy<Value = agent_proto::KeyInfo> {
                     })
                     .collect(),
                 key_type,
+                description: String::new(),
+                tags: Default::default(),
+                rotation_period: None,
+                next_rotation: None,
+                deletion_date: None,
             },
         )
 }

@@ -20,6 +20,7 @@ pub fn key_state(state: KeyState) -> &'static str {
         KeyState::Enabled => "enabled",
         KeyState::Disabled => "disabled",
         KeyState::Revoked => "revoked",
+        KeyState::PendingDeletion => "pending-deletion",
     }
 }
 
@@ -785,6 +786,11 @@ mod tests {
                 },
             ],
             key_type: agent_proto::KeyType::Aes256Gcm,
+            description: String::new(),
+            tags: Default::default(),
+            rotation_period: None,
+            next_rotation: None,
+            deletion_date: None,
         }
     }
 

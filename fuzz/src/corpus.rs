@@ -194,6 +194,7 @@ pub fn request_frames(key: &str, other: &str, ciphertexts: &[Vec<u8>]) -> Vec<Ve
         requests.push(Request::CreateKey {
             name: format!("{name}-new"),
             key_type,
+            settings: Default::default(),
         });
         requests.extend(key_type_requests(&name));
     }
@@ -204,6 +205,7 @@ pub fn request_frames(key: &str, other: &str, ciphertexts: &[Vec<u8>]) -> Vec<Ve
             Request::CreateKey {
                 name: name.to_string(),
                 key_type: agent_proto::KeyType::Aes256Gcm,
+                settings: Default::default(),
             },
             Request::Wrap {
                 key: name.to_string(),
@@ -260,6 +262,7 @@ pub fn request_frames(key: &str, other: &str, ciphertexts: &[Vec<u8>]) -> Vec<Ve
                 ciphertext: Ciphertext::new(blob.clone()),
                 context: ctx.clone(),
                 key: key_field,
+                destination: None,
             });
         }
     }
@@ -299,6 +302,13 @@ pub fn response_frames() -> Vec<Vec<u8>> {
             },
         ],
         key_type: agent_proto::KeyType::Aes256Gcm,
+        description: "the app's database".to_string(),
+        tags: [("team".to_string(), "db".to_string())]
+            .into_iter()
+            .collect(),
+        rotation_period: Some(90 * 86_400),
+        next_rotation: Some(1_700_000_100 + 90 * 86_400),
+        deletion_date: None,
     };
     let responses = vec![
         Response::Pong,

@@ -305,6 +305,7 @@ pub fn random_request(rng: &mut Rng, names: &[&str], blobs: &[Vec<u8>]) -> Reque
         2 => Request::CreateKey {
             name: random_name(rng, names),
             key_type: random_key_type(rng),
+            settings: Default::default(),
         },
         3 => Request::Wrap {
             key: random_name(rng, names),
@@ -326,6 +327,7 @@ pub fn random_request(rng: &mut Rng, names: &[&str], blobs: &[Vec<u8>]) -> Reque
             ciphertext: Ciphertext::new(random_ciphertext(rng, blobs)),
             context: random_context(rng),
             key: rng.chance(50).then(|| random_name(rng, names)),
+            destination: None,
         },
         7 => Request::Rotate {
             key: random_name(rng, names),
@@ -394,28 +396,28 @@ pub fn random_request(rng: &mut Rng, names: &[&str], blobs: &[Vec<u8>]) -> Reque
 pub fn random_request_frame(rng: &mut Rng, names: &[&str], blobs: &[Vec<u8>]) -> Frame {
     let request = random_request(rng, names, blobs);
     let id = rng.next_u64();
-    let proto = match rng.below(4) {
-        0 if agent_proto::v1::Request::try_from(request.clone()).is_ok() => {
-            agent_proto::v1::VERSION
-        }
-        1 if agent_proto::v2::Request::try_from(request.clone()).is_ok() => {
-            agent_proto::v2::VERSION
-        }
-        2 if agent_proto::v3::Request::try_from(request.clone()).is_ok() => {
-            agent_proto::v3::VERSION
-        }
-        _ => agent_proto::PROTOCOL_VERSION,
+    let proto = *rng.pick(&[
+        agent_proto::v1::VERSION,
+        agent_proto::v2::VERSION,
+        agent_proto::v3::VERSION,
+        agent_proto::v4::VERSION,
+        agent_proto::PROTOCOL_VERSION,
+    ]);
+    let encode = |proto| {
+        encode_request(
+            Envelope {
+                proto,
+                id,
+                op: request.clone(),
+            },
+            MAX_FRAME,
+        )
     };
-    let bytes = encode_request(
-        Envelope {
-            proto,
-            id,
-            op: request,
-        },
-        MAX_FRAME,
-    )
-    .map(|f| f.to_vec())
-    .unwrap_or_default();
+    // An older version that cannot express the request: the newest.
+    let bytes = encode(proto)
+        .or_else(|_| encode(agent_proto::PROTOCOL_VERSION))
+        .map(|f| f.to_vec())
+        .unwrap_or_default();
     Frame { bytes, valid: true }
 }
 

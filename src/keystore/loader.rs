@@ -215,6 +215,7 @@ fn load_keys(
             0 => KeyState::Enabled,
             1 => KeyState::Disabled,
             2 => KeyState::Revoked,
+            3 => KeyState::PendingDeletion,
             other => return Err(tampered(&row, format!("has an unknown state {other}"))),
         };
         let mut stored_versions = versions_by_key.remove(&row.id).unwrap_or_default();

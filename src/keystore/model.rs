@@ -225,6 +225,11 @@ impl Key {
             min_decryption_version: self.min_decryption_version,
             versions: self.versions.iter().map(|v| v.info()).collect(),
             key_type: self.key_type,
+            description: String::new(),
+            tags: Default::default(),
+            rotation_period: None,
+            next_rotation: None,
+            deletion_date: None,
         }
     }
 
@@ -237,6 +242,7 @@ impl Key {
                 KeyState::Enabled => 0,
                 KeyState::Disabled => 1,
                 KeyState::Revoked => 2,
+                KeyState::PendingDeletion => 3,
             },
             latest_version: self.latest_version(),
             min_decryption_version: self.min_decryption_version,

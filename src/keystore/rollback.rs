@@ -195,6 +195,7 @@ pub fn key_set_digest(keys: &Keys) -> [u8; 32] {
             KeyState::Enabled => 0,
             KeyState::Disabled => 1,
             KeyState::Revoked => 2,
+            KeyState::PendingDeletion => 3,
         };
         hash.update(key.id.0);
         hash.update([state]);
@@ -1126,6 +1127,7 @@ mod tests {
                 KeyState::Enabled => 0,
                 KeyState::Disabled => 1,
                 KeyState::Revoked => 2,
+                KeyState::PendingDeletion => 3,
             };
             hash.update(key.id.0);
             hash.update([state]);

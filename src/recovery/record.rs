@@ -248,6 +248,9 @@ impl From<KeyState> for StateV1 {
             KeyState::Enabled => StateV1::Enabled,
             KeyState::Disabled => StateV1::Disabled,
             KeyState::Revoked => StateV1::Revoked,
+            // Formats 1 and 2 have no such state; a restored key is
+            // unusable until an admin acts, as the pending key was.
+            KeyState::PendingDeletion => StateV1::Disabled,
         }
     }
 }

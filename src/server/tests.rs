@@ -370,6 +370,7 @@ async fn a_request_is_answered_in_its_envelope() {
             Request::CreateKey {
                 name: "k".into(),
                 key_type: agent_proto::KeyType::Aes256Gcm,
+                settings: Default::default(),
             },
         ),
     )
@@ -410,6 +411,7 @@ async fn pipelined_requests_are_answered_in_order_and_errors_keep_the_connection
         Request::CreateKey {
             name: "k".into(),
             key_type: agent_proto::KeyType::Aes256Gcm,
+            settings: Default::default(),
         },
         Request::Wrap {
             key: "k".into(),
@@ -923,6 +925,7 @@ async fn a_client_that_does_not_read_its_answers_is_closed_after_write_timeout()
         Request::CreateKey {
             name: "k".into(),
             key_type: agent_proto::KeyType::Aes256Gcm,
+            settings: Default::default(),
         },
     );
     stream.write_all(&create).expect("send");
@@ -1068,6 +1071,7 @@ async fn a_change_whose_answer_outgrows_the_frame_stands_and_says_so() {
             Request::CreateKey {
                 name: name.clone(),
                 key_type: agent_proto::KeyType::Aes256Gcm,
+                settings: Default::default(),
             },
         ),
     )

@@ -96,6 +96,7 @@ async fn an_admin_rotates_status_shows_the_new_check_and_ciphertexts_still_unwra
             Request::CreateKey {
                 name: "app-db".into(),
                 key_type: agent_proto::KeyType::Aes256Gcm,
+                settings: Default::default(),
             },
         )
         .await;

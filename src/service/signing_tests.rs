@@ -149,6 +149,7 @@ fn create(name: &str, key_type: KeyType) -> Request {
     Request::CreateKey {
         name: name.to_string(),
         key_type,
+        settings: Default::default(),
     }
 }
 

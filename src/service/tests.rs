@@ -180,6 +180,7 @@ fn create(name: &str) -> Request {
     Request::CreateKey {
         name: name.to_string(),
         key_type: agent_proto::KeyType::Aes256Gcm,
+        settings: Default::default(),
     }
 }
 
@@ -204,6 +205,7 @@ fn rewrap(ciphertext: &Ciphertext, context: &EncryptionContext, key: Option<&str
         ciphertext: ciphertext.clone(),
         context: context.clone(),
         key: key.map(str::to_string),
+        destination: None,
     }
 }
 
@@ -367,6 +369,11 @@ async fn create_answers_version_one_and_refuses_taken_and_invalid_names() {
                 encryptions: 0,
             }],
             key_type: agent_proto::KeyType::Aes256Gcm,
+            description: String::new(),
+            tags: Default::default(),
+            rotation_period: None,
+            next_rotation: None,
+            deletion_date: None,
         }
     );
     assert_ne!(info.id, [0; 16], "a random id");
@@ -1824,6 +1831,7 @@ async fn sign_verify_mac_and_random_events_name_key_version_and_validity_never_t
                     Request::CreateKey {
                         name: name.to_string(),
                         key_type,
+                        settings: Default::default(),
                     },
                 )
                 .await,

@@ -124,6 +124,7 @@ fn malformed_frames_get_errors_and_the_daemon_keeps_serving() {
             Request::CreateKey {
                 name: "x".repeat(40),
                 key_type: agent_proto::KeyType::Aes256Gcm,
+                settings: Default::default(),
             },
         ),
         DEFAULT_MAX_FRAME,

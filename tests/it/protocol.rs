@@ -378,6 +378,7 @@ fn create_many(client: &mut Client) {
                 .send(Request::CreateKey {
                     name: bulk_name(sent),
                     key_type: agent_proto::KeyType::Aes256Gcm,
+                    settings: Default::default(),
                 })
                 .expect("send CreateKey");
             sent += 1;

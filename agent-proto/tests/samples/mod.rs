@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 
 use agent_proto::{
-    Ciphertext, DataKey, EncryptionContext, ErrorCode, ExportedFile, KeyInfo, KeyPage, KeyState,
-    KeyType, MacTag, Operation, PublicKeyInfo, RecoveryStatus, Request, Response, RollbackStatus,
-    RootRotation, SecretBytes, SignInput, Signature, StatusInfo, TransportKeyInfo, Unwrapped,
-    Verification, VersionInfo, VersionState, Wrapped,
+    Ciphertext, DataKey, EncryptionContext, ErrorCode, ErrorReply, ExportedFile, KeyInfo, KeyPage,
+    KeyState, KeyType, MacTag, Operation, PublicKeyInfo, RecoveryStatus, Request, Response,
+    RollbackStatus, RootRotation, SecretBytes, SignInput, Signature, StatusInfo, TransportKeyInfo,
+    Unwrapped, Verification, VersionInfo, VersionState, Wrapped,
 };
 
 pub fn context() -> EncryptionContext {
@@ -25,6 +25,7 @@ pub fn requests() -> Vec<Request> {
         Request::CreateKey {
             name: "app-db".to_string(),
             key_type: agent_proto::KeyType::Aes256Gcm,
+            settings: Default::default(),
         },
         Request::Wrap {
             key: "app-db".to_string(),
@@ -46,6 +47,7 @@ pub fn requests() -> Vec<Request> {
             ciphertext: Ciphertext::from(&b"HKMS\x01opaque"[..]),
             context: context(),
             key: None,
+            destination: None,
         },
         Request::Rotate {
             key: "app-db".to_string(),
@@ -134,6 +136,11 @@ fn key_info() -> KeyInfo {
             },
         ],
         key_type: agent_proto::KeyType::Aes256Gcm,
+        description: String::new(),
+        tags: Default::default(),
+        rotation_period: None,
+        next_rotation: None,
+        deletion_date: None,
     }
 }
 
@@ -227,6 +234,28 @@ pub fn responses() -> Vec<Response> {
             spki_der: vec![0x30, 0x2a],
         }),
         Response::Random(SecretBytes::from(vec![0x42; 16])),
+        Response::WrappedBatch(vec![
+            Ok(Wrapped {
+                key: "app-db".to_string(),
+                version: 2,
+                ciphertext: Ciphertext::from(&b"HKMS\x01opaque"[..]),
+            }),
+            Err(ErrorReply {
+                code: ErrorCode::PlaintextTooLarge,
+                message: "item 1 is too large".to_string(),
+            }),
+        ]),
+        Response::UnwrappedBatch(vec![
+            Ok(Unwrapped {
+                key: "app-db".to_string(),
+                version: 2,
+                plaintext: SecretBytes::from(&b"hello"[..]),
+            }),
+            Err(ErrorReply {
+                code: ErrorCode::InvalidCiphertext,
+                message: "item 1 does not authenticate".to_string(),
+            }),
+        ]),
     ];
     // The match fails to compile when a response kind is added, pointing here.
     let kinds: std::collections::BTreeSet<&str> = responses
@@ -247,12 +276,14 @@ pub fn responses() -> Vec<Response> {
             | Response::Verified(_)
             | Response::Signature(_)
             | Response::PublicKey(_)
-            | Response::Random(_) => response.kind(),
+            | Response::Random(_)
+            | Response::WrappedBatch(_)
+            | Response::UnwrappedBatch(_) => response.kind(),
         })
         .collect();
     assert_eq!(
         kinds.len(),
-        16,
+        18,
         "a sample is missing for some response kind"
     );
     responses
