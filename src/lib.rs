@@ -13,6 +13,7 @@ pub mod accept_rollback;
 pub mod admission;
 pub mod audit;
 pub mod cli_args;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod envelope;

@@ -2046,10 +2046,10 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_version_4_client_keeps_every_version_3_request_working_with_a_version_3_daemon() {
+    fn a_current_client_keeps_every_version_3_request_working_with_a_version_3_daemon() {
         let daemon = Fake::start(3, version_3_daemon);
         let mut client = Client::connect(&daemon.path).unwrap();
-        assert_eq!(client.protocol(), 4);
+        assert_eq!(client.protocol(), PROTOCOL_VERSION);
         client.ping().unwrap();
         assert_eq!(client.protocol(), 3, "fell back to the daemon's version");
         let created = client.create_key("db").unwrap();
