@@ -206,6 +206,33 @@ pub struct Subject {
     key: Option<String>,
     version: Option<u32>,
     verified: Option<bool>,
+    batch: Option<Vec<BatchItem>>,
+    destination: Option<(String, u32)>,
+}
+
+/// One item of a `WrapBatch` or `UnwrapBatch` as the audit records it: the
+/// key and version it used (the real ones, even when the peer was refused
+/// and may not learn them) and its result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchItem {
+    /// The key's name (escaped when invalid), when the item named or reached one.
+    pub key: Option<String>,
+    /// The key version used, when known.
+    pub version: Option<u32>,
+    /// The item's error code; `None` when it succeeded.
+    pub result: Option<ErrorCode>,
+}
+
+impl BatchItem {
+    /// The item as the audit records it: the key and version `subject`
+    /// learned while deciding it, and its result.
+    pub fn of(subject: &Subject, result: Option<ErrorCode>) -> BatchItem {
+        BatchItem {
+            key: subject.key.clone(),
+            version: subject.version,
+            result,
+        }
+    }
 }
 
 impl Subject {
@@ -249,6 +276,71 @@ impl Subject {
     pub fn verified(&self) -> Option<bool> {
         self.verified
     }
+
+    /// Records every item of a batch, in the request's order.
+    pub fn set_batch(&mut self, items: Vec<BatchItem>) {
+        self.batch = Some(items);
+    }
+
+    /// The items of a batch; `None` for any other request.
+    pub fn batch(&self) -> Option<&[BatchItem]> {
+        self.batch.as_deref()
+    }
+
+    /// Records the key and version a `Rewrap` with a destination encrypted
+    /// under (the source is [`Subject::key`] and [`Subject::version`]).
+    pub fn set_destination(&mut self, key: &str, version: u32) {
+        let mut named = Subject::default();
+        named.set_key(key);
+        self.destination = named.key.map(|key| (key, version));
+    }
+
+    /// The destination key and version of a `Rewrap` with a destination.
+    pub fn destination(&self) -> Option<(&str, u32)> {
+        self.destination
+            .as_ref()
+            .map(|(key, version)| (key.as_str(), *version))
+    }
+
+    /// The result flood coalescing counts this request as: its own `code`,
+    /// except for a batch answered item by item, which counts as a success
+    /// (never coalesced) when any item succeeded and otherwise as its first
+    /// item's refusal.
+    pub fn flood_code(&self, code: Option<ErrorCode>) -> Option<ErrorCode> {
+        match (&self.batch, code) {
+            (Some(items), None) if !items.is_empty() => {
+                if items.iter().any(|item| item.result.is_none()) {
+                    None
+                } else {
+                    items.first().and_then(|item| item.result)
+                }
+            }
+            _ => code,
+        }
+    }
+}
+
+/// `HOSTKMS_BATCH_RESULTS`: every item of a batch as
+/// `index:key:version:result`, separated by spaces; `-` for a key or
+/// version the item never reached, `ok` or the error's kebab-case name.
+pub fn batch_results(items: &[BatchItem]) -> String {
+    let mut out = String::with_capacity(items.len() * 24);
+    for (index, item) in items.iter().enumerate() {
+        use std::fmt::Write as _;
+        if index > 0 {
+            out.push(' ');
+        }
+        let version = item
+            .version
+            .map_or_else(|| "-".to_string(), |v| v.to_string());
+        let result = item.result.map_or_else(|| "ok".to_string(), error_name);
+        let _ = write!(
+            out,
+            "{index}:{}:{version}:{result}",
+            item.key.as_deref().unwrap_or("-")
+        );
+    }
+    out
 }
 
 /// The kebab-case name of an error code: the value of `HOSTKMS_ERROR`.
@@ -282,10 +374,24 @@ pub fn request(
     let user_unit = peer.user_unit.as_deref();
     let unit_unknown = peer.unit_unknown.map(crate::peer::UnitUnknown::as_str);
     let pid = peer.pid;
+    let destination = subject.destination();
     let target = match (key, version) {
         (Some(key), Some(v)) => format!(" {key} v{v}"),
         (Some(key), None) => format!(" {key}"),
         _ => String::new(),
+    };
+    let target = match destination {
+        Some((to, v)) => format!("{target} to {to} v{v}"),
+        None => target,
+    };
+    let (destination_key, destination_version) = destination.unzip();
+    let batch = subject.batch();
+    let batch_items = batch.map(<[BatchItem]>::len);
+    let batch_ok = batch.map(|items| items.iter().filter(|item| item.result.is_none()).count());
+    let batch_results = batch.map(batch_results);
+    let checked = match (batch_items, batch_ok) {
+        (Some(items), Some(ok)) => format!(" ({ok} of {items} items ok)"),
+        _ => checked,
     };
     let by = match (unit, user_unit) {
         (Some(unit), Some(user_unit)) => {
@@ -307,6 +413,11 @@ pub fn request(
                 HOSTKMS_ERROR = error.as_deref(),
                 HOSTKMS_ANSWER_ERROR = answer_error.as_deref(),
                 HOSTKMS_VERIFIED = verified,
+                HOSTKMS_DESTINATION_KEY = destination_key,
+                HOSTKMS_DESTINATION_KEY_VERSION = destination_version,
+                HOSTKMS_BATCH_ITEMS = batch_items,
+                HOSTKMS_BATCH_OK = batch_ok,
+                HOSTKMS_BATCH_RESULTS = batch_results.as_deref(),
                 HOSTKMS_PEER_UID = peer.uid,
                 HOSTKMS_PEER_PID = pid,
                 HOSTKMS_PEER_UNIT = unit,

@@ -30,9 +30,11 @@ use crate::policy::{PeerClass, Policy};
 use crate::rootkey::{RootKeyError, RootSealer};
 use crate::transfer::{Peers, TransportKey};
 
+mod batch;
 #[cfg(test)]
 mod encrypt_limit_tests;
 mod health;
+mod rewrap;
 mod signing;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
@@ -57,6 +59,9 @@ pub struct ServiceLimits {
     pub max_plaintext: usize,
     /// Encryptions after which a key version is replaced by a new one.
     pub rotate_after: u64,
+    /// The server's frame limit (`max_frame`): a batch whose answer could
+    /// exceed it is refused as a whole before any work.
+    pub max_frame: u32,
 }
 
 /// A refused request: the code and message the client receives.
@@ -352,8 +357,9 @@ impl Service {
     ) {
         let PendingAudit { op, subject, .. } = audit;
         // A refusal, or a request that needs no grant, may only be counted
-        // in a later summary: see monitor::flood.
-        let logged = Limited::of(op, code).is_none_or(|kind| {
+        // in a later summary: see monitor::flood. A batch with a success
+        // never is.
+        let logged = Limited::of(op, subject.flood_code(code)).is_none_or(|kind| {
             let admission = self.monitor.admit(peer.uid, kind);
             audit::summarized(&admission.closed);
             admission.log
@@ -364,6 +370,7 @@ impl Service {
         if let Some(alert) = self.monitor.record(peer.uid, op, code) {
             audit::peer_alert(&alert);
         }
+        batch::raise_item_alerts(&self.monitor, peer, &subject);
     }
 
     /// Audits a frame from `peer` the server refused before it became a
@@ -449,8 +456,18 @@ impl Service {
                 key,
                 destination,
             } => {
-                if destination.is_some() {
-                    return Err(not_yet(op));
+                if let Some(destination) = destination {
+                    return self
+                        .rewrap_to(
+                            peer,
+                            &ciphertext,
+                            &context,
+                            key.as_deref(),
+                            destination,
+                            subject,
+                        )
+                        .await
+                        .map(Response::Wrapped);
                 }
                 let decrypted =
                     self.decrypt(peer, op, &ciphertext, &context, key.as_deref(), subject)?;
@@ -535,9 +552,12 @@ impl Service {
             Request::ScheduleDeletion { .. }
             | Request::CancelDeletion { .. }
             | Request::SetRotationPeriod { .. }
-            | Request::UpdateKeyMetadata { .. }
-            | Request::WrapBatch { .. }
-            | Request::UnwrapBatch { .. } => Err(not_yet(op)),
+            | Request::UpdateKeyMetadata { .. } => Err(not_yet(op)),
+            Request::WrapBatch { key, items } => self.wrap_batch(peer, &key, items, subject).await,
+            Request::UnwrapBatch { key, items } => {
+                self.unwrap_batch(peer, key.as_deref(), items, subject)
+                    .await
+            }
             Request::RotateRoot => {
                 let rotation = self.rotate_root(peer).await?;
                 Ok(Response::RootRotated(agent_proto::RootRotation {
