@@ -68,7 +68,10 @@ impl Service {
                     &mut item_subject,
                 )
                 .await;
-            audited.push(BatchItem::of(&item_subject, result.as_ref().err().map(|r| r.code)));
+            audited.push(BatchItem::of(
+                &item_subject,
+                result.as_ref().err().map(|r| r.code),
+            ));
             results.push(result.map_err(item_error));
         }
         if let Some(version) = latest_ok_version(&audited) {
@@ -111,7 +114,10 @@ impl Service {
                 key,
                 &mut item_subject,
             );
-            audited.push(BatchItem::of(&item_subject, result.as_ref().err().map(|r| r.code)));
+            audited.push(BatchItem::of(
+                &item_subject,
+                result.as_ref().err().map(|r| r.code),
+            ));
             results.push(
                 result
                     .map(|mut decrypted| Unwrapped {
