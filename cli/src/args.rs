@@ -126,9 +126,15 @@ pub enum Command {
     Unwrap(UnwrapArgs),
     /// Generate a fresh data key, in clear and wrapped under a key.
     Datakey(DatakeyArgs),
-    /// Re-encrypt a ciphertext under its key's latest version, without
-    /// revealing the plaintext.
+    /// Re-encrypt a ciphertext under its key's latest version, or under
+    /// another key or with another context (--to-key, --to-context),
+    /// without the plaintext leaving the daemon.
     Rewrap(RewrapArgs),
+    /// Tell which key, key id and version a ciphertext (base64 or raw,
+    /// from --in or standard input) belongs to, without decrypting it: the
+    /// header is not secret. The key's name is shown only when you may
+    /// see the key in `list`.
+    Inspect(InspectArgs),
     /// Compute an HMAC tag of data (from --in or standard input) under an
     /// HMAC key's latest version: base64 out, raw with --binary.
     Mac(MacArgs),
@@ -275,15 +281,59 @@ pub struct RewrapArgs {
     /// Refuse the ciphertext unless it belongs to this key.
     #[arg(long = "key", value_name = "NAME")]
     pub key: Option<String>,
-    /// The encryption context the ciphertext was wrapped with (kept).
+    /// The encryption context the ciphertext was wrapped with (kept unless
+    /// --to-context or --to-empty-context is given).
     #[command(flatten)]
     pub context: ContextArgs,
+    /// Encrypt under this key's latest version instead (an aes256-gcm key;
+    /// needs the "unwrap" grant on the source key and "wrap" on this one).
+    #[arg(long = "to-key", value_name = "NAME")]
+    pub to_key: Option<String>,
+    /// A KEY=VALUE pair of the new ciphertext's encryption context, instead
+    /// of the source's; repeat for more pairs (needs the "unwrap" grant on
+    /// the source key and "wrap" on the destination key).
+    #[arg(long = "to-context", value_name = "KEY=VALUE", value_parser = parse_context_pair)]
+    pub to_context: Vec<(String, String)>,
+    /// Give the new ciphertext an empty encryption context (same grants as
+    /// --to-context).
+    #[arg(long, conflicts_with = "to_context")]
+    pub to_empty_context: bool,
     /// Input and output files.
     #[command(flatten)]
     pub io: InOutArgs,
     /// Write the raw ciphertext bytes instead of base64.
     #[arg(long)]
     pub binary: bool,
+}
+
+impl RewrapArgs {
+    /// The destination these flags ask for: `None` to re-encrypt under the
+    /// same key and context (the "rewrap" grant).
+    pub fn destination(&self) -> Result<Option<agent_proto::RewrapDestination>, CliError> {
+        let context = if self.to_empty_context {
+            Some(EncryptionContext::new())
+        } else if self.to_context.is_empty() {
+            None
+        } else {
+            Some(context_from_pairs(&self.to_context).map_err(CliError::Usage)?)
+        };
+        if self.to_key.is_none() && context.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(agent_proto::RewrapDestination {
+            key: self.to_key.clone(),
+            context,
+        }))
+    }
+}
+
+/// Arguments of `inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Read the ciphertext (base64 or raw) from FILE instead of standard
+    /// input ("-": standard input).
+    #[arg(long = "in", value_name = "FILE")]
+    pub input: Option<PathBuf>,
 }
 
 /// A key type as the command line spells it (`--type`): the names of
@@ -512,6 +562,12 @@ pub struct BenchArgs {
     /// aes256-gcm key, else "bench-TYPE").
     #[arg(long, value_name = "NAME")]
     pub key: Option<String>,
+    /// Also measure wrap-batch or unwrap-batch (with --op wrap or unwrap)
+    /// with N items per request (1 to 1000), and report its items per
+    /// second as a ratio to the single requests of the same run.
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=agent_proto::MAX_BATCH_ITEMS as i64))]
+    pub batch: Option<u16>,
 }
 
 impl BenchArgs {

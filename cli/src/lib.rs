@@ -10,6 +10,7 @@ pub mod args;
 pub mod backup;
 pub mod bench;
 pub mod error;
+pub mod inspect;
 pub mod io;
 pub mod output;
 

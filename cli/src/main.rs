@@ -14,8 +14,8 @@ use std::time::Duration;
 use agent_proto::{Client, KeyInfo};
 use clap::Parser;
 use hostkms_cli::args::{
-    Cli, Command, DatakeyArgs, ExportArgs, InOutArgs, MacArgs, PublicKeyArgs, RandomArgs,
-    RewrapArgs, SignArgs, UnwrapArgs, VerifyArgs, VerifyMacArgs, WrapArgs,
+    Cli, Command, DatakeyArgs, ExportArgs, InOutArgs, InspectArgs, MacArgs, PublicKeyArgs,
+    RandomArgs, RewrapArgs, SignArgs, UnwrapArgs, VerifyArgs, VerifyMacArgs, WrapArgs,
 };
 use hostkms_cli::error::{CliError, printable};
 use hostkms_cli::io::{Sensitivity, base64_public, write_output, write_stdout};
@@ -153,6 +153,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Unwrap(args) => unwrap(daemon, args, json),
         Command::Datakey(args) => datakey(daemon, args, json),
         Command::Rewrap(args) => rewrap(daemon, args, json),
+        Command::Inspect(args) => inspect(daemon, args, json),
         Command::Mac(args) => mac(daemon, args, json),
         Command::VerifyMac(args) => verify_mac(daemon, args, json),
         Command::Sign(args) => sign(daemon, args, json),
@@ -534,13 +535,41 @@ fn datakey(daemon: &Daemon, args: &DatakeyArgs, json: bool) -> Result<(), CliErr
     }
 }
 
-/// `rewrap`: re-encrypts the input under its key's latest version.
+/// `inspect`: the key, key id and version of the input ciphertext.
+fn inspect(daemon: &Daemon, args: &InspectArgs, json: bool) -> Result<(), CliError> {
+    let input = io::read_input(args.input.as_deref())?;
+    let ciphertext = io::ciphertext_from_input(&input);
+    // A bad input is refused before the daemon is asked anything.
+    hostkms_cli::inspect::header(&ciphertext)?;
+    let inspection = hostkms_cli::inspect::inspect(&mut daemon.connect()?, &ciphertext)?;
+    if json {
+        write_stdout(
+            hostkms_cli::inspect::json(&inspection)
+                .map_err(json_error)?
+                .as_bytes(),
+        )
+    } else {
+        write_stdout(hostkms_cli::inspect::human(&inspection).as_bytes())
+    }
+}
+
+/// `rewrap`: re-encrypts the input under its key's latest version, or for
+/// the destination --to-key/--to-context name.
 fn rewrap(daemon: &Daemon, args: &RewrapArgs, json: bool) -> Result<(), CliError> {
     check_binary(args.binary, json)?;
     let context = args.context.context()?;
     let ciphertext = read_ciphertext(&args.io)?;
-    let wrapped = daemon
-        .connect()?
-        .rewrap(&ciphertext, &context, args.key.as_deref())?;
+    let destination = args.destination()?;
+    let mut client = daemon.connect()?;
+    let wrapped = match destination {
+        None => client.rewrap(&ciphertext, &context, args.key.as_deref())?,
+        Some(to) => client.rewrap_to(
+            &ciphertext,
+            &context,
+            args.key.as_deref(),
+            to.key.as_deref(),
+            to.context.as_ref(),
+        )?,
+    };
     emit_wrapped(&wrapped, args.io.output.as_ref(), args.binary, json)
 }
