@@ -39,6 +39,7 @@ mod recovery;
 mod restore_drill;
 mod rollback;
 mod root_key;
+mod rewrap_to;
 mod rotate_root;
 mod state_dir;
 mod systemd;
