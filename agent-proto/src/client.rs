@@ -453,6 +453,55 @@ macro_rules! typed_operations {
         })$($await)*?)
     }
 
+    /// Creates key `name` of type `key_type` with `settings` (rotation by
+    /// age, description, tags). Needs protocol version 5.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`Self::create_key`], and `InvalidArgument` for a
+    /// description or tags over their limits (at most
+    /// [`MAX_DESCRIPTION_BYTES`](crate::MAX_DESCRIPTION_BYTES) bytes and
+    /// [`MAX_TAGS`](crate::MAX_TAGS) tags, names `[A-Za-z0-9._-]{1,64}`,
+    /// values at most 256 bytes, no control characters), the message
+    /// naming the limit.
+    pub $($async)* fn create_key_with(
+        &mut self,
+        name: &str,
+        key_type: KeyType,
+        settings: KeySettings,
+    ) -> Result<KeyInfo, ClientError> {
+        expect::key(self.call(Request::CreateKey {
+            name: name.to_string(),
+            key_type,
+            settings,
+        })$($await)*?)
+    }
+
+    /// Changes `key`'s description (`None`: kept; `Some("")`: cleared),
+    /// sets or replaces `set_tags` and removes `remove_tags` (an absent one
+    /// is no error). Needs the `set-metadata` grant and protocol version 5.
+    ///
+    /// # Errors
+    ///
+    /// `KeyNotFound`, `PermissionDenied`, `InvalidArgument` for a
+    /// description or tags over their limits (see [`Self::create_key_with`]),
+    /// and the connection errors of [`Client::call`](crate::Client::call)
+    /// (`MayHaveExecuted`, `TimedOut`, `Connect`).
+    pub $($async)* fn update_key_metadata(
+        &mut self,
+        key: &str,
+        description: Option<&str>,
+        set_tags: &std::collections::BTreeMap<String, String>,
+        remove_tags: &[String],
+    ) -> Result<KeyInfo, ClientError> {
+        expect::key(self.call(Request::UpdateKeyMetadata {
+            key: key.to_string(),
+            description: description.map(str::to_string),
+            set_tags: set_tags.clone(),
+            remove_tags: remove_tags.to_vec(),
+        })$($await)*?)
+    }
+
     /// Adds a new latest version to `key`.
     ///
     /// # Errors

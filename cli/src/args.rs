@@ -76,9 +76,19 @@ pub enum Command {
         /// What the key is for; every version of it has this type.
         #[arg(long = "type", value_name = "TYPE", default_value = "aes256-gcm")]
         key_type: KeyTypeArg,
+        /// Its description and tags.
+        #[command(flatten)]
+        metadata: NewMetadataArgs,
     },
-    /// List the keys you may see.
-    List,
+    /// List the keys you may see, with their description and tags.
+    List {
+        /// Show only keys with this tag; repeat to require several (all
+        /// must match).
+        #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
+    },
+    /// Change a key's description and tags (needs the "set-metadata" grant).
+    SetMetadata(SetMetadataArgs),
     /// Show a key's metadata and versions.
     Describe {
         /// Key name.
@@ -325,6 +335,93 @@ impl RewrapArgs {
             context,
         }))
     }
+}
+
+/// `create-key`'s `--description` and `--tag`.
+#[derive(Debug, Args)]
+pub struct NewMetadataArgs {
+    /// Free text for humans: at most 1024 bytes, no control characters.
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+    /// A tag NAME=VALUE (NAME: 1 to 64 of A-Z a-z 0-9 . _ -; VALUE: at
+    /// most 256 bytes, no control characters); repeat for more, at most 32.
+    #[arg(long = "tag", value_name = "NAME=VALUE", value_parser = parse_tag)]
+    pub tags: Vec<(String, String)>,
+}
+
+impl NewMetadataArgs {
+    /// The tags these flags give; a name given twice is a usage error.
+    pub fn tags(&self) -> Result<std::collections::BTreeMap<String, String>, CliError> {
+        tags_from_pairs(&self.tags).map_err(CliError::Usage)
+    }
+}
+
+/// Arguments of `set-metadata`.
+#[derive(Debug, Args)]
+pub struct SetMetadataArgs {
+    /// Key name.
+    pub name: String,
+    /// Replace the description ("" clears it): at most 1024 bytes, no
+    /// control characters.
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+    /// Add or replace a tag NAME=VALUE; repeat for more.
+    #[arg(long = "tag", value_name = "NAME=VALUE", value_parser = parse_tag)]
+    pub tags: Vec<(String, String)>,
+    /// Remove the tag NAME (no error when it is absent); repeat for more.
+    #[arg(long = "remove-tag", value_name = "NAME")]
+    pub remove_tags: Vec<String>,
+}
+
+impl SetMetadataArgs {
+    /// The tags to set; a name given twice, or both set and removed, is a
+    /// usage error, and so is asking for no change at all.
+    pub fn set_tags(&self) -> Result<std::collections::BTreeMap<String, String>, CliError> {
+        let tags = tags_from_pairs(&self.tags).map_err(CliError::Usage)?;
+        if let Some(both) = self
+            .remove_tags
+            .iter()
+            .find(|name| tags.contains_key(*name))
+        {
+            return Err(CliError::Usage(format!(
+                "tag '{both}' is both set (--tag) and removed (--remove-tag); give one"
+            )));
+        }
+        if self.description.is_none() && tags.is_empty() && self.remove_tags.is_empty() {
+            return Err(CliError::Usage(
+                "nothing to change: give --description, --tag or --remove-tag".to_string(),
+            ));
+        }
+        Ok(tags)
+    }
+}
+
+/// Parses `NAME=VALUE` of `--tag` (the name and value are checked by the
+/// daemon, which knows the limits).
+pub fn parse_tag(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        None => Err("expected NAME=VALUE, but there is no '='".to_string()),
+        Some(("", _)) => Err("expected NAME=VALUE, but NAME is empty".to_string()),
+        Some((name, value)) => Ok((name.to_string(), value.to_string())),
+    }
+}
+
+/// Builds tags from parsed pairs; a name given twice is an error that
+/// names both arguments.
+pub fn tags_from_pairs(
+    pairs: &[(String, String)],
+) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let mut tags = std::collections::BTreeMap::new();
+    for (name, value) in pairs {
+        if let Some(first) = tags.get(name) {
+            return Err(format!(
+                "invalid value '{name}={value}' for '--tag <NAME=VALUE>': tag '{name}' is \
+                 already given (as '{name}={first}'); each tag may appear once"
+            ));
+        }
+        tags.insert(name.clone(), value.clone());
+    }
+    Ok(tags)
 }
 
 /// Arguments of `inspect`.

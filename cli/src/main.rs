@@ -110,12 +110,39 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             };
             write_stdout(text.as_bytes())
         }
-        Command::CreateKey { name, key_type } => print_key(
-            &daemon.connect()?.create_key_of_type(name, key_type.0)?,
-            json,
-        ),
-        Command::List => {
-            let keys = daemon.connect()?.list_keys()?;
+        Command::CreateKey {
+            name,
+            key_type,
+            metadata,
+        } => {
+            let settings = agent_proto::KeySettings {
+                description: metadata.description.clone().unwrap_or_default(),
+                tags: metadata.tags()?,
+                ..Default::default()
+            };
+            print_key(
+                &daemon
+                    .connect()?
+                    .create_key_with(name, key_type.0, settings)?,
+                json,
+            )
+        }
+        Command::SetMetadata(args) => {
+            let set_tags = args.set_tags()?;
+            print_key(
+                &daemon.connect()?.update_key_metadata(
+                    &args.name,
+                    args.description.as_deref(),
+                    &set_tags,
+                    &args.remove_tags,
+                )?,
+                json,
+            )
+        }
+        Command::List { tags } => {
+            let wanted = hostkms_cli::args::tags_from_pairs(tags).map_err(CliError::Usage)?;
+            let mut keys = daemon.connect()?.list_keys()?;
+            keys.retain(|key| output::has_tags(key, &wanted));
             let text = if json {
                 output::keys_json(&keys).map_err(json_error)?
             } else {

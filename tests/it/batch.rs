@@ -91,9 +91,15 @@ fn batch_peer() {
     let first = wrapped[0].as_ref().expect("the first item is wrapped");
     assert_eq!((first.key.as_str(), first.version), ("app-a", 1));
     let too_large = wrapped[1].as_ref().expect_err("the second is too large");
-    assert_eq!(too_large.code, ErrorCode::PlaintextTooLarge, "{too_large:?}");
+    assert_eq!(
+        too_large.code,
+        ErrorCode::PlaintextTooLarge,
+        "{too_large:?}"
+    );
     // The same code a single Wrap gets.
-    let single = client.wrap("app-a", &[7; 101], &context("two")).unwrap_err();
+    let single = client
+        .wrap("app-a", &[7; 101], &context("two"))
+        .unwrap_err();
     assert_eq!(single.code(), Some(ErrorCode::PlaintextTooLarge));
 
     // Wrap on a key without the grant: refused as a whole, like a Wrap.
@@ -141,14 +147,20 @@ fn batch_peer() {
     let single = client.unwrap(&secret, &context("one"), None).unwrap_err();
     match single {
         ClientError::Daemon { code, message } => {
-            assert_eq!((code, message.as_str()), (denial.code, denial.message.as_str()));
+            assert_eq!(
+                (code, message.as_str()),
+                (denial.code, denial.message.as_str())
+            );
         }
         other => panic!("expected a denial, got {other}"),
     }
 
     // With `key`, an item of another key is an invalid ciphertext.
     let other_key = client
-        .unwrap_batch(Some("app-b"), vec![unwrap_item(first.ciphertext.as_bytes(), "one")])
+        .unwrap_batch(
+            Some("app-b"),
+            vec![unwrap_item(first.ciphertext.as_bytes(), "one")],
+        )
         .unwrap();
     assert_eq!(
         other_key[0].as_ref().unwrap_err().code,
@@ -274,8 +286,7 @@ fn a_batch_with_a_success_is_never_coalesced() {
     let flooded: Vec<_> = batch_events(&entries, "unwrap-batch")
         .into_iter()
         .filter(|e| {
-            field(e, "HOSTKMS_BATCH_RESULTS")
-                == Some("0:secret:1:permission-denied 1:app-a:1:ok")
+            field(e, "HOSTKMS_BATCH_RESULTS") == Some("0:secret:1:permission-denied 1:app-a:1:ok")
         })
         .collect();
     assert_eq!(

@@ -41,7 +41,10 @@ fn inspect_names_key_id_and_version_and_the_name_only_when_visible() {
         format!("{}\n", STANDARD.encode(of_app.as_bytes())).as_bytes(),
     )));
     assert!(out.contains("key:      app-db\n"), "{out}");
-    assert!(out.contains(&format!("key id:   {}\n", hex(&app.id))), "{out}");
+    assert!(
+        out.contains(&format!("key id:   {}\n", hex(&app.id))),
+        "{out}"
+    );
     assert!(out.contains("version:  2\n"), "{out}");
 
     // Raw bytes from --in, with --json.
@@ -66,7 +69,10 @@ fn inspect_names_key_id_and_version_and_the_name_only_when_visible() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!shown.contains("secret"), "{shown}");
     assert!(
-        shown.contains(&format!("key:      a key you cannot see (id {})", hex(&secret.id))),
+        shown.contains(&format!(
+            "key:      a key you cannot see (id {})",
+            hex(&secret.id)
+        )),
         "{shown}"
     );
     let out = cli_as(NOBODY, socket, &["--json", "inspect"], encoded.as_bytes());

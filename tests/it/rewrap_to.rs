@@ -66,7 +66,11 @@ fn to_another_key_the_plaintext_follows_and_the_audit_names_both() {
         .unwrap();
     assert_eq!((moved.key.as_str(), moved.version), ("app-dst", 1));
     let back = admin
-        .unwrap(moved.ciphertext.as_bytes(), &context("web"), Some("app-dst"))
+        .unwrap(
+            moved.ciphertext.as_bytes(),
+            &context("web"),
+            Some("app-dst"),
+        )
         .unwrap();
     assert_eq!(back.plaintext.expose(), b"moving house");
     // The source ciphertext is untouched and still its key's.
@@ -107,7 +111,9 @@ fn to_another_key_the_plaintext_follows_and_the_audit_names_both() {
 fn to_another_context_only_the_new_context_unwraps() {
     let (_tpm, _files, daemon) = start();
     let mut admin = daemon.client();
-    let source = admin.wrap("app-src", b"relabel me", &context("web")).unwrap();
+    let source = admin
+        .wrap("app-src", b"relabel me", &context("web"))
+        .unwrap();
     let relabelled = admin
         .rewrap_to(
             source.ciphertext.as_bytes(),
@@ -180,7 +186,10 @@ fn a_destination_needs_unwrap_on_the_source_and_wrap_on_the_destination() {
         &rewrap(REWRAPPER, &["--to-key", "app-dst"], &source),
         "rewrap-only to another key",
     );
-    assert!(stderr.contains("may not wrap with key \"app-dst\""), "{stderr}");
+    assert!(
+        stderr.contains("may not wrap with key \"app-dst\""),
+        "{stderr}"
+    );
     let stderr = denied(
         &rewrap(REWRAPPER, &["--to-context", "svc=batch"], &source),
         "rewrap-only to another context",
@@ -189,12 +198,19 @@ fn a_destination_needs_unwrap_on_the_source_and_wrap_on_the_destination() {
         stderr.contains("holds no grant to unwrap with the key this ciphertext names"),
         "{stderr}"
     );
-    assert!(!stderr.contains("app-src"), "the source is not named: {stderr}");
+    assert!(
+        !stderr.contains("app-src"),
+        "the source is not named: {stderr}"
+    );
 
     // unwrap on the source and wrap on the destination: allowed.
     let out = rewrap(MOVER, &["--to-key", "app-dst"], &source);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let moved = ok(cli_stdin(socket, &["unwrap", "--context", "svc=web"], &out.stdout));
+    let moved = ok(cli_stdin(
+        socket,
+        &["unwrap", "--context", "svc=web"],
+        &out.stdout,
+    ));
     assert_eq!(moved, b"guarded");
     // ...but not a plain rewrap, nor a context change on the source (no
     // wrap there), nor a ciphertext of a key it may not unwrap.
@@ -203,7 +219,10 @@ fn a_destination_needs_unwrap_on_the_source_and_wrap_on_the_destination() {
         &rewrap(MOVER, &["--to-context", "svc=batch"], &source),
         "mover, to another context on the source",
     );
-    assert!(stderr.contains("may not wrap with key \"app-src\""), "{stderr}");
+    assert!(
+        stderr.contains("may not wrap with key \"app-src\""),
+        "{stderr}"
+    );
     let stderr = denied(
         &rewrap(MOVER, &["--to-key", "app-dst"], &of_dst),
         "mover, a source it may not unwrap",
@@ -218,7 +237,9 @@ fn a_destination_needs_unwrap_on_the_source_and_wrap_on_the_destination() {
 fn a_signing_destination_is_the_wrong_key_type() {
     let (_tpm, _files, daemon) = start();
     let mut admin = daemon.client();
-    let source = admin.wrap("app-src", b"not signable", &context("web")).unwrap();
+    let source = admin
+        .wrap("app-src", b"not signable", &context("web"))
+        .unwrap();
     let err = admin
         .rewrap_to(
             source.ciphertext.as_bytes(),
