@@ -34,6 +34,7 @@ mod batch;
 #[cfg(test)]
 mod encrypt_limit_tests;
 mod health;
+mod metadata;
 mod rewrap;
 mod signing;
 #[cfg(any(test, feature = "test-util"))]
@@ -176,6 +177,7 @@ impl PendingAudit {
                     | Operation::Disable
                     | Operation::Enable
                     | Operation::MinDecryptionVersion
+                    | Operation::UpdateMetadata
                     | Operation::Import
                     | Operation::RotateRoot
             )
@@ -415,11 +417,12 @@ impl Service {
                 settings,
             } => {
                 self.permit(peer, op, &name)?;
-                if settings != agent_proto::KeySettings::default() {
-                    return Err(not_yet(op));
-                }
-                self.change(move |store| store.create_typed(&name, key_type), subject)
-                    .await
+                let settings = self.new_key_settings(settings)?;
+                self.change(
+                    move |store| store.create_with(&name, key_type, settings),
+                    subject,
+                )
+                .await
             }
             Request::Wrap {
                 key,
@@ -553,8 +556,20 @@ impl Service {
             Request::ImportKey { file } => self.import(peer, file, subject).await,
             Request::ScheduleDeletion { .. }
             | Request::CancelDeletion { .. }
-            | Request::SetRotationPeriod { .. }
-            | Request::UpdateKeyMetadata { .. } => Err(not_yet(op)),
+            | Request::SetRotationPeriod { .. } => Err(not_yet(op)),
+            Request::UpdateKeyMetadata {
+                key,
+                description,
+                set_tags,
+                remove_tags,
+            } => {
+                let update = metadata::MetadataUpdate {
+                    description,
+                    set_tags,
+                    remove_tags,
+                };
+                self.update_metadata(peer, key, update, subject).await
+            }
             Request::WrapBatch { key, items } => self.wrap_batch(peer, &key, items, subject).await,
             Request::UnwrapBatch { key, items } => {
                 self.unwrap_batch(peer, key.as_deref(), items, subject)
