@@ -70,7 +70,7 @@ pub const METRICS: &str = "metrics";
 /// `list` and `transport-key` (a public key) are open to every connected
 /// peer and need no grant; `rotate-root` is for admins only. `random`
 /// names no key: a grant listing it allows it whatever its `keys`.
-pub const GRANTABLE: [Operation; 19] = [
+pub const GRANTABLE: [Operation; 20] = [
     Operation::Create,
     Operation::Wrap,
     Operation::Unwrap,
@@ -90,6 +90,7 @@ pub const GRANTABLE: [Operation; 19] = [
     Operation::Verify,
     Operation::PublicKey,
     Operation::Random,
+    Operation::UpdateMetadata,
 ];
 
 /// What a peer is to the server's admission, decided from the grants in
