@@ -11,7 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
 use crate::harness::{
-    Daemon, DaemonConfig, DaemonFiles, Harness, Swtpm, ensure_journald, field, helper_test,
+    Alerts, Daemon, DaemonConfig, DaemonFiles, Harness, Swtpm, ensure_journald, field, helper_test,
     journal_of_stopped, with_id,
 };
 use agent_proto::{
@@ -26,6 +26,9 @@ const REQUEST_DENIED: &str = "ae4499d0098646569a7eaef5c366b9e7";
 /// Batches (each with a success) the peer sends after exhausting its
 /// window of logged denials.
 const BATCHES_AFTER_DENIALS: usize = 12;
+/// The repeated-denials threshold of [`denied_items_raise_the_repeated_denials_alert`].
+const ALERT_AFTER: usize = 4;
+const ALERT_REPEATED_DENIALS: &str = "03be2c8933e142a2b89d67c4df0731b9";
 
 fn context(value: &str) -> EncryptionContext {
     EncryptionContext::from([("svc".to_string(), value.to_string())])
@@ -49,16 +52,18 @@ fn unwrap_item(ciphertext: &[u8], value: &str) -> UnwrapItem {
 /// `app-*` (not on `secret`), with `max_plaintext` 100, logging to the
 /// journal; the keys `app-a` and `secret` exist.
 fn granted_daemon() -> (Swtpm, DaemonFiles, Daemon) {
+    granted_daemon_with(DaemonConfig::new())
+}
+
+/// [`granted_daemon`] from `config`.
+fn granted_daemon_with(config: DaemonConfig) -> (Swtpm, DaemonFiles, Daemon) {
     ensure_journald();
     let tpm = Swtpm::start();
-    let config = DaemonConfig::new()
-        .socket_mode("0666")
-        .max_plaintext(100)
-        .grant(
-            crate::harness::Grant::to_uid(NOBODY)
-                .keys(&["app-*"])
-                .ops(&["wrap", "unwrap", "describe"]),
-        );
+    let config = config.socket_mode("0666").max_plaintext(100).grant(
+        crate::harness::Grant::to_uid(NOBODY)
+            .keys(&["app-*"])
+            .ops(&["wrap", "unwrap", "describe"]),
+    );
     let files = DaemonFiles::with_public_socket(&tpm.tcti(), &config);
     let daemon = Daemon::start_with_env(&files, &[], &[("HOSTKMS_LOG_TARGET", "journal")])
         .expect("start hostkmsd");
@@ -79,6 +84,18 @@ fn batch_peer() {
         .decode(std::env::var("HOSTKMS_BATCH_SECRET").expect("a ciphertext"))
         .expect("base64");
     let mut client = Client::connect(&socket).expect("connect");
+    if std::env::var("HOSTKMS_BATCH_ALERT").is_ok() {
+        // One batch of denied items, and no other request.
+        let items = (0..ALERT_AFTER)
+            .map(|_| unwrap_item(&secret, "one"))
+            .collect();
+        let results = client.unwrap_batch(None, items).unwrap();
+        assert!(results.iter().all(|item| {
+            item.as_ref()
+                .is_err_and(|e| e.code == ErrorCode::PermissionDenied)
+        }));
+        return;
+    }
 
     // Wrap: one fine item, one over max_plaintext (100).
     let wrapped = client
@@ -190,14 +207,24 @@ fn batch_peer() {
 
 /// Runs [`batch_peer`] as nobody against `socket`.
 fn run_peer(socket: &Path, secret: &[u8], flood: bool) {
+    run_peer_with(
+        socket,
+        secret,
+        if flood { "HOSTKMS_BATCH_FLOOD" } else { "" },
+    );
+}
+
+/// Runs [`batch_peer`] as nobody with `mode` (an environment variable
+/// set to 1; "" for none).
+fn run_peer_with(socket: &Path, secret: &[u8], mode: &str) {
     let mut command = helper_test(module_path!(), "batch_peer");
     command
         .env("HOSTKMS_BATCH_SOCKET", socket)
         .env("HOSTKMS_BATCH_SECRET", STANDARD.encode(secret))
         .uid(NOBODY)
         .gid(NOBODY);
-    if flood {
-        command.env("HOSTKMS_BATCH_FLOOD", "1");
+    if !mode.is_empty() {
+        command.env(mode, "1");
     }
     let output = command
         .output()
@@ -366,4 +393,28 @@ fn a_batch_whose_answer_could_exceed_the_frame_is_refused_as_a_whole() {
     let results = client.wrap_batch("k", items).unwrap();
     assert!(results.iter().all(Result::is_ok));
     assert_eq!(encryptions(&mut client, "k"), 50);
+}
+
+#[test]
+fn denied_items_raise_the_repeated_denials_alert() {
+    let (_tpm, files, daemon) = granted_daemon_with(
+        DaemonConfig::new().alerts(Alerts::new().window_secs(60).denials(ALERT_AFTER as u64)),
+    );
+    let secret = daemon
+        .client()
+        .wrap("secret", b"not for nobody", &context("one"))
+        .unwrap()
+        .ciphertext;
+    let journal = daemon.journal_scope();
+    run_peer_with(&files.socket, secret.as_bytes(), "HOSTKMS_BATCH_ALERT");
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
+    let entries = journal_of_stopped(&journal);
+    let alerts = with_id(&entries, ALERT_REPEATED_DENIALS);
+    assert_eq!(
+        alerts.len(),
+        1,
+        "{ALERT_AFTER} denied items in one batch are {ALERT_AFTER} denials: {alerts:?}"
+    );
+    assert_eq!(field(alerts[0], "HOSTKMS_PEER_UID"), Some("65534"));
 }
