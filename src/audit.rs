@@ -207,7 +207,7 @@ pub struct Subject {
     version: Option<u32>,
     verified: Option<bool>,
     batch: Option<Vec<BatchItem>>,
-    destination: Option<(String, u32)>,
+    destination: Option<(String, Option<u32>)>,
 }
 
 /// One item of a `WrapBatch` or `UnwrapBatch` as the audit records it: the
@@ -287,16 +287,17 @@ impl Subject {
         self.batch.as_deref()
     }
 
-    /// Records the key and version a `Rewrap` with a destination encrypted
-    /// under (the source is [`Subject::key`] and [`Subject::version`]).
-    pub fn set_destination(&mut self, key: &str, version: u32) {
+    /// Records the destination key of a `Rewrap` with a destination, and
+    /// the version it encrypted under once it did (the source is
+    /// [`Subject::key`] and [`Subject::version`]).
+    pub fn set_destination(&mut self, key: &str, version: Option<u32>) {
         let mut named = Subject::default();
         named.set_key(key);
         self.destination = named.key.map(|key| (key, version));
     }
 
     /// The destination key and version of a `Rewrap` with a destination.
-    pub fn destination(&self) -> Option<(&str, u32)> {
+    pub fn destination(&self) -> Option<(&str, Option<u32>)> {
         self.destination
             .as_ref()
             .map(|(key, version)| (key.as_str(), *version))
@@ -334,11 +335,28 @@ pub fn batch_results(items: &[BatchItem]) -> String {
             .version
             .map_or_else(|| "-".to_string(), |v| v.to_string());
         let result = item.result.map_or_else(|| "ok".to_string(), error_name);
-        let _ = write!(
-            out,
-            "{index}:{}:{version}:{result}",
-            item.key.as_deref().unwrap_or("-")
-        );
+        let key = item
+            .key
+            .as_deref()
+            .map_or_else(|| "-".to_string(), result_key);
+        let _ = write!(out, "{index}:{key}:{version}:{result}");
+    }
+    out
+}
+
+/// A key name as `HOSTKMS_BATCH_RESULTS` carries it: a valid name as it
+/// is; anything else (a name a peer sent, already escaped) with every byte
+/// outside `[A-Za-z0-9._-]` percent-encoded, so no name can add a space or
+/// a colon to the list.
+fn result_key(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for byte in name.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-') {
+            out.push(char::from(byte));
+        } else {
+            use std::fmt::Write as _;
+            let _ = write!(out, "%{byte:02X}");
+        }
     }
     out
 }
@@ -381,10 +399,12 @@ pub fn request(
         _ => String::new(),
     };
     let target = match destination {
-        Some((to, v)) => format!("{target} to {to} v{v}"),
+        Some((to, Some(v))) => format!("{target} to {to} v{v}"),
+        Some((to, None)) => format!("{target} to {to}"),
         None => target,
     };
     let (destination_key, destination_version) = destination.unzip();
+    let destination_version = destination_version.flatten();
     let batch = subject.batch();
     let batch_items = batch.map(<[BatchItem]>::len);
     let batch_ok = batch.map(|items| items.iter().filter(|item| item.result.is_none()).count());
@@ -860,6 +880,52 @@ pub fn recovery_escrowed(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn item(key: Option<&str>, version: Option<u32>, result: Option<ErrorCode>) -> BatchItem {
+        BatchItem {
+            key: key.map(str::to_string),
+            version,
+            result,
+        }
+    }
+
+    #[test]
+    fn batch_results_list_every_item_and_no_name_can_break_the_list() {
+        let mut odd = Subject::default();
+        odd.set_key("a b:c");
+        let items = [
+            item(Some("orders"), Some(3), None),
+            item(None, None, Some(ErrorCode::InvalidCiphertext)),
+            BatchItem::of(&odd, Some(ErrorCode::KeyNotFound)),
+        ];
+        assert_eq!(
+            batch_results(&items),
+            "0:orders:3:ok 1:-:-:invalid-ciphertext 2:%22a%20b%3Ac%22:-:key-not-found"
+        );
+    }
+
+    #[test]
+    fn a_batch_with_a_success_counts_as_one_for_flood_coalescing() {
+        let denied = Some(ErrorCode::PermissionDenied);
+        let mut subject = Subject::default();
+        assert_eq!(subject.flood_code(denied), denied, "not a batch");
+        subject.set_batch(vec![item(None, None, denied), item(None, None, None)]);
+        assert_eq!(subject.flood_code(None), None);
+        subject.set_batch(vec![
+            item(None, None, denied),
+            item(None, None, Some(ErrorCode::InvalidCiphertext)),
+        ]);
+        assert_eq!(
+            subject.flood_code(None),
+            denied,
+            "no success: its first refusal"
+        );
+        assert_eq!(
+            subject.flood_code(Some(ErrorCode::InvalidArgument)),
+            Some(ErrorCode::InvalidArgument),
+            "a batch refused as a whole"
+        );
+    }
 
     #[test]
     fn a_valid_key_name_is_logged_as_it_is_and_any_other_escaped_and_cut() {

@@ -29,6 +29,7 @@ impl Service {
         // The destination's grant first: a peer without it learns nothing
         // about the source ciphertext.
         if let Some(to) = destination.key.as_deref() {
+            subject.set_destination(to, None);
             self.permit(peer, Operation::Wrap, to)?;
         }
         let decrypted = self.decrypt(
@@ -49,6 +50,7 @@ impl Service {
             }
         };
         let to_context = destination.context.as_ref().unwrap_or(context);
+        subject.set_destination(to, None);
         let mut to_subject = Subject::default();
         let wrapped = self
             .encrypt(
@@ -59,7 +61,7 @@ impl Service {
                 &mut to_subject,
             )
             .await?;
-        subject.set_destination(&wrapped.key, wrapped.version);
+        subject.set_destination(&wrapped.key, Some(wrapped.version));
         Ok(wrapped)
     }
 }

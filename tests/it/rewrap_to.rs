@@ -13,6 +13,7 @@ use crate::harness::{
 use agent_proto::{EncryptionContext, ErrorCode, KeyType};
 
 const REQUEST_OK: &str = "54ef972d04c94c4d82e172b091a4204e";
+const REQUEST_DENIED: &str = "ae4499d0098646569a7eaef5c366b9e7";
 /// Holds only `rewrap` on `app-*`.
 const REWRAPPER: u32 = 65534;
 /// Holds `unwrap` on `app-src` and `wrap` on `app-dst`.
@@ -151,6 +152,7 @@ fn to_another_context_only_the_new_context_unwraps() {
 #[test]
 fn a_destination_needs_unwrap_on_the_source_and_wrap_on_the_destination() {
     let (_tpm, _files, daemon) = start();
+    let journal = daemon.journal_scope();
     let socket = &daemon.socket;
     let mut admin = daemon.client();
     let source = STANDARD.encode(
@@ -231,6 +233,18 @@ fn a_destination_needs_unwrap_on_the_source_and_wrap_on_the_destination() {
         stderr.contains("holds no grant to unwrap with the key this ciphertext names"),
         "{stderr}"
     );
+
+    // The audit of the refusal names the destination asked for.
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
+    let entries = journal_of_stopped(&journal);
+    let denied = with_id(&entries, REQUEST_DENIED)
+        .into_iter()
+        .filter(|e| field(e, "HOSTKMS_OP") == Some("rewrap"))
+        .filter(|e| field(e, "HOSTKMS_PEER_UID") == Some("65534"))
+        .filter(|e| field(e, "HOSTKMS_DESTINATION_KEY") == Some("app-dst"))
+        .count();
+    assert_eq!(denied, 1, "the rewrap-only peer's refusal to app-dst");
 }
 
 #[test]
