@@ -251,6 +251,27 @@ pub struct UnwrapArgs {
     /// Input and output files (an output file is created with mode 0600).
     #[command(flatten)]
     pub io: InOutArgs,
+    /// How the plaintext is written.
+    #[command(flatten)]
+    pub encoding: PlaintextEncoding,
+}
+
+/// How `unwrap` writes the plaintext: raw bytes (the default, refused on a
+/// terminal without `--force`), base64 or hex.
+#[derive(Debug, Args)]
+#[group(multiple = false)]
+pub struct PlaintextEncoding {
+    /// Print the plaintext in standard base64 and a newline.
+    #[arg(long)]
+    pub base64: bool,
+    /// Print the plaintext in lower-case hex and a newline.
+    #[arg(long)]
+    pub hex: bool,
+    /// Write the raw plaintext even when standard output is a terminal
+    /// (refused otherwise, as it may hold control sequences and stays in
+    /// the scrollback).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Arguments of `datakey`.
@@ -262,8 +283,15 @@ pub struct DatakeyArgs {
     #[arg(long, value_name = "N", default_value_t = 32, value_parser = parse_data_key_len)]
     pub bytes: u16,
     /// Return only the wrapped data key, not the data key in clear.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "out")]
     pub without_plaintext: bool,
+    /// Write the data key in clear (its raw bytes) to FILE, a new file of
+    /// mode 0600, instead of printing it; standard output gets the rest.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Replace FILE if it exists (with --out).
+    #[arg(long, requires = "out")]
+    pub force: bool,
     /// The encryption context.
     #[command(flatten)]
     pub context: ContextArgs,
@@ -508,8 +536,9 @@ pub struct BenchArgs {
     /// datakey, ed25519 for sign and verify, hmac-sha256 for mac).
     #[arg(long = "type", value_name = "TYPE")]
     pub key_type: Option<KeyTypeArg>,
-    /// The key to use; created if missing (default: "bench" for an
-    /// aes256-gcm key, else "bench-TYPE").
+    /// The key to use, created if missing and kept (default: a temporary
+    /// key, "bench-tmp-TYPE-" and random hex, announced at the start and
+    /// revoked, its key material destroyed, at the end).
     #[arg(long, value_name = "NAME")]
     pub key: Option<String>,
 }
@@ -521,13 +550,18 @@ impl BenchArgs {
             .map_or_else(|| self.op.default_key_type(), |t| t.0)
     }
 
-    /// The name of the key the benchmark uses.
-    pub fn key_name(&self) -> String {
-        match (&self.key, self.key_type()) {
-            (Some(name), _) => name.clone(),
-            (None, KeyType::Aes256Gcm) => "bench".to_string(),
-            (None, key_type) => format!("bench-{key_type}"),
+    /// The name of the key the benchmark uses: `--key`, or a temporary
+    /// name with `suffix` (random hex) that no other run picks.
+    pub fn key_name(&self, suffix: &str) -> String {
+        match &self.key {
+            Some(name) => name.clone(),
+            None => format!("bench-tmp-{}-{suffix}", self.key_type()),
         }
+    }
+
+    /// Whether the key is temporary: made for this run and revoked after.
+    pub fn temporary_key(&self) -> bool {
+        self.key.is_none()
     }
 }
 
@@ -706,24 +740,56 @@ mod tests {
             let Command::Bench(bench) = cli.command else {
                 panic!("bench expected")
             };
-            (bench.key_type(), bench.key_name())
+            (
+                bench.key_type(),
+                bench.key_name("0a1b"),
+                bench.temporary_key(),
+            )
         };
         assert_eq!(
             parse(&["hostkms", "bench"]),
-            (KeyType::Aes256Gcm, "bench".to_string())
+            (
+                KeyType::Aes256Gcm,
+                "bench-tmp-aes256-gcm-0a1b".to_string(),
+                true
+            )
         );
         assert_eq!(
             parse(&["hostkms", "bench", "--op", "sign"]),
-            (KeyType::Ed25519, "bench-ed25519".to_string())
+            (KeyType::Ed25519, "bench-tmp-ed25519-0a1b".to_string(), true)
         );
         assert_eq!(
             parse(&["hostkms", "bench", "--op", "verify", "--type", "ecdsa-p256"]),
-            (KeyType::EcdsaP256, "bench-ecdsa-p256".to_string())
+            (
+                KeyType::EcdsaP256,
+                "bench-tmp-ecdsa-p256-0a1b".to_string(),
+                true
+            )
         );
         assert_eq!(
             parse(&["hostkms", "bench", "--op", "mac", "--key", "m"]),
-            (KeyType::HmacSha256, "m".to_string())
+            (KeyType::HmacSha256, "m".to_string(), false)
         );
+    }
+
+    #[test]
+    fn unwrap_encodings_exclude_each_other_and_datakey_out_needs_the_plaintext() {
+        assert!(Cli::try_parse_from(["hostkms", "unwrap", "--base64", "--hex"]).is_err());
+        assert!(Cli::try_parse_from(["hostkms", "unwrap", "--hex", "--force"]).is_err());
+        assert!(Cli::try_parse_from(["hostkms", "unwrap", "--force"]).is_ok());
+        assert!(
+            Cli::try_parse_from([
+                "hostkms",
+                "datakey",
+                "k",
+                "--out",
+                "f",
+                "--without-plaintext"
+            ])
+            .is_err()
+        );
+        assert!(Cli::try_parse_from(["hostkms", "datakey", "k", "--force"]).is_err());
+        assert!(Cli::try_parse_from(["hostkms", "datakey", "k", "--out", "f", "--force"]).is_ok());
     }
 
     #[test]
