@@ -595,10 +595,12 @@ fn bench_prints_one_json_object() {
         daemon,
     } = Harness::start(DaemonConfig::new());
     let socket = &daemon.socket;
-    let report = ok_json(cli(
+    let output = cli(
         socket,
         &["--json", "bench", "--duration", "1", "--connections", "2"],
-    ));
+    );
+    let err = stderr(&output);
+    let report = ok_json(output);
     for field in [
         "op",
         "connections",
@@ -632,9 +634,25 @@ fn bench_prints_one_json_object() {
     assert!(number("p99_us") <= number("p999_us"), "{report}");
     assert!(number("ping_p50_us") <= number("ping_p99_us"), "{report}");
 
-    // The key it created is an ordinary key.
-    let key = ok_json(cli(socket, &["--json", "describe", "bench"]));
-    assert_eq!(key["state"], "enabled");
+    // It ran on a temporary key, announced at the start and revoked at
+    // the end: no permanent "bench" key is left behind.
+    let key = report["key"].as_str().expect("key");
+    assert!(key.starts_with("bench-tmp-aes256-gcm-"), "{report}");
+    assert_eq!(report["temporary_key"], true);
+    assert!(
+        err.contains(&format!("using temporary key {key}, revoked"))
+            && err.contains(&format!("revoked temporary key {key}")),
+        "{err}"
+    );
+    let described = ok_json(cli(socket, &["--json", "describe", key]));
+    assert_eq!(described["state"], "revoked");
+    assert_refused(&cli(socket, &["describe", "bench"]), "key not found");
+    // Two runs never share a temporary key.
+    let again = ok_json(cli(
+        socket,
+        &["--json", "bench", "--duration", "0.2", "--connections", "1"],
+    ));
+    assert_ne!(again["key"], report["key"]);
 }
 
 #[test]

@@ -18,6 +18,7 @@ mod harness;
 
 mod audit_flood;
 mod cli;
+mod cli_errors;
 mod cli_key_types;
 mod cli_out;
 mod client_reconnect;
