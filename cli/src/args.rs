@@ -18,7 +18,7 @@ use crate::error::CliError;
 /// and verify-mac, the signature or tag is invalid), 2 usage, connection or
 /// local file errors, 3 the daemon is busy (retry later).
 #[derive(Debug, Parser)]
-#[command(name = "hostkms", version, about)]
+#[command(name = "hostkms", version, about, after_long_help = crate::json_docs::ERRORS)]
 pub struct Cli {
     /// The daemon's socket.
     #[arg(
@@ -52,13 +52,16 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check that the daemon answers.
+    #[command(after_long_help = crate::json_docs::PING)]
     Ping,
     /// Show the daemon's health: versions, uptime, TPM, root key, and (to
     /// admins and peers granted "metrics") its counters and root key check.
+    #[command(after_long_help = crate::json_docs::STATUS)]
     Status,
     /// Print the daemon's counters in the OpenMetrics text format, for
     /// Prometheus or node_exporter's textfile collector (needs an admin or
     /// a "metrics" grant).
+    #[command(after_long_help = crate::json_docs::METRICS)]
     Metrics {
         /// Write to this file atomically (mode 0644, replaced whole, so a
         /// collector never reads half of it) instead of standard output.
@@ -68,8 +71,10 @@ pub enum Command {
     /// Rotate the root key (admins only): seal a new root key to the TPM
     /// and re-seal every key under it. Ciphertexts are unaffected. Prints
     /// the old and the new root key check value.
+    #[command(after_long_help = crate::json_docs::ROOT_ROTATION)]
     RotateRoot,
     /// Create a key at version 1, of one type for life.
+    #[command(after_long_help = crate::json_docs::KEY)]
     CreateKey {
         /// Key name: 1 to 128 of A-Z a-z 0-9 . _ -
         name: String,
@@ -78,19 +83,23 @@ pub enum Command {
         key_type: KeyTypeArg,
     },
     /// List the keys you may see.
+    #[command(after_long_help = crate::json_docs::LIST)]
     List,
     /// Show a key's metadata and versions.
+    #[command(after_long_help = crate::json_docs::KEY)]
     Describe {
         /// Key name.
         name: String,
     },
     /// Add a new latest version to a key; older versions still unwrap.
+    #[command(after_long_help = crate::json_docs::KEY)]
     Rotate {
         /// Key name.
         name: String,
     },
     /// Revoke one version of a key, or the whole key. Irreversible: the key
     /// material is deleted and its ciphertexts never unwrap again.
+    #[command(after_long_help = crate::json_docs::KEY)]
     Revoke {
         /// Key name.
         name: String,
@@ -103,16 +112,19 @@ pub enum Command {
         yes: bool,
     },
     /// Stop every use of a key until it is enabled again.
+    #[command(after_long_help = crate::json_docs::KEY)]
     Disable {
         /// Key name.
         name: String,
     },
     /// Put a disabled key back in service.
+    #[command(after_long_help = crate::json_docs::KEY)]
     Enable {
         /// Key name.
         name: String,
     },
     /// Refuse to unwrap ciphertexts of versions below N (reversible).
+    #[command(after_long_help = crate::json_docs::KEY)]
     MinDecryptionVersion {
         /// Key name.
         name: String,
@@ -120,39 +132,51 @@ pub enum Command {
         version: u32,
     },
     /// Encrypt data (from --in or standard input) under a key's latest version.
+    #[command(after_long_help = crate::json_docs::WRAPPED)]
     Wrap(WrapArgs),
     /// Decrypt a ciphertext (base64 or raw, from --in or standard input);
     /// an --out file gets mode 0600.
+    #[command(after_long_help = crate::json_docs::UNWRAPPED)]
     Unwrap(UnwrapArgs),
     /// Generate a fresh data key, in clear and wrapped under a key.
+    #[command(after_long_help = crate::json_docs::DATA_KEY)]
     Datakey(DatakeyArgs),
     /// Re-encrypt a ciphertext under its key's latest version, without
     /// revealing the plaintext.
+    #[command(after_long_help = crate::json_docs::WRAPPED)]
     Rewrap(RewrapArgs),
     /// Compute an HMAC tag of data (from --in or standard input) under an
     /// HMAC key's latest version: base64 out, raw with --binary.
+    #[command(after_long_help = crate::json_docs::MAC)]
     Mac(MacArgs),
     /// Check an HMAC tag of data (from --in or standard input): exit 0 and
     /// "valid (version N)", or exit 1 and "invalid".
+    #[command(after_long_help = crate::json_docs::VERIFICATION)]
     VerifyMac(VerifyMacArgs),
     /// Sign a message (from --in or standard input) with a signing key's
     /// latest version: base64 out, raw with --binary.
+    #[command(after_long_help = crate::json_docs::SIGNATURE)]
     Sign(SignArgs),
     /// Check a signature of a message (from --in or standard input): exit 0
     /// and "valid (version N)", or exit 1 and "invalid".
+    #[command(after_long_help = crate::json_docs::VERIFICATION)]
     Verify(VerifyArgs),
     /// Print a signing key's public key (SubjectPublicKeyInfo) as PEM, for
     /// openssl and other verifiers; a revoked version's stays available.
+    #[command(after_long_help = crate::json_docs::PUBLIC_KEY)]
     PublicKey(PublicKeyArgs),
     /// Print N random bytes (1 to 1024) from the daemon: the OS RNG mixed
     /// with the TPM's. Base64 by default.
+    #[command(after_long_help = crate::json_docs::RANDOM)]
     Random(RandomArgs),
     /// Measure the daemon's throughput and latency against ping.
+    #[command(after_long_help = crate::json_docs::BENCH)]
     Bench(BenchArgs),
     /// Write the recovery directory the daemon names in its status as one
     /// tar file (MANIFEST, custodians/, keys/; everything in it is
     /// encrypted to the custodians), mode 0600. Run as root or as a member
     /// of the recovery directory's group.
+    #[command(after_long_help = crate::json_docs::BACKUP)]
     Backup {
         /// The tar file to write.
         #[arg(long, value_name = "FILE")]
@@ -164,14 +188,17 @@ pub enum Command {
     /// Print this host's transport key (age1...) and its fingerprint: what
     /// another host's root pins in a [[transfer]] table to export keys here
     /// and to import keys from here.
+    #[command(after_long_help = crate::json_docs::TRANSPORT_KEY)]
     TransportKey,
     /// Export a key to a host pinned in the daemon's config ([[transfer]]):
     /// its versions (revoked ones as numbers only) in a file only that
     /// host's daemon can open. The key is never in clear outside the daemons.
+    #[command(after_long_help = crate::json_docs::EXPORT)]
     Export(ExportArgs),
     /// Import a key from a file a pinned host exported to this host: adds
     /// the key, or the versions this host lacks; never brings back a version
     /// revoked here.
+    #[command(after_long_help = crate::json_docs::KEY)]
     Import {
         /// The file `hostkms export` wrote on the other host.
         file: PathBuf,

@@ -1,15 +1,17 @@
 //! How to get access after a denial: for a request that named its key,
 //! the `[[grant]]` table an admin would add to the daemon's config. Only a
-//! key name the command line itself gave is ever shown (a ciphertext's key
-//! the peer may not use stays unnamed, as the daemon keeps it).
+//! key name the command line itself gave is ever shown. `unwrap` and
+//! `rewrap` get none: the grant they need is on the ciphertext's key,
+//! which the daemon does not name to a peer without one, and `--key` is
+//! only a check of it (a guess there must not become advice).
 
 use agent_proto::{ClientError, ErrorCode, Operation};
 
 use crate::args::Command;
 use crate::error::CliError;
 
-/// The grantable operation and the key name a command sends, when it names
-/// its key on the command line (`unwrap` and `rewrap` only with `--key`).
+/// The grantable operation and the key name a command sends, when the key
+/// the daemon checks the grant on is the one named on the command line.
 pub fn named_key(command: &Command) -> Option<(Operation, &str)> {
     let (op, name) = match command {
         Command::Describe { name } => (Operation::Describe, name),
@@ -20,8 +22,6 @@ pub fn named_key(command: &Command) -> Option<(Operation, &str)> {
         Command::MinDecryptionVersion { name, .. } => (Operation::MinDecryptionVersion, name),
         Command::CreateKey { name, .. } => (Operation::Create, name),
         Command::Wrap(args) => (Operation::Wrap, &args.name),
-        Command::Unwrap(args) => (Operation::Unwrap, args.key.as_ref()?),
-        Command::Rewrap(args) => (Operation::Rewrap, args.key.as_ref()?),
         Command::Datakey(args) => (Operation::DataKey, &args.name),
         Command::Mac(args) => (Operation::Mac, &args.name),
         Command::VerifyMac(args) => (Operation::VerifyMac, &args.name),
@@ -74,30 +74,36 @@ mod tests {
     fn denied() -> CliError {
         CliError::Client(ClientError::Daemon {
             code: ErrorCode::PermissionDenied,
-            message: "uid 1000 may not unwrap with key \"db\"".to_string(),
+            message: "uid 1000 may not wrap with key \"db\"".to_string(),
         })
     }
 
     #[test]
     fn a_denial_naming_its_key_says_which_grant_allows_it() {
-        let cli = Cli::try_parse_from(["hostkms", "unwrap", "--key", "db"]).expect("parse");
+        let cli = Cli::try_parse_from(["hostkms", "wrap", "db"]).expect("parse");
         let err = explain(denied(), named_key(&cli.command), 1000);
         assert_eq!(err.exit_code(), 1);
         assert_eq!(err.code(), "permission_denied");
         assert_eq!(
             err.to_string(),
-            "permission denied: uid 1000 may not unwrap with key \"db\"; to get access, an \
-             admin adds [[grant]] uids = [1000], keys = [\"db\"], ops = [\"unwrap\"] to the \
+            "permission denied: uid 1000 may not wrap with key \"db\"; to get access, an \
+             admin adds [[grant]] uids = [1000], keys = [\"db\"], ops = [\"wrap\"] to the \
              daemon's config (/etc/hostkms/config.toml) and reloads it (systemctl reload hostkms)"
         );
     }
 
     #[test]
-    fn a_ciphertexts_key_the_command_did_not_name_stays_unnamed() {
-        let cli = Cli::try_parse_from(["hostkms", "unwrap"]).expect("parse");
-        assert_eq!(named_key(&cli.command), None);
-        let err = explain(denied(), named_key(&cli.command), 1000);
-        assert!(matches!(err, CliError::Client(_)), "{err}");
+    fn a_ciphertexts_key_is_never_named_not_even_as_guessed() {
+        for args in [
+            &["hostkms", "unwrap"][..],
+            &["hostkms", "unwrap", "--key", "guess"],
+            &["hostkms", "rewrap", "--key", "guess"],
+        ] {
+            let cli = Cli::try_parse_from(args).expect("parse");
+            assert_eq!(named_key(&cli.command), None);
+            let err = explain(denied(), named_key(&cli.command), 1000);
+            assert!(matches!(err, CliError::Client(_)), "{err}");
+        }
         // Other refusals keep their own message.
         let cli = Cli::try_parse_from(["hostkms", "wrap", "db"]).expect("parse");
         let other = CliError::Client(ClientError::Daemon {

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod denial;
 pub mod error;
 pub mod io;
+pub mod json_docs;
 pub mod output;
 pub mod report;
 pub mod socket;

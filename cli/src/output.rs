@@ -65,8 +65,8 @@ pub fn rfc3339(unix_secs: u64) -> String {
 pub struct VersionJson {
     /// Version number.
     pub version: u32,
-    /// Creation time, Unix seconds.
-    pub created: u64,
+    /// Creation time, RFC 3339 UTC (`2026-12-30T10:00:00Z`).
+    pub created: String,
     /// "enabled" or "revoked".
     pub state: &'static str,
     /// Encryptions made with this version.
@@ -83,8 +83,8 @@ pub struct KeyJson<'a> {
     /// The key type: "aes256-gcm", "hmac-sha256", "ed25519", ...
     #[serde(rename = "type")]
     pub key_type: &'static str,
-    /// Creation time, Unix seconds.
-    pub created: u64,
+    /// Creation time, RFC 3339 UTC (`2026-12-30T10:00:00Z`).
+    pub created: String,
     /// "enabled", "disabled" or "revoked".
     pub state: &'static str,
     /// The version new ciphertexts use.
@@ -101,7 +101,7 @@ impl<'a> From<&'a KeyInfo> for KeyJson<'a> {
             id: hex_id(&key.id),
             name: &key.name,
             key_type: key.key_type.as_str(),
-            created: key.created,
+            created: rfc3339(key.created),
             state: key_state(key.state),
             latest_version: key.latest_version,
             min_decryption_version: key.min_decryption_version,
@@ -110,7 +110,7 @@ impl<'a> From<&'a KeyInfo> for KeyJson<'a> {
                 .iter()
                 .map(|v| VersionJson {
                     version: v.version,
-                    created: v.created,
+                    created: rfc3339(v.created),
                     state: version_state(v.state),
                     encryptions: v.encryptions,
                 })
@@ -877,7 +877,8 @@ mod tests {
         assert_eq!(value["name"], "app-db");
         assert_eq!(value["type"], "aes256-gcm");
         assert_eq!(value["state"], "disabled");
-        assert_eq!(value["created"], 1_700_000_000u64);
+        assert_eq!(value["created"], "2023-11-14T22:13:20Z");
+        assert_eq!(value["versions"][1]["created"], "2023-11-15T22:13:20Z");
         assert_eq!(value["latest_version"], 2);
         assert_eq!(value["min_decryption_version"], 1);
         assert_eq!(value["versions"][0]["state"], "revoked");

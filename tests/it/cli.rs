@@ -43,9 +43,14 @@ pub(crate) fn assert_refused(output: &Output, what: &str) {
     );
 }
 
-/// Asserts a usage or local error: exit 2, the daemon not needed.
+/// Asserts a usage or local error: exit 2, the daemon not needed. The
+/// message is on stderr, or on stdout as a JSON error with `--json`.
 pub(crate) fn assert_usage(output: &Output, needles: &[&str]) {
-    let err = stderr(output);
+    let err = format!(
+        "{}{}",
+        stderr(output),
+        String::from_utf8_lossy(&output.stdout)
+    );
     assert_eq!(output.status.code(), Some(2), "{err}");
     for needle in needles {
         assert!(err.contains(needle), "{needle:?} missing from: {err}");
@@ -94,7 +99,8 @@ fn keys_are_created_listed_and_described() {
                 .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
         "{id}"
     );
-    assert!(key["created"].as_u64().is_some(), "{key}");
+    // Times are RFC 3339 UTC in JSON as in text.
+    assert!(key["created"].as_str().is_some_and(is_rfc3339_utc), "{key}");
     let versions = key["versions"].as_array().expect("versions");
     assert_eq!(versions.len(), 1);
     assert_eq!(versions[0]["version"], 1);

@@ -226,16 +226,11 @@ fn denials_of_a_named_key_say_which_grant_allows_them() {
         )),
         "{err}"
     );
-    let output = cli_as(
-        NOBODY,
-        socket,
-        &["--json", "unwrap", "--key", "secret"],
-        wrapped.as_bytes(),
-    );
+    let output = cli_as(NOBODY, socket, &["--json", "wrap", "secret"], b"x");
     let (code, message) = json_error(&output, 1);
     assert_eq!(code, "permission_denied");
     assert!(
-        message.contains("keys = [\"secret\"], ops = [\"unwrap\"]"),
+        message.contains("keys = [\"secret\"], ops = [\"wrap\"]"),
         "{message}"
     );
 

@@ -40,6 +40,7 @@ mod restore_drill;
 mod rollback;
 mod root_key;
 mod rotate_root;
+mod startup_terminal;
 mod state_dir;
 mod systemd;
 mod tpm_faults;
