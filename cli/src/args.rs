@@ -307,7 +307,7 @@ pub struct DatakeyArgs {
     /// Key name.
     pub name: String,
     /// Data-key length in bytes: 16, 24, 32 or 64.
-    #[arg(long, value_name = "N", default_value_t = 32, value_parser = parse_data_key_len)]
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = DataKeyLen)]
     pub bytes: u16,
     /// Return only the wrapped data key, not the data key in clear.
     #[arg(long, conflicts_with = "out")]
@@ -617,6 +617,38 @@ pub fn context_from_pairs(pairs: &[(String, String)]) -> Result<EncryptionContex
     Ok(context)
 }
 
+/// The `--bytes` of `datakey`: [`parse_data_key_len`], with the sizes as
+/// possible values so that `--help` and shell completion offer them.
+#[derive(Debug, Clone, Copy)]
+pub struct DataKeyLen;
+
+impl clap::builder::TypedValueParser for DataKeyLen {
+    type Value = u16;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<u16, clap::Error> {
+        let text = value.to_string_lossy();
+        parse_data_key_len(&text).map_err(|why| {
+            let arg = arg.map_or_else(|| "--bytes".to_string(), ToString::to_string);
+            clap::Error::raw(
+                clap::error::ErrorKind::InvalidValue,
+                format!("invalid value '{text}' for '{arg}': {why}\n"),
+            )
+            .with_cmd(cmd)
+        })
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(
+            ["16", "24", "32", "64"].into_iter().map(PossibleValue::new),
+        ))
+    }
+}
+
 /// Parses a data-key length: one of the sizes the daemon supports.
 pub fn parse_data_key_len(arg: &str) -> Result<u16, String> {
     match arg.trim().parse::<u16>() {
@@ -703,6 +735,36 @@ mod tests {
             .expect_err("refused");
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("--context"), "{err}");
+    }
+
+    #[test]
+    fn data_key_lengths_are_offered_and_checked_by_clap() {
+        use clap::CommandFactory;
+        let cli = Cli::try_parse_from(["hostkms", "datakey", "k", "--bytes", "64"]).expect("parse");
+        let Command::Datakey(args) = cli.command else {
+            panic!("datakey expected")
+        };
+        assert_eq!(args.bytes, 64);
+        let err =
+            Cli::try_parse_from(["hostkms", "datakey", "k", "--bytes", "33"]).expect_err("refused");
+        assert_eq!(err.exit_code(), 2);
+        let text = err.to_string();
+        assert!(
+            text.contains("'33'") && text.contains("16, 24, 32 or 64"),
+            "{text}"
+        );
+        let command = Cli::command();
+        let datakey = command.find_subcommand("datakey").expect("datakey");
+        let bytes = datakey
+            .get_arguments()
+            .find(|a| a.get_id() == "bytes")
+            .expect("--bytes");
+        let offered: Vec<String> = bytes
+            .get_possible_values()
+            .iter()
+            .map(|v| v.get_name().to_string())
+            .collect();
+        assert_eq!(offered, ["16", "24", "32", "64"]);
     }
 
     #[test]
