@@ -106,11 +106,10 @@ pub fn explain(path: &Path, kind: io::ErrorKind, found: &Found) -> String {
             path.display()
         ),
         Found::Socket { uid, gid, mode } => match kind {
-            io::ErrorKind::ConnectionRefused => format!(
-                "a stale socket: nothing is listening on it (hostkmsd stopped or crashed \
-                 without removing it); start hostkmsd (systemctl start hostkms), which \
-                 replaces it"
-            ),
+            io::ErrorKind::ConnectionRefused => "a stale socket: nothing is listening on it \
+                 (hostkmsd stopped or crashed without removing it); start hostkmsd \
+                 (systemctl start hostkms), which replaces it"
+                .to_string(),
             io::ErrorKind::PermissionDenied => format!(
                 "permission denied: the socket is owned by {} and group {} with mode {mode:03o}, \
                  and admits its owner and group only; ask an admin to add you to group {} \
@@ -119,7 +118,7 @@ pub fn explain(path: &Path, kind: io::ErrorKind, found: &Found) -> String {
                 group_name(*gid),
                 group_name(*gid)
             ),
-            other => format!("{}", io::Error::from(other)),
+            other => io::Error::from(other).to_string(),
         },
         Found::Unreadable(io::ErrorKind::PermissionDenied) => {
             let dir = path
@@ -131,13 +130,12 @@ pub fn explain(path: &Path, kind: io::ErrorKind, found: &Found) -> String {
                     "permission denied: you may not enter its directory {dir} (group {group}); \
                      ask an admin to add you to group {group} (then log in again)"
                 ),
-                None => format!(
-                    "permission denied: a directory on the way to it may not be entered; \
-                     ask an admin for access to the socket's group"
-                ),
+                None => "permission denied: a directory on the way to it may not be entered; \
+                         ask an admin for access to the socket's group"
+                    .to_string(),
             }
         }
-        Found::Unreadable(other) => format!("{}", io::Error::from(*other)),
+        Found::Unreadable(other) => io::Error::from(*other).to_string(),
     }
 }
 
