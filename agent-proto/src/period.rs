@@ -1,8 +1,7 @@
 //! The one syntax of rotation periods, shared by the daemon's config
 //! (`[keys] rotation_period`) and the CLI (`--rotation-period`,
 //! `set-rotation-period`): `<n>h`, `<n>d`, `<n>w`, `<n>y` (365 days) or
-//! `off`, shown back in the largest unit that divides it exactly; and the
-//! RFC 3339 UTC form of the dates a key's lifecycle carries.
+//! `off`, shown back in the largest unit that divides it exactly.
 
 use crate::message::MIN_ROTATION_PERIOD_SECS;
 
@@ -98,34 +97,6 @@ pub fn format_setting(period: Option<u64>) -> String {
     period.map_or_else(|| "off".to_string(), format_period)
 }
 
-/// Unix seconds as an RFC 3339 UTC timestamp, e.g. `2026-12-30T10:00:00Z`.
-pub fn rfc3339(unix_secs: u64) -> String {
-    let days = unix_secs / DAY;
-    let rest = unix_secs % DAY;
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / HOUR,
-        rest % HOUR / 60,
-        rest % 60
-    )
-}
-
-/// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`, for days on or after the epoch).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,13 +145,5 @@ mod tests {
         for secs in [3600, 86_400, 90 * 86_400, 14 * 86_400, 730 * 86_400] {
             assert_eq!(parse_period(&format_period(secs)), Ok(Some(secs)));
         }
-    }
-
-    #[test]
-    fn dates_are_rfc3339_utc() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_798_624_800), "2026-12-30T10:00:00Z");
-        assert_eq!(rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
     }
 }
