@@ -59,8 +59,11 @@ fn known_fields(table_prefix: &str) -> Vec<String> {
     let err = parse(&format!("{table_prefix}zz_not_a_field = 1\n"))
         .expect_err("an unknown field is refused")
         .to_string();
+    // serde says "expected one of `a`, `b`", or "expected `a`" for a
+    // table of one field.
     let list = err
         .split_once("expected one of")
+        .or_else(|| err.split_once("expected "))
         .unwrap_or_else(|| panic!("the error lists the fields: {err}"))
         .1;
     list.split('`')
