@@ -438,8 +438,14 @@ mod tests {
         assert!(!monitor.pending_deletion_use(5, "db", at(11)));
         assert!(!monitor.pending_deletion_use(5, "db", at(3609)));
         assert!(monitor.pending_deletion_use(6, "db", at(12)), "another uid");
-        assert!(monitor.pending_deletion_use(5, "web", at(13)), "another key");
-        assert!(monitor.pending_deletion_use(5, "db", at(3610)), "an hour on");
+        assert!(
+            monitor.pending_deletion_use(5, "web", at(13)),
+            "another key"
+        );
+        assert!(
+            monitor.pending_deletion_use(5, "db", at(3610)),
+            "an hour on"
+        );
         assert_eq!(monitor.counters()["alerts.pending-deletion-use"], 4);
         let mut uses = PendingUses::default();
         for uid in 0..3 * MAX_TRACKED_PEERS as u32 {

@@ -30,7 +30,9 @@ pub enum PeriodError {
     )]
     TooShort(u64),
     /// The period is longer than [`MAX_ROTATION_PERIOD_SECS`].
-    #[error("a rotation period of {0} s is longer than the maximum of 100y; give at most 100y, or off")]
+    #[error(
+        "a rotation period of {0} s is longer than the maximum of 100y; give at most 100y, or off"
+    )]
     TooLong(u64),
 }
 
@@ -114,7 +116,9 @@ mod tests {
 
     #[test]
     fn bad_periods_are_refused_with_the_rule() {
-        for bad in ["", "d", "90", "90m", "-1d", "+1d", "1.5d", "1 d", "ten d", "1dd", "é"] {
+        for bad in [
+            "", "d", "90", "90m", "-1d", "+1d", "1.5d", "1 d", "ten d", "1dd", "é",
+        ] {
             assert!(
                 matches!(parse_period(bad), Err(PeriodError::Syntax(_))),
                 "{bad}"

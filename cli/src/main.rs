@@ -166,7 +166,8 @@ fn run(cli: &Cli) -> Result<(), CliError> {
                 std::io::stderr(),
                 "hostkms: key {} is pending deletion: every use is refused, and its material is deleted for good on {} at the earliest (after {days} days of the daemon running); `hostkms cancel-deletion {}` takes it back until then",
                 printable(&key.name),
-                key.deletion_date.map_or_else(|| "?".to_string(), output::rfc3339),
+                key.deletion_date
+                    .map_or_else(|| "?".to_string(), output::rfc3339),
                 printable(&key.name),
             );
             Ok(())

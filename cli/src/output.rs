@@ -881,10 +881,18 @@ mod tests {
         let plain = sample_key();
         let text = key_human(&plain);
         assert!(text.contains("rotation period:         off\n"), "{text}");
-        assert!(!text.contains("next rotation") && !text.contains("deletion date"), "{text}");
+        assert!(
+            !text.contains("next rotation") && !text.contains("deletion date"),
+            "{text}"
+        );
         let value: serde_json::Value =
             serde_json::from_str(&key_json(&plain).expect("json")).expect("parse");
-        for field in ["rotation_period", "rotation_period_secs", "next_rotation", "deletion_date"] {
+        for field in [
+            "rotation_period",
+            "rotation_period_secs",
+            "next_rotation",
+            "deletion_date",
+        ] {
             assert!(value[field].is_null(), "{field}: {value}");
         }
         let key = KeyInfo {
@@ -895,10 +903,19 @@ mod tests {
             ..sample_key()
         };
         let text = key_human(&key);
-        assert!(text.contains("state:                   pending-deletion\n"), "{text}");
+        assert!(
+            text.contains("state:                   pending-deletion\n"),
+            "{text}"
+        );
         assert!(text.contains("rotation period:         90d\n"), "{text}");
-        assert!(text.contains("next rotation:           2026-12-30T10:00:00Z\n"), "{text}");
-        assert!(text.contains("deletion date:           2026-12-31T10:00:00Z"), "{text}");
+        assert!(
+            text.contains("next rotation:           2026-12-30T10:00:00Z\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("deletion date:           2026-12-31T10:00:00Z"),
+            "{text}"
+        );
         let value: serde_json::Value =
             serde_json::from_str(&key_json(&key).expect("json")).expect("parse");
         assert_eq!(value["state"], "pending-deletion");

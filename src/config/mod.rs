@@ -25,8 +25,8 @@ use crate::transfer::Peers;
 use file::{ConfigFile, Source};
 pub use sections::{
     ACCESS_KEYS, ALERTS_KEYS, AccessConfig, DisabledGrantAt, KEYS_KEYS, LISTENER_KEYS,
-    ListenerConfig, RECOVERY_KEYS, SECTIONS, SERVER_KEYS, SERVICE_KEYS, STATE_DIR_KEYS, SocketGroup, TPM_KEYS,
-    TRANSFER_KEYS, TpmConfig,
+    ListenerConfig, RECOVERY_KEYS, SECTIONS, SERVER_KEYS, SERVICE_KEYS, STATE_DIR_KEYS,
+    SocketGroup, TPM_KEYS, TRANSFER_KEYS, TpmConfig,
 };
 
 /// Where the packaged daemon reads its configuration.

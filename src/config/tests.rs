@@ -477,7 +477,11 @@ fn bad_recovery_settings_name_the_field_line_and_fix() {
 
 #[test]
 fn the_keys_table_sets_the_default_rotation_period() {
-    assert_eq!(parse("").unwrap().keys.rotation_period, None, "off by default");
+    assert_eq!(
+        parse("").unwrap().keys.rotation_period,
+        None,
+        "off by default"
+    );
     let config = parse("[keys]\nrotation_period = \"90d\"\n").unwrap();
     assert_eq!(config.keys.rotation_period, Some(90 * 86_400));
     let config = parse("[keys]\nrotation_period = \"off\"\n").unwrap();
@@ -496,6 +500,8 @@ fn the_keys_table_sets_the_default_rotation_period() {
             "{bad}: {err}"
         );
     }
-    let err = parse("[keys]\nrotation = \"90d\"\n").unwrap_err().to_string();
+    let err = parse("[keys]\nrotation = \"90d\"\n")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("rotation_period"), "{err}");
 }

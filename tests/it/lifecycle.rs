@@ -13,11 +13,10 @@
 
 use std::time::{Duration, Instant};
 
-use hostkms::clock::rfc3339;
 use agent_proto::{
-    Client, EncryptionContext, ErrorCode, KeyInfo, KeySettings, KeyState, KeyType,
-    RotationSetting,
+    Client, EncryptionContext, ErrorCode, KeyInfo, KeySettings, KeyState, KeyType, RotationSetting,
 };
+use hostkms::clock::rfc3339;
 
 use crate::harness::{
     Daemon, DaemonConfig, DaemonFiles, Grant, Swtpm, TestClock, cli, cli_as, ensure_journald,
@@ -41,7 +40,10 @@ fn setup(config: &DaemonConfig) -> (Swtpm, DaemonFiles, TestClock) {
 /// Starts the daemon on `files` with `clock`, logging to the journal when
 /// `journal` (the test reads its audit events) or to its log file.
 fn start(files: &DaemonFiles, clock: &TestClock, journal: bool) -> Daemon {
-    let target = ("HOSTKMS_LOG_TARGET", if journal { "journal" } else { "stderr" });
+    let target = (
+        "HOSTKMS_LOG_TARGET",
+        if journal { "journal" } else { "stderr" },
+    );
     Daemon::start_with_env(files, &[], &[target, clock.env()])
         .unwrap_or_else(|log| panic!("start hostkmsd: {log}"))
 }
@@ -116,12 +118,17 @@ fn a_key_pending_deletion_refuses_every_use_alerts_once_and_comes_back_disabled(
     client
         .create_key_of_type("doomed-sig", KeyType::Ed25519)
         .expect("create");
-    let wrapped = client.wrap("doomed", b"still needed", &context()).expect("wrap");
+    let wrapped = client
+        .wrap("doomed", b"still needed", &context())
+        .expect("wrap");
     let tag = client.mac("doomed-mac", b"data").expect("mac");
     let signature = client.sign("doomed-sig", b"message").expect("sign");
 
     let scheduled_at = now();
-    let out = cli(&files.socket, &["schedule-deletion", "doomed", "--days", "7"]);
+    let out = cli(
+        &files.socket,
+        &["schedule-deletion", "doomed", "--days", "7"],
+    );
     let printed = shown(out);
     assert!(printed.contains("pending-deletion"), "{printed}");
     for key in ["doomed-mac", "doomed-sig"] {
@@ -136,8 +143,13 @@ fn a_key_pending_deletion_refuses_every_use_alerts_once_and_comes_back_disabled(
     );
     let date = rfc3339(due as u64);
     assert!(printed.contains(&date), "the date is shown: {printed}");
-    let default_due = describe(&mut client, "doomed-mac").deletion_date.expect("a date") as i64;
-    assert!((default_due - (scheduled_at + 30 * DAY)).abs() <= 5, "30 days by default");
+    let default_due = describe(&mut client, "doomed-mac")
+        .deletion_date
+        .expect("a date") as i64;
+    assert!(
+        (default_due - (scheduled_at + 30 * DAY)).abs() <= 5,
+        "30 days by default"
+    );
 
     // Every use is refused, naming the date and how to cancel.
     let ciphertext = wrapped.ciphertext.as_bytes();
@@ -150,7 +162,10 @@ fn a_key_pending_deletion_refuses_every_use_alerts_once_and_comes_back_disabled(
     for (code, message) in &uses {
         assert_eq!(*code, ErrorCode::KeyPendingDeletion, "{message}");
         assert!(message.contains(&date), "{message}");
-        assert!(message.contains("hostkms cancel-deletion doomed"), "{message}");
+        assert!(
+            message.contains("hostkms cancel-deletion doomed"),
+            "{message}"
+        );
     }
     for (code, message) in [
         refusal(client.mac("doomed-mac", b"data")),
@@ -170,7 +185,9 @@ fn a_key_pending_deletion_refuses_every_use_alerts_once_and_comes_back_disabled(
         assert_eq!(code, ErrorCode::KeyPendingDeletion, "{message}");
         assert!(message.contains("cancel"), "{message}");
     }
-    client.public_key("doomed-sig", None).expect("public-key still works");
+    client
+        .public_key("doomed-sig", None)
+        .expect("public-key still works");
 
     // Cancel: disabled, then enabled deliberately; old ciphertexts unwrap.
     let out = cli(&files.socket, &["cancel-deletion", "doomed"]);
@@ -292,13 +309,19 @@ fn a_key_rotates_once_when_its_period_is_up_and_disabled_keys_do_not() {
         &["create-key", "aged", "--rotation-period", "1d"],
     );
     let printed = shown(out);
-    assert!(printed.contains("rotation period:         1d\n"), "{printed}");
+    assert!(
+        printed.contains("rotation period:         1d\n"),
+        "{printed}"
+    );
     let mut client = daemon.client();
     let created = describe(&mut client, "aged");
     assert_eq!(created.rotation_period, Some(86_400));
     assert_eq!(created.next_rotation, Some(created.created + 86_400));
     assert!(
-        printed.contains(&format!("next rotation:           {}\n", rfc3339(created.created + 86_400))),
+        printed.contains(&format!(
+            "next rotation:           {}\n",
+            rfc3339(created.created + 86_400)
+        )),
         "{printed}"
     );
     create_rotating(&mut client, "aged-disabled", 86_400);
@@ -318,7 +341,11 @@ fn a_key_rotates_once_when_its_period_is_up_and_disabled_keys_do_not() {
     create_rotating(&mut client, "witness", 3600);
     clock.set(DAY + 2 * 3600, 0);
     await_key(&daemon, "witness", "rotated", |k| k.latest_version == 2);
-    assert_eq!(describe(&mut client, "aged").latest_version, 2, "rotated in a loop");
+    assert_eq!(
+        describe(&mut client, "aged").latest_version,
+        2,
+        "rotated in a loop"
+    );
     assert_eq!(describe(&mut client, "aged-disabled").latest_version, 1);
     assert_eq!(describe(&mut client, "never").latest_version, 1);
 
@@ -346,7 +373,9 @@ fn a_daemon_that_was_off_past_a_rotation_rotates_when_it_starts() {
     // Off for two days (the wall clock moved, the daemon measured nothing).
     clock.set(2 * DAY, 0);
     let daemon = start(&files, &clock, false);
-    await_key(&daemon, "aged", "rotated at start", |k| k.latest_version == 2);
+    await_key(&daemon, "aged", "rotated at start", |k| {
+        k.latest_version == 2
+    });
 }
 
 #[test]
@@ -356,11 +385,17 @@ fn set_rotation_period_off_stops_it_and_the_config_default_applies_to_new_keys_o
     let daemon = start(&files, &clock, false);
     let mut client = daemon.client();
     assert_eq!(
-        client.create_key("inherits").expect("create").rotation_period,
+        client
+            .create_key("inherits")
+            .expect("create")
+            .rotation_period,
         Some(86_400),
         "the config default"
     );
-    let out = cli(&files.socket, &["create-key", "off-at-birth", "--rotation-period", "off"]);
+    let out = cli(
+        &files.socket,
+        &["create-key", "off-at-birth", "--rotation-period", "off"],
+    );
     assert!(shown(out).contains("rotation period:         off\n"));
     client.create_key("turned-off").expect("create");
     let out = cli(&files.socket, &["set-rotation-period", "turned-off", "off"]);
@@ -372,19 +407,27 @@ fn set_rotation_period_off_stops_it_and_the_config_default_applies_to_new_keys_o
     let (code, message) = refusal(client.set_rotation_period("inherits", Some(60)));
     assert_eq!(code, ErrorCode::InvalidArgument, "{message}");
     assert!(message.contains("1h"), "{message}");
-    client.set_rotation_period("inherits", Some(86_400)).expect("back to 1d");
+    client
+        .set_rotation_period("inherits", Some(86_400))
+        .expect("back to 1d");
     drop(client);
     daemon.stop();
 
     // A new default applies to keys created from then on.
-    files.write_config(&tpm.tcti(), &DaemonConfig::new().default_rotation_period("2w"));
+    files.write_config(
+        &tpm.tcti(),
+        &DaemonConfig::new().default_rotation_period("2w"),
+    );
     let daemon = start(&files, &clock, false);
     let mut client = daemon.client();
     assert_eq!(
         client.create_key("later").expect("create").rotation_period,
         Some(14 * 86_400)
     );
-    assert_eq!(describe(&mut client, "inherits").rotation_period, Some(86_400));
+    assert_eq!(
+        describe(&mut client, "inherits").rotation_period,
+        Some(86_400)
+    );
 
     clock.set(DAY + 60, 0);
     await_key(&daemon, "inherits", "rotated", |k| k.latest_version == 2);
@@ -426,7 +469,10 @@ fn a_peer_without_the_lifecycle_grants_is_refused() {
         assert!(said.contains("may not"), "{args:?}: {said}");
     }
     let info = describe(&mut client, "app-plain");
-    assert_eq!((info.state, info.rotation_period), (KeyState::Enabled, None));
+    assert_eq!(
+        (info.state, info.rotation_period),
+        (KeyState::Enabled, None)
+    );
 
     for args in [
         &["set-rotation-period", "app-ops-1", "90d"][..],
