@@ -218,7 +218,12 @@ fn open_store(
 ) -> Result<KeyStore, DaemonError> {
     let started = std::time::Instant::now();
     let entropy = Arc::new(TpmEntropy::new(Arc::clone(tpm), settings.timeout));
-    let store = KeyStore::open(state_dir, root_key, entropy)?;
+    let store = KeyStore::open(
+        state_dir,
+        root_key,
+        entropy,
+        crate::clock::Clock::from_env(),
+    )?;
     let keys = store.keys();
     tracing::info!(
         keys = keys.len(),

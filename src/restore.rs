@@ -196,7 +196,12 @@ fn import(
 ) -> Result<(Restored, String, Origin), RestoreError> {
     let (root_key, origin) = rootkey::load_or_create(state_dir, tpm, config.tpm.start_timeout)?;
     let check = root_key.check_value();
-    let store = KeyStore::open(state_dir, &root_key, Arc::new(NoNewVersions))?;
+    let store = KeyStore::open(
+        state_dir,
+        &root_key,
+        Arc::new(NoNewVersions),
+        crate::clock::Clock::from_env(),
+    )?;
     drop(root_key);
     // Bound to its TPM counter before the import, as the daemon binds a
     // store at start: a new store gets its counter now, so the import's

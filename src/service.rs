@@ -116,6 +116,8 @@ impl From<StoreError> for Refusal {
             StoreError::KeyNotFound(_) => ErrorCode::KeyNotFound,
             StoreError::KeyExists(_) | StoreError::ImportRefused(_) => ErrorCode::KeyExists,
             StoreError::KeyRevoked(_) => ErrorCode::KeyRevoked,
+            StoreError::KeyPendingDeletion { .. } => ErrorCode::KeyPendingDeletion,
+            StoreError::DeletionNotDue { .. } => ErrorCode::InvalidArgument,
             StoreError::VersionNotFound { .. } => ErrorCode::VersionNotFound,
             StoreError::InvalidArgument(_) => ErrorCode::InvalidArgument,
             StoreError::Changed(_) => ErrorCode::Busy,

@@ -184,7 +184,12 @@ pub(super) fn unhex(text: &str) -> Option<Vec<u8>> {
 /// adds its type, and each of its versions its public key if it has one,
 /// so a copy with a key's type or public key swapped is not the same
 /// store; an AES key adds nothing, so the digests of stores made before
-/// key types stay valid. Linear in the number of keys, like the snapshot
+/// key types stay valid. A key pending deletion (state 3) adds its
+/// deletion due (wall clock and daemon clock), so a copy with the deletion
+/// moved later is not the same store either; a key without one adds
+/// nothing, so digests made before deletions existed stay valid.
+/// Description, tags and rotation period take no access away and are not
+/// covered. Linear in the number of keys, like the snapshot
 /// copy every change makes.
 pub fn key_set_digest(keys: &Keys) -> [u8; 32] {
     let mut hash = Sha256::new();
@@ -201,6 +206,11 @@ pub fn key_set_digest(keys: &Keys) -> [u8; 32] {
         hash.update([state]);
         hash.update(key.min_decryption_version.to_be_bytes());
         hash.update(key.latest_version().to_be_bytes());
+        if let Some(due) = key.deletion_due {
+            hash.update(b"deletion due");
+            hash.update(due.wall.to_be_bytes());
+            hash.update(due.elapsed.to_be_bytes());
+        }
         let typed = key.key_type != KeyType::Aes256Gcm;
         if typed {
             hash.update([super::model::key_type_index(key.key_type)]);
@@ -1027,9 +1037,14 @@ mod tests {
             let root = RootKey::from_bytes_for_tests(root);
             let entropy = Arc::new(TestEntropy::new());
             if accepting {
-                KeyStore::open_accepting_rollback(&dir, &root, entropy)
+                KeyStore::open_accepting_rollback(
+                    &dir,
+                    &root,
+                    entropy,
+                    crate::clock::Clock::system(),
+                )
             } else {
-                KeyStore::open(&dir, &root, entropy)
+                KeyStore::open(&dir, &root, entropy, crate::clock::Clock::system())
             }
         }
 

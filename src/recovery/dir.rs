@@ -740,6 +740,7 @@ mod tests {
             created: 1,
             state: KeyState::Enabled,
             min_decryption_version: 1,
+            settings: Default::default(),
             versions: vec![VersionMaterial {
                 number: 1,
                 created: 1,

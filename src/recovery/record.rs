@@ -502,6 +502,7 @@ fn decode_v1_or_v2(text: &[u8], format: u32, key: &MacKey) -> Result<Record, Rec
         state: record.state.into(),
         min_decryption_version: record.min_decryption_version,
         versions,
+        settings: Default::default(),
     };
     check_material(&material).map_err(invalid)?;
     Ok(Record {
@@ -571,6 +572,7 @@ pub fn same_material(a: &KeyMaterial, b: &KeyMaterial) -> bool {
         && a.created == b.created
         && a.state == b.state
         && a.min_decryption_version == b.min_decryption_version
+        && a.settings == b.settings
         && a.versions.len() == b.versions.len()
         && a.versions.iter().zip(&b.versions).all(|(x, y)| {
             x.number == y.number
@@ -663,6 +665,7 @@ mod tests {
             created: 1_700_000_000,
             state: KeyState::Enabled,
             min_decryption_version: 2,
+            settings: Default::default(),
             versions: vec![
                 VersionMaterial {
                     number: 1,
@@ -929,6 +932,7 @@ mod tests {
             key_type: KeyType::Ed25519,
             state: KeyState::Enabled,
             min_decryption_version: 1,
+            settings: Default::default(),
             versions: vec![
                 VersionMaterial {
                     number: 1,

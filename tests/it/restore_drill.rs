@@ -282,6 +282,7 @@ fn written_host(custodian_count: usize, threshold: u32, revision: u64) -> OldHos
         let mut id = [0u8; 16];
         id.copy_from_slice(&random_kek()[..16]);
         let mut material = KeyMaterial {
+            settings: Default::default(),
             id: KeyId(id),
             name: name.to_string(),
             created: 1_700_000_000 + n as u64,
@@ -1065,6 +1066,7 @@ fn restore_killed_at_any_moment_leaves_all_keys_or_none() {
             let mut id = [0u8; 16];
             id.copy_from_slice(&random_kek()[..16]);
             KeyMaterial {
+                settings: Default::default(),
                 id: KeyId(id),
                 name: format!("key-{n:05}"),
                 created: 1_700_000_000,
@@ -1174,6 +1176,7 @@ fn a_backup_forged_for_the_real_custodians_is_refused_by_the_named_bundle() {
     let genuine = escrow::BundleIdentity::generate().expect("bundle");
     let forged = escrow::BundleIdentity::generate().expect("bundle");
     let keys = vec![KeyMaterial {
+        settings: Default::default(),
         id: KeyId([0x77; 16]),
         name: "app-db".to_string(),
         created: 1_700_000_000,
