@@ -162,7 +162,7 @@ impl Service {
         Refusal::new(
             ErrorCode::KeyPendingDeletion,
             format!(
-                "key \"{}\" is scheduled for deletion on {date} (at the earliest) and cannot be used; if it is still needed, an admin can cancel with `hostkms cancel-deletion {}` (it then stays disabled until enabled)",
+                "key \"{}\" is scheduled for deletion on {date} (at the earliest) and cannot be used; if it is still needed, an admin (or a peer granted cancel-deletion) can cancel with `hostkms cancel-deletion {}` (it then stays disabled until enabled)",
                 key.name(),
                 key.name()
             ),
