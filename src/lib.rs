@@ -18,6 +18,7 @@ pub mod config;
 pub mod daemon;
 pub mod envelope;
 pub mod keystore;
+pub mod lifecycle;
 pub mod locked;
 pub mod monitor;
 pub mod peer;

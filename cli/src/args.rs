@@ -81,6 +81,11 @@ pub enum Command {
         /// What the key is for; every version of it has this type.
         #[arg(long = "type", value_name = "TYPE", default_value = "aes256-gcm")]
         key_type: KeyTypeArg,
+        /// Rotate the key by age, every PERIOD after its latest version was
+        /// made: <n>h, <n>d, <n>w or <n>y (365 days), at least 1h, or off.
+        /// Default: the daemon's [keys] rotation_period (off unless set).
+        #[arg(long, value_name = "PERIOD", value_parser = parse_period_arg)]
+        rotation_period: Option<PeriodArg>,
     },
     /// List the keys you may see.
     #[command(after_long_help = crate::json_docs::LIST)]
@@ -122,6 +127,35 @@ pub enum Command {
     Enable {
         /// Key name.
         name: String,
+    },
+    /// Schedule a key for deletion after a waiting period: until then every
+    /// use is refused (and raises an alert) and cancel-deletion takes it
+    /// back; then the daemon deletes its material for good. Only time the
+    /// daemon ran counts toward the period, and a wall-clock jump never
+    /// shortens it.
+    ScheduleDeletion {
+        /// Key name.
+        name: String,
+        /// The waiting period in days: 7 to 30.
+        #[arg(long, value_name = "N", default_value_t = agent_proto::DEFAULT_DELETION_DAYS,
+              value_parser = clap::value_parser!(u16).range(
+                  i64::from(agent_proto::MIN_DELETION_DAYS)..=i64::from(agent_proto::MAX_DELETION_DAYS)))]
+        days: u16,
+    },
+    /// Cancel a key's scheduled deletion; the key becomes disabled (enable
+    /// it once it is wanted again).
+    CancelDeletion {
+        /// Key name.
+        name: String,
+    },
+    /// Set how often the daemon rotates a key by age (after its latest
+    /// version was made), or stop it with "off".
+    SetRotationPeriod {
+        /// Key name.
+        name: String,
+        /// <n>h, <n>d, <n>w or <n>y (365 days), at least 1h; or off.
+        #[arg(value_name = "PERIOD", value_parser = parse_period_arg)]
+        period: PeriodArg,
     },
     /// Refuse to unwrap ciphertexts of versions below N (reversible).
     #[command(after_long_help = crate::json_docs::KEY)]
@@ -592,6 +626,19 @@ impl BenchArgs {
     }
 }
 
+/// A rotation period as the command line spells it: `Some(seconds)`, or
+/// `None` for `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeriodArg(pub Option<u64>);
+
+/// Parses a rotation period (`90d`, `12h`, `2w`, `1y`, `off`) with the
+/// daemon's own rules.
+pub fn parse_period_arg(arg: &str) -> Result<PeriodArg, String> {
+    agent_proto::period::parse_period(arg)
+        .map(PeriodArg)
+        .map_err(|e| e.to_string())
+}
+
 /// Parses one `KEY=VALUE` pair; the value may be empty or contain `=`.
 pub fn parse_context_pair(arg: &str) -> Result<(String, String), String> {
     match arg.split_once('=') {
@@ -879,6 +926,42 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["hostkms", "datakey", "k", "--force"]).is_err());
         assert!(Cli::try_parse_from(["hostkms", "datakey", "k", "--out", "f", "--force"]).is_ok());
+    }
+
+    #[test]
+    fn lifecycle_arguments_are_checked_before_the_daemon_is_asked() {
+        let cli = Cli::try_parse_from(["hostkms", "schedule-deletion", "k"]).expect("parse");
+        let Command::ScheduleDeletion { days, .. } = cli.command else {
+            panic!("schedule-deletion expected")
+        };
+        assert_eq!(days, 30, "the default");
+        for bad in ["6", "31", "0", "x"] {
+            let err = Cli::try_parse_from(["hostkms", "schedule-deletion", "k", "--days", bad])
+                .expect_err(bad);
+            assert_eq!(err.exit_code(), 2, "{bad}");
+        }
+        let cli = Cli::try_parse_from(["hostkms", "set-rotation-period", "k", "90d"]).expect("90d");
+        let Command::SetRotationPeriod { period, .. } = cli.command else {
+            panic!("set-rotation-period expected")
+        };
+        assert_eq!(period, PeriodArg(Some(90 * 86_400)));
+        let cli = Cli::try_parse_from(["hostkms", "set-rotation-period", "k", "off"]).expect("off");
+        let Command::SetRotationPeriod { period, .. } = cli.command else {
+            panic!("set-rotation-period expected")
+        };
+        assert_eq!(period, PeriodArg(None));
+        let err = Cli::try_parse_from(["hostkms", "set-rotation-period", "k", "30m"])
+            .expect_err("minutes are no unit");
+        assert!(err.to_string().contains("e.g. 90d"), "{err}");
+        let cli = Cli::try_parse_from(["hostkms", "create-key", "k", "--rotation-period", "1w"])
+            .expect("parse");
+        let Command::CreateKey {
+            rotation_period, ..
+        } = cli.command
+        else {
+            panic!("create-key expected")
+        };
+        assert_eq!(rotation_period, Some(PeriodArg(Some(7 * 86_400))));
     }
 
     #[test]

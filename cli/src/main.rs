@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use agent_proto::{Client, KeyInfo};
+use agent_proto::{Client, KeyInfo, KeySettings, RotationSetting};
 use clap::Parser;
 use hostkms_cli::args::{
-    Cli, Command, DatakeyArgs, ExportArgs, InOutArgs, MacArgs, PublicKeyArgs, RandomArgs,
-    RewrapArgs, SignArgs, UnwrapArgs, VerifyArgs, VerifyMacArgs, WrapArgs,
+    Cli, Command, DatakeyArgs, ExportArgs, InOutArgs, MacArgs, PeriodArg, PublicKeyArgs,
+    RandomArgs, RewrapArgs, SignArgs, UnwrapArgs, VerifyArgs, VerifyMacArgs, WrapArgs,
 };
 use hostkms_cli::error::{CliError, printable};
 use hostkms_cli::io::{Sensitivity, base64_public, write_output, write_stdout};
@@ -120,10 +120,26 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             };
             write_stdout(text.as_bytes())
         }
-        Command::CreateKey { name, key_type } => print_key(
-            &daemon.connect()?.create_key_of_type(name, key_type.0)?,
-            json,
-        ),
+        Command::CreateKey {
+            name,
+            key_type,
+            rotation_period,
+        } => {
+            let settings = KeySettings {
+                rotation: match rotation_period {
+                    None => RotationSetting::DaemonDefault,
+                    Some(PeriodArg(None)) => RotationSetting::Off,
+                    Some(PeriodArg(Some(secs))) => RotationSetting::Every(*secs),
+                },
+                ..KeySettings::default()
+            };
+            print_key(
+                &daemon
+                    .connect()?
+                    .create_key_with(name, key_type.0, settings)?,
+                json,
+            )
+        }
         Command::List => {
             let keys = daemon.connect()?.list_keys()?;
             let text = if json {
@@ -153,6 +169,34 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         }
         Command::Disable { name } => print_key(&daemon.connect()?.disable(name)?, json),
         Command::Enable { name } => print_key(&daemon.connect()?.enable(name)?, json),
+        Command::ScheduleDeletion { name, days } => {
+            let key = daemon.connect()?.schedule_deletion(name, *days)?;
+            print_key(&key, json)?;
+            let _ = writeln!(
+                std::io::stderr(),
+                "hostkms: key {} is pending deletion: every use is refused, and its material is deleted for good on {} at the earliest (after {days} days of the daemon running); `hostkms cancel-deletion {}` takes it back until then",
+                printable(&key.name),
+                key.deletion_date
+                    .map_or_else(|| "?".to_string(), output::rfc3339),
+                printable(&key.name),
+            );
+            Ok(())
+        }
+        Command::CancelDeletion { name } => {
+            let key = daemon.connect()?.cancel_deletion(name)?;
+            print_key(&key, json)?;
+            let _ = writeln!(
+                std::io::stderr(),
+                "hostkms: deletion of key {} cancelled; it stays disabled until `hostkms enable {}`",
+                printable(&key.name),
+                printable(&key.name),
+            );
+            Ok(())
+        }
+        Command::SetRotationPeriod { name, period } => print_key(
+            &daemon.connect()?.set_rotation_period(name, period.0)?,
+            json,
+        ),
         Command::MinDecryptionVersion { name, version } => print_key(
             &daemon
                 .connect()?

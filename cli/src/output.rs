@@ -93,6 +93,17 @@ pub struct KeyJson<'a> {
     pub min_decryption_version: u32,
     /// Every version, oldest first.
     pub versions: Vec<VersionJson>,
+    /// How often the daemon rotates the key by age, as `90d`, `1w`,
+    /// `12h`...; `null`: never by age.
+    pub rotation_period: Option<String>,
+    /// The same in seconds.
+    pub rotation_period_secs: Option<u64>,
+    /// When the next rotation by age is due, RFC 3339 UTC; `null` without a
+    /// rotation period.
+    pub next_rotation: Option<String>,
+    /// When a key pending deletion is deleted at the earliest, RFC 3339
+    /// UTC; `null` unless its state is `pending-deletion`.
+    pub deletion_date: Option<String>,
 }
 
 impl<'a> From<&'a KeyInfo> for KeyJson<'a> {
@@ -115,6 +126,10 @@ impl<'a> From<&'a KeyInfo> for KeyJson<'a> {
                     encryptions: v.encryptions,
                 })
                 .collect(),
+            rotation_period: key.rotation_period.map(agent_proto::period::format_period),
+            rotation_period_secs: key.rotation_period,
+            next_rotation: key.next_rotation.map(rfc3339),
+            deletion_date: key.deletion_date.map(rfc3339),
         }
     }
 }
@@ -150,6 +165,21 @@ pub fn key_human(key: &KeyInfo) -> String {
         "min decryption version:  {}",
         key.min_decryption_version
     );
+    let _ = writeln!(
+        out,
+        "rotation period:         {}",
+        agent_proto::period::format_setting(key.rotation_period)
+    );
+    if let Some(next) = key.next_rotation {
+        let _ = writeln!(out, "next rotation:           {}", rfc3339(next));
+    }
+    if let Some(date) = key.deletion_date {
+        let _ = writeln!(
+            out,
+            "deletion date:           {} (at the earliest; cancel-deletion takes it back)",
+            rfc3339(date)
+        );
+    }
     let _ = writeln!(out, "versions:");
     let _ = writeln!(
         out,
@@ -920,6 +950,55 @@ mod tests {
             keys_human(&[signing]).starts_with("app-db  disabled  ml-dsa-65    v2"),
             "{list}"
         );
+    }
+
+    #[test]
+    fn the_lifecycle_renders_in_both_forms() {
+        let plain = sample_key();
+        let text = key_human(&plain);
+        assert!(text.contains("rotation period:         off\n"), "{text}");
+        assert!(
+            !text.contains("next rotation") && !text.contains("deletion date"),
+            "{text}"
+        );
+        let value: serde_json::Value =
+            serde_json::from_str(&key_json(&plain).expect("json")).expect("parse");
+        for field in [
+            "rotation_period",
+            "rotation_period_secs",
+            "next_rotation",
+            "deletion_date",
+        ] {
+            assert!(value[field].is_null(), "{field}: {value}");
+        }
+        let key = KeyInfo {
+            state: KeyState::PendingDeletion,
+            rotation_period: Some(90 * 86_400),
+            next_rotation: Some(1_798_624_800),
+            deletion_date: Some(1_798_711_200),
+            ..sample_key()
+        };
+        let text = key_human(&key);
+        assert!(
+            text.contains("state:                   pending-deletion\n"),
+            "{text}"
+        );
+        assert!(text.contains("rotation period:         90d\n"), "{text}");
+        assert!(
+            text.contains("next rotation:           2026-12-30T10:00:00Z\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("deletion date:           2026-12-31T10:00:00Z"),
+            "{text}"
+        );
+        let value: serde_json::Value =
+            serde_json::from_str(&key_json(&key).expect("json")).expect("parse");
+        assert_eq!(value["state"], "pending-deletion");
+        assert_eq!(value["rotation_period"], "90d");
+        assert_eq!(value["rotation_period_secs"], 90 * 86_400);
+        assert_eq!(value["next_rotation"], "2026-12-30T10:00:00Z");
+        assert_eq!(value["deletion_date"], "2026-12-31T10:00:00Z");
     }
 
     #[test]

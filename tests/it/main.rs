@@ -28,6 +28,7 @@ mod connections;
 mod daemon;
 mod journal;
 mod key_types;
+mod lifecycle;
 mod monitoring;
 mod operations;
 mod packaged_config;
