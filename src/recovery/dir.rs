@@ -784,6 +784,64 @@ mod tests {
         assert!(!leftover.exists());
     }
 
+    /// `material(i)` with a description, tags, a rotation period and,
+    /// for odd `i`, a pending deletion: a record of format 3.
+    fn lifecycle_material(i: u32) -> KeyMaterial {
+        let mut m = material(i);
+        m.settings.description = format!("key number {i}");
+        m.settings.tags.insert("env".into(), "prod".into());
+        m.settings.rotation_period = Some(86_400);
+        if i % 2 == 1 {
+            m.state = KeyState::PendingDeletion;
+            m.settings.deletion_due = Some(crate::keystore::DeletionDue {
+                wall: 1_800_000_000,
+                elapsed: 1_000,
+            });
+        }
+        m
+    }
+
+    #[test]
+    fn records_of_format_3_are_current_at_the_next_start_and_one_change_writes_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = config(&tmp.path().join("r"));
+        let bundle = BundleIdentity::generate().unwrap();
+        let mut all: Vec<KeyMaterial> = (0..4).map(lifecycle_material).collect();
+        all.push(material(4));
+        let (writer, first) =
+            RecoveryWriter::start(config.clone(), bundle_copy(&bundle), &all).unwrap();
+        assert_eq!(first.rewritten.len(), 5);
+        drop(writer);
+        let (writer, second) =
+            RecoveryWriter::start(config.clone(), bundle_copy(&bundle), &all).unwrap();
+        assert_eq!(second, Reconciled::default(), "nothing to rewrite");
+        // A change of a description rewrites that key's record alone.
+        let keys = config.dir.join(KEYS_DIR);
+        // Every write is a new file renamed into place: a new inode.
+        let inode = |i: u32| {
+            fs::metadata(keys.join(key_file_name(material(i).id)))
+                .unwrap()
+                .ino()
+        };
+        let before: Vec<_> = (0..5).map(inode).collect();
+        all[2].settings.description = "changed".into();
+        writer.key_changed(&all[2], Change::Metadata);
+        assert!(writer.is_current());
+        let after: Vec<_> = (0..5).map(inode).collect();
+        for i in 0..5 {
+            assert_eq!(before[i] == after[i], i != 2, "key {i}");
+        }
+        let file = fs::read(keys.join(key_file_name(all[2].id))).unwrap();
+        let text =
+            agefile::decrypt(&[bundle.age_identity().clone()], &file, MAX_RECORD_LEN).unwrap();
+        let read = record::decode(&text, &bundle.record_mac_key()).unwrap();
+        assert!(record::same_material(&read.material, &all[2]));
+        assert_eq!(read.revision, 2);
+        drop(writer);
+        let (_, third) = RecoveryWriter::start(config, bundle, &all).unwrap();
+        assert_eq!(third, Reconciled::default());
+    }
+
     #[test]
     fn a_directory_below_a_world_writable_one_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
