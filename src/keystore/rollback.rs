@@ -1253,7 +1253,9 @@ mod tests {
             description: "new".into(),
             ..Default::default()
         };
-        store.create_with("b", KeyType::Aes256Gcm, described).unwrap();
+        store
+            .create_with("b", KeyType::Aes256Gcm, described)
+            .unwrap();
         let keys = store.keys();
         assert_eq!(key_set_digest(&keys), digest_before_lifecycle(&keys));
 
@@ -1268,7 +1270,10 @@ mod tests {
         key.state = KeyState::Disabled;
         key.deletion_due = None;
         as_disabled.insert(Arc::new(key));
-        assert_eq!(key_set_digest(&as_disabled), digest_before_lifecycle(&as_disabled));
+        assert_eq!(
+            key_set_digest(&as_disabled),
+            digest_before_lifecycle(&as_disabled)
+        );
         assert_ne!(scheduled, key_set_digest(&as_disabled));
         for moved in [
             crate::keystore::DeletionDue {
