@@ -104,12 +104,12 @@
 //! converts to the current [`KeyMaterial`], so every earlier format stays
 //! readable. A format newer than this build is refused with "upgrade".
 
+use std::collections::BTreeMap;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hkdf::Hkdf;
 use hmac::{Hmac, KeyInit, Mac};
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use zeroize::Zeroizing;
@@ -376,8 +376,7 @@ impl From<RecordState> for KeyState {
 
 /// Formats 1 to 3, field for field: a field a format lacks is absent from
 /// its text (format 1 has no `type` and no `public_key`, formats 1 and 2
-/// none of the fields after `state` but the version's); `mac` absent in
-/// the canonical text.
+/// no field of format 3); `mac` absent in the canonical text.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RecordV1 {
