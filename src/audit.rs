@@ -112,6 +112,9 @@ impl LogTarget {
 /// ordinary log lines (tracing's syntax, from `HOSTKMS_LOG`); audit events
 /// and alerts are never filtered out.
 ///
+/// Run by hand in a terminal with the log going to journald, warnings and
+/// errors are echoed to the terminal too ([`crate::terminal_echo`]).
+///
 /// Returns whether the log goes to the journal (not stderr), so a command
 /// run by hand can print its error on stderr as well.
 pub fn init(target: LogTarget, directives: &str) -> bool {
@@ -140,9 +143,12 @@ pub fn init(target: LogTarget, directives: &str) -> bool {
         Some((main, alerts)) => {
             let main = main.with_filter(audit_and_filtered);
             let alerts = alerts.with_filter(Targets::new().with_target(ALERT_TARGET, Level::INFO));
+            let echo = crate::terminal_echo::wanted(true)
+                .then(|| crate::terminal_echo::layer(ordinary_lines()));
             tracing_subscriber::registry()
                 .with(main)
                 .with(alerts)
+                .with(echo)
                 .init();
             true
         }

@@ -30,6 +30,7 @@ pub mod server;
 pub mod service;
 pub mod state_dir;
 pub mod systemd;
+pub mod terminal_echo;
 pub mod tpm;
 pub mod transfer;
 pub mod version_key;

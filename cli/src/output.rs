@@ -65,8 +65,8 @@ pub fn rfc3339(unix_secs: u64) -> String {
 pub struct VersionJson {
     /// Version number.
     pub version: u32,
-    /// Creation time, Unix seconds.
-    pub created: u64,
+    /// Creation time, RFC 3339 UTC (`2026-12-30T10:00:00Z`).
+    pub created: String,
     /// "enabled" or "revoked".
     pub state: &'static str,
     /// Encryptions made with this version.
@@ -83,8 +83,8 @@ pub struct KeyJson<'a> {
     /// The key type: "aes256-gcm", "hmac-sha256", "ed25519", ...
     #[serde(rename = "type")]
     pub key_type: &'static str,
-    /// Creation time, Unix seconds.
-    pub created: u64,
+    /// Creation time, RFC 3339 UTC (`2026-12-30T10:00:00Z`).
+    pub created: String,
     /// "enabled", "disabled" or "revoked".
     pub state: &'static str,
     /// The version new ciphertexts use.
@@ -101,7 +101,7 @@ impl<'a> From<&'a KeyInfo> for KeyJson<'a> {
             id: hex_id(&key.id),
             name: &key.name,
             key_type: key.key_type.as_str(),
-            created: key.created,
+            created: rfc3339(key.created),
             state: key_state(key.state),
             latest_version: key.latest_version,
             min_decryption_version: key.min_decryption_version,
@@ -110,7 +110,7 @@ impl<'a> From<&'a KeyInfo> for KeyJson<'a> {
                 .iter()
                 .map(|v| VersionJson {
                     version: v.version,
-                    created: v.created,
+                    created: rfc3339(v.created),
                     state: version_state(v.state),
                     encryptions: v.encryptions,
                 })
@@ -492,6 +492,50 @@ pub fn metrics_openmetrics(status: &StatusInfo) -> String {
     out
 }
 
+/// The daemon's counters as one JSON object, the same values as
+/// [`metrics_openmetrics`] under plain names: `requests` (operation →
+/// `{ok, denied, error}`), `denials`, `alerts` (kind → count), `keys`,
+/// `key_versions`, `uptime_secs`, `tpm_reachable`, `root_key_loaded`,
+/// `recovery_configured`, `recovery_current`, `rollback_bound`,
+/// `rollback_pending_increments`, `daemon_version`.
+pub fn metrics_json(status: &StatusInfo) -> Result<String, serde_json::Error> {
+    let counter = |name: &str| status.counters.get(name).copied().unwrap_or(0);
+    let mut requests = serde_json::Map::new();
+    for (op, result, value) in request_counters(status) {
+        let entry = requests
+            .entry(op.to_string())
+            .or_insert_with(|| serde_json::json!({ "ok": 0, "denied": 0, "error": 0 }));
+        if let Some(slot) = entry.get_mut(result) {
+            *slot = serde_json::Value::from(value);
+        }
+    }
+    let alerts: serde_json::Map<String, serde_json::Value> = status
+        .counters
+        .iter()
+        .filter_map(|(name, value)| {
+            Some((
+                counters::alert_counter_kind(name)?.to_string(),
+                serde_json::Value::from(*value),
+            ))
+        })
+        .collect();
+    json_line(&serde_json::json!({
+        "requests": requests,
+        "denials": counter(counters::DENIALS),
+        "alerts": alerts,
+        "keys": counter(counters::KEYS),
+        "key_versions": counter(counters::VERSIONS),
+        "uptime_secs": status.uptime_secs,
+        "tpm_reachable": status.tpm_reachable,
+        "root_key_loaded": status.root_key_loaded,
+        "recovery_configured": status.recovery.configured,
+        "recovery_current": status.recovery.configured && status.recovery.current,
+        "rollback_bound": status.rollback.bound,
+        "rollback_pending_increments": status.rollback.pending_increments,
+        "daemon_version": status.daemon_version,
+    }))
+}
+
 /// A label value as OpenMetrics escapes it: backslash, quote and newline.
 fn label_value(value: &str) -> String {
     let mut escaped = String::with_capacity(value.len());
@@ -697,6 +741,37 @@ pub fn data_key_human(data_key: &DataKey) -> Zeroizing<String> {
     out
 }
 
+/// `datakey --out FILE` for a human: key, version, where the data key in
+/// clear went, and the wrapped data key in base64 (no secret).
+pub fn data_key_file_human(data_key: &DataKey, file: &std::path::Path) -> String {
+    format!(
+        "key {}\nversion {}\nplaintext written to {} ({} bytes)\nciphertext {}\n",
+        printable(&data_key.key),
+        data_key.version,
+        printable(&file.display().to_string()),
+        data_key
+            .plaintext
+            .as_ref()
+            .map_or(0, agent_proto::SecretBytes::len),
+        base64_public(data_key.ciphertext.as_bytes())
+    )
+}
+
+/// `datakey --out FILE --json`: `key`, `version`, `plaintext_file` (the
+/// file holding the data key in clear), `bytes` and `ciphertext` (base64).
+pub fn data_key_file_json(
+    data_key: &DataKey,
+    file: &std::path::Path,
+) -> Result<String, serde_json::Error> {
+    json_line(&serde_json::json!({
+        "key": data_key.key,
+        "version": data_key.version,
+        "plaintext_file": file.display().to_string(),
+        "bytes": data_key.plaintext.as_ref().map_or(0, agent_proto::SecretBytes::len),
+        "ciphertext": base64_public(data_key.ciphertext.as_bytes()),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -802,7 +877,8 @@ mod tests {
         assert_eq!(value["name"], "app-db");
         assert_eq!(value["type"], "aes256-gcm");
         assert_eq!(value["state"], "disabled");
-        assert_eq!(value["created"], 1_700_000_000u64);
+        assert_eq!(value["created"], "2023-11-14T22:13:20Z");
+        assert_eq!(value["versions"][1]["created"], "2023-11-15T22:13:20Z");
         assert_eq!(value["latest_version"], 2);
         assert_eq!(value["min_decryption_version"], 1);
         assert_eq!(value["versions"][0]["state"], "revoked");

@@ -18,6 +18,7 @@ mod harness;
 
 mod audit_flood;
 mod cli;
+mod cli_errors;
 mod cli_key_types;
 mod cli_out;
 mod client_reconnect;
@@ -39,6 +40,7 @@ mod restore_drill;
 mod rollback;
 mod root_key;
 mod rotate_root;
+mod startup_terminal;
 mod state_dir;
 mod systemd;
 mod tpm_faults;
