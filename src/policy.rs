@@ -70,7 +70,7 @@ pub const METRICS: &str = "metrics";
 /// `list` and `transport-key` (a public key) are open to every connected
 /// peer and need no grant; `rotate-root` is for admins only. `random`
 /// names no key: a grant listing it allows it whatever its `keys`.
-pub const GRANTABLE: [Operation; 20] = [
+pub const GRANTABLE: [Operation; 23] = [
     Operation::Create,
     Operation::Wrap,
     Operation::Unwrap,
@@ -90,6 +90,9 @@ pub const GRANTABLE: [Operation; 20] = [
     Operation::Verify,
     Operation::PublicKey,
     Operation::Random,
+    Operation::ScheduleDeletion,
+    Operation::CancelDeletion,
+    Operation::SetRotationPeriod,
     Operation::UpdateMetadata,
 ];
 

@@ -34,6 +34,7 @@ mod batch;
 #[cfg(test)]
 mod encrypt_limit_tests;
 mod health;
+mod lifecycle;
 mod metadata;
 mod rewrap;
 mod signing;
@@ -45,6 +46,7 @@ mod transfer;
 pub use health::TestProbe;
 use health::TpmHealth;
 pub use health::{TpmProbe, WorkerProbe};
+pub use lifecycle::KeyDefaults;
 pub use signing::{MAX_SIGNATURE_LEN, MAX_TAG_LEN, MAX_VERSIONS_TRIED};
 
 /// Data-key lengths `GenerateDataKey` accepts.
@@ -180,6 +182,9 @@ impl PendingAudit {
                     | Operation::UpdateMetadata
                     | Operation::Import
                     | Operation::RotateRoot
+                    | Operation::ScheduleDeletion
+                    | Operation::CancelDeletion
+                    | Operation::SetRotationPeriod
             )
     }
 }
@@ -208,6 +213,8 @@ pub struct Service {
     random_gate: tokio::sync::Semaphore,
     policy: ArcSwap<Policy>,
     limits: ArcSwap<ServiceLimits>,
+    /// What new keys get unless their creator says (`[keys]`).
+    key_defaults: ArcSwap<KeyDefaults>,
     started: Instant,
     tpm_health: TpmHealth,
     monitor: Monitor,
@@ -235,6 +242,7 @@ impl Service {
             random_gate: tokio::sync::Semaphore::new(1),
             policy: ArcSwap::from_pointee(policy),
             limits: ArcSwap::from_pointee(limits),
+            key_defaults: ArcSwap::from_pointee(KeyDefaults::default()),
             started: Instant::now(),
             tpm_health: TpmHealth::new(tpm),
             monitor: Monitor::new(alerts),
@@ -360,6 +368,11 @@ impl Service {
         unsent: Option<ErrorCode>,
     ) {
         let PendingAudit { op, subject, .. } = audit;
+        if code == Some(ErrorCode::KeyPendingDeletion) && lifecycle::USES.contains(&op) {
+            if let Some(key) = subject.key() {
+                self.pending_deletion_used(peer, key, op);
+            }
+        }
         // A refusal, or a request that needs no grant, may only be counted
         // in a later summary: see monitor::flood. A batch with a success
         // never is.
@@ -374,7 +387,7 @@ impl Service {
         if let Some(alert) = self.monitor.record(peer.uid, op, code) {
             audit::peer_alert(&alert);
         }
-        batch::raise_item_alerts(&self.monitor, peer, &subject);
+        self.raise_batch_item_alerts(peer, op, &subject);
     }
 
     /// Audits a frame from `peer` the server refused before it became a
@@ -416,13 +429,8 @@ impl Service {
                 key_type,
                 settings,
             } => {
-                self.permit(peer, op, &name)?;
-                let settings = self.new_key_settings(settings)?;
-                self.change(
-                    move |store| store.create_with(&name, key_type, settings),
-                    subject,
-                )
-                .await
+                self.create_key(peer, name, key_type, settings, subject)
+                    .await
             }
             Request::Wrap {
                 key,
@@ -554,9 +562,13 @@ impl Service {
             Request::GetPublicKey { key, version } => self.public_key(peer, &key, version, subject),
             Request::GenerateRandom { bytes } => self.random(peer, bytes).await,
             Request::ImportKey { file } => self.import(peer, file, subject).await,
-            Request::ScheduleDeletion { .. }
-            | Request::CancelDeletion { .. }
-            | Request::SetRotationPeriod { .. } => Err(not_yet(op)),
+            Request::ScheduleDeletion { key, days } => {
+                self.schedule_deletion(peer, key, days, subject).await
+            }
+            Request::CancelDeletion { key } => self.cancel_deletion(peer, key, subject).await,
+            Request::SetRotationPeriod { key, period } => {
+                self.set_rotation_period(peer, key, period, subject).await
+            }
             Request::UpdateKeyMetadata {
                 key,
                 description,
@@ -733,14 +745,7 @@ impl Service {
                 ),
             )),
             KeyState::Revoked => Err(StoreError::KeyRevoked(key.name().to_string()).into()),
-            KeyState::PendingDeletion => Err(Refusal::new(
-                ErrorCode::KeyPendingDeletion,
-                format!(
-                    "key \"{}\" is scheduled for deletion; an admin can cancel it with \
-                     `hostkms cancel-deletion`",
-                    key.name()
-                ),
-            )),
+            KeyState::PendingDeletion => Err(Self::pending_deletion(key)),
         }
     }
 
@@ -1055,12 +1060,3 @@ mod rotate_root_tests;
 mod signing_tests;
 #[cfg(test)]
 mod tests;
-
-/// The refusal of a protocol-5 request whose handler is being built
-/// (issue 12); removed when the last one lands.
-fn not_yet(op: Operation) -> Refusal {
-    Refusal::new(
-        ErrorCode::NotImplemented,
-        format!("{op} (or this form of it) is not implemented by this daemon yet"),
-    )
-}

@@ -453,30 +453,6 @@ macro_rules! typed_operations {
         })$($await)*?)
     }
 
-    /// Creates key `name` of type `key_type` with `settings` (rotation by
-    /// age, description, tags). Needs protocol version 5.
-    ///
-    /// # Errors
-    ///
-    /// Those of [`Self::create_key`], and `InvalidArgument` for a
-    /// description or tags over their limits (at most
-    /// [`MAX_DESCRIPTION_BYTES`](crate::MAX_DESCRIPTION_BYTES) bytes and
-    /// [`MAX_TAGS`](crate::MAX_TAGS) tags, names `[A-Za-z0-9._-]{1,64}`,
-    /// values at most 256 bytes, no control characters), the message
-    /// naming the limit.
-    pub $($async)* fn create_key_with(
-        &mut self,
-        name: &str,
-        key_type: KeyType,
-        settings: KeySettings,
-    ) -> Result<KeyInfo, ClientError> {
-        expect::key(self.call(Request::CreateKey {
-            name: name.to_string(),
-            key_type,
-            settings,
-        })$($await)*?)
-    }
-
     /// Changes `key`'s description (`None`: kept; `Some("")`: cleared),
     /// sets or replaces `set_tags` and removes `remove_tags` (an absent one
     /// is no error). Needs the `set-metadata` grant and protocol version 5.
@@ -484,7 +460,11 @@ macro_rules! typed_operations {
     /// # Errors
     ///
     /// `KeyNotFound`, `PermissionDenied`, `InvalidArgument` for a
-    /// description or tags over their limits (see [`Self::create_key_with`]),
+    /// description or tags over their limits (at most
+    /// [`MAX_DESCRIPTION_BYTES`](crate::MAX_DESCRIPTION_BYTES) bytes and
+    /// [`MAX_TAGS`](crate::MAX_TAGS) tags, names `[A-Za-z0-9._-]{1,64}`,
+    /// values at most 256 bytes, no control characters; the message names
+    /// the limit),
     /// and the connection errors of [`Client::call`](crate::Client::call)
     /// (`MayHaveExecuted`, `TimedOut`, `Connect`).
     pub $($async)* fn update_key_metadata(
@@ -573,6 +553,89 @@ macro_rules! typed_operations {
         expect::key(self.call(Request::SetMinDecryptionVersion {
             key: key.to_string(),
             version,
+        })$($await)*?)
+    }
+
+    /// Creates key `name` of type `key_type` with `settings`: its rotation
+    /// by age (the daemon's configured default unless set), description and
+    /// tags.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` for a rotation period outside 1 hour to 100 years
+    /// or metadata over its limits, the refusals of
+    /// [`Self::create_key_of_type`], [`ClientError::DaemonTooOld`] for
+    /// settings other than the default against a daemon older than
+    /// protocol 5, and the connection errors of
+    /// [`Client::call`](crate::Client::call).
+    pub $($async)* fn create_key_with(
+        &mut self,
+        name: &str,
+        key_type: KeyType,
+        settings: KeySettings,
+    ) -> Result<KeyInfo, ClientError> {
+        expect::key(self.call(Request::CreateKey {
+            name: name.to_string(),
+            key_type,
+            settings,
+        })$($await)*?)
+    }
+
+    /// Schedules `key` for deletion in `days` days (7 to 30): until then
+    /// every use of it is refused `KeyPendingDeletion` and raises an alert,
+    /// and [`Self::cancel_deletion`] takes it back; then the daemon deletes
+    /// every version's secret for good. The answer's
+    /// [`KeyInfo::deletion_date`] is the earliest date of the deletion.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` for `days` outside 7..=30, `KeyPendingDeletion`
+    /// when it is already scheduled, `KeyRevoked`, `KeyNotFound`,
+    /// `PermissionDenied` without the `schedule-deletion` grant,
+    /// [`ClientError::DaemonTooOld`] against a daemon older than protocol
+    /// 5, and the connection errors of [`Client::call`](crate::Client::call).
+    pub $($async)* fn schedule_deletion(&mut self, key: &str, days: u16) -> Result<KeyInfo, ClientError> {
+        expect::key(self.call(Request::ScheduleDeletion {
+            key: key.to_string(),
+            days,
+        })$($await)*?)
+    }
+
+    /// Cancels the scheduled deletion of `key`, which becomes disabled
+    /// (enable it with [`Self::enable`] once it is wanted again).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` when the key is not scheduled for deletion,
+    /// `KeyNotFound`, `PermissionDenied` without the `cancel-deletion`
+    /// grant, [`ClientError::DaemonTooOld`] against a daemon older than
+    /// protocol 5, and the connection errors of
+    /// [`Client::call`](crate::Client::call).
+    pub $($async)* fn cancel_deletion(&mut self, key: &str) -> Result<KeyInfo, ClientError> {
+        expect::key(self.call(Request::CancelDeletion {
+            key: key.to_string(),
+        })$($await)*?)
+    }
+
+    /// Makes the daemon rotate `key` every `period` seconds after its latest
+    /// version was created (1 hour to 100 years), or never by age with
+    /// `None`. [`crate::period::parse_period`] reads the `90d` syntax.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` for a period out of bounds, `KeyRevoked`,
+    /// `KeyNotFound`, `PermissionDenied` without the
+    /// `set-rotation-period` grant, [`ClientError::DaemonTooOld`] against a
+    /// daemon older than protocol 5, and the connection errors of
+    /// [`Client::call`](crate::Client::call).
+    pub $($async)* fn set_rotation_period(
+        &mut self,
+        key: &str,
+        period: Option<u64>,
+    ) -> Result<KeyInfo, ClientError> {
+        expect::key(self.call(Request::SetRotationPeriod {
+            key: key.to_string(),
+            period,
         })$($await)*?)
     }
 

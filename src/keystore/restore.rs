@@ -595,4 +595,60 @@ mod tests {
             assert!(store.keys().is_empty());
         }
     }
+
+    #[test]
+    fn a_key_pending_deletion_comes_back_disabled_with_its_metadata_through_its_record() {
+        use crate::recovery::record::{self, MacKey};
+        let a = Host::new(1);
+        let store = a.open();
+        let settings = crate::keystore::NewKeySettings {
+            rotation_period: Some(30 * 86_400),
+            description: "orders DB".into(),
+            tags: [("env".to_string(), "prod".to_string())].into(),
+        };
+        store
+            .create_with("orders", KeyType::Aes256Gcm, settings.clone())
+            .unwrap();
+        store.create("plain").unwrap();
+        let sample = wrap(&store, "orders", b"order 1");
+        let due = store.deletion_due_in(7).unwrap();
+        store.schedule_deletion("orders", due).unwrap();
+        // Through the recovery directory's record, as a restore reads it.
+        let mac = MacKey::for_records(&[5; 32]);
+        let material: Vec<KeyMaterial> = store
+            .with_all_material(|keys| keys.to_vec())
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let text = record::encode(m, 1, &mac).unwrap();
+                record::decode(&text, &mac).unwrap().material
+            })
+            .collect();
+        let b = Host::new(2);
+        let restored = b.open().restore(material, false).unwrap();
+        let by_name = |name: &str| {
+            restored
+                .added
+                .iter()
+                .find(|k| k.name == name)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(by_name("orders").was_pending_deletion, Some(due.wall));
+        assert_eq!(by_name("plain").was_pending_deletion, None);
+        // Durable: a reopened store has it disabled, without a deletion,
+        // with its description, tags and rotation period.
+        let store = b.open();
+        let keys = store.keys();
+        let orders = keys.by_name("orders").unwrap();
+        assert_eq!(orders.state(), KeyState::Disabled);
+        assert_eq!(orders.deletion_due(), None);
+        assert_eq!(orders.description(), settings.description);
+        assert_eq!(orders.tags(), &settings.tags);
+        assert_eq!(orders.rotation_period(), settings.rotation_period);
+        assert_eq!(keys.by_name("plain").unwrap().state(), KeyState::Enabled);
+        // Nothing lost: enabled again, it unwraps what it wrapped.
+        store.set_enabled("orders", true).unwrap();
+        assert_eq!(unwrap(&store, "orders", &sample).unwrap(), b"order 1");
+    }
 }

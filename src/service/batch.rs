@@ -18,7 +18,6 @@ use agent_proto::{
 
 use super::{Refusal, Service};
 use crate::audit::{self, BatchItem, Subject};
-use crate::monitor::Monitor;
 use crate::peer::Peer;
 
 /// The longest message an item's error carries, in bytes; a longer one is
@@ -197,16 +196,27 @@ fn latest_ok_version(items: &[BatchItem]) -> Option<u32> {
         .max()
 }
 
-/// Raises the repeated-refusal alerts for the refused items of a batch, as
-/// the same refusals one by one would (a batch's own refusal is counted
-/// with the request).
-pub(super) fn raise_item_alerts(monitor: &Monitor, peer: &Peer, subject: &Subject) {
-    let Some(items) = subject.batch() else {
-        return;
-    };
-    for code in items.iter().filter_map(|item| item.result) {
-        if let Some(alert) = monitor.note_refusal(peer.uid, code) {
-            audit::peer_alert(&alert);
+impl Service {
+    /// Raises the alerts the refused items of a batch call for, as the same
+    /// refusals one by one would (a batch's own refusal is counted with the
+    /// request): repeated denials and invalid ciphertexts, and the use of a
+    /// key pending deletion.
+    pub(super) fn raise_batch_item_alerts(&self, peer: &Peer, op: Operation, subject: &Subject) {
+        let Some(items) = subject.batch() else {
+            return;
+        };
+        for item in items {
+            let Some(code) = item.result else {
+                continue;
+            };
+            if let Some(alert) = self.monitor.note_refusal(peer.uid, code) {
+                audit::peer_alert(&alert);
+            }
+            if code == ErrorCode::KeyPendingDeletion {
+                if let Some(key) = item.key.as_deref() {
+                    self.pending_deletion_used(peer, key, op);
+                }
+            }
         }
     }
 }

@@ -1,15 +1,14 @@
-//! A key's description and tags: `UpdateKeyMetadata` (grant
-//! `set-metadata`), and what a `CreateKey`'s settings become for the key
-//! store. The limits are checked in one place, the key store's
-//! (`keystore::metadata`), for both.
+//! A key's description and tags after creation: `UpdateKeyMetadata`
+//! (grant `set-metadata`). A `CreateKey`'s are passed on by
+//! `service::lifecycle::create_key`; the limits are checked in one place,
+//! the key store's (`keystore::metadata`), for both.
 
 use std::collections::BTreeMap;
 
-use agent_proto::{KeySettings, Operation, Response, RotationSetting};
+use agent_proto::{Operation, Response};
 
 use super::{Refusal, Service};
 use crate::audit::Subject;
-use crate::keystore::NewKeySettings;
 use crate::peer::Peer;
 
 /// An `UpdateKeyMetadata` request's changes.
@@ -43,29 +42,5 @@ impl Service {
             subject,
         )
         .await
-    }
-
-    /// What a `CreateKey`'s `settings` give the key store: the description
-    /// and tags as sent (the store checks them), and the rotation period
-    /// resolved against the daemon's default.
-    pub(super) fn new_key_settings(
-        &self,
-        settings: KeySettings,
-    ) -> Result<NewKeySettings, Refusal> {
-        let KeySettings {
-            rotation,
-            description,
-            tags,
-        } = settings;
-        let rotation_period = match rotation {
-            // The daemon's default: off until the lifecycle's config lands.
-            RotationSetting::DaemonDefault | RotationSetting::Off => None,
-            RotationSetting::Every(_) => return Err(super::not_yet(Operation::Create)),
-        };
-        Ok(NewKeySettings {
-            rotation_period,
-            description,
-            tags,
-        })
     }
 }
