@@ -88,14 +88,16 @@ fn inspect_names_key_id_and_version_and_the_name_only_when_visible() {
     );
     assert!(text(&out.stdout).contains("key:      app-db\n"));
 
-    // Not a ciphertext: refused locally, saying why.
-    let out = cli_stdin(socket, &["inspect"], b"hello");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("not a hostkms ciphertext"),
-        "{}",
-        text(&out.stderr)
-    );
+    // Not a ciphertext (read as unwrap reads it): refused locally, saying why.
+    for (input, why) in [
+        (&b"hello!"[..], "no hostkms header"),
+        (b"", "input is empty"),
+        (b"HKMS\x01short", "truncated"),
+    ] {
+        let out = cli_stdin(socket, &["inspect"], input);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(why), "{}", text(&out.stderr));
+    }
 }
 
 fn json_of(output: std::process::Output) -> serde_json::Value {
