@@ -29,6 +29,7 @@ const BATCHES_AFTER_DENIALS: usize = 12;
 /// The repeated-denials threshold of [`denied_items_raise_the_repeated_denials_alert`].
 const ALERT_AFTER: usize = 4;
 const ALERT_REPEATED_DENIALS: &str = "03be2c8933e142a2b89d67c4df0731b9";
+const ALERT_PENDING_DELETION_USE: &str = "1b1684d127a34c64a0db0e7121098f60";
 
 fn context(value: &str) -> EncryptionContext {
     EncryptionContext::from([("svc".to_string(), value.to_string())])
@@ -417,4 +418,48 @@ fn denied_items_raise_the_repeated_denials_alert() {
         "{ALERT_AFTER} denied items in one batch are {ALERT_AFTER} denials: {alerts:?}"
     );
     assert_eq!(field(alerts[0], "HOSTKMS_PEER_UID"), Some("65534"));
+}
+
+#[test]
+fn batch_items_of_a_key_pending_deletion_are_refused_and_raise_its_alert() {
+    let (_tpm, _files, daemon) = granted_daemon();
+    let journal = daemon.journal_scope();
+    let mut admin = daemon.client();
+    let wrapped = admin.wrap("app-a", b"before", &context("one")).unwrap();
+    admin.schedule_deletion("app-a", 7).unwrap();
+    let results = admin
+        .wrap_batch(
+            "app-a",
+            vec![wrap_item(b"x", "one"), wrap_item(b"y", "one")],
+        )
+        .unwrap();
+    let single = admin.wrap("app-a", b"x", &context("one")).unwrap_err();
+    for result in &results {
+        let err = result.as_ref().unwrap_err();
+        assert_eq!(err.code, ErrorCode::KeyPendingDeletion, "{err:?}");
+        assert_eq!(Some(err.code), single.code());
+    }
+    let results = admin
+        .unwrap_batch(
+            None,
+            vec![unwrap_item(wrapped.ciphertext.as_bytes(), "one")],
+        )
+        .unwrap();
+    assert_eq!(
+        results[0].as_ref().unwrap_err().code,
+        ErrorCode::KeyPendingDeletion
+    );
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
+    let entries = journal_of_stopped(&journal);
+    let alerts: Vec<_> = with_id(&entries, ALERT_PENDING_DELETION_USE)
+        .into_iter()
+        .filter(|e| field(e, "HOSTKMS_KEY") == Some("app-a"))
+        .collect();
+    assert!(
+        alerts
+            .iter()
+            .any(|e| field(e, "HOSTKMS_OP") == Some("wrap-batch")),
+        "a batch's use of a key pending deletion raises the alert: {alerts:?}"
+    );
 }
