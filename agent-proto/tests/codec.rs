@@ -908,3 +908,226 @@ fn wrong_key_type_goes_to_older_clients_as_code_18_with_its_message() {
         assert!(reply.message.contains("ed25519"));
     }
 }
+
+/// A map with two entries whose encodings the canonical-map tests find
+/// and rearrange in a frame.
+fn two_entries() -> std::collections::BTreeMap<String, String> {
+    std::collections::BTreeMap::from([
+        ("ctx-a".to_string(), "v1".to_string()),
+        ("ctx-b".to_string(), "v2".to_string()),
+    ])
+}
+
+/// The bincode encoding of one map entry.
+fn entry(key: &str, value: &str) -> Vec<u8> {
+    let mut bytes = (key.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(key.as_bytes());
+    bytes.extend_from_slice(&(value.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(value.as_bytes());
+    bytes
+}
+
+/// `body` with the (first) encoding of [`two_entries`] replaced by
+/// `entries`, which must be as long.
+fn rearranged(body: &[u8], entries: &[(&str, &str)]) -> Vec<u8> {
+    let canonical = [entry("ctx-a", "v1"), entry("ctx-b", "v2")].concat();
+    let replacement: Vec<u8> = entries.iter().flat_map(|(k, v)| entry(k, v)).collect();
+    assert_eq!(canonical.len(), replacement.len());
+    let at = body
+        .windows(canonical.len())
+        .position(|window| window == canonical.as_slice())
+        .expect("the body holds the two entries");
+    let mut patched = body.to_vec();
+    patched[at..at + canonical.len()].copy_from_slice(&replacement);
+    patched
+}
+
+/// One request of every kind that carries a map, each with
+/// [`two_entries`] in one of its maps (every map of the request in turn).
+fn requests_with_maps() -> Vec<(&'static str, Request)> {
+    use agent_proto::{KeySettings, RewrapDestination, UnwrapItem, WrapItem};
+    let ciphertext = || Ciphertext::from(&b"HKMS\x01opaque"[..]);
+    vec![
+        (
+            "wrap context",
+            Request::Wrap {
+                key: "k".into(),
+                plaintext: SecretBytes::from(&b"x"[..]),
+                context: two_entries(),
+            },
+        ),
+        (
+            "unwrap context",
+            Request::Unwrap {
+                ciphertext: ciphertext(),
+                context: two_entries(),
+                key: Some("k".into()),
+            },
+        ),
+        (
+            "data key context",
+            Request::GenerateDataKey {
+                key: "k".into(),
+                bytes: 32,
+                include_plaintext: false,
+                context: two_entries(),
+            },
+        ),
+        (
+            "rewrap context",
+            Request::Rewrap {
+                ciphertext: ciphertext(),
+                context: two_entries(),
+                key: None,
+                destination: None,
+            },
+        ),
+        (
+            "rewrap destination context",
+            Request::Rewrap {
+                ciphertext: ciphertext(),
+                context: Default::default(),
+                key: None,
+                destination: Some(RewrapDestination {
+                    key: Some("other".into()),
+                    context: Some(two_entries()),
+                }),
+            },
+        ),
+        (
+            "wrap batch item context",
+            Request::WrapBatch {
+                key: "k".into(),
+                items: vec![
+                    WrapItem {
+                        plaintext: SecretBytes::from(&b"x"[..]),
+                        context: Default::default(),
+                    },
+                    WrapItem {
+                        plaintext: SecretBytes::from(&b"y"[..]),
+                        context: two_entries(),
+                    },
+                ],
+            },
+        ),
+        (
+            "unwrap batch item context",
+            Request::UnwrapBatch {
+                key: None,
+                items: vec![UnwrapItem {
+                    ciphertext: ciphertext(),
+                    context: two_entries(),
+                }],
+            },
+        ),
+        (
+            "create key tags",
+            Request::CreateKey {
+                name: "k".into(),
+                key_type: agent_proto::KeyType::Aes256Gcm,
+                settings: KeySettings {
+                    tags: two_entries(),
+                    ..Default::default()
+                },
+            },
+        ),
+        (
+            "metadata tags",
+            Request::UpdateKeyMetadata {
+                key: "k".into(),
+                description: None,
+                set_tags: two_entries(),
+                remove_tags: Vec::new(),
+            },
+        ),
+    ]
+}
+
+#[test]
+fn a_map_out_of_order_or_with_a_repeated_key_is_a_bad_request_in_every_field() {
+    for (what, request) in requests_with_maps() {
+        let frame =
+            codec::encode_request(Envelope::new(31, request.clone()), DEFAULT_MAX_FRAME).unwrap();
+        let body = body_of(&frame);
+        // The canonical body decodes to the request.
+        assert_eq!(codec::decode_request(&body).unwrap().op, request, "{what}");
+        for entries in [
+            [("ctx-b", "v2"), ("ctx-a", "v1")], // out of order
+            [("ctx-a", "v1"), ("ctx-a", "v2")], // "ctx-a" twice: the last would win
+            [("ctx-b", "v1"), ("ctx-b", "v2")], // "ctx-b" twice
+        ] {
+            let patched = rearranged(&body, &entries);
+            let err = codec::decode_request(&patched).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::BadRequest, "{what} {entries:?}");
+            assert_eq!(err.request_id(), Some(31), "{what}");
+            assert!(
+                matches!(err, DecodeError::NotCanonical { .. }),
+                "{what} {entries:?}: {err:?}"
+            );
+            let message = err.to_string();
+            assert!(
+                message.contains("sorted by their UTF-8 bytes, each key once"),
+                "{message}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_context_out_of_order_is_refused_in_every_protocol_version() {
+    for proto in 1..=PROTOCOL_VERSION {
+        let request = Envelope {
+            proto,
+            id: 32,
+            op: Request::Wrap {
+                key: "k".into(),
+                plaintext: SecretBytes::from(&b"x"[..]),
+                context: two_entries(),
+            },
+        };
+        let frame = codec::encode_request(request.clone(), DEFAULT_MAX_FRAME).unwrap();
+        let body = body_of(&frame);
+        assert_eq!(codec::decode_request(&body).unwrap(), request);
+        let patched = rearranged(&body, &[("ctx-a", "v1"), ("ctx-a", "v2")]);
+        let err = codec::decode_request(&patched).unwrap_err();
+        assert!(
+            matches!(err, DecodeError::NotCanonical { id: Some(32), .. }),
+            "version {proto}: {err:?}"
+        );
+        // The offset is the first byte where the body leaves the canonical
+        // encoding of what it decoded to: the entry count, 2 where the one
+        // key read makes 1.
+        let DecodeError::NotCanonical { offset, .. } = err else {
+            unreachable!()
+        };
+        assert_eq!(&patched[offset..offset + 8], &2u64.to_le_bytes());
+        assert_eq!(&patched[offset + 8..offset + 16], &5u64.to_le_bytes());
+    }
+}
+
+#[test]
+fn a_sorted_context_is_sorted_by_bytes_not_by_characters() {
+    // "Z" (0x5a) sorts before "a" (0x61), and "é" (0xc3 0xa9) after "z":
+    // byte order of the UTF-8, which a client in another language must use.
+    let context = agent_proto::EncryptionContext::from([
+        ("a".to_string(), "1".to_string()),
+        ("Z".to_string(), "2".to_string()),
+        ("é".to_string(), "3".to_string()),
+        ("z".to_string(), "4".to_string()),
+    ]);
+    let keys: Vec<&str> = context.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["Z", "a", "z", "é"]);
+    let request = Envelope::new(
+        33,
+        Request::Wrap {
+            key: "k".into(),
+            plaintext: SecretBytes::from(&b"x"[..]),
+            context,
+        },
+    );
+    let frame = codec::encode_request(request.clone(), DEFAULT_MAX_FRAME).unwrap();
+    assert_eq!(
+        codec::decode_request(&frame[LENGTH_PREFIX..]).unwrap(),
+        request
+    );
+}

@@ -17,6 +17,7 @@
 mod harness;
 
 mod audit_flood;
+mod canonical_context;
 mod cli;
 mod cli_key_types;
 mod cli_out;
