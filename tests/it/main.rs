@@ -27,6 +27,7 @@ mod config_props;
 mod connections;
 mod daemon;
 mod journal;
+mod key_probing;
 mod key_types;
 mod monitoring;
 mod operations;
