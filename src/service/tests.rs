@@ -1959,3 +1959,33 @@ async fn sign_verify_mac_and_random_events_name_key_version_and_validity_never_t
         assert!(!text.contains(&format!("{:02x}{:02x}{:02x}", bytes[0], bytes[1], bytes[2])));
     }
 }
+
+/// The spec's "Repeated state changes": on a live key, a change to the
+/// state it is in succeeds and changes nothing; on a revoked key, every
+/// change is `KeyRevoked`, a repeated whole-key revoke included.
+#[tokio::test]
+async fn repeated_state_changes_succeed_unchanged_on_a_live_key_and_are_refused_on_a_revoked_one() {
+    let fixture = Fixture::new(&[], LIMITS);
+    let root = admin();
+    fixture.create("k").await;
+    key_info(fixture.call(&root, rotate("k")).await);
+    key_info(fixture.call(&root, revoke("k", Some(1))).await);
+    let before = key_info(fixture.call(&root, describe("k")).await);
+    let again = key_info(fixture.call(&root, revoke("k", Some(1))).await);
+    assert_eq!(again, before, "revoking a revoked version again");
+    assert_eq!(again.latest_version, 2, "no new version");
+    let enabled = key_info(fixture.call(&root, enable("k")).await);
+    assert_eq!(enabled, before, "enabling an enabled key");
+    let disabled = key_info(fixture.call(&root, disable("k")).await);
+    assert_eq!(disabled.state, KeyState::Disabled);
+    assert_eq!(
+        key_info(fixture.call(&root, disable("k")).await),
+        disabled,
+        "disabling a disabled key"
+    );
+    key_info(fixture.call(&root, revoke("k", None)).await);
+    assert_eq!(
+        fixture.call(&root, revoke("k", None)).await,
+        refusal(ErrorCode::KeyRevoked, "key \"k\" is revoked")
+    );
+}
