@@ -24,6 +24,7 @@ mod cli_out;
 mod client_reconnect;
 mod config;
 mod config_props;
+mod connection_rules;
 mod connections;
 mod daemon;
 mod journal;
