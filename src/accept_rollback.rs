@@ -69,7 +69,12 @@ fn accept(config: &Config, tpm: &Arc<TpmWorker>) -> Result<String, AcceptRollbac
     // The store exists, so this never creates a root key.
     let (root_key, _) = rootkey::load_or_create(&state_dir, tpm, config.tpm.start_timeout)?;
     let entropy = Arc::new(TpmEntropy::new(Arc::clone(tpm), config.tpm.timeout));
-    let store = KeyStore::open_accepting_rollback(&state_dir, &root_key, entropy)?;
+    let store = KeyStore::open_accepting_rollback(
+        &state_dir,
+        &root_key,
+        entropy,
+        crate::clock::Clock::from_env(),
+    )?;
     drop(root_key);
     let accepted = store.accept_rollback(tpm, config.tpm.start_timeout)?;
     let keys = store.keys();

@@ -44,6 +44,17 @@ pub const ALERT_REPEATED_DENIALS: &str = "03be2c8933e142a2b89d67c4df0731b9";
 pub const ALERT_REPEATED_INVALID_CIPHERTEXTS: &str = "1a9d2af668fc48ac9ab2d4a888899de9";
 /// A key version neared its encryption limit.
 pub const ALERT_ENCRYPTION_LIMIT: &str = "a65fa18274d944968d01e53a1bbd32c0";
+/// A key scheduled for deletion was used (at most once per key and peer
+/// per hour).
+pub const ALERT_PENDING_DELETION_USE: &str = "1b1684d127a34c64a0db0e7121098f60";
+/// The daemon changed a key on its own (`HOSTKMS_PEER=daemon`): rotated it
+/// when its rotation period was up (`HOSTKMS_OP=rotate`), or deleted it
+/// when its waiting period was over (`HOSTKMS_OP=delete-scheduled`).
+pub const KEY_CHANGED_BY_DAEMON: &str = "755844621ea64ae3aa1c010741ed921c";
+/// The daemon could not rotate or delete a key that was due; it tries
+/// again at the next tick.
+pub const KEY_CHANGE_BY_DAEMON_FAILED: &str = "d83a645cebf54ea9b7bd36af04db9606";
+
 /// The daemon unsealed its root key, loaded its keys and serves.
 pub const DAEMON_READY: &str = "3246e65abb4b411ab335889564bd4421";
 /// The daemon stopped cleanly.
@@ -112,6 +123,9 @@ impl LogTarget {
 /// ordinary log lines (tracing's syntax, from `HOSTKMS_LOG`); audit events
 /// and alerts are never filtered out.
 ///
+/// Run by hand in a terminal with the log going to journald, warnings and
+/// errors are echoed to the terminal too ([`crate::terminal_echo`]).
+///
 /// Returns whether the log goes to the journal (not stderr), so a command
 /// run by hand can print its error on stderr as well.
 pub fn init(target: LogTarget, directives: &str) -> bool {
@@ -140,9 +154,12 @@ pub fn init(target: LogTarget, directives: &str) -> bool {
         Some((main, alerts)) => {
             let main = main.with_filter(audit_and_filtered);
             let alerts = alerts.with_filter(Targets::new().with_target(ALERT_TARGET, Level::INFO));
+            let echo = crate::terminal_echo::wanted(true)
+                .then(|| crate::terminal_echo::layer(ordinary_lines()));
             tracing_subscriber::registry()
                 .with(main)
                 .with(alerts)
+                .with(echo)
                 .init();
             true
         }
@@ -213,13 +230,7 @@ impl Subject {
     /// from the peer unchecked: it is cut and escaped so it cannot forge
     /// journal fields or stderr lines.
     pub fn set_key(&mut self, name: &str) {
-        let valid = agent_proto::key_name::check(name).is_ok();
-        self.key = Some(if valid {
-            name.to_string()
-        } else {
-            let cut: String = name.chars().take(MAX_LOGGED_NAME).collect();
-            format!("{cut:?}")
-        });
+        self.key = Some(logged_name(name));
     }
 
     /// Records the key version the request used or produced.
@@ -420,6 +431,10 @@ pub fn peer_alert(alert: &PeerAlert) {
             "failed to decrypt (invalid ciphertext)",
         ),
         AlertKind::EncryptionLimit => (ALERT_ENCRYPTION_LIMIT, "neared an encryption limit"),
+        AlertKind::PendingDeletionUse => (
+            ALERT_PENDING_DELETION_USE,
+            "used a key scheduled for deletion",
+        ),
     };
     tracing::event!(
         target: ALERT_TARGET,
@@ -450,6 +465,103 @@ pub fn encryption_limit_alert(key: &str, version: u32, count: u64, limit: u64) {
         "alert: version {version} of key {key} made {count} of its {limit} encryptions; it rotates itself at the limit, or rotate it now"
     );
 }
+
+/// A key name as events carry it: a valid name as it is; any other (from
+/// a peer, unchecked) cut and escaped, so it cannot forge journal fields or
+/// stderr lines.
+fn logged_name(name: &str) -> String {
+    if agent_proto::key_name::check(name).is_ok() {
+        name.to_string()
+    } else {
+        let cut: String = name.chars().take(MAX_LOGGED_NAME).collect();
+        format!("{cut:?}")
+    }
+}
+
+/// Raises the alert for a use of `key`, scheduled for deletion on `due`
+/// (unix seconds), by `peer`: someone still needs the key.
+pub fn pending_deletion_use_alert(peer: &Peer, key: &str, op: Operation, due: Option<u64>) {
+    let key = logged_name(key);
+    let date = due.map(crate::clock::rfc3339);
+    tracing::event!(
+        target: ALERT_TARGET,
+        Level::ERROR,
+        MESSAGE_ID = ALERT_PENDING_DELETION_USE,
+        HOSTKMS_ALERT = AlertKind::PendingDeletionUse.as_str(),
+        HOSTKMS_OP = op.as_str(),
+        HOSTKMS_KEY = key.as_str(),
+        HOSTKMS_DELETION_DATE = date.as_deref(),
+        HOSTKMS_PEER_UID = peer.uid,
+        HOSTKMS_PEER_PID = peer.pid,
+        HOSTKMS_PEER_UNIT = peer.unit.as_deref(),
+        "alert: uid {} tried to {op} with key {key}, which is scheduled for deletion on {}: if it is still needed, cancel with `hostkms cancel-deletion {key}` (alerted once an hour per key and uid)",
+        peer.uid,
+        date.as_deref().unwrap_or("its due date"),
+    );
+}
+
+/// The daemon rotated `key` because its rotation period was up: audited
+/// like a request, with the daemon as the peer and the reason.
+pub fn rotated_by_age(key: &str, version: u32, period: u64, was_due: u64) {
+    let key = logged_name(key);
+    let period = agent_proto::period::format_period(period);
+    let was_due = crate::clock::rfc3339(was_due);
+    tracing::event!(
+        target: AUDIT_TARGET,
+        Level::INFO,
+        MESSAGE_ID = KEY_CHANGED_BY_DAEMON,
+        HOSTKMS_OP = Operation::Rotate.as_str(),
+        HOSTKMS_KEY = key.as_str(),
+        HOSTKMS_KEY_VERSION = version,
+        HOSTKMS_RESULT = RequestResult::Ok.as_str(),
+        HOSTKMS_PEER = DAEMON_PEER,
+        HOSTKMS_REASON = ROTATION_PERIOD,
+        HOSTKMS_ROTATION_PERIOD = period.as_str(),
+        "rotate {key} v{version} by the daemon: ok (rotation period {period}, due since {was_due})"
+    );
+}
+
+/// The daemon deleted `key` (every version's secret) because its waiting
+/// period was over: audited like a request, with the daemon as the peer.
+pub fn deleted_as_scheduled(key: &str, versions: u32, due: u64) {
+    let key = logged_name(key);
+    let date = crate::clock::rfc3339(due);
+    tracing::event!(
+        target: AUDIT_TARGET,
+        Level::WARN,
+        MESSAGE_ID = KEY_CHANGED_BY_DAEMON,
+        HOSTKMS_OP = DELETE_SCHEDULED,
+        HOSTKMS_KEY = key.as_str(),
+        HOSTKMS_KEY_VERSION = versions,
+        HOSTKMS_RESULT = RequestResult::Ok.as_str(),
+        HOSTKMS_PEER = DAEMON_PEER,
+        HOSTKMS_DELETION_DATE = date.as_str(),
+        "{DELETE_SCHEDULED} {key} by the daemon: ok; the secrets of its {versions} versions are deleted for good (scheduled for {date}); the key is revoked"
+    );
+}
+
+/// The daemon could not do `op` (`rotate`, `delete-scheduled`) to `key`,
+/// which is due; the next tick tries again.
+pub fn change_by_daemon_failed(op: &str, key: &str, problem: &dyn std::fmt::Display) {
+    let key = logged_name(key);
+    tracing::event!(
+        target: AUDIT_TARGET,
+        Level::ERROR,
+        MESSAGE_ID = KEY_CHANGE_BY_DAEMON_FAILED,
+        HOSTKMS_OP = op,
+        HOSTKMS_KEY = key.as_str(),
+        HOSTKMS_RESULT = RequestResult::Error.as_str(),
+        HOSTKMS_PEER = DAEMON_PEER,
+        "{op} {key} by the daemon failed, trying again within a minute: {problem}"
+    );
+}
+
+/// `HOSTKMS_PEER` of the changes the daemon makes on its own.
+pub const DAEMON_PEER: &str = "daemon";
+/// `HOSTKMS_REASON` of a rotation by age.
+pub const ROTATION_PERIOD: &str = "rotation-period";
+/// `HOSTKMS_OP` of a deletion at the end of its waiting period.
+pub const DELETE_SCHEDULED: &str = "delete-scheduled";
 
 /// What moved between hosts, for [`exported`] and [`imported`]: the key,
 /// its versions that carried material, and the peer's name and

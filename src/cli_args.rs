@@ -6,10 +6,22 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// Where hostkmsd's log goes, for `hostkmsd --help` and the man page.
+pub const LOGS: &str = "\
+Logs: to journald when its socket (/run/systemd/journal/socket) is there, else
+to standard error. HOSTKMS_LOG_TARGET=auto (the default), journal or stderr
+chooses; HOSTKMS_LOG filters the ordinary lines (tracing's syntax, default
+info; audit events and alerts always pass). Read them with
+journalctl -u hostkms (or journalctl -t hostkmsd for a daemon run by hand);
+journalctl -u hostkms -p warning shows denials, failures and alerts.
+Run by hand in a terminal while journald listens, hostkmsd also prints its
+warnings and errors on the terminal, so a start-up failure is seen where it
+was started; the subcommands always print their errors.";
+
 /// TPM-backed key-management daemon. Without a subcommand it serves; the
 /// subcommands are offline tasks run with the service stopped.
 #[derive(Debug, Parser)]
-#[command(name = "hostkmsd", version, about)]
+#[command(name = "hostkmsd", version, about, after_long_help = LOGS)]
 pub struct Args {
     /// Config file (TOML). The default path may be absent (all defaults);
     /// a path given here must exist.

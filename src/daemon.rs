@@ -17,6 +17,7 @@ use crate::config::{
     TPM_KEYS, TpmConfig,
 };
 use crate::keystore::{KeyStore, RollbackStart, StoreError, TpmEntropy};
+use crate::lifecycle;
 use crate::recovery::{self, RecoveryConfig, dir::RecoveryWriter};
 use crate::rootkey::{self, Origin, RootKey, RootKeyError, TpmRootSealer};
 use crate::server::{self, BoundSocket, Heartbeat, LiveLimits, ServerError};
@@ -121,6 +122,7 @@ fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Resul
         ))),
     );
     service.set_transfer_peers(config.transfer.clone());
+    service.set_key_defaults(config.keys);
     load_transport_key(&service);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -140,8 +142,17 @@ fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Resul
         };
         watch_reloads(reloader, notifier)?;
         tokio::spawn(watch_recovery(recovery));
+        // Ticks once now: a host that was off rotates its due keys at once.
+        let timer_stop = shutdown.child_token();
+        let timer = tokio::spawn(lifecycle::run(Arc::clone(&service), timer_stop.clone()));
         announce_ready(&service, &socket, &config.listener, notifier);
         serve(&socket, &service, limits, shutdown, notifier).await;
+        // However serving ended, the timer stops; its last act records the
+        // daemon clock, so wait for it.
+        timer_stop.cancel();
+        if let Err(e) = timer.await {
+            tracing::warn!("the lifecycle timer did not stop cleanly: {e}");
+        }
         stop(&service, tpm).await;
         Ok(())
     })
@@ -207,7 +218,12 @@ fn open_store(
 ) -> Result<KeyStore, DaemonError> {
     let started = std::time::Instant::now();
     let entropy = Arc::new(TpmEntropy::new(Arc::clone(tpm), settings.timeout));
-    let store = KeyStore::open(state_dir, root_key, entropy)?;
+    let store = KeyStore::open(
+        state_dir,
+        root_key,
+        entropy,
+        crate::clock::Clock::from_env(),
+    )?;
     let keys = store.keys();
     tracing::info!(
         keys = keys.len(),
@@ -577,6 +593,7 @@ impl Reloader {
         self.service
             .reconfigure(loaded.access.policy, loaded.service, loaded.alerts);
         self.service.set_transfer_peers(loaded.transfer);
+        self.service.set_key_defaults(loaded.keys);
         audit::reloaded(&self.source.path, grants);
     }
 }

@@ -72,14 +72,17 @@ pub enum AlertKind {
     RepeatedInvalidCiphertexts,
     /// A key version reached `encryption_limit_percent` of its encryption limit.
     EncryptionLimit,
+    /// A key scheduled for deletion was used: someone still needs it.
+    PendingDeletionUse,
 }
 
 impl AlertKind {
     /// Every kind, in counter order.
-    pub const ALL: [AlertKind; 3] = [
+    pub const ALL: [AlertKind; 4] = [
         AlertKind::RepeatedDenials,
         AlertKind::RepeatedInvalidCiphertexts,
         AlertKind::EncryptionLimit,
+        AlertKind::PendingDeletionUse,
     ];
 
     /// The kind's name in `HOSTKMS_ALERT` and the metrics.
@@ -88,6 +91,7 @@ impl AlertKind {
             AlertKind::RepeatedDenials => "repeated-denials",
             AlertKind::RepeatedInvalidCiphertexts => "repeated-invalid-ciphertexts",
             AlertKind::EncryptionLimit => "encryption-limit",
+            AlertKind::PendingDeletionUse => "pending-deletion-use",
         }
     }
 
@@ -118,6 +122,7 @@ pub struct Monitor {
     denials: Mutex<PeerWindows>,
     invalid_ciphertexts: Mutex<PeerWindows>,
     flood: FloodGate,
+    pending_uses: Mutex<PendingUses>,
 }
 
 impl Monitor {
@@ -130,6 +135,7 @@ impl Monitor {
             denials: Mutex::new(PeerWindows::default()),
             invalid_ciphertexts: Mutex::new(PeerWindows::default()),
             flood: FloodGate::default(),
+            pending_uses: Mutex::new(PendingUses::default()),
         }
     }
 
@@ -195,6 +201,22 @@ impl Monitor {
         })
     }
 
+    /// Whether a use of `key`, pending deletion, by `uid` at `now` (the
+    /// daemon's monotonic clock) raises the pending-deletion alert: the
+    /// first use of each key by each uid does, then none for
+    /// [`PENDING_USE_ALERT_EVERY`]. Counts the alert it raises.
+    pub fn pending_deletion_use(&self, uid: u32, key: &str, now: Duration) -> bool {
+        let raised = self
+            .pending_uses
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .note(uid, key, now);
+        if raised {
+            self.count_alert(AlertKind::PendingDeletionUse);
+        }
+        raised
+    }
+
     /// Counts an alert raised elsewhere (the encryption limit).
     pub fn count_alert(&self, kind: AlertKind) {
         self.alerts[kind.index()].fetch_add(1, Ordering::Relaxed);
@@ -254,6 +276,36 @@ fn op_index(op: Operation) -> usize {
         .iter()
         .position(|candidate| *candidate == op)
         .unwrap_or(0)
+}
+
+/// How often one uid's uses of one key pending deletion raise an alert.
+pub const PENDING_USE_ALERT_EVERY: Duration = Duration::from_secs(3600);
+
+/// When each (uid, key) last raised the pending-deletion alert; at most
+/// [`MAX_TRACKED_PEERS`] pairs, the expired ones forgotten first.
+#[derive(Debug, Default)]
+struct PendingUses {
+    last: HashMap<(u32, String), Duration>,
+}
+
+impl PendingUses {
+    /// Notes a use; true when it raises the alert.
+    fn note(&mut self, uid: u32, key: &str, now: Duration) -> bool {
+        let recent = |at: &Duration| now.saturating_sub(*at) < PENDING_USE_ALERT_EVERY;
+        if let Some(at) = self.last.get(&(uid, key.to_string())) {
+            if recent(at) {
+                return false;
+            }
+        }
+        if self.last.len() >= MAX_TRACKED_PEERS {
+            self.last.retain(|_, at| recent(at));
+            if self.last.len() >= MAX_TRACKED_PEERS {
+                self.last.clear();
+            }
+        }
+        self.last.insert((uid, key.to_string()), now);
+        true
+    }
 }
 
 /// Per uid, the recent event times (at most `threshold`) and whether the
@@ -376,6 +428,30 @@ mod tests {
             windows.note(uid, now, window, 5);
         }
         assert!(windows.by_uid.len() <= MAX_TRACKED_PEERS);
+    }
+
+    #[test]
+    fn a_key_pending_deletion_alerts_once_per_uid_and_key_per_hour() {
+        let monitor = Monitor::new(AlertThresholds::default());
+        let at = Duration::from_secs;
+        assert!(monitor.pending_deletion_use(5, "db", at(10)));
+        assert!(!monitor.pending_deletion_use(5, "db", at(11)));
+        assert!(!monitor.pending_deletion_use(5, "db", at(3609)));
+        assert!(monitor.pending_deletion_use(6, "db", at(12)), "another uid");
+        assert!(
+            monitor.pending_deletion_use(5, "web", at(13)),
+            "another key"
+        );
+        assert!(
+            monitor.pending_deletion_use(5, "db", at(3610)),
+            "an hour on"
+        );
+        assert_eq!(monitor.counters()["alerts.pending-deletion-use"], 4);
+        let mut uses = PendingUses::default();
+        for uid in 0..3 * MAX_TRACKED_PEERS as u32 {
+            assert!(uses.note(uid, "db", at(1)));
+        }
+        assert!(uses.last.len() <= MAX_TRACKED_PEERS);
     }
 
     #[test]

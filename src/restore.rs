@@ -174,6 +174,17 @@ pub fn run(config: &Config, options: &RestoreOptions) -> Result<RestoreReport, R
     let result = import(&state_dir, &tpm, config, opened.keys, options.merge);
     tpm.shutdown(TPM_SHUTDOWN_WAIT);
     let (restored, root_key_check, root_key_origin) = result?;
+    for key in &restored.added {
+        if let Some(line) = was_pending_deletion(key) {
+            tracing::warn!(
+                key = %key.name,
+                key_id = %key.id,
+                "restored key {:?} (id {}) disabled: {line}",
+                key.name,
+                key.id
+            );
+        }
+    }
     Ok(RestoreReport {
         restored,
         root_key_check,
@@ -196,7 +207,12 @@ fn import(
 ) -> Result<(Restored, String, Origin), RestoreError> {
     let (root_key, origin) = rootkey::load_or_create(state_dir, tpm, config.tpm.start_timeout)?;
     let check = root_key.check_value();
-    let store = KeyStore::open(state_dir, &root_key, Arc::new(NoNewVersions))?;
+    let store = KeyStore::open(
+        state_dir,
+        &root_key,
+        Arc::new(NoNewVersions),
+        crate::clock::Clock::from_env(),
+    )?;
     drop(root_key);
     // Bound to its TPM counter before the import, as the daemon binds a
     // store at start: a new store gets its counter now, so the import's
@@ -382,6 +398,9 @@ pub fn summary(report: &RestoreReport, options: &RestoreOptions, config: &Config
             "\n  restored {:?} (id {}, {})",
             key.name, key.id, key.key_type
         ));
+        if let Some(line) = was_pending_deletion(key) {
+            out.push_str(&format!(", disabled: {line}"));
+        }
     }
     for key in &restored.kept {
         out.push_str(&format!(
@@ -416,6 +435,20 @@ pub fn summary(report: &RestoreReport, options: &RestoreOptions, config: &Config
     out
 }
 
+/// What the operator must hear of `key`, restored disabled because the
+/// backup had it pending deletion: the date it was to be deleted on, and
+/// how to schedule it again (the waiting period's daemon clock does not
+/// travel, so the deletion itself is not restored).
+pub fn was_pending_deletion(key: &crate::keystore::RestoredKey) -> Option<String> {
+    key.was_pending_deletion.map(|due| {
+        format!(
+            "it was scheduled for deletion on {}; schedule it again if still wanted (hostkms schedule-deletion {})",
+            crate::clock::rfc3339(due),
+            key.name
+        )
+    })
+}
+
 /// The files read, named by their paths, for [`open::open`].
 fn inputs<'a>(paths: &[PathBuf], files: &'a [Zeroizing<Vec<u8>>]) -> Vec<CustodianInput<'a>> {
     paths
@@ -433,6 +466,22 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
+
+    #[test]
+    fn a_key_that_was_pending_deletion_is_named_with_its_date_and_what_to_do() {
+        let mut key = crate::keystore::RestoredKey {
+            name: "orders".into(),
+            id: crate::envelope::KeyId([1; 16]),
+            key_type: agent_proto::KeyType::Aes256Gcm,
+            was_pending_deletion: None,
+        };
+        assert_eq!(was_pending_deletion(&key), None);
+        key.was_pending_deletion = Some(1_798_624_800);
+        assert_eq!(
+            was_pending_deletion(&key).unwrap(),
+            "it was scheduled for deletion on 2026-12-30T10:00:00Z; schedule it again if still wanted (hostkms schedule-deletion orders)"
+        );
+    }
 
     #[test]
     fn the_named_bundle_matches_by_recipient_or_fingerprint_only() {

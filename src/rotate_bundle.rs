@@ -77,7 +77,12 @@ fn rotate(
     // The store exists, so this never creates a root key.
     let (root_key, _) = rootkey::load_or_create(&state_dir, tpm, config.tpm.start_timeout)?;
     let entropy = Arc::new(TpmEntropy::new(Arc::clone(tpm), config.tpm.timeout));
-    let store = KeyStore::open(&state_dir, &root_key, entropy)?;
+    let store = KeyStore::open(
+        &state_dir,
+        &root_key,
+        entropy,
+        crate::clock::Clock::from_env(),
+    )?;
     drop(root_key);
     store.bind_rollback(tpm, config.tpm.start_timeout, config.tpm.timeout)?;
     let dir = recovery_config.dir.clone();

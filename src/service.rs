@@ -36,6 +36,7 @@ mod access;
 #[cfg(test)]
 mod encrypt_limit_tests;
 mod health;
+mod lifecycle;
 mod signing;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
@@ -45,6 +46,7 @@ mod transfer;
 pub use health::TestProbe;
 use health::TpmHealth;
 pub use health::{TpmProbe, WorkerProbe};
+pub use lifecycle::KeyDefaults;
 pub use signing::{MAX_SIGNATURE_LEN, MAX_TAG_LEN, MAX_VERSIONS_TRIED};
 
 /// Data-key lengths `GenerateDataKey` accepts.
@@ -127,6 +129,8 @@ impl From<StoreError> for Refusal {
             StoreError::KeyNotFound(_) => ErrorCode::KeyNotFound,
             StoreError::KeyExists(_) | StoreError::ImportRefused(_) => ErrorCode::KeyExists,
             StoreError::KeyRevoked(_) => ErrorCode::KeyRevoked,
+            StoreError::KeyPendingDeletion { .. } => ErrorCode::KeyPendingDeletion,
+            StoreError::DeletionNotDue { .. } => ErrorCode::InvalidArgument,
             StoreError::VersionNotFound { .. } => ErrorCode::VersionNotFound,
             StoreError::InvalidArgument(_) => ErrorCode::InvalidArgument,
             StoreError::Changed(_) => ErrorCode::Busy,
@@ -184,6 +188,9 @@ impl PendingAudit {
                     | Operation::MinDecryptionVersion
                     | Operation::Import
                     | Operation::RotateRoot
+                    | Operation::ScheduleDeletion
+                    | Operation::CancelDeletion
+                    | Operation::SetRotationPeriod
             )
     }
 }
@@ -212,6 +219,8 @@ pub struct Service {
     random_gate: tokio::sync::Semaphore,
     policy: ArcSwap<Policy>,
     limits: ArcSwap<ServiceLimits>,
+    /// What new keys get unless their creator says (`[keys]`).
+    key_defaults: ArcSwap<KeyDefaults>,
     started: Instant,
     tpm_health: TpmHealth,
     monitor: Monitor,
@@ -239,6 +248,7 @@ impl Service {
             random_gate: tokio::sync::Semaphore::new(1),
             policy: ArcSwap::from_pointee(policy),
             limits: ArcSwap::from_pointee(limits),
+            key_defaults: ArcSwap::from_pointee(KeyDefaults::default()),
             started: Instant::now(),
             tpm_health: TpmHealth::new(tpm),
             monitor: Monitor::new(alerts),
@@ -364,6 +374,11 @@ impl Service {
         unsent: Option<ErrorCode>,
     ) {
         let PendingAudit { op, subject, .. } = audit;
+        if code == Some(ErrorCode::KeyPendingDeletion) && lifecycle::USES.contains(&op) {
+            if let Some(key) = subject.key() {
+                self.pending_deletion_used(peer, key, op);
+            }
+        }
         // A refusal, or a request that needs no grant, may only be counted
         // in a later summary: see monitor::flood.
         let logged = Limited::of(op, code).is_none_or(|kind| {
@@ -419,11 +434,7 @@ impl Service {
                 key_type,
                 settings,
             } => {
-                self.permit(peer, op, &name)?;
-                if settings != agent_proto::KeySettings::default() {
-                    return Err(not_yet(op));
-                }
-                self.change(move |store| store.create_typed(&name, key_type), subject)
+                self.create_key(peer, name, key_type, settings, subject)
                     .await
             }
             Request::Wrap {
@@ -546,10 +557,14 @@ impl Service {
             Request::GetPublicKey { key, version } => self.public_key(peer, &key, version, subject),
             Request::GenerateRandom { bytes } => self.random(peer, bytes).await,
             Request::ImportKey { file } => self.import(peer, file, subject).await,
-            Request::ScheduleDeletion { .. }
-            | Request::CancelDeletion { .. }
-            | Request::SetRotationPeriod { .. }
-            | Request::UpdateKeyMetadata { .. }
+            Request::ScheduleDeletion { key, days } => {
+                self.schedule_deletion(peer, key, days, subject).await
+            }
+            Request::CancelDeletion { key } => self.cancel_deletion(peer, key, subject).await,
+            Request::SetRotationPeriod { key, period } => {
+                self.set_rotation_period(peer, key, period, subject).await
+            }
+            Request::UpdateKeyMetadata { .. }
             | Request::WrapBatch { .. }
             | Request::UnwrapBatch { .. } => Err(not_yet(op)),
             Request::RotateRoot => {
@@ -706,14 +721,7 @@ impl Service {
                 ),
             )),
             KeyState::Revoked => Err(StoreError::KeyRevoked(key.name().to_string()).into()),
-            KeyState::PendingDeletion => Err(Refusal::new(
-                ErrorCode::KeyPendingDeletion,
-                format!(
-                    "key \"{}\" is scheduled for deletion; an admin can cancel it with \
-                     `hostkms cancel-deletion`",
-                    key.name()
-                ),
-            )),
+            KeyState::PendingDeletion => Err(Self::pending_deletion(key)),
         }
     }
 

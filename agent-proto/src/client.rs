@@ -446,6 +446,89 @@ macro_rules! typed_operations {
         })$($await)*?)
     }
 
+    /// Creates key `name` of type `key_type` with `settings`: its rotation
+    /// by age (the daemon's configured default unless set), description and
+    /// tags.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` for a rotation period outside 1 hour to 100 years
+    /// or metadata over its limits, the refusals of
+    /// [`Self::create_key_of_type`], [`ClientError::DaemonTooOld`] for
+    /// settings other than the default against a daemon older than
+    /// protocol 5, and the connection errors of
+    /// [`Client::call`](crate::Client::call).
+    pub $($async)* fn create_key_with(
+        &mut self,
+        name: &str,
+        key_type: KeyType,
+        settings: KeySettings,
+    ) -> Result<KeyInfo, ClientError> {
+        expect::key(self.call(Request::CreateKey {
+            name: name.to_string(),
+            key_type,
+            settings,
+        })$($await)*?)
+    }
+
+    /// Schedules `key` for deletion in `days` days (7 to 30): until then
+    /// every use of it is refused `KeyPendingDeletion` and raises an alert,
+    /// and [`Self::cancel_deletion`] takes it back; then the daemon deletes
+    /// every version's secret for good. The answer's
+    /// [`KeyInfo::deletion_date`] is the earliest date of the deletion.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` for `days` outside 7..=30, `KeyPendingDeletion`
+    /// when it is already scheduled, `KeyRevoked`, `KeyNotFound`,
+    /// `PermissionDenied` without the `schedule-deletion` grant,
+    /// [`ClientError::DaemonTooOld`] against a daemon older than protocol
+    /// 5, and the connection errors of [`Client::call`](crate::Client::call).
+    pub $($async)* fn schedule_deletion(&mut self, key: &str, days: u16) -> Result<KeyInfo, ClientError> {
+        expect::key(self.call(Request::ScheduleDeletion {
+            key: key.to_string(),
+            days,
+        })$($await)*?)
+    }
+
+    /// Cancels the scheduled deletion of `key`, which becomes disabled
+    /// (enable it with [`Self::enable`] once it is wanted again).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` when the key is not scheduled for deletion,
+    /// `KeyNotFound`, `PermissionDenied` without the `cancel-deletion`
+    /// grant, [`ClientError::DaemonTooOld`] against a daemon older than
+    /// protocol 5, and the connection errors of
+    /// [`Client::call`](crate::Client::call).
+    pub $($async)* fn cancel_deletion(&mut self, key: &str) -> Result<KeyInfo, ClientError> {
+        expect::key(self.call(Request::CancelDeletion {
+            key: key.to_string(),
+        })$($await)*?)
+    }
+
+    /// Makes the daemon rotate `key` every `period` seconds after its latest
+    /// version was created (1 hour to 100 years), or never by age with
+    /// `None`. [`crate::period::parse_period`] reads the `90d` syntax.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` for a period out of bounds, `KeyRevoked`,
+    /// `KeyNotFound`, `PermissionDenied` without the
+    /// `set-rotation-period` grant, [`ClientError::DaemonTooOld`] against a
+    /// daemon older than protocol 5, and the connection errors of
+    /// [`Client::call`](crate::Client::call).
+    pub $($async)* fn set_rotation_period(
+        &mut self,
+        key: &str,
+        period: Option<u64>,
+    ) -> Result<KeyInfo, ClientError> {
+        expect::key(self.call(Request::SetRotationPeriod {
+            key: key.to_string(),
+            period,
+        })$($await)*?)
+    }
+
     /// Every key this caller may see, in name order. Pages through the
     /// daemon's list (protocol 2) with [`LIST_PAGE`] keys a page, halving
     /// the page when one would exceed the daemon's frame limit; a

@@ -113,6 +113,7 @@ pub mod counters;
 mod error;
 pub mod key_name;
 mod message;
+pub mod period;
 pub mod v1;
 pub mod v2;
 pub mod v3;

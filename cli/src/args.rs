@@ -18,7 +18,7 @@ use crate::error::CliError;
 /// and verify-mac, the signature or tag is invalid), 2 usage, connection or
 /// local file errors, 3 the daemon is busy (retry later).
 #[derive(Debug, Parser)]
-#[command(name = "hostkms", version, about)]
+#[command(name = "hostkms", version, about, after_long_help = crate::json_docs::ERRORS)]
 pub struct Cli {
     /// The daemon's socket.
     #[arg(
@@ -52,13 +52,16 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check that the daemon answers.
+    #[command(after_long_help = crate::json_docs::PING)]
     Ping,
     /// Show the daemon's health: versions, uptime, TPM, root key, and (to
     /// admins and peers granted "metrics") its counters and root key check.
+    #[command(after_long_help = crate::json_docs::STATUS)]
     Status,
     /// Print the daemon's counters in the OpenMetrics text format, for
     /// Prometheus or node_exporter's textfile collector (needs an admin or
     /// a "metrics" grant).
+    #[command(after_long_help = crate::json_docs::METRICS)]
     Metrics {
         /// Write to this file atomically (mode 0644, replaced whole, so a
         /// collector never reads half of it) instead of standard output.
@@ -68,29 +71,40 @@ pub enum Command {
     /// Rotate the root key (admins only): seal a new root key to the TPM
     /// and re-seal every key under it. Ciphertexts are unaffected. Prints
     /// the old and the new root key check value.
+    #[command(after_long_help = crate::json_docs::ROOT_ROTATION)]
     RotateRoot,
     /// Create a key at version 1, of one type for life.
+    #[command(after_long_help = crate::json_docs::KEY)]
     CreateKey {
         /// Key name: 1 to 128 of A-Z a-z 0-9 . _ -
         name: String,
         /// What the key is for; every version of it has this type.
         #[arg(long = "type", value_name = "TYPE", default_value = "aes256-gcm")]
         key_type: KeyTypeArg,
+        /// Rotate the key by age, every PERIOD after its latest version was
+        /// made: <n>h, <n>d, <n>w or <n>y (365 days), at least 1h, or off.
+        /// Default: the daemon's [keys] rotation_period (off unless set).
+        #[arg(long, value_name = "PERIOD", value_parser = parse_period_arg)]
+        rotation_period: Option<PeriodArg>,
     },
     /// List the keys you may see.
+    #[command(after_long_help = crate::json_docs::LIST)]
     List,
     /// Show a key's metadata and versions.
+    #[command(after_long_help = crate::json_docs::KEY)]
     Describe {
         /// Key name.
         name: String,
     },
     /// Add a new latest version to a key; older versions still unwrap.
+    #[command(after_long_help = crate::json_docs::KEY)]
     Rotate {
         /// Key name.
         name: String,
     },
     /// Revoke one version of a key, or the whole key. Irreversible: the key
     /// material is deleted and its ciphertexts never unwrap again.
+    #[command(after_long_help = crate::json_docs::KEY)]
     Revoke {
         /// Key name.
         name: String,
@@ -103,16 +117,48 @@ pub enum Command {
         yes: bool,
     },
     /// Stop every use of a key until it is enabled again.
+    #[command(after_long_help = crate::json_docs::KEY)]
     Disable {
         /// Key name.
         name: String,
     },
     /// Put a disabled key back in service.
+    #[command(after_long_help = crate::json_docs::KEY)]
     Enable {
         /// Key name.
         name: String,
     },
+    /// Schedule a key for deletion after a waiting period: until then every
+    /// use is refused (and raises an alert) and cancel-deletion takes it
+    /// back; then the daemon deletes its material for good. Only time the
+    /// daemon ran counts toward the period, and a wall-clock jump never
+    /// shortens it.
+    ScheduleDeletion {
+        /// Key name.
+        name: String,
+        /// The waiting period in days: 7 to 30.
+        #[arg(long, value_name = "N", default_value_t = agent_proto::DEFAULT_DELETION_DAYS,
+              value_parser = clap::value_parser!(u16).range(
+                  i64::from(agent_proto::MIN_DELETION_DAYS)..=i64::from(agent_proto::MAX_DELETION_DAYS)))]
+        days: u16,
+    },
+    /// Cancel a key's scheduled deletion; the key becomes disabled (enable
+    /// it once it is wanted again).
+    CancelDeletion {
+        /// Key name.
+        name: String,
+    },
+    /// Set how often the daemon rotates a key by age (after its latest
+    /// version was made), or stop it with "off".
+    SetRotationPeriod {
+        /// Key name.
+        name: String,
+        /// <n>h, <n>d, <n>w or <n>y (365 days), at least 1h; or off.
+        #[arg(value_name = "PERIOD", value_parser = parse_period_arg)]
+        period: PeriodArg,
+    },
     /// Refuse to unwrap ciphertexts of versions below N (reversible).
+    #[command(after_long_help = crate::json_docs::KEY)]
     MinDecryptionVersion {
         /// Key name.
         name: String,
@@ -120,39 +166,51 @@ pub enum Command {
         version: u32,
     },
     /// Encrypt data (from --in or standard input) under a key's latest version.
+    #[command(after_long_help = crate::json_docs::WRAPPED)]
     Wrap(WrapArgs),
     /// Decrypt a ciphertext (base64 or raw, from --in or standard input);
     /// an --out file gets mode 0600.
+    #[command(after_long_help = crate::json_docs::UNWRAPPED)]
     Unwrap(UnwrapArgs),
     /// Generate a fresh data key, in clear and wrapped under a key.
+    #[command(after_long_help = crate::json_docs::DATA_KEY)]
     Datakey(DatakeyArgs),
     /// Re-encrypt a ciphertext under its key's latest version, without
     /// revealing the plaintext.
+    #[command(after_long_help = crate::json_docs::WRAPPED)]
     Rewrap(RewrapArgs),
     /// Compute an HMAC tag of data (from --in or standard input) under an
     /// HMAC key's latest version: base64 out, raw with --binary.
+    #[command(after_long_help = crate::json_docs::MAC)]
     Mac(MacArgs),
     /// Check an HMAC tag of data (from --in or standard input): exit 0 and
     /// "valid (version N)", or exit 1 and "invalid".
+    #[command(after_long_help = crate::json_docs::VERIFICATION)]
     VerifyMac(VerifyMacArgs),
     /// Sign a message (from --in or standard input) with a signing key's
     /// latest version: base64 out, raw with --binary.
+    #[command(after_long_help = crate::json_docs::SIGNATURE)]
     Sign(SignArgs),
     /// Check a signature of a message (from --in or standard input): exit 0
     /// and "valid (version N)", or exit 1 and "invalid".
+    #[command(after_long_help = crate::json_docs::VERIFICATION)]
     Verify(VerifyArgs),
     /// Print a signing key's public key (SubjectPublicKeyInfo) as PEM, for
     /// openssl and other verifiers; a revoked version's stays available.
+    #[command(after_long_help = crate::json_docs::PUBLIC_KEY)]
     PublicKey(PublicKeyArgs),
     /// Print N random bytes (1 to 1024) from the daemon: the OS RNG mixed
     /// with the TPM's. Base64 by default.
+    #[command(after_long_help = crate::json_docs::RANDOM)]
     Random(RandomArgs),
     /// Measure the daemon's throughput and latency against ping.
+    #[command(after_long_help = crate::json_docs::BENCH)]
     Bench(BenchArgs),
     /// Write the recovery directory the daemon names in its status as one
     /// tar file (MANIFEST, custodians/, keys/; everything in it is
     /// encrypted to the custodians), mode 0600. Run as root or as a member
     /// of the recovery directory's group.
+    #[command(after_long_help = crate::json_docs::BACKUP)]
     Backup {
         /// The tar file to write.
         #[arg(long, value_name = "FILE")]
@@ -164,14 +222,17 @@ pub enum Command {
     /// Print this host's transport key (age1...) and its fingerprint: what
     /// another host's root pins in a [[transfer]] table to export keys here
     /// and to import keys from here.
+    #[command(after_long_help = crate::json_docs::TRANSPORT_KEY)]
     TransportKey,
     /// Export a key to a host pinned in the daemon's config ([[transfer]]):
     /// its versions (revoked ones as numbers only) in a file only that
     /// host's daemon can open. The key is never in clear outside the daemons.
+    #[command(after_long_help = crate::json_docs::EXPORT)]
     Export(ExportArgs),
     /// Import a key from a file a pinned host exported to this host: adds
     /// the key, or the versions this host lacks; never brings back a version
     /// revoked here.
+    #[command(after_long_help = crate::json_docs::KEY)]
     Import {
         /// The file `hostkms export` wrote on the other host.
         file: PathBuf,
@@ -251,6 +312,27 @@ pub struct UnwrapArgs {
     /// Input and output files (an output file is created with mode 0600).
     #[command(flatten)]
     pub io: InOutArgs,
+    /// How the plaintext is written.
+    #[command(flatten)]
+    pub encoding: PlaintextEncoding,
+}
+
+/// How `unwrap` writes the plaintext: raw bytes (the default, refused on a
+/// terminal without `--force`), base64 or hex.
+#[derive(Debug, Args)]
+#[group(multiple = false)]
+pub struct PlaintextEncoding {
+    /// Print the plaintext in standard base64 and a newline.
+    #[arg(long)]
+    pub base64: bool,
+    /// Print the plaintext in lower-case hex and a newline.
+    #[arg(long)]
+    pub hex: bool,
+    /// Write the raw plaintext even when standard output is a terminal
+    /// (refused otherwise, as it may hold control sequences and stays in
+    /// the scrollback).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Arguments of `datakey`.
@@ -259,11 +341,18 @@ pub struct DatakeyArgs {
     /// Key name.
     pub name: String,
     /// Data-key length in bytes: 16, 24, 32 or 64.
-    #[arg(long, value_name = "N", default_value_t = 32, value_parser = parse_data_key_len)]
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = DataKeyLen)]
     pub bytes: u16,
     /// Return only the wrapped data key, not the data key in clear.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "out")]
     pub without_plaintext: bool,
+    /// Write the data key in clear (its raw bytes) to FILE, a new file of
+    /// mode 0600, instead of printing it; standard output gets the rest.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Replace FILE if it exists (with --out).
+    #[arg(long, requires = "out")]
+    pub force: bool,
     /// The encryption context.
     #[command(flatten)]
     pub context: ContextArgs,
@@ -508,8 +597,9 @@ pub struct BenchArgs {
     /// datakey, ed25519 for sign and verify, hmac-sha256 for mac).
     #[arg(long = "type", value_name = "TYPE")]
     pub key_type: Option<KeyTypeArg>,
-    /// The key to use; created if missing (default: "bench" for an
-    /// aes256-gcm key, else "bench-TYPE").
+    /// The key to use, created if missing and kept (default: a temporary
+    /// key, "bench-tmp-TYPE-" and random hex, announced at the start and
+    /// revoked, its key material destroyed, at the end).
     #[arg(long, value_name = "NAME")]
     pub key: Option<String>,
 }
@@ -521,14 +611,32 @@ impl BenchArgs {
             .map_or_else(|| self.op.default_key_type(), |t| t.0)
     }
 
-    /// The name of the key the benchmark uses.
-    pub fn key_name(&self) -> String {
-        match (&self.key, self.key_type()) {
-            (Some(name), _) => name.clone(),
-            (None, KeyType::Aes256Gcm) => "bench".to_string(),
-            (None, key_type) => format!("bench-{key_type}"),
+    /// The name of the key the benchmark uses: `--key`, or a temporary
+    /// name with `suffix` (random hex) that no other run picks.
+    pub fn key_name(&self, suffix: &str) -> String {
+        match &self.key {
+            Some(name) => name.clone(),
+            None => format!("bench-tmp-{}-{suffix}", self.key_type()),
         }
     }
+
+    /// Whether the key is temporary: made for this run and revoked after.
+    pub fn temporary_key(&self) -> bool {
+        self.key.is_none()
+    }
+}
+
+/// A rotation period as the command line spells it: `Some(seconds)`, or
+/// `None` for `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeriodArg(pub Option<u64>);
+
+/// Parses a rotation period (`90d`, `12h`, `2w`, `1y`, `off`) with the
+/// daemon's own rules.
+pub fn parse_period_arg(arg: &str) -> Result<PeriodArg, String> {
+    agent_proto::period::parse_period(arg)
+        .map(PeriodArg)
+        .map_err(|e| e.to_string())
 }
 
 /// Parses one `KEY=VALUE` pair; the value may be empty or contain `=`.
@@ -554,6 +662,38 @@ pub fn context_from_pairs(pairs: &[(String, String)]) -> Result<EncryptionContex
         context.insert(key.clone(), value.clone());
     }
     Ok(context)
+}
+
+/// The `--bytes` of `datakey`: [`parse_data_key_len`], with the sizes as
+/// possible values so that `--help` and shell completion offer them.
+#[derive(Debug, Clone, Copy)]
+pub struct DataKeyLen;
+
+impl clap::builder::TypedValueParser for DataKeyLen {
+    type Value = u16;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<u16, clap::Error> {
+        let text = value.to_string_lossy();
+        parse_data_key_len(&text).map_err(|why| {
+            let arg = arg.map_or_else(|| "--bytes".to_string(), ToString::to_string);
+            clap::Error::raw(
+                clap::error::ErrorKind::InvalidValue,
+                format!("invalid value '{text}' for '{arg}': {why}\n"),
+            )
+            .with_cmd(cmd)
+        })
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(
+            ["16", "24", "32", "64"].into_iter().map(PossibleValue::new),
+        ))
+    }
 }
 
 /// Parses a data-key length: one of the sizes the daemon supports.
@@ -645,6 +785,36 @@ mod tests {
     }
 
     #[test]
+    fn data_key_lengths_are_offered_and_checked_by_clap() {
+        use clap::CommandFactory;
+        let cli = Cli::try_parse_from(["hostkms", "datakey", "k", "--bytes", "64"]).expect("parse");
+        let Command::Datakey(args) = cli.command else {
+            panic!("datakey expected")
+        };
+        assert_eq!(args.bytes, 64);
+        let err =
+            Cli::try_parse_from(["hostkms", "datakey", "k", "--bytes", "33"]).expect_err("refused");
+        assert_eq!(err.exit_code(), 2);
+        let text = err.to_string();
+        assert!(
+            text.contains("'33'") && text.contains("16, 24, 32 or 64"),
+            "{text}"
+        );
+        let command = Cli::command();
+        let datakey = command.find_subcommand("datakey").expect("datakey");
+        let bytes = datakey
+            .get_arguments()
+            .find(|a| a.get_id() == "bytes")
+            .expect("--bytes");
+        let offered: Vec<String> = bytes
+            .get_possible_values()
+            .iter()
+            .map(|v| v.get_name().to_string())
+            .collect();
+        assert_eq!(offered, ["16", "24", "32", "64"]);
+    }
+
+    #[test]
     fn data_key_lengths_and_durations_are_checked() {
         assert_eq!(parse_data_key_len("64"), Ok(64));
         assert!(parse_data_key_len("33").is_err());
@@ -706,24 +876,92 @@ mod tests {
             let Command::Bench(bench) = cli.command else {
                 panic!("bench expected")
             };
-            (bench.key_type(), bench.key_name())
+            (
+                bench.key_type(),
+                bench.key_name("0a1b"),
+                bench.temporary_key(),
+            )
         };
         assert_eq!(
             parse(&["hostkms", "bench"]),
-            (KeyType::Aes256Gcm, "bench".to_string())
+            (
+                KeyType::Aes256Gcm,
+                "bench-tmp-aes256-gcm-0a1b".to_string(),
+                true
+            )
         );
         assert_eq!(
             parse(&["hostkms", "bench", "--op", "sign"]),
-            (KeyType::Ed25519, "bench-ed25519".to_string())
+            (KeyType::Ed25519, "bench-tmp-ed25519-0a1b".to_string(), true)
         );
         assert_eq!(
             parse(&["hostkms", "bench", "--op", "verify", "--type", "ecdsa-p256"]),
-            (KeyType::EcdsaP256, "bench-ecdsa-p256".to_string())
+            (
+                KeyType::EcdsaP256,
+                "bench-tmp-ecdsa-p256-0a1b".to_string(),
+                true
+            )
         );
         assert_eq!(
             parse(&["hostkms", "bench", "--op", "mac", "--key", "m"]),
-            (KeyType::HmacSha256, "m".to_string())
+            (KeyType::HmacSha256, "m".to_string(), false)
         );
+    }
+
+    #[test]
+    fn unwrap_encodings_exclude_each_other_and_datakey_out_needs_the_plaintext() {
+        assert!(Cli::try_parse_from(["hostkms", "unwrap", "--base64", "--hex"]).is_err());
+        assert!(Cli::try_parse_from(["hostkms", "unwrap", "--hex", "--force"]).is_err());
+        assert!(Cli::try_parse_from(["hostkms", "unwrap", "--force"]).is_ok());
+        assert!(
+            Cli::try_parse_from([
+                "hostkms",
+                "datakey",
+                "k",
+                "--out",
+                "f",
+                "--without-plaintext"
+            ])
+            .is_err()
+        );
+        assert!(Cli::try_parse_from(["hostkms", "datakey", "k", "--force"]).is_err());
+        assert!(Cli::try_parse_from(["hostkms", "datakey", "k", "--out", "f", "--force"]).is_ok());
+    }
+
+    #[test]
+    fn lifecycle_arguments_are_checked_before_the_daemon_is_asked() {
+        let cli = Cli::try_parse_from(["hostkms", "schedule-deletion", "k"]).expect("parse");
+        let Command::ScheduleDeletion { days, .. } = cli.command else {
+            panic!("schedule-deletion expected")
+        };
+        assert_eq!(days, 30, "the default");
+        for bad in ["6", "31", "0", "x"] {
+            let err = Cli::try_parse_from(["hostkms", "schedule-deletion", "k", "--days", bad])
+                .expect_err(bad);
+            assert_eq!(err.exit_code(), 2, "{bad}");
+        }
+        let cli = Cli::try_parse_from(["hostkms", "set-rotation-period", "k", "90d"]).expect("90d");
+        let Command::SetRotationPeriod { period, .. } = cli.command else {
+            panic!("set-rotation-period expected")
+        };
+        assert_eq!(period, PeriodArg(Some(90 * 86_400)));
+        let cli = Cli::try_parse_from(["hostkms", "set-rotation-period", "k", "off"]).expect("off");
+        let Command::SetRotationPeriod { period, .. } = cli.command else {
+            panic!("set-rotation-period expected")
+        };
+        assert_eq!(period, PeriodArg(None));
+        let err = Cli::try_parse_from(["hostkms", "set-rotation-period", "k", "30m"])
+            .expect_err("minutes are no unit");
+        assert!(err.to_string().contains("e.g. 90d"), "{err}");
+        let cli = Cli::try_parse_from(["hostkms", "create-key", "k", "--rotation-period", "1w"])
+            .expect("parse");
+        let Command::CreateKey {
+            rotation_period, ..
+        } = cli.command
+        else {
+            panic!("create-key expected")
+        };
+        assert_eq!(rotation_period, Some(PeriodArg(Some(7 * 86_400))));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! percentiles.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::Path;
 use std::sync::{Barrier, OnceLock};
 use std::thread;
@@ -244,7 +245,6 @@ fn random_bytes(size: usize) -> Result<Zeroizing<Vec<u8>>, CliError> {
 /// Runs the benchmark and prints its report; any failed request makes it
 /// return [`CliError::BenchFailed`] after the report is printed.
 pub fn run(socket: &Path, args: &BenchArgs, json: bool) -> Result<(), CliError> {
-    let size = usize::try_from(args.size).unwrap_or(usize::MAX);
     let data_key_len = match (args.op, u16::try_from(args.size)) {
         (BenchOp::Datakey, Ok(n @ (16 | 24 | 32 | 64))) => n,
         (BenchOp::Datakey, _) => {
@@ -256,7 +256,6 @@ pub fn run(socket: &Path, args: &BenchArgs, json: bool) -> Result<(), CliError> 
         }
         _ => 0,
     };
-    let connections = usize::from(args.connections);
     let key_type = args.key_type();
     let operation = args.op.operation();
     if !key_type.operations().contains(&operation) {
@@ -268,13 +267,33 @@ pub fn run(socket: &Path, args: &BenchArgs, json: bool) -> Result<(), CliError> 
             ops_of(key_type)
         )));
     }
-    let key_name = args.key_name();
+    let suffix = crate::io::hex_secret(&random_bytes(4)?);
+    let key_name = args.key_name(&suffix);
     let key = key_name.as_str();
-    let context = EncryptionContext::from([("purpose".to_string(), "hostkms bench".to_string())]);
 
-    // Set-up on one connection: the key, and the ciphertext unwrap or the
-    // signature verify measures.
     let mut setup = connect(socket)?;
+    if args.temporary_key() {
+        setup.create_key_of_type(key, key_type)?;
+        let _ = writeln!(
+            std::io::stderr(),
+            "hostkms: bench: using temporary key {key}, revoked (its key material destroyed) \
+             at the end; give --key NAME to use a key of your own"
+        );
+        let measured = measure(socket, args, key, data_key_len, json);
+        let revoked = setup
+            .revoke(key, None)
+            .or_else(|_| connect(socket).and_then(|mut again| again.revoke(key, None)));
+        let note = match &revoked {
+            Ok(_) => format!("hostkms: bench: revoked temporary key {key}"),
+            Err(e) => format!(
+                "hostkms: bench: could not revoke temporary key {key} ({}); revoke it with: \
+                 hostkms revoke {key} --yes",
+                printable(&e.to_string())
+            ),
+        };
+        let _ = writeln!(std::io::stderr(), "{note}");
+        return measured;
+    }
     match setup.create_key_of_type(key, key_type) {
         Ok(_) => {}
         Err(e) if e.code() == Some(ErrorCode::KeyExists) => {
@@ -289,6 +308,24 @@ pub fn run(socket: &Path, args: &BenchArgs, json: bool) -> Result<(), CliError> 
         }
         Err(e) => return Err(e.into()),
     }
+    drop(setup);
+    measure(socket, args, key, data_key_len, json)
+}
+
+/// Prepares what the operation needs (the ciphertext unwrap or the
+/// signature verify measures) with key `key`, runs both phases and prints
+/// the report.
+fn measure(
+    socket: &Path,
+    args: &BenchArgs,
+    key: &str,
+    data_key_len: u16,
+    json: bool,
+) -> Result<(), CliError> {
+    let size = usize::try_from(args.size).unwrap_or(usize::MAX);
+    let connections = usize::from(args.connections);
+    let context = EncryptionContext::from([("purpose".to_string(), "hostkms bench".to_string())]);
+    let mut setup = connect(socket)?;
     let payload = random_bytes(size)?;
     let ciphertext = match args.op {
         BenchOp::Unwrap => setup.wrap(key, &payload, &context)?.ciphertext,
@@ -361,9 +398,9 @@ pub fn run(socket: &Path, args: &BenchArgs, json: bool) -> Result<(), CliError> 
     })?;
 
     let text = if json {
-        render_json(args, &ping, &op)
+        render_json(args, key, &ping, &op)
     } else {
-        render_human(args, &ping, &op)
+        render_human(args, key, &ping, &op)
     };
     write_stdout(text.as_bytes())?;
 
@@ -414,10 +451,11 @@ fn round(value: f64, digits: i32) -> f64 {
 }
 
 /// The report as one JSON object.
-fn render_json(args: &BenchArgs, ping: &PhaseResult, op: &PhaseResult) -> String {
+fn render_json(args: &BenchArgs, key: &str, ping: &PhaseResult, op: &PhaseResult) -> String {
     let value = json!({
         "op": args.op.as_str(),
-        "key": args.key_name(),
+        "key": key,
+        "temporary_key": args.temporary_key(),
         "type": args.key_type().as_str(),
         "connections": args.connections,
         "duration_secs": args.duration.as_secs_f64(),
@@ -441,7 +479,7 @@ fn render_json(args: &BenchArgs, ping: &PhaseResult, op: &PhaseResult) -> String
 }
 
 /// The report as aligned lines.
-fn render_human(args: &BenchArgs, ping: &PhaseResult, op: &PhaseResult) -> String {
+fn render_human(args: &BenchArgs, key: &str, ping: &PhaseResult, op: &PhaseResult) -> String {
     let us = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"));
     let line = |name: &str, phase: &PhaseResult| {
         format!(
@@ -461,7 +499,7 @@ fn render_human(args: &BenchArgs, ping: &PhaseResult, op: &PhaseResult) -> Strin
         args.op.as_str(),
         args.size,
         args.key_type(),
-        printable(&args.key_name()),
+        printable(key),
         args.connections,
         args.duration.as_secs_f64(),
         WARMUP.as_secs_f64()

@@ -89,6 +89,33 @@ pub enum CliError {
         "the daemon has no [recovery] section: its keys are not escrowed and there is no recovery directory to back up. Configure [recovery] (custodians' age recipients) in its config and restart it"
     )]
     NotRecoverable,
+    /// The daemon's socket cannot be reached; `diagnosis` says why, from
+    /// what is (or is not) at the path.
+    #[error("cannot connect to hostkms at {}: {diagnosis}", path.display())]
+    Connect {
+        /// The socket path tried.
+        path: std::path::PathBuf,
+        /// Why, and what to do: see [`crate::socket::diagnose`].
+        diagnosis: String,
+    },
+    /// The daemon refused a request that named its key for want of a
+    /// grant: its message, and how to get access.
+    #[error("permission denied: {message}; {hint}")]
+    Denied {
+        /// The daemon's message.
+        message: String,
+        /// The grant that would allow it, naming only the key the request named.
+        hint: String,
+    },
+    /// The input of `unwrap` or `rewrap` is not a ciphertext, told without
+    /// asking the daemon.
+    #[error("{what}: {why}")]
+    NotCiphertext {
+        /// The file, or "standard input".
+        what: String,
+        /// What the input is instead, and what to pass.
+        why: String,
+    },
     /// Benchmark requests failed (the results were printed already).
     #[error("benchmark: {errors} requests failed; first failure: {first}")]
     BenchFailed {
@@ -115,10 +142,53 @@ impl CliError {
             | CliError::Client(ClientError::DaemonTooOld { .. })
             | CliError::BenchFailed { .. }
             | CliError::NotVerified { .. }
+            | CliError::Denied { .. }
             | CliError::CountersWithheld { .. }
             | CliError::NotRecoverable => 1,
             _ => 2,
         }
+    }
+
+    /// A stable name for the failure, for scripts: the `code` of a `--json`
+    /// error. A daemon refusal is its error code in snake case
+    /// (`permission_denied`, `key_not_found`, `busy`, ...); a local failure
+    /// names its kind (`usage`, `connect`, `read`, `write`, ...).
+    pub fn code(&self) -> &'static str {
+        match self {
+            CliError::Client(err) => client_code(err),
+            CliError::Denied { .. } => daemon_code(ErrorCode::PermissionDenied),
+            CliError::Connect { .. } => "connect",
+            CliError::Usage(_) => "usage",
+            CliError::Read { .. } => "read",
+            CliError::InputTooLarge { .. } | CliError::MessageTooLarge { .. } => "input_too_large",
+            CliError::NotCiphertext { .. } => "not_ciphertext",
+            CliError::NotVerified { .. } => "invalid",
+            CliError::Write { .. } => "write",
+            CliError::Random(_) => "random",
+            CliError::BenchThread | CliError::BenchFailed { .. } => "bench_failed",
+            CliError::CountersWithheld { .. } => "counters_withheld",
+            CliError::NotRecoverable => "not_recoverable",
+        }
+    }
+
+    /// Whether the command printed its JSON document on standard output
+    /// before failing (an invalid signature's `{"valid": false, ...}`, a
+    /// benchmark's report): with `--json` the error then goes to standard
+    /// error only, so that standard output stays one document.
+    pub fn stdout_has_result(&self) -> bool {
+        matches!(
+            self,
+            CliError::NotVerified { .. } | CliError::BenchFailed { .. }
+        )
+    }
+
+    /// The `--json` form of the error: one line,
+    /// `{"error":{"code":"...","message":"..."}}`.
+    pub fn to_json(&self) -> String {
+        let document = serde_json::json!({
+            "error": { "code": self.code(), "message": self.to_string() }
+        });
+        format!("{document}\n")
     }
 
     /// A read error naming `path` (or standard input when `None`).
@@ -135,6 +205,51 @@ impl CliError {
             what: describe(path, "standard output"),
             source,
         }
+    }
+}
+
+/// The `--json` code of a client-side failure.
+fn client_code(err: &ClientError) -> &'static str {
+    match err {
+        ClientError::Daemon { code, .. } => daemon_code(*code),
+        ClientError::Connect { .. } => "connect",
+        ClientError::DaemonTooOld { .. } => "daemon_too_old",
+        ClientError::MayHaveExecuted { .. } => "may_have_executed",
+        ClientError::TimedOut { .. } => "timed_out",
+        ClientError::Io(_)
+        | ClientError::Frame(_)
+        | ClientError::Decode(_)
+        | ClientError::Encode(_)
+        | ClientError::Closed
+        | ClientError::UnexpectedResponse { .. }
+        | ClientError::ListCursorStuck { .. }
+        | ClientError::IdMismatch { .. } => "connection",
+    }
+}
+
+/// A daemon error code in snake case, as `--json` errors name it.
+pub fn daemon_code(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::BadRequest => "bad_request",
+        ErrorCode::FrameTooLarge => "frame_too_large",
+        ErrorCode::UnsupportedVersion => "unsupported_version",
+        ErrorCode::PermissionDenied => "permission_denied",
+        ErrorCode::KeyNotFound => "key_not_found",
+        ErrorCode::KeyExists => "key_exists",
+        ErrorCode::KeyRevoked => "key_revoked",
+        ErrorCode::VersionRevoked => "version_revoked",
+        ErrorCode::KeyDisabled => "key_disabled",
+        ErrorCode::InvalidCiphertext => "invalid_ciphertext",
+        ErrorCode::PlaintextTooLarge => "plaintext_too_large",
+        ErrorCode::Busy => "busy",
+        ErrorCode::TpmUnavailable => "tpm_unavailable",
+        ErrorCode::Internal => "internal",
+        ErrorCode::NotImplemented => "not_implemented",
+        ErrorCode::InvalidArgument => "invalid_argument",
+        ErrorCode::VersionNotFound => "version_not_found",
+        ErrorCode::WrongKeyType => "wrong_key_type",
+        ErrorCode::KeyPendingDeletion => "key_pending_deletion",
+        ErrorCode::Unrecognized(_) => "unrecognized",
     }
 }
 

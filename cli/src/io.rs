@@ -166,15 +166,68 @@ pub fn read_bounded(
     Ok(Some(buf))
 }
 
-/// The ciphertext an input holds: when the input, without surrounding
-/// whitespace, is standard base64 of bytes starting with the ciphertext
-/// magic (`HKMS`, [`ciphertext::MAGIC`]), the decoded bytes; otherwise the
-/// input as it is (a raw ciphertext).
-pub fn ciphertext_from_input(input: &[u8]) -> Vec<u8> {
-    match STANDARD.decode(input.trim_ascii()) {
-        Ok(decoded) if decoded.starts_with(&ciphertext::MAGIC) => decoded,
-        _ => input.to_vec(),
+/// The ciphertext an input (read from `what`, for messages) holds: a raw
+/// ciphertext (starting with the magic `HKMS`, [`ciphertext::MAGIC`]) as
+/// it is; else standard base64 of one, surrounding whitespace and line
+/// breaks anywhere ignored (`base64` wraps at 76 columns), decoded.
+///
+/// Anything else is diagnosed here, before the daemon is asked (it could
+/// only answer "invalid ciphertext"): an empty input, `wrap --json`
+/// output, base64 of something else, or neither base64 nor a ciphertext.
+pub fn ciphertext_from_input(input: &[u8], what: &str) -> Result<Vec<u8>, CliError> {
+    let not = |why: &str| CliError::NotCiphertext {
+        what: what.to_string(),
+        why: why.to_string(),
+    };
+    if input.starts_with(&ciphertext::MAGIC) {
+        return Ok(input.to_vec());
     }
+    let trimmed = input.trim_ascii();
+    if trimmed.is_empty() {
+        return Err(not(
+            "input is empty: give the ciphertext wrap printed (base64) or wrote (--binary)",
+        ));
+    }
+    if trimmed.first() == Some(&b'{') && is_wrap_json(trimmed) {
+        return Err(not(
+            "this is `wrap --json` output, pass the ciphertext field: e.g. jq -r .ciphertext FILE | hostkms unwrap",
+        ));
+    }
+    let is_base64_char = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=');
+    if trimmed
+        .iter()
+        .all(|b| is_base64_char(b) || b.is_ascii_whitespace())
+    {
+        let joined: Zeroizing<Vec<u8>> = Zeroizing::new(
+            trimmed
+                .iter()
+                .copied()
+                .filter(|b| !b.is_ascii_whitespace())
+                .collect(),
+        );
+        if let Ok(decoded) = STANDARD.decode(&joined) {
+            if decoded.starts_with(&ciphertext::MAGIC) {
+                return Ok(decoded);
+            }
+            return Err(not(
+                "the input is base64, but of something that is not a hostkms ciphertext \
+                 (no HKMS header): give what wrap printed",
+            ));
+        }
+    }
+    Err(not(
+        "not base64 and no hostkms header: the input is neither the base64 text wrap \
+         prints nor a raw ciphertext (wrap --binary, which starts with HKMS)",
+    ))
+}
+
+/// Whether `text` is a JSON object with a string field `ciphertext`, as
+/// `wrap --json` prints.
+fn is_wrap_json(text: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(text)
+        .ok()
+        .and_then(|value| value.get("ciphertext").map(serde_json::Value::is_string))
+        .unwrap_or(false)
 }
 
 /// Standard base64 of `bytes` in a buffer that is wiped when dropped, sized
@@ -351,36 +404,83 @@ mod tests {
         bytes
     }
 
+    fn from_input(input: &[u8]) -> Result<Vec<u8>, CliError> {
+        ciphertext_from_input(input, "standard input")
+    }
+
+    fn diagnosis(input: &[u8]) -> String {
+        let err = from_input(input).expect_err("refused");
+        assert_eq!(err.exit_code(), 2);
+        assert_eq!(err.code(), "not_ciphertext");
+        err.to_string()
+    }
+
     #[test]
     fn base64_input_is_decoded_with_surrounding_whitespace_ignored() {
         let raw = ciphertext();
         let text = format!("  \n{}\r\n\n", STANDARD.encode(&raw));
-        assert_eq!(ciphertext_from_input(text.as_bytes()), raw);
-        assert_eq!(ciphertext_from_input(STANDARD.encode(&raw).as_bytes()), raw);
+        assert_eq!(from_input(text.as_bytes()).expect("base64"), raw);
+        assert_eq!(
+            from_input(STANDARD.encode(&raw).as_bytes()).expect("b64"),
+            raw
+        );
+    }
+
+    #[test]
+    fn base64_wrapped_at_76_columns_is_decoded() {
+        let raw = ciphertext();
+        let encoded = STANDARD.encode(&raw);
+        assert!(encoded.len() > 76);
+        let wrapped: Vec<&str> = encoded
+            .as_bytes()
+            .chunks(76)
+            .map(|line| std::str::from_utf8(line).expect("ascii"))
+            .collect();
+        let text = format!("{}\n", wrapped.join("\n"));
+        assert_eq!(from_input(text.as_bytes()).expect("wrapped"), raw);
+        let crlf = wrapped.join("\r\n");
+        assert_eq!(from_input(crlf.as_bytes()).expect("crlf"), raw);
     }
 
     #[test]
     fn raw_input_is_used_as_it_is() {
         let raw = ciphertext();
-        assert_eq!(ciphertext_from_input(&raw), raw);
+        assert_eq!(from_input(&raw).expect("raw"), raw);
         // Raw bytes with trailing whitespace stay raw, whitespace included.
         let mut padded = raw.clone();
         padded.push(b'\n');
-        assert_eq!(ciphertext_from_input(&padded), padded);
+        assert_eq!(from_input(&padded).expect("raw"), padded);
     }
 
     #[test]
-    fn base64_of_something_else_is_taken_as_raw() {
-        // Valid base64, but not of a ciphertext: the text itself is sent.
-        let text = STANDARD.encode(b"not a ciphertext");
-        assert_eq!(ciphertext_from_input(text.as_bytes()), text.as_bytes());
-        // Not base64 at all.
-        assert_eq!(ciphertext_from_input(b"HKMS!!"), b"HKMS!!");
-        assert_eq!(ciphertext_from_input(b""), b"");
-        // Base64 that needs more than trimming (inner line breaks) is not decoded.
-        let encoded = STANDARD.encode(ciphertext());
-        let broken = format!("{}\n{}", &encoded[..20], &encoded[20..]);
-        assert_eq!(ciphertext_from_input(broken.as_bytes()), broken.as_bytes());
+    fn what_is_not_a_ciphertext_is_diagnosed_locally() {
+        for empty in [&b""[..], b"  \n\n"] {
+            let text = diagnosis(empty);
+            assert!(text.starts_with("standard input: input is empty"), "{text}");
+        }
+        let json = format!(
+            "{{\"key\":\"k\",\"version\":1,\"ciphertext\":\"{}\"}}\n",
+            STANDARD.encode(ciphertext())
+        );
+        let text = diagnosis(json.as_bytes());
+        assert!(
+            text.contains("this is `wrap --json` output, pass the ciphertext field"),
+            "{text}"
+        );
+        let text = diagnosis(STANDARD.encode(b"not a ciphertext").as_bytes());
+        assert!(
+            text.contains("not a hostkms ciphertext (no HKMS header)"),
+            "{text}"
+        );
+        for garbage in [
+            &b"HKM"[..],
+            b"hello, world!",
+            b"{not json",
+            b"\x00\x01binary",
+        ] {
+            let text = diagnosis(garbage);
+            assert!(text.contains("not base64 and no hostkms header"), "{text}");
+        }
     }
 
     #[test]

@@ -9,9 +9,13 @@
 pub mod args;
 pub mod backup;
 pub mod bench;
+pub mod denial;
 pub mod error;
 pub mod io;
+pub mod json_docs;
 pub mod output;
+pub mod report;
+pub mod socket;
 
 /// The clap definition of the `hostkms` command line, for generating its
 /// man page and completions (xtask) from the same source as the parser.

@@ -11,30 +11,36 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use agent_proto::{Client, KeyInfo};
+use agent_proto::{Client, KeyInfo, KeySettings, RotationSetting};
 use clap::Parser;
 use hostkms_cli::args::{
-    Cli, Command, DatakeyArgs, ExportArgs, InOutArgs, MacArgs, PublicKeyArgs, RandomArgs,
-    RewrapArgs, SignArgs, UnwrapArgs, VerifyArgs, VerifyMacArgs, WrapArgs,
+    Cli, Command, DatakeyArgs, ExportArgs, InOutArgs, MacArgs, PeriodArg, PublicKeyArgs,
+    RandomArgs, RewrapArgs, SignArgs, UnwrapArgs, VerifyArgs, VerifyMacArgs, WrapArgs,
 };
 use hostkms_cli::error::{CliError, printable};
 use hostkms_cli::io::{Sensitivity, base64_public, write_output, write_stdout};
-use hostkms_cli::{bench, io, output};
+use hostkms_cli::{bench, denial, io, output, report};
 
 /// How long one request may wait for the daemon before the CLI gives up,
 /// so that a hung daemon cannot hang a script forever.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Parses the command line, runs the command, and turns a failure into
-/// `hostkms: <why>` on stderr and its exit code.
+/// Parses the command line, runs the command, and reports a failure (see
+/// `hostkms_cli::report`): a JSON object on stdout with `--json`, else
+/// `hostkms: <why>` (or clap's style for usage errors) on stderr.
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            let message = printable(&err.to_string());
-            let _ = writeln!(std::io::stderr(), "hostkms: {message}");
-            ExitCode::from(err.exit_code())
+            let err = report::diagnose_connect(err);
+            let uid = nix::unistd::geteuid().as_raw();
+            let err = denial::explain(err, denial::named_key(&cli.command), uid);
+            let subcommand = hostkms_cli::command()
+                .try_get_matches_from(std::env::args_os())
+                .ok()
+                .and_then(|m| m.subcommand_name().map(str::to_string));
+            ExitCode::from(report::report(&err, cli.json, subcommand.as_deref()))
         }
     }
 }
@@ -95,7 +101,11 @@ fn run(cli: &Cli) -> Result<(), CliError> {
                     uid: nix::unistd::geteuid().as_raw(),
                 });
             }
-            let text = output::metrics_openmetrics(&status);
+            let text = if json {
+                output::metrics_json(&status).map_err(json_error)?
+            } else {
+                output::metrics_openmetrics(&status)
+            };
             match out {
                 Some(path) => io::write_public_atomically(path, text.as_bytes()),
                 None => write_stdout(text.as_bytes()),
@@ -110,10 +120,26 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             };
             write_stdout(text.as_bytes())
         }
-        Command::CreateKey { name, key_type } => print_key(
-            &daemon.connect()?.create_key_of_type(name, key_type.0)?,
-            json,
-        ),
+        Command::CreateKey {
+            name,
+            key_type,
+            rotation_period,
+        } => {
+            let settings = KeySettings {
+                rotation: match rotation_period {
+                    None => RotationSetting::DaemonDefault,
+                    Some(PeriodArg(None)) => RotationSetting::Off,
+                    Some(PeriodArg(Some(secs))) => RotationSetting::Every(*secs),
+                },
+                ..KeySettings::default()
+            };
+            print_key(
+                &daemon
+                    .connect()?
+                    .create_key_with(name, key_type.0, settings)?,
+                json,
+            )
+        }
         Command::List => {
             let keys = daemon.connect()?.list_keys()?;
             let text = if json {
@@ -143,6 +169,34 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         }
         Command::Disable { name } => print_key(&daemon.connect()?.disable(name)?, json),
         Command::Enable { name } => print_key(&daemon.connect()?.enable(name)?, json),
+        Command::ScheduleDeletion { name, days } => {
+            let key = daemon.connect()?.schedule_deletion(name, *days)?;
+            print_key(&key, json)?;
+            let _ = writeln!(
+                std::io::stderr(),
+                "hostkms: key {} is pending deletion: every use is refused, and its material is deleted for good on {} at the earliest (after {days} days of the daemon running); `hostkms cancel-deletion {}` takes it back until then",
+                printable(&key.name),
+                key.deletion_date
+                    .map_or_else(|| "?".to_string(), output::rfc3339),
+                printable(&key.name),
+            );
+            Ok(())
+        }
+        Command::CancelDeletion { name } => {
+            let key = daemon.connect()?.cancel_deletion(name)?;
+            print_key(&key, json)?;
+            let _ = writeln!(
+                std::io::stderr(),
+                "hostkms: deletion of key {} cancelled; it stays disabled until `hostkms enable {}`",
+                printable(&key.name),
+                printable(&key.name),
+            );
+            Ok(())
+        }
+        Command::SetRotationPeriod { name, period } => print_key(
+            &daemon.connect()?.set_rotation_period(name, period.0)?,
+            json,
+        ),
         Command::MinDecryptionVersion { name, version } => print_key(
             &daemon
                 .connect()?
@@ -191,20 +245,9 @@ fn run(cli: &Cli) -> Result<(), CliError> {
 /// `export`: refuses to replace FILE without --force (checked before and
 /// after the daemon's answer), then writes the daemon's file with mode 0600.
 fn export(daemon: &Daemon, args: &ExportArgs, json: bool) -> Result<(), CliError> {
-    let exists = |path: &Path| std::fs::symlink_metadata(path).is_ok();
-    let refuse = || {
-        CliError::Usage(format!(
-            "{} exists; give --force to replace it, or another --out",
-            args.out.display()
-        ))
-    };
-    if !args.force && exists(&args.out) {
-        return Err(refuse());
-    }
+    refuse_existing(&args.out, args.force)?;
     let exported = daemon.connect()?.export_key(&args.name, &args.to)?;
-    if !args.force && exists(&args.out) {
-        return Err(refuse());
-    }
+    refuse_existing(&args.out, args.force)?;
     write_output(Some(&args.out), Sensitivity::Secret, &exported.file)?;
     let text = if json {
         output::json_line(&serde_json::json!({
@@ -224,6 +267,18 @@ fn export(daemon: &Daemon, args: &ExportArgs, json: bool) -> Result<(), CliError
         )
     };
     write_stdout(text.as_bytes())
+}
+
+/// Refuses an `--out` FILE that exists (a link, dangling or not, counts)
+/// unless `force`: secret outputs never replace a file by surprise.
+fn refuse_existing(out: &Path, force: bool) -> Result<(), CliError> {
+    if !force && std::fs::symlink_metadata(out).is_ok() {
+        return Err(CliError::Usage(format!(
+            "{} exists; give --force to replace it, or another --out",
+            out.display()
+        )));
+    }
+    Ok(())
 }
 
 /// `backup`: the recovery directory named by the daemon's status, as a tar.
@@ -468,8 +523,10 @@ fn print_key(key: &KeyInfo, json: bool) -> Result<(), CliError> {
 
 /// The ciphertext named by `--in` (or standard input), base64 or raw.
 fn read_ciphertext(io: &InOutArgs) -> Result<Vec<u8>, CliError> {
-    let input = io::read_input(io.input.as_deref())?;
-    Ok(io::ciphertext_from_input(&input))
+    let path = io.input.as_deref().filter(|p| p.as_os_str() != "-");
+    let input = io::read_input(path)?;
+    let what = hostkms_cli::error::describe(path, "standard input");
+    io::ciphertext_from_input(&input, &what)
 }
 
 /// Prints (or writes to `--out`) a new ciphertext: base64 and a newline,
@@ -504,29 +561,75 @@ fn wrap(daemon: &Daemon, args: &WrapArgs, json: bool) -> Result<(), CliError> {
 
 /// `unwrap`: decrypts the input and writes the raw plaintext (or JSON).
 fn unwrap(daemon: &Daemon, args: &UnwrapArgs, json: bool) -> Result<(), CliError> {
+    use std::io::IsTerminal;
+    let encoding = &args.encoding;
+    if json && (encoding.base64 || encoding.hex) {
+        return Err(CliError::Usage(
+            "'--json' prints the plaintext in base64 inside a JSON object: leave out \
+             '--base64' and '--hex'"
+                .to_string(),
+        ));
+    }
+    let out = args.io.output.as_deref();
+    let raw = !json && !encoding.base64 && !encoding.hex;
+    if raw && out.is_none() && !encoding.force && std::io::stdout().is_terminal() {
+        return Err(CliError::Usage(
+            "refusing to write the raw plaintext to a terminal (binary bytes can garble \
+             it, and it stays in the scrollback): redirect standard output, give --out \
+             FILE, print it with --base64 or --hex, or give --force"
+                .to_string(),
+        ));
+    }
     let context = args.context.context()?;
     let ciphertext = read_ciphertext(&args.io)?;
     let unwrapped = daemon
         .connect()?
         .unwrap(&ciphertext, &context, args.key.as_deref())?;
-    let out = args.io.output.as_deref();
+    let plaintext = unwrapped.plaintext.expose();
     if json {
         let text = output::unwrapped_json(&unwrapped).map_err(json_error)?;
         write_output(out, Sensitivity::Secret, &text)
+    } else if encoding.base64 {
+        let mut text = io::base64_secret(plaintext, 1);
+        text.push('\n');
+        write_output(out, Sensitivity::Secret, text.as_bytes())
+    } else if encoding.hex {
+        let mut text = io::hex_secret(plaintext);
+        text.push('\n');
+        write_output(out, Sensitivity::Secret, text.as_bytes())
     } else {
-        write_output(out, Sensitivity::Secret, unwrapped.plaintext.expose())
+        write_output(out, Sensitivity::Secret, plaintext)
     }
 }
 
 /// `datakey`: a fresh data key, with or without its plaintext.
 fn datakey(daemon: &Daemon, args: &DatakeyArgs, json: bool) -> Result<(), CliError> {
     let context = args.context.context()?;
+    if let Some(out) = &args.out {
+        refuse_existing(out, args.force)?;
+    }
     let mut client = daemon.connect()?;
     let data_key = if args.without_plaintext {
         client.generate_data_key_without_plaintext(&args.name, args.bytes, &context)?
     } else {
         client.generate_data_key(&args.name, args.bytes, &context)?
     };
+    if let Some(out) = &args.out {
+        // Checked again: the file may have appeared while the daemon worked.
+        refuse_existing(out, args.force)?;
+        let plaintext = data_key.plaintext.as_ref().map(|p| p.expose());
+        write_output(
+            Some(out),
+            Sensitivity::Secret,
+            plaintext.unwrap_or_default(),
+        )?;
+        let text = if json {
+            output::data_key_file_json(&data_key, out).map_err(json_error)?
+        } else {
+            output::data_key_file_human(&data_key, out)
+        };
+        return write_stdout(text.as_bytes());
+    }
     if json {
         write_stdout(&output::data_key_json(&data_key).map_err(json_error)?)
     } else {

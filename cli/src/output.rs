@@ -65,8 +65,8 @@ pub fn rfc3339(unix_secs: u64) -> String {
 pub struct VersionJson {
     /// Version number.
     pub version: u32,
-    /// Creation time, Unix seconds.
-    pub created: u64,
+    /// Creation time, RFC 3339 UTC (`2026-12-30T10:00:00Z`).
+    pub created: String,
     /// "enabled" or "revoked".
     pub state: &'static str,
     /// Encryptions made with this version.
@@ -83,8 +83,8 @@ pub struct KeyJson<'a> {
     /// The key type: "aes256-gcm", "hmac-sha256", "ed25519", ...
     #[serde(rename = "type")]
     pub key_type: &'static str,
-    /// Creation time, Unix seconds.
-    pub created: u64,
+    /// Creation time, RFC 3339 UTC (`2026-12-30T10:00:00Z`).
+    pub created: String,
     /// "enabled", "disabled" or "revoked".
     pub state: &'static str,
     /// The version new ciphertexts use.
@@ -93,6 +93,17 @@ pub struct KeyJson<'a> {
     pub min_decryption_version: u32,
     /// Every version, oldest first.
     pub versions: Vec<VersionJson>,
+    /// How often the daemon rotates the key by age, as `90d`, `1w`,
+    /// `12h`...; `null`: never by age.
+    pub rotation_period: Option<String>,
+    /// The same in seconds.
+    pub rotation_period_secs: Option<u64>,
+    /// When the next rotation by age is due, RFC 3339 UTC; `null` without a
+    /// rotation period.
+    pub next_rotation: Option<String>,
+    /// When a key pending deletion is deleted at the earliest, RFC 3339
+    /// UTC; `null` unless its state is `pending-deletion`.
+    pub deletion_date: Option<String>,
 }
 
 impl<'a> From<&'a KeyInfo> for KeyJson<'a> {
@@ -101,7 +112,7 @@ impl<'a> From<&'a KeyInfo> for KeyJson<'a> {
             id: hex_id(&key.id),
             name: &key.name,
             key_type: key.key_type.as_str(),
-            created: key.created,
+            created: rfc3339(key.created),
             state: key_state(key.state),
             latest_version: key.latest_version,
             min_decryption_version: key.min_decryption_version,
@@ -110,11 +121,15 @@ impl<'a> From<&'a KeyInfo> for KeyJson<'a> {
                 .iter()
                 .map(|v| VersionJson {
                     version: v.version,
-                    created: v.created,
+                    created: rfc3339(v.created),
                     state: version_state(v.state),
                     encryptions: v.encryptions,
                 })
                 .collect(),
+            rotation_period: key.rotation_period.map(agent_proto::period::format_period),
+            rotation_period_secs: key.rotation_period,
+            next_rotation: key.next_rotation.map(rfc3339),
+            deletion_date: key.deletion_date.map(rfc3339),
         }
     }
 }
@@ -150,6 +165,21 @@ pub fn key_human(key: &KeyInfo) -> String {
         "min decryption version:  {}",
         key.min_decryption_version
     );
+    let _ = writeln!(
+        out,
+        "rotation period:         {}",
+        agent_proto::period::format_setting(key.rotation_period)
+    );
+    if let Some(next) = key.next_rotation {
+        let _ = writeln!(out, "next rotation:           {}", rfc3339(next));
+    }
+    if let Some(date) = key.deletion_date {
+        let _ = writeln!(
+            out,
+            "deletion date:           {} (at the earliest; cancel-deletion takes it back)",
+            rfc3339(date)
+        );
+    }
     let _ = writeln!(out, "versions:");
     let _ = writeln!(
         out,
@@ -492,6 +522,50 @@ pub fn metrics_openmetrics(status: &StatusInfo) -> String {
     out
 }
 
+/// The daemon's counters as one JSON object, the same values as
+/// [`metrics_openmetrics`] under plain names: `requests` (operation →
+/// `{ok, denied, error}`), `denials`, `alerts` (kind → count), `keys`,
+/// `key_versions`, `uptime_secs`, `tpm_reachable`, `root_key_loaded`,
+/// `recovery_configured`, `recovery_current`, `rollback_bound`,
+/// `rollback_pending_increments`, `daemon_version`.
+pub fn metrics_json(status: &StatusInfo) -> Result<String, serde_json::Error> {
+    let counter = |name: &str| status.counters.get(name).copied().unwrap_or(0);
+    let mut requests = serde_json::Map::new();
+    for (op, result, value) in request_counters(status) {
+        let entry = requests
+            .entry(op.to_string())
+            .or_insert_with(|| serde_json::json!({ "ok": 0, "denied": 0, "error": 0 }));
+        if let Some(slot) = entry.get_mut(result) {
+            *slot = serde_json::Value::from(value);
+        }
+    }
+    let alerts: serde_json::Map<String, serde_json::Value> = status
+        .counters
+        .iter()
+        .filter_map(|(name, value)| {
+            Some((
+                counters::alert_counter_kind(name)?.to_string(),
+                serde_json::Value::from(*value),
+            ))
+        })
+        .collect();
+    json_line(&serde_json::json!({
+        "requests": requests,
+        "denials": counter(counters::DENIALS),
+        "alerts": alerts,
+        "keys": counter(counters::KEYS),
+        "key_versions": counter(counters::VERSIONS),
+        "uptime_secs": status.uptime_secs,
+        "tpm_reachable": status.tpm_reachable,
+        "root_key_loaded": status.root_key_loaded,
+        "recovery_configured": status.recovery.configured,
+        "recovery_current": status.recovery.configured && status.recovery.current,
+        "rollback_bound": status.rollback.bound,
+        "rollback_pending_increments": status.rollback.pending_increments,
+        "daemon_version": status.daemon_version,
+    }))
+}
+
 /// A label value as OpenMetrics escapes it: backslash, quote and newline.
 fn label_value(value: &str) -> String {
     let mut escaped = String::with_capacity(value.len());
@@ -697,6 +771,37 @@ pub fn data_key_human(data_key: &DataKey) -> Zeroizing<String> {
     out
 }
 
+/// `datakey --out FILE` for a human: key, version, where the data key in
+/// clear went, and the wrapped data key in base64 (no secret).
+pub fn data_key_file_human(data_key: &DataKey, file: &std::path::Path) -> String {
+    format!(
+        "key {}\nversion {}\nplaintext written to {} ({} bytes)\nciphertext {}\n",
+        printable(&data_key.key),
+        data_key.version,
+        printable(&file.display().to_string()),
+        data_key
+            .plaintext
+            .as_ref()
+            .map_or(0, agent_proto::SecretBytes::len),
+        base64_public(data_key.ciphertext.as_bytes())
+    )
+}
+
+/// `datakey --out FILE --json`: `key`, `version`, `plaintext_file` (the
+/// file holding the data key in clear), `bytes` and `ciphertext` (base64).
+pub fn data_key_file_json(
+    data_key: &DataKey,
+    file: &std::path::Path,
+) -> Result<String, serde_json::Error> {
+    json_line(&serde_json::json!({
+        "key": data_key.key,
+        "version": data_key.version,
+        "plaintext_file": file.display().to_string(),
+        "bytes": data_key.plaintext.as_ref().map_or(0, agent_proto::SecretBytes::len),
+        "ciphertext": base64_public(data_key.ciphertext.as_bytes()),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -802,7 +907,8 @@ mod tests {
         assert_eq!(value["name"], "app-db");
         assert_eq!(value["type"], "aes256-gcm");
         assert_eq!(value["state"], "disabled");
-        assert_eq!(value["created"], 1_700_000_000u64);
+        assert_eq!(value["created"], "2023-11-14T22:13:20Z");
+        assert_eq!(value["versions"][1]["created"], "2023-11-15T22:13:20Z");
         assert_eq!(value["latest_version"], 2);
         assert_eq!(value["min_decryption_version"], 1);
         assert_eq!(value["versions"][0]["state"], "revoked");
@@ -844,6 +950,55 @@ mod tests {
             keys_human(&[signing]).starts_with("app-db  disabled  ml-dsa-65    v2"),
             "{list}"
         );
+    }
+
+    #[test]
+    fn the_lifecycle_renders_in_both_forms() {
+        let plain = sample_key();
+        let text = key_human(&plain);
+        assert!(text.contains("rotation period:         off\n"), "{text}");
+        assert!(
+            !text.contains("next rotation") && !text.contains("deletion date"),
+            "{text}"
+        );
+        let value: serde_json::Value =
+            serde_json::from_str(&key_json(&plain).expect("json")).expect("parse");
+        for field in [
+            "rotation_period",
+            "rotation_period_secs",
+            "next_rotation",
+            "deletion_date",
+        ] {
+            assert!(value[field].is_null(), "{field}: {value}");
+        }
+        let key = KeyInfo {
+            state: KeyState::PendingDeletion,
+            rotation_period: Some(90 * 86_400),
+            next_rotation: Some(1_798_624_800),
+            deletion_date: Some(1_798_711_200),
+            ..sample_key()
+        };
+        let text = key_human(&key);
+        assert!(
+            text.contains("state:                   pending-deletion\n"),
+            "{text}"
+        );
+        assert!(text.contains("rotation period:         90d\n"), "{text}");
+        assert!(
+            text.contains("next rotation:           2026-12-30T10:00:00Z\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("deletion date:           2026-12-31T10:00:00Z"),
+            "{text}"
+        );
+        let value: serde_json::Value =
+            serde_json::from_str(&key_json(&key).expect("json")).expect("parse");
+        assert_eq!(value["state"], "pending-deletion");
+        assert_eq!(value["rotation_period"], "90d");
+        assert_eq!(value["rotation_period_secs"], 90 * 86_400);
+        assert_eq!(value["next_rotation"], "2026-12-30T10:00:00Z");
+        assert_eq!(value["deletion_date"], "2026-12-31T10:00:00Z");
     }
 
     #[test]

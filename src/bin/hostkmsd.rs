@@ -26,10 +26,12 @@ fn main() -> ExitCode {
     // An error the operator must see: logged, and on stderr too when the
     // log went to the journal and stderr is not the journal (a command run
     // by hand; systemd sets JOURNAL_STREAM when stderr is the journal).
+    // On a terminal the log's own echo (terminal_echo) has printed it.
     let stderr_is_journal = stderr_is_the_journal();
+    let echoed = hostkms::terminal_echo::wanted(to_journal);
     let report = |what: &str, e: &dyn std::fmt::Display, offline: bool| {
         tracing::error!("{e}");
-        if to_journal && (offline || !stderr_is_journal) {
+        if to_journal && !echoed && (offline || !stderr_is_journal) {
             eprintln!("hostkmsd{what}: error: {e}");
         }
     };

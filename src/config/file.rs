@@ -56,6 +56,16 @@ pub(super) struct ConfigFile {
     pub transfer: Vec<Spanned<PeerConfig>>,
     // recovery
     pub recovery: Option<Spanned<RecoveryFile>>,
+    // keys
+    #[serde(default)]
+    pub keys: KeysFile,
+}
+
+/// The `[keys]` table: what new keys get unless their creator says.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct KeysFile {
+    pub rotation_period: Option<Spanned<String>>,
 }
 
 /// The `[recovery]` table.

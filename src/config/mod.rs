@@ -19,14 +19,14 @@ use std::path::{Path, PathBuf};
 use crate::monitor::AlertThresholds;
 use crate::recovery::RecoveryConfig;
 use crate::server::Limits;
-use crate::service::ServiceLimits;
+use crate::service::{KeyDefaults, ServiceLimits};
 use crate::transfer::Peers;
 
 use file::{ConfigFile, Source};
 pub use sections::{
-    ACCESS_KEYS, ALERTS_KEYS, AccessConfig, DisabledGrantAt, LISTENER_KEYS, ListenerConfig,
-    RECOVERY_KEYS, SECTIONS, SERVER_KEYS, SERVICE_KEYS, STATE_DIR_KEYS, SocketGroup, TPM_KEYS,
-    TRANSFER_KEYS, TpmConfig,
+    ACCESS_KEYS, ALERTS_KEYS, AccessConfig, DisabledGrantAt, KEYS_KEYS, LISTENER_KEYS,
+    ListenerConfig, RECOVERY_KEYS, SECTIONS, SERVER_KEYS, SERVICE_KEYS, STATE_DIR_KEYS,
+    SocketGroup, TPM_KEYS, TRANSFER_KEYS, TpmConfig,
 };
 
 /// Where the packaged daemon reads its configuration.
@@ -103,6 +103,10 @@ pub struct Config {
     /// The recovery directory and custodians; `None`: keys are not
     /// recoverable if the TPM is lost. Only a restart changes it.
     pub recovery: Option<RecoveryConfig>,
+    /// What new keys get unless their creator says (the `[keys]` table):
+    /// the rotation period. A reload applies it to keys created from then
+    /// on; existing keys keep theirs.
+    pub keys: KeyDefaults,
 }
 
 /// A configuration that cannot be used, with where and how to fix it.
@@ -182,6 +186,7 @@ impl Config {
         let state_dir = sections::state_dir(&file, &source, overrides)?;
         let transfer = sections::transfer(&file, &source)?;
         let recovery = sections::recovery(&file, &source)?;
+        let keys = sections::keys(&file, &source)?;
         Ok(Config {
             listener,
             state_dir,
@@ -192,6 +197,7 @@ impl Config {
             alerts,
             transfer,
             recovery,
+            keys,
         })
     }
 }

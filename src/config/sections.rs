@@ -28,7 +28,7 @@ use crate::monitor::{
 use crate::policy::{DisabledGrant, GrantConfig, Policy};
 use crate::recovery::{RecoveryConfig, RecoveryGroup, escrow};
 use crate::server::Limits;
-use crate::service::ServiceLimits;
+use crate::service::{KeyDefaults, ServiceLimits};
 use crate::tpm::Tcti;
 use crate::transfer::{PeerConfig, Peers};
 
@@ -60,11 +60,13 @@ pub const ALERTS_KEYS: &[&str] = &["alerts"];
 pub const TRANSFER_KEYS: &[&str] = &["transfer"];
 /// The keys the `recovery` section reads: the `[recovery]` table.
 pub const RECOVERY_KEYS: &[&str] = &["recovery"];
+/// The keys the `keys` section reads: the `[keys]` table.
+pub const KEYS_KEYS: &[&str] = &["keys"];
 
 /// Every top-level key of the config file, by the field of
 /// [`Config`](super::Config) (the section) that holds its value. Each key
 /// is in exactly one section.
-pub const SECTIONS: [(&str, &[&str]); 9] = [
+pub const SECTIONS: [(&str, &[&str]); 10] = [
     ("listener", LISTENER_KEYS),
     ("state_dir", STATE_DIR_KEYS),
     ("tpm", TPM_KEYS),
@@ -74,6 +76,7 @@ pub const SECTIONS: [(&str, &[&str]); 9] = [
     ("alerts", ALERTS_KEYS),
     ("transfer", TRANSFER_KEYS),
     ("recovery", RECOVERY_KEYS),
+    ("keys", KEYS_KEYS),
 ];
 
 /// Where clients connect: the socket file and who may open it. Only a
@@ -349,6 +352,19 @@ pub(super) fn service(
         max_plaintext: max_plaintext as usize,
         rotate_after: rotate_after as u64,
     })
+}
+
+/// What new keys get unless their creator says: the `[keys]` table.
+/// `rotation_period` is a period as [`agent_proto::period::parse_period`]
+/// reads it (`90d`, `1w`, `1y`, `off`); off by default.
+pub(super) fn keys(file: &ConfigFile, source: &Source<'_>) -> Result<KeyDefaults, ConfigError> {
+    let rotation_period = match &file.keys.rotation_period {
+        None => None,
+        Some(value) => agent_proto::period::parse_period(value.get_ref()).map_err(|e| {
+            source.invalid(Some(value.span()), "keys.rotation_period", e.to_string())
+        })?,
+    };
+    Ok(KeyDefaults { rotation_period })
 }
 
 /// The alert thresholds: the `[alerts]` table.

@@ -474,3 +474,34 @@ fn bad_recovery_settings_name_the_field_line_and_fix() {
     let err = parse("[recovery]\nrecipients = []\nthresold = 2\n").unwrap_err();
     assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
 }
+
+#[test]
+fn the_keys_table_sets_the_default_rotation_period() {
+    assert_eq!(
+        parse("").unwrap().keys.rotation_period,
+        None,
+        "off by default"
+    );
+    let config = parse("[keys]\nrotation_period = \"90d\"\n").unwrap();
+    assert_eq!(config.keys.rotation_period, Some(90 * 86_400));
+    let config = parse("[keys]\nrotation_period = \"off\"\n").unwrap();
+    assert_eq!(config.keys.rotation_period, None);
+    for (bad, says) in [
+        ("\"90\"", "e.g. 90d"),
+        ("\"30m\"", "e.g. 90d"),
+        ("\"0h\"", "minimum of 1h"),
+        ("\"101y\"", "maximum of 100y"),
+    ] {
+        let err = parse(&format!("\n[keys]\nrotation_period = {bad}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 3: `keys.rotation_period`") && err.contains(says),
+            "{bad}: {err}"
+        );
+    }
+    let err = parse("[keys]\nrotation = \"90d\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("rotation_period"), "{err}");
+}

@@ -55,6 +55,30 @@ const KEY_TYPE_COLUMN: &str = "ALTER TABLE keys ADD COLUMN key_type INTEGER NOT 
 /// before it. See [`VersionRow::public_key`]. Added to schema 1 in place.
 const PUBLIC_KEY_COLUMN: &str = "ALTER TABLE versions ADD COLUMN public_key BLOB";
 
+/// The key fields of issue 12, added to schema 1 in place, in one
+/// transaction: a description and tags (see [`super::metadata`]), the
+/// rotation period, and a pending deletion's due date (wall clock and
+/// daemon clock). Rows made before them hold the defaults (empty, NULL) and
+/// keep their MAC encoding; see [`KeyRow::canonical_as`].
+const LIFECYCLE_COLUMNS: &str = "
+ALTER TABLE keys ADD COLUMN description TEXT NOT NULL DEFAULT '';
+ALTER TABLE keys ADD COLUMN tags BLOB NOT NULL DEFAULT x'';
+ALTER TABLE keys ADD COLUMN rotation_period INTEGER;
+ALTER TABLE keys ADD COLUMN deletion_due_wall INTEGER;
+ALTER TABLE keys ADD COLUMN deletion_due_elapsed INTEGER;
+";
+
+/// The `meta` entry holding the daemon clock: the seconds the daemon has
+/// measured passing, across runs, and its MAC ([`daemon_clock_canonical`]).
+pub const DAEMON_CLOCK: &str = "daemon_clock";
+
+/// The bytes the daemon clock's MAC covers.
+pub fn daemon_clock_canonical(seconds: u64) -> Vec<u8> {
+    let mut out = b"hostkms daemon clock v1".to_vec();
+    out.extend_from_slice(&seconds.to_be_bytes());
+    out
+}
+
 /// The `secrets` table: secrets the daemon keeps besides keys (the recovery
 /// bundle identity, the transport key, the NV counter's authorization),
 /// each sealed under the root key. Added to schema 1 in place: a daemon
@@ -117,6 +141,16 @@ pub struct KeyRow {
     /// The key's type, by its wire index ([`agent_proto::KeyType::ALL`]):
     /// 0 (AES-256-GCM) for every key made before types existed.
     pub key_type: u8,
+    /// Free text for humans; empty for every key made before it existed.
+    pub description: String,
+    /// The tags, encoded ([`super::metadata::encode_tags`]); empty for none.
+    pub tags: Vec<u8>,
+    /// Seconds between rotations by age; `None`: never by age.
+    pub rotation_period: Option<u64>,
+    /// A pending deletion's wall-clock date, Unix seconds (state 3 only).
+    pub deletion_due_wall: Option<u64>,
+    /// A pending deletion's daemon-clock target (state 3 only).
+    pub deletion_due_elapsed: Option<u64>,
 }
 
 impl KeyRow {
@@ -135,14 +169,25 @@ impl KeyRow {
     /// An AES-256-GCM key's row is encoded as before types existed (label
     /// "v1"), so existing stores verify unchanged; any other type's row is
     /// labelled "v2" and ends with the type, so no row's type can be
-    /// changed without the root key.
+    /// changed without the root key. A row with any field of issue 12 (a
+    /// description, tags, a rotation period, a deletion due) is labelled
+    /// "v3" and ends with the type and every one of those fields, so none
+    /// can be changed, added or stripped without the root key; a row
+    /// without them keeps its "v1" or "v2" encoding.
     pub fn canonical_as(&self, bound: bool) -> Vec<u8> {
-        let typed = self.key_type != 0;
-        let mut out = match (typed, bound) {
-            (false, false) => b"hostkms key row v1".to_vec(),
-            (false, true) => b"hostkms key row v1 bound".to_vec(),
-            (true, false) => b"hostkms key row v2".to_vec(),
-            (true, true) => b"hostkms key row v2 bound".to_vec(),
+        let extended = !self.description.is_empty()
+            || !self.tags.is_empty()
+            || self.rotation_period.is_some()
+            || self.deletion_due_wall.is_some()
+            || self.deletion_due_elapsed.is_some();
+        let typed = self.key_type != 0 || extended;
+        let mut out = match (extended, typed, bound) {
+            (true, _, false) => b"hostkms key row v3".to_vec(),
+            (true, _, true) => b"hostkms key row v3 bound".to_vec(),
+            (false, false, false) => b"hostkms key row v1".to_vec(),
+            (false, false, true) => b"hostkms key row v1 bound".to_vec(),
+            (false, true, false) => b"hostkms key row v2".to_vec(),
+            (false, true, true) => b"hostkms key row v2 bound".to_vec(),
         };
         out.extend_from_slice(&self.id.0);
         out.extend_from_slice(&(self.name.len() as u32).to_be_bytes());
@@ -153,6 +198,25 @@ impl KeyRow {
         out.extend_from_slice(&self.min_decryption_version.to_be_bytes());
         if typed {
             out.push(self.key_type);
+        }
+        if extended {
+            out.extend_from_slice(&(self.description.len() as u32).to_be_bytes());
+            out.extend_from_slice(self.description.as_bytes());
+            out.extend_from_slice(&(self.tags.len() as u32).to_be_bytes());
+            out.extend_from_slice(&self.tags);
+            for value in [
+                self.rotation_period,
+                self.deletion_due_wall,
+                self.deletion_due_elapsed,
+            ] {
+                match value {
+                    Some(value) => {
+                        out.push(1);
+                        out.extend_from_slice(&value.to_be_bytes());
+                    }
+                    None => out.push(0),
+                }
+            }
         }
         out
     }
@@ -242,6 +306,18 @@ fn column_u64(value: i64, what: &str) -> Result<u64, DbError> {
     u64::try_from(value).map_err(|_| DbError::Corrupt(format!("{what} is negative ({value})")))
 }
 
+fn column_opt_u64(value: Option<i64>, what: &str) -> Result<Option<u64>, DbError> {
+    value.map(|value| column_u64(value, what)).transpose()
+}
+
+fn column_i64(value: Option<u64>, what: &str) -> Result<Option<i64>, DbError> {
+    value
+        .map(|value| {
+            i64::try_from(value).map_err(|_| DbError::Corrupt(format!("{what} beyond 2^63")))
+        })
+        .transpose()
+}
+
 fn column_u32(value: i64, what: &str) -> Result<u32, DbError> {
     u32::try_from(value).map_err(|_| DbError::Corrupt(format!("{what} is out of range ({value})")))
 }
@@ -322,6 +398,16 @@ impl Database {
         if !has_public_key {
             db.conn.execute_batch(PUBLIC_KEY_COLUMN)?;
         }
+        let has_lifecycle: bool = db.conn.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('keys') WHERE name = 'description'",
+            [],
+            |row| row.get(0),
+        )?;
+        if !has_lifecycle {
+            let tx = db.conn.transaction()?;
+            tx.execute_batch(LIFECYCLE_COLUMNS)?;
+            tx.commit()?;
+        }
         let version = db.meta("schema_version")?;
         if version.as_deref() != Some("1") {
             return Err(DbError::Corrupt(format!(
@@ -359,7 +445,8 @@ impl Database {
     pub fn load(&self) -> Result<(Vec<Stored<KeyRow>>, Vec<Stored<VersionRow>>), DbError> {
         let mut keys = Vec::new();
         let mut statement = self.conn.prepare(
-            "SELECT id, name, created, state, latest_version, min_decryption_version, mac, key_type
+            "SELECT id, name, created, state, latest_version, min_decryption_version, mac, key_type,
+                 description, tags, rotation_period, deletion_due_wall, deletion_due_elapsed
              FROM keys",
         )?;
         let mut rows = statement.query([])?;
@@ -376,6 +463,14 @@ impl Database {
                         "a key's minimum decryption version",
                     )?,
                     key_type: column_u8(row.get(7)?, "a key's type")?,
+                    description: row.get(8)?,
+                    tags: row.get(9)?,
+                    rotation_period: column_opt_u64(row.get(10)?, "a key's rotation period")?,
+                    deletion_due_wall: column_opt_u64(row.get(11)?, "a key's deletion date")?,
+                    deletion_due_elapsed: column_opt_u64(
+                        row.get(12)?,
+                        "a key's deletion daemon-clock target",
+                    )?,
                 },
                 mac: row.get(6)?,
             });
@@ -450,12 +545,16 @@ pub fn put_meta(tx: &Transaction<'_>, name: &str, value: &str) -> Result<(), DbE
 pub fn put_key(tx: &Transaction<'_>, row: &KeyRow, mac: &[u8]) -> Result<(), DbError> {
     tx.execute(
         "INSERT INTO keys (id, name, created, state, latest_version, min_decryption_version, mac,
-             key_type)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             key_type, description, tags, rotation_period, deletion_due_wall,
+             deletion_due_elapsed)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
          ON CONFLICT (id) DO UPDATE SET name = excluded.name, created = excluded.created,
              state = excluded.state, latest_version = excluded.latest_version,
              min_decryption_version = excluded.min_decryption_version, mac = excluded.mac,
-             key_type = excluded.key_type",
+             key_type = excluded.key_type, description = excluded.description,
+             tags = excluded.tags, rotation_period = excluded.rotation_period,
+             deletion_due_wall = excluded.deletion_due_wall,
+             deletion_due_elapsed = excluded.deletion_due_elapsed",
         params![
             row.id.0.as_slice(),
             row.name,
@@ -464,7 +563,12 @@ pub fn put_key(tx: &Transaction<'_>, row: &KeyRow, mac: &[u8]) -> Result<(), DbE
             row.latest_version,
             row.min_decryption_version,
             mac,
-            row.key_type
+            row.key_type,
+            row.description,
+            row.tags,
+            column_i64(row.rotation_period, "a rotation period")?,
+            column_i64(row.deletion_due_wall, "a deletion date")?,
+            column_i64(row.deletion_due_elapsed, "a deletion daemon-clock target")?
         ],
     )?;
     Ok(())

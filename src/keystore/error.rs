@@ -18,6 +18,31 @@ pub enum StoreError {
     /// The key is revoked for good.
     #[error("key {0:?} is revoked")]
     KeyRevoked(String),
+    /// The key is pending deletion: it cannot be used, rotated, enabled or
+    /// disabled until the deletion is cancelled.
+    #[error(
+        "key {name:?} is scheduled for deletion on {}; to keep it, cancel the deletion first (`hostkms cancel-deletion {name}`; it then stays disabled until enabled)",
+        crate::clock::rfc3339(*due_wall)
+    )]
+    KeyPendingDeletion {
+        /// The key.
+        name: String,
+        /// When it is deleted (wall clock), Unix seconds.
+        due_wall: u64,
+    },
+    /// A pending deletion is not due yet on one of the two clocks.
+    #[error(
+        "key {name:?} is not due for deletion yet: its date is {} and the daemon must still measure {elapsed_left} seconds of its waiting period",
+        crate::clock::rfc3339(*due_wall)
+    )]
+    DeletionNotDue {
+        /// The key.
+        name: String,
+        /// Its deletion date (wall clock), Unix seconds.
+        due_wall: u64,
+        /// Seconds the daemon clock still lacks (0 when only the date lacks).
+        elapsed_left: u64,
+    },
     /// The key has no such version.
     #[error("key {key:?} has no version {version}; its versions are 1 to {latest}")]
     VersionNotFound {

@@ -38,9 +38,11 @@ impl KeyStore {
     /// - a key id it has gets the versions after its latest; every version
     ///   both have must hold the same KEK (or be revoked on one side),
     ///   else the import is refused;
-    /// - a version revoked here stays revoked, and the key's state and
-    ///   minimum decryption version here are kept; a key revoked here is
-    ///   refused.
+    /// - a version revoked here stays revoked, and the key's state,
+    ///   minimum decryption version, description, tags and rotation period
+    ///   here are kept; a key revoked here is refused;
+    /// - a new key pending deletion in the file arrives disabled
+    ///   ([`KeyMaterial::arriving`]).
     pub fn import_key(&self, material: &KeyMaterial) -> Result<Imported, StoreError> {
         check_material(material)?;
         let mut writer = self.writer();
@@ -69,14 +71,19 @@ impl KeyStore {
             .iter()
             .map(|v| Self::imported_version(writer, material.id, material.key_type, v))
             .collect::<Result<Vec<_>, _>>()?;
+        let (state, settings) = material.arriving();
         let key = Key {
             id: material.id,
             name: material.name.clone(),
             created: material.created,
             key_type: material.key_type,
-            state: material.state,
+            state,
             min_decryption_version: material.min_decryption_version,
             versions: versions.into_iter().map(Arc::new).collect(),
+            description: settings.description,
+            tags: settings.tags,
+            rotation_period: settings.rotation_period,
+            deletion_due: None,
         };
         let rows: Vec<Arc<Version>> = key.versions.clone();
         let rows: Vec<&Version> = rows.iter().map(Arc::as_ref).collect();
@@ -242,6 +249,10 @@ fn check_material(material: &KeyMaterial) -> Result<(), StoreError> {
             "it is revoked; a revoked key is never imported".to_string()
         ));
     }
+    material
+        .settings
+        .check()
+        .map_err(|e| bad(format!("its settings break a limit: {e}")))?;
     let latest = material.versions.len() as u32;
     if !(1..=latest).contains(&material.min_decryption_version) {
         return Err(bad(format!(

@@ -1,7 +1,7 @@
 //! [`KeyStore::import_key`] between two stores under different root keys,
 //! as two hosts would hold them.
 
-use agent_proto::{EncryptionContext, KeyState};
+use agent_proto::{EncryptionContext, KeyState, KeyType};
 
 use super::test_host::{self, Host};
 use super::*;
@@ -270,4 +270,47 @@ fn a_key_of_another_type_under_an_existing_id_is_refused() {
     assert!(matches!(err, StoreError::ImportRefused(_)), "{err}");
     assert!(err.to_string().contains("hmac-sha512"), "{err}");
     assert_eq!(store_b.keys().by_name("tok").unwrap().latest_version(), 1);
+}
+
+#[test]
+fn a_new_key_arrives_with_its_metadata_and_a_pending_one_disabled_while_a_known_key_keeps_this_hosts()
+ {
+    let (a, b) = (Host::new(1), Host::new(2));
+    let (store_a, store_b) = (a.open(), b.open());
+    let settings = NewKeySettings {
+        rotation_period: Some(7 * 86_400),
+        description: "shared secret".into(),
+        tags: [("team".to_string(), "ops".to_string())].into(),
+    };
+    store_a
+        .create_with("shared", KeyType::HmacSha256, settings.clone())
+        .unwrap();
+    let due = store_a.deletion_due_in(30).unwrap();
+    store_a.schedule_deletion("shared", due).unwrap();
+    let imported = store_b.import_key(&material(&store_a, "shared")).unwrap();
+    assert!(imported.created);
+    drop(store_b);
+    let store_b = b.open();
+    let keys = store_b.keys();
+    let key = keys.by_name("shared").unwrap();
+    assert_eq!(key.state(), KeyState::Disabled);
+    assert_eq!(key.deletion_due(), None);
+    assert_eq!(key.description(), settings.description);
+    assert_eq!(key.tags(), &settings.tags);
+    assert_eq!(key.rotation_period(), settings.rotation_period);
+    // A later import of the same key (a new version, other metadata)
+    // adds the version and leaves this host's metadata and state alone.
+    store_a.cancel_deletion("shared").unwrap();
+    store_a.set_enabled("shared", true).unwrap();
+    store_a.rotate("shared").unwrap();
+    store_a
+        .update_metadata("shared", Some("changed".into()), Default::default(), &[])
+        .unwrap();
+    store_a.set_rotation_period("shared", None).unwrap();
+    let again = store_b.import_key(&material(&store_a, "shared")).unwrap();
+    assert_eq!((again.added, again.created), (1, false));
+    let key = Arc::clone(store_b.keys().by_name("shared").unwrap());
+    assert_eq!(key.state(), KeyState::Disabled);
+    assert_eq!(key.description(), settings.description);
+    assert_eq!(key.rotation_period(), settings.rotation_period);
 }

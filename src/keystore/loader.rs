@@ -9,11 +9,16 @@ use std::sync::{Arc, Mutex};
 use agent_proto::KeyState;
 use arc_swap::ArcSwap;
 
-use super::db::{Database, DbError, KeyRow, ROOT_KEY_CHECK, SecretRow, Stored, VersionRow};
+use super::db::{
+    DAEMON_CLOCK, Database, DbError, KeyRow, ROOT_KEY_CHECK, SecretRow, Stored, VersionRow,
+    daemon_clock_canonical,
+};
+use super::metadata::{self, DeletionDue};
 use super::sealing::{SEALED_KEK_LEN, StoreSecrets};
 use super::{
     EntropySource, Key, KeyStore, Keys, SecretName, StoreError, Version, Writer, rollback,
 };
+use crate::clock::Clock;
 use crate::envelope::KeyId;
 use crate::rootkey::RootKey;
 use crate::state_dir::{KEYSTORE_DB, StateDir};
@@ -29,12 +34,16 @@ impl KeyStore {
     /// recorded with the binding ([`StoreError::Rollback`] when a key or
     /// version was deleted or replayed); the counter itself is checked by
     /// [`KeyStore::bind_rollback`].
+    ///
+    /// Every time the store records (creation times) and the daemon clock's
+    /// runs are read from `clock`.
     pub fn open(
         dir: &StateDir,
         root: &RootKey,
         entropy: Arc<dyn EntropySource>,
+        clock: Clock,
     ) -> Result<KeyStore, StoreError> {
-        KeyStore::open_with(dir, root, entropy, false)
+        KeyStore::open_with(dir, root, entropy, clock, false)
     }
 
     /// Opens the store for `hostkmsd accept-rollback`: as
@@ -44,14 +53,16 @@ impl KeyStore {
         dir: &StateDir,
         root: &RootKey,
         entropy: Arc<dyn EntropySource>,
+        clock: Clock,
     ) -> Result<KeyStore, StoreError> {
-        KeyStore::open_with(dir, root, entropy, true)
+        KeyStore::open_with(dir, root, entropy, clock, true)
     }
 
     fn open_with(
         dir: &StateDir,
         root: &RootKey,
         entropy: Arc<dyn EntropySource>,
+        clock: Clock,
         accepting: bool,
     ) -> Result<KeyStore, StoreError> {
         let path = dir.file(KEYSTORE_DB);
@@ -85,6 +96,8 @@ impl KeyStore {
         // `bound_rows`: some key row is MACed as part of a bound store.
         let (keys, bound_rows) = load_keys(&shown, &secrets, key_rows, version_rows)?;
         let sealed = load_secrets(&shown, &secrets, db.load_secrets().map_err(db_error)?)?;
+        let daemon_clock =
+            load_daemon_clock(&shown, &secrets, db.meta(DAEMON_CLOCK).map_err(db_error)?)?;
         let auth_name = SecretName::RollbackAuth.as_str();
         let auth =
             match sealed.get(auth_name) {
@@ -123,6 +136,8 @@ impl KeyStore {
             rollback: rollback::Rollback::default(),
             root_key_check: ArcSwap::from_pointee(root_check),
             rotation: Mutex::new(()),
+            clock,
+            daemon_clock: AtomicU64::new(daemon_clock),
         };
         if let Some(row) = binding.row {
             store.rollback.opened(&row);
@@ -149,6 +164,35 @@ impl KeyStore {
         let (db, _) = Database::open(&path).map_err(db_error)?;
         db.meta(ROOT_KEY_CHECK).map_err(db_error)
     }
+}
+
+/// Reads and verifies the daemon clock (`meta` entry [`DAEMON_CLOCK`],
+/// "v1 SECONDS MAC"): 0 when the store has none yet.
+fn load_daemon_clock(
+    path: &str,
+    secrets: &StoreSecrets,
+    stored: Option<String>,
+) -> Result<u64, StoreError> {
+    let Some(text) = stored else {
+        return Ok(0);
+    };
+    let tampered = |detail: &str| StoreError::Tampered {
+        path: path.to_string(),
+        key: "(daemon clock)".to_string(),
+        detail: detail.to_string(),
+    };
+    let fields: Vec<&str> = text.split(' ').collect();
+    let ["v1", seconds, mac] = fields.as_slice() else {
+        return Err(tampered("is not in the form hostkmsd writes"));
+    };
+    let seconds: u64 = seconds
+        .parse()
+        .map_err(|_| tampered("is not a number of seconds"))?;
+    let mac = rollback::unhex(mac).ok_or_else(|| tampered("has a MAC that is not hex"))?;
+    if !secrets.row_mac_matches(&daemon_clock_canonical(seconds), &mac) {
+        return Err(tampered("fails authentication under the root key"));
+    }
+    Ok(seconds)
 }
 
 /// Verifies every row of `secrets` and keeps them sealed, by name: each is
@@ -218,6 +262,21 @@ fn load_keys(
             3 => KeyState::PendingDeletion,
             other => return Err(tampered(&row, format!("has an unknown state {other}"))),
         };
+        let deletion_due = match (row.deletion_due_wall, row.deletion_due_elapsed) {
+            (Some(wall), Some(elapsed)) => Some(DeletionDue { wall, elapsed }),
+            (None, None) => None,
+            _ => return Err(tampered(&row, "has half a deletion date".to_string())),
+        };
+        if (state == KeyState::PendingDeletion) != deletion_due.is_some() {
+            return Err(tampered(
+                &row,
+                "has a state and a deletion date that disagree".to_string(),
+            ));
+        }
+        let tags = metadata::decode_tags(&row.tags).map_err(|e| tampered(&row, e))?;
+        metadata::check_description(&row.description)
+            .and_then(|()| metadata::check_rotation_period(row.rotation_period))
+            .map_err(|e| tampered(&row, format!("breaks a limit: {e}")))?;
         let mut stored_versions = versions_by_key.remove(&row.id).unwrap_or_default();
         stored_versions.sort_by_key(|v| v.row.version);
         let numbers: Vec<u32> = stored_versions.iter().map(|v| v.row.version).collect();
@@ -292,6 +351,10 @@ fn load_keys(
             state,
             min_decryption_version: row.min_decryption_version,
             versions,
+            description: row.description,
+            tags,
+            rotation_period: row.rotation_period,
+            deletion_due,
         }));
     }
     if let Some((id, _)) = versions_by_key.into_iter().next() {

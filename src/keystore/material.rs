@@ -25,12 +25,61 @@ pub struct KeyMaterial {
     pub created: u64,
     /// What the key is for; every version has it.
     pub key_type: KeyType,
-    /// Enabled, disabled or revoked.
+    /// Enabled, disabled, pending deletion or revoked.
     pub state: KeyState,
     /// Versions below this refuse to unwrap.
     pub min_decryption_version: u32,
     /// Version `n` at index `n - 1`.
     pub versions: Vec<VersionMaterial>,
+    /// Description, tags, rotation period and a pending deletion's due.
+    pub settings: KeySettingsMaterial,
+}
+
+/// What a [`KeyMaterial`] carries besides its versions (issue 12); all
+/// empty for a key that has none, and for every key of an older record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeySettingsMaterial {
+    /// Free text for humans.
+    pub description: String,
+    /// Tags, by name.
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// Seconds between rotations by age; `None`: never by age.
+    pub rotation_period: Option<u64>,
+    /// When a key pending deletion is deleted; `Some` exactly in state
+    /// `PendingDeletion`.
+    pub deletion_due: Option<super::DeletionDue>,
+}
+
+impl KeySettingsMaterial {
+    /// Whether any field is set: a key's record needs format 3.
+    pub fn is_empty(&self) -> bool {
+        self == &KeySettingsMaterial::default()
+    }
+
+    /// Checks the description, tags and rotation period against the
+    /// limits ([`super::metadata`]).
+    pub fn check(&self) -> Result<(), StoreError> {
+        super::metadata::check_description(&self.description)?;
+        super::metadata::check_tags(&self.tags)?;
+        super::metadata::check_rotation_period(self.rotation_period)
+    }
+}
+
+impl KeyMaterial {
+    /// The state and settings a key arriving from elsewhere (a restore, an
+    /// import) takes here: as it was, except that a key pending deletion
+    /// comes back disabled without a deletion date, since the waiting
+    /// period's daemon clock does not travel (nothing is destroyed early
+    /// and nothing lost; an operator schedules it again if still wanted).
+    pub(super) fn arriving(&self) -> (KeyState, KeySettingsMaterial) {
+        let mut settings = self.settings.clone();
+        settings.deletion_due = None;
+        let state = match self.state {
+            KeyState::PendingDeletion => KeyState::Disabled,
+            other => other,
+        };
+        (state, settings)
+    }
 }
 
 /// One version of a [`KeyMaterial`].
@@ -57,6 +106,7 @@ impl std::fmt::Debug for KeyMaterial {
             .field("state", &self.state)
             .field("min_decryption_version", &self.min_decryption_version)
             .field("versions", &self.versions)
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
@@ -92,6 +142,16 @@ pub enum Change {
     Restore,
     /// A key was imported from another host.
     Import,
+    /// A key's description or tags changed.
+    Metadata,
+    /// A key's rotation period changed.
+    RotationPeriod,
+    /// A key was scheduled for deletion.
+    ScheduleDeletion,
+    /// A key's pending deletion was cancelled (it is disabled).
+    CancelDeletion,
+    /// A key pending deletion was deleted when its due passed.
+    DeleteScheduled,
 }
 
 impl Change {
@@ -100,7 +160,11 @@ impl Change {
     pub fn reduces_access(self) -> bool {
         matches!(
             self,
-            Change::Revoke | Change::Disable | Change::MinDecryptionVersion
+            Change::Revoke
+                | Change::Disable
+                | Change::MinDecryptionVersion
+                | Change::ScheduleDeletion
+                | Change::DeleteScheduled
         )
     }
 }
@@ -173,6 +237,12 @@ pub(super) fn material_of(secrets: &StoreSecrets, key: &Key) -> Result<KeyMateri
         state: key.state,
         min_decryption_version: key.min_decryption_version,
         versions,
+        settings: KeySettingsMaterial {
+            description: key.description.clone(),
+            tags: key.tags.clone(),
+            rotation_period: key.rotation_period,
+            deletion_due: key.deletion_due,
+        },
     })
 }
 

@@ -7,7 +7,12 @@
 //! snapshot is published, and only then answered.
 //!
 //! Every row is authenticated under the root key; a row edited on disk stops
-//! the daemon at start with an error naming the key. KEKs are stored only
+//! the daemon at start with an error naming the key.
+//!
+//! Besides keys the store keeps the daemon clock (seconds the daemon has
+//! measured passing, across runs: what a deletion's waiting period counts),
+//! and reads the time only through the [`crate::clock::Clock`] it is opened
+//! with. KEKs are stored only
 //! sealed under the root key, and held in memory as ready ciphers.
 //!
 //! The writer lock is never held while waiting on the TPM: a new version's
@@ -16,11 +21,13 @@
 //!
 //! Files: [`KeyStore`] itself here; `model` (keys, versions, snapshots, the
 //! key-name rule), `error` ([`StoreError`]), `loader` (open and tamper
-//! verification), `writers` (every change), `db` (SQLite rows and their
+//! verification), `writers` (every change to versions and states),
+//! `lifecycle` (metadata, rotation period, deletion, the daemon clock), `db` (SQLite rows and their
 //! canonical encodings), `sealing` (the keys derived from the root key),
 //! `entropy` ([`EntropySource`] and the TPM reserve), `kek` (a KEK in memory),
 //! `material` (keys in clear for recovery and transfer, the change sink,
-//! and the sealed secrets), `import` (a key from another host), `restore`
+//! and the sealed secrets), `metadata` (the rules for descriptions, tags and
+//! rotation periods), `import` (a key from another host), `restore`
 //! (a backup's keys imported at once), `rollback` (the binding to a TPM NV
 //! counter: its row, the key-set digest, the start check, the background
 //! increments).
@@ -32,8 +39,10 @@ mod import;
 #[cfg(test)]
 mod import_tests;
 mod kek;
+mod lifecycle;
 mod loader;
 mod material;
+mod metadata;
 mod model;
 mod reseal;
 mod restore;
@@ -46,6 +55,7 @@ mod tests;
 mod writers;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use arc_swap::ArcSwap;
@@ -56,7 +66,13 @@ pub use entropy::{EntropySource, TpmEntropy};
 pub use error::StoreError;
 pub use import::Imported;
 pub use kek::Kek;
-pub use material::{Change, ChangeSink, KeyMaterial, SecretName, VersionMaterial};
+pub use material::{
+    Change, ChangeSink, KeyMaterial, KeySettingsMaterial, SecretName, VersionMaterial,
+};
+pub use metadata::{
+    DeletionDue, MAX_ROTATION_PERIOD_SECS, MAX_TAG_NAME_BYTES, MAX_TAG_VALUE_BYTES, NewKeySettings,
+    check_description, check_rotation_period, check_tag, check_tag_name, check_tags,
+};
 pub use model::{Key, Keys, Version, check_name};
 pub use reseal::RootRotation;
 pub use restore::{RestoreRefused, Restored, RestoredKey};
@@ -103,6 +119,11 @@ pub struct KeyStore {
     /// Held for a whole root-key rotation, TPM work included, so two never
     /// overlap; the writer lock is taken only for the re-sealing itself.
     rotation: Mutex<()>,
+    /// Where every time the store records comes from.
+    clock: crate::clock::Clock,
+    /// The daemon clock as persisted: seconds the daemon has measured
+    /// passing, across runs. Written under the writer lock.
+    daemon_clock: AtomicU64,
 }
 
 impl std::fmt::Debug for KeyStore {
@@ -119,6 +140,19 @@ impl KeyStore {
     /// [`crate::rootkey::RootKey::check_value`]); changes with a rotation.
     pub fn root_key_check(&self) -> Arc<String> {
         self.root_key_check.load_full()
+    }
+
+    /// The clock the store was opened with: creation times, and what the
+    /// daemon's lifecycle reads the time from.
+    pub fn clock(&self) -> &crate::clock::Clock {
+        &self.clock
+    }
+
+    /// The daemon clock: the seconds the daemon has measured passing with
+    /// its monotonic clock, accumulated across runs and persisted (MACed)
+    /// in the store. Only ever grows.
+    pub fn daemon_clock(&self) -> u64 {
+        self.daemon_clock.load(Ordering::Acquire)
     }
 
     /// The current snapshot of every key.

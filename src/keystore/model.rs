@@ -10,6 +10,7 @@ use agent_proto::{KeyInfo, KeyState, KeyType, Operation, VersionInfo, VersionSta
 
 use super::db::{KeyRow, VersionRow};
 use super::error::StoreError;
+use super::metadata::{DeletionDue, encode_tags};
 use super::sealing::SEALED_KEK_LEN;
 use crate::envelope::KeyId;
 use crate::version_key::VersionKey;
@@ -169,6 +170,15 @@ pub struct Key {
     pub(super) min_decryption_version: u32,
     /// Version `n` at index `n - 1`; never empty.
     pub(super) versions: Vec<Arc<Version>>,
+    /// Free text for humans.
+    pub(super) description: String,
+    /// Tags, by name.
+    pub(super) tags: BTreeMap<String, String>,
+    /// Seconds between rotations by age; `None`: never by age.
+    pub(super) rotation_period: Option<u64>,
+    /// When a key pending deletion is deleted; `Some` exactly in state
+    /// `PendingDeletion`.
+    pub(super) deletion_due: Option<DeletionDue>,
 }
 
 impl Key {
@@ -187,9 +197,41 @@ impl Key {
         self.key_type
     }
 
-    /// Enabled, disabled or revoked.
+    /// Enabled, disabled, pending deletion or revoked.
     pub fn state(&self) -> KeyState {
         self.state
+    }
+
+    /// Free text for humans (empty when none was given).
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// The key's tags, by name.
+    pub fn tags(&self) -> &BTreeMap<String, String> {
+        &self.tags
+    }
+
+    /// Seconds between rotations by age; `None`: never by age.
+    pub fn rotation_period(&self) -> Option<u64> {
+        self.rotation_period
+    }
+
+    /// When the next rotation by age is due, Unix seconds: the latest
+    /// version's creation plus the period. `None` without a period, and
+    /// for a key that is not enabled (only enabled keys rotate by age).
+    pub fn next_rotation(&self) -> Option<u64> {
+        if self.state != KeyState::Enabled {
+            return None;
+        }
+        let period = self.rotation_period?;
+        let latest = self.latest()?;
+        Some(latest.created.saturating_add(period))
+    }
+
+    /// When the key is deleted, if it is pending deletion.
+    pub fn deletion_due(&self) -> Option<DeletionDue> {
+        self.deletion_due
     }
 
     /// Versions below this refuse to unwrap.
@@ -225,11 +267,11 @@ impl Key {
             min_decryption_version: self.min_decryption_version,
             versions: self.versions.iter().map(|v| v.info()).collect(),
             key_type: self.key_type,
-            description: String::new(),
-            tags: Default::default(),
-            rotation_period: None,
-            next_rotation: None,
-            deletion_date: None,
+            description: self.description.clone(),
+            tags: self.tags.clone(),
+            rotation_period: self.rotation_period,
+            next_rotation: self.next_rotation(),
+            deletion_date: self.deletion_due.map(|due| due.wall),
         }
     }
 
@@ -247,6 +289,11 @@ impl Key {
             latest_version: self.latest_version(),
             min_decryption_version: self.min_decryption_version,
             key_type: key_type_index(self.key_type),
+            description: self.description.clone(),
+            tags: encode_tags(&self.tags),
+            rotation_period: self.rotation_period,
+            deletion_due_wall: self.deletion_due.map(|due| due.wall),
+            deletion_due_elapsed: self.deletion_due.map(|due| due.elapsed),
         }
     }
 }
@@ -368,5 +415,13 @@ impl Keys {
     pub(super) fn insert(&mut self, key: Arc<Key>) {
         self.by_id.insert(key.id, Arc::clone(&key));
         self.by_name.insert(key.name.clone(), key);
+    }
+}
+
+#[cfg(test)]
+impl Key {
+    /// Whether every version's secret is gone.
+    pub(super) fn versions_revoked_for_tests(&self) -> bool {
+        self.versions.iter().all(|v| v.is_revoked())
     }
 }

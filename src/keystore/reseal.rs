@@ -346,6 +346,7 @@ mod tests {
                 &dir,
                 &RootKey::from_bytes_for_tests(root),
                 self.entropy.clone(),
+                crate::clock::Clock::system(),
             )
         }
     }

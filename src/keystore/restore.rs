@@ -25,6 +25,10 @@ pub struct RestoredKey {
     pub id: KeyId,
     /// The key's type.
     pub key_type: KeyType,
+    /// The date (Unix seconds) the key was to be deleted on, when the
+    /// backup has it pending deletion: it is restored disabled, and the
+    /// operator schedules the deletion again if still wanted.
+    pub was_pending_deletion: Option<u64>,
 }
 
 /// What a restore did.
@@ -152,6 +156,7 @@ impl KeyStore {
                     name: existing.name.clone(),
                     id: existing.id,
                     key_type: existing.key_type,
+                    was_pending_deletion: None,
                 });
                 continue;
             }
@@ -208,19 +213,25 @@ impl KeyStore {
                 }));
             }
             restored.versions += versions.len();
+            let (state, settings) = material.arriving();
             restored.added.push(RestoredKey {
                 name: material.name.clone(),
                 id: material.id,
                 key_type: material.key_type,
+                was_pending_deletion: material.settings.deletion_due.map(|due| due.wall),
             });
             adding.push(Key {
                 id: material.id,
                 name: material.name.clone(),
                 created: material.created,
                 key_type: material.key_type,
-                state: material.state,
+                state,
                 min_decryption_version: material.min_decryption_version,
                 versions,
+                description: settings.description,
+                tags: settings.tags,
+                rotation_period: settings.rotation_period,
+                deletion_due: None,
             });
         }
         let changed = adding
@@ -237,7 +248,8 @@ impl KeyStore {
 
 /// Checks that `material` is a key hostkms could have written: a valid
 /// name, versions numbered 1 to n, a minimum decryption version among them,
-/// and no live version in a revoked key.
+/// no live version in a revoked key, a deletion date exactly when pending
+/// deletion, and settings within the limits.
 fn check_material(material: &KeyMaterial) -> Result<(), String> {
     check_name(&material.name).map_err(|e| e.to_string())?;
     if material.versions.is_empty() {
@@ -262,7 +274,13 @@ fn check_material(material: &KeyMaterial) -> Result<(), String> {
     if material.state == KeyState::Revoked && material.versions.iter().any(|v| v.kek.is_some()) {
         return Err("is revoked but holds a live version".to_string());
     }
-    Ok(())
+    if (material.state == KeyState::PendingDeletion) != material.settings.deletion_due.is_some() {
+        return Err("has a state and a deletion date that disagree".to_string());
+    }
+    material
+        .settings
+        .check()
+        .map_err(|e| format!("has settings breaking a limit: {e}"))
 }
 
 #[cfg(test)]
@@ -576,5 +594,61 @@ mod tests {
             assert_eq!(problem, expected);
             assert!(store.keys().is_empty());
         }
+    }
+
+    #[test]
+    fn a_key_pending_deletion_comes_back_disabled_with_its_metadata_through_its_record() {
+        use crate::recovery::record::{self, MacKey};
+        let a = Host::new(1);
+        let store = a.open();
+        let settings = crate::keystore::NewKeySettings {
+            rotation_period: Some(30 * 86_400),
+            description: "orders DB".into(),
+            tags: [("env".to_string(), "prod".to_string())].into(),
+        };
+        store
+            .create_with("orders", KeyType::Aes256Gcm, settings.clone())
+            .unwrap();
+        store.create("plain").unwrap();
+        let sample = wrap(&store, "orders", b"order 1");
+        let due = store.deletion_due_in(7).unwrap();
+        store.schedule_deletion("orders", due).unwrap();
+        // Through the recovery directory's record, as a restore reads it.
+        let mac = MacKey::for_records(&[5; 32]);
+        let material: Vec<KeyMaterial> = store
+            .with_all_material(|keys| keys.to_vec())
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let text = record::encode(m, 1, &mac).unwrap();
+                record::decode(&text, &mac).unwrap().material
+            })
+            .collect();
+        let b = Host::new(2);
+        let restored = b.open().restore(material, false).unwrap();
+        let by_name = |name: &str| {
+            restored
+                .added
+                .iter()
+                .find(|k| k.name == name)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(by_name("orders").was_pending_deletion, Some(due.wall));
+        assert_eq!(by_name("plain").was_pending_deletion, None);
+        // Durable: a reopened store has it disabled, without a deletion,
+        // with its description, tags and rotation period.
+        let store = b.open();
+        let keys = store.keys();
+        let orders = keys.by_name("orders").unwrap();
+        assert_eq!(orders.state(), KeyState::Disabled);
+        assert_eq!(orders.deletion_due(), None);
+        assert_eq!(orders.description(), settings.description);
+        assert_eq!(orders.tags(), &settings.tags);
+        assert_eq!(orders.rotation_period(), settings.rotation_period);
+        assert_eq!(keys.by_name("plain").unwrap().state(), KeyState::Enabled);
+        // Nothing lost: enabled again, it unwraps what it wrapped.
+        store.set_enabled("orders", true).unwrap();
+        assert_eq!(unwrap(&store, "orders", &sample).unwrap(), b"order 1");
     }
 }

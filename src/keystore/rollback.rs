@@ -184,7 +184,12 @@ pub(super) fn unhex(text: &str) -> Option<Vec<u8>> {
 /// adds its type, and each of its versions its public key if it has one,
 /// so a copy with a key's type or public key swapped is not the same
 /// store; an AES key adds nothing, so the digests of stores made before
-/// key types stay valid. Linear in the number of keys, like the snapshot
+/// key types stay valid. A key pending deletion (state 3) adds its
+/// deletion due (wall clock and daemon clock), so a copy with the deletion
+/// moved later is not the same store either; a key without one adds
+/// nothing, so digests made before deletions existed stay valid.
+/// Description, tags and rotation period take no access away and are not
+/// covered. Linear in the number of keys, like the snapshot
 /// copy every change makes.
 pub fn key_set_digest(keys: &Keys) -> [u8; 32] {
     let mut hash = Sha256::new();
@@ -201,6 +206,11 @@ pub fn key_set_digest(keys: &Keys) -> [u8; 32] {
         hash.update([state]);
         hash.update(key.min_decryption_version.to_be_bytes());
         hash.update(key.latest_version().to_be_bytes());
+        if let Some(due) = key.deletion_due {
+            hash.update(b"deletion due");
+            hash.update(due.wall.to_be_bytes());
+            hash.update(due.elapsed.to_be_bytes());
+        }
         let typed = key.key_type != KeyType::Aes256Gcm;
         if typed {
             hash.update([super::model::key_type_index(key.key_type)]);
@@ -1027,9 +1037,14 @@ mod tests {
             let root = RootKey::from_bytes_for_tests(root);
             let entropy = Arc::new(TestEntropy::new());
             if accepting {
-                KeyStore::open_accepting_rollback(&dir, &root, entropy)
+                KeyStore::open_accepting_rollback(
+                    &dir,
+                    &root,
+                    entropy,
+                    crate::clock::Clock::system(),
+                )
             } else {
-                KeyStore::open(&dir, &root, entropy)
+                KeyStore::open(&dir, &root, entropy, crate::clock::Clock::system())
             }
         }
 
@@ -1175,6 +1190,111 @@ mod tests {
         key.versions[0] = Arc::new(version);
         swapped.insert(Arc::new(key));
         assert_ne!(key_set_digest(&swapped), typed);
+    }
+
+    /// The digest of the release before issue 12 (commit 5ce2597): key
+    /// types, no deletion.
+    fn digest_before_lifecycle(keys: &Keys) -> [u8; 32] {
+        let mut hash = Sha256::new();
+        hash.update(b"hostkms key set v1");
+        hash.update((keys.by_name.len() as u64).to_be_bytes());
+        for key in keys.by_name.values() {
+            let state: u8 = match key.state {
+                KeyState::Enabled => 0,
+                KeyState::Disabled => 1,
+                KeyState::Revoked => 2,
+                KeyState::PendingDeletion => unreachable!("no such state before issue 12"),
+            };
+            hash.update(key.id.0);
+            hash.update([state]);
+            hash.update(key.min_decryption_version.to_be_bytes());
+            hash.update(key.latest_version().to_be_bytes());
+            let typed = key.key_type != KeyType::Aes256Gcm;
+            if typed {
+                hash.update([super::super::model::key_type_index(key.key_type)]);
+            }
+            for version in &key.versions {
+                hash.update(version.number.to_be_bytes());
+                hash.update([u8::from(version.is_revoked())]);
+                if typed {
+                    let public_key = version.public_key_der().unwrap_or_default();
+                    hash.update((public_key.len() as u32).to_be_bytes());
+                    hash.update(public_key);
+                }
+            }
+        }
+        hash.finalize().into()
+    }
+
+    #[test]
+    fn a_store_without_a_deletion_keeps_its_digest_and_a_deletion_changes_it() {
+        let fixture = Fixture::new();
+        let store = fixture.open().unwrap();
+        store.create("a").unwrap();
+        store.rotate("a").unwrap();
+        store.revoke("a", Some(1)).unwrap();
+        store.create_typed("sig", KeyType::EcdsaP256).unwrap();
+        store.create("off").unwrap();
+        store.set_enabled("off", false).unwrap();
+        let before = key_set_digest(&store.keys());
+        assert_eq!(before, digest_before_lifecycle(&store.keys()));
+        // Description, tags and rotation period take no access away: the
+        // digest of a store holding them is the old one, unchanged.
+        store
+            .update_metadata(
+                "a",
+                Some("described".into()),
+                [("env".to_string(), "prod".to_string())].into(),
+                &[],
+            )
+            .unwrap();
+        store.set_rotation_period("sig", Some(3600)).unwrap();
+        let described = crate::keystore::NewKeySettings {
+            description: "new".into(),
+            ..Default::default()
+        };
+        store
+            .create_with("b", KeyType::Aes256Gcm, described)
+            .unwrap();
+        let keys = store.keys();
+        assert_eq!(key_set_digest(&keys), digest_before_lifecycle(&keys));
+
+        // State 3 and its due change it: pending differs from disabled,
+        // and a due moved on either clock is another store.
+        let due = store.deletion_due_in(7).unwrap();
+        let pending = store.schedule_deletion("off", due).unwrap();
+        let keys = store.keys();
+        let scheduled = key_set_digest(&keys);
+        let mut as_disabled = Keys::clone(&keys);
+        let mut key = crate::keystore::Key::clone(&pending);
+        key.state = KeyState::Disabled;
+        key.deletion_due = None;
+        as_disabled.insert(Arc::new(key));
+        assert_eq!(
+            key_set_digest(&as_disabled),
+            digest_before_lifecycle(&as_disabled)
+        );
+        assert_ne!(scheduled, key_set_digest(&as_disabled));
+        for moved in [
+            crate::keystore::DeletionDue {
+                wall: due.wall + 86_400,
+                elapsed: due.elapsed,
+            },
+            crate::keystore::DeletionDue {
+                wall: due.wall,
+                elapsed: due.elapsed + 86_400,
+            },
+        ] {
+            let mut later = Keys::clone(&keys);
+            let mut key = crate::keystore::Key::clone(&pending);
+            key.deletion_due = Some(moved);
+            later.insert(Arc::new(key));
+            assert_ne!(key_set_digest(&later), scheduled, "{moved:?}");
+        }
+        // Cancelled, the key is disabled again: the old digest.
+        store.cancel_deletion("off").unwrap();
+        let keys = store.keys();
+        assert_eq!(key_set_digest(&keys), digest_before_lifecycle(&keys));
     }
 
     #[test]

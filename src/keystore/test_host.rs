@@ -33,7 +33,13 @@ impl Host {
     pub(super) fn open(&self) -> KeyStore {
         let dir = StateDir::open(&self.dir).unwrap();
         let root = RootKey::from_bytes_for_tests(self.root);
-        KeyStore::open(&dir, &root, Arc::new(TestEntropy::new())).unwrap()
+        KeyStore::open(
+            &dir,
+            &root,
+            Arc::new(TestEntropy::new()),
+            crate::clock::Clock::system(),
+        )
+        .unwrap()
     }
 }
 

@@ -22,23 +22,27 @@ struct Fixture {
     _tmp: tempfile::TempDir,
     dir: PathBuf,
     entropy: Arc<TestEntropy>,
+    /// The store's clock, moved by the file `clock` in the tempdir.
+    clock: crate::clock::Clock,
 }
 
 impl Fixture {
     fn new() -> Fixture {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("state");
+        let clock = crate::clock::Clock::movable(tmp.path().join("clock"));
         Fixture {
             _tmp: tmp,
             dir,
             entropy: Arc::new(TestEntropy::new()),
+            clock,
         }
     }
 
     fn open_with(&self, root: [u8; 32]) -> Result<KeyStore, StoreError> {
         let dir = StateDir::open(&self.dir).unwrap();
         let root = RootKey::from_bytes_for_tests(root);
-        KeyStore::open(&dir, &root, self.entropy.clone())
+        KeyStore::open(&dir, &root, self.entropy.clone(), self.clock.clone())
     }
 
     fn open(&self) -> Result<KeyStore, StoreError> {
@@ -1063,4 +1067,481 @@ fn forged_typed_rows_that_contradict_their_secrets_are_refused() {
         assert!(key.contains(&id), "{expected}: {key}");
         assert_eq!(detail, expected);
     }
+}
+
+// --- Lifecycle fields and the daemon clock (issue 12) ------------------------
+
+const DAY: u64 = 86_400;
+
+fn settings(description: &str, tags: &[(&str, &str)], period: Option<u64>) -> NewKeySettings {
+    NewKeySettings {
+        rotation_period: period,
+        description: description.to_string(),
+        tags: tags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+impl Fixture {
+    /// Moves the store's clocks: wall by `wall` seconds, monotonic by
+    /// `monotonic`, from the real clocks.
+    fn move_clock(&self, wall: i64, monotonic: i64) {
+        std::fs::write(
+            self._tmp.path().join("clock"),
+            format!("{wall} {monotonic}"),
+        )
+        .unwrap();
+    }
+}
+
+/// A store with "meta" (description, tags, period), "pending" (scheduled
+/// for deletion in 7 days) and "plain"; returns the due of "pending".
+fn lifecycle_keys(fixture: &Fixture) -> DeletionDue {
+    let store = fixture.open().unwrap();
+    store
+        .create_with(
+            "meta",
+            KeyType::Ed25519,
+            settings(
+                "payments DB",
+                &[("env", "prod"), ("team", "pay")],
+                Some(90 * DAY),
+            ),
+        )
+        .unwrap();
+    store.create("pending").unwrap();
+    store.create("plain").unwrap();
+    store.advance_daemon_clock(100).unwrap();
+    let due = store.deletion_due_in(7).unwrap();
+    store.schedule_deletion("pending", due).unwrap();
+    due
+}
+
+#[test]
+fn every_new_field_and_the_daemon_clock_survive_a_reopen() {
+    let fixture = Fixture::new();
+    let due = lifecycle_keys(&fixture);
+    assert_eq!(due.elapsed, 100 + 7 * DAY);
+    let store = fixture.open().unwrap();
+    assert_eq!(store.daemon_clock(), 100);
+    let keys = store.keys();
+    let meta = keys.by_name("meta").unwrap();
+    assert_eq!(meta.description(), "payments DB");
+    assert_eq!(meta.tags().get("env").map(String::as_str), Some("prod"));
+    assert_eq!(meta.rotation_period(), Some(90 * DAY));
+    let created = meta.latest().unwrap().created;
+    assert_eq!(meta.next_rotation(), Some(created + 90 * DAY));
+    let info = meta.info();
+    assert_eq!(info.description, "payments DB");
+    assert_eq!(info.tags.len(), 2);
+    assert_eq!(info.rotation_period, Some(90 * DAY));
+    assert_eq!(info.next_rotation, Some(created + 90 * DAY));
+    let pending = keys.by_name("pending").unwrap();
+    assert_eq!(pending.state(), KeyState::PendingDeletion);
+    assert_eq!(pending.deletion_due(), Some(due));
+    assert_eq!(pending.info().deletion_date, Some(due.wall));
+    let plain = keys.by_name("plain").unwrap();
+    assert_eq!(plain.info().description, "");
+    assert!(plain.tags().is_empty() && plain.rotation_period().is_none());
+    assert_eq!(plain.next_rotation(), None);
+
+    // Updates persist too; a description of None keeps the old one.
+    store
+        .update_metadata(
+            "meta",
+            None,
+            [("owner".to_string(), "ana".to_string())].into(),
+            &["env".to_string()],
+        )
+        .unwrap();
+    store.set_rotation_period("meta", None).unwrap();
+    store
+        .update_metadata(
+            "plain",
+            Some("now described".into()),
+            Default::default(),
+            &[],
+        )
+        .unwrap();
+    drop((keys, store));
+    let store = fixture.open().unwrap();
+    let keys = store.keys();
+    let meta = keys.by_name("meta").unwrap();
+    assert_eq!(meta.description(), "payments DB");
+    let tags: Vec<&str> = meta.tags().keys().map(String::as_str).collect();
+    assert_eq!(tags, ["owner", "team"]);
+    assert_eq!(meta.rotation_period(), None);
+    assert_eq!(
+        keys.by_name("plain").unwrap().description(),
+        "now described"
+    );
+}
+
+#[test]
+fn the_store_refuses_settings_beyond_the_limits_naming_them() {
+    let fixture = Fixture::new();
+    let store = fixture.open().unwrap();
+    let refused = |result: Result<Arc<Key>, StoreError>, limit: &str| match result {
+        Err(StoreError::InvalidArgument(message)) => {
+            assert!(message.contains(limit), "{message:?} lacks {limit:?}")
+        }
+        other => panic!("expected InvalidArgument naming {limit:?}, got {other:?}"),
+    };
+    refused(
+        store.create_with(
+            "k",
+            KeyType::Aes256Gcm,
+            settings(&"x".repeat(1025), &[], None),
+        ),
+        "1024 bytes",
+    );
+    refused(
+        store.create_with("k", KeyType::Aes256Gcm, settings("", &[("a b", "")], None)),
+        "1 to 64",
+    );
+    refused(
+        store.create_with("k", KeyType::Aes256Gcm, settings("", &[], Some(60))),
+        "shortest is 1h",
+    );
+    assert!(store.keys().by_name("k").is_none(), "nothing was created");
+    store.create("k").unwrap();
+    refused(
+        store.update_metadata("k", Some("a\nb".into()), Default::default(), &[]),
+        "control character",
+    );
+    let many = (0..33).map(|i| (format!("t{i}"), String::new())).collect();
+    refused(
+        store.update_metadata("k", None, many, &[]),
+        "at most 32 tags",
+    );
+    refused(
+        store.set_rotation_period("k", Some(u64::MAX)),
+        "longest is 100y",
+    );
+    assert!(matches!(
+        store.deletion_due_in(6),
+        Err(StoreError::InvalidArgument(m)) if m.contains("7 to 30 days")
+    ));
+}
+
+#[test]
+fn a_pending_key_refuses_state_changes_but_can_be_revoked_or_cancelled() {
+    let fixture = Fixture::new();
+    lifecycle_keys(&fixture);
+    let store = fixture.open().unwrap();
+    let pending = |result: Result<Arc<Key>, StoreError>| match result {
+        Err(e @ StoreError::KeyPendingDeletion { .. }) => {
+            let message = e.to_string();
+            assert!(
+                message.contains("hostkms cancel-deletion pending"),
+                "{message}"
+            );
+            assert!(message.contains('T') && message.contains('Z'), "{message}");
+        }
+        other => panic!("expected KeyPendingDeletion, got {other:?}"),
+    };
+    pending(store.rotate("pending"));
+    pending(store.set_enabled("pending", true));
+    pending(store.set_enabled("pending", false));
+    pending(store.schedule_deletion("pending", store.deletion_due_in(30).unwrap()));
+    let id = store.keys().by_name("pending").unwrap().id();
+    assert!(matches!(
+        store.rotate_if_latest(id, 1),
+        Err(StoreError::KeyPendingDeletion { .. })
+    ));
+    // A version can be revoked (its successor made), the minimum raised.
+    store.revoke("pending", Some(1)).unwrap();
+    store.set_min_decryption_version("pending", 2).unwrap();
+    assert_eq!(
+        store.keys().by_name("pending").unwrap().state(),
+        KeyState::PendingDeletion
+    );
+    // Cancel: disabled, no date; a second cancel is refused.
+    let cancelled = store.cancel_deletion("pending").unwrap();
+    assert_eq!(cancelled.state(), KeyState::Disabled);
+    assert_eq!(cancelled.deletion_due(), None);
+    assert!(matches!(
+        store.cancel_deletion("pending"),
+        Err(StoreError::InvalidArgument(m)) if m.contains("not scheduled for deletion")
+    ));
+    // Scheduled again, then revoked whole: revoked, no date.
+    store
+        .schedule_deletion("pending", store.deletion_due_in(7).unwrap())
+        .unwrap();
+    let revoked = store.revoke("pending", None).unwrap();
+    assert_eq!(revoked.state(), KeyState::Revoked);
+    assert_eq!(revoked.deletion_due(), None);
+    assert!(matches!(
+        store.schedule_deletion("pending", store.deletion_due_in(7).unwrap()),
+        Err(StoreError::KeyRevoked(_))
+    ));
+    drop(store);
+    assert_eq!(
+        fixture
+            .open()
+            .unwrap()
+            .keys()
+            .by_name("pending")
+            .unwrap()
+            .state(),
+        KeyState::Revoked
+    );
+}
+
+#[test]
+fn a_deletion_waits_for_both_clocks_then_deletes_every_kek() {
+    let fixture = Fixture::new();
+    let due = lifecycle_keys(&fixture);
+    let store = fixture.open().unwrap();
+    let sink = Arc::new(RecordingSink::default());
+    store.set_change_sink(sink.clone());
+    let not_due = |result: Result<Arc<Key>, StoreError>| {
+        assert!(
+            matches!(result, Err(StoreError::DeletionNotDue { .. })),
+            "{result:?}"
+        )
+    };
+    // Neither clock has passed.
+    not_due(store.delete_due("pending", store.clock().now(), store.daemon_clock()));
+    // The wall clock jumps 8 days ahead: the daemon has not measured them.
+    fixture.move_clock(8 * DAY as i64, 0);
+    let now = store.clock().now();
+    assert!(now >= due.wall);
+    not_due(store.delete_due("pending", now, store.daemon_clock()));
+    // A caller's daemon clock ahead of the persisted one is not believed.
+    not_due(store.delete_due("pending", now, u64::MAX));
+    // The daemon measures the 7 days, but the wall clock went back.
+    fixture.move_clock(0, 0);
+    store.advance_daemon_clock(7 * DAY).unwrap();
+    not_due(store.delete_due("pending", store.clock().now(), store.daemon_clock()));
+    assert_eq!(
+        store.keys().by_name("pending").unwrap().state(),
+        KeyState::PendingDeletion
+    );
+    assert!(sink.seen.lock().unwrap().is_empty());
+    // Both passed: deleted as a whole-key revocation.
+    fixture.move_clock(7 * DAY as i64 + 1, 0);
+    let deleted = store
+        .delete_due("pending", store.clock().now(), store.daemon_clock())
+        .unwrap();
+    assert_eq!(deleted.state(), KeyState::Revoked);
+    assert_eq!(deleted.deletion_due(), None);
+    assert!(deleted.latest().unwrap().is_revoked());
+    let seen = sink.seen.lock().unwrap();
+    let (name, change, keks) = &seen[0];
+    assert_eq!(
+        (name.as_str(), *change),
+        ("pending", Change::DeleteScheduled)
+    );
+    assert!(keks.iter().all(Option::is_none));
+    assert!(Change::DeleteScheduled.reduces_access() && Change::ScheduleDeletion.reduces_access());
+    assert!(!Change::CancelDeletion.reduces_access() && !Change::Metadata.reduces_access());
+    drop(seen);
+    drop(store);
+    let store = fixture.open().unwrap();
+    let key = store.keys().by_name("pending").cloned().unwrap();
+    assert_eq!(key.state(), KeyState::Revoked);
+    assert!(key.versions_revoked_for_tests());
+}
+
+#[test]
+fn the_daemon_clock_persists_only_grows_and_refuses_edits() {
+    let fixture = Fixture::new();
+    let store = fixture.open().unwrap();
+    assert_eq!(store.daemon_clock(), 0);
+    assert_eq!(store.advance_daemon_clock(60).unwrap(), 60);
+    assert_eq!(store.advance_daemon_clock(0).unwrap(), 60);
+    assert_eq!(store.advance_daemon_clock(5).unwrap(), 65);
+    // A clock moved back does not move it: it only adds what it is given.
+    fixture.move_clock(-(30 * DAY as i64), -(30 * DAY as i64));
+    assert_eq!(store.daemon_clock(), 65);
+    drop(store);
+    let store = fixture.open().unwrap();
+    assert_eq!(store.daemon_clock(), 65);
+    assert_eq!(store.advance_daemon_clock(u64::MAX).unwrap(), u64::MAX);
+    drop(store);
+    // Edited on disk: the value, the MAC, or the form.
+    let stored: String = Connection::open(fixture.db_path())
+        .unwrap()
+        .query_row(
+            "SELECT value FROM meta WHERE name = 'daemon_clock'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    let forged = stored.replacen(&u64::MAX.to_string(), "99999999999", 1);
+    for text in [forged.as_str(), "v1 1", "v2 1 00", "v1 x 00"] {
+        fixture.edit(&format!(
+            "UPDATE meta SET value = '{text}' WHERE name = 'daemon_clock'"
+        ));
+        let (key, _) = tampered(fixture.open());
+        assert_eq!(key, "(daemon clock)");
+    }
+    fixture.edit(&format!(
+        "UPDATE meta SET value = '{stored}' WHERE name = 'daemon_clock'"
+    ));
+    assert_eq!(fixture.open().unwrap().daemon_clock(), u64::MAX);
+}
+
+#[test]
+fn edited_lifecycle_columns_fail_authentication() {
+    let fixture = Fixture::new();
+    lifecycle_keys(&fixture);
+    let store = fixture.open().unwrap();
+    let (meta, pending, plain) = (
+        id_hex(&store, "meta"),
+        id_hex(&store, "pending"),
+        id_hex(&store, "plain"),
+    );
+    drop(store);
+    let edits = [
+        (&meta, "description = 'other'"),
+        (&meta, "description = ''"),
+        (&meta, "tags = x''"),
+        (&meta, "rotation_period = 3600"),
+        (&meta, "rotation_period = NULL"),
+        (&pending, "deletion_due_wall = deletion_due_wall + 86400"),
+        (&pending, "deletion_due_elapsed = 0"),
+        // Cancelled by hand: every new field stripped, state disabled.
+        (
+            &pending,
+            "state = 1, deletion_due_wall = NULL, deletion_due_elapsed = NULL",
+        ),
+        (&plain, "description = 'added'"),
+        (&plain, "rotation_period = 3600"),
+        (&plain, "state = 3"),
+    ];
+    for (id, set) in edits {
+        let before = std::fs::read(fixture.db_path()).unwrap();
+        fixture.edit(&format!(
+            "UPDATE keys SET {set} WHERE hex(id) = upper('{id}')"
+        ));
+        let (key, detail) = tampered(fixture.open());
+        assert!(key.contains(id.as_str()), "{set}: {key}");
+        assert!(!detail.is_empty());
+        std::fs::write(fixture.db_path(), before).unwrap();
+    }
+    fixture.open().unwrap();
+}
+
+#[test]
+fn forged_lifecycle_rows_that_contradict_themselves_are_refused() {
+    let fixture = Fixture::new();
+    lifecycle_keys(&fixture);
+    type Edit = fn(&mut db::KeyRow);
+    let cases: [(&str, Edit); 4] = [
+        ("half a deletion date", |row| {
+            row.deletion_due_elapsed = None
+        }),
+        ("disagree", |row| row.state = 1),
+        ("out of name order", |row| {
+            let mut tags = 2u32.to_be_bytes().to_vec();
+            for name in ["z", "a"] {
+                tags.extend_from_slice(&1u32.to_be_bytes());
+                tags.extend_from_slice(name.as_bytes());
+                tags.extend_from_slice(&0u32.to_be_bytes());
+            }
+            row.tags = tags;
+        }),
+        ("1024 bytes", |row| row.description = "d".repeat(2000)),
+    ];
+    for (detail, change) in cases {
+        let before = std::fs::read(fixture.db_path()).unwrap();
+        fixture.forge(|keys, _| {
+            let row = keys.iter_mut().find(|k| k.name == "pending").unwrap();
+            change(row);
+        });
+        let (_, found) = tampered(fixture.open());
+        assert!(found.contains(detail), "{found:?} lacks {detail:?}");
+        std::fs::write(fixture.db_path(), before).unwrap();
+    }
+}
+
+/// The schema of the release before issue 12: key types, no lifecycle
+/// columns.
+const SCHEMA_BEFORE_LIFECYCLE: &str = "
+CREATE TABLE keys (
+    id                     BLOB PRIMARY KEY CHECK (length(id) = 16),
+    name                   TEXT NOT NULL UNIQUE,
+    created                INTEGER NOT NULL,
+    state                  INTEGER NOT NULL,
+    latest_version         INTEGER NOT NULL,
+    min_decryption_version INTEGER NOT NULL,
+    mac                    BLOB NOT NULL,
+    key_type               INTEGER NOT NULL DEFAULT 0
+);";
+
+#[test]
+fn a_store_from_before_the_lifecycle_fields_opens_unchanged_and_keeps_working() {
+    let fixture = Fixture::new();
+    let store = fixture.open().unwrap();
+    store.create("old").unwrap();
+    store.rotate("old").unwrap();
+    store.create_typed("sig", KeyType::Ed25519).unwrap();
+    store.set_enabled("sig", false).unwrap();
+    let blob = wrap(&store, "old", b"from before");
+    let info: Vec<_> = store.keys().after(None).map(|k| k.info()).collect();
+    drop(store);
+    let macs = || -> Vec<Vec<u8>> {
+        let conn = Connection::open(fixture.db_path()).unwrap();
+        let mut statement = conn.prepare("SELECT mac FROM keys ORDER BY name").unwrap();
+        statement
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let old_macs = macs();
+    // The rows moved into the old table, MACs as they are: what the
+    // previous release wrote.
+    fixture.edit(&format!(
+        "PRAGMA legacy_alter_table = ON;
+         ALTER TABLE keys RENAME TO keys_new;
+         {SCHEMA_BEFORE_LIFECYCLE}
+         INSERT INTO keys SELECT id, name, created, state, latest_version,
+             min_decryption_version, mac, key_type FROM keys_new;
+         DROP TABLE keys_new;"
+    ));
+    let has_description = || -> bool {
+        Connection::open(fixture.db_path())
+            .unwrap()
+            .query_row(
+                "SELECT count(*) > 0 FROM pragma_table_info('keys') WHERE name = 'description'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap()
+    };
+    assert!(!has_description());
+    let store = fixture.open().unwrap();
+    assert!(has_description());
+    assert_eq!(macs(), old_macs, "opening rewrites no row");
+    let after: Vec<_> = store.keys().after(None).map(|k| k.info()).collect();
+    assert_eq!(after, info);
+    assert_eq!(store.daemon_clock(), 0);
+    assert_eq!(
+        unwrap_with(&store, "old", 2, &blob).as_deref(),
+        Some(&b"from before"[..])
+    );
+    // It keeps working, new fields included, across a reopen.
+    store.rotate("old").unwrap();
+    store
+        .update_metadata(
+            "sig",
+            Some("signs releases".into()),
+            Default::default(),
+            &[],
+        )
+        .unwrap();
+    store.advance_daemon_clock(1).unwrap();
+    drop(store);
+    let store = fixture.open().unwrap();
+    assert_eq!(store.keys().by_name("old").unwrap().latest_version(), 3);
+    assert_eq!(
+        store.keys().by_name("sig").unwrap().description(),
+        "signs releases"
+    );
+    assert_eq!(store.daemon_clock(), 1);
 }

@@ -6,13 +6,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use agent_proto::{KeyState, KeyType};
 use rand::TryRng;
 use zeroize::Zeroizing;
 
 use super::db::{self, VersionRow};
+use super::metadata::{self, NewKeySettings};
 use super::sealing::{KEK_LEN, SEALED_KEK_LEN};
 use super::{
     Change, Key, KeyStore, Keys, RESERVATION_STEP, StoreError, Version, Writer, check_name,
@@ -20,12 +20,6 @@ use super::{
 };
 use crate::envelope::KeyId;
 use crate::version_key::VersionKey;
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 fn random<const N: usize>() -> Result<Zeroizing<[u8; N]>, StoreError> {
     let mut bytes = Zeroizing::new([0u8; N]);
@@ -126,6 +120,7 @@ impl KeyStore {
     /// the root key. A secret that is no valid key of the type (an ECDSA
     /// scalar out of range, about 2^-32) is drawn again from the OS RNG.
     fn new_version(
+        &self,
         writer: &mut Writer,
         id: KeyId,
         number: u32,
@@ -152,7 +147,7 @@ impl KeyStore {
             .map_err(|_| StoreError::Random("a sealed KEK of the wrong length".to_string()))?;
         Ok(Version {
             number,
-            created: now(),
+            created: self.clock.now(),
             public_key: super::model::public_key_of(&key),
             key: Some(key),
             sealed: std::sync::Mutex::new(Some(sealed)),
@@ -171,11 +166,21 @@ impl KeyStore {
             .ok_or_else(|| StoreError::KeyNotFound(name.to_string()))
     }
 
-    fn live(&self, name: &str) -> Result<Arc<Key>, StoreError> {
+    /// The current key named `name`, unless it is revoked.
+    pub(super) fn live(&self, name: &str) -> Result<Arc<Key>, StoreError> {
         let key = self.current(name)?;
         if key.state == KeyState::Revoked {
             return Err(StoreError::KeyRevoked(key.name.clone()));
         }
+        Ok(key)
+    }
+
+    /// The current key named `name`, unless it is revoked or pending
+    /// deletion: what rotate, disable, enable and scheduling a deletion
+    /// need (a pending key's deletion must be cancelled first).
+    pub(super) fn settled(&self, name: &str) -> Result<Arc<Key>, StoreError> {
+        let key = self.live(name)?;
+        refuse_pending(&key)?;
         Ok(key)
     }
 
@@ -184,9 +189,23 @@ impl KeyStore {
         self.create_typed(name, KeyType::Aes256Gcm)
     }
 
-    /// Creates key `name` of `key_type` at version 1.
+    /// Creates key `name` of `key_type` at version 1, with no description,
+    /// tags or rotation period.
     pub fn create_typed(&self, name: &str, key_type: KeyType) -> Result<Arc<Key>, StoreError> {
+        self.create_with(name, key_type, NewKeySettings::default())
+    }
+
+    /// Creates key `name` of `key_type` at version 1 with `settings`
+    /// (checked here: [`super::check_description`], [`super::check_tags`],
+    /// [`super::check_rotation_period`]).
+    pub fn create_with(
+        &self,
+        name: &str,
+        key_type: KeyType,
+        settings: NewKeySettings,
+    ) -> Result<Arc<Key>, StoreError> {
         check_name(name)?;
+        metadata::check_settings(&settings)?;
         if self.keys.load().by_name(name).is_some() {
             return Err(StoreError::KeyExists(name.to_string()));
         }
@@ -201,25 +220,29 @@ impl KeyStore {
                 break id;
             }
         };
-        let version = Arc::new(Self::new_version(&mut writer, id, 1, key_type, &tpm)?);
+        let version = Arc::new(self.new_version(&mut writer, id, 1, key_type, &tpm)?);
         let key = Key {
             id,
             name: name.to_string(),
-            created: now(),
+            created: version.created,
             key_type,
             state: KeyState::Enabled,
             min_decryption_version: 1,
             versions: vec![Arc::clone(&version)],
+            description: settings.description,
+            tags: settings.tags,
+            rotation_period: settings.rotation_period,
+            deletion_due: None,
         };
         self.commit(&mut writer, key, &[&version], Change::Create)
     }
 
     /// Adds a new latest version to key `name`.
     pub fn rotate(&self, name: &str) -> Result<Arc<Key>, StoreError> {
-        self.live(name)?;
+        self.settled(name)?;
         let tpm = self.entropy.take()?;
         let mut writer = self.writer();
-        let key = self.live(name)?;
+        let key = self.settled(name)?;
         self.rotate_locked(&mut writer, &key, &tpm)
     }
 
@@ -236,6 +259,7 @@ impl KeyStore {
             if key.state == KeyState::Revoked {
                 return Err(StoreError::KeyRevoked(key.name.clone()));
             }
+            refuse_pending(&key)?;
             Ok(key)
         };
         let key = current()?;
@@ -257,7 +281,7 @@ impl KeyStore {
         key: &Key,
         tpm: &[u8; KEK_LEN],
     ) -> Result<Arc<Key>, StoreError> {
-        let version = Arc::new(Self::new_version(
+        let version = Arc::new(self.new_version(
             writer,
             key.id,
             key.latest_version() + 1,
@@ -302,15 +326,7 @@ impl KeyStore {
         let mut next = Key::clone(&key);
         let mut changed: Vec<Arc<Version>> = Vec::new();
         match version {
-            None => {
-                next.state = KeyState::Revoked;
-                for slot in &mut next.versions {
-                    if !slot.is_revoked() {
-                        *slot = Arc::new(slot.revoked_copy());
-                        changed.push(Arc::clone(slot));
-                    }
-                }
-            }
+            None => changed = revoke_whole(&mut next),
             Some(number) => {
                 let latest = key.latest_version();
                 let Some(old) = key.version(number) else {
@@ -327,7 +343,7 @@ impl KeyStore {
                     let Some(tpm) = tpm else {
                         return Ok(None);
                     };
-                    let fresh = Arc::new(Self::new_version(
+                    let fresh = Arc::new(self.new_version(
                         &mut writer,
                         key.id,
                         latest + 1,
@@ -348,9 +364,11 @@ impl KeyStore {
     }
 
     /// Disables (`enabled == false`) or enables key `name`.
+    /// Refused for a key pending deletion ([`StoreError::KeyPendingDeletion`]):
+    /// its deletion is cancelled first.
     pub fn set_enabled(&self, name: &str, enabled: bool) -> Result<Arc<Key>, StoreError> {
         let mut writer = self.writer();
-        let key = self.live(name)?;
+        let key = self.settled(name)?;
         let state = if enabled {
             KeyState::Enabled
         } else {
@@ -449,5 +467,31 @@ impl KeyStore {
                 .store(row.encryptions_reserved, Ordering::Relaxed);
         }
         Ok(())
+    }
+}
+
+/// Revokes every version of `key` and the key itself (its KEKs gone for
+/// good, a pending deletion done); returns the versions it changed.
+pub(super) fn revoke_whole(key: &mut Key) -> Vec<Arc<Version>> {
+    key.state = KeyState::Revoked;
+    key.deletion_due = None;
+    let mut changed = Vec::new();
+    for slot in &mut key.versions {
+        if !slot.is_revoked() {
+            *slot = Arc::new(slot.revoked_copy());
+            changed.push(Arc::clone(slot));
+        }
+    }
+    changed
+}
+
+/// [`StoreError::KeyPendingDeletion`] for a key pending deletion.
+pub(super) fn refuse_pending(key: &Key) -> Result<(), StoreError> {
+    match key.deletion_due {
+        Some(due) => Err(StoreError::KeyPendingDeletion {
+            name: key.name.clone(),
+            due_wall: due.wall,
+        }),
+        None => Ok(()),
     }
 }

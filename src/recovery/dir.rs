@@ -740,6 +740,7 @@ mod tests {
             created: 1,
             state: KeyState::Enabled,
             min_decryption_version: 1,
+            settings: Default::default(),
             versions: vec![VersionMaterial {
                 number: 1,
                 created: 1,
@@ -781,6 +782,169 @@ mod tests {
         assert_eq!(second, Reconciled::default(), "nothing to do");
         assert!(writer.status().current);
         assert!(!leftover.exists());
+    }
+
+    /// `material(i)` with a description, tags, a rotation period and,
+    /// for odd `i`, a pending deletion: a record of format 3.
+    fn lifecycle_material(i: u32) -> KeyMaterial {
+        let mut m = material(i);
+        m.settings.description = format!("key number {i}");
+        m.settings.tags.insert("env".into(), "prod".into());
+        m.settings.rotation_period = Some(86_400);
+        if i % 2 == 1 {
+            m.state = KeyState::PendingDeletion;
+            m.settings.deletion_due = Some(crate::keystore::DeletionDue {
+                wall: 1_800_000_000,
+                elapsed: 1_000,
+            });
+        }
+        m
+    }
+
+    #[test]
+    fn records_of_format_3_are_current_at_the_next_start_and_one_change_writes_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = config(&tmp.path().join("r"));
+        let bundle = BundleIdentity::generate().unwrap();
+        let mut all: Vec<KeyMaterial> = (0..4).map(lifecycle_material).collect();
+        all.push(material(4));
+        let (writer, first) =
+            RecoveryWriter::start(config.clone(), bundle_copy(&bundle), &all).unwrap();
+        assert_eq!(first.rewritten.len(), 5);
+        drop(writer);
+        let (writer, second) =
+            RecoveryWriter::start(config.clone(), bundle_copy(&bundle), &all).unwrap();
+        assert_eq!(second, Reconciled::default(), "nothing to rewrite");
+        // A change of a description rewrites that key's record alone.
+        let keys = config.dir.join(KEYS_DIR);
+        // Every write is a new file renamed into place: a new inode.
+        let inode = |i: u32| {
+            fs::metadata(keys.join(key_file_name(material(i).id)))
+                .unwrap()
+                .ino()
+        };
+        let before: Vec<_> = (0..5).map(inode).collect();
+        all[2].settings.description = "changed".into();
+        writer.key_changed(&all[2], Change::Metadata);
+        assert!(writer.is_current());
+        let after: Vec<_> = (0..5).map(inode).collect();
+        for i in 0..5 {
+            assert_eq!(before[i] == after[i], i != 2, "key {i}");
+        }
+        let file = fs::read(keys.join(key_file_name(all[2].id))).unwrap();
+        let text =
+            agefile::decrypt(&[bundle.age_identity().clone()], &file, MAX_RECORD_LEN).unwrap();
+        let read = record::decode(&text, &bundle.record_mac_key()).unwrap();
+        assert!(record::same_material(&read.material, &all[2]));
+        assert_eq!(read.revision, 2);
+        drop(writer);
+        let (_, third) = RecoveryWriter::start(config, bundle, &all).unwrap();
+        assert_eq!(third, Reconciled::default());
+    }
+
+    /// The record of `id` in the directory, read back under `bundle`.
+    fn read_record(dir: &Path, bundle: &BundleIdentity, id: KeyId) -> record::Record {
+        let file = fs::read(dir.join(KEYS_DIR).join(key_file_name(id))).unwrap();
+        let text =
+            agefile::decrypt(&[bundle.age_identity().clone()], &file, MAX_RECORD_LEN).unwrap();
+        record::decode(&text, &bundle.record_mac_key()).unwrap()
+    }
+
+    #[test]
+    fn every_lifecycle_change_of_the_store_reaches_its_record_and_a_restart_rewrites_none() {
+        use crate::keystore::{KeyStore, NewKeySettings, TestEntropy};
+        let tmp = tempfile::tempdir().unwrap();
+        let clock_file = tmp.path().join("clock");
+        let open_store = || {
+            let dir = crate::state_dir::StateDir::open(&tmp.path().join("state")).unwrap();
+            KeyStore::open(
+                &dir,
+                &crate::rootkey::RootKey::from_bytes_for_tests([3; 32]),
+                std::sync::Arc::new(TestEntropy::new()),
+                crate::clock::Clock::movable(&clock_file),
+            )
+            .unwrap()
+        };
+        let config = config(&tmp.path().join("r"));
+        let bundle = BundleIdentity::generate().unwrap();
+        let store = open_store();
+        let (writer, _) = store
+            .with_all_material(|all| {
+                RecoveryWriter::start(config.clone(), bundle_copy(&bundle), all)
+            })
+            .unwrap()
+            .unwrap();
+        let writer = std::sync::Arc::new(writer);
+        store.set_change_sink(writer.clone());
+        let settings = NewKeySettings {
+            rotation_period: Some(86_400),
+            description: "orders".into(),
+            tags: [("env".to_string(), "prod".to_string())].into(),
+        };
+        let key = store
+            .create_with("orders", agent_proto::KeyType::Aes256Gcm, settings)
+            .unwrap();
+        let id = key.id();
+        let in_dir = || read_record(&config.dir, &bundle, id).material;
+        let in_store = || {
+            store
+                .material(store.keys().by_name("orders").unwrap())
+                .unwrap()
+        };
+        let check = |what: &str| {
+            assert!(writer.is_current(), "{what}");
+            assert!(record::same_material(&in_dir(), &in_store()), "{what}");
+        };
+        check("created");
+        store
+            .update_metadata(
+                "orders",
+                Some("orders, EU".into()),
+                Default::default(),
+                &["env".into()],
+            )
+            .unwrap();
+        check("metadata");
+        store.set_rotation_period("orders", None).unwrap();
+        check("rotation period");
+        let due = store.deletion_due_in(7).unwrap();
+        store.schedule_deletion("orders", due).unwrap();
+        check("scheduled");
+        assert_eq!(in_dir().state, KeyState::PendingDeletion);
+        assert_eq!(in_dir().settings.deletion_due, Some(due));
+        store.cancel_deletion("orders").unwrap();
+        check("cancelled");
+        assert_eq!(
+            (in_dir().state, in_dir().settings.deletion_due),
+            (KeyState::Disabled, None)
+        );
+        store
+            .schedule_deletion("orders", store.deletion_due_in(7).unwrap())
+            .unwrap();
+        // Seven days later on both clocks.
+        fs::write(&clock_file, format!("{} 0", 7 * 86_400)).unwrap();
+        store.advance_daemon_clock(7 * 86_400).unwrap();
+        let now = store.clock().now();
+        store
+            .delete_due("orders", now, store.daemon_clock())
+            .unwrap();
+        check("deleted");
+        let deleted = in_dir();
+        assert_eq!(deleted.state, KeyState::Revoked);
+        assert!(deleted.versions.iter().all(|v| v.kek.is_none()));
+        assert_eq!(
+            deleted.settings.description, "orders, EU",
+            "kept for the record"
+        );
+        drop((writer, store));
+        let store = open_store();
+        let (_, restart) = store
+            .with_all_material(|all| {
+                RecoveryWriter::start(config.clone(), bundle_copy(&bundle), all)
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(restart, Reconciled::default());
     }
 
     #[test]

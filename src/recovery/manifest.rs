@@ -352,6 +352,7 @@ mod tests {
             created: 1,
             state: KeyState::Enabled,
             min_decryption_version: 1,
+            settings: Default::default(),
             versions: vec![
                 VersionMaterial {
                     number: 1,

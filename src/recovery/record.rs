@@ -45,18 +45,54 @@
 //! }
 //! ```
 //!
-//! Writers emit format 1 for AES-256-GCM keys (so a hostkms from before
-//! key types still restores them) and format 2 for every other type;
-//! readers take both. A format-1 record with a `type` or `public_key` is
-//! refused (format 1 has no such field); a format-2 record without a
-//! `type`, with a type this build does not know, without the public key of
-//! a signing version or with one on a version of another type is refused.
+//! Format 3 (issue 12), the record of a key with any of what issue 12
+//! added (a pending deletion, a rotation period, a description, tags):
+//! format 2 with `"format": 3`, the type always present (`aes256-gcm`
+//! too), the state `pending-deletion` possible, and these fields, each
+//! absent when the key has none:
+//!
+//! ```json
+//! {
+//!   "format": 3,
+//!   "id": "…", "name": "…", "type": "…", "created": …,
+//!   "state": "enabled" | "disabled" | "pending-deletion" | "revoked",
+//!   "deletion_date": <unix seconds: when the key is deleted, on the wall clock>,
+//!   "deletion_daemon_clock": <the writing host's daemon clock reading the
+//!                            deletion also waits for; meaningless elsewhere>,
+//!   "min_decryption_version": …, "revision": …,
+//!   "rotation_period": <seconds between rotations by age, 3600 to 100 years>,
+//!   "description": "<free text, at most 1024 bytes, no control characters>",
+//!   "tags": { "<name [A-Za-z0-9._-]{1,64}>": "<value, at most 256 bytes>", … },
+//!   "versions": [ … as in format 2 … ],
+//!   "mac": "<64 hex digits>"
+//! }
+//! ```
+//!
+//! `deletion_date` and `deletion_daemon_clock` are present exactly when the
+//! state is `pending-deletion`; `tags` are in name order (at most 32). A
+//! restore or an import brings a key pending deletion back disabled,
+//! without its deletion: the waiting period's daemon clock does not travel,
+//! so nothing is destroyed early and nothing lost (the operator schedules
+//! it again if still wanted).
+//!
+//! Writers emit format 3 only for a key that has any of those fields;
+//! otherwise format 1 for AES-256-GCM keys (so a hostkms from before key
+//! types still restores them) and format 2 for every other type (so a
+//! hostkms from before issue 12 still restores them). Readers take all
+//! three. A record of format 1 or 2 with a field of format 3 or the state
+//! `pending-deletion` is refused; a format-1 record with a `type` or
+//! `public_key` is refused (format 1 has no such field); a format-2 or -3
+//! record without a `type`, with a type this build does not know, without
+//! the public key of a signing version or with one on a version of another
+//! type is refused; so is a format-3 record whose deletion fields disagree
+//! with its state, or whose description, tags or rotation period break a
+//! limit.
 //!
 //! Version `n` is at index `n - 1`. A revoked key has every version revoked.
 //! `mac` is HMAC-SHA256 over the record's canonical text: the same object
 //! without `mac`, serialized compactly (no white space) with the fields in
 //! the order above and the versions' fields in the order above (so it
-//! covers `type` and `public_key` too). Its key is
+//! covers `type`, `public_key` and every field of format 3 too). Its key is
 //! derived with HKDF-SHA256 (no salt) from a secret under a label: for the
 //! recovery directory the bundle identity's 32-byte X25519 secret and
 //! [`RECORD_MAC_LABEL`] ([`MacKey::for_records`]); an export file uses a key
@@ -67,6 +103,8 @@
 //! format number; its reader is added beside [`decode`]'s arms and
 //! converts to the current [`KeyMaterial`], so every earlier format stays
 //! readable. A format newer than this build is refused with "upgrade".
+
+use std::collections::BTreeMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -79,14 +117,19 @@ use zeroize::Zeroizing;
 use agent_proto::{KeyState, KeyType};
 
 use crate::envelope::KeyId;
-use crate::keystore::{KeyMaterial, VersionMaterial};
+use crate::keystore::{DeletionDue, KeyMaterial, KeySettingsMaterial, VersionMaterial};
 
-/// The newest record format this build writes (for keys of every type but
-/// AES-256-GCM, whose records stay in [`RECORD_FORMAT_AES`]); it reads
-/// every format from 1 to this.
-pub const RECORD_FORMAT: u32 = 2;
+/// The newest record format this build writes, for a key with a pending
+/// deletion, a rotation period, a description or tags; it reads every
+/// format from 1 to this.
+pub const RECORD_FORMAT: u32 = 3;
 
-/// The record format of an AES-256-GCM key: 1, which every hostkms reads.
+/// The record format of a key of any type but AES-256-GCM without the
+/// fields of [`RECORD_FORMAT`]: 2, which every hostkms since key types reads.
+pub const RECORD_FORMAT_TYPED: u32 = 2;
+
+/// The record format of an AES-256-GCM key without the fields of
+/// [`RECORD_FORMAT`]: 1, which every hostkms reads.
 pub const RECORD_FORMAT_AES: u32 = 1;
 
 /// The longest public key a record may carry, in bytes of DER (an ML-DSA-65
@@ -230,7 +273,9 @@ pub enum RecordError {
     },
 }
 
-/// A key state as records and the MANIFEST spell it.
+/// A key state as the MANIFEST (format 1) spells it: a key pending
+/// deletion is listed as disabled (unusable, as it is), so older readers
+/// still read the MANIFEST; its record says `pending-deletion`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StateV1 {
@@ -248,8 +293,7 @@ impl From<KeyState> for StateV1 {
             KeyState::Enabled => StateV1::Enabled,
             KeyState::Disabled => StateV1::Disabled,
             KeyState::Revoked => StateV1::Revoked,
-            // Formats 1 and 2 have no such state; a restored key is
-            // unusable until an admin acts, as the pending key was.
+            // The MANIFEST's format 1 has no such state.
             KeyState::PendingDeletion => StateV1::Disabled,
         }
     }
@@ -286,8 +330,53 @@ impl VersionStateV1 {
     }
 }
 
-/// Formats 1 and 2, field for field (format 1 has no `type` and no
-/// `public_key`, absent from its text); `mac` absent in the canonical text.
+/// A key state as records spell it: format 3 adds `pending-deletion`
+/// (the MANIFEST, in format 1, lists such a key as `disabled`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum RecordState {
+    Enabled,
+    Disabled,
+    PendingDeletion,
+    Revoked,
+}
+
+impl RecordState {
+    fn as_str(self) -> &'static str {
+        match self {
+            RecordState::Enabled => "enabled",
+            RecordState::Disabled => "disabled",
+            RecordState::PendingDeletion => "pending-deletion",
+            RecordState::Revoked => "revoked",
+        }
+    }
+}
+
+impl From<KeyState> for RecordState {
+    fn from(state: KeyState) -> RecordState {
+        match state {
+            KeyState::Enabled => RecordState::Enabled,
+            KeyState::Disabled => RecordState::Disabled,
+            KeyState::PendingDeletion => RecordState::PendingDeletion,
+            KeyState::Revoked => RecordState::Revoked,
+        }
+    }
+}
+
+impl From<RecordState> for KeyState {
+    fn from(state: RecordState) -> KeyState {
+        match state {
+            RecordState::Enabled => KeyState::Enabled,
+            RecordState::Disabled => KeyState::Disabled,
+            RecordState::PendingDeletion => KeyState::PendingDeletion,
+            RecordState::Revoked => KeyState::Revoked,
+        }
+    }
+}
+
+/// Formats 1 to 3, field for field: a field a format lacks is absent from
+/// its text (format 1 has no `type` and no `public_key`, formats 1 and 2
+/// no field of format 3); `mac` absent in the canonical text.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RecordV1 {
@@ -297,12 +386,44 @@ struct RecordV1 {
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     key_type: Option<String>,
     created: u64,
-    state: StateV1,
+    state: RecordState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    deletion_date: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    deletion_daemon_clock: Option<u64>,
     min_decryption_version: u32,
     revision: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rotation_period: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tags: Option<BTreeMap<String, String>>,
     versions: Vec<VersionV1>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     mac: Option<String>,
+}
+
+impl RecordV1 {
+    /// The first field of format 3 this record has, by name.
+    fn format_3_field(&self) -> Option<&'static str> {
+        [
+            (
+                self.state == RecordState::PendingDeletion,
+                "the state pending-deletion",
+            ),
+            (self.deletion_date.is_some(), "a deletion_date"),
+            (
+                self.deletion_daemon_clock.is_some(),
+                "a deletion_daemon_clock",
+            ),
+            (self.rotation_period.is_some(), "a rotation_period"),
+            (self.description.is_some(), "a description"),
+            (self.tags.is_some(), "tags"),
+        ]
+        .into_iter()
+        .find_map(|(has, name)| has.then_some(name))
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -324,9 +445,10 @@ struct FormatProbe {
 }
 
 /// Writes `material` as a record with `revision`, authenticated under
-/// `key`: format 1 for an AES-256-GCM key, format 2 (with its type and
-/// public keys) for any other. The text is pretty-printed JSON in a
-/// zeroizing buffer.
+/// `key`: format 3 for a key with any of its fields (a pending deletion, a
+/// rotation period, a description, tags), else format 1 for an
+/// AES-256-GCM key and format 2 (with its type and public keys) for any
+/// other. The text is pretty-printed JSON in a zeroizing buffer.
 pub fn encode(
     material: &KeyMaterial,
     revision: u64,
@@ -339,20 +461,22 @@ pub fn encode(
         detail,
     };
     check_material(material).map_err(invalid)?;
-    let typed = material.key_type != KeyType::Aes256Gcm;
+    let format = format_of(material);
+    let settings = &material.settings;
     let mut record = RecordV1 {
-        format: if typed {
-            RECORD_FORMAT
-        } else {
-            RECORD_FORMAT_AES
-        },
+        format,
         id: id.clone(),
         name: material.name.clone(),
-        key_type: typed.then(|| material.key_type.as_str().to_string()),
+        key_type: (format != RECORD_FORMAT_AES).then(|| material.key_type.as_str().to_string()),
         created: material.created,
         state: material.state.into(),
+        deletion_date: settings.deletion_due.map(|due| due.wall),
+        deletion_daemon_clock: settings.deletion_due.map(|due| due.elapsed),
         min_decryption_version: material.min_decryption_version,
         revision,
+        rotation_period: settings.rotation_period,
+        description: (!settings.description.is_empty()).then(|| settings.description.clone()),
+        tags: (!settings.tags.is_empty()).then(|| settings.tags.clone()),
         versions: material
             .versions
             .iter()
@@ -385,6 +509,18 @@ pub fn encode(
     Ok(text)
 }
 
+/// The format `material`'s record is written in: the oldest that holds
+/// everything it has, so older readers restore every key they can.
+pub fn format_of(material: &KeyMaterial) -> u32 {
+    if !material.settings.is_empty() {
+        RECORD_FORMAT
+    } else if material.key_type != KeyType::Aes256Gcm {
+        RECORD_FORMAT_TYPED
+    } else {
+        RECORD_FORMAT_AES
+    }
+}
+
 /// Reads a record of any format this build knows, checks its MAC under
 /// `key` and its consistency, and returns the key's material.
 pub fn decode(text: &[u8], key: &MacKey) -> Result<Record, RecordError> {
@@ -394,14 +530,15 @@ pub fn decode(text: &[u8], key: &MacKey) -> Result<Record, RecordError> {
     let probe: FormatProbe = serde_json::from_slice(text).map_err(|e| malformed(0, &e))?;
     match probe.format {
         0 => Err(RecordError::FormatZero),
-        format @ (1 | 2) => decode_v1_or_v2(text, format, key),
+        format @ 1..=RECORD_FORMAT => decode_known(text, format, key),
         found => Err(RecordError::NewerFormat { found }),
     }
 }
 
-/// Reads format 1 or 2 (`format`, as probed): one shape, format 1 without
-/// the fields of key types.
-fn decode_v1_or_v2(text: &[u8], format: u32, key: &MacKey) -> Result<Record, RecordError> {
+/// Reads format 1, 2 or 3 (`format`, as probed): one shape, format 1
+/// without the fields of key types, formats 1 and 2 without those of
+/// format 3.
+fn decode_known(text: &[u8], format: u32, key: &MacKey) -> Result<Record, RecordError> {
     let mut record: RecordV1 = serde_json::from_slice(text).map_err(|e| malformed(format, &e))?;
     let claimed_id = record.id.clone();
     let claimed_name = record.name.clone();
@@ -425,15 +562,26 @@ fn decode_v1_or_v2(text: &[u8], format: u32, key: &MacKey) -> Result<Record, Rec
         .filter(|_| record.id.bytes().all(|b| !b.is_ascii_uppercase()))
         .map(KeyId)
         .ok_or_else(|| invalid("its id is not 32 lower-case hex digits".into()))?;
+    if format < RECORD_FORMAT {
+        if let Some(field) = record.format_3_field() {
+            return Err(invalid(format!(
+                "it is in format {format} but has {field}, which only format {RECORD_FORMAT} has"
+            )));
+        }
+    }
     let key_type = match (format, &record.key_type) {
         // Format 1 records predate key types: every key was AES-256-GCM.
         (1, None) => KeyType::Aes256Gcm,
         (1, Some(_)) => {
             return Err(invalid(
-                "it is in format 1 but names a key type, which only format 2 has".into(),
+                "it is in format 1 but names a key type, which only formats 2 and 3 have".into(),
             ));
         }
-        (_, None) => return Err(invalid("it is in format 2 but names no key type".into())),
+        (_, None) => {
+            return Err(invalid(format!(
+                "it is in format {format} but names no key type"
+            )));
+        }
         (_, Some(name)) => KeyType::from_name(name).ok_or_else(|| {
             invalid(format!(
                 "its key type {name:?} is not one this hostkms knows ({}): read it with a newer hostkms",
@@ -502,6 +650,21 @@ fn decode_v1_or_v2(text: &[u8], format: u32, key: &MacKey) -> Result<Record, Rec
         state: record.state.into(),
         min_decryption_version: record.min_decryption_version,
         versions,
+        settings: KeySettingsMaterial {
+            description: record.description.take().unwrap_or_default(),
+            tags: record.tags.take().unwrap_or_default(),
+            rotation_period: record.rotation_period,
+            deletion_due: match (record.deletion_date, record.deletion_daemon_clock) {
+                (Some(wall), Some(elapsed)) => Some(DeletionDue { wall, elapsed }),
+                (None, None) => None,
+                _ => {
+                    return Err(invalid(
+                        "it has one of deletion_date and deletion_daemon_clock without the other"
+                            .into(),
+                    ));
+                }
+            },
+        },
     };
     check_material(&material).map_err(invalid)?;
     Ok(Record {
@@ -535,6 +698,22 @@ fn check_material(material: &KeyMaterial) -> Result<(), String> {
     if material.state == KeyState::Revoked && material.versions.iter().any(|v| v.kek.is_some()) {
         return Err("it is revoked but a version still has its secret".into());
     }
+    match (material.state, material.settings.deletion_due) {
+        (KeyState::PendingDeletion, None) => {
+            return Err("it is pending deletion but has no deletion date".into());
+        }
+        (state, Some(_)) if state != KeyState::PendingDeletion => {
+            return Err(format!(
+                "it has a deletion date but is {}, not pending deletion",
+                RecordState::from(state).as_str()
+            ));
+        }
+        _ => {}
+    }
+    material
+        .settings
+        .check()
+        .map_err(|e| format!("its settings break a limit: {e}"))?;
     for v in &material.versions {
         match &v.public_key {
             None if material.key_type.is_signing() => {
@@ -571,6 +750,7 @@ pub fn same_material(a: &KeyMaterial, b: &KeyMaterial) -> bool {
         && a.created == b.created
         && a.state == b.state
         && a.min_decryption_version == b.min_decryption_version
+        && a.settings == b.settings
         && a.versions.len() == b.versions.len()
         && a.versions.iter().zip(&b.versions).all(|(x, y)| {
             x.number == y.number
@@ -586,7 +766,20 @@ pub fn same_material(a: &KeyMaterial, b: &KeyMaterial) -> bool {
 
 /// The canonical text: compact JSON of the record without its MAC.
 fn canonical(record: &RecordV1) -> Result<Zeroizing<Vec<u8>>, String> {
-    let estimate = 256 + record.versions.len() * 160;
+    // Sized ahead so the buffer holding secrets is not reallocated: every
+    // field at its longest after JSON escaping (base64 is 4/3 of its bytes).
+    let description = record.description.as_ref().map_or(0, |d| 2 * d.len());
+    let tags = record.tags.as_ref().map_or(0, |tags| {
+        tags.iter()
+            .map(|(name, value)| 2 * (name.len() + value.len()) + 8)
+            .sum()
+    });
+    let versions: usize = record
+        .versions
+        .iter()
+        .map(|v| 160 + v.public_key.as_ref().map_or(0, String::len))
+        .sum();
+    let estimate = 512 + description + tags + versions;
     let mut text = Zeroizing::new(Vec::with_capacity(estimate));
     serde_json::to_writer(&mut *text, record).map_err(|e| e.to_string())?;
     Ok(text)
@@ -663,6 +856,7 @@ mod tests {
             created: 1_700_000_000,
             state: KeyState::Enabled,
             min_decryption_version: 2,
+            settings: Default::default(),
             versions: vec![
                 VersionMaterial {
                     number: 1,
@@ -799,10 +993,10 @@ mod tests {
     #[test]
     fn formats_are_checked_before_anything_else() {
         let text = encode(&material(), 5, &key()).unwrap();
-        let newer = edit(&text, |v| v["format"] = 3.into());
+        let newer = edit(&text, |v| v["format"] = 4.into());
         assert!(matches!(
             decode(&newer, &key()),
-            Err(RecordError::NewerFormat { found: 3 })
+            Err(RecordError::NewerFormat { found: 4 })
         ));
         assert!(
             decode(&newer, &key())
@@ -815,7 +1009,7 @@ mod tests {
             decode(&zero, &key()),
             Err(RecordError::FormatZero)
         ));
-        let unknown_field = edit(&text, |v| v["tags"] = "x".into());
+        let unknown_field = edit(&text, |v| v["owner"] = "x".into());
         assert!(matches!(
             decode(&unknown_field, &key()),
             Err(RecordError::Malformed { format: 1, .. })
@@ -929,6 +1123,7 @@ mod tests {
             key_type: KeyType::Ed25519,
             state: KeyState::Enabled,
             min_decryption_version: 1,
+            settings: Default::default(),
             versions: vec![
                 VersionMaterial {
                     number: 1,
@@ -1136,5 +1331,264 @@ mod tests {
         let mut m = signing_material();
         m.versions[0].public_key = m.versions[1].public_key.clone();
         assert!(!same_material(&m, &signing_material()));
+    }
+
+    /// `material()` pending deletion, with a rotation period, a
+    /// description and tags: every field of format 3.
+    fn lifecycle_material() -> KeyMaterial {
+        let mut m = material();
+        m.state = KeyState::PendingDeletion;
+        m.settings = KeySettingsMaterial {
+            description: "orders \"db\" é".into(),
+            tags: [("env", "prod"), ("owner", "team-a")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            rotation_period: Some(90 * 86_400),
+            deletion_due: Some(DeletionDue {
+                wall: 1_800_000_000,
+                elapsed: 2_592_000,
+            }),
+        };
+        m
+    }
+
+    #[test]
+    fn a_key_with_lifecycle_fields_is_written_in_format_3_and_read_back_whole() {
+        let pending = lifecycle_material();
+        let text = encode(&pending, 4, &key()).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&text).unwrap();
+        assert_eq!(value["format"], 3);
+        assert_eq!(
+            value["type"], "aes256-gcm",
+            "format 3 always names the type"
+        );
+        assert_eq!(value["state"], "pending-deletion");
+        assert_eq!(value["deletion_date"], 1_800_000_000u64);
+        assert_eq!(value["deletion_daemon_clock"], 2_592_000u64);
+        assert_eq!(value["rotation_period"], 7_776_000u64);
+        assert_eq!(value["description"], "orders \"db\" é");
+        assert_eq!(value["tags"]["owner"], "team-a");
+        let record = decode(&text, &key()).unwrap();
+        assert_eq!(record.revision, 4);
+        assert!(same_material(&record.material, &pending));
+        assert_eq!(record.material.settings, pending.settings);
+        // The canonical text keeps the documented field order.
+        let mut value = value;
+        value.as_object_mut().unwrap().remove("mac");
+        let canonical = canonical(&serde_json::from_value(value).unwrap()).unwrap();
+        let canonical = String::from_utf8(canonical.to_vec()).unwrap();
+        let order = [
+            "\"format\"",
+            "\"id\"",
+            "\"name\"",
+            "\"type\"",
+            "\"created\"",
+            "\"state\"",
+            "\"deletion_date\"",
+            "\"deletion_daemon_clock\"",
+            "\"min_decryption_version\"",
+            "\"revision\"",
+            "\"rotation_period\"",
+            "\"description\"",
+            "\"tags\"",
+            "\"versions\"",
+        ]
+        .map(|field| canonical.find(field).unwrap());
+        assert!(order.is_sorted(), "{canonical}");
+
+        // Any one of the fields alone is format 3, and only that field
+        // appears; a signing key keeps its public keys.
+        let mut described = signing_material();
+        described.settings.description = "release signing".into();
+        let mut rotating = material();
+        rotating.settings.rotation_period = Some(3600);
+        let mut tagged = material();
+        tagged.state = KeyState::Disabled;
+        tagged.settings.tags.insert("env".into(), String::new());
+        for (m, only) in [
+            (described, "description"),
+            (rotating, "rotation_period"),
+            (tagged, "tags"),
+        ] {
+            let text = encode(&m, 1, &key()).unwrap();
+            let value: serde_json::Value = serde_json::from_slice(&text).unwrap();
+            assert_eq!(value["format"], 3, "{only}");
+            for field in [
+                "deletion_date",
+                "deletion_daemon_clock",
+                "rotation_period",
+                "description",
+                "tags",
+            ] {
+                assert_eq!(value.get(field).is_some(), field == only, "{only}: {field}");
+            }
+            assert!(same_material(&decode(&text, &key()).unwrap().material, &m));
+        }
+        // A key without any keeps format 1 or 2, readable by older restores.
+        assert_eq!(format_of(&material()), 1);
+        assert_eq!(format_of(&signing_material()), 2);
+    }
+
+    #[test]
+    fn the_mac_covers_every_field_of_format_3() {
+        let text = encode(&lifecycle_material(), 3, &key()).unwrap();
+        let edits: Vec<JsonEdit> = vec![
+            Box::new(|v| v["description"] = "orders".into()),
+            Box::new(|v| v["tags"]["env"] = "dev".into()),
+            Box::new(|v| v["tags"]["extra"] = "x".into()),
+            Box::new(|v| {
+                v["tags"].as_object_mut().unwrap().remove("owner");
+            }),
+            Box::new(|v| v["rotation_period"] = 3600.into()),
+            Box::new(|v| {
+                v.as_object_mut().unwrap().remove("rotation_period");
+            }),
+            // A deletion moved later, or earlier.
+            Box::new(|v| v["deletion_date"] = 1_900_000_000u64.into()),
+            Box::new(|v| v["deletion_daemon_clock"] = 0.into()),
+            // Cancelled by hand: disabled, without the deletion.
+            Box::new(|v| {
+                v["state"] = "disabled".into();
+                let v = v.as_object_mut().unwrap();
+                v.remove("deletion_date");
+                v.remove("deletion_daemon_clock");
+            }),
+        ];
+        for f in edits {
+            let edited = edit(&text, f);
+            assert!(
+                matches!(decode(&edited, &key()), Err(RecordError::BadMac { .. })),
+                "{}",
+                String::from_utf8_lossy(&edited)
+            );
+        }
+    }
+
+    #[test]
+    fn format_3_fields_that_contradict_the_format_the_state_or_a_limit_are_refused_even_when_authenticated()
+     {
+        let v3 = encode(&lifecycle_material(), 3, &key()).unwrap();
+        let aes = encode(&material(), 3, &key()).unwrap();
+        let typed = encode(&signing_material(), 3, &key()).unwrap();
+        let cases: Vec<(&[u8], JsonEdit, &str)> = vec![
+            (
+                &aes,
+                Box::new(|v| v["tags"] = serde_json::json!({"env": "prod"})),
+                "in format 1 but has tags, which only format 3 has",
+            ),
+            (
+                &typed,
+                Box::new(|v| v["description"] = "x".into()),
+                "in format 2 but has a description",
+            ),
+            (
+                &typed,
+                Box::new(|v| v["rotation_period"] = 3600.into()),
+                "in format 2 but has a rotation_period",
+            ),
+            (
+                &aes,
+                Box::new(|v| v["state"] = "pending-deletion".into()),
+                "in format 1 but has the state pending-deletion",
+            ),
+            (
+                &v3,
+                Box::new(|v| {
+                    v.as_object_mut().unwrap().remove("type");
+                }),
+                "in format 3 but names no key type",
+            ),
+            (
+                &v3,
+                Box::new(|v| {
+                    v.as_object_mut().unwrap().remove("deletion_daemon_clock");
+                }),
+                "one of deletion_date and deletion_daemon_clock without the other",
+            ),
+            (
+                &v3,
+                Box::new(|v| {
+                    let v = v.as_object_mut().unwrap();
+                    v.remove("deletion_date");
+                    v.remove("deletion_daemon_clock");
+                }),
+                "pending deletion but has no deletion date",
+            ),
+            (
+                &v3,
+                Box::new(|v| v["state"] = "enabled".into()),
+                "has a deletion date but is enabled",
+            ),
+            (
+                &v3,
+                Box::new(|v| v["description"] = "two\nlines".into()),
+                "control character",
+            ),
+            (
+                &v3,
+                Box::new(|v| v["tags"]["not a name"] = "x".into()),
+                "1 to 64",
+            ),
+            (
+                &v3,
+                Box::new(|v| {
+                    v["tags"] = (0..=agent_proto::MAX_TAGS)
+                        .map(|i| (format!("t{i}"), serde_json::Value::from("")))
+                        .collect::<serde_json::Map<_, _>>()
+                        .into()
+                }),
+                "at most 32 tags",
+            ),
+            (
+                &v3,
+                Box::new(|v| v["rotation_period"] = 59.into()),
+                "shortest is 1h",
+            ),
+        ];
+        for (text, f, expected) in cases {
+            let err = decode(&resigned(text, f), &key()).unwrap_err();
+            assert!(
+                matches!(err, RecordError::Invalid { .. }),
+                "{expected}: {err}"
+            );
+            assert!(err.to_string().contains(expected), "{expected}: {err}");
+        }
+        // And the writer refuses material that breaks the same rules.
+        let mut no_date = lifecycle_material();
+        no_date.settings.deletion_due = None;
+        let mut date_but_enabled = lifecycle_material();
+        date_but_enabled.state = KeyState::Enabled;
+        let mut long = material();
+        long.settings.description = "d".repeat(agent_proto::MAX_DESCRIPTION_BYTES + 1);
+        for material in [no_date, date_but_enabled, long] {
+            assert!(matches!(
+                encode(&material, 1, &key()),
+                Err(RecordError::Invalid { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn same_material_sees_every_field_of_format_3() {
+        let base = lifecycle_material();
+        let edits: Vec<MaterialEdit> = vec![
+            Box::new(|m| m.settings.description.push('!')),
+            Box::new(|m| {
+                m.settings.tags.insert("new".into(), "x".into());
+            }),
+            Box::new(|m| m.settings.rotation_period = None),
+            Box::new(|m| {
+                m.settings.deletion_due = Some(DeletionDue {
+                    wall: 1_800_000_001,
+                    elapsed: 2_592_000,
+                })
+            }),
+        ];
+        for f in edits {
+            let mut m = base.clone();
+            f(&mut m);
+            assert!(!same_material(&m, &base));
+        }
     }
 }

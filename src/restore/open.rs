@@ -434,6 +434,7 @@ mod tests {
             &dir,
             &RootKey::from_bytes_for_tests([5; 32]),
             Arc::new(TestEntropy::new()),
+            crate::clock::Clock::system(),
         )
         .unwrap();
         for name in ["db", "files"] {

@@ -45,6 +45,7 @@ pub struct TestServiceBuilder {
     entropy: Arc<TestEntropy>,
     random: Arc<TestEntropy>,
     probe: Arc<TestProbe>,
+    clock: crate::clock::Clock,
 }
 
 impl Default for TestServiceBuilder {
@@ -67,6 +68,7 @@ impl TestServiceBuilder {
             entropy: Arc::new(TestEntropy::new()),
             random: Arc::new(TestEntropy::new()),
             probe: Arc::new(TestProbe::new()),
+            clock: crate::clock::Clock::system(),
         }
     }
 
@@ -79,6 +81,13 @@ impl TestServiceBuilder {
     /// Uses `limits` (plaintext size, rotate-after count).
     pub fn limits(mut self, limits: ServiceLimits) -> TestServiceBuilder {
         self.limits = limits;
+        self
+    }
+
+    /// Uses `clock` for the store (a [`crate::clock::Clock::movable`] one
+    /// moves time for the test); the real clocks otherwise.
+    pub fn clock(mut self, clock: crate::clock::Clock) -> TestServiceBuilder {
+        self.clock = clock;
         self
     }
 
@@ -110,7 +119,7 @@ impl TestServiceBuilder {
     pub fn build(&self, dir: &Path, policy: Policy) -> Result<Service, TestServiceError> {
         let state_dir = StateDir::open(dir)?;
         let root = RootKey::from_bytes_for_tests(self.root_key);
-        let store = KeyStore::open(&state_dir, &root, self.entropy.clone())?;
+        let store = KeyStore::open(&state_dir, &root, self.entropy.clone(), self.clock.clone())?;
         Ok(
             Service::new(store, policy, self.limits, self.alerts, self.probe.clone())
                 .with_random_source(self.random.clone()),

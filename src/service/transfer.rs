@@ -79,6 +79,9 @@ impl Service {
             if key.state() == KeyState::Revoked {
                 return Err(StoreError::KeyRevoked(name.clone()).into());
             }
+            if key.state() == KeyState::PendingDeletion {
+                return Err(Service::pending_deletion(key));
+            }
             let material = store.material(key)?;
             let file = transfer::seal(&transport, &target, &material)
                 .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;

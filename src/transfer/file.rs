@@ -282,6 +282,7 @@ mod tests {
             created: 1,
             state: KeyState::Enabled,
             min_decryption_version: 1,
+            settings: Default::default(),
             versions: vec![
                 VersionMaterial {
                     number: 1,
@@ -376,5 +377,23 @@ mod tests {
         let ab_on_b = tag(mac_key(&b, a.recipient(), a.recipient(), b.recipient()).unwrap());
         assert_eq!(ab, ab_on_b);
         assert_ne!(ab, ba);
+    }
+
+    #[test]
+    fn a_key_with_metadata_travels_in_format_3_and_a_plain_key_stays_in_format_1() {
+        let (a, b) = hosts();
+        let destination = pin("b", &b);
+        let destination = destination.by_name("b").unwrap();
+        let mut described = material(4);
+        described.settings.description = "orders".to_string();
+        described.settings.tags.insert("env".into(), "prod".into());
+        described.settings.rotation_period = Some(86_400);
+        for (material, format) in [(described, 3), (material(5), 1)] {
+            let file = seal(&a, destination, &material).unwrap();
+            let opened = open(&b, &pin("a", &a), &file).unwrap();
+            assert!(record::same_material(&opened.material, &material));
+            assert_eq!(opened.material.settings, material.settings);
+            assert_eq!(record::format_of(&opened.material), format);
+        }
     }
 }

@@ -15,7 +15,8 @@
 //! source age1…            the exporting host's transport key
 //! destination age1…       the importing host's transport key
 //!
-//! { "format": 1, … }      the key record (crate::recovery::record: format 1, or 2 for a key that is not AES)
+//! { "format": 1, … }      the key record (crate::recovery::record: format 1, 2 for a key that is
+//!                         not AES, 3 for a key with a description, tags or rotation period)
 //! ```
 //!
 //! age has no sender authentication: anyone who knows a host's public

@@ -43,9 +43,14 @@ pub(crate) fn assert_refused(output: &Output, what: &str) {
     );
 }
 
-/// Asserts a usage or local error: exit 2, the daemon not needed.
+/// Asserts a usage or local error: exit 2, the daemon not needed. The
+/// message is on stderr, or on stdout as a JSON error with `--json`.
 pub(crate) fn assert_usage(output: &Output, needles: &[&str]) {
-    let err = stderr(output);
+    let err = format!(
+        "{}{}",
+        stderr(output),
+        String::from_utf8_lossy(&output.stdout)
+    );
     assert_eq!(output.status.code(), Some(2), "{err}");
     for needle in needles {
         assert!(err.contains(needle), "{needle:?} missing from: {err}");
@@ -94,7 +99,8 @@ fn keys_are_created_listed_and_described() {
                 .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
         "{id}"
     );
-    assert!(key["created"].as_u64().is_some(), "{key}");
+    // Times are RFC 3339 UTC in JSON as in text.
+    assert!(key["created"].as_str().is_some_and(is_rfc3339_utc), "{key}");
     let versions = key["versions"].as_array().expect("versions");
     assert_eq!(versions.len(), 1);
     assert_eq!(versions[0]["version"], 1);
@@ -595,10 +601,12 @@ fn bench_prints_one_json_object() {
         daemon,
     } = Harness::start(DaemonConfig::new());
     let socket = &daemon.socket;
-    let report = ok_json(cli(
+    let output = cli(
         socket,
         &["--json", "bench", "--duration", "1", "--connections", "2"],
-    ));
+    );
+    let err = stderr(&output);
+    let report = ok_json(output);
     for field in [
         "op",
         "connections",
@@ -632,9 +640,25 @@ fn bench_prints_one_json_object() {
     assert!(number("p99_us") <= number("p999_us"), "{report}");
     assert!(number("ping_p50_us") <= number("ping_p99_us"), "{report}");
 
-    // The key it created is an ordinary key.
-    let key = ok_json(cli(socket, &["--json", "describe", "bench"]));
-    assert_eq!(key["state"], "enabled");
+    // It ran on a temporary key, announced at the start and revoked at
+    // the end: no permanent "bench" key is left behind.
+    let key = report["key"].as_str().expect("key");
+    assert!(key.starts_with("bench-tmp-aes256-gcm-"), "{report}");
+    assert_eq!(report["temporary_key"], true);
+    assert!(
+        err.contains(&format!("using temporary key {key}, revoked"))
+            && err.contains(&format!("revoked temporary key {key}")),
+        "{err}"
+    );
+    let described = ok_json(cli(socket, &["--json", "describe", key]));
+    assert_eq!(described["state"], "revoked");
+    assert_refused(&cli(socket, &["describe", "bench"]), "key not found");
+    // Two runs never share a temporary key.
+    let again = ok_json(cli(
+        socket,
+        &["--json", "bench", "--duration", "0.2", "--connections", "1"],
+    ));
+    assert_ne!(again["key"], report["key"]);
 }
 
 #[test]

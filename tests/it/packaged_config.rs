@@ -30,7 +30,7 @@ fn uncommented_defaults() -> String {
         let Some(setting) = line.strip_prefix('#') else {
             continue;
         };
-        let is_table = setting == "[alerts]";
+        let is_table = setting == "[alerts]" || setting == "[keys]";
         let is_field = setting.split_once(" = ").is_some_and(|(key, _)| {
             !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
         });
@@ -59,8 +59,11 @@ fn known_fields(table_prefix: &str) -> Vec<String> {
     let err = parse(&format!("{table_prefix}zz_not_a_field = 1\n"))
         .expect_err("an unknown field is refused")
         .to_string();
+    // serde says "expected one of `a`, `b`", or "expected `a`" for a
+    // table of one field.
     let list = err
         .split_once("expected one of")
+        .or_else(|| err.split_once("expected "))
         .unwrap_or_else(|| panic!("the error lists the fields: {err}"))
         .1;
     list.split('`')
@@ -142,6 +145,11 @@ fn the_values_shown_in_the_packaged_config_are_the_defaults() {
             format!("{:?}", defaults.alerts),
         ),
         (
+            "keys",
+            format!("{:?}", shown.keys),
+            format!("{:?}", defaults.keys),
+        ),
+        (
             "admin_groups (the admins it resolves to)",
             format!("{:?}", shown.access.policy),
             format!("{:?}", defaults.access.policy),
@@ -171,6 +179,7 @@ fn the_packaged_config_documents_every_field() {
             "transfer" => PACKAGED.contains("\n#[[transfer]]\n"),
             "alerts" => PACKAGED.contains("\n#[alerts]\n"),
             "recovery" => PACKAGED.contains("\n#[recovery]\n"),
+            "keys" => PACKAGED.contains("\n#[keys]\n"),
             _ => PACKAGED.contains(&format!("\n#{field} = ")),
         };
         assert!(
@@ -182,6 +191,12 @@ fn the_packaged_config_documents_every_field() {
         assert!(
             PACKAGED.contains(&format!("\n#{field} = ")),
             "packaging/config.toml does not show the field `alerts.{field}`"
+        );
+    }
+    for field in known_fields("[keys]\n") {
+        assert!(
+            PACKAGED.contains(&format!("\n#{field} = ")),
+            "packaging/config.toml does not show the field `keys.{field}`"
         );
     }
     let recovery = known_fields("[recovery]\n");

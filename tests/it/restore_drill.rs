@@ -282,6 +282,7 @@ fn written_host(custodian_count: usize, threshold: u32, revision: u64) -> OldHos
         let mut id = [0u8; 16];
         id.copy_from_slice(&random_kek()[..16]);
         let mut material = KeyMaterial {
+            settings: Default::default(),
             id: KeyId(id),
             name: name.to_string(),
             created: 1_700_000_000 + n as u64,
@@ -1065,6 +1066,7 @@ fn restore_killed_at_any_moment_leaves_all_keys_or_none() {
             let mut id = [0u8; 16];
             id.copy_from_slice(&random_kek()[..16]);
             KeyMaterial {
+                settings: Default::default(),
                 id: KeyId(id),
                 name: format!("key-{n:05}"),
                 created: 1_700_000_000,
@@ -1174,6 +1176,7 @@ fn a_backup_forged_for_the_real_custodians_is_refused_by_the_named_bundle() {
     let genuine = escrow::BundleIdentity::generate().expect("bundle");
     let forged = escrow::BundleIdentity::generate().expect("bundle");
     let keys = vec![KeyMaterial {
+        settings: Default::default(),
         id: KeyId([0x77; 16]),
         name: "app-db".to_string(),
         created: 1_700_000_000,
@@ -1447,4 +1450,179 @@ fn a_merge_that_brings_a_store_keys_id_under_another_type_imports_nothing() {
     let daemon = host.start();
     let info = daemon.client().describe_key("app-plain").expect("describe");
     assert_eq!(info.key_type, KeyType::Aes256Gcm);
+}
+
+/// A key as [`write_recovery_dir`] writes it: one live version with `kek`,
+/// made at `created`.
+fn one_version_key(
+    name: &str,
+    key_type: KeyType,
+    kek: &zeroize::Zeroizing<[u8; 32]>,
+    created: u64,
+) -> KeyMaterial {
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&random_kek()[..16]);
+    KeyMaterial {
+        id: KeyId(id),
+        name: name.to_string(),
+        created,
+        key_type,
+        state: KeyState::Enabled,
+        min_decryption_version: 1,
+        settings: Default::default(),
+        versions: vec![VersionMaterial {
+            number: 1,
+            created,
+            kek: Some(kek.clone()),
+            public_key: None,
+        }],
+    }
+}
+
+#[test]
+fn a_key_pending_deletion_is_restored_disabled_and_every_key_keeps_its_metadata() {
+    use aes_gcm::KeyInit;
+    let work = private_tempdir();
+    let custodian = custodians(work.path(), 1).remove(0);
+    let bundle = escrow::BundleIdentity::generate().expect("bundle");
+    let tags = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    // "orders": pending deletion on 2027-01-15T08:00:00Z, described,
+    // tagged, rotating every 90 days. "tokens": an HMAC key, enabled,
+    // tagged, rotating every 30 days. "plain": none of it. Made now, so
+    // no rotation by age is due on the new host.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let orders_kek = random_kek();
+    let mut orders = one_version_key("orders", KeyType::Aes256Gcm, &orders_kek, now);
+    orders.state = KeyState::PendingDeletion;
+    orders.settings.description = "orders DB, \"EU\" shard é".to_string();
+    orders.settings.tags = tags(&[("env", "prod"), ("team", "payments")]);
+    orders.settings.rotation_period = Some(90 * 86_400);
+    orders.settings.deletion_due = Some(hostkms::keystore::DeletionDue {
+        wall: 1_800_000_000,
+        elapsed: 30 * 86_400,
+    });
+    let mut tokens = one_version_key("tokens", KeyType::HmacSha256, &random_kek(), now);
+    tokens.settings.tags = tags(&[("env", "dev")]);
+    tokens.settings.rotation_period = Some(30 * 86_400);
+    let plain = one_version_key("plain", KeyType::Aes256Gcm, &random_kek(), now);
+    let keys = vec![orders.clone(), tokens.clone(), plain.clone()];
+    let recovery_dir = work.path().join("recovery");
+    write_recovery_dir(
+        &recovery_dir,
+        &bundle,
+        std::slice::from_ref(&custodian.recipient),
+        1,
+        &keys,
+        2,
+    );
+    // Format 3 only for the keys that need it: an older restore still
+    // reads "plain".
+    for (key, format) in [(&orders, 3), (&tokens, 3), (&plain, 1)] {
+        let file =
+            fs::read(recovery_dir.join("keys").join(format!("{}.age", key.id))).expect("read");
+        let text = agefile::decrypt(&[bundle.age_identity().clone()], &file, 1 << 20).expect("age");
+        let value: serde_json::Value = serde_json::from_slice(&text).expect("json");
+        assert_eq!(value["format"], format, "{}", key.name);
+    }
+    let sample = {
+        let cipher = aes_gcm::Aes256Gcm::new(&(*orders_kek).into());
+        hostkms::envelope::wrap(&cipher, orders.id, 1, b"order 17", &context(17)).expect("wrap")
+    };
+
+    let b = new_host();
+    let out = b.restore(
+        bundle.recipient(),
+        &["--identity", path(&custodian.key), path(&recovery_dir)],
+    );
+    assert!(out.status.success(), "restore: {}", stderr(&out));
+    let printed = text(&out.stdout);
+    let told = format!(
+        "  restored \"orders\" (id {}, aes256-gcm), disabled: it was scheduled for deletion on 2027-01-15T08:00:00Z; schedule it again if still wanted (hostkms schedule-deletion orders)",
+        orders.id
+    );
+    assert!(printed.lines().any(|line| line == told), "{printed}");
+    assert_eq!(
+        printed.matches("scheduled for deletion").count(),
+        1,
+        "{printed}"
+    );
+    let logged = stderr(&out);
+    assert!(
+        logged.contains(&format!(
+            "restored key \"orders\" (id {}) disabled: it was scheduled for deletion on 2027-01-15T08:00:00Z; schedule it again if still wanted",
+            orders.id
+        )),
+        "{logged}"
+    );
+
+    let daemon = b.start();
+    let mut client = daemon.client();
+    let described: BTreeMap<String, KeyInfo> = client
+        .list_keys()
+        .expect("list")
+        .into_iter()
+        .map(|key| (key.name.clone(), key))
+        .collect();
+    let shown = |name: &str| {
+        let key = &described[name];
+        (
+            key.state,
+            key.description.clone(),
+            key.tags.clone(),
+            key.rotation_period,
+            key.next_rotation,
+            key.deletion_date,
+        )
+    };
+    assert_eq!(
+        shown("orders"),
+        (
+            KeyState::Disabled,
+            orders.settings.description.clone(),
+            orders.settings.tags.clone(),
+            Some(90 * 86_400),
+            None,
+            None
+        ),
+        "disabled, without its deletion, with its metadata"
+    );
+    assert_eq!(
+        shown("tokens"),
+        (
+            KeyState::Enabled,
+            String::new(),
+            tokens.settings.tags.clone(),
+            Some(30 * 86_400),
+            Some(now + 30 * 86_400),
+            None
+        )
+    );
+    assert_eq!(
+        shown("plain"),
+        (
+            KeyState::Enabled,
+            String::new(),
+            BTreeMap::new(),
+            None,
+            None,
+            None
+        )
+    );
+    // Nothing destroyed: disabled refuses, enabled unwraps.
+    let unwrap = |client: &mut Client| match client.unwrap(&sample, &context(17), None) {
+        Ok(unwrapped) => Ok(unwrapped.plaintext.expose().to_vec()),
+        Err(ClientError::Daemon { code, .. }) => Err(code),
+        Err(e) => panic!("unwrap: {e}"),
+    };
+    assert_eq!(unwrap(&mut client), Err(ErrorCode::KeyDisabled));
+    client.enable("orders").expect("enable");
+    assert_eq!(unwrap(&mut client), Ok(b"order 17".to_vec()));
 }

@@ -502,6 +502,7 @@ fn a_file_for_another_host_a_changed_byte_an_unpinned_source_or_a_planted_file_i
     // Planted: whoever knows the two public transport keys writes a file
     // to B that claims to come from A, with a key of their choosing.
     let planted_key = KeyMaterial {
+        settings: Default::default(),
         id: KeyId([0xab; 16]),
         name: "app-planted".to_string(),
         created: 1,

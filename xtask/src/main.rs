@@ -9,6 +9,7 @@
 //! cargo run -p xtask -- completions OUT_DIR   # hostkms.bash, _hostkms, hostkms.fish
 //! ```
 
+mod completions;
 mod man;
 
 use std::path::{Path, PathBuf};
@@ -114,6 +115,10 @@ fn run(task: &Task) -> Result<(), XtaskError> {
                 let mut command = hostkms_cli::command().name(program).bin_name(program);
                 let mut script = Vec::new();
                 clap_complete::generate(shell, &mut command, program, &mut script);
+                if shell == Shell::Bash {
+                    let keys = completions::bash_key_names(program, &hostkms_cli::command());
+                    script.extend_from_slice(keys.as_bytes());
+                }
                 write(out_dir, name, &script)?;
             }
         }

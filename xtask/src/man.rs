@@ -20,6 +20,9 @@ pub struct Page {
     description: Option<&'static str>,
     /// Hand-written roff sections after the generated ones.
     extra: &'static str,
+    /// The heading of the section rendered from the program's
+    /// `after_long_help`, if it has one (default `NOTES`).
+    epilogue_title: Option<&'static str>,
 }
 
 /// hostkms(1), the CLI's page.
@@ -29,6 +32,7 @@ pub const HOSTKMS: Page = Page {
     summary: "manage the keys of a hostkms daemon, wrap and unwrap data",
     description: None,
     extra: include_str!("../../packaging/man/hostkms.1.sections.roff"),
+    epilogue_title: Some("JSON OUTPUT AND ERRORS"),
 };
 
 /// hostkmsd(8), the daemon's page (its doc comment is one line, so the
@@ -41,6 +45,7 @@ pub const HOSTKMSD: Page = Page {
         "../../packaging/man/hostkmsd.8.description.roff"
     )),
     extra: include_str!("../../packaging/man/hostkmsd.8.sections.roff"),
+    epilogue_title: Some("LOGS"),
 };
 
 impl Page {
@@ -84,6 +89,14 @@ pub fn render(page: &Page, command: clap::Command, date: &str) -> std::io::Resul
         None => out.push_str(&piece(|w| man.render_description_section(w), true)?),
     }
     out.push_str(&piece(|w| man.render_options_section(w), true)?);
+    if command.get_after_long_help().is_some() || command.get_after_help().is_some() {
+        // The program's own --help epilogue (the CLI's: its --json errors).
+        out.push_str(&format!(
+            ".SH \"{}\"\n",
+            page.epilogue_title.unwrap_or("NOTES")
+        ));
+        out.push_str(&piece(|w| man.render_extra_section(w), false)?);
+    }
     let subcommands: Vec<&clap::Command> = command
         .get_subcommands()
         .filter(|sub| !sub.is_hide_set() && sub.get_name() != "help")
@@ -125,12 +138,18 @@ fn subcommand(sub: &clap::Command) -> std::io::Result<String> {
         .get_bin_name()
         .unwrap_or_else(|| sub.get_name())
         .replace('-', "\\-");
+    let epilogue = sub.get_after_long_help().is_some() || sub.get_after_help().is_some();
     let man = clap_mangen::Man::new(sub);
     let mut out = format!(".SS \"{title}\"\n");
     out.push_str(&piece(|w| man.render_synopsis_section(w), false)?);
     out.push_str(".PP\n");
     out.push_str(&piece(|w| man.render_description_section(w), false)?);
     out.push_str(&piece(|w| man.render_options_section(w), false)?);
+    if epilogue {
+        // The command's --help epilogue: its --json fields.
+        out.push_str(".PP\n");
+        out.push_str(&piece(|w| man.render_extra_section(w), false)?);
+    }
     Ok(out)
 }
 

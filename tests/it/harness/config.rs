@@ -17,6 +17,7 @@ pub struct DaemonConfig {
     grants: Vec<Grant>,
     transfers: Vec<Table>,
     recovery: Table,
+    keys: Table,
 }
 
 /// Setters of top-level integer settings, named like the TOML field.
@@ -111,6 +112,13 @@ impl DaemonConfig {
         self
     }
 
+    /// `rotation_period` of the `[keys]` table: `"90d"`, `"off"`...
+    pub fn default_rotation_period(mut self, period: &str) -> Self {
+        self.keys
+            .insert("rotation_period".into(), Value::from(period));
+        self
+    }
+
     fn integer(mut self, name: &str, value: u64) -> Self {
         self.top.insert(name.into(), integer(value));
         self
@@ -136,6 +144,9 @@ impl DaemonConfig {
         }
         if !self.recovery.is_empty() {
             table.insert("recovery".into(), Value::Table(self.recovery.clone()));
+        }
+        if !self.keys.is_empty() {
+            table.insert("keys".into(), Value::Table(self.keys.clone()));
         }
         toml::to_string(&table).expect("a config renders as TOML")
     }
@@ -271,6 +282,7 @@ mod tests {
             .tpm_timeout_secs(6)
             .tpm_start_timeout_secs(7)
             .rotate_after_encryptions(10)
+            .default_rotation_period("90d")
             .alerts(
                 Alerts::new()
                     .window_secs(600)

@@ -9,11 +9,13 @@
 //! - [`config`]: the daemon's config, built and rendered as TOML;
 //! - [`daemon`]: the daemon's files and process;
 //! - [`cli`]: the CLI binary, as root or as another user;
+//! - [`clock`]: the daemon's movable test clock;
 //! - [`journal`]: journald and the entries of one daemon run;
 //! - [`peer_identity`]: cgroups, processes in them, throw-away users;
 //! - [`process`]: child processes: bounded waits, input, output.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod journal;
@@ -30,6 +32,7 @@ use std::path::Path;
 use std::process::Command;
 
 pub use cli::{cli, cli_as, cli_stdin, hostkms};
+pub use clock::TestClock;
 pub use config::{Alerts, DaemonConfig, Grant};
 pub use daemon::{Daemon, DaemonFiles, HOSTKMSD, run_daemon_to_exit};
 pub use journal::{ensure_journald, field, journal_export_of, journal_of_stopped, with_id};

@@ -1,0 +1,128 @@
+//! How to get access after a denial: for a request that named its key,
+//! the `[[grant]]` table an admin would add to the daemon's config. Only a
+//! key name the command line itself gave is ever shown. `unwrap` and
+//! `rewrap` get none: the grant they need is on the ciphertext's key,
+//! which the daemon does not name to a peer without one, and `--key` is
+//! only a check of it (a guess there must not become advice).
+
+use agent_proto::{ClientError, ErrorCode, Operation};
+
+use crate::args::Command;
+use crate::error::CliError;
+
+/// The grantable operation and the key name a command sends, when the key
+/// the daemon checks the grant on is the one named on the command line.
+pub fn named_key(command: &Command) -> Option<(Operation, &str)> {
+    let (op, name) = match command {
+        Command::Describe { name } => (Operation::Describe, name),
+        Command::Rotate { name } => (Operation::Rotate, name),
+        Command::Revoke { name, .. } => (Operation::Revoke, name),
+        Command::Disable { name } => (Operation::Disable, name),
+        Command::Enable { name } => (Operation::Enable, name),
+        Command::MinDecryptionVersion { name, .. } => (Operation::MinDecryptionVersion, name),
+        Command::CreateKey { name, .. } => (Operation::Create, name),
+        Command::Wrap(args) => (Operation::Wrap, &args.name),
+        Command::Datakey(args) => (Operation::DataKey, &args.name),
+        Command::Mac(args) => (Operation::Mac, &args.name),
+        Command::VerifyMac(args) => (Operation::VerifyMac, &args.name),
+        Command::Sign(args) => (Operation::Sign, &args.name),
+        Command::Verify(args) => (Operation::Verify, &args.name),
+        Command::PublicKey(args) => (Operation::PublicKey, &args.name),
+        Command::Export(args) => (Operation::Export, &args.name),
+        _ => return None,
+    };
+    Some((op, name.as_str()))
+}
+
+/// The `[[grant]]` table that allows uid `uid` `op` with key `key`, in the
+/// config's TOML, on one line.
+pub fn grant_hint(uid: u32, op: Operation, key: &str) -> String {
+    // TOML basic strings: a key name is [A-Za-z0-9._-], but escape anyway.
+    let key = key.replace('\\', "\\\\").replace('"', "\\\"");
+    format!(
+        "to get access, an admin adds [[grant]] uids = [{uid}], keys = [\"{key}\"], \
+         ops = [\"{op}\"] to the daemon's config (/etc/hostkms/config.toml) and reloads it \
+         (systemctl reload hostkms)"
+    )
+}
+
+/// Turns the daemon's `PermissionDenied` answer to a request that named
+/// its key into [`CliError::Denied`], with the grant that would allow it;
+/// any other error is returned as it is.
+pub fn explain(err: CliError, named: Option<(Operation, &str)>, uid: u32) -> CliError {
+    match (err, named) {
+        (
+            CliError::Client(ClientError::Daemon {
+                code: ErrorCode::PermissionDenied,
+                message,
+            }),
+            Some((op, key)),
+        ) => CliError::Denied {
+            message,
+            hint: grant_hint(uid, op, key),
+        },
+        (err, _) => err,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::Cli;
+    use clap::Parser;
+
+    fn denied() -> CliError {
+        CliError::Client(ClientError::Daemon {
+            code: ErrorCode::PermissionDenied,
+            message: "uid 1000 may not wrap with key \"db\"".to_string(),
+        })
+    }
+
+    #[test]
+    fn a_denial_naming_its_key_says_which_grant_allows_it() {
+        let cli = Cli::try_parse_from(["hostkms", "wrap", "db"]).expect("parse");
+        let err = explain(denied(), named_key(&cli.command), 1000);
+        assert_eq!(err.exit_code(), 1);
+        assert_eq!(err.code(), "permission_denied");
+        assert_eq!(
+            err.to_string(),
+            "permission denied: uid 1000 may not wrap with key \"db\"; to get access, an \
+             admin adds [[grant]] uids = [1000], keys = [\"db\"], ops = [\"wrap\"] to the \
+             daemon's config (/etc/hostkms/config.toml) and reloads it (systemctl reload hostkms)"
+        );
+    }
+
+    #[test]
+    fn a_ciphertexts_key_is_never_named_not_even_as_guessed() {
+        for args in [
+            &["hostkms", "unwrap"][..],
+            &["hostkms", "unwrap", "--key", "guess"],
+            &["hostkms", "rewrap", "--key", "guess"],
+        ] {
+            let cli = Cli::try_parse_from(args).expect("parse");
+            assert_eq!(named_key(&cli.command), None);
+            let err = explain(denied(), named_key(&cli.command), 1000);
+            assert!(matches!(err, CliError::Client(_)), "{err}");
+        }
+        // Other refusals keep their own message.
+        let cli = Cli::try_parse_from(["hostkms", "wrap", "db"]).expect("parse");
+        let other = CliError::Client(ClientError::Daemon {
+            code: ErrorCode::KeyDisabled,
+            message: "key \"db\" is disabled".to_string(),
+        });
+        let err = explain(other, named_key(&cli.command), 1000);
+        assert_eq!(err.to_string(), "key disabled: key \"db\" is disabled");
+    }
+
+    #[test]
+    fn grant_ops_are_the_configs_names() {
+        let cli =
+            Cli::try_parse_from(["hostkms", "min-decryption-version", "k", "2"]).expect("parse");
+        assert_eq!(
+            named_key(&cli.command),
+            Some((Operation::MinDecryptionVersion, "k"))
+        );
+        let cli = Cli::try_parse_from(["hostkms", "datakey", "k"]).expect("parse");
+        assert_eq!(named_key(&cli.command), Some((Operation::DataKey, "k")));
+    }
+}

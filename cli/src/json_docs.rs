@@ -1,0 +1,122 @@
+//! What each command prints with `--json`: the field names, for the
+//! `--help` text of each command and the man page generated from it (the
+//! commands' `after_long_help`). Times are RFC 3339 UTC strings
+//! (`2026-12-30T10:00:00Z`); binary values are standard base64.
+
+/// The top-level `--help`: the JSON error object and the exit codes.
+pub const ERRORS: &str = "\
+With --json, every command prints one JSON document on standard output; the
+fields of each are listed in its --help. A failure is the object
+{\"error\": {\"code\": CODE, \"message\": TEXT}} on standard output, with the
+same exit code as without --json (where the message goes to standard error).
+CODE is the daemon's error code in snake case when it refused the request
+(permission_denied, key_not_found, key_exists, key_revoked, version_revoked,
+key_disabled, key_pending_deletion, invalid_ciphertext, plaintext_too_large,
+busy, tpm_unavailable, internal, not_implemented, invalid_argument,
+version_not_found, wrong_key_type, bad_request, frame_too_large,
+unsupported_version, unrecognized), or a local kind: usage, connect,
+connection, timed_out, may_have_executed, daemon_too_old, read, write,
+input_too_large, not_ciphertext, counters_withheld, not_recoverable, random,
+bench_failed. verify and verify-mac print their result object even when the
+signature or tag is invalid (exit 1), and bench its report when requests
+failed: then the error goes to standard error only. Errors of the command
+line itself (unknown options, missing arguments) are clap's, on standard
+error, exit 2.";
+
+/// A key's metadata: create-key, describe, rotate, revoke, disable,
+/// enable, min-decryption-version, import (and each element of list).
+pub const KEY: &str = "\
+JSON (--json): {\"id\": 32 hex digits, \"name\", \"type\" (aes256-gcm, ...),
+\"created\" (RFC 3339 UTC), \"state\" (enabled, disabled, pending-deletion,
+revoked), \"latest_version\", \"min_decryption_version\", \"versions\": [{\"version\",
+\"created\", \"state\" (enabled, revoked), \"encryptions\"}]}";
+
+/// `list`.
+pub const LIST: &str = "\
+JSON (--json): an array of key objects, as describe prints them: {\"id\",
+\"name\", \"type\", \"created\" (RFC 3339 UTC), \"state\", \"latest_version\",
+\"min_decryption_version\", \"versions\": [{\"version\", \"created\", \"state\",
+\"encryptions\"}]}";
+
+/// `wrap` and `rewrap`.
+pub const WRAPPED: &str = "\
+JSON (--json): {\"key\", \"version\", \"ciphertext\" (base64)}";
+
+/// `unwrap`.
+pub const UNWRAPPED: &str = "\
+JSON (--json): {\"key\", \"version\", \"plaintext\" (base64)}
+
+Without --out, --base64 or --hex, the raw plaintext is refused on a terminal
+unless --force. The input may be base64 wrapped on several lines (as
+base64(1) prints it at 76 columns); an empty input, wrap --json output, or
+input that is neither base64 nor a raw ciphertext is refused before the
+daemon is asked.";
+
+/// `datakey`.
+pub const DATA_KEY: &str = "\
+JSON (--json): {\"key\", \"version\", \"plaintext\" (base64; null with
+--without-plaintext), \"ciphertext\" (base64)}; with --out FILE: {\"key\",
+\"version\", \"plaintext_file\", \"bytes\", \"ciphertext\"}";
+
+/// `mac`.
+pub const MAC: &str = "JSON (--json): {\"key\", \"version\", \"tag\" (base64)}";
+
+/// `sign`.
+pub const SIGNATURE: &str = "JSON (--json): {\"key\", \"version\", \"signature\" (base64)}";
+
+/// `verify` and `verify-mac`.
+pub const VERIFICATION: &str = "\
+JSON (--json): {\"key\", \"valid\" (true or false), \"version\" (the version that
+verified, null when invalid)}; exit 1 when invalid";
+
+/// `public-key`.
+pub const PUBLIC_KEY: &str = "\
+JSON (--json): {\"key\", \"version\", \"type\", \"revoked\", \"pem\", \"spki_der\" (base64)}";
+
+/// `random`.
+pub const RANDOM: &str = "JSON (--json): {\"bytes\", \"random\" (base64)}";
+
+/// `ping`.
+pub const PING: &str = "JSON (--json): {\"ok\": true}";
+
+/// `status`.
+pub const STATUS: &str = "\
+JSON (--json): {\"daemon_version\", \"oldest_protocol\", \"newest_protocol\",
+\"uptime_secs\", \"tpm_reachable\", \"root_key_loaded\", \"root_key_check\" (empty
+when withheld), \"counters\" (name to count; empty when withheld), \"recovery\":
+{\"configured\", \"dir\", \"custodians\", \"threshold\", \"bundle_recipient\",
+\"current\", \"problem\"}, \"rollback\": {\"bound\", \"nv_index\", \"store_counter\",
+\"pending_increments\", \"problem\"}}";
+
+/// `metrics`.
+pub const METRICS: &str = "\
+JSON (--json, instead of OpenMetrics): {\"requests\": {OPERATION: {\"ok\",
+\"denied\", \"error\"}}, \"denials\", \"alerts\": {KIND: count}, \"keys\",
+\"key_versions\", \"uptime_secs\", \"tpm_reachable\", \"root_key_loaded\",
+\"recovery_configured\", \"recovery_current\", \"rollback_bound\",
+\"rollback_pending_increments\", \"daemon_version\"}";
+
+/// `rotate-root`.
+pub const ROOT_ROTATION: &str = "\
+JSON (--json): {\"old_check\", \"new_check\", \"keys\", \"versions\"}";
+
+/// `transport-key`.
+pub const TRANSPORT_KEY: &str = "JSON (--json): {\"recipient\", \"fingerprint\"}";
+
+/// `export`.
+pub const EXPORT: &str = "\
+JSON (--json): {\"key\", \"destination\", \"file\", \"bytes\"}";
+
+/// `backup`.
+pub const BACKUP: &str = "JSON (--json): {\"dir\", \"out\"}";
+
+/// `bench`.
+pub const BENCH: &str = "\
+JSON (--json): {\"op\", \"key\", \"temporary_key\", \"type\", \"connections\",
+\"duration_secs\", \"size\", \"ops\", \"errors\", \"elapsed_secs\", \"ops_per_sec\",
+\"p50_us\", \"p99_us\", \"p999_us\", \"ping_ops\", \"ping_errors\",
+\"ping_ops_per_sec\", \"ping_p50_us\", \"ping_p99_us\", \"ping_p999_us\",
+\"ratio_to_ping\"}
+
+Without --key, bench creates a temporary key (named on standard error) and
+revokes it at the end, destroying its key material.";

@@ -1,0 +1,200 @@
+//! The lifecycle timer: once at start-up and then every minute it
+//!
+//! 1. advances the daemon clock (the persisted count of seconds the daemon
+//!    has measured passing on the monotonic clock, across runs) by the
+//!    time measured since the last tick;
+//! 2. deletes every key pending deletion whose waiting period is over by
+//!    both clocks: the wall-clock date has come AND the daemon clock has
+//!    reached its target, so no jump of the wall clock deletes a key early
+//!    and downtime does not count;
+//! 3. rotates every enabled key whose rotation period is up (its latest
+//!    version's creation + the period is past), once: the new version
+//!    restarts the period. A host that was off rotates at start-up.
+//!
+//! At shutdown it advances the daemon clock a last time, so a clean stop
+//! loses nothing and a crash at most one tick (which only delays a
+//! deletion). Each change is logged and audited with the daemon as the
+//! peer. With a movable test clock (debug builds only) it ticks every
+//! 200 ms, so tests need not wait a minute.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_proto::KeyState;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit;
+use crate::clock::Clock;
+use crate::envelope::KeyId;
+use crate::keystore::KeyStore;
+use crate::service::Service;
+
+/// How often the timer ticks.
+pub const TICK: Duration = Duration::from_secs(60);
+/// How often it ticks with a movable test clock.
+const MOVABLE_CLOCK_TICK: Duration = Duration::from_millis(200);
+
+/// Runs the timer until `shutdown`, then advances the daemon clock one
+/// last time.
+pub async fn run(service: Arc<Service>, shutdown: CancellationToken) {
+    let every = tick_interval(service.store().clock());
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut measured = Measured::from(service.store().clock());
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = ticks.tick() => {}
+        }
+        let ticking = Arc::clone(&service);
+        match tokio::task::spawn_blocking(move || {
+            tick(ticking.store(), &mut measured);
+            measured
+        })
+        .await
+        {
+            Ok(after) => measured = after,
+            Err(e) => tracing::error!("the lifecycle timer's tick did not finish: {e}"),
+        }
+    }
+    let stopping = Arc::clone(&service);
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Err(e) = measured.advance(stopping.store()) {
+            tracing::warn!(
+                "could not record the daemon clock at shutdown (scheduled deletions wait up to a minute longer): {e}"
+            );
+        }
+    })
+    .await;
+}
+
+/// The timer's period on `clock`.
+fn tick_interval(clock: &Clock) -> Duration {
+    if clock.is_movable() {
+        MOVABLE_CLOCK_TICK
+    } else {
+        TICK
+    }
+}
+
+/// Up to which reading of the monotonic clock the daemon clock has been
+/// advanced: only whole seconds are added, the rest waits for the next tick.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    until: Duration,
+}
+
+impl Measured {
+    fn from(clock: &Clock) -> Measured {
+        Measured {
+            until: clock.monotonic(),
+        }
+    }
+
+    /// Adds the whole seconds measured since the last advance to the
+    /// store's daemon clock; returns its value. A monotonic clock that went
+    /// back (only a test clock can) adds nothing until it passes again.
+    fn advance(&mut self, store: &KeyStore) -> Result<u64, crate::keystore::StoreError> {
+        let now = store.clock().monotonic();
+        let secs = now.saturating_sub(self.until).as_secs();
+        if secs == 0 {
+            return Ok(store.daemon_clock());
+        }
+        let value = store.advance_daemon_clock(secs)?;
+        self.until += Duration::from_secs(secs);
+        Ok(value)
+    }
+}
+
+/// A key the tick found due, and what it does to it.
+enum Due {
+    Deletion {
+        name: String,
+        versions: u32,
+        wall: u64,
+    },
+    Rotation {
+        name: String,
+        id: KeyId,
+        version: u32,
+        period: u64,
+        at: u64,
+    },
+}
+
+/// One tick: advance the daemon clock, delete what is due, rotate what is
+/// due.
+fn tick(store: &KeyStore, measured: &mut Measured) {
+    let daemon_clock = measured.advance(store).unwrap_or_else(|e| {
+        tracing::warn!(
+            "could not advance the daemon clock (scheduled deletions wait until it can): {e}"
+        );
+        store.daemon_clock()
+    });
+    let now = store.clock().now();
+    for due in due_keys(store, now, daemon_clock) {
+        match due {
+            Due::Deletion {
+                name,
+                versions,
+                wall,
+            } => match store.delete_due(&name, now, daemon_clock) {
+                Ok(_) => audit::deleted_as_scheduled(&name, versions, wall),
+                Err(e) => audit::change_by_daemon_failed(audit::DELETE_SCHEDULED, &name, &e),
+            },
+            Due::Rotation {
+                name,
+                id,
+                version,
+                period,
+                at,
+            } => match store.rotate_if_latest(id, version) {
+                Ok(key) if key.latest_version() > version => {
+                    audit::rotated_by_age(&name, key.latest_version(), period, at);
+                }
+                // Rotated meanwhile (by a request, or at its encryption
+                // limit): the new version restarted the period.
+                Ok(_) => {}
+                Err(e) => audit::change_by_daemon_failed("rotate", &name, &e),
+            },
+        }
+    }
+}
+
+/// The keys due for deletion (both clocks past their targets) or for
+/// rotation (enabled, rotation period up) at wall time `now` and daemon
+/// clock `daemon_clock`.
+fn due_keys(store: &KeyStore, now: u64, daemon_clock: u64) -> Vec<Due> {
+    let keys = store.keys();
+    let mut due = Vec::new();
+    for key in keys.after(None) {
+        match key.state() {
+            KeyState::PendingDeletion => {
+                if let Some(deletion) = key.deletion_due() {
+                    if now >= deletion.wall && daemon_clock >= deletion.elapsed {
+                        due.push(Due::Deletion {
+                            name: key.name().to_string(),
+                            versions: key.latest_version(),
+                            wall: deletion.wall,
+                        });
+                    }
+                }
+            }
+            KeyState::Enabled => {
+                if let (Some(period), Some(at)) = (key.rotation_period(), key.next_rotation()) {
+                    if now >= at {
+                        due.push(Due::Rotation {
+                            name: key.name().to_string(),
+                            id: key.id(),
+                            version: key.latest_version(),
+                            period,
+                            at,
+                        });
+                    }
+                }
+            }
+            KeyState::Disabled | KeyState::Revoked => {}
+        }
+    }
+    due
+}
