@@ -17,6 +17,7 @@
 mod harness;
 
 mod audit_flood;
+mod canonical_context;
 mod cli;
 mod cli_errors;
 mod cli_key_types;
@@ -24,9 +25,11 @@ mod cli_out;
 mod client_reconnect;
 mod config;
 mod config_props;
+mod connection_rules;
 mod connections;
 mod daemon;
 mod journal;
+mod key_probing;
 mod key_types;
 mod lifecycle;
 mod monitoring;
