@@ -70,6 +70,8 @@ pub const METRICS: &str = "metrics";
 /// `list` and `transport-key` (a public key) are open to every connected
 /// peer and need no grant; `rotate-root` is for admins only. `random`
 /// names no key: a grant listing it allows it whatever its `keys`.
+/// `wrap-batch` and `unwrap-batch` are no grants: a batch needs `wrap`
+/// (or `unwrap`) on the keys its items use.
 pub const GRANTABLE: [Operation; 23] = [
     Operation::Create,
     Operation::Wrap,
@@ -282,6 +284,15 @@ impl Policy {
             })
     }
 
+    /// Whether a grant of `peer` covers the key name `key` (for any
+    /// operation on keys), or `peer` is an admin: the peers that may learn
+    /// whether a key of that name exists. The same as [`Policy::may_see`],
+    /// by the rule that a peer is told of a key exactly when `ListKeys`
+    /// would show it.
+    pub fn covers_name(&self, peer: &Peer, key: &str) -> bool {
+        self.may_see(peer, key)
+    }
+
     /// Whether `peer` may ask for random bytes: an admin, or covered by a
     /// grant whose ops list `random` (its `keys` do not matter).
     pub fn allows_random(&self, peer: &Peer) -> bool {
@@ -337,6 +348,23 @@ fn resolve_grant(index: usize, config: &GrantConfig) -> Result<Grant, Unresolved
                     "ops",
                     format!(
                         "\"{name}\" is open to every connected peer and needs no grant; remove it (\"metrics\" grants status's counters)"
+                    ),
+                ));
+            }
+            None if matches!(
+                Operation::from_name(name),
+                Some(Operation::WrapBatch | Operation::UnwrapBatch)
+            ) =>
+            {
+                let single = if name == Operation::WrapBatch.as_str() {
+                    "wrap"
+                } else {
+                    "unwrap"
+                };
+                return Err(error(
+                    "ops",
+                    format!(
+                        "\"{name}\" is not a grant: a batch needs \"{single}\" on the keys its items use; write \"{single}\" instead"
                     ),
                 ));
             }
@@ -578,6 +606,54 @@ mod tests {
         for op in GRANTABLE {
             assert!(!policy.allows(&stranger, op, "app-db"), "{op}");
         }
+    }
+
+    #[test]
+    fn the_lifecycle_and_metadata_ops_are_grants_and_batches_are_not() {
+        for op in [
+            "schedule-deletion",
+            "cancel-deletion",
+            "set-rotation-period",
+            "set-metadata",
+        ] {
+            let mut g = grant(&["app-*"], &[op]);
+            g.uids = vec![1001];
+            let (policy, _) = Policy::new(&[g], &[]).unwrap();
+            let op = Operation::from_name(op).unwrap();
+            let app = peer(1001, 1001, &[], None);
+            assert!(policy.allows(&app, op, "app-db"), "{op}");
+            assert!(!policy.allows(&app, op, "other"), "{op}");
+        }
+        for (batch, single) in [("wrap-batch", "wrap"), ("unwrap-batch", "unwrap")] {
+            let mut g = grant(&["app-*"], &[batch]);
+            g.uids = vec![1001];
+            let err = Policy::new(&[g], &[]).unwrap_err();
+            assert_eq!(err.field, "ops");
+            assert!(
+                err.problem.contains(&format!("write \"{single}\" instead")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_name_is_covered_by_any_grant_on_it_whatever_the_op() {
+        let mut g = grant(&["app-*"], &["describe"]);
+        g.uids = vec![1001];
+        let mut random = grant(&["other-*"], &["random"]);
+        random.uids = vec![1001];
+        let (policy, _) = Policy::new(&[g, random], &[]).unwrap();
+        let app = peer(1001, 1001, &[], None);
+        assert!(policy.covers_name(&app, "app-db"));
+        assert!(!policy.allows(&app, Operation::Wrap, "app-db"));
+        // `random` names no key: it covers none.
+        assert!(!policy.covers_name(&app, "other-1"));
+        assert!(!policy.covers_name(&app, "secret"));
+        assert!(!policy.covers_name(&peer(1002, 1002, &[], None), "app-db"));
+        assert!(
+            policy.covers_name(&peer(0, 0, &[], None), "secret"),
+            "admin"
+        );
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The operations, free of any transport: a request and its peer in, a
 //! response out. The server frames them; this module decides them.
 //!
-//! Order of checks for every key operation: the grant first (so a peer
-//! without one learns nothing about the key), then the key's state, then
+//! Order of checks for every key operation: a grant covering every key
+//! name the request carries (`access`: a peer without one gets
+//! `PermissionDenied` whether or not the key exists), then the grant of
+//! the operation on the key, then the key's state, then
 //! its type (`WrongKeyType`), then sizes, then the cryptography. The HMAC
 //! and signing operations and `GenerateRandom` are in `signing`. Changes to the key store run on the blocking pool: they
 //! wait for SQLite to sync and, for new versions when no TPM randomness is in
@@ -30,6 +32,7 @@ use crate::policy::{PeerClass, Policy};
 use crate::rootkey::{RootKeyError, RootSealer};
 use crate::transfer::{Peers, TransportKey};
 
+mod access;
 mod batch;
 #[cfg(test)]
 mod encrypt_limit_tests;
@@ -108,6 +111,16 @@ impl Refusal {
         Refusal::new(
             ErrorCode::WrongKeyType,
             format!("key \"{}\": {error}", key.name()),
+        )
+    }
+
+    /// `peer` may not `op` with the key named `key`: the same words
+    /// whether or not a key of that name exists.
+    fn denied(peer: &Peer, op: Operation, key: &str) -> Refusal {
+        let shown: String = key.chars().take(128).collect();
+        Refusal::new(
+            ErrorCode::PermissionDenied,
+            format!("uid {} may not {op} with key {shown:?}", peer.uid),
         )
     }
 
@@ -421,6 +434,7 @@ impl Service {
         if let Some(key) = request.key_name() {
             subject.set_key(key);
         }
+        self.gate(peer, &request)?;
         match request {
             Request::Ping => Ok(Response::Pong),
             Request::Status => Ok(Response::Status(self.status(peer).await)),
@@ -644,11 +658,7 @@ impl Service {
         if self.policy.load().allows(peer, op, key) {
             return Ok(());
         }
-        let shown: String = key.chars().take(128).collect();
-        Err(Refusal::new(
-            ErrorCode::PermissionDenied,
-            format!("uid {} may not {op} with key {shown:?}", peer.uid),
-        ))
+        Err(Refusal::denied(peer, op, key))
     }
 
     /// Rotates the root key for `peer`, an admin (no grant can allow it):

@@ -129,7 +129,10 @@ fn decode_as<T: DeserializeOwned>(
 ///
 /// A request variant this side does not know in that version (one a newer
 /// peer appended) is [`DecodeError::UnknownRequest`], answered `BadRequest`
-/// with a message that says the daemon is too old.
+/// with a message that says the daemon is too old. A request that is not
+/// in its canonical encoding (a map, such as an encryption context, with
+/// its keys out of order or repeated) is [`DecodeError::NotCanonical`],
+/// answered `BadRequest` too.
 pub fn decode_request(body: &[u8]) -> Result<Envelope<Request>, DecodeError> {
     let (proto, id) = envelope_head(body)?;
     let known = match proto {
@@ -154,11 +157,79 @@ pub fn decode_request(body: &[u8]) -> Result<Envelope<Request>, DecodeError> {
         }
     }
     match proto {
-        v1::VERSION => decode_via::<Request, v4::Request, v1::Request>(body, id),
-        v2::VERSION => decode_via::<Request, v4::Request, v2::Request>(body, id),
-        v3::VERSION => decode_via::<Request, v4::Request, v3::Request>(body, id),
-        v4::VERSION => decode_via::<Request, v4::Request, v4::Request>(body, id),
-        _ => decode_as(body, id),
+        v1::VERSION => request_via::<v1::Request>(body, id),
+        v2::VERSION => request_via::<v2::Request>(body, id),
+        v3::VERSION => request_via::<v3::Request>(body, id),
+        v4::VERSION => request_via::<v4::Request>(body, id),
+        _ => decode_canonical(body, id),
+    }
+}
+
+/// Decodes a request body with the frozen shape `Old` of its version,
+/// checks that it is canonical, and converts it to the current shape
+/// through version 4's.
+fn request_via<Old>(body: &[u8], id: Option<u64>) -> Result<Envelope<Request>, DecodeError>
+where
+    Old: DeserializeOwned + Serialize + Into<v4::Request>,
+{
+    let old: Envelope<Old> = decode_canonical(body, id)?;
+    Ok(Envelope {
+        proto: old.proto,
+        id: old.id,
+        op: old.op.into().into(),
+    })
+}
+
+/// Decodes a body and checks that it is the canonical encoding of what it
+/// decoded to: re-encoded, the message gives back the same bytes.
+///
+/// Every value of the protocol has one encoding except a map, whose
+/// entries a sender could put out of order or repeat; decoding into a
+/// sorted map would silently reorder them and let the last of two equal
+/// keys win, so that the daemon would bind a ciphertext to a context other
+/// than the one the sender wrote. The comparison runs as the re-encoding
+/// is written, against the body itself: nothing is copied.
+fn decode_canonical<T>(body: &[u8], id: Option<u64>) -> Result<Envelope<T>, DecodeError>
+where
+    T: DeserializeOwned + Serialize,
+{
+    let envelope: Envelope<T> = decode_as(body, id)?;
+    let mut check = SameBytes {
+        expected: body,
+        at: 0,
+    };
+    let same = bincode_options(body.len() as u64)
+        .serialize_into(&mut check, &envelope)
+        .is_ok();
+    if !same || check.at != body.len() {
+        return Err(DecodeError::NotCanonical {
+            id,
+            offset: check.at,
+        });
+    }
+    Ok(envelope)
+}
+
+/// A writer that accepts only the bytes of `expected`, in order, and
+/// stops at the first that differs: `at` is then where it differs.
+struct SameBytes<'a> {
+    expected: &'a [u8],
+    at: usize,
+}
+
+impl std::io::Write for SameBytes<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let rest = &self.expected[self.at.min(self.expected.len())..];
+        if rest.starts_with(buf) {
+            self.at += buf.len();
+            return Ok(buf.len());
+        }
+        self.at += buf.iter().zip(rest).take_while(|(a, b)| a == b).count();
+        Err(std::io::Error::other("differs from the body"))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -218,6 +218,20 @@ pub enum DecodeError {
         /// How many request variants this side knows in `proto`.
         known: u32,
     },
+    /// A map in the request (an encryption context, or a key's tags) is
+    /// not in its canonical encoding: keys sorted by their UTF-8 bytes,
+    /// each key once. Refused rather than read, since a reader would have
+    /// to guess which of two entries with the same key was meant.
+    #[error(
+        "malformed message: a map in the request (an encryption context or tags) is not canonical \
+         (first difference at body byte {offset}): send its keys sorted by their UTF-8 bytes, each key once"
+    )]
+    NotCanonical {
+        /// The request id, when the envelope got that far.
+        id: Option<u64>,
+        /// The first byte of the body where the canonical encoding differs.
+        offset: usize,
+    },
     /// The body is truncated, has trailing bytes, or is not a valid message.
     #[error("malformed message: {reason}")]
     Malformed {
@@ -248,9 +262,9 @@ impl DecodeError {
         match self {
             DecodeError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
             DecodeError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
-            DecodeError::Malformed { .. } | DecodeError::UnknownRequest { .. } => {
-                ErrorCode::BadRequest
-            }
+            DecodeError::Malformed { .. }
+            | DecodeError::NotCanonical { .. }
+            | DecodeError::UnknownRequest { .. } => ErrorCode::BadRequest,
         }
     }
 
@@ -261,6 +275,7 @@ impl DecodeError {
             DecodeError::FrameTooLarge { .. } => None,
             DecodeError::UnsupportedVersion { id, .. }
             | DecodeError::Malformed { id, .. }
+            | DecodeError::NotCanonical { id, .. }
             | DecodeError::UnknownRequest { id, .. } => *id,
         }
     }

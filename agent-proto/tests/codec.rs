@@ -9,7 +9,7 @@ use agent_proto::codec::{self, DEFAULT_MAX_FRAME, LENGTH_PREFIX};
 use agent_proto::{
     Ciphertext, DecodeError, Envelope, ErrorCode, FrameError, KeyInfo, KeyPage, KeyState,
     PROTOCOL_VERSION, Request, Response, SecretBytes, VersionInfo, VersionState, Wrapped, v1, v2,
-    v3,
+    v3, v4,
 };
 
 fn round_trip<T>(op: T)
@@ -487,7 +487,8 @@ fn a_request_variant_unknown_in_its_version_says_what_to_do() {
         (1u16, v1::REQUEST_VARIANTS),
         (2, v2::REQUEST_VARIANTS),
         (3, v3::REQUEST_VARIANTS),
-        (4, Request::VARIANTS),
+        (4, v4::REQUEST_VARIANTS),
+        (5, Request::VARIANTS),
     ] {
         let mut body = body_of(
             &codec::encode_frame(
@@ -595,116 +596,118 @@ fn a_page_version_1_cannot_carry_is_refused_not_cut() {
     );
 }
 
-/// The README's version-4 example frames, each built with the library, by
-/// the name of its hex block.
-fn readme_v4_frames() -> Vec<(&'static str, Frame)> {
+/// The README's version-4 example frames, each built with the frozen
+/// version-4 shapes (`agent_proto::v4`), by the name of its hex block.
+fn readme_v4_frames() -> Vec<(&'static str, V4Frame)> {
     use agent_proto::{KeyType, SignInput, Signature, Verification};
-    fn v4<T>(id: u64, op: T) -> Envelope<T> {
-        Envelope { proto: 4, id, op }
+    fn req(id: u64, op: v4::Request) -> V4Frame {
+        V4Frame::Request(Envelope { proto: 4, id, op })
+    }
+    fn resp(id: u64, op: v4::Response) -> V4Frame {
+        V4Frame::Response(Envelope { proto: 4, id, op })
     }
     vec![
         (
             "v4-create-key-request-frame",
-            Frame::Request(v4(
+            req(
                 12,
-                Request::CreateKey {
+                v4::Request::CreateKey {
                     name: "rel".into(),
                     key_type: KeyType::Ed25519,
-                    settings: Default::default(),
                 },
-            )),
+            ),
         ),
         (
             "v4-create-key-response-frame",
-            Frame::Response(v4(12, Response::Key(readme_v4_key()))),
+            resp(12, v4::Response::Key(readme_v4_key().into())),
         ),
         (
             "v4-mac-request-frame",
-            Frame::Request(v4(
+            req(
                 13,
-                Request::Mac {
+                v4::Request::Mac {
                     key: "hooks".into(),
                     data: SecretBytes::from(&b"hi"[..]),
                 },
-            )),
+            ),
         ),
         (
             "v4-verify-mac-request-frame",
-            Frame::Request(v4(
+            req(
                 14,
-                Request::VerifyMac {
+                v4::Request::VerifyMac {
                     key: "hooks".into(),
                     data: SecretBytes::from(&b"hi"[..]),
                     tag: vec![0xaa; 32],
                     version: Some(1),
                 },
-            )),
+            ),
         ),
         (
             "v4-sign-request-frame",
-            Frame::Request(v4(
+            req(
                 15,
-                Request::Sign {
+                v4::Request::Sign {
                     key: "rel".into(),
                     input: SignInput::Message(SecretBytes::from(&b"hi\n"[..])),
                 },
-            )),
+            ),
         ),
         (
             "v4-signature-response-frame",
-            Frame::Response(v4(
+            resp(
                 15,
-                Response::Signature(Signature {
+                v4::Response::Signature(Signature {
                     key: "rel".into(),
                     version: 1,
                     signature: vec![0x77; 64],
                 }),
-            )),
+            ),
         ),
         (
             "v4-verify-request-frame",
-            Frame::Request(v4(
+            req(
                 16,
-                Request::Verify {
+                v4::Request::Verify {
                     key: "p256".into(),
                     input: SignInput::Digest(vec![0x11; 32]),
                     signature: vec![0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01],
                     version: None,
                 },
-            )),
+            ),
         ),
         (
             "v4-verified-response-frame",
-            Frame::Response(v4(
+            resp(
                 16,
-                Response::Verified(Verification {
+                v4::Response::Verified(Verification {
                     key: "p256".into(),
                     valid: false,
                     version: None,
                 }),
-            )),
+            ),
         ),
         (
             "v4-public-key-request-frame",
-            Frame::Request(v4(
+            req(
                 17,
-                Request::GetPublicKey {
+                v4::Request::GetPublicKey {
                     key: "rel".into(),
                     version: Some(2),
                 },
-            )),
+            ),
         ),
         (
             "v4-random-request-frame",
-            Frame::Request(v4(18, Request::GenerateRandom { bytes: 32 })),
+            req(18, v4::Request::GenerateRandom { bytes: 32 }),
         ),
     ]
 }
 
-/// A request or a response, for the table of README frames.
-enum Frame {
-    Request(Envelope<Request>),
-    Response(Envelope<Response>),
+/// A version-4 request or response, for the table of README frames.
+enum V4Frame {
+    Request(Envelope<v4::Request>),
+    Response(Envelope<v4::Response>),
 }
 
 /// The key of the README's version-4 `CreateKey` answer.
@@ -732,22 +735,40 @@ fn readme_v4_key() -> KeyInfo {
 }
 
 #[test]
-fn readme_v4_frames_are_what_the_code_produces() {
+fn readme_v4_frames_are_the_frozen_version_4_encoding() {
     let frames = readme_v4_frames();
     assert_eq!(frames.len(), 10, "one README frame per example");
     for (name, frame) in frames {
+        let expected = readme_hex(name);
         match frame {
-            Frame::Request(request) => {
-                let bytes = codec::encode_request(request.clone(), DEFAULT_MAX_FRAME).unwrap();
-                assert_eq!(bytes.as_slice(), readme_hex(name).as_slice(), "{name}");
+            V4Frame::Request(old) => {
+                // The frozen shape encodes to the README's bytes...
+                let bytes = codec::encode_frame(&old, DEFAULT_MAX_FRAME).unwrap();
+                assert_eq!(bytes.as_slice(), expected.as_slice(), "{name}");
+                // ...and so does today's library speaking version 4, which
+                // reads them back as the same request.
+                let now = Envelope {
+                    proto: 4,
+                    id: old.id,
+                    op: Request::from(old.op),
+                };
+                let bytes = codec::encode_request(now.clone(), DEFAULT_MAX_FRAME).unwrap();
+                assert_eq!(bytes.as_slice(), expected.as_slice(), "{name}");
                 let back = codec::decode_request(&bytes[LENGTH_PREFIX..]).unwrap();
-                assert_eq!(back, request, "{name}");
+                assert_eq!(back, now, "{name}");
             }
-            Frame::Response(response) => {
-                let bytes = codec::encode_response(response.clone(), DEFAULT_MAX_FRAME).unwrap();
-                assert_eq!(bytes.as_slice(), readme_hex(name).as_slice(), "{name}");
+            V4Frame::Response(old) => {
+                let bytes = codec::encode_frame(&old, DEFAULT_MAX_FRAME).unwrap();
+                assert_eq!(bytes.as_slice(), expected.as_slice(), "{name}");
+                let now = Envelope {
+                    proto: 4,
+                    id: old.id,
+                    op: Response::from(old.op),
+                };
+                let bytes = codec::encode_response(now.clone(), DEFAULT_MAX_FRAME).unwrap();
+                assert_eq!(bytes.as_slice(), expected.as_slice(), "{name}");
                 let back = codec::decode_response(&bytes[LENGTH_PREFIX..]).unwrap();
-                assert_eq!(back, response, "{name}");
+                assert_eq!(back, now, "{name}");
             }
         }
     }
@@ -758,13 +779,14 @@ fn every_new_request_of_version_4_has_a_readme_frame() {
     let shown: Vec<agent_proto::Operation> = readme_v4_frames()
         .into_iter()
         .filter_map(|(_, frame)| match frame {
-            Frame::Request(request) => Some(request.op.operation()),
-            Frame::Response(_) => None,
+            V4Frame::Request(request) => Some(request.op.operation()),
+            V4Frame::Response(_) => None,
         })
         .collect();
     for request in samples::requests() {
-        let new_in_v4 = request.operation() >= agent_proto::Operation::Mac
-            || request.operation() == agent_proto::Operation::Create;
+        let op = request.operation();
+        let new_in_v4 = (op >= agent_proto::Operation::Mac && !samples::appended_in_v5(op))
+            || op == agent_proto::Operation::Create;
         if new_in_v4 {
             assert!(
                 shown.contains(&request.operation()),
@@ -833,6 +855,8 @@ fn requests_appended_in_version_4_are_not_sent_in_versions_1_to_3() {
                     | Response::Signature(_)
                     | Response::PublicKey(_)
                     | Response::Random(_)
+                    | Response::WrappedBatch(_)
+                    | Response::UnwrappedBatch(_)
             );
             let sent = codec::encode_response(
                 Envelope {
@@ -907,4 +931,523 @@ fn wrong_key_type_goes_to_older_clients_as_code_18_with_its_message() {
         assert_eq!(reply.code, ErrorCode::WrongKeyType);
         assert!(reply.message.contains("ed25519"));
     }
+}
+
+/// A map with two entries whose encodings the canonical-map tests find
+/// and rearrange in a frame.
+fn two_entries() -> std::collections::BTreeMap<String, String> {
+    std::collections::BTreeMap::from([
+        ("ctx-a".to_string(), "v1".to_string()),
+        ("ctx-b".to_string(), "v2".to_string()),
+    ])
+}
+
+/// The bincode encoding of one map entry.
+fn entry(key: &str, value: &str) -> Vec<u8> {
+    let mut bytes = (key.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(key.as_bytes());
+    bytes.extend_from_slice(&(value.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(value.as_bytes());
+    bytes
+}
+
+/// `body` with the (first) encoding of [`two_entries`] replaced by
+/// `entries`, which must be as long.
+fn rearranged(body: &[u8], entries: &[(&str, &str)]) -> Vec<u8> {
+    let canonical = [entry("ctx-a", "v1"), entry("ctx-b", "v2")].concat();
+    let replacement: Vec<u8> = entries.iter().flat_map(|(k, v)| entry(k, v)).collect();
+    assert_eq!(canonical.len(), replacement.len());
+    let at = body
+        .windows(canonical.len())
+        .position(|window| window == canonical.as_slice())
+        .expect("the body holds the two entries");
+    let mut patched = body.to_vec();
+    patched[at..at + canonical.len()].copy_from_slice(&replacement);
+    patched
+}
+
+/// One request of every kind that carries a map, each with
+/// [`two_entries`] in one of its maps (every map of the request in turn).
+fn requests_with_maps() -> Vec<(&'static str, Request)> {
+    use agent_proto::{KeySettings, RewrapDestination, UnwrapItem, WrapItem};
+    let ciphertext = || Ciphertext::from(&b"HKMS\x01opaque"[..]);
+    vec![
+        (
+            "wrap context",
+            Request::Wrap {
+                key: "k".into(),
+                plaintext: SecretBytes::from(&b"x"[..]),
+                context: two_entries(),
+            },
+        ),
+        (
+            "unwrap context",
+            Request::Unwrap {
+                ciphertext: ciphertext(),
+                context: two_entries(),
+                key: Some("k".into()),
+            },
+        ),
+        (
+            "data key context",
+            Request::GenerateDataKey {
+                key: "k".into(),
+                bytes: 32,
+                include_plaintext: false,
+                context: two_entries(),
+            },
+        ),
+        (
+            "rewrap context",
+            Request::Rewrap {
+                ciphertext: ciphertext(),
+                context: two_entries(),
+                key: None,
+                destination: None,
+            },
+        ),
+        (
+            "rewrap destination context",
+            Request::Rewrap {
+                ciphertext: ciphertext(),
+                context: Default::default(),
+                key: None,
+                destination: Some(RewrapDestination {
+                    key: Some("other".into()),
+                    context: Some(two_entries()),
+                }),
+            },
+        ),
+        (
+            "wrap batch item context",
+            Request::WrapBatch {
+                key: "k".into(),
+                items: vec![
+                    WrapItem {
+                        plaintext: SecretBytes::from(&b"x"[..]),
+                        context: Default::default(),
+                    },
+                    WrapItem {
+                        plaintext: SecretBytes::from(&b"y"[..]),
+                        context: two_entries(),
+                    },
+                ],
+            },
+        ),
+        (
+            "unwrap batch item context",
+            Request::UnwrapBatch {
+                key: None,
+                items: vec![UnwrapItem {
+                    ciphertext: ciphertext(),
+                    context: two_entries(),
+                }],
+            },
+        ),
+        (
+            "create key tags",
+            Request::CreateKey {
+                name: "k".into(),
+                key_type: agent_proto::KeyType::Aes256Gcm,
+                settings: KeySettings {
+                    tags: two_entries(),
+                    ..Default::default()
+                },
+            },
+        ),
+        (
+            "metadata tags",
+            Request::UpdateKeyMetadata {
+                key: "k".into(),
+                description: None,
+                set_tags: two_entries(),
+                remove_tags: Vec::new(),
+            },
+        ),
+    ]
+}
+
+#[test]
+fn a_map_out_of_order_or_with_a_repeated_key_is_a_bad_request_in_every_field() {
+    for (what, request) in requests_with_maps() {
+        let frame =
+            codec::encode_request(Envelope::new(31, request.clone()), DEFAULT_MAX_FRAME).unwrap();
+        let body = body_of(&frame);
+        // The canonical body decodes to the request.
+        assert_eq!(codec::decode_request(&body).unwrap().op, request, "{what}");
+        for entries in [
+            [("ctx-b", "v2"), ("ctx-a", "v1")], // out of order
+            [("ctx-a", "v1"), ("ctx-a", "v2")], // "ctx-a" twice: the last would win
+            [("ctx-b", "v1"), ("ctx-b", "v2")], // "ctx-b" twice
+        ] {
+            let patched = rearranged(&body, &entries);
+            let err = codec::decode_request(&patched).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::BadRequest, "{what} {entries:?}");
+            assert_eq!(err.request_id(), Some(31), "{what}");
+            assert!(
+                matches!(err, DecodeError::NotCanonical { .. }),
+                "{what} {entries:?}: {err:?}"
+            );
+            let message = err.to_string();
+            assert!(
+                message.contains("sorted by their UTF-8 bytes, each key once"),
+                "{message}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_context_out_of_order_is_refused_in_every_protocol_version() {
+    for proto in 1..=PROTOCOL_VERSION {
+        let request = Envelope {
+            proto,
+            id: 32,
+            op: Request::Wrap {
+                key: "k".into(),
+                plaintext: SecretBytes::from(&b"x"[..]),
+                context: two_entries(),
+            },
+        };
+        let frame = codec::encode_request(request.clone(), DEFAULT_MAX_FRAME).unwrap();
+        let body = body_of(&frame);
+        assert_eq!(codec::decode_request(&body).unwrap(), request);
+        let patched = rearranged(&body, &[("ctx-a", "v1"), ("ctx-a", "v2")]);
+        let err = codec::decode_request(&patched).unwrap_err();
+        assert!(
+            matches!(err, DecodeError::NotCanonical { id: Some(32), .. }),
+            "version {proto}: {err:?}"
+        );
+        // The offset is the first byte where the body leaves the canonical
+        // encoding of what it decoded to: the entry count, 2 where the one
+        // key read makes 1.
+        let DecodeError::NotCanonical { offset, .. } = err else {
+            unreachable!()
+        };
+        assert_eq!(&patched[offset..offset + 8], &2u64.to_le_bytes());
+        assert_eq!(&patched[offset + 8..offset + 16], &5u64.to_le_bytes());
+    }
+}
+
+#[test]
+fn a_sorted_context_is_sorted_by_bytes_not_by_characters() {
+    // "Z" (0x5a) sorts before "a" (0x61), and "é" (0xc3 0xa9) after "z":
+    // byte order of the UTF-8, which a client in another language must use.
+    let context = agent_proto::EncryptionContext::from([
+        ("a".to_string(), "1".to_string()),
+        ("Z".to_string(), "2".to_string()),
+        ("é".to_string(), "3".to_string()),
+        ("z".to_string(), "4".to_string()),
+    ]);
+    let keys: Vec<&str> = context.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["Z", "a", "z", "é"]);
+    let request = Envelope::new(
+        33,
+        Request::Wrap {
+            key: "k".into(),
+            plaintext: SecretBytes::from(&b"x"[..]),
+            context,
+        },
+    );
+    let frame = codec::encode_request(request.clone(), DEFAULT_MAX_FRAME).unwrap();
+    assert_eq!(
+        codec::decode_request(&frame[LENGTH_PREFIX..]).unwrap(),
+        request
+    );
+}
+
+/// A made-up ciphertext of `len` plaintext bytes, laid out as the README's
+/// examples show it.
+fn readme_ciphertext(len: usize) -> Ciphertext {
+    let mut bytes = b"HKMS\x01".to_vec();
+    bytes.extend_from_slice(&[0x11; 16]);
+    bytes.extend_from_slice(&1u32.to_be_bytes());
+    bytes.extend_from_slice(&[0x22; 12]);
+    bytes.extend_from_slice(&vec![0x33; len]);
+    bytes.extend_from_slice(&[0x44; 16]);
+    Ciphertext::new(bytes)
+}
+
+/// A request or a response of the current version, for the table of
+/// README frames.
+enum Frame {
+    Request(Envelope<Request>),
+    Response(Envelope<Response>),
+}
+
+/// The key of the README's version-5 `ScheduleDeletion` answer.
+fn readme_v5_key() -> KeyInfo {
+    KeyInfo {
+        id: [0x77; 16],
+        name: "orders".into(),
+        created: 1_764_000_000,
+        state: KeyState::PendingDeletion,
+        latest_version: 1,
+        min_decryption_version: 1,
+        versions: vec![VersionInfo {
+            version: 1,
+            created: 1_764_000_000,
+            state: VersionState::Enabled,
+            encryptions: 0,
+        }],
+        key_type: agent_proto::KeyType::Aes256Gcm,
+        description: "orders db".into(),
+        tags: [("team".to_string(), "pay".to_string())].into(),
+        rotation_period: Some(7_776_000),
+        next_rotation: None,
+        deletion_date: Some(1_766_592_000),
+    }
+}
+
+/// The README's version-5 example frames, built with the library, by the
+/// name of its hex block.
+fn readme_v5_frames() -> Vec<(&'static str, Frame)> {
+    use agent_proto::{
+        ErrorReply, KeySettings, RewrapDestination, RotationSetting, UnwrapItem, WrapItem,
+    };
+    fn req(id: u64, op: Request) -> Frame {
+        Frame::Request(Envelope { proto: 5, id, op })
+    }
+    fn resp(id: u64, op: Response) -> Frame {
+        Frame::Response(Envelope { proto: 5, id, op })
+    }
+    let orders = || "orders".to_string();
+    vec![
+        (
+            "v5-create-key-request-frame",
+            req(
+                20,
+                Request::CreateKey {
+                    name: orders(),
+                    key_type: agent_proto::KeyType::Aes256Gcm,
+                    settings: KeySettings {
+                        rotation: RotationSetting::Every(7_776_000),
+                        description: "orders db".into(),
+                        tags: [("team".to_string(), "pay".to_string())].into(),
+                    },
+                },
+            ),
+        ),
+        (
+            "v5-schedule-deletion-request-frame",
+            req(
+                21,
+                Request::ScheduleDeletion {
+                    key: orders(),
+                    days: 30,
+                },
+            ),
+        ),
+        (
+            "v5-key-response-frame",
+            resp(21, Response::Key(readme_v5_key())),
+        ),
+        (
+            "v5-cancel-deletion-request-frame",
+            req(22, Request::CancelDeletion { key: orders() }),
+        ),
+        (
+            "v5-set-rotation-period-request-frame",
+            req(
+                23,
+                Request::SetRotationPeriod {
+                    key: orders(),
+                    period: Some(2_592_000),
+                },
+            ),
+        ),
+        (
+            "v5-update-metadata-request-frame",
+            req(
+                24,
+                Request::UpdateKeyMetadata {
+                    key: orders(),
+                    description: Some(String::new()),
+                    set_tags: [("env".to_string(), "prod".to_string())].into(),
+                    remove_tags: vec!["team".into()],
+                },
+            ),
+        ),
+        (
+            "v5-rewrap-request-frame",
+            req(
+                25,
+                Request::Rewrap {
+                    ciphertext: readme_ciphertext(0),
+                    context: [("table".to_string(), "users".to_string())].into(),
+                    key: Some(orders()),
+                    destination: Some(RewrapDestination {
+                        key: Some("archive".into()),
+                        context: Some(Default::default()),
+                    }),
+                },
+            ),
+        ),
+        (
+            "v5-wrap-batch-request-frame",
+            req(
+                26,
+                Request::WrapBatch {
+                    key: orders(),
+                    items: vec![
+                        WrapItem {
+                            plaintext: SecretBytes::from(&b"a"[..]),
+                            context: Default::default(),
+                        },
+                        WrapItem {
+                            plaintext: SecretBytes::from(&b"b"[..]),
+                            context: [("n".to_string(), "2".to_string())].into(),
+                        },
+                    ],
+                },
+            ),
+        ),
+        (
+            "v5-wrapped-batch-response-frame",
+            resp(
+                26,
+                Response::WrappedBatch(vec![
+                    Ok(Wrapped {
+                        key: orders(),
+                        version: 1,
+                        ciphertext: readme_ciphertext(1),
+                    }),
+                    Err(ErrorReply {
+                        code: ErrorCode::PlaintextTooLarge,
+                        message: "item 1 is too large".into(),
+                    }),
+                ]),
+            ),
+        ),
+        (
+            "v5-unwrap-batch-request-frame",
+            req(
+                27,
+                Request::UnwrapBatch {
+                    key: None,
+                    items: vec![UnwrapItem {
+                        ciphertext: readme_ciphertext(1),
+                        context: Default::default(),
+                    }],
+                },
+            ),
+        ),
+        (
+            "v5-unwrapped-batch-response-frame",
+            resp(
+                27,
+                Response::UnwrappedBatch(vec![Ok(agent_proto::Unwrapped {
+                    key: orders(),
+                    version: 1,
+                    plaintext: SecretBytes::from(&b"a"[..]),
+                })]),
+            ),
+        ),
+        (
+            "v5-pending-deletion-error-frame",
+            resp(
+                28,
+                Response::error(
+                    ErrorCode::KeyPendingDeletion,
+                    "key \"orders\" is scheduled for deletion",
+                ),
+            ),
+        ),
+    ]
+}
+
+#[test]
+fn readme_v5_frames_are_what_the_code_produces() {
+    let frames = readme_v5_frames();
+    assert_eq!(frames.len(), 12, "one README frame per example");
+    for (name, frame) in frames {
+        let expected = readme_hex(name);
+        match frame {
+            Frame::Request(request) => {
+                let bytes = codec::encode_request(request.clone(), DEFAULT_MAX_FRAME).unwrap();
+                assert_eq!(bytes.as_slice(), expected.as_slice(), "{name}");
+                let back = codec::decode_request(&bytes[LENGTH_PREFIX..]).unwrap();
+                assert_eq!(back, request, "{name}");
+            }
+            Frame::Response(response) => {
+                let bytes = codec::encode_response(response.clone(), DEFAULT_MAX_FRAME).unwrap();
+                assert_eq!(bytes.as_slice(), expected.as_slice(), "{name}");
+                let back = codec::decode_response(&bytes[LENGTH_PREFIX..]).unwrap();
+                assert_eq!(back, response, "{name}");
+            }
+        }
+    }
+}
+
+#[test]
+fn every_request_new_or_changed_in_version_5_has_a_readme_frame() {
+    let shown: Vec<Request> = readme_v5_frames()
+        .into_iter()
+        .filter_map(|(_, frame)| match frame {
+            Frame::Request(request) => Some(request.op),
+            Frame::Response(_) => None,
+        })
+        .collect();
+    for request in samples::requests() {
+        if samples::appended_in_v5(request.operation()) {
+            assert!(
+                shown.iter().any(|r| r.operation() == request.operation()),
+                "the README shows no {} frame",
+                request.operation()
+            );
+        }
+    }
+    for changed in samples::v5_forms() {
+        assert!(
+            shown.iter().any(|r| {
+                r.operation() == changed.operation() && v4::Request::try_from(r.clone()).is_err()
+            }),
+            "the README shows no version-5 form of {}",
+            changed.operation()
+        );
+    }
+}
+
+#[test]
+fn the_readme_v5_answers_to_a_version_4_client() {
+    // The key pending deletion: disabled, without the fields of version 5.
+    let answer = Envelope {
+        proto: 4,
+        id: 21,
+        op: Response::Key(readme_v5_key()),
+    };
+    let frame = codec::encode_response(answer, DEFAULT_MAX_FRAME).unwrap();
+    let old: Envelope<v4::Response> = codec::decode_body(&frame[LENGTH_PREFIX..]).unwrap();
+    let v4::Response::Key(key) = old.op else {
+        panic!("not a key: {old:?}");
+    };
+    assert_eq!(key.state, KeyState::Disabled);
+    assert_eq!(key.name, "orders");
+    // The refusal: code 9, KeyDisabled, with the daemon's message.
+    let refusal = Envelope {
+        proto: 4,
+        id: 28,
+        op: Response::error(
+            ErrorCode::KeyPendingDeletion,
+            "key \"orders\" is scheduled for deletion",
+        ),
+    };
+    for proto in 1..=4 {
+        let frame = codec::encode_response(
+            Envelope {
+                proto,
+                ..refusal.clone()
+            },
+            DEFAULT_MAX_FRAME,
+        )
+        .unwrap();
+        let body = &frame[LENGTH_PREFIX..];
+        assert_eq!(&body[10..14], &7u32.to_le_bytes());
+        assert_eq!(&body[14..16], &9u16.to_le_bytes(), "version {proto}");
+    }
+    let v5 = readme_hex("v5-pending-deletion-error-frame");
+    assert_eq!(
+        &v5[LENGTH_PREFIX + 14..LENGTH_PREFIX + 16],
+        &19u16.to_le_bytes()
+    );
 }

@@ -10,7 +10,7 @@ use std::io::Cursor;
 use agent_proto::codec::{self, DEFAULT_MAX_FRAME, LENGTH_PREFIX};
 use agent_proto::{
     Ciphertext, EncryptionContext, Envelope, FrameError, KeyType, Operation, Request, Response,
-    SecretBytes, SignInput, v1, v2, v3,
+    SecretBytes, SignInput, v1, v2, v3, v4,
 };
 use proptest::prelude::*;
 
@@ -181,7 +181,120 @@ fn arbitrary_request() -> impl Strategy<Value = Request> {
         (name, proptest::option::of(any::<u32>()))
             .prop_map(|(key, version)| Request::GetPublicKey { key, version }),
         any::<u16>().prop_map(|bytes| Request::GenerateRandom { bytes }),
+        arbitrary_v5_request(),
     ]
+}
+
+/// The requests of version 5: the appended ones, and `CreateKey` and
+/// `Rewrap` with the fields version 5 gave them.
+fn arbitrary_v5_request() -> impl Strategy<Value = Request> {
+    let name = "[A-Za-z0-9._-]{1,32}";
+    let bytes = proptest::collection::vec(any::<u8>(), 0..64);
+    let tags = proptest::collection::btree_map("[a-z]{1,8}", ".{0,12}", 0..3);
+    prop_oneof![
+        (name, arbitrary_key_type(), arbitrary_settings()).prop_map(
+            |(name, key_type, settings)| Request::CreateKey {
+                name,
+                key_type,
+                settings,
+            }
+        ),
+        (
+            bytes.clone(),
+            arbitrary_context(),
+            proptest::option::of(name),
+            proptest::option::of(arbitrary_destination()),
+        )
+            .prop_map(|(ciphertext, context, key, destination)| Request::Rewrap {
+                ciphertext: Ciphertext::new(ciphertext),
+                context,
+                key,
+                destination,
+            }),
+        (name, any::<u16>()).prop_map(|(key, days)| Request::ScheduleDeletion { key, days }),
+        name.prop_map(|key| Request::CancelDeletion { key }),
+        (name, proptest::option::of(any::<u64>()))
+            .prop_map(|(key, period)| Request::SetRotationPeriod { key, period }),
+        (
+            name,
+            proptest::option::of(".{0,24}"),
+            tags,
+            proptest::collection::vec("[a-z]{1,8}", 0..3),
+        )
+            .prop_map(|(key, description, set_tags, remove_tags)| {
+                Request::UpdateKeyMetadata {
+                    key,
+                    description,
+                    set_tags,
+                    remove_tags,
+                }
+            }),
+        (
+            name,
+            proptest::collection::vec((bytes.clone(), arbitrary_context()), 0..4)
+        )
+            .prop_map(|(key, items)| Request::WrapBatch {
+                key,
+                items: items
+                    .into_iter()
+                    .map(|(plaintext, context)| agent_proto::WrapItem {
+                        plaintext: SecretBytes::new(plaintext),
+                        context,
+                    })
+                    .collect(),
+            }),
+        (
+            proptest::option::of(name),
+            proptest::collection::vec((bytes, arbitrary_context()), 0..4)
+        )
+            .prop_map(|(key, items)| Request::UnwrapBatch {
+                key,
+                items: items
+                    .into_iter()
+                    .map(|(ciphertext, context)| agent_proto::UnwrapItem {
+                        ciphertext: Ciphertext::new(ciphertext),
+                        context,
+                    })
+                    .collect(),
+            }),
+    ]
+}
+
+fn arbitrary_settings() -> impl Strategy<Value = agent_proto::KeySettings> {
+    let rotation = prop_oneof![
+        Just(agent_proto::RotationSetting::DaemonDefault),
+        Just(agent_proto::RotationSetting::Off),
+        any::<u64>().prop_map(agent_proto::RotationSetting::Every),
+    ];
+    (
+        rotation,
+        ".{0,24}",
+        proptest::collection::btree_map("[a-z]{1,8}", ".{0,12}", 0..3),
+    )
+        .prop_map(|(rotation, description, tags)| agent_proto::KeySettings {
+            rotation,
+            description,
+            tags,
+        })
+}
+
+fn arbitrary_destination() -> impl Strategy<Value = agent_proto::RewrapDestination> {
+    (
+        proptest::option::of("[A-Za-z0-9._-]{1,32}"),
+        proptest::option::of(arbitrary_context()),
+    )
+        .prop_map(|(key, context)| agent_proto::RewrapDestination { key, context })
+}
+
+/// Whether version 4 (and so every older one) cannot express `request`:
+/// one appended in version 5, a `CreateKey` with settings or a `Rewrap`
+/// with a destination.
+fn new_in_v5(request: &Request) -> bool {
+    match request {
+        Request::CreateKey { settings, .. } => *settings != agent_proto::KeySettings::default(),
+        Request::Rewrap { destination, .. } => destination.is_some(),
+        other => other.operation() >= Operation::ScheduleDeletion,
+    }
 }
 
 fn arbitrary_key_type() -> impl Strategy<Value = KeyType> {
@@ -202,10 +315,11 @@ fn arbitrary_sign_input() -> impl Strategy<Value = SignInput> {
 /// the key-type requests of version 4, or a key of another type than
 /// AES-256-GCM.
 fn new_in_v4(request: &Request) -> bool {
-    match request {
-        Request::CreateKey { key_type, .. } => *key_type != KeyType::Aes256Gcm,
-        other => other.operation() >= Operation::Mac,
-    }
+    new_in_v5(request)
+        || match request {
+            Request::CreateKey { key_type, .. } => *key_type != KeyType::Aes256Gcm,
+            other => other.operation() >= Operation::Mac,
+        }
 }
 
 /// Every decoder a body may meet: the current shapes, and each version's.
@@ -359,6 +473,36 @@ fn the_meter_sees_a_large_allocation() {
     assert!(peak <= allowed_peak(body.len()), "decode held {peak} bytes");
 }
 
+fn arbitrary_key_state() -> impl Strategy<Value = agent_proto::KeyState> {
+    use agent_proto::KeyState;
+    proptest::sample::select(vec![
+        KeyState::Enabled,
+        KeyState::Disabled,
+        KeyState::Revoked,
+        KeyState::PendingDeletion,
+    ])
+}
+
+/// Version 5's fields of a key: description, tags, rotation period, next
+/// rotation, deletion date.
+type V5Fields = (
+    String,
+    std::collections::BTreeMap<String, String>,
+    Option<u64>,
+    Option<u64>,
+    Option<u64>,
+);
+
+fn arbitrary_v5_fields() -> impl Strategy<Value = V5Fields> {
+    (
+        ".{0,16}",
+        proptest::collection::btree_map("[a-z]{1,8}", ".{0,8}", 0..3),
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(any::<u64>()),
+    )
+}
+
 fn arbitrary_key_info() -> impl Strategy<Value = agent_proto::KeyInfo> {
     (
         any::<[u8; 16]>(),
@@ -366,13 +510,23 @@ fn arbitrary_key_info() -> impl Strategy<Value = agent_proto::KeyInfo> {
         any::<u64>(),
         0u32..4,
         arbitrary_key_type(),
+        arbitrary_key_state(),
+        arbitrary_v5_fields(),
     )
         .prop_map(
-            |(id, name, created, versions, key_type)| agent_proto::KeyInfo {
+            |(
                 id,
                 name,
                 created,
-                state: agent_proto::KeyState::Enabled,
+                versions,
+                key_type,
+                state,
+                (description, tags, rotation_period, next_rotation, deletion_date),
+            )| agent_proto::KeyInfo {
+                id,
+                name,
+                created,
+                state,
                 latest_version: versions,
                 min_decryption_version: 1,
                 versions: (1..=versions)
@@ -384,21 +538,39 @@ fn arbitrary_key_info() -> impl Strategy<Value = agent_proto::KeyInfo> {
                     })
                     .collect(),
                 key_type,
-                description: String::new(),
-                tags: Default::default(),
-                rotation_period: None,
-                next_rotation: None,
-                deletion_date: None,
+                description,
+                tags,
+                rotation_period,
+                next_rotation,
+                deletion_date,
             },
         )
 }
 
+/// A key as a client of version 4 sees it, read back by a current one:
+/// without the fields of version 5, and a key pending deletion disabled.
+fn as_v4(key: &agent_proto::KeyInfo) -> agent_proto::KeyInfo {
+    agent_proto::KeyInfo {
+        state: match key.state {
+            agent_proto::KeyState::PendingDeletion => agent_proto::KeyState::Disabled,
+            state => state,
+        },
+        description: String::new(),
+        tags: Default::default(),
+        rotation_period: None,
+        next_rotation: None,
+        deletion_date: None,
+        ..key.clone()
+    }
+}
+
 /// A key as a client of version 3 or older sees it, read back by a current
-/// one: without its type, so an AES-256-GCM key as every older key was.
+/// one: as version 4 sees it, and without its type, so an AES-256-GCM key
+/// as every older key was.
 fn untyped(key: &agent_proto::KeyInfo) -> agent_proto::KeyInfo {
     agent_proto::KeyInfo {
         key_type: KeyType::Aes256Gcm,
-        ..key.clone()
+        ..as_v4(key)
     }
 }
 
@@ -478,8 +650,10 @@ proptest! {
             }
             Err(err) => {
                 prop_assert!(new_in_v4(&request), "{:?} did not convert: {}", request, err);
-                if let Request::CreateKey { key_type, .. } = &request {
-                    prop_assert!(err.to_string().contains(key_type.as_str()), "{}", err);
+                if let Request::CreateKey { key_type, settings, .. } = &request {
+                    if *settings == agent_proto::KeySettings::default() {
+                        prop_assert!(err.to_string().contains(key_type.as_str()), "{}", err);
+                    }
                 }
                 for proto in [1, 2, 3] {
                     let sent = codec::encode_request(Envelope { proto, id, op: request.clone() }, DEFAULT_MAX_FRAME);
@@ -506,8 +680,91 @@ proptest! {
         for proto in 1..=agent_proto::PROTOCOL_VERSION {
             let frame = codec::encode_response(Envelope { proto, id, op: response.clone() }, DEFAULT_MAX_FRAME).unwrap();
             let back = codec::decode_response(&frame[LENGTH_PREFIX..]).unwrap();
-            let expected = if proto < 4 { Response::Key(untyped(&key)) } else { response.clone() };
+            let expected = match proto {
+                1..=3 => Response::Key(untyped(&key)),
+                4 => Response::Key(as_v4(&key)),
+                _ => response.clone(),
+            };
             prop_assert_eq!(back.op, expected);
+        }
+    }
+
+    /// Every request version 4 can express survives the trip down to
+    /// version 4 and back up unchanged, on the wire too; the ones it
+    /// cannot are exactly those appended in version 5, a `CreateKey` with
+    /// settings and a `Rewrap` with a destination, refused before they are
+    /// sent in versions 1 to 4.
+    #[test]
+    fn requests_convert_to_version_4_and_back_unless_new_in_version_5(
+        request in arbitrary_request(),
+        id in any::<u64>(),
+    ) {
+        match v4::Request::try_from(request.clone()) {
+            Ok(old) => {
+                prop_assert!(!new_in_v5(&request), "{:?} went down to version 4", request);
+                prop_assert_eq!(Request::from(old.clone()), request.clone());
+                let frame = codec::encode_request(Envelope { proto: 4, id, op: request.clone() }, DEFAULT_MAX_FRAME).unwrap();
+                // The same bytes as the frozen shape's.
+                let frozen = codec::encode_frame(&Envelope { proto: 4, id, op: old }, DEFAULT_MAX_FRAME).unwrap();
+                prop_assert_eq!(frame.as_slice(), frozen.as_slice());
+                let back = codec::decode_request(&frame[LENGTH_PREFIX..]).unwrap();
+                prop_assert_eq!(back, Envelope { proto: 4, id, op: request });
+            }
+            Err(err) => {
+                prop_assert!(new_in_v5(&request), "{:?} did not convert: {}", request, err);
+                prop_assert!(err.to_string().contains("version 4"), "{}", err);
+                for proto in 1..=4 {
+                    let sent = codec::encode_request(Envelope { proto, id, op: request.clone() }, DEFAULT_MAX_FRAME);
+                    prop_assert!(sent.is_err(), "{:?} went out in version {}", request, proto);
+                }
+            }
+        }
+    }
+
+    /// Every request of version 5 survives the wire in version 5.
+    #[test]
+    fn version_5_requests_round_trip_on_the_wire(request in arbitrary_v5_request(), id in any::<u64>()) {
+        let envelope = Envelope { proto: 5, id, op: request };
+        let frame = codec::encode_request(envelope.clone(), DEFAULT_MAX_FRAME).unwrap();
+        prop_assert_eq!(codec::decode_request(&frame[LENGTH_PREFIX..]).unwrap(), envelope);
+    }
+}
+
+/// What a response keeps through version 4: keys as version 4 sees them,
+/// and `KeyPendingDeletion` as `KeyDisabled`.
+fn through_v4(response: &Response) -> Response {
+    match response {
+        Response::Key(key) => Response::Key(as_v4(key)),
+        Response::Keys(page) => Response::Keys(agent_proto::KeyPage {
+            keys: page.keys.iter().map(as_v4).collect(),
+            next: page.next.clone(),
+        }),
+        Response::Error(reply) if reply.code == agent_proto::ErrorCode::KeyPendingDeletion => {
+            Response::error(agent_proto::ErrorCode::KeyDisabled, reply.message.clone())
+        }
+        other => other.clone(),
+    }
+}
+
+/// Responses appended in version 5, which older versions cannot carry.
+fn appended_in_v5(response: &Response) -> bool {
+    matches!(
+        response,
+        Response::WrappedBatch(_) | Response::UnwrappedBatch(_)
+    )
+}
+
+#[test]
+fn every_sample_response_of_version_4_converts_to_version_4_and_back() {
+    let mut responses = samples::responses();
+    responses.push(Response::error(
+        agent_proto::ErrorCode::KeyPendingDeletion,
+        "key \"k\" is scheduled for deletion",
+    ));
+    for response in responses {
+        match v4::Response::try_from(response.clone()) {
+            Ok(old) => assert_eq!(Response::from(old), through_v4(&response)),
+            Err(_) => assert!(appended_in_v5(&response), "{response:?} did not convert"),
         }
     }
 }
@@ -515,7 +772,7 @@ proptest! {
 /// What a response keeps through version 3: keys lose their type (and
 /// read back as AES-256-GCM keys).
 fn through_v3(response: &Response) -> Response {
-    match response {
+    match &through_v4(response) {
         Response::Key(key) => Response::Key(untyped(key)),
         Response::Keys(page) => Response::Keys(agent_proto::KeyPage {
             keys: page.keys.iter().map(untyped).collect(),
@@ -535,16 +792,18 @@ fn through_v2(response: &Response) -> Response {
     }
 }
 
-/// Responses appended in version 4, which older versions cannot carry.
+/// Responses appended in version 4 or later, which older versions cannot
+/// carry.
 fn appended_in_v4(response: &Response) -> bool {
-    matches!(
-        response,
-        Response::Mac(_)
-            | Response::Verified(_)
-            | Response::Signature(_)
-            | Response::PublicKey(_)
-            | Response::Random(_)
-    )
+    appended_in_v5(response)
+        || matches!(
+            response,
+            Response::Mac(_)
+                | Response::Verified(_)
+                | Response::Signature(_)
+                | Response::PublicKey(_)
+                | Response::Random(_)
+        )
 }
 
 /// Responses appended in version 3 or later, which versions 1 and 2 cannot

@@ -4,9 +4,10 @@
 
 use agent_proto::codec::encode_frame;
 use agent_proto::{
-    Ciphertext, DataKey, EncryptionContext, Envelope, ErrorCode, KeyInfo, KeyPage, KeyState,
-    KeyType, MacTag, PublicKeyInfo, Request, Response, SecretBytes, SignInput, Signature,
-    StatusInfo, Unwrapped, Verification, VersionInfo, VersionState, Wrapped,
+    Ciphertext, DataKey, EncryptionContext, Envelope, ErrorCode, KeyInfo, KeyPage, KeySettings,
+    KeyState, KeyType, MacTag, PublicKeyInfo, Request, Response, RewrapDestination,
+    RotationSetting, SecretBytes, SignInput, Signature, StatusInfo, UnwrapItem, Unwrapped,
+    Verification, VersionInfo, VersionState, WrapItem, Wrapped,
 };
 
 /// The specification, whose example frames are seeds.
@@ -82,7 +83,7 @@ pub fn typed_keys(key: &str) -> Vec<(String, KeyType)> {
 }
 
 /// The example frames of the specification that are requests.
-const SPEC_REQUESTS: [&str; 10] = [
+const SPEC_REQUESTS: [&str; 18] = [
     "request-frame",
     "v1-list-request-frame",
     "v2-list-request-frame",
@@ -93,16 +94,28 @@ const SPEC_REQUESTS: [&str; 10] = [
     "v4-verify-request-frame",
     "v4-public-key-request-frame",
     "v4-random-request-frame",
+    "v5-create-key-request-frame",
+    "v5-schedule-deletion-request-frame",
+    "v5-cancel-deletion-request-frame",
+    "v5-set-rotation-period-request-frame",
+    "v5-update-metadata-request-frame",
+    "v5-rewrap-request-frame",
+    "v5-wrap-batch-request-frame",
+    "v5-unwrap-batch-request-frame",
 ];
 
 /// The example frames of the specification that are responses.
-const SPEC_RESPONSES: [&str; 6] = [
+const SPEC_RESPONSES: [&str; 10] = [
     "response-frame",
     "v2-list-response-frame",
     "v3-status-response-frame",
     "v4-create-key-response-frame",
     "v4-signature-response-frame",
     "v4-verified-response-frame",
+    "v5-key-response-frame",
+    "v5-wrapped-batch-response-frame",
+    "v5-unwrapped-batch-response-frame",
+    "v5-pending-deletion-error-frame",
 ];
 
 /// The MAC and signing requests on `name`, valid in shape whatever its
@@ -242,6 +255,49 @@ pub fn request_frames(key: &str, other: &str, ciphertexts: &[Vec<u8>]) -> Vec<Ve
                 key: name.to_string(),
                 destination: name.to_string(),
             },
+            Request::CreateKey {
+                name: format!("{name}-settings"),
+                key_type: agent_proto::KeyType::Aes256Gcm,
+                settings: KeySettings {
+                    rotation: RotationSetting::Every(agent_proto::MIN_ROTATION_PERIOD_SECS),
+                    description: "made by the fuzzer".to_string(),
+                    tags: [("origin".to_string(), "fuzz".to_string())].into(),
+                },
+            },
+            Request::ScheduleDeletion {
+                key: name.to_string(),
+                days: agent_proto::MIN_DELETION_DAYS,
+            },
+            Request::CancelDeletion {
+                key: name.to_string(),
+            },
+            Request::SetRotationPeriod {
+                key: name.to_string(),
+                period: Some(agent_proto::MIN_ROTATION_PERIOD_SECS),
+            },
+            Request::SetRotationPeriod {
+                key: name.to_string(),
+                period: None,
+            },
+            Request::UpdateKeyMetadata {
+                key: name.to_string(),
+                description: Some("fuzzed".to_string()),
+                set_tags: [("stage".to_string(), "fuzz".to_string())].into(),
+                remove_tags: vec!["origin".to_string()],
+            },
+            Request::WrapBatch {
+                key: name.to_string(),
+                items: vec![
+                    WrapItem {
+                        plaintext: SecretBytes::new(b"first".to_vec()),
+                        context: ctx.clone(),
+                    },
+                    WrapItem {
+                        plaintext: SecretBytes::new(b"second".to_vec()),
+                        context: EncryptionContext::new(),
+                    },
+                ],
+            },
         ]);
     }
     let mut blobs: Vec<Vec<u8>> = ciphertexts.to_vec();
@@ -261,8 +317,26 @@ pub fn request_frames(key: &str, other: &str, ciphertexts: &[Vec<u8>]) -> Vec<Ve
             requests.push(Request::Rewrap {
                 ciphertext: Ciphertext::new(blob.clone()),
                 context: ctx.clone(),
-                key: key_field,
+                key: key_field.clone(),
                 destination: None,
+            });
+            requests.push(Request::UnwrapBatch {
+                key: key_field,
+                items: vec![UnwrapItem {
+                    ciphertext: Ciphertext::new(blob.clone()),
+                    context: ctx.clone(),
+                }],
+            });
+        }
+        for destination in [key, other] {
+            requests.push(Request::Rewrap {
+                ciphertext: Ciphertext::new(blob.clone()),
+                context: ctx.clone(),
+                key: None,
+                destination: Some(RewrapDestination {
+                    key: Some(destination.to_string()),
+                    context: Some(EncryptionContext::new()),
+                }),
             });
         }
     }
@@ -310,6 +384,7 @@ pub fn response_frames() -> Vec<Vec<u8>> {
         next_rotation: Some(1_700_000_100 + 90 * 86_400),
         deletion_date: None,
     };
+    let pending = info.clone();
     let responses = vec![
         Response::Pong,
         Response::Status(StatusInfo {
@@ -328,7 +403,7 @@ pub fn response_frames() -> Vec<Vec<u8>> {
         }),
         Response::Key(info.clone()),
         Response::Keys(KeyPage {
-            keys: vec![info.clone(), info],
+            keys: vec![info.clone(), info.clone()],
             next: Some("app-db".to_string()),
         }),
         Response::Wrapped(Wrapped {
@@ -387,6 +462,37 @@ pub fn response_frames() -> Vec<Vec<u8>> {
             spki_der: vec![0x30, 0x2a],
         }),
         Response::Random(SecretBytes::new(vec![0x42; 32])),
+        Response::Key(KeyInfo {
+            state: KeyState::PendingDeletion,
+            deletion_date: Some(1_700_000_000 + 30 * 86_400),
+            ..pending
+        }),
+        Response::error(
+            ErrorCode::KeyPendingDeletion,
+            "key \"app-db\" is scheduled for deletion",
+        ),
+        Response::WrappedBatch(vec![
+            Ok(Wrapped {
+                key: "app-db".to_string(),
+                version: 1,
+                ciphertext: Ciphertext::new(vec![0x48; 54]),
+            }),
+            Err(agent_proto::ErrorReply {
+                code: ErrorCode::PlaintextTooLarge,
+                message: "item 1 is too large".to_string(),
+            }),
+        ]),
+        Response::UnwrappedBatch(vec![
+            Ok(Unwrapped {
+                key: "app-db".to_string(),
+                version: 1,
+                plaintext: SecretBytes::new(b"a".to_vec()),
+            }),
+            Err(agent_proto::ErrorReply {
+                code: ErrorCode::InvalidCiphertext,
+                message: "item 1 does not authenticate".to_string(),
+            }),
+        ]),
     ];
     let mut frames: Vec<Vec<u8>> = responses
         .into_iter()
@@ -444,7 +550,7 @@ mod tests {
                     .kind()
             })
             .collect();
-        assert_eq!(kinds.len(), 16, "a seed of every response kind: {kinds:?}");
+        assert_eq!(kinds.len(), 18, "a seed of every response kind: {kinds:?}");
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //! indices, chunk insertion, deletion and duplication, and random bytes.
 
 use agent_proto::codec::encode_request;
+use std::collections::BTreeMap;
+
 use agent_proto::{
-    Ciphertext, EncryptionContext, Envelope, KeyType, Request, SecretBytes, SignInput,
+    Ciphertext, EncryptionContext, Envelope, KeySettings, KeyType, Request, RewrapDestination,
+    RotationSetting, SecretBytes, SignInput, UnwrapItem, WrapItem,
 };
 
 use crate::corpus::MAX_FRAME;
@@ -299,13 +302,17 @@ fn random_version(rng: &mut Rng) -> u32 {
 pub fn random_request(rng: &mut Rng, names: &[&str], blobs: &[Vec<u8>]) -> Request {
     let plaintext_len = *rng.pick(&[0, 1, 16, 1000, 64 * 1024, 64 * 1024 + 1, 200_000]);
     // RotateRoot (admin only, a TPM seal each time) is left to its own tests.
-    match rng.below(23) {
+    match rng.below(31) {
         0 => Request::Ping,
         1 => Request::Status,
         2 => Request::CreateKey {
             name: random_name(rng, names),
             key_type: random_key_type(rng),
-            settings: Default::default(),
+            settings: if rng.chance(50) {
+                Default::default()
+            } else {
+                random_settings(rng)
+            },
         },
         3 => Request::Wrap {
             key: random_name(rng, names),
@@ -327,7 +334,10 @@ pub fn random_request(rng: &mut Rng, names: &[&str], blobs: &[Vec<u8>]) -> Reque
             ciphertext: Ciphertext::new(random_ciphertext(rng, blobs)),
             context: random_context(rng),
             key: rng.chance(50).then(|| random_name(rng, names)),
-            destination: None,
+            destination: rng.chance(50).then(|| RewrapDestination {
+                key: rng.chance(70).then(|| random_name(rng, names)),
+                context: rng.chance(50).then(|| random_context(rng)),
+            }),
         },
         7 => Request::Rotate {
             key: random_name(rng, names),
@@ -385,9 +395,146 @@ pub fn random_request(rng: &mut Rng, names: &[&str], blobs: &[Vec<u8>]) -> Reque
         21 => Request::GenerateRandom {
             bytes: *rng.pick(&[0, 1, 32, 1024, 1025, 4096, u16::MAX]),
         },
+        22 => Request::ScheduleDeletion {
+            key: random_name(rng, names),
+            days: *rng.pick(&[0, 1, 6, 7, 30, 31, u16::MAX]),
+        },
+        23 => Request::CancelDeletion {
+            key: random_name(rng, names),
+        },
+        24 => Request::SetRotationPeriod {
+            key: random_name(rng, names),
+            period: rng.chance(80).then(|| random_period(rng)),
+        },
+        25 => Request::UpdateKeyMetadata {
+            key: random_name(rng, names),
+            description: rng.chance(50).then(|| random_description(rng)),
+            set_tags: random_tags(rng),
+            remove_tags: (0..rng.below(4)).map(|_| random_name(rng, names)).collect(),
+        },
+        // Large batches carry small items, so that every one fits a frame.
+        26 => {
+            let len = random_batch_len(rng);
+            Request::WrapBatch {
+                key: random_name(rng, names),
+                items: (0..len)
+                    .map(|_| WrapItem {
+                        plaintext: SecretBytes::new(vec![0x5a; *rng.pick(&[0, 1, 16])]),
+                        context: batch_context(rng, len),
+                    })
+                    .collect(),
+            }
+        }
+        27 => {
+            let len = random_batch_len(rng);
+            Request::UnwrapBatch {
+                key: rng.chance(50).then(|| random_name(rng, names)),
+                items: (0..len)
+                    .map(|_| UnwrapItem {
+                        ciphertext: Ciphertext::new(if len > 10 {
+                            blobs.first().cloned().unwrap_or_default()
+                        } else {
+                            random_ciphertext(rng, blobs)
+                        }),
+                        context: batch_context(rng, len),
+                    })
+                    .collect(),
+            }
+        }
+        // One oversized item: the whole batch is refused before any work.
+        28 => Request::WrapBatch {
+            key: random_name(rng, names),
+            items: vec![WrapItem {
+                plaintext: SecretBytes::new(vec![0x5a; plaintext_len]),
+                context: random_context(rng),
+            }],
+        },
         _ => Request::DescribeKey {
             key: random_name(rng, names),
         },
+    }
+}
+
+/// Rotation periods around the limits: 0, under an hour, an hour, 90
+/// days, past 100 years, the largest.
+fn random_period(rng: &mut Rng) -> u64 {
+    let random = rng.next_u64();
+    *rng.pick(&[
+        0,
+        1,
+        3599,
+        3600,
+        7_776_000,
+        100 * 365 * 86_400 + 1,
+        u64::MAX,
+        random,
+    ])
+}
+
+/// Descriptions around the limit (1024 bytes) and with control characters.
+fn random_description(rng: &mut Rng) -> String {
+    match rng.below(4) {
+        0 => String::new(),
+        1 => "d".repeat(*rng.pick(&[1, 1024, 1025, 10_000])),
+        2 => "line\n\u{1b}[31mred\0".to_string(),
+        _ => (0..rng.below(40))
+            .map(|_| char::from_u32(rng.below(0x3000) as u32).unwrap_or('x'))
+            .collect(),
+    }
+}
+
+/// Tags: none, a few, past the limit of 32, with bad names and long values.
+fn random_tags(rng: &mut Rng) -> BTreeMap<String, String> {
+    let count = *rng.pick(&[0, 1, 3, 32, 33]);
+    (0..count)
+        .map(|i| {
+            let name = match rng.below(4) {
+                0 => "t".repeat(65),
+                1 => format!("bad name {i}"),
+                _ => format!("tag-{i}"),
+            };
+            let value = if rng.chance(10) {
+                "v".repeat(257)
+            } else {
+                format!("value {i}")
+            };
+            (name, value)
+        })
+        .collect()
+}
+
+/// The context of an item of a batch of `len` items: any for a small
+/// batch, the seeds' for a large one.
+fn batch_context(rng: &mut Rng, len: usize) -> EncryptionContext {
+    if len > 10 {
+        crate::corpus::seed_context()
+    } else {
+        random_context(rng)
+    }
+}
+
+/// Batch sizes: empty, small, at the limit and past it.
+fn random_batch_len(rng: &mut Rng) -> usize {
+    *rng.pick(&[
+        0,
+        1,
+        2,
+        10,
+        agent_proto::MAX_BATCH_ITEMS,
+        agent_proto::MAX_BATCH_ITEMS + 1,
+    ])
+}
+
+/// Settings of a new key with hostile values.
+fn random_settings(rng: &mut Rng) -> KeySettings {
+    KeySettings {
+        rotation: match rng.below(3) {
+            0 => RotationSetting::DaemonDefault,
+            1 => RotationSetting::Off,
+            _ => RotationSetting::Every(random_period(rng)),
+        },
+        description: random_description(rng),
+        tags: random_tags(rng),
     }
 }
 

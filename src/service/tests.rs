@@ -1058,7 +1058,8 @@ async fn an_admin_group_member_may_do_everything() {
 
 /// A peer without a grant on the key a ciphertext names learns nothing:
 /// not the name, not whether the key exists, not whether the key it
-/// expects is the right one.
+/// expects is the right one. Expecting a key it holds no grant on is
+/// refused for that name alone, before the ciphertext is read.
 #[tokio::test]
 async fn without_a_grant_every_ciphertext_gets_one_and_the_same_refusal() {
     let fixture = Fixture::with_app_grant(&["wrap", "unwrap", "rewrap"]);
@@ -1081,17 +1082,28 @@ async fn without_a_grant_every_ciphertext_gets_one_and_the_same_refusal() {
         let one = denied_ciphertext(APP, op);
         for (ciphertext, expect) in [
             (&other, None),
-            (&other, Some("secret-k")),
             (&other, Some("app-k")),
             (&unknown, None),
             (&unknown, Some("app-k")),
-            (&unknown, Some("nope")),
         ] {
             assert_eq!(
                 fixture.call(&app, request(ciphertext, &ctx, expect)).await,
                 one,
                 "{op} {expect:?}"
             );
+        }
+        // An expected key no grant of the peer covers: the same refusal
+        // whether it exists, and whatever the ciphertext.
+        for ciphertext in [&granted, &other, &unknown] {
+            for expect in ["secret-k", "nope"] {
+                assert_eq!(
+                    fixture
+                        .call(&app, request(ciphertext, &ctx, Some(expect)))
+                        .await,
+                    denied(APP, op, expect),
+                    "{op} {expect:?}"
+                );
+            }
         }
         let none = denied_ciphertext(STRANGER, op);
         for ciphertext in [&granted, &other, &unknown] {
@@ -1170,12 +1182,21 @@ async fn every_damaged_ciphertext_and_wrong_context_is_invalid() {
             "{wrong:?}"
         );
     }
-    // The right ciphertext, but the peer expects another key (one it holds
-    // a grant on, one it does not, one that does not exist).
-    for expect in ["app-other", "secret", "nope"] {
+    // The right ciphertext, but the peer expects another key it holds a
+    // grant on (one that exists, one that does not).
+    for expect in ["app-other", "app-nope"] {
         assert_eq!(
             ask(blob.clone(), ctx.clone(), Some(expect)).await,
             invalid(),
+            "{expect}"
+        );
+    }
+    // A key no grant of the peer covers: refused for the name, whether
+    // it exists or not.
+    for expect in ["secret", "nope"] {
+        assert_eq!(
+            ask(blob.clone(), ctx.clone(), Some(expect)).await,
+            denied(APP, "unwrap", expect),
             "{expect}"
         );
     }
@@ -1940,4 +1961,34 @@ async fn sign_verify_mac_and_random_events_name_key_version_and_validity_never_t
         assert!(!text.contains(&format!("{:?}", &bytes[..8])), "{text}");
         assert!(!text.contains(&format!("{:02x}{:02x}{:02x}", bytes[0], bytes[1], bytes[2])));
     }
+}
+
+/// The spec's "Repeated state changes": on a live key, a change to the
+/// state it is in succeeds and changes nothing; on a revoked key, every
+/// change is `KeyRevoked`, a repeated whole-key revoke included.
+#[tokio::test]
+async fn repeated_state_changes_succeed_unchanged_on_a_live_key_and_are_refused_on_a_revoked_one() {
+    let fixture = Fixture::new(&[], LIMITS);
+    let root = admin();
+    fixture.create("k").await;
+    key_info(fixture.call(&root, rotate("k")).await);
+    key_info(fixture.call(&root, revoke("k", Some(1))).await);
+    let before = key_info(fixture.call(&root, describe("k")).await);
+    let again = key_info(fixture.call(&root, revoke("k", Some(1))).await);
+    assert_eq!(again, before, "revoking a revoked version again");
+    assert_eq!(again.latest_version, 2, "no new version");
+    let enabled = key_info(fixture.call(&root, enable("k")).await);
+    assert_eq!(enabled, before, "enabling an enabled key");
+    let disabled = key_info(fixture.call(&root, disable("k")).await);
+    assert_eq!(disabled.state, KeyState::Disabled);
+    assert_eq!(
+        key_info(fixture.call(&root, disable("k")).await),
+        disabled,
+        "disabling a disabled key"
+    );
+    key_info(fixture.call(&root, revoke("k", None)).await);
+    assert_eq!(
+        fixture.call(&root, revoke("k", None)).await,
+        refusal(ErrorCode::KeyRevoked, "key \"k\" is revoked")
+    );
 }

@@ -375,11 +375,12 @@ fn a_peer_without_a_grant_learns_neither_the_name_nor_the_existence_of_a_key() {
     let run = |args: &[&str], stdin: &str| cli_as(NOBODY, &s.daemon.socket, args, stdin.as_bytes());
 
     // An existing key it has no grant on, a key that does not exist, with
-    // and without a guessed --key, by unwrap and by rewrap: one answer.
+    // and without a guessed --key it holds a grant on, by unwrap and by
+    // rewrap: one answer.
     let mut answers = Vec::new();
     for op in ["unwrap", "rewrap"] {
         for ciphertext in [&s.secret, &unknown] {
-            for guess in [None, Some("secret"), Some("app-db"), Some("nope")] {
+            for guess in [None, Some("app-db")] {
                 let mut args = vec![op, "--context", "svc=db"];
                 if let Some(guess) = guess {
                     args.extend(["--key", guess]);
@@ -408,6 +409,26 @@ fn a_peer_without_a_grant_learns_neither_the_name_nor_the_existence_of_a_key() {
                 "hostkms: permission denied: uid {NOBODY} holds no grant to {op} with the key this ciphertext names, or the ciphertext names no key of this host (damaged, or made on another host); if it is this host's, an admin can grant access in the config's [[grant]] tables\n"
             )
         );
+    }
+
+    // A guessed --key no grant of the peer covers is refused for that name
+    // alone, the same words whether a key of that name exists or not, and
+    // whatever the ciphertext.
+    for op in ["unwrap", "rewrap"] {
+        for ciphertext in [&s.secret, &unknown, &s.app_db] {
+            for guess in ["secret", "nope"] {
+                let out = run(&[op, "--context", "svc=db", "--key", guess], ciphertext);
+                assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+                assert_eq!(
+                    text(&out.stderr),
+                    format!(
+                        "hostkms: permission denied: uid {NOBODY} may not {op} with key \"{guess}\"\n"
+                    ),
+                    "{op} --key {guess}"
+                );
+                assert!(out.stdout.is_empty());
+            }
+        }
     }
 
     // Its own key still unwraps, and a wrong --key on it is named precisely.

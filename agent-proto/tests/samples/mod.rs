@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 
 use agent_proto::{
     Ciphertext, DataKey, EncryptionContext, ErrorCode, ErrorReply, ExportedFile, KeyInfo, KeyPage,
-    KeyState, KeyType, MacTag, Operation, PublicKeyInfo, RecoveryStatus, Request, Response,
-    RollbackStatus, RootRotation, SecretBytes, SignInput, Signature, StatusInfo, TransportKeyInfo,
-    Unwrapped, Verification, VersionInfo, VersionState, Wrapped,
+    KeySettings, KeyState, KeyType, MacTag, Operation, PublicKeyInfo, RecoveryStatus, Request,
+    Response, RewrapDestination, RollbackStatus, RootRotation, RotationSetting, SecretBytes,
+    SignInput, Signature, StatusInfo, TransportKeyInfo, UnwrapItem, Unwrapped, Verification,
+    VersionInfo, VersionState, WrapItem, Wrapped,
 };
 
 pub fn context() -> EncryptionContext {
@@ -107,10 +108,96 @@ pub fn requests() -> Vec<Request> {
             version: Some(2),
         },
         Request::GenerateRandom { bytes: 32 },
+        Request::ScheduleDeletion {
+            key: "app-db".to_string(),
+            days: 30,
+        },
+        Request::CancelDeletion {
+            key: "app-db".to_string(),
+        },
+        Request::SetRotationPeriod {
+            key: "app-db".to_string(),
+            period: Some(90 * 86_400),
+        },
+        Request::UpdateKeyMetadata {
+            key: "app-db".to_string(),
+            description: Some("the orders database".to_string()),
+            set_tags: BTreeMap::from([("team".to_string(), "payments".to_string())]),
+            remove_tags: vec!["old".to_string()],
+        },
+        Request::WrapBatch {
+            key: "app-db".to_string(),
+            items: vec![
+                WrapItem {
+                    plaintext: SecretBytes::from(&b"one"[..]),
+                    context: context(),
+                },
+                WrapItem {
+                    plaintext: SecretBytes::from(&b"two"[..]),
+                    context: EncryptionContext::new(),
+                },
+            ],
+        },
+        Request::UnwrapBatch {
+            key: Some("app-db".to_string()),
+            items: vec![UnwrapItem {
+                ciphertext: Ciphertext::from(&b"HKMS\x01opaque"[..]),
+                context: context(),
+            }],
+        },
     ];
     let ops: Vec<Operation> = requests.iter().map(Request::operation).collect();
     assert_eq!(ops, Operation::ALL, "a sample is missing for some request");
+    assert_eq!(requests.len(), 30, "30 request kinds in protocol version 5");
     requests
+}
+
+/// The forms of version-5 requests that version 4 has too but cannot
+/// carry with these fields: a `CreateKey` with settings and a `Rewrap`
+/// with a destination.
+pub fn v5_forms() -> Vec<Request> {
+    vec![
+        Request::CreateKey {
+            name: "app-db".to_string(),
+            key_type: KeyType::Aes256Gcm,
+            settings: KeySettings {
+                rotation: RotationSetting::Every(90 * 86_400),
+                description: "orders".to_string(),
+                tags: BTreeMap::from([("team".to_string(), "payments".to_string())]),
+            },
+        },
+        Request::CreateKey {
+            name: "app-db".to_string(),
+            key_type: KeyType::Aes256Gcm,
+            settings: KeySettings {
+                rotation: RotationSetting::Off,
+                ..Default::default()
+            },
+        },
+        Request::Rewrap {
+            ciphertext: Ciphertext::from(&b"HKMS\x01opaque"[..]),
+            context: context(),
+            key: None,
+            destination: Some(RewrapDestination {
+                key: Some("app-other".to_string()),
+                context: None,
+            }),
+        },
+        Request::Rewrap {
+            ciphertext: Ciphertext::from(&b"HKMS\x01opaque"[..]),
+            context: context(),
+            key: Some("app-db".to_string()),
+            destination: Some(RewrapDestination {
+                key: None,
+                context: Some(EncryptionContext::new()),
+            }),
+        },
+    ]
+}
+
+/// The operations appended in version 5.
+pub fn appended_in_v5(op: Operation) -> bool {
+    op >= Operation::ScheduleDeletion
 }
 
 fn key_info() -> KeyInfo {
