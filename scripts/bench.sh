@@ -10,12 +10,17 @@
 #   BENCH_RUNS="unwrap:16 ..."   operation[/key type]:connections, e.g.
 #                                sign/ml-dsa-65:16 (hostkms bench --type)
 #   BENCH_NICE="0 -10"           daemon nice values to run with
+#   BENCH_BATCH=100              also measure wrap-batch/unwrap-batch of this
+#                                many items for the wrap and unwrap runs
+#                                (hostkms bench --batch), as a ratio to the
+#                                single requests of the same run
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 duration=${BENCH_DURATION:-10}
 runs=${BENCH_RUNS:-"unwrap:16 unwrap:1 wrap:16 datakey:16 unwrap:64 sign/ed25519:16 sign/ecdsa-p256:16 sign/ml-dsa-65:16 verify/ed25519:16 verify/ecdsa-p256:16 verify/ml-dsa-65:16 mac/hmac-sha256:16"}
 nices=${BENCH_NICE:-"0 -10"}
+batch=${BENCH_BATCH:-}
 work=$(mktemp -d /tmp/hostkms-bench.XXXXXX)
 chmod 700 "$work"
 
@@ -67,6 +72,9 @@ for nice in $nices; do
         if [[ $op == */* ]]; then
             type_args=(--type "${op#*/}")
             op=${op%%/*}
+        fi
+        if [[ -n $batch && ( $op == wrap || $op == unwrap ) ]]; then
+            type_args+=(--batch "$batch")
         fi
         echo -n "{\"daemon_nice\":$nice,"
         $hostkms --json bench --op "$op" "${type_args[@]}" --connections "$connections" --duration "$duration" --size 32 | sed 's/^{//'

@@ -223,6 +223,33 @@ pub struct Subject {
     key: Option<String>,
     version: Option<u32>,
     verified: Option<bool>,
+    batch: Option<Vec<BatchItem>>,
+    destination: Option<(String, Option<u32>)>,
+}
+
+/// One item of a `WrapBatch` or `UnwrapBatch` as the audit records it: the
+/// key and version it used (the real ones, even when the peer was refused
+/// and may not learn them) and its result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchItem {
+    /// The key's name (escaped when invalid), when the item named or reached one.
+    pub key: Option<String>,
+    /// The key version used, when known.
+    pub version: Option<u32>,
+    /// The item's error code; `None` when it succeeded.
+    pub result: Option<ErrorCode>,
+}
+
+impl BatchItem {
+    /// The item as the audit records it: the key and version `subject`
+    /// learned while deciding it, and its result.
+    pub fn of(subject: &Subject, result: Option<ErrorCode>) -> BatchItem {
+        BatchItem {
+            key: subject.key.clone(),
+            version: subject.version,
+            result,
+        }
+    }
 }
 
 impl Subject {
@@ -260,6 +287,89 @@ impl Subject {
     pub fn verified(&self) -> Option<bool> {
         self.verified
     }
+
+    /// Records every item of a batch, in the request's order.
+    pub fn set_batch(&mut self, items: Vec<BatchItem>) {
+        self.batch = Some(items);
+    }
+
+    /// The items of a batch; `None` for any other request.
+    pub fn batch(&self) -> Option<&[BatchItem]> {
+        self.batch.as_deref()
+    }
+
+    /// Records the destination key of a `Rewrap` with a destination, and
+    /// the version it encrypted under once it did (the source is
+    /// [`Subject::key`] and [`Subject::version`]).
+    pub fn set_destination(&mut self, key: &str, version: Option<u32>) {
+        let mut named = Subject::default();
+        named.set_key(key);
+        self.destination = named.key.map(|key| (key, version));
+    }
+
+    /// The destination key and version of a `Rewrap` with a destination.
+    pub fn destination(&self) -> Option<(&str, Option<u32>)> {
+        self.destination
+            .as_ref()
+            .map(|(key, version)| (key.as_str(), *version))
+    }
+
+    /// The result flood coalescing counts this request as: its own `code`,
+    /// except for a batch answered item by item, which counts as a success
+    /// (never coalesced) when any item succeeded and otherwise as its first
+    /// item's refusal.
+    pub fn flood_code(&self, code: Option<ErrorCode>) -> Option<ErrorCode> {
+        match (&self.batch, code) {
+            (Some(items), None) if !items.is_empty() => {
+                if items.iter().any(|item| item.result.is_none()) {
+                    None
+                } else {
+                    items.first().and_then(|item| item.result)
+                }
+            }
+            _ => code,
+        }
+    }
+}
+
+/// `HOSTKMS_BATCH_RESULTS`: every item of a batch as
+/// `index:key:version:result`, separated by spaces; `-` for a key or
+/// version the item never reached, `ok` or the error's kebab-case name.
+pub fn batch_results(items: &[BatchItem]) -> String {
+    let mut out = String::with_capacity(items.len() * 24);
+    for (index, item) in items.iter().enumerate() {
+        use std::fmt::Write as _;
+        if index > 0 {
+            out.push(' ');
+        }
+        let version = item
+            .version
+            .map_or_else(|| "-".to_string(), |v| v.to_string());
+        let result = item.result.map_or_else(|| "ok".to_string(), error_name);
+        let key = item
+            .key
+            .as_deref()
+            .map_or_else(|| "-".to_string(), result_key);
+        let _ = write!(out, "{index}:{key}:{version}:{result}");
+    }
+    out
+}
+
+/// A key name as `HOSTKMS_BATCH_RESULTS` carries it: a valid name as it
+/// is; anything else (a name a peer sent, already escaped) with every byte
+/// outside `[A-Za-z0-9._-]` percent-encoded, so no name can add a space or
+/// a colon to the list.
+fn result_key(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for byte in name.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-') {
+            out.push(char::from(byte));
+        } else {
+            use std::fmt::Write as _;
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+    out
 }
 
 /// The kebab-case name of an error code: the value of `HOSTKMS_ERROR`.
@@ -293,10 +403,26 @@ pub fn request(
     let user_unit = peer.user_unit.as_deref();
     let unit_unknown = peer.unit_unknown.map(crate::peer::UnitUnknown::as_str);
     let pid = peer.pid;
+    let destination = subject.destination();
     let target = match (key, version) {
         (Some(key), Some(v)) => format!(" {key} v{v}"),
         (Some(key), None) => format!(" {key}"),
         _ => String::new(),
+    };
+    let target = match destination {
+        Some((to, Some(v))) => format!("{target} to {to} v{v}"),
+        Some((to, None)) => format!("{target} to {to}"),
+        None => target,
+    };
+    let (destination_key, destination_version) = destination.unzip();
+    let destination_version = destination_version.flatten();
+    let batch = subject.batch();
+    let batch_items = batch.map(<[BatchItem]>::len);
+    let batch_ok = batch.map(|items| items.iter().filter(|item| item.result.is_none()).count());
+    let batch_results = batch.map(batch_results);
+    let checked = match (batch_items, batch_ok) {
+        (Some(items), Some(ok)) => format!(" ({ok} of {items} items ok)"),
+        _ => checked,
     };
     let by = match (unit, user_unit) {
         (Some(unit), Some(user_unit)) => {
@@ -318,6 +444,11 @@ pub fn request(
                 HOSTKMS_ERROR = error.as_deref(),
                 HOSTKMS_ANSWER_ERROR = answer_error.as_deref(),
                 HOSTKMS_VERIFIED = verified,
+                HOSTKMS_DESTINATION_KEY = destination_key,
+                HOSTKMS_DESTINATION_KEY_VERSION = destination_version,
+                HOSTKMS_BATCH_ITEMS = batch_items,
+                HOSTKMS_BATCH_OK = batch_ok,
+                HOSTKMS_BATCH_RESULTS = batch_results.as_deref(),
                 HOSTKMS_PEER_UID = peer.uid,
                 HOSTKMS_PEER_PID = pid,
                 HOSTKMS_PEER_UNIT = unit,
@@ -861,6 +992,52 @@ pub fn recovery_escrowed(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn item(key: Option<&str>, version: Option<u32>, result: Option<ErrorCode>) -> BatchItem {
+        BatchItem {
+            key: key.map(str::to_string),
+            version,
+            result,
+        }
+    }
+
+    #[test]
+    fn batch_results_list_every_item_and_no_name_can_break_the_list() {
+        let mut odd = Subject::default();
+        odd.set_key("a b:c");
+        let items = [
+            item(Some("orders"), Some(3), None),
+            item(None, None, Some(ErrorCode::InvalidCiphertext)),
+            BatchItem::of(&odd, Some(ErrorCode::KeyNotFound)),
+        ];
+        assert_eq!(
+            batch_results(&items),
+            "0:orders:3:ok 1:-:-:invalid-ciphertext 2:%22a%20b%3Ac%22:-:key-not-found"
+        );
+    }
+
+    #[test]
+    fn a_batch_with_a_success_counts_as_one_for_flood_coalescing() {
+        let denied = Some(ErrorCode::PermissionDenied);
+        let mut subject = Subject::default();
+        assert_eq!(subject.flood_code(denied), denied, "not a batch");
+        subject.set_batch(vec![item(None, None, denied), item(None, None, None)]);
+        assert_eq!(subject.flood_code(None), None);
+        subject.set_batch(vec![
+            item(None, None, denied),
+            item(None, None, Some(ErrorCode::InvalidCiphertext)),
+        ]);
+        assert_eq!(
+            subject.flood_code(None),
+            denied,
+            "no success: its first refusal"
+        );
+        assert_eq!(
+            subject.flood_code(Some(ErrorCode::InvalidArgument)),
+            Some(ErrorCode::InvalidArgument),
+            "a batch refused as a whole"
+        );
+    }
 
     #[test]
     fn a_valid_key_name_is_logged_as_it_is_and_any_other_escaped_and_cut() {

@@ -174,14 +174,22 @@ impl Monitor {
     pub fn record(&self, uid: u32, op: Operation, code: Option<ErrorCode>) -> Option<PeerAlert> {
         let result = RequestResult::of(code);
         self.requests[op_index(op)][result as usize].fetch_add(1, Ordering::Relaxed);
+        self.note_refusal(uid, code?)
+    }
+
+    /// Notes one refusal of `uid` towards the repeated-refusal alerts
+    /// without counting a request: an item of a batch, refused in its slot,
+    /// counts like a refused request (a peer must not probe keys 1,000 at a
+    /// time below the alert). Returns the alert it completes, if any.
+    pub fn note_refusal(&self, uid: u32, code: ErrorCode) -> Option<PeerAlert> {
         let thresholds = self.thresholds();
         let (kind, windows, threshold) = match code {
-            Some(ErrorCode::PermissionDenied) => (
+            ErrorCode::PermissionDenied => (
                 AlertKind::RepeatedDenials,
                 &self.denials,
                 thresholds.denials,
             ),
-            Some(ErrorCode::InvalidCiphertext) => (
+            ErrorCode::InvalidCiphertext => (
                 AlertKind::RepeatedInvalidCiphertexts,
                 &self.invalid_ciphertexts,
                 thresholds.invalid_ciphertexts,

@@ -33,10 +33,13 @@ use crate::rootkey::{RootKeyError, RootSealer};
 use crate::transfer::{Peers, TransportKey};
 
 mod access;
+mod batch;
 #[cfg(test)]
 mod encrypt_limit_tests;
 mod health;
 mod lifecycle;
+mod metadata;
+mod rewrap;
 mod signing;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
@@ -62,6 +65,9 @@ pub struct ServiceLimits {
     pub max_plaintext: usize,
     /// Encryptions after which a key version is replaced by a new one.
     pub rotate_after: u64,
+    /// The server's frame limit (`max_frame`): a batch whose answer could
+    /// exceed it is refused as a whole before any work.
+    pub max_frame: u32,
 }
 
 /// A refused request: the code and message the client receives.
@@ -186,6 +192,7 @@ impl PendingAudit {
                     | Operation::Disable
                     | Operation::Enable
                     | Operation::MinDecryptionVersion
+                    | Operation::UpdateMetadata
                     | Operation::Import
                     | Operation::RotateRoot
                     | Operation::ScheduleDeletion
@@ -380,8 +387,9 @@ impl Service {
             }
         }
         // A refusal, or a request that needs no grant, may only be counted
-        // in a later summary: see monitor::flood.
-        let logged = Limited::of(op, code).is_none_or(|kind| {
+        // in a later summary: see monitor::flood. A batch with a success
+        // never is.
+        let logged = Limited::of(op, subject.flood_code(code)).is_none_or(|kind| {
             let admission = self.monitor.admit(peer.uid, kind);
             audit::summarized(&admission.closed);
             admission.log
@@ -392,6 +400,7 @@ impl Service {
         if let Some(alert) = self.monitor.record(peer.uid, op, code) {
             audit::peer_alert(&alert);
         }
+        self.raise_batch_item_alerts(peer, op, &subject);
     }
 
     /// Audits a frame from `peer` the server refused before it became a
@@ -474,8 +483,18 @@ impl Service {
                 key,
                 destination,
             } => {
-                if destination.is_some() {
-                    return Err(not_yet(op));
+                if let Some(destination) = destination {
+                    return self
+                        .rewrap_to(
+                            peer,
+                            &ciphertext,
+                            &context,
+                            key.as_deref(),
+                            destination,
+                            subject,
+                        )
+                        .await
+                        .map(Response::Wrapped);
                 }
                 let decrypted =
                     self.decrypt(peer, op, &ciphertext, &context, key.as_deref(), subject)?;
@@ -564,9 +583,24 @@ impl Service {
             Request::SetRotationPeriod { key, period } => {
                 self.set_rotation_period(peer, key, period, subject).await
             }
-            Request::UpdateKeyMetadata { .. }
-            | Request::WrapBatch { .. }
-            | Request::UnwrapBatch { .. } => Err(not_yet(op)),
+            Request::UpdateKeyMetadata {
+                key,
+                description,
+                set_tags,
+                remove_tags,
+            } => {
+                let update = metadata::MetadataUpdate {
+                    description,
+                    set_tags,
+                    remove_tags,
+                };
+                self.update_metadata(peer, key, update, subject).await
+            }
+            Request::WrapBatch { key, items } => self.wrap_batch(peer, &key, items, subject).await,
+            Request::UnwrapBatch { key, items } => {
+                self.unwrap_batch(peer, key.as_deref(), items, subject)
+                    .await
+            }
             Request::RotateRoot => {
                 let rotation = self.rotate_root(peer).await?;
                 Ok(Response::RootRotated(agent_proto::RootRotation {
@@ -1036,12 +1070,3 @@ mod rotate_root_tests;
 mod signing_tests;
 #[cfg(test)]
 mod tests;
-
-/// The refusal of a protocol-5 request whose handler is being built
-/// (issue 12); removed when the last one lands.
-fn not_yet(op: Operation) -> Refusal {
-    Refusal::new(
-        ErrorCode::NotImplemented,
-        format!("{op} (or this form of it) is not implemented by this daemon yet"),
-    )
-}

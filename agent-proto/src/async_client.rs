@@ -16,10 +16,10 @@ use crate::client::{
 use crate::codec::{self, DEFAULT_MAX_FRAME};
 use crate::error::{ErrorCode, FrameError};
 use crate::message::{
-    DataKey, EncryptionContext, Envelope, ExportedFile, KeyInfo, KeyPage, KeySettings, KeyType,
-    MacTag, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, PublicKeyInfo, Request, Response,
-    RootRotation, SignInput, Signature, StatusInfo, TransportKeyInfo, Unwrapped, Verification,
-    Wrapped,
+    DataKey, EncryptionContext, Envelope, ErrorReply, ExportedFile, KeyInfo, KeyPage, KeySettings,
+    KeyType, MacTag, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, PublicKeyInfo, Request, Response,
+    RewrapDestination, RootRotation, SignInput, Signature, StatusInfo, TransportKeyInfo,
+    UnwrapItem, Unwrapped, Verification, WrapItem, Wrapped,
 };
 
 /// An async connection to hostkmsd.

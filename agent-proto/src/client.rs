@@ -13,10 +13,10 @@ use crate::error::{
     BINCODE_UNKNOWN_VARIANT, DecodeError, EncodeError, ErrorCode, FrameError, UNKNOWN_REQUEST,
 };
 use crate::message::{
-    DataKey, EncryptionContext, Envelope, ExportedFile, KeyInfo, KeyPage, KeySettings, KeyType,
-    MacTag, OLDEST_PROTOCOL_VERSION, Operation, PROTOCOL_VERSION, PublicKeyInfo, Request, Response,
-    RootRotation, SignInput, Signature, StatusInfo, TransportKeyInfo, Unwrapped, Verification,
-    Wrapped,
+    DataKey, EncryptionContext, Envelope, ErrorReply, ExportedFile, KeyInfo, KeyPage, KeySettings,
+    KeyType, MacTag, OLDEST_PROTOCOL_VERSION, Operation, PROTOCOL_VERSION, PublicKeyInfo, Request,
+    Response, RewrapDestination, RootRotation, SignInput, Signature, StatusInfo, TransportKeyInfo,
+    UnwrapItem, Unwrapped, Verification, WrapItem, Wrapped,
 };
 
 /// Keys a page that [`Client::list_keys`] asks for.
@@ -369,6 +369,116 @@ macro_rules! typed_operations {
             context: context.clone(),
             key: key.map(str::to_string),
             destination: None,
+        })$($await)*?)
+    }
+
+    /// Re-encrypts `ciphertext` (made under `context`; of `key` when given)
+    /// under `to_key` (`None`: its own key's latest version) with
+    /// `to_context` (`None`: the same context), inside the daemon: the
+    /// plaintext never reaches this process. Needs protocol version 5.
+    ///
+    /// # Errors
+    ///
+    /// `PermissionDenied` unless the peer holds `unwrap` on the source key
+    /// and `wrap` on the destination key, `WrongKeyType` for a destination
+    /// that does not encrypt, the refusals of [`Self::unwrap`] for the
+    /// source and of [`Self::wrap`] for the destination, and the connection
+    /// errors of [`Client::call`](crate::Client::call) (`MayHaveExecuted`,
+    /// `TimedOut`, `Connect`).
+    pub $($async)* fn rewrap_to(
+        &mut self,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+        key: Option<&str>,
+        to_key: Option<&str>,
+        to_context: Option<&EncryptionContext>,
+    ) -> Result<Wrapped, ClientError> {
+        expect::wrapped(self.call(Request::Rewrap {
+            ciphertext: Ciphertext::from(ciphertext),
+            context: context.clone(),
+            key: key.map(str::to_string),
+            destination: Some(RewrapDestination {
+                key: to_key.map(str::to_string),
+                context: to_context.cloned(),
+            }),
+        })$($await)*?)
+    }
+
+    /// Encrypts every item under the latest version of `key`, in one
+    /// request of at most [`MAX_BATCH_ITEMS`](crate::MAX_BATCH_ITEMS) items.
+    /// Each item gets its own result, in order, with the error a single
+    /// [`Self::wrap`] of it would get. Needs protocol version 5.
+    ///
+    /// # Errors
+    ///
+    /// For the whole request: `PermissionDenied` without the `wrap` grant on
+    /// `key`, `InvalidArgument` for no items, more than 1,000, or an answer
+    /// that could exceed the daemon's frame limit (nothing was done: split
+    /// the batch), and the connection errors of
+    /// [`Client::call`](crate::Client::call) (`MayHaveExecuted`, `TimedOut`,
+    /// `Connect`). Per item: the refusals of [`Self::wrap`].
+    pub $($async)* fn wrap_batch(
+        &mut self,
+        key: &str,
+        items: Vec<WrapItem>,
+    ) -> Result<Vec<Result<Wrapped, ErrorReply>>, ClientError> {
+        expect::wrapped_batch(self.call(Request::WrapBatch {
+            key: key.to_string(),
+            items,
+        })$($await)*?)
+    }
+
+    /// Decrypts every item (each under the key its ciphertext names; with
+    /// `key`, each must belong to it), in one request of at most
+    /// [`MAX_BATCH_ITEMS`](crate::MAX_BATCH_ITEMS) items. Each item gets its
+    /// own result, in order, with the error a single [`Self::unwrap`] of it
+    /// would get. Needs protocol version 5.
+    ///
+    /// # Errors
+    ///
+    /// For the whole request: `InvalidArgument` for no items, more than
+    /// 1,000, or an answer that could exceed the daemon's frame limit
+    /// (nothing was done: split the batch), and the connection errors of
+    /// [`Client::call`](crate::Client::call) (`MayHaveExecuted`, `TimedOut`,
+    /// `Connect`). Per item: the refusals of [`Self::unwrap`], among them
+    /// `PermissionDenied` without the `unwrap` grant on the item's key.
+    pub $($async)* fn unwrap_batch(
+        &mut self,
+        key: Option<&str>,
+        items: Vec<UnwrapItem>,
+    ) -> Result<Vec<Result<Unwrapped, ErrorReply>>, ClientError> {
+        expect::unwrapped_batch(self.call(Request::UnwrapBatch {
+            key: key.map(str::to_string),
+            items,
+        })$($await)*?)
+    }
+
+    /// Changes `key`'s description (`None`: kept; `Some("")`: cleared),
+    /// sets or replaces `set_tags` and removes `remove_tags` (an absent one
+    /// is no error). Needs the `set-metadata` grant and protocol version 5.
+    ///
+    /// # Errors
+    ///
+    /// `KeyNotFound`, `PermissionDenied`, `InvalidArgument` for a
+    /// description or tags over their limits (at most
+    /// [`MAX_DESCRIPTION_BYTES`](crate::MAX_DESCRIPTION_BYTES) bytes and
+    /// [`MAX_TAGS`](crate::MAX_TAGS) tags, names `[A-Za-z0-9._-]{1,64}`,
+    /// values at most 256 bytes, no control characters; the message names
+    /// the limit),
+    /// and the connection errors of [`Client::call`](crate::Client::call)
+    /// (`MayHaveExecuted`, `TimedOut`, `Connect`).
+    pub $($async)* fn update_key_metadata(
+        &mut self,
+        key: &str,
+        description: Option<&str>,
+        set_tags: &std::collections::BTreeMap<String, String>,
+        remove_tags: &[String],
+    ) -> Result<KeyInfo, ClientError> {
+        expect::key(self.call(Request::UpdateKeyMetadata {
+            key: key.to_string(),
+            description: description.map(str::to_string),
+            set_tags: set_tags.clone(),
+            remove_tags: remove_tags.to_vec(),
         })$($await)*?)
     }
 
@@ -1468,8 +1578,8 @@ pub(crate) mod expect {
     use super::ClientError;
     use crate::bytes::SecretBytes;
     use crate::message::{
-        DataKey, ExportedFile, KeyInfo, KeyPage, MacTag, PublicKeyInfo, Response, RootRotation,
-        Signature, StatusInfo, TransportKeyInfo, Unwrapped, Verification, Wrapped,
+        DataKey, ErrorReply, ExportedFile, KeyInfo, KeyPage, MacTag, PublicKeyInfo, Response,
+        RootRotation, Signature, StatusInfo, TransportKeyInfo, Unwrapped, Verification, Wrapped,
     };
 
     fn unexpected(expected: &'static str, got: &Response) -> ClientError {
@@ -1518,6 +1628,24 @@ pub(crate) mod expect {
         match response {
             Response::Unwrapped(unwrapped) => Ok(unwrapped),
             other => Err(unexpected("Unwrapped", &other)),
+        }
+    }
+
+    pub fn wrapped_batch(
+        response: Response,
+    ) -> Result<Vec<Result<Wrapped, ErrorReply>>, ClientError> {
+        match response {
+            Response::WrappedBatch(items) => Ok(items),
+            other => Err(unexpected("WrappedBatch", &other)),
+        }
+    }
+
+    pub fn unwrapped_batch(
+        response: Response,
+    ) -> Result<Vec<Result<Unwrapped, ErrorReply>>, ClientError> {
+        match response {
+            Response::UnwrappedBatch(items) => Ok(items),
+            other => Err(unexpected("UnwrappedBatch", &other)),
         }
     }
 

@@ -86,10 +86,21 @@ pub enum Command {
         /// Default: the daemon's [keys] rotation_period (off unless set).
         #[arg(long, value_name = "PERIOD", value_parser = parse_period_arg)]
         rotation_period: Option<PeriodArg>,
+        /// Its description and tags.
+        #[command(flatten)]
+        metadata: NewMetadataArgs,
     },
-    /// List the keys you may see.
+    /// List the keys you may see, with their description and tags.
     #[command(after_long_help = crate::json_docs::LIST)]
-    List,
+    List {
+        /// Show only keys with this tag; repeat to require several (all
+        /// must match).
+        #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
+    },
+    /// Change a key's description and tags (needs the "set-metadata" grant).
+    #[command(after_long_help = crate::json_docs::KEY)]
+    SetMetadata(SetMetadataArgs),
     /// Show a key's metadata and versions.
     #[command(after_long_help = crate::json_docs::KEY)]
     Describe {
@@ -175,10 +186,17 @@ pub enum Command {
     /// Generate a fresh data key, in clear and wrapped under a key.
     #[command(after_long_help = crate::json_docs::DATA_KEY)]
     Datakey(DatakeyArgs),
-    /// Re-encrypt a ciphertext under its key's latest version, without
-    /// revealing the plaintext.
+    /// Re-encrypt a ciphertext under its key's latest version, or under
+    /// another key or with another context (--to-key, --to-context),
+    /// without the plaintext leaving the daemon.
     #[command(after_long_help = crate::json_docs::WRAPPED)]
     Rewrap(RewrapArgs),
+    /// Tell which key, key id and version a ciphertext (base64 or raw,
+    /// from --in or standard input) belongs to, without decrypting it: the
+    /// header is not secret. The key's name is shown only when you may
+    /// see the key in `list`.
+    #[command(after_long_help = crate::json_docs::INSPECT)]
+    Inspect(InspectArgs),
     /// Compute an HMAC tag of data (from --in or standard input) under an
     /// HMAC key's latest version: base64 out, raw with --binary.
     #[command(after_long_help = crate::json_docs::MAC)]
@@ -364,15 +382,146 @@ pub struct RewrapArgs {
     /// Refuse the ciphertext unless it belongs to this key.
     #[arg(long = "key", value_name = "NAME")]
     pub key: Option<String>,
-    /// The encryption context the ciphertext was wrapped with (kept).
+    /// The encryption context the ciphertext was wrapped with (kept unless
+    /// --to-context or --to-empty-context is given).
     #[command(flatten)]
     pub context: ContextArgs,
+    /// Encrypt under this key's latest version instead (an aes256-gcm key;
+    /// needs the "unwrap" grant on the source key and "wrap" on this one).
+    #[arg(long = "to-key", value_name = "NAME")]
+    pub to_key: Option<String>,
+    /// A KEY=VALUE pair of the new ciphertext's encryption context, instead
+    /// of the source's; repeat for more pairs (needs the "unwrap" grant on
+    /// the source key and "wrap" on the destination key).
+    #[arg(long = "to-context", value_name = "KEY=VALUE", value_parser = parse_context_pair)]
+    pub to_context: Vec<(String, String)>,
+    /// Give the new ciphertext an empty encryption context (same grants as
+    /// --to-context).
+    #[arg(long, conflicts_with = "to_context")]
+    pub to_empty_context: bool,
     /// Input and output files.
     #[command(flatten)]
     pub io: InOutArgs,
     /// Write the raw ciphertext bytes instead of base64.
     #[arg(long)]
     pub binary: bool,
+}
+
+impl RewrapArgs {
+    /// The destination these flags ask for: `None` to re-encrypt under the
+    /// same key and context (the "rewrap" grant).
+    pub fn destination(&self) -> Result<Option<agent_proto::RewrapDestination>, CliError> {
+        let context = if self.to_empty_context {
+            Some(EncryptionContext::new())
+        } else if self.to_context.is_empty() {
+            None
+        } else {
+            Some(context_from_pairs(&self.to_context).map_err(CliError::Usage)?)
+        };
+        if self.to_key.is_none() && context.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(agent_proto::RewrapDestination {
+            key: self.to_key.clone(),
+            context,
+        }))
+    }
+}
+
+/// `create-key`'s `--description` and `--tag`.
+#[derive(Debug, Args)]
+pub struct NewMetadataArgs {
+    /// Free text for humans: at most 1024 bytes, no control characters.
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+    /// A tag NAME=VALUE (NAME: 1 to 64 of A-Z a-z 0-9 . _ -; VALUE: at
+    /// most 256 bytes, no control characters); repeat for more, at most 32.
+    #[arg(long = "tag", value_name = "NAME=VALUE", value_parser = parse_tag)]
+    pub tags: Vec<(String, String)>,
+}
+
+impl NewMetadataArgs {
+    /// The tags these flags give; a name given twice is a usage error.
+    pub fn tags(&self) -> Result<std::collections::BTreeMap<String, String>, CliError> {
+        tags_from_pairs(&self.tags).map_err(CliError::Usage)
+    }
+}
+
+/// Arguments of `set-metadata`.
+#[derive(Debug, Args)]
+pub struct SetMetadataArgs {
+    /// Key name.
+    pub name: String,
+    /// Replace the description ("" clears it): at most 1024 bytes, no
+    /// control characters.
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+    /// Add or replace a tag NAME=VALUE; repeat for more.
+    #[arg(long = "tag", value_name = "NAME=VALUE", value_parser = parse_tag)]
+    pub tags: Vec<(String, String)>,
+    /// Remove the tag NAME (no error when it is absent); repeat for more.
+    #[arg(long = "remove-tag", value_name = "NAME")]
+    pub remove_tags: Vec<String>,
+}
+
+impl SetMetadataArgs {
+    /// The tags to set; a name given twice, or both set and removed, is a
+    /// usage error, and so is asking for no change at all.
+    pub fn set_tags(&self) -> Result<std::collections::BTreeMap<String, String>, CliError> {
+        let tags = tags_from_pairs(&self.tags).map_err(CliError::Usage)?;
+        if let Some(both) = self
+            .remove_tags
+            .iter()
+            .find(|name| tags.contains_key(*name))
+        {
+            return Err(CliError::Usage(format!(
+                "tag '{both}' is both set (--tag) and removed (--remove-tag); give one"
+            )));
+        }
+        if self.description.is_none() && tags.is_empty() && self.remove_tags.is_empty() {
+            return Err(CliError::Usage(
+                "nothing to change: give --description, --tag or --remove-tag".to_string(),
+            ));
+        }
+        Ok(tags)
+    }
+}
+
+/// Parses `NAME=VALUE` of `--tag` (the name and value are checked by the
+/// daemon, which knows the limits).
+pub fn parse_tag(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        None => Err("expected NAME=VALUE, but there is no '='".to_string()),
+        Some(("", _)) => Err("expected NAME=VALUE, but NAME is empty".to_string()),
+        Some((name, value)) => Ok((name.to_string(), value.to_string())),
+    }
+}
+
+/// Builds tags from parsed pairs; a name given twice is an error that
+/// names both arguments.
+pub fn tags_from_pairs(
+    pairs: &[(String, String)],
+) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let mut tags = std::collections::BTreeMap::new();
+    for (name, value) in pairs {
+        if let Some(first) = tags.get(name) {
+            return Err(format!(
+                "invalid value '{name}={value}' for '--tag <NAME=VALUE>': tag '{name}' is \
+                 already given (as '{name}={first}'); each tag may appear once"
+            ));
+        }
+        tags.insert(name.clone(), value.clone());
+    }
+    Ok(tags)
+}
+
+/// Arguments of `inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Read the ciphertext (base64 or raw) from FILE instead of standard
+    /// input ("-": standard input).
+    #[arg(long = "in", value_name = "FILE")]
+    pub input: Option<PathBuf>,
 }
 
 /// A key type as the command line spells it (`--type`): the names of
@@ -602,6 +751,12 @@ pub struct BenchArgs {
     /// revoked, its key material destroyed, at the end).
     #[arg(long, value_name = "NAME")]
     pub key: Option<String>,
+    /// Also measure wrap-batch or unwrap-batch (with --op wrap or unwrap)
+    /// with N items per request (1 to 1000), and report its items per
+    /// second as a ratio to the single requests of the same run.
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=agent_proto::MAX_BATCH_ITEMS as i64))]
+    pub batch: Option<u16>,
 }
 
 impl BenchArgs {

@@ -21,6 +21,8 @@ use crate::args::{BenchArgs, BenchOp};
 use crate::error::{CliError, printable};
 use crate::io::write_stdout;
 
+mod batch;
+
 /// Time each phase runs before it starts counting, so that connection
 /// set-up and cold caches do not skew the numbers.
 const WARMUP: Duration = Duration::from_millis(500);
@@ -256,6 +258,12 @@ pub fn run(socket: &Path, args: &BenchArgs, json: bool) -> Result<(), CliError> 
         }
         _ => 0,
     };
+    if args.batch.is_some() && !matches!(args.op, BenchOp::Wrap | BenchOp::Unwrap) {
+        return Err(CliError::Usage(format!(
+            "'--batch' measures wrap-batch or unwrap-batch: use it with '--op wrap' or '--op unwrap', not '--op {}'",
+            args.op.as_str()
+        )));
+    }
     let key_type = args.key_type();
     let operation = args.op.operation();
     if !key_type.operations().contains(&operation) {
@@ -397,18 +405,37 @@ fn measure(
         }
     })?;
 
+    let batch = match args.batch {
+        Some(items) => Some(batch::measure(
+            socket,
+            connections,
+            args.duration,
+            batch::Workload {
+                op: args.op,
+                key,
+                items: usize::from(items),
+                payload: &payload,
+                ciphertext: &ciphertext,
+                context: &context,
+            },
+        )?),
+        None => None,
+    };
+
     let text = if json {
-        render_json(args, key, &ping, &op)
+        render_json(args, key, &ping, &op, batch.as_ref())
     } else {
-        render_human(args, key, &ping, &op)
+        render_human(args, key, &ping, &op, batch.as_ref())
     };
     write_stdout(text.as_bytes())?;
 
-    let errors = ping.errors + op.errors;
+    let batch_errors = batch.as_ref().map_or(0, |b| b.errors);
+    let errors = ping.errors + op.errors + batch_errors;
     if errors > 0 {
         let first = op
             .first_error
             .or(ping.first_error)
+            .or(batch.and_then(|b| b.first_error))
             .unwrap_or_else(|| "unknown".to_string());
         return Err(CliError::BenchFailed {
             errors,
@@ -451,8 +478,14 @@ fn round(value: f64, digits: i32) -> f64 {
 }
 
 /// The report as one JSON object.
-fn render_json(args: &BenchArgs, key: &str, ping: &PhaseResult, op: &PhaseResult) -> String {
-    let value = json!({
+fn render_json(
+    args: &BenchArgs,
+    key: &str,
+    ping: &PhaseResult,
+    op: &PhaseResult,
+    batch: Option<&PhaseResult>,
+) -> String {
+    let mut value = json!({
         "op": args.op.as_str(),
         "key": key,
         "temporary_key": args.temporary_key(),
@@ -475,11 +508,39 @@ fn render_json(args: &BenchArgs, key: &str, ping: &PhaseResult, op: &PhaseResult
         "ping_p999_us": ping.percentile_us(999),
         "ratio_to_ping": round(ratio(ping, op), 4),
     });
+    if let (Some(phase), Some(items), Some(object)) = (batch, args.batch, value.as_object_mut()) {
+        let items_per_sec = phase.ops_per_sec() * f64::from(items);
+        for (name, field) in [
+            ("batch", json!(items)),
+            ("batch_requests", json!(phase.ops)),
+            ("batch_errors", json!(phase.errors)),
+            (
+                "batch_requests_per_sec",
+                json!(round(phase.ops_per_sec(), 1)),
+            ),
+            ("batch_items_per_sec", json!(round(items_per_sec, 1))),
+            ("batch_p50_us", json!(phase.percentile_us(500))),
+            ("batch_p99_us", json!(phase.percentile_us(990))),
+            ("batch_p999_us", json!(phase.percentile_us(999))),
+            (
+                "batch_ratio_to_single",
+                json!(round(batch::ratio(op, phase, items), 4)),
+            ),
+        ] {
+            object.insert(name.to_string(), field);
+        }
+    }
     format!("{value}\n")
 }
 
 /// The report as aligned lines.
-fn render_human(args: &BenchArgs, key: &str, ping: &PhaseResult, op: &PhaseResult) -> String {
+fn render_human(
+    args: &BenchArgs,
+    key: &str,
+    ping: &PhaseResult,
+    op: &PhaseResult,
+    batch: Option<&PhaseResult>,
+) -> String {
     let us = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"));
     let line = |name: &str, phase: &PhaseResult| {
         format!(
@@ -507,6 +568,17 @@ fn render_human(args: &BenchArgs, key: &str, ping: &PhaseResult, op: &PhaseResul
     out.push_str(&line("ping", ping));
     out.push_str(&line(args.op.as_str(), op));
     let _ = writeln!(out, "{:<15}{:.3}", "ratio to ping:", ratio(ping, op));
+    if let (Some(phase), Some(items)) = (batch, args.batch) {
+        out.push_str(&line(&format!("{}-batch", args.op.as_str()), phase));
+        let _ = writeln!(
+            out,
+            "{:<15}{:.1} items/s in batches of {items}: {:.3} times the single {} requests' rate",
+            "batch items:",
+            phase.ops_per_sec() * f64::from(items),
+            batch::ratio(op, phase, items),
+            args.op.as_str()
+        );
+    }
     out
 }
 

@@ -29,14 +29,24 @@ pub const KEY: &str = "\
 JSON (--json): {\"id\": 32 hex digits, \"name\", \"type\" (aes256-gcm, ...),
 \"created\" (RFC 3339 UTC), \"state\" (enabled, disabled, pending-deletion,
 revoked), \"latest_version\", \"min_decryption_version\", \"versions\": [{\"version\",
-\"created\", \"state\" (enabled, revoked), \"encryptions\"}]}";
+\"created\", \"state\" (enabled, revoked), \"encryptions\"}], \"description\" (\"\"
+when none), \"tags\" (an object of name: value)}";
 
 /// `list`.
 pub const LIST: &str = "\
 JSON (--json): an array of key objects, as describe prints them: {\"id\",
 \"name\", \"type\", \"created\" (RFC 3339 UTC), \"state\", \"latest_version\",
 \"min_decryption_version\", \"versions\": [{\"version\", \"created\", \"state\",
-\"encryptions\"}]}";
+\"encryptions\"}], \"description\", \"tags\"}; with --tag NAME=VALUE (repeatable)
+only the keys carrying every given tag.";
+
+/// `inspect`.
+pub const INSPECT: &str = "\
+JSON (--json): {\"key\" (the key's name, null when you may not see the key),
+\"key_id\" (32 hex digits), \"version\"}
+
+Nothing is decrypted: the header of a ciphertext is not secret. The input is
+read like unwrap's (base64, also wrapped, or raw).";
 
 /// `wrap` and `rewrap`.
 pub const WRAPPED: &str = "\
@@ -116,7 +126,11 @@ JSON (--json): {\"op\", \"key\", \"temporary_key\", \"type\", \"connections\",
 \"duration_secs\", \"size\", \"ops\", \"errors\", \"elapsed_secs\", \"ops_per_sec\",
 \"p50_us\", \"p99_us\", \"p999_us\", \"ping_ops\", \"ping_errors\",
 \"ping_ops_per_sec\", \"ping_p50_us\", \"ping_p99_us\", \"ping_p999_us\",
-\"ratio_to_ping\"}
+\"ratio_to_ping\"}; with --batch N also \"batch\", \"batch_requests\",
+\"batch_errors\", \"batch_requests_per_sec\", \"batch_items_per_sec\",
+\"batch_p50_us\", \"batch_p99_us\", \"batch_p999_us\" and
+\"batch_ratio_to_single\" (batch items per second over the single requests'
+rate).
 
 Without --key, bench creates a temporary key (named on standard error) and
 revokes it at the end, destroying its key material.";

@@ -11,6 +11,7 @@ pub mod backup;
 pub mod bench;
 pub mod denial;
 pub mod error;
+pub mod inspect;
 pub mod io;
 pub mod json_docs;
 pub mod output;

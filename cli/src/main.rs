@@ -14,8 +14,9 @@ use std::time::Duration;
 use agent_proto::{Client, KeyInfo, KeySettings, RotationSetting};
 use clap::Parser;
 use hostkms_cli::args::{
-    Cli, Command, DatakeyArgs, ExportArgs, InOutArgs, MacArgs, PeriodArg, PublicKeyArgs,
-    RandomArgs, RewrapArgs, SignArgs, UnwrapArgs, VerifyArgs, VerifyMacArgs, WrapArgs,
+    Cli, Command, DatakeyArgs, ExportArgs, InOutArgs, InspectArgs, MacArgs, PeriodArg,
+    PublicKeyArgs, RandomArgs, RewrapArgs, SignArgs, UnwrapArgs, VerifyArgs, VerifyMacArgs,
+    WrapArgs,
 };
 use hostkms_cli::error::{CliError, printable};
 use hostkms_cli::io::{Sensitivity, base64_public, write_output, write_stdout};
@@ -124,6 +125,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             name,
             key_type,
             rotation_period,
+            metadata,
         } => {
             let settings = KeySettings {
                 rotation: match rotation_period {
@@ -131,7 +133,8 @@ fn run(cli: &Cli) -> Result<(), CliError> {
                     Some(PeriodArg(None)) => RotationSetting::Off,
                     Some(PeriodArg(Some(secs))) => RotationSetting::Every(*secs),
                 },
-                ..KeySettings::default()
+                description: metadata.description.clone().unwrap_or_default(),
+                tags: metadata.tags()?,
             };
             print_key(
                 &daemon
@@ -140,8 +143,22 @@ fn run(cli: &Cli) -> Result<(), CliError> {
                 json,
             )
         }
-        Command::List => {
-            let keys = daemon.connect()?.list_keys()?;
+        Command::SetMetadata(args) => {
+            let set_tags = args.set_tags()?;
+            print_key(
+                &daemon.connect()?.update_key_metadata(
+                    &args.name,
+                    args.description.as_deref(),
+                    &set_tags,
+                    &args.remove_tags,
+                )?,
+                json,
+            )
+        }
+        Command::List { tags } => {
+            let wanted = hostkms_cli::args::tags_from_pairs(tags).map_err(CliError::Usage)?;
+            let mut keys = daemon.connect()?.list_keys()?;
+            keys.retain(|key| output::has_tags(key, &wanted));
             let text = if json {
                 output::keys_json(&keys).map_err(json_error)?
             } else {
@@ -207,6 +224,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Unwrap(args) => unwrap(daemon, args, json),
         Command::Datakey(args) => datakey(daemon, args, json),
         Command::Rewrap(args) => rewrap(daemon, args, json),
+        Command::Inspect(args) => inspect(daemon, args, json),
         Command::Mac(args) => mac(daemon, args, json),
         Command::VerifyMac(args) => verify_mac(daemon, args, json),
         Command::Sign(args) => sign(daemon, args, json),
@@ -637,13 +655,43 @@ fn datakey(daemon: &Daemon, args: &DatakeyArgs, json: bool) -> Result<(), CliErr
     }
 }
 
-/// `rewrap`: re-encrypts the input under its key's latest version.
+/// `inspect`: the key, key id and version of the input ciphertext.
+fn inspect(daemon: &Daemon, args: &InspectArgs, json: bool) -> Result<(), CliError> {
+    let path = args.input.as_deref().filter(|p| p.as_os_str() != "-");
+    let input = io::read_input(path)?;
+    let what = hostkms_cli::error::describe(path, "standard input");
+    // A bad input is refused before the daemon is asked anything.
+    let ciphertext = io::ciphertext_from_input(&input, &what)?;
+    hostkms_cli::inspect::header(&ciphertext)?;
+    let inspection = hostkms_cli::inspect::inspect(&mut daemon.connect()?, &ciphertext)?;
+    if json {
+        write_stdout(
+            hostkms_cli::inspect::json(&inspection)
+                .map_err(json_error)?
+                .as_bytes(),
+        )
+    } else {
+        write_stdout(hostkms_cli::inspect::human(&inspection).as_bytes())
+    }
+}
+
+/// `rewrap`: re-encrypts the input under its key's latest version, or for
+/// the destination --to-key/--to-context name.
 fn rewrap(daemon: &Daemon, args: &RewrapArgs, json: bool) -> Result<(), CliError> {
     check_binary(args.binary, json)?;
     let context = args.context.context()?;
     let ciphertext = read_ciphertext(&args.io)?;
-    let wrapped = daemon
-        .connect()?
-        .rewrap(&ciphertext, &context, args.key.as_deref())?;
+    let destination = args.destination()?;
+    let mut client = daemon.connect()?;
+    let wrapped = match destination {
+        None => client.rewrap(&ciphertext, &context, args.key.as_deref())?,
+        Some(to) => client.rewrap_to(
+            &ciphertext,
+            &context,
+            args.key.as_deref(),
+            to.key.as_deref(),
+            to.context.as_ref(),
+        )?,
+    };
     emit_wrapped(&wrapped, args.io.output.as_ref(), args.binary, json)
 }

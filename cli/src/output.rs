@@ -104,6 +104,10 @@ pub struct KeyJson<'a> {
     /// When a key pending deletion is deleted at the earliest, RFC 3339
     /// UTC; `null` unless its state is `pending-deletion`.
     pub deletion_date: Option<String>,
+    /// Free text for humans ("" when none).
+    pub description: &'a str,
+    /// Tags, by name.
+    pub tags: &'a std::collections::BTreeMap<String, String>,
 }
 
 impl<'a> From<&'a KeyInfo> for KeyJson<'a> {
@@ -130,8 +134,27 @@ impl<'a> From<&'a KeyInfo> for KeyJson<'a> {
             rotation_period_secs: key.rotation_period,
             next_rotation: key.next_rotation.map(rfc3339),
             deletion_date: key.deletion_date.map(rfc3339),
+            description: &key.description,
+            tags: &key.tags,
         }
     }
+}
+
+/// Whether `key` carries every tag of `wanted` with the same value
+/// (`list --tag`).
+pub fn has_tags(key: &KeyInfo, wanted: &std::collections::BTreeMap<String, String>) -> bool {
+    wanted
+        .iter()
+        .all(|(name, value)| key.tags.get(name) == Some(value))
+}
+
+/// Tags as `name=value` separated by ", ", each escaped for a terminal.
+fn tags_human(tags: &std::collections::BTreeMap<String, String>) -> String {
+    let shown: Vec<String> = tags
+        .iter()
+        .map(|(name, value)| format!("{}={}", printable(name), printable(value)))
+        .collect();
+    shown.join(", ")
 }
 
 /// Serializes a public value as one line of JSON.
@@ -180,6 +203,16 @@ pub fn key_human(key: &KeyInfo) -> String {
             rfc3339(date)
         );
     }
+    if !key.description.is_empty() {
+        let _ = writeln!(
+            out,
+            "description:             {}",
+            printable(&key.description)
+        );
+    }
+    if !key.tags.is_empty() {
+        let _ = writeln!(out, "tags:                    {}", tags_human(&key.tags));
+    }
     let _ = writeln!(out, "versions:");
     let _ = writeln!(
         out,
@@ -206,14 +239,20 @@ pub fn keys_human(keys: &[KeyInfo]) -> String {
     let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
     let mut out = String::new();
     for (key, name) in keys.iter().zip(&names) {
-        let _ = writeln!(
-            out,
+        let mut line = format!(
             "{name:<width$}  {:<8}  {:<11}  v{:<5}  {}",
             key_state(key.state),
             key.key_type.as_str(),
             key.latest_version,
             hex_id(&key.id)
         );
+        if !key.tags.is_empty() {
+            let _ = write!(line, "  [{}]", tags_human(&key.tags));
+        }
+        if !key.description.is_empty() {
+            let _ = write!(line, "  {}", printable(&key.description));
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
     }
     out
 }

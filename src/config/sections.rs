@@ -351,6 +351,7 @@ pub(super) fn service(
     Ok(ServiceLimits {
         max_plaintext: max_plaintext as usize,
         rotate_after: rotate_after as u64,
+        max_frame,
     })
 }
 

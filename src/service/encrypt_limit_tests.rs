@@ -39,6 +39,7 @@ impl Fixture {
         let builder = TestServiceBuilder::new().limits(ServiceLimits {
             max_plaintext: 1024,
             rotate_after,
+            max_frame: agent_proto::DEFAULT_MAX_FRAME,
         });
         Fixture {
             _tmp: tmp,
@@ -200,6 +201,7 @@ async fn the_limit_alert_is_raised_once_per_version() {
         .limits(ServiceLimits {
             max_plaintext: 1024,
             rotate_after: 4,
+            max_frame: agent_proto::DEFAULT_MAX_FRAME,
         })
         .alerts(AlertThresholds {
             encryption_limit_percent: 50,

@@ -29,6 +29,7 @@ const STRANGER: u32 = 2000;
 const LIMITS: ServiceLimits = ServiceLimits {
     max_plaintext: 1000,
     rotate_after: 1 << 30,
+    max_frame: agent_proto::DEFAULT_MAX_FRAME,
 };
 
 const SIGNING: [KeyType; 3] = [KeyType::Ed25519, KeyType::EcdsaP256, KeyType::MlDsa65];

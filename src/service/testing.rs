@@ -63,6 +63,7 @@ impl TestServiceBuilder {
             limits: ServiceLimits {
                 max_plaintext: DEFAULT_MAX_PLAINTEXT,
                 rotate_after: DEFAULT_ROTATE_AFTER_ENCRYPTIONS,
+                max_frame: agent_proto::DEFAULT_MAX_FRAME,
             },
             alerts: AlertThresholds::default(),
             entropy: Arc::new(TestEntropy::new()),

@@ -35,6 +35,7 @@ const INVALID: &str = "the ciphertext is not valid for any key this daemon holds
 const LIMITS: ServiceLimits = ServiceLimits {
     max_plaintext: 1000,
     rotate_after: 1 << 30,
+    max_frame: agent_proto::DEFAULT_MAX_FRAME,
 };
 
 /// A service in a temporary state dir; the dir lives as long as this.
@@ -1424,6 +1425,7 @@ async fn changes_that_need_tpm_randomness_are_refused_while_the_tpm_hangs() {
         ServiceLimits {
             max_plaintext: 1000,
             rotate_after: 2,
+            max_frame: agent_proto::DEFAULT_MAX_FRAME,
         },
     );
     let root = admin();
@@ -1496,6 +1498,7 @@ async fn a_reconfiguration_applies_to_the_next_request() {
         ServiceLimits {
             max_plaintext: 10,
             rotate_after: 1 << 30,
+            max_frame: agent_proto::DEFAULT_MAX_FRAME,
         },
         AlertThresholds::default(),
     );

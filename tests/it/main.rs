@@ -17,6 +17,7 @@
 mod harness;
 
 mod audit_flood;
+mod batch;
 mod canonical_context;
 mod cli;
 mod cli_errors;
@@ -32,6 +33,7 @@ mod journal;
 mod key_probing;
 mod key_types;
 mod lifecycle;
+mod metadata;
 mod monitoring;
 mod operations;
 mod packaged_config;
@@ -41,6 +43,7 @@ mod protocol;
 mod random;
 mod recovery;
 mod restore_drill;
+mod rewrap_to;
 mod rollback;
 mod root_key;
 mod rotate_root;

@@ -1,0 +1,124 @@
+//! `hostkms bench --batch N`: wrap-batch or unwrap-batch requests of N
+//! items, measured like the single requests of the same run, so their
+//! items per second can be compared with the single requests' rate.
+
+use std::path::Path;
+use std::time::Duration;
+
+use agent_proto::ciphertext::MAGIC;
+use agent_proto::{Ciphertext, EncryptionContext, SecretBytes, UnwrapItem, WrapItem};
+
+use super::{Failure, PhaseResult, check_failed, run_phase};
+use crate::args::BenchOp;
+use crate::error::CliError;
+
+/// What one batch request carries.
+pub(super) struct Workload<'a> {
+    /// `Wrap` or `Unwrap` (the caller refuses the others).
+    pub op: BenchOp,
+    /// The key.
+    pub key: &'a str,
+    /// Items per request.
+    pub items: usize,
+    /// The plaintext of every wrap item, and what every unwrap item must give.
+    pub payload: &'a [u8],
+    /// The ciphertext every unwrap item carries.
+    pub ciphertext: &'a Ciphertext,
+    /// Every item's context.
+    pub context: &'a EncryptionContext,
+}
+
+/// Runs the batch phase: each request counts once in the result's `ops`
+/// and latencies, and succeeds only when every item did.
+pub(super) fn measure(
+    socket: &Path,
+    connections: usize,
+    duration: Duration,
+    work: Workload<'_>,
+) -> Result<PhaseResult, CliError> {
+    let wrap_items: Vec<WrapItem> = match work.op {
+        BenchOp::Wrap => (0..work.items)
+            .map(|_| WrapItem {
+                plaintext: SecretBytes::from(work.payload),
+                context: work.context.clone(),
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let unwrap_items: Vec<UnwrapItem> = match work.op {
+        BenchOp::Unwrap => (0..work.items)
+            .map(|_| UnwrapItem {
+                ciphertext: work.ciphertext.clone(),
+                context: work.context.clone(),
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    run_phase(socket, connections, duration, |client| match work.op {
+        BenchOp::Wrap => {
+            let results = client.wrap_batch(work.key, wrap_items.clone())?;
+            check_all(
+                results.len(),
+                work.items,
+                results.iter().map(|item| {
+                    item.as_ref()
+                        .map_err(|e| e.message.clone())
+                        .and_then(|wrapped| {
+                            if wrapped.ciphertext.as_bytes().starts_with(&MAGIC) {
+                                Ok(())
+                            } else {
+                                Err("an item is not a ciphertext".to_string())
+                            }
+                        })
+                }),
+            )
+        }
+        _ => {
+            let results = client.unwrap_batch(Some(work.key), unwrap_items.clone())?;
+            check_all(
+                results.len(),
+                work.items,
+                results.iter().map(|item| {
+                    item.as_ref()
+                        .map_err(|e| e.message.clone())
+                        .and_then(|unwrapped| {
+                            if unwrapped.plaintext.expose() == work.payload {
+                                Ok(())
+                            } else {
+                                Err("an item unwrapped to other bytes than were wrapped"
+                                    .to_string())
+                            }
+                        })
+                }),
+            )
+        }
+    })
+}
+
+/// Succeeds when there are `expected` results and every one is `Ok`.
+fn check_all(
+    got: usize,
+    expected: usize,
+    mut results: impl Iterator<Item = Result<(), String>>,
+) -> Result<(), Failure> {
+    if got != expected {
+        return Err(check_failed(&format!(
+            "the batch answer has {got} results for {expected} items"
+        )));
+    }
+    match results.find_map(Result::err) {
+        Some(message) => Err(check_failed(&format!("a batch item failed: {message}"))),
+        None => Ok(()),
+    }
+}
+
+/// Batch items per second ÷ single requests per second (0 when the single
+/// phase measured nothing).
+pub(super) fn ratio(single: &PhaseResult, batch: &PhaseResult, items: u16) -> f64 {
+    let single_rate = single.ops_per_sec();
+    if single_rate > 0.0 {
+        batch.ops_per_sec() * f64::from(items) / single_rate
+    } else {
+        0.0
+    }
+}
