@@ -384,7 +384,7 @@ mod tests {
         let daemon = Scripted::start(&[Conn::Answer(1), Conn::Answer(1)]);
         let mut client = AsyncClient::connect(&daemon.path).await.unwrap();
         client.ping().await.unwrap();
-        daemon.settle();
+        daemon.wait_closed(1);
         client.ping().await.expect("a new connection carries it");
         assert_eq!(daemon.seen(), vec![Request::Ping, Request::Ping]);
     }

@@ -2384,6 +2384,8 @@ pub(crate) mod tests {
     pub(crate) struct Scripted {
         pub(crate) path: PathBuf,
         seen: std::sync::Arc<std::sync::Mutex<Vec<Request>>>,
+        /// How many connections the daemon has closed so far.
+        closed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     }
 
     impl Scripted {
@@ -2395,6 +2397,8 @@ pub(crate) mod tests {
             let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
             let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
             let log = std::sync::Arc::clone(&seen);
+            let closed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let closing = std::sync::Arc::clone(&closed);
             let script: Vec<Conn> = script.to_vec();
             let mut script = script.into_iter();
             std::thread::spawn(move || {
@@ -2432,18 +2436,30 @@ pub(crate) mod tests {
                             break;
                         }
                     }
+                    drop(stream);
+                    closing.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
             });
-            Scripted { path, seen }
+            Scripted { path, seen, closed }
         }
 
         pub(crate) fn seen(&self) -> Vec<Request> {
             self.seen.lock().unwrap().clone()
         }
 
-        /// Gives the daemon time to close a connection its script ends.
-        pub(crate) fn settle(&self) {
-            std::thread::sleep(Duration::from_millis(100));
+        /// Waits until the daemon has closed `connections` connections (as
+        /// its script ends them), so that a test's next call meets a
+        /// closed connection whatever the machine's load; gives up after
+        /// 10 s.
+        pub(crate) fn wait_closed(&self, connections: usize) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.closed.load(std::sync::atomic::Ordering::SeqCst) < connections {
+                assert!(
+                    Instant::now() < deadline,
+                    "the scripted daemon closed no connection"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
     }
 
@@ -2460,10 +2476,11 @@ pub(crate) mod tests {
         let daemon = Scripted::start(&[Conn::Answer(1), Conn::Answer(1)]);
         let mut client = Client::connect(&daemon.path).unwrap();
         client.ping().unwrap();
-        daemon.settle();
+        daemon.wait_closed(1);
         client
             .ping()
             .expect("a new connection carries the second ping");
+        daemon.wait_closed(2);
         client.create_key("k").expect("and the next call after it");
         assert_eq!(
             daemon.seen(),
@@ -2529,7 +2546,7 @@ pub(crate) mod tests {
         let mut client = Client::connect(&daemon.path).unwrap();
         client.ping().unwrap();
         std::fs::remove_file(&daemon.path).unwrap();
-        daemon.settle();
+        daemon.wait_closed(1);
         let started = Instant::now();
         let err = client.ping().unwrap_err();
         assert!(
