@@ -144,6 +144,7 @@ pub enum Command {
     /// back; then the daemon deletes its material for good. Only time the
     /// daemon ran counts toward the period, and a wall-clock jump never
     /// shortens it.
+    #[command(after_long_help = crate::json_docs::KEY)]
     ScheduleDeletion {
         /// Key name.
         name: String,
@@ -155,12 +156,14 @@ pub enum Command {
     },
     /// Cancel a key's scheduled deletion; the key becomes disabled (enable
     /// it once it is wanted again).
+    #[command(after_long_help = crate::json_docs::KEY)]
     CancelDeletion {
         /// Key name.
         name: String,
     },
     /// Set how often the daemon rotates a key by age (after its latest
     /// version was made), or stop it with "off".
+    #[command(after_long_help = crate::json_docs::KEY)]
     SetRotationPeriod {
         /// Key name.
         name: String,
@@ -1117,6 +1120,25 @@ mod tests {
             panic!("create-key expected")
         };
         assert_eq!(rotation_period, Some(PeriodArg(Some(7 * 86_400))));
+    }
+
+    #[test]
+    fn every_command_documents_its_json_fields() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        let undocumented: Vec<&str> = cli
+            .get_subcommands()
+            .filter(|sub| sub.get_name() != "help")
+            .filter(|sub| {
+                !sub.get_after_long_help()
+                    .is_some_and(|help| help.to_string().starts_with("JSON (--json"))
+            })
+            .map(clap::Command::get_name)
+            .collect();
+        assert!(
+            undocumented.is_empty(),
+            "no --json fields in the after_long_help (cli/src/json_docs.rs) of {undocumented:?}"
+        );
     }
 
     #[test]

@@ -24,21 +24,28 @@ line itself (unknown options, missing arguments) are clap's, on standard
 error, exit 2.";
 
 /// A key's metadata: create-key, describe, rotate, revoke, disable,
-/// enable, min-decryption-version, import (and each element of list).
+/// enable, schedule-deletion, cancel-deletion, set-rotation-period,
+/// set-metadata, min-decryption-version, import (and each element of list).
 pub const KEY: &str = "\
 JSON (--json): {\"id\": 32 hex digits, \"name\", \"type\" (aes256-gcm, ...),
 \"created\" (RFC 3339 UTC), \"state\" (enabled, disabled, pending-deletion,
 revoked), \"latest_version\", \"min_decryption_version\", \"versions\": [{\"version\",
-\"created\", \"state\" (enabled, revoked), \"encryptions\"}], \"description\" (\"\"
-when none), \"tags\" (an object of name: value)}";
+\"created\", \"state\" (enabled, revoked), \"encryptions\"}], \"rotation_period\"
+(90d, 1w, 12h, ...; null: never by age), \"rotation_period_secs\" (the same in
+seconds, or null), \"next_rotation\" (RFC 3339 UTC; null unless the key is
+enabled and rotates by age), \"deletion_date\" (RFC 3339 UTC, the earliest
+deletion; null unless pending-deletion), \"description\" (\"\" when none),
+\"tags\" (an object of name: value)}";
 
 /// `list`.
 pub const LIST: &str = "\
 JSON (--json): an array of key objects, as describe prints them: {\"id\",
 \"name\", \"type\", \"created\" (RFC 3339 UTC), \"state\", \"latest_version\",
 \"min_decryption_version\", \"versions\": [{\"version\", \"created\", \"state\",
-\"encryptions\"}], \"description\", \"tags\"}; with --tag NAME=VALUE (repeatable)
-only the keys carrying every given tag.";
+\"encryptions\"}], \"rotation_period\", \"rotation_period_secs\", \"next_rotation\"
+(RFC 3339 UTC or null), \"deletion_date\" (RFC 3339 UTC or null), \"description\",
+\"tags\"}; with --tag NAME=VALUE (repeatable) only the keys carrying every
+given tag.";
 
 /// `inspect`.
 pub const INSPECT: &str = "\

@@ -85,7 +85,7 @@ pub struct KeyJson<'a> {
     pub key_type: &'static str,
     /// Creation time, RFC 3339 UTC (`2026-12-30T10:00:00Z`).
     pub created: String,
-    /// "enabled", "disabled" or "revoked".
+    /// "enabled", "disabled", "pending-deletion" or "revoked".
     pub state: &'static str,
     /// The version new ciphertexts use.
     pub latest_version: u32,
