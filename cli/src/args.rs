@@ -739,8 +739,17 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = BenchOp::Unwrap)]
     pub op: BenchOp,
     /// Measured seconds per phase (each phase also has a 0.5 s warm-up).
+    /// A phase in which fewer than --min-ops requests completed by then
+    /// runs on until they have.
     #[arg(long, value_name = "S", default_value = "5", value_parser = parse_duration)]
     pub duration: Duration,
+    /// Requests (succeeded or failed) each phase must complete in its
+    /// measured window before it stops, however long that takes, so that a
+    /// slow or loaded daemon gives a longer window rather than a phase with
+    /// nothing measured. 0: stop after --duration whatever was measured.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub min_ops: u32,
     /// Plaintext size in bytes (for datakey: the data-key length, 16, 24, 32 or 64).
     #[arg(long, value_name = "BYTES", default_value_t = 32,
           value_parser = clap::value_parser!(u32).range(0..=1_048_576))]

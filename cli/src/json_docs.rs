@@ -130,14 +130,18 @@ pub const BACKUP: &str = "JSON (--json): {\"dir\", \"out\"}";
 /// `bench`.
 pub const BENCH: &str = "\
 JSON (--json): {\"op\", \"key\", \"temporary_key\", \"type\", \"connections\",
-\"duration_secs\", \"size\", \"ops\", \"errors\", \"elapsed_secs\", \"ops_per_sec\",
-\"p50_us\", \"p99_us\", \"p999_us\", \"ping_ops\", \"ping_errors\",
+\"duration_secs\", \"min_ops\", \"size\", \"ops\", \"errors\", \"elapsed_secs\",
+\"ops_per_sec\", \"p50_us\", \"p99_us\", \"p999_us\", \"ping_ops\", \"ping_errors\",
 \"ping_ops_per_sec\", \"ping_p50_us\", \"ping_p99_us\", \"ping_p999_us\",
 \"ratio_to_ping\"}; with --batch N also \"batch\", \"batch_requests\",
 \"batch_errors\", \"batch_requests_per_sec\", \"batch_items_per_sec\",
 \"batch_p50_us\", \"batch_p99_us\", \"batch_p999_us\" and
 \"batch_ratio_to_single\" (batch items per second over the single requests'
 rate).
+
+Each phase measures for --duration after a 0.5 s warm-up and, when fewer
+than --min-ops requests (default 1) completed in that time, until they have:
+elapsed_secs is the window actually measured.
 
 Without --key, bench creates a temporary key (named on standard error) and
 revokes it at the end, destroying its key material.";
