@@ -462,8 +462,8 @@ pub struct SetMetadataArgs {
     /// Add or replace a tag NAME=VALUE; repeat for more.
     #[arg(long = "tag", value_name = "NAME=VALUE", value_parser = parse_tag)]
     pub tags: Vec<(String, String)>,
-    /// Remove the tag NAME (no error when it is absent); repeat for more.
-    #[arg(long = "remove-tag", value_name = "NAME")]
+    /// Remove the tag TAG (no error when it is absent); repeat for more.
+    #[arg(long = "remove-tag", value_name = "TAG")]
     pub remove_tags: Vec<String>,
 }
 

@@ -57,7 +57,8 @@ read like unwrap's (base64, also wrapped, or raw).";
 
 /// `wrap` and `rewrap`.
 pub const WRAPPED: &str = "\
-JSON (--json): {\"key\", \"version\", \"ciphertext\" (base64)}";
+JSON (--json): {\"key\" and \"version\" (the key version that made the new
+ciphertext: for rewrap --to-key, the destination's), \"ciphertext\" (base64)}";
 
 /// `unwrap`.
 pub const UNWRAPPED: &str = "\

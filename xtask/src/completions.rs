@@ -130,6 +130,8 @@ mod tests {
         for option in ["--key", "--to-key"] {
             assert!(options.iter().any(|o| o == option), "{options:?}");
         }
+        // A tag's name is no key's.
+        assert!(!options.iter().any(|o| o == "--remove-tag"), "{options:?}");
     }
 
     /// Completes `words` (the cursor on the last one) in bash with the
