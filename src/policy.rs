@@ -608,6 +608,59 @@ mod tests {
         }
     }
 
+    /// The op names a doc lists between `from` and `to`: its backticked
+    /// (or, in the config's comments, comma-separated) lower-case words.
+    fn listed_ops(doc: &str, from: &str, to: &str) -> std::collections::BTreeSet<String> {
+        let start = doc.find(from).unwrap_or_else(|| panic!("no {from:?}")) + from.len();
+        let end = start + doc[start..].find(to).unwrap_or_else(|| panic!("no {to:?}"));
+        doc[start..end]
+            .split(|c: char| !(c.is_ascii_lowercase() || c == '-' || c == '`'))
+            .filter(|word| word.starts_with('`') || !doc[start..end].contains('`'))
+            .map(|word| word.trim_matches('`').to_string())
+            .filter(|word| {
+                !word.is_empty()
+                    && !matches!(word.as_str(), "and" | "from" | "version" | "which" | "is")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_docs_list_exactly_the_grantable_ops() {
+        let expected: std::collections::BTreeSet<String> = GRANTABLE
+            .iter()
+            .map(|op| op.as_str().to_string())
+            .chain([METRICS.to_string()])
+            .collect();
+        for (doc, listed) in [
+            (
+                "README.md",
+                listed_ops(
+                    include_str!("../README.md"),
+                    "Grantable ops:",
+                    "Each is a grant",
+                ),
+            ),
+            (
+                "agent-proto/README.md",
+                listed_ops(
+                    include_str!("../agent-proto/README.md"),
+                    "The grantable operation names are",
+                    "which is no",
+                ),
+            ),
+            (
+                "packaging/config.toml",
+                listed_ops(
+                    &include_str!("../packaging/config.toml").replace('#', " "),
+                    "ops, chosen from:",
+                    "Each op is",
+                ),
+            ),
+        ] {
+            assert_eq!(listed, expected, "{doc}'s list of grantable ops");
+        }
+    }
+
     #[test]
     fn the_lifecycle_and_metadata_ops_are_grants_and_batches_are_not() {
         for op in [

@@ -4,11 +4,20 @@
 //! Order of checks for every key operation: a grant covering every key
 //! name the request carries (`access`: a peer without one gets
 //! `PermissionDenied` whether or not the key exists), then the grant of
-//! the operation on the key, then the key's state, then
-//! its type (`WrongKeyType`), then sizes, then the cryptography. The HMAC
-//! and signing operations and `GenerateRandom` are in `signing`. Changes to the key store run on the blocking pool: they
-//! wait for SQLite to sync and, for new versions when no TPM randomness is in
-//! reserve, for the TPM (at most `tpm_timeout_secs`).
+//! the operation on the key, then the key's state, then its type
+//! (`WrongKeyType`), then sizes, then the cryptography.
+//!
+//! The dispatcher here answers the original key operations itself and
+//! hands the rest to one module each: `signing` (HMAC, signatures,
+//! `GenerateRandom`), `transfer` (transport key, export, import),
+//! `lifecycle` (creation settings, deletion, rotation periods, the
+//! pending-deletion refusal and alert), `metadata` (descriptions and
+//! tags), `rewrap` (a `Rewrap` with a destination), `batch` (`WrapBatch`,
+//! `UnwrapBatch`) and `health` (the TPM probe of `Status`).
+//!
+//! Changes to the key store run on the blocking pool: they wait for SQLite
+//! to sync and, for new versions when no TPM randomness is in reserve, for
+//! the TPM (at most `tpm_timeout_secs`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -382,7 +391,7 @@ impl Service {
     ) {
         let PendingAudit { op, subject, .. } = audit;
         if code == Some(ErrorCode::KeyPendingDeletion) && lifecycle::USES.contains(&op) {
-            if let Some(key) = subject.key() {
+            if let Some(key) = self.pending_key_used(&subject) {
                 self.pending_deletion_used(peer, key, op);
             }
         }

@@ -144,6 +144,7 @@ pub enum Command {
     /// back; then the daemon deletes its material for good. Only time the
     /// daemon ran counts toward the period, and a wall-clock jump never
     /// shortens it.
+    #[command(after_long_help = crate::json_docs::KEY)]
     ScheduleDeletion {
         /// Key name.
         name: String,
@@ -155,12 +156,14 @@ pub enum Command {
     },
     /// Cancel a key's scheduled deletion; the key becomes disabled (enable
     /// it once it is wanted again).
+    #[command(after_long_help = crate::json_docs::KEY)]
     CancelDeletion {
         /// Key name.
         name: String,
     },
     /// Set how often the daemon rotates a key by age (after its latest
     /// version was made), or stop it with "off".
+    #[command(after_long_help = crate::json_docs::KEY)]
     SetRotationPeriod {
         /// Key name.
         name: String,
@@ -459,8 +462,8 @@ pub struct SetMetadataArgs {
     /// Add or replace a tag NAME=VALUE; repeat for more.
     #[arg(long = "tag", value_name = "NAME=VALUE", value_parser = parse_tag)]
     pub tags: Vec<(String, String)>,
-    /// Remove the tag NAME (no error when it is absent); repeat for more.
-    #[arg(long = "remove-tag", value_name = "NAME")]
+    /// Remove the tag TAG (no error when it is absent); repeat for more.
+    #[arg(long = "remove-tag", value_name = "TAG")]
     pub remove_tags: Vec<String>,
 }
 
@@ -736,8 +739,17 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = BenchOp::Unwrap)]
     pub op: BenchOp,
     /// Measured seconds per phase (each phase also has a 0.5 s warm-up).
+    /// A phase in which fewer than --min-ops requests completed by then
+    /// runs on until they have.
     #[arg(long, value_name = "S", default_value = "5", value_parser = parse_duration)]
     pub duration: Duration,
+    /// Requests (succeeded or failed) each phase must complete in its
+    /// measured window before it stops, however long that takes, so that a
+    /// slow or loaded daemon gives a longer window rather than a phase with
+    /// nothing measured. 0: stop after --duration whatever was measured.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub min_ops: u32,
     /// Plaintext size in bytes (for datakey: the data-key length, 16, 24, 32 or 64).
     #[arg(long, value_name = "BYTES", default_value_t = 32,
           value_parser = clap::value_parser!(u32).range(0..=1_048_576))]
@@ -1117,6 +1129,25 @@ mod tests {
             panic!("create-key expected")
         };
         assert_eq!(rotation_period, Some(PeriodArg(Some(7 * 86_400))));
+    }
+
+    #[test]
+    fn every_command_documents_its_json_fields() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        let undocumented: Vec<&str> = cli
+            .get_subcommands()
+            .filter(|sub| sub.get_name() != "help")
+            .filter(|sub| {
+                !sub.get_after_long_help()
+                    .is_some_and(|help| help.to_string().starts_with("JSON (--json"))
+            })
+            .map(clap::Command::get_name)
+            .collect();
+        assert!(
+            undocumented.is_empty(),
+            "no --json fields in the after_long_help (cli/src/json_docs.rs) of {undocumented:?}"
+        );
     }
 
     #[test]

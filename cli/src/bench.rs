@@ -7,6 +7,7 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Barrier, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -32,6 +33,27 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Latencies each thread can record before its buffer grows.
 const LATENCY_CAPACITY: usize = 1 << 16;
+
+/// How long a phase runs: its `duration` after the warm-up, and longer
+/// when fewer than `min_ops` requests completed (succeeded or failed) in
+/// that window, until they have. A loaded or slow daemon then yields a
+/// longer measured window, never a phase with nothing measured.
+#[derive(Debug, Clone, Copy)]
+pub struct PhaseLength {
+    /// The measured window after the warm-up.
+    pub duration: Duration,
+    /// Requests that must complete in the window before the phase stops.
+    pub min_ops: u64,
+}
+
+impl From<&BenchArgs> for PhaseLength {
+    fn from(args: &BenchArgs) -> Self {
+        PhaseLength {
+            duration: args.duration,
+            min_ops: u64::from(args.min_ops),
+        }
+    }
+}
 
 /// Why one benchmark request failed.
 struct Failure {
@@ -127,21 +149,25 @@ fn connect(socket: &Path) -> Result<Client, ClientError> {
 }
 
 /// Runs `op` in a closed loop on `connections` threads for the warm-up plus
-/// `duration`, each thread with its own connection.
+/// the phase's `length`, each thread with its own connection.
 fn run_phase<F>(
     socket: &Path,
     connections: usize,
-    duration: Duration,
+    length: PhaseLength,
     op: F,
 ) -> Result<PhaseResult, CliError>
 where
     F: Fn(&mut Client) -> Result<(), Failure> + Sync,
 {
-    let barrier = Barrier::new(connections);
-    let start = OnceLock::new();
+    let shared = Shared {
+        barrier: Barrier::new(connections),
+        start: OnceLock::new(),
+        completed: AtomicU64::new(0),
+        length,
+    };
     let results: Vec<Result<ThreadResult, CliError>> = thread::scope(|scope| {
         let handles: Vec<_> = (0..connections)
-            .map(|_| scope.spawn(|| worker(socket, &barrier, &start, duration, &op)))
+            .map(|_| scope.spawn(|| worker(socket, &shared, &op)))
             .collect();
         handles
             .into_iter()
@@ -170,7 +196,7 @@ where
         phase.latencies.extend_from_slice(&result.latencies);
     }
     phase.elapsed_secs = if window.is_zero() {
-        duration.as_secs_f64()
+        length.duration.as_secs_f64()
     } else {
         window.as_secs_f64()
     };
@@ -178,24 +204,31 @@ where
     Ok(phase)
 }
 
-/// One thread of a phase: connect, wait for the others, then loop.
-fn worker<F>(
-    socket: &Path,
-    barrier: &Barrier,
-    start: &OnceLock<Instant>,
-    duration: Duration,
-    op: &F,
-) -> Result<ThreadResult, CliError>
+/// What the threads of one phase share.
+struct Shared {
+    /// Every thread connects before any starts the clock.
+    barrier: Barrier,
+    /// When the phase started (its warm-up).
+    start: OnceLock<Instant>,
+    /// Requests completed in the measured window, by every thread.
+    completed: AtomicU64,
+    /// How long the phase runs.
+    length: PhaseLength,
+}
+
+/// One thread of a phase: connect, wait for the others, then loop until
+/// the window is over and the phase's minimum of requests completed in it.
+fn worker<F>(socket: &Path, shared: &Shared, op: &F) -> Result<ThreadResult, CliError>
 where
     F: Fn(&mut Client) -> Result<(), Failure>,
 {
     let client = connect(socket);
     // Every thread reaches the barrier, connected or not, so none waits forever.
-    barrier.wait();
+    shared.barrier.wait();
     let mut client = client?;
-    let started = *start.get_or_init(Instant::now);
+    let started = *shared.start.get_or_init(Instant::now);
     let measure_from = started + WARMUP;
-    let end = measure_from + duration;
+    let end = measure_from + shared.length.duration;
     let mut result = ThreadResult {
         latencies: Vec::with_capacity(LATENCY_CAPACITY),
         errors: 0,
@@ -205,7 +238,7 @@ where
     };
     loop {
         let sent = Instant::now();
-        if sent >= end {
+        if sent >= end && shared.completed.load(Ordering::Relaxed) >= shared.length.min_ops {
             break;
         }
         let outcome = op(&mut client);
@@ -213,6 +246,7 @@ where
         let measured = sent >= measure_from;
         if measured {
             result.last_done = Some(done);
+            shared.completed.fetch_add(1, Ordering::Relaxed);
         }
         match outcome {
             Ok(()) if measured => {
@@ -345,10 +379,11 @@ fn measure(
     };
     drop(setup);
 
-    let ping = run_phase(socket, connections, args.duration, |client| {
+    let length = PhaseLength::from(args);
+    let ping = run_phase(socket, connections, length, |client| {
         client.ping().map_err(Failure::from)
     })?;
-    let op = run_phase(socket, connections, args.duration, |client| match args.op {
+    let op = run_phase(socket, connections, length, |client| match args.op {
         BenchOp::Wrap => {
             let wrapped = client.wrap(key, &payload, &context)?;
             if wrapped.ciphertext.as_bytes().starts_with(&MAGIC) {
@@ -409,7 +444,7 @@ fn measure(
         Some(items) => Some(batch::measure(
             socket,
             connections,
-            args.duration,
+            length,
             batch::Workload {
                 op: args.op,
                 key,
@@ -492,6 +527,7 @@ fn render_json(
         "type": args.key_type().as_str(),
         "connections": args.connections,
         "duration_secs": args.duration.as_secs_f64(),
+        "min_ops": args.min_ops,
         "size": args.size,
         "ops": op.ops,
         "errors": op.errors,

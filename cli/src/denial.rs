@@ -21,6 +21,10 @@ pub fn named_key(command: &Command) -> Option<(Operation, &str)> {
         Command::Enable { name } => (Operation::Enable, name),
         Command::MinDecryptionVersion { name, .. } => (Operation::MinDecryptionVersion, name),
         Command::CreateKey { name, .. } => (Operation::Create, name),
+        Command::ScheduleDeletion { name, .. } => (Operation::ScheduleDeletion, name),
+        Command::CancelDeletion { name } => (Operation::CancelDeletion, name),
+        Command::SetRotationPeriod { name, .. } => (Operation::SetRotationPeriod, name),
+        Command::SetMetadata(args) => (Operation::UpdateMetadata, &args.name),
         Command::Wrap(args) => (Operation::Wrap, &args.name),
         Command::Datakey(args) => (Operation::DataKey, &args.name),
         Command::Mac(args) => (Operation::Mac, &args.name),
@@ -124,5 +128,32 @@ mod tests {
         );
         let cli = Cli::try_parse_from(["hostkms", "datakey", "k"]).expect("parse");
         assert_eq!(named_key(&cli.command), Some((Operation::DataKey, "k")));
+    }
+
+    #[test]
+    fn lifecycle_and_metadata_commands_name_their_grant() {
+        for (args, op) in [
+            (
+                &["hostkms", "schedule-deletion", "k"][..],
+                "schedule-deletion",
+            ),
+            (&["hostkms", "cancel-deletion", "k"], "cancel-deletion"),
+            (
+                &["hostkms", "set-rotation-period", "k", "90d"],
+                "set-rotation-period",
+            ),
+            (
+                &["hostkms", "set-metadata", "k", "--description", "d"],
+                "set-metadata",
+            ),
+            (
+                &["hostkms", "create-key", "k", "--rotation-period", "1w"],
+                "create",
+            ),
+        ] {
+            let cli = Cli::try_parse_from(args).expect("parse");
+            let (granted, key) = named_key(&cli.command).expect("names its key");
+            assert_eq!((granted.as_str(), key), (op, "k"), "{args:?}");
+        }
     }
 }

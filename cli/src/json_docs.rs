@@ -24,21 +24,28 @@ line itself (unknown options, missing arguments) are clap's, on standard
 error, exit 2.";
 
 /// A key's metadata: create-key, describe, rotate, revoke, disable,
-/// enable, min-decryption-version, import (and each element of list).
+/// enable, schedule-deletion, cancel-deletion, set-rotation-period,
+/// set-metadata, min-decryption-version, import (and each element of list).
 pub const KEY: &str = "\
 JSON (--json): {\"id\": 32 hex digits, \"name\", \"type\" (aes256-gcm, ...),
 \"created\" (RFC 3339 UTC), \"state\" (enabled, disabled, pending-deletion,
 revoked), \"latest_version\", \"min_decryption_version\", \"versions\": [{\"version\",
-\"created\", \"state\" (enabled, revoked), \"encryptions\"}], \"description\" (\"\"
-when none), \"tags\" (an object of name: value)}";
+\"created\", \"state\" (enabled, revoked), \"encryptions\"}], \"rotation_period\"
+(90d, 1w, 12h, ...; null: never by age), \"rotation_period_secs\" (the same in
+seconds, or null), \"next_rotation\" (RFC 3339 UTC; null unless the key is
+enabled and rotates by age), \"deletion_date\" (RFC 3339 UTC, the earliest
+deletion; null unless pending-deletion), \"description\" (\"\" when none),
+\"tags\" (an object of name: value)}";
 
 /// `list`.
 pub const LIST: &str = "\
 JSON (--json): an array of key objects, as describe prints them: {\"id\",
 \"name\", \"type\", \"created\" (RFC 3339 UTC), \"state\", \"latest_version\",
 \"min_decryption_version\", \"versions\": [{\"version\", \"created\", \"state\",
-\"encryptions\"}], \"description\", \"tags\"}; with --tag NAME=VALUE (repeatable)
-only the keys carrying every given tag.";
+\"encryptions\"}], \"rotation_period\", \"rotation_period_secs\", \"next_rotation\"
+(RFC 3339 UTC or null), \"deletion_date\" (RFC 3339 UTC or null), \"description\",
+\"tags\"}; with --tag NAME=VALUE (repeatable) only the keys carrying every
+given tag.";
 
 /// `inspect`.
 pub const INSPECT: &str = "\
@@ -50,7 +57,8 @@ read like unwrap's (base64, also wrapped, or raw).";
 
 /// `wrap` and `rewrap`.
 pub const WRAPPED: &str = "\
-JSON (--json): {\"key\", \"version\", \"ciphertext\" (base64)}";
+JSON (--json): {\"key\" and \"version\" (the key version that made the new
+ciphertext: for rewrap --to-key, the destination's), \"ciphertext\" (base64)}";
 
 /// `unwrap`.
 pub const UNWRAPPED: &str = "\
@@ -123,14 +131,18 @@ pub const BACKUP: &str = "JSON (--json): {\"dir\", \"out\"}";
 /// `bench`.
 pub const BENCH: &str = "\
 JSON (--json): {\"op\", \"key\", \"temporary_key\", \"type\", \"connections\",
-\"duration_secs\", \"size\", \"ops\", \"errors\", \"elapsed_secs\", \"ops_per_sec\",
-\"p50_us\", \"p99_us\", \"p999_us\", \"ping_ops\", \"ping_errors\",
+\"duration_secs\", \"min_ops\", \"size\", \"ops\", \"errors\", \"elapsed_secs\",
+\"ops_per_sec\", \"p50_us\", \"p99_us\", \"p999_us\", \"ping_ops\", \"ping_errors\",
 \"ping_ops_per_sec\", \"ping_p50_us\", \"ping_p99_us\", \"ping_p999_us\",
 \"ratio_to_ping\"}; with --batch N also \"batch\", \"batch_requests\",
 \"batch_errors\", \"batch_requests_per_sec\", \"batch_items_per_sec\",
 \"batch_p50_us\", \"batch_p99_us\", \"batch_p999_us\" and
 \"batch_ratio_to_single\" (batch items per second over the single requests'
 rate).
+
+Each phase measures for --duration after a 0.5 s warm-up and, when fewer
+than --min-ops requests (default 1) completed in that time, until they have:
+elapsed_secs is the window actually measured.
 
 Without --key, bench creates a temporary key (named on standard error) and
 revokes it at the end, destroying its key material.";

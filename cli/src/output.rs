@@ -85,7 +85,7 @@ pub struct KeyJson<'a> {
     pub key_type: &'static str,
     /// Creation time, RFC 3339 UTC (`2026-12-30T10:00:00Z`).
     pub created: String,
-    /// "enabled", "disabled" or "revoked".
+    /// "enabled", "disabled", "pending-deletion" or "revoked".
     pub state: &'static str,
     /// The version new ciphertexts use.
     pub latest_version: u32,
@@ -237,10 +237,18 @@ pub fn key_human(key: &KeyInfo) -> String {
 pub fn keys_human(keys: &[KeyInfo]) -> String {
     let names: Vec<String> = keys.iter().map(|k| printable(&k.name)).collect();
     let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
+    // "pending-deletion" is wider than the other states: the column grows
+    // only when a key in that state is listed.
+    let state_width = keys
+        .iter()
+        .map(|k| key_state(k.state).len())
+        .max()
+        .unwrap_or(0)
+        .max(8);
     let mut out = String::new();
     for (key, name) in keys.iter().zip(&names) {
         let mut line = format!(
-            "{name:<width$}  {:<8}  {:<11}  v{:<5}  {}",
+            "{name:<width$}  {:<state_width$}  {:<11}  v{:<5}  {}",
             key_state(key.state),
             key.key_type.as_str(),
             key.latest_version,
@@ -987,6 +995,24 @@ mod tests {
         );
         assert!(
             keys_human(&[signing]).starts_with("app-db  disabled  ml-dsa-65    v2"),
+            "{list}"
+        );
+        let pending = KeyInfo {
+            name: "old".to_string(),
+            state: KeyState::PendingDeletion,
+            ..sample_key()
+        };
+        let list = keys_human(&[sample_key(), pending]);
+        let columns: Vec<usize> = list
+            .lines()
+            .map(|l| l.find("aes256-gcm").expect(l))
+            .collect();
+        assert_eq!(
+            columns[0], columns[1],
+            "the type column stays aligned:\n{list}"
+        );
+        assert!(
+            list.contains("old     pending-deletion  aes256-gcm"),
             "{list}"
         );
     }

@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use agent_proto::{MAX_DESCRIPTION_BYTES, MAX_TAGS, MIN_ROTATION_PERIOD_SECS};
+use agent_proto::{MAX_DESCRIPTION_BYTES, MAX_TAGS};
+
+pub use agent_proto::period::MAX_ROTATION_PERIOD_SECS;
 
 use super::StoreError;
 
@@ -14,9 +16,6 @@ pub const MAX_TAG_NAME_BYTES: usize = 64;
 
 /// Longest tag value, in bytes.
 pub const MAX_TAG_VALUE_BYTES: usize = 256;
-
-/// The longest rotation period: 100 years of 365 days.
-pub const MAX_ROTATION_PERIOD_SECS: u64 = 100 * 365 * 86_400;
 
 /// What a new key starts with besides its name and type, resolved (a
 /// daemon default already applied) and checked by the store at creation.
@@ -103,18 +102,14 @@ pub fn check_tags(tags: &BTreeMap<String, String>) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Checks a rotation period: `None` (never by age), or from
-/// [`MIN_ROTATION_PERIOD_SECS`] (one hour) to [`MAX_ROTATION_PERIOD_SECS`]
-/// (100 years).
+/// Checks a rotation period: `None` (never by age), or within the bounds
+/// of [`agent_proto::period::check_period`] (1h to 100y), the one rule the
+/// CLI and the config's `rotation_period` follow too.
 pub fn check_rotation_period(period: Option<u64>) -> Result<(), StoreError> {
     match period {
-        Some(secs) if secs < MIN_ROTATION_PERIOD_SECS => Err(StoreError::InvalidArgument(format!(
-            "a rotation period of {secs} seconds is too short; the shortest is 1h ({MIN_ROTATION_PERIOD_SECS} seconds)"
-        ))),
-        Some(secs) if secs > MAX_ROTATION_PERIOD_SECS => Err(StoreError::InvalidArgument(format!(
-            "a rotation period of {secs} seconds is too long; the longest is 100y ({MAX_ROTATION_PERIOD_SECS} seconds)"
-        ))),
-        _ => Ok(()),
+        Some(secs) => agent_proto::period::check_period(secs)
+            .map_err(|e| StoreError::InvalidArgument(e.to_string())),
+        None => Ok(()),
     }
 }
 
@@ -248,10 +243,10 @@ mod tests {
             .map(|i| (format!("t{i}"), String::new()))
             .collect();
         refused(check_tags(&many), "at most 32 tags");
-        refused(check_rotation_period(Some(3599)), "shortest is 1h");
+        refused(check_rotation_period(Some(3599)), "minimum of 1h");
         refused(
             check_rotation_period(Some(MAX_ROTATION_PERIOD_SECS + 1)),
-            "longest is 100y",
+            "maximum of 100y",
         );
         check_rotation_period(Some(3600)).unwrap();
         check_rotation_period(None).unwrap();

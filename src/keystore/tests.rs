@@ -1203,7 +1203,7 @@ fn the_store_refuses_settings_beyond_the_limits_naming_them() {
     );
     refused(
         store.create_with("k", KeyType::Aes256Gcm, settings("", &[], Some(60))),
-        "shortest is 1h",
+        "minimum of 1h",
     );
     assert!(store.keys().by_name("k").is_none(), "nothing was created");
     store.create("k").unwrap();
@@ -1218,7 +1218,7 @@ fn the_store_refuses_settings_beyond_the_limits_naming_them() {
     );
     refused(
         store.set_rotation_period("k", Some(u64::MAX)),
-        "longest is 100y",
+        "maximum of 100y",
     );
     assert!(matches!(
         store.deletion_due_in(6),

@@ -1543,7 +1543,7 @@ mod tests {
             (
                 &v3,
                 Box::new(|v| v["rotation_period"] = 59.into()),
-                "shortest is 1h",
+                "minimum of 1h",
             ),
         ];
         for (text, f, expected) in cases {

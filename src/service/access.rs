@@ -27,17 +27,21 @@ impl Service {
     }
 }
 
-/// The key names `request` carries, each with the operation a refusal
-/// names for it: the request's own, or `wrap` for a rewrap's destination
-/// (what a grant must allow there).
+/// The key names `request` carries, each with the grantable operation a
+/// refusal names for it: the one the handler checks on that name, so that
+/// a denial reads the same from either check and names an operation an
+/// admin can grant. That is the request's own, except `wrap` for a
+/// `WrapBatch`'s key and a rewrap's destination, `unwrap` for the key an
+/// `UnwrapBatch` or a rewrap with a destination expects.
 fn named_keys(request: &Request) -> impl Iterator<Item = (Operation, &str)> {
-    let op = request.operation();
-    let destination = match request {
+    let (op, destination) = match request {
+        Request::WrapBatch { .. } => (Operation::Wrap, None),
+        Request::UnwrapBatch { .. } => (Operation::Unwrap, None),
         Request::Rewrap {
             destination: Some(destination),
             ..
-        } => destination.key.as_deref(),
-        _ => None,
+        } => (Operation::Unwrap, destination.key.as_deref()),
+        _ => (request.operation(), None),
     };
     request
         .key_name()
@@ -65,8 +69,44 @@ mod tests {
         let names: Vec<_> = named_keys(&request).collect();
         assert_eq!(
             names,
-            [(Operation::Rewrap, "from"), (Operation::Wrap, "to")]
+            [(Operation::Unwrap, "from"), (Operation::Wrap, "to")]
         );
+        let same_key = Request::Rewrap {
+            ciphertext: Ciphertext::from(&b"x"[..]),
+            context: EncryptionContext::new(),
+            key: Some("from".into()),
+            destination: None,
+        };
+        let names: Vec<_> = named_keys(&same_key).collect();
+        assert_eq!(names, [(Operation::Rewrap, "from")]);
         assert_eq!(named_keys(&Request::Ping).count(), 0);
+    }
+
+    #[test]
+    fn a_batch_is_refused_under_the_grant_its_items_need() {
+        let wrap = Request::WrapBatch {
+            key: "k".into(),
+            items: Vec::new(),
+        };
+        let unwrap = Request::UnwrapBatch {
+            key: Some("k".into()),
+            items: Vec::new(),
+        };
+        for request in [wrap, unwrap] {
+            for (op, _) in named_keys(&request) {
+                assert!(
+                    crate::policy::GRANTABLE.contains(&op),
+                    "{op} is no grant an admin could give"
+                );
+            }
+        }
+        let wrap = Request::WrapBatch {
+            key: "k".into(),
+            items: Vec::new(),
+        };
+        assert_eq!(
+            named_keys(&wrap).collect::<Vec<_>>(),
+            [(Operation::Wrap, "k")]
+        );
     }
 }

@@ -125,6 +125,13 @@ fn batch_peer() {
         .wrap_batch("secret", vec![wrap_item(b"x", "one")])
         .unwrap_err();
     assert_eq!(denied.code(), Some(ErrorCode::PermissionDenied), "{denied}");
+    // In the same words, naming the grant it needs (`wrap-batch` is none).
+    let single = client.wrap("secret", b"x", &context("one")).unwrap_err();
+    assert_eq!(denied.to_string(), single.to_string());
+    assert!(
+        denied.to_string().contains("may not wrap with key"),
+        "{denied}"
+    );
 
     // Unwrap: ok, wrong context, a key without the grant, garbage.
     let unwrapped = client

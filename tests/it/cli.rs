@@ -13,6 +13,7 @@ use std::process::{Command, Output};
 use crate::harness::{DaemonConfig, Harness, cli, cli_stdin, ok, stderr};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use hostkms::clock::rfc3339;
 use serde_json::Value;
 
 /// The stdout of a successful run, as text.
@@ -71,6 +72,92 @@ fn is_rfc3339_utc(s: &str) -> bool {
             19 => *c == b'Z',
             _ => c.is_ascii_digit(),
         })
+}
+
+#[test]
+fn lifecycle_dates_are_rfc3339_utc_in_describe_list_and_every_key_printed() {
+    let Harness {
+        tpm: _tpm,
+        files: _files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
+    let socket = &daemon.socket;
+    let date = |value: &Value, field: &str| -> String {
+        let date = value[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{field}: {value}"));
+        assert!(is_rfc3339_utc(date), "{field}: {value}");
+        date.to_string()
+    };
+
+    let created = ok_json(cli(
+        socket,
+        &["--json", "create-key", "dated", "--rotation-period", "90d"],
+    ));
+    let info = daemon.client().describe_key("dated").expect("describe");
+    let next = info.next_rotation.expect("a key rotating by age has one");
+    assert_eq!(next, info.created + 90 * 86_400);
+    assert_eq!(created["rotation_period"], "90d");
+    assert_eq!(created["rotation_period_secs"], 90 * 86_400);
+    assert_eq!(date(&created, "next_rotation"), rfc3339(next));
+    assert_eq!(date(&created, "created"), rfc3339(info.created));
+    assert!(created["deletion_date"].is_null(), "{created}");
+
+    let scheduled = ok_json(cli(
+        socket,
+        &["--json", "schedule-deletion", "dated", "--days", "7"],
+    ));
+    let info = daemon.client().describe_key("dated").expect("describe");
+    let due = info
+        .deletion_date
+        .expect("a pending key has a deletion date");
+    assert!(due >= info.created + 7 * 86_400, "{info:?}");
+    assert_eq!(scheduled["state"], "pending-deletion");
+    assert_eq!(date(&scheduled, "deletion_date"), rfc3339(due));
+
+    let described = ok_json(cli(socket, &["--json", "describe", "dated"]));
+    assert_eq!(described["state"], "pending-deletion");
+    assert_eq!(described["rotation_period"], "90d", "kept while pending");
+    assert!(
+        described["next_rotation"].is_null(),
+        "a pending key does not rotate: {described}"
+    );
+    assert_eq!(date(&described, "deletion_date"), rfc3339(due));
+    assert_eq!(date(&described, "created"), rfc3339(info.created));
+    date(&described["versions"][0], "created");
+
+    let list = ok_json(cli(socket, &["--json", "list"]));
+    let listed = &list[0];
+    assert_eq!(listed["name"], "dated");
+    assert_eq!(date(listed, "deletion_date"), rfc3339(due));
+
+    let text = ok_text(cli(socket, &["describe", "dated"]));
+    assert!(
+        text.contains(&format!("deletion date:           {}", rfc3339(due))),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "created:                 {}\n",
+            rfc3339(info.created)
+        )),
+        "{text}"
+    );
+
+    let cancelled = ok_json(cli(socket, &["--json", "cancel-deletion", "dated"]));
+    assert_eq!(cancelled["state"], "disabled");
+    assert!(cancelled["deletion_date"].is_null(), "{cancelled}");
+    let enabled = ok_json(cli(socket, &["--json", "enable", "dated"]));
+    let set = ok_json(cli(
+        socket,
+        &["--json", "set-rotation-period", "dated", "1w"],
+    ));
+    assert_eq!(enabled["state"], "enabled");
+    assert_eq!(set["rotation_period"], "1w");
+    assert_eq!(
+        date(&set, "next_rotation"),
+        rfc3339(info.versions[0].created + 7 * 86_400)
+    );
 }
 
 #[test]
@@ -699,6 +786,35 @@ fn bench_measures_wrap_and_datakey_too() {
     assert!(
         text.contains("ops/s") && text.contains("ratio to ping:"),
         "{text}"
+    );
+
+    // However short the window, a phase stops only once --min-ops
+    // requests completed in it (default 1, which the runs above rely on):
+    // a loaded host lengthens the window, never empties it. 500 requests
+    // cannot complete in a millisecond.
+    let report = ok_json(cli(
+        socket,
+        &[
+            "--json",
+            "bench",
+            "--op",
+            "wrap",
+            "--duration",
+            "0.001",
+            "--min-ops",
+            "500",
+            "--connections",
+            "2",
+            "--key",
+            "bench-ops",
+        ],
+    ));
+    assert_eq!(report["min_ops"], 500, "{report}");
+    assert!(report["ops"].as_u64() >= Some(500), "{report}");
+    assert!(report["ping_ops"].as_u64() >= Some(500), "{report}");
+    assert!(
+        report["elapsed_secs"].as_f64() > Some(0.001),
+        "the window measured, not the one asked for: {report}"
     );
 
     // A bench that fails its requests exits 1 after its report.

@@ -234,6 +234,45 @@ fn denials_of_a_named_key_say_which_grant_allows_them() {
         "{message}"
     );
 
+    // The lifecycle and metadata commands name their own grant, for a key
+    // the peer's grants cover (the op check) and one they do not (the
+    // name gate): the same words either way.
+    for key in ["app-db", "secret"] {
+        let output = cli_as(NOBODY, socket, &["schedule-deletion", key], b"");
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!(
+                "permission denied: uid {NOBODY} may not schedule-deletion with key \"{key}\"; \
+                 to get access, an admin adds [[grant]] uids = [{NOBODY}], keys = [\"{key}\"], \
+                 ops = [\"schedule-deletion\"] to the daemon's config"
+            )),
+            "{err}"
+        );
+    }
+    for (args, op) in [
+        (&["cancel-deletion", "app-db"][..], "cancel-deletion"),
+        (
+            &["set-rotation-period", "app-db", "1d"],
+            "set-rotation-period",
+        ),
+        (&["set-metadata", "app-db", "--tag", "a=b"], "set-metadata"),
+    ] {
+        let mut json = vec!["--json"];
+        json.extend_from_slice(args);
+        let (code, message) = json_error(&cli_as(NOBODY, socket, &json, b""), 1);
+        assert_eq!(code, "permission_denied", "{message}");
+        assert!(
+            message.contains(&format!("keys = [\"app-db\"], ops = [\"{op}\"]")),
+            "{message}"
+        );
+    }
+    assert_eq!(
+        ok_json(cli(socket, &["--json", "describe", "app-db"]))["state"],
+        "enabled",
+        "nothing was changed"
+    );
+
     // Without --key the ciphertext's key is not the peer's to learn: no
     // grant is suggested, and no key is named.
     let output = cli_as(NOBODY, socket, &["unwrap"], wrapped.as_bytes());

@@ -277,3 +277,42 @@ fn a_signing_destination_is_the_wrong_key_type() {
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::KeyNotFound), "{err}");
 }
+
+#[test]
+fn a_destination_pending_deletion_is_refused_and_alerted_under_its_own_name() {
+    const ALERT_PENDING_DELETION_USE: &str = "1b1684d127a34c64a0db0e7121098f60";
+    let (_tpm, _files, daemon) = start();
+    let journal = daemon.journal_scope();
+    let mut admin = daemon.client();
+    let source = admin
+        .wrap("app-src", b"going nowhere", &context("web"))
+        .unwrap();
+    admin.schedule_deletion("app-dst", 7).unwrap();
+    let err = admin
+        .rewrap_to(
+            source.ciphertext.as_bytes(),
+            &context("web"),
+            None,
+            Some("app-dst"),
+            None,
+        )
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::KeyPendingDeletion), "{err}");
+    assert!(
+        err.to_string().contains("hostkms cancel-deletion app-dst"),
+        "{err}"
+    );
+
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
+    let entries = journal_of_stopped(&journal);
+    let alerted: Vec<_> = with_id(&entries, ALERT_PENDING_DELETION_USE)
+        .into_iter()
+        .filter_map(|e| field(e, "HOSTKMS_KEY"))
+        .collect();
+    assert_eq!(
+        alerted,
+        ["app-dst"],
+        "the key still needed is the destination, not the source"
+    );
+}

@@ -110,13 +110,28 @@ mod tests {
     #[test]
     fn key_name_slots_come_from_the_clap_definition() {
         let (commands, options) = key_name_slots(&hostkms_cli::command());
-        for name in ["describe", "wrap", "datakey", "revoke", "sign", "export"] {
+        for name in [
+            "describe",
+            "wrap",
+            "datakey",
+            "revoke",
+            "sign",
+            "export",
+            "schedule-deletion",
+            "cancel-deletion",
+            "set-rotation-period",
+            "set-metadata",
+        ] {
             assert!(commands.iter().any(|c| c == name), "{name}: {commands:?}");
         }
         for name in ["unwrap", "random", "list", "import"] {
             assert!(!commands.iter().any(|c| c == name), "{name}: {commands:?}");
         }
-        assert!(options.iter().any(|o| o == "--key"), "{options:?}");
+        for option in ["--key", "--to-key"] {
+            assert!(options.iter().any(|o| o == option), "{options:?}");
+        }
+        // A tag's name is no key's.
+        assert!(!options.iter().any(|o| o == "--remove-tag"), "{options:?}");
     }
 
     /// Completes `words` (the cursor on the last one) in bash with the
@@ -181,6 +196,10 @@ mod tests {
         assert_eq!(words, ["backups"]);
         assert_eq!(asked.trim(), "--socket /run/x.sock list");
         let (words, _) = complete(&["hostkms", "unwrap", "--key", ""]);
+        assert_eq!(words, ["app-db", "backups"]);
+        let (words, _) = complete(&["hostkms", "schedule-deletion", "ap"]);
+        assert_eq!(words, ["app-db"]);
+        let (words, _) = complete(&["hostkms", "rewrap", "--to-key", ""]);
         assert_eq!(words, ["app-db", "backups"]);
     }
 

@@ -3,12 +3,11 @@
 //! items per second can be compared with the single requests' rate.
 
 use std::path::Path;
-use std::time::Duration;
 
 use agent_proto::ciphertext::MAGIC;
 use agent_proto::{Ciphertext, EncryptionContext, SecretBytes, UnwrapItem, WrapItem};
 
-use super::{Failure, PhaseResult, check_failed, run_phase};
+use super::{Failure, PhaseLength, PhaseResult, check_failed, run_phase};
 use crate::args::BenchOp;
 use crate::error::CliError;
 
@@ -33,7 +32,7 @@ pub(super) struct Workload<'a> {
 pub(super) fn measure(
     socket: &Path,
     connections: usize,
-    duration: Duration,
+    length: PhaseLength,
     work: Workload<'_>,
 ) -> Result<PhaseResult, CliError> {
     let wrap_items: Vec<WrapItem> = match work.op {
@@ -54,7 +53,7 @@ pub(super) fn measure(
             .collect(),
         _ => Vec::new(),
     };
-    run_phase(socket, connections, duration, |client| match work.op {
+    run_phase(socket, connections, length, |client| match work.op {
         BenchOp::Wrap => {
             let results = client.wrap_batch(work.key, wrap_items.clone())?;
             check_all(
