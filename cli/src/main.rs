@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use agent_proto::{Client, KeyInfo, KeySettings, RotationSetting};
-use clap::Parser;
+use clap::Parser as _;
 use hostkms_cli::args::{
     Cli, Command, DatakeyArgs, ExportArgs, InOutArgs, InspectArgs, MacArgs, PeriodArg,
     PublicKeyArgs, RandomArgs, RewrapArgs, SignArgs, UnwrapArgs, VerifyArgs, VerifyMacArgs,
@@ -30,7 +30,13 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// `hostkms_cli::report`): a JSON object on stdout with `--json`, else
 /// `hostkms: <why>` (or clap's style for usage errors) on stderr.
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let json = report::json_requested(std::env::args_os());
+            std::process::exit(report::command_line_failure(&err, json));
+        }
+    };
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -155,6 +155,87 @@ fn usage_errors_found_after_parsing_look_like_claps_own() {
 }
 
 #[test]
+fn command_line_errors_with_json_are_the_json_error_object() {
+    let dir = private_tempdir();
+    let socket = dir.path().join("none.sock");
+    let out = dir.path().join("x");
+    let out = out.to_str().expect("utf-8");
+    for args in [
+        &[
+            "--json",
+            "datakey",
+            "k",
+            "--without-plaintext",
+            "--out",
+            out,
+        ][..],
+        &[
+            "datakey",
+            "k",
+            "--without-plaintext",
+            "--out",
+            out,
+            "--json",
+        ],
+        &["--json", "schedule-deletion", "k", "--days", "3"],
+        &["--json", "wrap"],
+        &["--json", "no-such-command"],
+        &["--json"],
+    ] {
+        let (code, message) = json_error(&cli(&socket, args), 2);
+        assert_eq!(code, "usage", "{args:?}");
+        assert!(!message.is_empty(), "{args:?}");
+        assert!(!message.contains('\u{1b}'), "no colours: {message:?}");
+        assert!(!message.starts_with("error:"), "{message}");
+    }
+    let (_, message) = json_error(
+        &cli(
+            &socket,
+            &["--json", "schedule-deletion", "k", "--days", "3"],
+        ),
+        2,
+    );
+    assert!(message.contains("--days"), "{message}");
+    let (_, message) = json_error(
+        &cli(
+            &socket,
+            &[
+                "--json",
+                "datakey",
+                "k",
+                "--without-plaintext",
+                "--out",
+                out,
+            ],
+        ),
+        2,
+    );
+    assert!(message.contains("cannot be used with"), "{message}");
+    assert!(!Path::new(out).exists());
+
+    // Without --json, clap's own text on stderr, as before.
+    let output = cli(&socket, &["schedule-deletion", "k", "--days", "3"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty());
+    assert!(
+        stderr(&output).starts_with("error: "),
+        "{}",
+        stderr(&output)
+    );
+    // After "--" it is a value, not the flag.
+    let output = cli(&socket, &["wrap", "--", "--json"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty(), "{}", text(&output.stdout));
+    // --help and --version are no errors, and stay text on stdout.
+    for flag in ["--help", "--version"] {
+        let output = cli(&socket, &["--json", flag]);
+        assert_eq!(output.status.code(), Some(0), "{flag}");
+        assert!(text(&output.stdout).contains("hostkms"), "{flag}");
+        assert!(serde_json::from_slice::<Value>(&output.stdout).is_err());
+    }
+}
+
+#[test]
 fn connection_errors_say_what_is_at_the_socket_path() {
     let dir = tempfile::tempdir().expect("tempdir");
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
