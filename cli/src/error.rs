@@ -34,6 +34,20 @@ pub enum CliError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// An input that should be something hostkms made (a ciphertext, an
+    /// export file) is larger than any such thing can be.
+    #[error(
+        "{what} holds more than {limit} bytes: larger than any {expected} hostkms makes \
+         (the most one request can carry); is it the right file?"
+    )]
+    LargerThanAny {
+        /// The file, or "standard input".
+        what: String,
+        /// The limit in bytes.
+        limit: usize,
+        /// What the input should be: "ciphertext", "export file".
+        expected: &'static str,
+    },
     /// A message to sign or MAC exceeds what one request can carry.
     #[error(
         "{what} holds more than {limit} bytes, the most one request can carry (the \
@@ -107,8 +121,8 @@ pub enum CliError {
         /// The grant that would allow it, naming only the key the request named.
         hint: String,
     },
-    /// The input of `unwrap` or `rewrap` is not a ciphertext, told without
-    /// asking the daemon.
+    /// The input of `unwrap`, `rewrap` or `inspect` is not a ciphertext,
+    /// told without asking the daemon.
     #[error("{what}: {why}")]
     NotCiphertext {
         /// The file, or "standard input".
@@ -160,7 +174,9 @@ impl CliError {
             CliError::Connect { .. } => "connect",
             CliError::Usage(_) => "usage",
             CliError::Read { .. } => "read",
-            CliError::InputTooLarge { .. } | CliError::MessageTooLarge { .. } => "input_too_large",
+            CliError::InputTooLarge { .. }
+            | CliError::MessageTooLarge { .. }
+            | CliError::LargerThanAny { .. } => "input_too_large",
             CliError::NotCiphertext { .. } => "not_ciphertext",
             CliError::NotVerified { .. } => "invalid",
             CliError::Write { .. } => "write",

@@ -48,6 +48,23 @@ pub fn read_input(path: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, CliError> {
     }
 }
 
+/// Reads the ciphertext input of `unwrap`, `rewrap` or `inspect` from
+/// `path` (standard input when `None` or "-") and decodes it
+/// ([`ciphertext_from_input`]); too large an input is told as larger than
+/// any ciphertext, not as a plaintext to wrap differently.
+pub fn read_ciphertext(path: Option<&Path>) -> Result<Vec<u8>, CliError> {
+    let path = path.filter(|p| p.as_os_str() != "-");
+    let input = read_input(path).map_err(|err| match err {
+        CliError::InputTooLarge { what, limit } => CliError::LargerThanAny {
+            what,
+            limit,
+            expected: "ciphertext",
+        },
+        other => other,
+    })?;
+    ciphertext_from_input(&input, &describe(path, "standard input"))
+}
+
 /// Reads a message to sign, verify or MAC from `path` (standard input
 /// when `None` or "-"): like [`read_input`], but too large a message gets
 /// advice that fits signing rather than wrapping.

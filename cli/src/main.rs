@@ -256,9 +256,10 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             let bytes = std::fs::File::open(file)
                 .and_then(|mut f| io::read_bounded(&mut f, daemon.max_frame as usize))
                 .map_err(|e| CliError::read(Some(file), e))?
-                .ok_or_else(|| CliError::InputTooLarge {
-                    what: file.display().to_string(),
+                .ok_or_else(|| CliError::LargerThanAny {
+                    what: format!("file {}", file.display()),
                     limit: daemon.max_frame as usize,
+                    expected: "export file",
                 })?;
             print_key(&daemon.connect()?.import_key(&bytes)?, json)
         }
@@ -547,10 +548,7 @@ fn print_key(key: &KeyInfo, json: bool) -> Result<(), CliError> {
 
 /// The ciphertext named by `--in` (or standard input), base64 or raw.
 fn read_ciphertext(io: &InOutArgs) -> Result<Vec<u8>, CliError> {
-    let path = io.input.as_deref().filter(|p| p.as_os_str() != "-");
-    let input = io::read_input(path)?;
-    let what = hostkms_cli::error::describe(path, "standard input");
-    io::ciphertext_from_input(&input, &what)
+    io::read_ciphertext(io.input.as_deref())
 }
 
 /// Prints (or writes to `--out`) a new ciphertext: base64 and a newline,
@@ -664,12 +662,11 @@ fn datakey(daemon: &Daemon, args: &DatakeyArgs, json: bool) -> Result<(), CliErr
 /// `inspect`: the key, key id and version of the input ciphertext.
 fn inspect(daemon: &Daemon, args: &InspectArgs, json: bool) -> Result<(), CliError> {
     let path = args.input.as_deref().filter(|p| p.as_os_str() != "-");
-    let input = io::read_input(path)?;
     let what = hostkms_cli::error::describe(path, "standard input");
     // A bad input is refused before the daemon is asked anything.
-    let ciphertext = io::ciphertext_from_input(&input, &what)?;
-    hostkms_cli::inspect::header(&ciphertext)?;
-    let inspection = hostkms_cli::inspect::inspect(&mut daemon.connect()?, &ciphertext)?;
+    let ciphertext = io::read_ciphertext(path)?;
+    let header = hostkms_cli::inspect::header(&ciphertext, &what)?;
+    let inspection = hostkms_cli::inspect::inspect(&mut daemon.connect()?, &header)?;
     if json {
         write_stdout(
             hostkms_cli::inspect::json(&inspection)

@@ -236,6 +236,44 @@ fn command_line_errors_with_json_are_the_json_error_object() {
 }
 
 #[test]
+fn oversized_or_truncated_ciphertext_input_gets_ciphertext_advice_in_one_style() {
+    let dir = private_tempdir();
+    let socket = dir.path().join("none.sock");
+    let huge = vec![b'A'; agent_proto::DEFAULT_MAX_FRAME as usize + 1];
+    for command in ["inspect", "unwrap", "rewrap"] {
+        let output = cli_stdin(&socket, &[command], &huge);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{command}: {err}");
+        assert!(
+            err.starts_with("hostkms: standard input"),
+            "{command}: {err}"
+        );
+        assert!(
+            err.contains("larger than any ciphertext hostkms makes"),
+            "{command}: {err}"
+        );
+        assert!(!err.contains("data key"), "plaintext advice: {err}");
+        let (code, _) = json_error(&cli_stdin(&socket, &["--json", command], &huge), 2);
+        assert_eq!(code, "input_too_large");
+    }
+    // A cut-off ciphertext: the same `hostkms: ` style as every other
+    // input diagnosis, not the argument parser's.
+    let header = agent_proto::ciphertext::Header {
+        key_id: [1; 16],
+        version: 1,
+        nonce: [2; 12],
+    };
+    let truncated = &header.to_bytes()[..20];
+    let output = cli_stdin(&socket, &["inspect"], truncated);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert!(err.starts_with("hostkms: standard input: "), "{err}");
+    assert!(!err.contains("Usage:"), "{err}");
+    let (code, _) = json_error(&cli_stdin(&socket, &["--json", "inspect"], truncated), 2);
+    assert_eq!(code, "not_ciphertext");
+}
+
+#[test]
 fn connection_errors_say_what_is_at_the_socket_path() {
     let dir = tempfile::tempdir().expect("tempdir");
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
