@@ -295,9 +295,10 @@ pub struct InOutArgs {
     /// Read the input from FILE instead of standard input ("-": standard input).
     #[arg(long = "in", value_name = "FILE")]
     pub input: Option<PathBuf>,
-    /// Write the output to FILE instead of standard output: a new file,
-    /// renamed over FILE (a link there is replaced, not followed; a FIFO or
-    /// device is refused: redirect standard output to it instead).
+    /// Write the output to FILE instead of standard output ("-": standard
+    /// output): a new file, renamed over FILE (a link there is replaced,
+    /// not followed; a FIFO or device is refused: redirect standard output
+    /// to it instead).
     #[arg(long = "out", value_name = "FILE")]
     pub output: Option<PathBuf>,
 }
@@ -333,6 +334,12 @@ pub struct UnwrapArgs {
     /// How the plaintext is written.
     #[command(flatten)]
     pub encoding: PlaintextEncoding,
+    /// Write the raw plaintext even when standard output is a terminal
+    /// (refused otherwise, as it may hold control sequences and stays in
+    /// the scrollback), and replace an existing --out FILE (refused
+    /// otherwise, like datakey --out and export).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// How `unwrap` writes the plaintext: raw bytes (the default, refused on a
@@ -346,11 +353,6 @@ pub struct PlaintextEncoding {
     /// Print the plaintext in lower-case hex and a newline.
     #[arg(long)]
     pub hex: bool,
-    /// Write the raw plaintext even when standard output is a terminal
-    /// (refused otherwise, as it may hold control sequences and stays in
-    /// the scrollback).
-    #[arg(long)]
-    pub force: bool,
 }
 
 /// Arguments of `datakey`.
@@ -366,6 +368,8 @@ pub struct DatakeyArgs {
     pub without_plaintext: bool,
     /// Write the data key in clear (its raw bytes) to FILE, a new file of
     /// mode 0600, instead of printing it; standard output gets the rest.
+    /// FILE is checked, and its temporary file made, before the daemon is
+    /// asked ("-" is refused: leave out --out to print the data key).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
     /// Replace FILE if it exists (with --out).

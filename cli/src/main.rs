@@ -267,13 +267,14 @@ fn run(cli: &Cli) -> Result<(), CliError> {
     }
 }
 
-/// `export`: refuses to replace FILE without --force (checked before and
-/// after the daemon's answer), then writes the daemon's file with mode 0600.
+/// `export`: refuses to replace FILE without --force, and a FILE it could
+/// not write, before the daemon is asked (checked again after its answer),
+/// then writes the daemon's file with mode 0600.
 fn export(daemon: &Daemon, args: &ExportArgs, json: bool) -> Result<(), CliError> {
-    refuse_existing(&args.out, args.force)?;
+    io::refuse_out_dash(&args.out, "export")?;
+    let output = io::SecretOutput::prepare(&args.out, args.force)?;
     let exported = daemon.connect()?.export_key(&args.name, &args.to)?;
-    refuse_existing(&args.out, args.force)?;
-    write_output(Some(&args.out), Sensitivity::Secret, &exported.file)?;
+    output.write(&exported.file)?;
     let text = if json {
         output::json_line(&serde_json::json!({
             "key": exported.key,
@@ -294,20 +295,9 @@ fn export(daemon: &Daemon, args: &ExportArgs, json: bool) -> Result<(), CliError
     write_stdout(text.as_bytes())
 }
 
-/// Refuses an `--out` FILE that exists (a link, dangling or not, counts)
-/// unless `force`: secret outputs never replace a file by surprise.
-fn refuse_existing(out: &Path, force: bool) -> Result<(), CliError> {
-    if !force && std::fs::symlink_metadata(out).is_ok() {
-        return Err(CliError::Usage(format!(
-            "{} exists; give --force to replace it, or another --out",
-            out.display()
-        )));
-    }
-    Ok(())
-}
-
 /// `backup`: the recovery directory named by the daemon's status, as a tar.
 fn backup(daemon: &Daemon, out: &Path, force: bool, json: bool) -> Result<(), CliError> {
+    io::refuse_out_dash(out, "backup")?;
     let status = daemon.connect()?.status()?;
     if output::counters_withheld(&status) {
         return Err(CliError::CountersWithheld {
@@ -592,9 +582,9 @@ fn unwrap(daemon: &Daemon, args: &UnwrapArgs, json: bool) -> Result<(), CliError
                 .to_string(),
         ));
     }
-    let out = args.io.output.as_deref();
+    let out = io::out_path(args.io.output.as_deref());
     let raw = !json && !encoding.base64 && !encoding.hex;
-    if raw && out.is_none() && !encoding.force && std::io::stdout().is_terminal() {
+    if raw && out.is_none() && !args.force && std::io::stdout().is_terminal() {
         return Err(CliError::Usage(
             "refusing to write the raw plaintext to a terminal (binary bytes can garble \
              it, and it stays in the scrollback): redirect standard output, give --out \
@@ -604,23 +594,29 @@ fn unwrap(daemon: &Daemon, args: &UnwrapArgs, json: bool) -> Result<(), CliError
     }
     let context = args.context.context()?;
     let ciphertext = read_ciphertext(&args.io)?;
+    let output = out
+        .map(|path| io::SecretOutput::prepare(path, args.force))
+        .transpose()?;
     let unwrapped = daemon
         .connect()?
         .unwrap(&ciphertext, &context, args.key.as_deref())?;
     let plaintext = unwrapped.plaintext.expose();
+    let emit = |bytes: &[u8]| match output {
+        Some(output) => output.write(bytes),
+        None => write_stdout(bytes),
+    };
     if json {
-        let text = output::unwrapped_json(&unwrapped).map_err(json_error)?;
-        write_output(out, Sensitivity::Secret, &text)
+        emit(&output::unwrapped_json(&unwrapped).map_err(json_error)?)
     } else if encoding.base64 {
         let mut text = io::base64_secret(plaintext, 1);
         text.push('\n');
-        write_output(out, Sensitivity::Secret, text.as_bytes())
+        emit(text.as_bytes())
     } else if encoding.hex {
         let mut text = io::hex_secret(plaintext);
         text.push('\n');
-        write_output(out, Sensitivity::Secret, text.as_bytes())
+        emit(text.as_bytes())
     } else {
-        write_output(out, Sensitivity::Secret, plaintext)
+        emit(plaintext)
     }
 }
 
@@ -628,23 +624,26 @@ fn unwrap(daemon: &Daemon, args: &UnwrapArgs, json: bool) -> Result<(), CliError
 fn datakey(daemon: &Daemon, args: &DatakeyArgs, json: bool) -> Result<(), CliError> {
     let context = args.context.context()?;
     if let Some(out) = &args.out {
-        refuse_existing(out, args.force)?;
+        io::refuse_out_dash(out, "datakey")?;
     }
+    // The file is made ready first: a path that cannot take the data key
+    // is refused before the daemon makes (and audits) one.
+    let output = args
+        .out
+        .as_deref()
+        .map(|out| io::SecretOutput::prepare(out, args.force))
+        .transpose()?;
     let mut client = daemon.connect()?;
     let data_key = if args.without_plaintext {
         client.generate_data_key_without_plaintext(&args.name, args.bytes, &context)?
     } else {
         client.generate_data_key(&args.name, args.bytes, &context)?
     };
-    if let Some(out) = &args.out {
-        // Checked again: the file may have appeared while the daemon worked.
-        refuse_existing(out, args.force)?;
+    if let Some(output) = output {
+        let out = output.path().to_path_buf();
+        let out = &out;
         let plaintext = data_key.plaintext.as_ref().map(|p| p.expose());
-        write_output(
-            Some(out),
-            Sensitivity::Secret,
-            plaintext.unwrap_or_default(),
-        )?;
+        output.write(plaintext.unwrap_or_default())?;
         let text = if json {
             output::data_key_file_json(&data_key, out).map_err(json_error)?
         } else {
