@@ -752,7 +752,9 @@ pub struct BenchArgs {
     pub key_type: Option<KeyTypeArg>,
     /// The key to use, created if missing and kept (default: a temporary
     /// key, "bench-tmp-TYPE-" and random hex, announced at the start and
-    /// revoked, its key material destroyed, at the end).
+    /// revoked, its key material destroyed, at the end, also when SIGINT,
+    /// SIGTERM or SIGHUP stops the run; made only when the daemon says this
+    /// peer may revoke it, asked by revoking a version no key has).
     #[arg(long, value_name = "NAME")]
     pub key: Option<String>,
     /// Also measure wrap-batch or unwrap-batch (with --op wrap or unwrap)

@@ -4,7 +4,8 @@
 //!
 //! Exit codes: 0 success, 1 the daemon refused the request (or, for
 //! `verify` and `verify-mac`, the signature or tag is invalid), 2 usage,
-//! connection or local I/O errors, 3 the daemon is busy (retry later).
+//! connection or local I/O errors, 3 the daemon is busy (retry later),
+//! 128 plus the signal's number for a `bench` a signal stopped.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
