@@ -1072,7 +1072,10 @@ mod tests {
     #[test]
     fn unwrap_encodings_exclude_each_other_and_datakey_out_needs_the_plaintext() {
         assert!(Cli::try_parse_from(["hostkms", "unwrap", "--base64", "--hex"]).is_err());
-        assert!(Cli::try_parse_from(["hostkms", "unwrap", "--hex", "--force"]).is_err());
+        // --force also lets --out replace a file, so it goes with any encoding.
+        assert!(
+            Cli::try_parse_from(["hostkms", "unwrap", "--hex", "--force", "--out", "f"]).is_ok()
+        );
         assert!(Cli::try_parse_from(["hostkms", "unwrap", "--force"]).is_ok());
         assert!(
             Cli::try_parse_from([
