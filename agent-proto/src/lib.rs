@@ -114,6 +114,7 @@ mod error;
 pub mod key_name;
 mod message;
 pub mod period;
+pub mod text;
 pub mod v1;
 pub mod v2;
 pub mod v3;

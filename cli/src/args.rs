@@ -298,9 +298,10 @@ pub struct InOutArgs {
     /// Read the input from FILE instead of standard input ("-": standard input).
     #[arg(long = "in", value_name = "FILE")]
     pub input: Option<PathBuf>,
-    /// Write the output to FILE instead of standard output: a new file,
-    /// renamed over FILE (a link there is replaced, not followed; a FIFO or
-    /// device is refused: redirect standard output to it instead).
+    /// Write the output to FILE instead of standard output ("-": standard
+    /// output): a new file, renamed over FILE (a link there is replaced,
+    /// not followed; a FIFO or device is refused: redirect standard output
+    /// to it instead).
     #[arg(long = "out", value_name = "FILE")]
     pub output: Option<PathBuf>,
 }
@@ -336,6 +337,12 @@ pub struct UnwrapArgs {
     /// How the plaintext is written.
     #[command(flatten)]
     pub encoding: PlaintextEncoding,
+    /// Write the raw plaintext even when standard output is a terminal
+    /// (refused otherwise, as it may hold control sequences and stays in
+    /// the scrollback), and replace an existing --out FILE (refused
+    /// otherwise, like datakey --out and export).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// How `unwrap` writes the plaintext: raw bytes (the default, refused on a
@@ -349,11 +356,6 @@ pub struct PlaintextEncoding {
     /// Print the plaintext in lower-case hex and a newline.
     #[arg(long)]
     pub hex: bool,
-    /// Write the raw plaintext even when standard output is a terminal
-    /// (refused otherwise, as it may hold control sequences and stays in
-    /// the scrollback).
-    #[arg(long)]
-    pub force: bool,
 }
 
 /// Arguments of `datakey`.
@@ -369,6 +371,8 @@ pub struct DatakeyArgs {
     pub without_plaintext: bool,
     /// Write the data key in clear (its raw bytes) to FILE, a new file of
     /// mode 0600, instead of printing it; standard output gets the rest.
+    /// FILE is checked, and its temporary file made, before the daemon is
+    /// asked ("-" is refused: leave out --out to print the data key).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
     /// Replace FILE if it exists (with --out).
@@ -760,7 +764,9 @@ pub struct BenchArgs {
     pub key_type: Option<KeyTypeArg>,
     /// The key to use, created if missing and kept (default: a temporary
     /// key, "bench-tmp-TYPE-" and random hex, announced at the start and
-    /// revoked, its key material destroyed, at the end).
+    /// revoked, its key material destroyed, at the end, also when SIGINT,
+    /// SIGTERM or SIGHUP stops the run; made only when the daemon says this
+    /// peer may revoke it, asked by revoking a version no key has).
     #[arg(long, value_name = "NAME")]
     pub key: Option<String>,
     /// Also measure wrap-batch or unwrap-batch (with --op wrap or unwrap)
@@ -1078,7 +1084,10 @@ mod tests {
     #[test]
     fn unwrap_encodings_exclude_each_other_and_datakey_out_needs_the_plaintext() {
         assert!(Cli::try_parse_from(["hostkms", "unwrap", "--base64", "--hex"]).is_err());
-        assert!(Cli::try_parse_from(["hostkms", "unwrap", "--hex", "--force"]).is_err());
+        // --force also lets --out replace a file, so it goes with any encoding.
+        assert!(
+            Cli::try_parse_from(["hostkms", "unwrap", "--hex", "--force", "--out", "f"]).is_ok()
+        );
         assert!(Cli::try_parse_from(["hostkms", "unwrap", "--force"]).is_ok());
         assert!(
             Cli::try_parse_from([

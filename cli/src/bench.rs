@@ -23,6 +23,7 @@ use crate::error::{CliError, printable};
 use crate::io::write_stdout;
 
 mod batch;
+mod interrupt;
 
 /// Time each phase runs before it starts counting, so that connection
 /// set-up and cold caches do not skew the numbers.
@@ -238,7 +239,9 @@ where
     };
     loop {
         let sent = Instant::now();
-        if sent >= end && shared.completed.load(Ordering::Relaxed) >= shared.length.min_ops {
+        let window_done =
+            sent >= end && shared.completed.load(Ordering::Relaxed) >= shared.length.min_ops;
+        if window_done || interrupt::requested() {
             break;
         }
         let outcome = op(&mut client);
@@ -313,8 +316,12 @@ pub fn run(socket: &Path, args: &BenchArgs, json: bool) -> Result<(), CliError> 
     let key_name = args.key_name(&suffix);
     let key = key_name.as_str();
 
+    // From here a signal stops the run instead of the process, so the
+    // temporary key is still revoked.
+    interrupt::catch().map_err(CliError::Signals)?;
     let mut setup = connect(socket)?;
     if args.temporary_key() {
+        ensure_can_revoke(&mut setup, key)?;
         setup.create_key_of_type(key, key_type)?;
         let _ = writeln!(
             std::io::stderr(),
@@ -325,16 +332,38 @@ pub fn run(socket: &Path, args: &BenchArgs, json: bool) -> Result<(), CliError> 
         let revoked = setup
             .revoke(key, None)
             .or_else(|_| connect(socket).and_then(|mut again| again.revoke(key, None)));
-        let note = match &revoked {
-            Ok(_) => format!("hostkms: bench: revoked temporary key {key}"),
-            Err(e) => format!(
-                "hostkms: bench: could not revoke temporary key {key} ({}); revoke it with: \
-                 hostkms revoke {key} --yes",
-                printable(&e.to_string())
-            ),
+        return match revoked {
+            // Revoked already (by an admin meanwhile): nothing is left.
+            Err(e) if e.code() == Some(ErrorCode::KeyRevoked) => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "hostkms: bench: temporary key {key} was revoked already"
+                );
+                measured
+            }
+            Ok(_) => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "hostkms: bench: revoked temporary key {key}"
+                );
+                measured
+            }
+            Err(e) => {
+                let reported = matches!(measured, Ok(()) | Err(CliError::BenchFailed { .. }));
+                if let Err(failure) = &measured {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "hostkms: {}",
+                        printable(&failure.to_string())
+                    );
+                }
+                Err(CliError::BenchKeyLeft {
+                    key: key.to_string(),
+                    why: printable(&e.to_string()),
+                    reported,
+                })
+            }
         };
-        let _ = writeln!(std::io::stderr(), "{note}");
-        return measured;
     }
     match setup.create_key_of_type(key, key_type) {
         Ok(_) => {}
@@ -352,6 +381,36 @@ pub fn run(socket: &Path, args: &BenchArgs, json: bool) -> Result<(), CliError> 
     }
     drop(setup);
     measure(socket, args, key, data_key_len, json)
+}
+
+/// Refuses to make temporary key `key` when this peer could not revoke it
+/// at the end. The key does not exist yet, and no key has a version
+/// `u32::MAX`, so asking to revoke that version revokes nothing: the daemon
+/// answers `KeyNotFound` to a peer that holds `revoke` on the name (and to
+/// admins) and `PermissionDenied` to any other (agent-proto README,
+/// "Permissions"). Any other answer leaves the decision to `CreateKey`.
+fn ensure_can_revoke(client: &mut Client, key: &str) -> Result<(), CliError> {
+    match client.revoke(key, Some(u32::MAX)) {
+        Err(e) if e.code() == Some(ErrorCode::PermissionDenied) => {
+            Err(CliError::BenchCannotRevoke {
+                key: key.to_string(),
+                uid: nix::unistd::geteuid().as_raw(),
+            })
+        }
+        Ok(_) | Err(ClientError::Daemon { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Stops a run a signal interrupted, before its partial report.
+fn check_interrupted() -> Result<(), CliError> {
+    match interrupt::signal() {
+        Some(signal) => Err(CliError::BenchInterrupted {
+            signal,
+            name: interrupt::name(signal),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Prepares what the operation needs (the ciphertext unwrap or the
@@ -457,6 +516,7 @@ fn measure(
         None => None,
     };
 
+    check_interrupted()?;
     let text = if json {
         render_json(args, key, &ping, &op, batch.as_ref())
     } else {

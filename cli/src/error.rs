@@ -34,6 +34,20 @@ pub enum CliError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// An input that should be something hostkms made (a ciphertext, an
+    /// export file) is larger than any such thing can be.
+    #[error(
+        "{what} holds more than {limit} bytes: larger than any {expected} hostkms makes \
+         (the most one request can carry); is it the right file?"
+    )]
+    LargerThanAny {
+        /// The file, or "standard input".
+        what: String,
+        /// The limit in bytes.
+        limit: usize,
+        /// What the input should be: "ciphertext", "export file".
+        expected: &'static str,
+    },
     /// A message to sign or MAC exceeds what one request can carry.
     #[error(
         "{what} holds more than {limit} bytes, the most one request can carry (the \
@@ -107,8 +121,8 @@ pub enum CliError {
         /// The grant that would allow it, naming only the key the request named.
         hint: String,
     },
-    /// The input of `unwrap` or `rewrap` is not a ciphertext, told without
-    /// asking the daemon.
+    /// The input of `unwrap`, `rewrap` or `inspect` is not a ciphertext,
+    /// told without asking the daemon.
     #[error("{what}: {why}")]
     NotCiphertext {
         /// The file, or "standard input".
@@ -116,6 +130,46 @@ pub enum CliError {
         /// What the input is instead, and what to pass.
         why: String,
     },
+    /// `bench` was stopped by a signal before it finished (its temporary
+    /// key was revoked, or [`CliError::BenchKeyLeft`] says otherwise).
+    #[error("bench: interrupted by {name}; no results")]
+    BenchInterrupted {
+        /// The signal's number: the exit code is 128 plus it.
+        signal: i32,
+        /// The signal's name.
+        name: &'static str,
+    },
+    /// `bench` would make a temporary key this peer may not revoke, so it
+    /// made none.
+    #[error(
+        "bench makes a temporary key ({key}) and revokes it at the end, but uid {uid} may \
+         not revoke it, so it would be left behind: nothing was created. Give --key NAME to \
+         measure with a key of your own (created if missing, and kept), or have an admin \
+         add \"revoke\" to the ops of your [[grant]] with keys = [\"bench-tmp-*\"]"
+    )]
+    BenchCannotRevoke {
+        /// The temporary key's name.
+        key: String,
+        /// This process's effective uid.
+        uid: u32,
+    },
+    /// `bench` could not revoke its temporary key: it is still there.
+    #[error(
+        "bench could not revoke its temporary key {key} ({why}): it is left as it is. \
+         An admin, or a peer granted \"revoke\" on it, must revoke it: \
+         hostkms revoke {key} --yes"
+    )]
+    BenchKeyLeft {
+        /// The temporary key's name.
+        key: String,
+        /// Why the revocation failed.
+        why: String,
+        /// Whether the report was printed on standard output first.
+        reported: bool,
+    },
+    /// The signal handlers that let `bench` clean up could not be installed.
+    #[error("bench: cannot catch SIGINT, SIGTERM and SIGHUP to clean up after them: {0}")]
+    Signals(io::Error),
     /// Benchmark requests failed (the results were printed already).
     #[error("benchmark: {errors} requests failed; first failure: {first}")]
     BenchFailed {
@@ -128,12 +182,16 @@ pub enum CliError {
 
 impl CliError {
     /// The process exit code: 1 when the daemon refused a request, or is
-    /// too old for it (or benchmark requests failed, or a signature or tag
-    /// is invalid), 2 for usage, connection and local errors,
-    /// 3 when the daemon is busy: at a limit, so the same command may
-    /// succeed later (a script may retry on 3, never on 1).
+    /// too old for it (or benchmark requests failed or left its temporary
+    /// key, or a signature or tag is invalid), 2 for usage, connection and
+    /// local errors, 3 when the daemon is busy: at a limit, so the same
+    /// command may succeed later (a script may retry on 3, never on 1);
+    /// 128 plus the signal's number for a `bench` a signal stopped.
     pub fn exit_code(&self) -> u8 {
         match self {
+            CliError::BenchInterrupted { signal, .. } => {
+                u8::try_from(128 + signal).unwrap_or(u8::MAX)
+            }
             CliError::Client(ClientError::Daemon {
                 code: ErrorCode::Busy,
                 ..
@@ -141,6 +199,8 @@ impl CliError {
             CliError::Client(ClientError::Daemon { .. })
             | CliError::Client(ClientError::DaemonTooOld { .. })
             | CliError::BenchFailed { .. }
+            | CliError::BenchCannotRevoke { .. }
+            | CliError::BenchKeyLeft { .. }
             | CliError::NotVerified { .. }
             | CliError::Denied { .. }
             | CliError::CountersWithheld { .. }
@@ -160,12 +220,18 @@ impl CliError {
             CliError::Connect { .. } => "connect",
             CliError::Usage(_) => "usage",
             CliError::Read { .. } => "read",
-            CliError::InputTooLarge { .. } | CliError::MessageTooLarge { .. } => "input_too_large",
+            CliError::InputTooLarge { .. }
+            | CliError::MessageTooLarge { .. }
+            | CliError::LargerThanAny { .. } => "input_too_large",
             CliError::NotCiphertext { .. } => "not_ciphertext",
             CliError::NotVerified { .. } => "invalid",
             CliError::Write { .. } => "write",
             CliError::Random(_) => "random",
             CliError::BenchThread | CliError::BenchFailed { .. } => "bench_failed",
+            CliError::BenchInterrupted { .. } => "interrupted",
+            CliError::BenchCannotRevoke { .. } => daemon_code(ErrorCode::PermissionDenied),
+            CliError::BenchKeyLeft { .. } => "bench_key_left",
+            CliError::Signals(_) => "signals",
             CliError::CountersWithheld { .. } => "counters_withheld",
             CliError::NotRecoverable => "not_recoverable",
         }
@@ -178,7 +244,9 @@ impl CliError {
     pub fn stdout_has_result(&self) -> bool {
         matches!(
             self,
-            CliError::NotVerified { .. } | CliError::BenchFailed { .. }
+            CliError::NotVerified { .. }
+                | CliError::BenchFailed { .. }
+                | CliError::BenchKeyLeft { reported: true, .. }
         )
     }
 

@@ -23,15 +23,21 @@ pub struct Inspection {
     pub key: Option<String>,
 }
 
-/// The header of `ciphertext`, or why it is not a hostkms ciphertext.
-pub fn header(ciphertext: &[u8]) -> Result<Header, CliError> {
+/// The header of `ciphertext` (read from `what`, for messages), or why it
+/// is not a hostkms ciphertext: the same [`CliError::NotCiphertext`] as
+/// every other diagnosis of the input.
+pub fn header(ciphertext: &[u8], what: &str) -> Result<Header, CliError> {
+    let not = |why: String| CliError::NotCiphertext {
+        what: what.to_string(),
+        why,
+    };
     if ciphertext.trim_ascii().is_empty() {
-        return Err(CliError::Usage(
-            "the input is empty: pass a ciphertext with --in FILE or on standard input".into(),
+        return Err(not(
+            "input is empty: pass a ciphertext with --in FILE or on standard input".into(),
         ));
     }
     Header::parse(ciphertext).map_err(|e| {
-        CliError::Usage(format!(
+        not(format!(
             "{e}; inspect takes a ciphertext as `hostkms wrap` writes it (base64 or raw)"
         ))
     })
@@ -49,12 +55,11 @@ pub fn inspection(header: &Header, keys: &[KeyInfo]) -> Inspection {
     }
 }
 
-/// Reads the header of `ciphertext` and names its key by asking the daemon
-/// for the keys this peer may see.
-pub fn inspect(client: &mut Client, ciphertext: &[u8]) -> Result<Inspection, CliError> {
-    let header = header(ciphertext)?;
+/// Names the key of a ciphertext's `header` by asking the daemon for the
+/// keys this peer may see.
+pub fn inspect(client: &mut Client, header: &Header) -> Result<Inspection, CliError> {
     let keys = client.list_keys().map_err(CliError::from)?;
-    Ok(inspection(&header, &keys))
+    Ok(inspection(header, &keys))
 }
 
 /// The JSON form: `{"key": NAME or null, "key_id": HEX, "version": N}`.
@@ -105,7 +110,7 @@ mod tests {
 
     #[test]
     fn names_the_key_only_when_listed() {
-        let header = header(&ciphertext([1; 16], 3)).unwrap();
+        let header = header(&ciphertext([1; 16], 3), "standard input").unwrap();
         let unseen = inspection(&header, &[]);
         assert_eq!(unseen.key, None);
         assert_eq!(unseen.version, 3);
@@ -121,7 +126,9 @@ mod tests {
             (b"hello world", "not a hostkms ciphertext"),
             (b"HKMS\x01short", "truncated"),
         ] {
-            let err = header(input).unwrap_err().to_string();
+            let err = header(input, "standard input").unwrap_err();
+            assert_eq!(err.code(), "not_ciphertext");
+            let err = err.to_string();
             assert!(err.contains(why), "{err}");
         }
     }

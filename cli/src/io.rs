@@ -48,6 +48,23 @@ pub fn read_input(path: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, CliError> {
     }
 }
 
+/// Reads the ciphertext input of `unwrap`, `rewrap` or `inspect` from
+/// `path` (standard input when `None` or "-") and decodes it
+/// ([`ciphertext_from_input`]); too large an input is told as larger than
+/// any ciphertext, not as a plaintext to wrap differently.
+pub fn read_ciphertext(path: Option<&Path>) -> Result<Vec<u8>, CliError> {
+    let path = path.filter(|p| p.as_os_str() != "-");
+    let input = read_input(path).map_err(|err| match err {
+        CliError::InputTooLarge { what, limit } => CliError::LargerThanAny {
+            what,
+            limit,
+            expected: "ciphertext",
+        },
+        other => other,
+    })?;
+    ciphertext_from_input(&input, &describe(path, "standard input"))
+}
+
 /// Reads a message to sign, verify or MAC from `path` (standard input
 /// when `None` or "-"): like [`read_input`], but too large a message gets
 /// advice that fits signing rather than wrapping.
@@ -244,15 +261,90 @@ pub fn base64_public(bytes: &[u8]) -> String {
     STANDARD.encode(bytes)
 }
 
-/// Writes `bytes` to `path`, or to standard output when `path` is `None`.
-/// A file is written as [`replace_file`] does: a secret gets a new file of
-/// mode 0600, a public output one of mode 0666 less the umask.
+/// The file an `--out` names: `None` for standard output (no `--out`, or
+/// `--out -`, as `--in -` is standard input).
+pub fn out_path(path: Option<&Path>) -> Option<&Path> {
+    path.filter(|p| p.as_os_str() != "-")
+}
+
+/// Refuses `--out -` for a command whose standard output carries its own
+/// report (`command`), so the output cannot go there too.
+pub fn refuse_out_dash(out: &Path, command: &str) -> Result<(), CliError> {
+    if out.as_os_str() == "-" {
+        return Err(CliError::Usage(format!(
+            "--out - (standard output) is not for {command}: it prints its report on \
+             standard output; give --out FILE"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses an `--out` FILE that exists (a link, dangling or not, counts)
+/// unless `force`: secret outputs never replace a file by surprise.
+pub fn refuse_existing(out: &Path, force: bool) -> Result<(), CliError> {
+    if !force && fs::symlink_metadata(out).is_ok() {
+        return Err(CliError::Usage(format!(
+            "{} exists; give --force to replace it, or another --out",
+            out.display()
+        )));
+    }
+    Ok(())
+}
+
+/// A secret `--out` file made ready before the daemon is asked for the
+/// secret: FILE checked (not there unless `--force`, nothing but a regular
+/// file to replace) and its temporary file created (mode 0600) in FILE's
+/// directory, so a path that cannot be written is refused before a data
+/// key is made or a ciphertext decrypted. [`SecretOutput::write`] checks
+/// again, fills it and renames it over FILE; dropped unwritten, the
+/// temporary file is removed.
+pub struct SecretOutput {
+    path: std::path::PathBuf,
+    force: bool,
+    file: atomic_write_file::AtomicWriteFile,
+}
+
+impl SecretOutput {
+    /// Prepares `path` (see [`SecretOutput`]).
+    pub fn prepare(path: &Path, force: bool) -> Result<SecretOutput, CliError> {
+        // What --force cannot fix is told first.
+        refuse_non_regular(path).map_err(|e| CliError::write(Some(path), e))?;
+        refuse_existing(path, force)?;
+        let file = open_replacement(path, FileMode::Exactly(0o600))
+            .map_err(|e| CliError::write(Some(path), e))?;
+        Ok(SecretOutput {
+            path: path.to_path_buf(),
+            force,
+            file,
+        })
+    }
+
+    /// The file this output replaces.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `bytes` and renames the file over the path, after checking
+    /// again that nothing appeared there meanwhile (unless `--force`) and
+    /// that it did not become something other than a regular file.
+    pub fn write(self, bytes: &[u8]) -> Result<(), CliError> {
+        refuse_existing(&self.path, self.force)?;
+        let path = self.path;
+        refuse_non_regular(&path)
+            .and_then(|()| finish_replacement(self.file, &path, bytes))
+            .map_err(|e| CliError::write(Some(&path), e))
+    }
+}
+
+/// Writes `bytes` to `path`, or to standard output when `path` is `None`
+/// or "-". A file is written as [`replace_file`] does: a secret gets a new
+/// file of mode 0600, a public output one of mode 0666 less the umask.
 pub fn write_output(
     path: Option<&Path>,
     sensitivity: Sensitivity,
     bytes: &[u8],
 ) -> Result<(), CliError> {
-    match path {
+    match out_path(path) {
         Some(path) => {
             let mode = match sensitivity {
                 Sensitivity::Secret => FileMode::Exactly(0o600),
@@ -297,11 +389,18 @@ pub enum FileMode {
 /// replacing it would break what uses it, and writing into it is what
 /// standard output is for.
 pub fn replace_file(path: &Path, bytes: &[u8], mode: FileMode) -> io::Result<()> {
+    let file = open_replacement(path, mode)?;
+    finish_replacement(file, path, bytes)
+}
+
+/// The first half of [`replace_file`]: refuses what it refuses and creates
+/// the temporary file, with its mode, in `path`'s directory.
+fn open_replacement(path: &Path, mode: FileMode) -> io::Result<atomic_write_file::AtomicWriteFile> {
     refuse_non_regular(path)?;
     let create_mode = match mode {
         FileMode::Exactly(mode) | FileMode::Umask(mode) => mode,
     };
-    let mut file = atomic_write_file::AtomicWriteFile::options()
+    let file = atomic_write_file::AtomicWriteFile::options()
         // The defaults copy the mode and owner of what is at `path`: the
         // owner and mode of another user's file, or 0777 from a link.
         .preserve_mode(false)
@@ -313,6 +412,15 @@ pub fn replace_file(path: &Path, bytes: &[u8], mode: FileMode) -> io::Result<()>
         file.as_file()
             .set_permissions(fs::Permissions::from_mode(mode))?;
     }
+    Ok(file)
+}
+
+/// The second half of [`replace_file`]: writes, syncs and renames.
+fn finish_replacement(
+    mut file: atomic_write_file::AtomicWriteFile,
+    path: &Path,
+    bytes: &[u8],
+) -> io::Result<()> {
     file.write_all(bytes)?;
     file.commit().map_err(|e| explain_directory_error(path, e))
 }
@@ -383,9 +491,13 @@ fn explain_directory_error(path: &Path, error: io::Error) -> io::Error {
 
 /// Replaces `path` whole with `bytes`, readable by all (mode 0644): a
 /// metrics collector reading it meanwhile sees the old file or the new one,
-/// never half of one. See [`replace_file`].
+/// never half of one. See [`replace_file`]. "-" is standard output.
 pub fn write_public_atomically(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
-    replace_file(path, bytes, FileMode::Exactly(0o644)).map_err(|e| CliError::write(Some(path), e))
+    match out_path(Some(path)) {
+        Some(path) => replace_file(path, bytes, FileMode::Exactly(0o644))
+            .map_err(|e| CliError::write(Some(path), e)),
+        None => write_stdout(bytes),
+    }
 }
 
 #[cfg(test)]

@@ -17,11 +17,13 @@ version_not_found, wrong_key_type, bad_request, frame_too_large,
 unsupported_version, unrecognized), or a local kind: usage, connect,
 connection, timed_out, may_have_executed, daemon_too_old, read, write,
 input_too_large, not_ciphertext, counters_withheld, not_recoverable, random,
-bench_failed. verify and verify-mac print their result object even when the
-signature or tag is invalid (exit 1), and bench its report when requests
-failed: then the error goes to standard error only. Errors of the command
-line itself (unknown options, missing arguments) are clap's, on standard
-error, exit 2.";
+bench_failed, bench_key_left, interrupted, signals. verify and verify-mac
+print their result object even when the signature or tag is invalid (exit
+1), and bench its report when requests failed or its temporary key could
+not be revoked: then the error goes to standard error only. Errors of the
+command line itself (unknown options, missing arguments, conflicts) are the
+usage object too when --json comes before any --, exit 2; --help and
+--version print their text.";
 
 /// A key's metadata: create-key, describe, rotate, revoke, disable,
 /// enable, schedule-deletion, cancel-deletion, set-rotation-period,

@@ -4,7 +4,8 @@
 //!
 //! Exit codes: 0 success, 1 the daemon refused the request (or, for
 //! `verify` and `verify-mac`, the signature or tag is invalid), 2 usage,
-//! connection or local I/O errors, 3 the daemon is busy (retry later).
+//! connection or local I/O errors, 3 the daemon is busy (retry later),
+//! 128 plus the signal's number for a `bench` a signal stopped.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use agent_proto::{Client, KeyInfo, KeySettings, RotationSetting};
-use clap::Parser;
+use clap::Parser as _;
 use hostkms_cli::args::{
     Cli, Command, DatakeyArgs, ExportArgs, InOutArgs, InspectArgs, MacArgs, PeriodArg,
     PublicKeyArgs, RandomArgs, RewrapArgs, SignArgs, UnwrapArgs, VerifyArgs, VerifyMacArgs,
@@ -30,7 +31,13 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// `hostkms_cli::report`): a JSON object on stdout with `--json`, else
 /// `hostkms: <why>` (or clap's style for usage errors) on stderr.
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let json = report::json_requested(std::env::args_os());
+            std::process::exit(report::command_line_failure(&err, json));
+        }
+    };
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -250,9 +257,10 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             let bytes = std::fs::File::open(file)
                 .and_then(|mut f| io::read_bounded(&mut f, daemon.max_frame as usize))
                 .map_err(|e| CliError::read(Some(file), e))?
-                .ok_or_else(|| CliError::InputTooLarge {
-                    what: file.display().to_string(),
+                .ok_or_else(|| CliError::LargerThanAny {
+                    what: format!("file {}", file.display()),
                     limit: daemon.max_frame as usize,
+                    expected: "export file",
                 })?;
             print_key(&daemon.connect()?.import_key(&bytes)?, json)
         }
@@ -260,13 +268,14 @@ fn run(cli: &Cli) -> Result<(), CliError> {
     }
 }
 
-/// `export`: refuses to replace FILE without --force (checked before and
-/// after the daemon's answer), then writes the daemon's file with mode 0600.
+/// `export`: refuses to replace FILE without --force, and a FILE it could
+/// not write, before the daemon is asked (checked again after its answer),
+/// then writes the daemon's file with mode 0600.
 fn export(daemon: &Daemon, args: &ExportArgs, json: bool) -> Result<(), CliError> {
-    refuse_existing(&args.out, args.force)?;
+    io::refuse_out_dash(&args.out, "export")?;
+    let output = io::SecretOutput::prepare(&args.out, args.force)?;
     let exported = daemon.connect()?.export_key(&args.name, &args.to)?;
-    refuse_existing(&args.out, args.force)?;
-    write_output(Some(&args.out), Sensitivity::Secret, &exported.file)?;
+    output.write(&exported.file)?;
     let text = if json {
         output::json_line(&serde_json::json!({
             "key": exported.key,
@@ -287,20 +296,9 @@ fn export(daemon: &Daemon, args: &ExportArgs, json: bool) -> Result<(), CliError
     write_stdout(text.as_bytes())
 }
 
-/// Refuses an `--out` FILE that exists (a link, dangling or not, counts)
-/// unless `force`: secret outputs never replace a file by surprise.
-fn refuse_existing(out: &Path, force: bool) -> Result<(), CliError> {
-    if !force && std::fs::symlink_metadata(out).is_ok() {
-        return Err(CliError::Usage(format!(
-            "{} exists; give --force to replace it, or another --out",
-            out.display()
-        )));
-    }
-    Ok(())
-}
-
 /// `backup`: the recovery directory named by the daemon's status, as a tar.
 fn backup(daemon: &Daemon, out: &Path, force: bool, json: bool) -> Result<(), CliError> {
+    io::refuse_out_dash(out, "backup")?;
     let status = daemon.connect()?.status()?;
     if output::counters_withheld(&status) {
         return Err(CliError::CountersWithheld {
@@ -541,10 +539,7 @@ fn print_key(key: &KeyInfo, json: bool) -> Result<(), CliError> {
 
 /// The ciphertext named by `--in` (or standard input), base64 or raw.
 fn read_ciphertext(io: &InOutArgs) -> Result<Vec<u8>, CliError> {
-    let path = io.input.as_deref().filter(|p| p.as_os_str() != "-");
-    let input = io::read_input(path)?;
-    let what = hostkms_cli::error::describe(path, "standard input");
-    io::ciphertext_from_input(&input, &what)
+    io::read_ciphertext(io.input.as_deref())
 }
 
 /// Prints (or writes to `--out`) a new ciphertext: base64 and a newline,
@@ -588,9 +583,9 @@ fn unwrap(daemon: &Daemon, args: &UnwrapArgs, json: bool) -> Result<(), CliError
                 .to_string(),
         ));
     }
-    let out = args.io.output.as_deref();
+    let out = io::out_path(args.io.output.as_deref());
     let raw = !json && !encoding.base64 && !encoding.hex;
-    if raw && out.is_none() && !encoding.force && std::io::stdout().is_terminal() {
+    if raw && out.is_none() && !args.force && std::io::stdout().is_terminal() {
         return Err(CliError::Usage(
             "refusing to write the raw plaintext to a terminal (binary bytes can garble \
              it, and it stays in the scrollback): redirect standard output, give --out \
@@ -600,23 +595,29 @@ fn unwrap(daemon: &Daemon, args: &UnwrapArgs, json: bool) -> Result<(), CliError
     }
     let context = args.context.context()?;
     let ciphertext = read_ciphertext(&args.io)?;
+    let output = out
+        .map(|path| io::SecretOutput::prepare(path, args.force))
+        .transpose()?;
     let unwrapped = daemon
         .connect()?
         .unwrap(&ciphertext, &context, args.key.as_deref())?;
     let plaintext = unwrapped.plaintext.expose();
+    let emit = |bytes: &[u8]| match output {
+        Some(output) => output.write(bytes),
+        None => write_stdout(bytes),
+    };
     if json {
-        let text = output::unwrapped_json(&unwrapped).map_err(json_error)?;
-        write_output(out, Sensitivity::Secret, &text)
+        emit(&output::unwrapped_json(&unwrapped).map_err(json_error)?)
     } else if encoding.base64 {
         let mut text = io::base64_secret(plaintext, 1);
         text.push('\n');
-        write_output(out, Sensitivity::Secret, text.as_bytes())
+        emit(text.as_bytes())
     } else if encoding.hex {
         let mut text = io::hex_secret(plaintext);
         text.push('\n');
-        write_output(out, Sensitivity::Secret, text.as_bytes())
+        emit(text.as_bytes())
     } else {
-        write_output(out, Sensitivity::Secret, plaintext)
+        emit(plaintext)
     }
 }
 
@@ -624,23 +625,26 @@ fn unwrap(daemon: &Daemon, args: &UnwrapArgs, json: bool) -> Result<(), CliError
 fn datakey(daemon: &Daemon, args: &DatakeyArgs, json: bool) -> Result<(), CliError> {
     let context = args.context.context()?;
     if let Some(out) = &args.out {
-        refuse_existing(out, args.force)?;
+        io::refuse_out_dash(out, "datakey")?;
     }
+    // The file is made ready first: a path that cannot take the data key
+    // is refused before the daemon makes (and audits) one.
+    let output = args
+        .out
+        .as_deref()
+        .map(|out| io::SecretOutput::prepare(out, args.force))
+        .transpose()?;
     let mut client = daemon.connect()?;
     let data_key = if args.without_plaintext {
         client.generate_data_key_without_plaintext(&args.name, args.bytes, &context)?
     } else {
         client.generate_data_key(&args.name, args.bytes, &context)?
     };
-    if let Some(out) = &args.out {
-        // Checked again: the file may have appeared while the daemon worked.
-        refuse_existing(out, args.force)?;
+    if let Some(output) = output {
+        let out = output.path().to_path_buf();
+        let out = &out;
         let plaintext = data_key.plaintext.as_ref().map(|p| p.expose());
-        write_output(
-            Some(out),
-            Sensitivity::Secret,
-            plaintext.unwrap_or_default(),
-        )?;
+        output.write(plaintext.unwrap_or_default())?;
         let text = if json {
             output::data_key_file_json(&data_key, out).map_err(json_error)?
         } else {
@@ -658,12 +662,11 @@ fn datakey(daemon: &Daemon, args: &DatakeyArgs, json: bool) -> Result<(), CliErr
 /// `inspect`: the key, key id and version of the input ciphertext.
 fn inspect(daemon: &Daemon, args: &InspectArgs, json: bool) -> Result<(), CliError> {
     let path = args.input.as_deref().filter(|p| p.as_os_str() != "-");
-    let input = io::read_input(path)?;
     let what = hostkms_cli::error::describe(path, "standard input");
     // A bad input is refused before the daemon is asked anything.
-    let ciphertext = io::ciphertext_from_input(&input, &what)?;
-    hostkms_cli::inspect::header(&ciphertext)?;
-    let inspection = hostkms_cli::inspect::inspect(&mut daemon.connect()?, &ciphertext)?;
+    let ciphertext = io::read_ciphertext(path)?;
+    let header = hostkms_cli::inspect::header(&ciphertext, &what)?;
+    let inspection = hostkms_cli::inspect::inspect(&mut daemon.connect()?, &header)?;
     if json {
         write_stdout(
             hostkms_cli::inspect::json(&inspection)

@@ -148,13 +148,36 @@ pub fn has_tags(key: &KeyInfo, wanted: &std::collections::BTreeMap<String, Strin
         .all(|(name, value)| key.tags.get(name) == Some(value))
 }
 
-/// Tags as `name=value` separated by ", ", each escaped for a terminal.
+/// Tags as `name="value"` separated by ", ", each value quoted
+/// ([`quoted`]) so that no value can read as more tags or as the columns
+/// after them.
 fn tags_human(tags: &std::collections::BTreeMap<String, String>) -> String {
     let shown: Vec<String> = tags
         .iter()
-        .map(|(name, value)| format!("{}={}", printable(name), printable(value)))
+        .map(|(name, value)| format!("{}={}", printable(name), quoted(value)))
         .collect();
     shown.join(", ")
+}
+
+/// `text` in double quotes, with `"` and `\` escaped by a backslash and
+/// every character that hides or reorders text
+/// ([`agent_proto::text::is_display_control`]) shown as its `\u{...}`
+/// escape: where it starts and ends, and what it holds, is unambiguous.
+pub fn quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if agent_proto::text::is_display_control(c) => out.extend(c.escape_default()),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// Serializes a public value as one line of JSON.
@@ -204,11 +227,7 @@ pub fn key_human(key: &KeyInfo) -> String {
         );
     }
     if !key.description.is_empty() {
-        let _ = writeln!(
-            out,
-            "description:             {}",
-            printable(&key.description)
-        );
+        let _ = writeln!(out, "description:             {}", quoted(&key.description));
     }
     if !key.tags.is_empty() {
         let _ = writeln!(out, "tags:                    {}", tags_human(&key.tags));
@@ -258,7 +277,7 @@ pub fn keys_human(keys: &[KeyInfo]) -> String {
             let _ = write!(line, "  [{}]", tags_human(&key.tags));
         }
         if !key.description.is_empty() {
-            let _ = write!(line, "  {}", printable(&key.description));
+            let _ = write!(line, "  {}", quoted(&key.description));
         }
         let _ = writeln!(out, "{}", line.trim_end());
     }
@@ -1014,6 +1033,41 @@ mod tests {
         assert!(
             list.contains("old     pending-deletion  aes256-gcm"),
             "{list}"
+        );
+    }
+
+    #[test]
+    fn tags_and_descriptions_cannot_imitate_other_tags_or_columns() {
+        let mut spoof = sample_key();
+        spoof.tags.insert(
+            "env".to_string(),
+            "dev, owner=security-team, pci=approved".to_string(),
+        );
+        spoof
+            .tags
+            .insert("q".to_string(), "say \"hi\" \\ \u{202E}x".to_string());
+        spoof.description = "          (enabled, audited)".to_string();
+        let list = keys_human(std::slice::from_ref(&spoof));
+        assert!(
+            list.contains(
+                r#"[env="dev, owner=security-team, pci=approved", q="say \"hi\" \\ \u{202e}x"]"#
+            ),
+            "{list}"
+        );
+        assert!(
+            list.contains(r#"  "          (enabled, audited)""#),
+            "{list}"
+        );
+        let text = key_human(&spoof);
+        assert!(
+            text.contains(
+                r#"tags:                    env="dev, owner=security-team, pci=approved", q="say \"hi\" \\ \u{202e}x""#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("description:             \"          (enabled, audited)\"\n"),
+            "{text}"
         );
     }
 

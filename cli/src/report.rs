@@ -46,6 +46,64 @@ pub fn usage_text(message: &str, subcommand: Option<&str>, color: bool) -> Strin
     }
 }
 
+/// Whether the command line `args` (the program name first) asks for
+/// `--json`: the flag before any `--`, after which words are values.
+pub fn json_requested<I, S>(args: I) -> bool
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    args.into_iter()
+        .skip(1)
+        .map(|arg| arg.as_ref().to_owned())
+        .take_while(|arg| arg != "--")
+        .any(|arg| arg == "--json")
+}
+
+/// Reports a command line clap refused: with `json`, the `--json` error
+/// object (`usage`, clap's message without its colours, usage line and
+/// hint) on standard output and exit code 2; otherwise, and always for
+/// `--help` and `--version`, as clap prints it. Returns the exit code.
+pub fn command_line_failure(err: &clap::Error, json: bool) -> i32 {
+    let informational = matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    );
+    if !json || informational {
+        let _ = err.print();
+        return err.exit_code();
+    }
+    let message = if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        "no command given: `hostkms --help` lists the commands".to_string()
+    } else {
+        clap_message(&err.render().to_string())
+    };
+    let usage = CliError::Usage(message);
+    let mut out = std::io::stdout().lock();
+    let _ = out
+        .write_all(usage.to_json().as_bytes())
+        .and_then(|()| out.flush());
+    i32::from(usage.exit_code())
+}
+
+/// The message of clap's rendered (uncoloured) error: its paragraphs but
+/// the usage line and the `--help` hint, on one line, without `error: `.
+fn clap_message(rendered: &str) -> String {
+    let paragraphs: Vec<String> = rendered
+        .split("\n\n")
+        .map(str::trim)
+        .filter(|p| {
+            !p.is_empty() && !p.starts_with("Usage:") && !p.starts_with("For more information")
+        })
+        .map(|p| p.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    let joined = paragraphs.join("; ");
+    joined
+        .strip_prefix("error: ")
+        .map(str::to_string)
+        .unwrap_or(joined)
+}
+
 /// Prints `err` for `--json` (`json`) or a human, and returns its exit
 /// code. `subcommand` names the command that ran, for a usage error's
 /// usage line.
@@ -95,6 +153,27 @@ mod tests {
         let value: serde_json::Value = serde_json::from_str(&usage.to_json()).expect("JSON");
         assert_eq!(value["error"]["code"], "usage");
         assert_eq!(usage.exit_code(), 2);
+    }
+
+    #[test]
+    fn json_is_asked_for_only_before_a_double_dash() {
+        assert!(json_requested(["hostkms", "--json", "ping"]));
+        assert!(json_requested(["hostkms", "wrap", "k", "--json"]));
+        assert!(!json_requested(["hostkms", "wrap", "--", "--json"]));
+        assert!(!json_requested(["--json"]), "the program name is no flag");
+        assert!(!json_requested(["hostkms", "--jsonx"]));
+    }
+
+    #[test]
+    fn clap_messages_lose_the_prefix_usage_and_hint() {
+        let err = crate::command()
+            .try_get_matches_from(["hostkms", "schedule-deletion", "k", "--days", "3"])
+            .expect_err("refused");
+        let message = clap_message(&err.render().to_string());
+        assert_eq!(
+            message,
+            "invalid value '3' for '--days <N>': 3 is not in 7..=30"
+        );
     }
 
     #[test]

@@ -38,8 +38,8 @@ pub struct DeletionDue {
     pub elapsed: u64,
 }
 
-/// Checks a description: at most [`MAX_DESCRIPTION_BYTES`] bytes, no
-/// control characters.
+/// Checks a description: at most [`MAX_DESCRIPTION_BYTES`] bytes, none of
+/// the characters [`agent_proto::text::is_display_control`] names.
 pub fn check_description(description: &str) -> Result<(), StoreError> {
     if description.len() > MAX_DESCRIPTION_BYTES {
         return Err(StoreError::InvalidArgument(format!(
@@ -47,16 +47,12 @@ pub fn check_description(description: &str) -> Result<(), StoreError> {
             description.len()
         )));
     }
-    if description.chars().any(char::is_control) {
-        return Err(StoreError::InvalidArgument(
-            "the description contains a control character (newlines and tabs included); use plain text on one line".to_string(),
-        ));
-    }
-    Ok(())
+    check_text("the description", description)
 }
 
 /// Checks one tag: name `[A-Za-z0-9._-]{1,64}`, value at most
-/// [`MAX_TAG_VALUE_BYTES`] bytes without control characters.
+/// [`MAX_TAG_VALUE_BYTES`] bytes, none of the characters
+/// [`agent_proto::text::is_display_control`] names.
 pub fn check_tag(name: &str, value: &str) -> Result<(), StoreError> {
     check_tag_name(name)?;
     if value.len() > MAX_TAG_VALUE_BYTES {
@@ -65,12 +61,33 @@ pub fn check_tag(name: &str, value: &str) -> Result<(), StoreError> {
             value.len()
         )));
     }
-    if value.chars().any(char::is_control) {
-        return Err(StoreError::InvalidArgument(format!(
-            "the value of tag {name:?} contains a control character; use plain text on one line"
-        )));
-    }
-    Ok(())
+    check_text(&format!("the value of tag {name:?}"), value)
+}
+
+/// Refuses `text` (`what`, for the message) when it holds a character that
+/// changes how text is shown without showing itself
+/// ([`agent_proto::text::is_display_control`]: controls, Unicode format
+/// characters such as bidi overrides and zero-width spaces, line and
+/// paragraph separators), naming the first one by its code point.
+fn check_text(what: &str, text: &str) -> Result<(), StoreError> {
+    let Some(c) = text
+        .chars()
+        .find(|&c| agent_proto::text::is_display_control(c))
+    else {
+        return Ok(());
+    };
+    let kind = if c.is_control() {
+        "a control character (newlines and tabs included)"
+    } else if matches!(c, '\u{2028}' | '\u{2029}') {
+        "a line or paragraph separator"
+    } else {
+        "an invisible Unicode format character (a bidi override or isolate, a zero-width \
+         character or the like, which can make text read other than it is)"
+    };
+    Err(StoreError::InvalidArgument(format!(
+        "{what} contains U+{:04X}, {kind}; use plain text on one line",
+        u32::from(c)
+    )))
 }
 
 /// Checks a tag name: `[A-Za-z0-9._-]{1,64}`.
@@ -250,6 +267,35 @@ mod tests {
         );
         check_rotation_period(Some(3600)).unwrap();
         check_rotation_period(None).unwrap();
+    }
+
+    #[test]
+    fn characters_that_hide_or_reorder_text_are_refused_by_code_point() {
+        for (text, point) in [
+            ("safe key \u{202E}gnp.exe\u{202C}", "U+202E"),
+            ("ali\u{200B}ce", "U+200B"),
+            ("a\u{2066}b", "U+2066"),
+            ("a\u{2069}", "U+2069"),
+            ("a\u{200F}", "U+200F"),
+            ("a\u{2060}", "U+2060"),
+            ("a\u{2064}", "U+2064"),
+            ("\u{FEFF}bom", "U+FEFF"),
+            ("soft\u{AD}hyphen", "U+00AD"),
+            ("tag\u{E0041}", "U+E0041"),
+            ("line\u{2028}sep", "U+2028"),
+            ("para\u{2029}sep", "U+2029"),
+            ("esc\u{1B}[2J", "U+001B"),
+            ("csi\u{9B}31m", "U+009B"),
+        ] {
+            refused(check_description(text), point);
+            refused(check_tag("owner", text), point);
+            let mut tags = BTreeMap::new();
+            tags.insert("owner".to_string(), text.to_string());
+            refused(check_tags(&tags), point);
+        }
+        // Ordinary non-ASCII text stays allowed.
+        check_description("équipe données — 東京, Ελληνικά, עברית").unwrap();
+        check_tag("owner", "team é ✓").unwrap();
     }
 
     #[test]

@@ -325,13 +325,15 @@ fn wrap_and_unwrap_round_trip_in_base64_and_raw() {
     assert_eq!(fs::read(&plain_out).expect("plaintext file"), plaintext);
     assert_eq!(mode(&plain_out), 0o600, "a plaintext file is private");
 
-    // An existing, readable --out file is overwritten and made 0600.
-    fs::write(
-        &plain_out,
-        b"old, longer content than the plaintext itself....",
-    )
-    .expect("w");
+    // An existing, readable --out file is kept unless --force, then
+    // replaced and made 0600.
+    let old = b"old, longer content than the plaintext itself....";
+    fs::write(&plain_out, old).expect("w");
     fs::set_permissions(&plain_out, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let refused = cli(socket, &args);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert_eq!(fs::read(&plain_out).expect("plaintext file"), old);
+    args.push("--force");
     assert!(ok(cli(socket, &args)).is_empty());
     assert_eq!(fs::read(&plain_out).expect("plaintext file"), plaintext);
     assert_eq!(mode(&plain_out), 0o600);

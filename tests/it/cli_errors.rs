@@ -155,6 +155,125 @@ fn usage_errors_found_after_parsing_look_like_claps_own() {
 }
 
 #[test]
+fn command_line_errors_with_json_are_the_json_error_object() {
+    let dir = private_tempdir();
+    let socket = dir.path().join("none.sock");
+    let out = dir.path().join("x");
+    let out = out.to_str().expect("utf-8");
+    for args in [
+        &[
+            "--json",
+            "datakey",
+            "k",
+            "--without-plaintext",
+            "--out",
+            out,
+        ][..],
+        &[
+            "datakey",
+            "k",
+            "--without-plaintext",
+            "--out",
+            out,
+            "--json",
+        ],
+        &["--json", "schedule-deletion", "k", "--days", "3"],
+        &["--json", "wrap"],
+        &["--json", "no-such-command"],
+        &["--json"],
+    ] {
+        let (code, message) = json_error(&cli(&socket, args), 2);
+        assert_eq!(code, "usage", "{args:?}");
+        assert!(!message.is_empty(), "{args:?}");
+        assert!(!message.contains('\u{1b}'), "no colours: {message:?}");
+        assert!(!message.starts_with("error:"), "{message}");
+    }
+    let (_, message) = json_error(
+        &cli(
+            &socket,
+            &["--json", "schedule-deletion", "k", "--days", "3"],
+        ),
+        2,
+    );
+    assert!(message.contains("--days"), "{message}");
+    let (_, message) = json_error(
+        &cli(
+            &socket,
+            &[
+                "--json",
+                "datakey",
+                "k",
+                "--without-plaintext",
+                "--out",
+                out,
+            ],
+        ),
+        2,
+    );
+    assert!(message.contains("cannot be used with"), "{message}");
+    assert!(!Path::new(out).exists());
+
+    // Without --json, clap's own text on stderr, as before.
+    let output = cli(&socket, &["schedule-deletion", "k", "--days", "3"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty());
+    assert!(
+        stderr(&output).starts_with("error: "),
+        "{}",
+        stderr(&output)
+    );
+    // After "--" it is a value, not the flag.
+    let output = cli(&socket, &["wrap", "--", "--json"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty(), "{}", text(&output.stdout));
+    // --help and --version are no errors, and stay text on stdout.
+    for flag in ["--help", "--version"] {
+        let output = cli(&socket, &["--json", flag]);
+        assert_eq!(output.status.code(), Some(0), "{flag}");
+        assert!(text(&output.stdout).contains("hostkms"), "{flag}");
+        assert!(serde_json::from_slice::<Value>(&output.stdout).is_err());
+    }
+}
+
+#[test]
+fn oversized_or_truncated_ciphertext_input_gets_ciphertext_advice_in_one_style() {
+    let dir = private_tempdir();
+    let socket = dir.path().join("none.sock");
+    let huge = vec![b'A'; agent_proto::DEFAULT_MAX_FRAME as usize + 1];
+    for command in ["inspect", "unwrap", "rewrap"] {
+        let output = cli_stdin(&socket, &[command], &huge);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{command}: {err}");
+        assert!(
+            err.starts_with("hostkms: standard input"),
+            "{command}: {err}"
+        );
+        assert!(
+            err.contains("larger than any ciphertext hostkms makes"),
+            "{command}: {err}"
+        );
+        assert!(!err.contains("data key"), "plaintext advice: {err}");
+        let (code, _) = json_error(&cli_stdin(&socket, &["--json", command], &huge), 2);
+        assert_eq!(code, "input_too_large");
+    }
+    // A cut-off ciphertext: the same `hostkms: ` style as every other
+    // input diagnosis, not the argument parser's.
+    let header = agent_proto::ciphertext::Header {
+        key_id: [1; 16],
+        version: 1,
+        nonce: [2; 12],
+    };
+    let truncated = &header.to_bytes()[..20];
+    let output = cli_stdin(&socket, &["inspect"], truncated);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert!(err.starts_with("hostkms: standard input: "), "{err}");
+    assert!(!err.contains("Usage:"), "{err}");
+    let (code, _) = json_error(&cli_stdin(&socket, &["--json", "inspect"], truncated), 2);
+    assert_eq!(code, "not_ciphertext");
+}
+
+#[test]
 fn connection_errors_say_what_is_at_the_socket_path() {
     let dir = tempfile::tempdir().expect("tempdir");
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");

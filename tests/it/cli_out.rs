@@ -54,6 +54,22 @@ fn setup() -> Setup {
 }
 
 impl Setup {
+    /// `hostkms unwrap --out out --force` of the ciphertext (--force: what
+    /// is at `out` may be replaced, so each test sees how).
+    fn unwrap_forced_to(&self, out: &Path) -> Output {
+        let mut args = vec![
+            "unwrap",
+            "--context",
+            "a=b",
+            "--in",
+            self.sealed.to_str().expect("path"),
+            "--out",
+            out.to_str().expect("path"),
+        ];
+        args.push("--force");
+        cli(&self.daemon.socket, &args)
+    }
+
     /// `hostkms unwrap --out out` of the ciphertext.
     fn unwrap_to(&self, out: &Path) -> Output {
         cli(
@@ -112,7 +128,7 @@ fn a_link_at_out_is_replaced_never_followed() {
     std::os::unix::fs::symlink(&victim, &out).expect("symlink");
     std::os::unix::fs::lchown(&out, Some(OTHER), Some(OTHER)).expect("lchown");
 
-    assert!(ok(s.unwrap_to(&out)).is_empty());
+    assert!(ok(s.unwrap_forced_to(&out)).is_empty());
     assert_eq!(
         fs::read(&victim).expect("read"),
         b"root-owned config, must survive\n",
@@ -161,7 +177,7 @@ fn a_file_another_user_made_is_replaced_by_a_private_one() {
     let mut theirs = fs::File::open(&out).expect("open");
     let old_inode = fs::metadata(&out).expect("stat").ino();
 
-    assert!(ok(s.unwrap_to(&out)).is_empty());
+    assert!(ok(s.unwrap_forced_to(&out)).is_empty());
     assert_private_plaintext(&out);
     assert_ne!(
         fs::metadata(&out).expect("stat").ino(),
@@ -188,7 +204,7 @@ fn a_fifo_or_a_link_to_one_is_refused_and_nothing_written() {
         .open(&fifo)
         .expect("open the FIFO");
 
-    let output = s.unwrap_to(&fifo);
+    let output = s.unwrap_forced_to(&fifo);
     let err = stderr(&output);
     assert_eq!(output.status.code(), Some(2), "{err}");
     assert!(err.contains(fifo.to_str().expect("path")), "{err}");
@@ -218,7 +234,7 @@ fn a_fifo_or_a_link_to_one_is_refused_and_nothing_written() {
     // A link to it is refused too: it would not lead to a file either.
     let link = s.service_dir.join("link.key");
     std::os::unix::fs::symlink(&fifo, &link).expect("symlink");
-    let output = s.unwrap_to(&link);
+    let output = s.unwrap_forced_to(&link);
     let err = stderr(&output);
     assert_eq!(output.status.code(), Some(2), "{err}");
     assert!(err.contains("not a regular file"), "{err}");
@@ -227,4 +243,127 @@ fn a_fifo_or_a_link_to_one_is_refused_and_nothing_written() {
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}"),
     }
     assert_only(&s.service_dir, &["secret.key", "link.key"]);
+}
+
+/// `--out -` is standard output, as `--in -` is standard input: no file
+/// named "-" is made, and the terminal refusal of raw plaintext applies.
+#[test]
+fn out_dash_is_standard_output() {
+    let s = setup();
+    let cwd = s.files.root.path().join("cwd");
+    fs::create_dir(&cwd).expect("mkdir");
+    let socket = s.daemon.socket.to_str().expect("path");
+    let sealed = s.sealed.to_str().expect("path");
+    let run = |args: &[&str]| {
+        std::process::Command::new(crate::harness::hostkms())
+            .current_dir(&cwd)
+            .args(["--socket", socket])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run hostkms")
+    };
+    let unwrap = ["unwrap", "--context", "a=b", "--in", sealed, "--out", "-"];
+    assert_eq!(ok(run(&unwrap)), PLAINTEXT);
+    let wrapped = ok(run(&["wrap", "app-db", "--in", sealed, "--out", "-"]));
+    assert!(!wrapped.is_empty());
+    assert_only(&cwd, &[]);
+
+    let mut on_tty = vec!["--socket", socket];
+    on_tty.extend(unwrap);
+    let (code, screen) = crate::cli_errors::on_a_terminal(crate::harness::hostkms(), &on_tty);
+    assert_eq!(code, Some(2), "{screen}");
+    assert!(
+        screen.contains("refusing to write the raw plaintext to a terminal"),
+        "{screen}"
+    );
+    assert!(
+        !screen.contains(std::str::from_utf8(PLAINTEXT).expect("utf-8")),
+        "{screen}"
+    );
+
+    // Where standard output carries the command's report, "-" is refused.
+    for args in [
+        &["datakey", "app-db", "--out", "-"][..],
+        &["export", "app-db", "--to", "b", "--out", "-"],
+    ] {
+        let output = run(args);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("--out -"), "{err}");
+    }
+    assert_only(&cwd, &[]);
+}
+
+/// `unwrap --out FILE` keeps an existing FILE unless --force, like
+/// `datakey --out` and `export`; with --force the new file is 0600.
+#[test]
+fn unwrap_out_never_replaces_a_file_unasked() {
+    let s = setup();
+    let out = s.files.root.path().join("plain.out");
+    fs::write(&out, b"keep me").expect("write");
+    fs::set_permissions(&out, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let output = s.unwrap_to(&out);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert!(err.contains("exists; give --force"), "{err}");
+    assert_eq!(fs::read(&out).expect("read"), b"keep me");
+
+    let out_arg = out.to_str().expect("path");
+    let sealed = s.sealed.to_str().expect("path");
+    let args = [
+        "unwrap",
+        "--context",
+        "a=b",
+        "--in",
+        sealed,
+        "--out",
+        out_arg,
+    ];
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    assert!(ok(cli(&s.daemon.socket, &forced)).is_empty());
+    assert_private_plaintext(&out);
+    // --force goes with --base64 and --hex too.
+    let mut encoded = forced.clone();
+    encoded.push("--base64");
+    assert!(ok(cli(&s.daemon.socket, &encoded)).is_empty());
+    assert_eq!(
+        fs::read(&out).expect("read"),
+        format!("{}\n", crate::harness::b64(PLAINTEXT)).as_bytes()
+    );
+}
+
+/// An `--out` that cannot be written (a FIFO, even with --force; a missing
+/// directory) is refused before the daemon is asked: no data key is made
+/// or audited, no plaintext decrypted. Shown with a socket nobody listens
+/// on: the refusal is about the path, not the connection.
+#[test]
+fn an_unwritable_out_is_refused_before_the_daemon_is_asked() {
+    let dir = crate::harness::private_tempdir();
+    let socket = dir.path().join("none.sock");
+    let fifo = dir.path().join("dek.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let fifo = fifo.to_str().expect("path");
+    let missing = dir.path().join("no-such-dir").join("dek");
+    let missing = missing.to_str().expect("path");
+    let input = dir.path().join("in.ct");
+    fs::write(&input, crate::harness::b64(b"HKMS whatever")).expect("write");
+    let input = input.to_str().expect("path");
+    for args in [
+        &["datakey", "k", "--out", fifo, "--force"][..],
+        &["datakey", "k", "--out", missing],
+        &["unwrap", "--in", input, "--out", fifo, "--force"],
+        &["export", "k", "--to", "b", "--out", fifo, "--force"],
+    ] {
+        let output = cli(&socket, args);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            !err.contains("cannot connect"),
+            "asked the daemon first: {err}"
+        );
+        assert!(err.contains("cannot write file"), "{args:?}: {err}");
+    }
+    assert_only(dir.path(), &["dek.fifo", "in.ct"]);
 }

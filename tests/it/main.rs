@@ -18,6 +18,7 @@ mod harness;
 
 mod audit_flood;
 mod batch;
+mod bench_cleanup;
 mod canonical_context;
 mod cli;
 mod cli_errors;

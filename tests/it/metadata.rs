@@ -134,11 +134,11 @@ fn set_show_and_filter_description_and_tags() {
 
     let shown = text(&ok(cli(socket, &["describe", "orders"])));
     assert!(
-        shown.contains("description:             orders database, prod\n"),
+        shown.contains("description:             \"orders database, prod\"\n"),
         "{shown}"
     );
     assert!(
-        shown.contains("tags:                    env=prod, team=pay\n"),
+        shown.contains("tags:                    env=\"prod\", team=\"pay\"\n"),
         "{shown}"
     );
     let plain = text(&ok(cli(socket, &["describe", "plain"])));
@@ -159,7 +159,7 @@ fn set_show_and_filter_description_and_tags() {
         .find(|l| l.starts_with("orders"))
         .expect("orders listed");
     assert!(
-        line.contains("[env=prod, team=pay]  orders database, prod"),
+        line.contains(r#"[env="prod", team="pay"]  "orders database, prod""#),
         "{listed}"
     );
 
@@ -312,6 +312,19 @@ fn limits_and_control_characters_are_refused_naming_the_limit() {
     refused(
         client.update_key_metadata("k", None, &tag("t", "\u{1b}[2J"), &[]),
         "control character",
+    );
+    // Characters that hide or reorder text, named by code point.
+    refused(
+        client.update_key_metadata("k", Some("safe key \u{202E}gnp.exe\u{202C}"), &none, &[]),
+        "U+202E",
+    );
+    refused(
+        client.update_key_metadata("k", None, &tag("owner", "ali\u{200B}ce"), &[]),
+        "U+200B",
+    );
+    refused(
+        client.update_key_metadata("k", None, &tag("note", "\u{2028}x"), &[]),
+        "U+2028",
     );
     let many: BTreeMap<String, String> = (0..33).map(|i| (format!("t{i}"), "v".into())).collect();
     refused(client.update_key_metadata("k", None, &many, &[]), "32");

@@ -323,15 +323,34 @@ fn a_peer_without_the_grant_may_neither_export_nor_import() {
             .transfer("a", &a.recipient, &["app-*"]),
     );
     a.daemon.client().create_key("app-db").unwrap();
+    // A path nobody may write (export checks --out before the daemon).
+    let writable = tempfile::Builder::new()
+        .prefix("hostkms-transfer-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(writable.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let target = writable.path().join("x");
     let out = cli_as(
         NOBODY,
         &a.daemon.socket,
-        &["export", "app-db", "--to", "b", "--out", "/nonexistent/x"],
+        &[
+            "export",
+            "app-db",
+            "--to",
+            "b",
+            "--out",
+            target.to_str().unwrap(),
+        ],
         b"",
     );
     refused(
         &out,
         &format!("uid {NOBODY} may not export with key \"app-db\""),
+    );
+    assert_eq!(
+        std::fs::read_dir(writable.path()).unwrap().count(),
+        0,
+        "nothing written, no temporary file left"
     );
     // The file itself, made by root: nobody may not import it on B.
     let file = a.daemon.client().export_key("app-db", "b").unwrap().file;
