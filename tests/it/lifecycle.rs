@@ -488,3 +488,42 @@ fn a_peer_without_the_lifecycle_grants_is_refused() {
         (KeyState::Disabled, Some(90 * 86_400))
     );
 }
+
+#[test]
+fn a_version_stamped_in_the_future_by_a_clock_jump_rotates_once_the_clock_is_back() {
+    let (_tpm, files, clock) = setup(&DaemonConfig::new());
+    let daemon = start(&files, &clock, false);
+    let mut client = daemon.client();
+    create_rotating(&mut client, "aged", 86_400);
+
+    // A bad RTC or an NTP glitch: ten years ahead for a moment. The key is
+    // due and rotates once, its new version stamped ten years ahead.
+    const TEN_YEARS: i64 = 10 * 365 * DAY;
+    clock.set(TEN_YEARS, 0);
+    let jumped = await_key(&daemon, "aged", "rotated in the jump", |k| {
+        k.latest_version == 2
+    });
+    let future = jumped.versions[1].created;
+    assert!(future as i64 > now() + TEN_YEARS - DAY, "{jumped:?}");
+
+    // Back to the true time: the version from the future must not hold
+    // rotation off for ten years. One rotation stamps a sane time.
+    clock.set(0, 0);
+    let back = await_key(&daemon, "aged", "rotated once the clock is back", |k| {
+        k.latest_version == 3
+    });
+    let sane = back.versions[2].created as i64;
+    assert!((sane - now()).abs() <= 60, "{back:?}");
+    assert_eq!(back.next_rotation, Some(sane as u64 + 86_400), "{back:?}");
+    let log = daemon.log();
+    assert!(
+        log.contains("\"aged\"") && log.contains(&rfc3339(future)),
+        "a warning names the key and the future date: {log}"
+    );
+
+    // Once, not in a loop: a witness due an hour on rotates, "aged" does not.
+    create_rotating(&mut client, "witness", 3600);
+    clock.set(2 * 3600, 0);
+    await_key(&daemon, "witness", "rotated", |k| k.latest_version == 2);
+    assert_eq!(describe(&mut client, "aged").latest_version, 3);
+}
