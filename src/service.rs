@@ -382,7 +382,7 @@ impl Service {
     ) {
         let PendingAudit { op, subject, .. } = audit;
         if code == Some(ErrorCode::KeyPendingDeletion) && lifecycle::USES.contains(&op) {
-            if let Some(key) = subject.key() {
+            if let Some(key) = subject.pending_deletion() {
                 self.pending_deletion_used(peer, key, op);
             }
         }
