@@ -10,6 +10,7 @@ use agent_proto::{Operation, Request};
 
 use super::{Refusal, Service};
 use crate::peer::Peer;
+use crate::policy::granted_as;
 
 impl Service {
     /// Refuses `request` when it names a key that no grant of `peer`
@@ -28,10 +29,11 @@ impl Service {
 }
 
 /// The key names `request` carries, each with the operation a refusal
-/// names for it: the request's own, or `wrap` for a rewrap's destination
-/// (what a grant must allow there).
+/// names for it: the grant the request needs ([`granted_as`]: `wrap` for
+/// a `WrapBatch`), or `wrap` for a rewrap's destination (what a grant must
+/// allow there).
 fn named_keys(request: &Request) -> impl Iterator<Item = (Operation, &str)> {
-    let op = request.operation();
+    let op = granted_as(request.operation());
     let destination = match request {
         Request::Rewrap {
             destination: Some(destination),
