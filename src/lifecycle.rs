@@ -80,6 +80,41 @@ pub async fn run(service: Arc<Service>, shutdown: CancellationToken) {
     .await;
 }
 
+/// Logs a warning at start when the key store existed but recorded no
+/// daemon clock ([`KeyStore::daemon_clock_missing`]), naming the keys
+/// pending deletion, whose measured wait starts again.
+pub fn warn_if_daemon_clock_missing(store: &KeyStore) {
+    if let Some(warning) = daemon_clock_missing(store) {
+        tracing::warn!("{warning}");
+    }
+}
+
+/// The warning of [`warn_if_daemon_clock_missing`], if one is due.
+fn daemon_clock_missing(store: &KeyStore) -> Option<String> {
+    if !store.daemon_clock_missing() {
+        return None;
+    }
+    let keys = store.keys();
+    let pending: Vec<String> = keys
+        .after(None)
+        .filter(|key| key.state() == KeyState::PendingDeletion)
+        .map(|key| format!("{:?}", key.name()))
+        .collect();
+    let mut warning = format!(
+        "{} records no daemon clock: its row was deleted, or the store was last written by a hostkms without scheduled deletions. The daemon clock starts again at 0, so the measured wait of every scheduled deletion starts again (a deletion comes later than scheduled, never earlier)",
+        store.path().display()
+    );
+    if pending.is_empty() {
+        warning.push_str("; no key is pending deletion");
+    } else {
+        warning.push_str(&format!(
+            "; keys pending deletion, whose wait starts again: {}",
+            pending.join(", ")
+        ));
+    }
+    Some(warning)
+}
+
 /// The timer's period on `clock`.
 fn tick_interval(clock: &Clock) -> Duration {
     if clock.is_movable() {
