@@ -135,6 +135,18 @@ fn report(state_dir: &StateDir, store: &KeyStore, accepted: &RollbackAccepted) -
         keys.len(),
         keys.version_count()
     );
+    let pending: Vec<String> = keys
+        .after(None)
+        .filter(|key| key.state() == KeyState::PendingDeletion)
+        .map(|key| format!("{:?}", key.name()))
+        .collect();
+    if !pending.is_empty() {
+        let _ = writeln!(
+            out,
+            "pending deletion in this copy: {}. Each is deleted for good at the end of its wait, including any whose deletion was cancelled after this copy was taken: cancel those again (hostkms cancel-deletion NAME).",
+            pending.join(", ")
+        );
+    }
     for key in keys.after(None) {
         let mut live = Vec::new();
         let mut revoked = Vec::new();

@@ -225,6 +225,7 @@ pub struct Subject {
     verified: Option<bool>,
     batch: Option<Vec<BatchItem>>,
     destination: Option<(String, Option<u32>)>,
+    pending_deletion: Option<String>,
 }
 
 /// One item of a `WrapBatch` or `UnwrapBatch` as the audit records it: the
@@ -312,6 +313,19 @@ impl Subject {
         self.destination
             .as_ref()
             .map(|(key, version)| (key.as_str(), *version))
+    }
+
+    /// Records that the request was refused because `key`, which is not
+    /// [`Subject::key`] (a `Rewrap`'s destination), is pending deletion:
+    /// the key its alert names.
+    pub fn set_pending_deletion(&mut self, key: &str) {
+        self.pending_deletion = Some(logged_name(key));
+    }
+
+    /// The key a `KeyPendingDeletion` refusal was about: the one recorded
+    /// by [`Subject::set_pending_deletion`], else [`Subject::key`].
+    pub fn pending_deletion(&self) -> Option<&str> {
+        self.pending_deletion.as_deref().or_else(|| self.key())
     }
 
     /// The result flood coalescing counts this request as: its own `code`,

@@ -232,6 +232,7 @@ fn open_store(
         "loaded key store"
     );
     drop(keys);
+    lifecycle::warn_if_daemon_clock_missing(&store);
     let unlocked = crate::locked::unlocked_count();
     if unlocked > 0 {
         tracing::warn!(

@@ -66,6 +66,18 @@ pub struct GrantError {
 /// whatever its `keys` are, and may omit `keys` when it names nothing else.
 pub const METRICS: &str = "metrics";
 
+/// The grantable operation that allows `op`: a batch is allowed by its
+/// single operation (`wrap-batch` by `wrap`, `unwrap-batch` by `unwrap`),
+/// every other operation by itself. A denial names this one, the name a
+/// config must write.
+pub fn granted_as(op: Operation) -> Operation {
+    match op {
+        Operation::WrapBatch => Operation::Wrap,
+        Operation::UnwrapBatch => Operation::Unwrap,
+        other => other,
+    }
+}
+
 /// Operations a grant may name, besides [`METRICS`]. `ping`, `status`,
 /// `list` and `transport-key` (a public key) are open to every connected
 /// peer and need no grant; `rotate-root` is for admins only. `random`
@@ -356,11 +368,7 @@ fn resolve_grant(index: usize, config: &GrantConfig) -> Result<Grant, Unresolved
                 Some(Operation::WrapBatch | Operation::UnwrapBatch)
             ) =>
             {
-                let single = if name == Operation::WrapBatch.as_str() {
-                    "wrap"
-                } else {
-                    "unwrap"
-                };
+                let single = Operation::from_name(name).map_or(Operation::Wrap, granted_as);
                 return Err(error(
                     "ops",
                     format!(

@@ -391,7 +391,7 @@ impl Service {
     ) {
         let PendingAudit { op, subject, .. } = audit;
         if code == Some(ErrorCode::KeyPendingDeletion) && lifecycle::USES.contains(&op) {
-            if let Some(key) = self.pending_key_used(&subject) {
+            if let Some(key) = subject.pending_deletion() {
                 self.pending_deletion_used(peer, key, op);
             }
         }

@@ -1066,7 +1066,7 @@ impl Pipeline {
             Ok(frame) => Ok((id, frame)),
             Err(EncodeError::NotInVersion { proto, reason }) => Err(ClientError::DaemonTooOld {
                 operation,
-                reason: format!("the daemon speaks protocol version {proto}, which {reason}"),
+                reason: format!("the daemon speaks protocol version {proto}: {reason}"),
             }),
             Err(e) => Err(e.into()),
         }

@@ -300,17 +300,17 @@ pub fn encode_response(
 
 /// Encodes `envelope` through `Mid` (version 4's shape) to the frozen shape `Old` of the older version
 /// it names; a message that version cannot express is
-/// [`EncodeError::NotInVersion`].
+/// [`EncodeError::NotInVersion`], its reason naming that version (also
+/// when it is version 4 that lacks it, and so every older one).
 fn encode_via<T, Mid, Old>(envelope: Envelope<T>, max_frame: u32) -> Result<FrameBuf, EncodeError>
 where
-    Mid: TryFrom<T>,
-    Mid::Error: std::fmt::Display,
+    Mid: TryFrom<T, Error = v4::NotInV4>,
     Old: Serialize + TryFrom<Mid>,
     Old::Error: std::fmt::Display,
 {
     let proto = envelope.proto;
     let not_in = |reason: String| EncodeError::NotInVersion { proto, reason };
-    let mid = Mid::try_from(envelope.op).map_err(|e| not_in(e.to_string()))?;
+    let mid = Mid::try_from(envelope.op).map_err(|e| not_in(e.in_version(proto)))?;
     let op = Old::try_from(mid).map_err(|e| not_in(e.to_string()))?;
     encode_frame(
         &Envelope {
@@ -572,6 +572,77 @@ where
 mod tests {
     use super::*;
     use std::io::Cursor;
+
+    /// The reason `message`, in `proto`, cannot be sent.
+    fn not_in(proto: u16, message: Result<FrameBuf, EncodeError>) -> String {
+        match message {
+            Err(EncodeError::NotInVersion {
+                proto: said,
+                reason,
+            }) => {
+                assert_eq!(said, proto);
+                reason
+            }
+            other => panic!("protocol version {proto} carried it: {:?}", other.is_ok()),
+        }
+    }
+
+    #[test]
+    fn what_versions_before_5_lack_is_said_of_the_version_in_use() {
+        let batch = || Request::WrapBatch {
+            key: "k".into(),
+            items: vec![crate::WrapItem {
+                plaintext: crate::SecretBytes::from(&b"x"[..]),
+                context: crate::EncryptionContext::new(),
+            }],
+        };
+        let destination = || Request::Rewrap {
+            ciphertext: crate::Ciphertext::from(&b"x"[..]),
+            context: crate::EncryptionContext::new(),
+            key: None,
+            destination: Some(crate::RewrapDestination {
+                key: Some("other".into()),
+                context: None,
+            }),
+        };
+        for proto in [v1::VERSION, v2::VERSION, v3::VERSION, v4::VERSION] {
+            let envelope = |op| Envelope { proto, id: 1, op };
+            let in_use = format!("protocol version {proto} ");
+            for (what, reason) in [
+                (
+                    "wrap-batch",
+                    not_in(proto, encode_request(envelope(batch()), 1 << 20)),
+                ),
+                (
+                    "a rewrap destination",
+                    not_in(proto, encode_request(envelope(destination()), 1 << 20)),
+                ),
+                (
+                    "WrappedBatch",
+                    not_in(
+                        proto,
+                        encode_response(
+                            Envelope {
+                                proto,
+                                id: 1,
+                                op: Response::WrappedBatch(Vec::new()),
+                            },
+                            1 << 20,
+                        ),
+                    ),
+                ),
+            ] {
+                assert!(reason.contains(&in_use), "{proto}: {reason}");
+                assert!(reason.contains(what), "{proto}: {reason}");
+                for other in (1..=4).filter(|v| *v != proto) {
+                    assert!(
+                        !reason.contains(&format!("protocol version {other} ")),
+                        "{proto}: {reason}"
+                    );
+                }
+            }
+        }
+    }
 
     /// Counts what a reader asked for, and refuses past a budget.
     struct Budget {

@@ -279,22 +279,43 @@ pub struct KeyPage {
     pub next: Option<String>,
 }
 
-/// A current message that version 4 cannot express.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// A current message that version 4, and so every older version, cannot
+/// express. Its `Display` speaks of version 4; [`NotInV4::in_version`]
+/// says the same of the version a message was to be sent in.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NotInV4 {
     /// A request appended after version 4.
-    #[error("protocol version 4 has no {0} request (upgrade the daemon or the client)")]
     Request(Operation),
     /// A field added in version 5 that is set to something other than its
     /// default.
-    #[error(
-        "protocol version 4 cannot carry {0} (it needs protocol version 5: upgrade the daemon)"
-    )]
     Field(&'static str),
     /// A response appended after version 4.
-    #[error("protocol version 4 has no {0} response")]
     Response(&'static str),
 }
+
+impl NotInV4 {
+    /// What protocol version `proto` (4 or older, all of which lack what
+    /// version 4 lacks) cannot carry.
+    pub fn in_version(&self, proto: u16) -> String {
+        match self {
+            NotInV4::Request(op) => format!(
+                "protocol version {proto} has no {op} request (it needs protocol version 5: upgrade the daemon or the client)"
+            ),
+            NotInV4::Field(field) => format!(
+                "protocol version {proto} cannot carry {field} (it needs protocol version 5: upgrade the daemon)"
+            ),
+            NotInV4::Response(kind) => format!("protocol version {proto} has no {kind} response"),
+        }
+    }
+}
+
+impl std::fmt::Display for NotInV4 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.in_version(VERSION))
+    }
+}
+
+impl std::error::Error for NotInV4 {}
 
 /// Key metadata from a daemon of version 4: no description, tags, rotation
 /// period or deletion date.

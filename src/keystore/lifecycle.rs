@@ -16,6 +16,7 @@ use agent_proto::{KeyState, MAX_DELETION_DAYS, MIN_DELETION_DAYS};
 
 use super::db::{self, DAEMON_CLOCK, daemon_clock_canonical};
 use super::metadata::{self, DeletionDue};
+use super::sealing::StoreSecrets;
 use super::writers::{refuse_pending, revoke_whole};
 use super::{Change, Key, KeyStore, StoreError, Version, rollback};
 
@@ -155,8 +156,7 @@ impl KeyStore {
         if seconds == 0 {
             return Ok(value);
         }
-        let mac = writer.secrets.row_mac(&daemon_clock_canonical(value));
-        let text = format!("v1 {value} {}", rollback::hex(&mac));
+        let text = daemon_clock_row(&writer.secrets, value);
         writer
             .db
             .transaction(|tx| db::put_meta(tx, DAEMON_CLOCK, &text))
@@ -164,4 +164,11 @@ impl KeyStore {
         self.daemon_clock.store(value, Ordering::Release);
         Ok(value)
     }
+}
+
+/// The `meta` value of the daemon clock at `seconds`: "v1 SECONDS MAC",
+/// MACed under the root key's row key in `secrets`.
+pub(super) fn daemon_clock_row(secrets: &StoreSecrets, seconds: u64) -> String {
+    let mac = secrets.row_mac(&daemon_clock_canonical(seconds));
+    format!("v1 {seconds} {}", rollback::hex(&mac))
 }

@@ -13,6 +13,7 @@ use super::db::{
     DAEMON_CLOCK, Database, DbError, KeyRow, ROOT_KEY_CHECK, SecretRow, Stored, VersionRow,
     daemon_clock_canonical,
 };
+use super::lifecycle::daemon_clock_row;
 use super::metadata::{self, DeletionDue};
 use super::sealing::{SEALED_KEK_LEN, StoreSecrets};
 use super::{
@@ -96,8 +97,15 @@ impl KeyStore {
         // `bound_rows`: some key row is MACed as part of a bound store.
         let (keys, bound_rows) = load_keys(&shown, &secrets, key_rows, version_rows)?;
         let sealed = load_secrets(&shown, &secrets, db.load_secrets().map_err(db_error)?)?;
-        let daemon_clock =
-            load_daemon_clock(&shown, &secrets, db.meta(DAEMON_CLOCK).map_err(db_error)?)?;
+        let stored_clock = db.meta(DAEMON_CLOCK).map_err(db_error)?;
+        // A new store records its daemon clock at once, so that only a
+        // deleted row (or a store from before the clock) lacks one.
+        let daemon_clock_missing = !created && stored_clock.is_none();
+        let daemon_clock = load_daemon_clock(&shown, &secrets, stored_clock)?;
+        if created {
+            db.set_meta(DAEMON_CLOCK, &daemon_clock_row(&secrets, 0))
+                .map_err(db_error)?;
+        }
         let auth_name = SecretName::RollbackAuth.as_str();
         let auth =
             match sealed.get(auth_name) {
@@ -138,6 +146,7 @@ impl KeyStore {
             rotation: Mutex::new(()),
             clock,
             daemon_clock: AtomicU64::new(daemon_clock),
+            daemon_clock_missing,
         };
         if let Some(row) = binding.row {
             store.rollback.opened(&row);

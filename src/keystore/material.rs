@@ -167,6 +167,22 @@ impl Change {
                 | Change::DeleteScheduled
         )
     }
+
+    /// Whether the rollback counter counts the change, so that no older
+    /// copy of the store put back can undo it: a change that takes access
+    /// away ([`Change::reduces_access`]), and a cancelled deletion, which
+    /// gives access back but takes the key off its way to destruction. An
+    /// older copy from while it was pending would put it back on that way,
+    /// and the daemon would delete the key the operator saved.
+    ///
+    /// No other change is such that undoing it destroys anything: a copy
+    /// from before an enable, a creation, a rotation, an import or a restore
+    /// loses what the change gave (done again, or restored from the
+    /// recovery directory), and one from before a change of metadata or
+    /// rotation period changes no access.
+    pub fn is_rollback_protected(self) -> bool {
+        self.reduces_access() || self == Change::CancelDeletion
+    }
 }
 
 /// Hears of every change to the store, after it is durable and before it

@@ -124,6 +124,8 @@ pub struct KeyStore {
     /// The daemon clock as persisted: seconds the daemon has measured
     /// passing, across runs. Written under the writer lock.
     daemon_clock: AtomicU64,
+    /// Whether the store existed but recorded no daemon clock when opened.
+    daemon_clock_missing: bool,
 }
 
 impl std::fmt::Debug for KeyStore {
@@ -153,6 +155,19 @@ impl KeyStore {
     /// in the store. Only ever grows.
     pub fn daemon_clock(&self) -> u64 {
         self.daemon_clock.load(Ordering::Acquire)
+    }
+
+    /// Whether the store existed when opened but recorded no daemon clock:
+    /// its row was deleted, or the store was last written by a hostkms
+    /// without one. The clock then starts at 0, so every scheduled
+    /// deletion's measured wait starts again (later, never earlier).
+    pub fn daemon_clock_missing(&self) -> bool {
+        self.daemon_clock_missing
+    }
+
+    /// The file the store is kept in.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
     }
 
     /// The current snapshot of every key.

@@ -55,6 +55,11 @@ impl Version {
         self.number
     }
 
+    /// When the version was made, Unix seconds (by the wall clock then).
+    pub fn created(&self) -> u64 {
+        self.created
+    }
+
     /// The KEK's cipher; `None` once the version is revoked, or when the
     /// key is not an AES-256-GCM key.
     pub fn cipher(&self) -> Option<&Aes256Gcm> {

@@ -12,7 +12,10 @@
 
 use std::sync::{Arc, TryLockError};
 
-use super::db::{self, DbError, KeyRow, ROOT_KEY_CHECK, SecretRow, Stored, VersionRow};
+use super::db::{
+    self, DAEMON_CLOCK, DbError, KeyRow, ROOT_KEY_CHECK, SecretRow, Stored, VersionRow,
+};
+use super::lifecycle::daemon_clock_row;
 use super::sealing::{SEALED_KEK_LEN, StoreSecrets};
 use super::{KeyStore, StoreError, Writer};
 use crate::envelope::KeyId;
@@ -114,8 +117,8 @@ impl KeyStore {
 
     /// The transaction: every row (keys, versions, secrets) read, verified
     /// under the root key in force (a row edited on disk is refused, never
-    /// re-authenticated), re-sealed and re-MACed under `next`, with the new
-    /// check value. A table added later that is MACed or sealed under the
+    /// re-authenticated), re-sealed and re-MACed under `next`, with the
+    /// daemon clock and the new check value. A table added later that is MACed or sealed under the
     /// root key must be re-sealed here too.
     fn reseal_locked(
         &self,
@@ -133,6 +136,7 @@ impl KeyStore {
         // pre-rotation state dir put back is refused as a rollback once the
         // TPM has counted.
         let rollback = self.next_rollback_row(writer, &self.keys.load(), true);
+        let daemon_clock = daemon_clock_row(next, self.daemon_clock());
         writer
             .db
             .transaction(|tx| {
@@ -148,6 +152,10 @@ impl KeyStore {
                 if let Some((_, text)) = &rollback {
                     super::rollback::put_row(tx, text)?;
                 }
+                // The value in memory, verified at open or written since
+                // (the writer lock keeps it still): a row edited on disk is
+                // not re-authenticated.
+                db::put_meta(tx, DAEMON_CLOCK, &daemon_clock)?;
                 db::put_meta(tx, ROOT_KEY_CHECK, new_check)
             })
             .map_err(|e| self.db_error(e))?;
@@ -456,6 +464,22 @@ mod tests {
         let a = store.keys().by_name("a").unwrap().clone();
         assert!(a.version(1).unwrap().is_revoked());
         assert_eq!(store.keys().by_name("b").unwrap().latest_version(), 2);
+    }
+
+    #[test]
+    fn the_daemon_clock_is_resealed_with_the_keys() {
+        let fixture = Fixture::new();
+        populated(&fixture);
+        let store = fixture.open_with(OLD).unwrap();
+        store.advance_daemon_clock(3600).unwrap();
+        store.rotate_root(&FakeSealer::default()).unwrap();
+        // Stopped before the timer wrote the clock again (a crash, or a
+        // stop within the second): it must open under the new key.
+        drop(store);
+        let store = fixture
+            .open_with(NEW)
+            .expect("opens under the new root key");
+        assert_eq!(store.daemon_clock(), 3600);
     }
 
     #[test]

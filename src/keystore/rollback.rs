@@ -5,8 +5,9 @@
 //! `S` the counter must have, and a digest of every key's id, state and
 //! minimum decryption version and every version's number and state. Every
 //! change writes the row in its own transaction: a change that takes access
-//! away (revoke, disable, minimum decryption version) with `S + 1`, every
-//! other change with `S` and the new digest. After the commit, and never
+//! away (revoke, disable, minimum decryption version, a deletion scheduled
+//! or done) or cancels a deletion (undoing it would destroy the key) with
+//! `S + 1`, every other change with `S` and the new digest. After the commit, and never
 //! under the writer lock or before the client's answer, a background thread
 //! counts the TPM's counter up to `S` (read first, so never past it); while
 //! the TPM is away the increments are pending, shown in `Status`.
@@ -233,7 +234,7 @@ pub fn key_set_digest(keys: &Keys) -> [u8; 32] {
 pub enum RollbackError {
     /// The counter is ahead of the store: an older copy was put back.
     #[error(
-        "a rollback was detected: {path} records counter {store} but the TPM's NV counter {index:#010x} is at {tpm}; an older copy of the state dir was put back, which may bring revoked keys back. If you restored an old backup on purpose, run `hostkmsd accept-rollback --config FILE` (service stopped): it accepts this copy as it is, and every version revoked after the copy was taken is live again until you revoke it again. Otherwise put the newest keystore.db back"
+        "a rollback was detected: {path} records counter {store} but the TPM's NV counter {index:#010x} is at {tpm}; an older copy of the state dir was put back, which may bring revoked keys back, or put a key whose deletion was cancelled back on its way to deletion. If you restored an old backup on purpose, run `hostkmsd accept-rollback --config FILE` (service stopped): it accepts this copy as it is, every version revoked after the copy was taken is live again until you revoke it again, and every deletion cancelled after it is scheduled again until you cancel it again. Otherwise put the newest keystore.db back"
     )]
     Behind {
         /// The key store file.
@@ -670,11 +671,13 @@ impl KeyStore {
         self.rollback.settle(wait)
     }
 
-    /// The row a change writes: `S + 1` when it takes access away, and the
-    /// digest of `next`, the snapshot it publishes. `None` while unbound.
+    /// The row a change writes: `S + 1` when it is `counted` (it takes
+    /// access away, or cancels a deletion:
+    /// [`super::Change::is_rollback_protected`]), and the digest of `next`,
+    /// the snapshot it publishes. `None` while unbound.
     ///
     /// Pending increments are bounded: while [`MAX_PENDING`] are owed (the
-    /// TPM does not count), a further change that takes access away keeps
+    /// TPM does not count), a further counted change keeps
     /// `S` where it is instead of adding one, so no TPM outage, however
     /// long, leaves the store further ahead than a start catches up on.
     /// What that costs: a copy taken during the outage, after the first
@@ -683,12 +686,12 @@ impl KeyStore {
         &self,
         writer: &super::Writer,
         next: &Keys,
-        reduces_access: bool,
+        counted: bool,
     ) -> Option<(RollbackRow, String)> {
         let current = writer.rollback?;
         let key = writer.rollback_key.as_ref()?;
         let pending = self.rollback.state().pending_increments;
-        let step = u64::from(reduces_access && pending < MAX_PENDING);
+        let step = u64::from(counted && pending < MAX_PENDING);
         let row = RollbackRow {
             index: current.index,
             counter: current.counter + step,

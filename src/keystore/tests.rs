@@ -1338,6 +1338,22 @@ fn a_deletion_waits_for_both_clocks_then_deletes_every_kek() {
     assert!(keks.iter().all(Option::is_none));
     assert!(Change::DeleteScheduled.reduces_access() && Change::ScheduleDeletion.reduces_access());
     assert!(!Change::CancelDeletion.reduces_access() && !Change::Metadata.reduces_access());
+    // Undoing a cancel would destroy the key: counted all the same.
+    assert!(Change::CancelDeletion.is_rollback_protected());
+    assert!(
+        Change::Revoke.is_rollback_protected() && Change::ScheduleDeletion.is_rollback_protected()
+    );
+    for change in [
+        Change::Create,
+        Change::Rotate,
+        Change::Enable,
+        Change::Restore,
+        Change::Import,
+        Change::Metadata,
+        Change::RotationPeriod,
+    ] {
+        assert!(!change.is_rollback_protected(), "{change:?}");
+    }
     drop(seen);
     drop(store);
     let store = fixture.open().unwrap();

@@ -32,7 +32,8 @@ fn random<const N: usize>() -> Result<Zeroizing<[u8; N]>, StoreError> {
 impl KeyStore {
     /// Writes `key`'s row and `versions`' rows in one durable transaction,
     /// with the store's rollback binding (`S + 1` when the change
-    /// `reduces_access`, and the digest of the new snapshot), then publishes
+    /// [`Change::is_rollback_protected`], and the digest of the new
+    /// snapshot), then publishes
     /// `key` in a new snapshot, and tells the change sink (the recovery
     /// directory) before returning, so before the answer. The TPM counter
     /// is counted up afterwards, in the background.
@@ -89,7 +90,7 @@ impl KeyStore {
                 key
             })
             .collect();
-        let rollback = self.next_rollback_row(writer, &next, change.reduces_access());
+        let rollback = self.next_rollback_row(writer, &next, change.is_rollback_protected());
         writer
             .db
             .transaction(|tx| {

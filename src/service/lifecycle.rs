@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use agent_proto::{
-    ErrorCode, KeySettings, KeyState, KeyType, MAX_DELETION_DAYS, MIN_DELETION_DAYS, Operation,
-    Response, RotationSetting,
+    ErrorCode, KeySettings, KeyType, MAX_DELETION_DAYS, MIN_DELETION_DAYS, Operation, Response,
+    RotationSetting,
 };
 
 use super::{Refusal, Service};
@@ -167,23 +167,6 @@ impl Service {
                 key.name()
             ),
         )
-    }
-
-    /// The key pending deletion that a use refused `KeyPendingDeletion`
-    /// used: the request's key, or else a rewrap's destination (the source
-    /// is checked first, as the request checked it). When neither is
-    /// pending any more (cancelled meanwhile), the request's key.
-    pub(super) fn pending_key_used<'a>(&self, subject: &'a Subject) -> Option<&'a str> {
-        let keys = self.store.keys();
-        subject
-            .key()
-            .into_iter()
-            .chain(subject.destination().map(|(key, _)| key))
-            .find(|name| {
-                keys.by_name(name)
-                    .is_some_and(|key| key.state() == KeyState::PendingDeletion)
-            })
-            .or_else(|| subject.key())
     }
 
     /// Raises the pending-deletion alert for a use of `key` by `peer`: at

@@ -7,7 +7,9 @@
 //! exactly what a peer needs to do the same by hand, so nothing new is
 //! granted. (A `Rewrap` without destination needs `rewrap` on its key.)
 
-use agent_proto::{Ciphertext, EncryptionContext, Operation, RewrapDestination, Wrapped};
+use agent_proto::{
+    Ciphertext, EncryptionContext, ErrorCode, Operation, RewrapDestination, Wrapped,
+};
 
 use super::{Refusal, Service};
 use crate::audit::Subject;
@@ -60,7 +62,14 @@ impl Service {
                 to_context,
                 &mut to_subject,
             )
-            .await?;
+            .await
+            .inspect_err(|refusal| {
+                // The alert of a use of a key pending deletion names the
+                // destination, the key refused, not the source.
+                if refusal.code == ErrorCode::KeyPendingDeletion {
+                    subject.set_pending_deletion(to);
+                }
+            })?;
         subject.set_destination(&wrapped.key, Some(wrapped.version));
         Ok(wrapped)
     }

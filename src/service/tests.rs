@@ -1992,3 +1992,35 @@ async fn repeated_state_changes_succeed_unchanged_on_a_live_key_and_are_refused_
         refusal(ErrorCode::KeyRevoked, "key \"k\" is revoked")
     );
 }
+
+/// A batch refused at the first gate names the grant a config must hold
+/// (`wrap`, `unwrap`), never `wrap-batch`, which no grant can name.
+#[tokio::test]
+async fn a_denied_batch_names_the_grant_it_needs() {
+    let fixture = Fixture::with_app_grant(&["wrap", "unwrap"]);
+    fixture.create("secret").await;
+    for uid in [APP, STRANGER] {
+        let wrap_batch = Request::WrapBatch {
+            key: "secret".into(),
+            items: vec![agent_proto::WrapItem {
+                plaintext: SecretBytes::from(&b"x"[..]),
+                context: EncryptionContext::new(),
+            }],
+        };
+        assert_eq!(
+            fixture.call(&peer(uid), wrap_batch).await,
+            denied(uid, "wrap", "secret")
+        );
+        let unwrap_batch = Request::UnwrapBatch {
+            key: Some("secret".into()),
+            items: vec![agent_proto::UnwrapItem {
+                ciphertext: Ciphertext::from(&b"x"[..]),
+                context: EncryptionContext::new(),
+            }],
+        };
+        assert_eq!(
+            fixture.call(&peer(uid), unwrap_batch).await,
+            denied(uid, "unwrap", "secret")
+        );
+    }
+}

@@ -20,7 +20,7 @@ use hostkms::clock::rfc3339;
 
 use crate::harness::{
     Daemon, DaemonConfig, DaemonFiles, Grant, Swtpm, TestClock, cli, cli_as, ensure_journald,
-    field, journal_of_stopped, ok, text, with_id,
+    field, journal_of_stopped, ok, sqlite, text, with_id,
 };
 
 const DAY: i64 = 86_400;
@@ -486,5 +486,89 @@ fn a_peer_without_the_lifecycle_grants_is_refused() {
     assert_eq!(
         (info.state, info.rotation_period),
         (KeyState::Disabled, Some(90 * 86_400))
+    );
+}
+
+#[test]
+fn a_version_stamped_in_the_future_by_a_clock_jump_rotates_once_the_clock_is_back() {
+    let (_tpm, files, clock) = setup(&DaemonConfig::new());
+    let daemon = start(&files, &clock, false);
+    let mut client = daemon.client();
+    create_rotating(&mut client, "aged", 86_400);
+
+    // A bad RTC or an NTP glitch: ten years ahead for a moment. The key is
+    // due and rotates once, its new version stamped ten years ahead.
+    const TEN_YEARS: i64 = 10 * 365 * DAY;
+    clock.set(TEN_YEARS, 0);
+    let jumped = await_key(&daemon, "aged", "rotated in the jump", |k| {
+        k.latest_version == 2
+    });
+    let future = jumped.versions[1].created;
+    assert!(future as i64 > now() + TEN_YEARS - DAY, "{jumped:?}");
+
+    // Back to the true time: the version from the future must not hold
+    // rotation off for ten years. One rotation stamps a sane time.
+    clock.set(0, 0);
+    let back = await_key(&daemon, "aged", "rotated once the clock is back", |k| {
+        k.latest_version == 3
+    });
+    let sane = back.versions[2].created as i64;
+    assert!((sane - now()).abs() <= 60, "{back:?}");
+    assert_eq!(back.next_rotation, Some(sane as u64 + 86_400), "{back:?}");
+    let log = daemon.log();
+    assert!(
+        log.contains("\"aged\"") && log.contains(&rfc3339(future)),
+        "a warning names the key and the future date: {log}"
+    );
+
+    // Once, not in a loop: a witness due an hour on rotates, "aged" does not.
+    create_rotating(&mut client, "witness", 3600);
+    clock.set(2 * 3600, 0);
+    await_key(&daemon, "witness", "rotated", |k| k.latest_version == 2);
+    assert_eq!(describe(&mut client, "aged").latest_version, 3);
+}
+
+#[test]
+fn a_daemon_clock_deleted_from_the_store_is_reported_naming_the_keys_pending_deletion() {
+    /// What the start logs when the daemon clock is missing.
+    const MISSING: &str = "records no daemon clock";
+    let (_tpm, files, clock) = setup(&DaemonConfig::new());
+    let daemon = start(&files, &clock, false);
+    let mut client = daemon.client();
+    client.create_key("doomed").expect("create");
+    client.create_key("kept").expect("create");
+    client.schedule_deletion("doomed", 7).expect("schedule");
+    drop(client);
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains(MISSING), "a new store has its clock: {log}");
+
+    // Restarted as it was: nothing to report.
+    let daemon = start(&files, &clock, false);
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains(MISSING), "{log}");
+
+    // The row deleted while the daemon is stopped.
+    sqlite(
+        &files.state_file("keystore.db"),
+        "DELETE FROM meta WHERE name = 'daemon_clock';",
+    );
+    let daemon = start(&files, &clock, false);
+    let log = daemon.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains(MISSING))
+        .unwrap_or_else(|| panic!("the start says the daemon clock is missing: {log}"));
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("starts again"), "{line}");
+    assert!(
+        line.contains("\"doomed\""),
+        "names the key pending deletion: {line}"
+    );
+    assert!(!line.contains("kept"), "{line}");
+    assert_eq!(
+        describe(&mut daemon.client(), "doomed").state,
+        KeyState::PendingDeletion
     );
 }

@@ -14,6 +14,7 @@ use agent_proto::{EncryptionContext, ErrorCode, KeyType};
 
 const REQUEST_OK: &str = "54ef972d04c94c4d82e172b091a4204e";
 const REQUEST_DENIED: &str = "ae4499d0098646569a7eaef5c366b9e7";
+const ALERT_PENDING_DELETION_USE: &str = "1b1684d127a34c64a0db0e7121098f60";
 /// Holds only `rewrap` on `app-*`.
 const REWRAPPER: u32 = 65534;
 /// Holds `unwrap` on `app-src` and `wrap` on `app-dst`.
@@ -279,16 +280,15 @@ fn a_signing_destination_is_the_wrong_key_type() {
 }
 
 #[test]
-fn a_destination_pending_deletion_is_refused_and_alerted_under_its_own_name() {
-    const ALERT_PENDING_DELETION_USE: &str = "1b1684d127a34c64a0db0e7121098f60";
+fn a_destination_pending_deletion_is_refused_and_its_alert_names_it() {
     let (_tpm, _files, daemon) = start();
     let journal = daemon.journal_scope();
     let mut admin = daemon.client();
     let source = admin
-        .wrap("app-src", b"going nowhere", &context("web"))
+        .wrap("app-src", b"moving house", &context("web"))
         .unwrap();
     admin.schedule_deletion("app-dst", 7).unwrap();
-    let err = admin
+    let refused = admin
         .rewrap_to(
             source.ciphertext.as_bytes(),
             &context("web"),
@@ -297,22 +297,24 @@ fn a_destination_pending_deletion_is_refused_and_alerted_under_its_own_name() {
             None,
         )
         .unwrap_err();
-    assert_eq!(err.code(), Some(ErrorCode::KeyPendingDeletion), "{err}");
-    assert!(
-        err.to_string().contains("hostkms cancel-deletion app-dst"),
-        "{err}"
+    assert_eq!(
+        refused.code(),
+        Some(ErrorCode::KeyPendingDeletion),
+        "{refused}"
     );
+    assert!(refused.to_string().contains("app-dst"), "{refused}");
 
     let (exit, log) = daemon.stop();
     assert!(exit.success(), "{log}");
     let entries = journal_of_stopped(&journal);
-    let alerted: Vec<_> = with_id(&entries, ALERT_PENDING_DELETION_USE)
+    let alerts: Vec<_> = with_id(&entries, ALERT_PENDING_DELETION_USE)
         .into_iter()
-        .filter_map(|e| field(e, "HOSTKMS_KEY"))
+        .filter(|e| field(e, "HOSTKMS_OP") == Some("rewrap"))
         .collect();
+    let keys: Vec<_> = alerts.iter().map(|e| field(e, "HOSTKMS_KEY")).collect();
     assert_eq!(
-        alerted,
-        ["app-dst"],
-        "the key still needed is the destination, not the source"
+        keys,
+        [Some("app-dst")],
+        "the alert names the key pending deletion, not the source: {alerts:?}"
     );
 }

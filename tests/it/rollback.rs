@@ -785,3 +785,60 @@ fn the_tpm_is_unreachable_in_status_while_a_call_waits_on_a_held_tpm() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn an_older_copy_from_before_a_cancelled_deletion_is_refused() {
+    let Harness {
+        tpm: _tpm,
+        files,
+        daemon,
+    } = Harness::start(DaemonConfig::new());
+    let mut client = daemon.client();
+    client.create_key("saved").expect("create");
+    let wrapped = client
+        .wrap("saved", b"still needed", &context())
+        .expect("wrap");
+    client.schedule_deletion("saved", 7).expect("schedule");
+    stop(daemon);
+    // A nightly copy taken while the key was on its way to deletion.
+    let copy = files.root.path().join("keystore.db.pending");
+    fs::copy(files.state_file("keystore.db"), &copy).expect("copy the store");
+
+    let daemon = Daemon::start(&files).expect("start");
+    let mut client = daemon.client();
+    let counted = client.status().expect("status").rollback.store_counter;
+    client
+        .cancel_deletion("saved")
+        .expect("cancel the deletion");
+    let after = client.status().expect("status").rollback;
+    assert_eq!(
+        after.store_counter,
+        counted + 1,
+        "a cancel counts: {after:?}"
+    );
+    client.enable("saved").expect("enable");
+    client
+        .unwrap(wrapped.ciphertext.as_bytes(), &context(), None)
+        .expect("saved");
+    stop(daemon);
+
+    // The copy put back would bring the deletion back, and with it the
+    // destruction of every version once its wait is over.
+    fs::copy(&copy, files.state_file("keystore.db")).expect("put the copy back");
+    let log = refused_start(&files);
+    assert!(log.contains("a rollback was detected"), "{log}");
+    assert!(
+        log.contains("deletion"),
+        "says what a rollback re-arms: {log}"
+    );
+
+    // Accepted on purpose, the key is pending again and the operator told.
+    let output = accept_rollback(&files);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    assert!(stdout.contains("\"saved\" (pending deletion"), "{stdout}");
+    assert!(
+        stdout.contains("hostkms cancel-deletion NAME"),
+        "says how to save it again: {stdout}"
+    );
+}
