@@ -319,11 +319,11 @@ fn kill_9_at_random_moments_of_a_rotation_always_restarts_with_a_matching_store(
         let before = status_check(&daemon);
         thread::sleep(SETTLE);
         let socket = daemon.socket.clone();
+        // The kill may come before the thread connects: then it asks
+        // nothing, which is one more moment of the rotation's range.
         let asking = thread::spawn(move || {
-            let mut client = agent_proto::Client::connect(&socket).expect("connect");
-            client
-                .set_timeout(Some(Duration::from_secs(60)))
-                .expect("timeout");
+            let mut client = agent_proto::Client::connect(&socket)?;
+            client.set_timeout(Some(Duration::from_secs(60)))?;
             client.rotate_root()
         });
         thread::sleep(delays.next(span));
