@@ -8,10 +8,7 @@
 
 use std::sync::Arc;
 
-use agent_proto::{
-    ErrorCode, KeySettings, KeyType, MAX_DELETION_DAYS, MIN_DELETION_DAYS, Operation, Response,
-    RotationSetting,
-};
+use agent_proto::{ErrorCode, KeySettings, KeyType, Operation, Response, RotationSetting};
 
 use super::{Refusal, Service};
 use crate::audit::{self, Subject};
@@ -93,14 +90,6 @@ impl Service {
         subject: &mut Subject,
     ) -> Result<Response, Refusal> {
         self.permit(peer, Operation::ScheduleDeletion, &key)?;
-        if !(MIN_DELETION_DAYS..=MAX_DELETION_DAYS).contains(&days) {
-            return Err(Refusal::new(
-                ErrorCode::InvalidArgument,
-                format!(
-                    "a deletion waits {MIN_DELETION_DAYS} to {MAX_DELETION_DAYS} days, not {days}; give --days within it (default 30)"
-                ),
-            ));
-        }
         let response = self
             .change(
                 move |store| {
