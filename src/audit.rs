@@ -303,9 +303,7 @@ impl Subject {
     /// the version it encrypted under once it did (the source is
     /// [`Subject::key`] and [`Subject::version`]).
     pub fn set_destination(&mut self, key: &str, version: Option<u32>) {
-        let mut named = Subject::default();
-        named.set_key(key);
-        self.destination = named.key.map(|key| (key, version));
+        self.destination = Some((logged_name(key), version));
     }
 
     /// The destination key and version of a `Rewrap` with a destination.
