@@ -27,8 +27,9 @@ pub struct KeyDefaults {
 
 /// The operations that use a key's material: refused on a key pending
 /// deletion, and each such refusal raises the pending-deletion alert
-/// (someone still needs the key).
-pub(super) const USES: [Operation; 11] = [
+/// (someone still needs the key). Batches are not here: a batch is never
+/// refused whole for it, each refused item raises its own alert.
+pub(super) const USES: [Operation; 9] = [
     Operation::Wrap,
     Operation::Unwrap,
     Operation::DataKey,
@@ -38,8 +39,6 @@ pub(super) const USES: [Operation; 11] = [
     Operation::Sign,
     Operation::Verify,
     Operation::Export,
-    Operation::WrapBatch,
-    Operation::UnwrapBatch,
 ];
 
 impl Service {
