@@ -21,7 +21,7 @@ pub enum StoreError {
     /// The key is pending deletion: it cannot be used, rotated, enabled or
     /// disabled until the deletion is cancelled.
     #[error(
-        "key {name:?} is scheduled for deletion on {}; to keep it, cancel the deletion first (`hostkms cancel-deletion {name}`; it then stays disabled until enabled)",
+        "key {name:?} is scheduled for deletion on {} (at the earliest): it cannot be used or changed until the deletion is cancelled. If it is still needed, an admin (or a peer granted cancel-deletion) can cancel it with `hostkms cancel-deletion {name}`; it then stays disabled until enabled",
         crate::clock::rfc3339(*due_wall)
     )]
     KeyPendingDeletion {

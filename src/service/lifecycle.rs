@@ -8,12 +8,12 @@
 
 use std::sync::Arc;
 
-use agent_proto::{ErrorCode, KeySettings, KeyType, Operation, Response, RotationSetting};
+use agent_proto::{KeySettings, KeyType, Operation, Response, RotationSetting};
 
 use super::{Refusal, Service};
 use crate::audit::{self, Subject};
 use crate::clock::rfc3339;
-use crate::keystore::{Key, NewKeySettings};
+use crate::keystore::{Key, NewKeySettings, StoreError};
 use crate::peer::Peer;
 
 /// What new keys get unless their creator says: the config's `[keys]`
@@ -141,20 +141,15 @@ impl Service {
         .await
     }
 
-    /// The refusal of a use of `key`, pending deletion: names the date and
-    /// how to cancel.
+    /// The refusal of a use of `key`, pending deletion: the store's
+    /// refusal of a change to it, which names the date and how to cancel.
     pub(super) fn pending_deletion(key: &Key) -> Refusal {
-        let date = key
-            .deletion_due()
-            .map_or_else(|| "its due date".to_string(), |due| rfc3339(due.wall));
-        Refusal::new(
-            ErrorCode::KeyPendingDeletion,
-            format!(
-                "key \"{}\" is scheduled for deletion on {date} (at the earliest) and cannot be used; if it is still needed, an admin (or a peer granted cancel-deletion) can cancel with `hostkms cancel-deletion {}` (it then stays disabled until enabled)",
-                key.name(),
-                key.name()
-            ),
-        )
+        StoreError::KeyPendingDeletion {
+            name: key.name().to_string(),
+            // Set on every pending key: the loader and restore refuse one without.
+            due_wall: key.deletion_due().map_or(0, |due| due.wall),
+        }
+        .into()
     }
 
     /// Raises the pending-deletion alert for a use of `key` by `peer`: at
