@@ -152,19 +152,19 @@ impl Service {
         .into()
     }
 
-    /// Raises the pending-deletion alert for a use of `key` by `peer`: at
-    /// most once per key and peer per hour, so a client in a retry loop
-    /// cannot flood the journal. Called for every refused use, including
-    /// each item of a batch.
-    pub(crate) fn pending_deletion_used(&self, peer: &Peer, key: &str, op: Operation) {
+    /// Raises the pending-deletion alert for a use of `key` by `peer`,
+    /// refused with the deletion date `due`: at most once per key and peer
+    /// per hour, so a client in a retry loop cannot flood the journal.
+    /// Called for every refused use, including each item of a batch.
+    pub(crate) fn pending_deletion_used(
+        &self,
+        peer: &Peer,
+        key: &str,
+        due: Option<u64>,
+        op: Operation,
+    ) {
         let now = self.store.clock().monotonic();
         if self.monitor.pending_deletion_use(peer.uid, key, now) {
-            let due = self
-                .store
-                .keys()
-                .by_name(key)
-                .and_then(|key| key.deletion_due())
-                .map(|due| due.wall);
             audit::pending_deletion_use_alert(peer, key, op, due);
         }
     }
