@@ -645,7 +645,7 @@ fn logged_name(name: &str) -> String {
 /// (unix seconds), by `peer`: someone still needs the key.
 pub fn pending_deletion_use_alert(peer: &Peer, key: &str, op: Operation, due: Option<u64>) {
     let key = logged_name(key);
-    let date = due.map(crate::clock::rfc3339);
+    let date = due.map(agent_proto::date::rfc3339);
     tracing::event!(
         target: ALERT_TARGET,
         Level::ERROR,
@@ -668,7 +668,7 @@ pub fn pending_deletion_use_alert(peer: &Peer, key: &str, op: Operation, due: Op
 pub fn rotated_by_age(key: &str, version: u32, period: u64, was_due: u64) {
     let key = logged_name(key);
     let period = agent_proto::period::format_period(period);
-    let was_due = crate::clock::rfc3339(was_due);
+    let was_due = agent_proto::date::rfc3339(was_due);
     tracing::event!(
         target: AUDIT_TARGET,
         Level::INFO,
@@ -688,7 +688,7 @@ pub fn rotated_by_age(key: &str, version: u32, period: u64, was_due: u64) {
 /// period was over: audited like a request, with the daemon as the peer.
 pub fn deleted_as_scheduled(key: &str, versions: u32, due: u64) {
     let key = logged_name(key);
-    let date = crate::clock::rfc3339(due);
+    let date = agent_proto::date::rfc3339(due);
     tracing::event!(
         target: AUDIT_TARGET,
         Level::WARN,

@@ -215,8 +215,8 @@ fn warn_stamped_ahead(name: &str, version: u32, stamped: u64, now: u64) {
     tracing::warn!(
         key = name,
         "key {name:?}: its latest version {version} is stamped {}, in the future (the wall clock now reads {}): the clock was ahead when it was made. Rotating the key now, so that its rotation period counts from the present and not from that date; check the host's clock (timedatectl)",
-        crate::clock::rfc3339(stamped),
-        crate::clock::rfc3339(now)
+        agent_proto::date::rfc3339(stamped),
+        agent_proto::date::rfc3339(now)
     );
 }
 

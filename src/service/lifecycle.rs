@@ -12,9 +12,9 @@ use agent_proto::{KeySettings, KeyType, Operation, Response, RotationSetting};
 
 use super::{Refusal, Service};
 use crate::audit::{self, Subject};
-use crate::clock::rfc3339;
 use crate::keystore::{Key, NewKeySettings, StoreError};
 use crate::peer::Peer;
+use agent_proto::date::rfc3339;
 
 /// What new keys get unless their creator says: the config's `[keys]`
 /// table.
