@@ -206,7 +206,11 @@ impl KeyStore {
         settings: NewKeySettings,
     ) -> Result<Arc<Key>, StoreError> {
         check_name(name)?;
-        metadata::check_settings(&settings)?;
+        metadata::check_settings(
+            &settings.description,
+            &settings.tags,
+            settings.rotation_period,
+        )?;
         if self.keys.load().by_name(name).is_some() {
             return Err(StoreError::KeyExists(name.to_string()));
         }
