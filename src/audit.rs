@@ -226,6 +226,7 @@ pub struct Subject {
     batch: Option<Vec<BatchItem>>,
     destination: Option<(String, Option<u32>)>,
     pending_deletion: Option<String>,
+    deletion_due: Option<u64>,
 }
 
 /// One item of a `WrapBatch` or `UnwrapBatch` as the audit records it: the
@@ -239,16 +240,25 @@ pub struct BatchItem {
     pub version: Option<u32>,
     /// The item's error code; `None` when it succeeded.
     pub result: Option<ErrorCode>,
+    /// For a `KeyPendingDeletion` refusal: the key's deletion date (unix
+    /// seconds) as the refusal found it.
+    pub deletion_due: Option<u64>,
 }
 
 impl BatchItem {
     /// The item as the audit records it: the key and version `subject`
-    /// learned while deciding it, and its result.
-    pub fn of(subject: &Subject, result: Option<ErrorCode>) -> BatchItem {
+    /// learned while deciding it, its result and, when refused for a
+    /// pending deletion, the deletion date.
+    pub fn of(
+        subject: &Subject,
+        result: Option<ErrorCode>,
+        deletion_due: Option<u64>,
+    ) -> BatchItem {
         BatchItem {
             key: subject.key.clone(),
             version: subject.version,
             result,
+            deletion_due,
         }
     }
 }
@@ -303,9 +313,7 @@ impl Subject {
     /// the version it encrypted under once it did (the source is
     /// [`Subject::key`] and [`Subject::version`]).
     pub fn set_destination(&mut self, key: &str, version: Option<u32>) {
-        let mut named = Subject::default();
-        named.set_key(key);
-        self.destination = named.key.map(|key| (key, version));
+        self.destination = Some((logged_name(key), version));
     }
 
     /// The destination key and version of a `Rewrap` with a destination.
@@ -322,10 +330,20 @@ impl Subject {
         self.pending_deletion = Some(logged_name(key));
     }
 
-    /// The key a `KeyPendingDeletion` refusal was about: the one recorded
-    /// by [`Subject::set_pending_deletion`], else [`Subject::key`].
-    pub fn pending_deletion(&self) -> Option<&str> {
-        self.pending_deletion.as_deref().or_else(|| self.key())
+    /// Records when the key a `KeyPendingDeletion` refusal was about is
+    /// deleted (unix seconds), as the refusal found it.
+    pub fn set_deletion_due(&mut self, due: u64) {
+        self.deletion_due = Some(due);
+    }
+
+    /// The key a `KeyPendingDeletion` refusal was about (the one recorded
+    /// by [`Subject::set_pending_deletion`], else [`Subject::key`]), with
+    /// its deletion date when recorded.
+    pub fn pending_deletion(&self) -> Option<(&str, Option<u64>)> {
+        self.pending_deletion
+            .as_deref()
+            .or_else(|| self.key())
+            .map(|key| (key, self.deletion_due))
     }
 
     /// The result flood coalescing counts this request as: its own `code`,
@@ -627,7 +645,7 @@ fn logged_name(name: &str) -> String {
 /// (unix seconds), by `peer`: someone still needs the key.
 pub fn pending_deletion_use_alert(peer: &Peer, key: &str, op: Operation, due: Option<u64>) {
     let key = logged_name(key);
-    let date = due.map(crate::clock::rfc3339);
+    let date = due.map(agent_proto::date::rfc3339);
     tracing::event!(
         target: ALERT_TARGET,
         Level::ERROR,
@@ -650,7 +668,7 @@ pub fn pending_deletion_use_alert(peer: &Peer, key: &str, op: Operation, due: Op
 pub fn rotated_by_age(key: &str, version: u32, period: u64, was_due: u64) {
     let key = logged_name(key);
     let period = agent_proto::period::format_period(period);
-    let was_due = crate::clock::rfc3339(was_due);
+    let was_due = agent_proto::date::rfc3339(was_due);
     tracing::event!(
         target: AUDIT_TARGET,
         Level::INFO,
@@ -670,7 +688,7 @@ pub fn rotated_by_age(key: &str, version: u32, period: u64, was_due: u64) {
 /// period was over: audited like a request, with the daemon as the peer.
 pub fn deleted_as_scheduled(key: &str, versions: u32, due: u64) {
     let key = logged_name(key);
-    let date = crate::clock::rfc3339(due);
+    let date = agent_proto::date::rfc3339(due);
     tracing::event!(
         target: AUDIT_TARGET,
         Level::WARN,
@@ -1012,6 +1030,7 @@ mod tests {
             key: key.map(str::to_string),
             version,
             result,
+            deletion_due: None,
         }
     }
 
@@ -1022,7 +1041,7 @@ mod tests {
         let items = [
             item(Some("orders"), Some(3), None),
             item(None, None, Some(ErrorCode::InvalidCiphertext)),
-            BatchItem::of(&odd, Some(ErrorCode::KeyNotFound)),
+            BatchItem::of(&odd, Some(ErrorCode::KeyNotFound), None),
         ];
         assert_eq!(
             batch_results(&items),

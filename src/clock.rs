@@ -109,25 +109,9 @@ impl Clock {
     }
 }
 
-/// `secs` (Unix seconds) as an RFC 3339 UTC date, `2026-12-30T10:00:00Z`:
-/// how every message shows a date.
-pub fn rfc3339(secs: u64) -> String {
-    i64::try_from(secs)
-        .ok()
-        .and_then(|secs| jiff::Timestamp::from_second(secs).ok())
-        .map_or_else(|| format!("{secs} seconds after 1970"), |t| t.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates_are_rfc_3339_utc() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_798_624_800), "2026-12-30T10:00:00Z");
-        assert_eq!(rfc3339(u64::MAX), "18446744073709551615 seconds after 1970");
-    }
 
     #[test]
     fn a_movable_clock_moves_by_the_offsets_in_its_file() {

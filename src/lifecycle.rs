@@ -215,20 +215,21 @@ fn warn_stamped_ahead(name: &str, version: u32, stamped: u64, now: u64) {
     tracing::warn!(
         key = name,
         "key {name:?}: its latest version {version} is stamped {}, in the future (the wall clock now reads {}): the clock was ahead when it was made. Rotating the key now, so that its rotation period counts from the present and not from that date; check the host's clock (timedatectl)",
-        crate::clock::rfc3339(stamped),
-        crate::clock::rfc3339(now)
+        agent_proto::date::rfc3339(stamped),
+        agent_proto::date::rfc3339(now)
     );
 }
 
 /// Rotates key `name` (`id`), due by age since `at`, if `version` is still
-/// its latest; audits it.
+/// its latest and the key still enabled; audits it.
 fn rotate_by_age(store: &KeyStore, name: &str, id: KeyId, version: u32, period: u64, at: u64) {
-    match store.rotate_if_latest(id, version) {
+    match store.rotate_if_due(id, version) {
         Ok(key) if key.latest_version() > version => {
             audit::rotated_by_age(name, key.latest_version(), period, at);
         }
         // Rotated meanwhile (by a request, or at its encryption limit):
-        // the new version restarted the period.
+        // the new version restarted the period. Or disabled meanwhile: a
+        // disabled key is not rotated by age.
         Ok(_) => {}
         Err(e) => audit::change_by_daemon_failed("rotate", name, &e),
     }

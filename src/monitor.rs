@@ -7,6 +7,7 @@
 
 pub mod flood;
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -290,7 +291,9 @@ fn op_index(op: Operation) -> usize {
 pub const PENDING_USE_ALERT_EVERY: Duration = Duration::from_secs(3600);
 
 /// When each (uid, key) last raised the pending-deletion alert; at most
-/// [`MAX_TRACKED_PEERS`] pairs, the expired ones forgotten first.
+/// [`MAX_TRACKED_PEERS`] pairs. When full, the expired ones are forgotten
+/// first, then the oldest one: never all at once, so the pairs kept stay
+/// quiet for their hour.
 #[derive(Debug, Default)]
 struct PendingUses {
     last: HashMap<(u32, String), Duration>,
@@ -300,18 +303,30 @@ impl PendingUses {
     /// Notes a use; true when it raises the alert.
     fn note(&mut self, uid: u32, key: &str, now: Duration) -> bool {
         let recent = |at: &Duration| now.saturating_sub(*at) < PENDING_USE_ALERT_EVERY;
-        if let Some(at) = self.last.get(&(uid, key.to_string())) {
-            if recent(at) {
-                return false;
+        let pair = match self.last.entry((uid, key.to_owned())) {
+            Entry::Occupied(mut seen) => {
+                if recent(seen.get()) {
+                    return false;
+                }
+                seen.insert(now);
+                return true;
             }
-        }
+            Entry::Vacant(slot) => slot.into_key(),
+        };
         if self.last.len() >= MAX_TRACKED_PEERS {
             self.last.retain(|_, at| recent(at));
-            if self.last.len() >= MAX_TRACKED_PEERS {
-                self.last.clear();
+        }
+        if self.last.len() >= MAX_TRACKED_PEERS {
+            let oldest = self
+                .last
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(oldest, _)| oldest.clone());
+            if let Some(oldest) = oldest {
+                self.last.remove(&oldest);
             }
         }
-        self.last.insert((uid, key.to_string()), now);
+        self.last.insert(pair, now);
         true
     }
 }
@@ -460,6 +475,31 @@ mod tests {
             assert!(uses.note(uid, "db", at(1)));
         }
         assert!(uses.last.len() <= MAX_TRACKED_PEERS);
+    }
+
+    #[test]
+    fn a_full_pending_use_memory_forgets_one_pair_not_all() {
+        let at = Duration::from_millis;
+        let mut uses = PendingUses::default();
+        let full = MAX_TRACKED_PEERS as u32;
+        for uid in 0..full {
+            assert!(uses.note(uid, "db", at(uid.into())));
+        }
+        // A new pair while every tracked one is recent: only the oldest goes.
+        assert!(uses.note(full, "db", at(full.into())));
+        assert_eq!(uses.last.len(), MAX_TRACKED_PEERS);
+        for uid in 1..=full {
+            assert!(
+                !uses.note(uid, "db", at(full.into())),
+                "uid {uid} alerts again"
+            );
+        }
+        // Expired pairs are forgotten before any recent one.
+        let hour_on = at(u64::from(full)) + PENDING_USE_ALERT_EVERY;
+        assert!(uses.note(full, "db", hour_on));
+        assert!(uses.note(full + 1, "web", hour_on));
+        assert!(!uses.note(full, "db", hour_on));
+        assert_eq!(uses.last.len(), 2);
     }
 
     #[test]

@@ -296,15 +296,6 @@ impl Policy {
             })
     }
 
-    /// Whether a grant of `peer` covers the key name `key` (for any
-    /// operation on keys), or `peer` is an admin: the peers that may learn
-    /// whether a key of that name exists. The same as [`Policy::may_see`],
-    /// by the rule that a peer is told of a key exactly when `ListKeys`
-    /// would show it.
-    pub fn covers_name(&self, peer: &Peer, key: &str) -> bool {
-        self.may_see(peer, key)
-    }
-
     /// Whether `peer` may ask for random bytes: an admin, or covered by a
     /// grant whose ops list `random` (its `keys` do not matter).
     pub fn allows_random(&self, peer: &Peer) -> bool {
@@ -705,16 +696,13 @@ mod tests {
         random.uids = vec![1001];
         let (policy, _) = Policy::new(&[g, random], &[]).unwrap();
         let app = peer(1001, 1001, &[], None);
-        assert!(policy.covers_name(&app, "app-db"));
+        assert!(policy.may_see(&app, "app-db"));
         assert!(!policy.allows(&app, Operation::Wrap, "app-db"));
         // `random` names no key: it covers none.
-        assert!(!policy.covers_name(&app, "other-1"));
-        assert!(!policy.covers_name(&app, "secret"));
-        assert!(!policy.covers_name(&peer(1002, 1002, &[], None), "app-db"));
-        assert!(
-            policy.covers_name(&peer(0, 0, &[], None), "secret"),
-            "admin"
-        );
+        assert!(!policy.may_see(&app, "other-1"));
+        assert!(!policy.may_see(&app, "secret"));
+        assert!(!policy.may_see(&peer(1002, 1002, &[], None), "app-db"));
+        assert!(policy.may_see(&peer(0, 0, &[], None), "secret"), "admin");
     }
 
     #[test]

@@ -443,7 +443,7 @@ pub fn was_pending_deletion(key: &crate::keystore::RestoredKey) -> Option<String
     key.was_pending_deletion.map(|due| {
         format!(
             "it was scheduled for deletion on {}; schedule it again if still wanted (hostkms schedule-deletion {})",
-            crate::clock::rfc3339(due),
+            agent_proto::date::rfc3339(due),
             key.name
         )
     })

@@ -86,6 +86,9 @@ pub struct Refusal {
     pub code: ErrorCode,
     /// What failed, on what, and what to do.
     pub message: String,
+    /// For `KeyPendingDeletion`: when the key is deleted (wall clock, unix
+    /// seconds), as the refusal found it; the alert names the same date.
+    pub deletion_due: Option<u64>,
 }
 
 impl Refusal {
@@ -108,7 +111,11 @@ impl Refusal {
         } else {
             message
         };
-        Refusal { code, message }
+        Refusal {
+            code,
+            message,
+            deletion_due: None,
+        }
     }
 
     /// `op` asked of a key whose type does not perform it.
@@ -169,7 +176,14 @@ impl From<StoreError> for Refusal {
                 );
             }
         };
-        Refusal::new(code, error.to_string())
+        let deletion_due = match &error {
+            StoreError::KeyPendingDeletion { due_wall, .. } => Some(*due_wall),
+            _ => None,
+        };
+        Refusal {
+            deletion_due,
+            ..Refusal::new(code, error.to_string())
+        }
     }
 }
 
@@ -350,7 +364,12 @@ impl Service {
         let response = self
             .dispatch(peer, request, &mut subject)
             .await
-            .unwrap_or_else(|refusal| Response::error(refusal.code, refusal.message));
+            .unwrap_or_else(|refusal| {
+                if let Some(due) = refusal.deletion_due {
+                    subject.set_deletion_due(due);
+                }
+                Response::error(refusal.code, refusal.message)
+            });
         let decided = outcome_of(&response);
         (
             response,
@@ -391,8 +410,8 @@ impl Service {
     ) {
         let PendingAudit { op, subject, .. } = audit;
         if code == Some(ErrorCode::KeyPendingDeletion) && lifecycle::USES.contains(&op) {
-            if let Some(key) = subject.pending_deletion() {
-                self.pending_deletion_used(peer, key, op);
+            if let Some((key, due)) = subject.pending_deletion() {
+                self.pending_deletion_used(peer, key, due, op);
             }
         }
         // A refusal, or a request that needs no grant, may only be counted

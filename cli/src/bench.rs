@@ -388,7 +388,8 @@ pub fn run(socket: &Path, args: &BenchArgs, json: bool) -> Result<(), CliError> 
 /// `u32::MAX`, so asking to revoke that version revokes nothing: the daemon
 /// answers `KeyNotFound` to a peer that holds `revoke` on the name (and to
 /// admins) and `PermissionDenied` to any other (agent-proto README,
-/// "Permissions"). Any other answer leaves the decision to `CreateKey`.
+/// "Permissions"). Any other answer (busy, a TPM or store failure, a
+/// dropped connection) proves nothing, so no key is made.
 fn ensure_can_revoke(client: &mut Client, key: &str) -> Result<(), CliError> {
     match client.revoke(key, Some(u32::MAX)) {
         Err(e) if e.code() == Some(ErrorCode::PermissionDenied) => {
@@ -397,8 +398,19 @@ fn ensure_can_revoke(client: &mut Client, key: &str) -> Result<(), CliError> {
                 uid: nix::unistd::geteuid().as_raw(),
             })
         }
-        Ok(_) | Err(ClientError::Daemon { .. }) => Ok(()),
-        Err(e) => Err(e.into()),
+        Err(e)
+            if matches!(
+                e.code(),
+                Some(ErrorCode::KeyNotFound | ErrorCode::VersionNotFound)
+            ) =>
+        {
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        Err(source) => Err(CliError::BenchRevokeUnchecked {
+            key: key.to_string(),
+            source,
+        }),
     }
 }
 

@@ -153,6 +153,20 @@ pub enum CliError {
         /// This process's effective uid.
         uid: u32,
     },
+    /// `bench` could not learn whether this peer may revoke its temporary
+    /// key (the daemon gave another answer than "no such key or version"),
+    /// so it made none.
+    #[error(
+        "bench makes a temporary key ({key}) and revokes it at the end, but could not check \
+         that it may revoke it: {source}. Nothing was created; try again, or give --key NAME \
+         to measure with a key of your own"
+    )]
+    BenchRevokeUnchecked {
+        /// The temporary key's name.
+        key: String,
+        /// The answer to the check.
+        source: ClientError,
+    },
     /// `bench` could not revoke its temporary key: it is still there.
     #[error(
         "bench could not revoke its temporary key {key} ({why}): it is left as it is. \
@@ -195,11 +209,23 @@ impl CliError {
             CliError::Client(ClientError::Daemon {
                 code: ErrorCode::Busy,
                 ..
-            }) => 3,
+            })
+            | CliError::BenchRevokeUnchecked {
+                source:
+                    ClientError::Daemon {
+                        code: ErrorCode::Busy,
+                        ..
+                    },
+                ..
+            } => 3,
             CliError::Client(ClientError::Daemon { .. })
             | CliError::Client(ClientError::DaemonTooOld { .. })
             | CliError::BenchFailed { .. }
             | CliError::BenchCannotRevoke { .. }
+            | CliError::BenchRevokeUnchecked {
+                source: ClientError::Daemon { .. } | ClientError::DaemonTooOld { .. },
+                ..
+            }
             | CliError::BenchKeyLeft { .. }
             | CliError::NotVerified { .. }
             | CliError::Denied { .. }
@@ -215,7 +241,9 @@ impl CliError {
     /// names its kind (`usage`, `connect`, `read`, `write`, ...).
     pub fn code(&self) -> &'static str {
         match self {
-            CliError::Client(err) => client_code(err),
+            CliError::Client(err) | CliError::BenchRevokeUnchecked { source: err, .. } => {
+                client_code(err)
+            }
             CliError::Denied { .. } => daemon_code(ErrorCode::PermissionDenied),
             CliError::Connect { .. } => "connect",
             CliError::Usage(_) => "usage",

@@ -201,7 +201,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
                 "hostkms: key {} is pending deletion: every use is refused, and its material is deleted for good on {} at the earliest (after {days} days of the daemon running); `hostkms cancel-deletion {}` takes it back until then",
                 printable(&key.name),
                 key.deletion_date
-                    .map_or_else(|| "?".to_string(), output::rfc3339),
+                    .map_or_else(|| "?".to_string(), agent_proto::date::rfc3339),
                 printable(&key.name),
             );
             Ok(())

@@ -21,8 +21,8 @@ pub enum StoreError {
     /// The key is pending deletion: it cannot be used, rotated, enabled or
     /// disabled until the deletion is cancelled.
     #[error(
-        "key {name:?} is scheduled for deletion on {}; to keep it, cancel the deletion first (`hostkms cancel-deletion {name}`; it then stays disabled until enabled)",
-        crate::clock::rfc3339(*due_wall)
+        "key {name:?} is scheduled for deletion on {} (at the earliest): it cannot be used or changed until the deletion is cancelled. If it is still needed, an admin (or a peer granted cancel-deletion) can cancel it with `hostkms cancel-deletion {name}`; it then stays disabled until enabled",
+        agent_proto::date::rfc3339(*due_wall)
     )]
     KeyPendingDeletion {
         /// The key.
@@ -33,7 +33,7 @@ pub enum StoreError {
     /// A pending deletion is not due yet on one of the two clocks.
     #[error(
         "key {name:?} is not due for deletion yet: its date is {} and the daemon must still measure {elapsed_left} seconds of its waiting period",
-        crate::clock::rfc3339(*due_wall)
+        agent_proto::date::rfc3339(*due_wall)
     )]
     DeletionNotDue {
         /// The key.

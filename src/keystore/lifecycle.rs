@@ -71,7 +71,8 @@ impl KeyStore {
     pub fn deletion_due_in(&self, days: u16) -> Result<DeletionDue, StoreError> {
         if !(MIN_DELETION_DAYS..=MAX_DELETION_DAYS).contains(&days) {
             return Err(StoreError::InvalidArgument(format!(
-                "a deletion waits {MIN_DELETION_DAYS} to {MAX_DELETION_DAYS} days, not {days}"
+                "a deletion waits {MIN_DELETION_DAYS} to {MAX_DELETION_DAYS} days, not {days}: \
+                 ask for a waiting period in that range"
             )));
         }
         let wait = u64::from(days) * DAY;

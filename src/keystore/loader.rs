@@ -283,8 +283,7 @@ fn load_keys(
             ));
         }
         let tags = metadata::decode_tags(&row.tags).map_err(|e| tampered(&row, e))?;
-        metadata::check_description(&row.description)
-            .and_then(|()| metadata::check_rotation_period(row.rotation_period))
+        metadata::check_settings(&row.description, &tags, row.rotation_period)
             .map_err(|e| tampered(&row, format!("breaks a limit: {e}")))?;
         let mut stored_versions = versions_by_key.remove(&row.id).unwrap_or_default();
         stored_versions.sort_by_key(|v| v.row.version);

@@ -59,9 +59,7 @@ impl KeySettingsMaterial {
     /// Checks the description, tags and rotation period against the
     /// limits ([`super::metadata`]).
     pub fn check(&self) -> Result<(), StoreError> {
-        super::metadata::check_description(&self.description)?;
-        super::metadata::check_tags(&self.tags)?;
-        super::metadata::check_rotation_period(self.rotation_period)
+        super::metadata::check_settings(&self.description, &self.tags, self.rotation_period)
     }
 }
 

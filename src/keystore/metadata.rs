@@ -130,11 +130,16 @@ pub fn check_rotation_period(period: Option<u64>) -> Result<(), StoreError> {
     }
 }
 
-/// Checks everything a new key starts with.
-pub fn check_settings(settings: &NewKeySettings) -> Result<(), StoreError> {
-    check_description(&settings.description)?;
-    check_tags(&settings.tags)?;
-    check_rotation_period(settings.rotation_period)
+/// Checks a key's settings against every limit: the one check a new key,
+/// a stored row and a key arriving from a record or an import all pass.
+pub fn check_settings(
+    description: &str,
+    tags: &BTreeMap<String, String>,
+    rotation_period: Option<u64>,
+) -> Result<(), StoreError> {
+    check_description(description)?;
+    check_tags(tags)?;
+    check_rotation_period(rotation_period)
 }
 
 /// `tags` with `set` added or replaced and `remove` taken away (a name

@@ -297,6 +297,22 @@ fn rotate_if_latest_rotates_once_however_many_ask() {
 }
 
 #[test]
+fn rotate_if_due_leaves_a_key_disabled_since_it_was_found_due() {
+    let fixture = Fixture::new();
+    let store = fixture.open().unwrap();
+    let id = store.create("k").unwrap().id();
+    // The timer found version 1 due; the key is disabled before it rotates.
+    store.set_enabled("k", false).unwrap();
+    let key = store.rotate_if_due(id, 1).unwrap();
+    assert_eq!(key.latest_version(), 1);
+    assert_eq!(key.state(), KeyState::Disabled);
+    assert_eq!(store.keys().by_name("k").unwrap().latest_version(), 1);
+    // Enabled again, it is rotated.
+    store.set_enabled("k", true).unwrap();
+    assert_eq!(store.rotate_if_due(id, 1).unwrap().latest_version(), 2);
+}
+
+#[test]
 fn new_versions_need_the_entropy_source_but_other_changes_do_not() {
     let fixture = Fixture::new();
     let store = fixture.open().unwrap();

@@ -206,7 +206,11 @@ impl KeyStore {
         settings: NewKeySettings,
     ) -> Result<Arc<Key>, StoreError> {
         check_name(name)?;
-        metadata::check_settings(&settings)?;
+        metadata::check_settings(
+            &settings.description,
+            &settings.tags,
+            settings.rotation_period,
+        )?;
         if self.keys.load().by_name(name).is_some() {
             return Err(StoreError::KeyExists(name.to_string()));
         }
@@ -250,6 +254,25 @@ impl KeyStore {
     /// Rotates key `id` only if `version` is still its latest: what a version
     /// that reached its encryption limit asks for. Returns the current key.
     pub fn rotate_if_latest(&self, id: KeyId, version: u32) -> Result<Arc<Key>, StoreError> {
+        self.rotate_if(id, version, false)
+    }
+
+    /// Rotates key `id` by age: like [`KeyStore::rotate_if_latest`], and
+    /// only while the key is still enabled (a key disabled since the timer
+    /// found it due is returned unchanged).
+    pub fn rotate_if_due(&self, id: KeyId, version: u32) -> Result<Arc<Key>, StoreError> {
+        self.rotate_if(id, version, true)
+    }
+
+    /// Rotates key `id` if `version` is still its latest and, with
+    /// `only_enabled`, the key is enabled; both re-checked under the writer
+    /// lock. Returns the current key.
+    fn rotate_if(
+        &self,
+        id: KeyId,
+        version: u32,
+        only_enabled: bool,
+    ) -> Result<Arc<Key>, StoreError> {
         let current = || {
             let key = self
                 .keys
@@ -263,14 +286,17 @@ impl KeyStore {
             refuse_pending(&key)?;
             Ok(key)
         };
+        let wanted = |key: &Key| {
+            key.latest_version() == version && (!only_enabled || key.state == KeyState::Enabled)
+        };
         let key = current()?;
-        if key.latest_version() != version {
+        if !wanted(&key) {
             return Ok(key);
         }
         let tpm = self.entropy.take()?;
         let mut writer = self.writer();
         let key = current()?;
-        if key.latest_version() != version {
+        if !wanted(&key) {
             return Ok(key);
         }
         self.rotate_locked(&mut writer, &key, &tpm)

@@ -13,13 +13,14 @@ use crate::peer::Peer;
 
 impl Service {
     /// Refuses `request` when it names a key that no grant of `peer`
-    /// covers (admins are covered everywhere). Every name the request
+    /// covers (admins are covered everywhere): a peer learns whether a key
+    /// exists exactly when `ListKeys` would show it to it. Every name the request
     /// carries counts: the key, the key an unwrap or rewrap expects, and a
     /// rewrap's destination key.
     pub(super) fn gate(&self, peer: &Peer, request: &Request) -> Result<(), Refusal> {
         let policy = self.policy.load();
         for (op, name) in named_keys(request) {
-            if !policy.covers_name(peer, name) {
+            if !policy.may_see(peer, name) {
                 return Err(Refusal::denied(peer, op, name));
             }
         }

@@ -67,9 +67,11 @@ impl Service {
                     &mut item_subject,
                 )
                 .await;
+            let refusal = result.as_ref().err();
             audited.push(BatchItem::of(
                 &item_subject,
-                result.as_ref().err().map(|r| r.code),
+                refusal.map(|r| r.code),
+                refusal.and_then(|r| r.deletion_due),
             ));
             results.push(result.map_err(item_error));
         }
@@ -113,9 +115,11 @@ impl Service {
                 key,
                 &mut item_subject,
             );
+            let refusal = result.as_ref().err();
             audited.push(BatchItem::of(
                 &item_subject,
-                result.as_ref().err().map(|r| r.code),
+                refusal.map(|r| r.code),
+                refusal.and_then(|r| r.deletion_due),
             ));
             results.push(
                 result
@@ -173,7 +177,9 @@ fn answer_bound(items: impl Iterator<Item = usize>) -> usize {
 /// An item's refusal as its slot carries it, the message cut to
 /// [`MAX_ITEM_MESSAGE`] bytes.
 fn item_error(refusal: Refusal) -> ErrorReply {
-    let Refusal { code, mut message } = refusal;
+    let Refusal {
+        code, mut message, ..
+    } = refusal;
     if message.len() > MAX_ITEM_MESSAGE {
         const ELLIPSIS: &str = "…";
         let mut end = MAX_ITEM_MESSAGE - ELLIPSIS.len();
@@ -214,7 +220,7 @@ impl Service {
             }
             if code == ErrorCode::KeyPendingDeletion {
                 if let Some(key) = item.key.as_deref() {
-                    self.pending_deletion_used(peer, key, op);
+                    self.pending_deletion_used(peer, key, item.deletion_due, op);
                 }
             }
         }

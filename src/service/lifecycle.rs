@@ -8,16 +8,13 @@
 
 use std::sync::Arc;
 
-use agent_proto::{
-    ErrorCode, KeySettings, KeyType, MAX_DELETION_DAYS, MIN_DELETION_DAYS, Operation, Response,
-    RotationSetting,
-};
+use agent_proto::{KeySettings, KeyType, Operation, Response, RotationSetting};
 
 use super::{Refusal, Service};
 use crate::audit::{self, Subject};
-use crate::clock::rfc3339;
-use crate::keystore::{Key, NewKeySettings};
+use crate::keystore::{Key, NewKeySettings, StoreError};
 use crate::peer::Peer;
+use agent_proto::date::rfc3339;
 
 /// What new keys get unless their creator says: the config's `[keys]`
 /// table.
@@ -30,8 +27,9 @@ pub struct KeyDefaults {
 
 /// The operations that use a key's material: refused on a key pending
 /// deletion, and each such refusal raises the pending-deletion alert
-/// (someone still needs the key).
-pub(super) const USES: [Operation; 11] = [
+/// (someone still needs the key). Batches are not here: a batch is never
+/// refused whole for it, each refused item raises its own alert.
+pub(super) const USES: [Operation; 9] = [
     Operation::Wrap,
     Operation::Unwrap,
     Operation::DataKey,
@@ -41,8 +39,6 @@ pub(super) const USES: [Operation; 11] = [
     Operation::Sign,
     Operation::Verify,
     Operation::Export,
-    Operation::WrapBatch,
-    Operation::UnwrapBatch,
 ];
 
 impl Service {
@@ -93,14 +89,6 @@ impl Service {
         subject: &mut Subject,
     ) -> Result<Response, Refusal> {
         self.permit(peer, Operation::ScheduleDeletion, &key)?;
-        if !(MIN_DELETION_DAYS..=MAX_DELETION_DAYS).contains(&days) {
-            return Err(Refusal::new(
-                ErrorCode::InvalidArgument,
-                format!(
-                    "a deletion waits {MIN_DELETION_DAYS} to {MAX_DELETION_DAYS} days, not {days}; give --days within it (default 30)"
-                ),
-            ));
-        }
         let response = self
             .change(
                 move |store| {
@@ -153,35 +141,30 @@ impl Service {
         .await
     }
 
-    /// The refusal of a use of `key`, pending deletion: names the date and
-    /// how to cancel.
+    /// The refusal of a use of `key`, pending deletion: the store's
+    /// refusal of a change to it, which names the date and how to cancel.
     pub(super) fn pending_deletion(key: &Key) -> Refusal {
-        let date = key
-            .deletion_due()
-            .map_or_else(|| "its due date".to_string(), |due| rfc3339(due.wall));
-        Refusal::new(
-            ErrorCode::KeyPendingDeletion,
-            format!(
-                "key \"{}\" is scheduled for deletion on {date} (at the earliest) and cannot be used; if it is still needed, an admin (or a peer granted cancel-deletion) can cancel with `hostkms cancel-deletion {}` (it then stays disabled until enabled)",
-                key.name(),
-                key.name()
-            ),
-        )
+        StoreError::KeyPendingDeletion {
+            name: key.name().to_string(),
+            // Set on every pending key: the loader and restore refuse one without.
+            due_wall: key.deletion_due().map_or(0, |due| due.wall),
+        }
+        .into()
     }
 
-    /// Raises the pending-deletion alert for a use of `key` by `peer`: at
-    /// most once per key and peer per hour, so a client in a retry loop
-    /// cannot flood the journal. Called for every refused use, including
-    /// each item of a batch.
-    pub(crate) fn pending_deletion_used(&self, peer: &Peer, key: &str, op: Operation) {
+    /// Raises the pending-deletion alert for a use of `key` by `peer`,
+    /// refused with the deletion date `due`: at most once per key and peer
+    /// per hour, so a client in a retry loop cannot flood the journal.
+    /// Called for every refused use, including each item of a batch.
+    pub(crate) fn pending_deletion_used(
+        &self,
+        peer: &Peer,
+        key: &str,
+        due: Option<u64>,
+        op: Operation,
+    ) {
         let now = self.store.clock().monotonic();
         if self.monitor.pending_deletion_use(peer.uid, key, now) {
-            let due = self
-                .store
-                .keys()
-                .by_name(key)
-                .and_then(|key| key.deletion_due())
-                .map(|due| due.wall);
             audit::pending_deletion_use_alert(peer, key, op, due);
         }
     }

@@ -11,9 +11,9 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use crate::harness::{DaemonConfig, Harness, cli, cli_stdin, ok, stderr};
+use agent_proto::date::rfc3339;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use hostkms::clock::rfc3339;
 use serde_json::Value;
 
 /// The stdout of a successful run, as text.

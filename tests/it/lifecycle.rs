@@ -13,10 +13,10 @@
 
 use std::time::{Duration, Instant};
 
+use agent_proto::date::rfc3339;
 use agent_proto::{
     Client, EncryptionContext, ErrorCode, KeyInfo, KeySettings, KeyState, KeyType, RotationSetting,
 };
-use hostkms::clock::rfc3339;
 
 use crate::harness::{
     Daemon, DaemonConfig, DaemonFiles, Grant, Swtpm, TestClock, cli, cli_as, ensure_journald,
