@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use agent_proto::ciphertext::MAGIC;
-use agent_proto::{Ciphertext, EncryptionContext, SecretBytes, UnwrapItem, WrapItem};
+use agent_proto::{Ciphertext, EncryptionContext, ErrorReply, SecretBytes, UnwrapItem, WrapItem};
 
 use super::{Failure, PhaseLength, PhaseResult, check_failed, run_phase};
 use crate::args::BenchOp;
@@ -56,56 +56,45 @@ pub(super) fn measure(
     run_phase(socket, connections, length, |client| match work.op {
         BenchOp::Wrap => {
             let results = client.wrap_batch(work.key, wrap_items.clone())?;
-            check_all(
-                results.len(),
-                work.items,
-                results.iter().map(|item| {
-                    item.as_ref()
-                        .map_err(|e| e.message.clone())
-                        .and_then(|wrapped| {
-                            if wrapped.ciphertext.as_bytes().starts_with(&MAGIC) {
-                                Ok(())
-                            } else {
-                                Err("an item is not a ciphertext".to_string())
-                            }
-                        })
-                }),
-            )
+            check_all(&results, work.items, |wrapped| {
+                if wrapped.ciphertext.as_bytes().starts_with(&MAGIC) {
+                    Ok(())
+                } else {
+                    Err("an item is not a ciphertext")
+                }
+            })
         }
         _ => {
             let results = client.unwrap_batch(Some(work.key), unwrap_items.clone())?;
-            check_all(
-                results.len(),
-                work.items,
-                results.iter().map(|item| {
-                    item.as_ref()
-                        .map_err(|e| e.message.clone())
-                        .and_then(|unwrapped| {
-                            if unwrapped.plaintext.expose() == work.payload {
-                                Ok(())
-                            } else {
-                                Err("an item unwrapped to other bytes than were wrapped"
-                                    .to_string())
-                            }
-                        })
-                }),
-            )
+            check_all(&results, work.items, |unwrapped| {
+                if unwrapped.plaintext.expose() == work.payload {
+                    Ok(())
+                } else {
+                    Err("an item unwrapped to other bytes than were wrapped")
+                }
+            })
         }
     })
 }
 
-/// Succeeds when there are `expected` results and every one is `Ok`.
-fn check_all(
-    got: usize,
+/// Succeeds when there are `expected` results, every one `Ok` and passing
+/// `check`.
+fn check_all<T>(
+    results: &[Result<T, ErrorReply>],
     expected: usize,
-    mut results: impl Iterator<Item = Result<(), String>>,
+    check: impl Fn(&T) -> Result<(), &'static str>,
 ) -> Result<(), Failure> {
-    if got != expected {
+    if results.len() != expected {
         return Err(check_failed(&format!(
-            "the batch answer has {got} results for {expected} items"
+            "the batch answer has {} results for {expected} items",
+            results.len()
         )));
     }
-    match results.find_map(Result::err) {
+    let failed = results.iter().find_map(|item| match item {
+        Ok(done) => check(done).err().map(str::to_string),
+        Err(reply) => Some(reply.message.clone()),
+    });
+    match failed {
         Some(message) => Err(check_failed(&format!("a batch item failed: {message}"))),
         None => Ok(()),
     }
