@@ -629,6 +629,12 @@ impl Service {
                 self.unwrap_batch(peer, key.as_deref(), items, subject)
                     .await
             }
+            // Issue 13, daemon side: `service/credential.rs` (admin check,
+            // names checked, encrypt under the reserved context).
+            Request::WrapCredential { .. } => Err(Refusal::new(
+                ErrorCode::NotImplemented,
+                "this daemon cannot encrypt credentials yet",
+            )),
             Request::RotateRoot => {
                 let rotation = self.rotate_root(peer).await?;
                 Ok(Response::RootRotated(agent_proto::RootRotation {

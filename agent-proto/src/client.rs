@@ -285,6 +285,30 @@ macro_rules! typed_operations {
         })$($await)*?)
     }
 
+    /// Encrypts a systemd credential for `unit` under `key`, bound to the
+    /// reserved context of [`crate::credential::context`]: the ciphertext to
+    /// store at `/etc/hostkms/credentials/UNIT/CREDENTIAL`.
+    ///
+    /// # Errors
+    ///
+    /// `PermissionDenied` for a peer that is no admin, `InvalidArgument` for
+    /// a bad unit name or credential id, `WrongKeyType`, the key-state errors
+    /// of [`wrap`](Self::wrap), and the connection errors.
+    pub $($async)* fn wrap_credential(
+        &mut self,
+        key: &str,
+        unit: &str,
+        credential: &str,
+        plaintext: &[u8],
+    ) -> Result<Wrapped, ClientError> {
+        expect::wrapped(self.call(Request::WrapCredential {
+            key: key.to_string(),
+            unit: unit.to_string(),
+            credential: credential.to_string(),
+            plaintext: SecretBytes::from(plaintext),
+        })$($await)*?)
+    }
+
     /// Decrypts `ciphertext`; with `key`, only if it belongs to that key.
     ///
     /// # Errors

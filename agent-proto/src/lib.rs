@@ -110,6 +110,7 @@ pub mod ciphertext;
 mod client;
 pub mod codec;
 pub mod counters;
+pub mod credential;
 pub mod date;
 mod error;
 pub mod key_name;

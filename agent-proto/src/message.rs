@@ -305,6 +305,23 @@ pub enum Request {
         /// The items.
         items: Vec<UnwrapItem>,
     },
+    /// Encrypt a systemd credential: `plaintext` under the latest version of
+    /// `key`, bound to the reserved context of [`crate::credential::context`]
+    /// (`hostkms.unit` = `unit`, `hostkms.credential` = `credential`), which
+    /// no other request may use. Admins only: a credential is host
+    /// configuration. Answered with [`Response::Wrapped`]; the daemon's
+    /// credential socket later unwraps it for that unit alone.
+    WrapCredential {
+        /// Key name (an `aes256-gcm` key).
+        key: String,
+        /// The systemd unit that will receive the credential, e.g.
+        /// `postgresql.service`.
+        unit: String,
+        /// The credential's id in the unit's `LoadCredential=`.
+        credential: String,
+        /// The secret.
+        plaintext: SecretBytes,
+    },
 }
 
 /// Fewest days a [`Request::ScheduleDeletion`] waits.
@@ -546,11 +563,14 @@ pub enum Operation {
     WrapBatch,
     /// [`Request::UnwrapBatch`]; each item needs the `unwrap` grant on its key.
     UnwrapBatch,
+    /// [`Request::WrapCredential`] on the main socket (admins only), and as
+    /// a grant, a credential handed to a unit on the credential socket.
+    Credential,
 }
 
 impl Operation {
     /// Every operation, in wire order.
-    pub const ALL: [Operation; 30] = [
+    pub const ALL: [Operation; 31] = [
         Operation::Ping,
         Operation::Status,
         Operation::Create,
@@ -581,6 +601,7 @@ impl Operation {
         Operation::UpdateMetadata,
         Operation::WrapBatch,
         Operation::UnwrapBatch,
+        Operation::Credential,
     ];
 
     /// The operation's name in config grants and audit events.
@@ -616,6 +637,7 @@ impl Operation {
             Operation::UpdateMetadata => "set-metadata",
             Operation::WrapBatch => "wrap-batch",
             Operation::UnwrapBatch => "unwrap-batch",
+            Operation::Credential => "credential",
         }
     }
 
@@ -668,6 +690,7 @@ impl Request {
             Request::UpdateKeyMetadata { .. } => Operation::UpdateMetadata,
             Request::WrapBatch { .. } => Operation::WrapBatch,
             Request::UnwrapBatch { .. } => Operation::UnwrapBatch,
+            Request::WrapCredential { .. } => Operation::Credential,
         }
     }
 
@@ -694,7 +717,8 @@ impl Request {
             | Request::CancelDeletion { key }
             | Request::SetRotationPeriod { key, .. }
             | Request::UpdateKeyMetadata { key, .. }
-            | Request::WrapBatch { key, .. } => Some(key),
+            | Request::WrapBatch { key, .. }
+            | Request::WrapCredential { key, .. } => Some(key),
             Request::Unwrap { key, .. }
             | Request::Rewrap { key, .. }
             | Request::UnwrapBatch { key, .. } => key.as_deref(),

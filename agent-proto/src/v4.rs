@@ -593,7 +593,8 @@ impl TryFrom<crate::Request> for Request {
             | Now::SetRotationPeriod { .. }
             | Now::UpdateKeyMetadata { .. }
             | Now::WrapBatch { .. }
-            | Now::UnwrapBatch { .. }) => return Err(NotInV4::Request(request.operation())),
+            | Now::UnwrapBatch { .. }
+            | Now::WrapCredential { .. }) => return Err(NotInV4::Request(request.operation())),
         })
     }
 }

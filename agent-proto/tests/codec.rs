@@ -1353,13 +1353,25 @@ fn readme_v5_frames() -> Vec<(&'static str, Frame)> {
                 ),
             ),
         ),
+        (
+            "v5-wrap-credential-request-frame",
+            req(
+                29,
+                Request::WrapCredential {
+                    key: orders(),
+                    unit: "postgresql.service".into(),
+                    credential: "dbpass".into(),
+                    plaintext: SecretBytes::from(&b"s3cret"[..]),
+                },
+            ),
+        ),
     ]
 }
 
 #[test]
 fn readme_v5_frames_are_what_the_code_produces() {
     let frames = readme_v5_frames();
-    assert_eq!(frames.len(), 12, "one README frame per example");
+    assert_eq!(frames.len(), 13, "one README frame per example");
     for (name, frame) in frames {
         let expected = readme_hex(name);
         match frame {

@@ -586,7 +586,7 @@ fn the_specs_version_4_and_5_request_frames_are_read_by_the_daemon() {
             (name.starts_with("v4-") || name.starts_with("v5-")) && name.ends_with("request-frame")
         })
         .collect();
-    assert_eq!(names.len(), 7 + 8, "{names:?}");
+    assert_eq!(names.len(), 7 + 9, "{names:?}");
     for name in names {
         let frame = spec_frame(name);
         let proto = u16::from_le_bytes([frame[4], frame[5]]);

@@ -145,10 +145,16 @@ pub fn requests() -> Vec<Request> {
                 context: context(),
             }],
         },
+        Request::WrapCredential {
+            key: "app-db".to_string(),
+            unit: "postgresql.service".to_string(),
+            credential: "dbpass".to_string(),
+            plaintext: SecretBytes::from(&b"s3cret"[..]),
+        },
     ];
     let ops: Vec<Operation> = requests.iter().map(Request::operation).collect();
     assert_eq!(ops, Operation::ALL, "a sample is missing for some request");
-    assert_eq!(requests.len(), 30, "30 request kinds in protocol version 5");
+    assert_eq!(requests.len(), 31, "31 request kinds in protocol version 5");
     requests
 }
 
