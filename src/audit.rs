@@ -227,6 +227,7 @@ pub struct Subject {
     destination: Option<(String, Option<u32>)>,
     pending_deletion: Option<String>,
     deletion_due: Option<u64>,
+    credential: Option<(String, String)>,
 }
 
 /// One item of a `WrapBatch` or `UnwrapBatch` as the audit records it: the
@@ -321,6 +322,30 @@ impl Subject {
         self.destination
             .as_ref()
             .map(|(key, version)| (key.as_str(), *version))
+    }
+
+    /// Records the systemd credential a request is about: the unit it is
+    /// for and its id (escaped when they are no valid names).
+    pub fn set_credential(&mut self, unit: &str, id: &str) {
+        let escape = |name: &str, valid: bool| {
+            if valid {
+                name.to_string()
+            } else {
+                let cut: String = name.chars().take(MAX_LOGGED_NAME).collect();
+                format!("{cut:?}")
+            }
+        };
+        self.credential = Some((
+            escape(unit, agent_proto::credential::check_unit(unit).is_ok()),
+            escape(id, agent_proto::credential::check_credential(id).is_ok()),
+        ));
+    }
+
+    /// The unit and id of the credential the request is about.
+    pub fn credential(&self) -> Option<(&str, &str)> {
+        self.credential
+            .as_ref()
+            .map(|(unit, id)| (unit.as_str(), id.as_str()))
     }
 
     /// Records that the request was refused because `key`, which is not
@@ -446,6 +471,12 @@ pub fn request(
         Some((to, None)) => format!("{target} to {to}"),
         None => target,
     };
+    let credential = subject.credential();
+    let target = match credential {
+        Some((unit, id)) => format!("{target} for credential {id} of {unit}"),
+        None => target,
+    };
+    let (credential_unit, credential_id) = credential.unzip();
     let (destination_key, destination_version) = destination.unzip();
     let destination_version = destination_version.flatten();
     let batch = subject.batch();
@@ -478,6 +509,8 @@ pub fn request(
                 HOSTKMS_VERIFIED = verified,
                 HOSTKMS_DESTINATION_KEY = destination_key,
                 HOSTKMS_DESTINATION_KEY_VERSION = destination_version,
+                HOSTKMS_CREDENTIAL_UNIT = credential_unit,
+                HOSTKMS_CREDENTIAL = credential_id,
                 HOSTKMS_BATCH_ITEMS = batch_items,
                 HOSTKMS_BATCH_OK = batch_ok,
                 HOSTKMS_BATCH_RESULTS = batch_results.as_deref(),

@@ -13,7 +13,8 @@
 //! `lifecycle` (creation settings, deletion, rotation periods, the
 //! pending-deletion refusal and alert), `metadata` (descriptions and
 //! tags), `rewrap` (a `Rewrap` with a destination), `batch` (`WrapBatch`,
-//! `UnwrapBatch`) and `health` (the TPM probe of `Status`).
+//! `UnwrapBatch`), `credential_encrypt` (`WrapCredential`) and `health`
+//! (the TPM probe of `Status`).
 //!
 //! Changes to the key store run on the blocking pool: they wait for SQLite
 //! to sync and, for new versions when no TPM randomness is in reserve, for
@@ -43,6 +44,7 @@ use crate::transfer::{Peers, TransportKey};
 
 mod access;
 mod batch;
+mod credential_encrypt;
 #[cfg(test)]
 mod encrypt_limit_tests;
 mod health;
@@ -629,12 +631,15 @@ impl Service {
                 self.unwrap_batch(peer, key.as_deref(), items, subject)
                     .await
             }
-            // Issue 13, daemon side: `service/credential.rs` (admin check,
-            // names checked, encrypt under the reserved context).
-            Request::WrapCredential { .. } => Err(Refusal::new(
-                ErrorCode::NotImplemented,
-                "this daemon cannot encrypt credentials yet",
-            )),
+            Request::WrapCredential {
+                key,
+                unit,
+                credential,
+                plaintext,
+            } => {
+                self.wrap_credential(peer, &key, &unit, &credential, plaintext.expose(), subject)
+                    .await
+            }
             Request::RotateRoot => {
                 let rotation = self.rotate_root(peer).await?;
                 Ok(Response::RootRotated(agent_proto::RootRotation {
