@@ -186,6 +186,41 @@ pub enum Command {
     /// an --out file gets mode 0600.
     #[command(after_long_help = crate::json_docs::UNWRAPPED)]
     Unwrap(UnwrapArgs),
+    /// Encrypt a file of any size in the age format, in constant memory: the
+    /// daemon wraps the file's age key under key NAME with the context (one
+    /// wrap request, audited); the data never reaches the daemon. `age -d`
+    /// with an identity from `hostkms age-identity` decrypts it too.
+    ///
+    /// To standard output, a failure midway leaves a partial output and a
+    /// non-zero exit; --out FILE gets all or nothing.
+    #[command(after_long_help = crate::json_docs::ENCRYPT_FILE)]
+    EncryptFile(EncryptFileArgs),
+    /// Decrypt an age file made by `hostkms encrypt-file` or by `age -r
+    /// age1hostkms1...`: the daemon unwraps its key (needs an "unwrap"
+    /// grant on it; one unwrap request, audited), and every 64 KiB chunk is
+    /// authenticated before it is written.
+    ///
+    /// To standard output, a failure midway (a damaged chunk) leaves a
+    /// partial output and a non-zero exit: give --out FILE to get all or
+    /// nothing (a temporary file, renamed over FILE on success only).
+    #[command(after_long_help = crate::json_docs::DECRYPT_FILE)]
+    DecryptFile(DecryptFileArgs),
+    /// Print the age recipient (age1hostkms1...) of key NAME and a context,
+    /// for `age -r`: the age CLI then encrypts through the daemon with
+    /// age-plugin-hostkms. Nothing is asked of the daemon until age runs.
+    #[command(after_long_help = crate::json_docs::AGE_RECIPIENT)]
+    AgeRecipient {
+        /// Key name.
+        name: String,
+        /// The encryption context the recipient wraps with.
+        #[command(flatten)]
+        context: ContextArgs,
+    },
+    /// Print an age identity (AGE-PLUGIN-HOSTKMS-1...) for `age -d -i FILE`:
+    /// it holds no secret; age-plugin-hostkms decrypts through the daemon,
+    /// whose grants decide which files this user may decrypt.
+    #[command(after_long_help = crate::json_docs::AGE_IDENTITY)]
+    AgeIdentity,
     /// Generate a fresh data key, in clear and wrapped under a key.
     #[command(after_long_help = crate::json_docs::DATA_KEY)]
     Datakey(DatakeyArgs),
@@ -320,6 +355,39 @@ pub struct WrapArgs {
     /// Write the raw ciphertext bytes instead of base64.
     #[arg(long)]
     pub binary: bool,
+}
+
+/// Arguments of `encrypt-file`.
+#[derive(Debug, Args)]
+pub struct EncryptFileArgs {
+    /// Key name.
+    pub name: String,
+    /// The encryption context, recorded in the file's header.
+    #[command(flatten)]
+    pub context: ContextArgs,
+    /// Input and output files (an output file is created with mode 0600).
+    #[command(flatten)]
+    pub io: InOutArgs,
+    /// Replace an existing --out FILE, and write the binary age file even
+    /// when standard output is a terminal.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Arguments of `decrypt-file`.
+#[derive(Debug, Args)]
+pub struct DecryptFileArgs {
+    /// The context the file must record, exactly (all pairs, no more);
+    /// without --context, the context the file records is used.
+    #[command(flatten)]
+    pub context: ContextArgs,
+    /// Input and output files (an output file is created with mode 0600).
+    #[command(flatten)]
+    pub io: InOutArgs,
+    /// Replace an existing --out FILE, and write the plaintext even when
+    /// standard output is a terminal.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Arguments of `unwrap`.

@@ -130,6 +130,26 @@ pub enum CliError {
         /// What the input is instead, and what to pass.
         why: String,
     },
+    /// `decrypt-file`: the input is not an age file, has no `hostkms`
+    /// stanza, or does not authenticate (truncated, altered, reordered).
+    #[error("{what}: {why}")]
+    AgeFile {
+        /// The file, or "standard input".
+        what: String,
+        /// What is wrong, and where.
+        why: String,
+        /// The `--json` code: `not_age_file`, `no_hostkms_stanza` or
+        /// `damaged_file` (see `crate::age_file::stream`).
+        code: &'static str,
+    },
+    /// `decrypt-file --context`: the file records another context.
+    #[error("{what}: {why}")]
+    ContextMismatch {
+        /// The file, or "standard input".
+        what: String,
+        /// The contexts recorded and given.
+        why: String,
+    },
     /// `bench` was stopped by a signal before it finished (its temporary
     /// key was revoked, or [`CliError::BenchKeyLeft`] says otherwise).
     #[error("bench: interrupted by {name}; no results")]
@@ -230,7 +250,9 @@ impl CliError {
             | CliError::NotVerified { .. }
             | CliError::Denied { .. }
             | CliError::CountersWithheld { .. }
+            | CliError::ContextMismatch { .. }
             | CliError::NotRecoverable => 1,
+            CliError::AgeFile { code, .. } if *code == crate::age_file::stream::DAMAGED_FILE => 1,
             _ => 2,
         }
     }
@@ -262,6 +284,8 @@ impl CliError {
             CliError::Signals(_) => "signals",
             CliError::CountersWithheld { .. } => "counters_withheld",
             CliError::NotRecoverable => "not_recoverable",
+            CliError::AgeFile { code, .. } => code,
+            CliError::ContextMismatch { .. } => "context_mismatch",
         }
     }
 
