@@ -26,7 +26,8 @@ pub enum CliError {
     /// The input exceeds what one request can carry.
     #[error(
         "{what} holds more than {limit} bytes, the most one request can carry; \
-         wrap a data key (hostkms datakey) and encrypt large data with it instead"
+         encrypt a file of any size with hostkms encrypt-file instead (the age format; \
+         decrypt-file or age -d opens it)"
     )]
     InputTooLarge {
         /// The file, or "standard input".
