@@ -204,7 +204,7 @@ pub enum Command {
     /// partial output and a non-zero exit: give --out FILE to get all or
     /// nothing (a temporary file, renamed over FILE on success only).
     #[command(after_long_help = crate::json_docs::DECRYPT_FILE)]
-    DecryptFile(DecryptFileArgs),
+    DecryptFile(AgeFileArgs),
     /// Print the age recipient (age1hostkms1...) of key NAME and a context,
     /// for `age -r`: the age CLI then encrypts through the daemon with
     /// age-plugin-hostkms. Nothing is asked of the daemon until age runs.
@@ -362,29 +362,23 @@ pub struct WrapArgs {
 pub struct EncryptFileArgs {
     /// Key name.
     pub name: String,
-    /// The encryption context, recorded in the file's header.
+    /// The context (recorded in the file's header), files and --force.
     #[command(flatten)]
-    pub context: ContextArgs,
-    /// Input and output files (an output file is created with mode 0600).
-    #[command(flatten)]
-    pub io: InOutArgs,
-    /// Replace an existing --out FILE, and write the binary age file even
-    /// when standard output is a terminal.
-    #[arg(long)]
-    pub force: bool,
+    pub file: AgeFileArgs,
 }
 
-/// Arguments of `decrypt-file`.
+/// What `encrypt-file` and `decrypt-file` share.
 #[derive(Debug, Args)]
-pub struct DecryptFileArgs {
-    /// The context the file must record, exactly (all pairs, no more);
-    /// without --context, the context the file records is used.
+pub struct AgeFileArgs {
+    /// The encryption context: encrypt-file records it in the file;
+    /// decrypt-file insists on exactly it (all pairs, no more), and without
+    /// --context uses the one the file records.
     #[command(flatten)]
     pub context: ContextArgs,
     /// Input and output files (an output file is created with mode 0600).
     #[command(flatten)]
     pub io: InOutArgs,
-    /// Replace an existing --out FILE, and write the plaintext even when
+    /// Replace an existing --out FILE, and write binary output even when
     /// standard output is a terminal.
     #[arg(long)]
     pub force: bool,

@@ -147,6 +147,20 @@ mod tests {
     }
 
     #[test]
+    fn files_name_the_grant_they_need() {
+        let cli = Cli::try_parse_from(["hostkms", "encrypt-file", "backup"]).expect("parse");
+        assert_eq!(named_key(&cli.command), Some((Operation::Wrap, "backup")));
+        let cli = Cli::try_parse_from(["hostkms", "decrypt-file"]).expect("parse");
+        assert_eq!(named_key(&cli.command), None);
+        let err = explain_unwrap(denied(), 1000);
+        assert_eq!(err.exit_code(), 1);
+        let text = err.to_string();
+        assert!(text.contains("uids = [1000]"), "{text}");
+        assert!(text.contains("ops = [\"unwrap\"]"), "{text}");
+        assert!(text.contains("keys = [\"<that key>\"]"), "{text}");
+    }
+
+    #[test]
     fn grant_ops_are_the_configs_names() {
         let cli =
             Cli::try_parse_from(["hostkms", "min-decryption-version", "k", "2"]).expect("parse");

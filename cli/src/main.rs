@@ -354,58 +354,80 @@ fn report_file(
     write_stdout(text.as_bytes())
 }
 
+/// The streaming half of `encrypt-file` or `decrypt-file`.
+type FileStreamer<'a> = dyn FnMut(
+        &mut Client,
+        &mut dyn std::io::Read,
+        Option<&Path>,
+        &mut dyn std::io::Write,
+        Option<&Path>,
+    ) -> Result<hostkms_cli::age_file::stream::Streamed, CliError>
+    + 'a;
+
+/// `encrypt-file` and `decrypt-file`: opens the input, makes the output
+/// ready (refusing a terminal for binary output, `refusal` says why),
+/// only then connects, streams with `streamer` and reports (`verb`).
+fn file_command(
+    daemon: &Daemon,
+    args: &hostkms_cli::args::AgeFileArgs,
+    json: bool,
+    (verb, refusal): (&str, &str),
+    streamer: &mut FileStreamer<'_>,
+) -> Result<(), CliError> {
+    let in_path = args.io.input.as_deref().filter(|p| p.as_os_str() != "-");
+    let out = io::out_path(args.io.output.as_deref());
+    let mut input = open_input(in_path)?;
+    let output = file_output(out, args.force, json, refusal)?;
+    let mut client = daemon.connect()?;
+    let streamed = stream_into(output, |sink| {
+        streamer(&mut client, &mut *input, in_path, sink, out)
+    })?;
+    report_file(verb, &streamed, out, json)
+}
+
 /// `encrypt-file`: an age file whose key the daemon wraps under NAME.
 fn encrypt_file(
     daemon: &Daemon,
     args: &hostkms_cli::args::EncryptFileArgs,
     json: bool,
 ) -> Result<(), CliError> {
-    let context = args.context.context()?;
-    let in_path = args.io.input.as_deref().filter(|p| p.as_os_str() != "-");
-    let out = io::out_path(args.io.output.as_deref());
-    let mut input = open_input(in_path)?;
-    let output = file_output(
-        out,
-        args.force,
-        json,
-        "refusing to write the binary age file to a terminal: redirect standard \
-         output, give --out FILE, or give --force",
-    )?;
     let spec = RecipientSpec {
         key: args.name.clone(),
-        context,
+        context: args.file.context.context()?,
     };
-    let mut client = daemon.connect()?;
-    let streamed = stream_into(output, |sink| {
-        age_file::stream::encrypt(&mut client, &spec, &mut *input, in_path, sink, out)
-    })?;
-    report_file("encrypted", &streamed, out, json)
+    let refusal = "refusing to write the binary age file to a terminal: redirect standard \
+                   output, give --out FILE, or give --force";
+    file_command(
+        daemon,
+        &args.file,
+        json,
+        ("encrypted", refusal),
+        &mut |client, input, in_path, sink, out| {
+            age_file::stream::encrypt(client, &spec, input, in_path, sink, out)
+        },
+    )
 }
 
 /// `decrypt-file`: the plaintext of an age file with a `hostkms` stanza.
 fn decrypt_file(
     daemon: &Daemon,
-    args: &hostkms_cli::args::DecryptFileArgs,
+    args: &hostkms_cli::args::AgeFileArgs,
     json: bool,
 ) -> Result<(), CliError> {
     let context = args.context.context()?;
     let expected = (!args.context.pairs.is_empty()).then_some(&context);
-    let in_path = args.io.input.as_deref().filter(|p| p.as_os_str() != "-");
-    let out = io::out_path(args.io.output.as_deref());
-    let mut input = open_input(in_path)?;
-    let output = file_output(
-        out,
-        args.force,
+    let refusal = "refusing to write the raw plaintext to a terminal (binary bytes can garble \
+                   it, and it stays in the scrollback): redirect standard output, give --out \
+                   FILE, or give --force";
+    file_command(
+        daemon,
+        args,
         json,
-        "refusing to write the raw plaintext to a terminal (binary bytes can garble \
-         it, and it stays in the scrollback): redirect standard output, give --out \
-         FILE, or give --force",
-    )?;
-    let mut client = daemon.connect()?;
-    let streamed = stream_into(output, |sink| {
-        age_file::stream::decrypt(&mut client, expected, &mut *input, in_path, sink, out)
-    })?;
-    report_file("decrypted", &streamed, out, json)
+        ("decrypted", refusal),
+        &mut |client, input, in_path, sink, out| {
+            age_file::stream::decrypt(client, expected, input, in_path, sink, out)
+        },
+    )
 }
 
 /// `age-recipient`: the `age1hostkms1...` recipient of NAME and a context.

@@ -62,14 +62,7 @@ impl Setup {
         let input = self.path(name);
         fs::write(&input, plaintext).expect("write the plaintext");
         let sealed = self.path(&format!("{name}.age"));
-        let mut args = vec![
-            "encrypt-file",
-            "files",
-            "--in",
-            s(&input),
-            "--out",
-            s(&sealed),
-        ];
+        let mut args = encrypt_args("files", &input, &sealed);
         for pair in context {
             args.extend(["--context", pair]);
         }
@@ -79,7 +72,7 @@ impl Setup {
 
     /// `hostkms decrypt-file --in sealed --out out` with `extra` arguments.
     fn decrypt(&self, sealed: &Path, out: &Path, extra: &[&str]) -> Output {
-        let mut args = vec!["decrypt-file", "--in", s(sealed), "--out", s(out)];
+        let mut args = decrypt_args(sealed, out);
         args.extend(extra);
         self.cli(&args)
     }
@@ -116,6 +109,16 @@ impl Setup {
             .expect("age must be installed (scripts/install-deps.sh installs it)")
     }
 
+    /// Runs `hostkms ARGS` against the daemon: whether it succeeded, its
+    /// peak RSS in KiB and how long it took.
+    fn measure(&self, args: &[&str]) -> (bool, i64, std::time::Duration) {
+        let started = Instant::now();
+        let mut command = Command::new(hostkms());
+        command.arg("--socket").arg(self.socket()).args(args);
+        let (success, rss) = run_measuring_rss(command);
+        (success, rss, started.elapsed())
+    }
+
     /// An identity file from `hostkms age-identity`.
     fn identity_file(&self) -> PathBuf {
         let identity = self.path("identity.txt");
@@ -126,6 +129,16 @@ impl Setup {
 
 fn s(path: &Path) -> &str {
     path.to_str().expect("UTF-8 path")
+}
+
+/// `encrypt-file KEY --in INPUT --out OUT`.
+fn encrypt_args<'a>(key: &'a str, input: &'a Path, out: &'a Path) -> Vec<&'a str> {
+    vec!["encrypt-file", key, "--in", s(input), "--out", s(out)]
+}
+
+/// `decrypt-file --in INPUT --out OUT`.
+fn decrypt_args<'a>(input: &'a Path, out: &'a Path) -> Vec<&'a str> {
+    vec!["decrypt-file", "--in", s(input), "--out", s(out)]
 }
 
 /// Deterministic bytes that are not all alike.
@@ -465,27 +478,10 @@ fn a_peer_without_an_unwrap_grant_is_refused_with_the_grant_to_ask_for() {
     fs::set_permissions(&input, fs::Permissions::from_mode(0o644)).expect("chmod");
     let sealed = dir.path().join("data.age");
     // nobody may wrap, so it encrypts; but it may not decrypt.
-    let output = cli_as(
-        NOBODY,
-        socket,
-        &[
-            "encrypt-file",
-            "files",
-            "--in",
-            s(&input),
-            "--out",
-            s(&sealed),
-        ],
-        b"",
-    );
+    let output = cli_as(NOBODY, socket, &encrypt_args("files", &input, &sealed), b"");
     assert!(output.status.success(), "{}", stderr(&output));
     let out = dir.path().join("plain");
-    let output = cli_as(
-        NOBODY,
-        socket,
-        &["decrypt-file", "--in", s(&sealed), "--out", s(&out)],
-        b"",
-    );
+    let output = cli_as(NOBODY, socket, &decrypt_args(&sealed, &out), b"");
     let err = stderr(&output);
     assert_eq!(output.status.code(), Some(1), "{err}");
     assert!(err.contains("permission denied"), "{err}");
@@ -495,26 +491,12 @@ fn a_peer_without_an_unwrap_grant_is_refused_with_the_grant_to_ask_for() {
     );
     assert!(!out.exists());
     // Root (an admin) decrypts it.
-    ok(cli(
-        socket,
-        &["decrypt-file", "--in", s(&sealed), "--out", s(&out)],
-    ));
+    ok(cli(socket, &decrypt_args(&sealed, &out)));
     // A key nobody may not wrap with: the grant named for that key.
     ok(cli(socket, &["create-key", "other"]));
-    let output = cli_as(
-        NOBODY,
-        socket,
-        &[
-            "encrypt-file",
-            "other",
-            "--in",
-            s(&input),
-            "--out",
-            s(&sealed),
-            "--force",
-        ],
-        b"",
-    );
+    let mut args = encrypt_args("other", &input, &sealed);
+    args.push("--force");
+    let output = cli_as(NOBODY, socket, &args, b"");
     let err = stderr(&output);
     assert_eq!(output.status.code(), Some(1), "{err}");
     assert!(
@@ -530,10 +512,7 @@ fn an_unreachable_daemon_is_told_with_what_to_do() {
     let input = dir.path().join("data");
     fs::write(&input, b"x").expect("write");
     let out = dir.path().join("data.age");
-    let output = cli(
-        &socket,
-        &["encrypt-file", "k", "--in", s(&input), "--out", s(&out)],
-    );
+    let output = cli(&socket, &encrypt_args("k", &input, &out));
     let err = stderr(&output);
     assert_eq!(output.status.code(), Some(2), "{err}");
     assert!(err.contains("cannot connect to hostkms"), "{err}");
@@ -597,20 +576,8 @@ fn a_gib_round_trips_with_the_cli_under_32_mib() {
     let sealed = setup.path("big.age");
     let out = setup.path("big.out");
 
-    let started = Instant::now();
-    let mut encrypt = Command::new(hostkms());
-    encrypt.args([
-        "--socket",
-        s(setup.socket()),
-        "encrypt-file",
-        "files",
-        "--in",
-        s(&input),
-        "--out",
-        s(&sealed),
-    ]);
-    let (encrypted, encrypt_rss) = run_measuring_rss(encrypt);
-    let encrypt_time = started.elapsed();
+    let (encrypted, encrypt_rss, encrypt_time) =
+        setup.measure(&encrypt_args("files", &input, &sealed));
     assert!(encrypted, "encrypt-file failed");
     // A whole number of full chunks, the last of them marked last.
     let mut head = vec![0u8; 4096];
@@ -620,19 +587,7 @@ fn a_gib_round_trips_with_the_cli_under_32_mib() {
     let payload = fs::metadata(&sealed).expect("stat").len() as usize - payload_start(&head);
     assert_eq!(payload, (GIB as usize / CHUNK) * SEALED_CHUNK);
 
-    let started = Instant::now();
-    let mut decrypt = Command::new(hostkms());
-    decrypt.args([
-        "--socket",
-        s(setup.socket()),
-        "decrypt-file",
-        "--in",
-        s(&sealed),
-        "--out",
-        s(&out),
-    ]);
-    let (decrypted, decrypt_rss) = run_measuring_rss(decrypt);
-    let decrypt_time = started.elapsed();
+    let (decrypted, decrypt_rss, decrypt_time) = setup.measure(&decrypt_args(&sealed, &out));
     assert!(decrypted, "decrypt-file failed");
     fs::remove_file(&sealed).expect("rm");
     assert_eq!(fs::metadata(&out).expect("stat").len(), GIB);

@@ -2,13 +2,13 @@
 //! daemon: the logic `decrypt-file` (as an [`age::Identity`]) and the
 //! plugin's identity share.
 
-use std::cell::RefCell;
-
 use age::{DecryptError, Identity};
 use age_core::format::{FileKey, Stanza};
 use agent_proto::{Client, EncryptionContext};
 
-use super::stanza::{HostkmsStanza, KeyUsed, StanzaError, UnwrapError, unwrap_file_key};
+use super::stanza::{
+    DaemonCall, HostkmsStanza, KeyUsed, StanzaError, UnwrapError, unwrap_file_key,
+};
 
 /// Why no file key came out of a header's `hostkms` stanzas.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +32,9 @@ pub enum FindError {
     /// The daemon did not unwrap the file key.
     #[error(transparent)]
     Unwrap(#[from] UnwrapError),
+    /// No stanza is a `hostkms` stanza (age then tries other identities).
+    #[error("the file has no hostkms stanza")]
+    NoneOurs,
 }
 
 /// A context as `{k=v, ...}` (`{}` when empty), control characters escaped.
@@ -95,13 +98,12 @@ pub fn unwrap_stanzas(
 }
 
 /// An [`age::Identity`] that unwraps `hostkms` stanzas through the daemon
-/// ([`unwrap_stanzas`]). age's trait has no room for our error, so a
-/// failure is kept here for [`DaemonIdentity::take_error`].
+/// ([`unwrap_stanzas`]); its [`DaemonCall`] keeps the key used, or why no
+/// file key came out.
 pub struct DaemonIdentity<'a> {
-    client: RefCell<&'a mut Client>,
+    /// The daemon, and what the unwrap did.
+    pub call: DaemonCall<'a, FindError>,
     expected: Option<&'a EncryptionContext>,
-    used: RefCell<Option<KeyUsed>>,
-    error: RefCell<Option<FindError>>,
 }
 
 impl<'a> DaemonIdentity<'a> {
@@ -112,21 +114,9 @@ impl<'a> DaemonIdentity<'a> {
         expected: Option<&'a EncryptionContext>,
     ) -> DaemonIdentity<'a> {
         DaemonIdentity {
-            client: RefCell::new(client),
+            call: DaemonCall::new(client),
             expected,
-            used: RefCell::new(None),
-            error: RefCell::new(None),
         }
-    }
-
-    /// Why unwrapping failed, after age reported it.
-    pub fn take_error(&self) -> Option<FindError> {
-        self.error.borrow_mut().take()
-    }
-
-    /// The key and version the daemon unwrapped with.
-    pub fn used(&self) -> Option<KeyUsed> {
-        self.used.borrow().clone()
     }
 }
 
@@ -136,16 +126,17 @@ impl Identity for DaemonIdentity<'_> {
     }
 
     fn unwrap_stanzas(&self, stanzas: &[Stanza]) -> Option<Result<FileKey, DecryptError>> {
-        let mut client = self.client.borrow_mut();
-        match unwrap_stanzas(&mut client, stanzas, self.expected)? {
-            Ok((file_key, used)) => {
-                *self.used.borrow_mut() = Some(used);
-                Some(Ok(file_key))
-            }
-            Err(err) => {
-                *self.error.borrow_mut() = Some(err);
-                Some(Err(DecryptError::KeyDecryptionFailed))
-            }
+        let mut none_ours = false;
+        let file_key = self.call.run(|client| {
+            unwrap_stanzas(client, stanzas, self.expected).unwrap_or_else(|| {
+                none_ours = true;
+                Err(FindError::NoneOurs)
+            })
+        });
+        if none_ours {
+            let _ = self.call.take_error();
+            return None;
         }
+        Some(file_key.ok_or(DecryptError::KeyDecryptionFailed))
     }
 }

@@ -5,7 +5,6 @@
 //! Its data is the key name's length (4 bytes big-endian) and UTF-8 bytes,
 //! then the context's canonical encoding ([`stanza::encode_context`]).
 
-use std::cell::RefCell;
 use std::collections::HashSet;
 
 use age::{EncryptError, Recipient};
@@ -13,7 +12,7 @@ use age_core::format::{FileKey, Stanza};
 use agent_proto::{Client, ClientError, EncryptionContext};
 use bech32::Hrp;
 
-use super::stanza::{self, KeyUsed};
+use super::stanza::{self, DaemonCall};
 
 /// The plugin's name: age runs `age-plugin-hostkms` for it.
 pub const PLUGIN_NAME: &str = "hostkms";
@@ -77,34 +76,21 @@ pub fn identity_string() -> String {
 pub const IDENTITY_DATA: &[u8] = b"hostkms-v1";
 
 /// An [`age::Recipient`] that wraps the file key through the daemon, under
-/// the spec's key and context. age's trait has no room for our error, so
-/// a failure is kept here for [`DaemonRecipient::take_error`].
+/// the spec's key and context; its [`DaemonCall`] keeps the key used, or
+/// the daemon's refusal.
 pub struct DaemonRecipient<'a> {
-    client: RefCell<&'a mut Client>,
+    /// The daemon, and what the wrap did.
+    pub call: DaemonCall<'a, ClientError>,
     spec: &'a RecipientSpec,
-    used: RefCell<Option<KeyUsed>>,
-    error: RefCell<Option<ClientError>>,
 }
 
 impl<'a> DaemonRecipient<'a> {
     /// A recipient for `spec` that asks the daemon behind `client`.
     pub fn new(client: &'a mut Client, spec: &'a RecipientSpec) -> DaemonRecipient<'a> {
         DaemonRecipient {
-            client: RefCell::new(client),
+            call: DaemonCall::new(client),
             spec,
-            used: RefCell::new(None),
-            error: RefCell::new(None),
         }
-    }
-
-    /// The daemon's refusal, after age reported a failed wrap.
-    pub fn take_error(&self) -> Option<ClientError> {
-        self.error.borrow_mut().take()
-    }
-
-    /// The key and version the daemon wrapped with.
-    pub fn used(&self) -> Option<KeyUsed> {
-        self.used.borrow().clone()
     }
 }
 
@@ -113,18 +99,11 @@ impl Recipient for DaemonRecipient<'_> {
         &self,
         file_key: &FileKey,
     ) -> Result<(Vec<Stanza>, HashSet<String>), EncryptError> {
-        let mut client = self.client.borrow_mut();
-        match stanza::wrap_file_key(&mut client, &self.spec.key, &self.spec.context, file_key) {
-            Ok((stanza, used)) => {
-                *self.used.borrow_mut() = Some(used);
-                Ok((vec![stanza], HashSet::new()))
-            }
-            Err(err) => {
-                let message = err.to_string();
-                *self.error.borrow_mut() = Some(err);
-                Err(EncryptError::Io(std::io::Error::other(message)))
-            }
-        }
+        let spec = self.spec;
+        self.call
+            .run(|client| stanza::wrap_file_key(client, &spec.key, &spec.context, file_key))
+            .map(|stanza| (vec![stanza], HashSet::new()))
+            .ok_or_else(|| EncryptError::Io(std::io::Error::other("the daemon refused")))
     }
 }
 

@@ -17,6 +17,8 @@
 //! the context to it, so a stanza whose recorded context was edited does
 //! not unwrap.
 
+use std::cell::RefCell;
+
 use age_core::format::{FILE_KEY_BYTES, FileKey, Stanza};
 use agent_proto::{Client, ClientError, EncryptionContext};
 use base64::Engine;
@@ -182,6 +184,52 @@ pub struct KeyUsed {
     pub context: EncryptionContext,
 }
 
+/// The daemon behind an [`age::Recipient`] or [`age::Identity`]: age's
+/// traits take `&self` and have no room for our errors, so the client, what
+/// the daemon used and the failure are kept in cells, read after age is done.
+pub struct DaemonCall<'a, E> {
+    client: RefCell<&'a mut Client>,
+    used: RefCell<Option<KeyUsed>>,
+    error: RefCell<Option<E>>,
+}
+
+impl<'a, E> DaemonCall<'a, E> {
+    /// Calls through `client`.
+    pub fn new(client: &'a mut Client) -> DaemonCall<'a, E> {
+        DaemonCall {
+            client: RefCell::new(client),
+            used: RefCell::new(None),
+            error: RefCell::new(None),
+        }
+    }
+
+    /// Runs `call` with the client: its value, or `None` when it failed
+    /// (the failure kept for [`Self::take_error`]).
+    pub fn run<T>(&self, call: impl FnOnce(&mut Client) -> Result<(T, KeyUsed), E>) -> Option<T> {
+        let mut client = self.client.borrow_mut();
+        match call(&mut client) {
+            Ok((value, used)) => {
+                *self.used.borrow_mut() = Some(used);
+                Some(value)
+            }
+            Err(err) => {
+                *self.error.borrow_mut() = Some(err);
+                None
+            }
+        }
+    }
+
+    /// The failure of the last call, once.
+    pub fn take_error(&self) -> Option<E> {
+        self.error.borrow_mut().take()
+    }
+
+    /// The key, version and context the daemon used.
+    pub fn used(&self) -> Option<KeyUsed> {
+        self.used.borrow().clone()
+    }
+}
+
 /// Wraps `file_key` through the daemon under key `key` with `context` (one
 /// `Wrap` request, audited by the daemon as any wrap): the stanza to write.
 pub fn wrap_file_key(
@@ -246,13 +294,6 @@ pub fn unwrap_file_key(
 mod tests {
     use super::*;
 
-    fn context(pairs: &[(&str, &str)]) -> EncryptionContext {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
     #[test]
     fn the_empty_context_is_four_zero_bytes() {
         assert_eq!(encode_context(&EncryptionContext::new()), [0, 0, 0, 0]);
@@ -261,7 +302,10 @@ mod tests {
 
     #[test]
     fn a_context_is_encoded_sorted_and_decodes_back() {
-        let ctx = context(&[("b", "2"), ("a", "x=y")]);
+        let ctx = EncryptionContext::from([
+            ("b".to_string(), "2".to_string()),
+            ("a".to_string(), "x=y".to_string()),
+        ]);
         let bytes = encode_context(&ctx);
         assert_eq!(
             bytes,
@@ -284,28 +328,21 @@ mod tests {
 
     #[test]
     fn only_the_canonical_encoding_decodes() {
-        let unsorted = [
-            &[0, 0, 0, 2][..],
-            &[0, 0, 0, 1],
-            b"b",
-            &[0, 0, 0, 0],
-            &[0, 0, 0, 1],
-            b"a",
-            &[0, 0, 0, 0],
-        ]
-        .concat();
-        assert!(decode_context(&unsorted).is_err());
-        let twice = [
-            &[0, 0, 0, 2][..],
-            &[0, 0, 0, 1],
-            b"a",
-            &[0, 0, 0, 0],
-            &[0, 0, 0, 1],
-            b"a",
-            &[0, 0, 0, 0],
-        ]
-        .concat();
-        assert!(decode_context(&twice).is_err());
+        // Two pairs with empty values and one-byte keys, in this order.
+        let two_keys = |first: u8, second: u8| {
+            [
+                &[0, 0, 0, 2][..],
+                &[0, 0, 0, 1, first, 0, 0, 0, 0],
+                &[0, 0, 0, 1, second, 0, 0, 0, 0],
+            ]
+            .concat()
+        };
+        assert!(decode_context(&two_keys(b'a', b'b')).is_ok());
+        assert!(decode_context(&two_keys(b'b', b'a')).is_err(), "unsorted");
+        assert!(
+            decode_context(&two_keys(b'a', b'a')).is_err(),
+            "a key twice"
+        );
         assert!(decode_context(&[0, 0, 0, 1]).is_err());
         assert!(decode_context(&[0, 0, 0, 0, 9]).is_err());
         assert!(decode_context(&[0xff, 0xff, 0xff, 0xff]).is_err());
@@ -314,7 +351,7 @@ mod tests {
     #[test]
     fn stanzas_round_trip_and_others_are_not_ours() {
         let ours = HostkmsStanza {
-            context: context(&[("app", "db")]),
+            context: EncryptionContext::from([("app".to_string(), "db".to_string())]),
             ciphertext: vec![1, 2, 3],
         };
         let stanza = ours.to_stanza();

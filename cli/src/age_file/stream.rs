@@ -51,7 +51,7 @@ pub fn encrypt(
     let recipient = DaemonRecipient::new(client, spec);
     let encryptor =
         Encryptor::with_recipients(iter::once(&recipient as &dyn Recipient)).map_err(|err| {
-            match recipient.take_error() {
+            match recipient.call.take_error() {
                 Some(refused) => CliError::from(refused),
                 None => CliError::Write {
                     what: describe(out_path, "standard output"),
@@ -59,26 +59,15 @@ pub fn encrypt(
                 },
             }
         })?;
-    let used = recipient.used().ok_or_else(|| {
+    let used = recipient.call.used().ok_or_else(|| {
         CliError::write(out_path, io::Error::other("the daemon wrapped no file key"))
     })?;
     let mut writer = encryptor
         .wrap_output(output)
         .map_err(|e| CliError::write(out_path, e))?;
-    let mut buf = Zeroizing::new(vec![0u8; CHUNK]);
-    let mut bytes = 0u64;
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(CliError::read(in_path, e)),
-        };
-        writer
-            .write_all(buf.get(..n).unwrap_or_default())
-            .map_err(|e| CliError::write(out_path, e))?;
-        bytes += n as u64;
-    }
+    let bytes = pump(input, &mut writer, out_path, |e, _| {
+        CliError::read(in_path, e)
+    })?;
     let output = writer.finish().map_err(|e| CliError::write(out_path, e))?;
     output.flush().map_err(|e| CliError::write(out_path, e))?;
     Ok(Streamed { used, bytes })
@@ -105,33 +94,47 @@ pub fn decrypt(
     let mut reader = match decryptor.decrypt(iter::once(&identity as &dyn Identity)) {
         Ok(reader) => reader,
         Err(err) => {
-            return Err(match identity.take_error() {
+            return Err(match identity.call.take_error() {
                 Some(found) => find_error(found, &what),
                 None => header_error(err, &what, in_path),
             });
         }
     };
-    let used = identity.used().ok_or_else(|| CliError::AgeFile {
+    let used = identity.call.used().ok_or_else(|| CliError::AgeFile {
         what: what.clone(),
         why: "no file key was unwrapped".to_string(),
         code: NOT_AGE_FILE,
     })?;
+    let bytes = pump(&mut reader, output, out_path, |e, good| {
+        payload_error(e, good, &what, in_path)
+    })?;
+    output.flush().map_err(|e| CliError::write(out_path, e))?;
+    Ok(Streamed { used, bytes })
+}
+
+/// Copies `reader` to `writer` in chunks through one buffer wiped when
+/// dropped; returns the bytes copied. A read error becomes `read_error` of
+/// it and the bytes copied before it; a write error names `out_path`.
+fn pump(
+    reader: &mut dyn Read,
+    writer: &mut dyn Write,
+    out_path: Option<&Path>,
+    read_error: impl Fn(io::Error, u64) -> CliError,
+) -> Result<u64, CliError> {
     let mut buf = Zeroizing::new(vec![0u8; CHUNK]);
     let mut bytes = 0u64;
     loop {
         let n = match reader.read(&mut buf) {
-            Ok(0) => break,
+            Ok(0) => return Ok(bytes),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(payload_error(e, bytes, &what, in_path)),
+            Err(e) => return Err(read_error(e, bytes)),
         };
-        output
+        writer
             .write_all(buf.get(..n).unwrap_or_default())
             .map_err(|e| CliError::write(out_path, e))?;
         bytes += n as u64;
     }
-    output.flush().map_err(|e| CliError::write(out_path, e))?;
-    Ok(Streamed { used, bytes })
 }
 
 /// The error of a header age could not use.
