@@ -198,7 +198,9 @@ pub enum Command {
     /// Decrypt an age file made by `hostkms encrypt-file` or by `age -r
     /// age1hostkms1...`: the daemon unwraps its key (needs an "unwrap"
     /// grant on it; one unwrap request, audited), and every 64 KiB chunk is
-    /// authenticated before it is written.
+    /// authenticated before it is written. With --context, the context the
+    /// file records must be exactly those pairs (checked before the daemon
+    /// is asked); without, the recorded context is used.
     ///
     /// To standard output, a failure midway (a damaged chunk) leaves a
     /// partial output and a non-zero exit: give --out FILE to get all or

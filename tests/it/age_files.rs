@@ -90,21 +90,7 @@ impl Setup {
     /// Runs the real `age` CLI, with `age-plugin-hostkms` (built next to
     /// `hostkms`) on its PATH and the daemon's socket in HOSTKMS_SOCKET.
     fn age(&self, args: &[&str]) -> Output {
-        let bin = hostkms().parent().expect("target dir");
-        assert!(
-            bin.join("age-plugin-hostkms").is_file(),
-            "age-plugin-hostkms is not built: run `cargo build --workspace --bins`"
-        );
-        let path = format!(
-            "{}:{}",
-            bin.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        Command::new("age")
-            .args(args)
-            .env("PATH", path)
-            .env("HOSTKMS_SOCKET", self.socket())
-            .stdin(Stdio::null())
+        age_command(self.socket(), args)
             .output()
             .expect("age must be installed (scripts/install-deps.sh installs it)")
     }
@@ -129,6 +115,28 @@ impl Setup {
 
 fn s(path: &Path) -> &str {
     path.to_str().expect("UTF-8 path")
+}
+
+/// The real `age` CLI with `args`, `age-plugin-hostkms` (built next to
+/// `hostkms`) on its PATH and `socket` in HOSTKMS_SOCKET.
+fn age_command(socket: &Path, args: &[&str]) -> Command {
+    let bin = hostkms().parent().expect("target dir");
+    assert!(
+        bin.join("age-plugin-hostkms").is_file(),
+        "age-plugin-hostkms is not built: run `cargo build --workspace --bins`"
+    );
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut command = Command::new("age");
+    command
+        .args(args)
+        .env("PATH", path)
+        .env("HOSTKMS_SOCKET", socket)
+        .stdin(Stdio::null());
+    command
 }
 
 /// `encrypt-file KEY --in INPUT --out OUT`.
@@ -490,6 +498,24 @@ fn a_peer_without_an_unwrap_grant_is_refused_with_the_grant_to_ask_for() {
         "{err}"
     );
     assert!(!out.exists());
+    // Through age and the plugin: age's error carries the daemon's.
+    let identity = dir.path().join("identity.txt");
+    fs::write(&identity, ok(cli(socket, &["age-identity"]))).expect("write");
+    fs::set_permissions(&identity, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let age = {
+        use std::os::unix::process::CommandExt;
+        age_command(socket, &["-d", "-i", s(&identity), s(&sealed)])
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .output()
+            .expect("run age as nobody")
+    };
+    let err = stderr(&age);
+    assert!(!age.status.success(), "{err}");
+    assert!(err.contains("permission denied"), "{err}");
+    assert!(err.contains("ops = [\"unwrap\"]"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(age.stdout.is_empty());
     // Root (an admin) decrypts it.
     ok(cli(socket, &decrypt_args(&sealed, &out)));
     // A key nobody may not wrap with: the grant named for that key.

@@ -145,7 +145,9 @@ impl IdentityPluginV1 for IdentityPlugin {
         _plugin_name: &str,
         bytes: &[u8],
     ) -> Result<(), identity::Error> {
-        if bytes == IDENTITY_DATA {
+        // `age -j hostkms` (age 1.2 and later) sends the plugin's identity
+        // with no data at all; an identity file has IDENTITY_DATA.
+        if bytes.is_empty() || bytes == IDENTITY_DATA {
             return Ok(());
         }
         Err(identity::Error::Identity {
@@ -202,5 +204,32 @@ fn identity_error(err: FindError, file_index: usize, stanzas: &[Stanza]) -> iden
                 .unwrap_or(0),
             message: other.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_from_files_and_from_age_j_are_accepted() {
+        let mut plugin = IdentityPlugin;
+        assert!(plugin.add_identity(0, "hostkms", IDENTITY_DATA).is_ok());
+        // age -j hostkms: the plugin's name only, no data.
+        assert!(plugin.add_identity(1, "hostkms", b"").is_ok());
+        assert!(plugin.add_identity(2, "hostkms", b"other").is_err());
+    }
+
+    #[test]
+    fn recipients_must_be_ours() {
+        let mut plugin = RecipientPlugin::default();
+        let spec = RecipientSpec {
+            key: "backup".to_string(),
+            context: Default::default(),
+        };
+        assert!(plugin.add_recipient(0, "hostkms", &spec.to_bytes()).is_ok());
+        assert!(plugin.add_recipient(1, "hostkms", b"junk").is_err());
+        assert!(plugin.add_identity(2, "hostkms", IDENTITY_DATA).is_err());
+        assert_eq!(plugin.recipients.len(), 1);
     }
 }
