@@ -429,6 +429,13 @@ fn the_age_cli_decrypts_what_encrypt_file_made_and_the_other_way_round() {
     let out = setup.path("by-hostkms");
     ok(setup.decrypt(&by_age, &out, &["--context", "app=from-age"]));
     assert_eq!(fs::read(&out).expect("read"), plaintext);
+    // ASCII-armored too (age -a).
+    let armored = setup.path("by-age.age.asc");
+    let age = setup.age(&["-a", "-r", recipient, "-o", s(&armored), s(&input)]);
+    assert!(age.status.success(), "age -a -r: {}", stderr(&age));
+    let out = setup.path("from-armor");
+    ok(setup.decrypt(&armored, &out, &[]));
+    assert_eq!(fs::read(&out).expect("read"), plaintext);
     let output = setup.decrypt(&by_age, &setup.path("x"), &["--context", "app=backup"]);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
 

@@ -4,10 +4,11 @@
 //! crate; and the errors of a file that is not an age file, has no
 //! `hostkms` stanza, or is damaged, told with where.
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::iter;
 use std::path::Path;
 
+use age::armor::ArmoredReader;
 use age::{DecryptError, Decryptor, Encryptor, Identity, Recipient};
 use agent_proto::{Client, EncryptionContext};
 use zeroize::Zeroizing;
@@ -88,8 +89,10 @@ pub fn decrypt(
     out_path: Option<&Path>,
 ) -> Result<Streamed, CliError> {
     let what = describe(in_path, "standard input");
-    let decryptor = Decryptor::new_buffered(BufReader::with_capacity(CHUNK, input))
-        .map_err(|err| header_error(err, &what, in_path))?;
+    // Binary age files and ASCII-armored ones (age -a) alike.
+    let armored = ArmoredReader::new(input);
+    let decryptor =
+        Decryptor::new_buffered(armored).map_err(|err| header_error(err, &what, in_path))?;
     let identity = DaemonIdentity::new(client, expected);
     let mut reader = match decryptor.decrypt(iter::once(&identity as &dyn Identity)) {
         Ok(reader) => reader,
@@ -147,13 +150,16 @@ fn header_error(err: DecryptError, what: &str, in_path: Option<&Path>) -> CliErr
     match err {
         DecryptError::InvalidHeader | DecryptError::UnknownFormat => not_age(
             "not an age file: it does not start with an age v1 header \
-             (age-encryption.org/v1); give a file hostkms encrypt-file or age -r made \
-             (ASCII-armored files, age -a, are not read: age -d them)",
+             (age-encryption.org/v1) or its ASCII armor; give a file hostkms \
+             encrypt-file or age -r made",
         ),
         DecryptError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => not_age(
             "not an age file, or one cut short in its header: the input ends before an \
              age header does",
         ),
+        DecryptError::Io(e) if e.kind() == io::ErrorKind::InvalidData => {
+            not_age(&format!("not an age file, or damaged ASCII armor: {e}"))
+        }
         DecryptError::Io(e) => CliError::read(in_path, e),
         DecryptError::NoMatchingKeys => CliError::AgeFile {
             what: what.to_string(),
