@@ -240,6 +240,12 @@ fn files_round_trip_and_the_context_is_recorded() {
     assert!(child.wait().expect("wait").success());
     assert_eq!(piped, plaintext);
 
+    // --json needs --out: standard output carries the file.
+    let output = setup.cli(&["--json", "decrypt-file", "--in", s(&sealed)]);
+    assert_eq!(output.status.code(), Some(2));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(report["error"]["code"], "usage", "{report}");
+
     // An empty file round-trips too.
     let empty = setup.encrypt("empty", b"", &[]);
     let out = setup.path("empty.out");
@@ -471,6 +477,16 @@ fn rotation_keeps_old_files_and_revoking_their_version_ends_them() {
         serde_json::from_slice(&ok(setup.decrypt(&new, &out, &["--json"]))).expect("json");
     assert_eq!(report["version"], 2);
     assert_eq!(fs::read(&out).expect("read"), plaintext);
+
+    // Revoking the whole key ends every file, and new ones.
+    ok(setup.cli(&["revoke", "files", "--yes"]));
+    let output = setup.decrypt(&new, &out, &["--force"]);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains("revoked"), "{err}");
+    let output = setup.cli(&encrypt_args("files", &new, &setup.path("newer.age")));
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(!setup.path("newer.age").exists());
 }
 
 #[test]
