@@ -4,7 +4,7 @@
 //! crate; and the errors of a file that is not an age file, has no
 //! `hostkms` stanza, or is damaged, told with where.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::iter;
 use std::path::Path;
 
@@ -24,6 +24,9 @@ pub const NOT_AGE_FILE: &str = "not_age_file";
 pub const NO_HOSTKMS_STANZA: &str = "no_hostkms_stanza";
 /// The `--json` code of an age file that does not authenticate.
 pub const DAMAGED_FILE: &str = "damaged_file";
+
+/// The first line of an ASCII-armored age file (`age -a`).
+const ARMOR_BEGIN: &[u8] = b"-----BEGIN AGE ENCRYPTED FILE-----";
 
 /// The plaintext size of one STREAM chunk: reads and writes go in these.
 pub const CHUNK: usize = 64 * 1024;
@@ -89,10 +92,19 @@ pub fn decrypt(
     out_path: Option<&Path>,
 ) -> Result<Streamed, CliError> {
     let what = describe(in_path, "standard input");
-    // Binary age files and ASCII-armored ones (age -a) alike.
-    let armored = ArmoredReader::new(input);
+    // Binary age files and ASCII-armored ones (age -a) alike; the armor
+    // reader only when the input starts with armor, as it is much slower.
+    let mut buffered = BufReader::with_capacity(CHUNK, input);
+    let head = buffered
+        .fill_buf()
+        .map_err(|e| CliError::read(in_path, e))?;
+    let input: Box<dyn BufRead + '_> = if head.trim_ascii_start().starts_with(ARMOR_BEGIN) {
+        Box::new(ArmoredReader::new(buffered))
+    } else {
+        Box::new(buffered)
+    };
     let decryptor =
-        Decryptor::new_buffered(armored).map_err(|err| header_error(err, &what, in_path))?;
+        Decryptor::new_buffered(input).map_err(|err| header_error(err, &what, in_path))?;
     let identity = DaemonIdentity::new(client, expected);
     let mut reader = match decryptor.decrypt(iter::once(&identity as &dyn Identity)) {
         Ok(reader) => reader,
