@@ -15,8 +15,9 @@ use crate::error::CliError;
 /// check MACs and signatures, benchmark.
 ///
 /// Exit codes: 0 success, 1 the daemon refused the request (or, for verify
-/// and verify-mac, the signature or tag is invalid), 2 usage, connection or
-/// local file errors, 3 the daemon is busy (retry later).
+/// and verify-mac, the signature or tag is invalid; for decrypt-file, the
+/// file does not authenticate or records another context), 2 usage,
+/// connection or local file errors, 3 the daemon is busy (retry later).
 #[derive(Debug, Parser)]
 #[command(name = "hostkms", version, about, after_long_help = crate::json_docs::ERRORS)]
 pub struct Cli {

@@ -218,7 +218,8 @@ pub enum CliError {
 impl CliError {
     /// The process exit code: 1 when the daemon refused a request, or is
     /// too old for it (or benchmark requests failed or left its temporary
-    /// key, or a signature or tag is invalid), 2 for usage, connection and
+    /// key, or a signature or tag is invalid, or a file to decrypt does not
+    /// authenticate or records another context), 2 for usage, connection and
     /// local errors, 3 when the daemon is busy: at a limit, so the same
     /// command may succeed later (a script may retry on 3, never on 1);
     /// 128 plus the signal's number for a `bench` a signal stopped.

@@ -3,7 +3,9 @@
 //! and prints the answer for a human or, with `--json`, for a script.
 //!
 //! Exit codes: 0 success, 1 the daemon refused the request (or, for
-//! `verify` and `verify-mac`, the signature or tag is invalid), 2 usage,
+//! `verify` and `verify-mac`, the signature or tag is invalid; for
+//! `decrypt-file`, the file does not authenticate or records another
+//! context), 2 usage,
 //! connection or local I/O errors, 3 the daemon is busy (retry later),
 //! 128 plus the signal's number for a `bench` a signal stopped.
 
