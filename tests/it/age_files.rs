@@ -14,8 +14,9 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 
 use crate::harness::{
-    Daemon, DaemonConfig, DaemonFiles, Grant, Harness, Swtpm, cli, cli_as, hostkms, ok, stderr,
-    text,
+    Daemon, DaemonConfig, DaemonFiles, Grant, Harness, Swtpm, cli, cli_as, contains,
+    ensure_journald, field, hostkms, journal_export_of, journal_of_stopped, ok, private_tempdir,
+    stderr, text,
 };
 
 /// The uid (and gid) of a peer without an unwrap grant: nobody.
@@ -193,7 +194,7 @@ fn files_round_trip_and_the_context_is_recorded() {
     let sealed = setup.encrypt("data", &plaintext, &["app=backup", "host=db1"]);
     let header = fs::read(&sealed).expect("read");
     assert!(header.starts_with(b"age-encryption.org/v1\n-> hostkms "));
-    assert!(!crate::harness::contains(&header, &plaintext[..64]));
+    assert!(!contains(&header, &plaintext[..64]));
 
     // Without --context, the recorded one; with it, exactly it.
     let out = setup.path("plain");
@@ -658,5 +659,43 @@ fn a_gib_round_trips_with_the_cli_under_32_mib() {
     assert!(
         decrypt_rss < LIMIT_KIB,
         "decrypt-file peak RSS {decrypt_rss} KiB"
+    );
+}
+
+#[test]
+fn each_file_is_one_wrap_and_one_unwrap_event_and_its_data_is_never_logged() {
+    ensure_journald();
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
+    let daemon = Daemon::start_with_env(&files, &[], &[("HOSTKMS_LOG_TARGET", "journal")])
+        .expect("start hostkmsd");
+    let journal = daemon.journal_scope();
+    let socket = &daemon.socket;
+    ok(cli(socket, &["create-key", "files"]));
+    let dir = private_tempdir();
+    // Five chunks of a marker the journal must never show.
+    let marker = b"AGE PAYLOAD NEVER LOGGED ";
+    let plaintext: Vec<u8> = marker.iter().copied().cycle().take(5 * CHUNK).collect();
+    let input = dir.path().join("data");
+    fs::write(&input, &plaintext).expect("write");
+    let sealed = dir.path().join("data.age");
+    let out = dir.path().join("plain");
+    ok(cli(socket, &encrypt_args("files", &input, &sealed)));
+    ok(cli(socket, &decrypt_args(&sealed, &out)));
+    assert_eq!(fs::read(&out).expect("read"), plaintext);
+
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
+    let entries = journal_of_stopped(&journal);
+    let ops: Vec<&str> = entries
+        .iter()
+        .filter(|e| field(e, "HOSTKMS_KEY") == Some("files"))
+        .filter_map(|e| field(e, "HOSTKMS_OP"))
+        .collect();
+    assert_eq!(ops, ["create", "wrap", "unwrap"], "{entries:#?}");
+    let export = journal_export_of(&journal);
+    assert!(
+        !contains(&export, marker),
+        "the payload reached the journal"
     );
 }
