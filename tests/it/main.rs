@@ -16,6 +16,7 @@
 
 mod harness;
 
+mod age_files;
 mod audit_flood;
 mod batch;
 mod bench_cleanup;
