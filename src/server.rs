@@ -27,6 +27,8 @@ use crate::peer::Peer;
 use crate::policy::PeerClass;
 use crate::service::{Service, outcome_of};
 
+pub mod credentials;
+
 /// How long shutdown waits for connections to finish their current request.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// After refusing a bad frame, how long and how much unread input the
