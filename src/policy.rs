@@ -698,6 +698,41 @@ mod tests {
     }
 
     #[test]
+    fn a_credential_grant_names_units_only_and_root_gets_nothing_else() {
+        let mut g = grant(&["cred-*"], &["credential"]);
+        g.units = vec!["db.service".to_string()];
+        let (policy, _) = Policy::new(&[g.clone()], &[]).unwrap();
+        let root_in_db = peer(0, 0, &[], Some("db.service"));
+        let root_elsewhere = peer(0, 0, &[], Some("web.service"));
+        let root_nowhere = peer(0, 0, &[], None);
+        assert!(policy.allows(&root_in_db, Operation::Credential, "cred-db"));
+        assert!(!policy.allows(&root_in_db, Operation::Credential, "other"));
+        // Root is an admin, but that is no credential grant.
+        assert!(!policy.allows(&root_elsewhere, Operation::Credential, "cred-db"));
+        assert!(!policy.allows(&root_nowhere, Operation::Credential, "cred-db"));
+        for (field, bad) in [
+            ("uids", {
+                let mut b = grant(&["cred-*"], &["credential"]);
+                b.uids = vec![0];
+                b
+            }),
+            ("groups", {
+                let mut b = g.clone();
+                b.groups = vec!["root".into()];
+                b
+            }),
+            ("users", {
+                let mut b = g.clone();
+                b.users = vec!["root".into()];
+                b
+            }),
+        ] {
+            let err = Policy::new(&[bad], &[]).unwrap_err();
+            assert!(err.problem.contains("\"credential\""), "{field}: {err}");
+        }
+    }
+
+    #[test]
     fn the_lifecycle_and_metadata_ops_are_grants_and_batches_are_not() {
         for op in [
             "schedule-deletion",

@@ -176,7 +176,7 @@ async fn serve_one(
         comm: peer.pid.and_then(comm_of),
         ..CredentialEvent::default()
     };
-    let address = peer_address(&stream);
+    let address = peer_address(stream);
     if let Ok((unit, id)) = &address {
         event.unit = Some(unit.clone());
         event.id = Some(id.clone());
