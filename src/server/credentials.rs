@@ -39,7 +39,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::CredentialEvent;
-use crate::peer::Peer;
 use crate::service::{CredentialRefusal, Service};
 
 /// Credential connections open at once, served or held; more wait in the
@@ -52,8 +51,6 @@ pub const MAX_HELD: usize = 256;
 pub const MAX_HELD_PER_UNIT: usize = 8;
 /// How long a credential may take to be read by the peer.
 pub const CREDENTIAL_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long shutdown waits for deliveries under way.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the credential socket until `shutdown` is cancelled; credentials
 /// are read from `directory`.
@@ -95,19 +92,10 @@ pub async fn serve_credentials(
                     }
                 });
             }
-            Err(e) => {
-                tracing::warn!("accepting a credential connection failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            Err(e) => super::accept_failed(&e, "a credential connection").await,
         }
     }
-    connections.close();
-    if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("credential connections still open after {DRAIN_TIMEOUT:?}; closing them");
-    }
+    super::drain(&connections, "credential connections").await;
 }
 
 /// The refused connections held open, by the unit of their peer's cgroup.
@@ -161,10 +149,7 @@ async fn serve_one(
     service: &Service,
     directory: &std::path::Path,
 ) -> Option<Option<String>> {
-    let peer = match stream
-        .peer_cred()
-        .and_then(|cred| Peer::of_socket(&stream, cred.uid(), cred.gid(), cred.pid()))
-    {
+    let peer = match super::peer_of(stream) {
         Ok(peer) => peer,
         Err(e) => {
             tracing::warn!("cannot read a credential connection's peer, closing it: {e}");

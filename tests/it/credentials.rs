@@ -27,7 +27,7 @@ use crate::harness::journal::JournalScope;
 use crate::harness::peer_identity::{TestCgroups, join_cgroup_as};
 use crate::harness::{
     Daemon, DaemonConfig, DaemonFiles, Grant, Swtpm, contains, ensure_journald, field, helper_test,
-    journal_export_of, journal_of_stopped, text, with_id,
+    journal_export_of, journal_of_stopped, socket_activated, text, with_id,
 };
 
 const CREDENTIAL_DELIVERED: &str = "6e273d579fbe44b8838b84ca35ab13d7";
@@ -791,4 +791,65 @@ fn hoarding_peers_do_not_block_the_unit() {
     }
     let (entries, _) = s.stop();
     assert!(!with_id(&entries, CREDENTIAL_DELIVERED).is_empty());
+}
+
+#[test]
+fn socket_activation_passes_the_credential_socket_by_its_name() {
+    let unit = unit_name();
+    let mut cgroups = TestCgroups::new();
+    let tpm = Swtpm::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let credentials = dir.path().join("credentials");
+    fs::create_dir(&credentials).expect("credential directory");
+    let configured = dir.path().join("configured-credentials.sock");
+    let config = DaemonConfig::new()
+        .credentials(&configured, &credentials)
+        .grant(credential_grant(&[&unit]));
+    let files = DaemonFiles::new(&tpm.tcti(), &config);
+    let (main, passed) = (dir.path().join("main.sock"), dir.path().join("cred.sock"));
+    let log = dir.path().join("activate.log");
+    // The credential socket first: the names, not the order, decide.
+    let mut child = socket_activated(
+        &[&passed, &main],
+        Some("credentials:hostkms"),
+        &files.config,
+        &log,
+    );
+    let mut admin = crate::systemd::ping_when_up(&main, &mut child, &log);
+    admin.create_key(KEY).expect("create");
+    let secret = format!("pw-{}", random_hex(16)).into_bytes();
+    let wrapped = admin
+        .wrap_credential(KEY, &unit, "dbpass", &secret)
+        .expect("wrap the credential");
+    fs::create_dir(credentials.join(&unit)).expect("unit dir");
+    fs::write(
+        credentials.join(&unit).join("dbpass"),
+        wrapped.ciphertext.as_bytes(),
+    )
+    .expect("write");
+    let cgroup = cgroups.make(&format!("system.slice/{unit}"));
+    let got = fetch(
+        &cgroup,
+        0,
+        &passed,
+        &unit,
+        "dbpass",
+        Duration::from_secs(10),
+    );
+    assert_eq!(got, Fetched::delivered(&secret));
+    assert!(
+        !configured.exists(),
+        "the daemon bound [credentials] socket although systemd passed one"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let status = crate::harness::wait_with_timeout(&mut child, Duration::from_secs(20));
+    assert!(
+        status.success(),
+        "{status}: {}",
+        fs::read_to_string(&log).unwrap_or_default()
+    );
 }
