@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use agent_proto::Operation;
+use agent_proto::counters::{self, RequestResult};
 use nix::sys::socket::{
     AddressFamily, Shutdown, SockFlag, SockType, UnixAddr, bind, connect, shutdown, socket,
 };
@@ -372,6 +374,11 @@ fn the_unit_gets_the_exact_bytes_then_a_clean_eof_and_the_delivery_is_audited() 
         "{:?}",
         started.elapsed()
     );
+    // Counted per operation, as `credential`, in Status: the delivery and
+    // the WrapCredential that made the file (both are Operation::Credential).
+    let counters = s.daemon.client().status().expect("status").counters;
+    let ok = counters::request_counter(Operation::Credential, RequestResult::Ok);
+    assert_eq!(counters.get(&ok), Some(&2), "{counters:?}");
 
     let (entries, export) = s.stop();
     let delivered = with_id(&entries, CREDENTIAL_DELIVERED);
