@@ -421,7 +421,7 @@ fn bind_credentials(
     tracing::info!(
         directory = %credentials.directory.display(),
         "serving systemd credentials on {}",
-        socket.credential_path(credentials)
+        socket.path(credentials.socket.as_deref().unwrap_or(std::path::Path::new("")))
     );
     Ok(Some(socket))
 }
@@ -437,7 +437,7 @@ fn announce_ready(
     audit::ready(
         keys.len(),
         keys.version_count(),
-        &socket.path(listener),
+        &socket.path(&listener.socket),
         matches!(socket, Socket::Activated(_)),
     );
     drop(keys);
@@ -574,27 +574,15 @@ enum Socket {
 }
 
 impl Socket {
-    /// Where clients connect: the configured path, or the one systemd bound.
-    fn path(&self, listener: &ListenerConfig) -> String {
+    /// Where clients connect: the `configured` path, or the one systemd bound.
+    fn path(&self, configured: &std::path::Path) -> String {
         match self {
-            Socket::Bound(_) => listener.socket.display().to_string(),
+            Socket::Bound(_) => configured.display().to_string(),
             Socket::Activated(listener) => listener
                 .local_addr()
                 .ok()
                 .and_then(|address| address.as_pathname().map(|p| p.display().to_string()))
                 .unwrap_or_else(|| "the socket systemd passed".to_string()),
-        }
-    }
-
-    /// Where the credential socket is: as configured, or the one systemd bound.
-    fn credential_path(&self, credentials: &CredentialsConfig) -> String {
-        match (self, &credentials.socket) {
-            (Socket::Bound(_), Some(path)) => path.display().to_string(),
-            _ => self.path(&ListenerConfig {
-                socket: std::path::PathBuf::new(),
-                socket_mode: 0,
-                socket_group: None,
-            }),
         }
     }
 
