@@ -44,6 +44,7 @@ use crate::transfer::{Peers, TransportKey};
 
 mod access;
 mod batch;
+mod credential_delivery;
 mod credential_encrypt;
 #[cfg(test)]
 mod encrypt_limit_tests;
@@ -56,6 +57,7 @@ mod signing;
 pub mod testing;
 mod transfer;
 
+pub use credential_delivery::CredentialRefusal;
 #[cfg(any(test, feature = "test-util"))]
 pub use health::TestProbe;
 use health::TpmHealth;

@@ -30,6 +30,7 @@ mod config;
 mod config_props;
 mod connection_rules;
 mod connections;
+mod credentials;
 mod daemon;
 mod journal;
 mod key_probing;
