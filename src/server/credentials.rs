@@ -13,11 +13,13 @@
 //! has no reset the server can send: `SO_LINGER {on, 0}` does nothing on
 //! it, and a close is an EOF to the reader, unless the reader had sent
 //! bytes the server did not read (then the reader gets `ECONNRESET`).
-//! systemd sends nothing (it shuts its write side down), so a refused root
-//! peer is *held*: nothing is written and the connection stays open until
-//! the peer closes it (systemd's start timeout fails the unit) or the
-//! daemon stops. A peer that is not root cannot be systemd; it is closed
-//! at once. Connections being served are bounded
+//! systemd sends nothing (it shuts its write side down). So a refused root
+//! peer is *held* and sent the [`refusal_filler`]: more bytes than systemd
+//! accepts for one credential ([`SYSTEMD_CREDENTIAL_MAX`]), which fails the
+//! unit at once (`E2BIG`, "Argument list too long"), then nothing until the
+//! peer closes the connection, so that a reader without that limit fails at
+//! its start timeout rather than on an EOF. A peer that is not root cannot
+//! be systemd; it is closed at once. Connections being served are bounded
 //! ([`MAX_CREDENTIAL_CONNECTIONS`]; past it, new ones wait in the backlog);
 //! a held one gives its slot back and takes a hold, of which each peer
 //! cgroup's unit has [`MAX_HELD_PER_UNIT`] and all together
@@ -28,7 +30,7 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use nix::sys::socket::UnixAddr;
@@ -51,6 +53,27 @@ pub const MAX_HELD: usize = 256;
 pub const MAX_HELD_PER_UNIT: usize = 8;
 /// How long a credential may take to be read by the peer.
 pub const CREDENTIAL_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most systemd reads as one credential (its `CREDENTIAL_SIZE_MAX`,
+/// also the budget of all of a unit's credentials together): a longer
+/// answer fails the unit's start with `E2BIG`.
+pub const SYSTEMD_CREDENTIAL_MAX: usize = 1024 * 1024;
+
+/// What a refused root peer reads: one line naming the refusal event,
+/// repeated to one byte past [`SYSTEMD_CREDENTIAL_MAX`]. systemd fails the
+/// unit on it; anyone who sees it stored somewhere reads what happened.
+pub fn refusal_filler() -> &'static [u8] {
+    static FILLER: OnceLock<Vec<u8>> = OnceLock::new();
+    FILLER.get_or_init(|| {
+        let line = format!(
+            "hostkms refused this credential: see journalctl MESSAGE_ID={}\n",
+            crate::audit::CREDENTIAL_REFUSED
+        );
+        line.bytes()
+            .cycle()
+            .take(SYSTEMD_CREDENTIAL_MAX + 1)
+            .collect()
+    })
+}
 
 /// Serves the credential socket until `shutdown` is cancelled; credentials
 /// are read from `directory`.
@@ -241,7 +264,14 @@ async fn serve_one(
 
 /// Writes all of `bytes` to a shared stream, then shuts its write side
 /// down: the peer reads the credential and then a clean EOF.
-async fn write_all(stream: &UnixStream, mut bytes: &[u8]) -> io::Result<()> {
+async fn write_all(stream: &UnixStream, bytes: &[u8]) -> io::Result<()> {
+    write_bytes(stream, bytes).await?;
+    nix::sys::socket::shutdown(stream.as_raw_fd(), nix::sys::socket::Shutdown::Write)
+        .map_err(io::Error::from)
+}
+
+/// Writes all of `bytes` to a shared stream.
+async fn write_bytes(stream: &UnixStream, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
         stream.writable().await?;
         match stream.try_write(bytes) {
@@ -250,14 +280,20 @@ async fn write_all(stream: &UnixStream, mut bytes: &[u8]) -> io::Result<()> {
             Err(e) => return Err(e),
         }
     }
-    nix::sys::socket::shutdown(stream.as_raw_fd(), nix::sys::socket::Shutdown::Write)
-        .map_err(io::Error::from)
+    Ok(())
 }
 
-/// Keeps a refused connection open, writing nothing, until the peer closes
-/// it or the daemon stops: its close would be a clean EOF, which the
-/// service manager would take for an empty credential.
+/// Sends a refused connection the [`refusal_filler`], then keeps it open,
+/// writing nothing more, until the peer closes it or the daemon stops: its
+/// close would be a clean EOF, which the service manager would take for an
+/// empty credential. The filler fails systemd's read at once; a peer that
+/// reads none of it holds its hold until it gives up.
 async fn hold(stream: &UnixStream, shutdown: &CancellationToken) {
+    tokio::select! {
+        () = shutdown.cancelled() => return,
+        // An error is the peer gone: the loop below sees it.
+        _ = write_bytes(stream, refusal_filler()) => {}
+    }
     loop {
         let ready = tokio::select! {
             () = shutdown.cancelled() => return,

@@ -6,10 +6,12 @@
 //! encrypt` makes them.
 //!
 //! What a peer observes: a delivery is the exact bytes, then a clean EOF.
-//! A refused root peer (it could be systemd) reads nothing and no EOF: the
-//! connection is held open until it gives up (an `AF_UNIX` close would be
-//! an EOF, an empty credential). A refused peer that is not root is closed
-//! at once with nothing written.
+//! A refused root peer (it could be systemd) reads the refusal filler, more
+//! than systemd's 1 MiB limit for one credential, which fails the unit the
+//! way systemd 252 fails it (the reader stops there, as systemd does, with
+//! `too-large`), and never an EOF after less: the connection is held open
+//! (an `AF_UNIX` close would be an EOF, an empty credential). A refused peer
+//! that is not root is closed at once with nothing written.
 
 use std::fs;
 use std::os::fd::AsRawFd;
@@ -38,6 +40,8 @@ const NOBODY: u32 = 65534;
 const KEY: &str = "cred-key";
 /// How long a refused root peer is watched for a byte or an EOF.
 const HELD_FOR: Duration = Duration::from_millis(1500);
+/// systemd's limit on one credential: its reader fails past it.
+const SYSTEMD_CREDENTIAL_MAX: usize = 1024 * 1024;
 
 /// A fresh random value, so that names and secrets are this test's own.
 fn random_hex(bytes: usize) -> String {
@@ -161,7 +165,9 @@ fn address(unit: &str, id: &str) -> Vec<u8> {
 /// What a reader saw: how the stream ended and the bytes before.
 #[derive(Debug, PartialEq, Eq)]
 struct Fetched {
-    /// `eof`, `reset`, `timeout`, or `error: ...`.
+    /// `eof`, `reset`, `timeout`, `too-large` (more than systemd reads,
+    /// all of it the refusal filler), `too-large-unexpected`, or
+    /// `error: ...`.
     end: String,
     data: Vec<u8>,
 }
@@ -174,10 +180,11 @@ impl Fetched {
         }
     }
 
-    /// Refused, as a root peer sees it: nothing, and no end.
+    /// Refused, as a root peer sees it: the refusal filler past systemd's
+    /// limit (so systemd fails the unit), and no EOF before.
     fn held() -> Fetched {
         Fetched {
-            end: "timeout".to_string(),
+            end: "too-large".to_string(),
             data: Vec::new(),
         }
     }
@@ -310,7 +317,39 @@ fn credential_reader() {
     let end = loop {
         match std::io::Read::read(&mut stream, &mut buf) {
             Ok(0) => break "eof".to_string(),
-            Ok(n) => data.extend_from_slice(&buf[..n]),
+            Ok(n) => {
+                data.extend_from_slice(&buf[..n]);
+                if data.len() > SYSTEMD_CREDENTIAL_MAX {
+                    // Where systemd stops and fails the unit (E2BIG).
+                    let line = format!(
+                        "hostkms refused this credential: see journalctl MESSAGE_ID={CREDENTIAL_REFUSED}\n"
+                    );
+                    let filler = line.bytes().cycle().take(data.len());
+                    if data.iter().copied().eq(filler) {
+                        data.clear();
+                        // The filler ends one byte past the limit; then the
+                        // connection is held, never an EOF or more bytes.
+                        stream
+                            .set_read_timeout(Some(Duration::from_millis(300)))
+                            .expect("timeout");
+                        break match std::io::Read::read(&mut stream, &mut buf) {
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                ) =>
+                            {
+                                "too-large".to_string()
+                            }
+                            Ok(0) => "too-large-then-eof".to_string(),
+                            Ok(_) => "too-large-then-more".to_string(),
+                            Err(e) => format!("too-large-then-error:{}", e.kind()),
+                        };
+                    }
+                    data.truncate(64);
+                    break "too-large-unexpected".to_string();
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break "reset".to_string(),
             Err(e)
                 if matches!(
