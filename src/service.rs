@@ -814,7 +814,7 @@ impl Service {
             return Err(Refusal::new(
                 ErrorCode::PlaintextTooLarge,
                 format!(
-                    "a plaintext of {} bytes exceeds the limit of {} bytes (max_plaintext); wrap a data key instead and encrypt large data with it",
+                    "a plaintext of {} bytes exceeds the limit of {} bytes (max_plaintext); encrypt large data with `hostkms encrypt-file` (the age format, any size), or with a data key from `datakey`",
                     plaintext.len(),
                     max_plaintext
                 ),
