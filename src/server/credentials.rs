@@ -109,8 +109,18 @@ pub async fn serve_credentials(
                     let refused = serve_one(&stream, &service, &directory).await;
                     drop(slot);
                     if let Some(unit) = refused {
-                        if let Some(_held) = holds.take(unit) {
-                            hold(&stream, &shutdown).await;
+                        match holds.take(unit) {
+                            Some(_held) => hold(&stream, &shutdown).await,
+                            // No hold left: the filler all the same (an
+                            // empty EOF would be an empty credential),
+                            // then the close.
+                            None => {
+                                let _ = tokio::time::timeout(
+                                    CREDENTIAL_WRITE_TIMEOUT,
+                                    write_bytes(&stream, refusal_filler()),
+                                )
+                                .await;
+                            }
                         }
                     }
                 });
@@ -143,7 +153,7 @@ impl Holds {
         if total >= MAX_HELD || of_unit >= MAX_HELD_PER_UNIT {
             tracing::warn!(
                 unit = unit.as_deref().unwrap_or("(none)"),
-                "closing a refused credential connection instead of holding it: {of_unit} held for its unit, {total} in all"
+                "closing a refused credential connection after its filler instead of holding it: {of_unit} held for its unit, {total} in all"
             );
             return None;
         }

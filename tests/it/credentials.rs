@@ -823,6 +823,13 @@ fn hoarding_peers_do_not_block_the_unit() {
         // The unit's own, never reading: more than the served bound.
         hoard(&own, 0, Some(address(&unit, "dbpass")), 100),
     ];
+    // With the holds of its unit full, a refused root peer still reads the
+    // filler, never an empty EOF (then the close: no hold is left).
+    let got = fetch(&elsewhere, 0, &s.socket, &unit, "dbpass", HELD_FOR);
+    assert!(
+        got.data.is_empty() && got.end.starts_with("too-large") && got.end != "too-large-then-more",
+        "{got:?}"
+    );
     let started = Instant::now();
     let got = fetch(&own, 0, &s.socket, &unit, "dbpass", Duration::from_secs(10));
     assert_eq!(got, Fetched::delivered(&secret));
