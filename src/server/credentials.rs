@@ -13,28 +13,31 @@
 //! has no reset the server can send: `SO_LINGER {on, 0}` does nothing on
 //! it, and a close is an EOF to the reader, unless the reader had sent
 //! bytes the server did not read (then the reader gets `ECONNRESET`).
-//! systemd sends nothing (it shuts its write side down). So a refused root
-//! peer is *held* and sent the [`refusal_filler`]: more bytes than systemd
-//! accepts for one credential ([`SYSTEMD_CREDENTIAL_MAX`]), which fails the
-//! unit at once (`E2BIG`, "Argument list too long"), then nothing until the
-//! peer closes the connection, so that a reader without that limit fails at
-//! its start timeout rather than on an EOF. A peer that is not root cannot
-//! be systemd; it is closed at once. Connections being served are bounded
-//! ([`MAX_CREDENTIAL_CONNECTIONS`]; past it, new ones wait in the backlog);
-//! a held one gives its slot back and takes a hold, of which each peer
-//! cgroup's unit has [`MAX_HELD_PER_UNIT`] and all together
-//! [`MAX_HELD`]: past those, a refused connection is closed (the peers of
-//! one unit cannot crowd out another unit's refusals, nor the deliveries).
+//! systemd sends nothing (it shuts its write side down). So every refused
+//! peer is sent the [`refusal_filler`]: one byte more than systemd accepts
+//! for a credential ([`SYSTEMD_CREDENTIAL_MAX`]), which fails the unit at
+//! once (`E2BIG`, "Argument list too long"); then the connection is closed.
+//! A user's service manager (`systemd --user`, not root) reads the same way
+//! and fails the same way.
+//!
+//! Bounds: at most [`MAX_CREDENTIAL_CONNECTIONS`] connections are served at
+//! once, each keeping its slot until its credential or its filler is written
+//! (or [`CREDENTIAL_WRITE_TIMEOUT`] passes); more wait in the listen
+//! backlog. The peers of one unit (by their cgroup) get at most
+//! [`MAX_REFUSING_PER_UNIT`] fillers at once: systemd loads one credential
+//! of a unit at a time, so a unit past that is hoarding, and its further
+//! refused connections are closed at once (logged once a minute per unit).
+//! At shutdown nothing new is accepted, and fillers being written are
+//! finished (within the write timeout), never cut short into an EOF.
 
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::UnixAddr;
-use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -43,14 +46,12 @@ use tokio_util::task::TaskTracker;
 use crate::audit::CredentialEvent;
 use crate::service::{CredentialRefusal, Service};
 
-/// Credential connections open at once, served or held; more wait in the
-/// listen backlog until one closes.
+/// Credential connections served at once (a credential or a refusal
+/// being written); more wait in the listen backlog until one is done.
 pub const MAX_CREDENTIAL_CONNECTIONS: usize = 64;
-/// Refused connections held open at once, all peers together.
-pub const MAX_HELD: usize = 256;
-/// Refused connections held open at once for the peers of one unit (by
-/// their cgroup; those with none count as one).
-pub const MAX_HELD_PER_UNIT: usize = 8;
+/// Refusal fillers being written at once to the peers of one unit (by
+/// their cgroup; those with none count as one unit).
+pub const MAX_REFUSING_PER_UNIT: usize = 4;
 /// How long a credential may take to be read by the peer.
 pub const CREDENTIAL_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most systemd reads as one credential (its `CREDENTIAL_SIZE_MAX`,
@@ -84,11 +85,13 @@ pub async fn serve_credentials(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CREDENTIAL_CONNECTIONS));
-    let holds = Arc::new(Holds::default());
+    let refusing = Arc::new(Refusing::default());
     let connections = TaskTracker::new();
     let directory = Arc::new(directory);
     loop {
+        // Biased: after shutdown, nothing more is accepted, whatever waits.
         let slot = tokio::select! {
+            biased;
             () = shutdown.cancelled() => break,
             slot = Arc::clone(&slots).acquire_owned() => match slot {
                 Ok(slot) => slot,
@@ -96,6 +99,7 @@ pub async fn serve_credentials(
             },
         };
         let accepted = tokio::select! {
+            biased;
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
@@ -103,26 +107,12 @@ pub async fn serve_credentials(
             Ok((stream, _)) => {
                 let service = Arc::clone(&service);
                 let directory = Arc::clone(&directory);
-                let shutdown = shutdown.clone();
-                let holds = Arc::clone(&holds);
+                let refusing = Arc::clone(&refusing);
                 connections.spawn(async move {
-                    let refused = serve_one(&stream, &service, &directory).await;
-                    drop(slot);
-                    if let Some(unit) = refused {
-                        match holds.take(unit) {
-                            Some(_held) => hold(&stream, &shutdown).await,
-                            // No hold left: the filler all the same (an
-                            // empty EOF would be an empty credential),
-                            // then the close.
-                            None => {
-                                let _ = tokio::time::timeout(
-                                    CREDENTIAL_WRITE_TIMEOUT,
-                                    write_bytes(&stream, refusal_filler()),
-                                )
-                                .await;
-                            }
-                        }
+                    if let Some(unit) = serve_one(&stream, &service, &directory).await {
+                        refuse(&stream, unit, &refusing).await;
                     }
+                    drop(slot);
                 });
             }
             Err(e) => super::accept_failed(&e, "a credential connection").await,
@@ -131,52 +121,101 @@ pub async fn serve_credentials(
     super::drain(&connections, "credential connections").await;
 }
 
-/// The refused connections held open, by the unit of their peer's cgroup.
+/// The refusal fillers being written, by the unit of their peer's cgroup,
+/// and when each unit's closed-at-once connections were last logged.
 #[derive(Default)]
-struct Holds {
-    held: Mutex<HashMap<Option<String>, usize>>,
+struct Refusing {
+    state: Mutex<RefusingState>,
 }
 
-/// One held connection, counted in [`Holds`] until dropped.
-struct Held<'a> {
-    holds: &'a Holds,
+#[derive(Default)]
+struct RefusingState {
+    writing: HashMap<Option<String>, usize>,
+    /// Per unit: when its hoarding was last logged, and the connections
+    /// closed at once since.
+    hoarding: HashMap<Option<String>, (Option<Instant>, u64)>,
+}
+
+/// One filler being written, counted in [`Refusing`] until dropped.
+struct Writing<'a> {
+    refusing: &'a Refusing,
     unit: Option<String>,
 }
 
-impl Holds {
-    /// A hold for a refused peer of `unit`, unless that unit's peers or all
-    /// together hold their limit.
-    fn take(&self, unit: Option<String>) -> Option<Held<'_>> {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        let total: usize = held.values().sum();
-        let of_unit = held.get(&unit).copied().unwrap_or(0);
-        if total >= MAX_HELD || of_unit >= MAX_HELD_PER_UNIT {
-            tracing::warn!(
-                unit = unit.as_deref().unwrap_or("(none)"),
-                "closing a refused credential connection after its filler instead of holding it: {of_unit} held for its unit, {total} in all"
-            );
+/// How often a unit's hoarding is logged.
+const HOARDING_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+impl Refusing {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RefusingState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A turn to write a filler to a peer of `unit`, unless that unit's
+    /// peers have [`MAX_REFUSING_PER_UNIT`] being written.
+    fn take(&self, unit: Option<String>) -> Option<Writing<'_>> {
+        let mut state = self.lock();
+        let of_unit = state.writing.get(&unit).copied().unwrap_or(0);
+        if of_unit >= MAX_REFUSING_PER_UNIT {
+            let now = Instant::now();
+            let entry = state.hoarding.entry(unit.clone()).or_insert((None, 0));
+            entry.1 += 1;
+            if entry
+                .0
+                .is_none_or(|at| now.duration_since(at) >= HOARDING_LOG_INTERVAL)
+            {
+                tracing::warn!(
+                    unit = unit.as_deref().unwrap_or("(none)"),
+                    "closing refused credential connections of {} without their filler: {} closed since this was last logged; its peers already had {MAX_REFUSING_PER_UNIT} refusals being written (systemd loads one credential of a unit at a time, so something in the unit is hoarding connections)",
+                    unit.as_deref().unwrap_or("peers in no unit"),
+                    entry.1
+                );
+                *entry = (Some(now), 0);
+            }
+            if state.hoarding.len() > 4096 {
+                state.hoarding.retain(|_, (at, _)| {
+                    at.is_some_and(|at| now.duration_since(at) < HOARDING_LOG_INTERVAL)
+                });
+            }
             return None;
         }
-        *held.entry(unit.clone()).or_insert(0) += 1;
-        Some(Held { holds: self, unit })
+        *state.writing.entry(unit.clone()).or_insert(0) += 1;
+        Some(Writing {
+            refusing: self,
+            unit,
+        })
     }
 }
 
-impl Drop for Held<'_> {
+impl Drop for Writing<'_> {
     fn drop(&mut self) {
-        let mut held = self.holds.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = held.get_mut(&self.unit) {
+        let mut state = self.refusing.lock();
+        if let Some(count) = state.writing.get_mut(&self.unit) {
             *count -= 1;
             if *count == 0 {
-                held.remove(&self.unit);
+                state.writing.remove(&self.unit);
             }
         }
     }
 }
 
+/// Sends a refused peer of `unit` the [`refusal_filler`] (within the write
+/// timeout, shutdown or not), then lets the connection close.
+async fn refuse(stream: &UnixStream, unit: Option<String>, refusing: &Refusing) {
+    let Some(_turn) = refusing.take(unit) else {
+        return;
+    };
+    // An error or a timeout: the peer is gone or reads nothing (systemd
+    // reads at once); either way the close follows.
+    let _ = tokio::time::timeout(
+        CREDENTIAL_WRITE_TIMEOUT,
+        write_bytes(stream, refusal_filler()),
+    )
+    .await;
+}
+
 /// One connection: the peer rule, then the delivery or the refusal.
 /// Returns the unit of the peer's cgroup when the connection was refused
-/// and must be held (its peer is root), `None` when it is done.
+/// (and must get the filler), `None` when the credential was delivered.
 async fn serve_one(
     stream: &UnixStream,
     service: &Service,
@@ -185,11 +224,11 @@ async fn serve_one(
     let peer = match super::peer_of(stream) {
         Ok(peer) => peer,
         Err(e) => {
-            tracing::warn!("cannot read a credential connection's peer, closing it: {e}");
-            return None;
+            tracing::warn!("cannot read a credential connection's peer, refusing it: {e}");
+            return Some(None);
         }
     };
-    let held = Some(peer.unit.clone());
+    let refused = Some(peer.unit.clone());
     let mut event = CredentialEvent {
         comm: peer.pid.and_then(comm_of),
         ..CredentialEvent::default()
@@ -208,15 +247,15 @@ async fn serve_one(
             ),
         );
         service.credential_refused(&peer, &event, &refusal, true);
-        // Not systemd: nothing to protect from an empty read.
-        return None;
+        // A user's service manager reads credentials the same way.
+        return refused;
     }
     let (unit, id) = match address {
         Ok(named) => named,
         Err(problem) => {
             let refusal = CredentialRefusal::new("bad-address", problem);
             service.credential_refused(&peer, &event, &refusal, true);
-            return held;
+            return refused;
         }
     };
     if peer.unit.as_deref() != Some(unit.as_str()) {
@@ -232,7 +271,7 @@ async fn serve_one(
             ),
         );
         service.credential_refused(&peer, &event, &refusal, true);
-        return held;
+        return refused;
     }
     let plaintext = match service
         .deliver_credential(&peer, &unit, &id, directory, &mut event)
@@ -241,7 +280,7 @@ async fn serve_one(
         Ok(plaintext) => plaintext,
         Err(refusal) => {
             service.credential_refused(&peer, &event, &refusal, false);
-            return held;
+            return refused;
         }
     };
     let written =
@@ -266,8 +305,9 @@ async fn serve_one(
                 format!("the peer did not read the credential within {CREDENTIAL_WRITE_TIMEOUT:?}"),
             );
             service.credential_refused(&peer, &event, &refusal, false);
-            // Part of it may be written: never end it with an EOF.
-            held
+            // Part of it may be written: the filler follows, so that
+            // systemd fails rather than stores a part.
+            refused
         }
     }
 }
@@ -291,35 +331,6 @@ async fn write_bytes(stream: &UnixStream, mut bytes: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Sends a refused connection the [`refusal_filler`], then keeps it open,
-/// writing nothing more, until the peer closes it or the daemon stops: its
-/// close would be a clean EOF, which the service manager would take for an
-/// empty credential. The filler fails systemd's read at once; a peer that
-/// reads none of it holds its hold until it gives up.
-async fn hold(stream: &UnixStream, shutdown: &CancellationToken) {
-    tokio::select! {
-        () = shutdown.cancelled() => return,
-        // An error is the peer gone: the loop below sees it.
-        _ = write_bytes(stream, refusal_filler()) => {}
-    }
-    loop {
-        let ready = tokio::select! {
-            () = shutdown.cancelled() => return,
-            ready = stream.ready(Interest::WRITABLE) => ready,
-        };
-        match ready {
-            Ok(ready) if !ready.is_write_closed() => {
-                // Writable is not news; wait for the next change (the
-                // peer's close sets write-closed).
-                let _ = stream.try_io(Interest::WRITABLE, || {
-                    Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
-                });
-            }
-            _ => return,
-        }
-    }
 }
 
 /// The unit and credential id the peer's abstract address names:

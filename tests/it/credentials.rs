@@ -6,12 +6,11 @@
 //! encrypt` makes them.
 //!
 //! What a peer observes: a delivery is the exact bytes, then a clean EOF.
-//! A refused root peer (it could be systemd) reads the refusal filler, more
+//! Any refused peer (root, or a user manager) reads the refusal filler, more
 //! than systemd's 1 MiB limit for one credential, which fails the unit the
-//! way systemd 252 fails it (the reader stops there, as systemd does, with
-//! `too-large`), and never an EOF after less: the connection is held open
-//! (an `AF_UNIX` close would be an EOF, an empty credential). A refused peer
-//! that is not root is closed at once with nothing written.
+//! way systemd 252 fails it (the reader stops there, as systemd does), and
+//! never an EOF after less (an `AF_UNIX` close would be an EOF, an empty
+//! credential); then the close.
 
 use std::fs;
 use std::os::fd::AsRawFd;
@@ -180,19 +179,11 @@ impl Fetched {
         }
     }
 
-    /// Refused, as a root peer sees it: the refusal filler past systemd's
-    /// limit (so systemd fails the unit), and no EOF before.
-    fn held() -> Fetched {
+    /// Refused, as any peer sees it: the refusal filler past systemd's
+    /// limit (so systemd fails the unit), no EOF before, then the close.
+    fn refused() -> Fetched {
         Fetched {
-            end: "too-large".to_string(),
-            data: Vec::new(),
-        }
-    }
-
-    /// Refused, as a peer that is not root sees it: closed with nothing.
-    fn closed() -> Fetched {
-        Fetched {
-            end: "eof".to_string(),
+            end: "too-large-then-eof".to_string(),
             data: Vec::new(),
         }
     }
@@ -476,13 +467,13 @@ fn peers_that_are_not_the_units_own_root_process_get_nothing_and_are_audited() {
 
     // Another uid, in the unit's cgroup, with the right address.
     let got = fetch(&own, NOBODY, &s.socket, &unit, "dbpass", HELD_FOR);
-    assert_eq!(got, Fetched::closed());
+    assert_eq!(got, Fetched::refused());
     // Root, in another service's cgroup, naming the unit.
     let got = fetch(&elsewhere, 0, &s.socket, &unit, "dbpass", HELD_FOR);
-    assert_eq!(got, Fetched::held());
+    assert_eq!(got, Fetched::refused());
     // Root, in no unit at all.
     let got = fetch(&no_unit, 0, &s.socket, &unit, "dbpass", HELD_FOR);
-    assert_eq!(got, Fetched::held());
+    assert_eq!(got, Fetched::refused());
     // The unit itself still gets it.
     let got = fetch(&own, 0, &s.socket, &unit, "dbpass", Duration::from_secs(10));
     assert_eq!(got, Fetched::delivered(&secret));
@@ -539,7 +530,7 @@ fn a_peer_whose_address_names_no_valid_unit_and_id_gets_nothing() {
             hoard: 0,
         }
         .run();
-        assert_eq!(got, Fetched::held(), "{address:?}");
+        assert_eq!(got, Fetched::refused(), "{address:?}");
     }
     let (entries, _) = s.stop();
     let bad_addresses = refusals(&entries)
@@ -564,11 +555,11 @@ fn a_credential_copied_to_another_units_directory_is_refused_and_audited() {
 
     assert_eq!(
         fetch(&cgroup_b, 0, &s.socket, &b, "dbpass", HELD_FOR),
-        Fetched::held()
+        Fetched::refused()
     );
     assert_eq!(
         fetch(&cgroup_a, 0, &s.socket, &a, "other", HELD_FOR),
-        Fetched::held()
+        Fetched::refused()
     );
     assert_eq!(
         fetch(
@@ -641,7 +632,7 @@ fn only_regular_files_inside_the_directory_are_read_and_never_through_a_link() {
         let started = Instant::now();
         assert_eq!(
             fetch(cgroup, 0, &s.socket, unit, id, HELD_FOR),
-            Fetched::held(),
+            Fetched::refused(),
             "{unit}/{id}"
         );
         assert!(started.elapsed() < Duration::from_secs(5), "{unit}/{id}");
@@ -684,7 +675,7 @@ fn grants_decide_by_unit_alone_and_the_key_state_is_checked() {
     let (own, other) = (s.cgroup(&granted), s.cgroup(&ungranted));
     assert_eq!(
         fetch(&other, 0, &s.socket, &ungranted, "dbpass", HELD_FOR),
-        Fetched::held()
+        Fetched::refused()
     );
     // A revoked version.
     let mut admin = s.daemon.client();
@@ -692,7 +683,7 @@ fn grants_decide_by_unit_alone_and_the_key_state_is_checked() {
     admin.revoke(KEY, Some(1)).expect("revoke v1");
     assert_eq!(
         fetch(&own, 0, &s.socket, &granted, "v1", HELD_FOR),
-        Fetched::held()
+        Fetched::refused()
     );
     // Re-encrypted under v2: delivered; then the key disabled: refused.
     s.store(&granted, "v1", &secret);
@@ -703,7 +694,7 @@ fn grants_decide_by_unit_alone_and_the_key_state_is_checked() {
     admin.disable(KEY).expect("disable");
     assert_eq!(
         fetch(&own, 0, &s.socket, &granted, "v1", HELD_FOR),
-        Fetched::held()
+        Fetched::refused()
     );
     drop(admin);
     let (entries, _) = s.stop();
@@ -814,21 +805,30 @@ fn hoarding_peers_do_not_block_the_unit() {
         child
     };
     let mut hoarders = vec![
-        // Root elsewhere naming the unit: held, up to a few per unit.
+        // Root elsewhere naming the unit: a few fillers at once, for that
+        // unit's peers, the rest closed at once.
         hoard(&elsewhere, 0, Some(address(&unit, "dbpass")), 100),
-        // Root in the unit, no address: held, up to a few.
+        // Root in the unit, no address: the same, counted for the unit.
         hoard(&own, 0, None, 100),
-        // Not root: closed at once.
+        // Not root: the same.
         hoard(&own, NOBODY, Some(address(&unit, "dbpass")), 100),
         // The unit's own, never reading: more than the served bound.
         hoard(&own, 0, Some(address(&unit, "dbpass")), 100),
     ];
-    // With the holds of its unit full, a refused root peer still reads the
-    // filler, never an empty EOF (then the close: no hold is left).
+    // The hoarders' fillers take nobody else's turn: a refused peer of a
+    // third unit still reads the filler, never an empty EOF.
+    let third = unit_name();
+    let third_cgroup = s.cgroup(&third);
+    let got = fetch(&third_cgroup, 0, &s.socket, &third, "dbpass", HELD_FOR);
+    assert_eq!(got, Fetched::refused());
+    // A hoarding unit's peer past its few fillers is closed at once.
     let got = fetch(&elsewhere, 0, &s.socket, &unit, "dbpass", HELD_FOR);
-    assert!(
-        got.data.is_empty() && got.end.starts_with("too-large") && got.end != "too-large-then-more",
-        "{got:?}"
+    assert_eq!(
+        got,
+        Fetched {
+            end: "eof".to_string(),
+            data: Vec::new()
+        }
     );
     let started = Instant::now();
     let got = fetch(&own, 0, &s.socket, &unit, "dbpass", Duration::from_secs(10));
