@@ -43,6 +43,7 @@ mod permissions;
 mod protocol;
 mod random;
 mod recovery;
+mod reserved_context;
 mod restore_drill;
 mod rewrap_to;
 mod rollback;
