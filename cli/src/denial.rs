@@ -119,6 +119,24 @@ mod tests {
     }
 
     #[test]
+    fn a_credential_denial_suggests_no_grant() {
+        // Only admins encrypt credentials; no grant could allow it.
+        let cli = Cli::try_parse_from([
+            "hostkms",
+            "credential",
+            "encrypt",
+            "--unit",
+            "a.service",
+            "--name",
+            "x",
+            "--key",
+            "db",
+        ])
+        .expect("parse");
+        assert_eq!(named_key(&cli.command), None);
+    }
+
+    #[test]
     fn grant_ops_are_the_configs_names() {
         let cli =
             Cli::try_parse_from(["hostkms", "min-decryption-version", "k", "2"]).expect("parse");

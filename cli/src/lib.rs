@@ -9,6 +9,7 @@
 pub mod args;
 pub mod backup;
 pub mod bench;
+pub mod credential;
 pub mod denial;
 pub mod error;
 pub mod inspect;

@@ -29,6 +29,7 @@ mod config;
 mod config_props;
 mod connection_rules;
 mod connections;
+mod credential_cli;
 mod daemon;
 mod journal;
 mod key_probing;
