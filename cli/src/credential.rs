@@ -281,10 +281,10 @@ fn prompt(text: &str) -> Result<Zeroizing<Vec<u8>>, CliError> {
     quiet.local_flags.remove(LocalFlags::ECHO);
     quiet.local_flags.insert(LocalFlags::ECHONL);
     let _ = write!(io::stderr(), "{text}");
-    tcsetattr(tty, SetArg::TCSAFLUSH, &quiet).map_err(|e| CliError::read(None, e.into()))?;
+    tcsetattr(tty, SetArg::TCSANOW, &quiet).map_err(|e| CliError::read(None, e.into()))?;
     let mut line = Zeroizing::new(Vec::new());
     let read = read_line(&mut line);
-    let restored = tcsetattr(tty, SetArg::TCSAFLUSH, &saved);
+    let restored = tcsetattr(tty, SetArg::TCSANOW, &saved);
     read.map_err(|e| CliError::read(None, e))?;
     restored.map_err(|e| CliError::read(None, e.into()))?;
     if line.last() == Some(&b'\n') {

@@ -84,27 +84,55 @@ impl Setup {
 
     /// `credential encrypt` as root with the secret from the file.
     fn encrypt(&self, unit: &str, id: &str, key: &str, extra: &[&str]) -> Output {
-        let mut args = vec![
-            "credential",
-            "encrypt",
-            "--unit",
-            unit,
-            "--name",
-            id,
-            "--key",
-            key,
-            "--in",
-            self.secret.to_str().expect("path"),
-            "--dir",
-            self.dir_arg(),
-        ];
+        let mut args = encrypt_args(unit, id, key, self.dir_arg(), &["--in"]);
+        args.push(self.secret.to_str().expect("path"));
         args.extend_from_slice(extra);
+        cli(&self.daemon.socket, &args)
+    }
+
+    /// `credential encrypt` of db.service's `id` as [`SERVICE`], the secret
+    /// on standard input.
+    fn encrypt_as_service(&self, id: &str) -> Output {
+        let args = encrypt_args("db.service", id, "cred", self.dir_arg(), &[]);
+        cli_as(SERVICE, &self.daemon.socket, &args, SECRET)
+    }
+
+    /// `credential encrypt` of x.service's credential `a` into `dir`.
+    fn encrypt_into(&self, dir: &Path, extra: &[&str]) -> Output {
+        let secret = self.secret.to_str().expect("path");
+        let mut args = encrypt_args("x.service", "a", "cred", dir.to_str().expect("path"), extra);
+        args.extend_from_slice(&["--in", secret]);
         cli(&self.daemon.socket, &args)
     }
 
     fn file(&self, unit: &str, id: &str) -> PathBuf {
         self.dir.join(unit).join(id)
     }
+}
+
+/// The arguments of `credential encrypt` of `unit`'s `id` under `key`
+/// into `dir`, then `extra`.
+fn encrypt_args<'a>(
+    unit: &'a str,
+    id: &'a str,
+    key: &'a str,
+    dir: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "credential",
+        "encrypt",
+        "--unit",
+        unit,
+        "--name",
+        id,
+        "--key",
+        key,
+        "--dir",
+        dir,
+    ];
+    args.extend_from_slice(extra);
+    args
 }
 
 /// What is in `dir`, sorted.
@@ -210,23 +238,7 @@ fn re_encrypting_replaces_the_file_with_the_latest_version() {
 #[test]
 fn a_service_holding_wrap_may_not_encrypt_credentials() {
     let s = setup();
-    let out = cli_as(
-        SERVICE,
-        &s.daemon.socket,
-        &[
-            "credential",
-            "encrypt",
-            "--unit",
-            "db.service",
-            "--name",
-            "dbpass",
-            "--key",
-            "cred",
-            "--dir",
-            s.dir_arg(),
-        ],
-        SECRET,
-    );
+    let out = s.encrypt_as_service("dbpass");
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = text(&out.stderr);
     assert!(
@@ -312,18 +324,7 @@ fn an_empty_secret_is_refused_before_the_daemon_is_asked() {
     let s = setup();
     let out = cli_stdin(
         &s.daemon.socket,
-        &[
-            "credential",
-            "encrypt",
-            "--unit",
-            "db.service",
-            "--name",
-            "dbpass",
-            "--key",
-            "cred",
-            "--dir",
-            s.dir_arg(),
-        ],
+        &encrypt_args("db.service", "dbpass", "cred", s.dir_arg(), &[]),
         b"",
     );
     assert_eq!(out.status.code(), Some(2), "{out:?}");
@@ -337,18 +338,7 @@ fn an_empty_secret_is_refused_before_the_daemon_is_asked() {
     // Standard input works like --in: the bytes as they are.
     ok(cli_stdin(
         &s.daemon.socket,
-        &[
-            "credential",
-            "encrypt",
-            "--unit",
-            "db.service",
-            "--name",
-            "dbpass",
-            "--key",
-            "cred",
-            "--dir",
-            s.dir_arg(),
-        ],
+        &encrypt_args("db.service", "dbpass", "cred", s.dir_arg(), &[]),
         SECRET,
     ));
     assert!(s.file("db.service", "dbpass").is_file());
@@ -383,23 +373,7 @@ fn links_in_the_credentials_directory_are_never_followed() {
     // The credentials directory itself as a link.
     let link = s.files.root.path().join("linked");
     std::os::unix::fs::symlink(&s.dir, &link).expect("symlink");
-    let out = cli(
-        &s.daemon.socket,
-        &[
-            "credential",
-            "encrypt",
-            "--unit",
-            "x.service",
-            "--name",
-            "a",
-            "--key",
-            "cred",
-            "--in",
-            s.secret.to_str().expect("path"),
-            "--dir",
-            link.to_str().expect("path"),
-        ],
-    );
+    let out = s.encrypt_into(&link, &[]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(!s.dir.join("x.service").exists());
 }
@@ -408,24 +382,7 @@ fn links_in_the_credentials_directory_are_never_followed() {
 fn a_missing_directory_says_how_to_make_it() {
     let s = setup();
     let missing = s.files.root.path().join("nope");
-    let out = cli(
-        &s.daemon.socket,
-        &[
-            "--json",
-            "credential",
-            "encrypt",
-            "--unit",
-            "x.service",
-            "--name",
-            "a",
-            "--key",
-            "cred",
-            "--in",
-            s.secret.to_str().expect("path"),
-            "--dir",
-            missing.to_str().expect("path"),
-        ],
-    );
+    let out = s.encrypt_into(&missing, &["--json"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let error: serde_json::Value = serde_json::from_str(&text(&out.stdout)).expect("json");
     assert_eq!(error["error"]["code"], "credential_dir");
@@ -524,23 +481,7 @@ fn encrypting_a_credential_is_audited_with_its_unit_and_id() {
     let s = setup_with(&[("HOSTKMS_LOG_TARGET", "journal")]);
     let journal = s.daemon.journal_scope();
     ok(s.encrypt("db.service", "dbpass", "cred", &[]));
-    let out = cli_as(
-        SERVICE,
-        &s.daemon.socket,
-        &[
-            "credential",
-            "encrypt",
-            "--unit",
-            "db.service",
-            "--name",
-            "other",
-            "--key",
-            "cred",
-            "--dir",
-            s.dir_arg(),
-        ],
-        SECRET,
-    );
+    let out = s.encrypt_as_service("other");
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     // A reserved context on the main socket: refused and audited.
     let out = cli_stdin(
@@ -599,4 +540,57 @@ fn encrypting_a_credential_is_audited_with_its_unit_and_id() {
     // The secret is in no event.
     let export = crate::harness::journal_export_of(&journal);
     assert!(!crate::harness::contains(&export, b"s3cret"));
+}
+
+/// Runs `credential encrypt` on a terminal (`script` gives it a pty),
+/// typing `lines` one by one after a pause, so each arrives once the
+/// prompt has turned echo off; returns the exit status and the
+/// terminal's transcript.
+fn on_a_terminal(s: &Setup, id: &str, lines: &[&str]) -> (Option<i32>, String) {
+    let command = format!(
+        "{} --socket {} credential encrypt --unit tty.service --name {id} --key cred --dir {}",
+        crate::harness::hostkms().display(),
+        s.daemon.socket.display(),
+        s.dir.display()
+    );
+    let typed: String = lines
+        .iter()
+        .map(|line| format!("sleep 0.5; printf '%s\\n' '{line}'; "))
+        .collect();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("({typed} sleep 1) | script -qec \"$0\" /dev/null",))
+        .arg(&command)
+        .output()
+        .expect("run script");
+    (out.status.code(), text(&out.stdout))
+}
+
+#[test]
+fn on_a_terminal_the_secret_is_asked_twice_without_echo() {
+    let s = setup();
+    let (code, transcript) = on_a_terminal(&s, "pw", &["typed secret", "typed secret"]);
+    assert_eq!(code, Some(0), "{transcript}");
+    assert!(
+        transcript.contains("Secret for credential pw of tty.service: ")
+            && transcript.contains("Again: "),
+        "{transcript}"
+    );
+    assert!(!transcript.contains("typed secret"), "echoed: {transcript}");
+    // The typed line without its newline.
+    let bytes = fs::read(s.file("tty.service", "pw")).expect("written");
+    assert_eq!(
+        bytes.len(),
+        agent_proto::ciphertext::OVERHEAD + "typed secret".len()
+    );
+    let (code, transcript) = on_a_terminal(&s, "other", &["one", "two"]);
+    assert_eq!(code, Some(2), "{transcript}");
+    assert!(
+        transcript.contains("the two secrets typed differ"),
+        "{transcript}"
+    );
+    assert!(!s.file("tty.service", "other").exists());
+    let (code, transcript) = on_a_terminal(&s, "empty", &["", ""]);
+    assert_eq!(code, Some(2), "{transcript}");
+    assert!(transcript.contains("is empty"), "{transcript}");
 }
