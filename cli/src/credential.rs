@@ -293,26 +293,30 @@ fn prompt(text: &str) -> Result<Zeroizing<Vec<u8>>, CliError> {
     Ok(line)
 }
 
-/// Reads standard input up to and including a newline, byte by byte (so
-/// nothing of the secret lands in a buffer that is not wiped), bounded.
+/// The longest line a terminal takes in canonical mode (the kernel's
+/// line buffer): the most a typed secret can hold.
+const MAX_TYPED: usize = 4096;
+
+/// Reads standard input up to and including a newline, byte by byte into
+/// a buffer that never grows (so no copy of the secret is left unwiped),
+/// at most [`MAX_TYPED`] bytes.
 fn read_line(line: &mut Zeroizing<Vec<u8>>) -> io::Result<()> {
     let mut stdin = io::stdin().lock();
-    let mut byte = [0u8; 1];
-    line.reserve(crate::io::MAX_INPUT.min(4096));
+    let mut byte = Zeroizing::new([0u8; 1]);
+    line.reserve_exact(MAX_TYPED);
     loop {
-        if stdin.read(&mut byte)? == 0 || byte[0] == b'\n' {
-            if byte[0] == b'\n' {
-                line.push(b'\n');
-            }
+        if stdin.read(&mut byte[..])? == 0 {
             return Ok(());
         }
-        if line.len() >= crate::io::MAX_INPUT {
-            return Err(io::Error::other(
-                "the secret typed is longer than any request can carry",
-            ));
+        if line.len() == MAX_TYPED {
+            return Err(io::Error::other(format!(
+                "a typed secret has at most {MAX_TYPED} bytes; give a longer one with --in FILE"
+            )));
         }
         line.push(byte[0]);
-        byte[0] = 0;
+        if byte[0] == b'\n' {
+            return Ok(());
+        }
     }
 }
 
