@@ -83,6 +83,50 @@ fn open_dir(at: Option<&OwnedFd>, name: &Path) -> nix::Result<OwnedFd> {
     }
 }
 
+/// Opens the credentials directory `dir` without following a link, or
+/// says what is wrong with it and what to do.
+fn open_credentials_dir(dir: &Path) -> Result<OwnedFd, CliError> {
+    let shown = dir.display();
+    open_dir(None, dir).map_err(|errno| match errno {
+        Errno::ENOENT => dir_error(format!(
+            "the credentials directory {shown} does not exist: the hostkms package \
+             creates it; make it with `install -d -m 0700 -o hostkms -g hostkms {shown}` \
+             (or pass --dir with the daemon's [credentials] directory)"
+        )),
+        Errno::ELOOP | Errno::ENOTDIR => dir_error(format!(
+            "{shown} is not a directory (or is a symbolic link, which hostkms never \
+             follows there): the credentials directory must be a real directory"
+        )),
+        Errno::EACCES | Errno::EPERM => dir_error(format!(
+            "cannot open the credentials directory {shown}: permission denied (it is the \
+             daemon's, mode 0700); run this as root"
+        )),
+        errno => dir_error(format!(
+            "cannot open the credentials directory {shown}: {}",
+            io::Error::from(errno)
+        )),
+    })
+}
+
+/// Whether `name` in `at` (shown as `shown`) exists, without following a
+/// link: `false` when it does not, an error unless it is of type `want`
+/// (`what`, in words).
+fn look(at: &OwnedFd, name: &str, shown: &str, want: SFlag, what: &str) -> Result<bool, CliError> {
+    match fstatat(at, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Err(Errno::ENOENT) => Ok(false),
+        Err(errno) => Err(dir_error(format!(
+            "cannot look at {shown}: {}",
+            io::Error::from(errno)
+        ))),
+        Ok(stat) if kind(&stat) != want => Err(dir_error(format!(
+            "{shown} is not {what} (a symbolic link or another kind of file): hostkms follows \
+             no link in the credentials directory and never writes through one; remove it and \
+             run this again"
+        ))),
+        Ok(_) => Ok(true),
+    }
+}
+
 /// The file type bits of `stat`.
 fn kind(stat: &FileStat) -> SFlag {
     SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT
@@ -94,69 +138,23 @@ impl Target {
     /// `dir/unit/id` is a regular file or missing. Nothing is written.
     pub fn prepare(dir: &Path, unit: &str, id: &str) -> Result<Target, CliError> {
         let shown = dir.display();
-        let top = open_dir(None, dir).map_err(|errno| match errno {
-            Errno::ENOENT => dir_error(format!(
-                "the credentials directory {shown} does not exist: the hostkms package \
-                 creates it; make it with `install -d -m 0700 -o hostkms -g hostkms {shown}` \
-                 (or pass --dir with the daemon's [credentials] directory)"
-            )),
-            Errno::ELOOP | Errno::ENOTDIR => dir_error(format!(
-                "{shown} is not a directory (or is a symbolic link, which hostkms never \
-                 follows there): the credentials directory must be a real directory"
-            )),
-            Errno::EACCES | Errno::EPERM => dir_error(format!(
-                "cannot open the credentials directory {shown}: permission denied; run this \
-                 as root"
-            )),
-            errno => dir_error(format!(
-                "cannot open the credentials directory {shown}: {}",
-                io::Error::from(errno)
-            )),
-        })?;
+        let top = open_credentials_dir(dir)?;
         let stat = fstat(&top)
             .map_err(|e| dir_error(format!("cannot stat {shown}: {}", io::Error::from(e))))?;
         let owner = (Uid::from_raw(stat.st_uid), Gid::from_raw(stat.st_gid));
-        let unit_dir = match fstatat(&top, unit, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Err(Errno::ENOENT) => None,
-            Err(errno) => {
-                return Err(dir_error(format!(
-                    "cannot look at {shown}/{unit}: {}",
-                    io::Error::from(errno)
-                )));
-            }
-            Ok(stat) if kind(&stat) != SFlag::S_IFDIR => {
-                return Err(dir_error(format!(
-                    "{shown}/{unit} is not a directory (a symbolic link or a file): hostkms \
-                     follows no link in the credentials directory; remove it and run this again"
-                )));
-            }
-            Ok(_) => Some(open_dir(Some(&top), Path::new(unit)).map_err(|errno| {
-                dir_error(format!(
-                    "cannot open {shown}/{unit}: {}",
-                    io::Error::from(errno)
-                ))
-            })?),
+        let unit_shown = format!("{shown}/{unit}");
+        let unit_dir = if look(&top, unit, &unit_shown, SFlag::S_IFDIR, "a directory")? {
+            Some(open_dir(Some(&top), Path::new(unit)).map_err(|e| {
+                dir_error(format!("cannot open {unit_shown}: {}", io::Error::from(e)))
+            })?)
+        } else {
+            None
         };
         let replaces = match &unit_dir {
             None => false,
             Some(unit_dir) => {
-                match fstatat(unit_dir, id, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
-                    Err(Errno::ENOENT) => false,
-                    Err(errno) => {
-                        return Err(dir_error(format!(
-                            "cannot look at {shown}/{unit}/{id}: {}",
-                            io::Error::from(errno)
-                        )));
-                    }
-                    Ok(stat) if kind(&stat) != SFlag::S_IFREG => {
-                        return Err(dir_error(format!(
-                            "{shown}/{unit}/{id} is not a regular file (a symbolic link, a \
-                             directory or a device): hostkms never writes through it; remove \
-                             it and run this again"
-                        )));
-                    }
-                    Ok(_) => true,
-                }
+                let shown = format!("{unit_shown}/{id}");
+                look(unit_dir, id, &shown, SFlag::S_IFREG, "a regular file")?
             }
         };
         Ok(Target {
@@ -393,20 +391,7 @@ const HEADER_READ: u64 = 4096;
 /// id. Links and other odd entries are listed with their problem, never
 /// followed; a missing directory is the same error as for `encrypt`.
 pub fn list(dir: &Path, unit: Option<&str>) -> Result<Vec<Listed>, CliError> {
-    let top = open_dir(None, dir).map_err(|errno| match errno {
-        Errno::ENOENT => dir_error(format!(
-            "the credentials directory {} does not exist: no credential was ever stored \
-             there (the hostkms package creates it; pass --dir with the daemon's \
-             [credentials] directory)",
-            dir.display()
-        )),
-        errno => dir_error(format!(
-            "cannot open the credentials directory {}: {}",
-            dir.display(),
-            io::Error::from(errno)
-        )),
-    })?;
-    drop(top);
+    drop(open_credentials_dir(dir)?);
     let mut units = read_names(dir)?;
     if let Some(unit) = unit {
         units.retain(|name| name == unit);

@@ -395,6 +395,38 @@ fn a_missing_directory_says_how_to_make_it() {
         "{message}"
     );
     assert!(!missing.exists());
+    let out = cli(
+        &s.daemon.socket,
+        &[
+            "credential",
+            "list",
+            "--dir",
+            missing.to_str().expect("path"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(text(&out.stderr).contains("install -d -m 0700"), "{out:?}");
+    // A directory only root may open: said so, to a user who is not.
+    let private = s.files.root.path().join("private");
+    fs::create_dir(&private).expect("mkdir");
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).expect("chmod");
+    let out = cli_as(
+        SERVICE,
+        &s.daemon.socket,
+        &[
+            "credential",
+            "list",
+            "--dir",
+            private.to_str().expect("path"),
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        text(&out.stderr)
+            .contains("permission denied (it is the daemon's, mode 0700); run this as root"),
+        "{out:?}"
+    );
 }
 
 /// unit, id, key, version, and whether it has no problem.
