@@ -58,12 +58,13 @@ fi
 # 2. Release binaries (cargo deb --no-build packages exactly these).
 start=$(seconds)
 "$CARGO" build --release -p hostkms -p hostkms-cli --bin hostkmsd --bin hostkms \
+    --bin age-plugin-hostkms \
     || die "the release build failed (see the compiler output above)"
 echo "build-deb: release build took $(($(seconds) - start)) s"
 # The movable test clock (src/clock.rs) exists in debug builds only: a
 # release daemon that knew its variable would let whoever sets its
 # environment move its clocks and shorten a deletion's waiting period.
-for binary in target/release/hostkmsd target/release/hostkms; do
+for binary in target/release/hostkmsd target/release/hostkms target/release/age-plugin-hostkms; do
     found=$(grep -c -a HOSTKMS_TEST_CLOCK "$binary" || true)
     [ "$found" = 0 ] \
         || die "$binary contains HOSTKMS_TEST_CLOCK ($found times): the test clock must be compiled out of release builds (#[cfg(debug_assertions)])"
@@ -88,7 +89,7 @@ done
 # A man page that groff cannot render cleanly is a packaging bug; lintian
 # checks it too, but this names the page and the line.
 if command -v groff >/dev/null 2>&1; then
-    for page in "$generated/hostkms.1" "$generated/hostkmsd.8"; do
+    for page in "$generated/hostkms.1" "$generated/hostkmsd.8" packaging/man/age-plugin-hostkms.1; do
         warnings=$(LC_ALL=C.UTF-8 MANROFFSEQ='' MANWIDTH=80 groff -man -Tutf8 -ww -z "$page" 2>&1) || true
         [ -z "$warnings" ] || die "groff warns about $page: $warnings"
     done

@@ -55,13 +55,14 @@ verify_dir=$scratch/verify
 mkdir -p "$verify_dir"
 printf '#!/bin/sh\nexit 0\n' >"$verify_dir/hostkmsd"
 chmod 0755 "$verify_dir/hostkmsd"
-cp "$units/hostkms.socket" "$verify_dir/"
+cp "$units/hostkms.socket" "$units/hostkms-credentials.socket" "$verify_dir/"
 [ "$(grep -c '^ExecStart=/usr/bin/hostkmsd\( \|$\)' "$units/hostkms.service")" -eq 1 ] ||
     fail "$units/hostkms.service must have exactly one ExecStart=/usr/bin/hostkmsd line"
 sed "s|^ExecStart=/usr/bin/hostkmsd|ExecStart=$verify_dir/hostkmsd|" \
     "$units/hostkms.service" >"$verify_dir/hostkms.service"
-run_verify "hostkms.service and hostkms.socket" \
-    "$verify_dir/hostkms.service" "$verify_dir/hostkms.socket"
+run_verify "hostkms.service, hostkms.socket and hostkms-credentials.socket" \
+    "$verify_dir/hostkms.service" "$verify_dir/hostkms.socket" \
+    "$verify_dir/hostkms-credentials.socket"
 
 # The test drop-in, as the e2e installs it (verify loads UNIT.d/ next to the
 # unit file).
@@ -97,6 +98,17 @@ done
 grep -q '^tss:x:[0-9]*:\(.*,\)\{0,1\}hostkms\(,.*\)\{0,1\}$' "$sysroot/etc/group" ||
     fail "hostkms.sysusers did not put user hostkms in group tss"
 echo "check-units: sysusers: user hostkms (groups hostkms, tss), group hostkms-admin"
+
+# tmpfiles: applied to the same root after sysusers (as the postinst does),
+# it must make the credential directory root cannot share by mistake.
+if ! out=$(systemd-tmpfiles --root="$sysroot" --create "$PWD/$units/hostkms.tmpfile" 2>&1); then
+    printf '%s\n' "$out" >&2
+    fail "systemd-tmpfiles rejected $units/hostkms.tmpfile"
+fi
+hostkms_uid=$(sed -n 's/^hostkms:x:\([0-9]*\):.*/\1/p' "$sysroot/etc/passwd")
+[ "$(stat -c '%a %u' "$sysroot/etc/hostkms/credentials")" = "700 $hostkms_uid" ] ||
+    fail "hostkms.tmpfile did not make /etc/hostkms/credentials 0700 owned by hostkms"
+echo "check-units: tmpfiles: /etc/hostkms/credentials 0700 hostkms"
 
 # --- 4. catalog ----------------------------------------------------------------
 catroot=$scratch/catalog

@@ -494,8 +494,10 @@ else fail "hostkms credential encrypt --unit hkcred-a.service --name dbpass" "ex
 expect_eq "the credential file is hostkms's, 0600" "regular file hostkms:hostkms 600" \
     "$(in_ct stat -c '%F %U:%G %a' /etc/hostkms/credentials/hkcred-a.service/dbpass 2>&1 || true)"
 for unit in hkcred-a hkcred-b; do
-    # TimeoutStartSec: a refused credential is never an empty one, so
-    # the start waits; a oneshot's start timeout is otherwise infinite.
+    # TimeoutStartSec: a backstop only. A refused credential is never an
+    # empty one: hostkmsd sends one byte more than systemd takes, so the
+    # unit should fail at once; a oneshot's start timeout is otherwise
+    # infinite.
     in_ct sh -c "cat >/etc/systemd/system/$unit.service" <<UNIT
 [Unit]
 Description=hostkms e2e: a service reading its credential
@@ -503,7 +505,7 @@ Description=hostkms e2e: a service reading its credential
 [Service]
 Type=oneshot
 RemainAfterExit=no
-TimeoutStartSec=15s
+TimeoutStartSec=20s
 LoadCredential=dbpass:/run/hostkms/credentials.sock
 ExecStart=/bin/sh -c 'cat "\$CREDENTIALS_DIRECTORY/dbpass" > /run/$unit.out'
 UNIT
@@ -522,10 +524,16 @@ expect_eq "hkcred-a saw the exact secret bytes (non-ASCII, trailing newline)" "$
     "$(in_ct sh -c 'sha256sum </run/hkcred-a.out' 2>&1 | cut -d' ' -f1)"
 t=$(date +%s.%N)
 out=$(in_ct systemctl start hkcred-b.service 2>&1) && rc=0 || rc=$?
-if [ "$rc" -ne 0 ]; then pass "systemctl start hkcred-b fails (a copy of hkcred-a's credential) after $(elapsed "$t") s: exit $rc"
+took=$(elapsed "$t")
+if [ "$rc" -ne 0 ]; then pass "systemctl start hkcred-b fails (a copy of hkcred-a's credential) after $took s: exit $rc"
 else fail "systemctl start hkcred-b fails (a copy of hkcred-a's credential)" "it started: $out"; fi
 expect_eq "hkcred-b is failed" failed "$(in_ct systemctl is-failed hkcred-b.service 2>&1 || true)"
-say "hkcred-b: $(in_ct systemctl show -p Result -p ExecMainStatus hkcred-b.service | tr '\n' ' ')"
+result=$(in_ct systemctl show -p Result --value hkcred-b.service 2>&1 || true)
+say "hkcred-b failed in $took s: Result=$result; systemd said:"
+in_ct journalctl -u hkcred-b.service --no-pager -o cat 2>&1 | sed 's/^/e2e:     /' || true
+if [ "$result" != timeout ] && awk -v s="$took" 'BEGIN { exit !(s < 15) }'; then
+    pass "hkcred-b failed at once ($took s, Result=$result), not at its 20 s start timeout"
+else fail "hkcred-b fails at once, not at its 20 s start timeout" "took $took s, Result=$result"; fi
 if in_ct test -e /run/hkcred-b.out; then fail "hkcred-b never ran: /run/hkcred-b.out does not exist" "it exists ($(in_ct stat -c %s /run/hkcred-b.out) bytes)"
 else pass "hkcred-b never ran: /run/hkcred-b.out does not exist (no empty credential)"; fi
 in_ct journalctl --sync 2>/dev/null || true

@@ -11,7 +11,9 @@ PACKAGES="swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config sqlite3 systemd"
 PACKAGES="$PACKAGES debootstrap systemd-container"
 
 # tests/it/recovery.rs: the recovery directory opens with the age CLI alone
-# (age -d), as README "Backup and recovery" documents.
+# (age -d), as README "Backup and recovery" documents; tests/it/age_files.rs:
+# age (1.1 or later runs plugins) interoperates with encrypt-file and
+# decrypt-file through age-plugin-hostkms.
 PACKAGES="$PACKAGES age"
 
 # `make shellcheck` (in make test): the static check of every shell script.

@@ -55,6 +55,13 @@ pub const KEY_CHANGED_BY_DAEMON: &str = "755844621ea64ae3aa1c010741ed921c";
 /// again at the next tick.
 pub const KEY_CHANGE_BY_DAEMON_FAILED: &str = "d83a645cebf54ea9b7bd36af04db9606";
 
+/// A systemd credential was delivered on the credential socket: the unit
+/// `HOSTKMS_CREDENTIAL_UNIT` got its credential `HOSTKMS_CREDENTIAL`.
+pub const CREDENTIAL_DELIVERED: &str = "6e273d579fbe44b8838b84ca35ab13d7";
+/// A connection to the credential socket got no credential
+/// (`HOSTKMS_REASON` says why): refused peers, and deliveries that failed.
+pub const CREDENTIAL_REFUSED: &str = "deeff9e3c6aa4ca5979d8a6fcc4111c7";
+
 /// The daemon unsealed its root key, loaded its keys and serves.
 pub const DAEMON_READY: &str = "3246e65abb4b411ab335889564bd4421";
 /// The daemon stopped cleanly.
@@ -585,6 +592,113 @@ pub fn connection_refused(peer: &Peer, why: &dyn std::fmt::Display) {
         "uid {}: {why}",
         peer.uid,
     );
+}
+
+/// What a credential-socket event says: the credential asked for (when the
+/// peer's address named one), what it was encrypted under (when known), and
+/// the connecting process.
+#[derive(Debug, Default, Clone)]
+pub struct CredentialEvent {
+    /// The unit the credential is for, from the peer's address.
+    pub unit: Option<String>,
+    /// The credential's id, from the peer's address.
+    pub id: Option<String>,
+    /// The key the credential file is encrypted under.
+    pub key: Option<String>,
+    /// Its version.
+    pub version: Option<u32>,
+    /// The connecting process's name (`/proc/PID/comm`), as far as known.
+    pub comm: Option<String>,
+}
+
+/// Logs a delivered credential (priority info), or one refused or failed
+/// (priority warning), with `reason` (a short word, `HOSTKMS_REASON`),
+/// `code` (the error, when a request-like failure) and `why` (the details).
+pub fn credential(
+    peer: &Peer,
+    event: &CredentialEvent,
+    refusal: Option<(&str, Option<ErrorCode>, &dyn std::fmt::Display)>,
+) {
+    let unit = peer.unit.as_deref();
+    let unit_unknown = peer.unit_unknown.map(crate::peer::UnitUnknown::as_str);
+    let credential_unit = event.unit.as_deref().map(shown);
+    let credential_id = event.id.as_deref().map(shown);
+    let key = event.key.as_deref();
+    let comm = event.comm.as_deref().map(shown);
+    let what = match (&credential_id, &credential_unit) {
+        (Some(id), Some(unit)) => format!("credential {id} of {unit}"),
+        _ => "a credential".to_string(),
+    };
+    let under = match (key, event.version) {
+        (Some(key), Some(v)) => format!(" ({key} v{v})"),
+        (Some(key), None) => format!(" ({key})"),
+        _ => String::new(),
+    };
+    let by = format!(
+        "uid {}{}{}{}",
+        peer.uid,
+        peer.pid
+            .map(|pid| format!(" pid {pid}"))
+            .unwrap_or_default(),
+        comm.as_deref().map(|c| format!(" {c}")).unwrap_or_default(),
+        unit.map(|u| format!(" in {u}")).unwrap_or_default(),
+    );
+    macro_rules! event {
+        ($level:expr, $id:expr, $result:expr, $reason:expr, $error:expr, $message:expr) => {
+            tracing::event!(
+                target: AUDIT_TARGET,
+                $level,
+                MESSAGE_ID = $id,
+                HOSTKMS_OP = Operation::Credential.as_str(),
+                HOSTKMS_RESULT = $result,
+                HOSTKMS_REASON = $reason,
+                HOSTKMS_ERROR = $error,
+                HOSTKMS_CREDENTIAL_UNIT = credential_unit.as_deref(),
+                HOSTKMS_CREDENTIAL = credential_id.as_deref(),
+                HOSTKMS_KEY = key,
+                HOSTKMS_KEY_VERSION = event.version,
+                HOSTKMS_PEER_UID = peer.uid,
+                HOSTKMS_PEER_PID = peer.pid,
+                HOSTKMS_PEER_UNIT = unit,
+                HOSTKMS_PEER_UNIT_UNKNOWN = unit_unknown,
+                HOSTKMS_PEER_COMM = comm.as_deref(),
+                "{}",
+                $message
+            )
+        };
+    }
+    match refusal {
+        None => event!(
+            Level::INFO,
+            CREDENTIAL_DELIVERED,
+            "ok",
+            None::<&str>,
+            None::<String>,
+            format!("delivered {what}{under} to {by}")
+        ),
+        Some((reason, code, why)) => {
+            let outcome = RequestResult::of(code.or(Some(ErrorCode::PermissionDenied)));
+            event!(
+                Level::WARN,
+                CREDENTIAL_REFUSED,
+                outcome.as_str(),
+                Some(reason),
+                code.map(error_name),
+                format!("refused {what}{under} to {by}: {why}")
+            )
+        }
+    }
+}
+
+/// `text` as an event shows it: as it is when it has no control character
+/// and at most [`MAX_LOGGED_NAME`] characters, else quoted with escapes and cut.
+fn shown(text: &str) -> String {
+    if text.chars().count() <= MAX_LOGGED_NAME && !text.chars().any(char::is_control) {
+        text.to_string()
+    } else {
+        let cut: String = text.chars().take(MAX_LOGGED_NAME).collect();
+        format!("{cut:?}")
+    }
 }
 
 /// Logs, for each closed window, how many refusals (or requests that need

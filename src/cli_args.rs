@@ -16,7 +16,14 @@ journalctl -u hostkms (or journalctl -t hostkmsd for a daemon run by hand);
 journalctl -u hostkms -p warning shows denials, failures and alerts.
 Run by hand in a terminal while journald listens, hostkmsd also prints its
 warnings and errors on the terminal, so a start-up failure is seen where it
-was started; the subcommands always print their errors.";
+was started; the subcommands always print their errors.
+
+Sockets: the main socket (config `socket`, or the one systemd passes), and
+the systemd-credential socket: the one systemd passes named \"credentials\"
+(hostkms-credentials.socket, /run/hostkms/credentials.sock), or the path
+[credentials] socket names. It serves LoadCredential=ID:SOCKET to the unit
+that asks, from [credentials] directory (default /etc/hostkms/credentials),
+when a grant of \"credential\" names the unit.";
 
 /// TPM-backed key-management daemon. Without a subcommand it serves; the
 /// subcommands are offline tasks run with the service stopped.

@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit;
 use crate::config::{
-    AccessConfig, Config, LISTENER_KEYS, ListenerConfig, Overrides, RECOVERY_KEYS, STATE_DIR_KEYS,
-    TPM_KEYS, TpmConfig,
+    AccessConfig, CREDENTIALS_KEYS, Config, CredentialsConfig, LISTENER_KEYS, ListenerConfig,
+    Overrides, RECOVERY_KEYS, STATE_DIR_KEYS, TPM_KEYS, TpmConfig,
 };
 use crate::keystore::{KeyStore, RollbackStart, StoreError, TpmEntropy};
 use crate::lifecycle;
@@ -91,7 +91,7 @@ pub fn run(config: Config, source: ConfigSource) -> Result<(), DaemonError> {
 fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Result<(), DaemonError> {
     raise_fd_limit(config.server.max_connections);
     // Read before anything can fail, so a bad passed socket is reported as such.
-    let activated = systemd::activated_listener()?;
+    let activated = systemd::activated_listeners()?;
     let notifier = Notifier::from_env();
     let state_dir = StateDir::open(&config.state_dir)?;
     // Held until this function returns: one daemon per state dir, or two
@@ -130,7 +130,8 @@ fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Resul
         .thread_name("hostkmsd")
         .build()?;
     runtime.block_on(async {
-        let socket = bind_listener(activated, &config.listener)?;
+        let socket = bind_listener(activated.main, &config.listener)?;
+        let credential_socket = bind_credentials(activated.credentials, &config.credentials)?;
         let shutdown = CancellationToken::new();
         watch_signals(shutdown.clone(), notifier)?;
         let limits: LiveLimits = Arc::new(ArcSwap::from_pointee(config.server));
@@ -146,7 +147,28 @@ fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Resul
         let timer_stop = shutdown.child_token();
         let timer = tokio::spawn(lifecycle::run(Arc::clone(&service), timer_stop.clone()));
         announce_ready(&service, &socket, &config.listener, notifier);
-        serve(&socket, &service, limits, shutdown, notifier).await;
+        let credentials = credential_socket.map(|socket| {
+            let (service, directory) = (Arc::clone(&service), config.credentials.directory.clone());
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                server::credentials::serve_credentials(
+                    socket.listener(),
+                    service,
+                    directory,
+                    shutdown,
+                )
+                .await;
+                drop(socket);
+            })
+        });
+        serve(&socket, &service, limits, shutdown.clone(), notifier).await;
+        // Serving ends on shutdown only; the credential socket drains too.
+        shutdown.cancel();
+        if let Some(credentials) = credentials {
+            if let Err(e) = credentials.await {
+                tracing::warn!("the credential socket did not stop cleanly: {e}");
+            }
+        }
         // However serving ended, the timer stops; its last act records the
         // daemon clock, so wait for it.
         timer_stop.cancel();
@@ -384,6 +406,26 @@ fn bind_listener(
     })
 }
 
+/// The credential socket systemd passed (named `credentials`), or the one
+/// `[credentials] socket` names bound here (root only, 0600); `None`
+/// without either. Needs the runtime.
+fn bind_credentials(
+    activated: Option<std::os::unix::net::UnixListener>,
+    credentials: &CredentialsConfig,
+) -> Result<Option<Socket>, DaemonError> {
+    let socket = match (activated, &credentials.socket) {
+        (Some(listener), _) => Socket::Activated(UnixListener::from_std(listener)?),
+        (None, Some(path)) => Socket::Bound(BoundSocket::bind(path, 0o600, None)?),
+        (None, None) => return Ok(None),
+    };
+    tracing::info!(
+        directory = %credentials.directory.display(),
+        "serving systemd credentials on {}",
+        socket.path(credentials.socket.as_deref().unwrap_or(std::path::Path::new("")))
+    );
+    Ok(Some(socket))
+}
+
 /// Writes the ready event to the journal and tells systemd.
 fn announce_ready(
     service: &Service,
@@ -395,7 +437,7 @@ fn announce_ready(
     audit::ready(
         keys.len(),
         keys.version_count(),
-        &socket.path(listener),
+        &socket.path(&listener.socket),
         matches!(socket, Socket::Activated(_)),
     );
     drop(keys);
@@ -532,10 +574,10 @@ enum Socket {
 }
 
 impl Socket {
-    /// Where clients connect: the configured path, or the one systemd bound.
-    fn path(&self, listener: &ListenerConfig) -> String {
+    /// Where clients connect: the `configured` path, or the one systemd bound.
+    fn path(&self, configured: &std::path::Path) -> String {
         match self {
-            Socket::Bound(_) => listener.socket.display().to_string(),
+            Socket::Bound(_) => configured.display().to_string(),
             Socket::Activated(listener) => listener
                 .local_addr()
                 .ok()
@@ -627,6 +669,7 @@ fn restart_needed(running: &Config, loaded: &Config) -> Vec<&'static [&'static s
         (running.state_dir != loaded.state_dir, STATE_DIR_KEYS),
         (running.tpm != loaded.tpm, TPM_KEYS),
         (running.recovery != loaded.recovery, RECOVERY_KEYS),
+        (running.credentials != loaded.credentials, CREDENTIALS_KEYS),
     ]
     .into_iter()
     .filter_map(|(changed, keys)| changed.then_some(keys))

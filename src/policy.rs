@@ -83,8 +83,10 @@ pub fn granted_as(op: Operation) -> Operation {
 /// peer and need no grant; `rotate-root` is for admins only. `random`
 /// names no key: a grant listing it allows it whatever its `keys`.
 /// `wrap-batch` and `unwrap-batch` are no grants: a batch needs `wrap`
-/// (or `unwrap`) on the keys its items use.
-pub const GRANTABLE: [Operation; 23] = [
+/// (or `unwrap`) on the keys its items use. `credential` lets the units a
+/// grant names receive systemd credentials encrypted under its keys, on
+/// the credential socket; it matches units only.
+pub const GRANTABLE: [Operation; 24] = [
     Operation::Create,
     Operation::Wrap,
     Operation::Unwrap,
@@ -108,6 +110,7 @@ pub const GRANTABLE: [Operation; 23] = [
     Operation::CancelDeletion,
     Operation::SetRotationPeriod,
     Operation::UpdateMetadata,
+    Operation::Credential,
 ];
 
 /// What a peer is to the server's admission, decided from the grants in
@@ -274,6 +277,7 @@ impl Policy {
             Operation::Ping | Operation::Status | Operation::List | Operation::TransportKey => true,
             Operation::RotateRoot => self.is_admin(peer),
             Operation::Random => self.allows_random(peer),
+            Operation::Credential => self.allows_credential(peer, key),
             _ => {
                 self.is_admin(peer)
                     || self.grants.iter().any(|grant| {
@@ -283,6 +287,21 @@ impl Policy {
                     })
             }
         }
+    }
+
+    /// Whether `peer` may receive a systemd credential encrypted under
+    /// `key`: only a grant of `credential` naming the peer's unit allows it.
+    /// No admin shortcut (every peer of the credential socket is root) and
+    /// no uid or group match (every such peer is uid 0).
+    pub fn allows_credential(&self, peer: &Peer, key: &str) -> bool {
+        let Some(unit) = peer.unit.as_ref() else {
+            return false;
+        };
+        self.grants.iter().any(|grant| {
+            grant.ops.contains(&Operation::Credential)
+                && grant.units.contains(unit)
+                && grant.keys.is_match(key)
+        })
     }
 
     /// Whether `peer` holds any grant on `key` (what `ListKeys` shows it):
@@ -430,6 +449,24 @@ fn resolve_grant(index: usize, config: &GrantConfig) -> Result<Grant, Unresolved
             return Err(error(
                 "user_units",
                 "names units of user managers but not whose: a user unit matches only together with the user that runs it; add users = [...] or uids = [...] to this grant".to_string(),
+            ));
+        }
+    }
+    if ops.contains(&Operation::Credential) {
+        if units.is_empty() {
+            return Err(error(
+                "units",
+                "grants \"credential\" but names no unit: credentials are delivered to the units a grant names (every peer of the credential socket is root), e.g. units = [\"postgresql.service\"]".to_string(),
+            ));
+        }
+        if !config.users.is_empty()
+            || !config.uids.is_empty()
+            || !config.groups.is_empty()
+            || !user_units.is_empty()
+        {
+            return Err(error(
+                "ops",
+                "\"credential\" matches units only (every peer of the credential socket is root); put users, uids, groups and user_units in a grant of their own".to_string(),
             ));
         }
     }
@@ -657,6 +694,41 @@ mod tests {
             ),
         ] {
             assert_eq!(listed, expected, "{doc}'s list of grantable ops");
+        }
+    }
+
+    #[test]
+    fn a_credential_grant_names_units_only_and_root_gets_nothing_else() {
+        let mut g = grant(&["cred-*"], &["credential"]);
+        g.units = vec!["db.service".to_string()];
+        let (policy, _) = Policy::new(&[g.clone()], &[]).unwrap();
+        let root_in_db = peer(0, 0, &[], Some("db.service"));
+        let root_elsewhere = peer(0, 0, &[], Some("web.service"));
+        let root_nowhere = peer(0, 0, &[], None);
+        assert!(policy.allows(&root_in_db, Operation::Credential, "cred-db"));
+        assert!(!policy.allows(&root_in_db, Operation::Credential, "other"));
+        // Root is an admin, but that is no credential grant.
+        assert!(!policy.allows(&root_elsewhere, Operation::Credential, "cred-db"));
+        assert!(!policy.allows(&root_nowhere, Operation::Credential, "cred-db"));
+        for (field, bad) in [
+            ("uids", {
+                let mut b = grant(&["cred-*"], &["credential"]);
+                b.uids = vec![0];
+                b
+            }),
+            ("groups", {
+                let mut b = g.clone();
+                b.groups = vec!["root".into()];
+                b
+            }),
+            ("users", {
+                let mut b = g.clone();
+                b.users = vec!["root".into()];
+                b
+            }),
+        ] {
+            let err = Policy::new(&[bad], &[]).unwrap_err();
+            assert!(err.problem.contains("\"credential\""), "{field}: {err}");
         }
     }
 

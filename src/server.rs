@@ -27,6 +27,8 @@ use crate::peer::Peer;
 use crate::policy::PeerClass;
 use crate::service::{Service, outcome_of};
 
+pub mod credentials;
+
 /// How long shutdown waits for connections to finish their current request.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// After refusing a bad frame, how long and how much unread input the
@@ -269,19 +271,34 @@ pub async fn serve(
                     drop(open);
                 });
             }
-            Err(e) => {
-                // Out of file descriptors and the like: wait rather than spin.
-                tracing::warn!("accepting a connection failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            Err(e) => accept_failed(&e, "a connection").await,
         }
     }
+    drain(&connections, "connections").await;
+}
+
+/// Who is on the other end of an accepted connection (see [`Peer`]).
+pub(crate) fn peer_of(stream: &UnixStream) -> io::Result<Peer> {
+    let cred = stream.peer_cred()?;
+    Peer::of_socket(stream, cred.uid(), cred.gid(), cred.pid())
+}
+
+/// After a failed accept (out of file descriptors and the like): logs it
+/// and waits a moment rather than spin.
+pub(crate) async fn accept_failed(error: &io::Error, what: &str) {
+    tracing::warn!("accepting {what} failed: {error}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// At the end of an accept loop: waits (up to [`DRAIN_TIMEOUT`]) for its
+/// `connections` to finish what they are on.
+pub(crate) async fn drain(connections: &TaskTracker, what: &str) {
     connections.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait())
         .await
         .is_err()
     {
-        tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
+        tracing::warn!("{what} still open after {DRAIN_TIMEOUT:?}; closing them");
     }
 }
 
@@ -422,10 +439,7 @@ async fn serve_connection(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    let peer = match stream
-        .peer_cred()
-        .and_then(|cred| Peer::of_socket(&stream, cred.uid(), cred.gid(), cred.pid()))
-    {
+    let peer = match peer_of(&stream) {
         Ok(peer) => peer,
         Err(e) => {
             tracing::warn!("cannot read a connection's peer credentials, closing it: {e}");

@@ -44,6 +44,7 @@ use crate::transfer::{Peers, TransportKey};
 
 mod access;
 mod batch;
+mod credential_delivery;
 mod credential_encrypt;
 #[cfg(test)]
 mod encrypt_limit_tests;
@@ -56,6 +57,7 @@ mod signing;
 pub mod testing;
 mod transfer;
 
+pub use credential_delivery::CredentialRefusal;
 #[cfg(any(test, feature = "test-util"))]
 pub use health::TestProbe;
 use health::TpmHealth;
@@ -812,7 +814,7 @@ impl Service {
             return Err(Refusal::new(
                 ErrorCode::PlaintextTooLarge,
                 format!(
-                    "a plaintext of {} bytes exceeds the limit of {} bytes (max_plaintext); wrap a data key instead and encrypt large data with it",
+                    "a plaintext of {} bytes exceeds the limit of {} bytes (max_plaintext); encrypt large data with `hostkms encrypt-file` (the age format, any size), or with a data key from `datakey`",
                     plaintext.len(),
                     max_plaintext
                 ),

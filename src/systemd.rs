@@ -19,7 +19,7 @@ pub enum ActivationError {
     Environment(io::Error),
     /// More than one socket was passed.
     #[error(
-        "systemd passed {0} sockets; hostkmsd serves exactly one. Give hostkms.socket a single ListenStream="
+        "systemd passed {0} sockets; hostkmsd serves one main socket and at most one credential socket (FileDescriptorName=credentials). Give hostkms.socket and hostkms-credentials.socket a single ListenStream= each"
     )]
     TooMany(usize),
     /// The passed descriptor is not a listening Unix stream socket.
@@ -34,31 +34,61 @@ pub enum ActivationError {
     },
 }
 
-/// The listening socket systemd passed, if the daemon was socket-activated.
+/// The name (`FileDescriptorName=`) of the credential socket systemd
+/// passes (hostkms-credentials.socket).
+pub const CREDENTIALS_FD_NAME: &str = "credentials";
+
+/// The listening sockets systemd passed.
+#[derive(Debug, Default)]
+pub struct Activated {
+    /// The main socket: the one passed under any name but
+    /// [`CREDENTIALS_FD_NAME`].
+    pub main: Option<UnixListener>,
+    /// The credential socket: the one named [`CREDENTIALS_FD_NAME`].
+    pub credentials: Option<UnixListener>,
+}
+
+/// The listening sockets systemd passed, if the daemon was socket-activated:
+/// at most one named [`CREDENTIALS_FD_NAME`] and one other (the main).
 ///
-/// `None` when `LISTEN_PID` is absent or names another process: the daemon
-/// then binds its own socket.
-pub fn activated_listener() -> Result<Option<UnixListener>, ActivationError> {
-    let fds: Vec<RawFd> = sd_notify::listen_fds()
+/// Both `None` when `LISTEN_PID` is absent or names another process: the
+/// daemon then binds its own sockets.
+pub fn activated_listeners() -> Result<Activated, ActivationError> {
+    let fds: Vec<(RawFd, String)> = sd_notify::listen_fds_with_names()
         .map_err(ActivationError::Environment)?
         .collect();
-    let fd = match fds.as_slice() {
-        [] => return Ok(None),
-        [fd] => *fd,
-        more => return Err(ActivationError::TooMany(more.len())),
-    };
-    check_unix_listener(fd).map_err(|problem| ActivationError::NotAUnixListener { fd, problem })?;
-    // SAFETY: systemd passed `fd` to this process for it to own (sd_listen_fds(3)),
-    // it was checked above to be an open listening socket, and nothing else
-    // in the daemon takes ownership of descriptors from LISTEN_FDS.
-    let listener = unsafe { UnixListener::from_raw_fd(fd) };
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| ActivationError::NotAUnixListener {
-            fd,
-            problem: format!("cannot make it non-blocking: {e}"),
-        })?;
-    Ok(Some(listener))
+    let credentials = fds
+        .iter()
+        .filter(|(_, name)| name == CREDENTIALS_FD_NAME)
+        .count();
+    let main = fds.len() - credentials;
+    if main > 1 || credentials > 1 {
+        return Err(ActivationError::TooMany(fds.len()));
+    }
+    for &(fd, _) in &fds {
+        check_unix_listener(fd)
+            .map_err(|problem| ActivationError::NotAUnixListener { fd, problem })?;
+    }
+    let mut activated = Activated::default();
+    for (fd, name) in fds {
+        // SAFETY: systemd passed `fd` to this process for it to own (sd_listen_fds(3)),
+        // it was checked above to be an open listening socket, and nothing else
+        // in the daemon takes ownership of descriptors from LISTEN_FDS; each
+        // is wrapped once, in this loop.
+        let listener = unsafe { UnixListener::from_raw_fd(fd) };
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| ActivationError::NotAUnixListener {
+                fd,
+                problem: format!("cannot make it non-blocking: {e}"),
+            })?;
+        if name == CREDENTIALS_FD_NAME {
+            activated.credentials = Some(listener);
+        } else {
+            activated.main = Some(listener);
+        }
+    }
+    Ok(activated)
 }
 
 fn check_unix_listener(fd: RawFd) -> Result<(), String> {

@@ -15,8 +15,9 @@ use crate::error::CliError;
 /// check MACs and signatures, benchmark.
 ///
 /// Exit codes: 0 success, 1 the daemon refused the request (or, for verify
-/// and verify-mac, the signature or tag is invalid), 2 usage, connection or
-/// local file errors, 3 the daemon is busy (retry later).
+/// and verify-mac, the signature or tag is invalid; for decrypt-file, the
+/// file does not authenticate or records another context), 2 usage,
+/// connection or local file errors, 3 the daemon is busy (retry later).
 #[derive(Debug, Parser)]
 #[command(name = "hostkms", version, about, after_long_help = crate::json_docs::ERRORS)]
 pub struct Cli {
@@ -186,6 +187,43 @@ pub enum Command {
     /// an --out file gets mode 0600.
     #[command(after_long_help = crate::json_docs::UNWRAPPED)]
     Unwrap(UnwrapArgs),
+    /// Encrypt a file of any size in the age format, in constant memory: the
+    /// daemon wraps the file's age key under key NAME with the context (one
+    /// wrap request, audited); the data never reaches the daemon. `age -d`
+    /// with an identity from `hostkms age-identity` decrypts it too.
+    ///
+    /// To standard output, a failure midway leaves a partial output and a
+    /// non-zero exit; --out FILE gets all or nothing.
+    #[command(after_long_help = crate::json_docs::ENCRYPT_FILE)]
+    EncryptFile(EncryptFileArgs),
+    /// Decrypt an age file made by `hostkms encrypt-file` or by `age -r
+    /// age1hostkms1...`: the daemon unwraps its key (needs an "unwrap"
+    /// grant on it; one unwrap request, audited), and every 64 KiB chunk is
+    /// authenticated before it is written. With --context, the context the
+    /// file records must be exactly those pairs (checked before the daemon
+    /// is asked); without, the recorded context is used.
+    ///
+    /// To standard output, a failure midway (a damaged chunk) leaves a
+    /// partial output and a non-zero exit: give --out FILE to get all or
+    /// nothing (a temporary file, renamed over FILE on success only).
+    #[command(after_long_help = crate::json_docs::DECRYPT_FILE)]
+    DecryptFile(AgeFileArgs),
+    /// Print the age recipient (age1hostkms1...) of key NAME and a context,
+    /// for `age -r`: the age CLI then encrypts through the daemon with
+    /// age-plugin-hostkms. Nothing is asked of the daemon until age runs.
+    #[command(after_long_help = crate::json_docs::AGE_RECIPIENT)]
+    AgeRecipient {
+        /// Key name.
+        name: String,
+        /// The encryption context the recipient wraps with.
+        #[command(flatten)]
+        context: ContextArgs,
+    },
+    /// Print an age identity (AGE-PLUGIN-HOSTKMS-1...) for `age -d -i FILE`:
+    /// it holds no secret; age-plugin-hostkms decrypts through the daemon,
+    /// whose grants decide which files this user may decrypt.
+    #[command(after_long_help = crate::json_docs::AGE_IDENTITY)]
+    AgeIdentity,
     /// Generate a fresh data key, in clear and wrapped under a key.
     #[command(after_long_help = crate::json_docs::DATA_KEY)]
     Datakey(DatakeyArgs),
@@ -373,6 +411,33 @@ pub struct WrapArgs {
     /// Write the raw ciphertext bytes instead of base64.
     #[arg(long)]
     pub binary: bool,
+}
+
+/// Arguments of `encrypt-file`.
+#[derive(Debug, Args)]
+pub struct EncryptFileArgs {
+    /// Key name.
+    pub name: String,
+    /// The context (recorded in the file's header), files and --force.
+    #[command(flatten)]
+    pub file: AgeFileArgs,
+}
+
+/// What `encrypt-file` and `decrypt-file` share.
+#[derive(Debug, Args)]
+pub struct AgeFileArgs {
+    /// The encryption context: encrypt-file records it in the file;
+    /// decrypt-file insists on exactly it (all pairs, no more), and without
+    /// --context uses the one the file records.
+    #[command(flatten)]
+    pub context: ContextArgs,
+    /// Input and output files (an output file is created with mode 0600).
+    #[command(flatten)]
+    pub io: InOutArgs,
+    /// Replace an existing --out FILE, and write binary output even when
+    /// standard output is a terminal.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Arguments of `unwrap`.

@@ -33,6 +33,7 @@ pub fn named_key(command: &Command) -> Option<(Operation, &str)> {
         Command::Verify(args) => (Operation::Verify, &args.name),
         Command::PublicKey(args) => (Operation::PublicKey, &args.name),
         Command::Export(args) => (Operation::Export, &args.name),
+        Command::EncryptFile(args) => (Operation::Wrap, &args.name),
         _ => return None,
     };
     Some((op, name.as_str()))
@@ -48,6 +49,33 @@ pub fn grant_hint(uid: u32, op: Operation, key: &str) -> String {
          ops = [\"{op}\"] to the daemon's config (/etc/hostkms/config.toml) and reloads it \
          (systemctl reload hostkms)"
     )
+}
+
+/// What to ask for after a denied `decrypt-file` (or an age decryption
+/// through `age-plugin-hostkms`): an `unwrap` grant on the file's key, which
+/// the daemon does not name to a peer without one, so none is guessed.
+pub fn unwrap_hint(uid: u32) -> String {
+    format!(
+        "decrypting needs an \"unwrap\" grant on the key the file was encrypted with; \
+         to get access, an admin adds [[grant]] uids = [{uid}], keys = [\"<that key>\"], \
+         ops = [\"unwrap\"] to the daemon's config (/etc/hostkms/config.toml) and reloads it \
+         (systemctl reload hostkms)"
+    )
+}
+
+/// [`explain`] for a decryption of a file: a `PermissionDenied` becomes
+/// [`CliError::Denied`] with [`unwrap_hint`].
+pub fn explain_unwrap(err: CliError, uid: u32) -> CliError {
+    match err {
+        CliError::Client(ClientError::Daemon {
+            code: ErrorCode::PermissionDenied,
+            message,
+        }) => CliError::Denied {
+            message,
+            hint: unwrap_hint(uid),
+        },
+        err => err,
+    }
 }
 
 /// Turns the daemon's `PermissionDenied` answer to a request that named
@@ -134,6 +162,20 @@ mod tests {
         ])
         .expect("parse");
         assert_eq!(named_key(&cli.command), None);
+    }
+
+    #[test]
+    fn files_name_the_grant_they_need() {
+        let cli = Cli::try_parse_from(["hostkms", "encrypt-file", "backup"]).expect("parse");
+        assert_eq!(named_key(&cli.command), Some((Operation::Wrap, "backup")));
+        let cli = Cli::try_parse_from(["hostkms", "decrypt-file"]).expect("parse");
+        assert_eq!(named_key(&cli.command), None);
+        let err = explain_unwrap(denied(), 1000);
+        assert_eq!(err.exit_code(), 1);
+        let text = err.to_string();
+        assert!(text.contains("uids = [1000]"), "{text}");
+        assert!(text.contains("ops = [\"unwrap\"]"), "{text}");
+        assert!(text.contains("keys = [\"<that key>\"]"), "{text}");
     }
 
     #[test]

@@ -26,7 +26,8 @@ pub enum CliError {
     /// The input exceeds what one request can carry.
     #[error(
         "{what} holds more than {limit} bytes, the most one request can carry; \
-         wrap a data key (hostkms datakey) and encrypt large data with it instead"
+         encrypt a file of any size with hostkms encrypt-file instead (the age format; \
+         decrypt-file or age -d opens it)"
     )]
     InputTooLarge {
         /// The file, or "standard input".
@@ -134,6 +135,26 @@ pub enum CliError {
         /// What the input is instead, and what to pass.
         why: String,
     },
+    /// `decrypt-file`: the input is not an age file, has no `hostkms`
+    /// stanza, or does not authenticate (truncated, altered, reordered).
+    #[error("{what}: {why}")]
+    AgeFile {
+        /// The file, or "standard input".
+        what: String,
+        /// What is wrong, and where.
+        why: String,
+        /// The `--json` code: `not_age_file`, `no_hostkms_stanza` or
+        /// `damaged_file` (see `crate::age_file::stream`).
+        code: &'static str,
+    },
+    /// `decrypt-file --context`: the file records another context.
+    #[error("{what}: {why}")]
+    ContextMismatch {
+        /// The file, or "standard input".
+        what: String,
+        /// The contexts recorded and given.
+        why: String,
+    },
     /// `bench` was stopped by a signal before it finished (its temporary
     /// key was revoked, or [`CliError::BenchKeyLeft`] says otherwise).
     #[error("bench: interrupted by {name}; no results")]
@@ -201,7 +222,8 @@ pub enum CliError {
 impl CliError {
     /// The process exit code: 1 when the daemon refused a request, or is
     /// too old for it (or benchmark requests failed or left its temporary
-    /// key, or a signature or tag is invalid), 2 for usage, connection and
+    /// key, or a signature or tag is invalid, or a file to decrypt does not
+    /// authenticate or records another context), 2 for usage, connection and
     /// local errors, 3 when the daemon is busy: at a limit, so the same
     /// command may succeed later (a script may retry on 3, never on 1);
     /// 128 plus the signal's number for a `bench` a signal stopped.
@@ -234,7 +256,9 @@ impl CliError {
             | CliError::NotVerified { .. }
             | CliError::Denied { .. }
             | CliError::CountersWithheld { .. }
+            | CliError::ContextMismatch { .. }
             | CliError::NotRecoverable => 1,
+            CliError::AgeFile { code, .. } if *code == crate::age_file::stream::DAMAGED_FILE => 1,
             _ => 2,
         }
     }
@@ -267,6 +291,8 @@ impl CliError {
             CliError::Signals(_) => "signals",
             CliError::CountersWithheld { .. } => "counters_withheld",
             CliError::NotRecoverable => "not_recoverable",
+            CliError::AgeFile { code, .. } => code,
+            CliError::ContextMismatch { .. } => "context_mismatch",
         }
     }
 

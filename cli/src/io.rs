@@ -328,11 +328,33 @@ impl SecretOutput {
     /// again that nothing appeared there meanwhile (unless `--force`) and
     /// that it did not become something other than a regular file.
     pub fn write(self, bytes: &[u8]) -> Result<(), CliError> {
+        let path = self.path.clone();
+        self.write_with(|file| {
+            file.write_all(bytes)
+                .map_err(|e| CliError::write(Some(&path), e))
+        })
+    }
+
+    /// Streams the output into the temporary file through `fill`, then
+    /// (when `fill` succeeded) checks FILE again as [`Self::write`] does,
+    /// syncs the temporary file and renames it over FILE. When `fill` or
+    /// anything after it fails, the temporary file is removed and FILE is
+    /// left as it was: nothing partial is ever at FILE.
+    pub fn write_with<T>(
+        mut self,
+        fill: impl FnOnce(&mut dyn Write) -> Result<T, CliError>,
+    ) -> Result<T, CliError> {
+        let value = fill(&mut self.file)?;
         refuse_existing(&self.path, self.force)?;
         let path = self.path;
         refuse_non_regular(&path)
-            .and_then(|()| finish_replacement(self.file, &path, bytes))
-            .map_err(|e| CliError::write(Some(&path), e))
+            .and_then(|()| {
+                self.file
+                    .commit()
+                    .map_err(|e| explain_directory_error(&path, e))
+            })
+            .map_err(|e| CliError::write(Some(&path), e))?;
+        Ok(value)
     }
 }
 

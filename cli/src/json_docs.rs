@@ -16,7 +16,8 @@ busy, tpm_unavailable, internal, not_implemented, invalid_argument,
 version_not_found, wrong_key_type, bad_request, frame_too_large,
 unsupported_version, unrecognized), or a local kind: usage, connect,
 connection, timed_out, may_have_executed, daemon_too_old, read, write,
-input_too_large, not_ciphertext, credential_dir, counters_withheld,
+input_too_large, not_ciphertext, credential_dir, not_age_file,
+no_hostkms_stanza, damaged_file, context_mismatch, counters_withheld,
 not_recoverable, random, bench_failed, bench_key_left, interrupted, signals. verify and verify-mac
 print their result object even when the signature or tag is invalid (exit
 1), and bench its report when requests failed or its temporary key could
@@ -71,6 +72,44 @@ unless --force. The input may be base64 wrapped on several lines (as
 base64(1) prints it at 76 columns); an empty input, wrap --json output, or
 input that is neither base64 nor a raw ciphertext is refused before the
 daemon is asked.";
+
+/// `encrypt-file`.
+pub const ENCRYPT_FILE: &str = "\
+JSON (--json, with --out FILE): {\"key\", \"version\" (the key version that
+wrapped the file key), \"context\" (an object of name: value), \"bytes\" (the
+plaintext's size), \"out\"}
+
+The output is an age v1 file: a header with one stanza \"-> hostkms CONTEXT\"
+(CONTEXT: the context, canonically encoded, in base64; the body: the
+daemon's ciphertext of the file key) and age's STREAM payload
+(ChaCha20-Poly1305, 64 KiB chunks). Without --out the binary file is refused
+on a terminal unless --force.";
+
+/// `decrypt-file`.
+pub const DECRYPT_FILE: &str = "\
+JSON (--json, with --out FILE): {\"key\", \"version\" (the key version that
+unwrapped the file key), \"context\" (the context the file records),
+\"bytes\" (the plaintext's size), \"out\"}
+
+Exit 1 when the daemon refuses (no unwrap grant, key or version revoked),
+when --context differs from the file's context (context_mismatch, before
+the daemon is asked), and when the file does not authenticate
+(damaged_file: truncated, altered, chunks reordered); exit 2 when the input
+is not an age file (not_age_file) or has no hostkms stanza
+(no_hostkms_stanza). With --out nothing is written to FILE then; without,
+the raw plaintext is refused on a terminal unless --force.";
+
+/// `age-recipient`.
+pub const AGE_RECIPIENT: &str = "\
+JSON (--json): {\"recipient\", \"key\", \"context\"}";
+
+/// `age-identity`.
+pub const AGE_IDENTITY: &str = "\
+JSON (--json): {\"identity\"}
+
+Without --json it prints a comment line (# ...) and the identity, the format
+of an age identity file: hostkms age-identity > id.txt; age -d -i id.txt
+FILE.age. The identity is the same for every user: it holds no secret.";
 
 /// `datakey`.
 pub const DATA_KEY: &str = "\

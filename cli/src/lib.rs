@@ -6,6 +6,7 @@
 //! It depends on `agent-proto` only, never on the daemon crate, so building
 //! it needs neither libtss2 nor SQLite.
 
+pub mod age_file;
 pub mod args;
 pub mod backup;
 pub mod bench;
@@ -18,6 +19,10 @@ pub mod json_docs;
 pub mod output;
 pub mod report;
 pub mod socket;
+
+/// How long one request may wait for the daemon before the CLI (or the
+/// age plugin) gives up, so that a hung daemon cannot hang a script forever.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The clap definition of the `hostkms` command line, for generating its
 /// man page and completions (xtask) from the same source as the parser.

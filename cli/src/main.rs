@@ -3,17 +3,19 @@
 //! and prints the answer for a human or, with `--json`, for a script.
 //!
 //! Exit codes: 0 success, 1 the daemon refused the request (or, for
-//! `verify` and `verify-mac`, the signature or tag is invalid), 2 usage,
+//! `verify` and `verify-mac`, the signature or tag is invalid; for
+//! `decrypt-file`, the file does not authenticate or records another
+//! context), 2 usage,
 //! connection or local I/O errors, 3 the daemon is busy (retry later),
 //! 128 plus the signal's number for a `bench` a signal stopped.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use agent_proto::{Client, KeyInfo, KeySettings, RotationSetting};
 use clap::Parser as _;
+use hostkms_cli::age_file::recipient::RecipientSpec;
 use hostkms_cli::args::{
     Cli, Command, CredentialCommand, CredentialEncryptArgs, CredentialListArgs, DatakeyArgs,
     ExportArgs, InOutArgs, InspectArgs, MacArgs, PeriodArg, PublicKeyArgs, RandomArgs, RewrapArgs,
@@ -21,11 +23,9 @@ use hostkms_cli::args::{
 };
 use hostkms_cli::error::{CliError, printable};
 use hostkms_cli::io::{Sensitivity, base64_public, write_output, write_stdout};
-use hostkms_cli::{bench, denial, io, output, report};
+use hostkms_cli::{age_file, bench, denial, io, output, report};
 
-/// How long one request may wait for the daemon before the CLI gives up,
-/// so that a hung daemon cannot hang a script forever.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+use hostkms_cli::REQUEST_TIMEOUT;
 
 /// Parses the command line, runs the command, and reports a failure (see
 /// `hostkms_cli::report`): a JSON object on stdout with `--json`, else
@@ -43,7 +43,10 @@ fn main() -> ExitCode {
         Err(err) => {
             let err = report::diagnose_connect(err);
             let uid = nix::unistd::geteuid().as_raw();
-            let err = denial::explain(err, denial::named_key(&cli.command), uid);
+            let err = match &cli.command {
+                Command::DecryptFile(_) => denial::explain_unwrap(err, uid),
+                command => denial::explain(err, denial::named_key(command), uid),
+            };
             let subcommand = hostkms_cli::command()
                 .try_get_matches_from(std::env::args_os())
                 .ok()
@@ -265,11 +268,211 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             print_key(&daemon.connect()?.import_key(&bytes)?, json)
         }
         Command::Backup { out, force } => backup(daemon, out, *force, json),
+        Command::EncryptFile(args) => encrypt_file(daemon, args, json),
+        Command::DecryptFile(args) => decrypt_file(daemon, args, json),
+        Command::AgeRecipient { name, context } => age_recipient(name, context, json),
+        Command::AgeIdentity => age_identity(json),
         Command::Credential(CredentialCommand::Encrypt(args)) => {
             credential_encrypt(daemon, args, json)
         }
         Command::Credential(CredentialCommand::List(args)) => credential_list(daemon, args, json),
     }
+}
+
+/// Where the output of `encrypt-file` or `decrypt-file` goes: refuses
+/// `--json` without `--out` (standard output carries the file) and, unless
+/// `--force`, binary output to a terminal (`refusal` says why); then makes
+/// an `--out` FILE ready (see [`io::SecretOutput`]) before the daemon is
+/// asked anything.
+fn file_output(
+    out: Option<&Path>,
+    force: bool,
+    json: bool,
+    refusal: &str,
+) -> Result<Option<io::SecretOutput>, CliError> {
+    use std::io::IsTerminal;
+    if json && out.is_none() {
+        return Err(CliError::Usage(
+            "--json needs --out FILE: standard output carries the file itself".to_string(),
+        ));
+    }
+    if out.is_none() && !force && std::io::stdout().is_terminal() {
+        return Err(CliError::Usage(refusal.to_string()));
+    }
+    out.map(|path| io::SecretOutput::prepare(path, force))
+        .transpose()
+}
+
+/// Streams into `output` (an `--out` FILE renamed into place on success
+/// only) or, without one, standard output.
+fn stream_into<T>(
+    output: Option<io::SecretOutput>,
+    fill: impl FnOnce(&mut dyn std::io::Write) -> Result<T, CliError>,
+) -> Result<T, CliError> {
+    match output {
+        Some(output) => output.write_with(fill),
+        None => fill(&mut std::io::stdout().lock()),
+    }
+}
+
+/// The input of `encrypt-file` or `decrypt-file`: `--in` FILE, or
+/// standard input (no `--in`, or `--in -`).
+fn open_input(path: Option<&Path>) -> Result<Box<dyn std::io::Read>, CliError> {
+    match path {
+        Some(path) => std::fs::File::open(path)
+            .map(|file| Box::new(file) as Box<dyn std::io::Read>)
+            .map_err(|e| CliError::read(Some(path), e)),
+        None => Ok(Box::new(std::io::stdin().lock())),
+    }
+}
+
+/// Reports a file encrypted or decrypted to `--out` (nothing when the
+/// file went to standard output).
+fn report_file(
+    verb: &str,
+    streamed: &hostkms_cli::age_file::stream::Streamed,
+    out: Option<&Path>,
+    json: bool,
+) -> Result<(), CliError> {
+    let Some(out) = out else {
+        return Ok(());
+    };
+    let used = &streamed.used;
+    let text = if json {
+        output::json_line(&serde_json::json!({
+            "key": used.key,
+            "version": used.version,
+            "context": used.context,
+            "bytes": streamed.bytes,
+            "out": out.display().to_string(),
+        }))
+        .map_err(json_error)?
+    } else {
+        format!(
+            "{verb} {} bytes to {} (key {} version {}, context {})\n",
+            streamed.bytes,
+            out.display(),
+            printable(&used.key),
+            used.version,
+            hostkms_cli::age_file::identity::show_context(&used.context),
+        )
+    };
+    write_stdout(text.as_bytes())
+}
+
+/// The streaming half of `encrypt-file` or `decrypt-file`.
+type FileStreamer<'a> = dyn FnMut(
+        &mut Client,
+        &mut dyn std::io::Read,
+        Option<&Path>,
+        &mut dyn std::io::Write,
+        Option<&Path>,
+    ) -> Result<hostkms_cli::age_file::stream::Streamed, CliError>
+    + 'a;
+
+/// `encrypt-file` and `decrypt-file`: opens the input, makes the output
+/// ready (refusing a terminal for binary output, `refusal` says why),
+/// only then connects, streams with `streamer` and reports (`verb`).
+fn file_command(
+    daemon: &Daemon,
+    args: &hostkms_cli::args::AgeFileArgs,
+    json: bool,
+    (verb, refusal): (&str, &str),
+    streamer: &mut FileStreamer<'_>,
+) -> Result<(), CliError> {
+    let in_path = args.io.input.as_deref().filter(|p| p.as_os_str() != "-");
+    let out = io::out_path(args.io.output.as_deref());
+    let mut input = open_input(in_path)?;
+    let output = file_output(out, args.force, json, refusal)?;
+    let mut client = daemon.connect()?;
+    let streamed = stream_into(output, |sink| {
+        streamer(&mut client, &mut *input, in_path, sink, out)
+    })?;
+    report_file(verb, &streamed, out, json)
+}
+
+/// `encrypt-file`: an age file whose key the daemon wraps under NAME.
+fn encrypt_file(
+    daemon: &Daemon,
+    args: &hostkms_cli::args::EncryptFileArgs,
+    json: bool,
+) -> Result<(), CliError> {
+    let spec = RecipientSpec {
+        key: args.name.clone(),
+        context: args.file.context.context()?,
+    };
+    let refusal = "refusing to write the binary age file to a terminal: redirect standard \
+                   output, give --out FILE, or give --force";
+    file_command(
+        daemon,
+        &args.file,
+        json,
+        ("encrypted", refusal),
+        &mut |client, input, in_path, sink, out| {
+            age_file::stream::encrypt(client, &spec, input, in_path, sink, out)
+        },
+    )
+}
+
+/// `decrypt-file`: the plaintext of an age file with a `hostkms` stanza.
+fn decrypt_file(
+    daemon: &Daemon,
+    args: &hostkms_cli::args::AgeFileArgs,
+    json: bool,
+) -> Result<(), CliError> {
+    let context = args.context.context()?;
+    let expected = (!args.context.pairs.is_empty()).then_some(&context);
+    let refusal = "refusing to write the raw plaintext to a terminal (binary bytes can garble \
+                   it, and it stays in the scrollback): redirect standard output, give --out \
+                   FILE, or give --force";
+    file_command(
+        daemon,
+        args,
+        json,
+        ("decrypted", refusal),
+        &mut |client, input, in_path, sink, out| {
+            age_file::stream::decrypt(client, expected, input, in_path, sink, out)
+        },
+    )
+}
+
+/// `age-recipient`: the `age1hostkms1...` recipient of NAME and a context.
+fn age_recipient(
+    name: &str,
+    context: &hostkms_cli::args::ContextArgs,
+    json: bool,
+) -> Result<(), CliError> {
+    agent_proto::key_name::check(name).map_err(|e| CliError::Usage(e.to_string()))?;
+    let spec = RecipientSpec {
+        key: name.to_string(),
+        context: context.context()?,
+    };
+    let recipient = spec.encode();
+    let text = if json {
+        output::json_line(&serde_json::json!({
+            "recipient": recipient,
+            "key": spec.key,
+            "context": spec.context,
+        }))
+        .map_err(json_error)?
+    } else {
+        format!("{recipient}\n")
+    };
+    write_stdout(text.as_bytes())
+}
+
+/// `age-identity`: the identity file age reads for `-d -i`.
+fn age_identity(json: bool) -> Result<(), CliError> {
+    let identity = age_file::recipient::identity_string();
+    let text = if json {
+        output::json_line(&serde_json::json!({ "identity": identity })).map_err(json_error)?
+    } else {
+        format!(
+            "# hostkms age identity (age-plugin-hostkms): holds no secret; decrypting with it \
+             asks hostkmsd, whose unwrap grants decide\n{identity}\n"
+        )
+    };
+    write_stdout(text.as_bytes())
 }
 
 /// `credential encrypt`: checks the names and the target path, reads the

@@ -59,6 +59,18 @@ pub(super) struct ConfigFile {
     // keys
     #[serde(default)]
     pub keys: KeysFile,
+    // credentials
+    #[serde(default)]
+    pub credentials: CredentialsFile,
+}
+
+/// The `[credentials]` table: where the systemd credentials are stored,
+/// and the credential socket the daemon binds when not socket-activated.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CredentialsFile {
+    pub directory: Option<Spanned<PathBuf>>,
+    pub socket: Option<Spanned<PathBuf>>,
 }
 
 /// The `[keys]` table: what new keys get unless their creator says.

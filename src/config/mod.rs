@@ -24,9 +24,9 @@ use crate::transfer::Peers;
 
 use file::{ConfigFile, Source};
 pub use sections::{
-    ACCESS_KEYS, ALERTS_KEYS, AccessConfig, DisabledGrantAt, KEYS_KEYS, LISTENER_KEYS,
-    ListenerConfig, RECOVERY_KEYS, SECTIONS, SERVER_KEYS, SERVICE_KEYS, STATE_DIR_KEYS,
-    SocketGroup, TPM_KEYS, TRANSFER_KEYS, TpmConfig,
+    ACCESS_KEYS, ALERTS_KEYS, AccessConfig, CREDENTIALS_KEYS, CredentialsConfig, DisabledGrantAt,
+    KEYS_KEYS, LISTENER_KEYS, ListenerConfig, RECOVERY_KEYS, SECTIONS, SERVER_KEYS, SERVICE_KEYS,
+    STATE_DIR_KEYS, SocketGroup, TPM_KEYS, TRANSFER_KEYS, TpmConfig,
 };
 
 /// Where the packaged daemon reads its configuration.
@@ -35,6 +35,8 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/hostkms/config.toml";
 pub const DEFAULT_SOCKET: &str = agent_proto::DEFAULT_SOCKET;
 /// Where the packaged daemon keeps its sealed root key and key store.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/hostkms";
+/// Where the systemd credentials are stored: `DIRECTORY/UNIT/ID`.
+pub const DEFAULT_CREDENTIALS_DIR: &str = "/etc/hostkms/credentials";
 /// Where the recovery directory is by default: outside the 0700 state dir,
 /// so a backup agent in the recovery group can copy it.
 pub const DEFAULT_RECOVERY_DIR: &str = "/var/lib/hostkms-recovery";
@@ -107,6 +109,9 @@ pub struct Config {
     /// the rotation period. A reload applies it to keys created from then
     /// on; existing keys keep theirs.
     pub keys: KeyDefaults,
+    /// The systemd credentials the credential socket serves (the
+    /// `[credentials]` table). Only a restart changes it.
+    pub credentials: CredentialsConfig,
 }
 
 /// A configuration that cannot be used, with where and how to fix it.
@@ -187,7 +192,9 @@ impl Config {
         let transfer = sections::transfer(&file, &source)?;
         let recovery = sections::recovery(&file, &source)?;
         let keys = sections::keys(&file, &source)?;
+        let credentials = sections::credentials(&file, &source)?;
         Ok(Config {
+            credentials,
             listener,
             state_dir,
             tpm,

@@ -13,7 +13,7 @@ use toml::Spanned;
 
 use super::file::{Bounds, ConfigFile, Source, flag_invalid};
 use super::{
-    ConfigError, DEFAULT_ADMIN_GROUP, DEFAULT_ADMIN_RESERVED_CONNECTIONS,
+    ConfigError, DEFAULT_ADMIN_GROUP, DEFAULT_ADMIN_RESERVED_CONNECTIONS, DEFAULT_CREDENTIALS_DIR,
     DEFAULT_FRAME_TIMEOUT_SECS, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_UID, DEFAULT_MAX_FRAME_MEMORY, DEFAULT_MAX_PLAINTEXT,
     DEFAULT_MAX_UNGRANTED_CONNECTIONS, DEFAULT_RECOVERY_DIR, DEFAULT_ROTATE_AFTER_ENCRYPTIONS,
@@ -62,11 +62,13 @@ pub const TRANSFER_KEYS: &[&str] = &["transfer"];
 pub const RECOVERY_KEYS: &[&str] = &["recovery"];
 /// The keys the `keys` section reads: the `[keys]` table.
 pub const KEYS_KEYS: &[&str] = &["keys"];
+/// The keys the `credentials` section reads: the `[credentials]` table.
+pub const CREDENTIALS_KEYS: &[&str] = &["credentials"];
 
 /// Every top-level key of the config file, by the field of
 /// [`Config`](super::Config) (the section) that holds its value. Each key
 /// is in exactly one section.
-pub const SECTIONS: [(&str, &[&str]); 10] = [
+pub const SECTIONS: [(&str, &[&str]); 11] = [
     ("listener", LISTENER_KEYS),
     ("state_dir", STATE_DIR_KEYS),
     ("tpm", TPM_KEYS),
@@ -77,7 +79,19 @@ pub const SECTIONS: [(&str, &[&str]); 10] = [
     ("transfer", TRANSFER_KEYS),
     ("recovery", RECOVERY_KEYS),
     ("keys", KEYS_KEYS),
+    ("credentials", CREDENTIALS_KEYS),
 ];
+
+/// The systemd credentials the credential socket serves: the `[credentials]`
+/// table. Only a restart changes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialsConfig {
+    /// Where the credential files are, `DIRECTORY/UNIT/ID`.
+    pub directory: PathBuf,
+    /// The credential socket the daemon binds itself when systemd passes
+    /// none (named `credentials`); `None`: no credential socket of its own.
+    pub socket: Option<PathBuf>,
+}
 
 /// Where clients connect: the socket file and who may open it. Only a
 /// restart changes it.
@@ -178,6 +192,29 @@ pub(super) fn listener(
         socket_mode,
         socket_group,
     })
+}
+
+/// The credential store and socket: the `[credentials]` table.
+pub(super) fn credentials(
+    file: &ConfigFile,
+    source: &Source<'_>,
+) -> Result<CredentialsConfig, ConfigError> {
+    let table = &file.credentials;
+    let directory = absolute_path(
+        source,
+        &table.directory,
+        "credentials.directory",
+        DEFAULT_CREDENTIALS_DIR,
+    )?;
+    let socket = match &table.socket {
+        None => None,
+        Some(value) => {
+            check_absolute(value.get_ref())
+                .map_err(|p| source.invalid(Some(value.span()), "credentials.socket", p))?;
+            Some(value.get_ref().clone())
+        }
+    };
+    Ok(CredentialsConfig { directory, socket })
 }
 
 /// The state directory: `state_dir` (or `--state-dir`).

@@ -94,13 +94,15 @@ fn skipped(what: &str) {
     );
 }
 
-/// A grant of every key operation on every key, and of the metrics, to `uid`.
+/// A grant of every key operation on every key, and of the metrics, to `uid`
+/// (but `credential`, which only a grant to units may name).
 fn grant_all(uid: u32) -> GrantConfig {
     GrantConfig {
         keys: vec!["*".to_string()],
         uids: vec![uid],
         ops: crate::policy::GRANTABLE
             .iter()
+            .filter(|&&op| op != agent_proto::Operation::Credential)
             .map(|op| op.as_str())
             .chain([crate::policy::METRICS])
             .map(str::to_string)

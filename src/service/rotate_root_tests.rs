@@ -49,12 +49,17 @@ fn peer(uid: u32) -> Peer {
 }
 
 /// A service where uid [`APP`] holds every grantable operation on every
-/// key, with a fake sealer (or none).
+/// key (but `credential`, which only a grant to units may name), with a
+/// fake sealer (or none).
 fn service(dir: &std::path::Path, sealer: Option<Arc<FakeSealer>>) -> Service {
     let grant = GrantConfig {
         keys: vec!["*".to_string()],
         uids: vec![APP],
-        ops: GRANTABLE.iter().map(|op| op.as_str().to_string()).collect(),
+        ops: GRANTABLE
+            .iter()
+            .filter(|&&op| op != agent_proto::Operation::Credential)
+            .map(|op| op.as_str().to_string())
+            .collect(),
         ..GrantConfig::default()
     };
     let (policy, _) = Policy::new(&[grant], &[]).expect("grants resolve");

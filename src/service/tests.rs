@@ -479,7 +479,7 @@ async fn wrap_refuses_a_plaintext_over_the_limit() {
         fixture.call(&app, wrap("app-db", &[7; 1001], &ctx)).await,
         refusal(
             ErrorCode::PlaintextTooLarge,
-            "a plaintext of 1001 bytes exceeds the limit of 1000 bytes (max_plaintext); wrap a data key instead and encrypt large data with it"
+            "a plaintext of 1001 bytes exceeds the limit of 1000 bytes (max_plaintext); encrypt large data with `hostkms encrypt-file` (the age format, any size), or with a data key from `datakey`"
         )
     );
     assert_eq!(
@@ -1509,7 +1509,7 @@ async fn a_reconfiguration_applies_to_the_next_request() {
         fixture.call(&app, wrap("app-k", &[1; 11], &ctx)).await,
         refusal(
             ErrorCode::PlaintextTooLarge,
-            "a plaintext of 11 bytes exceeds the limit of 10 bytes (max_plaintext); wrap a data key instead and encrypt large data with it"
+            "a plaintext of 11 bytes exceeds the limit of 10 bytes (max_plaintext); encrypt large data with `hostkms encrypt-file` (the age format, any size), or with a data key from `datakey`"
         )
     );
 }

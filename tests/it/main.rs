@@ -16,6 +16,7 @@
 
 mod harness;
 
+mod age_files;
 mod audit_flood;
 mod batch;
 mod bench_cleanup;
@@ -30,6 +31,7 @@ mod config_props;
 mod connection_rules;
 mod connections;
 mod credential_cli;
+mod credentials;
 mod daemon;
 mod journal;
 mod key_probing;

@@ -180,6 +180,7 @@ fn the_packaged_config_documents_every_field() {
             "alerts" => PACKAGED.contains("\n#[alerts]\n"),
             "recovery" => PACKAGED.contains("\n#[recovery]\n"),
             "keys" => PACKAGED.contains("\n#[keys]\n"),
+            "credentials" => PACKAGED.contains("\n#[credentials]\n"),
             _ => PACKAGED.contains(&format!("\n#{field} = ")),
         };
         assert!(
@@ -197,6 +198,16 @@ fn the_packaged_config_documents_every_field() {
         assert!(
             PACKAGED.contains(&format!("\n#{field} = ")),
             "packaging/config.toml does not show the field `keys.{field}`"
+        );
+    }
+    let credentials = PACKAGED
+        .split_once("\n#[credentials]\n")
+        .expect("the packaged config shows [credentials]")
+        .1;
+    for field in known_fields("[credentials]\n") {
+        assert!(
+            credentials.contains(&format!("\n#{field} = ")),
+            "packaging/config.toml does not show the field `credentials.{field}`"
         );
     }
     let recovery = known_fields("[recovery]\n");

@@ -11,14 +11,15 @@ use std::time::{Duration, Instant};
 use std::os::unix::process::CommandExt;
 
 use crate::harness::{
-    DaemonConfig, DaemonFiles, Grant, HOSTKMSD, Swtpm, helper_test, wait_with_timeout,
+    DaemonConfig, DaemonFiles, Grant, HOSTKMSD, Swtpm, helper_test, socket_activated,
+    wait_with_timeout,
 };
 use agent_proto::{Client, ClientError};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 /// Waits for `path` to accept a connection and answer a Ping.
-fn ping_when_up(path: &std::path::Path, child: &mut Child, log: &std::path::Path) -> Client {
+pub fn ping_when_up(path: &std::path::Path, child: &mut Child, log: &std::path::Path) -> Client {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -51,19 +52,7 @@ fn socket_activation_serves_the_passed_socket_and_binds_none() {
     let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
     let activated = files.root.path().join("activated.sock");
     let log = files.root.path().join("activate.log");
-    let log_file = std::fs::File::create(&log).expect("log");
-    let mut child = Command::new("systemd-socket-activate")
-        .arg("--listen")
-        .arg(&activated)
-        .arg("--setenv=HOSTKMS_LOG_TARGET=stderr")
-        .arg(HOSTKMSD)
-        .arg("--config")
-        .arg(&files.config)
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().expect("log"))
-        .stderr(log_file)
-        .spawn()
-        .expect("systemd-socket-activate (package systemd)");
+    let mut child = socket_activated(&[&activated], None, &files.config, &log);
     // The first connection makes systemd-socket-activate exec the daemon.
     let mut client = ping_when_up(&activated, &mut child, &log);
     client.create_key("activated").expect("create a key");

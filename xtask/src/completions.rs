@@ -125,10 +125,19 @@ mod tests {
             "cancel-deletion",
             "set-rotation-period",
             "set-metadata",
+            "encrypt-file",
+            "age-recipient",
         ] {
             assert!(commands.iter().any(|c| c == name), "{name}: {commands:?}");
         }
-        for name in ["unwrap", "random", "list", "import"] {
+        for name in [
+            "unwrap",
+            "random",
+            "list",
+            "import",
+            "decrypt-file",
+            "age-identity",
+        ] {
             assert!(!commands.iter().any(|c| c == name), "{name}: {commands:?}");
         }
         for option in ["--key", "--to-key"] {

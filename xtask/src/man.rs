@@ -282,7 +282,9 @@ mod tests {
             }
         }
         assert!(
-            cli.ends_with("\\fBhostkmsd\\fR(8), \\fBsystemctl\\fR(1), \\fBjournalctl\\fR(1)\n")
+            cli.ends_with(
+                "\\fBhostkmsd\\fR(8), \\fBage\\-plugin\\-hostkms\\fR(1), \\fBage\\fR(1), \\fBsystemctl\\fR(1), \\fBjournalctl\\fR(1)\n"
+            )
         );
         // Every global option of the real CLI is named once, in words.
         assert!(

@@ -18,6 +18,7 @@ pub struct DaemonConfig {
     transfers: Vec<Table>,
     recovery: Table,
     keys: Table,
+    credentials: Table,
 }
 
 /// Setters of top-level integer settings, named like the TOML field.
@@ -119,6 +120,16 @@ impl DaemonConfig {
         self
     }
 
+    /// The `[credentials]` table: the credential socket the daemon binds
+    /// and the credential directory.
+    pub fn credentials(mut self, socket: &Path, directory: &Path) -> Self {
+        self.credentials
+            .insert("socket".into(), Value::from(path(socket)));
+        self.credentials
+            .insert("directory".into(), Value::from(path(directory)));
+        self
+    }
+
     fn integer(mut self, name: &str, value: u64) -> Self {
         self.top.insert(name.into(), integer(value));
         self
@@ -147,6 +158,9 @@ impl DaemonConfig {
         }
         if !self.keys.is_empty() {
             table.insert("keys".into(), Value::Table(self.keys.clone()));
+        }
+        if !self.credentials.is_empty() {
+            table.insert("credentials".into(), Value::Table(self.credentials.clone()));
         }
         toml::to_string(&table).expect("a config renders as TOML")
     }

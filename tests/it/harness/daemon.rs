@@ -4,7 +4,7 @@
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
@@ -16,6 +16,30 @@ use super::config::DaemonConfig;
 use super::journal::JournalScope;
 use super::private_tempdir;
 use super::process::{exit_within, wait_with_timeout};
+
+/// Runs hostkmsd under `systemd-socket-activate` listening on `listen`
+/// (named `names`, `NAME:NAME...`, when given) with config `config`,
+/// logging to stderr into `log`: the first connection execs the daemon.
+pub fn socket_activated(listen: &[&Path], names: Option<&str>, config: &Path, log: &Path) -> Child {
+    let log_file = fs::File::create(log).expect("log");
+    let mut command = Command::new("systemd-socket-activate");
+    for path in listen {
+        command.arg("--listen").arg(path);
+    }
+    if let Some(names) = names {
+        command.arg(format!("--fdname={names}"));
+    }
+    command
+        .arg("--setenv=HOSTKMS_LOG_TARGET=stderr")
+        .arg(HOSTKMSD)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().expect("log"))
+        .stderr(log_file)
+        .spawn()
+        .expect("systemd-socket-activate (package systemd)")
+}
 
 /// Path of the daemon binary under test.
 pub const HOSTKMSD: &str = env!("CARGO_BIN_EXE_hostkmsd");

@@ -34,7 +34,7 @@ use std::process::Command;
 pub use cli::{cli, cli_as, cli_stdin, hostkms};
 pub use clock::TestClock;
 pub use config::{Alerts, DaemonConfig, Grant};
-pub use daemon::{Daemon, DaemonFiles, HOSTKMSD, run_daemon_to_exit};
+pub use daemon::{Daemon, DaemonFiles, HOSTKMSD, run_daemon_to_exit, socket_activated};
 pub use journal::{ensure_journald, field, journal_export_of, journal_of_stopped, with_id};
 pub use process::{helper_test, ok, stderr, text, wait_with_timeout};
 pub use relay::RecordingRelay;

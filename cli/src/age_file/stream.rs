@@ -1,0 +1,231 @@
+//! Streaming a file through age's format in constant memory: the header
+//! (one `hostkms` stanza, its file key wrapped by the daemon) and age's
+//! STREAM payload (ChaCha20-Poly1305 in 64 KiB chunks), from the `age`
+//! crate; and the errors of a file that is not an age file, has no
+//! `hostkms` stanza, or is damaged, told with where.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::iter;
+use std::path::Path;
+
+use age::armor::ArmoredReader;
+use age::{DecryptError, Decryptor, Encryptor, Identity, Recipient};
+use agent_proto::{Client, EncryptionContext};
+use zeroize::Zeroizing;
+
+use super::identity::{DaemonIdentity, FindError};
+use super::recipient::{DaemonRecipient, RecipientSpec};
+use super::stanza::{KeyUsed, UnwrapError};
+use crate::error::{CliError, describe};
+
+/// The `--json` code of an input that is not an age file.
+pub const NOT_AGE_FILE: &str = "not_age_file";
+/// The `--json` code of an age file without a `hostkms` stanza.
+pub const NO_HOSTKMS_STANZA: &str = "no_hostkms_stanza";
+/// The `--json` code of an age file that does not authenticate.
+pub const DAMAGED_FILE: &str = "damaged_file";
+
+/// The first line of an ASCII-armored age file (`age -a`).
+const ARMOR_BEGIN: &[u8] = b"-----BEGIN AGE ENCRYPTED FILE-----";
+
+/// The plaintext size of one STREAM chunk: reads and writes go in these.
+pub const CHUNK: usize = 64 * 1024;
+
+/// What one file's encryption or decryption did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Streamed {
+    /// The key and version the daemon used for the file key.
+    pub used: KeyUsed,
+    /// Plaintext bytes encrypted or decrypted.
+    pub bytes: u64,
+}
+
+/// Encrypts all of `input` (read from `in_path`, standard input when
+/// `None`) to `output` (`out_path`, for messages) as an age file whose file
+/// key the daemon wraps under `spec` (one `Wrap` request, before any input
+/// is read).
+pub fn encrypt(
+    client: &mut Client,
+    spec: &RecipientSpec,
+    input: &mut dyn Read,
+    in_path: Option<&Path>,
+    output: &mut dyn Write,
+    out_path: Option<&Path>,
+) -> Result<Streamed, CliError> {
+    let recipient = DaemonRecipient::new(client, spec);
+    let encryptor =
+        Encryptor::with_recipients(iter::once(&recipient as &dyn Recipient)).map_err(|err| {
+            match recipient.call.take_error() {
+                Some(refused) => CliError::from(refused),
+                None => CliError::Write {
+                    what: describe(out_path, "standard output"),
+                    source: io::Error::other(err.to_string()),
+                },
+            }
+        })?;
+    let used = recipient.call.used().ok_or_else(|| {
+        CliError::write(out_path, io::Error::other("the daemon wrapped no file key"))
+    })?;
+    let mut writer = encryptor
+        .wrap_output(output)
+        .map_err(|e| CliError::write(out_path, e))?;
+    let bytes = pump(input, &mut writer, out_path, |e, _| {
+        CliError::read(in_path, e)
+    })?;
+    let output = writer.finish().map_err(|e| CliError::write(out_path, e))?;
+    output.flush().map_err(|e| CliError::write(out_path, e))?;
+    Ok(Streamed { used, bytes })
+}
+
+/// Decrypts the age file `input` (read from `in_path`, standard input when
+/// `None`) to `output` (`out_path`, for messages): the file key from its
+/// `hostkms` stanza through the daemon (one `Unwrap` request; with
+/// `expected`, only a stanza recording exactly that context is tried, and
+/// none is refused before the daemon is asked), then the payload, each
+/// chunk authenticated before it is written.
+pub fn decrypt(
+    client: &mut Client,
+    expected: Option<&EncryptionContext>,
+    input: &mut dyn Read,
+    in_path: Option<&Path>,
+    output: &mut dyn Write,
+    out_path: Option<&Path>,
+) -> Result<Streamed, CliError> {
+    let what = describe(in_path, "standard input");
+    // Binary age files and ASCII-armored ones (age -a) alike; the armor
+    // reader only when the input starts with armor, as it is much slower.
+    let mut buffered = BufReader::with_capacity(CHUNK, input);
+    let head = buffered
+        .fill_buf()
+        .map_err(|e| CliError::read(in_path, e))?;
+    let input: Box<dyn BufRead + '_> = if head.trim_ascii_start().starts_with(ARMOR_BEGIN) {
+        Box::new(ArmoredReader::new(buffered))
+    } else {
+        Box::new(buffered)
+    };
+    let decryptor =
+        Decryptor::new_buffered(input).map_err(|err| header_error(err, &what, in_path))?;
+    let identity = DaemonIdentity::new(client, expected);
+    let mut reader = match decryptor.decrypt(iter::once(&identity as &dyn Identity)) {
+        Ok(reader) => reader,
+        Err(err) => {
+            return Err(match identity.call.take_error() {
+                Some(found) => find_error(found, &what),
+                None => header_error(err, &what, in_path),
+            });
+        }
+    };
+    let used = identity.call.used().ok_or_else(|| CliError::AgeFile {
+        what: what.clone(),
+        why: "no file key was unwrapped".to_string(),
+        code: NOT_AGE_FILE,
+    })?;
+    let bytes = pump(&mut reader, output, out_path, |e, good| {
+        payload_error(e, good, &what, in_path)
+    })?;
+    output.flush().map_err(|e| CliError::write(out_path, e))?;
+    Ok(Streamed { used, bytes })
+}
+
+/// Copies `reader` to `writer` in chunks through one buffer wiped when
+/// dropped; returns the bytes copied. A read error becomes `read_error` of
+/// it and the bytes copied before it; a write error names `out_path`.
+fn pump(
+    reader: &mut dyn Read,
+    writer: &mut dyn Write,
+    out_path: Option<&Path>,
+    read_error: impl Fn(io::Error, u64) -> CliError,
+) -> Result<u64, CliError> {
+    let mut buf = Zeroizing::new(vec![0u8; CHUNK]);
+    let mut bytes = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(bytes),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_error(e, bytes)),
+        };
+        writer
+            .write_all(buf.get(..n).unwrap_or_default())
+            .map_err(|e| CliError::write(out_path, e))?;
+        bytes += n as u64;
+    }
+}
+
+/// The error of a header age could not use.
+fn header_error(err: DecryptError, what: &str, in_path: Option<&Path>) -> CliError {
+    let not_age = |why: &str| CliError::AgeFile {
+        what: what.to_string(),
+        why: why.to_string(),
+        code: NOT_AGE_FILE,
+    };
+    match err {
+        DecryptError::InvalidHeader | DecryptError::UnknownFormat => not_age(
+            "not an age file: it does not start with an age v1 header \
+             (age-encryption.org/v1) or its ASCII armor; give a file hostkms \
+             encrypt-file or age -r made",
+        ),
+        DecryptError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => not_age(
+            "not an age file, or one cut short in its header: the input ends before an \
+             age header does",
+        ),
+        DecryptError::Io(e) if e.kind() == io::ErrorKind::InvalidData => {
+            not_age(&format!("not an age file, or damaged ASCII armor: {e}"))
+        }
+        DecryptError::Io(e) => CliError::read(in_path, e),
+        DecryptError::NoMatchingKeys => CliError::AgeFile {
+            what: what.to_string(),
+            why: "the file has no hostkms stanza: it was not encrypted to a hostkms key \
+                  (hostkms encrypt-file, or age -r age1hostkms1...); decrypt it with the \
+                  age identity it was made for"
+                .to_string(),
+            code: NO_HOSTKMS_STANZA,
+        },
+        DecryptError::InvalidMac => CliError::AgeFile {
+            what: what.to_string(),
+            why: "the header's MAC does not match its file key: the header was altered \
+                  after encryption"
+                .to_string(),
+            code: DAMAGED_FILE,
+        },
+        other => not_age(&format!("age cannot read it: {other}")),
+    }
+}
+
+/// The error of a file key that did not come out of the stanzas.
+fn find_error(err: FindError, what: &str) -> CliError {
+    match err {
+        FindError::Unwrap(UnwrapError::Daemon(refused)) => CliError::from(refused),
+        FindError::ContextMismatch { .. } => CliError::ContextMismatch {
+            what: what.to_string(),
+            why: err.to_string(),
+        },
+        other => CliError::AgeFile {
+            what: what.to_string(),
+            why: other.to_string(),
+            code: DAMAGED_FILE,
+        },
+    }
+}
+
+/// The error of a payload that stopped decrypting after `good` plaintext
+/// bytes: a chunk that does not authenticate, or a file cut short.
+fn payload_error(err: io::Error, good: u64, what: &str, in_path: Option<&Path>) -> CliError {
+    let chunk = good / CHUNK as u64 + 1;
+    let why = match err.kind() {
+        io::ErrorKind::UnexpectedEof => format!(
+            "the file is truncated: it ends after {good} bytes of plaintext, without \
+             the final chunk that marks the end of an age file"
+        ),
+        io::ErrorKind::InvalidData => format!(
+            "chunk {chunk} of the payload (plaintext bytes from {good}) does not \
+             authenticate: the file was altered, truncated or its chunks reordered"
+        ),
+        _ => return CliError::read(in_path, err),
+    };
+    CliError::AgeFile {
+        what: what.to_string(),
+        why,
+        code: DAMAGED_FILE,
+    }
+}
