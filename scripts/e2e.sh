@@ -452,6 +452,135 @@ if [ ! -s "$run/journal.export" ]; then fail "the journal holds no secret" "the 
 elif [ -z "$leaks" ]; then pass "the journal ($(wc -c <"$run/journal.export") bytes) holds no secret, base64 or ciphertext"
 else fail "the journal holds no secret" "found:$leaks"; fi
 
+# --- systemd credentials (LoadCredential= from hostkms-credentials.socket) ---------
+# A unit with LoadCredential=dbpass:/run/hostkms/credentials.sock gets the
+# exact secret in $CREDENTIALS_DIRECTORY; a second unit whose file is a copy
+# of the first's (bound to the first unit's name) fails to start instead of
+# starting with an empty credential; both are in the journal with the unit,
+# the id and the process systemd connected from; rotating the key and
+# re-encrypting the credential works without touching the unit file.
+# The MESSAGE_IDs are the daemon's (src/audit.rs), read by name.
+MSG_CRED_DELIVERED=$(sed -n 's/.*CREDENTIAL_DELIVERED: &str = "\([0-9a-f]\{32\}\)".*/\1/p' "$top/src/audit.rs")
+MSG_CRED_REFUSED=$(sed -n 's/.*CREDENTIAL_REFUSED: &str = "\([0-9a-f]\{32\}\)".*/\1/p' "$top/src/audit.rs")
+if [ -n "$MSG_CRED_DELIVERED" ] && [ -n "$MSG_CRED_REFUSED" ]; then
+    pass "credential MESSAGE_IDs: delivered $MSG_CRED_DELIVERED, refused $MSG_CRED_REFUSED"
+else fail "src/audit.rs names CREDENTIAL_DELIVERED and CREDENTIAL_REFUSED" "found '$MSG_CRED_DELIVERED' '$MSG_CRED_REFUSED'"; fi
+expect_eq "hostkms-credentials.socket is enabled by the package" enabled \
+    "$(in_ct systemctl is-enabled hostkms-credentials.socket 2>&1 || true)"
+expect_eq "hostkms-credentials.socket is active" active \
+    "$(in_ct systemctl is-active hostkms-credentials.socket 2>&1 || true)"
+expect_eq "/run/hostkms/credentials.sock is root's, mode 0600" "socket root:root 600" \
+    "$(in_ct stat -c '%F %U:%G %a' /run/hostkms/credentials.sock 2>&1 || true)"
+expect_eq "the package made /etc/hostkms/credentials 0700 hostkms:hostkms" "directory hostkms:hostkms 700" \
+    "$(in_ct stat -c '%F %U:%G %a' /etc/hostkms/credentials 2>&1 || true)"
+# The credential is raw bytes: a non-ASCII byte and a trailing newline too
+# (--in reads them as they are).
+cred_secret="e2e-cred-$(od -An -tx1 -N12 /dev/urandom | tr -d ' \n')"
+# shellcheck disable=SC2016
+in_ct sh -c 'printf "%s\303\251 two words\n" "$1" >/root/e2e/cred-secret && chmod 0600 /root/e2e/cred-secret' sh "$cred_secret"
+check "create-key cred-e2e" in_ct hostkms create-key cred-e2e
+in_ct sh -c "cat >>/etc/hostkms/config.toml" <<'CONFIG'
+
+[[grant]]
+units = ["hkcred-a.service", "hkcred-b.service"]
+keys = ["cred-e2e"]
+ops = ["credential"]
+CONFIG
+check "reload with the credential grant" in_ct systemctl reload hostkms
+out=$(in_ct hostkms credential encrypt --unit hkcred-a.service --name dbpass --key cred-e2e --in /root/e2e/cred-secret 2>&1) && rc=0 || rc=$?
+if [ "$rc" -eq 0 ] && grep -qx '    LoadCredential=dbpass:/run/hostkms/credentials.sock' <<<"$out"; then
+    pass "hostkms credential encrypt (v1) prints the LoadCredential= line"
+else fail "hostkms credential encrypt --unit hkcred-a.service --name dbpass" "exit $rc: $out"; fi
+expect_eq "the credential file is hostkms's, 0600" "regular file hostkms:hostkms 600" \
+    "$(in_ct stat -c '%F %U:%G %a' /etc/hostkms/credentials/hkcred-a.service/dbpass 2>&1 || true)"
+for unit in hkcred-a hkcred-b; do
+    # TimeoutStartSec: a backstop only. A refused credential is never an
+    # empty one: hostkmsd sends one byte more than systemd takes, so the
+    # unit should fail at once; a oneshot's start timeout is otherwise
+    # infinite.
+    in_ct sh -c "cat >/etc/systemd/system/$unit.service" <<UNIT
+[Unit]
+Description=hostkms e2e: a service reading its credential
+
+[Service]
+Type=oneshot
+RemainAfterExit=no
+TimeoutStartSec=20s
+LoadCredential=dbpass:/run/hostkms/credentials.sock
+ExecStart=/bin/sh -c 'cat "\$CREDENTIALS_DIRECTORY/dbpass" > /run/$unit.out'
+UNIT
+done
+in_ct install -d -m 0700 -o hostkms -g hostkms /etc/hostkms/credentials/hkcred-b.service
+in_ct cp -p /etc/hostkms/credentials/hkcred-a.service/dbpass /etc/hostkms/credentials/hkcred-b.service/dbpass
+in_ct rm -f /run/hkcred-a.out /run/hkcred-b.out
+in_ct systemctl daemon-reload
+check "systemctl start hkcred-a (LoadCredential= from hostkms)" in_ct systemctl start hkcred-a.service
+want_sum=$(in_ct sh -c 'sha256sum </root/e2e/cred-secret' | cut -d' ' -f1)
+# (Never the digest of nothing: an empty credential must not compare equal.)
+if [ -z "$want_sum" ] || [ "$want_sum" = e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 ]; then
+    fail "the secret file in the container holds the secret" "sha256 '$want_sum'"
+fi
+expect_eq "hkcred-a saw the exact secret bytes (non-ASCII, trailing newline)" "$want_sum" \
+    "$(in_ct sh -c 'sha256sum </run/hkcred-a.out' 2>&1 | cut -d' ' -f1)"
+t=$(date +%s.%N)
+out=$(in_ct systemctl start hkcred-b.service 2>&1) && rc=0 || rc=$?
+took=$(elapsed "$t")
+if [ "$rc" -ne 0 ]; then pass "systemctl start hkcred-b fails (a copy of hkcred-a's credential) after $took s: exit $rc"
+else fail "systemctl start hkcred-b fails (a copy of hkcred-a's credential)" "it started: $out"; fi
+expect_eq "hkcred-b is failed" failed "$(in_ct systemctl is-failed hkcred-b.service 2>&1 || true)"
+result=$(in_ct systemctl show -p Result --value hkcred-b.service 2>&1 || true)
+say "hkcred-b failed in $took s: Result=$result; systemd said:"
+in_ct journalctl -u hkcred-b.service --no-pager -o cat 2>&1 | sed 's/^/e2e:     /' || true
+if [ "$result" != timeout ] && awk -v s="$took" 'BEGIN { exit !(s < 15) }'; then
+    pass "hkcred-b failed at once ($took s, Result=$result), not at its 20 s start timeout"
+else fail "hkcred-b fails at once, not at its 20 s start timeout" "took $took s, Result=$result"; fi
+if in_ct test -e /run/hkcred-b.out; then fail "hkcred-b never ran: /run/hkcred-b.out does not exist" "it exists ($(in_ct stat -c %s /run/hkcred-b.out) bytes)"
+else pass "hkcred-b never ran: /run/hkcred-b.out does not exist (no empty credential)"; fi
+in_ct journalctl --sync 2>/dev/null || true
+need="$BASE HOSTKMS_KEY_VERSION HOSTKMS_PEER_UNIT HOSTKMS_PEER_COMM HOSTKMS_CREDENTIAL_UNIT HOSTKMS_CREDENTIAL"
+journal_has "journal: credential dbpass delivered to hkcred-a.service (v1)" \
+    MESSAGE_ID="$MSG_CRED_DELIVERED" HOSTKMS_CREDENTIAL_UNIT=hkcred-a.service HOSTKMS_CREDENTIAL=dbpass \
+    HOSTKMS_KEY=cred-e2e HOSTKMS_KEY_VERSION=1 HOSTKMS_PEER_UNIT=hkcred-a.service HOSTKMS_PEER_UID=0
+entry=$(journal_entry MESSAGE_ID="$MSG_CRED_DELIVERED" HOSTKMS_CREDENTIAL_UNIT=hkcred-a.service)
+peer_pid=$(sed -n 's/.*"HOSTKMS_PEER_PID":"\([0-9]*\)".*/\1/p' <<<"$entry")
+peer_comm=$(sed -n 's/.*"HOSTKMS_PEER_COMM":"\([^"]*\)".*/\1/p' <<<"$entry")
+peer_unit=$(sed -n 's/.*"HOSTKMS_PEER_UNIT":"\([^"]*\)".*/\1/p' <<<"$entry")
+say "systemd connected for hkcred-a from pid ${peer_pid:-?} comm ${peer_comm:-?} in ${peer_unit:-?}"
+if [ -n "$peer_pid" ] && [ "$peer_pid" != 1 ] && [ "$peer_unit" = hkcred-a.service ]; then
+    pass "the credential's peer is not PID 1 but pid $peer_pid ($peer_comm) in hkcred-a.service's cgroup"
+else fail "the credential's peer is not PID 1 and is in hkcred-a.service's cgroup" "pid '$peer_pid' comm '$peer_comm' unit '$peer_unit'"; fi
+need="$BASE HOSTKMS_CREDENTIAL_UNIT HOSTKMS_CREDENTIAL HOSTKMS_PEER_UNIT"
+journal_has "journal: credential dbpass refused to hkcred-b.service" \
+    MESSAGE_ID="$MSG_CRED_REFUSED" HOSTKMS_CREDENTIAL_UNIT=hkcred-b.service HOSTKMS_CREDENTIAL=dbpass \
+    HOSTKMS_PEER_UNIT=hkcred-b.service
+say "the refusal: $(journal_entry MESSAGE_ID="$MSG_CRED_REFUSED" HOSTKMS_CREDENTIAL_UNIT=hkcred-b.service |
+    sed -n 's/.*"MESSAGE":"\([^"]*\)".*/\1/p')"
+# Rotation, then re-encryption, without touching the unit file.
+check "rotate cred-e2e" in_ct hostkms rotate cred-e2e
+in_ct rm -f /run/hkcred-a.out
+check "after rotate, systemctl restart hkcred-a" in_ct systemctl restart hkcred-a.service
+expect_eq "after rotate, hkcred-a still gets the secret (v1 credential)" "$want_sum" \
+    "$(in_ct sh -c 'sha256sum </run/hkcred-a.out' 2>&1 | cut -d' ' -f1)"
+out=$(in_ct hostkms --json credential encrypt --unit hkcred-a.service --name dbpass --key cred-e2e --in /root/e2e/cred-secret 2>&1) && rc=0 || rc=$?
+if [ "$rc" -eq 0 ] && grep -q '"version":2' <<<"$out" && grep -q '"replaced":true' <<<"$out"; then
+    pass "credential encrypt again: version 2, replaced"
+else fail "credential encrypt again: version 2, replaced" "exit $rc: $out"; fi
+in_ct rm -f /run/hkcred-a.out
+check "after re-encryption, systemctl restart hkcred-a" in_ct systemctl restart hkcred-a.service
+expect_eq "after re-encryption, hkcred-a gets the secret" "$want_sum" \
+    "$(in_ct sh -c 'sha256sum </run/hkcred-a.out' 2>&1 | cut -d' ' -f1)"
+in_ct journalctl --sync 2>/dev/null || true
+need="$BASE HOSTKMS_KEY_VERSION HOSTKMS_CREDENTIAL_UNIT HOSTKMS_CREDENTIAL"
+journal_has "journal: the delivery after re-encryption is of version 2" \
+    MESSAGE_ID="$MSG_CRED_DELIVERED" HOSTKMS_CREDENTIAL_UNIT=hkcred-a.service HOSTKMS_KEY_VERSION=2
+out=$(in_ct hostkms credential list --unit hkcred-a.service 2>&1 || true)
+if grep -q 'dbpass.*key cred-e2e v2' <<<"$out"; then pass "credential list shows hkcred-a's dbpass under cred-e2e v2"
+else fail "credential list shows hkcred-a's dbpass under cred-e2e v2" "$out"; fi
+# The secret is in no log.
+in_ct journalctl --no-pager -o export >"$run/journal-cred.export" 2>/dev/null || true
+if grep -aqF -- "$cred_secret" "$run/journal-cred.export"; then fail "the journal holds no credential" "found the secret"
+else pass "the journal holds no credential secret"; fi
+
 # --- Stop, then power off -----------------------------------------------------------
 check "systemctl stop hostkms.service" in_ct systemctl stop hostkms.service
 props=$(in_ct systemctl show -p Result -p ExecMainCode -p ExecMainStatus hostkms.service)

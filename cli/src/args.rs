@@ -288,6 +288,10 @@ pub enum Command {
     /// host's daemon can open. The key is never in clear outside the daemons.
     #[command(after_long_help = crate::json_docs::EXPORT)]
     Export(ExportArgs),
+    /// systemd credentials served by hostkms: encrypt a secret for one
+    /// unit's `LoadCredential=`, list what is stored (as root).
+    #[command(subcommand, after_long_help = crate::json_docs::CREDENTIAL)]
+    Credential(CredentialCommand),
     /// Import a key from a file a pinned host exported to this host: adds
     /// the key, or the versions this host lacks; never brings back a version
     /// revoked here.
@@ -296,6 +300,55 @@ pub enum Command {
         /// The file `hostkms export` wrote on the other host.
         file: PathBuf,
     },
+}
+
+/// `credential encrypt` and `credential list`.
+#[derive(Debug, Subcommand)]
+pub enum CredentialCommand {
+    /// Encrypt a secret (from --in, standard input, or asked twice on a
+    /// terminal) as the systemd credential ID of UNIT, written to
+    /// DIR/UNIT/ID (mode 0600, replaced whole if it exists), and print the
+    /// LoadCredential= line to add to the unit. Admins only (run as root).
+    #[command(after_long_help = crate::json_docs::CREDENTIAL_ENCRYPT)]
+    Encrypt(CredentialEncryptArgs),
+    /// List the credentials stored in DIR: unit, id, key, version, size,
+    /// modification time; a file that is no hostkms ciphertext is listed
+    /// as such.
+    #[command(after_long_help = crate::json_docs::CREDENTIAL_LIST)]
+    List(CredentialListArgs),
+}
+
+/// Arguments of `credential encrypt`.
+#[derive(Debug, Args)]
+pub struct CredentialEncryptArgs {
+    /// The unit that receives the credential, e.g. postgresql.service.
+    #[arg(long, value_name = "UNIT")]
+    pub unit: String,
+    /// The credential's id: its file name in $CREDENTIALS_DIRECTORY.
+    #[arg(long = "name", value_name = "ID")]
+    pub id: String,
+    /// The aes256-gcm key to encrypt it with.
+    #[arg(long, value_name = "NAME")]
+    pub key: String,
+    /// Read the secret from FILE ("-": standard input); its bytes are the
+    /// credential, a trailing newline included. Default: standard input,
+    /// or, on a terminal, asked twice without echo.
+    #[arg(long = "in", value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// The credentials directory, as the daemon's [credentials] directory.
+    #[arg(long, value_name = "DIR", default_value = crate::credential::DEFAULT_DIR)]
+    pub dir: PathBuf,
+}
+
+/// Arguments of `credential list`.
+#[derive(Debug, Args)]
+pub struct CredentialListArgs {
+    /// Only this unit's credentials.
+    #[arg(long, value_name = "UNIT")]
+    pub unit: Option<String>,
+    /// The credentials directory, as the daemon's [credentials] directory.
+    #[arg(long, value_name = "DIR", default_value = crate::credential::DEFAULT_DIR)]
+    pub dir: PathBuf,
 }
 
 /// Arguments of `export`.
@@ -1209,8 +1262,12 @@ mod tests {
     fn every_command_documents_its_json_fields() {
         use clap::CommandFactory;
         let cli = Cli::command();
+        let nested = cli
+            .get_subcommands()
+            .flat_map(clap::Command::get_subcommands);
         let undocumented: Vec<&str> = cli
             .get_subcommands()
+            .chain(nested)
             .filter(|sub| sub.get_name() != "help")
             .filter(|sub| {
                 !sub.get_after_long_help()

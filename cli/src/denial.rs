@@ -147,6 +147,24 @@ mod tests {
     }
 
     #[test]
+    fn a_credential_denial_suggests_no_grant() {
+        // Only admins encrypt credentials; no grant could allow it.
+        let cli = Cli::try_parse_from([
+            "hostkms",
+            "credential",
+            "encrypt",
+            "--unit",
+            "a.service",
+            "--name",
+            "x",
+            "--key",
+            "db",
+        ])
+        .expect("parse");
+        assert_eq!(named_key(&cli.command), None);
+    }
+
+    #[test]
     fn files_name_the_grant_they_need() {
         let cli = Cli::try_parse_from(["hostkms", "encrypt-file", "backup"]).expect("parse");
         assert_eq!(named_key(&cli.command), Some((Operation::Wrap, "backup")));

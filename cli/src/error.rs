@@ -81,6 +81,10 @@ pub enum CliError {
         /// What the system said.
         source: io::Error,
     },
+    /// The credentials directory, or what is in it, cannot take or show a
+    /// credential: the message says what and what to do.
+    #[error("{0}")]
+    CredentialDir(String),
     /// The operating system's random number generator failed.
     #[error("cannot get random bytes from the operating system: {0}")]
     Random(String),
@@ -278,6 +282,7 @@ impl CliError {
             CliError::NotCiphertext { .. } => "not_ciphertext",
             CliError::NotVerified { .. } => "invalid",
             CliError::Write { .. } => "write",
+            CliError::CredentialDir(_) => "credential_dir",
             CliError::Random(_) => "random",
             CliError::BenchThread | CliError::BenchFailed { .. } => "bench_failed",
             CliError::BenchInterrupted { .. } => "interrupted",

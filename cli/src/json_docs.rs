@@ -16,9 +16,9 @@ busy, tpm_unavailable, internal, not_implemented, invalid_argument,
 version_not_found, wrong_key_type, bad_request, frame_too_large,
 unsupported_version, unrecognized), or a local kind: usage, connect,
 connection, timed_out, may_have_executed, daemon_too_old, read, write,
-input_too_large, not_ciphertext, not_age_file, no_hostkms_stanza,
-damaged_file, context_mismatch, counters_withheld, not_recoverable, random,
-bench_failed, bench_key_left, interrupted, signals. verify and verify-mac
+input_too_large, not_ciphertext, credential_dir, not_age_file,
+no_hostkms_stanza, damaged_file, context_mismatch, counters_withheld,
+not_recoverable, random, bench_failed, bench_key_left, interrupted, signals. verify and verify-mac
 print their result object even when the signature or tag is invalid (exit
 1), and bench its report when requests failed or its temporary key could
 not be revoked: then the error goes to standard error only. Errors of the
@@ -168,6 +168,31 @@ JSON (--json): {\"key\", \"destination\", \"file\", \"bytes\"}";
 
 /// `backup`.
 pub const BACKUP: &str = "JSON (--json): {\"dir\", \"out\"}";
+
+/// `credential`: the fields of its subcommands.
+pub const CREDENTIAL: &str = "\
+JSON (--json): credential encrypt prints {\"unit\", \"credential\", \"key\",
+\"version\", \"file\", \"replaced\" (true when a credential was there before),
+\"load_credential\" (the line for the unit's [Service] section), \"grant\" (the
+[[grant]] table the unit needs)}; credential list prints an array of
+{\"unit\", \"credential\", \"file\", \"size\", \"modified\" (RFC 3339 UTC),
+\"key\" (null when unknown), \"key_id\", \"version\", \"problem\" (null, or why
+the file is no credential hostkms can serve)}.";
+
+/// `credential encrypt`.
+pub const CREDENTIAL_ENCRYPT: &str = "\
+JSON (--json): {\"unit\", \"credential\", \"key\", \"version\", \"file\",
+\"replaced\" (true when a credential was there before), \"load_credential\"
+(the line for the unit's [Service] section), \"grant\" (the [[grant]] table the
+unit needs)}";
+
+/// `credential list`.
+pub const CREDENTIAL_LIST: &str = "\
+JSON (--json): an array of {\"unit\", \"credential\", \"file\", \"size\",
+\"modified\" (RFC 3339 UTC), \"key\" (the key's name; null when the daemon
+was not asked or does not know it), \"key_id\" (32 hex digits, or null),
+\"version\" (or null), \"problem\" (null, or why the file is no credential
+hostkms can serve)}";
 
 /// `bench`.
 pub const BENCH: &str = "\

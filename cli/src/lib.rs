@@ -10,6 +10,7 @@ pub mod age_file;
 pub mod args;
 pub mod backup;
 pub mod bench;
+pub mod credential;
 pub mod denial;
 pub mod error;
 pub mod inspect;

@@ -17,9 +17,9 @@ use agent_proto::{Client, KeyInfo, KeySettings, RotationSetting};
 use clap::Parser as _;
 use hostkms_cli::age_file::recipient::RecipientSpec;
 use hostkms_cli::args::{
-    Cli, Command, DatakeyArgs, ExportArgs, InOutArgs, InspectArgs, MacArgs, PeriodArg,
-    PublicKeyArgs, RandomArgs, RewrapArgs, SignArgs, UnwrapArgs, VerifyArgs, VerifyMacArgs,
-    WrapArgs,
+    Cli, Command, CredentialCommand, CredentialEncryptArgs, CredentialListArgs, DatakeyArgs,
+    ExportArgs, InOutArgs, InspectArgs, MacArgs, PeriodArg, PublicKeyArgs, RandomArgs, RewrapArgs,
+    SignArgs, UnwrapArgs, VerifyArgs, VerifyMacArgs, WrapArgs,
 };
 use hostkms_cli::error::{CliError, printable};
 use hostkms_cli::io::{Sensitivity, base64_public, write_output, write_stdout};
@@ -272,6 +272,10 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         Command::DecryptFile(args) => decrypt_file(daemon, args, json),
         Command::AgeRecipient { name, context } => age_recipient(name, context, json),
         Command::AgeIdentity => age_identity(json),
+        Command::Credential(CredentialCommand::Encrypt(args)) => {
+            credential_encrypt(daemon, args, json)
+        }
+        Command::Credential(CredentialCommand::List(args)) => credential_list(daemon, args, json),
     }
 }
 
@@ -467,6 +471,74 @@ fn age_identity(json: bool) -> Result<(), CliError> {
             "# hostkms age identity (age-plugin-hostkms): holds no secret; decrypting with it \
              asks hostkmsd, whose unwrap grants decide\n{identity}\n"
         )
+    };
+    write_stdout(text.as_bytes())
+}
+
+/// `credential encrypt`: checks the names and the target path, reads the
+/// secret, has the daemon encrypt it for the unit (admins only), writes
+/// the file and says what to put in the unit.
+fn credential_encrypt(
+    daemon: &Daemon,
+    args: &CredentialEncryptArgs,
+    json: bool,
+) -> Result<(), CliError> {
+    use hostkms_cli::credential::{self, Encrypted, Target};
+    credential::check_names(&args.unit, &args.id)?;
+    let target = Target::prepare(&args.dir, &args.unit, &args.id)?;
+    let secret = credential::read_secret(
+        args.input.as_deref(),
+        &format!(
+            "credential {} of {}",
+            printable(&args.id),
+            printable(&args.unit)
+        ),
+    )?;
+    let wrapped = daemon
+        .connect()?
+        .wrap_credential(&args.key, &args.unit, &args.id, &secret)?;
+    drop(secret);
+    let replaced = target.replaces();
+    let file = target.write(wrapped.ciphertext.as_bytes())?;
+    let done = Encrypted {
+        unit: args.unit.clone(),
+        credential: args.id.clone(),
+        key: wrapped.key.clone(),
+        version: wrapped.version,
+        file: file.display().to_string(),
+        replaced,
+        load_credential: credential::load_credential_line(&args.id),
+        grant: credential::grant_line(&args.unit, &wrapped.key),
+    };
+    let text = if json {
+        output::json_line(&done).map_err(json_error)?
+    } else {
+        credential::encrypted_human(&done)
+    };
+    write_stdout(text.as_bytes())
+}
+
+/// `credential list`: what is stored, with the key names the daemon shows
+/// (without a daemon, the key ids only, and a note).
+fn credential_list(daemon: &Daemon, args: &CredentialListArgs, json: bool) -> Result<(), CliError> {
+    use hostkms_cli::credential;
+    let mut listed = credential::list(&args.dir, args.unit.as_deref())?;
+    if credential::has_headers(&listed) {
+        match daemon.connect().and_then(|mut c| Ok(c.list_keys()?)) {
+            Ok(keys) => credential::name_keys(&mut listed, &keys),
+            Err(err) => {
+                let err = report::diagnose_connect(err);
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "hostkms: note: key names are not shown: {err}"
+                );
+            }
+        }
+    }
+    let text = if json {
+        output::json_line(&listed).map_err(json_error)?
+    } else {
+        credential::list_human(&listed)
     };
     write_stdout(text.as_bytes())
 }

@@ -5,8 +5,17 @@
 //! after, by the handler ([`Service::permit`]); a peer whose grants cover
 //! the name may learn that it names no key (`KeyNotFound`), as `ListKeys`
 //! would show it the key if it existed.
+//!
+//! Before that, a request whose encryption context uses a reserved key
+//! (`hostkms.`, see `agent_proto::credential`) is refused whole: such a
+//! context binds a systemd credential to its unit, and only the
+//! credential socket, which checks the unit of the process systemd
+//! connects from, may ever unwrap one. Anyone holding `unwrap` on a key
+//! could otherwise decrypt every credential made with it by passing the
+//! credential's context themselves.
 
-use agent_proto::{Operation, Request};
+use agent_proto::credential;
+use agent_proto::{EncryptionContext, ErrorCode, Operation, Request};
 
 use super::{Refusal, Service};
 use crate::peer::Peer;
@@ -18,6 +27,7 @@ impl Service {
     /// carries counts: the key, the key an unwrap or rewrap expects, and a
     /// rewrap's destination key.
     pub(super) fn gate(&self, peer: &Peer, request: &Request) -> Result<(), Refusal> {
+        refuse_reserved(request)?;
         let policy = self.policy.load();
         for (op, name) in named_keys(request) {
             if !policy.may_see(peer, name) {
@@ -25,6 +35,73 @@ impl Service {
             }
         }
         Ok(())
+    }
+}
+
+/// Refuses `request` when any encryption context it carries uses a key
+/// reserved to hostkms: no request of the main socket may make, read or
+/// re-encrypt a ciphertext bound to a systemd credential's context.
+fn refuse_reserved(request: &Request) -> Result<(), Refusal> {
+    match contexts(request).find_map(credential::reserved_key) {
+        Some(key) => Err(Refusal::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "context key {key:?} is reserved: keys beginning with {:?} are hostkms's own \
+                 (they bind systemd credentials); use another name",
+                credential::RESERVED_PREFIX
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Every encryption context `request` carries: its own, a rewrap's
+/// destination context, and each item's of a batch. Every variant is
+/// named, so that a new request carrying a context cannot slip past.
+/// `WrapCredential` carries none: the daemon builds its reserved context.
+fn contexts(request: &Request) -> Box<dyn Iterator<Item = &EncryptionContext> + '_> {
+    match request {
+        Request::Wrap { context, .. }
+        | Request::Unwrap { context, .. }
+        | Request::GenerateDataKey { context, .. } => Box::new(std::iter::once(context)),
+        Request::Rewrap {
+            context,
+            destination,
+            ..
+        } => Box::new(
+            std::iter::once(context).chain(
+                destination
+                    .as_ref()
+                    .and_then(|destination| destination.context.as_ref()),
+            ),
+        ),
+        Request::WrapBatch { items, .. } => Box::new(items.iter().map(|item| &item.context)),
+        Request::UnwrapBatch { items, .. } => Box::new(items.iter().map(|item| &item.context)),
+        Request::Ping
+        | Request::Status
+        | Request::CreateKey { .. }
+        | Request::Rotate { .. }
+        | Request::Revoke { .. }
+        | Request::Disable { .. }
+        | Request::Enable { .. }
+        | Request::SetMinDecryptionVersion { .. }
+        | Request::ListKeys { .. }
+        | Request::DescribeKey { .. }
+        | Request::RotateRoot
+        | Request::TransportKey
+        | Request::ExportKey { .. }
+        | Request::ImportKey { .. }
+        | Request::Mac { .. }
+        | Request::VerifyMac { .. }
+        | Request::Sign { .. }
+        | Request::Verify { .. }
+        | Request::GetPublicKey { .. }
+        | Request::GenerateRandom { .. }
+        | Request::ScheduleDeletion { .. }
+        | Request::CancelDeletion { .. }
+        | Request::SetRotationPeriod { .. }
+        | Request::UpdateKeyMetadata { .. }
+        | Request::WrapCredential { .. } => Box::new(std::iter::empty()),
     }
 }
 

@@ -11,7 +11,11 @@
 pub fn key_name_slots(command: &clap::Command) -> (Vec<String>, Vec<String>) {
     let mut commands = Vec::new();
     let mut options = Vec::new();
-    for sub in command.get_subcommands() {
+    // Nested commands (`credential encrypt --key NAME`) count too.
+    let nested = command
+        .get_subcommands()
+        .flat_map(clap::Command::get_subcommands);
+    for sub in command.get_subcommands().chain(nested) {
         let first = sub.get_positionals().next();
         if first.is_some_and(|arg| arg.get_id() == "name") {
             commands.push(sub.get_name().to_string());
@@ -208,6 +212,8 @@ mod tests {
         assert_eq!(words, ["app-db", "backups"]);
         let (words, _) = complete(&["hostkms", "schedule-deletion", "ap"]);
         assert_eq!(words, ["app-db"]);
+        let (words, _) = complete(&["hostkms", "credential", "encrypt", "--key", ""]);
+        assert_eq!(words, ["app-db", "backups"]);
         let (words, _) = complete(&["hostkms", "rewrap", "--to-key", ""]);
         assert_eq!(words, ["app-db", "backups"]);
     }

@@ -115,6 +115,16 @@ pub fn render(page: &Page, command: clap::Command, date: &str) -> std::io::Resul
         ));
         for sub in subcommands {
             out.push_str(&subcommand(sub)?);
+            // A command with commands of its own (`credential encrypt`):
+            // each gets its subsection too, titled with its full name.
+            let parent = sub.get_bin_name().unwrap_or_else(|| sub.get_name());
+            for nested in sub
+                .get_subcommands()
+                .filter(|nested| !nested.is_hide_set() && nested.get_name() != "help")
+            {
+                let full = format!("{parent} {}", nested.get_name());
+                out.push_str(&subcommand(&nested.clone().bin_name(full))?);
+            }
         }
     }
     out.push_str(page.extra);
@@ -262,6 +272,14 @@ mod tests {
         {
             let title = format!(".SS \"hostkms {}\"", sub.get_name().replace('-', "\\-"));
             assert!(cli.contains(&title), "no {title} in hostkms.1");
+            for nested in sub.get_subcommands().filter(|s| s.get_name() != "help") {
+                let title = format!(
+                    ".SS \"hostkms {} {}\"",
+                    sub.get_name().replace('-', "\\-"),
+                    nested.get_name().replace('-', "\\-")
+                );
+                assert!(cli.contains(&title), "no {title} in hostkms.1");
+            }
         }
         assert!(
             cli.ends_with(
