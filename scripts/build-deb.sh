@@ -64,10 +64,14 @@ echo "build-deb: release build took $(($(seconds) - start)) s"
 # The movable test clock (src/clock.rs) exists in debug builds only: a
 # release daemon that knew its variable would let whoever sets its
 # environment move its clocks and shorten a deletion's waiting period.
+# The same for the switch that makes the daemon act as on a kernel without
+# SO_PEERPIDFD: it would weaken the credential socket's peer check.
 for binary in target/release/hostkmsd target/release/hostkms target/release/age-plugin-hostkms; do
-    found=$(grep -c -a HOSTKMS_TEST_CLOCK "$binary" || true)
-    [ "$found" = 0 ] \
-        || die "$binary contains HOSTKMS_TEST_CLOCK ($found times): the test clock must be compiled out of release builds (#[cfg(debug_assertions)])"
+    for switch in HOSTKMS_TEST_CLOCK HOSTKMS_TEST_NO_PEERPIDFD; do
+        found=$(grep -c -a "$switch" "$binary" || true)
+        [ "$found" = 0 ] \
+            || die "$binary contains $switch ($found times): test switches must be compiled out of release builds (#[cfg(debug_assertions)])"
+    done
 done
 
 # 3. Man pages and completions, by xtask (never installed) from the same clap

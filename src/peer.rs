@@ -120,8 +120,39 @@ enum PeerPidfd {
     Unsupported,
 }
 
+/// Set (debug builds only) to act as a kernel without `SO_PEERPIDFD`, so
+/// that the tests run the fallback of Linux before 6.5 here.
+#[cfg(debug_assertions)]
+pub const NO_PEERPIDFD_ENV: &str = "HOSTKMS_TEST_NO_PEERPIDFD";
+
+/// Whether the kernel names the process that connected to `socket`
+/// (`SO_PEERPIDFD`, Linux 6.5+). Without it, the peer's unit was read from
+/// whatever process had the connector's pid after accept, which may be
+/// another process if the connector exited and its pid was reused.
+pub fn names_connector(socket: &impl AsFd) -> bool {
+    !matches!(peer_pidfd(socket), PeerPidfd::Unsupported)
+}
+
+/// The command name (`/proc/PID/comm`) of the process with `pid`, pinned
+/// by a pidfd while it is read so that it is that process's.
+pub fn pinned_comm(pid: i32) -> Option<String> {
+    // SAFETY: pidfd_open(2) takes two integers and no pointer.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = libc::c_int::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: `fd` (>= 0) is the new descriptor pidfd_open just created;
+    // the OwnedFd is its only owner.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    still_there(&pidfd).ok()?;
+    Some(comm.trim_end_matches('\n').to_string())
+}
+
 /// The pidfd of the process that connected, from the socket itself.
 fn peer_pidfd(socket: &impl AsFd) -> PeerPidfd {
+    #[cfg(debug_assertions)]
+    if std::env::var_os(NO_PEERPIDFD_ENV).is_some() {
+        return PeerPidfd::Unsupported;
+    }
     let mut fd: libc::c_int = -1;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `fd` is a live c_int and `len` its exact size; the kernel

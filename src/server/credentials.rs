@@ -49,6 +49,9 @@ use crate::service::{CredentialRefusal, Service};
 /// Credential connections served at once (a credential or a refusal
 /// being written); more wait in the listen backlog until one is done.
 pub const MAX_CREDENTIAL_CONNECTIONS: usize = 64;
+/// How systemd names the helper processes it forks (`(sd-mkdcreds)` loads
+/// credentials in systemd 252): the connector on kernels that cannot name it.
+pub const SYSTEMD_HELPER_PREFIX: &str = "(sd-";
 /// Refusal fillers being written at once to the peers of one unit (by
 /// their cgroup; those with none count as one unit).
 pub const MAX_REFUSING_PER_UNIT: usize = 4;
@@ -272,6 +275,31 @@ async fn serve_one(
         );
         service.credential_refused(&peer, &event, &refusal, true);
         return refused;
+    }
+    if !crate::peer::names_connector(stream) {
+        // Before Linux 6.5 the unit is that of whatever process holds the
+        // connector's pid now: a root process of another unit could
+        // connect, exit, and have its pid taken by a process of UNIT.
+        // systemd's own helper that connects is named "(sd-…)" (systemd
+        // 252: "(sd-mkdcreds)"), a name no process of UNIT that took the
+        // pid would carry by chance.
+        let comm = peer.pid.and_then(crate::peer::pinned_comm);
+        if !comm
+            .as_deref()
+            .is_some_and(|comm| comm.starts_with(SYSTEMD_HELPER_PREFIX))
+        {
+            let refusal = CredentialRefusal::new(
+                "peer-unproven",
+                format!(
+                    "this kernel (before Linux 6.5, no SO_PEERPIDFD) names only the pid of the process that connected, which another process may have taken since; on such a kernel a credential goes only to systemd's own helper (a process named \"{SYSTEMD_HELPER_PREFIX}…)\"), and pid {} is {}; LoadCredential= from systemd works, anything else needs Linux 6.5 or later",
+                    peer.pid
+                        .map_or_else(|| "?".to_string(), |pid| pid.to_string()),
+                    comm.map_or_else(|| "gone".to_string(), |comm| format!("{comm:?}"))
+                ),
+            );
+            service.credential_refused(&peer, &event, &refusal, true);
+            return refused;
+        }
     }
     let plaintext = match service
         .deliver_credential(&peer, &unit, &id, directory, &mut event)

@@ -91,6 +91,11 @@ fn credential_grant(units: &[&str]) -> Grant {
 }
 
 fn setup(grants: Vec<Grant>, config: DaemonConfig) -> Setup {
+    setup_with_env(grants, config, &[])
+}
+
+/// As [`setup`], with extra environment variables for the daemon.
+fn setup_with_env(grants: Vec<Grant>, config: DaemonConfig, env: &[(&str, &str)]) -> Setup {
     ensure_journald();
     let cgroups = TestCgroups::new();
     let tpm = Swtpm::start();
@@ -109,8 +114,9 @@ fn setup(grants: Vec<Grant>, config: DaemonConfig) -> Setup {
     let mut files = DaemonFiles::new(&tpm.tcti(), &config);
     // Kept with the daemon's files: removed when the test ends.
     files.public = Some(public);
-    let daemon = Daemon::start_with_env(&files, &[], &[("HOSTKMS_LOG_TARGET", "journal")])
-        .expect("start hostkmsd");
+    let mut daemon_env = vec![("HOSTKMS_LOG_TARGET", "journal")];
+    daemon_env.extend_from_slice(env);
+    let daemon = Daemon::start_with_env(&files, &[], &daemon_env).expect("start hostkmsd");
     let journal = daemon.journal_scope();
     daemon.client().create_key(KEY).expect("create the key");
     Setup {
@@ -199,6 +205,8 @@ struct Reader<'a> {
     wait: Duration,
     /// Connections to open and hold without reading, instead of reading one.
     hoard: usize,
+    /// The command name to take before connecting; `None`: the test's own.
+    comm: Option<&'a str>,
 }
 
 impl Reader<'_> {
@@ -213,6 +221,7 @@ impl Reader<'_> {
             )
             .env("HKT_CRED_WAIT_MS", self.wait.as_millis().to_string())
             .env("HKT_CRED_HOARD", self.hoard.to_string())
+            .env("HKT_CRED_COMM", self.comm.unwrap_or_default())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         join_cgroup_as(&mut command, self.cgroup, self.uid);
@@ -253,6 +262,7 @@ fn fetch(cgroup: &Path, uid: u32, socket: &Path, unit: &str, id: &str, wait: Dur
         address: Some(address(unit, id)),
         wait,
         hoard: 0,
+        comm: None,
     }
     .run()
 }
@@ -271,6 +281,11 @@ fn credential_reader() {
     let address = unhex(&var("HKT_CRED_ADDRESS"));
     let wait = Duration::from_millis(var("HKT_CRED_WAIT_MS").parse().expect("ms"));
     let hoard: usize = var("HKT_CRED_HOARD").parse().expect("a count");
+    let comm = var("HKT_CRED_COMM");
+    if !comm.is_empty() {
+        // The process's name (its main thread's), not this test thread's.
+        fs::write("/proc/self/comm", comm).expect("rename the process");
+    }
     let open = |n: usize| -> std::os::unix::net::UnixStream {
         let fd = socket(
             AddressFamily::Unix,
@@ -528,6 +543,7 @@ fn a_peer_whose_address_names_no_valid_unit_and_id_gets_nothing() {
             address: address.clone(),
             wait: HELD_FOR,
             hoard: 0,
+            comm: None,
         }
         .run();
         assert_eq!(got, Fetched::refused(), "{address:?}");
@@ -789,6 +805,7 @@ fn hoarding_peers_do_not_block_the_unit() {
             address,
             wait: Duration::from_secs(20),
             hoard: count,
+            comm: None,
         }
         .command()
         .spawn()
@@ -905,4 +922,49 @@ fn socket_activation_passes_the_credential_socket_by_its_name() {
         "{status}: {}",
         fs::read_to_string(&log).unwrap_or_default()
     );
+}
+
+/// Before Linux 6.5 (no `SO_PEERPIDFD`; the daemon is told to act so) the
+/// unit is read from whatever process has the connector's pid after
+/// accept: a root process of another unit that connects and exits could
+/// have its pid taken by a process of the unit. On such a kernel only
+/// systemd's own helper, named "(sd-…)", gets a credential.
+#[test]
+fn without_peerpidfd_only_systemds_helper_gets_a_credential() {
+    let unit = unit_name();
+    let mut s = setup_with_env(
+        vec![credential_grant(&[&unit])],
+        DaemonConfig::new(),
+        &[("HOSTKMS_TEST_NO_PEERPIDFD", "1")],
+    );
+    let secret = format!("pw-{}", random_hex(16)).into_bytes();
+    s.store(&unit, "dbpass", &secret);
+    let own = s.cgroup(&unit);
+    let as_comm = |comm: Option<&str>| {
+        Reader {
+            cgroup: &own,
+            uid: 0,
+            socket: &s.socket,
+            address: Some(address(&unit, "dbpass")),
+            wait: HELD_FOR,
+            hoard: 0,
+            comm,
+        }
+        .run()
+    };
+    assert_eq!(as_comm(None), Fetched::refused());
+    assert_eq!(as_comm(Some("postgres")), Fetched::refused());
+    assert_eq!(as_comm(Some("(sd-mkdcreds)")), Fetched::delivered(&secret));
+    let (entries, _) = s.stop();
+    let unproven: Vec<&Value> = refusals(&entries)
+        .into_iter()
+        .filter(|e| field(e, "HOSTKMS_REASON") == Some("peer-unproven"))
+        .collect();
+    assert_eq!(unproven.len(), 2, "{unproven:#?}");
+    assert!(
+        unproven.iter().all(|e| field(e, "MESSAGE")
+            .is_some_and(|m| m.contains("SO_PEERPIDFD") && m.contains("(sd-"))),
+        "{unproven:#?}"
+    );
+    assert!(!with_id(&entries, CREDENTIAL_DELIVERED).is_empty());
 }
