@@ -713,6 +713,9 @@ pub fn summarized(closed: &[Suppressed]) {
             Limited::BadFrame => "bad frames",
             Limited::Connection => "refused or cut-off connections",
             Limited::OpenRequest => "ping, status and list requests",
+            Limited::Impersonation => {
+                "credential connections naming a unit they do not run in (impersonation attempts)"
+            }
         };
         tracing::event!(
             target: AUDIT_TARGET,

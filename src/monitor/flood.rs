@@ -37,6 +37,11 @@ pub enum Limited {
     Connection,
     /// An answered request that needs no grant: ping, status or list.
     OpenRequest,
+    /// A connection to the credential socket from a process that named a
+    /// unit it does not run in (or could not be proven to): counted apart
+    /// from other refused connections, so that junk connections cannot
+    /// push an impersonation attempt out of the trail.
+    Impersonation,
 }
 
 impl Limited {
@@ -60,7 +65,7 @@ impl Limited {
     }
 
     /// `denied`, `invalid-ciphertext`, `failed`, `bad-frame`,
-    /// `refused-connection` or `open-request`: the value of
+    /// `refused-connection`, `open-request` or `impersonation`: the value of
     /// `HOSTKMS_EVENT` in a summary.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -70,6 +75,7 @@ impl Limited {
             Limited::BadFrame => "bad-frame",
             Limited::Connection => "refused-connection",
             Limited::OpenRequest => "open-request",
+            Limited::Impersonation => "impersonation",
         }
     }
 }

@@ -130,7 +130,9 @@ impl Service {
     /// credential. A peer that broke the peer rule (not root, no valid
     /// address, not in the unit it names) is logged under the per-peer
     /// limit of refused connections, since it can connect as often as it
-    /// likes; a failed delivery to the unit itself always is.
+    /// likes, with an impersonation attempt (not in the unit it names, or
+    /// not proven to be) counted apart from the rest, so that junk cannot
+    /// hide it; a failed delivery to the unit itself always is.
     pub fn credential_refused(
         &self,
         peer: &Peer,
@@ -138,8 +140,12 @@ impl Service {
         refusal: &CredentialRefusal,
         peer_rule: bool,
     ) {
+        let kind = match refusal.reason {
+            "unit-mismatch" | "peer-unproven" => Limited::Impersonation,
+            _ => Limited::Connection,
+        };
         let logged = !peer_rule || {
-            let admission = self.monitor.admit(peer.uid, Limited::Connection);
+            let admission = self.monitor.admit(peer.uid, kind);
             audit::summarized(&admission.closed);
             admission.log
         };

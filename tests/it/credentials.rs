@@ -968,3 +968,34 @@ fn without_peerpidfd_only_systemds_helper_gets_a_credential() {
     );
     assert!(!with_id(&entries, CREDENTIAL_DELIVERED).is_empty());
 }
+
+/// Every peer of this socket is root, so the flood limit of refused
+/// connections is shared by all of them: junk connections must not push an
+/// impersonation attempt (a process naming a unit it does not run in) out
+/// of the trail.
+#[test]
+fn junk_connections_do_not_hide_an_impersonation_attempt() {
+    let unit = unit_name();
+    let other = unit_name();
+    let mut s = setup(vec![credential_grant(&[&unit])], DaemonConfig::new());
+    s.store(&unit, "dbpass", b"secret");
+    let (own, elsewhere) = (s.cgroup(&unit), s.cgroup(&other));
+    for _ in 0..8 {
+        let junk = Reader {
+            cgroup: &own,
+            uid: 0,
+            socket: &s.socket,
+            address: None,
+            wait: HELD_FOR,
+            hoard: 0,
+            comm: None,
+        }
+        .run();
+        assert_eq!(junk, Fetched::refused());
+    }
+    let got = fetch(&elsewhere, 0, &s.socket, &unit, "dbpass", HELD_FOR);
+    assert_eq!(got, Fetched::refused());
+    let (entries, _) = s.stop();
+    let attempt = refusal(&entries, "unit-mismatch", Some(&unit));
+    assert_eq!(field(attempt, "HOSTKMS_PEER_UNIT"), Some(other.as_str()));
+}
