@@ -333,7 +333,8 @@ pub enum CredentialCommand {
 /// Arguments of `credential encrypt`.
 #[derive(Debug, Args)]
 pub struct CredentialEncryptArgs {
-    /// The unit that receives the credential, e.g. postgresql.service.
+    /// The unit that receives the credential, e.g. postgresql.service; not
+    /// a template (x@.service never runs): name an instance, x@NAME.service.
     #[arg(long, value_name = "UNIT")]
     pub unit: String,
     /// The credential's id: its file name in $CREDENTIALS_DIRECTORY.
