@@ -201,13 +201,21 @@ pub enum Command {
     /// grant on it; one unwrap request, audited), and every 64 KiB chunk is
     /// authenticated before it is written. With --context, the context the
     /// file records must be exactly those pairs (checked before the daemon
-    /// is asked); without, the recorded context is used.
+    /// is asked); without, the recorded context is used. With --key NAME,
+    /// the daemon refuses a file whose key is not NAME: give both to be sure
+    /// a file is the one you made, not one anyone holding "wrap" on another
+    /// key you may unwrap made with the same context.
     ///
     /// To standard output, a failure midway (a damaged chunk) leaves a
     /// partial output and a non-zero exit: give --out FILE to get all or
-    /// nothing (a temporary file, renamed over FILE on success only).
+    /// nothing (an unnamed temporary file in FILE's directory, linked over
+    /// FILE once the last chunk authenticated: a killed decrypt-file leaves
+    /// nothing behind; on a file system without O_TMPFILE, a named
+    /// .FILE.XXXXXX, mode 0600, removed on failure but left by a kill).
+    /// An age header over 64 KiB is refused before it is parsed (a hostkms
+    /// header is under 1 KiB).
     #[command(after_long_help = crate::json_docs::DECRYPT_FILE)]
-    DecryptFile(AgeFileArgs),
+    DecryptFile(DecryptFileArgs),
     /// Print the age recipient (age1hostkms1...) of key NAME and a context,
     /// for `age -r`: the age CLI then encrypts through the daemon with
     /// age-plugin-hostkms. Nothing is asked of the daemon until age runs.
@@ -313,7 +321,11 @@ pub enum CredentialCommand {
     Encrypt(CredentialEncryptArgs),
     /// List the credentials stored in DIR: unit, id, key, version, size,
     /// modification time; a file that is no hostkms ciphertext is listed
-    /// as such.
+    /// as such, and a .ID.hostkms-new-PID file (left by an encrypt of an
+    /// older version killed mid-write) as a leftover, safe to delete. The
+    /// key and version come from each file's header only: they do not
+    /// prove the file decrypts for its unit (a file copied from another
+    /// unit looks the same; the daemon refuses it at delivery).
     #[command(after_long_help = crate::json_docs::CREDENTIAL_LIST)]
     List(CredentialListArgs),
 }
@@ -321,7 +333,8 @@ pub enum CredentialCommand {
 /// Arguments of `credential encrypt`.
 #[derive(Debug, Args)]
 pub struct CredentialEncryptArgs {
-    /// The unit that receives the credential, e.g. postgresql.service.
+    /// The unit that receives the credential, e.g. postgresql.service; not
+    /// a template (x@.service never runs): name an instance, x@NAME.service.
     #[arg(long, value_name = "UNIT")]
     pub unit: String,
     /// The credential's id: its file name in $CREDENTIALS_DIRECTORY.
@@ -419,6 +432,18 @@ pub struct EncryptFileArgs {
     /// Key name.
     pub name: String,
     /// The context (recorded in the file's header), files and --force.
+    #[command(flatten)]
+    pub file: AgeFileArgs,
+}
+
+/// Arguments of `decrypt-file`.
+#[derive(Debug, Args)]
+pub struct DecryptFileArgs {
+    /// Refuse the file unless its file key is wrapped under this key (the
+    /// daemon checks it; without, any key you may unwrap is accepted).
+    #[arg(long = "key", value_name = "NAME")]
+    pub key: Option<String>,
+    /// The context (the file must record exactly it), files and --force.
     #[command(flatten)]
     pub file: AgeFileArgs,
 }

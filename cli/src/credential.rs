@@ -5,13 +5,14 @@
 //!
 //! The file is written as the daemon reads it: every level opened without
 //! following a link (a link in the directory is refused, never written
-//! through), a new file made next to the old one (`O_EXCL`, mode 0600),
-//! owned like the credentials directory so the daemon's user can read it,
-//! synced, renamed over the old one and the directory synced, so that a
-//! unit starting meanwhile gets the old credential or the new one, never
-//! a part.
+//! through), a new unnamed file (`O_TMPFILE`, mode 0600) in the unit's
+//! directory, owned like the credentials directory so the daemon's user can
+//! read it, synced, linked beside the old one and renamed over it, and the
+//! directory synced, so that a unit starting meanwhile gets the old
+//! credential or the new one, never a part, and a killed encrypt leaves no
+//! file (see [`crate::io::NewFileAt`]; older versions left
+//! `.ID.hostkms-new-PID`, which `list` flags).
 
-use std::fs::File;
 use std::io::{self, Read as _, Write as _};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -19,9 +20,9 @@ use std::path::{Path, PathBuf};
 use agent_proto::ciphertext::Header;
 use agent_proto::credential;
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, openat, renameat};
+use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat, mkdirat};
-use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fsync, unlinkat};
+use nix::unistd::{Gid, Uid, fchown, fsync};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
@@ -52,7 +53,24 @@ pub fn grant_line(unit: &str, key: &str) -> String {
 /// Checks the unit name and credential id before anything else happens.
 pub fn check_names(unit: &str, id: &str) -> Result<(), CliError> {
     credential::check_unit(unit).map_err(|e| CliError::Usage(format!("--unit: {e}")))?;
+    if let Some((prefix, suffix)) = template(unit) {
+        let (prefix, suffix) = (printable(prefix), printable(suffix));
+        return Err(CliError::Usage(format!(
+            "--unit: {} is a template, which never runs: its instances ({prefix}@NAME.{suffix}) \
+             are the units that start, each asks for its own credential under its own \
+             name; encrypt one per instance, e.g. --unit {prefix}@NAME.{suffix}",
+            printable(unit)
+        )));
+    }
     credential::check_credential(id).map_err(|e| CliError::Usage(format!("--name: {e}")))
+}
+
+/// The prefix and suffix of a template unit name (`x@.service`: nothing
+/// between `@` and the type suffix), `None` for any other name.
+fn template(unit: &str) -> Option<(&str, &str)> {
+    let (name, suffix) = unit.rsplit_once('.')?;
+    let prefix = name.strip_suffix('@')?;
+    Some((prefix, suffix))
 }
 
 /// A credential file about to be written: the credentials directory and
@@ -194,27 +212,19 @@ impl Target {
         } else {
             temp
         };
-        let fd = openat(
-            &unit_dir,
-            temp.as_str(),
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o600),
-        )
-        .map_err(|e| write_error(e.into()))?;
-        let written = (|| -> io::Result<()> {
-            fchown(&fd, Some(self.owner.0), Some(self.owner.1))?;
-            let mut file = File::from(fd);
-            file.write_all(ciphertext)?;
-            file.sync_all()?;
-            drop(file);
-            renameat(&unit_dir, temp.as_str(), &unit_dir, self.id.as_str())?;
-            fsync(&unit_dir)?;
-            Ok(())
+        let mut new = crate::io::NewFileAt::create(&unit_dir, &temp, 0o600).map_err(write_error)?;
+        let filled = (|| -> io::Result<()> {
+            fchown(new.file().as_fd(), Some(self.owner.0), Some(self.owner.1))?;
+            new.file().write_all(ciphertext)
         })();
-        if let Err(e) = written {
-            let _ = unlinkat(&unit_dir, temp.as_str(), UnlinkatFlags::NoRemoveDir);
-            return Err(write_error(e));
-        }
+        let written = match filled {
+            Ok(()) => new.commit(&unit_dir, &self.id),
+            Err(e) => {
+                new.discard(&unit_dir);
+                Err(e)
+            }
+        };
+        written.map_err(write_error)?;
         Ok(path)
     }
 
@@ -411,7 +421,9 @@ pub fn list(dir: &Path, unit: Option<&str>) -> Result<Vec<Listed>, CliError> {
             let path = unit_path.join(&id);
             let meta =
                 std::fs::symlink_metadata(&path).map_err(|e| CliError::read(Some(&path), e))?;
-            let header = if meta.file_type().is_file() {
+            let header = if is_leftover(&id) {
+                Err(LEFTOVER.to_string())
+            } else if meta.file_type().is_file() {
                 read_header(&path)
             } else {
                 Err("not a regular file (a link is never followed)".to_string())
@@ -420,6 +432,18 @@ pub fn list(dir: &Path, unit: Option<&str>) -> Result<Vec<Listed>, CliError> {
         }
     }
     Ok(listed)
+}
+
+/// What `list` says of a temporary file an interrupted `encrypt` left.
+pub const LEFTOVER: &str = "leftover of an interrupted encrypt (safe to delete once no \
+                            credential encrypt is running): the credential it was replacing, \
+                            if any, is intact";
+
+/// Whether `id` is a temporary file of `encrypt` (`.ID.hostkms-new-PID`,
+/// or `.hostkms-new-PID` for a long id), left by a version that named it
+/// before the rename and was killed meanwhile.
+fn is_leftover(id: &str) -> bool {
+    id.starts_with('.') && id.contains(".hostkms-new-")
 }
 
 /// The names in directory `dir`, sorted; names that are not UTF-8 are
@@ -490,12 +514,18 @@ pub fn name_keys(listed: &mut [Listed], keys: &[agent_proto::KeyInfo]) {
     }
 }
 
-/// The human form of a listing: one line per credential.
+/// The first line of `list`'s human output: what "key NAME vN" proves.
+pub const LIST_NOTE: &str = "# key and version come from each file's header only: they do not \
+                             prove the file decrypts for that unit (a file copied from another \
+                             unit, or damaged after its header, looks the same)";
+
+/// The human form of a listing: [`LIST_NOTE`], then one line per
+/// credential.
 pub fn list_human(listed: &[Listed]) -> String {
     if listed.is_empty() {
         return "no credentials stored\n".to_string();
     }
-    let mut out = String::new();
+    let mut out = format!("{LIST_NOTE}\n");
     for row in listed {
         let what = match (&row.problem, &row.key, &row.key_id, row.version) {
             (Some(problem), ..) => format!("PROBLEM: {problem}"),

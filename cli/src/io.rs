@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt as _, PermissionsExt};
 
 use atomic_write_file::unix::OpenOptionsExt as _;
@@ -519,6 +520,103 @@ pub fn write_public_atomically(path: &Path, bytes: &[u8]) -> Result<(), CliError
         Some(path) => replace_file(path, bytes, FileMode::Exactly(0o644))
             .map_err(|e| CliError::write(Some(path), e)),
         None => write_stdout(bytes),
+    }
+}
+
+/// A new file being written in a directory, in no directory entry until
+/// [`NewFileAt::commit`]: made with `O_TMPFILE` (unnamed), so a process
+/// killed before the commit leaves nothing; only on a file system without
+/// `O_TMPFILE` (`EOPNOTSUPP`, or `EISDIR` before Linux 3.11) a named file
+/// `fallback` (`O_EXCL`, never following a link), removed on failure but
+/// left by a kill. `--out` files get the same through atomic-write-file's
+/// `unnamed-tmpfile` feature.
+pub struct NewFileAt {
+    file: fs::File,
+    fallback: String,
+    named: bool,
+}
+
+impl NewFileAt {
+    /// Creates the file in `dir` with `mode`.
+    pub fn create(dir: &impl AsFd, fallback: &str, mode: u32) -> io::Result<NewFileAt> {
+        use nix::fcntl::{OFlag, openat};
+        use nix::sys::stat::Mode;
+        let mode = Mode::from_bits_truncate(mode);
+        let unnamed = openat(
+            dir,
+            ".",
+            OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            mode,
+        );
+        let (fd, named) = match unnamed {
+            Ok(fd) => (fd, false),
+            Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::EISDIR) => {
+                let flags = OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC;
+                (openat(dir, fallback, flags, mode)?, true)
+            }
+            Err(errno) => return Err(errno.into()),
+        };
+        Ok(NewFileAt {
+            file: fs::File::from(fd),
+            fallback: fallback.to_string(),
+            named,
+        })
+    }
+
+    /// The file, to write (and chown) it.
+    pub fn file(&mut self) -> &mut fs::File {
+        &mut self.file
+    }
+
+    /// Syncs the file, puts it at `name` in `dir` (linked under the
+    /// fallback name through /proc/self/fd, then renamed over `name`) and
+    /// syncs `dir`. On failure nothing is left under the fallback name.
+    pub fn commit(self, dir: &impl AsFd, name: &str) -> io::Result<()> {
+        use nix::fcntl::{AtFlags, renameat};
+        use std::os::fd::AsRawFd;
+        let mut linked = self.named;
+        let placed = (|| -> io::Result<()> {
+            self.file.sync_all()?;
+            if !linked {
+                let proc_path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+                nix::unistd::linkat(
+                    dir,
+                    proc_path.as_str(),
+                    dir,
+                    self.fallback.as_str(),
+                    AtFlags::AT_SYMLINK_FOLLOW,
+                )?;
+                linked = true;
+            }
+            renameat(dir, self.fallback.as_str(), dir, name)?;
+            nix::unistd::fsync(dir)?;
+            Ok(())
+        })();
+        if placed.is_err() && linked {
+            let _ = nix::unistd::unlinkat(
+                dir,
+                self.fallback.as_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+        }
+        placed
+    }
+
+    /// Removes the named fallback file, if any (an unnamed one goes with
+    /// its descriptor).
+    pub fn discard(self, dir: &impl AsFd) {
+        if !self.named {
+            return;
+        }
+        let _ = nix::unistd::unlinkat(
+            dir,
+            self.fallback.as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
     }
 }
 

@@ -91,11 +91,13 @@ JSON (--json, with --out FILE): {\"key\", \"version\" (the key version that
 unwrapped the file key), \"context\" (the context the file records),
 \"bytes\" (the plaintext's size), \"out\"}
 
-Exit 1 when the daemon refuses (no unwrap grant, key or version revoked),
+Exit 1 when the daemon refuses (no unwrap grant, key or version revoked,
+a file key not wrapped under --key NAME),
 when --context differs from the file's context (context_mismatch, before
 the daemon is asked), and when the file does not authenticate
 (damaged_file: truncated, altered, chunks reordered); exit 2 when the input
-is not an age file (not_age_file) or has no hostkms stanza
+is not an age file (not_age_file; also a header over 64 KiB, or one age
+finds malformed) or has no hostkms stanza
 (no_hostkms_stanza). With --out nothing is written to FILE then; without,
 the raw plaintext is refused on a terminal unless --force.";
 
@@ -192,7 +194,13 @@ JSON (--json): an array of {\"unit\", \"credential\", \"file\", \"size\",
 \"modified\" (RFC 3339 UTC), \"key\" (the key's name; null when the daemon
 was not asked or does not know it), \"key_id\" (32 hex digits, or null),
 \"version\" (or null), \"problem\" (null, or why the file is no credential
-hostkms can serve)}";
+hostkms can serve, e.g. \"leftover of an interrupted encrypt (safe to
+delete ...)\" for a .ID.hostkms-new-PID file an older version left)}
+
+Without --json, a first line starting with # says what the listing proves:
+key and version come from each file's header only, not a check that it
+decrypts for that unit (a copied or damaged file looks the same; the daemon
+refuses it at delivery).";
 
 /// `bench`.
 pub const BENCH: &str = "\

@@ -13,7 +13,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use agent_proto::{Client, KeyInfo, KeySettings, RotationSetting};
+use agent_proto::{Client, ClientError, KeyInfo, KeySettings, RotationSetting};
 use clap::Parser as _;
 use hostkms_cli::age_file::recipient::RecipientSpec;
 use hostkms_cli::args::{
@@ -417,9 +417,14 @@ fn encrypt_file(
 /// `decrypt-file`: the plaintext of an age file with a `hostkms` stanza.
 fn decrypt_file(
     daemon: &Daemon,
-    args: &hostkms_cli::args::AgeFileArgs,
+    args: &hostkms_cli::args::DecryptFileArgs,
     json: bool,
 ) -> Result<(), CliError> {
+    if let Some(key) = &args.key {
+        agent_proto::key_name::check(key).map_err(|e| CliError::Usage(format!("--key: {e}")))?;
+    }
+    let key = args.key.as_deref();
+    let args = &args.file;
     let context = args.context.context()?;
     let expected = (!args.context.pairs.is_empty()).then_some(&context);
     let refusal = "refusing to write the raw plaintext to a terminal (binary bytes can garble \
@@ -431,9 +436,27 @@ fn decrypt_file(
         json,
         ("decrypted", refusal),
         &mut |client, input, in_path, sink, out| {
-            age_file::stream::decrypt(client, expected, input, in_path, sink, out)
+            age_file::stream::decrypt(client, (expected, key), input, in_path, sink, out)
         },
     )
+    .map_err(|err| match (err, key) {
+        // The daemon tells a wrong key like a damaged ciphertext (it keeps
+        // no oracle of which key a ciphertext belongs to): say --key's part.
+        (
+            CliError::Client(ClientError::Daemon {
+                code: agent_proto::ErrorCode::InvalidCiphertext,
+                message,
+            }),
+            Some(key),
+        ) => CliError::Client(ClientError::Daemon {
+            code: agent_proto::ErrorCode::InvalidCiphertext,
+            message: format!(
+                "{message} (or, as --key {key} was given, the file's key is not {key}: the \
+                 daemon does not say which)"
+            ),
+        }),
+        (err, _) => err,
+    })
 }
 
 /// `age-recipient`: the `age1hostkms1...` recipient of NAME and a context.

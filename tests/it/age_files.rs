@@ -699,3 +699,150 @@ fn each_file_is_one_wrap_and_one_unwrap_event_and_its_data_is_never_logged() {
         "the payload reached the journal"
     );
 }
+
+/// An age header of `lines` full body lines in one X25519 stanza, its MAC
+/// line and a few payload bytes.
+fn long_header(lines: usize) -> Vec<u8> {
+    let mut file = b"age-encryption.org/v1\n-> X25519 ".to_vec();
+    file.extend_from_slice(&[b'A'; 43]);
+    file.push(b'\n');
+    for _ in 0..lines {
+        file.extend_from_slice(&[b'A'; 64]);
+        file.push(b'\n');
+    }
+    file.extend_from_slice(b"AAAA\n--- ");
+    file.extend_from_slice(&[b'A'; 43]);
+    file.push(b'\n');
+    file.extend_from_slice(&[0u8; 64]);
+    file
+}
+
+#[test]
+fn an_age_header_over_64_kib_is_refused_before_it_is_parsed() {
+    let setup = setup();
+    let out = setup.path("plain");
+    let long_line = [
+        b"age-encryption.org/v1\n-> ".as_slice(),
+        &vec![b'A'; 4 << 20],
+        b"\n",
+    ]
+    .concat();
+    for (name, bytes) in [("many-lines", long_header(2000)), ("one-line", long_line)] {
+        let input = setup.path(name);
+        fs::write(&input, &bytes).expect("write");
+        let started = Instant::now();
+        let output = setup.decrypt(&input, &out, &["--json"]);
+        let took = started.elapsed();
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+        assert_eq!(report["error"]["code"], "not_age_file", "{name}: {report}");
+        let message = report["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("the age header is larger than 64 KiB"),
+            "{name}: {report}"
+        );
+        assert!(took.as_secs() < 5, "{name}: took {took:?}");
+        assert!(!out.exists());
+    }
+    // A header just under the bound is age's to judge: no hostkms stanza.
+    let input = setup.path("under");
+    fs::write(&input, long_header(900)).expect("write");
+    let output = setup.decrypt(&input, &out, &[]);
+    let err = stderr(&output);
+    assert!(err.contains("has no hostkms stanza"), "{err}");
+}
+
+#[test]
+fn a_passphrase_stanza_mixed_with_others_is_told_as_such() {
+    let setup = setup();
+    let sealed = fs::read(setup.encrypt("data", b"secret", &[])).expect("read");
+    let first_line = find(&sealed, b"\n") + 1;
+    let scrypt = [
+        b"-> scrypt ".as_slice(),
+        &[b'A'; 22],
+        b" 10\n",
+        &[b'A'; 43],
+        b"\n",
+    ]
+    .concat();
+    let mixed = [&sealed[..first_line], &scrypt, &sealed[first_line..]].concat();
+    let input = setup.path("mixed.age");
+    fs::write(&input, mixed).expect("write");
+    let out = setup.path("plain");
+    let output = setup.decrypt(&input, &out, &[]);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("mixes a passphrase (scrypt) stanza with others"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("does not start with an age v1 header"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn decrypt_file_key_insists_on_the_files_key() {
+    let setup = setup();
+    ok(setup.cli(&["create-key", "other"]));
+    let sealed = setup.encrypt("data", b"secret", &["db=orders"]);
+    let out = setup.path("plain");
+    let output = setup.decrypt(&sealed, &out, &["--key", "other", "--context", "db=orders"]);
+    let err = stderr(&output);
+    assert!(!output.status.success(), "{err}");
+    assert!(err.contains("the file's key is not other"), "{err}");
+    assert!(!out.exists());
+    assert_eq!(setup.names(), ["data", "data.age"]);
+    ok(setup.decrypt(&sealed, &out, &["--key", "files", "--context", "db=orders"]));
+    assert_eq!(fs::read(&out).expect("read"), b"secret");
+}
+
+#[test]
+fn a_killed_decrypt_file_leaves_no_plaintext_behind() {
+    let setup = setup();
+    let sealed = fs::read(setup.encrypt("data", &pattern(64 * CHUNK), &[])).expect("read");
+    let out = setup.path("k9.out");
+    let mut child = Command::new(hostkms())
+        .arg("--socket")
+        .arg(setup.socket())
+        .args(["decrypt-file", "--out", s(&out)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn hostkms");
+    let mut stdin = child.stdin.take().expect("stdin");
+    // Half the file, and the input stays open: decrypt-file waits for more.
+    stdin.write_all(&sealed[..sealed.len() / 2]).expect("write");
+    stdin.flush().expect("flush");
+    let pid = child.id();
+    let dir = format!("{}/", setup.dir.display());
+    let mut waited = 0;
+    loop {
+        // Its output file open (named or not) and half the plaintext in it.
+        let written = fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|fd| {
+                fs::read_link(fd.path())
+                    .is_ok_and(|target| target.to_string_lossy().starts_with(&dir))
+            })
+            .filter_map(|fd| fs::metadata(fd.path()).ok())
+            .any(|meta| meta.len() >= 16 * CHUNK as u64);
+        if written {
+            break;
+        }
+        assert!(waited < 600, "decrypt-file never wrote its output");
+        std::thread::sleep(std::time::Duration::from_millis(25));
+        waited += 1;
+    }
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    let _ = child.wait();
+    drop(stdin);
+    assert_eq!(setup.names(), ["data", "data.age"]);
+}

@@ -14,7 +14,7 @@ use agent_proto::{ClientError, ErrorCode};
 
 use crate::harness::{
     Daemon, DaemonConfig, DaemonFiles, Grant, Swtpm, cli, cli_as, cli_stdin, ensure_journald,
-    field, journal_of_stopped, text,
+    field, hostkms, journal_of_stopped, text,
 };
 
 /// The daemon's user in these tests: the owner of the credentials
@@ -499,8 +499,16 @@ fn list_shows_what_is_stored_and_odd_files_as_such() {
             s.dir_arg(),
         ],
     ));
-    assert_eq!(human.lines().count(), 1, "{human}");
-    assert!(human.starts_with("db.service"), "{human}");
+    let mut lines = human.lines();
+    assert!(
+        lines
+            .next()
+            .is_some_and(|note| note.starts_with('#') && note.contains("do not prove")),
+        "{human}"
+    );
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 1, "{human}");
+    assert!(rows[0].starts_with("db.service"), "{human}");
     assert!(
         human.contains("dbpass") && human.contains("key cred v1"),
         "{human}"
@@ -625,4 +633,114 @@ fn on_a_terminal_the_secret_is_asked_twice_without_echo() {
     let (code, transcript) = on_a_terminal(&s, "empty", &["", ""]);
     assert_eq!(code, Some(2), "{transcript}");
     assert!(transcript.contains("is empty"), "{transcript}");
+}
+
+#[test]
+fn list_flags_the_leftover_of_an_interrupted_encrypt() {
+    let s = setup();
+    ok(s.encrypt("db.service", "pw", "cred", &[]));
+    // What an encrypt of an older version, killed before its rename, left.
+    fs::copy(
+        s.file("db.service", "pw"),
+        s.file("db.service", ".pw.hostkms-new-9789"),
+    )
+    .expect("copy");
+    let out = ok(cli(
+        &s.daemon.socket,
+        &["--json", "credential", "list", "--dir", s.dir_arg()],
+    ));
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&out).expect("json");
+    assert_eq!(listed.len(), 2, "{out}");
+    assert_eq!(listed[0]["credential"], ".pw.hostkms-new-9789", "{out}");
+    let problem = listed[0]["problem"].as_str().unwrap_or_default();
+    assert!(
+        problem.starts_with("leftover of an interrupted encrypt (safe to delete"),
+        "{out}"
+    );
+    assert!(listed[1]["problem"].is_null(), "{out}");
+    assert_eq!(listed[1]["key"], "cred", "{out}");
+}
+
+#[test]
+fn a_template_unit_is_refused_with_its_instances_named() {
+    let s = setup();
+    let out = s.encrypt("getty@.service", "pw", "cred", &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        stderr.contains("template") && stderr.contains("getty@NAME.service"),
+        "{stderr}"
+    );
+    assert!(names(&s.dir).is_empty());
+    // An instance is a unit like any other.
+    ok(s.encrypt("getty@tty1.service", "pw", "cred", &[]));
+}
+
+/// The pid of the one child of `pid` (strace's tracee), once it exists.
+fn child_of(pid: u32) -> u32 {
+    for _ in 0..200 {
+        let children =
+            fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        if let Some(child) = children.split_whitespace().next() {
+            return child.parse().expect("pid");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("strace started no child");
+}
+
+#[test]
+fn a_killed_encrypt_leaves_no_file_behind() {
+    let s = setup();
+    ok(s.encrypt("db.service", "pw", "cred", &[]));
+    let before = fs::read(s.file("db.service", "pw")).expect("read");
+    // strace holds every fsync 3 s: the kill lands after the new file was
+    // written, before it is renamed into place.
+    let mut args = vec![
+        "-f".to_string(),
+        "-o".to_string(),
+        "/dev/null".to_string(),
+        "-e".to_string(),
+        "inject=fsync:delay_enter=3000000".to_string(),
+        hostkms().display().to_string(),
+        "--socket".to_string(),
+        s.daemon.socket.display().to_string(),
+    ];
+    let secret = s.secret.display().to_string();
+    args.extend(
+        encrypt_args("db.service", "pw", "cred", s.dir_arg(), &["--in", &secret])
+            .into_iter()
+            .map(str::to_string),
+    );
+    let mut strace = std::process::Command::new("strace")
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("strace must be installed");
+    let victim = child_of(strace.id());
+    // Once it holds the new file open (named or not), it is about to sync it.
+    let unit_dir = format!("{}/", s.dir.join("db.service").display());
+    let holds_new_file = || {
+        fs::read_dir(format!("/proc/{victim}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|fd| fs::read_link(fd.path()).ok())
+            .any(|target| target.to_string_lossy().starts_with(&unit_dir))
+    };
+    let mut waited = 0;
+    while !holds_new_file() {
+        assert!(waited < 400, "the encrypt never opened its new file");
+        std::thread::sleep(std::time::Duration::from_millis(25));
+        waited += 1;
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    std::process::Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status()
+        .expect("kill");
+    let _ = strace.wait();
+    assert_eq!(names(&s.dir.join("db.service")), ["pw"]);
+    assert_eq!(fs::read(s.file("db.service", "pw")).expect("read"), before);
 }

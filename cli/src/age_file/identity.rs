@@ -56,11 +56,13 @@ fn show_contexts(contexts: &[EncryptionContext]) -> String {
 /// `None` when none is a `hostkms` stanza. With `expected`, only stanzas
 /// recording exactly that context are tried, and none is an error before
 /// the daemon is asked; without, each stanza's recorded context is used.
+/// With `key`, the daemon refuses a file key wrapped under another key.
 /// The first stanza that unwraps wins; else the first failure is told.
 pub fn unwrap_stanzas(
     client: &mut Client,
     stanzas: &[Stanza],
     expected: Option<&EncryptionContext>,
+    key: Option<&str>,
 ) -> Option<Result<(FileKey, KeyUsed), FindError>> {
     let mut ours = Vec::new();
     let mut malformed = None;
@@ -87,7 +89,7 @@ pub fn unwrap_stanzas(
     }
     let mut first_error = None;
     for stanza in &ours {
-        match unwrap_file_key(client, stanza) {
+        match unwrap_file_key(client, stanza, key) {
             Ok(found) => return Some(Ok(found)),
             Err(err) => {
                 first_error.get_or_insert(err);
@@ -104,18 +106,21 @@ pub struct DaemonIdentity<'a> {
     /// The daemon, and what the unwrap did.
     pub call: DaemonCall<'a, FindError>,
     expected: Option<&'a EncryptionContext>,
+    key: Option<&'a str>,
 }
 
 impl<'a> DaemonIdentity<'a> {
     /// An identity asking the daemon behind `client`, insisting on
-    /// `expected` as the file's context when given.
+    /// `expected` as the file's context and on `key` as its key when given.
     pub fn new(
         client: &'a mut Client,
         expected: Option<&'a EncryptionContext>,
+        key: Option<&'a str>,
     ) -> DaemonIdentity<'a> {
         DaemonIdentity {
             call: DaemonCall::new(client),
             expected,
+            key,
         }
     }
 }
@@ -128,7 +133,7 @@ impl Identity for DaemonIdentity<'_> {
     fn unwrap_stanzas(&self, stanzas: &[Stanza]) -> Option<Result<FileKey, DecryptError>> {
         let mut none_ours = false;
         let file_key = self.call.run(|client| {
-            unwrap_stanzas(client, stanzas, self.expected).unwrap_or_else(|| {
+            unwrap_stanzas(client, stanzas, self.expected, self.key).unwrap_or_else(|| {
                 none_ours = true;
                 Err(FindError::NoneOurs)
             })

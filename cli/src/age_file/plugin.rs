@@ -178,7 +178,7 @@ impl IdentityPluginV1 for IdentityPlugin {
                     }
                 },
             };
-            let result = match unwrap_stanzas(client, stanzas, None) {
+            let result = match unwrap_stanzas(client, stanzas, None, None) {
                 None => continue,
                 Some(Ok((file_key, _))) => Ok(file_key),
                 Some(Err(err)) => Err(vec![identity_error(err, file_index, stanzas)]),

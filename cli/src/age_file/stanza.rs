@@ -268,12 +268,14 @@ pub enum UnwrapError {
 
 /// Unwraps a stanza's file key through the daemon with the context the
 /// stanza records (one `Unwrap` request, audited by the daemon; it needs an
-/// `unwrap` grant on the file's key).
+/// `unwrap` grant on the file's key). With `key`, the daemon refuses a file
+/// key wrapped under any other key.
 pub fn unwrap_file_key(
     client: &mut Client,
     stanza: &HostkmsStanza,
+    key: Option<&str>,
 ) -> Result<(FileKey, KeyUsed), UnwrapError> {
-    let unwrapped = client.unwrap(&stanza.ciphertext, &stanza.context, None)?;
+    let unwrapped = client.unwrap(&stanza.ciphertext, &stanza.context, key)?;
     let plaintext = unwrapped.plaintext.expose();
     let file_key = FileKey::try_init_with_mut(|key| {
         if plaintext.len() != FILE_KEY_BYTES {

@@ -4,7 +4,7 @@
 //! crate; and the errors of a file that is not an age file, has no
 //! `hostkms` stanza, or is damaged, told with where.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Cursor, Read, Write};
 use std::iter;
 use std::path::Path;
 
@@ -27,6 +27,16 @@ pub const DAMAGED_FILE: &str = "damaged_file";
 
 /// The first line of an ASCII-armored age file (`age -a`).
 const ARMOR_BEGIN: &[u8] = b"-----BEGIN AGE ENCRYPTED FILE-----";
+
+/// The largest age header `decrypt` reads: a hostkms header (one stanza)
+/// is under 1 KiB and many recipients fit; a larger one is refused before
+/// age parses it (age 0.12 re-parses the whole header after each line and
+/// keeps it all, so a hostile header costs quadratic CPU and its size in
+/// memory).
+pub const MAX_HEADER: u64 = 64 * 1024;
+
+/// The first line of an age v1 header.
+const V1_MAGIC: &[u8] = b"age-encryption.org/v1\n";
 
 /// The plaintext size of one STREAM chunk: reads and writes go in these.
 pub const CHUNK: usize = 64 * 1024;
@@ -79,13 +89,15 @@ pub fn encrypt(
 
 /// Decrypts the age file `input` (read from `in_path`, standard input when
 /// `None`) to `output` (`out_path`, for messages): the file key from its
-/// `hostkms` stanza through the daemon (one `Unwrap` request; with
-/// `expected`, only a stanza recording exactly that context is tried, and
-/// none is refused before the daemon is asked), then the payload, each
-/// chunk authenticated before it is written.
+/// `hostkms` stanza through the daemon (one `Unwrap` request; with an
+/// expected context, only a stanza recording exactly that context is tried,
+/// and none is refused before the daemon is asked; with an expected key,
+/// the daemon refuses a file key wrapped under another key), then the
+/// payload, each chunk authenticated before it is written. A header larger
+/// than [`MAX_HEADER`] is refused before age parses it.
 pub fn decrypt(
     client: &mut Client,
-    expected: Option<&EncryptionContext>,
+    (expected, key): (Option<&EncryptionContext>, Option<&str>),
     input: &mut dyn Read,
     in_path: Option<&Path>,
     output: &mut dyn Write,
@@ -98,20 +110,35 @@ pub fn decrypt(
     let head = buffered
         .fill_buf()
         .map_err(|e| CliError::read(in_path, e))?;
-    let input: Box<dyn BufRead + '_> = if head.trim_ascii_start().starts_with(ARMOR_BEGIN) {
+    let mut input: Box<dyn BufRead + '_> = if head.trim_ascii_start().starts_with(ARMOR_BEGIN) {
         Box::new(ArmoredReader::new(buffered))
     } else {
         Box::new(buffered)
     };
+    let header = read_header(&mut input).map_err(|err| match err {
+        HeaderRead::TooLarge => CliError::AgeFile {
+            what: what.clone(),
+            why: format!(
+                "the age header is larger than {} KiB (a hostkms header is under 1 KiB): \
+                 refused before it is parsed; this is not a file hostkms encrypt-file or \
+                 age -r made for a hostkms key",
+                MAX_HEADER / 1024
+            ),
+            code: NOT_AGE_FILE,
+        },
+        HeaderRead::Io(e) => header_error(DecryptError::Io(e), &what, in_path, false),
+    })?;
+    let v1 = header.starts_with(V1_MAGIC);
+    let input = Cursor::new(header).chain(input);
     let decryptor =
-        Decryptor::new_buffered(input).map_err(|err| header_error(err, &what, in_path))?;
-    let identity = DaemonIdentity::new(client, expected);
+        Decryptor::new_buffered(input).map_err(|err| header_error(err, &what, in_path, v1))?;
+    let identity = DaemonIdentity::new(client, expected, key);
     let mut reader = match decryptor.decrypt(iter::once(&identity as &dyn Identity)) {
         Ok(reader) => reader,
         Err(err) => {
             return Err(match identity.call.take_error() {
                 Some(found) => find_error(found, &what),
-                None => header_error(err, &what, in_path),
+                None => header_error(err, &what, in_path, v1),
             });
         }
     };
@@ -125,6 +152,41 @@ pub fn decrypt(
     })?;
     output.flush().map_err(|e| CliError::write(out_path, e))?;
     Ok(Streamed { used, bytes })
+}
+
+/// Why [`read_header`] stopped.
+enum HeaderRead {
+    /// No end of the header within [`MAX_HEADER`] bytes.
+    TooLarge,
+    /// Reading failed.
+    Io(io::Error),
+}
+
+/// Reads an age header's lines, up to and including its MAC line (`--- `),
+/// and no more than [`MAX_HEADER`] bytes; returns them, for age to parse
+/// with the rest of the input after them. Stops early, returning what it
+/// read, at the end of the input or after a first line that is not an age
+/// header's (age then tells what is wrong); a header without its end within
+/// the bound is [`HeaderRead::TooLarge`].
+fn read_header(input: &mut dyn BufRead) -> Result<Vec<u8>, HeaderRead> {
+    let mut header = Vec::new();
+    loop {
+        let room = MAX_HEADER.saturating_sub(header.len() as u64);
+        if room == 0 {
+            return Err(HeaderRead::TooLarge);
+        }
+        let start = header.len();
+        let read = match (&mut *input).take(room).read_until(b'\n', &mut header) {
+            Ok(read) => read,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(HeaderRead::Io(e)),
+        };
+        let line = header.get(start..).unwrap_or_default();
+        let first_not_age = start == 0 && !line.starts_with(b"age-encryption.org/");
+        if read == 0 || first_not_age || (line.starts_with(b"--- ") && line.ends_with(b"\n")) {
+            return Ok(header);
+        }
+    }
 }
 
 /// Copies `reader` to `writer` in chunks through one buffer wiped when
@@ -152,14 +214,20 @@ fn pump(
     }
 }
 
-/// The error of a header age could not use.
-fn header_error(err: DecryptError, what: &str, in_path: Option<&Path>) -> CliError {
+/// The error of a header age could not use; `v1`: the input starts with
+/// an age v1 header's first line.
+fn header_error(err: DecryptError, what: &str, in_path: Option<&Path>, v1: bool) -> CliError {
     let not_age = |why: &str| CliError::AgeFile {
         what: what.to_string(),
         why: why.to_string(),
         code: NOT_AGE_FILE,
     };
     match err {
+        DecryptError::InvalidHeader if v1 => not_age(
+            "the age header is malformed or mixes a passphrase (scrypt) stanza with others \
+             (age allows a passphrase stanza only alone): give a file hostkms encrypt-file \
+             or age -r made",
+        ),
         DecryptError::InvalidHeader | DecryptError::UnknownFormat => not_age(
             "not an age file: it does not start with an age v1 header \
              (age-encryption.org/v1) or its ASCII armor; give a file hostkms \
