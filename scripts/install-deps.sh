@@ -19,6 +19,10 @@ PACKAGES="$PACKAGES age"
 # `make shellcheck` (in make test): the static check of every shell script.
 PACKAGES="$PACKAGES shellcheck"
 
+# tests/it/credential_cli.rs: strace holds `credential encrypt` in its fsync
+# so that a kill -9 lands while the new file is being written.
+PACKAGES="$PACKAGES strace"
+
 missing=""
 for package in $PACKAGES; do
     if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
