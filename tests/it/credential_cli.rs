@@ -676,17 +676,22 @@ fn a_template_unit_is_refused_with_its_instances_named() {
     ok(s.encrypt("getty@tty1.service", "pw", "cred", &[]));
 }
 
-/// The pid of the one child of `pid` (strace's tracee), once it exists.
+/// The pid of the child of `pid` (strace) that runs the CLI, once it does:
+/// strace may fork other children first.
 fn child_of(pid: u32) -> u32 {
-    for _ in 0..200 {
+    for _ in 0..2400 {
         let children =
             fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        if let Some(child) = children.split_whitespace().next() {
-            return child.parse().expect("pid");
+        for child in children.split_whitespace() {
+            // Its program, not its arguments: a fork of strace has the
+            // same arguments before it execs, or exits.
+            if fs::read_link(format!("/proc/{child}/exe")).is_ok_and(|exe| exe == hostkms()) {
+                return child.parse().expect("pid");
+            }
         }
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
-    panic!("strace started no child");
+    panic!("strace started no credential encrypt");
 }
 
 #[test]
@@ -733,7 +738,16 @@ fn a_killed_encrypt_leaves_no_file_behind() {
     while !holds_new_file() {
         // Up to a minute: a debug binary under strace starts slowly on a
         // loaded machine.
-        assert!(waited < 2400, "the encrypt never opened its new file");
+        assert!(
+            waited < 2400,
+            "the encrypt (pid {victim}) never opened its new file in {unit_dir}: {:?}",
+            fs::read_dir(format!("/proc/{victim}/fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|fd| fs::read_link(fd.path()).ok())
+                .collect::<Vec<_>>()
+        );
         std::thread::sleep(std::time::Duration::from_millis(25));
         waited += 1;
     }
