@@ -133,9 +133,10 @@ pub fn names_connector(socket: &impl AsFd) -> bool {
     !matches!(peer_pidfd(socket), PeerPidfd::Unsupported)
 }
 
-/// The command name (`/proc/PID/comm`) of the process with `pid`, pinned
-/// by a pidfd while it is read so that it is that process's.
-pub fn pinned_comm(pid: i32) -> Option<String> {
+/// The command name (`/proc/PID/comm`) and effective uid of the process
+/// with `pid`, pinned by a pidfd while they are read so that they are that
+/// process's.
+pub fn pinned_comm_and_uid(pid: i32) -> Option<(String, u32)> {
     // SAFETY: pidfd_open(2) takes two integers and no pointer.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     let fd = libc::c_int::try_from(fd).ok().filter(|fd| *fd >= 0)?;
@@ -143,8 +144,15 @@ pub fn pinned_comm(pid: i32) -> Option<String> {
     // the OwnedFd is its only owner.
     let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     still_there(&pidfd).ok()?;
-    Some(comm.trim_end_matches('\n').to_string())
+    // "Uid:\treal\teffective\tsaved\tfs"
+    let uid = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .and_then(|uid| uid.parse().ok())?;
+    Some((comm.trim_end_matches('\n').to_string(), uid))
 }
 
 /// The pidfd of the process that connected, from the socket itself.

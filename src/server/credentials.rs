@@ -279,22 +279,26 @@ async fn serve_one(
     if !crate::peer::names_connector(stream) {
         // Before Linux 6.5 the unit is that of whatever process holds the
         // connector's pid now: a root process of another unit could
-        // connect, exit, and have its pid taken by a process of UNIT.
-        // systemd's own helper that connects is named "(sd-…)" (systemd
-        // 252: "(sd-mkdcreds)"), a name no process of UNIT that took the
-        // pid would carry by chance.
-        let comm = peer.pid.and_then(crate::peer::pinned_comm);
-        if !comm
-            .as_deref()
-            .is_some_and(|comm| comm.starts_with(SYSTEMD_HELPER_PREFIX))
-        {
+        // connect, exit, and have its pid taken by a process of UNIT. The
+        // holder must then be what systemd's helper is: root, and named
+        // "(sd-…)" (systemd 252: "(sd-mkdcreds)"). A process of UNIT that
+        // takes the pid and is not root fails; one that is root in UNIT is
+        // conceded anyway (it can ask for UNIT's credentials itself).
+        let holder = peer.pid.and_then(crate::peer::pinned_comm_and_uid);
+        let proven = holder
+            .as_ref()
+            .is_some_and(|(comm, uid)| *uid == 0 && comm.starts_with(SYSTEMD_HELPER_PREFIX));
+        if !proven {
             let refusal = CredentialRefusal::new(
                 "peer-unproven",
                 format!(
-                    "this kernel (before Linux 6.5, no SO_PEERPIDFD) names only the pid of the process that connected, which another process may have taken since; on such a kernel a credential goes only to systemd's own helper (a process named \"{SYSTEMD_HELPER_PREFIX}…)\"), and pid {} is {}; LoadCredential= from systemd works, anything else needs Linux 6.5 or later",
+                    "this kernel (before Linux 6.5, no SO_PEERPIDFD) names only the pid of the process that connected, which another process may have taken since; on such a kernel a credential goes only to a process like systemd's own helper (root, named \"{SYSTEMD_HELPER_PREFIX}…)\"), and pid {} is {}; LoadCredential= from systemd works, anything else needs Linux 6.5 or later",
                     peer.pid
                         .map_or_else(|| "?".to_string(), |pid| pid.to_string()),
-                    comm.map_or_else(|| "gone".to_string(), |comm| format!("{comm:?}"))
+                    holder.map_or_else(
+                        || "gone".to_string(),
+                        |(comm, uid)| format!("{comm:?} with uid {uid}")
+                    )
                 ),
             );
             service.credential_refused(&peer, &event, &refusal, true);

@@ -317,6 +317,15 @@ fn credential_reader() {
         return;
     }
     let mut stream = open(0);
+    // HKT_CRED_DROP_TO: become another uid once connected (the connection
+    // keeps uid 0 as its peer credentials), as a process that took a
+    // reused pid would be another process.
+    if let Ok(uid) = std::env::var("HKT_CRED_DROP_TO") {
+        let uid = nix::unistd::Uid::from_raw(uid.parse().expect("a uid"));
+        nix::unistd::setresuid(uid, uid, uid).expect("setresuid");
+        println!("CRED-CONNECTED");
+        std::io::Write::flush(&mut std::io::stdout()).expect("flush");
+    }
     stream.set_read_timeout(Some(wait)).expect("timeout");
     let mut data = Vec::new();
     let mut buf = [0u8; 4096];
@@ -998,4 +1007,65 @@ fn junk_connections_do_not_hide_an_impersonation_attempt() {
     let (entries, _) = s.stop();
     let attempt = refusal(&entries, "unit-mismatch", Some(&unit));
     assert_eq!(field(attempt, "HOSTKMS_PEER_UNIT"), Some(other.as_str()));
+}
+
+/// Before Linux 6.5, the process that holds the connector's pid when the
+/// daemon looks must be root as systemd's helper is, not merely named like
+/// it: a process of the unit that took a reused pid can name itself
+/// "(sd-mkdcreds)" but is not root. Played here by the connector itself
+/// dropping to another uid while the daemon is stopped, before it accepts.
+#[test]
+fn without_peerpidfd_the_pid_holder_must_be_root() {
+    let unit = unit_name();
+    let mut s = setup_with_env(
+        vec![credential_grant(&[&unit])],
+        DaemonConfig::new(),
+        &[("HOSTKMS_TEST_NO_PEERPIDFD", "1")],
+    );
+    s.store(&unit, "dbpass", b"secret");
+    let own = s.cgroup(&unit);
+    let daemon = nix::unistd::Pid::from_raw(i32::try_from(s.daemon.pid()).expect("a pid"));
+    nix::sys::signal::kill(daemon, nix::sys::signal::Signal::SIGSTOP).expect("stop the daemon");
+    let mut command = Reader {
+        cgroup: &own,
+        uid: 0,
+        socket: &s.socket,
+        address: Some(address(&unit, "dbpass")),
+        wait: Duration::from_secs(10),
+        hoard: 0,
+        comm: Some("(sd-mkdcreds)"),
+    }
+    .command();
+    let mut child = command
+        .env("HKT_CRED_DROP_TO", NOBODY.to_string())
+        .spawn()
+        .expect("the reader");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains("CRED-CONNECTED") {
+        let n = std::io::Read::read(&mut out, &mut buf).expect("reader output");
+        assert!(n > 0, "the reader ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    nix::sys::signal::kill(daemon, nix::sys::signal::Signal::SIGCONT).expect("resume the daemon");
+    loop {
+        let n = std::io::Read::read(&mut out, &mut buf).expect("reader output");
+        if n == 0 {
+            break;
+        }
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let _ = child.wait();
+    let line = seen
+        .lines()
+        .find_map(|line| line.split_once("CRED-RESULT ").map(|(_, result)| result))
+        .unwrap_or_else(|| panic!("no result: {seen}"));
+    assert_eq!(line.trim(), "too-large-then-eof", "{seen}");
+    let (entries, _) = s.stop();
+    let unproven = refusal(&entries, "peer-unproven", Some(&unit));
+    assert!(
+        field(unproven, "MESSAGE").is_some_and(|m| m.contains("uid 65534")),
+        "{unproven:?}"
+    );
 }
