@@ -380,6 +380,16 @@ fn credential_reader() {
     println!("CRED-RESULT {end} {}", hex(&data));
 }
 
+/// Reads a reader's output into `seen` until it holds `marker`.
+fn read_until(out: &mut impl std::io::Read, seen: &mut String, marker: &str) {
+    let mut buf = [0u8; 256];
+    while !seen.contains(marker) {
+        let n = out.read(&mut buf).expect("the reader's output");
+        assert!(n > 0, "the reader ended before {marker}: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
 /// The refusal events, each with its reason.
 fn refusals(entries: &[Value]) -> Vec<&Value> {
     with_id(entries, CREDENTIAL_REFUSED)
@@ -822,12 +832,7 @@ fn hoarding_peers_do_not_block_the_unit() {
         // Wait until it has connected everything.
         let mut out = child.stdout.take().expect("stdout");
         let mut seen = String::new();
-        let mut buf = [0u8; 256];
-        while !seen.contains("CRED-RESULT hoarded") {
-            let n = std::io::Read::read(&mut out, &mut buf).expect("hoarder output");
-            assert!(n > 0, "the hoarder ended early: {seen}");
-            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
+        read_until(&mut out, &mut seen, "CRED-RESULT hoarded");
         child
     };
     let mut hoarders = vec![
@@ -1042,20 +1047,9 @@ fn without_peerpidfd_the_pid_holder_must_be_root() {
         .expect("the reader");
     let mut out = child.stdout.take().expect("stdout");
     let mut seen = String::new();
-    let mut buf = [0u8; 4096];
-    while !seen.contains("CRED-CONNECTED") {
-        let n = std::io::Read::read(&mut out, &mut buf).expect("reader output");
-        assert!(n > 0, "the reader ended early: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    read_until(&mut out, &mut seen, "CRED-CONNECTED");
     nix::sys::signal::kill(daemon, nix::sys::signal::Signal::SIGCONT).expect("resume the daemon");
-    loop {
-        let n = std::io::Read::read(&mut out, &mut buf).expect("reader output");
-        if n == 0 {
-            break;
-        }
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    std::io::Read::read_to_string(&mut out, &mut seen).expect("reader output");
     let _ = child.wait();
     let line = seen
         .lines()
