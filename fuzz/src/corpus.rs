@@ -83,7 +83,7 @@ pub fn typed_keys(key: &str) -> Vec<(String, KeyType)> {
 }
 
 /// The example frames of the specification that are requests.
-const SPEC_REQUESTS: [&str; 18] = [
+const SPEC_REQUESTS: [&str; 19] = [
     "request-frame",
     "v1-list-request-frame",
     "v2-list-request-frame",
@@ -102,6 +102,7 @@ const SPEC_REQUESTS: [&str; 18] = [
     "v5-rewrap-request-frame",
     "v5-wrap-batch-request-frame",
     "v5-unwrap-batch-request-frame",
+    "v5-wrap-credential-request-frame",
 ];
 
 /// The example frames of the specification that are responses.
@@ -284,6 +285,12 @@ pub fn request_frames(key: &str, other: &str, ciphertexts: &[Vec<u8>]) -> Vec<Ve
                 description: Some("fuzzed".to_string()),
                 set_tags: [("stage".to_string(), "fuzz".to_string())].into(),
                 remove_tags: vec!["origin".to_string()],
+            },
+            Request::WrapCredential {
+                key: name.to_string(),
+                unit: "fuzz.service".to_string(),
+                credential: "secret".to_string(),
+                plaintext: SecretBytes::new(b"credential".to_vec()),
             },
             Request::WrapBatch {
                 key: name.to_string(),

@@ -229,6 +229,10 @@ fn random_context(rng: &mut Rng) -> EncryptionContext {
     if rng.chance(50) {
         return crate::corpus::seed_context();
     }
+    // A reserved key (systemd credentials'): refused on the main socket.
+    if rng.chance(5) {
+        return agent_proto::credential::context("fuzz.service", "secret");
+    }
     (0..rng.below(6))
         .map(|_| {
             let n = rng.below(20);
@@ -302,7 +306,7 @@ fn random_version(rng: &mut Rng) -> u32 {
 pub fn random_request(rng: &mut Rng, names: &[&str], blobs: &[Vec<u8>]) -> Request {
     let plaintext_len = *rng.pick(&[0, 1, 16, 1000, 64 * 1024, 64 * 1024 + 1, 200_000]);
     // RotateRoot (admin only, a TPM seal each time) is left to its own tests.
-    match rng.below(31) {
+    match rng.below(32) {
         0 => Request::Ping,
         1 => Request::Status,
         2 => Request::CreateKey {
@@ -448,6 +452,25 @@ pub fn random_request(rng: &mut Rng, names: &[&str], blobs: &[Vec<u8>]) -> Reque
                 plaintext: SecretBytes::new(vec![0x5a; plaintext_len]),
                 context: random_context(rng),
             }],
+        },
+        // Unit names and ids around systemd's rules (templates, `/`, `..`,
+        // the length limit), for admins and others.
+        29 => Request::WrapCredential {
+            key: random_name(rng, names),
+            unit: rng
+                .pick(&[
+                    "fuzz.service",
+                    "x@.service",
+                    "a/b.service",
+                    "../x.service",
+                    "",
+                    "noextension",
+                ])
+                .to_string(),
+            credential: rng
+                .pick(&["secret", "", ".", "..", "a/b", "\n"])
+                .to_string(),
+            plaintext: SecretBytes::new(vec![0x5a; plaintext_len]),
         },
         _ => Request::DescribeKey {
             key: random_name(rng, names),
