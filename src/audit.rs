@@ -334,17 +334,10 @@ impl Subject {
     /// Records the systemd credential a request is about: the unit it is
     /// for and its id (escaped when they are no valid names).
     pub fn set_credential(&mut self, unit: &str, id: &str) {
-        let escape = |name: &str, valid: bool| {
-            if valid {
-                name.to_string()
-            } else {
-                let cut: String = name.chars().take(MAX_LOGGED_NAME).collect();
-                format!("{cut:?}")
-            }
-        };
+        use agent_proto::credential::{check_credential, check_unit};
         self.credential = Some((
-            escape(unit, agent_proto::credential::check_unit(unit).is_ok()),
-            escape(id, agent_proto::credential::check_credential(id).is_ok()),
+            logged_as(unit, check_unit(unit).is_ok()),
+            logged_as(id, check_credential(id).is_ok()),
         ));
     }
 
@@ -783,7 +776,13 @@ pub fn encryption_limit_alert(key: &str, version: u32, count: u64, limit: u64) {
 /// a peer, unchecked) cut and escaped, so it cannot forge journal fields or
 /// stderr lines.
 fn logged_name(name: &str) -> String {
-    if agent_proto::key_name::check(name).is_ok() {
+    logged_as(name, agent_proto::key_name::check(name).is_ok())
+}
+
+/// A name from a peer as events carry it: as it is when `valid` by its
+/// own rule, else cut and escaped.
+fn logged_as(name: &str, valid: bool) -> String {
+    if valid {
         name.to_string()
     } else {
         let cut: String = name.chars().take(MAX_LOGGED_NAME).collect();

@@ -137,12 +137,7 @@ pub fn names_connector(socket: &impl AsFd) -> bool {
 /// with `pid`, pinned by a pidfd while they are read so that they are that
 /// process's.
 pub fn pinned_comm_and_uid(pid: i32) -> Option<(String, u32)> {
-    // SAFETY: pidfd_open(2) takes two integers and no pointer.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let fd = libc::c_int::try_from(fd).ok().filter(|fd| *fd >= 0)?;
-    // SAFETY: `fd` (>= 0) is the new descriptor pidfd_open just created;
-    // the OwnedFd is its only owner.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let pidfd = pidfd_open(pid).ok()?;
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     still_there(&pidfd).ok()?;
@@ -210,21 +205,26 @@ fn pidfd_pid(pidfd: &OwnedFd) -> Option<i32> {
 /// this call; that window is what `SO_PEERPIDFD` closes.
 fn cgroup_by_pid(pid: Option<i32>) -> Result<String, UnitUnknown> {
     let pid = pid.filter(|&pid| pid > 0).ok_or(UnitUnknown::NoPidfd)?;
+    let pidfd = pidfd_open(pid).map_err(|e| match e.raw_os_error() {
+        Some(libc::ESRCH) => UnitUnknown::ProcessExited,
+        _ => UnitUnknown::NoPidfd,
+    })?;
+    pinned_cgroup(&pidfd, pid)
+}
+
+/// `pidfd_open(pid, 0)`: a descriptor that pins the process with `pid`.
+fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open(2) takes two integers (a pid and flags 0) and no
     // pointer, so no memory of ours is read or written; any pid is valid
     // input (a wrong one gives -1).
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
-        return Err(match io::Error::last_os_error().raw_os_error() {
-            Some(libc::ESRCH) => UnitUnknown::ProcessExited,
-            _ => UnitUnknown::NoPidfd,
-        });
+        return Err(io::Error::last_os_error());
     }
-    let fd = libc::c_int::try_from(fd).map_err(|_| UnitUnknown::NoPidfd)?;
+    let fd = libc::c_int::try_from(fd).map_err(|_| io::Error::other("pidfd out of range"))?;
     // SAFETY: `fd` (>= 0) is the new descriptor pidfd_open just created for
     // this process; nothing else holds it, so the OwnedFd is its only owner.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
-    pinned_cgroup(&pidfd, pid)
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Reads `/proc/PID/cgroup`, then confirms through `pidfd` that the process

@@ -809,19 +809,34 @@ impl Service {
         subject: &mut Subject,
     ) -> Result<Wrapped, Refusal> {
         self.permit(peer, Operation::Wrap, key)?;
+        self.check_plaintext_size(
+            "a plaintext",
+            plaintext,
+            "encrypt large data with `hostkms encrypt-file` (the age format, any size), or with a data key from `datakey`",
+        )?;
+        self.encrypt(Operation::Wrap, key, plaintext, context, subject)
+            .await
+    }
+
+    /// Refuses `plaintext` (`what`, as the message names it) over the
+    /// `max_plaintext` limit, saying what to do `instead`.
+    fn check_plaintext_size(
+        &self,
+        what: &str,
+        plaintext: &[u8],
+        instead: &str,
+    ) -> Result<(), Refusal> {
         let max_plaintext = self.limits.load().max_plaintext;
         if plaintext.len() > max_plaintext {
             return Err(Refusal::new(
                 ErrorCode::PlaintextTooLarge,
                 format!(
-                    "a plaintext of {} bytes exceeds the limit of {} bytes (max_plaintext); encrypt large data with `hostkms encrypt-file` (the age format, any size), or with a data key from `datakey`",
-                    plaintext.len(),
-                    max_plaintext
+                    "{what} of {} bytes exceeds the limit of {max_plaintext} bytes (max_plaintext); {instead}",
+                    plaintext.len()
                 ),
             ));
         }
-        self.encrypt(Operation::Wrap, key, plaintext, context, subject)
-            .await
+        Ok(())
     }
 
     async fn data_key(

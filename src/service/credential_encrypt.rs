@@ -36,17 +36,11 @@ impl Service {
         credential::check_unit(unit)
             .and_then(|()| credential::check_credential(id))
             .map_err(|problem| Refusal::new(ErrorCode::InvalidArgument, problem))?;
-        let max_plaintext = self.limits.load().max_plaintext;
-        if plaintext.len() > max_plaintext {
-            return Err(Refusal::new(
-                ErrorCode::PlaintextTooLarge,
-                format!(
-                    "a credential of {} bytes exceeds the limit of {} bytes (max_plaintext); keep the secret in an encrypted file (`hostkms encrypt-file`) and hand the unit a credential that unlocks it",
-                    plaintext.len(),
-                    max_plaintext
-                ),
-            ));
-        }
+        self.check_plaintext_size(
+            "a credential",
+            plaintext,
+            "keep the secret in an encrypted file (`hostkms encrypt-file`) and hand the unit a credential that unlocks it",
+        )?;
         let context = credential::context(unit, id);
         self.encrypt(Operation::Credential, key, plaintext, &context, subject)
             .await
