@@ -50,15 +50,19 @@ pub enum AcceptRollbackError {
 
 /// Accepts the key store in `config`'s state dir as it is; returns the
 /// report to print.
-pub fn run(config: &Config) -> Result<String, AcceptRollbackError> {
+pub fn run(config: &Config, pin: Option<&[u8]>) -> Result<String, AcceptRollbackError> {
     let tpm =
         Arc::new(TpmWorker::start(config.tpm.tcti.clone()).map_err(RootKeyError::TpmUnavailable)?);
-    let result = accept(config, &tpm);
+    let result = accept(config, &tpm, pin);
     tpm.shutdown(TPM_SHUTDOWN_WAIT);
     result
 }
 
-fn accept(config: &Config, tpm: &Arc<TpmWorker>) -> Result<String, AcceptRollbackError> {
+fn accept(
+    config: &Config,
+    tpm: &Arc<TpmWorker>,
+    pin: Option<&[u8]>,
+) -> Result<String, AcceptRollbackError> {
     let state_dir = StateDir::open(&config.state_dir)?;
     let _lock = StateDirLock::acquire(&state_dir)?;
     if !state_dir.contains(KEYSTORE_DB) {
@@ -67,7 +71,13 @@ fn accept(config: &Config, tpm: &Arc<TpmWorker>) -> Result<String, AcceptRollbac
         });
     }
     // The store exists, so this never creates a root key.
-    let (root_key, _) = rootkey::load_or_create(&state_dir, tpm, config.tpm.start_timeout)?;
+    let (root_key, _, _) = rootkey::open_offline(
+        &state_dir,
+        tpm,
+        config.tpm.start_timeout,
+        &config.root_key,
+        pin,
+    )?;
     let entropy = Arc::new(TpmEntropy::new(Arc::clone(tpm), config.tpm.timeout));
     let store = KeyStore::open_accepting_rollback(
         &state_dir,

@@ -90,6 +90,16 @@ pub const ROLLBACK_ACCEPTED: &str = "e443d75e72c74b83b7b5c0c86a8f686f";
 /// start with `[recovery]`, after the custodians or threshold changed, or
 /// after `hostkmsd rotate-bundle` made a new one.
 pub const RECOVERY_ESCROWED: &str = "98d6c8c8c8bd47a19a8b17745e87228b";
+/// The daemon started locked: the root key needs `hostkms unlock` (a PIN
+/// mode, or the PCRs changed since sealing).
+pub const DAEMON_LOCKED: &str = "eb043bc953384ab2aff654d8d03e5ba9";
+/// An attempt to unlock the root key with the PIN (`hostkms unlock`, and
+/// the PIN checks of `reseal`, `change-pin` and `rotate-root`), with its
+/// result and the TPM's tries left.
+pub const ROOT_KEY_UNLOCK: &str = "dab12fd4462e41349a815e8d0b3a2d7c";
+/// The root key's sealed copies were replaced: a reseal (new PCR values or
+/// mode) or a PIN change.
+pub const ROOT_KEY_RESEALED: &str = "f6cf38e8a51a42318169c4e9091c9034";
 
 /// The tracing target of request and life events.
 const AUDIT_TARGET: &str = "hostkms::audit";
@@ -1240,4 +1250,102 @@ mod tests {
             Some(format!("{:?}", "y".repeat(MAX_LOGGED_NAME)).as_str())
         );
     }
+}
+
+/// The daemon started locked for `reason`: it serves `Ping` and `Status`
+/// and refuses key operations until `hostkms unlock`.
+pub fn daemon_locked(reason: &str) {
+    tracing::event!(
+        target: AUDIT_TARGET,
+        Level::WARN,
+        MESSAGE_ID = DAEMON_LOCKED,
+        HOSTKMS_LOCK_REASON = reason,
+        "hostkmsd is locked: {reason}"
+    );
+}
+
+/// What an unlock attempt came to, for [`root_key_unlock`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnlockResult {
+    /// The PIN opened the root key.
+    Unlocked,
+    /// The TPM refused the PIN.
+    WrongPin,
+    /// The TPM is in dictionary-attack lockout.
+    Lockout,
+    /// Anything else failed (the message says what).
+    Failed,
+}
+
+impl UnlockResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            UnlockResult::Unlocked => "unlocked",
+            UnlockResult::WrongPin => "wrong-pin",
+            UnlockResult::Lockout => "lockout",
+            UnlockResult::Failed => "failed",
+        }
+    }
+}
+
+/// One attempt by `peer` to open the root key with the PIN, for `purpose`
+/// ("unlock", "reseal", "change-pin", "rotate-root"). Never the PIN.
+pub fn root_key_unlock(
+    peer: &Peer,
+    purpose: &str,
+    result: UnlockResult,
+    tries_left: Option<u32>,
+    detail: &str,
+) {
+    let level_warn = result != UnlockResult::Unlocked;
+    let tries = tries_left.map_or(String::new(), |tries| format!(", {tries} tries left"));
+    macro_rules! event {
+        ($level:expr) => {
+            tracing::event!(
+                target: AUDIT_TARGET,
+                $level,
+                MESSAGE_ID = ROOT_KEY_UNLOCK,
+                HOSTKMS_OP = purpose,
+                HOSTKMS_RESULT = result.as_str(),
+                HOSTKMS_PIN_TRIES_LEFT = tries_left,
+                HOSTKMS_PEER_UID = peer.uid,
+                HOSTKMS_PEER_PID = peer.pid,
+                HOSTKMS_PEER_UNIT = peer.unit.as_deref(),
+                "{purpose} with the PIN by uid {}: {}{tries}{}{detail}",
+                peer.uid,
+                result.as_str(),
+                if detail.is_empty() { "" } else { "; " }
+            )
+        };
+    }
+    if level_warn {
+        event!(Level::WARN);
+    } else {
+        event!(Level::INFO);
+    }
+}
+
+/// `peer` replaced the root key's sealed copies: `before` and `after` are
+/// the modes in words, `why` the request ("reseal", "unlock --reseal",
+/// "change-pin").
+pub fn root_key_resealed(
+    peer: Option<&Peer>,
+    why: &str,
+    before: &str,
+    after: &str,
+    generation: u64,
+) {
+    tracing::event!(
+        target: AUDIT_TARGET,
+        Level::WARN,
+        MESSAGE_ID = ROOT_KEY_RESEALED,
+        HOSTKMS_OP = why,
+        HOSTKMS_SEALING_BEFORE = before,
+        HOSTKMS_SEALING = after,
+        HOSTKMS_SEALING_GENERATION = generation,
+        HOSTKMS_PEER_UID = peer.map(|peer| peer.uid),
+        HOSTKMS_PEER_PID = peer.map(|peer| peer.pid),
+        "root key sealed again ({why}) by uid {}: was sealed to {before}, now to {after} (generation {generation})",
+        peer.map_or("-".to_string(), |peer| peer.uid.to_string())
+    );
 }

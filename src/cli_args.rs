@@ -44,6 +44,11 @@ pub struct Args {
     /// (e.g. "device:/dev/tpmrm0", "swtpm:host=127.0.0.1,port=2321").
     #[arg(long, value_name = "TCTI", global = true)]
     pub tcti: Option<String>,
+    /// For the offline tasks, when the root key is sealed to a PIN: the
+    /// file holding the PIN ("-" for standard input). The daemon itself
+    /// never reads a PIN: a locked daemon waits for `hostkms unlock`.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub pin_file: Option<PathBuf>,
     /// An offline task instead of serving (the daemon must be stopped).
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -19,9 +19,11 @@ use crate::config::{
 use crate::keystore::{KeyStore, RollbackStart, StoreError, TpmEntropy};
 use crate::lifecycle;
 use crate::recovery::{self, RecoveryConfig, dir::RecoveryWriter};
-use crate::rootkey::{self, Origin, RootKey, RootKeyError, TpmRootSealer};
+use crate::rootkey::{
+    Opened, Origin, RootKey, RootKeyError, SealRecord, SealingMode, TpmRootSealer,
+};
 use crate::server::{self, BoundSocket, Heartbeat, LiveLimits, ServerError};
-use crate::service::{Service, WorkerProbe};
+use crate::service::{SealingState, Service, Unlocker, WorkerProbe};
 use crate::state_dir::{StateDir, StateDirError, StateDirLock};
 use crate::systemd::{self, ActivationError, Notifier};
 use crate::tpm::TpmWorker;
@@ -87,6 +89,10 @@ pub fn run(config: Config, source: ConfigSource) -> Result<(), DaemonError> {
     result
 }
 
+mod opener;
+
+use opener::Opener;
+
 /// The daemon's life after the TPM worker has started, step by step.
 fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Result<(), DaemonError> {
     raise_fd_limit(config.server.max_connections);
@@ -97,33 +103,63 @@ fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Resul
     // Held until this function returns: one daemon per state dir, or two
     // would each acknowledge writes the other then overwrites.
     let _lock = StateDirLock::acquire(&state_dir)?;
-    let root_key = load_root_key(&state_dir, tpm, &config.tpm)?;
+    let opener = Arc::new(Opener::new(state_dir.clone(), Arc::clone(tpm), &config));
+    let opened = opener.open_root(None)?;
     warn_missing_admin_groups(&config.access);
     log_disabled_grants(&config.access);
-    let store = open_store(&state_dir, &root_key, tpm, &config.tpm)?;
-    check_rollback(&store, tpm, &config.tpm)?;
-    // The store holds the keys derived from the root key; the root key itself
-    // is needed no longer and is wiped here rather than kept for the daemon's life.
-    drop(root_key);
-    let recovery = start_recovery(config.recovery.clone(), &store)?;
+    let probe = Arc::new(WorkerProbe::new(Arc::clone(tpm), config.tpm.timeout));
+    let service = match opened {
+        Opened::Unsealed {
+            key,
+            origin,
+            record,
+        } => {
+            log_root_key(&state_dir, &key, origin, &record, &config.root_key);
+            let (store, transport) = opener.open_keys(key)?;
+            let service = Service::new(
+                store,
+                config.access.policy.clone(),
+                config.service,
+                config.alerts,
+                probe,
+            )
+            .with_sealing(SealingState {
+                record: Some(record),
+                lock: None,
+                configured: config.root_key.clone(),
+            });
+            if let Some(transport) = transport {
+                service.set_transport_key(transport);
+            }
+            service
+        }
+        Opened::Locked(reason) => {
+            audit::daemon_locked(&reason.describe());
+            Service::locked(
+                config.access.policy.clone(),
+                config.service,
+                config.alerts,
+                probe,
+                SealingState {
+                    record: opener.record(),
+                    lock: Some(reason),
+                    configured: config.root_key.clone(),
+                },
+            )
+        }
+    };
     let sealer = TpmRootSealer::new(state_dir.clone(), Arc::clone(tpm), config.tpm.timeout);
     let service = Arc::new(
-        Service::new(
-            store,
-            config.access.policy.clone(),
-            config.service,
-            config.alerts,
-            Arc::new(WorkerProbe::new(Arc::clone(tpm), config.tpm.timeout)),
-        )
-        .with_root_sealer(Arc::new(sealer))
-        .with_random_source(Arc::new(TpmEntropy::for_random(
-            Arc::clone(tpm),
-            config.tpm.timeout,
-        ))),
+        service
+            .with_root_sealer(Arc::new(sealer))
+            .with_unlocker(Arc::clone(&opener) as Arc<dyn Unlocker>)
+            .with_random_source(Arc::new(TpmEntropy::for_random(
+                Arc::clone(tpm),
+                config.tpm.timeout,
+            ))),
     );
     service.set_transfer_peers(config.transfer.clone());
     service.set_key_defaults(config.keys);
-    load_transport_key(&service);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -142,7 +178,12 @@ fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Resul
             limits: Arc::clone(&limits),
         };
         watch_reloads(reloader, notifier)?;
-        tokio::spawn(watch_recovery(recovery));
+        let watching = (Arc::clone(&service), Arc::clone(&opener));
+        tokio::spawn(async move {
+            // A locked daemon starts its recovery directory at unlock.
+            watching.0.opened().await;
+            watch_recovery(watching.1.recovery_writer()).await;
+        });
         // Ticks once now: a host that was off rotates its due keys at once.
         let timer_stop = shutdown.child_token();
         let timer = tokio::spawn(lifecycle::run(Arc::clone(&service), timer_stop.clone()));
@@ -180,55 +221,56 @@ fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Resul
     })
 }
 
-/// Unseals the root key from the state dir, or creates and seals one in
-/// an empty state dir, and logs which, with its check value.
-fn load_root_key(
+/// Logs how the root key came to be in memory, with its check value, and
+/// a config whose `[root_key]` asks for another mode than the one in force.
+fn log_root_key(
     state_dir: &StateDir,
-    tpm: &TpmWorker,
-    settings: &TpmConfig,
-) -> Result<RootKey, DaemonError> {
-    // Only an interrupted root-key rotation needs the store's word on
-    // which root key is in force.
-    let store_check = if rootkey::rotation_interrupted(state_dir) {
-        KeyStore::recorded_root_key_check(state_dir)?
-    } else {
-        None
-    };
-    let (root_key, origin) = rootkey::load_or_complete(
-        state_dir,
-        tpm,
-        settings.start_timeout,
-        store_check.as_deref(),
-    )?;
+    root_key: &RootKey,
+    origin: Origin,
+    record: &SealRecord,
+    configured: &SealingMode,
+) {
     let check = root_key.check_value();
+    let sealed_to = record.mode.describe();
+    let dir = state_dir.path().display();
     match origin {
         Origin::Created => tracing::info!(
             root_key_check = %check,
-            state_dir = %state_dir.path().display(),
-            "created root key and sealed it to the TPM"
+            state_dir = %dir,
+            "created root key and sealed it to the TPM ({sealed_to})"
         ),
         Origin::Unsealed => tracing::info!(
             root_key_check = %check,
-            state_dir = %state_dir.path().display(),
-            "unsealed root key"
+            state_dir = %dir,
+            "unsealed root key (sealed to {sealed_to})"
+        ),
+        Origin::Migrated => tracing::warn!(
+            root_key_check = %check,
+            state_dir = %dir,
+            "unsealed root key and moved it under the noDA storage primary (sealed to {sealed_to})"
         ),
         Origin::RotationDiscarded => tracing::warn!(
             root_key_check = %check,
-            state_dir = %state_dir.path().display(),
+            state_dir = %dir,
             "unsealed root key; an interrupted root-key rotation was rolled back, this key stays in force"
         ),
         Origin::RotationCompleted => tracing::warn!(
             root_key_check = %check,
-            state_dir = %state_dir.path().display(),
+            state_dir = %dir,
             "unsealed root key; an interrupted root-key rotation was completed, this new key is in force"
         ),
+    }
+    if &record.mode != configured {
+        tracing::warn!(
+            "[root_key] asks for the root key to be sealed to {}, but it is sealed to {sealed_to}: the mode is fixed when the root key is made. Run `hostkms reseal` to apply the config",
+            configured.describe()
+        );
     }
     if !root_key.is_locked() {
         tracing::warn!(
             "could not lock the root key's page in RAM (RLIMIT_MEMLOCK?); it may be swapped out"
         );
     }
-    Ok(root_key)
 }
 
 /// Opens (and verifies) the key store under `root_key`, and logs its size.
@@ -263,28 +305,6 @@ fn open_store(
         );
     }
     Ok(store)
-}
-
-/// Loads this host's transport key (or makes and seals one at first
-/// start) and logs its recipient. Without it the daemon still serves every
-/// other request; transfer requests then fail, naming this log.
-fn load_transport_key(service: &Service) {
-    match crate::transfer::load_or_create(service.store()) {
-        Ok((key, created)) => {
-            tracing::info!(
-                transport_key = key.recipient(),
-                fingerprint = key.fingerprint(),
-                "{} transport key {} (fingerprint {})",
-                if created { "created" } else { "loaded" },
-                key.recipient(),
-                key.fingerprint()
-            );
-            service.set_transport_key(key);
-        }
-        Err(e) => tracing::error!(
-            "no transport key: keys cannot be exported or imported until this is fixed: {e}"
-        ),
-    }
 }
 
 /// Starts the recovery directory when `[recovery]` is configured (its writer
@@ -433,14 +453,16 @@ fn announce_ready(
     listener: &ListenerConfig,
     notifier: Notifier,
 ) {
-    let keys = service.store().keys();
+    let (keys, versions) = service.store().map_or((0, 0), |store| {
+        let keys = store.keys();
+        (keys.len(), keys.version_count())
+    });
     audit::ready(
-        keys.len(),
-        keys.version_count(),
+        keys,
+        versions,
         &socket.path(&listener.socket),
         matches!(socket, Socket::Activated(_)),
     );
-    drop(keys);
     notifier.ready(&status_line(service));
 }
 
@@ -482,27 +504,8 @@ async fn serve(
 /// the TPM worker's last conversation, and the stop event.
 async fn stop(service: &Arc<Service>, tpm: &Arc<TpmWorker>) {
     audit::summarized(&service.monitor().close_all_windows());
-    let store_service = Arc::clone(service);
-    match tokio::task::spawn_blocking(move || store_service.store().persist_counts()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(
-            "could not write exact encryption counts (the reserved upper bounds stand): {e}"
-        ),
-        Err(e) => tracing::warn!("could not write exact encryption counts: {e}"),
-    }
-    let store_service = Arc::clone(service);
-    let pending = tokio::task::spawn_blocking(move || {
-        store_service
-            .store()
-            .settle_rollback_counter(TPM_SHUTDOWN_WAIT)
-    })
-    .await
-    .unwrap_or(0);
-    if pending > 0 {
-        tracing::error!(
-            pending,
-            "stopping with {pending} increments of the TPM rollback counter pending (the TPM does not answer): the revocations, disables and minimum-version changes they stand for are not yet protected against rollback. Until the next start makes them, an older copy of the state dir put back is not detected: guard the state dir and its backups, and start hostkmsd again once the TPM answers"
-        );
+    if let Some(store) = service.store().cloned() {
+        settle_store(store).await;
     }
     let worker = Arc::clone(tpm);
     let ended = tokio::task::spawn_blocking(move || worker.shutdown(TPM_SHUTDOWN_WAIT))
@@ -707,9 +710,17 @@ fn log_disabled_grants(access: &AccessConfig) {
 
 /// The one line `systemctl status hostkms` shows.
 fn status_line(service: &Service) -> String {
-    let keys = service.store().keys();
+    let Some(store) = service.store() else {
+        let why = service
+            .sealing()
+            .lock
+            .as_ref()
+            .map_or_else(String::new, |reason| format!(" ({})", reason.short()));
+        return format!("locked: run hostkms unlock{why}");
+    };
+    let keys = store.keys();
     let totals = service.monitor().totals();
-    let recovery = service.store().recovery_status();
+    let recovery = store.recovery_status();
     let recovery = if !recovery.configured {
         "keys NOT recoverable (no [recovery])"
     } else if recovery.current {
@@ -725,6 +736,29 @@ fn status_line(service: &Service) -> String {
         totals.denials,
         totals.alerts,
     )
+}
+
+/// The key store's last writes at a stop: exact encryption counts, and
+/// the rollback counter's pending increments.
+async fn settle_store(store: Arc<KeyStore>) {
+    let counting = Arc::clone(&store);
+    match tokio::task::spawn_blocking(move || counting.persist_counts()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(
+            "could not write exact encryption counts (the reserved upper bounds stand): {e}"
+        ),
+        Err(e) => tracing::warn!("could not write exact encryption counts: {e}"),
+    }
+    let pending =
+        tokio::task::spawn_blocking(move || store.settle_rollback_counter(TPM_SHUTDOWN_WAIT))
+            .await
+            .unwrap_or(0);
+    if pending > 0 {
+        tracing::error!(
+            pending,
+            "stopping with {pending} increments of the TPM rollback counter pending (the TPM does not answer): the revocations, disables and minimum-version changes they stand for are not yet protected against rollback. Until the next start makes them, an older copy of the state dir put back is not detected: guard the state dir and its backups, and start hostkmsd again once the TPM answers"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ pub mod lifecycle;
 pub mod locked;
 pub mod monitor;
 pub mod peer;
+pub mod pin_input;
 pub mod policy;
 pub mod recovery;
 pub mod restore;

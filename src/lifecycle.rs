@@ -49,18 +49,23 @@ pub const FUTURE_TOLERANCE: u64 = 86_400;
 /// Runs the timer until `shutdown`, then advances the daemon clock one
 /// last time.
 pub async fn run(service: Arc<Service>, shutdown: CancellationToken) {
-    let every = tick_interval(service.store().clock());
+    // A locked daemon has no keys to tick for until it is unlocked.
+    let store = tokio::select! {
+        () = shutdown.cancelled() => return,
+        store = service.opened() => store,
+    };
+    let every = tick_interval(store.clock());
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut measured = Measured::from(service.store().clock());
+    let mut measured = Measured::from(store.clock());
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = ticks.tick() => {}
         }
-        let ticking = Arc::clone(&service);
+        let ticking = Arc::clone(&store);
         match tokio::task::spawn_blocking(move || {
-            tick(ticking.store(), &mut measured);
+            tick(&ticking, &mut measured);
             measured
         })
         .await
@@ -69,9 +74,8 @@ pub async fn run(service: Arc<Service>, shutdown: CancellationToken) {
             Err(e) => tracing::error!("the lifecycle timer's tick did not finish: {e}"),
         }
     }
-    let stopping = Arc::clone(&service);
     let _ = tokio::task::spawn_blocking(move || {
-        if let Err(e) = measured.advance(stopping.store()) {
+        if let Err(e) = measured.advance(&store) {
             tracing::warn!(
                 "could not record the daemon clock at shutdown (scheduled deletions wait up to a minute longer): {e}"
             );

@@ -52,6 +52,9 @@ const TPM_SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 pub struct RestoreOptions {
     /// The recovery directory or backup tar.
     pub backup: PathBuf,
+    /// The PIN, when the root key is (or, in an empty state dir, is to be)
+    /// sealed to one (`--pin-file`).
+    pub pin: Option<zeroize::Zeroizing<Vec<u8>>>,
     /// Custodians' age identity files.
     pub identities: Vec<PathBuf>,
     /// Shares, each decrypted by its custodian with `age -d`.
@@ -171,7 +174,14 @@ pub fn run(config: &Config, options: &RestoreOptions) -> Result<RestoreReport, R
     let _lock = StateDirLock::acquire(&state_dir)?;
     let tpm =
         Arc::new(TpmWorker::start(config.tpm.tcti.clone()).map_err(RootKeyError::TpmUnavailable)?);
-    let result = import(&state_dir, &tpm, config, opened.keys, options.merge);
+    let result = import(
+        &state_dir,
+        &tpm,
+        config,
+        opened.keys,
+        options.merge,
+        options.pin.as_deref().map(Vec::as_slice),
+    );
     tpm.shutdown(TPM_SHUTDOWN_WAIT);
     let (restored, root_key_check, root_key_origin) = result?;
     for key in &restored.added {
@@ -204,8 +214,15 @@ fn import(
     config: &Config,
     keys: Vec<crate::keystore::KeyMaterial>,
     merge: bool,
+    pin: Option<&[u8]>,
 ) -> Result<(Restored, String, Origin), RestoreError> {
-    let (root_key, origin) = rootkey::load_or_create(state_dir, tpm, config.tpm.start_timeout)?;
+    let (root_key, origin, _) = rootkey::open_offline(
+        state_dir,
+        tpm,
+        config.tpm.start_timeout,
+        &config.root_key,
+        pin,
+    )?;
     let check = root_key.check_value();
     let store = KeyStore::open(
         state_dir,
@@ -388,7 +405,10 @@ pub fn summary(report: &RestoreReport, options: &RestoreOptions, config: &Config
         report.root_key_check,
         match report.root_key_origin {
             Origin::Created => "created and sealed to this TPM by the restore",
-            Origin::Unsealed | Origin::RotationDiscarded | Origin::RotationCompleted => {
+            Origin::Unsealed
+            | Origin::RotationDiscarded
+            | Origin::RotationCompleted
+            | Origin::Migrated => {
                 "unsealed from the state dir"
             }
         },

@@ -1,5 +1,13 @@
-//! The root key: 256 bits sealed to the TPM in `root.pub`/`root.priv`,
-//! unsealed once at start into locked memory, never on disk in clear.
+//! The root key: 256 bits sealed to the TPM, unsealed at start (or at
+//! `hostkms unlock`) into locked memory, never on disk in clear.
+//!
+//! It is sealed in one or two copies, as the `[root_key]` mode asks when
+//! it is created (or `hostkms reseal` changes it): an auto copy, plain or
+//! bound to PCR values, that unseals at start without a person, and a PIN
+//! copy whose authValue is the PIN. `root.seal` ([`record`]) names the
+//! generation of files in force and is the commit point of every change
+//! ([`reseal`], a rotation, the migration of the layout before 0.14).
+//! A daemon that cannot unseal an auto copy starts locked ([`LockReason`]).
 //!
 //! Start-up either creates and seals a new root key (empty state dir) or
 //! unseals the existing one. Anything in between — a key store without its
@@ -10,21 +18,19 @@
 //! Rotation (`hostkms rotate-root`) replaces the root key without a moment
 //! in which a crash loses it:
 //!
-//! 1. [`seal_next`]: a new key (OS RNG XOR TPM RNG) is sealed and written
-//!    durably as `root-next.priv`, then `root-next.pub`;
+//! 1. [`seal_next`]: a new key (OS RNG XOR TPM RNG) is sealed in the
+//!    copies the mode in force asks for, as the next generation, and
+//!    `root-next.seal` names them;
 //! 2. the key store re-seals every KEK, secret and row MAC under it and
 //!    records its check value, in one SQLite transaction (`keystore::reseal`);
-//! 3. [`promote_next`]: `root-next.priv` is renamed over `root.priv`, then
-//!    `root-next.pub` over `root.pub`, and the directory synced.
+//! 3. [`promote_next`]: `root-next.seal` is renamed over `root.seal`.
 //!
 //! The key store's recorded check value decides which key is in force. A
-//! start ([`load_or_complete`]) that finds `root-next.*`
-//! ([`rotation_interrupted`]) unseals the
-//! candidate pairs and keeps the one the store matches: the old pair (the
-//! transaction never committed: the next blobs are deleted) or the new one
-//! (it committed: the renames are finished). `root-next.pub` alone means
-//! `root.priv` is already the new one. A store that matches no candidate
-//! stops the daemon and nothing is changed.
+//! start that finds `root-next.seal` ([`rotation_interrupted`]) unseals
+//! both records' keys and keeps the one the store matches. A store that
+//! matches neither stops the daemon and nothing is changed. The layout
+//! before 0.14 (`root.pub`/`root.priv`, `root-next.*`) is resolved the
+//! same way by its own rules, then migrated.
 
 use hmac::{Hmac, KeyInit, Mac};
 use rand::TryRng;
@@ -38,7 +44,13 @@ use crate::locked::LockedBytes;
 use crate::state_dir::{
     KEYSTORE_DB, ROOT_NEXT_PRIV, ROOT_NEXT_PUB, ROOT_PRIV, ROOT_PUB, StateDir, StateDirError,
 };
-use crate::tpm::{BlobError, BlobPart, Cause, SealedBlobs, Tpm, TpmError, TpmWorker};
+use crate::tpm::{BlobError, BlobPart, Cause, SealedBlobs, Template, Tpm, TpmError, TpmWorker};
+
+mod copies;
+pub mod record;
+
+use copies::AutoUnseal;
+pub use record::{NEXT_RECORD, RECORD, RecordError, SealRecord, SealingMode};
 
 /// Length of the root key in bytes.
 pub const ROOT_KEY_LEN: usize = 32;
@@ -124,6 +136,104 @@ pub enum Origin {
     /// committed to the new key: the new key is in force, and its blobs
     /// were renamed into place.
     RotationCompleted,
+    /// The blobs of a version before 0.14 were unsealed under the old
+    /// (not noDA) primary and sealed again under the noDA one, in the same
+    /// mode (no PCRs, no PIN).
+    Migrated,
+}
+
+/// A PCR whose value changed since the auto copy was sealed to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PcrChange {
+    /// The PCR index.
+    pub pcr: u8,
+    /// Its sha256 value at sealing.
+    pub sealed: [u8; 32],
+    /// Its sha256 value now.
+    pub current: [u8; 32],
+}
+
+impl PcrChange {
+    /// "PCR 7 (was 3d45…, now 9f01…)", full values: what an operator
+    /// compares with the update's expected measurements.
+    pub fn describe(&self) -> String {
+        format!(
+            "PCR {} (sealed {}, now {})",
+            self.pcr,
+            record::hex(&self.sealed),
+            record::hex(&self.current)
+        )
+    }
+}
+
+/// Why the root key is not in memory although nothing failed: the daemon
+/// serves `Ping` and `Status` and waits for `hostkms unlock`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockReason {
+    /// `pin = true` and no root key yet: the first unlock sets the PIN and
+    /// creates it.
+    NoRootKeyYet,
+    /// PIN-only mode: every start needs the PIN.
+    PinRequired,
+    /// The PCRs the auto copy is bound to changed; the PIN copy opens it.
+    PcrMismatch(Vec<PcrChange>),
+}
+
+impl LockReason {
+    /// The reason in a few words, for `systemctl status`.
+    pub fn short(&self) -> String {
+        match self {
+            LockReason::NoRootKeyYet => {
+                "no root key yet; the first unlock sets the PIN".to_string()
+            }
+            LockReason::PinRequired => "PIN required".to_string(),
+            LockReason::PcrMismatch(changes) => format!(
+                "PCR {} changed since sealing",
+                changes
+                    .iter()
+                    .map(|change| change.pcr.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
+    /// The reason in words, with what to do.
+    pub fn describe(&self) -> String {
+        match self {
+            LockReason::NoRootKeyYet => {
+                "no root key yet: the first `hostkms unlock` sets the PIN and creates it"
+                    .to_string()
+            }
+            LockReason::PinRequired => {
+                "the root key is sealed to a PIN: run `hostkms unlock`".to_string()
+            }
+            LockReason::PcrMismatch(changes) => format!(
+                "the boot state changed since the root key was sealed: {}. If this is an update you expect, run `hostkms unlock --reseal`; otherwise investigate the boot chain (`hostkms unlock` alone unlocks for this boot only)",
+                changes
+                    .iter()
+                    .map(PcrChange::describe)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        }
+    }
+}
+
+/// What [`open`] found.
+#[derive(Debug)]
+pub enum Opened {
+    /// The root key, how it came to be, and the record in force.
+    Unsealed {
+        /// The key.
+        key: RootKey,
+        /// How it came to be in memory.
+        origin: Origin,
+        /// The sealing record in force.
+        record: SealRecord,
+    },
+    /// No copy opens without a person: the daemon starts locked.
+    Locked(LockReason),
 }
 
 /// Why the root key could not be created or unsealed, and what to do.
@@ -134,7 +244,7 @@ pub enum RootKeyError {
     StateDir(#[from] StateDirError),
     /// A key store exists but the blobs that seal its root key do not.
     #[error(
-        "{dir}/{KEYSTORE_DB} exists but {dir}/{ROOT_PUB} and {dir}/{ROOT_PRIV} are missing: the keys in the store are encrypted under the root key sealed in those files, so hostkms will not start (and will not make a new root key over them). Restore {ROOT_PUB} and {ROOT_PRIV} from the backup of this machine's state dir"
+        "{dir}/{KEYSTORE_DB} exists but {dir}/{RECORD} (or, before 0.14, {ROOT_PUB} and {ROOT_PRIV}) is missing: the keys in the store are encrypted under the root key sealed in the files it names, so hostkms will not start (and will not make a new root key over them). Restore {RECORD} and the root-*.pub/.priv files it names from the backup of this machine's state dir"
     )]
     StoreWithoutRootKey {
         /// The state directory.
@@ -227,6 +337,48 @@ pub enum RootKeyError {
         /// Each candidate pair and what it unsealed to, or why it did not.
         found: String,
     },
+    /// The sealing record cannot be used.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// PCR-only mode, and the PCRs changed: nothing can open the root key
+    /// until the boot state is back.
+    #[error(
+        "cannot unseal the root key: it is bound to the boot state (PCRs {pcrs:?}) and no PIN copy exists, and the boot state changed since it was sealed: {changes}. The blobs are intact and hostkms changed nothing. Boot the boot chain it was sealed under (then run `hostkms reseal` after the update, while the daemon runs), or recover the keys from the custodians (README: Backup and recovery)",
+        changes = changed.iter().map(PcrChange::describe).collect::<Vec<_>>().join("; ")
+    )]
+    PcrMismatch {
+        /// The PCRs bound.
+        pcrs: Vec<u8>,
+        /// Those that changed.
+        changed: Vec<PcrChange>,
+    },
+    /// The TPM refused the PIN.
+    #[error(
+        "the TPM refused the PIN: {tries_left} {tries} left before the TPM locks PIN tries out (it forgets one failure every {interval_secs} s). Nothing else changed; try again with the right PIN",
+        tries = if *tries_left == 1 { "try" } else { "tries" }
+    )]
+    WrongPin {
+        /// Tries left before lockout.
+        tries_left: u32,
+        /// Seconds after which the TPM forgets one failure.
+        interval_secs: u32,
+    },
+    /// The TPM is in dictionary-attack lockout for the PIN copy.
+    #[error(
+        "the TPM is in dictionary-attack lockout after too many wrong PINs and refuses PIN tries for now: wait at most {interval_secs} s (the TPM forgets one failure per interval; it does not say how much of it is left), or clear the lockout with `tpm2_dictionarylockout --clear-lockout` (needs the lockout authorization). The PCR-bound copy, if any, is not affected"
+    )]
+    PinLockout {
+        /// Seconds after which the TPM forgets one failure.
+        interval_secs: u32,
+    },
+    /// The mode has a PIN and none was given.
+    #[error("the root key is sealed to a PIN; give the PIN (`--pin-file FILE`, or type it)")]
+    PinNeeded,
+    /// A PIN was given, but the mode has no PIN copy.
+    #[error(
+        "no PIN is set for the root key (its sealing mode has none); leave the PIN out, or set one with `[root_key] pin = true` and `hostkms reseal`"
+    )]
+    NoPinSet,
     /// Next blobs of an earlier rotation remain: a rotation, or an offline
     /// command, waits until a start of the daemon has decided about them.
     #[error(
@@ -249,48 +401,242 @@ fn sentence(advice: &str) -> String {
     }
 }
 
-/// Whether `root-next.*` show a root-key rotation that was interrupted:
-/// then [`load_or_complete`] needs the key store's recorded check value.
+/// Whether a root-key rotation was interrupted (`root-next.seal`, or the
+/// `root-next.*` blobs of the layout before 0.14): then [`open`] needs the
+/// key store's recorded check value.
 pub fn rotation_interrupted(dir: &StateDir) -> bool {
-    dir.contains(ROOT_NEXT_PUB) || dir.contains(ROOT_NEXT_PRIV)
+    dir.contains(NEXT_RECORD) || dir.contains(ROOT_NEXT_PUB) || dir.contains(ROOT_NEXT_PRIV)
 }
 
-/// Creates and seals a root key in an empty state dir, or unseals the
-/// existing one, through `tpm`, giving up after `timeout`. Next blobs of an
-/// interrupted rotation ([`rotation_interrupted`]) are refused: only the
-/// daemon's start ([`load_or_complete`]), which reads the key store, decides
-/// about them.
-pub fn load_or_create(
+/// Whether the state dir holds the layout before 0.14 (no `root.seal`).
+fn legacy_layout(dir: &StateDir) -> bool {
+    !dir.contains(RECORD)
+        && [ROOT_PUB, ROOT_PRIV, ROOT_NEXT_PUB, ROOT_NEXT_PRIV]
+            .iter()
+            .any(|name| dir.contains(name))
+}
+
+/// Opens the root key: unseals it, creates it in an empty state dir (in
+/// mode `new_mode`), migrates the layout before 0.14, and completes or
+/// discards an interrupted rotation (`store_check`: the check value the
+/// key store records, `None` without a store). With `pin` `None` (a start)
+/// only an auto copy is tried, and a mode that needs a person answers
+/// [`Opened::Locked`]; with a PIN (an operator) the PIN copy is used, or
+/// a first PIN is set.
+pub fn open(
     dir: &StateDir,
     tpm: &TpmWorker,
     timeout: Duration,
-) -> Result<(RootKey, Origin), RootKeyError> {
+    new_mode: &SealingMode,
+    store_check: Option<&str>,
+    pin: Option<&[u8]>,
+) -> Result<Opened, RootKeyError> {
+    if legacy_layout(dir) {
+        return migrate(dir, tpm, timeout, store_check);
+    }
+    let Some(record) = SealRecord::read(dir, RECORD)? else {
+        if dir.contains(KEYSTORE_DB) {
+            return Err(RootKeyError::StoreWithoutRootKey {
+                dir: dir.path().display().to_string(),
+            });
+        }
+        if new_mode.pin && pin.is_none() {
+            return Ok(Opened::Locked(LockReason::NoRootKeyYet));
+        }
+        let key = fresh_key(tpm, timeout, "making a new root key")?;
+        let record = copies::seal_copies(dir, tpm, timeout, &key, 1, new_mode, None, pin)?;
+        record.write(dir, RECORD)?;
+        return Ok(Opened::Unsealed {
+            key,
+            origin: Origin::Created,
+            record,
+        });
+    };
+    if let Some(next) = SealRecord::read(dir, NEXT_RECORD)? {
+        return complete_rotation_v2(dir, tpm, timeout, record, next, store_check, pin);
+    }
+    Ok(match unseal_record(dir, tpm, timeout, &record, pin)? {
+        Ok(key) => Opened::Unsealed {
+            key,
+            origin: Origin::Unsealed,
+            record,
+        },
+        Err(reason) => Opened::Locked(reason),
+    })
+}
+
+/// As [`open`] for an offline command (`restore`, `accept-rollback`,
+/// `rotate-bundle`): an interrupted rotation is left for the daemon, and a
+/// locked outcome is an error that says to give the PIN.
+pub fn open_offline(
+    dir: &StateDir,
+    tpm: &TpmWorker,
+    timeout: Duration,
+    new_mode: &SealingMode,
+    pin: Option<&[u8]>,
+) -> Result<(RootKey, Origin, SealRecord), RootKeyError> {
     if rotation_interrupted(dir) {
         return Err(RootKeyError::RotationPending {
             dir: dir.path().display().to_string(),
             left: next_blobs_left(dir),
         });
     }
-    load_or_create_blobs(dir, tpm, timeout)
+    match open(dir, tpm, timeout, new_mode, None, pin)? {
+        Opened::Unsealed {
+            key,
+            origin,
+            record,
+        } => Ok((key, origin, record)),
+        Opened::Locked(_) => Err(RootKeyError::PinNeeded),
+    }
 }
 
-/// As [`load_or_create`], and when an interrupted rotation left next blobs
-/// ([`rotation_interrupted`]), completes or discards it: `store_check`
-/// (the check value the key store records; `None` when there is no store)
-/// says which key is in force. What the daemon's start uses.
-pub fn load_or_complete(
+/// Unseals `record`'s key: the PIN copy with `pin`, else the auto copy.
+/// `Ok(Err(reason))`: nothing failed, but a person must unlock.
+fn unseal_record(
+    dir: &StateDir,
+    tpm: &TpmWorker,
+    timeout: Duration,
+    record: &SealRecord,
+    pin: Option<&[u8]>,
+) -> Result<Result<RootKey, LockReason>, RootKeyError> {
+    if let Some(pin) = pin {
+        return copies::unseal_pin(dir, tpm, timeout, record, pin).map(Ok);
+    }
+    if !record.mode.has_auto_copy() {
+        return Ok(Err(LockReason::PinRequired));
+    }
+    match copies::unseal_auto(dir, tpm, timeout, record)? {
+        AutoUnseal::Key(key) => Ok(Ok(key)),
+        AutoUnseal::PcrsChanged(changed) if record.mode.pin => {
+            Ok(Err(LockReason::PcrMismatch(changed)))
+        }
+        AutoUnseal::PcrsChanged(changed) => Err(RootKeyError::PcrMismatch {
+            pcrs: record.mode.pcrs.clone(),
+            changed,
+        }),
+    }
+}
+
+/// The current PCR values `record`'s auto copy is bound to, compared with
+/// the recorded ones: the PCRs that changed (empty: none, or no PCRs).
+pub fn pcr_changes(
+    tpm: &TpmWorker,
+    timeout: Duration,
+    record: &SealRecord,
+) -> Result<Vec<PcrChange>, RootKeyError> {
+    let current = read_pcrs(tpm, timeout, &record.mode.pcrs)?;
+    Ok(record
+        .pcr_values
+        .iter()
+        .filter_map(|sealed| {
+            let now = current.iter().find(|value| value.pcr == sealed.pcr)?;
+            (now.sha256 != sealed.sha256).then(|| PcrChange {
+                pcr: sealed.pcr,
+                sealed: sealed.sha256,
+                current: now.sha256,
+            })
+        })
+        .collect())
+}
+
+/// The current sha256 values of `pcrs`.
+pub fn read_pcrs(
+    tpm: &TpmWorker,
+    timeout: Duration,
+    pcrs: &[u8],
+) -> Result<Vec<crate::tpm::PcrValue>, RootKeyError> {
+    let pcrs = pcrs.to_vec();
+    tpm.call("reading PCRs", timeout, move |tcti| {
+        Tpm::open(tcti)?.read_pcrs(&pcrs)
+    })
+    .map_err(RootKeyError::TpmUnavailable)
+}
+
+/// Which PCR values a reseal binds the auto copy to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PcrSource {
+    /// The values the PCRs hold now: the operator trusts this boot state.
+    Current,
+    /// The values recorded at the last sealing, when the PCRs are the
+    /// same (a PIN change trusts nothing new).
+    Recorded,
+}
+
+/// Seals `key` again in the copies `target` asks for (with `pin` for a PIN
+/// copy), as the next generation, then commits by replacing `root.seal`
+/// and removes the old generation's files. A crash at any moment leaves
+/// the old record or the new one, each with all its files.
+pub fn reseal(
+    dir: &StateDir,
+    tpm: &TpmWorker,
+    timeout: Duration,
+    key: &RootKey,
+    current: &SealRecord,
+    target: &SealingMode,
+    pin: Option<&[u8]>,
+    pcrs: PcrSource,
+) -> Result<SealRecord, RootKeyError> {
+    if rotation_interrupted(dir) {
+        return Err(RootKeyError::RotationPending {
+            dir: dir.path().display().to_string(),
+            left: next_blobs_left(dir),
+        });
+    }
+    let values = (pcrs == PcrSource::Recorded && target.pcrs == current.mode.pcrs)
+        .then(|| current.pcr_values.clone());
+    let generation = current.generation + 1;
+    let record = copies::seal_copies(dir, tpm, timeout, key, generation, target, values, pin)?;
+    record.write(dir, RECORD)?;
+    copies::remove_files(dir, current);
+    Ok(record)
+}
+
+/// The layout before 0.14: its own start rules (an interrupted rotation
+/// included) under the old primary, then the key sealed again under the
+/// noDA primary in the same mode, committed by writing `root.seal`, and
+/// the old blobs removed.
+fn migrate(
     dir: &StateDir,
     tpm: &TpmWorker,
     timeout: Duration,
     store_check: Option<&str>,
-) -> Result<(RootKey, Origin), RootKeyError> {
-    if rotation_interrupted(dir) {
-        return complete_rotation(dir, tpm, timeout, store_check);
+) -> Result<Opened, RootKeyError> {
+    let (key, legacy_origin) = if rotation_interrupted(dir) {
+        complete_rotation(dir, tpm, timeout, store_check)?
+    } else {
+        load_or_create_blobs(dir, tpm, timeout)?
+    };
+    let record = copies::seal_copies(
+        dir,
+        tpm,
+        timeout,
+        &key,
+        1,
+        &SealingMode::default(),
+        None,
+        None,
+    )?;
+    record.write(dir, RECORD)?;
+    for name in [ROOT_NEXT_PUB, ROOT_NEXT_PRIV, ROOT_PUB, ROOT_PRIV] {
+        if let Err(e) = dir.remove(name) {
+            tracing::warn!(file = %dir.file(name).display(), "could not remove a migrated root-key blob: {e}");
+        }
     }
-    load_or_create_blobs(dir, tpm, timeout)
+    tracing::warn!(
+        root_key_check = %key.check_value(),
+        before = ?legacy_origin,
+        files = ?record.files(),
+        "migrated the sealed root key to the noDA storage primary: unsealed root.pub/root.priv under the old primary, sealed it again (no PCRs, no PIN, as before) in the files root.seal names, and removed the old blobs. Change the mode with `hostkms reseal`; the break-glass recipe changed (README)"
+    );
+    Ok(Opened::Unsealed {
+        key,
+        origin: Origin::Migrated,
+        record,
+    })
 }
 
-/// The root blobs unsealed, or made in an empty state dir.
+/// The legacy root blobs unsealed (under the old primary).
 fn load_or_create_blobs(
     dir: &StateDir,
     tpm: &TpmWorker,
@@ -299,10 +645,9 @@ fn load_or_create_blobs(
     let shown = |name: &str| dir.file(name).display().to_string();
     match (dir.contains(ROOT_PUB), dir.contains(ROOT_PRIV)) {
         (true, true) => unseal(dir, tpm, timeout).map(|key| (key, Origin::Unsealed)),
-        (false, false) if dir.contains(KEYSTORE_DB) => Err(RootKeyError::StoreWithoutRootKey {
+        (false, false) => Err(RootKeyError::StoreWithoutRootKey {
             dir: dir.path().display().to_string(),
         }),
-        (false, false) => create(dir, tpm, timeout).map(|key| (key, Origin::Created)),
         (true, false) => Err(RootKeyError::HalfSealed {
             present: shown(ROOT_PUB),
             missing: shown(ROOT_PRIV),
@@ -340,7 +685,7 @@ fn unseal_pair(
     })?;
     let secret = tpm
         .call("unsealing the root key", timeout, move |tcti| {
-            Tpm::open(tcti)?.unseal(&blobs)
+            Tpm::open_under(tcti, Template::Legacy)?.unseal(&blobs)
         })
         .map_err(|source| {
             let public = dir.file(pub_name).display().to_string();
@@ -367,71 +712,53 @@ fn unseal_pair(
     RootKey::from_slice(&secret)
 }
 
-fn create(dir: &StateDir, tpm: &TpmWorker, timeout: Duration) -> Result<RootKey, RootKeyError> {
-    let (secret, blobs) = seal_new(tpm, timeout, "sealing a new root key")?;
-    // The private part first: a crash between the two writes leaves
-    // root.priv alone, which the next start explains instead of guessing.
-    dir.write_private(ROOT_PRIV, blobs.private_bytes())?;
-    dir.write_private(ROOT_PUB, blobs.public_bytes())?;
-    RootKey::from_slice(secret.as_ref())
-}
-
-/// A new root key (OS RNG XOR TPM RNG) sealed to the TPM, with the proof
-/// that its blobs unseal to it; nothing is written.
-fn seal_new(
+/// A new root key: the OS RNG's bytes XOR the TPM RNG's, so neither alone
+/// decides it.
+fn fresh_key(
     tpm: &TpmWorker,
     timeout: Duration,
     what: &'static str,
-) -> Result<(Zeroizing<[u8; ROOT_KEY_LEN]>, SealedBlobs), RootKeyError> {
+) -> Result<RootKey, RootKeyError> {
     let mut secret = Zeroizing::new([0u8; ROOT_KEY_LEN]);
     rand::rngs::SysRng
         .try_fill_bytes(secret.as_mut())
         .map_err(|e| RootKeyError::Random(e.to_string()))?;
-    let os_random = Zeroizing::new(*secret);
-    tpm.call(what, timeout, move |tcti| {
-        let mut tpm = Tpm::open(tcti)?;
-        let mut secret = Zeroizing::new(*os_random);
-        let tpm_random = tpm.random(ROOT_KEY_LEN)?;
-        for (byte, mix) in secret.iter_mut().zip(tpm_random.iter()) {
-            *byte ^= mix;
-        }
-        let blobs = tpm.seal(secret.as_ref())?;
-        // Prove the blobs unseal to the same key before anything is written.
-        let unsealed = tpm.unseal(&blobs)?;
-        if unsealed.as_slice() != &secret[..] {
-            return Err(TpmError::BadAnswer {
-                step: "Unseal (check of the new root key)",
-                problem: "a different secret than was sealed".to_string(),
-            });
-        }
-        Ok((secret, blobs))
-    })
-    .map_err(|e| match e {
-        TpmError::Open { .. }
-        | TpmError::Timeout { .. }
-        | TpmError::Slow { .. }
-        | TpmError::Stuck { .. } => RootKeyError::TpmUnavailable(e),
-        e => RootKeyError::Seal(e),
-    })
+    let tpm_random = tpm
+        .call(what, timeout, |tcti| Tpm::open(tcti)?.random(ROOT_KEY_LEN))
+        .map_err(RootKeyError::TpmUnavailable)?;
+    if tpm_random.len() != ROOT_KEY_LEN {
+        return Err(RootKeyError::TpmUnavailable(TpmError::BadAnswer {
+            step: "GetRandom",
+            problem: format!("{} bytes", tpm_random.len()),
+        }));
+    }
+    for (byte, mix) in secret.iter_mut().zip(tpm_random.iter()) {
+        *byte ^= mix;
+    }
+    RootKey::from_slice(secret.as_ref())
 }
 
-/// The next blobs present, for messages: "root-next.priv and root-next.pub".
+/// The next blobs present, for messages: "root-next.seal".
 fn next_blobs_left(dir: &StateDir) -> String {
-    let left: Vec<&str> = [ROOT_NEXT_PRIV, ROOT_NEXT_PUB]
+    let left: Vec<&str> = [NEXT_RECORD, ROOT_NEXT_PRIV, ROOT_NEXT_PUB]
         .into_iter()
         .filter(|name| dir.contains(name))
         .collect();
     left.join(" and ")
 }
 
-/// Step 1 of a rotation: seals a new root key to the TPM (giving up after
-/// `timeout`) and writes it durably as `root-next.priv`, then
-/// `root-next.pub`. Refuses while next blobs of an earlier rotation remain,
-/// which only a start may decide about.
+/// Step 1 of a rotation: makes a new root key and seals it (giving up
+/// after `timeout`) in the copies of the mode in force, as the next
+/// generation; `root-next.seal` names them. The PCR copy is bound to the
+/// values recorded for the current one (a rotation trusts no new boot
+/// state). In a mode with a PIN, `pin` must open the current PIN copy
+/// first, so that a mistyped PIN can never become the new key's. Refuses
+/// while a rotation is pending, which only a start may decide about.
 pub fn seal_next(
     dir: &StateDir,
     tpm: &TpmWorker,
     timeout: Duration,
+    pin: Option<&[u8]>,
 ) -> Result<RootKey, RootKeyError> {
     if rotation_interrupted(dir) {
         return Err(RootKeyError::RotationPending {
@@ -439,26 +766,138 @@ pub fn seal_next(
             left: next_blobs_left(dir),
         });
     }
-    let (secret, blobs) = seal_new(tpm, timeout, "sealing the next root key")?;
-    let written = dir
-        .write_private(ROOT_NEXT_PRIV, blobs.private_bytes())
-        .and_then(|()| dir.write_private(ROOT_NEXT_PUB, blobs.public_bytes()));
-    if let Err(e) = written {
-        // Nothing refers to them yet; a failed removal is decided at start.
-        let _ = discard_next(dir);
+    let Some(current) = SealRecord::read(dir, RECORD)? else {
+        return Err(RootKeyError::StoreWithoutRootKey {
+            dir: dir.path().display().to_string(),
+        });
+    };
+    let pin = if current.mode.pin {
+        let pin = pin.ok_or(RootKeyError::PinNeeded)?;
+        copies::unseal_pin(dir, tpm, timeout, &current, pin)?;
+        Some(pin)
+    } else {
+        None
+    };
+    let key = fresh_key(tpm, timeout, "making the next root key")?;
+    let values = (!current.mode.pcrs.is_empty()).then(|| current.pcr_values.clone());
+    let next = copies::seal_copies(
+        dir,
+        tpm,
+        timeout,
+        &key,
+        current.generation + 1,
+        &current.mode,
+        values,
+        pin,
+    )?;
+    if let Err(e) = next.write(dir, NEXT_RECORD) {
+        copies::remove_files(dir, &next);
         return Err(e.into());
     }
-    RootKey::from_slice(secret.as_ref())
+    Ok(key)
 }
 
 /// Step 3 of a rotation, once the key store is committed to the next key:
-/// renames `root-next.priv` over `root.priv`, then `root-next.pub` over
-/// `root.pub`, each durably. A start after a crash in between finishes it.
+/// renames `root-next.seal` over `root.seal` and removes the old
+/// generation's files.
 pub fn promote_next(dir: &StateDir) -> Result<(), RootKeyError> {
     // The store's commit is the deletion of its journal in this directory,
     // which SQLite does not sync (synchronous=FULL): made durable here,
-    // before the old blobs go, so a power cut cannot bring back an old
+    // before the old record goes, so a power cut cannot bring back an old
     // store beside the new key alone.
+    dir.sync()?;
+    let old = SealRecord::read(dir, RECORD)?;
+    dir.replace(NEXT_RECORD, RECORD)?;
+    if let Some(old) = old {
+        copies::remove_files(dir, &old);
+    }
+    Ok(())
+}
+
+/// Undoes step 1 of a rotation the key store never committed to: removes
+/// `root-next.seal`, then the files it named.
+pub fn discard_next(dir: &StateDir) -> Result<(), RootKeyError> {
+    let next = SealRecord::read(dir, NEXT_RECORD)?;
+    dir.remove(NEXT_RECORD)?;
+    if let Some(next) = next {
+        copies::remove_files(dir, &next);
+    }
+    Ok(())
+}
+
+/// Start-up after an interrupted rotation: the current record's key and
+/// the next one's are unsealed, and the one whose check value the key
+/// store records is kept. Without a way to unseal (a PIN-only mode at
+/// start) the daemon stays locked until an unlock decides.
+fn complete_rotation_v2(
+    dir: &StateDir,
+    tpm: &TpmWorker,
+    timeout: Duration,
+    current: SealRecord,
+    next: SealRecord,
+    store_check: Option<&str>,
+    pin: Option<&[u8]>,
+) -> Result<Opened, RootKeyError> {
+    let undecidable = |found: String| RootKeyError::RotationUndecidable {
+        dir: dir.path().display().to_string(),
+        left: NEXT_RECORD.to_string(),
+        store_check: store_check
+            .unwrap_or("(none: there is no key store)")
+            .to_string(),
+        found,
+    };
+    let Some(store_check) = store_check else {
+        return Err(undecidable("none was unsealed".to_string()));
+    };
+    let mut found = Vec::new();
+    for (record, resolution) in [(current, Resolution::Discard), (next, Resolution::Promote)] {
+        let name = match resolution {
+            Resolution::Discard => RECORD,
+            Resolution::Promote => NEXT_RECORD,
+        };
+        let key = match unseal_record(dir, tpm, timeout, &record, pin) {
+            Ok(Ok(key)) => key,
+            Ok(Err(reason)) => return Ok(Opened::Locked(reason)),
+            Err(
+                e @ (RootKeyError::Unseal { .. }
+                | RootKeyError::MalformedBlob { .. }
+                | RootKeyError::StateDir(_)
+                | RootKeyError::WrongLength(_)),
+            ) => {
+                tracing::info!(candidate = name, error = %e, "interrupted root-key rotation: a candidate root key does not unseal");
+                found.push(format!("{name}: does not unseal"));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let check = key.check_value();
+        if check != store_check {
+            found.push(format!("{name}: root key {check}"));
+            continue;
+        }
+        let origin = match resolution {
+            Resolution::Discard => {
+                tracing::warn!(root_key_check = %check, "a root-key rotation was interrupted before the key store committed to the new key; the old root key stays in force and the new key's copies are deleted");
+                discard_next(dir)?;
+                Origin::RotationDiscarded
+            }
+            Resolution::Promote => {
+                tracing::warn!(root_key_check = %check, "a root-key rotation was interrupted after the key store committed to the new key; the new root key is in force");
+                promote_next(dir)?;
+                Origin::RotationCompleted
+            }
+        };
+        return Ok(Opened::Unsealed {
+            key,
+            origin,
+            record,
+        });
+    }
+    Err(undecidable(found.join("; ")))
+}
+
+/// Step 3 of a rotation in the layout before 0.14.
+fn legacy_promote_next(dir: &StateDir) -> Result<(), RootKeyError> {
     dir.sync()?;
     if dir.contains(ROOT_NEXT_PRIV) {
         dir.replace(ROOT_NEXT_PRIV, ROOT_PRIV)?;
@@ -467,10 +906,9 @@ pub fn promote_next(dir: &StateDir) -> Result<(), RootKeyError> {
     Ok(())
 }
 
-/// Undoes step 1 of a rotation the key store never committed to: deletes
-/// the next blobs (the public one first, so a crash in between leaves
-/// `root-next.priv` alone, which a start deletes as well).
-pub fn discard_next(dir: &StateDir) -> Result<(), RootKeyError> {
+/// Undoes step 1 of a rotation in the layout before 0.14 (the public blob
+/// first, so a crash in between leaves `root-next.priv` alone).
+fn legacy_discard_next(dir: &StateDir) -> Result<(), RootKeyError> {
     dir.remove(ROOT_NEXT_PUB)?;
     dir.remove(ROOT_NEXT_PRIV)?;
     Ok(())
@@ -518,7 +956,7 @@ fn complete_rotation(
             ],
             // Crashed while writing the new key: never committed.
             (false, true) => &[(ROOT_PUB, ROOT_PRIV, Resolution::Discard)],
-            (false, false) => return unseal(dir, tpm, timeout).map(|key| (key, Origin::Unsealed)),
+            (false, false) => return load_or_create_blobs(dir, tpm, timeout),
         };
     let Some(store_check) = store_check else {
         return Err(undecidable("none was unsealed".to_string()));
@@ -557,7 +995,7 @@ fn complete_rotation(
                     left = %left,
                     "a root-key rotation was interrupted before the key store committed to the new key; the old root key stays in force and the new key's blobs are deleted"
                 );
-                discard_next(dir)?;
+                legacy_discard_next(dir)?;
                 Origin::RotationDiscarded
             }
             Resolution::Promote => {
@@ -566,7 +1004,7 @@ fn complete_rotation(
                     left = %left,
                     "a root-key rotation was interrupted after the key store committed to the new key; the new root key is in force and its blobs are renamed into place"
                 );
-                promote_next(dir)?;
+                legacy_promote_next(dir)?;
                 Origin::RotationCompleted
             }
         };
@@ -581,6 +1019,13 @@ pub trait RootSealer: Send + Sync + std::fmt::Debug {
     /// Step 1: seals a new root key and writes it durably as the next
     /// blobs ([`seal_next`]). Called without any key-store lock held.
     fn seal_next(&self) -> Result<RootKey, RootKeyError>;
+    /// Step 1 with the operator's PIN, which a mode with a PIN needs to
+    /// seal the new key's PIN copy ([`seal_next`]); sealers that know no
+    /// PIN seal as [`RootSealer::seal_next`].
+    fn seal_next_with_pin(&self, pin: Option<&[u8]>) -> Result<RootKey, RootKeyError> {
+        let _ = pin;
+        self.seal_next()
+    }
     /// Step 3: puts the next blobs in place ([`promote_next`]).
     fn promote_next(&self) -> Result<(), RootKeyError>;
     /// Undoes step 1 after the key store refused the key ([`discard_next`]).
@@ -605,7 +1050,11 @@ impl TpmRootSealer {
 
 impl RootSealer for TpmRootSealer {
     fn seal_next(&self) -> Result<RootKey, RootKeyError> {
-        seal_next(&self.dir, &self.tpm, self.timeout)
+        seal_next(&self.dir, &self.tpm, self.timeout, None)
+    }
+
+    fn seal_next_with_pin(&self, pin: Option<&[u8]>) -> Result<RootKey, RootKeyError> {
+        seal_next(&self.dir, &self.tpm, self.timeout, pin)
     }
 
     fn promote_next(&self) -> Result<(), RootKeyError> {
@@ -614,6 +1063,36 @@ impl RootSealer for TpmRootSealer {
 
     fn discard_next(&self) -> Result<(), RootKeyError> {
         discard_next(&self.dir)
+    }
+}
+
+/// A [`RootSealer`] with the operator's PIN for one rotation: what the
+/// key store is given when `RotateRoot` carries a PIN.
+#[derive(Debug)]
+pub struct PinnedSealer {
+    sealer: Arc<dyn RootSealer>,
+    pin: Option<Zeroizing<Vec<u8>>>,
+}
+
+impl PinnedSealer {
+    /// `sealer` with `pin` for its step 1.
+    pub fn new(sealer: Arc<dyn RootSealer>, pin: Option<Zeroizing<Vec<u8>>>) -> PinnedSealer {
+        PinnedSealer { sealer, pin }
+    }
+}
+
+impl RootSealer for PinnedSealer {
+    fn seal_next(&self) -> Result<RootKey, RootKeyError> {
+        self.sealer
+            .seal_next_with_pin(self.pin.as_deref().map(Vec::as_slice))
+    }
+
+    fn promote_next(&self) -> Result<(), RootKeyError> {
+        self.sealer.promote_next()
+    }
+
+    fn discard_next(&self) -> Result<(), RootKeyError> {
+        self.sealer.discard_next()
     }
 }
 

@@ -51,13 +51,13 @@ pub enum RotateBundleError {
 }
 
 /// Rotates the bundle identity of `config`'s store; returns the report.
-pub fn run(config: &Config) -> Result<String, RotateBundleError> {
+pub fn run(config: &Config, pin: Option<&[u8]>) -> Result<String, RotateBundleError> {
     let Some(recovery_config) = config.recovery.clone() else {
         return Err(RotateBundleError::NotConfigured);
     };
     let tpm =
         Arc::new(TpmWorker::start(config.tpm.tcti.clone()).map_err(RootKeyError::TpmUnavailable)?);
-    let result = rotate(config, recovery_config, &tpm);
+    let result = rotate(config, recovery_config, &tpm, pin);
     tpm.shutdown(TPM_SHUTDOWN_WAIT);
     result
 }
@@ -66,6 +66,7 @@ fn rotate(
     config: &Config,
     recovery_config: recovery::RecoveryConfig,
     tpm: &Arc<TpmWorker>,
+    pin: Option<&[u8]>,
 ) -> Result<String, RotateBundleError> {
     let state_dir = StateDir::open(&config.state_dir)?;
     let _lock = StateDirLock::acquire(&state_dir)?;
@@ -75,7 +76,13 @@ fn rotate(
         });
     }
     // The store exists, so this never creates a root key.
-    let (root_key, _) = rootkey::load_or_create(&state_dir, tpm, config.tpm.start_timeout)?;
+    let (root_key, _, _) = rootkey::open_offline(
+        &state_dir,
+        tpm,
+        config.tpm.start_timeout,
+        &config.root_key,
+        pin,
+    )?;
     let entropy = Arc::new(TpmEntropy::new(Arc::clone(tpm), config.tpm.timeout));
     let store = KeyStore::open(
         &state_dir,

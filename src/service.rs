@@ -56,6 +56,7 @@ mod signing;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 mod transfer;
+mod unlock;
 
 pub use credential_delivery::CredentialRefusal;
 #[cfg(any(test, feature = "test-util"))]
@@ -64,6 +65,7 @@ use health::TpmHealth;
 pub use health::{TpmProbe, WorkerProbe};
 pub use lifecycle::KeyDefaults;
 pub use signing::{MAX_SIGNATURE_LEN, MAX_TAG_LEN, MAX_VERSIONS_TRIED};
+pub use unlock::{ResealPlan, Resealed, SealingState, UnlockFailure, Unlocked, Unlocker};
 
 /// Data-key lengths `GenerateDataKey` accepts.
 pub const DATA_KEY_LENGTHS: [u16; 4] = [16, 24, 32, 64];
@@ -240,7 +242,18 @@ pub fn outcome_of(response: &Response) -> Option<ErrorCode> {
 /// The daemon's state that requests act on.
 #[derive(Debug)]
 pub struct Service {
-    store: Arc<KeyStore>,
+    /// The key store, once the root key is unsealed: at start, or at
+    /// `hostkms unlock` for a daemon that started locked.
+    store: std::sync::OnceLock<Arc<KeyStore>>,
+    /// How the root key is sealed, and why the daemon is locked if it is.
+    sealing: ArcSwap<unlock::SealingState>,
+    /// Opens the root key on an operator's request (unlock, reseal, PIN
+    /// change); `None` where there is no TPM (tests of what lies above).
+    unlocker: Option<Arc<dyn unlock::Unlocker>>,
+    /// One unlock, reseal or PIN change at a time.
+    unlock_gate: tokio::sync::Mutex<()>,
+    /// Wakes whoever waits for the key store ([`Service::opened`]).
+    opened: tokio::sync::Notify,
     /// Seals new root keys for `RotateRoot`; `None` where there is no TPM.
     root_sealer: Option<Arc<dyn RootSealer>>,
     /// The TPM randomness `GenerateRandom` mixes in: a reserve of its own,
@@ -275,8 +288,27 @@ impl Service {
         alerts: AlertThresholds,
         tpm: Arc<dyn TpmProbe>,
     ) -> Service {
+        let service = Service::locked(policy, limits, alerts, tpm, unlock::SealingState::default());
+        service.open_with(store);
+        service
+    }
+
+    /// A service whose root key is not unsealed yet: it answers `Ping`,
+    /// `Status` and `Unlock`, and refuses every key operation with
+    /// `Locked` until an unlock ([`Service::with_unlocker`]) opens the store.
+    pub fn locked(
+        policy: Policy,
+        limits: ServiceLimits,
+        alerts: AlertThresholds,
+        tpm: Arc<dyn TpmProbe>,
+        sealing: unlock::SealingState,
+    ) -> Service {
         Service {
-            store: Arc::new(store),
+            store: std::sync::OnceLock::new(),
+            sealing: ArcSwap::from_pointee(sealing),
+            unlocker: None,
+            unlock_gate: tokio::sync::Mutex::new(()),
+            opened: tokio::sync::Notify::new(),
             root_sealer: None,
             random: None,
             random_gate: tokio::sync::Semaphore::new(1),
@@ -319,9 +351,34 @@ impl Service {
         self
     }
 
-    /// The key store, for start-up and shutdown bookkeeping.
-    pub fn store(&self) -> &KeyStore {
-        &self.store
+    /// The key store, for start-up and shutdown bookkeeping; `None` while
+    /// the daemon is locked.
+    pub fn store(&self) -> Option<&Arc<KeyStore>> {
+        self.store.get()
+    }
+
+    /// The key store, waiting for an unlock if the daemon is locked.
+    pub async fn opened(&self) -> Arc<KeyStore> {
+        loop {
+            let notified = self.opened.notified();
+            if let Some(store) = self.store.get() {
+                return Arc::clone(store);
+            }
+            notified.await;
+        }
+    }
+
+    /// Puts the key store in force (at start, or by an unlock) and wakes
+    /// whoever waits for it; a second call changes nothing.
+    fn open_with(&self, store: KeyStore) {
+        if self.store.set(Arc::new(store)).is_ok() {
+            self.opened.notify_waiters();
+        }
+    }
+
+    /// The key store for a request, or `Locked` while the daemon is.
+    fn keystore(&self) -> Result<&Arc<KeyStore>, Refusal> {
+        self.store.get().ok_or_else(|| self.locked_refusal())
     }
 
     /// The request and alert counters.
@@ -466,6 +523,9 @@ impl Service {
         if let Some(key) = request.key_name() {
             subject.set_key(key);
         }
+        if self.store.get().is_none() && !unlock::served_while_locked(&request) {
+            return Err(self.locked_refusal());
+        }
         self.gate(peer, &request)?;
         match request {
             Request::Ping => Ok(Response::Pong),
@@ -578,7 +638,7 @@ impl Service {
             Request::ListKeys { after, limit } => self.list(peer, after.as_deref(), limit),
             Request::DescribeKey { key } => {
                 self.permit(peer, op, &key)?;
-                let keys = self.store.keys();
+                let keys = self.keystore()?.keys();
                 keys.by_name(&key)
                     .map(|key| Response::Key(key.info()))
                     .ok_or_else(|| StoreError::KeyNotFound(key).into())
@@ -682,7 +742,7 @@ impl Service {
                 next: None,
             }));
         }
-        let keys = self.store.keys();
+        let keys = self.keystore()?.keys();
         let mut visible = keys
             .after(after)
             .filter(|key| policy.may_see(peer, key.name()));
@@ -721,7 +781,7 @@ impl Service {
                 "this service has no TPM to seal a new root key to",
             ));
         };
-        let store = Arc::clone(&self.store);
+        let store = Arc::clone(self.keystore()?);
         let rotated = tokio::task::spawn_blocking(move || store.rotate_root(sealer.as_ref()))
             .await
             .map_err(|e| {
@@ -749,7 +809,7 @@ impl Service {
                     ..
                 } = &error
                 {
-                    let keys = self.store.keys();
+                    let keys = self.keystore()?.keys();
                     audit::root_key_rotated(
                         peer,
                         old_check,
@@ -771,7 +831,7 @@ impl Service {
         change: impl FnOnce(&KeyStore) -> Result<Arc<Key>, StoreError> + Send + 'static,
         subject: &mut Subject,
     ) -> Result<Response, Refusal> {
-        let store = Arc::clone(&self.store);
+        let store = Arc::clone(self.keystore()?);
         let key = tokio::task::spawn_blocking(move || change(&store))
             .await
             .map_err(|e| {
@@ -889,7 +949,7 @@ impl Service {
     ) -> Result<Wrapped, Refusal> {
         let rotate_after = self.limits.load().rotate_after;
         for _ in 0..WRAP_ATTEMPTS {
-            let keys = self.store.keys();
+            let keys = self.keystore()?.keys();
             let Some(current) = keys.by_name(key) else {
                 return Err(StoreError::KeyNotFound(key.to_string()).into());
             };
@@ -919,7 +979,7 @@ impl Service {
                 );
             }
             if !version.is_reserved(count) {
-                let store = Arc::clone(&self.store);
+                let store = Arc::clone(self.keystore()?);
                 let (id, reserved_version) = (current.id(), Arc::clone(&version));
                 let reserved = tokio::task::spawn_blocking(move || {
                     store.reserve(id, &reserved_version, count)
@@ -957,7 +1017,7 @@ impl Service {
     }
 
     async fn rotate_at_limit(&self, key: &Key, version: &Version) -> Result<(), Refusal> {
-        let store = Arc::clone(&self.store);
+        let store = Arc::clone(self.keystore()?);
         let (id, number) = (key.id(), version.number());
         let rotated = tokio::task::spawn_blocking(move || store.rotate_if_latest(id, number))
             .await
@@ -999,7 +1059,7 @@ impl Service {
     ) -> Result<Decrypted, Refusal> {
         let header = envelope::read_header(ciphertext.as_bytes())
             .map_err(|_| Refusal::invalid_ciphertext())?;
-        let keys = self.store.keys();
+        let keys = self.keystore()?.keys();
         let policy = self.policy.load();
         let key = keys.by_id(header.key_id);
         if let Some(key) = key {
@@ -1068,22 +1128,25 @@ impl Service {
     async fn status(&self, peer: &Peer) -> StatusInfo {
         // What protects the keys (recovery, rollback) goes with the counters:
         // to admins and peers granted `metrics`.
-        let (recovery, rollback) = if self.policy.load().allows_metrics(peer) {
-            (self.store.recovery_status(), self.store.rollback_status())
-        } else {
-            Default::default()
+        let store = self.store.get();
+        let metrics = self.policy.load().allows_metrics(peer);
+        let (recovery, rollback) = match store {
+            Some(store) if metrics => (store.recovery_status(), store.rollback_status()),
+            _ => Default::default(),
         };
-        let (counters, root_key_check) = if self.policy.load().allows_metrics(peer) {
-            let keys = self.store.keys();
-            let mut counters = self.monitor.counters();
-            counters.insert(agent_proto::counters::KEYS.to_string(), keys.len() as u64);
-            counters.insert(
-                agent_proto::counters::VERSIONS.to_string(),
-                keys.version_count() as u64,
-            );
-            (counters, self.store.root_key_check().to_string())
-        } else {
-            (Default::default(), String::new())
+        let (counters, root_key_check) = match store {
+            Some(store) if metrics => {
+                let keys = store.keys();
+                let mut counters = self.monitor.counters();
+                counters.insert(agent_proto::counters::KEYS.to_string(), keys.len() as u64);
+                counters.insert(
+                    agent_proto::counters::VERSIONS.to_string(),
+                    keys.version_count() as u64,
+                );
+                (counters, store.root_key_check().to_string())
+            }
+            None if metrics => (self.monitor.counters(), String::new()),
+            _ => (Default::default(), String::new()),
         };
         StatusInfo {
             daemon_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -1091,7 +1154,7 @@ impl Service {
             newest_protocol: PROTOCOL_VERSION,
             uptime_secs: self.started.elapsed().as_secs(),
             tpm_reachable: self.tpm_health.reachable().await,
-            root_key_loaded: true,
+            root_key_loaded: store.is_some(),
             root_key_check,
             counters,
             recovery,

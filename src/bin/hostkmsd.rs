@@ -51,6 +51,25 @@ fn main() -> ExitCode {
         overrides,
     };
     let command = args.command;
+    let pin = match (&args.pin_file, &command) {
+        (None, _) => None,
+        (Some(_), None) => {
+            report(
+                "",
+                &"--pin-file is for the offline tasks (restore, accept-rollback, rotate-bundle); a running daemon gets its PIN from `hostkms unlock`",
+                true,
+            );
+            return ExitCode::from(2);
+        }
+        (Some(path), Some(_)) => match hostkms::pin_input::read_pin_file(path) {
+            Ok(pin) => Some(pin),
+            Err(e) => {
+                report("", &e, true);
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let pin_bytes = pin.as_deref().map(Vec::as_slice);
     let config = match source.load() {
         Ok(config) => config,
         Err(e) => {
@@ -59,9 +78,9 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        Some(Command::Restore(restore)) => return run_restore(&config, restore),
+        Some(Command::Restore(restore)) => return run_restore(&config, restore, pin),
         Some(Command::AcceptRollback) => {
-            return match hostkms::accept_rollback::run(&config) {
+            return match hostkms::accept_rollback::run(&config, pin_bytes) {
                 Ok(report) => {
                     print!("{report}");
                     ExitCode::SUCCESS
@@ -74,7 +93,7 @@ fn main() -> ExitCode {
             };
         }
         Some(Command::RotateBundle) => {
-            return match hostkms::rotate_bundle::run(&config) {
+            return match hostkms::rotate_bundle::run(&config, pin_bytes) {
                 Ok(report) => {
                     print!("{report}");
                     ExitCode::SUCCESS
@@ -115,9 +134,14 @@ fn stderr_is_the_journal() -> bool {
 /// `hostkmsd restore`: prints what it did (or why it did nothing) for the
 /// operator at the terminal, and audits it. Exits 0 when the keys are
 /// restored, 1 when nothing was imported.
-fn run_restore(config: &hostkms::config::Config, args: RestoreArgs) -> ExitCode {
+fn run_restore(
+    config: &hostkms::config::Config,
+    args: RestoreArgs,
+    pin: Option<zeroize::Zeroizing<Vec<u8>>>,
+) -> ExitCode {
     let options = hostkms::restore::RestoreOptions {
         backup: args.backup,
+        pin,
         identities: args.identities,
         shares: args.shares,
         merge: args.merge,

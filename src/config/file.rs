@@ -62,6 +62,17 @@ pub(super) struct ConfigFile {
     // credentials
     #[serde(default)]
     pub credentials: CredentialsFile,
+    // root_key
+    #[serde(default)]
+    pub root_key: RootKeyFile,
+}
+
+/// The `[root_key]` table: how a new root key is sealed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RootKeyFile {
+    pub pcrs: Option<Spanned<Vec<Spanned<i64>>>>,
+    pub pin: Option<Spanned<bool>>,
 }
 
 /// The `[credentials]` table: where the systemd credentials are stored,

@@ -25,8 +25,8 @@ use crate::transfer::Peers;
 use file::{ConfigFile, Source};
 pub use sections::{
     ACCESS_KEYS, ALERTS_KEYS, AccessConfig, CREDENTIALS_KEYS, CredentialsConfig, DisabledGrantAt,
-    KEYS_KEYS, LISTENER_KEYS, ListenerConfig, RECOVERY_KEYS, SECTIONS, SERVER_KEYS, SERVICE_KEYS,
-    STATE_DIR_KEYS, SocketGroup, TPM_KEYS, TRANSFER_KEYS, TpmConfig,
+    KEYS_KEYS, LISTENER_KEYS, ListenerConfig, RECOVERY_KEYS, ROOT_KEY_KEYS, SECTIONS, SERVER_KEYS,
+    SERVICE_KEYS, STATE_DIR_KEYS, SocketGroup, TPM_KEYS, TRANSFER_KEYS, TpmConfig,
 };
 
 /// Where the packaged daemon reads its configuration.
@@ -112,6 +112,10 @@ pub struct Config {
     /// The systemd credentials the credential socket serves (the
     /// `[credentials]` table). Only a restart changes it.
     pub credentials: CredentialsConfig,
+    /// How a new root key is sealed (the `[root_key]` table): PCRs and
+    /// PIN. The state dir's `root.seal` says what is in force; `hostkms
+    /// reseal` applies a changed table. Only a restart reads it again.
+    pub root_key: crate::rootkey::SealingMode,
 }
 
 /// A configuration that cannot be used, with where and how to fix it.
@@ -193,8 +197,10 @@ impl Config {
         let recovery = sections::recovery(&file, &source)?;
         let keys = sections::keys(&file, &source)?;
         let credentials = sections::credentials(&file, &source)?;
+        let root_key = sections::root_key(&file, &source)?;
         Ok(Config {
             credentials,
+            root_key,
             listener,
             state_dir,
             tpm,

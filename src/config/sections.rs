@@ -65,10 +65,13 @@ pub const KEYS_KEYS: &[&str] = &["keys"];
 /// The keys the `credentials` section reads: the `[credentials]` table.
 pub const CREDENTIALS_KEYS: &[&str] = &["credentials"];
 
+/// The keys the `root_key` section reads: the `[root_key]` table.
+pub const ROOT_KEY_KEYS: &[&str] = &["root_key"];
+
 /// Every top-level key of the config file, by the field of
 /// [`Config`](super::Config) (the section) that holds its value. Each key
 /// is in exactly one section.
-pub const SECTIONS: [(&str, &[&str]); 11] = [
+pub const SECTIONS: [(&str, &[&str]); 12] = [
     ("listener", LISTENER_KEYS),
     ("state_dir", STATE_DIR_KEYS),
     ("tpm", TPM_KEYS),
@@ -80,6 +83,7 @@ pub const SECTIONS: [(&str, &[&str]); 11] = [
     ("recovery", RECOVERY_KEYS),
     ("keys", KEYS_KEYS),
     ("credentials", CREDENTIALS_KEYS),
+    ("root_key", ROOT_KEY_KEYS),
 ];
 
 /// The systemd credentials the credential socket serves: the `[credentials]`
@@ -215,6 +219,44 @@ pub(super) fn credentials(
         }
     };
     Ok(CredentialsConfig { directory, socket })
+}
+
+/// How a new root key is sealed: the `[root_key]` table (`pcrs`, `pin`).
+pub(super) fn root_key(
+    file: &ConfigFile,
+    source: &Source<'_>,
+) -> Result<crate::rootkey::SealingMode, ConfigError> {
+    let table = &file.root_key;
+    let mut pcrs = Vec::new();
+    if let Some(list) = &table.pcrs {
+        for value in list.get_ref() {
+            let pcr = u8::try_from(*value.get_ref())
+                .ok()
+                .filter(|pcr| *pcr <= crate::tpm::MAX_PCR)
+                .ok_or_else(|| {
+                    source.invalid(
+                        Some(value.span()),
+                        "root_key.pcrs",
+                        format!(
+                            "{} is not a PCR: sha256 PCRs are numbered 0 to {}",
+                            value.get_ref(),
+                            crate::tpm::MAX_PCR
+                        ),
+                    )
+                })?;
+            if pcrs.contains(&pcr) {
+                return Err(source.invalid(
+                    Some(value.span()),
+                    "root_key.pcrs",
+                    format!("PCR {pcr} is listed twice"),
+                ));
+            }
+            pcrs.push(pcr);
+        }
+        pcrs.sort_unstable();
+    }
+    let pin = table.pin.as_ref().is_some_and(|pin| *pin.get_ref());
+    Ok(crate::rootkey::SealingMode { pcrs, pin })
 }
 
 /// The state directory: `state_dir` (or `--state-dir`).

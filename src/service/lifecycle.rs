@@ -163,7 +163,10 @@ impl Service {
         due: Option<u64>,
         op: Operation,
     ) {
-        let now = self.store.clock().monotonic();
+        let Some(store) = self.store() else {
+            return;
+        };
+        let now = store.clock().monotonic();
         if self.monitor.pending_deletion_use(peer.uid, key, now) {
             audit::pending_deletion_use_alert(peer, key, op, due);
         }

@@ -55,7 +55,7 @@ impl Service {
     /// its type are checked.
     fn typed_key(&self, peer: &Peer, op: Operation, name: &str) -> Result<Arc<Key>, Refusal> {
         self.permit(peer, op, name)?;
-        let keys = self.store.keys();
+        let keys = self.keystore()?.keys();
         let key = keys
             .by_name(name)
             .ok_or_else(|| StoreError::KeyNotFound(name.to_string()))?;

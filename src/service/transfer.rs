@@ -67,7 +67,7 @@ impl Service {
             ));
         }
         let transport = Arc::clone(self.transport()?);
-        let store = Arc::clone(&self.store);
+        let store = Arc::clone(self.keystore()?);
         let target = target.clone();
         let fingerprint = target.fingerprint().to_string();
         let name = key.to_string();
@@ -159,7 +159,7 @@ impl Service {
             ));
         }
         let summary = Summary::of(&material);
-        let store = Arc::clone(&self.store);
+        let store = Arc::clone(self.keystore()?);
         let imported = tokio::task::spawn_blocking(move || store.import_key(&material))
             .await
             .map_err(|e| {

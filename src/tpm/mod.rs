@@ -14,26 +14,27 @@
 mod nv;
 mod primary;
 mod sealed;
+mod sealing;
 mod stale;
 mod tcti;
 mod worker;
 
 pub use nv::{NV_AUTH_LEN, NV_COUNTER_FIRST, NV_COUNTER_LAST, NvCounterError};
-pub use primary::{PERSISTENT_SRK, tpm2_tools_ecc_template};
+pub use primary::{
+    NODA_ATTRIBUTES, PERSISTENT_SRK, Template, noda_ecc_template, tpm2_tools_ecc_template,
+};
 pub use sealed::{BlobError, Part as BlobPart, SealedBlobs};
+pub use sealing::{DictionaryAttack, MAX_PCR, PcrValue, Protection};
 pub use stale::{flush_stale, has_resource_manager};
 pub use tcti::Tcti;
 pub use worker::TpmWorker;
 
 use tss_esapi::Context;
-use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
+use tss_esapi::attributes::SessionAttributesBuilder;
 use tss_esapi::constants::SessionType;
 use tss_esapi::handles::ObjectHandle;
-use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
-use tss_esapi::structures::{
-    Digest, KeyedHashScheme, PublicBuilder, PublicKeyedHashParameters, SensitiveData,
-    SymmetricDefinition,
-};
+use tss_esapi::interface_types::algorithm::HashingAlgorithm;
+use tss_esapi::structures::{Digest, SymmetricDefinition};
 use zeroize::Zeroizing;
 
 /// A TPM operation that failed, with the TPM's response in words.
@@ -61,6 +62,23 @@ pub enum TpmError {
     /// The TPM refused to load or unseal a sealed object (the root key).
     #[error("TPM {step} failed: {}", describe(source))]
     SealedObject {
+        /// What the daemon was doing.
+        step: &'static str,
+        /// The TSS error.
+        source: tss_esapi::Error,
+    },
+    /// The TPM refused to unseal the PCR-bound copy of the root key
+    /// (PolicyPCR or Unseal under its policy).
+    #[error("TPM {step} failed: {}", describe(source))]
+    PcrPolicy {
+        /// What the daemon was doing.
+        step: &'static str,
+        /// The TSS error.
+        source: tss_esapi::Error,
+    },
+    /// The TPM refused to unseal the PIN-protected copy of the root key.
+    #[error("TPM {step} failed: {}", describe(source))]
+    PinObject {
         /// What the daemon was doing.
         step: &'static str,
         /// The TSS error.
@@ -122,6 +140,13 @@ pub enum Cause {
     BlobRejected,
     /// Dictionary-attack lockout.
     Lockout,
+    /// The PCRs a copy of the root key is bound to no longer hold the
+    /// values it was sealed to (a firmware, boot loader or Secure Boot
+    /// update, or an altered boot chain).
+    PcrMismatch,
+    /// The PIN is not the one the copy was sealed with (the TPM counted a
+    /// failure towards dictionary-attack lockout).
+    WrongPin,
     /// No room for objects or sessions (stale handles, or other clients).
     OutOfMemory,
     /// The TPM asked to be retried: busy, yielded, self-testing, NV rate.
@@ -145,6 +170,14 @@ impl TpmError {
         move |source| TpmError::SealedObject { step, source }
     }
 
+    fn pcr_policy(step: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmError {
+        move |source| TpmError::PcrPolicy { step, source }
+    }
+
+    fn pin_object(step: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmError {
+        move |source| TpmError::PinObject { step, source }
+    }
+
     /// Whether the TPM refused because it is in dictionary-attack lockout.
     pub fn is_lockout(&self) -> bool {
         self.cause() == Cause::Lockout
@@ -157,6 +190,33 @@ impl TpmError {
         let (source, sealed_object) = match self {
             TpmError::Open { source, .. } | TpmError::Command { source, .. } => (source, false),
             TpmError::SealedObject { source, .. } => (source, true),
+            TpmError::PcrPolicy { source, .. } => {
+                return match response_kind(source) {
+                    Some(
+                        Kind::PolicyFail
+                        | Kind::Policy
+                        | Kind::Value
+                        | Kind::PcrChanged
+                        | Kind::Pcr
+                        | Kind::AuthUnavailable,
+                    ) => Cause::PcrMismatch,
+                    _ => TpmError::Command {
+                        step: "",
+                        source: *source,
+                    }
+                    .cause(),
+                };
+            }
+            TpmError::PinObject { source, .. } => {
+                return match response_kind(source) {
+                    Some(Kind::AuthFail | Kind::BadAuth) => Cause::WrongPin,
+                    _ => TpmError::Command {
+                        step: "",
+                        source: *source,
+                    }
+                    .cause(),
+                };
+            }
             TpmError::Timeout { .. } | TpmError::Stuck { .. } => return Cause::Timeout,
             TpmError::Slow { .. } => return Cause::Busy,
             TpmError::BadAnswer { .. } | TpmError::WorkerGone(_) => return Cause::Other,
@@ -234,6 +294,12 @@ impl TpmError {
             Cause::BlobRejected => {
                 "The TPM refused the sealed object itself: it was sealed by another TPM, this TPM was cleared, or the files were altered"
             }
+            Cause::PcrMismatch => {
+                "The PCRs the root key is sealed to changed since it was sealed (a firmware, boot loader or Secure Boot update, or an altered boot chain); the blobs are intact. Unlock with the PIN (`hostkms unlock --reseal` once you trust the new boot state), or boot the old boot chain"
+            }
+            Cause::WrongPin => {
+                "The TPM refused the PIN; it counts this towards its dictionary-attack lockout. Try again with the right PIN (`hostkms status` shows the tries left)"
+            }
             Cause::Lockout => {
                 "The TPM is in dictionary-attack lockout; wait for its recovery time or clear it with `tpm2_dictionarylockout --clear-lockout` (needs the lockout authorization)"
             }
@@ -254,6 +320,16 @@ impl TpmError {
                 "Check the TPM with tpm2-tools (`tpm2_selftest`, `tpm2_getcap properties-variable`); hostkms changed nothing"
             }
         }
+    }
+}
+
+/// The TPM response code's kind, when the error is the TPM's answer.
+fn response_kind(
+    error: &tss_esapi::Error,
+) -> Option<tss_esapi::constants::response_code::Tss2ResponseCodeKind> {
+    match error {
+        tss_esapi::Error::Tss2Error(rc) => rc.kind(),
+        tss_esapi::Error::WrapperError(_) => None,
     }
 }
 
@@ -337,10 +413,16 @@ impl std::fmt::Debug for Tpm {
 }
 
 impl Tpm {
-    /// Opens the TPM at `tcti`, loads the storage primary and starts the session.
+    /// Opens the TPM at `tcti`, loads the (noDA) storage primary and starts the session.
     pub fn open(tcti: &Tcti) -> Result<Tpm, TpmError> {
+        Tpm::open_under(tcti, Template::NoDa)
+    }
+
+    /// As [`Tpm::open`], with the transient primary of `template`: the
+    /// legacy one only to migrate blobs sealed before 0.14.
+    pub fn open_under(tcti: &Tcti, template: Template) -> Result<Tpm, TpmError> {
         let mut context = open_context(tcti)?;
-        let primary = primary::load(&mut context)
+        let primary = primary::load(&mut context, template)
             .map_err(TpmError::command("loading the storage primary key"))?;
         worker::answered();
         start_salted_session(&mut context, primary)?;
@@ -378,51 +460,18 @@ impl Tpm {
         Ok(out)
     }
 
-    /// Seals `secret` as a keyed-hash object under the storage primary and
-    /// returns its public and private blobs. The object has an empty
-    /// authorization, so dictionary-attack protection would guard nothing:
-    /// it is marked noDA, and a TPM in lockout still unseals it (given a
-    /// parent that is noDA too, like a provisioned SRK).
+    /// Seals `secret` as a keyed-hash object under the storage primary with
+    /// no protection beyond the TPM ([`Protection::Plain`]). The object has
+    /// an empty authorization, so dictionary-attack protection would guard
+    /// nothing: it is noDA, and a TPM in lockout still unseals it.
     pub fn seal(&mut self, secret: &[u8]) -> Result<SealedBlobs, TpmError> {
-        let attributes = ObjectAttributesBuilder::new()
-            .with_fixed_tpm(true)
-            .with_fixed_parent(true)
-            .with_user_with_auth(true)
-            .with_no_da(true)
-            .build()
-            .map_err(TpmError::command("building the sealed object's attributes"))?;
-        let public = PublicBuilder::new()
-            .with_public_algorithm(PublicAlgorithm::KeyedHash)
-            .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-            .with_object_attributes(attributes)
-            .with_keyed_hash_parameters(PublicKeyedHashParameters::new(KeyedHashScheme::Null))
-            .with_keyed_hash_unique_identifier(Digest::default())
-            .build()
-            .map_err(TpmError::command("building the sealed object's template"))?;
-        let data = SensitiveData::try_from(secret.to_vec())
-            .map_err(TpmError::command("preparing the secret to seal"))?;
-        let created = self
-            .context
-            .create(self.primary.handle, public, None, Some(data), None, None)
-            .map_err(TpmError::command("Create (sealing the root key)"))?;
-        SealedBlobs::from_tpm(created.out_public, &created.out_private).map_err(|e| {
-            TpmError::BadAnswer {
-                step: "Create",
-                problem: e.to_string(),
-            }
-        })
+        self.seal_protected(secret, Protection::Plain)
     }
 
-    /// Loads sealed blobs under the storage primary and unseals the secret.
+    /// Loads sealed blobs with an empty authorization under the storage
+    /// primary and unseals the secret.
     pub fn unseal(&mut self, blobs: &SealedBlobs) -> Result<Zeroizing<Vec<u8>>, TpmError> {
-        let (public, private) = blobs.to_tpm().map_err(|e| TpmError::BadAnswer {
-            step: "Load",
-            problem: e.to_string(),
-        })?;
-        let object = self
-            .context
-            .load(self.primary.handle, private, public)
-            .map_err(TpmError::sealed_object("Load (of the sealed root key)"))?;
+        let object = self.load_sealed(blobs)?;
         let unsealed = self.context.unseal(ObjectHandle::from(object));
         // Flush before looking at the result: swtpm holds only 3 objects.
         let flushed = self.context.flush_context(ObjectHandle::from(object));

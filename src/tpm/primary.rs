@@ -1,9 +1,17 @@
 //! The storage primary key every sealed object lives under.
 //!
 //! The TPM's persistent SRK at 0x81000001 when it has one; otherwise a
-//! transient primary made from the template `tpm2_createprimary -C o -g sha256
-//! -G ecc256:aes128cfb` uses, so that tpm2-tools alone can re-create the same
-//! key (the TPM derives it from its owner seed) and recover the root key.
+//! transient primary made from the template of `tpm2_createprimary -C o -g
+//! sha256 -G ecc256:aes128cfb -a` [`NODA_ATTRIBUTES`], so that tpm2-tools
+//! alone can re-create the same key (the TPM derives it from its owner seed)
+//! and recover the root key.
+//!
+//! The primary is `noDA`, as a provisioned SRK is: a TPM in
+//! dictionary-attack lockout (after wrong PINs) still loads objects under
+//! it, so a lockout stops only the PIN-protected copy of the root key, never
+//! the PCR-bound copy or the rollback counter. Versions before 0.14 used
+//! the template without `noda` ([`Template::Legacy`]); their blobs are
+//! migrated at start (`rootkey::layout`).
 
 use tss_esapi::Context;
 use tss_esapi::attributes::ObjectAttributesBuilder;
@@ -19,6 +27,20 @@ use tss_esapi::structures::{
 /// The conventional handle of a persistent storage root key (TCG provisioning guidance).
 pub const PERSISTENT_SRK: u32 = 0x8100_0001;
 
+/// The `-a` attributes of the noDA transient primary, as tpm2-tools spells them.
+pub const NODA_ATTRIBUTES: &str =
+    "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt";
+
+/// Which transient primary to create when the TPM has no persistent SRK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Template {
+    /// The noDA template every blob is sealed under now.
+    NoDa,
+    /// The tpm2-tools default template (not noDA) of versions before 0.14,
+    /// only to migrate their blobs.
+    Legacy,
+}
+
 /// A loaded storage primary key.
 #[derive(Debug, Clone, Copy)]
 pub struct Primary {
@@ -33,7 +55,18 @@ pub struct Primary {
 /// SHA-256, attributes fixedtpm|fixedparent|sensitivedataorigin|userwithauth|
 /// restricted|decrypt, AES-128-CFB, null scheme and KDF, empty unique.
 pub fn tpm2_tools_ecc_template() -> tss_esapi::Result<Public> {
+    ecc_template(false)
+}
+
+/// [`tpm2_tools_ecc_template`] with `noda` added: the template of
+/// `tpm2_createprimary -C o -g sha256 -G ecc256:aes128cfb -a` [`NODA_ATTRIBUTES`].
+pub fn noda_ecc_template() -> tss_esapi::Result<Public> {
+    ecc_template(true)
+}
+
+fn ecc_template(no_da: bool) -> tss_esapi::Result<Public> {
     let attributes = ObjectAttributesBuilder::new()
+        .with_no_da(no_da)
         .with_fixed_tpm(true)
         .with_fixed_parent(true)
         .with_sensitive_data_origin(true)
@@ -59,8 +92,8 @@ pub fn tpm2_tools_ecc_template() -> tss_esapi::Result<Public> {
 }
 
 /// Loads the persistent SRK if the TPM has one, else creates the transient
-/// primary under the owner hierarchy.
-pub fn load(context: &mut Context) -> tss_esapi::Result<Primary> {
+/// primary of `template` under the owner hierarchy.
+pub fn load(context: &mut Context, template: Template) -> tss_esapi::Result<Primary> {
     let srk = PersistentTpmHandle::new(PERSISTENT_SRK).map(TpmHandle::Persistent)?;
     // Reading the handle's public area fails when nothing is persisted there.
     let persisted = context.execute_without_session(|ctx| ctx.tr_from_tpm_public(srk));
@@ -70,7 +103,10 @@ pub fn load(context: &mut Context) -> tss_esapi::Result<Primary> {
             persistent: true,
         });
     }
-    let template = tpm2_tools_ecc_template()?;
+    let template = match template {
+        Template::NoDa => noda_ecc_template()?,
+        Template::Legacy => tpm2_tools_ecc_template()?,
+    };
     let created = context.execute_with_nullauth_session(|ctx| {
         ctx.create_primary(Hierarchy::Owner, template, None, None, None, None)
     })?;
