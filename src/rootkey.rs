@@ -1128,7 +1128,8 @@ mod tests {
             dir.write_private(name, b"x").unwrap();
         }
         let tpm = absent_tpm();
-        let error = load_or_create(&dir, &tpm, Duration::from_secs(1)).unwrap_err();
+        let mode = SealingMode::default();
+        let error = open_offline(&dir, &tpm, Duration::from_secs(1), &mode, None).unwrap_err();
         assert!(
             matches!(error, RootKeyError::RotationPending { .. }),
             "{error}"
@@ -1136,7 +1137,7 @@ mod tests {
         assert!(error.to_string().contains("start hostkmsd once"), "{error}");
         assert!(dir.contains(ROOT_NEXT_PRIV), "left for the daemon");
         // A new rotation waits for that start too, before any TPM work.
-        let error = seal_next(&dir, &tpm, Duration::from_secs(1)).unwrap_err();
+        let error = seal_next(&dir, &tpm, Duration::from_secs(1), None).unwrap_err();
         assert!(
             matches!(error, RootKeyError::RotationPending { .. }),
             "{error}"
@@ -1152,7 +1153,8 @@ mod tests {
             dir.write_private(name, b"x").unwrap();
         }
         let tpm = absent_tpm();
-        let error = load_or_complete(&dir, &tpm, Duration::from_secs(1), None).unwrap_err();
+        let mode = SealingMode::default();
+        let error = open(&dir, &tpm, Duration::from_secs(1), &mode, None, None).unwrap_err();
         let shown = error.to_string();
         assert!(
             matches!(error, RootKeyError::RotationUndecidable { .. }),
