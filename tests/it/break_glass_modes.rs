@@ -572,3 +572,137 @@ fn break_glass_legacy_layout_recipe_still_recovers_an_unmigrated_state_dir() {
         key
     );
 }
+
+/// The README's break-glass block, verbatim, cut into the steps a mode
+/// runs: 0 and 1, then 2a with the unseal line of the mode (plain or
+/// PCR) or 2b, then 3. `STATE=` is pointed at `state`.
+fn readme_recipe(state: &Path, auto: Option<bool>) -> String {
+    let readme =
+        fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
+    let section = readme
+        .split("\n## Break-glass recovery\n")
+        .nth(1)
+        .expect("a Break-glass recovery section");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("its sh block");
+    let step = |from: &str, to: Option<&str>| -> String {
+        let start = block
+            .find(from)
+            .unwrap_or_else(|| panic!("no {from:?} in the recipe"));
+        let end = to.map_or(block.len(), |to| {
+            block
+                .find(to)
+                .unwrap_or_else(|| panic!("no {to:?} in the recipe"))
+        });
+        block[start..end].to_owned()
+    };
+    let head = &block[..block.find("# 2a.").expect("step 2a")];
+    assert!(
+        head.contains("STATE=/var/lib/hostkms "),
+        "the recipe sets STATE: {head}"
+    );
+    let head = head.replace(
+        "STATE=/var/lib/hostkms ",
+        &format!("STATE='{}' ", state.display()),
+    );
+    let middle = match auto {
+        Some(pcrs) => step("# 2a.", Some("# 2b."))
+            .lines()
+            .filter(|line| {
+                !line.starts_with("tpm2_unseal")
+                    || line.ends_with(if pcrs {
+                        r#"# "pcrs": [7, ...]"#
+                    } else {
+                        r#"# "pcrs": []"#
+                    })
+            })
+            .map(|line| format!("{line}\n"))
+            .collect(),
+        None => step("# 2b.", Some("# 3.")),
+    };
+    format!("set -euo pipefail\n{head}{middle}{}", step("# 3.", None))
+}
+
+/// Runs `script` with bash against the TPM, `stdin` as its input, and
+/// returns the check value it prints last.
+fn run_recipe(tpm_port: u16, script: &str, stdin: &str) -> String {
+    use std::io::Write as _;
+    let mut child = Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .env(
+            "TPM2TOOLS_TCTI",
+            format!("swtpm:host=127.0.0.1,port={tpm_port}"),
+        )
+        .env("TSS2_LOG", "all+none")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("bash");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let output = child.wait_with_output().expect("wait for bash");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "the README recipe failed:\n{script}\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout.lines().last().unwrap_or_default().trim().to_owned()
+}
+
+#[test]
+fn break_glass_readme_recipe_runs_verbatim_in_every_mode() {
+    let tpm = Swtpm::start();
+    let key = root_key(8);
+    let expected = check_value(&key);
+    for (pcrs, pin, generation) in [
+        (&[][..], None, 1),
+        (&[7][..], None, 2),
+        (&[][..], Some(PIN), 3),
+        (&[7, 16][..], Some(PIN), 4),
+    ] {
+        let dirs = dirs();
+        let sealing = Sealing {
+            pcrs,
+            pin,
+            persistent_srk: false,
+            generation,
+        };
+        seal_like_the_daemon(tpm.port, &dirs.state, &dirs.work, &key, &sealing);
+        let mode = format!("pcrs {pcrs:?}, pin {}", pin.is_some());
+        if pin.is_none() || !pcrs.is_empty() {
+            let script = readme_recipe(&dirs.state, Some(!pcrs.is_empty()));
+            assert_eq!(run_recipe(tpm.port, &script, ""), expected, "{mode}");
+        }
+        if pin.is_some() {
+            let script = readme_recipe(&dirs.state, None);
+            assert_eq!(
+                run_recipe(tpm.port, &script, &format!("{PIN}\n")),
+                expected,
+                "{mode}"
+            );
+        }
+    }
+    // Nothing left loaded in the TPM.
+    for handles in [
+        "handles-transient",
+        "handles-loaded-session",
+        "handles-saved-session",
+    ] {
+        let left = tpm2(tpm.port, "tpm2_getcap", &[handles]);
+        assert!(
+            left.is_empty(),
+            "{handles}: {}",
+            String::from_utf8_lossy(&left)
+        );
+    }
+}
