@@ -706,3 +706,97 @@ fn break_glass_readme_recipe_runs_verbatim_in_every_mode() {
         );
     }
 }
+
+#[test]
+fn break_glass_auto_copy_in_a_salted_session_keeps_the_key_off_the_wire() {
+    // README, "Step 2a ... To keep it off": the plain copy in an HMAC
+    // session, the PCR copy in a policy session, both salted with the
+    // primary.
+    let tpm = Swtpm::start();
+    let relay = RecordingRelay::start(&tpm);
+    let key = root_key(9);
+    for pcrs in [&[][..], &[7][..]] {
+        let dirs = dirs();
+        let sealing = Sealing {
+            pcrs,
+            pin: None,
+            persistent_srk: false,
+            generation: 1,
+        };
+        seal_like_the_daemon(tpm.port, &dirs.state, &dirs.work, &key, &sealing);
+        let work = fresh(&dirs, "session");
+        let path = |name: &str| work.join(name).display().to_string();
+        let (primary, root, session) = (path("primary.ctx"), path("root.ctx"), path("s.ctx"));
+        let port = relay.port;
+        tpm2(
+            port,
+            "tpm2_createprimary",
+            &[
+                "-Q",
+                "-C",
+                "o",
+                "-g",
+                "sha256",
+                "-G",
+                "ecc256:aes128cfb",
+                "-a",
+                NODA_PRIMARY_ATTRIBUTES,
+                "-c",
+                &primary,
+            ],
+        );
+        tpm2(port, "tpm2_flushcontext", &["-t"]);
+        tpm2(
+            port,
+            "tpm2_load",
+            &[
+                "-Q",
+                "-C",
+                &primary,
+                "-u",
+                dirs.state.join("root-1-auto.pub").to_str().unwrap(),
+                "-r",
+                dirs.state.join("root-1-auto.priv").to_str().unwrap(),
+                "-c",
+                &root,
+            ],
+        );
+        tpm2(port, "tpm2_flushcontext", &["-t"]);
+        let before = relay.recorded().len();
+        if pcrs.is_empty() {
+            tpm2(
+                port,
+                "tpm2_startauthsession",
+                &["--hmac-session", "-c", &primary, "-S", &session],
+            );
+        } else {
+            tpm2(
+                port,
+                "tpm2_startauthsession",
+                &["--policy-session", "-c", &primary, "-S", &session],
+            );
+            tpm2(
+                port,
+                "tpm2_policypcr",
+                &["-Q", "-S", &session, "-l", "sha256:7"],
+            );
+        }
+        tpm2(port, "tpm2_flushcontext", &["-t"]);
+        let unsealed = tpm2(
+            port,
+            "tpm2_unseal",
+            &["-c", &root, "-p", &format!("session:{session}")],
+        );
+        tpm2(port, "tpm2_flushcontext", &[&session]);
+        tpm2(port, "tpm2_flushcontext", &["-t"]);
+        assert_eq!(unsealed, key, "pcrs {pcrs:?}");
+        let wire = relay.recorded()[before..].to_vec();
+        assert!(wire.len() > 500, "the relay saw the traffic");
+        for window in key.windows(8) {
+            assert!(
+                !contains(&wire, window),
+                "pcrs {pcrs:?}: the key crossed in clear"
+            );
+        }
+    }
+}
