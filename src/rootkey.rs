@@ -343,7 +343,7 @@ pub enum RootKeyError {
     /// PCR-only mode, and the PCRs changed: nothing can open the root key
     /// until the boot state is back.
     #[error(
-        "cannot unseal the root key: it is bound to the boot state (PCRs {pcrs:?}) and no PIN copy exists, and the boot state changed since it was sealed: {changes}. The blobs are intact and hostkms changed nothing. Boot the boot chain it was sealed under (then run `hostkms reseal` after the update, while the daemon runs), or recover the keys from the custodians (README: Backup and recovery)",
+        "cannot unseal the root key: it is bound to the boot state (PCRs {pcrs:?}) and no PIN copy exists, and the boot state changed since it was sealed: {changes}. The blobs are intact and hostkms changed nothing. Boot the boot chain it was sealed under, and before the next update give the root key a PIN copy (`[root_key] pin = true`, `hostkms reseal`), so that an update only locks the daemon until `hostkms unlock --reseal`; or recover the keys from the custodians (README: Backup and recovery)",
         changes = changed.iter().map(PcrChange::describe).collect::<Vec<_>>().join("; ")
     )]
     PcrMismatch {
