@@ -455,6 +455,7 @@ pub fn open(
     if let Some(next) = SealRecord::read(dir, NEXT_RECORD)? {
         return complete_rotation_v2(dir, tpm, timeout, record, next, store_check, pin);
     }
+    copies::remove_strays(dir, &record);
     Ok(match unseal_record(dir, tpm, timeout, &record, pin)? {
         Ok(key) => Opened::Unsealed {
             key,
