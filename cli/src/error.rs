@@ -376,6 +376,8 @@ pub fn daemon_code(code: ErrorCode) -> &'static str {
         ErrorCode::VersionNotFound => "version_not_found",
         ErrorCode::WrongKeyType => "wrong_key_type",
         ErrorCode::KeyPendingDeletion => "key_pending_deletion",
+        ErrorCode::Locked => "locked",
+        ErrorCode::WrongPin => "wrong_pin",
         ErrorCode::Unrecognized(_) => "unrecognized",
     }
 }

@@ -1124,6 +1124,7 @@ mod tests {
             counters,
             recovery: Default::default(),
             rollback: Default::default(),
+            sealing: Default::default(),
         }
     }
 
