@@ -702,6 +702,9 @@ impl Service {
                 self.wrap_credential(peer, &key, &unit, &credential, plaintext.expose(), subject)
                     .await
             }
+            request @ (Request::Unlock { .. }
+            | Request::Reseal { .. }
+            | Request::ChangePin { .. }) => unlock_requests(request),
             Request::RotateRoot => {
                 let rotation = self.rotate_root(peer).await?;
                 Ok(Response::RootRotated(agent_proto::RootRotation {
@@ -1159,8 +1162,21 @@ impl Service {
             counters,
             recovery,
             rollback,
+            sealing: agent_proto::SealingStatus {
+                lock: agent_proto::LockState::Unlocked,
+                mode: agent_proto::Sealing::default(),
+            },
         }
     }
+}
+
+/// `Unlock`, `Reseal` and `ChangePin` (protocol version 6), not served
+/// yet: a placeholder for the sealing of the root key (issue 14).
+fn unlock_requests(request: Request) -> Result<Response, Refusal> {
+    Err(Refusal::new(
+        ErrorCode::NotImplemented,
+        format!("this daemon does not implement {} yet", request.operation()),
+    ))
 }
 
 /// A ciphertext's plaintext and where it came from.
