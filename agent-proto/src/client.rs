@@ -744,7 +744,15 @@ macro_rules! typed_operations {
     /// [`Client::call`](crate::Client::call) (`MayHaveExecuted`, `TimedOut`,
     /// `Connect`).
     pub $($async)* fn rotate_root(&mut self) -> Result<RootRotation, ClientError> {
-        expect::root_rotated(self.call(Request::RotateRoot)$($await)*?)
+        expect::root_rotated(self.call(Request::RotateRoot { pin: None })$($await)*?)
+    }
+
+    /// [`rotate_root`](Self::rotate_root) with the PIN, for a root key
+    /// sealed to one (version 6): the daemon checks it against the current
+    /// PIN copy and seals the new key's with it. A wrong PIN is
+    /// `WrongPin`.
+    pub $($async)* fn rotate_root_with_pin(&mut self, pin: &crate::pin::Pin) -> Result<RootRotation, ClientError> {
+        expect::root_rotated(self.call(Request::RotateRoot { pin: Some(pin.to_secret()) })$($await)*?)
     }
 
     /// This host's transport key, which other hosts export keys to.

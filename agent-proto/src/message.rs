@@ -179,7 +179,12 @@ pub enum Request {
     /// Seal a new root key to the TPM and re-seal every key under it
     /// (admin only). Ciphertexts are unaffected. Answered with
     /// [`Response::RootRotated`].
-    RotateRoot,
+    RotateRoot {
+        /// The PIN, when the root key is sealed to one (version 6; before,
+        /// no root key had a PIN): the new key's PIN copy is sealed with
+        /// it, once it has opened the current one.
+        pin: Option<SecretBytes>,
+    },
     /// This host's transport key: the age recipient other hosts export keys
     /// to. Answered with [`Response::TransportKey`].
     TransportKey,
@@ -726,7 +731,7 @@ impl Request {
             Request::SetMinDecryptionVersion { .. } => Operation::MinDecryptionVersion,
             Request::ListKeys { .. } => Operation::List,
             Request::DescribeKey { .. } => Operation::Describe,
-            Request::RotateRoot => Operation::RotateRoot,
+            Request::RotateRoot { .. } => Operation::RotateRoot,
             Request::TransportKey => Operation::TransportKey,
             Request::ExportKey { .. } => Operation::Export,
             Request::ImportKey { .. } => Operation::Import,
@@ -780,7 +785,7 @@ impl Request {
             Request::Ping
             | Request::Status
             | Request::ListKeys { .. }
-            | Request::RotateRoot
+            | Request::RotateRoot { .. }
             | Request::TransportKey
             | Request::ImportKey { .. }
             | Request::GenerateRandom { .. }

@@ -375,6 +375,8 @@ pub enum NotInV5 {
     Request(Operation),
     /// A response appended after version 5.
     Response(&'static str),
+    /// A field added after version 5 to a request it has.
+    Field(&'static str),
 }
 
 impl NotInV5 {
@@ -386,6 +388,9 @@ impl NotInV5 {
                 "protocol version {proto} has no {op} request (it needs protocol version 6: upgrade the daemon or the client)"
             ),
             NotInV5::Response(kind) => format!("protocol version {proto} has no {kind} response"),
+            NotInV5::Field(what) => format!(
+                "protocol version {proto} cannot carry {what} (it needs protocol version 6: upgrade the daemon or the client)"
+            ),
         }
     }
 }
@@ -517,7 +522,7 @@ impl From<Request> for crate::Request {
             }
             Request::ListKeys { after, limit } => Now::ListKeys { after, limit },
             Request::DescribeKey { key } => Now::DescribeKey { key },
-            Request::RotateRoot => Now::RotateRoot,
+            Request::RotateRoot => Now::RotateRoot { pin: None },
             Request::TransportKey => Now::TransportKey,
             Request::ExportKey { key, destination } => Now::ExportKey { key, destination },
             Request::ImportKey { file } => Now::ImportKey { file },
@@ -644,7 +649,10 @@ impl TryFrom<crate::Request> for Request {
             }
             Now::ListKeys { after, limit } => Request::ListKeys { after, limit },
             Now::DescribeKey { key } => Request::DescribeKey { key },
-            Now::RotateRoot => Request::RotateRoot,
+            Now::RotateRoot { pin: None } => Request::RotateRoot,
+            Now::RotateRoot { pin: Some(_) } => {
+                return Err(NotInV5::Field("a PIN in a rotate-root request"));
+            }
             Now::TransportKey => Request::TransportKey,
             Now::ExportKey { key, destination } => Request::ExportKey { key, destination },
             Now::ImportKey { file } => Request::ImportKey { file },

@@ -420,7 +420,7 @@ fn a_version_3_status_answered_in_version_2_drops_only_the_new_fields() {
 #[test]
 fn requests_appended_in_version_3_are_unknown_to_versions_1_and_2() {
     for proto in [v1::VERSION, v2::VERSION] {
-        for op in [Request::RotateRoot, Request::TransportKey] {
+        for op in [Request::RotateRoot { pin: None }, Request::TransportKey] {
             let err = codec::encode_request(Envelope { proto, id: 5, op }, DEFAULT_MAX_FRAME)
                 .unwrap_err();
             assert!(

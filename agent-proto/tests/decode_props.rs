@@ -145,7 +145,7 @@ fn arbitrary_request() -> impl Strategy<Value = Request> {
             .prop_map(|(key, version)| Request::SetMinDecryptionVersion { key, version }),
         name.prop_map(|key| Request::Rotate { key }),
         name.prop_map(|key| Request::DescribeKey { key }),
-        Just(Request::RotateRoot),
+        Just(Request::RotateRoot { pin: None }),
         Just(Request::TransportKey),
         (name, name).prop_map(|(key, destination)| Request::ExportKey { key, destination }),
         proptest::collection::vec(any::<u8>(), 0..256).prop_map(|file| Request::ImportKey { file }),

@@ -71,9 +71,11 @@ pub enum Command {
     },
     /// Rotate the root key (admins only): seal a new root key to the TPM
     /// and re-seal every key under it. Ciphertexts are unaffected. Prints
-    /// the old and the new root key check value.
+    /// the old and the new root key check value. When the root key is
+    /// sealed to a PIN, the PIN is asked for (or read from --pin-file):
+    /// the new key's PIN copy is sealed with it.
     #[command(after_long_help = crate::json_docs::ROOT_ROTATION)]
-    RotateRoot,
+    RotateRoot(PinArgs),
     /// Unlock a daemon whose root key is sealed behind a PIN, or to PCRs
     /// that changed (admins only). The PIN comes from --pin-file, or is
     /// asked without echo on a terminal, or is read from standard input.

@@ -127,8 +127,8 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         Command::ChangePin(args) => {
             hostkms_cli::sealing::change_pin(&mut daemon.connect()?, args, json)
         }
-        Command::RotateRoot => {
-            let rotation = daemon.connect()?.rotate_root()?;
+        Command::RotateRoot(args) => {
+            let rotation = hostkms_cli::sealing::rotate_root(&mut daemon.connect()?, args)?;
             let text = if json {
                 output::json_line(&rotation).map_err(json_error)?
             } else {

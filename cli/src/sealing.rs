@@ -8,7 +8,7 @@ use std::io::Write as _;
 
 use agent_proto::{Client, LockState, UnlockInfo};
 
-use crate::args::{ChangePinArgs, ResealArgs, UnlockArgs};
+use crate::args::{ChangePinArgs, PinArgs, ResealArgs, UnlockArgs};
 use crate::error::CliError;
 use crate::io::write_stdout;
 use crate::output;
@@ -160,6 +160,25 @@ pub fn change_pin(client: &mut Client, args: &ChangePinArgs, json: bool) -> Resu
     }
     let done = client.change_pin(&pin, &new_pin)?;
     print_reseal(&done, json)
+}
+
+/// `rotate-root`: with the PIN when the root key is sealed to one.
+pub fn rotate_root(
+    client: &mut Client,
+    args: &PinArgs,
+) -> Result<agent_proto::RootRotation, CliError> {
+    let status = client.status()?;
+    if !status.sealing.mode.pin {
+        if args.pin_file.is_some() {
+            return Err(CliError::Usage(format!(
+                "the root key is {}: it has no PIN; leave out --pin-file",
+                output::sealing_mode(&status.sealing.mode)
+            )));
+        }
+        return Ok(client.rotate_root()?);
+    }
+    let pin = PinReader::new().pin(args.pin_file.as_deref(), "PIN")?;
+    Ok(client.rotate_root_with_pin(&pin)?)
 }
 
 /// Prints a reseal's before and after.

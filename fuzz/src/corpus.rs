@@ -202,7 +202,7 @@ pub fn request_frames(key: &str, other: &str, ciphertexts: &[Vec<u8>]) -> Vec<Ve
             limit: Some(2),
         },
         // A peer that is not admin: refused without touching the TPM.
-        Request::RotateRoot,
+        Request::RotateRoot { pin: None },
         Request::TransportKey,
         Request::ImportKey {
             file: b"age-encryption.org/v1\n".to_vec(),

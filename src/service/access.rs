@@ -87,7 +87,7 @@ fn contexts(request: &Request) -> Box<dyn Iterator<Item = &EncryptionContext> + 
         | Request::SetMinDecryptionVersion { .. }
         | Request::ListKeys { .. }
         | Request::DescribeKey { .. }
-        | Request::RotateRoot
+        | Request::RotateRoot { .. }
         | Request::TransportKey
         | Request::ExportKey { .. }
         | Request::ImportKey { .. }

@@ -75,7 +75,7 @@ pub fn requests() -> Vec<Request> {
         Request::DescribeKey {
             key: "app-db".to_string(),
         },
-        Request::RotateRoot,
+        Request::RotateRoot { pin: None },
         Request::TransportKey,
         Request::ExportKey {
             key: "app-db".to_string(),
