@@ -199,12 +199,9 @@ impl Service {
     ) -> Result<Response, Refusal> {
         self.require_admin(peer, "unlock the root key")?;
         let pin = checked_pin(Some(&pin))?.unwrap_or_default();
-        let (_, changed, resealed, check) = self.unlock_root_key(peer, pin, reseal).await?;
-        Ok(Response::Unlocked(UnlockInfo {
-            root_key_check: check,
-            resealed,
-            changed_pcrs: changed.iter().map(pcr_change).collect(),
-        }))
+        self.unlock_root_key(peer, pin, reseal)
+            .await
+            .map(Response::Unlocked)
     }
 
     /// `Reseal` and `ChangePin`, answered with the sealing before and after.
@@ -336,14 +333,13 @@ impl Service {
         })
     }
 
-    /// `Unlock`: opens the root key with `pin` and starts serving keys.
-    pub(super) async fn unlock_root_key(
+    /// Opens the root key with `pin` and starts serving keys.
+    async fn unlock_root_key(
         &self,
         peer: &Peer,
         pin: Zeroizing<Vec<u8>>,
         reseal: bool,
-    ) -> Result<(SealRecord, Vec<PcrChange>, bool, String), Refusal> {
-        self.require_admin(peer, "unlock the root key")?;
+    ) -> Result<UnlockInfo, Refusal> {
         let unlocker = self.unlocker()?;
         let _one_at_a_time = self.unlock_gate.lock().await;
         if self.store.get().is_some() {
@@ -395,13 +391,17 @@ impl Service {
             configured,
         }));
         self.open_with(unlocked.store);
-        Ok((unlocked.record, unlocked.changed, unlocked.resealed, check))
+        Ok(UnlockInfo {
+            root_key_check: check,
+            resealed: unlocked.resealed,
+            changed_pcrs: unlocked.changed.iter().map(pcr_change).collect(),
+        })
     }
 
     /// `Reseal` and `ChangePin`: seals the root key again, to the PCRs'
     /// current values and the mode `pcrs` (or `[root_key]`) says, or under
     /// a new PIN.
-    pub(super) async fn reseal_root_key(
+    async fn reseal_root_key(
         &self,
         peer: &Peer,
         purpose: Purpose,
