@@ -1,0 +1,615 @@
+//! The root key's sealing modes on a real (software) TPM and the real
+//! daemon: the migration of the layout before them (root.pub/root.priv
+//! under the tpm2-tools template without noDA), PCR-bound auto-unsealing,
+//! a locked start with a PIN, and (once protocol version 6 is merged) the
+//! operator's `hostkms unlock`, `reseal` and `change-pin`.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use agent_proto::{EncryptionContext, ErrorCode};
+use hostkms::rootkey::check_value;
+
+use crate::harness::{
+    Daemon, DaemonConfig, DaemonFiles, RecordingRelay, Swtpm, cli, contains, root_key_file_names,
+    root_key_files, seal_record, stderr, text,
+};
+use tools::{
+    break_glass_unseal, da_setup, da_state, hex, legacy_state_dir, lock_out, noda_primary,
+    pcr_extend, pcr_read, pcr_reset, unseal_copy,
+};
+
+/// The code a locked daemon refuses key operations with. `TpmUnavailable`
+/// until protocol version 6 (p14-proto) is merged, then `ErrorCode::Locked`.
+const LOCKED: ErrorCode = ErrorCode::TpmUnavailable;
+
+/// A PIN of the allowed length (8 to 32 bytes), unlike anything else in
+/// the tests, so a capture or a log can be searched for it.
+const PIN: &[u8] = b"Pq7-zK2!mW9x";
+/// Another one, for wrong tries and PIN changes.
+const OTHER_PIN: &[u8] = b"Xv4#nB8@rT1e";
+
+/// The debug PCR the tests bind to: resettable and extendable at
+/// locality 0, and zero after swtpm starts.
+const PCR: u8 = 16;
+
+/// A 32-byte secret for the state dirs tpm2-tools seal.
+fn chosen_secret() -> Vec<u8> {
+    (0u8..32).map(|i| i.wrapping_mul(37).wrapping_add(11)).collect()
+}
+
+fn root_key_check(daemon: &Daemon) -> String {
+    daemon.client().status().expect("status").root_key_check
+}
+
+/// tpm2-tools against a test's swtpm, for what the sealing modes need: the
+/// break-glass recipes of the new layout, the layout before it, PCRs and
+/// the dictionary-attack state.
+///
+/// Private copies of helpers that `harness::tpm2_tools` gains in p14-docs
+/// (`break_glass_unseal` for the new layout, `pcr_extend`, `da_setup`,
+/// `da_state`): once that is merged, these can go in favour of those.
+pub(crate) mod tools {
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+    use std::process::{Command, Output, Stdio};
+
+    use crate::harness::seal_record;
+    use crate::harness::tpm2_tools::tpm2;
+
+    /// The daemon's transient storage primary: the tpm2-tools template
+    /// with `noda`.
+    pub const NODA_ATTRIBUTES: &str =
+        "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt";
+
+    fn p(path: &Path) -> String {
+        path.display().to_string()
+    }
+
+    /// Runs a tpm2-tools command; returns what it did, success or not.
+    pub fn tpm2_try(port: u16, tool: &str, args: &[&str]) -> Output {
+        Command::new(tool)
+            .args(args)
+            .env("TPM2TOOLS_TCTI", format!("swtpm:host=127.0.0.1,port={port}"))
+            .env("TSS2_LOG", "all+none")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("{tool} must be installed: {e}"))
+    }
+
+    /// Lower-case hex.
+    pub fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// `work/noda-primary.ctx`: the noDA storage primary re-created.
+    pub fn noda_primary(port: u16, work: &Path) -> String {
+        let ctx = work.join("noda-primary.ctx");
+        tpm2(
+            port,
+            "tpm2_createprimary",
+            &[
+                "-Q",
+                "-C",
+                "o",
+                "-g",
+                "sha256",
+                "-G",
+                "ecc256:aes128cfb",
+                "-a",
+                NODA_ATTRIBUTES,
+                "-c",
+                &p(&ctx),
+            ],
+        );
+        tpm2(port, "tpm2_flushcontext", &["-t"]);
+        p(&ctx)
+    }
+
+    /// `work/legacy-primary.ctx`: the primary before sealing modes (the
+    /// tpm2-tools default template, not noDA).
+    pub fn legacy_primary(port: u16, work: &Path) -> String {
+        let ctx = work.join("legacy-primary.ctx");
+        tpm2(
+            port,
+            "tpm2_createprimary",
+            &[
+                "-Q",
+                "-C",
+                "o",
+                "-g",
+                "sha256",
+                "-G",
+                "ecc256:aes128cfb",
+                "-c",
+                &p(&ctx),
+            ],
+        );
+        tpm2(port, "tpm2_flushcontext", &["-t"]);
+        p(&ctx)
+    }
+
+    /// Loads `state_dir/name.pub` + `.priv` under `parent` and unseals it
+    /// with `auth` (tpm2_unseal's `-p`: a password, or `pcr:sha256:16`).
+    /// Returns tpm2-tools' error output when a step fails.
+    pub fn unseal_copy(
+        port: u16,
+        parent: &str,
+        state_dir: &Path,
+        name: &str,
+        auth: Option<&str>,
+        work: &Path,
+    ) -> Result<Vec<u8>, String> {
+        let ctx = work.join(format!("{name}.ctx"));
+        let load = tpm2_try(
+            port,
+            "tpm2_load",
+            &[
+                "-Q",
+                "-C",
+                parent,
+                "-u",
+                &p(&state_dir.join(format!("{name}.pub"))),
+                "-r",
+                &p(&state_dir.join(format!("{name}.priv"))),
+                "-c",
+                &p(&ctx),
+            ],
+        );
+        let _ = tpm2_try(port, "tpm2_flushcontext", &["-t"]);
+        if !load.status.success() {
+            return Err(String::from_utf8_lossy(&load.stderr).into_owned());
+        }
+        let mut args = vec!["-c".to_string(), p(&ctx)];
+        if let Some(auth) = auth {
+            args.push("-p".to_string());
+            args.push(auth.to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let unseal = tpm2_try(port, "tpm2_unseal", &args);
+        let _ = tpm2_try(port, "tpm2_flushcontext", &["-t"]);
+        let _ = tpm2_try(port, "tpm2_flushcontext", &["-s"]);
+        if unseal.status.success() {
+            Ok(unseal.stdout)
+        } else {
+            Err(String::from_utf8_lossy(&unseal.stderr).into_owned())
+        }
+    }
+
+    /// Break-glass for the auto copy `root.seal` names: the noDA primary,
+    /// `tpm2_load`, `tpm2_unseal` (with `-p pcr:sha256:...` when bound).
+    pub fn break_glass_unseal(port: u16, state_dir: &Path, work: &Path) -> Vec<u8> {
+        let record = seal_record(state_dir, "root.seal");
+        let generation = record["generation"].as_u64().expect("generation");
+        let pcrs: Vec<String> = record["pcrs"]
+            .as_array()
+            .expect("pcrs")
+            .iter()
+            .map(|pcr| pcr.to_string())
+            .collect();
+        let auth = (!pcrs.is_empty()).then(|| format!("pcr:sha256:{}", pcrs.join(",")));
+        let parent = if record["primary"] == "persistent-srk" {
+            "0x81000001".to_string()
+        } else {
+            noda_primary(port, work)
+        };
+        unseal_copy(
+            port,
+            &parent,
+            state_dir,
+            &format!("root-{generation}-auto"),
+            auth.as_deref(),
+            work,
+        )
+        .unwrap_or_else(|e| panic!("break-glass unseal of the auto copy: {e}"))
+    }
+
+    /// A state dir in the layout before sealing modes, as tpm2-tools make
+    /// it: `secret` sealed under the legacy primary as `root.pub` and
+    /// `root.priv` (mode 0600, in a 0700 directory).
+    pub fn legacy_state_dir(port: u16, state_dir: &Path, secret: &[u8], work: &Path) {
+        fs::create_dir_all(state_dir).expect("state dir");
+        fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700)).expect("chmod");
+        let primary = legacy_primary(port, work);
+        let input = work.join("secret.bin");
+        fs::write(&input, secret).expect("secret");
+        tpm2(
+            port,
+            "tpm2_create",
+            &[
+                "-Q",
+                "-C",
+                &primary,
+                "-i",
+                &p(&input),
+                "-u",
+                &p(&state_dir.join("root.pub")),
+                "-r",
+                &p(&state_dir.join("root.priv")),
+            ],
+        );
+        tpm2(port, "tpm2_flushcontext", &["-t"]);
+        fs::remove_file(&input).expect("rm secret");
+        for name in ["root.pub", "root.priv"] {
+            fs::set_permissions(state_dir.join(name), fs::Permissions::from_mode(0o600))
+                .expect("chmod");
+        }
+    }
+
+    /// The sha256 value of `pcr`.
+    pub fn pcr_read(port: u16, pcr: u8) -> [u8; 32] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("pcr.bin");
+        tpm2(
+            port,
+            "tpm2_pcrread",
+            &[&format!("sha256:{pcr}"), "-o", &p(&out)],
+        );
+        fs::read(&out)
+            .expect("pcr value")
+            .try_into()
+            .expect("32 bytes")
+    }
+
+    /// `tpm2_pcrextend pcr:sha256=digest`.
+    pub fn pcr_extend(port: u16, pcr: u8, digest: &[u8; 32]) {
+        tpm2(
+            port,
+            "tpm2_pcrextend",
+            &[&format!("{pcr}:sha256={}", hex(digest))],
+        );
+    }
+
+    /// `tpm2_pcrreset pcr` (a debug PCR: 16 or 23).
+    pub fn pcr_reset(port: u16, pcr: u8) {
+        tpm2(port, "tpm2_pcrreset", &[&pcr.to_string()]);
+    }
+
+    /// Sets the dictionary-attack parameters: lockout after `max_tries`
+    /// failures, one forgiven every `recovery_secs`.
+    pub fn da_setup(port: u16, max_tries: u32, recovery_secs: u32) {
+        tpm2(
+            port,
+            "tpm2_dictionarylockout",
+            &[
+                "--setup-parameters",
+                &format!("--max-tries={max_tries}"),
+                &format!("--recovery-time={recovery_secs}"),
+                "--lockout-recovery-time=1000",
+            ],
+        );
+    }
+
+    /// The TPM's dictionary-attack state.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct DaState {
+        /// TPMA_PERMANENT inLockout.
+        pub in_lockout: bool,
+        /// TPM_PT_LOCKOUT_COUNTER.
+        pub counter: u32,
+        /// TPM_PT_MAX_AUTH_FAIL.
+        pub max_tries: u32,
+    }
+
+    /// Reads [`DaState`] with `tpm2_getcap properties-variable`.
+    pub fn da_state(port: u16) -> DaState {
+        let out = String::from_utf8_lossy(&tpm2(port, "tpm2_getcap", &["properties-variable"]))
+            .into_owned();
+        let value = |key: &str| -> u32 {
+            let line = out
+                .lines()
+                .find(|line| line.trim_start().starts_with(key))
+                .unwrap_or_else(|| panic!("no {key} in {out}"));
+            let value = line.split(':').nth(1).expect("value").trim();
+            match value.strip_prefix("0x") {
+                Some(hex) => u32::from_str_radix(hex, 16).expect("hex"),
+                None => value.parse().expect("number"),
+            }
+        };
+        DaState {
+            in_lockout: value("inLockout:") != 0,
+            counter: value("TPM2_PT_LOCKOUT_COUNTER:"),
+            max_tries: value("TPM2_PT_MAX_AUTH_FAIL:"),
+        }
+    }
+
+    /// Puts the TPM in lockout once `max_tries` is 1: one wrong password
+    /// on a DA-protected object sealed for the purpose.
+    pub fn lock_out(port: u16, work: &Path) {
+        let primary = legacy_primary(port, work);
+        let input = work.join("da-bait.bin");
+        fs::write(&input, b"bait").expect("bait");
+        let (public, private) = (work.join("da-bait.pub"), work.join("da-bait.priv"));
+        tpm2(
+            port,
+            "tpm2_create",
+            &[
+                "-Q",
+                "-C",
+                &primary,
+                "-p",
+                "right password",
+                "-i",
+                &p(&input),
+                "-u",
+                &p(&public),
+                "-r",
+                &p(&private),
+            ],
+        );
+        tpm2(port, "tpm2_flushcontext", &["-t"]);
+        let refused = unseal_copy(port, &primary, work, "da-bait", Some("wrong"), work)
+            .expect_err("a wrong password");
+        assert!(refused.contains("0x98E"), "{refused}");
+    }
+}
+
+#[test]
+fn a_state_dir_of_the_layout_before_sealing_modes_is_migrated_at_start() {
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
+    let work = files.root.path().join("tools");
+    fs::create_dir(&work).unwrap();
+    let secret = chosen_secret();
+    legacy_state_dir(tpm.port, &files.state_dir, &secret, &work);
+
+    let daemon = Daemon::start(&files).expect("a start on the old layout");
+    assert_eq!(
+        root_key_check(&daemon),
+        check_value(&secret),
+        "the migrated root key is the one sealed before"
+    );
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("migrated the sealed root key to the noDA storage primary"),
+        "the migration is logged: {log}"
+    );
+    assert!(log.contains(&check_value(&secret)), "{log}");
+    assert_eq!(
+        root_key_file_names(&files.state_dir),
+        ["root-1-auto.priv", "root-1-auto.pub", "root.seal"],
+        "root.pub and root.priv are gone"
+    );
+    let record = seal_record(&files.state_dir, "root.seal");
+    assert_eq!(record["generation"], 1, "{record}");
+    assert_eq!(record["primary"], "transient-noda", "{record}");
+    assert_eq!(record["pcrs"], serde_json::json!([]), "{record}");
+    assert_eq!(record["pin"], false, "{record}");
+    let mode = |name: &str| {
+        fs::metadata(files.state_file(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    for name in ["root.seal", "root-1-auto.pub", "root-1-auto.priv"] {
+        assert_eq!(mode(name), 0o600, "{name}");
+    }
+
+    // The new copy is a child of the noDA primary, and of it only.
+    let noda = noda_primary(tpm.port, &work);
+    let unsealed = unseal_copy(tpm.port, &noda, &files.state_dir, "root-1-auto", None, &work)
+        .expect("the new copy loads and unseals under the noDA primary");
+    assert_eq!(unsealed, secret);
+    let legacy = tools::legacy_primary(tpm.port, &work);
+    unseal_copy(
+        tpm.port,
+        &legacy,
+        &files.state_dir,
+        "root-1-auto",
+        None,
+        &work,
+    )
+    .expect_err("the new copy is not a child of the old primary");
+
+    // A restart unseals without migrating again.
+    let blobs = root_key_files(&files.state_dir);
+    let daemon = Daemon::start(&files).expect("restart");
+    assert_eq!(root_key_check(&daemon), check_value(&secret));
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("unsealed root key"), "{log}");
+    assert!(!log.contains("migrated"), "{log}");
+    assert_eq!(root_key_files(&files.state_dir), blobs, "nothing rewritten");
+}
+
+#[test]
+fn a_tpm_in_lockout_stops_the_migration_and_changes_nothing_until_cleared() {
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
+    let work = files.root.path().join("tools");
+    fs::create_dir(&work).unwrap();
+    let secret = chosen_secret();
+    legacy_state_dir(tpm.port, &files.state_dir, &secret, &work);
+    da_setup(tpm.port, 1, 1000);
+    lock_out(tpm.port, &work);
+    let before = root_key_files(&files.state_dir);
+
+    let log = Daemon::start(&files)
+        .err()
+        .expect("the old primary is refused in lockout");
+    assert!(log.contains("locked out"), "{log}");
+    assert!(
+        log.contains("tpm2_dictionarylockout --clear-lockout"),
+        "{log}"
+    );
+    assert!(log.contains("the blobs are not at fault"), "{log}");
+    assert!(log.contains("root.pub"), "names the old blobs: {log}");
+    assert_eq!(
+        root_key_files(&files.state_dir),
+        before,
+        "nothing changed"
+    );
+
+    crate::harness::tpm2_tools::tpm2(tpm.port, "tpm2_dictionarylockout", &["--clear-lockout"]);
+    let daemon = Daemon::start(&files).expect("migrates once the lockout is cleared");
+    assert_eq!(root_key_check(&daemon), check_value(&secret));
+    assert!(daemon.log().contains("migrated the sealed root key"));
+}
+
+#[test]
+fn pcr_mode_unseals_while_the_pcr_is_unchanged_and_refuses_after_an_extend() {
+    let tpm = Swtpm::start();
+    let config = DaemonConfig::new().root_key(&[PCR], false);
+    let files = DaemonFiles::new(&tpm.tcti(), &config);
+    let work = files.root.path().join("tools");
+    fs::create_dir(&work).unwrap();
+    // A value other than the reset one, so "sealed" is not all zeros.
+    pcr_extend(tpm.port, PCR, &[0x11; 32]);
+    let sealed_value = pcr_read(tpm.port, PCR);
+
+    let daemon = Daemon::start(&files).expect("first start in PCR mode");
+    let check = root_key_check(&daemon);
+    let context = EncryptionContext::new();
+    let mut client = daemon.client();
+    client.create_key("bound").expect("create");
+    let wrapped = client.wrap("bound", b"kept", &context).expect("wrap");
+    drop(client);
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("created root key and sealed it to the TPM (PCR 16)"),
+        "{log}"
+    );
+    assert_eq!(
+        root_key_file_names(&files.state_dir),
+        ["root-1-auto.priv", "root-1-auto.pub", "root.seal"],
+        "no PIN copy in PCR-only mode"
+    );
+    let record = seal_record(&files.state_dir, "root.seal");
+    assert_eq!(record["pcrs"], serde_json::json!([PCR]), "{record}");
+    assert_eq!(record["pin"], false, "{record}");
+    assert_eq!(
+        record["pcr_values"],
+        serde_json::json!([{"pcr": PCR, "sha256": hex(&sealed_value)}]),
+        "the record shows the PCR's value at sealing"
+    );
+
+    // Break-glass with the PCR policy gets the same key; without it, no.
+    let recovered = break_glass_unseal(tpm.port, &files.state_dir, &work);
+    assert_eq!(check_value(&recovered), check);
+    let noda = noda_primary(tpm.port, &work);
+    unseal_copy(tpm.port, &noda, &files.state_dir, "root-1-auto", None, &work)
+        .expect_err("a PCR-bound copy does not open with a password");
+
+    let daemon = Daemon::start(&files).expect("a restart with the PCR unchanged");
+    assert_eq!(root_key_check(&daemon), check);
+    let unwrapped = daemon
+        .client()
+        .unwrap(wrapped.ciphertext.as_bytes(), &context, None)
+        .expect("unwrap");
+    assert_eq!(unwrapped.plaintext.expose(), b"kept");
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("unsealed root key (sealed to PCR 16)"), "{log}");
+
+    // The boot state changes: no copy opens, and the daemon says why.
+    let blobs = root_key_files(&files.state_dir);
+    pcr_extend(tpm.port, PCR, &[0x22; 32]);
+    let changed_value = pcr_read(tpm.port, PCR);
+    assert_ne!(changed_value, sealed_value);
+    let log = Daemon::start(&files)
+        .err()
+        .expect("PCR-only mode cannot start after the PCR changed");
+    assert!(log.contains("PCR 16"), "names the PCR: {log}");
+    assert!(
+        log.contains(&hex(&sealed_value)) && log.contains(&hex(&changed_value)),
+        "shows the sealed and the current value: {log}"
+    );
+    assert!(log.contains("blobs are intact"), "{log}");
+    assert!(!log.contains("another TPM"), "not blamed on the TPM: {log}");
+    assert!(!log.contains("created root key"), "{log}");
+    assert_eq!(root_key_files(&files.state_dir), blobs, "nothing changed");
+
+    // The boot state it was sealed under comes back: so does the key.
+    pcr_reset(tpm.port, PCR);
+    pcr_extend(tpm.port, PCR, &[0x11; 32]);
+    assert_eq!(pcr_read(tpm.port, PCR), sealed_value);
+    let daemon = Daemon::start(&files).expect("the same boot state again");
+    assert_eq!(root_key_check(&daemon), check);
+}
+
+#[test]
+fn the_root_key_never_crosses_the_tpm_interface_in_clear_in_pcr_mode() {
+    let tpm = Swtpm::start();
+    let relay = RecordingRelay::start(&tpm);
+    let files = DaemonFiles::new(&relay.tcti(), &DaemonConfig::new().root_key(&[PCR], false));
+    let work = files.root.path().join("tools");
+    fs::create_dir(&work).unwrap();
+    let daemon = Daemon::start(&files).expect("create through the relay");
+    assert!(daemon.stop().0.success());
+    let daemon = Daemon::start(&files).expect("unseal through the relay");
+    let check = root_key_check(&daemon);
+    assert!(daemon.stop().0.success());
+    let key = break_glass_unseal(tpm.port, &files.state_dir, &work);
+    assert_eq!(check_value(&key), check);
+    let wire = relay.recorded();
+    assert!(wire.len() > 1000, "the relay saw the daemon's traffic");
+    for window in key.windows(8) {
+        assert!(
+            !contains(&wire, window),
+            "8 bytes of the root key crossed the wire in clear"
+        );
+    }
+}
+
+#[test]
+fn pin_mode_with_an_empty_state_dir_starts_locked_and_refuses_key_operations() {
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new().root_key(&[], true));
+    let daemon = Daemon::start(&files).expect("a locked daemon starts and answers Ping");
+    let mut client = daemon.client();
+    client.ping().expect("ping");
+    let status = client.status().expect("status");
+    assert!(!status.root_key_loaded, "{status:?}");
+    assert_eq!(status.root_key_check, "", "{status:?}");
+    let context = EncryptionContext::new();
+    let refused = client
+        .wrap("any", b"secret", &context)
+        .expect_err("a locked daemon wraps nothing");
+    assert_eq!(refused.code(), Some(LOCKED), "{refused}");
+    assert!(refused.to_string().contains("hostkms unlock"), "{refused}");
+    let refused = client.create_key("new").expect_err("nor creates keys");
+    assert_eq!(refused.code(), Some(LOCKED), "{refused}");
+    let refused = client.rotate_root().expect_err("nor rotates the root key");
+    assert_eq!(refused.code(), Some(LOCKED), "{refused}");
+    let refused = client.list_keys().expect_err("nor lists keys");
+    assert_eq!(refused.code(), Some(LOCKED), "{refused}");
+    drop(client);
+    assert!(
+        root_key_file_names(&files.state_dir).is_empty(),
+        "no root key before the first unlock sets the PIN"
+    );
+    assert!(!files.state_file("keystore.db").exists());
+
+    // The CLI shows the same.
+    let out = cli(&daemon.socket, &["status"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cli(&daemon.socket, &["list"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(stderr(&out).contains("hostkms unlock"), "{}", stderr(&out));
+
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("hostkmsd is locked"), "{log}");
+    assert!(log.contains("no root key yet"), "{log}");
+}
+
+/// Writes `pin` to a private file for `--pin-file`, with the trailing
+/// newline an editor adds.
+fn pin_file(dir: &Path, name: &str, pin: &[u8]) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let mut bytes = pin.to_vec();
+    bytes.push(b'\n');
+    fs::write(&path, bytes).expect("pin file");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
+    path
+}
+
+#[allow(dead_code)]
+fn _uses(_: &Path) {
+    let _ = (OTHER_PIN, pin_file);
+}
