@@ -303,8 +303,7 @@ fn break_glass_with_tpm2_tools_alone_recovers_the_root_key() {
     let Harness { tpm, files, daemon } = Harness::start(DaemonConfig::new());
     let daemon_check = root_key_check(&daemon);
     // The daemon holds no TPM connection or handle between requests.
-    let recovered =
-        break_glass_unseal(tpm.port, &files.state_dir, files.root.path());
+    let recovered = break_glass_unseal(tpm.port, &files.state_dir, files.root.path());
     assert_eq!(recovered.len(), 32, "the root key is 32 bytes");
     assert_ne!(recovered, vec![0u8; 32]);
     assert_eq!(
@@ -389,12 +388,18 @@ fn a_tpm_in_dictionary_attack_lockout_no_longer_stops_a_plain_mode_daemon() {
     client
         .create_key("in-lockout")
         .expect("create a key in lockout");
-    client.rotate_root().expect("rotate the root key in lockout");
+    client
+        .rotate_root()
+        .expect("rotate the root key in lockout");
     drop(client);
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
     assert!(!log.contains("locked out"), "{log}");
-    assert_ne!(file_bytes(&files), blobs, "the rotation sealed a new generation");
+    assert_ne!(
+        file_bytes(&files),
+        blobs,
+        "the rotation sealed a new generation"
+    );
 
     // A first start in lockout seals a new root key too.
     let fresh = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());

@@ -36,7 +36,9 @@ const PCR: u8 = 16;
 
 /// A 32-byte secret for the state dirs tpm2-tools seal.
 fn chosen_secret() -> Vec<u8> {
-    (0u8..32).map(|i| i.wrapping_mul(37).wrapping_add(11)).collect()
+    (0u8..32)
+        .map(|i| i.wrapping_mul(37).wrapping_add(11))
+        .collect()
 }
 
 fn root_key_check(daemon: &Daemon) -> String {
@@ -72,7 +74,10 @@ pub(crate) mod tools {
     pub fn tpm2_try(port: u16, tool: &str, args: &[&str]) -> Output {
         Command::new(tool)
             .args(args)
-            .env("TPM2TOOLS_TCTI", format!("swtpm:host=127.0.0.1,port={port}"))
+            .env(
+                "TPM2TOOLS_TCTI",
+                format!("swtpm:host=127.0.0.1,port={port}"),
+            )
             .env("TSS2_LOG", "all+none")
             .stdin(Stdio::null())
             .output()
@@ -391,8 +396,15 @@ fn a_state_dir_of_the_layout_before_sealing_modes_is_migrated_at_start() {
 
     // The new copy is a child of the noDA primary, and of it only.
     let noda = noda_primary(tpm.port, &work);
-    let unsealed = unseal_copy(tpm.port, &noda, &files.state_dir, "root-1-auto", None, &work)
-        .expect("the new copy loads and unseals under the noDA primary");
+    let unsealed = unseal_copy(
+        tpm.port,
+        &noda,
+        &files.state_dir,
+        "root-1-auto",
+        None,
+        &work,
+    )
+    .expect("the new copy loads and unseals under the noDA primary");
     assert_eq!(unsealed, secret);
     let legacy = tools::legacy_primary(tpm.port, &work);
     unseal_copy(
@@ -438,11 +450,7 @@ fn a_tpm_in_lockout_stops_the_migration_and_changes_nothing_until_cleared() {
     );
     assert!(log.contains("the blobs are not at fault"), "{log}");
     assert!(log.contains("root.pub"), "names the old blobs: {log}");
-    assert_eq!(
-        root_key_files(&files.state_dir),
-        before,
-        "nothing changed"
-    );
+    assert_eq!(root_key_files(&files.state_dir), before, "nothing changed");
 
     crate::harness::tpm2_tools::tpm2(tpm.port, "tpm2_dictionarylockout", &["--clear-lockout"]);
     let daemon = Daemon::start(&files).expect("migrates once the lockout is cleared");
@@ -492,8 +500,15 @@ fn pcr_mode_unseals_while_the_pcr_is_unchanged_and_refuses_after_an_extend() {
     let recovered = break_glass_unseal(tpm.port, &files.state_dir, &work);
     assert_eq!(check_value(&recovered), check);
     let noda = noda_primary(tpm.port, &work);
-    unseal_copy(tpm.port, &noda, &files.state_dir, "root-1-auto", None, &work)
-        .expect_err("a PCR-bound copy does not open with a password");
+    unseal_copy(
+        tpm.port,
+        &noda,
+        &files.state_dir,
+        "root-1-auto",
+        None,
+        &work,
+    )
+    .expect_err("a PCR-bound copy does not open with a password");
 
     let daemon = Daemon::start(&files).expect("a restart with the PCR unchanged");
     assert_eq!(root_key_check(&daemon), check);
@@ -504,7 +519,10 @@ fn pcr_mode_unseals_while_the_pcr_is_unchanged_and_refuses_after_an_extend() {
     assert_eq!(unwrapped.plaintext.expose(), b"kept");
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
-    assert!(log.contains("unsealed root key (sealed to PCR 16)"), "{log}");
+    assert!(
+        log.contains("unsealed root key (sealed to PCR 16)"),
+        "{log}"
+    );
 
     // The boot state changes: no copy opens, and the daemon says why.
     let blobs = root_key_files(&files.state_dir);

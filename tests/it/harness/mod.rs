@@ -93,7 +93,12 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 pub fn is_root_key_file(name: &str) -> bool {
     if matches!(
         name,
-        "root.seal" | "root-next.seal" | "root.pub" | "root.priv" | "root-next.pub" | "root-next.priv"
+        "root.seal"
+            | "root-next.seal"
+            | "root.pub"
+            | "root.priv"
+            | "root-next.pub"
+            | "root-next.priv"
     ) {
         return true;
     }
@@ -122,8 +127,8 @@ pub fn root_key_files(state_dir: &Path) -> Vec<(String, Vec<u8>)> {
         })
         .filter(|name| is_root_key_file(name))
         .map(|name| {
-            let bytes = fs::read(state_dir.join(&name))
-                .unwrap_or_else(|e| panic!("read {name}: {e}"));
+            let bytes =
+                fs::read(state_dir.join(&name)).unwrap_or_else(|e| panic!("read {name}: {e}"));
             (name, bytes)
         })
         .collect();
@@ -143,7 +148,8 @@ pub fn root_key_file_names(state_dir: &Path) -> Vec<String> {
 pub fn seal_record(state_dir: &Path, name: &str) -> serde_json::Value {
     let path = state_dir.join(name);
     let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON ({e}): {text}", path.display()))
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON ({e}): {text}", path.display()))
 }
 
 /// The generation `root.seal` in `state_dir` names.
