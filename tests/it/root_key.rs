@@ -357,8 +357,22 @@ fn the_root_key_never_crosses_the_tpm_interface_in_clear() {
 #[test]
 fn a_tpm_in_dictionary_attack_lockout_no_longer_stops_a_plain_mode_daemon() {
     use crate::sealing_modes::tools::{da_setup, da_state, lock_out};
-    let tpm = Swtpm::start();
+    let tpm_state = crate::harness::private_tempdir();
+    let tpm = Swtpm::start_in(tpm_state.path());
+    // One strike. Before, any unclean shutdown of the TPM after the daemon
+    // had used its (not noDA) primary was one, and locked it out.
+    da_setup(tpm.port, 1, 1000);
     let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
+    let daemon = Daemon::start(&files).expect("start");
+    assert!(daemon.stop().0.success());
+    tpm.crash();
+    let tpm = Swtpm::resume_in(tpm_state.path());
+    files.write_config(&tpm.tcti(), &DaemonConfig::new());
+    let state = da_state(tpm.port);
+    assert!(
+        !state.in_lockout && state.counter == 0,
+        "nothing the daemon uses counts towards lockout: {state:?}"
+    );
     let daemon = Daemon::start(&files).expect("start");
     let check = root_key_check(&daemon);
     let context = agent_proto::EncryptionContext::new();
@@ -374,7 +388,6 @@ fn a_tpm_in_dictionary_attack_lockout_no_longer_stops_a_plain_mode_daemon() {
     // noDA, as the tpm2-tools default template (hostkms's before 0.14) is.
     let work = files.root.path().join("lockout");
     fs::create_dir(&work).unwrap();
-    da_setup(tpm.port, 1, 1000);
     lock_out(tpm.port, &work);
     assert!(da_state(tpm.port).in_lockout, "the TPM is in lockout");
 

@@ -17,7 +17,7 @@ use crate::harness::{
 };
 use tools::{
     break_glass_unseal, da_setup, da_state, hex, legacy_state_dir, lock_out, noda_primary,
-    pcr_extend, pcr_read, pcr_reset, unseal_copy,
+    pcr_extend, pcr_read, pcr_reset, seal_state_dir, unseal_copy,
 };
 
 /// The code a locked daemon refuses key operations with. `TpmUnavailable`
@@ -240,6 +240,147 @@ pub(crate) mod tools {
         for name in ["root.pub", "root.priv"] {
             fs::set_permissions(state_dir.join(name), fs::Permissions::from_mode(0o600))
                 .expect("chmod");
+        }
+    }
+
+    /// Seals `secret` in the daemon's layout as tpm2-tools can: the copies
+    /// of generation `generation` for `pcrs` and `pin` under the noDA
+    /// primary, and `root.seal` naming them (what `hostkms reseal` makes).
+    /// Removes the copies of other generations.
+    pub fn seal_state_dir(
+        port: u16,
+        state_dir: &Path,
+        secret: &[u8],
+        generation: u64,
+        pcrs: &[u8],
+        pin: Option<&[u8]>,
+        work: &Path,
+    ) {
+        let primary = noda_primary(port, work);
+        let input = work.join("secret.bin");
+        fs::write(&input, secret).expect("secret");
+        let copy = |kind: &str| {
+            (
+                p(&state_dir.join(format!("root-{generation}-{kind}.pub"))),
+                p(&state_dir.join(format!("root-{generation}-{kind}.priv"))),
+            )
+        };
+        let mut written = Vec::new();
+        if pin.is_none() || !pcrs.is_empty() {
+            let (public, private) = copy("auto");
+            if pcrs.is_empty() {
+                tpm2(
+                    port,
+                    "tpm2_create",
+                    &[
+                        "-Q",
+                        "-C",
+                        &primary,
+                        "-a",
+                        "fixedtpm|fixedparent|userwithauth|noda",
+                        "-i",
+                        &p(&input),
+                        "-u",
+                        &public,
+                        "-r",
+                        &private,
+                    ],
+                );
+            } else {
+                let policy = work.join("pcr.policy");
+                let selection: Vec<String> = pcrs.iter().map(u8::to_string).collect();
+                tpm2(
+                    port,
+                    "tpm2_createpolicy",
+                    &[
+                        "-Q",
+                        "--policy-pcr",
+                        "-l",
+                        &format!("sha256:{}", selection.join(",")),
+                        "-L",
+                        &p(&policy),
+                    ],
+                );
+                tpm2(
+                    port,
+                    "tpm2_create",
+                    &[
+                        "-Q",
+                        "-C",
+                        &primary,
+                        "-L",
+                        &p(&policy),
+                        "-a",
+                        "fixedtpm|fixedparent|noda",
+                        "-i",
+                        &p(&input),
+                        "-u",
+                        &public,
+                        "-r",
+                        &private,
+                    ],
+                );
+            }
+            tpm2(port, "tpm2_flushcontext", &["-t"]);
+            written.extend([public, private]);
+        }
+        if let Some(pin) = pin {
+            let (public, private) = copy("pin");
+            let pin = std::str::from_utf8(pin).expect("a UTF-8 PIN");
+            tpm2(
+                port,
+                "tpm2_create",
+                &[
+                    "-Q",
+                    "-C",
+                    &primary,
+                    "-p",
+                    pin,
+                    "-a",
+                    "fixedtpm|fixedparent|userwithauth",
+                    "-i",
+                    &p(&input),
+                    "-u",
+                    &public,
+                    "-r",
+                    &private,
+                ],
+            );
+            tpm2(port, "tpm2_flushcontext", &["-t"]);
+            written.extend([public, private]);
+        }
+        fs::remove_file(&input).expect("rm secret");
+        for path in &written {
+            fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+        let values: Vec<serde_json::Value> = pcrs
+            .iter()
+            .map(|&pcr| serde_json::json!({"pcr": pcr, "sha256": hex(&pcr_read(port, pcr))}))
+            .collect();
+        let record = serde_json::json!({
+            "format": 1,
+            "generation": generation,
+            "primary": "transient-noda",
+            "pcrs": pcrs,
+            "pcr_values": values,
+            "pin": pin.is_some(),
+        });
+        let path = state_dir.join("root.seal");
+        fs::write(&path, format!("{record:#}\n")).expect("root.seal");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
+        for entry in fs::read_dir(state_dir).expect("state dir") {
+            let path = entry.expect("entry").path();
+            let name = path
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned();
+            if name.starts_with("root-")
+                && !name.starts_with(&format!("root-{generation}-"))
+                && name != "root-next.seal"
+            {
+                fs::remove_file(&path).expect("rm an older copy");
+            }
         }
     }
 
@@ -616,6 +757,222 @@ fn pin_mode_with_an_empty_state_dir_starts_locked_and_refuses_key_operations() {
     assert!(log.contains("no root key yet"), "{log}");
 }
 
+/// A state dir with a key store and keys, in the mode `pcrs` and `pin`
+/// as `hostkms reseal` would leave it (sealed here by tpm2-tools, from the
+/// root key a plain-mode daemon made): its files, the root key, a
+/// ciphertext of "kept" under key "kept"; the config asks for the mode.
+struct Prepared {
+    files: DaemonFiles,
+    secret: Vec<u8>,
+    wrapped: Vec<u8>,
+    work: std::path::PathBuf,
+}
+
+fn prepared(tpm: &Swtpm, pcrs: &[u8], pin: Option<&[u8]>) -> Prepared {
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
+    let work = files.root.path().join("tools");
+    fs::create_dir(&work).unwrap();
+    let daemon = Daemon::start(&files).expect("a plain-mode start");
+    let mut client = daemon.client();
+    client.create_key("kept").expect("create");
+    let wrapped = client
+        .wrap("kept", b"kept", &EncryptionContext::new())
+        .expect("wrap")
+        .ciphertext
+        .as_bytes()
+        .to_vec();
+    drop(client);
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    let secret = break_glass_unseal(tpm.port, &files.state_dir, &work);
+    seal_state_dir(tpm.port, &files.state_dir, &secret, 2, pcrs, pin, &work);
+    let config = DaemonConfig::new().root_key(pcrs, pin.is_some());
+    files.write_config(&tpm.tcti(), &config);
+    Prepared {
+        files,
+        secret,
+        wrapped,
+        work,
+    }
+}
+
+/// Every key operation of a locked daemon is refused with [`LOCKED`], the
+/// message saying to unlock (and `why`).
+fn assert_refuses_key_operations(daemon: &Daemon, wrapped: &[u8], why: &str) {
+    let mut client = daemon.client();
+    let context = EncryptionContext::new();
+    let refusals = [
+        ("unwrap", client.unwrap(wrapped, &context, None).map(|_| ())),
+        ("wrap", client.wrap("kept", b"x", &context).map(|_| ())),
+        ("describe", client.describe_key("kept").map(|_| ())),
+        ("create", client.create_key("new").map(|_| ())),
+        ("rotate", client.rotate("kept").map(|_| ())),
+        ("list", client.list_keys().map(|_| ())),
+        ("rotate-root", client.rotate_root().map(|_| ())),
+    ];
+    for (op, result) in refusals {
+        let error = result.expect_err(op);
+        assert_eq!(error.code(), Some(LOCKED), "{op}: {error}");
+        assert!(
+            error.to_string().contains("hostkms unlock"),
+            "{op}: {error}"
+        );
+        assert!(error.to_string().contains(why), "{op}: {error}");
+    }
+    client.ping().expect("a locked daemon answers Ping");
+    let status = client.status().expect("and Status");
+    assert!(!status.root_key_loaded, "{status:?}");
+}
+
+#[test]
+fn pcr_and_pin_mode_unseals_by_itself_and_starts_locked_once_the_pcr_changed() {
+    let tpm = Swtpm::start();
+    pcr_extend(tpm.port, PCR, &[0x33; 32]);
+    let sealed_value = pcr_read(tpm.port, PCR);
+    let prepared = prepared(&tpm, &[PCR], Some(PIN));
+    let files = &prepared.files;
+    let check = check_value(&prepared.secret);
+
+    let daemon = Daemon::start(files).expect("PCRs unchanged: unseals by itself");
+    assert_eq!(root_key_check(&daemon), check);
+    let unwrapped = daemon
+        .client()
+        .unwrap(&prepared.wrapped, &EncryptionContext::new(), None)
+        .expect("unwrap");
+    assert_eq!(unwrapped.plaintext.expose(), b"kept");
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("unsealed root key (sealed to PCR 16, or a PIN)"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("[root_key] asks"),
+        "config and record agree: {log}"
+    );
+
+    let blobs = root_key_files(&files.state_dir);
+    pcr_extend(tpm.port, PCR, &[0x44; 32]);
+    let changed_value = pcr_read(tpm.port, PCR);
+    let daemon = Daemon::start(files).expect("a PCR mismatch with a PIN copy starts locked");
+    assert_refuses_key_operations(&daemon, &prepared.wrapped, "PCR 16");
+    let refused = daemon
+        .client()
+        .describe_key("kept")
+        .expect_err("locked")
+        .to_string();
+    assert!(
+        refused.contains(&hex(&sealed_value)) && refused.contains(&hex(&changed_value)),
+        "the refusal shows both values: {refused}"
+    );
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("hostkmsd is locked"), "{log}");
+    assert!(log.contains("PCR 16"), "{log}");
+    assert!(
+        log.contains(&hex(&sealed_value)) && log.contains(&hex(&changed_value)),
+        "{log}"
+    );
+    assert!(!log.contains("another TPM"), "{log}");
+    assert_eq!(root_key_files(&files.state_dir), blobs, "nothing changed");
+
+    // The PIN copy opens with tpm2-tools under the noDA primary (break-glass).
+    let noda = noda_primary(tpm.port, &prepared.work);
+    let pin = std::str::from_utf8(PIN).unwrap();
+    let unsealed = unseal_copy(
+        tpm.port,
+        &noda,
+        &files.state_dir,
+        "root-2-pin",
+        Some(pin),
+        &prepared.work,
+    )
+    .expect("the PIN copy unseals with the PIN");
+    assert_eq!(unsealed, prepared.secret);
+}
+
+#[test]
+fn pin_only_mode_starts_locked_and_offline_tasks_need_the_pin_file() {
+    let tpm = Swtpm::start();
+    let prepared = prepared(&tpm, &[], Some(PIN));
+    let files = &prepared.files;
+    assert_eq!(
+        root_key_file_names(&files.state_dir),
+        ["root-2-pin.priv", "root-2-pin.pub", "root.seal"],
+        "PIN-only: no auto copy"
+    );
+    let daemon = Daemon::start(files).expect("PIN-only mode starts locked");
+    assert_refuses_key_operations(&daemon, &prepared.wrapped, "PIN");
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("hostkmsd is locked"), "{log}");
+
+    // Offline, the PIN comes from --pin-file.
+    let pins = crate::harness::private_tempdir();
+    let right = pin_file(pins.path(), "right", PIN);
+    let wrong = pin_file(pins.path(), "wrong", OTHER_PIN);
+    let without = offline(files, None, "accept-rollback");
+    assert!(!without.status.success(), "{}", stderr(&without));
+    assert!(
+        stderr(&without).contains("sealed to a PIN") && stderr(&without).contains("--pin-file"),
+        "says to give the PIN: {}",
+        stderr(&without)
+    );
+    let before = da_state(tpm.port).counter;
+    let refused = offline(files, Some(&wrong), "accept-rollback");
+    assert!(!refused.status.success(), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("refused the PIN") && stderr(&refused).contains("left"),
+        "a wrong PIN reports the tries left: {}",
+        stderr(&refused)
+    );
+    assert_eq!(da_state(tpm.port).counter, before + 1, "the TPM counted it");
+    let accepted = offline(files, Some(&right), "accept-rollback");
+    assert!(accepted.status.success(), "{}", stderr(&accepted));
+    for output in [&without, &refused, &accepted] {
+        for pin in [PIN, OTHER_PIN] {
+            assert!(
+                !contains(&output.stdout, pin) && !contains(&output.stderr, pin),
+                "a PIN in the output: {}",
+                stderr(output)
+            );
+        }
+    }
+
+    // A PIN for a mode without one is refused, not ignored.
+    let plain = prepared_plain(&tpm);
+    let refused = offline(&plain, Some(&right), "accept-rollback");
+    assert!(!refused.status.success(), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("no PIN is set"),
+        "{}",
+        stderr(&refused)
+    );
+}
+
+/// A plain-mode state dir with a key store, its daemon stopped.
+fn prepared_plain(tpm: &Swtpm) -> DaemonFiles {
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
+    let daemon = Daemon::start(&files).expect("start");
+    assert!(daemon.stop().0.success());
+    files
+}
+
+/// Runs `hostkmsd [--pin-file F] TASK --config C`.
+fn offline(files: &DaemonFiles, pin_file: Option<&Path>, task: &str) -> std::process::Output {
+    let mut command = std::process::Command::new(crate::harness::HOSTKMSD);
+    if let Some(pin_file) = pin_file {
+        command.arg("--pin-file").arg(pin_file);
+    }
+    command
+        .arg(task)
+        .arg("--config")
+        .arg(&files.config)
+        .env("HOSTKMS_LOG", "info")
+        .env("HOSTKMS_LOG_TARGET", "stderr");
+    crate::harness::process::output_feeding(command, b"", "hostkmsd offline task")
+}
+
 /// Writes `pin` to a private file for `--pin-file`, with the trailing
 /// newline an editor adds.
 fn pin_file(dir: &Path, name: &str, pin: &[u8]) -> std::path::PathBuf {
@@ -625,9 +982,4 @@ fn pin_file(dir: &Path, name: &str, pin: &[u8]) -> std::path::PathBuf {
     fs::write(&path, bytes).expect("pin file");
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
     path
-}
-
-#[allow(dead_code)]
-fn _uses(_: &Path) {
-    let _ = (OTHER_PIN, pin_file);
 }
