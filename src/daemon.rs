@@ -105,7 +105,6 @@ fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Resul
     let _lock = StateDirLock::acquire(&state_dir)?;
     let opener = Arc::new(Opener::new(state_dir.clone(), Arc::clone(tpm), &config));
     let opened = opener.open_root(None)?;
-    crate::rootkey::remove_stray_copies(&state_dir);
     warn_missing_admin_groups(&config.access);
     log_disabled_grants(&config.access);
     let probe = Arc::new(WorkerProbe::new(Arc::clone(tpm), config.tpm.timeout));

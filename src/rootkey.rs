@@ -465,27 +465,6 @@ pub fn open(
     })
 }
 
-/// Removes the sealed copies of generations that neither `root.seal` nor
-/// `root-next.seal` names: what a crash leaves between writing a new
-/// generation and committing it, or between committing it and removing
-/// the old one (whose key a rotation retired). Only at start, under the
-/// state dir's lock and after [`open`], before anything can seal: a
-/// reseal or rotation writes its generation's files before it commits.
-pub fn remove_stray_copies(dir: &StateDir) {
-    let read = |name| match SealRecord::read(dir, name) {
-        Ok(record) => Ok(record),
-        Err(e) => {
-            tracing::warn!("not removing stray sealed copies: {e}");
-            Err(())
-        }
-    };
-    let (Ok(Some(current)), Ok(next)) = (read(RECORD), read(NEXT_RECORD)) else {
-        return;
-    };
-    let keep: Vec<&SealRecord> = std::iter::once(&current).chain(next.as_ref()).collect();
-    copies::remove_stray_files(dir, &keep);
-}
-
 /// As [`open`] for an offline command (`restore`, `accept-rollback`,
 /// `rotate-bundle`): an interrupted rotation is left for the daemon, and a
 /// locked outcome is an error that says to give the PIN.

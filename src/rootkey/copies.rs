@@ -266,49 +266,6 @@ fn classify(dir: &StateDir, files: &CopyFiles, source: TpmError) -> RootKeyError
     }
 }
 
-/// Whether `name` is a sealed copy's file: `root-G-auto|pin.pub|priv`.
-fn is_copy_file(name: &str) -> bool {
-    let Some((generation, copy)) = name
-        .strip_prefix("root-")
-        .and_then(|rest| rest.split_once('-'))
-    else {
-        return false;
-    };
-    !generation.is_empty()
-        && generation.bytes().all(|b| b.is_ascii_digit())
-        && matches!(copy, "auto.pub" | "auto.priv" | "pin.pub" | "pin.priv")
-}
-
-/// Removes the sealed copies in `dir` that none of `keep` names: those of
-/// a generation a crash left uncommitted, or superseded but not yet
-/// removed. A failure leaves garbage, never a problem, and is logged.
-pub(super) fn remove_stray_files(dir: &StateDir, keep: &[&SealRecord]) {
-    let entries = match std::fs::read_dir(dir.path()) {
-        Ok(entries) => entries,
-        Err(e) => {
-            tracing::warn!(state_dir = %dir.path().display(), "could not list the state dir for stray sealed copies: {e}");
-            return;
-        }
-    };
-    let kept: Vec<String> = keep.iter().flat_map(|record| record.files()).collect();
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !is_copy_file(&name) || kept.contains(&name) {
-            continue;
-        }
-        match dir.remove(&name) {
-            Ok(()) => tracing::info!(
-                file = %dir.file(&name).display(),
-                "removed a sealed copy of the root key that no sealing record names (left by an interrupted rotation or reseal)"
-            ),
-            Err(e) => tracing::warn!(
-                file = %dir.file(&name).display(),
-                "could not remove a sealed copy of the root key that no sealing record names: {e}"
-            ),
-        }
-    }
-}
-
 /// Removes the files of `record`'s generation (after a newer record is
 /// committed): a failure leaves garbage, never a problem, and is logged.
 pub(super) fn remove_files(dir: &StateDir, record: &SealRecord) {
@@ -318,30 +275,6 @@ pub(super) fn remove_files(dir: &StateDir, record: &SealRecord) {
                 file = %dir.file(&name).display(),
                 "could not remove a superseded sealed copy of the root key: {e}"
             );
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_copy_file;
-
-    #[test]
-    fn only_sealed_copies_count_as_copy_files() {
-        for name in ["root-1-auto.pub", "root-12-pin.priv", "root-3-auto.priv"] {
-            assert!(is_copy_file(name), "{name}");
-        }
-        for name in [
-            "root.seal",
-            "root-next.seal",
-            "root.pub",
-            "root-next.priv",
-            "root--auto.pub",
-            "root-x-auto.pub",
-            "root-1-auto.pub.tmp",
-            "keystore.db",
-        ] {
-            assert!(!is_copy_file(name), "{name}");
         }
     }
 }
