@@ -3,6 +3,10 @@
 # foreground, its socket at target/dev/hostkms.sock. Ctrl-C stops both.
 # The swtpm state persists in target/dev/tpm, so the root key (sealed in
 # target/dev/state) survives between runs, as on a real machine.
+# target/dev/config.extra.toml, when present, is appended to the config
+# (e.g. a [root_key] table). `kill $(cat target/dev/hostkmsd.pid)` stops
+# only hostkmsd, which is started again on the same swtpm (whose PCRs a
+# restart of swtpm would reset).
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -56,6 +60,9 @@ tcti = "swtpm:host=127.0.0.1,port=$port"
 # You are the admin of your development daemon (root always is).
 admin_groups = ["$(id -gn)"]
 CONFIG
+if [ -f "$dev/config.extra.toml" ]; then
+    { echo; echo "# From target/dev/config.extra.toml:"; cat "$dev/config.extra.toml"; } >>"$dev/config.toml"
+fi
 
 cat <<MSG
 swtpm is listening on 127.0.0.1:$port (state in target/dev/tpm).
@@ -67,10 +74,35 @@ hostkmsd is starting with target/dev/config.toml. In another terminal:
     echo -n 'my secret' | target/debug/hostkms wrap demo --context app=demo > demo.ct
     target/debug/hostkms unwrap --context app=demo --in demo.ct
 
-Ctrl-C stops hostkmsd and swtpm.
+Ctrl-C stops hostkmsd and swtpm; \`kill \$(cat target/dev/hostkmsd.pid)\`
+stops only hostkmsd, which then starts again on the same TPM.
 MSG
 
-# Not exec: the EXIT trap must still stop swtpm when hostkmsd ends.
-# stderr even on a host whose journald listens: you are watching this terminal.
-HOSTKMS_LOG_TARGET=stderr "$top/target/debug/hostkmsd" --config "$dev/config.toml" || status=$?
-exit "${status:-0}"
+# Not exec: the EXIT trap must still stop swtpm when hostkmsd ends. A
+# hostkmsd stopped by SIGTERM alone (exit 0, no Ctrl-C here) starts again.
+stopping=""
+# A background job of a script ignores SIGINT: Ctrl-C is passed on as SIGTERM.
+# shellcheck disable=SC2317
+on_interrupt() {
+    stopping=1
+    kill -TERM "$daemon_pid" 2>/dev/null || true
+}
+daemon_pid=""
+trap on_interrupt INT
+while :; do
+    # stderr even on a host whose journald listens: you are watching this terminal.
+    HOSTKMS_LOG_TARGET=stderr "$top/target/debug/hostkmsd" --config "$dev/config.toml" &
+    daemon_pid=$!
+    echo "$daemon_pid" >"$dev/hostkmsd.pid"
+    status=0
+    # A trapped Ctrl-C interrupts wait; wait again for hostkmsd itself.
+    while kill -0 "$daemon_pid" 2>/dev/null; do
+        wait "$daemon_pid" && status=0 || status=$?
+    done
+    rm -f "$dev/hostkmsd.pid"
+    if [ -n "$stopping" ] || [ "$status" -ne 0 ]; then
+        break
+    fi
+    echo "hostkmsd stopped; starting it again on the same TPM (Ctrl-C stops both)"
+done
+exit "$status"

@@ -632,6 +632,48 @@ check "the restarted hostkmsd still has app-e2e" in_ct hostkms describe app-e2e
 in_ct rm -f /run/systemd/system/hostkms.service.d/e2e-watchdog.conf
 in_ct systemctl daemon-reload
 
+# --- A root key sealed to a PIN: the daemon starts locked ---------------------------
+# A fresh state dir with [root_key] pin = true: the daemon is active but
+# locked (READY=1, STATUS says so), refuses key operations, and the first
+# `hostkms unlock` sets the PIN; after a restart it is locked again until
+# the PIN is given. The original state dir is put back afterwards.
+MSG_LOCKED=eb043bc953384ab2aff654d8d03e5ba9
+MSG_UNLOCK=dab12fd4462e41349a815e8d0b3a2d7c
+check "stop hostkms for the PIN checks" in_ct systemctl stop hostkms.service
+in_ct mv /var/lib/hostkms /var/lib/hostkms.e2e-saved
+in_ct sh -c 'cp /etc/hostkms/config.toml /root/e2e/config.saved && printf "\n[root_key]\npin = true\n" >>/etc/hostkms/config.toml'
+in_ct sh -c 'printf "e2e-pin-%s\n" "$1" >/root/e2e/pin' sh "$RANDOM$RANDOM"
+check "with pin = true, hostkms status starts the service" in_ct hostkms status
+expect_eq "a locked hostkmsd is active" active "$(in_ct systemctl is-active hostkms.service 2>&1 || true)"
+out=$(in_ct systemctl status --no-pager hostkms.service 2>&1 || true)
+if grep -q "Status: \"locked: run hostkms unlock" <<<"$out"; then pass "systemctl status shows the locked status line"
+else fail "systemctl status shows the locked status line" "$out"; fi
+out=$(in_ct hostkms create-key app-locked 2>&1) && rc=0 || rc=$?
+if [ "$rc" -ne 0 ] && grep -qi "locked" <<<"$out"; then pass "a locked daemon refuses create-key, naming the lock"
+else fail "a locked daemon refuses create-key, naming the lock" "exit $rc: $out"; fi
+check "the first hostkms unlock sets the PIN" in_ct hostkms unlock --pin-file /root/e2e/pin
+check "after unlock, create-key app-locked" in_ct hostkms create-key app-locked
+check "restart the PIN-sealed hostkmsd" in_ct systemctl restart hostkms.service
+out=$(in_ct systemctl show -p StatusText --value hostkms.service 2>&1 || true)
+if grep -q "^locked: run hostkms unlock" <<<"$out"; then pass "after a restart it is locked again: $out"
+else fail "after a restart it is locked again" "$out"; fi
+check "hostkms unlock with the PIN" in_ct hostkms unlock --pin-file /root/e2e/pin
+check "the unlocked daemon has app-locked" in_ct hostkms describe app-locked
+in_ct journalctl --sync 2>/dev/null || true
+need="MESSAGE_ID HOSTKMS_RESULT HOSTKMS_PEER_UID"
+journal_has "journal: the unlock attempt is audited" MESSAGE_ID="$MSG_UNLOCK" HOSTKMS_RESULT=unlocked
+need="MESSAGE_ID HOSTKMS_LOCK_REASON"
+journal_has "journal: the locked start is audited" MESSAGE_ID="$MSG_LOCKED"
+in_ct journalctl --no-pager -o export >"$run/journal-pin.export" 2>/dev/null || true
+pin=$(in_ct cat /root/e2e/pin)
+if grep -aqF -- "$pin" "$run/journal-pin.export"; then fail "the journal holds no PIN" "found the PIN"
+else pass "the journal holds no PIN"; fi
+check "stop hostkms to put the first state dir back" in_ct systemctl stop hostkms.service
+in_ct rm -rf /var/lib/hostkms
+in_ct mv /var/lib/hostkms.e2e-saved /var/lib/hostkms
+in_ct cp /root/e2e/config.saved /etc/hostkms/config.toml
+check "the first state dir serves again" in_ct hostkms describe app-e2e
+
 t=$(date +%s.%N)
 in_ct systemctl poweroff >/dev/null 2>&1 || true
 rc=""

@@ -176,6 +176,7 @@ fn run_with(config: Config, source: ConfigSource, tpm: &Arc<TpmWorker>) -> Resul
             source,
             service: Arc::clone(&service),
             limits: Arc::clone(&limits),
+            opener: Arc::clone(&opener),
         };
         watch_reloads(reloader, notifier)?;
         let watching = (Arc::clone(&service), Arc::clone(&opener));
@@ -620,6 +621,7 @@ struct Reloader {
     source: ConfigSource,
     service: Arc<Service>,
     limits: LiveLimits,
+    opener: Arc<Opener>,
 }
 
 impl Reloader {
@@ -640,6 +642,10 @@ impl Reloader {
             .reconfigure(loaded.access.policy, loaded.service, loaded.alerts);
         self.service.set_transfer_peers(loaded.transfer);
         self.service.set_key_defaults(loaded.keys);
+        // `[root_key]` seals nothing by itself: it is the mode a first
+        // unlock creates and `hostkms reseal` applies.
+        self.opener.set_mode(loaded.root_key.clone());
+        self.service.set_configured_sealing(loaded.root_key);
         audit::reloaded(&self.source.path, grants);
     }
 }

@@ -308,7 +308,7 @@ mod tests {
             .clock(Clock::movable(&clock_file))
             .build(&tmp.path().join("state"), Policy::default())
             .unwrap();
-        let store = service.store();
+        let store = service.store().expect("the test service is unlocked");
         store.create("aged").unwrap();
         let key = store.set_rotation_period("aged", Some(DAY)).unwrap();
         let stamped = key.latest().unwrap().created();

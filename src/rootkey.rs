@@ -343,7 +343,7 @@ pub enum RootKeyError {
     /// PCR-only mode, and the PCRs changed: nothing can open the root key
     /// until the boot state is back.
     #[error(
-        "cannot unseal the root key: it is bound to the boot state (PCRs {pcrs:?}) and no PIN copy exists, and the boot state changed since it was sealed: {changes}. The blobs are intact and hostkms changed nothing. Boot the boot chain it was sealed under (then run `hostkms reseal` after the update, while the daemon runs), or recover the keys from the custodians (README: Backup and recovery)",
+        "cannot unseal the root key: it is bound to the boot state (PCRs {pcrs:?}) and no PIN copy exists, and the boot state changed since it was sealed: {changes}. The blobs are intact and hostkms changed nothing. Boot the boot chain it was sealed under, and before the next update give the root key a PIN copy (`[root_key] pin = true`, `hostkms reseal`), so that an update only locks the daemon until `hostkms unlock --reseal`; or recover the keys from the custodians (README: Backup and recovery)",
         changes = changed.iter().map(PcrChange::describe).collect::<Vec<_>>().join("; ")
     )]
     PcrMismatch {
@@ -455,6 +455,7 @@ pub fn open(
     if let Some(next) = SealRecord::read(dir, NEXT_RECORD)? {
         return complete_rotation_v2(dir, tpm, timeout, record, next, store_check, pin);
     }
+    copies::remove_strays(dir, &record);
     Ok(match unseal_record(dir, tpm, timeout, &record, pin)? {
         Ok(key) => Opened::Unsealed {
             key,
@@ -1128,7 +1129,8 @@ mod tests {
             dir.write_private(name, b"x").unwrap();
         }
         let tpm = absent_tpm();
-        let error = load_or_create(&dir, &tpm, Duration::from_secs(1)).unwrap_err();
+        let mode = SealingMode::default();
+        let error = open_offline(&dir, &tpm, Duration::from_secs(1), &mode, None).unwrap_err();
         assert!(
             matches!(error, RootKeyError::RotationPending { .. }),
             "{error}"
@@ -1136,7 +1138,7 @@ mod tests {
         assert!(error.to_string().contains("start hostkmsd once"), "{error}");
         assert!(dir.contains(ROOT_NEXT_PRIV), "left for the daemon");
         // A new rotation waits for that start too, before any TPM work.
-        let error = seal_next(&dir, &tpm, Duration::from_secs(1)).unwrap_err();
+        let error = seal_next(&dir, &tpm, Duration::from_secs(1), None).unwrap_err();
         assert!(
             matches!(error, RootKeyError::RotationPending { .. }),
             "{error}"
@@ -1152,7 +1154,8 @@ mod tests {
             dir.write_private(name, b"x").unwrap();
         }
         let tpm = absent_tpm();
-        let error = load_or_complete(&dir, &tpm, Duration::from_secs(1), None).unwrap_err();
+        let mode = SealingMode::default();
+        let error = open(&dir, &tpm, Duration::from_secs(1), &mode, None, None).unwrap_err();
         let shown = error.to_string();
         assert!(
             matches!(error, RootKeyError::RotationUndecidable { .. }),

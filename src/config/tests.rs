@@ -505,3 +505,30 @@ fn the_keys_table_sets_the_default_rotation_period() {
         .to_string();
     assert!(err.contains("rotation_period"), "{err}");
 }
+
+#[test]
+fn root_key_pcrs_are_sorted_and_bad_ones_named() {
+    let config = parse("[root_key]\npcrs = [14, 7]\npin = true\n").unwrap();
+    assert_eq!(config.root_key.pcrs, vec![7, 14]);
+    assert!(config.root_key.pin);
+    assert_eq!(
+        parse("").unwrap().root_key,
+        crate::rootkey::SealingMode::default()
+    );
+    for (bad, says) in [
+        ("pcrs = [24]", "24 is not a PCR"),
+        ("pcrs = [-1]", "-1 is not a PCR"),
+        ("pcrs = [7, 7]", "PCR 7 is listed twice"),
+    ] {
+        let error = parse(&format!("[root_key]\n{bad}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("root_key.pcrs"), "{error}");
+        assert!(error.contains(says), "{error}");
+        assert!(error.contains("line 2"), "{error}");
+    }
+    let error = parse("[root_key]\npin = \"yes\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("pin"), "{error}");
+}

@@ -23,8 +23,8 @@ pub(super) struct Opener {
     state_dir: StateDir,
     tpm: Arc<TpmWorker>,
     settings: TpmConfig,
-    /// The mode a new root key is sealed in (`[root_key]`).
-    mode: SealingMode,
+    /// The mode a new root key is sealed in (`[root_key]`, reloaded).
+    mode: Mutex<SealingMode>,
     recovery: Option<RecoveryConfig>,
     /// The recovery writer, once the key store is open.
     writer: OnceLock<Option<Arc<RecoveryWriter>>>,
@@ -39,11 +39,23 @@ impl Opener {
             state_dir,
             tpm,
             settings: config.tpm.clone(),
-            mode: config.root_key.clone(),
+            mode: Mutex::new(config.root_key.clone()),
             recovery: config.recovery.clone(),
             writer: OnceLock::new(),
             opened: Mutex::new(false),
         }
+    }
+
+    /// Puts a reloaded `[root_key]` in force for a root key made from now on.
+    pub(super) fn set_mode(&self, mode: SealingMode) {
+        *self.mode.lock().unwrap_or_else(PoisonError::into_inner) = mode;
+    }
+
+    fn mode(&self) -> SealingMode {
+        self.mode
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The sealing record in force, if one can be read (for `Status`).
@@ -71,7 +83,7 @@ impl Opener {
             &self.state_dir,
             &self.tpm,
             self.settings.start_timeout,
-            &self.mode,
+            &self.mode(),
             store_check.as_deref(),
             pin,
         )?)
@@ -133,7 +145,7 @@ impl Unlocker for Opener {
                 )));
             }
         };
-        super::log_root_key(&self.state_dir, &key, origin, &record, &self.mode);
+        super::log_root_key(&self.state_dir, &key, origin, &record, &self.mode());
         let timeout = self.settings.start_timeout;
         let changed = if record.mode.pcrs.is_empty() {
             Vec::new()

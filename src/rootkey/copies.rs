@@ -266,6 +266,47 @@ fn classify(dir: &StateDir, files: &CopyFiles, source: TpmError) -> RootKeyError
     }
 }
 
+/// Removes sealed copies no record names: a generation whose reseal was
+/// interrupted before its commit, or one whose removal after the commit
+/// was. A stale PIN copy would still open with the PIN it was sealed to
+/// (one changed because it leaked), so none is left lying about.
+pub(super) fn remove_strays(dir: &StateDir, record: &SealRecord) {
+    let kept = record.files();
+    let Ok(entries) = std::fs::read_dir(dir.path()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if is_copy_file(&name) && !kept.contains(&name) {
+            match dir.remove(&name) {
+                Ok(()) => tracing::warn!(
+                    file = %dir.file(&name).display(),
+                    "removed a sealed copy of the root key that no record names (left by an interrupted reseal)"
+                ),
+                Err(e) => tracing::warn!(
+                    file = %dir.file(&name).display(),
+                    "could not remove a sealed copy of the root key that no record names: {e}"
+                ),
+            }
+        }
+    }
+}
+
+/// Whether `name` is a copy file: `root-G-auto.pub`, `root-G-pin.priv`...
+fn is_copy_file(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("root-") else {
+        return false;
+    };
+    let Some((generation, copy)) = rest.split_once('-') else {
+        return false;
+    };
+    !generation.is_empty()
+        && generation.bytes().all(|b| b.is_ascii_digit())
+        && matches!(copy, "auto.pub" | "auto.priv" | "pin.pub" | "pin.priv")
+}
+
 /// Removes the files of `record`'s generation (after a newer record is
 /// committed): a failure leaves garbage, never a problem, and is logged.
 pub(super) fn remove_files(dir: &StateDir, record: &SealRecord) {
@@ -275,6 +316,30 @@ pub(super) fn remove_files(dir: &StateDir, record: &SealRecord) {
                 file = %dir.file(&name).display(),
                 "could not remove a superseded sealed copy of the root key: {e}"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_copy_files_are_strays() {
+        for name in ["root-1-auto.pub", "root-12-pin.priv", "root-3-auto.priv"] {
+            assert!(is_copy_file(name), "{name}");
+        }
+        for name in [
+            "root.seal",
+            "root-next.seal",
+            "root.pub",
+            "root-next.priv",
+            "root--auto.pub",
+            "root-1-auto.pub.tmp",
+            "root-x-pin.pub",
+            "keystore.db",
+        ] {
+            assert!(!is_copy_file(name), "{name}");
         }
     }
 }

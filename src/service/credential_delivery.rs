@@ -61,6 +61,14 @@ impl Service {
         credential::check_unit(unit)
             .and_then(|()| credential::check_credential(id))
             .map_err(|problem| CredentialRefusal::new("bad-address", problem))?;
+        if self.store().is_none() {
+            // A locked daemon fails the unit at once rather than let it
+            // wait: systemd does not retry a credential.
+            return Err(CredentialRefusal::new(
+                "locked",
+                self.locked_refusal().message,
+            ));
+        }
         let max_len = self.limits.load().max_plaintext + OVERHEAD;
         let path = directory.to_path_buf();
         let (unit_owned, id_owned) = (unit.to_string(), id.to_string());

@@ -102,6 +102,7 @@ async fn unwrap(service: &Service, ciphertext: Ciphertext) -> Unwrapped {
 fn encryptions(service: &Service, key: &str, version: u32) -> u64 {
     service
         .store()
+        .expect("the test service is unlocked")
         .keys()
         .by_name(key)
         .unwrap()
@@ -114,7 +115,11 @@ fn encryptions(service: &Service, key: &str, version: u32) -> u64 {
 async fn a_version_at_its_limit_is_replaced_by_a_new_one() {
     let fixture = Fixture::new(3);
     let service = fixture.service();
-    service.store().create("k").unwrap();
+    service
+        .store()
+        .expect("the test service is unlocked")
+        .create("k")
+        .unwrap();
 
     let (first, old) = wrapped(&service, "k", b"one").await;
     assert_eq!(first, 1);
@@ -126,7 +131,10 @@ async fn a_version_at_its_limit_is_replaced_by_a_new_one() {
 
     let (next, _) = wrapped(&service, "k", b"four").await;
     assert_eq!(next, 2);
-    let keys = service.store().keys();
+    let keys = service
+        .store()
+        .expect("the test service is unlocked")
+        .keys();
     let key = keys.by_name("k").unwrap();
     assert_eq!(key.latest_version(), 2);
     assert_eq!(key.version(1).unwrap().encryptions(), 3);
@@ -141,7 +149,11 @@ async fn a_version_at_its_limit_is_replaced_by_a_new_one() {
 async fn a_version_at_its_limit_without_tpm_randomness_refuses_instead_of_overrunning() {
     let fixture = Fixture::new(2);
     let service = fixture.service();
-    service.store().create("k").unwrap();
+    service
+        .store()
+        .expect("the test service is unlocked")
+        .create("k")
+        .unwrap();
     wrapped(&service, "k", b"a").await;
     wrapped(&service, "k", b"b").await;
 
@@ -154,6 +166,7 @@ async fn a_version_at_its_limit_without_tpm_randomness_refuses_instead_of_overru
     assert_eq!(
         service
             .store()
+            .expect("the test service is unlocked")
             .keys()
             .by_name("k")
             .unwrap()
@@ -169,7 +182,11 @@ async fn a_version_at_its_limit_without_tpm_randomness_refuses_instead_of_overru
 async fn the_count_is_reserved_on_disk_before_the_ciphertext_leaves() {
     let fixture = Fixture::new(10);
     let service = fixture.service();
-    service.store().create("k").unwrap();
+    service
+        .store()
+        .expect("the test service is unlocked")
+        .create("k")
+        .unwrap();
     wrapped(&service, "k", b"x").await;
     // A crash now (no clean shutdown): the reopened store counts the whole
     // reservation, an upper bound, so the version is over its limit ...
@@ -184,10 +201,18 @@ async fn the_count_is_reserved_on_disk_before_the_ciphertext_leaves() {
 async fn a_clean_shutdown_keeps_the_exact_count() {
     let fixture = Fixture::new(10);
     let service = fixture.service();
-    service.store().create("k").unwrap();
+    service
+        .store()
+        .expect("the test service is unlocked")
+        .create("k")
+        .unwrap();
     wrapped(&service, "k", b"x").await;
     wrapped(&service, "k", b"y").await;
-    service.store().persist_counts().unwrap();
+    service
+        .store()
+        .expect("the test service is unlocked")
+        .persist_counts()
+        .unwrap();
     drop(service);
     let service = fixture.service();
     assert_eq!(encryptions(&service, "k", 1), 2);
@@ -210,7 +235,11 @@ async fn the_limit_alert_is_raised_once_per_version() {
     let service = builder
         .build(&tmp.path().join("state"), Policy::default())
         .unwrap();
-    service.store().create("k").unwrap();
+    service
+        .store()
+        .expect("the test service is unlocked")
+        .create("k")
+        .unwrap();
     let alerts = |service: &Service| service.monitor().counters()["alerts.encryption-limit"];
 
     wrapped(&service, "k", b"1").await;

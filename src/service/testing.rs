@@ -144,10 +144,21 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("state");
         let service = service_in(&dir, Policy::default()).unwrap();
-        service.store().create("app.db").unwrap();
+        service
+            .store()
+            .expect("the test service is unlocked")
+            .create("app.db")
+            .unwrap();
         drop(service);
         let again = service_in(&dir, Policy::default()).unwrap();
-        assert!(again.store().keys().by_name("app.db").is_some());
+        assert!(
+            again
+                .store()
+                .expect("the test service is unlocked")
+                .keys()
+                .by_name("app.db")
+                .is_some()
+        );
     }
 
     #[test]
@@ -172,11 +183,18 @@ mod tests {
         let service = builder.build(&dir, Policy::default()).unwrap();
         builder.entropy().set_unavailable(true);
         assert!(matches!(
-            service.store().create("k"),
+            service
+                .store()
+                .expect("the test service is unlocked")
+                .create("k"),
             Err(StoreError::Tpm(_))
         ));
         builder.entropy().set_unavailable(false);
-        service.store().create("k").unwrap();
+        service
+            .store()
+            .expect("the test service is unlocked")
+            .create("k")
+            .unwrap();
         assert_eq!(builder.entropy().taken(), 1);
     }
 }

@@ -136,6 +136,15 @@ impl Service {
         self
     }
 
+    /// Puts a reloaded `[root_key]` in force: what `Reseal` applies.
+    pub fn set_configured_sealing(&self, configured: SealingMode) {
+        let state = self.sealing.load_full();
+        self.sealing.store(Arc::new(SealingState {
+            configured,
+            ..(*state).clone()
+        }));
+    }
+
     /// How the root key is sealed and why the daemon is locked, if it is.
     pub fn sealing(&self) -> Arc<SealingState> {
         self.sealing.load_full()

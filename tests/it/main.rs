@@ -20,6 +20,7 @@ mod age_files;
 mod audit_flood;
 mod batch;
 mod bench_cleanup;
+mod break_glass_modes;
 mod canonical_context;
 mod cli;
 mod cli_errors;

@@ -150,6 +150,11 @@ fn the_values_shown_in_the_packaged_config_are_the_defaults() {
             format!("{:?}", defaults.keys),
         ),
         (
+            "root_key",
+            format!("{:?}", shown.root_key),
+            format!("{:?}", defaults.root_key),
+        ),
+        (
             "admin_groups (the admins it resolves to)",
             format!("{:?}", shown.access.policy),
             format!("{:?}", defaults.access.policy),
@@ -181,6 +186,7 @@ fn the_packaged_config_documents_every_field() {
             "recovery" => PACKAGED.contains("\n#[recovery]\n"),
             "keys" => PACKAGED.contains("\n#[keys]\n"),
             "credentials" => PACKAGED.contains("\n#[credentials]\n"),
+            "root_key" => PACKAGED.contains("\n#[root_key]\n"),
             _ => PACKAGED.contains(&format!("\n#{field} = ")),
         };
         assert!(
@@ -198,6 +204,16 @@ fn the_packaged_config_documents_every_field() {
         assert!(
             PACKAGED.contains(&format!("\n#{field} = ")),
             "packaging/config.toml does not show the field `keys.{field}`"
+        );
+    }
+    let root_key = PACKAGED
+        .split_once("\n#[root_key]\n")
+        .expect("the packaged config shows [root_key]")
+        .1;
+    for field in known_fields("[root_key]\n") {
+        assert!(
+            root_key.contains(&format!("\n#{field} = ")),
+            "packaging/config.toml does not show the field `root_key.{field}`"
         );
     }
     let credentials = PACKAGED
