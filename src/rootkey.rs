@@ -455,8 +455,14 @@ pub fn open(
     if let Some(next) = SealRecord::read(dir, NEXT_RECORD)? {
         return complete_rotation_v2(dir, tpm, timeout, record, next, store_check, pin);
     }
-    copies::remove_strays(dir, &record);
-    Ok(match unseal_record(dir, tpm, timeout, &record, pin)? {
+    let unsealed = unseal_record(dir, tpm, timeout, &record, pin)?;
+    // Only once the record's own copies are there (they opened, or wait
+    // for a person): a record naming missing copies must not cost the
+    // copies that do exist, which may be the only ones left.
+    if record.files().iter().all(|name| dir.contains(name)) {
+        copies::remove_strays(dir, &record);
+    }
+    Ok(match unsealed {
         Ok(key) => Opened::Unsealed {
             key,
             origin: Origin::Unsealed,
