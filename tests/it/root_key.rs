@@ -8,10 +8,9 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
 use crate::harness::{
-    Daemon, DaemonConfig, DaemonFiles, Harness, RecordingRelay, Swtpm, root_key_file_names,
-    root_key_files, seal_record,
+    Daemon, DaemonConfig, DaemonFiles, Harness, RecordingRelay, Swtpm, break_glass_unseal,
+    root_key_file_names, root_key_files, seal_record,
 };
-use crate::sealing_modes::tools::break_glass_unseal;
 use hostkms::rootkey::check_value;
 
 /// The files a plain-mode state dir's first generation seals the root key in.
@@ -356,7 +355,8 @@ fn the_root_key_never_crosses_the_tpm_interface_in_clear() {
 
 #[test]
 fn a_tpm_in_dictionary_attack_lockout_no_longer_stops_a_plain_mode_daemon() {
-    use crate::sealing_modes::tools::{da_setup, da_state, lock_out};
+    use crate::harness::tpm2_tools::da_setup;
+    use crate::sealing_modes::tools::{in_lockout, lock_out};
     let tpm_state = crate::harness::private_tempdir();
     let tpm = Swtpm::start_in(tpm_state.path());
     // One strike. Before, any unclean shutdown of the TPM after the daemon
@@ -368,10 +368,10 @@ fn a_tpm_in_dictionary_attack_lockout_no_longer_stops_a_plain_mode_daemon() {
     tpm.crash();
     let tpm = Swtpm::resume_in(tpm_state.path());
     files.write_config(&tpm.tcti(), &DaemonConfig::new());
-    let state = da_state(tpm.port);
-    assert!(
-        !state.in_lockout && state.counter == 0,
-        "nothing the daemon uses counts towards lockout: {state:?}"
+    assert_eq!(
+        in_lockout(tpm.port),
+        (false, 0),
+        "nothing the daemon uses counts towards lockout"
     );
     let daemon = Daemon::start(&files).expect("start");
     let check = root_key_check(&daemon);
@@ -389,7 +389,7 @@ fn a_tpm_in_dictionary_attack_lockout_no_longer_stops_a_plain_mode_daemon() {
     let work = files.root.path().join("lockout");
     fs::create_dir(&work).unwrap();
     lock_out(tpm.port, &work);
-    assert!(da_state(tpm.port).in_lockout, "the TPM is in lockout");
+    assert!(in_lockout(tpm.port).0, "the TPM is in lockout");
 
     let daemon = Daemon::start(&files).expect("a TPM in lockout unseals the noDA copies");
     assert_eq!(root_key_check(&daemon), check);
@@ -418,5 +418,5 @@ fn a_tpm_in_dictionary_attack_lockout_no_longer_stops_a_plain_mode_daemon() {
     let fresh = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
     let daemon = Daemon::start(&fresh).expect("a first start in lockout");
     assert_ne!(root_key_check(&daemon), check);
-    assert!(da_state(tpm.port).in_lockout, "still in lockout throughout");
+    assert!(in_lockout(tpm.port).0, "still in lockout throughout");
 }

@@ -11,13 +11,15 @@ use std::path::Path;
 use agent_proto::{EncryptionContext, ErrorCode};
 use hostkms::rootkey::check_value;
 
+use crate::harness::break_glass_unseal;
+use crate::harness::tpm2_tools::{da_setup, hex, pcr_extend};
 use crate::harness::{
     Daemon, DaemonConfig, DaemonFiles, RecordingRelay, Swtpm, cli, contains, root_key_file_names,
     root_key_files, seal_record, stderr, text,
 };
 use tools::{
-    break_glass_unseal, da_setup, da_state, hex, legacy_state_dir, lock_out, noda_primary,
-    pcr_extend, pcr_read, pcr_reset, seal_state_dir, unseal_copy,
+    in_lockout, legacy_state_dir, lock_out, noda_primary, pcr_reset, pcr_value as pcr_read,
+    seal_state_dir, unseal_copy,
 };
 
 /// The code a locked daemon refuses key operations with. `TpmUnavailable`
@@ -49,22 +51,17 @@ fn root_key_check(daemon: &Daemon) -> String {
 /// break-glass recipes of the new layout, the layout before it, PCRs and
 /// the dictionary-attack state.
 ///
-/// Private copies of helpers that `harness::tpm2_tools` gains in p14-docs
-/// (`break_glass_unseal` for the new layout, `pcr_extend`, `da_setup`,
-/// `da_state`): once that is merged, these can go in favour of those.
+/// What `harness::tpm2_tools` does not have: the legacy layout, a TPM put
+/// in lockout, a copy unsealed with a plain password.
 pub(crate) mod tools {
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
     use std::path::Path;
     use std::process::{Command, Output, Stdio};
 
-    use crate::harness::seal_record;
-    use crate::harness::tpm2_tools::tpm2;
-
-    /// The daemon's transient storage primary: the tpm2-tools template
-    /// with `noda`.
-    pub const NODA_ATTRIBUTES: &str =
-        "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt";
+    use crate::harness::tpm2_tools::{
+        NODA_PRIMARY_ATTRIBUTES, Sealing, seal_like_the_daemon, tpm2,
+    };
 
     fn p(path: &Path) -> String {
         path.display().to_string()
@@ -84,11 +81,6 @@ pub(crate) mod tools {
             .unwrap_or_else(|e| panic!("{tool} must be installed: {e}"))
     }
 
-    /// Lower-case hex.
-    pub fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
     /// `work/noda-primary.ctx`: the noDA storage primary re-created.
     pub fn noda_primary(port: u16, work: &Path) -> String {
         let ctx = work.join("noda-primary.ctx");
@@ -104,7 +96,7 @@ pub(crate) mod tools {
                 "-G",
                 "ecc256:aes128cfb",
                 "-a",
-                NODA_ATTRIBUTES,
+                NODA_PRIMARY_ATTRIBUTES,
                 "-c",
                 &p(&ctx),
             ],
@@ -137,8 +129,9 @@ pub(crate) mod tools {
     }
 
     /// Loads `state_dir/name.pub` + `.priv` under `parent` and unseals it
-    /// with `auth` (tpm2_unseal's `-p`: a password, or `pcr:sha256:16`).
-    /// Returns tpm2-tools' error output when a step fails.
+    /// with `auth` as tpm2_unseal's `-p` (a plain password, which crosses
+    /// the TPM interface in clear, or `pcr:sha256:16`). Returns
+    /// tpm2-tools' error output when a step fails.
     pub fn unseal_copy(
         port: u16,
         parent: &str,
@@ -183,34 +176,6 @@ pub(crate) mod tools {
         }
     }
 
-    /// Break-glass for the auto copy `root.seal` names: the noDA primary,
-    /// `tpm2_load`, `tpm2_unseal` (with `-p pcr:sha256:...` when bound).
-    pub fn break_glass_unseal(port: u16, state_dir: &Path, work: &Path) -> Vec<u8> {
-        let record = seal_record(state_dir, "root.seal");
-        let generation = record["generation"].as_u64().expect("generation");
-        let pcrs: Vec<String> = record["pcrs"]
-            .as_array()
-            .expect("pcrs")
-            .iter()
-            .map(|pcr| pcr.to_string())
-            .collect();
-        let auth = (!pcrs.is_empty()).then(|| format!("pcr:sha256:{}", pcrs.join(",")));
-        let parent = if record["primary"] == "persistent-srk" {
-            "0x81000001".to_string()
-        } else {
-            noda_primary(port, work)
-        };
-        unseal_copy(
-            port,
-            &parent,
-            state_dir,
-            &format!("root-{generation}-auto"),
-            auth.as_deref(),
-            work,
-        )
-        .unwrap_or_else(|e| panic!("break-glass unseal of the auto copy: {e}"))
-    }
-
     /// A state dir in the layout before sealing modes, as tpm2-tools make
     /// it: `secret` sealed under the legacy primary as `root.pub` and
     /// `root.priv` (mode 0600, in a 0700 directory).
@@ -243,10 +208,10 @@ pub(crate) mod tools {
         }
     }
 
-    /// Seals `secret` in the daemon's layout as tpm2-tools can: the copies
-    /// of generation `generation` for `pcrs` and `pin` under the noDA
-    /// primary, and `root.seal` naming them (what `hostkms reseal` makes).
-    /// Removes the copies of other generations.
+    /// Seals `secret` in the daemon's layout as generation `generation`
+    /// for `pcrs` and `pin` (`seal_like_the_daemon`: what `hostkms reseal`
+    /// makes), with the daemon's file modes, and removes the copies of
+    /// other generations.
     pub fn seal_state_dir(
         port: u16,
         state_dir: &Path,
@@ -256,118 +221,14 @@ pub(crate) mod tools {
         pin: Option<&[u8]>,
         work: &Path,
     ) {
-        let primary = noda_primary(port, work);
-        let input = work.join("secret.bin");
-        fs::write(&input, secret).expect("secret");
-        let copy = |kind: &str| {
-            (
-                p(&state_dir.join(format!("root-{generation}-{kind}.pub"))),
-                p(&state_dir.join(format!("root-{generation}-{kind}.priv"))),
-            )
+        let pin = pin.map(|pin| std::str::from_utf8(pin).expect("a UTF-8 PIN"));
+        let sealing = Sealing {
+            pcrs,
+            pin,
+            persistent_srk: false,
+            generation,
         };
-        let mut written = Vec::new();
-        if pin.is_none() || !pcrs.is_empty() {
-            let (public, private) = copy("auto");
-            if pcrs.is_empty() {
-                tpm2(
-                    port,
-                    "tpm2_create",
-                    &[
-                        "-Q",
-                        "-C",
-                        &primary,
-                        "-a",
-                        "fixedtpm|fixedparent|userwithauth|noda",
-                        "-i",
-                        &p(&input),
-                        "-u",
-                        &public,
-                        "-r",
-                        &private,
-                    ],
-                );
-            } else {
-                let policy = work.join("pcr.policy");
-                let selection: Vec<String> = pcrs.iter().map(u8::to_string).collect();
-                tpm2(
-                    port,
-                    "tpm2_createpolicy",
-                    &[
-                        "-Q",
-                        "--policy-pcr",
-                        "-l",
-                        &format!("sha256:{}", selection.join(",")),
-                        "-L",
-                        &p(&policy),
-                    ],
-                );
-                tpm2(
-                    port,
-                    "tpm2_create",
-                    &[
-                        "-Q",
-                        "-C",
-                        &primary,
-                        "-L",
-                        &p(&policy),
-                        "-a",
-                        "fixedtpm|fixedparent|noda",
-                        "-i",
-                        &p(&input),
-                        "-u",
-                        &public,
-                        "-r",
-                        &private,
-                    ],
-                );
-            }
-            tpm2(port, "tpm2_flushcontext", &["-t"]);
-            written.extend([public, private]);
-        }
-        if let Some(pin) = pin {
-            let (public, private) = copy("pin");
-            let pin = std::str::from_utf8(pin).expect("a UTF-8 PIN");
-            tpm2(
-                port,
-                "tpm2_create",
-                &[
-                    "-Q",
-                    "-C",
-                    &primary,
-                    "-p",
-                    pin,
-                    "-a",
-                    "fixedtpm|fixedparent|userwithauth",
-                    "-i",
-                    &p(&input),
-                    "-u",
-                    &public,
-                    "-r",
-                    &private,
-                ],
-            );
-            tpm2(port, "tpm2_flushcontext", &["-t"]);
-            written.extend([public, private]);
-        }
-        fs::remove_file(&input).expect("rm secret");
-        for path in &written {
-            fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod");
-        }
-        let values: Vec<serde_json::Value> = pcrs
-            .iter()
-            .map(|&pcr| serde_json::json!({"pcr": pcr, "sha256": hex(&pcr_read(port, pcr))}))
-            .collect();
-        let record = serde_json::json!({
-            "format": 1,
-            "generation": generation,
-            "primary": "transient-noda",
-            "pcrs": pcrs,
-            "pcr_values": values,
-            "pin": pin.is_some(),
-        });
-        let path = state_dir.join("root.seal");
-        fs::write(&path, format!("{record:#}\n")).expect("root.seal");
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
+        seal_like_the_daemon(port, state_dir, work, secret, &sealing);
         for entry in fs::read_dir(state_dir).expect("state dir") {
             let path = entry.expect("entry").path();
             let name = path
@@ -375,37 +236,21 @@ pub(crate) mod tools {
                 .expect("name")
                 .to_string_lossy()
                 .into_owned();
-            if name.starts_with("root-")
-                && !name.starts_with(&format!("root-{generation}-"))
-                && name != "root-next.seal"
-            {
+            if !name.starts_with("root") {
+                continue;
+            }
+            if name.starts_with("root-") && !name.starts_with(&format!("root-{generation}-")) {
                 fs::remove_file(&path).expect("rm an older copy");
+            } else {
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
             }
         }
     }
 
     /// The sha256 value of `pcr`.
-    pub fn pcr_read(port: u16, pcr: u8) -> [u8; 32] {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let out = dir.path().join("pcr.bin");
-        tpm2(
-            port,
-            "tpm2_pcrread",
-            &[&format!("sha256:{pcr}"), "-o", &p(&out)],
-        );
-        fs::read(&out)
-            .expect("pcr value")
-            .try_into()
-            .expect("32 bytes")
-    }
-
-    /// `tpm2_pcrextend pcr:sha256=digest`.
-    pub fn pcr_extend(port: u16, pcr: u8, digest: &[u8; 32]) {
-        tpm2(
-            port,
-            "tpm2_pcrextend",
-            &[&format!("{pcr}:sha256={}", hex(digest))],
-        );
+    pub fn pcr_value(port: u16, pcr: u8) -> [u8; 32] {
+        let work = tempfile::tempdir().expect("tempdir");
+        crate::harness::tpm2_tools::pcr_read(port, pcr, work.path())
     }
 
     /// `tpm2_pcrreset pcr` (a debug PCR: 16 or 23).
@@ -413,52 +258,10 @@ pub(crate) mod tools {
         tpm2(port, "tpm2_pcrreset", &[&pcr.to_string()]);
     }
 
-    /// Sets the dictionary-attack parameters: lockout after `max_tries`
-    /// failures, one forgiven every `recovery_secs`.
-    pub fn da_setup(port: u16, max_tries: u32, recovery_secs: u32) {
-        tpm2(
-            port,
-            "tpm2_dictionarylockout",
-            &[
-                "--setup-parameters",
-                &format!("--max-tries={max_tries}"),
-                &format!("--recovery-time={recovery_secs}"),
-                "--lockout-recovery-time=1000",
-            ],
-        );
-    }
-
-    /// The TPM's dictionary-attack state.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub struct DaState {
-        /// TPMA_PERMANENT inLockout.
-        pub in_lockout: bool,
-        /// TPM_PT_LOCKOUT_COUNTER.
-        pub counter: u32,
-        /// TPM_PT_MAX_AUTH_FAIL.
-        pub max_tries: u32,
-    }
-
-    /// Reads [`DaState`] with `tpm2_getcap properties-variable`.
-    pub fn da_state(port: u16) -> DaState {
-        let out = String::from_utf8_lossy(&tpm2(port, "tpm2_getcap", &["properties-variable"]))
-            .into_owned();
-        let value = |key: &str| -> u32 {
-            let line = out
-                .lines()
-                .find(|line| line.trim_start().starts_with(key))
-                .unwrap_or_else(|| panic!("no {key} in {out}"));
-            let value = line.split(':').nth(1).expect("value").trim();
-            match value.strip_prefix("0x") {
-                Some(hex) => u32::from_str_radix(hex, 16).expect("hex"),
-                None => value.parse().expect("number"),
-            }
-        };
-        DaState {
-            in_lockout: value("inLockout:") != 0,
-            counter: value("TPM2_PT_LOCKOUT_COUNTER:"),
-            max_tries: value("TPM2_PT_MAX_AUTH_FAIL:"),
-        }
+    /// Whether the TPM is in dictionary-attack lockout, and its counter.
+    pub fn in_lockout(port: u16) -> (bool, u32) {
+        let (counter, max, _) = crate::harness::tpm2_tools::da_state(port);
+        (counter >= max, counter)
     }
 
     /// Puts the TPM in lockout once `max_tries` is 1: one wrong password
@@ -500,6 +303,11 @@ fn a_state_dir_of_the_layout_before_sealing_modes_is_migrated_at_start() {
     fs::create_dir(&work).unwrap();
     let secret = chosen_secret();
     legacy_state_dir(tpm.port, &files.state_dir, &secret, &work);
+    assert_eq!(
+        crate::harness::tpm2_tools::break_glass_unseal_legacy(tpm.port, &files.state_dir, &work),
+        secret,
+        "the old recipe opens the old layout"
+    );
 
     let daemon = Daemon::start(&files).expect("a start on the old layout");
     assert_eq!(
@@ -918,7 +726,7 @@ fn pin_only_mode_starts_locked_and_offline_tasks_need_the_pin_file() {
         "says to give the PIN: {}",
         stderr(&without)
     );
-    let before = da_state(tpm.port).counter;
+    let before = in_lockout(tpm.port).1;
     let refused = offline(files, Some(&wrong), "accept-rollback");
     assert!(!refused.status.success(), "{}", stderr(&refused));
     assert!(
@@ -926,7 +734,7 @@ fn pin_only_mode_starts_locked_and_offline_tasks_need_the_pin_file() {
         "a wrong PIN reports the tries left: {}",
         stderr(&refused)
     );
-    assert_eq!(da_state(tpm.port).counter, before + 1, "the TPM counted it");
+    assert_eq!(in_lockout(tpm.port).1, before + 1, "the TPM counted it");
     let accepted = offline(files, Some(&right), "accept-rollback");
     assert!(accepted.status.success(), "{}", stderr(&accepted));
     for output in [&without, &refused, &accepted] {
@@ -1204,7 +1012,7 @@ fn wrong_pins_report_the_tries_left_then_lockout_which_spares_the_pcr_copy() {
         refused.contains("1000 s"),
         "the upper bound on the wait: {refused}"
     );
-    assert!(da_state(tpm.port).in_lockout);
+    assert!(in_lockout(tpm.port).0);
     // In lockout the TPM refuses the right PIN too.
     let refused = unlock_refused(&daemon.socket, &right);
     assert!(refused.contains("lockout"), "{refused}");
@@ -1219,7 +1027,7 @@ fn wrong_pins_report_the_tries_left_then_lockout_which_spares_the_pcr_copy() {
     pcr_reset(tpm.port, PCR);
     let daemon = Daemon::start(&files).expect("the PCR copy unseals in lockout");
     assert_eq!(root_key_check(&daemon), check);
-    assert!(da_state(tpm.port).in_lockout, "still in lockout");
+    assert!(in_lockout(tpm.port).0, "still in lockout");
 }
 
 #[test]

@@ -39,9 +39,6 @@ pub use journal::{ensure_journald, field, journal_export_of, journal_of_stopped,
 pub use process::{helper_test, ok, stderr, text, wait_with_timeout};
 pub use relay::RecordingRelay;
 pub use swtpm::Swtpm;
-// The root key's tests use `sealing_modes::tools::break_glass_unseal` until
-// this one reads the sealing-record layout (p14-docs).
-#[allow(unused_imports)]
 pub use tpm2_tools::break_glass_unseal;
 
 /// A fresh swtpm, daemon files and a daemon serving them: what most tests
