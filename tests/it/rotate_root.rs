@@ -659,6 +659,152 @@ fn a_start_completes_or_discards_the_rotation_a_crash_left_at_each_step() {
 }
 
 #[test]
+fn a_rotation_interrupted_before_sealing_modes_is_resolved_then_migrated() {
+    // The layout before root.seal: root.pub/root.priv and root-next.* under
+    // the tpm2-tools primary without noDA. A start resolves the rotation by
+    // those rules (the store decides), then migrates the key in force.
+    use crate::harness::break_glass_unseal;
+    use crate::sealing_modes::tools::{legacy_seal, legacy_state_dir};
+    let tpm_home = crate::harness::private_tempdir();
+    let tpm_dir = tpm_home.path().join("tpm");
+    fs::create_dir_all(&tpm_dir).expect("tpm dir");
+    let mut tpm = Swtpm::start_in(&tpm_dir);
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
+    let work = files.root.path().join("work");
+    fs::create_dir_all(&work).expect("work");
+    let old_key: Vec<u8> = (0u8..32).map(|i| i ^ 0xa5).collect();
+    legacy_state_dir(tpm.port, &files.state_dir, &old_key, &work);
+
+    // The key store under the old key (a migrated start), then under a new
+    // one (a rotation), each with the TPM as it was.
+    let snapshots = files.root.path().join("snapshots");
+    let (old, new) = (snapshots.join("old"), snapshots.join("new"));
+    let keep = |tpm: Swtpm, to: &Path| -> Swtpm {
+        drop(tpm);
+        fs::create_dir_all(to.join("tpm")).expect("snapshot");
+        fs::copy(files.state_file("keystore.db"), to.join("keystore.db")).expect("copy");
+        for entry in fs::read_dir(&tpm_dir).expect("tpm dir") {
+            let path = entry.expect("entry").path();
+            fs::copy(&path, to.join("tpm").join(path.file_name().expect("name"))).expect("copy");
+        }
+        let tpm = Swtpm::start_in(&tpm_dir);
+        files.write_config(&tpm.tcti(), &DaemonConfig::new());
+        tpm
+    };
+    let daemon = Daemon::start(&files).expect("migrating start");
+    let sealed = populate(&daemon);
+    let old_check = status_check(&daemon);
+    assert_eq!(old_check, hostkms::rootkey::check_value(&old_key));
+    assert!(daemon.stop().0.success());
+    tpm = keep(tpm, &old);
+    let daemon = Daemon::start(&files).expect("start");
+    let new_check = daemon.client().rotate_root().expect("rotate").new_check;
+    assert!(daemon.stop().0.success());
+    let new_key = break_glass_unseal(tpm.port, &files.state_dir, &work);
+    tpm = keep(tpm, &new);
+
+    let legacy = work.join("legacy");
+    fs::create_dir_all(&legacy).expect("legacy");
+    for (name, key) in [("old", &old_key), ("new", &new_key)] {
+        legacy_seal(
+            tpm.port,
+            key,
+            &legacy.join(format!("{name}.pub")),
+            &legacy.join(format!("{name}.priv")),
+            &work,
+        );
+    }
+    // (state-dir name, sealed blob) per crash point of the old rotation.
+    let crashes: [(&str, &[(&str, &str)], &str, bool); 4] = [
+        (
+            "after writing root-next.priv",
+            &[
+                ("root.pub", "old.pub"),
+                ("root.priv", "old.priv"),
+                ("root-next.priv", "new.priv"),
+            ],
+            "old",
+            false,
+        ),
+        (
+            "after writing both next blobs",
+            &[
+                ("root.pub", "old.pub"),
+                ("root.priv", "old.priv"),
+                ("root-next.pub", "new.pub"),
+                ("root-next.priv", "new.priv"),
+            ],
+            "old",
+            false,
+        ),
+        (
+            "after the transaction committed",
+            &[
+                ("root.pub", "old.pub"),
+                ("root.priv", "old.priv"),
+                ("root-next.pub", "new.pub"),
+                ("root-next.priv", "new.priv"),
+            ],
+            "new",
+            true,
+        ),
+        (
+            "after renaming root-next.priv",
+            &[
+                ("root.pub", "old.pub"),
+                ("root.priv", "new.priv"),
+                ("root-next.pub", "new.pub"),
+            ],
+            "new",
+            true,
+        ),
+    ];
+    for (what, blobs, store, new_wins) in crashes {
+        for name in root_key_file_names(&files.state_dir) {
+            fs::remove_file(files.state_file(&name)).expect("rm");
+        }
+        for (as_name, from) in blobs {
+            place(&files, &legacy, from, as_name);
+        }
+        let snapshot = if store == "old" { &old } else { &new };
+        place(&files, snapshot, "keystore.db", "keystore.db");
+        drop(tpm);
+        for entry in fs::read_dir(&tpm_dir).expect("tpm dir") {
+            fs::remove_file(entry.expect("entry").path()).expect("rm");
+        }
+        for entry in fs::read_dir(snapshot.join("tpm")).expect("tpm snapshot") {
+            let path = entry.expect("entry").path();
+            fs::copy(&path, tpm_dir.join(path.file_name().expect("name"))).expect("copy");
+        }
+        tpm = Swtpm::start_in(&tpm_dir);
+        files.write_config(&tpm.tcti(), &DaemonConfig::new());
+
+        let daemon =
+            Daemon::start(&files).unwrap_or_else(|e| panic!("{what}: the start was refused: {e}"));
+        let expected = if new_wins { &new_check } else { &old_check };
+        assert_eq!(&status_check(&daemon), expected, "{what}");
+        assert_consistent(&daemon, &files, &sealed, what);
+        let (exit, log) = daemon.stop();
+        assert!(exit.success(), "{what}: {log}");
+        let said = if new_wins {
+            "interrupted after the key store committed"
+        } else {
+            "interrupted before the key store committed"
+        };
+        assert!(log.contains(said), "{what}: {log}");
+        assert!(
+            log.contains("migrated the sealed root key"),
+            "{what}: {log}"
+        );
+        assert_eq!(
+            root_key_file_names(&files.state_dir),
+            ["root-1-auto.priv", "root-1-auto.pub", "root.seal"],
+            "{what}: migrated, the old layout's blobs gone"
+        );
+    }
+}
+
+#[test]
 fn on_a_hung_tpm_rotate_root_fails_in_time_while_other_changes_go_on() {
     const TPM_TIMEOUT_SECS: u64 = 5;
     // Far more than any prompt answer takes here, far less than "forever".

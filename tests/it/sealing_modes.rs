@@ -182,6 +182,18 @@ pub(crate) mod tools {
     pub fn legacy_state_dir(port: u16, state_dir: &Path, secret: &[u8], work: &Path) {
         fs::create_dir_all(state_dir).expect("state dir");
         fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700)).expect("chmod");
+        legacy_seal(
+            port,
+            secret,
+            &state_dir.join("root.pub"),
+            &state_dir.join("root.priv"),
+            work,
+        );
+    }
+
+    /// `secret` sealed under the legacy primary into `public` and
+    /// `private` (mode 0600), as hostkms before sealing modes did.
+    pub fn legacy_seal(port: u16, secret: &[u8], public: &Path, private: &Path, work: &Path) {
         let primary = legacy_primary(port, work);
         let input = work.join("secret.bin");
         fs::write(&input, secret).expect("secret");
@@ -195,16 +207,15 @@ pub(crate) mod tools {
                 "-i",
                 &p(&input),
                 "-u",
-                &p(&state_dir.join("root.pub")),
+                &p(public),
                 "-r",
-                &p(&state_dir.join("root.priv")),
+                &p(private),
             ],
         );
         tpm2(port, "tpm2_flushcontext", &["-t"]);
         fs::remove_file(&input).expect("rm secret");
-        for name in ["root.pub", "root.priv"] {
-            fs::set_permissions(state_dir.join(name), fs::Permissions::from_mode(0o600))
-                .expect("chmod");
+        for path in [public, private] {
+            fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod");
         }
     }
 
