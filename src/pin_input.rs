@@ -45,20 +45,9 @@ pub fn read_pin_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, PinFileError> {
         path: shown.clone(),
         source,
     })?;
-    // TODO(lead): agent_proto::pin once merged.
-    let mut end = bytes.len();
-    if bytes[..end].ends_with(b"\n") {
-        end -= 1;
-        if bytes[..end].ends_with(b"\r") {
-            end -= 1;
-        }
-    }
-    let pin = &bytes[..end];
-    if !(8..=32).contains(&pin.len()) || std::str::from_utf8(pin).is_err() {
-        return Err(PinFileError::Invalid {
-            path: shown,
-            problem: "a PIN is 8 to 32 bytes of UTF-8".to_string(),
-        });
-    }
-    Ok(Zeroizing::new(pin.to_vec()))
+    let pin = agent_proto::pin::Pin::parse(&bytes).map_err(|e| PinFileError::Invalid {
+        path: shown,
+        problem: e.to_string(),
+    })?;
+    Ok(Zeroizing::new(pin.expose().to_vec()))
 }

@@ -80,7 +80,8 @@ pub fn granted_as(op: Operation) -> Operation {
 
 /// Operations a grant may name, besides [`METRICS`]. `ping`, `status`,
 /// `list` and `transport-key` (a public key) are open to every connected
-/// peer and need no grant; `rotate-root` is for admins only. `random`
+/// peer and need no grant; `rotate-root`, `unlock`, `reseal` and
+/// `change-pin` are for admins only. `random`
 /// names no key: a grant listing it allows it whatever its `keys`.
 /// `wrap-batch` and `unwrap-batch` are no grants: a batch needs `wrap`
 /// (or `unwrap`) on the keys its items use. `credential` lets the units a
@@ -275,7 +276,10 @@ impl Policy {
     pub fn allows(&self, peer: &Peer, op: Operation, key: &str) -> bool {
         match op {
             Operation::Ping | Operation::Status | Operation::List | Operation::TransportKey => true,
-            Operation::RotateRoot => self.is_admin(peer),
+            Operation::RotateRoot
+            | Operation::Unlock
+            | Operation::Reseal
+            | Operation::ChangePin => self.is_admin(peer),
             Operation::Random => self.allows_random(peer),
             Operation::Credential => self.allows_credential(peer, key),
             _ => {
@@ -386,10 +390,21 @@ fn resolve_grant(index: usize, config: &GrantConfig) -> Result<Grant, Unresolved
                     ),
                 ));
             }
-            None if name == Operation::RotateRoot.as_str() => {
+            None if matches!(
+                Operation::from_name(name),
+                Some(
+                    Operation::RotateRoot
+                        | Operation::Unlock
+                        | Operation::Reseal
+                        | Operation::ChangePin
+                )
+            ) =>
+            {
                 return Err(error(
                     "ops",
-                    "\"rotate-root\" is for admins only (root or a member of an admin group) and cannot be granted; remove it".to_string(),
+                    format!(
+                        "\"{name}\" is for admins only (root or a member of an admin group) and cannot be granted; remove it"
+                    ),
                 ));
             }
             None => {

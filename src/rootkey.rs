@@ -533,18 +533,7 @@ pub fn pcr_changes(
     record: &SealRecord,
 ) -> Result<Vec<PcrChange>, RootKeyError> {
     let current = read_pcrs(tpm, timeout, &record.mode.pcrs)?;
-    Ok(record
-        .pcr_values
-        .iter()
-        .filter_map(|sealed| {
-            let now = current.iter().find(|value| value.pcr == sealed.pcr)?;
-            (now.sha256 != sealed.sha256).then(|| PcrChange {
-                pcr: sealed.pcr,
-                sealed: sealed.sha256,
-                current: now.sha256,
-            })
-        })
-        .collect())
+    Ok(copies::changes(&record.pcr_values, &current))
 }
 
 /// The current sha256 values of `pcrs`.
@@ -570,20 +559,35 @@ pub enum PcrSource {
     Recorded,
 }
 
-/// Seals `key` again in the copies `target` asks for (with `pin` for a PIN
-/// copy), as the next generation, then commits by replacing `root.seal`
-/// and removes the old generation's files. A crash at any moment leaves
-/// the old record or the new one, each with all its files.
+/// What a reseal seals to: the mode, the PIN of a PIN copy, and which PCR
+/// values.
+#[derive(Debug, Clone, Copy)]
+pub struct ResealTo<'a> {
+    /// The mode.
+    pub mode: &'a SealingMode,
+    /// The PIN of the new PIN copy (a mode with a PIN).
+    pub pin: Option<&'a [u8]>,
+    /// Which PCR values the auto copy is bound to.
+    pub pcrs: PcrSource,
+}
+
+/// Seals `key` again as `to` says, as the next generation, then commits
+/// by replacing `root.seal` and removes the old generation's files. A
+/// crash at any moment leaves the old record or the new one, each with all
+/// its files.
 pub fn reseal(
     dir: &StateDir,
     tpm: &TpmWorker,
     timeout: Duration,
     key: &RootKey,
     current: &SealRecord,
-    target: &SealingMode,
-    pin: Option<&[u8]>,
-    pcrs: PcrSource,
+    to: ResealTo<'_>,
 ) -> Result<SealRecord, RootKeyError> {
+    let ResealTo {
+        mode: target,
+        pin,
+        pcrs,
+    } = to;
     if rotation_interrupted(dir) {
         return Err(RootKeyError::RotationPending {
             dir: dir.path().display().to_string(),

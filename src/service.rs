@@ -167,6 +167,10 @@ impl From<StoreError> for Refusal {
             StoreError::RootKey(e) => match e.as_ref() {
                 RootKeyError::TpmUnavailable(_) => ErrorCode::TpmUnavailable,
                 RootKeyError::RotationPending { .. } => ErrorCode::Busy,
+                RootKeyError::WrongPin { .. } | RootKeyError::PinLockout { .. } => {
+                    ErrorCode::WrongPin
+                }
+                RootKeyError::PinNeeded | RootKeyError::NoPinSet => ErrorCode::InvalidArgument,
                 _ => ErrorCode::Internal,
             },
             StoreError::RootKeyNotInPlace { .. } => ErrorCode::Internal,
@@ -702,8 +706,30 @@ impl Service {
                 self.wrap_credential(peer, &key, &unit, &credential, plaintext.expose(), subject)
                     .await
             }
-            Request::RotateRoot => {
-                let rotation = self.rotate_root(peer).await?;
+            Request::Unlock { pin, reseal } => self.unlock(peer, pin, reseal).await,
+            Request::Reseal {
+                pin,
+                pcrs,
+                new_pin,
+                dry_run,
+            } => {
+                self.reseal(peer, unlock::Purpose::Reseal, pin, pcrs, new_pin, dry_run)
+                    .await
+            }
+            Request::ChangePin { pin, new_pin } => {
+                self.reseal(
+                    peer,
+                    unlock::Purpose::ChangePin,
+                    Some(pin),
+                    None,
+                    Some(new_pin),
+                    false,
+                )
+                .await
+            }
+            Request::RotateRoot { pin } => {
+                let pin = unlock::checked_pin(pin.as_ref())?;
+                let rotation = self.rotate_root(peer, pin).await?;
                 Ok(Response::RootRotated(agent_proto::RootRotation {
                     old_check: rotation.old_check,
                     new_check: rotation.new_check,
@@ -765,7 +791,11 @@ impl Service {
     /// Rotates the root key for `peer`, an admin (no grant can allow it):
     /// the key store's [`KeyStore::rotate_root`] on the blocking pool, with
     /// the rotation audited. Status shows the new check value from then on.
-    async fn rotate_root(&self, peer: &Peer) -> Result<RootRotation, Refusal> {
+    async fn rotate_root(
+        &self,
+        peer: &Peer,
+        pin: Option<Zeroizing<Vec<u8>>>,
+    ) -> Result<RootRotation, Refusal> {
         if !self.is_admin(peer) {
             return Err(Refusal::new(
                 ErrorCode::PermissionDenied,
@@ -782,7 +812,9 @@ impl Service {
             ));
         };
         let store = Arc::clone(self.keystore()?);
-        let rotated = tokio::task::spawn_blocking(move || store.rotate_root(sealer.as_ref()))
+        let used_pin = pin.is_some();
+        let sealer = crate::rootkey::PinnedSealer::new(sealer, pin);
+        let rotated = tokio::task::spawn_blocking(move || store.rotate_root(&sealer))
             .await
             .map_err(|e| {
                 Refusal::new(
@@ -790,6 +822,9 @@ impl Service {
                     format!("the root-key rotation did not finish: {e}"),
                 )
             })?;
+        if used_pin {
+            self.pin_attempt_audited(peer, "rotate-root", rotated.as_ref().err());
+        }
         match rotated {
             Ok(rotation) => {
                 audit::root_key_rotated(
@@ -1159,6 +1194,7 @@ impl Service {
             counters,
             recovery,
             rollback,
+            sealing: unlock::status(&self.sealing.load()),
         }
     }
 }

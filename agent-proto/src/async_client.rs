@@ -17,10 +17,11 @@ use crate::codec::{self, DEFAULT_MAX_FRAME};
 use crate::error::{ErrorCode, FrameError};
 use crate::message::{
     DataKey, EncryptionContext, Envelope, ErrorReply, ExportedFile, KeyInfo, KeyPage, KeySettings,
-    KeyType, MacTag, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, PublicKeyInfo, Request, Response,
-    RewrapDestination, RootRotation, SignInput, Signature, StatusInfo, TransportKeyInfo,
-    UnwrapItem, Unwrapped, Verification, WrapItem, Wrapped,
+    KeyType, MacTag, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, PublicKeyInfo, Request, ResealInfo,
+    Response, RewrapDestination, RootRotation, SignInput, Signature, StatusInfo, TransportKeyInfo,
+    UnlockInfo, UnwrapItem, Unwrapped, Verification, WrapItem, Wrapped,
 };
+use crate::pin::Pin;
 
 /// An async connection to hostkmsd.
 ///

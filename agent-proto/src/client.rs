@@ -15,9 +15,10 @@ use crate::error::{
 use crate::message::{
     DataKey, EncryptionContext, Envelope, ErrorReply, ExportedFile, KeyInfo, KeyPage, KeySettings,
     KeyType, MacTag, OLDEST_PROTOCOL_VERSION, Operation, PROTOCOL_VERSION, PublicKeyInfo, Request,
-    Response, RewrapDestination, RootRotation, SignInput, Signature, StatusInfo, TransportKeyInfo,
-    UnwrapItem, Unwrapped, Verification, WrapItem, Wrapped,
+    ResealInfo, Response, RewrapDestination, RootRotation, SignInput, Signature, StatusInfo,
+    TransportKeyInfo, UnlockInfo, UnwrapItem, Unwrapped, Verification, WrapItem, Wrapped,
 };
+use crate::pin::Pin;
 
 /// Keys a page that [`Client::list_keys`] asks for.
 pub const LIST_PAGE: u32 = 512;
@@ -743,7 +744,15 @@ macro_rules! typed_operations {
     /// [`Client::call`](crate::Client::call) (`MayHaveExecuted`, `TimedOut`,
     /// `Connect`).
     pub $($async)* fn rotate_root(&mut self) -> Result<RootRotation, ClientError> {
-        expect::root_rotated(self.call(Request::RotateRoot)$($await)*?)
+        expect::root_rotated(self.call(Request::RotateRoot { pin: None })$($await)*?)
+    }
+
+    /// [`rotate_root`](Self::rotate_root) with the PIN, for a root key
+    /// sealed to one (version 6): the daemon checks it against the current
+    /// PIN copy and seals the new key's with it. A wrong PIN is
+    /// `WrongPin`.
+    pub $($async)* fn rotate_root_with_pin(&mut self, pin: &crate::pin::Pin) -> Result<RootRotation, ClientError> {
+        expect::root_rotated(self.call(Request::RotateRoot { pin: Some(pin.to_secret()) })$($await)*?)
     }
 
     /// This host's transport key, which other hosts export keys to.
@@ -783,6 +792,69 @@ macro_rules! typed_operations {
     pub $($async)* fn import_key(&mut self, file: &[u8]) -> Result<KeyInfo, ClientError> {
         expect::key(self.call(Request::ImportKey {
             file: file.to_vec(),
+        })$($await)*?)
+    }
+
+    /// Unlocks a locked daemon with the PIN (admin only, protocol version
+    /// 6); on a daemon that has no root key yet, sets the PIN and creates
+    /// the root key. With `reseal`, after a PCR mismatch, the PCR-bound
+    /// copy is resealed to the current values too.
+    ///
+    /// # Errors
+    ///
+    /// `WrongPin` (the message says how many tries the TPM still allows),
+    /// `PermissionDenied` for a peer that is not an admin, `InvalidArgument`,
+    /// `TpmUnavailable`, `DaemonTooOld` for a daemon of version 5 or older,
+    /// and the connection errors of [`Client::call`](crate::Client::call)
+    /// (`MayHaveExecuted`, `TimedOut`, `Connect`).
+    pub $($async)* fn unlock(&mut self, pin: &Pin, reseal: bool) -> Result<UnlockInfo, ClientError> {
+        expect::unlocked(self.call(Request::Unlock {
+            pin: pin.to_secret(),
+            reseal,
+        })$($await)*?)
+    }
+
+    /// Seals the root key again in the daemon's configured mode, to the
+    /// PCRs' current values (admin only, protocol version 6): `pin` when
+    /// the root key is sealed with one, `pcrs` to override the config's,
+    /// `new_pin` when the config turns the PIN on and none is set yet;
+    /// with `dry_run`, only says what would change.
+    ///
+    /// # Errors
+    ///
+    /// `WrongPin`, `Locked`, `PermissionDenied` for a peer that is not an
+    /// admin, `InvalidArgument` (a PCR out of range, a PIN missing),
+    /// `TpmUnavailable`, `DaemonTooOld` for a daemon of version 5 or older,
+    /// and the connection errors of [`Client::call`](crate::Client::call)
+    /// (`MayHaveExecuted`, `TimedOut`, `Connect`).
+    pub $($async)* fn reseal(
+        &mut self,
+        pin: Option<&Pin>,
+        pcrs: Option<&[u8]>,
+        new_pin: Option<&Pin>,
+        dry_run: bool,
+    ) -> Result<ResealInfo, ClientError> {
+        expect::resealed(self.call(Request::Reseal {
+            pin: pin.map(Pin::to_secret),
+            pcrs: pcrs.map(<[u8]>::to_vec),
+            new_pin: new_pin.map(Pin::to_secret),
+            dry_run,
+        })$($await)*?)
+    }
+
+    /// Changes the PIN (admin only, protocol version 6).
+    ///
+    /// # Errors
+    ///
+    /// `WrongPin`, `Locked`, `PermissionDenied` for a peer that is not an
+    /// admin, `InvalidArgument` (the root key has no PIN), `TpmUnavailable`,
+    /// `DaemonTooOld` for a daemon of version 5 or older, and the
+    /// connection errors of [`Client::call`](crate::Client::call)
+    /// (`MayHaveExecuted`, `TimedOut`, `Connect`).
+    pub $($async)* fn change_pin(&mut self, pin: &Pin, new_pin: &Pin) -> Result<ResealInfo, ClientError> {
+        expect::resealed(self.call(Request::ChangePin {
+            pin: pin.to_secret(),
+            new_pin: new_pin.to_secret(),
         })$($await)*?)
     }
     };
@@ -1602,8 +1674,9 @@ pub(crate) mod expect {
     use super::ClientError;
     use crate::bytes::SecretBytes;
     use crate::message::{
-        DataKey, ErrorReply, ExportedFile, KeyInfo, KeyPage, MacTag, PublicKeyInfo, Response,
-        RootRotation, Signature, StatusInfo, TransportKeyInfo, Unwrapped, Verification, Wrapped,
+        DataKey, ErrorReply, ExportedFile, KeyInfo, KeyPage, MacTag, PublicKeyInfo, ResealInfo,
+        Response, RootRotation, Signature, StatusInfo, TransportKeyInfo, UnlockInfo, Unwrapped,
+        Verification, Wrapped,
     };
 
     fn unexpected(expected: &'static str, got: &Response) -> ClientError {
@@ -1677,6 +1750,20 @@ pub(crate) mod expect {
         match response {
             Response::DataKey(data_key) => Ok(data_key),
             other => Err(unexpected("DataKey", &other)),
+        }
+    }
+
+    pub fn unlocked(response: Response) -> Result<UnlockInfo, ClientError> {
+        match response {
+            Response::Unlocked(info) => Ok(info),
+            other => Err(unexpected("Unlocked", &other)),
+        }
+    }
+
+    pub fn resealed(response: Response) -> Result<ResealInfo, ClientError> {
+        match response {
+            Response::Resealed(info) => Ok(info),
+            other => Err(unexpected("Resealed", &other)),
         }
     }
 

@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 
 use crate::error::{DecodeError, EncodeError, FrameError};
 use crate::message::{Envelope, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, Request, Response};
-use crate::{v1, v2, v3, v4};
+use crate::{v1, v2, v3, v4, v5};
 
 /// Bytes of the length prefix.
 pub const LENGTH_PREFIX: usize = 4;
@@ -140,6 +140,7 @@ pub fn decode_request(body: &[u8]) -> Result<Envelope<Request>, DecodeError> {
         v2::VERSION => v2::REQUEST_VARIANTS,
         v3::VERSION => v3::REQUEST_VARIANTS,
         v4::VERSION => v4::REQUEST_VARIANTS,
+        v5::VERSION => v5::REQUEST_VARIANTS,
         _ => Request::VARIANTS,
     };
     if let Some(index) = body
@@ -161,22 +162,24 @@ pub fn decode_request(body: &[u8]) -> Result<Envelope<Request>, DecodeError> {
         v2::VERSION => request_via::<v2::Request>(body, id),
         v3::VERSION => request_via::<v3::Request>(body, id),
         v4::VERSION => request_via::<v4::Request>(body, id),
+        v5::VERSION => request_via::<v5::Request>(body, id),
         _ => decode_canonical(body, id),
     }
 }
 
 /// Decodes a request body with the frozen shape `Old` of its version,
 /// checks that it is canonical, and converts it to the current shape
-/// through version 4's.
+/// (through version 4's and 5's, which is what the conversions of the
+/// frozen modules do).
 fn request_via<Old>(body: &[u8], id: Option<u64>) -> Result<Envelope<Request>, DecodeError>
 where
-    Old: DeserializeOwned + Serialize + Into<v4::Request>,
+    Old: DeserializeOwned + Serialize + Into<Request>,
 {
     let old: Envelope<Old> = decode_canonical(body, id)?;
     Ok(Envelope {
         proto: old.proto,
         id: old.id,
-        op: old.op.into().into(),
+        op: old.op.into(),
     })
 }
 
@@ -243,13 +246,14 @@ pub fn decode_response(body: &[u8]) -> Result<Envelope<Response>, DecodeError> {
         v2::VERSION => decode_via::<Response, v4::Response, v2::Response>(body, id),
         v3::VERSION => decode_via::<Response, v4::Response, v3::Response>(body, id),
         v4::VERSION => decode_via::<Response, v4::Response, v4::Response>(body, id),
+        v5::VERSION => decode_via::<Response, v5::Response, v5::Response>(body, id),
         _ => decode_as(body, id),
     }
 }
 
 /// Decodes a body with the frozen shape `Old` of an older version and
 /// converts it to the current `T` through `Mid`, the shape of version 4
-/// (which versions 1 to 3 convert to; for version 4 itself `Old` is `Mid`);
+/// (which versions 1 to 3 convert to; for versions 4 and 5 `Old` is `Mid`);
 /// the envelope keeps its `proto`.
 fn decode_via<T, Mid, Old>(body: &[u8], id: Option<u64>) -> Result<Envelope<T>, DecodeError>
 where
@@ -276,6 +280,7 @@ pub fn encode_request(
         v2::VERSION => encode_via::<Request, v4::Request, v2::Request>(envelope, max_frame),
         v3::VERSION => encode_via::<Request, v4::Request, v3::Request>(envelope, max_frame),
         v4::VERSION => encode_via::<Request, v4::Request, v4::Request>(envelope, max_frame),
+        v5::VERSION => encode_via::<Request, v5::Request, v5::Request>(envelope, max_frame),
         PROTOCOL_VERSION => encode_frame(&envelope, max_frame),
         proto => Err(unspoken(proto)),
     }
@@ -293,18 +298,39 @@ pub fn encode_response(
         v2::VERSION => encode_via::<Response, v4::Response, v2::Response>(envelope, max_frame),
         v3::VERSION => encode_via::<Response, v4::Response, v3::Response>(envelope, max_frame),
         v4::VERSION => encode_via::<Response, v4::Response, v4::Response>(envelope, max_frame),
+        v5::VERSION => encode_via::<Response, v5::Response, v5::Response>(envelope, max_frame),
         PROTOCOL_VERSION => encode_frame(&envelope, max_frame),
         proto => Err(unspoken(proto)),
     }
 }
 
-/// Encodes `envelope` through `Mid` (version 4's shape) to the frozen shape `Old` of the older version
-/// it names; a message that version cannot express is
-/// [`EncodeError::NotInVersion`], its reason naming that version (also
-/// when it is version 4 that lacks it, and so every older one).
+/// What a frozen version lacks, said of the (same or older) version a
+/// message was to be sent in.
+trait SaidOf {
+    fn in_version(&self, proto: u16) -> String;
+}
+
+impl SaidOf for v4::NotInV4 {
+    fn in_version(&self, proto: u16) -> String {
+        v4::NotInV4::in_version(self, proto)
+    }
+}
+
+impl SaidOf for v5::NotInV5 {
+    fn in_version(&self, proto: u16) -> String {
+        v5::NotInV5::in_version(self, proto)
+    }
+}
+
+/// Encodes `envelope` through `Mid` (version 4's shape, or version 5's for
+/// version 5) to the frozen shape `Old` of the older version it names; a
+/// message that version cannot express is [`EncodeError::NotInVersion`],
+/// its reason naming that version (also when it is version 4 or 5 that
+/// lacks it, and so every older one).
 fn encode_via<T, Mid, Old>(envelope: Envelope<T>, max_frame: u32) -> Result<FrameBuf, EncodeError>
 where
-    Mid: TryFrom<T, Error = v4::NotInV4>,
+    Mid: TryFrom<T>,
+    Mid::Error: SaidOf,
     Old: Serialize + TryFrom<Mid>,
     Old::Error: std::fmt::Display,
 {

@@ -55,13 +55,21 @@ pub enum ErrorCode {
     /// date; an admin can cancel the deletion until then. Version-4 and
     /// older clients get `KeyDisabled` instead.
     KeyPendingDeletion,
+    /// The daemon is locked (version 6): its root key is sealed behind a
+    /// PIN or to PCRs that changed, and an admin must run `hostkms unlock`.
+    /// Version-5 and older clients get `TpmUnavailable` instead.
+    Locked,
+    /// The PIN is wrong (version 6): the message says how many tries the
+    /// TPM still allows, or, in lockout, how long it may take to forgive
+    /// one.
+    WrongPin,
     /// A code this library does not know, with its number.
     Unrecognized(u16),
 }
 
 impl ErrorCode {
     /// Every code this library knows, in numeric order.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::BadRequest,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnsupportedVersion,
@@ -81,6 +89,8 @@ impl ErrorCode {
         ErrorCode::VersionNotFound,
         ErrorCode::WrongKeyType,
         ErrorCode::KeyPendingDeletion,
+        ErrorCode::Locked,
+        ErrorCode::WrongPin,
     ];
 
     /// The code's number on the wire.
@@ -105,6 +115,8 @@ impl ErrorCode {
             ErrorCode::VersionNotFound => 17,
             ErrorCode::WrongKeyType => 18,
             ErrorCode::KeyPendingDeletion => 19,
+            ErrorCode::Locked => 20,
+            ErrorCode::WrongPin => 21,
             ErrorCode::Unrecognized(n) => n,
         }
     }
@@ -139,6 +151,8 @@ impl ErrorCode {
             ErrorCode::VersionNotFound => "version not found",
             ErrorCode::WrongKeyType => "wrong key type",
             ErrorCode::KeyPendingDeletion => "key pending deletion",
+            ErrorCode::Locked => "locked",
+            ErrorCode::WrongPin => "wrong PIN",
             ErrorCode::Unrecognized(_) => "unrecognized error",
         }
     }

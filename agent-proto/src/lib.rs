@@ -116,11 +116,13 @@ mod error;
 pub mod key_name;
 mod message;
 pub mod period;
+pub mod pin;
 pub mod text;
 pub mod v1;
 pub mod v2;
 pub mod v3;
 pub mod v4;
+pub mod v5;
 
 #[cfg(feature = "tokio")]
 pub use async_client::AsyncClient;
@@ -133,11 +135,12 @@ pub use codec::DEFAULT_MAX_FRAME;
 pub use error::{DecodeError, EncodeError, ErrorCode, FrameError, UNKNOWN_REQUEST};
 pub use message::{
     DEFAULT_DELETION_DAYS, DataKey, EncryptionContext, Envelope, ErrorReply, ExportedFile, KeyInfo,
-    KeyPage, KeySettings, KeyState, KeyType, MAX_BATCH_ITEMS, MAX_DELETION_DAYS,
+    KeyPage, KeySettings, KeyState, KeyType, LockState, MAX_BATCH_ITEMS, MAX_DELETION_DAYS,
     MAX_DESCRIPTION_BYTES, MAX_RANDOM_BYTES, MAX_TAGS, MIN_DELETION_DAYS, MIN_ROTATION_PERIOD_SECS,
-    MacTag, OLDEST_PROTOCOL_VERSION, Operation, PROTOCOL_VERSION, PublicKeyInfo, RecoveryStatus,
-    Request, Response, RewrapDestination, RollbackStatus, RootRotation, RotationSetting, SignInput,
-    Signature, StatusInfo, TransportKeyInfo, UnwrapItem, Unwrapped, Verification, VersionInfo,
+    MacTag, OLDEST_PROTOCOL_VERSION, Operation, PROTOCOL_VERSION, PcrChange, PcrValue,
+    PublicKeyInfo, RecoveryStatus, Request, ResealInfo, Response, RewrapDestination,
+    RollbackStatus, RootRotation, RotationSetting, Sealing, SealingStatus, SignInput, Signature,
+    StatusInfo, TransportKeyInfo, UnlockInfo, UnwrapItem, Unwrapped, Verification, VersionInfo,
     VersionState, WrapItem, Wrapped,
 };
 

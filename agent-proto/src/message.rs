@@ -21,14 +21,17 @@ use crate::bytes::{Ciphertext, SecretBytes};
 use crate::error::ErrorCode;
 
 /// The protocol version this library speaks and sends: the newest it knows.
-/// Version 5 added the key lifecycle (deletion with a waiting period,
+/// Version 6 added the sealing of the root key behind a PIN and the boot
+/// state (PCRs): [`StatusInfo::sealing`], the requests `Unlock`, `Reseal`
+/// and `ChangePin`, and the error codes `Locked` and `WrongPin`; version 5
+/// (frozen in [`crate::v5`]) added the key lifecycle (deletion with a waiting period,
 /// rotation by age), key metadata, rewrap to another key or context and
 /// batch wrap and unwrap; version 4 (frozen in [`crate::v4`]) added key types ([`KeyType`] in `CreateKey` and [`KeyInfo`],
 /// and the requests that MAC, sign, verify and give random bytes); version
 /// 3 (recovery and rollback in [`StatusInfo`]) is frozen in [`crate::v3`],
 /// version 2 (paginated `ListKeys`) in [`crate::v2`], version 1 in
 /// [`crate::v1`].
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// The oldest protocol version this library accepts: a daemon keeps serving
 /// every version it ever spoke, and a client falls back to it.
@@ -176,7 +179,12 @@ pub enum Request {
     /// Seal a new root key to the TPM and re-seal every key under it
     /// (admin only). Ciphertexts are unaffected. Answered with
     /// [`Response::RootRotated`].
-    RotateRoot,
+    RotateRoot {
+        /// The PIN, when the root key is sealed to one (version 6; before,
+        /// no root key had a PIN): the new key's PIN copy is sealed with
+        /// it, once it has opened the current one.
+        pin: Option<SecretBytes>,
+    },
     /// This host's transport key: the age recipient other hosts export keys
     /// to. Answered with [`Response::TransportKey`].
     TransportKey,
@@ -321,6 +329,43 @@ pub enum Request {
         credential: String,
         /// The secret.
         plaintext: SecretBytes,
+    },
+    /// Unseal the root key of a locked daemon with the PIN (version 6;
+    /// admin only, never grantable). On a daemon that has no root key yet
+    /// and is configured with `pin = true`, `pin` becomes the PIN and the
+    /// root key is created and sealed. Answered with [`Response::Unlocked`].
+    Unlock {
+        /// The PIN: raw UTF-8 of 8 to 32 bytes ([`crate::pin::Pin`]).
+        pin: SecretBytes,
+        /// After a PCR mismatch, also reseal the PCR-bound copy of the root
+        /// key to the PCRs' current values, so the next start unseals it
+        /// without the PIN. `false`: unlocked for this boot only.
+        reseal: bool,
+    },
+    /// Seal the root key again in the sealing mode of the daemon's config
+    /// (`[root_key]`), to the PCRs' current values (version 6; admin only,
+    /// never grantable). Answered with [`Response::Resealed`].
+    Reseal {
+        /// The PIN, when the root key is sealed with one (the daemon
+        /// unseals it again to get the root key).
+        pin: Option<SecretBytes>,
+        /// The PCRs to bind to (sha256 bank, 0 to 23); `None`: the config's
+        /// `[root_key] pcrs`.
+        pcrs: Option<Vec<u8>>,
+        /// The PIN to set when the config turns the PIN on and none is
+        /// set yet.
+        new_pin: Option<SecretBytes>,
+        /// Only say what would change (`before` and `after`), change
+        /// nothing.
+        dry_run: bool,
+    },
+    /// Change the PIN (version 6; admin only, never grantable). Answered
+    /// with [`Response::Resealed`].
+    ChangePin {
+        /// The current PIN.
+        pin: SecretBytes,
+        /// The new PIN: raw UTF-8 of 8 to 32 bytes ([`crate::pin::Pin`]).
+        new_pin: SecretBytes,
     },
 }
 
@@ -566,11 +611,17 @@ pub enum Operation {
     /// [`Request::WrapCredential`] on the main socket (admins only), and as
     /// a grant, a credential handed to a unit on the credential socket.
     Credential,
+    /// [`Request::Unlock`]; admin only, never grantable.
+    Unlock,
+    /// [`Request::Reseal`]; admin only, never grantable.
+    Reseal,
+    /// [`Request::ChangePin`]; admin only, never grantable.
+    ChangePin,
 }
 
 impl Operation {
     /// Every operation, in wire order.
-    pub const ALL: [Operation; 31] = [
+    pub const ALL: [Operation; 34] = [
         Operation::Ping,
         Operation::Status,
         Operation::Create,
@@ -602,6 +653,9 @@ impl Operation {
         Operation::WrapBatch,
         Operation::UnwrapBatch,
         Operation::Credential,
+        Operation::Unlock,
+        Operation::Reseal,
+        Operation::ChangePin,
     ];
 
     /// The operation's name in config grants and audit events.
@@ -638,6 +692,9 @@ impl Operation {
             Operation::WrapBatch => "wrap-batch",
             Operation::UnwrapBatch => "unwrap-batch",
             Operation::Credential => "credential",
+            Operation::Unlock => "unlock",
+            Operation::Reseal => "reseal",
+            Operation::ChangePin => "change-pin",
         }
     }
 
@@ -674,7 +731,7 @@ impl Request {
             Request::SetMinDecryptionVersion { .. } => Operation::MinDecryptionVersion,
             Request::ListKeys { .. } => Operation::List,
             Request::DescribeKey { .. } => Operation::Describe,
-            Request::RotateRoot => Operation::RotateRoot,
+            Request::RotateRoot { .. } => Operation::RotateRoot,
             Request::TransportKey => Operation::TransportKey,
             Request::ExportKey { .. } => Operation::Export,
             Request::ImportKey { .. } => Operation::Import,
@@ -691,6 +748,9 @@ impl Request {
             Request::WrapBatch { .. } => Operation::WrapBatch,
             Request::UnwrapBatch { .. } => Operation::UnwrapBatch,
             Request::WrapCredential { .. } => Operation::Credential,
+            Request::Unlock { .. } => Operation::Unlock,
+            Request::Reseal { .. } => Operation::Reseal,
+            Request::ChangePin { .. } => Operation::ChangePin,
         }
     }
 
@@ -725,10 +785,13 @@ impl Request {
             Request::Ping
             | Request::Status
             | Request::ListKeys { .. }
-            | Request::RotateRoot
+            | Request::RotateRoot { .. }
             | Request::TransportKey
             | Request::ImportKey { .. }
-            | Request::GenerateRandom { .. } => None,
+            | Request::GenerateRandom { .. }
+            | Request::Unlock { .. }
+            | Request::Reseal { .. }
+            | Request::ChangePin { .. } => None,
         }
     }
 }
@@ -774,6 +837,10 @@ pub enum Response {
     WrappedBatch(Vec<Result<Wrapped, ErrorReply>>),
     /// Answer to `UnwrapBatch`: one result per item, in the items' order.
     UnwrappedBatch(Vec<Result<Unwrapped, ErrorReply>>),
+    /// Answer to `Unlock` (version 6).
+    Unlocked(UnlockInfo),
+    /// Answer to `Reseal` and `ChangePin` (version 6).
+    Resealed(ResealInfo),
 }
 
 impl Response {
@@ -798,6 +865,8 @@ impl Response {
             Response::Random(_) => "Random",
             Response::WrappedBatch(_) => "WrappedBatch",
             Response::UnwrappedBatch(_) => "UnwrappedBatch",
+            Response::Unlocked(_) => "Unlocked",
+            Response::Resealed(_) => "Resealed",
         }
     }
 
@@ -966,6 +1035,106 @@ pub struct StatusInfo {
     /// Whether the key store is bound to a TPM counter against rollback
     /// (version 3).
     pub rollback: RollbackStatus,
+    /// How the root key is sealed and whether the daemon is locked
+    /// (version 6). A client of version 5 or older gets no such field, and
+    /// `root_key_loaded: false` from a locked daemon.
+    pub sealing: SealingStatus,
+}
+
+/// How the root key is sealed, and whether the daemon holds it (version 6).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealingStatus {
+    /// Whether the daemon is locked, and why.
+    pub lock: LockState,
+    /// The sealing in force (the state dir's record, not the config).
+    pub mode: Sealing,
+}
+
+/// Whether the daemon holds its root key (version 6). A locked daemon
+/// answers `Ping`, `Status` and `Unlock`, and refuses every other request
+/// with `Locked`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockState {
+    /// The root key was unsealed: the daemon serves every request.
+    #[default]
+    Unlocked,
+    /// Locked: the config wants a PIN and there is no root key yet; the
+    /// first `Unlock` sets the PIN and creates the root key.
+    NoRootKeyYet,
+    /// Locked: the root key opens only with the PIN.
+    PinRequired,
+    /// Locked: the PCRs the root key is sealed to changed since sealing;
+    /// the PIN opens it.
+    PcrMismatch {
+        /// The PCRs that changed, with their sealed and current values.
+        changed: Vec<PcrChange>,
+    },
+}
+
+impl LockState {
+    /// Whether the daemon is locked (anything but [`LockState::Unlocked`]).
+    pub fn is_locked(&self) -> bool {
+        !matches!(self, LockState::Unlocked)
+    }
+}
+
+/// A sealing of the root key (version 6): to which PCRs, and whether a copy
+/// opens with a PIN. No PCRs and no PIN is the plain sealing of versions 1
+/// to 5.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sealing {
+    /// The PCRs (sha256 bank, 0 to 23, sorted, each once) the automatic
+    /// copy is bound to; empty: not bound.
+    pub pcrs: Vec<u8>,
+    /// Whether a copy opens with a PIN.
+    pub pin: bool,
+    /// The PCRs' values at sealing, one per PCR in `pcrs`, in order.
+    pub pcr_values: Vec<PcrValue>,
+}
+
+/// One PCR's value (version 6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PcrValue {
+    /// The PCR's index (0 to 23).
+    pub pcr: u8,
+    /// Its value in the sha256 bank (32 bytes).
+    pub sha256: Vec<u8>,
+}
+
+/// A PCR whose value differs from the one the root key was sealed to
+/// (version 6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PcrChange {
+    /// The PCR's index (0 to 23).
+    pub pcr: u8,
+    /// Its sha256 value at sealing.
+    pub sealed: Vec<u8>,
+    /// Its sha256 value now.
+    pub current: Vec<u8>,
+}
+
+/// The answer to [`Request::Unlock`] (version 6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnlockInfo {
+    /// Check value of the root key now loaded (as [`StatusInfo::root_key_check`]).
+    pub root_key_check: String,
+    /// Whether the PCR-bound copy was resealed to the current values (the
+    /// next start unseals without the PIN).
+    pub resealed: bool,
+    /// The PCRs that had changed since sealing (empty when the daemon was
+    /// locked only for the PIN).
+    pub changed_pcrs: Vec<PcrChange>,
+}
+
+/// The answer to [`Request::Reseal`] and [`Request::ChangePin`] (version 6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResealInfo {
+    /// Whether this was a dry run: nothing changed.
+    pub dry_run: bool,
+    /// The sealing before.
+    pub before: Sealing,
+    /// The sealing after (or, in a dry run, what it would be).
+    pub after: Sealing,
 }
 
 /// Whether this host's keys are escrowed to offline custodians, so that

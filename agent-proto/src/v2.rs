@@ -141,26 +141,26 @@ pub enum Response {
     Error(ErrorReply),
 }
 
-/// The daemon's health as version 2 reported it: [`crate::StatusInfo`]
+/// The daemon's health as version 2 reported it: [`crate::v5::StatusInfo`]
 /// without the recovery and rollback fields of version 3. Version 1 uses
 /// it too.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusInfo {
-    /// As in [`crate::StatusInfo`].
+    /// As in [`crate::v5::StatusInfo`].
     pub daemon_version: String,
-    /// As in [`crate::StatusInfo`].
+    /// As in [`crate::v5::StatusInfo`].
     pub oldest_protocol: u16,
-    /// As in [`crate::StatusInfo`].
+    /// As in [`crate::v5::StatusInfo`].
     pub newest_protocol: u16,
-    /// As in [`crate::StatusInfo`].
+    /// As in [`crate::v5::StatusInfo`].
     pub uptime_secs: u64,
-    /// As in [`crate::StatusInfo`].
+    /// As in [`crate::v5::StatusInfo`].
     pub tpm_reachable: bool,
-    /// As in [`crate::StatusInfo`].
+    /// As in [`crate::v5::StatusInfo`].
     pub root_key_loaded: bool,
-    /// As in [`crate::StatusInfo`].
+    /// As in [`crate::v5::StatusInfo`].
     pub root_key_check: String,
-    /// As in [`crate::StatusInfo`].
+    /// As in [`crate::v5::StatusInfo`].
     pub counters: std::collections::BTreeMap<String, u64>,
 }
 
@@ -174,9 +174,9 @@ fn recovery_of_older_daemon() -> RecoveryStatus {
     }
 }
 
-impl From<StatusInfo> for crate::StatusInfo {
-    fn from(status: StatusInfo) -> crate::StatusInfo {
-        crate::StatusInfo {
+impl From<StatusInfo> for crate::v5::StatusInfo {
+    fn from(status: StatusInfo) -> crate::v5::StatusInfo {
+        crate::v5::StatusInfo {
             daemon_version: status.daemon_version,
             oldest_protocol: status.oldest_protocol,
             newest_protocol: status.newest_protocol,
@@ -191,8 +191,20 @@ impl From<StatusInfo> for crate::StatusInfo {
     }
 }
 
+impl From<StatusInfo> for crate::StatusInfo {
+    fn from(status: StatusInfo) -> crate::StatusInfo {
+        crate::v5::StatusInfo::from(status).into()
+    }
+}
+
 impl From<crate::StatusInfo> for StatusInfo {
     fn from(status: crate::StatusInfo) -> StatusInfo {
+        crate::v5::StatusInfo::from(status).into()
+    }
+}
+
+impl From<crate::v5::StatusInfo> for StatusInfo {
+    fn from(status: crate::v5::StatusInfo) -> StatusInfo {
         StatusInfo {
             daemon_version: status.daemon_version,
             oldest_protocol: status.oldest_protocol,

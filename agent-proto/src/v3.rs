@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 use crate::bytes::{Ciphertext, SecretBytes};
 use crate::message::{
     DataKey, EncryptionContext, ErrorReply, ExportedFile, KeyState, KeyType, Operation,
-    RootRotation, StatusInfo, TransportKeyInfo, Unwrapped, VersionInfo, Wrapped,
+    RootRotation, TransportKeyInfo, Unwrapped, VersionInfo, Wrapped,
 };
+use crate::v5::StatusInfo;
 
 /// This module's protocol version.
 pub const VERSION: u16 = 3;

@@ -7,19 +7,23 @@
 //! description, tags, rotation period and deletion date (and `KeyState`
 //! the `PendingDeletion` state, which a version-4 peer sees as `Disabled`),
 //! and the lifecycle and batch requests were appended. Everything else is
-//! shared with the current version. Never edit these shapes: a version-4
-//! client built today encodes them this way. Versions 1 to 3
-//! ([`crate::v1`], [`crate::v2`], [`crate::v3`]) convert to and from this
-//! module's shapes, which convert to and from the current ones.
+//! shared with version 5 ([`crate::v5`]), whose [`crate::v5::StatusInfo`]
+//! it carries. Never edit these shapes: a version-4 client built today
+//! encodes them this way. Versions 1 to 3 ([`crate::v1`], [`crate::v2`],
+//! [`crate::v3`]) convert to and from this module's shapes, which convert
+//! to and from version 5's, which convert to and from the current ones;
+//! the conversions between this module's shapes and the current ones go
+//! that way too.
 
 use serde::{Deserialize, Serialize};
 
 use crate::bytes::{Ciphertext, SecretBytes};
 use crate::message::{
     DataKey, EncryptionContext, ErrorReply, ExportedFile, KeyState, KeyType, MacTag, Operation,
-    PublicKeyInfo, RootRotation, SignInput, Signature, StatusInfo, TransportKeyInfo, Unwrapped,
-    Verification, VersionInfo, Wrapped,
+    PublicKeyInfo, RootRotation, SignInput, Signature, TransportKeyInfo, Unwrapped, Verification,
+    VersionInfo, Wrapped,
 };
+use crate::v5::{NotInV5, StatusInfo};
 
 /// This module's protocol version.
 pub const VERSION: u16 = 4;
@@ -291,6 +295,14 @@ pub enum NotInV4 {
     Field(&'static str),
     /// A response appended after version 4.
     Response(&'static str),
+    /// A message version 5 cannot express either.
+    Later(NotInV5),
+}
+
+impl From<NotInV5> for NotInV4 {
+    fn from(not_in: NotInV5) -> NotInV4 {
+        NotInV4::Later(not_in)
+    }
 }
 
 impl NotInV4 {
@@ -305,6 +317,7 @@ impl NotInV4 {
                 "protocol version {proto} cannot carry {field} (it needs protocol version 5: upgrade the daemon)"
             ),
             NotInV4::Response(kind) => format!("protocol version {proto} has no {kind} response"),
+            NotInV4::Later(not_in) => not_in.in_version(proto),
         }
     }
 }
@@ -392,9 +405,9 @@ fn error_for_v4(reply: ErrorReply) -> ErrorReply {
     }
 }
 
-impl From<Request> for crate::Request {
-    fn from(request: Request) -> crate::Request {
-        use crate::Request as Now;
+impl From<Request> for crate::v5::Request {
+    fn from(request: Request) -> crate::v5::Request {
+        use crate::v5::Request as Now;
         match request {
             Request::Ping => Now::Ping,
             Request::Status => Now::Status,
@@ -485,11 +498,11 @@ impl From<Request> for crate::Request {
     }
 }
 
-impl TryFrom<crate::Request> for Request {
+impl TryFrom<crate::v5::Request> for Request {
     type Error = NotInV4;
 
-    fn try_from(request: crate::Request) -> Result<Request, NotInV4> {
-        use crate::Request as Now;
+    fn try_from(request: crate::v5::Request) -> Result<Request, NotInV4> {
+        use crate::v5::Request as Now;
         Ok(match request {
             Now::Ping => Request::Ping,
             Now::Status => Request::Status,
@@ -599,9 +612,9 @@ impl TryFrom<crate::Request> for Request {
     }
 }
 
-impl From<Response> for crate::Response {
-    fn from(response: Response) -> crate::Response {
-        use crate::Response as Now;
+impl From<Response> for crate::v5::Response {
+    fn from(response: Response) -> crate::v5::Response {
+        use crate::v5::Response as Now;
         match response {
             Response::Pong => Now::Pong,
             Response::Status(status) => Now::Status(status),
@@ -623,11 +636,11 @@ impl From<Response> for crate::Response {
     }
 }
 
-impl TryFrom<crate::Response> for Response {
+impl TryFrom<crate::v5::Response> for Response {
     type Error = NotInV4;
 
-    fn try_from(response: crate::Response) -> Result<Response, NotInV4> {
-        use crate::Response as Now;
+    fn try_from(response: crate::v5::Response) -> Result<Response, NotInV4> {
+        use crate::v5::Response as Now;
         Ok(match response {
             Now::Pong => Response::Pong,
             Now::Status(status) => Response::Status(status),
@@ -649,6 +662,34 @@ impl TryFrom<crate::Response> for Response {
                 return Err(NotInV4::Response(response.kind()));
             }
         })
+    }
+}
+
+impl From<Request> for crate::Request {
+    fn from(request: Request) -> crate::Request {
+        crate::v5::Request::from(request).into()
+    }
+}
+
+impl TryFrom<crate::Request> for Request {
+    type Error = NotInV4;
+
+    fn try_from(request: crate::Request) -> Result<Request, NotInV4> {
+        Request::try_from(crate::v5::Request::try_from(request)?)
+    }
+}
+
+impl From<Response> for crate::Response {
+    fn from(response: Response) -> crate::Response {
+        crate::v5::Response::from(response).into()
+    }
+}
+
+impl TryFrom<crate::Response> for Response {
+    type Error = NotInV4;
+
+    fn try_from(response: crate::Response) -> Result<Response, NotInV4> {
+        Response::try_from(crate::v5::Response::try_from(response)?)
     }
 }
 

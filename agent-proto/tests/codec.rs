@@ -373,6 +373,7 @@ fn readme_v3_status() -> Envelope<Response> {
                 pending_increments: 0,
                 problem: String::new(),
             },
+            sealing: Default::default(),
         }),
     }
 }
@@ -419,7 +420,7 @@ fn a_version_3_status_answered_in_version_2_drops_only_the_new_fields() {
 #[test]
 fn requests_appended_in_version_3_are_unknown_to_versions_1_and_2() {
     for proto in [v1::VERSION, v2::VERSION] {
-        for op in [Request::RotateRoot, Request::TransportKey] {
+        for op in [Request::RotateRoot { pin: None }, Request::TransportKey] {
             let err = codec::encode_request(Envelope { proto, id: 5, op }, DEFAULT_MAX_FRAME)
                 .unwrap_err();
             assert!(
@@ -488,7 +489,8 @@ fn a_request_variant_unknown_in_its_version_says_what_to_do() {
         (2, v2::REQUEST_VARIANTS),
         (3, v3::REQUEST_VARIANTS),
         (4, v4::REQUEST_VARIANTS),
-        (5, Request::VARIANTS),
+        (5, agent_proto::v5::REQUEST_VARIANTS),
+        (6, Request::VARIANTS),
     ] {
         let mut body = body_of(
             &codec::encode_frame(
@@ -785,7 +787,9 @@ fn every_new_request_of_version_4_has_a_readme_frame() {
         .collect();
     for request in samples::requests() {
         let op = request.operation();
-        let new_in_v4 = (op >= agent_proto::Operation::Mac && !samples::appended_in_v5(op))
+        let new_in_v4 = (op >= agent_proto::Operation::Mac
+            && !samples::appended_in_v5(op)
+            && !samples::appended_in_v6(op))
             || op == agent_proto::Operation::Create;
         if new_in_v4 {
             assert!(
@@ -857,6 +861,8 @@ fn requests_appended_in_version_4_are_not_sent_in_versions_1_to_3() {
                     | Response::Random(_)
                     | Response::WrappedBatch(_)
                     | Response::UnwrappedBatch(_)
+                    | Response::Unlocked(_)
+                    | Response::Resealed(_)
             );
             let sent = codec::encode_response(
                 Envelope {
@@ -1462,4 +1468,280 @@ fn the_readme_v5_answers_to_a_version_4_client() {
         &v5[LENGTH_PREFIX + 14..LENGTH_PREFIX + 16],
         &19u16.to_le_bytes()
     );
+}
+
+/// The README's version-6 example frames, built with the library, by the
+/// name of its hex block.
+fn readme_v6_frames() -> Vec<(&'static str, Frame)> {
+    use agent_proto::{
+        LockState, PcrChange, PcrValue, RecoveryStatus, ResealInfo, RollbackStatus, Sealing,
+        SealingStatus, StatusInfo, UnlockInfo,
+    };
+    fn req(id: u64, op: Request) -> Frame {
+        Frame::Request(Envelope { proto: 6, id, op })
+    }
+    fn resp(id: u64, op: Response) -> Frame {
+        Frame::Response(Envelope { proto: 6, id, op })
+    }
+    let pin = || SecretBytes::from(&b"correct horse"[..]);
+    let change = || PcrChange {
+        pcr: 7,
+        sealed: vec![0xa7; 32],
+        current: vec![0xb7; 32],
+    };
+    vec![
+        (
+            "v6-unlock-request-frame",
+            req(
+                30,
+                Request::Unlock {
+                    pin: pin(),
+                    reseal: true,
+                },
+            ),
+        ),
+        (
+            "v6-unlocked-response-frame",
+            resp(
+                30,
+                Response::Unlocked(UnlockInfo {
+                    root_key_check: "0011223344556677".into(),
+                    resealed: true,
+                    changed_pcrs: vec![change()],
+                }),
+            ),
+        ),
+        (
+            "v6-reseal-request-frame",
+            req(
+                31,
+                Request::Reseal {
+                    pin: Some(pin()),
+                    pcrs: Some(vec![7, 14]),
+                    new_pin: None,
+                    dry_run: true,
+                },
+            ),
+        ),
+        (
+            "v6-resealed-response-frame",
+            resp(
+                31,
+                Response::Resealed(ResealInfo {
+                    dry_run: true,
+                    before: Sealing {
+                        pcrs: vec![],
+                        pin: true,
+                        pcr_values: vec![],
+                    },
+                    after: Sealing {
+                        pcrs: vec![7, 14],
+                        pin: true,
+                        pcr_values: vec![
+                            PcrValue {
+                                pcr: 7,
+                                sha256: vec![0xb7; 32],
+                            },
+                            PcrValue {
+                                pcr: 14,
+                                sha256: vec![0xe1; 32],
+                            },
+                        ],
+                    },
+                }),
+            ),
+        ),
+        (
+            "v6-change-pin-request-frame",
+            req(
+                32,
+                Request::ChangePin {
+                    pin: pin(),
+                    new_pin: SecretBytes::from(&b"battery staple"[..]),
+                },
+            ),
+        ),
+        (
+            "v6-status-response-frame",
+            resp(
+                33,
+                Response::Status(StatusInfo {
+                    daemon_version: "0.1.0".into(),
+                    oldest_protocol: 1,
+                    newest_protocol: 6,
+                    uptime_secs: 5,
+                    tpm_reachable: true,
+                    root_key_loaded: false,
+                    root_key_check: String::new(),
+                    counters: Default::default(),
+                    recovery: RecoveryStatus::default(),
+                    rollback: RollbackStatus::default(),
+                    sealing: SealingStatus {
+                        lock: LockState::PcrMismatch {
+                            changed: vec![change()],
+                        },
+                        mode: Sealing {
+                            pcrs: vec![7],
+                            pin: true,
+                            pcr_values: vec![PcrValue {
+                                pcr: 7,
+                                sha256: vec![0xa7; 32],
+                            }],
+                        },
+                    },
+                }),
+            ),
+        ),
+        (
+            "v6-locked-error-frame",
+            resp(
+                34,
+                Response::error(
+                    ErrorCode::Locked,
+                    "the daemon is locked: run hostkms unlock",
+                ),
+            ),
+        ),
+        (
+            "v6-wrong-pin-error-frame",
+            resp(
+                35,
+                Response::error(
+                    ErrorCode::WrongPin,
+                    "wrong PIN: the TPM allows 2 more tries",
+                ),
+            ),
+        ),
+    ]
+}
+
+#[test]
+fn readme_v6_frames_are_what_the_code_produces() {
+    let frames = readme_v6_frames();
+    assert_eq!(frames.len(), 8, "one README frame per example");
+    for (name, frame) in frames {
+        let expected = readme_hex(name);
+        match frame {
+            Frame::Request(request) => {
+                let bytes = codec::encode_request(request.clone(), DEFAULT_MAX_FRAME).unwrap();
+                assert_eq!(bytes.as_slice(), expected.as_slice(), "{name}");
+                let back = codec::decode_request(&bytes[LENGTH_PREFIX..]).unwrap();
+                assert_eq!(back, request, "{name}");
+            }
+            Frame::Response(response) => {
+                let bytes = codec::encode_response(response.clone(), DEFAULT_MAX_FRAME).unwrap();
+                assert_eq!(bytes.as_slice(), expected.as_slice(), "{name}");
+                let back = codec::decode_response(&bytes[LENGTH_PREFIX..]).unwrap();
+                assert_eq!(back, response, "{name}");
+            }
+        }
+    }
+}
+
+#[test]
+fn every_request_appended_in_version_6_has_a_readme_frame() {
+    let shown: Vec<agent_proto::Operation> = readme_v6_frames()
+        .into_iter()
+        .filter_map(|(_, frame)| match frame {
+            Frame::Request(request) => Some(request.op.operation()),
+            Frame::Response(_) => None,
+        })
+        .collect();
+    for request in samples::requests() {
+        if samples::appended_in_v6(request.operation()) {
+            assert!(
+                shown.contains(&request.operation()),
+                "the README shows no {} frame",
+                request.operation()
+            );
+        }
+    }
+}
+
+#[test]
+fn the_readme_v6_answers_to_a_version_5_client() {
+    // The locked status: no sealing, and the root key not loaded.
+    let frames = readme_v6_frames();
+    let Some((_, Frame::Response(status))) = frames
+        .into_iter()
+        .find(|(name, _)| *name == "v6-status-response-frame")
+    else {
+        panic!("no status frame");
+    };
+    let frame = codec::encode_response(
+        Envelope {
+            proto: 5,
+            ..status.clone()
+        },
+        DEFAULT_MAX_FRAME,
+    )
+    .unwrap();
+    let v6 = readme_hex("v6-status-response-frame");
+    // Version 5's status is version 6's without the sealing at its end.
+    let sealing_len = 4 + 8 + 1 + 8 + 32 + 8 + 32 + 8 + 1 + 1 + 8 + 1 + 8 + 32;
+    assert_eq!(frame.len(), v6.len() - sealing_len);
+    assert_eq!(&frame[6..], &v6[6..v6.len() - sealing_len]);
+    let old: Envelope<agent_proto::v5::Response> =
+        codec::decode_body(&frame[LENGTH_PREFIX..]).unwrap();
+    let agent_proto::v5::Response::Status(old) = old.op else {
+        panic!("not a status: {old:?}");
+    };
+    assert!(!old.root_key_loaded);
+    // The refusal: code 13, TpmUnavailable, with the daemon's message, in
+    // every version before 6.
+    for proto in 1..=5 {
+        let frame = codec::encode_response(
+            Envelope {
+                proto,
+                id: 34,
+                op: Response::error(
+                    ErrorCode::Locked,
+                    "the daemon is locked: run hostkms unlock",
+                ),
+            },
+            DEFAULT_MAX_FRAME,
+        )
+        .unwrap();
+        let body = &frame[LENGTH_PREFIX..];
+        assert_eq!(&body[10..14], &7u32.to_le_bytes());
+        assert_eq!(&body[14..16], &13u16.to_le_bytes(), "version {proto}");
+    }
+    let v6 = readme_hex("v6-locked-error-frame");
+    assert_eq!(
+        &v6[LENGTH_PREFIX + 14..LENGTH_PREFIX + 16],
+        &20u16.to_le_bytes()
+    );
+}
+
+#[test]
+fn requests_appended_in_version_6_are_not_sent_in_versions_1_to_5() {
+    for request in samples::requests() {
+        if !samples::appended_in_v6(request.operation()) {
+            continue;
+        }
+        for proto in 1..=5 {
+            let err = codec::encode_request(
+                Envelope {
+                    proto,
+                    id: 5,
+                    op: request.clone(),
+                },
+                DEFAULT_MAX_FRAME,
+            )
+            .unwrap_err();
+            let agent_proto::EncodeError::NotInVersion {
+                proto: said,
+                reason,
+            } = err
+            else {
+                panic!("{err}");
+            };
+            assert_eq!(said, proto);
+            assert!(
+                reason.contains(&format!("protocol version {proto} has no")),
+                "{reason}"
+            );
+            assert!(reason.contains("needs protocol version 6"), "{reason}");
+        }
+    }
 }

@@ -71,9 +71,33 @@ pub enum Command {
     },
     /// Rotate the root key (admins only): seal a new root key to the TPM
     /// and re-seal every key under it. Ciphertexts are unaffected. Prints
-    /// the old and the new root key check value.
+    /// the old and the new root key check value. When the root key is
+    /// sealed to a PIN, the PIN is asked for (or read from --pin-file):
+    /// the new key's PIN copy is sealed with it.
     #[command(after_long_help = crate::json_docs::ROOT_ROTATION)]
-    RotateRoot,
+    RotateRoot(PinArgs),
+    /// Unlock a daemon whose root key is sealed behind a PIN, or to PCRs
+    /// that changed (admins only). The PIN comes from --pin-file, or is
+    /// asked without echo on a terminal, or is read from standard input.
+    /// On a daemon that has no root key yet, the PIN given becomes the PIN
+    /// (asked twice on a terminal). After a PCR change, shows which PCRs
+    /// changed and, with --reseal (or a yes on a terminal), reseals the PCR
+    /// copy to the current values so the next start unlocks by itself;
+    /// otherwise the daemon is unlocked for this boot only.
+    #[command(after_long_help = crate::json_docs::UNLOCK)]
+    Unlock(UnlockArgs),
+    /// Seal the root key again, in the mode of the daemon's config
+    /// ([root_key] pcrs and pin) or to the PCRs of --pcrs, at the PCRs'
+    /// current values (admins only): after a firmware or boot-chain update,
+    /// or to apply a new [root_key] config. On a terminal, shows what
+    /// changes (as --dry-run does) and asks first. Needs the PIN when the
+    /// root key has one, and a new PIN when the config turns the PIN on.
+    #[command(after_long_help = crate::json_docs::RESEAL)]
+    Reseal(ResealArgs),
+    /// Change the PIN of the root key (admins only): the current PIN, then
+    /// the new one (asked twice on a terminal).
+    #[command(after_long_help = crate::json_docs::RESEAL)]
+    ChangePin(ChangePinArgs),
     /// Create a key at version 1, of one type for life.
     #[command(after_long_help = crate::json_docs::KEY)]
     CreateKey {
@@ -308,6 +332,93 @@ pub enum Command {
         /// The file `hostkms export` wrote on the other host.
         file: PathBuf,
     },
+}
+
+/// Where a PIN comes from: a file, or standard input (`-`), or, without
+/// the option, the terminal (asked without echo) or standard input.
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// Read the PIN from FILE ("-": standard input); one trailing newline
+    /// is not part of it. A PIN is 8 to 32 bytes of UTF-8.
+    #[arg(long, value_name = "FILE")]
+    pub pin_file: Option<PathBuf>,
+}
+
+/// `unlock`.
+#[derive(Debug, Args)]
+pub struct UnlockArgs {
+    /// The PIN.
+    #[command(flatten)]
+    pub pin: PinArgs,
+    /// After a PCR change, reseal the PCR copy of the root key to the PCRs'
+    /// current values, so the next start unlocks without the PIN.
+    #[arg(long)]
+    pub reseal: bool,
+}
+
+/// `reseal`.
+#[derive(Debug, Args)]
+pub struct ResealArgs {
+    /// Bind to these PCRs of the sha256 bank (0 to 23, comma-separated,
+    /// e.g. 7,14; "none" for no binding) instead of the config's
+    /// [root_key] pcrs.
+    #[arg(long, value_name = "LIST", value_parser = parse_pcrs)]
+    pub pcrs: Option<PcrList>,
+    /// Only show what would change; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The current PIN.
+    #[command(flatten)]
+    pub pin: PinArgs,
+    /// Read the new PIN from FILE ("-": standard input), when the config
+    /// turns the PIN on and none is set yet.
+    #[arg(long, value_name = "FILE")]
+    pub new_pin_file: Option<PathBuf>,
+}
+
+/// `change-pin`.
+#[derive(Debug, Args)]
+pub struct ChangePinArgs {
+    /// The current PIN.
+    #[command(flatten)]
+    pub pin: PinArgs,
+    /// Read the new PIN from FILE ("-": standard input).
+    #[arg(long, value_name = "FILE")]
+    pub new_pin_file: Option<PathBuf>,
+}
+
+/// A `--pcrs` list: PCR indexes 0 to 23, sorted, each once (empty: no
+/// binding).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PcrList(pub Vec<u8>);
+
+/// The highest PCR index of the TPM's sha256 bank that hostkms binds to.
+pub const MAX_PCR: u8 = 23;
+
+/// Parses `--pcrs`: "7,14" (spaces allowed, any order, repeats merged),
+/// or "none" (or an empty list) for no PCR binding.
+pub fn parse_pcrs(arg: &str) -> Result<PcrList, String> {
+    let arg = arg.trim();
+    if arg.is_empty() || arg == "none" {
+        return Ok(PcrList(Vec::new()));
+    }
+    let mut pcrs = Vec::new();
+    for part in arg.split(',') {
+        let part = part.trim();
+        let pcr: u8 = part
+            .parse()
+            .ok()
+            .filter(|pcr| *pcr <= MAX_PCR)
+            .ok_or_else(|| {
+                format!(
+                    "{part:?} is not a PCR: give PCR numbers 0 to {MAX_PCR} separated by commas, e.g. 7,14, or none"
+                )
+            })?;
+        pcrs.push(pcr);
+    }
+    pcrs.sort_unstable();
+    pcrs.dedup();
+    Ok(PcrList(pcrs))
 }
 
 /// `credential encrypt` and `credential list`.
@@ -1310,5 +1421,80 @@ mod tests {
     fn the_command_line_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn pcrs_parse_sorted_and_once_and_refuse_what_is_no_pcr() {
+        assert_eq!(parse_pcrs("7,14").unwrap(), PcrList(vec![7, 14]));
+        assert_eq!(parse_pcrs(" 14 , 7,7").unwrap(), PcrList(vec![7, 14]));
+        assert_eq!(parse_pcrs("0,23").unwrap(), PcrList(vec![0, 23]));
+        assert_eq!(parse_pcrs("none").unwrap(), PcrList(Vec::new()));
+        assert_eq!(parse_pcrs("").unwrap(), PcrList(Vec::new()));
+        for bad in ["24", "7,", "-1", "7;14", "pcr7", "256"] {
+            let err = parse_pcrs(bad).unwrap_err();
+            assert!(err.contains("0 to 23"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn unlock_reseal_and_change_pin_parse() {
+        let cli = Cli::try_parse_from(["hostkms", "unlock", "--pin-file", "/run/pin", "--reseal"])
+            .expect("parse");
+        let Command::Unlock(args) = cli.command else {
+            panic!("not unlock");
+        };
+        assert!(args.reseal);
+        assert_eq!(
+            args.pin.pin_file.as_deref(),
+            Some(std::path::Path::new("/run/pin"))
+        );
+        let cli = Cli::try_parse_from(["hostkms", "unlock"]).expect("parse");
+        let Command::Unlock(args) = cli.command else {
+            panic!("not unlock");
+        };
+        assert!(!args.reseal && args.pin.pin_file.is_none());
+
+        let cli = Cli::try_parse_from([
+            "hostkms",
+            "reseal",
+            "--pcrs",
+            "14,7",
+            "--dry-run",
+            "--pin-file",
+            "-",
+            "--new-pin-file",
+            "/run/new",
+        ])
+        .expect("parse");
+        let Command::Reseal(args) = cli.command else {
+            panic!("not reseal");
+        };
+        assert_eq!(args.pcrs, Some(PcrList(vec![7, 14])));
+        assert!(args.dry_run);
+        assert_eq!(
+            args.pin.pin_file.as_deref(),
+            Some(std::path::Path::new("-"))
+        );
+        assert!(args.new_pin_file.is_some());
+        let cli = Cli::try_parse_from(["hostkms", "reseal"]).expect("parse");
+        let Command::Reseal(args) = cli.command else {
+            panic!("not reseal");
+        };
+        assert!(args.pcrs.is_none() && !args.dry_run);
+        assert!(Cli::try_parse_from(["hostkms", "reseal", "--pcrs", "99"]).is_err());
+
+        let cli = Cli::try_parse_from([
+            "hostkms",
+            "change-pin",
+            "--pin-file",
+            "/a",
+            "--new-pin-file",
+            "/b",
+        ])
+        .expect("parse");
+        assert!(matches!(cli.command, Command::ChangePin(_)));
+        // PINs never come from the command line itself.
+        assert!(Cli::try_parse_from(["hostkms", "unlock", "--pin", "12345678"]).is_err());
+        assert!(Cli::try_parse_from(["hostkms", "unlock", "12345678"]).is_err());
     }
 }

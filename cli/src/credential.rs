@@ -257,8 +257,8 @@ pub fn read_secret(input: Option<&Path>, what: &str) -> Result<Zeroizing<Vec<u8>
     use std::io::IsTerminal;
     let input = input.filter(|p| p.as_os_str() != "-");
     let secret = if input.is_none() && io::stdin().is_terminal() {
-        let first = prompt(&format!("Secret for {what}: "))?;
-        let again = prompt("Again: ")?;
+        let first = crate::io::prompt_hidden(&format!("Secret for {what}: "))?;
+        let again = crate::io::prompt_hidden("Again: ")?;
         if first != again {
             return Err(CliError::Usage(
                 "the two secrets typed differ: nothing was encrypted".to_string(),
@@ -276,56 +276,6 @@ pub fn read_secret(input: Option<&Path>, what: &str) -> Result<Zeroizing<Vec<u8>
         )));
     }
     Ok(secret)
-}
-
-/// Asks for one line on the terminal with echo off, restoring the
-/// terminal's settings after; the line's newline is dropped.
-fn prompt(text: &str) -> Result<Zeroizing<Vec<u8>>, CliError> {
-    use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
-    let stdin = io::stdin();
-    let tty = stdin.as_fd();
-    let saved = tcgetattr(tty).map_err(|e| CliError::read(None, e.into()))?;
-    let mut quiet = saved.clone();
-    quiet.local_flags.remove(LocalFlags::ECHO);
-    quiet.local_flags.insert(LocalFlags::ECHONL);
-    let _ = write!(io::stderr(), "{text}");
-    tcsetattr(tty, SetArg::TCSANOW, &quiet).map_err(|e| CliError::read(None, e.into()))?;
-    let mut line = Zeroizing::new(Vec::new());
-    let read = read_line(&mut line);
-    let restored = tcsetattr(tty, SetArg::TCSANOW, &saved);
-    read.map_err(|e| CliError::read(None, e))?;
-    restored.map_err(|e| CliError::read(None, e.into()))?;
-    if line.last() == Some(&b'\n') {
-        line.pop();
-    }
-    Ok(line)
-}
-
-/// The longest line a terminal takes in canonical mode (the kernel's
-/// line buffer): the most a typed secret can hold.
-const MAX_TYPED: usize = 4096;
-
-/// Reads standard input up to and including a newline, byte by byte into
-/// a buffer that never grows (so no copy of the secret is left unwiped),
-/// at most [`MAX_TYPED`] bytes.
-fn read_line(line: &mut Zeroizing<Vec<u8>>) -> io::Result<()> {
-    let mut stdin = io::stdin().lock();
-    let mut byte = Zeroizing::new([0u8; 1]);
-    line.reserve_exact(MAX_TYPED);
-    loop {
-        if stdin.read(&mut byte[..])? == 0 {
-            return Ok(());
-        }
-        if line.len() == MAX_TYPED {
-            return Err(io::Error::other(format!(
-                "a typed secret has at most {MAX_TYPED} bytes; give a longer one with --in FILE"
-            )));
-        }
-        line.push(byte[0]);
-        if byte[0] == b'\n' {
-            return Ok(());
-        }
-    }
 }
 
 /// What `credential encrypt` did, as printed.

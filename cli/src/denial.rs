@@ -63,10 +63,28 @@ pub fn unwrap_hint(uid: u32) -> String {
     )
 }
 
+/// A refusal of the sealing of the root key (protocol version 6) in words
+/// that say what to do: `Locked` becomes [`CliError::Locked`] (an admin
+/// must unlock the daemon), `WrongPin` [`CliError::WrongPin`]; any other
+/// error is returned as it is.
+pub fn sealing_refusal(err: CliError) -> CliError {
+    match err {
+        CliError::Client(ClientError::Daemon {
+            code: ErrorCode::Locked,
+            message,
+        }) => CliError::Locked { message },
+        CliError::Client(ClientError::Daemon {
+            code: ErrorCode::WrongPin,
+            message,
+        }) => CliError::WrongPin { message },
+        err => err,
+    }
+}
+
 /// [`explain`] for a decryption of a file: a `PermissionDenied` becomes
 /// [`CliError::Denied`] with [`unwrap_hint`].
 pub fn explain_unwrap(err: CliError, uid: u32) -> CliError {
-    match err {
+    match sealing_refusal(err) {
         CliError::Client(ClientError::Daemon {
             code: ErrorCode::PermissionDenied,
             message,
@@ -82,7 +100,7 @@ pub fn explain_unwrap(err: CliError, uid: u32) -> CliError {
 /// its key into [`CliError::Denied`], with the grant that would allow it;
 /// any other error is returned as it is.
 pub fn explain(err: CliError, named: Option<(Operation, &str)>, uid: u32) -> CliError {
-    match (err, named) {
+    match (sealing_refusal(err), named) {
         (
             CliError::Client(ClientError::Daemon {
                 code: ErrorCode::PermissionDenied,
@@ -215,5 +233,29 @@ mod tests {
             let (granted, key) = named_key(&cli.command).expect("names its key");
             assert_eq!((granted.as_str(), key), (op, "k"), "{args:?}");
         }
+    }
+
+    #[test]
+    fn a_locked_daemon_and_a_wrong_pin_say_what_to_do() {
+        let locked = CliError::Client(ClientError::Daemon {
+            code: ErrorCode::Locked,
+            message: "the daemon is locked: PCR 7 changed".to_string(),
+        });
+        let cli = Cli::try_parse_from(["hostkms", "wrap", "db"]).expect("parse");
+        let err = explain(locked, named_key(&cli.command), 1000);
+        assert_eq!(err.exit_code(), 1);
+        assert_eq!(err.code(), "locked");
+        assert!(
+            err.to_string()
+                .starts_with("the daemon is locked: an admin must run `hostkms unlock`"),
+            "{err}"
+        );
+        let wrong = CliError::Client(ClientError::Daemon {
+            code: ErrorCode::WrongPin,
+            message: "the TPM allows 2 more tries".to_string(),
+        });
+        let err = explain(wrong, None, 0);
+        assert_eq!((err.exit_code(), err.code()), (1, "wrong_pin"));
+        assert!(err.to_string().contains("2 more tries"), "{err}");
     }
 }

@@ -209,6 +209,33 @@ pub enum CliError {
     /// The signal handlers that let `bench` clean up could not be installed.
     #[error("bench: cannot catch SIGINT, SIGTERM and SIGHUP to clean up after them: {0}")]
     Signals(io::Error),
+    /// The daemon is locked: its root key is sealed behind a PIN, or to
+    /// PCRs that changed, and it refuses every key operation until an
+    /// admin unlocks it.
+    #[error("the daemon is locked: an admin must run `hostkms unlock` ({message})")]
+    Locked {
+        /// The daemon's message.
+        message: String,
+    },
+    /// The PIN sent with `unlock`, `reseal` or `change-pin` is wrong.
+    #[error(
+        "wrong PIN: {message}. Every wrong PIN counts against the TPM's dictionary-attack \
+         limit: check the PIN (and the file it came from) before trying again"
+    )]
+    WrongPin {
+        /// The daemon's message (the tries left, or the lockout).
+        message: String,
+    },
+    /// A PIN read from a file, standard input or the terminal breaks the
+    /// rule (8 to 32 bytes of UTF-8), or two typed PINs differ. Never
+    /// holds the PIN.
+    #[error("{what}: {why}. Nothing was sent")]
+    Pin {
+        /// Where it came from: "the PIN from FILE", "the new PIN typed".
+        what: String,
+        /// What is wrong.
+        why: String,
+    },
     /// Benchmark requests failed (the results were printed already).
     #[error("benchmark: {errors} requests failed; first failure: {first}")]
     BenchFailed {
@@ -257,6 +284,8 @@ impl CliError {
             | CliError::Denied { .. }
             | CliError::CountersWithheld { .. }
             | CliError::ContextMismatch { .. }
+            | CliError::Locked { .. }
+            | CliError::WrongPin { .. }
             | CliError::NotRecoverable => 1,
             CliError::AgeFile { code, .. } if *code == crate::age_file::stream::DAMAGED_FILE => 1,
             _ => 2,
@@ -293,6 +322,9 @@ impl CliError {
             CliError::NotRecoverable => "not_recoverable",
             CliError::AgeFile { code, .. } => code,
             CliError::ContextMismatch { .. } => "context_mismatch",
+            CliError::Locked { .. } => daemon_code(ErrorCode::Locked),
+            CliError::WrongPin { .. } => daemon_code(ErrorCode::WrongPin),
+            CliError::Pin { .. } => "invalid_pin",
         }
     }
 
@@ -376,6 +408,8 @@ pub fn daemon_code(code: ErrorCode) -> &'static str {
         ErrorCode::VersionNotFound => "version_not_found",
         ErrorCode::WrongKeyType => "wrong_key_type",
         ErrorCode::KeyPendingDeletion => "key_pending_deletion",
+        ErrorCode::Locked => "locked",
+        ErrorCode::WrongPin => "wrong_pin",
         ErrorCode::Unrecognized(_) => "unrecognized",
     }
 }

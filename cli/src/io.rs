@@ -620,6 +620,68 @@ impl NewFileAt {
     }
 }
 
+/// Asks for one line on the terminal (standard input) with echo off,
+/// restoring the terminal's settings after; the line's newline is dropped.
+/// The prompt goes to standard error. For secrets: a credential, a PIN.
+pub fn prompt_hidden(text: &str) -> Result<Zeroizing<Vec<u8>>, CliError> {
+    use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
+    let stdin = io::stdin();
+    let tty = stdin.as_fd();
+    let saved = tcgetattr(tty).map_err(|e| CliError::read(None, e.into()))?;
+    let mut quiet = saved.clone();
+    quiet.local_flags.remove(LocalFlags::ECHO);
+    quiet.local_flags.insert(LocalFlags::ECHONL);
+    let _ = write!(io::stderr(), "{text}");
+    tcsetattr(tty, SetArg::TCSANOW, &quiet).map_err(|e| CliError::read(None, e.into()))?;
+    let mut line = Zeroizing::new(Vec::new());
+    let read = read_line(&mut line);
+    let restored = tcsetattr(tty, SetArg::TCSANOW, &saved);
+    read.map_err(|e| CliError::read(None, e))?;
+    restored.map_err(|e| CliError::read(None, e.into()))?;
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    }
+    Ok(line)
+}
+
+/// The longest line a terminal takes in canonical mode (the kernel's
+/// line buffer): the most a typed secret can hold.
+const MAX_TYPED: usize = 4096;
+
+/// Reads standard input up to and including a newline, byte by byte into
+/// a buffer that never grows (so no copy of the secret is left unwiped),
+/// at most [`MAX_TYPED`] bytes.
+fn read_line(line: &mut Zeroizing<Vec<u8>>) -> io::Result<()> {
+    let mut stdin = io::stdin().lock();
+    let mut byte = Zeroizing::new([0u8; 1]);
+    line.reserve_exact(MAX_TYPED);
+    loop {
+        if stdin.read(&mut byte[..])? == 0 {
+            return Ok(());
+        }
+        if line.len() == MAX_TYPED {
+            return Err(io::Error::other(format!(
+                "a typed secret has at most {MAX_TYPED} bytes; give a longer one with --in FILE"
+            )));
+        }
+        line.push(byte[0]);
+        if byte[0] == b'\n' {
+            return Ok(());
+        }
+    }
+}
+
+/// Asks a yes/no `question` on the terminal (the answer echoed): true
+/// only for "y" or "yes" (any case); anything else, an empty line or the
+/// end of input is no.
+pub fn confirm(question: &str) -> Result<bool, CliError> {
+    let _ = write!(io::stderr(), "{question} [y/N] ");
+    let mut line = Zeroizing::new(Vec::new());
+    read_line(&mut line).map_err(|e| CliError::read(None, e))?;
+    let answer = String::from_utf8_lossy(&line).trim().to_ascii_lowercase();
+    Ok(answer == "y" || answer == "yes")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

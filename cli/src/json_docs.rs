@@ -13,10 +13,10 @@ CODE is the daemon's error code in snake case when it refused the request
 (permission_denied, key_not_found, key_exists, key_revoked, version_revoked,
 key_disabled, key_pending_deletion, invalid_ciphertext, plaintext_too_large,
 busy, tpm_unavailable, internal, not_implemented, invalid_argument,
-version_not_found, wrong_key_type, bad_request, frame_too_large,
-unsupported_version, unrecognized), or a local kind: usage, connect,
-connection, timed_out, may_have_executed, daemon_too_old, read, write,
-input_too_large, not_ciphertext, credential_dir, not_age_file,
+version_not_found, wrong_key_type, locked, wrong_pin, bad_request,
+frame_too_large, unsupported_version, unrecognized), or a local kind: usage,
+connect, connection, timed_out, may_have_executed, daemon_too_old, read,
+write, invalid_pin, input_too_large, not_ciphertext, credential_dir, not_age_file,
 no_hostkms_stanza, damaged_file, context_mismatch, counters_withheld,
 not_recoverable, random, bench_failed, bench_key_left, interrupted, signals. verify and verify-mac
 print their result object even when the signature or tag is invalid (exit
@@ -147,7 +147,21 @@ JSON (--json): {\"daemon_version\", \"oldest_protocol\", \"newest_protocol\",
 when withheld), \"counters\" (name to count; empty when withheld), \"recovery\":
 {\"configured\", \"dir\", \"custodians\", \"threshold\", \"bundle_recipient\",
 \"current\", \"problem\"}, \"rollback\": {\"bound\", \"nv_index\", \"store_counter\",
-\"pending_increments\", \"problem\"}}";
+\"pending_increments\", \"problem\"}, \"sealing\": {\"locked\", \"lock\" (unlocked,
+no_root_key_yet, pin_required or pcr_mismatch), \"changed_pcrs\": [{\"pcr\",
+\"sealed\", \"current\"}] (hex sha256 values), \"mode\": {\"pcrs\", \"pin\",
+\"pcr_values\": [{\"pcr\", \"sha256\"}]}}}";
+
+/// `unlock`.
+pub const UNLOCK: &str = "\
+JSON (--json): {\"already_unlocked\", \"root_key_check\", \"resealed\",
+\"changed_pcrs\": [{\"pcr\", \"sealed\", \"current\"}]} (hex sha256 values).
+Prompts and the PCRs that changed go to standard error.";
+
+/// `reseal` and `change-pin`.
+pub const RESEAL: &str = "\
+JSON (--json): {\"dry_run\", \"before\", \"after\"}, each sealing {\"pcrs\",
+\"pin\", \"pcr_values\": [{\"pcr\", \"sha256\"}]} (hex sha256 values).";
 
 /// `metrics`.
 pub const METRICS: &str = "\

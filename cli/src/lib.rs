@@ -17,7 +17,9 @@ pub mod inspect;
 pub mod io;
 pub mod json_docs;
 pub mod output;
+pub mod pin;
 pub mod report;
+pub mod sealing;
 pub mod socket;
 
 /// How long one request may wait for the daemon before the CLI (or the

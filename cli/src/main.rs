@@ -89,7 +89,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Status => {
             let status = daemon.connect()?.status()?;
             let text = if json {
-                output::json_line(&status).map_err(json_error)?
+                output::status_json(&status).map_err(json_error)?
             } else {
                 output::status_human(&status)
             };
@@ -122,8 +122,13 @@ fn run(cli: &Cli) -> Result<(), CliError> {
                 None => write_stdout(text.as_bytes()),
             }
         }
-        Command::RotateRoot => {
-            let rotation = daemon.connect()?.rotate_root()?;
+        Command::Unlock(args) => hostkms_cli::sealing::unlock(&mut daemon.connect()?, args, json),
+        Command::Reseal(args) => hostkms_cli::sealing::reseal(&mut daemon.connect()?, args, json),
+        Command::ChangePin(args) => {
+            hostkms_cli::sealing::change_pin(&mut daemon.connect()?, args, json)
+        }
+        Command::RotateRoot(args) => {
+            let rotation = hostkms_cli::sealing::rotate_root(&mut daemon.connect()?, args)?;
             let text = if json {
                 output::json_line(&rotation).map_err(json_error)?
             } else {

@@ -6,8 +6,9 @@ use std::fmt::Write as _;
 use agent_proto::counters::{self, RequestResult};
 use agent_proto::date::rfc3339;
 use agent_proto::{
-    DataKey, KeyInfo, KeyState, MacTag, PublicKeyInfo, RootRotation, Signature, StatusInfo,
-    Unwrapped, Verification, VersionState, Wrapped,
+    DataKey, KeyInfo, KeyState, LockState, MacTag, PcrChange, PublicKeyInfo, ResealInfo,
+    RootRotation, Sealing, SealingStatus, Signature, StatusInfo, UnlockInfo, Unwrapped,
+    Verification, VersionState, Wrapped,
 };
 use serde::Serialize;
 use zeroize::Zeroizing;
@@ -299,6 +300,10 @@ pub fn status_human(status: &StatusInfo) -> String {
     let _ = writeln!(out, "uptime:           {} s", status.uptime_secs);
     let _ = writeln!(out, "TPM reachable:    {}", yes_no(status.tpm_reachable));
     let _ = writeln!(out, "root key loaded:  {}", yes_no(status.root_key_loaded));
+    let _ = writeln!(out, "root key:         {}", sealing_line(&status.sealing));
+    if let LockState::PcrMismatch { changed } = &status.sealing.lock {
+        out.push_str(&pcr_changes_human(changed));
+    }
     if counters_withheld(status) {
         let _ = writeln!(out, "root key check:   withheld");
         let _ = writeln!(
@@ -348,6 +353,251 @@ pub fn status_human(status: &StatusInfo) -> String {
         }
     }
     out
+}
+
+/// The sealing of the root key in one line: whether the daemon is locked
+/// and why, or how the root key it holds is sealed.
+pub fn sealing_line(sealing: &SealingStatus) -> String {
+    match &sealing.lock {
+        LockState::Unlocked => format!("unlocked; {}", sealing_mode(&sealing.mode)),
+        LockState::PinRequired => "locked (PIN required) \u{2014} run hostkms unlock".to_string(),
+        LockState::NoRootKeyYet => {
+            "locked: no root key yet \u{2014} run hostkms unlock to set the PIN and create it"
+                .to_string()
+        }
+        LockState::PcrMismatch { changed } => {
+            let pcrs: Vec<u8> = changed.iter().map(|change| change.pcr).collect();
+            format!(
+                "locked: {} changed since sealing \u{2014} run hostkms unlock",
+                pcr_list(&pcrs)
+            )
+        }
+    }
+}
+
+/// How the root key is sealed: "sealed to PCRs 7 and 14 and a PIN",
+/// "sealed with a PIN", "not sealed to PCRs or a PIN".
+pub fn sealing_mode(mode: &Sealing) -> String {
+    match (mode.pcrs.is_empty(), mode.pin) {
+        (true, false) => "not sealed to PCRs or a PIN".to_string(),
+        (true, true) => "sealed with a PIN".to_string(),
+        (false, false) => format!("sealed to {}", pcr_list(&mode.pcrs)),
+        (false, true) => format!("sealed to {} and a PIN", pcr_list(&mode.pcrs)),
+    }
+}
+
+/// "PCR 7", "PCRs 7 and 14", "PCRs 0, 2 and 7".
+pub fn pcr_list(pcrs: &[u8]) -> String {
+    let names: Vec<String> = pcrs.iter().map(u8::to_string).collect();
+    match names.as_slice() {
+        [] => "no PCR".to_string(),
+        [one] => format!("PCR {one}"),
+        [init @ .., last] => format!("PCRs {} and {last}", init.join(", ")),
+    }
+}
+
+/// Bytes as lower-case hex (PCR values).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut out, byte| {
+        let _ = write!(out, "{byte:02x}");
+        out
+    })
+}
+
+/// The PCRs that changed since sealing, one indented block each with the
+/// value sealed and the value now (sha256, hex).
+pub fn pcr_changes_human(changed: &[PcrChange]) -> String {
+    let mut out = String::new();
+    for change in changed {
+        let _ = writeln!(out, "  PCR {} changed since sealing:", change.pcr);
+        let _ = writeln!(out, "    sealed:  {}", hex(&change.sealed));
+        let _ = writeln!(out, "    now:     {}", hex(&change.current));
+    }
+    out
+}
+
+/// A PCR change as JSON: hex values.
+#[derive(Serialize)]
+struct PcrChangeJson {
+    pcr: u8,
+    sealed: String,
+    current: String,
+}
+
+impl From<&PcrChange> for PcrChangeJson {
+    fn from(change: &PcrChange) -> Self {
+        PcrChangeJson {
+            pcr: change.pcr,
+            sealed: hex(&change.sealed),
+            current: hex(&change.current),
+        }
+    }
+}
+
+/// A PCR value as JSON: hex.
+#[derive(Serialize)]
+struct PcrValueJson {
+    pcr: u8,
+    sha256: String,
+}
+
+/// A sealing as JSON.
+#[derive(Serialize)]
+struct SealingJson {
+    pcrs: Vec<u8>,
+    pin: bool,
+    pcr_values: Vec<PcrValueJson>,
+}
+
+impl From<&Sealing> for SealingJson {
+    fn from(mode: &Sealing) -> Self {
+        SealingJson {
+            pcrs: mode.pcrs.clone(),
+            pin: mode.pin,
+            pcr_values: mode
+                .pcr_values
+                .iter()
+                .map(|value| PcrValueJson {
+                    pcr: value.pcr,
+                    sha256: hex(&value.sha256),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The lock state's name in JSON.
+fn lock_name(lock: &LockState) -> &'static str {
+    match lock {
+        LockState::Unlocked => "unlocked",
+        LockState::NoRootKeyYet => "no_root_key_yet",
+        LockState::PinRequired => "pin_required",
+        LockState::PcrMismatch { .. } => "pcr_mismatch",
+    }
+}
+
+/// `status`'s sealing as JSON.
+#[derive(Serialize)]
+struct SealingStatusJson {
+    locked: bool,
+    lock: &'static str,
+    changed_pcrs: Vec<PcrChangeJson>,
+    mode: SealingJson,
+}
+
+impl From<&SealingStatus> for SealingStatusJson {
+    fn from(sealing: &SealingStatus) -> Self {
+        let changed_pcrs = match &sealing.lock {
+            LockState::PcrMismatch { changed } => changed.iter().map(Into::into).collect(),
+            _ => Vec::new(),
+        };
+        SealingStatusJson {
+            locked: sealing.lock.is_locked(),
+            lock: lock_name(&sealing.lock),
+            changed_pcrs,
+            mode: (&sealing.mode).into(),
+        }
+    }
+}
+
+/// The daemon's status as JSON: its fields as the protocol names them,
+/// with `sealing` as {"locked", "lock", "changed_pcrs", "mode"} and PCR
+/// values in hex.
+pub fn status_json(status: &StatusInfo) -> Result<String, serde_json::Error> {
+    let mut value = serde_json::to_value(status)?;
+    if let Some(object) = value.as_object_mut() {
+        object.insert(
+            "sealing".to_string(),
+            serde_json::to_value(SealingStatusJson::from(&status.sealing))?,
+        );
+    }
+    json_line(&value)
+}
+
+/// What `unlock` did, for a person.
+pub fn unlock_human(info: &UnlockInfo) -> String {
+    let mut out = format!(
+        "unlocked; root key check value {}\n",
+        printable(&info.root_key_check)
+    );
+    if info.changed_pcrs.is_empty() {
+        return out;
+    }
+    let pcrs: Vec<u8> = info.changed_pcrs.iter().map(|c| c.pcr).collect();
+    if info.resealed {
+        let _ = writeln!(
+            out,
+            "the PCR copy of the root key is resealed to the current values of {}: the next start unlocks by itself",
+            pcr_list(&pcrs)
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "unlocked for this boot only: {} still differ from the values sealed, so the next start will be locked again unless `hostkms reseal` is run",
+            pcr_list(&pcrs)
+        );
+    }
+    out
+}
+
+/// What `unlock` did, as JSON: {"root_key_check", "resealed",
+/// "changed_pcrs": [{"pcr", "sealed", "current"}]}.
+pub fn unlock_json(info: &UnlockInfo) -> Result<String, serde_json::Error> {
+    #[derive(Serialize)]
+    struct Json<'a> {
+        root_key_check: &'a str,
+        resealed: bool,
+        changed_pcrs: Vec<PcrChangeJson>,
+    }
+    json_line(&Json {
+        root_key_check: &info.root_key_check,
+        resealed: info.resealed,
+        changed_pcrs: info.changed_pcrs.iter().map(Into::into).collect(),
+    })
+}
+
+/// A reseal's (or a PIN change's) before and after, for a person.
+pub fn reseal_human(info: &ResealInfo) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "before: {}", sealing_mode(&info.before));
+    out.push_str(&pcr_values_human(&info.before));
+    let _ = writeln!(
+        out,
+        "after:  {}{}",
+        sealing_mode(&info.after),
+        if info.dry_run { " (dry run)" } else { "" }
+    );
+    out.push_str(&pcr_values_human(&info.after));
+    if info.dry_run {
+        let _ = writeln!(out, "dry run: nothing changed");
+    }
+    out
+}
+
+/// The PCR values of a sealing, one indented line each.
+fn pcr_values_human(mode: &Sealing) -> String {
+    let mut out = String::new();
+    for value in &mode.pcr_values {
+        let _ = writeln!(out, "  PCR {:<2} {}", value.pcr, hex(&value.sha256));
+    }
+    out
+}
+
+/// A reseal's (or a PIN change's) before and after, as JSON: {"dry_run",
+/// "before", "after"}, each {"pcrs", "pin", "pcr_values": [{"pcr",
+/// "sha256"}]}.
+pub fn reseal_json(info: &ResealInfo) -> Result<String, serde_json::Error> {
+    #[derive(Serialize)]
+    struct Json {
+        dry_run: bool,
+        before: SealingJson,
+        after: SealingJson,
+    }
+    json_line(&Json {
+        dry_run: info.dry_run,
+        before: (&info.before).into(),
+        after: (&info.after).into(),
+    })
 }
 
 /// The recovery lines of `status`: whether a lost TPM loses the keys.
@@ -1124,6 +1374,7 @@ mod tests {
             counters,
             recovery: Default::default(),
             rollback: Default::default(),
+            sealing: Default::default(),
         }
     }
 
@@ -1240,5 +1491,152 @@ mod tests {
             serde_json::from_slice(&data_key_json(&data_key).expect("json")).expect("parse");
         assert!(json["plaintext"].is_null());
         assert_eq!(json["ciphertext"], "SEtNUw==");
+    }
+
+    fn mismatch() -> agent_proto::SealingStatus {
+        agent_proto::SealingStatus {
+            lock: LockState::PcrMismatch {
+                changed: vec![PcrChange {
+                    pcr: 7,
+                    sealed: vec![0xa7; 32],
+                    current: vec![0xb7; 32],
+                }],
+            },
+            mode: Sealing {
+                pcrs: vec![7],
+                pin: true,
+                pcr_values: vec![agent_proto::PcrValue {
+                    pcr: 7,
+                    sha256: vec![0xa7; 32],
+                }],
+            },
+        }
+    }
+
+    #[test]
+    fn the_sealing_line_says_locked_and_why_or_how_the_key_is_sealed() {
+        let mut sealing = agent_proto::SealingStatus::default();
+        assert_eq!(
+            sealing_line(&sealing),
+            "unlocked; not sealed to PCRs or a PIN"
+        );
+        sealing.mode.pcrs = vec![7];
+        sealing.mode.pin = true;
+        assert_eq!(
+            sealing_line(&sealing),
+            "unlocked; sealed to PCR 7 and a PIN"
+        );
+        sealing.mode.pcrs = vec![0, 7, 14];
+        sealing.mode.pin = false;
+        assert_eq!(
+            sealing_line(&sealing),
+            "unlocked; sealed to PCRs 0, 7 and 14"
+        );
+        sealing.lock = LockState::PinRequired;
+        assert_eq!(
+            sealing_line(&sealing),
+            "locked (PIN required) \u{2014} run hostkms unlock"
+        );
+        sealing.lock = LockState::NoRootKeyYet;
+        assert!(sealing_line(&sealing).starts_with("locked: no root key yet"));
+        assert_eq!(
+            sealing_line(&mismatch()),
+            "locked: PCR 7 changed since sealing \u{2014} run hostkms unlock"
+        );
+    }
+
+    #[test]
+    fn status_shows_the_sealing_and_the_pcrs_that_changed() {
+        let mut status = sample_status();
+        let text = status_human(&status);
+        assert!(
+            text.contains("root key:         unlocked; not sealed to PCRs or a PIN\n"),
+            "{text}"
+        );
+        status.sealing = mismatch();
+        status.counters.clear();
+        status.root_key_check.clear();
+        let text = status_human(&status);
+        assert!(
+            text.contains("root key:         locked: PCR 7 changed"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("    sealed:  {}\n", "a7".repeat(32))),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("    now:     {}\n", "b7".repeat(32))),
+            "{text}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&status_json(&status).expect("json")).expect("parse");
+        assert_eq!(json["sealing"]["locked"], true);
+        assert_eq!(json["sealing"]["lock"], "pcr_mismatch");
+        assert_eq!(json["sealing"]["changed_pcrs"][0]["pcr"], 7);
+        assert_eq!(
+            json["sealing"]["changed_pcrs"][0]["current"],
+            "b7".repeat(32)
+        );
+        assert_eq!(json["sealing"]["mode"]["pcrs"], serde_json::json!([7]));
+        assert_eq!(json["sealing"]["mode"]["pin"], true);
+        assert_eq!(
+            json["sealing"]["mode"]["pcr_values"][0]["sha256"],
+            "a7".repeat(32)
+        );
+        assert_eq!(json["root_key_loaded"], true);
+    }
+
+    #[test]
+    fn unlock_says_whether_the_next_start_unlocks_by_itself() {
+        let mut info = UnlockInfo {
+            root_key_check: "abcd".to_string(),
+            resealed: false,
+            changed_pcrs: Vec::new(),
+        };
+        assert_eq!(unlock_human(&info), "unlocked; root key check value abcd\n");
+        info.changed_pcrs = vec![PcrChange {
+            pcr: 7,
+            sealed: vec![1; 32],
+            current: vec![2; 32],
+        }];
+        let text = unlock_human(&info);
+        assert!(text.contains("for this boot only"), "{text}");
+        assert!(text.contains("unless `hostkms reseal` is run"), "{text}");
+        info.resealed = true;
+        let text = unlock_human(&info);
+        assert!(text.contains("the next start unlocks by itself"), "{text}");
+        let json: serde_json::Value =
+            serde_json::from_str(&unlock_json(&info).expect("json")).expect("parse");
+        assert_eq!(json["resealed"], true);
+        assert_eq!(json["changed_pcrs"][0]["sealed"], "01".repeat(32));
+    }
+
+    #[test]
+    fn a_reseal_shows_before_and_after() {
+        let info = ResealInfo {
+            dry_run: true,
+            before: Sealing::default(),
+            after: mismatch().mode,
+        };
+        let text = reseal_human(&info);
+        assert!(
+            text.starts_with("before: not sealed to PCRs or a PIN\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("after:  sealed to PCR 7 and a PIN (dry run)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("  PCR 7  {}\n", "a7".repeat(32))),
+            "{text}"
+        );
+        assert!(text.contains("nothing changed"), "{text}");
+        let json: serde_json::Value =
+            serde_json::from_str(&reseal_json(&info).expect("json")).expect("parse");
+        assert_eq!(json["dry_run"], true);
+        assert_eq!(json["before"]["pin"], false);
+        assert_eq!(json["after"]["pcrs"], serde_json::json!([7]));
     }
 }

@@ -9,6 +9,7 @@ use agent_proto::{
     RotationSetting, SecretBytes, SignInput, Signature, StatusInfo, UnwrapItem, Unwrapped,
     Verification, VersionInfo, VersionState, WrapItem, Wrapped,
 };
+use agent_proto::{LockState, PcrChange, PcrValue, ResealInfo, Sealing, SealingStatus, UnlockInfo};
 
 /// The specification, whose example frames are seeds.
 const SPEC: &str = include_str!("../../agent-proto/README.md");
@@ -83,7 +84,7 @@ pub fn typed_keys(key: &str) -> Vec<(String, KeyType)> {
 }
 
 /// The example frames of the specification that are requests.
-const SPEC_REQUESTS: [&str; 19] = [
+const SPEC_REQUESTS: [&str; 22] = [
     "request-frame",
     "v1-list-request-frame",
     "v2-list-request-frame",
@@ -103,10 +104,13 @@ const SPEC_REQUESTS: [&str; 19] = [
     "v5-wrap-batch-request-frame",
     "v5-unwrap-batch-request-frame",
     "v5-wrap-credential-request-frame",
+    "v6-unlock-request-frame",
+    "v6-reseal-request-frame",
+    "v6-change-pin-request-frame",
 ];
 
 /// The example frames of the specification that are responses.
-const SPEC_RESPONSES: [&str; 10] = [
+const SPEC_RESPONSES: [&str; 15] = [
     "response-frame",
     "v2-list-response-frame",
     "v3-status-response-frame",
@@ -117,6 +121,11 @@ const SPEC_RESPONSES: [&str; 10] = [
     "v5-wrapped-batch-response-frame",
     "v5-unwrapped-batch-response-frame",
     "v5-pending-deletion-error-frame",
+    "v6-unlocked-response-frame",
+    "v6-resealed-response-frame",
+    "v6-status-response-frame",
+    "v6-locked-error-frame",
+    "v6-wrong-pin-error-frame",
 ];
 
 /// The MAC and signing requests on `name`, valid in shape whatever its
@@ -193,7 +202,7 @@ pub fn request_frames(key: &str, other: &str, ciphertexts: &[Vec<u8>]) -> Vec<Ve
             limit: Some(2),
         },
         // A peer that is not admin: refused without touching the TPM.
-        Request::RotateRoot,
+        Request::RotateRoot { pin: None },
         Request::TransportKey,
         Request::ImportKey {
             file: b"age-encryption.org/v1\n".to_vec(),
@@ -202,6 +211,32 @@ pub fn request_frames(key: &str, other: &str, ciphertexts: &[Vec<u8>]) -> Vec<Ve
         Request::GenerateRandom { bytes: 0 },
         Request::GenerateRandom {
             bytes: agent_proto::MAX_RANDOM_BYTES + 1,
+        },
+        // Admin only, never grantable: refused before the TPM is asked.
+        // PINs at and past the rule's edges (8 to 32 bytes of UTF-8).
+        Request::Unlock {
+            pin: SecretBytes::new(b"correct horse".to_vec()),
+            reseal: false,
+        },
+        Request::Unlock {
+            pin: SecretBytes::new(b"1234567".to_vec()),
+            reseal: true,
+        },
+        Request::Reseal {
+            pin: Some(SecretBytes::new(b"correct horse".to_vec())),
+            pcrs: Some(vec![7, 14]),
+            new_pin: None,
+            dry_run: true,
+        },
+        Request::Reseal {
+            pin: None,
+            pcrs: Some(vec![24, 7, 7, 255]),
+            new_pin: Some(SecretBytes::new(b"\xff\xfe not utf-8".to_vec())),
+            dry_run: false,
+        },
+        Request::ChangePin {
+            pin: SecretBytes::new(b"correct horse".to_vec()),
+            new_pin: SecretBytes::new(vec![b'p'; 33]),
         },
     ];
     for (name, key_type) in typed_keys(key) {
@@ -392,6 +427,19 @@ pub fn response_frames() -> Vec<Vec<u8>> {
         deletion_date: None,
     };
     let pending = info.clone();
+    let change = || PcrChange {
+        pcr: 7,
+        sealed: vec![0xa7; 32],
+        current: vec![0xb7; 32],
+    };
+    let sealing = || Sealing {
+        pcrs: vec![7],
+        pin: true,
+        pcr_values: vec![PcrValue {
+            pcr: 7,
+            sha256: vec![0xa7; 32],
+        }],
+    };
     let responses = vec![
         Response::Pong,
         Response::Status(StatusInfo {
@@ -407,6 +455,12 @@ pub fn response_frames() -> Vec<Vec<u8>> {
                 .collect(),
             recovery: Default::default(),
             rollback: Default::default(),
+            sealing: SealingStatus {
+                lock: LockState::PcrMismatch {
+                    changed: vec![change()],
+                },
+                mode: sealing(),
+            },
         }),
         Response::Key(info.clone()),
         Response::Keys(KeyPage {
@@ -500,6 +554,24 @@ pub fn response_frames() -> Vec<Vec<u8>> {
                 message: "item 1 does not authenticate".to_string(),
             }),
         ]),
+        Response::Unlocked(UnlockInfo {
+            root_key_check: "0011223344556677".to_string(),
+            resealed: false,
+            changed_pcrs: vec![change()],
+        }),
+        Response::Resealed(ResealInfo {
+            dry_run: true,
+            before: Sealing::default(),
+            after: sealing(),
+        }),
+        Response::error(
+            ErrorCode::Locked,
+            "the daemon is locked: run hostkms unlock",
+        ),
+        Response::error(
+            ErrorCode::WrongPin,
+            "wrong PIN: the TPM allows 2 more tries",
+        ),
     ];
     let mut frames: Vec<Vec<u8>> = responses
         .into_iter()
@@ -557,7 +629,7 @@ mod tests {
                     .kind()
             })
             .collect();
-        assert_eq!(kinds.len(), 18, "a seed of every response kind: {kinds:?}");
+        assert_eq!(kinds.len(), 20, "a seed of every response kind: {kinds:?}");
     }
 
     #[test]

@@ -305,8 +305,10 @@ fn random_version(rng: &mut Rng) -> u32 {
 /// connection stays open for the next frame.
 pub fn random_request(rng: &mut Rng, names: &[&str], blobs: &[Vec<u8>]) -> Request {
     let plaintext_len = *rng.pick(&[0, 1, 16, 1000, 64 * 1024, 64 * 1024 + 1, 200_000]);
-    // RotateRoot (admin only, a TPM seal each time) is left to its own tests.
-    match rng.below(32) {
+    // RotateRoot (admin only, a TPM seal each time) is left to its own
+    // tests, and so is a Reseal that is not a dry run (the admin worker
+    // would seal the root key anew, to PCRs, each time).
+    match rng.below(35) {
         0 => Request::Ping,
         1 => Request::Status,
         2 => Request::CreateKey {
@@ -472,9 +474,49 @@ pub fn random_request(rng: &mut Rng, names: &[&str], blobs: &[Vec<u8>]) -> Reque
                 .to_string(),
             plaintext: SecretBytes::new(vec![0x5a; plaintext_len]),
         },
+        // Admin only; PINs around the rule (8 to 32 bytes of UTF-8), PCRs
+        // past 23, repeated or unsorted. A Reseal is a dry run (see above).
+        30 => Request::Unlock {
+            pin: random_pin(rng),
+            reseal: rng.chance(50),
+        },
+        31 => Request::Reseal {
+            pin: rng.chance(70).then(|| random_pin(rng)),
+            pcrs: rng.chance(50).then(|| random_pcrs(rng)),
+            new_pin: rng.chance(30).then(|| random_pin(rng)),
+            dry_run: true,
+        },
+        32 => Request::ChangePin {
+            pin: random_pin(rng),
+            new_pin: random_pin(rng),
+        },
         _ => Request::DescribeKey {
             key: random_name(rng, names),
         },
+    }
+}
+
+/// PINs around the rule: too short, the edges, too long, not UTF-8, with
+/// a newline (which the daemon does not strip), empty, random bytes.
+fn random_pin(rng: &mut Rng) -> SecretBytes {
+    let len = *rng.pick(&[0, 7, 8, 32, 33, 1000]);
+    let bytes = match rng.below(4) {
+        0 => random_bytes_of(rng, len),
+        1 => b"12345678\n".to_vec(),
+        2 => b"\xff\xfe\xfd\xfc\xfb\xfa\xf9\xf8".to_vec(),
+        _ => vec![b'7'; len],
+    };
+    SecretBytes::new(bytes)
+}
+
+/// PCR selections: none, the usual, unsorted and repeated, out of range.
+fn random_pcrs(rng: &mut Rng) -> Vec<u8> {
+    match rng.below(5) {
+        0 => Vec::new(),
+        1 => vec![7],
+        2 => vec![14, 7, 7],
+        3 => vec![23, 24, 255],
+        _ => (0..rng.below(40)).map(|_| rng.byte()).collect(),
     }
 }
 
@@ -571,6 +613,7 @@ pub fn random_request_frame(rng: &mut Rng, names: &[&str], blobs: &[Vec<u8>]) ->
         agent_proto::v2::VERSION,
         agent_proto::v3::VERSION,
         agent_proto::v4::VERSION,
+        agent_proto::v5::VERSION,
         agent_proto::PROTOCOL_VERSION,
     ]);
     let encode = |proto| {

@@ -8,7 +8,7 @@ use crate::config::{Config, TpmConfig};
 use crate::keystore::KeyStore;
 use crate::recovery::{RecoveryConfig, dir::RecoveryWriter};
 use crate::rootkey::{
-    self, Opened, PcrSource, RECORD, RootKey, RootKeyError, SealRecord, SealingMode,
+    self, Opened, PcrSource, RECORD, ResealTo, RootKey, RootKeyError, SealRecord, SealingMode,
 };
 use crate::service::{ResealPlan, Resealed, UnlockFailure, Unlocked, Unlocker};
 use crate::state_dir::StateDir;
@@ -161,9 +161,11 @@ impl Unlocker for Opener {
                 timeout,
                 &key,
                 &record,
-                &mode,
-                Some(pin),
-                PcrSource::Current,
+                ResealTo {
+                    mode: &mode,
+                    pin: Some(pin),
+                    pcrs: PcrSource::Current,
+                },
             )?;
         }
         let (store, transport) = self.open_keys(key).map_err(start_failure)?;
@@ -211,9 +213,11 @@ impl Unlocker for Opener {
             timeout,
             &key,
             &before,
-            &plan.target,
-            new_pin,
-            plan.pcrs,
+            ResealTo {
+                mode: &plan.target,
+                pin: new_pin,
+                pcrs: plan.pcrs,
+            },
         )?;
         Ok(Resealed { before, after })
     }

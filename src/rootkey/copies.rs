@@ -178,12 +178,12 @@ pub(super) fn unseal_auto(
 }
 
 /// The PCRs whose current value differs from the recorded one.
-fn changes(recorded: &[PcrValue], current: &[PcrValue]) -> Vec<PcrChange> {
+pub(super) fn changes(recorded: &[PcrValue], current: &[PcrValue]) -> Vec<PcrChange> {
     recorded
         .iter()
         .filter_map(|sealed| {
             let now = current.iter().find(|value| value.pcr == sealed.pcr)?;
-            (now.sha256 != sealed.sha256).then(|| PcrChange {
+            (now.sha256 != sealed.sha256).then_some(PcrChange {
                 pcr: sealed.pcr,
                 sealed: sealed.sha256,
                 current: now.sha256,

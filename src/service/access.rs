@@ -87,7 +87,7 @@ fn contexts(request: &Request) -> Box<dyn Iterator<Item = &EncryptionContext> + 
         | Request::SetMinDecryptionVersion { .. }
         | Request::ListKeys { .. }
         | Request::DescribeKey { .. }
-        | Request::RotateRoot
+        | Request::RotateRoot { .. }
         | Request::TransportKey
         | Request::ExportKey { .. }
         | Request::ImportKey { .. }
@@ -101,7 +101,10 @@ fn contexts(request: &Request) -> Box<dyn Iterator<Item = &EncryptionContext> + 
         | Request::CancelDeletion { .. }
         | Request::SetRotationPeriod { .. }
         | Request::UpdateKeyMetadata { .. }
-        | Request::WrapCredential { .. } => Box::new(std::iter::empty()),
+        | Request::WrapCredential { .. }
+        | Request::Unlock { .. }
+        | Request::Reseal { .. }
+        | Request::ChangePin { .. } => Box::new(std::iter::empty()),
     }
 }
 

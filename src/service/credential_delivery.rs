@@ -102,6 +102,7 @@ impl Service {
                     ErrorCode::VersionRevoked => "version-revoked",
                     ErrorCode::KeyPendingDeletion => "key-pending-deletion",
                     ErrorCode::WrongKeyType => "wrong-key-type",
+                    ErrorCode::Locked => "locked",
                     _ => "failed",
                 };
                 let message = if refusal.code == ErrorCode::PermissionDenied {

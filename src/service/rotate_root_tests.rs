@@ -121,7 +121,10 @@ async fn an_admin_rotates_status_shows_the_new_check_and_ciphertexts_still_unwra
         other => panic!("expected Wrapped, got {other:?}"),
     };
 
-    match service.handle(&admin, Request::RotateRoot).await {
+    match service
+        .handle(&admin, Request::RotateRoot { pin: None })
+        .await
+    {
         Response::RootRotated(rotation) => {
             assert_eq!(rotation.old_check, old);
             assert_eq!(rotation.new_check, new);
@@ -152,7 +155,11 @@ async fn a_peer_granted_everything_may_not_rotate_the_root_key() {
     let tmp = tempfile::tempdir().unwrap();
     let sealer = Arc::new(FakeSealer::default());
     let service = service(tmp.path(), Some(Arc::clone(&sealer)));
-    let (code, message) = refusal(service.handle(&peer(APP), Request::RotateRoot).await);
+    let (code, message) = refusal(
+        service
+            .handle(&peer(APP), Request::RotateRoot { pin: None })
+            .await,
+    );
     assert_eq!(code, ErrorCode::PermissionDenied);
     assert!(message.contains("only admins"), "{message}");
     assert!(sealer.steps.lock().unwrap().is_empty(), "no TPM work");
@@ -163,7 +170,11 @@ async fn a_peer_granted_everything_may_not_rotate_the_root_key() {
 async fn without_a_sealer_rotate_root_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let service = service(tmp.path(), None);
-    let (code, message) = refusal(service.handle(&peer(0), Request::RotateRoot).await);
+    let (code, message) = refusal(
+        service
+            .handle(&peer(0), Request::RotateRoot { pin: None })
+            .await,
+    );
     assert_eq!(code, ErrorCode::Internal);
     assert!(message.contains("no TPM"), "{message}");
 }

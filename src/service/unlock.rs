@@ -7,7 +7,11 @@
 
 use std::sync::Arc;
 
-use agent_proto::{ErrorCode, Request};
+use agent_proto::pin::Pin;
+use agent_proto::{
+    ErrorCode, LockState, PcrValue, Request, ResealInfo, Response, Sealing, SealingStatus,
+    SecretBytes, UnlockInfo,
+};
 use zeroize::Zeroizing;
 
 use super::{Refusal, Service};
@@ -18,9 +22,9 @@ use crate::rootkey::{LockReason, PcrChange, PcrSource, RootKeyError, SealRecord,
 use crate::transfer::TransportKey;
 
 /// The code a key operation gets while the daemon is locked.
-const LOCKED: ErrorCode = ErrorCode::TpmUnavailable;
+const LOCKED: ErrorCode = ErrorCode::Locked;
 /// The code a refused PIN gets.
-const WRONG_PIN: ErrorCode = ErrorCode::PermissionDenied;
+const WRONG_PIN: ErrorCode = ErrorCode::WrongPin;
 
 /// How the root key is sealed and whether the daemon is locked: what
 /// `Status` reports.
@@ -101,7 +105,70 @@ pub trait Unlocker: Send + Sync + std::fmt::Debug {
 
 /// Whether `request` is answered while the daemon is locked.
 pub(super) fn served_while_locked(request: &Request) -> bool {
-    matches!(request, Request::Ping | Request::Status)
+    matches!(
+        request,
+        Request::Ping | Request::Status | Request::Unlock { .. }
+    )
+}
+
+/// A PIN from the wire, checked by the PIN rule as it arrives (the client
+/// has stripped its newline): `InvalidArgument` names the rule, never the
+/// PIN.
+pub(super) fn checked_pin(
+    pin: Option<&SecretBytes>,
+) -> Result<Option<Zeroizing<Vec<u8>>>, Refusal> {
+    pin.map(|pin| {
+        Pin::exact(pin.expose())
+            .map(|pin| Zeroizing::new(pin.expose().to_vec()))
+            .map_err(|e| Refusal::new(ErrorCode::InvalidArgument, format!("the PIN: {e}")))
+    })
+    .transpose()
+}
+
+/// What `Status` says of the sealing.
+pub(super) fn status(state: &SealingState) -> SealingStatus {
+    let lock = match &state.lock {
+        None => LockState::Unlocked,
+        Some(LockReason::NoRootKeyYet) => LockState::NoRootKeyYet,
+        Some(LockReason::PinRequired) => LockState::PinRequired,
+        Some(LockReason::PcrMismatch(changes)) => LockState::PcrMismatch {
+            changed: changes.iter().map(pcr_change).collect(),
+        },
+    };
+    let mode = match &state.record {
+        Some(record) => sealing(record),
+        // No root key yet: the mode the first unlock creates.
+        None => Sealing {
+            pcrs: state.configured.pcrs.clone(),
+            pin: state.configured.pin,
+            pcr_values: Vec::new(),
+        },
+    };
+    SealingStatus { lock, mode }
+}
+
+fn pcr_change(change: &PcrChange) -> agent_proto::PcrChange {
+    agent_proto::PcrChange {
+        pcr: change.pcr,
+        sealed: change.sealed.to_vec(),
+        current: change.current.to_vec(),
+    }
+}
+
+/// A record as the protocol shows it.
+fn sealing(record: &SealRecord) -> Sealing {
+    Sealing {
+        pcrs: record.mode.pcrs.clone(),
+        pin: record.mode.pin,
+        pcr_values: record
+            .pcr_values
+            .iter()
+            .map(|value| PcrValue {
+                pcr: value.pcr,
+                sha256: value.sha256.to_vec(),
+            })
+            .collect(),
+    }
 }
 
 /// Which operator request opens the PIN copy, for the audit.
@@ -123,6 +190,89 @@ impl Purpose {
 }
 
 impl Service {
+    /// `Unlock`, answered with what it did.
+    pub(super) async fn unlock(
+        &self,
+        peer: &Peer,
+        pin: SecretBytes,
+        reseal: bool,
+    ) -> Result<Response, Refusal> {
+        self.require_admin(peer, "unlock the root key")?;
+        let pin = checked_pin(Some(&pin))?.unwrap_or_default();
+        let (_, changed, resealed, check) = self.unlock_root_key(peer, pin, reseal).await?;
+        Ok(Response::Unlocked(UnlockInfo {
+            root_key_check: check,
+            resealed,
+            changed_pcrs: changed.iter().map(pcr_change).collect(),
+        }))
+    }
+
+    /// `Reseal` and `ChangePin`, answered with the sealing before and after.
+    pub(super) async fn reseal(
+        &self,
+        peer: &Peer,
+        purpose: Purpose,
+        pin: Option<SecretBytes>,
+        pcrs: Option<Vec<u8>>,
+        new_pin: Option<SecretBytes>,
+        dry_run: bool,
+    ) -> Result<Response, Refusal> {
+        let pin = checked_pin(pin.as_ref())?;
+        let new_pin = checked_pin(new_pin.as_ref())?;
+        let resealed = self
+            .reseal_root_key(peer, purpose, pin, pcrs, new_pin, dry_run)
+            .await?;
+        Ok(Response::Resealed(ResealInfo {
+            dry_run,
+            before: sealing(&resealed.before),
+            after: sealing(&resealed.after),
+        }))
+    }
+
+    /// Audits an attempt to open the PIN copy for `purpose`, from its
+    /// outcome (`None`: it opened).
+    pub(super) fn pin_attempt_audited(
+        &self,
+        peer: &Peer,
+        purpose: &str,
+        error: Option<&crate::keystore::StoreError>,
+    ) {
+        use crate::keystore::StoreError;
+        match error {
+            None => audit::root_key_unlock(peer, purpose, UnlockResult::Unlocked, None, ""),
+            Some(StoreError::RootKey(e)) => match e.as_ref() {
+                RootKeyError::WrongPin { tries_left, .. } => audit::root_key_unlock(
+                    peer,
+                    purpose,
+                    UnlockResult::WrongPin,
+                    Some(*tries_left),
+                    &e.to_string(),
+                ),
+                RootKeyError::PinLockout { .. } => audit::root_key_unlock(
+                    peer,
+                    purpose,
+                    UnlockResult::Lockout,
+                    Some(0),
+                    &e.to_string(),
+                ),
+                other => audit::root_key_unlock(
+                    peer,
+                    purpose,
+                    UnlockResult::Failed,
+                    None,
+                    &other.to_string(),
+                ),
+            },
+            Some(other) => audit::root_key_unlock(
+                peer,
+                purpose,
+                UnlockResult::Failed,
+                None,
+                &other.to_string(),
+            ),
+        }
+    }
+
     /// The service with `unlocker` to open and seal the root key on an
     /// operator's request (in the daemon, its state dir and TPM).
     pub fn with_unlocker(mut self, unlocker: Arc<dyn Unlocker>) -> Service {
@@ -223,6 +373,16 @@ impl Service {
             format!("root key {check}; for this boot only (the PCRs changed and were not resealed)")
         };
         audit::root_key_unlock(peer, "unlock", UnlockResult::Unlocked, None, &detail);
+        if unlocked.resealed {
+            let mode = unlocked.record.mode.describe();
+            audit::root_key_resealed(
+                Some(peer),
+                "unlock --reseal",
+                &mode,
+                &mode,
+                unlocked.record.generation,
+            );
+        }
         if let Some(transport) = unlocked.transport {
             self.set_transport_key(transport);
         }

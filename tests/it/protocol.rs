@@ -567,12 +567,12 @@ fn ten_thousand_keys_page_for_version_2_and_are_a_clear_audited_error_for_versio
     );
 }
 
-/// The specification's request frames of versions 4 and 5, byte for byte:
+/// The specification's request frames of versions 4 to 6, byte for byte:
 /// the daemon reads every one as the request it is (whatever it then
 /// answers: a key of the example may not exist here), in the frame's own
 /// version, on one connection that stays open.
 #[test]
-fn the_specs_version_4_and_5_request_frames_are_read_by_the_daemon() {
+fn the_specs_version_4_to_6_request_frames_are_read_by_the_daemon() {
     let harness = Harness::start(DaemonConfig::new());
     let mut stream = UnixStream::connect(&harness.daemon.socket).expect("connect");
     stream
@@ -583,10 +583,11 @@ fn the_specs_version_4_and_5_request_frames_are_read_by_the_daemon() {
         .split("<!-- ")
         .filter_map(|rest| rest.split(" -->").next())
         .filter(|name| {
-            (name.starts_with("v4-") || name.starts_with("v5-")) && name.ends_with("request-frame")
+            (name.starts_with("v4-") || name.starts_with("v5-") || name.starts_with("v6-"))
+                && name.ends_with("request-frame")
         })
         .collect();
-    assert_eq!(names.len(), 7 + 9, "{names:?}");
+    assert_eq!(names.len(), 7 + 9 + 3, "{names:?}");
     for name in names {
         let frame = spec_frame(name);
         let proto = u16::from_le_bytes([frame[4], frame[5]]);

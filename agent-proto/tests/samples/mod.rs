@@ -10,6 +10,7 @@ use agent_proto::{
     SignInput, Signature, StatusInfo, TransportKeyInfo, UnwrapItem, Unwrapped, Verification,
     VersionInfo, VersionState, WrapItem, Wrapped,
 };
+use agent_proto::{LockState, PcrChange, PcrValue, ResealInfo, Sealing, SealingStatus, UnlockInfo};
 
 pub fn context() -> EncryptionContext {
     let mut context = EncryptionContext::new();
@@ -74,7 +75,7 @@ pub fn requests() -> Vec<Request> {
         Request::DescribeKey {
             key: "app-db".to_string(),
         },
-        Request::RotateRoot,
+        Request::RotateRoot { pin: None },
         Request::TransportKey,
         Request::ExportKey {
             key: "app-db".to_string(),
@@ -151,11 +152,42 @@ pub fn requests() -> Vec<Request> {
             credential: "dbpass".to_string(),
             plaintext: SecretBytes::from(&b"s3cret"[..]),
         },
+        Request::Unlock {
+            pin: SecretBytes::from(&b"correct horse"[..]),
+            reseal: true,
+        },
+        Request::Reseal {
+            pin: Some(SecretBytes::from(&b"correct horse"[..])),
+            pcrs: Some(vec![7, 14]),
+            new_pin: None,
+            dry_run: true,
+        },
+        Request::ChangePin {
+            pin: SecretBytes::from(&b"correct horse"[..]),
+            new_pin: SecretBytes::from(&b"battery staple"[..]),
+        },
     ];
     let ops: Vec<Operation> = requests.iter().map(Request::operation).collect();
     assert_eq!(ops, Operation::ALL, "a sample is missing for some request");
-    assert_eq!(requests.len(), 31, "31 request kinds in protocol version 5");
+    assert_eq!(requests.len(), 34, "34 request kinds in protocol version 6");
     requests
+}
+
+/// The operations appended in version 6.
+pub fn appended_in_v6(op: Operation) -> bool {
+    op >= Operation::Unlock
+}
+
+/// A sealing to PCR 7 and a PIN, for the samples.
+pub fn sealing() -> Sealing {
+    Sealing {
+        pcrs: vec![7],
+        pin: true,
+        pcr_values: vec![PcrValue {
+            pcr: 7,
+            sha256: vec![0xa7; 32],
+        }],
+    }
 }
 
 /// The forms of version-5 requests that version 4 has too but cannot
@@ -203,7 +235,7 @@ pub fn v5_forms() -> Vec<Request> {
 
 /// The operations appended in version 5.
 pub fn appended_in_v5(op: Operation) -> bool {
-    op >= Operation::ScheduleDeletion
+    op >= Operation::ScheduleDeletion && !appended_in_v6(op)
 }
 
 fn key_info() -> KeyInfo {
@@ -265,6 +297,16 @@ pub fn responses() -> Vec<Response> {
                 store_counter: 7,
                 pending_increments: 0,
                 problem: String::new(),
+            },
+            sealing: SealingStatus {
+                lock: LockState::PcrMismatch {
+                    changed: vec![PcrChange {
+                        pcr: 7,
+                        sealed: vec![0xa7; 32],
+                        current: vec![0xb7; 32],
+                    }],
+                },
+                mode: sealing(),
             },
         }),
         Response::Key(key_info()),
@@ -349,6 +391,20 @@ pub fn responses() -> Vec<Response> {
                 message: "item 1 does not authenticate".to_string(),
             }),
         ]),
+        Response::Unlocked(UnlockInfo {
+            root_key_check: "0011223344556677".to_string(),
+            resealed: true,
+            changed_pcrs: vec![PcrChange {
+                pcr: 7,
+                sealed: vec![0xa7; 32],
+                current: vec![0xb7; 32],
+            }],
+        }),
+        Response::Resealed(ResealInfo {
+            dry_run: false,
+            before: Sealing::default(),
+            after: sealing(),
+        }),
     ];
     // The match fails to compile when a response kind is added, pointing here.
     let kinds: std::collections::BTreeSet<&str> = responses
@@ -371,12 +427,14 @@ pub fn responses() -> Vec<Response> {
             | Response::PublicKey(_)
             | Response::Random(_)
             | Response::WrappedBatch(_)
-            | Response::UnwrappedBatch(_) => response.kind(),
+            | Response::UnwrappedBatch(_)
+            | Response::Unlocked(_)
+            | Response::Resealed(_) => response.kind(),
         })
         .collect();
     assert_eq!(
         kinds.len(),
-        18,
+        20,
         "a sample is missing for some response kind"
     );
     responses
