@@ -1287,8 +1287,11 @@ fn a_reseal_during_a_rotation_never_loses_the_root_key() {
         let _ = reseal.join().expect("reseal thread");
     }
     let expected = root_key_check(&daemon);
-    assert!(daemon.stop().0.success());
-    let daemon = Daemon::start(&files).expect("a restart after rotations and reseals");
+    let (status, before) = daemon.stop();
+    assert!(status.success(), "{before}");
+    let daemon = Daemon::start(&files).unwrap_or_else(|refused| {
+        panic!("a restart after rotations and reseals: {refused}\nthe run before: {before}")
+    });
     assert_eq!(root_key_check(&daemon), expected);
     let unwrapped = daemon
         .client()
