@@ -1027,6 +1027,18 @@ fn wrong_pins_report_the_tries_left_then_lockout_which_spares_the_pcr_copy() {
     for pin in [PIN, OTHER_PIN] {
         assert!(!contains(log.as_bytes(), pin), "a PIN in the log");
     }
+    // Every attempt is audited, with the tries left.
+    let attempts: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("unlock with the PIN by uid 0"))
+        .collect();
+    assert_eq!(attempts.len(), 4, "{log}");
+    for (attempt, tries) in attempts.iter().zip([2, 1, 0, 0]) {
+        assert!(
+            attempt.contains(&format!("HOSTKMS_PIN_TRIES_LEFT={tries} ")),
+            "{attempt}"
+        );
+    }
 
     // The boot state is back: the noDA PCR copy unseals in lockout.
     pcr_reset(tpm.port, PCR);
