@@ -44,7 +44,7 @@ use crate::locked::LockedBytes;
 use crate::state_dir::{
     KEYSTORE_DB, ROOT_NEXT_PRIV, ROOT_NEXT_PUB, ROOT_PRIV, ROOT_PUB, StateDir, StateDirError,
 };
-use crate::tpm::{BlobError, BlobPart, Cause, SealedBlobs, Template, Tpm, TpmError, TpmWorker};
+use crate::tpm::{BlobError, Template, Tpm, TpmError, TpmWorker};
 
 mod copies;
 pub mod record;
@@ -682,44 +682,16 @@ fn unseal_pair(
     pub_name: &str,
     priv_name: &str,
 ) -> Result<RootKey, RootKeyError> {
-    let public = dir.read(pub_name, MAX_BLOB)?;
-    let private = dir.read(priv_name, MAX_BLOB)?;
-    let blobs = SealedBlobs::parse(public, private).map_err(|source| {
-        let name = match source.part() {
-            BlobPart::Public => pub_name,
-            BlobPart::Private => priv_name,
-        };
-        RootKeyError::MalformedBlob {
-            path: dir.file(name).display().to_string(),
-            source,
-        }
-    })?;
+    let files = record::CopyFiles {
+        public: pub_name.to_string(),
+        private: priv_name.to_string(),
+    };
+    let blobs = copies::read_copy(dir, &files)?;
     let secret = tpm
         .call("unsealing the root key", timeout, move |tcti| {
             Tpm::open_under(tcti, Template::Legacy)?.unseal(&blobs)
         })
-        .map_err(|source| {
-            let public = dir.file(pub_name).display().to_string();
-            let private = dir.file(priv_name).display().to_string();
-            match source.cause() {
-                Cause::Lockout => RootKeyError::Lockout {
-                    public,
-                    private,
-                    source,
-                },
-                Cause::BlobRejected => RootKeyError::Unseal {
-                    public,
-                    private,
-                    source,
-                },
-                _ if matches!(source, TpmError::SealedObject { .. }) => RootKeyError::TpmFailed {
-                    public,
-                    private,
-                    source,
-                },
-                _ => RootKeyError::TpmUnavailable(source),
-            }
-        })?;
+        .map_err(|source| copies::classify(dir, &files, source))?;
     RootKey::from_slice(&secret)
 }
 

@@ -239,7 +239,7 @@ mod tests {
     fn a_locked_daemon_and_a_wrong_pin_say_what_to_do() {
         let locked = CliError::Client(ClientError::Daemon {
             code: ErrorCode::Locked,
-            message: "the daemon is locked: PCR 7 changed".to_string(),
+            message: "hostkmsd is locked (PCR 7 changed since sealing): an admin must run `hostkms unlock` (`hostkms status` says why)".to_string(),
         });
         let cli = Cli::try_parse_from(["hostkms", "wrap", "db"]).expect("parse");
         let err = explain(locked, named_key(&cli.command), 1000);
@@ -247,7 +247,7 @@ mod tests {
         assert_eq!(err.code(), "locked");
         assert!(
             err.to_string()
-                .starts_with("the daemon is locked: an admin must run `hostkms unlock`"),
+                .contains("an admin must run `hostkms unlock`"),
             "{err}"
         );
         let wrong = CliError::Client(ClientError::Daemon {

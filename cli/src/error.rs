@@ -212,7 +212,9 @@ pub enum CliError {
     /// The daemon is locked: its root key is sealed behind a PIN, or to
     /// PCRs that changed, and it refuses every key operation until an
     /// admin unlocks it.
-    #[error("the daemon is locked: an admin must run `hostkms unlock` ({message})")]
+    /// The daemon's message says why and what to do; an older daemon's
+    /// (which cannot be locked) never gets here.
+    #[error("{message}")]
     Locked {
         /// The daemon's message.
         message: String,

@@ -112,7 +112,7 @@ fn same_secret(unsealed: Option<&[u8]>, sealed: &[u8]) -> Result<(), TpmError> {
 }
 
 /// Reads and parses a copy's blobs.
-fn read_copy(dir: &StateDir, files: &CopyFiles) -> Result<SealedBlobs, RootKeyError> {
+pub(super) fn read_copy(dir: &StateDir, files: &CopyFiles) -> Result<SealedBlobs, RootKeyError> {
     let public = dir.read(&files.public, MAX_BLOB)?;
     let private = dir.read(&files.private, MAX_BLOB)?;
     SealedBlobs::parse(public, private).map_err(|source| {
@@ -237,7 +237,7 @@ pub(super) fn unseal_pin(
 }
 
 /// The error for a TPM failure on a copy's files, by what it means.
-fn classify(dir: &StateDir, files: &CopyFiles, source: TpmError) -> RootKeyError {
+pub(super) fn classify(dir: &StateDir, files: &CopyFiles, source: TpmError) -> RootKeyError {
     let public = dir.file(&files.public).display().to_string();
     let private = dir.file(&files.private).display().to_string();
     match source.cause() {

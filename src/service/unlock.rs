@@ -304,11 +304,13 @@ impl Service {
     pub(super) fn locked_refusal(&self) -> Refusal {
         let why = self.sealing.load().lock.as_ref().map_or_else(
             || "the root key is not unsealed".to_string(),
-            LockReason::describe,
+            LockReason::short,
         );
         Refusal::new(
             LOCKED,
-            format!("hostkmsd is locked ({why}); an admin must run `hostkms unlock`"),
+            format!(
+                "hostkmsd is locked ({why}): an admin must run `hostkms unlock` (`hostkms status` says why)"
+            ),
         )
     }
 
