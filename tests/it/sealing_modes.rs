@@ -674,15 +674,19 @@ fn pcr_and_pin_mode_unseals_by_itself_and_starts_locked_once_the_pcr_changed() {
     let changed_value = pcr_read(tpm.port, PCR);
     let daemon = Daemon::start(files).expect("a PCR mismatch with a PIN copy starts locked");
     assert_refuses_key_operations(&daemon, &prepared.wrapped, "PCR 16");
+    // The refusal names the PCR and points at `hostkms status`, which
+    // shows both values.
     let refused = daemon
         .client()
         .describe_key("kept")
         .expect_err("locked")
         .to_string();
-    assert!(
-        refused.contains(&hex(&sealed_value)) && refused.contains(&hex(&changed_value)),
-        "the refusal shows both values: {refused}"
-    );
+    assert!(refused.contains("hostkms status"), "{refused}");
+    let sealing = sealing_status(&daemon.socket);
+    assert_eq!(sealing["lock"], "pcr_mismatch", "{sealing}");
+    assert_eq!(sealing["changed_pcrs"][0]["pcr"], PCR, "{sealing}");
+    assert_eq!(sealing["changed_pcrs"][0]["sealed"], hex(&sealed_value));
+    assert_eq!(sealing["changed_pcrs"][0]["current"], hex(&changed_value));
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
     assert!(log.contains("hostkmsd is locked"), "{log}");
