@@ -714,8 +714,11 @@ fn a_rotation_interrupted_before_sealing_modes_is_resolved_then_migrated() {
             &work,
         );
     }
-    // (state-dir name, sealed blob) per crash point of the old rotation.
-    let crashes: [(&str, &[(&str, &str)], &str, bool); 4] = [
+    // Per crash point of the old rotation: what it was, the blobs it left
+    // (state-dir name, sealed blob), the store's snapshot, whether the new
+    // key wins.
+    type LegacyCrash<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, bool);
+    let crashes: [LegacyCrash; 4] = [
         (
             "after writing root-next.priv",
             &[
