@@ -882,6 +882,13 @@ fn the_first_unlock_sets_the_pin_and_later_starts_need_it() {
     );
     let record = seal_record(&files.state_dir, "root.seal");
     assert_eq!(record["pin"], true, "{record}");
+    for name in ["root.seal", "root-1-pin.pub", "root-1-pin.priv"] {
+        let mode = fs::metadata(files.state_file(name))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}");
+    }
     let context = EncryptionContext::new();
     let mut client = daemon.client();
     client.create_key("k").expect("create once unlocked");
@@ -920,6 +927,58 @@ fn the_first_unlock_sets_the_pin_and_later_starts_need_it() {
     );
     assert!(again.status.success(), "{}", stderr(&again));
     assert!(stderr(&again).contains("not locked"), "{}", stderr(&again));
+}
+
+#[test]
+fn only_admins_may_unlock_reseal_or_change_the_pin_whatever_they_are_granted() {
+    let tpm = Swtpm::start();
+    let config = DaemonConfig::new()
+        .socket_mode("0666")
+        .root_key(&[], true)
+        .grant(
+            crate::harness::Grant::to_uid(65534)
+                .keys(&["*"])
+                .ops(&["create", "wrap", "unwrap", "describe"]),
+        );
+    let files = DaemonFiles::with_public_socket(&tpm.tcti(), &config);
+    let daemon = Daemon::start(&files).expect("starts locked");
+    let mut pin = PIN.to_vec();
+    pin.push(b'\n');
+    let out = crate::harness::cli_as(65534, &files.socket, &["unlock", "--pin-file", "-"], &pin);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert!(stderr(&out).contains("only admins"), "{}", stderr(&out));
+    assert!(
+        root_key_file_names(&files.state_dir).is_empty(),
+        "no PIN was set by a non-admin"
+    );
+    let pins = crate::harness::private_tempdir();
+    let right = pin_file(pins.path(), "right", PIN);
+    unlock(&daemon.socket, &right, false);
+    let blobs = root_key_files(&files.state_dir);
+    // The new PIN from a file the other user can read (only this test's).
+    let shared = tempfile::tempdir().expect("tempdir");
+    fs::set_permissions(shared.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let new_pin = shared.path().join("new-pin");
+    fs::write(&new_pin, b"Nn5%pL3&qZ7c\n").expect("new pin");
+    fs::set_permissions(&new_pin, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let new_pin = new_pin.to_str().expect("UTF-8 path");
+    for args in [
+        &["reseal", "--pin-file", "-"][..],
+        &["change-pin", "--pin-file", "-", "--new-pin-file", new_pin][..],
+    ] {
+        let out = crate::harness::cli_as(65534, &files.socket, args, &pin);
+        assert!(!out.status.success(), "{args:?}: {}", text(&out.stdout));
+        assert!(
+            stderr(&out).contains("only admins"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(root_key_files(&files.state_dir), blobs, "nothing changed");
+    assert!(
+        !contains(daemon.log().as_bytes(), PIN),
+        "the PIN in the log"
+    );
 }
 
 #[test]
