@@ -1374,3 +1374,42 @@ fn a_reseal_during_a_rotation_never_loses_the_root_key() {
         .expect("unwrap");
     assert_eq!(unwrapped.plaintext.expose(), b"kept");
 }
+
+#[test]
+fn the_journal_holds_the_lock_and_every_pin_attempt_but_never_the_pin() {
+    use crate::harness::{ensure_journald, field, journal_export_of, journal_of_stopped, with_id};
+    const DAEMON_LOCKED: &str = "eb043bc953384ab2aff654d8d03e5ba9";
+    const ROOT_KEY_UNLOCK: &str = "dab12fd4462e41349a815e8d0b3a2d7c";
+    ensure_journald();
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new().root_key(&[], true));
+    let pins = crate::harness::private_tempdir();
+    let right = pin_file(pins.path(), "right", PIN);
+    let wrong = pin_file(pins.path(), "wrong", OTHER_PIN);
+    let journal_env = [("HOSTKMS_LOG_TARGET", "journal")];
+    let daemon = Daemon::start_with_env(&files, &[], &journal_env).expect("starts locked");
+    unlock(&daemon.socket, &right, false);
+    assert!(daemon.stop().0.success());
+
+    let daemon = Daemon::start_with_env(&files, &[], &journal_env).expect("starts locked");
+    let journal = daemon.journal_scope();
+    unlock_refused(&daemon.socket, &wrong);
+    unlock(&daemon.socket, &right, false);
+    assert!(daemon.stop().0.success());
+
+    let entries = journal_of_stopped(&journal);
+    let locked = with_id(&entries, DAEMON_LOCKED);
+    assert_eq!(locked.len(), 1, "{entries:#?}");
+    assert_eq!(field(locked[0], "PRIORITY"), Some("4"), "a warning");
+    let attempts = with_id(&entries, ROOT_KEY_UNLOCK);
+    assert_eq!(attempts.len(), 2, "{entries:#?}");
+    assert_eq!(field(attempts[0], "HOSTKMS_RESULT"), Some("wrong-pin"));
+    assert!(field(attempts[0], "HOSTKMS_PIN_TRIES_LEFT").is_some());
+    assert_eq!(field(attempts[0], "HOSTKMS_PEER_UID"), Some("0"));
+    assert_eq!(field(attempts[1], "HOSTKMS_RESULT"), Some("unlocked"));
+    let export = journal_export_of(&journal);
+    assert!(contains(&export, ROOT_KEY_UNLOCK.as_bytes()));
+    for pin in [PIN, OTHER_PIN] {
+        assert!(!contains(&export, pin), "a PIN reached the journal");
+    }
+}
