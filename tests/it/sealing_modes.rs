@@ -1413,3 +1413,50 @@ fn the_journal_holds_the_lock_and_every_pin_attempt_but_never_the_pin() {
         assert!(!contains(&export, pin), "a PIN reached the journal");
     }
 }
+
+#[test]
+fn a_migration_interrupted_after_its_commit_leaves_no_old_blob_behind() {
+    // migrate() writes root.seal (the commit), then removes root.pub,
+    // root.priv and an interrupted rotation's root-next.*: a crash in
+    // between leaves those beside the new layout. The next start must
+    // finish the removal, and nothing may stay refused because of them.
+    use crate::sealing_modes::tools::legacy_seal;
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
+    let work = files.root.path().join("tools");
+    fs::create_dir(&work).unwrap();
+    let secret = chosen_secret();
+    legacy_state_dir(tpm.port, &files.state_dir, &secret, &work);
+    let legacy = work.join("legacy");
+    fs::create_dir(&legacy).unwrap();
+    for name in ["root.pub", "root.priv"] {
+        fs::copy(files.state_file(name), legacy.join(name)).unwrap();
+    }
+    let other: Vec<u8> = chosen_secret().iter().map(|b| b ^ 0xff).collect();
+    legacy_seal(
+        tpm.port,
+        &other,
+        &legacy.join("root-next.pub"),
+        &legacy.join("root-next.priv"),
+        &work,
+    );
+    let daemon = Daemon::start(&files).expect("migrating start");
+    daemon.client().create_key("k").expect("create");
+    assert!(daemon.stop().0.success());
+    // The crash: the old blobs back beside root.seal.
+    for name in ["root.pub", "root.priv", "root-next.pub", "root-next.priv"] {
+        fs::copy(legacy.join(name), files.state_file(name)).unwrap();
+        fs::set_permissions(files.state_file(name), fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let daemon = Daemon::start(&files).expect("a start after the interrupted migration");
+    assert_eq!(root_key_check(&daemon), check_value(&secret));
+    let rotation = daemon.client().rotate_root();
+    assert!(rotation.is_ok(), "rotate-root refused: {rotation:?}");
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        root_key_file_names(&files.state_dir),
+        ["root-2-auto.priv", "root-2-auto.pub", "root.seal"],
+        "the old layout's blobs are gone: {log}"
+    );
+}
