@@ -408,6 +408,11 @@ fn a_tpm_in_dictionary_attack_lockout_no_longer_stops_a_plain_mode_daemon() {
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
     assert!(!log.contains("locked out"), "{log}");
+    assert!(
+        log.contains("loaded transport key") && !log.contains("no transport key"),
+        "the transport key loads in lockout too: {log}"
+    );
+    assert!(!log.contains("ERROR"), "{log}");
     assert_ne!(
         file_bytes(&files),
         blobs,
