@@ -254,7 +254,8 @@ pub struct Service {
     /// Opens the root key on an operator's request (unlock, reseal, PIN
     /// change); `None` where there is no TPM (tests of what lies above).
     unlocker: Option<Arc<dyn unlock::Unlocker>>,
-    /// One unlock, reseal or PIN change at a time.
+    /// One unlock, reseal, PIN change or root-key rotation at a time: each
+    /// seals a new generation of the root key's copies.
     unlock_gate: tokio::sync::Mutex<()>,
     /// Wakes whoever waits for the key store ([`Service::opened`]).
     opened: tokio::sync::Notify,
@@ -812,6 +813,9 @@ impl Service {
             ));
         };
         let store = Arc::clone(self.keystore()?);
+        // A reseal or PIN change seals the same next generation of copies:
+        // one of them at a time.
+        let _one_at_a_time = self.unlock_gate.lock().await;
         let used_pin = pin.is_some();
         let sealer = crate::rootkey::PinnedSealer::new(sealer, pin);
         let rotated = tokio::task::spawn_blocking(move || store.rotate_root(&sealer))
