@@ -1329,7 +1329,6 @@ fn rotate_root_in_pin_mode_needs_the_pin_and_seals_the_new_key_to_it() {
 }
 
 #[test]
-#[ignore = "BUG (reported to the lead): a Reseal racing a RotateRoot loses the root key; run with --ignored once they exclude each other"]
 fn a_reseal_during_a_rotation_never_loses_the_root_key() {
     // Reseal and RotateRoot both seal a next generation; run together they
     // must not interleave (one waits or is told Busy), and whatever the
