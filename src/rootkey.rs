@@ -455,8 +455,17 @@ pub fn open(
     if let Some(next) = SealRecord::read(dir, NEXT_RECORD)? {
         return complete_rotation_v2(dir, tpm, timeout, record, next, store_check, pin);
     }
-    copies::remove_strays(dir, &record);
-    Ok(match unseal_record(dir, tpm, timeout, &record, pin)? {
+    let unsealed = unseal_record(dir, tpm, timeout, &record, pin)?;
+    if unsealed.is_ok() {
+        remove_migrated_blobs(dir);
+    }
+    // Only once the record's own copies are there (they opened, or wait
+    // for a person): a record naming missing copies must not cost the
+    // copies that do exist, which may be the only ones left.
+    if record.files().iter().all(|name| dir.contains(name)) {
+        copies::remove_strays(dir, &record);
+    }
+    Ok(match unsealed {
         Ok(key) => Opened::Unsealed {
             key,
             origin: Origin::Unsealed,
@@ -639,6 +648,29 @@ fn migrate(
         origin: Origin::Migrated,
         record,
     })
+}
+
+/// Removes the blobs of the layout before 0.14 that a migration
+/// interrupted after its commit (`root.seal` written) left: they are
+/// superseded, and `root-next.*` would hold every later rotation, reseal
+/// and offline task back as an "interrupted rotation" no start resolves.
+/// Called once the record's copy opened, so they are never the last copy.
+fn remove_migrated_blobs(dir: &StateDir) {
+    for name in [ROOT_NEXT_PUB, ROOT_NEXT_PRIV, ROOT_PUB, ROOT_PRIV] {
+        if !dir.contains(name) {
+            continue;
+        }
+        match dir.remove(name) {
+            Ok(()) => tracing::warn!(
+                file = %dir.file(name).display(),
+                "removed a root-key blob of the layout before 0.14 that an interrupted migration left beside {RECORD}"
+            ),
+            Err(e) => tracing::warn!(
+                file = %dir.file(name).display(),
+                "could not remove a root-key blob of the layout before 0.14 left by an interrupted migration: {e}"
+            ),
+        }
+    }
 }
 
 /// The legacy root blobs unsealed (under the old primary).

@@ -53,6 +53,7 @@ mod rewrap_to;
 mod rollback;
 mod root_key;
 mod rotate_root;
+mod sealing_modes;
 mod startup_terminal;
 mod state_dir;
 mod systemd;

@@ -1,22 +1,28 @@
 //! The root key sealed to a real (software) TPM: created once, unsealed on
 //! every start, refused when anything about it is off, recoverable with
-//! tpm2-tools alone, and never on the TPM wire in clear.
+//! tpm2-tools alone, and never on the TPM wire in clear. The sealing modes
+//! (PCRs, PIN) and the migration of the layout before them are in
+//! `sealing_modes`.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use crate::harness::{Daemon, DaemonConfig, DaemonFiles, Harness, RecordingRelay, Swtpm};
+use crate::harness::{
+    Daemon, DaemonConfig, DaemonFiles, Harness, RecordingRelay, Swtpm, break_glass_unseal,
+    root_key_file_names, root_key_files, seal_record,
+};
 use hostkms::rootkey::check_value;
+
+/// The files a plain-mode state dir's first generation seals the root key in.
+const AUTO_PUB: &str = "root-1-auto.pub";
+const AUTO_PRIV: &str = "root-1-auto.priv";
 
 fn root_key_check(daemon: &Daemon) -> String {
     daemon.client().status().expect("status").root_key_check
 }
 
-fn file_bytes(files: &DaemonFiles) -> (Vec<u8>, Vec<u8>) {
-    (
-        fs::read(files.state_file("root.pub")).expect("root.pub"),
-        fs::read(files.state_file("root.priv")).expect("root.priv"),
-    )
+fn file_bytes(files: &DaemonFiles) -> Vec<(String, Vec<u8>)> {
+    root_key_files(&files.state_dir)
 }
 
 #[test]
@@ -34,6 +40,22 @@ fn restart_unseals_the_same_root_key() {
         "the log names the check value: {log}"
     );
     let blobs = file_bytes(&files);
+    assert_eq!(
+        root_key_file_names(&files.state_dir),
+        [AUTO_PRIV, AUTO_PUB, "root.seal"],
+        "a plain mode seals one auto copy, generation 1"
+    );
+    let record = seal_record(&files.state_dir, "root.seal");
+    assert_eq!(record["format"], 1, "{record}");
+    assert_eq!(record["generation"], 1, "{record}");
+    assert_eq!(record["primary"], "transient-noda", "{record}");
+    assert_eq!(record["pcrs"], serde_json::json!([]), "{record}");
+    assert_eq!(record["pcr_values"], serde_json::json!([]), "{record}");
+    assert_eq!(record["pin"], false, "{record}");
+    assert!(
+        log.contains("sealed it to the TPM (this TPM only (no PCRs, no PIN))"),
+        "the log names the mode: {log}"
+    );
 
     let second = Daemon::start(&files).expect("second start");
     assert_eq!(
@@ -62,10 +84,9 @@ fn state_dir_is_0700_and_its_files_0600() {
     let mode =
         |path: &std::path::Path| fs::metadata(path).expect("stat").permissions().mode() & 0o777;
     assert_eq!(mode(&files.state_dir), 0o700);
-    assert_eq!(mode(&files.state_file("root.pub")), 0o600);
-    assert_eq!(mode(&files.state_file("root.priv")), 0o600);
-    assert_eq!(mode(&files.state_file("keystore.db")), 0o600);
-    assert_eq!(mode(&files.state_file("lock")), 0o600);
+    for name in ["root.seal", AUTO_PUB, AUTO_PRIV, "keystore.db", "lock"] {
+        assert_eq!(mode(&files.state_file(name)), 0o600, "{name}");
+    }
     let mut entries: Vec<String> = fs::read_dir(&files.state_dir)
         .expect("read state dir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
@@ -73,8 +94,17 @@ fn state_dir_is_0700_and_its_files_0600() {
     entries.sort();
     assert_eq!(
         entries,
-        ["keystore.db", "lock", "root.priv", "root.pub"],
+        ["keystore.db", "lock", AUTO_PRIV, AUTO_PUB, "root.seal"],
         "no temporary files"
+    );
+    // A rotation's new generation is private too, and the old one is gone.
+    daemon.client().rotate_root().expect("rotate-root");
+    for name in ["root.seal", "root-2-auto.pub", "root-2-auto.priv"] {
+        assert_eq!(mode(&files.state_file(name)), 0o600, "{name}");
+    }
+    assert_eq!(
+        root_key_file_names(&files.state_dir),
+        ["root-2-auto.priv", "root-2-auto.pub", "root.seal"]
     );
     drop(daemon);
 }
@@ -96,7 +126,7 @@ fn another_tpm_cannot_unseal_the_blobs_and_the_daemon_refuses_to_start() {
     };
     assert!(log.contains("cannot unseal the root key"), "{log}");
     assert!(
-        log.contains("root.priv") && log.contains("root.pub"),
+        log.contains(AUTO_PRIV) && log.contains(AUTO_PUB),
         "names the files: {log}"
     );
     assert!(
@@ -140,11 +170,11 @@ fn truncated_root_priv_is_refused_with_a_clear_error() {
     let tpm = Swtpm::start();
     let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
     let log = refused_start(&files, &tpm, |files| {
-        let path = files.state_file("root.priv");
+        let path = files.state_file(AUTO_PRIV);
         let bytes = fs::read(&path).unwrap();
         fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
     });
-    assert!(log.contains("root.priv"), "{log}");
+    assert!(log.contains(AUTO_PRIV), "{log}");
     assert!(log.contains("truncated or corrupt"), "{log}");
     assert!(log.contains("Restore it from backup"), "{log}");
 }
@@ -154,7 +184,7 @@ fn bit_flipped_root_priv_is_refused_by_the_tpm() {
     let tpm = Swtpm::start();
     let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
     let log = refused_start(&files, &tpm, |files| {
-        let path = files.state_file("root.priv");
+        let path = files.state_file(AUTO_PRIV);
         let mut bytes = fs::read(&path).unwrap();
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0x01;
@@ -169,14 +199,45 @@ fn corrupt_root_pub_is_refused() {
     let tpm = Swtpm::start();
     let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
     let log = refused_start(&files, &tpm, |files| {
-        let path = files.state_file("root.pub");
+        let path = files.state_file(AUTO_PUB);
         let mut bytes = fs::read(&path).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 0x80;
         bytes[4] ^= 0xff; // inside the object attributes
         fs::write(&path, &bytes).unwrap();
     });
-    assert!(log.contains("root.pub"), "{log}");
+    assert!(log.contains(AUTO_PUB), "{log}");
+}
+
+#[test]
+fn a_corrupt_sealing_record_is_refused_naming_it() {
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
+    let log = refused_start(&files, &tpm, |files| {
+        let path = files.state_file("root.seal");
+        let text = fs::read_to_string(&path).unwrap();
+        fs::write(&path, &text[..text.len() / 2]).unwrap();
+    });
+    assert!(
+        log.contains("root.seal is not a valid sealing record"),
+        "{log}"
+    );
+    assert!(log.contains("changed nothing"), "{log}");
+}
+
+#[test]
+fn a_sealing_record_naming_missing_copies_is_refused() {
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
+    let log = refused_start(&files, &tpm, |files| {
+        // The record says generation 2; only generation 1's files exist.
+        let path = files.state_file("root.seal");
+        let text = fs::read_to_string(&path).unwrap();
+        let text = text.replace("\"generation\": 1", "\"generation\": 2");
+        assert!(text.contains("\"generation\": 2"), "{text}");
+        fs::write(&path, text).unwrap();
+    });
+    assert!(log.contains("root-2-auto"), "names the missing copy: {log}");
 }
 
 #[test]
@@ -187,14 +248,23 @@ fn key_store_without_root_blobs_is_refused() {
         daemon,
     } = Harness::start(DaemonConfig::new());
     assert!(daemon.stop().0.success());
-    fs::write(files.state_file("keystore.db"), b"").unwrap();
-    fs::remove_file(files.state_file("root.pub")).unwrap();
-    fs::remove_file(files.state_file("root.priv")).unwrap();
+    // The record alone gone: the copies are not enough to go on.
+    fs::remove_file(files.state_file("root.seal")).unwrap();
+    let copies = file_bytes(&files);
     let log = Daemon::start(&files).err().expect("must refuse");
     assert!(log.contains("keystore.db exists but"), "{log}");
-    assert!(log.contains("Restore root.pub and root.priv"), "{log}");
+    assert!(log.contains("Restore root.seal"), "{log}");
+    assert_eq!(file_bytes(&files), copies, "no new root key was made");
+
+    // Nothing of the root key left.
+    fs::write(files.state_file("keystore.db"), b"").unwrap();
+    fs::remove_file(files.state_file(AUTO_PUB)).unwrap();
+    fs::remove_file(files.state_file(AUTO_PRIV)).unwrap();
+    let log = Daemon::start(&files).err().expect("must refuse");
+    assert!(log.contains("keystore.db exists but"), "{log}");
+    assert!(log.contains("Restore root.seal"), "{log}");
     assert!(
-        !files.state_file("root.pub").exists(),
+        root_key_file_names(&files.state_dir).is_empty(),
         "no new root key was made"
     );
 }
@@ -207,11 +277,12 @@ fn one_blob_without_the_other_is_refused() {
         daemon,
     } = Harness::start(DaemonConfig::new());
     assert!(daemon.stop().0.success());
-    fs::remove_file(files.state_file("root.pub")).unwrap();
+    fs::remove_file(files.state_file(AUTO_PUB)).unwrap();
+    let before = file_bytes(&files);
     let log = Daemon::start(&files).err().expect("must refuse");
-    assert!(log.contains("root.priv exists but"), "{log}");
-    assert!(log.contains("root.pub does not"), "{log}");
-    assert!(!files.state_file("root.pub").exists());
+    assert!(log.contains(AUTO_PUB), "names the missing blob: {log}");
+    assert!(!log.contains("created root key"), "{log}");
+    assert_eq!(file_bytes(&files), before, "nothing was rewritten");
 }
 
 #[test]
@@ -223,7 +294,7 @@ fn unreachable_tpm_is_a_clear_start_error() {
     let log = Daemon::start(&files).err().expect("must refuse");
     assert!(log.contains("cannot open the TPM at"), "{log}");
     assert!(log.contains(&tcti), "names the TCTI: {log}");
-    assert!(!files.state_file("root.priv").exists());
+    assert!(root_key_file_names(&files.state_dir).is_empty());
 }
 
 #[test]
@@ -231,8 +302,7 @@ fn break_glass_with_tpm2_tools_alone_recovers_the_root_key() {
     let Harness { tpm, files, daemon } = Harness::start(DaemonConfig::new());
     let daemon_check = root_key_check(&daemon);
     // The daemon holds no TPM connection or handle between requests.
-    let recovered =
-        crate::harness::break_glass_unseal(tpm.port, &files.state_dir, files.root.path());
+    let recovered = break_glass_unseal(tpm.port, &files.state_dir, files.root.path());
     assert_eq!(recovered.len(), 32, "the root key is 32 bytes");
     assert_ne!(recovered, vec![0u8; 32]);
     assert_eq!(
@@ -256,7 +326,7 @@ fn the_root_key_never_crosses_the_tpm_interface_in_clear() {
     assert!(daemon.stop().0.success());
 
     // Learn the key out of band, straight from swtpm.
-    let key = crate::harness::break_glass_unseal(tpm.port, &files.state_dir, files.root.path());
+    let key = break_glass_unseal(tpm.port, &files.state_dir, files.root.path());
     assert_eq!(check_value(&key), check);
 
     let wire = relay.recorded();
@@ -276,7 +346,7 @@ fn the_root_key_never_crosses_the_tpm_interface_in_clear() {
     // the relay sees what matters.
     let work = files.root.path().join("control");
     fs::create_dir(&work).unwrap();
-    crate::harness::break_glass_unseal(relay.port, &files.state_dir, &work);
+    break_glass_unseal(relay.port, &files.state_dir, &work);
     assert!(
         crate::harness::contains(&relay.recorded(), &key),
         "the relay records unseal responses"
@@ -284,39 +354,74 @@ fn the_root_key_never_crosses_the_tpm_interface_in_clear() {
 }
 
 #[test]
-fn a_tpm_in_dictionary_attack_lockout_is_explained_not_blamed_on_the_blobs() {
+fn a_tpm_in_dictionary_attack_lockout_no_longer_stops_a_plain_mode_daemon() {
+    use crate::harness::tpm2_tools::da_setup;
+    use crate::sealing_modes::tools::{in_lockout, lock_out};
     let tpm_state = crate::harness::private_tempdir();
     let tpm = Swtpm::start_in(tpm_state.path());
-    // One strike: any unclean shutdown after a DA-protected use locks out.
-    crate::harness::tpm2_tools::tpm2(
-        tpm.port,
-        "tpm2_dictionarylockout",
-        &[
-            "--setup-parameters",
-            "--max-tries=1",
-            "--recovery-time=1000",
-            "--lockout-recovery-time=1000",
-        ],
-    );
+    // One strike. Before, any unclean shutdown of the TPM after the daemon
+    // had used its (not noDA) primary was one, and locked it out.
+    da_setup(tpm.port, 1, 1000);
     let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
     let daemon = Daemon::start(&files).expect("start");
-    let check = root_key_check(&daemon);
     assert!(daemon.stop().0.success());
     tpm.crash();
-
     let tpm = Swtpm::resume_in(tpm_state.path());
     files.write_config(&tpm.tcti(), &DaemonConfig::new());
-    let log = Daemon::start(&files)
-        .err()
-        .expect("a locked-out TPM refuses the storage key");
-    assert!(log.contains("locked out"), "{log}");
-    assert!(
-        log.contains("tpm2_dictionarylockout --clear-lockout"),
-        "{log}"
+    assert_eq!(
+        in_lockout(tpm.port),
+        (false, 0),
+        "nothing the daemon uses counts towards lockout"
     );
-    assert!(log.contains("the blobs are not at fault"), "{log}");
+    let daemon = Daemon::start(&files).expect("start");
+    let check = root_key_check(&daemon);
+    let context = agent_proto::EncryptionContext::new();
+    let mut client = daemon.client();
+    client.create_key("before").expect("create");
+    let wrapped = client.wrap("before", b"kept", &context).expect("wrap");
+    drop(client);
+    assert!(daemon.stop().0.success());
+    let blobs = file_bytes(&files);
 
-    crate::harness::tpm2_tools::tpm2(tpm.port, "tpm2_dictionarylockout", &["--clear-lockout"]);
-    let daemon = Daemon::start(&files).expect("starts once the lockout is cleared");
+    // One strike, then a wrong password on a DA-protected object: the TPM
+    // is in lockout and refuses every object under a primary without
+    // noDA, as the tpm2-tools default template (hostkms's before 0.14) is.
+    let work = files.root.path().join("lockout");
+    fs::create_dir(&work).unwrap();
+    lock_out(tpm.port, &work);
+    assert!(in_lockout(tpm.port).0, "the TPM is in lockout");
+
+    let daemon = Daemon::start(&files).expect("a TPM in lockout unseals the noDA copies");
     assert_eq!(root_key_check(&daemon), check);
+    let mut client = daemon.client();
+    let unwrapped = client
+        .unwrap(wrapped.ciphertext.as_bytes(), &context, None)
+        .expect("unwrap in lockout");
+    assert_eq!(unwrapped.plaintext.expose(), b"kept");
+    client
+        .create_key("in-lockout")
+        .expect("create a key in lockout");
+    client
+        .rotate_root()
+        .expect("rotate the root key in lockout");
+    drop(client);
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("locked out"), "{log}");
+    assert!(
+        log.contains("loaded transport key") && !log.contains("no transport key"),
+        "the transport key loads in lockout too: {log}"
+    );
+    assert!(!log.contains("ERROR"), "{log}");
+    assert_ne!(
+        file_bytes(&files),
+        blobs,
+        "the rotation sealed a new generation"
+    );
+
+    // A first start in lockout seals a new root key too.
+    let fresh = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
+    let daemon = Daemon::start(&fresh).expect("a first start in lockout");
+    assert_ne!(root_key_check(&daemon), check);
+    assert!(in_lockout(tpm.port).0, "still in lockout throughout");
 }

@@ -14,11 +14,12 @@ use agent_proto::{EncryptionContext, ErrorCode};
 use nix::sys::signal::Signal;
 
 use crate::harness::{
-    Daemon, DaemonConfig, DaemonFiles, Grant, Harness, Swtpm, cli, cli_as, sqlite, stderr, text,
+    Daemon, DaemonConfig, DaemonFiles, Grant, Harness, Swtpm, cli, cli_as, root_key_file_names,
+    root_key_files, seal_generation, sqlite, stderr, text,
 };
 
-const ROOT_FILES: [&str; 2] = ["root.pub", "root.priv"];
-const NEXT_FILES: [&str; 2] = ["root-next.pub", "root-next.priv"];
+/// The record of a rotation in progress.
+const NEXT_RECORD: &str = "root-next.seal";
 /// How long a freshly started daemon is left to finish its own start-up
 /// TPM work before a rotation is timed or killed.
 const SETTLE: Duration = Duration::from_millis(300);
@@ -44,17 +45,19 @@ fn store_check(files: &DaemonFiles) -> String {
     .to_string()
 }
 
-fn root_blobs(files: &DaemonFiles) -> Vec<Vec<u8>> {
-    ROOT_FILES
-        .iter()
-        .map(|name| fs::read(files.state_file(name)).expect("root blob"))
-        .collect()
+/// The sealed root key's files: `root.seal` and the copies, with contents.
+fn root_blobs(files: &DaemonFiles) -> Vec<(String, Vec<u8>)> {
+    root_key_files(&files.state_dir)
 }
 
-fn next_blobs_left(files: &DaemonFiles) -> Vec<&'static str> {
-    NEXT_FILES
+/// What no start may leave behind: `root-next.seal`, copies of a
+/// generation `root.seal` does not name (an unfinished rotation's, or a
+/// finished one's old key), and blobs of the layout before `root.seal`.
+fn next_blobs_left(files: &DaemonFiles) -> Vec<String> {
+    let current = format!("root-{}-", seal_generation(&files.state_dir));
+    root_key_file_names(&files.state_dir)
         .into_iter()
-        .filter(|name| files.state_file(name).exists())
+        .filter(|name| name != "root.seal" && !name.starts_with(&current))
         .collect()
 }
 
@@ -148,9 +151,20 @@ fn rotate_root_reseals_the_store_under_a_new_key_and_every_ciphertext_still_unwr
         "the CLI prints both check values: {printed}"
     );
     assert_eq!(store_check(&files), new_check);
+    let names = |blobs: &[(String, Vec<u8>)]| -> Vec<String> {
+        blobs.iter().map(|(name, _)| name.clone()).collect()
+    };
+    assert_eq!(
+        names(&old_blobs),
+        ["root-1-auto.priv", "root-1-auto.pub", "root.seal"]
+    );
     let new_blobs = root_blobs(&files);
-    assert_ne!(new_blobs[0], old_blobs[0], "root.pub was replaced");
-    assert_ne!(new_blobs[1], old_blobs[1], "root.priv was replaced");
+    assert_eq!(
+        names(&new_blobs),
+        ["root-2-auto.priv", "root-2-auto.pub", "root.seal"],
+        "the new key is the next generation, the old one's copies are gone"
+    );
+    assert_ne!(new_blobs[2].1, old_blobs[2].1, "root.seal was replaced");
     assert!(next_blobs_left(&files).is_empty());
     assert_unwraps(&daemon, &sealed, "after the rotation");
 
@@ -343,12 +357,13 @@ fn kill_9_at_random_moments_of_a_rotation_always_restarts_with_a_matching_store(
     drop(daemon);
 }
 
-/// Copies the state dir's root blobs and key store into `to`.
+/// Copies the state dir's root-key files and key store into `to`.
 fn snapshot(files: &DaemonFiles, to: &Path) {
     fs::create_dir_all(to).expect("snapshot dir");
-    for name in ["root.pub", "root.priv", "keystore.db"] {
-        fs::copy(files.state_file(name), to.join(name)).expect("snapshot");
+    for name in root_key_file_names(&files.state_dir) {
+        fs::copy(files.state_file(&name), to.join(&name)).expect("snapshot");
     }
+    fs::copy(files.state_file("keystore.db"), to.join("keystore.db")).expect("snapshot");
 }
 
 /// Puts `from/name` in the state dir as `as_name` (mode 0600).
@@ -407,8 +422,8 @@ fn a_start_completes_or_discards_the_rotation_a_crash_left_at_each_step() {
     let work = files.root.path().join("snapshots");
     let (old, new, newer) = (work.join("old"), work.join("new"), work.join("newer"));
 
-    // Three generations of the same state dir: old, then one rotation
-    // (new), then another (newer).
+    // Three generations of the same state dir: old (root-1-*), then one
+    // rotation (new, root-2-*), then another (newer, root-3-*).
     let mut daemon = Daemon::start(&files).expect("start");
     let sealed = populate(&daemon);
     let mut checks = vec![status_check(&daemon)];
@@ -435,89 +450,139 @@ fn a_start_completes_or_discards_the_rotation_a_crash_left_at_each_step() {
     drop(daemon);
     let (old_check, new_check, newer_check) =
         (checks[0].clone(), checks[1].clone(), checks[2].clone());
+    for (dir, generation) in [(&old, 1), (&new, 2), (&newer, 3)] {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .expect("snapshot")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("root"))
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                format!("root-{generation}-auto.priv"),
+                format!("root-{generation}-auto.pub"),
+                "root.seal".to_string()
+            ]
+        );
+    }
 
-    // Each crash point: the files it leaves, and which key must win.
-    // (root.pub, root.priv, keystore.db from snapshot; next blobs from `new`)
+    // Each crash point: the files it leaves (each from a snapshot, under
+    // its name there, placed under a name in the state dir), the store,
+    // and which key must win. A rotation from generation 1 writes
+    // root-2-auto.priv, root-2-auto.pub, then root-next.seal (step 1);
+    // commits the store (step 2); renames root-next.seal over root.seal
+    // and removes root-1-* (step 3). A discard removes root-next.seal,
+    // then root-2-*.
     struct Crash {
         what: &'static str,
-        root_pub: &'static str,
-        root_priv: &'static str,
+        /// (snapshot, name there, name in the state dir)
+        files: &'static [(&'static str, &'static str, &'static str)],
         store: &'static str,
-        next_pub: bool,
-        next_priv: bool,
         new_key_wins: bool,
+        /// What the log says about the rotation ("" for a plain unseal).
+        said: &'static str,
     }
+    const OLD: &[(&str, &str, &str)] = &[
+        ("old", "root.seal", "root.seal"),
+        ("old", "root-1-auto.priv", "root-1-auto.priv"),
+        ("old", "root-1-auto.pub", "root-1-auto.pub"),
+    ];
+    const NEXT_PRIV: (&str, &str, &str) = ("new", "root-2-auto.priv", "root-2-auto.priv");
+    const NEXT_PUB: (&str, &str, &str) = ("new", "root-2-auto.pub", "root-2-auto.pub");
+    const NEXT_SEAL: (&str, &str, &str) = ("new", "root.seal", NEXT_RECORD);
+    let with = |extra: &[(&'static str, &'static str, &'static str)]| -> &'static [(&'static str, &'static str, &'static str)] {
+        let mut all = OLD.to_vec();
+        all.extend_from_slice(extra);
+        Box::leak(all.into_boxed_slice())
+    };
     let crashes = [
         Crash {
-            what: "after writing root-next.priv",
-            root_pub: "old",
-            root_priv: "old",
+            what: "after writing the next copy's private blob",
+            files: with(&[NEXT_PRIV]),
             store: "old",
-            next_pub: false,
-            next_priv: true,
             new_key_wins: false,
+            said: "",
         },
         Crash {
-            what: "after writing both next blobs",
-            root_pub: "old",
-            root_priv: "old",
+            what: "after writing the next copy",
+            files: with(&[NEXT_PRIV, NEXT_PUB]),
             store: "old",
-            next_pub: true,
-            next_priv: true,
             new_key_wins: false,
+            said: "",
+        },
+        Crash {
+            what: "after writing root-next.seal",
+            files: with(&[NEXT_PRIV, NEXT_PUB, NEXT_SEAL]),
+            store: "old",
+            new_key_wins: false,
+            said: "was rolled back",
         },
         Crash {
             what: "after the transaction committed",
-            root_pub: "old",
-            root_priv: "old",
+            files: with(&[NEXT_PRIV, NEXT_PUB, NEXT_SEAL]),
             store: "new",
-            next_pub: true,
-            next_priv: true,
             new_key_wins: true,
+            said: "was completed",
         },
         Crash {
-            what: "after renaming root-next.priv",
-            root_pub: "old",
-            root_priv: "new",
+            what: "after renaming root-next.seal over root.seal",
+            files: &[
+                ("new", "root.seal", "root.seal"),
+                ("old", "root-1-auto.priv", "root-1-auto.priv"),
+                ("old", "root-1-auto.pub", "root-1-auto.pub"),
+                NEXT_PRIV,
+                NEXT_PUB,
+            ],
             store: "new",
-            next_pub: true,
-            next_priv: false,
             new_key_wins: true,
+            said: "",
         },
         Crash {
-            what: "in a discard, after removing root-next.pub",
-            root_pub: "old",
-            root_priv: "old",
-            store: "old",
-            next_pub: false,
-            next_priv: true,
-            new_key_wins: false,
+            what: "after removing the old private blob",
+            files: &[
+                ("new", "root.seal", "root.seal"),
+                ("old", "root-1-auto.pub", "root-1-auto.pub"),
+                NEXT_PRIV,
+                NEXT_PUB,
+            ],
+            store: "new",
+            new_key_wins: true,
+            said: "",
         },
         Crash {
-            what: "with root-next.pub alone beside the old key",
-            root_pub: "old",
-            root_priv: "old",
+            what: "in a discard, after removing root-next.seal",
+            files: with(&[NEXT_PRIV, NEXT_PUB]),
             store: "old",
-            next_pub: true,
-            next_priv: false,
             new_key_wins: false,
+            said: "",
+        },
+        Crash {
+            what: "with root-next.seal whose copies are gone",
+            files: with(&[NEXT_SEAL]),
+            store: "old",
+            new_key_wins: false,
+            said: "was rolled back",
         },
     ];
-    let dir_of = |which: &str| if which == "old" { &old } else { &new };
-    for crash in &crashes {
-        for name in NEXT_FILES {
-            let _ = fs::remove_file(files.state_file(name));
+    let dir_of = |which: &str| match which {
+        "old" => &old,
+        "new" => &new,
+        _ => &newer,
+    };
+    let clear = |files: &DaemonFiles| {
+        for name in root_key_file_names(&files.state_dir) {
+            fs::remove_file(files.state_file(&name)).expect("rm");
         }
-        place(&files, dir_of(crash.root_pub), "root.pub", "root.pub");
-        place(&files, dir_of(crash.root_priv), "root.priv", "root.priv");
+    };
+    let mut stray = Vec::new();
+    for crash in &crashes {
+        clear(&files);
+        for &(from, name, as_name) in crash.files {
+            place(&files, dir_of(from), name, as_name);
+        }
         place(&files, dir_of(crash.store), "keystore.db", "keystore.db");
         tpm = tpm_as_of(tpm, dir_of(crash.store));
-        if crash.next_pub {
-            place(&files, &new, "root.pub", "root-next.pub");
-        }
-        if crash.next_priv {
-            place(&files, &new, "root.priv", "root-next.priv");
-        }
         let daemon = Daemon::start(&files)
             .unwrap_or_else(|e| panic!("{}: the start was refused: {e}", crash.what));
         let expected = if crash.new_key_wins {
@@ -526,37 +591,58 @@ fn a_start_completes_or_discards_the_rotation_a_crash_left_at_each_step() {
             &old_check
         };
         assert_eq!(&status_check(&daemon), expected, "{}", crash.what);
-        assert_consistent(&daemon, &files, &sealed, crash.what);
+        assert_eq!(status_check(&daemon), store_check(&files), "{}", crash.what);
+        assert!(
+            !files.state_file(NEXT_RECORD).exists(),
+            "{}: root-next.seal left",
+            crash.what
+        );
+        assert_unwraps(&daemon, &sealed, crash.what);
         let (exit, log) = daemon.stop();
         assert!(exit.success(), "{}: {log}", crash.what);
-        let said = if crash.new_key_wins {
-            "was completed"
-        } else {
-            "was rolled back"
-        };
-        assert!(log.contains(said), "{}: the log says so: {log}", crash.what);
-        let expected_blobs = dir_of(if crash.new_key_wins { "new" } else { "old" });
-        for name in ROOT_FILES {
+        if !crash.said.is_empty() {
+            assert!(
+                log.contains(crash.said),
+                "{}: the log says so: {log}",
+                crash.what
+            );
+        }
+        let winner = dir_of(if crash.new_key_wins { "new" } else { "old" });
+        let generation = if crash.new_key_wins { 2 } else { 1 };
+        for name in [
+            "root.seal".to_string(),
+            format!("root-{generation}-auto.priv"),
+            format!("root-{generation}-auto.pub"),
+        ] {
             assert_eq!(
-                fs::read(files.state_file(name)).expect("blob"),
-                fs::read(expected_blobs.join(name)).expect("snapshot"),
+                fs::read(files.state_file(&name)).expect("blob"),
+                fs::read(winner.join(&name)).expect("snapshot"),
                 "{}: {name} is the winning key's",
                 crash.what
             );
         }
+        let left = next_blobs_left(&files);
+        if !left.is_empty() {
+            stray.push(format!("{}: {left:?}", crash.what));
+        }
+        // A restart is an ordinary unseal of the same key.
+        let daemon = Daemon::start(&files).expect("a second start");
+        assert_eq!(&status_check(&daemon), expected, "{}", crash.what);
+        drop(daemon);
     }
+    assert!(
+        stray.is_empty(),
+        "a start leaves copies of a generation root.seal does not name: {stray:#?}"
+    );
 
     // A store that matches neither key (a third one's): refused, and not
     // one file changes.
-    for name in NEXT_FILES {
-        let _ = fs::remove_file(files.state_file(name));
+    clear(&files);
+    for &(from, name, as_name) in with(&[NEXT_PRIV, NEXT_PUB, NEXT_SEAL]) {
+        place(&files, dir_of(from), name, as_name);
     }
-    place(&files, &old, "root.pub", "root.pub");
-    place(&files, &old, "root.priv", "root.priv");
     place(&files, &newer, "keystore.db", "keystore.db");
     let _tpm = tpm_as_of(tpm, &newer);
-    place(&files, &new, "root.pub", "root-next.pub");
-    place(&files, &new, "root.priv", "root-next.priv");
     let before = state_files(&files);
     let refused = Daemon::start(&files)
         .err()
@@ -570,6 +656,155 @@ fn a_start_completes_or_discards_the_rotation_a_crash_left_at_each_step() {
         "the refusal names the keys it found: {refused}"
     );
     assert_eq!(state_files(&files), before, "nothing changed");
+}
+
+#[test]
+fn a_rotation_interrupted_before_sealing_modes_is_resolved_then_migrated() {
+    // The layout before root.seal: root.pub/root.priv and root-next.* under
+    // the tpm2-tools primary without noDA. A start resolves the rotation by
+    // those rules (the store decides), then migrates the key in force.
+    use crate::harness::break_glass_unseal;
+    use crate::sealing_modes::tools::{legacy_seal, legacy_state_dir};
+    let tpm_home = crate::harness::private_tempdir();
+    let tpm_dir = tpm_home.path().join("tpm");
+    fs::create_dir_all(&tpm_dir).expect("tpm dir");
+    let mut tpm = Swtpm::start_in(&tpm_dir);
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
+    let work = files.root.path().join("work");
+    fs::create_dir_all(&work).expect("work");
+    let old_key: Vec<u8> = (0u8..32).map(|i| i ^ 0xa5).collect();
+    legacy_state_dir(tpm.port, &files.state_dir, &old_key, &work);
+
+    // The key store under the old key (a migrated start), then under a new
+    // one (a rotation), each with the TPM as it was.
+    let snapshots = files.root.path().join("snapshots");
+    let (old, new) = (snapshots.join("old"), snapshots.join("new"));
+    let keep = |tpm: Swtpm, to: &Path| -> Swtpm {
+        drop(tpm);
+        fs::create_dir_all(to.join("tpm")).expect("snapshot");
+        fs::copy(files.state_file("keystore.db"), to.join("keystore.db")).expect("copy");
+        for entry in fs::read_dir(&tpm_dir).expect("tpm dir") {
+            let path = entry.expect("entry").path();
+            fs::copy(&path, to.join("tpm").join(path.file_name().expect("name"))).expect("copy");
+        }
+        let tpm = Swtpm::start_in(&tpm_dir);
+        files.write_config(&tpm.tcti(), &DaemonConfig::new());
+        tpm
+    };
+    let daemon = Daemon::start(&files).expect("migrating start");
+    let sealed = populate(&daemon);
+    let old_check = status_check(&daemon);
+    assert_eq!(old_check, hostkms::rootkey::check_value(&old_key));
+    assert!(daemon.stop().0.success());
+    tpm = keep(tpm, &old);
+    let daemon = Daemon::start(&files).expect("start");
+    let new_check = daemon.client().rotate_root().expect("rotate").new_check;
+    assert!(daemon.stop().0.success());
+    let new_key = break_glass_unseal(tpm.port, &files.state_dir, &work);
+    tpm = keep(tpm, &new);
+
+    let legacy = work.join("legacy");
+    fs::create_dir_all(&legacy).expect("legacy");
+    for (name, key) in [("old", &old_key), ("new", &new_key)] {
+        legacy_seal(
+            tpm.port,
+            key,
+            &legacy.join(format!("{name}.pub")),
+            &legacy.join(format!("{name}.priv")),
+            &work,
+        );
+    }
+    // Per crash point of the old rotation: what it was, the blobs it left
+    // (state-dir name, sealed blob), the store's snapshot, whether the new
+    // key wins.
+    type LegacyCrash<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, bool);
+    let crashes: [LegacyCrash; 4] = [
+        (
+            "after writing root-next.priv",
+            &[
+                ("root.pub", "old.pub"),
+                ("root.priv", "old.priv"),
+                ("root-next.priv", "new.priv"),
+            ],
+            "old",
+            false,
+        ),
+        (
+            "after writing both next blobs",
+            &[
+                ("root.pub", "old.pub"),
+                ("root.priv", "old.priv"),
+                ("root-next.pub", "new.pub"),
+                ("root-next.priv", "new.priv"),
+            ],
+            "old",
+            false,
+        ),
+        (
+            "after the transaction committed",
+            &[
+                ("root.pub", "old.pub"),
+                ("root.priv", "old.priv"),
+                ("root-next.pub", "new.pub"),
+                ("root-next.priv", "new.priv"),
+            ],
+            "new",
+            true,
+        ),
+        (
+            "after renaming root-next.priv",
+            &[
+                ("root.pub", "old.pub"),
+                ("root.priv", "new.priv"),
+                ("root-next.pub", "new.pub"),
+            ],
+            "new",
+            true,
+        ),
+    ];
+    for (what, blobs, store, new_wins) in crashes {
+        for name in root_key_file_names(&files.state_dir) {
+            fs::remove_file(files.state_file(&name)).expect("rm");
+        }
+        for (as_name, from) in blobs {
+            place(&files, &legacy, from, as_name);
+        }
+        let snapshot = if store == "old" { &old } else { &new };
+        place(&files, snapshot, "keystore.db", "keystore.db");
+        drop(tpm);
+        for entry in fs::read_dir(&tpm_dir).expect("tpm dir") {
+            fs::remove_file(entry.expect("entry").path()).expect("rm");
+        }
+        for entry in fs::read_dir(snapshot.join("tpm")).expect("tpm snapshot") {
+            let path = entry.expect("entry").path();
+            fs::copy(&path, tpm_dir.join(path.file_name().expect("name"))).expect("copy");
+        }
+        tpm = Swtpm::start_in(&tpm_dir);
+        files.write_config(&tpm.tcti(), &DaemonConfig::new());
+
+        let daemon =
+            Daemon::start(&files).unwrap_or_else(|e| panic!("{what}: the start was refused: {e}"));
+        let expected = if new_wins { &new_check } else { &old_check };
+        assert_eq!(&status_check(&daemon), expected, "{what}");
+        assert_consistent(&daemon, &files, &sealed, what);
+        let (exit, log) = daemon.stop();
+        assert!(exit.success(), "{what}: {log}");
+        let said = if new_wins {
+            "interrupted after the key store committed"
+        } else {
+            "interrupted before the key store committed"
+        };
+        assert!(log.contains(said), "{what}: {log}");
+        assert!(
+            log.contains("migrated the sealed root key"),
+            "{what}: {log}"
+        );
+        assert_eq!(
+            root_key_file_names(&files.state_dir),
+            ["root-1-auto.priv", "root-1-auto.pub", "root.seal"],
+            "{what}: migrated, the old layout's blobs gone"
+        );
+    }
 }
 
 #[test]
@@ -692,22 +927,22 @@ fn a_next_blob_planted_as_a_symlink_is_refused_not_followed() {
     let before = state_files(&files);
     let target = files.root.path().join("elsewhere");
     fs::write(&target, b"not a blob").expect("target");
-    std::os::unix::fs::symlink(&target, files.state_file("root-next.pub")).expect("symlink");
+    std::os::unix::fs::symlink(&target, files.state_file(NEXT_RECORD)).expect("symlink");
 
     let refused = Daemon::start(&files)
         .err()
         .expect("a start with a planted link");
     assert!(
-        refused.contains("root-next.pub") && refused.contains("symbolic link"),
+        refused.contains(NEXT_RECORD) && refused.contains("symbolic link"),
         "the refusal names the link: {refused}"
     );
     assert_eq!(fs::read(&target).expect("target"), b"not a blob");
     assert!(
-        fs::symlink_metadata(files.state_file("root-next.pub"))
+        fs::symlink_metadata(files.state_file(NEXT_RECORD))
             .expect("the link stays")
             .file_type()
             .is_symlink()
     );
-    fs::remove_file(files.state_file("root-next.pub")).expect("remove link");
+    fs::remove_file(files.state_file(NEXT_RECORD)).expect("remove link");
     assert_eq!(state_files(&files), before, "nothing else changed");
 }

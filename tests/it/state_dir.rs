@@ -104,10 +104,14 @@ fn a_hard_linked_key_store_is_refused() {
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
 
-    // The root key blobs too.
-    fs::hard_link(files.state_file("root.priv"), &other).expect("ln");
-    let log = refused(&files);
-    assert!(log.contains("root.priv has 2 hard links"), "{log}");
+    // The root key's files too: its sealed copy and the record naming it.
+    for name in ["root-1-auto.priv", "root.seal"] {
+        let other = files.root.path().join(format!("elsewhere-{name}"));
+        fs::hard_link(files.state_file(name), &other).expect("ln");
+        let log = refused(&files);
+        assert!(log.contains(&format!("{name} has 2 hard links")), "{log}");
+        fs::remove_file(&other).expect("rm the other link");
+    }
 }
 
 /// A state dir with a root key and a key store in it, its daemon stopped.
@@ -172,29 +176,35 @@ fn a_symlinked_key_store_is_refused_not_followed() {
 fn a_symlinked_root_blob_is_refused_not_followed() {
     let tpm = Swtpm::start();
     let files = prepared(&tpm);
-    replace_by_link(&files, "root.pub");
-    let log = refused(&files);
-    assert!(
-        log.contains("root.pub is a symbolic link") && log.contains("does not follow links"),
-        "{log}"
-    );
+    for name in ["root-1-auto.pub", "root.seal"] {
+        let outside = replace_by_link(&files, name);
+        let log = refused(&files);
+        assert!(
+            log.contains(&format!("{name} is a symbolic link"))
+                && log.contains("does not follow links"),
+            "{log}"
+        );
+        fs::remove_file(files.state_file(name)).unwrap();
+        fs::rename(&outside, files.state_file(name)).unwrap();
+    }
+    Daemon::start(&files).expect("starts with the real files back");
 }
 
 #[test]
 fn state_files_open_to_others_are_set_back_to_0600_and_the_repair_logged() {
     let tpm = Swtpm::start();
     let files = prepared(&tpm);
-    for name in ["root.priv", "keystore.db"] {
+    for name in ["root-1-auto.priv", "root.seal", "keystore.db"] {
         fs::set_permissions(files.state_file(name), fs::Permissions::from_mode(0o644)).unwrap();
     }
     let daemon = Daemon::start(&files).expect("a loose mode is repaired, not fatal");
     daemon.client().describe_key("kept").expect("serves");
-    for name in ["root.priv", "keystore.db"] {
+    for name in ["root-1-auto.priv", "root.seal", "keystore.db"] {
         let mode = fs::metadata(files.state_file(name)).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o600, "{name}");
     }
     let log = daemon.log();
-    for name in ["root.priv", "keystore.db"] {
+    for name in ["root-1-auto.priv", "root.seal", "keystore.db"] {
         assert!(
             log.contains(&format!("{name} had mode 0644")) && log.contains("set it to 0600"),
             "the repair of {name} is logged: {log}"
@@ -206,7 +216,7 @@ fn state_files_open_to_others_are_set_back_to_0600_and_the_repair_logged() {
 fn state_files_of_another_user_are_refused() {
     let tpm = Swtpm::start();
     let files = prepared(&tpm);
-    for name in ["root.priv", "keystore.db"] {
+    for name in ["root-1-auto.priv", "root.seal", "keystore.db"] {
         nix::unistd::chown(
             &files.state_file(name),
             Some(nix::unistd::Uid::from_raw(65534)),

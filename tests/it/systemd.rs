@@ -171,7 +171,7 @@ fn ready_status_watchdog_and_stopping_reach_the_service_manager() {
     let ready = notify.until_line("READY=1");
     // READY comes only once the root key is sealed and the socket serves.
     assert!(
-        files.state_file("root.priv").exists(),
+        files.state_file("root.seal").exists(),
         "READY before the root key"
     );
     assert!(
@@ -209,6 +209,29 @@ fn ready_status_watchdog_and_stopping_reach_the_service_manager() {
     });
     assert!(status.contains("0 denied, 0 alerts"), "{status}");
 
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    notify.until_line("STOPPING=1");
+    let exit = wait_with_timeout(&mut child, Duration::from_secs(20));
+    assert!(exit.success(), "{exit}");
+}
+
+#[test]
+fn a_locked_daemon_is_ready_and_its_status_line_says_locked() {
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new().root_key(&[], true));
+    let notify = NotifySocket::bind(files.root.path());
+    let mut child = start_notified(&files, &notify, Some(400_000));
+    let ready = notify.until_line("READY=1");
+    assert!(
+        ready.contains("STATUS=locked: run hostkms unlock"),
+        "a locked daemon is active, and says what to do: {ready}"
+    );
+    assert!(ready.contains("no root key yet"), "and why: {ready}");
+    let mut client = Client::connect(&files.socket).expect("serving when READY=1 arrives");
+    client.ping().expect("ping");
+    assert!(!client.status().expect("status").root_key_loaded);
+    // A locked daemon is alive: the watchdog is pinged.
+    notify.until_line("WATCHDOG=1");
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
     notify.until_line("STOPPING=1");
     let exit = wait_with_timeout(&mut child, Duration::from_secs(20));

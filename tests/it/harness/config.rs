@@ -19,6 +19,7 @@ pub struct DaemonConfig {
     recovery: Table,
     keys: Table,
     credentials: Table,
+    root_key: Table,
 }
 
 /// Setters of top-level integer settings, named like the TOML field.
@@ -130,6 +131,15 @@ impl DaemonConfig {
         self
     }
 
+    /// The `[root_key]` table: the sha256 PCRs a new root key's auto copy
+    /// is bound to, and whether it gets a PIN copy.
+    pub fn root_key(mut self, pcrs: &[u8], pin: bool) -> Self {
+        let pcrs = pcrs.iter().map(|&pcr| integer(pcr.into())).collect();
+        self.root_key.insert("pcrs".into(), Value::Array(pcrs));
+        self.root_key.insert("pin".into(), Value::Boolean(pin));
+        self
+    }
+
     fn integer(mut self, name: &str, value: u64) -> Self {
         self.top.insert(name.into(), integer(value));
         self
@@ -161,6 +171,9 @@ impl DaemonConfig {
         }
         if !self.credentials.is_empty() {
             table.insert("credentials".into(), Value::Table(self.credentials.clone()));
+        }
+        if !self.root_key.is_empty() {
+            table.insert("root_key".into(), Value::Table(self.root_key.clone()));
         }
         toml::to_string(&table).expect("a config renders as TOML")
     }
@@ -297,6 +310,7 @@ mod tests {
             .tpm_start_timeout_secs(7)
             .rotate_after_encryptions(10)
             .default_rotation_period("90d")
+            .root_key(&[7, 16], true)
             .alerts(
                 Alerts::new()
                     .window_secs(600)
@@ -354,6 +368,8 @@ mod tests {
         assert_eq!(table["socket_mode"].as_str(), Some("0666"));
         assert_eq!(table["max_connections"].as_integer(), Some(70));
         assert_eq!(table["alerts"]["denials"].as_integer(), Some(3));
+        assert_eq!(table["root_key"]["pcrs"][1].as_integer(), Some(16));
+        assert_eq!(table["root_key"]["pin"].as_bool(), Some(true));
         let grants = table["grant"].as_array().expect("[[grant]] tables");
         assert_eq!(grants.len(), 5);
         assert_eq!(

@@ -86,6 +86,80 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Whether `name` is a file of the sealed root key: `root.seal`,
+/// `root-next.seal`, a copy `root-G-auto|pin.pub|priv`, or a blob of the
+/// layout before sealing modes (`root.pub`, `root.priv`, `root-next.pub`,
+/// `root-next.priv`).
+pub fn is_root_key_file(name: &str) -> bool {
+    if matches!(
+        name,
+        "root.seal"
+            | "root-next.seal"
+            | "root.pub"
+            | "root.priv"
+            | "root-next.pub"
+            | "root-next.priv"
+    ) {
+        return true;
+    }
+    let Some(rest) = name.strip_prefix("root-") else {
+        return false;
+    };
+    let Some((generation, copy)) = rest.split_once('-') else {
+        return false;
+    };
+    !generation.is_empty()
+        && generation.bytes().all(|b| b.is_ascii_digit())
+        && matches!(copy, "auto.pub" | "auto.priv" | "pin.pub" | "pin.priv")
+}
+
+/// The sealed root key's files in `state_dir` ([`is_root_key_file`]), by
+/// name, with their contents.
+pub fn root_key_files(state_dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = fs::read_dir(state_dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", state_dir.display()))
+        .map(|entry| {
+            entry
+                .expect("state dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|name| is_root_key_file(name))
+        .map(|name| {
+            let bytes =
+                fs::read(state_dir.join(&name)).unwrap_or_else(|e| panic!("read {name}: {e}"));
+            (name, bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// The names of [`root_key_files`].
+pub fn root_key_file_names(state_dir: &Path) -> Vec<String> {
+    root_key_files(state_dir)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// A sealing record of `state_dir` (`root.seal` or `root-next.seal`) as JSON.
+pub fn seal_record(state_dir: &Path, name: &str) -> serde_json::Value {
+    let path = state_dir.join(name);
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON ({e}): {text}", path.display()))
+}
+
+/// The generation `root.seal` in `state_dir` names.
+pub fn seal_generation(state_dir: &Path) -> u64 {
+    let record = seal_record(state_dir, "root.seal");
+    record["generation"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no generation in root.seal: {record}"))
+}
+
 /// Runs `sqlite3 DB SQL`, failing the test when it fails.
 pub fn sqlite(db: &Path, sql: &str) -> String {
     let output = Command::new("sqlite3")
