@@ -815,7 +815,12 @@ impl Service {
         let store = Arc::clone(self.keystore()?);
         // A reseal or PIN change seals the same next generation of copies:
         // one of them at a time.
-        let _one_at_a_time = self.unlock_gate.lock().await;
+        let Ok(_one_at_a_time) = self.unlock_gate.try_lock() else {
+            return Err(Refusal::new(
+                ErrorCode::Busy,
+                "cannot rotate the root key now: a rotation, reseal or PIN change is running; try again when it has finished",
+            ));
+        };
         let used_pin = pin.is_some();
         let sealer = crate::rootkey::PinnedSealer::new(sealer, pin);
         let rotated = tokio::task::spawn_blocking(move || store.rotate_root(&sealer))
