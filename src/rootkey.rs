@@ -44,7 +44,7 @@ use crate::locked::LockedBytes;
 use crate::state_dir::{
     KEYSTORE_DB, ROOT_NEXT_PRIV, ROOT_NEXT_PUB, ROOT_PRIV, ROOT_PUB, StateDir, StateDirError,
 };
-use crate::tpm::{BlobError, Template, Tpm, TpmError, TpmWorker};
+use crate::tpm::{BlobError, StoragePrimary, Template, Tpm, TpmError, TpmWorker};
 
 mod copies;
 pub mod record;
@@ -715,7 +715,18 @@ fn unseal_pair(
     let blobs = copies::read_copy(dir, &files)?;
     let secret = tpm
         .call("unsealing the root key", timeout, move |tcti| {
-            Tpm::open_under(tcti, Template::Legacy)?.unseal(&blobs)
+            // Under the SRK if the TPM had one when they were sealed, else
+            // the transient template; an SRK provisioned since is passed by.
+            let preferred = StoragePrimary::Preferred(Template::Legacy);
+            match Tpm::open_under(tcti, preferred)?.unseal(&blobs) {
+                Err(e) if e.cause() == crate::tpm::Cause::BlobRejected => {
+                    let transient = StoragePrimary::Transient(Template::Legacy);
+                    Tpm::open_under(tcti, transient)?
+                        .unseal(&blobs)
+                        .map_err(|_| e)
+                }
+                unsealed => unsealed,
+            }
         })
         .map_err(|source| copies::classify(dir, &files, source))?;
     RootKey::from_slice(&secret)

@@ -147,8 +147,9 @@ pub(super) fn unseal_auto(
     };
     let blobs = read_copy(dir, &files)?;
     let pcrs = record.mode.pcrs.clone();
+    let primary = record.primary.storage_primary();
     let unsealed = tpm.call("unsealing the root key", timeout, move |tcti| {
-        let mut tpm = Tpm::open(tcti)?;
+        let mut tpm = Tpm::open_under(tcti, primary)?;
         if pcrs.is_empty() {
             return tpm.unseal(&blobs).map(Ok);
         }
@@ -206,11 +207,12 @@ pub(super) fn unseal_pin(
     };
     let blobs = read_copy(dir, &files)?;
     let pin = Zeroizing::new(pin.to_vec());
+    let primary = record.primary.storage_primary();
     let unsealed = tpm.call(
         "unsealing the root key with the PIN",
         timeout,
         move |tcti| {
-            let mut tpm = Tpm::open(tcti)?;
+            let mut tpm = Tpm::open_under(tcti, primary)?;
             match tpm.unseal_with_pin(&blobs, &pin) {
                 Ok(secret) => Ok(Ok(secret)),
                 Err(e) if matches!(e.cause(), Cause::WrongPin | Cause::Lockout) => {

@@ -74,6 +74,19 @@ pub enum PrimaryKind {
     PersistentSrk,
 }
 
+impl PrimaryKind {
+    /// The storage primary to load for copies sealed under this one: never
+    /// an SRK provisioned after they were sealed.
+    pub fn storage_primary(self) -> crate::tpm::StoragePrimary {
+        match self {
+            PrimaryKind::TransientNoda => {
+                crate::tpm::StoragePrimary::Transient(crate::tpm::Template::NoDa)
+            }
+            PrimaryKind::PersistentSrk => crate::tpm::StoragePrimary::PersistentSrk,
+        }
+    }
+}
+
 /// One PCR value as recorded, hex on disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct RecordedPcr {

@@ -21,7 +21,8 @@ mod worker;
 
 pub use nv::{NV_AUTH_LEN, NV_COUNTER_FIRST, NV_COUNTER_LAST, NvCounterError};
 pub use primary::{
-    NODA_ATTRIBUTES, PERSISTENT_SRK, Template, noda_ecc_template, tpm2_tools_ecc_template,
+    NODA_ATTRIBUTES, PERSISTENT_SRK, StoragePrimary, Template, noda_ecc_template,
+    tpm2_tools_ecc_template,
 };
 pub use sealed::{BlobError, Part as BlobPart, SealedBlobs};
 pub use sealing::{DictionaryAttack, MAX_PCR, PcrValue, Protection};
@@ -81,6 +82,15 @@ pub enum TpmError {
     PinObject {
         /// What the daemon was doing.
         step: &'static str,
+        /// The TSS error.
+        source: tss_esapi::Error,
+    },
+    /// The root key was sealed under the persistent SRK, which is gone.
+    #[error(
+        "the root key's copies were sealed under the TPM's persistent storage root key at 0x81000001, which this TPM no longer has ({}): it was evicted (tpm2_evictcontrol), or the TPM was cleared. If it was only evicted, provision it again as it was (the TPM derives the same key from its owner seed with the same template, e.g. systemd-tpm2-setup); if the TPM was cleared, recover the keys from the custodians (README: Backup and recovery)",
+        describe(source)
+    )]
+    NoPersistentSrk {
         /// The TSS error.
         source: tss_esapi::Error,
     },
@@ -220,6 +230,7 @@ impl TpmError {
             TpmError::Timeout { .. } | TpmError::Stuck { .. } => return Cause::Timeout,
             TpmError::Slow { .. } => return Cause::Busy,
             TpmError::BadAnswer { .. } | TpmError::WorkerGone(_) => return Cause::Other,
+            TpmError::NoPersistentSrk { .. } => return Cause::BlobRejected,
         };
         let tss_esapi::Error::Tss2Error(rc) = source else {
             return Cause::Other;
@@ -283,6 +294,7 @@ impl TpmError {
         if matches!(
             self,
             TpmError::Open { .. }
+                | TpmError::NoPersistentSrk { .. }
                 | TpmError::Timeout { .. }
                 | TpmError::Slow { .. }
                 | TpmError::Stuck { .. }
@@ -415,15 +427,24 @@ impl std::fmt::Debug for Tpm {
 impl Tpm {
     /// Opens the TPM at `tcti`, loads the (noDA) storage primary and starts the session.
     pub fn open(tcti: &Tcti) -> Result<Tpm, TpmError> {
-        Tpm::open_under(tcti, Template::NoDa)
+        Tpm::open_under(tcti, StoragePrimary::Preferred(Template::NoDa))
     }
 
-    /// As [`Tpm::open`], with the transient primary of `template`: the
-    /// legacy one only to migrate blobs sealed before 0.14.
-    pub fn open_under(tcti: &Tcti, template: Template) -> Result<Tpm, TpmError> {
+    /// As [`Tpm::open`], under the storage primary `choice` names: the one
+    /// a sealed object's record says it was sealed under, or the legacy
+    /// template only to migrate blobs sealed before 0.14.
+    pub fn open_under(tcti: &Tcti, choice: StoragePrimary) -> Result<Tpm, TpmError> {
         let mut context = open_context(tcti)?;
-        let primary = primary::load(&mut context, template)
-            .map_err(TpmError::command("loading the storage primary key"))?;
+        let primary = primary::load(&mut context, choice).map_err(|source| {
+            if choice == StoragePrimary::PersistentSrk {
+                TpmError::NoPersistentSrk { source }
+            } else {
+                TpmError::Command {
+                    step: "loading the storage primary key",
+                    source,
+                }
+            }
+        })?;
         worker::answered();
         start_salted_session(&mut context, primary)?;
         worker::answered();

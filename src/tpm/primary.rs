@@ -41,6 +41,20 @@ pub enum Template {
     Legacy,
 }
 
+/// Which storage primary to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoragePrimary {
+    /// The persistent SRK when the TPM has one, else the transient primary
+    /// of this template: what new objects are sealed under.
+    Preferred(Template),
+    /// The transient primary of this template, even when an SRK exists
+    /// (one provisioned after the objects were sealed, as
+    /// systemd-tpm2-setup does at boot).
+    Transient(Template),
+    /// The persistent SRK, which must exist.
+    PersistentSrk,
+}
+
 /// A loaded storage primary key.
 #[derive(Debug, Clone, Copy)]
 pub struct Primary {
@@ -91,17 +105,27 @@ fn ecc_template(no_da: bool) -> tss_esapi::Result<Public> {
         .build()
 }
 
-/// Loads the persistent SRK if the TPM has one, else creates the transient
-/// primary of `template` under the owner hierarchy.
-pub fn load(context: &mut Context, template: Template) -> tss_esapi::Result<Primary> {
-    let srk = PersistentTpmHandle::new(PERSISTENT_SRK).map(TpmHandle::Persistent)?;
-    // Reading the handle's public area fails when nothing is persisted there.
-    let persisted = context.execute_without_session(|ctx| ctx.tr_from_tpm_public(srk));
-    if let Ok(handle) = persisted {
-        return Ok(Primary {
-            handle: KeyHandle::from(handle),
-            persistent: true,
-        });
+/// Loads the storage primary `choice` names: the persistent SRK, or the
+/// transient primary created under the owner hierarchy.
+pub fn load(context: &mut Context, choice: StoragePrimary) -> tss_esapi::Result<Primary> {
+    let template = match choice {
+        StoragePrimary::Preferred(template) | StoragePrimary::Transient(template) => template,
+        StoragePrimary::PersistentSrk => Template::NoDa,
+    };
+    if choice != StoragePrimary::Transient(template) {
+        let srk = PersistentTpmHandle::new(PERSISTENT_SRK).map(TpmHandle::Persistent)?;
+        // Reading the handle's public area fails when nothing is persisted there.
+        let persisted = context.execute_without_session(|ctx| ctx.tr_from_tpm_public(srk));
+        match persisted {
+            Ok(handle) => {
+                return Ok(Primary {
+                    handle: KeyHandle::from(handle),
+                    persistent: true,
+                });
+            }
+            Err(e) if choice == StoragePrimary::PersistentSrk => return Err(e),
+            Err(_) => {}
+        }
     }
     let template = match template {
         Template::NoDa => noda_ecc_template()?,

@@ -1513,7 +1513,6 @@ fn a_daemon_seals_under_a_persistent_srk_when_the_tpm_has_one() {
 }
 
 #[test]
-#[ignore = "BUG (reported to the lead): the daemon unseals under the SRK whenever one exists, whatever root.seal's primary says"]
 fn an_srk_provisioned_after_sealing_does_not_lock_the_root_key_out() {
     // systemd-tpm2-setup (systemd 256 and later) makes an SRK at
     // 0x81000001 at boot; the copies sealed under the transient noDA
