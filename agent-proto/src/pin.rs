@@ -49,6 +49,13 @@ pub enum PinError {
         "the PIN is not valid UTF-8; a PIN is {MIN_PIN_BYTES} to {MAX_PIN_BYTES} bytes of UTF-8 (one trailing newline is not counted), so that `tpm2_unseal -p` takes the same string"
     )]
     NotUtf8,
+    /// A control character (NUL, a newline inside, escape...). The TPM
+    /// drops trailing NUL bytes of an authValue, so a PIN of NULs would be
+    /// no PIN at all; and none can be typed reliably.
+    #[error(
+        "the PIN holds a control character (such as NUL or a newline inside it); a PIN is {MIN_PIN_BYTES} to {MAX_PIN_BYTES} bytes of printable UTF-8"
+    )]
+    ControlCharacter,
 }
 
 impl Pin {
@@ -71,8 +78,11 @@ impl Pin {
             len if len > MAX_PIN_BYTES => return Err(PinError::TooLong { len }),
             _ => {}
         }
-        if std::str::from_utf8(bytes).is_err() {
+        let Ok(text) = std::str::from_utf8(bytes) else {
             return Err(PinError::NotUtf8);
+        };
+        if text.chars().any(char::is_control) {
+            return Err(PinError::ControlCharacter);
         }
         Ok(Pin(Zeroizing::new(bytes.to_vec())))
     }
@@ -106,14 +116,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn control_characters_are_refused_nul_above_all() {
+        // The TPM strips trailing NULs of an authValue: eight NULs would be
+        // no PIN, and "ab" and six NULs a two-character one.
+        for bad in [
+            &b"\0\0\0\0\0\0\0\0"[..],
+            b"ab\0\0\0\0\0\0",
+            b"abc\ndefgh",
+            b"abcdefg\x1b",
+            b"\tabcdefgh",
+        ] {
+            assert_eq!(
+                Pin::exact(bad).err(),
+                Some(PinError::ControlCharacter),
+                "{bad:?}"
+            );
+        }
+        assert!(Pin::exact("pässwörd ok".as_bytes()).is_ok());
+    }
+
+    #[test]
     fn one_trailing_newline_is_stripped() {
         assert_eq!(Pin::parse(b"12345678\n").unwrap().expose(), b"12345678");
         assert_eq!(Pin::parse(b"12345678\r\n").unwrap().expose(), b"12345678");
         assert_eq!(Pin::parse(b"12345678").unwrap().expose(), b"12345678");
-        // Only one: a second newline is part of the PIN.
-        assert_eq!(Pin::parse(b"12345678\n\n").unwrap().expose(), b"12345678\n");
-        // A lone carriage return is not a newline.
-        assert_eq!(Pin::parse(b"12345678\r").unwrap().expose(), b"12345678\r");
+        // Only one: a second newline stays, and a PIN holds no control
+        // character; nor is a lone carriage return a newline.
+        assert_eq!(
+            Pin::parse(b"12345678\n\n").err(),
+            Some(PinError::ControlCharacter)
+        );
+        assert_eq!(
+            Pin::parse(b"12345678\r").err(),
+            Some(PinError::ControlCharacter)
+        );
     }
 
     #[test]
@@ -150,12 +186,12 @@ mod tests {
 
     #[test]
     fn exact_strips_nothing() {
-        assert_eq!(Pin::exact(b"12345678\n").unwrap().expose(), b"12345678\n");
+        // The newline a file ends with is not stripped, and then refused.
         assert_eq!(
-            Pin::exact(b"1234567\n").unwrap().expose(),
-            b"1234567\n",
-            "the newline counts"
+            Pin::exact(b"12345678\n").err(),
+            Some(PinError::ControlCharacter)
         );
+        assert_eq!(Pin::exact(b"12345678").unwrap().expose(), b"12345678");
     }
 
     #[test]

@@ -339,7 +339,8 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct PinArgs {
     /// Read the PIN from FILE ("-": standard input); one trailing newline
-    /// is not part of it. A PIN is 8 to 32 bytes of UTF-8.
+    /// is not part of it. A PIN is 8 to 32 bytes of UTF-8, no control
+    /// characters.
     #[arg(long, value_name = "FILE")]
     pub pin_file: Option<PathBuf>,
 }
