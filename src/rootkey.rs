@@ -340,6 +340,16 @@ pub enum RootKeyError {
     /// The sealing record cannot be used.
     #[error(transparent)]
     Record(#[from] RecordError),
+    /// `root.seal` says another PCR binding than the auto copy has.
+    #[error(
+        "{record} does not match the sealed copy {copy}: the PCR values it records are not those the copy is bound to. The record was altered (it has no integrity protection of its own), and nothing was sealed to what it says. Restore it from the backup of this state dir, or run `hostkms reseal`, which seals to the PCR values of now after you have checked them"
+    )]
+    RecordMismatch {
+        /// The record.
+        record: String,
+        /// The auto copy's public blob.
+        copy: String,
+    },
     /// PCR-only mode, and the PCRs changed: nothing can open the root key
     /// until the boot state is back.
     #[error(
@@ -599,6 +609,9 @@ pub fn reseal(
     }
     let values = (pcrs == PcrSource::Recorded && target.pcrs == current.mode.pcrs)
         .then(|| current.pcr_values.clone());
+    if values.is_some() {
+        copies::check_record(dir, tpm, timeout, current)?;
+    }
     let generation = current.generation + 1;
     let record = copies::seal_copies(dir, tpm, timeout, key, generation, target, values, pin)?;
     record.write(dir, RECORD)?;
@@ -799,6 +812,7 @@ pub fn seal_next(
         None
     };
     let key = fresh_key(tpm, timeout, "making the next root key")?;
+    copies::check_record(dir, tpm, timeout, &current)?;
     let values = (!current.mode.pcrs.is_empty()).then(|| current.pcr_values.clone());
     let next = copies::seal_copies(
         dir,

@@ -111,6 +111,48 @@ fn same_secret(unsealed: Option<&[u8]>, sealed: &[u8]) -> Result<(), TpmError> {
     }
 }
 
+/// Checks that `record` tells the truth about its auto copy before its
+/// recorded PCR values are sealed to again (a PIN change, a rotation): the
+/// copy's authPolicy must be PolicyPCR over exactly those values, or, with
+/// no PCRs, none. `root.seal` has no integrity protection of its own; a
+/// record edited to other values (or to none) would otherwise have them
+/// sealed in, and the machine unseal in a boot state nobody trusted.
+pub(super) fn check_record(
+    dir: &StateDir,
+    tpm: &TpmWorker,
+    timeout: Duration,
+    record: &SealRecord,
+) -> Result<(), RootKeyError> {
+    let Some(files) = record.auto_files() else {
+        return Ok(());
+    };
+    let (policy, user_with_auth) =
+        read_copy(dir, &files)?
+            .authorization()
+            .map_err(|source| RootKeyError::MalformedBlob {
+                path: dir.file(&files.public).display().to_string(),
+                source,
+            })?;
+    let expected = if record.pcr_values.is_empty() {
+        Vec::new()
+    } else {
+        let values = record.pcr_values.clone();
+        tpm.call("computing the PCR policy", timeout, move |tcti| {
+            Tpm::open(tcti)?.pcr_policy_digest(&values)
+        })
+        .map_err(RootKeyError::TpmUnavailable)?
+        .value()
+        .to_vec()
+    };
+    if policy == expected && user_with_auth == record.pcr_values.is_empty() {
+        return Ok(());
+    }
+    Err(RootKeyError::RecordMismatch {
+        record: dir.file(super::RECORD).display().to_string(),
+        copy: dir.file(&files.public).display().to_string(),
+    })
+}
+
 /// Reads and parses a copy's blobs.
 pub(super) fn read_copy(dir: &StateDir, files: &CopyFiles) -> Result<SealedBlobs, RootKeyError> {
     let public = dir.read(&files.public, MAX_BLOB)?;

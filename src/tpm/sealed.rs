@@ -125,6 +125,26 @@ impl SealedBlobs {
         Ok((public, private))
     }
 
+    /// The sealed object's authPolicy (empty: none) and whether it opens
+    /// with its authValue (userWithAuth): what it was sealed to, as its
+    /// public area says (the TPM binds the public area to the private one).
+    pub fn authorization(&self) -> Result<(Vec<u8>, bool), BlobError> {
+        let (public, _) = self.to_tpm()?;
+        match public {
+            Public::KeyedHash {
+                auth_policy,
+                object_attributes,
+                ..
+            } => Ok((
+                auth_policy.value().to_vec(),
+                object_attributes.user_with_auth(),
+            )),
+            _ => Err(BlobError::Public(
+                "not a sealed data object (keyedhash)".to_string(),
+            )),
+        }
+    }
+
     /// The TPM2B_PUBLIC bytes, as written to `root.pub`.
     pub fn public_bytes(&self) -> &[u8] {
         &self.public

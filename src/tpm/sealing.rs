@@ -202,8 +202,8 @@ impl Tpm {
     }
 
     /// The policy digest of PolicyPCR over `values`, computed by the TPM in
-    /// a trial session.
-    fn pcr_policy_digest(&mut self, values: &[PcrValue]) -> Result<Digest, TpmError> {
+    /// a trial session: what a copy sealed to them has as authPolicy.
+    pub fn pcr_policy_digest(&mut self, values: &[PcrValue]) -> Result<Digest, TpmError> {
         let pcrs: Vec<u8> = values.iter().map(|value| value.pcr).collect();
         let trial = self
             .context

@@ -1533,3 +1533,92 @@ fn an_srk_provisioned_after_sealing_does_not_lock_the_root_key_out() {
         .unwrap_or_else(|log| panic!("the root key is sealed under the transient primary: {log}"));
     assert_eq!(root_key_check(&daemon), check);
 }
+
+#[test]
+fn a_record_edited_to_other_pcr_values_is_never_sealed_in() {
+    // root.seal has no integrity of its own. An attacker who edits the
+    // recorded PCR value to one of its choosing, then waits for an admin's
+    // PIN change (or rotation), must not get the new PCR copy bound to it:
+    // that would let the machine unseal in the attacker's boot state.
+    let tpm = Swtpm::start();
+    let files = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new().root_key(&[PCR], true));
+    let pins = crate::harness::private_tempdir();
+    let right = pin_file(pins.path(), "right", PIN);
+    let other = pin_file(pins.path(), "other", OTHER_PIN);
+    let daemon = Daemon::start(&files).expect("starts locked");
+    unlock(&daemon.socket, &right, false);
+    let record_path = files.state_dir.join("root.seal");
+    let honest = std::fs::read_to_string(&record_path).expect("record");
+    let lie = honest.replace(&hex(&pcr_read(tpm.port, PCR)), &"ab".repeat(32));
+    assert_ne!(lie, honest, "the record holds PCR 16's value");
+    std::fs::write(&record_path, &lie).expect("edit the record");
+    let copies = |dir: &Path| -> Vec<_> {
+        root_key_files(dir)
+            .into_iter()
+            .filter(|(name, _)| name.as_str() != "root.seal")
+            .collect()
+    };
+    let blobs = copies(&files.state_dir);
+    let new_pin = other.display().to_string();
+    let right_pin = right.display().to_string();
+    for args in [
+        vec![
+            "change-pin",
+            "--pin-file",
+            &right_pin,
+            "--new-pin-file",
+            &new_pin,
+        ],
+        vec!["rotate-root", "--pin-file", &right_pin],
+    ] {
+        let output = cli(&daemon.socket, &args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} went through: {stderr}");
+        assert!(
+            stderr.contains("does not match the sealed copy"),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(copies(&files.state_dir), blobs, "{args:?} sealed nothing");
+    }
+    // An edit to the plain mode (no PCRs, no PIN) is a lie too: a rotation
+    // would seal the new key in a plain copy, which opens in any boot state.
+    let no_pcrs = honest
+        .replace("\"pin\": true", "\"pin\": false")
+        .replace("\"pcrs\": [\n    16\n  ]", "\"pcrs\": []")
+        .replace(
+            &format!(
+                "\"pcr_values\": [\n    {{\n      \"pcr\": 16,\n      \"sha256\": \"{}\"\n    }}\n  ]",
+                hex(&pcr_read(tpm.port, PCR))
+            ),
+            "\"pcr_values\": []",
+        );
+    assert!(no_pcrs.contains("\"pcrs\": []"), "{no_pcrs}");
+    std::fs::write(&record_path, &no_pcrs).expect("edit the record");
+    // (The daemon still shows the PIN it unlocked with, so the CLI sends it.)
+    let output = cli(&daemon.socket, &["rotate-root", "--pin-file", &right_pin]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("does not match the sealed copy"),
+        "{stderr}"
+    );
+    assert_eq!(copies(&files.state_dir), blobs, "nothing sealed");
+    // Put back, the PIN change goes through.
+    std::fs::write(&record_path, &honest).expect("restore the record");
+    let output = cli(
+        &daemon.socket,
+        &[
+            "change-pin",
+            "--pin-file",
+            &right_pin,
+            "--new-pin-file",
+            &new_pin,
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(daemon.stop().0.success());
+}
