@@ -15,6 +15,8 @@ use nix::sys::signal::Signal;
 /// Environment variable that turns [`leave_objects_loaded`] from a no-op
 /// into the helper process that fills the TPM at this TCTI.
 const LEAK_TCTI: &str = "HOSTKMS_TEST_LEAK_TCTI";
+/// Set for [`leave_objects_loaded`] to leave policy sessions.
+const LEAK_POLICY_SESSIONS: &str = "HOSTKMS_TEST_LEAK_POLICY_SESSIONS";
 
 /// Not a test: run by [`a_tpm_full_of_a_dead_process_objects_is_flushed_at_start`]
 /// as a child process of this test binary. It loads three primary keys
@@ -45,13 +47,20 @@ fn leave_objects_loaded() {
             })
             .expect("create a primary key");
     }
+    // Policy sessions (handles 0x03...) when asked: an unseal of a
+    // PCR-bound copy killed half-way leaves one.
+    let kind = if std::env::var_os(LEAK_POLICY_SESSIONS).is_some() {
+        SessionType::Policy
+    } else {
+        SessionType::Hmac
+    };
     for _ in 0..3 {
         context
             .start_auth_session(
                 None,
                 None,
                 None,
-                SessionType::Hmac,
+                kind,
                 SymmetricDefinition::Null,
                 HashingAlgorithm::Sha256,
             )
@@ -64,7 +73,16 @@ fn leave_objects_loaded() {
 
 /// Runs [`leave_objects_loaded`] against `tpm` in a child process.
 fn fill_tpm_with_stale_handles(tpm: &Swtpm) {
-    let output = helper_test(module_path!(), "leave_objects_loaded")
+    fill_tpm(tpm, false);
+}
+
+/// As [`fill_tpm_with_stale_handles`], with policy sessions when `policy`.
+fn fill_tpm(tpm: &Swtpm, policy: bool) {
+    let mut helper = helper_test(module_path!(), "leave_objects_loaded");
+    if policy {
+        helper.env(LEAK_POLICY_SESSIONS, "1");
+    }
+    let output = helper
         .arg("--nocapture")
         .env(LEAK_TCTI, tpm.tcti())
         .env("TSS2_LOG", "all+none")
@@ -119,6 +137,37 @@ fn a_tpm_full_of_a_dead_process_objects_is_flushed_at_start() {
     fill_tpm_with_stale_handles(&tpm);
     let fresh = DaemonFiles::new(&tpm.tcti(), &DaemonConfig::new());
     Daemon::start(&fresh).unwrap_or_else(|log| panic!("first start on a full TPM:\n{log}"));
+}
+
+#[test]
+fn stale_policy_sessions_of_a_killed_unseal_are_flushed_at_start() {
+    // An unseal of a PCR-bound copy runs in a policy session (0x03...);
+    // killed half-way without a resource manager, it stays in the TPM.
+    let Harness { tpm, files, daemon } = Harness::start(DaemonConfig::new().root_key(&[16], false));
+    let check = daemon.client().status().expect("status").root_key_check;
+    assert!(daemon.stop().0.success());
+    fill_tpm(&tpm, true);
+    let sessions =
+        crate::harness::tpm2_tools::tpm2(tpm.port, "tpm2_getcap", &["handles-loaded-session"]);
+    assert_eq!(
+        String::from_utf8_lossy(&sessions).matches("0x3").count(),
+        3,
+        "three policy sessions are left: {}",
+        String::from_utf8_lossy(&sessions)
+    );
+    let daemon = Daemon::start(&files).unwrap_or_else(|log| {
+        panic!("the daemon must flush the stale policy sessions and start:\n{log}")
+    });
+    assert_eq!(
+        daemon.client().status().expect("status").root_key_check,
+        check
+    );
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("stale transient objects and sessions"),
+        "{log}"
+    );
 }
 
 /// What clients got back before a crash: every acknowledged version and
