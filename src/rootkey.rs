@@ -463,6 +463,19 @@ pub fn open(
         });
     };
     if let Some(next) = SealRecord::read(dir, NEXT_RECORD)? {
+        if next.generation <= record.generation {
+            // hostkms stages a rotation in the next generation; one that
+            // names the generation in force would have its resolution
+            // delete the copies it keeps.
+            return Err(RecordError::Invalid {
+                path: dir.file(NEXT_RECORD).display().to_string(),
+                problem: format!(
+                    "it names generation {}, not one after the {} in force: hostkms did not write it",
+                    next.generation, record.generation
+                ),
+            }
+            .into());
+        }
         return complete_rotation_v2(dir, tpm, timeout, record, next, store_check, pin);
     }
     let unsealed = unseal_record(dir, tpm, timeout, &record, pin)?;
@@ -1198,6 +1211,34 @@ mod tests {
         assert!(shown.contains("changed nothing"), "{shown}");
         for name in [ROOT_PUB, ROOT_PRIV, ROOT_NEXT_PUB, ROOT_NEXT_PRIV] {
             assert!(dir.contains(name), "{name} kept");
+        }
+        tpm.shutdown(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_next_record_of_the_generation_in_force_is_refused_and_nothing_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(&tmp.path().join("state")).unwrap();
+        let record = SealRecord {
+            generation: 3,
+            primary: record::PrimaryKind::TransientNoda,
+            mode: SealingMode::default(),
+            pcr_values: Vec::new(),
+        };
+        record.write(&dir, RECORD).unwrap();
+        record.write(&dir, NEXT_RECORD).unwrap();
+        for name in record.files() {
+            dir.write_private(&name, b"x").unwrap();
+        }
+        let tpm = absent_tpm();
+        let mode = SealingMode::default();
+        let error = open(&dir, &tpm, Duration::from_secs(1), &mode, Some("00"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("root-next.seal"), "{error}");
+        assert!(error.contains("hostkms did not write it"), "{error}");
+        for name in record.files() {
+            assert!(dir.contains(&name), "{name} kept");
         }
         tpm.shutdown(Duration::from_secs(1));
     }

@@ -21,6 +21,8 @@ pub const RECORD: &str = "root.seal";
 pub const NEXT_RECORD: &str = "root-next.seal";
 /// The largest record read.
 const MAX_RECORD: u64 = 16 * 1024;
+/// The largest generation a record may name.
+const MAX_GENERATION: u64 = 1 << 48;
 /// The record format this version writes and reads.
 const FORMAT: u32 = 1;
 
@@ -212,6 +214,14 @@ impl SealRecord {
                 pcr: recorded.pcr,
                 sha256,
             });
+        }
+        // Generations count reseals from 1: far below this bound, which
+        // keeps the next one's number from overflowing.
+        if !(1..=MAX_GENERATION).contains(&on_disk.generation) {
+            return Err(invalid(format!(
+                "generation {} is out of range 1..={MAX_GENERATION}",
+                on_disk.generation
+            )));
         }
         let recorded: Vec<u8> = pcr_values.iter().map(|value| value.pcr).collect();
         if recorded != mode.pcrs {
