@@ -514,7 +514,22 @@ pub fn open_offline(
             left: next_blobs_left(dir),
         });
     }
-    match open(dir, tpm, timeout, new_mode, None, pin)? {
+    if pin.is_some() {
+        let has_pin = match SealRecord::read(dir, RECORD)? {
+            Some(record) => record.mode.pin,
+            None => new_mode.pin && !legacy_layout(dir),
+        };
+        if !has_pin {
+            return Err(RootKeyError::NoPinSet);
+        }
+    }
+    // The auto copy first: the PIN is spent (a try, if it is wrong) only
+    // where no copy opens without it. An empty state dir is made with it.
+    let opened = match open(dir, tpm, timeout, new_mode, None, None)? {
+        Opened::Locked(_) if pin.is_some() => open(dir, tpm, timeout, new_mode, None, pin)?,
+        opened => opened,
+    };
+    match opened {
         Opened::Unsealed {
             key,
             origin,
