@@ -1038,7 +1038,7 @@ pub fn reload_failed(problem: &dyn std::fmt::Display) {
 /// The root key was rotated by `peer`: the key store (`keys` keys,
 /// `versions` versions) is sealed under the root key `new_check` instead
 /// of `old_check`. `in_place` is false when the new key's blobs are still
-/// `root-next.*` (the next start renames them).
+/// named by `root-next.seal` (the next start puts them in force).
 pub fn root_key_rotated(
     peer: &Peer,
     old_check: &str,
@@ -1050,7 +1050,7 @@ pub fn root_key_rotated(
     let pending = if in_place {
         ""
     } else {
-        "; its blobs are still root-next.*, the next start puts them in place"
+        "; its sealed copies are still named by root-next.seal, the next start puts them in force"
     };
     tracing::event!(
         target: AUDIT_TARGET,
@@ -1298,7 +1298,11 @@ pub fn root_key_unlock(
     detail: &str,
 ) {
     let level_warn = result != UnlockResult::Unlocked;
-    let tries = tries_left.map_or(String::new(), |tries| format!(", {tries} tries left"));
+    let tries = match tries_left {
+        None => String::new(),
+        Some(1) => ", 1 try left".to_string(),
+        Some(tries) => format!(", {tries} tries left"),
+    };
     macro_rules! event {
         ($level:expr) => {
             tracing::event!(

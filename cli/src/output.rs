@@ -271,7 +271,7 @@ pub fn keys_human(keys: &[KeyInfo]) -> String {
 /// re-sealed.
 pub fn root_rotation_human(rotation: &RootRotation) -> String {
     format!(
-        "root key rotated\n  old check value: {}\n  new check value: {}\n  re-sealed:       {} keys, {} versions\nciphertexts are unaffected; back up the state dir again (root.pub, root.priv and keystore.db together)\n",
+        "root key rotated\n  old check value: {}\n  new check value: {}\n  re-sealed:       {} keys, {} versions\nciphertexts are unaffected; back up the state dir again (root.seal, the root-*.pub/.priv copies it names and keystore.db together)\n",
         rotation.old_check, rotation.new_check, rotation.keys, rotation.versions
     )
 }

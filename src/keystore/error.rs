@@ -2,7 +2,8 @@
 
 use super::db::DbError;
 use crate::rootkey::RootKeyError;
-use crate::state_dir::{KEYSTORE_DB, ROOT_NEXT_PRIV, ROOT_NEXT_PUB, ROOT_PRIV, ROOT_PUB};
+use crate::rootkey::{NEXT_RECORD, RECORD};
+use crate::state_dir::KEYSTORE_DB;
 use crate::tpm::TpmError;
 
 /// Why a key-store operation failed. Names a peer sent are shown quoted and
@@ -77,7 +78,7 @@ pub enum StoreError {
     },
     /// The store was written under a different root key.
     #[error(
-        "{path} was written under root key {store_check}, but the unsealed root key is {root_check}: the key store and {ROOT_PUB}/{ROOT_PRIV} do not belong together. Restore the matching pair from backup"
+        "{path} was written under root key {store_check}, but the unsealed root key is {root_check}: the key store and the sealed root key ({RECORD} and the copies it names) do not belong together. Restore them together from one backup"
     )]
     WrongRootKey {
         /// The key store file.
@@ -115,7 +116,7 @@ pub enum StoreError {
     /// The store committed to the new root key, but its blobs could not be
     /// renamed into place.
     #[error(
-        "the key store is re-sealed under the new root key {new_check} (was {old_check}), which is in force, but its blobs could not be put in place: {source}. Leave {ROOT_NEXT_PRIV} and {ROOT_NEXT_PUB} where they are: the next start of hostkmsd finishes the renames"
+        "the key store is re-sealed under the new root key {new_check} (was {old_check}), which is in force, but its sealed copies could not be put in force: {source}. Leave {NEXT_RECORD} and the copies it names where they are: the next start of hostkmsd finishes the rotation"
     )]
     RootKeyNotInPlace {
         /// The check value of the root key that was in force.
