@@ -333,6 +333,21 @@ fn column_id(bytes: Vec<u8>) -> Result<KeyId, DbError> {
 }
 
 impl Database {
+    /// Whether the store holds nothing but its schema: no row in `meta`
+    /// beside the schema version (no root key check value, no clock), and
+    /// no key, version or secret. What a creation cut off before its first
+    /// stamp leaves.
+    pub fn never_stamped(&self) -> Result<bool, DbError> {
+        Ok(self.conn.query_row(
+            "SELECT (SELECT count(*) FROM meta WHERE name != 'schema_version') = 0
+                AND (SELECT count(*) FROM keys) = 0
+                AND (SELECT count(*) FROM versions) = 0
+                AND (SELECT count(*) FROM secrets) = 0",
+            [],
+            |row| row.get(0),
+        )?)
+    }
+
     /// Opens `path`, creating the file (mode 0600) and schema if absent.
     /// Returns the database and whether it was just created. An existing
     /// file, and a hot journal next to it, must pass the state dir's checks

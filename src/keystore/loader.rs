@@ -74,6 +74,11 @@ impl KeyStore {
         };
         let secrets = StoreSecrets::derive(root).map_err(|e| db_error(DbError::Corrupt(e)))?;
         let (mut db, created) = Database::open(&path).map_err(db_error)?;
+        // A store whose creation was cut off (kill -9, power loss) after
+        // its schema and before its first stamp holds nothing: it is made
+        // anew rather than refused with advice to restore a backup that
+        // never existed.
+        let created = created || db.never_stamped().map_err(db_error)?;
         let root_check = root.check_value();
         match db.meta(ROOT_KEY_CHECK).map_err(db_error)? {
             Some(store_check) if store_check != root_check => {

@@ -1577,3 +1577,25 @@ fn a_store_from_before_the_lifecycle_fields_opens_unchanged_and_keeps_working() 
     );
     assert_eq!(store.daemon_clock(), 1);
 }
+
+#[test]
+fn a_store_cut_off_before_its_first_stamp_is_made_anew_but_a_used_one_is_not() {
+    // kill -9 between the schema and the root key check value: the file
+    // holds the schema only, and never held a key.
+    let fixture = Fixture::new();
+    let dir = StateDir::open(&fixture.dir).unwrap();
+    drop(crate::keystore::db::Database::open(&dir.file(KEYSTORE_DB)).unwrap());
+    let store = fixture
+        .open()
+        .expect("an unstamped, empty store is made anew");
+    store.create("after").unwrap();
+    drop(store);
+    assert!(fixture.open().unwrap().keys().by_name("after").is_some());
+    // A store that was stamped, even without keys, is not.
+    let stamped = Fixture::new();
+    drop(stamped.open().unwrap());
+    stamped.edit("DELETE FROM meta WHERE name = 'root_key_check'");
+    let (key, detail) = tampered(stamped.open());
+    assert_eq!(key, "(none)");
+    assert_eq!(detail, "table meta lacks the root key check value");
+}
