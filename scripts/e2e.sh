@@ -642,6 +642,8 @@ MSG_UNLOCK=dab12fd4462e41349a815e8d0b3a2d7c
 check "stop hostkms for the PIN checks" in_ct systemctl stop hostkms.service
 in_ct mv /var/lib/hostkms /var/lib/hostkms.e2e-saved
 in_ct sh -c 'cp /etc/hostkms/config.toml /root/e2e/config.saved && printf "\n[root_key]\npin = true\n" >>/etc/hostkms/config.toml'
+# The single quotes are meant: the container's sh expands "$1".
+# shellcheck disable=SC2016
 in_ct sh -c 'printf "e2e-pin-%s\n" "$1" >/root/e2e/pin' sh "$RANDOM$RANDOM"
 check "with pin = true, hostkms status starts the service" in_ct hostkms status
 expect_eq "a locked hostkmsd is active" active "$(in_ct systemctl is-active hostkms.service 2>&1 || true)"
