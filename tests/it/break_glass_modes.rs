@@ -16,8 +16,8 @@ use sha2::Sha256;
 
 use crate::harness::tpm2_tools::{
     NODA_PRIMARY_ATTRIBUTES, SRK_HANDLE, Sealing, break_glass_unseal, break_glass_unseal_legacy,
-    break_glass_unseal_pin, da_setup, da_state, pcr_extend, seal_like_the_daemon, tpm2,
-    tpm2_output, try_break_glass_unseal, try_break_glass_unseal_pin,
+    break_glass_unseal_pin, da_setup, da_state, load_copy, noda_primary, pcr_extend,
+    seal_like_the_daemon, tpm2, tpm2_output, try_break_glass_unseal, try_break_glass_unseal_pin,
 };
 use crate::harness::{RecordingRelay, Swtpm, contains, private_tempdir};
 
@@ -187,42 +187,9 @@ fn break_glass_pcr_mode_unseals_while_the_pcr_holds_and_not_after_an_extend() {
 
     // The auto copy has no userwithauth: an empty password does not open it.
     let work = fresh(&dirs, "no-policy");
-    let parent = work.join("primary.ctx");
-    tpm2(
-        tpm.port,
-        "tpm2_createprimary",
-        &[
-            "-Q",
-            "-C",
-            "o",
-            "-g",
-            "sha256",
-            "-G",
-            "ecc256:aes128cfb",
-            "-a",
-            NODA_PRIMARY_ATTRIBUTES,
-            "-c",
-            parent.to_str().unwrap(),
-        ],
-    );
-    tpm2(tpm.port, "tpm2_flushcontext", &["-t"]);
+    let parent = noda_primary(tpm.port, &work);
     let ctx = work.join("root.ctx");
-    tpm2(
-        tpm.port,
-        "tpm2_load",
-        &[
-            "-Q",
-            "-C",
-            parent.to_str().unwrap(),
-            "-u",
-            dirs.state.join("root-1-auto.pub").to_str().unwrap(),
-            "-r",
-            dirs.state.join("root-1-auto.priv").to_str().unwrap(),
-            "-c",
-            ctx.to_str().unwrap(),
-        ],
-    );
-    tpm2(tpm.port, "tpm2_flushcontext", &["-t"]);
+    load_copy(tpm.port, &parent, &dirs.state, "root-1-auto", &ctx);
     let plain = tpm2_output(
         tpm.port,
         "tpm2_unseal",
@@ -280,42 +247,9 @@ fn break_glass_pin_mode_salted_session_keeps_pin_and_key_off_the_wire() {
     // the root key comes back in clear (and the recorded HMAC lets anyone
     // test PIN guesses offline).
     let work = fresh(&dirs, "plain");
-    let parent = work.join("primary.ctx");
-    tpm2(
-        relay.port,
-        "tpm2_createprimary",
-        &[
-            "-Q",
-            "-C",
-            "o",
-            "-g",
-            "sha256",
-            "-G",
-            "ecc256:aes128cfb",
-            "-a",
-            NODA_PRIMARY_ATTRIBUTES,
-            "-c",
-            parent.to_str().unwrap(),
-        ],
-    );
-    tpm2(relay.port, "tpm2_flushcontext", &["-t"]);
+    let parent = noda_primary(relay.port, &work);
     let pin_ctx = work.join("pin.ctx");
-    tpm2(
-        relay.port,
-        "tpm2_load",
-        &[
-            "-Q",
-            "-C",
-            parent.to_str().unwrap(),
-            "-u",
-            dirs.state.join("root-1-pin.pub").to_str().unwrap(),
-            "-r",
-            dirs.state.join("root-1-pin.priv").to_str().unwrap(),
-            "-c",
-            pin_ctx.to_str().unwrap(),
-        ],
-    );
-    tpm2(relay.port, "tpm2_flushcontext", &["-t"]);
+    load_copy(relay.port, &parent, &dirs.state, "root-1-pin", &pin_ctx);
     let before = relay.recorded().len();
     let plain = tpm2(
         relay.port,
@@ -362,13 +296,7 @@ fn break_glass_pin_mode_salted_session_keeps_pin_and_key_off_the_wire() {
     tpm2(
         tpm.port,
         "tpm2_startauthsession",
-        &[
-            "--hmac-session",
-            "-c",
-            parent.to_str().unwrap(),
-            "-S",
-            session,
-        ],
+        &["--hmac-session", "-c", &parent, "-S", session],
     );
     tpm2(tpm.port, "tpm2_flushcontext", &["-t"]);
     let via_file = tpm2_output(
@@ -726,42 +654,10 @@ fn break_glass_auto_copy_in_a_salted_session_keeps_the_key_off_the_wire() {
         seal_like_the_daemon(tpm.port, &dirs.state, &dirs.work, &key, &sealing);
         let work = fresh(&dirs, "session");
         let path = |name: &str| work.join(name).display().to_string();
-        let (primary, root, session) = (path("primary.ctx"), path("root.ctx"), path("s.ctx"));
+        let (root, session) = (path("root.ctx"), path("s.ctx"));
         let port = relay.port;
-        tpm2(
-            port,
-            "tpm2_createprimary",
-            &[
-                "-Q",
-                "-C",
-                "o",
-                "-g",
-                "sha256",
-                "-G",
-                "ecc256:aes128cfb",
-                "-a",
-                NODA_PRIMARY_ATTRIBUTES,
-                "-c",
-                &primary,
-            ],
-        );
-        tpm2(port, "tpm2_flushcontext", &["-t"]);
-        tpm2(
-            port,
-            "tpm2_load",
-            &[
-                "-Q",
-                "-C",
-                &primary,
-                "-u",
-                dirs.state.join("root-1-auto.pub").to_str().unwrap(),
-                "-r",
-                dirs.state.join("root-1-auto.priv").to_str().unwrap(),
-                "-c",
-                &root,
-            ],
-        );
-        tpm2(port, "tpm2_flushcontext", &["-t"]);
+        let primary = noda_primary(port, &work);
+        load_copy(port, &primary, &dirs.state, "root-1-auto", Path::new(&root));
         let before = relay.recorded().len();
         if pcrs.is_empty() {
             tpm2(

@@ -12,14 +12,14 @@ use agent_proto::{EncryptionContext, ErrorCode};
 use hostkms::rootkey::check_value;
 
 use crate::harness::break_glass_unseal;
-use crate::harness::tpm2_tools::{da_setup, hex, pcr_extend};
+use crate::harness::tpm2_tools::{da_setup, hex, noda_primary, pcr_extend};
 use crate::harness::{
     Daemon, DaemonConfig, DaemonFiles, RecordingRelay, Swtpm, cli, contains, root_key_file_names,
     root_key_files, seal_record, stderr, text,
 };
 use tools::{
-    in_lockout, legacy_state_dir, lock_out, noda_primary, pcr_reset, pcr_value as pcr_read,
-    seal_state_dir, unseal_copy,
+    in_lockout, legacy_state_dir, lock_out, pcr_reset, pcr_value as pcr_read, seal_state_dir,
+    unseal_copy,
 };
 
 /// The code a locked daemon refuses key operations with.
@@ -58,9 +58,7 @@ pub(crate) mod tools {
     use std::path::Path;
     use std::process::{Command, Output, Stdio};
 
-    use crate::harness::tpm2_tools::{
-        NODA_PRIMARY_ATTRIBUTES, Sealing, seal_like_the_daemon, tpm2,
-    };
+    use crate::harness::tpm2_tools::{Sealing, seal_like_the_daemon, tpm2};
 
     fn p(path: &Path) -> String {
         path.display().to_string()
@@ -78,30 +76,6 @@ pub(crate) mod tools {
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("{tool} must be installed: {e}"))
-    }
-
-    /// `work/noda-primary.ctx`: the noDA storage primary re-created.
-    pub fn noda_primary(port: u16, work: &Path) -> String {
-        let ctx = work.join("noda-primary.ctx");
-        tpm2(
-            port,
-            "tpm2_createprimary",
-            &[
-                "-Q",
-                "-C",
-                "o",
-                "-g",
-                "sha256",
-                "-G",
-                "ecc256:aes128cfb",
-                "-a",
-                NODA_PRIMARY_ATTRIBUTES,
-                "-c",
-                &p(&ctx),
-            ],
-        );
-        tpm2(port, "tpm2_flushcontext", &["-t"]);
-        p(&ctx)
     }
 
     /// `work/legacy-primary.ctx`: the primary before sealing modes (the

@@ -145,6 +145,12 @@ fn storage_primary(tpm_port: u16, persistent_srk: bool, work: &Path) -> String {
     if persistent_srk {
         return SRK_HANDLE.to_owned();
     }
+    noda_primary(tpm_port, work)
+}
+
+/// `work/primary.ctx`: the noDA storage primary, re-created from its
+/// template as break-glass step 1 does.
+pub fn noda_primary(tpm_port: u16, work: &Path) -> String {
     let primary = work.join("primary.ctx");
     tpm2(
         tpm_port,
@@ -165,6 +171,19 @@ fn storage_primary(tpm_port: u16, persistent_srk: bool, work: &Path) -> String {
     );
     tpm2(tpm_port, "tpm2_flushcontext", &["-t"]);
     p(&primary)
+}
+
+/// Loads the copy `state_dir/NAME.pub` + `NAME.priv` (`root-1-auto`, say)
+/// under `parent` into the context file `ctx`.
+pub fn load_copy(tpm_port: u16, parent: &str, state_dir: &Path, name: &str, ctx: &Path) {
+    load(
+        tpm_port,
+        parent,
+        state_dir,
+        &format!("{name}.pub"),
+        &format!("{name}.priv"),
+        ctx,
+    );
 }
 
 /// Loads `state_dir/public` and `state_dir/private` under `parent` into the
