@@ -601,8 +601,8 @@ pub enum PcrSource {
 }
 
 /// What a reseal seals to: the mode, the PIN of a PIN copy, and which PCR
-/// values.
-#[derive(Debug, Clone, Copy)]
+/// values. Its `Debug` never shows the PIN.
+#[derive(Clone, Copy)]
 pub struct ResealTo<'a> {
     /// The mode.
     pub mode: &'a SealingMode,
@@ -610,6 +610,16 @@ pub struct ResealTo<'a> {
     pub pin: Option<&'a [u8]>,
     /// Which PCR values the auto copy is bound to.
     pub pcrs: PcrSource,
+}
+
+impl std::fmt::Debug for ResealTo<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResealTo")
+            .field("mode", self.mode)
+            .field("pin", &self.pin.map(|_| "<redacted>"))
+            .field("pcrs", &self.pcrs)
+            .finish()
+    }
 }
 
 /// Seals `key` again as `to` says, as the next generation, then commits
@@ -1129,11 +1139,20 @@ impl RootSealer for TpmRootSealer {
 }
 
 /// A [`RootSealer`] with the operator's PIN for one rotation: what the
-/// key store is given when `RotateRoot` carries a PIN.
-#[derive(Debug)]
+/// key store is given when `RotateRoot` carries a PIN. Its `Debug` never
+/// shows the PIN.
 pub struct PinnedSealer {
     sealer: Arc<dyn RootSealer>,
     pin: Option<Zeroizing<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for PinnedSealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PinnedSealer")
+            .field("sealer", &self.sealer)
+            .field("pin", &self.pin.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl PinnedSealer {

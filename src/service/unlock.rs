@@ -54,8 +54,8 @@ pub struct Unlocked {
     pub transport: Option<TransportKey>,
 }
 
-/// A reseal or PIN change to make (or, with `dry_run`, to show).
-#[derive(Debug)]
+/// A reseal or PIN change to make (or, with `dry_run`, to show). Its
+/// `Debug` shows whether PINs are there, never them.
 pub struct ResealPlan<'a> {
     /// The PIN that opens the current PIN copy (a mode with a PIN).
     pub pin: Option<&'a [u8]>,
@@ -68,6 +68,19 @@ pub struct ResealPlan<'a> {
     pub pcrs: PcrSource,
     /// Only show what would be sealed.
     pub dry_run: bool,
+}
+
+impl std::fmt::Debug for ResealPlan<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = |pin: Option<&[u8]>| pin.map(|_| "<redacted>");
+        f.debug_struct("ResealPlan")
+            .field("pin", &shown(self.pin))
+            .field("target", &self.target)
+            .field("new_pin", &shown(self.new_pin))
+            .field("pcrs", &self.pcrs)
+            .field("dry_run", &self.dry_run)
+            .finish()
+    }
 }
 
 /// What a reseal did (or, dry, would do).
@@ -544,5 +557,25 @@ impl From<RootKeyError> for Refusal {
             _ => ErrorCode::Internal,
         };
         Refusal::new(code, error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reseal_plan_never_shows_its_pins() {
+        let plan = ResealPlan {
+            pin: Some(b"Pq7-zK2!mW9x"),
+            target: SealingMode::default(),
+            new_pin: Some(b"Xv4#nB8@rT1e"),
+            pcrs: PcrSource::Current,
+            dry_run: false,
+        };
+        let shown = format!("{plan:?}");
+        assert!(!shown.contains("Pq7") && !shown.contains("Xv4"), "{shown}");
+        assert!(!shown.contains("80, 113"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 }

@@ -41,8 +41,9 @@ pub struct PcrValue {
     pub sha256: [u8; 32],
 }
 
-/// How a sealed object is protected, beyond the TPM it is sealed to.
-#[derive(Debug, Clone, Copy)]
+/// How a sealed object is protected, beyond the TPM it is sealed to. Its
+/// `Debug` never shows the PIN.
+#[derive(Clone, Copy)]
 pub enum Protection<'a> {
     /// Nothing more: anyone who reaches the TPM with the blobs unseals it
     /// (the mode without PCRs and PIN, as before 0.14).
@@ -51,6 +52,16 @@ pub enum Protection<'a> {
     Pcrs(&'a [PcrValue]),
     /// The PIN as authValue, dictionary-attack protected.
     Pin(&'a [u8]),
+}
+
+impl std::fmt::Debug for Protection<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Protection::Plain => f.write_str("Plain"),
+            Protection::Pcrs(values) => f.debug_tuple("Pcrs").field(values).finish(),
+            Protection::Pin(_) => f.write_str("Pin(<redacted>)"),
+        }
+    }
 }
 
 /// The TPM's dictionary-attack state: what a wrong PIN costs.
@@ -387,6 +398,12 @@ mod tests {
         expected.update([7u8; 32]);
         expected.update([14u8; 32]);
         assert_eq!(forward.value(), expected.finalize().as_slice());
+    }
+
+    #[test]
+    fn a_pin_protection_never_shows_the_pin() {
+        let shown = format!("{:?}", Protection::Pin(b"Pq7-zK2!mW9x"));
+        assert_eq!(shown, "Pin(<redacted>)");
     }
 
     #[test]
