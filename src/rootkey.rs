@@ -539,6 +539,20 @@ pub fn open_offline(
     }
 }
 
+/// Unseals the key of `record`, the sealing in force, for an operator's
+/// change to it (a reseal, a PIN change): the PIN copy with `pin`, else
+/// the auto copy. None of a start's work (a migration, an interrupted
+/// rotation, stray copies) is done here.
+pub fn unseal_in_force(
+    dir: &StateDir,
+    tpm: &TpmWorker,
+    timeout: Duration,
+    record: &SealRecord,
+    pin: Option<&[u8]>,
+) -> Result<RootKey, RootKeyError> {
+    unseal_record(dir, tpm, timeout, record, pin)?.map_err(|_| RootKeyError::PinNeeded)
+}
+
 /// Unseals `record`'s key: the PIN copy with `pin`, else the auto copy.
 /// `Ok(Err(reason))`: nothing failed, but a person must unlock.
 fn unseal_record(

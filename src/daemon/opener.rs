@@ -197,15 +197,7 @@ impl Unlocker for Opener {
             };
             return Ok(Resealed { before, after });
         }
-        let key = match self.open_root(plan.pin).map_err(start_failure)? {
-            Opened::Unsealed { key, .. } => key,
-            Opened::Locked(reason) => {
-                return Err(UnlockFailure::Start(format!(
-                    "the root key did not open: {}",
-                    reason.describe()
-                )));
-            }
-        };
+        let key = rootkey::unseal_in_force(&self.state_dir, &self.tpm, timeout, &before, plan.pin)?;
         let new_pin = plan.new_pin.or(plan.pin).filter(|_| plan.target.pin);
         let after = rootkey::reseal(
             &self.state_dir,

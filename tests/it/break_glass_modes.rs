@@ -16,8 +16,9 @@ use sha2::Sha256;
 
 use crate::harness::tpm2_tools::{
     NODA_PRIMARY_ATTRIBUTES, SRK_HANDLE, Sealing, break_glass_unseal, break_glass_unseal_legacy,
-    break_glass_unseal_pin, da_setup, da_state, load_copy, noda_primary, pcr_extend,
-    seal_like_the_daemon, tpm2, tpm2_output, try_break_glass_unseal, try_break_glass_unseal_pin,
+    break_glass_unseal_pin, da_setup, da_state, legacy_primary, load_copy, noda_primary,
+    pcr_extend, seal_like_the_daemon, tpm2, tpm2_output, try_break_glass_unseal,
+    try_break_glass_unseal_pin,
 };
 use crate::harness::{RecordingRelay, Swtpm, contains, private_tempdir};
 
@@ -130,29 +131,13 @@ fn break_glass_plain_mode_recovers_the_root_key_under_the_noda_primary() {
     // The old template (without noda) is another primary: the copies do
     // not load under it, so the README must give the noDA attributes.
     let work = fresh(&dirs, "old-template");
-    let old = work.join("old.ctx");
-    tpm2(
-        tpm.port,
-        "tpm2_createprimary",
-        &[
-            "-Q",
-            "-C",
-            "o",
-            "-g",
-            "sha256",
-            "-G",
-            "ecc256:aes128cfb",
-            "-c",
-            old.to_str().unwrap(),
-        ],
-    );
-    tpm2(tpm.port, "tpm2_flushcontext", &["-t"]);
+    let old = legacy_primary(tpm.port, &work);
     let load = tpm2_output(
         tpm.port,
         "tpm2_load",
         &[
             "-C",
-            old.to_str().unwrap(),
+            &old,
             "-u",
             dirs.state.join("root-3-auto.pub").to_str().unwrap(),
             "-r",
@@ -460,23 +445,7 @@ fn break_glass_legacy_layout_recipe_still_recovers_an_unmigrated_state_dir() {
     let tpm = Swtpm::start();
     let dirs = dirs();
     let key = root_key(7);
-    let primary = dirs.work.join("old.ctx");
-    tpm2(
-        tpm.port,
-        "tpm2_createprimary",
-        &[
-            "-Q",
-            "-C",
-            "o",
-            "-g",
-            "sha256",
-            "-G",
-            "ecc256:aes128cfb",
-            "-c",
-            primary.to_str().unwrap(),
-        ],
-    );
-    tpm2(tpm.port, "tpm2_flushcontext", &["-t"]);
+    let primary = legacy_primary(tpm.port, &dirs.work);
     let input = dirs.work.join("key.in");
     fs::write(&input, &key).unwrap();
     tpm2(
@@ -485,7 +454,7 @@ fn break_glass_legacy_layout_recipe_still_recovers_an_unmigrated_state_dir() {
         &[
             "-Q",
             "-C",
-            primary.to_str().unwrap(),
+            &primary,
             "-i",
             input.to_str().unwrap(),
             "-u",

@@ -12,7 +12,7 @@ use agent_proto::{EncryptionContext, ErrorCode};
 use hostkms::rootkey::check_value;
 
 use crate::harness::break_glass_unseal;
-use crate::harness::tpm2_tools::{da_setup, hex, noda_primary, pcr_extend};
+use crate::harness::tpm2_tools::{da_setup, hex, legacy_primary, noda_primary, pcr_extend};
 use crate::harness::{
     Daemon, DaemonConfig, DaemonFiles, RecordingRelay, Swtpm, cli, contains, root_key_file_names,
     root_key_files, seal_record, stderr, text,
@@ -58,7 +58,7 @@ pub(crate) mod tools {
     use std::path::Path;
     use std::process::{Command, Output, Stdio};
 
-    use crate::harness::tpm2_tools::{Sealing, seal_like_the_daemon, tpm2};
+    use crate::harness::tpm2_tools::{Sealing, legacy_primary, seal_like_the_daemon, tpm2};
 
     fn p(path: &Path) -> String {
         path.display().to_string()
@@ -76,29 +76,6 @@ pub(crate) mod tools {
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("{tool} must be installed: {e}"))
-    }
-
-    /// `work/legacy-primary.ctx`: the primary before sealing modes (the
-    /// tpm2-tools default template, not noDA).
-    pub fn legacy_primary(port: u16, work: &Path) -> String {
-        let ctx = work.join("legacy-primary.ctx");
-        tpm2(
-            port,
-            "tpm2_createprimary",
-            &[
-                "-Q",
-                "-C",
-                "o",
-                "-g",
-                "sha256",
-                "-G",
-                "ecc256:aes128cfb",
-                "-c",
-                &p(&ctx),
-            ],
-        );
-        tpm2(port, "tpm2_flushcontext", &["-t"]);
-        p(&ctx)
     }
 
     /// Loads `state_dir/name.pub` + `.priv` under `parent` and unseals it
@@ -339,7 +316,7 @@ fn a_state_dir_of_the_layout_before_sealing_modes_is_migrated_at_start() {
     )
     .expect("the new copy loads and unseals under the noDA primary");
     assert_eq!(unsealed, secret);
-    let legacy = tools::legacy_primary(tpm.port, &work);
+    let legacy = legacy_primary(tpm.port, &work);
     unseal_copy(
         tpm.port,
         &legacy,
@@ -824,6 +801,15 @@ fn unlock_refused(socket: &Path, pin_file: &Path) -> String {
     stderr(&out)
 }
 
+/// `hostkms change-pin` from the PIN in file `pin` to the one in `new_pin`.
+fn change_pin(socket: &Path, pin: &Path, new_pin: &Path) -> std::process::Output {
+    let (pin, new_pin) = (pin.display().to_string(), new_pin.display().to_string());
+    cli(
+        socket,
+        &["change-pin", "--pin-file", &pin, "--new-pin-file", &new_pin],
+    )
+}
+
 /// The `sealing` part of `hostkms --json status`.
 fn sealing_status(socket: &Path) -> serde_json::Value {
     let (out, json) = cli_json(socket, &["status"]);
@@ -1099,16 +1085,7 @@ fn the_pin_never_crosses_the_tpm_interface_nor_shows_in_logs_or_errors() {
     let daemon = Daemon::start(&files).expect("starts locked");
     let mut outputs = vec![unlock_refused(&daemon.socket, &wrong)];
     unlock(&daemon.socket, &right, false); // TPM2_Unseal with the PIN
-    let changed = cli(
-        &daemon.socket,
-        &[
-            "change-pin",
-            "--pin-file",
-            right.to_str().unwrap(),
-            "--new-pin-file",
-            wrong.to_str().unwrap(),
-        ],
-    );
+    let changed = change_pin(&daemon.socket, &right, &wrong);
     assert!(changed.status.success(), "{}", stderr(&changed));
     outputs.push(stderr(&changed));
     outputs.push(text(&changed.stdout));
@@ -1188,28 +1165,10 @@ fn reseal_applies_the_configs_mode_and_change_pin_replaces_the_pin() {
     assert_eq!(root_key_check(&daemon), check, "the same root key");
 
     // change-pin: the old PIN is refused from then on, the new one opens.
-    let wrong_current = cli(
-        &daemon.socket,
-        &[
-            "change-pin",
-            "--pin-file",
-            second.to_str().unwrap(),
-            "--new-pin-file",
-            first.to_str().unwrap(),
-        ],
-    );
+    let wrong_current = change_pin(&daemon.socket, &second, &first);
     assert_eq!(wrong_current.status.code(), Some(1));
     assert!(stderr(&wrong_current).contains("refused the PIN"));
-    let changed = cli(
-        &daemon.socket,
-        &[
-            "change-pin",
-            "--pin-file",
-            first.to_str().unwrap(),
-            "--new-pin-file",
-            second.to_str().unwrap(),
-        ],
-    );
+    let changed = change_pin(&daemon.socket, &first, &second);
     assert!(changed.status.success(), "{}", stderr(&changed));
     assert!(daemon.stop().0.success());
     pcr_extend(tpm.port, PCR, &[0x77; 32]);
@@ -1579,16 +1538,7 @@ fn a_record_edited_to_other_pcr_values_is_never_sealed_in() {
     assert_eq!(copies(&files.state_dir), blobs, "nothing sealed");
     // Put back, the PIN change goes through.
     std::fs::write(&record_path, &honest).expect("restore the record");
-    let output = cli(
-        &daemon.socket,
-        &[
-            "change-pin",
-            "--pin-file",
-            &right_pin,
-            "--new-pin-file",
-            &new_pin,
-        ],
-    );
+    let output = change_pin(&daemon.socket, &right, &other);
     assert!(
         output.status.success(),
         "{}",

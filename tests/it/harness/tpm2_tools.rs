@@ -151,26 +151,31 @@ fn storage_primary(tpm_port: u16, persistent_srk: bool, work: &Path) -> String {
 /// `work/primary.ctx`: the noDA storage primary, re-created from its
 /// template as break-glass step 1 does.
 pub fn noda_primary(tpm_port: u16, work: &Path) -> String {
-    let primary = work.join("primary.ctx");
-    tpm2(
+    primary(
         tpm_port,
-        "tpm2_createprimary",
-        &[
-            "-Q",
-            "-C",
-            "o",
-            "-g",
-            "sha256",
-            "-G",
-            "ecc256:aes128cfb",
-            "-a",
-            NODA_PRIMARY_ATTRIBUTES,
-            "-c",
-            &p(&primary),
-        ],
-    );
+        &work.join("primary.ctx"),
+        Some(NODA_PRIMARY_ATTRIBUTES),
+    )
+}
+
+/// `work/legacy-primary.ctx`: the primary before sealing modes (the
+/// tpm2-tools default template, not noDA), re-created.
+pub fn legacy_primary(tpm_port: u16, work: &Path) -> String {
+    primary(tpm_port, &work.join("legacy-primary.ctx"), None)
+}
+
+/// `tpm2_createprimary -C o -g sha256 -G ecc256:aes128cfb [-a ATTRIBUTES]`
+/// into the context file `ctx`.
+fn primary(tpm_port: u16, ctx: &Path, attributes: Option<&str>) -> String {
+    let ctx = p(ctx);
+    let mut args = vec!["-Q", "-C", "o", "-g", "sha256", "-G", "ecc256:aes128cfb"];
+    if let Some(attributes) = attributes {
+        args.extend(["-a", attributes]);
+    }
+    args.extend(["-c", &ctx]);
+    tpm2(tpm_port, "tpm2_createprimary", &args);
     tpm2(tpm_port, "tpm2_flushcontext", &["-t"]);
-    p(&primary)
+    ctx
 }
 
 /// Loads the copy `state_dir/NAME.pub` + `NAME.priv` (`root-1-auto`, say)
@@ -313,38 +318,16 @@ pub fn try_break_glass_unseal_pin(
 /// under a transient primary from the tpm2-tools template (not noDA). The
 /// migration test recovers a previous release's state dir with it.
 pub fn break_glass_unseal_legacy(tpm_port: u16, state_dir: &Path, work: &Path) -> Vec<u8> {
-    let primary = work.join("primary.ctx");
+    let primary = legacy_primary(tpm_port, work);
     let sealed = work.join("root.ctx");
-    tpm2(
+    load(
         tpm_port,
-        "tpm2_createprimary",
-        &[
-            "-C",
-            "o",
-            "-g",
-            "sha256",
-            "-G",
-            "ecc256:aes128cfb",
-            "-c",
-            &p(&primary),
-        ],
+        &primary,
+        state_dir,
+        "root.pub",
+        "root.priv",
+        &sealed,
     );
-    tpm2(tpm_port, "tpm2_flushcontext", &["-t"]);
-    tpm2(
-        tpm_port,
-        "tpm2_load",
-        &[
-            "-C",
-            &p(&primary),
-            "-u",
-            &p(&state_dir.join("root.pub")),
-            "-r",
-            &p(&state_dir.join("root.priv")),
-            "-c",
-            &p(&sealed),
-        ],
-    );
-    tpm2(tpm_port, "tpm2_flushcontext", &["-t"]);
     let secret = tpm2(tpm_port, "tpm2_unseal", &["-c", &p(&sealed)]);
     tpm2(tpm_port, "tpm2_flushcontext", &["-t"]);
     secret
